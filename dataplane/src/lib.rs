@@ -1,0 +1,13 @@
+//! slicenet's one layer over the kernel's network objects: network namespaces ([`netns`]) and
+//! typed rtnetlink operations ([`netlink`]) with errno turned into a message a person can act on.
+//!
+//! Everything here is synchronous for callers (the CNI plugin is a short-lived process, the node
+//! agent applies plans from a blocking thread); rtnetlink runs on a private current-thread runtime.
+
+pub mod error;
+pub mod netlink;
+pub mod netns;
+
+pub use error::{Error, Result};
+pub use netlink::{Fdb, Link, Neigh, Netlink, Route, VethRequest, VxlanRequest};
+pub use netns::Netns;

@@ -1,0 +1,12 @@
+//! Pure types and contracts shared by every slicenet component. No I/O lives here except the
+//! atomic write/read helpers for the node-state file, which are the contract's own format.
+//!
+//! - [`names`]: label, annotation and default path names (DESIGN.md "Names").
+//! - [`prefix`]: carving a slice subnet into cluster prefixes and node prefixes.
+//! - [`node`]: the node agent's configuration and the node-state file it writes for the CNI plugin.
+
+pub mod names;
+pub mod node;
+pub mod prefix;
+
+pub use node::{NodeAgentConfig, NodeState, PeerNode, SliceOnNode};

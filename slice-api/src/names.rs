@@ -1,0 +1,67 @@
+//! Names every component agrees on. DESIGN.md "Names" is the source; change both together.
+
+/// API group of slicenet's custom resources.
+pub const API_GROUP: &str = "slicenet.io";
+/// API version of slicenet's custom resources.
+pub const API_VERSION: &str = "v1alpha1";
+/// Namespace label that asks for a namespace to join a slice.
+pub const SLICE_LABEL: &str = "slicenet.io/slice";
+/// Pod annotation written by the webhook naming the pod's slice.
+pub const SLICE_ANNOTATION: &str = "slicenet.io/slice";
+/// Pod label or annotation (`"true"`) that opts a pod out of its namespace's slice.
+pub const EXCLUDE_KEY: &str = "slicenet.io/exclude";
+/// runtimeConfig capability under which containerd and CRI-O pass pod annotations.
+pub const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
+/// Multus-style network status annotation.
+pub const NETWORK_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";
+/// Default name of the slice interface inside the pod.
+pub const DEFAULT_SLICE_INTERFACE: &str = "slice0";
+/// Default directory of node-state files.
+pub const DEFAULT_STATE_DIR: &str = "/run/slicenet";
+/// Default IPAM directory (one subdirectory per slice).
+pub const DEFAULT_IPAM_DIR: &str = "/var/lib/slicenet/ipam";
+/// Default directory of named network namespaces (as `ip netns` uses).
+pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
+/// Default prefix of slice router namespace names: `slice-<slice>`.
+pub const DEFAULT_ROUTER_NETNS_PREFIX: &str = "slice-";
+/// IANA VXLAN port.
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// Bytes VXLAN adds over IPv4 (outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+pub const VXLAN_OVERHEAD_V4: u32 = 50;
+/// Bytes VXLAN adds over IPv6 (outer IP 40 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+pub const VXLAN_OVERHEAD_V6: u32 = 70;
+
+/// Checks that `name` can name a slice: an RFC 1123 label of at most 40 characters (the
+/// router namespace and state file names are derived from it).
+///
+/// # Errors
+/// A message saying what is wrong with the name.
+pub fn validate_slice_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 40 {
+        return Err(format!("slice name {name:?} must have 1 to 40 characters"));
+    }
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ends_ok = !name.starts_with('-') && !name.ends_with('-');
+    if ok_chars && ends_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "slice name {name:?} must be lower-case letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slice_names() {
+        assert!(validate_slice_name("blue-1").is_ok());
+        for bad in ["", "-a", "a-", "Blue", "a/b", "a.b", &"x".repeat(41)] {
+            assert!(validate_slice_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

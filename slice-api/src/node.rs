@@ -1,0 +1,333 @@
+//! The node agent's configuration (what slices this node runs and who its peers are) and the
+//! node-state file it writes for the CNI plugin (one per slice under the state dir).
+//!
+//! Both are JSON with camelCase keys. The node-state file is the contract between the node agent
+//! and `slice-cni`: written atomically (temp file + rename) so the plugin never reads half a file.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::names;
+
+/// Errors reading or writing node files.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFileError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// Configuration of one node agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeAgentConfig {
+    /// This node's name.
+    pub node: String,
+    /// This node's underlay address (the VXLAN source).
+    pub underlay_address: IpAddr,
+    /// MTU of the underlay network.
+    #[serde(default = "default_underlay_mtu")]
+    pub underlay_mtu: u32,
+    /// Where node-state files go.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Where named network namespaces live (as `ip netns` uses).
+    #[serde(default = "default_netns_dir")]
+    pub netns_dir: PathBuf,
+    /// Router namespace of slice S is `<netns_dir>/<router_netns_prefix><S>`.
+    #[serde(default = "default_router_prefix")]
+    pub router_netns_prefix: String,
+    /// UDP port of VXLAN on the underlay.
+    #[serde(default = "default_vxlan_port")]
+    pub vxlan_port: u16,
+    /// The slices this node takes part in.
+    #[serde(default)]
+    pub slices: Vec<SliceOnNode>,
+}
+
+/// One slice as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SliceOnNode {
+    pub name: String,
+    pub vni: u32,
+    pub slice_subnet: IpNet,
+    /// This node's prefix of the slice subnet.
+    pub node_prefix: IpNet,
+    /// Upper bound for the pod MTU; the underlay bound applies as well.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Namespaces of this cluster that are members of the slice.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Other nodes of this cluster on the slice.
+    #[serde(default)]
+    pub peers: Vec<PeerNode>,
+}
+
+/// Another node of the same cluster on the same slice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerNode {
+    pub name: String,
+    pub underlay_address: IpAddr,
+    pub node_prefix: IpNet,
+}
+
+fn default_underlay_mtu() -> u32 {
+    1500
+}
+fn default_state_dir() -> PathBuf {
+    names::DEFAULT_STATE_DIR.into()
+}
+fn default_netns_dir() -> PathBuf {
+    names::DEFAULT_NETNS_DIR.into()
+}
+fn default_router_prefix() -> String {
+    names::DEFAULT_ROUTER_NETNS_PREFIX.into()
+}
+fn default_vxlan_port() -> u16 {
+    names::DEFAULT_VXLAN_PORT
+}
+
+impl NodeAgentConfig {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// When the file cannot be read, parsed, or fails [`NodeAgentConfig::validate`].
+    pub fn load(path: &Path) -> Result<Self, NodeFileError> {
+        let config: Self = read_json(path)?;
+        config.validate().map_err(|reason| NodeFileError::Invalid { path: path.into(), reason })?;
+        Ok(config)
+    }
+
+    /// Checks the whole configuration and names the first problem.
+    ///
+    /// # Errors
+    /// A message naming the slice and field at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen_names = std::collections::BTreeSet::new();
+        let mut seen_vnis = std::collections::BTreeSet::new();
+        for slice in &self.slices {
+            names::validate_slice_name(&slice.name)?;
+            let ctx = |m: String| format!("slice {}: {m}", slice.name);
+            if !seen_names.insert(&slice.name) {
+                return Err(ctx("listed twice".into()));
+            }
+            if slice.vni == 0 || slice.vni >= 1 << 24 {
+                return Err(ctx(format!("vni {} must be in 1..16777215", slice.vni)));
+            }
+            if !seen_vnis.insert(slice.vni) {
+                return Err(ctx(format!("vni {} is used by another slice", slice.vni)));
+            }
+            crate::prefix::check_aligned(slice.slice_subnet).map_err(|e| ctx(e.to_string()))?;
+            crate::prefix::check_aligned(slice.node_prefix).map_err(|e| ctx(e.to_string()))?;
+            if !slice.slice_subnet.contains(&slice.node_prefix) {
+                return Err(ctx(format!(
+                    "node prefix {} is not inside slice subnet {}",
+                    slice.node_prefix, slice.slice_subnet
+                )));
+            }
+            if crate::prefix::pod_addresses(slice.node_prefix).next().is_none() {
+                return Err(ctx(format!("node prefix {} has no room for pods", slice.node_prefix)));
+            }
+            for peer in &slice.peers {
+                if !slice.slice_subnet.contains(&peer.node_prefix) {
+                    return Err(ctx(format!(
+                        "peer {} prefix {} is not inside slice subnet {}",
+                        peer.name, peer.node_prefix, slice.slice_subnet
+                    )));
+                }
+                if peer.node_prefix.contains(&slice.node_prefix.network())
+                    || slice.node_prefix.contains(&peer.node_prefix.network())
+                {
+                    return Err(ctx(format!(
+                        "peer {} prefix {} overlaps this node's {}",
+                        peer.name, peer.node_prefix, slice.node_prefix
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Path of the router namespace of `slice` on this node.
+    pub fn router_netns(&self, slice: &str) -> PathBuf {
+        self.netns_dir.join(format!("{}{slice}", self.router_netns_prefix))
+    }
+
+    /// The pod MTU of a slice on this node: the underlay less VXLAN overhead, bounded by the
+    /// slice's own MTU.
+    pub fn pod_mtu(&self, slice: &SliceOnNode) -> u32 {
+        let overhead = match self.underlay_address {
+            IpAddr::V4(_) => names::VXLAN_OVERHEAD_V4,
+            IpAddr::V6(_) => names::VXLAN_OVERHEAD_V6,
+        };
+        let by_underlay = self.underlay_mtu.saturating_sub(overhead);
+        slice.mtu.map_or(by_underlay, |m| m.min(by_underlay))
+    }
+
+    /// The node-state file the agent writes for `slice`.
+    pub fn node_state(&self, slice: &SliceOnNode) -> NodeState {
+        NodeState {
+            slice: slice.name.clone(),
+            vni: slice.vni,
+            router_netns: self.router_netns(&slice.name),
+            node_prefix: slice.node_prefix,
+            router_address: crate::prefix::router_address(slice.node_prefix),
+            slice_subnet: slice.slice_subnet,
+            mtu: self.pod_mtu(slice),
+            namespaces: slice.namespaces.clone(),
+        }
+    }
+}
+
+/// What the CNI plugin needs to know about one slice on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeState {
+    pub slice: String,
+    pub vni: u32,
+    pub router_netns: PathBuf,
+    pub node_prefix: IpNet,
+    pub router_address: IpAddr,
+    pub slice_subnet: IpNet,
+    pub mtu: u32,
+    pub namespaces: Vec<String>,
+}
+
+impl NodeState {
+    /// Path of the state file of `slice` under `state_dir`.
+    pub fn path(state_dir: &Path, slice: &str) -> PathBuf {
+        state_dir.join(format!("{slice}.json"))
+    }
+
+    /// Reads the state of `slice`; `Ok(None)` when there is no file.
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read or parsed.
+    pub fn load(state_dir: &Path, slice: &str) -> Result<Option<Self>, NodeFileError> {
+        let path = Self::path(state_dir, slice);
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            _ => read_json(&path).map(Some),
+        }
+    }
+
+    /// Every slice state under `state_dir`, sorted by slice name. A missing dir is empty.
+    ///
+    /// # Errors
+    /// When the dir or a state file cannot be read.
+    pub fn load_all(state_dir: &Path) -> Result<Vec<Self>, NodeFileError> {
+        let read_err = |source| NodeFileError::Read { path: state_dir.into(), source };
+        let entries = match std::fs::read_dir(state_dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            other => other.map_err(read_err)?,
+        };
+        let mut states = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(read_err)?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                states.push(read_json::<Self>(&path)?);
+            }
+        }
+        states.sort_by(|a, b| a.slice.cmp(&b.slice));
+        Ok(states)
+    }
+
+    /// Writes the state atomically (temp file in the same dir, fsync, rename).
+    ///
+    /// # Errors
+    /// When the dir or file cannot be written.
+    pub fn store(&self, state_dir: &Path) -> Result<(), NodeFileError> {
+        let path = Self::path(state_dir, &self.slice);
+        let json = serde_json::to_vec_pretty(self).expect("node state serializes");
+        write_atomic(&path, &json)
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename.
+///
+/// # Errors
+/// When the directory or file cannot be written.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeFileError> {
+    let write_err = |source| NodeFileError::Write { path: path.into(), source };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(write_err)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
+    tmp.write_all(bytes).map_err(write_err)?;
+    tmp.as_file().sync_all().map_err(write_err)?;
+    tmp.persist(path).map_err(|e| write_err(e.error))?;
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, NodeFileError> {
+    let bytes = std::fs::read(path).map_err(|source| NodeFileError::Read { path: path.into(), source })?;
+    serde_json::from_slice(&bytes).map_err(|source| NodeFileError::Parse { path: path.into(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeAgentConfig {
+        serde_json::from_value(serde_json::json!({
+            "node": "n1",
+            "underlayAddress": "198.18.0.11",
+            "slices": [{
+                "name": "blue", "vni": 100, "sliceSubnet": "10.80.0.0/16",
+                "nodePrefix": "10.80.0.0/26", "namespaces": ["shop"],
+                "peers": [{"name": "n2", "underlayAddress": "198.18.0.12", "nodePrefix": "10.80.0.64/26"}]
+            }]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_and_state() {
+        let c = config();
+        c.validate().unwrap();
+        assert_eq!(c.router_netns("blue"), PathBuf::from("/run/netns/slice-blue"));
+        let s = c.node_state(&c.slices[0]);
+        assert_eq!(s.mtu, 1450);
+        assert_eq!(s.router_address.to_string(), "10.80.0.1");
+    }
+
+    #[test]
+    fn validation_names_the_fault() {
+        let mut c = config();
+        c.slices[0].peers[0].node_prefix = "10.80.0.0/27".parse().unwrap();
+        assert!(c.validate().unwrap_err().contains("overlaps"));
+        let mut c = config();
+        c.slices.push(c.slices[0].clone());
+        assert!(c.validate().unwrap_err().contains("listed twice"));
+        let mut c = config();
+        c.slices[0].node_prefix = "10.81.0.0/26".parse().unwrap();
+        assert!(c.validate().unwrap_err().contains("not inside"));
+        let mut c = config();
+        c.slices[0].vni = 0;
+        assert!(c.validate().unwrap_err().contains("vni"));
+    }
+
+    #[test]
+    fn state_round_trip_is_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config();
+        let s = c.node_state(&c.slices[0]);
+        s.store(dir.path()).unwrap();
+        assert_eq!(NodeState::load(dir.path(), "blue").unwrap(), Some(s.clone()));
+        assert_eq!(NodeState::load(dir.path(), "red").unwrap(), None);
+        assert_eq!(NodeState::load_all(dir.path()).unwrap(), vec![s]);
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "temp file left behind");
+    }
+}
