@@ -12,7 +12,11 @@ pub enum Error {
     Netlink { op: String, errno: i32, message: String },
     /// A system call (open, setns, mount, write) that failed.
     #[error("{op}: {source}")]
-    Io { op: String, #[source] source: std::io::Error },
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// An object the operation needs does not exist.
     #[error("{0}")]
     NotFound(String),

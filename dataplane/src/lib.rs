@@ -9,5 +9,5 @@ pub mod netlink;
 pub mod netns;
 
 pub use error::{Error, Result};
-pub use netlink::{Fdb, Link, Neigh, Netlink, Route, VethRequest, VxlanRequest};
+pub use netlink::{Fdb, Link, Neigh, Netlink, Route, VethRequest, VxlanRequest, format_mac};
 pub use netns::Netns;

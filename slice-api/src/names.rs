@@ -40,9 +40,7 @@ pub fn validate_slice_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 40 {
         return Err(format!("slice name {name:?} must have 1 to 40 characters"));
     }
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let ends_ok = !name.starts_with('-') && !name.ends_with('-');
     if ok_chars && ends_ok {
         Ok(())

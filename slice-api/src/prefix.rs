@@ -31,11 +31,7 @@ pub enum PrefixError {
 /// # Errors
 /// [`PrefixError::Misaligned`] naming the aligned prefix.
 pub fn check_aligned(net: IpNet) -> Result<(), PrefixError> {
-    if net.network() == net.addr() {
-        Ok(())
-    } else {
-        Err(PrefixError::Misaligned(net, net.trunc()))
-    }
+    if net.network() == net.addr() { Ok(()) } else { Err(PrefixError::Misaligned(net, net.trunc())) }
 }
 
 /// The cluster prefix length for a subnet split into `max_clusters` parts.
@@ -49,11 +45,7 @@ pub fn cluster_prefix_len(subnet: IpNet, max_clusters: u32) -> Result<u8, Prefix
     let bits = max_clusters.trailing_zeros() as u8;
     let len = subnet.prefix_len() + bits;
     if len > subnet.max_prefix_len() {
-        return Err(PrefixError::TooSmall {
-            subnet,
-            parts: u64::from(max_clusters),
-            max: subnet.max_prefix_len(),
-        });
+        return Err(PrefixError::TooSmall { subnet, parts: u64::from(max_clusters), max: subnet.max_prefix_len() });
     }
     Ok(len)
 }

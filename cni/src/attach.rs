@@ -1,0 +1,230 @@
+//! The side effects of ADD, DEL and CHECK: one veth between the slice router namespace and the
+//! pod, its address and routes. Creation is undone on failure; removal is idempotent.
+//!
+//! Layout (DESIGN.md "Data path"): in the pod, the slice interface holds `IP/32`, a link-scope
+//! route to the router address and a route for the slice subnet via it (`src` = the pod's IP);
+//! in the router namespace, the host end (named from the attachment key) and a `/32` route to
+//! the pod. Strict reverse-path filtering in the router namespace (set by the node agent) drops
+//! packets a pod sends from any other address.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use dataplane::{Netlink, Netns, Route, VethRequest};
+use ipnet::IpNet;
+use slice_api::NodeState;
+
+use crate::ipam::Key;
+use crate::spec::{CniError, Result, code};
+
+/// The host end's name: `sn` + 12 hex digits of a stable hash of the key (15-byte limit), so
+/// DEL and GC find it from the key alone, after any crash.
+pub fn host_veth_name(key: &Key) -> String {
+    // FNV-1a 64: stable across Rust releases, unlike std's DefaultHasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.container_id.bytes().chain([0]).chain(key.ifname.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("sn{:012x}", hash >> 16)
+}
+
+/// What ADD made, for the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+fn sys(e: dataplane::Error) -> CniError {
+    CniError::new(code::IO, e.to_string())
+}
+
+fn host_prefix(ip: IpAddr) -> IpNet {
+    IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix length is valid")
+}
+
+/// Opens the slice router namespace of `state`.
+///
+/// # Errors
+/// Code 11 when it is missing (the node agent has not made it yet or is repairing it).
+pub fn open_router(state: &NodeState) -> Result<Netns> {
+    Netns::open(&state.router_netns).map_err(|e| {
+        CniError::new(
+            code::TRY_AGAIN,
+            format!(
+                "slice {} is not ready on this node: router namespace {} cannot be opened; try again later",
+                state.slice,
+                state.router_netns.display()
+            ),
+        )
+        .with_details(e.to_string())
+    })
+}
+
+/// Opens the pod's namespace.
+///
+/// # Errors
+/// Code 3 when it does not exist.
+pub fn open_pod(netns: &str) -> Result<Netns> {
+    Netns::open(Path::new(netns)).map_err(|e| {
+        CniError::new(code::UNKNOWN_CONTAINER, format!("pod network namespace {netns} cannot be opened"))
+            .with_details(e.to_string())
+    })
+}
+
+/// Creates the slice interface `ifname` in the pod with `ip`, and its host end in the router
+/// namespace. On failure, removes what it made.
+///
+/// # Errors
+/// Code 11 when the router namespace is missing, 3 when the pod namespace is, 5 for a netlink
+/// failure (the message names the object and the errno).
+pub fn attach(state: &NodeState, pod_netns: &str, ifname: &str, ip: IpAddr, key: &Key) -> Result<Attached> {
+    let router_ns = open_router(state)?;
+    let pod_ns = open_pod(pod_netns)?;
+    let host = host_veth_name(key);
+    let mut router = Netlink::in_netns(&router_ns).map_err(sys)?;
+    router
+        .create_veth(&VethRequest {
+            name: &host,
+            netns: None,
+            peer_name: ifname,
+            peer_netns: Some(&pod_ns),
+            mtu: Some(state.mtu),
+            mac: None,
+            peer_mac: None,
+        })
+        .map_err(sys)?;
+    let configured = configure(state, &pod_ns, &mut router, &host, ifname, ip);
+    if configured.is_err() {
+        // Deleting the host end removes the pod end and every route through either.
+        let _ = router.delete_link(&host);
+    }
+    configured
+}
+
+fn configure(
+    state: &NodeState,
+    pod_ns: &Netns,
+    router: &mut Netlink,
+    host: &str,
+    ifname: &str,
+    ip: IpAddr,
+) -> Result<Attached> {
+    let mut pod = Netlink::in_netns(pod_ns).map_err(sys)?;
+    pod.add_addr(ifname, host_prefix(ip)).map_err(sys)?;
+    pod.set_up(ifname).map_err(sys)?;
+    for route in pod_routes(state, ifname, ip) {
+        pod.replace_route(&route).map_err(sys)?;
+    }
+    let link = pod
+        .link(ifname)
+        .map_err(sys)?
+        .ok_or_else(|| CniError::new(code::IO, format!("{ifname} vanished from the pod namespace")))?;
+    router.set_up(host).map_err(sys)?;
+    router.replace_route(&router_route(host, ip)).map_err(sys)?;
+    Ok(Attached { mac: link.mac.unwrap_or_default(), mtu: link.mtu })
+}
+
+/// The routes the pod gets: the router address on the link, the slice subnet via it.
+pub fn pod_routes(state: &NodeState, ifname: &str, ip: IpAddr) -> [Route; 2] {
+    [
+        Route {
+            dst: host_prefix(state.router_address),
+            gateway: None,
+            dev: Some(ifname.into()),
+            src: Some(ip),
+            onlink: false,
+            scope_link: true,
+        },
+        Route {
+            dst: state.slice_subnet,
+            gateway: Some(state.router_address),
+            dev: Some(ifname.into()),
+            src: Some(ip),
+            onlink: false,
+            scope_link: false,
+        },
+    ]
+}
+
+/// The route the router namespace gets to the pod.
+pub fn router_route(host: &str, ip: IpAddr) -> Route {
+    Route { dst: host_prefix(ip), gateway: None, dev: Some(host.into()), src: None, onlink: false, scope_link: true }
+}
+
+/// Removes the attachment of `key` from the router namespace of `state` (which removes the pod
+/// end too). Nothing to remove is success.
+///
+/// # Errors
+/// Code 5 when the link exists but cannot be deleted.
+pub fn detach(state: &NodeState, key: &Key) -> Result<()> {
+    let Ok(router_ns) = Netns::open(&state.router_netns) else {
+        return Ok(()); // no router namespace, no host end
+    };
+    let mut router = Netlink::in_netns(&router_ns).map_err(sys)?;
+    router.delete_link(&host_veth_name(key)).map_err(sys)?;
+    Ok(())
+}
+
+/// Compares the attachment with what ADD makes and lists every difference.
+///
+/// # Errors
+/// Code 5 when the namespaces cannot be read at all.
+pub fn differences(state: &NodeState, pod_netns: &str, ifname: &str, ip: IpAddr, key: &Key) -> Result<Vec<String>> {
+    let mut diffs = Vec::new();
+    let pod_ns = open_pod(pod_netns)?;
+    let mut pod = Netlink::in_netns(&pod_ns).map_err(sys)?;
+    match pod.link(ifname).map_err(sys)? {
+        None => diffs.push(format!("interface {ifname} is missing in the pod")),
+        Some(link) => {
+            if !link.up {
+                diffs.push(format!("interface {ifname} is down"));
+            }
+            if link.mtu != state.mtu {
+                diffs.push(format!("interface {ifname} has MTU {} instead of {}", link.mtu, state.mtu));
+            }
+            let addrs = pod.addrs(ifname).map_err(sys)?;
+            if !addrs.contains(&host_prefix(ip)) {
+                diffs.push(format!("interface {ifname} lacks address {}", host_prefix(ip)));
+            }
+            let routes = pod.routes(ip.is_ipv6()).map_err(sys)?;
+            for want in pod_routes(state, ifname, ip) {
+                if !routes.iter().any(|r| r.dst == want.dst && r.gateway == want.gateway && r.dev == want.dev) {
+                    diffs.push(format!("pod route to {} is missing", want.dst));
+                }
+            }
+        }
+    }
+    let router_ns = open_router(state)?;
+    let mut router = Netlink::in_netns(&router_ns).map_err(sys)?;
+    let host = host_veth_name(key);
+    match router.link(&host).map_err(sys)? {
+        None => diffs.push(format!("host end {host} is missing in the slice router")),
+        Some(link) if !link.up => diffs.push(format!("host end {host} is down")),
+        Some(_) => {
+            let routes = router.routes(ip.is_ipv6()).map_err(sys)?;
+            let want = router_route(&host, ip);
+            if !routes.iter().any(|r| r.dst == want.dst && r.dev == want.dev) {
+                diffs.push(format!("slice router route to {} via {host} is missing", want.dst));
+            }
+        }
+    }
+    Ok(diffs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_stable_short_and_distinct() {
+        let a = host_veth_name(&Key { container_id: "abc".into(), ifname: "slice0".into() });
+        let b = host_veth_name(&Key { container_id: "abc".into(), ifname: "net1".into() });
+        assert_eq!(a.len(), 14);
+        assert_ne!(a, b);
+        // Pinned: a change would orphan host ends across a plugin upgrade.
+        assert_eq!(a, "sncf2606ebbf5f");
+        assert!(a.starts_with("sn"));
+    }
+}

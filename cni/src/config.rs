@@ -1,0 +1,135 @@
+//! The network configuration slice-cni reads on stdin: the standard keys, ours (`slice`,
+//! `sliceInterface`, `stateDir`, `ipamDir`, `logFile`), the runtime's `runtimeConfig` and, when
+//! chained, the previous plugin's result, kept as raw JSON so nothing of it is lost or reordered.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+use slice_api::names;
+
+use crate::spec::{CniError, Result, code};
+
+/// One network configuration (a conflist entry with the list's name and version filled in, or a
+/// Multus delegate config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub plugin_type: String,
+    /// Standalone (Multus delegate) mode: the slice this attachment is for.
+    #[serde(default)]
+    pub slice: Option<String>,
+    /// Chained mode: the name of the slice interface in the pod.
+    #[serde(default)]
+    pub slice_interface: Option<String>,
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub ipam_dir: Option<PathBuf>,
+    /// Where to append log lines; stderr when unset.
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+    #[serde(default)]
+    pub prev_result: Option<Value>,
+    /// GC: the attachments the runtime still uses.
+    #[serde(rename = "cni.dev/valid-attachments", default)]
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// What the runtime passes for declared capabilities.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RuntimeConfig {
+    #[serde(rename = "io.kubernetes.cri.pod-annotations", default)]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
+}
+
+/// A (container, interface) pair from `cni.dev/valid-attachments`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl NetConf {
+    /// Parses and checks the config from stdin bytes.
+    ///
+    /// # Errors
+    /// Code 6 for bytes that are not a JSON object of this shape, code 7 for values that are wrong.
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let conf: Self = serde_json::from_slice(bytes).map_err(|e| {
+            CniError::new(code::DECODE, "the network configuration on stdin is not valid JSON for slice-cni")
+                .with_details(e.to_string())
+        })?;
+        if let Some(slice) = &conf.slice {
+            names::validate_slice_name(slice)
+                .map_err(|m| CniError::new(code::INVALID_CONFIG, format!("config field \"slice\": {m}")))?;
+        }
+        if let Some(name) = &conf.slice_interface {
+            crate::spec::validate_ifname(name)
+                .map_err(|m| CniError::new(code::INVALID_CONFIG, format!("config field \"sliceInterface\": {m}")))?;
+        }
+        if let Some(prev) = &conf.prev_result
+            && !prev.is_object()
+        {
+            return Err(CniError::new(code::INVALID_CONFIG, "prevResult must be a JSON object"));
+        }
+        Ok(conf)
+    }
+
+    /// Node-state dir (config `stateDir`, default `/run/slicenet`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| names::DEFAULT_STATE_DIR.into())
+    }
+
+    /// IPAM dir (config `ipamDir`, default `/var/lib/slicenet/ipam`).
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.ipam_dir.clone().unwrap_or_else(|| names::DEFAULT_IPAM_DIR.into())
+    }
+
+    /// Standalone mode is a Multus delegate: the config names its slice.
+    pub fn standalone(&self) -> bool {
+        self.slice.is_some()
+    }
+
+    /// The pod's annotations, as the runtime passed them.
+    pub fn annotations(&self) -> Option<&BTreeMap<String, String>> {
+        self.runtime_config.pod_annotations.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chained_conf_with_runtime_config() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"lab","type":"slice-cni","stateDir":"/tmp/s",
+                "runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"slicenet.io/slice":"blue"}},
+                "prevResult":{"interfaces":[]},"unknownKey":1}"#,
+        )
+        .unwrap();
+        assert!(!conf.standalone());
+        assert_eq!(conf.annotations().unwrap()["slicenet.io/slice"], "blue");
+        assert_eq!(conf.ipam_dir(), PathBuf::from("/var/lib/slicenet/ipam"));
+    }
+
+    #[test]
+    fn bad_configs() {
+        assert_eq!(NetConf::parse(b"{").unwrap_err().code, code::DECODE);
+        assert_eq!(NetConf::parse(br#"{"name":"x"}"#).unwrap_err().code, code::DECODE);
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","slice":"Bad/Name"}"#).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("\"slice\""), "{e}");
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","prevResult":[1]}"#).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+    }
+}

@@ -1,0 +1,286 @@
+//! Address management from the node prefix. The choice is pure ([`choose`]); the store keeps
+//! one file per allocated address under `<ipamDir>/<slice>/`, named by the address and holding
+//! the key (container id, interface name) and the network name, all under one `flock`.
+//!
+//! Crash safety: a file appears by rename of a fully written temp file, so a plugin killed at
+//! any point leaves either no allocation or a complete one that DEL and GC find by its key.
+//! Temp files of dead writers are removed by the next writer (it holds the lock, so they are dead).
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::spec::{CniError, Result, code};
+
+const LOCK_FILE: &str = ".lock";
+const LAST_FILE: &str = ".last-reserved";
+const TMP_PREFIX: &str = ".tmp-";
+
+/// What identifies an attachment: DEL and GC find ADD's allocation by it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// One allocated address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub slice: String,
+    pub ip: IpAddr,
+    pub key: Key,
+    pub network: String,
+}
+
+/// Picks the next free pod address of `prefix` after `last` (round robin, so a released address
+/// is not handed out again at once), or `None` when every address is taken.
+pub fn choose(prefix: IpNet, taken: &BTreeSet<IpAddr>, last: Option<IpAddr>) -> Option<IpAddr> {
+    let candidates: Vec<IpAddr> = slice_api::prefix::pod_addresses(prefix).collect();
+    let start = last.and_then(|l| candidates.iter().position(|c| *c == l)).map_or(0, |i| i + 1);
+    (0..candidates.len()).map(|i| candidates[(start + i) % candidates.len()]).find(|c| !taken.contains(c))
+}
+
+/// The file store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+fn io_error(what: String, e: std::io::Error) -> CniError {
+    CniError::new(code::IO, what).with_details(e.to_string())
+}
+
+impl Store {
+    /// A store rooted at the config's `ipamDir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// Takes the store's lock (blocking) for the life of the returned guard.
+    fn lock(&self) -> Result<Flock<File>> {
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| io_error(format!("cannot create IPAM dir {}", self.dir.display()), e))?;
+        let path = self.dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_error(format!("cannot open IPAM lock {}", path.display()), e))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_error(format!("cannot lock {}", path.display()), e.into()))
+    }
+
+    /// Allocates an address of `node_prefix` for `key` on `slice`, or returns the one it already
+    /// has. The boolean is true when the address was allocated by this call.
+    ///
+    /// # Errors
+    /// Code 100 when the prefix is exhausted, 5 on I/O failure.
+    pub fn allocate(&self, slice: &str, node_prefix: IpNet, key: &Key, network: &str) -> Result<(IpAddr, bool)> {
+        let _guard = self.lock()?;
+        let dir = self.dir.join(slice);
+        fs::create_dir_all(&dir).map_err(|e| io_error(format!("cannot create {}", dir.display()), e))?;
+        let existing = self.read_slice(slice)?;
+        if let Some(mine) = existing.iter().find(|a| a.key == *key) {
+            return Ok((mine.ip, false));
+        }
+        let taken: BTreeSet<IpAddr> = existing.iter().map(|a| a.ip).collect();
+        let last = fs::read_to_string(dir.join(LAST_FILE)).ok().and_then(|s| s.trim().parse().ok());
+        let ip = choose(node_prefix, &taken, last).ok_or_else(|| {
+            CniError::new(
+                code::PREFIX_EXHAUSTED,
+                format!(
+                    "no free address for slice {slice}: all {} pod addresses of node prefix {node_prefix} are allocated",
+                    taken.len()
+                ),
+            )
+        })?;
+        let body = format!("{}\n{}\n{network}\n", key.container_id, key.ifname);
+        write_by_rename(&dir, &ip.to_string(), body.as_bytes())?;
+        // Best effort: losing it only weakens round robin.
+        let _ = write_by_rename(&dir, LAST_FILE, ip.to_string().as_bytes());
+        Ok((ip, true))
+    }
+
+    /// Every allocation of `key`, in any slice.
+    ///
+    /// # Errors
+    /// Code 5 on I/O failure.
+    pub fn find(&self, key: &Key) -> Result<Vec<Allocation>> {
+        let _guard = self.lock()?;
+        Ok(self.read_all()?.into_iter().filter(|a| a.key == *key).collect())
+    }
+
+    /// Every allocation in the store.
+    ///
+    /// # Errors
+    /// Code 5 on I/O failure.
+    pub fn list(&self) -> Result<Vec<Allocation>> {
+        let _guard = self.lock()?;
+        self.read_all()
+    }
+
+    /// Releases the allocations for which `release` returns true and returns them.
+    ///
+    /// # Errors
+    /// Code 5 on I/O failure.
+    pub fn release_where(&self, release: impl Fn(&Allocation) -> bool) -> Result<Vec<Allocation>> {
+        let _guard = self.lock()?;
+        let mut released = Vec::new();
+        for alloc in self.read_all()? {
+            if release(&alloc) {
+                let path = self.dir.join(&alloc.slice).join(alloc.ip.to_string());
+                match fs::remove_file(&path) {
+                    Ok(()) => released.push(alloc),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_error(format!("cannot release {}", path.display()), e)),
+                }
+            }
+        }
+        Ok(released)
+    }
+
+    /// Releases every allocation of `key`; releasing nothing is not an error.
+    ///
+    /// # Errors
+    /// Code 5 on I/O failure.
+    pub fn release(&self, key: &Key) -> Result<Vec<Allocation>> {
+        self.release_where(|a| a.key == *key)
+    }
+
+    fn read_all(&self) -> Result<Vec<Allocation>> {
+        let mut all = Vec::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(all),
+            Err(e) => return Err(io_error(format!("cannot read IPAM dir {}", self.dir.display()), e)),
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir())
+                && let Some(slice) = entry.file_name().to_str()
+            {
+                all.extend(self.read_slice(slice)?);
+            }
+        }
+        Ok(all)
+    }
+
+    fn read_slice(&self, slice: &str) -> Result<Vec<Allocation>> {
+        let dir = self.dir.join(slice);
+        let mut allocations = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(allocations),
+            Err(e) => return Err(io_error(format!("cannot read {}", dir.display()), e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(TMP_PREFIX) {
+                // A writer died between write and rename; we hold the lock, so it is gone.
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
+            let Ok(ip) = name.parse::<IpAddr>() else { continue };
+            let body = fs::read_to_string(entry.path())
+                .map_err(|e| io_error(format!("cannot read {}", entry.path().display()), e))?;
+            let mut lines = body.lines();
+            let (Some(container_id), Some(ifname)) = (lines.next(), lines.next()) else { continue };
+            allocations.push(Allocation {
+                slice: slice.to_string(),
+                ip,
+                key: Key { container_id: container_id.into(), ifname: ifname.into() },
+                network: lines.next().unwrap_or_default().to_string(),
+            });
+        }
+        Ok(allocations)
+    }
+}
+
+fn write_by_rename(dir: &Path, name: &str, body: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}"));
+    let dst = dir.join(name);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(body)?;
+        fs::rename(&tmp, &dst)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_error(format!("cannot write {}", dst.display()), e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> Key {
+        Key { container_id: id.into(), ifname: "slice0".into() }
+    }
+
+    #[test]
+    fn choose_round_robin_and_exhaustion() {
+        let p: IpNet = "10.80.0.0/29".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(choose(p, &BTreeSet::new(), None), Some(ip("10.80.0.2")));
+        assert_eq!(choose(p, &BTreeSet::new(), Some(ip("10.80.0.3"))), Some(ip("10.80.0.4")));
+        assert_eq!(choose(p, &BTreeSet::new(), Some(ip("10.80.0.6"))), Some(ip("10.80.0.2")));
+        let taken: BTreeSet<_> = ["10.80.0.2", "10.80.0.3", "10.80.0.4", "10.80.0.5", "10.80.0.6"].map(ip).into();
+        assert_eq!(choose(p, &taken, None), None);
+    }
+
+    #[test]
+    fn allocate_is_idempotent_and_exhausts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().into());
+        let p: IpNet = "10.80.0.0/29".parse().unwrap();
+        let (a, new) = store.allocate("blue", p, &key("a"), "lab").unwrap();
+        assert!(new);
+        assert_eq!(store.allocate("blue", p, &key("a"), "lab").unwrap(), (a, false));
+        for id in ["b", "c", "d", "e"] {
+            store.allocate("blue", p, &key(id), "lab").unwrap();
+        }
+        let e = store.allocate("blue", p, &key("f"), "lab").unwrap_err();
+        assert_eq!(e.code, code::PREFIX_EXHAUSTED);
+        assert_eq!(store.release(&key("a")).unwrap().len(), 1);
+        assert!(store.release(&key("a")).unwrap().is_empty());
+        assert_eq!(store.find(&key("b")).unwrap()[0].network, "lab");
+        let gone = store.release_where(|a| a.key.container_id != "c").unwrap();
+        assert_eq!(gone.len(), 3);
+        assert_eq!(store.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn dead_writer_temp_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().into());
+        fs::create_dir_all(dir.path().join("blue")).unwrap();
+        fs::write(dir.path().join("blue").join(".tmp-10.80.0.2"), "half").unwrap();
+        let p: IpNet = "10.80.0.0/29".parse().unwrap();
+        store.allocate("blue", p, &key("a"), "lab").unwrap();
+        assert!(!dir.path().join("blue").join(".tmp-10.80.0.2").exists());
+    }
+
+    #[test]
+    fn concurrent_allocations_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let p: IpNet = "10.80.0.0/24".parse().unwrap();
+        let ips: Vec<IpAddr> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..40)
+                .map(|i| {
+                    let store = Store::new(dir.path().into());
+                    s.spawn(move || store.allocate("blue", p, &key(&format!("c{i}")), "lab").unwrap().0)
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let unique: BTreeSet<_> = ips.iter().collect();
+        assert_eq!(unique.len(), ips.len());
+    }
+}

@@ -1,0 +1,202 @@
+//! Node agents: their configuration built from a small slice list ([`LabSlice`]), and the
+//! `slice-operator node-agent` process inside a node's namespace.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ipnet::IpNet;
+use slice_api::node::{NodeAgentConfig, PeerNode, SliceOnNode};
+
+use crate::{cmd, netns};
+
+/// `maxClusters` the lab carves slice subnets with.
+pub const LAB_MAX_CLUSTERS: u32 = 16;
+/// Node prefix length the lab uses.
+pub const LAB_NODE_PREFIX_LEN: u8 = 26;
+
+/// A slice as a lab test describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabSlice {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: IpNet,
+    /// Member namespaces (in this cluster).
+    pub namespaces: Vec<String>,
+}
+
+impl LabSlice {
+    /// A slice with the given members.
+    ///
+    /// # Panics
+    /// When `subnet` is not a valid prefix (test input).
+    pub fn new(name: &str, vni: u32, subnet: &str, namespaces: &[&str]) -> Self {
+        Self {
+            name: name.to_owned(),
+            vni,
+            subnet: subnet.parse().expect("LabSlice subnet is a prefix"),
+            namespaces: namespaces.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+}
+
+/// What the config builder needs to know about one node.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentNode {
+    pub(crate) name: String,
+    /// 1-based.
+    pub(crate) index: usize,
+    pub(crate) underlay: IpAddr,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) router_netns_prefix: String,
+}
+
+/// The node agent configuration of every node of one cluster: cluster prefix `cluster_index` of
+/// each slice subnet split into [`LAB_MAX_CLUSTERS`], node prefix /26 number `index − 1`, the
+/// other nodes of the cluster as peers.
+pub(crate) fn agent_configs(
+    cluster_index: usize,
+    nodes: &[AgentNode],
+    slices: &[LabSlice],
+) -> Result<Vec<NodeAgentConfig>> {
+    let node_prefix = |slice: &LabSlice, node: &AgentNode| -> Result<IpNet> {
+        let cluster = slice_api::prefix::cluster_prefix(slice.subnet, LAB_MAX_CLUSTERS, cluster_index as u64)
+            .with_context(|| format!("slice {}", slice.name))?;
+        slice_api::prefix::node_prefix(cluster, LAB_NODE_PREFIX_LEN, (node.index - 1) as u64)
+            .with_context(|| format!("slice {} node {}", slice.name, node.name))
+    };
+    let mut configs = Vec::new();
+    for node in nodes {
+        let mut on_node = Vec::new();
+        for slice in slices {
+            let mut peers = Vec::new();
+            for peer in nodes.iter().filter(|p| p.name != node.name) {
+                peers.push(PeerNode {
+                    name: peer.name.clone(),
+                    underlay_address: peer.underlay,
+                    node_prefix: node_prefix(slice, peer)?,
+                });
+            }
+            on_node.push(SliceOnNode {
+                name: slice.name.clone(),
+                vni: slice.vni,
+                slice_subnet: slice.subnet,
+                node_prefix: node_prefix(slice, node)?,
+                mtu: None,
+                namespaces: slice.namespaces.clone(),
+                peers,
+            });
+        }
+        let config = NodeAgentConfig {
+            node: node.name.clone(),
+            underlay_address: node.underlay,
+            underlay_mtu: 1500,
+            state_dir: node.state_dir.clone(),
+            netns_dir: netns::NETNS_DIR.into(),
+            router_netns_prefix: node.router_netns_prefix.clone(),
+            vxlan_port: slice_api::names::DEFAULT_VXLAN_PORT,
+            slices: on_node,
+        };
+        config.validate().map_err(|e| anyhow::anyhow!("node {}: {e}", node.name))?;
+        configs.push(config);
+    }
+    Ok(configs)
+}
+
+/// Files of one node's agent.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentPaths {
+    pub(crate) config: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) pid_file: PathBuf,
+}
+
+impl AgentPaths {
+    pub(crate) fn new(node_dir: &Path) -> Self {
+        Self {
+            config: node_dir.join("agent.json"),
+            log: node_dir.join("agent.log"),
+            pid_file: node_dir.join("agent.pid"),
+        }
+    }
+}
+
+/// Writes the agent configuration atomically (the agent polls the file).
+pub(crate) fn write_config(paths: &AgentPaths, config: &NodeAgentConfig) -> Result<()> {
+    let json = serde_json::to_vec_pretty(config)?;
+    slice_api::node::write_atomic(&paths.config, &json)?;
+    Ok(())
+}
+
+/// Starts `slice-operator node-agent --config FILE` inside `netns`.
+pub(crate) fn start(paths: &AgentPaths, operator: &Path, netns: &Path) -> Result<Child> {
+    if !operator.exists() {
+        bail!(
+            "{} does not exist: build it (`cargo build -p slice-operator`) or set SLICENET_BIN_DIR",
+            operator.display()
+        );
+    }
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&paths.log)
+        .with_context(|| format!("cannot open {}", paths.log.display()))?;
+    let argv = [operator, Path::new("node-agent"), Path::new("--config"), &paths.config];
+    let mut command = netns::command(netns, &argv);
+    command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    let child = command.spawn().with_context(|| format!("cannot start `{}`", cmd::describe(&command)))?;
+    std::fs::write(&paths.pid_file, child.id().to_string())
+        .with_context(|| format!("cannot write {}", paths.pid_file.display()))?;
+    Ok(child)
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL; reaps the child.
+pub(crate) fn stop_child(child: &mut Child, grace: Duration) -> Result<()> {
+    if child.try_wait()?.is_some() {
+        return Ok(());
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().context("cannot reap a killed child")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(i: usize) -> AgentNode {
+        AgentNode {
+            name: format!("n{i}"),
+            index: i,
+            underlay: format!("198.18.1.{}", 10 + i).parse().unwrap(),
+            state_dir: format!("/lab/c2/n{i}/state").into(),
+            router_netns_prefix: format!("lab-c2-n{i}-"),
+        }
+    }
+
+    #[test]
+    fn configs_carve_cluster_and_node_prefixes() {
+        let slices = [LabSlice::new("blue", 100, "10.80.0.0/16", &["shop"])];
+        let configs = agent_configs(1, &[node(1), node(2)], &slices).unwrap();
+        assert_eq!(configs.len(), 2);
+        let n2 = &configs[1];
+        assert_eq!(n2.node, "n2");
+        assert_eq!(n2.slices[0].node_prefix.to_string(), "10.80.16.64/26");
+        assert_eq!(n2.slices[0].peers.len(), 1);
+        assert_eq!(n2.slices[0].peers[0].name, "n1");
+        assert_eq!(n2.slices[0].peers[0].node_prefix.to_string(), "10.80.16.0/26");
+        assert_eq!(n2.router_netns("blue"), PathBuf::from("/run/netns/lab-c2-n2-blue"));
+    }
+}
