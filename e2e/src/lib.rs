@@ -31,6 +31,8 @@
 //! `/run/netns` after a crash (it is also called by [`Lab::new`] for its prefix).
 
 mod agent;
+pub mod bench;
+pub mod demo;
 mod cleanup;
 mod cmd;
 mod containerd;
