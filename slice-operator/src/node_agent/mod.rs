@@ -1,0 +1,239 @@
+//! The node agent: on each node, one router namespace per slice, joined to the same slice's
+//! routers on the other nodes by a VXLAN (flannel's static scheme), and a node-state file per
+//! slice for the CNI plugin.
+//!
+//! A reconcile observes ([`router::observe`]), decides ([`plan::plan`], pure) and applies
+//! ([`router::apply`]). The daemon reconciles at start, whenever the configuration file's
+//! content changes, and every [`RESYNC`] to repair drift; failures are logged and retried, and
+//! on SIGTERM/SIGINT it exits leaving the data plane in place, for the next start to adopt.
+
+pub mod plan;
+pub mod router;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dataplane::Netlink;
+use slice_api::node::{NodeAgentConfig, NodeFileError};
+
+pub use plan::{Action, Observed, RouterSpec};
+
+/// How often the daemon re-reconciles an unchanged configuration.
+pub const RESYNC: Duration = Duration::from_secs(10);
+
+/// What went wrong in the node agent.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeAgentError {
+    /// The configuration could not be read or is invalid.
+    #[error(transparent)]
+    Config(NodeFileError),
+    /// Writing a node-state file failed.
+    #[error(transparent)]
+    StateFile(NodeFileError),
+    /// Reading the kernel's state of a slice failed.
+    #[error("slice {slice}: {what}")]
+    Observe {
+        slice: String,
+        what: String,
+        #[source]
+        source: dataplane::Error,
+    },
+    /// A data-plane step failed.
+    #[error("{what}")]
+    Apply {
+        what: String,
+        #[source]
+        source: dataplane::Error,
+    },
+    /// A file-system step failed.
+    #[error("{op}")]
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Some slices could not be reconciled; the others were.
+    #[error("{} slice(s) failed: {}", failures.len(), summary(failures))]
+    Reconcile { failures: Vec<SliceFailure> },
+}
+
+/// One slice whose reconcile stopped, and why.
+#[derive(Debug)]
+pub struct SliceFailure {
+    pub slice: String,
+    pub action: String,
+    pub error: NodeAgentError,
+}
+
+fn summary(failures: &[SliceFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| format!("slice {}: {}: {}", f.slice, f.action, chain(&f.error)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An error and its sources on one line ("a: b: c").
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = e.source();
+    }
+    s
+}
+
+/// Brings the node in line with `config`, from the calling thread's network namespace (the
+/// node's). Returns the actions applied (empty when nothing had to change).
+///
+/// # Errors
+/// When observing fails, or [`NodeAgentError::Reconcile`] naming each slice that could not be
+/// completed (the other slices are reconciled regardless).
+pub fn reconcile(config: &NodeAgentConfig) -> Result<Vec<Action>, NodeAgentError> {
+    let mut node = Netlink::new().map_err(|source| NodeAgentError::Apply {
+        what: "opening netlink in the node namespace".into(),
+        source,
+    })?;
+    let (observed, unobservable) = router::observe(config, &mut node)?;
+    let actions = plan::plan(config, &observed);
+    let unobservable: Vec<SliceFailure> = unobservable
+        .into_iter()
+        .map(|(slice, error)| SliceFailure {
+            slice,
+            action: "observe the router".into(),
+            error,
+        })
+        .collect();
+    if actions.is_empty() && unobservable.is_empty() {
+        tracing::debug!("node is up to date");
+        return Ok(actions);
+    }
+    let failures = router::apply(config, &mut node, &actions);
+    if failures.is_empty() && unobservable.is_empty() {
+        tracing::info!(actions = actions.len(), "reconciled");
+        Ok(actions)
+    } else {
+        Err(NodeAgentError::Reconcile {
+            failures: unobservable
+                .into_iter()
+                .chain(
+                    failures
+                        .into_iter()
+                        .map(|(slice, action, error)| SliceFailure {
+                            slice,
+                            action,
+                            error,
+                        }),
+                )
+                .collect(),
+        })
+    }
+}
+
+/// Loads the configuration and reconciles once.
+///
+/// # Errors
+/// See [`NodeAgentConfig::load`] and [`reconcile`].
+pub fn run_once(config_path: &Path) -> Result<Vec<Action>, NodeAgentError> {
+    let config = NodeAgentConfig::load(config_path).map_err(NodeAgentError::Config)?;
+    reconcile(&config)
+}
+
+/// Options of the daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub config_path: PathBuf,
+    /// How often the configuration file is checked for changes (and failures retried).
+    pub interval: Duration,
+    /// How often an unchanged configuration is reconciled again.
+    pub resync: Duration,
+}
+
+/// Runs the agent until SIGTERM or SIGINT. A configuration that cannot be read keeps the last
+/// good one in force; a failed reconcile is retried at the next interval.
+///
+/// # Errors
+/// Only when the runtime or the signal handlers cannot be set up.
+pub fn run_daemon(opts: &DaemonOptions) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon_loop(opts))
+}
+
+async fn daemon_loop(opts: &DaemonOptions) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut last_bytes: Option<Vec<u8>> = None;
+    let mut config: Option<NodeAgentConfig> = None;
+    let mut needs_reconcile = true;
+    let mut last_reconcile = tokio::time::Instant::now();
+    tracing::info!(config = %opts.config_path.display(), "node agent starting");
+
+    loop {
+        // Re-read the configuration when its bytes changed.
+        match tokio::fs::read(&opts.config_path).await {
+            Ok(bytes) if last_bytes.as_ref() != Some(&bytes) => {
+                match NodeAgentConfig::load(&opts.config_path) {
+                    Ok(c) => {
+                        if config.is_some() {
+                            tracing::info!("configuration changed");
+                        }
+                        config = Some(c);
+                        needs_reconcile = true;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %chain(&e), "configuration rejected; keeping the last good one")
+                    }
+                }
+                last_bytes = Some(bytes);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(
+                path = %opts.config_path.display(),
+                error = %e,
+                "cannot read the configuration"
+            ),
+        }
+        if last_reconcile.elapsed() >= opts.resync {
+            needs_reconcile = true;
+        }
+
+        if let (true, Some(c)) = (needs_reconcile, config.clone()) {
+            // Netlink handles run their own runtimes: reconcile off this one. The blocking
+            // thread is in the process's (the node's) network namespace.
+            let outcome = tokio::task::spawn_blocking(move || reconcile(&c)).await;
+            last_reconcile = tokio::time::Instant::now();
+            needs_reconcile = match outcome {
+                Ok(Ok(_)) => false,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %chain(&e), "reconcile failed; retrying");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reconcile panicked; retrying");
+                    true
+                }
+            };
+        }
+
+        tokio::select! {
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: exiting, data plane left in place");
+                return Ok(());
+            }
+            _ = sigint.recv() => {
+                tracing::info!("SIGINT: exiting, data plane left in place");
+                return Ok(());
+            }
+            _ = tokio::time::sleep(opts.interval) => {}
+        }
+    }
+}
