@@ -32,11 +32,11 @@
 
 mod agent;
 pub mod bench;
-pub mod demo;
 mod cleanup;
 mod cmd;
 mod containerd;
 mod cri;
+pub mod demo;
 mod lab;
 mod netns;
 mod pause;

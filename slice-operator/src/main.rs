@@ -38,9 +38,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
@@ -48,20 +46,14 @@ fn main() -> ExitCode {
             eprintln!("slice-operator: not implemented yet: see issue 4");
             ExitCode::from(2)
         }
-        Command::NodeAgent {
-            config, once: true, ..
-        } => match node_agent::run_once(&config) {
+        Command::NodeAgent { config, once: true, .. } => match node_agent::run_once(&config) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("slice-operator node-agent: {}", node_agent::chain(&e));
                 ExitCode::FAILURE
             }
         },
-        Command::NodeAgent {
-            config,
-            interval_ms,
-            ..
-        } => {
+        Command::NodeAgent { config, interval_ms, .. } => {
             let opts = DaemonOptions {
                 config_path: config,
                 interval: Duration::from_millis(interval_ms.max(10)),

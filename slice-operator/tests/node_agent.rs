@@ -174,10 +174,7 @@ struct Daemon {
 impl Daemon {
     fn log(&self) -> String {
         let mut s = String::new();
-        std::fs::File::open(self.log.path())
-            .unwrap()
-            .read_to_string(&mut s)
-            .unwrap();
+        std::fs::File::open(self.log.path()).unwrap().read_to_string(&mut s).unwrap();
         s
     }
 
@@ -186,28 +183,19 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let log = self.log();
-            let n = log
-                .lines()
-                .filter(|l| needles.iter().any(|n| l.contains(n)))
-                .count();
+            let n = log.lines().filter(|l| needles.iter().any(|n| l.contains(n))).count();
             if n >= count {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {needles:?}:\n{log}"
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for {needles:?}:\n{log}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// SIGTERM and wait; the exit status must be success.
     fn terminate(mut self) -> String {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
         let status = self.child.wait().unwrap();
         let log = self.log();
         assert!(status.success(), "daemon exited with {status}:\n{log}");
@@ -232,19 +220,9 @@ struct Lab {
 
 impl Lab {
     fn new() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "these tests need root (network namespaces, netlink)"
-        );
-        let tag = format!(
-            "sna{}x{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let mut lab = Lab {
-            nodes: Vec::new(),
-            tag: tag.clone(),
-        };
+        assert!(nix::unistd::geteuid().is_root(), "these tests need root (network namespaces, netlink)");
+        let tag = format!("sna{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let mut lab = Lab { nodes: Vec::new(), tag: tag.clone() };
         for (i, underlay) in [(1, "198.18.250.1"), (2, "198.18.250.2")] {
             let name = format!("n{i}");
             let path = PathBuf::from(format!("/run/netns/{tag}-{name}"));
@@ -273,10 +251,7 @@ impl Lab {
         })
         .unwrap();
         let mut nl2 = Netlink::in_netns(&n2.ns).unwrap();
-        for (nl, dev, addr) in [
-            (&mut nl1, "u1", "198.18.250.1/24"),
-            (&mut nl2, "u2", "198.18.250.2/24"),
-        ] {
+        for (nl, dev, addr) in [(&mut nl1, "u1", "198.18.250.1/24"), (&mut nl2, "u2", "198.18.250.2/24")] {
             nl.set_up("lo").unwrap();
             nl.add_addr(dev, addr.parse().unwrap()).unwrap();
             nl.set_up(dev).unwrap();
@@ -311,28 +286,15 @@ impl Drop for Lab {
 }
 
 fn blue(index: u32, peer_underlay: &str, peer_index: u32) -> SliceDef<'_> {
-    SliceDef {
-        name: "blue",
-        vni: 100,
-        index,
-        peers: vec![(peer_underlay, peer_index)],
-    }
+    SliceDef { name: "blue", vni: 100, index, peers: vec![(peer_underlay, peer_index)] }
 }
 
 fn routes_on(nl: &mut Netlink, dev: &str) -> Vec<Route> {
-    nl.routes(false)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.dev.as_deref() == Some(dev))
-        .collect()
+    nl.routes(false).unwrap().into_iter().filter(|r| r.dev.as_deref() == Some(dev)).collect()
 }
 
 fn permanent_neighs(nl: &mut Netlink, dev: &str) -> Vec<dataplane::Neigh> {
-    nl.neighs(dev)
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.permanent)
-        .collect()
+    nl.neighs(dev).unwrap().into_iter().filter(|n| n.permanent).collect()
 }
 
 #[test]
@@ -347,9 +309,7 @@ fn routers_on_two_nodes_reach_each_other_and_a_second_run_changes_nothing() {
     assert!(lab.n2().ping("blue", &router(1), &router(0)));
 
     // The state file is there, with what the CNI plugin needs.
-    let state = NodeState::load(lab.n1().state_dir.path(), "blue")
-        .unwrap()
-        .expect("state file");
+    let state = NodeState::load(lab.n1().state_dir.path(), "blue").unwrap().expect("state file");
     assert_eq!(state.router_address.to_string(), router(0));
     assert_eq!(state.router_netns, lab.n1().router_path("blue"));
     assert_eq!(state.mtu, 1450);
@@ -364,41 +324,25 @@ fn routers_on_two_nodes_reach_each_other_and_a_second_run_changes_nothing() {
     assert_eq!(vx.mac, Some([0x0a, 0x58, 198, 19, 0, 1]));
     assert_eq!(vx.vxlan_learning, Some(false));
     assert!(
-        Netlink::in_netns(&lab.n1().ns)
-            .unwrap()
-            .link("sv100")
-            .unwrap()
-            .is_none(),
+        Netlink::in_netns(&lab.n1().ns).unwrap().link("sv100").unwrap().is_none(),
         "the vxlan must live in the router namespace"
     );
 
     // A second run (binary and library) changes nothing.
     let index = lab.n1().vxlan_index("blue", 100);
-    let mtime = std::fs::metadata(NodeState::path(lab.n1().state_dir.path(), "blue"))
-        .unwrap()
-        .modified()
-        .unwrap();
+    let mtime = std::fs::metadata(NodeState::path(lab.n1().state_dir.path(), "blue")).unwrap().modified().unwrap();
     lab.n1().run_once_ok();
     assert_eq!(lab.n1().reconcile(), vec![]);
     assert_eq!(lab.n2().reconcile(), vec![]);
     assert_eq!(lab.n1().vxlan_index("blue", 100), index);
     assert_eq!(
-        std::fs::metadata(NodeState::path(lab.n1().state_dir.path(), "blue"))
-            .unwrap()
-            .modified()
-            .unwrap(),
+        std::fs::metadata(NodeState::path(lab.n1().state_dir.path(), "blue")).unwrap().modified().unwrap(),
         mtime
     );
 
     // A VNI change on both sides recreates the VXLAN; the routers reach each other again.
-    lab.n1().write_config(&[SliceDef {
-        vni: 101,
-        ..blue(0, "198.18.250.2", 1)
-    }]);
-    lab.n2().write_config(&[SliceDef {
-        vni: 101,
-        ..blue(1, "198.18.250.1", 0)
-    }]);
+    lab.n1().write_config(&[SliceDef { vni: 101, ..blue(0, "198.18.250.2", 1) }]);
+    lab.n2().write_config(&[SliceDef { vni: 101, ..blue(1, "198.18.250.1", 0) }]);
     lab.n1().reconcile();
     lab.n2().reconcile();
     assert!(lab.n1().router_nl("blue").link("sv100").unwrap().is_none());
@@ -444,10 +388,7 @@ fn a_restarted_daemon_adopts_and_follows_config_changes() {
     assert!(lab.n1().ping("blue", &router(0), &router(1)));
 
     // A configuration change is picked up without a restart: the peer goes away.
-    lab.n1().write_config(&[SliceDef {
-        peers: vec![],
-        ..blue(0, "198.18.250.2", 1)
-    }]);
+    lab.n1().write_config(&[SliceDef { peers: vec![], ..blue(0, "198.18.250.2", 1) }]);
     daemon.wait_log(&["reconciled"], 1);
     let mut nl = lab.n1().router_nl("blue");
     assert_eq!(routes_on(&mut nl, "sv100"), vec![]);
@@ -466,12 +407,8 @@ fn a_restarted_daemon_adopts_and_follows_config_changes() {
 fn removing_a_peer_removes_its_route_neighbour_and_fdb_only() {
     let lab = Lab::new();
     // n1 knows the real n2 and a third node (never contacted).
-    let with_both = SliceDef {
-        name: "blue",
-        vni: 100,
-        index: 0,
-        peers: vec![("198.18.250.2", 1), ("198.18.250.3", 2)],
-    };
+    let with_both =
+        SliceDef { name: "blue", vni: 100, index: 0, peers: vec![("198.18.250.2", 1), ("198.18.250.3", 2)] };
     lab.n1().write_config(&[with_both]);
     lab.n2().write_config(&[blue(1, "198.18.250.1", 0)]);
     lab.n1().run_once_ok();
@@ -511,16 +448,9 @@ fn removing_a_peer_removes_its_route_neighbour_and_fdb_only() {
 #[test]
 fn removing_a_slice_removes_its_state_and_router_and_leaves_the_other_working() {
     let lab = Lab::new();
-    let red = |i, peer, pi| SliceDef {
-        name: "red",
-        vni: 200,
-        index: i,
-        peers: vec![(peer, pi)],
-    };
-    lab.n1()
-        .write_config(&[blue(0, "198.18.250.2", 1), red(4, "198.18.250.2", 5)]);
-    lab.n2()
-        .write_config(&[blue(1, "198.18.250.1", 0), red(5, "198.18.250.1", 4)]);
+    let red = |i, peer, pi| SliceDef { name: "red", vni: 200, index: i, peers: vec![(peer, pi)] };
+    lab.n1().write_config(&[blue(0, "198.18.250.2", 1), red(4, "198.18.250.2", 5)]);
+    lab.n2().write_config(&[blue(1, "198.18.250.1", 0), red(5, "198.18.250.1", 4)]);
     lab.n1().run_once_ok();
     lab.n2().run_once_ok();
     assert!(lab.n1().ping("red", &router(4), &router(5)));
@@ -538,8 +468,7 @@ fn removing_a_slice_removes_its_state_and_router_and_leaves_the_other_working() 
     assert!(!lab.n2().ping("red", &router(5), &router(4)));
 
     // Re-adding it at once works (the old VXLAN must not hold the VNI any more).
-    lab.n1()
-        .write_config(&[blue(0, "198.18.250.2", 1), red(4, "198.18.250.2", 5)]);
+    lab.n1().write_config(&[blue(0, "198.18.250.2", 1), red(4, "198.18.250.2", 5)]);
     lab.n1().run_once_ok();
     assert!(lab.n1().ping("red", &router(4), &router(5)));
     lab.n1().write_config(&[blue(0, "198.18.250.2", 1)]);
@@ -560,17 +489,10 @@ fn removing_a_slice_removes_its_state_and_router_and_leaves_the_other_working() 
 #[test]
 fn two_slices_with_the_same_subnet_stay_isolated() {
     let lab = Lab::new();
-    let red = |i, peer, pi| SliceDef {
-        name: "red",
-        vni: 200,
-        index: i,
-        peers: vec![(peer, pi)],
-    };
+    let red = |i, peer, pi| SliceDef { name: "red", vni: 200, index: i, peers: vec![(peer, pi)] };
     // Same subnet, same node prefixes, same router addresses; only the VNI differs.
-    lab.n1()
-        .write_config(&[blue(0, "198.18.250.2", 1), red(0, "198.18.250.2", 1)]);
-    lab.n2()
-        .write_config(&[blue(1, "198.18.250.1", 0), red(1, "198.18.250.1", 0)]);
+    lab.n1().write_config(&[blue(0, "198.18.250.2", 1), red(0, "198.18.250.2", 1)]);
+    lab.n2().write_config(&[blue(1, "198.18.250.1", 0), red(1, "198.18.250.1", 0)]);
     lab.n1().run_once_ok();
     lab.n2().run_once_ok();
     assert!(lab.n1().ping("blue", &router(0), &router(1)));
@@ -593,12 +515,7 @@ fn once_exits_nonzero_on_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.json");
     std::fs::write(&path, br#"{"node": "n1"}"#).unwrap();
-    let out = Command::new(BIN)
-        .args(["node-agent", "--config"])
-        .arg(&path)
-        .arg("--once")
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["node-agent", "--config"]).arg(&path).arg("--once").output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.json"), "{stderr}");

@@ -95,19 +95,13 @@ pub fn chain(err: &dyn std::error::Error) -> String {
 /// When observing fails, or [`NodeAgentError::Reconcile`] naming each slice that could not be
 /// completed (the other slices are reconciled regardless).
 pub fn reconcile(config: &NodeAgentConfig) -> Result<Vec<Action>, NodeAgentError> {
-    let mut node = Netlink::new().map_err(|source| NodeAgentError::Apply {
-        what: "opening netlink in the node namespace".into(),
-        source,
-    })?;
+    let mut node = Netlink::new()
+        .map_err(|source| NodeAgentError::Apply { what: "opening netlink in the node namespace".into(), source })?;
     let (observed, unobservable) = router::observe(config, &mut node)?;
     let actions = plan::plan(config, &observed);
     let unobservable: Vec<SliceFailure> = unobservable
         .into_iter()
-        .map(|(slice, error)| SliceFailure {
-            slice,
-            action: "observe the router".into(),
-            error,
-        })
+        .map(|(slice, error)| SliceFailure { slice, action: "observe the router".into(), error })
         .collect();
     if actions.is_empty() && unobservable.is_empty() {
         tracing::debug!("node is up to date");
@@ -121,15 +115,7 @@ pub fn reconcile(config: &NodeAgentConfig) -> Result<Vec<Action>, NodeAgentError
         Err(NodeAgentError::Reconcile {
             failures: unobservable
                 .into_iter()
-                .chain(
-                    failures
-                        .into_iter()
-                        .map(|(slice, action, error)| SliceFailure {
-                            slice,
-                            action,
-                            error,
-                        }),
-                )
+                .chain(failures.into_iter().map(|(slice, action, error)| SliceFailure { slice, action, error }))
                 .collect(),
         })
     }
@@ -160,9 +146,7 @@ pub struct DaemonOptions {
 /// # Errors
 /// Only when the runtime or the signal handlers cannot be set up.
 pub fn run_daemon(opts: &DaemonOptions) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(daemon_loop(opts))
 }
 

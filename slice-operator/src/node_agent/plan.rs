@@ -117,11 +117,7 @@ impl RouterSpec {
             mtu: config.underlay_mtu.saturating_sub(overhead),
             mac: router_mac(router),
         };
-        let mut peers: Vec<PeerSpec> = slice
-            .peers
-            .iter()
-            .map(|p| peer_spec(&vxlan.name, p))
-            .collect();
+        let mut peers: Vec<PeerSpec> = slice.peers.iter().map(|p| peer_spec(&vxlan.name, p)).collect();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         Self {
             slice: slice.name.clone(),
@@ -147,15 +143,8 @@ fn peer_spec(vxlan: &str, peer: &PeerNode) -> PeerSpec {
             onlink: true,
             scope_link: false,
         },
-        neigh: Neigh {
-            ip: peer_router,
-            mac,
-            permanent: true,
-        },
-        fdb: Fdb {
-            mac,
-            dst: peer.underlay_address,
-        },
+        neigh: Neigh { ip: peer_router, mac, permanent: true },
+        fdb: Fdb { mac, dst: peer.underlay_address },
     }
 }
 
@@ -379,24 +368,15 @@ impl std::fmt::Display for Action {
             Action::DeleteRoute { route, .. } => write!(f, "delete route {}", show_route(route)),
             Action::ReplaceRoute { route, .. } => write!(f, "replace route {}", show_route(route)),
             Action::DeleteNeigh { dev, ip, .. } => write!(f, "delete neighbour {ip} on {dev}"),
-            Action::ReplaceNeigh { dev, neigh, .. } => write!(
-                f,
-                "replace neighbour {} lladdr {} on {dev}",
-                neigh.ip,
-                format_mac(&neigh.mac)
-            ),
-            Action::DeleteFdb { dev, entry, .. } => write!(
-                f,
-                "delete fdb {} dst {} on {dev}",
-                format_mac(&entry.mac),
-                entry.dst
-            ),
-            Action::ReplaceFdb { dev, entry, .. } => write!(
-                f,
-                "replace fdb {} dst {} on {dev}",
-                format_mac(&entry.mac),
-                entry.dst
-            ),
+            Action::ReplaceNeigh { dev, neigh, .. } => {
+                write!(f, "replace neighbour {} lladdr {} on {dev}", neigh.ip, format_mac(&neigh.mac))
+            }
+            Action::DeleteFdb { dev, entry, .. } => {
+                write!(f, "delete fdb {} dst {} on {dev}", format_mac(&entry.mac), entry.dst)
+            }
+            Action::ReplaceFdb { dev, entry, .. } => {
+                write!(f, "replace fdb {} dst {} on {dev}", format_mac(&entry.mac), entry.dst)
+            }
             Action::WriteStateFile { .. } => write!(f, "write the node-state file"),
         }
     }
@@ -436,15 +416,10 @@ pub fn plan(config: &NodeAgentConfig, observed: &Observed) -> Vec<Action> {
         .collect();
     for slice in stale {
         if observed.state_files.contains_key(slice) {
-            actions.push(Action::RemoveStateFile {
-                slice: slice.clone(),
-            });
+            actions.push(Action::RemoveStateFile { slice: slice.clone() });
         }
         if observed.router_netns.contains(slice) {
-            actions.push(Action::DeleteRouterNetns {
-                slice: slice.clone(),
-                netns: config.router_netns(slice),
-            });
+            actions.push(Action::DeleteRouterNetns { slice: slice.clone(), netns: config.router_netns(slice) });
         }
     }
 
@@ -462,10 +437,7 @@ pub fn plan(config: &NodeAgentConfig, observed: &Observed) -> Vec<Action> {
             .iter()
             .find(|s| s.vxlan.name == vx.name || Some(s.vxlan.vni) == vx.vni)
             .map_or_else(|| "(node)".to_string(), |s| s.slice.clone());
-        actions.push(Action::DeleteNodeVxlan {
-            slice: owner,
-            name: vx.name.clone(),
-        });
+        actions.push(Action::DeleteNodeVxlan { slice: owner, name: vx.name.clone() });
     }
 
     for spec in &specs {
@@ -480,21 +452,14 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
     let router = match observed.routers.get(&spec.slice) {
         Some(r) if observed.router_netns.contains(&spec.slice) => r,
         _ => {
-            actions.push(Action::CreateRouterNetns {
-                slice: slice(),
-                netns: spec.netns.clone(),
-            });
+            actions.push(Action::CreateRouterNetns { slice: slice(), netns: spec.netns.clone() });
             &empty
         }
     };
 
     for (key, value) in ROUTER_SYSCTLS {
         if router.sysctls.get(key).map(String::as_str) != Some(value) {
-            actions.push(Action::SetSysctl {
-                slice: slice(),
-                key: key.to_string(),
-                value: value.to_string(),
-            });
+            actions.push(Action::SetSysctl { slice: slice(), key: key.to_string(), value: value.to_string() });
         }
     }
     if !router.lo_up {
@@ -503,21 +468,12 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
     // Only addresses inside the slice subnet are ours (an old router address after a prefix
     // change); anything else on lo belongs to someone else.
     for addr in &router.lo_addrs {
-        if *addr != spec.router_address
-            && !is_loopback_net(addr)
-            && spec.state.slice_subnet.contains(&addr.addr())
-        {
-            actions.push(Action::DeleteLoopbackAddress {
-                slice: slice(),
-                addr: *addr,
-            });
+        if *addr != spec.router_address && !is_loopback_net(addr) && spec.state.slice_subnet.contains(&addr.addr()) {
+            actions.push(Action::DeleteLoopbackAddress { slice: slice(), addr: *addr });
         }
     }
     if !router.lo_addrs.contains(&spec.router_address) {
-        actions.push(Action::AddLoopbackAddress {
-            slice: slice(),
-            addr: spec.router_address,
-        });
+        actions.push(Action::AddLoopbackAddress { slice: slice(), addr: spec.router_address });
     }
 
     // The VXLAN: keep a compatible one, recreate anything else.
@@ -526,35 +482,22 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
         if kept.is_none() && vx.is_compatible_with(&spec.vxlan) {
             kept = Some(vx);
         } else {
-            actions.push(Action::DeleteVxlan {
-                slice: slice(),
-                name: vx.name.clone(),
-            });
+            actions.push(Action::DeleteVxlan { slice: slice(), name: vx.name.clone() });
         }
     }
     let dev = spec.vxlan.name.clone();
     let (routes, neighs, fdb): (&[Route], &[Neigh], &[Fdb]) = match kept {
         Some(vx) => {
             if vx.mtu != spec.vxlan.mtu {
-                actions.push(Action::SetVxlanMtu {
-                    slice: slice(),
-                    name: dev.clone(),
-                    mtu: spec.vxlan.mtu,
-                });
+                actions.push(Action::SetVxlanMtu { slice: slice(), name: dev.clone(), mtu: spec.vxlan.mtu });
             }
             if !vx.up {
-                actions.push(Action::SetVxlanUp {
-                    slice: slice(),
-                    name: dev.clone(),
-                });
+                actions.push(Action::SetVxlanUp { slice: slice(), name: dev.clone() });
             }
             (&router.routes, &router.neighs, &router.fdb)
         }
         None => {
-            actions.push(Action::CreateVxlan {
-                slice: slice(),
-                spec: spec.vxlan.clone(),
-            });
+            actions.push(Action::CreateVxlan { slice: slice(), spec: spec.vxlan.clone() });
             // A new device starts without routes, neighbours or FDB entries.
             (&[], &[], &[])
         }
@@ -564,60 +507,34 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
     let want_routes: Vec<&Route> = spec.peers.iter().map(|p| &p.route).collect();
     for r in routes {
         if r.dev.as_deref() == Some(dev.as_str()) && !want_routes.contains(&r) {
-            actions.push(Action::DeleteRoute {
-                slice: slice(),
-                route: r.clone(),
-            });
+            actions.push(Action::DeleteRoute { slice: slice(), route: r.clone() });
         }
     }
     for n in neighs {
         let wanted = spec.peers.iter().any(|p| p.neigh.ip == n.ip);
         if !wanted && n.permanent {
-            actions.push(Action::DeleteNeigh {
-                slice: slice(),
-                dev: dev.clone(),
-                ip: n.ip,
-            });
+            actions.push(Action::DeleteNeigh { slice: slice(), dev: dev.clone(), ip: n.ip });
         }
     }
     for e in fdb {
         if !spec.peers.iter().any(|p| p.fdb == *e) {
-            actions.push(Action::DeleteFdb {
-                slice: slice(),
-                dev: dev.clone(),
-                entry: e.clone(),
-            });
+            actions.push(Action::DeleteFdb { slice: slice(), dev: dev.clone(), entry: e.clone() });
         }
     }
     for peer in &spec.peers {
         if !fdb.contains(&peer.fdb) {
-            actions.push(Action::ReplaceFdb {
-                slice: slice(),
-                dev: dev.clone(),
-                entry: peer.fdb.clone(),
-            });
+            actions.push(Action::ReplaceFdb { slice: slice(), dev: dev.clone(), entry: peer.fdb.clone() });
         }
         if !neighs.contains(&peer.neigh) {
-            actions.push(Action::ReplaceNeigh {
-                slice: slice(),
-                dev: dev.clone(),
-                neigh: peer.neigh.clone(),
-            });
+            actions.push(Action::ReplaceNeigh { slice: slice(), dev: dev.clone(), neigh: peer.neigh.clone() });
         }
         if !routes.contains(&peer.route) {
-            actions.push(Action::ReplaceRoute {
-                slice: slice(),
-                route: peer.route.clone(),
-            });
+            actions.push(Action::ReplaceRoute { slice: slice(), route: peer.route.clone() });
         }
     }
 
-    if observed.state_files.get(&spec.slice) != Some(&ObservedStateFile::Valid(spec.state.clone()))
-    {
-        actions.push(Action::WriteStateFile {
-            slice: slice(),
-            state: Box::new(spec.state.clone()),
-        });
+    if observed.state_files.get(&spec.slice) != Some(&ObservedStateFile::Valid(spec.state.clone())) {
+        actions.push(Action::WriteStateFile { slice: slice(), state: Box::new(spec.state.clone()) });
     }
 }
 
@@ -658,10 +575,7 @@ mod tests {
         let mut obs = Observed::default();
         for slice in &config.slices {
             let spec = RouterSpec::new(config, slice);
-            obs.state_files.insert(
-                slice.name.clone(),
-                ObservedStateFile::Valid(spec.state.clone()),
-            );
+            obs.state_files.insert(slice.name.clone(), ObservedStateFile::Valid(spec.state.clone()));
             obs.router_netns.insert(slice.name.clone());
             let mut sysctls = BTreeMap::new();
             for (k, v) in ROUTER_SYSCTLS {
@@ -714,14 +628,8 @@ mod tests {
         assert_eq!(vni_of_vxlan_name("sv"), None);
         assert_eq!(vni_of_vxlan_name("svx1"), None);
         assert_eq!(vni_of_vxlan_name("flannel.1"), None);
-        assert_eq!(
-            router_mac("10.80.0.65".parse().unwrap()),
-            [0x0a, 0x58, 10, 80, 0, 65]
-        );
-        assert_eq!(
-            router_mac("fd00::a:b0c:d0e".parse().unwrap()),
-            [0x0a, 0x58, 0x0b, 0x0c, 0x0d, 0x0e]
-        );
+        assert_eq!(router_mac("10.80.0.65".parse().unwrap()), [0x0a, 0x58, 10, 80, 0, 65]);
+        assert_eq!(router_mac("fd00::a:b0c:d0e".parse().unwrap()), [0x0a, 0x58, 0x0b, 0x0c, 0x0d, 0x0e]);
     }
 
     #[test]
@@ -729,10 +637,7 @@ mod tests {
         let c = config();
         let spec = RouterSpec::new(&c, &c.slices[0]);
         assert_eq!(spec.netns, PathBuf::from("/run/netns/t1-blue"));
-        assert_eq!(
-            spec.router_address,
-            "10.80.0.1/32".parse::<IpNet>().unwrap()
-        );
+        assert_eq!(spec.router_address, "10.80.0.1/32".parse::<IpNet>().unwrap());
         assert_eq!(spec.vxlan.name, "sv100");
         assert_eq!(spec.vxlan.mtu, 1450);
         assert_eq!(spec.vxlan.mac, [0x0a, 0x58, 10, 80, 0, 1]);
@@ -760,35 +665,18 @@ mod tests {
         let actions = plan(&c, &Observed::default());
         let blue: Vec<&Action> = actions.iter().filter(|a| a.slice() == "blue").collect();
         assert!(matches!(blue[0], Action::CreateRouterNetns { .. }));
-        assert!(matches!(
-            blue.last().unwrap(),
-            Action::WriteStateFile { .. }
-        ));
-        assert!(
-            blue.iter()
-                .any(|a| matches!(a, Action::CreateVxlan { spec, .. } if spec.vni == 100))
-        );
-        assert_eq!(
-            blue.iter()
-                .filter(|a| matches!(a, Action::ReplaceRoute { .. }))
-                .count(),
-            2
-        );
-        assert_eq!(
-            blue.iter()
-                .filter(|a| matches!(a, Action::SetSysctl { .. }))
-                .count(),
-            4
-        );
+        assert!(matches!(blue.last().unwrap(), Action::WriteStateFile { .. }));
+        assert!(blue.iter().any(|a| matches!(a, Action::CreateVxlan { spec, .. } if spec.vni == 100)));
+        assert_eq!(blue.iter().filter(|a| matches!(a, Action::ReplaceRoute { .. })).count(), 2);
+        assert_eq!(blue.iter().filter(|a| matches!(a, Action::SetSysctl { .. })).count(), 4);
         // The VXLAN exists before anything is put on it.
         let pos = |f: &dyn Fn(&Action) -> bool| blue.iter().position(|a| f(a)).unwrap();
         let create = pos(&|a| matches!(a, Action::CreateVxlan { .. }));
         let fdb = pos(&|a| matches!(a, Action::ReplaceFdb { .. }));
         assert!(create < fdb);
-        assert!(!actions.iter().any(|a| matches!(
-            a,
-            Action::DeleteRouterNetns { .. } | Action::RemoveStateFile { .. }
-        )));
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::DeleteRouterNetns { .. } | Action::RemoveStateFile { .. }))
+        );
     }
 
     #[test]
@@ -808,20 +696,9 @@ mod tests {
         assert_eq!(
             actions,
             vec![
-                Action::DeleteRoute {
-                    slice: "blue".into(),
-                    route: n3.route
-                },
-                Action::DeleteNeigh {
-                    slice: "blue".into(),
-                    dev: "sv100".into(),
-                    ip: n3.neigh.ip
-                },
-                Action::DeleteFdb {
-                    slice: "blue".into(),
-                    dev: "sv100".into(),
-                    entry: n3.fdb
-                },
+                Action::DeleteRoute { slice: "blue".into(), route: n3.route },
+                Action::DeleteNeigh { slice: "blue".into(), dev: "sv100".into(), ip: n3.neigh.ip },
+                Action::DeleteFdb { slice: "blue".into(), dev: "sv100".into(), entry: n3.fdb },
             ]
         );
     }
@@ -837,10 +714,7 @@ mod tests {
             node_prefix: "10.80.0.192/26".parse().unwrap(),
         });
         let actions = plan(&c2, &obs);
-        assert_eq!(
-            slices_touched(&actions),
-            BTreeSet::from(["red".to_string()])
-        );
+        assert_eq!(slices_touched(&actions), BTreeSet::from(["red".to_string()]));
         assert_eq!(actions.len(), 3, "{actions:#?}");
         assert!(actions.iter().all(|a| matches!(
             a,
@@ -862,18 +736,12 @@ mod tests {
                 Action::DeleteFdb {
                     slice: "blue".into(),
                     dev: "sv100".into(),
-                    entry: Fdb {
-                        mac,
-                        dst: "198.18.250.2".parse().unwrap()
-                    }
+                    entry: Fdb { mac, dst: "198.18.250.2".parse().unwrap() }
                 },
                 Action::ReplaceFdb {
                     slice: "blue".into(),
                     dev: "sv100".into(),
-                    entry: Fdb {
-                        mac,
-                        dst: "198.18.250.22".parse().unwrap()
-                    }
+                    entry: Fdb { mac, dst: "198.18.250.22".parse().unwrap() }
                 },
             ]
         );
@@ -886,17 +754,8 @@ mod tests {
         let mut c2 = c.clone();
         c2.slices[0].vni = 101;
         let actions = plan(&c2, &obs);
-        assert_eq!(
-            slices_touched(&actions),
-            BTreeSet::from(["blue".to_string()])
-        );
-        assert_eq!(
-            actions[0],
-            Action::DeleteVxlan {
-                slice: "blue".into(),
-                name: "sv100".into()
-            }
-        );
+        assert_eq!(slices_touched(&actions), BTreeSet::from(["blue".to_string()]));
+        assert_eq!(actions[0], Action::DeleteVxlan { slice: "blue".into(), name: "sv100".into() });
         assert!(matches!(&actions[1], Action::CreateVxlan { spec, .. } if spec.name == "sv101"));
         assert_eq!(
             actions
@@ -906,14 +765,8 @@ mod tests {
             2
         );
         // The state file records the new VNI.
-        assert!(
-            matches!(actions.last(), Some(Action::WriteStateFile { state, .. }) if state.vni == 101)
-        );
-        assert!(
-            !actions
-                .iter()
-                .any(|a| matches!(a, Action::CreateRouterNetns { .. }))
-        );
+        assert!(matches!(actions.last(), Some(Action::WriteStateFile { state, .. }) if state.vni == 101));
+        assert!(!actions.iter().any(|a| matches!(a, Action::CreateRouterNetns { .. })));
     }
 
     #[test]
@@ -940,22 +793,10 @@ mod tests {
         let mut c2 = c.clone();
         c2.underlay_mtu = 9000;
         let actions = plan(&c2, &obs);
-        assert!(actions.contains(&Action::SetVxlanMtu {
-            slice: "blue".into(),
-            name: "sv100".into(),
-            mtu: 8950
-        }));
-        assert!(
-            !actions
-                .iter()
-                .any(|a| matches!(a, Action::CreateVxlan { .. } | Action::DeleteVxlan { .. }))
-        );
+        assert!(actions.contains(&Action::SetVxlanMtu { slice: "blue".into(), name: "sv100".into(), mtu: 8950 }));
+        assert!(!actions.iter().any(|a| matches!(a, Action::CreateVxlan { .. } | Action::DeleteVxlan { .. })));
         // The pod MTU in the state file follows.
-        assert!(
-            actions
-                .iter()
-                .any(|a| matches!(a, Action::WriteStateFile { state, .. } if state.mtu == 8950))
-        );
+        assert!(actions.iter().any(|a| matches!(a, Action::WriteStateFile { state, .. } if state.mtu == 8950)));
     }
 
     #[test]
@@ -968,13 +809,8 @@ mod tests {
         assert_eq!(
             actions,
             vec![
-                Action::RemoveStateFile {
-                    slice: "red".into()
-                },
-                Action::DeleteRouterNetns {
-                    slice: "red".into(),
-                    netns: "/run/netns/t1-red".into()
-                },
+                Action::RemoveStateFile { slice: "red".into() },
+                Action::DeleteRouterNetns { slice: "red".into(), netns: "/run/netns/t1-red".into() },
             ]
         );
     }
@@ -985,13 +821,7 @@ mod tests {
         let mut obs = converged(&c);
         obs.router_netns.insert("old".into());
         let actions = plan(&c, &obs);
-        assert_eq!(
-            actions,
-            vec![Action::DeleteRouterNetns {
-                slice: "old".into(),
-                netns: "/run/netns/t1-old".into()
-            }]
-        );
+        assert_eq!(actions, vec![Action::DeleteRouterNetns { slice: "old".into(), netns: "/run/netns/t1-old".into() }]);
     }
 
     #[test]
@@ -1001,10 +831,7 @@ mod tests {
         let obs = converged(&c);
         c.slices.push(red);
         let actions = plan(&c, &obs);
-        assert_eq!(
-            slices_touched(&actions),
-            BTreeSet::from(["red".to_string()])
-        );
+        assert_eq!(slices_touched(&actions), BTreeSet::from(["red".to_string()]));
     }
 
     #[test]
@@ -1013,8 +840,7 @@ mod tests {
         let mut obs = converged(&c);
         let blue = obs.routers.get_mut("blue").unwrap();
         blue.routes.remove(0);
-        blue.sysctls
-            .insert("net/ipv4/ip_forward".into(), "0".into());
+        blue.sysctls.insert("net/ipv4/ip_forward".into(), "0".into());
         blue.vxlans[0].up = false;
         blue.neighs[0].mac = [0x0a, 0x58, 0, 0, 0, 0];
         let actions = plan(&c, &obs);
@@ -1022,24 +848,10 @@ mod tests {
         assert_eq!(
             actions,
             vec![
-                Action::SetSysctl {
-                    slice: "blue".into(),
-                    key: "net/ipv4/ip_forward".into(),
-                    value: "1".into()
-                },
-                Action::SetVxlanUp {
-                    slice: "blue".into(),
-                    name: "sv100".into()
-                },
-                Action::ReplaceNeigh {
-                    slice: "blue".into(),
-                    dev: "sv100".into(),
-                    neigh: spec.peers[0].neigh.clone()
-                },
-                Action::ReplaceRoute {
-                    slice: "blue".into(),
-                    route: spec.peers[0].route.clone()
-                },
+                Action::SetSysctl { slice: "blue".into(), key: "net/ipv4/ip_forward".into(), value: "1".into() },
+                Action::SetVxlanUp { slice: "blue".into(), name: "sv100".into() },
+                Action::ReplaceNeigh { slice: "blue".into(), dev: "sv100".into(), neigh: spec.peers[0].neigh.clone() },
+                Action::ReplaceRoute { slice: "blue".into(), route: spec.peers[0].route.clone() },
             ]
         );
     }
@@ -1048,17 +860,12 @@ mod tests {
     fn unreadable_or_outdated_state_file_is_rewritten() {
         let c = config();
         let mut obs = converged(&c);
-        obs.state_files
-            .insert("blue".into(), ObservedStateFile::Unreadable);
+        obs.state_files.insert("blue".into(), ObservedStateFile::Unreadable);
         let mut c2 = c.clone();
         c2.slices[1].namespaces.push("web".into());
         let actions = plan(&c2, &obs);
         assert_eq!(actions.len(), 2);
-        assert!(
-            actions
-                .iter()
-                .all(|a| matches!(a, Action::WriteStateFile { .. }))
-        );
+        assert!(actions.iter().all(|a| matches!(a, Action::WriteStateFile { .. })));
     }
 
     #[test]
@@ -1069,12 +876,7 @@ mod tests {
         obs.unobservable.insert("blue".into());
         obs.routers.get_mut("red").unwrap().lo_up = false;
         let actions = plan(&c, &obs);
-        assert_eq!(
-            actions,
-            vec![Action::SetLoopbackUp {
-                slice: "red".into()
-            }]
-        );
+        assert_eq!(actions, vec![Action::SetLoopbackUp { slice: "red".into() }]);
     }
 
     #[test]
@@ -1092,13 +894,7 @@ mod tests {
             up: false,
         });
         let actions = plan(&c, &obs);
-        assert_eq!(
-            actions,
-            vec![Action::DeleteNodeVxlan {
-                slice: "blue".into(),
-                name: "sv100".into()
-            }]
-        );
+        assert_eq!(actions, vec![Action::DeleteNodeVxlan { slice: "blue".into(), name: "sv100".into() }]);
     }
 
     #[test]
@@ -1116,14 +912,8 @@ mod tests {
         assert_eq!(
             actions,
             vec![
-                Action::DeleteLoopbackAddress {
-                    slice: "blue".into(),
-                    addr: "10.80.9.1/32".parse().unwrap()
-                },
-                Action::AddLoopbackAddress {
-                    slice: "blue".into(),
-                    addr: "10.80.0.1/32".parse().unwrap()
-                },
+                Action::DeleteLoopbackAddress { slice: "blue".into(), addr: "10.80.9.1/32".parse().unwrap() },
+                Action::AddLoopbackAddress { slice: "blue".into(), addr: "10.80.0.1/32".parse().unwrap() },
             ]
         );
     }

@@ -12,8 +12,7 @@ use slice_api::node::{NodeAgentConfig, NodeState};
 
 use super::NodeAgentError;
 use super::plan::{
-    Action, Observed, ObservedRouter, ObservedStateFile, ObservedVxlan, ROUTER_SYSCTLS,
-    vni_of_vxlan_name, vxlan_name,
+    Action, Observed, ObservedRouter, ObservedStateFile, ObservedVxlan, ROUTER_SYSCTLS, vni_of_vxlan_name, vxlan_name,
 };
 
 fn observed_vxlan(link: &Link) -> ObservedVxlan {
@@ -34,11 +33,7 @@ fn is_vxlan(link: &Link) -> bool {
 }
 
 fn observe_error(slice: &str, what: &str, source: dataplane::Error) -> NodeAgentError {
-    NodeAgentError::Observe {
-        slice: slice.to_string(),
-        what: what.to_string(),
-        source,
-    }
+    NodeAgentError::Observe { slice: slice.to_string(), what: what.to_string(), source }
 }
 
 /// Slice names that have a state file (`<slice>.json`) in `state_dir`.
@@ -47,10 +42,7 @@ fn state_file_slices(state_dir: &Path) -> Result<Vec<String>, NodeAgentError> {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
-            return Err(NodeAgentError::Io {
-                op: format!("listing state dir {}", state_dir.display()),
-                source,
-            });
+            return Err(NodeAgentError::Io { op: format!("listing state dir {}", state_dir.display()), source });
         }
     };
     let mut slices = Vec::new();
@@ -74,10 +66,7 @@ fn router_netns_slices(config: &NodeAgentConfig) -> Result<Vec<String>, NodeAgen
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
-            return Err(NodeAgentError::Io {
-                op: format!("listing netns dir {}", config.netns_dir.display()),
-                source,
-            });
+            return Err(NodeAgentError::Io { op: format!("listing netns dir {}", config.netns_dir.display()), source });
         }
     };
     let mut slices = Vec::new();
@@ -95,11 +84,7 @@ fn router_netns_slices(config: &NodeAgentConfig) -> Result<Vec<String>, NodeAgen
 
 /// Looks into one router namespace: sysctls, `lo`, VXLAN devices and what sits on the desired
 /// VXLAN.
-fn observe_router(
-    slice: &str,
-    ns: &Netns,
-    desired_vxlan: &str,
-) -> Result<ObservedRouter, NodeAgentError> {
+fn observe_router(slice: &str, ns: &Netns, desired_vxlan: &str) -> Result<ObservedRouter, NodeAgentError> {
     let err = |what: &str, e| observe_error(slice, what, e);
     let mut router = ObservedRouter::default();
     for (key, _) in ROUTER_SYSCTLS {
@@ -111,11 +96,7 @@ fn observe_router(
     let links = nl.links().map_err(|e| err("listing links", e))?;
     router.lo_up = links.iter().any(|l| l.name == "lo" && l.up);
     router.lo_addrs = nl.addrs("lo").map_err(|e| err("listing lo addresses", e))?;
-    router.vxlans = links
-        .iter()
-        .filter(|l| is_vxlan(l))
-        .map(observed_vxlan)
-        .collect();
+    router.vxlans = links.iter().filter(|l| is_vxlan(l)).map(observed_vxlan).collect();
     if links.iter().any(|l| l.name == desired_vxlan && is_vxlan(l)) {
         for v6 in [false, true] {
             let routes = nl.routes(v6).map_err(|e| err("listing routes", e))?;
@@ -125,12 +106,8 @@ fn observe_router(
                     && !matches!(r.dst, ipnet::IpNet::V6(n) if n.addr().is_unicast_link_local())
             }));
         }
-        router.neighs = nl
-            .neighs(desired_vxlan)
-            .map_err(|e| err("listing neighbours", e))?;
-        router.fdb = nl
-            .fdb(desired_vxlan)
-            .map_err(|e| err("listing FDB entries", e))?;
+        router.neighs = nl.neighs(desired_vxlan).map_err(|e| err("listing neighbours", e))?;
+        router.fdb = nl.fdb(desired_vxlan).map_err(|e| err("listing FDB entries", e))?;
     }
     Ok(router)
 }
@@ -178,10 +155,7 @@ pub fn observe(
             Err(e) => {
                 tracing::warn!(slice = %slice.name, error = %super::chain(&e), "cannot open the router namespace; leaving it alone this round");
                 observed.unobservable.insert(slice.name.clone());
-                unobservable.push((
-                    slice.name.clone(),
-                    observe_error(&slice.name, "opening the router namespace", e),
-                ));
+                unobservable.push((slice.name.clone(), observe_error(&slice.name, "opening the router namespace", e)));
                 continue;
             }
         };
@@ -197,14 +171,9 @@ pub fn observe(
         }
     }
 
-    let links = node
-        .links()
-        .map_err(|e| observe_error("(node)", "listing node links", e))?;
-    observed.node_vxlans = links
-        .iter()
-        .filter(|l| is_vxlan(l) && vni_of_vxlan_name(&l.name).is_some())
-        .map(observed_vxlan)
-        .collect();
+    let links = node.links().map_err(|e| observe_error("(node)", "listing node links", e))?;
+    observed.node_vxlans =
+        links.iter().filter(|l| is_vxlan(l) && vni_of_vxlan_name(&l.name).is_some()).map(observed_vxlan).collect();
     Ok((observed, unobservable))
 }
 
@@ -241,11 +210,7 @@ struct RouterHandles {
 }
 
 impl RouterHandles {
-    fn get(
-        &mut self,
-        config: &NodeAgentConfig,
-        slice: &str,
-    ) -> Result<&mut (Netns, Netlink), NodeAgentError> {
+    fn get(&mut self, config: &NodeAgentConfig, slice: &str) -> Result<&mut (Netns, Netlink), NodeAgentError> {
         if !self.open.contains_key(slice) {
             let path = config.router_netns(slice);
             let ns = Netns::open(&path).map_err(|source| NodeAgentError::Apply {
@@ -276,10 +241,7 @@ fn apply_one(
             match std::fs::remove_file(&path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(NodeAgentError::Io {
-                    op: format!("removing {}", path.display()),
-                    source,
-                }),
+                Err(source) => Err(NodeAgentError::Io { op: format!("removing {}", path.display()), source }),
             }
         }
         Action::DeleteRouterNetns { slice, netns } => {
@@ -377,9 +339,7 @@ fn apply_one(
             let (_, nl) = routers.get(config, slice)?;
             nl.replace_fdb(dev, entry).map_err(dp(what))
         }
-        Action::WriteStateFile { state, .. } => state
-            .store(&config.state_dir)
-            .map_err(NodeAgentError::StateFile),
+        Action::WriteStateFile { state, .. } => state.store(&config.state_dir).map_err(NodeAgentError::StateFile),
     }
 }
 
