@@ -1,6 +1,53 @@
-//! `slice-gateway`: not written yet (issue 3).
+//! `slice-gateway --interface NAME [--config FILE] [--metrics ADDR]`: a userspace WireGuard
+//! interface in the foreground, configured like any WireGuard interface (`wg`).
 
-fn main() {
-    eprintln!("slice-gateway: not implemented yet (issue 3)");
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "slicenet slice gateway: userspace WireGuard (boringtun) between clusters")]
+struct Cli {
+    /// Name of the TUN interface to create (≤ 15 bytes); also names the UAPI socket
+    /// /var/run/wireguard/NAME.sock.
+    #[arg(short, long)]
+    interface: String,
+    /// Configuration in the wg(8) format (`wg setconf` syntax). Must not be readable by group or
+    /// others when it holds the private key.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Serve Prometheus metrics (/metrics) and /healthz on this address, e.g. 127.0.0.1:9586.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// MTU of the TUN interface.
+    #[arg(long, default_value_t = 1420)]
+    mtu: u32,
+    /// Add this address to the interface (repeatable); routes are the caller's job.
+    #[arg(long = "address")]
+    addresses: Vec<IpNet>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let opts = slice_gateway::Options {
+        interface: cli.interface,
+        config: cli.config,
+        metrics: cli.metrics,
+        mtu: cli.mtu,
+        addresses: cli.addresses,
+    };
+    match slice_gateway::run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("slice-gateway: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

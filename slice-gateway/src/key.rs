@@ -1,0 +1,110 @@
+//! WireGuard keys: 32 bytes, base64 in configuration files, lowercase hex on the UAPI socket.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+/// A Curve25519 key (private, public or preshared): 32 raw bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Key(pub [u8; 32]);
+
+/// Why a key string was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct KeyError(&'static str);
+
+impl Key {
+    /// Parses the base64 form used by `wg(8)` configuration files and `wg genkey`.
+    ///
+    /// # Errors
+    /// When the text is not base64 of exactly 32 bytes.
+    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
+        let bytes = STANDARD.decode(s.trim()).map_err(|_| KeyError("not valid base64"))?;
+        let raw: [u8; 32] = bytes.try_into().map_err(|_| KeyError("a key must be 32 bytes (44 base64 characters)"))?;
+        Ok(Self(raw))
+    }
+
+    /// Parses the 64-character lowercase hex form used on the UAPI socket.
+    ///
+    /// # Errors
+    /// When the text is not 64 hex digits.
+    pub fn from_hex(s: &str) -> Result<Self, KeyError> {
+        if s.len() != 64 {
+            return Err(KeyError("a hex key must be 64 characters"));
+        }
+        let mut raw = [0u8; 32];
+        for (i, out) in raw.iter_mut().enumerate() {
+            *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| KeyError("not valid hex"))?;
+        }
+        Ok(Self(raw))
+    }
+
+    #[must_use]
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        use fmt::Write as _;
+        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+
+    /// All zeros: on the UAPI socket this means "no key".
+    #[must_use]
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0u8; 32]
+    }
+
+    /// The public key of this private key.
+    #[must_use]
+    pub fn public(&self) -> Key {
+        let secret = boringtun::x25519::StaticSecret::from(self.0);
+        Key(boringtun::x25519::PublicKey::from(&secret).to_bytes())
+    }
+}
+
+/// Never prints key material: only the first characters of the base64 form (as `wg` logs do).
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({}…)", &self.to_base64()[..8])
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_base64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_and_hex_round_trip() {
+        let k = Key([7u8; 32]);
+        assert_eq!(Key::from_base64(&k.to_base64()).unwrap(), k);
+        assert_eq!(Key::from_hex(&k.to_hex()).unwrap(), k);
+        assert_eq!(k.to_hex(), "07".repeat(32));
+    }
+
+    #[test]
+    fn rejects_bad_keys() {
+        assert!(Key::from_base64("abc").is_err());
+        assert!(Key::from_base64("!!!").is_err());
+        assert!(Key::from_hex(&"zz".repeat(32)).is_err());
+        assert!(Key::from_hex("00").is_err());
+    }
+
+    #[test]
+    fn public_key_matches_wg_pubkey() {
+        // Vector from `echo yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk= | wg pubkey` (wg(8) man page).
+        let private = Key::from_base64("yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=").unwrap();
+        assert_eq!(private.public().to_base64(), "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=");
+    }
+}
