@@ -3,12 +3,15 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # System packages the build, the lab and the tests use (checked with dpkg, installed when missing).
 PACKAGES := containerd runc containernetworking-plugins iproute2 iputils-ping iperf3 nftables \
-            protobuf-compiler gcc libc6-dev util-linux procps python3 jq
+            protobuf-compiler gcc libc6-dev util-linux procps python3 jq \
+            wireguard-tools wireguard-go
+# Only the benchmarks use these.
+BENCH_PACKAGES := openvpn
 
 .PHONY: deps build lint test test-root demo bench clean-lab
 
 deps:
-	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(PACKAGES) $(EXTRA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing packages:$$missing (run as root to install them)"; exit 1; fi; \
 	  echo "installing:$$missing"; \
@@ -32,6 +35,7 @@ demo: deps
 	$(CARGO) build --workspace --bins
 	target/debug/slicectl lab demo
 
+bench: EXTRA_PACKAGES = $(BENCH_PACKAGES)
 bench: deps
 	$(CARGO) build --release --workspace --bins
 	SLICENET_BIN_DIR=$(CURDIR)/target/release target/release/slicenet-bench
