@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
-use slice_api::node::{NodeAgentConfig, PeerNode, SliceOnNode};
+use slice_api::node::{NodeAgentConfig, PeerNode, RemoteRoute, SliceOnNode};
 
 use crate::{cmd, netns};
 
@@ -26,6 +26,8 @@ pub struct LabSlice {
     pub subnet: IpNet,
     /// Member namespaces (in this cluster).
     pub namespaces: Vec<String>,
+    /// Other clusters' prefixes via this cluster's gateway pod (the same on every node).
+    pub remote_routes: Vec<RemoteRoute>,
 }
 
 impl LabSlice {
@@ -39,7 +41,40 @@ impl LabSlice {
             vni,
             subnet: subnet.parse().expect("LabSlice subnet is a prefix"),
             namespaces: namespaces.iter().map(|s| (*s).to_owned()).collect(),
+            remote_routes: Vec::new(),
         }
+    }
+
+    /// Cluster prefix number `cluster_index` of the slice subnet, as the lab carves it
+    /// (16 parts, `LAB_MAX_CLUSTERS`).
+    ///
+    /// # Errors
+    /// When the subnet is too small or the index out of range.
+    pub fn cluster_prefix(&self, cluster_index: usize) -> Result<IpNet> {
+        slice_api::prefix::cluster_prefix(self.subnet, LAB_MAX_CLUSTERS, cluster_index as u64)
+            .with_context(|| format!("slice {}", self.name))
+    }
+
+    /// This slice with explicit remote routes.
+    #[must_use]
+    pub fn with_remote_routes(mut self, routes: Vec<RemoteRoute>) -> Self {
+        self.remote_routes = routes;
+        self
+    }
+
+    /// This slice as cluster `this_cluster` sees it: the cluster prefixes of `other_clusters`
+    /// (cluster indexes; `this_cluster` itself is skipped) via the local gateway pod's slice
+    /// address `gateway`.
+    ///
+    /// # Errors
+    /// When a cluster prefix cannot be carved.
+    pub fn via_gateway(mut self, this_cluster: usize, other_clusters: &[usize], gateway: IpAddr) -> Result<Self> {
+        let mut routes = Vec::new();
+        for &c in other_clusters.iter().filter(|c| **c != this_cluster) {
+            routes.push(RemoteRoute { prefix: self.cluster_prefix(c)?, via: gateway });
+        }
+        self.remote_routes = routes;
+        Ok(self)
     }
 }
 
@@ -88,6 +123,7 @@ pub(crate) fn agent_configs(
                 mtu: None,
                 namespaces: slice.namespaces.clone(),
                 peers,
+                remote_routes: slice.remote_routes.clone(),
             });
         }
         let config = NodeAgentConfig {
@@ -198,5 +234,19 @@ mod tests {
         assert_eq!(n2.slices[0].peers[0].name, "n1");
         assert_eq!(n2.slices[0].peers[0].node_prefix.to_string(), "10.80.16.0/26");
         assert_eq!(n2.router_netns("blue"), PathBuf::from("/run/netns/lab-c2-n2-blue"));
+        assert!(n2.slices[0].remote_routes.is_empty());
+    }
+
+    #[test]
+    fn remote_routes_lead_to_the_other_clusters_via_the_gateway() {
+        let gw: IpAddr = "10.80.16.2".parse().unwrap();
+        let slice = LabSlice::new("blue", 100, "10.80.0.0/16", &["shop"]).via_gateway(1, &[0, 1, 2], gw).unwrap();
+        let prefixes: Vec<String> = slice.remote_routes.iter().map(|r| r.prefix.to_string()).collect();
+        assert_eq!(prefixes, ["10.80.0.0/20", "10.80.32.0/20"]);
+        let configs = agent_configs(1, &[node(1), node(2)], &[slice]).unwrap();
+        for c in &configs {
+            assert_eq!(c.slices[0].remote_routes.len(), 2);
+            assert!(c.slices[0].remote_routes.iter().all(|r| r.via == gw));
+        }
     }
 }

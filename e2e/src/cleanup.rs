@@ -54,6 +54,9 @@ pub(crate) fn cleanup_collect(prefix: &str, rt: Option<Arc<tokio::runtime::Runti
     let root_str = format!("{}/", root.display());
     let node_dirs = node_dirs(&root);
 
+    // 0. Processes started in pods (`Pod::spawn`), by recorded PID and start time.
+    errors.extend(stop_pod_processes(&root));
+
     // 1. Sandboxes, through CRI, while containerd still runs (CNI DEL for every pod).
     for dir in &node_dirs {
         let paths = ContainerdPaths::new(dir);
@@ -121,6 +124,61 @@ pub(crate) fn cleanup_collect(prefix: &str, rt: Option<Arc<tokio::runtime::Runti
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => errors.push(anyhow!("cannot remove {}: {e}", root.display())),
+    }
+    errors
+}
+
+/// Where [`crate::Pod::spawn`] records its processes: one file per PID holding the process's
+/// start time (so a reused PID is never hit).
+pub(crate) fn pod_process_dir(root: &Path) -> PathBuf {
+    root.join("pod-processes")
+}
+
+/// The start time of `pid` (field 22 of `/proc/PID/stat`), in clock ticks since boot.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    // `rest` starts at field 3 (state); start time is field 22.
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Records a process started in a pod; returns the record's path.
+pub(crate) fn record_pod_process(root: &Path, pid: i32) -> Result<PathBuf> {
+    let dir = pod_process_dir(root);
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+    let record = dir.join(pid.to_string());
+    let start = start_time(pid).ok_or_else(|| anyhow!("process {pid} is gone"))?;
+    std::fs::write(&record, format!("{start}\n")).map_err(|e| anyhow!("cannot write {}: {e}", record.display()))?;
+    Ok(record)
+}
+
+/// Stops every recorded process of the lab at `root` that is still the same process (SIGTERM,
+/// SIGKILL after 5 s) and removes the records.
+pub(crate) fn stop_pod_processes(root: &Path) -> Vec<anyhow::Error> {
+    let mut errors = Vec::new();
+    let dir = pod_process_dir(root);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return errors;
+    };
+    let mut pids = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let recorded = std::fs::read_to_string(entry.path()).ok().and_then(|s| s.trim().parse::<u64>().ok());
+        if recorded.is_some() && recorded == start_time(pid) && alive(pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            pids.push(pid);
+        }
+        let _ = std::fs::remove_file(entry.path());
+    }
+    let stubborn = wait_gone(&pids, Duration::from_secs(5));
+    for pid in &stubborn {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    let survivors = wait_gone(&stubborn, Duration::from_secs(5));
+    if !survivors.is_empty() {
+        errors.push(anyhow!("pod processes survived SIGKILL: {survivors:?}"));
     }
     errors
 }

@@ -12,6 +12,9 @@
 //! | node directory | `/run/slicenet-lab/P/C/nK/` (`state/`, `ipam/`, `containerd/`, agent files) |
 //! | pod CIDR of node `nK` (same in every cluster) | `10.244.k.0/24` |
 //! | slice router namespaces of a node | `P-C-nK-<slice>` |
+//!
+//! With a WAN ([`Lab::add_wan`]) every cluster also gets an edge namespace `P-C-edge` on the
+//! shared WAN namespace `P-wan` (see [`crate::wan`] for its addresses and rules).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -36,6 +39,7 @@ use crate::cleanup::{self, cgroup_parent, lab_root};
 use crate::containerd::{self, ContainerdPaths};
 use crate::cri::{self, CriClient};
 use crate::pod::{Pod, PodSpec, PodSummary};
+use crate::wan::{self, ClusterOptions, Edge, EdgeNode, Proto};
 use crate::{cmd, netns, pause};
 
 /// How a lab is built.
@@ -71,6 +75,8 @@ pub struct Lab {
     rt: Arc<Runtime>,
     pause_archive: PathBuf,
     clusters: Vec<Cluster>,
+    /// The WAN namespace, once [`Lab::add_wan`] made it.
+    wan: Option<String>,
     torn_down: bool,
 }
 
@@ -130,6 +136,7 @@ impl Lab {
             rt: Arc::new(rt),
             pause_archive,
             clusters: Vec::new(),
+            wan: None,
             torn_down: false,
         })
     }
@@ -157,6 +164,15 @@ impl Lab {
     /// When a name is invalid or taken, or any node fails to come up (with containerd's log
     /// tail). What was made so far is still torn down with the lab.
     pub fn add_cluster(&mut self, name: &str, nodes: usize) -> Result<&Cluster> {
+        self.add_cluster_with(name, nodes, ClusterOptions::default())
+    }
+
+    /// [`Lab::add_cluster`] with options (how the cluster sits on the WAN). With a WAN, the
+    /// cluster gets its edge right away.
+    ///
+    /// # Errors
+    /// See [`Lab::add_cluster`]; also when the edge cannot be built.
+    pub fn add_cluster_with(&mut self, name: &str, nodes: usize, options: ClusterOptions) -> Result<&Cluster> {
         validate_cluster_name(name)?;
         if self.clusters.iter().any(|c| c.name == name) {
             bail!("cluster {name} already exists");
@@ -169,7 +185,15 @@ impl Lab {
             bail!("too many clusters");
         }
         let ul = format!("{}-{name}-ul", self.prefix);
-        let mut cluster = Cluster { name: name.to_owned(), index, underlay_netns: ul.clone(), nodes: Vec::new() };
+        let mut cluster = Cluster {
+            name: name.to_owned(),
+            index,
+            underlay_netns: ul.clone(),
+            nodes: Vec::new(),
+            options,
+            edge: None,
+            delay_child: Mutex::new(None),
+        };
         for k in 1..=nodes {
             cluster.nodes.push(self.new_node(name, index, k)?);
         }
@@ -213,7 +237,54 @@ impl Lab {
         if !errors.is_empty() {
             bail!("cluster {name}: {}", errors.join("\n"));
         }
-        Ok(cluster)
+        if self.wan.is_some() {
+            self.attach_edge(index)?;
+        }
+        Ok(&self.clusters[index])
+    }
+
+    /// Adds the WAN: the shared namespace `<prefix>-wan` (a bridge, and [`wan::WAN_HOST`] as an
+    /// outside host), and an edge for every cluster, now and added later. Without it the lab is
+    /// the single-cluster lab it always was.
+    ///
+    /// # Errors
+    /// When the WAN exists already or a namespace, link or rule cannot be made.
+    pub fn add_wan(&mut self) -> Result<()> {
+        if self.wan.is_some() {
+            bail!("lab {}: the WAN exists already", self.prefix);
+        }
+        self.wan = Some(wan::create_wan(&self.prefix)?);
+        for index in 0..self.clusters.len() {
+            self.attach_edge(index)?;
+        }
+        Ok(())
+    }
+
+    /// The WAN namespace's name, once there is a WAN.
+    pub fn wan_netns(&self) -> Option<&str> {
+        self.wan.as_deref()
+    }
+
+    fn attach_edge(&mut self, index: usize) -> Result<()> {
+        let wan = self.wan.clone().context("no WAN")?;
+        let cluster = &self.clusters[index];
+        let nodes: Vec<EdgeNode<'_>> = cluster
+            .nodes
+            .iter()
+            .map(|n| EdgeNode { netns: &n.netns_name, underlay: n.underlay, pod_cidr: n.pod_cidr.to_string() })
+            .collect();
+        let edge = wan::attach_edge(
+            &self.prefix,
+            &cluster.name,
+            cluster.index,
+            &cluster.underlay_netns,
+            &wan,
+            &nodes,
+            &self.root,
+        )
+        .with_context(|| format!("cluster {}: edge", cluster.name))?;
+        self.clusters[index].edge = Some(edge);
+        Ok(())
     }
 
     fn new_node(&self, cluster: &str, cluster_index: usize, index: usize) -> Result<Node> {
@@ -290,6 +361,15 @@ impl Lab {
         }
         self.torn_down = true;
         let mut errors = Vec::new();
+        // Processes started in pods first: they hold pod namespaces open.
+        errors.extend(cleanup::stop_pod_processes(&self.root));
+        for cluster in &self.clusters {
+            if let Some(mut child) = cluster.delay_child.lock().expect("lock").take()
+                && let Err(e) = agent::stop_child(&mut child, Duration::from_secs(5))
+            {
+                errors.push(e.context(format!("cluster {}: the WAN delay program", cluster.name)));
+            }
+        }
         let nodes: Vec<&Node> = self.clusters.iter().flat_map(|c| c.nodes.iter()).collect();
         // Sandboxes first, while containerd and the agents live (CNI DEL may need both).
         std::thread::scope(|s| {
@@ -325,13 +405,17 @@ impl Drop for Lab {
     }
 }
 
-/// One cluster: an underlay namespace with a bridge, and its nodes.
+/// One cluster: an underlay namespace with a bridge, and its nodes; with a WAN, its edge.
 #[derive(Debug)]
 pub struct Cluster {
     name: String,
     index: usize,
     underlay_netns: String,
     nodes: Vec<Node>,
+    options: ClusterOptions,
+    edge: Option<Edge>,
+    /// The WAN delay program in the edge namespace, while a delay is set.
+    delay_child: Mutex<Option<Child>>,
 }
 
 impl Cluster {
@@ -361,6 +445,76 @@ impl Cluster {
     /// When there is no such node (a test bug).
     pub fn node(&self, name: &str) -> &Node {
         self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("cluster {}: no node {name}", self.name))
+    }
+
+    /// Whether the cluster is behind NAT (no inbound forwarding).
+    pub fn behind_nat(&self) -> bool {
+        self.options.behind_nat
+    }
+
+    /// The edge namespace's name (`<prefix>-<cluster>-edge`), once the lab has a WAN.
+    pub fn edge_netns(&self) -> Option<&str> {
+        self.edge.as_ref().map(|e| e.netns.as_str())
+    }
+
+    /// The public address on the WAN (`198.19.0.(10+index)`), once the lab has a WAN.
+    pub fn public_address(&self) -> Option<Ipv4Addr> {
+        self.edge.as_ref().map(|e| e.public)
+    }
+
+    fn edge(&self) -> Result<&Edge> {
+        self.edge.as_ref().with_context(|| format!("cluster {} has no edge: call Lab::add_wan first", self.name))
+    }
+
+    /// Runs `argv` in the edge namespace, whatever the exit status.
+    ///
+    /// # Errors
+    /// When there is no edge or the command cannot be started.
+    pub fn edge_exec(&self, argv: &[&str]) -> Result<Output> {
+        netns::exec(&netns::path(&self.edge()?.netns), argv)
+    }
+
+    /// Forwards UDP `public_port` on the public address to `pod_ip:pod_port` (NodePort-like).
+    ///
+    /// # Errors
+    /// When the cluster is behind NAT, has no edge, or the rule cannot be added.
+    pub fn forward_udp(&self, public_port: u16, pod_ip: Ipv4Addr, pod_port: u16) -> Result<()> {
+        self.forward(Proto::Udp, public_port, pod_ip, pod_port)
+    }
+
+    /// Forwards TCP `public_port` on the public address to `pod_ip:pod_port`.
+    ///
+    /// # Errors
+    /// See [`Cluster::forward_udp`].
+    pub fn forward_tcp(&self, public_port: u16, pod_ip: Ipv4Addr, pod_port: u16) -> Result<()> {
+        self.forward(Proto::Tcp, public_port, pod_ip, pod_port)
+    }
+
+    fn forward(&self, proto: Proto, public_port: u16, pod_ip: Ipv4Addr, pod_port: u16) -> Result<()> {
+        if self.options.behind_nat {
+            bail!("cluster {} is behind NAT: no inbound forwarding", self.name);
+        }
+        self.edge()?.forward(proto, public_port, pod_ip, pod_port)
+    }
+
+    /// WAN loss on the way *into* this cluster: each packet arriving at the edge from the WAN is
+    /// dropped with probability `loss` (0.0 removes it).
+    ///
+    /// # Errors
+    /// When there is no edge, `loss` is not in 0..=1, or the rule cannot be set.
+    pub fn set_wan_loss(&self, loss: f64) -> Result<()> {
+        self.edge()?.set_loss(loss)
+    }
+
+    /// WAN delay on the way *into* this cluster: every packet arriving at the edge from the WAN
+    /// is held `ms` milliseconds (0 removes it). Set it on both ends for a symmetric RTT.
+    ///
+    /// # Errors
+    /// When there is no edge or the delay program or its rule cannot be set up.
+    pub fn set_wan_delay(&self, ms: u32) -> Result<()> {
+        let edge = self.edge()?;
+        let mut child = self.delay_child.lock().expect("lock");
+        edge.set_delay(ms, &mut child)
     }
 
     /// Node agent configurations for every node (in node order) running `slices`: cluster
@@ -602,6 +756,16 @@ impl Node {
         Ok(())
     }
 
+    /// A gateway pod: an ordinary pod in `slice_namespace` (a member namespace of the slice, so
+    /// it gets `slice0`), labelled `app.kubernetes.io/name=slice-gateway`. Run the gateway in it
+    /// with [`Pod::spawn`].
+    ///
+    /// # Errors
+    /// See [`Node::run_pod`].
+    pub fn run_gateway_pod(&self, slice_namespace: &str, name: &str) -> Result<Pod> {
+        self.run_pod(PodSpec::new(slice_namespace, name).label("app.kubernetes.io/name", "slice-gateway"))
+    }
+
     /// Creates a pod sandbox through CRI exactly as a kubelet does (RunPodSandbox with metadata,
     /// a fresh uid, hostname, log directory, pod-level network/pid/ipc namespaces, the given
     /// labels plus the kubelet's `io.kubernetes.pod.*` labels, the given annotations) and reads
@@ -654,6 +818,7 @@ impl Node {
         let status = self.cri.pod_sandbox_status(&sandbox_id).with_context(|| format!("pod {lab_name}"))?;
         let netns_path = cri::netns_from_info(&status.info).with_context(|| format!("pod {lab_name}"))?;
         Ok(Pod {
+            lab_root: self.dir.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default(),
             sandbox_id,
             netns_path,
             cluster: self.cluster.clone(),

@@ -5,6 +5,8 @@
 //! configuration, started inside the node's namespace with `nsenter --net`), and pods are real CRI
 //! pod sandboxes created through containerd's CRI exactly as a kubelet creates them (see
 //! [`Node::run_pod`]). Node agents run as real `slice-operator node-agent` processes.
+//! [`Lab::add_wan`] adds a shared WAN namespace and puts every cluster behind an edge namespace
+//! (masquerade, port forwards, behind-NAT clusters, WAN loss and delay; see [`wan`]).
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -41,6 +43,7 @@ mod lab;
 mod netns;
 mod pause;
 mod pod;
+pub mod wan;
 
 use std::path::PathBuf;
 
@@ -48,7 +51,8 @@ pub use agent::LabSlice;
 pub use cleanup::cleanup;
 pub use lab::{Cluster, Lab, LabOptions, Node};
 pub use pause::PAUSE_IMAGE;
-pub use pod::{Pod, PodSpec, PodSummary};
+pub use pod::{Pod, PodProcess, PodSpec, PodSummary};
+pub use wan::{ClusterOptions, WAN_HOST};
 
 /// Where every lab keeps its files: `<LAB_BASE>/<prefix>/`.
 pub const LAB_BASE: &str = "/run/slicenet-lab";

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
@@ -52,6 +54,8 @@ pub struct Pod {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// The lab's directory (where [`Pod::spawn`] records its processes).
+    pub(crate) lab_root: PathBuf,
 }
 
 impl Pod {
@@ -112,9 +116,97 @@ impl Pod {
             .with_context(|| format!("pod {}: {ifname} has no IPv4 address", self.lab_name()))
     }
 
+    /// Starts `argv` as a long-lived process inside the pod's network namespace (`nsenter
+    /// --net`, which execs it: the PID is the program's), stdout and stderr to a log file. The
+    /// PID is recorded under the lab directory, so the lab's teardown and [`crate::cleanup`]
+    /// (after a crash) kill it; dropping the handle kills it too.
+    ///
+    /// # Errors
+    /// When the log or record cannot be written or the process cannot be started.
+    pub fn spawn(&self, argv: &[&str]) -> Result<PodProcess> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = crate::cleanup::pod_process_dir(&self.lab_root);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let log = dir.join(format!("{}-{}-{}-{}-{n}.log", self.cluster, self.namespace, self.name, std::process::id()));
+        let file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut command = netns::command(&self.netns_path, argv);
+        command.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+        let child = command
+            .spawn()
+            .with_context(|| format!("pod {}: cannot start `{}`", self.lab_name(), crate::cmd::describe(&command)))?;
+        let record = crate::cleanup::record_pod_process(&self.lab_root, child.id() as i32)
+            .with_context(|| format!("pod {}: cannot record pid {}", self.lab_name(), child.id()))?;
+        Ok(PodProcess { child: Some(child), record, log, pod: self.lab_name() })
+    }
+
     /// Whether the pod's network namespace file still exists.
     pub fn netns_exists(&self) -> bool {
         Path::new(&self.netns_path).exists()
+    }
+}
+
+/// A process started in a pod with [`Pod::spawn`]. Dropping it stops it (SIGTERM, then
+/// SIGKILL after 5 s).
+#[derive(Debug)]
+pub struct PodProcess {
+    child: Option<Child>,
+    record: PathBuf,
+    log: PathBuf,
+    pod: String,
+}
+
+impl PodProcess {
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The log file (stdout and stderr).
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// The log file's content so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status, if it exited.
+    ///
+    /// # Errors
+    /// When the child cannot be polled.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => bail!("process in pod {} was stopped", self.pod),
+        }
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s; reaps it and removes its record.
+    ///
+    /// # Errors
+    /// When it cannot be reaped.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            crate::agent::stop_child(&mut child, Duration::from_secs(5))
+                .with_context(|| format!("process {} in pod {}", child.id(), self.pod))?;
+        }
+        let _ = std::fs::remove_file(&self.record);
+        Ok(())
+    }
+}
+
+impl Drop for PodProcess {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("{e:#}");
+        }
     }
 }
 

@@ -9,4 +9,4 @@ pub mod names;
 pub mod node;
 pub mod prefix;
 
-pub use node::{NodeAgentConfig, NodeState, PeerNode, SliceOnNode};
+pub use node::{NodeAgentConfig, NodeState, PeerNode, RemoteRoute, SliceOnNode};

@@ -72,6 +72,19 @@ pub struct SliceOnNode {
     /// Other nodes of this cluster on the slice.
     #[serde(default)]
     pub peers: Vec<PeerNode>,
+    /// Prefixes of other clusters and the slice address of the local gateway pod that leads to
+    /// them (on this node or on a peer node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_routes: Vec<RemoteRoute>,
+}
+
+/// A prefix of other clusters, reached through this cluster's gateway pod at `via` (its slice
+/// address).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemoteRoute {
+    pub prefix: IpNet,
+    pub via: IpAddr,
 }
 
 /// Another node of the same cluster on the same slice.
@@ -156,6 +169,7 @@ impl NodeAgentConfig {
                     )));
                 }
             }
+            validate_remote_routes(slice).map_err(ctx)?;
         }
         Ok(())
     }
@@ -189,6 +203,44 @@ impl NodeAgentConfig {
             namespaces: slice.namespaces.clone(),
         }
     }
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Remote routes: each prefix aligned, inside the slice subnet, listed once, and clear of this
+/// cluster's node prefixes (this node's and its peers'); each `via` a pod address inside this
+/// node's prefix or a peer's (not a router address).
+fn validate_remote_routes(slice: &SliceOnNode) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for route in &slice.remote_routes {
+        let what = format!("remote route {} via {}", route.prefix, route.via);
+        crate::prefix::check_aligned(route.prefix).map_err(|e| format!("{what}: {e}"))?;
+        if !slice.slice_subnet.contains(&route.prefix) {
+            return Err(format!("{what}: prefix is not inside slice subnet {}", slice.slice_subnet));
+        }
+        if !seen.insert(route.prefix) {
+            return Err(format!("{what}: prefix listed twice"));
+        }
+        if overlaps(&route.prefix, &slice.node_prefix) {
+            return Err(format!("{what}: prefix overlaps this node's {}", slice.node_prefix));
+        }
+        if let Some(peer) = slice.peers.iter().find(|p| overlaps(&route.prefix, &p.node_prefix)) {
+            return Err(format!("{what}: prefix overlaps peer {}'s {}", peer.name, peer.node_prefix));
+        }
+        if !slice.slice_subnet.contains(&route.via) {
+            return Err(format!("{what}: via is not inside slice subnet {}", slice.slice_subnet));
+        }
+        let mut on_node = std::iter::once(slice.node_prefix).chain(slice.peers.iter().map(|p| p.node_prefix));
+        let Some(owner) = on_node.find(|p| p.contains(&route.via)) else {
+            return Err(format!("{what}: via is inside neither this node's prefix {} nor a peer's", slice.node_prefix));
+        };
+        if crate::prefix::router_address(owner) == route.via {
+            return Err(format!("{what}: via is a slice-router address, not a gateway pod"));
+        }
+    }
+    Ok(())
 }
 
 /// What the CNI plugin needs to know about one slice on this node.
@@ -316,6 +368,33 @@ mod tests {
         let mut c = config();
         c.slices[0].vni = 0;
         assert!(c.validate().unwrap_err().contains("vni"));
+    }
+
+    #[test]
+    fn remote_routes_are_validated() {
+        let route =
+            |prefix: &str, via: &str| RemoteRoute { prefix: prefix.parse().unwrap(), via: via.parse().unwrap() };
+        let with = |routes: Vec<RemoteRoute>| {
+            let mut c = config();
+            c.slices[0].remote_routes = routes;
+            c.validate()
+        };
+        // Gateway on this node, and on the peer.
+        with(vec![route("10.80.16.0/20", "10.80.0.5"), route("10.80.32.0/20", "10.80.0.70")]).unwrap();
+        let err = |routes| with(routes).unwrap_err();
+        assert!(err(vec![route("10.81.16.0/20", "10.80.0.5")]).contains("not inside slice subnet"));
+        assert!(err(vec![route("10.80.16.1/20", "10.80.0.5")]).contains("not aligned"));
+        assert!(err(vec![route("10.80.0.0/20", "10.80.0.5")]).contains("overlaps this node's"));
+        assert!(err(vec![route("10.80.0.64/27", "10.80.0.5")]).contains("overlaps peer n2's"));
+        assert!(err(vec![route("10.80.16.0/20", "10.81.0.5")]).contains("via is not inside"));
+        assert!(err(vec![route("10.80.16.0/20", "10.80.1.5")]).contains("neither"));
+        assert!(err(vec![route("10.80.16.0/20", "10.80.0.65")]).contains("slice-router address"));
+        assert!(err(vec![route("10.80.16.0/20", "10.80.0.5"), route("10.80.16.0/20", "10.80.0.6")]).contains("twice"));
+        // Absent from the JSON when empty; read back when present.
+        let c = config();
+        assert!(!serde_json::to_string(&c).unwrap().contains("remoteRoutes"));
+        let json = serde_json::json!({"prefix": "10.80.16.0/20", "via": "10.80.0.5"});
+        assert_eq!(serde_json::from_value::<RemoteRoute>(json).unwrap(), route("10.80.16.0/20", "10.80.0.5"));
     }
 
     #[test]

@@ -52,9 +52,24 @@ pub enum NodeAgentError {
         #[source]
         source: std::io::Error,
     },
+    /// Something the plan depends on is not there yet (e.g. a gateway pod); retried.
+    #[error("{0}")]
+    Waiting(String),
     /// Some slices could not be reconciled; the others were.
     #[error("{} slice(s) failed: {}", failures.len(), summary(failures))]
     Reconcile { failures: Vec<SliceFailure> },
+}
+
+impl NodeAgentError {
+    /// True when nothing failed but something the plan depends on is not there yet (e.g. a
+    /// gateway pod): worth a retry, not an alarm.
+    pub fn is_only_waiting(&self) -> bool {
+        match self {
+            NodeAgentError::Waiting(_) => true,
+            NodeAgentError::Reconcile { failures } => failures.iter().all(|f| f.error.is_only_waiting()),
+            _ => false,
+        }
+    }
 }
 
 /// One slice whose reconcile stopped, and why.
@@ -197,6 +212,10 @@ async fn daemon_loop(opts: &DaemonOptions) -> std::io::Result<()> {
             last_reconcile = tokio::time::Instant::now();
             needs_reconcile = match outcome {
                 Ok(Ok(_)) => false,
+                Ok(Err(e)) if e.is_only_waiting() => {
+                    tracing::info!(reason = %chain(&e), "waiting; retrying");
+                    true
+                }
                 Ok(Err(e)) => {
                     tracing::error!(error = %chain(&e), "reconcile failed; retrying");
                     true

@@ -9,8 +9,16 @@
 //! - routes managed here are only those whose device is the slice's VXLAN: the per-pod routes on
 //!   pod veths belong to the CNI plugin and are never in the plan;
 //! - what already matches gets no action, so a restarted agent adopts a running data plane;
-//! - the node-state file is written last, once the router is complete, and a slice that leaves
-//!   the configuration loses its state file *before* its router namespace.
+//! - the node-state file is written once the router's own part is complete, and a slice that
+//!   leaves the configuration loses its state file *before* its router namespace;
+//! - remote routes (other clusters' prefixes) via a gateway pod on a peer node go on the VXLAN
+//!   like the peers' routes (`prefix via <peer router> onlink`); via a gateway pod on this node
+//!   they are `prefix via <gateway>` (the CNI plugin's /32 route to the pod resolves it) and come
+//!   *after* the state file: the gateway pod is a slice member and cannot start before the state
+//!   file exists. While the gateway pod is not on the node yet, its routes are left out and an
+//!   [`Action::AwaitGateway`] (the last action, which fails) makes the agent retry, without
+//!   holding up anything else of the slice. Remote routes are not in the state file: pods route
+//!   the whole slice subnet via their router already.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -19,7 +27,7 @@ use std::path::PathBuf;
 use dataplane::{Fdb, Neigh, Route};
 use ipnet::IpNet;
 use slice_api::names;
-use slice_api::node::{NodeAgentConfig, NodeState, PeerNode, SliceOnNode};
+use slice_api::node::{NodeAgentConfig, NodeState, PeerNode, RemoteRoute, SliceOnNode};
 use slice_api::prefix::router_address;
 
 /// Sysctls of every router namespace, as `(key under /proc/sys, value)`.
@@ -90,6 +98,16 @@ pub struct PeerSpec {
     pub fdb: Fdb,
 }
 
+/// A remote route as it goes into the router namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRouteSpec {
+    pub remote: RemoteRoute,
+    /// True when the gateway pod is on this node (`prefix via <gateway>`, after the state file);
+    /// false when it is on a peer (`prefix via <peer router> dev <vxlan> onlink`).
+    pub local: bool,
+    pub route: Route,
+}
+
 /// Everything one slice's router on this node should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterSpec {
@@ -98,6 +116,8 @@ pub struct RouterSpec {
     pub router_address: IpNet,
     pub vxlan: VxlanSpec,
     pub peers: Vec<PeerSpec>,
+    /// Sorted by prefix.
+    pub remote_routes: Vec<RemoteRouteSpec>,
     pub state: NodeState,
 }
 
@@ -119,15 +139,51 @@ impl RouterSpec {
         };
         let mut peers: Vec<PeerSpec> = slice.peers.iter().map(|p| peer_spec(&vxlan.name, p)).collect();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut remote_routes: Vec<RemoteRouteSpec> =
+            slice.remote_routes.iter().filter_map(|r| remote_route_spec(&vxlan.name, slice, r)).collect();
+        remote_routes.sort_by(|a, b| a.remote.cmp(&b.remote));
         Self {
             slice: slice.name.clone(),
             netns: config.router_netns(&slice.name),
             router_address: host_prefix(router),
             vxlan,
             peers,
+            remote_routes,
             state: config.node_state(slice),
         }
     }
+}
+
+/// The route for one remote prefix; `None` when `via` is on no node of the slice (validation
+/// rejects that).
+fn remote_route_spec(vxlan: &str, slice: &SliceOnNode, remote: &RemoteRoute) -> Option<RemoteRouteSpec> {
+    if slice.node_prefix.contains(&remote.via) {
+        return Some(RemoteRouteSpec {
+            remote: remote.clone(),
+            local: true,
+            route: Route {
+                dst: remote.prefix,
+                gateway: Some(remote.via),
+                dev: None,
+                src: None,
+                onlink: false,
+                scope_link: false,
+            },
+        });
+    }
+    let peer = slice.peers.iter().find(|p| p.node_prefix.contains(&remote.via))?;
+    Some(RemoteRouteSpec {
+        remote: remote.clone(),
+        local: false,
+        route: Route {
+            dst: remote.prefix,
+            gateway: Some(router_address(peer.node_prefix)),
+            dev: Some(vxlan.to_string()),
+            src: None,
+            onlink: true,
+            scope_link: false,
+        },
+    })
 }
 
 fn peer_spec(vxlan: &str, peer: &PeerNode) -> PeerSpec {
@@ -188,6 +244,12 @@ pub struct ObservedRouter {
     pub neighs: Vec<Neigh>,
     /// FDB entries with a destination on the desired VXLAN.
     pub fdb: Vec<Fdb>,
+    /// Routes of the main table with a gateway on any device but the desired VXLAN (remote
+    /// routes via a local gateway pod; the device is the pod's host-side veth).
+    pub gateway_routes: Vec<Route>,
+    /// Destinations of host routes (/32, /128) without a gateway on devices other than the
+    /// desired VXLAN: the pods on this node (the CNI plugin's per-pod routes).
+    pub local_hosts: BTreeSet<IpAddr>,
 }
 
 /// One state file as observed: parsed, or present but unreadable.
@@ -300,10 +362,16 @@ pub enum Action {
         dev: String,
         entry: Fdb,
     },
-    /// Write the node-state file (last step of a slice).
+    /// Write the node-state file (once the router's own part is complete).
     WriteStateFile {
         slice: String,
         state: Box<NodeState>,
+    },
+    /// Remote routes whose gateway pod is not on this node yet: nothing to do but report it, so
+    /// that the agent retries (always the last action of its slice; applying it fails).
+    AwaitGateway {
+        slice: String,
+        pending: Vec<RemoteRoute>,
     },
 }
 
@@ -329,7 +397,8 @@ impl Action {
             | Action::ReplaceNeigh { slice, .. }
             | Action::DeleteFdb { slice, .. }
             | Action::ReplaceFdb { slice, .. }
-            | Action::WriteStateFile { slice, .. } => slice,
+            | Action::WriteStateFile { slice, .. }
+            | Action::AwaitGateway { slice, .. } => slice,
         }
     }
 }
@@ -378,6 +447,10 @@ impl std::fmt::Display for Action {
                 write!(f, "replace fdb {} dst {} on {dev}", format_mac(&entry.mac), entry.dst)
             }
             Action::WriteStateFile { .. } => write!(f, "write the node-state file"),
+            Action::AwaitGateway { pending, .. } => {
+                let list: Vec<String> = pending.iter().map(|r| format!("{} via {}", r.prefix, r.via)).collect();
+                write!(f, "wait for the gateway pod of remote route(s) {}", list.join(", "))
+            }
         }
     }
 }
@@ -503,8 +576,10 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
         }
     };
 
-    // Peers: removals first, then additions and changes; untouched entries get nothing.
-    let want_routes: Vec<&Route> = spec.peers.iter().map(|p| &p.route).collect();
+    // Peers: removals first, then additions and changes; untouched entries get nothing. Remote
+    // routes via a peer's gateway sit on the VXLAN beside the peers' routes.
+    let via_peer: Vec<&Route> = spec.remote_routes.iter().filter(|r| !r.local).map(|r| &r.route).collect();
+    let want_routes: Vec<&Route> = spec.peers.iter().map(|p| &p.route).chain(via_peer.iter().copied()).collect();
     for r in routes {
         if r.dev.as_deref() == Some(dev.as_str()) && !want_routes.contains(&r) {
             actions.push(Action::DeleteRoute { slice: slice(), route: r.clone() });
@@ -532,9 +607,39 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
             actions.push(Action::ReplaceRoute { slice: slice(), route: peer.route.clone() });
         }
     }
+    for route in via_peer {
+        if !routes.contains(route) {
+            actions.push(Action::ReplaceRoute { slice: slice(), route: route.clone() });
+        }
+    }
 
     if observed.state_files.get(&spec.slice) != Some(&ObservedStateFile::Valid(spec.state.clone())) {
         actions.push(Action::WriteStateFile { slice: slice(), state: Box::new(spec.state.clone()) });
+    }
+
+    // Remote routes via a gateway pod on this node, after the state file (the pod needs it).
+    // Ours are the gateway routes into the slice subnet; a route matches on destination and
+    // gateway (the kernel picks the device: the pod's veth).
+    let local: Vec<&RemoteRouteSpec> = spec.remote_routes.iter().filter(|r| r.local).collect();
+    let matches = |want: &RemoteRouteSpec, r: &Route| r.dst == want.route.dst && r.gateway == want.route.gateway;
+    for r in &router.gateway_routes {
+        if spec.state.slice_subnet.contains(&r.dst) && !local.iter().any(|want| matches(want, r)) {
+            actions.push(Action::DeleteRoute { slice: slice(), route: r.clone() });
+        }
+    }
+    let mut pending = Vec::new();
+    for want in local {
+        if router.gateway_routes.iter().any(|r| matches(want, r)) {
+            continue;
+        }
+        if router.local_hosts.contains(&want.remote.via) {
+            actions.push(Action::ReplaceRoute { slice: slice(), route: want.route.clone() });
+        } else {
+            pending.push(want.remote.clone());
+        }
+    }
+    if !pending.is_empty() {
+        actions.push(Action::AwaitGateway { slice: slice(), pending });
     }
 }
 
@@ -591,7 +696,13 @@ mod tests {
                 onlink: false,
                 scope_link: true,
             });
+            routes.extend(spec.remote_routes.iter().filter(|r| !r.local).map(|r| r.route.clone()));
             routes.retain(|r| r.dev.as_deref() == Some(spec.vxlan.name.as_str()));
+            // Local gateway routes as the kernel shows them: on the gateway pod's veth.
+            let local: Vec<&RemoteRouteSpec> = spec.remote_routes.iter().filter(|r| r.local).collect();
+            let gateway_routes = local.iter().map(|r| Route { dev: Some("sngw".into()), ..r.route.clone() }).collect();
+            let mut local_hosts: BTreeSet<IpAddr> = local.iter().map(|r| r.remote.via).collect();
+            local_hosts.insert("10.80.0.2".parse().unwrap());
             obs.routers.insert(
                 slice.name.clone(),
                 ObservedRouter {
@@ -611,6 +722,8 @@ mod tests {
                     routes,
                     neighs: spec.peers.iter().map(|p| p.neigh.clone()).collect(),
                     fdb: spec.peers.iter().map(|p| p.fdb.clone()).collect(),
+                    gateway_routes,
+                    local_hosts,
                 },
             );
         }
@@ -914,6 +1027,141 @@ mod tests {
             vec![
                 Action::DeleteLoopbackAddress { slice: "blue".into(), addr: "10.80.9.1/32".parse().unwrap() },
                 Action::AddLoopbackAddress { slice: "blue".into(), addr: "10.80.0.1/32".parse().unwrap() },
+            ]
+        );
+    }
+
+    fn remote(prefix: &str, via: &str) -> RemoteRoute {
+        RemoteRoute { prefix: prefix.parse().unwrap(), via: via.parse().unwrap() }
+    }
+
+    /// Blue with a gateway on this node (10.80.0.5) for 10.80.16.0/20 and one on n2 (10.80.0.70)
+    /// for 10.80.32.0/20.
+    fn config_with_remote_routes() -> NodeAgentConfig {
+        let mut c = config();
+        c.slices[0].remote_routes = vec![remote("10.80.32.0/20", "10.80.0.70"), remote("10.80.16.0/20", "10.80.0.5")];
+        c.validate().unwrap();
+        c
+    }
+
+    fn local_route() -> Route {
+        Route {
+            dst: "10.80.16.0/20".parse().unwrap(),
+            gateway: Some("10.80.0.5".parse().unwrap()),
+            dev: None,
+            src: None,
+            onlink: false,
+            scope_link: false,
+        }
+    }
+
+    fn via_peer_route() -> Route {
+        Route {
+            dst: "10.80.32.0/20".parse().unwrap(),
+            gateway: Some("10.80.0.65".parse().unwrap()),
+            dev: Some("sv100".into()),
+            src: None,
+            onlink: true,
+            scope_link: false,
+        }
+    }
+
+    #[test]
+    fn remote_route_specs_follow_the_gateway() {
+        let c = config_with_remote_routes();
+        let spec = RouterSpec::new(&c, &c.slices[0]);
+        assert_eq!(spec.remote_routes.len(), 2);
+        assert!(spec.remote_routes[0].local);
+        assert_eq!(spec.remote_routes[0].route, local_route());
+        assert!(!spec.remote_routes[1].local);
+        assert_eq!(spec.remote_routes[1].route, via_peer_route());
+        // The state file does not change: the CNI plugin needs nothing of this.
+        assert_eq!(spec.state, RouterSpec::new(&config(), &config().slices[0]).state);
+    }
+
+    #[test]
+    fn fresh_node_writes_state_then_waits_for_its_gateway() {
+        let c = config_with_remote_routes();
+        let actions = plan(&c, &Observed::default());
+        let blue: Vec<&Action> = actions.iter().filter(|a| a.slice() == "blue").collect();
+        let state = blue.iter().position(|a| matches!(a, Action::WriteStateFile { .. })).unwrap();
+        let via_peer = blue
+            .iter()
+            .position(|a| matches!(a, Action::ReplaceRoute { route, .. } if *route == via_peer_route()))
+            .unwrap();
+        assert!(via_peer < state, "the via-peer route is part of the router");
+        assert_eq!(
+            blue.last().unwrap(),
+            &&Action::AwaitGateway { slice: "blue".into(), pending: vec![remote("10.80.16.0/20", "10.80.0.5")] }
+        );
+        assert!(!blue.iter().any(|a| matches!(a, Action::ReplaceRoute { route, .. } if *route == local_route())));
+        // Red is not held up.
+        assert!(!actions.iter().any(|a| a.slice() == "red" && matches!(a, Action::AwaitGateway { .. })));
+    }
+
+    #[test]
+    fn gateway_pod_arrival_adds_the_local_route_only() {
+        let c = config_with_remote_routes();
+        let mut obs = converged(&c);
+        let blue = obs.routers.get_mut("blue").unwrap();
+        blue.gateway_routes.clear();
+        blue.local_hosts.remove(&"10.80.0.5".parse().unwrap());
+        assert_eq!(
+            plan(&c, &obs),
+            vec![Action::AwaitGateway { slice: "blue".into(), pending: vec![remote("10.80.16.0/20", "10.80.0.5")] }]
+        );
+        obs.routers.get_mut("blue").unwrap().local_hosts.insert("10.80.0.5".parse().unwrap());
+        assert_eq!(plan(&c, &obs), vec![Action::ReplaceRoute { slice: "blue".into(), route: local_route() }]);
+    }
+
+    #[test]
+    fn converged_remote_routes_need_nothing() {
+        let c = config_with_remote_routes();
+        assert_eq!(plan(&c, &converged(&c)), vec![]);
+    }
+
+    #[test]
+    fn removed_remote_routes_are_deleted_and_foreign_routes_kept() {
+        let c = config_with_remote_routes();
+        let mut obs = converged(&c);
+        // A gateway route outside the slice subnet is not ours.
+        obs.routers.get_mut("blue").unwrap().gateway_routes.push(Route {
+            dst: "192.0.2.0/24".parse().unwrap(),
+            gateway: Some("10.80.0.2".parse().unwrap()),
+            dev: Some("snpod".into()),
+            src: None,
+            onlink: false,
+            scope_link: false,
+        });
+        let actions = plan(&config(), &obs);
+        assert_eq!(
+            actions,
+            vec![
+                Action::DeleteRoute { slice: "blue".into(), route: via_peer_route() },
+                Action::DeleteRoute {
+                    slice: "blue".into(),
+                    route: Route { dev: Some("sngw".into()), ..local_route() }
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn gateway_moving_to_a_peer_swaps_the_route() {
+        let c = config_with_remote_routes();
+        let obs = converged(&c);
+        let mut c2 = c.clone();
+        c2.slices[0].remote_routes = vec![remote("10.80.32.0/20", "10.80.0.70"), remote("10.80.16.0/20", "10.80.0.71")];
+        let actions = plan(&c2, &obs);
+        let moved = Route { dst: "10.80.16.0/20".parse().unwrap(), ..via_peer_route() };
+        assert_eq!(
+            actions,
+            vec![
+                Action::ReplaceRoute { slice: "blue".into(), route: moved },
+                Action::DeleteRoute {
+                    slice: "blue".into(),
+                    route: Route { dev: Some("sngw".into()), ..local_route() }
+                },
             ]
         );
     }

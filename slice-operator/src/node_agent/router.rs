@@ -97,15 +97,22 @@ fn observe_router(slice: &str, ns: &Netns, desired_vxlan: &str) -> Result<Observ
     router.lo_up = links.iter().any(|l| l.name == "lo" && l.up);
     router.lo_addrs = nl.addrs("lo").map_err(|e| err("listing lo addresses", e))?;
     router.vxlans = links.iter().filter(|l| is_vxlan(l)).map(observed_vxlan).collect();
-    if links.iter().any(|l| l.name == desired_vxlan && is_vxlan(l)) {
-        for v6 in [false, true] {
-            let routes = nl.routes(v6).map_err(|e| err("listing routes", e))?;
-            router.routes.extend(routes.into_iter().filter(|r| {
+    for v6 in [false, true] {
+        for r in nl.routes(v6).map_err(|e| err("listing routes", e))? {
+            let on_vxlan = r.dev.as_deref() == Some(desired_vxlan);
+            if on_vxlan {
                 // The kernel's own fe80::/64 on the device is not ours to manage.
-                r.dev.as_deref() == Some(desired_vxlan)
-                    && !matches!(r.dst, ipnet::IpNet::V6(n) if n.addr().is_unicast_link_local())
-            }));
+                if !matches!(r.dst, ipnet::IpNet::V6(n) if n.addr().is_unicast_link_local()) {
+                    router.routes.push(r);
+                }
+            } else if r.gateway.is_some() {
+                router.gateway_routes.push(r);
+            } else if r.dst.prefix_len() == r.dst.max_prefix_len() && r.dev.is_some() {
+                router.local_hosts.insert(r.dst.addr());
+            }
         }
+    }
+    if links.iter().any(|l| l.name == desired_vxlan && is_vxlan(l)) {
         router.neighs = nl.neighs(desired_vxlan).map_err(|e| err("listing neighbours", e))?;
         router.fdb = nl.fdb(desired_vxlan).map_err(|e| err("listing FDB entries", e))?;
     }
@@ -340,6 +347,9 @@ fn apply_one(
             nl.replace_fdb(dev, entry).map_err(dp(what))
         }
         Action::WriteStateFile { state, .. } => state.store(&config.state_dir).map_err(NodeAgentError::StateFile),
+        Action::AwaitGateway { .. } => Err(NodeAgentError::Waiting(
+            "the gateway pod is not on this node yet (no route to it in the router namespace); retrying".into(),
+        )),
     }
 }
 
