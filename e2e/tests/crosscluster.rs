@@ -1,0 +1,339 @@
+//! One slice across three clusters on the real path: pods through containerd's CRI and
+//! `slice-cni`, node agents routing the other clusters' prefixes to a gateway pod per cluster
+//! running `slice-gateway` (WireGuard over the lab's WAN; c3 behind NAT). One lab, phases in
+//! order: reachability (ICMP, TCP, 50 MB), the WAN holding only WireGuard UDP, a transfer through
+//! a lossy delayed WAN, a gateway killed and restarted, a cluster removed from the slice.
+//! Needs root and `slice-gateway`, `slice-cni`, `slice-operator` (see `e2e::bin_dir`); fails
+//! (does not skip) without them.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::gateway::{SliceAcross, SliceAcrossOptions, build_slice_across_clusters};
+use e2e::{ClusterOptions, Lab, LabSlice, Pod, PodSpec};
+
+const GW_NS: &str = "slicenet-gw";
+const WIRE_TABLE: &str = "xcwire";
+
+fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let file = std::fs::File::open(netns).unwrap_or_else(|e| panic!("open {}: {e}", netns.display()));
+    std::thread::spawn(move || {
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+fn slice_addr(pod: &Pod) -> Ipv4Addr {
+    pod.ipv4("slice0").unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn ping(pod: &Pod, to: Ipv4Addr) -> bool {
+    pod.exec(&["ping", "-n", "-q", "-c", "1", "-W", "1", &to.to_string()]).unwrap().status.success()
+}
+
+fn ping_within(pod: &Pod, to: Ipv4Addr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ping(pod, to) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A TCP exchange over the slice: listener in `server` on `port`, client in `client`. Returns
+/// (the client's reply, the source address the server saw).
+fn tcp_exchange(server: &Pod, port: u16, client: &Pod) -> std::io::Result<(String, String)> {
+    let to = SocketAddrV4::new(slice_addr(server), port);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let listener = in_netns(&server.netns_path, move || -> std::io::Result<String> {
+        let listener = TcpListener::bind(("0.0.0.0", port))?;
+        tx.send(()).unwrap();
+        let (mut conn, peer) = listener.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf)?;
+        conn.write_all(format!("{} from {}", String::from_utf8_lossy(&buf[..n]), peer.ip()).as_bytes())?;
+        Ok(peer.ip().to_string())
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("listener up");
+    let reply = in_netns(&client.netns_path, move || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"hello")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .join()
+    .unwrap()?;
+    Ok((reply, listener.join().unwrap()?))
+}
+
+/// `bytes` of TCP from `client` to `server` over the slice with iperf3, within `timeout`.
+/// Returns (seconds, Mbit/s as the receiver saw it).
+fn transfer(server: &Pod, client: &Pod, port: u16, bytes: &str, timeout: Duration) -> (f64, f64) {
+    let port_s = port.to_string();
+    let mut srv = server.spawn(&["iperf3", "-s", "-1", "-p", &port_s]).unwrap();
+    let to = slice_addr(server).to_string();
+    let secs = timeout.as_secs().to_string();
+    let started = Instant::now();
+    let mut last = String::new();
+    for _ in 0..20 {
+        let out = client.exec(&["timeout", &secs, "iperf3", "-c", &to, "-p", &port_s, "-n", bytes, "-J"]).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_str(&text).expect("iperf3 JSON");
+            let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+            let _ = srv.stop();
+            return (started.elapsed().as_secs_f64(), bps / 1e6);
+        }
+        last = format!("{} {text}", String::from_utf8_lossy(&out.stderr));
+        if !text.contains("connect") && !last.contains("Connection refused") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!(
+        "transfer {bytes} {} → {} failed: {last}\nserver log: {}",
+        client.lab_name(),
+        server.lab_name(),
+        srv.log_text()
+    );
+}
+
+fn wan_nft(lab: &Lab, args: &[&str]) -> String {
+    let wan = format!("--net=/run/netns/{}", lab.wan_netns().unwrap());
+    let out = Command::new("nsenter").arg(wan).arg("nft").args(args).output().unwrap();
+    assert!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Counters on the WAN bridge: `wg` = UDP between public addresses with the gateways' public
+/// port on one side; `unreachable` = ICMP port unreachable between public addresses (a
+/// forwarded port whose gateway is down answers so); `other` = every other IPv4 packet and every
+/// IPv6 packet but ICMPv6 (neighbour discovery, multicast listener reports: the kernel sends them
+/// on any new link).
+fn install_wire_counters(lab: &Lab, public_port: u16) {
+    let rules = format!(
+        "table bridge {WIRE_TABLE} {{\n\
+         \tcounter wg {{}}\n\tcounter unreachable {{}}\n\tcounter other {{}}\n\
+         \tchain wire {{ type filter hook forward priority 0; policy accept;\n\
+         \t\tether type ip ip saddr 198.19.0.0/24 ip daddr 198.19.0.0/24 udp sport {public_port} counter name wg accept\n\
+         \t\tether type ip ip saddr 198.19.0.0/24 ip daddr 198.19.0.0/24 udp dport {public_port} counter name wg accept\n\
+         \t\tether type ip ip saddr 198.19.0.0/24 ip daddr 198.19.0.0/24 icmp type destination-unreachable icmp code port-unreachable counter name unreachable accept\n\
+         \t\tether type ip counter name other accept\n\
+         \t\tether type ip6 meta l4proto != ipv6-icmp counter name other accept\n\
+         \t}}\n}}\n"
+    );
+    let file = lab.root().join("wire.nft");
+    std::fs::write(&file, rules).unwrap();
+    wan_nft(lab, &["-f", &file.display().to_string()]);
+}
+
+/// (packets, bytes) of a counter of [`install_wire_counters`].
+fn wire_counter(lab: &Lab, name: &str) -> (u64, u64) {
+    let out = wan_nft(lab, &["list", "counter", "bridge", WIRE_TABLE, name]);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let after = |k: &str| words.iter().position(|w| *w == k).and_then(|p| words[p + 1].parse().ok()).unwrap_or(0);
+    (after("packets"), after("bytes"))
+}
+
+/// A ping summary's received count.
+fn received(text: &str) -> u32 {
+    text.split(", ")
+        .find_map(|part| part.strip_suffix(" received").and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no ping summary: {text}"))
+}
+
+struct Pods {
+    a1: Pod,
+    a2: Pod,
+    b: Pod,
+    c: Pod,
+}
+
+impl Pods {
+    fn all(&self) -> [&Pod; 4] {
+        [&self.a1, &self.a2, &self.b, &self.c]
+    }
+}
+
+fn build(prefix: &str) -> (Lab, SliceAcross, Pods) {
+    let t0 = Instant::now();
+    let mut lab = Lab::new(prefix).expect("lab (needs root; build the bins first)");
+    lab.add_wan().unwrap();
+    lab.add_cluster("c1", 2).unwrap();
+    lab.add_cluster("c2", 1).unwrap();
+    lab.add_cluster_with("c3", 1, ClusterOptions::behind_nat()).unwrap();
+    let slice = LabSlice::new("blue", 100, "10.80.0.0/16", &["shop", GW_NS]);
+    let options = SliceAcrossOptions::new(slice, GW_NS);
+    install_wire_counters(&lab, options.public_port);
+    let across = build_slice_across_clusters(&lab, &options).unwrap_or_else(|e| panic!("{e:#}"));
+    let pods = Pods {
+        a1: lab.node("c1", "n1").run_pod(PodSpec::new("shop", "a1")).unwrap(),
+        a2: lab.node("c1", "n2").run_pod(PodSpec::new("shop", "a2")).unwrap(),
+        b: lab.node("c2", "n1").run_pod(PodSpec::new("shop", "b")).unwrap(),
+        c: lab.node("c3", "n1").run_pod(PodSpec::new("shop", "c")).unwrap(),
+    };
+    for (pod, net) in [(&pods.a1, "10.80.0."), (&pods.a2, "10.80.0."), (&pods.b, "10.80.16."), (&pods.c, "10.80.32.")] {
+        assert!(slice_addr(pod).to_string().starts_with(net), "{}: {}", pod.lab_name(), slice_addr(pod));
+    }
+    eprintln!("TIMING lab + slice across 3 clusters + pods: {:.1} s", t0.elapsed().as_secs_f64());
+    (lab, across, pods)
+}
+
+#[test]
+fn slice_across_three_clusters_with_gateways() {
+    let (lab, mut across, pods) = build("xc1");
+
+    // (1) Every pod reaches every other pod and every other cluster's gateway pod over slice0.
+    let t = Instant::now();
+    for from in pods.all() {
+        for to in pods.all().into_iter().filter(|p| p.sandbox_id != from.sandbox_id) {
+            assert!(
+                ping_within(from, slice_addr(to), Duration::from_secs(15)),
+                "ping {} → {} ({}); gateway logs:\n{}",
+                from.lab_name(),
+                to.lab_name(),
+                slice_addr(to),
+                across.gateways.iter().map(|g| g.log_text()).collect::<Vec<_>>().join("\n")
+            );
+        }
+        for gw in across.gateways.iter().filter(|g| g.cluster != from.cluster) {
+            assert!(
+                ping_within(from, gw.slice_address, Duration::from_secs(10)),
+                "{} → gateway {}",
+                from.lab_name(),
+                gw.cluster
+            );
+        }
+    }
+    eprintln!("TIMING pings, all pairs: {:.1} s", t.elapsed().as_secs_f64());
+    let mut port = 7000;
+    for client in pods.all() {
+        for server in pods.all().into_iter().filter(|p| p.cluster != client.cluster) {
+            port += 1;
+            let (reply, seen) = tcp_exchange(server, port, client)
+                .unwrap_or_else(|e| panic!("TCP {} → {}: {e}", client.lab_name(), server.lab_name()));
+            assert_eq!(reply, format!("hello from {}", slice_addr(client)));
+            assert_eq!(seen, slice_addr(client).to_string(), "the server sees the client's own slice address");
+        }
+    }
+    // Nobody was told c3's endpoint (it is behind NAT): c1 learnt it by roaming.
+    let eps = across.gateway("c1").wg(&["show", &across.gateway("c1").interface, "endpoints"]).unwrap();
+    let c3_public = lab.cluster("c3").public_address().unwrap().to_string();
+    assert!(eps.contains(&format!("{c3_public}:")), "c1 learnt c3's NATed endpoint: {eps}");
+    let (secs, mbps) = transfer(&pods.c, &pods.a1, 5201, "50M", Duration::from_secs(120));
+    eprintln!("FIGURE 50 MB TCP c1/n1 → c3 (behind NAT): {secs:.1} s, {mbps:.0} Mbit/s");
+    let (secs, mbps) = transfer(&pods.a2, &pods.c, 5202, "50M", Duration::from_secs(120));
+    eprintln!("FIGURE 50 MB TCP c3 → c1/n2: {secs:.1} s, {mbps:.0} Mbit/s");
+
+    // (2) The WAN held only WireGuard UDP between the gateways' public endpoints.
+    let (wg_packets, wg_bytes) = wire_counter(&lab, "wg");
+    let (other_packets, _) = wire_counter(&lab, "other");
+    assert_eq!(wire_counter(&lab, "unreachable").0, 0, "ICMP port unreachable while every gateway runs");
+    eprintln!("FIGURE WAN: {wg_packets} WireGuard UDP packets ({wg_bytes} bytes), {other_packets} others");
+    assert_eq!(other_packets, 0, "non-WireGuard packets crossed the WAN");
+    assert!(wg_bytes > 100_000_000, "100 MB crossed the WAN as WireGuard: {wg_bytes} bytes");
+
+    // (5) 1% loss and 50 ms delay into c1 and c3: 10 MB c1 → c3 still completes.
+    for c in ["c1", "c3"] {
+        lab.cluster(c).set_wan_loss(0.01).unwrap();
+        lab.cluster(c).set_wan_delay(50).unwrap();
+    }
+    let t = Instant::now();
+    let out = pods.a1.exec(&["ping", "-n", "-q", "-c", "3", &slice_addr(&pods.c).to_string()]).unwrap();
+    eprintln!(
+        "FIGURE ping c1 → c3 with WAN delay: {}",
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("")
+    );
+    let (secs, mbps) = transfer(&pods.c, &pods.a1, 5203, "10M", Duration::from_secs(180));
+    eprintln!("FIGURE 10 MB TCP c1 → c3, WAN 1% loss + 50 ms each way: {secs:.1} s, {mbps:.1} Mbit/s");
+    for c in ["c1", "c3"] {
+        lab.cluster(c).set_wan_loss(0.0).unwrap();
+        lab.cluster(c).set_wan_delay(0).unwrap();
+    }
+    eprintln!("TIMING impaired phase: {:.1} s", t.elapsed().as_secs_f64());
+    assert_eq!(wire_counter(&lab, "other").0, 0, "non-WireGuard packets crossed the WAN");
+
+    // (3) Kill c2's gateway (SIGKILL by PID) and start it again with the same configuration.
+    let old_pid = across.gateway("c2").pid().unwrap();
+    across.kill_gateway("c2").unwrap();
+    assert!(!Path::new(&format!("/proc/{old_pid}/cmdline")).exists() || !ping(&pods.a1, slice_addr(&pods.b)));
+    assert!(!ping(&pods.a1, slice_addr(&pods.b)), "c1 → c2 without c2's gateway");
+    let restarted = Instant::now();
+    across.start_gateway("c2").unwrap();
+    let started = restarted.elapsed();
+    let mut recovered = None;
+    while restarted.elapsed() < Duration::from_secs(30) {
+        if ping(&pods.a1, slice_addr(&pods.b)) {
+            recovered = Some(restarted.elapsed());
+            break;
+        }
+    }
+    let recovered = recovered.unwrap_or_else(|| {
+        panic!("c1 → c2 did not recover within 30 s; c2 gateway log:\n{}", across.gateway("c2").log_text())
+    });
+    eprintln!(
+        "FIGURE gateway c2 killed and restarted: up after {:.2} s, c1 → c2 ping answered {:.2} s after the restart",
+        started.as_secs_f64(),
+        recovered.as_secs_f64()
+    );
+    assert!(ping_within(&pods.b, slice_addr(&pods.a2), Duration::from_secs(10)), "c2 → c1/n2 after the restart");
+    // c3 is behind NAT: the restarted c2 has no endpoint for it until c3 handshakes again. c3
+    // keeps sending keepalives on its old session (which c2 cannot read); it starts a new
+    // handshake once its data has gone unanswered (WireGuard: keepalive + rekey timeout, 15 s).
+    assert!(ping_within(&pods.c, slice_addr(&pods.b), Duration::from_secs(40)), "c3 → c2 after the restart");
+    eprintln!(
+        "FIGURE gateway c2 restarted: c3 (behind NAT) → c2 ping answered {:.2} s after the restart",
+        restarted.elapsed().as_secs_f64()
+    );
+    assert!(ping_within(&pods.b, slice_addr(&pods.c), Duration::from_secs(10)), "c2 → c3 after the restart");
+
+    // (4) Remove c2 from the slice while c1 pings c3 continuously: not one packet lost.
+    let steady = {
+        let netns = pods.a1.netns_path.clone();
+        let to = slice_addr(&pods.c).to_string();
+        std::thread::spawn(move || {
+            let out = Command::new("nsenter")
+                .arg(format!("--net={}", netns.display()))
+                .args(["ping", "-n", "-q", "-c", "200", "-i", "0.02", "-W", "1", &to])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let t = Instant::now();
+    across.remove_cluster(&lab, "c2").unwrap();
+    let prefix = across.gateway("c2").prefix;
+    for c in ["c1", "c3"] {
+        e2e::gateway::wait_router_route(&lab, c, "blue", &prefix, false, Duration::from_secs(15)).unwrap();
+    }
+    eprintln!("TIMING c2 removed from gateways and agents: {:.2} s", t.elapsed().as_secs_f64());
+    let summary = steady.join().unwrap();
+    assert_eq!(received(&summary), 200, "c1 → c3 lost packets while c2 was removed: {summary}");
+    assert!(!ping(&pods.a1, slice_addr(&pods.b)), "c1 → c2 after c2 was removed");
+    assert!(!ping(&pods.c, slice_addr(&pods.b)), "c3 → c2 after c2 was removed");
+    assert!(ping(&pods.a2, slice_addr(&pods.c)), "c1/n2 → c3 after c2 was removed");
+    let peers = across.gateway("c1").wg(&["show", &across.gateway("c1").interface, "peers"]).unwrap();
+    assert!(!peers.contains(&across.gateway("c2").keys.public), "{peers}");
+
+    // While c2's gateway was down, its edge still forwarded the port: the WireGuard datagrams
+    // sent to it were answered with ICMP port unreachable between public addresses.
+    let unreachable = wire_counter(&lab, "unreachable").0;
+    eprintln!(
+        "FIGURE WAN after all phases: {} WireGuard UDP packets, {unreachable} ICMP port unreachable between public addresses, {} others",
+        wire_counter(&lab, "wg").0,
+        wire_counter(&lab, "other").0
+    );
+    assert_eq!(wire_counter(&lab, "other").0, 0, "non-WireGuard packets crossed the WAN");
+
+    drop(across);
+    lab.teardown().expect("teardown");
+}
