@@ -131,6 +131,8 @@ const FAKE_AGENT: &str = r#"#!/bin/sh
 [ "$1" = node-agent ] && [ "$2" = --config ] || { echo "usage: node-agent --config FILE" >&2; exit 2; }
 state=$(sed -n 's/^ *"stateDir": "\(.*\)",$/\1/p' "$3")
 mkdir -p "$state"
+# Log first: the test reads the log as soon as a state file appears.
+echo "fake agent $$ in $(readlink /proc/self/ns/net)"
 for slice in $(sed -n 's/^ *"name": "\([a-z0-9-]*\)",$/\1/p' "$3"); do
   cat > "$state/$slice.json.tmp" <<JSON
 {"slice":"$slice","vni":100,"routerNetns":"/run/netns/x-$slice","nodePrefix":"10.80.0.0/26",
@@ -138,7 +140,6 @@ for slice in $(sed -n 's/^ *"name": "\([a-z0-9-]*\)",$/\1/p' "$3"); do
 JSON
   mv "$state/$slice.json.tmp" "$state/$slice.json"
 done
-echo "fake agent $$ in $(readlink /proc/self/ns/net)"
 trap 'exit 0' TERM INT
 while :; do sleep 0.05; done
 "#;
