@@ -1,7 +1,7 @@
-//! The `make demo` scenario (`slicectl lab demo`): two slices with the *same* subnet on a
+//! The `make demo` scenario (`slicectl lab demo`), part one: two slices with the *same* subnet on a
 //! 1-cluster 2-node lab, pods in and out of them, a reachability matrix checked against what
 //! slicenet promises, and the nodes' status table. Also the status table itself, shared with
-//! `slicectl status`.
+//! `slicectl status`. Part two, one slice across three clusters, is [`crate::demo_across`].
 //!
 //! | slice | VNI | subnet | member namespaces |
 //! | --- | --- | --- | --- |
@@ -114,7 +114,7 @@ pub fn run_with_prefix(prefix: &str) -> Result<()> {
     if mismatches > 0 {
         bail!("{mismatches} reachability cell(s) differ from what slicenet promises");
     }
-    Ok(())
+    crate::demo_across::run(&format!("{prefix}x"))
 }
 
 /// `slicectl lab up`: builds the demo lab and its pods and leaves them running (the processes

@@ -39,6 +39,7 @@ mod cmd;
 mod containerd;
 mod cri;
 pub mod demo;
+pub mod demo_across;
 pub mod gateway;
 mod lab;
 mod netns;
