@@ -18,6 +18,7 @@ mod cri;
 mod path;
 mod process;
 mod stats;
+mod tunnel;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -54,6 +55,7 @@ pub struct Options {
     pub run_cni: bool,
     pub run_cri: bool,
     pub run_path: bool,
+    pub run_tunnel: bool,
     /// Where to write the report (`None`: nowhere).
     pub doc: Option<PathBuf>,
 }
@@ -69,6 +71,7 @@ impl Default for Options {
             run_cni: true,
             run_cri: true,
             run_path: true,
+            run_tunnel: true,
             doc: Some(PathBuf::from("docs/benchmarks.md")),
         }
     }
@@ -89,12 +92,14 @@ options:
   --iperf-seconds S     length of one iperf3 run (default 5)
   --iperf-runs N        iperf3 runs per path (default 3)
   --pings N             echo requests per path (default 20)
-  --only LIST           sections to run, comma-separated: cni,cri,path (default all)
+  --only LIST           sections to run, comma-separated: cni,cri,path,tunnel (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
 
-SLICENET_BIN_DIR names the directory of slice-cni and slice-operator (make bench: target/release).";
+SLICENET_BIN_DIR names the directory of slice-cni, slice-operator and slice-gateway (make bench:
+target/release). SLICENET_BENCH_TUNNELS=veth,slice-gateway,wireguard-go,openvpn limits section 4
+to those tunnels.";
 
 impl Options {
     /// Parses the command line (without the program name). `Ok(None)` means `--help`.
@@ -127,13 +132,14 @@ impl Options {
                 "--pings" => o.pings = num(&name, value()?)?,
                 "--only" => {
                     let list = value()?;
-                    (o.run_cni, o.run_cri, o.run_path) = (false, false, false);
+                    (o.run_cni, o.run_cri, o.run_path, o.run_tunnel) = (false, false, false, false);
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
                             "cri" => o.run_cri = true,
                             "path" => o.run_path = true,
-                            other => bail!("--only: unknown section {other:?} (cni, cri, path)"),
+                            "tunnel" => o.run_tunnel = true,
+                            other => bail!("--only: unknown section {other:?} (cni, cri, path, tunnel)"),
                         }
                     }
                 }
@@ -184,6 +190,7 @@ struct Figures {
     cni: Option<cni::CniFigures>,
     cri: Option<cri::CriFigures>,
     path: Option<path::PodToPod>,
+    tunnel: Option<tunnel::TunnelSection>,
 }
 
 /// Runs the benchmark: builds the labs, runs the sections, prints a table per section on
@@ -201,7 +208,17 @@ pub fn run(options: &Options) -> Result<()> {
     let elapsed = started.elapsed();
     eprintln!("slicenet-bench: done in {:.0} s", elapsed.as_secs_f64());
     if let Some(doc) = &options.doc {
-        let text = report(options, &figures, elapsed)?;
+        let old = std::fs::read_to_string(doc).unwrap_or_default();
+        let labs = options.run_cni || options.run_cri || options.run_path;
+        let mut text = if labs { report(options, &figures, elapsed)? } else { old.clone() };
+        match &figures.tunnel {
+            Some(t) => text = tunnel::splice(&text, &tunnel::doc_section(t, TUNNEL_STEPS)),
+            None => {
+                if let Some(kept) = tunnel::existing(&old) {
+                    text = tunnel::splice(&text, &format!("{kept}\n"));
+                }
+            }
+        }
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -211,9 +228,20 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// The per-step history of the gateway's speed work (written by hand from this section's runs).
+const TUNNEL_STEPS: &str = include_str!("bench/tunnel_steps.md");
+
 fn preflight(options: &Options) -> Result<()> {
     let bin = crate::bin_dir();
-    for name in ["slice-cni", "slice-operator"] {
+    let labs = options.run_cni || options.run_cri || options.run_path;
+    let mut needed = Vec::new();
+    if labs {
+        needed.extend(["slice-cni", "slice-operator"]);
+    }
+    if options.run_tunnel {
+        needed.push("slice-gateway");
+    }
+    for name in needed {
         if !bin.join(name).exists() {
             bail!(
                 "{} is missing: build it (`cargo build --release --bins`) or set SLICENET_BIN_DIR",
@@ -221,9 +249,15 @@ fn preflight(options: &Options) -> Result<()> {
             );
         }
     }
-    let mut tools = vec!["containerd", "ip", "nsenter"];
-    if options.run_path {
+    let mut tools = vec!["ip"];
+    if labs {
+        tools.extend(["containerd", "nsenter"]);
+    }
+    if options.run_path || options.run_tunnel {
         tools.extend(["iperf3", "ping", "ss", "timeout"]);
+    }
+    if options.run_tunnel {
+        tools.extend(["wg", "openssl"]);
     }
     for tool in tools {
         let found =
@@ -232,7 +266,7 @@ fn preflight(options: &Options) -> Result<()> {
             bail!("`{tool}` is not installed (make deps installs what the lab needs)");
         }
     }
-    if !std::path::Path::new("/usr/lib/cni/bridge").exists() {
+    if labs && !std::path::Path::new("/usr/lib/cni/bridge").exists() {
         bail!("/usr/lib/cni/bridge is missing: install containernetworking-plugins");
     }
     Ok(())
@@ -246,6 +280,22 @@ fn build_lab(prefix: &str, options: LabOptions, nodes: usize) -> Result<Lab> {
 }
 
 fn measure(options: &Options) -> Result<Figures> {
+    let mut figures = if options.run_cni || options.run_cri || options.run_path {
+        measure_labs(options)?
+    } else {
+        Figures::default()
+    };
+    if options.run_tunnel {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 4. tunnels over one veth (namespaces sntun-a, sntun-b)");
+        let t = tunnel::run(options.iperf_seconds, options.pings)?;
+        println!("{}", tunnel::table(&t));
+        figures.tunnel = Some(t);
+    }
+    Ok(figures)
+}
+
+fn measure_labs(options: &Options) -> Result<Figures> {
     let nodes = if options.run_path { 2 } else { 1 };
     eprintln!(
         "slicenet-bench: building lab {SLICE_LAB} ({nodes} node(s), slice-cni chained){}",
@@ -609,7 +659,7 @@ mod tests {
         let quick = parse(&["--quick"]).unwrap().unwrap();
         assert_eq!((quick.cni_iterations, quick.pods, quick.doc), (30, 10, None));
         let o = parse(&["--quick", "--pods=5", "--only", "cni,path", "--doc", "x.md"]).unwrap().unwrap();
-        assert_eq!((o.pods, o.run_cni, o.run_cri, o.run_path), (5, true, false, true));
+        assert_eq!((o.pods, o.run_cni, o.run_cri, o.run_path, o.run_tunnel), (5, true, false, true, false));
         assert_eq!(o.doc, Some(PathBuf::from("x.md")));
         assert!(parse(&["--pods", "x"]).is_err());
         assert!(parse(&["--pods"]).is_err());

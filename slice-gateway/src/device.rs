@@ -1,25 +1,32 @@
 //! The gateway device: peer state, cryptokey routing, and the I/O loops around boringtun's
 //! sans-IO `noise::Tunn`.
 //!
-//! Threads (no async runtime: every loop blocks on one fd, which keeps the per-packet path a
-//! plain function that later batching — `recvmmsg`/`sendmmsg`, TUN offloads, one loop pair per
-//! queue — can wrap):
-//! - TUN → UDP: read a packet, longest-prefix-match its destination to a peer, encapsulate,
-//!   send to the peer's endpoint ([`Gateway::tun_loop`]);
-//! - UDP → TUN: verify MACs with the device rate limiter (cookies under load), find the peer
-//!   (handshake initiation: by the static key `parse_handshake_anon` reveals; everything else:
-//!   by the receiver index), decapsulate, check the inner source against that peer's AllowedIPs,
-//!   write to TUN ([`Gateway::udp_loop`]);
+//! Two packet threads and a timer thread (no async runtime):
+//! - TUN → UDP ([`Gateway::tun_loop`]): a TUN read (with `IFF_VNET_HDR` + TSO: up to 64 KiB of
+//!   one TCP flow) is routed by its destination (longest prefix over AllowedIPs), cut into
+//!   MSS-sized packets with valid checksums ([`offload::segment`]), MSS-clamped if it is a SYN,
+//!   encrypted under one lock of the peer's `Tunn`, and sent to the peer's endpoint as one
+//!   `UDP_SEGMENT` send ([`TxBatch`]).
+//! - UDP → TUN ([`Gateway::udp_loop`]): `recvmmsg` with `UDP_GRO` (a buffer holds many
+//!   datagrams), MACs verified with the device rate limiter (cookies under load), the peer found
+//!   (handshake initiation: by the static key `parse_handshake_anon` reveals; everything else: by
+//!   the receiver index), decapsulated, the inner source checked against that peer's AllowedIPs,
+//!   TCP segments coalesced into one super-packet per flow ([`Coalescer`]) and written to TUN.
+//! - Each packet thread also serves the other direction when it is awake and that direction's
+//!   lock is free: after a receive batch the TUN fd is drained (the ACKs the local TCP just
+//!   produced leave at once), after a TUN batch the socket is. Both fds are non-blocking and
+//!   waited on with poll(2); the `tx` and `rx` locks keep each direction in order.
 //! - timers: `update_timers` per peer every 100 ms, the rate limiter reset every second
 //!   ([`Gateway::timer_loop`]).
 //!
-//! Lock order: `state` (read or write) before a peer's `tunn`; nothing else nests.
+//! Lock order: `tx` or `rx` (never both: the other is only `try_lock`ed after release), then
+//! `state` (read or write), then a peer's `tunn`.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,8 +40,10 @@ use ipnet::IpNet;
 use crate::allowed_ips::AllowedIps;
 use crate::config::DeviceUpdate;
 use crate::key::Key;
+use crate::offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr};
 use crate::tun::Tun;
 use crate::uapi::{DeviceStatus, PeerStatus, SetError};
+use crate::udp::{self, RawAddr, RecvBatch};
 
 /// Handshakes per second before the device answers with cookies (boringtun's device uses 100).
 /// Doubled because each handshake is counted twice: once by our peer lookup and once inside
@@ -45,6 +54,10 @@ const HANDSHAKE_RATE_LIMIT: u64 = 2 * 100;
 pub const TIMER_TICK: Duration = Duration::from_millis(100);
 /// Largest UDP datagram / TUN packet we handle.
 const MAX_PACKET: usize = 65_536;
+/// WireGuard's overhead on a data packet (header 16 + tag 16) plus padding to 16 bytes.
+const WG_OVERHEAD: usize = 32 + 16;
+/// Buffers per `recvmmsg` (each up to 64 KiB: with UDP GRO one buffer holds many datagrams).
+const RECV_BATCH: usize = 16;
 /// Socket buffers: large, so bursts under BBR do not overflow the receive queue (LAB-FACTS:
 /// boringtun never sets them and loses packets to `UdpRcvbufErrors`).
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
@@ -197,6 +210,14 @@ pub struct Gateway {
     state: RwLock<State>,
     pub counters: DeviceCounters,
     shutdown: AtomicBool,
+    /// The TUN MTU: TCP SYNs crossing the tunnel get their MSS clamped to fit it.
+    mtu: AtomicU32,
+    /// `UDP_SEGMENT` works on the current socket (cleared after a failed GSO send).
+    gso: AtomicBool,
+    /// Buffers of the TUN → UDP path; whoever holds it reads TUN.
+    tx: Mutex<TxState>,
+    /// Buffers of the UDP → TUN path; whoever holds it reads the socket.
+    rx: Mutex<RxState>,
 }
 
 /// Binds the WireGuard UDP socket: dual-stack `[::]:port`, or `0.0.0.0:port` where IPv6 is off.
@@ -225,16 +246,86 @@ fn setsockopt_int(fd: libc::c_int, level: libc::c_int, name: libc::c_int, value:
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// v4-mapped IPv6 (from a dual-stack socket) back to IPv4, so endpoints print and compare as
-/// `wg` shows them.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
+/// What reading TUN needs: the read buffer, room for one segment, the send batch.
+struct TxState {
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    batch: TxBatch,
+}
+
+/// Encrypted datagrams for one endpoint, concatenated for one `UDP_SEGMENT` send.
+#[derive(Default)]
+struct TxBatch {
+    data: Vec<u8>,
+    /// Size of every datagram but the last.
+    seg: usize,
+    count: usize,
+    /// A datagram shorter than `seg` was added: it must be the last.
+    closed: bool,
+    endpoint: Option<SocketAddr>,
+    to: Option<RawAddr>,
+}
+
+impl TxBatch {
+    fn start(&mut self, socket: &UdpSocket, endpoint: SocketAddr) {
+        if self.endpoint != Some(endpoint) {
+            let v6 = matches!(socket.local_addr(), Ok(SocketAddr::V6(_)));
+            self.to = Some(RawAddr::new(endpoint, v6));
+            self.endpoint = Some(endpoint);
+        }
+        self.clear();
     }
+
+    fn clear(&mut self) {
+        self.data.clear();
+        self.seg = 0;
+        self.count = 0;
+        self.closed = false;
+    }
+
+    /// Whether a datagram of `len` bytes may follow the batched ones.
+    fn accepts(&self, len: usize) -> bool {
+        self.count == 0 || (!self.closed && len <= self.seg)
+    }
+
+    fn push(&mut self, len: usize) {
+        if self.count == 0 {
+            self.seg = len;
+        } else if len < self.seg {
+            self.closed = true;
+        }
+        self.count += 1;
+    }
+
+    fn full(&self) -> bool {
+        self.closed || self.count >= gso_segments() || self.data.len() + self.seg > udp::GSO_MAX_BYTES
+    }
+}
+
+/// Datagrams per GSO send (`SLICE_GATEWAY_GSO_SEGS`, default the kernel's maximum).
+fn gso_segments() -> usize {
+    static SEGS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SEGS.get_or_init(|| {
+        std::env::var("SLICE_GATEWAY_GSO_SEGS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(udp::UDP_MAX_SEGMENTS, |n: usize| n.clamp(1, udp::UDP_MAX_SEGMENTS))
+    })
+}
+
+/// What reading the socket needs: the receive buffers, the decryption buffer, the TUN sink.
+struct RxState {
+    batch: RecvBatch,
+    out: Vec<u8>,
+    sink: RxSink,
+}
+
+/// Where decrypted packets go until the receive batch is done.
+struct RxSink {
+    coalescer: Coalescer,
+    /// The peer whose packets the coalescer holds (for the drop counter).
+    peer: Option<Arc<Peer>>,
+    vnet: bool,
 }
 
 impl Gateway {
@@ -245,6 +336,7 @@ impl Gateway {
     pub fn new(tun: Tun) -> io::Result<Arc<Self>> {
         let socket = bind_udp(0, 0)?;
         let listen_port = socket.local_addr()?.port();
+        let vnet = tun.vnet_hdr();
         let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.subsec_nanos());
         Ok(Arc::new(Self {
             name: tun.name().to_string(),
@@ -261,7 +353,42 @@ impl Gateway {
             }),
             counters: DeviceCounters::default(),
             shutdown: AtomicBool::new(false),
+            mtu: AtomicU32::new(1420),
+            gso: AtomicBool::new(std::env::var_os("SLICE_GATEWAY_NO_GSO").is_none()),
+            tx: Mutex::new(TxState {
+                buf: vec![0u8; VNET_HDR_LEN + MAX_PACKET],
+                scratch: vec![0u8; MAX_PACKET],
+                batch: TxBatch::default(),
+            }),
+            rx: Mutex::new(RxState {
+                batch: RecvBatch::new(RECV_BATCH, MAX_PACKET),
+                out: vec![0u8; MAX_PACKET + 64],
+                sink: RxSink {
+                    // SLICE_GATEWAY_NO_COALESCE: every packet on its own (for measuring the step).
+                    coalescer: Coalescer::new(if std::env::var_os("SLICE_GATEWAY_NO_COALESCE").is_some() {
+                        0
+                    } else {
+                        65_535
+                    }),
+                    peer: None,
+                    vnet,
+                },
+            }),
         }))
+    }
+
+    /// Sets the MTU that MSS clamping fits TCP to (the TUN device's MTU).
+    pub fn set_mtu(&self, mtu: u32) {
+        self.mtu.store(mtu, Ordering::Relaxed);
+    }
+
+    fn mtu(&self) -> u16 {
+        static NO_CLAMP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        // SLICE_GATEWAY_NO_MSS_CLAMP: leave SYNs alone (to show what the clamp prevents).
+        if *NO_CLAMP.get_or_init(|| std::env::var_os("SLICE_GATEWAY_NO_MSS_CLAMP").is_some()) {
+            return u16::MAX;
+        }
+        u16::try_from(self.mtu.load(Ordering::Relaxed)).unwrap_or(u16::MAX)
     }
 
     fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -327,25 +454,70 @@ impl Gateway {
         }
     }
 
-    /// TUN → peers.
+    /// TUN → peers. With offloads a read returns a `virtio_net_hdr` and possibly a TCP
+    /// super-packet: it is cut into MSS-sized packets ([`offload::segment`]), all encrypted
+    /// under one lock of the peer, and sent as one `UDP_SEGMENT` batch ([`TxBatch`]).
+    ///
+    /// This thread waits in poll(2) and drains the (non-blocking) TUN fd under the `tx` lock;
+    /// the receive thread also drains it after each batch it wrote to TUN when the lock is free
+    /// ([`Self::drain_tun`]): the ACKs that the local TCP answered to the data just written
+    /// leave at once, without waking this thread (a wake-up on the ACK path is round-trip time
+    /// for the sender's congestion control). The lock keeps packets in TUN order.
     fn tun_loop(&self) {
-        let mut buf = vec![0u8; MAX_PACKET];
-        let mut out = vec![0u8; MAX_PACKET + 64];
+        let drain = std::env::var_os("SLICE_GATEWAY_NO_RX_DRAIN").is_none();
         while !self.stopping() {
-            let n = match self.tun.recv(&mut buf) {
-                Ok(n) => n,
+            match self.tun.wait_readable(500) {
+                Ok(true) => {}
+                Ok(false) => continue,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => {
-                    tracing::error!(%err, "reading the TUN device failed; stopping its loop");
+                    tracing::error!(%err, "waiting for the TUN device failed; stopping its loop");
                     return;
                 }
-            };
-            self.handle_tun_packet(&buf[..n], &mut out);
+            }
+            let mut st = lock(&self.tx);
+            if let Err(err) = self.drain_tun(&mut st, usize::MAX) {
+                tracing::error!(%err, "reading the TUN device failed; stopping its loop");
+                return;
+            }
+            drop(st);
+            if !drain {
+                continue;
+            }
+            if let Ok(mut rx) = self.rx.try_lock()
+                && let Err(err) = self.receive(&self.socket(), &mut rx)
+            {
+                tracing::debug!(%err, "recv failed");
+            }
         }
     }
 
-    /// One packet from TUN: route, encapsulate, send. (The unit a batched loop will call.)
-    pub fn handle_tun_packet(&self, packet: &[u8], out: &mut [u8]) {
+    /// Reads and sends up to `max` TUN packets, until none is queued.
+    fn drain_tun(&self, st: &mut TxState, max: usize) -> io::Result<()> {
+        let vnet = self.tun.vnet_hdr();
+        let TxState { buf, scratch, batch } = st;
+        for _ in 0..max {
+            let n = match self.tun.try_recv(buf) {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) => return Err(err),
+            };
+            if vnet {
+                let Some(h) = VnetHdr::parse(&buf[..n]) else {
+                    inc(&self.counters.tun_invalid);
+                    continue;
+                };
+                self.handle_tun_read(Some(h), &mut buf[VNET_HDR_LEN..n], scratch, batch);
+            } else {
+                self.handle_tun_read(None, &mut buf[..n], scratch, batch);
+            }
+        }
+        Ok(())
+    }
+
+    /// What one TUN read returned (`h`: its `virtio_net_hdr` when offloads are on).
+    fn handle_tun_read(&self, h: Option<VnetHdr>, packet: &mut [u8], scratch: &mut [u8], tx: &mut TxBatch) {
         let Some(dst) = Tunn::dst_address(packet) else {
             inc(&self.counters.tun_invalid);
             return;
@@ -355,34 +527,164 @@ impl Gateway {
             inc(&self.counters.no_route);
             return;
         };
+        let Some(endpoint) = peer.endpoint() else {
+            // Still encapsulate: boringtun queues the packet and starts a handshake.
+            tx.endpoint = None;
+            self.encapsulate_read(h, packet, scratch, peer, tx);
+            return;
+        };
+        let socket = self.socket();
+        tx.start(&socket, endpoint);
+        self.encapsulate_read(h, packet, scratch, peer, tx);
+        self.flush_tx(&socket, peer, tx);
+    }
+
+    fn encapsulate_read(
+        &self,
+        h: Option<VnetHdr>,
+        packet: &mut [u8],
+        scratch: &mut [u8],
+        peer: &Arc<Peer>,
+        tx: &mut TxBatch,
+    ) {
+        let mtu = self.mtu();
+        let socket = self.socket();
         let mut tunn = lock(&peer.tunn);
         let Some(t) = tunn.as_mut() else {
             inc(&self.counters.no_private_key);
             return;
         };
-        match t.encapsulate(packet, out) {
-            TunnResult::WriteToNetwork(datagram) => {
-                drop(tunn);
-                self.send_to_endpoint(&self.socket(), peer, datagram);
+        let mut one = |seg: &mut [u8]| {
+            offload::clamp_mss(seg, mtu);
+            let start = tx.data.len();
+            // Room for the data message, or a handshake initiation (148 bytes) in its place.
+            tx.data.resize(start + (seg.len() + WG_OVERHEAD).max(256), 0);
+            let len = match t.encapsulate(seg, &mut tx.data[start..]) {
+                TunnResult::WriteToNetwork(d) => Some(d.len()),
+                TunnResult::Err(err) => {
+                    tracing::debug!(peer = %peer.public_key, ?err, "encapsulate failed");
+                    None
+                }
+                _ => None,
+            };
+            match len {
+                Some(len) if tx.endpoint.is_some() => {
+                    tx.data.truncate(start + len);
+                    if !tx.accepts(len) {
+                        // Does not fit the GSO rule (equal sizes, the last may be shorter):
+                        // send what is batched, then this one starts a new batch.
+                        let tail = tx.data.split_off(start);
+                        self.flush_tx(&socket, peer, tx);
+                        tx.data = tail;
+                    }
+                    tx.push(len);
+                    if tx.full() {
+                        self.flush_tx(&socket, peer, tx);
+                    }
+                }
+                Some(_) => {
+                    tx.data.truncate(start);
+                    inc(&peer.counters.drop_no_endpoint);
+                }
+                None => tx.data.truncate(start),
             }
-            TunnResult::Err(err) => tracing::debug!(peer = %peer.public_key, ?err, "encapsulate failed"),
-            _ => {}
+        };
+        let result = match h {
+            Some(h) => offload::segment(&h, packet, scratch, &mut one),
+            None => {
+                one(packet);
+                Ok(())
+            }
+        };
+        if let Err(err) = result {
+            inc(&self.counters.tun_invalid);
+            tracing::debug!(?err, "TUN packet not segmentable");
         }
     }
 
+    /// Sends the batched datagrams: one `sendmsg` with `UDP_SEGMENT` when there are several,
+    /// falling back to one datagram per call if the kernel refuses GSO.
+    fn flush_tx(&self, socket: &UdpSocket, peer: &Peer, tx: &mut TxBatch) {
+        let Some(to) = tx.to.as_ref() else {
+            tx.clear();
+            return;
+        };
+        if tx.count == 0 {
+            return;
+        }
+        let fd = socket.as_raw_fd();
+        let sent = if tx.count > 1 && self.gso.load(Ordering::Relaxed) {
+            match udp::send_gso(fd, &tx.data, tx.seg, to) {
+                Ok(n) => Some(n),
+                Err(err) if matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)) => {
+                    tracing::warn!(%err, "UDP GSO refused; sending datagrams one by one");
+                    self.gso.store(false, Ordering::Relaxed);
+                    None
+                }
+                Err(err) => {
+                    add(&peer.counters.drop_io, tx.count);
+                    tracing::debug!(%err, "GSO send failed");
+                    tx.clear();
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(n) = sent {
+            add(&peer.counters.tx_bytes, n);
+            add(&peer.counters.tx_packets, tx.count);
+        } else {
+            for d in tx.data.chunks(tx.seg.max(1)) {
+                match udp::send_gso(fd, d, 0, to) {
+                    Ok(n) => {
+                        add(&peer.counters.tx_bytes, n);
+                        inc(&peer.counters.tx_packets);
+                    }
+                    Err(err) => {
+                        inc(&peer.counters.drop_io);
+                        tracing::debug!(%err, "send failed");
+                    }
+                }
+            }
+        }
+        tx.clear();
+    }
+
     /// UDP → TUN, on `socket` until it is replaced (listen port change) or the device stops.
+    /// `recvmmsg` takes up to [`RECV_BATCH`] buffers per call, each possibly several datagrams
+    /// coalesced by UDP GRO; decrypted TCP segments are coalesced again into super-packets for
+    /// TUN ([`Coalescer`]) and written when the batch is done.
+    ///
+    /// Like TUN (see [`Self::tun_loop`]), the socket is read by whichever packet thread is
+    /// awake: this one waits in poll(2) and receives under the `rx` lock (which keeps datagrams
+    /// in order); the TUN thread also receives after each TUN batch it sent, so the ACKs that
+    /// come back are handed to the local TCP without a wake-up, and the data it then sends is
+    /// read by the same thread.
     fn udp_loop(&self, socket: &Arc<UdpSocket>) {
-        let mut buf = vec![0u8; MAX_PACKET];
-        let mut out = vec![0u8; MAX_PACKET + 64];
+        let fd = socket.as_raw_fd();
+        if std::env::var_os("SLICE_GATEWAY_NO_GRO").is_none() && !udp::enable_gro(fd) {
+            tracing::warn!("UDP_GRO refused; receiving datagrams one by one");
+        }
+        let drain = std::env::var_os("SLICE_GATEWAY_NO_RX_DRAIN").is_none();
         while !self.stopping() {
-            match socket.recv_from(&mut buf) {
-                Ok((n, from)) => self.handle_datagram(socket, &buf[..n], canonical(from), &mut out),
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(err) => tracing::debug!(%err, "recv failed"),
+            match udp::wait_readable(fd, 500) {
+                Ok(true) => {
+                    let mut rx = lock(&self.rx);
+                    if let Err(err) = self.receive(socket, &mut rx) {
+                        tracing::debug!(%err, "recv failed");
+                    }
+                    drop(rx);
+                    if drain
+                        && let Ok(mut st) = self.tx.try_lock()
+                        && let Err(err) = self.drain_tun(&mut st, 64)
+                    {
+                        tracing::debug!(%err, "reading the TUN device failed");
+                    }
+                }
+                Ok(false) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => tracing::debug!(%err, "poll failed"),
             }
             if !Arc::ptr_eq(socket, &self.socket()) {
                 return;
@@ -390,8 +692,49 @@ impl Gateway {
         }
     }
 
-    /// One datagram from the network. (The unit a batched loop will call.)
-    pub fn handle_datagram(&self, socket: &UdpSocket, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
+    /// Receives what is queued on `socket` (without blocking), decrypts it and writes it to TUN.
+    /// Returns how many buffers it received.
+    fn receive(&self, socket: &UdpSocket, rx: &mut RxState) -> io::Result<usize> {
+        let RxState { batch, out, sink } = rx;
+        let n = match batch.recv(socket.as_raw_fd()) {
+            Ok(n) => n,
+            Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return Ok(0),
+            Err(err) => return Err(err),
+        };
+        for i in 0..n {
+            let Some(r) = batch.get(i) else { continue };
+            for d in offload::split_gro(r.data, r.gso_size) {
+                self.handle_datagram_into(socket, d, r.from, out, sink);
+            }
+        }
+        self.flush_rx(sink);
+        Ok(n)
+    }
+
+    /// Writes what the coalescer holds to TUN.
+    fn flush_rx(&self, rx: &mut RxSink) {
+        let tun = &self.tun;
+        let peer = rx.peer.take();
+        let mut failed = 0usize;
+        rx.coalescer.flush(&mut |b: &[u8]| {
+            if tun.send(b).is_err() {
+                failed += 1;
+            }
+        });
+        if let Some(p) = peer {
+            add(&p.counters.drop_io, failed);
+        }
+    }
+
+    /// One datagram from the network; a decrypted packet goes to `rx`.
+    fn handle_datagram_into(
+        &self,
+        socket: &UdpSocket,
+        datagram: &[u8],
+        from: SocketAddr,
+        out: &mut [u8],
+        rx: &mut RxSink,
+    ) {
         let state = self.state();
         let Some(id) = state.identity.as_ref() else {
             inc(&self.counters.no_private_key);
@@ -439,8 +782,8 @@ impl Gateway {
                     self.send_to(socket, peer, queued, from);
                 }
             }
-            TunnResult::WriteToTunnelV4(inner, src) => self.deliver(&state, peer, inner, IpAddr::V4(src)),
-            TunnResult::WriteToTunnelV6(inner, src) => self.deliver(&state, peer, inner, IpAddr::V6(src)),
+            TunnResult::WriteToTunnelV4(inner, src) => self.deliver(&state, peer, inner, IpAddr::V4(src), rx),
+            TunnResult::WriteToTunnelV6(inner, src) => self.deliver(&state, peer, inner, IpAddr::V6(src), rx),
         }
         if is_handshake {
             peer.note_handshake(t);
@@ -456,14 +799,30 @@ impl Gateway {
     }
 
     /// Writes a decrypted packet to TUN if its source belongs to `peer` (cryptokey routing).
-    fn deliver(&self, state: &State, peer: &Arc<Peer>, inner: &[u8], src: IpAddr) {
+    fn deliver(&self, state: &State, peer: &Arc<Peer>, inner: &mut [u8], src: IpAddr, rx: &mut RxSink) {
         if !state.routes.lookup(src).is_some_and(|owner| Arc::ptr_eq(owner, peer)) {
             inc(&peer.counters.drop_source);
             return;
         }
-        if self.tun.send(inner).is_err() {
-            inc(&peer.counters.drop_io);
+        offload::clamp_mss(inner, self.mtu());
+        if !rx.vnet {
+            if self.tun.send(inner).is_err() {
+                inc(&peer.counters.drop_io);
+            }
+            return;
         }
+        if rx.peer.as_ref().is_some_and(|p| !Arc::ptr_eq(p, peer)) {
+            self.flush_rx(rx);
+        }
+        rx.peer = Some(Arc::clone(peer));
+        let tun = &self.tun;
+        let mut failed = 0usize;
+        rx.coalescer.push(inner, &mut |b: &[u8]| {
+            if tun.send(b).is_err() {
+                failed += 1;
+            }
+        });
+        add(&peer.counters.drop_io, failed);
     }
 
     /// Drives every peer's timers (handshake retries, rekeying, keepalives, expiry).

@@ -8,9 +8,11 @@ pub mod config;
 pub mod device;
 pub mod key;
 pub mod metrics;
+pub mod offload;
 pub mod tun;
 pub mod uapi;
 pub mod uapi_server;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -78,6 +80,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         nl.set_up(&opts.interface).with_context(|| format!("setting {} up", opts.interface))?;
     }
     let gw = device::Gateway::new(tun).context("binding the UDP socket")?;
+    gw.set_mtu(opts.mtu);
     if let Some(update) = &initial {
         gw.apply(update).map_err(|e| anyhow::anyhow!("applying the configuration: {e}"))?;
     }

@@ -91,7 +91,9 @@ fn tunnel_carries_ping_and_50mb_wg_show_works_and_wire_holds_only_wireguard() ->
         let (wg_packets, wg_bytes) = counter(&lab, i, "wg")?;
         let (other_packets, _) = counter(&lab, i, "other")?;
         assert_eq!(other_packets, 0, "node {i}: non-WireGuard packets on the WAN");
-        assert!(wg_bytes > 50_000_000 && wg_packets > 30_000, "node {i}: {wg_packets} packets {wg_bytes} bytes");
+        // nft counts an skb: with UDP GSO/GRO one skb carries up to 64 datagrams, so the packet
+        // count is far below the 36,000 datagrams 50 MB take; the bytes are what must add up.
+        assert!(wg_bytes > 50_000_000 && wg_packets > 500, "node {i}: {wg_packets} packets {wg_bytes} bytes");
     }
 
     // SIGTERM: clean exit, socket and interface gone.
@@ -303,5 +305,24 @@ fn keepalive_opens_the_path_from_behind_nat_and_the_endpoint_roams() -> anyhow::
     lab.exec(1, "ip addr del 198.18.0.2/24 dev wan0 && ip addr add 198.18.0.12/24 dev wan0")?;
     assert!(wait_until(Duration::from_secs(10), || endpoint(&lab).contains("198.18.0.12:")), "{}", endpoint(&lab));
     assert!(lab.pings(0, 1, Duration::from_secs(5)), "traffic follows the roamed endpoint");
+    Ok(())
+}
+
+#[test]
+fn mss_is_clamped_so_large_transfers_work_when_endpoints_think_the_path_is_wider() -> anyhow::Result<()> {
+    let mut lab = Lab::new(2)?;
+    let (ka, kb) = (keypair()?, keypair()?);
+    lab.start_gateway(0, &wg_config(&ka, &[(&kb, 1)]), &[])?;
+    lab.start_gateway(1, &wg_config(&kb, &[(&ka, 0)]), &[])?;
+    assert!(lab.pings(0, 1, Duration::from_secs(10)));
+    // As for a pod whose MTU is 1500 behind the gateway: node 0 believes the route to node 1
+    // takes 1500-byte packets, node 1 advertises MSS 1460. Without clamping node 0 would send
+    // 1500-byte packets into the 1420-byte tunnel; their 1532-byte datagrams do not fit the
+    // 1500-byte WAN and are lost.
+    let (if0, if1) = (lab.ifname(0), lab.ifname(1));
+    lab.exec(0, &format!("ip route replace {}/32 dev {if0} mtu 1500", Lab::overlay(1)))?;
+    lab.exec(1, &format!("ip route replace {}/32 dev {if1} mtu 1500 advmss 1460", Lab::overlay(0)))?;
+    let mbps = lab.iperf(0, 1, "-n 20M")?;
+    assert!(mbps > 0.0);
     Ok(())
 }

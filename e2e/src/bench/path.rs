@@ -118,7 +118,7 @@ fn ping(from: &Pod, to: Ipv4Addr, count: u32) -> Result<[f64; 4]> {
     parse_ping(&out).with_context(|| format!("cannot read ping's summary: {out}"))
 }
 
-fn parse_ping(out: &str) -> Option<[f64; 4]> {
+pub(crate) fn parse_ping(out: &str) -> Option<[f64; 4]> {
     let line = out.lines().find(|l| l.starts_with("rtt ") || l.starts_with("round-trip"))?;
     let values = line.split('=').nth(1)?.split_whitespace().next()?;
     let v: Vec<f64> = values.split('/').filter_map(|x| x.parse().ok()).collect();
