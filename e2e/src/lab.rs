@@ -766,31 +766,24 @@ impl Node {
         self.run_pod(PodSpec::new(slice_namespace, name).label("app.kubernetes.io/name", "slice-gateway"))
     }
 
-    /// Creates a pod sandbox through CRI exactly as a kubelet does (RunPodSandbox with metadata,
-    /// a fresh uid, hostname, log directory, pod-level network/pid/ipc namespaces, the given
-    /// labels plus the kubelet's `io.kubernetes.pod.*` labels, the given annotations) and reads
-    /// back its network namespace.
-    ///
-    /// # Errors
-    /// containerd's message (which carries the CNI plugin's error) when RunPodSandbox fails.
-    pub fn run_pod(&self, spec: PodSpec) -> Result<Pod> {
-        let uid = new_uid();
-        let lab_name = format!("{}/{}/{}", self.cluster, spec.namespace, spec.name);
+    /// The kubelet-like sandbox config [`Node::run_pod`] sends for `spec` (the benchmarks send
+    /// the same one).
+    pub(crate) fn sandbox_config(&self, spec: &PodSpec, uid: &str) -> Result<PodSandboxConfig> {
         let log_dir = self.dir.join("pods").join(format!("{}_{}_{uid}", spec.namespace, spec.name));
         std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         for (k, v) in [
             ("io.kubernetes.pod.name", &spec.name),
             ("io.kubernetes.pod.namespace", &spec.namespace),
-            ("io.kubernetes.pod.uid", &uid),
+            ("io.kubernetes.pod.uid", &uid.to_owned()),
         ] {
             labels.entry(k.to_owned()).or_insert_with(|| v.clone());
         }
         let pod_ns = NamespaceMode::Pod as i32;
-        let config = PodSandboxConfig {
+        Ok(PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: spec.name.clone(),
-                uid: uid.clone(),
+                uid: uid.to_owned(),
                 namespace: spec.namespace.clone(),
                 attempt: 0,
             }),
@@ -812,7 +805,20 @@ impl Node {
                 ..Default::default()
             }),
             ..Default::default()
-        };
+        })
+    }
+
+    /// Creates a pod sandbox through CRI exactly as a kubelet does (RunPodSandbox with metadata,
+    /// a fresh uid, hostname, log directory, pod-level network/pid/ipc namespaces, the given
+    /// labels plus the kubelet's `io.kubernetes.pod.*` labels, the given annotations) and reads
+    /// back its network namespace.
+    ///
+    /// # Errors
+    /// containerd's message (which carries the CNI plugin's error) when RunPodSandbox fails.
+    pub fn run_pod(&self, spec: PodSpec) -> Result<Pod> {
+        let uid = new_uid();
+        let lab_name = format!("{}/{}/{}", self.cluster, spec.namespace, spec.name);
+        let config = self.sandbox_config(&spec, &uid)?;
         let sandbox_id =
             self.cri.run_pod_sandbox(config).map_err(|e| anyhow!("pod {lab_name} on node {}: {e:#}", self.name))?;
         let status = self.cri.pod_sandbox_status(&sandbox_id).with_context(|| format!("pod {lab_name}"))?;

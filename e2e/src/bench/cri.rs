@@ -6,22 +6,18 @@
 //! Only the RunPodSandbox call is timed; each pod is then stopped and removed (timed apart), so
 //! every RunPodSandbox sees the same empty node.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
-use k8s_cri::v1::{
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata,
-};
+use anyhow::{Result, anyhow, bail};
+use k8s_cri::v1::PodSandboxConfig;
 
 use super::Summary;
 use super::cni::MEMBER_NAMESPACE;
 use super::process::check_interrupted;
-use crate::Node;
 use crate::cri::CriClient;
+use crate::{Node, PodSpec};
 
 /// Section 2's figures.
 #[derive(Debug, Clone)]
@@ -32,11 +28,9 @@ pub(crate) struct CriFigures {
     pub(crate) remove_without: Summary,
 }
 
-/// One side: a node, its lab prefix (for the cgroup parent) and a CRI client of our own, so that
-/// exactly the RunPodSandbox call is timed.
+/// One side: a node and a CRI client of our own, so that exactly the RunPodSandbox call is timed.
 struct Side<'a> {
     node: &'a Node,
-    prefix: &'a str,
     cri: CriClient,
     slice: bool,
     run: Vec<Duration>,
@@ -46,43 +40,7 @@ struct Side<'a> {
 impl Side<'_> {
     /// The kubelet-like sandbox config `Node::run_pod` sends.
     fn config(&self, name: &str, uid: &str) -> Result<PodSandboxConfig> {
-        let log_dir = self.node.dir().join("pods").join(format!("{MEMBER_NAMESPACE}_{name}_{uid}"));
-        std::fs::create_dir_all(&log_dir).with_context(|| format!("cannot create {}", log_dir.display()))?;
-        let labels: HashMap<String, String> = [
-            ("io.kubernetes.pod.name", name),
-            ("io.kubernetes.pod.namespace", MEMBER_NAMESPACE),
-            ("io.kubernetes.pod.uid", uid),
-            ("app", "bench"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let pod_ns = NamespaceMode::Pod as i32;
-        Ok(PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.to_owned(),
-                uid: uid.to_owned(),
-                namespace: MEMBER_NAMESPACE.to_owned(),
-                attempt: 0,
-            }),
-            hostname: name.to_owned(),
-            log_directory: log_dir.display().to_string(),
-            labels,
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: crate::cleanup::cgroup_parent(self.prefix),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: pod_ns,
-                        pid: pod_ns,
-                        ipc: pod_ns,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        self.node.sandbox_config(&PodSpec::new(MEMBER_NAMESPACE, name).label("app", "bench"), uid)
     }
 
     /// One pod: RunPodSandbox (timed), a check of its interfaces on the first pod, then
@@ -130,10 +88,9 @@ pub(crate) fn run<'a>(
     pods: usize,
     rt: &Arc<tokio::runtime::Runtime>,
 ) -> Result<CriFigures> {
-    let side = |(node, prefix): (&'a Node, &'a str), slice: bool| -> Result<Side<'a>> {
+    let side = |(node, _prefix): (&'a Node, &'a str), slice: bool| -> Result<Side<'a>> {
         Ok(Side {
             node,
-            prefix,
             cri: CriClient::new(rt.clone(), &node.containerd_socket())?,
             slice,
             run: Vec::new(),
