@@ -8,11 +8,15 @@
 //!    ([`cri`]).
 //! 3. Pod to pod across two nodes, `iperf3` and `ping`, over `slice0` and over the primary
 //!    network ([`path`]).
+//! 4. Tunnels over one veth: `slice-gateway` against wireguard-go and OpenVPN ([`tunnel`]).
+//! 5. Pod to pod across two clusters over the lab's WAN, through the slice's gateways and,
+//!    for reference, between the gateway pods without a tunnel ([`across`]).
 //!
 //! Everything runs in two labs made for the purpose (prefixes [`SLICE_LAB`] and [`PLAIN_LAB`]);
 //! nothing is sent outside their namespaces. The labs are torn down on every path: on return,
 //! on error, and on Ctrl-C (SIGINT/SIGTERM stop the run at the next step).
 
+mod across;
 mod cni;
 mod cri;
 mod path;
@@ -56,6 +60,7 @@ pub struct Options {
     pub run_cri: bool,
     pub run_path: bool,
     pub run_tunnel: bool,
+    pub run_across: bool,
     /// Where to write the report (`None`: nowhere).
     pub doc: Option<PathBuf>,
 }
@@ -72,6 +77,7 @@ impl Default for Options {
             run_cri: true,
             run_path: true,
             run_tunnel: true,
+            run_across: true,
             doc: Some(PathBuf::from("docs/benchmarks.md")),
         }
     }
@@ -92,7 +98,8 @@ options:
   --iperf-seconds S     length of one iperf3 run (default 5)
   --iperf-runs N        iperf3 runs per path (default 3)
   --pings N             echo requests per path (default 20)
-  --only LIST           sections to run, comma-separated: cni,cri,path,tunnel (default all)
+  --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across
+                        (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
@@ -132,14 +139,16 @@ impl Options {
                 "--pings" => o.pings = num(&name, value()?)?,
                 "--only" => {
                     let list = value()?;
-                    (o.run_cni, o.run_cri, o.run_path, o.run_tunnel) = (false, false, false, false);
+                    (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across) =
+                        (false, false, false, false, false);
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
                             "cri" => o.run_cri = true,
                             "path" => o.run_path = true,
                             "tunnel" => o.run_tunnel = true,
-                            other => bail!("--only: unknown section {other:?} (cni, cri, path, tunnel)"),
+                            "across" => o.run_across = true,
+                            other => bail!("--only: unknown section {other:?} (cni, cri, path, tunnel, across)"),
                         }
                     }
                 }
@@ -191,6 +200,7 @@ struct Figures {
     cri: Option<cri::CriFigures>,
     path: Option<path::PodToPod>,
     tunnel: Option<tunnel::TunnelSection>,
+    across: Option<across::AcrossSection>,
 }
 
 /// Runs the benchmark: builds the labs, runs the sections, prints a table per section on
@@ -219,6 +229,17 @@ pub fn run(options: &Options) -> Result<()> {
                 }
             }
         }
+        // The tunnel splice eats the blank line before a following section.
+        text = text
+            .replace(&format!("{}\n{}", tunnel::END, across::BEGIN), &format!("{}\n\n{}", tunnel::END, across::BEGIN));
+        match &figures.across {
+            Some(a) => text = across::splice(&text, &across::doc_section(a)),
+            None => {
+                if let Some(kept) = across::existing(&old) {
+                    text = across::splice(&text, &format!("{kept}\n"));
+                }
+            }
+        }
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -235,10 +256,10 @@ fn preflight(options: &Options) -> Result<()> {
     let bin = crate::bin_dir();
     let labs = options.run_cni || options.run_cri || options.run_path;
     let mut needed = Vec::new();
-    if labs {
+    if labs || options.run_across {
         needed.extend(["slice-cni", "slice-operator"]);
     }
-    if options.run_tunnel {
+    if options.run_tunnel || options.run_across {
         needed.push("slice-gateway");
     }
     for name in needed {
@@ -250,14 +271,17 @@ fn preflight(options: &Options) -> Result<()> {
         }
     }
     let mut tools = vec!["ip"];
-    if labs {
+    if labs || options.run_across {
         tools.extend(["containerd", "nsenter"]);
     }
-    if options.run_path || options.run_tunnel {
+    if options.run_path || options.run_tunnel || options.run_across {
         tools.extend(["iperf3", "ping", "ss", "timeout"]);
     }
+    if options.run_tunnel || options.run_across {
+        tools.push("wg");
+    }
     if options.run_tunnel {
-        tools.extend(["wg", "openssl"]);
+        tools.push("openssl");
     }
     for tool in tools {
         let found =
@@ -291,6 +315,13 @@ fn measure(options: &Options) -> Result<Figures> {
         let t = tunnel::run(options.iperf_seconds, options.pings)?;
         println!("{}", tunnel::table(&t));
         figures.tunnel = Some(t);
+    }
+    if options.run_across {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 5. pod to pod across clusters (lab {}, WAN, c1 + c2)", across::LAB);
+        let a = across::run(options.iperf_seconds, options.pings)?;
+        println!("{}", across::table(&a));
+        figures.across = Some(a);
     }
     Ok(figures)
 }
@@ -659,7 +690,11 @@ mod tests {
         let quick = parse(&["--quick"]).unwrap().unwrap();
         assert_eq!((quick.cni_iterations, quick.pods, quick.doc), (30, 10, None));
         let o = parse(&["--quick", "--pods=5", "--only", "cni,path", "--doc", "x.md"]).unwrap().unwrap();
-        assert_eq!((o.pods, o.run_cni, o.run_cri, o.run_path, o.run_tunnel), (5, true, false, true, false));
+        assert_eq!(
+            (o.pods, o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across),
+            (5, true, false, true, false, false)
+        );
+        assert!(parse(&["--only", "across"]).unwrap().unwrap().run_across);
         assert_eq!(o.doc, Some(PathBuf::from("x.md")));
         assert!(parse(&["--pods", "x"]).is_err());
         assert!(parse(&["--pods"]).is_err());

@@ -103,3 +103,20 @@ pub(crate) fn catch_interrupts() {
 pub(crate) fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) { Err(anyhow!("interrupted")) } else { Ok(()) }
 }
+
+/// utime + stime of a process (all its threads), in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm: state is field 3, utime 14, stime 15 → indices 11, 12.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+/// The CPU seconds (utime + stime) of all `pids` together; `None` when one is gone.
+pub(crate) fn cpu_sum(pids: impl IntoIterator<Item = u32>) -> Option<f64> {
+    pids.into_iter().map(cpu_seconds).sum()
+}

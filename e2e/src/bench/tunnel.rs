@@ -173,31 +173,15 @@ impl Drop for Proc {
     }
 }
 
-/// utime + stime of a process (all its threads), in seconds.
-fn cpu_seconds(pid: i32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the comm: state is field 3, utime 14, stime 15 → indices 11, 12.
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / hz)
-}
-
-fn cpu_sum(pids: &[i32]) -> Option<f64> {
-    pids.iter().map(|p| cpu_seconds(*p)).sum()
-}
-
 /// One iperf3 run from A to B's `to`: (Gbit/s received, retransmits, congestion, CPU s per Gbit).
 fn iperf(pair: &Pair, to: &str, seconds: u32, streams: u32, pids: &[i32]) -> Result<(f64, u64, String, Option<f64>)> {
     let server = pair.spawn(NS_B, &["iperf3", "-s", "-1", "-B", to], "iperf3-server", &[])?;
     if !wait_until(Duration::from_secs(5), || ns(NS_B, &format!("ss -ltn | grep -q '{to}:5201'")).is_ok()) {
         bail!("iperf3 server did not listen: {}", server.log_text());
     }
-    let before = cpu_sum(pids);
+    let before = super::process::cpu_sum(pids.iter().map(|p| p.unsigned_abs()));
     let out = ns(NS_A, &format!("timeout {} iperf3 -c {to} -t {seconds} -P {streams} -J", seconds + 30))?;
-    let after = cpu_sum(pids);
+    let after = super::process::cpu_sum(pids.iter().map(|p| p.unsigned_abs()));
     drop(server);
     let json: Value = serde_json::from_str(&out).context("iperf3 -J output is not JSON")?;
     if let Some(e) = json["error"].as_str() {
