@@ -19,6 +19,7 @@
 mod across;
 mod cni;
 mod cri;
+mod doc;
 mod path;
 mod process;
 mod stats;
@@ -221,25 +222,10 @@ pub fn run(options: &Options) -> Result<()> {
         let old = std::fs::read_to_string(doc).unwrap_or_default();
         let labs = options.run_cni || options.run_cri || options.run_path;
         let mut text = if labs { report(options, &figures, elapsed)? } else { old.clone() };
-        match &figures.tunnel {
-            Some(t) => text = tunnel::splice(&text, &tunnel::doc_section(t, TUNNEL_STEPS)),
-            None => {
-                if let Some(kept) = tunnel::existing(&old) {
-                    text = tunnel::splice(&text, &format!("{kept}\n"));
-                }
-            }
-        }
-        // The tunnel splice eats the blank line before a following section.
-        text = text
-            .replace(&format!("{}\n{}", tunnel::END, across::BEGIN), &format!("{}\n\n{}", tunnel::END, across::BEGIN));
-        match &figures.across {
-            Some(a) => text = across::splice(&text, &across::doc_section(a)),
-            None => {
-                if let Some(kept) = across::existing(&old) {
-                    text = across::splice(&text, &format!("{kept}\n"));
-                }
-            }
-        }
+        let tunnel_doc = figures.tunnel.as_ref().map(|t| tunnel::doc_section(t, TUNNEL_STEPS));
+        text = doc::Marked { begin: tunnel::BEGIN, end: tunnel::END }.update(&text, tunnel_doc, &old);
+        let across_doc = figures.across.as_ref().map(across::doc_section);
+        text = doc::Marked { begin: across::BEGIN, end: across::END }.update(&text, across_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
