@@ -4,7 +4,7 @@ CARGO ?= cargo
 # System packages the build, the lab and the tests use (checked with dpkg, installed when missing).
 PACKAGES := containerd runc containernetworking-plugins iproute2 iputils-ping iperf3 nftables \
             protobuf-compiler gcc libc6-dev util-linux procps python3 jq \
-            wireguard-tools wireguard-go
+            wireguard-tools wireguard-go tcpdump
 # Only the benchmarks use these.
 BENCH_PACKAGES := openvpn
 

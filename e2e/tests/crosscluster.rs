@@ -1,7 +1,8 @@
 //! One slice across three clusters on the real path: pods through containerd's CRI and
 //! `slice-cni`, node agents routing the other clusters' prefixes to a gateway pod per cluster
 //! running `slice-gateway` (WireGuard over the lab's WAN; c3 behind NAT). One lab, phases in
-//! order: reachability (ICMP, TCP, 50 MB), the WAN holding only WireGuard UDP, a transfer through
+//! order: reachability (ICMP, TCP, 50 MB), the WAN holding only WireGuard UDP (nft counters and a
+//! tcpdump capture with no cleartext slice payload), a transfer through
 //! a lossy delayed WAN, a gateway killed and restarted, a cluster removed from the slice.
 //! Needs root and `slice-gateway`, `slice-cni`, `slice-operator` (see `e2e::bin_dir`); fails
 //! (does not skip) without them.
@@ -143,6 +144,58 @@ fn wire_counter(lab: &Lab, name: &str) -> (u64, u64) {
     (after("packets"), after("bytes"))
 }
 
+/// A packet capture in the WAN namespace by Debian's `tcpdump` on every interface (frames the
+/// bridge forwards between ports never reach `br0` itself), whole packets, stopped by PID. `-Z root`: Debian's tcpdump otherwise drops to its own user and
+/// cannot write into the lab's root-owned directory; `--immediate-mode`: without it packets still
+/// in the kernel's ring when tcpdump is stopped are never written ("0 packets captured, 201
+/// received by filter" here). Its stderr goes to `tcpdump.log` in the lab root.
+struct WanCapture {
+    child: std::process::Child,
+    file: std::path::PathBuf,
+}
+
+impl WanCapture {
+    fn start(lab: &Lab) -> Self {
+        let file = lab.root().join("wan.pcap");
+        let wan = format!("--net=/run/netns/{}", lab.wan_netns().unwrap());
+        let child = Command::new("nsenter")
+            .arg(wan)
+            .args(["tcpdump", "-Z", "root", "--immediate-mode", "-i", "any", "-nn", "-U", "-s", "0", "-w"])
+            .arg(&file)
+            .stderr(std::fs::File::create(lab.root().join("tcpdump.log")).unwrap())
+            .spawn()
+            .expect("tcpdump (make test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !file.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300)); // the capture is live once the file exists
+        Self { child, file }
+    }
+
+    /// Stops the capture (SIGTERM by PID, so tcpdump flushes the file) and returns its path.
+    fn stop(mut self) -> std::path::PathBuf {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+        self.file.clone()
+    }
+}
+
+/// The packets of a capture file that match `filter`, one line each, as `tcpdump -r` prints them.
+fn read_capture(file: &Path, filter: &str) -> Vec<String> {
+    let out = Command::new("tcpdump").arg("-r").arg(file).args(["-nn", filter]).output().unwrap();
+    assert!(out.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+impl Drop for WanCapture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A ping summary's received count.
 fn received(text: &str) -> u32 {
     text.split(", ")
@@ -214,6 +267,8 @@ fn slice_across_three_clusters_with_gateways() {
         }
     }
     eprintln!("TIMING pings, all pairs: {:.1} s", t.elapsed().as_secs_f64());
+    // A capture on the WAN while slice TCP crosses it: only WireGuard UDP, no slice payload.
+    let capture = WanCapture::start(&lab);
     let mut port = 7000;
     for client in pods.all() {
         for server in pods.all().into_iter().filter(|p| p.cluster != client.cluster) {
@@ -224,6 +279,18 @@ fn slice_across_three_clusters_with_gateways() {
             assert_eq!(seen, slice_addr(client).to_string(), "the server sees the client's own slice address");
         }
     }
+    let gw_ports = format!("udp port {} or udp port {}", across.options.public_port, across.options.listen_port);
+    let file = capture.stop();
+    let wireguard = read_capture(&file, &gw_ports);
+    let others = read_capture(&file, &format!("ip and not ({gw_ports})"));
+    let raw = std::fs::read(&file).unwrap();
+    assert!(!wireguard.is_empty(), "the capture saw no WireGuard packets");
+    assert!(others.is_empty(), "IPv4 packets other than WireGuard UDP crossed the WAN:\n{}", others.join("\n"));
+    assert!(
+        !raw.windows(b"hello from 10.80.".len()).any(|w| w == b"hello from 10.80."),
+        "a slice TCP payload crossed the WAN in the clear"
+    );
+    eprintln!("FIGURE WAN capture: {} WireGuard UDP packets, 0 others, no cleartext slice payload", wireguard.len());
     // Nobody was told c3's endpoint (it is behind NAT): c1 learnt it by roaming.
     let eps = across.gateway("c1").wg(&["show", &across.gateway("c1").interface, "endpoints"]).unwrap();
     let c3_public = lab.cluster("c3").public_address().unwrap().to_string();
