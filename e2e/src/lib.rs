@@ -45,6 +45,7 @@ mod lab;
 mod netns;
 mod pause;
 mod pod;
+pub mod probe;
 pub mod wan;
 
 use std::path::PathBuf;

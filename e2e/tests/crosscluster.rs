@@ -7,26 +7,17 @@
 //! Needs root and `slice-gateway`, `slice-cni`, `slice-operator` (see `e2e::bin_dir`); fails
 //! (does not skip) without them.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::gateway::{SliceAcross, SliceAcrossOptions, build_slice_across_clusters};
+use e2e::probe::tcp_exchange;
 use e2e::{ClusterOptions, Lab, LabSlice, Pod, PodSpec};
 
 const GW_NS: &str = "slicenet-gw";
 const WIRE_TABLE: &str = "xcwire";
-
-fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    let file = std::fs::File::open(netns).unwrap_or_else(|e| panic!("open {}: {e}", netns.display()));
-    std::thread::spawn(move || {
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-}
 
 fn slice_addr(pod: &Pod) -> Ipv4Addr {
     pod.ipv4("slice0").unwrap_or_else(|e| panic!("{e:#}"))
@@ -44,35 +35,6 @@ fn ping_within(pod: &Pod, to: Ipv4Addr, timeout: Duration) -> bool {
         }
     }
     false
-}
-
-/// A TCP exchange over the slice: listener in `server` on `port`, client in `client`. Returns
-/// (the client's reply, the source address the server saw).
-fn tcp_exchange(server: &Pod, port: u16, client: &Pod) -> std::io::Result<(String, String)> {
-    let to = SocketAddrV4::new(slice_addr(server), port);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let listener = in_netns(&server.netns_path, move || -> std::io::Result<String> {
-        let listener = TcpListener::bind(("0.0.0.0", port))?;
-        tx.send(()).unwrap();
-        let (mut conn, peer) = listener.accept()?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut buf = [0u8; 64];
-        let n = conn.read(&mut buf)?;
-        conn.write_all(format!("{} from {}", String::from_utf8_lossy(&buf[..n]), peer.ip()).as_bytes())?;
-        Ok(peer.ip().to_string())
-    });
-    rx.recv_timeout(Duration::from_secs(5)).expect("listener up");
-    let reply = in_netns(&client.netns_path, move || -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"hello")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .join()
-    .unwrap()?;
-    Ok((reply, listener.join().unwrap()?))
 }
 
 /// `bytes` of TCP from `client` to `server` over the slice with iperf3, within `timeout`.
@@ -273,7 +235,7 @@ fn slice_across_three_clusters_with_gateways() {
     for client in pods.all() {
         for server in pods.all().into_iter().filter(|p| p.cluster != client.cluster) {
             port += 1;
-            let (reply, seen) = tcp_exchange(server, port, client)
+            let (reply, seen) = tcp_exchange(server, port, client, SocketAddrV4::new(slice_addr(server), port))
                 .unwrap_or_else(|e| panic!("TCP {} → {}: {e}", client.lab_name(), server.lab_name()));
             assert_eq!(reply, format!("hello from {}", slice_addr(client)));
             assert_eq!(seen, slice_addr(client).to_string(), "the server sees the client's own slice address");

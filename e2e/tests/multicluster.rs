@@ -4,26 +4,16 @@
 //! and crash cleanup of edges, the WAN and processes started in pods. Needs root; fails (does
 //! not skip) without it. Each test has its own lab prefix.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use e2e::probe::{in_netns, tcp_exchange};
 use e2e::{ClusterOptions, Lab, LabOptions, LabSlice, Node, Pod, PodSpec};
 use serde_json::Value;
 use slice_api::node::RemoteRoute;
 
 const READY: Duration = Duration::from_secs(30);
-
-/// Runs `f` on a new thread inside the network namespace at `netns`.
-fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    let file = std::fs::File::open(netns).unwrap_or_else(|e| panic!("open {}: {e}", netns.display()));
-    std::thread::spawn(move || {
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-}
 
 /// A UDP echo server in `pod` on `port`: answers each datagram with `echo <source>` until
 /// `timeout` passes without one.
@@ -61,34 +51,6 @@ fn udp_ask(pod: &Pod, to: SocketAddrV4, tries: u32) -> Option<String> {
     })
     .join()
     .unwrap()
-}
-
-/// A TCP exchange: a listener in `server` on `port`, a client in `client` connecting to `to`.
-/// Returns (what the client read, the source the server saw).
-fn tcp_exchange(server: &Pod, port: u16, client: &Pod, to: SocketAddrV4) -> std::io::Result<(String, String)> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let listener = in_netns(&server.netns_path, move || -> std::io::Result<String> {
-        let listener = TcpListener::bind(("0.0.0.0", port))?;
-        tx.send(()).unwrap();
-        let (mut conn, peer) = listener.accept()?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut buf = [0u8; 64];
-        let n = conn.read(&mut buf)?;
-        conn.write_all(format!("{} from {}", String::from_utf8_lossy(&buf[..n]), peer.ip()).as_bytes())?;
-        Ok(peer.ip().to_string())
-    });
-    rx.recv_timeout(Duration::from_secs(5)).expect("listener up");
-    let reply = in_netns(&client.netns_path, move || -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"hello")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .join()
-    .unwrap()?;
-    Ok((reply, listener.join().unwrap()?))
 }
 
 fn ping(pod: &Pod, to: &str) -> bool {

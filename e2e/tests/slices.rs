@@ -6,12 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use e2e::probe::in_netns;
 use e2e::{Lab, LabSlice, Node, Pod, PodSpec};
 use serde_json::Value;
 
@@ -165,16 +165,6 @@ fn pings(from: &Pod, to: Ipv4Addr) -> bool {
 /// One-packet ping with a short deadline (for the restart test's continuous probing).
 fn ping_once(from: &Pod, to: Ipv4Addr) -> bool {
     from.exec(&["ping", "-n", "-q", "-c", "1", "-W", "2", &to.to_string()]).unwrap().status.success()
-}
-
-/// Runs `f` on a new thread that entered the pod's network namespace (setns only ever changes
-/// the calling thread, which ends with `f`).
-fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-    let file = std::fs::File::open(netns).unwrap_or_else(|e| panic!("open {}: {e}", netns.display()));
-    std::thread::spawn(move || {
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
 }
 
 /// A TCP exchange over the slice: a listener bound to the server pod's slice address, a client
