@@ -3,8 +3,11 @@
 //!
 //! - [`names`]: label, annotation and default path names (DESIGN.md "Names").
 //! - [`prefix`]: carving a slice subnet into cluster prefixes and node prefixes.
+//! - `crd` (feature `crd`): the custom resources `SliceConfig`, `MemberCluster`, `WorkerSlice`.
 //! - [`node`]: the node agent's configuration and the node-state file it writes for the CNI plugin.
 
+#[cfg(feature = "crd")]
+pub mod crd;
 pub mod names;
 pub mod node;
 pub mod prefix;

@@ -1,0 +1,577 @@
+//! The custom resources of group `slicenet.io/v1alpha1` (feature `crd`).
+//!
+//! - [`SliceConfig`] (hub, cluster-scoped): what the user declares.
+//! - [`MemberCluster`] (hub, cluster-scoped): a registered cluster and what it publishes.
+//! - [`WorkerSlice`] (hub, in the namespace [`cluster_namespace`] of each member cluster, named
+//!   after the slice): what that cluster must run (spec, written by the hub) and what it runs
+//!   (status, written by that cluster's worker).
+//!
+//! Subnets and endpoints are strings in the schema (with CEL checks where the API server can
+//! check them) and parsed with the helpers here, so that one bad object gives a condition
+//! instead of a watch that cannot decode.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::prefix;
+
+/// Default `maxClusters`.
+pub const DEFAULT_MAX_CLUSTERS: u32 = 16;
+/// Default node prefix length for IPv4 slice subnets.
+pub const DEFAULT_NODE_PREFIX_LEN_V4: u8 = 26;
+/// Default node prefix length for IPv6 slice subnets.
+pub const DEFAULT_NODE_PREFIX_LEN_V6: u8 = 120;
+/// Default UDP port of slice gateways.
+pub const DEFAULT_GATEWAY_PORT: u16 = 51820;
+/// Finalizer the hub puts on SliceConfigs and MemberClusters.
+pub const HUB_FINALIZER: &str = "slicenet.io/hub";
+/// Finalizer the worker puts on its WorkerSlices.
+pub const WORKER_FINALIZER: &str = "slicenet.io/worker";
+/// Label on hub objects naming the slice they belong to.
+pub const SLICE_OWNER_LABEL: &str = "slicenet.io/slice";
+/// Label on hub objects naming the member cluster they are for.
+pub const CLUSTER_LABEL: &str = "slicenet.io/cluster";
+/// Prefix of the hub namespace that holds one member cluster's WorkerSlices.
+pub const CLUSTER_NAMESPACE_PREFIX: &str = "slicenet-cluster-";
+/// Namespace of slicenet's own components in every cluster.
+pub const SYSTEM_NAMESPACE: &str = "slicenet-system";
+
+/// The hub namespace that holds the WorkerSlices of `cluster`.
+#[must_use]
+pub fn cluster_namespace(cluster: &str) -> String {
+    format!("{CLUSTER_NAMESPACE_PREFIX}{cluster}")
+}
+
+/// A slice: one overlay network across member clusters.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[kube(
+    group = "slicenet.io",
+    version = "v1alpha1",
+    kind = "SliceConfig",
+    plural = "sliceconfigs",
+    shortname = "slc",
+    status = "SliceConfigStatus",
+    printcolumn = r#"{"name":"Subnet","type":"string","jsonPath":".spec.sliceSubnet"}"#,
+    printcolumn = r#"{"name":"VNI","type":"integer","jsonPath":".status.vni"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = "self.metadata.name.size() <= 40",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceConfigSpec {
+    /// The slice's own subnet (IPv4 or IPv6), split into `maxClusters` cluster prefixes.
+    /// Immutable.
+    #[x_kube(validation = Rule::new("isCIDR(self)").message("must be a CIDR such as 10.80.0.0/16"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("sliceSubnet is immutable"))]
+    pub slice_subnet: String,
+    /// How many clusters the subnet is split for: a power of two. Immutable.
+    #[serde(default = "default_max_clusters")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("maxClusters is immutable"))]
+    #[schemars(range(min = 1, max = 4096))]
+    pub max_clusters: u32,
+    /// Length of each node's prefix inside its cluster prefix (default /26 for IPv4, /120 for IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 128))]
+    pub node_prefix_length: Option<u8>,
+    /// Member clusters (names of `MemberCluster`s).
+    #[serde(default)]
+    pub clusters: Vec<String>,
+    /// Namespaces that join the slice, and in which clusters.
+    #[serde(default)]
+    pub namespaces: Vec<SliceNamespace>,
+    /// How each cluster's gateway is reached from the others.
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+    /// Upper bound for the MTU of the pods' slice interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1280, max = 9000))]
+    pub mtu: Option<u32>,
+    /// Quality of service on the slice (enforced by a later release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<QosProfile>,
+    /// Isolation of member namespaces from non-slice traffic (enforced by a later release).
+    #[serde(default)]
+    pub isolation: IsolationSpec,
+}
+
+fn default_max_clusters() -> u32 {
+    DEFAULT_MAX_CLUSTERS
+}
+
+/// A namespace that joins the slice in some clusters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceNamespace {
+    pub namespace: String,
+    /// Cluster names, or `["*"]` for every member cluster.
+    #[serde(default = "all_clusters")]
+    pub clusters: Vec<String>,
+}
+
+fn all_clusters() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+impl SliceNamespace {
+    /// Whether this namespace joins in `cluster`.
+    #[must_use]
+    pub fn applies_to(&self, cluster: &str) -> bool {
+        self.clusters.iter().any(|c| c == "*" || c == cluster)
+    }
+}
+
+/// How a gateway is exposed to the other clusters.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum GatewayExposure {
+    /// A NodePort Service (the default, works everywhere).
+    #[default]
+    NodePort,
+    /// A LoadBalancer Service.
+    LoadBalancer,
+    /// A host port on the gateway's node.
+    HostPort,
+}
+
+/// Gateway settings of a slice.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    #[serde(default)]
+    pub exposure: GatewayExposure,
+    /// UDP port the gateway listens on.
+    #[serde(default = "default_gateway_port")]
+    pub port: u16,
+    /// Fixed NodePort (30000–32767) when `exposure` is NodePort; chosen by Kubernetes otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+    /// PersistentKeepalive in seconds towards peers (for gateways behind NAT); 0 disables.
+    #[serde(default = "default_keepalive")]
+    pub persistent_keepalive: u16,
+}
+
+fn default_gateway_port() -> u16 {
+    DEFAULT_GATEWAY_PORT
+}
+fn default_keepalive() -> u16 {
+    25
+}
+
+impl Default for GatewaySpec {
+    fn default() -> Self {
+        Self {
+            exposure: GatewayExposure::default(),
+            port: DEFAULT_GATEWAY_PORT,
+            node_port: None,
+            persistent_keepalive: default_keepalive(),
+        }
+    }
+}
+
+/// Quality of service of a slice (schema only for now).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QosProfile {
+    /// Traffic class: `BestEffort`, `Standard` or `Priority`.
+    #[serde(default = "default_qos_class")]
+    pub class: String,
+    /// Guaranteed bandwidth per cluster, kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_guaranteed_kbps: Option<u64>,
+    /// Bandwidth ceiling per cluster, kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_ceiling_kbps: Option<u64>,
+    /// DSCP value written on the tunnel packets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dscp: Option<u8>,
+}
+
+fn default_qos_class() -> String {
+    "BestEffort".to_owned()
+}
+
+/// Isolation settings of a slice (schema only for now).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IsolationSpec {
+    /// When true, member namespaces accept traffic on their primary network only from
+    /// `allowedNamespaces`.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub allowed_namespaces: Vec<SliceNamespace>,
+}
+
+/// A condition in the Kubernetes style.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339 time of the last change of `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl Condition {
+    /// A condition with `status` "True" or "False".
+    #[must_use]
+    pub fn new(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            type_: type_.to_owned(),
+            status: if ok { "True" } else { "False" }.to_owned(),
+            reason: reason.to_owned(),
+            message: message.into(),
+            last_transition_time: None,
+            observed_generation: None,
+        }
+    }
+}
+
+/// What the hub has planned and observed for a slice.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceConfigStatus {
+    /// VNI allocated to the slice (never changes while the slice exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// Cluster prefixes allocated so far (never renumbered).
+    #[serde(default)]
+    pub clusters: Vec<ClusterAllocation>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// One cluster's share of a slice subnet, with its state as reported by its worker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterAllocation {
+    pub cluster: String,
+    /// Index of the cluster prefix in the slice subnet.
+    pub index: u32,
+    pub prefix: String,
+    /// Whether that cluster's worker reports the slice ready.
+    #[serde(default)]
+    pub ready: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// A cluster registered with the hub.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[kube(
+    group = "slicenet.io",
+    version = "v1alpha1",
+    kind = "MemberCluster",
+    plural = "memberclusters",
+    shortname = "mc",
+    status = "MemberClusterStatus",
+    printcolumn = r#"{"name":"Healthy","type":"string","jsonPath":".status.conditions[?(@.type==\"Healthy\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    derive = "PartialEq",
+    derive = "Default"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberClusterSpec {
+    /// The cluster's pod CIDRs (so slice subnets can be checked against them).
+    #[serde(default)]
+    pub pod_cidrs: Vec<String>,
+    /// The cluster's service CIDRs.
+    #[serde(default)]
+    pub service_cidrs: Vec<String>,
+    /// Whether the cluster's network uses Multus (the worker then writes NetworkAttachmentDefinitions).
+    #[serde(default)]
+    pub multus: bool,
+}
+
+/// What a member cluster publishes and how healthy it is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberClusterStatus {
+    /// Public addresses at which this cluster's gateways can be reached (host or IP, no port).
+    #[serde(default)]
+    pub gateway_addresses: Vec<String>,
+    /// RFC 3339 time of the worker's last heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// What one member cluster must run for one slice (spec) and what it runs (status).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "slicenet.io",
+    version = "v1alpha1",
+    kind = "WorkerSlice",
+    plural = "workerslices",
+    shortname = "ws",
+    namespaced,
+    status = "WorkerSliceStatus",
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.cluster"}"#,
+    printcolumn = r#"{"name":"Prefix","type":"string","jsonPath":".spec.clusterPrefix"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSliceSpec {
+    pub slice: String,
+    pub cluster: String,
+    pub slice_subnet: String,
+    pub cluster_prefix: String,
+    pub node_prefix_length: u8,
+    pub vni: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Member namespaces in this cluster.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+    /// The other clusters of the slice.
+    #[serde(default)]
+    pub peers: Vec<WorkerPeer>,
+}
+
+/// Another cluster of the slice, as one cluster's gateway must know it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPeer {
+    pub cluster: String,
+    pub prefix: String,
+    /// The peer gateway's public key (base64), once it has published one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// The peer gateway's `host:port`, once it has published one (none for a peer behind NAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// What a member cluster runs for a slice.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSliceStatus {
+    /// The gateway's public key (base64); the private key never leaves the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_public_key: Option<String>,
+    /// The gateway's public `host:port`; none when the cluster is behind NAT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_endpoint: Option<String>,
+    /// Node prefixes handed out in this cluster (never renumbered).
+    #[serde(default)]
+    pub nodes: Vec<NodeAllocation>,
+    /// How many pods have the slice interface.
+    #[serde(default)]
+    pub connected_pods: u32,
+    /// Tunnel state towards each peer cluster.
+    #[serde(default)]
+    pub peers: Vec<PeerTunnelStatus>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A node's prefix of the cluster prefix.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAllocation {
+    pub node: String,
+    pub prefix: String,
+}
+
+/// Tunnel state towards one peer cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerTunnelStatus {
+    pub cluster: String,
+    /// `Up`, `Down` or `Pending`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// RFC 3339 time of the last handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handshake: Option<String>,
+}
+
+/// Why a SliceConfig's fields cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("sliceSubnet {0:?} is not a CIDR (write it like 10.80.0.0/16 or fd00:80::/48)")]
+    BadSubnet(String),
+    #[error("sliceSubnet: {0}")]
+    Prefix(#[from] prefix::PrefixError),
+    #[error(
+        "nodePrefixLength /{node} does not fit the cluster prefix /{cluster}: it must be longer than /{cluster} and at most /{max}"
+    )]
+    NodePrefix { node: u8, cluster: u8, max: u8 },
+}
+
+/// The parsed shape of a slice's address plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressPlan {
+    pub subnet: IpNet,
+    pub max_clusters: u32,
+    pub cluster_prefix_len: u8,
+    pub node_prefix_len: u8,
+}
+
+impl AddressPlan {
+    /// Cluster prefix number `index`.
+    ///
+    /// # Errors
+    /// When `index` is not below `max_clusters`.
+    pub fn cluster_prefix(&self, index: u32) -> Result<IpNet, prefix::PrefixError> {
+        prefix::cluster_prefix(self.subnet, self.max_clusters, u64::from(index))
+    }
+}
+
+impl SliceConfigSpec {
+    /// Parses and checks the subnet, `maxClusters` and `nodePrefixLength`.
+    ///
+    /// # Errors
+    /// A [`SpecError`] that says what to change.
+    pub fn address_plan(&self) -> Result<AddressPlan, SpecError> {
+        let subnet: IpNet =
+            self.slice_subnet.trim().parse().map_err(|_| SpecError::BadSubnet(self.slice_subnet.clone()))?;
+        prefix::check_aligned(subnet)?;
+        let cluster_prefix_len = prefix::cluster_prefix_len(subnet, self.max_clusters)?;
+        let node_prefix_len = self.node_prefix_length.unwrap_or(match subnet {
+            IpNet::V4(_) => DEFAULT_NODE_PREFIX_LEN_V4,
+            IpNet::V6(_) => DEFAULT_NODE_PREFIX_LEN_V6,
+        });
+        // A node prefix needs room for the router address and at least one pod.
+        let max = subnet.max_prefix_len() - 2;
+        if node_prefix_len <= cluster_prefix_len || node_prefix_len > max {
+            return Err(SpecError::NodePrefix { node: node_prefix_len, cluster: cluster_prefix_len, max });
+        }
+        Ok(AddressPlan { subnet, max_clusters: self.max_clusters, cluster_prefix_len, node_prefix_len })
+    }
+
+    /// Member namespaces of the slice in `cluster`, sorted and without repeats.
+    #[must_use]
+    pub fn namespaces_in(&self, cluster: &str) -> Vec<String> {
+        let mut out: Vec<String> =
+            self.namespaces.iter().filter(|n| n.applies_to(cluster)).map(|n| n.namespace.clone()).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Kubernetes-style condition list update: replaces the condition of the same type, keeping its
+/// `lastTransitionTime` when the status did not change and setting it to `now` when it did.
+pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition, now: &str) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => {
+            new.last_transition_time =
+                if old.status == new.status { old.last_transition_time.clone() } else { Some(now.to_owned()) };
+            *old = new;
+        }
+        None => {
+            new.last_transition_time = Some(now.to_owned());
+            conditions.push(new);
+        }
+    }
+}
+
+/// The condition of `type_`, if present.
+#[must_use]
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Every CRD of slicenet, in the order they are installed.
+#[must_use]
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    vec![SliceConfig::crd(), MemberCluster::crd(), WorkerSlice::crd()]
+}
+
+/// Labels for hub objects of a slice and cluster.
+#[must_use]
+pub fn owner_labels(slice: &str, cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(SLICE_OWNER_LABEL.to_owned(), slice.to_owned()), (CLUSTER_LABEL.to_owned(), cluster.to_owned())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(subnet: &str, max: u32, node: Option<u8>) -> SliceConfigSpec {
+        serde_json::from_value(serde_json::json!({
+            "sliceSubnet": subnet, "maxClusters": max, "nodePrefixLength": node,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let s: SliceConfigSpec = serde_json::from_str(r#"{"sliceSubnet":"10.80.0.0/16"}"#).unwrap();
+        assert_eq!(s.max_clusters, 16);
+        assert_eq!(s.gateway.port, 51820);
+        assert_eq!(s.gateway.exposure, GatewayExposure::NodePort);
+        let plan = s.address_plan().unwrap();
+        assert_eq!((plan.cluster_prefix_len, plan.node_prefix_len), (20, 26));
+        assert_eq!(plan.cluster_prefix(1).unwrap().to_string(), "10.80.16.0/20");
+    }
+
+    #[test]
+    fn address_plan_errors_say_what_to_change() {
+        let e = spec("10.80.0.1/16", 16, None).address_plan().unwrap_err();
+        assert!(e.to_string().contains("did you mean 10.80.0.0/16"), "{e}");
+        let e = spec("10.80.0.0/16", 12, None).address_plan().unwrap_err();
+        assert!(e.to_string().contains("power of two"), "{e}");
+        let e = spec("10.80.0.0/16", 16, Some(18)).address_plan().unwrap_err();
+        assert!(e.to_string().contains("/18 does not fit the cluster prefix /20"), "{e}");
+        let e = spec("banana", 16, None).address_plan().unwrap_err();
+        assert!(e.to_string().contains("not a CIDR"), "{e}");
+        assert_eq!(spec("fd00:80::/48", 16, None).address_plan().unwrap().node_prefix_len, 120);
+    }
+
+    #[test]
+    fn namespaces_per_cluster() {
+        let s: SliceConfigSpec = serde_json::from_value(serde_json::json!({
+            "sliceSubnet": "10.80.0.0/16",
+            "namespaces": [{"namespace": "web"}, {"namespace": "db", "clusters": ["c2"]}, {"namespace": "web", "clusters": ["c1"]}],
+        }))
+        .unwrap();
+        assert_eq!(s.namespaces_in("c1"), ["web"]);
+        assert_eq!(s.namespaces_in("c2"), ["db", "web"]);
+    }
+
+    #[test]
+    fn conditions_keep_transition_time_when_status_holds() {
+        let mut c = Vec::new();
+        set_condition(&mut c, Condition::new("Ready", false, "Pending", "x"), "t1");
+        set_condition(&mut c, Condition::new("Ready", false, "Pending", "y"), "t2");
+        assert_eq!(c[0].last_transition_time.as_deref(), Some("t1"));
+        set_condition(&mut c, Condition::new("Ready", true, "Up", ""), "t3");
+        assert_eq!(c[0].last_transition_time.as_deref(), Some("t3"));
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn crds_have_schemas_and_cel_rules() {
+        let crds = crds();
+        let json = serde_json::to_string(&crds).unwrap();
+        assert!(json.contains("isCIDR(self)"));
+        assert!(json.contains("sliceSubnet is immutable"));
+        assert_eq!(crds[2].spec.scope, "Namespaced");
+        assert_eq!(crds[0].spec.scope, "Cluster");
+    }
+}
