@@ -4,6 +4,7 @@
 //! - [`names`]: label, annotation and default path names (DESIGN.md "Names").
 //! - [`prefix`]: carving a slice subnet into cluster prefixes and node prefixes.
 //! - `crd` (feature `crd`): the custom resources `SliceConfig`, `MemberCluster`, `WorkerSlice`.
+//! - [`rbac`]: what each component does on the Kubernetes API, as data (RBAC is built from it).
 //! - [`node`]: the node agent's configuration and the node-state file it writes for the CNI plugin.
 
 #[cfg(feature = "crd")]
@@ -11,5 +12,6 @@ pub mod crd;
 pub mod names;
 pub mod node;
 pub mod prefix;
+pub mod rbac;
 
 pub use node::{NodeAgentConfig, NodeState, PeerNode, RemoteRoute, SliceOnNode};
