@@ -1,0 +1,26 @@
+//! The hub controller's requests on the hub cluster.
+
+use slice_api::rbac::Access;
+use slice_api::rbac::Scope::Cluster;
+
+const G: &str = "slicenet.io";
+
+/// The hub controller: plans SliceConfigs into WorkerSlices in one namespace per member cluster.
+pub const HUB: &[Access] = &[
+    Access::new("list", G, "sliceconfigs", Cluster),
+    Access::new("watch", G, "sliceconfigs", Cluster),
+    Access::new("patch", G, "sliceconfigs", Cluster),
+    Access::new("patch", G, "sliceconfigs", Cluster).sub("status"),
+    Access::new("list", G, "memberclusters", Cluster),
+    Access::new("watch", G, "memberclusters", Cluster),
+    Access::new("patch", G, "memberclusters", Cluster),
+    Access::new("patch", G, "memberclusters", Cluster).sub("status"),
+    Access::new("list", G, "workerslices", Cluster),
+    Access::new("watch", G, "workerslices", Cluster),
+    Access::new("create", G, "workerslices", Cluster),
+    Access::new("patch", G, "workerslices", Cluster),
+    Access::new("delete", G, "workerslices", Cluster),
+    Access::new("get", "", "namespaces", Cluster),
+    Access::new("create", "", "namespaces", Cluster),
+    Access::new("delete", "", "namespaces", Cluster),
+];

@@ -1,0 +1,27 @@
+//! The Kubernetes API requests each controller makes, as [`Access`] lists. The controllers'
+//! mock-API tests check every request they make against these lists, and `slicectl install`
+//! builds the RBAC rules from them, so RBAC grants what the requests need and nothing else.
+//! Edit a list together with the code that makes the request.
+
+mod hub;
+mod node_agent;
+mod worker;
+
+pub use hub::HUB;
+pub use node_agent::NODE_AGENT;
+pub use worker::{WORKER_CLUSTER, WORKER_HUB};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_have_no_repeats() {
+        for list in [HUB, WORKER_HUB, WORKER_CLUSTER, NODE_AGENT] {
+            let mut v = list.to_vec();
+            v.sort();
+            v.dedup();
+            assert_eq!(v.len(), list.len());
+        }
+    }
+}

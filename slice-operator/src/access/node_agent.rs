@@ -1,0 +1,13 @@
+//! The node agent's requests in its member cluster.
+
+use slice_api::rbac::Access;
+use slice_api::rbac::Scope::{Cluster, OwnNamespace};
+
+/// The node agent: watches its node's configuration (a ConfigMap the worker writes in
+/// `slicenet-system`) and writes the slice interface's network-status onto its pods.
+pub const NODE_AGENT: &[Access] = &[
+    Access::new("get", "", "configmaps", OwnNamespace),
+    Access::new("list", "", "configmaps", OwnNamespace),
+    Access::new("watch", "", "configmaps", OwnNamespace),
+    Access::new("patch", "", "pods", Cluster),
+];

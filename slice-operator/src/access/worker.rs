@@ -1,0 +1,44 @@
+//! The worker controller's requests: on the hub (its own cluster's namespace only) and in its
+//! own member cluster.
+
+use slice_api::rbac::Access;
+use slice_api::rbac::Scope::{Cluster, OwnNamespace};
+
+const G: &str = "slicenet.io";
+
+/// On the hub, with credentials limited to `slicenet-cluster-<cluster>` (and its own
+/// MemberCluster's status, for the heartbeat and gateway addresses).
+pub const WORKER_HUB: &[Access] = &[
+    Access::new("list", G, "workerslices", OwnNamespace),
+    Access::new("watch", G, "workerslices", OwnNamespace),
+    Access::new("patch", G, "workerslices", OwnNamespace),
+    Access::new("patch", G, "workerslices", OwnNamespace).sub("status"),
+    Access::new("get", G, "memberclusters", Cluster),
+    Access::new("patch", G, "memberclusters", Cluster).sub("status"),
+];
+
+/// In the member cluster: namespaces, nodes, and the gateway, key, node configuration and
+/// NetworkAttachmentDefinitions it runs in `slicenet-system` and member namespaces.
+pub const WORKER_CLUSTER: &[Access] = &[
+    Access::new("list", "", "namespaces", Cluster),
+    Access::new("watch", "", "namespaces", Cluster),
+    Access::new("patch", "", "namespaces", Cluster),
+    Access::new("list", "", "nodes", Cluster),
+    Access::new("watch", "", "nodes", Cluster),
+    Access::new("get", "", "secrets", OwnNamespace),
+    Access::new("create", "", "secrets", OwnNamespace),
+    Access::new("delete", "", "secrets", OwnNamespace),
+    Access::new("get", "", "configmaps", OwnNamespace),
+    Access::new("list", "", "configmaps", OwnNamespace),
+    Access::new("patch", "", "configmaps", OwnNamespace),
+    Access::new("delete", "", "configmaps", OwnNamespace),
+    Access::new("get", "", "services", OwnNamespace),
+    Access::new("patch", "", "services", OwnNamespace),
+    Access::new("delete", "", "services", OwnNamespace),
+    Access::new("get", "apps", "deployments", OwnNamespace),
+    Access::new("patch", "apps", "deployments", OwnNamespace),
+    Access::new("delete", "apps", "deployments", OwnNamespace),
+    Access::new("list", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
+    Access::new("patch", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
+    Access::new("delete", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
+];
