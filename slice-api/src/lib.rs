@@ -11,7 +11,11 @@
 pub mod crd;
 pub mod names;
 pub mod node;
+#[cfg(feature = "crd")]
+pub mod planner;
 pub mod prefix;
 pub mod rbac;
+#[cfg(feature = "crd")]
+pub mod validate;
 
 pub use node::{NodeAgentConfig, NodeState, PeerNode, RemoteRoute, SliceOnNode};

@@ -1,0 +1,287 @@
+//! The hub's planner (pure): SliceConfigs + MemberClusters + what exists (the SliceConfigs'
+//! recorded allocations and the WorkerSlices) → one [`SlicePlan`] per slice: its VNI, its
+//! cluster prefixes, the WorkerSlice spec every member cluster must run, and conditions.
+//!
+//! Rules:
+//! - A slice's VNI and a cluster's prefix index, once recorded in the SliceConfig's status, never
+//!   change while the slice (or that cluster's membership) lasts. Lost status is recovered
+//!   from the WorkerSlices that still exist.
+//! - Two slices never share a VNI. New allocations take the lowest free number, new slices in
+//!   (creation time, name) order and new clusters in name order, so the plan is deterministic.
+//! - A spec that cannot be planned (bad subnet, more clusters than `maxClusters`) is refused as a
+//!   whole with a `Planned=False` condition, and the slice keeps running as it was: never a
+//!   partial plan.
+//! - A slice being deleted plans no workers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt;
+
+use crate::crd::{
+    ClusterAllocation, Condition, MemberCluster, SliceConfig, WorkerPeer, WorkerSlice, WorkerSliceSpec, condition,
+};
+
+/// The first VNI handed out.
+pub const VNI_BASE: u32 = 4096;
+/// The last VNI (24 bits).
+pub const VNI_MAX: u32 = (1 << 24) - 1;
+
+/// Condition type: the spec has been planned.
+pub const PLANNED: &str = "Planned";
+/// Condition type: every member cluster runs the slice and every tunnel is up.
+pub const READY: &str = "Ready";
+
+/// What the hub must make true for one slice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlicePlan {
+    pub name: String,
+    /// The slice's VNI (`None` only when the VNI space is exhausted).
+    pub vni: Option<u32>,
+    /// The allocations to record in the SliceConfig's status, by cluster name.
+    pub allocations: Vec<ClusterAllocation>,
+    /// The WorkerSlice spec of every cluster that must run the slice, by cluster name.
+    pub workers: Vec<WorkerSliceSpec>,
+    /// `Planned` and `Ready`.
+    pub conditions: Vec<Condition>,
+}
+
+/// Plans every slice. The order of the inputs does not matter.
+#[must_use]
+pub fn plan(slices: &[SliceConfig], clusters: &[MemberCluster], workers: &[WorkerSlice]) -> Vec<SlicePlan> {
+    let mut ordered: Vec<&SliceConfig> = slices.iter().collect();
+    ordered.sort_by(|a, b| {
+        (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
+            .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
+    });
+    let vnis = allocate_vnis(&ordered, workers);
+    let registered: BTreeSet<String> =
+        clusters.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).map(ResourceExt::name_any).collect();
+    let mut plans: Vec<SlicePlan> =
+        ordered.iter().map(|s| plan_slice(s, vnis.get(&s.name_any()).copied(), &registered, workers)).collect();
+    plans.sort_by(|a, b| a.name.cmp(&b.name));
+    plans
+}
+
+/// Recorded VNIs are kept in (creation, name) order; a VNI recorded twice stays with the older
+/// slice and the other gets a new one.
+fn allocate_vnis(ordered: &[&SliceConfig], workers: &[WorkerSlice]) -> BTreeMap<String, u32> {
+    let mut taken = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for s in ordered {
+        let recorded = s
+            .status
+            .as_ref()
+            .and_then(|st| st.vni)
+            .or_else(|| workers.iter().find(|w| w.spec.slice == s.name_any()).map(|w| w.spec.vni));
+        if let Some(vni) = recorded.filter(|v| (VNI_BASE..=VNI_MAX).contains(v) && !taken.contains(v)) {
+            taken.insert(vni);
+            out.insert(s.name_any(), vni);
+        }
+    }
+    let mut next = VNI_BASE;
+    for s in ordered {
+        if out.contains_key(&s.name_any()) {
+            continue;
+        }
+        while taken.contains(&next) {
+            next += 1;
+        }
+        if next > VNI_MAX {
+            break;
+        }
+        taken.insert(next);
+        out.insert(s.name_any(), next);
+    }
+    out
+}
+
+fn plan_slice(
+    slice: &SliceConfig,
+    vni: Option<u32>,
+    registered: &BTreeSet<String>,
+    workers: &[WorkerSlice],
+) -> SlicePlan {
+    let name = slice.name_any();
+    let generation = slice.metadata.generation;
+    let existing: Vec<&WorkerSlice> = workers.iter().filter(|w| w.spec.slice == name).collect();
+    let recorded = recorded_indexes(slice, &existing);
+    let keep = |reason: &str, message: String| {
+        // Refused: keep running what runs, record nothing new.
+        let mut workers: Vec<WorkerSliceSpec> = existing.iter().map(|w| w.spec.clone()).collect();
+        workers.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        let allocations = slice.status.as_ref().map(|s| s.clusters.clone()).unwrap_or_default();
+        let mut planned = Condition::new(PLANNED, false, reason, message);
+        planned.observed_generation = generation;
+        SlicePlan {
+            name: name.clone(),
+            vni,
+            allocations,
+            conditions: vec![planned, ready_condition(&workers, &existing, generation)],
+            workers,
+        }
+    };
+
+    if slice.metadata.deletion_timestamp.is_some() {
+        let mut planned = Condition::new(PLANNED, false, "Deleting", "the slice is being deleted");
+        planned.observed_generation = generation;
+        let mut ready = Condition::new(READY, false, "Deleting", "the slice is being deleted");
+        ready.observed_generation = generation;
+        return SlicePlan { name, vni, allocations: Vec::new(), workers: Vec::new(), conditions: vec![planned, ready] };
+    }
+    let Some(vni) = vni else {
+        return keep("VniExhausted", format!("no free VNI left in {VNI_BASE}..={VNI_MAX}"));
+    };
+    let addresses = match slice.spec.address_plan() {
+        Ok(a) => a,
+        Err(e) => return keep("InvalidSpec", e.to_string()),
+    };
+
+    let mut wanted: Vec<String> = slice.spec.clusters.clone();
+    wanted.sort();
+    wanted.dedup();
+    let (members, unregistered): (Vec<String>, Vec<String>) = wanted.into_iter().partition(|c| registered.contains(c));
+    if members.len() > addresses.max_clusters as usize {
+        return keep(
+            "TooManyClusters",
+            format!(
+                "{} member clusters but maxClusters is {}: remove clusters, or create a new slice with a larger maxClusters (it cannot be changed in place)",
+                members.len(),
+                addresses.max_clusters
+            ),
+        );
+    }
+
+    // Indexes: recorded ones stay; new clusters take the lowest free index in name order.
+    let mut index: BTreeMap<String, u32> = BTreeMap::new();
+    let mut used = BTreeSet::new();
+    for c in &members {
+        if let Some(&i) = recorded.get(c).filter(|i| **i < addresses.max_clusters && !used.contains(*i)) {
+            index.insert(c.clone(), i);
+            used.insert(i);
+        }
+    }
+    let mut next = 0;
+    for c in &members {
+        if index.contains_key(c) {
+            continue;
+        }
+        while used.contains(&next) {
+            next += 1;
+        }
+        index.insert(c.clone(), next);
+        used.insert(next);
+    }
+
+    let prefix_of = |c: &str| addresses.cluster_prefix(index[c]).expect("index below maxClusters").to_string();
+    let published = |c: &str| existing.iter().find(|w| w.spec.cluster == c).and_then(|w| w.status.as_ref());
+    let mut specs = Vec::new();
+    for c in &members {
+        let peers = members
+            .iter()
+            .filter(|p| *p != c)
+            .map(|p| WorkerPeer {
+                cluster: p.clone(),
+                prefix: prefix_of(p),
+                public_key: published(p).and_then(|s| s.gateway_public_key.clone()),
+                endpoint: published(p).and_then(|s| s.gateway_endpoint.clone()),
+            })
+            .collect();
+        specs.push(WorkerSliceSpec {
+            slice: name.clone(),
+            cluster: c.clone(),
+            slice_subnet: addresses.subnet.to_string(),
+            cluster_prefix: prefix_of(c),
+            node_prefix_length: addresses.node_prefix_len,
+            vni,
+            mtu: slice.spec.mtu,
+            namespaces: slice.spec.namespaces_in(c),
+            gateway: slice.spec.gateway.clone(),
+            peers,
+        });
+    }
+    let allocations = members
+        .iter()
+        .map(|c| {
+            let (ready, reason) = worker_readiness(existing.iter().find(|w| w.spec.cluster == *c).copied());
+            ClusterAllocation { cluster: c.clone(), index: index[c], prefix: prefix_of(c), ready, reason }
+        })
+        .collect();
+    let mut planned = if unregistered.is_empty() {
+        Condition::new(PLANNED, true, "Planned", format!("{} member clusters", members.len()))
+    } else {
+        Condition::new(
+            PLANNED,
+            true,
+            "ClustersNotRegistered",
+            format!(
+                "not planned until they join (slicectl join): {}; planned: {}",
+                unregistered.join(", "),
+                members.len()
+            ),
+        )
+    };
+    planned.observed_generation = generation;
+    let ready = ready_condition(&specs, &existing, generation);
+    SlicePlan { name, vni: Some(vni), allocations, workers: specs, conditions: vec![planned, ready] }
+}
+
+/// Cluster → prefix index as recorded in the SliceConfig's status, completed from existing
+/// WorkerSlices (whose cluster prefix gives the index) when the status lost them.
+fn recorded_indexes(slice: &SliceConfig, existing: &[&WorkerSlice]) -> BTreeMap<String, u32> {
+    let mut out: BTreeMap<String, u32> = BTreeMap::new();
+    if let Some(status) = &slice.status {
+        for a in &status.clusters {
+            out.entry(a.cluster.clone()).or_insert(a.index);
+        }
+    }
+    if let Ok(addresses) = slice.spec.address_plan() {
+        for w in existing {
+            if out.contains_key(&w.spec.cluster) {
+                continue;
+            }
+            let found = (0..addresses.max_clusters)
+                .find(|i| addresses.cluster_prefix(*i).is_ok_and(|p| p.to_string() == w.spec.cluster_prefix));
+            if let Some(i) = found {
+                out.insert(w.spec.cluster.clone(), i);
+            }
+        }
+    }
+    out
+}
+
+fn worker_readiness(worker: Option<&WorkerSlice>) -> (bool, String) {
+    let Some(worker) = worker else {
+        return (false, "WorkerSlice not created yet".to_owned());
+    };
+    let Some(status) = &worker.status else {
+        return (false, "the worker has not reported yet".to_owned());
+    };
+    match condition(&status.conditions, READY) {
+        Some(c) if c.status == "True" => (true, String::new()),
+        Some(c) => (false, format!("{}: {}", c.reason, c.message)),
+        None => (false, "the worker has not reported readiness yet".to_owned()),
+    }
+}
+
+fn ready_condition(specs: &[WorkerSliceSpec], existing: &[&WorkerSlice], generation: Option<i64>) -> Condition {
+    let mut waiting = Vec::new();
+    for spec in specs {
+        let worker = existing.iter().find(|w| w.spec.cluster == spec.cluster).copied();
+        let (ready, reason) = worker_readiness(worker);
+        if !ready {
+            waiting.push(format!("{}: {reason}", spec.cluster));
+        }
+    }
+    let mut c = if specs.is_empty() {
+        Condition::new(READY, false, "NoClusters", "no member cluster is planned")
+    } else if waiting.is_empty() {
+        Condition::new(READY, true, "AllClustersReady", format!("{} clusters ready", specs.len()))
+    } else {
+        Condition::new(READY, false, "ClustersNotReady", waiting.join("; "))
+    };
+    c.observed_generation = generation;
+    c
+}
+
+#[cfg(test)]
+mod tests;
