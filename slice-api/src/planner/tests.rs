@@ -226,10 +226,10 @@ fn run(h: &mut Hub, op: &Op, clock: &mut i64) {
         }
         Op::Leave(c) => h.clusters.retain(|m| m.name_any() != CLUSTERS[c]),
         Op::AddMember(s, c) => {
-            if let Some(sl) = h.slices.iter_mut().find(|x| x.name_any() == SLICES[s]) {
-                if !sl.spec.clusters.iter().any(|x| x == CLUSTERS[c]) {
-                    sl.spec.clusters.push(CLUSTERS[c].to_owned());
-                }
+            if let Some(sl) = h.slices.iter_mut().find(|x| x.name_any() == SLICES[s])
+                && !sl.spec.clusters.iter().any(|x| x == CLUSTERS[c])
+            {
+                sl.spec.clusters.push(CLUSTERS[c].to_owned());
             }
         }
         Op::RemoveMember(s, c) => {
