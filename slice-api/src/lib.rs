@@ -9,6 +9,7 @@
 
 #[cfg(feature = "crd")]
 pub mod crd;
+pub mod multus;
 pub mod names;
 pub mod node;
 #[cfg(feature = "crd")]

@@ -7,6 +7,7 @@
 //! content changes, and every [`RESYNC`] to repair drift; failures are logged and retried, and
 //! on SIGTERM/SIGINT it exits leaving the data plane in place, for the next start to adopt.
 
+pub mod kube;
 pub mod plan;
 pub mod router;
 

@@ -1,0 +1,435 @@
+//! Admission checks of a `SliceConfig` (feature `crd`): everything the API server's schema and CEL
+//! rules cannot see, because it needs the other slices, the member clusters or the old object.
+//! Pure: the validating webhook gathers `others` and `clusters` and calls
+//! [`validate_slice_config`]; the hub may call it too before planning.
+//!
+//! Every [`Violation`] names the field and says what is wrong and how to fix it, since its text is
+//! what `kubectl apply` prints when the webhook refuses the object.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use ipnet::IpNet;
+
+use crate::crd::{MemberCluster, SliceConfig, SliceConfigSpec, SpecError};
+use crate::names;
+use crate::prefix::PrefixError;
+
+/// Which rule a [`Violation`] breaks (stable, for tests and metrics labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    /// `metadata.name` is not a valid slice name.
+    SliceName,
+    /// `sliceSubnet` is not a CIDR.
+    UnparsableSubnet,
+    /// `sliceSubnet` has host bits set.
+    MisalignedSubnet,
+    /// `maxClusters` is zero or not a power of two.
+    MaxClustersNotPowerOfTwo,
+    /// The subnet cannot be split into `maxClusters` parts, or lists more clusters than that.
+    MaxClustersDoesNotFit,
+    /// `nodePrefixLength` does not fit the cluster prefix.
+    NodePrefixDoesNotFit,
+    /// `sliceSubnet` changed on update.
+    SubnetImmutable,
+    /// `maxClusters` changed on update.
+    MaxClustersImmutable,
+    /// A namespace is claimed by this slice and another one in the same cluster.
+    NamespaceClaimedTwice,
+    /// The slice subnet overlaps a member cluster's pod or service CIDR.
+    OverlapsClusterCidr,
+}
+
+/// One reason to refuse a `SliceConfig`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub rule: Rule,
+    /// JSON path of the offending field, e.g. `spec.sliceSubnet`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl Violation {
+    fn new(rule: Rule, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { rule, field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Joins violations into the one message an admission response carries.
+#[must_use]
+pub fn message(violations: &[Violation]) -> String {
+    violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// Checks `new` (and, on update, the change from `old`) against every other slice and the member
+/// clusters the hub knows. `others` may contain `new` itself (an informer cache does); entries
+/// with the same name are skipped. Clusters not in `clusters` are not checked for overlap.
+///
+/// # Errors
+/// Every violation found, not only the first.
+pub fn validate_slice_config(
+    new: &SliceConfig,
+    old: Option<&SliceConfig>,
+    others: &[SliceConfig],
+    clusters: &[MemberCluster],
+) -> Result<(), Vec<Violation>> {
+    let mut out = Vec::new();
+    let name = new.metadata.name.as_deref().unwrap_or_default();
+    if let Err(m) = names::validate_slice_name(name) {
+        out.push(Violation::new(
+            Rule::SliceName,
+            "metadata.name",
+            format!("{m} (it names the router namespace and state files on every node)"),
+        ));
+    }
+    let plan = check_address_plan(&new.spec, &mut out);
+    if let Some(old) = old {
+        check_immutable(&new.spec, &old.spec, &mut out);
+    }
+    check_namespaces(name, &new.spec, others, &mut out);
+    if let Some(subnet) = plan {
+        check_cluster_cidrs(subnet, &new.spec, clusters, &mut out);
+    }
+    if out.is_empty() { Ok(()) } else { Err(out) }
+}
+
+/// The address plan through [`SliceConfigSpec::address_plan`], its errors turned into
+/// violations; returns the parsed subnet when the plan is sound.
+fn check_address_plan(spec: &SliceConfigSpec, out: &mut Vec<Violation>) -> Option<IpNet> {
+    match spec.address_plan() {
+        Ok(plan) => {
+            let listed = spec.clusters.iter().collect::<BTreeSet<_>>().len();
+            if listed > plan.max_clusters as usize {
+                out.push(Violation::new(
+                    Rule::MaxClustersDoesNotFit,
+                    "spec.clusters",
+                    format!(
+                        "the slice lists {listed} clusters but maxClusters is {}: remove clusters, or recreate the slice with a larger power-of-two maxClusters",
+                        plan.max_clusters
+                    ),
+                ));
+            }
+            Some(plan.subnet)
+        }
+        Err(SpecError::BadSubnet(s)) => {
+            out.push(Violation::new(
+                Rule::UnparsableSubnet,
+                "spec.sliceSubnet",
+                format!("{s:?} is not a CIDR: write an aligned network such as 10.80.0.0/16 or fd00:80::/48"),
+            ));
+            None
+        }
+        Err(SpecError::Prefix(e @ PrefixError::Misaligned(..))) => {
+            out.push(Violation::new(
+                Rule::MisalignedSubnet,
+                "spec.sliceSubnet",
+                format!("{e} (a slice subnet may not have host bits set)"),
+            ));
+            None
+        }
+        Err(SpecError::Prefix(e @ PrefixError::NotPowerOfTwo(_))) => {
+            out.push(Violation::new(Rule::MaxClustersNotPowerOfTwo, "spec.maxClusters", e.to_string()));
+            None
+        }
+        Err(SpecError::Prefix(PrefixError::TooSmall { subnet, parts, max })) => {
+            out.push(Violation::new(
+                Rule::MaxClustersDoesNotFit,
+                "spec.maxClusters",
+                format!(
+                    "{subnet} cannot be split into {parts} cluster prefixes (they would be longer than /{max}): use a larger subnet or a smaller maxClusters"
+                ),
+            ));
+            None
+        }
+        Err(SpecError::Prefix(e)) => {
+            out.push(Violation::new(Rule::UnparsableSubnet, "spec.sliceSubnet", e.to_string()));
+            None
+        }
+        Err(e @ SpecError::NodePrefix { .. }) => {
+            out.push(Violation::new(
+                Rule::NodePrefixDoesNotFit,
+                "spec.nodePrefixLength",
+                format!("{e}; change nodePrefixLength, or split the subnet into fewer clusters"),
+            ));
+            None
+        }
+    }
+}
+
+fn check_immutable(new: &SliceConfigSpec, old: &SliceConfigSpec, out: &mut Vec<Violation>) {
+    // Compare parsed networks where both parse, so "10.80.0.0/16 " and "10.80.0.0/16" are equal.
+    let parsed = |s: &str| s.trim().parse::<IpNet>().ok();
+    let same_subnet = match (parsed(&new.slice_subnet), parsed(&old.slice_subnet)) {
+        (Some(a), Some(b)) => a == b,
+        _ => new.slice_subnet.trim() == old.slice_subnet.trim(),
+    };
+    if !same_subnet {
+        out.push(Violation::new(
+            Rule::SubnetImmutable,
+            "spec.sliceSubnet",
+            format!(
+                "is immutable (was {}, now {}): changing it would renumber every pod; put it back, or create a new slice with the new subnet",
+                old.slice_subnet, new.slice_subnet
+            ),
+        ));
+    }
+    if new.max_clusters != old.max_clusters {
+        out.push(Violation::new(
+            Rule::MaxClustersImmutable,
+            "spec.maxClusters",
+            format!(
+                "is immutable (was {}, now {}): changing it would move every cluster prefix; put it back, or create a new slice",
+                old.max_clusters, new.max_clusters
+            ),
+        ));
+    }
+}
+
+/// The clusters a namespace entry covers: `*` stands for the slice's member clusters.
+fn entry_clusters<'a>(entry_clusters: &'a [String], slice_clusters: &'a [String]) -> BTreeSet<&'a str> {
+    let mut out = BTreeSet::new();
+    for c in entry_clusters {
+        if c == "*" {
+            out.extend(slice_clusters.iter().map(String::as_str));
+        } else {
+            out.insert(c.as_str());
+        }
+    }
+    out
+}
+
+fn check_namespaces(name: &str, spec: &SliceConfigSpec, others: &[SliceConfig], out: &mut Vec<Violation>) {
+    let mut reported = BTreeSet::new();
+    for (i, entry) in spec.namespaces.iter().enumerate() {
+        let mine = entry_clusters(&entry.clusters, &spec.clusters);
+        for other in others {
+            let other_name = other.metadata.name.as_deref().unwrap_or_default();
+            if other_name == name {
+                continue;
+            }
+            for theirs in other.spec.namespaces.iter().filter(|n| n.namespace == entry.namespace) {
+                let both: Vec<&str> =
+                    mine.intersection(&entry_clusters(&theirs.clusters, &other.spec.clusters)).copied().collect();
+                if both.is_empty() || !reported.insert((entry.namespace.clone(), other_name.to_owned())) {
+                    continue;
+                }
+                out.push(Violation::new(
+                    Rule::NamespaceClaimedTwice,
+                    format!("spec.namespaces[{i}]"),
+                    format!(
+                        "namespace {} already belongs to slice {other_name} in cluster{} {}; a namespace joins at most one slice per cluster: remove it from one of the slices, or give the two entries clusters that do not overlap",
+                        entry.namespace,
+                        if both.len() > 1 { "s" } else { "" },
+                        both.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn overlaps(a: IpNet, b: IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn check_cluster_cidrs(subnet: IpNet, spec: &SliceConfigSpec, clusters: &[MemberCluster], out: &mut Vec<Violation>) {
+    for cluster in clusters {
+        let cname = cluster.metadata.name.as_deref().unwrap_or_default();
+        if !spec.clusters.iter().any(|c| c == cname) {
+            continue;
+        }
+        let kinds = [("pod", &cluster.spec.pod_cidrs), ("service", &cluster.spec.service_cidrs)];
+        for (kind, cidrs) in kinds {
+            // A cluster's own unparsable CIDR is that MemberCluster's problem, not this slice's.
+            for cidr in cidrs.iter().filter_map(|c| c.trim().parse::<IpNet>().ok()) {
+                if overlaps(subnet, cidr) {
+                    out.push(Violation::new(
+                        Rule::OverlapsClusterCidr,
+                        "spec.sliceSubnet",
+                        format!(
+                            "{subnet} overlaps the {kind} CIDR {cidr} of member cluster {cname}: pods would route that {kind} traffic into the slice; choose a slice subnet outside the clusters' pod and service CIDRs"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::MemberClusterSpec;
+    use serde_json::json;
+
+    fn slice(name: &str, spec: serde_json::Value) -> SliceConfig {
+        SliceConfig::new(name, serde_json::from_value(spec).expect("spec fixture"))
+    }
+
+    fn blue() -> SliceConfig {
+        slice(
+            "blue",
+            json!({"sliceSubnet": "10.80.0.0/16", "clusters": ["c1", "c2"],
+                   "namespaces": [{"namespace": "shop"}]}),
+        )
+    }
+
+    fn cluster(name: &str, pods: &[&str], services: &[&str]) -> MemberCluster {
+        MemberCluster::new(
+            name,
+            MemberClusterSpec {
+                pod_cidrs: pods.iter().map(|s| s.to_string()).collect(),
+                service_cidrs: services.iter().map(|s| s.to_string()).collect(),
+                multus: false,
+            },
+        )
+    }
+
+    /// Validates and returns the only violation, checking its rule.
+    fn only(result: Result<(), Vec<Violation>>, rule: Rule) -> Violation {
+        let v = result.expect_err("must be rejected");
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].rule, rule, "{v:?}");
+        v[0].clone()
+    }
+
+    fn check(new: &SliceConfig) -> Result<(), Vec<Violation>> {
+        validate_slice_config(new, None, &[], &[])
+    }
+
+    fn with(mut s: SliceConfig, f: impl FnOnce(&mut SliceConfigSpec)) -> SliceConfig {
+        f(&mut s.spec);
+        s
+    }
+
+    #[test]
+    fn slice_name() {
+        assert_eq!(check(&blue()), Ok(()));
+        let v = only(check(&slice("Blue_1", json!({"sliceSubnet": "10.80.0.0/16"}))), Rule::SliceName);
+        assert_eq!(v.field, "metadata.name");
+        assert!(v.message.contains("\"Blue_1\" must be lower-case letters, digits and '-'"), "{v}");
+    }
+
+    #[test]
+    fn unparsable_subnet() {
+        let v = only(check(&with(blue(), |s| s.slice_subnet = "10.80.0.0/33".into())), Rule::UnparsableSubnet);
+        assert_eq!(
+            v.to_string(),
+            "spec.sliceSubnet: \"10.80.0.0/33\" is not a CIDR: write an aligned network such as 10.80.0.0/16 or fd00:80::/48"
+        );
+        assert_eq!(check(&with(blue(), |s| s.slice_subnet = "fd00:80::/48".into())), Ok(()));
+    }
+
+    #[test]
+    fn misaligned_subnet() {
+        let v = only(check(&with(blue(), |s| s.slice_subnet = "10.80.3.0/16".into())), Rule::MisalignedSubnet);
+        assert!(v.message.contains("10.80.3.0/16 is not aligned: did you mean 10.80.0.0/16?"), "{v}");
+    }
+
+    #[test]
+    fn max_clusters_power_of_two() {
+        let v = only(check(&with(blue(), |s| s.max_clusters = 12)), Rule::MaxClustersNotPowerOfTwo);
+        assert_eq!(v.to_string(), "spec.maxClusters: maxClusters 12 must be a power of two (1, 2, 4, 8, …)");
+        assert_eq!(check(&with(blue(), |s| s.max_clusters = 8)), Ok(()));
+    }
+
+    #[test]
+    fn max_clusters_fit() {
+        let small = with(blue(), |s| {
+            s.slice_subnet = "10.80.0.0/28".into();
+            s.max_clusters = 64;
+        });
+        let v = only(check(&small), Rule::MaxClustersDoesNotFit);
+        assert!(v.message.contains("10.80.0.0/28 cannot be split into 64 cluster prefixes"), "{v}");
+        assert!(v.message.contains("use a larger subnet or a smaller maxClusters"), "{v}");
+        let crowded = with(blue(), |s| {
+            s.max_clusters = 2;
+            s.clusters = vec!["c1".into(), "c2".into(), "c3".into()];
+        });
+        let v = only(check(&crowded), Rule::MaxClustersDoesNotFit);
+        assert_eq!(v.field, "spec.clusters");
+        assert!(v.message.contains("lists 3 clusters but maxClusters is 2"), "{v}");
+        assert_eq!(check(&with(blue(), |s| s.max_clusters = 2)), Ok(()));
+    }
+
+    #[test]
+    fn node_prefix_fit() {
+        let v = only(check(&with(blue(), |s| s.node_prefix_length = Some(19))), Rule::NodePrefixDoesNotFit);
+        assert!(v.message.contains("nodePrefixLength /19 does not fit the cluster prefix /20"), "{v}");
+        assert_eq!(v.field, "spec.nodePrefixLength");
+        let v = only(check(&with(blue(), |s| s.node_prefix_length = Some(31))), Rule::NodePrefixDoesNotFit);
+        assert!(v.message.contains("at most /30"), "{v}");
+        assert_eq!(check(&with(blue(), |s| s.node_prefix_length = Some(24))), Ok(()));
+    }
+
+    #[test]
+    fn subnet_immutable() {
+        let old = blue();
+        let new = with(blue(), |s| s.slice_subnet = "10.81.0.0/16".into());
+        let v = only(validate_slice_config(&new, Some(&old), &[], &[]), Rule::SubnetImmutable);
+        assert!(v.message.starts_with("is immutable (was 10.80.0.0/16, now 10.81.0.0/16)"), "{v}");
+        // Other fields may change.
+        let grown = with(blue(), |s| s.clusters.push("c3".into()));
+        assert_eq!(validate_slice_config(&grown, Some(&old), &[], &[]), Ok(()));
+    }
+
+    #[test]
+    fn max_clusters_immutable() {
+        let old = blue();
+        let new = with(blue(), |s| s.max_clusters = 32);
+        let v = only(validate_slice_config(&new, Some(&old), &[], &[]), Rule::MaxClustersImmutable);
+        assert!(v.message.starts_with("is immutable (was 16, now 32)"), "{v}");
+    }
+
+    #[test]
+    fn namespace_claimed_twice() {
+        let red = |ns: serde_json::Value| {
+            slice("red", json!({"sliceSubnet": "10.90.0.0/16", "clusters": ["c2", "c3"], "namespaces": ns}))
+        };
+        // blue has shop in "*" = c1, c2; red has shop in "*" = c2, c3: both in c2.
+        let others = [blue(), red(json!([{"namespace": "shop"}]))];
+        let new_red = red(json!([{"namespace": "shop"}]));
+        let v = only(validate_slice_config(&new_red, None, &others, &[]), Rule::NamespaceClaimedTwice);
+        assert_eq!(v.field, "spec.namespaces[0]");
+        assert!(v.message.starts_with("namespace shop already belongs to slice blue in cluster c2;"), "{v}");
+        // Limited to c3 only, where blue is not: fine. Itself in `others` does not count.
+        let ok_red = red(json!([{"namespace": "shop", "clusters": ["c3"]}]));
+        assert_eq!(validate_slice_config(&ok_red, None, &others, &[]), Ok(()));
+        // An explicit list meets a "*".
+        let explicit = red(json!([{"namespace": "shop", "clusters": ["c1", "c2"]}]));
+        let v = only(validate_slice_config(&explicit, None, &others, &[]), Rule::NamespaceClaimedTwice);
+        assert!(v.message.contains("in clusters c1, c2;"), "{v}");
+    }
+
+    #[test]
+    fn overlap_with_cluster_cidrs() {
+        let clusters = [cluster("c1", &["10.244.0.0/16"], &["10.96.0.0/12"]), cluster("c9", &["10.80.0.0/16"], &[])];
+        // c9 is not a member of blue: its overlap does not matter.
+        assert_eq!(validate_slice_config(&blue(), None, &[], &clusters), Ok(()));
+        let clash = with(blue(), |s| s.slice_subnet = "10.96.0.0/16".into());
+        let v = only(validate_slice_config(&clash, None, &[], &clusters), Rule::OverlapsClusterCidr);
+        assert!(
+            v.message.starts_with("10.96.0.0/16 overlaps the service CIDR 10.96.0.0/12 of member cluster c1"),
+            "{v}"
+        );
+        let clash = with(blue(), |s| s.slice_subnet = "10.244.8.0/21".into());
+        let v = only(validate_slice_config(&clash, None, &[], &clusters), Rule::OverlapsClusterCidr);
+        assert!(v.message.contains("the pod CIDR 10.244.0.0/16 of member cluster c1"), "{v}");
+    }
+
+    #[test]
+    fn every_violation_is_reported() {
+        let bad = slice("X", json!({"sliceSubnet": "nope", "maxClusters": 3}));
+        let v = validate_slice_config(&bad, Some(&blue()), &[], &[]).unwrap_err();
+        let rules: Vec<Rule> = v.iter().map(|v| v.rule).collect();
+        assert_eq!(rules, [Rule::SliceName, Rule::UnparsableSubnet, Rule::SubnetImmutable, Rule::MaxClustersImmutable]);
+        assert!(message(&v).contains("; spec.sliceSubnet: \"nope\" is not a CIDR"));
+    }
+}

@@ -1,0 +1,470 @@
+//! The hub's decisions on worlds built in memory. [`Server`] plays the API server just enough to
+//! apply the decided actions (merge patches, finalizers holding deletions), so that sequences of
+//! changes can be followed to convergence.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use slice_api::crd::{MemberClusterSpec, MemberClusterStatus, SliceConfigSpec, WORKER_FINALIZER, WorkerSliceStatus};
+
+use super::*;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn at(second: i64) -> Timestamp {
+    Timestamp::from_second(second).expect("valid test time")
+}
+
+const NOW: i64 = 1_800_000_000;
+
+fn slice(name: &str, clusters: &[&str]) -> SliceConfig {
+    let spec: SliceConfigSpec = serde_json::from_value(json!({
+        "sliceSubnet": "10.80.0.0/16",
+        "clusters": clusters,
+        "namespaces": [{"namespace": "web"}],
+    }))
+    .expect("valid spec");
+    let mut s = SliceConfig::new(name, spec);
+    s.metadata.creation_timestamp = Some(Time(at(NOW - 100)));
+    s.metadata.generation = Some(1);
+    s.metadata.resource_version = Some("1".into());
+    s
+}
+
+fn member(name: &str) -> MemberCluster {
+    let mut c = MemberCluster::new(name, MemberClusterSpec::default());
+    c.metadata.generation = Some(1);
+    c.metadata.resource_version = Some("1".into());
+    c.status = Some(MemberClusterStatus { last_heartbeat: Some(at(NOW - 10).to_string()), ..Default::default() });
+    c
+}
+
+fn world(clusters: &[&str]) -> World {
+    World { clusters: clusters.iter().map(|c| member(c)).collect(), ..World::default() }
+}
+
+/// Applies a merge patch (RFC 7386) to `target`.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let Value::Object(map) = target else { unreachable!("made an object above") };
+    for (k, v) in patch {
+        if v.is_null() {
+            map.remove(k);
+        } else {
+            merge(map.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+fn patched<T: Serialize + serde::de::DeserializeOwned>(obj: &T, patch: &Value) -> T {
+    let mut v = to_json(obj);
+    merge(&mut v, patch);
+    serde_json::from_value(v).expect("the patched object still parses")
+}
+
+/// Just enough of an API server to apply the hub's actions. Workers hold their WorkerSlices with
+/// their finalizer when `workers_hold` is set.
+struct Server {
+    world: World,
+    workers_hold: bool,
+}
+
+impl Server {
+    fn apply(&mut self, actions: &[Action]) {
+        for a in actions {
+            match a {
+                Action::SetFinalizers { kind: FinalizedKind::SliceConfig, name, finalizers, .. } => {
+                    let i = self.world.slices.iter().position(|s| s.name_any() == *name).expect("slice exists");
+                    self.world.slices[i].metadata.finalizers = Some(finalizers.clone());
+                    if finalizers.is_empty() && self.world.slices[i].metadata.deletion_timestamp.is_some() {
+                        self.world.slices.remove(i);
+                    }
+                }
+                Action::SetFinalizers { kind: FinalizedKind::MemberCluster, name, finalizers, .. } => {
+                    let i = self.world.clusters.iter().position(|s| s.name_any() == *name).expect("cluster exists");
+                    self.world.clusters[i].metadata.finalizers = Some(finalizers.clone());
+                    if finalizers.is_empty() && self.world.clusters[i].metadata.deletion_timestamp.is_some() {
+                        self.world.clusters.remove(i);
+                    }
+                }
+                Action::EnsureNamespace { .. } | Action::DeleteNamespace { .. } => {}
+                Action::CreateWorkerSlice(w) => {
+                    let mut w = w.clone();
+                    if self.workers_hold {
+                        w.metadata.finalizers = Some(vec![WORKER_FINALIZER.to_owned()]);
+                    }
+                    self.world.workers.push(*w);
+                }
+                Action::PatchWorkerSlice { namespace, name, patch } => {
+                    let w = self.worker_mut(namespace, name);
+                    *w = patched(w, patch);
+                }
+                Action::DeleteWorkerSlice { namespace, name } => {
+                    if self.workers_hold {
+                        self.worker_mut(namespace, name).metadata.deletion_timestamp = Some(Time(at(NOW)));
+                    } else {
+                        self.world
+                            .workers
+                            .retain(|w| !(w.namespace().as_deref() == Some(namespace) && w.name_any() == *name));
+                    }
+                }
+                Action::PatchSliceStatus { name, patch } => {
+                    let s = self.world.slices.iter_mut().find(|s| s.name_any() == *name).expect("slice exists");
+                    *s = patched(s, patch);
+                }
+                Action::PatchClusterStatus { name, patch } => {
+                    let c = self.world.clusters.iter_mut().find(|c| c.name_any() == *name).expect("cluster exists");
+                    *c = patched(c, patch);
+                }
+            }
+        }
+    }
+
+    fn worker_mut(&mut self, namespace: &str, name: &str) -> &mut WorkerSlice {
+        self.world
+            .workers
+            .iter_mut()
+            .find(|w| w.namespace().as_deref() == Some(namespace) && w.name_any() == name)
+            .expect("worker exists")
+    }
+
+    fn worker(&self, cluster: &str, slice: &str) -> Option<&WorkerSlice> {
+        let ns = cluster_namespace(cluster);
+        self.world.workers.iter().find(|w| w.namespace().as_deref() == Some(ns.as_str()) && w.name_any() == slice)
+    }
+
+    /// Decides at `NOW` and applies; returns the actions.
+    fn step(&mut self) -> Vec<Action> {
+        let d = decide(&self.world, at(NOW), MINUTE);
+        self.apply(&d.actions);
+        d.actions
+    }
+
+    /// Steps until only reads are left (at most 5 times) and returns the writes of each step.
+    fn converge(&mut self) -> Vec<Vec<Action>> {
+        let mut steps = Vec::new();
+        for _ in 0..5 {
+            let writes = writes(&self.step());
+            if writes.is_empty() {
+                return steps;
+            }
+            steps.push(writes);
+        }
+        panic!("no convergence after 5 steps: {steps:#?}");
+    }
+}
+
+fn writes(actions: &[Action]) -> Vec<Action> {
+    actions.iter().filter(|a| !matches!(a, Action::EnsureNamespace { .. })).cloned().collect()
+}
+
+fn names(actions: &[Action]) -> Vec<String> {
+    actions.iter().map(ToString::to_string).collect()
+}
+
+fn started(slices: Vec<SliceConfig>, clusters: &[&str], workers_hold: bool) -> Server {
+    let mut server = Server { world: World { slices, ..world(clusters) }, workers_hold };
+    server.converge();
+    server
+}
+
+#[test]
+fn a_new_slice_gets_its_finalizer_namespaces_worker_slices_and_status_in_order() {
+    let mut w = world(&["c1", "c2", "c3"]);
+    w.slices.push(slice("blue", &["c3", "c1", "c2"]));
+    let d = decide(&w, at(NOW), MINUTE);
+    assert_eq!(
+        names(&d.actions),
+        [
+            r#"setting the finalizers of SliceConfig blue to ["slicenet.io/hub"]"#,
+            r#"setting the finalizers of MemberCluster c1 to ["slicenet.io/hub"]"#,
+            r#"setting the finalizers of MemberCluster c2 to ["slicenet.io/hub"]"#,
+            r#"setting the finalizers of MemberCluster c3 to ["slicenet.io/hub"]"#,
+            "making sure namespace slicenet-cluster-c1 exists",
+            "making sure namespace slicenet-cluster-c2 exists",
+            "making sure namespace slicenet-cluster-c3 exists",
+            "creating WorkerSlice slicenet-cluster-c1/blue",
+            "creating WorkerSlice slicenet-cluster-c2/blue",
+            "creating WorkerSlice slicenet-cluster-c3/blue",
+            "patching the status of SliceConfig blue",
+            "patching the status of MemberCluster c1",
+            "patching the status of MemberCluster c2",
+            "patching the status of MemberCluster c3",
+        ]
+    );
+    let Action::CreateWorkerSlice(c2) = &d.actions[8] else { panic!("{:?}", d.actions[8]) };
+    assert_eq!(c2.labels(), &owner_labels("blue", "c2"));
+    assert_eq!((c2.spec.cluster_prefix.as_str(), c2.spec.vni), ("10.80.16.0/20", planner::VNI_BASE));
+    assert_eq!(c2.spec.peers.iter().map(|p| p.cluster.as_str()).collect::<Vec<_>>(), ["c1", "c3"]);
+    let Action::SetFinalizers { resource_version, .. } = &d.actions[0] else { panic!() };
+    assert_eq!(resource_version.as_deref(), Some("1"), "the finalizer patch is guarded by the version read");
+    let Action::PatchSliceStatus { patch, .. } = &d.actions[10] else { panic!() };
+    assert_eq!(patch["status"]["vni"], 4096);
+    assert_eq!(patch["status"]["observedGeneration"], 1);
+    assert_eq!(patch["status"]["clusters"][2]["prefix"], "10.80.32.0/20");
+    assert_eq!(patch["status"]["conditions"][0]["type"], "Planned");
+    assert_eq!(patch["status"]["conditions"][0]["lastTransitionTime"], at(NOW).to_string());
+}
+
+#[test]
+fn a_converged_world_needs_only_reads_and_time_alone_changes_nothing() {
+    let mut s = slice("blue", &["c1", "c2", "c3"]);
+    s.metadata.finalizers = Some(vec!["example.com/keep".into()]);
+    let server = started(vec![s], &["c1", "c2", "c3"], true);
+    assert_eq!(
+        server.world.slices[0].finalizers(),
+        ["example.com/keep", HUB_FINALIZER],
+        "someone else's finalizer stays"
+    );
+    let later = decide(&server.world, at(NOW + 30), MINUTE);
+    assert_eq!(writes(&later.actions), []);
+    assert_eq!(later.actions.len(), 3, "one namespace check per cluster");
+}
+
+#[test]
+fn an_added_namespace_patches_only_the_clusters_it_joins() {
+    let mut server = started(vec![slice("blue", &["c1", "c2", "c3"])], &["c1", "c2", "c3"], true);
+    server.world.slices[0]
+        .spec
+        .namespaces
+        .push(serde_json::from_value(json!({"namespace": "db", "clusters": ["c2"]})).expect("valid"));
+    server.world.slices[0].metadata.generation = Some(2);
+    let d = decide(&server.world, at(NOW), MINUTE);
+    let w = writes(&d.actions);
+    assert_eq!(
+        w[0],
+        Action::PatchWorkerSlice {
+            namespace: "slicenet-cluster-c2".into(),
+            name: "blue".into(),
+            patch: json!({"spec": {"namespaces": ["db", "web"]}}),
+        }
+    );
+    assert_eq!(names(&w[1..]), ["patching the status of SliceConfig blue"]);
+    let Action::PatchSliceStatus { patch, .. } = &w[1] else { panic!() };
+    assert_eq!(patch["status"]["observedGeneration"], 2);
+    assert!(patch["status"].get("vni").is_none(), "only what changed: {patch}");
+}
+
+#[test]
+fn a_published_gateway_key_reaches_the_peers_only() {
+    let mut server = started(vec![slice("blue", &["c1", "c2", "c3"])], &["c1", "c2", "c3"], true);
+    let ns = cluster_namespace("c1");
+    server.worker_mut(&ns, "blue").status = Some(WorkerSliceStatus {
+        gateway_public_key: Some("KEY1".into()),
+        gateway_endpoint: Some("198.18.1.1:31000".into()),
+        ..WorkerSliceStatus::default()
+    });
+    let w = writes(&decide(&server.world, at(NOW), MINUTE).actions);
+    assert_eq!(
+        w[0],
+        Action::PatchWorkerSlice {
+            namespace: "slicenet-cluster-c2".into(),
+            name: "blue".into(),
+            patch: json!({"spec": {"peers": [
+                {"cluster": "c1", "prefix": "10.80.0.0/20", "publicKey": "KEY1", "endpoint": "198.18.1.1:31000"},
+                {"cluster": "c3", "prefix": "10.80.32.0/20"},
+            ]}}),
+        }
+    );
+    assert_eq!(
+        names(&w[1..]),
+        ["patching WorkerSlice slicenet-cluster-c3/blue", "patching the status of SliceConfig blue"],
+        "c1's own WorkerSlice is not touched"
+    );
+    server.converge();
+    assert_eq!(server.worker("c3", "blue").expect("c3").spec.peers[0].public_key.as_deref(), Some("KEY1"));
+}
+
+#[test]
+fn a_dropped_cluster_loses_its_worker_slice_and_the_peers_forget_it() {
+    let mut server = started(vec![slice("blue", &["c1", "c2", "c3"])], &["c1", "c2", "c3"], false);
+    server.world.slices[0].spec.clusters.retain(|c| c != "c2");
+    let w = writes(&server.step());
+    assert_eq!(
+        names(&w),
+        [
+            "patching WorkerSlice slicenet-cluster-c1/blue",
+            "patching WorkerSlice slicenet-cluster-c3/blue",
+            "deleting WorkerSlice slicenet-cluster-c2/blue",
+            "patching the status of SliceConfig blue",
+        ]
+    );
+    assert!(server.worker("c2", "blue").is_none());
+    assert_eq!(server.worker("c3", "blue").expect("c3").spec.cluster_prefix, "10.80.32.0/20", "not renumbered");
+    assert_eq!(server.converge(), Vec::<Vec<Action>>::new());
+}
+
+#[test]
+fn a_deleted_slice_keeps_its_finalizer_until_the_workers_let_go() {
+    let mut server = started(vec![slice("blue", &["c1", "c2"])], &["c1", "c2"], true);
+    server.world.slices[0].metadata.deletion_timestamp = Some(Time(at(NOW)));
+    let w = writes(&server.step());
+    assert_eq!(
+        names(&w),
+        [
+            "deleting WorkerSlice slicenet-cluster-c1/blue",
+            "deleting WorkerSlice slicenet-cluster-c2/blue",
+            "patching the status of SliceConfig blue",
+        ]
+    );
+    // The workers still hold their WorkerSlices: nothing more to do, nothing deleted twice.
+    assert_eq!(writes(&server.step()), []);
+    server.world.workers.retain(|w| w.spec.cluster != "c1");
+    assert_eq!(writes(&server.step()), [], "one WorkerSlice is left");
+    server.world.workers.clear();
+    assert_eq!(
+        writes(&server.step()),
+        [Action::SetFinalizers {
+            kind: FinalizedKind::SliceConfig,
+            name: "blue".into(),
+            finalizers: vec![],
+            resource_version: Some("1".into()),
+        }]
+    );
+    assert!(server.world.slices.is_empty());
+}
+
+#[test]
+fn a_deleted_cluster_leaves_the_slices_then_loses_its_namespace_and_finalizer() {
+    let mut server = started(vec![slice("blue", &["c1", "c2", "c3"])], &["c1", "c2", "c3"], true);
+    server.world.clusters[2].metadata.deletion_timestamp = Some(Time(at(NOW)));
+    let d = server.step();
+    assert!(!names(&d).contains(&"making sure namespace slicenet-cluster-c3 exists".to_owned()));
+    assert_eq!(
+        names(&writes(&d)),
+        [
+            "patching WorkerSlice slicenet-cluster-c1/blue",
+            "patching WorkerSlice slicenet-cluster-c2/blue",
+            "deleting WorkerSlice slicenet-cluster-c3/blue",
+            "patching the status of SliceConfig blue",
+        ]
+    );
+    let status = server.world.slices[0].status.as_ref().expect("status");
+    let planned = slice_api::crd::condition(&status.conditions, planner::PLANNED).expect("planned");
+    assert_eq!(planned.reason, "ClustersNotRegistered");
+    assert_eq!(writes(&server.step()), [], "c3's worker still holds its WorkerSlice");
+    server.world.workers.retain(|w| w.spec.cluster != "c3");
+    assert_eq!(
+        names(&writes(&server.step())),
+        ["deleting namespace slicenet-cluster-c3", "setting the finalizers of MemberCluster c3 to []",]
+    );
+    assert_eq!(server.world.clusters.len(), 2);
+}
+
+#[test]
+fn a_worker_slice_being_deleted_is_neither_patched_nor_created_again() {
+    let mut server = started(vec![slice("blue", &["c1", "c2"])], &["c1", "c2"], true);
+    server.worker_mut(&cluster_namespace("c2"), "blue").metadata.deletion_timestamp = Some(Time(at(NOW)));
+    server.world.slices[0].spec.namespaces.push(serde_json::from_value(json!({"namespace": "db"})).expect("valid"));
+    server.world.slices[0].metadata.generation = Some(2);
+    assert_eq!(
+        names(&writes(&server.step())),
+        ["patching WorkerSlice slicenet-cluster-c1/blue", "patching the status of SliceConfig blue"]
+    );
+    server.world.workers.retain(|w| w.spec.cluster != "c2");
+    assert_eq!(
+        names(&writes(&server.step())),
+        ["creating WorkerSlice slicenet-cluster-c2/blue", "patching the status of SliceConfig blue"]
+    );
+}
+
+#[test]
+fn worker_slices_outside_cluster_namespaces_are_not_the_hubs() {
+    let mut server = started(vec![slice("blue", &["c1"])], &["c1"], false);
+    let mut stray = server.world.workers[0].clone();
+    stray.metadata.namespace = Some("default".into());
+    stray.spec.vni = 4096 + 7;
+    server.world.workers.push(stray);
+    assert_eq!(writes(&server.step()), []);
+}
+
+#[test]
+fn removed_optional_fields_are_patched_to_null_and_foreign_labels_stay() {
+    let mut s = slice("blue", &["c1"]);
+    s.spec.mtu = Some(1400);
+    let mut server = started(vec![s], &["c1"], false);
+    server.world.workers[0].metadata.labels.as_mut().expect("labels").insert("team".into(), "net".into());
+    server.world.slices[0].spec.mtu = None;
+    let w = writes(&server.step());
+    let Action::PatchWorkerSlice { patch, .. } = &w[0] else { panic!("{w:?}") };
+    assert_eq!(patch, &json!({"spec": {"mtu": null}}));
+    assert_eq!(server.world.workers[0].spec.mtu, None);
+    assert_eq!(server.world.workers[0].labels().get("team").map(String::as_str), Some("net"));
+    // A hub label someone changed is put back, alone.
+    server.world.workers[0].metadata.labels.as_mut().expect("labels").insert(CLUSTER_LABEL_FOR_TEST.into(), "x".into());
+    let w = writes(&server.step());
+    let Action::PatchWorkerSlice { patch, .. } = &w[0] else { panic!("{w:?}") };
+    assert_eq!(patch, &json!({"metadata": {"labels": {CLUSTER_LABEL_FOR_TEST: "c1"}}}));
+}
+
+const CLUSTER_LABEL_FOR_TEST: &str = slice_api::crd::CLUSTER_LABEL;
+
+#[test]
+fn health_follows_the_heartbeat_and_the_hub_comes_back_when_it_goes_stale() {
+    let mut server = started(vec![], &["c1", "c2"], false);
+    let healthy = |server: &Server, i: usize| {
+        let c = &server.world.clusters[i];
+        slice_api::crd::condition(&c.status.as_ref().expect("status").conditions, crate::hub::HEALTHY)
+            .expect("Healthy")
+            .clone()
+    };
+    assert_eq!(healthy(&server, 0).status, "True");
+    server.world.clusters[1].status.as_mut().expect("status").last_heartbeat = Some(at(NOW - 40).to_string());
+    let d = decide(&server.world, at(NOW), MINUTE);
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(21)), "c2 goes stale in 20 s");
+    assert_eq!(writes(&d.actions), []);
+    let d = decide(&server.world, at(NOW + 21), MINUTE);
+    assert_eq!(names(&writes(&d.actions)), ["patching the status of MemberCluster c2"]);
+    server.apply(&d.actions);
+    let c2 = healthy(&server, 1);
+    assert_eq!((c2.status.as_str(), c2.reason.as_str()), ("False", "HeartbeatStale"));
+    assert_eq!(c2.last_transition_time, Some(at(NOW + 21).to_string()));
+    assert_eq!(healthy(&server, 0).last_transition_time, Some(at(NOW).to_string()));
+}
+
+#[test]
+fn a_cluster_without_status_gets_only_its_condition_written() {
+    let mut w = world(&["c1"]);
+    w.clusters[0].status = None;
+    w.clusters[0].metadata.finalizers = Some(vec![HUB_FINALIZER.to_owned()]);
+    let d = decide(&w, at(NOW), MINUTE);
+    let Some(Action::PatchClusterStatus { patch, .. }) = d.actions.last() else { panic!("{:?}", d.actions) };
+    assert_eq!(
+        patch,
+        &json!({"status": {"conditions": [{
+            "type": "Healthy", "status": "Unknown", "reason": "NoHeartbeat",
+            "message": "the cluster's worker has not reported yet",
+            "lastTransitionTime": at(NOW).to_string(), "observedGeneration": 1,
+        }]}}),
+        "no empty gatewayAddresses over what the worker may have written meanwhile"
+    );
+    assert_eq!(d.requeue_after, None);
+}
+
+#[test]
+fn vnis_stay_unique_across_slices_planned_together() {
+    let mut server = started(vec![slice("blue", &["c1"]), slice("red", &["c1"])], &["c1"], false);
+    let mut vnis: Vec<u32> = server.world.workers.iter().map(|w| w.spec.vni).collect();
+    vnis.sort_unstable();
+    assert_eq!(vnis, [4096, 4097]);
+    server.world.slices.push(slice("green", &["c1"]));
+    server.converge();
+    let green = server.worker("c1", "green").expect("green");
+    assert_eq!(green.spec.vni, 4098);
+}
+
+#[test]
+fn merge_diff_carries_only_changes_and_nulls_removals() {
+    let old = json!({"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2], "gone": true});
+    let new = json!({"a": 1, "b": {"c": 2, "d": 4}, "l": [1], "new": "x"});
+    assert_eq!(merge_diff(&old, &new), Some(json!({"b": {"d": 4}, "l": [1], "new": "x", "gone": null})));
+    assert_eq!(merge_diff(&old, &old), None);
+    assert_eq!(merge_diff(&Value::Null, &new), Some(new.clone()));
+    let mut applied = old.clone();
+    merge(&mut applied, &merge_diff(&old, &new).expect("differs"));
+    assert_eq!(applied, new);
+}

@@ -1,0 +1,203 @@
+//! The hub controller (`slice-operator hub`): SliceConfigs and MemberClusters → one WorkerSlice
+//! per slice per member cluster, in the hub namespace `slicenet-cluster-<cluster>`.
+//!
+//! The reconcile is global and level-triggered, because VNIs must be unique across slices: it
+//! lists the three kinds ([`reconcile`]), decides every request from what it read and the time
+//! ([`decide::decide`], pure, on top of `slice_api::planner`) and makes them
+//! ([`execute::execute`], thin). Peer keys and endpoints that workers publish in their
+//! WorkerSlice's status flow into the other clusters' WorkerSlices through the planner; status
+//! and conditions flow back into each SliceConfig; finalizers hold SliceConfigs and
+//! MemberClusters until what the hub made for them is gone. [`run`] drives it from watches with
+//! debouncing, a periodic resync and backoff on errors ([`runner`]).
+//!
+//! Every request the hub makes is declared in [`crate::access::HUB`], from which `slicectl
+//! install` builds the hub's RBAC; the mock-API tests (`tests/hub.rs`) check each request
+//! against it.
+
+pub mod decide;
+pub mod execute;
+pub mod health;
+pub mod runner;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use slice_api::crd::{MemberCluster, SliceConfig, WorkerSlice};
+
+pub use decide::{Action, Decision, FinalizedKind, World, decide, merge_diff};
+pub use health::{HEALTHY, healthy_condition};
+pub use runner::{Backoff, Schedule, run_with_client};
+
+/// The field manager the hub writes as.
+pub const FIELD_MANAGER: &str = "slicenet-hub";
+
+/// Options of `slice-operator hub`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct HubOptions {
+    /// Kubeconfig of the hub cluster (default: $KUBECONFIG or ~/.kube/config, then the
+    /// in-cluster service account).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Context to use from the kubeconfig (default: its current context).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Changes closer together than this are handled by one reconcile, in milliseconds.
+    #[arg(long, default_value_t = DEFAULT_DEBOUNCE_MS)]
+    pub debounce_ms: u64,
+    /// Reconcile at least this often even without changes, in seconds.
+    #[arg(long, default_value_t = DEFAULT_RESYNC_SECS)]
+    pub resync_secs: u64,
+    /// A member cluster whose worker's heartbeat is older than this is not Healthy, in seconds.
+    #[arg(long, default_value_t = DEFAULT_HEARTBEAT_TIMEOUT_SECS)]
+    pub heartbeat_timeout_secs: u64,
+    /// First wait after a failed reconcile, in milliseconds (doubles on each failure).
+    #[arg(long, default_value_t = DEFAULT_BACKOFF_MIN_MS)]
+    pub backoff_min_ms: u64,
+    /// Longest wait after failed reconciles, in milliseconds.
+    #[arg(long, default_value_t = DEFAULT_BACKOFF_MAX_MS)]
+    pub backoff_max_ms: u64,
+}
+
+const DEFAULT_DEBOUNCE_MS: u64 = 150;
+const DEFAULT_RESYNC_SECS: u64 = 300;
+const DEFAULT_HEARTBEAT_TIMEOUT_SECS: u64 = 60;
+const DEFAULT_BACKOFF_MIN_MS: u64 = 500;
+const DEFAULT_BACKOFF_MAX_MS: u64 = 60_000;
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            context: None,
+            debounce_ms: DEFAULT_DEBOUNCE_MS,
+            resync_secs: DEFAULT_RESYNC_SECS,
+            heartbeat_timeout_secs: DEFAULT_HEARTBEAT_TIMEOUT_SECS,
+            backoff_min_ms: DEFAULT_BACKOFF_MIN_MS,
+            backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
+        }
+    }
+}
+
+impl HubOptions {
+    /// The debounce window.
+    #[must_use]
+    pub fn debounce(&self) -> Duration {
+        Duration::from_millis(self.debounce_ms)
+    }
+    /// The periodic resync.
+    #[must_use]
+    pub fn resync(&self) -> Duration {
+        Duration::from_secs(self.resync_secs.max(1))
+    }
+    /// How old a heartbeat may be for the cluster to be Healthy.
+    #[must_use]
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_timeout_secs)
+    }
+    /// The first backoff.
+    #[must_use]
+    pub fn backoff_min(&self) -> Duration {
+        Duration::from_millis(self.backoff_min_ms.max(1))
+    }
+    /// The longest backoff.
+    #[must_use]
+    pub fn backoff_max(&self) -> Duration {
+        Duration::from_millis(self.backoff_max_ms)
+    }
+}
+
+/// Runs the hub controller until SIGINT or SIGTERM: a client from `options` (or the
+/// environment), watches, and the reconcile loop.
+///
+/// Needs a tokio runtime (with the time and signal drivers, e.g. `#[tokio::main]`).
+///
+/// # Errors
+/// When no client can be built; API errors while running are retried, never returned.
+pub async fn run(options: HubOptions) -> anyhow::Result<()> {
+    let client = runner::client(&options).await?;
+    tracing::info!(?options, "hub starting");
+    run_with_client(client, &options, runner::shutdown_signal()).await
+}
+
+/// What went wrong in a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Listing one of the kinds failed: nothing was decided or written.
+    #[error("listing {kind}")]
+    List {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    /// A request failed.
+    #[error("{action}")]
+    Request {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// A cluster's namespace is being deleted, so no WorkerSlice can go in until it is gone.
+    #[error("namespace {0} is being deleted; its WorkerSlices wait until it is gone")]
+    NamespaceTerminating(String),
+    /// Some actions failed; all the others were made.
+    #[error("{} of the hub's requests failed: {}", .0.len(), summary(.0))]
+    Writes(Vec<Error>),
+}
+
+fn summary(errors: &[Error]) -> String {
+    errors.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; ")
+}
+
+/// An error and its sources, joined with ": ".
+#[must_use]
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
+/// What a successful reconcile did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// How many writes it made (0 when the hub was converged).
+    pub writes: usize,
+    /// When to reconcile again even without a change (a heartbeat about to go stale).
+    pub requeue_after: Option<Duration>,
+}
+
+/// One global reconcile at `now`: lists SliceConfigs, MemberClusters and WorkerSlices (all
+/// namespaces), decides, and makes the requests.
+///
+/// # Errors
+/// A failed list (nothing written), or [`Error::Writes`] with every request that failed.
+#[tracing::instrument(skip_all)]
+pub async fn reconcile(client: &Client, heartbeat_timeout: Duration, now: Timestamp) -> Result<Outcome, Error> {
+    let params = ListParams::default();
+    let slices = Api::<SliceConfig>::all(client.clone())
+        .list(&params)
+        .await
+        .map_err(|source| Error::List { kind: "SliceConfigs", source })?;
+    let clusters = Api::<MemberCluster>::all(client.clone())
+        .list(&params)
+        .await
+        .map_err(|source| Error::List { kind: "MemberClusters", source })?;
+    let workers = Api::<WorkerSlice>::all(client.clone())
+        .list(&params)
+        .await
+        .map_err(|source| Error::List { kind: "WorkerSlices", source })?;
+    let world = World { slices: slices.items, clusters: clusters.items, workers: workers.items };
+    let decision = decide(&world, now, heartbeat_timeout);
+    for plan in &decision.plans {
+        tracing::debug!(slice = %plan.name, vni = ?plan.vni, clusters = plan.workers.len(), "planned");
+    }
+    let writes = execute::execute(client, &decision.actions).await?;
+    Ok(Outcome { writes, requeue_after: decision.requeue_after })
+}

@@ -1,0 +1,258 @@
+//! The hub's loop: watches on SliceConfigs, MemberClusters and WorkerSlices only say "something
+//! changed"; changes close together are coalesced into one global reconcile ([`Schedule`]);
+//! a periodic resync repairs anything a watch missed; a failed reconcile is retried with
+//! exponential backoff ([`Backoff`]) and never ends the loop.
+
+use std::future::Future;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::stream::{self, BoxStream};
+use futures::{Stream, StreamExt};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, PartialObjectMeta};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, watcher};
+use slice_api::crd::{MemberCluster, SliceConfig, WorkerSlice};
+
+use super::{HubOptions, chain, reconcile};
+
+/// Exponential backoff between failed reconciles: `min`, doubling up to `max`; reset by a
+/// success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    /// Backoff from `min` up to `max`.
+    #[must_use]
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self { min, max: max.max(min), next: min }
+    }
+
+    /// The wait after one more failure.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    /// Back to `min` after a success.
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// When the next reconcile is due (pure: times are arguments).
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    due: Instant,
+    not_before: Instant,
+    debounce: Duration,
+    resync: Duration,
+    backoff: Backoff,
+}
+
+impl Schedule {
+    /// A schedule whose first reconcile is due at `now`.
+    #[must_use]
+    pub fn new(now: Instant, options: &HubOptions) -> Self {
+        Self {
+            due: now,
+            not_before: now,
+            debounce: options.debounce(),
+            resync: options.resync(),
+            backoff: Backoff::new(options.backoff_min(), options.backoff_max()),
+        }
+    }
+
+    /// When the next reconcile is due.
+    #[must_use]
+    pub fn due(&self) -> Instant {
+        self.due
+    }
+
+    /// A watch reported a change at `now`: reconcile `debounce` after the first of a burst of
+    /// changes (later ones in the burst ride along), but not before a running backoff ends.
+    pub fn on_change(&mut self, now: Instant) {
+        self.due = self.due.min((now + self.debounce).max(self.not_before));
+    }
+
+    /// A reconcile succeeded at `now`: the next one comes with the next change, or after
+    /// `requeue_after` (capped by the resync period).
+    pub fn on_success(&mut self, now: Instant, requeue_after: Option<Duration>) {
+        self.backoff.reset();
+        self.not_before = now;
+        self.due = now + requeue_after.map_or(self.resync, |r| r.min(self.resync));
+    }
+
+    /// A reconcile failed at `now`: the next one comes after the backoff, whatever changes.
+    /// Returns the wait.
+    pub fn on_error(&mut self, now: Instant) -> Duration {
+        let delay = self.backoff.next_delay();
+        self.not_before = now + delay;
+        self.due = self.not_before;
+        delay
+    }
+}
+
+/// Builds the hub's client: from `--kubeconfig` (and `--context`) when given, otherwise as
+/// kubectl does (`$KUBECONFIG`, `~/.kube/config`) and then from the in-cluster service account.
+///
+/// # Errors
+/// When no configuration can be loaded.
+pub async fn client(options: &HubOptions) -> anyhow::Result<Client> {
+    let kube_options = KubeConfigOptions { context: options.context.clone(), ..KubeConfigOptions::default() };
+    let config = match (&options.kubeconfig, &options.context) {
+        (Some(path), _) => {
+            let kubeconfig =
+                Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube_options)
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        (None, Some(context)) => kube::Config::from_kubeconfig(&kube_options)
+            .await
+            .with_context(|| format!("loading context {context} from the default kubeconfig"))?,
+        (None, None) => {
+            kube::Config::infer().await.context("no kubeconfig and not in a cluster: cannot reach the hub")?
+        }
+    };
+    Client::try_from(config).context("building the API client")
+}
+
+/// One stream of "something changed" from watches on the three kinds (metadata only: the
+/// reconcile reads the objects itself). Watch errors are logged; the watches recover by
+/// themselves with their default backoff.
+pub fn changes(client: &Client) -> impl Stream<Item = ()> + Send + use<> {
+    fn watch<K>(api: Api<PartialObjectMeta<K>>, kind: &'static str) -> BoxStream<'static, ()>
+    where
+        PartialObjectMeta<K>: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .filter_map(move |event| async move {
+                match event {
+                    Ok(_) => Some(()),
+                    Err(e) => {
+                        tracing::warn!(kind, error = %chain(&e), "watch failed; it restarts by itself");
+                        None
+                    }
+                }
+            })
+            .boxed()
+    }
+    stream::select_all([
+        watch(Api::<PartialObjectMeta<SliceConfig>>::all(client.clone()), "SliceConfig"),
+        watch(Api::<PartialObjectMeta<MemberCluster>>::all(client.clone()), "MemberCluster"),
+        watch(Api::<PartialObjectMeta<WorkerSlice>>::all(client.clone()), "WorkerSlice"),
+    ])
+}
+
+/// Runs the hub with `client` until `shutdown` completes.
+///
+/// # Errors
+/// Only when the watches end, which they do not while the client lives; API errors are retried.
+pub async fn run_with_client(
+    client: Client,
+    options: &HubOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut changes = pin!(changes(&client));
+    let mut shutdown = pin!(shutdown);
+    let mut schedule = Schedule::new(Instant::now(), options);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("hub stopping");
+                return Ok(());
+            }
+            change = changes.next() => match change {
+                Some(()) => schedule.on_change(Instant::now()),
+                None => anyhow::bail!("the watches on the hub ended"),
+            },
+            () = tokio::time::sleep_until(schedule.due().into()) => {
+                match reconcile(&client, options.heartbeat_timeout(), Timestamp::now()).await {
+                    Ok(outcome) => {
+                        tracing::debug!(writes = outcome.writes, "hub reconciled");
+                        schedule.on_success(Instant::now(), outcome.requeue_after);
+                    }
+                    Err(e) => {
+                        let delay = schedule.on_error(Instant::now());
+                        tracing::warn!(error = %chain(&e), retry_in = ?delay, "hub reconcile failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> HubOptions {
+        HubOptions {
+            debounce_ms: 150,
+            resync_secs: 300,
+            backoff_min_ms: 500,
+            backoff_max_ms: 4_000,
+            ..HubOptions::default()
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_burst_of_changes_makes_one_reconcile_after_the_debounce() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(t0, &options());
+        s.on_success(t0, None);
+        assert_eq!(s.due(), t0 + Duration::from_secs(300), "idle: the resync");
+        s.on_change(t0 + 10 * MS);
+        s.on_change(t0 + 50 * MS);
+        s.on_change(t0 + 140 * MS);
+        assert_eq!(s.due(), t0 + 160 * MS, "due 150 ms after the first change of the burst");
+        s.on_success(t0 + 200 * MS, Some(Duration::from_secs(7)));
+        assert_eq!(s.due(), t0 + 200 * MS + Duration::from_secs(7), "a heartbeat deadline comes before the resync");
+        s.on_success(t0, Some(Duration::from_secs(900)));
+        assert_eq!(s.due(), t0 + Duration::from_secs(300), "never later than the resync");
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_and_changes_wait_for_the_backoff() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(t0, &options());
+        let delays: Vec<Duration> = (0..5).map(|_| s.on_error(t0)).collect();
+        assert_eq!(delays, [500 * MS, 1_000 * MS, 2_000 * MS, 4_000 * MS, 4_000 * MS]);
+        assert_eq!(s.due(), t0 + 4_000 * MS);
+        s.on_change(t0 + 10 * MS);
+        assert_eq!(s.due(), t0 + 4_000 * MS, "a change does not cut a backoff short");
+        s.on_success(t0 + 5_000 * MS, None);
+        assert_eq!(s.on_error(t0), 500 * MS, "a success resets the backoff");
+    }
+}

@@ -1,0 +1,254 @@
+//! The node agent on Kubernetes (`slice-operator node-agent --kube --node NAME`, a DaemonSet):
+//! the same reconcile as the file-driven daemon ([`super::reconcile`]), fed from the ConfigMap
+//! `slicenet-node-<node>` in `slicenet-system` that the worker writes, through a watch (no
+//! polling). The ConfigMap's `config.json` is a [`NodeAgentConfig`].
+//!
+//! - a configuration that does not parse, fails validation or names another node is rejected
+//!   and the last good one stays in force (as with the file);
+//! - when the ConfigMap is deleted, the agent applies the last configuration with no slices, so
+//!   the node is left clean;
+//! - a failed reconcile is retried every `interval`; an unchanged configuration is reconciled
+//!   again every `resync` to repair drift.
+
+use std::time::Duration;
+
+use ::kube::runtime::watcher::{self, Event};
+use ::kube::runtime::{WatchStreamExt as _, watcher as watch};
+use ::kube::{Api, Client, ResourceExt as _};
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::core::v1::ConfigMap;
+use slice_api::crd::SYSTEM_NAMESPACE;
+use slice_api::node::NodeAgentConfig;
+
+use super::{chain, reconcile};
+
+/// Name of node `node`'s configuration ConfigMap (written by the worker).
+#[must_use]
+pub fn config_map_name(node: &str) -> String {
+    format!("slicenet-node-{node}")
+}
+
+/// Key of the configuration in the ConfigMap.
+pub const CONFIG_KEY: &str = "config.json";
+
+/// Options of the agent on Kubernetes.
+#[derive(Debug, Clone)]
+pub struct KubeAgentOptions {
+    /// This node's name (the DaemonSet passes `spec.nodeName`).
+    pub node: String,
+    /// Retry interval after a failed reconcile.
+    pub interval: Duration,
+    /// Reconcile an unchanged configuration this often.
+    pub resync: Duration,
+}
+
+/// The configuration a ConfigMap holds for `node`.
+///
+/// # Errors
+/// A message when the key is missing, the JSON does not parse or validate, or it is for
+/// another node.
+pub fn config_from_config_map(cm: &ConfigMap, node: &str) -> Result<NodeAgentConfig, String> {
+    let name = cm.name_any();
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CONFIG_KEY))
+        .ok_or_else(|| format!("ConfigMap {name} has no {CONFIG_KEY}"))?;
+    let config: NodeAgentConfig =
+        serde_json::from_str(text).map_err(|e| format!("ConfigMap {name}: {CONFIG_KEY} is not valid: {e}"))?;
+    if config.node != node {
+        return Err(format!("ConfigMap {name} is for node {:?}, this is node {node:?}", config.node));
+    }
+    config.validate().map_err(|e| format!("ConfigMap {name}: {e}"))?;
+    Ok(config)
+}
+
+/// A change of the configuration seen on the watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigUpdate {
+    /// A (new or changed) valid configuration.
+    Config(Box<NodeAgentConfig>),
+    /// The ConfigMap holds something unusable; keep the last good configuration.
+    Rejected(String),
+    /// The ConfigMap is gone.
+    Deleted,
+}
+
+/// The configuration updates of `node`, from a watch on its ConfigMap (list then watch,
+/// restarted with backoff when the API server drops it).
+pub fn config_updates(client: Client, node: &str) -> impl Stream<Item = Result<ConfigUpdate, watcher::Error>> {
+    let api = Api::<ConfigMap>::namespaced(client, SYSTEM_NAMESPACE);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", config_map_name(node)));
+    let node = node.to_owned();
+    let mut seen_in_init = false;
+    watch(api, config).default_backoff().filter_map(move |event| {
+        let out = match event {
+            Err(e) => Some(Err(e)),
+            Ok(Event::Init) => {
+                seen_in_init = false;
+                None
+            }
+            Ok(Event::InitApply(cm)) => {
+                seen_in_init = true;
+                Some(Ok(update_from(&cm, &node)))
+            }
+            // A relist that no longer finds the ConfigMap means it was deleted meanwhile.
+            Ok(Event::InitDone) => (!seen_in_init).then_some(Ok(ConfigUpdate::Deleted)),
+            Ok(Event::Apply(cm)) => Some(Ok(update_from(&cm, &node))),
+            Ok(Event::Delete(_)) => Some(Ok(ConfigUpdate::Deleted)),
+        };
+        std::future::ready(out)
+    })
+}
+
+fn update_from(cm: &ConfigMap, node: &str) -> ConfigUpdate {
+    match config_from_config_map(cm, node) {
+        Ok(c) => ConfigUpdate::Config(Box::new(c)),
+        Err(e) => ConfigUpdate::Rejected(e),
+    }
+}
+
+/// What the agent holds between events: the configuration in force and whether it must be
+/// reconciled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentState {
+    pub config: Option<NodeAgentConfig>,
+    pub needs_reconcile: bool,
+}
+
+impl AgentState {
+    /// Takes an update in; pure.
+    pub fn apply(&mut self, update: ConfigUpdate) {
+        match update {
+            ConfigUpdate::Config(c) => {
+                if self.config.as_ref() != Some(&*c) {
+                    self.config = Some(*c);
+                    self.needs_reconcile = true;
+                }
+            }
+            ConfigUpdate::Rejected(why) => {
+                tracing::error!(reason = %why, "configuration rejected; keeping the last good one");
+            }
+            ConfigUpdate::Deleted => {
+                // Leave the node clean: the last configuration without slices.
+                if let Some(c) = &mut self.config
+                    && !c.slices.is_empty()
+                {
+                    c.slices.clear();
+                    self.needs_reconcile = true;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the agent from the API until SIGTERM or SIGINT.
+///
+/// # Errors
+/// When the client or the signal handlers cannot be set up.
+pub async fn run(client: Client, options: KubeAgentOptions) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut updates = Box::pin(config_updates(client, &options.node));
+    let mut state = AgentState::default();
+    let mut next_resync = tokio::time::Instant::now() + options.resync;
+    tracing::info!(node = %options.node, configmap = %config_map_name(&options.node), "node agent starting (kube)");
+    loop {
+        if let (true, Some(c)) = (state.needs_reconcile, state.config.clone()) {
+            // Netlink handles run their own runtimes: reconcile on a blocking thread, which is
+            // in the process's (the node's) network namespace.
+            let outcome = tokio::task::spawn_blocking(move || reconcile(&c)).await;
+            state.needs_reconcile = match outcome {
+                Ok(Ok(_)) => false,
+                Ok(Err(e)) if e.is_only_waiting() => {
+                    tracing::info!(reason = %chain(&e), "waiting; retrying");
+                    true
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %chain(&e), "reconcile failed; retrying");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reconcile panicked; retrying");
+                    true
+                }
+            };
+            next_resync = tokio::time::Instant::now() + options.resync;
+        }
+        let retry = tokio::time::sleep(if state.needs_reconcile { options.interval } else { options.resync });
+        tokio::select! {
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: exiting, data plane left in place");
+                return Ok(());
+            }
+            _ = sigint.recv() => {
+                tracing::info!("SIGINT: exiting, data plane left in place");
+                return Ok(());
+            }
+            update = updates.next() => match update {
+                Some(Ok(u)) => state.apply(u),
+                Some(Err(e)) => tracing::warn!(error = %e, "watch failed; retrying"),
+                None => anyhow::bail!("the watch on the configuration ended"),
+            },
+            () = retry => {}
+            () = tokio::time::sleep_until(next_resync) => {
+                state.needs_reconcile = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cm(node_in_config: &str, extra: serde_json::Value) -> ConfigMap {
+        let mut config = json!({
+            "node": node_in_config, "underlayAddress": "198.18.1.11",
+            "slices": [{"name": "blue", "vni": 100, "sliceSubnet": "10.80.0.0/16", "nodePrefix": "10.80.16.0/26"}]
+        });
+        if let Some(map) = extra.as_object() {
+            for (k, v) in map {
+                config[k] = v.clone();
+            }
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": "slicenet-node-n1", "namespace": "slicenet-system"},
+            "data": {"config.json": config.to_string()}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn config_maps_are_checked() {
+        let c = config_from_config_map(&cm("n1", json!({})), "n1").unwrap();
+        assert_eq!(c.slices[0].name, "blue");
+        assert!(config_from_config_map(&cm("n2", json!({})), "n1").unwrap_err().contains("for node \"n2\""));
+        assert!(config_from_config_map(&cm("n1", json!({"bogus": 1})), "n1").unwrap_err().contains("not valid"));
+        let bad_vni = json!({"slices": [{"name": "blue", "vni": 0, "sliceSubnet": "10.80.0.0/16", "nodePrefix": "10.80.16.0/26"}]});
+        assert!(config_from_config_map(&cm("n1", bad_vni), "n1").unwrap_err().contains("vni"));
+        let empty: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
+        assert!(config_from_config_map(&empty, "n1").unwrap_err().contains("no config.json"));
+    }
+
+    #[test]
+    fn state_keeps_the_last_good_config_and_cleans_up_on_delete() {
+        let good = config_from_config_map(&cm("n1", json!({})), "n1").unwrap();
+        let mut s = AgentState::default();
+        s.apply(ConfigUpdate::Deleted);
+        assert_eq!(s, AgentState::default(), "nothing to clean before any configuration");
+        s.apply(ConfigUpdate::Config(Box::new(good.clone())));
+        assert!(s.needs_reconcile);
+        s.needs_reconcile = false;
+        s.apply(ConfigUpdate::Config(Box::new(good.clone())));
+        assert!(!s.needs_reconcile, "an unchanged configuration is not a change");
+        s.apply(ConfigUpdate::Rejected("bad".into()));
+        assert_eq!(s.config.as_ref(), Some(&good));
+        s.apply(ConfigUpdate::Deleted);
+        assert!(s.needs_reconcile);
+        assert!(s.config.as_ref().unwrap().slices.is_empty());
+    }
+}

@@ -1,0 +1,572 @@
+//! The worker's whole decision, pure: from what the hub and the member cluster show
+//! ([`Observed`]) to the ordered list of [`Write`]s that brings the cluster in line, and then
+//! (once those are applied and the gateway Services have their ports) the WorkerSlice statuses.
+//!
+//! Order of the writes, so that a failure part way leaves nothing dangling:
+//! 1. the finalizer on each new WorkerSlice (before anything is made for it);
+//! 2. namespace labels (set, then removed);
+//! 3. per slice in name order: the key Secret (created once), the gateway configuration Secret,
+//!    the Deployment, the Service;
+//! 4. node agent ConfigMaps (node order), the membership ConfigMap, the NADs;
+//! 5. deletions: whatever the worker made that is no longer wanted (a deleted slice's objects,
+//!    a removed node's ConfigMap, a NAD of a namespace that left);
+//!
+//! then [`decide_status`] (statuses), then [`decide_release`] (finalizers of deleted slices
+//! whose objects are gone). Objects are compared field by field with what the API returned
+//! (fields the server adds are ignored), so a pass over an unchanged cluster writes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
+use kube::ResourceExt;
+use kube::core::DynamicObject;
+use serde_json::Value;
+use slice_api::crd::{
+    Condition, GatewayExposure, MemberCluster, SYSTEM_NAMESPACE, WORKER_FINALIZER, WorkerSlice, WorkerSliceStatus,
+    set_condition,
+};
+use slice_api::multus;
+use slice_api::names::{NETWORK_STATUS_ANNOTATION, SLICE_LABEL};
+
+use super::keys::{self, KeyPair};
+use super::objects::{self, GatewayDefaults, NodeDefaults, ObservedNamespace, PlannedSlice};
+use super::plan::{self, ClusterNode};
+
+/// The kinds of object the worker writes in its cluster (besides namespace labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Secret,
+    ConfigMap,
+    Deployment,
+    Service,
+    NetworkAttachmentDefinition,
+}
+
+/// One write the worker makes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Hub: set the WorkerSlice's finalizers (ours added), guarded by its resourceVersion.
+    AddFinalizer { name: String, finalizers: Vec<String>, resource_version: Option<String> },
+    /// Member cluster: set or remove a namespace's slice label.
+    LabelNamespace(objects::LabelChange),
+    /// Member cluster: create an object once (the key Secret).
+    Create { kind: Kind, namespace: String, name: String, body: Value },
+    /// Member cluster: server-side apply of an object.
+    Apply { kind: Kind, namespace: String, name: String, body: Value },
+    /// Member cluster: delete an object the worker made.
+    Delete { kind: Kind, namespace: String, name: String },
+    /// Hub: the WorkerSlice's status.
+    PatchStatus { name: String, status: WorkerSliceStatus },
+    /// Hub: set the WorkerSlice's finalizers (ours removed), guarded by its resourceVersion.
+    RemoveFinalizer { name: String, finalizers: Vec<String>, resource_version: Option<String> },
+}
+
+/// Everything the decision reads.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// This cluster's WorkerSlices on the hub.
+    pub worker_slices: Vec<WorkerSlice>,
+    /// This cluster's MemberCluster on the hub (published gateway addresses, Multus).
+    pub member_cluster: Option<MemberCluster>,
+    pub nodes: Vec<Node>,
+    pub namespaces: Vec<Namespace>,
+    /// The worker's Secrets, ConfigMaps, Deployments and Services in `slicenet-system`.
+    pub secrets: Vec<Secret>,
+    pub config_maps: Vec<ConfigMap>,
+    pub deployments: Vec<Deployment>,
+    pub services: Vec<Service>,
+    /// Gateway pods in `slicenet-system`.
+    pub pods: Vec<Pod>,
+    /// The worker's NADs (all namespaces); empty when the cluster does not use Multus.
+    pub nads: Vec<DynamicObject>,
+}
+
+/// Settings of the decision that come from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// This member cluster's name.
+    pub cluster: String,
+    pub node_defaults: NodeDefaults,
+    pub gateway: GatewayDefaults,
+    /// Whether to write NADs; `None` follows the MemberCluster's `spec.multus`.
+    pub multus: Option<bool>,
+    pub delegate: multus::DelegateOptions,
+}
+
+impl Settings {
+    /// Whether NADs are wanted, given what the hub says.
+    #[must_use]
+    pub fn uses_multus(&self, member: Option<&MemberCluster>) -> bool {
+        self.multus.unwrap_or_else(|| member.is_some_and(|m| m.spec.multus))
+    }
+}
+
+/// Why a slice is not ready, for its Ready condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Problem {
+    reason: &'static str,
+    message: String,
+}
+
+/// What the first phase decided, carried to the status phase.
+#[derive(Debug, Clone, Default)]
+pub struct Decision {
+    pub writes: Vec<Write>,
+    /// Active slices as planned (with their allocations), by WorkerSlice name.
+    pub planned: BTreeMap<String, PlannedSlice>,
+    /// Public keys of active slices, by WorkerSlice name.
+    pub public_keys: BTreeMap<String, String>,
+    problems: BTreeMap<String, Problem>,
+    notes: BTreeMap<String, String>,
+}
+
+fn is_deleting(ws: &WorkerSlice) -> bool {
+    ws.metadata.deletion_timestamp.is_some()
+}
+
+fn has_finalizer(ws: &WorkerSlice) -> bool {
+    ws.finalizers().iter().any(|f| f == WORKER_FINALIZER)
+}
+
+/// The nodes the worker plans for: each Node with a usable `InternalIP` (else `ExternalIP`), by
+/// name. Nodes without one are left out until they have one.
+#[must_use]
+pub fn cluster_nodes(nodes: &[Node]) -> Vec<ClusterNode> {
+    let mut out: Vec<ClusterNode> = nodes
+        .iter()
+        .filter(|n| n.metadata.deletion_timestamp.is_none())
+        .filter_map(|n| {
+            let addresses = n.status.as_ref()?.addresses.as_ref()?;
+            let pick = |t: &str| {
+                addresses.iter().filter(|a| a.type_ == t).find_map(|a| a.address.trim().parse::<IpAddr>().ok())
+            };
+            let address = pick("InternalIP").or_else(|| pick("ExternalIP"))?;
+            Some(ClusterNode::new(n.name_any(), address))
+        })
+        .collect();
+    out.sort();
+    out.dedup_by(|a, b| a.name == b.name);
+    out
+}
+
+/// The slice address of a slice's gateway pod: from the running, not-deleting gateway pod's
+/// `k8s.v1.cni.cncf.io/network-status` annotation, the first address inside `cluster_prefix`.
+#[must_use]
+pub fn gateway_pod_address(pods: &[Pod], slice: &str, cluster_prefix: ipnet::IpNet) -> Option<IpAddr> {
+    let mut candidates: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.labels().get(SLICE_LABEL).map(String::as_str) == Some(slice))
+        .filter(|p| p.labels().get(objects::NAME_LABEL).map(String::as_str) == Some(objects::GATEWAY_NAME))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .collect();
+    candidates.sort_by_key(|p| p.name_any());
+    candidates.into_iter().find_map(|p| {
+        let text = p.annotations().get(NETWORK_STATUS_ANNOTATION)?;
+        let entries: Vec<Value> = serde_json::from_str(text).ok()?;
+        entries.iter().find_map(|e| {
+            e.get("ips")?
+                .as_array()?
+                .iter()
+                .filter_map(|ip| ip.as_str()?.parse::<IpAddr>().ok())
+                .find(|ip| cluster_prefix.contains(ip))
+        })
+    })
+}
+
+/// Whether `desired` is contained in `observed`: every field the worker sets has the same value
+/// (objects recursively, arrays element by element with the same length). `apiVersion` and
+/// `kind` are skipped at the top (list items may lack them). The top-level `data` of ConfigMaps
+/// and Secrets must be equal, not only contained: a key the worker dropped (a deleted slice in
+/// the membership ConfigMap) must go, and the server adds no keys there.
+#[must_use]
+pub fn is_applied(desired: &Value, observed: &Value) -> bool {
+    fn sub(d: &Value, o: &Value) -> bool {
+        match (d, o) {
+            (Value::Object(d), Value::Object(o)) => d.iter().all(|(k, v)| o.get(k).is_some_and(|ov| sub(v, ov))),
+            (Value::Array(d), Value::Array(o)) => d.len() == o.len() && d.iter().zip(o).all(|(a, b)| sub(a, b)),
+            (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+            _ => d == o,
+        }
+    }
+    match (desired, observed) {
+        (Value::Object(d), Value::Object(_)) => {
+            d.iter().filter(|(k, _)| *k != "apiVersion" && *k != "kind").all(|(k, v)| {
+                match (k.as_str(), observed.get(k)) {
+                    ("data", None) => v.as_object().is_some_and(serde_json::Map::is_empty),
+                    ("data", Some(ov)) => sub(v, ov) && sub(ov, v),
+                    (_, ov) => ov.is_some_and(|ov| sub(v, ov)),
+                }
+            })
+        }
+        _ => false,
+    }
+}
+
+fn key_pair_from_secret(secret: &Secret) -> Option<KeyPair> {
+    let data = secret.data.as_ref()?;
+    let private = String::from_utf8(data.get(objects::PRIVATE_KEY_KEY)?.0.clone()).ok()?;
+    let public = keys::public_key_of(private.trim())?;
+    Some(KeyPair { private_key: private.trim().to_owned(), public_key: public })
+}
+
+/// An observed object, as JSON, by (kind, namespace, name).
+type ObservedObjects = BTreeMap<(Kind, String, String), Value>;
+
+fn index(observed: &Observed) -> ObservedObjects {
+    let mut out = BTreeMap::new();
+    let mut put = |kind: Kind, ns: Option<String>, name: String, v: Result<Value, serde_json::Error>| {
+        if let Ok(v) = v {
+            out.insert((kind, ns.unwrap_or_default(), name), v);
+        }
+    };
+    for o in &observed.secrets {
+        put(Kind::Secret, o.namespace(), o.name_any(), serde_json::to_value(o));
+    }
+    for o in &observed.config_maps {
+        put(Kind::ConfigMap, o.namespace(), o.name_any(), serde_json::to_value(o));
+    }
+    for o in &observed.deployments {
+        put(Kind::Deployment, o.namespace(), o.name_any(), serde_json::to_value(o));
+    }
+    for o in &observed.services {
+        put(Kind::Service, o.namespace(), o.name_any(), serde_json::to_value(o));
+    }
+    for o in &observed.nads {
+        put(Kind::NetworkAttachmentDefinition, o.namespace(), o.name_any(), serde_json::to_value(o));
+    }
+    out
+}
+
+fn key_of(body: &Value, kind: Kind) -> (Kind, String, String) {
+    let s = |p: &str| body["metadata"][p].as_str().unwrap_or_default().to_owned();
+    (kind, s("namespace"), s("name"))
+}
+
+/// Decides the writes of the first phase. `new_key` makes a key pair for a slice that has no
+/// key Secret yet (the only input that is not observed: tests pass fixed keys).
+pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(&str) -> KeyPair) -> Decision {
+    let mut d = Decision::default();
+    let mut active: Vec<&WorkerSlice> =
+        observed.worker_slices.iter().filter(|ws| !is_deleting(ws) && ws.spec.cluster == settings.cluster).collect();
+    active.sort_by_key(|ws| ws.spec.slice.clone());
+    active.dedup_by(|a, b| a.spec.slice == b.spec.slice);
+
+    // 1. Finalizers.
+    for ws in &active {
+        if !has_finalizer(ws) {
+            let mut finalizers = ws.finalizers().to_vec();
+            finalizers.push(WORKER_FINALIZER.to_owned());
+            d.writes.push(Write::AddFinalizer {
+                name: ws.name_any(),
+                finalizers,
+                resource_version: ws.resource_version(),
+            });
+        }
+    }
+
+    // 2. Namespaces.
+    let wanted: BTreeMap<String, Vec<String>> =
+        active.iter().map(|ws| (ws.spec.slice.clone(), ws.spec.namespaces.clone())).collect();
+    let observed_ns: Vec<ObservedNamespace> = observed
+        .namespaces
+        .iter()
+        .filter(|n| n.metadata.deletion_timestamp.is_none())
+        .map(|n| ObservedNamespace {
+            name: n.name_any(),
+            slice_label: n.labels().get(SLICE_LABEL).cloned(),
+            labelled_by_worker: n.annotations().get(objects::LABELLED_BY_ANNOTATION).map(String::as_str)
+                == Some(objects::MANAGED_BY),
+        })
+        .collect();
+    let ns_decision = objects::decide_namespaces(&wanted, &observed_ns);
+    let (sets, removes): (Vec<_>, Vec<_>) = ns_decision.changes.iter().cloned().partition(|c| c.slice.is_some());
+    d.writes.extend(sets.into_iter().chain(removes).map(Write::LabelNamespace));
+
+    // Plan each active slice: node prefixes, members, gateway address, key.
+    let nodes = cluster_nodes(&observed.nodes);
+    let node_names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let existing = index(observed);
+    let mut desired: Vec<(Kind, Value, bool)> = Vec::new(); // (kind, body, create-only)
+    for ws in &active {
+        let spec = &ws.spec;
+        let name = ws.name_any();
+        let previous = ws.status.as_ref().map(|s| s.nodes.clone()).unwrap_or_default();
+        let allocations = match plan::allocate_node_prefixes(spec, &node_names, &previous) {
+            Ok(a) => Some(a),
+            Err(e @ plan::WorkerPlanError::ClusterPrefixFull { .. }) => {
+                // Nodes that had a prefix keep it; the new ones wait.
+                d.problems.insert(name.clone(), Problem { reason: "NodePrefixesExhausted", message: e.to_string() });
+                let kept: Vec<String> =
+                    node_names.iter().filter(|n| previous.iter().any(|p| &p.node == *n)).cloned().collect();
+                plan::allocate_node_prefixes(spec, &kept, &previous).ok()
+            }
+            Err(e) => {
+                d.problems.insert(name.clone(), Problem { reason: "InvalidSpec", message: e.to_string() });
+                None
+            }
+        };
+        let cluster_prefix = plan::parse_prefixes(spec).ok().map(|(_, c)| c);
+        let gateway_address = cluster_prefix.and_then(|c| gateway_pod_address(&observed.pods, &spec.slice, c));
+        let members = ns_decision.members.get(&spec.slice).cloned().unwrap_or_default();
+        if let Some(conflicts) = ns_decision.conflicts.get(&spec.slice) {
+            d.problems.entry(name.clone()).or_insert(Problem {
+                reason: "NamespaceConflict",
+                message: format!(
+                    "namespaces labelled {SLICE_LABEL} for another slice are left out: {}",
+                    conflicts.join(", ")
+                ),
+            });
+        }
+        if let Some(missing) = ns_decision.missing.get(&spec.slice) {
+            d.notes.insert(name.clone(), format!("namespaces not in the cluster yet: {}", missing.join(", ")));
+        }
+
+        // Key: the existing Secret's, or a new one created once.
+        let key_name = objects::key_secret_name(&spec.slice);
+        let key = match existing.get(&(Kind::Secret, SYSTEM_NAMESPACE.to_owned(), key_name.clone())) {
+            Some(secret) => {
+                // Wanted as it is: never rewritten, so the key never changes.
+                desired.push((Kind::Secret, secret.clone(), true));
+                observed
+                    .secrets
+                    .iter()
+                    .find(|s| s.name_any() == key_name && s.namespace().as_deref() == Some(SYSTEM_NAMESPACE))
+                    .and_then(key_pair_from_secret)
+            }
+            None => {
+                let pair = new_key(&spec.slice);
+                desired.push((Kind::Secret, objects::key_secret(&spec.slice, &pair), true));
+                Some(pair)
+            }
+        };
+        match &key {
+            Some(pair) => {
+                d.public_keys.insert(name.clone(), pair.public_key.clone());
+                desired.push((Kind::Secret, objects::gateway_config_secret(spec, &pair.private_key), false));
+                desired.push((Kind::Deployment, objects::gateway_deployment(spec, &settings.gateway), false));
+                if let Some(svc) = objects::gateway_service(spec) {
+                    desired.push((Kind::Service, svc, false));
+                }
+            }
+            None => {
+                d.problems.insert(
+                    name.clone(),
+                    Problem {
+                        reason: "KeySecretInvalid",
+                        message: format!(
+                            "Secret {SYSTEM_NAMESPACE}/{key_name} has no valid {}: delete it to make a new key",
+                            objects::PRIVATE_KEY_KEY
+                        ),
+                    },
+                );
+                // Keep whatever gateway objects exist: mark them wanted as they are.
+                for kind in [Kind::Secret, Kind::Deployment, Kind::Service] {
+                    let k = (kind, SYSTEM_NAMESPACE.to_owned(), objects::gateway_name(&spec.slice));
+                    if let Some(v) = existing.get(&k) {
+                        desired.push((kind, v.clone(), true));
+                    }
+                }
+            }
+        }
+        if let Some(allocations) = allocations {
+            d.planned.insert(
+                name.clone(),
+                PlannedSlice { spec: spec.clone(), allocations, namespaces: members, gateway_address },
+            );
+        }
+    }
+
+    // 4. Node configurations, membership, NADs.
+    let planned: Vec<PlannedSlice> = d.planned.values().cloned().collect();
+    match objects::node_agent_configs(&planned, &nodes, &settings.node_defaults) {
+        Ok(configs) => {
+            for c in &configs {
+                desired.push((Kind::ConfigMap, objects::node_config_map(c), false));
+            }
+        }
+        Err(e) => {
+            // Should not happen (allocations come from the same nodes); keep what runs.
+            tracing::error!(error = %e, "cannot build node configurations; keeping the current ones");
+            for ((kind, _, n), v) in &existing {
+                if *kind == Kind::ConfigMap && n.starts_with(objects::NODE_CONFIG_PREFIX) {
+                    desired.push((Kind::ConfigMap, v.clone(), true));
+                }
+            }
+        }
+    }
+    desired.push((Kind::ConfigMap, objects::membership_config_map(&planned), false));
+    if settings.uses_multus(observed.member_cluster.as_ref()) {
+        for p in &planned {
+            for nad in objects::nads(p, &settings.delegate) {
+                desired.push((Kind::NetworkAttachmentDefinition, nad, false));
+            }
+        }
+    }
+
+    let mut wanted_keys = BTreeSet::new();
+    for (kind, body, create_only) in desired {
+        let key = key_of(&body, kind);
+        if !wanted_keys.insert(key.clone()) {
+            continue;
+        }
+        let (_, namespace, name) = key.clone();
+        match existing.get(&key) {
+            Some(_) if create_only => {}
+            Some(o) if is_applied(&body, o) => {}
+            None if create_only => d.writes.push(Write::Create { kind, namespace, name, body }),
+            _ => d.writes.push(Write::Apply { kind, namespace, name, body }),
+        }
+    }
+
+    // 5. Deletions of what the worker made and no longer wants.
+    for (kind, namespace, name) in existing.keys() {
+        if !wanted_keys.contains(&(*kind, namespace.clone(), name.clone())) {
+            d.writes.push(Write::Delete { kind: *kind, namespace: namespace.clone(), name: name.clone() });
+        }
+    }
+    d
+}
+
+/// The gateway's public `host:port`: the LoadBalancer's ingress address, else the
+/// MemberCluster's first published gateway address, with the Service's nodePort (NodePort), its
+/// port (LoadBalancer) or the gateway port (HostPort). `None` when there is no address (the
+/// cluster is behind NAT) or no port yet.
+#[must_use]
+pub fn gateway_endpoint(ws: &WorkerSlice, member: Option<&MemberCluster>, services: &[Service]) -> Option<String> {
+    let spec = &ws.spec;
+    let published = member
+        .and_then(|m| m.status.as_ref())
+        .and_then(|s| s.gateway_addresses.iter().map(|a| a.trim()).find(|a| !a.is_empty()))
+        .map(str::to_owned);
+    let svc = services.iter().find(|s| {
+        s.name_any() == objects::gateway_name(&spec.slice) && s.namespace().as_deref() == Some(SYSTEM_NAMESPACE)
+    });
+    let (host, port) = match spec.gateway.exposure {
+        GatewayExposure::HostPort => (published?, spec.gateway.port),
+        GatewayExposure::NodePort => {
+            let port = svc?.spec.as_ref()?.ports.as_ref()?.iter().find(|p| p.protocol.as_deref() == Some("UDP"))?;
+            (published?, u16::try_from(port.node_port?).ok()?)
+        }
+        GatewayExposure::LoadBalancer => {
+            let ingress = svc
+                .and_then(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first().cloned())
+                .and_then(|i| i.ip.or(i.hostname));
+            (ingress.or(published)?, spec.gateway.port)
+        }
+    };
+    Some(match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(a)) => format!("[{a}]:{port}"),
+        _ => format!("{host}:{port}"),
+    })
+}
+
+/// The status writes of active slices whose status changed. `services` are the gateway
+/// Services after the first phase (so a new NodePort is known); `now` is RFC 3339.
+#[must_use]
+pub fn decide_status(observed: &Observed, decision: &Decision, services: &[Service], now: &str) -> Vec<Write> {
+    let mut writes = Vec::new();
+    let mut active: Vec<&WorkerSlice> = observed.worker_slices.iter().filter(|ws| !is_deleting(ws)).collect();
+    active.sort_by_key(|ws| ws.name_any());
+    active.dedup_by_key(|ws| ws.name_any());
+    for ws in active {
+        let name = ws.name_any();
+        let public_key = decision.public_keys.get(&name);
+        if public_key.is_none() && !decision.problems.contains_key(&name) {
+            continue; // not planned here (a WorkerSlice for another cluster)
+        }
+        let old = ws.status.clone().unwrap_or_default();
+        let mut status = old.clone();
+        if let Some(key) = public_key {
+            status.gateway_public_key = Some(key.clone());
+            status.gateway_endpoint = gateway_endpoint(ws, observed.member_cluster.as_ref(), services);
+        }
+        if let Some(p) = decision.planned.get(&name) {
+            status.nodes = p.allocations.clone();
+        }
+        status.observed_generation = ws.metadata.generation;
+        let condition = match decision.problems.get(&name) {
+            Some(p) => ready(ws, false, p.reason, &p.message),
+            None => match decision.planned.get(&name) {
+                Some(p) if p.gateway_address.is_none() => {
+                    ready(ws, false, "GatewayPending", "waiting for the gateway pod's slice address (network-status)")
+                }
+                _ => ready(ws, true, "Ready", decision.notes.get(&name).map_or("", String::as_str)),
+            },
+        };
+        set_condition(&mut status.conditions, condition, now);
+        if status != old {
+            writes.push(Write::PatchStatus { name, status });
+        }
+    }
+    writes
+}
+
+fn ready(ws: &WorkerSlice, ok: bool, reason: &str, message: &str) -> Condition {
+    let mut c = Condition::new("Ready", ok, reason, message);
+    c.observed_generation = ws.metadata.generation;
+    c
+}
+
+/// The finalizer releases: every deleted WorkerSlice that still has the worker's finalizer.
+/// Call it only once the first phase's writes (which delete everything made for deleted
+/// slices) all succeeded.
+#[must_use]
+pub fn decide_release(observed: &Observed) -> Vec<Write> {
+    let mut out: Vec<Write> = observed
+        .worker_slices
+        .iter()
+        .filter(|ws| is_deleting(ws) && has_finalizer(ws))
+        .map(|ws| Write::RemoveFinalizer {
+            name: ws.name_any(),
+            finalizers: ws.finalizers().iter().filter(|f| *f != WORKER_FINALIZER).cloned().collect(),
+            resource_version: ws.resource_version(),
+        })
+        .collect();
+    out.sort_by_key(|w| match w {
+        Write::RemoveFinalizer { name, .. } => name.clone(),
+        _ => String::new(),
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn applied_means_contained() {
+        let d = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"ports": [{"port": 1}]}});
+        let o = json!({"metadata": {"name": "a", "uid": "u", "labels": {"x": "1", "y": "2"}}, "spec": {"ports": [{"port": 1, "nodePort": 30000}]}});
+        assert!(is_applied(&d, &o));
+        let o2 = json!({"metadata": {"name": "a", "labels": {"x": "2"}}, "spec": {"ports": [{"port": 1}]}});
+        assert!(!is_applied(&d, &o2));
+        let o3 =
+            json!({"metadata": {"name": "a", "labels": {"x": "1"}}, "spec": {"ports": [{"port": 1}, {"port": 2}]}});
+        assert!(!is_applied(&d, &o3));
+    }
+
+    #[test]
+    fn gateway_address_comes_from_network_status() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "gw-1", "namespace": "slicenet-system",
+                "labels": {"slicenet.io/slice": "blue", "app.kubernetes.io/name": "slice-gateway"},
+                "annotations": {"k8s.v1.cni.cncf.io/network-status":
+                    r#"[{"name":"cbr0","interface":"eth0","ips":["10.244.1.5"]},{"name":"slicenet-system/slice-blue","interface":"slice0","ips":["10.80.16.70"]}]"#}},
+            "status": {"phase": "Running"}
+        }))
+        .unwrap();
+        let prefix = "10.80.16.0/20".parse().unwrap();
+        assert_eq!(
+            gateway_pod_address(std::slice::from_ref(&pod), "blue", prefix),
+            Some("10.80.16.70".parse().unwrap())
+        );
+        assert_eq!(gateway_pod_address(std::slice::from_ref(&pod), "red", prefix), None);
+        let mut pending = pod;
+        pending.status.as_mut().unwrap().phase = Some("Pending".into());
+        assert_eq!(gateway_pod_address(&[pending], "blue", prefix), None);
+    }
+}

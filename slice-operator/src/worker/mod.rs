@@ -1,0 +1,191 @@
+//! The worker controller (`slice-operator worker`): runs, in one member cluster, the WorkerSlices
+//! the hub wrote for it (in `slicenet-cluster-<cluster>` on the hub).
+//!
+//! - [`plan`]: node prefixes, each node's share of a slice, the gateway's wg(8) file (pure);
+//! - [`keys`]: the gateway key pair (made here; the private key never leaves the cluster);
+//! - [`objects`]: the Kubernetes objects wanted in the cluster (pure);
+//! - [`decide`]: observed → ordered writes, then statuses, then finalizer releases (pure);
+//! - [`reconcile`]: the thin shell: one pass reads everything, decides, writes;
+//! - [`run`]: watches the hub's WorkerSlices and the cluster's Nodes, Namespaces and gateway
+//!   pods and runs a pass after each change (and every resync), retrying failed passes with
+//!   backoff; a heartbeat on the MemberCluster's status.
+//!
+//! One pass covers every slice at once rather than one reconcile per WorkerSlice: the node
+//! agents' ConfigMaps and the membership ConfigMap hold all slices together, and a namespace
+//! claimed by two slices is decided between them, so a per-object controller would have to
+//! read all slices anyway.
+
+pub mod decide;
+pub mod keys;
+pub mod objects;
+pub mod plan;
+pub mod reconcile;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client};
+use slice_api::crd::{SYSTEM_NAMESPACE, WorkerSlice, cluster_namespace};
+
+pub use reconcile::{PassOutcome, Worker, WorkerError};
+
+/// Options of `slice-operator worker`.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// This member cluster's name (its MemberCluster on the hub).
+    pub cluster: String,
+    /// Kubeconfig file for the hub (mounted from a Secret).
+    pub hub_kubeconfig: PathBuf,
+    /// The member cluster's kubeconfig; `None` for in-cluster config (or `KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Settings of the decision (node defaults, gateway image, Multus).
+    pub settings: decide::Settings,
+    /// Full pass even when nothing was seen to change.
+    pub resync: Duration,
+    /// How often the MemberCluster's `status.lastHeartbeat` is written.
+    pub heartbeat: Duration,
+}
+
+/// A client from a kubeconfig file.
+///
+/// # Errors
+/// When the file cannot be read or names no usable context.
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> anyhow::Result<Client> {
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("using kubeconfig {}", path.display()))?;
+    Client::try_from(config).context("building the client")
+}
+
+/// RFC 3339 now, to the second.
+#[must_use]
+pub fn now_rfc3339() -> String {
+    format!("{:.0}", k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Runs the worker until SIGTERM or SIGINT.
+///
+/// # Errors
+/// When the clients cannot be built; failed passes are logged and retried, never returned.
+pub async fn run(options: WorkerOptions) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let hub = client_from_kubeconfig(&options.hub_kubeconfig).await?;
+    let local = match &options.kubeconfig {
+        Some(path) => client_from_kubeconfig(path).await?,
+        None => Client::try_default().await.context("building the member cluster's client")?,
+    };
+    let worker = Worker::new(hub.clone(), local.clone(), options.settings.clone());
+    let cluster = options.cluster.clone();
+
+    // Every watch event only wakes the loop; a pass reads everything afresh.
+    let slices = watcher(Api::<WorkerSlice>::namespaced(hub, &cluster_namespace(&cluster)), watcher::Config::default());
+    let nodes = watcher(Api::<Node>::all(local.clone()), watcher::Config::default());
+    let namespaces = watcher(Api::<Namespace>::all(local.clone()), watcher::Config::default());
+    let gateway_pods = watcher(
+        Api::<Pod>::namespaced(local, SYSTEM_NAMESPACE),
+        watcher::Config::default().labels(&format!("{}={}", objects::NAME_LABEL, objects::GATEWAY_NAME)),
+    );
+    let mut events = futures::stream::select_all([
+        slices.default_backoff().map(|e| e.map(|_| "WorkerSlice")).boxed(),
+        nodes.default_backoff().map(|e| e.map(|_| "Node")).boxed(),
+        namespaces.default_backoff().map(|e| e.map(|_| "Namespace")).boxed(),
+        gateway_pods.default_backoff().map(|e| e.map(|_| "Pod")).boxed(),
+    ]);
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut heartbeat = tokio::time::interval(options.heartbeat.max(Duration::from_secs(1)));
+    let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    // When the next pass runs: soon after a change (a burst of events settles into one pass),
+    // after `resync` when all is quiet, after the backoff when a pass failed.
+    let mut next_pass = tokio::time::Instant::now();
+    tracing::info!(cluster = %cluster, "worker starting");
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: exiting"); return Ok(()); }
+            _ = sigint.recv() => { tracing::info!("SIGINT: exiting"); return Ok(()); }
+            _ = heartbeat.tick() => {
+                if let Err(e) = worker.heartbeat(&cluster, &now_rfc3339()).await {
+                    tracing::warn!(error = %node_agent_chain(&e), "heartbeat failed");
+                }
+            }
+            event = events.next() => match event {
+                Some(Ok(kind)) => {
+                    tracing::debug!(kind, "change seen");
+                    next_pass = next_pass.min(tokio::time::Instant::now() + Duration::from_millis(200));
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "watch failed; retrying"),
+                None => anyhow::bail!("the watches ended"),
+            },
+            () = tokio::time::sleep_until(next_pass) => {
+                match worker.reconcile_once(&cluster, &now_rfc3339()).await {
+                    Ok(outcome) => {
+                        retry.reset();
+                        if outcome.writes > 0 {
+                            tracing::info!(writes = outcome.writes, "reconciled");
+                        }
+                        next_pass = tokio::time::Instant::now() + options.resync;
+                    }
+                    Err(e) => {
+                        let delay = retry.next_delay();
+                        tracing::error!(error = %node_agent_chain(&e), retry_in = ?delay, "reconcile failed; requeued");
+                        next_pass = tokio::time::Instant::now() + delay;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn node_agent_chain(e: &dyn std::error::Error) -> String {
+    crate::node_agent::chain(e)
+}
+
+/// Exponential backoff between failed passes.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    current: Option<Duration>,
+}
+
+impl Backoff {
+    /// Starts at `first`, doubles up to `max`.
+    #[must_use]
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self { first, max, current: None }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.current.map_or(self.first, |c| (c * 2).min(self.max));
+        self.current = Some(d);
+        d
+    }
+
+    /// After a success.
+    pub fn reset(&mut self) {
+        self.current = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
+        let seq: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(seq, [500, 1000, 2000, 2000]);
+        b.reset();
+        assert_eq!(b.next_delay().as_millis(), 500);
+    }
+}

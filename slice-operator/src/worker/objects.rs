@@ -1,0 +1,580 @@
+//! The Kubernetes objects the worker wants in its member cluster, built as pure values from
+//! WorkerSlices and what the cluster shows (nodes, namespaces, the gateway pod's address):
+//!
+//! | object | where | name |
+//! | --- | --- | --- |
+//! | key Secret (`privateKey`, `publicKey`), created once | `slicenet-system` | `slicenet-gw-<slice>-key` |
+//! | gateway configuration Secret (wg(8) file, holds the private key, mode 0600) | `slicenet-system` | `slicenet-gw-<slice>` |
+//! | gateway Deployment (one replica, `Recreate`: one key, one process) | `slicenet-system` | `slicenet-gw-<slice>` |
+//! | gateway Service (NodePort or LoadBalancer, UDP; none for HostPort) | `slicenet-system` | `slicenet-gw-<slice>` |
+//! | node agent configuration (`config.json`: all slices on that node) | `slicenet-system` | `slicenet-node-<node>` |
+//! | membership (slice → comma-separated member namespaces), for the webhook | `slicenet-system` | `slicenet-membership` |
+//! | Multus NetworkAttachmentDefinition (when the cluster uses Multus) | each member namespace | `slice-<slice>` |
+//!
+//! Every object carries `app.kubernetes.io/managed-by: slicenet-worker` and, when it belongs to
+//! one slice, `slicenet.io/slice: <slice>`, so that the worker finds what it made (and only
+//! that) when it cleans up.
+//!
+//! The gateway pod is itself a member of its slice: it runs in `slicenet-system` with the pod
+//! annotation `slicenet.io/slice`, and `slicenet-system` is listed among the slice's member
+//! namespaces in the node agents' configuration and in the membership ConfigMap (otherwise the
+//! CNI plugin and the webhook would refuse the annotation). Other pods in `slicenet-system` must
+//! therefore be host-network pods or carry `slicenet.io/exclude: "true"`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use slice_api::crd::{GatewayExposure, NodeAllocation, SYSTEM_NAMESPACE, WorkerSliceSpec};
+use slice_api::multus;
+use slice_api::names::{self, SLICE_ANNOTATION, SLICE_LABEL};
+use slice_api::node::NodeAgentConfig;
+
+use super::keys::KeyPair;
+use super::plan::{self, ClusterNode, WorkerPlanError};
+
+/// Label naming who manages an object.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Its value on everything the worker makes.
+pub const MANAGED_BY: &str = "slicenet-worker";
+/// Label naming the component of a gateway's objects.
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+/// Its value on gateway objects.
+pub const GATEWAY_NAME: &str = "slice-gateway";
+/// Annotation the worker sets beside the namespace label it sets, so that it only ever removes
+/// labels it set itself (a user may label a namespace to ask for a slice).
+pub const LABELLED_BY_ANNOTATION: &str = "slicenet.io/labelled-by";
+/// Prefix of the node agents' ConfigMaps: `slicenet-node-<node>`.
+pub const NODE_CONFIG_PREFIX: &str = "slicenet-node-";
+/// Key of the node agent configuration (JSON) in its ConfigMap.
+pub const NODE_CONFIG_KEY: &str = "config.json";
+/// The ConfigMap the webhook reads: slice → comma-separated member namespaces.
+pub const MEMBERSHIP_CONFIG_MAP: &str = "slicenet-membership";
+/// File name of the gateway configuration in its Secret (and in the pod).
+pub const GATEWAY_CONFIG_KEY: &str = "gateway.conf";
+/// Where the gateway's configuration Secret is mounted in its pod.
+pub const GATEWAY_CONFIG_DIR: &str = "/etc/slicenet/gateway";
+/// Keys in the key Secret.
+pub const PRIVATE_KEY_KEY: &str = "privateKey";
+/// See [`PRIVATE_KEY_KEY`].
+pub const PUBLIC_KEY_KEY: &str = "publicKey";
+
+/// Name of the gateway's Deployment, Service and configuration Secret of `slice`.
+#[must_use]
+pub fn gateway_name(slice: &str) -> String {
+    format!("slicenet-gw-{slice}")
+}
+
+/// Name of the key Secret of `slice`.
+#[must_use]
+pub fn key_secret_name(slice: &str) -> String {
+    format!("slicenet-gw-{slice}-key")
+}
+
+/// Name of node `node`'s configuration ConfigMap.
+#[must_use]
+pub fn node_config_name(node: &str) -> String {
+    format!("{NODE_CONFIG_PREFIX}{node}")
+}
+
+/// The label selector of everything the worker makes.
+#[must_use]
+pub fn managed_selector() -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+fn labels(slice: Option<&str>) -> Value {
+    let mut l = json!({ MANAGED_BY_LABEL: MANAGED_BY });
+    if let Some(s) = slice {
+        l[SLICE_LABEL] = json!(s);
+    }
+    l
+}
+
+fn gateway_labels(slice: &str) -> Value {
+    json!({ MANAGED_BY_LABEL: MANAGED_BY, NAME_LABEL: GATEWAY_NAME, SLICE_LABEL: slice })
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Node-wide settings of the node agents' configuration that the WorkerSlice does not carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDefaults {
+    pub underlay_mtu: u32,
+    pub state_dir: PathBuf,
+    pub netns_dir: PathBuf,
+    pub router_netns_prefix: String,
+    pub vxlan_port: u16,
+}
+
+impl Default for NodeDefaults {
+    fn default() -> Self {
+        Self {
+            underlay_mtu: 1500,
+            state_dir: names::DEFAULT_STATE_DIR.into(),
+            netns_dir: names::DEFAULT_NETNS_DIR.into(),
+            router_netns_prefix: names::DEFAULT_ROUTER_NETNS_PREFIX.into(),
+            vxlan_port: names::DEFAULT_VXLAN_PORT,
+        }
+    }
+}
+
+/// How gateway pods are run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayDefaults {
+    /// Image with `slice-gateway` on its `PATH`.
+    pub image: String,
+    /// TUN MTU (`slice-gateway --mtu`).
+    pub mtu: u32,
+}
+
+impl Default for GatewayDefaults {
+    fn default() -> Self {
+        Self { image: "ghcr.io/slicenet/slice-gateway:latest".into(), mtu: 1420 }
+    }
+}
+
+/// The key Secret of `slice` (created once; never updated, so the key never changes).
+#[must_use]
+pub fn key_secret(slice: &str, keys: &KeyPair) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": key_secret_name(slice), "namespace": SYSTEM_NAMESPACE, "labels": labels(Some(slice)) },
+        "type": "Opaque",
+        "data": { PRIVATE_KEY_KEY: b64(&keys.private_key), PUBLIC_KEY_KEY: b64(&keys.public_key) },
+    })
+}
+
+/// The gateway's configuration Secret: [`plan::gateway_config`] under [`GATEWAY_CONFIG_KEY`].
+#[must_use]
+pub fn gateway_config_secret(spec: &WorkerSliceSpec, private_key_base64: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": gateway_name(&spec.slice), "namespace": SYSTEM_NAMESPACE, "labels": labels(Some(&spec.slice)) },
+        "type": "Opaque",
+        "data": { GATEWAY_CONFIG_KEY: b64(&plan::gateway_config(spec, private_key_base64)) },
+    })
+}
+
+/// The gateway Deployment: one replica of `slice-gateway --interface sg-<slice> --config …`
+/// (`Recreate`, so two processes never hold the same key), a member of its slice through the
+/// pod annotation, with `NET_ADMIN` and `/dev/net/tun` for its TUN device, IPv4 forwarding on
+/// (pod sysctl `net.ipv4.ip_forward=1`, which kubelets must allow), its configuration
+/// Secret mounted with mode 0600 (the gateway refuses a private key readable by others), and a
+/// host port when the exposure is HostPort.
+#[must_use]
+pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> Value {
+    let slice = spec.slice.as_str();
+    let mut port = json!({ "name": "wireguard", "containerPort": spec.gateway.port, "protocol": "UDP" });
+    if spec.gateway.exposure == GatewayExposure::HostPort {
+        port["hostPort"] = json!(spec.gateway.port);
+    }
+    let config = format!("{GATEWAY_CONFIG_DIR}/{GATEWAY_CONFIG_KEY}");
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": gateway_name(slice), "namespace": SYSTEM_NAMESPACE, "labels": gateway_labels(slice) },
+        "spec": {
+            "replicas": 1,
+            "strategy": { "type": "Recreate" },
+            "selector": { "matchLabels": { NAME_LABEL: GATEWAY_NAME, SLICE_LABEL: slice } },
+            "template": {
+                "metadata": { "labels": gateway_labels(slice), "annotations": { SLICE_ANNOTATION: slice } },
+                "spec": {
+                    "containers": [{
+                        "name": "gateway",
+                        "image": gateway.image,
+                        "command": ["slice-gateway"],
+                        "args": ["--interface", plan::gateway_interface(slice), "--config", config,
+                                 "--mtu", gateway.mtu.to_string()],
+                        "ports": [port],
+                        "securityContext": { "capabilities": { "add": ["NET_ADMIN"] } },
+                        "volumeMounts": [
+                            { "name": "config", "mountPath": GATEWAY_CONFIG_DIR, "readOnly": true },
+                            { "name": "tun", "mountPath": "/dev/net/tun" },
+                        ],
+                    }],
+                    // The gateway forwards between its slice interface and its TUN device.
+                    // Not a "safe" sysctl: kubelets must allow it
+                    // (`--allowed-unsafe-sysctls=net.ipv4.ip_forward`).
+                    "securityContext": { "sysctls": [{ "name": "net.ipv4.ip_forward", "value": "1" }] },
+                    "volumes": [
+                        { "name": "config", "secret": { "secretName": gateway_name(slice), "defaultMode": 0o600 } },
+                        { "name": "tun", "hostPath": { "path": "/dev/net/tun", "type": "CharDevice" } },
+                    ],
+                },
+            },
+        },
+    })
+}
+
+/// The gateway Service (UDP, NodePort or LoadBalancer); `None` for HostPort exposure.
+#[must_use]
+pub fn gateway_service(spec: &WorkerSliceSpec) -> Option<Value> {
+    let slice = spec.slice.as_str();
+    let mut port =
+        json!({ "name": "wireguard", "protocol": "UDP", "port": spec.gateway.port, "targetPort": spec.gateway.port });
+    let type_ = match spec.gateway.exposure {
+        GatewayExposure::HostPort => return None,
+        GatewayExposure::LoadBalancer => "LoadBalancer",
+        GatewayExposure::NodePort => {
+            if let Some(np) = spec.gateway.node_port {
+                port["nodePort"] = json!(np);
+            }
+            "NodePort"
+        }
+    };
+    Some(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": gateway_name(slice), "namespace": SYSTEM_NAMESPACE, "labels": gateway_labels(slice) },
+        "spec": {
+            "type": type_,
+            "selector": { NAME_LABEL: GATEWAY_NAME, SLICE_LABEL: slice },
+            "ports": [port],
+        },
+    }))
+}
+
+/// One slice as the worker runs it in this cluster: the WorkerSlice, its node prefixes, its
+/// effective member namespaces and its gateway pod's slice address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedSlice {
+    pub spec: WorkerSliceSpec,
+    pub allocations: Vec<NodeAllocation>,
+    /// Member namespaces after conflicts are taken out, sorted.
+    pub namespaces: Vec<String>,
+    pub gateway_address: Option<IpAddr>,
+}
+
+impl PlannedSlice {
+    /// Member namespaces as the CNI plugin and the webhook must see them: the slice's
+    /// namespaces and `slicenet-system`, where its gateway pod runs.
+    #[must_use]
+    pub fn members_with_gateway(&self) -> Vec<String> {
+        let mut v: BTreeSet<String> = self.namespaces.iter().cloned().collect();
+        v.insert(SYSTEM_NAMESPACE.to_owned());
+        v.into_iter().collect()
+    }
+}
+
+/// Every node's agent configuration: each node of `nodes` with every slice that has a node
+/// prefix for it (slices in name order, nodes in name order).
+///
+/// # Errors
+/// When a slice cannot be planned for a node (see [`plan::node_agent_slice`]).
+pub fn node_agent_configs(
+    slices: &[PlannedSlice],
+    nodes: &[ClusterNode],
+    defaults: &NodeDefaults,
+) -> Result<Vec<NodeAgentConfig>, WorkerPlanError> {
+    let mut sorted_nodes: Vec<&ClusterNode> = nodes.iter().collect();
+    sorted_nodes.sort();
+    sorted_nodes.dedup_by(|a, b| a.name == b.name);
+    let mut sorted_slices: Vec<&PlannedSlice> = slices.iter().collect();
+    sorted_slices.sort_by(|a, b| a.spec.slice.cmp(&b.spec.slice));
+    let mut out = Vec::new();
+    for node in sorted_nodes {
+        let mut on_node = Vec::new();
+        for slice in &sorted_slices {
+            if !slice.allocations.iter().any(|a| a.node == node.name) {
+                continue;
+            }
+            let mut s =
+                plan::node_agent_slice(&slice.spec, &node.name, nodes, &slice.allocations, slice.gateway_address)?;
+            s.namespaces = slice.members_with_gateway();
+            on_node.push(s);
+        }
+        out.push(NodeAgentConfig {
+            node: node.name.clone(),
+            underlay_address: node.underlay_address,
+            underlay_mtu: defaults.underlay_mtu,
+            state_dir: defaults.state_dir.clone(),
+            netns_dir: defaults.netns_dir.clone(),
+            router_netns_prefix: defaults.router_netns_prefix.clone(),
+            vxlan_port: defaults.vxlan_port,
+            slices: on_node,
+        });
+    }
+    Ok(out)
+}
+
+/// The ConfigMap holding one node agent's configuration as JSON under [`NODE_CONFIG_KEY`].
+#[must_use]
+pub fn node_config_map(config: &NodeAgentConfig) -> Value {
+    let text = serde_json::to_string_pretty(config).unwrap_or_default();
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": { "name": node_config_name(&config.node), "namespace": SYSTEM_NAMESPACE, "labels": labels(None) },
+        "data": { NODE_CONFIG_KEY: text },
+    })
+}
+
+/// The membership ConfigMap the webhook reads: one key per slice, its member namespaces
+/// comma-separated (with `slicenet-system` for the gateway pod).
+#[must_use]
+pub fn membership_config_map(slices: &[PlannedSlice]) -> Value {
+    let data: BTreeMap<&str, String> =
+        slices.iter().map(|s| (s.spec.slice.as_str(), s.members_with_gateway().join(","))).collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": { "name": MEMBERSHIP_CONFIG_MAP, "namespace": SYSTEM_NAMESPACE, "labels": labels(None) },
+        "data": data,
+    })
+}
+
+/// The Multus NetworkAttachmentDefinitions of a slice, one per member namespace (built by
+/// `slice_api::multus`), labelled as the worker's.
+#[must_use]
+pub fn nads(slice: &PlannedSlice, options: &multus::DelegateOptions) -> Vec<Value> {
+    multus::nads_for_slice(&slice.spec.slice, &slice.namespaces, options)
+        .into_iter()
+        .filter_map(|mut nad| {
+            nad.metadata.labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
+            serde_json::to_value(nad).ok()
+        })
+        .collect()
+}
+
+/// A namespace as the label decision sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedNamespace {
+    pub name: String,
+    /// Value of the `slicenet.io/slice` label.
+    pub slice_label: Option<String>,
+    /// Whether the worker set that label (annotation [`LABELLED_BY_ANNOTATION`]).
+    pub labelled_by_worker: bool,
+}
+
+/// A change of one namespace's slice label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelChange {
+    pub namespace: String,
+    /// `Some(slice)` sets `slicenet.io/slice=<slice>`; `None` removes it.
+    pub slice: Option<String>,
+}
+
+/// What the namespace decision found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceDecision {
+    /// Label writes, in namespace order.
+    pub changes: Vec<LabelChange>,
+    /// Per slice: member namespaces it gets (existing or not yet created), sorted.
+    pub members: BTreeMap<String, Vec<String>>,
+    /// Per slice: member namespaces held by another slice's label, sorted.
+    pub conflicts: BTreeMap<String, Vec<String>>,
+    /// Per slice: member namespaces that do not exist (yet), sorted.
+    pub missing: BTreeMap<String, Vec<String>>,
+}
+
+/// Decides the namespace labels: each member namespace of a slice gets `slicenet.io/slice=<slice>`
+/// unless it is labelled for another slice (never touched: a conflict, reported on the slice);
+/// when two slices list the same unlabelled namespace, the first by name takes it. A label the
+/// worker set (see [`LABELLED_BY_ANNOTATION`]) is removed from a namespace that is no longer a
+/// member of that slice; labels set by others are left alone.
+///
+/// `wanted` maps each active slice to its namespaces in this cluster.
+#[must_use]
+pub fn decide_namespaces(
+    wanted: &BTreeMap<String, Vec<String>>,
+    namespaces: &[ObservedNamespace],
+) -> NamespaceDecision {
+    let by_name: BTreeMap<&str, &ObservedNamespace> = namespaces.iter().map(|n| (n.name.as_str(), n)).collect();
+    let mut decision = NamespaceDecision::default();
+    // Who holds each namespace after this pass.
+    let mut holder: BTreeMap<String, String> = BTreeMap::new();
+    for ns in namespaces {
+        if let Some(s) = &ns.slice_label {
+            holder.insert(ns.name.clone(), s.clone());
+        }
+    }
+    let mut set: BTreeMap<String, String> = BTreeMap::new();
+    for (slice, members) in wanted {
+        let members: BTreeSet<&String> = members.iter().collect();
+        let mut got = Vec::new();
+        for ns in members {
+            match holder.get(ns.as_str()) {
+                Some(h) if h != slice => {
+                    // Held by another slice: leave it, unless the worker set that label for a
+                    // slice that no longer lists it (it is freed below, then taken next pass).
+                    decision.conflicts.entry(slice.clone()).or_default().push(ns.clone());
+                    continue;
+                }
+                Some(_) => {}
+                None => {
+                    holder.insert(ns.clone(), slice.clone());
+                    if by_name.contains_key(ns.as_str()) {
+                        set.insert(ns.clone(), slice.clone());
+                    }
+                }
+            }
+            if !by_name.contains_key(ns.as_str()) {
+                decision.missing.entry(slice.clone()).or_default().push(ns.clone());
+            }
+            got.push(ns.clone());
+        }
+        decision.members.insert(slice.clone(), got);
+    }
+    for ns in namespaces {
+        if let Some(slice) = set.remove(&ns.name) {
+            decision.changes.push(LabelChange { namespace: ns.name.clone(), slice: Some(slice) });
+            continue;
+        }
+        let Some(label) = &ns.slice_label else { continue };
+        let still_member = wanted.get(label).is_some_and(|m| m.contains(&ns.name));
+        if ns.labelled_by_worker && !still_member {
+            decision.changes.push(LabelChange { namespace: ns.name.clone(), slice: None });
+        }
+    }
+    decision.changes.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(slice: &str) -> WorkerSliceSpec {
+        serde_json::from_value(json!({
+            "slice": slice, "cluster": "c2", "sliceSubnet": "10.80.0.0/16",
+            "clusterPrefix": "10.80.16.0/20", "nodePrefixLength": 26, "vni": 100,
+            "namespaces": ["shop"],
+            "peers": [{"cluster": "c1", "prefix": "10.80.0.0/20",
+                       "publicKey": "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=", "endpoint": "198.18.100.1:31820"}],
+        }))
+        .unwrap()
+    }
+
+    fn ns(name: &str, label: Option<&str>, ours: bool) -> ObservedNamespace {
+        ObservedNamespace { name: name.into(), slice_label: label.map(Into::into), labelled_by_worker: ours }
+    }
+
+    fn wanted(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        pairs.iter().map(|(s, n)| ((*s).to_owned(), n.iter().map(|x| (*x).to_owned()).collect())).collect()
+    }
+
+    #[test]
+    fn members_are_labelled_and_others_never_touched() {
+        let observed = [
+            ns("shop", None, false),
+            ns("db", Some("red"), false),    // another slice's, set by a user
+            ns("old", Some("blue"), true),   // ours, no longer a member
+            ns("mine", Some("blue"), false), // a user's request for blue: left alone
+            ns("cache", Some("blue"), true), // ours and still a member: no write
+        ];
+        let d = decide_namespaces(&wanted(&[("blue", &["shop", "db", "cache", "later"])]), &observed);
+        assert_eq!(
+            d.changes,
+            [
+                LabelChange { namespace: "old".into(), slice: None },
+                LabelChange { namespace: "shop".into(), slice: Some("blue".into()) },
+            ]
+        );
+        assert_eq!(d.members["blue"], ["cache", "later", "shop"]);
+        assert_eq!(d.conflicts["blue"], ["db"]);
+        assert_eq!(d.missing["blue"], ["later"]);
+    }
+
+    #[test]
+    fn first_slice_by_name_takes_a_shared_namespace() {
+        let d = decide_namespaces(&wanted(&[("blue", &["x"]), ("red", &["x"])]), &[ns("x", None, false)]);
+        assert_eq!(d.changes, [LabelChange { namespace: "x".into(), slice: Some("blue".into()) }]);
+        assert_eq!(d.conflicts["red"], ["x"]);
+        assert!(d.members["red"].is_empty());
+    }
+
+    #[test]
+    fn gateway_objects() {
+        let s = spec("blue");
+        let dep = gateway_deployment(&s, &GatewayDefaults::default());
+        let pod = &dep["spec"]["template"];
+        assert_eq!(pod["metadata"]["annotations"]["slicenet.io/slice"], "blue");
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(
+            c["args"],
+            json!(["--interface", "sg-blue", "--config", "/etc/slicenet/gateway/gateway.conf", "--mtu", "1420"])
+        );
+        assert_eq!(pod["spec"]["volumes"][0]["secret"]["defaultMode"], 0o600);
+        assert_eq!(pod["spec"]["securityContext"]["sysctls"][0]["name"], "net.ipv4.ip_forward");
+        // Only fields that exist: a round trip through the typed objects keeps everything.
+        use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+        let back = serde_json::to_value(serde_json::from_value::<Deployment>(dep.clone()).unwrap()).unwrap();
+        assert!(crate::worker::decide::is_applied(&dep, &back), "{back:#}");
+        let svc = gateway_service(&s).unwrap();
+        let back = serde_json::to_value(serde_json::from_value::<Service>(svc.clone()).unwrap()).unwrap();
+        assert!(crate::worker::decide::is_applied(&svc, &back), "{back:#}");
+        assert!(c["ports"][0].get("hostPort").is_none());
+        let svc = gateway_service(&s).unwrap();
+        assert_eq!(svc["spec"]["type"], "NodePort");
+        assert_eq!(svc["spec"]["ports"][0]["protocol"], "UDP");
+        let mut lb = spec("blue");
+        lb.gateway.exposure = GatewayExposure::LoadBalancer;
+        assert_eq!(gateway_service(&lb).unwrap()["spec"]["type"], "LoadBalancer");
+        let mut hp = spec("blue");
+        hp.gateway.exposure = GatewayExposure::HostPort;
+        assert!(gateway_service(&hp).is_none());
+        assert_eq!(
+            gateway_deployment(&hp, &GatewayDefaults::default())["spec"]["template"]["spec"]["containers"][0]["ports"]
+                [0]["hostPort"],
+            51820
+        );
+    }
+
+    #[test]
+    fn node_configs_and_membership() {
+        let s = spec("blue");
+        let nodes = [
+            ClusterNode::new("n2", "198.18.1.12".parse().unwrap()),
+            ClusterNode::new("n1", "198.18.1.11".parse().unwrap()),
+        ];
+        let allocations = plan::allocate_node_prefixes(&s, &["n1".into(), "n2".into()], &[]).unwrap();
+        let planned = PlannedSlice {
+            spec: s,
+            allocations,
+            namespaces: vec!["shop".into()],
+            gateway_address: Some("10.80.16.66".parse().unwrap()),
+        };
+        let configs = node_agent_configs(std::slice::from_ref(&planned), &nodes, &NodeDefaults::default()).unwrap();
+        assert_eq!(configs.iter().map(|c| c.node.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);
+        for c in &configs {
+            c.validate().unwrap();
+            assert_eq!(c.slices[0].namespaces, ["shop", "slicenet-system"]);
+            assert_eq!(c.slices[0].remote_routes.len(), 1);
+        }
+        let cm = node_config_map(&configs[0]);
+        assert_eq!(cm["metadata"]["name"], "slicenet-node-n1");
+        let back: NodeAgentConfig = serde_json::from_str(cm["data"]["config.json"].as_str().unwrap()).unwrap();
+        assert_eq!(back, configs[0]);
+        let m = membership_config_map(std::slice::from_ref(&planned));
+        assert_eq!(m["data"], json!({"blue": "shop,slicenet-system"}));
+        let n = nads(&planned, &multus::DelegateOptions::default());
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0]["metadata"]["labels"]["app.kubernetes.io/managed-by"], "slicenet-worker");
+        assert_eq!(n[0]["metadata"]["namespace"], "shop");
+    }
+
+    #[test]
+    fn secrets_hold_base64() {
+        let keys =
+            KeyPair { private_key: "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=".into(), public_key: "pub".into() };
+        let k = key_secret("blue", &keys);
+        let back =
+            serde_json::to_value(serde_json::from_value::<k8s_openapi::api::core::v1::Secret>(k.clone()).unwrap());
+        assert!(crate::worker::decide::is_applied(&k, &back.unwrap()));
+        assert_eq!(k["metadata"]["name"], "slicenet-gw-blue-key");
+        assert_eq!(k["data"]["publicKey"], b64("pub"));
+        let c = gateway_config_secret(&spec("blue"), &keys.private_key);
+        use base64::Engine as _;
+        let text =
+            base64::engine::general_purpose::STANDARD.decode(c["data"]["gateway.conf"].as_str().unwrap()).unwrap();
+        assert!(String::from_utf8(text).unwrap().starts_with("[Interface]\nPrivateKey = yAnz"));
+    }
+}

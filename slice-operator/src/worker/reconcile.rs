@@ -1,0 +1,291 @@
+//! One pass of the worker, the thin shell around [`super::decide`]: read what the hub and the
+//! cluster show, decide, write in order, stopping at the first failure (the pass is then retried
+//! with backoff by [`super::run`]; every write is idempotent, so a retry redoes only what is
+//! still missing).
+//!
+//! Requests of a pass, in order (each declared in `access::WORKER_HUB` / `WORKER_CLUSTER`):
+//! hub: list WorkerSlices in `slicenet-cluster-<cluster>`, get the MemberCluster; cluster: list
+//! Nodes, Namespaces, then the worker's Secrets, ConfigMaps, Deployments, Services and the
+//! gateway Pods in `slicenet-system` (by label), and NADs in all namespaces when Multus is used;
+//! then the writes.
+
+use std::sync::Mutex;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::{Api, Client};
+use serde_json::json;
+use slice_api::crd::{MemberCluster, SYSTEM_NAMESPACE, WorkerSlice, cluster_namespace};
+use slice_api::multus;
+use slice_api::names::SLICE_LABEL;
+
+use super::decide::{self, Kind, Observed, Settings, Write};
+use super::keys::{self, KeyPair};
+use super::objects;
+
+/// Field manager of the worker's server-side applies.
+pub const FIELD_MANAGER: &str = "slicenet-worker";
+
+/// A pass that did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Reading the hub or the cluster failed.
+    #[error("reading {what}")]
+    Read {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// A write failed; the writes before it were made.
+    #[error("{what}")]
+    Write {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// An object could not be encoded for the API (a bug).
+    #[error("encoding {what}")]
+    Encode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassOutcome {
+    /// Number of writes made.
+    pub writes: usize,
+}
+
+type KeySource = Box<dyn FnMut(&str) -> KeyPair + Send>;
+
+/// The worker's clients and settings.
+pub struct Worker {
+    hub: Client,
+    local: Client,
+    settings: Settings,
+    new_key: Mutex<KeySource>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+fn nad_resource() -> ApiResource {
+    let gvk = GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", multus::NAD_KIND);
+    ApiResource::from_gvk_with_plural(&gvk, "network-attachment-definitions")
+}
+
+fn resource(kind: Kind) -> ApiResource {
+    match kind {
+        Kind::Secret => ApiResource::erase::<Secret>(&()),
+        Kind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
+        Kind::Deployment => ApiResource::erase::<Deployment>(&()),
+        Kind::Service => ApiResource::erase::<Service>(&()),
+        Kind::NetworkAttachmentDefinition => nad_resource(),
+    }
+}
+
+impl Worker {
+    /// A worker with fresh random gateway keys.
+    #[must_use]
+    pub fn new(hub: Client, local: Client, settings: Settings) -> Self {
+        Self::with_key_source(hub, local, settings, Box::new(|_| keys::generate_key_pair()))
+    }
+
+    /// A worker whose new gateway keys come from `new_key` (tests pass fixed keys).
+    #[must_use]
+    pub fn with_key_source(hub: Client, local: Client, settings: Settings, new_key: KeySource) -> Self {
+        Self { hub, local, settings, new_key: Mutex::new(new_key) }
+    }
+
+    /// Reads everything a pass decides from.
+    ///
+    /// # Errors
+    /// [`WorkerError::Read`] naming what could not be read.
+    pub async fn observe(&self, cluster: &str) -> Result<Observed, WorkerError> {
+        let read = |what: &str| {
+            let what = what.to_owned();
+            move |source| WorkerError::Read { what, source }
+        };
+        let managed = ListParams::default().labels(&objects::managed_selector());
+        let hub_ns = cluster_namespace(cluster);
+        let worker_slices =
+            Api::<WorkerSlice>::namespaced(self.hub.clone(), &hub_ns).list(&ListParams::default()).await;
+        let worker_slices = worker_slices.map_err(read(&format!("WorkerSlices in {hub_ns} on the hub")))?.items;
+        let member_cluster = Api::<MemberCluster>::all(self.hub.clone())
+            .get_opt(cluster)
+            .await
+            .map_err(read(&format!("MemberCluster {cluster} on the hub")))?;
+        let nodes = Api::<Node>::all(self.local.clone()).list(&ListParams::default()).await.map_err(read("Nodes"))?;
+        let namespaces =
+            Api::<Namespace>::all(self.local.clone()).list(&ListParams::default()).await.map_err(read("Namespaces"))?;
+        let sys = SYSTEM_NAMESPACE;
+        let secrets =
+            Api::<Secret>::namespaced(self.local.clone(), sys).list(&managed).await.map_err(read("Secrets"))?;
+        let config_maps =
+            Api::<ConfigMap>::namespaced(self.local.clone(), sys).list(&managed).await.map_err(read("ConfigMaps"))?;
+        let deployments =
+            Api::<Deployment>::namespaced(self.local.clone(), sys).list(&managed).await.map_err(read("Deployments"))?;
+        let services =
+            Api::<Service>::namespaced(self.local.clone(), sys).list(&managed).await.map_err(read("Services"))?;
+        let gateway_pods = ListParams::default().labels(&format!("{}={}", objects::NAME_LABEL, objects::GATEWAY_NAME));
+        let pods =
+            Api::<Pod>::namespaced(self.local.clone(), sys).list(&gateway_pods).await.map_err(read("gateway Pods"))?;
+        let nads = if self.settings.uses_multus(member_cluster.as_ref()) {
+            Api::<DynamicObject>::all_with(self.local.clone(), &nad_resource())
+                .list(&managed)
+                .await
+                .map_err(read("NetworkAttachmentDefinitions"))?
+                .items
+        } else {
+            Vec::new()
+        };
+        Ok(Observed {
+            worker_slices,
+            member_cluster,
+            nodes: nodes.items,
+            namespaces: namespaces.items,
+            secrets: secrets.items,
+            config_maps: config_maps.items,
+            deployments: deployments.items,
+            services: services.items,
+            pods: pods.items,
+            nads,
+        })
+    }
+
+    /// One pass: observe, decide, write the objects, then the statuses, then release the
+    /// finalizers of deleted slices. `now` (RFC 3339) stamps condition transitions.
+    ///
+    /// # Errors
+    /// The first read or write that failed; the writes before it were made.
+    pub async fn reconcile_once(&self, cluster: &str, now: &str) -> Result<PassOutcome, WorkerError> {
+        let mut settings_cluster = self.settings.clone();
+        settings_cluster.cluster = cluster.to_owned();
+        let observed = self.observe(cluster).await?;
+        let decision = {
+            let mut new_key = self.new_key.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            decide::decide(&observed, &settings_cluster, &mut **new_key)
+        };
+        let mut outcome = PassOutcome::default();
+        let mut services = observed.services.clone();
+        for write in &decision.writes {
+            if let Some(applied) = self.write(cluster, write).await? {
+                // Keep the Service the API returned: it carries the assigned nodePort.
+                if let Ok(svc) = serde_json::from_value::<Service>(applied) {
+                    services.retain(|s| s.metadata.name != svc.metadata.name);
+                    services.push(svc);
+                }
+            }
+            outcome.writes += 1;
+        }
+        for write in decide::decide_status(&observed, &decision, &services, now) {
+            self.write(cluster, &write).await?;
+            outcome.writes += 1;
+        }
+        for write in decide::decide_release(&observed) {
+            self.write(cluster, &write).await?;
+            outcome.writes += 1;
+        }
+        Ok(outcome)
+    }
+
+    /// Writes `lastHeartbeat` into the MemberCluster's status on the hub.
+    ///
+    /// # Errors
+    /// When the patch fails.
+    pub async fn heartbeat(&self, cluster: &str, now: &str) -> Result<(), WorkerError> {
+        Api::<MemberCluster>::all(self.hub.clone())
+            .patch_status(
+                cluster,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": { "lastHeartbeat": now } })),
+            )
+            .await
+            .map_err(|source| WorkerError::Write { what: format!("heartbeat on MemberCluster {cluster}"), source })?;
+        Ok(())
+    }
+
+    /// Makes one write; returns the applied Service's body for [`Kind::Service`] applies.
+    async fn write(&self, cluster: &str, write: &Write) -> Result<Option<serde_json::Value>, WorkerError> {
+        let hub_slices = || Api::<WorkerSlice>::namespaced(self.hub.clone(), &cluster_namespace(cluster));
+        let dynamic =
+            |kind: Kind, ns: &str| Api::<DynamicObject>::namespaced_with(self.local.clone(), ns, &resource(kind));
+        let failed = |what: String| move |source| WorkerError::Write { what, source };
+        match write {
+            Write::AddFinalizer { name, finalizers, resource_version }
+            | Write::RemoveFinalizer { name, finalizers, resource_version } => {
+                let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": resource_version } });
+                hub_slices()
+                    .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .map_err(failed(format!("setting the finalizers of WorkerSlice {name}")))?;
+            }
+            Write::LabelNamespace(change) => {
+                let (label, owner) = match &change.slice {
+                    Some(s) => (json!(s), json!(objects::MANAGED_BY)),
+                    None => (serde_json::Value::Null, serde_json::Value::Null),
+                };
+                let patch = json!({ "metadata": {
+                    "labels": { SLICE_LABEL: label },
+                    "annotations": { objects::LABELLED_BY_ANNOTATION: owner },
+                }});
+                Api::<Namespace>::all(self.local.clone())
+                    .patch(&change.namespace, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .map_err(failed(format!("labelling namespace {}", change.namespace)))?;
+            }
+            Write::Create { kind, namespace, name, body } => {
+                let obj: DynamicObject = serde_json::from_value(body.clone())
+                    .map_err(|source| WorkerError::Encode { what: format!("{kind:?} {namespace}/{name}"), source })?;
+                dynamic(*kind, namespace)
+                    .create(&PostParams::default(), &obj)
+                    .await
+                    .map_err(failed(format!("creating {kind:?} {namespace}/{name}")))?;
+            }
+            Write::Apply { kind, namespace, name, body } => {
+                let applied = dynamic(*kind, namespace)
+                    .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body))
+                    .await
+                    .map_err(failed(format!("applying {kind:?} {namespace}/{name}")))?;
+                if *kind == Kind::Service {
+                    return Ok(serde_json::to_value(applied).ok());
+                }
+            }
+            Write::Delete { kind, namespace, name } => {
+                match dynamic(*kind, namespace).delete(name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(source) => {
+                        return Err(WorkerError::Write {
+                            what: format!("deleting {kind:?} {namespace}/{name}"),
+                            source,
+                        });
+                    }
+                }
+            }
+            Write::PatchStatus { name, status } => {
+                // A merge patch leaves out what serde skips: clear those fields explicitly.
+                let mut body = serde_json::to_value(status)
+                    .map_err(|source| WorkerError::Encode { what: format!("status of {name}"), source })?;
+                if let Some(map) = body.as_object_mut() {
+                    for key in ["gatewayPublicKey", "gatewayEndpoint", "observedGeneration"] {
+                        map.entry(key).or_insert(serde_json::Value::Null);
+                    }
+                }
+                hub_slices()
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": body })))
+                    .await
+                    .map_err(failed(format!("writing the status of WorkerSlice {name}")))?;
+            }
+        }
+        Ok(None)
+    }
+}

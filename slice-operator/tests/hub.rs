@@ -1,0 +1,653 @@
+//! The hub controller against a scripted API server (kube-rs's mock service): the exact
+//! requests of each scenario, in order, with their bodies' essentials, each checked against
+//! the hub's declared access list.
+//!
+//! [`Hub`] holds the API server's objects as JSON between reconciles and takes in what the hub
+//! really sent (merge patches, creates, deletes), so each scenario starts from the world the
+//! previous reconciles made.
+
+mod hub_support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use hub_support::{Declared, Exchange, Seen, apply_merge_patch, run_script, serve_with};
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+use slice_api::crd::{MemberClusterStatus, WORKER_FINALIZER, set_condition};
+use slice_operator::access::HUB;
+use slice_operator::hub::{self, HubOptions, Schedule, healthy_condition};
+
+const HUB_ACCESS: Declared<'static> = Declared { access: HUB, own_namespace: None };
+const NOW: i64 = 1_800_000_000;
+const TIMEOUT: Duration = Duration::from_secs(60);
+const SC: &str = "/apis/slicenet.io/v1alpha1/sliceconfigs";
+const MC: &str = "/apis/slicenet.io/v1alpha1/memberclusters";
+const WS: &str = "/apis/slicenet.io/v1alpha1/workerslices";
+const FM: &str = "fieldManager=slicenet-hub";
+
+fn now() -> Timestamp {
+    Timestamp::from_second(NOW).expect("valid time")
+}
+
+fn time(second: i64) -> String {
+    Timestamp::from_second(second).expect("valid time").to_string()
+}
+
+fn ns(cluster: &str) -> String {
+    format!("slicenet-cluster-{cluster}")
+}
+
+fn ws(cluster: &str, slice: &str) -> String {
+    format!("/apis/slicenet.io/v1alpha1/namespaces/{}/workerslices/{slice}", ns(cluster))
+}
+
+fn ws_collection(cluster: &str) -> String {
+    format!("/apis/slicenet.io/v1alpha1/namespaces/{}/workerslices", ns(cluster))
+}
+
+/// A SliceConfig as the API server returns it.
+fn slice_config(name: &str, clusters: &[&str]) -> Value {
+    json!({
+        "apiVersion": "slicenet.io/v1alpha1", "kind": "SliceConfig",
+        "metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": "10", "generation": 1,
+                     "creationTimestamp": time(NOW - 3600)},
+        "spec": {"sliceSubnet": "10.80.0.0/16", "clusters": clusters, "namespaces": [{"namespace": "web"}]},
+    })
+}
+
+/// A registered, finalized MemberCluster with a fresh heartbeat and the `Healthy` condition the
+/// hub wrote at its first sight of it.
+fn member_cluster(name: &str) -> Value {
+    let mut status = MemberClusterStatus { last_heartbeat: Some(time(NOW - 10)), ..MemberClusterStatus::default() };
+    let (mut healthy, _) = healthy_condition(Some(&status), now(), Duration::from_secs(60));
+    healthy.observed_generation = Some(1);
+    set_condition(&mut status.conditions, healthy, &time(NOW - 600));
+    json!({
+        "apiVersion": "slicenet.io/v1alpha1", "kind": "MemberCluster",
+        "metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": "5", "generation": 1,
+                     "finalizers": ["slicenet.io/hub"]},
+        "spec": {},
+        "status": status,
+    })
+}
+
+fn list(kind: &str, items: &[Value]) -> Value {
+    json!({"apiVersion": "slicenet.io/v1alpha1", "kind": kind, "metadata": {"resourceVersion": "100"}, "items": items})
+}
+
+fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+}
+
+fn name_of(obj: &Value) -> &str {
+    obj["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+/// The hub cluster's objects between reconciles.
+#[derive(Debug, Clone, Default)]
+struct Hub {
+    slices: Vec<Value>,
+    clusters: Vec<Value>,
+    workers: Vec<Value>,
+    namespaces: BTreeSet<String>,
+}
+
+impl Hub {
+    fn new(slices: &[Value], clusters: &[&str]) -> Self {
+        Self {
+            slices: slices.to_vec(),
+            clusters: clusters.iter().map(|c| member_cluster(c)).collect(),
+            ..Self::default()
+        }
+    }
+
+    fn slice_mut(&mut self, name: &str) -> &mut Value {
+        self.slices.iter_mut().find(|s| name_of(s) == name).expect("slice exists")
+    }
+
+    fn cluster_mut(&mut self, name: &str) -> &mut Value {
+        self.clusters.iter_mut().find(|s| name_of(s) == name).expect("cluster exists")
+    }
+
+    fn worker_mut(&mut self, cluster: &str, slice: &str) -> &mut Value {
+        let namespace = ns(cluster);
+        self.workers
+            .iter_mut()
+            .find(|w| w["metadata"]["namespace"] == namespace.as_str() && name_of(w) == slice)
+            .expect("worker exists")
+    }
+
+    fn object(&self, path: &str) -> Value {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let found = if path.starts_with(SC) {
+            self.slices.iter().find(|s| name_of(s) == name)
+        } else if path.starts_with(MC) {
+            self.clusters.iter().find(|s| name_of(s) == name)
+        } else {
+            self.workers.iter().find(|w| path_of(w) == path)
+        };
+        found.cloned().unwrap_or_else(|| panic!("no object at {path}"))
+    }
+
+    /// The three lists every reconcile starts with.
+    fn lists(&self) -> Vec<Exchange> {
+        vec![
+            Exchange::get(SC).ok(list("SliceConfigList", &self.slices)),
+            Exchange::get(MC).ok(list("MemberClusterList", &self.clusters)),
+            Exchange::get(WS).ok(list("WorkerSliceList", &self.workers)),
+        ]
+    }
+
+    /// The namespace checks of the registered clusters (namespaces that exist).
+    fn namespace_checks(&self) -> Vec<Exchange> {
+        let mut out = Vec::new();
+        for c in self.clusters.iter().filter(|c| c["metadata"]["deletionTimestamp"].is_null()) {
+            let name = ns(name_of(c));
+            assert!(self.namespaces.contains(&name), "namespace {name} exists in this scenario");
+            out.push(Exchange::get(format!("/api/v1/namespaces/{name}")).ok(namespace(&name)));
+        }
+        out
+    }
+
+    /// A reconcile that only reads.
+    fn reads(&self) -> Vec<Exchange> {
+        [self.lists(), self.namespace_checks()].concat()
+    }
+
+    /// A merge patch answered with the object as it is (the hub does not read the answer).
+    fn patch(&self, path: &str) -> Exchange {
+        let object = self.object(path.trim_end_matches("/status"));
+        Exchange::merge_patch(path).query(FM).ok(object)
+    }
+
+    /// A delete of a WorkerSlice its worker holds: answered with the object marked for deletion.
+    fn delete_held(&self, path: &str) -> Exchange {
+        let mut object = self.object(path);
+        object["metadata"]["deletionTimestamp"] = json!(time(NOW));
+        Exchange::delete(path).ok(object)
+    }
+
+    /// Takes in the writes the hub made: workers hold the WorkerSlices they are given.
+    fn record(&mut self, seen: &[Seen]) {
+        for s in seen.iter().filter(|s| s.is_write() && s.succeeded()) {
+            let status_write = s.path.ends_with("/status");
+            let path = s.path.trim_end_matches("/status");
+            match (s.method.as_str(), path) {
+                ("POST", "/api/v1/namespaces") => {
+                    self.namespaces.insert(name_of(&s.body).to_owned());
+                }
+                ("DELETE", p) if p.starts_with("/api/v1/namespaces/") => {
+                    self.namespaces.remove(p.trim_start_matches("/api/v1/namespaces/"));
+                }
+                ("POST", _) => {
+                    let mut w = s.body.clone();
+                    w["metadata"]["resourceVersion"] = json!("20");
+                    w["metadata"]["finalizers"] = json!([WORKER_FINALIZER]);
+                    self.workers.push(w);
+                }
+                ("DELETE", p) => {
+                    let w = self.workers.iter_mut().find(|w| path_of(w) == p);
+                    w.expect("deleted worker exists")["metadata"]["deletionTimestamp"] = json!(time(NOW));
+                }
+                ("PATCH", p) => {
+                    let list = if p.starts_with(SC) {
+                        &mut self.slices
+                    } else if p.starts_with(MC) {
+                        &mut self.clusters
+                    } else {
+                        &mut self.workers
+                    };
+                    let i = list.iter().position(|o| path_of(o) == p).expect("patched object exists");
+                    let mut patch = s.body.clone();
+                    if !status_write && let Some(meta) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
+                        meta.remove("resourceVersion");
+                    }
+                    apply_merge_patch(&mut list[i], &patch);
+                    let released = list[i]["metadata"]["finalizers"] == json!([]);
+                    if released && !list[i]["metadata"]["deletionTimestamp"].is_null() {
+                        list.remove(i);
+                    }
+                }
+                other => panic!("cannot record {other:?}"),
+            }
+        }
+    }
+
+    /// Runs one reconcile against `script` and takes in its writes.
+    async fn reconcile(&mut self, script: Vec<Exchange>) -> (Result<hub::Outcome, hub::Error>, Vec<Seen>) {
+        let (result, seen) =
+            run_script(HUB_ACCESS, script, |client| async move { hub::reconcile(&client, TIMEOUT, now()).await }).await;
+        self.record(&seen);
+        (result, seen)
+    }
+}
+
+/// The API path of a SliceConfig, MemberCluster or WorkerSlice.
+fn path_of(obj: &Value) -> String {
+    match obj["kind"].as_str() {
+        Some("SliceConfig") => format!("{SC}/{}", name_of(obj)),
+        Some("MemberCluster") => format!("{MC}/{}", name_of(obj)),
+        _ => format!(
+            "/apis/slicenet.io/v1alpha1/namespaces/{}/workerslices/{}",
+            obj["metadata"]["namespace"].as_str().unwrap_or(""),
+            name_of(obj)
+        ),
+    }
+}
+
+fn writes(seen: &[Seen]) -> Vec<String> {
+    seen.iter().filter(|s| s.is_write()).map(|s| format!("{} {}", s.method, s.path)).collect()
+}
+
+fn peer(cluster: &str, prefix: &str) -> Value {
+    json!({"cluster": cluster, "prefix": prefix})
+}
+
+/// The first reconcile of slice `blue` over c1, c2, c3: every request of it.
+fn create_script(hub: &Hub) -> Vec<Exchange> {
+    let mut script = hub.lists();
+    let mut finalized = slice_config("blue", &["c1", "c2", "c3"]);
+    finalized["metadata"]["finalizers"] = json!(["slicenet.io/hub"]);
+    script.push(
+        Exchange::merge_patch(format!("{SC}/blue"))
+            .query(FM)
+            .body(json!({"metadata": {"finalizers": ["slicenet.io/hub"], "resourceVersion": "10"}}))
+            .ok(finalized.clone()),
+    );
+    for c in ["c1", "c2", "c3"] {
+        script.push(Exchange::get(format!("/api/v1/namespaces/{}", ns(c))).fail(404, "NotFound"));
+        script.push(Exchange::post("/api/v1/namespaces").query(FM).body_contains(json!({
+            "metadata": {"name": ns(c), "labels": {"slicenet.io/cluster": c, "app.kubernetes.io/managed-by": "slicenet-hub"}},
+        })));
+    }
+    let prefixes = [("c1", "10.80.0.0/20"), ("c2", "10.80.16.0/20"), ("c3", "10.80.32.0/20")];
+    for (c, prefix) in prefixes {
+        let peers: Vec<Value> = prefixes.iter().filter(|(p, _)| *p != c).map(|(p, pp)| peer(p, pp)).collect();
+        script.push(Exchange::post(ws_collection(c)).query(FM).body_contains(json!({
+            "apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
+            "metadata": {"name": "blue", "namespace": ns(c), "labels": {"slicenet.io/slice": "blue", "slicenet.io/cluster": c}},
+            "spec": {
+                "slice": "blue", "cluster": c, "sliceSubnet": "10.80.0.0/16", "clusterPrefix": prefix,
+                "nodePrefixLength": 26, "vni": 4096, "namespaces": ["web"],
+                "gateway": {"exposure": "NodePort", "port": 51820, "persistentKeepalive": 25},
+                "peers": peers,
+            },
+        })));
+    }
+    let not_created = |c: &str, i: u32, prefix: &str| json!({"cluster": c, "index": i, "prefix": prefix, "ready": false, "reason": "WorkerSlice not created yet"});
+    script.push(Exchange::merge_patch(format!("{SC}/blue/status")).query(FM).body_contains(json!({"status": {
+        "vni": 4096,
+        "observedGeneration": 1,
+        "clusters": [not_created("c1", 0, "10.80.0.0/20"), not_created("c2", 1, "10.80.16.0/20"), not_created("c3", 2, "10.80.32.0/20")],
+        "conditions": [
+            {"type": "Planned", "status": "True", "reason": "Planned", "message": "3 member clusters",
+             "lastTransitionTime": time(NOW), "observedGeneration": 1},
+            {"type": "Ready", "status": "False", "reason": "ClustersNotReady", "lastTransitionTime": time(NOW)},
+        ],
+    }})).ok(finalized));
+    script
+}
+
+/// `blue` over c1, c2, c3, created and converged (the second reconcile catches the status up
+/// with the WorkerSlices the first one created).
+async fn converged() -> Hub {
+    let mut hub = Hub::new(&[slice_config("blue", &["c1", "c2", "c3"])], &["c1", "c2", "c3"]);
+    let script = create_script(&hub);
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("create succeeds").writes, 8);
+    let mut script = hub.reads();
+    script.push(hub.patch(&format!("{SC}/blue/status")).body(json!({"status": {
+        "clusters": [
+            {"cluster": "c1", "index": 0, "prefix": "10.80.0.0/20", "ready": false, "reason": "the worker has not reported yet"},
+            {"cluster": "c2", "index": 1, "prefix": "10.80.16.0/20", "ready": false, "reason": "the worker has not reported yet"},
+            {"cluster": "c3", "index": 2, "prefix": "10.80.32.0/20", "ready": false, "reason": "the worker has not reported yet"},
+        ],
+        "conditions": [
+            {"type": "Planned", "status": "True", "reason": "Planned", "message": "3 member clusters",
+             "lastTransitionTime": time(NOW), "observedGeneration": 1},
+            {"type": "Ready", "status": "False", "reason": "ClustersNotReady",
+             "message": "c1: the worker has not reported yet; c2: the worker has not reported yet; c3: the worker has not reported yet",
+             "lastTransitionTime": time(NOW), "observedGeneration": 1},
+        ],
+    }})));
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("catching up succeeds").writes, 1);
+    hub
+}
+
+#[tokio::test]
+async fn create_makes_the_finalizer_namespaces_three_worker_slices_and_the_status() {
+    let mut hub = Hub::new(&[slice_config("blue", &["c1", "c2", "c3"])], &["c1", "c2", "c3"]);
+    let script = create_script(&hub);
+    let (result, seen) = hub.reconcile(script).await;
+    let outcome = result.expect("reconcile succeeds");
+    assert_eq!(outcome.writes, 8, "finalizer, 3 namespaces, 3 WorkerSlices, status");
+    assert_eq!(outcome.requeue_after, Some(Duration::from_secs(51)), "back when the first heartbeat goes stale");
+    assert_eq!(seen.len(), 3 + 1 + 6 + 3 + 1);
+}
+
+#[tokio::test]
+async fn idempotent_on_repeat_a_converged_hub_only_reads() {
+    let mut hub = converged().await;
+    let before = (hub.slices.clone(), hub.workers.clone());
+    let script = hub.reads();
+    let (result, seen) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 0);
+    assert_eq!(writes(&seen), Vec::<String>::new());
+    assert_eq!((hub.slices.clone(), hub.workers.clone()), before);
+}
+
+#[tokio::test]
+async fn update_an_added_namespace_patches_only_the_worker_slice_that_changes() {
+    let mut hub = converged().await;
+    let slice = hub.slice_mut("blue");
+    slice["spec"]["namespaces"] = json!([{"namespace": "web"}, {"namespace": "db", "clusters": ["c2"]}]);
+    slice["metadata"]["generation"] = json!(2);
+    let mut script = hub.reads();
+    script.push(hub.patch(&ws("c2", "blue")).body(json!({"spec": {"namespaces": ["db", "web"]}})));
+    script.push(hub.patch(&format!("{SC}/blue/status")).body_contains(json!({"status": {
+        "observedGeneration": 2,
+        "conditions": [{"type": "Planned", "observedGeneration": 2}, {"type": "Ready", "observedGeneration": 2}],
+    }})));
+    let (result, seen) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 2);
+    assert_eq!(writes(&seen), [format!("PATCH {}", ws("c2", "blue")), format!("PATCH {SC}/blue/status")]);
+}
+
+#[tokio::test]
+async fn peer_change_a_published_gateway_key_is_copied_to_the_peers() {
+    let mut hub = converged().await;
+    hub.worker_mut("c1", "blue")["status"] = json!({"gatewayPublicKey": "S0VZMQ==", "gatewayEndpoint": "198.18.1.1:31000", "nodes": [], "connectedPods": 0, "peers": [], "conditions": []});
+    let c1 =
+        json!({"cluster": "c1", "prefix": "10.80.0.0/20", "publicKey": "S0VZMQ==", "endpoint": "198.18.1.1:31000"});
+    let mut script = hub.reads();
+    script.push(hub.patch(&ws("c2", "blue")).body(json!({"spec": {"peers": [c1, peer("c3", "10.80.32.0/20")]}})));
+    script.push(hub.patch(&ws("c3", "blue")).body(json!({"spec": {"peers": [c1, peer("c2", "10.80.16.0/20")]}})));
+    script.push(hub.patch(&format!("{SC}/blue/status")).body_contains(json!({"status": {
+        "clusters": [
+            {"cluster": "c1", "reason": "the worker has not reported readiness yet"},
+            {"cluster": "c2", "reason": "the worker has not reported yet"},
+            {"cluster": "c3", "reason": "the worker has not reported yet"},
+        ],
+    }})));
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 3);
+    // And once every worker reports ready, the slice is Ready.
+    for c in ["c1", "c2", "c3"] {
+        hub.worker_mut(c, "blue")["status"]["conditions"] =
+            json!([{"type": "Ready", "status": "True", "reason": "Up", "message": ""}]);
+    }
+    let mut script = hub.reads();
+    script.push(hub.patch(&format!("{SC}/blue/status")).body_contains(json!({"status": {
+        "conditions": [{"type": "Planned"}, {"type": "Ready", "status": "True", "reason": "AllClustersReady", "lastTransitionTime": time(NOW)}],
+    }})));
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 1);
+}
+
+#[tokio::test]
+async fn cluster_removal_deletes_its_worker_slice_and_the_peers_forget_it() {
+    let mut hub = converged().await;
+    let slice = hub.slice_mut("blue");
+    slice["spec"]["clusters"] = json!(["c1", "c3"]);
+    slice["metadata"]["generation"] = json!(2);
+    let mut script = hub.reads();
+    script.push(hub.patch(&ws("c1", "blue")).body(json!({"spec": {"peers": [peer("c3", "10.80.32.0/20")]}})));
+    script.push(hub.patch(&ws("c3", "blue")).body(json!({"spec": {"peers": [peer("c1", "10.80.0.0/20")]}})));
+    script.push(hub.delete_held(&ws("c2", "blue")));
+    script.push(hub.patch(&format!("{SC}/blue/status")).body_contains(json!({"status": {
+        "clusters": [{"cluster": "c1", "index": 0}, {"cluster": "c3", "index": 2}],
+        "observedGeneration": 2,
+    }})));
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 4);
+    // c2's worker still tears down: the hub does not delete it again.
+    let script = hub.reads();
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 0);
+}
+
+#[tokio::test]
+async fn slice_deletion_removes_the_finalizer_only_once_the_worker_slices_are_gone() {
+    let mut hub = converged().await;
+    hub.slice_mut("blue")["metadata"]["deletionTimestamp"] = json!(time(NOW));
+    let mut script = hub.reads();
+    for c in ["c1", "c2", "c3"] {
+        script.push(hub.delete_held(&ws(c, "blue")));
+    }
+    script.push(hub.patch(&format!("{SC}/blue/status")).body_contains(json!({"status": {
+        "clusters": [],
+        "conditions": [
+            {"type": "Planned", "status": "False", "reason": "Deleting"},
+            {"type": "Ready", "status": "False", "reason": "Deleting"},
+        ],
+    }})));
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 4);
+
+    // The workers still hold their WorkerSlices: the finalizer stays, nothing is deleted twice.
+    let script = hub.reads();
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 0);
+
+    // Two workers let go, one is left: still waiting.
+    hub.workers.retain(|w| w["spec"]["cluster"] == "c3");
+    let script = hub.reads();
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 0);
+
+    hub.workers.clear();
+    let mut script = hub.reads();
+    script
+        .push(hub.patch(&format!("{SC}/blue")).body(json!({"metadata": {"finalizers": [], "resourceVersion": "10"}})));
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 1);
+    assert!(hub.slices.is_empty(), "the API server let the SliceConfig go");
+    let script = hub.reads();
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 0);
+}
+
+#[tokio::test]
+async fn member_cluster_deletion_removes_its_worker_slices_then_its_namespace_and_finalizer() {
+    let mut hub = converged().await;
+    hub.cluster_mut("c3")["metadata"]["deletionTimestamp"] = json!(time(NOW));
+    let mut script = hub.reads();
+    assert_eq!(script.len(), 3 + 2, "no namespace check for a cluster being deleted");
+    script.push(hub.patch(&ws("c1", "blue")).body(json!({"spec": {"peers": [peer("c2", "10.80.16.0/20")]}})));
+    script.push(hub.patch(&ws("c2", "blue")).body(json!({"spec": {"peers": [peer("c1", "10.80.0.0/20")]}})));
+    script.push(hub.delete_held(&ws("c3", "blue")));
+    script.push(hub.patch(&format!("{SC}/blue/status")).body_contains(json!({"status": {
+        "conditions": [{"type": "Planned", "status": "True", "reason": "ClustersNotRegistered"}, {"type": "Ready"}],
+    }})));
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 4);
+
+    let script = hub.reads();
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 0, "c3's worker still holds its WorkerSlice");
+
+    hub.workers.retain(|w| w["spec"]["cluster"] != "c3");
+    let mut script = hub.reads();
+    script.push(Exchange::delete(format!("/api/v1/namespaces/{}", ns("c3"))).ok(namespace(&ns("c3"))));
+    script.push(hub.patch(&format!("{MC}/c3")).body(json!({"metadata": {"finalizers": [], "resourceVersion": "5"}})));
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 2);
+    assert_eq!(hub.clusters.len(), 2);
+    assert!(!hub.namespaces.contains(&ns("c3")));
+}
+
+#[tokio::test]
+async fn a_stale_heartbeat_turns_the_cluster_unhealthy_once() {
+    let mut hub = converged().await;
+    hub.cluster_mut("c2")["status"]["lastHeartbeat"] = json!(time(NOW - 61));
+    let mut script = hub.reads();
+    script.push(hub.patch(&format!("{MC}/c2/status")).body(json!({"status": {"conditions": [{
+        "type": "Healthy", "status": "False", "reason": "HeartbeatStale",
+        "message": format!("no heartbeat from the cluster's worker since {} (stale after 60 s)", time(NOW - 61)),
+        "lastTransitionTime": time(NOW), "observedGeneration": 1,
+    }]}})));
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 1);
+    let script = hub.reads();
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("reconcile succeeds").writes, 0);
+}
+
+#[tokio::test]
+async fn errors_requeue_a_failed_write_fails_the_reconcile_after_trying_the_rest() {
+    let mut hub = Hub::new(&[slice_config("blue", &["c1", "c2", "c3"])], &["c1", "c2", "c3"]);
+    let mut script = create_script(&hub);
+    // The WorkerSlice of c2 meets a 500; c3's is still created and the status still written.
+    let c2 = script.iter().position(|e| e.method == "POST" && e.path == ws_collection("c2")).expect("c2 create");
+    script[c2] = script[c2].clone().fail(500, "InternalError");
+    let (result, seen) = hub.reconcile(script).await;
+    let error = result.expect_err("the reconcile fails");
+    let message = hub::chain(&error);
+    assert!(message.contains("1 of the hub's requests failed"), "{message}");
+    assert!(message.contains("creating WorkerSlice slicenet-cluster-c2/blue"), "{message}");
+    assert_eq!(writes(&seen).len(), 8);
+
+    // The runner's error policy: retry after a backoff that grows, not at once and not never.
+    let options = HubOptions::default();
+    let t0 = Instant::now();
+    let mut schedule = Schedule::new(t0, &options);
+    assert_eq!(schedule.on_error(t0), Duration::from_millis(500));
+    assert_eq!(schedule.due(), t0 + Duration::from_millis(500));
+    assert_eq!(schedule.on_error(t0), Duration::from_secs(1));
+
+    // The retry finds c2's WorkerSlice missing and creates it, and nothing else.
+    let mut script = hub.reads();
+    script.push(Exchange::post(ws_collection("c2")).query(FM).body_contains(json!({"spec": {"cluster": "c2"}})));
+    script.push(hub.patch(&format!("{SC}/blue/status")));
+    let (result, _) = hub.reconcile(script).await;
+    assert_eq!(result.expect("the retry succeeds").writes, 2);
+}
+
+#[tokio::test]
+async fn errors_requeue_a_conflict_on_a_finalizer_and_a_failed_list() {
+    let mut hub = Hub::new(&[slice_config("blue", &["c1"])], &["c1"]);
+    hub.namespaces.insert(ns("c1"));
+    let mut script = hub.lists();
+    script.push(Exchange::merge_patch(format!("{SC}/blue")).query(FM).fail(409, "Conflict"));
+    script.extend(hub.namespace_checks());
+    script.push(Exchange::post(ws_collection("c1")).query(FM));
+    script.push(hub.patch(&format!("{SC}/blue/status")));
+    let (result, _) = hub.reconcile(script).await;
+    let message = hub::chain(&result.expect_err("a 409 fails the reconcile"));
+    assert!(message.contains("setting the finalizers of SliceConfig blue"), "{message}");
+
+    let script = vec![Exchange::get(SC).fail(500, "InternalError")];
+    let (result, seen) = hub.reconcile(script).await;
+    let message = hub::chain(&result.expect_err("a failed list fails the reconcile"));
+    assert!(message.starts_with("listing SliceConfigs"), "{message}");
+    assert_eq!(seen.len(), 1, "nothing is decided without the whole world");
+}
+
+/// The runner against a server that answers in any order: watches on the three kinds, a first
+/// reconcile that meets a 500, the retry after the backoff, and a clean stop.
+#[tokio::test]
+async fn the_runner_watches_retries_with_backoff_and_stops_on_request() {
+    use std::sync::{Arc, Mutex};
+    let started = Instant::now();
+    let reconcile_lists: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let lists = Arc::clone(&reconcile_lists);
+    let (client, server) = serve_with(HUB_ACCESS, move |seen| {
+        let kind = seen.path.rsplit('/').next().unwrap_or_default().to_owned();
+        let list_kind = match kind.as_str() {
+            "sliceconfigs" => "SliceConfigList",
+            "memberclusters" => "MemberClusterList",
+            _ => "WorkerSliceList",
+        };
+        if seen.query.contains("watch=true") {
+            return None; // A watch that stays open with no events.
+        }
+        if kind == "sliceconfigs" && seen.query.is_empty() {
+            let mut lists = lists.lock().expect("lock");
+            lists.push(started.elapsed());
+            if lists.len() == 1 {
+                return Some((500, hub_support::status(500, "InternalError")));
+            }
+        }
+        Some((200, list(list_kind, &[])))
+    });
+    let options = HubOptions { debounce_ms: 20, backoff_min_ms: 300, ..HubOptions::default() };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn(async move {
+        hub::run_with_client(client, &options, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reconcile_lists.lock().expect("lock").len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    let result =
+        tokio::time::timeout(Duration::from_secs(10), runner).await.expect("the runner stops").expect("no panic");
+    result.expect("the runner stops cleanly");
+    let seen = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the client is gone")
+        .expect("no panic")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let times = reconcile_lists.lock().expect("lock").clone();
+    assert!(times.len() >= 2, "the runner retried after the 500: {times:?}");
+    assert!(times[1] - times[0] >= Duration::from_millis(300), "the retry waited for the backoff: {times:?}");
+    for kind in ["sliceconfigs", "memberclusters", "workerslices"] {
+        assert!(seen.iter().any(|s| s.path.ends_with(kind) && s.query.contains("watch=true")), "{kind} is watched");
+    }
+}
+
+/// Every request of every scenario above needs only what `access::HUB` declares (checked per
+/// request by the scripted server); and every declared access is used by some scenario, so the
+/// RBAC built from the list grants nothing the hub does not need.
+#[tokio::test]
+async fn the_declared_access_is_exactly_what_the_requests_need() {
+    use slice_api::rbac::request_attributes;
+    let mut used = BTreeSet::new();
+    let mut note = |seen: &[Seen]| {
+        for s in seen {
+            used.insert((
+                s.attributes.verb,
+                s.attributes.group.clone(),
+                s.attributes.resource.clone(),
+                s.attributes.subresource.clone(),
+            ));
+        }
+    };
+    let mut hub = converged().await;
+    // Deleting a cluster, all the way: patch/delete WorkerSlices, delete its namespace, patch
+    // MemberCluster finalizers.
+    hub.cluster_mut("c3")["metadata"]["deletionTimestamp"] = json!(time(NOW));
+    let mut script = hub.reads();
+    script.push(hub.patch(&ws("c1", "blue")));
+    script.push(hub.patch(&ws("c2", "blue")));
+    script.push(hub.delete_held(&ws("c3", "blue")));
+    script.push(hub.patch(&format!("{SC}/blue/status")));
+    let (_, seen) = hub.reconcile(script).await;
+    note(&seen);
+    hub.workers.retain(|w| w["spec"]["cluster"] != "c3");
+    hub.cluster_mut("c2")["status"]["lastHeartbeat"] = json!(time(NOW - 300));
+    let mut script = hub.reads();
+    script.push(hub.patch(&format!("{MC}/c2/status")));
+    script.push(Exchange::delete(format!("/api/v1/namespaces/{}", ns("c3"))).ok(namespace(&ns("c3"))));
+    script.push(hub.patch(&format!("{MC}/c3")));
+    let (_, seen) = hub.reconcile(script).await;
+    note(&seen);
+    // Creating: namespaces, WorkerSlices, SliceConfig finalizers.
+    let mut fresh = Hub::new(&[slice_config("blue", &["c1", "c2", "c3"])], &["c1", "c2", "c3"]);
+    let script = create_script(&fresh);
+    let (_, seen) = fresh.reconcile(script).await;
+    note(&seen);
+    // The runner's watches.
+    for kind in [SC, MC, WS] {
+        let a = request_attributes("GET", &format!("{kind}?watch=true")).expect("resource path");
+        used.insert((a.verb, a.group, a.resource, a.subresource));
+    }
+    let declared: BTreeSet<_> =
+        HUB.iter().map(|a| (a.verb, a.group.to_owned(), a.resource.to_owned(), a.subresource.to_owned())).collect();
+    assert_eq!(declared, used);
+}

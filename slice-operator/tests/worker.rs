@@ -1,0 +1,544 @@
+//! The worker controller against fake API servers (kube-rs's mock service): the exact requests
+//! of each pass, in order, for create, the gateway pod appearing, a namespace added, a peer's key
+//! and endpoint changing, a node added and removed, Multus, deletion through the finalizer, a
+//! repeat pass (no writes), and failures (the pass stops and the retry finishes the job). Every
+//! request is checked against the declared access lists (`WORKER_HUB` on the hub with its own
+//! namespace `slicenet-cluster-c2`, `WORKER_CLUSTER` in the cluster with `slicenet-system`); the
+//! node agent's watch against `NODE_AGENT`.
+
+mod worker_support;
+
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use slice_operator::access::{NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
+use slice_operator::node_agent::kube::{ConfigUpdate, config_updates};
+use slice_operator::worker::decide::Settings;
+use slice_operator::worker::keys::KeyPair;
+use slice_operator::worker::{Worker, WorkerError};
+use worker_support::{FakeApi, Recorded, Side};
+
+const NOW: &str = "2026-11-23T20:00:00Z";
+const PRIVATE: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+const PUBLIC: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+const PEER_KEY: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+const PEER_KEY_2: &str = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
+
+const WS: &str = "/apis/slicenet.io/v1alpha1/namespaces/slicenet-cluster-c2/workerslices";
+const SYS: &str = "/api/v1/namespaces/slicenet-system";
+const DEPLOY: &str = "/apis/apps/v1/namespaces/slicenet-system/deployments";
+
+fn worker_slice() -> Value {
+    json!({
+        "apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
+        "metadata": {"name": "blue", "namespace": "slicenet-cluster-c2", "generation": 1},
+        "spec": {
+            "slice": "blue", "cluster": "c2", "sliceSubnet": "10.80.0.0/16",
+            "clusterPrefix": "10.80.16.0/20", "nodePrefixLength": 26, "vni": 100,
+            "namespaces": ["shop"],
+            "peers": [
+                {"cluster": "c1", "prefix": "10.80.0.0/20", "publicKey": PEER_KEY, "endpoint": "198.18.100.1:31820"},
+                {"cluster": "c3", "prefix": "10.80.32.0/20"},
+            ],
+        },
+    })
+}
+
+fn node(name: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+           "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]}})
+}
+
+fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+}
+
+fn gateway_pod(ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "slicenet-gw-blue-abc", "namespace": "slicenet-system",
+            "labels": {"app.kubernetes.io/name": "slice-gateway", "slicenet.io/slice": "blue"},
+            "annotations": {"k8s.v1.cni.cncf.io/network-status":
+                json!([{"name": "cbr0", "interface": "eth0", "ips": ["10.244.0.7"]},
+                       {"name": "slicenet-system/slice-blue", "interface": "slice0", "ips": [ip]}]).to_string()}},
+        "status": {"phase": "Running"},
+    })
+}
+
+/// A hub with WorkerSlice `blue` and MemberCluster `c2` (published address 198.18.100.2), a
+/// cluster with nodes n1, n2 and namespaces shop, default, slicenet-system.
+fn fixture() -> FakeApi {
+    let api = FakeApi::new(WORKER_HUB, "slicenet-cluster-c2", WORKER_CLUSTER, "slicenet-system");
+    api.put(Side::Hub, worker_slice());
+    api.put(
+        Side::Hub,
+        json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": "c2"},
+               "spec": {}, "status": {"gatewayAddresses": ["198.18.100.2"]}}),
+    );
+    api.put(Side::Cluster, node("n1", "198.18.2.11"));
+    api.put(Side::Cluster, node("n2", "198.18.2.12"));
+    for ns in ["shop", "default", "slicenet-system"] {
+        api.put(Side::Cluster, namespace(ns));
+    }
+    api
+}
+
+fn settings() -> Settings {
+    Settings { cluster: "c2".into(), ..Settings::default() }
+}
+
+/// Runs one pass against `api` with the fixed key pair; returns its result and requests.
+async fn pass(api: &FakeApi) -> (Result<usize, WorkerError>, Vec<Recorded>) {
+    let (hub, local, server) = api.clients();
+    let worker = Worker::with_key_source(
+        hub,
+        local,
+        settings(),
+        Box::new(|_| KeyPair { private_key: PRIVATE.into(), public_key: PUBLIC.into() }),
+    );
+    let result = worker.reconcile_once("c2", NOW).await.map(|o| o.writes);
+    drop(worker);
+    server.await.expect("the fake server ends");
+    assert_eq!(api.violations(), Vec::<String>::new(), "requests not covered by the access lists");
+    (result, api.take_requests())
+}
+
+/// The reads every pass starts with.
+fn reads() -> Vec<String> {
+    [
+        format!("hub GET {WS}"),
+        "hub GET /apis/slicenet.io/v1alpha1/memberclusters/c2".into(),
+        "GET /api/v1/nodes".into(),
+        "GET /api/v1/namespaces".into(),
+        format!("GET {SYS}/secrets"),
+        format!("GET {SYS}/configmaps"),
+        format!("GET {DEPLOY}"),
+        format!("GET {SYS}/services"),
+        format!("GET {SYS}/pods"),
+    ]
+    .into()
+}
+
+fn lines(requests: &[Recorded]) -> Vec<String> {
+    requests.iter().map(Recorded::line).collect()
+}
+
+fn with_reads(writes: &[String]) -> Vec<String> {
+    let mut v = reads();
+    v.extend_from_slice(writes);
+    v
+}
+
+fn body_of<'a>(requests: &'a [Recorded], line: &str) -> &'a Value {
+    &requests.iter().find(|r| r.line() == line).unwrap_or_else(|| panic!("no request {line}")).body
+}
+
+fn node_config(api: &FakeApi, node: &str) -> Value {
+    let cm = api.get(Side::Cluster, &format!("{SYS}/configmaps/slicenet-node-{node}")).expect("node ConfigMap");
+    serde_json::from_str(cm["data"]["config.json"].as_str().expect("config.json")).expect("JSON")
+}
+
+fn status(api: &FakeApi) -> Value {
+    api.get(Side::Hub, &format!("{WS}/blue")).expect("WorkerSlice")["status"].clone()
+}
+
+fn create_writes() -> Vec<String> {
+    vec![
+        format!("hub PATCH {WS}/blue"),
+        "PATCH /api/v1/namespaces/shop".into(),
+        format!("POST {SYS}/secrets"),
+        format!("PATCH {SYS}/secrets/slicenet-gw-blue"),
+        format!("PATCH {DEPLOY}/slicenet-gw-blue"),
+        format!("PATCH {SYS}/services/slicenet-gw-blue"),
+        format!("PATCH {SYS}/configmaps/slicenet-node-n1"),
+        format!("PATCH {SYS}/configmaps/slicenet-node-n2"),
+        format!("PATCH {SYS}/configmaps/slicenet-membership"),
+        format!("hub PATCH {WS}/blue/status"),
+    ]
+}
+
+/// The fixture after a first pass and with the gateway pod running on n2.
+async fn running() -> FakeApi {
+    let api = fixture();
+    let (r, _) = pass(&api).await;
+    r.expect("first pass");
+    api.put(Side::Cluster, gateway_pod("10.80.16.66"));
+    let (r, _) = pass(&api).await;
+    r.expect("gateway pass");
+    api
+}
+
+#[tokio::test]
+async fn create_makes_everything_in_order_and_publishes_the_public_key() {
+    let api = fixture();
+    let (result, requests) = pass(&api).await;
+    assert_eq!(result.expect("pass"), create_writes().len());
+    assert_eq!(lines(&requests), with_reads(&create_writes()));
+
+    let finalizer = body_of(&requests, &format!("hub PATCH {WS}/blue"));
+    assert_eq!(finalizer["metadata"]["finalizers"], json!(["slicenet.io/worker"]));
+    assert!(finalizer["metadata"]["resourceVersion"].is_string(), "guarded by the resourceVersion");
+    let label = body_of(&requests, "PATCH /api/v1/namespaces/shop");
+    assert_eq!(label["metadata"]["labels"], json!({"slicenet.io/slice": "blue"}));
+    let key = body_of(&requests, &format!("POST {SYS}/secrets"));
+    assert_eq!(key["metadata"]["name"], "slicenet-gw-blue-key");
+    let apply = requests.iter().find(|r| r.line() == format!("PATCH {DEPLOY}/slicenet-gw-blue")).expect("apply");
+    assert_eq!(apply.content_type, "application/apply-patch+yaml");
+    assert!(
+        apply.query.contains("fieldManager=slicenet-worker") && apply.query.contains("force=true"),
+        "{}",
+        apply.query
+    );
+
+    // The gateway configuration: our key, peer c1 (c3 has no key yet).
+    let secret = api.get(Side::Cluster, &format!("{SYS}/secrets/slicenet-gw-blue")).expect("config Secret");
+    let conf = decode_b64(secret["data"]["gateway.conf"].as_str().expect("gateway.conf"));
+    assert!(conf.starts_with(&format!("[Interface]\nPrivateKey = {PRIVATE}\nListenPort = 51820\n")), "{conf}");
+    assert_eq!(conf.matches("[Peer]").count(), 1, "{conf}");
+    assert!(
+        conf.contains(&format!("PublicKey = {PEER_KEY}\nAllowedIPs = 10.80.0.0/20\nEndpoint = 198.18.100.1:31820\n"))
+    );
+
+    // Node agents: prefixes, the peer node, the gateway namespace; no remote routes before the
+    // gateway pod has a slice address.
+    let n2 = node_config(&api, "n2");
+    assert_eq!(n2["underlayAddress"], "198.18.2.12");
+    assert_eq!(n2["slices"][0]["nodePrefix"], "10.80.16.64/26");
+    assert_eq!(n2["slices"][0]["namespaces"], json!(["shop", "slicenet-system"]));
+    assert_eq!(
+        n2["slices"][0]["peers"],
+        json!([{"name": "n1", "underlayAddress": "198.18.2.11", "nodePrefix": "10.80.16.0/26"}])
+    );
+    assert!(n2["slices"][0].get("remoteRoutes").is_none());
+    let membership = api.get(Side::Cluster, &format!("{SYS}/configmaps/slicenet-membership")).expect("membership");
+    assert_eq!(membership["data"], json!({"blue": "shop,slicenet-system"}));
+
+    // Status: public key, endpoint = published address + the assigned nodePort, nodes.
+    let s = status(&api);
+    assert_eq!(s["gatewayPublicKey"], PUBLIC);
+    assert_eq!(s["gatewayEndpoint"], "198.18.100.2:31001");
+    assert_eq!(
+        s["nodes"],
+        json!([{"node": "n1", "prefix": "10.80.16.0/26"}, {"node": "n2", "prefix": "10.80.16.64/26"}])
+    );
+    assert_eq!(s["observedGeneration"], 1);
+    assert_eq!(s["conditions"][0]["type"], "Ready");
+    assert_eq!(s["conditions"][0]["status"], "False");
+    assert_eq!(s["conditions"][0]["reason"], "GatewayPending");
+
+    // The private key never goes to the hub.
+    for r in requests.iter().filter(|r| r.side == Side::Hub) {
+        assert!(!r.body.to_string().contains(PRIVATE), "private key sent to the hub: {}", r.line());
+    }
+}
+
+#[tokio::test]
+async fn a_repeat_pass_writes_nothing() {
+    let api = running().await;
+    let (result, requests) = pass(&api).await;
+    assert_eq!(result.expect("pass"), 0);
+    assert_eq!(lines(&requests), reads());
+}
+
+#[tokio::test]
+async fn the_gateway_address_brings_remote_routes_and_ready() {
+    let api = fixture();
+    pass(&api).await.0.expect("first pass");
+    api.put(Side::Cluster, gateway_pod("10.80.16.66"));
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    let writes = [
+        format!("PATCH {SYS}/configmaps/slicenet-node-n1"),
+        format!("PATCH {SYS}/configmaps/slicenet-node-n2"),
+        format!("hub PATCH {WS}/blue/status"),
+    ];
+    assert_eq!(lines(&requests), with_reads(&writes));
+    let routes = &node_config(&api, "n1")["slices"][0]["remoteRoutes"];
+    assert_eq!(
+        *routes,
+        json!([{"prefix": "10.80.0.0/20", "via": "10.80.16.66"}, {"prefix": "10.80.32.0/20", "via": "10.80.16.66"}])
+    );
+    let s = status(&api);
+    assert_eq!(
+        (s["conditions"][0]["status"].as_str(), s["conditions"][0]["reason"].as_str()),
+        (Some("True"), Some("Ready"))
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_added_is_labelled_and_handed_to_the_nodes() {
+    let api = running().await;
+    api.put(Side::Cluster, namespace("db"));
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| {
+        ws["spec"]["namespaces"] = json!(["shop", "db"]);
+        ws["metadata"]["generation"] = json!(2);
+    });
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    let writes = [
+        "PATCH /api/v1/namespaces/db".to_owned(),
+        format!("PATCH {SYS}/configmaps/slicenet-node-n1"),
+        format!("PATCH {SYS}/configmaps/slicenet-node-n2"),
+        format!("PATCH {SYS}/configmaps/slicenet-membership"),
+        format!("hub PATCH {WS}/blue/status"),
+    ];
+    assert_eq!(lines(&requests), with_reads(&writes));
+    assert_eq!(node_config(&api, "n1")["slices"][0]["namespaces"], json!(["db", "shop", "slicenet-system"]));
+    assert_eq!(status(&api)["observedGeneration"], 2);
+}
+
+#[tokio::test]
+async fn a_peer_change_rewrites_only_the_gateway_configuration() {
+    let api = running().await;
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| {
+        ws["spec"]["peers"][0]["publicKey"] = json!(PEER_KEY_2);
+        ws["spec"]["peers"][0]["endpoint"] = json!("198.18.100.9:32000");
+        ws["metadata"]["generation"] = json!(2);
+    });
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    // The gateway configuration, and the status for the new generation: nothing else.
+    let writes = [format!("PATCH {SYS}/secrets/slicenet-gw-blue"), format!("hub PATCH {WS}/blue/status")];
+    assert_eq!(lines(&requests), with_reads(&writes));
+    let secret = api.get(Side::Cluster, &format!("{SYS}/secrets/slicenet-gw-blue")).expect("config Secret");
+    let conf = decode_b64(secret["data"]["gateway.conf"].as_str().expect("gateway.conf"));
+    assert!(
+        conf.contains(&format!("PublicKey = {PEER_KEY_2}\nAllowedIPs = 10.80.0.0/20\nEndpoint = 198.18.100.9:32000\n")),
+        "{conf}"
+    );
+    assert!(!conf.contains(PEER_KEY), "{conf}");
+    let status_body = body_of(&requests, &format!("hub PATCH {WS}/blue/status"));
+    assert_eq!(status_body["status"]["observedGeneration"], 2);
+    assert_eq!(status_body["status"]["gatewayPublicKey"], PUBLIC, "our key does not change");
+}
+
+#[tokio::test]
+async fn a_node_added_gets_a_prefix_and_the_others_learn_it() {
+    let api = running().await;
+    api.put(Side::Cluster, node("n3", "198.18.2.13"));
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    let writes = [
+        format!("PATCH {SYS}/configmaps/slicenet-node-n1"),
+        format!("PATCH {SYS}/configmaps/slicenet-node-n2"),
+        format!("PATCH {SYS}/configmaps/slicenet-node-n3"),
+        format!("hub PATCH {WS}/blue/status"),
+    ];
+    assert_eq!(lines(&requests), with_reads(&writes));
+    assert_eq!(node_config(&api, "n3")["slices"][0]["nodePrefix"], "10.80.16.128/26");
+    assert_eq!(node_config(&api, "n1")["slices"][0]["peers"][1]["name"], "n3");
+    assert_eq!(status(&api)["nodes"][2], json!({"node": "n3", "prefix": "10.80.16.128/26"}));
+}
+
+#[tokio::test]
+async fn a_node_removed_loses_its_config_and_nobody_is_renumbered() {
+    let api = running().await;
+    api.put(Side::Cluster, node("n3", "198.18.2.13"));
+    pass(&api).await.0.expect("n3 pass");
+    api.remove(Side::Cluster, "/api/v1/nodes/n1");
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    let writes = [
+        format!("PATCH {SYS}/configmaps/slicenet-node-n2"),
+        format!("PATCH {SYS}/configmaps/slicenet-node-n3"),
+        format!("DELETE {SYS}/configmaps/slicenet-node-n1"),
+        format!("hub PATCH {WS}/blue/status"),
+    ];
+    assert_eq!(lines(&requests), with_reads(&writes));
+    assert_eq!(
+        status(&api)["nodes"],
+        json!([{"node": "n2", "prefix": "10.80.16.64/26"}, {"node": "n3", "prefix": "10.80.16.128/26"}])
+    );
+}
+
+#[tokio::test]
+async fn multus_clusters_get_a_nad_per_member_namespace() {
+    let api = fixture();
+    api.edit(Side::Hub, "/apis/slicenet.io/v1alpha1/memberclusters/c2", |mc| mc["spec"]["multus"] = json!(true));
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    let nads = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions";
+    let nad = "/apis/k8s.cni.cncf.io/v1/namespaces/shop/network-attachment-definitions/slice-blue";
+    let mut expected = reads();
+    expected.push(format!("GET {nads}"));
+    let mut writes = create_writes();
+    writes.insert(9, format!("PATCH {nad}"));
+    expected.extend(writes);
+    assert_eq!(lines(&requests), expected);
+    let stored = api.get(Side::Cluster, nad).expect("NAD");
+    let config: Value = serde_json::from_str(stored["spec"]["config"].as_str().expect("config")).expect("JSON");
+    assert_eq!(config["slice"], "blue");
+    // Repeat: the NAD is read back and not written again.
+    let (_, requests) = pass(&api).await;
+    assert!(requests.iter().all(|r| !r.is_write()), "{:?}", lines(&requests));
+}
+
+#[tokio::test]
+async fn deletion_removes_what_the_worker_made_then_the_finalizer() {
+    let api = running().await;
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| ws["metadata"]["deletionTimestamp"] = json!(NOW));
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    let writes = [
+        "PATCH /api/v1/namespaces/shop".to_owned(),
+        format!("PATCH {SYS}/configmaps/slicenet-node-n1"),
+        format!("PATCH {SYS}/configmaps/slicenet-node-n2"),
+        format!("PATCH {SYS}/configmaps/slicenet-membership"),
+        format!("DELETE {SYS}/secrets/slicenet-gw-blue"),
+        format!("DELETE {SYS}/secrets/slicenet-gw-blue-key"),
+        format!("DELETE {DEPLOY}/slicenet-gw-blue"),
+        format!("DELETE {SYS}/services/slicenet-gw-blue"),
+        format!("hub PATCH {WS}/blue"),
+    ];
+    assert_eq!(lines(&requests), with_reads(&writes));
+    let unlabel = body_of(&requests, "PATCH /api/v1/namespaces/shop");
+    assert_eq!(unlabel["metadata"]["labels"]["slicenet.io/slice"], Value::Null);
+    assert_eq!(body_of(&requests, &format!("hub PATCH {WS}/blue"))["metadata"]["finalizers"], json!([]));
+    assert!(api.get(Side::Hub, &format!("{WS}/blue")).is_none(), "the WorkerSlice is gone");
+    assert_eq!(node_config(&api, "n1")["slices"], json!([]), "the node agents tear the slice down");
+    assert!(api.paths(Side::Cluster, &format!("{SYS}/secrets")).is_empty());
+    // And a pass after that has nothing left to do.
+    let (result, requests) = pass(&api).await;
+    assert_eq!(result.expect("pass"), 0);
+    assert_eq!(lines(&requests), reads());
+}
+
+#[tokio::test]
+async fn a_failed_write_stops_the_pass_and_the_retry_finishes() {
+    let api = fixture();
+    api.fail(Side::Cluster, "PATCH", DEPLOY, 0, 500);
+    let (result, requests) = pass(&api).await;
+    let err = result.expect_err("the pass fails");
+    assert!(err.to_string().contains("applying Deployment slicenet-system/slicenet-gw-blue"), "{err}");
+    assert_eq!(lines(&requests), with_reads(&create_writes()[..5]));
+    // The retry (what `run` does after the backoff) makes only what is still missing, with the
+    // key made in the first pass.
+    let (result, requests) = pass(&api).await;
+    result.expect("retry");
+    assert_eq!(lines(&requests), with_reads(&create_writes()[4..]));
+    assert_eq!(status(&api)["gatewayPublicKey"], PUBLIC);
+}
+
+#[tokio::test]
+async fn a_conflict_on_the_hub_stops_before_anything_is_made() {
+    let api = fixture();
+    api.fail(Side::Hub, "PATCH", &format!("{WS}/blue"), 0, 409);
+    let (result, requests) = pass(&api).await;
+    let err = result.expect_err("the pass fails");
+    assert!(err.to_string().contains("setting the finalizers of WorkerSlice blue"), "{err}");
+    assert_eq!(lines(&requests), with_reads(&create_writes()[..1]));
+    // Nothing exists in the cluster without the finalizer on the hub.
+    assert!(
+        api.paths(Side::Cluster, SYS).iter().all(|p| !p.contains("/secrets/")),
+        "{:?}",
+        api.paths(Side::Cluster, SYS)
+    );
+    let (result, requests) = pass(&api).await;
+    result.expect("retry");
+    assert_eq!(lines(&requests), with_reads(&create_writes()));
+}
+
+#[tokio::test]
+async fn a_failed_read_makes_no_writes() {
+    let api = fixture();
+    api.fail(Side::Cluster, "GET", "/api/v1/nodes", 0, 500);
+    let (result, requests) = pass(&api).await;
+    let err = result.expect_err("the pass fails");
+    assert!(matches!(err, WorkerError::Read { .. }), "{err}");
+    assert!(requests.iter().all(|r| !r.is_write()));
+    assert_eq!(lines(&requests), reads()[..3].to_vec());
+}
+
+#[tokio::test]
+async fn a_namespace_of_another_slice_is_never_touched() {
+    let api = fixture();
+    api.put(
+        Side::Cluster,
+        json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "db", "labels": {"slicenet.io/slice": "red"}}}),
+    );
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| ws["spec"]["namespaces"] = json!(["shop", "db"]));
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    assert!(!lines(&requests).contains(&"PATCH /api/v1/namespaces/db".to_owned()));
+    let s = status(&api);
+    assert_eq!(s["conditions"][0]["reason"], "NamespaceConflict");
+    assert!(s["conditions"][0]["message"].as_str().unwrap_or_default().contains("db"));
+    assert_eq!(node_config(&api, "n1")["slices"][0]["namespaces"], json!(["shop", "slicenet-system"]));
+}
+
+#[tokio::test]
+async fn heartbeat_patches_the_member_cluster_status() {
+    let api = fixture();
+    let (hub, local, server) = api.clients();
+    let worker = Worker::new(hub, local, settings());
+    worker.heartbeat("c2", NOW).await.expect("heartbeat");
+    drop(worker);
+    server.await.expect("server");
+    assert_eq!(api.violations(), Vec::<String>::new());
+    let requests = api.take_requests();
+    assert_eq!(lines(&requests), ["hub PATCH /apis/slicenet.io/v1alpha1/memberclusters/c2/status"]);
+    let mc = api.get(Side::Hub, "/apis/slicenet.io/v1alpha1/memberclusters/c2").expect("MemberCluster");
+    assert_eq!(mc["status"]["lastHeartbeat"], NOW);
+    assert_eq!(mc["status"]["gatewayAddresses"], json!(["198.18.100.2"]), "the rest of the status stays");
+}
+
+#[tokio::test]
+async fn node_agent_watches_its_config_map() {
+    let api = FakeApi::new(NODE_AGENT, "slicenet-system", NODE_AGENT, "slicenet-system");
+    let config = |vni: u32| {
+        json!({"node": "n1", "underlayAddress": "198.18.2.11",
+               "slices": [{"name": "blue", "vni": vni, "sliceSubnet": "10.80.0.0/16", "nodePrefix": "10.80.16.0/26"}]})
+    };
+    let cm = |vni: u32| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "slicenet-node-n1", "namespace": "slicenet-system", "resourceVersion": "7"},
+               "data": {"config.json": config(vni).to_string()}})
+    };
+    api.put(Side::Cluster, cm(100));
+    let mut other = cm(100);
+    other["metadata"]["name"] = json!("slicenet-node-n2");
+    api.put(Side::Cluster, other);
+    api.state.lock().expect("state").watch_events =
+        vec![json!({"type": "MODIFIED", "object": cm(200)}), json!({"type": "DELETED", "object": cm(200)})];
+    let (_hub, local, server) = api.clients();
+    let updates: Vec<ConfigUpdate> =
+        config_updates(local, "n1").take(3).map(|u| u.expect("no watch error")).collect().await;
+    drop(_hub);
+    server.await.expect("server");
+    let vni = |u: &ConfigUpdate| match u {
+        ConfigUpdate::Config(c) => Some(c.slices[0].vni),
+        _ => None,
+    };
+    assert_eq!(updates.iter().map(vni).collect::<Vec<_>>(), [Some(100), Some(200), None]);
+    assert_eq!(updates[2], ConfigUpdate::Deleted);
+    assert_eq!(api.violations(), Vec::<String>::new());
+    let requests = api.take_requests();
+    assert_eq!(requests.len(), 2, "{:?}", lines(&requests));
+    for r in &requests {
+        assert_eq!(r.line(), format!("GET {SYS}/configmaps"));
+        assert!(r.query.contains("fieldSelector=metadata.name%3Dslicenet-node-n1"), "{}", r.query);
+    }
+    assert!(requests[1].query.contains("watch=true"));
+}
+
+fn decode_b64(s: &str) -> String {
+    use base64::Engine as _;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s).expect("base64")).expect("UTF-8")
+}
+
+/// The access check itself: with the hub's list standing in for the cluster's, the cluster
+/// requests are reported.
+#[tokio::test]
+async fn undeclared_requests_are_caught() {
+    let api = FakeApi::new(WORKER_HUB, "slicenet-cluster-c2", WORKER_HUB, "slicenet-system");
+    api.put(Side::Hub, worker_slice());
+    api.put(Side::Cluster, node("n1", "198.18.2.11"));
+    let (hub, local, server) = api.clients();
+    let worker = Worker::new(hub, local, settings());
+    let _ = worker.reconcile_once("c2", NOW).await;
+    drop(worker);
+    server.await.expect("server");
+    let violations = api.violations();
+    assert!(violations.iter().any(|v| v.contains("GET /api/v1/nodes")), "{violations:?}");
+    assert!(violations.iter().all(|v| v.starts_with("Cluster")), "{violations:?}");
+}
