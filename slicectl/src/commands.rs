@@ -1,9 +1,11 @@
-//! The subcommands that are not the demo itself.
+//! The subcommands: each takes the parsed options, does its work and prints the result.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+
+use crate::install;
 
 /// `slicectl lab down`: [`e2e::cleanup`] for one prefix, or for every lab directory under
 /// [`e2e::LAB_BASE`].
@@ -37,6 +39,19 @@ pub fn lab_down(prefix: &str, all: bool) -> Result<()> {
     if failed.is_empty() { Ok(()) } else { bail!("cleanup failed for lab(s) {}", failed.join(", ")) }
 }
 
+/// `slicectl status --hub-kubeconfig`: slices, clusters, tunnels and problems from the hub.
+///
+/// # Errors
+/// When the kubeconfig cannot be used or a list request fails.
+pub fn hub_status(kubeconfig: &Path) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    let view = runtime.block_on(async {
+        let client = crate::hub_status::client_from(kubeconfig).await?;
+        crate::hub_status::fetch(client).await
+    })?;
+    print_out(&crate::hub_status::render(&view))
+}
+
 /// `slicectl status`: the status table of one node from its files.
 ///
 /// # Errors
@@ -44,5 +59,98 @@ pub fn lab_down(prefix: &str, all: bool) -> Result<()> {
 pub fn status(node: &str, state_dir: &Path, ipam_dir: &Path) -> Result<()> {
     let rows = e2e::demo::node_status(node, state_dir, ipam_dir, &BTreeMap::new())?;
     print!("{}", e2e::demo::status_table(&rows));
+    Ok(())
+}
+
+/// Writes `text` to stdout (a closed pipe, as in `slicectl install hub | head`, is an error
+/// here rather than a panic).
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).context("writing to stdout")
+}
+
+/// `slicectl crds`: every CRD to stdout, or one file per CRD into `output_dir`; with `check`,
+/// fails when the files in `output_dir` are stale.
+///
+/// # Errors
+/// When a file cannot be written, or (with `check`) the files are stale.
+pub fn crds(output_dir: Option<&Path>, check: bool) -> Result<()> {
+    match (output_dir, check) {
+        (Some(dir), true) => crate::crds::check(dir),
+        (Some(dir), false) => crate::crds::write(dir),
+        (None, true) => bail!("--check needs --output-dir"),
+        (None, false) => print_out(&crate::crds::manifest()?.to_yaml()?),
+    }
+}
+
+/// The install options: `image`, and the webhook certificate from `tls_dir` or a new one.
+fn install_options(image: Option<&str>, tls_dir: Option<&Path>) -> Result<install::Options> {
+    let image = image.map_or_else(install::default_image, str::to_owned);
+    match tls_dir {
+        Some(dir) => Ok(install::Options { image, webhook_tls: crate::tls::load(dir)? }),
+        None => install::Options::generate(&image),
+    }
+}
+
+/// `slicectl install hub`.
+///
+/// # Errors
+/// When the webhook certificate cannot be read or made.
+pub fn install_hub(image: Option<&str>, tls_dir: Option<&Path>) -> Result<()> {
+    print_out(&install::hub(&install_options(image, tls_dir)?)?.to_yaml()?)
+}
+
+/// `slicectl install worker`.
+///
+/// # Errors
+/// When the hub kubeconfig cannot be read or used from a pod, or the cluster name is invalid.
+pub fn install_worker(
+    image: Option<&str>,
+    tls_dir: Option<&Path>,
+    cluster: &str,
+    hub_kubeconfig: &Path,
+    hub_server: Option<&str>,
+) -> Result<()> {
+    let raw = std::fs::read_to_string(hub_kubeconfig)
+        .with_context(|| format!("reading --hub-kubeconfig {}", hub_kubeconfig.display()))?;
+    let opts = install_options(image, tls_dir)?;
+    print_out(&install::worker(&opts, cluster, &raw, hub_server)?.to_yaml()?)
+}
+
+/// `slicectl install worker-hub-access`.
+///
+/// # Errors
+/// When the cluster name is invalid.
+pub fn install_worker_hub_access(cluster: &str) -> Result<()> {
+    print_out(&install::worker_hub_access(cluster)?.to_yaml()?)
+}
+
+/// `slicectl join`: prints the MemberCluster, or with `apply` applies it to the hub with kubectl.
+///
+/// # Errors
+/// When the options are invalid or kubectl fails.
+pub fn join(opts: &crate::join::JoinOptions, hub_kubeconfig: Option<&Path>, apply: bool) -> Result<()> {
+    let yaml = crate::join::manifest(opts)?.to_yaml()?;
+    match (apply, hub_kubeconfig) {
+        (true, Some(kubeconfig)) => crate::join::kubectl_apply(kubeconfig, &yaml),
+        (true, None) => bail!("--apply needs --hub-kubeconfig"),
+        (false, _) => print_out(&yaml),
+    }
+}
+
+/// `slicectl cni-install`.
+///
+/// # Errors
+/// See [`crate::cni_install::install`].
+pub fn cni_install(plugin: &Path, bin_dir: &Path, conf_dir: &Path) -> Result<()> {
+    let primary = crate::cni_install::install(plugin, bin_dir, conf_dir)?;
+    println!(
+        "installed {} into {}; chained after {} in {}",
+        crate::cni_install::PLUGIN_TYPE,
+        bin_dir.display(),
+        primary.display(),
+        conf_dir.join(crate::cni_install::CONFLIST_NAME).display()
+    );
     Ok(())
 }

@@ -1,13 +1,13 @@
 //! `slicectl`: slicenet's CLI. A thin shell: parse the command line (clap derive), call one
-//! library function, map its error to a message and exit code. The work lives in
-//! [`commands`] and the `e2e` crate (the lab, the demo and the status table).
-
-mod commands;
+//! library function, map its error to a message and exit code. The work lives in the
+//! `slicectl` library and the `e2e` crate (the lab, the demo and the status table).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use slicectl::commands;
+use slicectl::join::JoinOptions;
 
 #[derive(Debug, Parser)]
 #[command(name = "slicectl", version, about = "slicenet's command-line tool")]
@@ -18,13 +18,66 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Prints slicenet's manifests for `kubectl apply -f -`.
+    Install {
+        #[command(subcommand)]
+        command: InstallCmd,
+    },
+    /// Prints the MemberCluster that registers a cluster with the hub (apply it on the hub).
+    Join {
+        /// The member cluster's name (a DNS label of at most 46 characters).
+        #[arg(long)]
+        cluster: String,
+        /// The hub's kubeconfig (for --apply).
+        #[arg(long)]
+        hub_kubeconfig: Option<PathBuf>,
+        /// The cluster's pod CIDRs (repeat for several).
+        #[arg(long = "pod-cidr")]
+        pod_cidrs: Vec<String>,
+        /// The cluster's service CIDRs (repeat for several).
+        #[arg(long = "service-cidr")]
+        service_cidrs: Vec<String>,
+        /// The cluster runs Multus (the worker then writes NetworkAttachmentDefinitions).
+        #[arg(long)]
+        multus: bool,
+        /// Apply it to the hub with `kubectl apply --server-side` instead of printing it.
+        #[arg(long, requires = "hub_kubeconfig")]
+        apply: bool,
+    },
+    /// The CRDs generated from slice-api's types: to stdout, or one file per CRD.
+    Crds {
+        /// Write `<group>_<plural>.yaml` files here (deploy/crds in the repository).
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        /// Do not write: fail when the files in --output-dir are stale.
+        #[arg(long, requires = "output_dir")]
+        check: bool,
+    },
+    /// Installs slice-cni on this node and chains it after the primary CNI (the node agent's
+    /// init container runs this).
+    CniInstall {
+        /// The slice-cni binary to copy.
+        #[arg(long, default_value = "/usr/local/bin/slice-cni")]
+        plugin: PathBuf,
+        /// The host's CNI binary dir.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// The host's CNI configuration dir.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+    },
     /// The lab: clusters of network namespaces on this machine (needs root).
     Lab {
         #[command(subcommand)]
         command: LabCmd,
     },
-    /// Prints the slices of one node from its files: node-state files and slice-cni's IPAM dir.
+    /// Prints the slices of one node from its files (node-state files and slice-cni's IPAM
+    /// dir), or with --hub-kubeconfig the slices, clusters and tunnels as the hub sees them and
+    /// why anything is unhealthy.
     Status {
+        /// Ask the hub (this kubeconfig's current context) instead of reading this node's files.
+        #[arg(long, visible_alias = "kubeconfig")]
+        hub_kubeconfig: Option<PathBuf>,
         /// The node agent's state dir (node-state files).
         #[arg(long, default_value = slice_api::names::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
@@ -35,6 +88,53 @@ enum Cmd {
         #[arg(long, default_value = "this node")]
         node: String,
     },
+}
+
+/// Options of the installs that run slicenet's image.
+#[derive(Debug, Args)]
+struct ImageArgs {
+    /// The image of every component [default: ghcr.io/slicenet/slicenet:<slicectl's version>].
+    #[arg(long)]
+    image: Option<String>,
+    /// A dir with the webhook's `ca.crt`, `tls.crt` and `tls.key` (for `*.slicenet-system.svc`);
+    /// without it a new self-signed CA and certificate are made on every run. Give the same
+    /// files to `install hub` and `install worker` when the hub is also a member cluster.
+    #[arg(long)]
+    webhook_tls_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum InstallCmd {
+    /// The hub: CRDs, hub controller, SliceConfig validating webhook.
+    Hub {
+        #[command(flatten)]
+        image: ImageArgs,
+    },
+    /// A member cluster: worker controller, node agent DaemonSet (installs slice-cni), pod webhook.
+    Worker {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// This cluster's name, as registered with `slicectl join`.
+        #[arg(long)]
+        cluster: String,
+        /// A kubeconfig for the hub with the worker's credentials (certificates and token
+        /// embedded), stored in the Secret slicenet-hub-kubeconfig.
+        #[arg(long)]
+        hub_kubeconfig: PathBuf,
+        /// The hub API server's URL as seen from this cluster's pods, replacing the server of
+        /// the kubeconfig's current context.
+        #[arg(long)]
+        hub_server: Option<String>,
+    },
+    /// To apply on the hub, per member cluster: the worker's ServiceAccount, token Secret and
+    /// roles there (its namespace slicenet-cluster-<cluster> and its own MemberCluster).
+    WorkerHubAccess {
+        /// The member cluster's name.
+        #[arg(long)]
+        cluster: String,
+    },
+    /// The CRDs only (also part of `install hub`).
+    Crds,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,10 +163,33 @@ enum LabCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Cmd::Install { command } => match command {
+            InstallCmd::Hub { image } => {
+                commands::install_hub(image.image.as_deref(), image.webhook_tls_dir.as_deref())
+            }
+            InstallCmd::Worker { image, cluster, hub_kubeconfig, hub_server } => commands::install_worker(
+                image.image.as_deref(),
+                image.webhook_tls_dir.as_deref(),
+                &cluster,
+                &hub_kubeconfig,
+                hub_server.as_deref(),
+            ),
+            InstallCmd::WorkerHubAccess { cluster } => commands::install_worker_hub_access(&cluster),
+            InstallCmd::Crds => commands::crds(None, false),
+        },
+        Cmd::Join { cluster, hub_kubeconfig, pod_cidrs, service_cidrs, multus, apply } => {
+            let opts = JoinOptions { cluster, pod_cidrs, service_cidrs, multus };
+            commands::join(&opts, hub_kubeconfig.as_deref(), apply)
+        }
+        Cmd::Crds { output_dir, check } => commands::crds(output_dir.as_deref(), check),
+        Cmd::CniInstall { plugin, bin_dir, conf_dir } => commands::cni_install(&plugin, &bin_dir, &conf_dir),
         Cmd::Lab { command: LabCmd::Demo } => e2e::demo::run(),
         Cmd::Lab { command: LabCmd::Up { prefix } } => e2e::demo::up(&prefix),
         Cmd::Lab { command: LabCmd::Down { prefix, all } } => commands::lab_down(&prefix, all),
-        Cmd::Status { state_dir, ipam_dir, node } => commands::status(&node, &state_dir, &ipam_dir),
+        Cmd::Status { hub_kubeconfig: Some(kubeconfig), .. } => commands::hub_status(&kubeconfig),
+        Cmd::Status { hub_kubeconfig: None, state_dir, ipam_dir, node } => {
+            commands::status(&node, &state_dir, &ipam_dir)
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

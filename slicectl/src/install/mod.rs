@@ -1,0 +1,162 @@
+//! `slicectl install …`: the complete manifests of slicenet, printed for `kubectl apply -f -`.
+//!
+//! - [`hub`]: on the hub cluster — the CRDs, the hub controller and the SliceConfig validating
+//!   webhook.
+//! - [`worker`]: on each member cluster — the worker controller (with the hub kubeconfig in a
+//!   Secret), the node agent DaemonSet (which also installs slice-cni) and the pod mutating
+//!   webhook.
+//! - [`worker_hub_access`]: on the hub, per member cluster — what that cluster's worker may do
+//!   there: its namespace `slicenet-cluster-<cluster>` only, and its own MemberCluster.
+//!
+//! Every object is a k8s-openapi type; every RBAC rule comes from the access lists in
+//! [`slice_operator::access`] through [`crate::rbac::policy_rules`].
+//!
+//! # What the manifests pass to the binaries
+//! - `slice-operator hub`.
+//! - `slice-operator worker --gateway-image <image>` with `SLICENET_CLUSTER` and
+//!   `SLICENET_HUB_KUBECONFIG` (its `--cluster` and `--hub-kubeconfig` through clap's `env`).
+//! - `slice-operator node-agent --kube` with `NODE_NAME` (its `--node`).
+//! - `slice-webhooks` with `SLICENET_WEBHOOK_LISTEN`, `SLICENET_WEBHOOK_CERT` and
+//!   `SLICENET_WEBHOOK_KEY` (the webhook binary is issue 5's; it must read these).
+//! - Every container also gets `POD_NAMESPACE` (downward API) and `RUST_LOG=info`.
+
+mod objects;
+mod webhook;
+mod workloads;
+
+use anyhow::{Context, Result, bail};
+use slice_api::crd::{SYSTEM_NAMESPACE, cluster_namespace};
+use slice_operator::access::{HUB, NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
+
+use crate::manifest::Manifest;
+use crate::tls::WebhookTls;
+
+pub use objects::{Component, component_rbac, labels};
+
+/// The default image: every binary of slicenet in one image, tagged with slicectl's version.
+#[must_use]
+pub fn default_image() -> String {
+    format!("ghcr.io/slicenet/slicenet:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The hub controller's ServiceAccount, roles and Deployment name.
+pub const HUB_NAME: &str = "slicenet-hub";
+/// The worker controller's ServiceAccount, roles and Deployment name (in both clusters).
+pub const WORKER_NAME: &str = "slicenet-worker";
+/// The node agent's ServiceAccount, roles and DaemonSet name.
+pub const NODE_AGENT_NAME: &str = "slicenet-node-agent";
+/// The webhook's ServiceAccount, Deployment and Service name.
+pub const WEBHOOK_NAME: &str = "slicenet-webhook";
+/// The Secret with the webhook's serving certificate.
+pub const WEBHOOK_TLS_SECRET: &str = "slicenet-webhook-tls";
+/// The Secret (in the member cluster) with the worker's hub kubeconfig, under [`HUB_KUBECONFIG_KEY`].
+pub const HUB_KUBECONFIG_SECRET: &str = "slicenet-hub-kubeconfig";
+/// The key of the kubeconfig in [`HUB_KUBECONFIG_SECRET`].
+pub const HUB_KUBECONFIG_KEY: &str = "kubeconfig";
+/// The token Secret (on the hub, in the cluster's namespace) of the worker's ServiceAccount.
+pub const WORKER_TOKEN_SECRET: &str = "slicenet-worker-token";
+
+/// What every install takes.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The image of every component.
+    pub image: String,
+    /// The webhook's certificate; [`crate::tls::generate`] makes one when none is given.
+    pub webhook_tls: WebhookTls,
+}
+
+impl Options {
+    /// Options with `image` and a fresh webhook certificate.
+    ///
+    /// # Errors
+    /// When the certificate cannot be made.
+    pub fn generate(image: &str) -> Result<Self> {
+        let names = crate::tls::service_dns_names(WEBHOOK_NAME, SYSTEM_NAMESPACE);
+        Ok(Self { image: image.to_owned(), webhook_tls: crate::tls::generate(&names)? })
+    }
+}
+
+/// Checks that `cluster` can name a MemberCluster and its hub namespace: a DNS label short
+/// enough that `slicenet-cluster-<cluster>` is one too.
+///
+/// # Errors
+/// Says what is wrong with the name.
+pub fn check_cluster_name(cluster: &str) -> Result<()> {
+    let max = 63 - slice_api::crd::CLUSTER_NAMESPACE_PREFIX.len();
+    let ok_chars = cluster.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if cluster.is_empty() || cluster.len() > max || !ok_chars || cluster.starts_with('-') || cluster.ends_with('-') {
+        bail!(
+            "cluster name {cluster:?} must be 1-{max} characters of a-z, 0-9 and '-', starting and ending with a \
+             letter or digit (it names the hub namespace {:?})",
+            cluster_namespace(cluster)
+        );
+    }
+    Ok(())
+}
+
+/// `slicectl install hub`: CRDs, namespace, hub controller, SliceConfig validating webhook.
+///
+/// # Errors
+/// When an object cannot be serialised.
+pub fn hub(opts: &Options) -> Result<Manifest> {
+    let mut m = crate::crds::manifest()?;
+    m.push(&objects::system_namespace())?;
+    let hub = Component { name: HUB_NAME, namespace: SYSTEM_NAMESPACE, access: HUB };
+    m.extend(component_rbac(&hub, HUB_NAME, None)?);
+    m.push(&workloads::hub_deployment(&opts.image))?;
+    m.extend(webhook::common(opts)?);
+    m.push_commented(webhook::VALIDATING_COMMENT, &webhook::validating(&opts.webhook_tls))?;
+    Ok(m)
+}
+
+/// `slicectl install worker`: namespace, hub kubeconfig Secret, worker controller, node agent
+/// DaemonSet with the CNI install, pod mutating webhook.
+///
+/// # Errors
+/// When `cluster` is not a valid name, or `hub_kubeconfig` cannot be used from a pod
+/// ([`crate::kubeconfig::for_worker`]).
+pub fn worker(opts: &Options, cluster: &str, hub_kubeconfig: &str, hub_server: Option<&str>) -> Result<Manifest> {
+    check_cluster_name(cluster)?;
+    let kubeconfig = crate::kubeconfig::for_worker(hub_kubeconfig, hub_server).context("--hub-kubeconfig")?;
+    let mut m = Manifest::new();
+    m.push(&objects::system_namespace())?;
+    let worker = Component { name: WORKER_NAME, namespace: SYSTEM_NAMESPACE, access: WORKER_CLUSTER };
+    m.extend(component_rbac(&worker, WORKER_NAME, None)?);
+    m.push_commented(
+        &["The worker's credentials on the hub: see `slicectl install worker-hub-access`."],
+        &objects::secret(HUB_KUBECONFIG_SECRET, SYSTEM_NAMESPACE, "Opaque", [(HUB_KUBECONFIG_KEY, kubeconfig)]),
+    )?;
+    m.push(&workloads::worker_deployment(&opts.image, cluster))?;
+    let agent = Component { name: NODE_AGENT_NAME, namespace: SYSTEM_NAMESPACE, access: NODE_AGENT };
+    m.extend(component_rbac(&agent, NODE_AGENT_NAME, None)?);
+    m.push_commented(workloads::NODE_AGENT_COMMENT, &workloads::node_agent_daemonset(&opts.image))?;
+    m.extend(webhook::common(opts)?);
+    m.push_commented(webhook::MUTATING_COMMENT, &webhook::mutating(&opts.webhook_tls))?;
+    Ok(m)
+}
+
+/// `slicectl install worker-hub-access`: on the hub, the namespace of `cluster`, the worker's
+/// ServiceAccount there with its token Secret, a Role there, and a ClusterRole limited to its
+/// own MemberCluster by name.
+///
+/// # Errors
+/// When `cluster` is not a valid name.
+pub fn worker_hub_access(cluster: &str) -> Result<Manifest> {
+    check_cluster_name(cluster)?;
+    let namespace = cluster_namespace(cluster);
+    let mut m = Manifest::new();
+    m.push(&objects::namespace(&namespace))?;
+    let worker = Component { name: WORKER_NAME, namespace: &namespace, access: WORKER_HUB };
+    // Cluster-scoped role names are global: one per member cluster. Its only cluster-scoped
+    // access is to its own MemberCluster, so the ClusterRole names it.
+    let own = [cluster.to_owned()];
+    m.extend(component_rbac(&worker, &format!("{WORKER_NAME}-{cluster}"), Some(&own))?);
+    m.push_commented(
+        &[
+            "A long-lived token for the worker's ServiceAccount, filled in by the API server. Build the",
+            "worker's hub kubeconfig from it (see e2e/kind/run.sh) and pass it to `slicectl install worker`.",
+        ],
+        &objects::service_account_token(WORKER_TOKEN_SECRET, &namespace, WORKER_NAME),
+    )?;
+    Ok(m)
+}

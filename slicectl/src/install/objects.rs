@@ -1,0 +1,144 @@
+//! Small typed builders shared by the manifests: metadata, namespaces, ServiceAccounts,
+//! Secrets and the RBAC objects of one component.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use slice_api::rbac::{Access, Scope};
+
+use crate::manifest::Manifest;
+use crate::rbac::policy_rules;
+
+/// Label keys every object carries.
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
+const VERSION_LABEL: &str = "app.kubernetes.io/version";
+
+/// The labels of an object of component `name`.
+#[must_use]
+pub fn labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (NAME_LABEL.to_owned(), name.to_owned()),
+        (PART_OF_LABEL.to_owned(), "slicenet".to_owned()),
+        (VERSION_LABEL.to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+    ])
+}
+
+/// The selector labels of component `name` (stable across versions, unlike [`labels`]).
+#[must_use]
+pub fn selector(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(NAME_LABEL.to_owned(), name.to_owned())])
+}
+
+/// Metadata with a name, an optional namespace and the labels of component `component`.
+#[must_use]
+pub fn meta(name: &str, namespace: Option<&str>, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(labels(component)),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A namespace of slicenet.
+#[must_use]
+pub fn namespace(name: &str) -> Namespace {
+    Namespace { metadata: meta(name, None, "slicenet"), ..Namespace::default() }
+}
+
+/// `slicenet-system`: it runs the privileged node agent (host network, host paths), so a
+/// cluster that enforces the Pod Security Standards by default must allow that here.
+#[must_use]
+pub fn system_namespace() -> Namespace {
+    let mut ns = namespace(slice_api::crd::SYSTEM_NAMESPACE);
+    ns.metadata
+        .labels
+        .get_or_insert_default()
+        .insert("pod-security.kubernetes.io/enforce".to_owned(), "privileged".to_owned());
+    ns
+}
+
+/// A ServiceAccount.
+#[must_use]
+pub fn service_account(name: &str, namespace: &str) -> ServiceAccount {
+    ServiceAccount { metadata: meta(name, Some(namespace), name), ..ServiceAccount::default() }
+}
+
+/// A Secret of `type_` with `data`.
+#[must_use]
+pub fn secret<const N: usize>(name: &str, namespace: &str, type_: &str, data: [(&str, String); N]) -> Secret {
+    Secret {
+        metadata: meta(name, Some(namespace), name),
+        type_: Some(type_.to_owned()),
+        data: Some(data.into_iter().map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes()))).collect()),
+        ..Secret::default()
+    }
+}
+
+/// A token Secret of ServiceAccount `account`: the API server's token controller fills in
+/// `token` and `ca.crt` (since Kubernetes 1.24 no such Secret is made by itself).
+#[must_use]
+pub fn service_account_token(name: &str, namespace: &str, account: &str) -> Secret {
+    let mut metadata = meta(name, Some(namespace), account);
+    metadata.annotations =
+        Some(BTreeMap::from([("kubernetes.io/service-account.name".to_owned(), account.to_owned())]));
+    Secret { metadata, type_: Some("kubernetes.io/service-account-token".to_owned()), ..Secret::default() }
+}
+
+/// A component: its ServiceAccount `name` in `namespace`, and what it does on the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Component<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub access: &'static [Access],
+}
+
+/// The component's ServiceAccount, then its roles and bindings: for [`Scope::Cluster`] a
+/// ClusterRole and ClusterRoleBinding named `cluster_role`, for [`Scope::OwnNamespace`] a Role
+/// and RoleBinding named after the component in its namespace. Nothing for a scope the
+/// component's list has no entry in.
+///
+/// # Errors
+/// When an object cannot be serialised.
+pub fn component_rbac(c: &Component<'_>, cluster_role: &str, resource_names: Option<&[String]>) -> Result<Manifest> {
+    let mut m = Manifest::new();
+    m.push(&service_account(c.name, c.namespace))?;
+    let subject = Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: c.name.to_owned(),
+        namespace: Some(c.namespace.to_owned()),
+        api_group: None,
+    };
+    let rules = policy_rules(c.access, Scope::Cluster, resource_names);
+    if !rules.is_empty() {
+        m.push(&ClusterRole {
+            metadata: meta(cluster_role, None, c.name),
+            rules: Some(rules),
+            aggregation_rule: None,
+        })?;
+        m.push(&ClusterRoleBinding {
+            metadata: meta(cluster_role, None, c.name),
+            role_ref: role_ref("ClusterRole", cluster_role),
+            subjects: Some(vec![subject.clone()]),
+        })?;
+    }
+    let rules = policy_rules(c.access, Scope::OwnNamespace, None);
+    if !rules.is_empty() {
+        m.push(&Role { metadata: meta(c.name, Some(c.namespace), c.name), rules: Some(rules) })?;
+        m.push(&RoleBinding {
+            metadata: meta(c.name, Some(c.namespace), c.name),
+            role_ref: role_ref("Role", c.name),
+            subjects: Some(vec![subject]),
+        })?;
+    }
+    Ok(m)
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef { api_group: Some("rbac.authorization.k8s.io".to_owned()), kind: kind.to_owned(), name: name.to_owned() }
+}

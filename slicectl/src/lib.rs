@@ -1,0 +1,23 @@
+//! `slicectl`, slicenet's CLI, as a library: `main.rs` parses the command line and calls one
+//! function of these modules.
+//!
+//! - [`install`]: the manifests of `slicectl install hub|worker|worker-hub-access|crds`, built
+//!   from k8s-openapi types, RBAC from the controllers' access lists ([`rbac`]).
+//! - [`crds`]: the CRD YAML of `deploy/crds/` and its staleness check.
+//! - [`join`]: the MemberCluster of `slicectl join`.
+//! - [`cni_install`]: what the node agent's init container does on each node.
+//! - [`manifest`]: typed objects → canonical multi-document YAML, and the round-trip check.
+//! - [`kubeconfig`], [`tls`]: the worker's hub kubeconfig, the webhook's certificate.
+//! - [`hub_status`]: `slicectl status --hub-kubeconfig`: slices, clusters, tunnels, problems.
+//! - [`commands`]: one function per subcommand.
+
+pub mod cni_install;
+pub mod commands;
+pub mod crds;
+pub mod hub_status;
+pub mod install;
+pub mod join;
+pub mod kubeconfig;
+pub mod manifest;
+pub mod rbac;
+pub mod tls;

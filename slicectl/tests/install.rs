@@ -1,0 +1,375 @@
+//! What `slicectl install` and `slicectl join` print, run through the real binary:
+//! every document parses back into its typed kind without losing a field, and the RBAC rules
+//! grant exactly what the controllers' access lists declare.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Namespace, PodSpec, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use slice_api::crd::MemberCluster;
+use slice_api::rbac::{Access, Scope};
+use slice_operator::access::{HUB, NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
+use slicectl::manifest::{parse_documents, round_trip};
+use slicectl::rbac::{Grant, declared, grants};
+use yaml_serde::Value;
+
+const KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+current-context: hub
+clusters:
+- name: hub
+  cluster: {certificate-authority-data: Q0E=, server: 'https://127.0.0.1:6443'}
+contexts:
+- name: hub
+  context: {cluster: hub, user: worker}
+users:
+- name: worker
+  user: {token: secret-token}
+";
+
+/// Runs slicectl and returns its stdout; panics with stderr on failure.
+fn slicectl(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_slicectl")).args(args).output().unwrap();
+    assert!(out.status.success(), "slicectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn install_worker(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.yaml");
+    std::fs::write(&path, KUBECONFIG).unwrap();
+    let path = path.to_str().unwrap();
+    let mut args = vec!["install", "worker", "--cluster", "east", "--hub-kubeconfig", path];
+    args.extend_from_slice(extra);
+    slicectl(&args)
+}
+
+/// Every object of a manifest, parsed into its typed kind.
+#[derive(Debug, Default)]
+struct Parsed {
+    namespaces: Vec<Namespace>,
+    service_accounts: Vec<ServiceAccount>,
+    secrets: Vec<Secret>,
+    services: Vec<Service>,
+    deployments: Vec<Deployment>,
+    daemonsets: Vec<DaemonSet>,
+    cluster_roles: Vec<ClusterRole>,
+    cluster_role_bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
+    mutating: Vec<MutatingWebhookConfiguration>,
+    validating: Vec<ValidatingWebhookConfiguration>,
+    crds: Vec<CustomResourceDefinition>,
+    member_clusters: Vec<MemberCluster>,
+}
+
+/// Parses every document by its apiVersion/kind into the k8s-openapi type, failing on an
+/// unknown kind and on any field the type does not have (round trip).
+fn parse(yaml: &str) -> Parsed {
+    fn typed<K: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value, what: &str) -> K {
+        round_trip::<K>(doc).unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+    let mut p = Parsed::default();
+    let docs = parse_documents(yaml).unwrap();
+    assert!(!docs.is_empty());
+    for doc in &docs {
+        let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        let what = format!("{api_version} {kind} {:?}", doc["metadata"]["name"].as_str().unwrap_or_default());
+        match (api_version, kind) {
+            ("v1", "Namespace") => p.namespaces.push(typed(doc, &what)),
+            ("v1", "ServiceAccount") => p.service_accounts.push(typed(doc, &what)),
+            ("v1", "Secret") => p.secrets.push(typed(doc, &what)),
+            ("v1", "Service") => p.services.push(typed(doc, &what)),
+            ("apps/v1", "Deployment") => p.deployments.push(typed(doc, &what)),
+            ("apps/v1", "DaemonSet") => p.daemonsets.push(typed(doc, &what)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => p.cluster_roles.push(typed(doc, &what)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => p.cluster_role_bindings.push(typed(doc, &what)),
+            ("rbac.authorization.k8s.io/v1", "Role") => p.roles.push(typed(doc, &what)),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => p.role_bindings.push(typed(doc, &what)),
+            ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => p.mutating.push(typed(doc, &what)),
+            ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
+                p.validating.push(typed(doc, &what))
+            }
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => p.crds.push(typed(doc, &what)),
+            ("slicenet.io/v1alpha1", "MemberCluster") => p.member_clusters.push(typed(doc, &what)),
+            _ => panic!("unexpected kind in a manifest: {what}"),
+        }
+    }
+    p
+}
+
+/// (namespace, name) of a ServiceAccount → (scope → grants), from the bindings.
+fn granted(p: &Parsed) -> BTreeMap<(String, String), BTreeMap<Scope, BTreeSet<Grant>>> {
+    let mut out: BTreeMap<(String, String), BTreeMap<Scope, BTreeSet<Grant>>> = BTreeMap::new();
+    let no_wildcards = |rules: &[PolicyRule], role: &str| {
+        for r in rules {
+            let all = r.api_groups.iter().flatten().chain(r.resources.iter().flatten()).chain(&r.verbs);
+            assert!(all.into_iter().all(|s| s != "*"), "wildcard in {role}");
+            assert!(r.non_resource_urls.is_none(), "non-resource URLs in {role}");
+        }
+    };
+    for b in &p.cluster_role_bindings {
+        assert_eq!(b.role_ref.kind, "ClusterRole");
+        let role = p
+            .cluster_roles
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(b.role_ref.name.as_str()))
+            .unwrap_or_else(|| panic!("ClusterRole {} is bound but not in the manifest", b.role_ref.name));
+        let rules = role.rules.as_deref().unwrap_or_default();
+        no_wildcards(rules, &b.role_ref.name);
+        for s in b.subjects.iter().flatten() {
+            let key = (s.namespace.clone().unwrap_or_default(), s.name.clone());
+            out.entry(key).or_default().entry(Scope::Cluster).or_default().extend(grants(rules));
+        }
+    }
+    for b in &p.role_bindings {
+        assert_eq!(b.role_ref.kind, "Role");
+        let ns = b.metadata.namespace.clone().unwrap();
+        let role = p
+            .roles
+            .iter()
+            .find(|r| {
+                r.metadata.name.as_deref() == Some(b.role_ref.name.as_str()) && r.metadata.namespace == Some(ns.clone())
+            })
+            .unwrap_or_else(|| panic!("Role {ns}/{} is bound but not in the manifest", b.role_ref.name));
+        let rules = role.rules.as_deref().unwrap_or_default();
+        no_wildcards(rules, &b.role_ref.name);
+        for s in b.subjects.iter().flatten() {
+            assert_eq!(s.namespace.as_deref(), Some(ns.as_str()), "a Role binds only its own namespace's accounts");
+            out.entry((ns.clone(), s.name.clone()))
+                .or_default()
+                .entry(Scope::OwnNamespace)
+                .or_default()
+                .extend(grants(rules));
+        }
+    }
+    out
+}
+
+/// Asserts that the account has exactly `list`'s grants in each scope, and exists.
+fn assert_grants_exactly(p: &Parsed, namespace: &str, account: &str, list: &[Access]) {
+    assert!(
+        p.service_accounts
+            .iter()
+            .any(|sa| sa.metadata.name.as_deref() == Some(account)
+                && sa.metadata.namespace.as_deref() == Some(namespace)),
+        "ServiceAccount {namespace}/{account} missing"
+    );
+    let all = granted(p);
+    let got = all.get(&(namespace.to_owned(), account.to_owned())).cloned().unwrap_or_default();
+    for scope in [Scope::Cluster, Scope::OwnNamespace] {
+        let want = declared(list, scope);
+        let have = got.get(&scope).cloned().unwrap_or_default();
+        let missing: Vec<_> = want.difference(&have).collect();
+        let extra: Vec<_> = have.difference(&want).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{namespace}/{account} {scope:?}: missing {missing:?}, extra {extra:?}"
+        );
+    }
+}
+
+fn pod_specs(p: &Parsed) -> Vec<(String, &PodSpec)> {
+    let d = p.deployments.iter().map(|d| (d.metadata.name.clone().unwrap(), d.spec.template.spec.as_ref().unwrap()));
+    let ds = p.daemonsets.iter().map(|d| (d.metadata.name.clone().unwrap(), d.spec.template.spec.as_ref().unwrap()));
+    d.chain(ds).collect()
+}
+
+/// Every workload runs as a ServiceAccount of the manifest, with the chosen image, and its
+/// selector matches its template.
+fn assert_workloads_consistent(p: &Parsed, image: &str) {
+    for (name, spec) in pod_specs(p) {
+        let sa = spec.service_account_name.as_deref().unwrap_or_else(|| panic!("{name} has no ServiceAccount"));
+        assert!(
+            p.service_accounts.iter().any(|a| a.metadata.name.as_deref() == Some(sa)),
+            "{name}: no ServiceAccount {sa}"
+        );
+        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+            assert_eq!(c.image.as_deref(), Some(image), "{name}/{}", c.name);
+        }
+    }
+    for d in &p.deployments {
+        let spec = &d.spec;
+        let labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        for (k, v) in spec.selector.match_labels.iter().flatten() {
+            assert_eq!(labels.get(k), Some(v));
+        }
+    }
+}
+
+#[test]
+fn install_hub_parses_and_grants_exactly_the_hub_list() {
+    let p = parse(&slicectl(&["install", "hub", "--image", "registry.test/slicenet:dev"]));
+    assert_eq!(p.crds.len(), slice_api::crd::crds().len());
+    assert_eq!(p.crds, slice_api::crd::crds());
+    assert_grants_exactly(&p, "slicenet-system", "slicenet-hub", HUB);
+    assert_grants_exactly(&p, "slicenet-system", "slicenet-webhook", &[]);
+    assert_workloads_consistent(&p, "registry.test/slicenet:dev");
+    let hub = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-hub")).unwrap();
+    let c = &hub.spec.template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(c.args.as_deref(), Some(&["hub".to_owned()][..]));
+    assert!(p.mutating.is_empty(), "pods are mutated in member clusters only");
+
+    let v = &p.validating[0].webhooks.as_ref().unwrap()[0];
+    assert_eq!(v.failure_policy.as_deref(), Some("Fail"));
+    assert_eq!(v.side_effects, "None");
+    assert_eq!(v.client_config.service.as_ref().unwrap().path.as_deref(), Some("/validate-sliceconfig"));
+    let rule = &v.rules.as_ref().unwrap()[0];
+    assert_eq!(rule.resources.as_deref(), Some(&["sliceconfigs".to_owned()][..]));
+    assert_webhook_tls(&p, &v.client_config);
+    let skip = &v.match_conditions.as_ref().unwrap()[0].expression;
+    assert!(skip.contains("system:serviceaccount:slicenet-system:slicenet-hub"), "{skip}");
+}
+
+/// The caBundle is the CA of the Secret the webhook serves with, and the Service reaches the
+/// container's HTTPS port.
+fn assert_webhook_tls(p: &Parsed, cc: &k8s_openapi::api::admissionregistration::v1::WebhookClientConfig) {
+    let secret = p.secrets.iter().find(|s| s.metadata.name.as_deref() == Some("slicenet-webhook-tls")).unwrap();
+    let data = secret.data.as_ref().unwrap();
+    assert_eq!(cc.ca_bundle.as_ref(), data.get("ca.crt"));
+    assert!(data.contains_key("tls.crt") && data.contains_key("tls.key"));
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let svc_ref = cc.service.as_ref().unwrap();
+    let svc = p.services.iter().find(|s| s.metadata.name.as_deref() == Some(svc_ref.name.as_str())).unwrap();
+    let port = &svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+    assert_eq!(Some(port.port), svc_ref.port);
+    let d = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-webhook")).unwrap();
+    let c = &d.spec.template.spec.as_ref().unwrap().containers[0];
+    let cport = &c.ports.as_ref().unwrap()[0];
+    assert_eq!(cport.container_port, 8443);
+    assert_eq!(
+        port.target_port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(cport.name.clone().unwrap()))
+    );
+}
+
+#[test]
+fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
+    let yaml = install_worker(&["--hub-server", "https://hub-control-plane:6443"]);
+    let p = parse(&yaml);
+    assert!(p.crds.is_empty(), "CRDs live on the hub");
+    assert_grants_exactly(&p, "slicenet-system", "slicenet-worker", WORKER_CLUSTER);
+    assert_grants_exactly(&p, "slicenet-system", "slicenet-node-agent", NODE_AGENT);
+    assert_grants_exactly(&p, "slicenet-system", "slicenet-webhook", &[]);
+    assert_workloads_consistent(&p, &slicectl::install::default_image());
+
+    // The hub kubeconfig Secret holds the kubeconfig with the server replaced.
+    let secret = p.secrets.iter().find(|s| s.metadata.name.as_deref() == Some("slicenet-hub-kubeconfig")).unwrap();
+    let kc = String::from_utf8(secret.data.as_ref().unwrap()["kubeconfig"].0.clone()).unwrap();
+    assert!(kc.contains("https://hub-control-plane:6443") && kc.contains("secret-token"), "{kc}");
+    let worker = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-worker")).unwrap();
+    let spec = worker.spec.template.spec.as_ref().unwrap();
+    let env: BTreeMap<_, _> = spec.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(env["SLICENET_CLUSTER"], "east");
+    // The worker starts the gateway pods with the same image.
+    let args = spec.containers[0].args.clone().unwrap();
+    assert_eq!(args, ["worker", "--gateway-image", &slicectl::install::default_image()]);
+    assert_eq!(
+        spec.volumes.as_ref().unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("slicenet-hub-kubeconfig")
+    );
+
+    // The node agent: host network, privileged, the host dirs, /run/netns shared both ways.
+    let ds = &p.daemonsets[0];
+    let spec = ds.spec.template.spec.as_ref().unwrap();
+    assert_eq!(spec.host_network, Some(true));
+    let agent = &spec.containers[0];
+    let sc = agent.security_context.as_ref().unwrap();
+    assert_eq!((sc.privileged, sc.run_as_user), (Some(true), Some(0)), "the image's user is not root");
+    let netns = agent.volume_mounts.iter().flatten().find(|m| m.mount_path == "/run/netns").unwrap();
+    assert_eq!(netns.mount_propagation.as_deref(), Some("Bidirectional"));
+    let host_paths: BTreeSet<&str> =
+        spec.volumes.iter().flatten().filter_map(|v| v.host_path.as_ref()).map(|h| h.path.as_str()).collect();
+    assert_eq!(
+        host_paths,
+        BTreeSet::from(["/run/netns", "/run/slicenet", "/var/lib/slicenet", "/opt/cni/bin", "/etc/cni/net.d"])
+    );
+    let init = &spec.init_containers.as_ref().unwrap()[0];
+    assert!(init.args.as_ref().unwrap().contains(&"cni-install".to_owned()));
+    // Every mount names a volume of the pod.
+    let volumes: BTreeSet<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+        for m in c.volume_mounts.iter().flatten() {
+            assert!(volumes.contains(m.name.as_str()), "{}: no volume {}", c.name, m.name);
+        }
+    }
+
+    let m = &p.mutating[0].webhooks.as_ref().unwrap()[0];
+    assert_eq!(m.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(m.reinvocation_policy.as_deref(), Some("IfNeeded"));
+    assert_eq!(m.side_effects, "None");
+    assert_eq!(m.client_config.service.as_ref().unwrap().path.as_deref(), Some("/mutate-pod"));
+    let sel = &m.namespace_selector.as_ref().unwrap().match_expressions.as_ref().unwrap()[0];
+    assert_eq!((sel.key.as_str(), sel.operator.as_str()), (slice_api::names::SLICE_LABEL, "Exists"));
+    assert_webhook_tls(&p, &m.client_config);
+    assert!(p.validating.is_empty(), "SliceConfigs live on the hub");
+}
+
+#[test]
+fn worker_hub_access_grants_exactly_the_worker_hub_list_for_its_own_cluster() {
+    let p = parse(&slicectl(&["install", "worker-hub-access", "--cluster", "east"]));
+    assert_grants_exactly(&p, "slicenet-cluster-east", "slicenet-worker", WORKER_HUB);
+    assert_eq!(p.namespaces[0].metadata.name.as_deref(), Some("slicenet-cluster-east"));
+    // Its cluster-wide access is to its own MemberCluster only.
+    for role in &p.cluster_roles {
+        for rule in role.rules.iter().flatten() {
+            assert_eq!(rule.resource_names.as_deref(), Some(&["east".to_owned()][..]), "{rule:?}");
+        }
+    }
+    assert!(!p.cluster_roles.is_empty());
+    let token = &p.secrets[0];
+    assert_eq!(token.type_.as_deref(), Some("kubernetes.io/service-account-token"));
+    assert_eq!(token.metadata.annotations.as_ref().unwrap()["kubernetes.io/service-account.name"], "slicenet-worker");
+    // Two clusters' objects do not collide where names are global.
+    let west = parse(&slicectl(&["install", "worker-hub-access", "--cluster", "west"]));
+    assert_ne!(west.cluster_roles[0].metadata.name, p.cluster_roles[0].metadata.name);
+    assert_ne!(west.cluster_role_bindings[0].metadata.name, p.cluster_role_bindings[0].metadata.name);
+}
+
+#[test]
+fn install_crds_and_join_parse() {
+    let p = parse(&slicectl(&["install", "crds"]));
+    assert_eq!(p.crds, slice_api::crd::crds());
+    let p = parse(&slicectl(&["join", "--cluster", "east", "--pod-cidr", "10.244.0.0/16", "--multus"]));
+    assert_eq!(p.member_clusters[0].spec.pod_cidrs, ["10.244.0.0/16"]);
+    assert!(p.member_clusters[0].spec.multus);
+}
+
+#[test]
+fn bad_input_fails_with_a_message() {
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_slicectl")).args(args).output().unwrap();
+    let out = run(&["install", "worker", "--cluster", "east", "--hub-kubeconfig", "/nonexistent/kubeconfig"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/kubeconfig"));
+    let out = run(&["join", "--cluster", "Bad_Name"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cluster name"));
+    let out = run(&["join", "--cluster", "east", "--apply"]);
+    assert!(!out.status.success(), "--apply needs --hub-kubeconfig");
+}
+
+#[test]
+fn webhook_tls_dir_is_used_as_given() {
+    let tls =
+        slicectl::tls::generate(&slicectl::tls::service_dns_names("slicenet-webhook", "slicenet-system")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &tls.ca_pem).unwrap();
+    std::fs::write(dir.path().join("tls.crt"), &tls.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &tls.key_pem).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let hub = parse(&slicectl(&["install", "hub", "--webhook-tls-dir", d]));
+    let worker = parse(&install_worker(&["--webhook-tls-dir", d]));
+    let bundle = |c: &k8s_openapi::api::admissionregistration::v1::WebhookClientConfig| c.ca_bundle.clone().unwrap().0;
+    assert_eq!(bundle(&hub.validating[0].webhooks.as_ref().unwrap()[0].client_config), tls.ca_pem.as_bytes());
+    assert_eq!(bundle(&worker.mutating[0].webhooks.as_ref().unwrap()[0].client_config), tls.ca_pem.as_bytes());
+}
