@@ -180,7 +180,15 @@ pub(crate) fn start(paths: &AgentPaths, operator: &Path, netns: &Path) -> Result
         .append(true)
         .open(&paths.log)
         .with_context(|| format!("cannot open {}", paths.log.display()))?;
-    let argv = [operator, Path::new("node-agent"), Path::new("--config"), &paths.config];
+    // The agent polls its file every 100 ms: the lab stands in for a watch on the API.
+    let argv = [
+        operator,
+        Path::new("node-agent"),
+        Path::new("--config"),
+        &paths.config,
+        Path::new("--interval-ms"),
+        Path::new("100"),
+    ];
     let mut command = netns::command(netns, &argv);
     command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     let child = command.spawn().with_context(|| format!("cannot start `{}`", cmd::describe(&command)))?;

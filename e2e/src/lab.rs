@@ -490,6 +490,27 @@ impl Cluster {
         self.forward(Proto::Tcp, public_port, pod_ip, pod_port)
     }
 
+    /// Removes the UDP forward of `public_port` (none is fine).
+    ///
+    /// # Errors
+    /// When there is no edge or the rules cannot be listed or deleted.
+    pub fn remove_forward_udp(&self, public_port: u16) -> Result<()> {
+        self.edge()?.remove_forward(Proto::Udp, public_port)
+    }
+
+    /// The edge's port forwards (its nftables prerouting chain), for checks and status.
+    ///
+    /// # Errors
+    /// When there is no edge or `nft` fails.
+    pub fn forwards(&self) -> Result<Vec<String>> {
+        let out = self.edge_exec(&["nft", "list", "chain", "ip", wan::NFT_TABLE, "prerouting"])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("dnat"))
+            .map(|l| l.trim().to_owned())
+            .collect())
+    }
+
     fn forward(&self, proto: Proto, public_port: u16, pod_ip: Ipv4Addr, pod_port: u16) -> Result<()> {
         if self.options.behind_nat {
             bail!("cluster {} is behind NAT: no inbound forwarding", self.name);

@@ -37,6 +37,7 @@ pub mod bench;
 mod cleanup;
 mod cmd;
 mod containerd;
+pub mod control;
 mod cri;
 pub mod demo;
 pub mod demo_across;

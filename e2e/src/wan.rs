@@ -187,6 +187,24 @@ impl Edge {
         ))
     }
 
+    /// Removes the forwards of `proto` `public_port` (no such forward is fine).
+    pub(crate) fn remove_forward(&self, proto: Proto, public_port: u16) -> Result<()> {
+        let ns = netns::path(&self.netns);
+        let out = netns::exec(&ns, &["nft", "-a", "list", "chain", "ip", NFT_TABLE, "prerouting"])?;
+        if !out.status.success() {
+            bail!("nft list chain in {}: {}", self.netns, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let needle = format!("{} dport {public_port} ", proto.as_str());
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&needle)) {
+            let Some(handle) = line.rsplit_once("# handle ").map(|(_, h)| h.trim().to_owned()) else { continue };
+            let out = netns::exec(&ns, &["nft", "delete", "rule", "ip", NFT_TABLE, "prerouting", "handle", &handle])?;
+            if !out.status.success() {
+                bail!("nft delete rule in {}: {}", self.netns, String::from_utf8_lossy(&out.stderr).trim());
+            }
+        }
+        Ok(())
+    }
+
     /// Delays every packet arriving from the WAN by `ms` (0 removes the delay): stops the
     /// running delay program (`child`) and its rule, then starts a new one.
     pub(crate) fn set_delay(&self, ms: u32, child: &mut Option<Child>) -> Result<()> {
