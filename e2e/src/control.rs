@@ -509,14 +509,29 @@ impl ControlPlane {
             let address = c.status.as_ref()?.gateway_addresses.first()?.clone();
             Some(format!("{address}:{}", gw?.public_port?))
         });
+        // `wg show IFACE latest-handshakes`: "<public key>\t<unix seconds>" per peer (0: none).
+        let handshakes: BTreeMap<String, u64> = gw
+            .and_then(|g| g.pod.exec_ok(&["wg", "show", &g.interface, "latest-handshakes"]).ok())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (key, t) = l.split_once('\t')?;
+                Some((key.to_owned(), t.trim().parse().ok()?))
+            })
+            .collect();
+        let now_secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
         let peers = spec
             .peers
             .iter()
             .map(|p| {
-                let (state, reason) = if p.public_key.is_none() {
-                    ("Pending", "the peer has not published its gateway key yet")
-                } else {
-                    ("Configured", "")
+                let (state, reason) = match p.public_key.as_ref().map(|k| handshakes.get(k).copied()) {
+                    None => ("Pending", "the peer has not published its gateway key yet"),
+                    Some(None) => ("Pending", "the peer is not configured in the gateway yet"),
+                    Some(Some(0)) => ("Down", "no handshake yet"),
+                    // WireGuard rekeys every 2 minutes while traffic flows, and keepalives keep
+                    // idle peers fresh: 3 minutes without a handshake means the path is broken.
+                    Some(Some(t)) if now_secs.saturating_sub(t) > 180 => ("Down", "no handshake for over 3 minutes"),
+                    Some(Some(_)) => ("Up", ""),
                 };
                 PeerTunnelStatus {
                     cluster: p.cluster.clone(),
@@ -540,6 +555,19 @@ impl ControlPlane {
             peers,
             conditions,
             observed_generation: None,
+        }
+    }
+
+    /// Reads every gateway's tunnel state again into its WorkerSlice status (handshakes happen
+    /// after [`ControlPlane::apply`] returns, with the first traffic or keepalive).
+    pub fn refresh_status(&mut self) {
+        for i in 0..self.workers.len() {
+            let spec = self.workers[i].spec.clone();
+            let key = (spec.slice.clone(), spec.cluster.clone());
+            if self.runs.contains_key(&key) {
+                let status = self.worker_status(&spec, &key);
+                self.workers[i].status = Some(status);
+            }
         }
     }
 

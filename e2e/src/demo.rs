@@ -114,7 +114,8 @@ pub fn run_with_prefix(prefix: &str) -> Result<()> {
     if mismatches > 0 {
         bail!("{mismatches} reachability cell(s) differ from what slicenet promises");
     }
-    crate::demo_across::run(&format!("{prefix}x"))
+    crate::demo_across::run(&format!("{prefix}x"))?;
+    crate::demo_yaml::run(&format!("{prefix}y"))
 }
 
 /// `slicectl lab up`: builds the demo lab and its pods and leaves them running (the processes

@@ -41,6 +41,7 @@ pub mod control;
 mod cri;
 pub mod demo;
 pub mod demo_across;
+pub mod demo_yaml;
 pub mod gateway;
 mod lab;
 mod netns;

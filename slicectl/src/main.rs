@@ -143,11 +143,16 @@ enum LabCmd {
     /// reachability and status, and tears it down. Exits non-zero when reachability differs
     /// from what slicenet promises.
     Demo,
-    /// Builds the demo lab and its pods and leaves them running (`slicectl lab down` removes it).
+    /// Builds the demo lab and its pods and leaves them running (`slicectl lab down` removes it);
+    /// with `-f FILE`, builds the clusters of a SliceConfig/MemberCluster YAML file instead and runs
+    /// it through the hub's planner and the worker's logic.
     Up {
         /// Lab name prefix ([a-z][a-z0-9]{0,9}).
         #[arg(long, default_value = e2e::demo::PREFIX)]
         prefix: String,
+        /// SliceConfig (and MemberCluster) YAML, e.g. deploy/examples/lab-slice.yaml.
+        #[arg(short = 'f', long = "file")]
+        file: Option<std::path::PathBuf>,
     },
     /// Removes everything a lab made (also after a crash). Idempotent.
     Down {
@@ -184,7 +189,8 @@ fn main() -> ExitCode {
         Cmd::Crds { output_dir, check } => commands::crds(output_dir.as_deref(), check),
         Cmd::CniInstall { plugin, bin_dir, conf_dir } => commands::cni_install(&plugin, &bin_dir, &conf_dir),
         Cmd::Lab { command: LabCmd::Demo } => e2e::demo::run(),
-        Cmd::Lab { command: LabCmd::Up { prefix } } => e2e::demo::up(&prefix),
+        Cmd::Lab { command: LabCmd::Up { prefix, file: None } } => e2e::demo::up(&prefix),
+        Cmd::Lab { command: LabCmd::Up { prefix, file: Some(file) } } => e2e::demo_yaml::up(&prefix, &file),
         Cmd::Lab { command: LabCmd::Down { prefix, all } } => commands::lab_down(&prefix, all),
         Cmd::Status { hub_kubeconfig: Some(kubeconfig), .. } => commands::hub_status(&kubeconfig),
         Cmd::Status { hub_kubeconfig: None, state_dir, ipam_dir, node } => {
