@@ -12,6 +12,7 @@ use crate::config::NetConf;
 use crate::ipam::{Allocation, Key, Store};
 use crate::log::Log;
 use crate::membership::{self, Decision, States};
+use crate::network_status;
 use crate::result::{self, SliceInterface};
 use crate::spec::{CniError, Command, Env, Result, SUPPORTED_VERSIONS, code};
 
@@ -113,7 +114,47 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Value> {
     ));
     let base = if conf.standalone() { None } else { conf.prev_result.clone() };
     let slice = SliceInterface { ifname: &key.ifname, sandbox: netns, ip, attached: &attached, state: &state };
-    Ok(result::with_slice(base.unwrap_or_else(|| result::empty(&conf.cni_version)), &conf.cni_version, &slice))
+    let result =
+        result::with_slice(base.unwrap_or_else(|| result::empty(&conf.cni_version)), &conf.cni_version, &slice);
+    if !conf.standalone() {
+        record_network_status(conf, env, &key, &state.slice, &result, log);
+    }
+    Ok(result)
+}
+
+/// Chained mode: records the pod's network-status entry (Multus records it in delegate mode).
+/// Best effort: the record is a report for an agent, and the attachment works without it, so a
+/// failure is logged and does not fail ADD.
+fn record_network_status(conf: &NetConf, env: &Env, key: &Key, slice: &str, result: &Value, log: &Log) {
+    let namespace = env.pod_namespace().unwrap_or_default();
+    let network = slice_api::multus::network_name(namespace, slice);
+    let Some(entry) = network_status::entry(&network, result, &key.ifname) else {
+        log.info(&format!("ADD {}: no {} in the result to record", key.container_id, key.ifname));
+        return;
+    };
+    let record = network_status::PodRecord {
+        container_id: key.container_id.clone(),
+        network: conf.name.clone(),
+        namespace: namespace.to_owned(),
+        pod: env.pod_name().unwrap_or_default().to_owned(),
+        pod_uid: env.args.get("K8S_POD_UID").cloned().unwrap_or_default(),
+        network_status: vec![entry],
+    };
+    let dir = conf.status_dir();
+    if let Err(e) = network_status::store(&dir, &record) {
+        log.info(&format!("ADD {}: cannot record network status in {}: {e}", key.container_id, dir.display()));
+    }
+}
+
+/// Chained mode: removes the pod's network-status record (logged, never fails DEL or GC).
+fn forget_network_status(conf: &NetConf, container_id: &str, log: &Log) {
+    if conf.standalone() {
+        return;
+    }
+    let dir = conf.status_dir();
+    if let Err(e) = network_status::remove(&dir, container_id) {
+        log.info(&format!("{container_id}: cannot remove network-status record in {}: {e}", dir.display()));
+    }
 }
 
 /// Removes the attachments of `allocations` (host ends first, so an address is never free while
@@ -144,6 +185,7 @@ fn del(conf: &NetConf, env: &Env, log: &Log) -> Result<()> {
     let key = key(conf, env)?;
     let allocations = Store::new(conf.ipam_dir()).find(&key)?;
     remove(conf, &allocations)?;
+    forget_network_status(conf, &key.container_id, log);
     for a in &allocations {
         log.info(&format!("DEL {}: released {} {} on slice {}", key.container_id, key.ifname, a.ip, a.slice));
     }
@@ -200,6 +242,23 @@ fn gc(conf: &NetConf, log: &Log) -> Result<()> {
     remove(conf, &stale)?;
     for a in &stale {
         log.info(&format!("GC: released {} {} of {} on slice {}", a.key.ifname, a.ip, a.key.container_id, a.slice));
+    }
+    // This network's records of containers the runtime no longer has.
+    if !conf.standalone() {
+        let live: BTreeSet<&str> = valid.iter().map(|(id, _)| *id).collect();
+        let dir = conf.status_dir();
+        let records = std::fs::read_dir(&dir).into_iter().flatten().flatten();
+        for name in records.filter_map(|e| e.file_name().into_string().ok()) {
+            let Some(id) = name.strip_suffix(".json").filter(|id| !id.starts_with('.') && !live.contains(id)) else {
+                continue;
+            };
+            // An unreadable record is left for its own DEL; another network's is not ours.
+            if let Ok(Some(record)) = network_status::load(&dir, id)
+                && record.network == conf.name
+            {
+                forget_network_status(conf, id, log);
+            }
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The network configuration slice-cni reads on stdin: the standard keys, ours (`slice`,
-//! `sliceInterface`, `stateDir`, `ipamDir`, `logFile`), the runtime's `runtimeConfig` and, when
-//! chained, the previous plugin's result, kept as raw JSON so nothing of it is lost or reordered.
+//! `sliceInterface`, `stateDir`, `ipamDir`, `statusDir`, `logFile`), the runtime's `runtimeConfig`
+//! and, when chained, the previous plugin's result, kept as raw JSON so nothing of it is lost or
+//! reordered.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,6 +11,9 @@ use serde_json::Value;
 use slice_api::names;
 
 use crate::spec::{CniError, Result, code};
+
+/// Name of the default network-status dir, next to the IPAM dir.
+pub const STATUS_DIR_NAME: &str = "network-status";
 
 /// One network configuration (a conflist entry with the list's name and version filled in, or a
 /// Multus delegate config).
@@ -31,6 +35,9 @@ pub struct NetConf {
     pub state_dir: Option<PathBuf>,
     #[serde(default)]
     pub ipam_dir: Option<PathBuf>,
+    /// Chained mode: where the per-pod network-status records go.
+    #[serde(default)]
+    pub status_dir: Option<PathBuf>,
     /// Where to append log lines; stderr when unset.
     #[serde(default)]
     pub log_file: Option<PathBuf>,
@@ -94,6 +101,16 @@ impl NetConf {
         self.ipam_dir.clone().unwrap_or_else(|| names::DEFAULT_IPAM_DIR.into())
     }
 
+    /// Network-status records dir (config `statusDir`, default `network-status` next to the
+    /// IPAM dir: `/var/lib/slicenet/network-status`).
+    pub fn status_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.status_dir {
+            return dir.clone();
+        }
+        let ipam = self.ipam_dir();
+        ipam.parent().map_or_else(|| ipam.join(STATUS_DIR_NAME), |p| p.join(STATUS_DIR_NAME))
+    }
+
     /// Standalone mode is a Multus delegate: the config names its slice.
     pub fn standalone(&self) -> bool {
         self.slice.is_some()
@@ -120,6 +137,11 @@ mod tests {
         assert!(!conf.standalone());
         assert_eq!(conf.annotations().unwrap()["slicenet.io/slice"], "blue");
         assert_eq!(conf.ipam_dir(), PathBuf::from("/var/lib/slicenet/ipam"));
+        assert_eq!(conf.status_dir(), PathBuf::from("/var/lib/slicenet/network-status"));
+        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","ipamDir":"/lab/n1/ipam"}"#).unwrap();
+        assert_eq!(conf.status_dir(), PathBuf::from("/lab/n1/network-status"));
+        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","statusDir":"/s"}"#).unwrap();
+        assert_eq!(conf.status_dir(), PathBuf::from("/s"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`ipam`]: addresses from the node prefix (pure choice, file store under a lock).
 //! - [`attach`]: the veth, address and routes (netlink through `dataplane`).
 //! - [`result`]: the ADD result.
+//! - [`network_status`]: the Multus network-status entry; chained mode's per-pod record.
 //! - [`commands`]: ADD, DEL, CHECK, STATUS, GC, VERSION.
 
 pub mod attach;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod ipam;
 pub mod log;
 pub mod membership;
+pub mod network_status;
 pub mod result;
 pub mod spec;
 

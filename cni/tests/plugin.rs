@@ -162,7 +162,11 @@ fn invoke_raw(call: &Call<'_>, stdin: &[u8]) -> (bool, Value, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    // The plugin may refuse before reading stdin (a bad CNI_COMMAND): EPIPE here is its answer
+    // arriving first, not a failure of the test.
+    if let Err(e) = child.stdin.take().unwrap().write_all(stdin) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing the plugin's stdin: {e}");
+    }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json =
@@ -391,6 +395,64 @@ fn status_and_gc_run_directly() {
     other_net["cni.dev/valid-attachments"] = json!([]);
     other_net["cniVersion"] = json!("1.1.0");
     assert!(invoke(&Call { command: "GC", ..Call::add("", "") }, &other_net).0);
+    f.assert_clean();
+}
+
+/// Chained mode records the pod's Multus-style network-status entry next to the IPAM dir; DEL
+/// and GC remove it; a Multus delegate and a non-member record nothing.
+#[test]
+fn chained_mode_records_network_status() {
+    let mut f = Fixture::new("10.80.0.0/26");
+    let status_dir = f.dir.path().join("network-status");
+    let record = |id: &str| -> Option<Value> {
+        let text = std::fs::read_to_string(status_dir.join(format!("{id}.json"))).ok()?;
+        Some(serde_json::from_str(&text).expect("record is JSON"))
+    };
+    let conf = f.conf("1.1.0");
+    let pod = f.pod();
+    let (ok, result, err) = invoke(&Call::add("c1", &pod), &conf);
+    assert!(ok, "{result} {err}");
+    let rec = record("c1").expect("ADD recorded the network status");
+    assert_eq!(
+        rec,
+        json!({
+            "containerID": "c1", "network": "lab", "namespace": "shop", "pod": "p",
+            "networkStatus": [{
+                "name": "shop/slice-blue", "interface": "slice0",
+                "ips": [slice_ip(&result).to_string()], "mac": result["interfaces"][3]["mac"],
+                "mtu": 1400, "dns": {}
+            }]
+        })
+    );
+    // DEL removes it; twice (the second without a netns, as containerd does) is fine.
+    assert!(invoke(&Call { command: "DEL", ..Call::add("c1", &pod) }, &conf).0);
+    assert_eq!(record("c1"), None);
+    assert!(invoke(&Call { command: "DEL", netns: "", ..Call::add("c1", &pod) }, &conf).0);
+
+    // A non-member pod and a Multus delegate record nothing.
+    let other = f.pod();
+    assert!(invoke(&Call { namespace: "bank", ..Call::add("c2", &other) }, &conf).0);
+    assert_eq!(record("c2"), None);
+    let mut delegate = conf.clone();
+    delegate["slice"] = json!("blue");
+    delegate.as_object_mut().unwrap().remove("prevResult");
+    assert!(invoke(&Call { ifname: "net1", ..Call::add("c3", &other) }, &delegate).0);
+    assert_eq!(record("c3"), None);
+    assert!(invoke(&Call { command: "DEL", ifname: "net1", ..Call::add("c3", &other) }, &delegate).0);
+
+    // GC of this network removes the records of containers that are gone, not another network's.
+    let third = f.pod();
+    assert!(invoke(&Call::add("c4", &third), &conf).0);
+    let mut other_net = conf.clone();
+    other_net["name"] = json!("other");
+    assert!(invoke(&Call::add("c5", &other), &other_net).0);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    assert!(invoke(&Call { command: "GC", ..Call::add("", "") }, &gc).0);
+    assert_eq!(record("c4"), None, "GC removed the gone container's record");
+    assert_eq!(record("c5").expect("other network's record kept")["network"], "other");
+    assert!(invoke(&Call { command: "DEL", ..Call::add("c5", &other) }, &other_net).0);
+    assert_eq!(std::fs::read_dir(&status_dir).unwrap().count(), 0, "records left");
     f.assert_clean();
 }
 
