@@ -38,6 +38,7 @@ mod cleanup;
 mod cmd;
 mod containerd;
 pub mod control;
+pub mod convergence;
 mod cri;
 pub mod demo;
 pub mod demo_across;
