@@ -39,6 +39,7 @@ bench: EXTRA_PACKAGES = $(BENCH_PACKAGES)
 bench: deps
 	$(CARGO) build --release --workspace --bins
 	SLICENET_BIN_DIR=$(CURDIR)/target/release target/release/slicenet-bench
+	target/release/webhook-bench --requests 10000 --rate 1000 --connections 8
 
 # Removes what a crashed lab left behind (idempotent).
 clean-lab:

@@ -9,8 +9,9 @@
 //! 3. Pod to pod across two nodes, `iperf3` and `ping`, over `slice0` and over the primary
 //!    network ([`path`]).
 //! 4. Tunnels over one veth: `slice-gateway` against wireguard-go and OpenVPN ([`tunnel`]).
-//! 5. Pod to pod across two clusters over the lab's WAN, through the slice's gateways and,
-//!    for reference, between the gateway pods without a tunnel ([`across`]).
+//! 5. Across two clusters over the lab's WAN, side by side over the same WAN namespaces: the WAN
+//!    without a tunnel, `slice-gateway` pod to pod through the whole slice path and between the
+//!    gateway pods, wireguard-go and OpenVPN between the gateway pods ([`across`]).
 //!
 //! Everything runs in two labs made for the purpose (prefixes [`SLICE_LAB`] and [`PLAIN_LAB`]);
 //! nothing is sent outside their namespaces. The labs are torn down on every path: on return,
@@ -21,6 +22,7 @@ mod cni;
 mod cri;
 mod doc;
 mod path;
+mod place;
 mod process;
 mod stats;
 mod tunnel;
@@ -106,8 +108,9 @@ options:
   -h, --help            this text
 
 SLICENET_BIN_DIR names the directory of slice-cni, slice-operator and slice-gateway (make bench:
-target/release). SLICENET_BENCH_TUNNELS=veth,slice-gateway,wireguard-go,openvpn limits section 4
-to those tunnels.";
+target/release). SLICENET_BENCH_TUNNELS=veth,slice-gateway,wireguard-go,openvpn limits sections 4
+and 5 to those paths (veth: the untunnelled path of either). SLICENET_BENCH_GATEWAY_VARIANTS adds
+slice-gateway rows to section 4 run with switches, e.g. 'A=1;A=0 B=2' (`;` between rows).";
 
 impl Options {
     /// Parses the command line (without the program name). `Ok(None)` means `--help`.
@@ -201,7 +204,7 @@ struct Figures {
     cri: Option<cri::CriFigures>,
     path: Option<path::PodToPod>,
     tunnel: Option<tunnel::TunnelSection>,
-    across: Option<across::AcrossSection>,
+    across: Option<tunnel::TunnelSection>,
 }
 
 /// Runs the benchmark: builds the labs, runs the sections, prints a table per section on
@@ -215,16 +218,24 @@ pub fn run(options: &Options) -> Result<()> {
     process::catch_interrupts();
     preflight(options)?;
     let started = Instant::now();
+    let load_start = load_average();
     let figures = measure(options)?;
     let elapsed = started.elapsed();
+    let load_end = load_average();
     eprintln!("slicenet-bench: done in {:.0} s", elapsed.as_secs_f64());
     if let Some(doc) = &options.doc {
         let old = std::fs::read_to_string(doc).unwrap_or_default();
         let labs = options.run_cni || options.run_cri || options.run_path;
         let mut text = if labs { report(options, &figures, elapsed)? } else { old.clone() };
-        let tunnel_doc = figures.tunnel.as_ref().map(|t| tunnel::doc_section(t, TUNNEL_STEPS));
+        let command = format!(
+            "Command: `{}`, run {}; load average (1 / 5 / 15 min) {load_start} at the start and {load_end} at the end \
+             of the run (other work on this machine shows here).",
+            command_line(),
+            command_output(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]),
+        );
+        let tunnel_doc = figures.tunnel.as_ref().map(|t| tunnel::doc_section(t, TUNNEL_STEPS, &command));
         text = doc::Marked { begin: tunnel::BEGIN, end: tunnel::END }.update(&text, tunnel_doc, &old);
-        let across_doc = figures.across.as_ref().map(across::doc_section);
+        let across_doc = figures.across.as_ref().map(|a| across::doc_section(a, &command));
         text = doc::Marked { begin: across::BEGIN, end: across::END }.update(&text, across_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -233,6 +244,32 @@ pub fn run(options: &Options) -> Result<()> {
         eprintln!("slicenet-bench: wrote {}", doc.display());
     }
     Ok(())
+}
+
+/// The first three fields of `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// This run's command line as it can be typed again: the `SLICENET_*` variables it read, the
+/// program and its arguments.
+fn command_line() -> String {
+    let mut words: Vec<String> = ["SLICENET_BIN_DIR", "SLICENET_BENCH_TUNNELS", "SLICENET_BENCH_GATEWAY_VARIANTS"]
+        .into_iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={}", quote(&v))))
+        .collect();
+    words.extend(std::env::args().map(|a| quote(&a)));
+    words.join(" ")
+}
+
+fn quote(word: &str) -> String {
+    if word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:".contains(c)) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 /// The per-step history of the gateway's speed work (written by hand from this section's runs).
@@ -264,10 +301,7 @@ fn preflight(options: &Options) -> Result<()> {
         tools.extend(["iperf3", "ping", "ss", "timeout"]);
     }
     if options.run_tunnel || options.run_across {
-        tools.push("wg");
-    }
-    if options.run_tunnel {
-        tools.push("openssl");
+        tools.extend(["wg", "openssl"]);
     }
     for tool in tools {
         let found =
@@ -297,14 +331,14 @@ fn measure(options: &Options) -> Result<Figures> {
     };
     if options.run_tunnel {
         process::check_interrupted()?;
-        eprintln!("slicenet-bench: 4. tunnels over one veth (namespaces sntun-a, sntun-b)");
+        eprintln!("slicenet-bench: 4. tunnels over one veth (namespaces {}, {})", tunnel::NS_A, tunnel::NS_B);
         let t = tunnel::run(options.iperf_seconds, options.pings)?;
         println!("{}", tunnel::table(&t));
         figures.tunnel = Some(t);
     }
     if options.run_across {
         process::check_interrupted()?;
-        eprintln!("slicenet-bench: 5. pod to pod across clusters (lab {}, WAN, c1 + c2)", across::LAB);
+        eprintln!("slicenet-bench: 5. across clusters over one WAN (lab {}, c1 + c2), every tunnel", across::LAB);
         let a = across::run(options.iperf_seconds, options.pings)?;
         println!("{}", across::table(&a));
         figures.across = Some(a);
@@ -553,7 +587,6 @@ fn report(options: &Options, f: &Figures, elapsed: Duration) -> Result<String> {
     let containerd = command_output(&["containerd", "--version"]);
     let plugins = command_output(&["dpkg-query", "-W", "-f", "${Version}", "containernetworking-plugins"]);
     let iperf = command_output(&["iperf3", "--version"]).lines().next().unwrap_or("?").to_owned();
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let mut r = String::new();
     let _ = write!(
         r,
@@ -563,13 +596,14 @@ fn report(options: &Options, f: &Figures, elapsed: Duration) -> Result<String> {
          - Date: {date}\n\
          - Machine: {nproc} CPUs (`nproc`), {cpu}; kernel `{kernel}` (`uname -r`)\n\
          - Software: {containerd}; containernetworking-plugins {plugins}; {iperf}\n\
-         - Command: `make bench`, i.e. `cargo build --release --workspace --bins && \
-         SLICENET_BIN_DIR=$PWD/target/release target/release/slicenet-bench{}`\n\
+         - Command: `{}` (`make bench` runs `cargo build --release --workspace --bins && \
+         SLICENET_BIN_DIR=$PWD/target/release target/release/slicenet-bench`)\n\
          - Samples: {} CNI iterations, {} pods per lab, {} × {} s iperf3 per path, {} pings per path; \
          whole run {:.0} s including lab set-up and teardown\n\
-         - The machine may be shared with other work; each section interleaves its two sides, so the \
-         ratios are the figures to compare\n\n",
-        if args.is_empty() { String::new() } else { format!(" {}", args.join(" ")) },
+         - The machine may be shared with other work; sections 1–3 interleave their two sides and \
+         sections 4 and 5 measure one path after the other (each gives the load average around the run), \
+         so the ratios are the figures to compare\n\n",
+        command_line(),
         options.cni_iterations,
         options.pods,
         options.iperf_runs,
