@@ -218,7 +218,12 @@ pub struct Gateway {
     tx: Mutex<TxState>,
     /// Buffers of the UDP → TUN path; whoever holds it reads the socket.
     rx: Mutex<RxState>,
+    /// Called after every applied change with every peer's AllowedIPs (the routes into TUN).
+    on_change: Mutex<Option<AllowedIpsHook>>,
 }
+
+/// What [`Gateway::set_on_change`] takes.
+pub type AllowedIpsHook = Box<dyn Fn(&[IpNet]) + Send>;
 
 /// Binds the WireGuard UDP socket: dual-stack `[::]:port`, or `0.0.0.0:port` where IPv6 is off.
 fn bind_udp(port: u16, fwmark: u32) -> io::Result<UdpSocket> {
@@ -352,6 +357,7 @@ impl Gateway {
                 next_index: seed & 0x00ff_ffff,
             }),
             counters: DeviceCounters::default(),
+            on_change: Mutex::new(None),
             shutdown: AtomicBool::new(false),
             mtu: AtomicU32::new(1420),
             gso: AtomicBool::new(std::env::var_os("SLICE_GATEWAY_NO_GSO").is_none()),
@@ -905,6 +911,7 @@ impl Gateway {
         }
 
         let own = state.identity.as_ref().map(|id| Key(id.public.to_bytes()));
+        let mut kick = Vec::new();
         for pu in &update.peers {
             if pu.remove {
                 state.remove_peer(&pu.public_key);
@@ -964,8 +971,47 @@ impl Gateway {
                     mine.push(*net);
                 }
             }
+            if pu.persistent_keepalive.is_some_and(|k| k > 0) {
+                kick.push(peer);
+            }
+        }
+        let mut nets: Vec<IpNet> = state.peers.values().flat_map(|p| lock(&p.allowed_ips).clone()).collect();
+        drop(state);
+        // As the kernel's WireGuard does: setting a persistent keepalive sends one at once, so a
+        // gateway behind NAT opens its path (and its handshake) now rather than an interval later.
+        let socket = self.socket();
+        let mut out = vec![0u8; MAX_PACKET];
+        for peer in kick {
+            if peer.endpoint().is_none() {
+                continue;
+            }
+            let mut tunn = lock(&peer.tunn);
+            if let Some(t) = tunn.as_mut()
+                && let TunnResult::WriteToNetwork(datagram) = t.encapsulate(&[], &mut out)
+            {
+                self.send_to_endpoint(&socket, &peer, datagram);
+            }
+        }
+        nets.sort();
+        nets.dedup();
+        if let Some(hook) = lock(&self.on_change).as_ref() {
+            hook(&nets);
         }
         Ok(())
+    }
+
+    /// Calls `hook` with every peer's AllowedIPs now and after every applied change (the
+    /// gateway uses it to route those prefixes into its TUN device).
+    pub fn set_on_change(&self, hook: AllowedIpsHook) {
+        let nets: Vec<IpNet> = {
+            let state = self.state();
+            let mut v: Vec<IpNet> = state.peers.values().flat_map(|p| lock(&p.allowed_ips).clone()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        hook(&nets);
+        *lock(&self.on_change) = Some(hook);
     }
 
     /// What `get=1` reports.

@@ -30,7 +30,12 @@ pub struct Options {
     pub metrics: Option<SocketAddr>,
     pub mtu: u32,
     pub addresses: Vec<IpNet>,
+    /// Route every peer's AllowedIPs into the TUN device (as wg-quick does), following changes.
+    pub routes: bool,
 }
+
+/// How often the configuration file is checked for changes.
+pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads and parses a configuration file; refuses a file that holds a private key and is
 /// readable by group or others.
@@ -81,6 +86,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     let gw = device::Gateway::new(tun).context("binding the UDP socket")?;
     gw.set_mtu(opts.mtu);
+    if opts.routes {
+        gw.set_on_change(route_hook(&opts.interface));
+    }
     if let Some(update) = &initial {
         gw.apply(update).map_err(|e| anyhow::anyhow!("applying the configuration: {e}"))?;
     }
@@ -93,6 +101,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         tracing::info!(%bound, "metrics listening");
     }
     gw.start().context("starting the packet loops")?;
+    if let Some(path) = &opts.config {
+        watch_config(path.clone(), std::sync::Arc::clone(&gw)).context("starting the configuration watcher")?;
+    }
     tracing::info!(
         interface = %opts.interface,
         listen_port = gw.status().listen_port,
@@ -105,5 +116,80 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     tracing::info!(?signal, "shutting down");
     gw.stop();
     drop(uapi);
+    Ok(())
+}
+
+/// Keeps the kernel's routes into `interface` equal to the peers' AllowedIPs: adds what is new,
+/// removes what it added before and is gone. Failures are logged (the next change retries).
+fn route_hook(interface: &str) -> device::AllowedIpsHook {
+    let interface = interface.to_owned();
+    let installed = std::sync::Mutex::new(std::collections::BTreeSet::<IpNet>::new());
+    Box::new(move |nets: &[IpNet]| {
+        let mut installed = installed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let wanted: std::collections::BTreeSet<IpNet> = nets.iter().map(IpNet::trunc).collect();
+        let mut nl = match dataplane::Netlink::new() {
+            Ok(nl) => nl,
+            Err(e) => {
+                tracing::warn!(error = %e, "routes: cannot open netlink");
+                return;
+            }
+        };
+        let route = |dst: IpNet| dataplane::netlink::Route {
+            dst,
+            gateway: None,
+            dev: Some(interface.clone()),
+            src: None,
+            onlink: false,
+            scope_link: true,
+        };
+        for gone in installed.difference(&wanted).copied().collect::<Vec<_>>() {
+            match nl.del_route(&route(gone)) {
+                Ok(_) => {
+                    installed.remove(&gone);
+                }
+                Err(e) => tracing::warn!(route = %gone, error = %e, "routes: cannot remove"),
+            }
+        }
+        for new in wanted.difference(&installed).copied().collect::<Vec<_>>() {
+            match nl.replace_route(&route(new)) {
+                Ok(()) => {
+                    installed.insert(new);
+                }
+                Err(e) => tracing::warn!(route = %new, error = %e, "routes: cannot add"),
+            }
+        }
+    })
+}
+
+/// The identity of a file's content as far as a reload cares: follows symlinks (a mounted
+/// Secret changes by swapping a symlink), so a new inode, size or mtime is a change.
+fn file_stamp(path: &Path) -> Option<(u64, u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.modified().ok()?))
+}
+
+/// Re-reads `path` every [`RELOAD_INTERVAL`] when it changed and applies it as `wg setconf`
+/// would (peers not in it are removed; unchanged peers keep their sessions). A file that does not
+/// load is logged and the running configuration stays.
+fn watch_config(path: PathBuf, gw: std::sync::Arc<device::Gateway>) -> std::io::Result<()> {
+    let mut last = file_stamp(&path);
+    std::thread::Builder::new().name("config-watch".into()).spawn(move || {
+        loop {
+            std::thread::sleep(RELOAD_INTERVAL);
+            let now = file_stamp(&path);
+            if now.is_none() || now == last {
+                continue;
+            }
+            last = now;
+            match load_config(&path) {
+                Ok(update) => match gw.apply(&update) {
+                    Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "reloaded configuration refused"),
+                },
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "configuration not reloaded"),
+            }
+        }
+    })?;
     Ok(())
 }

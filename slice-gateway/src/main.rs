@@ -25,9 +25,14 @@ struct Cli {
     /// MTU of the TUN interface.
     #[arg(long, default_value_t = 1420)]
     mtu: u32,
-    /// Add this address to the interface (repeatable); routes are the caller's job.
+    /// Add this address to the interface (repeatable).
     #[arg(long = "address")]
     addresses: Vec<IpNet>,
+    /// Route every peer's AllowedIPs into the interface and follow changes (as wg-quick does);
+    /// without it, routes are the caller's job. The configuration file, when given, is re-read
+    /// whenever it changes either way.
+    #[arg(long)]
+    routes: bool,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
         metrics: cli.metrics,
         mtu: cli.mtu,
         addresses: cli.addresses,
+        routes: cli.routes,
     };
     match slice_gateway::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Lab, PORT, keypair, sh, wait_until, wg_config};
+use common::{KeyPair, Lab, PORT, keypair, sh, wait_until, wg_config};
 
 /// nft counters on node `i`'s WAN interface: WireGuard UDP (port to port) vs everything else
 /// except ARP (another family) and IPv6 neighbour discovery.
@@ -324,5 +324,65 @@ fn mss_is_clamped_so_large_transfers_work_when_endpoints_think_the_path_is_wider
     lab.exec(1, &format!("ip route replace {}/32 dev {if1} mtu 1500 advmss 1460", Lab::overlay(0)))?;
     let mbps = lab.iperf(0, 1, "-n 20M")?;
     assert!(mbps > 0.0);
+    Ok(())
+}
+
+#[test]
+fn config_file_changes_apply_live_routes_follow_and_keepalive_handshakes_at_once() -> anyhow::Result<()> {
+    let mut lab = Lab::new(3)?;
+    let keys = [keypair()?, keypair()?, keypair()?];
+    let peer = |k: &KeyPair, i: usize, extra: &str, keepalive: bool| {
+        format!(
+            "\n[Peer]\nPublicKey = {}\nAllowedIPs = {}/32{extra}\nEndpoint = {}:{PORT}\n{}",
+            k.public,
+            Lab::overlay(i),
+            Lab::underlay(i),
+            if keepalive { "PersistentKeepalive = 25\n" } else { "" }
+        )
+    };
+    let iface = format!("[Interface]\nPrivateKey = {}\nListenPort = {PORT}\n", keys[0].private);
+    // Node 0 knows node 1 with a 25 s keepalive and routes 10.99.1.0/24 there.
+    let conf_a = format!("{iface}{}", peer(&keys[1], 1, ", 10.99.1.0/24", true));
+    // The peers first, so the first keepalive finds them listening.
+    lab.start_gateway(1, &wg_config(&keys[1], &[(&keys[0], 0)]), &[])?;
+    lab.start_gateway(2, &wg_config(&keys[2], &[(&keys[0], 0)]), &[])?;
+    lab.start_gateway(0, &conf_a, &["--routes"])?;
+    let if0 = lab.ifname(0);
+    let route = |lab: &Lab, net: &str| lab.exec(0, &format!("ip route show {net}")).unwrap_or_default();
+    assert!(route(&lab, "10.99.1.0/24").contains(&if0), "AllowedIPs routed into the TUN device");
+    // Setting the keepalive sends one at once, so the handshake does not wait 25 s.
+    let handshook = |lab: &Lab, key: &str| {
+        lab.exec(0, &format!("wg show {if0} latest-handshakes"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with(key) && !l.trim_end().ends_with("\t0"))
+    };
+    assert!(wait_until(Duration::from_secs(3), || handshook(&lab, &keys[1].public)), "no handshake within 3 s");
+
+    // Rewrite the file (atomically, as a mounted Secret changes): node 2 joins, node 1 loses
+    // 10.99.1.0/24. The gateway follows without a restart or a UAPI call.
+    let conf_b = format!("{iface}{}{}", peer(&keys[1], 1, "", true), peer(&keys[2], 2, ", 10.99.2.0/24", false));
+    let path = lab.dir.path().join(format!("{if0}.conf"));
+    let tmp = lab.write_private("next.conf", &conf_b)?;
+    std::fs::rename(&tmp, &path)?;
+    assert!(
+        wait_until(Duration::from_secs(5), || route(&lab, "10.99.2.0/24").contains(&if0)
+            && route(&lab, "10.99.1.0/24").is_empty()),
+        "routes did not follow the file: {}",
+        lab.log(&if0)
+    );
+    let peers = lab.exec(0, &format!("wg show {if0} peers"))?;
+    assert_eq!(peers.lines().count(), 2, "{peers}");
+    assert!(lab.pings(0, 2, Duration::from_secs(5)), "the new peer carries traffic");
+    assert!(lab.pings(0, 1, Duration::from_secs(5)), "the old peer still does");
+    // A file that does not parse is refused and the running configuration stays.
+    let bad = lab.write_private("bad.conf", "[Interface]\nPrivateKey = nonsense\n")?;
+    std::fs::rename(&bad, &path)?;
+    assert!(
+        wait_until(Duration::from_secs(5), || lab.log(&if0).contains("configuration not reloaded")),
+        "{}",
+        lab.log(&if0)
+    );
+    assert!(lab.pings(0, 2, Duration::from_secs(5)), "still running the last good configuration");
     Ok(())
 }

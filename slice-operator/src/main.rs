@@ -41,6 +41,11 @@ enum Command {
         /// reconcile), in milliseconds.
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
+        /// slice-cni's `statusDir` (with --kube): chained mode's per-pod network-status records,
+        /// published onto the pods' `k8s.v1.cni.cncf.io/network-status` annotation. Scanned
+        /// every --interval-ms.
+        #[arg(long, requires = "kube", default_value = node_agent::network_status::DEFAULT_STATUS_DIR)]
+        status_dir: PathBuf,
     },
 }
 
@@ -157,11 +162,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::NodeAgent { kube: true, node, interval_ms, .. } => {
+        Command::NodeAgent { kube: true, node, interval_ms, status_dir, .. } => {
+            let interval = Duration::from_millis(interval_ms.max(10));
             let options = node_agent::kube::KubeAgentOptions {
                 node: node.unwrap_or_default(),
-                interval: Duration::from_millis(interval_ms.max(10)),
+                interval,
                 resync: node_agent::RESYNC,
+                status_dir,
+                status_interval: interval,
             };
             let result = tokio_runtime().map_err(anyhow::Error::from).and_then(|rt| {
                 rt.block_on(async {

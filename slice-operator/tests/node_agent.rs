@@ -519,7 +519,8 @@ fn once_exits_nonzero_on_a_bad_config() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.json"), "{stderr}");
-    let out = Command::new(BIN).arg("hub").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet: see issue 4"));
+    let missing = dir.path().join("missing-kubeconfig.yaml");
+    let out = Command::new(BIN).arg("hub").arg("--kubeconfig").arg(&missing).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing-kubeconfig.yaml"));
 }

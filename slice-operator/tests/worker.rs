@@ -1,7 +1,9 @@
 //! The worker controller against fake API servers (kube-rs's mock service): the exact requests
 //! of each pass, in order, for create, the gateway pod appearing, a namespace added, a peer's key
 //! and endpoint changing, a node added and removed, Multus, deletion through the finalizer, a
-//! repeat pass (no writes), and failures (the pass stops and the retry finishes the job). Every
+//! repeat pass (no writes), failures (the pass stops and the retry finishes the job), tunnel
+//! states from the gateway's metrics (rendered by slice-gateway itself), `connectedPods`, and
+//! the churn rule (an advancing handshake alone is written at most once a minute). Every
 //! request is checked against the declared access lists (`WORKER_HUB` on the hub with its own
 //! namespace `slicenet-cluster-c2`, `WORKER_CLUSTER` in the cluster with `slicenet-system`); the
 //! node agent's watch against `NODE_AGENT`.
@@ -10,6 +12,7 @@ mod worker_support;
 
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+use slice_gateway::metrics::{PeerSample, Sample, render};
 use slice_operator::access::{NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
 use slice_operator::node_agent::kube::{ConfigUpdate, config_updates};
 use slice_operator::worker::decide::Settings;
@@ -26,6 +29,8 @@ const PEER_KEY_2: &str = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
 const WS: &str = "/apis/slicenet.io/v1alpha1/namespaces/slicenet-cluster-c2/workerslices";
 const SYS: &str = "/api/v1/namespaces/slicenet-system";
 const DEPLOY: &str = "/apis/apps/v1/namespaces/slicenet-system/deployments";
+/// Where the worker reads the gateway pod's metrics: its pod IP, the fixed port.
+const GATEWAY_METRICS: &str = "10.244.0.7:9586";
 
 fn worker_slice() -> Value {
     json!({
@@ -60,7 +65,43 @@ fn gateway_pod(ip: &str) -> Value {
             "annotations": {"k8s.v1.cni.cncf.io/network-status":
                 json!([{"name": "cbr0", "interface": "eth0", "ips": ["10.244.0.7"]},
                        {"name": "slicenet-system/slice-blue", "interface": "slice0", "ips": [ip]}]).to_string()}},
-        "status": {"phase": "Running"},
+        "status": {"phase": "Running", "podIP": "10.244.0.7"},
+    })
+}
+
+/// A pod in `ns` whose network-status has the primary network and `networks`.
+fn app_pod(ns: &str, name: &str, phase: &str, networks: &[&str]) -> Value {
+    let mut entries = vec![json!({"name": "cbr0", "interface": "eth0", "ips": ["10.244.1.9"]})];
+    entries.extend(networks.iter().map(|n| json!({"name": n, "interface": "slice0", "ips": ["10.80.16.9"]})));
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns,
+            "annotations": {"k8s.v1.cni.cncf.io/network-status": Value::Array(entries).to_string()}},
+        "status": {"phase": phase},
+    })
+}
+
+/// Unix seconds of `NOW` plus `offset`.
+fn now_plus(offset: f64) -> f64 {
+    NOW.parse::<k8s_openapi::jiff::Timestamp>().expect("NOW").as_second() as f64 + offset
+}
+
+/// What slice-gateway's own renderer serves for peers with these last handshakes (Unix
+/// seconds, 0: none).
+fn gateway_metrics(peers: &[(&str, f64)]) -> String {
+    render(&Sample {
+        interface: "sg-blue".into(),
+        peers: peers
+            .iter()
+            .map(|(key, at)| PeerSample {
+                public_key: (*key).into(),
+                rx_packets: 12,
+                last_handshake: *at,
+                drops: vec![("auth", 0)],
+                ..PeerSample::default()
+            })
+            .collect(),
+        ..Sample::default()
     })
 }
 
@@ -86,15 +127,22 @@ fn settings() -> Settings {
     Settings { cluster: "c2".into(), ..Settings::default() }
 }
 
-/// Runs one pass against `api` with the fixed key pair; returns its result and requests.
-async fn pass(api: &FakeApi) -> (Result<usize, WorkerError>, Vec<Recorded>) {
+/// A worker on `api`'s clients with the fixed key pair, reading gateway metrics from `api`.
+fn worker_on(api: &FakeApi) -> (Worker, tokio::task::JoinHandle<()>) {
     let (hub, local, server) = api.clients();
     let worker = Worker::with_key_source(
         hub,
         local,
         settings(),
         Box::new(|_| KeyPair { private_key: PRIVATE.into(), public_key: PUBLIC.into() }),
-    );
+    )
+    .with_metrics_source(api.metrics_source());
+    (worker, server)
+}
+
+/// Runs one pass against `api` with a new worker; returns its result and requests.
+async fn pass(api: &FakeApi) -> (Result<usize, WorkerError>, Vec<Recorded>) {
+    let (worker, server) = worker_on(api);
     let result = worker.reconcile_once("c2", NOW).await.map(|o| o.writes);
     drop(worker);
     server.await.expect("the fake server ends");
@@ -102,9 +150,21 @@ async fn pass(api: &FakeApi) -> (Result<usize, WorkerError>, Vec<Recorded>) {
     (result, api.take_requests())
 }
 
-/// The reads every pass starts with.
+/// Runs one pass of `worker` (which remembers its earlier passes) at `now`.
+async fn pass_at(api: &FakeApi, worker: &Worker, now: &str) -> (Result<usize, WorkerError>, Vec<Recorded>) {
+    let result = worker.reconcile_once("c2", now).await.map(|o| o.writes);
+    assert_eq!(api.violations(), Vec::<String>::new(), "requests not covered by the access lists");
+    (result, api.take_requests())
+}
+
+/// The reads every pass starts with, when the slice's member namespaces are `shop`.
 fn reads() -> Vec<String> {
-    [
+    reads_counting(&["shop"])
+}
+
+/// The reads of a pass that counts the pods of `member_namespaces`.
+fn reads_counting(member_namespaces: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
         format!("hub GET {WS}"),
         "hub GET /apis/slicenet.io/v1alpha1/memberclusters/c2".into(),
         "GET /api/v1/nodes".into(),
@@ -115,7 +175,9 @@ fn reads() -> Vec<String> {
         format!("GET {SYS}/services"),
         format!("GET {SYS}/pods"),
     ]
-    .into()
+    .into();
+    v.extend(member_namespaces.iter().map(|ns| format!("GET /api/v1/namespaces/{ns}/pods")));
+    v
 }
 
 fn lines(requests: &[Recorded]) -> Vec<String> {
@@ -224,6 +286,21 @@ async fn create_makes_everything_in_order_and_publishes_the_public_key() {
     assert_eq!(s["conditions"][0]["type"], "Ready");
     assert_eq!(s["conditions"][0]["status"], "False");
     assert_eq!(s["conditions"][0]["reason"], "GatewayPending");
+    // No gateway pod yet: nothing to scrape; c3 has no key at all.
+    assert_eq!(api.take_scrapes(), []);
+    assert_eq!(
+        s["peers"],
+        json!([
+            {"cluster": "c1", "state": "Pending", "reason": "gateway not running: no running gateway pod with an IP"},
+            {"cluster": "c3", "state": "Pending", "reason": "peer has not published a key"},
+        ])
+    );
+    assert_eq!(s["connectedPods"], 0);
+    // The gateway serves its metrics on the fixed port.
+    let deployment = api.get(Side::Cluster, &format!("{DEPLOY}/slicenet-gw-blue")).expect("Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert!(container["args"].to_string().contains(r#""--metrics","0.0.0.0:9586""#), "{}", container["args"]);
+    assert_eq!(container["ports"][1]["containerPort"], 9586);
 
     // The private key never goes to the hub.
     for r in requests.iter().filter(|r| r.side == Side::Hub) {
@@ -281,7 +358,9 @@ async fn a_namespace_added_is_labelled_and_handed_to_the_nodes() {
         format!("PATCH {SYS}/configmaps/slicenet-membership"),
         format!("hub PATCH {WS}/blue/status"),
     ];
-    assert_eq!(lines(&requests), with_reads(&writes));
+    let mut expected = reads_counting(&["db", "shop"]);
+    expected.extend(writes);
+    assert_eq!(lines(&requests), expected);
     assert_eq!(node_config(&api, "n1")["slices"][0]["namespaces"], json!(["db", "shop", "slicenet-system"]));
     assert_eq!(status(&api)["observedGeneration"], 2);
 }
@@ -389,7 +468,10 @@ async fn deletion_removes_what_the_worker_made_then_the_finalizer() {
         format!("DELETE {SYS}/services/slicenet-gw-blue"),
         format!("hub PATCH {WS}/blue"),
     ];
-    assert_eq!(lines(&requests), with_reads(&writes));
+    // A slice being deleted has no pods to count.
+    let mut expected = reads_counting(&[]);
+    expected.extend(writes);
+    assert_eq!(lines(&requests), expected);
     let unlabel = body_of(&requests, "PATCH /api/v1/namespaces/shop");
     assert_eq!(unlabel["metadata"]["labels"]["slicenet.io/slice"], Value::Null);
     assert_eq!(body_of(&requests, &format!("hub PATCH {WS}/blue"))["metadata"]["finalizers"], json!([]));
@@ -399,7 +481,7 @@ async fn deletion_removes_what_the_worker_made_then_the_finalizer() {
     // And a pass after that has nothing left to do.
     let (result, requests) = pass(&api).await;
     assert_eq!(result.expect("pass"), 0);
-    assert_eq!(lines(&requests), reads());
+    assert_eq!(lines(&requests), reads_counting(&[]));
 }
 
 #[tokio::test]
@@ -519,6 +601,154 @@ async fn node_agent_watches_its_config_map() {
         assert!(r.query.contains("fieldSelector=metadata.name%3Dslicenet-node-n1"), "{}", r.query);
     }
     assert!(requests[1].query.contains("watch=true"));
+}
+
+#[tokio::test]
+async fn tunnel_states_come_from_the_gateway_metrics() {
+    let api = running().await;
+    // c3 publishes its key; the gateway knows both peers: c1 shook hands 30 s ago, c3 never.
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| {
+        ws["spec"]["peers"][1]["publicKey"] = json!(PEER_KEY_2);
+        ws["metadata"]["generation"] = json!(2);
+    });
+    api.set_metrics(GATEWAY_METRICS, Ok(gateway_metrics(&[(PEER_KEY, now_plus(-30.4)), (PEER_KEY_2, 0.0)])));
+    api.take_scrapes();
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    let writes = [format!("PATCH {SYS}/secrets/slicenet-gw-blue"), format!("hub PATCH {WS}/blue/status")];
+    assert_eq!(lines(&requests), with_reads(&writes));
+    assert_eq!(api.take_scrapes(), [GATEWAY_METRICS.parse().expect("address")], "the pod IP, the fixed port");
+    assert_eq!(
+        status(&api)["peers"],
+        json!([
+            {"cluster": "c1", "state": "Up", "lastHandshake": "2026-11-23T19:59:29Z"},
+            {"cluster": "c3", "state": "Down", "reason": "no handshake yet"},
+        ])
+    );
+
+    // Three minutes and a bit later c1's handshake is stale, and c3 came up.
+    api.set_metrics(
+        GATEWAY_METRICS,
+        Ok(gateway_metrics(&[(PEER_KEY, now_plus(-200.0)), (PEER_KEY_2, now_plus(-5.0))])),
+    );
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    assert_eq!(lines(&requests), with_reads(&[format!("hub PATCH {WS}/blue/status")]));
+    assert_eq!(
+        status(&api)["peers"],
+        json!([
+            {"cluster": "c1", "state": "Down", "reason": "no handshake for 200 s", "lastHandshake": "2026-11-23T19:56:40Z"},
+            {"cluster": "c3", "state": "Up", "lastHandshake": "2026-11-23T19:59:55Z"},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn unreadable_metrics_leave_the_peers_pending_with_the_reason() {
+    // `running` scraped a gateway that refuses the connection (no canned answer).
+    let api = running().await;
+    assert_eq!(api.take_scrapes(), [GATEWAY_METRICS.parse().expect("address")]);
+    let refused = "gateway not running: connecting to 10.244.0.7:9586: Connection refused (os error 111)";
+    assert_eq!(
+        status(&api)["peers"],
+        json!([
+            {"cluster": "c1", "state": "Pending", "reason": refused},
+            {"cluster": "c3", "state": "Pending", "reason": "peer has not published a key"},
+        ])
+    );
+
+    // Something answers that is not a slice-gateway: the error says so.
+    api.set_metrics(GATEWAY_METRICS, Ok("# TYPE up gauge\nup 1\n".into()));
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    assert_eq!(lines(&requests), with_reads(&[format!("hub PATCH {WS}/blue/status")]));
+    let reason = status(&api)["peers"][0]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        reason.starts_with("gateway not running: reading its metrics: no slice_gateway_peer_last_handshake_seconds"),
+        "{reason}"
+    );
+
+    // A gateway pod that is gone leaves nothing to scrape.
+    api.remove(Side::Cluster, &format!("{SYS}/pods/slicenet-gw-blue-abc"));
+    api.take_scrapes();
+    let (result, _) = pass(&api).await;
+    result.expect("pass");
+    assert_eq!(api.take_scrapes(), []);
+    assert_eq!(status(&api)["peers"][0]["reason"], "gateway not running: no running gateway pod with an IP");
+}
+
+#[tokio::test]
+async fn connected_pods_count_the_pods_with_the_slice_entry() {
+    let api = running().await;
+    api.put(Side::Cluster, app_pod("shop", "web-1", "Running", &["shop/slice-blue"]));
+    api.put(Side::Cluster, app_pod("shop", "web-2", "Running", &["shop/slice-blue"]));
+    api.put(Side::Cluster, app_pod("shop", "excluded", "Running", &[]));
+    // Not counted: a finished pod (filtered by the API server), a pod outside the members.
+    api.put(Side::Cluster, app_pod("shop", "job", "Succeeded", &["shop/slice-blue"]));
+    api.put(Side::Cluster, app_pod("default", "other", "Running", &["default/slice-blue"]));
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    assert_eq!(lines(&requests), with_reads(&[format!("hub PATCH {WS}/blue/status")]));
+    let list = requests.iter().find(|r| r.line() == "GET /api/v1/namespaces/shop/pods").expect("the member list");
+    assert!(list.query.contains("fieldSelector=status.phase%3DRunning"), "{}", list.query);
+    assert_eq!(status(&api)["connectedPods"], 2);
+    // Nothing changed: nothing written.
+    let (result, _) = pass(&api).await;
+    assert_eq!(result.expect("pass"), 0);
+}
+
+#[tokio::test]
+async fn an_advancing_handshake_alone_is_written_at_most_once_a_minute() {
+    let api = running().await;
+    api.set_metrics(GATEWAY_METRICS, Ok(gateway_metrics(&[(PEER_KEY, now_plus(-10.0))])));
+    let (worker, server) = worker_on(&api);
+    let handshake = |api: &FakeApi| status(api)["peers"][0]["lastHandshake"].as_str().map(str::to_owned);
+    let status_write = [format!("hub PATCH {WS}/blue/status")];
+
+    // 20:00:00: c1 comes up: written.
+    let (result, requests) = pass_at(&api, &worker, NOW).await;
+    assert_eq!(result.expect("pass"), 1);
+    assert_eq!(lines(&requests), with_reads(&status_write));
+    assert_eq!(handshake(&api).as_deref(), Some("2026-11-23T19:59:50Z"));
+
+    // 20:00:30: a rekey, nothing else: held.
+    api.set_metrics(GATEWAY_METRICS, Ok(gateway_metrics(&[(PEER_KEY, now_plus(25.0))])));
+    let (result, requests) = pass_at(&api, &worker, "2026-11-23T20:00:30Z").await;
+    assert_eq!(result.expect("pass"), 0);
+    assert_eq!(lines(&requests), reads());
+    assert_eq!(handshake(&api).as_deref(), Some("2026-11-23T19:59:50Z"));
+
+    // 20:01:00: a minute after the last write: written.
+    let (result, requests) = pass_at(&api, &worker, "2026-11-23T20:01:00Z").await;
+    assert_eq!(result.expect("pass"), 1);
+    assert_eq!(lines(&requests), with_reads(&status_write));
+    assert_eq!(handshake(&api).as_deref(), Some("2026-11-23T20:00:25Z"));
+
+    // 20:01:10: another rekey and a pod joins: not only the clock, written at once.
+    api.set_metrics(GATEWAY_METRICS, Ok(gateway_metrics(&[(PEER_KEY, now_plus(68.0))])));
+    api.put(Side::Cluster, app_pod("shop", "web-1", "Running", &["shop/slice-blue"]));
+    let (result, requests) = pass_at(&api, &worker, "2026-11-23T20:01:10Z").await;
+    assert_eq!(result.expect("pass"), 1);
+    assert_eq!(lines(&requests), with_reads(&status_write));
+    assert_eq!(status(&api)["connectedPods"], 1);
+    assert_eq!(handshake(&api).as_deref(), Some("2026-11-23T20:01:08Z"));
+
+    // 20:01:40: a rekey again, within a minute of that write: held.
+    api.set_metrics(GATEWAY_METRICS, Ok(gateway_metrics(&[(PEER_KEY, now_plus(95.0))])));
+    let (result, _) = pass_at(&api, &worker, "2026-11-23T20:01:40Z").await;
+    assert_eq!(result.expect("pass"), 0);
+
+    // 20:04:50: no handshake for 195 s: a state change, written.
+    let (result, _) = pass_at(&api, &worker, "2026-11-23T20:04:50Z").await;
+    assert_eq!(result.expect("pass"), 1);
+    assert_eq!(status(&api)["peers"][0]["state"], "Down");
+    assert_eq!(status(&api)["peers"][0]["reason"], "no handshake for 195 s");
+    // 20:05:20: 30 s staler, nothing else: held.
+    let (result, _) = pass_at(&api, &worker, "2026-11-23T20:05:20Z").await;
+    assert_eq!(result.expect("pass"), 0);
+
+    drop(worker);
+    server.await.expect("the fake server ends");
 }
 
 fn decode_b64(s: &str) -> String {

@@ -4,10 +4,13 @@ use slice_api::rbac::Access;
 use slice_api::rbac::Scope::{Cluster, OwnNamespace};
 
 /// The node agent: watches its node's configuration (a ConfigMap the worker writes in
-/// `slicenet-system`) and writes the slice interface's network-status onto its pods.
+/// `slicenet-system`) and writes the slice interface's network-status onto its pods, in any
+/// namespace: it reads a pod (the annotation to merge into, its UID and node) and merge-patches
+/// the annotation (`node_agent::network_status`).
 pub const NODE_AGENT: &[Access] = &[
     Access::new("get", "", "configmaps", OwnNamespace),
     Access::new("list", "", "configmaps", OwnNamespace),
     Access::new("watch", "", "configmaps", OwnNamespace),
+    Access::new("get", "", "pods", Cluster),
     Access::new("patch", "", "pods", Cluster),
 ];

@@ -39,8 +39,11 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("list", "apps", "deployments", OwnNamespace),
     Access::new("patch", "apps", "deployments", OwnNamespace),
     Access::new("delete", "apps", "deployments", OwnNamespace),
-    // Gateway pods: their slice address (network-status) is the next hop of remote routes.
-    Access::new("list", "", "pods", OwnNamespace),
+    // Pods: the gateway pods in `slicenet-system` (their slice address in network-status is the
+    // next hop of remote routes; their pod IP serves the tunnels' metrics), and the running pods
+    // of each member namespace, whose network-status entries give `connectedPods`. Member
+    // namespaces are any namespaces, so listing is cluster-wide; watching stays in our own.
+    Access::new("list", "", "pods", Cluster),
     Access::new("watch", "", "pods", OwnNamespace),
     Access::new("list", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("patch", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),

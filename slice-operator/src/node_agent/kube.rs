@@ -8,8 +8,12 @@
 //! - when the ConfigMap is deleted, the agent applies the last configuration with no slices, so
 //!   the node is left clean;
 //! - a failed reconcile is retried every `interval`; an unchanged configuration is reconciled
-//!   again every `resync` to repair drift.
+//!   again every `resync` to repair drift;
+//! - alongside, the network-status records slice-cni keeps in chained mode are published onto
+//!   their pods ([`super::network_status`]): the directory is scanned every `status_interval`,
+//!   and every pod is re-checked every `resync`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ::kube::runtime::watcher::{self, Event};
@@ -20,6 +24,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use slice_api::crd::SYSTEM_NAMESPACE;
 use slice_api::node::NodeAgentConfig;
 
+use super::network_status::{self, StatusPublisher};
 use super::{chain, reconcile};
 
 /// Name of node `node`'s configuration ConfigMap (written by the worker).
@@ -38,8 +43,13 @@ pub struct KubeAgentOptions {
     pub node: String,
     /// Retry interval after a failed reconcile.
     pub interval: Duration,
-    /// Reconcile an unchanged configuration this often.
+    /// Reconcile an unchanged configuration this often (and re-check every pod's
+    /// network-status annotation).
     pub resync: Duration,
+    /// slice-cni's `statusDir` on this node: chained mode's network-status records.
+    pub status_dir: PathBuf,
+    /// How often to scan `status_dir` for new or changed records.
+    pub status_interval: Duration,
 }
 
 /// The configuration a ConfigMap holds for `node`.
@@ -151,6 +161,10 @@ pub async fn run(client: Client, options: KubeAgentOptions) -> anyhow::Result<()
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let publisher = StatusPublisher::new(client.clone(), options.status_dir.clone(), options.node.clone());
+    let statuses = tokio::spawn(network_status::run(publisher, options.status_interval, options.resync));
+    // Stops the publisher however this function returns.
+    let _statuses = AbortOnDrop(statuses);
     let mut updates = Box::pin(config_updates(client, &options.node));
     let mut state = AgentState::default();
     let mut next_resync = tokio::time::Instant::now() + options.resync;
@@ -197,6 +211,15 @@ pub async fn run(client: Client, options: KubeAgentOptions) -> anyhow::Result<()
                 state.needs_reconcile = true;
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -8,6 +8,7 @@
 //! on SIGTERM/SIGINT it exits leaving the data plane in place, for the next start to adopt.
 
 pub mod kube;
+pub mod network_status;
 pub mod plan;
 pub mod router;
 

@@ -11,15 +11,18 @@
 //! 5. deletions: whatever the worker made that is no longer wanted (a deleted slice's objects,
 //!    a removed node's ConfigMap, a NAD of a namespace that left);
 //!
-//! then [`decide_status`] (statuses), then [`decide_release`] (finalizers of deleted slices
-//! whose objects are gone). Objects are compared field by field with what the API returned
-//! (fields the server adds are ignored), so a pass over an unchanged cluster writes nothing.
+//! then [`decide_status`] (statuses, with each peer's tunnel state from [`super::tunnels`] and
+//! the count of pods on the slice from [`connected_pods`]), then [`decide_release`] (finalizers
+//! of deleted slices whose objects are gone). Objects are compared field by field with what the
+//! API returned (fields the server adds are ignored), so a pass over an unchanged cluster writes
+//! nothing; a status that only the clock changed is written at most once a minute.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::core::DynamicObject;
 use serde_json::Value;
@@ -33,6 +36,7 @@ use slice_api::names::{NETWORK_STATUS_ANNOTATION, SLICE_LABEL};
 use super::keys::{self, KeyPair};
 use super::objects::{self, GatewayDefaults, NodeDefaults, ObservedNamespace, PlannedSlice};
 use super::plan::{self, ClusterNode};
+use super::tunnels;
 
 /// The kinds of object the worker writes in its cluster (besides namespace labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,6 +85,10 @@ pub struct Observed {
     pub pods: Vec<Pod>,
     /// The worker's NADs (all namespaces); empty when the cluster does not use Multus.
     pub nads: Vec<DynamicObject>,
+    /// Running pods of the namespaces [`namespaces_to_count`] names (for `connectedPods`).
+    pub member_pods: Vec<Pod>,
+    /// By slice: the text its gateway serves on `/metrics`, or why it could not be read.
+    pub gateway_metrics: BTreeMap<String, Result<String, String>>,
 }
 
 /// Settings of the decision that come from the command line.
@@ -151,22 +159,34 @@ pub fn cluster_nodes(nodes: &[Node]) -> Vec<ClusterNode> {
     out
 }
 
-/// The slice address of a slice's gateway pod: from the running, not-deleting gateway pod's
-/// `k8s.v1.cni.cncf.io/network-status` annotation, the first address inside `cluster_prefix`.
-#[must_use]
-pub fn gateway_pod_address(pods: &[Pod], slice: &str, cluster_prefix: ipnet::IpNet) -> Option<IpAddr> {
+fn is_running(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none() && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// A slice's running, not-deleting gateway pods, by name.
+fn running_gateway_pods<'a>(pods: &'a [Pod], slice: &str) -> Vec<&'a Pod> {
     let mut candidates: Vec<&Pod> = pods
         .iter()
         .filter(|p| p.labels().get(SLICE_LABEL).map(String::as_str) == Some(slice))
         .filter(|p| p.labels().get(objects::NAME_LABEL).map(String::as_str) == Some(objects::GATEWAY_NAME))
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter(|p| is_running(p))
         .collect();
     candidates.sort_by_key(|p| p.name_any());
-    candidates.into_iter().find_map(|p| {
-        let text = p.annotations().get(NETWORK_STATUS_ANNOTATION)?;
-        let entries: Vec<Value> = serde_json::from_str(text).ok()?;
-        entries.iter().find_map(|e| {
+    candidates
+}
+
+/// The entries of a pod's `k8s.v1.cni.cncf.io/network-status` annotation (none when it is
+/// missing or not a JSON list).
+fn network_status(pod: &Pod) -> Vec<Value> {
+    pod.annotations().get(NETWORK_STATUS_ANNOTATION).and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default()
+}
+
+/// The slice address of a slice's gateway pod: from the running, not-deleting gateway pod's
+/// `k8s.v1.cni.cncf.io/network-status` annotation, the first address inside `cluster_prefix`.
+#[must_use]
+pub fn gateway_pod_address(pods: &[Pod], slice: &str, cluster_prefix: ipnet::IpNet) -> Option<IpAddr> {
+    running_gateway_pods(pods, slice).into_iter().find_map(|p| {
+        network_status(p).iter().find_map(|e| {
             e.get("ips")?
                 .as_array()?
                 .iter()
@@ -174,6 +194,74 @@ pub fn gateway_pod_address(pods: &[Pod], slice: &str, cluster_prefix: ipnet::IpN
                 .find(|ip| cluster_prefix.contains(ip))
         })
     })
+}
+
+/// Where the worker reads a slice's gateway metrics: the running gateway pod's IP (its primary
+/// network, `status.podIP`) and [`objects::GATEWAY_METRICS_PORT`].
+#[must_use]
+pub fn gateway_metrics_address(pods: &[Pod], slice: &str) -> Option<std::net::SocketAddr> {
+    running_gateway_pods(pods, slice).into_iter().find_map(|p| {
+        let ip = p.status.as_ref()?.pod_ip.as_deref()?.trim().parse::<IpAddr>().ok()?;
+        Some(std::net::SocketAddr::new(ip, objects::GATEWAY_METRICS_PORT))
+    })
+}
+
+/// The slices this cluster runs: its WorkerSlices that are not being deleted, by slice name.
+fn active_slices<'a>(worker_slices: &'a [WorkerSlice], cluster: &str) -> Vec<&'a WorkerSlice> {
+    let mut active: Vec<&WorkerSlice> =
+        worker_slices.iter().filter(|ws| !is_deleting(ws) && ws.spec.cluster == cluster).collect();
+    active.sort_by_key(|ws| ws.spec.slice.clone());
+    active.dedup_by(|a, b| a.spec.slice == b.spec.slice);
+    active
+}
+
+/// The namespaces whose pods the worker lists to count `connectedPods`: every namespace of this
+/// cluster that an active WorkerSlice names, sorted. (A namespace another slice holds is listed
+/// too, and then not counted: [`connected_pods`] counts only effective members.)
+#[must_use]
+pub fn namespaces_to_count(worker_slices: &[WorkerSlice], cluster: &str, namespaces: &[Namespace]) -> Vec<String> {
+    let existing: BTreeSet<String> =
+        namespaces.iter().filter(|n| n.metadata.deletion_timestamp.is_none()).map(ResourceExt::name_any).collect();
+    let wanted: BTreeSet<String> = active_slices(worker_slices, cluster)
+        .into_iter()
+        .flat_map(|ws| ws.spec.namespaces.iter().cloned())
+        .filter(|n| existing.contains(n))
+        .collect();
+    wanted.into_iter().collect()
+}
+
+/// The slices whose gateway metrics a pass reads, with where to read them (`None`: no running
+/// gateway pod with an IP).
+#[must_use]
+pub fn gateways_to_scrape(
+    worker_slices: &[WorkerSlice],
+    cluster: &str,
+    pods: &[Pod],
+) -> Vec<(String, Option<std::net::SocketAddr>)> {
+    active_slices(worker_slices, cluster)
+        .into_iter()
+        .map(|ws| (ws.spec.slice.clone(), gateway_metrics_address(pods, &ws.spec.slice)))
+        .collect()
+}
+
+/// How many pods have `slice`'s interface: running, not-deleting pods of the slice's effective
+/// member `namespaces` whose network-status has the slice's entry, named
+/// `<namespace>/slice-<slice>` (`slice_api::multus::network_name`) as Multus writes it and the
+/// node agent writes it in chained mode. The gateway pod (in `slicenet-system`) is not counted:
+/// the count is of the workloads on the slice.
+#[must_use]
+pub fn connected_pods(pods: &[Pod], slice: &str, namespaces: &[String]) -> u32 {
+    let count = pods
+        .iter()
+        .filter(|p| is_running(p))
+        .filter(|p| {
+            let ns = p.namespace().unwrap_or_default();
+            let name = multus::network_name(&ns, slice);
+            namespaces.contains(&ns)
+                && network_status(p).iter().any(|e| e.get("name").and_then(Value::as_str) == Some(name.as_str()))
+        })
+        .count();
+    u32::try_from(count).unwrap_or(u32::MAX)
 }
 
 /// Whether `desired` is contained in `observed`: every field the worker sets has the same value
@@ -249,10 +337,7 @@ fn key_of(body: &Value, kind: Kind) -> (Kind, String, String) {
 /// key Secret yet (the only input that is not observed: tests pass fixed keys).
 pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(&str) -> KeyPair) -> Decision {
     let mut d = Decision::default();
-    let mut active: Vec<&WorkerSlice> =
-        observed.worker_slices.iter().filter(|ws| !is_deleting(ws) && ws.spec.cluster == settings.cluster).collect();
-    active.sort_by_key(|ws| ws.spec.slice.clone());
-    active.dedup_by(|a, b| a.spec.slice == b.spec.slice);
+    let active = active_slices(&observed.worker_slices, &settings.cluster);
 
     // 1. Finalizers.
     for ws in &active {
@@ -465,8 +550,24 @@ pub fn gateway_endpoint(ws: &WorkerSlice, member: Option<&MemberCluster>, servic
 
 /// The status writes of active slices whose status changed. `services` are the gateway
 /// Services after the first phase (so a new NodePort is known); `now` is RFC 3339.
+///
+/// `status.peers` comes from the slice's gateway metrics in [`Observed::gateway_metrics`]
+/// ([`tunnels::peer_statuses`]), `status.connectedPods` from [`connected_pods`].
+///
+/// **Churn rule.** A status whose only changes are handshake times
+/// ([`tunnels::only_times_changed`]) is not written when `last_written` (when this process last
+/// wrote each WorkerSlice's status, by name) is less than
+/// [`tunnels::TIME_ONLY_WRITE_INTERVAL_SECS`] before `now`; a later pass (the resync) writes it.
+/// After a restart the map is empty and the first such change is written.
 #[must_use]
-pub fn decide_status(observed: &Observed, decision: &Decision, services: &[Service], now: &str) -> Vec<Write> {
+pub fn decide_status(
+    observed: &Observed,
+    decision: &Decision,
+    services: &[Service],
+    now: &str,
+    last_written: &BTreeMap<String, Timestamp>,
+) -> Vec<Write> {
+    let now_ts = now.parse::<Timestamp>().ok();
     let mut writes = Vec::new();
     let mut active: Vec<&WorkerSlice> = observed.worker_slices.iter().filter(|ws| !is_deleting(ws)).collect();
     active.sort_by_key(|ws| ws.name_any());
@@ -485,6 +586,19 @@ pub fn decide_status(observed: &Observed, decision: &Decision, services: &[Servi
         }
         if let Some(p) = decision.planned.get(&name) {
             status.nodes = p.allocations.clone();
+            status.connected_pods = connected_pods(&observed.member_pods, &ws.spec.slice, &p.namespaces);
+        }
+        if let Some(now_ts) = now_ts {
+            // Without a metrics read for the slice (its WorkerSlice names another cluster), the
+            // peers stay as they are.
+            if let Some(scrape) = observed.gateway_metrics.get(&ws.spec.slice) {
+                let handshakes = scrape
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|text| tunnels::parse_handshakes(text).map_err(|e| format!("reading its metrics: {e}")));
+                status.peers =
+                    tunnels::peer_statuses(&ws.spec.peers, handshakes.as_ref().map_err(String::as_str), now_ts);
+            }
         }
         status.observed_generation = ws.metadata.generation;
         let condition = match decision.problems.get(&name) {
@@ -497,7 +611,11 @@ pub fn decide_status(observed: &Observed, decision: &Decision, services: &[Servi
             },
         };
         set_condition(&mut status.conditions, condition, now);
-        if status != old {
+        let recently_written = match (now_ts, last_written.get(&name)) {
+            (Some(now), Some(at)) => now.as_second() - at.as_second() < tunnels::TIME_ONLY_WRITE_INTERVAL_SECS,
+            _ => false,
+        };
+        if status != old && !(recently_written && tunnels::only_times_changed(&old, &status)) {
             writes.push(Write::PatchStatus { name, status });
         }
     }
@@ -565,8 +683,50 @@ mod tests {
             Some("10.80.16.70".parse().unwrap())
         );
         assert_eq!(gateway_pod_address(std::slice::from_ref(&pod), "red", prefix), None);
-        let mut pending = pod;
+        let mut pending = pod.clone();
         pending.status.as_mut().unwrap().phase = Some("Pending".into());
         assert_eq!(gateway_pod_address(&[pending], "blue", prefix), None);
+
+        // Its metrics are read at the pod IP, once it has one.
+        assert_eq!(gateway_metrics_address(std::slice::from_ref(&pod), "blue"), None);
+        let mut with_ip = pod;
+        with_ip.status.as_mut().unwrap().pod_ip = Some("10.244.1.5".into());
+        assert_eq!(gateway_metrics_address(&[with_ip], "blue"), Some("10.244.1.5:9586".parse().unwrap()));
+    }
+
+    fn app_pod(ns: &str, name: &str, phase: &str, networks: &[&str]) -> Pod {
+        let entries: Vec<Value> = std::iter::once(json!({"name": "cbr0", "interface": "eth0", "ips": ["10.244.0.9"]}))
+            .chain(networks.iter().map(|n| json!({"name": n, "interface": "slice0", "ips": ["10.80.16.5"]})))
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns,
+                "annotations": {NETWORK_STATUS_ANNOTATION: Value::Array(entries).to_string()}},
+            "status": {"phase": phase}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn connected_pods_are_running_members_with_the_slice_entry() {
+        let mut deleting = app_pod("shop", "d", "Running", &["shop/slice-blue"]);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time("2026-11-23T20:00:00Z".parse().unwrap()));
+        let mut garbled = app_pod("shop", "g", "Running", &[]);
+        garbled.metadata.annotations.as_mut().unwrap().insert(NETWORK_STATUS_ANNOTATION.into(), "{not json".into());
+        let pods = [
+            app_pod("shop", "a", "Running", &["shop/slice-blue"]),
+            app_pod("web", "b", "Running", &["web/slice-blue"]),
+            app_pod("shop", "c", "Running", &[]), // no slice interface
+            app_pod("shop", "e", "Running", &["shop/slice-red"]), // another slice's
+            app_pod("shop", "f", "Running", &["web/slice-blue"]), // another namespace's NAD
+            app_pod("shop", "h", "Succeeded", &["shop/slice-blue"]),
+            app_pod("db", "i", "Running", &["db/slice-blue"]), // not an effective member
+            deleting,
+            garbled,
+        ];
+        let members = ["shop".to_owned(), "web".to_owned()];
+        assert_eq!(connected_pods(&pods, "blue", &members), 2);
+        assert_eq!(connected_pods(&pods, "red", &members), 1);
+        assert_eq!(connected_pods(&pods, "blue", &[]), 0);
     }
 }

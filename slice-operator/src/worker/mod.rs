@@ -5,10 +5,14 @@
 //! - [`keys`]: the gateway key pair (made here; the private key never leaves the cluster);
 //! - [`objects`]: the Kubernetes objects wanted in the cluster (pure);
 //! - [`decide`]: observed → ordered writes, then statuses, then finalizer releases (pure);
+//! - [`tunnels`]: the gateway's metrics → each peer's tunnel state, and the rule that keeps the
+//!   clock alone from rewriting statuses (pure);
+//! - [`scrape`]: reads a gateway's `/metrics` over HTTP;
 //! - [`reconcile`]: the thin shell: one pass reads everything, decides, writes;
 //! - [`run`]: watches the hub's WorkerSlices and the cluster's Nodes, Namespaces and gateway
 //!   pods and runs a pass after each change (and every resync), retrying failed passes with
-//!   backoff; a heartbeat on the MemberCluster's status.
+//!   backoff; a heartbeat on the MemberCluster's status. Tunnel states and `connectedPods` are
+//!   not watched: they are refreshed by every pass, so at least every resync.
 //!
 //! One pass covers every slice at once rather than one reconcile per WorkerSlice: the node
 //! agents' ConfigMaps and the membership ConfigMap hold all slices together, and a namespace
@@ -20,6 +24,8 @@ pub mod keys;
 pub mod objects;
 pub mod plan;
 pub mod reconcile;
+pub mod scrape;
+pub mod tunnels;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,7 +37,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use slice_api::crd::{SYSTEM_NAMESPACE, WorkerSlice, cluster_namespace};
 
-pub use reconcile::{PassOutcome, Worker, WorkerError};
+pub use reconcile::{MetricsSource, PassOutcome, Worker, WorkerError, http_metrics};
 
 /// Options of `slice-operator worker`.
 #[derive(Debug, Clone)]

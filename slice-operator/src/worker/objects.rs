@@ -55,6 +55,9 @@ pub const MEMBERSHIP_CONFIG_MAP: &str = "slicenet-membership";
 pub const GATEWAY_CONFIG_KEY: &str = "gateway.conf";
 /// Where the gateway's configuration Secret is mounted in its pod.
 pub const GATEWAY_CONFIG_DIR: &str = "/etc/slicenet/gateway";
+/// The port the gateway pod serves `/metrics` on (the port WireGuard exporters use), on all
+/// its IPv4 addresses: the worker reads it at the pod IP (see `super::scrape`).
+pub const GATEWAY_METRICS_PORT: u16 = 9586;
 /// Keys in the key Secret.
 pub const PRIVATE_KEY_KEY: &str = "privateKey";
 /// See [`PRIVATE_KEY_KEY`].
@@ -166,8 +169,13 @@ pub fn gateway_config_secret(spec: &WorkerSliceSpec, private_key_base64: &str) -
 /// (`Recreate`, so two processes never hold the same key), a member of its slice through the
 /// pod annotation, with `NET_ADMIN` and `/dev/net/tun` for its TUN device, IPv4 forwarding on
 /// (pod sysctl `net.ipv4.ip_forward=1`, which kubelets must allow), its configuration
-/// Secret mounted with mode 0600 (the gateway refuses a private key readable by others), and a
-/// host port when the exposure is HostPort.
+/// Secret mounted with mode 0600 (the gateway refuses a private key readable by others), a
+/// host port when the exposure is HostPort, and its metrics on [`GATEWAY_METRICS_PORT`] (the
+/// worker reads the tunnels' state there).
+///
+/// The metrics listen on `0.0.0.0`, not `[::]`: a kernel booted with IPv6 disabled refuses an
+/// IPv6 socket and the gateway would not start; the cost is that IPv6-only pod networks get no
+/// tunnel state.
 #[must_use]
 pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> Value {
     let slice = spec.slice.as_str();
@@ -192,8 +200,12 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
                         "image": gateway.image,
                         "command": ["slice-gateway"],
                         "args": ["--interface", plan::gateway_interface(slice), "--config", config,
-                                 "--mtu", gateway.mtu.to_string()],
-                        "ports": [port],
+                                 "--mtu", gateway.mtu.to_string(),
+                                 "--metrics", format!("0.0.0.0:{GATEWAY_METRICS_PORT}"),
+                                 // Peers' prefixes into the TUN device; the mounted config is
+                                 // re-read when the worker changes the Secret.
+                                 "--routes"],
+                        "ports": [port, { "name": "metrics", "containerPort": GATEWAY_METRICS_PORT, "protocol": "TCP" }],
                         "securityContext": { "capabilities": { "add": ["NET_ADMIN"] } },
                         "volumeMounts": [
                             { "name": "config", "mountPath": GATEWAY_CONFIG_DIR, "readOnly": true },
@@ -500,8 +512,21 @@ mod tests {
         let c = &pod["spec"]["containers"][0];
         assert_eq!(
             c["args"],
-            json!(["--interface", "sg-blue", "--config", "/etc/slicenet/gateway/gateway.conf", "--mtu", "1420"])
+            json!([
+                "--interface",
+                "sg-blue",
+                "--config",
+                "/etc/slicenet/gateway/gateway.conf",
+                "--mtu",
+                "1420",
+                "--metrics",
+                "0.0.0.0:9586",
+                "--routes"
+            ])
         );
+        assert_eq!(c["ports"][1], json!({"name": "metrics", "containerPort": 9586, "protocol": "TCP"}));
+        // slice-gateway's `--metrics` takes a socket address.
+        assert!(c["args"][7].as_str().unwrap().parse::<std::net::SocketAddr>().is_ok());
         assert_eq!(pod["spec"]["volumes"][0]["secret"]["defaultMode"], 0o600);
         assert_eq!(pod["spec"]["securityContext"]["sysctls"][0]["name"], "net.ipv4.ip_forward");
         // Only fields that exist: a round trip through the typed objects keeps everything.

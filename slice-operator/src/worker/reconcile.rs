@@ -6,13 +6,20 @@
 //! Requests of a pass, in order (each declared in `access::WORKER_HUB` / `WORKER_CLUSTER`):
 //! hub: list WorkerSlices in `slicenet-cluster-<cluster>`, get the MemberCluster; cluster: list
 //! Nodes, Namespaces, then the worker's Secrets, ConfigMaps, Deployments, Services and the
-//! gateway Pods in `slicenet-system` (by label), and NADs in all namespaces when Multus is used;
-//! then the writes.
+//! gateway Pods in `slicenet-system` (by label), the running Pods of each member namespace
+//! (for `connectedPods`), and NADs in all namespaces when Multus is used; then the writes.
+//!
+//! Besides the API, a pass reads each slice's gateway metrics over HTTP (at the gateway pod's IP,
+//! all gateways at once, each within [`scrape::TIMEOUT`]) for the tunnels' state.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
@@ -23,7 +30,7 @@ use slice_api::names::SLICE_LABEL;
 
 use super::decide::{self, Kind, Observed, Settings, Write};
 use super::keys::{self, KeyPair};
-use super::objects;
+use super::{objects, scrape};
 
 /// Field manager of the worker's server-side applies.
 pub const FIELD_MANAGER: &str = "slicenet-worker";
@@ -63,12 +70,31 @@ pub struct PassOutcome {
 
 type KeySource = Box<dyn FnMut(&str) -> KeyPair + Send>;
 
+/// Reads the metrics text a gateway serves at an address, or says why it could not (the
+/// message goes into the peers' reasons). The worker's own is [`http_metrics`]; tests pass
+/// canned text.
+pub type MetricsSource = Box<dyn Fn(SocketAddr) -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+
+/// The [`MetricsSource`] that GETs `http://<address>/metrics` within [`scrape::TIMEOUT`].
+#[must_use]
+pub fn http_metrics() -> MetricsSource {
+    Box::new(|addr| {
+        Box::pin(
+            async move { scrape::fetch_metrics(addr, scrape::TIMEOUT).await.map_err(|e| crate::node_agent::chain(&e)) },
+        )
+    })
+}
+
 /// The worker's clients and settings.
 pub struct Worker {
     hub: Client,
     local: Client,
     settings: Settings,
     new_key: Mutex<KeySource>,
+    metrics: MetricsSource,
+    /// When this process last wrote each WorkerSlice's status (the churn rule of
+    /// [`decide::decide_status`]).
+    status_written: Mutex<BTreeMap<String, Timestamp>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -102,7 +128,21 @@ impl Worker {
     /// A worker whose new gateway keys come from `new_key` (tests pass fixed keys).
     #[must_use]
     pub fn with_key_source(hub: Client, local: Client, settings: Settings, new_key: KeySource) -> Self {
-        Self { hub, local, settings, new_key: Mutex::new(new_key) }
+        Self {
+            hub,
+            local,
+            settings,
+            new_key: Mutex::new(new_key),
+            metrics: http_metrics(),
+            status_written: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The same worker reading gateway metrics from `source` (tests pass canned text).
+    #[must_use]
+    pub fn with_metrics_source(mut self, source: MetricsSource) -> Self {
+        self.metrics = source;
+        self
     }
 
     /// Reads everything a pass decides from.
@@ -138,6 +178,16 @@ impl Worker {
         let gateway_pods = ListParams::default().labels(&format!("{}={}", objects::NAME_LABEL, objects::GATEWAY_NAME));
         let pods =
             Api::<Pod>::namespaced(self.local.clone(), sys).list(&gateway_pods).await.map_err(read("gateway Pods"))?;
+        // Only running pods can have the slice interface; the API server filters them.
+        let running = ListParams::default().fields("status.phase=Running");
+        let mut member_pods = Vec::new();
+        for ns in decide::namespaces_to_count(&worker_slices, cluster, &namespaces.items) {
+            let list = Api::<Pod>::namespaced(self.local.clone(), &ns)
+                .list(&running)
+                .await
+                .map_err(read(&format!("Pods in {ns}")))?;
+            member_pods.extend(list.items);
+        }
         let nads = if self.settings.uses_multus(member_cluster.as_ref()) {
             Api::<DynamicObject>::all_with(self.local.clone(), &nad_resource())
                 .list(&managed)
@@ -147,6 +197,16 @@ impl Worker {
         } else {
             Vec::new()
         };
+        let scrapes = decide::gateways_to_scrape(&worker_slices, cluster, &pods.items).into_iter().map(
+            |(slice, address)| async move {
+                let text = match address {
+                    Some(addr) => (self.metrics)(addr).await,
+                    None => Err("no running gateway pod with an IP".to_owned()),
+                };
+                (slice, text)
+            },
+        );
+        let gateway_metrics = futures::future::join_all(scrapes).await.into_iter().collect();
         Ok(Observed {
             worker_slices,
             member_cluster,
@@ -158,6 +218,8 @@ impl Worker {
             services: services.items,
             pods: pods.items,
             nads,
+            member_pods,
+            gateway_metrics,
         })
     }
 
@@ -186,9 +248,17 @@ impl Worker {
             }
             outcome.writes += 1;
         }
-        for write in decide::decide_status(&observed, &decision, &services, now) {
+        let written = {
+            let mut written = self.status_written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            written.retain(|name, _| observed.worker_slices.iter().any(|ws| ws.metadata.name.as_ref() == Some(name)));
+            written.clone()
+        };
+        for write in decide::decide_status(&observed, &decision, &services, now, &written) {
             self.write(cluster, &write).await?;
             outcome.writes += 1;
+            if let (Write::PatchStatus { name, .. }, Ok(at)) = (&write, now.parse::<Timestamp>()) {
+                self.status_written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), at);
+            }
         }
         for write in decide::decide_release(&observed) {
             self.write(cluster, &write).await?;

@@ -12,10 +12,14 @@
 //! Every request is checked against the component's declared access list with
 //! `slice_api::rbac::{request_attributes, covers}`; an undeclared request fails the test.
 //! Failures can be injected: the n-th request matching a method and path prefix gets a 500.
+//!
+//! It also stands in for the gateways' `/metrics` endpoints ([`FakeApi::metrics_source`]):
+//! canned text per address, a connection refused elsewhere, every scrape recorded.
 
 #![allow(dead_code)] // Each test uses a different part of it.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
@@ -23,6 +27,7 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 use slice_api::rbac::{Access, covers, request_attributes};
+use slice_operator::worker::MetricsSource;
 
 /// Which API server a request went to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -90,6 +95,10 @@ pub struct State {
     pub violations: Vec<String>,
     /// Events (`{"type": …, "object": …}`) every watch request gets, newline-delimited.
     pub watch_events: Vec<Value>,
+    /// What each gateway address answers on `/metrics` (text, or the error of the scrape).
+    pub metrics: BTreeMap<SocketAddr, Result<String, String>>,
+    /// The addresses scraped, in order.
+    pub scrapes: Vec<SocketAddr>,
     resource_version: u64,
     node_port: u16,
 }
@@ -158,6 +167,7 @@ fn selector_matches(obj: &Value, selector: &str, field: bool) -> bool {
             match k {
                 "metadata.name" => obj["metadata"]["name"].as_str() == Some(v),
                 "metadata.namespace" => obj["metadata"]["namespace"].as_str() == Some(v),
+                "status.phase" => obj["status"]["phase"].as_str() == Some(v),
                 _ => false,
             }
         } else {
@@ -267,6 +277,34 @@ impl FakeApi {
             nth,
             status,
         });
+    }
+
+    /// Makes the gateway at `addr` answer `/metrics` with `answer` from now on.
+    pub fn set_metrics(&self, addr: &str, answer: Result<String, String>) {
+        let addr = addr.parse().expect("a socket address");
+        self.state.lock().expect("state lock").metrics.insert(addr, answer);
+    }
+
+    /// Takes the scraped addresses (and clears them).
+    pub fn take_scrapes(&self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.state.lock().expect("state lock").scrapes)
+    }
+
+    /// A metrics source for the worker that answers from [`State::metrics`]; an address without
+    /// an answer refuses the connection, as a port nobody listens on does.
+    #[must_use]
+    pub fn metrics_source(&self) -> MetricsSource {
+        let me = self.clone();
+        Box::new(move |addr| {
+            let mut st = me.state.lock().expect("state lock");
+            st.scrapes.push(addr);
+            let answer = st
+                .metrics
+                .get(&addr)
+                .cloned()
+                .unwrap_or_else(|| Err(format!("connecting to {addr}: Connection refused (os error 111)")));
+            Box::pin(async move { answer })
+        })
     }
 
     /// Two clients (hub, member cluster) served by this fake until both are dropped.

@@ -1,0 +1,392 @@
+//! Tunnel state towards each peer cluster, pure: from the text a slice's gateway serves on
+//! `/metrics` (see `slice_gateway::metrics::render`) to the WorkerSlice's `status.peers`, and the
+//! rule that keeps time alone from rewriting that status.
+//!
+//! Only one family of the gateway's metrics is read:
+//! `slice_gateway_peer_last_handshake_seconds{interface, public_key}`, the Unix time of the
+//! peer's last completed handshake (0 when there was none). A peer's state follows, in order:
+//!
+//! | state | reason | when |
+//! | --- | --- | --- |
+//! | `Pending` | `peer has not published a key` | the spec has no public key for the peer |
+//! | `Pending` | `gateway not running: <error>` | the gateway's metrics could not be read |
+//! | `Pending` | `gateway has not loaded the peer's key yet` | the metrics do not list the key (the pod still runs an older configuration) |
+//! | `Down` | `no handshake yet` | the handshake time is 0 |
+//! | `Down` | `no handshake for N s` | the last handshake is more than [`HANDSHAKE_STALE_AFTER_SECS`] old |
+//! | `Up` | (none) | otherwise |
+//!
+//! `lastHandshake` (RFC 3339, to the second) is set whenever there was a handshake.
+//!
+//! **Churn.** A handshake time advances at every rekey (every 120 s while traffic flows) and the
+//! age in a `no handshake for N s` reason at every pass, so a status would be rewritten on the
+//! hub at every pass for nothing but the clock. [`only_times_changed`] recognises such a change;
+//! the worker writes it only when it has not written that WorkerSlice's status in the last
+//! [`TIME_ONLY_WRITE_INTERVAL_SECS`] (see `decide::decide_status`). Any other change (a state, a
+//! reason, a count, a condition) is written at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::jiff::Timestamp;
+use slice_api::crd::{PeerTunnelStatus, WorkerPeer, WorkerSliceStatus};
+
+/// The metric family that carries each peer's last handshake.
+pub const LAST_HANDSHAKE_METRIC: &str = "slice_gateway_peer_last_handshake_seconds";
+
+/// How old a handshake may be while the tunnel counts as up: WireGuard starts a new handshake
+/// 120 s after the last one while traffic flows (`REKEY_AFTER_TIME`) and gives up on a session
+/// after 180 s (`REJECT_AFTER_TIME`), so a tunnel in use never shows an older one. An idle
+/// tunnel without persistent keepalive also shows an older one: it is reported `Down` too,
+/// because nothing shows that it would still carry traffic.
+pub const HANDSHAKE_STALE_AFTER_SECS: i64 = 180;
+
+/// The shortest time between two status writes of one WorkerSlice when the later one changes
+/// nothing but handshake times (see [`only_times_changed`]).
+pub const TIME_ONLY_WRITE_INTERVAL_SECS: i64 = 60;
+
+/// Reason of a peer without a public key.
+pub const NO_KEY: &str = "peer has not published a key";
+/// Prefix of the reason when the gateway's metrics cannot be read (the error follows).
+pub const GATEWAY_NOT_RUNNING: &str = "gateway not running";
+/// Reason of a peer whose key the gateway does not list.
+pub const NOT_LOADED: &str = "gateway has not loaded the peer's key yet";
+/// Reason of a peer that never completed a handshake.
+pub const NO_HANDSHAKE_YET: &str = "no handshake yet";
+/// Prefix of the reason of a peer whose last handshake is too old: `no handshake for N s`.
+const STALE_PREFIX: &str = "no handshake for ";
+
+/// The state of a tunnel, as `status.peers[].state` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelState {
+    Up,
+    Down,
+    Pending,
+}
+
+impl fmt::Display for TunnelState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Up => "Up",
+            Self::Down => "Down",
+            Self::Pending => "Pending",
+        })
+    }
+}
+
+/// Why a gateway's metrics text cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetricsError {
+    /// A sample line of the handshake family does not parse.
+    #[error("line {line}: {problem}: {text:?}")]
+    BadLine { line: usize, problem: &'static str, text: String },
+    /// The text has no handshake family at all: not a slice-gateway (or a different version).
+    #[error("no {LAST_HANDSHAKE_METRIC} in the metrics (is this a slice-gateway?)")]
+    NotGateway,
+}
+
+/// The last handshake of each peer the gateway knows, by public key (base64); `None` for a peer
+/// that never completed one.
+pub type Handshakes = BTreeMap<String, Option<Timestamp>>;
+
+/// Reads every peer's last handshake from the gateway's Prometheus text.
+///
+/// # Errors
+/// [`MetricsError::BadLine`] for a handshake sample that does not parse (a bad label set, a
+/// value that is not a number or not a possible time, no `public_key` label);
+/// [`MetricsError::NotGateway`] when the family is missing (the gateway always announces it,
+/// with or without peers).
+pub fn parse_handshakes(text: &str) -> Result<Handshakes, MetricsError> {
+    let mut seen_family = false;
+    let mut out = Handshakes::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(comment) = line.strip_prefix('#') {
+            // `# TYPE <family> gauge` announces the family even when there is no sample.
+            let mut words = comment.split_whitespace();
+            if words.next() == Some("TYPE") && words.next() == Some(LAST_HANDSHAKE_METRIC) {
+                seen_family = true;
+            }
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(LAST_HANDSHAKE_METRIC) else { continue };
+        if !(rest.starts_with('{') || rest.starts_with(char::is_whitespace)) {
+            continue; // another family whose name starts the same
+        }
+        seen_family = true;
+        let bad = |problem| MetricsError::BadLine { line: index + 1, problem, text: line.to_owned() };
+        let (labels, value) = parse_labels(rest).map_err(bad)?;
+        let key = labels.get("public_key").ok_or_else(|| bad("no public_key label"))?;
+        let value = value.split_whitespace().next().ok_or_else(|| bad("no value"))?;
+        let seconds: f64 = value.parse().map_err(|_| bad("the value is not a number"))?;
+        let at = if seconds.is_finite() && seconds > 0.0 {
+            // `as` saturates; from_second refuses what is out of range.
+            let whole = seconds.floor() as i64;
+            Some(Timestamp::from_second(whole).map_err(|_| bad("the value is not a possible time"))?)
+        } else if seconds == 0.0 {
+            None
+        } else {
+            return Err(bad("the value is not a possible time"));
+        };
+        out.insert(key.clone(), at);
+    }
+    if seen_family { Ok(out) } else { Err(MetricsError::NotGateway) }
+}
+
+/// Splits `{name="value",…} rest` into the labels and the rest (after the closing brace), or
+/// returns `rest` whole when there is no label set. Values may hold the format's escapes
+/// (`\\`, `\"`, `\n`).
+fn parse_labels(s: &str) -> Result<(BTreeMap<String, String>, &str), &'static str> {
+    let mut labels = BTreeMap::new();
+    let Some(body) = s.strip_prefix('{') else { return Ok((labels, s)) };
+    let mut chars = body.char_indices().peekable();
+    loop {
+        while chars.next_if(|(_, c)| c.is_whitespace() || *c == ',').is_some() {}
+        match chars.peek() {
+            Some((i, '}')) => return Ok((labels, &body[i + 1..])),
+            Some(_) => {}
+            None => return Err("the label set is not closed"),
+        }
+        let mut name = String::new();
+        while let Some((_, c)) = chars.next_if(|(_, c)| c.is_ascii_alphanumeric() || *c == '_') {
+            name.push(c);
+        }
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        if name.is_empty() || chars.next().map(|(_, c)| c) != Some('=') {
+            return Err("a label is not name=\"value\"");
+        }
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        if chars.next().map(|(_, c)| c) != Some('"') {
+            return Err("a label value is not quoted");
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next() {
+                Some((_, '"')) => break,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c @ ('\\' | '"'))) => value.push(c),
+                    _ => return Err("a label value has a bad escape"),
+                },
+                Some((_, c)) => value.push(c),
+                None => return Err("a label value is not closed"),
+            }
+        }
+        labels.insert(name, value);
+    }
+}
+
+/// The tunnel state towards each peer of the spec, in the spec's order, from the gateway's
+/// metrics (`Err` holds why they could not be read) at time `now`; see the module's table.
+#[must_use]
+pub fn peer_statuses(
+    peers: &[WorkerPeer],
+    metrics: Result<&Handshakes, &str>,
+    now: Timestamp,
+) -> Vec<PeerTunnelStatus> {
+    peers
+        .iter()
+        .map(|peer| {
+            let status = |state: TunnelState, reason: String, at: Option<Timestamp>| PeerTunnelStatus {
+                cluster: peer.cluster.clone(),
+                state: state.to_string(),
+                reason,
+                last_handshake: at.map(|t| format!("{t:.0}")),
+            };
+            let Some(key) = peer.public_key.as_deref().map(str::trim).filter(|k| !k.is_empty()) else {
+                return status(TunnelState::Pending, NO_KEY.to_owned(), None);
+            };
+            let handshakes = match metrics {
+                Ok(h) => h,
+                Err(e) => return status(TunnelState::Pending, format!("{GATEWAY_NOT_RUNNING}: {e}"), None),
+            };
+            match handshakes.get(key) {
+                None => status(TunnelState::Pending, NOT_LOADED.to_owned(), None),
+                Some(None) => status(TunnelState::Down, NO_HANDSHAKE_YET.to_owned(), None),
+                Some(Some(at)) => {
+                    // A handshake "in the future" (clocks of two nodes apart) counts as fresh.
+                    let age = (now.as_second() - at.as_second()).max(0);
+                    if age > HANDSHAKE_STALE_AFTER_SECS {
+                        status(TunnelState::Down, format!("{STALE_PREFIX}{age} s"), Some(*at))
+                    } else {
+                        status(TunnelState::Up, String::new(), Some(*at))
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// Whether `new` differs from `old` only in what the clock alone changes: the peers'
+/// `lastHandshake` and the age in `no handshake for N s`. Such a change is written at most once
+/// per [`TIME_ONLY_WRITE_INTERVAL_SECS`]; everything else at once.
+#[must_use]
+pub fn only_times_changed(old: &WorkerSliceStatus, new: &WorkerSliceStatus) -> bool {
+    fn without_times(s: &WorkerSliceStatus) -> WorkerSliceStatus {
+        let mut s = s.clone();
+        for p in &mut s.peers {
+            p.last_handshake = None;
+            if p.reason.starts_with(STALE_PREFIX) {
+                p.reason = STALE_PREFIX.to_owned();
+            }
+        }
+        s
+    }
+    old != new && without_times(old) == without_times(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slice_gateway::metrics::{PeerSample, Sample, render};
+
+    const A: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+    const B: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+    const C: &str = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn peer(cluster: &str, key: Option<&str>) -> WorkerPeer {
+        WorkerPeer {
+            cluster: cluster.into(),
+            prefix: "10.80.0.0/20".into(),
+            public_key: key.map(Into::into),
+            endpoint: None,
+        }
+    }
+
+    /// The gateway's own rendering of peers with these handshake times (Unix seconds, 0: none).
+    fn gateway_text(peers: &[(&str, f64)]) -> String {
+        render(&Sample {
+            interface: "sg-blue".into(),
+            peers: peers
+                .iter()
+                .map(|(k, t)| PeerSample {
+                    public_key: (*k).into(),
+                    rx_bytes: 100,
+                    last_handshake: *t,
+                    drops: vec![("auth", 1)],
+                    ..PeerSample::default()
+                })
+                .collect(),
+            ..Sample::default()
+        })
+    }
+
+    #[test]
+    fn the_gateways_own_metrics_parse() {
+        let now = ts("2026-11-23T20:00:00Z");
+        let fresh = now.as_second() as f64 - 30.25;
+        let h = parse_handshakes(&gateway_text(&[(A, fresh), (B, 0.0)])).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[A], Some(ts("2026-11-23T19:59:29Z")), "fractions are cut to the second");
+        assert_eq!(h[B], None);
+        // A gateway without peers still announces the family.
+        assert_eq!(parse_handshakes(&gateway_text(&[])).unwrap(), Handshakes::new());
+    }
+
+    #[test]
+    fn labels_with_escapes_spaces_and_timestamps_parse() {
+        let text = "# TYPE slice_gateway_peer_last_handshake_seconds gauge\n\
+            slice_gateway_peer_last_handshake_seconds{ public_key = \"a\\\"b\\\\c\" , interface=\"x,}\"} 1700000000 1700000001000\n\
+            slice_gateway_peer_last_handshake_seconds_other{public_key=\"zzz\"} nope\n";
+        let h = parse_handshakes(text).unwrap();
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["a\"b\\c"]);
+        assert_eq!(h["a\"b\\c"], Some(Timestamp::from_second(1_700_000_000).unwrap()));
+    }
+
+    #[test]
+    fn bad_metrics_are_refused() {
+        let family = "# TYPE slice_gateway_peer_last_handshake_seconds gauge\n";
+        let cases = [
+            ("slice_gateway_peer_last_handshake_seconds{public_key=\"a\"} soon", "not a number"),
+            ("slice_gateway_peer_last_handshake_seconds{interface=\"x\"} 1", "no public_key"),
+            ("slice_gateway_peer_last_handshake_seconds{public_key=\"a} 1", "not closed"),
+            ("slice_gateway_peer_last_handshake_seconds{public_key=a} 1", "not quoted"),
+            ("slice_gateway_peer_last_handshake_seconds{public_key=\"a\\t\"} 1", "bad escape"),
+            ("slice_gateway_peer_last_handshake_seconds{public_key=\"a\"}", "no value"),
+            ("slice_gateway_peer_last_handshake_seconds{public_key=\"a\"} -5", "not a possible time"),
+            ("slice_gateway_peer_last_handshake_seconds{public_key=\"a\"} 1e300", "not a possible time"),
+        ];
+        for (line, problem) in cases {
+            let err = parse_handshakes(&format!("{family}{line}\n")).unwrap_err();
+            assert!(matches!(err, MetricsError::BadLine { line: 2, .. }), "{line}: {err}");
+            assert!(err.to_string().contains(problem), "{line}: {err}");
+        }
+        assert_eq!(parse_handshakes("up 1\n# TYPE up gauge\n"), Err(MetricsError::NotGateway));
+        assert_eq!(parse_handshakes(""), Err(MetricsError::NotGateway));
+    }
+
+    #[test]
+    fn peer_states_follow_the_table() {
+        let now = ts("2026-11-23T20:00:00Z");
+        let n = now.as_second() as f64;
+        let text = gateway_text(&[(A, n - 30.0), (B, 0.0), (C, n - 181.0)]);
+        let h = parse_handshakes(&text).unwrap();
+        let peers = [
+            peer("c1", Some(A)),
+            peer("c3", Some(B)),
+            peer("c4", Some(C)),
+            peer("c5", None),
+            peer("c6", Some("bm90LWxvYWRlZC1rZXktLS0tLS0tLS0tLS0tLS0tLS0=")),
+        ];
+        let got: Vec<(String, String, String, Option<String>)> = peer_statuses(&peers, Ok(&h), now)
+            .into_iter()
+            .map(|p| (p.cluster, p.state, p.reason, p.last_handshake))
+            .collect();
+        let s = |x: &str| x.to_owned();
+        assert_eq!(
+            got,
+            [
+                (s("c1"), s("Up"), s(""), Some(s("2026-11-23T19:59:30Z"))),
+                (s("c3"), s("Down"), s("no handshake yet"), None),
+                (s("c4"), s("Down"), s("no handshake for 181 s"), Some(s("2026-11-23T19:56:59Z"))),
+                (s("c5"), s("Pending"), s("peer has not published a key"), None),
+                (s("c6"), s("Pending"), s("gateway has not loaded the peer's key yet"), None),
+            ]
+        );
+        // 180 s exactly is still up; a handshake ahead of our clock too.
+        let edge = parse_handshakes(&gateway_text(&[(A, n - 180.0), (B, n + 5.0)])).unwrap();
+        let states: Vec<String> = peer_statuses(&peers[..2], Ok(&edge), now).into_iter().map(|p| p.state).collect();
+        assert_eq!(states, ["Up", "Up"]);
+    }
+
+    #[test]
+    fn unreadable_metrics_leave_keyed_peers_pending_with_the_error() {
+        let peers = [peer("c1", Some(A)), peer("c3", None)];
+        let got = peer_statuses(&peers, Err("connecting to 10.1.2.3:9586: connection refused"), Timestamp::UNIX_EPOCH);
+        assert_eq!(got[0].state, "Pending");
+        assert_eq!(got[0].reason, "gateway not running: connecting to 10.1.2.3:9586: connection refused");
+        assert_eq!(got[1].reason, NO_KEY, "a missing key is the first reason");
+        let json = serde_json::to_value(&got[0]).unwrap();
+        assert!(json.get("lastHandshake").is_none(), "{json}");
+    }
+
+    #[test]
+    fn only_clock_changes_are_recognised() {
+        let now = ts("2026-11-23T20:00:00Z");
+        let n = now.as_second() as f64;
+        let peers = [peer("c1", Some(A)), peer("c4", Some(C))];
+        let at = |a: f64, c: f64, now: Timestamp| {
+            let h = parse_handshakes(&gateway_text(&[(A, a), (C, c)])).unwrap();
+            WorkerSliceStatus { peers: peer_statuses(&peers, Ok(&h), now), ..WorkerSliceStatus::default() }
+        };
+        let old = at(n - 10.0, n - 200.0, now);
+        let later = ts("2026-11-23T20:00:30Z");
+        // c1 rekeyed, c4 is 30 s staler: time only.
+        let new = at(n + 20.0, n - 200.0, later);
+        assert_ne!(old, new);
+        assert!(only_times_changed(&old, &new));
+        // Nothing changed at all is not a change.
+        assert!(!only_times_changed(&old, &old));
+        // c4 came up: a state change.
+        assert!(!only_times_changed(&old, &at(n + 20.0, n + 25.0, later)));
+        // c1 went stale: a state change.
+        assert!(!only_times_changed(&old, &at(n - 200.0, n - 200.0, later)));
+        // Another field changed beside the times.
+        let mut counted = new.clone();
+        counted.connected_pods = 3;
+        assert!(!only_times_changed(&old, &counted));
+    }
+}
