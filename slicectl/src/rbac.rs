@@ -71,11 +71,11 @@ pub fn declared(list: &[Access], scope: Scope) -> BTreeSet<Grant> {
 mod tests {
     use super::*;
     use slice_api::rbac::Scope::{Cluster, OwnNamespace};
-    use slice_operator::access::{HUB, NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
+    use slice_operator::access::{HUB, NODE_AGENT, WEBHOOK_HUB, WORKER_CLUSTER, WORKER_HUB};
 
     #[test]
     fn rules_grant_exactly_each_list() {
-        for list in [HUB, WORKER_HUB, WORKER_CLUSTER, NODE_AGENT] {
+        for list in [HUB, WORKER_HUB, WORKER_CLUSTER, NODE_AGENT, WEBHOOK_HUB] {
             for scope in [Cluster, OwnNamespace] {
                 let rules = policy_rules(list, scope, None);
                 assert_eq!(grants(&rules), declared(list, scope), "{scope:?} rules of {list:?}");

@@ -1,18 +1,21 @@
 //! What `slicectl install` and `slicectl join` print, run through the real binary:
-//! every document parses back into its typed kind without losing a field, and the RBAC rules
-//! grant exactly what the controllers' access lists declare.
+//! every document parses back into its typed kind without losing a field, the RBAC rules
+//! grant exactly what the controllers' (and the webhook's) access lists declare, and the webhook
+//! Deployment starts `slice-webhooks` with flags its own parser accepts, pointing at files the
+//! manifest mounts.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Command;
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, PodSpec, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, PodSpec, Secret, Service, ServiceAccount, Volume};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use slice_api::crd::MemberCluster;
 use slice_api::rbac::{Access, Scope};
-use slice_operator::access::{HUB, NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
+use slice_operator::access::{HUB, NODE_AGENT, WEBHOOK_HUB, WORKER_CLUSTER, WORKER_HUB};
 use slicectl::manifest::{parse_documents, round_trip};
 use slicectl::rbac::{Grant, declared, grants};
 use yaml_serde::Value;
@@ -208,9 +211,10 @@ fn install_hub_parses_and_grants_exactly_the_hub_list() {
     assert_eq!(p.crds.len(), slice_api::crd::crds().len());
     assert_eq!(p.crds, slice_api::crd::crds());
     assert_grants_exactly(&p, "slicenet-system", "slicenet-hub", HUB);
-    assert_grants_exactly(&p, "slicenet-system", "slicenet-webhook", &[]);
+    assert_grants_exactly(&p, "slicenet-system", "slicenet-webhook", WEBHOOK_HUB);
     assert_workloads_consistent(&p, "registry.test/slicenet:dev");
     let hub = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-hub")).unwrap();
+    let hub_account = hub.spec.template.spec.as_ref().unwrap().service_account_name.clone().unwrap();
     let c = &hub.spec.template.spec.as_ref().unwrap().containers[0];
     assert_eq!(c.args.as_deref(), Some(&["hub".to_owned()][..]));
     assert!(p.mutating.is_empty(), "pods are mutated in member clusters only");
@@ -222,8 +226,75 @@ fn install_hub_parses_and_grants_exactly_the_hub_list() {
     let rule = &v.rules.as_ref().unwrap()[0];
     assert_eq!(rule.resources.as_deref(), Some(&["sliceconfigs".to_owned()][..]));
     assert_webhook_tls(&p, &v.client_config);
+    // The controller whose writes skip validation is the hub Deployment's account.
     let skip = &v.match_conditions.as_ref().unwrap()[0].expression;
-    assert!(skip.contains("system:serviceaccount:slicenet-system:slicenet-hub"), "{skip}");
+    assert_eq!(skip, &format!("request.userInfo.username != 'system:serviceaccount:slicenet-system:{hub_account}'"));
+
+    let args = assert_webhook_deployment(&p);
+    assert!(args.hub_api && args.hub_dir.is_none(), "the hub's webhook reads the hub from the API: {args:?}");
+    assert!(args.membership_dir.is_none(), "no membership ConfigMap on the hub: {args:?}");
+    let pod = webhook_pod(&p);
+    assert_ne!(pod.automount_service_account_token, Some(false), "--hub-api needs the ServiceAccount token");
+}
+
+fn webhook_pod(p: &Parsed) -> &PodSpec {
+    let d = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-webhook")).unwrap();
+    d.spec.template.spec.as_ref().unwrap()
+}
+
+/// The webhook Deployment runs `slice-webhooks` with arguments that `webhooks::cli::Args` (the
+/// binary's own parser) accepts, on the port the container declares, with no environment but
+/// `RUST_LOG`; its certificate and key are mounted from the manifest's `slicenet-webhook-tls`
+/// Secret, and a membership directory, when given, is the `slicenet-membership` ConfigMap in the
+/// namespace where the worker writes it. Returns the parsed arguments.
+fn assert_webhook_deployment(p: &Parsed) -> webhooks::cli::Args {
+    use clap::Parser as _;
+    let d = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-webhook")).unwrap();
+    let pod = webhook_pod(p);
+    let c = &pod.containers[0];
+    let argv: Vec<String> = c.command.iter().flatten().chain(c.args.iter().flatten()).cloned().collect();
+    assert_eq!(argv[0], "/usr/local/bin/slice-webhooks");
+    let args = webhooks::cli::Args::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let port = &c.ports.as_ref().unwrap()[0];
+    assert_eq!(i32::from(args.listen.port()), port.container_port);
+    let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert_eq!(env, ["RUST_LOG"], "slice-webhooks reads no other environment");
+
+    // The volume a file is read from: the mount whose path holds it.
+    let volume_of = |file: &Path| -> (&Volume, String) {
+        let m = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| file.starts_with(&m.mount_path))
+            .max_by_key(|m| m.mount_path.len())
+            .unwrap_or_else(|| panic!("{} is not on a mounted volume", file.display()));
+        let rest = file.strip_prefix(&m.mount_path).unwrap().to_str().unwrap().to_owned();
+        let v = pod.volumes.iter().flatten().find(|v| v.name == m.name).unwrap();
+        (v, rest)
+    };
+    let tls = p.secrets.iter().find(|s| s.metadata.name.as_deref() == Some("slicenet-webhook-tls")).unwrap();
+    for file in [&args.tls_cert, &args.tls_key] {
+        let (v, key) = volume_of(file);
+        assert_eq!(v.secret.as_ref().unwrap().secret_name.as_deref(), Some("slicenet-webhook-tls"));
+        assert_eq!(v.secret.as_ref().unwrap().items, None, "every key of the Secret is a file");
+        assert!(tls.data.as_ref().unwrap().contains_key(&key), "{} is not a key of the Secret", file.display());
+    }
+    if let Some(dir) = &args.membership_dir {
+        let (v, rest) = volume_of(dir);
+        assert_eq!(rest, "", "the ConfigMap is the directory itself");
+        let cm = v.config_map.as_ref().unwrap();
+        assert_eq!(cm.name, slice_operator::worker::objects::MEMBERSHIP_CONFIG_MAP);
+        assert_eq!(cm.name, webhooks::membership::MEMBERSHIP_CONFIGMAP);
+        assert_ne!(cm.optional, Some(true), "not ready until the worker wrote it");
+        assert_eq!(d.metadata.namespace.as_deref(), Some(webhooks::membership::MEMBERSHIP_NAMESPACE));
+    }
+    for (probe, path) in [(&c.readiness_probe, "/readyz"), (&c.liveness_probe, "/healthz")] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!((get.path.as_deref(), get.scheme.as_deref()), (Some(path), Some("HTTPS")));
+        assert_eq!(get.port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("https".to_owned()));
+    }
+    args
 }
 
 /// The caBundle is the CA of the Secret the webhook serves with, and the Service reaches the
@@ -304,15 +375,33 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
         }
     }
 
-    let m = &p.mutating[0].webhooks.as_ref().unwrap()[0];
-    assert_eq!(m.failure_policy.as_deref(), Some("Ignore"));
+    let hooks = p.mutating[0].webhooks.as_ref().unwrap();
+    let m = &hooks[0];
+    assert_eq!(m.failure_policy.as_deref(), Some("Fail"));
     assert_eq!(m.reinvocation_policy.as_deref(), Some("IfNeeded"));
     assert_eq!(m.side_effects, "None");
     assert_eq!(m.client_config.service.as_ref().unwrap().path.as_deref(), Some("/mutate-pod"));
-    let sel = &m.namespace_selector.as_ref().unwrap().match_expressions.as_ref().unwrap()[0];
-    assert_eq!((sel.key.as_str(), sel.operator.as_str()), (slice_api::names::SLICE_LABEL, "Exists"));
+    let sel = m.namespace_selector.as_ref().unwrap().match_expressions.as_ref().unwrap();
+    assert_eq!((sel[0].key.as_str(), sel[0].operator.as_str()), (slice_api::names::SLICE_LABEL, "Exists"));
+    assert_eq!(
+        (sel[1].key.as_str(), sel[1].operator.as_str(), sel[1].values.as_deref()),
+        ("kubernetes.io/metadata.name", "NotIn", Some(&["slicenet-system".to_owned()][..])),
+        "the webhook's own namespace is never sent"
+    );
     assert_webhook_tls(&p, &m.client_config);
+    // Elsewhere, only pods with a hand-set slice annotation, to remove it.
+    let annotated = &hooks[1];
+    assert_eq!(annotated.failure_policy.as_deref(), Some("Fail"));
+    let sel = annotated.namespace_selector.as_ref().unwrap().match_expressions.as_ref().unwrap();
+    assert_eq!(sel[0].operator, "DoesNotExist");
+    assert!(annotated.match_conditions.as_ref().unwrap()[0].expression.contains("'slicenet.io/slice' in"));
+    assert_webhook_tls(&p, &annotated.client_config);
     assert!(p.validating.is_empty(), "SliceConfigs live on the hub");
+
+    let args = assert_webhook_deployment(&p);
+    assert!(args.membership_dir.is_some(), "member clusters mutate pods from the membership ConfigMap");
+    assert!(!args.hub_api && args.hub_dir.is_none());
+    assert_eq!(webhook_pod(&p).automount_service_account_token, Some(false), "no API access in member clusters");
 }
 
 #[test]

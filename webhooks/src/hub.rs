@@ -2,8 +2,8 @@
 //! other `SliceConfig` (namespace claims) and the `MemberCluster`s (pod and service CIDRs).
 //!
 //! [`StaticHub`] serves tests. [`DirHub`] reads JSON manifests from a directory on every request
-//! (SliceConfig writes are rare, so freshness beats caching); a sidecar, or later an informer
-//! inside this process, keeps that directory current.
+//! (SliceConfig writes are rare, so freshness beats caching). [`crate::kube_hub::KubeHub`] reads
+//! them from the hub's API server (`slice-webhooks --hub-api`, as `slicectl install hub` runs it).
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +21,8 @@ pub enum HubError {
     },
     #[error("{path} is not a SliceConfig or MemberCluster manifest: {reason}")]
     Decode { path: PathBuf, reason: String },
+    #[error("the hub's {kind}s have not been listed from the API server yet")]
+    NotSynced { kind: &'static str },
 }
 
 /// The hub's objects, as the validating webhook sees them.
@@ -36,6 +38,11 @@ pub trait HubView: Send + Sync {
     /// # Errors
     /// When the view cannot be read.
     fn member_clusters(&self) -> Result<Vec<MemberCluster>, HubError>;
+
+    /// Whether the view can answer (for `/readyz`); sources that read on demand always can.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// A fixed view.

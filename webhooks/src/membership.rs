@@ -34,6 +34,8 @@ pub struct NamespaceInfo {
 pub enum MembershipError {
     #[error("slice membership has not been loaded yet from {0}")]
     NotLoaded(PathBuf),
+    #[error("this webhook has no slice membership (started without --membership-dir): it mutates no pods")]
+    NotConfigured,
     #[error("cannot read slice membership from {path}")]
     Read {
         path: PathBuf,
@@ -78,6 +80,22 @@ impl StaticMembership {
 impl MembershipSource for StaticMembership {
     fn namespace(&self, namespace: &str) -> Result<NamespaceInfo, MembershipError> {
         Ok(self.namespaces.get(namespace).cloned().unwrap_or_default())
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+/// No membership at all: the webhook on the hub, which validates SliceConfigs and is sent no
+/// pods. Ready (it needs nothing), but every pod review is answered 500, so a pod webhook
+/// pointed at it by mistake refuses pods (`Fail`) instead of letting them in unmarked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoMembership;
+
+impl MembershipSource for NoMembership {
+    fn namespace(&self, _namespace: &str) -> Result<NamespaceInfo, MembershipError> {
+        Err(MembershipError::NotConfigured)
     }
 
     fn ready(&self) -> bool {

@@ -117,10 +117,12 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => {
-            if state.membership.ready() {
-                text(StatusCode::OK, "ok")
-            } else {
+            if !state.membership.ready() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "slice membership not loaded yet")
+            } else if !state.hub.ready() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "the hub's SliceConfigs and MemberClusters not listed yet")
+            } else {
+                text(StatusCode::OK, "ok")
             }
         }
         (&Method::POST, MUTATE_POD_PATH | VALIDATE_SLICECONFIG_PATH) => {

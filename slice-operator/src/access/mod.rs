@@ -5,10 +5,12 @@
 
 mod hub;
 mod node_agent;
+mod webhook;
 mod worker;
 
 pub use hub::HUB;
 pub use node_agent::NODE_AGENT;
+pub use webhook::WEBHOOK_HUB;
 pub use worker::{WORKER_CLUSTER, WORKER_HUB};
 
 #[cfg(test)]
@@ -17,7 +19,7 @@ mod tests {
 
     #[test]
     fn lists_have_no_repeats() {
-        for list in [HUB, WORKER_HUB, WORKER_CLUSTER, NODE_AGENT] {
+        for list in [HUB, WORKER_HUB, WORKER_CLUSTER, NODE_AGENT, WEBHOOK_HUB] {
             let mut v = list.to_vec();
             v.sort();
             v.dedup();

@@ -1,7 +1,7 @@
 //! `slicectl install …`: the complete manifests of slicenet, printed for `kubectl apply -f -`.
 //!
 //! - [`hub`]: on the hub cluster — the CRDs, the hub controller and the SliceConfig validating
-//!   webhook.
+//!   webhook (with read access to SliceConfigs and MemberClusters).
 //! - [`worker`]: on each member cluster — the worker controller (with the hub kubeconfig in a
 //!   Secret), the node agent DaemonSet (which also installs slice-cni) and the pod mutating
 //!   webhook.
@@ -16,17 +16,22 @@
 //! - `slice-operator worker --gateway-image <image>` with `SLICENET_CLUSTER` and
 //!   `SLICENET_HUB_KUBECONFIG` (its `--cluster` and `--hub-kubeconfig` through clap's `env`).
 //! - `slice-operator node-agent --kube` with `NODE_NAME` (its `--node`).
-//! - `slice-webhooks` with `SLICENET_WEBHOOK_LISTEN`, `SLICENET_WEBHOOK_CERT` and
-//!   `SLICENET_WEBHOOK_KEY` (the webhook binary is issue 5's; it must read these).
-//! - Every container also gets `POD_NAMESPACE` (downward API) and `RUST_LOG=info`.
+//! - `slice-webhooks --listen 0.0.0.0:8443 --tls-cert … --tls-key …` (the Secret
+//!   `slicenet-webhook-tls` mounted where [`webhooks::cli`] reads it), with `--hub-api` on the
+//!   hub, and `--membership-dir … --mode chained` (the ConfigMap `slicenet-membership` mounted
+//!   there) in member clusters; see [`webhook`].
+//! - The controllers' containers also get `POD_NAMESPACE` (downward API); theirs and the
+//!   webhook's get `RUST_LOG=info`. The webhook reads no other environment of ours (with
+//!   `--hub-api`, kube-rs reads the in-cluster `KUBERNETES_SERVICE_*` the kubelet sets).
 
 mod objects;
-mod webhook;
+pub mod webhook;
 mod workloads;
 
 use anyhow::{Context, Result, bail};
 use slice_api::crd::{SYSTEM_NAMESPACE, cluster_namespace};
 use slice_operator::access::{HUB, NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
+use webhook::Role;
 
 use crate::manifest::Manifest;
 use crate::tls::WebhookTls;
@@ -39,16 +44,17 @@ pub fn default_image() -> String {
     format!("ghcr.io/slicenet/slicenet:{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// The hub controller's ServiceAccount, roles and Deployment name.
-pub const HUB_NAME: &str = "slicenet-hub";
+/// The hub controller's ServiceAccount, roles and Deployment name. Defined by the webhooks
+/// crate, whose SliceConfig validation lets this account's writes through.
+pub const HUB_NAME: &str = webhooks::config::HUB_CONTROLLER_ACCOUNT;
 /// The worker controller's ServiceAccount, roles and Deployment name (in both clusters).
 pub const WORKER_NAME: &str = "slicenet-worker";
 /// The node agent's ServiceAccount, roles and DaemonSet name.
 pub const NODE_AGENT_NAME: &str = "slicenet-node-agent";
-/// The webhook's ServiceAccount, Deployment and Service name.
-pub const WEBHOOK_NAME: &str = "slicenet-webhook";
+/// The webhook's ServiceAccount, Deployment and Service name (the configurations call it).
+pub const WEBHOOK_NAME: &str = webhooks::config::SERVICE_NAME;
 /// The Secret with the webhook's serving certificate.
-pub const WEBHOOK_TLS_SECRET: &str = "slicenet-webhook-tls";
+pub const WEBHOOK_TLS_SECRET: &str = webhooks::config::TLS_SECRET;
 /// The Secret (in the member cluster) with the worker's hub kubeconfig, under [`HUB_KUBECONFIG_KEY`].
 pub const HUB_KUBECONFIG_SECRET: &str = "slicenet-hub-kubeconfig";
 /// The key of the kubeconfig in [`HUB_KUBECONFIG_SECRET`].
@@ -104,8 +110,8 @@ pub fn hub(opts: &Options) -> Result<Manifest> {
     let hub = Component { name: HUB_NAME, namespace: SYSTEM_NAMESPACE, access: HUB };
     m.extend(component_rbac(&hub, HUB_NAME, None)?);
     m.push(&workloads::hub_deployment(&opts.image))?;
-    m.extend(webhook::common(opts)?);
-    m.push_commented(webhook::VALIDATING_COMMENT, &webhook::validating(&opts.webhook_tls))?;
+    m.extend(webhook::common(opts, Role::Hub)?);
+    m.push_commented(webhooks::config::VALIDATING_NOTE, &webhook::validating(opts))?;
     Ok(m)
 }
 
@@ -130,8 +136,8 @@ pub fn worker(opts: &Options, cluster: &str, hub_kubeconfig: &str, hub_server: O
     let agent = Component { name: NODE_AGENT_NAME, namespace: SYSTEM_NAMESPACE, access: NODE_AGENT };
     m.extend(component_rbac(&agent, NODE_AGENT_NAME, None)?);
     m.push_commented(workloads::NODE_AGENT_COMMENT, &workloads::node_agent_daemonset(&opts.image))?;
-    m.extend(webhook::common(opts)?);
-    m.push_commented(webhook::MUTATING_COMMENT, &webhook::mutating(&opts.webhook_tls))?;
+    m.extend(webhook::common(opts, Role::Member)?);
+    m.push_commented(webhooks::config::MUTATING_NOTE, &webhook::mutating(opts))?;
     Ok(m)
 }
 
