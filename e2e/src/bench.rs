@@ -64,6 +64,9 @@ pub struct Options {
     pub run_path: bool,
     pub run_tunnel: bool,
     pub run_across: bool,
+    pub run_convergence: bool,
+    /// Cluster joins timed in section 6.
+    pub joins: usize,
     /// Where to write the report (`None`: nowhere).
     pub doc: Option<PathBuf>,
 }
@@ -81,6 +84,8 @@ impl Default for Options {
             run_path: true,
             run_tunnel: true,
             run_across: true,
+            run_convergence: true,
+            joins: 10,
             doc: Some(PathBuf::from("docs/benchmarks.md")),
         }
     }
@@ -101,7 +106,8 @@ options:
   --iperf-seconds S     length of one iperf3 run (default 5)
   --iperf-runs N        iperf3 runs per path (default 3)
   --pings N             echo requests per path (default 20)
-  --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across
+  --joins N             timed cluster joins in section 6 (default 10)
+  --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence
                         (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
@@ -141,10 +147,11 @@ impl Options {
                 "--iperf-seconds" => o.iperf_seconds = num(&name, value()?)?,
                 "--iperf-runs" => o.iperf_runs = num(&name, value()?)?,
                 "--pings" => o.pings = num(&name, value()?)?,
+                "--joins" => o.joins = num(&name, value()?)?,
                 "--only" => {
                     let list = value()?;
-                    (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across) =
-                        (false, false, false, false, false);
+                    (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence) =
+                        (false, false, false, false, false, false);
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
@@ -152,7 +159,10 @@ impl Options {
                             "path" => o.run_path = true,
                             "tunnel" => o.run_tunnel = true,
                             "across" => o.run_across = true,
-                            other => bail!("--only: unknown section {other:?} (cni, cri, path, tunnel, across)"),
+                            "convergence" => o.run_convergence = true,
+                            other => {
+                                bail!("--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence)")
+                            }
                         }
                     }
                 }
@@ -186,11 +196,20 @@ impl Options {
             if o.pings == d.pings {
                 o.pings = 10;
             }
+            if o.joins == d.joins {
+                o.joins = 3;
+            }
             if !doc_given {
                 o.doc = None;
             }
         }
-        if o.cni_iterations == 0 || o.pods == 0 || o.iperf_seconds == 0 || o.iperf_runs == 0 || o.pings == 0 {
+        if o.cni_iterations == 0
+            || o.pods == 0
+            || o.iperf_seconds == 0
+            || o.iperf_runs == 0
+            || o.pings == 0
+            || o.joins == 0
+        {
             bail!("sample counts and durations must be at least 1");
         }
         Ok(Some(o))
@@ -205,6 +224,7 @@ struct Figures {
     path: Option<path::PodToPod>,
     tunnel: Option<tunnel::TunnelSection>,
     across: Option<tunnel::TunnelSection>,
+    convergence: Option<Vec<crate::convergence::Join>>,
 }
 
 /// Runs the benchmark: builds the labs, runs the sections, prints a table per section on
@@ -237,6 +257,8 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: tunnel::BEGIN, end: tunnel::END }.update(&text, tunnel_doc, &old);
         let across_doc = figures.across.as_ref().map(|a| across::doc_section(a, &command));
         text = doc::Marked { begin: across::BEGIN, end: across::END }.update(&text, across_doc, &old);
+        let convergence_doc = figures.convergence.as_ref().map(|j| convergence_doc(j, &command));
+        text = doc::Marked { begin: CONVERGENCE_BEGIN, end: CONVERGENCE_END }.update(&text, convergence_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -343,7 +365,59 @@ fn measure(options: &Options) -> Result<Figures> {
         println!("{}", across::table(&a));
         figures.across = Some(a);
     }
+    if options.run_convergence {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 6. convergence, {} joins of a cluster (lab {CONVERGENCE_LAB})", options.joins);
+        let joins = crate::convergence::measure(CONVERGENCE_LAB, options.joins)?;
+        println!("{}", convergence_table(&joins));
+        figures.convergence = Some(joins);
+    }
     Ok(figures)
+}
+
+/// Prefix of the lab of section 6.
+pub const CONVERGENCE_LAB: &str = "snbenchv";
+const CONVERGENCE_BEGIN: &str = "<!-- slicenet-bench convergence: begin -->";
+const CONVERGENCE_END: &str = "<!-- slicenet-bench convergence: end -->";
+
+fn convergence_table(joins: &[crate::convergence::Join]) -> String {
+    let cp = stats::Summary::of(&joins.iter().map(|j| j.control_plane).collect::<Vec<_>>());
+    let fp = stats::Summary::of(&joins.iter().map(|j| j.first_packet).collect::<Vec<_>>());
+    crate::demo::table(
+        &["from applying the change to", "p50 ms", "max ms", "goal"],
+        &[
+            vec![
+                "the control plane done (plan, agents applied, gateway up)".into(),
+                fmt1(cp.p50),
+                fmt1(cp.max),
+                "—".into(),
+            ],
+            vec![
+                "the first packet across the new path".into(),
+                fmt1(fp.p50),
+                fmt1(fp.max),
+                format!("< 2000 ms: {}", if fp.max < 2000.0 { "met" } else { "not met" }),
+            ],
+        ],
+    )
+}
+
+fn fmt1(v: f64) -> String {
+    format!("{v:.0}")
+}
+
+fn convergence_doc(joins: &[crate::convergence::Join], command: &str) -> String {
+    format!(
+        "{CONVERGENCE_BEGIN}\n## 6. Convergence of the control plane in the lab\n\n\
+         A registered cluster (c3, one node) joins a slice over c1 (two nodes) and c2: the SliceConfig's \
+         `clusters` gains it and the control plane (`e2e::control`: the hub's planner and the worker's \
+         logic, in process) runs. Timed from that change to the control plane being done (plan written, \
+         every node agent applied, c3's gateway pod up and peers configured) and to the first packet from a \
+         pod in c1 to the new slice member in c3 (its gateway pod; pings every 20 ms). Each round c3 leaves \
+         again; {} rounds.\n\n{}\n\n{command}\n{CONVERGENCE_END}\n",
+        joins.len(),
+        convergence_table(joins)
+    )
 }
 
 fn measure_labs(options: &Options) -> Result<Figures> {

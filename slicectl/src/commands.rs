@@ -88,7 +88,7 @@ pub fn crds(output_dir: Option<&Path>, check: bool) -> Result<()> {
 fn install_options(image: Option<&str>, tls_dir: Option<&Path>) -> Result<install::Options> {
     let image = image.map_or_else(install::default_image, str::to_owned);
     match tls_dir {
-        Some(dir) => Ok(install::Options { image, webhook_tls: crate::tls::load(dir)? }),
+        Some(dir) => Ok(install::Options { image, webhook_tls: crate::tls::load(dir)?, multus: false }),
         None => install::Options::generate(&image),
     }
 }
@@ -111,10 +111,11 @@ pub fn install_worker(
     cluster: &str,
     hub_kubeconfig: &Path,
     hub_server: Option<&str>,
+    multus: bool,
 ) -> Result<()> {
     let raw = std::fs::read_to_string(hub_kubeconfig)
         .with_context(|| format!("reading --hub-kubeconfig {}", hub_kubeconfig.display()))?;
-    let opts = install_options(image, tls_dir)?;
+    let opts = install::Options { multus, ..install_options(image, tls_dir)? };
     print_out(&install::worker(&opts, cluster, &raw, hub_server)?.to_yaml()?)
 }
 

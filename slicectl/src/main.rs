@@ -125,6 +125,10 @@ enum InstallCmd {
         /// the kubeconfig's current context.
         #[arg(long)]
         hub_server: Option<String>,
+        /// The cluster runs Multus: pods get the slice as a secondary network in their
+        /// `k8s.v1.cni.cncf.io/networks` annotation (webhook `--mode multus`).
+        #[arg(long)]
+        multus: bool,
     },
     /// To apply on the hub, per member cluster: the worker's ServiceAccount, token Secret and
     /// roles there (its namespace slicenet-cluster-<cluster> and its own MemberCluster).
@@ -172,12 +176,13 @@ fn main() -> ExitCode {
             InstallCmd::Hub { image } => {
                 commands::install_hub(image.image.as_deref(), image.webhook_tls_dir.as_deref())
             }
-            InstallCmd::Worker { image, cluster, hub_kubeconfig, hub_server } => commands::install_worker(
+            InstallCmd::Worker { image, cluster, hub_kubeconfig, hub_server, multus } => commands::install_worker(
                 image.image.as_deref(),
                 image.webhook_tls_dir.as_deref(),
                 &cluster,
                 &hub_kubeconfig,
                 hub_server.as_deref(),
+                multus,
             ),
             InstallCmd::WorkerHubAccess { cluster } => commands::install_worker_hub_access(&cluster),
             InstallCmd::Crds => commands::crds(None, false),

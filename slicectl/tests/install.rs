@@ -462,3 +462,11 @@ fn webhook_tls_dir_is_used_as_given() {
     assert_eq!(bundle(&hub.validating[0].webhooks.as_ref().unwrap()[0].client_config), tls.ca_pem.as_bytes());
     assert_eq!(bundle(&worker.mutating[0].webhooks.as_ref().unwrap()[0].client_config), tls.ca_pem.as_bytes());
 }
+
+#[test]
+fn install_worker_multus_runs_the_pod_webhook_in_multus_mode() {
+    let chained = assert_webhook_deployment(&parse(&install_worker(&[])));
+    assert_eq!(chained.mode, webhooks::mutate::Mode::Chained);
+    let multus = assert_webhook_deployment(&parse(&install_worker(&["--multus"])));
+    assert_eq!(multus.mode, webhooks::mutate::Mode::Multus);
+}

@@ -69,6 +69,9 @@ pub struct Options {
     pub image: String,
     /// The webhook's certificate; [`crate::tls::generate`] makes one when none is given.
     pub webhook_tls: WebhookTls,
+    /// The member cluster runs Multus: the pod webhook adds the slice's network to the pods'
+    /// `k8s.v1.cni.cncf.io/networks` (`--mode multus`) instead of relying on the chained plugin.
+    pub multus: bool,
 }
 
 impl Options {
@@ -78,7 +81,7 @@ impl Options {
     /// When the certificate cannot be made.
     pub fn generate(image: &str) -> Result<Self> {
         let names = crate::tls::service_dns_names(WEBHOOK_NAME, SYSTEM_NAMESPACE);
-        Ok(Self { image: image.to_owned(), webhook_tls: crate::tls::generate(&names)? })
+        Ok(Self { image: image.to_owned(), webhook_tls: crate::tls::generate(&names)?, multus: false })
     }
 }
 

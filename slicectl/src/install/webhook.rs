@@ -43,7 +43,7 @@ const PORT_NAME: &str = "https";
 /// `slice-webhooks`' arguments for `role`: every flag the manifest relies on is given, even
 /// where it equals the binary's default, and `slicectl`'s tests parse them back with
 /// [`webhooks::cli::Args`].
-fn args(role: Role) -> Vec<String> {
+fn args(role: Role, multus: bool) -> Vec<String> {
     let mut args = vec![
         "--listen".to_owned(),
         format!("0.0.0.0:{LISTEN_PORT}"),
@@ -55,8 +55,9 @@ fn args(role: Role) -> Vec<String> {
     match role {
         Role::Hub => args.push("--hub-api".to_owned()),
         Role::Member => {
-            // Multus clusters need `--mode multus`; `install worker` has no switch for it yet.
-            let mode = Mode::Chained.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
+            // `install worker --multus`: the webhook adds the slice's network to the pods.
+            let mode = if multus { Mode::Multus } else { Mode::Chained };
+            let mode = mode.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
             args.extend(["--membership-dir".to_owned(), MEMBERSHIP_DIR.to_owned(), "--mode".to_owned(), mode]);
         }
     }
@@ -128,7 +129,7 @@ pub fn common(opts: &Options, role: Role) -> Result<Manifest> {
         name: "webhook".to_owned(),
         image: Some(opts.image.clone()),
         command: Some(vec!["/usr/local/bin/slice-webhooks".to_owned()]),
-        args: Some(args(role)),
+        args: Some(args(role, opts.multus)),
         env: Some(vec![env("RUST_LOG", "info")]),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.to_owned()),
