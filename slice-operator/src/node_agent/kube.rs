@@ -25,7 +25,6 @@ use slice_api::crd::SYSTEM_NAMESPACE;
 use slice_api::node::NodeAgentConfig;
 
 use super::network_status::{self, StatusPublisher};
-use super::{chain, reconcile};
 
 /// Name of node `node`'s configuration ConfigMap (written by the worker).
 #[must_use]
@@ -171,24 +170,7 @@ pub async fn run(client: Client, options: KubeAgentOptions) -> anyhow::Result<()
     tracing::info!(node = %options.node, configmap = %config_map_name(&options.node), "node agent starting (kube)");
     loop {
         if let (true, Some(c)) = (state.needs_reconcile, state.config.clone()) {
-            // Netlink handles run their own runtimes: reconcile on a blocking thread, which is
-            // in the process's (the node's) network namespace.
-            let outcome = tokio::task::spawn_blocking(move || reconcile(&c)).await;
-            state.needs_reconcile = match outcome {
-                Ok(Ok(_)) => false,
-                Ok(Err(e)) if e.is_only_waiting() => {
-                    tracing::info!(reason = %chain(&e), "waiting; retrying");
-                    true
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %chain(&e), "reconcile failed; retrying");
-                    true
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "reconcile panicked; retrying");
-                    true
-                }
-            };
+            state.needs_reconcile = super::reconcile_logged(c).await;
             next_resync = tokio::time::Instant::now() + options.resync;
         }
         let retry = tokio::time::sleep(if state.needs_reconcile { options.interval } else { options.resync });

@@ -208,25 +208,8 @@ async fn daemon_loop(opts: &DaemonOptions) -> std::io::Result<()> {
         }
 
         if let (true, Some(c)) = (needs_reconcile, config.clone()) {
-            // Netlink handles run their own runtimes: reconcile off this one. The blocking
-            // thread is in the process's (the node's) network namespace.
-            let outcome = tokio::task::spawn_blocking(move || reconcile(&c)).await;
+            needs_reconcile = reconcile_logged(c).await;
             last_reconcile = tokio::time::Instant::now();
-            needs_reconcile = match outcome {
-                Ok(Ok(_)) => false,
-                Ok(Err(e)) if e.is_only_waiting() => {
-                    tracing::info!(reason = %chain(&e), "waiting; retrying");
-                    true
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %chain(&e), "reconcile failed; retrying");
-                    true
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "reconcile panicked; retrying");
-                    true
-                }
-            };
         }
 
         tokio::select! {
@@ -239,6 +222,27 @@ async fn daemon_loop(opts: &DaemonOptions) -> std::io::Result<()> {
                 return Ok(());
             }
             _ = tokio::time::sleep(opts.interval) => {}
+        }
+    }
+}
+
+/// One reconcile of `config` on a blocking thread (netlink handles run their own runtimes; the
+/// thread is in the process's, the node's, network namespace), logged. True when it must be
+/// retried: it failed, panicked, or only waits for something (a gateway pod) to appear.
+pub(crate) async fn reconcile_logged(config: NodeAgentConfig) -> bool {
+    match tokio::task::spawn_blocking(move || reconcile(&config)).await {
+        Ok(Ok(_)) => false,
+        Ok(Err(e)) if e.is_only_waiting() => {
+            tracing::info!(reason = %chain(&e), "waiting; retrying");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %chain(&e), "reconcile failed; retrying");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reconcile panicked; retrying");
+            true
         }
     }
 }
