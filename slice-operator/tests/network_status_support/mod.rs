@@ -64,26 +64,6 @@ pub fn pod_path(namespace: &str, name: &str) -> String {
     format!("/api/v1/namespaces/{namespace}/pods/{name}")
 }
 
-/// RFC 7386 merge.
-pub fn merge(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = json!({});
-            }
-            let t = target.as_object_mut().expect("made an object above");
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
-}
-
 fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
@@ -126,7 +106,7 @@ impl FakePods {
     /// Changes the pod at `path` with a merge patch, as another writer would.
     pub fn write_as_someone_else(&self, path: &str, patch: &Value) {
         let mut pod = self.get(path).expect("pod to edit");
-        merge(&mut pod, patch);
+        json_patch::merge(&mut pod, patch);
         self.put(pod);
     }
 
@@ -241,7 +221,7 @@ impl FakePods {
                 if let Some(m) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
                     m.remove("resourceVersion");
                 }
-                merge(&mut obj, &patch);
+                json_patch::merge(&mut obj, &patch);
                 st.resource_version += 1;
                 obj["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
                 st.objects.insert(path.to_owned(), obj.clone());

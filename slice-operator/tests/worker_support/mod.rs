@@ -140,26 +140,6 @@ pub fn object_path(obj: &Value) -> String {
     format!("{}/{name}", plural_path(api_version, &plural(kind), ns))
 }
 
-/// RFC 7386 merge.
-pub fn merge(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = json!({});
-            }
-            let t = target.as_object_mut().expect("made an object above");
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
-}
-
 fn selector_matches(obj: &Value, selector: &str, field: bool) -> bool {
     selector.split(',').filter(|s| !s.is_empty()).all(|term| {
         let (k, v) = term.split_once('=').unwrap_or((term, ""));
@@ -473,7 +453,7 @@ impl FakeApi {
                     m.remove("resourceVersion");
                 }
                 if is_status {
-                    merge(&mut obj["status"], &patch["status"]);
+                    json_patch::merge(&mut obj["status"], &patch["status"]);
                 } else if apply {
                     // The worker is the only field manager here: what it applies replaces what
                     // it applied before (fields it drops go), server-set fields stay.
@@ -509,7 +489,7 @@ impl FakeApi {
                         }
                     }
                 } else {
-                    merge(&mut obj, &patch);
+                    json_patch::merge(&mut obj, &patch);
                 }
                 st.resource_version += 1;
                 obj["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
