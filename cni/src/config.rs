@@ -13,7 +13,7 @@ use slice_api::names;
 use crate::spec::{CniError, Result, code};
 
 /// Name of the default network-status dir, next to the IPAM dir.
-pub const STATUS_DIR_NAME: &str = "network-status";
+pub use slice_api::names::STATUS_DIR_NAME;
 
 /// One network configuration (a conflist entry with the list's name and version filled in, or a
 /// Multus delegate config).

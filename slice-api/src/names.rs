@@ -20,6 +20,11 @@ pub const DEFAULT_SLICE_INTERFACE: &str = "slice0";
 pub const DEFAULT_STATE_DIR: &str = "/run/slicenet";
 /// Default IPAM directory (one subdirectory per slice).
 pub const DEFAULT_IPAM_DIR: &str = "/var/lib/slicenet/ipam";
+/// Name of slice-cni's network-status directory, next to its IPAM dir.
+pub const STATUS_DIR_NAME: &str = "network-status";
+/// slice-cni's default network-status directory (next to [`DEFAULT_IPAM_DIR`]), where the node
+/// agent reads the records it publishes onto pods.
+pub const DEFAULT_STATUS_DIR: &str = "/var/lib/slicenet/network-status";
 /// Default directory of named network namespaces (as `ip netns` uses).
 pub const DEFAULT_NETNS_DIR: &str = "/run/netns";
 /// Default prefix of slice router namespace names: `slice-<slice>`.
@@ -54,6 +59,12 @@ pub fn validate_slice_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_dir_sits_next_to_the_ipam_dir() {
+        let ipam = std::path::Path::new(DEFAULT_IPAM_DIR);
+        assert_eq!(ipam.parent().unwrap().join(STATUS_DIR_NAME), std::path::Path::new(DEFAULT_STATUS_DIR));
+    }
 
     #[test]
     fn slice_names() {

@@ -31,9 +31,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use slice_api::names::NETWORK_STATUS_ANNOTATION;
 
-/// slice-cni's default `statusDir`: `network-status` next to its default IPAM dir
-/// (`/var/lib/slicenet/ipam`), see `cni::config::NetConf::status_dir`.
-pub const DEFAULT_STATUS_DIR: &str = "/var/lib/slicenet/network-status";
+/// slice-cni's default `statusDir` (`slice_api::names::DEFAULT_STATUS_DIR`).
+pub use slice_api::names::DEFAULT_STATUS_DIR;
 
 /// How often a conflicting write (409) is merged again within one scan.
 const CONFLICT_ATTEMPTS: usize = 3;
