@@ -7,11 +7,10 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{SERVER_NAME, patch_of, pod, pod_create, review};
+use common::{SERVER_NAME, patch_of, pod, pod_create, review, server_cert_files};
 use serde_json::{Value, json};
 use webhooks::client::{Client, connector};
 use webhooks::server::{MUTATE_POD_PATH, VALIDATE_SLICECONFIG_PATH};
-use webhooks::tls::DevCa;
 
 struct Server(Child);
 
@@ -41,11 +40,7 @@ async fn connect_when_up(addr: std::net::SocketAddr, tls: &tokio_rustls::TlsConn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_reloads_and_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = DevCa::new().unwrap();
-    let (cert, key) = ca.issue(&[SERVER_NAME]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert_path, cert).unwrap();
-    std::fs::write(&key_path, key).unwrap();
+    let (ca, cert_path, key_path) = server_cert_files(dir.path());
     let membership = dir.path().join("membership");
     std::fs::create_dir(&membership).unwrap();
     std::fs::write(membership.join("blue"), "shop").unwrap();

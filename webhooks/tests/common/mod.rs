@@ -51,11 +51,7 @@ impl TestServer {
         reload: Option<Duration>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ca = DevCa::new().unwrap();
-        let (cert, key) = ca.issue(&[SERVER_NAME]).unwrap();
-        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        std::fs::write(&cert_path, cert).unwrap();
-        std::fs::write(&key_path, key).unwrap();
+        let (ca, cert_path, key_path) = server_cert_files(dir.path());
         let certs = CertStore::load(&cert_path, &key_path).unwrap();
         let mut tasks = Vec::new();
         if let Some(interval) = reload {
@@ -212,4 +208,15 @@ pub fn apply(object: &Value, answer: &Value) -> Value {
         json_patch::patch(&mut out, &patch).unwrap();
     }
     out
+}
+
+/// A fresh test CA and a server certificate for [`SERVER_NAME`] written as `tls.crt` and
+/// `tls.key` in `dir`, as a mounted TLS Secret holds them.
+pub fn server_cert_files(dir: &std::path::Path) -> (DevCa, PathBuf, PathBuf) {
+    let ca = DevCa::new().unwrap();
+    let (cert, key) = ca.issue(&[SERVER_NAME]).unwrap();
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    (ca, cert_path, key_path)
 }
