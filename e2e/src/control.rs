@@ -636,23 +636,8 @@ fn start_gateway(lab: &Lab, gw: &mut GatewayRun, timeout: Duration) -> Result<()
     if !bin.exists() {
         bail!("{} does not exist: build it or set SLICENET_BIN_DIR", bin.display());
     }
-    let (bin, config, mtu) = (bin.display().to_string(), gw.config.display().to_string(), GATEWAY_MTU.to_string());
-    let mut process = gw.pod.spawn(&[&bin, "--interface", &gw.interface, "--config", &config, "--mtu", &mtu])?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let up = gw.pod.exec(&["ip", "link", "show", &gw.interface])?.status.success()
-            && PathBuf::from(format!("/var/run/wireguard/{}.sock", gw.interface)).exists();
-        if up {
-            break;
-        }
-        if !process.is_running() || Instant::now() > deadline {
-            bail!("gateway {} did not come up; log:\n{}", gw.interface, process.log_text());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    gw.pod.exec_ok(&["ip", "link", "set", &gw.interface, "up"])?;
+    gw.process = Some(crate::gateway::spawn_gateway(&gw.pod, &bin, &gw.interface, &gw.config, GATEWAY_MTU, timeout)?);
     gw.routes.clear();
-    gw.process = Some(process);
     Ok(())
 }
 

@@ -171,25 +171,7 @@ impl ClusterGateway {
         if self.process.is_some() {
             bail!("gateway {} already runs", self.interface);
         }
-        let bin = bin.display().to_string();
-        let config = self.config.display().to_string();
-        let mtu = mtu.to_string();
-        let mut process =
-            self.pod.spawn(&[&bin, "--interface", &self.interface, "--config", &config, "--mtu", &mtu])?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let up = self.pod.exec(&["ip", "link", "show", &self.interface])?.status.success()
-                && PathBuf::from(format!("/var/run/wireguard/{}.sock", self.interface)).exists();
-            if up {
-                break;
-            }
-            if !process.is_running() || Instant::now() > deadline {
-                bail!("gateway {} did not come up; log:\n{}", self.interface, process.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.process = Some(process);
-        self.pod.exec_ok(&["ip", "link", "set", &self.interface, "up"])?;
+        self.process = Some(spawn_gateway(&self.pod, bin, &self.interface, &self.config, mtu, timeout)?);
         for r in &self.routes {
             self.pod.exec_ok(&["ip", "route", "replace", &r.to_string(), "dev", &self.interface])?;
         }
@@ -272,6 +254,37 @@ impl SliceAcross {
         }
         Ok(())
     }
+}
+
+/// Runs `slice-gateway --interface IFACE --config CONFIG --mtu MTU` in `pod`, waits until its
+/// TUN device and UAPI socket exist, and sets the device up.
+///
+/// # Errors
+/// When it cannot start, exits, or is not up within `timeout` (with its log).
+pub(crate) fn spawn_gateway(
+    pod: &Pod,
+    bin: &std::path::Path,
+    interface: &str,
+    config: &std::path::Path,
+    mtu: u32,
+    timeout: Duration,
+) -> Result<PodProcess> {
+    let (bin, config, mtu) = (bin.display().to_string(), config.display().to_string(), mtu.to_string());
+    let mut process = pod.spawn(&[&bin, "--interface", interface, "--config", &config, "--mtu", &mtu])?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let up = pod.exec(&["ip", "link", "show", interface])?.status.success()
+            && PathBuf::from(format!("/var/run/wireguard/{interface}.sock")).exists();
+        if up {
+            break;
+        }
+        if !process.is_running() || Instant::now() > deadline {
+            bail!("gateway {interface} did not come up; log:\n{}", process.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pod.exec_ok(&["ip", "link", "set", interface, "up"])?;
+    Ok(process)
 }
 
 fn router_has_route(router_netns: &str, prefix: &IpNet) -> bool {
