@@ -19,6 +19,9 @@ deps:
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (rustup) first"; exit 1; }
 
+# One build serves `make test`, `make demo` and `make clean-lab`: building the binaries alone
+# (`--bins`) resolves other features for shared dependencies than a build with the tests
+# (dev-dependencies add features), so the two would rebuild each other's artifacts.
 build: deps
 	$(CARGO) build --workspace --bins --all-targets
 
@@ -31,8 +34,7 @@ test: lint build
 	@[ "$$(id -u)" = 0 ] || { echo "make test needs root: the lab creates network namespaces and runs containerd"; exit 1; }
 	$(CARGO) test --workspace --no-fail-fast
 
-demo: deps
-	$(CARGO) build --workspace --bins
+demo: build
 	target/debug/slicectl lab demo
 
 bench: EXTRA_PACKAGES = $(BENCH_PACKAGES)
@@ -42,6 +44,5 @@ bench: deps
 	target/release/webhook-bench --requests 10000 --rate 1000 --connections 8
 
 # Removes what a crashed lab left behind (idempotent).
-clean-lab:
-	$(CARGO) build --workspace --bins
+clean-lab: build
 	target/debug/slicectl lab down --all
