@@ -114,7 +114,7 @@ async fn the_binary_serves_reloads_and_stops() {
     let (cert, key) = ca.issue(&[SERVER_NAME]).unwrap();
     std::fs::write(&key_path, key).unwrap();
     std::fs::write(&cert_path, cert).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut fresh = connect_when_up(addr, &tls, &mut server.0).await;
         let (_, body) = fresh.post(MUTATE_POD_PATH, pod_create(&p, false).to_string()).await.unwrap();
@@ -134,7 +134,7 @@ async fn the_binary_serves_reloads_and_stops() {
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = server.0.try_wait().unwrap() {
             break s;

@@ -110,9 +110,9 @@ fn hub_api() -> (kube::Client, tokio::task::JoinHandle<Result<Vec<Seen>, String>
 }
 
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
-        assert!(Instant::now() < deadline, "{what} did not happen within 15 s");
+        assert!(Instant::now() < deadline, "{what} did not happen within 30 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

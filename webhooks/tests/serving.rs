@@ -81,13 +81,6 @@ async fn bad_bodies_get_400_with_a_reason() {
         r["request"]["object"]["spec"] = json!("a string");
         r.to_string()
     };
-    // 10 MB: a valid review padded with a huge annotation.
-    let huge = {
-        let mut r = good.clone();
-        r["request"]["object"]["metadata"]["annotations"] = json!({"pad": "x".repeat(10 * 1024 * 1024)});
-        r.to_string()
-    };
-    assert!(huge.len() > 10_000_000);
     let cases: Vec<(&str, &str, String, &str)> = vec![
         (
             "not JSON",
@@ -119,7 +112,6 @@ async fn bad_bodies_get_400_with_a_reason() {
         ),
         ("no request", MUTATE_POD_PATH, no_request, "AdmissionReview has no request"),
         ("object not a pod", MUTATE_POD_PATH, not_a_pod, "request.object is not a Pod"),
-        ("10 MB", MUTATE_POD_PATH, huge, "the body is larger than the limit of 6291456 bytes"),
     ];
     for (what, path, body, reason) in cases {
         let (status, text) = s.post(path, body).await;
@@ -132,7 +124,9 @@ async fn bad_bodies_get_400_with_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_times_out_and_the_server_goes_on() {
-    let settings = Settings { request_timeout: Duration::from_millis(300), ..Settings::default() };
+    // Long enough for a busy machine to complete the normal requests below; the stalled one
+    // never completes, whatever the machine's speed.
+    let settings = Settings { request_timeout: Duration::from_secs(2), ..Settings::default() };
     let s = TestServer::start(settings, blue_shop(), Arc::new(StaticHub::default()), None).await;
     // Headers announce 100 bytes; only one arrives.
     let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
@@ -140,14 +134,96 @@ async fn a_stalled_request_times_out_and_the_server_goes_on() {
     let mut tls = s.connector.connect(name, tcp).await.unwrap();
     let head = format!("POST {MUTATE_POD_PATH} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nContent-Length: 100\r\n\r\n{{");
     tls.write_all(head.as_bytes()).await.unwrap();
-    let started = Instant::now();
     let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut answer)).await.expect("an answer").unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(60), tls.read(&mut answer)).await.expect("an answer").unwrap();
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("request not completed within 300ms"), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(answer.contains("request not completed within 2s"), "{answer}");
     still_serving(&s).await;
+}
+
+/// Sends `head` on a new TLS connection, then reads until the server answers or closes.
+async fn raw_exchange(s: &TestServer, head: &[u8], body_part: &[u8]) -> String {
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(SERVER_NAME).unwrap();
+    let mut tls = s.connector.connect(name, tcp).await.unwrap();
+    tls.write_all(head).await.unwrap();
+    tls.write_all(body_part).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), tls.read_to_end(&mut answer)).await.expect("an answer");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A body declared larger than the limit is refused from its headers: the server never reads
+/// (or waits for) the 2 GiB; a chunked body is refused once it crosses the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_refused_before_it_is_read() {
+    let s = default_server().await;
+    let head = format!(
+        "POST {MUTATE_POD_PATH} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        2u64 << 30
+    );
+    let answer = raw_exchange(&s, head.as_bytes(), &[b' '; 64 * 1024]).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("the body is larger than the limit of 6291456 bytes"), "{answer}");
+    still_serving(&s).await;
+
+    // Chunked: 7 chunks of 1 MiB cross the 6 MiB limit; the answer comes without the end.
+    let head = format!(
+        "POST {MUTATE_POD_PATH} HTTP/1.1\r\nHost: {SERVER_NAME}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let mut chunks = Vec::new();
+    for _ in 0..7 {
+        chunks.extend_from_slice(format!("{:x}\r\n", 1 << 20).as_bytes());
+        chunks.extend_from_slice(&vec![b' '; 1 << 20]);
+        chunks.extend_from_slice(b"\r\n");
+    }
+    let answer = raw_exchange(&s, head.as_bytes(), &chunks).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:.200}");
+    assert!(answer.contains("the body is larger than the limit"), "{answer:.200}");
+    still_serving(&s).await;
+}
+
+/// Idle connections are closed by the server, and no more than `max_connections` are held at
+/// once: one more is closed as soon as it is accepted. Bounded clients, states not times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_their_number_is_capped() {
+    let settings = Settings { max_connections: 4, idle_timeout: Duration::from_secs(1), ..Settings::default() };
+    let s = TestServer::start(settings, blue_shop(), Arc::new(StaticHub::default()), None).await;
+    // Four idle TLS connections take every slot.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from(SERVER_NAME).unwrap();
+        idle.push(s.connector.connect(name, tcp).await.expect("a slot is free"));
+    }
+    // A fifth is closed: its TLS handshake cannot complete.
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(SERVER_NAME).unwrap();
+    assert!(s.connector.connect(name, tcp).await.is_err(), "a fifth connection was served");
+    // The server closes each idle one (EOF, or a TLS close_notify then EOF).
+    for (i, tls) in idle.iter_mut().enumerate() {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(60), tls.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("idle connection {i} never closed"));
+        assert!(matches!(n, Ok(0) | Err(_)), "idle connection {i} got data: {n:?}");
+    }
+    // The slots are free again: a request on a new connection is served.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = pod("shop", Value::Null, Value::Null);
+        match Client::connect(s.addr, &s.connector, SERVER_NAME).await {
+            Ok(mut c) => {
+                let (status, _) = c.post(MUTATE_POD_PATH, pod_create(&p, false).to_string()).await.unwrap();
+                assert_eq!(status.as_u16(), 200);
+                break;
+            }
+            // Closed connections may take a moment to release their slot.
+            Err(e) => assert!(Instant::now() < deadline, "never served again: {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// HTTP/2, which the API server negotiates when offered (ALPN `h2`).
@@ -226,7 +302,7 @@ async fn membership_comes_from_the_mounted_configmap_and_follows_changes() {
 
     // The worker adds shop to blue (the kubelet writes the key file).
     std::fs::write(dir.path().join("blue"), "cart,shop").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let answer = s.review(MUTATE_POD_PATH, &pod_create(&p, false)).await;
         if let Some(patch) = patch_of(&answer) {
@@ -241,7 +317,7 @@ async fn membership_comes_from_the_mounted_configmap_and_follows_changes() {
     }
     // And removes it again.
     std::fs::write(dir.path().join("blue"), "cart").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while patch_of(&s.review(MUTATE_POD_PATH, &pod_create(&p, false)).await).is_some() {
         assert!(Instant::now() < deadline, "membership removal not picked up");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -268,7 +344,7 @@ async fn not_ready_until_membership_is_loaded() {
 }
 
 async fn wait_ready(c: &mut Client) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while c.get("/readyz").await.unwrap().0.as_u16() != 200 {
         assert!(Instant::now() < deadline, "never ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -326,8 +402,12 @@ async fn certificate_rotation_under_load_fails_no_request() {
             }
         }));
     }
+    // Each round waits for states, not times: the clients completed requests since the last
+    // rotation, and a new connection was served the new certificate.
+    let progress =
+        |since: usize, der: &[u8]| ok.load(Ordering::Relaxed) >= since + 6 && seen.lock().unwrap().contains(der);
     for round in 0..12 {
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        let since = ok.load(Ordering::Relaxed);
         let (cert, key) = s.ca.issue(&[SERVER_NAME]).unwrap();
         if round % 2 == 0 {
             // Half-written pair for a while: the old pair must stay in service.
@@ -342,8 +422,14 @@ async fn certificate_rotation_under_load_fails_no_request() {
             std::fs::rename(dir.join(".new.key"), &s.key_path).unwrap();
             std::fs::rename(dir.join(".new.crt"), &s.cert_path).unwrap();
         }
+        let der = pem_der(&cert);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !progress(since, &der) {
+            assert!(Instant::now() < deadline, "round {round}: the new certificate was never served");
+            assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during rotation");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
@@ -352,10 +438,16 @@ async fn certificate_rotation_under_load_fails_no_request() {
     let distinct = seen.lock().unwrap().len();
     eprintln!("rotation: {ok} requests ok, {failed} failed, {distinct} distinct certificates seen by clients");
     assert_eq!(failed, 0, "requests failed during rotation");
-    assert!(ok > 100, "too few requests to mean anything: {ok}");
+    assert!(ok >= 12 * 6, "{ok} requests over 12 rotations");
     assert_ne!(s.certs.current_der(), first_cert, "never rotated");
-    assert!(distinct >= 6, "clients saw only {distinct} certificates over 12 rotations");
+    assert_eq!(distinct, 13, "clients saw the first certificate and each of the 12 new ones");
     // A new connection now gets exactly the certificate on disk.
     let c = s.client().await;
     assert_eq!(c.peer_cert, s.certs.current_der());
+}
+
+/// The DER bytes of the first certificate in `pem`.
+fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM certificate").to_vec()
 }
