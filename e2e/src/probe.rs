@@ -27,23 +27,23 @@ pub fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 
 /// client read, the source address the server saw).
 ///
 /// # Errors
-/// When binding, connecting, reading or writing fails (5 s timeouts).
+/// When binding, connecting, reading or writing fails (30 s timeouts: generous, so a busy machine is not mistaken for a broken path).
 pub fn tcp_exchange(server: &Pod, port: u16, client: &Pod, to: SocketAddrV4) -> std::io::Result<(String, String)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let listener = in_netns(&server.netns_path, move || -> std::io::Result<String> {
         let listener = TcpListener::bind(("0.0.0.0", port))?;
         tx.send(()).unwrap();
         let (mut conn, peer) = listener.accept()?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut buf = [0u8; 64];
         let n = conn.read(&mut buf)?;
         conn.write_all(format!("{} from {}", String::from_utf8_lossy(&buf[..n]), peer.ip()).as_bytes())?;
         Ok(peer.ip().to_string())
     });
-    rx.recv_timeout(Duration::from_secs(5)).expect("listener up");
+    rx.recv_timeout(Duration::from_secs(30)).expect("listener up");
     let reply = in_netns(&client.netns_path, move || -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(30))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
         s.write_all(b"hello")?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;

@@ -233,7 +233,7 @@ impl Edge {
             return Err(e);
         }
         // Bound to the queue once it says so.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if std::fs::read_to_string(&log_path).unwrap_or_default().contains("delay: queue") {
                 break;

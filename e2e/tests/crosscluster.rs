@@ -211,7 +211,7 @@ fn slice_across_three_clusters_with_gateways() {
     for from in pods.all() {
         for to in pods.all().into_iter().filter(|p| p.sandbox_id != from.sandbox_id) {
             assert!(
-                ping_within(from, slice_addr(to), Duration::from_secs(15)),
+                ping_within(from, slice_addr(to), Duration::from_secs(30)),
                 "ping {} → {} ({}); gateway logs:\n{}",
                 from.lab_name(),
                 to.lab_name(),
@@ -221,7 +221,7 @@ fn slice_across_three_clusters_with_gateways() {
         }
         for gw in across.gateways.iter().filter(|g| g.cluster != from.cluster) {
             assert!(
-                ping_within(from, gw.slice_address, Duration::from_secs(10)),
+                ping_within(from, gw.slice_address, Duration::from_secs(30)),
                 "{} → gateway {}",
                 from.lab_name(),
                 gw.cluster
@@ -299,21 +299,21 @@ fn slice_across_three_clusters_with_gateways() {
     across.start_gateway("c2").unwrap();
     let started = restarted.elapsed();
     let mut recovered = None;
-    while restarted.elapsed() < Duration::from_secs(30) {
+    while restarted.elapsed() < Duration::from_secs(60) {
         if ping(&pods.a1, slice_addr(&pods.b)) {
             recovered = Some(restarted.elapsed());
             break;
         }
     }
     let recovered = recovered.unwrap_or_else(|| {
-        panic!("c1 → c2 did not recover within 30 s; c2 gateway log:\n{}", across.gateway("c2").log_text())
+        panic!("c1 → c2 did not recover within 60 s; c2 gateway log:\n{}", across.gateway("c2").log_text())
     });
     eprintln!(
         "FIGURE gateway c2 killed and restarted: up after {:.2} s, c1 → c2 ping answered {:.2} s after the restart",
         started.as_secs_f64(),
         recovered.as_secs_f64()
     );
-    assert!(ping_within(&pods.b, slice_addr(&pods.a2), Duration::from_secs(10)), "c2 → c1/n2 after the restart");
+    assert!(ping_within(&pods.b, slice_addr(&pods.a2), Duration::from_secs(30)), "c2 → c1/n2 after the restart");
     // c3 is behind NAT: the restarted c2 has no endpoint for it until c3 handshakes again. c3
     // keeps sending keepalives on its old session (which c2 cannot read); it starts a new
     // handshake once its data has gone unanswered (WireGuard: keepalive + rekey timeout, 15 s).
@@ -322,7 +322,7 @@ fn slice_across_three_clusters_with_gateways() {
         "FIGURE gateway c2 restarted: c3 (behind NAT) → c2 ping answered {:.2} s after the restart",
         restarted.elapsed().as_secs_f64()
     );
-    assert!(ping_within(&pods.b, slice_addr(&pods.c), Duration::from_secs(10)), "c2 → c3 after the restart");
+    assert!(ping_within(&pods.b, slice_addr(&pods.c), Duration::from_secs(30)), "c2 → c3 after the restart");
 
     // (4) Remove c2 from the slice while c1 pings c3 continuously: not one packet lost.
     let steady = {
@@ -331,7 +331,9 @@ fn slice_across_three_clusters_with_gateways() {
         std::thread::spawn(move || {
             let out = Command::new("nsenter")
                 .arg(format!("--net={}", netns.display()))
-                .args(["ping", "-n", "-q", "-c", "200", "-i", "0.02", "-W", "1", &to])
+                // -W: how long ping waits for the last answers; a busy machine may be slow to
+                // answer, which is not a loss.
+                .args(["ping", "-n", "-q", "-c", "200", "-i", "0.02", "-W", "10", &to])
                 .output()
                 .unwrap();
             String::from_utf8_lossy(&out.stdout).into_owned()

@@ -163,7 +163,7 @@ fn agent_plumbing_with_a_stand_in_agent() {
     cluster.start_agents(&slices).unwrap();
 
     let n1 = lab.node("c1", "n1");
-    let state = n1.wait_slice_ready("blue", Duration::from_secs(10)).unwrap();
+    let state = n1.wait_slice_ready("blue", Duration::from_secs(30)).unwrap();
     assert_eq!(state.slice, "blue");
     assert!(n1.agent_running());
     // The agent runs inside the node's namespace (the stand-in logs its `net:[INODE]`).
@@ -176,7 +176,7 @@ fn agent_plumbing_with_a_stand_in_agent() {
     let more = [slices[0].clone(), e2e::LabSlice::new("red", 200, "10.90.0.0/16", &["shop"])];
     cluster.update_agent_configs(&more).unwrap();
     n1.restart_agent().unwrap();
-    n1.wait_slice_ready("red", Duration::from_secs(10)).unwrap();
+    n1.wait_slice_ready("red", Duration::from_secs(30)).unwrap();
     n1.stop_agent().unwrap();
     assert!(!n1.agent_running());
     n1.stop_agent().unwrap(); // stopping a stopped agent is fine

@@ -6,6 +6,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::probe::{in_netns, tcp_exchange};
@@ -16,23 +18,40 @@ use slice_api::node::RemoteRoute;
 const READY: Duration = Duration::from_secs(30);
 
 /// A UDP echo server in `pod` on `port`: answers each datagram with `echo <source>` until
-/// `timeout` passes without one.
-fn udp_echo(pod: &Pod, port: u16, timeout: Duration) -> std::thread::JoinHandle<Vec<String>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = in_netns(&pod.netns_path, move || {
-        let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
-        sock.set_read_timeout(Some(timeout)).unwrap();
-        tx.send(()).unwrap();
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 1500];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            seen.push(format!("{} {}", from.ip(), String::from_utf8_lossy(&buf[..n])));
-            let _ = sock.send_to(format!("echo {}", from.ip()).as_bytes(), from);
-        }
-        seen
-    });
-    rx.recv_timeout(Duration::from_secs(5)).expect("udp server up");
-    handle
+/// stopped. It stops when told, not after an idle time, so a slow machine cannot end it early.
+struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl UdpEcho {
+    fn start(pod: &Pod, port: u16) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let handle = in_netns(&pod.netns_path, move || {
+            let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+            sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            tx.send(()).unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1500];
+            while !stopping.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    seen.push(format!("{} {}", from.ip(), String::from_utf8_lossy(&buf[..n])));
+                    let _ = sock.send_to(format!("echo {}", from.ip()).as_bytes(), from);
+                }
+            }
+            seen
+        });
+        rx.recv_timeout(Duration::from_secs(30)).expect("udp server up");
+        Self { stop, handle }
+    }
+
+    /// Stops the server; what it received.
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("udp echo thread")
+    }
 }
 
 /// Sends UDP from `pod` to `to` until an answer comes (up to `tries` × 1 s); returns it.
@@ -144,13 +163,13 @@ fn three_clusters_on_a_wan_one_behind_nat() {
     assert!(format!("{err:#}").contains("behind NAT"), "{err:#}");
 
     // c3 → c1 over UDP: the server sees c3's public address (masqueraded), the answer comes back.
-    let server = udp_echo(&p1, 5000, Duration::from_secs(3));
+    let server = UdpEcho::start(&p1, 5000);
     let answer = udp_ask(&p3, SocketAddrV4::new(c1_public, 31000), 10).expect("UDP from c3 reaches c1's pod");
     assert_eq!(answer, format!("echo {c3_public}"));
     // And from c2 (not behind NAT) too.
     let c2_public = lab.cluster("c2").public_address().unwrap();
     assert_eq!(udp_ask(&p2, SocketAddrV4::new(c1_public, 31000), 10), Some(format!("echo {c2_public}")));
-    let seen = server.join().unwrap();
+    let seen = server.stop();
     assert!(seen.iter().all(|s| s.starts_with("198.19.0.")), "the pod saw a non-public source: {seen:?}");
 
     // c3 → c1 over TCP.
@@ -159,10 +178,10 @@ fn three_clusters_on_a_wan_one_behind_nat() {
     assert_eq!(peer, c3_public.to_string());
 
     // Nothing gets into c3 from the WAN: not through its public address (no forward) ...
-    let listener = udp_echo(&p3, 5000, Duration::from_secs(3));
+    let listener = UdpEcho::start(&p3, 5000);
     assert_eq!(udp_ask(&p1, SocketAddrV4::new(c3_public, 31000), 2), None);
     assert_eq!(udp_ask(&p1, SocketAddrV4::new(c3_public, 5000), 2), None);
-    assert!(listener.join().unwrap().is_empty(), "something reached c3's pod from the WAN");
+    assert!(listener.stop().is_empty(), "something reached c3's pod from the WAN");
     // ... nor by routing pod addresses at its edge from the WAN host.
     let wan = lab.wan_netns().unwrap().to_string();
     let via = format!("{c3_public}");
@@ -181,30 +200,37 @@ fn three_clusters_on_a_wan_one_behind_nat() {
 
     // WAN loss on the way into c1: total loss stops the exchange, none restores it.
     lab.cluster("c1").set_wan_loss(1.0).unwrap();
-    let server = udp_echo(&p1, 5000, Duration::from_secs(3));
+    let server = UdpEcho::start(&p1, 5000);
     assert_eq!(udp_ask(&p3, SocketAddrV4::new(c1_public, 31000), 2), None);
     lab.cluster("c1").set_wan_loss(0.0).unwrap();
     assert!(udp_ask(&p3, SocketAddrV4::new(c1_public, 31000), 5).is_some());
-    let _ = server.join();
+    server.stop();
 
     // WAN delay on the way into c1 (and into c3 for the answers): the round trip takes 2 × 30 ms.
     lab.cluster("c1").set_wan_delay(30).unwrap();
     lab.cluster("c3").set_wan_delay(30).unwrap();
-    let server = udp_echo(&p1, 5000, Duration::from_secs(3));
+    // A delay is a floor whatever the machine's speed; no upper bound is asserted (a busy
+    // machine adds its own).
+    let server = UdpEcho::start(&p1, 5000);
     let started = Instant::now();
-    assert!(udp_ask(&p3, SocketAddrV4::new(c1_public, 31000), 3).is_some(), "UDP through the delayed WAN");
+    assert!(udp_ask(&p3, SocketAddrV4::new(c1_public, 31000), 10).is_some(), "UDP through the delayed WAN");
     let rtt = started.elapsed();
-    assert!(rtt >= Duration::from_millis(60) && rtt < Duration::from_millis(1000), "delayed RTT {rtt:?}");
-    let _ = server.join();
+    assert!(rtt >= Duration::from_millis(60), "delayed RTT {rtt:?}");
+    server.stop();
     let (reply, _) = tcp_exchange(&p1, 5001, &p3, SocketAddrV4::new(c1_public, 31001)).expect("TCP with delay");
     assert_eq!(reply, format!("hello from {c3_public}"));
+    // Removing c1's delay stops its delay program and its queue rule (states, not timings);
+    // c3's delay still holds the answers for at least 30 ms.
     lab.cluster("c1").set_wan_delay(0).unwrap();
-    let server = udp_echo(&p1, 5000, Duration::from_secs(3));
+    assert_eq!(delay_pid("mc1w-c1-edge"), None, "c1's delay program outlived set_wan_delay(0)");
+    assert!(!raw_prerouting("mc1w-c1-edge").contains("NFQUEUE"), "c1's queue rule outlived set_wan_delay(0)");
+    assert!(raw_prerouting("mc1w-c3-edge").contains("NFQUEUE"), "c3's queue rule is gone");
+    let server = UdpEcho::start(&p1, 5000);
     let started = Instant::now();
-    assert!(udp_ask(&p3, SocketAddrV4::new(c1_public, 31000), 3).is_some());
+    assert!(udp_ask(&p3, SocketAddrV4::new(c1_public, 31000), 10).is_some());
     let rtt = started.elapsed();
-    assert!(rtt < Duration::from_millis(60) && rtt >= Duration::from_millis(30), "half-delayed RTT {rtt:?}");
-    let _ = server.join();
+    assert!(rtt >= Duration::from_millis(30), "half-delayed RTT {rtt:?}");
+    server.stop();
     // c3's delay program is left running: teardown must stop it.
 
     // A long-lived process in a pod goes with the lab.
@@ -218,7 +244,22 @@ fn three_clusters_on_a_wan_one_behind_nat() {
 }
 
 /// The PID of the delay program running in namespace `netns`.
+/// The iptables raw PREROUTING rules of a lab namespace.
+fn raw_prerouting(netns: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "iptables", "-t", "raw", "-S", "PREROUTING"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn find_delay_pid(netns: &str) -> u32 {
+    delay_pid(netns).unwrap_or_else(|| panic!("no delay program in {netns}"))
+}
+
+/// The delay program running in `netns`, if any.
+fn delay_pid(netns: &str) -> Option<u32> {
     let target = std::fs::metadata(format!("/run/netns/{netns}")).unwrap();
     use std::os::unix::fs::MetadataExt;
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -226,10 +267,10 @@ fn find_delay_pid(netns: &str) -> u32 {
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         let Ok(ns) = std::fs::metadata(entry.path().join("ns/net")) else { continue };
         if comm.starts_with("delay-") && ns.ino() == target.ino() && ns.dev() == target.dev() {
-            return pid;
+            return Some(pid);
         }
     }
-    panic!("no delay program in {netns}");
+    None
 }
 
 fn router_route(node: &Node, slice: &str, prefix: &str) -> Option<Value> {
@@ -300,8 +341,8 @@ fn remote_routes_reach_a_gateway_on_the_same_and_another_node() {
     // Pods on both nodes reach the remote address through the gateway.
     let a = n1.run_pod(PodSpec::new("app", "a")).unwrap();
     let b = n2.run_pod(PodSpec::new("app", "b")).unwrap();
-    assert!(ping_within(&a, "10.80.16.1", Duration::from_secs(5)), "pod on the gateway's node");
-    assert!(ping_within(&b, "10.80.16.1", Duration::from_secs(5)), "pod on another node");
+    assert!(ping_within(&a, "10.80.16.1", Duration::from_secs(20)), "pod on the gateway's node");
+    assert!(ping_within(&b, "10.80.16.1", Duration::from_secs(20)), "pod on another node");
     // The gateway sees the pods' own slice addresses.
     let seen = gw.exec_ok(&["ip", "-j", "neigh"]).unwrap();
     assert!(!seen.is_empty());
@@ -320,7 +361,7 @@ fn remote_routes_reach_a_gateway_on_the_same_and_another_node() {
         "n2 kept the remote route"
     );
     // Pods of the slice still reach each other.
-    assert!(ping_within(&a, &b.ipv4("slice0").unwrap().to_string(), Duration::from_secs(5)));
+    assert!(ping_within(&a, &b.ipv4("slice0").unwrap().to_string(), Duration::from_secs(20)));
     lab.teardown().expect("teardown");
     assert_no_leftovers(prefix, &[]);
 }

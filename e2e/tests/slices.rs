@@ -182,10 +182,10 @@ fn tcp_round_trip(server: &Pod, client: &Pod, port: u16) -> std::io::Result<Stri
         conn.write_all(format!("{} from {peer}", String::from_utf8_lossy(&buf[..n])).as_bytes())?;
         Ok(peer.ip().to_string())
     });
-    rx.recv_timeout(Duration::from_secs(5)).expect("listener up");
+    rx.recv_timeout(Duration::from_secs(30)).expect("listener up");
     let client_side = in_netns(&client.netns_path, move || -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(30))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
         s.write_all(b"hello")?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
@@ -542,13 +542,38 @@ fn agent_restart_keeps_pods_connected() {
                 }
             }
         });
-        for node in [n1(&lab), n2(&lab)] {
-            node.restart_agent().unwrap();
-            // Let the restarted agent run a full observe/plan/apply pass.
-            std::thread::sleep(Duration::from_secs(2));
-            assert!(node.agent_running());
+        // Stops the prober however this closure ends (a failed assertion included), or the
+        // scope would wait for it forever.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
         }
-        stop.store(true, Ordering::Relaxed);
+        let _stop = StopOnDrop(&stop);
+        for node in [n1(&lab), n2(&lab)] {
+            let passes = |n: &Node| {
+                std::fs::read_to_string(n.agent_log())
+                    .unwrap_or_default()
+                    .matches("first reconcile pass complete")
+                    .count()
+            };
+            let before = passes(node);
+            node.restart_agent().unwrap();
+            // Wait (a state, not a time) for the restarted agent's first full observe/plan/apply
+            // pass, probing all along.
+            let deadline = Instant::now() + READY;
+            while passes(node) <= before {
+                assert!(Instant::now() < deadline, "the restarted agent never reconciled");
+                assert!(node.agent_running(), "the restarted agent exited");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // At least three probe rounds ran while (or after) the agents restarted.
+        let deadline = Instant::now() + READY;
+        while sent.load(Ordering::Relaxed) < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     });
     let (sent, lost) = (sent.into_inner(), lost.into_inner());
     eprintln!("probes during restarts: {sent} rounds, {lost} lost");

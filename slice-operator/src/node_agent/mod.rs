@@ -176,6 +176,7 @@ async fn daemon_loop(opts: &DaemonOptions) -> std::io::Result<()> {
     let mut config: Option<NodeAgentConfig> = None;
     let mut needs_reconcile = true;
     let mut last_reconcile = tokio::time::Instant::now();
+    let mut first_pass_done = false;
     tracing::info!(config = %opts.config_path.display(), "node agent starting");
 
     loop {
@@ -210,6 +211,12 @@ async fn daemon_loop(opts: &DaemonOptions) -> std::io::Result<()> {
         if let (true, Some(c)) = (needs_reconcile, config.clone()) {
             needs_reconcile = reconcile_logged(c).await;
             last_reconcile = tokio::time::Instant::now();
+            // Said once per start, also when nothing had to change (a restart adopts the
+            // router): tests and operators wait for this line instead of guessing a time.
+            if !needs_reconcile && !first_pass_done {
+                first_pass_done = true;
+                tracing::info!("first reconcile pass complete");
+            }
         }
 
         tokio::select! {
