@@ -12,13 +12,23 @@
 //!   whole with a `Planned=False` condition, and the slice keeps running as it was: never a
 //!   partial plan.
 //! - A slice being deleted plans no workers.
+//! - What member clusters write is checked before it is used: a WorkerSlice counts
+//!   only in its own cluster's namespace and under its slice's name (one that names another
+//!   cluster or slice is ignored and reported); a gateway key published by two clusters stays
+//!   with the one it was already distributed for (neither, when there is none), and an
+//!   endpoint inside a slice subnet, a member's pod or service CIDR, or a loopback,
+//!   unspecified or multicast address is not distributed. Each refusal is reported in the
+//!   slice's `Ready` condition (reason `PublicationRefused`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 
+use ipnet::IpNet;
 use kube::ResourceExt;
 
 use crate::crd::{
-    ClusterAllocation, Condition, MemberCluster, SliceConfig, WorkerPeer, WorkerSlice, WorkerSliceSpec, condition,
+    ClusterAllocation, Condition, MemberCluster, SliceConfig, WorkerPeer, WorkerSlice, WorkerSliceSpec,
+    cluster_namespace, condition,
 };
 
 /// The first VNI handed out.
@@ -53,13 +63,143 @@ pub fn plan(slices: &[SliceConfig], clusters: &[MemberCluster], workers: &[Worke
         (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
             .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
     });
-    let vnis = allocate_vnis(&ordered, workers);
+    let (trusted, mut refusals) = owned_workers(workers);
+    let publications = check_publications(slices, clusters, &trusted, &mut refusals);
+    let vnis = allocate_vnis(&ordered, &trusted);
     let registered: BTreeSet<String> =
         clusters.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).map(ResourceExt::name_any).collect();
-    let mut plans: Vec<SlicePlan> =
-        ordered.iter().map(|s| plan_slice(s, vnis.get(&s.name_any()).copied(), &registered, workers)).collect();
+    let mut plans: Vec<SlicePlan> = ordered
+        .iter()
+        .map(|s| {
+            let name = s.name_any();
+            let refused = refusals.get(&name).map_or(&[][..], Vec::as_slice);
+            plan_slice(s, vnis.get(&name).copied(), &registered, &trusted, &publications, refused)
+        })
+        .collect();
     plans.sort_by(|a, b| a.name.cmp(&b.name));
     plans
+}
+
+/// Refusal messages by slice name.
+type Refusals = BTreeMap<String, Vec<String>>;
+
+/// The WorkerSlices that speak for their cluster: in the namespace of the cluster their spec
+/// names, under the name of the slice their spec names. Anything else was written (or moved)
+/// by someone it does not belong to: ignored, and reported on the slice it is named after.
+fn owned_workers(workers: &[WorkerSlice]) -> (Vec<WorkerSlice>, Refusals) {
+    let mut refusals = Refusals::new();
+    let mut owned = Vec::new();
+    for w in workers {
+        let namespace = w.metadata.namespace.as_deref().unwrap_or("");
+        let name = w.name_any();
+        if namespace == cluster_namespace(&w.spec.cluster) && name == w.spec.slice {
+            owned.push(w.clone());
+        } else {
+            let why = format!(
+                "WorkerSlice {namespace}/{name} names cluster {} and slice {}, but a WorkerSlice speaks only for the cluster of its namespace and the slice of its name: ignored",
+                w.spec.cluster, w.spec.slice
+            );
+            // Reported on the slice of its name and on the slice its spec names.
+            let mut on: Vec<&String> = vec![&name, &w.spec.slice];
+            on.dedup();
+            for slice in on {
+                refusals.entry(slice.clone()).or_default().push(why.clone());
+            }
+        }
+    }
+    (owned, refusals)
+}
+
+/// What each cluster published for each slice, once checked: (slice, cluster) → (key, endpoint),
+/// each `None` when not published or refused.
+type Publications = BTreeMap<(String, String), (Option<String>, Option<String>)>;
+
+fn check_publications(
+    slices: &[SliceConfig],
+    clusters: &[MemberCluster],
+    owned: &[WorkerSlice],
+    refusals: &mut Refusals,
+) -> Publications {
+    // Addresses no gateway endpoint may take: every slice subnet, every member's pod and
+    // service CIDRs (unparsable entries are the validator's business, not a reason to panic).
+    let mut forbidden: Vec<(IpNet, String)> = Vec::new();
+    for s in slices {
+        if let Ok(net) = s.spec.slice_subnet.trim().parse::<IpNet>() {
+            forbidden.push((net, format!("the subnet of slice {}", s.name_any())));
+        }
+    }
+    for c in clusters {
+        for (cidrs, what) in [(&c.spec.pod_cidrs, "pod"), (&c.spec.service_cidrs, "service")] {
+            for net in cidrs.iter().filter_map(|t| t.trim().parse::<IpNet>().ok()) {
+                forbidden.push((net, format!("the {what} CIDR {net} of cluster {}", c.name_any())));
+            }
+        }
+    }
+    // Who each key was already distributed for: the peers of the specs the hub wrote.
+    let mut incumbent: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for w in owned {
+        for p in &w.spec.peers {
+            if let Some(k) = p.public_key.as_deref() {
+                incumbent.entry(k).or_default().insert(p.cluster.as_str());
+            }
+        }
+    }
+    let mut publishers: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for w in owned {
+        if let Some(k) = w.status.as_ref().and_then(|s| s.gateway_public_key.as_deref()) {
+            publishers.entry(k).or_default().insert(w.spec.cluster.as_str());
+        }
+    }
+
+    let mut out = Publications::new();
+    for w in owned {
+        let (slice, cluster) = (&w.spec.slice, &w.spec.cluster);
+        let status = w.status.as_ref();
+        let mut key = status.and_then(|s| s.gateway_public_key.clone());
+        if let Some(k) = key.as_deref()
+            && let Some(others) = publishers.get(k).filter(|p| p.len() > 1)
+        {
+            let holders: Vec<&str> =
+                others.iter().copied().filter(|c| incumbent.get(k).is_some_and(|i| i.contains(c))).collect();
+            let keeps = holders.len() == 1 && holders[0] == cluster.as_str();
+            if !keeps {
+                let all: Vec<&str> = others.iter().copied().collect();
+                refusals.entry(slice.clone()).or_default().push(format!(
+                    "cluster {cluster} published gateway key {k}, which clusters {} all publish: {}",
+                    all.join(", "),
+                    match holders.as_slice() {
+                        [holder] => format!("it stays with {holder}, for whom it was distributed first"),
+                        _ => "distributed for none of them".to_owned(),
+                    }
+                ));
+                key = None;
+            }
+        }
+        let mut endpoint = status.and_then(|s| s.gateway_endpoint.clone());
+        if let Some(e) = endpoint.as_deref()
+            && let Some(why) = endpoint_refusal(e, &forbidden)
+        {
+            refusals
+                .entry(slice.clone())
+                .or_default()
+                .push(format!("cluster {cluster} published gateway endpoint {e}, {why}: not distributed"));
+            endpoint = None;
+        }
+        out.insert((slice.clone(), cluster.clone()), (key, endpoint));
+    }
+    out
+}
+
+/// Why an endpoint may not be handed to peers (`None`: it may). Host names are left to DNS.
+fn endpoint_refusal(endpoint: &str, forbidden: &[(IpNet, String)]) -> Option<String> {
+    let ip: IpAddr = match endpoint.parse::<SocketAddr>() {
+        Ok(a) => a.ip(),
+        Err(_) => endpoint.parse::<IpAddr>().ok()?,
+    };
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+        return Some(format!("{ip} is a loopback, unspecified or multicast address"));
+    }
+    forbidden.iter().find(|(net, _)| net.contains(&ip)).map(|(_, what)| format!("inside {what}"))
 }
 
 /// Recorded VNIs are kept in (creation, name) order; a VNI recorded twice stays with the older
@@ -100,6 +240,8 @@ fn plan_slice(
     vni: Option<u32>,
     registered: &BTreeSet<String>,
     workers: &[WorkerSlice],
+    publications: &Publications,
+    refused: &[String],
 ) -> SlicePlan {
     let name = slice.name_any();
     let generation = slice.metadata.generation;
@@ -116,7 +258,7 @@ fn plan_slice(
             name: name.clone(),
             vni,
             allocations,
-            conditions: vec![planned, ready_condition(&workers, &existing, generation)],
+            conditions: vec![planned, ready_condition(&workers, &existing, refused, generation)],
             workers,
         }
     };
@@ -173,7 +315,7 @@ fn plan_slice(
     }
 
     let prefix_of = |c: &str| addresses.cluster_prefix(index[c]).expect("index below maxClusters").to_string();
-    let published = |c: &str| existing.iter().find(|w| w.spec.cluster == c).and_then(|w| w.status.as_ref());
+    let published = |c: &str| publications.get(&(name.clone(), c.to_owned()));
     let mut specs = Vec::new();
     for c in &members {
         let peers = members
@@ -182,8 +324,8 @@ fn plan_slice(
             .map(|p| WorkerPeer {
                 cluster: p.clone(),
                 prefix: prefix_of(p),
-                public_key: published(p).and_then(|s| s.gateway_public_key.clone()),
-                endpoint: published(p).and_then(|s| s.gateway_endpoint.clone()),
+                public_key: published(p).and_then(|(key, _)| key.clone()),
+                endpoint: published(p).and_then(|(_, endpoint)| endpoint.clone()),
             })
             .collect();
         specs.push(WorkerSliceSpec {
@@ -221,7 +363,7 @@ fn plan_slice(
         )
     };
     planned.observed_generation = generation;
-    let ready = ready_condition(&specs, &existing, generation);
+    let ready = ready_condition(&specs, &existing, refused, generation);
     SlicePlan { name, vni: Some(vni), allocations, workers: specs, conditions: vec![planned, ready] }
 }
 
@@ -263,7 +405,12 @@ fn worker_readiness(worker: Option<&WorkerSlice>) -> (bool, String) {
     }
 }
 
-fn ready_condition(specs: &[WorkerSliceSpec], existing: &[&WorkerSlice], generation: Option<i64>) -> Condition {
+fn ready_condition(
+    specs: &[WorkerSliceSpec],
+    existing: &[&WorkerSlice],
+    refused: &[String],
+    generation: Option<i64>,
+) -> Condition {
     let mut waiting = Vec::new();
     for spec in specs {
         let worker = existing.iter().find(|w| w.spec.cluster == spec.cluster).copied();
@@ -272,7 +419,9 @@ fn ready_condition(specs: &[WorkerSliceSpec], existing: &[&WorkerSlice], generat
             waiting.push(format!("{}: {reason}", spec.cluster));
         }
     }
-    let mut c = if specs.is_empty() {
+    let mut c = if !refused.is_empty() {
+        Condition::new(READY, false, "PublicationRefused", refused.join("; "))
+    } else if specs.is_empty() {
         Condition::new(READY, false, "NoClusters", "no member cluster is planned")
     } else if waiting.is_empty() {
         Condition::new(READY, true, "AllClustersReady", format!("{} clusters ready", specs.len()))

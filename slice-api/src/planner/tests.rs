@@ -118,6 +118,104 @@ fn published_keys_and_endpoints_reach_the_peers_and_readiness_aggregates() {
     assert_eq!(condition(&plans[0].conditions, READY).unwrap().status, "True");
 }
 
+/// Three clusters peered, each with its key and endpoint distributed.
+fn peered_three() -> Hub {
+    let mut h = hub(&["c1", "c2", "c3"]);
+    h.slices.push(slice("blue", "10.80.0.0/16", 16, &["c1", "c2", "c3"], 1));
+    h.apply();
+    h.report("blue", "c1", "K1", Some("198.18.0.1:31000"), true);
+    h.report("blue", "c2", "K2", Some("198.18.0.2:31000"), true);
+    h.report("blue", "c3", "K3", Some("198.18.0.3:31000"), true);
+    h.apply();
+    h
+}
+
+fn peer_of<'a>(plans: &'a [SlicePlan], of: &str, peer: &str) -> &'a WorkerPeer {
+    let spec = plans[0].workers.iter().find(|w| w.cluster == of).unwrap();
+    spec.peers.iter().find(|p| p.cluster == peer).unwrap()
+}
+
+/// Issue 20, High 1: c1 rewrites its own WorkerSlice to say it is c2, with its own key and
+/// endpoint. The hub must keep c2's key and endpoint in c3's spec, and say why.
+#[test]
+fn a_cluster_cannot_publish_for_another_by_renaming_its_worker_slice() {
+    let mut h = peered_three();
+    let i = h.workers.iter().position(|w| w.spec.cluster == "c1").unwrap();
+    let mut forged = h.workers.remove(i);
+    assert_eq!(forged.metadata.namespace.as_deref(), Some("slicenet-cluster-c1"));
+    forged.spec.cluster = "c2".into();
+    forged.status.as_mut().unwrap().gateway_public_key = Some("K1".into());
+    forged.status.as_mut().unwrap().gateway_endpoint = Some("198.18.0.1:31000".into());
+    // First in the list, where a "first WorkerSlice of cluster c2" lookup would find it.
+    h.workers.insert(0, forged);
+    let plans = plan(&h.slices, &h.clusters, &h.workers);
+    let c2_for_c3 = peer_of(&plans, "c3", "c2");
+    assert_eq!(c2_for_c3.public_key.as_deref(), Some("K2"), "c3 would encrypt c2's traffic to c1");
+    assert_eq!(c2_for_c3.endpoint.as_deref(), Some("198.18.0.2:31000"));
+    let ready = condition(&plans[0].conditions, READY).unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "PublicationRefused"));
+    assert!(ready.message.contains("WorkerSlice slicenet-cluster-c1/blue names cluster c2"), "{}", ready.message);
+    // A WorkerSlice under another slice's name is ignored the same way.
+    let mut h = peered_three();
+    let w = h.workers.iter_mut().find(|w| w.spec.cluster == "c1").unwrap();
+    w.metadata.name = Some("red".into());
+    let plans = plan(&h.slices, &h.clusters, &h.workers);
+    assert!(condition(&plans[0].conditions, READY).unwrap().message.contains("slicenet-cluster-c1/red"));
+}
+
+#[test]
+fn a_key_published_by_two_clusters_stays_with_the_one_it_was_distributed_for() {
+    let mut h = peered_three();
+    // c1 now publishes c2's key (to receive what c3 encrypts for c2).
+    h.report("blue", "c1", "K2", Some("198.18.0.1:31000"), true);
+    let plans = plan(&h.slices, &h.clusters, &h.workers);
+    assert_eq!(peer_of(&plans, "c3", "c2").public_key.as_deref(), Some("K2"));
+    assert_eq!(peer_of(&plans, "c3", "c1").public_key, None, "c1's claim on K2 is refused");
+    let ready = condition(&plans[0].conditions, READY).unwrap();
+    assert_eq!(ready.reason, "PublicationRefused");
+    assert!(ready.message.contains("it stays with c2"), "{}", ready.message);
+    // Applied and planned again: stable, c2 keeps its key.
+    h.apply();
+    let plans = h.apply();
+    assert_eq!(peer_of(&plans, "c1", "c2").public_key.as_deref(), Some("K2"));
+    assert_eq!(peer_of(&plans, "c3", "c1").public_key, None);
+    // Two newcomers with one key, distributed for neither: refused for both.
+    let mut h = hub(&["c1", "c2"]);
+    h.slices.push(slice("blue", "10.80.0.0/16", 16, &["c1", "c2"], 1));
+    h.apply();
+    h.report("blue", "c1", "KX", None, true);
+    h.report("blue", "c2", "KX", None, true);
+    let plans = h.apply();
+    assert_eq!(peer_of(&plans, "c1", "c2").public_key, None);
+    assert_eq!(peer_of(&plans, "c2", "c1").public_key, None);
+    assert!(condition(&plans[0].conditions, READY).unwrap().message.contains("distributed for none of them"));
+}
+
+#[test]
+fn endpoints_inside_slice_pod_or_service_ranges_are_not_distributed() {
+    let mut h = peered_three();
+    h.clusters[1].spec.pod_cidrs = vec!["10.244.0.0/16".into()];
+    h.clusters[2].spec.service_cidrs = vec!["fd00:10:96::/112".into()];
+    for (endpoint, why) in [
+        ("10.80.0.7:51820", "the subnet of slice blue"),
+        ("10.244.3.4:51820", "the pod CIDR 10.244.0.0/16 of cluster c2"),
+        ("[fd00:10:96::1]:51820", "the service CIDR fd00:10:96::/112 of cluster c3"),
+        ("127.0.0.1:51820", "loopback"),
+        ("0.0.0.0:51820", "unspecified"),
+    ] {
+        h.report("blue", "c1", "K1", Some(endpoint), true);
+        let plans = plan(&h.slices, &h.clusters, &h.workers);
+        assert_eq!(peer_of(&plans, "c2", "c1").endpoint, None, "{endpoint} was distributed");
+        assert_eq!(peer_of(&plans, "c2", "c1").public_key.as_deref(), Some("K1"), "the key still is");
+        let ready = condition(&plans[0].conditions, READY).unwrap();
+        assert!(ready.message.contains(why), "{endpoint}: {}", ready.message);
+    }
+    h.report("blue", "c1", "K1", Some("gw.c1.example:51820"), true);
+    let plans = plan(&h.slices, &h.clusters, &h.workers);
+    assert_eq!(peer_of(&plans, "c2", "c1").endpoint.as_deref(), Some("gw.c1.example:51820"), "names are DNS's");
+    assert_eq!(condition(&plans[0].conditions, READY).unwrap().status, "True");
+}
+
 #[test]
 fn too_many_clusters_is_refused_whole_and_the_slice_keeps_running() {
     let mut h = hub(&["c1", "c2", "c3"]);
