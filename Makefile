@@ -8,7 +8,7 @@ PACKAGES := containerd runc containernetworking-plugins iproute2 iputils-ping ip
 # Only the benchmarks use these.
 BENCH_PACKAGES := openvpn
 
-.PHONY: deps build lint test test-root demo bench clean-lab
+.PHONY: deps build lint test test-root demo bench clean-lab test-under-load
 
 deps:
 	@missing=""; for p in $(PACKAGES) $(EXTRA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -42,6 +42,14 @@ bench: deps
 	$(CARGO) build --release --workspace --bins
 	SLICENET_BIN_DIR=$(CURDIR)/target/release target/release/slicenet-bench
 	target/release/webhook-bench --requests 10000 --rate 1000 --connections 8
+
+# The whole suite RUNS times in a row under `stress-ng --cpu LOAD` (docs/testing.md): tests must
+# not depend on the machine's speed.
+LOAD ?= 2
+RUNS ?= 3
+test-under-load: EXTRA_PACKAGES = stress-ng
+test-under-load: deps
+	scripts/test-under-load.sh -c $(LOAD) -n $(RUNS) -l target/test-under-load.log -- $(MAKE) test
 
 # Removes what a crashed lab left behind (idempotent).
 clean-lab: build
