@@ -9,6 +9,7 @@
 mod hub_support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hub_support::{Declared, Exchange, Seen, apply_merge_patch, run_script, serve_with};
@@ -16,9 +17,10 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use slice_api::crd::{MemberClusterStatus, WORKER_FINALIZER, set_condition};
 use slice_operator::access::HUB;
+use slice_operator::health::Health;
 use slice_operator::hub::{self, HubOptions, Schedule, healthy_condition};
 
-const HUB_ACCESS: Declared<'static> = Declared { access: HUB, own_namespace: None };
+const HUB_ACCESS: Declared<'static> = Declared { access: HUB, own_namespace: Some("slicenet-system") };
 const NOW: i64 = 1_800_000_000;
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SC: &str = "/apis/slicenet.io/v1alpha1/sliceconfigs";
@@ -84,13 +86,29 @@ fn name_of(obj: &Value) -> &str {
     obj["metadata"]["name"].as_str().unwrap_or_default()
 }
 
-/// The hub cluster's objects between reconciles.
-#[derive(Debug, Clone, Default)]
+/// The hub cluster's objects between reconciles, the hub's context (its event log lives on
+/// from pass to pass) and the event requests of every pass.
+#[derive(Debug, Clone)]
 struct Hub {
     slices: Vec<Value>,
     clusters: Vec<Value>,
     workers: Vec<Value>,
     namespaces: BTreeSet<String>,
+    ctx: Arc<hub::Context>,
+    events: Vec<Seen>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            slices: Vec::new(),
+            clusters: Vec::new(),
+            workers: Vec::new(),
+            namespaces: BTreeSet::new(),
+            ctx: Arc::new(hub::Context::new(TIMEOUT, "hub-0")),
+            events: Vec::new(),
+        }
+    }
 }
 
 impl Hub {
@@ -214,12 +232,30 @@ impl Hub {
         }
     }
 
-    /// Runs one reconcile against `script` and takes in its writes.
+    /// Runs one reconcile against `script` and takes in its writes; its event requests go to
+    /// [`Hub::events`], the others are returned.
     async fn reconcile(&mut self, script: Vec<Exchange>) -> (Result<hub::Outcome, hub::Error>, Vec<Seen>) {
+        self.reconcile_at(script, now()).await
+    }
+
+    /// The same at `at`.
+    async fn reconcile_at(
+        &mut self,
+        script: Vec<Exchange>,
+        at: Timestamp,
+    ) -> (Result<hub::Outcome, hub::Error>, Vec<Seen>) {
+        let ctx = Arc::clone(&self.ctx);
         let (result, seen) =
-            run_script(HUB_ACCESS, script, |client| async move { hub::reconcile(&client, TIMEOUT, now()).await }).await;
+            run_script(HUB_ACCESS, script, |client| async move { hub::reconcile(&client, &ctx, at).await }).await;
+        let (events, seen): (Vec<Seen>, Vec<Seen>) = seen.into_iter().partition(Seen::is_event);
+        self.events.extend(events);
         self.record(&seen);
         (result, seen)
+    }
+
+    /// Takes the event requests seen so far.
+    fn take_events(&mut self) -> Vec<Seen> {
+        std::mem::take(&mut self.events)
     }
 }
 
@@ -553,6 +589,12 @@ async fn the_runner_watches_retries_with_backoff_and_stops_on_request() {
     let started = Instant::now();
     let reconcile_lists: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let lists = Arc::clone(&reconcile_lists);
+    let health = Health::new();
+    let probe = health.clone();
+    // Whether /readyz said ready when each reconcile started listing.
+    let ready_at_lists: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let ready_seen = Arc::clone(&ready_at_lists);
+    let server_probe = health.clone();
     let (client, server) = serve_with(HUB_ACCESS, move |seen| {
         let kind = seen.path.rsplit('/').next().unwrap_or_default().to_owned();
         let list_kind = match kind.as_str() {
@@ -566,29 +608,36 @@ async fn the_runner_watches_retries_with_backoff_and_stops_on_request() {
         if kind == "sliceconfigs" && seen.query.is_empty() {
             let mut lists = lists.lock().expect("lock");
             lists.push(started.elapsed());
+            ready_seen.lock().expect("lock").push(server_probe.is_ready());
             if lists.len() == 1 {
                 return Some((500, hub_support::status(500, "InternalError")));
             }
         }
         Some((200, list(list_kind, &[])))
     });
-    let options = HubOptions { debounce_ms: 20, backoff_min_ms: 300, ..HubOptions::default() };
+    let mut options = HubOptions { debounce_ms: 20, backoff_min_ms: 300, ..HubOptions::default() };
+    options.leader_election.no_leader_election = true;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let runner = tokio::spawn(async move {
-        hub::run_with_client(client, &options, async {
+        hub::run_with_client(client, &options, health, async {
             let _ = stopped.await;
         })
         .await
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reconcile_lists.lock().expect("lock").len() < 2 && Instant::now() < deadline {
+    // Ready once a reconcile succeeded, which is the retry (the deadline only bounds a hang).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !probe.is_ready() {
+        assert!(Instant::now() < deadline, "the retry never succeeded: {:?}", reconcile_lists.lock().expect("lock"));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(probe.is_alive());
     let _ = stop.send(());
     let result =
-        tokio::time::timeout(Duration::from_secs(10), runner).await.expect("the runner stops").expect("no panic");
+        tokio::time::timeout(Duration::from_secs(60), runner).await.expect("the runner stops").expect("no panic");
     result.expect("the runner stops cleanly");
-    let seen = tokio::time::timeout(Duration::from_secs(10), server)
+    assert!(!probe.is_alive(), "/healthz fails once the main loop is gone");
+    assert_eq!(ready_at_lists.lock().expect("lock")[..2], [false, false], "not ready before a reconcile succeeded");
+    let seen = tokio::time::timeout(Duration::from_secs(60), server)
         .await
         .expect("the client is gone")
         .expect("no panic")
@@ -642,6 +691,8 @@ async fn the_declared_access_is_exactly_what_the_requests_need() {
     let script = create_script(&fresh);
     let (_, seen) = fresh.reconcile(script).await;
     note(&seen);
+    // The election and the events (their own scenarios below).
+    used.extend(lease_and_event_access().await);
     // The runner's watches.
     for kind in [SC, MC, WS] {
         let a = request_attributes("GET", &format!("{kind}?watch=true")).expect("resource path");
