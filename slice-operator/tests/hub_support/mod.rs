@@ -254,7 +254,7 @@ where
 }
 
 enum Next {
-    Request(Seen, tower_test::mock::SendResponse<Response<Body>>),
+    Request(Box<Seen>, tower_test::mock::SendResponse<Response<Body>>),
     /// The client is gone.
     Closed,
     /// Nothing came in time.
@@ -283,7 +283,7 @@ async fn next_scripted(
             seen.push(got);
             continue;
         }
-        return Ok(Next::Request(got, respond));
+        return Ok(Next::Request(Box::new(got), respond));
     }
 }
 
@@ -311,7 +311,7 @@ async fn serve(mut handle: Handle, declared: Declared<'static>, script: Vec<Exch
         };
         let problem = mismatch(&expected, &got);
         let line = format!("{} {}?{} {}", got.method, got.path, got.query, got.body);
-        seen.push(got);
+        seen.push(*got);
         if let Some(problem) = problem {
             return Err(format!(
                 "request {}/{total}: {problem}\nexpected {expected}\ngot      {line}\nseen:\n{}",
