@@ -4,9 +4,10 @@
 //! that fails.
 //!
 //! A tiny HTTP/1.1 responder rather than a server framework: one request per connection, its
-//! head read within [`REQUEST_DEADLINE`] and at most [`MAX_REQUEST`] bytes, a fixed answer, then
-//! the connection closes; at most [`MAX_CONNECTIONS`] at once (more wait in the kernel's
-//! backlog). [`bind`] listens on both IPv4 and IPv6 when given `[::]`.
+//! head read within [`REQUEST_DEADLINE`] (else the connection is dropped) and at most
+//! [`MAX_REQUEST`] bytes (else 431), a fixed answer, then the connection closes; at most
+//! [`MAX_CONNECTIONS`] at once (more wait in the kernel's backlog). [`bind`] listens on both
+//! IPv4 and IPv6 when given `[::]`.
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd as _;
@@ -137,9 +138,31 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(128)
 }
 
-/// Serves the probes on `listener` forever.
+/// The responder's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a client has to send its request head (and read the answer).
+    pub request_deadline: Duration,
+    /// The most bytes of a request head.
+    pub max_request: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { request_deadline: REQUEST_DEADLINE, max_request: MAX_REQUEST, max_connections: MAX_CONNECTIONS }
+    }
+}
+
+/// Serves the probes on `listener` forever, within the default [`Limits`].
 pub async fn serve(listener: TcpListener, health: Health) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    serve_within(listener, health, Limits::default()).await;
+}
+
+/// Serves the probes on `listener` forever, within `limits`.
+pub async fn serve_within(listener: TcpListener, health: Health, limits: Limits) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     loop {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
         match listener.accept().await {
@@ -147,7 +170,8 @@ pub async fn serve(listener: TcpListener, health: Health) {
                 let health = health.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let _ = tokio::time::timeout(REQUEST_DEADLINE, respond(stream, &health)).await;
+                    let answered = respond(stream, &health, limits.max_request);
+                    let _ = tokio::time::timeout(limits.request_deadline, answered).await;
                 });
             }
             Err(e) => {
@@ -179,25 +203,25 @@ impl Drop for ServerHandle {
     }
 }
 
-async fn respond(mut stream: TcpStream, health: &Health) -> std::io::Result<()> {
+async fn respond(mut stream: TcpStream, health: &Health, max_request: usize) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 512];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        if head.len() >= MAX_REQUEST {
-            break; // answer from what we have: the request line is all we read
-        }
+    let complete = |h: &[u8]| h.windows(4).any(|w| w == b"\r\n\r\n") || h.windows(2).any(|w| w == b"\n\n");
+    while !complete(&head) && head.len() < max_request {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             break;
         }
-        head.extend_from_slice(&buf[..n.min(MAX_REQUEST - head.len())]);
+        head.extend_from_slice(&buf[..n.min(max_request - head.len())]);
     }
-    let (code, body) = answer(&head, health);
+    let (code, body) =
+        if complete(&head) || head.len() < max_request { answer(&head, health) } else { (431, "request too large\n") };
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
         _ => "Service Unavailable",
     };
     let head_only = head.starts_with(b"HEAD ");
@@ -207,8 +231,21 @@ async fn respond(mut stream: TcpStream, health: &Health) -> std::io::Result<()> 
         if head_only { "" } else { body }
     );
     stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    stream.shutdown().await?;
+    // Read what the client still sends (a head cut at the limit), a bounded amount, so that
+    // closing does not reset the connection before the client has read the answer.
+    let mut drained = 0;
+    while drained < DRAIN {
+        match stream.read(&mut buf).await? {
+            0 => break,
+            n => drained += n,
+        }
+    }
+    Ok(())
 }
+
+/// The most bytes read and dropped after the answer.
+const DRAIN: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -624,12 +624,8 @@ async fn the_runner_watches_retries_with_backoff_and_stops_on_request() {
         })
         .await
     });
-    // Ready once a reconcile succeeded, which is the retry (the deadline only bounds a hang).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !probe.is_ready() {
-        assert!(Instant::now() < deadline, "the retry never succeeded: {:?}", reconcile_lists.lock().expect("lock"));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Ready once a reconcile succeeded, which is the retry.
+    wait_for("the retry succeeds", || probe.is_ready()).await;
     assert!(probe.is_alive());
     let _ = stop.send(());
     let result =
@@ -1018,4 +1014,101 @@ async fn a_hub_that_loses_its_lease_stops_writing_at_once() {
         seen[..taken_at].iter().any(|s| s.method == "POST" && s.path.contains("/leases")),
         "it took the lease first"
     );
+}
+
+/// Waits until `done` holds; the deadline only bounds a broken test.
+async fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The runner as a standby: another replica holds the lease, so it is ready (for the
+/// readiness probe) but does not reconcile; when the holder releases the lease it takes over
+/// at once and reconciles; on shutdown it releases the lease for the next one.
+#[tokio::test]
+async fn a_standby_is_ready_reconciles_only_once_it_leads_and_releases_on_shutdown() {
+    use slice_operator::leader::LeaseTiming;
+    use std::sync::Mutex;
+    let lease: Arc<Mutex<Value>> = Arc::new(Mutex::new(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "slicenet-hub", "namespace": "slicenet-system", "resourceVersion": "1"},
+        "spec": {"holderIdentity": "hub-1", "leaseDurationSeconds": 15, "leaseTransitions": 2},
+    })));
+    let stored = Arc::clone(&lease);
+    let version = Arc::new(Mutex::new(1_u64));
+    let (client, server) = serve_with(HUB_ACCESS, move |seen| {
+        if seen.path.contains("/leases") {
+            let mut lease = stored.lock().expect("lock");
+            return match seen.method.as_str() {
+                "GET" => Some((200, lease.clone())),
+                _ if lease["metadata"]["resourceVersion"] != seen.body["metadata"]["resourceVersion"] => {
+                    Some((409, hub_support::status(409, "Conflict")))
+                }
+                _ => {
+                    let mut v = version.lock().expect("lock");
+                    *v += 1;
+                    *lease = seen.body.clone();
+                    lease["metadata"]["resourceVersion"] = json!(v.to_string());
+                    Some((200, lease.clone()))
+                }
+            };
+        }
+        if seen.query.contains("watch=true") {
+            return None;
+        }
+        let kind = match seen.path.rsplit('/').next().unwrap_or_default() {
+            "sliceconfigs" => "SliceConfigList",
+            "memberclusters" => "MemberClusterList",
+            _ => "WorkerSliceList",
+        };
+        Some((200, list(kind, &[])))
+    });
+    let mut options = HubOptions::default();
+    options.leader_election.leader_election_identity = Some("hub-0".into());
+    options.leader_election.timing = LeaseTiming {
+        lease_duration: Duration::from_secs(3600),
+        renew_deadline: Duration::from_secs(1800),
+        renew_period: Duration::from_millis(20),
+        retry_period: Duration::from_millis(20),
+    };
+    let health = Health::new();
+    let probe = health.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn(async move {
+        hub::run_with_client(client, &options, health, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    // A standby (hub-1's lease lasts an hour): ready, and it keeps looking.
+    wait_for("the standby is ready", || probe.is_ready()).await;
+    // hub-1 shuts down and releases the lease: hub-0 takes it at once and reconciles.
+    {
+        let mut l = lease.lock().expect("lock");
+        l["spec"]["holderIdentity"] = Value::Null;
+        l["spec"]["leaseDurationSeconds"] = json!(1);
+        l["metadata"]["resourceVersion"] = json!("100");
+    }
+    wait_for("hub-0 takes the lease", || lease.lock().expect("lock")["spec"]["holderIdentity"] == "hub-0").await;
+    let _ = stop.send(());
+    let result = tokio::time::timeout(Duration::from_secs(60), runner).await.expect("stops").expect("no panic");
+    result.expect("a clean stop");
+    let seen = tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the client is gone")
+        .expect("no panic")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let acquired = seen
+        .iter()
+        .position(|s| s.method == "PUT" && s.body["spec"]["holderIdentity"] == "hub-0")
+        .expect("the take-over");
+    let first_list = seen.iter().position(|s| s.path == SC && !s.query.contains("watch")).expect("a reconcile");
+    assert!(first_list > acquired, "no reconcile before leading");
+    let last = seen.last().expect("requests");
+    assert_eq!(last.method, "PUT", "the last request releases the lease");
+    assert!(last.body["spec"].get("holderIdentity").is_none(), "{}", last.body);
+    assert_eq!(lease.lock().expect("lock")["spec"]["leaseTransitions"], 3, "one more transition");
 }

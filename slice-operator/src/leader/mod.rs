@@ -197,33 +197,6 @@ impl Leadership {
             }
         }
     }
-
-    /// Resolves when leadership is lost (a loss, or a renew deadline that passes without a
-    /// renewal), with why; never when unconditional.
-    pub async fn lost(&self) -> String {
-        let mut rx = self.state.subscribe();
-        loop {
-            let state = rx.borrow_and_update().clone();
-            match state {
-                State::Lost(reason) => return reason,
-                State::Leading(until) => {
-                    tokio::select! {
-                        changed = rx.changed() => if changed.is_err() { std::future::pending::<()>().await },
-                        () = tokio::time::sleep_until(until.into()) => {
-                            if *rx.borrow() == State::Leading(until) {
-                                return "the lease was not renewed in time".to_owned();
-                            }
-                        }
-                    }
-                }
-                State::Candidate | State::Unconditional => {
-                    if rx.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// The election's view of a Lease.
@@ -471,5 +444,68 @@ where
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leadership_ends_at_its_deadline_and_a_loss_is_final() {
+        let l = Leadership::candidate();
+        assert!(!l.is_leading());
+        assert_eq!(l.check(), Err(NotLeading("the lease is not held".into())));
+        l.lead_until(Instant::now() + Duration::from_secs(3600));
+        assert!(l.is_leading());
+        l.lead_until(Instant::now().checked_sub(Duration::from_secs(1)).unwrap_or_else(Instant::now));
+        assert_eq!(l.check(), Err(NotLeading("the lease was not renewed in time".into())), "no renewal: no writes");
+        l.lose("the lease is now held by \"b\"");
+        l.lead_until(Instant::now() + Duration::from_secs(3600));
+        assert!(!l.is_leading(), "a loss is final");
+        assert!(Leadership::unconditional().is_leading());
+    }
+
+    #[tokio::test]
+    async fn acquired_waits_for_leading_or_reports_the_loss() {
+        let l = Leadership::candidate();
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { l.acquired().await }
+        });
+        l.lead_until(Instant::now() + Duration::from_secs(3600));
+        assert_eq!(waiter.await.expect("no panic"), Ok(()));
+        let lost = Leadership::candidate();
+        lost.lose("gone");
+        assert_eq!(lost.acquired().await, Err("gone".to_owned()));
+        assert_eq!(Leadership::unconditional().acquired().await, Ok(()));
+    }
+
+    #[test]
+    fn the_lease_written_keeps_what_it_must() {
+        let election =
+            Election { namespace: "ns".into(), name: "l".into(), identity: "a".into(), timing: LeaseTiming::default() };
+        let t = |s| Timestamp::from_second(s).expect("valid");
+        let created = lease_to_write(&election, None, &Action::Create, t(10));
+        let spec = created.spec.clone().expect("spec");
+        assert_eq!((created.metadata.name.as_deref(), created.metadata.namespace.as_deref()), (Some("l"), Some("ns")));
+        assert_eq!(
+            (spec.holder_identity.as_deref(), spec.lease_duration_seconds, spec.lease_transitions),
+            (Some("a"), Some(15), Some(0))
+        );
+        let mut read = created;
+        read.metadata.resource_version = Some("7".into());
+        let renewed = lease_to_write(&election, Some(&read), &Action::Renew, t(15));
+        assert_eq!(renewed.metadata.resource_version.as_deref(), Some("7"), "conditional on what was read");
+        let spec = renewed.spec.expect("spec");
+        assert_eq!(spec.acquire_time, Some(MicroTime(t(10))), "a renewal keeps the acquire time");
+        assert_eq!(spec.renew_time, Some(MicroTime(t(15))));
+        let taken =
+            lease_to_write(&election, Some(&read), &Action::Acquire { transitions: 5 }, t(20)).spec.expect("spec");
+        assert_eq!((spec_time(&taken.acquire_time), taken.lease_transitions), (Some(t(20)), Some(5)));
+    }
+
+    fn spec_time(t: &Option<MicroTime>) -> Option<Timestamp> {
+        t.as_ref().map(|m| m.0)
     }
 }
