@@ -9,6 +9,7 @@
 mod hub_support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hub_support::{Declared, Exchange, Seen, apply_merge_patch, run_script, serve_with};
@@ -16,9 +17,10 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use slice_api::crd::{MemberClusterStatus, WORKER_FINALIZER, set_condition};
 use slice_operator::access::HUB;
+use slice_operator::health::Health;
 use slice_operator::hub::{self, HubOptions, Schedule, healthy_condition};
 
-const HUB_ACCESS: Declared<'static> = Declared { access: HUB, own_namespace: None };
+const HUB_ACCESS: Declared<'static> = Declared { access: HUB, own_namespace: Some("slicenet-system") };
 const NOW: i64 = 1_800_000_000;
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SC: &str = "/apis/slicenet.io/v1alpha1/sliceconfigs";
@@ -84,13 +86,29 @@ fn name_of(obj: &Value) -> &str {
     obj["metadata"]["name"].as_str().unwrap_or_default()
 }
 
-/// The hub cluster's objects between reconciles.
-#[derive(Debug, Clone, Default)]
+/// The hub cluster's objects between reconciles, the hub's context (its event log lives on
+/// from pass to pass) and the event requests of every pass.
+#[derive(Debug, Clone)]
 struct Hub {
     slices: Vec<Value>,
     clusters: Vec<Value>,
     workers: Vec<Value>,
     namespaces: BTreeSet<String>,
+    ctx: Arc<hub::Context>,
+    events: Vec<Seen>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            slices: Vec::new(),
+            clusters: Vec::new(),
+            workers: Vec::new(),
+            namespaces: BTreeSet::new(),
+            ctx: Arc::new(hub::Context::new(TIMEOUT, "hub-0")),
+            events: Vec::new(),
+        }
+    }
 }
 
 impl Hub {
@@ -214,12 +232,30 @@ impl Hub {
         }
     }
 
-    /// Runs one reconcile against `script` and takes in its writes.
+    /// Runs one reconcile against `script` and takes in its writes; its event requests go to
+    /// [`Hub::events`], the others are returned.
     async fn reconcile(&mut self, script: Vec<Exchange>) -> (Result<hub::Outcome, hub::Error>, Vec<Seen>) {
+        self.reconcile_at(script, now()).await
+    }
+
+    /// The same at `at`.
+    async fn reconcile_at(
+        &mut self,
+        script: Vec<Exchange>,
+        at: Timestamp,
+    ) -> (Result<hub::Outcome, hub::Error>, Vec<Seen>) {
+        let ctx = Arc::clone(&self.ctx);
         let (result, seen) =
-            run_script(HUB_ACCESS, script, |client| async move { hub::reconcile(&client, TIMEOUT, now()).await }).await;
+            run_script(HUB_ACCESS, script, |client| async move { hub::reconcile(&client, &ctx, at).await }).await;
+        let (events, seen): (Vec<Seen>, Vec<Seen>) = seen.into_iter().partition(Seen::is_event);
+        self.events.extend(events);
         self.record(&seen);
         (result, seen)
+    }
+
+    /// Takes the event requests seen so far.
+    fn take_events(&mut self) -> Vec<Seen> {
+        std::mem::take(&mut self.events)
     }
 }
 
@@ -553,6 +589,12 @@ async fn the_runner_watches_retries_with_backoff_and_stops_on_request() {
     let started = Instant::now();
     let reconcile_lists: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let lists = Arc::clone(&reconcile_lists);
+    let health = Health::new();
+    let probe = health.clone();
+    // Whether /readyz said ready when each reconcile started listing.
+    let ready_at_lists: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let ready_seen = Arc::clone(&ready_at_lists);
+    let server_probe = health.clone();
     let (client, server) = serve_with(HUB_ACCESS, move |seen| {
         let kind = seen.path.rsplit('/').next().unwrap_or_default().to_owned();
         let list_kind = match kind.as_str() {
@@ -566,29 +608,32 @@ async fn the_runner_watches_retries_with_backoff_and_stops_on_request() {
         if kind == "sliceconfigs" && seen.query.is_empty() {
             let mut lists = lists.lock().expect("lock");
             lists.push(started.elapsed());
+            ready_seen.lock().expect("lock").push(server_probe.is_ready());
             if lists.len() == 1 {
                 return Some((500, hub_support::status(500, "InternalError")));
             }
         }
         Some((200, list(list_kind, &[])))
     });
-    let options = HubOptions { debounce_ms: 20, backoff_min_ms: 300, ..HubOptions::default() };
+    let mut options = HubOptions { debounce_ms: 20, backoff_min_ms: 300, ..HubOptions::default() };
+    options.leader_election.no_leader_election = true;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let runner = tokio::spawn(async move {
-        hub::run_with_client(client, &options, async {
+        hub::run_with_client(client, &options, health, async {
             let _ = stopped.await;
         })
         .await
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reconcile_lists.lock().expect("lock").len() < 2 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Ready once a reconcile succeeded, which is the retry.
+    wait_for("the retry succeeds", || probe.is_ready()).await;
+    assert!(probe.is_alive());
     let _ = stop.send(());
     let result =
-        tokio::time::timeout(Duration::from_secs(10), runner).await.expect("the runner stops").expect("no panic");
+        tokio::time::timeout(Duration::from_secs(60), runner).await.expect("the runner stops").expect("no panic");
     result.expect("the runner stops cleanly");
-    let seen = tokio::time::timeout(Duration::from_secs(10), server)
+    assert!(!probe.is_alive(), "/healthz fails once the main loop is gone");
+    assert_eq!(ready_at_lists.lock().expect("lock")[..2], [false, false], "not ready before a reconcile succeeded");
+    let seen = tokio::time::timeout(Duration::from_secs(60), server)
         .await
         .expect("the client is gone")
         .expect("no panic")
@@ -642,6 +687,8 @@ async fn the_declared_access_is_exactly_what_the_requests_need() {
     let script = create_script(&fresh);
     let (_, seen) = fresh.reconcile(script).await;
     note(&seen);
+    // The election and the events (their own scenarios below).
+    used.extend(lease_and_event_access().await);
     // The runner's watches.
     for kind in [SC, MC, WS] {
         let a = request_attributes("GET", &format!("{kind}?watch=true")).expect("resource path");
@@ -650,4 +697,418 @@ async fn the_declared_access_is_exactly_what_the_requests_need() {
     let declared: BTreeSet<_> =
         HUB.iter().map(|a| (a.verb, a.group.to_owned(), a.resource.to_owned(), a.subresource.to_owned())).collect();
     assert_eq!(declared, used);
+}
+
+/// (method, namespace, regarding kind/name, type, reason) of each event request.
+fn event_lines(events: &[Seen]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            let ns = e.path.split('/').nth(5).unwrap_or_default();
+            let r = &e.body["regarding"];
+            format!(
+                "{} {ns} {}/{} {} {}",
+                e.method,
+                r["kind"].as_str().unwrap_or("-"),
+                r["name"].as_str().unwrap_or("-"),
+                e.body["type"].as_str().unwrap_or("-"),
+                e.body["reason"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn events_announce_what_a_pass_changed_and_a_converged_hub_announces_nothing() {
+    let mut hub = Hub::new(&[slice_config("blue", &["c1", "c2", "c3"])], &["c1", "c2", "c3"]);
+    let script = create_script(&hub);
+    hub.reconcile(script).await.0.expect("create");
+    let events = hub.take_events();
+    assert_eq!(
+        event_lines(&events),
+        [
+            "POST default SliceConfig/blue Normal WorkerSliceCreated",
+            "POST default SliceConfig/blue Normal WorkerSliceCreated",
+            "POST default SliceConfig/blue Normal WorkerSliceCreated",
+            "POST default SliceConfig/blue Normal SlicePlanned",
+        ]
+    );
+    let first = &events[0].body;
+    assert_eq!(first["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(first["regarding"]["uid"], "uid-blue", "kubectl describe finds events by uid");
+    assert_eq!(first["related"]["namespace"], "slicenet-cluster-c1");
+    assert_eq!(first["reportingController"], "slicenet.io/hub");
+    assert_eq!(first["reportingInstance"], "hub-0");
+    assert_eq!(first["eventTime"], format!("{:.6}", now()));
+    assert_eq!(events[3].body["note"], "3 member clusters");
+
+    // The catch-up pass changes a message, not a state: no event; nor does a converged pass.
+    let mut script = hub.reads();
+    script.push(hub.patch(&format!("{SC}/blue/status")));
+    hub.reconcile(script).await.0.expect("catch up");
+    let script = hub.reads();
+    hub.reconcile(script).await.0.expect("converged");
+    assert_eq!(event_lines(&hub.take_events()), Vec::<String>::new());
+
+    // All workers report ready: the slice is ready, said once.
+    for c in ["c1", "c2", "c3"] {
+        hub.worker_mut(c, "blue")["status"] =
+            json!({"conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": ""}]});
+    }
+    let mut script = hub.reads();
+    script.push(hub.patch(&format!("{SC}/blue/status")));
+    hub.reconcile(script).await.0.expect("ready");
+    assert_eq!(event_lines(&hub.take_events()), ["POST default SliceConfig/blue Normal SliceReady"]);
+    let script = hub.reads();
+    hub.reconcile(script).await.0.expect("converged");
+    assert_eq!(event_lines(&hub.take_events()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_cluster_leaving_and_going_stale_is_announced_on_the_cluster() {
+    let mut hub = converged().await;
+    hub.take_events();
+    hub.cluster_mut("c2")["status"]["lastHeartbeat"] = json!(time(NOW - 61));
+    let mut script = hub.reads();
+    script.push(hub.patch(&format!("{MC}/c2/status")));
+    hub.reconcile(script).await.0.expect("stale");
+    let events = hub.take_events();
+    assert_eq!(event_lines(&events), ["POST default MemberCluster/c2 Warning ClusterUnhealthy"]);
+    assert!(events[0].body["note"].as_str().unwrap_or_default().starts_with("HeartbeatStale: no heartbeat"));
+
+    hub.cluster_mut("c3")["metadata"]["deletionTimestamp"] = json!(time(NOW));
+    let mut script = hub.reads();
+    script.push(hub.patch(&ws("c1", "blue")));
+    script.push(hub.patch(&ws("c2", "blue")));
+    script.push(hub.delete_held(&ws("c3", "blue")));
+    script.push(hub.patch(&format!("{SC}/blue/status")));
+    hub.reconcile(script).await.0.expect("c3 leaves its slices");
+    assert_eq!(
+        event_lines(&hub.take_events()),
+        [
+            "POST slicenet-cluster-c1 WorkerSlice/blue Normal WorkerSliceUpdated",
+            "POST slicenet-cluster-c2 WorkerSlice/blue Normal WorkerSliceUpdated",
+            "POST default SliceConfig/blue Normal WorkerSliceDeleted",
+            // Planned still, but with c3 no longer registered: the condition says so.
+            "POST default SliceConfig/blue Normal SlicePlanned",
+        ]
+    );
+    hub.workers.retain(|w| w["spec"]["cluster"] != "c3");
+    let mut script = hub.reads();
+    script.push(Exchange::delete(format!("/api/v1/namespaces/{}", ns("c3"))).ok(namespace(&ns("c3"))));
+    script.push(hub.patch(&format!("{MC}/c3")));
+    hub.reconcile(script).await.0.expect("c3 goes");
+    let events = hub.take_events();
+    assert_eq!(event_lines(&events), ["POST default MemberCluster/c3 Normal ClusterLeft"]);
+    assert_eq!(events[0].body["note"], "member cluster c3 left: namespace slicenet-cluster-c3 deleted");
+}
+
+#[tokio::test]
+async fn a_repeated_error_is_one_event_whose_series_counts_the_repeats() {
+    let mut hub = Hub::new(&[slice_config("blue", &["c1", "c2", "c3"])], &["c1", "c2", "c3"]);
+    let mut script = create_script(&hub);
+    let c2 = script.iter().position(|e| e.method == "POST" && e.path == ws_collection("c2")).expect("c2 create");
+    script[c2] = script[c2].clone().fail(500, "InternalError");
+    hub.reconcile(script).await.0.expect_err("c2 fails");
+    let events = hub.take_events();
+    let failed: Vec<&Seen> = events.iter().filter(|e| e.body["reason"] == "WriteFailed").collect();
+    assert_eq!(
+        event_lines(&failed.iter().map(|s| (*s).clone()).collect::<Vec<_>>()),
+        ["POST default SliceConfig/blue Warning WriteFailed"]
+    );
+    let note = failed[0].body["note"].as_str().unwrap_or_default();
+    assert!(note.starts_with("creating WorkerSlice slicenet-cluster-c2/blue: "), "{note}");
+    let name = failed[0].body["metadata"]["name"].as_str().expect("a name").to_owned();
+
+    // The retries fail the same way: 10 s later only counted, 5 minutes later one patch. (The
+    // workers keep their heartbeats fresh meanwhile.)
+    let later = |s: i64| Timestamp::from_second(NOW + s).expect("valid time");
+    let retry = |hub: &mut Hub, s: i64| {
+        for c in ["c1", "c2", "c3"] {
+            hub.cluster_mut(c)["status"]["lastHeartbeat"] = json!(time(NOW + s - 10));
+        }
+        let mut script = hub.reads();
+        script.push(Exchange::post(ws_collection("c2")).query(FM).fail(500, "InternalError"));
+        script
+    };
+    let mut script = retry(&mut hub, 10);
+    script.push(hub.patch(&format!("{SC}/blue/status")));
+    hub.reconcile_at(script, later(10)).await.0.expect_err("still failing");
+    assert_eq!(event_lines(&hub.take_events()), Vec::<String>::new(), "a repeat within the interval is counted");
+    for s in [20, 40, 80] {
+        let script = retry(&mut hub, s);
+        hub.reconcile_at(script, later(s)).await.0.expect_err("still failing");
+    }
+    assert_eq!(hub.take_events().len(), 0);
+    let script = retry(&mut hub, 300);
+    hub.reconcile_at(script, later(300)).await.0.expect_err("still failing");
+    let events = hub.take_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].method, "PATCH");
+    assert_eq!(events[0].path, format!("/apis/events.k8s.io/v1/namespaces/default/events/{name}"));
+    assert_eq!(
+        events[0].body,
+        json!({"series": {"count": 6, "lastObservedTime": format!("{:.6}", later(300))}}),
+        "six failures, one event"
+    );
+}
+
+/// The Lease and Event requests: a lease created, read and renewed; an event created and its
+/// series patched. Returned as the access they use.
+async fn lease_and_event_access() -> BTreeSet<(&'static str, String, String, String)> {
+    use slice_operator::events::{Notice, Recorder, reason, reference_to};
+    use slice_operator::leader::{Candidate, Election, Leadership, LeaseTiming};
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/slicenet-system/leases";
+    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "slicenet-hub", "namespace": "slicenet-system", "resourceVersion": "1"},
+        "spec": {"holderIdentity": "hub-0", "leaseDurationSeconds": 15}});
+    let events = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let script = vec![
+        Exchange::get(format!("{leases}/slicenet-hub")).fail(404, "NotFound"),
+        Exchange::post(leases).reply(201, lease.clone()),
+        Exchange::get(format!("{leases}/slicenet-hub")).ok(lease.clone()),
+        Exchange::put(format!("{leases}/slicenet-hub")).reply(200, lease),
+    ];
+    let ((), mut seen) = run_script(HUB_ACCESS, script, |client| async move {
+        let election = Election {
+            namespace: "slicenet-system".into(),
+            name: "slicenet-hub".into(),
+            identity: "hub-0".into(),
+            timing: LeaseTiming::default(),
+        };
+        let mut candidate = Candidate::new(client.clone(), election);
+        let t0 = Instant::now();
+        candidate.step(t0, now()).await.expect("create");
+        candidate.step(t0 + Duration::from_secs(5), now()).await.expect("renew");
+        let recorder = Recorder::new(hub::EVENT_CONTROLLER, "hub-0");
+        let notice = Notice::warning(
+            reference_to("slicenet.io/v1alpha1", "SliceConfig", None, "blue", Some("uid-blue")),
+            reason::WRITE_FAILED,
+            "Reconcile",
+            "x".into(),
+        );
+        let leading = Leadership::unconditional();
+        recorder.publish(&client, std::slice::from_ref(&notice), now(), &leading).await;
+        let later = Timestamp::from_second(NOW + 600).expect("valid time");
+        recorder.publish(&client, std::slice::from_ref(&notice), later, &leading).await;
+    })
+    .await;
+    seen.retain(|s| !s.path.starts_with(events) || s.is_event());
+    assert_eq!(
+        seen.iter().filter(|s| s.is_event()).map(|s| s.method.as_str()).collect::<Vec<_>>(),
+        ["POST", "PATCH"],
+        "one create, one series patch"
+    );
+    seen.iter()
+        .map(|s| {
+            (
+                s.attributes.verb,
+                s.attributes.group.clone(),
+                s.attributes.resource.clone(),
+                s.attributes.subresource.clone(),
+            )
+        })
+        .collect()
+}
+
+/// The runner with leader election, against a server that answers in any order: it takes the
+/// free lease, reconciles, and while its first write is in flight another replica takes the
+/// lease. The campaign sees it, the runner stops at once (the write in flight is abandoned,
+/// no other is made) and returns the loss, so the process exits non-zero.
+#[tokio::test]
+async fn a_hub_that_loses_its_lease_stops_writing_at_once() {
+    use slice_operator::leader::LeaseTiming;
+    use std::sync::Mutex;
+    #[derive(Default)]
+    struct Api {
+        lease: Option<Value>,
+        version: u64,
+        taken: bool,
+    }
+    let state: Arc<Mutex<Api>> = Arc::default();
+    let api = Arc::clone(&state);
+    let slices = vec![slice_config("blue", &["c1"])];
+    let clusters = vec![member_cluster("c1")];
+    let (client, server) = serve_with(HUB_ACCESS, move |seen| {
+        let mut api = api.lock().expect("lock");
+        if seen.path.contains("/leases") {
+            return match seen.method.as_str() {
+                "GET" => match &api.lease {
+                    Some(l) => Some((200, l.clone())),
+                    None => Some((404, hub_support::status(404, "NotFound"))),
+                },
+                // A replace with a stale resourceVersion: 409, as the API server answers.
+                "PUT"
+                    if api.lease.as_ref().map(|l| &l["metadata"]["resourceVersion"])
+                        != Some(&seen.body["metadata"]["resourceVersion"]) =>
+                {
+                    Some((409, hub_support::status(409, "Conflict")))
+                }
+                _ => {
+                    api.version += 1;
+                    let mut l = seen.body.clone();
+                    l["metadata"]["resourceVersion"] = json!(api.version.to_string());
+                    api.lease = Some(l.clone());
+                    Some((if seen.method == "POST" { 201 } else { 200 }, l))
+                }
+            };
+        }
+        if seen.query.contains("watch=true") {
+            return None;
+        }
+        match (seen.method.as_str(), seen.path.rsplit('/').next().unwrap_or_default()) {
+            ("GET", "sliceconfigs") => Some((200, list("SliceConfigList", &slices))),
+            ("GET", "memberclusters") => Some((200, list("MemberClusterList", &clusters))),
+            ("GET", "workerslices") => Some((200, list("WorkerSliceList", &[]))),
+            _ => {
+                // The first write: another replica takes the lease meanwhile, and this write
+                // never gets an answer.
+                if !api.taken {
+                    api.taken = true;
+                    api.version += 1;
+                    let version = api.version.to_string();
+                    let lease = api.lease.as_mut().expect("the hub took the lease before writing");
+                    lease["spec"]["holderIdentity"] = json!("hub-1");
+                    lease["metadata"]["resourceVersion"] = json!(version);
+                }
+                None
+            }
+        }
+    });
+    let mut options = HubOptions::default();
+    options.leader_election.leader_election_identity = Some("hub-0".into());
+    // Renew (and so look) often; the deadlines stay long, so a slow machine loses nothing.
+    options.leader_election.timing = LeaseTiming {
+        lease_duration: Duration::from_secs(120),
+        renew_deadline: Duration::from_secs(90),
+        renew_period: Duration::from_millis(20),
+        retry_period: Duration::from_millis(20),
+    };
+    let health = Health::new();
+    let result = tokio::time::timeout(
+        Duration::from_secs(120),
+        hub::run_with_client(client, &options, health.clone(), std::future::pending()),
+    )
+    .await
+    .expect("the runner stops by itself");
+    let message = format!("{:#}", result.expect_err("a lost lease is an error"));
+    assert!(message.contains(r#"the lease is now held by "hub-1""#), "{message}");
+    assert!(!health.is_alive());
+    let seen = tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the client is gone")
+        .expect("no panic")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let writes: Vec<String> = seen
+        .iter()
+        .filter(|s| s.is_write() && !s.path.contains("/leases"))
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert_eq!(writes, [format!("PATCH {SC}/blue")], "the write in flight, and nothing after it");
+    let taken_at = seen.iter().position(|s| s.is_write() && !s.path.contains("/leases")).expect("the write");
+    assert!(
+        seen[taken_at + 1..].iter().all(|s| !s.is_write() || s.reply_code == 409),
+        "nothing written after the lease was taken (a renewal already on its way gets 409)"
+    );
+    assert!(
+        seen[..taken_at].iter().any(|s| s.method == "POST" && s.path.contains("/leases")),
+        "it took the lease first"
+    );
+}
+
+/// Waits until `done` holds; the deadline only bounds a broken test.
+async fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The runner as a standby: another replica holds the lease, so it is ready (for the
+/// readiness probe) but does not reconcile; when the holder releases the lease it takes over
+/// at once and reconciles; on shutdown it releases the lease for the next one.
+#[tokio::test]
+async fn a_standby_is_ready_reconciles_only_once_it_leads_and_releases_on_shutdown() {
+    use slice_operator::leader::LeaseTiming;
+    use std::sync::Mutex;
+    let lease: Arc<Mutex<Value>> = Arc::new(Mutex::new(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "slicenet-hub", "namespace": "slicenet-system", "resourceVersion": "1"},
+        "spec": {"holderIdentity": "hub-1", "leaseDurationSeconds": 15, "leaseTransitions": 2},
+    })));
+    let stored = Arc::clone(&lease);
+    let version = Arc::new(Mutex::new(1_u64));
+    let (client, server) = serve_with(HUB_ACCESS, move |seen| {
+        if seen.path.contains("/leases") {
+            let mut lease = stored.lock().expect("lock");
+            return match seen.method.as_str() {
+                "GET" => Some((200, lease.clone())),
+                _ if lease["metadata"]["resourceVersion"] != seen.body["metadata"]["resourceVersion"] => {
+                    Some((409, hub_support::status(409, "Conflict")))
+                }
+                _ => {
+                    let mut v = version.lock().expect("lock");
+                    *v += 1;
+                    *lease = seen.body.clone();
+                    lease["metadata"]["resourceVersion"] = json!(v.to_string());
+                    Some((200, lease.clone()))
+                }
+            };
+        }
+        if seen.query.contains("watch=true") {
+            return None;
+        }
+        let kind = match seen.path.rsplit('/').next().unwrap_or_default() {
+            "sliceconfigs" => "SliceConfigList",
+            "memberclusters" => "MemberClusterList",
+            _ => "WorkerSliceList",
+        };
+        Some((200, list(kind, &[])))
+    });
+    let mut options = HubOptions::default();
+    options.leader_election.leader_election_identity = Some("hub-0".into());
+    options.leader_election.timing = LeaseTiming {
+        lease_duration: Duration::from_secs(3600),
+        renew_deadline: Duration::from_secs(1800),
+        renew_period: Duration::from_millis(20),
+        retry_period: Duration::from_millis(20),
+    };
+    let health = Health::new();
+    let probe = health.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn(async move {
+        hub::run_with_client(client, &options, health, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    // A standby (hub-1's lease lasts an hour): ready, and it keeps looking.
+    wait_for("the standby is ready", || probe.is_ready()).await;
+    // hub-1 shuts down and releases the lease: hub-0 takes it at once and reconciles.
+    {
+        let mut l = lease.lock().expect("lock");
+        l["spec"]["holderIdentity"] = Value::Null;
+        l["spec"]["leaseDurationSeconds"] = json!(1);
+        l["metadata"]["resourceVersion"] = json!("100");
+    }
+    wait_for("hub-0 takes the lease", || lease.lock().expect("lock")["spec"]["holderIdentity"] == "hub-0").await;
+    let _ = stop.send(());
+    let result = tokio::time::timeout(Duration::from_secs(60), runner).await.expect("stops").expect("no panic");
+    result.expect("a clean stop");
+    let seen = tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the client is gone")
+        .expect("no panic")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let acquired = seen
+        .iter()
+        .position(|s| s.method == "PUT" && s.body["spec"]["holderIdentity"] == "hub-0")
+        .expect("the take-over");
+    let first_list = seen.iter().position(|s| s.path == SC && !s.query.contains("watch")).expect("a reconcile");
+    assert!(first_list > acquired, "no reconcile before leading");
+    let last = seen.last().expect("requests");
+    assert_eq!(last.method, "PUT", "the last request releases the lease");
+    assert!(last.body["spec"].get("holderIdentity").is_none(), "{}", last.body);
+    assert_eq!(lease.lock().expect("lock")["spec"]["leaseTransitions"], 3, "one more transition");
 }

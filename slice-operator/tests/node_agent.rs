@@ -133,6 +133,10 @@ impl Node {
     }
 
     fn spawn_daemon(&self) -> Daemon {
+        self.spawn_daemon_with(&[])
+    }
+
+    fn spawn_daemon_with(&self, extra: &[&str]) -> Daemon {
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.path.display()))
@@ -140,6 +144,7 @@ impl Node {
             .args(["node-agent", "--config"])
             .arg(self.config_path())
             .args(["--interval-ms", "100"])
+            .args(extra)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
@@ -178,9 +183,10 @@ impl Daemon {
         s
     }
 
-    /// Waits until the log has `count` lines containing any of `needles`.
+    /// Waits until the log has `count` lines containing any of `needles` (the deadline only
+    /// bounds a hang: generous, so a loaded machine never reaches it).
     fn wait_log(&self, needles: &[&str], count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = self.log();
             let n = log.lines().filter(|l| needles.iter().any(|n| l.contains(n))).count();
@@ -523,4 +529,42 @@ fn once_exits_nonzero_on_a_bad_config() {
     let out = Command::new(BIN).arg("hub").arg("--kubeconfig").arg(&missing).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing-kubeconfig.yaml"));
+}
+
+/// `GET path` from inside `ns` (the node's own namespace, made by the test) to its loopback;
+/// the status code, or the connection error.
+fn probe_in(ns: &Netns, port: u16, path: &str) -> Result<u16, String> {
+    use std::io::Write as _;
+    let path = path.to_owned();
+    ns.run(move || {
+        let mut s = std::net::TcpStream::connect(("::1", port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: n\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+        answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or(answer)
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_daemon_serves_its_probes_when_asked() {
+    let lab = Lab::new();
+    lab.n1().write_config(&[blue(0, "198.18.250.2", 1)]);
+    // Dual-stack `[::]` in the node's own namespace: no other test's port can collide.
+    let daemon = lab.n1().spawn_daemon_with(&["--health-addr", "[::]:8081"]);
+    daemon.wait_log(&["health endpoint listening"], 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while probe_in(&lab.n1().ns, 8081, "/readyz") != Ok(200) {
+        assert!(Instant::now() < deadline, "never ready:\n{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(probe_in(&lab.n1().ns, 8081, "/healthz"), Ok(200));
+    assert_eq!(probe_in(&lab.n1().ns, 8081, "/nothing"), Ok(404));
+    daemon.terminate();
+    // Without the flag nothing listens.
+    let daemon = lab.n1().spawn_daemon();
+    daemon.wait_log(&["node is up to date", "reconciled"], 1);
+    assert!(probe_in(&lab.n1().ns, 8081, "/healthz").is_err(), "no endpoint unless asked");
+    daemon.terminate();
 }

@@ -29,6 +29,7 @@ const PEER_KEY_2: &str = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
 const WS: &str = "/apis/slicenet.io/v1alpha1/namespaces/slicenet-cluster-c2/workerslices";
 const SYS: &str = "/api/v1/namespaces/slicenet-system";
 const DEPLOY: &str = "/apis/apps/v1/namespaces/slicenet-system/deployments";
+const NADS: &str = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions";
 /// Where the worker reads the gateway pod's metrics: its pod IP, the fixed port.
 const GATEWAY_METRICS: &str = "10.244.0.7:9586";
 
@@ -177,11 +178,35 @@ fn reads_counting(member_namespaces: &[&str]) -> Vec<String> {
     ]
     .into();
     v.extend(member_namespaces.iter().map(|ns| format!("GET /api/v1/namespaces/{ns}/pods")));
+    // NADs are listed whether Multus is on or not (those left from when it was on must go).
+    v.push(format!("GET {NADS}"));
     v
 }
 
+/// The requests' lines, events left out (see [`event_lines`]).
 fn lines(requests: &[Recorded]) -> Vec<String> {
-    requests.iter().map(Recorded::line).collect()
+    requests.iter().filter(|r| !r.is_event()).map(Recorded::line).collect()
+}
+
+/// (side, method, namespace, regarding kind/name, type, reason) of each event request.
+fn event_lines(requests: &[Recorded]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.is_event())
+        .map(|e| {
+            let side = if e.side == Side::Hub { "hub " } else { "" };
+            let ns = e.path.split('/').nth(5).unwrap_or_default();
+            let r = &e.body["regarding"];
+            format!(
+                "{side}{} {ns} {}/{} {} {}",
+                e.method,
+                r["kind"].as_str().unwrap_or("-"),
+                r["name"].as_str().unwrap_or("-"),
+                e.body["type"].as_str().unwrap_or("-"),
+                e.body["reason"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect()
 }
 
 fn with_reads(writes: &[String]) -> Vec<String> {
@@ -334,11 +359,27 @@ async fn the_gateway_address_brings_remote_routes_and_ready() {
         *routes,
         json!([{"prefix": "10.80.0.0/20", "via": "10.80.16.66"}, {"prefix": "10.80.32.0/20", "via": "10.80.16.66"}])
     );
-    let s = status(&api);
+    // The gateway runs, but no tunnel is up yet (its metrics refuse, c3 has no key): not ready.
+    let ready = |api: &FakeApi| {
+        let s = status(api);
+        let c = &s["conditions"][0];
+        (c["status"].as_str().map(str::to_owned), c["reason"].as_str().map(str::to_owned), c["message"].clone())
+    };
     assert_eq!(
-        (s["conditions"][0]["status"].as_str(), s["conditions"][0]["reason"].as_str()),
-        (Some("True"), Some("Ready"))
+        ready(&api),
+        (Some("False".into()), Some("TunnelsDown".into()), json!("tunnels not up: c1 (Pending), c3 (Pending)"))
     );
+
+    // c3 publishes its key and the gateway shakes hands with c1 only: still not ready.
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| ws["spec"]["peers"][1]["publicKey"] = json!(PEER_KEY_2));
+    api.set_metrics(GATEWAY_METRICS, Ok(gateway_metrics(&[(PEER_KEY, now_plus(-5.0)), (PEER_KEY_2, 0.0)])));
+    pass(&api).await.0.expect("pass");
+    assert_eq!(ready(&api), (Some("False".into()), Some("TunnelsDown".into()), json!("tunnels not up: c3 (Down)")));
+
+    // Every tunnel up: ready.
+    api.set_metrics(GATEWAY_METRICS, Ok(gateway_metrics(&[(PEER_KEY, now_plus(-5.0)), (PEER_KEY_2, now_plus(-3.0))])));
+    pass(&api).await.0.expect("pass");
+    assert_eq!(ready(&api), (Some("True".into()), Some("Ready".into()), json!("")));
 }
 
 #[tokio::test]
@@ -435,10 +476,8 @@ async fn multus_clusters_get_a_nad_per_member_namespace() {
     api.edit(Side::Hub, "/apis/slicenet.io/v1alpha1/memberclusters/c2", |mc| mc["spec"]["multus"] = json!(true));
     let (result, requests) = pass(&api).await;
     result.expect("pass");
-    let nads = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions";
     let nad = "/apis/k8s.cni.cncf.io/v1/namespaces/shop/network-attachment-definitions/slice-blue";
     let mut expected = reads();
-    expected.push(format!("GET {nads}"));
     let mut writes = create_writes();
     writes.insert(9, format!("PATCH {nad}"));
     expected.extend(writes);
@@ -771,4 +810,206 @@ async fn undeclared_requests_are_caught() {
     let violations = api.violations();
     assert!(violations.iter().any(|v| v.contains("GET /api/v1/nodes")), "{violations:?}");
     assert!(violations.iter().all(|v| v.starts_with("Cluster")), "{violations:?}");
+}
+
+#[tokio::test]
+async fn events_announce_what_changed_and_nothing_when_nothing_did() {
+    let api = fixture();
+    let (worker, server) = worker_on(&api);
+    let (result, requests) = pass_at(&api, &worker, NOW).await;
+    result.expect("create");
+    assert_eq!(
+        event_lines(&requests),
+        [
+            "hub POST slicenet-cluster-c2 WorkerSlice/blue Normal GatewayKeyCreated",
+            "hub POST slicenet-cluster-c2 WorkerSlice/blue Normal WorkerSliceNotReady",
+            "POST default Namespace/shop Normal NamespaceJoinedSlice",
+        ]
+    );
+    let joined = requests.iter().rev().find(|r| r.is_event()).expect("the namespace's event");
+    assert_eq!(
+        joined.body["regarding"]["uid"],
+        api.get(Side::Cluster, "/api/v1/namespaces/shop").expect("shop")["metadata"]["uid"]
+    );
+    assert_eq!(joined.body["note"], "namespace shop joined slice blue (label slicenet.io/slice=blue)");
+    assert_eq!(joined.body["reportingController"], "slicenet.io/worker");
+    let key = requests.iter().find(|r| r.is_event()).expect("the key's event");
+    assert!(key.body["note"].as_str().unwrap_or_default().contains(PUBLIC), "{}", key.body["note"]);
+    assert!(!key.body.to_string().contains(PRIVATE), "the private key is never in an event");
+
+    // The gateway pod: a new reason for not being ready.
+    api.put(Side::Cluster, gateway_pod("10.80.16.66"));
+    let (result, requests) = pass_at(&api, &worker, NOW).await;
+    result.expect("gateway");
+    assert_eq!(event_lines(&requests), ["hub POST slicenet-cluster-c2 WorkerSlice/blue Normal WorkerSliceNotReady"]);
+    let note = requests.iter().find(|r| r.is_event()).expect("event").body["note"].clone();
+    assert_eq!(note, "TunnelsDown: tunnels not up: c1 (Pending), c3 (Pending)");
+
+    // Nothing changed: no event.
+    let (_, requests) = pass_at(&api, &worker, NOW).await;
+    assert_eq!(event_lines(&requests), Vec::<String>::new());
+
+    // Both tunnels come up: ready, and each tunnel said once.
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| ws["spec"]["peers"][1]["publicKey"] = json!(PEER_KEY_2));
+    api.set_metrics(GATEWAY_METRICS, Ok(gateway_metrics(&[(PEER_KEY, now_plus(-5.0)), (PEER_KEY_2, now_plus(-3.0))])));
+    let (result, requests) = pass_at(&api, &worker, NOW).await;
+    result.expect("up");
+    assert_eq!(
+        event_lines(&requests),
+        [
+            "hub POST slicenet-cluster-c2 WorkerSlice/blue Normal WorkerSliceReady",
+            "hub POST slicenet-cluster-c2 WorkerSlice/blue Normal TunnelUp",
+            "hub POST slicenet-cluster-c2 WorkerSlice/blue Normal TunnelUp",
+        ]
+    );
+    let (_, requests) = pass_at(&api, &worker, "2026-11-23T20:00:10Z").await;
+    assert_eq!(event_lines(&requests), Vec::<String>::new());
+
+    // c1's handshake goes stale: a warning for the tunnel and for the slice.
+    let (result, requests) = pass_at(&api, &worker, "2026-11-23T20:03:30Z").await;
+    result.expect("stale");
+    assert_eq!(
+        event_lines(&requests),
+        [
+            "hub POST slicenet-cluster-c2 WorkerSlice/blue Warning WorkerSliceNotReady",
+            "hub POST slicenet-cluster-c2 WorkerSlice/blue Warning TunnelDown",
+            "hub POST slicenet-cluster-c2 WorkerSlice/blue Warning TunnelDown",
+        ]
+    );
+    let notes: Vec<Value> = requests.iter().filter(|r| r.is_event()).map(|r| r.body["note"].clone()).collect();
+    assert_eq!(notes[0], "TunnelsDown: tunnels not up: c1 (Down), c3 (Down)");
+    assert_eq!(notes[1], "tunnel to cluster c1 is Down: no handshake for over 180 s");
+    drop(worker);
+    server.await.expect("the fake server ends");
+}
+
+#[tokio::test]
+async fn a_deleted_slice_announces_its_namespace_leaving_and_its_teardown() {
+    let api = running().await;
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| ws["metadata"]["deletionTimestamp"] = json!(NOW));
+    let (result, requests) = pass(&api).await;
+    result.expect("pass");
+    assert_eq!(
+        event_lines(&requests),
+        [
+            "hub POST slicenet-cluster-c2 WorkerSlice/blue Normal SliceTornDown",
+            "POST default Namespace/shop Normal NamespaceLeftSlice",
+        ]
+    );
+    let left = requests.iter().filter(|r| r.is_event()).nth(1).expect("event");
+    assert_eq!(left.body["note"], "namespace shop left slice blue (label slicenet.io/slice removed)");
+}
+
+#[tokio::test]
+async fn a_repeated_failure_is_one_event_whose_series_counts_the_repeats() {
+    let api = fixture();
+    let (worker, server) = worker_on(&api);
+    let at = |s: i64| {
+        (NOW.parse::<k8s_openapi::jiff::Timestamp>().expect("NOW") + k8s_openapi::jiff::SignedDuration::from_secs(s))
+            .to_string()
+    };
+    let mut event_requests = Vec::new();
+    for s in [0, 10, 30, 70, 150, 300] {
+        api.fail(Side::Cluster, "PATCH", DEPLOY, 0, 500);
+        let (result, requests) = pass_at(&api, &worker, &at(s)).await;
+        let err = result.expect_err("the Deployment fails");
+        assert!(err.to_string().contains("applying Deployment"), "{err}");
+        event_requests.push(
+            requests
+                .into_iter()
+                .filter(|r| {
+                    r.is_event()
+                        && r.body["reason"] != "GatewayKeyCreated"
+                        && r.body["reason"] != "NamespaceJoinedSlice"
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    let first = &event_requests[0];
+    assert_eq!(event_lines(first), ["hub POST slicenet-cluster-c2 WorkerSlice/blue Warning WriteFailed"]);
+    let note = first[0].body["note"].as_str().unwrap_or_default();
+    assert!(note.starts_with("applying Deployment slicenet-system/slicenet-gw-blue: "), "{note}");
+    assert!(event_requests[1..5].iter().all(Vec::is_empty), "repeats within 5 minutes are counted: {event_requests:?}");
+    let name = first[0].body["metadata"]["name"].as_str().expect("name");
+    let patch = &event_requests[5];
+    assert_eq!(patch.len(), 1);
+    assert_eq!(
+        patch[0].line(),
+        format!("hub PATCH /apis/events.k8s.io/v1/namespaces/slicenet-cluster-c2/events/{name}")
+    );
+    assert_eq!(patch[0].body["series"]["count"], 6);
+    drop(worker);
+    server.await.expect("the fake server ends");
+}
+
+#[tokio::test]
+async fn nads_the_worker_wrote_go_when_multus_is_turned_off() {
+    let api = fixture();
+    let mc = "/apis/slicenet.io/v1alpha1/memberclusters/c2";
+    let nad = "/apis/k8s.cni.cncf.io/v1/namespaces/shop/network-attachment-definitions/slice-blue";
+    api.edit(Side::Hub, mc, |mc| mc["spec"]["multus"] = json!(true));
+    pass(&api).await.0.expect("with Multus");
+    assert!(api.get(Side::Cluster, nad).is_some());
+    // Someone else's NAD (not labelled as the worker's) stays whatever happens.
+    api.put(
+        Side::Cluster,
+        json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+               "metadata": {"name": "macvlan", "namespace": "shop"}, "spec": {"config": "{}"}}),
+    );
+    api.edit(Side::Hub, mc, |mc| mc["spec"]["multus"] = json!(false));
+    let (result, requests) = pass(&api).await;
+    result.expect("without Multus");
+    let mut expected = reads();
+    expected.push(format!("DELETE {nad}"));
+    assert_eq!(lines(&requests), expected);
+    assert!(api.get(Side::Cluster, nad).is_none());
+    assert!(
+        api.get(Side::Cluster, "/apis/k8s.cni.cncf.io/v1/namespaces/shop/network-attachment-definitions/macvlan")
+            .is_some()
+    );
+    let (result, requests) = pass(&api).await;
+    assert_eq!(result.expect("repeat"), 0);
+    assert_eq!(lines(&requests), reads());
+
+    // The same when the command line turns it off (`--multus false`) on a cluster that asks for it.
+    let api = fixture();
+    api.edit(Side::Hub, mc, |mc| mc["spec"]["multus"] = json!(true));
+    pass(&api).await.0.expect("with Multus");
+    let (hub, local, server) = api.clients();
+    let off = Worker::new(hub, local, Settings { multus: Some(false), ..settings() })
+        .with_metrics_source(api.metrics_source());
+    api.take_requests();
+    off.reconcile_once("c2", NOW).await.expect("with --multus false");
+    drop(off);
+    server.await.expect("server");
+    assert!(lines(&api.take_requests()).contains(&format!("DELETE {nad}")));
+    assert!(api.get(Side::Cluster, nad).is_none());
+}
+
+#[tokio::test]
+async fn a_replica_that_stops_leading_mid_pass_makes_no_further_write() {
+    use slice_operator::leader::Leadership;
+    let api = fixture();
+    let leadership = Leadership::candidate();
+    leadership.lead_until(std::time::Instant::now() + std::time::Duration::from_secs(3600));
+    let lose = leadership.clone();
+    // Right after the key Secret is created, the lease is lost.
+    api.state.lock().expect("state").after_request = Some(worker_support::AfterRequest(Box::new(move |line| {
+        if line == format!("POST {SYS}/secrets") {
+            lose.lose(r#"the lease is now held by "worker-1""#);
+        }
+    })));
+    let (worker, server) = worker_on(&api);
+    let worker = worker.with_leadership(leadership);
+    let (result, requests) = pass_at(&api, &worker, NOW).await;
+    let err = result.expect_err("the pass stops");
+    assert!(matches!(err, WorkerError::NotLeading(_)), "{err}");
+    assert!(err.to_string().contains("held by \"worker-1\""), "{err}");
+    assert_eq!(lines(&requests), with_reads(&create_writes()[..3]), "nothing after the loss");
+    assert!(requests.iter().all(|r| !r.is_event()), "no events either: they are writes");
+    // Nor does the heartbeat write.
+    assert!(matches!(worker.heartbeat("c2", NOW).await, Err(WorkerError::NotLeading(_))));
+    assert_eq!(api.take_requests().len(), 0);
+    drop(worker);
+    server.await.expect("the fake server ends");
 }

@@ -1,7 +1,7 @@
 //! The hub controller's requests on the hub cluster.
 
 use slice_api::rbac::Access;
-use slice_api::rbac::Scope::Cluster;
+use slice_api::rbac::Scope::{Cluster, OwnNamespace};
 
 const G: &str = "slicenet.io";
 
@@ -23,4 +23,13 @@ pub const HUB: &[Access] = &[
     Access::new("get", "", "namespaces", Cluster),
     Access::new("create", "", "namespaces", Cluster),
     Access::new("delete", "", "namespaces", Cluster),
+    // Leader election: the `slicenet-hub` Lease in its own namespace (read, created once,
+    // replaced with its resourceVersion to renew, take over or release).
+    Access::new("get", "coordination.k8s.io", "leases", OwnNamespace),
+    Access::new("create", "coordination.k8s.io", "leases", OwnNamespace),
+    Access::new("update", "coordination.k8s.io", "leases", OwnNamespace),
+    // Events: about SliceConfigs and MemberClusters (cluster-scoped, so in `default`) and
+    // WorkerSlices (in every cluster's namespace); created once, repeats patch the series.
+    Access::new("create", "events.k8s.io", "events", Cluster),
+    Access::new("patch", "events.k8s.io", "events", Cluster),
 ];

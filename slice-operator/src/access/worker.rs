@@ -15,6 +15,9 @@ pub const WORKER_HUB: &[Access] = &[
     Access::new("patch", G, "workerslices", OwnNamespace).sub("status"),
     Access::new("get", G, "memberclusters", Cluster),
     Access::new("patch", G, "memberclusters", Cluster).sub("status"),
+    // Events about its WorkerSlices, in its namespace on the hub.
+    Access::new("create", "events.k8s.io", "events", OwnNamespace),
+    Access::new("patch", "events.k8s.io", "events", OwnNamespace),
 ];
 
 /// In the member cluster: namespaces, nodes, and the gateway, key, node configuration and
@@ -48,4 +51,12 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("list", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("patch", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("delete", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
+    // Leader election: the `slicenet-worker` Lease in its own namespace.
+    Access::new("get", "coordination.k8s.io", "leases", OwnNamespace),
+    Access::new("create", "coordination.k8s.io", "leases", OwnNamespace),
+    Access::new("update", "coordination.k8s.io", "leases", OwnNamespace),
+    // Events about Namespaces (cluster-scoped, so in `default`) and, for failed writes, the
+    // objects it writes (in `slicenet-system` and member namespaces).
+    Access::new("create", "events.k8s.io", "events", Cluster),
+    Access::new("patch", "events.k8s.io", "events", Cluster),
 ];

@@ -20,22 +20,29 @@
 //! Writes are JSON merge patches computed as the difference between what was read and what is
 //! wanted ([`merge_diff`]): they carry only what changes, spell out removals as `null`, and
 //! never touch fields other writers own (a worker's status, other labels and finalizers).
+//!
+//! Beside the actions, the decision says which Events their success is worth
+//! ([`Decision::notices`]): always from a change (a condition that flips between what was read
+//! and what is written, an object created or deleted), so a converged hub announces nothing.
+//! [`failure_notice`] turns a failed action into its `Warning`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use slice_api::crd::{
-    CLUSTER_NAMESPACE_PREFIX, HUB_FINALIZER, MemberCluster, SliceConfig, SliceConfigStatus, WorkerSlice,
-    WorkerSliceSpec, cluster_namespace, owner_labels, set_condition,
+    CLUSTER_NAMESPACE_PREFIX, Condition, HUB_FINALIZER, MemberCluster, SliceConfig, SliceConfigStatus, WorkerSlice,
+    WorkerSliceSpec, cluster_namespace, condition, owner_labels, set_condition,
 };
-use slice_api::planner::{self, SlicePlan};
+use slice_api::planner::{self, PLANNED, READY, SlicePlan};
 
-use super::health::healthy_condition;
+use super::health::{HEALTHY, healthy_condition};
+use crate::events::{Notice, reason, reference, reference_to};
 
 /// Everything the hub reads before deciding.
 #[derive(Debug, Clone, Default)]
@@ -115,6 +122,8 @@ pub struct Decision {
     /// When to look again even if nothing changes: the first moment a healthy cluster's
     /// heartbeat goes stale.
     pub requeue_after: Option<Duration>,
+    /// The Events worth publishing, each once the action at its index succeeded.
+    pub notices: Vec<(usize, Notice)>,
 }
 
 /// Decides the hub's requests for `world` at `now`; a cluster whose heartbeat is older than
@@ -132,6 +141,9 @@ pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision 
     slices.sort_by_key(|s| s.name_any());
     let mut clusters: Vec<&MemberCluster> = world.clusters.iter().collect();
     clusters.sort_by_key(|c| c.name_any());
+    let mut notices = Vec::new();
+    // Announces `notice` once the action pushed last succeeded.
+    let mut announce = |actions: &Vec<Action>, notice: Notice| notices.push((actions.len() - 1, notice));
 
     // 1. Finalizers on.
     for s in &slices {
@@ -142,6 +154,12 @@ pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision 
     for c in &clusters {
         if let Some(a) = add_finalizer(FinalizedKind::MemberCluster, *c) {
             actions.push(a);
+            let note = format!(
+                "member cluster {} joined; its WorkerSlices go into namespace {}",
+                c.name_any(),
+                cluster_namespace(&c.name_any())
+            );
+            announce(&actions, Notice::normal(reference(*c), reason::CLUSTER_JOINED, "Register", note));
         }
     }
 
@@ -152,6 +170,7 @@ pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision 
     }
 
     // 3. WorkerSlices.
+    let slice_ref = |name: &str| world.slices.iter().find(|s| s.name_any() == name).map(reference);
     let existing: BTreeMap<(String, String), &WorkerSlice> =
         workers.iter().map(|w| ((w.namespace().unwrap_or_default(), w.name_any()), w)).collect();
     let mut planned = BTreeSet::new();
@@ -160,11 +179,22 @@ pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision 
             let key = (cluster_namespace(&spec.cluster), p.name.clone());
             planned.insert(key.clone());
             match existing.get(&key) {
-                None => actions.push(Action::CreateWorkerSlice(Box::new(new_worker(&key.0, &p.name, spec)))),
+                None => {
+                    let w = new_worker(&key.0, &p.name, spec);
+                    let note = format!("created WorkerSlice {}/{} for cluster {}", key.0, p.name, spec.cluster);
+                    let related = reference(&w);
+                    actions.push(Action::CreateWorkerSlice(Box::new(w)));
+                    if let Some(slice) = slice_ref(&p.name) {
+                        let n = Notice::normal(slice, reason::WORKER_SLICE_CREATED, "Plan", note);
+                        announce(&actions, n.with_related(related));
+                    }
+                }
                 Some(w) if w.metadata.deletion_timestamp.is_some() => {}
                 Some(w) => {
                     if let Some(patch) = worker_patch(w, &p.name, spec) {
+                        let note = changed_fields(&patch);
                         actions.push(Action::PatchWorkerSlice { namespace: key.0, name: key.1, patch });
+                        announce(&actions, Notice::normal(reference(*w), reason::WORKER_SLICE_UPDATED, "Plan", note));
                     }
                 }
             }
@@ -173,6 +203,12 @@ pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision 
     for ((namespace, name), w) in &existing {
         if !planned.contains(&(namespace.clone(), name.clone())) && w.metadata.deletion_timestamp.is_none() {
             actions.push(Action::DeleteWorkerSlice { namespace: namespace.clone(), name: name.clone() });
+            let note = format!("deleted WorkerSlice {namespace}/{name} (cluster {})", w.spec.cluster);
+            let regarding = slice_ref(&w.spec.slice).unwrap_or_else(|| reference(*w));
+            announce(
+                &actions,
+                Notice::normal(regarding, reason::WORKER_SLICE_DELETED, "Plan", note).with_related(reference(*w)),
+            );
         }
     }
 
@@ -190,6 +226,10 @@ pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision 
             && let Some(patch) = slice_status_patch(s, p, &now_text)
         {
             actions.push(Action::PatchSliceStatus { name, patch });
+            let old = s.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
+            for n in slice_notices(s, old, &p.conditions) {
+                announce(&actions, n);
+            }
         }
     }
 
@@ -201,8 +241,10 @@ pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision 
             let namespace = cluster_namespace(&name);
             let left = workers.iter().any(|w| w.namespace().as_deref() == Some(&namespace) || w.spec.cluster == name);
             if has_hub_finalizer(*c) && !left {
-                actions.push(Action::DeleteNamespace { cluster: name, namespace });
+                actions.push(Action::DeleteNamespace { cluster: name.clone(), namespace: namespace.clone() });
                 actions.push(remove_finalizer(FinalizedKind::MemberCluster, *c));
+                let note = format!("member cluster {name} left: namespace {namespace} deleted");
+                announce(&actions, Notice::normal(reference(*c), reason::CLUSTER_LEFT, "Unregister", note));
             }
             continue;
         }
@@ -215,14 +257,125 @@ pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision 
         }
         let old = c.status.clone().unwrap_or_default();
         let mut new = old.clone();
-        set_condition(&mut new.conditions, healthy, &now_text);
+        let before = condition(&old.conditions, HEALTHY).cloned();
+        set_condition(&mut new.conditions, healthy.clone(), &now_text);
         if new != old {
             let patch = status_patch(c.status.as_ref(), &new);
             actions.push(Action::PatchClusterStatus { name, patch });
+            if let Some(n) = health_notice(c, before.as_ref(), &healthy) {
+                announce(&actions, n);
+            }
         }
     }
 
-    Decision { actions, plans, requeue_after }
+    Decision { actions, plans, requeue_after, notices }
+}
+
+/// Whether a condition says something else than `old` (status, reason or message).
+fn changed(old: Option<&Condition>, new: &Condition) -> bool {
+    old.is_none_or(|o| (&o.status, &o.reason, &o.message) != (&new.status, &new.reason, &new.message))
+}
+
+/// A SliceConfig's Events from its conditions read (`old`) and planned (`new`): planned or
+/// refused when `Planned` says something new (not for a deletion, which the user asked for);
+/// ready when `Ready` turns true, not ready when it stops being true.
+fn slice_notices(slice: &SliceConfig, old: &[Condition], new: &[Condition]) -> Vec<Notice> {
+    let mut out = Vec::new();
+    let at = |conds: &[Condition], t: &str| condition(conds, t).cloned();
+    if let Some(p) = at(new, PLANNED)
+        && p.reason != "Deleting"
+        && changed(at(old, PLANNED).as_ref(), &p)
+    {
+        out.push(if p.status == "True" {
+            Notice::normal(reference(slice), reason::SLICE_PLANNED, "Plan", p.message.clone())
+        } else {
+            Notice::warning(reference(slice), reason::SLICE_REFUSED, "Plan", format!("{}: {}", p.reason, p.message))
+        });
+    }
+    if let Some(r) = at(new, READY) {
+        let was_ready = at(old, READY).is_some_and(|o| o.status == "True");
+        if r.status == "True" && !was_ready {
+            out.push(Notice::normal(reference(slice), reason::SLICE_READY, "Plan", r.message.clone()));
+        } else if r.status != "True" && was_ready {
+            let note = format!("{}: {}", r.reason, r.message);
+            out.push(Notice::warning(reference(slice), reason::SLICE_NOT_READY, "Plan", note));
+        }
+    }
+    out
+}
+
+/// A MemberCluster's Event when its `Healthy` condition flips: healthy when it turns true,
+/// unhealthy when it turns false (not for "no heartbeat yet", which a new cluster starts with).
+fn health_notice(cluster: &MemberCluster, old: Option<&Condition>, new: &Condition) -> Option<Notice> {
+    let was = old.map(|o| o.status.as_str());
+    match new.status.as_str() {
+        "True" if was != Some("True") => {
+            Some(Notice::normal(reference(cluster), reason::CLUSTER_HEALTHY, "CheckHealth", new.message.clone()))
+        }
+        "False" if was != Some("False") || old.is_some_and(|o| o.reason != new.reason) => {
+            let note = format!("{}: {}", new.reason, new.message);
+            Some(Notice::warning(reference(cluster), reason::CLUSTER_UNHEALTHY, "CheckHealth", note))
+        }
+        _ => None,
+    }
+}
+
+/// "spec.peers, metadata.labels changed": the fields a WorkerSlice patch changes.
+fn changed_fields(patch: &Value) -> String {
+    let mut fields = Vec::new();
+    for top in ["metadata", "spec"] {
+        if let Some(map) = patch.get(top).and_then(Value::as_object) {
+            fields.extend(map.keys().map(|k| format!("{top}.{k}")));
+        }
+    }
+    format!("{} changed by the plan", fields.join(", "))
+}
+
+/// The object an action writes, for its failure's Event: the object itself, or (a WorkerSlice
+/// not created, a namespace) the SliceConfig or MemberCluster it is for.
+#[must_use]
+pub fn action_subject(action: &Action, world: &World) -> ObjectReference {
+    let slice = |name: &str| {
+        world
+            .slices
+            .iter()
+            .find(|s| s.name_any() == name)
+            .map_or_else(|| reference_to("slicenet.io/v1alpha1", "SliceConfig", None, name, None), reference)
+    };
+    let cluster = |name: &str| {
+        world
+            .clusters
+            .iter()
+            .find(|c| c.name_any() == name)
+            .map_or_else(|| reference_to("slicenet.io/v1alpha1", "MemberCluster", None, name, None), reference)
+    };
+    match action {
+        Action::SetFinalizers { kind: FinalizedKind::SliceConfig, name, .. }
+        | Action::PatchSliceStatus { name, .. } => slice(name),
+        Action::SetFinalizers { kind: FinalizedKind::MemberCluster, name, .. }
+        | Action::PatchClusterStatus { name, .. }
+        | Action::EnsureNamespace { cluster: name, .. }
+        | Action::DeleteNamespace { cluster: name, .. } => cluster(name),
+        Action::CreateWorkerSlice(w) => slice(&w.spec.slice),
+        Action::PatchWorkerSlice { namespace, name, .. } | Action::DeleteWorkerSlice { namespace, name } => world
+            .workers
+            .iter()
+            .find(|w| w.namespace().as_deref() == Some(namespace) && w.name_any() == *name)
+            .map_or_else(
+                || reference_to("slicenet.io/v1alpha1", "WorkerSlice", Some(namespace), name, None),
+                reference,
+            ),
+    }
+}
+
+/// The `Warning` for an action that failed with `error` (its message: `error`, with its causes).
+#[must_use]
+pub fn failure_notice(action: &Action, world: &World, error: &super::Error) -> Notice {
+    let reason = match error {
+        super::Error::NamespaceTerminating(_) => reason::NAMESPACE_TERMINATING,
+        _ => reason::WRITE_FAILED,
+    };
+    Notice::warning(action_subject(action, world), reason, "Reconcile", super::chain(error))
 }
 
 /// Whether a WorkerSlice is in a namespace the hub writes WorkerSlices into.

@@ -4,7 +4,8 @@
 //! Every action is attempted even when an earlier one failed, so that one object the API server
 //! refuses does not hold up all the others; the failures come back together and the runner
 //! retries with backoff. The one dependency is kept: no WorkerSlice is created in a namespace
-//! that could not be made sure of.
+//! that could not be made sure of. Before each action the replica checks that it still leads
+//! (leader election) and stops the pass at once when it does not.
 
 use std::collections::BTreeSet;
 
@@ -16,29 +17,43 @@ use slice_api::crd::{CLUSTER_LABEL, MemberCluster, SliceConfig, WorkerSlice};
 
 use super::decide::{Action, FinalizedKind};
 use super::{Error, FIELD_MANAGER};
+use crate::leader::{Leadership, NotLeading};
 
 /// Label on the namespaces the hub creates, saying who manages them.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 
-/// Carries out `actions` in order and returns how many writes were made.
+/// What [`execute`] did.
+#[derive(Debug, Default)]
+pub struct Executed {
+    /// How many writes were made.
+    pub writes: usize,
+    /// Per action: whether it was made (or had nothing to write) without error.
+    pub done: Vec<bool>,
+    /// The actions that failed, by index, with why.
+    pub failures: Vec<(usize, Error)>,
+}
+
+/// Carries out `actions` in order, each only while `leadership` allows writes.
 ///
 /// # Errors
-/// [`Error::Writes`] with every failed action, after all the others were attempted.
-pub async fn execute(client: &Client, actions: &[Action]) -> Result<usize, Error> {
-    let mut failures = Vec::new();
+/// [`NotLeading`] as soon as this replica does not lead: the remaining actions are not made.
+/// Failed actions do not stop the others; they are in [`Executed::failures`].
+pub async fn execute(client: &Client, actions: &[Action], leadership: &Leadership) -> Result<Executed, NotLeading> {
+    let mut out = Executed { done: vec![false; actions.len()], ..Executed::default() };
     let mut unusable_namespaces = BTreeSet::new();
-    let mut writes = 0;
-    for action in actions {
+    for (i, action) in actions.iter().enumerate() {
         if let Action::CreateWorkerSlice(w) = action
             && w.metadata.namespace.as_ref().is_some_and(|ns| unusable_namespaces.contains(ns))
         {
             continue;
         }
+        leadership.check()?;
         match execute_one(client, action).await {
             Ok(wrote) => {
+                out.done[i] = true;
                 if wrote {
                     tracing::info!(%action, "done");
-                    writes += 1;
+                    out.writes += 1;
                 }
             }
             Err(e) => {
@@ -46,11 +61,11 @@ pub async fn execute(client: &Client, actions: &[Action]) -> Result<usize, Error
                 if let Action::EnsureNamespace { namespace, .. } = action {
                     unusable_namespaces.insert(namespace.clone());
                 }
-                failures.push(e);
+                out.failures.push((i, e));
             }
         }
     }
-    if failures.is_empty() { Ok(writes) } else { Err(Error::Writes(failures)) }
+    Ok(out)
 }
 
 /// Makes one action's request(s); `Ok(false)` when nothing had to be written.

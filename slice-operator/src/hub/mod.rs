@@ -8,7 +8,9 @@
 //! WorkerSlice's status flow into the other clusters' WorkerSlices through the planner; status
 //! and conditions flow back into each SliceConfig; finalizers hold SliceConfigs and
 //! MemberClusters until what the hub made for them is gone. [`run`] drives it from watches with
-//! debouncing, a periodic resync and backoff on errors ([`runner`]).
+//! debouncing, a periodic resync and backoff on errors ([`runner`]), while this replica holds
+//! the `slicenet-hub` Lease ([`crate::leader`]); each pass publishes the Events its changes are
+//! worth ([`crate::events`]).
 //!
 //! Every request the hub makes is declared in [`crate::access::HUB`], from which `slicectl
 //! install` builds the hub's RBAC; the mock-API tests (`tests/hub.rs`) check each request
@@ -19,6 +21,7 @@ pub mod execute;
 pub mod health;
 pub mod runner;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,12 +30,17 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use slice_api::crd::{MemberCluster, SliceConfig, WorkerSlice};
 
-pub use decide::{Action, Decision, FinalizedKind, World, decide, merge_diff};
+use crate::events::Recorder;
+use crate::leader::{LeaderElectionArgs, Leadership, NotLeading};
+
+pub use decide::{Action, Decision, FinalizedKind, World, action_subject, decide, failure_notice, merge_diff};
 pub use health::{HEALTHY, healthy_condition};
 pub use runner::{Backoff, Schedule, run_with_client};
 
 /// The field manager the hub writes as.
 pub const FIELD_MANAGER: &str = "slicenet-hub";
+/// The reporting controller of the hub's Events.
+pub const EVENT_CONTROLLER: &str = "slicenet.io/hub";
 
 /// Options of `slice-operator hub`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -59,6 +67,11 @@ pub struct HubOptions {
     /// Longest wait after failed reconciles, in milliseconds.
     #[arg(long, default_value_t = DEFAULT_BACKOFF_MAX_MS)]
     pub backoff_max_ms: u64,
+    #[command(flatten)]
+    pub leader_election: LeaderElectionArgs,
+    /// Where to serve /healthz and /readyz.
+    #[arg(long, default_value = crate::health::DEFAULT_ADDR)]
+    pub health_addr: SocketAddr,
 }
 
 const DEFAULT_DEBOUNCE_MS: u64 = 150;
@@ -77,6 +90,8 @@ impl Default for HubOptions {
             heartbeat_timeout_secs: DEFAULT_HEARTBEAT_TIMEOUT_SECS,
             backoff_min_ms: DEFAULT_BACKOFF_MIN_MS,
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
+            leader_election: LeaderElectionArgs::default(),
+            health_addr: crate::health::DEFAULT_ADDR.parse().expect("the default address parses"),
         }
     }
 }
@@ -110,16 +125,43 @@ impl HubOptions {
 }
 
 /// Runs the hub controller until SIGINT or SIGTERM: a client from `options` (or the
-/// environment), watches, and the reconcile loop.
+/// environment), the probes' endpoint, the leader election, watches, and the reconcile loop.
 ///
 /// Needs a tokio runtime (with the time and signal drivers, e.g. `#[tokio::main]`).
 ///
 /// # Errors
-/// When no client can be built; API errors while running are retried, never returned.
+/// When no client can be built, the health address cannot be bound, or leadership is lost; API
+/// errors while running are retried, never returned.
 pub async fn run(options: HubOptions) -> anyhow::Result<()> {
     let client = runner::client(&options).await?;
     tracing::info!(?options, "hub starting");
-    run_with_client(client, &options, runner::shutdown_signal()).await
+    let health = crate::health::Health::new();
+    let _server = crate::health::spawn(options.health_addr, &health)
+        .map_err(|e| anyhow::anyhow!("listening on {} for the probes: {e}", options.health_addr))?;
+    run_with_client(client, &options, health, runner::shutdown_signal()).await
+}
+
+/// What a reconcile needs besides the client.
+#[derive(Debug)]
+pub struct Context {
+    /// A member cluster whose heartbeat is older is not `Healthy`.
+    pub heartbeat_timeout: Duration,
+    /// Publishes the Events of each pass (and remembers them across passes, to aggregate).
+    pub recorder: Recorder,
+    /// Checked before every write.
+    pub leadership: Leadership,
+}
+
+impl Context {
+    /// A context that always leads (no election) and reports Events as `instance`.
+    #[must_use]
+    pub fn new(heartbeat_timeout: Duration, instance: &str) -> Self {
+        Self {
+            heartbeat_timeout,
+            recorder: Recorder::new(EVENT_CONTROLLER, instance),
+            leadership: Leadership::unconditional(),
+        }
+    }
 }
 
 /// What went wrong in a reconcile.
@@ -145,6 +187,9 @@ pub enum Error {
     /// Some actions failed; all the others were made.
     #[error("{} of the hub's requests failed: {}", .0.len(), summary(.0))]
     Writes(Vec<Error>),
+    /// This replica stopped leading: the pass was abandoned before its next write.
+    #[error(transparent)]
+    NotLeading(#[from] NotLeading),
 }
 
 fn summary(errors: &[Error]) -> String {
@@ -174,12 +219,14 @@ pub struct Outcome {
 }
 
 /// One global reconcile at `now`: lists SliceConfigs, MemberClusters and WorkerSlices (all
-/// namespaces), decides, and makes the requests.
+/// namespaces), decides, makes the requests (each only while `ctx.leadership` allows), then
+/// publishes the Events of what changed and of what failed.
 ///
 /// # Errors
-/// A failed list (nothing written), or [`Error::Writes`] with every request that failed.
+/// A failed list (nothing written), [`Error::NotLeading`] (the pass stopped at once), or
+/// [`Error::Writes`] with every request that failed.
 #[tracing::instrument(skip_all)]
-pub async fn reconcile(client: &Client, heartbeat_timeout: Duration, now: Timestamp) -> Result<Outcome, Error> {
+pub async fn reconcile(client: &Client, ctx: &Context, now: Timestamp) -> Result<Outcome, Error> {
     let params = ListParams::default();
     let slices = Api::<SliceConfig>::all(client.clone())
         .list(&params)
@@ -194,10 +241,17 @@ pub async fn reconcile(client: &Client, heartbeat_timeout: Duration, now: Timest
         .await
         .map_err(|source| Error::List { kind: "WorkerSlices", source })?;
     let world = World { slices: slices.items, clusters: clusters.items, workers: workers.items };
-    let decision = decide(&world, now, heartbeat_timeout);
+    let decision = decide(&world, now, ctx.heartbeat_timeout);
     for plan in &decision.plans {
         tracing::debug!(slice = %plan.name, vni = ?plan.vni, clusters = plan.workers.len(), "planned");
     }
-    let writes = execute::execute(client, &decision.actions).await?;
-    Ok(Outcome { writes, requeue_after: decision.requeue_after })
+    let executed = execute::execute(client, &decision.actions, &ctx.leadership).await?;
+    let mut notices: Vec<_> =
+        decision.notices.iter().filter(|(i, _)| executed.done[*i]).map(|(_, n)| n.clone()).collect();
+    notices.extend(executed.failures.iter().map(|(i, e)| failure_notice(&decision.actions[*i], &world, e)));
+    ctx.recorder.publish(client, &notices, now, &ctx.leadership).await;
+    if !executed.failures.is_empty() {
+        return Err(Error::Writes(executed.failures.into_iter().map(|(_, e)| e).collect()));
+    }
+    Ok(Outcome { writes: executed.writes, requeue_after: decision.requeue_after })
 }

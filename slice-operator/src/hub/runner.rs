@@ -1,7 +1,8 @@
 //! The hub's loop: watches on SliceConfigs, MemberClusters and WorkerSlices only say "something
 //! changed"; changes close together are coalesced into one global reconcile ([`Schedule`]);
 //! a periodic resync repairs anything a watch missed; a failed reconcile is retried with
-//! exponential backoff ([`Backoff`]) and never ends the loop.
+//! exponential backoff ([`Backoff`]) and never ends the loop. Only the replica that holds the
+//! Lease runs the loop (see [`crate::leader::run_while_leading`]); losing it ends the loop.
 
 use std::future::Future;
 use std::pin::pin;
@@ -17,7 +18,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, watcher};
 use slice_api::crd::{MemberCluster, SliceConfig, WorkerSlice};
 
-use super::{HubOptions, chain, reconcile};
+use super::{Context, HubOptions, chain, reconcile};
+use crate::events::Recorder;
+use crate::health::Health;
+use crate::leader::Leadership;
 
 /// Exponential backoff between failed reconciles: `min`, doubling up to `max`; reset by a
 /// success.
@@ -154,34 +158,56 @@ pub fn changes(client: &Client) -> impl Stream<Item = ()> + Send + use<> {
     ])
 }
 
-/// Runs the hub with `client` until `shutdown` completes.
+/// Runs the hub with `client` until `shutdown` completes: campaigns for the `slicenet-hub`
+/// Lease (unless `--no-leader-election`), and while leading watches and reconciles. `health`
+/// turns ready after the first successful reconcile (or as a standby), and stops being alive
+/// when this returns.
 ///
 /// # Errors
-/// Only when the watches end, which they do not while the client lives; API errors are retried.
+/// When leadership is lost (the process should exit and be restarted as a candidate), or the
+/// watches end; API errors are retried.
 pub async fn run_with_client(
     client: Client,
     options: &HubOptions,
+    health: Health,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut changes = pin!(changes(&client));
-    let mut shutdown = pin!(shutdown);
+    let _alive = health.alive_while();
+    let election = options.leader_election.election(crate::leader::HUB_LEASE);
+    let instance = election.as_ref().map_or_else(crate::leader::hostname, |e| e.identity.clone());
+    let controller = |leadership: Leadership| {
+        let client = client.clone();
+        let health = health.clone();
+        async move {
+            let ctx = Context {
+                heartbeat_timeout: options.heartbeat_timeout(),
+                recorder: Recorder::new(super::EVENT_CONTROLLER, instance),
+                leadership,
+            };
+            reconcile_loop(&client, options, &ctx, &health).await
+        }
+    };
+    crate::leader::run_while_leading(client.clone(), election, health.clone(), shutdown, controller).await
+}
+
+/// The leader's loop: changes from the watches, debounced, and the schedule's reconciles.
+async fn reconcile_loop(client: &Client, options: &HubOptions, ctx: &Context, health: &Health) -> anyhow::Result<()> {
+    let mut changes = pin!(changes(client));
     let mut schedule = Schedule::new(Instant::now(), options);
     loop {
         tokio::select! {
-            () = &mut shutdown => {
-                tracing::info!("hub stopping");
-                return Ok(());
-            }
             change = changes.next() => match change {
                 Some(()) => schedule.on_change(Instant::now()),
                 None => anyhow::bail!("the watches on the hub ended"),
             },
             () = tokio::time::sleep_until(schedule.due().into()) => {
-                match reconcile(&client, options.heartbeat_timeout(), Timestamp::now()).await {
+                match reconcile(client, ctx, Timestamp::now()).await {
                     Ok(outcome) => {
+                        health.set_ready();
                         tracing::debug!(writes = outcome.writes, "hub reconciled");
                         schedule.on_success(Instant::now(), outcome.requeue_after);
                     }
+                    Err(super::Error::NotLeading(e)) => return Err(e.into()),
                     Err(e) => {
                         let delay = schedule.on_error(Instant::now());
                         tracing::warn!(error = %chain(&e), retry_in = ?delay, "hub reconcile failed");

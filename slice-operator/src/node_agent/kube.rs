@@ -25,6 +25,7 @@ use slice_api::crd::SYSTEM_NAMESPACE;
 use slice_api::node::NodeAgentConfig;
 
 use super::network_status::{self, StatusPublisher};
+use crate::health::Health;
 
 /// Name of node `node`'s configuration ConfigMap (written by the worker).
 #[must_use]
@@ -151,12 +152,15 @@ impl AgentState {
     }
 }
 
-/// Runs the agent from the API until SIGTERM or SIGINT.
+/// Runs the agent from the API until SIGTERM or SIGINT. `health` turns ready once the watch
+/// has listed the configuration (found or not), and stops being alive when this returns.
 ///
 /// # Errors
 /// When the client or the signal handlers cannot be set up.
-pub async fn run(client: Client, options: KubeAgentOptions) -> anyhow::Result<()> {
+pub async fn run(client: Client, options: KubeAgentOptions, health: Health) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+
+    let _alive = health.alive_while();
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -184,7 +188,10 @@ pub async fn run(client: Client, options: KubeAgentOptions) -> anyhow::Result<()
                 return Ok(());
             }
             update = updates.next() => match update {
-                Some(Ok(u)) => state.apply(u),
+                Some(Ok(u)) => {
+                    health.set_ready();
+                    state.apply(u);
+                }
                 Some(Err(e)) => tracing::warn!(error = %e, "watch failed; retrying"),
                 None => anyhow::bail!("the watch on the configuration ended"),
             },

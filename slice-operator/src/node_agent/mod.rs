@@ -155,6 +155,8 @@ pub struct DaemonOptions {
     pub interval: Duration,
     /// How often an unchanged configuration is reconciled again.
     pub resync: Duration,
+    /// Where to serve /healthz and /readyz (ready once a configuration was loaded).
+    pub health_addr: Option<std::net::SocketAddr>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. A configuration that cannot be read keeps the last
@@ -169,6 +171,10 @@ pub fn run_daemon(opts: &DaemonOptions) -> std::io::Result<()> {
 
 async fn daemon_loop(opts: &DaemonOptions) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+
+    let health = crate::health::Health::new();
+    let _alive = health.alive_while();
+    let _server = opts.health_addr.map(|a| crate::health::spawn(a, &health)).transpose()?;
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -190,6 +196,7 @@ async fn daemon_loop(opts: &DaemonOptions) -> std::io::Result<()> {
                         }
                         config = Some(c);
                         needs_reconcile = true;
+                        health.set_ready();
                     }
                     Err(e) => {
                         tracing::error!(error = %chain(&e), "configuration rejected; keeping the last good one")

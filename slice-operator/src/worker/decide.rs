@@ -16,6 +16,16 @@
 //! of deleted slices whose objects are gone). Objects are compared field by field with what the
 //! API returned (fields the server adds are ignored), so a pass over an unchanged cluster writes
 //! nothing; a status that only the clock changed is written at most once a minute.
+//!
+//! A WorkerSlice is `Ready` only when its gateway pod has its slice address *and* the tunnel to
+//! every peer in its spec is `Up` (from the gateway's metrics); otherwise `Ready=False` with the
+//! first problem: the slice's own (`InvalidSpec`, `KeySecretInvalid`, …), `GatewayPending`, or
+//! `TunnelsDown` naming the peers whose tunnel is not up.
+//!
+//! Events: [`Decision::notices`] (a namespace joining or leaving a slice, a gateway key made),
+//! [`status_notices`] (Ready flips, tunnels coming up or going down), [`release_notice`] and
+//! [`write_subject`] (what a failed write is about) — all from changes, never from a state that
+//! merely persists.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -36,7 +46,9 @@ use slice_api::names::{NETWORK_STATUS_ANNOTATION, SLICE_LABEL};
 use super::keys::{self, KeyPair};
 use super::objects::{self, GatewayDefaults, NodeDefaults, ObservedNamespace, PlannedSlice};
 use super::plan::{self, ClusterNode};
-use super::tunnels;
+use super::tunnels::{self, TunnelState};
+use crate::events::{Notice, reason, reference, reference_to};
+use k8s_openapi::api::core::v1::ObjectReference;
 
 /// The kinds of object the worker writes in its cluster (besides namespace labels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -126,6 +138,8 @@ pub struct Decision {
     pub planned: BTreeMap<String, PlannedSlice>,
     /// Public keys of active slices, by WorkerSlice name.
     pub public_keys: BTreeMap<String, String>,
+    /// The Events worth publishing, each once the write at its index succeeded.
+    pub notices: Vec<(usize, Notice)>,
     problems: BTreeMap<String, Problem>,
     notes: BTreeMap<String, String>,
 }
@@ -368,13 +382,38 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
         .collect();
     let ns_decision = objects::decide_namespaces(&wanted, &observed_ns);
     let (sets, removes): (Vec<_>, Vec<_>) = ns_decision.changes.iter().cloned().partition(|c| c.slice.is_some());
-    d.writes.extend(sets.into_iter().chain(removes).map(Write::LabelNamespace));
+    for change in sets.into_iter().chain(removes) {
+        let namespace = observed.namespaces.iter().find(|n| n.name_any() == change.namespace);
+        let regarding =
+            namespace.map_or_else(|| reference_to("v1", "Namespace", None, &change.namespace, None), reference);
+        let notice = match &change.slice {
+            Some(slice) => Notice::normal(
+                regarding,
+                reason::NAMESPACE_JOINED_SLICE,
+                "Label",
+                format!("namespace {} joined slice {slice} (label {SLICE_LABEL}={slice})", change.namespace),
+            ),
+            None => {
+                let was = namespace.and_then(|n| n.labels().get(SLICE_LABEL).cloned()).unwrap_or_default();
+                Notice::normal(
+                    regarding,
+                    reason::NAMESPACE_LEFT_SLICE,
+                    "Label",
+                    format!("namespace {} left slice {was} (label {SLICE_LABEL} removed)", change.namespace),
+                )
+            }
+        };
+        d.writes.push(Write::LabelNamespace(change));
+        d.notices.push((d.writes.len() - 1, notice));
+    }
 
     // Plan each active slice: node prefixes, members, gateway address, key.
     let nodes = cluster_nodes(&observed.nodes);
     let node_names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let existing = index(observed);
     let mut desired: Vec<(Kind, Value, bool)> = Vec::new(); // (kind, body, create-only)
+    // What creating an object is worth announcing (the key Secret: a new gateway key).
+    let mut on_create: BTreeMap<(Kind, String, String), Notice> = BTreeMap::new();
     for ws in &active {
         let spec = &ws.spec;
         let name = ws.name_any();
@@ -424,6 +463,14 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
             None => {
                 let pair = new_key(&spec.slice);
                 desired.push((Kind::Secret, objects::key_secret(&spec.slice, &pair), true));
+                let note = format!(
+                    "gateway key pair made (public key {}); the private key stays in Secret {SYSTEM_NAMESPACE}/{key_name}",
+                    pair.public_key
+                );
+                on_create.insert(
+                    (Kind::Secret, SYSTEM_NAMESPACE.to_owned(), key_name.clone()),
+                    Notice::normal(reference(*ws), reason::GATEWAY_KEY_CREATED, "CreateKey", note),
+                );
                 Some(pair)
             }
         };
@@ -501,7 +548,13 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
         match existing.get(&key) {
             Some(_) if create_only => {}
             Some(o) if is_applied(&body, o) => {}
-            None if create_only => d.writes.push(Write::Create { kind, namespace, name, body }),
+            None if create_only => {
+                let notice = on_create.remove(&key);
+                d.writes.push(Write::Create { kind, namespace, name, body });
+                if let Some(n) = notice {
+                    d.notices.push((d.writes.len() - 1, n));
+                }
+            }
             _ => d.writes.push(Write::Apply { kind, namespace, name, body }),
         }
     }
@@ -607,7 +660,10 @@ pub fn decide_status(
                 Some(p) if p.gateway_address.is_none() => {
                     ready(ws, false, "GatewayPending", "waiting for the gateway pod's slice address (network-status)")
                 }
-                _ => ready(ws, true, "Ready", decision.notes.get(&name).map_or("", String::as_str)),
+                _ => match tunnels_down(&ws.spec.peers, &status.peers) {
+                    Some(message) => ready(ws, false, TUNNELS_DOWN, &message),
+                    None => ready(ws, true, "Ready", decision.notes.get(&name).map_or("", String::as_str)),
+                },
             },
         };
         set_condition(&mut status.conditions, condition, now);
@@ -620,6 +676,113 @@ pub fn decide_status(
         }
     }
     writes
+}
+
+/// The reason of `Ready=False` while some peer tunnel is not up.
+pub const TUNNELS_DOWN: &str = "TunnelsDown";
+
+/// `None` when the tunnel to every peer of the spec is `Up` in `peers`; otherwise the message
+/// naming those that are not, with their state (not their reasons: an age in a reason would
+/// change the condition at every pass).
+#[must_use]
+pub fn tunnels_down(
+    spec_peers: &[slice_api::crd::WorkerPeer],
+    peers: &[slice_api::crd::PeerTunnelStatus],
+) -> Option<String> {
+    let up = TunnelState::Up.to_string();
+    let down: Vec<String> = spec_peers
+        .iter()
+        .map(|sp| {
+            let state = peers.iter().find(|p| p.cluster == sp.cluster).map_or("Pending", |p| p.state.as_str());
+            (sp.cluster.as_str(), state)
+        })
+        .filter(|(_, state)| *state != up)
+        .map(|(cluster, state)| format!("{cluster} ({state})"))
+        .collect();
+    (!down.is_empty()).then(|| format!("tunnels not up: {}", down.join(", ")))
+}
+
+/// The Events of a status change of `ws` (read) to `new` (written): `Ready` turning true, or
+/// false (a `Warning` when it was true, otherwise `Normal` with the new reason: how a new slice
+/// progresses); and each peer tunnel that comes up or stops being up.
+#[must_use]
+pub fn status_notices(ws: &WorkerSlice, new: &WorkerSliceStatus) -> Vec<Notice> {
+    let old = ws.status.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    let ready_of = |s: &WorkerSliceStatus| slice_api::crd::condition(&s.conditions, "Ready").cloned();
+    if let Some(r) = ready_of(new) {
+        let before = ready_of(&old);
+        let was_ready = before.as_ref().is_some_and(|b| b.status == "True");
+        let same = before.as_ref().is_some_and(|b| (&b.status, &b.reason) == (&r.status, &r.reason));
+        if r.status == "True" && !was_ready {
+            let note =
+                if r.message.is_empty() { "gateway running, every tunnel up".to_owned() } else { r.message.clone() };
+            out.push(Notice::normal(reference(ws), reason::WORKER_SLICE_READY, "Reconcile", note));
+        } else if r.status != "True" && !same {
+            let note = format!("{}: {}", r.reason, r.message);
+            let ctor = if was_ready { Notice::warning } else { Notice::normal };
+            out.push(ctor(reference(ws), reason::WORKER_SLICE_NOT_READY, "Reconcile", note));
+        }
+    }
+    let up = TunnelState::Up.to_string();
+    for p in &new.peers {
+        let was_up = old.peers.iter().any(|o| o.cluster == p.cluster && o.state == up);
+        if p.state == up && !was_up {
+            let note = format!("tunnel to cluster {} is up", p.cluster);
+            out.push(Notice::normal(reference(ws), reason::TUNNEL_UP, "Reconcile", note));
+        } else if p.state != up && was_up {
+            let note = format!("tunnel to cluster {} is {}: {}", p.cluster, p.state, tunnels::stable_reason(&p.reason));
+            out.push(Notice::warning(reference(ws), reason::TUNNEL_DOWN, "Reconcile", note));
+        }
+    }
+    out
+}
+
+/// The Event of a finalizer release: everything made for the deleted slice is gone.
+#[must_use]
+pub fn release_notice(ws: &WorkerSlice) -> Notice {
+    let note = format!(
+        "slice {} torn down in cluster {}: gateway, keys and node configuration removed",
+        ws.spec.slice, ws.spec.cluster
+    );
+    Notice::normal(reference(ws), reason::SLICE_TORN_DOWN, "TearDown", note)
+}
+
+/// What a write is about, for its failure's Event: the WorkerSlice of the slice it is made for
+/// (by the object's `slicenet.io/slice` label), else the object itself.
+#[must_use]
+pub fn write_subject(write: &Write, observed: &Observed) -> ObjectReference {
+    let by_name = |name: &str| observed.worker_slices.iter().find(|ws| ws.name_any() == name).map(reference);
+    let by_slice = |slice: &str| observed.worker_slices.iter().find(|ws| ws.spec.slice == slice).map(reference);
+    let api_version = |kind: Kind| match kind {
+        Kind::Deployment => "apps/v1",
+        Kind::NetworkAttachmentDefinition => "k8s.cni.cncf.io/v1",
+        _ => "v1",
+    };
+    let object = |kind: Kind, namespace: &str, name: &str, existing: Option<&Value>| {
+        let slice = existing.and_then(|v| v["metadata"]["labels"][SLICE_LABEL].as_str().map(str::to_owned));
+        slice.and_then(|s| by_slice(&s)).unwrap_or_else(|| {
+            let uid = existing.and_then(|v| v["metadata"]["uid"].as_str());
+            reference_to(api_version(kind), &format!("{kind:?}"), Some(namespace), name, uid)
+        })
+    };
+    match write {
+        Write::AddFinalizer { name, .. } | Write::RemoveFinalizer { name, .. } | Write::PatchStatus { name, .. } => {
+            by_name(name).unwrap_or_else(|| reference_to("slicenet.io/v1alpha1", "WorkerSlice", None, name, None))
+        }
+        Write::LabelNamespace(change) => observed
+            .namespaces
+            .iter()
+            .find(|n| n.name_any() == change.namespace)
+            .map_or_else(|| reference_to("v1", "Namespace", None, &change.namespace, None), reference),
+        Write::Create { kind, namespace, name, body } | Write::Apply { kind, namespace, name, body } => {
+            object(*kind, namespace, name, Some(body))
+        }
+        Write::Delete { kind, namespace, name } => {
+            let existing = index(observed).remove(&(*kind, namespace.clone(), name.clone()));
+            object(*kind, namespace, name, existing.as_ref())
+        }
+    }
 }
 
 fn ready(ws: &WorkerSlice, ok: bool, reason: &str, message: &str) -> Condition {

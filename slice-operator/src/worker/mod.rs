@@ -12,7 +12,9 @@
 //! - [`run`]: watches the hub's WorkerSlices and the cluster's Nodes, Namespaces and gateway
 //!   pods and runs a pass after each change (and every resync), retrying failed passes with
 //!   backoff; a heartbeat on the MemberCluster's status. Tunnel states and `connectedPods` are
-//!   not watched: they are refreshed by every pass, so at least every resync.
+//!   not watched: they are refreshed by every pass, so at least every resync. Only the replica
+//!   that holds the `slicenet-worker` Lease in the member cluster runs it
+//!   ([`crate::leader::run_while_leading`]).
 //!
 //! One pass covers every slice at once rather than one reconcile per WorkerSlice: the node
 //! agents' ConfigMaps and the membership ConfigMap hold all slices together, and a namespace
@@ -54,6 +56,10 @@ pub struct WorkerOptions {
     pub resync: Duration,
     /// How often the MemberCluster's `status.lastHeartbeat` is written.
     pub heartbeat: Duration,
+    /// The election on the `slicenet-worker` Lease in the member cluster.
+    pub leader_election: crate::leader::LeaderElectionArgs,
+    /// Where to serve /healthz and /readyz.
+    pub health_addr: std::net::SocketAddr,
 }
 
 /// A client from a kubeconfig file.
@@ -75,10 +81,12 @@ pub fn now_rfc3339() -> String {
     format!("{:.0}", k8s_openapi::jiff::Timestamp::now())
 }
 
-/// Runs the worker until SIGTERM or SIGINT.
+/// Runs the worker until SIGTERM or SIGINT: clients, the probes' endpoint, the leader election
+/// in the member cluster, and while leading the watches and passes.
 ///
 /// # Errors
-/// When the clients cannot be built; failed passes are logged and retried, never returned.
+/// When the clients cannot be built, the health address cannot be bound, or leadership is
+/// lost; failed passes are logged and retried, never returned.
 pub async fn run(options: WorkerOptions) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
@@ -87,9 +95,58 @@ pub async fn run(options: WorkerOptions) -> anyhow::Result<()> {
         Some(path) => client_from_kubeconfig(path).await?,
         None => Client::try_default().await.context("building the member cluster's client")?,
     };
-    let worker = Worker::new(hub.clone(), local.clone(), options.settings.clone());
-    let cluster = options.cluster.clone();
+    let health = crate::health::Health::new();
+    let _server = crate::health::spawn(options.health_addr, &health)
+        .map_err(|e| anyhow::anyhow!("listening on {} for the probes: {e}", options.health_addr))?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: exiting"),
+            _ = sigint.recv() => tracing::info!("SIGINT: exiting"),
+        }
+    };
+    run_with_clients(hub, local, &options, health, shutdown).await
+}
 
+/// Runs the worker on `hub` and `local` until `shutdown` completes, while this replica holds
+/// the `slicenet-worker` Lease in the member cluster (always with `--no-leader-election`).
+/// `health` turns ready after the first successful pass (or as a standby).
+///
+/// # Errors
+/// When leadership is lost, or the watches end.
+pub async fn run_with_clients(
+    hub: Client,
+    local: Client,
+    options: &WorkerOptions,
+    health: crate::health::Health,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let _alive = health.alive_while();
+    let election = options.leader_election.election(crate::leader::WORKER_LEASE);
+    let instance = election.as_ref().map_or_else(crate::leader::hostname, |e| e.identity.clone());
+    let controller = |leadership: crate::leader::Leadership| {
+        let (hub, local, health) = (hub.clone(), local.clone(), health.clone());
+        async move {
+            let worker = Worker::new(hub.clone(), local.clone(), options.settings.clone())
+                .with_leadership(leadership)
+                .with_recorder(crate::events::Recorder::new(reconcile::EVENT_CONTROLLER, instance));
+            pass_loop(&worker, hub, local, options, &health).await
+        }
+    };
+    crate::leader::run_while_leading(local.clone(), election, health.clone(), shutdown, controller).await
+}
+
+/// The leader's loop: watches wake it, passes run after changes, every resync, and after the
+/// backoff when one failed; the heartbeat on its own interval.
+async fn pass_loop(
+    worker: &Worker,
+    hub: Client,
+    local: Client,
+    options: &WorkerOptions,
+    health: &crate::health::Health,
+) -> anyhow::Result<()> {
+    let cluster = options.cluster.clone();
     // Every watch event only wakes the loop; a pass reads everything afresh.
     let slices = watcher(Api::<WorkerSlice>::namespaced(hub, &cluster_namespace(&cluster)), watcher::Config::default());
     let nodes = watcher(Api::<Node>::all(local.clone()), watcher::Config::default());
@@ -105,23 +162,19 @@ pub async fn run(options: WorkerOptions) -> anyhow::Result<()> {
         gateway_pods.default_backoff().map(|e| e.map(|_| "Pod")).boxed(),
     ]);
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut heartbeat = tokio::time::interval(options.heartbeat.max(Duration::from_secs(1)));
     let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     // When the next pass runs: soon after a change (a burst of events settles into one pass),
     // after `resync` when all is quiet, after the backoff when a pass failed.
     let mut next_pass = tokio::time::Instant::now();
-    tracing::info!(cluster = %cluster, "worker starting");
+    tracing::info!(cluster = %cluster, "worker leading");
     loop {
         tokio::select! {
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: exiting"); return Ok(()); }
-            _ = sigint.recv() => { tracing::info!("SIGINT: exiting"); return Ok(()); }
-            _ = heartbeat.tick() => {
-                if let Err(e) = worker.heartbeat(&cluster, &now_rfc3339()).await {
-                    tracing::warn!(error = %node_agent_chain(&e), "heartbeat failed");
-                }
-            }
+            _ = heartbeat.tick() => match worker.heartbeat(&cluster, &now_rfc3339()).await {
+                Ok(()) => {}
+                Err(WorkerError::NotLeading(e)) => return Err(e.into()),
+                Err(e) => tracing::warn!(error = %node_agent_chain(&e), "heartbeat failed"),
+            },
             event = events.next() => match event {
                 Some(Ok(kind)) => {
                     tracing::debug!(kind, "change seen");
@@ -133,12 +186,14 @@ pub async fn run(options: WorkerOptions) -> anyhow::Result<()> {
             () = tokio::time::sleep_until(next_pass) => {
                 match worker.reconcile_once(&cluster, &now_rfc3339()).await {
                     Ok(outcome) => {
+                        health.set_ready();
                         retry.reset();
                         if outcome.writes > 0 {
                             tracing::info!(writes = outcome.writes, "reconciled");
                         }
                         next_pass = tokio::time::Instant::now() + options.resync;
                     }
+                    Err(WorkerError::NotLeading(e)) => return Err(e.into()),
                     Err(e) => {
                         let delay = retry.next_delay();
                         tracing::error!(error = %node_agent_chain(&e), retry_in = ?delay, "reconcile failed; requeued");

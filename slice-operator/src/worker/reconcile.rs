@@ -11,6 +11,14 @@
 //!
 //! Besides the API, a pass reads each slice's gateway metrics over HTTP (at the gateway pod's IP,
 //! all gateways at once, each within [`scrape::TIMEOUT`]) for the tunnels' state.
+//!
+//! NADs are listed in every pass, Multus or not, so that those the worker wrote are deleted
+//! when Multus is turned off (a cluster without the NAD CRD answers 404: none).
+//!
+//! Every write is made only while this replica leads ([`Leadership::check`]); a pass that finds
+//! it does not stops at once with [`WorkerError::NotLeading`]. After the writes (or the first
+//! failed one) the pass publishes its Events: WorkerSlice ones on the hub, the others in the
+//! member cluster.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,9 +39,13 @@ use slice_api::names::SLICE_LABEL;
 use super::decide::{self, Kind, Observed, Settings, Write};
 use super::keys::{self, KeyPair};
 use super::{objects, scrape};
+use crate::events::{Notice, Recorder, reason};
+use crate::leader::{Leadership, NotLeading};
 
 /// Field manager of the worker's server-side applies.
 pub const FIELD_MANAGER: &str = "slicenet-worker";
+/// The reporting controller of the worker's Events.
+pub const EVENT_CONTROLLER: &str = "slicenet.io/worker";
 
 /// A pass that did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +71,9 @@ pub enum WorkerError {
         #[source]
         source: serde_json::Error,
     },
+    /// This replica stopped leading: the pass stopped before its next write.
+    #[error(transparent)]
+    NotLeading(#[from] NotLeading),
 }
 
 /// What a pass did.
@@ -95,6 +110,8 @@ pub struct Worker {
     /// When this process last wrote each WorkerSlice's status (the churn rule of
     /// [`decide::decide_status`]).
     status_written: Mutex<BTreeMap<String, Timestamp>>,
+    recorder: Recorder,
+    leadership: Leadership,
 }
 
 impl std::fmt::Debug for Worker {
@@ -135,7 +152,23 @@ impl Worker {
             new_key: Mutex::new(new_key),
             metrics: http_metrics(),
             status_written: Mutex::new(BTreeMap::new()),
+            recorder: Recorder::new(EVENT_CONTROLLER, crate::leader::hostname()),
+            leadership: Leadership::unconditional(),
         }
+    }
+
+    /// The same worker writing only while `leadership` allows.
+    #[must_use]
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
+    }
+
+    /// The same worker publishing its Events through `recorder`.
+    #[must_use]
+    pub fn with_recorder(mut self, recorder: Recorder) -> Self {
+        self.recorder = recorder;
+        self
     }
 
     /// The same worker reading gateway metrics from `source` (tests pass canned text).
@@ -188,14 +221,16 @@ impl Worker {
                 .map_err(read(&format!("Pods in {ns}")))?;
             member_pods.extend(list.items);
         }
-        let nads = if self.settings.uses_multus(member_cluster.as_ref()) {
-            Api::<DynamicObject>::all_with(self.local.clone(), &nad_resource())
-                .list(&managed)
-                .await
-                .map_err(read("NetworkAttachmentDefinitions"))?
-                .items
-        } else {
-            Vec::new()
+        // Listed with or without Multus: NADs left from when it was on must go.
+        let nads = match Api::<DynamicObject>::all_with(self.local.clone(), &nad_resource()).list(&managed).await {
+            Ok(list) => list.items,
+            // No NAD CRD in this cluster: there are none.
+            Err(kube::Error::Api(status))
+                if status.code == 404 && !self.settings.uses_multus(member_cluster.as_ref()) =>
+            {
+                Vec::new()
+            }
+            Err(e) => return Err(read("NetworkAttachmentDefinitions")(e)),
         };
         let scrapes = decide::gateways_to_scrape(&worker_slices, cluster, &pods.items).into_iter().map(
             |(slice, address)| async move {
@@ -224,21 +259,51 @@ impl Worker {
     }
 
     /// One pass: observe, decide, write the objects, then the statuses, then release the
-    /// finalizers of deleted slices. `now` (RFC 3339) stamps condition transitions.
+    /// finalizers of deleted slices; then publish the pass's Events. `now` (RFC 3339) stamps
+    /// condition transitions and Events.
     ///
     /// # Errors
-    /// The first read or write that failed; the writes before it were made.
+    /// The first read or write that failed (the writes before it were made), or
+    /// [`WorkerError::NotLeading`].
     pub async fn reconcile_once(&self, cluster: &str, now: &str) -> Result<PassOutcome, WorkerError> {
+        let observed = self.observe(cluster).await?;
+        let mut notices = Vec::new();
+        let mut failing = None;
+        let result = self.write_pass(cluster, now, &observed, &mut notices, &mut failing).await;
+        match (&result, failing) {
+            (Err(WorkerError::NotLeading(_)), _) => return result,
+            (Err(e), Some(write)) => notices.push(Notice::warning(
+                decide::write_subject(&write, &observed),
+                reason::WRITE_FAILED,
+                "Reconcile",
+                crate::node_agent::chain(e),
+            )),
+            _ => {}
+        }
+        self.publish(&notices, now).await;
+        result
+    }
+
+    /// The writes of a pass; each success adds the notices it is worth to `notices`, and the
+    /// write being made is in `failing` when an error comes back.
+    async fn write_pass(
+        &self,
+        cluster: &str,
+        now: &str,
+        observed: &Observed,
+        notices: &mut Vec<Notice>,
+        failing: &mut Option<Write>,
+    ) -> Result<PassOutcome, WorkerError> {
         let mut settings_cluster = self.settings.clone();
         settings_cluster.cluster = cluster.to_owned();
-        let observed = self.observe(cluster).await?;
         let decision = {
             let mut new_key = self.new_key.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            decide::decide(&observed, &settings_cluster, &mut **new_key)
+            decide::decide(observed, &settings_cluster, &mut **new_key)
         };
         let mut outcome = PassOutcome::default();
         let mut services = observed.services.clone();
-        for write in &decision.writes {
+        for (i, write) in decision.writes.iter().enumerate() {
+            *failing = Some(write.clone());
             if let Some(applied) = self.write(cluster, write).await? {
                 // Keep the Service the API returned: it carries the assigned nodePort.
                 if let Ok(svc) = serde_json::from_value::<Service>(applied) {
@@ -247,24 +312,50 @@ impl Worker {
                 }
             }
             outcome.writes += 1;
+            notices.extend(decision.notices.iter().filter(|(at, _)| *at == i).map(|(_, n)| n.clone()));
         }
         let written = {
             let mut written = self.status_written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             written.retain(|name, _| observed.worker_slices.iter().any(|ws| ws.metadata.name.as_ref() == Some(name)));
             written.clone()
         };
-        for write in decide::decide_status(&observed, &decision, &services, now, &written) {
+        for write in decide::decide_status(observed, &decision, &services, now, &written) {
+            *failing = Some(write.clone());
             self.write(cluster, &write).await?;
             outcome.writes += 1;
-            if let (Write::PatchStatus { name, .. }, Ok(at)) = (&write, now.parse::<Timestamp>()) {
-                self.status_written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), at);
+            if let Write::PatchStatus { name, status } = &write {
+                if let Ok(at) = now.parse::<Timestamp>() {
+                    self.status_written
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(name.clone(), at);
+                }
+                if let Some(ws) = observed.worker_slices.iter().find(|ws| ws.metadata.name.as_ref() == Some(name)) {
+                    notices.extend(decide::status_notices(ws, status));
+                }
             }
         }
-        for write in decide::decide_release(&observed) {
+        for write in decide::decide_release(observed) {
+            *failing = Some(write.clone());
             self.write(cluster, &write).await?;
             outcome.writes += 1;
+            if let Write::RemoveFinalizer { name, .. } = &write
+                && let Some(ws) = observed.worker_slices.iter().find(|ws| ws.metadata.name.as_ref() == Some(name))
+            {
+                notices.push(decide::release_notice(ws));
+            }
         }
+        *failing = None;
         Ok(outcome)
+    }
+
+    /// Publishes `notices`: those about WorkerSlices on the hub, the others in the cluster.
+    async fn publish(&self, notices: &[Notice], now: &str) {
+        let now = now.parse::<Timestamp>().unwrap_or_else(|_| Timestamp::now());
+        let (hub, local): (Vec<Notice>, Vec<Notice>) =
+            notices.iter().cloned().partition(|n| n.regarding.kind.as_deref() == Some("WorkerSlice"));
+        self.recorder.publish(&self.hub, &hub, now, &self.leadership).await;
+        self.recorder.publish(&self.local, &local, now, &self.leadership).await;
     }
 
     /// Writes `lastHeartbeat` into the MemberCluster's status on the hub.
@@ -272,6 +363,7 @@ impl Worker {
     /// # Errors
     /// When the patch fails.
     pub async fn heartbeat(&self, cluster: &str, now: &str) -> Result<(), WorkerError> {
+        self.leadership.check()?;
         Api::<MemberCluster>::all(self.hub.clone())
             .patch_status(
                 cluster,
@@ -285,6 +377,7 @@ impl Worker {
 
     /// Makes one write; returns the applied Service's body for [`Kind::Service`] applies.
     async fn write(&self, cluster: &str, write: &Write) -> Result<Option<serde_json::Value>, WorkerError> {
+        self.leadership.check()?;
         let hub_slices = || Api::<WorkerSlice>::namespaced(self.hub.clone(), &cluster_namespace(cluster));
         let dynamic =
             |kind: Kind, ns: &str| Api::<DynamicObject>::namespaced_with(self.local.clone(), ns, &resource(kind));

@@ -216,6 +216,17 @@ pub fn peer_statuses(
         .collect()
 }
 
+/// `reason` without the age that `no handshake for N s` carries (for an Event's note, which must
+/// not change with the clock).
+#[must_use]
+pub fn stable_reason(reason: &str) -> String {
+    if reason.starts_with(STALE_PREFIX) {
+        format!("{STALE_PREFIX}over {HANDSHAKE_STALE_AFTER_SECS} s")
+    } else {
+        reason.to_owned()
+    }
+}
+
 /// Whether `new` differs from `old` only in what the clock alone changes: the peers'
 /// `lastHandshake` and the age in `no handshake for N s`. Such a change is written at most once
 /// per [`TIME_ONLY_WRITE_INTERVAL_SECS`]; everything else at once.

@@ -4,6 +4,11 @@
 //! the controller's declared [`Access`] list covers it (so the RBAC built from that list is
 //! enough), and fails the test on anything unexpected, including a request too many.
 //!
+//! Events (`events.k8s.io`) are a side channel: they are answered as the API server would
+//! (a create echoed with 201, a series patch with 200), checked against the access list and
+//! returned among the requests seen, but not matched against the script, so that each scenario
+//! scripts the controller's object requests and the event tests look at the events apart.
+//!
 //! Reusable as it is by other controllers' tests: copy the folder, or `#[path]` it in.
 
 #![allow(dead_code)] // Each test crate uses a different part of it.
@@ -83,6 +88,18 @@ impl Exchange {
         Self::new("DELETE", path)
     }
 
+    /// A PUT (replace); answers with the body sent, 200.
+    pub fn put(path: impl Into<String>) -> Self {
+        Self { reply: Reply::Echo(200), ..Self::new("PUT", path) }
+    }
+
+    /// Answer `code` with `body`.
+    #[must_use]
+    pub fn reply(mut self, code: u16, body: Value) -> Self {
+        self.reply = Reply::Json(code, body);
+        self
+    }
+
     /// The exact query string expected (default: none).
     #[must_use]
     pub fn query(mut self, query: &str) -> Self {
@@ -153,6 +170,12 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// Whether it is an `events.k8s.io` request.
+    #[must_use]
+    pub fn is_event(&self) -> bool {
+        self.path.starts_with("/apis/events.k8s.io/")
+    }
+
     /// Whether the request writes.
     #[must_use]
     pub fn is_write(&self) -> bool {
@@ -218,9 +241,11 @@ where
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let server = tokio::spawn(serve(handle, declared, script));
-    let result = tokio::time::timeout(Duration::from_secs(20), controller(client))
+    // Deadlines only bound how long a broken test hangs: generous, so a loaded machine never
+    // trips them.
+    let result = tokio::time::timeout(Duration::from_secs(120), controller(client))
         .await
-        .expect("the controller finished within 20 s");
+        .expect("the controller finished within 120 s");
     let seen = server.await.expect("the scripted server did not panic");
     match seen {
         Ok(seen) => (result, seen),
@@ -228,22 +253,65 @@ where
     }
 }
 
+enum Next {
+    Request(Box<Seen>, tower_test::mock::SendResponse<Response<Body>>),
+    /// The client is gone.
+    Closed,
+    /// Nothing came in time.
+    Silent,
+}
+
+/// Waits for the next request that is not an event; events met on the way are answered and
+/// pushed onto `seen`.
+async fn next_scripted(
+    handle: &mut Handle,
+    declared: Declared<'static>,
+    seen: &mut Vec<Seen>,
+    wait: Duration,
+) -> Result<Next, String> {
+    loop {
+        let (request, respond) = match tokio::time::timeout(wait, handle.next_request()).await {
+            Ok(Some(next)) => next,
+            Ok(None) => return Ok(Next::Closed),
+            Err(_) => return Ok(Next::Silent),
+        };
+        let mut got = read(request, declared).await?;
+        if got.is_event() {
+            let (code, body) = event_reply(&got);
+            got.reply_code = code;
+            respond.send_response(response(code, &body));
+            seen.push(got);
+            continue;
+        }
+        return Ok(Next::Request(Box::new(got), respond));
+    }
+}
+
+/// What the API server answers to an event request: a create returns the event, a patch the
+/// patched part.
+fn event_reply(seen: &Seen) -> (u16, Value) {
+    match seen.method.as_str() {
+        "POST" => (201, seen.body.clone()),
+        _ => (200, seen.body.clone()),
+    }
+}
+
+const SCRIPT_WAIT: Duration = Duration::from_secs(60);
+
 async fn serve(mut handle: Handle, declared: Declared<'static>, script: Vec<Exchange>) -> Result<Vec<Seen>, String> {
     let mut seen = Vec::new();
     let total = script.len();
     for (i, expected) in script.into_iter().enumerate() {
-        let next = tokio::time::timeout(Duration::from_secs(10), handle.next_request()).await;
-        let Ok(Some((request, respond))) = next else {
+        let Next::Request(got, respond) = next_scripted(&mut handle, declared, &mut seen, SCRIPT_WAIT).await? else {
             return Err(format!(
                 "request {}/{total} never came: expected {expected}\nseen before:\n{}",
                 i + 1,
                 list(&seen)
             ));
         };
-        let got = read(request, declared).await?;
         let problem = mismatch(&expected, &got);
         let line = format!("{} {}?{} {}", got.method, got.path, got.query, got.body);
-        seen.push(got);
+        seen.push(*got);
         if let Some(problem) = problem {
             return Err(format!(
                 "request {}/{total}: {problem}\nexpected {expected}\ngot      {line}\nseen:\n{}",
@@ -260,21 +328,18 @@ async fn serve(mut handle: Handle, declared: Declared<'static>, script: Vec<Exch
         }
         respond.send_response(response(code, &body));
     }
-    // Nothing more may come: the client is dropped when the controller returns.
-    match tokio::time::timeout(Duration::from_secs(10), handle.next_request()).await {
-        Ok(None) => Ok(seen),
-        Ok(Some((request, _))) => {
-            let got = read(request, declared).await?;
-            Err(format!(
-                "unexpected request after the script: {} {}?{} {}\nseen:\n{}",
-                got.method,
-                got.path,
-                got.query,
-                got.body,
-                list(&seen)
-            ))
-        }
-        Err(_) => Err("the client was still alive 10 s after the script ended".to_owned()),
+    // Nothing more may come but events: the client is dropped when the controller returns.
+    match next_scripted(&mut handle, declared, &mut seen, SCRIPT_WAIT).await? {
+        Next::Closed => Ok(seen),
+        Next::Silent => Err(format!("the client was still alive {SCRIPT_WAIT:?} after the script ended")),
+        Next::Request(got, _) => Err(format!(
+            "unexpected request after the script: {} {}?{} {}\nseen:\n{}",
+            got.method,
+            got.path,
+            got.query,
+            got.body,
+            list(&seen)
+        )),
     }
 }
 

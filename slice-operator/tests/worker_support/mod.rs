@@ -65,6 +65,22 @@ impl Recorded {
     pub fn is_write(&self) -> bool {
         self.method != "GET"
     }
+
+    /// Whether it is an `events.k8s.io` request.
+    #[must_use]
+    pub fn is_event(&self) -> bool {
+        self.path.starts_with("/apis/events.k8s.io/")
+    }
+}
+
+/// Called with each request's [`Recorded::line`] once it was answered (tests use it to change
+/// the world at a precise point of a pass).
+pub struct AfterRequest(pub Box<dyn FnMut(&str) + Send>);
+
+impl std::fmt::Debug for AfterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterRequest")
+    }
 }
 
 /// A failure to inject.
@@ -99,6 +115,8 @@ pub struct State {
     pub metrics: BTreeMap<SocketAddr, Result<String, String>>,
     /// The addresses scraped, in order.
     pub scrapes: Vec<SocketAddr>,
+    /// See [`AfterRequest`].
+    pub after_request: Option<AfterRequest>,
     resource_version: u64,
     node_port: u16,
 }
@@ -333,8 +351,15 @@ impl FakeApi {
                 .collect(),
         };
         let mut st = self.state.lock().expect("state lock");
-        st.requests.push(Recorded { side, method, path, query, content_type, body, status: code });
+        let recorded = Recorded { side, method, path, query, content_type, body, status: code };
+        let line = recorded.line();
+        st.requests.push(recorded);
+        let hook = st.after_request.take();
         drop(st);
+        if let Some(mut hook) = hook {
+            (hook.0)(&line);
+            self.state.lock().expect("state lock").after_request = Some(hook);
+        }
         let response = Response::builder()
             .status(code)
             .header("content-type", "application/json")

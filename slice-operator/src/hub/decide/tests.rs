@@ -468,3 +468,104 @@ fn merge_diff_carries_only_changes_and_nulls_removals() {
     merge(&mut applied, &merge_diff(&old, &new).expect("differs"));
     assert_eq!(applied, new);
 }
+
+/// (reason, type, regarding kind/name, the index of the action it waits for) of each notice.
+fn notices(d: &Decision) -> Vec<(&'static str, &'static str, String, usize)> {
+    d.notices
+        .iter()
+        .map(|(i, n)| {
+            let r = &n.regarding;
+            let what = format!("{}/{}", r.kind.as_deref().unwrap_or(""), r.name.as_deref().unwrap_or(""));
+            (n.reason, n.type_.as_str(), what, *i)
+        })
+        .collect()
+}
+
+#[test]
+fn notices_come_from_changes_and_wait_for_their_action() {
+    let mut w = world(&["c1", "c2"]);
+    w.slices.push(slice("blue", &["c1", "c2"]));
+    let d = decide(&w, at(NOW), MINUTE);
+    assert_eq!(
+        notices(&d),
+        [
+            ("ClusterJoined", "Normal", "MemberCluster/c1".into(), 1),
+            ("ClusterJoined", "Normal", "MemberCluster/c2".into(), 2),
+            ("WorkerSliceCreated", "Normal", "SliceConfig/blue".into(), 5),
+            ("WorkerSliceCreated", "Normal", "SliceConfig/blue".into(), 6),
+            ("SlicePlanned", "Normal", "SliceConfig/blue".into(), 7),
+            ("ClusterHealthy", "Normal", "MemberCluster/c1".into(), 8),
+            ("ClusterHealthy", "Normal", "MemberCluster/c2".into(), 9),
+        ]
+    );
+    let created = &d.notices[2].1;
+    assert_eq!(created.related.as_ref().and_then(|r| r.namespace.as_deref()), Some("slicenet-cluster-c1"));
+    assert_eq!(created.namespace(), "default", "SliceConfigs are cluster-scoped");
+    assert_eq!(d.notices[4].1.note, "2 member clusters");
+
+    // Converged: nothing to say, at any later time.
+    let server = started(vec![slice("blue", &["c1", "c2"])], &["c1", "c2"], true);
+    assert_eq!(notices(&decide(&server.world, at(NOW + 30), MINUTE)), []);
+}
+
+#[test]
+fn a_refused_plan_a_stale_cluster_and_readiness_are_announced_once() {
+    let mut server = started(vec![slice("blue", &["c1", "c2"])], &["c1", "c2"], true);
+    // Three clusters where only two fit: refused (the slice keeps running as it was).
+    let s = &mut server.world.slices[0];
+    s.spec = serde_json::from_value(json!({
+        "sliceSubnet": "10.80.0.0/16", "maxClusters": 2, "clusters": ["c1", "c2", "c3"],
+        "namespaces": [{"namespace": "web"}],
+    }))
+    .expect("spec");
+    server.world.clusters.push(member("c3"));
+    let d = decide(&server.world, at(NOW), MINUTE);
+    let refused: Vec<_> = d.notices.iter().filter(|(_, n)| n.reason == "SliceRefused").collect();
+    assert_eq!(refused.len(), 1, "{:?}", notices(&d));
+    assert_eq!(refused[0].1.type_.as_str(), "Warning");
+    assert!(refused[0].1.note.contains("maxClusters is 2"), "{}", refused[0].1.note);
+    server.apply(&d.actions);
+    let again = decide(&server.world, at(NOW), MINUTE);
+    assert!(again.notices.iter().all(|(_, n)| n.reason != "SliceRefused"), "once: {:?}", notices(&again));
+
+    // A heartbeat going stale: unhealthy once; fresh again: healthy once.
+    let mut server = started(vec![slice("blue", &["c1"])], &["c1"], true);
+    server.world.clusters[0].status.as_mut().unwrap().last_heartbeat = Some(at(NOW - 61).to_string());
+    let d = decide(&server.world, at(NOW), MINUTE);
+    assert_eq!(notices(&d), [("ClusterUnhealthy", "Warning", "MemberCluster/c1".into(), d.actions.len() - 1)]);
+    server.apply(&d.actions);
+    assert_eq!(notices(&decide(&server.world, at(NOW + 5), MINUTE)), []);
+    server.world.clusters[0].status.as_mut().unwrap().last_heartbeat = Some(at(NOW).to_string());
+    let d = decide(&server.world, at(NOW), MINUTE);
+    assert_eq!(notices(&d), [("ClusterHealthy", "Normal", "MemberCluster/c1".into(), d.actions.len() - 1)]);
+
+    // The workers report ready: the slice is ready, once; one stops: not ready, a warning.
+    let mut server = started(vec![slice("blue", &["c1"])], &["c1"], true);
+    let ready = |ok: bool| WorkerSliceStatus {
+        conditions: vec![Condition::new("Ready", ok, if ok { "Ready" } else { "TunnelsDown" }, "")],
+        ..WorkerSliceStatus::default()
+    };
+    server.world.workers[0].status = Some(ready(true));
+    let d = decide(&server.world, at(NOW), MINUTE);
+    assert_eq!(notices(&d), [("SliceReady", "Normal", "SliceConfig/blue".into(), d.actions.len() - 1)]);
+    server.apply(&d.actions);
+    assert_eq!(notices(&decide(&server.world, at(NOW), MINUTE)), []);
+    server.world.workers[0].status = Some(ready(false));
+    let d = decide(&server.world, at(NOW), MINUTE);
+    assert_eq!(notices(&d), [("SliceNotReady", "Warning", "SliceConfig/blue".into(), d.actions.len() - 1)]);
+}
+
+#[test]
+fn failed_actions_are_warnings_about_the_object_they_are_for() {
+    let mut w = world(&["c1"]);
+    w.slices.push(slice("blue", &["c1"]));
+    w.slices[0].metadata.uid = Some("uid-blue".into());
+    let d = decide(&w, at(NOW), MINUTE);
+    let create = d.actions.iter().find(|a| matches!(a, Action::CreateWorkerSlice(_))).expect("a create");
+    let error = super::super::Error::NamespaceTerminating("slicenet-cluster-c1".into());
+    let n = failure_notice(create, &w, &error);
+    assert_eq!((n.reason, n.type_.as_str()), ("NamespaceTerminating", "Warning"));
+    assert_eq!(n.regarding.uid.as_deref(), Some("uid-blue"), "a WorkerSlice not created: its SliceConfig");
+    let ensure = d.actions.iter().find(|a| matches!(a, Action::EnsureNamespace { .. })).expect("a namespace");
+    assert_eq!(action_subject(ensure, &w).kind.as_deref(), Some("MemberCluster"));
+}
