@@ -151,6 +151,19 @@ pub struct NodeAgentArgs {
     pub health_addr: Option<SocketAddr>,
 }
 
+/// Parses `args` (the program name first, as in `argv`) without exiting: what other crates'
+/// tests use to check the arguments they print into manifests.
+///
+/// # Errors
+/// clap's error, which displays as clap would print it.
+pub fn try_parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(args)
+}
+
 fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
 }
@@ -237,7 +250,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("slice-operator").chain(args.iter().copied()))
+        try_parse(std::iter::once("slice-operator").chain(args.iter().copied()))
     }
 
     #[test]

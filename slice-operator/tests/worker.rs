@@ -1013,3 +1013,20 @@ async fn a_replica_that_stops_leading_mid_pass_makes_no_further_write() {
     drop(worker);
     server.await.expect("the fake server ends");
 }
+
+#[tokio::test]
+async fn a_cluster_without_the_nad_crd_is_fine_without_multus_only() {
+    // No NetworkAttachmentDefinition CRD: listing NADs answers 404.
+    let api = fixture();
+    api.fail(Side::Cluster, "GET", NADS, 0, 404);
+    let (result, _) = pass(&api).await;
+    assert_eq!(result.expect("no CRD, no Multus: nothing to delete"), create_writes().len());
+
+    let api = fixture();
+    api.edit(Side::Hub, "/apis/slicenet.io/v1alpha1/memberclusters/c2", |mc| mc["spec"]["multus"] = json!(true));
+    api.fail(Side::Cluster, "GET", NADS, 0, 404);
+    let (result, requests) = pass(&api).await;
+    let err = result.expect_err("Multus asked for, but no CRD");
+    assert!(err.to_string().contains("NetworkAttachmentDefinitions"), "{err}");
+    assert!(requests.iter().all(|r| !r.is_write()));
+}

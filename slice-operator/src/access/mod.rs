@@ -1,6 +1,7 @@
-//! The Kubernetes API requests each controller makes, as [`Access`] lists. The controllers'
-//! mock-API tests check every request they make against these lists, and `slicectl install`
-//! builds the RBAC rules from them, so RBAC grants what the requests need and nothing else.
+//! The Kubernetes API requests each controller makes, as [`Access`](slice_api::rbac::Access)
+//! lists. The controllers' mock-API tests check every request they make against these lists,
+//! and `slicectl install` builds the RBAC rules from them, so RBAC grants what the requests need
+//! and nothing else.
 //! Edit a list together with the code that makes the request.
 
 mod hub;

@@ -16,9 +16,11 @@
 //! false by itself when the renew deadline passes, even if the campaign is stuck), so no write
 //! leaves a replica that is not sure it leads.
 //!
-//! kube-rs 5 (kube-runtime, kube-client) has no leader election; third-party crates exist, but
-//! the rules that matter here (expiry from local observation, a renew deadline shorter than the
-//! lease, conditional writes, stop-on-loss) fit in this module and are tested with injected time.
+//! kube-rs 5 (kube-runtime, kube-client) has no leader election. The third-party crates follow
+//! older kube releases, and `kube-leader-election` decides expiry from the record's timestamps
+//! (so clock skew between nodes matters) and has no fencing. The rules that matter here (expiry
+//! from local observation, a renew deadline shorter than the lease, conditional writes, stop on
+//! loss) fit in this module and are tested with injected time.
 
 pub mod elector;
 
@@ -334,7 +336,11 @@ pub async fn campaign(client: Client, election: Election, leadership: Leadership
             Ok(outcome) => outcome,
             Err(_) => match candidate.elector.failed(Instant::now()) {
                 Some(loss) => Ok(Step::Lost(loss)),
-                None => Ok(Step::Standby { holder: standby_of.clone().unwrap_or_default(), expires_in: limit }),
+                None => {
+                    tracing::warn!(lease = %election.name, timeout = ?limit, "lease request timed out; retrying");
+                    tokio::time::sleep(candidate.elector.next_wait(Instant::now())).await;
+                    continue;
+                }
             },
         };
         match outcome {

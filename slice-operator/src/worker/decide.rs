@@ -892,4 +892,56 @@ mod tests {
         assert_eq!(connected_pods(&pods, "red", &members), 1);
         assert_eq!(connected_pods(&pods, "blue", &[]), 0);
     }
+
+    fn peer(cluster: &str) -> slice_api::crd::WorkerPeer {
+        serde_json::from_value(json!({"cluster": cluster, "prefix": "10.80.0.0/20"})).unwrap()
+    }
+
+    fn tunnel(cluster: &str, state: &str, reason: &str) -> slice_api::crd::PeerTunnelStatus {
+        serde_json::from_value(json!({"cluster": cluster, "state": state, "reason": reason})).unwrap()
+    }
+
+    #[test]
+    fn ready_needs_every_peer_tunnel_up() {
+        let spec = [peer("c1"), peer("c3")];
+        assert_eq!(tunnels_down(&[], &[]), None, "no peers: nothing to wait for");
+        assert_eq!(tunnels_down(&spec, &[tunnel("c1", "Up", ""), tunnel("c3", "Up", "")]), None);
+        assert_eq!(
+            tunnels_down(&spec, &[tunnel("c1", "Up", ""), tunnel("c3", "Down", "no handshake for 200 s")]).as_deref(),
+            Some("tunnels not up: c3 (Down)"),
+            "the state, not the ageing reason: the message must not change with the clock"
+        );
+        assert_eq!(
+            tunnels_down(&spec, &[tunnel("c1", "Up", "")]).as_deref(),
+            Some("tunnels not up: c3 (Pending)"),
+            "a peer without a reported state is not up"
+        );
+    }
+
+    #[test]
+    fn status_notices_follow_flips_only() {
+        let mut ws: WorkerSlice = serde_json::from_value(json!({
+            "metadata": {"name": "blue", "namespace": "slicenet-cluster-c2", "uid": "u"},
+            "spec": {"slice": "blue", "cluster": "c2", "sliceSubnet": "10.80.0.0/16", "clusterPrefix": "10.80.16.0/20",
+                     "nodePrefixLength": 26, "vni": 100, "namespaces": [], "peers": []},
+        }))
+        .unwrap();
+        let status = |ready: bool, reason: &str, peers: Vec<slice_api::crd::PeerTunnelStatus>| WorkerSliceStatus {
+            conditions: vec![Condition::new("Ready", ready, reason, "m")],
+            peers,
+            ..WorkerSliceStatus::default()
+        };
+        let reasons = |n: Vec<Notice>| n.into_iter().map(|n| (n.reason, n.type_.as_str())).collect::<Vec<_>>();
+        let pending = status(false, "GatewayPending", vec![tunnel("c1", "Pending", "")]);
+        assert_eq!(reasons(status_notices(&ws, &pending)), [("WorkerSliceNotReady", "Normal")]);
+        ws.status = Some(pending.clone());
+        assert_eq!(reasons(status_notices(&ws, &pending)), [], "nothing changed");
+        let up = status(true, "Ready", vec![tunnel("c1", "Up", "")]);
+        assert_eq!(reasons(status_notices(&ws, &up)), [("WorkerSliceReady", "Normal"), ("TunnelUp", "Normal")]);
+        ws.status = Some(up);
+        let down = status(false, TUNNELS_DOWN, vec![tunnel("c1", "Down", "no handshake for 181 s")]);
+        let notices = status_notices(&ws, &down);
+        assert_eq!(notices[1].note, "tunnel to cluster c1 is Down: no handshake for over 180 s");
+        assert_eq!(reasons(notices), [("WorkerSliceNotReady", "Warning"), ("TunnelDown", "Warning")]);
+    }
 }

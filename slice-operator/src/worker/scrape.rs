@@ -102,6 +102,10 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
+    /// The scrape timeout where a local server answers: long, so a loaded machine never trips
+    /// it (only the silent server's test wants a timeout, and waits for it).
+    const ANSWERS: Duration = Duration::from_secs(60);
+
     fn ok(body: &str) -> String {
         format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -157,7 +161,7 @@ mod tests {
             ..Default::default()
         });
         let (addr, server) = serve_once(ok(&body)).await;
-        assert_eq!(fetch_metrics(addr, TIMEOUT).await.unwrap(), body);
+        assert_eq!(fetch_metrics(addr, ANSWERS).await.unwrap(), body);
         let request = server.await.unwrap();
         assert!(request.starts_with(&format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n")), "{request}");
         assert!(request.contains("Connection: close\r\n"), "{request}");
@@ -169,7 +173,7 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             l.local_addr().unwrap()
         };
-        let err = fetch_metrics(closed, TIMEOUT).await.unwrap_err();
+        let err = fetch_metrics(closed, ANSWERS).await.unwrap_err();
         assert!(matches!(err, ScrapeError::Connect { .. }), "{err:?}");
         // What the peers' reason shows (the worker tests' fake refuses with the same words).
         let reason = crate::node_agent::chain(&err);
@@ -182,7 +186,7 @@ mod tests {
         drop(silent);
 
         let (addr, server) = serve_once("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into()).await;
-        assert!(matches!(fetch_metrics(addr, TIMEOUT).await, Err(ScrapeError::Status(404))));
+        assert!(matches!(fetch_metrics(addr, ANSWERS).await, Err(ScrapeError::Status(404))));
         server.await.unwrap();
     }
 }
