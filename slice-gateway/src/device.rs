@@ -49,7 +49,7 @@ use crate::udp::{self, RawAddr, RecvBatch};
 /// Doubled because each handshake is counted twice: once by our peer lookup and once inside
 /// `Tunn::decapsulate` (boringtun keeps `handle_verified_packet` crate-private, so an external
 /// I/O loop cannot skip the second verification).
-const HANDSHAKE_RATE_LIMIT: u64 = 2 * 100;
+pub const DEFAULT_HANDSHAKE_RATE_LIMIT: u64 = 2 * 100;
 /// How often `update_timers` runs for every peer.
 pub const TIMER_TICK: Duration = Duration::from_millis(100);
 /// Largest UDP datagram / TUN packet we handle.
@@ -212,6 +212,9 @@ pub struct Gateway {
     shutdown: AtomicBool,
     /// The TUN MTU: TCP SYNs crossing the tunnel get their MSS clamped to fit it.
     mtu: AtomicU32,
+    /// Handshake messages per second before the gateway answers with cookies (counted twice
+    /// per handshake, see `DEFAULT_HANDSHAKE_RATE_LIMIT`); applies to the next identity.
+    handshake_rate_limit: std::sync::atomic::AtomicU64,
     /// `UDP_SEGMENT` works on the current socket (cleared after a failed GSO send).
     gso: AtomicBool,
     /// Buffers of the TUN → UDP path; whoever holds it reads TUN.
@@ -360,6 +363,7 @@ impl Gateway {
             on_change: Mutex::new(None),
             shutdown: AtomicBool::new(false),
             mtu: AtomicU32::new(1420),
+            handshake_rate_limit: std::sync::atomic::AtomicU64::new(DEFAULT_HANDSHAKE_RATE_LIMIT),
             gso: AtomicBool::new(std::env::var_os("SLICE_GATEWAY_NO_GSO").is_none()),
             tx: Mutex::new(TxState {
                 buf: vec![0u8; VNET_HDR_LEN + MAX_PACKET],
@@ -381,6 +385,13 @@ impl Gateway {
                 },
             }),
         }))
+    }
+
+    /// Sets how many handshake messages per second pass before the gateway answers with cookies
+    /// (0: every handshake must first prove its address with a cookie). Call before the first
+    /// configuration: it applies when the private key is set.
+    pub fn set_handshake_rate_limit(&self, limit: u64) {
+        self.handshake_rate_limit.store(limit, Ordering::Relaxed);
     }
 
     /// Sets the MTU that MSS clamping fits TCP to (the TUN device's MTU).
@@ -888,7 +899,8 @@ impl Gateway {
                 state.identity = (!key.is_zero()).then(|| {
                     let secret = StaticSecret::from(key.0);
                     let public = PublicKey::from(&secret);
-                    let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+                    let limit = self.handshake_rate_limit.load(Ordering::Relaxed);
+                    let rate_limiter = Arc::new(RateLimiter::new(&public, limit));
                     Identity { key, secret, public, rate_limiter }
                 });
                 // A peer with our own public key is meaningless (wg drops it too).

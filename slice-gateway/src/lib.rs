@@ -32,6 +32,8 @@ pub struct Options {
     pub addresses: Vec<IpNet>,
     /// Route every peer's AllowedIPs into the TUN device (as wg-quick does), following changes.
     pub routes: bool,
+    /// Handshake messages per second before cookies are required ([`device::DEFAULT_HANDSHAKE_RATE_LIMIT`]).
+    pub handshake_rate_limit: u64,
 }
 
 /// How often the configuration file is checked for changes.
@@ -86,6 +88,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     }
     let gw = device::Gateway::new(tun).context("binding the UDP socket")?;
     gw.set_mtu(opts.mtu);
+    gw.set_handshake_rate_limit(opts.handshake_rate_limit);
     if opts.routes {
         gw.set_on_change(route_hook(&opts.interface));
     }

@@ -33,6 +33,11 @@ struct Cli {
     /// whenever it changes either way.
     #[arg(long)]
     routes: bool,
+    /// Handshake messages per second (a handshake counts twice) before the gateway answers
+    /// initiations with cookies, so that only peers that prove their address cost a
+    /// Diffie-Hellman; 0 requires a cookie for every handshake.
+    #[arg(long, env = "SLICE_GATEWAY_HANDSHAKE_RATE_LIMIT", default_value_t = slice_gateway::device::DEFAULT_HANDSHAKE_RATE_LIMIT)]
+    handshake_rate_limit: u64,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
         mtu: cli.mtu,
         addresses: cli.addresses,
         routes: cli.routes,
+        handshake_rate_limit: cli.handshake_rate_limit,
     };
     match slice_gateway::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
