@@ -122,7 +122,23 @@ fn configure(
         .map_err(sys)?
         .ok_or_else(|| CniError::new(code::IO, format!("{ifname} vanished from the pod namespace")))?;
     router.set_up(host).map_err(sys)?;
-    router.replace_route(&router_route(host, ip)).map_err(sys)?;
+    // Added, never replaced: a /32 that already exists leads to another pod, whose traffic
+    // must not move to this one.
+    router.add_route(&router_route(host, ip)).map_err(|e| {
+        if e.is_exists() {
+            CniError::new(
+                code::ADDRESS_IN_USE,
+                format!(
+                    "address {ip} of slice {} is already routed to another pod in router namespace {}; \
+                     refusing to take it over",
+                    state.slice,
+                    state.router_netns.display()
+                ),
+            )
+        } else {
+            sys(e)
+        }
+    })?;
     Ok(Attached { mac: link.mac.unwrap_or_default(), mtu: link.mtu })
 }
 

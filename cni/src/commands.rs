@@ -185,6 +185,15 @@ fn del(conf: &NetConf, env: &Env, log: &Log) -> Result<()> {
     let key = key(conf, env)?;
     let allocations = Store::new(conf.ipam_dir()).find(&key)?;
     remove(conf, &allocations)?;
+    if allocations.is_empty()
+        && let Some(slice) = &conf.slice
+    {
+        // A delegate names its slice: its host end goes even when the IPAM store has lost the
+        // record (the name comes from the key alone), so no veth outlives its pod.
+        if let Ok(Some(state)) = NodeState::load(&conf.state_dir(), slice) {
+            attach::detach(&state, &key)?;
+        }
+    }
     forget_network_status(conf, &key.container_id, log);
     for a in &allocations {
         log.info(&format!("DEL {}: released {} {} on slice {}", key.container_id, key.ifname, a.ip, a.slice));

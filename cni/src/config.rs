@@ -1,7 +1,8 @@
 //! The network configuration slice-cni reads on stdin: the standard keys, ours (`slice`,
 //! `sliceInterface`, `stateDir`, `ipamDir`, `statusDir`, `logFile`), the runtime's `runtimeConfig`
 //! and, when chained, the previous plugin's result, kept as raw JSON so nothing of it is lost or
-//! reordered.
+//! reordered. The path keys count only in the node's own conflist (chained mode); a Multus
+//! delegate config (a NAD) cannot set them: [`NodePaths`] from the environment or the defaults.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,6 +49,57 @@ pub struct NetConf {
     /// GC: the attachments the runtime still uses.
     #[serde(rename = "cni.dev/valid-attachments", default)]
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// Path keys a delegate config named and [`NetConf::with_node_paths`] ignored.
+    #[serde(skip)]
+    pub ignored_path_keys: Vec<&'static str>,
+}
+
+/// The node's own settings for the paths slice-cni uses, from the plugin's environment: the
+/// container runtime's (or the Multus daemon's) environment, which only the node's
+/// administrator sets. A delegate config is a NetworkAttachmentDefinition that namespace users
+/// write, so in delegate mode these and the defaults are the only paths used
+/// (`docs/security.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodePaths {
+    /// `SLICENET_STATE_DIR`.
+    pub state_dir: Option<PathBuf>,
+    /// `SLICENET_IPAM_DIR`.
+    pub ipam_dir: Option<PathBuf>,
+    /// `SLICENET_STATUS_DIR`.
+    pub status_dir: Option<PathBuf>,
+    /// `SLICENET_CNI_LOG_FILE`.
+    pub log_file: Option<PathBuf>,
+}
+
+/// The environment variables of [`NodePaths`], in field order.
+pub const NODE_PATH_VARS: [&str; 4] =
+    ["SLICENET_STATE_DIR", "SLICENET_IPAM_DIR", "SLICENET_STATUS_DIR", "SLICENET_CNI_LOG_FILE"];
+
+/// The config keys of the same paths, in the same order.
+pub const PATH_KEYS: [&str; 4] = ["stateDir", "ipamDir", "statusDir", "logFile"];
+
+impl NodePaths {
+    /// Reads the node's paths from a lookup function (the process environment in `main`);
+    /// unset or empty variables are `None`.
+    ///
+    /// # Errors
+    /// Code 4 for a path that is not absolute.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let read = |var: &str| -> Result<Option<PathBuf>> {
+            match get(var).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) if v.starts_with('/') => Ok(Some(PathBuf::from(v))),
+                Some(v) => Err(CniError::new(code::INVALID_ENV, format!("{var} must be an absolute path, not {v:?}"))),
+            }
+        };
+        let [state_dir, ipam_dir, status_dir, log_file] = NODE_PATH_VARS;
+        Ok(Self {
+            state_dir: read(state_dir)?,
+            ipam_dir: read(ipam_dir)?,
+            status_dir: read(status_dir)?,
+            log_file: read(log_file)?,
+        })
+    }
 }
 
 /// What the runtime passes for declared capabilities.
@@ -89,6 +141,35 @@ impl NetConf {
             return Err(CniError::new(code::INVALID_CONFIG, "prevResult must be a JSON object"));
         }
         Ok(conf)
+    }
+
+    /// Settles where the paths come from. Chained, the config is the node's own conflist: its
+    /// path keys win over `node`'s. As a Multus delegate the config is a NAD that a namespace
+    /// user may write, so its path keys are dropped (and listed in `ignored_path_keys`): a NAD
+    /// must never choose which node state grants membership, which IPAM store hands out
+    /// addresses, or which file root appends to.
+    #[must_use]
+    pub fn with_node_paths(mut self, node: &NodePaths) -> Self {
+        if self.standalone() {
+            let given = [&mut self.state_dir, &mut self.ipam_dir, &mut self.status_dir, &mut self.log_file];
+            for (key, field) in PATH_KEYS.into_iter().zip(given) {
+                if field.take().is_some() {
+                    self.ignored_path_keys.push(key);
+                }
+            }
+        }
+        let NodePaths { state_dir, ipam_dir, status_dir, log_file } = node;
+        for (field, node) in [
+            (&mut self.state_dir, state_dir),
+            (&mut self.ipam_dir, ipam_dir),
+            (&mut self.status_dir, status_dir),
+            (&mut self.log_file, log_file),
+        ] {
+            if field.is_none() {
+                field.clone_from(node);
+            }
+        }
+        self
     }
 
     /// Node-state dir (config `stateDir`, default `/run/slicenet`).
@@ -142,6 +223,35 @@ mod tests {
         assert_eq!(conf.status_dir(), PathBuf::from("/lab/n1/network-status"));
         let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","statusDir":"/s"}"#).unwrap();
         assert_eq!(conf.status_dir(), PathBuf::from("/s"));
+    }
+
+    #[test]
+    fn a_delegate_config_never_chooses_a_path() {
+        let node = NodePaths::from_lookup(|k| match k {
+            "SLICENET_STATE_DIR" => Some("/lab/n1/state".into()),
+            "SLICENET_CNI_LOG_FILE" => Some("/lab/n1/cni.log".into()),
+            _ => None,
+        })
+        .unwrap();
+        let nad = br#"{"cniVersion":"1.0.0","name":"x","type":"slice-cni","slice":"blue",
+            "stateDir":"/tmp/evil","ipamDir":"/tmp/fresh","statusDir":"/etc","logFile":"/etc/passwd"}"#;
+        let conf = NetConf::parse(nad).unwrap().with_node_paths(&node);
+        assert_eq!(conf.ignored_path_keys, PATH_KEYS);
+        assert_eq!(conf.state_dir(), PathBuf::from("/lab/n1/state"));
+        assert_eq!(conf.ipam_dir(), PathBuf::from(names::DEFAULT_IPAM_DIR));
+        assert_eq!(conf.status_dir(), PathBuf::from(names::DEFAULT_STATUS_DIR));
+        assert_eq!(conf.log_file, Some(PathBuf::from("/lab/n1/cni.log")));
+
+        // Chained, the conflist is the node's: its keys win, the environment fills the rest.
+        let conflist = br#"{"cniVersion":"1.0.0","name":"x","type":"slice-cni","ipamDir":"/lab/n1/ipam"}"#;
+        let conf = NetConf::parse(conflist).unwrap().with_node_paths(&node);
+        assert!(conf.ignored_path_keys.is_empty());
+        assert_eq!(conf.state_dir(), PathBuf::from("/lab/n1/state"));
+        assert_eq!(conf.ipam_dir(), PathBuf::from("/lab/n1/ipam"));
+
+        let e = NodePaths::from_lookup(|k| (k == "SLICENET_IPAM_DIR").then(|| "relative/ipam".into())).unwrap_err();
+        assert_eq!(e.code, code::INVALID_ENV);
+        assert!(e.msg.contains("SLICENET_IPAM_DIR"), "{e}");
     }
 
     #[test]

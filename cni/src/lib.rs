@@ -46,7 +46,8 @@ fn invoke_inner(
     stdin: &mut dyn Read,
     version_hint: &mut String,
 ) -> spec::Result<Option<Value>> {
-    let env = Env::from_lookup(get)?;
+    let env = Env::from_lookup(&get)?;
+    let node_paths = config::NodePaths::from_lookup(&get)?;
     let command = Command::parse(env.command.as_deref().ok_or_else(|| {
         CniError::new(code::INVALID_ENV, "CNI_COMMAND is not set; this is a CNI plugin, run by a container runtime")
     })?)?;
@@ -62,11 +63,19 @@ fn invoke_inner(
             .unwrap_or_else(|| LATEST_VERSION.to_string());
         return Ok(Some(commands::version(&asked)));
     }
-    let conf = config::NetConf::parse(&input)?;
+    let conf = config::NetConf::parse(&input)?.with_node_paths(&node_paths);
     if spec::SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
         version_hint.clone_from(&conf.cni_version);
     }
     let log = log::Log::new(conf.log_file.clone());
+    if !conf.ignored_path_keys.is_empty() {
+        log.info(&format!(
+            "{command:?} {}: ignored {} of delegate config {:?}: paths come only from the node",
+            env.container_id.as_deref().unwrap_or("-"),
+            conf.ignored_path_keys.join(", "),
+            conf.name
+        ));
+    }
     let outcome = commands::run(command, &conf, &env, &log);
     if let Err(e) = &outcome {
         log.info(&format!("{command:?} {} failed: {e}", env.container_id.as_deref().unwrap_or("-")));

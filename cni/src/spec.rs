@@ -39,6 +39,9 @@ pub mod code {
     pub const CHECK_FAILED: u32 = 102;
     /// The pod's namespace is claimed by more than one slice on this node.
     pub const AMBIGUOUS_SLICE: u32 = 103;
+    /// The address chosen for the pod is routed to another interface in the router namespace:
+    /// another pod holds it (an IPAM store lost or tampered with), and it is not taken over.
+    pub const ADDRESS_IN_USE: u32 = 104;
 }
 
 /// A CNI error: printed as JSON on stdout, exit status 1.

@@ -135,11 +135,14 @@ struct Call<'a> {
     netns: &'a str,
     ifname: &'a str,
     namespace: &'a str,
+    /// The node's own paths, as its runtime's environment gives them (`SLICENET_STATE_DIR`
+    /// and `SLICENET_IPAM_DIR` under this dir): the only paths a delegate config gets.
+    node: Option<&'a Path>,
 }
 
 impl<'a> Call<'a> {
     fn add(container: &'a str, netns: &'a str) -> Self {
-        Self { command: "ADD", container, netns, ifname: "eth0", namespace: "shop" }
+        Self { command: "ADD", container, netns, ifname: "eth0", namespace: "shop", node: None }
     }
 }
 
@@ -149,8 +152,12 @@ fn invoke(call: &Call<'_>, conf: &Value) -> (bool, Value, String) {
 }
 
 fn invoke_raw(call: &Call<'_>, stdin: &[u8]) -> (bool, Value, String) {
-    let mut child = Command::new(PLUGIN)
-        .env_clear()
+    let mut command = Command::new(PLUGIN);
+    command.env_clear();
+    if let Some(node) = call.node {
+        command.env("SLICENET_STATE_DIR", node.join("state")).env("SLICENET_IPAM_DIR", node.join("ipam"));
+    }
+    let mut child = command
         .env("CNI_COMMAND", call.command)
         .env("CNI_CONTAINERID", call.container)
         .env("CNI_NETNS", call.netns)
@@ -265,7 +272,7 @@ fn standalone_delegate_and_old_versions() {
     let mut conf = f.conf("0.4.0");
     conf.as_object_mut().unwrap().remove("prevResult");
     conf["slice"] = json!("blue");
-    let call = Call { ifname: "net1", ..Call::add("c1", &pod) };
+    let call = Call { ifname: "net1", node: Some(f.dir.path()), ..Call::add("c1", &pod) };
     let (ok, out, err) = invoke(&call, &conf);
     assert!(ok, "{out} {err}");
     assert_eq!(out["interfaces"], json!([{"name": "net1", "mac": out["interfaces"][0]["mac"], "sandbox": pod}]));
@@ -286,8 +293,9 @@ fn bad_inputs_get_their_code_and_leak_nothing() {
     green["slice"] = json!("green");
     let mut annotated_green = conf.clone();
     annotated_green["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": {"slicenet.io/slice": "green"}});
+    // A node whose state dir is empty: the delegate's own `stateDir` (the real one) is ignored.
+    let nowhere = f.dir.path().join("nothing-here");
     let mut no_state = conf.clone();
-    no_state["stateDir"] = json!(f.dir.path().join("nothing-here"));
     no_state["slice"] = json!("blue");
     let mut old = conf.clone();
     old["cniVersion"] = json!("0.3.1");
@@ -303,8 +311,20 @@ fn bad_inputs_get_their_code_and_leak_nothing() {
         ("missing container id", Call::add("", &pod), conf.to_string().into(), 4, "CNI_CONTAINERID"),
         ("bad container id", Call::add("x/y", &pod), conf.to_string().into(), 4, "CNI_CONTAINERID"),
         ("unknown command", Call { command: "FROB", ..Call::add("c1", &pod) }, conf.to_string().into(), 4, "FROB"),
-        ("no node state", Call::add("c1", &pod), no_state.to_string().into(), 11, "slice blue is not ready"),
-        ("unknown slice (delegate)", Call::add("c1", &pod), green.to_string().into(), 11, "slice green"),
+        (
+            "no node state",
+            Call { node: Some(&nowhere), ..Call::add("c1", &pod) },
+            no_state.to_string().into(),
+            11,
+            "slice blue is not ready",
+        ),
+        (
+            "unknown slice (delegate)",
+            Call { node: Some(f.dir.path()), ..Call::add("c1", &pod) },
+            green.to_string().into(),
+            11,
+            "slice green",
+        ),
         ("unknown slice (annotation)", Call::add("c1", &pod), annotated_green.to_string().into(), 11, "slice green"),
         (
             "netns does not exist",
@@ -315,7 +335,7 @@ fn bad_inputs_get_their_code_and_leak_nothing() {
         ),
         (
             "not a member (delegate)",
-            Call { namespace: "bank", ..Call::add("c1", &pod) },
+            Call { namespace: "bank", node: Some(f.dir.path()), ..Call::add("c1", &pod) },
             {
                 let mut c = conf.clone();
                 c["slice"] = json!("blue");
@@ -436,9 +456,10 @@ fn chained_mode_records_network_status() {
     let mut delegate = conf.clone();
     delegate["slice"] = json!("blue");
     delegate.as_object_mut().unwrap().remove("prevResult");
-    assert!(invoke(&Call { ifname: "net1", ..Call::add("c3", &other) }, &delegate).0);
+    let as_delegate = Call { ifname: "net1", node: Some(f.dir.path()), ..Call::add("c3", &other) };
+    assert!(invoke(&as_delegate, &delegate).0);
     assert_eq!(record("c3"), None);
-    assert!(invoke(&Call { command: "DEL", ifname: "net1", ..Call::add("c3", &other) }, &delegate).0);
+    assert!(invoke(&Call { command: "DEL", ..as_delegate }, &delegate).0);
 
     // GC of this network removes the records of containers that are gone, not another network's.
     let third = f.pod();
@@ -537,4 +558,65 @@ fn plugin_killed_in_the_middle_of_add_leaves_nothing_del_or_gc_cannot_clean() {
         assert!(Netlink::in_netns(&ns).unwrap().link("slice0").unwrap().is_none());
     }
     assert!(interrupted > 5, "only {interrupted} of 40 ADDs were interrupted: the test did not test much");
+}
+
+/// Issue 20, high 2: a NAD (the delegate config) is written by namespace users. Its path keys
+/// must not choose the node state that grants membership, the IPAM store, or a file root
+/// appends to; and an address another pod holds is never taken over, even when the IPAM store
+/// has lost it.
+#[test]
+fn a_delegate_config_chooses_no_path_and_takes_no_address() {
+    let mut f = Fixture::new("10.80.0.0/30"); // exactly one pod address
+    // The attacker's own node state: slice blue, the same router namespace, its namespace a member.
+    let evil = f.dir.path().join("evil");
+    let forged = NodeState { namespaces: vec!["evil".into()], ..f.state.clone() };
+    forged.store(&evil.join("state")).unwrap();
+    let nad = json!({
+        "cniVersion": "1.0.0", "name": "slice-blue", "type": "slice-cni", "slice": "blue",
+        "stateDir": evil.join("state"), "ipamDir": evil.join("ipam"), "statusDir": evil.join("status"),
+        "logFile": evil.join("owned.log"),
+    });
+    let intruder = f.pod();
+    let call = Call { ifname: "net1", namespace: "evil", node: Some(f.dir.path()), ..Call::add("x1", &intruder) };
+    let (ok, out, _) = invoke(&call, &nad);
+    assert!(!ok, "a non-member namespace joined the slice through its NAD's stateDir: {out}");
+    assert_eq!(out["code"], 101, "{out}");
+    f.assert_clean();
+    for made in ["ipam", "status", "owned.log"] {
+        assert!(!evil.join(made).exists(), "the NAD's path {made} was used");
+    }
+
+    // A member pod through the same NAD: the node's IPAM store, not the NAD's fresh one.
+    let member = f.pod();
+    let second = f.pod();
+    let node = f.dir.path().to_owned();
+    let as_member = Call { ifname: "net1", node: Some(&node), ..Call::add("m1", &member) };
+    let (ok, first, err) = invoke(&as_member, &nad);
+    assert!(ok, "{first} {err}");
+    let held = slice_ip(&first);
+    assert_eq!(f.allocations(), vec![held.to_string()]);
+    assert!(!evil.join("ipam").exists());
+    let route_to_held = |f: &Fixture| -> Vec<Option<String>> {
+        let ns = Netns::open(&f.router).unwrap();
+        let routes = Netlink::in_netns(&ns).unwrap().routes(false).unwrap();
+        routes.into_iter().filter(|r| r.dst.to_string() == format!("{held}/32")).map(|r| r.dev).collect()
+    };
+    let before = route_to_held(&f);
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    // The IPAM store loses the record (wiped or tampered with): the next pod is offered the same
+    // address, and ADD must refuse it rather than move the member's route to itself.
+    std::fs::remove_file(f.ipam_dir().join("blue").join(held.to_string())).unwrap();
+    let (ok, out, _) = invoke(&Call { container: "m2", netns: &second, ..as_member }, &nad);
+    assert!(!ok, "{out}");
+    assert_eq!(out["code"], 104, "{out}");
+    assert!(out["msg"].as_str().unwrap().contains(&held.to_string()), "{out}");
+    assert_eq!(route_to_held(&f), before, "the member's route moved");
+    assert_eq!(f.router_links().len(), 1, "the refused ADD left a host end");
+    assert!(f.allocations().is_empty(), "the refused ADD kept its address");
+    let ns = Netns::open(Path::new(&second)).unwrap();
+    assert!(Netlink::in_netns(&ns).unwrap().link("net1").unwrap().is_none());
+
+    assert!(invoke(&Call { command: "DEL", ..as_member }, &nad).0);
+    f.assert_clean();
 }

@@ -651,6 +651,15 @@ impl Netlink {
         s
     }
 
+    /// Adds a route that must not exist yet: a route to the same destination (in the same
+    /// table, with the same metric) fails with `EEXIST` instead of being taken over.
+    pub fn add_route(&mut self, route: &Route) -> Result<()> {
+        let msg = self.route_message(route, false)?;
+        self.ack(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL, || {
+            format!("adding {}", Self::describe_route(route))
+        })
+    }
+
     /// Adds or replaces a route.
     pub fn replace_route(&mut self, route: &Route) -> Result<()> {
         let msg = self.route_message(route, false)?;

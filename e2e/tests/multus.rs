@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use e2e::{Lab, LabOptions, LabSlice, Node, Pod, PodSpec};
 use serde_json::{Value, json};
-use slice_api::multus::{DelegateOptions, NetworkAttachmentDefinition, nad_name};
+use slice_api::multus::{NetworkAttachmentDefinition, nad_name};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -25,15 +25,11 @@ fn blue() -> LabSlice {
     LabSlice::new("blue", 100, "10.80.0.0/16", &["shop"])
 }
 
-/// The delegate config exactly as Multus gets it: the NAD as the worker builds it for this
-/// node's paths, through JSON (as stored by the API server), `spec.config` parsed.
-fn delegate_config(node: &Node, namespace: &str) -> Value {
-    let options = DelegateOptions {
-        state_dir: Some(node.state_dir()),
-        ipam_dir: Some(node.ipam_dir()),
-        log_file: Some(node.dir().join("slice-cni-delegate.log")),
-    };
-    let nad = NetworkAttachmentDefinition::for_slice("blue", namespace, &options);
+/// The delegate config exactly as Multus gets it: the NAD as the worker builds it, through JSON
+/// (as stored by the API server), `spec.config` parsed. It names no path: the node's come from
+/// the environment ([`delegate`]).
+fn delegate_config(namespace: &str) -> Value {
+    let nad = NetworkAttachmentDefinition::for_slice("blue", namespace);
     let stored = serde_json::to_string(&nad).unwrap();
     let fetched: NetworkAttachmentDefinition = serde_json::from_str(&stored).unwrap();
     assert_eq!(fetched.metadata.name, nad_name("blue"));
@@ -41,6 +37,9 @@ fn delegate_config(node: &Node, namespace: &str) -> Value {
     let config = fetched.delegate_config().expect("spec.config is JSON");
     assert_eq!(config["type"], "slice-cni");
     assert_eq!(config["slice"], "blue");
+    for key in ["stateDir", "ipamDir", "statusDir", "logFile"] {
+        assert!(config.get(key).is_none(), "the NAD names {key}: {config}");
+    }
     config
 }
 
@@ -62,7 +61,15 @@ fn cni_args(pod: &Pod, rotation: usize) -> String {
 }
 
 /// Runs `slice-cni` as Multus runs a delegate; returns (success, stdout JSON or Null).
-fn delegate(command: &str, pod: &Pod, netns: &str, ifname: &str, config: &Value, rotation: usize) -> (bool, Value) {
+fn delegate(
+    node: &Node,
+    command: &str,
+    pod: &Pod,
+    netns: &str,
+    ifname: &str,
+    config: &Value,
+    rotation: usize,
+) -> (bool, Value) {
     let plugin = e2e::bin_dir().join("slice-cni");
     let mut child = Command::new(&plugin)
         .env_clear()
@@ -72,6 +79,10 @@ fn delegate(command: &str, pod: &Pod, netns: &str, ifname: &str, config: &Value,
         .env("CNI_IFNAME", ifname)
         .env("CNI_ARGS", cni_args(pod, rotation))
         .env("CNI_PATH", plugin.parent().unwrap())
+        // The node's paths, from the environment Multus inherits from the runtime.
+        .env("SLICENET_STATE_DIR", node.state_dir())
+        .env("SLICENET_IPAM_DIR", node.ipam_dir())
+        .env("SLICENET_CNI_LOG_FILE", node.dir().join("slice-cni-delegate.log"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -152,14 +163,14 @@ fn slice_cni_as_a_multus_delegate() {
     let api = n2.run_pod(PodSpec::new("shop", "api")).unwrap();
     assert_eq!(links(&web), BTreeSet::from(["lo".into(), "eth0".into()]), "no slice without Multus");
 
-    let (ok, result) = delegate("ADD", &web, &netns(&web), "net1", &delegate_config(n1, "shop"), 0);
+    let (ok, result) = delegate(n1, "ADD", &web, &netns(&web), "net1", &delegate_config("shop"), 0);
     assert!(ok, "ADD net1: {result}");
     assert_eq!(result["cniVersion"], "1.0.0");
     let web_ip = multus_view(&result, "net1", &netns(&web));
     assert!(state1.node_prefix.contains(&web_ip), "{web_ip} not in {}", state1.node_prefix);
     assert_eq!(result["routes"], json!([{"dst": "10.80.0.0/16", "gw": state1.router_address.to_string()}]));
 
-    let (ok, result) = delegate("ADD", &api, &netns(&api), "slice0", &delegate_config(n2, "shop"), 1);
+    let (ok, result) = delegate(n2, "ADD", &api, &netns(&api), "slice0", &delegate_config("shop"), 1);
     assert!(ok, "ADD slice0: {result}");
     let api_ip = multus_view(&result, "slice0", &netns(&api));
     assert!(state2.node_prefix.contains(&api_ip));
@@ -174,27 +185,27 @@ fn slice_cni_as_a_multus_delegate() {
     assert!(pings(&api, web_v4), "slice0 → net1 across nodes");
 
     // CHECK as a runtime may call it.
-    let (ok, out) = delegate("CHECK", &web, &netns(&web), "net1", &delegate_config(n1, "shop"), 2);
+    let (ok, out) = delegate(n1, "CHECK", &web, &netns(&web), "net1", &delegate_config("shop"), 2);
     assert!(ok, "CHECK: {out}");
 
     // A namespace that is not a member: refused with 101, nothing allocated.
     let teller = n1.run_pod(PodSpec::new("bank", "teller")).unwrap();
-    let (ok, err) = delegate("ADD", &teller, &netns(&teller), "net1", &delegate_config(n1, "bank"), 3);
+    let (ok, err) = delegate(n1, "ADD", &teller, &netns(&teller), "net1", &delegate_config("bank"), 3);
     assert!(!ok);
     assert_eq!(err["code"], 101, "{err}");
     assert!(err["msg"].as_str().unwrap().contains("namespace bank is not a member of slice blue"), "{err}");
     assert_eq!(links(&teller), BTreeSet::from(["lo".into(), "eth0".into()]));
     assert_eq!(ipam_files(n1), BTreeSet::from([web_ip.to_string()]));
     // Multus calls DEL after a failed ADD: fine.
-    assert!(delegate("DEL", &teller, &netns(&teller), "net1", &delegate_config(n1, "bank"), 4).0);
+    assert!(delegate(n1, "DEL", &teller, &netns(&teller), "net1", &delegate_config("bank"), 4).0);
 
     // DEL with the netns, then again without (the pod's namespace already gone), as runtimes do.
     for (pod, node, ifname) in [(&web, n1, "net1"), (&api, n2, "slice0")] {
-        let config = delegate_config(node, "shop");
-        let (ok, out) = delegate("DEL", pod, &netns(pod), ifname, &config, 0);
+        let config = delegate_config("shop");
+        let (ok, out) = delegate(node, "DEL", pod, &netns(pod), ifname, &config, 0);
         assert!(ok, "DEL: {out}");
         assert!(!links(pod).contains(ifname), "{ifname} left in {}", pod.lab_name());
-        let (ok, out) = delegate("DEL", pod, "", ifname, &config, 1);
+        let (ok, out) = delegate(node, "DEL", pod, "", ifname, &config, 1);
         assert!(ok, "second DEL without netns: {out}");
         assert_eq!(ipam_files(node), BTreeSet::new(), "IPAM files left on {}", node.netns_name());
         assert_eq!(router_veths(node), BTreeSet::new(), "host ends left on {}", node.netns_name());

@@ -7,7 +7,6 @@
 //! Pure: no kube types, so the CNI plugin and the lab can use it without the `crd` feature.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -40,33 +39,18 @@ pub fn network_name(namespace: &str, slice: &str) -> String {
     format!("{namespace}/{}", nad_name(slice))
 }
 
-/// Node-local settings the delegate config carries (each defaults as in the plugin when unset).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DelegateOptions {
-    /// `stateDir` (node-state files).
-    pub state_dir: Option<PathBuf>,
-    /// `ipamDir`.
-    pub ipam_dir: Option<PathBuf>,
-    /// `logFile`.
-    pub log_file: Option<PathBuf>,
-}
-
-/// The `slice-cni` delegate configuration for `slice`: what Multus passes on stdin.
+/// The `slice-cni` delegate configuration for `slice`: what Multus passes on stdin. It names no
+/// path: a NAD is written in a namespace users control, so `slice-cni` ignores path keys in it
+/// and takes its paths from the node (`SLICENET_STATE_DIR` and the like in the runtime's
+/// environment, else the defaults).
 #[must_use]
-pub fn delegate_config(slice: &str, options: &DelegateOptions) -> Value {
-    let mut config = json!({
+pub fn delegate_config(slice: &str) -> Value {
+    json!({
         "cniVersion": DELEGATE_CNI_VERSION,
         "name": nad_name(slice),
         "type": PLUGIN_TYPE,
         "slice": slice,
-    });
-    let optional = [("stateDir", &options.state_dir), ("ipamDir", &options.ipam_dir), ("logFile", &options.log_file)];
-    for (key, value) in optional {
-        if let Some(path) = value {
-            config[key] = json!(path);
-        }
-    }
-    config
+    })
 }
 
 /// The metadata of a NAD (only what the worker sets).
@@ -97,7 +81,7 @@ pub struct NetworkAttachmentDefinition {
 impl NetworkAttachmentDefinition {
     /// The NAD of `slice` in member namespace `namespace`, labelled with the slice.
     #[must_use]
-    pub fn for_slice(slice: &str, namespace: &str, options: &DelegateOptions) -> Self {
+    pub fn for_slice(slice: &str, namespace: &str) -> Self {
         Self {
             api_version: NAD_API_VERSION.to_owned(),
             kind: NAD_KIND.to_owned(),
@@ -106,7 +90,7 @@ impl NetworkAttachmentDefinition {
                 namespace: namespace.to_owned(),
                 labels: BTreeMap::from([(names::SLICE_LABEL.to_owned(), slice.to_owned())]),
             },
-            spec: NadSpec { config: delegate_config(slice, options).to_string() },
+            spec: NadSpec { config: delegate_config(slice).to_string() },
         }
     }
 
@@ -121,13 +105,9 @@ impl NetworkAttachmentDefinition {
 
 /// The NADs of `slice` for every member namespace (one each, sorted, without repeats).
 #[must_use]
-pub fn nads_for_slice(
-    slice: &str,
-    namespaces: &[String],
-    options: &DelegateOptions,
-) -> Vec<NetworkAttachmentDefinition> {
+pub fn nads_for_slice(slice: &str, namespaces: &[String]) -> Vec<NetworkAttachmentDefinition> {
     let set: std::collections::BTreeSet<&String> = namespaces.iter().collect();
-    set.into_iter().map(|ns| NetworkAttachmentDefinition::for_slice(slice, ns, options)).collect()
+    set.into_iter().map(|ns| NetworkAttachmentDefinition::for_slice(slice, ns)).collect()
 }
 
 #[cfg(test)]
@@ -136,8 +116,7 @@ mod tests {
 
     #[test]
     fn nad_for_a_member_namespace() {
-        let options = DelegateOptions { state_dir: Some("/run/slicenet".into()), ..DelegateOptions::default() };
-        let nad = NetworkAttachmentDefinition::for_slice("blue", "shop", &options);
+        let nad = NetworkAttachmentDefinition::for_slice("blue", "shop");
         let v = serde_json::to_value(&nad).unwrap();
         assert_eq!(v["apiVersion"], "k8s.cni.cncf.io/v1");
         assert_eq!(v["kind"], "NetworkAttachmentDefinition");
@@ -147,7 +126,7 @@ mod tests {
         );
         assert_eq!(
             nad.delegate_config().unwrap(),
-            json!({"cniVersion": "1.0.0", "name": "slice-blue", "type": "slice-cni", "slice": "blue", "stateDir": "/run/slicenet"})
+            json!({"cniVersion": "1.0.0", "name": "slice-blue", "type": "slice-cni", "slice": "blue"})
         );
         // Round trip through JSON, as it comes back from the API server.
         let back: NetworkAttachmentDefinition = serde_json::from_value(v).unwrap();
@@ -157,9 +136,8 @@ mod tests {
 
     #[test]
     fn one_nad_per_namespace() {
-        let nads = nads_for_slice("red", &["b".into(), "a".into(), "b".into()], &DelegateOptions::default());
+        let nads = nads_for_slice("red", &["b".into(), "a".into(), "b".into()]);
         let where_: Vec<_> = nads.iter().map(|n| (n.metadata.namespace.as_str(), n.metadata.name.as_str())).collect();
         assert_eq!(where_, [("a", "slice-red"), ("b", "slice-red")]);
-        assert!(!nads[0].spec.config.contains("stateDir"));
     }
 }

@@ -58,7 +58,9 @@ pub struct WorkerArgs {
     /// Underlay MTU of the nodes (node agent configuration).
     #[arg(long, default_value_t = 1500)]
     pub underlay_mtu: u32,
-    /// Where the node agents write node-state files.
+    /// Where the node agents write node-state files. slice-cni finds them there when chained
+    /// (the conflist says so); as a Multus delegate it takes no path from the NAD, so a
+    /// non-default dir must also be in the runtime's (or Multus') `SLICENET_STATE_DIR`.
     #[arg(long, default_value = slice_api::names::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Where named network namespaces live on the nodes.
@@ -87,11 +89,6 @@ impl WorkerArgs {
     /// The worker's options.
     #[must_use]
     pub fn into_options(self) -> worker::WorkerOptions {
-        let delegate = slice_api::multus::DelegateOptions {
-            state_dir: (self.state_dir != std::path::Path::new(slice_api::names::DEFAULT_STATE_DIR))
-                .then(|| self.state_dir.clone()),
-            ..Default::default()
-        };
         worker::WorkerOptions {
             settings: worker::decide::Settings {
                 cluster: self.cluster.clone(),
@@ -108,7 +105,6 @@ impl WorkerArgs {
                     "false" => Some(false),
                     _ => None,
                 },
-                delegate,
             },
             cluster: self.cluster,
             hub_kubeconfig: self.hub_kubeconfig,

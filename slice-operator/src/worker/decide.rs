@@ -112,7 +112,6 @@ pub struct Settings {
     pub gateway: GatewayDefaults,
     /// Whether to write NADs; `None` follows the MemberCluster's `spec.multus`.
     pub multus: Option<bool>,
-    pub delegate: multus::DelegateOptions,
 }
 
 impl Settings {
@@ -532,7 +531,7 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
     desired.push((Kind::ConfigMap, objects::membership_config_map(&planned), false));
     if settings.uses_multus(observed.member_cluster.as_ref()) {
         for p in &planned {
-            for nad in objects::nads(p, &settings.delegate) {
+            for nad in objects::nads(p) {
                 desired.push((Kind::NetworkAttachmentDefinition, nad, false));
             }
         }

@@ -346,8 +346,8 @@ pub fn membership_config_map(slices: &[PlannedSlice]) -> Value {
 /// The Multus NetworkAttachmentDefinitions of a slice, one per member namespace (built by
 /// `slice_api::multus`), labelled as the worker's.
 #[must_use]
-pub fn nads(slice: &PlannedSlice, options: &multus::DelegateOptions) -> Vec<Value> {
-    multus::nads_for_slice(&slice.spec.slice, &slice.namespaces, options)
+pub fn nads(slice: &PlannedSlice) -> Vec<Value> {
+    multus::nads_for_slice(&slice.spec.slice, &slice.namespaces)
         .into_iter()
         .filter_map(|mut nad| {
             nad.metadata.labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
@@ -580,7 +580,7 @@ mod tests {
         assert_eq!(back, configs[0]);
         let m = membership_config_map(std::slice::from_ref(&planned));
         assert_eq!(m["data"], json!({"blue": "shop,slicenet-system"}));
-        let n = nads(&planned, &multus::DelegateOptions::default());
+        let n = nads(&planned);
         assert_eq!(n.len(), 1);
         assert_eq!(n[0]["metadata"]["labels"]["app.kubernetes.io/managed-by"], "slicenet-worker");
         assert_eq!(n[0]["metadata"]["namespace"], "shop");
