@@ -1,7 +1,9 @@
 //! Which slice, if any, a pod joins: a pure decision over the config, the pod's namespace and
 //! annotations, and the node states. DESIGN.md "Contracts": membership is always checked against
 //! the slice's member namespaces in the node state — an annotation or a NAD can narrow membership
-//! (opt out) but never grant it.
+//! (opt out) but never grant it. The one place where naming the slice is what admits a pod is
+//! the slice's gateway namespace (`NodeState::gateway_namespace`), where only the worker
+//! creates pods; that namespace is in no member list, so it never joins a slice wholesale.
 
 use std::collections::BTreeMap;
 
@@ -69,7 +71,7 @@ pub fn decide(pod: Pod<'_>, states: &States) -> Result<Decision> {
             ));
         }
         let state = ready_state(slice, states)?;
-        if !state.namespaces.iter().any(|n| n == ns) {
+        if !state.admits_by_name(ns) {
             return Err(CniError::new(
                 code::NOT_A_MEMBER,
                 format!(
@@ -88,7 +90,7 @@ pub fn decide(pod: Pod<'_>, states: &States) -> Result<Decision> {
     };
     if let Some(slice) = pod.annotation(SLICE_ANNOTATION) {
         let state = ready_state(slice, states)?;
-        return Ok(if state.namespaces.iter().any(|n| n == ns) {
+        return Ok(if state.admits_by_name(ns) {
             Decision::Attach(state.clone())
         } else {
             Decision::Skip(format!(
@@ -140,6 +142,7 @@ mod tests {
             slice_subnet: "10.80.0.0/16".parse().unwrap(),
             mtu: 1450,
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            gateway_namespace: Some(slice_api::names::GATEWAY_NAMESPACE.into()),
         }
     }
 
@@ -207,6 +210,29 @@ mod tests {
         assert_eq!(e.code, code::NOT_A_MEMBER);
         assert!(e.msg.contains("bank") && e.msg.contains("blue"));
         assert_eq!(decide(pod(None, None, Some("blue")), &states()).unwrap_err().code, code::INVALID_ENV);
+    }
+
+    /// Issue 20, high 3: with several slices on a node, a gateway pod joins the one slice it
+    /// names and nothing else; an unannotated pod in the gateway namespace joins none (no 103),
+    /// and slicenet-system is in no slice.
+    #[test]
+    fn gateway_pods_join_the_slice_they_name_and_the_namespace_joins_none() {
+        let gw = slice_api::names::GATEWAY_NAMESPACE;
+        for slice in ["blue", "red"] {
+            let a = annotations(&[(SLICE_ANNOTATION, slice)]);
+            assert_eq!(attached(decide(pod(Some(gw), Some(&a), None), &states()).unwrap()), slice);
+            assert_eq!(attached(decide(pod(Some(gw), None, Some(slice)), &states()).unwrap()), slice);
+        }
+        assert!(matches!(decide(pod(Some(gw), None, None), &states()).unwrap(), Decision::Skip(_)));
+        let system = slice_api::names::SYSTEM_NAMESPACE;
+        assert!(matches!(decide(pod(Some(system), None, None), &states()).unwrap(), Decision::Skip(_)));
+        let a = annotations(&[(SLICE_ANNOTATION, "blue")]);
+        assert!(matches!(decide(pod(Some(system), Some(&a), None), &states()).unwrap(), Decision::Skip(_)));
+        // Naming a slice admits a gateway pod only in its slice's gateway namespace.
+        let mut s = states();
+        s.insert("green".into(), Ok(NodeState { gateway_namespace: None, ..state("green", &["web"]) }));
+        let a = annotations(&[(SLICE_ANNOTATION, "green")]);
+        assert!(matches!(decide(pod(Some(gw), Some(&a), None), &s).unwrap(), Decision::Skip(_)));
     }
 
     #[test]

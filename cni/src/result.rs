@@ -78,6 +78,7 @@ mod tests {
             slice_subnet: "10.80.0.0/16".parse().unwrap(),
             mtu: 1450,
             namespaces: vec![],
+            gateway_namespace: None,
         }
     }
 

@@ -44,6 +44,7 @@ impl Fixture {
             slice_subnet: "10.80.0.0/16".parse().unwrap(),
             mtu: 1400,
             namespaces: vec!["shop".into()],
+            gateway_namespace: None,
         };
         let mut nl = Netlink::in_netns(&ns).unwrap();
         nl.set_up("lo").unwrap();

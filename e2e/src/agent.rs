@@ -122,6 +122,8 @@ pub(crate) fn agent_configs(
                 node_prefix: node_prefix(slice, node)?,
                 mtu: None,
                 namespaces: slice.namespaces.clone(),
+                // As the worker plans it: gateway pods join through their own namespace.
+                gateway_namespace: Some(slice_api::names::GATEWAY_NAMESPACE.to_owned()),
                 peers,
                 remote_routes: slice.remote_routes.clone(),
             });

@@ -28,8 +28,8 @@ use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 use kube::ResourceExt;
 use slice_api::crd::{
-    Condition, MemberCluster, MemberClusterSpec, MemberClusterStatus, NodeAllocation, PeerTunnelStatus,
-    SYSTEM_NAMESPACE, SliceConfig, SliceConfigStatus, WorkerSlice, WorkerSliceSpec, WorkerSliceStatus,
+    Condition, GATEWAY_NAMESPACE, MemberCluster, MemberClusterSpec, MemberClusterStatus, NodeAllocation,
+    PeerTunnelStatus, SliceConfig, SliceConfigStatus, WorkerSlice, WorkerSliceSpec, WorkerSliceStatus,
     cluster_namespace, set_condition,
 };
 use slice_api::node::{NodeAgentConfig, SliceOnNode};
@@ -416,12 +416,9 @@ impl ControlPlane {
                 let key = (w.spec.slice.clone(), w.spec.cluster.clone());
                 let Some(run) = self.runs.get(&key) else { continue };
                 let gateway = run.gateway.as_ref().map(|g| IpAddr::V4(g.slice_address));
-                let mut on_node: SliceOnNode =
+                let on_node: SliceOnNode =
                     worker_plan::node_agent_slice(&w.spec, node.name(), &nodes, &run.nodes, gateway)
                         .with_context(|| format!("slice {} on {cluster}/{}", w.spec.slice, node.name()))?;
-                if !on_node.namespaces.iter().any(|n| n == SYSTEM_NAMESPACE) {
-                    on_node.namespaces.push(SYSTEM_NAMESPACE.to_owned());
-                }
                 config.slices.push(on_node);
             }
             config.validate().map_err(|e| anyhow::anyhow!("{cluster}/{}: {e}", node.name()))?;
@@ -442,8 +439,11 @@ impl ControlPlane {
             node.wait_slice_ready(&spec.slice, self.timeout)?;
             let pod = node
                 .run_pod(
-                    crate::PodSpec::new(SYSTEM_NAMESPACE, format!("gw-{}", spec.slice))
-                        .label("app.kubernetes.io/name", "slice-gateway"),
+                    // As the worker's Deployment makes it: in the gateways' namespace, the
+                    // slice named by its annotation.
+                    crate::PodSpec::new(GATEWAY_NAMESPACE, format!("gw-{}", spec.slice))
+                        .label("app.kubernetes.io/name", "slice-gateway")
+                        .annotation(slice_api::names::SLICE_ANNOTATION, spec.slice.clone()),
                 )
                 .with_context(|| format!("gateway pod of {} in {}", spec.slice, spec.cluster))?;
             pod.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;

@@ -594,6 +594,7 @@ mod tests {
             slice_subnet: "10.80.0.0/16".parse().unwrap(),
             mtu: 1450,
             namespaces: vec!["shop".into()],
+            gateway_namespace: None,
         };
         state.store(state_dir.path()).unwrap();
         std::fs::create_dir_all(ipam_dir.path().join("blue")).unwrap();

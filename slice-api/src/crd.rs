@@ -37,8 +37,7 @@ pub const SLICE_OWNER_LABEL: &str = "slicenet.io/slice";
 pub const CLUSTER_LABEL: &str = "slicenet.io/cluster";
 /// Prefix of the hub namespace that holds one member cluster's WorkerSlices.
 pub const CLUSTER_NAMESPACE_PREFIX: &str = "slicenet-cluster-";
-/// Namespace of slicenet's own components in every cluster.
-pub const SYSTEM_NAMESPACE: &str = "slicenet-system";
+pub use crate::names::{GATEWAY_NAMESPACE, SYSTEM_NAMESPACE};
 
 /// The hub namespace that holds the WorkerSlices of `cluster`.
 #[must_use]

@@ -2,6 +2,12 @@
 
 /// API group of slicenet's custom resources.
 pub const API_GROUP: &str = "slicenet.io";
+/// Namespace of slicenet's own components in every cluster. Never a slice member.
+pub const SYSTEM_NAMESPACE: &str = "slicenet-system";
+/// Namespace of the slice gateways in every member cluster: each gateway pod joins the one
+/// slice its annotation names (only the worker creates pods here), and the namespace is in no
+/// slice's member list, so it is never claimed by several slices and sweeps no other pod in.
+pub const GATEWAY_NAMESPACE: &str = "slicenet-gateway";
 /// API version of slicenet's custom resources.
 pub const API_VERSION: &str = "v1alpha1";
 /// Namespace label that asks for a namespace to join a slice.

@@ -69,6 +69,10 @@ pub struct SliceOnNode {
     /// Namespaces of this cluster that are members of the slice.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// The namespace of the slice's gateway pods, where a pod joins the slice only when its
+    /// `slicenet.io/slice` annotation (or its delegate config) names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_namespace: Option<String>,
     /// Other nodes of this cluster on the slice.
     #[serde(default)]
     pub peers: Vec<PeerNode>,
@@ -170,6 +174,16 @@ impl NodeAgentConfig {
                 }
             }
             validate_remote_routes(slice).map_err(ctx)?;
+            for reserved in [names::SYSTEM_NAMESPACE, names::GATEWAY_NAMESPACE] {
+                if slice.namespaces.iter().any(|n| n == reserved) {
+                    return Err(ctx(format!("namespace {reserved} is slicenet's own and never a slice member")));
+                }
+            }
+            if let Some(gw) = &slice.gateway_namespace
+                && slice.namespaces.contains(gw)
+            {
+                return Err(ctx(format!("gateway namespace {gw} is also listed as a member namespace")));
+            }
         }
         Ok(())
     }
@@ -201,6 +215,7 @@ impl NodeAgentConfig {
             slice_subnet: slice.slice_subnet,
             mtu: self.pod_mtu(slice),
             namespaces: slice.namespaces.clone(),
+            gateway_namespace: slice.gateway_namespace.clone(),
         }
     }
 }
@@ -255,9 +270,19 @@ pub struct NodeState {
     pub slice_subnet: IpNet,
     pub mtu: u32,
     pub namespaces: Vec<String>,
+    /// See [`SliceOnNode::gateway_namespace`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_namespace: Option<String>,
 }
 
 impl NodeState {
+    /// Whether a pod in `namespace` that names this slice (annotation or delegate config) may
+    /// join it: a member namespace, or the slice's gateway namespace.
+    #[must_use]
+    pub fn admits_by_name(&self, namespace: &str) -> bool {
+        self.namespaces.iter().any(|n| n == namespace) || self.gateway_namespace.as_deref() == Some(namespace)
+    }
+
     /// Path of the state file of `slice` under `state_dir`.
     pub fn path(state_dir: &Path, slice: &str) -> PathBuf {
         state_dir.join(format!("{slice}.json"))

@@ -12,6 +12,9 @@ pub enum Scope {
     /// Namespaced resources in one namespace only (a Role there): the component's own
     /// namespace, or for the worker on the hub, its cluster's namespace.
     OwnNamespace,
+    /// Namespaced resources in this other, fixed namespace only (a Role there, bound to the
+    /// component's ServiceAccount): the worker's gateways in `slicenet-gateway`.
+    Namespace(&'static str),
 }
 
 /// One kind of request: `verb` on `group`/`resource`[/`subresource`].
@@ -130,6 +133,7 @@ pub fn covers(declared: &[Access], attrs: &RequestAttributes, own_namespace: Opt
             && match a.scope {
                 Scope::Cluster => true,
                 Scope::OwnNamespace => attrs.namespace.is_some() && attrs.namespace.as_deref() == own_namespace,
+                Scope::Namespace(ns) => attrs.namespace.as_deref() == Some(ns),
             }
     })
 }

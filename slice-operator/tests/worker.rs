@@ -28,7 +28,8 @@ const PEER_KEY_2: &str = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
 
 const WS: &str = "/apis/slicenet.io/v1alpha1/namespaces/slicenet-cluster-c2/workerslices";
 const SYS: &str = "/api/v1/namespaces/slicenet-system";
-const DEPLOY: &str = "/apis/apps/v1/namespaces/slicenet-system/deployments";
+const GW: &str = "/api/v1/namespaces/slicenet-gateway";
+const DEPLOY: &str = "/apis/apps/v1/namespaces/slicenet-gateway/deployments";
 const NADS: &str = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions";
 /// Where the worker reads the gateway pod's metrics: its pod IP, the fixed port.
 const GATEWAY_METRICS: &str = "10.244.0.7:9586";
@@ -61,11 +62,11 @@ fn namespace(name: &str) -> Value {
 fn gateway_pod(ip: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "slicenet-gw-blue-abc", "namespace": "slicenet-system",
+        "metadata": {"name": "slicenet-gw-blue-abc", "namespace": "slicenet-gateway",
             "labels": {"app.kubernetes.io/name": "slice-gateway", "slicenet.io/slice": "blue"},
             "annotations": {"k8s.v1.cni.cncf.io/network-status":
                 json!([{"name": "cbr0", "interface": "eth0", "ips": ["10.244.0.7"]},
-                       {"name": "slicenet-system/slice-blue", "interface": "slice0", "ips": [ip]}]).to_string()}},
+                       {"name": "slicenet-gateway/slice-blue", "interface": "slice0", "ips": [ip]}]).to_string()}},
         "status": {"phase": "Running", "podIP": "10.244.0.7"},
     })
 }
@@ -170,11 +171,11 @@ fn reads_counting(member_namespaces: &[&str]) -> Vec<String> {
         "hub GET /apis/slicenet.io/v1alpha1/memberclusters/c2".into(),
         "GET /api/v1/nodes".into(),
         "GET /api/v1/namespaces".into(),
-        format!("GET {SYS}/secrets"),
+        format!("GET {GW}/secrets"),
         format!("GET {SYS}/configmaps"),
         format!("GET {DEPLOY}"),
-        format!("GET {SYS}/services"),
-        format!("GET {SYS}/pods"),
+        format!("GET {GW}/services"),
+        format!("GET {GW}/pods"),
     ]
     .into();
     v.extend(member_namespaces.iter().map(|ns| format!("GET /api/v1/namespaces/{ns}/pods")));
@@ -232,10 +233,10 @@ fn create_writes() -> Vec<String> {
     vec![
         format!("hub PATCH {WS}/blue"),
         "PATCH /api/v1/namespaces/shop".into(),
-        format!("POST {SYS}/secrets"),
-        format!("PATCH {SYS}/secrets/slicenet-gw-blue"),
+        format!("POST {GW}/secrets"),
+        format!("PATCH {GW}/secrets/slicenet-gw-blue"),
         format!("PATCH {DEPLOY}/slicenet-gw-blue"),
-        format!("PATCH {SYS}/services/slicenet-gw-blue"),
+        format!("PATCH {GW}/services/slicenet-gw-blue"),
         format!("PATCH {SYS}/configmaps/slicenet-node-n1"),
         format!("PATCH {SYS}/configmaps/slicenet-node-n2"),
         format!("PATCH {SYS}/configmaps/slicenet-membership"),
@@ -266,7 +267,7 @@ async fn create_makes_everything_in_order_and_publishes_the_public_key() {
     assert!(finalizer["metadata"]["resourceVersion"].is_string(), "guarded by the resourceVersion");
     let label = body_of(&requests, "PATCH /api/v1/namespaces/shop");
     assert_eq!(label["metadata"]["labels"], json!({"slicenet.io/slice": "blue"}));
-    let key = body_of(&requests, &format!("POST {SYS}/secrets"));
+    let key = body_of(&requests, &format!("POST {GW}/secrets"));
     assert_eq!(key["metadata"]["name"], "slicenet-gw-blue-key");
     let apply = requests.iter().find(|r| r.line() == format!("PATCH {DEPLOY}/slicenet-gw-blue")).expect("apply");
     assert_eq!(apply.content_type, "application/apply-patch+yaml");
@@ -277,7 +278,7 @@ async fn create_makes_everything_in_order_and_publishes_the_public_key() {
     );
 
     // The gateway configuration: our key, peer c1 (c3 has no key yet).
-    let secret = api.get(Side::Cluster, &format!("{SYS}/secrets/slicenet-gw-blue")).expect("config Secret");
+    let secret = api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue")).expect("config Secret");
     let conf = decode_b64(secret["data"]["gateway.conf"].as_str().expect("gateway.conf"));
     assert!(conf.starts_with(&format!("[Interface]\nPrivateKey = {PRIVATE}\nListenPort = 51820\n")), "{conf}");
     assert_eq!(conf.matches("[Peer]").count(), 1, "{conf}");
@@ -290,14 +291,14 @@ async fn create_makes_everything_in_order_and_publishes_the_public_key() {
     let n2 = node_config(&api, "n2");
     assert_eq!(n2["underlayAddress"], "198.18.2.12");
     assert_eq!(n2["slices"][0]["nodePrefix"], "10.80.16.64/26");
-    assert_eq!(n2["slices"][0]["namespaces"], json!(["shop", "slicenet-system"]));
+    assert_eq!(n2["slices"][0]["namespaces"], json!(["shop"]));
     assert_eq!(
         n2["slices"][0]["peers"],
         json!([{"name": "n1", "underlayAddress": "198.18.2.11", "nodePrefix": "10.80.16.0/26"}])
     );
     assert!(n2["slices"][0].get("remoteRoutes").is_none());
     let membership = api.get(Side::Cluster, &format!("{SYS}/configmaps/slicenet-membership")).expect("membership");
-    assert_eq!(membership["data"], json!({"blue": "shop,slicenet-system"}));
+    assert_eq!(membership["data"], json!({"blue": "shop"}));
 
     // Status: public key, endpoint = published address + the assigned nodePort, nodes.
     let s = status(&api);
@@ -402,7 +403,7 @@ async fn a_namespace_added_is_labelled_and_handed_to_the_nodes() {
     let mut expected = reads_counting(&["db", "shop"]);
     expected.extend(writes);
     assert_eq!(lines(&requests), expected);
-    assert_eq!(node_config(&api, "n1")["slices"][0]["namespaces"], json!(["db", "shop", "slicenet-system"]));
+    assert_eq!(node_config(&api, "n1")["slices"][0]["namespaces"], json!(["db", "shop"]));
     assert_eq!(status(&api)["observedGeneration"], 2);
 }
 
@@ -417,9 +418,9 @@ async fn a_peer_change_rewrites_only_the_gateway_configuration() {
     let (result, requests) = pass(&api).await;
     result.expect("pass");
     // The gateway configuration, and the status for the new generation: nothing else.
-    let writes = [format!("PATCH {SYS}/secrets/slicenet-gw-blue"), format!("hub PATCH {WS}/blue/status")];
+    let writes = [format!("PATCH {GW}/secrets/slicenet-gw-blue"), format!("hub PATCH {WS}/blue/status")];
     assert_eq!(lines(&requests), with_reads(&writes));
-    let secret = api.get(Side::Cluster, &format!("{SYS}/secrets/slicenet-gw-blue")).expect("config Secret");
+    let secret = api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue")).expect("config Secret");
     let conf = decode_b64(secret["data"]["gateway.conf"].as_str().expect("gateway.conf"));
     assert!(
         conf.contains(&format!("PublicKey = {PEER_KEY_2}\nAllowedIPs = 10.80.0.0/20\nEndpoint = 198.18.100.9:32000\n")),
@@ -501,10 +502,10 @@ async fn deletion_removes_what_the_worker_made_then_the_finalizer() {
         format!("PATCH {SYS}/configmaps/slicenet-node-n1"),
         format!("PATCH {SYS}/configmaps/slicenet-node-n2"),
         format!("PATCH {SYS}/configmaps/slicenet-membership"),
-        format!("DELETE {SYS}/secrets/slicenet-gw-blue"),
-        format!("DELETE {SYS}/secrets/slicenet-gw-blue-key"),
+        format!("DELETE {GW}/secrets/slicenet-gw-blue"),
+        format!("DELETE {GW}/secrets/slicenet-gw-blue-key"),
         format!("DELETE {DEPLOY}/slicenet-gw-blue"),
-        format!("DELETE {SYS}/services/slicenet-gw-blue"),
+        format!("DELETE {GW}/services/slicenet-gw-blue"),
         format!("hub PATCH {WS}/blue"),
     ];
     // A slice being deleted has no pods to count.
@@ -516,7 +517,7 @@ async fn deletion_removes_what_the_worker_made_then_the_finalizer() {
     assert_eq!(body_of(&requests, &format!("hub PATCH {WS}/blue"))["metadata"]["finalizers"], json!([]));
     assert!(api.get(Side::Hub, &format!("{WS}/blue")).is_none(), "the WorkerSlice is gone");
     assert_eq!(node_config(&api, "n1")["slices"], json!([]), "the node agents tear the slice down");
-    assert!(api.paths(Side::Cluster, &format!("{SYS}/secrets")).is_empty());
+    assert!(api.paths(Side::Cluster, &format!("{GW}/secrets")).is_empty());
     // And a pass after that has nothing left to do.
     let (result, requests) = pass(&api).await;
     assert_eq!(result.expect("pass"), 0);
@@ -529,7 +530,7 @@ async fn a_failed_write_stops_the_pass_and_the_retry_finishes() {
     api.fail(Side::Cluster, "PATCH", DEPLOY, 0, 500);
     let (result, requests) = pass(&api).await;
     let err = result.expect_err("the pass fails");
-    assert!(err.to_string().contains("applying Deployment slicenet-system/slicenet-gw-blue"), "{err}");
+    assert!(err.to_string().contains("applying Deployment slicenet-gateway/slicenet-gw-blue"), "{err}");
     assert_eq!(lines(&requests), with_reads(&create_writes()[..5]));
     // The retry (what `run` does after the backoff) makes only what is still missing, with the
     // key made in the first pass.
@@ -549,9 +550,9 @@ async fn a_conflict_on_the_hub_stops_before_anything_is_made() {
     assert_eq!(lines(&requests), with_reads(&create_writes()[..1]));
     // Nothing exists in the cluster without the finalizer on the hub.
     assert!(
-        api.paths(Side::Cluster, SYS).iter().all(|p| !p.contains("/secrets/")),
+        api.paths(Side::Cluster, GW).iter().all(|p| !p.contains("/secrets/")),
         "{:?}",
-        api.paths(Side::Cluster, SYS)
+        api.paths(Side::Cluster, GW)
     );
     let (result, requests) = pass(&api).await;
     result.expect("retry");
@@ -584,7 +585,7 @@ async fn a_namespace_of_another_slice_is_never_touched() {
     let s = status(&api);
     assert_eq!(s["conditions"][0]["reason"], "NamespaceConflict");
     assert!(s["conditions"][0]["message"].as_str().unwrap_or_default().contains("db"));
-    assert_eq!(node_config(&api, "n1")["slices"][0]["namespaces"], json!(["shop", "slicenet-system"]));
+    assert_eq!(node_config(&api, "n1")["slices"][0]["namespaces"], json!(["shop"]));
 }
 
 #[tokio::test]
@@ -654,7 +655,7 @@ async fn tunnel_states_come_from_the_gateway_metrics() {
     api.take_scrapes();
     let (result, requests) = pass(&api).await;
     result.expect("pass");
-    let writes = [format!("PATCH {SYS}/secrets/slicenet-gw-blue"), format!("hub PATCH {WS}/blue/status")];
+    let writes = [format!("PATCH {GW}/secrets/slicenet-gw-blue"), format!("hub PATCH {WS}/blue/status")];
     assert_eq!(lines(&requests), with_reads(&writes));
     assert_eq!(api.take_scrapes(), [GATEWAY_METRICS.parse().expect("address")], "the pod IP, the fixed port");
     assert_eq!(
@@ -708,7 +709,7 @@ async fn unreadable_metrics_leave_the_peers_pending_with_the_reason() {
     );
 
     // A gateway pod that is gone leaves nothing to scrape.
-    api.remove(Side::Cluster, &format!("{SYS}/pods/slicenet-gw-blue-abc"));
+    api.remove(Side::Cluster, &format!("{GW}/pods/slicenet-gw-blue-abc"));
     api.take_scrapes();
     let (result, _) = pass(&api).await;
     result.expect("pass");
@@ -928,7 +929,7 @@ async fn a_repeated_failure_is_one_event_whose_series_counts_the_repeats() {
     let first = &event_requests[0];
     assert_eq!(event_lines(first), ["hub POST slicenet-cluster-c2 WorkerSlice/blue Warning WriteFailed"]);
     let note = first[0].body["note"].as_str().unwrap_or_default();
-    assert!(note.starts_with("applying Deployment slicenet-system/slicenet-gw-blue: "), "{note}");
+    assert!(note.starts_with("applying Deployment slicenet-gateway/slicenet-gw-blue: "), "{note}");
     assert!(event_requests[1..5].iter().all(Vec::is_empty), "repeats within 5 minutes are counted: {event_requests:?}");
     let name = first[0].body["metadata"]["name"].as_str().expect("name");
     let patch = &event_requests[5];
@@ -995,7 +996,7 @@ async fn a_replica_that_stops_leading_mid_pass_makes_no_further_write() {
     let lose = leadership.clone();
     // Right after the key Secret is created, the lease is lost.
     api.state.lock().expect("state").after_request = Some(worker_support::AfterRequest(Box::new(move |line| {
-        if line == format!("POST {SYS}/secrets") {
+        if line == format!("POST {GW}/secrets") {
             lose.lose(r#"the lease is now held by "worker-1""#);
         }
     })));

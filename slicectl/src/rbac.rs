@@ -76,7 +76,8 @@ mod tests {
     #[test]
     fn rules_grant_exactly_each_list() {
         for list in [HUB, WORKER_HUB, WORKER_CLUSTER, NODE_AGENT, WEBHOOK_HUB] {
-            for scope in [Cluster, OwnNamespace] {
+            for scope in [Cluster, OwnNamespace, slice_api::rbac::Scope::Namespace(slice_api::names::GATEWAY_NAMESPACE)]
+            {
                 let rules = policy_rules(list, scope, None);
                 assert_eq!(grants(&rules), declared(list, scope), "{scope:?} rules of {list:?}");
                 assert!(rules.iter().all(|r| r.resource_names.is_none() && !r.verbs.is_empty()));

@@ -143,15 +143,18 @@ fn granted(p: &Parsed) -> BTreeMap<(String, String), BTreeMap<Scope, BTreeSet<Gr
         let rules = role.rules.as_deref().unwrap_or_default();
         no_wildcards(rules, &b.role_ref.name);
         for s in b.subjects.iter().flatten() {
-            assert_eq!(s.namespace.as_deref(), Some(ns.as_str()), "a Role binds only its own namespace's accounts");
-            out.entry((ns.clone(), s.name.clone()))
-                .or_default()
-                .entry(Scope::OwnNamespace)
-                .or_default()
-                .extend(grants(rules));
+            let home = s.namespace.clone().expect("a ServiceAccount subject names its namespace");
+            // A Role in the account's own namespace, or in another one its list names.
+            let scope = if home == ns { Scope::OwnNamespace } else { Scope::Namespace(leak(&ns)) };
+            out.entry((home, s.name.clone())).or_default().entry(scope).or_default().extend(grants(rules));
         }
     }
     out
+}
+
+/// A namespace name for [`Scope::Namespace`], which holds a `&'static str` (tests only).
+fn leak(ns: &str) -> &'static str {
+    Box::leak(ns.to_owned().into_boxed_str())
 }
 
 /// Asserts that the account has exactly `list`'s grants in each scope, and exists.
@@ -165,7 +168,12 @@ fn assert_grants_exactly(p: &Parsed, namespace: &str, account: &str, list: &[Acc
     );
     let all = granted(p);
     let got = all.get(&(namespace.to_owned(), account.to_owned())).cloned().unwrap_or_default();
-    for scope in [Scope::Cluster, Scope::OwnNamespace] {
+    let mut scopes = vec![Scope::Cluster, Scope::OwnNamespace];
+    scopes.extend(list.iter().map(|a| a.scope).filter(|s| matches!(s, Scope::Namespace(_))));
+    scopes.extend(got.keys().copied());
+    scopes.sort();
+    scopes.dedup();
+    for scope in scopes {
         let want = declared(list, scope);
         let have = got.get(&scope).cloned().unwrap_or_default();
         let missing: Vec<_> = want.difference(&have).collect();

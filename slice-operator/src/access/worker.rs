@@ -1,8 +1,12 @@
 //! The worker controller's requests: on the hub (its own cluster's namespace only) and in its
 //! own member cluster.
 
+use slice_api::names::GATEWAY_NAMESPACE;
 use slice_api::rbac::Access;
-use slice_api::rbac::Scope::{Cluster, OwnNamespace};
+use slice_api::rbac::Scope::{Cluster, Namespace, OwnNamespace};
+
+/// The gateways' namespace, where the worker runs each slice's gateway objects.
+const GW: slice_api::rbac::Scope = Namespace(GATEWAY_NAMESPACE);
 
 const G: &str = "slicenet.io";
 
@@ -20,8 +24,9 @@ pub const WORKER_HUB: &[Access] = &[
     Access::new("patch", "events.k8s.io", "events", OwnNamespace),
 ];
 
-/// In the member cluster: namespaces, nodes, and the gateway, key, node configuration and
-/// NetworkAttachmentDefinitions it runs in `slicenet-system` and member namespaces.
+/// In the member cluster: namespaces, nodes, the node configurations in `slicenet-system`, the
+/// gateway and key objects in `slicenet-gateway`, and NetworkAttachmentDefinitions in member
+/// namespaces.
 pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("list", "", "namespaces", Cluster),
     Access::new("watch", "", "namespaces", Cluster),
@@ -29,25 +34,25 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("list", "", "nodes", Cluster),
     Access::new("watch", "", "nodes", Cluster),
     // The key Secret is created once; the gateway configuration Secret is applied.
-    Access::new("list", "", "secrets", OwnNamespace),
-    Access::new("create", "", "secrets", OwnNamespace),
-    Access::new("patch", "", "secrets", OwnNamespace),
-    Access::new("delete", "", "secrets", OwnNamespace),
+    Access::new("list", "", "secrets", GW),
+    Access::new("create", "", "secrets", GW),
+    Access::new("patch", "", "secrets", GW),
+    Access::new("delete", "", "secrets", GW),
     Access::new("list", "", "configmaps", OwnNamespace),
     Access::new("patch", "", "configmaps", OwnNamespace),
     Access::new("delete", "", "configmaps", OwnNamespace),
-    Access::new("list", "", "services", OwnNamespace),
-    Access::new("patch", "", "services", OwnNamespace),
-    Access::new("delete", "", "services", OwnNamespace),
-    Access::new("list", "apps", "deployments", OwnNamespace),
-    Access::new("patch", "apps", "deployments", OwnNamespace),
-    Access::new("delete", "apps", "deployments", OwnNamespace),
-    // Pods: the gateway pods in `slicenet-system` (their slice address in network-status is the
-    // next hop of remote routes; their pod IP serves the tunnels' metrics), and the running pods
-    // of each member namespace, whose network-status entries give `connectedPods`. Member
-    // namespaces are any namespaces, so listing is cluster-wide; watching stays in our own.
+    Access::new("list", "", "services", GW),
+    Access::new("patch", "", "services", GW),
+    Access::new("delete", "", "services", GW),
+    Access::new("list", "apps", "deployments", GW),
+    Access::new("patch", "apps", "deployments", GW),
+    Access::new("delete", "apps", "deployments", GW),
+    // Pods: the gateway pods (their slice address in network-status is the next hop of remote
+    // routes; their pod IP serves the tunnels' metrics), and the running pods of each member
+    // namespace, whose network-status entries give `connectedPods`. Member namespaces are any
+    // namespaces, so listing is cluster-wide; watching stays in the gateways' namespace.
     Access::new("list", "", "pods", Cluster),
-    Access::new("watch", "", "pods", OwnNamespace),
+    Access::new("watch", "", "pods", GW),
     Access::new("list", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("patch", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("delete", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),

@@ -37,7 +37,7 @@ use kube::ResourceExt;
 use kube::core::DynamicObject;
 use serde_json::Value;
 use slice_api::crd::{
-    Condition, GatewayExposure, MemberCluster, SYSTEM_NAMESPACE, WORKER_FINALIZER, WorkerSlice, WorkerSliceStatus,
+    Condition, GATEWAY_NAMESPACE, GatewayExposure, MemberCluster, WORKER_FINALIZER, WorkerSlice, WorkerSliceStatus,
     set_condition,
 };
 use slice_api::multus;
@@ -443,31 +443,37 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
                 ),
             });
         }
+        if let Some(reserved) = ns_decision.reserved.get(&spec.slice) {
+            d.problems.entry(name.clone()).or_insert(Problem {
+                reason: "ReservedNamespace",
+                message: format!("slicenet's own namespaces never join a slice; left out: {}", reserved.join(", ")),
+            });
+        }
         if let Some(missing) = ns_decision.missing.get(&spec.slice) {
             d.notes.insert(name.clone(), format!("namespaces not in the cluster yet: {}", missing.join(", ")));
         }
 
         // Key: the existing Secret's, or a new one created once.
         let key_name = objects::key_secret_name(&spec.slice);
-        let key = match existing.get(&(Kind::Secret, SYSTEM_NAMESPACE.to_owned(), key_name.clone())) {
+        let key = match existing.get(&(Kind::Secret, GATEWAY_NAMESPACE.to_owned(), key_name.clone())) {
             Some(secret) => {
                 // Wanted as it is: never rewritten, so the key never changes.
                 desired.push((Kind::Secret, secret.clone(), true));
                 observed
                     .secrets
                     .iter()
-                    .find(|s| s.name_any() == key_name && s.namespace().as_deref() == Some(SYSTEM_NAMESPACE))
+                    .find(|s| s.name_any() == key_name && s.namespace().as_deref() == Some(GATEWAY_NAMESPACE))
                     .and_then(key_pair_from_secret)
             }
             None => {
                 let pair = new_key(&spec.slice);
                 desired.push((Kind::Secret, objects::key_secret(&spec.slice, &pair), true));
                 let note = format!(
-                    "gateway key pair made (public key {}); the private key stays in Secret {SYSTEM_NAMESPACE}/{key_name}",
+                    "gateway key pair made (public key {}); the private key stays in Secret {GATEWAY_NAMESPACE}/{key_name}",
                     pair.public_key
                 );
                 on_create.insert(
-                    (Kind::Secret, SYSTEM_NAMESPACE.to_owned(), key_name.clone()),
+                    (Kind::Secret, GATEWAY_NAMESPACE.to_owned(), key_name.clone()),
                     Notice::normal(reference(*ws), reason::GATEWAY_KEY_CREATED, "CreateKey", note),
                 );
                 Some(pair)
@@ -488,14 +494,14 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
                     Problem {
                         reason: "KeySecretInvalid",
                         message: format!(
-                            "Secret {SYSTEM_NAMESPACE}/{key_name} has no valid {}: delete it to make a new key",
+                            "Secret {GATEWAY_NAMESPACE}/{key_name} has no valid {}: delete it to make a new key",
                             objects::PRIVATE_KEY_KEY
                         ),
                     },
                 );
                 // Keep whatever gateway objects exist: mark them wanted as they are.
                 for kind in [Kind::Secret, Kind::Deployment, Kind::Service] {
-                    let k = (kind, SYSTEM_NAMESPACE.to_owned(), objects::gateway_name(&spec.slice));
+                    let k = (kind, GATEWAY_NAMESPACE.to_owned(), objects::gateway_name(&spec.slice));
                     if let Some(v) = existing.get(&k) {
                         desired.push((kind, v.clone(), true));
                     }
@@ -579,7 +585,7 @@ pub fn gateway_endpoint(ws: &WorkerSlice, member: Option<&MemberCluster>, servic
         .and_then(|s| s.gateway_addresses.iter().map(|a| a.trim()).find(|a| !a.is_empty()))
         .map(str::to_owned);
     let svc = services.iter().find(|s| {
-        s.name_any() == objects::gateway_name(&spec.slice) && s.namespace().as_deref() == Some(SYSTEM_NAMESPACE)
+        s.name_any() == objects::gateway_name(&spec.slice) && s.namespace().as_deref() == Some(GATEWAY_NAMESPACE)
     });
     let (host, port) = match spec.gateway.exposure {
         GatewayExposure::HostPort => (published?, spec.gateway.port),

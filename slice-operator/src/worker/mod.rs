@@ -37,7 +37,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
-use slice_api::crd::{SYSTEM_NAMESPACE, WorkerSlice, cluster_namespace};
+use slice_api::crd::{GATEWAY_NAMESPACE, WorkerSlice, cluster_namespace};
 
 pub use reconcile::{MetricsSource, PassOutcome, Worker, WorkerError, http_metrics};
 
@@ -152,7 +152,7 @@ async fn pass_loop(
     let nodes = watcher(Api::<Node>::all(local.clone()), watcher::Config::default());
     let namespaces = watcher(Api::<Namespace>::all(local.clone()), watcher::Config::default());
     let gateway_pods = watcher(
-        Api::<Pod>::namespaced(local, SYSTEM_NAMESPACE),
+        Api::<Pod>::namespaced(local, GATEWAY_NAMESPACE),
         watcher::Config::default().labels(&format!("{}={}", objects::NAME_LABEL, objects::GATEWAY_NAME)),
     );
     let mut events = futures::stream::select_all([

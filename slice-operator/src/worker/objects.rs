@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use slice_api::crd::{GatewayExposure, NodeAllocation, SYSTEM_NAMESPACE, WorkerSliceSpec};
+use slice_api::crd::{GATEWAY_NAMESPACE, GatewayExposure, NodeAllocation, SYSTEM_NAMESPACE, WorkerSliceSpec};
 use slice_api::multus;
 use slice_api::names::{self, SLICE_ANNOTATION, SLICE_LABEL};
 use slice_api::node::NodeAgentConfig;
@@ -147,7 +147,7 @@ pub fn key_secret(slice: &str, keys: &KeyPair) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": { "name": key_secret_name(slice), "namespace": SYSTEM_NAMESPACE, "labels": labels(Some(slice)) },
+        "metadata": { "name": key_secret_name(slice), "namespace": GATEWAY_NAMESPACE, "labels": labels(Some(slice)) },
         "type": "Opaque",
         "data": { PRIVATE_KEY_KEY: b64(&keys.private_key), PUBLIC_KEY_KEY: b64(&keys.public_key) },
     })
@@ -159,7 +159,7 @@ pub fn gateway_config_secret(spec: &WorkerSliceSpec, private_key_base64: &str) -
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": { "name": gateway_name(&spec.slice), "namespace": SYSTEM_NAMESPACE, "labels": labels(Some(&spec.slice)) },
+        "metadata": { "name": gateway_name(&spec.slice), "namespace": GATEWAY_NAMESPACE, "labels": labels(Some(&spec.slice)) },
         "type": "Opaque",
         "data": { GATEWAY_CONFIG_KEY: b64(&plan::gateway_config(spec, private_key_base64)) },
     })
@@ -187,7 +187,7 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": { "name": gateway_name(slice), "namespace": SYSTEM_NAMESPACE, "labels": gateway_labels(slice) },
+        "metadata": { "name": gateway_name(slice), "namespace": GATEWAY_NAMESPACE, "labels": gateway_labels(slice) },
         "spec": {
             "replicas": 1,
             "strategy": { "type": "Recreate" },
@@ -245,7 +245,7 @@ pub fn gateway_service(spec: &WorkerSliceSpec) -> Option<Value> {
     Some(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": { "name": gateway_name(slice), "namespace": SYSTEM_NAMESPACE, "labels": gateway_labels(slice) },
+        "metadata": { "name": gateway_name(slice), "namespace": GATEWAY_NAMESPACE, "labels": gateway_labels(slice) },
         "spec": {
             "type": type_,
             "selector": { NAME_LABEL: GATEWAY_NAME, SLICE_LABEL: slice },
@@ -263,17 +263,6 @@ pub struct PlannedSlice {
     /// Member namespaces after conflicts are taken out, sorted.
     pub namespaces: Vec<String>,
     pub gateway_address: Option<IpAddr>,
-}
-
-impl PlannedSlice {
-    /// Member namespaces as the CNI plugin and the webhook must see them: the slice's
-    /// namespaces and `slicenet-system`, where its gateway pod runs.
-    #[must_use]
-    pub fn members_with_gateway(&self) -> Vec<String> {
-        let mut v: BTreeSet<String> = self.namespaces.iter().cloned().collect();
-        v.insert(SYSTEM_NAMESPACE.to_owned());
-        v.into_iter().collect()
-    }
 }
 
 /// Every node's agent configuration: each node of `nodes` with every slice that has a node
@@ -300,7 +289,7 @@ pub fn node_agent_configs(
             }
             let mut s =
                 plan::node_agent_slice(&slice.spec, &node.name, nodes, &slice.allocations, slice.gateway_address)?;
-            s.namespaces = slice.members_with_gateway();
+            s.namespaces.clone_from(&slice.namespaces);
             on_node.push(s);
         }
         out.push(NodeAgentConfig {
@@ -330,11 +319,11 @@ pub fn node_config_map(config: &NodeAgentConfig) -> Value {
 }
 
 /// The membership ConfigMap the webhook reads: one key per slice, its member namespaces
-/// comma-separated (with `slicenet-system` for the gateway pod).
+/// comma-separated (the gateway namespace is not among them: the webhook leaves it alone and
+/// the gateway Deployment carries its slice annotation itself).
 #[must_use]
 pub fn membership_config_map(slices: &[PlannedSlice]) -> Value {
-    let data: BTreeMap<&str, String> =
-        slices.iter().map(|s| (s.spec.slice.as_str(), s.members_with_gateway().join(","))).collect();
+    let data: BTreeMap<&str, String> = slices.iter().map(|s| (s.spec.slice.as_str(), s.namespaces.join(","))).collect();
     json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -385,6 +374,8 @@ pub struct NamespaceDecision {
     pub conflicts: BTreeMap<String, Vec<String>>,
     /// Per slice: member namespaces that do not exist (yet), sorted.
     pub missing: BTreeMap<String, Vec<String>>,
+    /// Per slice: slicenet's own namespaces it lists, which never join a slice.
+    pub reserved: BTreeMap<String, Vec<String>>,
 }
 
 /// Decides the namespace labels: each member namespace of a slice gets `slicenet.io/slice=<slice>`
@@ -413,6 +404,10 @@ pub fn decide_namespaces(
         let members: BTreeSet<&String> = members.iter().collect();
         let mut got = Vec::new();
         for ns in members {
+            if [SYSTEM_NAMESPACE, GATEWAY_NAMESPACE].contains(&ns.as_str()) {
+                decision.reserved.entry(slice.clone()).or_default().push(ns.clone());
+                continue;
+            }
             match holder.get(ns.as_str()) {
                 Some(h) if h != slice => {
                     // Held by another slice: leave it, unless the worker set that label for a
@@ -503,6 +498,25 @@ mod tests {
         assert!(d.members["red"].is_empty());
     }
 
+    /// Issue 20, high 3: slicenet's own namespaces never join a slice, even when listed.
+    #[test]
+    fn slicenet_namespaces_are_never_members() {
+        let observed =
+            [ns("shop", None, false), ns("slicenet-system", None, false), ns("slicenet-gateway", None, false)];
+        let d = decide_namespaces(
+            &wanted(&[("blue", &["shop", "slicenet-system"]), ("red", &["slicenet-gateway"])]),
+            &observed,
+        );
+        assert_eq!(d.members["blue"], ["shop"]);
+        assert!(d.members["red"].is_empty());
+        assert_eq!(d.reserved["blue"], ["slicenet-system"]);
+        assert_eq!(d.reserved["red"], ["slicenet-gateway"]);
+        assert_eq!(d.changes, [LabelChange { namespace: "shop".into(), slice: Some("blue".into()) }]);
+        let dep = gateway_deployment(&spec("blue"), &GatewayDefaults::default());
+        assert_eq!(dep["metadata"]["namespace"], "slicenet-gateway");
+        assert_eq!(dep["spec"]["template"]["metadata"]["annotations"]["slicenet.io/slice"], "blue");
+    }
+
     #[test]
     fn gateway_objects() {
         let s = spec("blue");
@@ -571,7 +585,9 @@ mod tests {
         assert_eq!(configs.iter().map(|c| c.node.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);
         for c in &configs {
             c.validate().unwrap();
-            assert_eq!(c.slices[0].namespaces, ["shop", "slicenet-system"]);
+            // slicenet-system is in no slice; the gateway pods join through their own namespace.
+            assert_eq!(c.slices[0].namespaces, ["shop"]);
+            assert_eq!(c.slices[0].gateway_namespace.as_deref(), Some("slicenet-gateway"));
             assert_eq!(c.slices[0].remote_routes.len(), 1);
         }
         let cm = node_config_map(&configs[0]);
@@ -579,7 +595,7 @@ mod tests {
         let back: NodeAgentConfig = serde_json::from_str(cm["data"]["config.json"].as_str().unwrap()).unwrap();
         assert_eq!(back, configs[0]);
         let m = membership_config_map(std::slice::from_ref(&planned));
-        assert_eq!(m["data"], json!({"blue": "shop,slicenet-system"}));
+        assert_eq!(m["data"], json!({"blue": "shop"}));
         let n = nads(&planned);
         assert_eq!(n.len(), 1);
         assert_eq!(n[0]["metadata"]["labels"]["app.kubernetes.io/managed-by"], "slicenet-worker");

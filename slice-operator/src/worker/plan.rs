@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use slice_api::crd::{NodeAllocation, WorkerSliceSpec};
+use slice_api::crd::{GATEWAY_NAMESPACE, NodeAllocation, SYSTEM_NAMESPACE, WorkerSliceSpec};
 use slice_api::node::{PeerNode, RemoteRoute, SliceOnNode};
 use slice_api::prefix::{self, PrefixError};
 
@@ -238,7 +238,14 @@ pub fn node_agent_slice(
         remote_routes.sort();
     }
 
-    let mut namespaces = spec.namespaces.clone();
+    // slicenet's own namespaces are never members (the SliceConfig validator refuses them too):
+    // the gateway pods join through their own namespace, by the annotation the worker sets.
+    let mut namespaces: Vec<String> = spec
+        .namespaces
+        .iter()
+        .filter(|n| ![SYSTEM_NAMESPACE, GATEWAY_NAMESPACE].contains(&n.as_str()))
+        .cloned()
+        .collect();
     namespaces.sort();
     namespaces.dedup();
     Ok(SliceOnNode {
@@ -248,6 +255,7 @@ pub fn node_agent_slice(
         node_prefix,
         mtu: spec.mtu,
         namespaces,
+        gateway_namespace: Some(GATEWAY_NAMESPACE.to_owned()),
         peers,
         remote_routes,
     })

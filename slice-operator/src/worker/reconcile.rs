@@ -32,7 +32,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 use serde_json::json;
-use slice_api::crd::{MemberCluster, SYSTEM_NAMESPACE, WorkerSlice, cluster_namespace};
+use slice_api::crd::{GATEWAY_NAMESPACE, MemberCluster, SYSTEM_NAMESPACE, WorkerSlice, cluster_namespace};
 use slice_api::multus;
 use slice_api::names::SLICE_LABEL;
 
@@ -199,18 +199,18 @@ impl Worker {
         let nodes = Api::<Node>::all(self.local.clone()).list(&ListParams::default()).await.map_err(read("Nodes"))?;
         let namespaces =
             Api::<Namespace>::all(self.local.clone()).list(&ListParams::default()).await.map_err(read("Namespaces"))?;
-        let sys = SYSTEM_NAMESPACE;
+        let (sys, gw) = (SYSTEM_NAMESPACE, GATEWAY_NAMESPACE);
         let secrets =
-            Api::<Secret>::namespaced(self.local.clone(), sys).list(&managed).await.map_err(read("Secrets"))?;
+            Api::<Secret>::namespaced(self.local.clone(), gw).list(&managed).await.map_err(read("Secrets"))?;
         let config_maps =
             Api::<ConfigMap>::namespaced(self.local.clone(), sys).list(&managed).await.map_err(read("ConfigMaps"))?;
         let deployments =
-            Api::<Deployment>::namespaced(self.local.clone(), sys).list(&managed).await.map_err(read("Deployments"))?;
+            Api::<Deployment>::namespaced(self.local.clone(), gw).list(&managed).await.map_err(read("Deployments"))?;
         let services =
-            Api::<Service>::namespaced(self.local.clone(), sys).list(&managed).await.map_err(read("Services"))?;
+            Api::<Service>::namespaced(self.local.clone(), gw).list(&managed).await.map_err(read("Services"))?;
         let gateway_pods = ListParams::default().labels(&format!("{}={}", objects::NAME_LABEL, objects::GATEWAY_NAME));
         let pods =
-            Api::<Pod>::namespaced(self.local.clone(), sys).list(&gateway_pods).await.map_err(read("gateway Pods"))?;
+            Api::<Pod>::namespaced(self.local.clone(), gw).list(&gateway_pods).await.map_err(read("gateway Pods"))?;
         // Only running pods can have the slice interface; the API server filters them.
         let running = ListParams::default().fields("status.phase=Running");
         let mut member_pods = Vec::new();

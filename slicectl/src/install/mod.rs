@@ -129,6 +129,7 @@ pub fn worker(opts: &Options, cluster: &str, hub_kubeconfig: &str, hub_server: O
     let kubeconfig = crate::kubeconfig::for_worker(hub_kubeconfig, hub_server).context("--hub-kubeconfig")?;
     let mut m = Manifest::new();
     m.push(&objects::system_namespace())?;
+    m.push(&objects::gateway_namespace())?;
     let worker = Component { name: WORKER_NAME, namespace: SYSTEM_NAMESPACE, access: WORKER_CLUSTER };
     m.extend(component_rbac(&worker, WORKER_NAME, None)?);
     m.push_commented(

@@ -63,6 +63,19 @@ pub fn system_namespace() -> Namespace {
     ns
 }
 
+/// `slicenet-gateway`: the slice gateways, which need `NET_ADMIN`, the host's `/dev/net/tun`
+/// and IPv4 forwarding (not allowed below the `privileged` Pod Security level). Only the worker
+/// creates pods here, and none of slicenet's other components run here.
+#[must_use]
+pub fn gateway_namespace() -> Namespace {
+    let mut ns = namespace(slice_api::names::GATEWAY_NAMESPACE);
+    ns.metadata
+        .labels
+        .get_or_insert_default()
+        .insert("pod-security.kubernetes.io/enforce".to_owned(), "privileged".to_owned());
+    ns
+}
+
 /// A ServiceAccount.
 #[must_use]
 pub fn service_account(name: &str, namespace: &str) -> ServiceAccount {
@@ -100,8 +113,8 @@ pub struct Component<'a> {
 
 /// The component's ServiceAccount, then its roles and bindings: for [`Scope::Cluster`] a
 /// ClusterRole and ClusterRoleBinding named `cluster_role`, for [`Scope::OwnNamespace`] a Role
-/// and RoleBinding named after the component in its namespace. Nothing for a scope the
-/// component's list has no entry in.
+/// and RoleBinding named after the component in its namespace, for each [`Scope::Namespace`]
+/// the same in that namespace. Nothing for a scope the component's list has no entry in.
 ///
 /// # Errors
 /// When an object cannot be serialised.
@@ -127,13 +140,28 @@ pub fn component_rbac(c: &Component<'_>, cluster_role: &str, resource_names: Opt
             subjects: Some(vec![subject.clone()]),
         })?;
     }
-    let rules = policy_rules(c.access, Scope::OwnNamespace, None);
-    if !rules.is_empty() {
-        m.push(&Role { metadata: meta(c.name, Some(c.namespace), c.name), rules: Some(rules) })?;
+    let mut namespaces: Vec<(Scope, &str)> = vec![(Scope::OwnNamespace, c.namespace)];
+    let mut others: Vec<&'static str> = c
+        .access
+        .iter()
+        .filter_map(|a| match a.scope {
+            Scope::Namespace(ns) => Some(ns),
+            _ => None,
+        })
+        .collect();
+    others.sort_unstable();
+    others.dedup();
+    namespaces.extend(others.into_iter().map(|ns| (Scope::Namespace(ns), ns)));
+    for (scope, namespace) in namespaces {
+        let rules = policy_rules(c.access, scope, None);
+        if rules.is_empty() {
+            continue;
+        }
+        m.push(&Role { metadata: meta(c.name, Some(namespace), c.name), rules: Some(rules) })?;
         m.push(&RoleBinding {
-            metadata: meta(c.name, Some(c.namespace), c.name),
+            metadata: meta(c.name, Some(namespace), c.name),
             role_ref: role_ref("Role", c.name),
-            subjects: Some(vec![subject]),
+            subjects: Some(vec![subject.clone()]),
         })?;
     }
     Ok(m)
