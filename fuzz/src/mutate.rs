@@ -35,6 +35,9 @@ impl Rng {
 /// Bytes that tend to matter to the parsers here.
 const INTERESTING_BYTES: &[u8] = b"\0\n\r\t \"'\\=[]{},:;/.-+#%@0159aAfFzZ\x7f\xc3\xa9\xff";
 
+/// Characters of two, three and four bytes in UTF-8.
+const MULTI_BYTE_CHARS: &[&str] = &["\u{e9}", "\u{20ac}", "\u{2028}", "\u{1d11e}"];
+
 /// Numbers at the edges of the integer types the parsers use.
 const INTERESTING_NUMBERS: &[&str] = &[
     "0",
@@ -125,7 +128,15 @@ fn mutate_json(rng: &mut Rng, value: &mut Value, dictionary: &[&str], depth: usi
 fn mutate_bytes(rng: &mut Rng, data: &mut Vec<u8>, corpus: &[Vec<u8>], dictionary: &[&str], max_len: usize) {
     let len = data.len();
     let pos = |rng: &mut Rng| if len == 0 { 0 } else { rng.below(len + 1) };
-    match rng.below(11) {
+    match rng.below(12) {
+        10 if len > 0 => {
+            // A multi-byte character over as many bytes: same length, other boundaries (text
+            // parsers that check a length in bytes and then slice by position).
+            let c = MULTI_BYTE_CHARS[rng.below(MULTI_BYTE_CHARS.len())].as_bytes();
+            let at = rng.below(len);
+            let end = (at + c.len()).min(len);
+            data.splice(at..end, c.iter().copied());
+        }
         0 if len > 0 => {
             let i = rng.below(len);
             data[i] ^= 1 << rng.below(8);

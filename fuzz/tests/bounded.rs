@@ -10,7 +10,7 @@ use slicenet_fuzz::runner::{self, Plan};
 use slicenet_fuzz::{TARGETS, Target, target};
 
 /// Mutants per target in `make test`.
-const MUTANTS: usize = 3000;
+const MUTANTS: usize = 20_000;
 /// Far beyond what the bounded run takes even on a loaded machine; only a hang reaches it.
 const DEADLINE: Duration = Duration::from_secs(600);
 
