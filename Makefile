@@ -54,3 +54,25 @@ test-under-load: deps
 # Removes what a crashed lab left behind (idempotent).
 clean-lab: build
 	target/debug/slicectl lab down --all
+
+# Coverage-guided fuzzing (docs/testing.md, "Fuzzing"): the fuzz crate's targets under libFuzzer,
+# built on stable Rust with the sanitizer-coverage flags (cargo-fuzz would need nightly), for
+# FUZZ_SECONDS per target. New inputs go to target/fuzz/corpus/<target>, crashes to
+# target/fuzz/artifacts/<target>/; fuzz/corpus/<target> is read as seeds and never written.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= cni wg-config uapi admission slice-config
+FUZZ_TRIPLE = $(shell rustc -vV | sed -n 's/^host: //p')
+FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+  -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks
+.PHONY: fuzz
+fuzz: EXTRA_PACKAGES = g++
+fuzz: deps
+	RUSTFLAGS="$(FUZZ_RUSTFLAGS)" $(CARGO) build --release -p slicenet-fuzz --features libfuzzer \
+	  --bin slicenet-libfuzzer --target $(FUZZ_TRIPLE) --target-dir target/fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz/corpus/$$t target/fuzz/artifacts/$$t && echo "== fuzz $$t for $(FUZZ_SECONDS) s" && \
+	  SLICENET_FUZZ_TARGET=$$t target/fuzz/$(FUZZ_TRIPLE)/release/slicenet-libfuzzer -max_total_time=$(FUZZ_SECONDS) \
+	    -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+	    -artifact_prefix=target/fuzz/artifacts/$$t/ target/fuzz/corpus/$$t fuzz/corpus/$$t || exit 1; \
+	done

@@ -121,12 +121,21 @@ impl NetConf {
     /// Parses and checks the config from stdin bytes.
     ///
     /// # Errors
-    /// Code 6 for bytes that are not a JSON object of this shape, code 7 for values that are wrong.
+    /// Code 6 for bytes that are not a JSON object of this shape (including a missing `name` or
+    /// `type`, which the spec requires), code 7 for values that are wrong.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
         let conf: Self = serde_json::from_slice(bytes).map_err(|e| {
             CniError::new(code::DECODE, "the network configuration on stdin is not valid JSON for slice-cni")
                 .with_details(e.to_string())
         })?;
+        // A required field that is absent (or empty) is a config of the wrong shape, code 6 as
+        // for any other; one that is present but malformed is a wrong value, code 7.
+        fn required(value: &str, what: &'static str) -> impl FnOnce(String) -> CniError {
+            let code = if value.is_empty() { code::DECODE } else { code::INVALID_CONFIG };
+            move |m| CniError::new(code, format!("config field \"{what}\": {m}"))
+        }
+        validate_network_name(&conf.name).map_err(required(&conf.name, "name"))?;
+        validate_plugin_type(&conf.plugin_type).map_err(required(&conf.plugin_type, "type"))?;
         if let Some(slice) = &conf.slice {
             names::validate_slice_name(slice)
                 .map_err(|m| CniError::new(code::INVALID_CONFIG, format!("config field \"slice\": {m}")))?;
@@ -203,6 +212,37 @@ impl NetConf {
     }
 }
 
+/// Checks a network name as the CNI spec (1.1.0, "Configuration format") requires it:
+/// present, starting with a letter or digit, then letters, digits, '_', '.' and '-'. Absent and
+/// empty are one case: `name` is `#[serde(default)]` so that the refusal names the field
+/// precisely instead of serde's generic "missing field". GC releases the allocations recorded
+/// under this name, so an empty name must never get that far.
+fn validate_network_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("missing or empty; the CNI spec requires a network name".into());
+    }
+    let starts_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if starts_ok && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        Ok(())
+    } else {
+        Err(format!(
+            "network name {name:?} must start with a letter or digit and hold only letters, digits, '_', '.' and '-'"
+        ))
+    }
+}
+
+/// Checks `type`: present, and a file name (the spec: no characters a path forbids, such as '/').
+/// Any name is accepted, as the binary may be installed under another one.
+fn validate_plugin_type(plugin_type: &str) -> std::result::Result<(), String> {
+    if plugin_type.is_empty() {
+        return Err("missing or empty; the CNI spec requires the plugin type (its binary's name)".into());
+    }
+    if plugin_type == "." || plugin_type == ".." || plugin_type.contains(['/', '\\', '\0']) {
+        return Err(format!("plugin type {plugin_type:?} is not a file name"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,9 +259,9 @@ mod tests {
         assert_eq!(conf.annotations().unwrap()["slicenet.io/slice"], "blue");
         assert_eq!(conf.ipam_dir(), PathBuf::from("/var/lib/slicenet/ipam"));
         assert_eq!(conf.status_dir(), PathBuf::from("/var/lib/slicenet/network-status"));
-        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","ipamDir":"/lab/n1/ipam"}"#).unwrap();
+        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"t","ipamDir":"/lab/n1/ipam"}"#).unwrap();
         assert_eq!(conf.status_dir(), PathBuf::from("/lab/n1/network-status"));
-        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","statusDir":"/s"}"#).unwrap();
+        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"t","statusDir":"/s"}"#).unwrap();
         assert_eq!(conf.status_dir(), PathBuf::from("/s"));
     }
 
@@ -258,10 +298,35 @@ mod tests {
     fn bad_configs() {
         assert_eq!(NetConf::parse(b"{").unwrap_err().code, code::DECODE);
         assert_eq!(NetConf::parse(br#"{"name":"x"}"#).unwrap_err().code, code::DECODE);
-        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","slice":"Bad/Name"}"#).unwrap_err();
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"t","slice":"Bad/Name"}"#).unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);
         assert!(e.msg.contains("\"slice\""), "{e}");
-        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","prevResult":[1]}"#).unwrap_err();
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"t","prevResult":[1]}"#).unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);
+    }
+
+    /// The spec requires `name` and `type`; a config without them was accepted (issue 10).
+    #[test]
+    fn name_and_type_are_required_and_checked() {
+        for (conf, field, want) in [
+            (r#"{"cniVersion":"1.1.0"}"#, "\"name\"", code::DECODE),
+            (r#"{"cniVersion":"1.1.0","type":"slice-cni"}"#, "\"name\"", code::DECODE),
+            (r#"{"cniVersion":"1.1.0","name":"","type":"slice-cni"}"#, "\"name\"", code::DECODE),
+            (r#"{"cniVersion":"1.1.0","name":"-lab","type":"slice-cni"}"#, "\"name\"", code::INVALID_CONFIG),
+            (r#"{"cniVersion":"1.1.0","name":"a b","type":"slice-cni"}"#, "\"name\"", code::INVALID_CONFIG),
+            (r#"{"cniVersion":"1.1.0","name":"lab"}"#, "\"type\"", code::DECODE),
+            (r#"{"cniVersion":"1.1.0","name":"lab","type":""}"#, "\"type\"", code::DECODE),
+            (r#"{"cniVersion":"1.1.0","name":"lab","type":"../bin/sh"}"#, "\"type\"", code::INVALID_CONFIG),
+            (r#"{"cniVersion":"1.1.0","name":"lab","type":".."}"#, "\"type\"", code::INVALID_CONFIG),
+        ] {
+            let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code, want, "{conf}: {e}");
+            assert!(e.msg.starts_with(&format!("config field {field}")), "{conf}: {e}");
+        }
+        // A JSON null is not a string: decoding fails (code 6), as for any mistyped field.
+        let e = NetConf::parse(br#"{"cniVersion":"1.1.0","name":null,"type":"slice-cni"}"#).unwrap_err();
+        assert_eq!(e.code, code::DECODE, "{e}");
+        let conf = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"k8s-pod_network.1","type":"slice-cni"}"#).unwrap();
+        assert_eq!((conf.name.as_str(), conf.plugin_type.as_str()), ("k8s-pod_network.1", "slice-cni"));
     }
 }

@@ -47,7 +47,6 @@ fn invoke_inner(
     version_hint: &mut String,
 ) -> spec::Result<Option<Value>> {
     let env = Env::from_lookup(&get)?;
-    let node_paths = config::NodePaths::from_lookup(&get)?;
     let command = Command::parse(env.command.as_deref().ok_or_else(|| {
         CniError::new(code::INVALID_ENV, "CNI_COMMAND is not set; this is a CNI plugin, run by a container runtime")
     })?)?;
@@ -63,6 +62,7 @@ fn invoke_inner(
             .unwrap_or_else(|| LATEST_VERSION.to_string());
         return Ok(Some(commands::version(&asked)));
     }
+    let node_paths = config::NodePaths::from_lookup(&get)?;
     let conf = config::NetConf::parse(&input)?.with_node_paths(&node_paths);
     if spec::SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
         version_hint.clone_from(&conf.cni_version);

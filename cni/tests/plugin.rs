@@ -374,6 +374,53 @@ fn bad_inputs_get_their_code_and_leak_nothing() {
     f.assert_clean();
 }
 
+/// The CNI spec requires `name` and `type`; slice-cni used to run ADD (exit 0), DEL and STATUS
+/// on `{"cniVersion":"1.1.0"}` (issue 10). Every command that reads a config refuses it with
+/// code 6, like any other config of the wrong shape, naming the field, before touching
+/// anything; VERSION needs no config and still answers.
+#[test]
+fn config_without_name_or_type_is_refused_by_every_command() {
+    let mut f = Fixture::new("10.80.0.0/26");
+    let pod = f.pod();
+    let bare = br#"{"cniVersion":"1.1.0"}"#;
+    // The fixture's dirs, so that an ADD that went through would leave a visible attachment.
+    let mut nameless = f.conf("1.1.0");
+    nameless.as_object_mut().unwrap().remove("name");
+    nameless["cni.dev/valid-attachments"] = json!([]);
+    let mut typeless = f.conf("1.1.0");
+    typeless.as_object_mut().unwrap().remove("type");
+    typeless["cni.dev/valid-attachments"] = json!([]);
+    for command in ["ADD", "DEL", "CHECK", "STATUS", "GC"] {
+        // The namespace is a member in the fixture's dirs only; the bare config reads the
+        // default dirs, where nothing must happen either.
+        let call = Call { command, ..Call::add("c1", &pod) };
+        for (what, stdin, field) in [
+            ("bare", bare.to_vec(), "\"name\""),
+            ("no name", nameless.to_string().into_bytes(), "\"name\""),
+            ("no type", typeless.to_string().into_bytes(), "\"type\""),
+        ] {
+            let (ok, out, stderr) = invoke_raw(&call, &stdin);
+            assert!(!ok, "{command} {what}: accepted: {out}");
+            assert_eq!(out["code"], 6, "{command} {what}: {out}");
+            assert_eq!(out["cniVersion"], "1.1.0", "{command} {what}: {out}");
+            let msg = out["msg"].as_str().unwrap();
+            assert!(msg.starts_with(&format!("config field {field}")), "{command} {what}: {msg:?}");
+            assert!(msg.contains("CNI spec requires"), "{command} {what}: {msg:?}");
+            assert!(!stderr.contains('{'), "{command} {what}: protocol on stderr?");
+            f.assert_clean();
+        }
+    }
+    let (ok, out, _) = invoke_raw(&Call { command: "VERSION", ..Call::add("", "") }, bare);
+    assert!(ok, "VERSION: {out}");
+    assert_eq!(out["cniVersion"], "1.1.0");
+    // The same configs with both keys work: the refusal is about them, not the rest.
+    let conf = f.conf("1.1.0");
+    let (ok, out, err) = invoke(&Call::add("c1", &pod), &conf);
+    assert!(ok, "ADD: {out} {err}");
+    assert!(invoke(&Call { command: "DEL", ..Call::add("c1", &pod) }, &conf).0);
+    f.assert_clean();
+}
+
 #[test]
 fn status_and_gc_run_directly() {
     let mut f = Fixture::new("10.80.0.0/26");

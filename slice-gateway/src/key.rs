@@ -33,9 +33,16 @@ impl Key {
         if s.len() != 64 {
             return Err(KeyError("a hex key must be 64 characters"));
         }
+        // Checked byte by byte before any slicing: 64 bytes of text may hold multi-byte
+        // characters, and slicing two bytes out of one panicked (found by the `uapi` fuzz
+        // target); `from_str_radix` alone would also take "+f" as a digit pair.
+        if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(KeyError("not valid hex"));
+        }
+        let digit = |b: u8| (b as char).to_digit(16).map_or(0, |d| d as u8);
         let mut raw = [0u8; 32];
-        for (i, out) in raw.iter_mut().enumerate() {
-            *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| KeyError("not valid hex"))?;
+        for (out, pair) in raw.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+            *out = digit(pair[0]) << 4 | digit(pair[1]);
         }
         Ok(Self(raw))
     }
@@ -99,6 +106,17 @@ mod tests {
         assert!(Key::from_base64("!!!").is_err());
         assert!(Key::from_hex(&"zz".repeat(32)).is_err());
         assert!(Key::from_hex("00").is_err());
+    }
+
+    /// 64 bytes that are not 64 hex digits: a multi-byte character across a digit pair made
+    /// `from_hex` panic (a UAPI client could crash the gateway), and `+` passed as a digit.
+    #[test]
+    fn hex_of_64_bytes_that_are_not_hex_digits_is_an_error() {
+        let split_char = format!("0{}{}", "\u{e9}", "0".repeat(61));
+        assert_eq!(split_char.len(), 64);
+        assert_eq!(Key::from_hex(&split_char).unwrap_err().to_string(), "not valid hex");
+        assert!(Key::from_hex(&"+1".repeat(32)).is_err());
+        assert_eq!(Key::from_hex(&"aB".repeat(32)).unwrap(), Key([0xab; 32]));
     }
 
     #[test]
