@@ -86,14 +86,14 @@ type Refusals = BTreeMap<String, Vec<String>>;
 /// The WorkerSlices that speak for their cluster: in the namespace of the cluster their spec
 /// names, under the name of the slice their spec names. Anything else was written (or moved)
 /// by someone it does not belong to: ignored, and reported on the slice it is named after.
-fn owned_workers(workers: &[WorkerSlice]) -> (Vec<WorkerSlice>, Refusals) {
+fn owned_workers(workers: &[WorkerSlice]) -> (Vec<&WorkerSlice>, Refusals) {
     let mut refusals = Refusals::new();
     let mut owned = Vec::new();
     for w in workers {
         let namespace = w.metadata.namespace.as_deref().unwrap_or("");
         let name = w.name_any();
         if namespace == cluster_namespace(&w.spec.cluster) && name == w.spec.slice {
-            owned.push(w.clone());
+            owned.push(w);
         } else {
             let why = format!(
                 "WorkerSlice {namespace}/{name} names cluster {} and slice {}, but a WorkerSlice speaks only for the cluster of its namespace and the slice of its name: ignored",
@@ -117,7 +117,7 @@ type Publications = BTreeMap<(String, String), (Option<String>, Option<String>)>
 fn check_publications(
     slices: &[SliceConfig],
     clusters: &[MemberCluster],
-    owned: &[WorkerSlice],
+    owned: &[&WorkerSlice],
     refusals: &mut Refusals,
 ) -> Publications {
     // Addresses no gateway endpoint may take: every slice subnet, every member's pod and
@@ -204,7 +204,7 @@ fn endpoint_refusal(endpoint: &str, forbidden: &[(IpNet, String)]) -> Option<Str
 
 /// Recorded VNIs are kept in (creation, name) order; a VNI recorded twice stays with the older
 /// slice and the other gets a new one.
-fn allocate_vnis(ordered: &[&SliceConfig], workers: &[WorkerSlice]) -> BTreeMap<String, u32> {
+fn allocate_vnis(ordered: &[&SliceConfig], workers: &[&WorkerSlice]) -> BTreeMap<String, u32> {
     let mut taken = BTreeSet::new();
     let mut out = BTreeMap::new();
     for s in ordered {
@@ -239,13 +239,13 @@ fn plan_slice(
     slice: &SliceConfig,
     vni: Option<u32>,
     registered: &BTreeSet<String>,
-    workers: &[WorkerSlice],
+    workers: &[&WorkerSlice],
     publications: &Publications,
     refused: &[String],
 ) -> SlicePlan {
     let name = slice.name_any();
     let generation = slice.metadata.generation;
-    let existing: Vec<&WorkerSlice> = workers.iter().filter(|w| w.spec.slice == name).collect();
+    let existing: Vec<&WorkerSlice> = workers.iter().copied().filter(|w| w.spec.slice == name).collect();
     let recorded = recorded_indexes(slice, &existing);
     let keep = |reason: &str, message: String| {
         // Refused: keep running what runs, record nothing new.

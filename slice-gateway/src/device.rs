@@ -50,6 +50,9 @@ use crate::udp::{self, RawAddr, RecvBatch};
 /// `Tunn::decapsulate` (boringtun keeps `handle_verified_packet` crate-private, so an external
 /// I/O loop cannot skip the second verification).
 pub const DEFAULT_HANDSHAKE_RATE_LIMIT: u64 = 2 * 100;
+/// The largest handshake limit accepted: far more handshakes than a gateway can compute per
+/// second, so a larger figure can only be a mistake.
+pub const MAX_HANDSHAKE_RATE_LIMIT: u64 = 1_000_000;
 /// How often `update_timers` runs for every peer.
 pub const TIMER_TICK: Duration = Duration::from_millis(100);
 /// Largest UDP datagram / TUN packet we handle.

@@ -19,7 +19,8 @@ struct Cli {
     /// others when it holds the private key.
     #[arg(short, long)]
     config: Option<PathBuf>,
-    /// Serve Prometheus metrics (/metrics) and /healthz on this address, e.g. 127.0.0.1:9586.
+    /// Serve Prometheus metrics (/metrics) and /healthz on this address, e.g. 127.0.0.1:9586,
+    /// [fd00::1]:9586, or [::]:9586 for every IPv6 and IPv4 address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
     /// MTU of the TUN interface.
@@ -34,9 +35,17 @@ struct Cli {
     #[arg(long)]
     routes: bool,
     /// Handshake messages per second (a handshake counts twice) before the gateway answers
-    /// initiations with cookies, so that only peers that prove their address cost a
-    /// Diffie-Hellman; 0 requires a cookie for every handshake.
-    #[arg(long, env = "SLICE_GATEWAY_HANDSHAKE_RATE_LIMIT", default_value_t = slice_gateway::device::DEFAULT_HANDSHAKE_RATE_LIMIT)]
+    /// initiations with cookie replies, so that under a flood only peers that prove their address
+    /// cost a Diffie-Hellman. 0 makes every handshake prove its address first: a peer's handshake
+    /// then takes a cookie round trip and WireGuard's retry (about 5 s) instead of one round trip.
+    /// At most 1000000.
+    #[arg(
+        long,
+        env = "SLICE_GATEWAY_HANDSHAKE_RATE_LIMIT",
+        allow_negative_numbers = true,
+        default_value_t = slice_gateway::device::DEFAULT_HANDSHAKE_RATE_LIMIT,
+        value_parser = clap::value_parser!(u64).range(0..=slice_gateway::device::MAX_HANDSHAKE_RATE_LIMIT),
+    )]
     handshake_rate_limit: u64,
 }
 

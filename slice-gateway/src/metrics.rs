@@ -1,13 +1,17 @@
 //! Prometheus text exposition on `/metrics` and a `/healthz`, from a tiny HTTP/1.1 responder.
 //! Labels are bounded: the interface, the peer public key (as WireGuard exporters do) and a
 //! fixed set of drop reasons; nothing per packet or per address.
+//!
+//! The responder is bounded too ([`Limits`]): a thread per connection up to a cap, one deadline
+//! per request (not per read), and a request head refused (414/431) as soon as it outgrows its
+//! limit, so a slow client cannot stall a scrape and a huge request cannot grow memory.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::device::Gateway;
 
@@ -139,45 +143,280 @@ pub fn sample(gw: &Gateway) -> Sample {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` from a background thread.
+/// Bounds of the HTTP endpoint: whatever a client sends or withholds, it holds at most one
+/// thread and a few KiB for at most `request_deadline`, and it cannot stall another scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; one more is answered 503 and closed at once.
+    pub max_connections: usize,
+    /// Time from accepting a connection to having answered it (not per read: a client that
+    /// sends a byte now and then is closed all the same).
+    pub request_deadline: Duration,
+    /// Longest request line (`GET /metrics HTTP/1.1`); longer is answered 414.
+    pub max_request_line: usize,
+    /// Most bytes of header lines after the request line; more is answered 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // A Prometheus server scrapes one connection at a time with a request head of a few
+        // hundred bytes; these leave room for a few scrapers and health checkers at once.
+        Self {
+            max_connections: 16,
+            request_deadline: Duration::from_secs(10),
+            max_request_line: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Why a request is answered with an error, and with which status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Malformed,
+    MethodNotAllowed,
+    RequestLineTooLong,
+    HeadersTooLarge,
+    Timeout,
+    Busy,
+}
+
+impl Refusal {
+    /// The status line's code and reason.
+    #[must_use]
+    pub fn status(self) -> &'static str {
+        match self {
+            Self::Malformed => "400 Bad Request",
+            Self::MethodNotAllowed => "405 Method Not Allowed",
+            Self::RequestLineTooLong => "414 URI Too Long",
+            Self::HeadersTooLarge => "431 Request Header Fields Too Large",
+            Self::Timeout => "408 Request Timeout",
+            Self::Busy => "503 Service Unavailable",
+        }
+    }
+}
+
+/// What the bytes received so far amount to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head<'a> {
+    /// Not a whole request head yet, and within the limits.
+    Partial,
+    /// A whole request head; `path` is the target without a query.
+    Request {
+        head_only: bool,
+        path: &'a str,
+    },
+    Refuse(Refusal),
+}
+
+/// Decides what the bytes received so far are (a pure function of the bytes and the limits).
+/// A head that cannot fit the limits is refused as soon as that is known, whether or not its
+/// end has arrived, so the caller never needs more than the limits' worth of buffer.
+#[must_use]
+pub fn examine<'a>(buf: &'a [u8], limits: &Limits) -> Head<'a> {
+    let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+        return if buf.len() > limits.max_request_line {
+            Head::Refuse(Refusal::RequestLineTooLong)
+        } else {
+            Head::Partial
+        };
+    };
+    let line = buf[..eol].strip_suffix(b"\r").unwrap_or(&buf[..eol]);
+    if line.len() > limits.max_request_line {
+        return Head::Refuse(Refusal::RequestLineTooLong);
+    }
+    // Header lines up to and including the empty line that ends the head.
+    let rest = &buf[eol + 1..];
+    let mut at = 0;
+    let end = loop {
+        let Some(n) = rest[at..].iter().position(|&b| b == b'\n') else {
+            break None;
+        };
+        let header = &rest[at..at + n];
+        at += n + 1;
+        if header.is_empty() || header == b"\r" {
+            break Some(at);
+        }
+    };
+    match end {
+        Some(len) if len > limits.max_header_bytes => return Head::Refuse(Refusal::HeadersTooLarge),
+        None if rest.len() > limits.max_header_bytes => return Head::Refuse(Refusal::HeadersTooLarge),
+        None => return Head::Partial,
+        Some(_) => {}
+    }
+    let Ok(line) = std::str::from_utf8(line) else {
+        return Head::Refuse(Refusal::Malformed);
+    };
+    let mut words = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) = (words.next(), words.next(), words.next(), words.next())
+    else {
+        return Head::Refuse(Refusal::Malformed);
+    };
+    if !target.starts_with('/') || !version.starts_with("HTTP/1.") {
+        return Head::Refuse(Refusal::Malformed);
+    }
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    match method {
+        "GET" => Head::Request { head_only: false, path },
+        "HEAD" => Head::Request { head_only: true, path },
+        _ => Head::Refuse(Refusal::MethodNotAllowed),
+    }
+}
+
+/// Binds a listening TCP socket. An unspecified IPv6 address (`[::]`) serves IPv4 as well,
+/// whatever `net.ipv6.bindv6only` says; any other IPv6 address serves only itself.
+///
+/// # Errors
+/// When the socket cannot be created or bound (the address is in use or not local).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, sockopt};
+    use std::os::fd::AsRawFd;
+    let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if let SocketAddr::V6(v6) = addr {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &!v6.ip().is_unspecified())?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    socket::listen(&fd, Backlog::new(64).map_err(std::io::Error::from)?)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` from background threads, within
+/// [`Limits::default`].
 ///
 /// # Errors
 /// When the address cannot be bound.
 pub fn serve(addr: SocketAddr, gw: Arc<Gateway>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    serve_with(addr, gw, Limits::default())
+}
+
+/// [`serve`] within the given limits.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn serve_with(addr: SocketAddr, gw: Arc<Gateway>, limits: Limits) -> std::io::Result<SocketAddr> {
+    let listener = bind(addr)?;
     let local = listener.local_addr()?;
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let _ = respond(&gw, conn);
+        for conn in listener.incoming() {
+            let conn = match conn {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and the like: do not spin on it.
+                    tracing::debug!(error = %e, "metrics: accept failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            // Counted here, in accept order, so the cap holds however the threads are scheduled.
+            if active.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+                active.fetch_sub(1, Ordering::AcqRel);
+                refuse_busy(conn);
+                continue;
+            }
+            let slot = Slot(Arc::clone(&active));
+            let gw = Arc::clone(&gw);
+            let spawned =
+                std::thread::Builder::new().name("metrics-conn".into()).stack_size(256 * 1024).spawn(move || {
+                    let _slot = slot;
+                    let _ = handle(&gw, conn, &limits);
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "metrics: cannot start a connection thread");
+            }
         }
     })?;
     Ok(local)
 }
 
-fn respond(gw: &Gateway, conn: TcpStream) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // Skip the headers.
-    let mut header = String::new();
-    while reader.read_line(&mut header)? > 0 && header.trim_end() != "" {
-        header.clear();
+/// One connection's place under [`Limits::max_connections`], given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
-    let path = request.split_whitespace().nth(1).unwrap_or("");
-    let (status, ctype, body) = match path {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&sample(gw))),
-        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-    };
-    let mut conn = conn;
-    write!(
-        conn,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
 }
 
+/// Answers 503 from the accept loop without ever waiting for the client.
+fn refuse_busy(mut conn: TcpStream) {
+    if conn.set_nonblocking(true).is_ok() {
+        // A fresh socket's send buffer takes these few bytes; if not, the client gets a reset.
+        let _ = conn.write_all(response_head(Refusal::Busy.status(), "text/plain", 5).as_bytes());
+        let _ = conn.write_all(b"busy\n");
+    }
+}
+
+fn response_head(status: &str, ctype: &str, len: usize) -> String {
+    format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+}
+
+/// Reads one request head within the deadline and the size limits, answers it and closes.
+fn handle(gw: &Gateway, mut conn: TcpStream, limits: &Limits) -> std::io::Result<()> {
+    let deadline = Instant::now() + limits.request_deadline;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    // Never more than the limits plus one read: a longer head is refused before it grows.
+    let mut buf = Vec::with_capacity(limits.max_request_line + limits.max_header_bytes + 2);
+    let mut chunk = [0u8; 4096];
+    let head = loop {
+        match examine(&buf, limits) {
+            Head::Partial => {}
+            head => break head,
+        }
+        let wait = left();
+        if wait.is_zero() {
+            break Head::Refuse(Refusal::Timeout);
+        }
+        conn.set_read_timeout(Some(wait))?;
+        match conn.read(&mut chunk) {
+            // The client gave up before a whole head: nobody to answer.
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                break Head::Refuse(Refusal::Timeout);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    };
+    // Writing gets what is left of the deadline, and a moment even when nothing is.
+    conn.set_write_timeout(Some(left().max(Duration::from_secs(1))))?;
+    match head {
+        Head::Request { head_only, path } => {
+            let (status, ctype, body) = match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&sample(gw))),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            conn.write_all(response_head(status, ctype, body.len()).as_bytes())?;
+            if !head_only {
+                conn.write_all(body.as_bytes())?;
+            }
+            Ok(())
+        }
+        Head::Refuse(refusal) => {
+            let body = format!("{}\n", refusal.status());
+            conn.write_all(response_head(refusal.status(), "text/plain", body.len()).as_bytes())?;
+            conn.write_all(body.as_bytes())?;
+            // Let a client that already sent its whole (oversized) head read the answer instead
+            // of a reset: stop sending, then discard a bounded amount of what it still sends.
+            conn.shutdown(Shutdown::Write)?;
+            conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+            let mut drained = 0usize;
+            while drained < 256 * 1024 {
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+            Ok(())
+        }
+        Head::Partial => unreachable!("the loop ends only with a whole head or a refusal"),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +450,58 @@ mod tests {
             let family = line.split('{').next().unwrap();
             assert!(text.contains(&format!("# TYPE {family} ")), "{family}");
         }
+    }
+
+    fn small() -> Limits {
+        Limits { max_request_line: 32, max_header_bytes: 64, ..Limits::default() }
+    }
+
+    #[test]
+    fn whole_heads_are_requests_and_partial_ones_wait() {
+        let l = small();
+        assert_eq!(
+            examine(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &l),
+            Head::Request { head_only: false, path: "/metrics" }
+        );
+        assert_eq!(examine(b"HEAD /healthz?x=1 HTTP/1.0\n\n", &l), Head::Request { head_only: true, path: "/healthz" });
+        for partial in [&b""[..], b"GET /met", b"GET /metrics HTTP/1.1\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n"] {
+            assert_eq!(examine(partial, &l), Head::Partial, "{}", String::from_utf8_lossy(partial));
+        }
+    }
+
+    #[test]
+    fn oversized_heads_are_refused_before_they_end() {
+        let l = small();
+        // A request line over the limit, with or without its end.
+        assert_eq!(examine(&[b'A'; 33], &l), Head::Refuse(Refusal::RequestLineTooLong));
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(40));
+        assert_eq!(examine(long.as_bytes(), &l), Head::Refuse(Refusal::RequestLineTooLong));
+        // Exactly at the limit is fine.
+        let at = format!("GET /{} HTTP/1.1", "a".repeat(32 - 14));
+        assert_eq!(at.len(), 32);
+        assert!(matches!(examine(format!("{at}\r\n\r\n").as_bytes(), &l), Head::Request { .. }));
+        // Headers over the limit, ended or not.
+        let headers = format!("GET / HTTP/1.1\r\nX: {}\r\n", "b".repeat(70));
+        assert_eq!(examine(headers.as_bytes(), &l), Head::Refuse(Refusal::HeadersTooLarge));
+        assert_eq!(examine(format!("{headers}\r\n").as_bytes(), &l), Head::Refuse(Refusal::HeadersTooLarge));
+        let many = format!("GET / HTTP/1.1\r\n{}", "X: y\r\n".repeat(20));
+        assert_eq!(examine(many.as_bytes(), &l), Head::Refuse(Refusal::HeadersTooLarge));
+    }
+
+    #[test]
+    fn malformed_heads_and_other_methods_are_refused() {
+        let l = small();
+        for bad in [
+            &b"GET\r\n\r\n"[..],
+            b"GET metrics HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/2\r\n\r\n",
+            b"GET  / HTTP/1.1\n\n",
+            b"\xff / HTTP/1.1\n\n",
+        ] {
+            assert_eq!(examine(bad, &l), Head::Refuse(Refusal::Malformed), "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(examine(b"POST /metrics HTTP/1.1\r\n\r\n", &l), Head::Refuse(Refusal::MethodNotAllowed));
+        assert!(Refusal::HeadersTooLarge.status().starts_with("431 "));
+        assert!(Refusal::RequestLineTooLong.status().starts_with("414 "));
     }
 }

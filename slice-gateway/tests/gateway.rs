@@ -2,9 +2,9 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use common::{KeyPair, Lab, PORT, keypair, sh, wait_until, wg_config};
+use common::{KeyPair, Lab, PORT, WAIT, keypair, sh, wait_until, wg_config};
 
 /// nft counters on node `i`'s WAN interface: WireGuard UDP (port to port) vs everything else
 /// except ARP (another family) and IPv6 neighbour discovery.
@@ -56,6 +56,7 @@ fn metric(text: &str, prefix: &str) -> u64 {
 
 #[test]
 fn tunnel_carries_ping_and_50mb_wg_show_works_and_wire_holds_only_wireguard() -> anyhow::Result<()> {
+    let started = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
     let mut lab = Lab::new(2)?;
     let (ka, kb) = (keypair()?, keypair()?);
     install_wire_counters(&lab, 0)?;
@@ -63,20 +64,21 @@ fn tunnel_carries_ping_and_50mb_wg_show_works_and_wire_holds_only_wireguard() ->
     let g0 = lab.start_gateway(0, &wg_config(&ka, &[(&kb, 1)]), &[])?;
     lab.start_gateway(1, &wg_config(&kb, &[(&ka, 0)]), &[])?;
 
-    assert!(lab.pings(0, 1, Duration::from_secs(10)), "ping 0 → 1 through the tunnel");
-    assert!(lab.pings(1, 0, Duration::from_secs(10)), "ping 1 → 0 through the tunnel");
+    assert!(lab.pings(0, 1, WAIT), "ping 0 → 1 through the tunnel");
+    assert!(lab.pings(1, 0, WAIT), "ping 1 → 0 through the tunnel");
 
     // wg(8) against the running gateway: the interface public key, the peer, a real handshake time.
     let if0 = lab.ifname(0);
     let show = lab.exec(0, &format!("wg show {if0}"))?;
     assert!(show.contains(&format!("public key: {}", ka.public)), "{show}");
     assert!(show.contains(&format!("peer: {}", kb.public)), "{show}");
-    assert!(show.contains("latest handshake: Now") || show.contains("second"), "{show}");
+    assert!(show.contains("latest handshake: "), "{show}");
     assert!(!show.contains("year"), "handshake time must be a Unix time, not an age: {show}");
+    // The handshake happened during this test: between its start and now (whole seconds).
     let hs = lab.exec(0, &format!("wg show {if0} latest-handshakes"))?;
     let t: u64 = hs.split_whitespace().nth(1).unwrap_or("0").parse()?;
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
-    assert!(now.abs_diff(t) < 60, "latest handshake {t} vs now {now}");
+    assert!(started <= t && t <= now, "latest handshake {t}, test started {started}, now {now}");
     assert!(lab.exec(0, &format!("wg show {if0} endpoints"))?.contains(&format!("{}:{PORT}", Lab::underlay(1))));
     let conf = lab.exec(0, &format!("wg showconf {if0}"))?;
     assert!(conf.contains(&format!("PrivateKey = {}", ka.private)) && conf.contains("ListenPort = 51820"), "{conf}");
@@ -111,19 +113,20 @@ fn removing_a_peer_stops_its_traffic_only_and_peers_can_be_added_back() -> anyho
     lab.start_gateway(0, &wg_config(&ka, &[(&kb, 1), (&kc, 2)]), &[])?;
     lab.start_gateway(1, &wg_config(&kb, &[(&ka, 0)]), &[])?;
     lab.start_gateway(2, &wg_config(&kc, &[(&ka, 0)]), &[])?;
-    assert!(lab.pings(0, 1, Duration::from_secs(10)));
-    assert!(lab.pings(0, 2, Duration::from_secs(10)));
-    assert!(lab.pings(2, 0, Duration::from_secs(10)));
+    assert!(lab.pings(0, 1, WAIT));
+    assert!(lab.pings(0, 2, WAIT));
+    assert!(lab.pings(2, 0, WAIT));
 
     let if0 = lab.ifname(0);
-    // Ping B continuously while C is removed: not one lost packet.
-    let steady = std::thread::scope(|s| -> anyhow::Result<String> {
-        let pinger = s.spawn(|| lab.exec(0, &format!("ping -c 30 -i 0.1 -W 1 {}", Lab::overlay(1))));
-        std::thread::sleep(Duration::from_secs(1));
-        lab.exec(0, &format!("wg set {if0} peer {} remove", kc.public))?;
-        pinger.join().expect("pinger thread")
-    })?;
-    assert!(steady.contains(" 0% packet loss"), "{steady}");
+    // Ping B continuously while C is removed: not one lost packet. C goes once five answers
+    // came back, so the removal falls inside the run; -W 10 counts a late answer on a busy
+    // machine as an answer, not a loss.
+    let pinger = lab.spawn_plain(0, "ping", &["-c", "30", "-i", "0.1", "-W", "10", &Lab::overlay(1)], "steady-ping")?;
+    assert!(wait_until(WAIT, || lab.log("steady-ping").contains("icmp_seq=5 ")), "{}", lab.log("steady-ping"));
+    lab.exec(0, &format!("wg set {if0} peer {} remove", kc.public))?;
+    assert!(wait_until(WAIT, || !lab.procs[pinger].alive()), "ping did not end: {}", lab.log("steady-ping"));
+    let steady = lab.log("steady-ping");
+    assert!(steady.contains("30 packets transmitted, 30 received"), "{steady}");
     assert!(
         lab.exec(0, &format!("ping -c 2 -W 1 {}", Lab::overlay(2))).is_err(),
         "traffic to a removed peer must stop"
@@ -145,21 +148,34 @@ fn removing_a_peer_stops_its_traffic_only_and_peers_can_be_added_back() -> anyho
             Lab::underlay(2)
         ),
     )?;
-    assert!(lab.pings(0, 2, Duration::from_secs(15)), "peer added back with wg set");
-    assert!(lab.pings(0, 1, Duration::from_secs(2)));
+    assert!(lab.pings(0, 2, WAIT), "peer added back with wg set");
+    assert!(lab.pings(0, 1, WAIT));
 
-    // `wg setconf` with a file naming only B: C goes, B keeps its session (no new handshake).
-    let before = lab.exec(0, &format!("wg show {if0} latest-handshakes"))?;
+    // `wg setconf` with a file naming only B: C goes, B keeps its session (the same handshake,
+    // its counters not reset). Read right after the change: no traffic in between could rekey.
+    let show = |what: &str| lab.exec(0, &format!("wg show {if0} {what}"));
+    let (hs_before, transfer_before) = (show("latest-handshakes")?, show("transfer")?);
     let path = lab.write_private("only-b.conf", &wg_config(&ka, &[(&kb, 1)]))?;
     lab.exec(0, &format!("wg setconf {if0} {}", path.display()))?;
-    let peers = lab.exec(0, &format!("wg show {if0} peers"))?;
+    let (hs_after, transfer_after) = (show("latest-handshakes")?, show("transfer")?);
+    let peers = show("peers")?;
     assert!(peers.contains(&kb.public) && !peers.contains(&kc.public), "{peers}");
-    assert!(lab.pings(0, 1, Duration::from_secs(2)));
-    let after = lab.exec(0, &format!("wg show {if0} latest-handshakes"))?;
     let line_b = |s: &str| s.lines().find(|l| l.starts_with(&kb.public)).map(str::to_string);
-    assert_eq!(line_b(&before), line_b(&after), "setconf must not disturb an unchanged peer");
+    assert_eq!(line_b(&hs_before), line_b(&hs_after), "setconf must not disturb an unchanged peer");
+    assert_eq!(line_b(&transfer_before), line_b(&transfer_after), "setconf must keep an unchanged peer's counters");
+    assert!(line_b(&transfer_after).is_some_and(|l| !l.ends_with("\t0\t0")), "{transfer_after}");
+    assert!(lab.pings(0, 1, WAIT));
     assert!(lab.exec(0, &format!("ping -c 1 -W 1 {}", Lab::overlay(2))).is_err());
     Ok(())
+}
+
+/// The device-wide counters the floods below move: (garbage, cookie replies, unknown peer).
+fn flood_counters(text: &str) -> (u64, u64, u64) {
+    (
+        metric(text, "slice_gateway_garbage_packets_total"),
+        metric(text, "slice_gateway_cookie_replies_total"),
+        metric(text, "slice_gateway_unknown_peer_packets_total"),
+    )
 }
 
 #[test]
@@ -167,56 +183,139 @@ fn garbage_and_handshake_floods_are_counted_and_the_peer_keeps_working() -> anyh
     let mut lab = Lab::new(2)?;
     let (ka, kb) = (keypair()?, keypair()?);
     // A low handshake limit (2 messages = one handshake per second), so that the flood below
-    // crosses it by its count (3,000 initiations), however slowly a busy machine sends them.
-    let g0 = lab.start_gateway(
-        0,
-        &wg_config(&ka, &[(&kb, 1)]),
-        &["--metrics", "127.0.0.1:9586", "--handshake-rate-limit", "2"],
-    )?;
+    // crosses it by its count (3,000 initiations in batches of 50), however slowly a busy
+    // machine sends them. Metrics on every address, IPv6 and IPv4, so node 1 can read them.
+    let g0 =
+        lab.start_gateway(0, &wg_config(&ka, &[(&kb, 1)]), &["--metrics", "[::]:9586", "--handshake-rate-limit", "2"])?;
     lab.start_gateway(1, &wg_config(&kb, &[(&ka, 0)]), &[])?;
-    assert!(lab.pings(1, 0, Duration::from_secs(30)));
+    assert!(lab.pings(1, 0, WAIT));
     let health = lab.exec(0, "python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9586/healthz').read().decode())\"")?;
     assert_eq!(health.trim(), "ok");
+    let (garbage0, cookies0, unknown0) = flood_counters(&metrics(&lab, 0, "127.0.0.1:9586")?);
 
-    // Random datagrams, then handshake initiations with a valid mac1 (so they reach the rate
-    // limiter) from node 1 — bounded counts, about a second.
+    // From node 1: 5,000 random datagrams and 500 initiation-sized ones with a bad mac1
+    // (garbage), 200 data messages for a receiver index no peer has (unknown peer), and 3,000
+    // initiations with a valid mac1 from no configured peer (past the limit: a cookie reply;
+    // within it: unknown peer). Sent 50 at a time, each batch only once the gateway has counted
+    // the ones before, so no datagram is lost in a full socket buffer on a busy machine and
+    // every one of them must be counted.
     let flood = format!(
         r#"python3 - <<'PY'
-import base64, hashlib, os, socket, time
+import base64, hashlib, os, socket, struct, time, urllib.request
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 dst = ("{dst}", {PORT})
-for _ in range(5000):
-    s.sendto(os.urandom(1 + os.urandom(1)[0] * 4), dst)
-for _ in range(500):
-    s.sendto(b"\x01\x00\x00\x00" + os.urandom(144), dst)
-pub = base64.b64decode("{public}")
-key = hashlib.blake2s(b"mac1----" + pub).digest()
-for _ in range(3000):
+names = ("slice_gateway_garbage_packets_total", "slice_gateway_cookie_replies_total", "slice_gateway_unknown_peer_packets_total")
+def counted():
+    text = urllib.request.urlopen("http://{dst}:9586/metrics", timeout=60).read().decode()
+    return sum(int(float(l.rsplit(" ", 1)[1])) for l in text.splitlines() if l.split("{{")[0] in names)
+base, sent = counted(), 0
+def paced(messages):
+    global sent
+    for i in range(0, len(messages), 50):
+        for m in messages[i:i + 50]:
+            s.sendto(m, dst)
+        sent += len(messages[i:i + 50])
+        deadline = time.monotonic() + 60
+        while counted() - base < sent:
+            if time.monotonic() > deadline:
+                raise SystemExit("the gateway counted %d of %d datagrams" % (counted() - base, sent))
+            time.sleep(0.02)
+paced([os.urandom(1 + os.urandom(1)[0] * 4) for _ in range(5000)])
+paced([b"\x01\x00\x00\x00" + os.urandom(144) for _ in range(500)])
+paced([b"\x04\x00\x00\x00" + struct.pack("<IQ", 0, n) + os.urandom(32) for n in range(200)])
+key = hashlib.blake2s(b"mac1----" + base64.b64decode("{public}")).digest()
+def initiation():
     msg = b"\x01\x00\x00\x00" + os.urandom(112)
-    mac1 = hashlib.blake2s(msg, key=key, digest_size=16).digest()
-    s.sendto(msg + mac1 + bytes(16), dst)
+    return msg + hashlib.blake2s(msg, key=key, digest_size=16).digest() + bytes(16)
+paced([initiation() for _ in range(3000)])
+print(sent)
 PY"#,
         dst = Lab::underlay(0),
         public = ka.public
     );
-    lab.exec(1, &flood)?;
+    let sent = lab.exec(1, &flood)?;
+    assert_eq!(sent.trim(), "8700");
     assert!(lab.procs[g0].alive(), "gateway died under the flood: {}", lab.log(&lab.ifname(0)));
     let text = metrics(&lab, 0, "127.0.0.1:9586")?;
-    let garbage = metric(&text, "slice_gateway_garbage_packets_total");
-    let cookies = metric(&text, "slice_gateway_cookie_replies_total");
-    let unknown = metric(&text, "slice_gateway_unknown_peer_packets_total");
+    let (garbage1, cookies1, unknown1) = flood_counters(&text);
+    let (garbage, cookies, unknown) = (garbage1 - garbage0, cookies1 - cookies0, unknown1 - unknown0);
     eprintln!("FIGURE flood: garbage={garbage} cookie_replies={cookies} unknown_peer={unknown}");
-    assert!(garbage >= 5000, "garbage counter: {text}");
+    assert_eq!(garbage, 5500, "every datagram that is not WireGuard or fails mac1 is garbage: {text}");
+    // Every initiation is answered with a cookie or found to be from no peer; at most 2 per
+    // second pass the limit, so 3,000 sent 50 at a time cross it whatever the machine's speed.
+    assert!(cookies + unknown >= 3200, "{text}");
     assert!(cookies > 0, "the handshake flood must be answered with cookies: {text}");
-    assert!(unknown > 0, "{text}");
+    assert!(unknown >= 200, "data for an unknown receiver: {text}");
     let rx = metric(
         &text,
         &format!("slice_gateway_peer_rx_packets_total{{interface=\"{}\",public_key=\"{}\"}}", lab.ifname(0), kb.public),
     );
     assert!(rx > 0, "{text}");
     // Generous: a peer that has to handshake again under cookie load retries after 5 s.
-    assert!(lab.pings(1, 0, Duration::from_secs(30)), "the established peer must keep working");
-    assert!(lab.pings(0, 1, Duration::from_secs(30)));
+    assert!(lab.pings(1, 0, WAIT), "the established peer must keep working");
+    assert!(lab.pings(0, 1, WAIT));
+    Ok(())
+}
+
+#[test]
+fn a_handshake_limit_of_0_makes_every_handshake_take_a_cookie_and_peers_still_connect() -> anyhow::Result<()> {
+    let mut lab = Lab::new(2)?;
+    let (ka, kb) = (keypair()?, keypair()?);
+    // Set through the environment, as a Deployment would.
+    lab.start_gateway_with_env(
+        0,
+        &wg_config(&ka, &[(&kb, 1)]),
+        &["--metrics", "127.0.0.1:9586"],
+        &[("SLICE_GATEWAY_HANDSHAKE_RATE_LIMIT", "0")],
+    )?;
+    lab.start_gateway(1, &wg_config(&kb, &[(&ka, 0)]), &[])?;
+    // Node 1 initiates: node 0 answers its first initiation with a cookie reply, node 1 retries
+    // with mac2 (after WireGuard's 5 s retry timer) and that one is accepted.
+    assert!(lab.pings(1, 0, WAIT), "a peer must complete its handshake with a cookie");
+    assert!(lab.pings(0, 1, WAIT));
+    let text = metrics(&lab, 0, "127.0.0.1:9586")?;
+    let (garbage, cookies, unknown) = flood_counters(&text);
+    assert!(cookies >= 1, "no cookie reply with a limit of 0: {text}");
+    assert_eq!((garbage, unknown), (0, 0), "{text}");
+    let handshake = metric(
+        &text,
+        &format!(
+            "slice_gateway_peer_last_handshake_seconds{{interface=\"{}\",public_key=\"{}\"}}",
+            lab.ifname(0),
+            kb.public
+        ),
+    );
+    assert!(handshake > 0, "{text}");
+    Ok(())
+}
+
+#[test]
+fn the_handshake_limit_is_validated() -> anyhow::Result<()> {
+    // Refused by the argument parser, before any device or socket exists (no root needed).
+    let cases: [(&[&str], &str, &str); 4] = [
+        (&["--handshake-rate-limit", "lots"], "", "invalid value 'lots'"),
+        (&["--handshake-rate-limit", "-5"], "", "invalid value '-5'"),
+        (&["--handshake-rate-limit", "1000001"], "", "1000001 is not in 0..=1000000"),
+        (&[], "2.5", "invalid value '2.5'"),
+    ];
+    for (args, env, expected) in cases {
+        let mut cmd = std::process::Command::new(common::gateway_bin());
+        cmd.args(["--interface", "sgwnever0"]).args(args);
+        if env.is_empty() {
+            cmd.env_remove("SLICE_GATEWAY_HANDSHAKE_RATE_LIMIT");
+        } else {
+            cmd.env("SLICE_GATEWAY_HANDSHAKE_RATE_LIMIT", env);
+        }
+        let out = cmd.output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        assert!(err.contains(expected) && err.contains("--handshake-rate-limit"), "{args:?} {env:?}: {err}");
+    }
+    assert!(!common::socket_path("sgwnever0").exists());
+    let help = std::process::Command::new(common::gateway_bin()).arg("--help").output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--handshake-rate-limit") && help.contains("SLICE_GATEWAY_HANDSHAKE_RATE_LIMIT"), "{help}");
+    assert!(help.contains("[default: 200]"), "{help}");
     Ok(())
 }
 
@@ -230,21 +329,23 @@ fn interoperates_with_wireguard_go_and_compares_throughput() -> anyhow::Result<(
     lab.start_wireguard_go(2, &wg_config(&keys[2], &[(&keys[0], 0), (&keys[3], 3)]))?;
     lab.start_wireguard_go(3, &wg_config(&keys[3], &[(&keys[2], 2)]))?;
 
-    assert!(lab.pings(0, 2, Duration::from_secs(10)), "slice-gateway → wireguard-go");
-    assert!(lab.pings(2, 0, Duration::from_secs(10)), "wireguard-go → slice-gateway");
-    assert!(lab.pings(3, 2, Duration::from_secs(10)), "wireguard-go → wireguard-go");
-    assert!(lab.pings(1, 0, Duration::from_secs(10)), "slice-gateway → slice-gateway");
+    assert!(lab.pings(0, 2, WAIT), "slice-gateway → wireguard-go");
+    assert!(lab.pings(2, 0, WAIT), "wireguard-go → slice-gateway");
+    assert!(lab.pings(3, 2, WAIT), "wireguard-go → wireguard-go");
+    assert!(lab.pings(1, 0, WAIT), "slice-gateway → slice-gateway");
     let show = lab.exec(2, &format!("wg show {} latest-handshakes", lab.ifname(2)))?;
     assert!(show.contains(&keys[0].public), "{show}");
 
-    // Figures, not asserted: the same run, one after the other.
-    let ours = lab.iperf(1, 0, "-t 3")?;
-    let mixed = lab.iperf(2, 0, "-t 3")?;
-    let theirs = lab.iperf(3, 2, "-t 3")?;
+    // Each transfer must complete (a fixed amount, however long it takes); the speeds are
+    // figures to read, never asserted: they say how busy the machine was as much as anything.
+    let ours = lab.iperf(1, 0, "-n 20M")?;
+    let mixed = lab.iperf(2, 0, "-n 20M")?;
+    let theirs = lab.iperf(3, 2, "-n 20M")?;
     eprintln!(
-        "FIGURE iperf3 -t 3 single stream: slice-gateway<->slice-gateway {ours:.0} Mbit/s, \
+        "FIGURE iperf3 -n 20M single stream: slice-gateway<->slice-gateway {ours:.0} Mbit/s, \
          wireguard-go->slice-gateway {mixed:.0} Mbit/s, wireguard-go<->wireguard-go {theirs:.0} Mbit/s"
     );
+    assert!(ours > 0.0 && mixed > 0.0 && theirs > 0.0);
     Ok(())
 }
 
@@ -273,7 +374,6 @@ fn refuses_a_private_key_readable_by_others() -> anyhow::Result<()> {
         .output()?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("line 2"), "{err}");
-    assert!(wait_until(Duration::from_secs(1), || true));
     Ok(())
 }
 
@@ -301,17 +401,13 @@ fn keepalive_opens_the_path_from_behind_nat_and_the_endpoint_roams() -> anyhow::
     let if0 = lab.ifname(0);
     let endpoint = |lab: &Lab| lab.exec(0, &format!("wg show {if0} endpoints")).unwrap_or_default();
     // No traffic at all: the keepalive alone brings node 1's address (ephemeral port) to node 0.
-    assert!(
-        wait_until(Duration::from_secs(10), || endpoint(&lab).contains(&format!("{}:", Lab::underlay(1)))),
-        "{}",
-        endpoint(&lab)
-    );
-    assert!(lab.pings(0, 1, Duration::from_secs(5)), "node 0 reaches the peer it learned");
+    assert!(wait_until(WAIT, || endpoint(&lab).contains(&format!("{}:", Lab::underlay(1)))), "{}", endpoint(&lab));
+    assert!(lab.pings(0, 1, WAIT), "node 0 reaches the peer it learned");
     // Node 1 moves to another address: the endpoint follows its next authenticated packet.
     // (Delete first: deleting a primary address also deletes its secondaries.)
     lab.exec(1, "ip addr del 198.18.0.2/24 dev wan0 && ip addr add 198.18.0.12/24 dev wan0")?;
-    assert!(wait_until(Duration::from_secs(10), || endpoint(&lab).contains("198.18.0.12:")), "{}", endpoint(&lab));
-    assert!(lab.pings(0, 1, Duration::from_secs(5)), "traffic follows the roamed endpoint");
+    assert!(wait_until(WAIT, || endpoint(&lab).contains("198.18.0.12:")), "{}", endpoint(&lab));
+    assert!(lab.pings(0, 1, WAIT), "traffic follows the roamed endpoint");
     Ok(())
 }
 
@@ -321,7 +417,7 @@ fn mss_is_clamped_so_large_transfers_work_when_endpoints_think_the_path_is_wider
     let (ka, kb) = (keypair()?, keypair()?);
     lab.start_gateway(0, &wg_config(&ka, &[(&kb, 1)]), &[])?;
     lab.start_gateway(1, &wg_config(&kb, &[(&ka, 0)]), &[])?;
-    assert!(lab.pings(0, 1, Duration::from_secs(10)));
+    assert!(lab.pings(0, 1, WAIT));
     // As for a pod whose MTU is 1500 behind the gateway: node 0 believes the route to node 1
     // takes 1500-byte packets, node 1 advertises MSS 1460. Without clamping node 0 would send
     // 1500-byte packets into the 1420-byte tunnel; their 1532-byte datagrams do not fit the
@@ -344,11 +440,11 @@ fn config_file_changes_apply_live_routes_follow_and_keepalive_handshakes_at_once
             k.public,
             Lab::overlay(i),
             Lab::underlay(i),
-            if keepalive { "PersistentKeepalive = 25\n" } else { "" }
+            if keepalive { "PersistentKeepalive = 3600\n" } else { "" }
         )
     };
     let iface = format!("[Interface]\nPrivateKey = {}\nListenPort = {PORT}\n", keys[0].private);
-    // Node 0 knows node 1 with a 25 s keepalive and routes 10.99.1.0/24 there.
+    // Node 0 knows node 1 with an hourly keepalive and routes 10.99.1.0/24 there.
     let conf_a = format!("{iface}{}", peer(&keys[1], 1, ", 10.99.1.0/24", true));
     // The peers first, so the first keepalive finds them listening.
     lab.start_gateway(1, &wg_config(&keys[1], &[(&keys[0], 0)]), &[])?;
@@ -357,14 +453,15 @@ fn config_file_changes_apply_live_routes_follow_and_keepalive_handshakes_at_once
     let if0 = lab.ifname(0);
     let route = |lab: &Lab, net: &str| lab.exec(0, &format!("ip route show {net}")).unwrap_or_default();
     assert!(route(&lab, "10.99.1.0/24").contains(&if0), "AllowedIPs routed into the TUN device");
-    // Setting the keepalive sends one at once, so the handshake does not wait 25 s.
+    // Setting the keepalive sends one at once: nothing else sends to node 1, and the next
+    // keepalive is an hour away, so a handshake within the (generous) wait can only be that one.
     let handshook = |lab: &Lab, key: &str| {
         lab.exec(0, &format!("wg show {if0} latest-handshakes"))
             .unwrap_or_default()
             .lines()
             .any(|l| l.starts_with(key) && !l.trim_end().ends_with("\t0"))
     };
-    assert!(wait_until(Duration::from_secs(3), || handshook(&lab, &keys[1].public)), "no handshake within 3 s");
+    assert!(wait_until(WAIT, || handshook(&lab, &keys[1].public)), "no handshake: the keepalive was not sent at once");
 
     // Rewrite the file (atomically, as a mounted Secret changes): node 2 joins, node 1 loses
     // 10.99.1.0/24. The gateway follows without a restart or a UAPI call.
@@ -373,23 +470,18 @@ fn config_file_changes_apply_live_routes_follow_and_keepalive_handshakes_at_once
     let tmp = lab.write_private("next.conf", &conf_b)?;
     std::fs::rename(&tmp, &path)?;
     assert!(
-        wait_until(Duration::from_secs(5), || route(&lab, "10.99.2.0/24").contains(&if0)
-            && route(&lab, "10.99.1.0/24").is_empty()),
+        wait_until(WAIT, || route(&lab, "10.99.2.0/24").contains(&if0) && route(&lab, "10.99.1.0/24").is_empty()),
         "routes did not follow the file: {}",
         lab.log(&if0)
     );
     let peers = lab.exec(0, &format!("wg show {if0} peers"))?;
     assert_eq!(peers.lines().count(), 2, "{peers}");
-    assert!(lab.pings(0, 2, Duration::from_secs(5)), "the new peer carries traffic");
-    assert!(lab.pings(0, 1, Duration::from_secs(5)), "the old peer still does");
+    assert!(lab.pings(0, 2, WAIT), "the new peer carries traffic");
+    assert!(lab.pings(0, 1, WAIT), "the old peer still does");
     // A file that does not parse is refused and the running configuration stays.
     let bad = lab.write_private("bad.conf", "[Interface]\nPrivateKey = nonsense\n")?;
     std::fs::rename(&bad, &path)?;
-    assert!(
-        wait_until(Duration::from_secs(5), || lab.log(&if0).contains("configuration not reloaded")),
-        "{}",
-        lab.log(&if0)
-    );
-    assert!(lab.pings(0, 2, Duration::from_secs(5)), "still running the last good configuration");
+    assert!(wait_until(WAIT, || lab.log(&if0).contains("configuration not reloaded")), "{}", lab.log(&if0));
+    assert!(lab.pings(0, 2, WAIT), "still running the last good configuration");
     Ok(())
 }

@@ -917,7 +917,6 @@ async fn lease_and_event_access() -> BTreeSet<(&'static str, String, String, Str
 /// no other is made) and returns the loss, so the process exits non-zero.
 #[tokio::test]
 async fn a_hub_that_loses_its_lease_stops_writing_at_once() {
-    use slice_operator::leader::LeaseTiming;
     use std::sync::Mutex;
     #[derive(Default)]
     struct Api {
@@ -975,15 +974,7 @@ async fn a_hub_that_loses_its_lease_stops_writing_at_once() {
             }
         }
     });
-    let mut options = HubOptions::default();
-    options.leader_election.leader_election_identity = Some("hub-0".into());
-    // Renew (and so look) often; the deadlines stay long, so a slow machine loses nothing.
-    options.leader_election.timing = LeaseTiming {
-        lease_duration: Duration::from_secs(120),
-        renew_deadline: Duration::from_secs(90),
-        renew_period: Duration::from_millis(20),
-        retry_period: Duration::from_millis(20),
-    };
+    let options = leading_as("hub-0", Duration::from_secs(120), Duration::from_secs(90));
     let health = Health::new();
     let result = tokio::time::timeout(
         Duration::from_secs(120),
@@ -1030,7 +1021,6 @@ async fn wait_for(what: &str, done: impl Fn() -> bool) {
 /// at once and reconciles; on shutdown it releases the lease for the next one.
 #[tokio::test]
 async fn a_standby_is_ready_reconciles_only_once_it_leads_and_releases_on_shutdown() {
-    use slice_operator::leader::LeaseTiming;
     use std::sync::Mutex;
     let lease: Arc<Mutex<Value>> = Arc::new(Mutex::new(json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -1066,14 +1056,7 @@ async fn a_standby_is_ready_reconciles_only_once_it_leads_and_releases_on_shutdo
         };
         Some((200, list(kind, &[])))
     });
-    let mut options = HubOptions::default();
-    options.leader_election.leader_election_identity = Some("hub-0".into());
-    options.leader_election.timing = LeaseTiming {
-        lease_duration: Duration::from_secs(3600),
-        renew_deadline: Duration::from_secs(1800),
-        renew_period: Duration::from_millis(20),
-        retry_period: Duration::from_millis(20),
-    };
+    let options = leading_as("hub-0", Duration::from_secs(3600), Duration::from_secs(1800));
     let health = Health::new();
     let probe = health.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1111,4 +1094,18 @@ async fn a_standby_is_ready_reconciles_only_once_it_leads_and_releases_on_shutdo
     assert_eq!(last.method, "PUT", "the last request releases the lease");
     assert!(last.body["spec"].get("holderIdentity").is_none(), "{}", last.body);
     assert_eq!(lease.lock().expect("lock")["spec"]["leaseTransitions"], 3, "one more transition");
+}
+
+/// Hub options that campaign as `identity`, renewing (and so looking) every 20 ms; the lease
+/// and renew deadline stay long, so a slow machine loses nothing.
+fn leading_as(identity: &str, lease_duration: Duration, renew_deadline: Duration) -> HubOptions {
+    let mut options = HubOptions::default();
+    options.leader_election.leader_election_identity = Some(identity.into());
+    options.leader_election.timing = slice_operator::leader::LeaseTiming {
+        lease_duration,
+        renew_deadline,
+        renew_period: Duration::from_millis(20),
+        retry_period: Duration::from_millis(20),
+    };
+    options
 }
