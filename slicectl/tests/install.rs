@@ -819,3 +819,35 @@ fn hub_and_worker_on_one_cluster_do_not_collide() {
     let shared: Vec<(&str, &str)> = shared.iter().map(|(_, kind, _, name)| (kind.as_str(), name.as_str())).collect();
     assert_eq!(shared, [("NetworkPolicy", "slicenet-default-deny-ingress"), ("Namespace", "slicenet-system")]);
 }
+
+/// The node agent's init container runs `slicectl cni-install` as root with every capability
+/// dropped and no privilege escalation: the same here (util-linux `setpriv`), into root-owned
+/// directories as on a node, and the plugin and the chained conflist are in place.
+#[test]
+fn cni_install_needs_no_capability() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    assert!(root, "this test runs slicectl as root without capabilities: run it as root");
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(
+        conf.join("10-bridge.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"}]}"#,
+    )
+    .unwrap();
+    let plugin = dir.path().join("plugin");
+    std::fs::write(&plugin, b"#!plugin bytes").unwrap();
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--", env!("CARGO_BIN_EXE_slicectl")])
+        .args(["cni-install", "--plugin"])
+        .args([&plugin, Path::new("--bin-dir"), &bin, Path::new("--conf-dir"), &conf])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cni-install without capabilities: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(bin.join("slice-cni")).unwrap(), b"#!plugin bytes");
+    let chained: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(conf.join("00-slicenet.conflist")).unwrap()).unwrap();
+    assert_eq!(chained["plugins"][1]["type"], "slice-cni");
+}

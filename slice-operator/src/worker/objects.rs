@@ -166,8 +166,12 @@ pub fn gateway_config_secret(spec: &WorkerSliceSpec, private_key_base64: &str) -
 }
 
 /// CPU and memory requests and limits of a gateway container (`cpu request`, `cpu limit`,
-/// `memory request`, `memory limit`), from the lab measurements in `docs/operations.md`.
-pub const GATEWAY_RESOURCES: [&str; 4] = ["50m", "1", "32Mi", "128Mi"];
+/// `memory request`, `memory limit`), from the lab (`docs/benchmarks.md`, section 8): 7.3 MiB
+/// peak RSS at 2 Gbit/s plus up to 32 MiB of UDP socket buffers (8 MiB asked, doubled by the
+/// kernel, receive and send), charged to the pod; 0.23 CPU s per Gbit carried, so two cores
+/// (its two packet threads) carry about 8 Gbit/s. The request covers an idle gateway with a few
+/// hundred Mbit/s; the limit lets it use both packet threads fully.
+pub const GATEWAY_RESOURCES: [&str; 4] = ["100m", "2", "48Mi", "128Mi"];
 /// Where the gateway creates its WireGuard UAPI socket (an emptyDir: the root filesystem is
 /// read-only).
 pub const GATEWAY_UAPI_DIR: &str = "/var/run/wireguard";
@@ -188,7 +192,8 @@ fn gateway_probe(period_seconds: u32) -> Value {
 /// on [`GATEWAY_METRICS_PORT`] (the worker reads the tunnels' state there; the probes read
 /// `/healthz` there).
 ///
-/// Privileges, the least it runs with (`docs/operations.md` has the evidence):
+/// Privileges, the least it runs with (proven by slice-gateway's test
+/// `net_admin_alone_is_enough_and_needed`; docs/security.md):
 /// - root with every capability dropped but `NET_ADMIN`: creating the TUN device
 ///   (`TUNSETIFF`), its address, link state and routes (netlink), and `SO_RCVBUFFORCE` /
 ///   `SO_SNDBUFFORCE` for large socket buffers. Root because Kubernetes gives a non-root
@@ -202,9 +207,9 @@ fn gateway_probe(period_seconds: u32) -> Value {
 /// - a read-only root filesystem, the UAPI socket directory an emptyDir, the runtime's default
 ///   seccomp profile, and no ServiceAccount token (it makes no API request).
 ///
-/// The metrics listen on `0.0.0.0`, not `[::]`: a kernel booted with IPv6 disabled refuses an
-/// IPv6 socket and the gateway would not start; the cost is that IPv6-only pod networks get no
-/// tunnel state.
+/// The metrics listen on `[::]`: IPv6 and IPv4 (dual stack) on every address of the pod, so
+/// IPv6-only pod networks get the tunnels' state too; on a kernel without IPv6 the gateway
+/// falls back to `0.0.0.0` (`slice_gateway::metrics::bind`).
 #[must_use]
 pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> Value {
     let slice = spec.slice.as_str();
@@ -233,7 +238,7 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
                         "command": ["slice-gateway"],
                         "args": ["--interface", plan::gateway_interface(slice), "--config", config,
                                  "--mtu", gateway.mtu.to_string(),
-                                 "--metrics", format!("0.0.0.0:{GATEWAY_METRICS_PORT}"),
+                                 "--metrics", format!("[::]:{GATEWAY_METRICS_PORT}"),
                                  // Peers' prefixes into the TUN device; the mounted config is
                                  // re-read when the worker changes the Secret.
                                  "--routes"],
@@ -571,7 +576,7 @@ mod tests {
                 "--mtu",
                 "1420",
                 "--metrics",
-                "0.0.0.0:9586",
+                "[::]:9586",
                 "--routes"
             ])
         );
