@@ -781,43 +781,89 @@ fn the_gateway_the_worker_creates_is_production_ready_and_reachable() {
 /// `install worker-hub-access`, applied to one cluster, never give two different objects the
 /// same identity (apiVersion, kind, namespace, name); the objects they share (the namespace and
 /// its default deny) are byte-identical, so applying one after the other changes nothing.
+/// What a cluster holds by (API group, kind, namespace, name), the identity the API server
+/// keys objects by (the version is not part of it), with the object.
+type Objects = BTreeMap<(String, String, String, String), Value>;
+
+fn identities(docs: impl IntoIterator<Item = Value>) -> Objects {
+    docs.into_iter()
+        .map(|doc| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            let api_version = text(&doc["apiVersion"]);
+            let group = api_version.rsplit_once('/').map_or("", |(g, _)| g).to_owned();
+            let key = (group, text(&doc["kind"]), text(&doc["metadata"]["namespace"]), text(&doc["metadata"]["name"]));
+            assert!(!key.1.is_empty() && !key.3.is_empty(), "an object without kind or name: {doc:?}");
+            (key, doc)
+        })
+        .collect()
+}
+
+/// What the hub and worker controllers create at run time in their own cluster: their Leases,
+/// and the worker's gateway Deployment, Service and Secret, membership and node ConfigMaps.
+fn runtime_objects() -> (Vec<Value>, Vec<Value>) {
+    use slice_operator::leader::{HUB_LEASE, WORKER_LEASE};
+    use slice_operator::worker::objects as o;
+    let lease = |name: &str| {
+        let json = serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": "slicenet-system"}});
+        yaml_serde::to_value(json).unwrap()
+    };
+    let spec: slice_api::crd::WorkerSliceSpec = serde_json::from_value(serde_json::json!({
+        "slice": "blue", "cluster": "east", "sliceSubnet": "10.80.0.0/16", "clusterPrefix": "10.80.16.0/20",
+        "nodePrefixLength": 26, "vni": 100, "namespaces": ["shop"], "peers": [],
+    }))
+    .unwrap();
+    let node: slice_api::node::NodeAgentConfig =
+        serde_json::from_value(serde_json::json!({"node": "n1", "underlayAddress": "198.18.0.11", "slices": []}))
+            .unwrap();
+    let worker = [
+        o::gateway_deployment(&spec, &o::GatewayDefaults::default()),
+        o::gateway_service(&spec).unwrap(),
+        o::gateway_config_secret(&spec, "a2V5"),
+        o::membership_config_map(&[]),
+        o::node_config_map(&node),
+    ];
+    let mut worker: Vec<Value> = worker.iter().map(|v| yaml_serde::to_value(v).unwrap()).collect();
+    worker.push(lease(WORKER_LEASE));
+    (vec![lease(HUB_LEASE)], worker)
+}
+
+/// A hub that is also a member cluster: everything `install hub` (with the `worker-hub-access`
+/// of its own cluster) and the hub controller put there, against everything `install worker`
+/// (chained or `--multus`) and the worker controller put there. Every object of each side is
+/// compared by its identity; the only ones both sides hold are the same object, printed
+/// identically, so applying the second install changes nothing of the first.
 #[test]
 fn hub_and_worker_on_one_cluster_do_not_collide() {
-    let manifests = [
-        ("install hub", slicectl(&["install", "hub"])),
-        ("install worker", install_worker(&[])),
-        ("install worker --multus", install_worker(&["--multus"])),
-        ("install worker-hub-access", slicectl(&["install", "worker-hub-access", "--cluster", "east"])),
-    ];
-    let mut seen: BTreeMap<(String, String, String, String), (&str, Value)> = BTreeMap::new();
-    let mut shared = BTreeSet::new();
-    // `--multus` is the same install with another mode: compare the others with each.
-    for skip in ["install worker --multus", "install worker"] {
-        seen.clear();
-        for (what, yaml) in manifests.iter().filter(|(w, _)| *w != skip) {
-            for doc in parse_documents(yaml).unwrap() {
-                let text = |k: &str| doc[k].as_str().unwrap_or_default().to_owned();
-                let key = (
-                    text("apiVersion"),
-                    text("kind"),
-                    doc["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
-                    doc["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+    let docs = |yaml: &str| parse_documents(yaml).unwrap();
+    let (hub_runtime, worker_runtime) = runtime_objects();
+    let mut hub_docs = docs(&slicectl(&["install", "hub"]));
+    hub_docs.extend(docs(&slicectl(&["install", "worker-hub-access", "--cluster", "east"])));
+    hub_docs.extend(hub_runtime);
+    let hub = identities(hub_docs);
+    assert!(hub.len() > 20, "the hub side: {:?}", hub.keys());
+    for flags in [&[][..], &["--multus"][..]] {
+        let mut worker_docs = docs(&install_worker(flags));
+        worker_docs.extend(worker_runtime.clone());
+        let worker = identities(worker_docs);
+        assert!(worker.len() > 20, "the worker side: {:?}", worker.keys());
+        let mut shared = Vec::new();
+        for (key, doc) in &worker {
+            if let Some(before) = hub.get(key) {
+                assert_eq!(
+                    yaml_serde::to_string(before).unwrap(),
+                    yaml_serde::to_string(doc).unwrap(),
+                    "{key:?} is on both sides ({flags:?}) and differs"
                 );
-                if let Some((first, before)) = seen.get(&key) {
-                    assert_eq!(
-                        yaml_serde::to_string(before).unwrap(),
-                        yaml_serde::to_string(&doc).unwrap(),
-                        "{key:?} is in `{first}` and `{what}` and differs"
-                    );
-                    shared.insert(key.clone());
-                } else {
-                    seen.insert(key, (what, doc));
-                }
+                shared.push((key.1.as_str(), key.3.as_str()));
             }
         }
+        assert_eq!(
+            shared,
+            [("Namespace", "slicenet-system"), ("NetworkPolicy", "slicenet-default-deny-ingress")],
+            "{flags:?}"
+        );
     }
-    let shared: Vec<(&str, &str)> = shared.iter().map(|(_, kind, _, name)| (kind.as_str(), name.as_str())).collect();
-    assert_eq!(shared, [("NetworkPolicy", "slicenet-default-deny-ingress"), ("Namespace", "slicenet-system")]);
 }
 
 /// The node agent's init container runs `slicectl cni-install` as root with every capability
