@@ -4,11 +4,11 @@ CARGO ?= cargo
 # System packages the build, the lab and the tests use (checked with dpkg, installed when missing).
 PACKAGES := containerd runc containernetworking-plugins iproute2 iputils-ping iperf3 nftables \
             protobuf-compiler gcc libc6-dev util-linux procps python3 jq \
-            wireguard-tools wireguard-go tcpdump
+            wireguard-tools wireguard-go tcpdump python3-venv
 # Only the benchmarks use these.
 BENCH_PACKAGES := openvpn
 
-.PHONY: deps build lint test test-root demo bench clean-lab test-under-load
+.PHONY: deps build lint test test-root demo bench clean-lab test-under-load validators
 
 deps:
 	@missing=""; for p in $(PACKAGES) $(EXTRA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -29,8 +29,18 @@ lint: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The manifest checkers slicectl/tests/validators.rs runs (kubernetes-validate, checkov), in a
+# venv pinned by deploy/validate/; made again only when those pins change.
+VALIDATORS_VENV := target/validators-venv
+validators: $(VALIDATORS_VENV)/.installed
+$(VALIDATORS_VENV)/.installed: deploy/validate/requirements.txt deploy/validate/constraints.txt | deps
+	rm -rf $(VALIDATORS_VENV)
+	/usr/bin/python3 -m venv $(VALIDATORS_VENV)
+	$(VALIDATORS_VENV)/bin/pip install --quiet -r deploy/validate/requirements.txt -c deploy/validate/constraints.txt
+	touch $@
+
 # Every test: pure ones and the root ones on real namespaces, containerd's CRI and our binaries.
-test: lint build
+test: lint build validators
 	@[ "$$(id -u)" = 0 ] || { echo "make test needs root: the lab creates network namespaces and runs containerd"; exit 1; }
 	$(CARGO) test --workspace --no-fail-fast
 

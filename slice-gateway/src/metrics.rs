@@ -265,7 +265,9 @@ pub fn examine<'a>(buf: &'a [u8], limits: &Limits) -> Head<'a> {
 }
 
 /// Binds a listening TCP socket. An unspecified IPv6 address (`[::]`) serves IPv4 as well,
-/// whatever `net.ipv6.bindv6only` says; any other IPv6 address serves only itself.
+/// whatever `net.ipv6.bindv6only` says, and falls back to `0.0.0.0` on a kernel without IPv6
+/// (booted with `ipv6.disable=1`: no IPv6 socket at all), so `[::]` is a safe default; any other
+/// IPv6 address serves only itself.
 ///
 /// # Errors
 /// When the socket cannot be created or bound (the address is in use or not local).
@@ -273,7 +275,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, sockopt};
     use std::os::fd::AsRawFd;
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let fd = match socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None) {
+        Err(nix::errno::Errno::EAFNOSUPPORT) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+            return bind(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port())));
+        }
+        other => other?,
+    };
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if let SocketAddr::V6(v6) = addr {
         socket::setsockopt(&fd, sockopt::Ipv6V6Only, &!v6.ip().is_unspecified())?;

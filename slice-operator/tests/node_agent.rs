@@ -88,6 +88,22 @@ impl Node {
             .unwrap()
     }
 
+    /// [`Node::run_once`] with no capability but `caps` (util-linux `setpriv`: the bounding set
+    /// limits what root gets at exec, and nothing is inheritable), as a container that drops
+    /// every capability and adds `caps` runs it.
+    fn run_once_with_only(&self, caps: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path.display()))
+            .args(setpriv_only(caps))
+            .arg(BIN)
+            .args(["node-agent", "--config"])
+            .arg(self.config_path())
+            .arg("--once")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    }
+
     fn run_once_ok(&self) {
         let out = self.run_once();
         assert!(
@@ -152,6 +168,25 @@ impl Node {
             .unwrap();
         Daemon { child, log }
     }
+}
+
+/// `setpriv` arguments that leave a root process only `caps` (e.g. `net_admin`).
+fn setpriv_only(caps: &[&str]) -> Vec<String> {
+    let keep: String = caps.iter().map(|c| format!(",+{c}")).collect();
+    vec!["setpriv".into(), format!("--bounding-set=-all{keep}"), "--inh-caps=-all".into(), "--".into()]
+}
+
+/// The effective capability mask a process started with [`setpriv_only`]`(caps)` gets.
+fn effective_caps_with_only(caps: &[&str]) -> u64 {
+    let out = Command::new(&setpriv_only(caps)[0])
+        .args(&setpriv_only(caps)[1..])
+        .args(["cat", "/proc/self/status"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "setpriv: {}", String::from_utf8_lossy(&out.stderr));
+    let status = String::from_utf8(out.stdout).unwrap();
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:")).expect("CapEff line").trim();
+    u64::from_str_radix(hex, 16).unwrap()
 }
 
 struct SliceDef<'a> {
@@ -567,4 +602,58 @@ fn the_daemon_serves_its_probes_when_asked() {
     daemon.wait_log(&["node is up to date", "reconciled"], 1);
     assert!(probe_in(&lab.n1().ns, 8081, "/healthz").is_err(), "no endpoint unless asked");
     daemon.terminate();
+}
+
+/// The capabilities the node agent needs, and why (the DaemonSet's comment in
+/// `slicectl/src/install/workloads.rs` and docs/security.md cite this test):
+/// - `net_admin`: netlink writes (VXLAN, links, addresses, routes, neighbours, FDB) and the
+///   router namespaces' sysctls;
+/// - `sys_admin`: `unshare(CLONE_NEWNET)` and `setns` into the router namespaces, the bind mount
+///   that names each one under /run/netns and making that directory a shared mount.
+///
+/// The real binary with only these two does its whole job (routers made, configured and
+/// reaching each other, state files written); without either it fails and says what it could
+/// not do.
+#[test]
+fn the_agent_needs_only_net_admin_and_sys_admin() {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    let only = ["net_admin", "sys_admin"];
+    // setpriv does restrict: exactly these two are effective.
+    assert_eq!(effective_caps_with_only(&only), (1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN));
+
+    let lab = Lab::new();
+    lab.n1().write_config(&[blue(0, "198.18.250.2", 1)]);
+    lab.n2().write_config(&[blue(1, "198.18.250.1", 0)]);
+
+    // Without SYS_ADMIN it cannot make the router namespace; without NET_ADMIN it cannot
+    // configure one (n1's is made by the first run, so the second gets to netlink).
+    let out = lab.n1().run_once_with_only(&["net_admin"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("Operation not permitted"), "without sys_admin: {err}");
+    assert!(NodeState::load(lab.n1().state_dir.path(), "blue").unwrap().is_none(), "no state without a router");
+    let out = lab.n1().run_once_with_only(&["sys_admin"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("Operation not permitted"), "without net_admin: {err}");
+    assert!(NodeState::load(lab.n1().state_dir.path(), "blue").unwrap().is_none(), "no state without a router");
+
+    for node in [lab.n1(), lab.n2()] {
+        let out = node.run_once_with_only(&only);
+        assert!(
+            out.status.success(),
+            "node-agent with {only:?} on {}: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(lab.n1().ping("blue", &router(0), &router(1)));
+    assert!(lab.n2().ping("blue", &router(1), &router(0)));
+    let state = NodeState::load(lab.n1().state_dir.path(), "blue").unwrap().expect("state file");
+    assert_eq!(state.router_netns, lab.n1().router_path("blue"));
+    let ns = Netns::open(&lab.n1().router_path("blue")).unwrap();
+    assert_eq!(ns.sysctl("net/ipv4/ip_forward").unwrap(), "1");
+    assert_eq!(ns.sysctl("net/ipv4/conf/all/rp_filter").unwrap(), "1");
+    // And what the full run made, a run with the two capabilities finds in place.
+    assert!(lab.n1().run_once_with_only(&only).status.success());
+    assert_eq!(lab.n1().reconcile(), vec![]);
 }

@@ -325,7 +325,7 @@ async fn create_makes_everything_in_order_and_publishes_the_public_key() {
     // The gateway serves its metrics on the fixed port.
     let deployment = api.get(Side::Cluster, &format!("{DEPLOY}/slicenet-gw-blue")).expect("Deployment");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    assert!(container["args"].to_string().contains(r#""--metrics","0.0.0.0:9586""#), "{}", container["args"]);
+    assert!(container["args"].to_string().contains(r#""--metrics","[::]:9586""#), "{}", container["args"]);
     assert_eq!(container["ports"][1]["containerPort"], 9586);
 
     // The private key never goes to the hub.

@@ -96,9 +96,14 @@ pub fn find_primary(conf_dir: &Path) -> Result<PathBuf> {
 /// # Errors
 /// When a file cannot be read, parsed or written.
 pub fn install(plugin: &Path, bin_dir: &Path, conf_dir: &Path) -> Result<PathBuf> {
-    let bytes = std::fs::read(plugin).with_context(|| format!("reading {}", plugin.display()))?;
+    // Copied, not read into memory: the release plugin is tens of MB and the init container's
+    // memory limit is sized for a copy (docs/benchmarks.md, section 8).
     let target = bin_dir.join(PLUGIN_TYPE);
-    write_atomically(&target, &bytes, 0o755)?;
+    place_atomically(&target, 0o755, |tmp| {
+        std::fs::copy(plugin, tmp)
+            .map(drop)
+            .with_context(|| format!("copying {} to {}", plugin.display(), tmp.display()))
+    })?;
 
     let primary = find_primary(conf_dir)?;
     let text = std::fs::read(&primary).with_context(|| format!("reading {}", primary.display()))?;
@@ -106,16 +111,20 @@ pub fn install(plugin: &Path, bin_dir: &Path, conf_dir: &Path) -> Result<PathBuf
     let chained = chain(&value).with_context(|| format!("chaining after {}", primary.display()))?;
     let mut out = serde_json::to_vec_pretty(&chained).context("serialising the conflist")?;
     out.push(b'\n');
-    write_atomically(&conf_dir.join(CONFLIST_NAME), &out, 0o644)?;
+    place_atomically(&conf_dir.join(CONFLIST_NAME), 0o644, |tmp| {
+        std::fs::write(tmp, &out).with_context(|| format!("writing {}", tmp.display()))
+    })?;
     Ok(primary)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+/// Makes `path` appear whole or not at all: `fill` writes a temporary file beside it, which
+/// gets `mode` and is renamed onto `path`.
+fn place_atomically(path: &Path, mode: u32, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().context("target has no parent dir")?;
     let name = path.file_name().and_then(|n| n.to_str()).context("target has no file name")?;
     let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fill(&tmp)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))

@@ -10,7 +10,9 @@ use std::process::Command;
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, PodSpec, Secret, Service, ServiceAccount, Volume};
+use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Secret, Service, ServiceAccount, Volume};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use slice_api::crd::MemberCluster;
@@ -68,6 +70,8 @@ struct Parsed {
     validating: Vec<ValidatingWebhookConfiguration>,
     crds: Vec<CustomResourceDefinition>,
     member_clusters: Vec<MemberCluster>,
+    disruption_budgets: Vec<PodDisruptionBudget>,
+    network_policies: Vec<NetworkPolicy>,
 }
 
 /// Parses every document by its apiVersion/kind into the k8s-openapi type, failing on an
@@ -100,6 +104,8 @@ fn parse(yaml: &str) -> Parsed {
             }
             ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => p.crds.push(typed(doc, &what)),
             ("slicenet.io/v1alpha1", "MemberCluster") => p.member_clusters.push(typed(doc, &what)),
+            ("policy/v1", "PodDisruptionBudget") => p.disruption_budgets.push(typed(doc, &what)),
+            ("networking.k8s.io/v1", "NetworkPolicy") => p.network_policies.push(typed(doc, &what)),
             _ => panic!("unexpected kind in a manifest: {what}"),
         }
     }
@@ -213,18 +219,233 @@ fn assert_workloads_consistent(p: &Parsed, image: &str) {
     }
 }
 
+/// Containers that run as root, and why: the node agent (privileged, see its comment), the CNI
+/// install (writes root-owned host directories, no capability) and the gateway (`NET_ADMIN`
+/// takes effect only for root in Kubernetes).
+const ROOT_CONTAINERS: &[&str] = &["node-agent", "install-cni", "gateway"];
+/// Capabilities a non-privileged container may add, per container name.
+const ADDED_CAPABILITIES: &[(&str, &str)] = &[("gateway", "NET_ADMIN")];
+
+/// A CPU or memory quantity in milli-units or bytes (the forms the manifests use).
+fn quantity(q: &str) -> u64 {
+    let (digits, unit) = q.split_at(q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len()));
+    let n: u64 = digits.parse().unwrap_or_else(|_| panic!("quantity {q:?}"));
+    match unit {
+        "" => n * 1000,
+        "m" => n,
+        "Ki" => n << 10,
+        "Mi" => n << 20,
+        "Gi" => n << 30,
+        _ => panic!("unexpected unit in quantity {q:?}"),
+    }
+}
+
+/// Requests and limits of CPU and memory, each limit at least its request.
+fn assert_budget(what: &str, c: &Container) {
+    let r = c.resources.as_ref().unwrap_or_else(|| panic!("{what}: no resources"));
+    for resource in ["cpu", "memory"] {
+        let request = r
+            .requests
+            .as_ref()
+            .and_then(|m| m.get(resource))
+            .unwrap_or_else(|| panic!("{what}: no {resource} request"));
+        let limit =
+            r.limits.as_ref().and_then(|m| m.get(resource)).unwrap_or_else(|| panic!("{what}: no {resource} limit"));
+        assert!(quantity(&limit.0) >= quantity(&request.0), "{what}: {resource} limit below its request");
+    }
+}
+
+/// The probe's HTTP port is a port the container declares.
+fn assert_probe(what: &str, c: &Container, probe: Option<&k8s_openapi::api::core::v1::Probe>, path: &str) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let get = probe.and_then(|p| p.http_get.as_ref()).unwrap_or_else(|| panic!("{what}: no HTTP probe for {path}"));
+    assert_eq!(get.path.as_deref(), Some(path), "{what}");
+    let declared = c.ports.iter().flatten().any(|p| match &get.port {
+        IntOrString::String(name) => p.name.as_ref() == Some(name),
+        IntOrString::Int(n) => p.container_port == *n,
+    });
+    assert!(declared, "{what}: probe port {:?} is not a port of the container", get.port);
+}
+
+/// What production checks ask of every pod: requests and limits on every container, liveness
+/// and readiness probes on every long-running one, the runtime's seccomp profile, read-only root
+/// filesystems, no privilege escalation and every capability dropped (but the few listed
+/// above), non-root but where listed, a ServiceAccount token only where the account has RBAC,
+/// the slice opt-out on slicenet-system's pod-network pods.
+fn assert_pods_production_ready(p: &Parsed) {
+    let granted = granted(p);
+    for (name, spec, annotations) in pod_templates(p) {
+        let seccomp = spec.security_context.as_ref().and_then(|s| s.seccomp_profile.as_ref());
+        assert_eq!(seccomp.map(|s| s.type_.as_str()), Some("RuntimeDefault"), "{name}: pod seccomp");
+        let account = spec.service_account_name.clone().unwrap_or_default();
+        let has_rbac = granted.keys().any(|(_, a)| *a == account);
+        assert_eq!(spec.automount_service_account_token, Some(has_rbac), "{name}: token exactly where RBAC is granted");
+        let slice_member = annotations.is_some_and(|a| a.contains_key(slice_api::names::SLICE_ANNOTATION));
+        if spec.host_network != Some(true) && !slice_member {
+            assert_eq!(
+                annotations.and_then(|a| a.get(slice_api::names::EXCLUDE_KEY)).map(String::as_str),
+                Some("true"),
+                "{name}: slicenet-system pods opt out of slices"
+            );
+        }
+        let init = spec.init_containers.iter().flatten().map(|c| (c, false));
+        for (c, long_running) in spec.containers.iter().map(|c| (c, true)).chain(init) {
+            let what = format!("{name}/{}", c.name);
+            assert_budget(&what, c);
+            if long_running {
+                assert_probe(&what, c, c.liveness_probe.as_ref(), "/healthz");
+                let ready = c.readiness_probe.as_ref();
+                let path = ready.and_then(|r| r.http_get.as_ref()).and_then(|g| g.path.clone()).unwrap_or_default();
+                assert!(path == "/readyz" || (c.name == "gateway" && path == "/healthz"), "{what}: readiness {path:?}");
+                assert_probe(&what, c, ready, &path);
+            }
+            let sc = c.security_context.as_ref().unwrap_or_else(|| panic!("{what}: no securityContext"));
+            assert_eq!(sc.read_only_root_filesystem, Some(true), "{what}: read-only root filesystem");
+            assert!(sc.seccomp_profile.as_ref().is_none_or(|s| s.type_ == "RuntimeDefault"), "{what}: seccomp");
+            let root = sc.run_as_user == Some(0);
+            assert_eq!(root, ROOT_CONTAINERS.contains(&c.name.as_str()), "{what}: root only where listed");
+            assert_eq!(sc.run_as_non_root, Some(!root), "{what}: runAsNonRoot");
+            if sc.privileged == Some(true) {
+                assert_eq!(c.name, "node-agent", "{what}: only the node agent is privileged");
+                continue;
+            }
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{what}: privilege escalation");
+            let caps = sc.capabilities.as_ref().unwrap_or_else(|| panic!("{what}: capabilities"));
+            assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]), "{what}: drop ALL");
+            for add in caps.add.iter().flatten() {
+                assert!(ADDED_CAPABILITIES.contains(&(c.name.as_str(), add.as_str())), "{what}: adds {add}");
+            }
+        }
+    }
+}
+
+/// A workload's name, pod spec and pod template annotations.
+type PodTemplate<'a> = (String, &'a PodSpec, Option<&'a BTreeMap<String, String>>);
+
+/// Every pod template of the manifest.
+fn pod_templates(p: &Parsed) -> Vec<PodTemplate<'_>> {
+    let d = p.deployments.iter().map(|d| (&d.metadata, &d.spec.template));
+    let ds = p.daemonsets.iter().map(|d| (&d.metadata, &d.spec.template));
+    d.chain(ds)
+        .map(|(m, t)| {
+            (
+                m.name.clone().unwrap(),
+                t.spec.as_ref().unwrap(),
+                t.metadata.as_ref().and_then(|m| m.annotations.as_ref()),
+            )
+        })
+        .collect()
+}
+
+/// Every Deployment of more than one replica has a PodDisruptionBudget of its pods that lets
+/// one go at a time; slicenet-system denies ingress by default and the webhook's port is open.
+fn assert_production_ready(p: &Parsed) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_pods_production_ready(p);
+    for d in &p.deployments {
+        let name = d.metadata.name.clone().unwrap();
+        assert_eq!(d.spec.replicas, Some(2), "{name}: two replicas");
+        let labels = d.spec.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+        let pdb = p
+            .disruption_budgets
+            .iter()
+            .find(|b| {
+                let sel = b.spec.as_ref().unwrap().selector.as_ref().unwrap();
+                sel.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v))
+                    && b.metadata.namespace == d.metadata.namespace
+            })
+            .unwrap_or_else(|| panic!("{name}: no PodDisruptionBudget"));
+        assert_eq!(pdb.spec.as_ref().unwrap().min_available, Some(IntOrString::Int(1)), "{name}");
+    }
+    assert_eq!(p.disruption_budgets.len(), p.deployments.len(), "one PodDisruptionBudget per Deployment");
+    let deny = p.network_policies.iter().find(|n| n.metadata.name.as_deref() == Some("slicenet-default-deny-ingress"));
+    let deny = deny.and_then(|n| n.spec.as_ref()).expect("a default deny");
+    assert_eq!(deny.pod_selector, Some(Default::default()), "selects every pod");
+    assert_eq!(deny.policy_types.as_deref(), Some(&["Ingress".to_owned()][..]));
+    assert!(deny.ingress.is_none() && deny.egress.is_none());
+    // The API server reaches the webhook's port from wherever it is.
+    let hook = webhook_deployment(p);
+    let labels = hook.spec.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let port = hook.spec.template.spec.as_ref().unwrap().containers[0].ports.as_ref().unwrap()[0].container_port;
+    let open = p.network_policies.iter().filter_map(|n| n.spec.as_ref()).any(|n| {
+        let selected =
+            n.pod_selector.iter().flat_map(|s| s.match_labels.iter().flatten()).all(|(k, v)| labels.get(k) == Some(v));
+        selected
+            && n.ingress
+                .iter()
+                .flatten()
+                .any(|r| r.from.is_none() && r.ports.iter().flatten().any(|pp| pp.port == Some(IntOrString::Int(port))))
+    });
+    assert!(open, "no policy opens the webhook's port {port}");
+}
+
+/// `slice-operator`'s own parse of the container's arguments, with the environment variables
+/// its flags read (clap's `env`) given as those flags, so that the parse does not depend on the
+/// test's environment; a downward-API value stands in as `from-<field>`.
+fn parse_operator(c: &Container) -> slice_operator::cli::Cli {
+    const FROM_ENV: &[(&str, &str)] = &[
+        ("SLICENET_CLUSTER", "--cluster"),
+        ("SLICENET_HUB_KUBECONFIG", "--hub-kubeconfig"),
+        ("NODE_NAME", "--node"),
+        ("POD_NAME", "--leader-election-identity"),
+        ("POD_NAMESPACE", "--leader-election-namespace"),
+    ];
+    let mut argv = vec!["slice-operator".to_owned()];
+    argv.extend(c.command.iter().flatten().skip(1).cloned());
+    argv.extend(c.args.iter().flatten().cloned());
+    let command = argv.get(1).cloned().unwrap_or_default();
+    for e in c.env.iter().flatten() {
+        let Some((_, flag)) = FROM_ENV.iter().find(|(var, _)| *var == e.name) else { continue };
+        // The node agent has no leader election.
+        if command == "node-agent" && flag.starts_with("--leader") {
+            continue;
+        }
+        let value = e.value.clone().unwrap_or_else(|| {
+            let field = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.clone());
+            format!("from-{}", field.unwrap_or_default())
+        });
+        argv.extend([(*flag).to_owned(), value]);
+    }
+    slice_operator::cli::try_parse(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+}
+
+/// A controller Deployment (`slice-operator hub|worker`): its arguments parse with the
+/// binary's own parser, leader election on through a Lease named by the pod (`POD_NAME`) in the
+/// pod's namespace (`POD_NAMESPACE`), and the probes read the port `--health-addr` serves.
+fn assert_controller(d: &Deployment, command: &str) {
+    let c = &d.spec.template.spec.as_ref().unwrap().containers[0];
+    let field = |var: &str| {
+        let e = c.env.iter().flatten().find(|e| e.name == var).unwrap_or_else(|| panic!("{command}: no {var}"));
+        e.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path.clone()
+    };
+    assert_eq!(field("POD_NAME"), "metadata.name");
+    assert_eq!(field("POD_NAMESPACE"), "metadata.namespace");
+    let cli = parse_operator(c);
+    let (health, election) = match cli.command {
+        slice_operator::cli::Command::Hub(h) if command == "hub" => (h.health_addr, h.leader_election),
+        slice_operator::cli::Command::Worker(w) if command == "worker" => (w.health_addr, w.leader_election),
+        other => panic!("{command}: parsed as {other:?}"),
+    };
+    assert!(!election.no_leader_election, "{command}: two replicas need the Lease");
+    let port = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some("health")).unwrap();
+    assert_eq!(i32::from(health.port()), port.container_port, "{command}: probes read --health-addr");
+    assert!(health.ip().is_unspecified(), "{command}: the kubelet reaches the pod address");
+}
+
 #[test]
 fn install_hub_parses_and_grants_exactly_the_hub_list() {
     let p = parse(&slicectl(&["install", "hub", "--image", "registry.test/slicenet:dev"]));
     assert_eq!(p.crds.len(), slice_api::crd::crds().len());
     assert_eq!(p.crds, slice_api::crd::crds());
     assert_grants_exactly(&p, "slicenet-system", "slicenet-hub", HUB);
-    assert_grants_exactly(&p, "slicenet-system", "slicenet-webhook", WEBHOOK_HUB);
+    assert_grants_exactly(&p, "slicenet-system", "slicenet-hub-webhook", WEBHOOK_HUB);
     assert_workloads_consistent(&p, "registry.test/slicenet:dev");
+    assert_production_ready(&p);
     let hub = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-hub")).unwrap();
     let hub_account = hub.spec.template.spec.as_ref().unwrap().service_account_name.clone().unwrap();
     let c = &hub.spec.template.spec.as_ref().unwrap().containers[0];
-    assert_eq!(c.args.as_deref(), Some(&["hub".to_owned()][..]));
+    assert_eq!(c.args.as_deref().unwrap()[0], "hub");
+    assert_controller(hub, "hub");
     assert!(p.mutating.is_empty(), "pods are mutated in member clusters only");
 
     let v = &p.validating[0].webhooks.as_ref().unwrap()[0];
@@ -245,19 +466,38 @@ fn install_hub_parses_and_grants_exactly_the_hub_list() {
     assert_ne!(pod.automount_service_account_token, Some(false), "--hub-api needs the ServiceAccount token");
 }
 
+/// The one Deployment that runs `slice-webhooks`.
+fn webhook_deployment(p: &Parsed) -> &Deployment {
+    let mut hooks = p.deployments.iter().filter(|d| {
+        let c = &d.spec.template.spec.as_ref().unwrap().containers[0];
+        c.command.iter().flatten().next().is_some_and(|c| c.ends_with("/slice-webhooks"))
+    });
+    let d = hooks.next().expect("a webhook Deployment");
+    assert!(hooks.next().is_none(), "one webhook Deployment per install");
+    d
+}
+
 fn webhook_pod(p: &Parsed) -> &PodSpec {
-    let d = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-webhook")).unwrap();
-    d.spec.template.spec.as_ref().unwrap()
+    webhook_deployment(p).spec.template.spec.as_ref().unwrap()
+}
+
+/// The Secret the webhook Deployment serves its certificate from.
+fn webhook_tls_secret(p: &Parsed) -> &Secret {
+    let pod = webhook_pod(p);
+    let volume = pod.volumes.iter().flatten().find(|v| v.name == "tls").unwrap();
+    let name = volume.secret.as_ref().unwrap().secret_name.clone().unwrap();
+    p.secrets.iter().find(|s| s.metadata.name.as_deref() == Some(name.as_str())).unwrap()
 }
 
 /// The webhook Deployment runs `slice-webhooks` with arguments that `webhooks::cli::Args` (the
 /// binary's own parser) accepts, on the port the container declares, with no environment but
-/// `RUST_LOG`; its certificate and key are mounted from the manifest's `slicenet-webhook-tls`
-/// Secret, and a membership directory, when given, is the `slicenet-membership` ConfigMap in the
+/// `RUST_LOG`; its certificate and key are mounted from the manifest's TLS Secret named after
+/// it, and a membership directory, when given, is the `slicenet-membership` ConfigMap in the
 /// namespace where the worker writes it. Returns the parsed arguments.
 fn assert_webhook_deployment(p: &Parsed) -> webhooks::cli::Args {
     use clap::Parser as _;
-    let d = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-webhook")).unwrap();
+    let d = webhook_deployment(p);
+    let name = d.metadata.name.clone().unwrap();
     let pod = webhook_pod(p);
     let c = &pod.containers[0];
     let argv: Vec<String> = c.command.iter().flatten().chain(c.args.iter().flatten()).cloned().collect();
@@ -281,10 +521,11 @@ fn assert_webhook_deployment(p: &Parsed) -> webhooks::cli::Args {
         let v = pod.volumes.iter().flatten().find(|v| v.name == m.name).unwrap();
         (v, rest)
     };
-    let tls = p.secrets.iter().find(|s| s.metadata.name.as_deref() == Some("slicenet-webhook-tls")).unwrap();
+    let tls = webhook_tls_secret(p);
+    assert_eq!(tls.metadata.name, Some(format!("{name}-tls")));
     for file in [&args.tls_cert, &args.tls_key] {
         let (v, key) = volume_of(file);
-        assert_eq!(v.secret.as_ref().unwrap().secret_name.as_deref(), Some("slicenet-webhook-tls"));
+        assert_eq!(v.secret.as_ref().unwrap().secret_name, tls.metadata.name);
         assert_eq!(v.secret.as_ref().unwrap().items, None, "every key of the Secret is a file");
         assert!(tls.data.as_ref().unwrap().contains_key(&key), "{} is not a key of the Secret", file.display());
     }
@@ -308,7 +549,7 @@ fn assert_webhook_deployment(p: &Parsed) -> webhooks::cli::Args {
 /// The caBundle is the CA of the Secret the webhook serves with, and the Service reaches the
 /// container's HTTPS port.
 fn assert_webhook_tls(p: &Parsed, cc: &k8s_openapi::api::admissionregistration::v1::WebhookClientConfig) {
-    let secret = p.secrets.iter().find(|s| s.metadata.name.as_deref() == Some("slicenet-webhook-tls")).unwrap();
+    let secret = webhook_tls_secret(p);
     let data = secret.data.as_ref().unwrap();
     assert_eq!(cc.ca_bundle.as_ref(), data.get("ca.crt"));
     assert!(data.contains_key("tls.crt") && data.contains_key("tls.key"));
@@ -317,7 +558,8 @@ fn assert_webhook_tls(p: &Parsed, cc: &k8s_openapi::api::admissionregistration::
     let svc = p.services.iter().find(|s| s.metadata.name.as_deref() == Some(svc_ref.name.as_str())).unwrap();
     let port = &svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
     assert_eq!(Some(port.port), svc_ref.port);
-    let d = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-webhook")).unwrap();
+    let d = webhook_deployment(p);
+    assert_eq!(svc.metadata.name, d.metadata.name, "each webhook configuration calls its own webhook");
     let c = &d.spec.template.spec.as_ref().unwrap().containers[0];
     let cport = &c.ports.as_ref().unwrap()[0];
     assert_eq!(cport.container_port, 8443);
@@ -336,6 +578,7 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
     assert_grants_exactly(&p, "slicenet-system", "slicenet-node-agent", NODE_AGENT);
     assert_grants_exactly(&p, "slicenet-system", "slicenet-webhook", &[]);
     assert_workloads_consistent(&p, &slicectl::install::default_image());
+    assert_production_ready(&p);
 
     // The hub kubeconfig Secret holds the kubeconfig with the server replaced.
     let secret = p.secrets.iter().find(|s| s.metadata.name.as_deref() == Some("slicenet-hub-kubeconfig")).unwrap();
@@ -352,7 +595,8 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
     assert_eq!(env["SLICENET_CLUSTER"], "east");
     // The worker starts the gateway pods with the same image.
     let args = spec.containers[0].args.clone().unwrap();
-    assert_eq!(args, ["worker", "--gateway-image", &slicectl::install::default_image()]);
+    assert_eq!(args[..3], ["worker", "--gateway-image", &slicectl::install::default_image()]);
+    assert_controller(worker, "worker");
     assert_eq!(
         spec.volumes.as_ref().unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(),
         Some("slicenet-hub-kubeconfig")
@@ -365,6 +609,17 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
     let agent = &spec.containers[0];
     let sc = agent.security_context.as_ref().unwrap();
     assert_eq!((sc.privileged, sc.run_as_user), (Some(true), Some(0)), "the image's user is not root");
+    // Its probes read the port its own parser takes from --health-addr.
+    let slice_operator::cli::Command::NodeAgent(args) = parse_operator(agent).command else {
+        panic!("{:?} is not the node agent", agent.args)
+    };
+    let health = args.health_addr.expect("the node agent serves its probes");
+    let port = agent.ports.iter().flatten().find(|p| p.name.as_deref() == Some("health")).unwrap();
+    assert_eq!(i32::from(health.port()), port.container_port);
+    // The install step has no capability at all.
+    let init = &spec.init_containers.as_ref().unwrap()[0];
+    let caps = init.security_context.as_ref().unwrap().capabilities.as_ref().unwrap();
+    assert_eq!((caps.add.as_ref(), caps.drop.as_deref()), (None, Some(&["ALL".to_owned()][..])));
     let netns = agent.volume_mounts.iter().flatten().find(|m| m.mount_path == "/run/netns").unwrap();
     assert_eq!(netns.mount_propagation.as_deref(), Some("Bidirectional"));
     let host_paths: BTreeSet<&str> =
@@ -477,4 +732,190 @@ fn install_worker_multus_runs_the_pod_webhook_in_multus_mode() {
     assert_eq!(chained.mode, webhooks::mutate::Mode::Chained);
     let multus = assert_webhook_deployment(&parse(&install_worker(&["--multus"])));
     assert_eq!(multus.mode, webhooks::mutate::Mode::Multus);
+}
+
+/// The gateway Deployment the worker creates (not printed by `install`, built by the worker's
+/// own code) passes the same checks, and the worker's install opens exactly its ports.
+#[test]
+fn the_gateway_the_worker_creates_is_production_ready_and_reachable() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use slice_operator::worker::objects::{GATEWAY_METRICS_PORT, GatewayDefaults, gateway_deployment};
+    let spec: slice_api::crd::WorkerSliceSpec = serde_json::from_value(serde_json::json!({
+        "slice": "blue", "cluster": "east", "sliceSubnet": "10.80.0.0/16", "clusterPrefix": "10.80.16.0/20",
+        "nodePrefixLength": 26, "vni": 100, "namespaces": ["shop"], "peers": [],
+    }))
+    .unwrap();
+    let gateway: Deployment = serde_json::from_value(gateway_deployment(&spec, &GatewayDefaults::default())).unwrap();
+    let labels = gateway.spec.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let gateways = Parsed { deployments: vec![gateway], ..Parsed::default() };
+    assert_pods_production_ready(&gateways);
+
+    let p = parse(&install_worker(&[]));
+    let policy = p.network_policies.iter().find(|n| n.metadata.name.as_deref() == Some("slicenet-gateways")).unwrap();
+    let policy = policy.spec.as_ref().unwrap();
+    let selector = policy.pod_selector.as_ref().unwrap().match_labels.clone().unwrap();
+    assert!(selector.iter().all(|(k, v)| labels.get(k) == Some(v)), "the policy selects the gateway pods");
+    let rules = policy.ingress.as_ref().unwrap();
+    // WireGuard: every UDP port (one per slice), from anywhere.
+    assert!(rules.iter().any(|r| r.from.is_none()
+        && r.ports.iter().flatten().any(|pp| pp.protocol.as_deref() == Some("UDP") && pp.port.is_none())));
+    // Metrics: from the worker's pods (it reads the tunnels there) and the labelled namespaces.
+    let worker = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-worker")).unwrap();
+    let worker_labels = worker.spec.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let metrics = rules
+        .iter()
+        .find(|r| r.ports.iter().flatten().any(|pp| pp.port == Some(IntOrString::Int(i32::from(GATEWAY_METRICS_PORT)))))
+        .expect("a rule for the metrics port");
+    let from = metrics.from.as_ref().expect("not from anywhere");
+    // The worker runs in slicenet-system, the gateways in slicenet-gateway: the peer names both.
+    let gateway_ns = gateways.deployments[0].metadata.namespace.clone().unwrap();
+    assert_eq!(gateway_ns, "slicenet-gateway");
+    assert_eq!(
+        p.network_policies
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some("slicenet-gateways"))
+            .unwrap()
+            .metadata
+            .namespace,
+        Some(gateway_ns)
+    );
+    assert!(from.iter().any(|peer| {
+        peer.namespace_selector.as_ref().is_some_and(|n| {
+            n.match_labels.as_ref().unwrap().get("kubernetes.io/metadata.name").map(String::as_str)
+                == Some("slicenet-system")
+        }) && peer
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .iter()
+            .flatten()
+            .all(|(k, v)| worker_labels.get(k) == Some(v))
+    }));
+    assert!(from.iter().any(|peer| {
+        peer.namespace_selector.as_ref().is_some_and(|n| {
+            n.match_labels.as_ref().unwrap().get("slicenet.io/metrics-scraper").map(String::as_str) == Some("true")
+        })
+    }));
+}
+
+/// A hub that is also a member cluster: `install hub`, `install worker` and its own
+/// `install worker-hub-access`, applied to one cluster, never give two different objects the
+/// same identity (apiVersion, kind, namespace, name); the objects they share (the namespace and
+/// its default deny) are byte-identical, so applying one after the other changes nothing.
+/// What a cluster holds by (API group, kind, namespace, name), the identity the API server
+/// keys objects by (the version is not part of it), with the object.
+type Objects = BTreeMap<(String, String, String, String), Value>;
+
+fn identities(docs: impl IntoIterator<Item = Value>) -> Objects {
+    docs.into_iter()
+        .map(|doc| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            let api_version = text(&doc["apiVersion"]);
+            let group = api_version.rsplit_once('/').map_or("", |(g, _)| g).to_owned();
+            let key = (group, text(&doc["kind"]), text(&doc["metadata"]["namespace"]), text(&doc["metadata"]["name"]));
+            assert!(!key.1.is_empty() && !key.3.is_empty(), "an object without kind or name: {doc:?}");
+            (key, doc)
+        })
+        .collect()
+}
+
+/// What the hub and worker controllers create at run time in their own cluster: their Leases,
+/// and the worker's gateway Deployment, Service and Secret, membership and node ConfigMaps.
+fn runtime_objects() -> (Vec<Value>, Vec<Value>) {
+    use slice_operator::leader::{HUB_LEASE, WORKER_LEASE};
+    use slice_operator::worker::objects as o;
+    let lease = |name: &str| {
+        let json = serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": "slicenet-system"}});
+        yaml_serde::to_value(json).unwrap()
+    };
+    let spec: slice_api::crd::WorkerSliceSpec = serde_json::from_value(serde_json::json!({
+        "slice": "blue", "cluster": "east", "sliceSubnet": "10.80.0.0/16", "clusterPrefix": "10.80.16.0/20",
+        "nodePrefixLength": 26, "vni": 100, "namespaces": ["shop"], "peers": [],
+    }))
+    .unwrap();
+    let node: slice_api::node::NodeAgentConfig =
+        serde_json::from_value(serde_json::json!({"node": "n1", "underlayAddress": "198.18.0.11", "slices": []}))
+            .unwrap();
+    let worker = [
+        o::gateway_deployment(&spec, &o::GatewayDefaults::default()),
+        o::gateway_service(&spec).unwrap(),
+        o::gateway_config_secret(&spec, "a2V5"),
+        o::membership_config_map(&[]),
+        o::node_config_map(&node),
+    ];
+    let mut worker: Vec<Value> = worker.iter().map(|v| yaml_serde::to_value(v).unwrap()).collect();
+    worker.push(lease(WORKER_LEASE));
+    (vec![lease(HUB_LEASE)], worker)
+}
+
+/// A hub that is also a member cluster: everything `install hub` (with the `worker-hub-access`
+/// of its own cluster) and the hub controller put there, against everything `install worker`
+/// (chained or `--multus`) and the worker controller put there. Every object of each side is
+/// compared by its identity; the only ones both sides hold are the same object, printed
+/// identically, so applying the second install changes nothing of the first.
+#[test]
+fn hub_and_worker_on_one_cluster_do_not_collide() {
+    let docs = |yaml: &str| parse_documents(yaml).unwrap();
+    let (hub_runtime, worker_runtime) = runtime_objects();
+    let mut hub_docs = docs(&slicectl(&["install", "hub"]));
+    hub_docs.extend(docs(&slicectl(&["install", "worker-hub-access", "--cluster", "east"])));
+    hub_docs.extend(hub_runtime);
+    let hub = identities(hub_docs);
+    assert!(hub.len() > 20, "the hub side: {:?}", hub.keys());
+    for flags in [&[][..], &["--multus"][..]] {
+        let mut worker_docs = docs(&install_worker(flags));
+        worker_docs.extend(worker_runtime.clone());
+        let worker = identities(worker_docs);
+        assert!(worker.len() > 20, "the worker side: {:?}", worker.keys());
+        let mut shared = Vec::new();
+        for (key, doc) in &worker {
+            if let Some(before) = hub.get(key) {
+                assert_eq!(
+                    yaml_serde::to_string(before).unwrap(),
+                    yaml_serde::to_string(doc).unwrap(),
+                    "{key:?} is on both sides ({flags:?}) and differs"
+                );
+                shared.push((key.1.as_str(), key.3.as_str()));
+            }
+        }
+        assert_eq!(
+            shared,
+            [("Namespace", "slicenet-system"), ("NetworkPolicy", "slicenet-default-deny-ingress")],
+            "{flags:?}"
+        );
+    }
+}
+
+/// The node agent's init container runs `slicectl cni-install` as root with every capability
+/// dropped and no privilege escalation: the same here (util-linux `setpriv`), into root-owned
+/// directories as on a node, and the plugin and the chained conflist are in place.
+#[test]
+fn cni_install_needs_no_capability() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    assert!(root, "this test runs slicectl as root without capabilities: run it as root");
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(
+        conf.join("10-bridge.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"}]}"#,
+    )
+    .unwrap();
+    let plugin = dir.path().join("plugin");
+    std::fs::write(&plugin, b"#!plugin bytes").unwrap();
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--", env!("CARGO_BIN_EXE_slicectl")])
+        .args(["cni-install", "--plugin"])
+        .args([&plugin, Path::new("--bin-dir"), &bin, Path::new("--conf-dir"), &conf])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cni-install without capabilities: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(bin.join("slice-cni")).unwrap(), b"#!plugin bytes");
+    let chained: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(conf.join("00-slicenet.conflist")).unwrap()).unwrap();
+    assert_eq!(chained["plugins"][1]["type"], "slice-cni");
 }

@@ -268,15 +268,37 @@ impl Lab {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<usize> {
+        let args = self.gateway_args(i, config, extra)?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ifname = self.ifname(i);
+        let socket = socket_path(&ifname);
+        let mut env = env.to_vec();
+        env.push(("RUST_LOG", "info"));
+        self.spawn(i, &gateway_bin(), &args, &env, socket, ifname.clone())
+    }
+
+    /// The arguments of `slice-gateway` in node `i` with `config` written to a file.
+    pub fn gateway_args(&self, i: usize, config: &str, extra: &[&str]) -> Result<Vec<String>> {
         let ifname = self.ifname(i);
         let path = self.write_private(&format!("{ifname}.conf"), config)?;
         let address = format!("{}/24", Self::overlay(i));
         let mut args = vec!["--interface", &ifname, "--config", path.to_str().expect("utf-8"), "--address", &address];
         args.extend_from_slice(extra);
+        Ok(args.into_iter().map(str::to_owned).collect())
+    }
+
+    /// [`Lab::start_gateway`] with no capability but `caps` and no way to gain one, as a
+    /// container that drops every capability, adds `caps` and disallows privilege escalation
+    /// runs it: util-linux `setpriv` limits the bounding set (what root gets at exec), clears
+    /// the inheritable set and sets no_new_privs.
+    pub fn start_gateway_with_only(&mut self, i: usize, config: &str, extra: &[&str], caps: &[&str]) -> Result<usize> {
+        let mut args = setpriv_only(caps);
+        args.push(gateway_bin());
+        args.extend(self.gateway_args(i, config, extra)?);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ifname = self.ifname(i);
         let socket = socket_path(&ifname);
-        let mut env = env.to_vec();
-        env.push(("RUST_LOG", "info"));
-        self.spawn(i, &gateway_bin(), &args, &env, socket, ifname.clone())
+        self.spawn(i, "setpriv", &args, &[("RUST_LOG", "info")], socket, ifname.clone())
     }
 
     /// Starts Debian's wireguard-go in node `i` and configures it with `wg setconf`.
@@ -304,6 +326,13 @@ impl Lab {
     pub fn pid(&self, idx: usize) -> i32 {
         self.procs[idx].pid()
     }
+}
+
+/// `setpriv`'s arguments (without the program name) that leave a root process only `caps`
+/// (e.g. `net_admin`) and no way to gain more.
+pub fn setpriv_only(caps: &[&str]) -> Vec<String> {
+    let keep: String = caps.iter().map(|c| format!(",+{c}")).collect();
+    vec![format!("--bounding-set=-all{keep}"), "--inh-caps=-all".into(), "--no-new-privs".into(), "--".into()]
 }
 
 pub fn socket_path(ifname: &str) -> PathBuf {

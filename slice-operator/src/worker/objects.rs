@@ -3,10 +3,10 @@
 //!
 //! | object | where | name |
 //! | --- | --- | --- |
-//! | key Secret (`privateKey`, `publicKey`), created once | `slicenet-system` | `slicenet-gw-<slice>-key` |
-//! | gateway configuration Secret (wg(8) file, holds the private key, mode 0600) | `slicenet-system` | `slicenet-gw-<slice>` |
-//! | gateway Deployment (one replica, `Recreate`: one key, one process) | `slicenet-system` | `slicenet-gw-<slice>` |
-//! | gateway Service (NodePort or LoadBalancer, UDP; none for HostPort) | `slicenet-system` | `slicenet-gw-<slice>` |
+//! | key Secret (`privateKey`, `publicKey`), created once | `slicenet-gateway` | `slicenet-gw-<slice>-key` |
+//! | gateway configuration Secret (wg(8) file, holds the private key, mode 0600) | `slicenet-gateway` | `slicenet-gw-<slice>` |
+//! | gateway Deployment (one replica, `Recreate`: one key, one process) | `slicenet-gateway` | `slicenet-gw-<slice>` |
+//! | gateway Service (NodePort or LoadBalancer, UDP; none for HostPort) | `slicenet-gateway` | `slicenet-gw-<slice>` |
 //! | node agent configuration (`config.json`: all slices on that node) | `slicenet-system` | `slicenet-node-<node>` |
 //! | membership (slice → comma-separated member namespaces), for the webhook | `slicenet-system` | `slicenet-membership` |
 //! | Multus NetworkAttachmentDefinition (when the cluster uses Multus) | each member namespace | `slice-<slice>` |
@@ -15,11 +15,11 @@
 //! one slice, `slicenet.io/slice: <slice>`, so that the worker finds what it made (and only
 //! that) when it cleans up.
 //!
-//! The gateway pod is itself a member of its slice: it runs in `slicenet-system` with the pod
-//! annotation `slicenet.io/slice`, and `slicenet-system` is listed among the slice's member
-//! namespaces in the node agents' configuration and in the membership ConfigMap (otherwise the
-//! CNI plugin and the webhook would refuse the annotation). Other pods in `slicenet-system` must
-//! therefore be host-network pods or carry `slicenet.io/exclude: "true"`.
+//! The gateway pod joins its slice through a path of its own: it runs in `slicenet-gateway` with
+//! the pod annotation `slicenet.io/slice`, and the node agents' configuration names that
+//! namespace as the slice's gateway namespace, where a pod joins only the slice its annotation
+//! names. Neither `slicenet-gateway` nor `slicenet-system` is ever a member namespace, so no
+//! other slicenet pod is swept into a slice and several slices never claim one namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -165,17 +165,51 @@ pub fn gateway_config_secret(spec: &WorkerSliceSpec, private_key_base64: &str) -
     })
 }
 
+/// CPU and memory requests and limits of a gateway container (`cpu request`, `cpu limit`,
+/// `memory request`, `memory limit`), from the lab (`docs/benchmarks.md`, section 8): 7.3 MiB
+/// peak RSS at 2 Gbit/s plus up to 32 MiB of UDP socket buffers (8 MiB asked, doubled by the
+/// kernel, receive and send), charged to the pod; 0.23 CPU s per Gbit carried, so two cores
+/// (its two packet threads) carry about 8 Gbit/s. The request covers an idle gateway with a few
+/// hundred Mbit/s; the limit lets it use both packet threads fully.
+pub const GATEWAY_RESOURCES: [&str; 4] = ["100m", "2", "48Mi", "128Mi"];
+/// Where the gateway creates its WireGuard UAPI socket (an emptyDir: the root filesystem is
+/// read-only).
+pub const GATEWAY_UAPI_DIR: &str = "/var/run/wireguard";
+
+/// An HTTP probe of the gateway's `/healthz` on its metrics port (the only health endpoint it
+/// serves), with timeouts generous enough for a busy node.
+fn gateway_probe(period_seconds: u32) -> Value {
+    json!({
+        "httpGet": { "path": "/healthz", "port": "metrics", "scheme": "HTTP" },
+        "periodSeconds": period_seconds, "timeoutSeconds": 5, "failureThreshold": 3,
+    })
+}
+
 /// The gateway Deployment: one replica of `slice-gateway --interface sg-<slice> --config …`
 /// (`Recreate`, so two processes never hold the same key), a member of its slice through the
-/// pod annotation, with `NET_ADMIN` and `/dev/net/tun` for its TUN device, IPv4 forwarding on
-/// (pod sysctl `net.ipv4.ip_forward=1`, which kubelets must allow), its configuration
-/// Secret mounted with mode 0600 (the gateway refuses a private key readable by others), a
-/// host port when the exposure is HostPort, and its metrics on [`GATEWAY_METRICS_PORT`] (the
-/// worker reads the tunnels' state there).
+/// pod annotation, its configuration Secret mounted with mode 0600 (the gateway refuses a
+/// private key readable by others), a host port when the exposure is HostPort, and its metrics
+/// on [`GATEWAY_METRICS_PORT`] (the worker reads the tunnels' state there; the probes read
+/// `/healthz` there).
 ///
-/// The metrics listen on `0.0.0.0`, not `[::]`: a kernel booted with IPv6 disabled refuses an
-/// IPv6 socket and the gateway would not start; the cost is that IPv6-only pod networks get no
-/// tunnel state.
+/// Privileges, the least it runs with (proven by slice-gateway's test
+/// `net_admin_alone_is_enough_and_needed`; docs/security.md):
+/// - root with every capability dropped but `NET_ADMIN`: creating the TUN device
+///   (`TUNSETIFF`), its address, link state and routes (netlink), and `SO_RCVBUFFORCE` /
+///   `SO_SNDBUFFORCE` for large socket buffers. Root because Kubernetes gives a non-root
+///   container no effective capabilities (no ambient capabilities); no privilege escalation.
+/// - `/dev/net/tun` from the host (the runtime's default device rules allow it).
+/// - IPv4 forwarding between its slice interface and its TUN device: the pod sysctl
+///   `net.ipv4.ip_forward=1`, which is not a "safe" sysctl, so kubelets must allow it
+///   (`--allowed-unsafe-sysctls=net.ipv4.ip_forward`). Per-interface forwarding set by the
+///   gateway itself over netlink (`IFLA_INET_CONF`, with the `NET_ADMIN` it has) would make it
+///   unnecessary; until then it stays.
+/// - a read-only root filesystem, the UAPI socket directory an emptyDir, the runtime's default
+///   seccomp profile, and no ServiceAccount token (it makes no API request).
+///
+/// The metrics listen on `[::]`: IPv6 and IPv4 (dual stack) on every address of the pod, so
+/// IPv6-only pod networks get the tunnels' state too; on a kernel without IPv6 the gateway
+/// falls back to `0.0.0.0` (`slice_gateway::metrics::bind`).
 #[must_use]
 pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> Value {
     let slice = spec.slice.as_str();
@@ -184,6 +218,8 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
         port["hostPort"] = json!(spec.gateway.port);
     }
     let config = format!("{GATEWAY_CONFIG_DIR}/{GATEWAY_CONFIG_KEY}");
+    let [cpu_request, cpu_limit, memory_request, memory_limit] = GATEWAY_RESOURCES;
+    let seccomp = json!({ "type": "RuntimeDefault" });
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -195,30 +231,50 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
             "template": {
                 "metadata": { "labels": gateway_labels(slice), "annotations": { SLICE_ANNOTATION: slice } },
                 "spec": {
+                    "automountServiceAccountToken": false,
                     "containers": [{
                         "name": "gateway",
                         "image": gateway.image,
                         "command": ["slice-gateway"],
                         "args": ["--interface", plan::gateway_interface(slice), "--config", config,
                                  "--mtu", gateway.mtu.to_string(),
-                                 "--metrics", format!("0.0.0.0:{GATEWAY_METRICS_PORT}"),
+                                 "--metrics", format!("[::]:{GATEWAY_METRICS_PORT}"),
                                  // Peers' prefixes into the TUN device; the mounted config is
                                  // re-read when the worker changes the Secret.
                                  "--routes"],
                         "ports": [port, { "name": "metrics", "containerPort": GATEWAY_METRICS_PORT, "protocol": "TCP" }],
-                        "securityContext": { "capabilities": { "add": ["NET_ADMIN"] } },
+                        "resources": {
+                            "requests": { "cpu": cpu_request, "memory": memory_request },
+                            "limits": { "cpu": cpu_limit, "memory": memory_limit },
+                        },
+                        "livenessProbe": gateway_probe(10),
+                        "readinessProbe": gateway_probe(5),
+                        "securityContext": {
+                            "runAsUser": 0,
+                            "runAsGroup": 0,
+                            "runAsNonRoot": false,
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": { "drop": ["ALL"], "add": ["NET_ADMIN"] },
+                            "seccompProfile": seccomp,
+                        },
                         "volumeMounts": [
                             { "name": "config", "mountPath": GATEWAY_CONFIG_DIR, "readOnly": true },
                             { "name": "tun", "mountPath": "/dev/net/tun" },
+                            { "name": "uapi", "mountPath": GATEWAY_UAPI_DIR },
                         ],
                     }],
                     // The gateway forwards between its slice interface and its TUN device.
                     // Not a "safe" sysctl: kubelets must allow it
                     // (`--allowed-unsafe-sysctls=net.ipv4.ip_forward`).
-                    "securityContext": { "sysctls": [{ "name": "net.ipv4.ip_forward", "value": "1" }] },
+                    "securityContext": {
+                        "seccompProfile": seccomp,
+                        "sysctls": [{ "name": "net.ipv4.ip_forward", "value": "1" }],
+                    },
                     "volumes": [
                         { "name": "config", "secret": { "secretName": gateway_name(slice), "defaultMode": 0o600 } },
                         { "name": "tun", "hostPath": { "path": "/dev/net/tun", "type": "CharDevice" } },
+                        { "name": "uapi", "emptyDir": { "medium": "Memory", "sizeLimit": "1Mi" } },
                     ],
                 },
             },
@@ -534,7 +590,7 @@ mod tests {
                 "--mtu",
                 "1420",
                 "--metrics",
-                "0.0.0.0:9586",
+                "[::]:9586",
                 "--routes"
             ])
         );
@@ -543,6 +599,27 @@ mod tests {
         assert!(c["args"][7].as_str().unwrap().parse::<std::net::SocketAddr>().is_ok());
         assert_eq!(pod["spec"]["volumes"][0]["secret"]["defaultMode"], 0o600);
         assert_eq!(pod["spec"]["securityContext"]["sysctls"][0]["name"], "net.ipv4.ip_forward");
+        // The least privilege: only NET_ADMIN, read-only root, no token, the runtime's seccomp.
+        let sc = &c["securityContext"];
+        assert_eq!(sc["capabilities"], json!({"drop": ["ALL"], "add": ["NET_ADMIN"]}));
+        assert_eq!((&sc["allowPrivilegeEscalation"], &sc["readOnlyRootFilesystem"]), (&json!(false), &json!(true)));
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(pod["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+        // The UAPI socket's directory is writable (an emptyDir) under the read-only root.
+        let uapi = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "uapi").unwrap();
+        assert_eq!(uapi["mountPath"], slice_gateway::uapi_server::SOCKET_DIR);
+        assert!(
+            pod["spec"]["volumes"].as_array().unwrap().iter().any(|v| v["name"] == "uapi" && v["emptyDir"].is_object())
+        );
+        // Probes on the metrics port, the one that serves /healthz.
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(c[probe]["httpGet"]["path"], "/healthz", "{probe}");
+            assert_eq!(c[probe]["httpGet"]["port"], c["ports"][1]["name"], "{probe}");
+        }
+        for kind in ["requests", "limits"] {
+            assert!(c["resources"][kind]["cpu"].is_string() && c["resources"][kind]["memory"].is_string(), "{kind}");
+        }
         // Only fields that exist: a round trip through the typed objects keeps everything.
         use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
         let back = serde_json::to_value(serde_json::from_value::<Deployment>(dep.clone()).unwrap()).unwrap();

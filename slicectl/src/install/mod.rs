@@ -5,6 +5,9 @@
 //! - [`worker`]: on each member cluster — the worker controller (with the hub kubeconfig in a
 //!   Secret), the node agent DaemonSet (which also installs slice-cni) and the pod mutating
 //!   webhook.
+//! - Both: the namespace `slicenet-system` with its NetworkPolicies ([`network_policy`]), and a
+//!   PodDisruptionBudget per Deployment. A hub that is also a member cluster applies both: no
+//!   two objects of the two share a name unless they are the same object.
 //! - [`worker_hub_access`]: on the hub, per member cluster — what that cluster's worker may do
 //!   there: its namespace `slicenet-cluster-<cluster>` only, and its own MemberCluster.
 //!
@@ -12,24 +15,27 @@
 //! [`slice_operator::access`] through [`crate::rbac::policy_rules`].
 //!
 //! # What the manifests pass to the binaries
-//! - `slice-operator hub`.
-//! - `slice-operator worker --gateway-image <image>` with `SLICENET_CLUSTER` and
-//!   `SLICENET_HUB_KUBECONFIG` (its `--cluster` and `--hub-kubeconfig` through clap's `env`).
-//! - `slice-operator node-agent --kube` with `NODE_NAME` (its `--node`).
+//! - `slice-operator hub --health-addr [::]:8081`.
+//! - `slice-operator worker --gateway-image <image> --health-addr [::]:8081` with
+//!   `SLICENET_CLUSTER` and `SLICENET_HUB_KUBECONFIG` (its `--cluster` and `--hub-kubeconfig`
+//!   through clap's `env`).
+//! - Both controllers run two replicas, one leading through its Lease: `POD_NAME` and
+//!   `POD_NAMESPACE` (downward API) name the replica and the Lease's namespace.
+//! - `slice-operator node-agent --kube --health-addr [::]:9543` with `NODE_NAME` (its `--node`).
 //! - `slice-webhooks --listen 0.0.0.0:8443 --tls-cert … --tls-key …` (the Secret
 //!   `slicenet-webhook-tls` mounted where [`webhooks::cli`] reads it), with `--hub-api` on the
 //!   hub, and `--membership-dir … --mode chained` (the ConfigMap `slicenet-membership` mounted
 //!   there) in member clusters; see [`webhook`].
-//! - The controllers' containers also get `POD_NAMESPACE` (downward API); theirs and the
-//!   webhook's get `RUST_LOG=info`. The webhook reads no other environment of ours (with
+//! - The controllers' and the webhook's containers get `RUST_LOG=info`. The webhook reads no other environment of ours (with
 //!   `--hub-api`, kube-rs reads the in-cluster `KUBERNETES_SERVICE_*` the kubelet sets).
 
+pub mod network_policy;
 mod objects;
 pub mod webhook;
-mod workloads;
+pub mod workloads;
 
 use anyhow::{Context, Result, bail};
-use slice_api::crd::{SYSTEM_NAMESPACE, cluster_namespace};
+use slice_api::crd::{GATEWAY_NAMESPACE, SYSTEM_NAMESPACE, cluster_namespace};
 use slice_operator::access::{HUB, NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
 use webhook::Role;
 
@@ -51,10 +57,16 @@ pub const HUB_NAME: &str = webhooks::config::HUB_CONTROLLER_ACCOUNT;
 pub const WORKER_NAME: &str = "slicenet-worker";
 /// The node agent's ServiceAccount, roles and DaemonSet name.
 pub const NODE_AGENT_NAME: &str = "slicenet-node-agent";
-/// The webhook's ServiceAccount, Deployment and Service name (the configurations call it).
+/// The member clusters' pod webhook: ServiceAccount, Deployment and Service name (the
+/// mutating configuration calls it).
 pub const WEBHOOK_NAME: &str = webhooks::config::SERVICE_NAME;
-/// The Secret with the webhook's serving certificate.
+/// The Secret with the pod webhook's serving certificate.
 pub const WEBHOOK_TLS_SECRET: &str = webhooks::config::TLS_SECRET;
+/// The hub's SliceConfig webhook: ServiceAccount, roles, Deployment and Service name (the
+/// validating configuration calls it). Not [`WEBHOOK_NAME`]: a hub may be a member cluster too.
+pub const HUB_WEBHOOK_NAME: &str = "slicenet-hub-webhook";
+/// The Secret with the hub webhook's serving certificate.
+pub const HUB_WEBHOOK_TLS_SECRET: &str = "slicenet-hub-webhook-tls";
 /// The Secret (in the member cluster) with the worker's hub kubeconfig, under [`HUB_KUBECONFIG_KEY`].
 pub const HUB_KUBECONFIG_SECRET: &str = "slicenet-hub-kubeconfig";
 /// The key of the kubeconfig in [`HUB_KUBECONFIG_SECRET`].
@@ -75,12 +87,14 @@ pub struct Options {
 }
 
 impl Options {
-    /// Options with `image` and a fresh webhook certificate.
+    /// Options with `image` and a fresh webhook certificate, valid for both webhook Services
+    /// (the hub's and the member clusters').
     ///
     /// # Errors
     /// When the certificate cannot be made.
     pub fn generate(image: &str) -> Result<Self> {
-        let names = crate::tls::service_dns_names(WEBHOOK_NAME, SYSTEM_NAMESPACE);
+        let mut names = crate::tls::service_dns_names(WEBHOOK_NAME, SYSTEM_NAMESPACE);
+        names.extend(crate::tls::service_dns_names(HUB_WEBHOOK_NAME, SYSTEM_NAMESPACE));
         Ok(Self { image: image.to_owned(), webhook_tls: crate::tls::generate(&names)?, multus: false })
     }
 }
@@ -103,16 +117,25 @@ pub fn check_cluster_name(cluster: &str) -> Result<()> {
     Ok(())
 }
 
+/// The namespace and its default-deny NetworkPolicy: the same objects in every install.
+fn system_namespace() -> Result<Manifest> {
+    let mut m = Manifest::new();
+    m.push(&objects::system_namespace())?;
+    m.push_commented(network_policy::DEFAULT_DENY_NOTE, &network_policy::default_deny(SYSTEM_NAMESPACE))?;
+    Ok(m)
+}
+
 /// `slicectl install hub`: CRDs, namespace, hub controller, SliceConfig validating webhook.
 ///
 /// # Errors
 /// When an object cannot be serialised.
 pub fn hub(opts: &Options) -> Result<Manifest> {
     let mut m = crate::crds::manifest()?;
-    m.push(&objects::system_namespace())?;
+    m.extend(system_namespace()?);
     let hub = Component { name: HUB_NAME, namespace: SYSTEM_NAMESPACE, access: HUB };
     m.extend(component_rbac(&hub, HUB_NAME, None)?);
     m.push(&workloads::hub_deployment(&opts.image))?;
+    m.push(&workloads::disruption_budget(HUB_NAME))?;
     m.extend(webhook::common(opts, Role::Hub)?);
     m.push_commented(webhooks::config::VALIDATING_NOTE, &webhook::validating(opts))?;
     Ok(m)
@@ -127,9 +150,9 @@ pub fn hub(opts: &Options) -> Result<Manifest> {
 pub fn worker(opts: &Options, cluster: &str, hub_kubeconfig: &str, hub_server: Option<&str>) -> Result<Manifest> {
     check_cluster_name(cluster)?;
     let kubeconfig = crate::kubeconfig::for_worker(hub_kubeconfig, hub_server).context("--hub-kubeconfig")?;
-    let mut m = Manifest::new();
-    m.push(&objects::system_namespace())?;
+    let mut m = system_namespace()?;
     m.push(&objects::gateway_namespace())?;
+    m.push_commented(network_policy::DEFAULT_DENY_NOTE, &network_policy::default_deny(GATEWAY_NAMESPACE))?;
     let worker = Component { name: WORKER_NAME, namespace: SYSTEM_NAMESPACE, access: WORKER_CLUSTER };
     m.extend(component_rbac(&worker, WORKER_NAME, None)?);
     m.push_commented(
@@ -137,6 +160,8 @@ pub fn worker(opts: &Options, cluster: &str, hub_kubeconfig: &str, hub_server: O
         &objects::secret(HUB_KUBECONFIG_SECRET, SYSTEM_NAMESPACE, "Opaque", [(HUB_KUBECONFIG_KEY, kubeconfig)]),
     )?;
     m.push(&workloads::worker_deployment(&opts.image, cluster))?;
+    m.push(&workloads::disruption_budget(WORKER_NAME))?;
+    m.push_commented(network_policy::GATEWAYS_NOTE, &network_policy::gateways())?;
     let agent = Component { name: NODE_AGENT_NAME, namespace: SYSTEM_NAMESPACE, access: NODE_AGENT };
     m.extend(component_rbac(&agent, NODE_AGENT_NAME, None)?);
     m.push_commented(workloads::NODE_AGENT_COMMENT, &workloads::node_agent_daemonset(&opts.image))?;

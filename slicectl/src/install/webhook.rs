@@ -1,19 +1,21 @@
-//! The admission webhook as installed: one `slice-webhooks` Deployment behind a Service in
-//! `slicenet-system`, serving HTTPS with the certificate of the Secret `slicenet-webhook-tls`.
-//! On the hub it validates SliceConfigs against the hub's other SliceConfigs and MemberClusters
-//! (`--hub-api`, with exactly the RBAC of [`WEBHOOK_HUB`]); in member clusters it mutates pods
-//! from the worker's membership ConfigMap `slicenet-membership` (`--membership-dir`) and has no
-//! API access at all.
+//! The admission webhooks as installed: a `slice-webhooks` Deployment of two replicas behind a
+//! Service in `slicenet-system`, serving HTTPS with the certificate of its own TLS Secret. On
+//! the hub (`slicenet-hub-webhook`) it validates SliceConfigs against the hub's other
+//! SliceConfigs and MemberClusters (`--hub-api`, with exactly the RBAC of [`WEBHOOK_HUB`]); in
+//! member clusters (`slicenet-webhook`) it mutates pods from the worker's membership ConfigMap
+//! `slicenet-membership` (`--membership-dir`) and has no API access at all. The two have
+//! different names, so a hub that is also a member cluster runs both.
 //!
 //! The webhook configurations themselves, and the reasons for their failure policies, are
-//! [`webhooks::config`]'s: this module only adds slicenet's labels.
+//! [`webhooks::config`]'s: this module only adds slicenet's labels and points the hub's at its
+//! own Service.
 
 use anyhow::Result;
 use clap::ValueEnum as _;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, Probe, SecretVolumeSource, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, ContainerPort, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use slice_api::crd::SYSTEM_NAMESPACE;
@@ -23,9 +25,10 @@ use webhooks::config::SERVICE_PORT;
 use webhooks::membership::MEMBERSHIP_CONFIGMAP;
 use webhooks::mutate::Mode;
 
+use super::network_policy;
 use super::objects::{Component, component_rbac, labels, meta, secret, selector, service_account};
-use super::workloads::{deployment, env, restricted};
-use super::{Options, WEBHOOK_NAME, WEBHOOK_TLS_SECRET};
+use super::workloads::{WEBHOOK_BUDGET, deployment, disruption_budget, env, http_probe, restricted};
+use super::{HUB_WEBHOOK_NAME, HUB_WEBHOOK_TLS_SECRET, Options, WEBHOOK_NAME, WEBHOOK_TLS_SECRET};
 use crate::manifest::Manifest;
 
 /// Where the webhook runs, which decides its flags, mounts and API access.
@@ -35,6 +38,27 @@ pub enum Role {
     Hub,
     /// A member cluster: pod mutation, reading the membership ConfigMap.
     Member,
+}
+
+impl Role {
+    /// The name of the webhook's ServiceAccount, Deployment, Service, PodDisruptionBudget and
+    /// NetworkPolicy.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Hub => HUB_WEBHOOK_NAME,
+            Role::Member => WEBHOOK_NAME,
+        }
+    }
+
+    /// The Secret with its serving certificate.
+    #[must_use]
+    pub fn tls_secret(self) -> &'static str {
+        match self {
+            Role::Hub => HUB_WEBHOOK_TLS_SECRET,
+            Role::Member => WEBHOOK_TLS_SECRET,
+        }
+    }
 }
 
 /// The container's name of its HTTPS port, which the Service and the probes refer to.
@@ -64,40 +88,28 @@ fn args(role: Role, multus: bool) -> Vec<String> {
     args
 }
 
-fn probe(path: &str) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_owned()),
-            port: IntOrString::String(PORT_NAME.to_owned()),
-            scheme: Some("HTTPS".to_owned()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(5),
-        ..Probe::default()
-    }
-}
-
 fn mount(name: &str, path: &str) -> VolumeMount {
     VolumeMount { name: name.to_owned(), mount_path: path.to_owned(), read_only: Some(true), ..VolumeMount::default() }
 }
 
 /// The webhook's ServiceAccount (on the hub with the roles of [`WEBHOOK_HUB`]), TLS Secret,
-/// Deployment and Service.
+/// Deployment, PodDisruptionBudget, Service and NetworkPolicy.
 ///
 /// # Errors
 /// When an object cannot be serialised.
 pub fn common(opts: &Options, role: Role) -> Result<Manifest> {
+    let name = role.name();
     let mut m = Manifest::new();
     match role {
         Role::Hub => {
-            let webhook = Component { name: WEBHOOK_NAME, namespace: SYSTEM_NAMESPACE, access: WEBHOOK_HUB };
-            m.extend(component_rbac(&webhook, WEBHOOK_NAME, None)?);
+            let webhook = Component { name, namespace: SYSTEM_NAMESPACE, access: WEBHOOK_HUB };
+            m.extend(component_rbac(&webhook, name, None)?);
         }
-        Role::Member => m.push(&service_account(WEBHOOK_NAME, SYSTEM_NAMESPACE))?,
+        Role::Member => m.push(&service_account(name, SYSTEM_NAMESPACE))?,
     }
     let tls = &opts.webhook_tls;
     m.push(&secret(
-        WEBHOOK_TLS_SECRET,
+        role.tls_secret(),
         SYSTEM_NAMESPACE,
         "kubernetes.io/tls",
         [("ca.crt", tls.ca_pem.clone()), ("tls.crt", tls.cert_pem.clone()), ("tls.key", tls.key_pem.clone())],
@@ -106,7 +118,7 @@ pub fn common(opts: &Options, role: Role) -> Result<Manifest> {
     let mut volumes = vec![Volume {
         name: "tls".to_owned(),
         secret: Some(SecretVolumeSource {
-            secret_name: Some(WEBHOOK_TLS_SECRET.to_owned()),
+            secret_name: Some(role.tls_secret().to_owned()),
             default_mode: Some(0o440),
             ..SecretVolumeSource::default()
         }),
@@ -137,26 +149,27 @@ pub fn common(opts: &Options, role: Role) -> Result<Manifest> {
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(probe("/readyz")),
-        liveness_probe: Some(probe("/healthz")),
+        readiness_probe: Some(http_probe("/readyz", PORT_NAME, "HTTPS", 5)),
+        liveness_probe: Some(http_probe("/healthz", PORT_NAME, "HTTPS", 10)),
         volume_mounts: Some(mounts),
+        resources: Some(WEBHOOK_BUDGET.requirements()),
         security_context: Some(restricted()),
         ..Container::default()
     };
-    let mut d = deployment(WEBHOOK_NAME, container, volumes);
+    let mut d = deployment(name, container, volumes);
     if let Some(pod) = d.spec.template.spec.as_mut() {
         // The restricted container runs as 65532; let it read the 0440 Secret files.
-        pod.security_context.get_or_insert_default().fs_group = Some(65532);
-        // In member clusters the webhook makes no API request: no token in the pod.
-        if role == Role::Member {
-            pod.automount_service_account_token = Some(false);
-        }
+        pod.security_context.get_or_insert_default().fs_group = Some(super::workloads::NON_ROOT_ID);
+        // On the hub the webhook reads SliceConfigs and MemberClusters through the API; in
+        // member clusters it makes no API request: no token in the pod.
+        pod.automount_service_account_token = Some(role == Role::Hub);
     }
     m.push(&d)?;
+    m.push(&disruption_budget(name))?;
     m.push(&Service {
-        metadata: meta(WEBHOOK_NAME, Some(SYSTEM_NAMESPACE), WEBHOOK_NAME),
+        metadata: meta(name, Some(SYSTEM_NAMESPACE), name),
         spec: Some(ServiceSpec {
-            selector: Some(selector(WEBHOOK_NAME)),
+            selector: Some(selector(name)),
             ports: Some(vec![ServicePort {
                 name: Some(PORT_NAME.to_owned()),
                 port: SERVICE_PORT,
@@ -168,6 +181,7 @@ pub fn common(opts: &Options, role: Role) -> Result<Manifest> {
         }),
         status: None,
     })?;
+    m.push_commented(network_policy::WEBHOOK_NOTE, &network_policy::webhook(name, LISTEN_PORT))?;
     Ok(m)
 }
 
@@ -179,10 +193,15 @@ pub fn mutating(opts: &Options) -> MutatingWebhookConfiguration {
     c
 }
 
-/// [`webhooks::config::validating`] with slicenet's labels.
+/// [`webhooks::config::validating`] with slicenet's labels, calling the hub's webhook Service.
 #[must_use]
 pub fn validating(opts: &Options) -> ValidatingWebhookConfiguration {
     let mut c = webhooks::config::validating(&opts.webhook_tls.ca_pem);
-    c.metadata.labels = Some(labels(WEBHOOK_NAME));
+    c.metadata.labels = Some(labels(HUB_WEBHOOK_NAME));
+    for hook in c.webhooks.iter_mut().flatten() {
+        if let Some(service) = hook.client_config.service.as_mut() {
+            HUB_WEBHOOK_NAME.clone_into(&mut service.name);
+        }
+    }
     c
 }
