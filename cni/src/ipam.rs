@@ -40,9 +40,19 @@ pub struct Allocation {
 /// Picks the next free pod address of `prefix` after `last` (round robin, so a released address
 /// is not handed out again at once), or `None` when every address is taken.
 pub fn choose(prefix: IpNet, taken: &BTreeSet<IpAddr>, last: Option<IpAddr>) -> Option<IpAddr> {
-    let candidates: Vec<IpAddr> = slice_api::prefix::pod_addresses(prefix).collect();
-    let start = last.and_then(|l| candidates.iter().position(|c| *c == l)).map_or(0, |i| i + 1);
-    (0..candidates.len()).map(|i| candidates[(start + i) % candidates.len()]).find(|c| !taken.contains(c))
+    // Works on offsets into the prefix, never on a list of its addresses: a prefix may be far
+    // larger than memory (an IPv6 /64), while at most `taken.len() + 1` candidates are looked at.
+    let pods = slice_api::prefix::pod_offsets(prefix);
+    let count = pods.end.checked_sub(pods.start).filter(|c| *c > 0)?;
+    let offset_of = |ip: IpAddr| -> Option<u128> {
+        let offset = slice_api::prefix::offset_in(prefix, ip)?;
+        pods.contains(&offset).then_some(offset)
+    };
+    let start = last.and_then(offset_of).map_or(0, |o| o - pods.start + 1);
+    let probes = count.min(u128::try_from(taken.len()).unwrap_or(u128::MAX).saturating_add(1));
+    (0..probes)
+        .map(|i| slice_api::prefix::address_at(prefix, pods.start + (start + i) % count))
+        .find(|c| !taken.contains(c))
 }
 
 /// The file store.
@@ -222,6 +232,26 @@ mod tests {
 
     fn key(id: &str) -> Key {
         Key { container_id: id.into(), ifname: "slice0".into() }
+    }
+
+    /// Issue 20: a /64 (or /96) node prefix made `choose` collect every address ("capacity
+    /// overflow", or an allocation of tens of GB). Now it looks at a handful.
+    #[test]
+    fn huge_prefixes_are_never_enumerated() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for prefix in ["fd00:80::/64", "fd00:80::/96", "fd00::/8"] {
+            let p: IpNet = prefix.parse().unwrap();
+            let first = choose(p, &BTreeSet::new(), None).unwrap();
+            assert_eq!(first, slice_api::prefix::address_at(p, 2));
+            let taken: BTreeSet<_> = [first].into();
+            assert_eq!(choose(p, &taken, None), Some(slice_api::prefix::address_at(p, 3)));
+            assert_eq!(choose(p, &taken, Some(first)), Some(slice_api::prefix::address_at(p, 3)));
+        }
+        // Round robin wraps at the end of a large prefix too.
+        let p: IpNet = "fd00:80::/96".parse().unwrap();
+        assert_eq!(choose(p, &BTreeSet::new(), Some(ip("fd00:80::ffff:ffff"))), Some(ip("fd00:80::2")));
+        // A `last` outside the prefix is ignored.
+        assert_eq!(choose(p, &BTreeSet::new(), Some(ip("10.0.0.1"))), Some(ip("fd00:80::2")));
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_CLUSTERS: u32 = 16;
 pub const DEFAULT_NODE_PREFIX_LEN_V4: u8 = 26;
 /// Default node prefix length for IPv6 slice subnets.
 pub const DEFAULT_NODE_PREFIX_LEN_V6: u8 = 120;
+/// Host bits of the largest node prefix accepted (/16 for IPv4, /112 for IPv6).
+pub const MAX_NODE_HOST_BITS: u8 = 16;
 /// Default UDP port of slice gateways.
 pub const DEFAULT_GATEWAY_PORT: u16 = 51820;
 /// Finalizer the hub puts on SliceConfigs and MemberClusters.
@@ -62,6 +64,9 @@ pub fn cluster_namespace(cluster: &str) -> String {
     derive = "PartialEq"
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "!has(self.nodePrefixLength) || self.nodePrefixLength >= (self.sliceSubnet.contains(':') ? 112 : 16)"
+).message("nodePrefixLength must be at least /16 for IPv4 and /112 for IPv6 (at most 65,536 addresses per node)"))]
 pub struct SliceConfigSpec {
     /// The slice's own subnet (IPv4 or IPv6), split into `maxClusters` cluster prefixes.
     /// Immutable.
@@ -73,7 +78,8 @@ pub struct SliceConfigSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("maxClusters is immutable"))]
     #[schemars(range(min = 1, max = 4096))]
     pub max_clusters: u32,
-    /// Length of each node's prefix inside its cluster prefix (default /26 for IPv4, /120 for IPv6).
+    /// Length of each node's prefix inside its cluster prefix (default /26 for IPv4, /120 for IPv6;
+    /// at least /16 and /112: at most 65,536 addresses per node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 128))]
     pub node_prefix_length: Option<u8>,
@@ -418,6 +424,11 @@ pub enum SpecError {
         "nodePrefixLength /{node} does not fit the cluster prefix /{cluster}: it must be longer than /{cluster} and at most /{max}"
     )]
     NodePrefix { node: u8, cluster: u8, max: u8 },
+    #[error(
+        "nodePrefixLength /{node} gives a node more addresses than it can use: it must be at least /{min} (at most {} addresses per node)",
+        1u32 << MAX_NODE_HOST_BITS
+    )]
+    NodePrefixTooShort { node: u8, min: u8 },
 }
 
 /// The parsed shape of a slice's address plan.
@@ -453,6 +464,12 @@ impl SliceConfigSpec {
             IpNet::V4(_) => DEFAULT_NODE_PREFIX_LEN_V4,
             IpNet::V6(_) => DEFAULT_NODE_PREFIX_LEN_V6,
         });
+        // A node prefix holds at most 2^16 addresses: more than any node runs pods, and what the
+        // CNI plugin's IPAM is built for (an IPv6 /64 per node once crashed it).
+        let min = subnet.max_prefix_len() - MAX_NODE_HOST_BITS;
+        if node_prefix_len < min {
+            return Err(SpecError::NodePrefixTooShort { node: node_prefix_len, min });
+        }
         // A node prefix needs room for the router address and at least one pod.
         let max = subnet.max_prefix_len() - 2;
         if node_prefix_len <= cluster_prefix_len || node_prefix_len > max {

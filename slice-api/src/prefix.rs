@@ -104,14 +104,33 @@ pub fn router_address(node_prefix: IpNet) -> IpAddr {
 /// Host addresses a node prefix gives to pods, in order: everything after the router address,
 /// without the IPv4 broadcast address.
 pub fn pod_addresses(node_prefix: IpNet) -> impl Iterator<Item = IpAddr> {
+    let network = node_prefix.network();
+    pod_offsets(node_prefix).map(move |i| offset_addr(network, i))
+}
+
+/// The offsets (from the prefix's network address) of [`pod_addresses`], as a range: what an
+/// allocator needs to walk a prefix without listing it.
+#[must_use]
+pub fn pod_offsets(node_prefix: IpNet) -> std::ops::Range<u128> {
     let host_bits = u32::from(node_prefix.max_prefix_len() - node_prefix.prefix_len());
     let size: u128 = if host_bits >= 128 { u128::MAX } else { 1u128 << host_bits };
-    let last = match node_prefix {
+    let end = match node_prefix {
         IpNet::V4(_) => size.saturating_sub(1), // skip broadcast
         IpNet::V6(_) => size,
     };
-    let network = node_prefix.network();
-    (2..last).map(move |i| offset_addr(network, i))
+    2..end.max(2)
+}
+
+/// The address at `offset` from the network address of `prefix`.
+#[must_use]
+pub fn address_at(prefix: IpNet, offset: u128) -> IpAddr {
+    offset_addr(prefix.network(), offset)
+}
+
+/// The offset of `ip` from the network address of `prefix`, or `None` when `ip` is outside it.
+#[must_use]
+pub fn offset_in(prefix: IpNet, ip: IpAddr) -> Option<u128> {
+    prefix.contains(&ip).then(|| ip_to_u128(ip) - ip_to_u128(prefix.network()))
 }
 
 fn offset_addr(base: IpAddr, offset: u128) -> IpAddr {

@@ -152,6 +152,10 @@ fn check_address_plan(spec: &SliceConfigSpec, out: &mut Vec<Violation>) -> Optio
             out.push(Violation::new(Rule::UnparsableSubnet, "spec.sliceSubnet", e.to_string()));
             None
         }
+        Err(e @ SpecError::NodePrefixTooShort { .. }) => {
+            out.push(Violation::new(Rule::NodePrefixDoesNotFit, "spec.nodePrefixLength", e.to_string()));
+            None
+        }
         Err(e @ SpecError::NodePrefix { .. }) => {
             out.push(Violation::new(
                 Rule::NodePrefixDoesNotFit,
@@ -367,6 +371,24 @@ mod tests {
         let v = only(check(&with(blue(), |s| s.node_prefix_length = Some(31))), Rule::NodePrefixDoesNotFit);
         assert!(v.message.contains("at most /30"), "{v}");
         assert_eq!(check(&with(blue(), |s| s.node_prefix_length = Some(24))), Ok(()));
+    }
+
+    /// Issue 20: an IPv6 node prefix of /64 or /96 passed and then crashed slice-cni.
+    #[test]
+    fn node_prefixes_larger_than_2_to_the_16_are_refused() {
+        let v6 = |len| {
+            with(blue(), |s| {
+                s.slice_subnet = "fd00:80::/48".into();
+                s.node_prefix_length = Some(len);
+            })
+        };
+        for len in [64, 96, 111] {
+            let v = only(check(&v6(len)), Rule::NodePrefixDoesNotFit);
+            assert!(v.message.contains("at least /112"), "{v}");
+        }
+        assert_eq!(check(&v6(112)), Ok(()));
+        let v = only(check(&with(blue(), |s| s.node_prefix_length = Some(15))), Rule::NodePrefixDoesNotFit);
+        assert!(v.message.contains("at least /16"), "{v}");
     }
 
     #[test]
