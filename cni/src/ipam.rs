@@ -19,6 +19,9 @@ use crate::spec::{CniError, Result, code};
 
 const LOCK_FILE: &str = ".lock";
 const LAST_FILE: &str = ".last-reserved";
+/// How long an operation waits for the store's lock. Holders keep it for a few file operations,
+/// so only a stuck holder comes near this; generous, so that a loaded node never trips it.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 const TMP_PREFIX: &str = ".tmp-";
 
 /// What identifies an attachment: DEL and GC find ADD's allocation by it.
@@ -59,6 +62,7 @@ pub fn choose(prefix: IpNet, taken: &BTreeSet<IpAddr>, last: Option<IpAddr>) -> 
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    lock_wait: std::time::Duration,
 }
 
 fn io_error(what: String, e: std::io::Error) -> CniError {
@@ -68,10 +72,19 @@ fn io_error(what: String, e: std::io::Error) -> CniError {
 impl Store {
     /// A store rooted at the config's `ipamDir`.
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
+        Self { dir, lock_wait: LOCK_WAIT }
     }
 
-    /// Takes the store's lock (blocking) for the life of the returned guard.
+    /// The same store, waiting at most `wait` for its lock.
+    #[must_use]
+    pub fn with_lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Takes the store's lock for the life of the returned guard, waiting at most
+    /// [`LOCK_WAIT`]: a holder that never lets go (a stuck process) gets this ADD an error 11
+    /// to retry, not a hang that holds the runtime's sandbox creation.
     fn lock(&self) -> Result<Flock<File>> {
         fs::create_dir_all(&self.dir)
             .map_err(|e| io_error(format!("cannot create IPAM dir {}", self.dir.display()), e))?;
@@ -82,8 +95,28 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(|e| io_error(format!("cannot open IPAM lock {}", path.display()), e))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| io_error(format!("cannot lock {}", path.display()), e.into()))
+        let deadline = std::time::Instant::now() + self.lock_wait;
+        let mut file = file;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(guard) => return Ok(guard),
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                    file = f;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    return Err(CniError::new(
+                        code::TRY_AGAIN,
+                        format!(
+                            "the IPAM store {} stayed locked for {:?} by another process; try again later",
+                            self.dir.display(),
+                            self.lock_wait
+                        ),
+                    ));
+                }
+                Err((_, e)) => return Err(io_error(format!("cannot lock {}", path.display()), e.into())),
+            }
+        }
     }
 
     /// Allocates an address of `node_prefix` for `key` on `slice`, or returns the one it already
@@ -232,6 +265,20 @@ mod tests {
 
     fn key(id: &str) -> Key {
         Key { container_id: id.into(), ifname: "slice0".into() }
+    }
+
+    /// Issue 20: the IPAM lock had no timeout, so a stuck holder hung every ADD on the node.
+    #[test]
+    fn a_lock_held_too_long_is_try_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().to_owned()).with_lock_wait(std::time::Duration::from_millis(200));
+        let held = store.lock().unwrap();
+        let p: IpNet = "10.80.0.0/29".parse().unwrap();
+        let e = store.allocate("blue", p, &key("a"), "lab").unwrap_err();
+        assert_eq!(e.code, code::TRY_AGAIN, "{e}");
+        assert!(e.msg.contains("stayed locked"), "{e}");
+        drop(held);
+        assert!(store.allocate("blue", p, &key("a"), "lab").is_ok());
     }
 
     /// Issue 20: a /64 (or /96) node prefix made `choose` collect every address ("capacity

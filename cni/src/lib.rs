@@ -55,10 +55,12 @@ fn invoke_inner(
         .read_to_end(&mut input)
         .map_err(|e| CniError::new(code::IO, "cannot read the configuration from stdin").with_details(e.to_string()))?;
     if command == Command::Version {
-        // VERSION may come with only {"cniVersion": …}, or nothing.
+        // VERSION may come with only {"cniVersion": …}, or nothing. The reply is written in the
+        // asked version only when it is one we speak (never echo a version we do not know).
         let asked = serde_json::from_slice::<Value>(&input)
             .ok()
             .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(str::to_string))
+            .filter(|v| spec::SUPPORTED_VERSIONS.contains(&v.as_str()))
             .unwrap_or_else(|| LATEST_VERSION.to_string());
         return Ok(Some(commands::version(&asked)));
     }

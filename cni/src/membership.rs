@@ -100,7 +100,24 @@ pub fn decide(pod: Pod<'_>, states: &States) -> Result<Decision> {
     }
     let mut claimed: Vec<&NodeState> =
         states.values().filter_map(|s| s.as_ref().ok()).filter(|s| s.namespaces.iter().any(|n| n == ns)).collect();
+    let unreadable: Vec<&str> = states.iter().filter(|(_, s)| s.is_err()).map(|(name, _)| name.as_str()).collect();
     match claimed.len() {
+        // A state that cannot be read may list the namespace: the pod must not start without
+        // its slice interface because of it (fail closed, and say which file to fix).
+        0 if !unreadable.is_empty() => Err(CniError::new(
+            code::TRY_AGAIN,
+            format!(
+                "cannot tell whether namespace {ns} is a member of slice {}: its node state cannot be read; try again later",
+                unreadable.join(", ")
+            ),
+        )
+        .with_details(
+            unreadable
+                .iter()
+                .filter_map(|name| states.get(*name).and_then(|s| s.as_ref().err()).cloned())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
         0 => Ok(Decision::Skip(format!("namespace {ns} is in no slice on this node"))),
         1 => Ok(Decision::Attach(claimed.remove(0).clone())),
         _ => Err(CniError::new(
@@ -172,8 +189,22 @@ mod tests {
     #[test]
     fn namespace_list_decides_without_annotation() {
         assert_eq!(attached(decide(pod(Some("shop"), None, None), &states()).unwrap()), "blue");
-        assert!(matches!(decide(pod(Some("other"), None, None), &states()).unwrap(), Decision::Skip(_)));
+        let mut readable = states();
+        readable.remove("broken");
+        assert!(matches!(decide(pod(Some("other"), None, None), &readable).unwrap(), Decision::Skip(_)));
         assert!(matches!(decide(pod(None, None, None), &states()).unwrap(), Decision::Skip(_)));
+    }
+
+    /// Issue 20: an unreadable state file let a member pod start without its slice interface.
+    /// A namespace that no readable state claims is undecidable while one cannot be read.
+    #[test]
+    fn an_unreadable_state_is_try_again_not_a_silent_skip() {
+        let e = decide(pod(Some("other"), None, None), &states()).unwrap_err();
+        assert_eq!(e.code, code::TRY_AGAIN);
+        assert!(e.msg.contains("broken") && e.msg.contains("other"), "{e}");
+        assert_eq!(e.details, "bad json");
+        // A namespace a readable state claims is decided as before.
+        assert_eq!(attached(decide(pod(Some("bank"), None, None), &states()).unwrap()), "red");
     }
 
     #[test]
@@ -218,18 +249,20 @@ mod tests {
     #[test]
     fn gateway_pods_join_the_slice_they_name_and_the_namespace_joins_none() {
         let gw = slice_api::names::GATEWAY_NAMESPACE;
+        let mut readable = states();
+        readable.remove("broken");
         for slice in ["blue", "red"] {
             let a = annotations(&[(SLICE_ANNOTATION, slice)]);
-            assert_eq!(attached(decide(pod(Some(gw), Some(&a), None), &states()).unwrap()), slice);
-            assert_eq!(attached(decide(pod(Some(gw), None, Some(slice)), &states()).unwrap()), slice);
+            assert_eq!(attached(decide(pod(Some(gw), Some(&a), None), &readable).unwrap()), slice);
+            assert_eq!(attached(decide(pod(Some(gw), None, Some(slice)), &readable).unwrap()), slice);
         }
-        assert!(matches!(decide(pod(Some(gw), None, None), &states()).unwrap(), Decision::Skip(_)));
+        assert!(matches!(decide(pod(Some(gw), None, None), &readable).unwrap(), Decision::Skip(_)));
         let system = slice_api::names::SYSTEM_NAMESPACE;
-        assert!(matches!(decide(pod(Some(system), None, None), &states()).unwrap(), Decision::Skip(_)));
+        assert!(matches!(decide(pod(Some(system), None, None), &readable).unwrap(), Decision::Skip(_)));
         let a = annotations(&[(SLICE_ANNOTATION, "blue")]);
-        assert!(matches!(decide(pod(Some(system), Some(&a), None), &states()).unwrap(), Decision::Skip(_)));
+        assert!(matches!(decide(pod(Some(system), Some(&a), None), &readable).unwrap(), Decision::Skip(_)));
         // Naming a slice admits a gateway pod only in its slice's gateway namespace.
-        let mut s = states();
+        let mut s = readable;
         s.insert("green".into(), Ok(NodeState { gateway_namespace: None, ..state("green", &["web"]) }));
         let a = annotations(&[(SLICE_ANNOTATION, "green")]);
         assert!(matches!(decide(pod(Some(gw), Some(&a), None), &s).unwrap(), Decision::Skip(_)));

@@ -530,6 +530,12 @@ fn version_lists_what_it_serves() {
     let (ok, out, _) = invoke_raw(&Call { command: "VERSION", ..Call::add("", "") }, br#"{"cniVersion":"1.0.0"}"#);
     assert!(ok);
     assert_eq!(out, json!({"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}));
+    // A version it does not speak is not echoed back (issue 20): the reply is in its latest.
+    for asked in [r#"{"cniVersion":"9.9.9"}"#, r#"{"cniVersion":"<script>"}"#] {
+        let (ok, out, _) = invoke_raw(&Call { command: "VERSION", ..Call::add("", "") }, asked.as_bytes());
+        assert!(ok);
+        assert_eq!(out["cniVersion"], "1.1.0", "{asked}: {out}");
+    }
 }
 
 #[test]

@@ -347,14 +347,53 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeFileError> {
     Ok(())
 }
 
+/// Largest node file read: far more than any real configuration or state.
+const MAX_NODE_FILE: u64 = 4 << 20;
+
+/// Reads a node file that must be a regular file of bounded size. It is opened without
+/// blocking and checked before a byte is read, so a FIFO or device under the name (which
+/// would block every reader for ever) is an error instead of a hang.
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, NodeFileError> {
-    let bytes = std::fs::read(path).map_err(|source| NodeFileError::Read { path: path.into(), source })?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK (the same value on every Linux architecture we build for): opening a FIFO
+    // with no writer returns at once instead of waiting for one.
+    const O_NONBLOCK: i32 = 0o4000;
+    let read_err = |source| NodeFileError::Read { path: path.into(), source };
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(O_NONBLOCK).open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(NodeFileError::Invalid { path: path.into(), reason: "not a regular file".into() });
+    }
+    if meta.len() > MAX_NODE_FILE {
+        return Err(NodeFileError::Invalid {
+            path: path.into(),
+            reason: format!("{} bytes, more than the {MAX_NODE_FILE} a node file may have", meta.len()),
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(MAX_NODE_FILE + 1).read_to_end(&mut bytes).map_err(read_err)?;
     serde_json::from_slice(&bytes).map_err(|source| NodeFileError::Parse { path: path.into(), source })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 20: a FIFO named like a state file hung every reader (and so every CNI ADD).
+    #[test]
+    fn a_fifo_or_a_huge_file_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = NodeState::path(dir.path(), "blue");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+        assert!(made.success());
+        let e = NodeState::load(dir.path(), "blue").unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let huge = NodeState::path(dir.path(), "red");
+        std::fs::File::create(&huge).unwrap().set_len(MAX_NODE_FILE + 1).unwrap();
+        let e = NodeState::load(dir.path(), "red").unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+    }
 
     fn config() -> NodeAgentConfig {
         serde_json::from_value(serde_json::json!({

@@ -46,7 +46,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Image of the gateway pods (with `slice-gateway` on its PATH).
-    #[arg(long, default_value = "ghcr.io/slicenet/slice-gateway:latest")]
+    #[arg(long, default_value = worker::objects::DEFAULT_GATEWAY_IMAGE)]
     pub gateway_image: String,
     /// MTU of the gateways' TUN devices.
     #[arg(long, default_value_t = 1420)]

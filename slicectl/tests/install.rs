@@ -919,3 +919,11 @@ fn cni_install_needs_no_capability() {
         serde_json::from_slice(&std::fs::read(conf.join("00-slicenet.conflist")).unwrap()).unwrap();
     assert_eq!(chained["plugins"][1]["type"], "slice-cni");
 }
+
+/// The worker's default gateway image is the install's default image: one pinned release,
+/// never `:latest` (issue 20).
+#[test]
+fn the_default_gateway_image_is_the_pinned_release_image() {
+    assert_eq!(slicectl::install::default_image(), slice_operator::worker::objects::DEFAULT_GATEWAY_IMAGE);
+    assert!(!slice_operator::worker::objects::DEFAULT_GATEWAY_IMAGE.ends_with(":latest"));
+}

@@ -127,6 +127,11 @@ impl Default for NodeDefaults {
 }
 
 /// How gateway pods are run.
+/// The gateway pods' default image: slicenet's one image (every binary, `slice-gateway` on its
+/// `PATH`) of this very release — pinned, never `:latest`, so a gateway never runs another
+/// version than the worker that made it.
+pub const DEFAULT_GATEWAY_IMAGE: &str = concat!("ghcr.io/slicenet/slicenet:", env!("CARGO_PKG_VERSION"));
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayDefaults {
     /// Image with `slice-gateway` on its `PATH`.
@@ -137,7 +142,7 @@ pub struct GatewayDefaults {
 
 impl Default for GatewayDefaults {
     fn default() -> Self {
-        Self { image: "ghcr.io/slicenet/slice-gateway:latest".into(), mtu: 1420 }
+        Self { image: DEFAULT_GATEWAY_IMAGE.into(), mtu: 1420 }
     }
 }
 
