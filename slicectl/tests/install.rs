@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Secret, Service, ServiceAccount, Volume};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -72,6 +75,8 @@ struct Parsed {
     member_clusters: Vec<MemberCluster>,
     disruption_budgets: Vec<PodDisruptionBudget>,
     network_policies: Vec<NetworkPolicy>,
+    admission_policies: Vec<ValidatingAdmissionPolicy>,
+    admission_policy_bindings: Vec<ValidatingAdmissionPolicyBinding>,
 }
 
 /// Parses every document by its apiVersion/kind into the k8s-openapi type, failing on an
@@ -106,6 +111,12 @@ fn parse(yaml: &str) -> Parsed {
             ("slicenet.io/v1alpha1", "MemberCluster") => p.member_clusters.push(typed(doc, &what)),
             ("policy/v1", "PodDisruptionBudget") => p.disruption_budgets.push(typed(doc, &what)),
             ("networking.k8s.io/v1", "NetworkPolicy") => p.network_policies.push(typed(doc, &what)),
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+                p.admission_policies.push(typed(doc, &what))
+            }
+            ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+                p.admission_policy_bindings.push(typed(doc, &what))
+            }
             _ => panic!("unexpected kind in a manifest: {what}"),
         }
     }
@@ -464,6 +475,31 @@ fn install_hub_parses_and_grants_exactly_the_hub_list() {
     assert!(args.membership_dir.is_none(), "no membership ConfigMap on the hub: {args:?}");
     let pod = webhook_pod(&p);
     assert_ne!(pod.automount_service_account_token, Some(false), "--hub-api needs the ServiceAccount token");
+
+    // The hub controller's namespaces; every member cluster's worker (an account named
+    // slicenet-worker in a slicenet-cluster-* namespace) on its WorkerSlices.
+    assert_admission_policies(
+        &p,
+        &[
+            ("slicenet-hub-namespaces", format!("'system:serviceaccount:slicenet-system:{hub_account}'")),
+            ("slicenet-worker-hub-workerslices", "':slicenet-worker'".to_owned()),
+        ],
+    );
+}
+
+/// The admission policies are exactly `want` (name, the account its match condition names),
+/// each bound with Deny; the accounts come from the workloads of the manifest.
+fn assert_admission_policies(p: &Parsed, want: &[(&str, String)]) {
+    let names: Vec<&str> = p.admission_policies.iter().map(|a| a.metadata.name.as_deref().unwrap()).collect();
+    assert_eq!(names, want.iter().map(|(n, _)| *n).collect::<Vec<_>>());
+    for (name, account) in want {
+        let policy = p.admission_policies.iter().find(|a| a.metadata.name.as_deref() == Some(name)).unwrap();
+        let condition = &policy.spec.as_ref().unwrap().match_conditions.as_ref().unwrap()[0].expression;
+        assert!(condition.contains(account.as_str()), "{name} is keyed on {account}: {condition}");
+        let binding = p.admission_policy_bindings.iter().find(|b| b.spec.policy_name == *name).unwrap();
+        assert_eq!(binding.spec.validation_actions, ["Deny"]);
+    }
+    assert_eq!(p.admission_policy_bindings.len(), want.len());
 }
 
 /// The one Deployment that runs `slice-webhooks`.
@@ -622,6 +658,18 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
     assert_eq!((caps.add.as_ref(), caps.drop.as_deref()), (None, Some(&["ALL".to_owned()][..])));
     let netns = agent.volume_mounts.iter().flatten().find(|m| m.mount_path == "/run/netns").unwrap();
     assert_eq!(netns.mount_propagation.as_deref(), Some("Bidirectional"));
+    // The admission policies name the accounts the worker and the node agent run as.
+    let agent_account = spec.service_account_name.clone().unwrap();
+    let worker_account = worker.spec.template.spec.as_ref().unwrap().service_account_name.clone().unwrap();
+    let user = |account: &str| format!("'system:serviceaccount:slicenet-system:{account}'");
+    assert_admission_policies(
+        &p,
+        &[
+            ("slicenet-worker-namespaces", user(&worker_account)),
+            ("slicenet-worker-network-attachment-definitions", user(&worker_account)),
+            ("slicenet-node-agent-pods", user(&agent_account)),
+        ],
+    );
     let host_paths: BTreeSet<&str> =
         spec.volumes.iter().flatten().filter_map(|v| v.host_path.as_ref()).map(|h| h.path.as_str()).collect();
     assert_eq!(

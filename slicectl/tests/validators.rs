@@ -5,7 +5,8 @@
 //!
 //! The manifests: `install hub`, `install worker` (chained and `--multus`), `install
 //! worker-hub-access`, and the gateway Deployment and Service the worker creates (built by the
-//! worker's own code), one file each in a temporary directory.
+//! worker's own code), one file each in a temporary directory. They include the
+//! ValidatingAdmissionPolicies and their bindings.
 //!
 //! The tools come from `make validators` (a venv under `target/validators-venv`, pinned in
 //! `deploy/validate/`). Without them this test fails when it runs as root or under CI (where
@@ -96,6 +97,12 @@ fn print_manifests(dir: &Path) -> Vec<PathBuf> {
     let gateway = [gateway_deployment(&spec, &defaults), gateway_service(&spec).unwrap()];
     let gateway: Vec<String> = gateway.iter().map(|o| format!("---\n{}", yaml_serde::to_string(o).unwrap())).collect();
     files.push(("gateway.yaml", gateway.concat()));
+    // The admission policies and their bindings are among what is checked (two in `install
+    // hub`, three in `install worker`).
+    let text: String = files.iter().map(|(_, t)| t.as_str()).collect();
+    for kind in ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] {
+        assert_eq!(text.matches(&format!("\nkind: {kind}\n")).count(), 2 + 3 + 3, "{kind}s printed");
+    }
     files
         .into_iter()
         .map(|(name, text)| {

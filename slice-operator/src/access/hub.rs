@@ -21,6 +21,8 @@ pub const HUB: &[Access] = &[
     Access::new("patch", G, "workerslices", Cluster),
     Access::new("delete", G, "workerslices", Cluster),
     Access::new("get", "", "namespaces", Cluster),
+    // Namespaces by verb only: the admission policy `slicenet-hub-namespaces` (`slicectl install
+    // hub`) keeps creation and deletion to `slicenet-cluster-*`.
     Access::new("create", "", "namespaces", Cluster),
     Access::new("delete", "", "namespaces", Cluster),
     // Leader election: the `slicenet-hub` Lease in its own namespace (read, created once,

@@ -11,6 +11,9 @@ pub const NODE_AGENT: &[Access] = &[
     Access::new("get", "", "configmaps", OwnNamespace),
     Access::new("list", "", "configmaps", OwnNamespace),
     Access::new("watch", "", "configmaps", OwnNamespace),
+    // Every pod by RBAC (which cannot name a node); the admission policy `slicenet-node-agent-pods`
+    // (`slicectl install worker`) lets a patch through only for pods on the agent's own node (its
+    // token's node) and only for the network-status annotation. Reads stay cluster-wide.
     Access::new("get", "", "pods", Cluster),
     Access::new("patch", "", "pods", Cluster),
 ];

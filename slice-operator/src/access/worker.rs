@@ -15,6 +15,9 @@ const G: &str = "slicenet.io";
 pub const WORKER_HUB: &[Access] = &[
     Access::new("list", G, "workerslices", OwnNamespace),
     Access::new("watch", G, "workerslices", OwnNamespace),
+    // The main resource for its finalizer only: the admission policy
+    // `slicenet-worker-hub-workerslices` (`slicectl install hub`) refuses any other change there
+    // (spec, labels, annotations, owners, other finalizers).
     Access::new("patch", G, "workerslices", OwnNamespace),
     Access::new("patch", G, "workerslices", OwnNamespace).sub("status"),
     Access::new("get", G, "memberclusters", Cluster),
@@ -30,6 +33,9 @@ pub const WORKER_HUB: &[Access] = &[
 pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("list", "", "namespaces", Cluster),
     Access::new("watch", "", "namespaces", Cluster),
+    // Any namespace by RBAC; the admission policy `slicenet-worker-namespaces` (`slicectl install
+    // worker`) lets the patch change only the `slicenet.io/slice` label and the
+    // `slicenet.io/labelled-by` annotation.
     Access::new("patch", "", "namespaces", Cluster),
     Access::new("list", "", "nodes", Cluster),
     Access::new("watch", "", "nodes", Cluster),
@@ -54,6 +60,8 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("list", "", "pods", Cluster),
     Access::new("watch", "", "pods", GW),
     Access::new("list", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
+    // Any NAD by RBAC; the admission policy `slicenet-worker-network-attachment-definitions`
+    // keeps writes and deletes to those labelled `app.kubernetes.io/managed-by: slicenet-worker`.
     Access::new("patch", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("delete", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     // Leader election: the `slicenet-worker` Lease in its own namespace.

@@ -10,6 +10,10 @@
 //!   two objects of the two share a name unless they are the same object.
 //! - [`worker_hub_access`]: on the hub, per member cluster — what that cluster's worker may do
 //!   there: its namespace `slicenet-cluster-<cluster>` only, and its own MemberCluster.
+//! - [`admission_policy`]: ValidatingAdmissionPolicies where RBAC is too coarse — in `hub` for
+//!   the hub controller's namespaces and every worker's WorkerSlices (one policy for all member
+//!   clusters, so `worker_hub_access` adds none), in `worker` for the worker's namespaces and
+//!   NetworkAttachmentDefinitions and the node agents' pods.
 //!
 //! Every object is a k8s-openapi type; every RBAC rule comes from the access lists in
 //! [`slice_operator::access`] through [`crate::rbac::policy_rules`].
@@ -29,6 +33,7 @@
 //! - The controllers' and the webhook's containers get `RUST_LOG=info`. The webhook reads no other environment of ours (with
 //!   `--hub-api`, kube-rs reads the in-cluster `KUBERNETES_SERVICE_*` the kubelet sets).
 
+pub mod admission_policy;
 pub mod network_policy;
 mod objects;
 pub mod webhook;
@@ -138,6 +143,7 @@ pub fn hub(opts: &Options) -> Result<Manifest> {
     m.push(&workloads::disruption_budget(HUB_NAME))?;
     m.extend(webhook::common(opts, Role::Hub)?);
     m.push_commented(webhooks::config::VALIDATING_NOTE, &webhook::validating(opts))?;
+    m.extend(admission_policy::hub()?);
     Ok(m)
 }
 
@@ -167,12 +173,14 @@ pub fn worker(opts: &Options, cluster: &str, hub_kubeconfig: &str, hub_server: O
     m.push_commented(workloads::NODE_AGENT_COMMENT, &workloads::node_agent_daemonset(&opts.image))?;
     m.extend(webhook::common(opts, Role::Member)?);
     m.push_commented(webhooks::config::MUTATING_NOTE, &webhook::mutating(opts))?;
+    m.extend(admission_policy::member()?);
     Ok(m)
 }
 
 /// `slicectl install worker-hub-access`: on the hub, the namespace of `cluster`, the worker's
 /// ServiceAccount there with its token Secret, a Role there, and a ClusterRole limited to its
-/// own MemberCluster by name.
+/// own MemberCluster by name. What the worker may change on its WorkerSlices (status and its
+/// finalizer only) is the admission policy `slicenet-worker-hub-workerslices` of `install hub`.
 ///
 /// # Errors
 /// When `cluster` is not a valid name.
