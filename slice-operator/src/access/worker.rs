@@ -44,13 +44,17 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("create", "", "secrets", GW),
     Access::new("patch", "", "secrets", GW),
     Access::new("delete", "", "secrets", GW),
+    // Applied (server-side apply): the API server checks `create` too when the object is new.
     Access::new("list", "", "configmaps", OwnNamespace),
+    Access::new("create", "", "configmaps", OwnNamespace),
     Access::new("patch", "", "configmaps", OwnNamespace),
     Access::new("delete", "", "configmaps", OwnNamespace),
     Access::new("list", "", "services", GW),
+    Access::new("create", "", "services", GW),
     Access::new("patch", "", "services", GW),
     Access::new("delete", "", "services", GW),
     Access::new("list", "apps", "deployments", GW),
+    Access::new("create", "apps", "deployments", GW),
     Access::new("patch", "apps", "deployments", GW),
     Access::new("delete", "apps", "deployments", GW),
     // Pods: the gateway pods (their slice address in network-status is the next hop of remote
@@ -62,6 +66,7 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("list", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     // Any NAD by RBAC; the admission policy `slicenet-worker-network-attachment-definitions`
     // keeps writes and deletes to those labelled `app.kubernetes.io/managed-by: slicenet-worker`.
+    Access::new("create", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("patch", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("delete", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     // Leader election: the `slicenet-worker` Lease in its own namespace.

@@ -26,7 +26,7 @@ use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
-use slice_api::rbac::{Access, covers, request_attributes};
+use slice_api::rbac::{Access, RequestAttributes, covers, request_attributes};
 use slice_operator::worker::MetricsSource;
 
 /// Which API server a request went to.
@@ -379,6 +379,20 @@ impl FakeApi {
 
     fn handle(&self, side: Side, method: &str, path: &str, query: &str, ct: &str, body: &Value) -> (u16, Reply) {
         self.check_access(side, method, path, query);
+        // A server-side apply that creates its object is authorized for `create` as well as
+        // `patch` (the API server's patch handler checks both), so the list must declare both.
+        let creates = method == "PATCH"
+            && ct.starts_with("application/apply-patch")
+            && !self.state.lock().expect("state lock").objects.contains_key(&(side, path.to_owned()));
+        if creates {
+            let path_and_query = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
+            let (declared, own) = &self.access[&side];
+            let ok = request_attributes(method, &path_and_query)
+                .is_some_and(|a| covers(declared, &RequestAttributes { verb: "create", ..a }, Some(own)));
+            if !ok {
+                self.state.lock().expect("state lock").violations.push(format!("{side:?}: create by apply {path}"));
+            }
+        }
         if method == "GET" && query.split('&').any(|kv| kv == "watch=true") {
             return (200, Reply::Lines(self.state.lock().expect("state lock").watch_events.clone()));
         }
