@@ -16,7 +16,8 @@ use futures::StreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -449,6 +450,20 @@ impl Netlink {
         msg.header.change_mask = LinkFlags::Up;
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         self.ack(RouteNetlinkMessage::SetLink(msg), 0, || format!("setting link {name} up"))
+    }
+
+    /// Turns IPv4 forwarding on for packets that arrive on this one link (the per-device
+    /// `net.ipv4.conf.<link>.forwarding`, set over netlink as `IFLA_INET_CONF`), without the
+    /// namespace-wide `net.ipv4.ip_forward` or a writable `/proc/sys`: CAP_NET_ADMIN is enough.
+    pub fn enable_ipv4_forwarding(&mut self, name: &str) -> Result<()> {
+        let mut conf = InetDevConf::default();
+        // A request carries only the non-zero entries: this sets forwarding and nothing else.
+        conf.forwarding = 1;
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![AfSpecInet::DevConfRequest(conf)])]));
+        self.ack(RouteNetlinkMessage::SetLink(msg), 0, || format!("turning IPv4 forwarding on for link {name}"))
     }
 
     /// Sets a link's MTU.

@@ -366,3 +366,61 @@ fn veth_pair_carries_traffic_between_namespaces() {
         .unwrap();
     assert!(status.success());
 }
+
+/// Per-link IPv4 forwarding over netlink: a namespace with `ip_forward` off forwards between
+/// the two links it is turned on for, and the namespace-wide switch stays off. What lets the
+/// gateway forward with CAP_NET_ADMIN alone, without the unsafe `net.ipv4.ip_forward` sysctl.
+#[test]
+fn ipv4_forwarding_is_turned_on_per_link_without_the_namespace_switch() {
+    let (left, middle, right) = (TestNs::new("fwd-l"), TestNs::new("fwd-m"), TestNs::new("fwd-r"));
+    let mut nm = middle.nl();
+    for (name, peer, ns) in [("ml", "lm", &left), ("mr", "rm", &right)] {
+        nm.create_veth(&VethRequest {
+            name,
+            netns: None,
+            peer_name: peer,
+            peer_netns: Some(&ns.ns),
+            mtu: None,
+            mac: None,
+            peer_mac: None,
+        })
+        .unwrap();
+        nm.set_up(name).unwrap();
+    }
+    let (mut nl, mut nr) = (left.nl(), right.nl());
+    nl.set_up("lm").unwrap();
+    nr.set_up("rm").unwrap();
+    nm.add_addr("ml", net("198.18.10.1/24")).unwrap();
+    nm.add_addr("mr", net("198.18.11.1/24")).unwrap();
+    nl.add_addr("lm", net("198.18.10.2/24")).unwrap();
+    nr.add_addr("rm", net("198.18.11.2/24")).unwrap();
+    let via = |gw: &str| Route {
+        dst: net("0.0.0.0/0"),
+        gateway: Some(ip(gw)),
+        dev: None,
+        src: None,
+        onlink: false,
+        scope_link: false,
+    };
+    nl.replace_route(&via("198.18.10.1")).unwrap();
+    nr.replace_route(&via("198.18.11.1")).unwrap();
+    let ping = || {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", left.path.file_name().unwrap().to_str().unwrap()])
+            .args(["ping", "-n", "-q", "-c", "1", "-W", "5", "198.18.11.2"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert_eq!(middle.ns.sysctl("net/ipv4/ip_forward").unwrap(), "0");
+    assert!(!ping(), "forwarded with forwarding off");
+    nm.enable_ipv4_forwarding("ml").unwrap();
+    nm.enable_ipv4_forwarding("mr").unwrap();
+    assert_eq!(middle.ns.sysctl("net/ipv4/conf/ml/forwarding").unwrap(), "1");
+    assert_eq!(middle.ns.sysctl("net/ipv4/conf/mr/forwarding").unwrap(), "1");
+    assert_eq!(middle.ns.sysctl("net/ipv4/ip_forward").unwrap(), "0", "the namespace switch stays off");
+    assert!(ping(), "not forwarded between the two links");
+    let err = nm.enable_ipv4_forwarding("nonexistent0").unwrap_err();
+    assert!(err.to_string().contains("nonexistent0"), "{err}");
+}

@@ -446,7 +446,6 @@ impl ControlPlane {
                         .annotation(slice_api::names::SLICE_ANNOTATION, spec.slice.clone()),
                 )
                 .with_context(|| format!("gateway pod of {} in {}", spec.slice, spec.cluster))?;
-            pod.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             let public_port = if cluster.behind_nat() {
                 None
             } else {

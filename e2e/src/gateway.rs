@@ -256,8 +256,10 @@ impl SliceAcross {
     }
 }
 
-/// Runs `slice-gateway --interface IFACE --config CONFIG --mtu MTU` in `pod`, waits until its
-/// TUN device and UAPI socket exist, and sets the device up.
+/// Runs `slice-gateway --interface IFACE --config CONFIG --mtu MTU --forward slice0` in `pod`
+/// (as the worker's Deployment does: the gateway turns forwarding on for its slice interface and
+/// TUN device itself; the pod's `net.ipv4.ip_forward` stays off), waits until its TUN device and
+/// UAPI socket exist, and sets the device up.
 ///
 /// # Errors
 /// When it cannot start, exits, or is not up within `timeout` (with its log).
@@ -270,7 +272,9 @@ pub(crate) fn spawn_gateway(
     timeout: Duration,
 ) -> Result<PodProcess> {
     let (bin, config, mtu) = (bin.display().to_string(), config.display().to_string(), mtu.to_string());
-    let mut process = pod.spawn(&[&bin, "--interface", interface, "--config", &config, "--mtu", &mtu])?;
+    let forward = slice_api::names::DEFAULT_SLICE_INTERFACE;
+    let mut process =
+        pod.spawn(&[&bin, "--interface", interface, "--config", &config, "--mtu", &mtu, "--forward", forward])?;
     let deadline = Instant::now() + timeout;
     loop {
         let up = pod.exec(&["ip", "link", "show", interface])?.status.success()
@@ -351,7 +355,6 @@ pub fn build_slice_across_clusters(lab: &Lab, options: &SliceAcrossOptions) -> R
     let mut gateways = Vec::new();
     for cluster in lab.clusters() {
         let pod = cluster.node("n1").run_gateway_pod(&options.gateway_namespace, "gateway")?;
-        pod.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         let eth0 = pod.ipv4("eth0")?;
         let endpoint = if cluster.behind_nat() {
             None

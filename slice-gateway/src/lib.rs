@@ -34,6 +34,9 @@ pub struct Options {
     pub routes: bool,
     /// Handshake messages per second before cookies are required ([`device::DEFAULT_HANDSHAKE_RATE_LIMIT`]).
     pub handshake_rate_limit: u64,
+    /// Links to forward IPv4 between, with the TUN device: per-link forwarding is turned on for
+    /// each and for the TUN device (CAP_NET_ADMIN; no namespace-wide `ip_forward` needed).
+    pub forward: Vec<String>,
 }
 
 /// How often the configuration file is checked for changes.
@@ -85,6 +88,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             nl.add_addr(&opts.interface, *addr).with_context(|| format!("adding {addr} to {}", opts.interface))?;
         }
         nl.set_up(&opts.interface).with_context(|| format!("setting {} up", opts.interface))?;
+        if !opts.forward.is_empty() {
+            for link in std::iter::once(&opts.interface).chain(&opts.forward) {
+                nl.enable_ipv4_forwarding(link)
+                    .with_context(|| format!("turning IPv4 forwarding on for {link} (--forward)"))?;
+            }
+        }
     }
     let gw = device::Gateway::new(tun).context("binding the UDP socket")?;
     gw.set_mtu(opts.mtu);

@@ -47,6 +47,11 @@ struct Cli {
         value_parser = clap::value_parser!(u64).range(0..=slice_gateway::device::MAX_HANDSHAKE_RATE_LIMIT),
     )]
     handshake_rate_limit: u64,
+    /// Forward IPv4 between this link (repeatable; e.g. the pod's slice interface) and the TUN
+    /// device: turns per-link forwarding on for both over netlink, so the pod needs neither the
+    /// unsafe sysctl `net.ipv4.ip_forward` nor a writable /proc/sys, only CAP_NET_ADMIN.
+    #[arg(long = "forward", value_name = "LINK")]
+    forward: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         addresses: cli.addresses,
         routes: cli.routes,
         handshake_rate_limit: cli.handshake_rate_limit,
+        forward: cli.forward,
     };
     match slice_gateway::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -496,7 +496,14 @@ fn net_admin_alone_is_enough_and_needed() -> anyhow::Result<()> {
     const CAP_NET_ADMIN: u64 = 1 << 12;
     let mut lab = Lab::new(2)?;
     let (ka, kb) = (keypair()?, keypair()?);
-    let g0 = lab.start_gateway_with_only(0, &wg_config(&ka, &[(&kb, 1)]), &["--routes"], &["net_admin"])?;
+    // `--forward`: per-link IPv4 forwarding over netlink, with CAP_NET_ADMIN alone (the pod
+    // then needs no `net.ipv4.ip_forward` sysctl).
+    let g0 = lab.start_gateway_with_only(
+        0,
+        &wg_config(&ka, &[(&kb, 1)]),
+        &["--routes", "--forward", "wan0"],
+        &["net_admin"],
+    )?;
     lab.start_gateway_with_only(1, &wg_config(&kb, &[(&ka, 0)]), &["--routes"], &["net_admin"])?;
     let status = std::fs::read_to_string(format!("/proc/{}/status", lab.pid(g0)))?;
     let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_owned();
@@ -506,6 +513,11 @@ fn net_admin_alone_is_enough_and_needed() -> anyhow::Result<()> {
 
     let if0 = lab.ifname(0);
     assert!(lab.exec(0, &format!("ip route show {}/32", Lab::overlay(1)))?.contains(&if0), "route into the TUN device");
+    for link in [if0.as_str(), "wan0"] {
+        let on = lab.exec(0, &format!("sysctl -n net.ipv4.conf.{link}.forwarding"))?;
+        assert_eq!(on.trim(), "1", "forwarding on {link}");
+    }
+    assert_eq!(lab.exec(0, "sysctl -n net.ipv4.ip_forward")?.trim(), "0", "the namespace switch stays off");
     assert!(lab.pings(0, 1, WAIT), "ping 0 → 1 through the tunnel");
     assert!(lab.pings(1, 0, WAIT), "ping 1 → 0 through the tunnel");
     assert!(lab.iperf(0, 1, "-n 5M")? > 0.0);

@@ -204,11 +204,10 @@ fn gateway_probe(period_seconds: u32) -> Value {
 ///   `SO_SNDBUFFORCE` for large socket buffers. Root because Kubernetes gives a non-root
 ///   container no effective capabilities (no ambient capabilities); no privilege escalation.
 /// - `/dev/net/tun` from the host (the runtime's default device rules allow it).
-/// - IPv4 forwarding between its slice interface and its TUN device: the pod sysctl
-///   `net.ipv4.ip_forward=1`, which is not a "safe" sysctl, so kubelets must allow it
-///   (`--allowed-unsafe-sysctls=net.ipv4.ip_forward`). Per-interface forwarding set by the
-///   gateway itself over netlink (`IFLA_INET_CONF`, with the `NET_ADMIN` it has) would make it
-///   unnecessary; until then it stays.
+/// - IPv4 forwarding between its slice interface and its TUN device: turned on per link by the
+///   gateway itself over netlink (`--forward slice0`: `IFLA_INET_CONF`, with the `NET_ADMIN` it
+///   has), so the pod needs no sysctl — not the unsafe `net.ipv4.ip_forward`, which kubelets
+///   would have to allow — and no writable `/proc/sys`.
 /// - a read-only root filesystem, the UAPI socket directory an emptyDir, the runtime's default
 ///   seccomp profile, and no ServiceAccount token (it makes no API request).
 ///
@@ -246,7 +245,9 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
                                  "--metrics", format!("[::]:{GATEWAY_METRICS_PORT}"),
                                  // Peers' prefixes into the TUN device; the mounted config is
                                  // re-read when the worker changes the Secret.
-                                 "--routes"],
+                                 "--routes",
+                                 // Forwarding between the slice interface and the TUN device.
+                                 "--forward", names::DEFAULT_SLICE_INTERFACE],
                         "ports": [port, { "name": "metrics", "containerPort": GATEWAY_METRICS_PORT, "protocol": "TCP" }],
                         "resources": {
                             "requests": { "cpu": cpu_request, "memory": memory_request },
@@ -269,13 +270,7 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
                             { "name": "uapi", "mountPath": GATEWAY_UAPI_DIR },
                         ],
                     }],
-                    // The gateway forwards between its slice interface and its TUN device.
-                    // Not a "safe" sysctl: kubelets must allow it
-                    // (`--allowed-unsafe-sysctls=net.ipv4.ip_forward`).
-                    "securityContext": {
-                        "seccompProfile": seccomp,
-                        "sysctls": [{ "name": "net.ipv4.ip_forward", "value": "1" }],
-                    },
+                    "securityContext": { "seccompProfile": seccomp },
                     "volumes": [
                         { "name": "config", "secret": { "secretName": gateway_name(slice), "defaultMode": 0o600 } },
                         { "name": "tun", "hostPath": { "path": "/dev/net/tun", "type": "CharDevice" } },
@@ -596,14 +591,17 @@ mod tests {
                 "1420",
                 "--metrics",
                 "[::]:9586",
-                "--routes"
+                "--routes",
+                "--forward",
+                "slice0"
             ])
         );
         assert_eq!(c["ports"][1], json!({"name": "metrics", "containerPort": 9586, "protocol": "TCP"}));
         // slice-gateway's `--metrics` takes a socket address.
         assert!(c["args"][7].as_str().unwrap().parse::<std::net::SocketAddr>().is_ok());
         assert_eq!(pod["spec"]["volumes"][0]["secret"]["defaultMode"], 0o600);
-        assert_eq!(pod["spec"]["securityContext"]["sysctls"][0]["name"], "net.ipv4.ip_forward");
+        // Forwarding comes from the gateway (`--forward`), not from a sysctl kubelets must allow.
+        assert!(pod["spec"]["securityContext"].get("sysctls").is_none());
         // The least privilege: only NET_ADMIN, read-only root, no token, the runtime's seccomp.
         let sc = &c["securityContext"];
         assert_eq!(sc["capabilities"], json!({"drop": ["ALL"], "add": ["NET_ADMIN"]}));
