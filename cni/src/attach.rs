@@ -10,7 +10,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use dataplane::{Netlink, Netns, Route, VethRequest};
+use dataplane::{Netlink, NetlinkOps, Netns, Route, VethRequest};
 use ipnet::IpNet;
 use slice_api::NodeState;
 
@@ -82,20 +82,39 @@ pub fn open_pod(netns: &str) -> Result<Netns> {
 pub fn attach(state: &NodeState, pod_netns: &str, ifname: &str, ip: IpAddr, key: &Key) -> Result<Attached> {
     let router_ns = open_router(state)?;
     let pod_ns = open_pod(pod_netns)?;
-    let host = host_veth_name(key);
     let mut router = Netlink::in_netns(&router_ns).map_err(sys)?;
+    attach_with(state, &pod_ns, &mut router, || Netlink::in_netns(&pod_ns), ifname, ip, key)
+}
+
+/// [`attach`] through `router` (a handle on the router namespace) and the handle `pod_handle`
+/// opens on `pod_ns`: the order of the requests and what is undone when one fails, whatever
+/// carries them out (the kernel, or a recording fake in tests).
+///
+/// # Errors
+/// As [`attach`].
+pub fn attach_with<R: NetlinkOps, P: NetlinkOps>(
+    state: &NodeState,
+    pod_ns: &Netns,
+    router: &mut R,
+    pod_handle: impl FnOnce() -> dataplane::Result<P>,
+    ifname: &str,
+    ip: IpAddr,
+    key: &Key,
+) -> Result<Attached> {
+    let host = host_veth_name(key);
     router
         .create_veth(&VethRequest {
             name: &host,
             netns: None,
             peer_name: ifname,
-            peer_netns: Some(&pod_ns),
+            peer_netns: Some(pod_ns),
             mtu: Some(state.mtu),
             mac: None,
             peer_mac: None,
         })
         .map_err(sys)?;
-    let configured = configure(state, &pod_ns, &mut router, &host, ifname, ip);
+    let configured =
+        pod_handle().map_err(sys).and_then(|mut pod| configure(state, &mut pod, router, &host, ifname, ip));
     if configured.is_err() {
         // Deleting the host end removes the pod end and every route through either.
         let _ = router.delete_link(&host);
@@ -105,13 +124,12 @@ pub fn attach(state: &NodeState, pod_netns: &str, ifname: &str, ip: IpAddr, key:
 
 fn configure(
     state: &NodeState,
-    pod_ns: &Netns,
-    router: &mut Netlink,
+    pod: &mut impl NetlinkOps,
+    router: &mut impl NetlinkOps,
     host: &str,
     ifname: &str,
     ip: IpAddr,
 ) -> Result<Attached> {
-    let mut pod = Netlink::in_netns(pod_ns).map_err(sys)?;
     pod.add_addr(ifname, host_prefix(ip)).map_err(sys)?;
     pod.set_up(ifname).map_err(sys)?;
     for route in pod_routes(state, ifname, ip) {
@@ -242,5 +260,81 @@ mod tests {
         // Pinned: a change would orphan host ends across a plugin upgrade.
         assert_eq!(a, "sncf2606ebbf5f");
         assert!(a.starts_with("sn"));
+    }
+
+    use dataplane::fake::{FakeNetlink, FakeWorld};
+
+    fn state() -> NodeState {
+        NodeState {
+            slice: "blue".into(),
+            vni: 100,
+            router_netns: "/run/netns/slice-blue".into(),
+            node_prefix: "10.80.0.0/26".parse().unwrap(),
+            router_address: "10.80.0.1".parse().unwrap(),
+            slice_subnet: "10.80.0.0/16".parse().unwrap(),
+            mtu: 1400,
+            namespaces: vec!["shop".into()],
+            gateway_namespace: None,
+        }
+    }
+
+    /// Runs attach against a fake router ("router") and pod ("pod") namespace.
+    fn attach_fake(world: &FakeWorld, key: &Key) -> Result<Attached> {
+        // Any namespace object will do: the fake only needs to know the peer goes elsewhere.
+        let pod_ns = Netns::current().expect("the current namespace opens without privileges");
+        let mut router = world.handle("router", "pod");
+        let pod = world.handle("pod", "router");
+        attach_with(&state(), &pod_ns, &mut router, || Ok::<FakeNetlink, dataplane::Error>(pod), "slice0", ip(), key)
+    }
+
+    fn ip() -> IpAddr {
+        "10.80.0.7".parse().unwrap()
+    }
+
+    fn key() -> Key {
+        Key { container_id: "c1".into(), ifname: "slice0".into() }
+    }
+
+    #[test]
+    fn attach_makes_the_veth_addresses_and_routes_in_order() {
+        let world = FakeWorld::new();
+        let attached = attach_fake(&world, &key()).unwrap();
+        assert_eq!(attached.mtu, 1400);
+        let host = host_veth_name(&key());
+        assert_eq!(world.links("router"), std::slice::from_ref(&host));
+        assert_eq!(world.links("pod"), ["slice0"]);
+        assert_eq!(world.addrs("pod", "slice0"), ["10.80.0.7/32".parse::<IpNet>().unwrap()]);
+        let pod_routes: Vec<String> = world.routes("pod").iter().map(|r| r.dst.to_string()).collect();
+        assert_eq!(pod_routes, ["10.80.0.1/32", "10.80.0.0/16"]);
+        assert_eq!(world.routes("router"), [router_route(&host, ip())]);
+        // The pod end is configured before the router routes to it.
+        let calls = world.calls();
+        let pos = |c: &str| calls.iter().position(|x| x.starts_with(c)).unwrap_or_else(|| panic!("{c}: {calls:?}"));
+        assert!(pos("pod: add_addr") < pos("router: set_up") && pos("router: set_up") < pos("router: add_route"));
+    }
+
+    #[test]
+    fn a_failed_step_undoes_the_veth_and_says_what_failed() {
+        for (step, errno, code) in [
+            ("pod: add_addr", nix::libc::EPERM, code::IO),
+            ("pod: set_up", nix::libc::EIO, code::IO),
+            ("pod: replace_route", nix::libc::ENETUNREACH, code::IO),
+            ("router: set_up", nix::libc::EBUSY, code::IO),
+            // Another pod's /32 already in the router namespace: refused, not taken over.
+            ("router: add_route", nix::libc::EEXIST, code::ADDRESS_IN_USE),
+        ] {
+            let world = FakeWorld::new();
+            world.fail_next(step, errno);
+            let e = attach_fake(&world, &key()).unwrap_err();
+            assert_eq!(e.code, code, "{step}: {e}");
+            assert!(world.links("router").is_empty() && world.links("pod").is_empty(), "{step}: veth left");
+            assert!(world.routes("router").is_empty() && world.routes("pod").is_empty(), "{step}: routes left");
+            assert!(world.calls().last().unwrap().starts_with("router: delete_link"), "{step}: {:?}", world.calls());
+        }
+        // A failure to create the veth leaves nothing to undo.
+        let world = FakeWorld::new();
+        world.fail_next("router: create_veth", nix::libc::EEXIST);
+        assert_eq!(attach_fake(&world, &key()).unwrap_err().code, code::IO);
+        assert!(!world.calls().iter().any(|c| c.contains("delete_link")), "{:?}", world.calls());
     }
 }
