@@ -979,6 +979,10 @@ impl Gateway {
                 if let Some(prev) = state.routes.insert(*net, Arc::clone(&peer))
                     && !Arc::ptr_eq(&prev, &peer)
                 {
+                    // As wg(8) does, the prefix moves; said aloud, since a config that gives
+                    // one prefix to two peers is a mistake that silently reroutes traffic.
+                    tracing::warn!(allowed_ip = %net, from = %prev.public_key, to = %peer.public_key,
+                        "AllowedIPs given to two peers: the later takes it");
                     lock(&prev.allowed_ips).retain(|n| n != net);
                 }
                 let mut mine = lock(&peer.allowed_ips);
@@ -990,7 +994,12 @@ impl Gateway {
                 kick.push(peer);
             }
         }
-        let mut nets: Vec<IpNet> = state.peers.values().flat_map(|p| lock(&p.allowed_ips).clone()).collect();
+        let by_peer: Vec<(Key, Vec<IpNet>)> =
+            state.peers.values().map(|p| (p.public_key, lock(&p.allowed_ips).clone())).collect();
+        for (a, b) in overlapping_allowed_ips(&by_peer) {
+            tracing::warn!(%a, %b, "AllowedIPs of two peers overlap: the longer prefix wins for the addresses both hold");
+        }
+        let mut nets: Vec<IpNet> = by_peer.into_iter().flat_map(|(_, nets)| nets).collect();
         drop(state);
         // As the kernel's WireGuard does: setting a persistent keepalive sends one at once, so a
         // gateway behind NAT opens its path (and its handshake) now rather than an interval later.
@@ -1074,5 +1083,47 @@ impl Gateway {
     #[must_use]
     pub fn public_key(&self) -> Option<Key> {
         self.state().identity.as_ref().map(|id| Key(id.public.to_bytes()))
+    }
+}
+
+/// Pairs of prefixes held by different peers that overlap (one contains the other), each pair
+/// once: what a configuration that routes the same addresses to two peers looks like.
+fn overlapping_allowed_ips(by_peer: &[(Key, Vec<IpNet>)]) -> Vec<(IpNet, IpNet)> {
+    let mut out = Vec::new();
+    for (i, (_, mine)) in by_peer.iter().enumerate() {
+        for (_, theirs) in &by_peer[i + 1..] {
+            for a in mine {
+                for b in theirs {
+                    if a.contains(&b.network()) || b.contains(&a.network()) {
+                        out.push((*a, *b));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod overlap_tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_allowed_ips_of_different_peers_are_found() {
+        let key = |b: u8| Key([b; 32]);
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let peers = vec![
+            (key(1), vec![net("10.80.0.0/20"), net("fd00::/64")]),
+            (key(2), vec![net("10.80.16.0/20")]),
+            (key(3), vec![net("10.80.1.0/24"), net("10.80.17.0/24")]),
+        ];
+        assert_eq!(
+            overlapping_allowed_ips(&peers),
+            [(net("10.80.0.0/20"), net("10.80.1.0/24")), (net("10.80.16.0/20"), net("10.80.17.0/24"))]
+        );
+        // The planner's carving (disjoint cluster prefixes) has none; one peer's own nets never count.
+        let disjoint =
+            vec![(key(1), vec![net("10.80.0.0/20"), net("10.80.0.0/24")]), (key(2), vec![net("10.80.16.0/20")])];
+        assert!(overlapping_allowed_ips(&disjoint).is_empty());
     }
 }
