@@ -723,11 +723,15 @@ impl ControlPlane {
             let wg =
                 gw.pod.exec(&["wg", "show", &gw.interface]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
             let routes = gw.pod.exec(&["ip", "route"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            // The gateway's own log: warnings about peers, handshakes and drops.
+            let log = gw.process.as_ref().map(|p| p.log_text()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
             out.push_str(&format!(
-                "== gateway {slice} in {cluster} ({}):\n{}\n{}\n",
+                "== gateway {slice} in {cluster} ({}):\n{}\n{}\n-- its log (last 20 lines):\n{}\n",
                 gw.slice_address,
                 wg.unwrap_or_default(),
-                routes.unwrap_or_default()
+                routes.unwrap_or_default(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             ));
             for node in lab.cluster(cluster).nodes() {
                 let router = format!("{}{slice}", node.router_netns_prefix());

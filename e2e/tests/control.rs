@@ -154,7 +154,11 @@ fn slice_from_yaml_follows_every_change_and_leaves_nothing() {
     }
     let log = pinger.log_text();
     let _ = pinger.stop();
-    assert!(log.contains("100 packets transmitted, 100 received"), "a → c blinked while c2 left:\n{log}");
+    assert!(
+        log.contains("100 packets transmitted, 100 received"),
+        "a → c blinked while c2 left:\n{log}\n{}",
+        cp.diagnose(&lab)
+    );
     assert!(cp.worker("blue", "c2").is_none());
     let stopped = Instant::now() + STEP;
     while ping(&a, b_addr) {
