@@ -6,6 +6,7 @@
 //! - `crd` (feature `crd`): the custom resources `SliceConfig`, `MemberCluster`, `WorkerSlice`.
 //! - [`rbac`]: what each component does on the Kubernetes API, as data (RBAC is built from it).
 //! - [`node`]: the node agent's configuration and the node-state file it writes for the CNI plugin.
+//! - [`wireguard`]: the WireGuard key type and the `wg(8)` configuration file (parse and render).
 
 #[cfg(feature = "crd")]
 pub mod crd;
@@ -18,5 +19,6 @@ pub mod prefix;
 pub mod rbac;
 #[cfg(feature = "crd")]
 pub mod validate;
+pub mod wireguard;
 
 pub use node::{NodeAgentConfig, NodeState, PeerNode, RemoteRoute, SliceOnNode};

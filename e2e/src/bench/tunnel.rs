@@ -21,6 +21,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use ipnet::IpNet;
+use slice_api::wireguard::{WgConfig, WgInterface, WgPeer};
 
 use super::place::{Daemon, Iperf, Place, ping, wait_reachable, wait_until};
 use super::process::check_interrupted;
@@ -290,24 +292,24 @@ impl Kind {
 
     /// `slice-gateway` or `wireguard-go`, both configured in the wg(8) format.
     fn start_wireguard(self, ends: &Ends<'_>, env: &[(String, String)], running: &mut Running) -> Result<()> {
-        let (ka, kb) = (crate::gateway::keypair()?, crate::gateway::keypair()?);
+        let (ka, kb) = (crate::gateway::keypair(), crate::gateway::keypair());
         let port = self.port();
         let to_b = (ends.reach_b)(port)?;
         let to_a = ends.reach_a.map(|f| f(port));
         let net = self.net();
-        let conf = |me: &crate::gateway::KeyPair,
-                    peer: &crate::gateway::KeyPair,
-                    host: u8,
-                    ep: Option<SocketAddrV4>| {
-            let mut c = format!(
-                "[Interface]\nPrivateKey = {}\nListenPort = {port}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.{net}.0.{host}/32\n",
-                me.private, peer.public
-            );
-            if let Some(ep) = ep {
-                let _ = writeln!(c, "Endpoint = {ep}");
-            }
-            c
-        };
+        let conf =
+            |me: &crate::gateway::KeyPair, peer: &crate::gateway::KeyPair, host: u8, ep: Option<SocketAddrV4>| {
+                WgConfig {
+                    interface: WgInterface { private_key: Some(me.private), listen_port: Some(port), fwmark: None },
+                    peers: vec![WgPeer {
+                        public_key: peer.public,
+                        allowed_ips: vec![IpNet::from(std::net::IpAddr::from(Ipv4Addr::new(10, net, 0, host)))],
+                        endpoint: ep.map(Into::into),
+                        ..WgPeer::default()
+                    }],
+                }
+                .render()
+            };
         let sides = [
             (ends.a, "a", ends.file(&format!("{}-a.conf", self.code()), &conf(&ka, &kb, 2, Some(to_b)))?, 1),
             (ends.b, "b", ends.file(&format!("{}-b.conf", self.code()), &conf(&kb, &ka, 1, to_a))?, 2),

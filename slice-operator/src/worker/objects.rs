@@ -30,6 +30,7 @@ use slice_api::crd::{GATEWAY_NAMESPACE, GatewayExposure, NodeAllocation, SYSTEM_
 use slice_api::multus;
 use slice_api::names::{self, SLICE_ANNOTATION, SLICE_LABEL};
 use slice_api::node::NodeAgentConfig;
+use slice_api::wireguard::Key;
 
 use super::keys::KeyPair;
 use super::plan::{self, ClusterNode, WorkerPlanError};
@@ -160,13 +161,13 @@ pub fn key_secret(slice: &str, keys: &KeyPair) -> Value {
 
 /// The gateway's configuration Secret: [`plan::gateway_config`] under [`GATEWAY_CONFIG_KEY`].
 #[must_use]
-pub fn gateway_config_secret(spec: &WorkerSliceSpec, private_key_base64: &str) -> Value {
+pub fn gateway_config_secret(spec: &WorkerSliceSpec, private_key: &Key) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": { "name": gateway_name(&spec.slice), "namespace": GATEWAY_NAMESPACE, "labels": labels(Some(&spec.slice)) },
         "type": "Opaque",
-        "data": { GATEWAY_CONFIG_KEY: b64(&plan::gateway_config(spec, private_key_base64)) },
+        "data": { GATEWAY_CONFIG_KEY: b64(&plan::gateway_config(spec, private_key).render()) },
     })
 }
 
@@ -694,7 +695,7 @@ mod tests {
         assert!(crate::worker::decide::is_applied(&k, &back.unwrap()));
         assert_eq!(k["metadata"]["name"], "slicenet-gw-blue-key");
         assert_eq!(k["data"]["publicKey"], b64("pub"));
-        let c = gateway_config_secret(&spec("blue"), &keys.private_key);
+        let c = gateway_config_secret(&spec("blue"), &keys.private_key.parse().unwrap());
         use base64::Engine as _;
         let text =
             base64::engine::general_purpose::STANDARD.decode(c["data"]["gateway.conf"].as_str().unwrap()).unwrap();
