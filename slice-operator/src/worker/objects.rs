@@ -27,10 +27,10 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use slice_api::crd::{GATEWAY_NAMESPACE, GatewayExposure, NodeAllocation, SYSTEM_NAMESPACE, WorkerSliceSpec};
-use slice_api::multus;
 use slice_api::names::{self, SLICE_ANNOTATION, SLICE_LABEL};
 use slice_api::node::NodeAgentConfig;
 use slice_api::wireguard::Key;
+use slice_api::{membership, multus};
 
 use super::keys::KeyPair;
 use super::plan::{self, ClusterNode, WorkerPlanError};
@@ -51,7 +51,7 @@ pub const NODE_CONFIG_PREFIX: &str = "slicenet-node-";
 /// Key of the node agent configuration (JSON) in its ConfigMap.
 pub const NODE_CONFIG_KEY: &str = "config.json";
 /// The ConfigMap the webhook reads: slice → comma-separated member namespaces.
-pub const MEMBERSHIP_CONFIG_MAP: &str = "slicenet-membership";
+pub use slice_api::membership::CONFIG_MAP_NAME as MEMBERSHIP_CONFIG_MAP;
 /// File name of the gateway configuration in its Secret (and in the pod).
 pub const GATEWAY_CONFIG_KEY: &str = "gateway.conf";
 /// Where the gateway's configuration Secret is mounted in its pod.
@@ -385,11 +385,11 @@ pub fn node_config_map(config: &NodeAgentConfig) -> Value {
 /// the gateway Deployment carries its slice annotation itself).
 #[must_use]
 pub fn membership_config_map(slices: &[PlannedSlice]) -> Value {
-    let data: BTreeMap<&str, String> = slices.iter().map(|s| (s.spec.slice.as_str(), s.namespaces.join(","))).collect();
+    let data = membership::render(slices.iter().map(|s| (s.spec.slice.as_str(), s.namespaces.as_slice())));
     json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": { "name": MEMBERSHIP_CONFIG_MAP, "namespace": SYSTEM_NAMESPACE, "labels": labels(None) },
+        "metadata": { "name": membership::CONFIG_MAP_NAME, "namespace": membership::CONFIG_MAP_NAMESPACE, "labels": labels(None) },
         "data": data,
     })
 }
