@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
+use slice_api::gateway::{arg, flag, uapi_socket};
 use slice_api::wireguard::{Key, WgConfig, WgInterface, WgPeer};
 
 use crate::{Lab, LabSlice, Pod, PodProcess};
@@ -251,11 +252,11 @@ pub(crate) fn spawn_gateway(
     timeout: Duration,
 ) -> Result<PodProcess> {
     let (bin, config, mtu) = (bin.display().to_string(), config.display().to_string(), mtu.to_string());
-    let mut process = pod.spawn(&[&bin, "--interface", interface, "--config", &config, "--mtu", &mtu])?;
+    let (interface_flag, config_flag, mtu_flag) = (arg(flag::INTERFACE), arg(flag::CONFIG), arg(flag::MTU));
+    let mut process = pod.spawn(&[&bin, &interface_flag, interface, &config_flag, &config, &mtu_flag, &mtu])?;
     let deadline = Instant::now() + timeout;
     loop {
-        let up = pod.exec(&["ip", "link", "show", interface])?.status.success()
-            && PathBuf::from(format!("/var/run/wireguard/{interface}.sock")).exists();
+        let up = pod.exec(&["ip", "link", "show", interface])?.status.success() && uapi_socket(interface).exists();
         if up {
             break;
         }

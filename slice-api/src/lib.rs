@@ -6,12 +6,14 @@
 //! - `crd` (feature `crd`): the custom resources `SliceConfig`, `MemberCluster`, `WorkerSlice`.
 //! - [`rbac`]: what each component does on the Kubernetes API, as data (RBAC is built from it).
 //! - [`node`]: the node agent's configuration and the node-state file it writes for the CNI plugin.
+//! - [`gateway`]: the slice gateway's flags, HTTP paths, metric names and UAPI directory.
 //! - [`membership`]: the membership ConfigMap (worker → pod webhook).
 //! - [`network_status`]: chained mode's per-pod network-status record (slice-cni → node agent).
 //! - [`wireguard`]: the WireGuard key type and the `wg(8)` configuration file (parse and render).
 
 #[cfg(feature = "crd")]
 pub mod crd;
+pub mod gateway;
 pub mod membership;
 pub mod multus;
 pub mod names;

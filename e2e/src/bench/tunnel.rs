@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
+use slice_api::gateway::{self as gateway_cli, arg, flag};
 use slice_api::wireguard::{WgConfig, WgInterface, WgPeer};
 
 use super::place::{Daemon, Iperf, Place, ping, wait_reachable, wait_until};
@@ -316,7 +317,7 @@ impl Kind {
         ];
         for (place, side, conf, host) in sides {
             let ifname = format!("{}{}{side}", ends.tag, self.code());
-            let socket = Path::new("/var/run/wireguard").join(format!("{ifname}.sock"));
+            let socket = gateway_cli::uapi_socket(&ifname);
             let conf = conf.to_str().context("path is not UTF-8")?.to_owned();
             let address = format!("10.{net}.0.{host}/24");
             let mtu = self.mtu().to_string();
@@ -325,8 +326,8 @@ impl Kind {
                 let bin = bin.to_str().context("path is not UTF-8")?.to_owned();
                 let mut argv: Vec<String> = vec!["env".into(), "RUST_LOG=warn".into()];
                 argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-                argv.extend([bin, "--interface".into(), ifname.clone(), "--config".into(), conf.clone()]);
-                argv.extend(["--address".into(), address.clone(), "--mtu".into(), mtu.clone()]);
+                argv.extend([bin, arg(flag::INTERFACE), ifname.clone(), arg(flag::CONFIG), conf.clone()]);
+                argv.extend([arg(flag::ADDRESS), address.clone(), arg(flag::MTU), mtu.clone()]);
                 place.spawn(&argv.iter().map(String::as_str).collect::<Vec<_>>(), &ifname)?
             } else {
                 place.spawn(&["wireguard-go", "-f", &ifname], &ifname)?

@@ -27,6 +27,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use slice_api::crd::{GATEWAY_NAMESPACE, GatewayExposure, NodeAllocation, SYSTEM_NAMESPACE, WorkerSliceSpec};
+use slice_api::gateway::{self as gateway_cli, arg, flag};
 use slice_api::names::{self, SLICE_ANNOTATION, SLICE_LABEL};
 use slice_api::node::NodeAgentConfig;
 use slice_api::wireguard::Key;
@@ -180,13 +181,13 @@ pub fn gateway_config_secret(spec: &WorkerSliceSpec, private_key: &Key) -> Value
 pub const GATEWAY_RESOURCES: [&str; 4] = ["100m", "2", "48Mi", "128Mi"];
 /// Where the gateway creates its WireGuard UAPI socket (an emptyDir: the root filesystem is
 /// read-only).
-pub const GATEWAY_UAPI_DIR: &str = "/var/run/wireguard";
+pub use slice_api::gateway::UAPI_SOCKET_DIR as GATEWAY_UAPI_DIR;
 
 /// An HTTP probe of the gateway's `/healthz` on its metrics port (the only health endpoint it
 /// serves), with timeouts generous enough for a busy node.
 fn gateway_probe(period_seconds: u32) -> Value {
     json!({
-        "httpGet": { "path": "/healthz", "port": "metrics", "scheme": "HTTP" },
+        "httpGet": { "path": gateway_cli::HEALTH_PATH, "port": "metrics", "scheme": "HTTP" },
         "periodSeconds": period_seconds, "timeoutSeconds": 5, "failureThreshold": 3,
     })
 }
@@ -242,12 +243,12 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
                         "name": "gateway",
                         "image": gateway.image,
                         "command": ["slice-gateway"],
-                        "args": ["--interface", plan::gateway_interface(slice), "--config", config,
-                                 "--mtu", gateway.mtu.to_string(),
-                                 "--metrics", format!("[::]:{GATEWAY_METRICS_PORT}"),
+                        "args": [arg(flag::INTERFACE), plan::gateway_interface(slice), arg(flag::CONFIG), config,
+                                 arg(flag::MTU), gateway.mtu.to_string(),
+                                 arg(flag::METRICS), format!("[::]:{GATEWAY_METRICS_PORT}"),
                                  // Peers' prefixes into the TUN device; the mounted config is
                                  // re-read when the worker changes the Secret.
-                                 "--routes"],
+                                 arg(flag::ROUTES)],
                         "ports": [port, { "name": "metrics", "containerPort": GATEWAY_METRICS_PORT, "protocol": "TCP" }],
                         "resources": {
                             "requests": { "cpu": cpu_request, "memory": memory_request },
