@@ -318,11 +318,7 @@ pub fn gateway_interface(slice: &str) -> String {
     if plain.len() <= 15 {
         return plain;
     }
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in slice.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = slice_api::fnv::fnv1a_64(slice.bytes());
     format!("sg-{:012x}", hash & 0xffff_ffff_ffff)
 }
 

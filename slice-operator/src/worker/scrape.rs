@@ -177,7 +177,7 @@ mod tests {
         let err = fetch_metrics(closed, ANSWERS).await.unwrap_err();
         assert!(matches!(err, ScrapeError::Connect { .. }), "{err:?}");
         // What the peers' reason shows (the worker tests' fake refuses with the same words).
-        let reason = crate::node_agent::chain(&err);
+        let reason = slice_api::error_chain::chain(&err);
         assert!(reason.starts_with(&format!("connecting to {closed}: Connection refused")), "{reason}");
 
         // Accepts (the kernel's backlog does) and never answers.
