@@ -20,12 +20,7 @@ use crate::spec::{CniError, Result, code};
 /// The host end's name: `sn` + 12 hex digits of a stable hash of the key (15-byte limit), so
 /// DEL and GC find it from the key alone, after any crash.
 pub fn host_veth_name(key: &Key) -> String {
-    // FNV-1a 64: stable across Rust releases, unlike std's DefaultHasher.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.container_id.bytes().chain([0]).chain(key.ifname.bytes()) {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let hash = slice_api::fnv::fnv1a_64(key.container_id.bytes().chain([0]).chain(key.ifname.bytes()));
     format!("sn{:012x}", hash >> 16)
 }
 

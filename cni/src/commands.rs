@@ -259,7 +259,7 @@ fn gc(conf: &NetConf, log: &Log) -> Result<()> {
         let dir = conf.status_dir();
         let records = std::fs::read_dir(&dir).into_iter().flatten().flatten();
         for name in records.filter_map(|e| e.file_name().into_string().ok()) {
-            let Some(id) = name.strip_suffix(".json").filter(|id| !id.starts_with('.') && !live.contains(id)) else {
+            let Some(id) = network_status::record_file_container_id(&name).filter(|id| !live.contains(id)) else {
                 continue;
             };
             // An unreadable record is left for its own DEL; another network's is not ours.

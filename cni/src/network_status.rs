@@ -1,19 +1,13 @@
-//! The Multus `k8s.v1.cni.cncf.io/network-status` entry of the slice attachment, and the record
-//! chained mode keeps per pod.
+//! The Multus `k8s.v1.cni.cncf.io/network-status` entry of the slice attachment.
 //!
 //! As a Multus delegate, slice-cni only returns its result: Multus turns the sandbox interface
 //! and its `ips` into the entry itself. Chained, there is no Multus, so slice-cni builds the same
-//! entry ([`entry`]) and records it for the pod in `<statusDir>/<containerID>.json` (default
-//! `statusDir`: `network-status` next to the IPAM dir), written atomically on ADD and removed on
-//! DEL and GC; an agent patches it into the pod's annotation, so `kubectl get pod -o yaml` shows
-//! the slice address either way.
+//! entry ([`entry`]) and records it for the pod (`slice_api::network_status`: the record file
+//! under `statusDir`, written atomically on ADD and removed on DEL and GC); an agent patches it
+//! into the pod's annotation, so `kubectl get pod -o yaml` shows the slice address either way.
 
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+pub use slice_api::network_status::{PodRecord, load, record_file_container_id, record_path, remove, store};
 
 /// The network-status entry for interface `ifname` of a CNI result, as Multus writes it: `name`,
 /// `interface`, `ips` (addresses without prefix length), `mac`, `mtu` when the result has it,
@@ -47,69 +41,6 @@ pub fn entry(network_name: &str, result: &Value, ifname: &str) -> Option<Value> 
     // Multus does); DNS stays with the primary network.
     out.insert("dns".into(), json!({}));
     Some(Value::Object(out))
-}
-
-/// What chained mode records for one pod.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodRecord {
-    #[serde(rename = "containerID")]
-    pub container_id: String,
-    /// The CNI network (conflist name) that made the record; GC of that network removes it.
-    pub network: String,
-    pub namespace: String,
-    pub pod: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub pod_uid: String,
-    /// The entries to merge into the pod's `k8s.v1.cni.cncf.io/network-status` annotation.
-    pub network_status: Vec<Value>,
-}
-
-/// The record file of `container_id` under `dir`.
-pub fn record_path(dir: &Path, container_id: &str) -> PathBuf {
-    dir.join(format!("{container_id}.json"))
-}
-
-/// Writes the record atomically (temp file + rename).
-///
-/// # Errors
-/// When the directory or file cannot be written.
-pub fn store(dir: &Path, record: &PodRecord) -> std::io::Result<()> {
-    fs::create_dir_all(dir)?;
-    let dst = record_path(dir, &record.container_id);
-    let tmp = dir.join(format!(".tmp-{}.json", record.container_id));
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &dst)
-    };
-    write().inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
-}
-
-/// Reads a record, if there is one.
-///
-/// # Errors
-/// When the file exists but cannot be read or parsed.
-pub fn load(dir: &Path, container_id: &str) -> std::io::Result<Option<PodRecord>> {
-    match fs::read(record_path(dir, container_id)) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(std::io::Error::other),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Removes the record of `container_id`; a missing one is fine (DEL is idempotent).
-///
-/// # Errors
-/// When the file exists but cannot be removed.
-pub fn remove(dir: &Path, container_id: &str) -> std::io::Result<()> {
-    match fs::remove_file(record_path(dir, container_id)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
@@ -159,27 +90,5 @@ mod tests {
             entry("shop/slice-blue", &result, "net1").unwrap(),
             json!({"name": "shop/slice-blue", "interface": "net1", "ips": ["fd00:80::5"], "mac": "02:00:00:00:00:07", "dns": {}})
         );
-    }
-
-    #[test]
-    fn records_are_stored_loaded_and_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let status = dir.path().join("network-status");
-        let record = PodRecord {
-            container_id: "abc".into(),
-            network: "lab".into(),
-            namespace: "shop".into(),
-            pod: "web".into(),
-            pod_uid: String::new(),
-            network_status: vec![entry("shop/slice-blue", &chained_result(), "slice0").unwrap()],
-        };
-        assert_eq!(load(&status, "abc").unwrap(), None);
-        store(&status, &record).unwrap();
-        assert_eq!(load(&status, "abc").unwrap(), Some(record));
-        let names: Vec<_> = fs::read_dir(&status).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(names, ["abc.json"], "no temp file left");
-        remove(&status, "abc").unwrap();
-        remove(&status, "abc").unwrap();
-        assert_eq!(load(&status, "abc").unwrap(), None);
     }
 }

@@ -360,7 +360,7 @@ impl ControlPlane {
             let cluster = lab.cluster(&spec.cluster);
             let key = (spec.slice.clone(), spec.cluster.clone());
             if !self.runs.contains_key(&key) {
-                self.runs.insert(key.clone(), WorkerRun { keys: keypair()?, nodes: Vec::new(), gateway: None });
+                self.runs.insert(key.clone(), WorkerRun { keys: keypair(), nodes: Vec::new(), gateway: None });
             }
             let names: Vec<String> = cluster.nodes().iter().map(|n| n.name().to_owned()).collect();
             let run = self.runs.get_mut(&key).expect("inserted above");
@@ -475,7 +475,7 @@ impl ControlPlane {
             started = true;
         }
         let gw = run.gateway.as_mut().expect("set above");
-        let conf = worker_plan::gateway_config(spec, &run.keys.private);
+        let conf = worker_plan::gateway_config(spec, &run.keys.private).render();
         let old = std::fs::read_to_string(&gw.config).unwrap_or_default();
         if old != conf {
             std::fs::write(&gw.config, &conf).with_context(|| format!("cannot write {}", gw.config.display()))?;
@@ -547,7 +547,7 @@ impl ControlPlane {
             Condition::new(planner::READY, false, "GatewayPending", "the gateway is not running")
         }];
         WorkerSliceStatus {
-            gateway_public_key: Some(run.keys.public.clone()),
+            gateway_public_key: Some(run.keys.public.to_base64()),
             gateway_endpoint: endpoint.filter(|_| running),
             nodes: run.nodes.clone(),
             connected_pods: 0,

@@ -67,7 +67,7 @@ pub fn run(prefix: &str) -> Result<()> {
                     Some(a) if !cluster.behind_nat() => format!("{a}:31820/udp → gateway pod"),
                     _ => "none: behind NAT, its gateway dials out".into(),
                 },
-                format!("{}…", &g.keys.public[..12]),
+                format!("{}…", &g.keys.public.to_base64()[..12]),
             ]
         })
         .collect();

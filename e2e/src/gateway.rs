@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
+use slice_api::gateway::{arg, flag, uapi_socket};
+use slice_api::wireguard::{Key, WgConfig, WgInterface, WgPeer};
 
 use crate::{Lab, LabSlice, Pod, PodProcess};
 
@@ -68,38 +70,18 @@ impl SliceAcrossOptions {
     }
 }
 
-/// A WireGuard key pair (base64, from `wg genkey | wg pubkey`).
+/// A WireGuard key pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPair {
-    pub private: String,
-    pub public: String,
+    pub private: Key,
+    pub public: Key,
 }
 
-/// A fresh key pair from `wg genkey` and `wg pubkey`.
-///
-/// # Errors
-/// When `wg` cannot run.
-pub fn keypair() -> Result<KeyPair> {
-    let out = Command::new("wg").arg("genkey").output().context("cannot run `wg genkey`")?;
-    if !out.status.success() {
-        bail!("wg genkey: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let private = String::from_utf8(out.stdout)?.trim().to_owned();
-    let mut child = Command::new("wg")
-        .arg("pubkey")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("cannot run `wg pubkey`")?;
-    {
-        use std::io::Write;
-        child.stdin.take().context("wg pubkey stdin")?.write_all(private.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("wg pubkey failed");
-    }
-    Ok(KeyPair { private, public: String::from_utf8(out.stdout)?.trim().to_owned() })
+/// A fresh key pair (`slice_api`'s generator, the one the worker uses).
+#[must_use]
+pub fn keypair() -> KeyPair {
+    let private = Key::generate();
+    KeyPair { private, public: private.public() }
 }
 
 /// One cluster's gateway.
@@ -240,7 +222,7 @@ impl SliceAcross {
     pub fn remove_cluster(&mut self, lab: &Lab, removed: &str) -> Result<()> {
         let (gone_key, gone_prefix) = {
             let g = self.gateway(removed);
-            (g.keys.public.clone(), g.prefix)
+            (g.keys.public.to_base64(), g.prefix)
         };
         let remaining: Vec<usize> = self.gateways.iter().filter(|g| g.cluster != removed).map(|g| g.index).collect();
         for gw in self.gateways.iter_mut().filter(|g| g.cluster != removed) {
@@ -272,13 +254,13 @@ pub(crate) fn spawn_gateway(
     timeout: Duration,
 ) -> Result<PodProcess> {
     let (bin, config, mtu) = (bin.display().to_string(), config.display().to_string(), mtu.to_string());
-    let forward = slice_api::names::DEFAULT_SLICE_INTERFACE;
+    let (interface_flag, config_flag, mtu_flag) = (arg(flag::INTERFACE), arg(flag::CONFIG), arg(flag::MTU));
+    let (forward_flag, forward) = (arg(flag::FORWARD), slice_api::names::DEFAULT_SLICE_INTERFACE);
     let mut process =
-        pod.spawn(&[&bin, "--interface", interface, "--config", &config, "--mtu", &mtu, "--forward", forward])?;
+        pod.spawn(&[&bin, &interface_flag, interface, &config_flag, &config, &mtu_flag, &mtu, &forward_flag, forward])?;
     let deadline = Instant::now() + timeout;
     loop {
-        let up = pod.exec(&["ip", "link", "show", interface])?.status.success()
-            && PathBuf::from(format!("/var/run/wireguard/{interface}.sock")).exists();
+        let up = pod.exec(&["ip", "link", "show", interface])?.status.success() && uapi_socket(interface).exists();
         if up {
             break;
         }
@@ -376,7 +358,7 @@ pub fn build_slice_across_clusters(lab: &Lab, options: &SliceAcrossOptions) -> R
             pod,
             config: dir.join(format!("{}.conf", cluster.name())),
             interface,
-            keys: keypair()?,
+            keys: keypair(),
             eth0,
             endpoint,
             routes: Vec::new(),
@@ -386,19 +368,27 @@ pub fn build_slice_across_clusters(lab: &Lab, options: &SliceAcrossOptions) -> R
     for i in 0..gateways.len() {
         let me = &gateways[i];
         let behind_nat = me.endpoint.is_none();
-        let mut conf = format!("[Interface]\nPrivateKey = {}\nListenPort = {}\n", me.keys.private, options.listen_port);
+        let mut conf = WgConfig {
+            interface: WgInterface {
+                private_key: Some(me.keys.private),
+                listen_port: Some(options.listen_port),
+                fwmark: None,
+            },
+            peers: Vec::new(),
+        };
         let mut routes = Vec::new();
         for peer in gateways.iter().filter(|p| p.cluster != me.cluster) {
-            conf.push_str(&format!("\n[Peer]\nPublicKey = {}\nAllowedIPs = {}\n", peer.keys.public, peer.prefix));
-            if let Some(ep) = peer.endpoint {
-                conf.push_str(&format!("Endpoint = {ep}\n"));
-                if behind_nat {
-                    conf.push_str(&format!("PersistentKeepalive = {}\n", options.keepalive));
-                }
-            }
+            conf.peers.push(WgPeer {
+                comment: Some(format!("cluster {}", peer.cluster)),
+                public_key: peer.keys.public,
+                allowed_ips: vec![peer.prefix],
+                endpoint: peer.endpoint.map(Into::into),
+                persistent_keepalive: (behind_nat && peer.endpoint.is_some()).then_some(options.keepalive),
+                ..WgPeer::default()
+            });
             routes.push(peer.prefix);
         }
-        std::fs::write(&me.config, conf).with_context(|| format!("cannot write {}", me.config.display()))?;
+        std::fs::write(&me.config, conf.render()).with_context(|| format!("cannot write {}", me.config.display()))?;
         std::fs::set_permissions(&me.config, std::fs::Permissions::from_mode(0o600))?;
         gateways[i].routes = routes;
     }

@@ -94,7 +94,7 @@ pub fn run(
 
 /// Writes `input` as `<artifacts>/<target>-crash-<fnv hash>`; `None` when it cannot.
 pub fn save(artifacts: &Path, target: &str, input: &[u8]) -> Option<PathBuf> {
-    let hash = input.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash = slice_api::fnv::fnv1a_64(input.iter().copied());
     let path = artifacts.join(format!("{target}-crash-{hash:016x}"));
     std::fs::create_dir_all(artifacts).ok()?;
     std::fs::write(&path, input).ok()?;

@@ -1,16 +1,30 @@
 //! Pure types and contracts shared by every slicenet component. No I/O lives here except the
-//! atomic write/read helpers for the node-state file, which are the contract's own format.
+//! atomic write/read helpers for the node-state file and the network-status record, which are
+//! the contracts' own formats.
 //!
 //! - [`names`]: label, annotation and default path names (DESIGN.md "Names").
 //! - [`prefix`]: carving a slice subnet into cluster prefixes and node prefixes.
 //! - `crd` (feature `crd`): the custom resources `SliceConfig`, `MemberCluster`, `WorkerSlice`.
 //! - [`rbac`]: what each component does on the Kubernetes API, as data (RBAC is built from it).
 //! - [`node`]: the node agent's configuration and the node-state file it writes for the CNI plugin.
+//! - [`gateway`]: the slice gateway's flags, HTTP paths, metric names and UAPI directory.
+//! - [`membership`]: the membership ConfigMap (worker → pod webhook).
+//! - [`network_status`]: chained mode's per-pod network-status record (slice-cni → node agent).
+//! - small pure helpers more than one component needs: [`fnv`] (stable FNV-1a for derived
+//!   names), [`backoff`] (exponential backoff of control loops), [`error_chain`] (an error and
+//!   its sources on one line).
+//! - [`wireguard`]: the WireGuard key type and the `wg(8)` configuration file (parse and render).
 
+pub mod backoff;
 #[cfg(feature = "crd")]
 pub mod crd;
+pub mod error_chain;
+pub mod fnv;
+pub mod gateway;
+pub mod membership;
 pub mod multus;
 pub mod names;
+pub mod network_status;
 pub mod node;
 #[cfg(feature = "crd")]
 pub mod planner;
@@ -18,5 +32,6 @@ pub mod prefix;
 pub mod rbac;
 #[cfg(feature = "crd")]
 pub mod validate;
+pub mod wireguard;
 
 pub use node::{NodeAgentConfig, NodeState, PeerNode, RemoteRoute, SliceOnNode};

@@ -1,14 +1,17 @@
-//! The `wg(8)` configuration format (`wg setconf`/`wg showconf`), parsed into a
-//! [`DeviceUpdate`] — the same change set the UAPI `set=1` operation produces, so a file and
-//! the socket configure the device through one path.
+//! The device's change set ([`DeviceUpdate`]: what the UAPI `set=1` operation expresses), and
+//! the `wg(8)` configuration file turned into one, so a file and the socket configure the
+//! device through one path. The file format itself (model, parser, renderer) is the shared
+//! contract `slice_api::wireguard::config`, which the worker and the lab write with.
 //!
-//! Pure: no I/O, hostnames are not resolved (endpoints must be `IP:port` or `[IPv6]:port`).
+//! Pure: no I/O.
 
 use std::net::SocketAddr;
 
 use ipnet::IpNet;
+pub use slice_api::wireguard::config::{ParseError, parse_cidr, parse_endpoint};
+use slice_api::wireguard::{Key, WgConfig, WgInterface, WgPeer};
 
-use crate::key::Key;
+use crate::uapi::DeviceStatus;
 
 /// A change to the device, as `wg set`/`wg setconf` (UAPI `set=1`) express it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,252 +41,137 @@ pub struct PeerUpdate {
     pub allowed_ips: Vec<IpNet>,
 }
 
-/// A configuration file error, naming the 1-based line.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("line {line}: {message}")]
-pub struct ParseError {
-    pub line: usize,
-    pub message: String,
+impl From<WgConfig> for DeviceUpdate {
+    /// A whole file replaces the whole device configuration (`replace_peers`, and
+    /// `replace_allowed_ips` on each peer), as `wg setconf` does.
+    fn from(config: WgConfig) -> Self {
+        DeviceUpdate {
+            private_key: config.interface.private_key,
+            listen_port: config.interface.listen_port,
+            fwmark: config.interface.fwmark,
+            replace_peers: true,
+            peers: config
+                .peers
+                .into_iter()
+                .map(|p| PeerUpdate {
+                    public_key: p.public_key,
+                    remove: false,
+                    update_only: false,
+                    preshared_key: p.preshared_key,
+                    endpoint: p.endpoint,
+                    persistent_keepalive: p.persistent_keepalive,
+                    replace_allowed_ips: true,
+                    allowed_ips: p.allowed_ips,
+                })
+                .collect(),
+        }
+    }
 }
 
-fn err(line: usize, message: impl Into<String>) -> ParseError {
-    ParseError { line, message: message.into() }
-}
-
-#[derive(PartialEq)]
-enum Section {
-    None,
-    Interface,
-    Peer,
-}
-
-/// Parses a `wg(8)` configuration. The result replaces the whole device configuration
-/// (`replace_peers`, and `replace_allowed_ips` on each peer), as `wg setconf` does.
+/// Parses a `wg(8)` configuration ([`WgConfig::parse`]) into the change that replaces the whole
+/// device configuration.
 ///
 /// # Errors
-/// On the first malformed line: unknown section or key, bad key, port, CIDR or endpoint, a
-/// `[Peer]` without `PublicKey`, a duplicate `[Interface]`.
+/// On the first malformed line, naming it (see [`WgConfig::parse`]).
 pub fn parse(text: &str) -> Result<DeviceUpdate, ParseError> {
-    let mut update = DeviceUpdate { replace_peers: true, ..DeviceUpdate::default() };
-    let mut section = Section::None;
-    let mut seen_interface = false;
-    // The peer being read and the line its section started on.
-    let mut current: Option<(PeerUpdate, usize, bool)> = None;
-
-    let finish = |current: &mut Option<(PeerUpdate, usize, bool)>, update: &mut DeviceUpdate| {
-        if let Some((peer, line, has_key)) = current.take() {
-            if !has_key {
-                return Err(err(line, "[Peer] section without PublicKey"));
-            }
-            if update.peers.iter().any(|p| p.public_key == peer.public_key) {
-                return Err(err(line, "duplicate [Peer] with the same PublicKey"));
-            }
-            update.peers.push(peer);
-        }
-        Ok(())
-    };
-
-    for (idx, raw) in text.lines().enumerate() {
-        let line_no = idx + 1;
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with('[') {
-            finish(&mut current, &mut update)?;
-            match line.to_ascii_lowercase().as_str() {
-                "[interface]" => {
-                    if seen_interface {
-                        return Err(err(line_no, "duplicate [Interface] section"));
-                    }
-                    seen_interface = true;
-                    section = Section::Interface;
-                }
-                "[peer]" => {
-                    section = Section::Peer;
-                    current = Some((PeerUpdate { replace_allowed_ips: true, ..PeerUpdate::default() }, line_no, false));
-                }
-                _ => return Err(err(line_no, format!("unknown section {line}"))),
-            }
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(err(line_no, "expected Key = Value"));
-        };
-        let (key, value) = (key.trim(), value.trim());
-        let lkey = key.to_ascii_lowercase();
-        match section {
-            Section::None => return Err(err(line_no, format!("{key} outside of a section"))),
-            Section::Interface => match lkey.as_str() {
-                "privatekey" => {
-                    let k = Key::from_base64(value).map_err(|e| err(line_no, format!("PrivateKey: {e}")))?;
-                    update.private_key = Some(k);
-                }
-                "listenport" => {
-                    let port =
-                        value.parse::<u16>().map_err(|_| err(line_no, format!("ListenPort: not a port: {value}")))?;
-                    update.listen_port = Some(port);
-                }
-                "fwmark" => {
-                    update.fwmark = Some(parse_fwmark(value).ok_or_else(|| err(line_no, format!("FwMark: {value}")))?)
-                }
-                _ => return Err(err(line_no, format!("unknown key {key} in [Interface]"))),
-            },
-            Section::Peer => {
-                let (peer, _, has_key) = current.as_mut().expect("a [Peer] section is open");
-                match lkey.as_str() {
-                    "publickey" => {
-                        peer.public_key =
-                            Key::from_base64(value).map_err(|e| err(line_no, format!("PublicKey: {e}")))?;
-                        *has_key = true;
-                    }
-                    "presharedkey" => {
-                        peer.preshared_key =
-                            Some(Key::from_base64(value).map_err(|e| err(line_no, format!("PresharedKey: {e}")))?);
-                    }
-                    "allowedips" => {
-                        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                            peer.allowed_ips
-                                .push(parse_cidr(part).map_err(|m| err(line_no, format!("AllowedIPs: {m}")))?);
-                        }
-                    }
-                    "endpoint" => {
-                        peer.endpoint =
-                            Some(parse_endpoint(value).map_err(|m| err(line_no, format!("Endpoint: {m}")))?);
-                    }
-                    "persistentkeepalive" => {
-                        let secs = if value.eq_ignore_ascii_case("off") {
-                            0
-                        } else {
-                            value.parse::<u16>().map_err(|_| {
-                                err(line_no, format!("PersistentKeepalive: not 0-65535 or off: {value}"))
-                            })?
-                        };
-                        peer.persistent_keepalive = Some(secs);
-                    }
-                    _ => return Err(err(line_no, format!("unknown key {key} in [Peer]"))),
-                }
-            }
-        }
-    }
-    finish(&mut current, &mut update)?;
-    Ok(update)
+    WgConfig::parse(text).map(DeviceUpdate::from)
 }
 
-fn parse_fwmark(value: &str) -> Option<u32> {
-    if value.eq_ignore_ascii_case("off") {
-        return Some(0);
-    }
-    match value.strip_prefix("0x") {
-        Some(hex) => u32::from_str_radix(hex, 16).ok(),
-        None => value.parse().ok(),
-    }
-}
-
-/// A CIDR, or a bare address meaning a host prefix (as `wg` accepts).
-///
-/// # Errors
-/// A message naming the bad text.
-pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    if let Ok(net) = s.parse::<IpNet>() {
-        return Ok(net.trunc());
-    }
-    s.parse::<std::net::IpAddr>().map(IpNet::from).map_err(|_| format!("not an address or CIDR: {s}"))
-}
-
-/// `IP:port` or `[IPv6]:port`.
-///
-/// # Errors
-/// A message naming the bad text (hostnames are not resolved).
-pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>().map_err(|_| format!("not IP:port or [IPv6]:port (hostnames are not resolved): {s}"))
-}
-
-/// Renders a configuration in the `wg showconf` format (keys base64).
+/// What `wg showconf` prints for a device: the running configuration as a [`WgConfig`]
+/// (listen port always, keepalive only when on; no FwMark, which the gateway does not use).
 #[must_use]
-pub fn render(status: &crate::uapi::DeviceStatus) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::from("[Interface]\n");
-    if let Some(k) = status.private_key {
-        let _ = writeln!(out, "PrivateKey = {k}");
+pub fn showconf(status: &DeviceStatus) -> WgConfig {
+    WgConfig {
+        interface: WgInterface { private_key: status.private_key, listen_port: Some(status.listen_port), fwmark: None },
+        peers: status
+            .peers
+            .iter()
+            .map(|p| WgPeer {
+                comment: None,
+                public_key: p.public_key,
+                preshared_key: p.preshared_key,
+                allowed_ips: p.allowed_ips.clone(),
+                endpoint: p.endpoint,
+                persistent_keepalive: (p.persistent_keepalive != 0).then_some(p.persistent_keepalive),
+            })
+            .collect(),
     }
-    let _ = writeln!(out, "ListenPort = {}", status.listen_port);
-    for p in &status.peers {
-        let _ = writeln!(out, "\n[Peer]\nPublicKey = {}", p.public_key);
-        if let Some(psk) = p.preshared_key {
-            let _ = writeln!(out, "PresharedKey = {psk}");
-        }
-        if !p.allowed_ips.is_empty() {
-            let ips: Vec<String> = p.allowed_ips.iter().map(ToString::to_string).collect();
-            let _ = writeln!(out, "AllowedIPs = {}", ips.join(", "));
-        }
-        if let Some(ep) = p.endpoint {
-            let _ = writeln!(out, "Endpoint = {ep}");
-        }
-        if p.persistent_keepalive != 0 {
-            let _ = writeln!(out, "PersistentKeepalive = {}", p.persistent_keepalive);
-        }
-    }
-    out
+}
+
+/// Renders a device's configuration in the `wg showconf` format (keys base64).
+#[must_use]
+pub fn render(status: &DeviceStatus) -> String {
+    showconf(status).render()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uapi::PeerStatus;
 
     const A: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
     const B: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
-    const C: &str = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
 
+    /// A file replaces the whole device: every peer not in it goes, and each peer's AllowedIPs
+    /// replace the old ones; nothing in it removes or only updates a peer.
     #[test]
-    fn parses_the_wg8_example() {
+    fn a_file_replaces_the_whole_configuration() {
         let text = format!(
-            "[Interface]\nPrivateKey = {A}\nListenPort = 51820\n\n# comment\n[Peer]\nPublicKey = {B}\n\
-             Endpoint = 192.95.5.67:1234\nAllowedIPs = 10.192.122.3/32, 10.192.124.1/24\n\n\
-             [Peer]\nPublicKey = {C}\nPresharedKey = {A}\nEndpoint = [2607:5300:60:6b0::c05f:543]:2468\n\
-             AllowedIPs = 10.192.122.4/32,192.168.0.0/16\nPersistentKeepalive = 25 # NAT\n"
+            "[Interface]\nPrivateKey = {A}\nListenPort = 51820\nFwMark = 0x10\n\n# c1\n[Peer]\nPublicKey = {B}\n\
+             AllowedIPs = 10.0.0.0/8\nEndpoint = 198.18.0.1:1\nPersistentKeepalive = off\n"
         );
         let u = parse(&text).unwrap();
-        assert_eq!(u.private_key, Some(Key::from_base64(A).unwrap()));
-        assert_eq!(u.listen_port, Some(51820));
         assert!(u.replace_peers);
-        assert_eq!(u.peers.len(), 2);
-        assert_eq!(u.peers[0].endpoint, Some("192.95.5.67:1234".parse().unwrap()));
-        // Host bits are cleared, as wg does.
-        assert_eq!(u.peers[0].allowed_ips[1], "10.192.124.0/24".parse::<IpNet>().unwrap());
-        assert!(u.peers[0].replace_allowed_ips);
-        assert_eq!(u.peers[1].persistent_keepalive, Some(25));
-        assert_eq!(u.peers[1].preshared_key, Some(Key::from_base64(A).unwrap()));
-        assert_eq!(u.peers[1].endpoint.unwrap().port(), 2468);
+        assert_eq!(u.private_key, Some(Key::from_base64(A).unwrap()));
+        assert_eq!((u.listen_port, u.fwmark), (Some(51820), Some(0x10)));
+        let p = &u.peers[0];
+        assert!(p.replace_allowed_ips && !p.remove && !p.update_only);
+        assert_eq!(p.public_key, Key::from_base64(B).unwrap());
+        assert_eq!(p.allowed_ips, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(p.endpoint, Some("198.18.0.1:1".parse().unwrap()));
+        assert_eq!(p.persistent_keepalive, Some(0));
+        assert_eq!(parse("").unwrap(), DeviceUpdate { replace_peers: true, ..DeviceUpdate::default() });
     }
 
+    /// The gateway's errors are the shared parser's, with the line.
     #[test]
     fn errors_name_the_line() {
-        let cases = [
-            ("[Interface]\nPrivateKey = nope\n", 2, "PrivateKey"),
-            ("[Interface]\nListenPort = 70000\n", 2, "ListenPort"),
-            ("[Interface]\nAddress = 10.0.0.1/24\n", 2, "unknown key Address"),
-            ("PrivateKey = x\n", 1, "outside of a section"),
-            ("[Interface]\n[Bogus]\n", 2, "unknown section"),
-            ("[Interface]\n\n[Peer]\nAllowedIPs = 10.0.0.0/8\n", 3, "without PublicKey"),
-            (&format!("[Peer]\nPublicKey = {B}\nAllowedIPs = 10.0.0.0/33\n"), 3, "AllowedIPs"),
-            (&format!("[Peer]\nPublicKey = {B}\nEndpoint = host.example:51820\n"), 3, "hostnames"),
-            (&format!("[Peer]\nPublicKey = {B}\nPersistentKeepalive = -1\n"), 3, "PersistentKeepalive"),
-            ("[Interface]\njunk\n", 2, "Key = Value"),
-            (&format!("[Peer]\nPublicKey = {B}\n[Peer]\nPublicKey = {B}\n"), 3, "duplicate"),
-        ];
-        for (text, line, needle) in cases {
-            let e = parse(text).unwrap_err();
-            assert_eq!(e.line, line, "{text:?} → {e}");
-            assert!(e.to_string().contains(needle), "{text:?} → {e}");
-        }
+        let e =
+            parse(&format!("[Interface]\nListenPort = 1\n\n[Peer]\nPublicKey = {B}\nEndpoint = gw:1\n")).unwrap_err();
+        assert_eq!(e.line, 6);
+        assert!(e.to_string().starts_with("line 6: Endpoint: "), "{e}");
     }
 
+    /// What `wg showconf` prints parses back to the running configuration.
     #[test]
-    fn keepalive_off_and_bare_address() {
-        let u = parse(&format!("[Peer]\npublickey={B}\nPersistentKeepalive=off\nAllowedIPs=10.0.0.1\n")).unwrap();
-        assert_eq!(u.peers[0].persistent_keepalive, Some(0));
-        assert_eq!(u.peers[0].allowed_ips, vec!["10.0.0.1/32".parse::<IpNet>().unwrap()]);
-        assert_eq!(u.private_key, None);
+    fn showconf_parses_back() {
+        let status = DeviceStatus {
+            private_key: Some(Key::from_base64(A).unwrap()),
+            listen_port: 4500,
+            fwmark: 0,
+            peers: vec![
+                PeerStatus {
+                    public_key: Key::from_base64(B).unwrap(),
+                    preshared_key: Some(Key([5; 32])),
+                    endpoint: Some("[fd00::1]:51820".parse().unwrap()),
+                    persistent_keepalive: 25,
+                    allowed_ips: vec!["10.1.0.0/16".parse().unwrap(), "fd00::/64".parse().unwrap()],
+                    rx_bytes: 7,
+                    ..PeerStatus::default()
+                },
+                PeerStatus { public_key: Key([6; 32]), ..PeerStatus::default() },
+            ],
+        };
+        let text = render(&status);
+        assert!(text.starts_with(&format!("[Interface]\nPrivateKey = {A}\nListenPort = 4500\n\n[Peer]\n")), "{text}");
+        assert_eq!(text.matches("PersistentKeepalive").count(), 1, "{text}");
+        let u = parse(&text).unwrap();
+        assert_eq!(u.listen_port, Some(4500));
+        assert_eq!(u.peers.len(), 2);
+        for (p, s) in u.peers.iter().zip(&status.peers) {
+            assert_eq!((p.public_key, p.preshared_key, p.endpoint), (s.public_key, s.preshared_key, s.endpoint));
+            assert_eq!(p.allowed_ips, s.allowed_ips);
+            assert_eq!(p.persistent_keepalive.unwrap_or(0), s.persistent_keepalive);
+        }
     }
 }

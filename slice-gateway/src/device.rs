@@ -39,11 +39,11 @@ use ipnet::IpNet;
 
 use crate::allowed_ips::AllowedIps;
 use crate::config::DeviceUpdate;
-use crate::key::Key;
 use crate::offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr};
 use crate::tun::Tun;
 use crate::uapi::{DeviceStatus, PeerStatus, SetError};
 use crate::udp::{self, RawAddr, RecvBatch};
+use slice_api::wireguard::Key;
 
 /// Handshakes per second before the device answers with cookies (boringtun's device uses 100).
 /// Doubled because each handshake is counted twice: once by our peer lookup and once inside

@@ -1,12 +1,11 @@
 //! slicenet's slice gateway: one userspace WireGuard interface per slice per cluster, built on
 //! boringtun's sans-IO `noise::Tunn` with our own TUN/UDP loops ([`device`]), configured in the
-//! `wg(8)` format ([`config`]) and through the WireGuard UAPI socket ([`uapi`],
+//! `wg(8)` format (`slice_api::wireguard`, turned into a change by [`config`]) and through the WireGuard UAPI socket ([`uapi`],
 //! [`uapi_server`]), observed through Prometheus metrics ([`metrics`]).
 
 pub mod allowed_ips;
 pub mod config;
 pub mod device;
-pub mod key;
 pub mod metrics;
 pub mod offload;
 pub mod tun;

@@ -7,32 +7,33 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ipnet::IpNet;
+use slice_api::gateway::{HANDSHAKE_RATE_LIMIT_ENV, flag};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "slicenet slice gateway: userspace WireGuard (boringtun) between clusters")]
 struct Cli {
     /// Name of the TUN interface to create (≤ 15 bytes); also names the UAPI socket
     /// /var/run/wireguard/NAME.sock.
-    #[arg(short, long)]
+    #[arg(short, long = flag::INTERFACE)]
     interface: String,
     /// Configuration in the wg(8) format (`wg setconf` syntax). Must not be readable by group or
     /// others when it holds the private key.
-    #[arg(short, long)]
+    #[arg(short, long = flag::CONFIG)]
     config: Option<PathBuf>,
     /// Serve Prometheus metrics (/metrics) and /healthz on this address, e.g. 127.0.0.1:9586,
     /// [fd00::1]:9586, or [::]:9586 for every IPv6 and IPv4 address.
-    #[arg(long)]
+    #[arg(long = flag::METRICS)]
     metrics: Option<SocketAddr>,
     /// MTU of the TUN interface.
-    #[arg(long, default_value_t = 1420)]
+    #[arg(long = flag::MTU, default_value_t = 1420)]
     mtu: u32,
     /// Add this address to the interface (repeatable).
-    #[arg(long = "address")]
+    #[arg(long = flag::ADDRESS)]
     addresses: Vec<IpNet>,
     /// Route every peer's AllowedIPs into the interface and follow changes (as wg-quick does);
     /// without it, routes are the caller's job. The configuration file, when given, is re-read
     /// whenever it changes either way.
-    #[arg(long)]
+    #[arg(long = flag::ROUTES)]
     routes: bool,
     /// Handshake messages per second (a handshake counts twice) before the gateway answers
     /// initiations with cookie replies, so that under a flood only peers that prove their address
@@ -40,8 +41,8 @@ struct Cli {
     /// then takes a cookie round trip and WireGuard's retry (about 5 s) instead of one round trip.
     /// At most 1000000.
     #[arg(
-        long,
-        env = "SLICE_GATEWAY_HANDSHAKE_RATE_LIMIT",
+        long = flag::HANDSHAKE_RATE_LIMIT,
+        env = HANDSHAKE_RATE_LIMIT_ENV,
         allow_negative_numbers = true,
         default_value_t = slice_gateway::device::DEFAULT_HANDSHAKE_RATE_LIMIT,
         value_parser = clap::value_parser!(u64).range(0..=slice_gateway::device::MAX_HANDSHAKE_RATE_LIMIT),
@@ -50,7 +51,7 @@ struct Cli {
     /// Forward IPv4 between this link (repeatable; e.g. the pod's slice interface) and the TUN
     /// device: turns per-link forwarding on for both over netlink, so the pod needs neither the
     /// unsafe sysctl `net.ipv4.ip_forward` nor a writable /proc/sys, only CAP_NET_ADMIN.
-    #[arg(long = "forward", value_name = "LINK")]
+    #[arg(long = flag::FORWARD, value_name = "LINK")]
     forward: Vec<String>,
 }
 

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use slice_api::gateway::{HEALTH_PATH, METRICS_PATH, metric};
+
 use crate::device::Gateway;
 
 /// Per-peer figures for one scrape.
@@ -45,61 +47,46 @@ pub struct Sample {
 /// Renders the Prometheus text format (version 0.0.4).
 #[must_use]
 pub fn render(s: &Sample) -> String {
+    use metric::{LABEL_INTERFACE as IFACE, LABEL_PUBLIC_KEY as KEY, LABEL_REASON as REASON};
     let mut out = String::new();
     let i = &s.interface;
     let device = [
-        (
-            "slice_gateway_garbage_packets_total",
-            "UDP datagrams that are not WireGuard messages or fail mac1.",
-            s.garbage,
-        ),
-        ("slice_gateway_unknown_peer_packets_total", "WireGuard messages for no configured peer.", s.unknown_peer),
-        ("slice_gateway_cookie_replies_total", "Cookie replies sent under handshake load.", s.cookie_replies),
-        (
-            "slice_gateway_no_private_key_packets_total",
-            "Packets dropped because no private key is set.",
-            s.no_private_key,
-        ),
-        (
-            "slice_gateway_no_route_packets_total",
-            "TUN packets whose destination is in no peer's AllowedIPs.",
-            s.no_route,
-        ),
-        ("slice_gateway_tun_invalid_packets_total", "TUN packets that are not IPv4 or IPv6.", s.tun_invalid),
+        (metric::GARBAGE_PACKETS, "UDP datagrams that are not WireGuard messages or fail mac1.", s.garbage),
+        (metric::UNKNOWN_PEER_PACKETS, "WireGuard messages for no configured peer.", s.unknown_peer),
+        (metric::COOKIE_REPLIES, "Cookie replies sent under handshake load.", s.cookie_replies),
+        (metric::NO_PRIVATE_KEY_PACKETS, "Packets dropped because no private key is set.", s.no_private_key),
+        (metric::NO_ROUTE_PACKETS, "TUN packets whose destination is in no peer's AllowedIPs.", s.no_route),
+        (metric::TUN_INVALID_PACKETS, "TUN packets that are not IPv4 or IPv6.", s.tun_invalid),
     ];
     for (name, help, value) in device {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{interface=\"{i}\"}} {value}");
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{IFACE}=\"{i}\"}} {value}");
     }
-    let _ = writeln!(out, "# HELP slice_gateway_peers Configured peers.\n# TYPE slice_gateway_peers gauge");
-    let _ = writeln!(out, "slice_gateway_peers{{interface=\"{i}\"}} {}", s.peers.len());
+    let name = metric::PEERS;
+    let _ = writeln!(out, "# HELP {name} Configured peers.\n# TYPE {name} gauge");
+    let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\"}} {}", s.peers.len());
     type Field = fn(&PeerSample) -> String;
     let per_peer: [(&str, &str, &str, Field); 5] = [
-        ("slice_gateway_peer_rx_bytes_total", "counter", "Bytes received from the peer (UDP payload).", |p| {
-            p.rx_bytes.to_string()
-        }),
-        ("slice_gateway_peer_rx_packets_total", "counter", "Authenticated datagrams received from the peer.", |p| {
+        (metric::PEER_RX_BYTES, "counter", "Bytes received from the peer (UDP payload).", |p| p.rx_bytes.to_string()),
+        (metric::PEER_RX_PACKETS, "counter", "Authenticated datagrams received from the peer.", |p| {
             p.rx_packets.to_string()
         }),
-        ("slice_gateway_peer_tx_bytes_total", "counter", "Bytes sent to the peer (UDP payload).", |p| {
-            p.tx_bytes.to_string()
-        }),
-        ("slice_gateway_peer_tx_packets_total", "counter", "Datagrams sent to the peer.", |p| p.tx_packets.to_string()),
-        ("slice_gateway_peer_last_handshake_seconds", "gauge", "Unix time of the last handshake (0: never).", |p| {
+        (metric::PEER_TX_BYTES, "counter", "Bytes sent to the peer (UDP payload).", |p| p.tx_bytes.to_string()),
+        (metric::PEER_TX_PACKETS, "counter", "Datagrams sent to the peer.", |p| p.tx_packets.to_string()),
+        (metric::PEER_LAST_HANDSHAKE_SECONDS, "gauge", "Unix time of the last handshake (0: never).", |p| {
             format!("{:.3}", p.last_handshake)
         }),
     ];
     for (name, kind, help, field) in per_peer {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for p in &s.peers {
-            let _ = writeln!(out, "{name}{{interface=\"{i}\",public_key=\"{}\"}} {}", p.public_key, field(p));
+            let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {}", p.public_key, field(p));
         }
     }
-    let name = "slice_gateway_peer_drops_total";
+    let name = metric::PEER_DROPS;
     let _ = writeln!(out, "# HELP {name} Packets of the peer dropped, by reason.\n# TYPE {name} counter");
     for p in &s.peers {
         for (reason, n) in &p.drops {
-            let _ =
-                writeln!(out, "{name}{{interface=\"{i}\",public_key=\"{}\",reason=\"{reason}\"}} {n}", p.public_key);
+            let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\",{REASON}=\"{reason}\"}} {n}", p.public_key);
         }
     }
     out
@@ -394,8 +381,8 @@ fn handle(gw: &Gateway, mut conn: TcpStream, limits: &Limits) -> std::io::Result
     match head {
         Head::Request { head_only, path } => {
             let (status, ctype, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&sample(gw))),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                METRICS_PATH => ("200 OK", "text/plain; version=0.0.4", render(&sample(gw))),
+                HEALTH_PATH => ("200 OK", "text/plain", "ok\n".to_string()),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };
             conn.write_all(response_head(status, ctype, body.len()).as_bytes())?;

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 
 use crate::config::{DeviceUpdate, PeerUpdate, parse_cidr, parse_endpoint};
-use crate::key::Key;
+use slice_api::wireguard::Key;
 
 /// What `get=1` reports about the device.
 #[derive(Debug, Clone, Default)]

@@ -11,7 +11,7 @@ use crate::device::Gateway;
 use crate::uapi;
 
 /// The directory `wg` looks in (one for all network namespaces).
-pub const SOCKET_DIR: &str = "/var/run/wireguard";
+pub use slice_api::gateway::UAPI_SOCKET_DIR as SOCKET_DIR;
 
 /// The bound socket; its file is removed on drop.
 #[derive(Debug)]

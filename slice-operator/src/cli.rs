@@ -166,7 +166,7 @@ fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Prints `error` (with its causes) for `command` and returns the failure exit code.
 fn failed(command: &str, error: &anyhow::Error) -> ExitCode {
-    eprintln!("slice-operator {command}: {}", node_agent::chain(error.as_ref()));
+    eprintln!("slice-operator {command}: {}", slice_api::error_chain::chain(error.as_ref()));
     ExitCode::FAILURE
 }
 
@@ -224,7 +224,7 @@ fn run_node_agent(args: NodeAgentArgs) -> ExitCode {
         NodeAgentArgs { config: Some(config), once: true, .. } => match node_agent::run_once(&config) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("slice-operator node-agent: {}", node_agent::chain(&e));
+                eprintln!("slice-operator node-agent: {}", slice_api::error_chain::chain(&e));
                 ExitCode::FAILURE
             }
         },

@@ -385,7 +385,7 @@ impl Recorder {
                 Emit::Create => self.create(&api, notice, now).await,
             };
             if let Err(e) = result {
-                tracing::warn!(reason = notice.reason, error = %crate::hub::chain(&e), "publishing an event failed");
+                tracing::warn!(reason = notice.reason, error = %slice_api::error_chain::chain(&e), "publishing an event failed");
             }
         }
     }

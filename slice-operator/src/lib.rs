@@ -7,12 +7,14 @@
 //! - [`events`]: Kubernetes Events from the controllers, aggregated.
 //! - [`health`]: the probes' endpoint (`--health-addr`).
 //! - [`cli`]: the command line of `slice-operator` (clap), shared with tests of other crates.
+//! - [`kubeconfig`]: an API client from a kubeconfig file (the controllers and `slicectl`).
 
 pub mod access;
 pub mod cli;
 pub mod events;
 pub mod health;
 pub mod hub;
+pub mod kubeconfig;
 pub mod leader;
 pub mod node_agent;
 pub mod worker;

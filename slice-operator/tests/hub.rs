@@ -540,7 +540,7 @@ async fn errors_requeue_a_failed_write_fails_the_reconcile_after_trying_the_rest
     script[c2] = script[c2].clone().fail(500, "InternalError");
     let (result, seen) = hub.reconcile(script).await;
     let error = result.expect_err("the reconcile fails");
-    let message = hub::chain(&error);
+    let message = slice_api::error_chain::chain(&error);
     assert!(message.contains("1 of the hub's requests failed"), "{message}");
     assert!(message.contains("creating WorkerSlice slicenet-cluster-c2/blue"), "{message}");
     assert_eq!(writes(&seen).len(), 8);
@@ -571,12 +571,12 @@ async fn errors_requeue_a_conflict_on_a_finalizer_and_a_failed_list() {
     script.push(Exchange::post(ws_collection("c1")).query(FM));
     script.push(hub.patch(&format!("{SC}/blue/status")));
     let (result, _) = hub.reconcile(script).await;
-    let message = hub::chain(&result.expect_err("a 409 fails the reconcile"));
+    let message = slice_api::error_chain::chain(&result.expect_err("a 409 fails the reconcile"));
     assert!(message.contains("setting the finalizers of SliceConfig blue"), "{message}");
 
     let script = vec![Exchange::get(SC).fail(500, "InternalError")];
     let (result, seen) = hub.reconcile(script).await;
-    let message = hub::chain(&result.expect_err("a failed list fails the reconcile"));
+    let message = slice_api::error_chain::chain(&result.expect_err("a failed list fails the reconcile"));
     assert!(message.starts_with("listing SliceConfigs"), "{message}");
     assert_eq!(seen.len(), 1, "nothing is decided without the whole world");
 }

@@ -120,7 +120,7 @@ impl Node {
         self.ns
             .run(|| node_agent::reconcile(&config))
             .unwrap()
-            .unwrap_or_else(|e| panic!("reconcile on {}: {}", self.name, node_agent::chain(&e)))
+            .unwrap_or_else(|e| panic!("reconcile on {}: {}", self.name, slice_api::error_chain::chain(&e)))
     }
 
     fn router_nl(&self, slice: &str) -> Netlink {

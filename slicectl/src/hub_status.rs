@@ -5,12 +5,10 @@
 //! in every namespace); [`render`] and [`problems`] are pure and turn them into the report.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 use kube::api::{Api, ListParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config, ResourceExt};
+use kube::{Client, ResourceExt};
 use slice_api::crd::{Condition, MemberCluster, SliceConfig, WorkerSlice, condition};
 
 /// What the hub holds.
@@ -19,18 +17,6 @@ pub struct HubView {
     pub slices: Vec<SliceConfig>,
     pub clusters: Vec<MemberCluster>,
     pub workers: Vec<WorkerSlice>,
-}
-
-/// A client for the cluster of `kubeconfig` (its current context).
-///
-/// # Errors
-/// When the file cannot be read or names no usable cluster.
-pub async fn client_from(kubeconfig: &Path) -> Result<Client> {
-    let kc = Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .with_context(|| format!("loading {}", kubeconfig.display()))?;
-    Client::try_from(config).context("building the Kubernetes client")
 }
 
 /// Lists SliceConfigs, MemberClusters and WorkerSlices, sorted by name.

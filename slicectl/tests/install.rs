@@ -889,7 +889,7 @@ fn runtime_objects() -> (Vec<Value>, Vec<Value>) {
     let worker = [
         o::gateway_deployment(&spec, &o::GatewayDefaults::default()),
         o::gateway_service(&spec).unwrap(),
-        o::gateway_config_secret(&spec, "a2V5"),
+        o::gateway_config_secret(&spec, &slice_api::wireguard::Key([7; 32])),
         o::membership_config_map(&[]),
         o::node_config_map(&node),
     ];

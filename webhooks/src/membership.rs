@@ -1,8 +1,9 @@
 //! Where the mutating webhook learns which namespaces belong to which slice in this cluster.
 //!
 //! At run time the worker maintains the ConfigMap [`MEMBERSHIP_CONFIGMAP`] in
-//! [`MEMBERSHIP_NAMESPACE`], mounted into the webhook pod as a directory: one file per key, the
-//! key a slice name, the value the comma-separated namespaces that joined that slice here. The
+//! [`MEMBERSHIP_NAMESPACE`] (its format: `slice_api::membership`), mounted into the webhook pod
+//! as a directory: one file per key, the key a slice name, the value the comma-separated
+//! namespaces that joined that slice here. The
 //! worker lists a namespace only when it is labelled `slicenet.io/slice=<slice>` *and* the slice's
 //! `SliceConfig` allows it in this cluster, so for a listed namespace the label is implied.
 //! Kubernetes updates a mounted ConfigMap by swapping a `..data` symlink; [`ConfigMapDir`] simply
@@ -16,10 +17,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use slice_api::names::SLICE_LABEL;
 
-/// Name of the ConfigMap the worker maintains.
-pub const MEMBERSHIP_CONFIGMAP: &str = "slicenet-membership";
-/// Namespace of that ConfigMap.
-pub const MEMBERSHIP_NAMESPACE: &str = "slicenet-system";
+/// Name and namespace of the ConfigMap the worker maintains (`slice_api::membership`).
+pub use slice_api::membership::{
+    CONFIG_MAP_NAME as MEMBERSHIP_CONFIGMAP, CONFIG_MAP_NAMESPACE as MEMBERSHIP_NAMESPACE,
+};
 
 /// What the webhook knows about one namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -123,17 +124,6 @@ fn invert(slices: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, NamespaceI
     out
 }
 
-/// Parses the ConfigMap's data: slice → comma-separated namespaces (blanks ignored).
-#[must_use]
-pub fn parse_configmap_data(data: &BTreeMap<String, String>) -> BTreeMap<String, Vec<String>> {
-    data.iter()
-        .map(|(slice, list)| {
-            let namespaces = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
-            (slice.clone(), namespaces)
-        })
-        .collect()
-}
-
 /// The ConfigMap mounted as a directory.
 #[derive(Debug)]
 pub struct ConfigMapDir {
@@ -179,7 +169,7 @@ impl ConfigMapDir {
         if unchanged {
             return Ok(false);
         }
-        let view = invert(&parse_configmap_data(&data));
+        let view = invert(&slice_api::membership::parse(&data));
         self.current.store(Some(Arc::new((data, view))));
         Ok(true)
     }

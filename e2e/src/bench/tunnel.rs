@@ -21,6 +21,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use ipnet::IpNet;
+use slice_api::gateway::{self as gateway_cli, arg, flag};
+use slice_api::wireguard::{WgConfig, WgInterface, WgPeer};
 
 use super::place::{Daemon, Iperf, Place, ping, wait_reachable, wait_until};
 use super::process::check_interrupted;
@@ -290,31 +293,31 @@ impl Kind {
 
     /// `slice-gateway` or `wireguard-go`, both configured in the wg(8) format.
     fn start_wireguard(self, ends: &Ends<'_>, env: &[(String, String)], running: &mut Running) -> Result<()> {
-        let (ka, kb) = (crate::gateway::keypair()?, crate::gateway::keypair()?);
+        let (ka, kb) = (crate::gateway::keypair(), crate::gateway::keypair());
         let port = self.port();
         let to_b = (ends.reach_b)(port)?;
         let to_a = ends.reach_a.map(|f| f(port));
         let net = self.net();
-        let conf = |me: &crate::gateway::KeyPair,
-                    peer: &crate::gateway::KeyPair,
-                    host: u8,
-                    ep: Option<SocketAddrV4>| {
-            let mut c = format!(
-                "[Interface]\nPrivateKey = {}\nListenPort = {port}\n\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.{net}.0.{host}/32\n",
-                me.private, peer.public
-            );
-            if let Some(ep) = ep {
-                let _ = writeln!(c, "Endpoint = {ep}");
-            }
-            c
-        };
+        let conf =
+            |me: &crate::gateway::KeyPair, peer: &crate::gateway::KeyPair, host: u8, ep: Option<SocketAddrV4>| {
+                WgConfig {
+                    interface: WgInterface { private_key: Some(me.private), listen_port: Some(port), fwmark: None },
+                    peers: vec![WgPeer {
+                        public_key: peer.public,
+                        allowed_ips: vec![IpNet::from(std::net::IpAddr::from(Ipv4Addr::new(10, net, 0, host)))],
+                        endpoint: ep.map(Into::into),
+                        ..WgPeer::default()
+                    }],
+                }
+                .render()
+            };
         let sides = [
             (ends.a, "a", ends.file(&format!("{}-a.conf", self.code()), &conf(&ka, &kb, 2, Some(to_b)))?, 1),
             (ends.b, "b", ends.file(&format!("{}-b.conf", self.code()), &conf(&kb, &ka, 1, to_a))?, 2),
         ];
         for (place, side, conf, host) in sides {
             let ifname = format!("{}{}{side}", ends.tag, self.code());
-            let socket = Path::new("/var/run/wireguard").join(format!("{ifname}.sock"));
+            let socket = gateway_cli::uapi_socket(&ifname);
             let conf = conf.to_str().context("path is not UTF-8")?.to_owned();
             let address = format!("10.{net}.0.{host}/24");
             let mtu = self.mtu().to_string();
@@ -323,8 +326,8 @@ impl Kind {
                 let bin = bin.to_str().context("path is not UTF-8")?.to_owned();
                 let mut argv: Vec<String> = vec!["env".into(), "RUST_LOG=warn".into()];
                 argv.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-                argv.extend([bin, "--interface".into(), ifname.clone(), "--config".into(), conf.clone()]);
-                argv.extend(["--address".into(), address.clone(), "--mtu".into(), mtu.clone()]);
+                argv.extend([bin, arg(flag::INTERFACE), ifname.clone(), arg(flag::CONFIG), conf.clone()]);
+                argv.extend([arg(flag::ADDRESS), address.clone(), arg(flag::MTU), mtu.clone()]);
                 place.spawn(&argv.iter().map(String::as_str).collect::<Vec<_>>(), &ifname)?
             } else {
                 place.spawn(&["wireguard-go", "-f", &ifname], &ifname)?

@@ -375,7 +375,7 @@ pub fn failure_notice(action: &Action, world: &World, error: &super::Error) -> N
         super::Error::NamespaceTerminating(_) => reason::NAMESPACE_TERMINATING,
         _ => reason::WRITE_FAILED,
     };
-    Notice::warning(action_subject(action, world), reason, "Reconcile", super::chain(error))
+    Notice::warning(action_subject(action, world), reason, "Reconcile", slice_api::error_chain::chain(error))
 }
 
 /// Whether a WorkerSlice is in a namespace the hub writes WorkerSlices into.

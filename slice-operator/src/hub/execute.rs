@@ -57,7 +57,7 @@ pub async fn execute(client: &Client, actions: &[Action], leadership: &Leadershi
                 }
             }
             Err(e) => {
-                tracing::warn!(%action, error = %super::chain(&e), "failed");
+                tracing::warn!(%action, error = %slice_api::error_chain::chain(&e), "failed");
                 if let Action::EnsureNamespace { namespace, .. } = action {
                     unusable_namespaces.insert(namespace.clone());
                 }

@@ -35,7 +35,8 @@ use crate::leader::{LeaderElectionArgs, Leadership, NotLeading};
 
 pub use decide::{Action, Decision, FinalizedKind, World, action_subject, decide, failure_notice, merge_diff};
 pub use health::{HEALTHY, healthy_condition};
-pub use runner::{Backoff, Schedule, run_with_client};
+pub use runner::{Schedule, run_with_client};
+use slice_api::error_chain::chain;
 
 /// The field manager the hub writes as.
 pub const FIELD_MANAGER: &str = "slicenet-hub";
@@ -194,19 +195,6 @@ pub enum Error {
 
 fn summary(errors: &[Error]) -> String {
     errors.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; ")
-}
-
-/// An error and its sources, joined with ": ".
-#[must_use]
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }
 
 /// What a successful reconcile did.

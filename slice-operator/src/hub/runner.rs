@@ -1,7 +1,7 @@
 //! The hub's loop: watches on SliceConfigs, MemberClusters and WorkerSlices only say "something
 //! changed"; changes close together are coalesced into one global reconcile ([`Schedule`]);
 //! a periodic resync repairs anything a watch missed; a failed reconcile is retried with
-//! exponential backoff ([`Backoff`]) and never ends the loop. Only the replica that holds the
+//! exponential backoff (`slice_api::backoff::Backoff`) and never ends the loop. Only the replica that holds the
 //! Lease runs the loop (see [`crate::leader::run_while_leading`]); losing it ends the loop.
 
 use std::future::Future;
@@ -14,43 +14,17 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PartialObjectMeta};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::KubeConfigOptions;
 use kube::runtime::{WatchStreamExt, watcher};
 use slice_api::crd::{MemberCluster, SliceConfig, WorkerSlice};
 
-use super::{Context, HubOptions, chain, reconcile};
+use slice_api::backoff::Backoff;
+use slice_api::error_chain::chain;
+
+use super::{Context, HubOptions, reconcile};
 use crate::events::Recorder;
 use crate::health::Health;
 use crate::leader::Leadership;
-
-/// Exponential backoff between failed reconciles: `min`, doubling up to `max`; reset by a
-/// success.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// Backoff from `min` up to `max`.
-    #[must_use]
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max: max.max(min), next: min }
-    }
-
-    /// The wait after one more failure.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    /// Back to `min` after a success.
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
 
 /// When the next reconcile is due (pure: times are arguments).
 #[derive(Debug, Clone)]
@@ -111,21 +85,17 @@ impl Schedule {
 /// # Errors
 /// When no configuration can be loaded.
 pub async fn client(options: &HubOptions) -> anyhow::Result<Client> {
-    let kube_options = KubeConfigOptions { context: options.context.clone(), ..KubeConfigOptions::default() };
-    let config = match (&options.kubeconfig, &options.context) {
-        (Some(path), _) => {
-            let kubeconfig =
-                Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kube_options)
+    if let Some(path) = &options.kubeconfig {
+        return crate::kubeconfig::client_from_kubeconfig(path, options.context.as_deref()).await;
+    }
+    let config = match &options.context {
+        Some(context) => {
+            let kube_options = KubeConfigOptions { context: Some(context.clone()), ..KubeConfigOptions::default() };
+            kube::Config::from_kubeconfig(&kube_options)
                 .await
-                .with_context(|| format!("using kubeconfig {}", path.display()))?
+                .with_context(|| format!("loading context {context} from the default kubeconfig"))?
         }
-        (None, Some(context)) => kube::Config::from_kubeconfig(&kube_options)
-            .await
-            .with_context(|| format!("loading context {context} from the default kubeconfig"))?,
-        (None, None) => {
-            kube::Config::infer().await.context("no kubeconfig and not in a cluster: cannot reach the hub")?
-        }
+        None => kube::Config::infer().await.context("no kubeconfig and not in a cluster: cannot reach the hub")?,
     };
     Client::try_from(config).context("building the API client")
 }

@@ -366,7 +366,7 @@ pub async fn campaign(client: Client, election: Election, leadership: Leadership
                 return loss;
             }
             Err(e) => {
-                tracing::warn!(lease = %election.name, error = %crate::hub::chain(&e), "lease request failed; retrying");
+                tracing::warn!(lease = %election.name, error = %slice_api::error_chain::chain(&e), "lease request failed; retrying");
             }
         }
         tokio::time::sleep(candidate.elector.next_wait(Instant::now())).await;
@@ -445,7 +445,7 @@ where
             match tokio::time::timeout(RELEASE_TIMEOUT, release(client, &election)).await {
                 Ok(Ok(true)) => tracing::info!(lease = %election.name, "lease released"),
                 Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %crate::hub::chain(&e), "releasing the lease failed"),
+                Ok(Err(e)) => tracing::warn!(error = %slice_api::error_chain::chain(&e), "releasing the lease failed"),
                 Err(_) => tracing::warn!("releasing the lease timed out"),
             }
             Ok(())

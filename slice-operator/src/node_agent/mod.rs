@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dataplane::Netlink;
+use slice_api::error_chain::chain;
 use slice_api::node::{NodeAgentConfig, NodeFileError};
 
 pub use plan::{Action, Observed, RouterSpec};
@@ -88,21 +89,6 @@ fn summary(failures: &[SliceFailure]) -> String {
         .map(|f| format!("slice {}: {}: {}", f.slice, f.action, chain(&f.error)))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// An error and its sources on one line ("a: b: c").
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !s.ends_with(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = e.source();
-    }
-    s
 }
 
 /// Brings the node in line with `config`, from the calling thread's network namespace (the

@@ -1,9 +1,10 @@
 //! Publishes chained mode's network-status records onto the pods (`--kube` mode only).
 //!
 //! With Multus, Multus writes the pod's `k8s.v1.cni.cncf.io/network-status` annotation from
-//! slice-cni's result. Chained, there is no Multus: slice-cni writes one record per pod sandbox,
-//! `<statusDir>/<containerID>.json` (the pod's namespace, name and UID, and the Multus-format
-//! entry of the slice interface), on ADD and removes it on DEL and GC. The agent on that node
+//! slice-cni's result. Chained, there is no Multus: slice-cni writes one record per pod sandbox
+//! (`slice_api::network_status`: `<statusDir>/<containerID>.json` with the pod's namespace,
+//! name and UID, and the Multus-format entry of the slice interface) on ADD and removes it on
+//! DEL and GC. The agent on that node
 //! merges the entries into the pod's annotation, so `kubectl get pod -o yaml` shows the slice
 //! address either way, and the worker finds a gateway pod's slice address as it does with
 //! Multus.
@@ -27,31 +28,15 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt as _};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use slice_api::names::NETWORK_STATUS_ANNOTATION;
+pub use slice_api::network_status::PodRecord;
 
 /// slice-cni's default `statusDir` (`slice_api::names::DEFAULT_STATUS_DIR`).
 pub use slice_api::names::DEFAULT_STATUS_DIR;
 
 /// How often a conflicting write (409) is merged again within one scan.
 const CONFLICT_ATTEMPTS: usize = 3;
-
-/// One record as slice-cni writes it (`cni::network_status::PodRecord`, read-only here; fields
-/// this agent does not use are ignored).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodRecord {
-    #[serde(rename = "containerID")]
-    pub container_id: String,
-    pub namespace: String,
-    pub pod: String,
-    /// The pod's UID when the runtime passed `K8S_POD_UID`; empty otherwise.
-    #[serde(default)]
-    pub pod_uid: String,
-    /// Entries in Multus's format for the pod's annotation.
-    pub network_status: Vec<Value>,
-}
 
 /// The existing annotation is not a JSON list of objects, so it cannot be merged into without
 /// losing what it holds.
@@ -183,7 +168,7 @@ pub fn read_records(dir: &Path) -> std::io::Result<Vec<RecordFile>> {
     for entry in entries {
         let entry = entry?;
         let Ok(file_name) = entry.file_name().into_string() else { continue };
-        if file_name.starts_with('.') || !file_name.ends_with(".json") {
+        if slice_api::network_status::record_file_container_id(&file_name).is_none() {
             continue;
         }
         let path = entry.path();
@@ -485,7 +470,7 @@ mod tests {
 
     #[test]
     fn records_read_as_slice_cni_writes_them() {
-        // The exact shape of `cni::network_status::store` (pretty JSON, camelCase).
+        // The exact shape of `slice_api::network_status::store` (pretty JSON, camelCase).
         let text = r#"{
   "containerID": "abc",
   "network": "lab",

@@ -160,7 +160,7 @@ pub fn observe(
                 continue;
             }
             Err(e) => {
-                tracing::warn!(slice = %slice.name, error = %super::chain(&e), "cannot open the router namespace; leaving it alone this round");
+                tracing::warn!(slice = %slice.name, error = %slice_api::error_chain::chain(&e), "cannot open the router namespace; leaving it alone this round");
                 observed.unobservable.insert(slice.name.clone());
                 unobservable.push((slice.name.clone(), observe_error(&slice.name, "opening the router namespace", e)));
                 continue;
@@ -171,7 +171,7 @@ pub fn observe(
                 observed.routers.insert(slice.name.clone(), router);
             }
             Err(e) => {
-                tracing::warn!(slice = %slice.name, error = %super::chain(&e), "cannot observe the router; leaving it alone this round");
+                tracing::warn!(slice = %slice.name, error = %slice_api::error_chain::chain(&e), "cannot observe the router; leaving it alone this round");
                 observed.unobservable.insert(slice.name.clone());
                 unobservable.push((slice.name.clone(), e));
             }

@@ -42,6 +42,7 @@ use slice_api::crd::{
 };
 use slice_api::multus;
 use slice_api::names::{NETWORK_STATUS_ANNOTATION, SLICE_LABEL};
+use slice_api::wireguard::Key;
 
 use super::keys::{self, KeyPair};
 use super::objects::{self, GatewayDefaults, NodeDefaults, ObservedNamespace, PlannedSlice};
@@ -479,10 +480,12 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
                 Some(pair)
             }
         };
-        match &key {
-            Some(pair) => {
-                d.public_keys.insert(name.clone(), pair.public_key.clone());
-                desired.push((Kind::Secret, objects::gateway_config_secret(spec, &pair.private_key), false));
+        // A key source that hands out something that is not a key counts as an invalid Secret.
+        let key = key.and_then(|pair| Some((pair.private_key.parse::<Key>().ok()?, pair.public_key)));
+        match key {
+            Some((private_key, public_key)) => {
+                d.public_keys.insert(name.clone(), public_key);
+                desired.push((Kind::Secret, objects::gateway_config_secret(spec, &private_key), false));
                 desired.push((Kind::Deployment, objects::gateway_deployment(spec, &settings.gateway), false));
                 if let Some(svc) = objects::gateway_service(spec) {
                     desired.push((Kind::Service, svc, false));

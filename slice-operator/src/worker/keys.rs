@@ -1,10 +1,10 @@
-//! The gateway's WireGuard key pair: x25519 through boringtun's `x25519` (the crate
-//! `slice-gateway` uses), base64 as in wg(8) files. The worker generates it in the member
-//! cluster and keeps the private key in a Secret there; only the public key goes to the hub.
+//! The gateway's WireGuard key pair, as the worker keeps it: base64 as in wg(8) files and in the
+//! API objects (the key Secret, the WorkerSlice status). The key type and the curve code are
+//! `slice_api::wireguard::Key` (feature `x25519`), shared with the gateway and the lab. The worker
+//! generates the pair in the member cluster and keeps the private key in a Secret there; only
+//! the public key goes to the hub.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use boringtun::x25519::{PublicKey, StaticSecret};
+use slice_api::wireguard::Key;
 
 /// A gateway key pair, base64 (44 characters each).
 #[derive(Clone, PartialEq, Eq)]
@@ -23,22 +23,14 @@ impl std::fmt::Debug for KeyPair {
 /// A fresh key pair from the operating system's random source.
 #[must_use]
 pub fn generate_key_pair() -> KeyPair {
-    let secret = StaticSecret::random_from_rng(rand_core::OsRng);
-    let public = PublicKey::from(&secret);
-    KeyPair { private_key: STANDARD.encode(secret.to_bytes()), public_key: STANDARD.encode(public.to_bytes()) }
-}
-
-/// The 32 bytes of a base64 key, if it is one.
-#[must_use]
-pub fn decode_key(base64: &str) -> Option<[u8; 32]> {
-    STANDARD.decode(base64.trim()).ok()?.try_into().ok()
+    let private = Key::generate();
+    KeyPair { private_key: private.to_base64(), public_key: private.public().to_base64() }
 }
 
 /// The public key (base64) of a private key (base64); `None` when it is not a 32-byte key.
 #[must_use]
 pub fn public_key_of(private_key_base64: &str) -> Option<String> {
-    let secret = StaticSecret::from(decode_key(private_key_base64)?);
-    Some(STANDARD.encode(PublicKey::from(&secret).to_bytes()))
+    Some(Key::from_base64(private_key_base64).ok()?.public().to_base64())
 }
 
 #[cfg(test)]

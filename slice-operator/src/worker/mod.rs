@@ -37,7 +37,11 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
+use slice_api::backoff::Backoff;
 use slice_api::crd::{GATEWAY_NAMESPACE, WorkerSlice, cluster_namespace};
+use slice_api::error_chain::chain;
+
+use crate::kubeconfig::client_from_kubeconfig;
 
 pub use reconcile::{MetricsSource, PassOutcome, Worker, WorkerError, http_metrics};
 
@@ -62,19 +66,6 @@ pub struct WorkerOptions {
     pub health_addr: std::net::SocketAddr,
 }
 
-/// A client from a kubeconfig file.
-///
-/// # Errors
-/// When the file cannot be read or names no usable context.
-pub async fn client_from_kubeconfig(path: &std::path::Path) -> anyhow::Result<Client> {
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-        .await
-        .with_context(|| format!("using kubeconfig {}", path.display()))?;
-    Client::try_from(config).context("building the client")
-}
-
 /// RFC 3339 now, to the second.
 #[must_use]
 pub fn now_rfc3339() -> String {
@@ -90,9 +81,9 @@ pub fn now_rfc3339() -> String {
 pub async fn run(options: WorkerOptions) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
-    let hub = client_from_kubeconfig(&options.hub_kubeconfig).await?;
+    let hub = client_from_kubeconfig(&options.hub_kubeconfig, None).await?;
     let local = match &options.kubeconfig {
-        Some(path) => client_from_kubeconfig(path).await?,
+        Some(path) => client_from_kubeconfig(path, None).await?,
         None => Client::try_default().await.context("building the member cluster's client")?,
     };
     let health = crate::health::Health::new();
@@ -173,7 +164,7 @@ async fn pass_loop(
             _ = heartbeat.tick() => match worker.heartbeat(&cluster, &now_rfc3339()).await {
                 Ok(()) => {}
                 Err(WorkerError::NotLeading(e)) => return Err(e.into()),
-                Err(e) => tracing::warn!(error = %node_agent_chain(&e), "heartbeat failed"),
+                Err(e) => tracing::warn!(error = %chain(&e), "heartbeat failed"),
             },
             event = events.next() => match event {
                 Some(Ok(kind)) => {
@@ -196,57 +187,11 @@ async fn pass_loop(
                     Err(WorkerError::NotLeading(e)) => return Err(e.into()),
                     Err(e) => {
                         let delay = retry.next_delay();
-                        tracing::error!(error = %node_agent_chain(&e), retry_in = ?delay, "reconcile failed; requeued");
+                        tracing::error!(error = %chain(&e), retry_in = ?delay, "reconcile failed; requeued");
                         next_pass = tokio::time::Instant::now() + delay;
                     }
                 }
             }
         }
-    }
-}
-
-fn node_agent_chain(e: &dyn std::error::Error) -> String {
-    crate::node_agent::chain(e)
-}
-
-/// Exponential backoff between failed passes.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    first: Duration,
-    max: Duration,
-    current: Option<Duration>,
-}
-
-impl Backoff {
-    /// Starts at `first`, doubles up to `max`.
-    #[must_use]
-    pub fn new(first: Duration, max: Duration) -> Self {
-        Self { first, max, current: None }
-    }
-
-    /// The next delay.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.current.map_or(self.first, |c| (c * 2).min(self.max));
-        self.current = Some(d);
-        d
-    }
-
-    /// After a success.
-    pub fn reset(&mut self) {
-        self.current = None;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
-        let seq: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(seq, [500, 1000, 2000, 2000]);
-        b.reset();
-        assert_eq!(b.next_delay().as_millis(), 500);
     }
 }

@@ -27,9 +27,11 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use slice_api::crd::{GATEWAY_NAMESPACE, GatewayExposure, NodeAllocation, SYSTEM_NAMESPACE, WorkerSliceSpec};
-use slice_api::multus;
+use slice_api::gateway::{self as gateway_cli, arg, flag};
 use slice_api::names::{self, SLICE_ANNOTATION, SLICE_LABEL};
 use slice_api::node::NodeAgentConfig;
+use slice_api::wireguard::Key;
+use slice_api::{membership, multus};
 
 use super::keys::KeyPair;
 use super::plan::{self, ClusterNode, WorkerPlanError};
@@ -50,7 +52,7 @@ pub const NODE_CONFIG_PREFIX: &str = "slicenet-node-";
 /// Key of the node agent configuration (JSON) in its ConfigMap.
 pub const NODE_CONFIG_KEY: &str = "config.json";
 /// The ConfigMap the webhook reads: slice → comma-separated member namespaces.
-pub const MEMBERSHIP_CONFIG_MAP: &str = "slicenet-membership";
+pub use slice_api::membership::CONFIG_MAP_NAME as MEMBERSHIP_CONFIG_MAP;
 /// File name of the gateway configuration in its Secret (and in the pod).
 pub const GATEWAY_CONFIG_KEY: &str = "gateway.conf";
 /// Where the gateway's configuration Secret is mounted in its pod.
@@ -160,13 +162,13 @@ pub fn key_secret(slice: &str, keys: &KeyPair) -> Value {
 
 /// The gateway's configuration Secret: [`plan::gateway_config`] under [`GATEWAY_CONFIG_KEY`].
 #[must_use]
-pub fn gateway_config_secret(spec: &WorkerSliceSpec, private_key_base64: &str) -> Value {
+pub fn gateway_config_secret(spec: &WorkerSliceSpec, private_key: &Key) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": { "name": gateway_name(&spec.slice), "namespace": GATEWAY_NAMESPACE, "labels": labels(Some(&spec.slice)) },
         "type": "Opaque",
-        "data": { GATEWAY_CONFIG_KEY: b64(&plan::gateway_config(spec, private_key_base64)) },
+        "data": { GATEWAY_CONFIG_KEY: b64(&plan::gateway_config(spec, private_key).render()) },
     })
 }
 
@@ -179,13 +181,13 @@ pub fn gateway_config_secret(spec: &WorkerSliceSpec, private_key_base64: &str) -
 pub const GATEWAY_RESOURCES: [&str; 4] = ["100m", "2", "48Mi", "128Mi"];
 /// Where the gateway creates its WireGuard UAPI socket (an emptyDir: the root filesystem is
 /// read-only).
-pub const GATEWAY_UAPI_DIR: &str = "/var/run/wireguard";
+pub use slice_api::gateway::UAPI_SOCKET_DIR as GATEWAY_UAPI_DIR;
 
 /// An HTTP probe of the gateway's `/healthz` on its metrics port (the only health endpoint it
 /// serves), with timeouts generous enough for a busy node.
 fn gateway_probe(period_seconds: u32) -> Value {
     json!({
-        "httpGet": { "path": "/healthz", "port": "metrics", "scheme": "HTTP" },
+        "httpGet": { "path": gateway_cli::HEALTH_PATH, "port": "metrics", "scheme": "HTTP" },
         "periodSeconds": period_seconds, "timeoutSeconds": 5, "failureThreshold": 3,
     })
 }
@@ -240,14 +242,14 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
                         "name": "gateway",
                         "image": gateway.image,
                         "command": ["slice-gateway"],
-                        "args": ["--interface", plan::gateway_interface(slice), "--config", config,
-                                 "--mtu", gateway.mtu.to_string(),
-                                 "--metrics", format!("[::]:{GATEWAY_METRICS_PORT}"),
+                        "args": [arg(flag::INTERFACE), plan::gateway_interface(slice), arg(flag::CONFIG), config,
+                                 arg(flag::MTU), gateway.mtu.to_string(),
+                                 arg(flag::METRICS), format!("[::]:{GATEWAY_METRICS_PORT}"),
                                  // Peers' prefixes into the TUN device; the mounted config is
                                  // re-read when the worker changes the Secret.
-                                 "--routes",
+                                 arg(flag::ROUTES),
                                  // Forwarding between the slice interface and the TUN device.
-                                 "--forward", names::DEFAULT_SLICE_INTERFACE],
+                                 arg(flag::FORWARD), names::DEFAULT_SLICE_INTERFACE.to_owned()],
                         "ports": [port, { "name": "metrics", "containerPort": GATEWAY_METRICS_PORT, "protocol": "TCP" }],
                         "resources": {
                             "requests": { "cpu": cpu_request, "memory": memory_request },
@@ -379,11 +381,11 @@ pub fn node_config_map(config: &NodeAgentConfig) -> Value {
 /// the gateway Deployment carries its slice annotation itself).
 #[must_use]
 pub fn membership_config_map(slices: &[PlannedSlice]) -> Value {
-    let data: BTreeMap<&str, String> = slices.iter().map(|s| (s.spec.slice.as_str(), s.namespaces.join(","))).collect();
+    let data = membership::render(slices.iter().map(|s| (s.spec.slice.as_str(), s.namespaces.as_slice())));
     json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": { "name": MEMBERSHIP_CONFIG_MAP, "namespace": SYSTEM_NAMESPACE, "labels": labels(None) },
+        "metadata": { "name": membership::CONFIG_MAP_NAME, "namespace": membership::CONFIG_MAP_NAMESPACE, "labels": labels(None) },
         "data": data,
     })
 }
@@ -692,7 +694,7 @@ mod tests {
         assert!(crate::worker::decide::is_applied(&k, &back.unwrap()));
         assert_eq!(k["metadata"]["name"], "slicenet-gw-blue-key");
         assert_eq!(k["data"]["publicKey"], b64("pub"));
-        let c = gateway_config_secret(&spec("blue"), &keys.private_key);
+        let c = gateway_config_secret(&spec("blue"), &keys.private_key.parse().unwrap());
         use base64::Engine as _;
         let text =
             base64::engine::general_purpose::STANDARD.decode(c["data"]["gateway.conf"].as_str().unwrap()).unwrap();

@@ -14,13 +14,13 @@
 //! - the gateway lists one `[Peer]` per peer cluster that has published a public key.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use slice_api::crd::{GATEWAY_NAMESPACE, NodeAllocation, SYSTEM_NAMESPACE, WorkerSliceSpec};
 use slice_api::node::{PeerNode, RemoteRoute, SliceOnNode};
 use slice_api::prefix::{self, PrefixError};
+use slice_api::wireguard::{Key, WgConfig, WgInterface, WgPeer};
 
 /// A node of this cluster as the worker plans it: its name and its underlay address (the
 /// Node's `InternalIP`, the VXLAN source).
@@ -268,10 +268,11 @@ fn peer_endpoint(endpoint: Option<&str>) -> Option<SocketAddr> {
     endpoint.and_then(|e| e.trim().parse().ok())
 }
 
-/// The gateway's configuration in the wg(8) format that `slice-gateway --config` reads:
-/// `[Interface]` with the private key and `ListenPort = spec.gateway.port`; one `[Peer]` per
-/// peer cluster that has published a public key (in cluster order), with `AllowedIPs` = its
-/// cluster prefix, `Endpoint` when it published an `IP:port`, and `PersistentKeepalive =
+/// The gateway's configuration, which `slice-gateway --config` reads (rendered with
+/// [`WgConfig::render`]): `[Interface]` with the private key and `ListenPort =
+/// spec.gateway.port`; one `[Peer]` per peer cluster that has published a public key (in
+/// cluster order), commented with the cluster's name, with `AllowedIPs` = its cluster prefix,
+/// `Endpoint` when it published an `IP:port`, and `PersistentKeepalive =
 /// spec.gateway.persistentKeepalive` on every peer when that is not 0.
 ///
 /// Keepalive on every peer, not only towards peers with an endpoint: the worker cannot tell
@@ -283,29 +284,30 @@ fn peer_endpoint(endpoint: Option<&str>) -> Option<SocketAddr> {
 /// Peers whose public key or prefix cannot be used (not a 32-byte base64 key, not a CIDR, a
 /// repeated key) are left out, so one bad peer does not stop the gateway from loading.
 #[must_use]
-pub fn gateway_config(spec: &WorkerSliceSpec, private_key_base64: &str) -> String {
-    let mut out = String::from("[Interface]\n");
-    let _ = writeln!(out, "PrivateKey = {}", private_key_base64.trim());
-    let _ = writeln!(out, "ListenPort = {}", spec.gateway.port);
+pub fn gateway_config(spec: &WorkerSliceSpec, private_key: &Key) -> WgConfig {
     let mut peers: Vec<_> = spec.peers.iter().collect();
     peers.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     let mut keys = BTreeSet::new();
+    let mut wg_peers = Vec::new();
     for peer in peers {
-        let Some(key) = peer.public_key.as_deref().map(str::trim) else { continue };
+        let Some(Ok(public_key)) = peer.public_key.as_deref().map(str::parse::<Key>) else { continue };
         let Ok(prefix) = peer.prefix.trim().parse::<IpNet>() else { continue };
-        if crate::worker::keys::decode_key(key).is_none() || !keys.insert(key) {
+        if !keys.insert(public_key) {
             continue;
         }
-        let _ = writeln!(out, "\n# cluster {}", peer.cluster.replace(['\n', '\r'], " "));
-        let _ = writeln!(out, "[Peer]\nPublicKey = {key}\nAllowedIPs = {}", prefix.trunc());
-        if let Some(endpoint) = peer_endpoint(peer.endpoint.as_deref()) {
-            let _ = writeln!(out, "Endpoint = {endpoint}");
-        }
-        if spec.gateway.persistent_keepalive != 0 {
-            let _ = writeln!(out, "PersistentKeepalive = {}", spec.gateway.persistent_keepalive);
-        }
+        wg_peers.push(WgPeer {
+            comment: Some(format!("cluster {}", peer.cluster)),
+            public_key,
+            preshared_key: None,
+            allowed_ips: vec![prefix.trunc()],
+            endpoint: peer_endpoint(peer.endpoint.as_deref()),
+            persistent_keepalive: (spec.gateway.persistent_keepalive != 0).then_some(spec.gateway.persistent_keepalive),
+        });
     }
-    out
+    WgConfig {
+        interface: WgInterface { private_key: Some(*private_key), listen_port: Some(spec.gateway.port), fwmark: None },
+        peers: wg_peers,
+    }
 }
 
 /// The name of the gateway's TUN interface (and UAPI socket) for `slice`: `sg-<slice>` when it
@@ -316,11 +318,7 @@ pub fn gateway_interface(slice: &str) -> String {
     if plain.len() <= 15 {
         return plain;
     }
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in slice.bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = slice_api::fnv::fnv1a_64(slice.bytes());
     format!("sg-{:012x}", hash & 0xffff_ffff_ffff)
 }
 
@@ -478,7 +476,7 @@ mod tests {
             public_key: Some(OTHER.into()),
             endpoint: Some("gw.example:31820".into()),
         });
-        let text = gateway_config(&s, PRIVATE);
+        let text = gateway_config(&s, &PRIVATE.parse().unwrap()).render();
         assert_eq!(
             text,
             format!(
@@ -490,6 +488,7 @@ mod tests {
         );
         // slice-gateway reads it: both peers, AllowedIPs, the endpoint, keepalive.
         let parsed = slice_gateway::config::parse(&text).unwrap();
+        assert_eq!(WgConfig::parse(&text).unwrap(), gateway_config(&s, &PRIVATE.parse().unwrap()));
         assert_eq!(parsed.listen_port, Some(51820));
         assert_eq!(parsed.private_key.map(|k| k.to_base64()).as_deref(), Some(PRIVATE));
         assert_eq!(parsed.peers.len(), 2);
@@ -499,7 +498,7 @@ mod tests {
         assert!(parsed.peers.iter().all(|p| p.persistent_keepalive == Some(25)));
         s.gateway.persistent_keepalive = 0;
         s.gateway.port = 4500;
-        let text = gateway_config(&s, PRIVATE);
+        let text = gateway_config(&s, &PRIVATE.parse().unwrap()).render();
         assert!(!text.contains("PersistentKeepalive"));
         assert!(text.contains("ListenPort = 4500\n"));
     }
@@ -528,7 +527,7 @@ mod tests {
                 endpoint: None,
             },
         ];
-        let text = gateway_config(&s, PRIVATE);
+        let text = gateway_config(&s, &PRIVATE.parse().unwrap()).render();
         assert_eq!(text.matches("[Peer]").count(), 1, "{text}");
         assert!(text.contains("# cluster c\n"));
     }

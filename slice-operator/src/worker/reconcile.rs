@@ -94,9 +94,9 @@ pub type MetricsSource = Box<dyn Fn(SocketAddr) -> BoxFuture<'static, Result<Str
 #[must_use]
 pub fn http_metrics() -> MetricsSource {
     Box::new(|addr| {
-        Box::pin(
-            async move { scrape::fetch_metrics(addr, scrape::TIMEOUT).await.map_err(|e| crate::node_agent::chain(&e)) },
-        )
+        Box::pin(async move {
+            scrape::fetch_metrics(addr, scrape::TIMEOUT).await.map_err(|e| slice_api::error_chain::chain(&e))
+        })
     })
 }
 
@@ -276,7 +276,7 @@ impl Worker {
                 decide::write_subject(&write, &observed),
                 reason::WRITE_FAILED,
                 "Reconcile",
-                crate::node_agent::chain(e),
+                slice_api::error_chain::chain(e),
             )),
             _ => {}
         }

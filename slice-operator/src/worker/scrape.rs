@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use slice_api::gateway::METRICS_PATH;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -48,7 +49,7 @@ pub async fn fetch_metrics(addr: SocketAddr, timeout: Duration) -> Result<String
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.map_err(|source| ScrapeError::Connect { addr, source })?;
         let request =
-            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n");
+            format!("GET {METRICS_PATH} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n");
         let io = |source| ScrapeError::Io { addr, source };
         stream.write_all(request.as_bytes()).await.map_err(io)?;
         let mut response = Vec::new();
@@ -176,7 +177,7 @@ mod tests {
         let err = fetch_metrics(closed, ANSWERS).await.unwrap_err();
         assert!(matches!(err, ScrapeError::Connect { .. }), "{err:?}");
         // What the peers' reason shows (the worker tests' fake refuses with the same words).
-        let reason = crate::node_agent::chain(&err);
+        let reason = slice_api::error_chain::chain(&err);
         assert!(reason.starts_with(&format!("connecting to {closed}: Connection refused")), "{reason}");
 
         // Accepts (the kernel's backlog does) and never answers.

@@ -30,8 +30,9 @@ use std::fmt;
 use k8s_openapi::jiff::Timestamp;
 use slice_api::crd::{PeerTunnelStatus, WorkerPeer, WorkerSliceStatus};
 
+use slice_api::gateway::metric::LABEL_PUBLIC_KEY;
 /// The metric family that carries each peer's last handshake.
-pub const LAST_HANDSHAKE_METRIC: &str = "slice_gateway_peer_last_handshake_seconds";
+pub use slice_api::gateway::metric::PEER_LAST_HANDSHAKE_SECONDS as LAST_HANDSHAKE_METRIC;
 
 /// How old a handshake may be while the tunnel counts as up: WireGuard starts a new handshake
 /// 120 s after the last one while traffic flows (`REKEY_AFTER_TIME`) and gives up on a session
@@ -115,7 +116,7 @@ pub fn parse_handshakes(text: &str) -> Result<Handshakes, MetricsError> {
         seen_family = true;
         let bad = |problem| MetricsError::BadLine { line: index + 1, problem, text: line.to_owned() };
         let (labels, value) = parse_labels(rest).map_err(bad)?;
-        let key = labels.get("public_key").ok_or_else(|| bad("no public_key label"))?;
+        let key = labels.get(LABEL_PUBLIC_KEY).ok_or_else(|| bad("no public_key label"))?;
         let value = value.split_whitespace().next().ok_or_else(|| bad("no value"))?;
         let seconds: f64 = value.parse().map_err(|_| bad("the value is not a number"))?;
         let at = if seconds.is_finite() && seconds > 0.0 {

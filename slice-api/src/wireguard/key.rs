@@ -1,4 +1,5 @@
-//! WireGuard keys: 32 bytes, base64 in configuration files, lowercase hex on the UAPI socket.
+//! WireGuard keys: 32 bytes, base64 in `wg(8)` files and in the API objects, lowercase hex on the
+//! UAPI socket.
 
 use std::fmt;
 
@@ -6,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 /// A Curve25519 key (private, public or preshared): 32 raw bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct Key(pub [u8; 32]);
 
 /// Why a key string was rejected.
@@ -15,7 +16,8 @@ pub struct Key(pub [u8; 32]);
 pub struct KeyError(&'static str);
 
 impl Key {
-    /// Parses the base64 form used by `wg(8)` configuration files and `wg genkey`.
+    /// Parses the base64 form used by `wg(8)` configuration files and `wg genkey`; white space
+    /// around it is ignored.
     ///
     /// # Errors
     /// When the text is not base64 of exactly 32 bytes.
@@ -67,11 +69,20 @@ impl Key {
         self.0 == [0u8; 32]
     }
 
-    /// The public key of this private key.
+    /// The public key of this private key (X25519 with the base point, as `wg pubkey`).
+    #[cfg(feature = "x25519")]
     #[must_use]
     pub fn public(&self) -> Key {
-        let secret = boringtun::x25519::StaticSecret::from(self.0);
-        Key(boringtun::x25519::PublicKey::from(&secret).to_bytes())
+        let secret = x25519_dalek::StaticSecret::from(self.0);
+        Key(x25519_dalek::PublicKey::from(&secret).to_bytes())
+    }
+
+    /// A fresh private key from the operating system's random source. Unclamped, as
+    /// x25519-dalek keeps it: X25519 clamps when it uses the key, so it acts as `wg genkey`'s.
+    #[cfg(feature = "x25519")]
+    #[must_use]
+    pub fn generate() -> Key {
+        Key(x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng).to_bytes())
     }
 }
 
@@ -82,9 +93,19 @@ impl fmt::Debug for Key {
     }
 }
 
+/// The base64 form.
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_base64())
+    }
+}
+
+impl std::str::FromStr for Key {
+    type Err = KeyError;
+
+    /// The base64 form ([`Key::from_base64`]).
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        Self::from_base64(s)
     }
 }
 
@@ -98,12 +119,14 @@ mod tests {
         assert_eq!(Key::from_base64(&k.to_base64()).unwrap(), k);
         assert_eq!(Key::from_hex(&k.to_hex()).unwrap(), k);
         assert_eq!(k.to_hex(), "07".repeat(32));
+        assert_eq!(k.to_string().parse::<Key>().unwrap(), k);
     }
 
     #[test]
     fn rejects_bad_keys() {
         assert!(Key::from_base64("abc").is_err());
         assert!(Key::from_base64("!!!").is_err());
+        assert_eq!(Key::from_base64("short").unwrap_err().to_string(), "not valid base64");
         assert!(Key::from_hex(&"zz".repeat(32)).is_err());
         assert!(Key::from_hex("00").is_err());
     }
@@ -120,9 +143,25 @@ mod tests {
     }
 
     #[test]
+    fn debug_does_not_print_the_key() {
+        let k = Key::from_base64("yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=").unwrap();
+        assert_eq!(format!("{k:?}"), "Key(yAnz5TF+…)");
+    }
+
+    #[cfg(feature = "x25519")]
+    #[test]
     fn public_key_matches_wg_pubkey() {
         // Vector from `echo yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk= | wg pubkey` (wg(8) man page).
         let private = Key::from_base64("yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=").unwrap();
         assert_eq!(private.public().to_base64(), "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=");
+    }
+
+    #[cfg(feature = "x25519")]
+    #[test]
+    fn generated_keys_are_fresh() {
+        let (a, b) = (Key::generate(), Key::generate());
+        assert_ne!(a, b);
+        assert!(!a.is_zero());
+        assert_ne!(a.public(), b.public());
     }
 }

@@ -1,0 +1,98 @@
+//! The slice gateway's outside, as the worker and the lab drive it: the `slice-gateway`
+//! command-line flags, its HTTP paths, the metric families it exports (the worker reads the
+//! tunnels' state from them) and its UAPI socket directory. The gateway defines its CLI and its
+//! `/metrics` with these names, so a rename is one edit that every user follows.
+
+use std::path::PathBuf;
+
+/// Long flag names of `slice-gateway` (without the leading `--`; see [`arg`]).
+pub mod flag {
+    /// The TUN interface to create; also names the UAPI socket.
+    pub const INTERFACE: &str = "interface";
+    /// The wg(8) configuration file.
+    pub const CONFIG: &str = "config";
+    /// Address to serve `/metrics` and `/healthz` on.
+    pub const METRICS: &str = "metrics";
+    /// MTU of the TUN interface.
+    pub const MTU: &str = "mtu";
+    /// An address for the interface (repeatable).
+    pub const ADDRESS: &str = "address";
+    /// Route the peers' AllowedIPs into the interface.
+    pub const ROUTES: &str = "routes";
+    /// Handshake messages per second before cookies are required.
+    pub const HANDSHAKE_RATE_LIMIT: &str = "handshake-rate-limit";
+    /// A link to forward IPv4 between, with the TUN device (repeatable).
+    pub const FORWARD: &str = "forward";
+}
+
+/// The environment variable that sets [`flag::HANDSHAKE_RATE_LIMIT`].
+pub const HANDSHAKE_RATE_LIMIT_ENV: &str = "SLICE_GATEWAY_HANDSHAKE_RATE_LIMIT";
+
+/// `--<flag>`, as it goes on a command line.
+#[must_use]
+pub fn arg(flag: &str) -> String {
+    format!("--{flag}")
+}
+
+/// Path of the Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
+/// Path of the liveness answer (`ok`).
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// Directory of the WireGuard UAPI sockets (`wg` looks there).
+pub const UAPI_SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// The UAPI socket of `interface`: `<UAPI_SOCKET_DIR>/<interface>.sock`.
+#[must_use]
+pub fn uapi_socket(interface: &str) -> PathBuf {
+    PathBuf::from(UAPI_SOCKET_DIR).join(format!("{interface}.sock"))
+}
+
+/// Metric families and labels of the gateway's `/metrics`.
+pub mod metric {
+    /// Label of every family: the interface.
+    pub const LABEL_INTERFACE: &str = "interface";
+    /// Label of the per-peer families: the peer's public key (base64).
+    pub const LABEL_PUBLIC_KEY: &str = "public_key";
+    /// Label of [`PEER_DROPS`]: a fixed set of reasons.
+    pub const LABEL_REASON: &str = "reason";
+
+    /// Counter: UDP datagrams that are not WireGuard messages or fail mac1.
+    pub const GARBAGE_PACKETS: &str = "slice_gateway_garbage_packets_total";
+    /// Counter: WireGuard messages for no configured peer.
+    pub const UNKNOWN_PEER_PACKETS: &str = "slice_gateway_unknown_peer_packets_total";
+    /// Counter: cookie replies sent under handshake load.
+    pub const COOKIE_REPLIES: &str = "slice_gateway_cookie_replies_total";
+    /// Counter: packets dropped because no private key is set.
+    pub const NO_PRIVATE_KEY_PACKETS: &str = "slice_gateway_no_private_key_packets_total";
+    /// Counter: TUN packets whose destination is in no peer's AllowedIPs.
+    pub const NO_ROUTE_PACKETS: &str = "slice_gateway_no_route_packets_total";
+    /// Counter: TUN packets that are not IPv4 or IPv6.
+    pub const TUN_INVALID_PACKETS: &str = "slice_gateway_tun_invalid_packets_total";
+    /// Gauge: configured peers.
+    pub const PEERS: &str = "slice_gateway_peers";
+    /// Counter, per peer: bytes received (UDP payload).
+    pub const PEER_RX_BYTES: &str = "slice_gateway_peer_rx_bytes_total";
+    /// Counter, per peer: authenticated datagrams received.
+    pub const PEER_RX_PACKETS: &str = "slice_gateway_peer_rx_packets_total";
+    /// Counter, per peer: bytes sent (UDP payload).
+    pub const PEER_TX_BYTES: &str = "slice_gateway_peer_tx_bytes_total";
+    /// Counter, per peer: datagrams sent.
+    pub const PEER_TX_PACKETS: &str = "slice_gateway_peer_tx_packets_total";
+    /// Gauge, per peer: Unix time of the last handshake (0: never). The worker's tunnel state
+    /// comes from this family alone.
+    pub const PEER_LAST_HANDSHAKE_SECONDS: &str = "slice_gateway_peer_last_handshake_seconds";
+    /// Counter, per peer and [`LABEL_REASON`]: packets of the peer dropped.
+    pub const PEER_DROPS: &str = "slice_gateway_peer_drops_total";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_sockets() {
+        assert_eq!(arg(flag::HANDSHAKE_RATE_LIMIT), "--handshake-rate-limit");
+        assert_eq!(uapi_socket("sg-blue"), PathBuf::from("/var/run/wireguard/sg-blue.sock"));
+    }
+}
