@@ -16,4 +16,7 @@ pub const NODE_AGENT: &[Access] = &[
     // token's node) and only for the network-status annotation. Reads stay cluster-wide.
     Access::new("get", "", "pods", Cluster),
     Access::new("patch", "", "pods", Cluster),
+    // Events about those pods (in the pods' namespaces): the slice interface recorded, or not.
+    Access::new("create", "events.k8s.io", "events", Cluster),
+    Access::new("patch", "events.k8s.io", "events", Cluster),
 ];

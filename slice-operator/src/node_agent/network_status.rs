@@ -340,17 +340,67 @@ impl StatusPublisher {
 /// the task).
 pub async fn run(mut publisher: StatusPublisher, interval: Duration, resync: Duration) {
     tracing::info!(dir = %publisher.dir().display(), "publishing network-status records");
+    // Every node agent reports about the pods of its own node: no election among them.
+    let recorder = crate::events::Recorder::new(EVENT_CONTROLLER, publisher.node.clone());
+    let leadership = crate::leader::Leadership::unconditional();
     let mut next_full = tokio::time::Instant::now() + resync;
     loop {
         let full = tokio::time::Instant::now() >= next_full;
         if full {
             next_full = tokio::time::Instant::now() + resync;
         }
-        if let Err(e) = publisher.scan(full).await {
-            tracing::warn!(dir = %publisher.dir().display(), error = %e, "cannot read the network-status records");
+        match publisher.scan(full).await {
+            Ok(report) => {
+                let now = k8s_openapi::jiff::Timestamp::now();
+                recorder.publish(&publisher.client, &notices(&report), now, &leadership).await;
+            }
+            Err(e) => {
+                tracing::warn!(dir = %publisher.dir().display(), error = %e, "cannot read the network-status records");
+            }
         }
         tokio::time::sleep(interval).await;
     }
+}
+
+/// The Events' reporting controller.
+pub const EVENT_CONTROLLER: &str = "slicenet.io/node-agent";
+
+/// What an operator hears about the pods a scan touched (pure): the slice interface recorded
+/// in a pod's network-status annotation (a state change of the pod, once per change: unchanged
+/// pods are not scanned again), a malformed annotation left alone, a write that failed (retried;
+/// the Events aggregate the repeats). Pods that are gone or are not the records' say nothing.
+#[must_use]
+pub fn notices(report: &ScanReport) -> Vec<crate::events::Notice> {
+    use crate::events::{Notice, reference_to};
+    let mut out = Vec::new();
+    for (pod, outcome) in &report.pods {
+        let Some((namespace, name)) = pod.split_once('/') else { continue };
+        let regarding = reference_to("v1", "Pod", Some(namespace), name, None);
+        out.push(match outcome {
+            Outcome::Patched => Notice::normal(
+                regarding,
+                "SliceInterfaceRecorded",
+                "Annotate",
+                format!("slice interface recorded in the pod's {NETWORK_STATUS_ANNOTATION} annotation"),
+            ),
+            Outcome::Malformed(reason) => Notice::warning(
+                regarding,
+                "NetworkStatusMalformed",
+                "Annotate",
+                format!(
+                    "{NETWORK_STATUS_ANNOTATION} is malformed and was left alone, without the slice interface: {reason}"
+                ),
+            ),
+            Outcome::Failed(error) => Notice::warning(
+                regarding,
+                "NetworkStatusFailed",
+                "Annotate",
+                format!("the slice interface could not be recorded in {NETWORK_STATUS_ANNOTATION} (retrying): {error}"),
+            ),
+            Outcome::Unchanged | Outcome::PodMissing | Outcome::OtherPod => continue,
+        });
+    }
+    out
 }
 
 #[cfg(test)]
@@ -367,6 +417,35 @@ mod tests {
 
     fn merged(existing: Option<&str>, entries: &[Value]) -> Option<Value> {
         merge_network_status(existing, entries).unwrap().map(|text| serde_json::from_str(&text).unwrap())
+    }
+
+    #[test]
+    fn scans_become_pod_events_for_changes_and_errors_only() {
+        let mut report = ScanReport::default();
+        report.pods.insert("shop/web".into(), Outcome::Patched);
+        report.pods.insert("shop/db".into(), Outcome::Unchanged);
+        report.pods.insert("shop/gone".into(), Outcome::PodMissing);
+        report.pods.insert("bank/odd".into(), Outcome::Malformed("not a JSON list".into()));
+        report.pods.insert("bank/busy".into(), Outcome::Failed("patching pod bank/busy: 500".into()));
+        let got: Vec<(String, String, &str, crate::events::EventType)> = notices(&report)
+            .iter()
+            .map(|n| {
+                let r = &n.regarding;
+                (r.namespace.clone().unwrap(), r.name.clone().unwrap(), n.reason, n.type_)
+            })
+            .collect();
+        use crate::events::EventType::{Normal, Warning};
+        assert_eq!(
+            got,
+            [
+                ("bank".into(), "busy".into(), "NetworkStatusFailed", Warning),
+                ("bank".into(), "odd".into(), "NetworkStatusMalformed", Warning),
+                ("shop".into(), "web".into(), "SliceInterfaceRecorded", Normal),
+            ]
+        );
+        assert!(
+            notices(&report).iter().all(|n| n.regarding.kind.as_deref() == Some("Pod") && n.namespace() != "default")
+        );
     }
 
     #[test]
