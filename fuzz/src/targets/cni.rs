@@ -172,7 +172,7 @@ pub fn run(data: &[u8]) {
     };
     // Half the inputs as with an agent that lists its slices, half as with an older one.
     let configured = ["blue".to_owned(), "red".to_owned(), "broken".to_owned()];
-    let configured = data.len().is_multiple_of(2).then_some(&configured[..]);
+    let configured = (data.len() % 2 == 0).then_some(&configured[..]);
     let state = match membership::decide(pod, &states(), configured) {
         Ok(Decision::Attach(state)) => Some(state),
         Ok(Decision::Skip(why)) => {
