@@ -85,8 +85,7 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Value> {
         annotations: conf.annotations(),
     };
     let states = load_states(conf)?;
-    let configured = slice_api::node::load_configured_slices(&conf.state_dir()).ok().flatten();
-    let state = match membership::decide(pod, &states, configured.as_deref())? {
+    let state = match membership::decide(pod, &states)? {
         Decision::Skip(why) => {
             log.info(&format!("ADD {}: no slice interface: {why}", key.container_id));
             return Ok(conf.prev_result.clone().unwrap_or_else(|| result::empty(&conf.cni_version)));

@@ -49,14 +49,12 @@ impl Pod<'_> {
 /// `slicenet.io/slice` annotation, the namespace lists of the node states.
 ///
 /// # Errors
-/// - 11 when the pod asks for a slice whose node state is not here (yet) — unless, for an
-///   annotation, `configured` (the node agent's list of this node's slices) shows the node does
-///   not have that slice at all: then the annotation is ignored;
+/// - 11 when the pod asks for a slice whose node state is not here (yet);
 /// - 101 when a Multus delegate asks for a slice the namespace is not a member of, or for a pod
 ///   that opted out;
 /// - 103 when the namespace is claimed by more than one slice on this node;
 /// - 4 when a delegate call lacks `K8S_POD_NAMESPACE`.
-pub fn decide(pod: Pod<'_>, states: &States, configured: Option<&[String]>) -> Result<Decision> {
+pub fn decide(pod: Pod<'_>, states: &States) -> Result<Decision> {
     if let Some(slice) = pod.requested_by_config {
         let ns = pod.namespace.ok_or_else(|| {
             CniError::new(
@@ -91,14 +89,6 @@ pub fn decide(pod: Pod<'_>, states: &States, configured: Option<&[String]>) -> R
         return Ok(Decision::Skip("no K8S_POD_NAMESPACE in CNI_ARGS".into()));
     };
     if let Some(slice) = pod.annotation(SLICE_ANNOTATION) {
-        // A slice the node agent says this node does not have: the annotation cannot apply
-        // here (and can never grant membership), so the pod is left alone instead of being held
-        // at "try again" for ever. A configured slice without a state yet is still 11.
-        if !states.contains_key(slice) && configured.is_some_and(|c| !c.iter().any(|s| s == slice)) {
-            return Ok(Decision::Skip(format!(
-                "annotation {SLICE_ANNOTATION}={slice} ignored: this node has no slice {slice}"
-            )));
-        }
         let state = ready_state(slice, states)?;
         return Ok(if state.admits_by_name(ns) {
             Decision::Attach(state.clone())
@@ -198,76 +188,59 @@ mod tests {
 
     #[test]
     fn namespace_list_decides_without_annotation() {
-        assert_eq!(attached(decide(pod(Some("shop"), None, None), &states(), None).unwrap()), "blue");
+        assert_eq!(attached(decide(pod(Some("shop"), None, None), &states()).unwrap()), "blue");
         let mut readable = states();
         readable.remove("broken");
-        assert!(matches!(decide(pod(Some("other"), None, None), &readable, None).unwrap(), Decision::Skip(_)));
-        assert!(matches!(decide(pod(None, None, None), &states(), None).unwrap(), Decision::Skip(_)));
+        assert!(matches!(decide(pod(Some("other"), None, None), &readable).unwrap(), Decision::Skip(_)));
+        assert!(matches!(decide(pod(None, None, None), &states()).unwrap(), Decision::Skip(_)));
     }
 
     /// Issue 20: an unreadable state file let a member pod start without its slice interface.
     /// A namespace that no readable state claims is undecidable while one cannot be read.
     #[test]
     fn an_unreadable_state_is_try_again_not_a_silent_skip() {
-        let e = decide(pod(Some("other"), None, None), &states(), None).unwrap_err();
+        let e = decide(pod(Some("other"), None, None), &states()).unwrap_err();
         assert_eq!(e.code, code::TRY_AGAIN);
         assert!(e.msg.contains("broken") && e.msg.contains("other"), "{e}");
         assert_eq!(e.details, "bad json");
         // A namespace a readable state claims is decided as before.
-        assert_eq!(attached(decide(pod(Some("bank"), None, None), &states(), None).unwrap()), "red");
+        assert_eq!(attached(decide(pod(Some("bank"), None, None), &states()).unwrap()), "red");
     }
 
     #[test]
     fn annotation_narrows_but_never_grants() {
         let a = annotations(&[(SLICE_ANNOTATION, "red")]);
         // shop is not in red: the annotation does not grant red, and the pod is not put on blue.
-        assert!(matches!(decide(pod(Some("shop"), Some(&a), None), &states(), None).unwrap(), Decision::Skip(_)));
-        assert_eq!(attached(decide(pod(Some("bank"), Some(&a), None), &states(), None).unwrap()), "red");
-    }
-
-    /// Issue 20: a hand-set annotation naming a slice this node does not have held the pod at
-    /// error 11 for ever. With the agent's list of configured slices, it is ignored instead;
-    /// a configured slice without its state yet is still "try again".
-    #[test]
-    fn an_annotation_for_a_slice_the_node_lacks_is_ignored() {
-        let a = annotations(&[(SLICE_ANNOTATION, "green")]);
-        let configured = ["blue".to_owned(), "red".to_owned(), "broken".to_owned()];
-        let d = decide(pod(Some("shop"), Some(&a), None), &states(), Some(&configured)).unwrap();
-        assert!(matches!(&d, Decision::Skip(why) if why.contains("no slice green")), "{d:?}");
-        let configured = ["blue".to_owned(), "green".to_owned()];
-        let e = decide(pod(Some("shop"), Some(&a), None), &states(), Some(&configured)).unwrap_err();
-        assert_eq!(e.code, code::TRY_AGAIN);
-        // Without the list (an older agent), as before: try again.
-        let e = decide(pod(Some("shop"), Some(&a), None), &states(), None).unwrap_err();
-        assert_eq!(e.code, code::TRY_AGAIN);
+        assert!(matches!(decide(pod(Some("shop"), Some(&a), None), &states()).unwrap(), Decision::Skip(_)));
+        assert_eq!(attached(decide(pod(Some("bank"), Some(&a), None), &states()).unwrap()), "red");
     }
 
     #[test]
     fn opt_out() {
         let a = annotations(&[(EXCLUDE_KEY, "true")]);
-        assert!(matches!(decide(pod(Some("shop"), Some(&a), None), &states(), None).unwrap(), Decision::Skip(_)));
-        let e = decide(pod(Some("shop"), Some(&a), Some("blue")), &states(), None).unwrap_err();
+        assert!(matches!(decide(pod(Some("shop"), Some(&a), None), &states()).unwrap(), Decision::Skip(_)));
+        let e = decide(pod(Some("shop"), Some(&a), Some("blue")), &states()).unwrap_err();
         assert_eq!(e.code, code::NOT_A_MEMBER);
     }
 
     #[test]
     fn missing_state_is_try_again_naming_the_slice() {
         let a = annotations(&[(SLICE_ANNOTATION, "green")]);
-        let e = decide(pod(Some("shop"), Some(&a), None), &states(), None).unwrap_err();
+        let e = decide(pod(Some("shop"), Some(&a), None), &states()).unwrap_err();
         assert_eq!(e.code, code::TRY_AGAIN);
         assert!(e.msg.contains("green"));
-        let e = decide(pod(Some("shop"), None, Some("broken")), &states(), None).unwrap_err();
+        let e = decide(pod(Some("shop"), None, Some("broken")), &states()).unwrap_err();
         assert_eq!(e.code, code::TRY_AGAIN);
         assert_eq!(e.details, "bad json");
     }
 
     #[test]
     fn delegate_mode() {
-        assert_eq!(attached(decide(pod(Some("shop"), None, Some("blue")), &states(), None).unwrap()), "blue");
-        let e = decide(pod(Some("bank"), None, Some("blue")), &states(), None).unwrap_err();
+        assert_eq!(attached(decide(pod(Some("shop"), None, Some("blue")), &states()).unwrap()), "blue");
+        let e = decide(pod(Some("bank"), None, Some("blue")), &states()).unwrap_err();
         assert_eq!(e.code, code::NOT_A_MEMBER);
         assert!(e.msg.contains("bank") && e.msg.contains("blue"));
-        assert_eq!(decide(pod(None, None, Some("blue")), &states(), None).unwrap_err().code, code::INVALID_ENV);
+        assert_eq!(decide(pod(None, None, Some("blue")), &states()).unwrap_err().code, code::INVALID_ENV);
     }
 
     /// Issue 20, high 3: with several slices on a node, a gateway pod joins the one slice it
@@ -280,25 +253,25 @@ mod tests {
         readable.remove("broken");
         for slice in ["blue", "red"] {
             let a = annotations(&[(SLICE_ANNOTATION, slice)]);
-            assert_eq!(attached(decide(pod(Some(gw), Some(&a), None), &readable, None).unwrap()), slice);
-            assert_eq!(attached(decide(pod(Some(gw), None, Some(slice)), &readable, None).unwrap()), slice);
+            assert_eq!(attached(decide(pod(Some(gw), Some(&a), None), &readable).unwrap()), slice);
+            assert_eq!(attached(decide(pod(Some(gw), None, Some(slice)), &readable).unwrap()), slice);
         }
-        assert!(matches!(decide(pod(Some(gw), None, None), &readable, None).unwrap(), Decision::Skip(_)));
+        assert!(matches!(decide(pod(Some(gw), None, None), &readable).unwrap(), Decision::Skip(_)));
         let system = slice_api::names::SYSTEM_NAMESPACE;
-        assert!(matches!(decide(pod(Some(system), None, None), &readable, None).unwrap(), Decision::Skip(_)));
+        assert!(matches!(decide(pod(Some(system), None, None), &readable).unwrap(), Decision::Skip(_)));
         let a = annotations(&[(SLICE_ANNOTATION, "blue")]);
-        assert!(matches!(decide(pod(Some(system), Some(&a), None), &readable, None).unwrap(), Decision::Skip(_)));
+        assert!(matches!(decide(pod(Some(system), Some(&a), None), &readable).unwrap(), Decision::Skip(_)));
         // Naming a slice admits a gateway pod only in its slice's gateway namespace.
         let mut s = readable;
         s.insert("green".into(), Ok(NodeState { gateway_namespace: None, ..state("green", &["web"]) }));
         let a = annotations(&[(SLICE_ANNOTATION, "green")]);
-        assert!(matches!(decide(pod(Some(gw), Some(&a), None), &s, None).unwrap(), Decision::Skip(_)));
+        assert!(matches!(decide(pod(Some(gw), Some(&a), None), &s).unwrap(), Decision::Skip(_)));
     }
 
     #[test]
     fn ambiguous_namespace() {
         let mut s = states();
         s.insert("green".into(), Ok(state("green", &["shop"])));
-        assert_eq!(decide(pod(Some("shop"), None, None), &s, None).unwrap_err().code, code::AMBIGUOUS_SLICE);
+        assert_eq!(decide(pod(Some("shop"), None, None), &s).unwrap_err().code, code::AMBIGUOUS_SLICE);
     }
 }

@@ -332,40 +332,6 @@ impl NodeState {
     }
 }
 
-/// The file, in the state dir, listing every slice the node agent is configured for on this node,
-/// ready or not (a JSON array of names; no `.json` suffix, so it is never taken for a state).
-/// It lets the CNI plugin tell a slice still being set up (error 11: try again) from one this
-/// node does not have at all (an annotation naming it cannot apply here).
-pub const CONFIGURED_SLICES_FILE: &str = "configured-slices";
-
-/// Writes the list of configured slices (sorted) when it differs from what is there.
-///
-/// # Errors
-/// When the file cannot be written.
-pub fn store_configured_slices(state_dir: &Path, slices: &[String]) -> Result<(), NodeFileError> {
-    let mut sorted = slices.to_vec();
-    sorted.sort();
-    sorted.dedup();
-    if load_configured_slices(state_dir).ok().flatten().as_ref() == Some(&sorted) {
-        return Ok(());
-    }
-    let json = serde_json::to_vec(&sorted).expect("a list of names serializes");
-    write_atomic(&state_dir.join(CONFIGURED_SLICES_FILE), &json)
-}
-
-/// The slices the node agent is configured for; `Ok(None)` when it has not said (an older
-/// agent, or none yet).
-///
-/// # Errors
-/// When the file exists but cannot be read or parsed.
-pub fn load_configured_slices(state_dir: &Path) -> Result<Option<Vec<String>>, NodeFileError> {
-    let path = state_dir.join(CONFIGURED_SLICES_FILE);
-    match std::fs::symlink_metadata(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        _ => read_json(&path).map(Some),
-    }
-}
-
 /// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename.
 ///
 /// # Errors
@@ -413,22 +379,6 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, NodeFileE
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn configured_slices_round_trip_and_are_written_only_on_change() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(load_configured_slices(dir.path()).unwrap(), None);
-        store_configured_slices(dir.path(), &["red".into(), "blue".into()]).unwrap();
-        assert_eq!(load_configured_slices(dir.path()).unwrap(), Some(vec!["blue".into(), "red".into()]));
-        let path = dir.path().join(CONFIGURED_SLICES_FILE);
-        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
-        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
-        store_configured_slices(dir.path(), &["blue".into(), "red".into()]).unwrap();
-        let after = std::fs::metadata(&path).unwrap();
-        assert_eq!((after.modified().unwrap(), std::os::unix::fs::MetadataExt::ino(&after)), (before, inode));
-        // Never taken for a slice state.
-        assert!(NodeState::load_all(dir.path()).unwrap().is_empty());
-    }
 
     /// Issue 20: a FIFO named like a state file hung every reader (and so every CNI ADD).
     #[test]

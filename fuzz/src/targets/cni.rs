@@ -170,10 +170,7 @@ pub fn run(data: &[u8]) {
         namespace: env.pod_namespace(),
         annotations: conf.annotations(),
     };
-    // Half the inputs as with an agent that lists its slices, half as with an older one.
-    let configured = ["blue".to_owned(), "red".to_owned(), "broken".to_owned()];
-    let configured = (data.len() % 2 == 0).then_some(&configured[..]);
-    let state = match membership::decide(pod, &states(), configured) {
+    let state = match membership::decide(pod, &states()) {
         Ok(Decision::Attach(state)) => Some(state),
         Ok(Decision::Skip(why)) => {
             assert!(!why.is_empty());

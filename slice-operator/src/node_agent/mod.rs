@@ -100,10 +100,6 @@ fn summary(failures: &[SliceFailure]) -> String {
 pub fn reconcile(config: &NodeAgentConfig) -> Result<Vec<Action>, NodeAgentError> {
     let mut node = Netlink::new()
         .map_err(|source| NodeAgentError::Apply { what: "opening netlink in the node namespace".into(), source })?;
-    // Which slices this node has, ready or not, before any of them is set up: the CNI plugin
-    // answers "try again" for these and ignores an annotation naming any other.
-    let configured: Vec<String> = config.slices.iter().map(|s| s.name.clone()).collect();
-    slice_api::node::store_configured_slices(&config.state_dir, &configured).map_err(NodeAgentError::StateFile)?;
     let (observed, unobservable) = router::observe(config, &mut node)?;
     let actions = plan::plan(config, &observed);
     let unobservable: Vec<SliceFailure> = unobservable
