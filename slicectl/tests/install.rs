@@ -696,8 +696,12 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
     assert_eq!((sel[0].key.as_str(), sel[0].operator.as_str()), (slice_api::names::SLICE_LABEL, "Exists"));
     assert_eq!(
         (sel[1].key.as_str(), sel[1].operator.as_str(), sel[1].values.as_deref()),
-        ("kubernetes.io/metadata.name", "NotIn", Some(&["slicenet-system".to_owned()][..])),
-        "the webhook's own namespace is never sent"
+        (
+            "kubernetes.io/metadata.name",
+            "NotIn",
+            Some(&["slicenet-system".to_owned(), "slicenet-gateway".to_owned()][..])
+        ),
+        "the webhook's own namespace and the gateways' are never sent"
     );
     assert_webhook_tls(&p, &m.client_config);
     // Elsewhere, only pods with a hand-set slice annotation, to remove it.

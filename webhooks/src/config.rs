@@ -8,8 +8,9 @@
 //! that an unavailable webhook blocks only what it must.
 //!
 //! - **Pods: `Fail`, limited by a namespace selector** to namespaces labelled
-//!   `slicenet.io/slice`, never `slicenet-system` (where the webhook's own pods and the gateways
-//!   run, so the webhook can always start again). With `Ignore`, a pod created while the webhook
+//!   `slicenet.io/slice`, never `slicenet-system` (where the webhook's own pods run, so the
+//!   webhook can always start again) nor `slicenet-gateway` (whose pods carry the slice
+//!   annotation the worker gives them). With `Ignore`, a pod created while the webhook
 //!   is down would start without its slice (in Multus mode the networks annotation would be
 //!   missing, and nothing adds it later: the pod must be recreated), or keep a hand-set
 //!   annotation for a foreign slice. With `Fail` the API server refuses the create and the pod's
@@ -55,7 +56,7 @@ pub const HUB_CONTROLLER_ACCOUNT: &str = "slicenet-hub";
 /// Printed above the MutatingWebhookConfiguration (the module docs say more).
 pub const MUTATING_NOTE: &[&str] = &[
     "failurePolicy Fail, but only for pods in namespaces labelled slicenet.io/slice (never",
-    "slicenet-system): while the webhook is down, pods there are refused and their controllers",
+    "slicenet-system or slicenet-gateway): while the webhook is down, pods there are refused and their controllers",
     "retry, instead of starting without their slice. Elsewhere only pods with a hand-set",
     "slicenet.io/slice annotation are sent (matchConditions), so the webhook can remove it.",
 ];
@@ -82,7 +83,9 @@ fn client_config(path: &str, ca_bundle_pem: &str) -> serde_json::Value {
 }
 
 /// One pod webhook: CREATE of pods in namespaces where the slice label has `label_operator`
-/// (`Exists` or `DoesNotExist`), never in `slicenet-system`.
+/// (`Exists` or `DoesNotExist`), never in `slicenet-system` (the webhook itself runs there, so it
+/// can always restart) nor in `slicenet-gateway` (the gateway pods carry the slice annotation
+/// the worker gives them, which is what admits them there; the webhook must not remove it).
 fn pod_webhook(name: &str, label_operator: &str, ca_bundle_pem: &str) -> serde_json::Value {
     json!({
         "name": name,
@@ -92,7 +95,8 @@ fn pod_webhook(name: &str, label_operator: &str, ca_bundle_pem: &str) -> serde_j
                    "scope": "Namespaced"}],
         "namespaceSelector": {"matchExpressions": [
             {"key": slice_api::names::SLICE_LABEL, "operator": label_operator},
-            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [SYSTEM_NAMESPACE]}
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+             "values": [SYSTEM_NAMESPACE, slice_api::names::GATEWAY_NAMESPACE]}
         ]},
         "failurePolicy": "Fail",
         "matchPolicy": "Equivalent",
@@ -171,10 +175,18 @@ mod tests {
         assert_eq!(w["failurePolicy"], "Fail");
         assert_eq!(w["reinvocationPolicy"], "IfNeeded");
         assert_eq!(w["namespaceSelector"]["matchExpressions"][0]["key"], "slicenet.io/slice");
-        assert_eq!(w["namespaceSelector"]["matchExpressions"][1]["values"], json!(["slicenet-system"]));
+        assert_eq!(
+            w["namespaceSelector"]["matchExpressions"][1]["values"],
+            json!(["slicenet-system", "slicenet-gateway"])
+        );
         let other = &m["webhooks"][1];
         assert_eq!(other["namespaceSelector"]["matchExpressions"][0]["operator"], "DoesNotExist");
         assert_eq!(other["namespaceSelector"]["matchExpressions"][1]["operator"], "NotIn");
+        // A gateway pod's annotation (set by the worker) is what admits it: never removed.
+        assert_eq!(
+            other["namespaceSelector"]["matchExpressions"][1]["values"],
+            json!(["slicenet-system", "slicenet-gateway"])
+        );
         assert!(other["matchConditions"][0]["expression"].as_str().unwrap().contains("'slicenet.io/slice' in"));
         let v = serde_json::to_value(validating("PEM")).unwrap();
         let w = &v["webhooks"][0];
