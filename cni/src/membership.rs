@@ -100,25 +100,8 @@ pub fn decide(pod: Pod<'_>, states: &States) -> Result<Decision> {
     }
     let mut claimed: Vec<&NodeState> =
         states.values().filter_map(|s| s.as_ref().ok()).filter(|s| s.namespaces.iter().any(|n| n == ns)).collect();
-    let unreadable: Vec<&str> = states.iter().filter(|(_, s)| s.is_err()).map(|(name, _)| name.as_str()).collect();
     match claimed.len() {
-        // A state that cannot be read may list the namespace: the pod must not start without
-        // its slice interface because of it (fail closed, and say which file to fix).
-        0 if !unreadable.is_empty() => Err(CniError::new(
-            code::TRY_AGAIN,
-            format!(
-                "cannot tell whether namespace {ns} is a member of slice {}: its node state cannot be read; try again later",
-                unreadable.join(", ")
-            ),
-        )
-        .with_details(
-            unreadable
-                .iter()
-                .filter_map(|name| states.get(*name).and_then(|s| s.as_ref().err()).cloned())
-                .collect::<Vec<_>>()
-                .join("; "),
-        )),
-        0 => Ok(Decision::Skip(format!("namespace {ns} is in no slice on this node"))),
+        0 => unclaimed(ns, states),
         1 => Ok(Decision::Attach(claimed.remove(0).clone())),
         _ => Err(CniError::new(
             code::AMBIGUOUS_SLICE,
@@ -128,6 +111,24 @@ pub fn decide(pod: Pod<'_>, states: &States) -> Result<Decision> {
             ),
         )),
     }
+}
+
+/// A namespace no readable state claims. A state that cannot be read may list it: the pod must
+/// not start without its slice interface because of that (fail closed, naming what to fix).
+fn unclaimed(ns: &str, states: &States) -> Result<Decision> {
+    let (names, whys): (Vec<&str>, Vec<&str>) =
+        states.iter().filter_map(|(name, s)| s.as_ref().err().map(|why| (name.as_str(), why.as_str()))).unzip();
+    if names.is_empty() {
+        return Ok(Decision::Skip(format!("namespace {ns} is in no slice on this node")));
+    }
+    Err(CniError::new(
+        code::TRY_AGAIN,
+        format!(
+            "cannot tell whether namespace {ns} is a member of slice {}: its node state cannot be read; try again later",
+            names.join(", ")
+        ),
+    )
+    .with_details(whys.join("; ")))
 }
 
 fn ready_state<'s>(slice: &str, states: &'s States) -> Result<&'s NodeState> {

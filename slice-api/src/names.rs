@@ -8,6 +8,8 @@ pub const SYSTEM_NAMESPACE: &str = "slicenet-system";
 /// slice its annotation names (only the worker creates pods here), and the namespace is in no
 /// slice's member list, so it is never claimed by several slices and sweeps no other pod in.
 pub const GATEWAY_NAMESPACE: &str = "slicenet-gateway";
+/// slicenet's own namespaces: never slice members, never sent to the pod webhook.
+pub const RESERVED_NAMESPACES: [&str; 2] = [SYSTEM_NAMESPACE, GATEWAY_NAMESPACE];
 /// API version of slicenet's custom resources.
 pub const API_VERSION: &str = "v1alpha1";
 /// Namespace label that asks for a namespace to join a slice.

@@ -174,7 +174,7 @@ impl NodeAgentConfig {
                 }
             }
             validate_remote_routes(slice).map_err(ctx)?;
-            for reserved in [names::SYSTEM_NAMESPACE, names::GATEWAY_NAMESPACE] {
+            for reserved in names::RESERVED_NAMESPACES {
                 if slice.namespaces.iter().any(|n| n == reserved) {
                     return Err(ctx(format!("namespace {reserved} is slicenet's own and never a slice member")));
                 }

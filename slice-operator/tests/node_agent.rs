@@ -77,24 +77,21 @@ impl Node {
 
     /// `slice-operator node-agent --config F --once`, inside the node namespace.
     fn run_once(&self) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path.display()))
-            .arg(BIN)
-            .args(["node-agent", "--config"])
-            .arg(self.config_path())
-            .arg("--once")
-            .env("RUST_LOG", "info")
-            .output()
-            .unwrap()
+        self.run_once_after(&[])
     }
 
     /// [`Node::run_once`] with no capability but `caps` (util-linux `setpriv`: the bounding set
     /// limits what root gets at exec, and nothing is inheritable), as a container that drops
     /// every capability and adds `caps` runs it.
     fn run_once_with_only(&self, caps: &[&str]) -> Output {
+        self.run_once_after(&setpriv_only(caps))
+    }
+
+    /// [`Node::run_once`] as the arguments of `wrapper` (nothing, or `setpriv …`).
+    fn run_once_after(&self, wrapper: &[String]) -> Output {
         Command::new("nsenter")
             .arg(format!("--net={}", self.path.display()))
-            .args(setpriv_only(caps))
+            .args(wrapper)
             .arg(BIN)
             .args(["node-agent", "--config"])
             .arg(self.config_path())

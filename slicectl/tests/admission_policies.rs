@@ -21,6 +21,9 @@ mod network_status_support;
 #[path = "../../slice-operator/tests/worker_support/mod.rs"]
 mod worker_support;
 
+mod common;
+use common::KUBECONFIG;
+
 use std::process::Command;
 use std::sync::Arc;
 
@@ -35,20 +38,6 @@ use slice_operator::worker::keys::KeyPair;
 use slicectl::install::admission_policy::NODE_NAME_EXTRA;
 use slicectl::manifest::{parse_documents, round_trip};
 use worker_support::{FakeApi, Side};
-
-const KUBECONFIG: &str = "apiVersion: v1
-kind: Config
-current-context: hub
-clusters:
-- name: hub
-  cluster: {certificate-authority-data: Q0E=, server: 'https://127.0.0.1:6443'}
-contexts:
-- name: hub
-  context: {cluster: hub, user: worker}
-users:
-- name: worker
-  user: {token: secret-token}
-";
 
 const HUB_CONTROLLER: &str = "system:serviceaccount:slicenet-system:slicenet-hub";
 const WORKER: &str = "system:serviceaccount:slicenet-system:slicenet-worker";

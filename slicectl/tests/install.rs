@@ -4,6 +4,9 @@
 //! Deployment starts `slice-webhooks` with flags its own parser accepts, pointing at files the
 //! manifest mounts.
 
+mod common;
+use common::KUBECONFIG;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -24,20 +27,6 @@ use slice_operator::access::{HUB, NODE_AGENT, WEBHOOK_HUB, WORKER_CLUSTER, WORKE
 use slicectl::manifest::{parse_documents, round_trip};
 use slicectl::rbac::{Grant, declared, grants};
 use yaml_serde::Value;
-
-const KUBECONFIG: &str = "apiVersion: v1
-kind: Config
-current-context: hub
-clusters:
-- name: hub
-  cluster: {certificate-authority-data: Q0E=, server: 'https://127.0.0.1:6443'}
-contexts:
-- name: hub
-  context: {cluster: hub, user: worker}
-users:
-- name: worker
-  user: {token: secret-token}
-";
 
 /// Runs slicectl and returns its stdout; panics with stderr on failure.
 fn slicectl(args: &[&str]) -> String {

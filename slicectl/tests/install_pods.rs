@@ -5,6 +5,9 @@
 //! exactly the slice its Deployment names; an unannotated pod in the gateways' namespace joins
 //! none. Root only: fails, does not skip, without it. Its lab prefix is "ip".
 
+mod common;
+use common::KUBECONFIG;
+
 use std::collections::BTreeMap;
 
 use e2e::{Lab, LabSlice, PodSpec};
@@ -16,20 +19,6 @@ use slice_operator::worker::objects::{
 };
 use slice_operator::worker::plan;
 use slicectl::install::{self, Options};
-
-const KUBECONFIG: &str = "apiVersion: v1
-kind: Config
-current-context: hub
-clusters:
-- name: hub
-  cluster: {certificate-authority-data: Q0E=, server: 'https://127.0.0.1:6443'}
-contexts:
-- name: hub
-  context: {cluster: hub, user: worker}
-users:
-- name: worker
-  user: {token: secret-token}
-";
 
 /// A pod as a workload's template makes it: namespace, name, template annotations.
 struct TemplatePod {

@@ -12,6 +12,9 @@
 //! `deploy/validate/`). Without them this test fails when it runs as root or under CI (where
 //! `make test` installs them first); elsewhere it says it checked nothing and passes.
 
+mod common;
+use common::KUBECONFIG;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,20 +28,6 @@ use serde_json::Value;
 const OLDEST: &str = "1.33.0";
 /// The newest: `k8s-openapi`'s `latest` and the newest schemas `kubernetes-validate` ships.
 const NEWEST: &str = "1.37.0";
-
-const KUBECONFIG: &str = "apiVersion: v1
-kind: Config
-current-context: hub
-clusters:
-- name: hub
-  cluster: {certificate-authority-data: Q0E=, server: 'https://127.0.0.1:6443'}
-contexts:
-- name: hub
-  context: {cluster: hub, user: worker}
-users:
-- name: worker
-  user: {token: secret-token}
-";
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()

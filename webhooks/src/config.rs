@@ -96,7 +96,7 @@ fn pod_webhook(name: &str, label_operator: &str, ca_bundle_pem: &str) -> serde_j
         "namespaceSelector": {"matchExpressions": [
             {"key": slice_api::names::SLICE_LABEL, "operator": label_operator},
             {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-             "values": [SYSTEM_NAMESPACE, slice_api::names::GATEWAY_NAMESPACE]}
+             "values": slice_api::names::RESERVED_NAMESPACES}
         ]},
         "failurePolicy": "Fail",
         "matchPolicy": "Equivalent",

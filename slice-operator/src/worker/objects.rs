@@ -462,7 +462,7 @@ pub fn decide_namespaces(
         let members: BTreeSet<&String> = members.iter().collect();
         let mut got = Vec::new();
         for ns in members {
-            if [SYSTEM_NAMESPACE, GATEWAY_NAMESPACE].contains(&ns.as_str()) {
+            if names::RESERVED_NAMESPACES.contains(&ns.as_str()) {
                 decision.reserved.entry(slice.clone()).or_default().push(ns.clone());
                 continue;
             }

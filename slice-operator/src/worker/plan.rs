@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use slice_api::crd::{GATEWAY_NAMESPACE, NodeAllocation, SYSTEM_NAMESPACE, WorkerSliceSpec};
+use slice_api::crd::{GATEWAY_NAMESPACE, NodeAllocation, WorkerSliceSpec};
 use slice_api::node::{PeerNode, RemoteRoute, SliceOnNode};
 use slice_api::prefix::{self, PrefixError};
 use slice_api::wireguard::{Key, WgConfig, WgInterface, WgPeer};
@@ -243,7 +243,7 @@ pub fn node_agent_slice(
     let mut namespaces: Vec<String> = spec
         .namespaces
         .iter()
-        .filter(|n| ![SYSTEM_NAMESPACE, GATEWAY_NAMESPACE].contains(&n.as_str()))
+        .filter(|n| !slice_api::names::RESERVED_NAMESPACES.contains(&n.as_str()))
         .cloned()
         .collect();
     namespaces.sort();
