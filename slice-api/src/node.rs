@@ -293,10 +293,11 @@ impl NodeState {
     /// # Errors
     /// When the file exists but cannot be read or parsed.
     pub fn load(state_dir: &Path, slice: &str) -> Result<Option<Self>, NodeFileError> {
-        let path = Self::path(state_dir, slice);
-        match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            _ => read_json(&path).map(Some),
+        // One open, no stat first: the agent may remove the file at any moment, and a file
+        // gone between a stat and the open is as absent as one never there.
+        match read_json(&Self::path(state_dir, slice)) {
+            Err(NodeFileError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            other => other.map(Some),
         }
     }
 
@@ -314,7 +315,11 @@ impl NodeState {
         for entry in entries {
             let path = entry.map_err(read_err)?.path();
             if path.extension().is_some_and(|e| e == "json") {
-                states.push(read_json::<Self>(&path)?);
+                match read_json::<Self>(&path) {
+                    // Removed since the listing: not a state any more.
+                    Err(NodeFileError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                    other => states.push(other?),
+                }
             }
         }
         states.sort_by(|a, b| a.slice.cmp(&b.slice));
@@ -472,5 +477,31 @@ mod tests {
         assert_eq!(NodeState::load_all(dir.path()).unwrap(), vec![s]);
         let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(leftovers, 1, "temp file left behind");
+    }
+
+    /// CI failure of 2026-12-04: a state removed between a stat and the open was an error to
+    /// the reader instead of an absent state. A writer stores and removes the file while the
+    /// reader loads it; every load is a state or none, never an error.
+    #[test]
+    fn a_state_removed_while_it_is_read_is_absent_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config();
+        let s = c.node_state(&c.slices[0]);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (dir, s, stop) = (dir.path().to_owned(), s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    s.store(&dir).unwrap();
+                    std::fs::remove_file(NodeState::path(&dir, "blue")).unwrap();
+                }
+            })
+        };
+        for _ in 0..5_000 {
+            assert!(matches!(NodeState::load(dir.path(), "blue"), Ok(None) | Ok(Some(_))));
+            assert!(NodeState::load_all(dir.path()).unwrap().len() <= 1);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
     }
 }
