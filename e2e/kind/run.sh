@@ -39,8 +39,10 @@ cleanup() {
         log "failed (exit $rc): slicenet pods and events"
         while read -r c; do
             kc "$c" get pods -A -o wide 2>/dev/null | grep -E 'slicenet|demo' >&2 || true
-            kc "$c" -n slicenet-system logs --all-containers --tail=30 -l app.kubernetes.io/part-of=slicenet \
-                --prefix 2>/dev/null >&2 || true
+            for ns in slicenet-system slicenet-node; do
+                kc "$c" -n "$ns" logs --all-containers --tail=30 -l app.kubernetes.io/part-of=slicenet \
+                    --prefix 2>/dev/null >&2 || true
+            done
         done < <(clusters)
     fi
     if [ "$KEEP" = 1 ]; then
@@ -139,7 +141,7 @@ for m in "${MEMBERS[@]}"; do
     "$SLICECTL" install worker --cluster "$m" --hub-kubeconfig "$hubcfg" --image "$IMAGE" >"$WORK/$m.yaml"
     kc "$PREFIX-$m" apply --server-side -f "$WORK/$m.yaml"
     kc "$PREFIX-$m" -n slicenet-system rollout status deploy/slicenet-worker --timeout="${TIMEOUT}s"
-    kc "$PREFIX-$m" -n slicenet-system rollout status ds/slicenet-node-agent --timeout="${TIMEOUT}s"
+    kc "$PREFIX-$m" -n slicenet-node rollout status ds/slicenet-node-agent --timeout="${TIMEOUT}s"
     kc "$PREFIX-$m" -n slicenet-system rollout status deploy/slicenet-webhook --timeout="${TIMEOUT}s"
     kc "$PREFIX-$m" create namespace "$NAMESPACE" --dry-run=client -o yaml | kc "$PREFIX-$m" apply -f -
     kc "$PREFIX-$m" create namespace outsider --dry-run=client -o yaml | kc "$PREFIX-$m" apply -f -

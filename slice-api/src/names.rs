@@ -8,8 +8,12 @@ pub const SYSTEM_NAMESPACE: &str = "slicenet-system";
 /// slice its annotation names (only the worker creates pods here), and the namespace is in no
 /// slice's member list, so it is never claimed by several slices and sweeps no other pod in.
 pub const GATEWAY_NAMESPACE: &str = "slicenet-gateway";
+/// Namespace of the node agent in every member cluster: the one slicenet namespace whose Pod
+/// Security level is `privileged` (host network, host paths, the agent's capabilities), so that
+/// `slicenet-system` can be `restricted`.
+pub const NODE_NAMESPACE: &str = "slicenet-node";
 /// slicenet's own namespaces: never slice members, never sent to the pod webhook.
-pub const RESERVED_NAMESPACES: [&str; 2] = [SYSTEM_NAMESPACE, GATEWAY_NAMESPACE];
+pub const RESERVED_NAMESPACES: [&str; 3] = [SYSTEM_NAMESPACE, GATEWAY_NAMESPACE, NODE_NAMESPACE];
 /// API version of slicenet's custom resources.
 pub const API_VERSION: &str = "v1alpha1";
 /// Namespace label that asks for a namespace to join a slice.

@@ -42,7 +42,7 @@ use worker_support::{FakeApi, Side};
 const HUB_CONTROLLER: &str = "system:serviceaccount:slicenet-system:slicenet-hub";
 const WORKER: &str = "system:serviceaccount:slicenet-system:slicenet-worker";
 const WORKER_ON_HUB: &str = "system:serviceaccount:slicenet-cluster-c2:slicenet-worker";
-const NODE_AGENT_USER: &str = "system:serviceaccount:slicenet-system:slicenet-node-agent";
+const NODE_AGENT_USER: &str = "system:serviceaccount:slicenet-node:slicenet-node-agent";
 const ADMIN: &str = "kubernetes-admin";
 
 const WS: &str = "/apis/slicenet.io/v1alpha1/namespaces/slicenet-cluster-c2/workerslices";
@@ -595,7 +595,7 @@ fn pod(name: &str, node: &str) -> Value {
 
 /// The patch the node agent of n1 sends for pod shop/web (on n1), from a slice-cni record.
 async fn node_agent_patch() -> (Value, Value) {
-    let api = network_status_support::FakePods::new(NODE_AGENT, "slicenet-system");
+    let api = network_status_support::FakePods::new(NODE_AGENT, "slicenet-node");
     let web = pod("web", "n1");
     api.put(web.clone());
     let old = api.get("/api/v1/namespaces/shop/pods/web").unwrap();

@@ -319,6 +319,80 @@ fn assert_pods_production_ready(p: &Parsed) {
     }
 }
 
+/// Every printed namespace names its Pod Security level (enforce, audit and warn alike), and every
+/// pod template meets its namespace's level: `slicenet-system` is `restricted` (hub, worker,
+/// webhooks), only `slicenet-node` (the node agent) and `slicenet-gateway` are `privileged`. The
+/// `restricted` rules checked are those of the Pod Security Standards that the printed pods could
+/// break: host namespaces and ports, volume types, privilege, escalation, non-root, seccomp and
+/// capabilities.
+fn assert_pod_security_levels(p: &Parsed) {
+    let mut level = BTreeMap::new();
+    for ns in &p.namespaces {
+        let name = ns.metadata.name.clone().unwrap();
+        let labels = ns.metadata.labels.clone().unwrap_or_default();
+        let modes: BTreeSet<_> = ["enforce", "audit", "warn"]
+            .map(|m| labels.get(&format!("pod-security.kubernetes.io/{m}")).cloned())
+            .into();
+        assert_eq!(modes.len(), 1, "{name}: one level for enforce, audit and warn: {labels:?}");
+        let want =
+            if ["slicenet-node", "slicenet-gateway"].contains(&name.as_str()) { "privileged" } else { "restricted" };
+        if name.starts_with(slice_api::crd::CLUSTER_NAMESPACE_PREFIX) {
+            continue; // a member cluster's namespace on the hub: no pods of slicenet.
+        }
+        assert_eq!(modes.first().cloned().flatten().as_deref(), Some(want), "{name}");
+        level.insert(name, want);
+    }
+    let templates = p
+        .deployments
+        .iter()
+        .map(|d| (&d.metadata, &d.spec.template))
+        .chain(p.daemonsets.iter().map(|d| (&d.metadata, &d.spec.template)));
+    for (meta, template) in templates {
+        let (name, namespace) = (meta.name.clone().unwrap(), meta.namespace.clone().unwrap());
+        let spec = template.spec.as_ref().unwrap();
+        match level.get(&namespace).copied() {
+            Some("privileged") => continue,
+            Some("restricted") => {}
+            other => panic!("{name}: in namespace {namespace} of level {other:?}"),
+        }
+        let what = format!("{name} in {namespace} (restricted)");
+        for host in [spec.host_network, spec.host_pid, spec.host_ipc] {
+            assert_ne!(host, Some(true), "{what}: a host namespace");
+        }
+        const VOLUMES: [&str; 8] = [
+            "configMap",
+            "csi",
+            "downwardAPI",
+            "emptyDir",
+            "ephemeral",
+            "persistentVolumeClaim",
+            "projected",
+            "secret",
+        ];
+        for v in spec.volumes.iter().flatten() {
+            let json = serde_json::to_value(v).unwrap();
+            let kinds: Vec<_> = json.as_object().unwrap().keys().filter(|k| *k != "name").cloned().collect();
+            assert!(kinds.iter().all(|k| VOLUMES.contains(&k.as_str())), "{what}: volume {kinds:?}");
+        }
+        let pod_sc = spec.security_context.clone().unwrap_or_default();
+        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+            let what = format!("{what}/{}", c.name);
+            let sc = c.security_context.clone().unwrap_or_default();
+            assert_ne!(sc.privileged, Some(true), "{what}: privileged");
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{what}: privilege escalation");
+            assert_eq!(sc.run_as_non_root.or(pod_sc.run_as_non_root), Some(true), "{what}: runAsNonRoot");
+            assert_ne!(sc.run_as_user.or(pod_sc.run_as_user), Some(0), "{what}: runAsUser 0");
+            let seccomp = sc.seccomp_profile.or(pod_sc.seccomp_profile.clone()).map(|s| s.type_);
+            assert!(matches!(seccomp.as_deref(), Some("RuntimeDefault" | "Localhost")), "{what}: seccomp {seccomp:?}");
+            let caps = sc.capabilities.unwrap_or_default();
+            assert!(caps.drop.iter().flatten().any(|d| d == "ALL"), "{what}: drop ALL");
+            assert!(caps.add.iter().flatten().all(|a| a == "NET_BIND_SERVICE"), "{what}: adds {:?}", caps.add);
+            let host_ports = c.ports.iter().flatten().filter(|p| p.host_port.is_some_and(|h| h != 0)).count();
+            assert_eq!(host_ports, 0, "{what}: host ports");
+        }
+    }
+}
+
 /// A workload's name, pod spec and pod template annotations.
 type PodTemplate<'a> = (String, &'a PodSpec, Option<&'a BTreeMap<String, String>>);
 
@@ -342,6 +416,7 @@ fn pod_templates(p: &Parsed) -> Vec<PodTemplate<'_>> {
 fn assert_production_ready(p: &Parsed) {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     assert_pods_production_ready(p);
+    assert_pod_security_levels(p);
     for d in &p.deployments {
         let name = d.metadata.name.clone().unwrap();
         assert_eq!(d.spec.replicas, Some(2), "{name}: two replicas");
@@ -600,7 +675,7 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
     let p = parse(&yaml);
     assert!(p.crds.is_empty(), "CRDs live on the hub");
     assert_grants_exactly(&p, "slicenet-system", "slicenet-worker", WORKER_CLUSTER);
-    assert_grants_exactly(&p, "slicenet-system", "slicenet-node-agent", NODE_AGENT);
+    assert_grants_exactly(&p, "slicenet-node", "slicenet-node-agent", NODE_AGENT);
     assert_grants_exactly(&p, "slicenet-system", "slicenet-webhook", &[]);
     assert_workloads_consistent(&p, &slicectl::install::default_image());
     assert_production_ready(&p);
@@ -627,8 +702,10 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
         Some("slicenet-hub-kubeconfig")
     );
 
-    // The node agent: host network, privileged, the host dirs, /run/netns shared both ways.
+    // The node agent: in its own namespace, host network, privileged, the host dirs, /run/netns
+    // shared both ways.
     let ds = &p.daemonsets[0];
+    assert_eq!(ds.metadata.namespace.as_deref(), Some(slice_api::names::NODE_NAMESPACE));
     let spec = ds.spec.template.spec.as_ref().unwrap();
     assert_eq!(spec.host_network, Some(true));
     let agent = &spec.containers[0];
@@ -648,15 +725,21 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
     let netns = agent.volume_mounts.iter().flatten().find(|m| m.mount_path == "/run/netns").unwrap();
     assert_eq!(netns.mount_propagation.as_deref(), Some("Bidirectional"));
     // The admission policies name the accounts the worker and the node agent run as.
-    let agent_account = spec.service_account_name.clone().unwrap();
-    let worker_account = worker.spec.template.spec.as_ref().unwrap().service_account_name.clone().unwrap();
-    let user = |account: &str| format!("'system:serviceaccount:slicenet-system:{account}'");
+    let account = |d: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, spec: &PodSpec| {
+        format!(
+            "'system:serviceaccount:{}:{}'",
+            d.namespace.clone().unwrap(),
+            spec.service_account_name.clone().unwrap()
+        )
+    };
+    let agent_user = account(&ds.metadata, spec);
+    let worker_user = account(&worker.metadata, worker.spec.template.spec.as_ref().unwrap());
     assert_admission_policies(
         &p,
         &[
-            ("slicenet-worker-namespaces", user(&worker_account)),
-            ("slicenet-worker-network-attachment-definitions", user(&worker_account)),
-            ("slicenet-node-agent-pods", user(&agent_account)),
+            ("slicenet-worker-namespaces", worker_user.clone()),
+            ("slicenet-worker-network-attachment-definitions", worker_user),
+            ("slicenet-node-agent-pods", agent_user),
         ],
     );
     let host_paths: BTreeSet<&str> =
@@ -688,9 +771,9 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
         (
             "kubernetes.io/metadata.name",
             "NotIn",
-            Some(&["slicenet-system".to_owned(), "slicenet-gateway".to_owned()][..])
+            Some(&["slicenet-system".to_owned(), "slicenet-gateway".to_owned(), "slicenet-node".to_owned()][..])
         ),
-        "the webhook's own namespace and the gateways' are never sent"
+        "slicenet's own namespaces (the webhook's, the gateways', the node agent's) are never sent"
     );
     assert_webhook_tls(&p, &m.client_config);
     // Elsewhere, only pods with a hand-set slice annotation, to remove it.

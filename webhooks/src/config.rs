@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(w["namespaceSelector"]["matchExpressions"][0]["key"], "slicenet.io/slice");
         assert_eq!(
             w["namespaceSelector"]["matchExpressions"][1]["values"],
-            json!(["slicenet-system", "slicenet-gateway"])
+            json!(["slicenet-system", "slicenet-gateway", "slicenet-node"])
         );
         let other = &m["webhooks"][1];
         assert_eq!(other["namespaceSelector"]["matchExpressions"][0]["operator"], "DoesNotExist");
@@ -185,7 +185,7 @@ mod tests {
         // A gateway pod's annotation (set by the worker) is what admits it: never removed.
         assert_eq!(
             other["namespaceSelector"]["matchExpressions"][1]["values"],
-            json!(["slicenet-system", "slicenet-gateway"])
+            json!(["slicenet-system", "slicenet-gateway", "slicenet-node"])
         );
         assert!(other["matchConditions"][0]["expression"].as_str().unwrap().contains("'slicenet.io/slice' in"));
         let v = serde_json::to_value(validating("PEM")).unwrap();

@@ -1,16 +1,17 @@
 //! The node agent's requests in its member cluster.
 
+use slice_api::names::SYSTEM_NAMESPACE;
 use slice_api::rbac::Access;
-use slice_api::rbac::Scope::{Cluster, OwnNamespace};
+use slice_api::rbac::Scope::{Cluster, Namespace};
 
-/// The node agent: watches its node's configuration (a ConfigMap the worker writes in
-/// `slicenet-system`) and writes the slice interface's network-status onto its pods, in any
+/// The node agent (in `slicenet-node`): watches its node's configuration (a ConfigMap the worker
+/// writes in `slicenet-system`) and writes the slice interface's network-status onto its pods, in any
 /// namespace: it reads a pod (the annotation to merge into, its UID and node) and merge-patches
 /// the annotation (`node_agent::network_status`).
 pub const NODE_AGENT: &[Access] = &[
-    Access::new("get", "", "configmaps", OwnNamespace),
-    Access::new("list", "", "configmaps", OwnNamespace),
-    Access::new("watch", "", "configmaps", OwnNamespace),
+    Access::new("get", "", "configmaps", Namespace(SYSTEM_NAMESPACE)),
+    Access::new("list", "", "configmaps", Namespace(SYSTEM_NAMESPACE)),
+    Access::new("watch", "", "configmaps", Namespace(SYSTEM_NAMESPACE)),
     // Every pod by RBAC (which cannot name a node); the admission policy `slicenet-node-agent-pods`
     // (`slicectl install worker`) lets a patch through only for pods on the agent's own node (its
     // token's node) and only for the network-status annotation. Reads stay cluster-wide.

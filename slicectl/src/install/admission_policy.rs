@@ -31,8 +31,9 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec, ValidatingAdmissionPolicySpec, Validation,
     Variable,
 };
-use slice_api::crd::{CLUSTER_NAMESPACE_PREFIX, GATEWAY_NAMESPACE, SYSTEM_NAMESPACE, WORKER_FINALIZER};
+use slice_api::crd::{CLUSTER_NAMESPACE_PREFIX, SYSTEM_NAMESPACE, WORKER_FINALIZER};
 use slice_api::names::{NETWORK_STATUS_ANNOTATION, SLICE_LABEL};
+use slice_api::names::{NODE_NAMESPACE, RESERVED_NAMESPACES};
 use slice_operator::worker::objects::{LABELLED_BY_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
 
 use super::objects::meta;
@@ -238,12 +239,11 @@ fn worker_namespaces() -> Policy {
             },
             Check {
                 expression: format!(
-                    "!(object.metadata.name in [{}, {}]) || !({key} in variables.newLabels) || {key} in variables.oldLabels",
-                    lit(SYSTEM_NAMESPACE),
-                    lit(GATEWAY_NAMESPACE),
+                    "!(object.metadata.name in [{}]) || !({key} in variables.newLabels) || {key} in variables.oldLabels",
+                    RESERVED_NAMESPACES.map(lit).join(", "),
                     key = lit(SLICE_LABEL)
                 ),
-                message: format!("{SYSTEM_NAMESPACE} and {GATEWAY_NAMESPACE} never join a slice"),
+                message: format!("{} never join a slice", RESERVED_NAMESPACES.join(", ")),
                 message_expression: format!(
                     "'{WORKER_NAME} may not add namespace ' + request.name + ' to a slice: the namespaces of slicenet never join one'"
                 ),
@@ -293,7 +293,7 @@ fn worker_nads() -> Policy {
 }
 
 fn node_agent_pods() -> Policy {
-    let agent = service_account_user(SYSTEM_NAMESPACE, NODE_AGENT_NAME);
+    let agent = service_account_user(NODE_NAMESPACE, NODE_AGENT_NAME);
     let node = lit(NODE_NAME_EXTRA);
     Policy {
         name: format!("{NODE_AGENT_NAME}-pods"),

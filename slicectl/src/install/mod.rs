@@ -41,6 +41,7 @@ pub mod workloads;
 
 use anyhow::{Context, Result, bail};
 use slice_api::crd::{GATEWAY_NAMESPACE, SYSTEM_NAMESPACE, cluster_namespace};
+use slice_api::names::NODE_NAMESPACE;
 use slice_operator::access::{HUB, NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
 use webhook::Role;
 
@@ -168,7 +169,9 @@ pub fn worker(opts: &Options, cluster: &str, hub_kubeconfig: &str, hub_server: O
     m.push(&workloads::worker_deployment(&opts.image, cluster))?;
     m.push(&workloads::disruption_budget(WORKER_NAME))?;
     m.push_commented(network_policy::GATEWAYS_NOTE, &network_policy::gateways())?;
-    let agent = Component { name: NODE_AGENT_NAME, namespace: SYSTEM_NAMESPACE, access: NODE_AGENT };
+    m.push(&objects::node_namespace())?;
+    m.push_commented(network_policy::DEFAULT_DENY_NOTE, &network_policy::default_deny(NODE_NAMESPACE))?;
+    let agent = Component { name: NODE_AGENT_NAME, namespace: NODE_NAMESPACE, access: NODE_AGENT };
     m.extend(component_rbac(&agent, NODE_AGENT_NAME, None)?);
     m.push_commented(workloads::NODE_AGENT_COMMENT, &workloads::node_agent_daemonset(&opts.image))?;
     m.extend(webhook::common(opts, Role::Member)?);

@@ -51,16 +51,30 @@ pub fn namespace(name: &str) -> Namespace {
     Namespace { metadata: meta(name, None, "slicenet"), ..Namespace::default() }
 }
 
-/// `slicenet-system`: it runs the privileged node agent (host network, host paths), so a
-/// cluster that enforces the Pod Security Standards by default must allow that here.
+/// A namespace of slicenet whose pods must meet the Pod Security Standards' `level`.
+fn namespace_at_level(name: &str, level: &str) -> Namespace {
+    let mut ns = namespace(name);
+    let labels = ns.metadata.labels.get_or_insert_default();
+    for mode in ["enforce", "audit", "warn"] {
+        labels.insert(format!("pod-security.kubernetes.io/{mode}"), level.to_owned());
+    }
+    ns
+}
+
+/// `slicenet-system`: the hub, the worker and the webhooks, every one of them unprivileged (not
+/// root, no capability, read-only root, RuntimeDefault seccomp), so the namespace enforces the
+/// `restricted` Pod Security level in every cluster, hub or member.
 #[must_use]
 pub fn system_namespace() -> Namespace {
-    let mut ns = namespace(slice_api::crd::SYSTEM_NAMESPACE);
-    ns.metadata
-        .labels
-        .get_or_insert_default()
-        .insert("pod-security.kubernetes.io/enforce".to_owned(), "privileged".to_owned());
-    ns
+    namespace_at_level(slice_api::names::SYSTEM_NAMESPACE, "restricted")
+}
+
+/// `slicenet-node`: the node agent alone (host network, host paths, privileged: see
+/// `workloads::NODE_AGENT_COMMENT`), so that no other slicenet pod runs where `privileged` is
+/// allowed.
+#[must_use]
+pub fn node_namespace() -> Namespace {
+    namespace_at_level(slice_api::names::NODE_NAMESPACE, "privileged")
 }
 
 /// `slicenet-gateway`: the slice gateways, which need `NET_ADMIN`, the host's `/dev/net/tun`
@@ -68,12 +82,7 @@ pub fn system_namespace() -> Namespace {
 /// creates pods here, and none of slicenet's other components run here.
 #[must_use]
 pub fn gateway_namespace() -> Namespace {
-    let mut ns = namespace(slice_api::names::GATEWAY_NAMESPACE);
-    ns.metadata
-        .labels
-        .get_or_insert_default()
-        .insert("pod-security.kubernetes.io/enforce".to_owned(), "privileged".to_owned());
-    ns
+    namespace_at_level(slice_api::names::GATEWAY_NAMESPACE, "privileged")
 }
 
 /// A ServiceAccount.

@@ -60,6 +60,8 @@ pub const NODE_AGENT_COMMENT: &[&str] = &[
     "  CAP_SYS_ADMIN  unshare(CLONE_NEWNET), setns into router namespaces, the bind mounts that",
     "                 name them under /run/netns, making /run/netns a shared mount",
     "No other capability (no NET_RAW, SYS_PTRACE, DAC_OVERRIDE): see docs/security.md.",
+    "It is the only pod of slicenet-node, the namespace whose Pod Security level allows this;",
+    "slicenet-system (hub, worker, webhooks) is restricted.",
     "",
     "install-cni (init): root without any capability, no privilege escalation, read-only root",
     "filesystem; it copies slice-cni into /opt/cni/bin and writes 00-slicenet.conflist chaining",
@@ -413,7 +415,7 @@ pub fn node_agent_daemonset(image: &str) -> DaemonSet {
     };
     health_probes(&mut agent);
     DaemonSet {
-        metadata: meta(NODE_AGENT_NAME, Some(SYSTEM_NAMESPACE), NODE_AGENT_NAME),
+        metadata: meta(NODE_AGENT_NAME, Some(slice_api::names::NODE_NAMESPACE), NODE_AGENT_NAME),
         spec: DaemonSetSpec {
             selector: LabelSelector { match_labels: Some(selector(NODE_AGENT_NAME)), match_expressions: None },
             template: PodTemplateSpec {
