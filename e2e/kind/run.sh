@@ -64,9 +64,6 @@ retry() {
 }
 
 # Conditions for retry: each reads the cluster again on every call.
-token_ready() {
-    [ -n "$(kc "$HUB" -n "$1" get secret slicenet-worker-token -o jsonpath='{.data.token}' 2>/dev/null)" ]
-}
 namespace_joined() {
     [ "$(kc "$PREFIX-$1" get ns "$NAMESPACE" -o jsonpath='{.metadata.labels.slicenet\.io/slice}' 2>/dev/null)" = "$SLICE" ]
 }
@@ -124,12 +121,12 @@ for m in "${MEMBERS[@]}"; do
         | kc "$HUB" apply -f -
     "$SLICECTL" install worker-hub-access --cluster "$m" | kc "$HUB" apply -f -
 
-    # The worker's hub kubeconfig, from its ServiceAccount's token Secret.
+    # The worker's hub kubeconfig: the hub's CA (from the admin kubeconfig) and a token bound
+    # in time for the worker's ServiceAccount, which the worker renews itself.
     token_ns="slicenet-cluster-$m"
-    retry token_ready "$token_ns"
-    kc "$HUB" -n "$token_ns" get secret slicenet-worker-token -o jsonpath='{.data.ca\.crt}' \
+    kind get kubeconfig --name "$HUB" | sed -n 's/^ *certificate-authority-data: *//p' | head -n1 \
         | base64 -d >"$WORK/$m-ca.crt"
-    token=$(kc "$HUB" -n "$token_ns" get secret slicenet-worker-token -o jsonpath='{.data.token}' | base64 -d)
+    token=$(kc "$HUB" -n "$token_ns" create token slicenet-worker --duration=720h)
     hubcfg="$WORK/$m-hub.kubeconfig"
     kubectl config --kubeconfig "$hubcfg" set-cluster hub --server "$HUB_SERVER" \
         --certificate-authority "$WORK/$m-ca.crt" --embed-certs=true >/dev/null

@@ -13,6 +13,7 @@
 //! - small pure helpers more than one component needs: [`fnv`] (stable FNV-1a for derived
 //!   names), [`backoff`] (exponential backoff of control loops), [`error_chain`] (an error and
 //!   its sources on one line).
+//! - [`hub_credential`]: the worker's hub token, bound in time, and when to renew it.
 //! - [`wireguard`]: the WireGuard key type and the `wg(8)` configuration file (parse and render).
 
 pub mod backoff;
@@ -21,6 +22,7 @@ pub mod crd;
 pub mod error_chain;
 pub mod fnv;
 pub mod gateway;
+pub mod hub_credential;
 pub mod membership;
 pub mod multus;
 pub mod names;

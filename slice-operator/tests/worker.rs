@@ -1031,3 +1031,98 @@ async fn a_cluster_without_the_nad_crd_is_fine_without_multus_only() {
     assert!(err.to_string().contains("NetworkAttachmentDefinitions"), "{err}");
     assert!(requests.iter().all(|r| !r.is_write()));
 }
+
+/// The hub token Secret in the member cluster, holding `token`.
+fn hub_kubeconfig_secret(token: &str) -> Value {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": "slicenet-hub-kubeconfig", "namespace": "slicenet-system"},
+           "type": "Opaque",
+           "data": {"kubeconfig": b64("kubeconfig naming the token file"), "token": b64(token)}})
+}
+
+fn secret_token(api: &FakeApi) -> String {
+    use base64::Engine as _;
+    let secret = api.get(Side::Cluster, "/api/v1/namespaces/slicenet-system/secrets/slicenet-hub-kubeconfig").unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(secret["data"]["token"].as_str().unwrap()).unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// Issue 20 (low): the worker's hub credential was a token that never expires. The worker keeps
+/// a bound token until two thirds of its life are gone, then asks the hub for a new one for its
+/// own ServiceAccount and writes it into its Secret with the version it read (a Secret changed
+/// meanwhile is a conflict, not overwritten); a legacy token without expiry is replaced at
+/// once. Every request is in the worker's declared access lists.
+#[tokio::test]
+async fn the_hub_token_is_renewed_before_it_expires() {
+    use slice_operator::worker::credential::{CredentialCheckError, Checked};
+    use slice_api::hub_credential::{REQUESTED_LIFETIME_SECONDS as LIFE, RenewReason};
+    let api = fixture();
+    let issued = 1_000_000;
+    let first = worker_support::jwt(&json!({"iat": issued, "exp": issued + LIFE}));
+    api.put(Side::Cluster, hub_kubeconfig_secret(&first));
+    api.state.lock().unwrap().now = issued + LIFE / 2;
+    let (worker, server) = worker_on(&api);
+
+    // Half way: kept, nothing written, nothing asked of the hub.
+    let kept = worker.check_hub_credential("c2", issued + LIFE / 2).await.unwrap();
+    assert_eq!(kept, Checked::Kept { at: issued + LIFE * 2 / 3 });
+    assert_eq!(secret_token(&api), first);
+    assert_eq!(api.state.lock().unwrap().tokens_issued, 0);
+
+    // Two thirds gone: a new token, issued by the hub now, in the Secret.
+    let now = issued + LIFE * 2 / 3;
+    api.state.lock().unwrap().now = now;
+    let renewed = worker.check_hub_credential("c2", now).await.unwrap();
+    assert_eq!(renewed, Checked::Renewed { reason: RenewReason::Due, expires: Some(now + LIFE) });
+    let second = secret_token(&api);
+    assert_ne!(second, first);
+    assert_eq!(slice_api::hub_credential::TokenTimes::of(&second).unwrap().issued, now);
+    let secret = api.get(Side::Cluster, "/api/v1/namespaces/slicenet-system/secrets/slicenet-hub-kubeconfig").unwrap();
+    assert!(secret["data"]["kubeconfig"].is_string(), "the kubeconfig stays beside the token");
+    assert_eq!(worker.check_hub_credential("c2", now + 1).await.unwrap(), Checked::Kept { at: now + LIFE * 2 / 3 });
+
+    // A Secret changed between the read and the write: a conflict, the other writer's token stays.
+    let due = now + LIFE;
+    api.state.lock().unwrap().now = due;
+    let theirs = worker_support::jwt(&json!({"iat": due, "exp": due + 60, "jti": "theirs"}));
+    let mut edited = false;
+    api.state.lock().unwrap().after_request = Some(worker_support::AfterRequest(Box::new({
+        let api = api.clone();
+        move |line: &str| {
+            if !edited && line.contains("serviceaccounts/slicenet-worker/token") {
+                edited = true;
+                api.put(Side::Cluster, hub_kubeconfig_secret(&theirs));
+            }
+        }
+    })));
+    let err = worker.check_hub_credential("c2", due).await.unwrap_err();
+    assert!(matches!(&err, CredentialCheckError::Api(WorkerError::Write { source: kube::Error::Api(s), .. }) if s.code == 409), "{err:?}");
+    assert!(secret_token(&api).contains('.'));
+    assert_eq!(slice_api::hub_credential::TokenTimes::of(&secret_token(&api)).unwrap().expires, Some(due + 60));
+    api.state.lock().unwrap().after_request = None;
+
+    // A legacy token (no expiry) is replaced at once.
+    api.put(Side::Cluster, hub_kubeconfig_secret(&worker_support::jwt(&json!({"iat": issued}))));
+    let migrated = worker.check_hub_credential("c2", due).await.unwrap();
+    assert_eq!(migrated, Checked::Renewed { reason: RenewReason::NeverExpires, expires: Some(due + LIFE) });
+
+    // No token key (a client certificate): nothing to renew; garbage: an error, nothing written.
+    api.edit(Side::Cluster, "/api/v1/namespaces/slicenet-system/secrets/slicenet-hub-kubeconfig", |s| {
+        s["data"].as_object_mut().unwrap().remove("token");
+    });
+    assert_eq!(worker.check_hub_credential("c2", due).await.unwrap(), Checked::NoToken);
+    api.put(Side::Cluster, hub_kubeconfig_secret("not-a-jwt"));
+    let before = api.state.lock().unwrap().tokens_issued;
+    let err = worker.check_hub_credential("c2", due).await.unwrap_err();
+    assert!(matches!(err, CredentialCheckError::Unreadable(_)), "{err:?}");
+    assert_eq!(api.state.lock().unwrap().tokens_issued, before);
+
+    let requests = api.take_requests();
+    let events = requests.iter().filter(|r| r.is_event()).count();
+    assert!(events >= 2, "renewals and failures are reported: {:?}", requests.iter().map(Recorded::line).collect::<Vec<_>>());
+    drop(worker);
+    server.await.unwrap();
+    assert_eq!(api.violations(), Vec::<String>::new(), "requests outside the declared access");
+}

@@ -124,7 +124,13 @@ pub fn install_worker(
 /// # Errors
 /// When the cluster name is invalid.
 pub fn install_worker_hub_access(cluster: &str) -> Result<()> {
-    print_out(&install::worker_hub_access(cluster)?.to_yaml()?)
+    print_out(&install::worker_hub_access(cluster)?.to_yaml()?)?;
+    eprintln!(
+        "After applying this on the hub, make the worker's first hub token (bound in time; the worker renews it):\n  {}\n\
+         and put it in the hub kubeconfig you pass to `slicectl install worker --hub-kubeconfig`.",
+        install::first_token_command(cluster)
+    );
+    Ok(())
 }
 
 /// `slicectl join`: prints the MemberCluster, or with `apply` applies it to the hub with kubectl.

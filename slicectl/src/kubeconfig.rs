@@ -35,12 +35,24 @@ pub enum Error {
 /// Fields of a kubeconfig that name files.
 const FILE_FIELDS: &[&str] = &["certificate-authority", "client-certificate", "client-key", "tokenFile"];
 
+/// What goes into the worker's Secret `slicenet-hub-kubeconfig`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerCredentials {
+    /// The kubeconfig; with a token, its user reads it from the token file
+    /// (`slice_api::hub_credential::token_file`).
+    pub kubeconfig: String,
+    /// The user's token, moved out of the kubeconfig so that the worker can renew it
+    /// (`slice_api::hub_credential`); `None` for another kind of credential.
+    pub token: Option<String>,
+}
+
 /// Checks `raw` for use inside a pod and, with `server`, replaces the server of the current
-/// context's cluster. Returns the kubeconfig to store in the worker's Secret.
+/// context's cluster. A token of the current user moves into its own Secret key, which the
+/// kubeconfig names as its `tokenFile`, so that the worker can renew it.
 ///
 /// # Errors
 /// An [`enum@Error`] that says how to fix the kubeconfig.
-pub fn for_worker(raw: &str, server: Option<&str>) -> Result<String, Error> {
+pub fn for_worker(raw: &str, server: Option<&str>) -> Result<WorkerCredentials, Error> {
     let mut config: Value = yaml_serde::from_str(raw)?;
     let context_name = config
         .get("current-context")
@@ -77,7 +89,15 @@ pub fn for_worker(raw: &str, server: Option<&str>) -> Result<String, Error> {
             .ok_or_else(|| Error::Missing { what: "cluster", name: cluster_name.clone() })?;
         cluster.insert("server".into(), server.into());
     }
-    Ok(yaml_serde::to_string(&config)?)
+    let mut token = None;
+    if let Some(user) =
+        named_mut(&mut config, "users", &user_name).and_then(|u| u.get_mut("user")).and_then(Value::as_mapping_mut)
+        && let Some(Value::String(value)) = user.remove("token")
+    {
+        user.insert("tokenFile".into(), slice_api::hub_credential::token_file().into());
+        token = Some(value);
+    }
+    Ok(WorkerCredentials { kubeconfig: yaml_serde::to_string(&config)?, token })
 }
 
 fn check_files(entry: &Value, what: &str) -> Result<(), Error> {
@@ -123,12 +143,27 @@ users:
     #[test]
     fn server_is_replaced_in_the_current_cluster_only() {
         let out = for_worker(KIND, Some("https://hub-control-plane:6443")).unwrap();
-        let v: Value = yaml_serde::from_str(&out).unwrap();
+        let v: Value = yaml_serde::from_str(&out.kubeconfig).unwrap();
         assert_eq!(v["clusters"][0]["cluster"]["server"].as_str(), Some("https://hub-control-plane:6443"));
         assert_eq!(v["clusters"][1]["cluster"]["server"].as_str(), Some("https://10.0.0.1"));
-        assert_eq!(v["users"][0]["user"]["token"].as_str(), Some("abc"));
-        let same: Value = yaml_serde::from_str(&for_worker(KIND, None).unwrap()).unwrap();
-        assert_eq!(same, yaml_serde::from_str::<Value>(KIND).unwrap());
+        let same: Value = yaml_serde::from_str(&for_worker(KIND, None).unwrap().kubeconfig).unwrap();
+        let want = KIND.replace("{token: abc}", "{tokenFile: /etc/slicenet/hub/token}");
+        assert_eq!(same, yaml_serde::from_str::<Value>(&want).unwrap());
+    }
+
+    /// The token leaves the kubeconfig for its own key, which the kubeconfig reads as a file:
+    /// the worker renews it there, and kube-rs reads the file again.
+    #[test]
+    fn the_token_moves_to_its_own_file() {
+        let out = for_worker(KIND, None).unwrap();
+        assert_eq!(out.token.as_deref(), Some("abc"));
+        let v: Value = yaml_serde::from_str(&out.kubeconfig).unwrap();
+        assert!(v["users"][0]["user"].get("token").is_none());
+        assert_eq!(v["users"][0]["user"]["tokenFile"].as_str(), Some("/etc/slicenet/hub/token"));
+        let certs = KIND.replace("{token: abc}", "{client-certificate-data: Qw==, client-key-data: Sw==}");
+        let out = for_worker(&certs, None).unwrap();
+        assert_eq!(out.token, None);
+        assert_eq!(yaml_serde::from_str::<Value>(&out.kubeconfig).unwrap(), yaml_serde::from_str::<Value>(&certs).unwrap());
     }
 
     #[test]

@@ -130,8 +130,10 @@ enum InstallCmd {
         #[arg(long)]
         multus: bool,
     },
-    /// To apply on the hub, per member cluster: the worker's ServiceAccount, token Secret and
-    /// roles there (its namespace slicenet-cluster-<cluster> and its own MemberCluster).
+    /// To apply on the hub, per member cluster: the worker's ServiceAccount and roles there (its
+    /// namespace slicenet-cluster-<cluster> and its own MemberCluster). Prints on stderr how to
+    /// make the worker's first token (`kubectl create token`, bound in time); the worker renews
+    /// it before it expires.
     WorkerHubAccess {
         /// The member cluster's name.
         #[arg(long)]

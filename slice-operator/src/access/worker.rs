@@ -22,6 +22,9 @@ pub const WORKER_HUB: &[Access] = &[
     Access::new("patch", G, "workerslices", OwnNamespace).sub("status"),
     Access::new("get", G, "memberclusters", Cluster),
     Access::new("patch", G, "memberclusters", Cluster).sub("status"),
+    // A new token for its own ServiceAccount, the only one in its namespace on the hub
+    // (`worker::credential`).
+    Access::new("create", "", "serviceaccounts", OwnNamespace).sub("token"),
     // Events about its WorkerSlices, in its namespace on the hub.
     Access::new("create", "events.k8s.io", "events", OwnNamespace),
     Access::new("patch", "events.k8s.io", "events", OwnNamespace),
@@ -69,6 +72,10 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("create", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("patch", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("delete", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
+    // Its hub token (`worker::credential`): read from, and renewed into, the Secret
+    // `slicenet-hub-kubeconfig` in its own namespace.
+    Access::new("get", "", "secrets", OwnNamespace),
+    Access::new("update", "", "secrets", OwnNamespace),
     // Leader election: the `slicenet-worker` Lease in its own namespace.
     Access::new("get", "coordination.k8s.io", "leases", OwnNamespace),
     Access::new("create", "coordination.k8s.io", "leases", OwnNamespace),

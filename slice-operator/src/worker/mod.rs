@@ -21,6 +21,7 @@
 //! claimed by two slices is decided between them, so a per-object controller would have to
 //! read all slices anyway.
 
+pub mod credential;
 pub mod decide;
 pub mod keys;
 pub mod objects;
@@ -44,6 +45,9 @@ use slice_api::error_chain::chain;
 use crate::kubeconfig::client_from_kubeconfig;
 
 pub use reconcile::{MetricsSource, PassOutcome, Worker, WorkerError, http_metrics};
+
+/// How often the leader looks at its hub token (`worker::credential`).
+pub const CREDENTIAL_CHECK: Duration = Duration::from_secs(600);
 
 /// Options of `slice-operator worker`.
 #[derive(Debug, Clone)]
@@ -154,6 +158,9 @@ async fn pass_loop(
     ]);
 
     let mut heartbeat = tokio::time::interval(options.heartbeat.max(Duration::from_secs(1)));
+    // The hub token is looked at when leading starts and then every few minutes; a renewal
+    // is due days ahead of its expiry (`slice_api::hub_credential::decide`).
+    let mut credential = tokio::time::interval(CREDENTIAL_CHECK);
     let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     // When the next pass runs: soon after a change (a burst of events settles into one pass),
     // after `resync` when all is quiet, after the backoff when a pass failed.
@@ -166,6 +173,15 @@ async fn pass_loop(
                 Err(WorkerError::NotLeading(e)) => return Err(e.into()),
                 Err(e) => tracing::warn!(error = %chain(&e), "heartbeat failed"),
             },
+            _ = credential.tick() => {
+                let now = k8s_openapi::jiff::Timestamp::now().as_second();
+                match worker.check_hub_credential(&cluster, now).await {
+                    Ok(credential::Checked::Kept { at }) => tracing::debug!(renew_at = at, "hub token kept"),
+                    Ok(checked) => tracing::info!(?checked, "hub token checked"),
+                    Err(credential::CredentialCheckError::Api(WorkerError::NotLeading(e))) => return Err(e.into()),
+                    Err(e) => tracing::warn!(error = %chain(&e), "hub token renewal failed; tried again later"),
+                }
+            }
             event = events.next() => match event {
                 Some(Ok(kind)) => {
                     tracing::debug!(kind, "change seen");

@@ -349,8 +349,23 @@ impl Worker {
         Ok(outcome)
     }
 
+    /// The hub's client.
+    pub(super) fn hub_client(&self) -> Client {
+        self.hub.clone()
+    }
+
+    /// The member cluster's client.
+    pub(super) fn local_client(&self) -> Client {
+        self.local.clone()
+    }
+
+    /// This replica's leadership, checked before every write.
+    pub(super) fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
     /// Publishes `notices`: those about WorkerSlices on the hub, the others in the cluster.
-    async fn publish(&self, notices: &[Notice], now: &str) {
+    pub(super) async fn publish(&self, notices: &[Notice], now: &str) {
         let now = now.parse::<Timestamp>().unwrap_or_else(|_| Timestamp::now());
         let (hub, local): (Vec<Notice>, Vec<Notice>) =
             notices.iter().cloned().partition(|n| n.regarding.kind.as_deref() == Some("WorkerSlice"));

@@ -119,6 +119,18 @@ pub struct State {
     pub after_request: Option<AfterRequest>,
     resource_version: u64,
     node_port: u16,
+    /// The API server's clock for the tokens it issues (seconds since the epoch).
+    pub now: i64,
+    /// Tokens issued by TokenRequest.
+    pub tokens_issued: u64,
+}
+
+/// An unsigned JWT with `claims` (the shape of a ServiceAccount token).
+#[must_use]
+pub fn jwt(claims: &Value) -> String {
+    use base64::Engine as _;
+    let enc = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    format!("{}.{}.{}", enc(br#"{"alg":"RS256"}"#), enc(claims.to_string().as_bytes()), enc(b"unsigned"))
 }
 
 /// Shared handle to the fake servers' state.
@@ -459,6 +471,31 @@ impl FakeApi {
                     .collect();
                 let rv = st.resource_version.to_string();
                 (200, json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": items}))
+            }
+            "POST" if path.contains("/serviceaccounts/") && path.ends_with("/token") => {
+                // TokenRequest: a JWT issued now for the asked lifetime (unsigned: the worker
+                // reads only its times), counted so that tests can tell tokens apart.
+                let account = path.trim_end_matches("/token").rsplit('/').next().unwrap_or_default().to_owned();
+                st.tokens_issued += 1;
+                let iat = st.now;
+                let exp = iat + body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
+                let token = jwt(&json!({"iat": iat, "exp": exp, "sub": account, "jti": st.tokens_issued}));
+                let mut answer = body.clone();
+                answer["status"] = json!({"token": token, "expirationTimestamp": exp.to_string()});
+                (201, answer)
+            }
+            "PUT" => {
+                let Some(old) = st.objects.get(&key) else {
+                    return (404, status(404, "NotFound", &format!("{path} not found")));
+                };
+                if body["metadata"]["resourceVersion"].as_str() != old["metadata"]["resourceVersion"].as_str() {
+                    return (409, status(409, "Conflict", "the object has been modified"));
+                }
+                st.resource_version += 1;
+                let mut obj = body.clone();
+                obj["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
+                st.objects.insert(key, obj.clone());
+                (200, obj)
             }
             "POST" => {
                 let name = body["metadata"]["name"].as_str().unwrap_or_default();

@@ -73,12 +73,8 @@ pub const WEBHOOK_TLS_SECRET: &str = webhooks::config::TLS_SECRET;
 pub const HUB_WEBHOOK_NAME: &str = "slicenet-hub-webhook";
 /// The Secret with the hub webhook's serving certificate.
 pub const HUB_WEBHOOK_TLS_SECRET: &str = "slicenet-hub-webhook-tls";
-/// The Secret (in the member cluster) with the worker's hub kubeconfig, under [`HUB_KUBECONFIG_KEY`].
-pub const HUB_KUBECONFIG_SECRET: &str = "slicenet-hub-kubeconfig";
-/// The key of the kubeconfig in [`HUB_KUBECONFIG_SECRET`].
-pub const HUB_KUBECONFIG_KEY: &str = "kubeconfig";
-/// The token Secret (on the hub, in the cluster's namespace) of the worker's ServiceAccount.
-pub const WORKER_TOKEN_SECRET: &str = "slicenet-worker-token";
+/// The Secret (in the member cluster) with the worker's hub kubeconfig and token.
+pub const HUB_KUBECONFIG_SECRET: &str = slice_api::hub_credential::SECRET;
 
 /// What every install takes.
 #[derive(Debug, Clone)]
@@ -156,7 +152,7 @@ pub fn hub(opts: &Options) -> Result<Manifest> {
 /// ([`crate::kubeconfig::for_worker`]).
 pub fn worker(opts: &Options, cluster: &str, hub_kubeconfig: &str, hub_server: Option<&str>) -> Result<Manifest> {
     check_cluster_name(cluster)?;
-    let kubeconfig = crate::kubeconfig::for_worker(hub_kubeconfig, hub_server).context("--hub-kubeconfig")?;
+    let credentials = crate::kubeconfig::for_worker(hub_kubeconfig, hub_server).context("--hub-kubeconfig")?;
     let mut m = system_namespace()?;
     m.push(&objects::gateway_namespace())?;
     m.push_commented(network_policy::DEFAULT_DENY_NOTE, &network_policy::default_deny(GATEWAY_NAMESPACE))?;
@@ -164,7 +160,7 @@ pub fn worker(opts: &Options, cluster: &str, hub_kubeconfig: &str, hub_server: O
     m.extend(component_rbac(&worker, WORKER_NAME, None)?);
     m.push_commented(
         &["The worker's credentials on the hub: see `slicectl install worker-hub-access`."],
-        &objects::secret(HUB_KUBECONFIG_SECRET, SYSTEM_NAMESPACE, "Opaque", [(HUB_KUBECONFIG_KEY, kubeconfig)]),
+        &hub_kubeconfig_secret(credentials),
     )?;
     m.push(&workloads::worker_deployment(&opts.image, cluster))?;
     m.push(&workloads::disruption_budget(WORKER_NAME))?;
@@ -197,12 +193,26 @@ pub fn worker_hub_access(cluster: &str) -> Result<Manifest> {
     // access is to its own MemberCluster, so the ClusterRole names it.
     let own = [cluster.to_owned()];
     m.extend(component_rbac(&worker, &format!("{WORKER_NAME}-{cluster}"), Some(&own))?);
-    m.push_commented(
-        &[
-            "A long-lived token for the worker's ServiceAccount, filled in by the API server. Build the",
-            "worker's hub kubeconfig from it (see e2e/kind/run.sh) and pass it to `slicectl install worker`.",
-        ],
-        &objects::service_account_token(WORKER_TOKEN_SECRET, &namespace, WORKER_NAME),
-    )?;
     Ok(m)
+}
+
+/// How an admin makes the worker's first hub token (printed by `slicectl install
+/// worker-hub-access`): a token bound in time, which the worker renews itself from then on.
+#[must_use]
+pub fn first_token_command(cluster: &str) -> String {
+    format!(
+        "kubectl -n {} create token {WORKER_NAME} --duration={}s",
+        cluster_namespace(cluster),
+        slice_api::hub_credential::REQUESTED_LIFETIME_SECONDS
+    )
+}
+
+/// The worker's Secret: the kubeconfig and, when it has one, the token it reads as a file.
+fn hub_kubeconfig_secret(credentials: crate::kubeconfig::WorkerCredentials) -> k8s_openapi::api::core::v1::Secret {
+    use slice_api::hub_credential::{KUBECONFIG_KEY, TOKEN_KEY};
+    let mut secret = objects::secret(HUB_KUBECONFIG_SECRET, SYSTEM_NAMESPACE, "Opaque", [(KUBECONFIG_KEY, credentials.kubeconfig)]);
+    if let (Some(token), Some(data)) = (credentials.token, secret.data.as_mut()) {
+        data.insert(TOKEN_KEY.to_owned(), k8s_openapi::ByteString(token.into_bytes()));
+    }
+    secret
 }

@@ -23,14 +23,13 @@ use slice_api::names::DEFAULT_IPAM_DIR;
 use slice_api::names::{DEFAULT_STATE_DIR, EXCLUDE_KEY};
 
 use super::objects::{labels, meta, selector};
-use super::{HUB_KUBECONFIG_KEY, HUB_KUBECONFIG_SECRET, HUB_NAME, NODE_AGENT_NAME, WORKER_NAME};
+use super::{HUB_KUBECONFIG_SECRET, HUB_NAME, NODE_AGENT_NAME, WORKER_NAME};
+use slice_api::hub_credential::{KUBECONFIG_KEY as HUB_KUBECONFIG_KEY, MOUNT_DIR as HUB_KUBECONFIG_DIR};
 
 /// Where the image keeps the binaries.
 const BIN: &str = "/usr/local/bin";
 /// slicenet's persistent host dir; slice-cni's IPAM store ([`DEFAULT_IPAM_DIR`]) is inside it.
 pub const VAR_LIB_DIR: &str = "/var/lib/slicenet";
-/// Where the worker finds its hub kubeconfig.
-const HUB_KUBECONFIG_DIR: &str = "/etc/slicenet/hub";
 /// The image's unprivileged user and group (see `deploy/Dockerfile`).
 pub const NON_ROOT_ID: i64 = 65532;
 /// Replicas of the hub and worker controllers (one leads through its Lease, one stands by)
