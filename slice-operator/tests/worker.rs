@@ -1056,8 +1056,8 @@ fn secret_token(api: &FakeApi) -> String {
 /// once. Every request is in the worker's declared access lists.
 #[tokio::test]
 async fn the_hub_token_is_renewed_before_it_expires() {
-    use slice_operator::worker::credential::{CredentialCheckError, Checked};
     use slice_api::hub_credential::{REQUESTED_LIFETIME_SECONDS as LIFE, RenewReason};
+    use slice_operator::worker::credential::{Checked, CredentialCheckError};
     let api = fixture();
     let issued = 1_000_000;
     let first = worker_support::jwt(&json!({"iat": issued, "exp": issued + LIFE}));
@@ -1098,7 +1098,10 @@ async fn the_hub_token_is_renewed_before_it_expires() {
         }
     })));
     let err = worker.check_hub_credential("c2", due).await.unwrap_err();
-    assert!(matches!(&err, CredentialCheckError::Api(WorkerError::Write { source: kube::Error::Api(s), .. }) if s.code == 409), "{err:?}");
+    assert!(
+        matches!(&err, CredentialCheckError::Api(WorkerError::Write { source: kube::Error::Api(s), .. }) if s.code == 409),
+        "{err:?}"
+    );
     assert!(secret_token(&api).contains('.'));
     assert_eq!(slice_api::hub_credential::TokenTimes::of(&secret_token(&api)).unwrap().expires, Some(due + 60));
     api.state.lock().unwrap().after_request = None;
@@ -1121,7 +1124,11 @@ async fn the_hub_token_is_renewed_before_it_expires() {
 
     let requests = api.take_requests();
     let events = requests.iter().filter(|r| r.is_event()).count();
-    assert!(events >= 2, "renewals and failures are reported: {:?}", requests.iter().map(Recorded::line).collect::<Vec<_>>());
+    assert!(
+        events >= 2,
+        "renewals and failures are reported: {:?}",
+        requests.iter().map(Recorded::line).collect::<Vec<_>>()
+    );
     drop(worker);
     server.await.unwrap();
     assert_eq!(api.violations(), Vec::<String>::new(), "requests outside the declared access");

@@ -163,7 +163,10 @@ users:
         let certs = KIND.replace("{token: abc}", "{client-certificate-data: Qw==, client-key-data: Sw==}");
         let out = for_worker(&certs, None).unwrap();
         assert_eq!(out.token, None);
-        assert_eq!(yaml_serde::from_str::<Value>(&out.kubeconfig).unwrap(), yaml_serde::from_str::<Value>(&certs).unwrap());
+        assert_eq!(
+            yaml_serde::from_str::<Value>(&out.kubeconfig).unwrap(),
+            yaml_serde::from_str::<Value>(&certs).unwrap()
+        );
     }
 
     #[test]

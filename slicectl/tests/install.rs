@@ -35,6 +35,13 @@ fn slicectl(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs slicectl and returns what it said on stderr; panics on failure.
+fn slicectl_stderr(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_slicectl")).args(args).output().unwrap();
+    assert!(out.status.success(), "slicectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stderr).unwrap()
+}
+
 fn install_worker(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.yaml");
@@ -682,8 +689,13 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
 
     // The hub kubeconfig Secret holds the kubeconfig with the server replaced.
     let secret = p.secrets.iter().find(|s| s.metadata.name.as_deref() == Some("slicenet-hub-kubeconfig")).unwrap();
-    let kc = String::from_utf8(secret.data.as_ref().unwrap()["kubeconfig"].0.clone()).unwrap();
-    assert!(kc.contains("https://hub-control-plane:6443") && kc.contains("secret-token"), "{kc}");
+    let data = secret.data.as_ref().unwrap();
+    let kc = String::from_utf8(data["kubeconfig"].0.clone()).unwrap();
+    assert!(kc.contains("https://hub-control-plane:6443") && !kc.contains("secret-token"), "{kc}");
+    // The token in its own key, read as a file where the Secret is mounted (the worker renews it).
+    assert_eq!(data[slice_api::hub_credential::TOKEN_KEY].0, b"secret-token");
+    let kc: Value = yaml_serde::from_str(&kc).unwrap();
+    assert_eq!(kc["users"][0]["user"]["tokenFile"].as_str(), Some(slice_api::hub_credential::token_file().as_str()));
     let worker = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-worker")).unwrap();
     let spec = worker.spec.template.spec.as_ref().unwrap();
     let env: BTreeMap<_, _> = spec.containers[0]
@@ -803,9 +815,14 @@ fn worker_hub_access_grants_exactly_the_worker_hub_list_for_its_own_cluster() {
         }
     }
     assert!(!p.cluster_roles.is_empty());
-    let token = &p.secrets[0];
-    assert_eq!(token.type_.as_deref(), Some("kubernetes.io/service-account-token"));
-    assert_eq!(token.metadata.annotations.as_ref().unwrap()["kubernetes.io/service-account.name"], "slicenet-worker");
+    // No long-lived token Secret: the first token is made with `kubectl create token` (bound in
+    // time), as the command prints, and the worker renews it (`worker::credential`).
+    assert!(p.secrets.is_empty(), "{:?}", p.secrets);
+    let hint = slicectl_stderr(&["install", "worker-hub-access", "--cluster", "east"]);
+    assert!(
+        hint.contains("kubectl -n slicenet-cluster-east create token slicenet-worker --duration=2592000s"),
+        "{hint}"
+    );
     // Two clusters' objects do not collide where names are global.
     let west = parse(&slicectl(&["install", "worker-hub-access", "--cluster", "west"]));
     assert_ne!(west.cluster_roles[0].metadata.name, p.cluster_roles[0].metadata.name);

@@ -66,12 +66,9 @@ impl Worker {
                 format!("the hub token was renewed ({reason:?}); the new one expires at {expires:?} (Unix seconds)"),
             )),
             Err(CredentialCheckError::Api(WorkerError::NotLeading(_))) | Ok(_) => None,
-            Err(e) => Some(Notice::warning(
-                secret,
-                reason::FAILED,
-                "Renew",
-                slice_api::error_chain::chain(e).to_string(),
-            )),
+            Err(e) => {
+                Some(Notice::warning(secret, reason::FAILED, "Renew", slice_api::error_chain::chain(e).to_string()))
+            }
         };
         if let Some(notice) = notice {
             self.publish(&[notice], &super::now_rfc3339()).await;
@@ -96,23 +93,22 @@ impl Worker {
         };
         self.leadership().check().map_err(WorkerError::from)?;
         let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: Vec::new(),
+            spec: Some(TokenRequestSpec {
                 expiration_seconds: Some(hub_credential::REQUESTED_LIFETIME_SECONDS),
-                bound_object_ref: None,
-            },
+                ..TokenRequestSpec::default()
+            }),
             ..TokenRequest::default()
         };
         let namespace = cluster_namespace(cluster);
         let accounts = Api::<ServiceAccount>::namespaced(self.hub_client(), &namespace);
-        let granted = accounts
-            .create_token_request(WORKER_ACCOUNT, &PostParams::default(), &request)
-            .await
-            .map_err(|source| WorkerError::Write {
+        let granted = accounts.create_token_request(WORKER_ACCOUNT, &PostParams::default(), &request).await.map_err(
+            |source| WorkerError::Write {
                 what: format!("requesting a token for ServiceAccount {namespace}/{WORKER_ACCOUNT} on the hub"),
                 source,
-            })?;
-        let new_token = granted.status.map(|s| s.token).filter(|t| !t.is_empty()).ok_or(CredentialCheckError::NoTokenGiven)?;
+            },
+        )?;
+        let new_token =
+            granted.status.and_then(|s| s.token).filter(|t| !t.is_empty()).ok_or(CredentialCheckError::NoTokenGiven)?;
         let expires = TokenTimes::of(&new_token).map_err(CredentialCheckError::Unreadable)?.expires;
         let mut updated = secret;
         updated
@@ -122,7 +118,10 @@ impl Worker {
         // `replace` sends the resourceVersion read above: a Secret changed since is a conflict.
         self.leadership().check().map_err(WorkerError::from)?;
         secrets.replace(hub_credential::SECRET, &PostParams::default(), &updated).await.map_err(|source| {
-            WorkerError::Write { what: format!("writing the new hub token into Secret {}", hub_credential::SECRET), source }
+            WorkerError::Write {
+                what: format!("writing the new hub token into Secret {}", hub_credential::SECRET),
+                source,
+            }
         })?;
         Ok(Checked::Renewed { reason, expires })
     }

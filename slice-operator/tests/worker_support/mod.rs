@@ -481,7 +481,8 @@ impl FakeApi {
                 let exp = iat + body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
                 let token = jwt(&json!({"iat": iat, "exp": exp, "sub": account, "jti": st.tokens_issued}));
                 let mut answer = body.clone();
-                answer["status"] = json!({"token": token, "expirationTimestamp": exp.to_string()});
+                let expires = k8s_openapi::jiff::Timestamp::from_second(exp).map(|t| t.to_string()).unwrap_or_default();
+                answer["status"] = json!({"token": token, "expirationTimestamp": expires});
                 (201, answer)
             }
             "PUT" => {

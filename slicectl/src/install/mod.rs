@@ -210,7 +210,8 @@ pub fn first_token_command(cluster: &str) -> String {
 /// The worker's Secret: the kubeconfig and, when it has one, the token it reads as a file.
 fn hub_kubeconfig_secret(credentials: crate::kubeconfig::WorkerCredentials) -> k8s_openapi::api::core::v1::Secret {
     use slice_api::hub_credential::{KUBECONFIG_KEY, TOKEN_KEY};
-    let mut secret = objects::secret(HUB_KUBECONFIG_SECRET, SYSTEM_NAMESPACE, "Opaque", [(KUBECONFIG_KEY, credentials.kubeconfig)]);
+    let mut secret =
+        objects::secret(HUB_KUBECONFIG_SECRET, SYSTEM_NAMESPACE, "Opaque", [(KUBECONFIG_KEY, credentials.kubeconfig)]);
     if let (Some(token), Some(data)) = (credentials.token, secret.data.as_mut()) {
         data.insert(TOKEN_KEY.to_owned(), k8s_openapi::ByteString(token.into_bytes()));
     }

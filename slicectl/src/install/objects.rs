@@ -102,16 +102,6 @@ pub fn secret<const N: usize>(name: &str, namespace: &str, type_: &str, data: [(
     }
 }
 
-/// A token Secret of ServiceAccount `account`: the API server's token controller fills in
-/// `token` and `ca.crt` (since Kubernetes 1.24 no such Secret is made by itself).
-#[must_use]
-pub fn service_account_token(name: &str, namespace: &str, account: &str) -> Secret {
-    let mut metadata = meta(name, Some(namespace), account);
-    metadata.annotations =
-        Some(BTreeMap::from([("kubernetes.io/service-account.name".to_owned(), account.to_owned())]));
-    Secret { metadata, type_: Some("kubernetes.io/service-account-token".to_owned()), ..Secret::default() }
-}
-
 /// A component: its ServiceAccount `name` in `namespace`, and what it does on the API.
 #[derive(Debug, Clone, Copy)]
 pub struct Component<'a> {
