@@ -1,7 +1,7 @@
 //! The worker controller's requests: on the hub (its own cluster's namespace only) and in its
 //! own member cluster.
 
-use slice_api::names::GATEWAY_NAMESPACE;
+use slice_api::names::{GATEWAY_NAMESPACE, WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET};
 use slice_api::rbac::Access;
 use slice_api::rbac::Scope::{Cluster, Namespace, OwnNamespace};
 
@@ -69,6 +69,11 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("create", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("patch", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("delete", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
+    // The pod webhook's serving certificate (`cert_rotation`): the CA Secret `slicectl install
+    // worker` printed and the serving Secret are read; the serving Secret is replaced with the
+    // resourceVersion read. By name: no other Secret of `slicenet-system` is readable.
+    Access::new("get", "", "secrets", OwnNamespace).named(&[WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET]),
+    Access::new("update", "", "secrets", OwnNamespace).named(&[WEBHOOK_TLS_SECRET]),
     // Leader election: the `slicenet-worker` Lease in its own namespace.
     Access::new("get", "coordination.k8s.io", "leases", OwnNamespace),
     Access::new("create", "coordination.k8s.io", "leases", OwnNamespace),
