@@ -14,6 +14,25 @@ pub const GATEWAY_NAMESPACE: &str = "slicenet-gateway";
 pub const NODE_NAMESPACE: &str = "slicenet-node";
 /// slicenet's own namespaces: never slice members, never sent to the pod webhook.
 pub const RESERVED_NAMESPACES: [&str; 3] = [SYSTEM_NAMESPACE, GATEWAY_NAMESPACE, NODE_NAMESPACE];
+/// The member clusters' pod webhook's serving certificate: a `kubernetes.io/tls` Secret in
+/// [`SYSTEM_NAMESPACE`] (`tls.crt`, `tls.key`, and `ca.crt` for the `caBundle`), mounted by the
+/// webhook, renewed by the worker from [`WEBHOOK_CA_SECRET`].
+pub const WEBHOOK_TLS_SECRET: &str = "slicenet-webhook-tls";
+/// The hub's SliceConfig webhook's serving certificate (as [`WEBHOOK_TLS_SECRET`]), renewed by
+/// the hub controller from [`HUB_WEBHOOK_CA_SECRET`].
+pub const HUB_WEBHOOK_TLS_SECRET: &str = "slicenet-hub-webhook-tls";
+/// The CA that `slicectl install worker` made for the pod webhook (an `Opaque` Secret in
+/// [`SYSTEM_NAMESPACE`] under [`CA_CERT_KEY`] and [`CA_KEY_KEY`]), kept so that the serving
+/// certificate can be renewed without changing the `caBundle`. Not printed when the user brings
+/// the certificate (`--webhook-tls-dir`): then nothing is renewed.
+pub const WEBHOOK_CA_SECRET: &str = "slicenet-webhook-ca";
+/// The hub webhook's CA (as [`WEBHOOK_CA_SECRET`], printed by `slicectl install hub`).
+pub const HUB_WEBHOOK_CA_SECRET: &str = "slicenet-hub-webhook-ca";
+/// The CA certificate's key in a webhook CA Secret. Not `tls.crt`: the CA Secret must never be
+/// mistaken for (or mounted as) a serving pair.
+pub const CA_CERT_KEY: &str = "ca.crt";
+/// The CA private key's key in a webhook CA Secret.
+pub const CA_KEY_KEY: &str = "ca.key";
 /// API version of slicenet's custom resources.
 pub const API_VERSION: &str = "v1alpha1";
 /// Namespace label that asks for a namespace to join a slice.

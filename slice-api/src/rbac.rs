@@ -29,13 +29,23 @@ pub struct Access {
     /// Kubernetes verb: get, list, watch, create, update, patch, delete.
     pub verb: &'static str,
     pub scope: Scope,
+    /// The objects it is limited to (RBAC `resourceNames`); empty for every object. RBAC can
+    /// limit `get`, `update`, `patch` and `delete` by name, never `list`, `watch` or `create`.
+    pub names: &'static [&'static str],
 }
 
 impl Access {
     /// `verb` on `group`/`resource` in `scope`.
     #[must_use]
     pub const fn new(verb: &'static str, group: &'static str, resource: &'static str, scope: Scope) -> Self {
-        Self { group, resource, subresource: "", verb, scope }
+        Self { group, resource, subresource: "", verb, scope, names: &[] }
+    }
+
+    /// The same access limited to the objects `names`.
+    #[must_use]
+    pub const fn named(mut self, names: &'static [&'static str]) -> Self {
+        self.names = names;
+        self
     }
 
     /// The same access on a subresource.
@@ -121,8 +131,8 @@ pub fn request_attributes(method: &str, path_and_query: &str) -> Option<RequestA
 }
 
 /// Whether `declared` covers the request `attrs`: same group, resource, subresource and verb,
-/// and a namespaced request may be covered by an [`Scope::OwnNamespace`] access only when it is
-/// in `own_namespace`.
+/// the object among the access's names when it has any, and a namespaced request may be covered
+/// by an [`Scope::OwnNamespace`] access only when it is in `own_namespace`.
 #[must_use]
 pub fn covers(declared: &[Access], attrs: &RequestAttributes, own_namespace: Option<&str>) -> bool {
     declared.iter().any(|a| {
@@ -130,6 +140,7 @@ pub fn covers(declared: &[Access], attrs: &RequestAttributes, own_namespace: Opt
             && a.resource == attrs.resource
             && a.subresource == attrs.subresource
             && a.verb == attrs.verb
+            && (a.names.is_empty() || attrs.name.as_deref().is_some_and(|n| a.names.contains(&n)))
             && match a.scope {
                 Scope::Cluster => true,
                 Scope::OwnNamespace => attrs.namespace.is_some() && attrs.namespace.as_deref() == own_namespace,
@@ -166,5 +177,15 @@ mod tests {
         assert!(!covers(&declared, &req, Some("other")));
         let req = request_attributes("GET", "/api/v1/namespaces/own/secrets/k").unwrap();
         assert!(!covers(&declared, &req, Some("own")), "get is not patch");
+    }
+
+    #[test]
+    fn a_named_access_covers_only_its_objects() {
+        let declared = [Access::new("get", "", "secrets", Scope::OwnNamespace).named(&["a", "b"])];
+        let get = |path: &str| request_attributes("GET", path).unwrap();
+        assert!(covers(&declared, &get("/api/v1/namespaces/own/secrets/a"), Some("own")));
+        assert!(covers(&declared, &get("/api/v1/namespaces/own/secrets/b"), Some("own")));
+        assert!(!covers(&declared, &get("/api/v1/namespaces/own/secrets/c"), Some("own")), "another object");
+        assert!(!covers(&declared, &get("/api/v1/namespaces/own/secrets"), Some("own")), "a list names no object");
     }
 }

@@ -114,6 +114,11 @@ pub mod reason {
     pub const NAMESPACE_JOINED_SLICE: &str = "NamespaceJoinedSlice";
     /// The worker removed the namespace's slice label.
     pub const NAMESPACE_LEFT_SLICE: &str = "NamespaceLeftSlice";
+    // Hub and worker, on their webhook's TLS Secret in `slicenet-system`.
+    /// The serving certificate was renewed from the CA Secret (note: until when).
+    pub const WEBHOOK_CERTIFICATE_RENEWED: &str = "WebhookCertificateRenewed";
+    /// The serving certificate is left alone (note: why — not the CA's, unreadable, CA expired).
+    pub const WEBHOOK_CERTIFICATE_PROBLEM: &str = "WebhookCertificateProblem";
     // Both.
     /// A write failed (note: which, and the API's answer); the pass is retried with backoff.
     pub const WRITE_FAILED: &str = "WriteFailed";

@@ -596,6 +596,9 @@ async fn the_runner_watches_retries_with_backoff_and_stops_on_request() {
     let ready_seen = Arc::clone(&ready_at_lists);
     let server_probe = health.clone();
     let (client, server) = serve_with(HUB_ACCESS, move |seen| {
+        if seen.attributes.resource == "secrets" {
+            return Some((404, hub_support::status(404, "NotFound"))); // no webhook CA Secret
+        }
         let kind = seen.path.rsplit('/').next().unwrap_or_default().to_owned();
         let list_kind = match kind.as_str() {
             "sliceconfigs" => "SliceConfigList",
@@ -689,6 +692,15 @@ async fn the_declared_access_is_exactly_what_the_requests_need() {
     note(&seen);
     // The election and the events (their own scenarios below).
     used.extend(lease_and_event_access().await);
+    // The webhook certificate's renewal: its own scenarios against this same list in
+    // tests/cert_rotation.rs (a GET of each Secret, one PUT of the TLS Secret).
+    for (verb, path) in [
+        ("GET", "/api/v1/namespaces/slicenet-system/secrets/x"),
+        ("PUT", "/api/v1/namespaces/slicenet-system/secrets/x"),
+    ] {
+        let a = request_attributes(verb, path).expect("resource path");
+        used.insert((a.verb, a.group, a.resource, a.subresource));
+    }
     // The runner's watches.
     for kind in [SC, MC, WS] {
         let a = request_attributes("GET", &format!("{kind}?watch=true")).expect("resource path");
@@ -959,6 +971,8 @@ async fn a_hub_that_loses_its_lease_stops_writing_at_once() {
             ("GET", "sliceconfigs") => Some((200, list("SliceConfigList", &slices))),
             ("GET", "memberclusters") => Some((200, list("MemberClusterList", &clusters))),
             ("GET", "workerslices") => Some((200, list("WorkerSliceList", &[]))),
+            // The webhook certificate's check when leading starts: no CA Secret, nothing to do.
+            ("GET", _) if seen.attributes.resource == "secrets" => Some((404, hub_support::status(404, "NotFound"))),
             _ => {
                 // The first write: another replica takes the lease meanwhile, and this write
                 // never gets an answer.
@@ -1048,6 +1062,9 @@ async fn a_standby_is_ready_reconciles_only_once_it_leads_and_releases_on_shutdo
         }
         if seen.query.contains("watch=true") {
             return None;
+        }
+        if seen.attributes.resource == "secrets" {
+            return Some((404, hub_support::status(404, "NotFound"))); // no webhook CA Secret
         }
         let kind = match seen.path.rsplit('/').next().unwrap_or_default() {
             "sliceconfigs" => "SliceConfigList",

@@ -97,8 +97,11 @@ struct ImageArgs {
     #[arg(long)]
     image: Option<String>,
     /// A dir with the webhook's `ca.crt`, `tls.crt` and `tls.key` (for `*.slicenet-system.svc`);
-    /// without it a new self-signed CA and certificate are made on every run. Give the same
-    /// files to `install hub` and `install worker` when the hub is also a member cluster.
+    /// without it a new self-signed CA (10 years) and certificate (90 days) are made on every
+    /// run, the CA kept in a Secret from which the controllers renew the certificate. A
+    /// certificate given here is never renewed by slicenet (renew it yourself, e.g. with
+    /// cert-manager). Give the same files to `install hub` and `install worker` when the hub is
+    /// also a member cluster.
     #[arg(long)]
     webhook_tls_dir: Option<PathBuf>,
 }

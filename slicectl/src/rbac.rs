@@ -10,30 +10,62 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use slice_api::rbac::{Access, Scope};
 
-/// The rules that grant exactly the entries of `list` in `scope`. With `resource_names`, every
+/// The rules that grant exactly the entries of `list` in `scope`. An entry with
+/// [`Access::names`] gets a rule limited to those objects. With `resource_names`, every other
 /// rule is limited to those object names (used for the worker's own MemberCluster on the hub;
 /// RBAC cannot limit `list`, `watch` or `create` by name, so such entries must not be given
 /// names).
 #[must_use]
 pub fn policy_rules(list: &[Access], scope: Scope, resource_names: Option<&[String]>) -> Vec<PolicyRule> {
-    // (group, resource[/subresource]) → verbs
-    let mut verbs: BTreeMap<(&str, String), BTreeSet<&str>> = BTreeMap::new();
+    // (group, resource[/subresource], names) → verbs
+    type Names = &'static [&'static str];
+    let mut verbs: BTreeMap<(&str, String, Names), BTreeSet<&str>> = BTreeMap::new();
     for a in list.iter().filter(|a| a.scope == scope) {
-        verbs.entry((a.group, a.rbac_resource())).or_default().insert(a.verb);
+        verbs.entry((a.group, a.rbac_resource(), a.names)).or_default().insert(a.verb);
     }
-    // (group, verbs) → resources
-    let mut rules: BTreeMap<(&str, Vec<&str>), Vec<String>> = BTreeMap::new();
-    for ((group, resource), v) in verbs {
-        rules.entry((group, v.into_iter().collect())).or_default().push(resource);
+    // (group, verbs, names) → resources
+    let mut rules: BTreeMap<(&str, Vec<&str>, Names), Vec<String>> = BTreeMap::new();
+    for ((group, resource, names), v) in verbs {
+        rules.entry((group, v.into_iter().collect(), names)).or_default().push(resource);
     }
     rules
         .into_iter()
-        .map(|((group, verbs), resources)| PolicyRule {
+        .map(|((group, verbs, names), resources)| PolicyRule {
             api_groups: Some(vec![group.to_owned()]),
             resources: Some(resources),
             verbs: verbs.into_iter().map(str::to_owned).collect(),
-            resource_names: resource_names.map(<[String]>::to_vec),
+            resource_names: if names.is_empty() {
+                resource_names.map(<[String]>::to_vec)
+            } else {
+                Some(names.iter().map(|n| (*n).to_owned()).collect())
+            },
             non_resource_urls: None,
+        })
+        .collect()
+}
+
+/// Every (group, resource[/subresource], verb, object name) the rules grant by name: the rules
+/// with `resourceNames`.
+#[must_use]
+pub fn named_grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String, String)> {
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        for (group, resource, verb) in grants(std::slice::from_ref(rule)) {
+            for name in rule.resource_names.iter().flatten() {
+                out.insert((group.clone(), resource.clone(), verb.clone(), name.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// The (group, resource, verb, object name) of the named entries of `list` in `scope`.
+#[must_use]
+pub fn declared_named(list: &[Access], scope: Scope) -> BTreeSet<(String, String, String, String)> {
+    list.iter()
+        .filter(|a| a.scope == scope)
+        .flat_map(|a| {
+            a.names.iter().map(|n| (a.group.to_owned(), a.rbac_resource(), a.verb.to_owned(), (*n).to_owned()))
         })
         .collect()
 }
@@ -80,7 +112,22 @@ mod tests {
             {
                 let rules = policy_rules(list, scope, None);
                 assert_eq!(grants(&rules), declared(list, scope), "{scope:?} rules of {list:?}");
-                assert!(rules.iter().all(|r| r.resource_names.is_none() && !r.verbs.is_empty()));
+                assert_eq!(named_grants(&rules), declared_named(list, scope), "{scope:?} rules of {list:?}");
+                assert!(rules.iter().all(|r| !r.verbs.is_empty()));
+                // A named rule grants only named entries' verbs: no unnamed entry shares it.
+                for r in rules.iter().filter(|r| r.resource_names.is_some()) {
+                    for verb in &r.verbs {
+                        for resource in r.resources.iter().flatten() {
+                            let unnamed = list.iter().any(|a| {
+                                a.scope == scope
+                                    && a.names.is_empty()
+                                    && a.verb == verb
+                                    && a.rbac_resource() == *resource
+                            });
+                            assert!(!unnamed, "{verb} {resource} is granted on every object elsewhere: {r:?}");
+                        }
+                    }
+                }
             }
         }
     }
@@ -100,5 +147,21 @@ mod tests {
         assert_eq!(rules[1].verbs, ["patch"]);
         assert!(rules.iter().all(|r| r.resource_names.as_deref() == Some(&["x".to_owned()][..])));
         assert_eq!(policy_rules(&list, OwnNamespace, None)[0].api_groups.as_deref(), Some(&[String::new()][..]));
+    }
+
+    #[test]
+    fn named_entries_get_rules_of_their_own() {
+        let list = [
+            Access::new("get", "", "secrets", OwnNamespace).named(&["ca", "tls"]),
+            Access::new("update", "", "secrets", OwnNamespace).named(&["tls"]),
+            Access::new("list", "", "secrets", OwnNamespace),
+        ];
+        let rules = policy_rules(&list, OwnNamespace, None);
+        assert_eq!(rules.len(), 3, "{rules:?}");
+        let of = |verb: &str| rules.iter().find(|r| r.verbs == [verb]).unwrap().resource_names.clone();
+        assert_eq!(of("get"), Some(vec!["ca".to_owned(), "tls".to_owned()]));
+        assert_eq!(of("update"), Some(vec!["tls".to_owned()]));
+        assert_eq!(of("list"), None, "list cannot be limited by name");
+        assert_eq!(named_grants(&rules), declared_named(&list, OwnNamespace));
     }
 }

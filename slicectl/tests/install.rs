@@ -25,7 +25,7 @@ use slice_api::crd::MemberCluster;
 use slice_api::rbac::{Access, Scope};
 use slice_operator::access::{HUB, NODE_AGENT, WEBHOOK_HUB, WORKER_CLUSTER, WORKER_HUB};
 use slicectl::manifest::{parse_documents, round_trip};
-use slicectl::rbac::{Grant, declared, grants};
+use slicectl::rbac::{Grant, declared, declared_named, grants, named_grants};
 use yaml_serde::Value;
 
 /// Runs slicectl and returns its stdout; panics with stderr on failure.
@@ -196,6 +196,42 @@ fn assert_grants_exactly(p: &Parsed, namespace: &str, account: &str, list: &[Acc
             "{namespace}/{account} {scope:?}: missing {missing:?}, extra {extra:?}"
         );
     }
+    // What is granted by name in the account's namespace is exactly what the list names (the
+    // webhook certificate's Secrets).
+    let named: BTreeSet<_> = p
+        .role_bindings
+        .iter()
+        .filter(|b| b.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|b| b.subjects.iter().flatten().any(|s| s.name == account && s.namespace.as_deref() == Some(namespace)))
+        .filter_map(|b| {
+            p.roles.iter().find(|r| {
+                r.metadata.name.as_deref() == Some(b.role_ref.name.as_str())
+                    && r.metadata.namespace.as_deref() == Some(namespace)
+            })
+        })
+        .flat_map(|r| named_grants(r.rules.as_deref().unwrap_or_default()))
+        .collect();
+    assert_eq!(named, declared_named(list, Scope::OwnNamespace), "{namespace}/{account}: rules by name");
+}
+
+/// The webhook's CA Secret `name`: Opaque, `ca.crt` the caBundle of the TLS Secret and `ca.key`
+/// its key (the serving certificate verifies against it and is renewable from it).
+fn assert_webhook_ca(p: &Parsed, name: &str) {
+    use slice_operator::cert_rotation::{Decision, decide};
+    let tls = webhook_tls_secret(p).data.as_ref().unwrap();
+    let ca = p.secrets.iter().find(|s| s.metadata.name.as_deref() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
+    assert_eq!(ca.type_.as_deref(), Some("Opaque"));
+    assert_eq!(ca.metadata.namespace.as_deref(), Some("slicenet-system"));
+    let data = ca.data.as_ref().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["ca.crt", "ca.key"]);
+    assert_eq!(data.get("ca.crt"), tls.get("ca.crt"), "the caBundle's CA");
+    assert!(String::from_utf8_lossy(&data["ca.key"].0).starts_with("-----BEGIN PRIVATE KEY-----"));
+    let text = |b: &k8s_openapi::ByteString| String::from_utf8(b.0.clone()).unwrap();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    assert!(
+        matches!(decide(now, &text(&tls["tls.crt"]), &text(&data["ca.crt"])), Decision::Keep { .. }),
+        "the serving certificate is fresh and the CA's"
+    );
 }
 
 fn pod_specs(p: &Parsed) -> Vec<(String, &PodSpec)> {
@@ -521,6 +557,7 @@ fn install_hub_parses_and_grants_exactly_the_hub_list() {
     assert_eq!(p.crds, slice_api::crd::crds());
     assert_grants_exactly(&p, "slicenet-system", "slicenet-hub", HUB);
     assert_grants_exactly(&p, "slicenet-system", "slicenet-hub-webhook", WEBHOOK_HUB);
+    assert_webhook_ca(&p, "slicenet-hub-webhook-ca");
     assert_workloads_consistent(&p, "registry.test/slicenet:dev");
     assert_production_ready(&p);
     let hub = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slicenet-hub")).unwrap();
@@ -684,6 +721,7 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
     assert_grants_exactly(&p, "slicenet-system", "slicenet-worker", WORKER_CLUSTER);
     assert_grants_exactly(&p, "slicenet-node", "slicenet-node-agent", NODE_AGENT);
     assert_grants_exactly(&p, "slicenet-system", "slicenet-webhook", &[]);
+    assert_webhook_ca(&p, "slicenet-webhook-ca");
     assert_workloads_consistent(&p, &slicectl::install::default_image());
     assert_production_ready(&p);
 
@@ -865,6 +903,12 @@ fn webhook_tls_dir_is_used_as_given() {
     let bundle = |c: &k8s_openapi::api::admissionregistration::v1::WebhookClientConfig| c.ca_bundle.clone().unwrap().0;
     assert_eq!(bundle(&hub.validating[0].webhooks.as_ref().unwrap()[0].client_config), tls.ca_pem.as_bytes());
     assert_eq!(bundle(&worker.mutating[0].webhooks.as_ref().unwrap()[0].client_config), tls.ca_pem.as_bytes());
+    // A certificate brought in is not slicenet's to renew: no CA Secret, only the TLS Secret.
+    for p in [&hub, &worker] {
+        let secrets: Vec<_> = p.secrets.iter().filter_map(|s| s.metadata.name.as_deref()).collect();
+        assert!(secrets.iter().all(|s| !s.ends_with("-ca")), "{secrets:?}");
+        assert!(secrets.iter().any(|s| s.ends_with("webhook-tls")), "{secrets:?}");
+    }
 }
 
 #[test]

@@ -43,7 +43,7 @@ pub const SERVICE_NAME: &str = "slicenet-webhook";
 pub const SERVICE_PORT: i32 = 443;
 /// The `kubernetes.io/tls` Secret in [`SYSTEM_NAMESPACE`] with the serving certificate
 /// (`tls.crt`, `tls.key`) and its CA (`ca.crt`, the configurations' `caBundle`).
-pub const TLS_SECRET: &str = "slicenet-webhook-tls";
+pub const TLS_SECRET: &str = slice_api::names::WEBHOOK_TLS_SECRET;
 /// Name of the MutatingWebhookConfiguration.
 pub const MUTATING_CONFIGURATION: &str = "slicenet-pods";
 /// Name of the ValidatingWebhookConfiguration.

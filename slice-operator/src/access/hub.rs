@@ -1,5 +1,6 @@
 //! The hub controller's requests on the hub cluster.
 
+use slice_api::names::{HUB_WEBHOOK_CA_SECRET, HUB_WEBHOOK_TLS_SECRET};
 use slice_api::rbac::Access;
 use slice_api::rbac::Scope::{Cluster, OwnNamespace};
 
@@ -25,6 +26,11 @@ pub const HUB: &[Access] = &[
     // hub`) keeps creation and deletion to `slicenet-cluster-*`.
     Access::new("create", "", "namespaces", Cluster),
     Access::new("delete", "", "namespaces", Cluster),
+    // The hub webhook's serving certificate (`cert_rotation`): the CA Secret `slicectl install
+    // hub` printed and the serving Secret are read; the serving Secret is replaced with the
+    // resourceVersion read. By name: no other Secret of `slicenet-system` is readable.
+    Access::new("get", "", "secrets", OwnNamespace).named(&[HUB_WEBHOOK_CA_SECRET, HUB_WEBHOOK_TLS_SECRET]),
+    Access::new("update", "", "secrets", OwnNamespace).named(&[HUB_WEBHOOK_TLS_SECRET]),
     // Leader election: the `slicenet-hub` Lease in its own namespace (read, created once,
     // replaced with its resourceVersion to renew, take over or release).
     Access::new("get", "coordination.k8s.io", "leases", OwnNamespace),

@@ -1,7 +1,8 @@
 //! The worker controller's requests: on the hub (its own cluster's namespace only) and in its
 //! own member cluster.
 
-use slice_api::names::GATEWAY_NAMESPACE;
+use slice_api::hub_credential::SECRET as HUB_CREDENTIAL_SECRET;
+use slice_api::names::{GATEWAY_NAMESPACE, WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET};
 use slice_api::rbac::Access;
 use slice_api::rbac::Scope::{Cluster, Namespace, OwnNamespace};
 
@@ -72,10 +73,15 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("create", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("patch", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("delete", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
+    // The pod webhook's serving certificate (`cert_rotation`): the CA Secret `slicectl install
+    // worker` printed and the serving Secret are read; the serving Secret is replaced with the
+    // resourceVersion read. By name: no other Secret of `slicenet-system` is readable.
+    Access::new("get", "", "secrets", OwnNamespace).named(&[WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET]),
+    Access::new("update", "", "secrets", OwnNamespace).named(&[WEBHOOK_TLS_SECRET]),
     // Its hub token (`worker::credential`): read from, and renewed into, the Secret
-    // `slicenet-hub-kubeconfig` in its own namespace.
-    Access::new("get", "", "secrets", OwnNamespace),
-    Access::new("update", "", "secrets", OwnNamespace),
+    // `slicenet-hub-kubeconfig` in its own namespace, by name.
+    Access::new("get", "", "secrets", OwnNamespace).named(&[HUB_CREDENTIAL_SECRET]),
+    Access::new("update", "", "secrets", OwnNamespace).named(&[HUB_CREDENTIAL_SECRET]),
     // Leader election: the `slicenet-worker` Lease in its own namespace.
     Access::new("get", "coordination.k8s.io", "leases", OwnNamespace),
     Access::new("create", "coordination.k8s.io", "leases", OwnNamespace),

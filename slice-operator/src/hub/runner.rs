@@ -149,23 +149,38 @@ pub async fn run_with_client(
         let client = client.clone();
         let health = health.clone();
         async move {
+            // The hub webhook's serving certificate, renewed by the leader.
+            let rotator = crate::cert_rotation::Rotator::new(client.clone(), crate::cert_rotation::HUB)
+                .with_leadership(leadership.clone())
+                .with_recorder(Recorder::new(super::EVENT_CONTROLLER, instance.clone()));
             let ctx = Context {
                 heartbeat_timeout: options.heartbeat_timeout(),
                 recorder: Recorder::new(super::EVENT_CONTROLLER, instance),
                 leadership,
             };
-            reconcile_loop(&client, options, &ctx, &health).await
+            reconcile_loop(&client, options, &ctx, &rotator, &health).await
         }
     };
     crate::leader::run_while_leading(client.clone(), election, health.clone(), shutdown, controller).await
 }
 
-/// The leader's loop: changes from the watches, debounced, and the schedule's reconciles.
-async fn reconcile_loop(client: &Client, options: &HubOptions, ctx: &Context, health: &Health) -> anyhow::Result<()> {
+/// The leader's loop: changes from the watches, debounced, the schedule's reconciles, and the
+/// webhook certificate's checks (at once, then every [`crate::cert_rotation::CHECK_INTERVAL`]).
+async fn reconcile_loop(
+    client: &Client,
+    options: &HubOptions,
+    ctx: &Context,
+    rotator: &crate::cert_rotation::Rotator,
+    health: &Health,
+) -> anyhow::Result<()> {
     let mut changes = pin!(changes(client));
     let mut schedule = Schedule::new(Instant::now(), options);
+    let mut certificate = tokio::time::interval(crate::cert_rotation::CHECK_INTERVAL);
     loop {
         tokio::select! {
+            _ = certificate.tick() => {
+                rotator.check().await?;
+            }
             change = changes.next() => match change {
                 Some(()) => schedule.on_change(Instant::now()),
                 None => anyhow::bail!("the watches on the hub ended"),

@@ -123,10 +123,14 @@ pub async fn run_with_clients(
     let controller = |leadership: crate::leader::Leadership| {
         let (hub, local, health) = (hub.clone(), local.clone(), health.clone());
         async move {
+            // The pod webhook's serving certificate in this cluster, renewed by the leader.
+            let rotator = crate::cert_rotation::Rotator::new(local.clone(), crate::cert_rotation::MEMBER)
+                .with_leadership(leadership.clone())
+                .with_recorder(crate::events::Recorder::new(reconcile::EVENT_CONTROLLER, instance.clone()));
             let worker = Worker::new(hub.clone(), local.clone(), options.settings.clone())
                 .with_leadership(leadership)
                 .with_recorder(crate::events::Recorder::new(reconcile::EVENT_CONTROLLER, instance));
-            pass_loop(&worker, hub, local, options, &health).await
+            pass_loop(&worker, &rotator, hub, local, options, &health).await
         }
     };
     crate::leader::run_while_leading(local.clone(), election, health.clone(), shutdown, controller).await
@@ -136,6 +140,7 @@ pub async fn run_with_clients(
 /// backoff when one failed; the heartbeat on its own interval.
 async fn pass_loop(
     worker: &Worker,
+    rotator: &crate::cert_rotation::Rotator,
     hub: Client,
     local: Client,
     options: &WorkerOptions,
@@ -161,6 +166,8 @@ async fn pass_loop(
     // The hub token is looked at when leading starts and then every few minutes; a renewal
     // is due days ahead of its expiry (`slice_api::hub_credential::decide`).
     let mut credential = tokio::time::interval(CREDENTIAL_CHECK);
+    // The first tick is at once: the certificate is checked when leading starts, then hourly.
+    let mut certificate = tokio::time::interval(crate::cert_rotation::CHECK_INTERVAL);
     let mut retry = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     // When the next pass runs: soon after a change (a burst of events settles into one pass),
     // after `resync` when all is quiet, after the backoff when a pass failed.
@@ -181,6 +188,9 @@ async fn pass_loop(
                     Err(credential::CredentialCheckError::Api(WorkerError::NotLeading(e))) => return Err(e.into()),
                     Err(e) => tracing::warn!(error = %chain(&e), "hub token renewal failed; tried again later"),
                 }
+            }
+            _ = certificate.tick() => {
+                rotator.check().await?;
             }
             event = events.next() => match event {
                 Some(Ok(kind)) => {

@@ -72,7 +72,7 @@ pub const WEBHOOK_TLS_SECRET: &str = webhooks::config::TLS_SECRET;
 /// validating configuration calls it). Not [`WEBHOOK_NAME`]: a hub may be a member cluster too.
 pub const HUB_WEBHOOK_NAME: &str = "slicenet-hub-webhook";
 /// The Secret with the hub webhook's serving certificate.
-pub const HUB_WEBHOOK_TLS_SECRET: &str = "slicenet-hub-webhook-tls";
+pub const HUB_WEBHOOK_TLS_SECRET: &str = slice_api::names::HUB_WEBHOOK_TLS_SECRET;
 /// The Secret (in the member cluster) with the worker's hub kubeconfig and token.
 pub const HUB_KUBECONFIG_SECRET: &str = slice_api::hub_credential::SECRET;
 

@@ -6,6 +6,10 @@
 //! `slicenet-membership` (`--membership-dir`) and has no API access at all. The two have
 //! different names, so a hub that is also a member cluster runs both.
 //!
+//! With a certificate `slicectl` made, its CA (certificate and key) goes into a CA Secret
+//! ([`Role::ca_secret`]) from which the hub controller or the worker renews the serving
+//! certificate ([`slice_operator::cert_rotation`]); with `--webhook-tls-dir` there is none.
+//!
 //! The webhook configurations themselves, and the reasons for their failure policies, are
 //! [`webhooks::config`]'s: this module only adds slicenet's labels and points the hub's at its
 //! own Service.
@@ -19,6 +23,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use slice_api::crd::SYSTEM_NAMESPACE;
+use slice_api::names::{CA_CERT_KEY, CA_KEY_KEY, HUB_WEBHOOK_CA_SECRET, WEBHOOK_CA_SECRET};
 use slice_operator::access::WEBHOOK_HUB;
 use webhooks::cli::{LISTEN_PORT, MEMBERSHIP_DIR, TLS_DIR};
 use webhooks::config::SERVICE_PORT;
@@ -59,7 +64,24 @@ impl Role {
             Role::Member => WEBHOOK_TLS_SECRET,
         }
     }
+
+    /// The Secret with the CA its serving certificate is renewed from (by the hub controller,
+    /// or in member clusters by the worker).
+    #[must_use]
+    pub fn ca_secret(self) -> &'static str {
+        match self {
+            Role::Hub => HUB_WEBHOOK_CA_SECRET,
+            Role::Member => WEBHOOK_CA_SECRET,
+        }
+    }
 }
+
+/// Why the CA's key is in the cluster.
+const CA_NOTE: &[&str] = &[
+    "The webhook's CA (the caBundle above): the controller's leader renews the serving certificate",
+    "from it before it expires (90 days; the CA lasts 10 years). Only that controller may read it.",
+    "Not printed with --webhook-tls-dir: a certificate you bring is yours to renew.",
+];
 
 /// The container's name of its HTTPS port, which the Service and the probes refer to.
 const PORT_NAME: &str = "https";
@@ -114,6 +136,17 @@ pub fn common(opts: &Options, role: Role) -> Result<Manifest> {
         "kubernetes.io/tls",
         [("ca.crt", tls.ca_pem.clone()), ("tls.crt", tls.cert_pem.clone()), ("tls.key", tls.key_pem.clone())],
     ))?;
+    if let Some(ca_key) = &tls.ca_key_pem {
+        m.push_commented(
+            CA_NOTE,
+            &secret(
+                role.ca_secret(),
+                SYSTEM_NAMESPACE,
+                "Opaque",
+                [(CA_CERT_KEY, tls.ca_pem.clone()), (CA_KEY_KEY, ca_key.clone())],
+            ),
+        )?;
+    }
     let mut mounts = vec![mount("tls", TLS_DIR)];
     let mut volumes = vec![Volume {
         name: "tls".to_owned(),
