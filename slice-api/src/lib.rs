@@ -13,9 +13,12 @@
 //! - small pure helpers more than one component needs: [`fnv`] (stable FNV-1a for derived
 //!   names), [`backoff`] (exponential backoff of control loops), [`error_chain`] (an error and
 //!   its sources on one line).
+//! - [`access`]: the API requests each controller makes (`slicectl install` builds the RBAC from
+//!   them; the controllers' mock-API tests check their requests against them).
 //! - [`hub_credential`]: the worker's hub token, bound in time, and when to renew it.
 //! - [`wireguard`]: the WireGuard key type and the `wg(8)` configuration file (parse and render).
 
+pub mod access;
 pub mod backoff;
 #[cfg(feature = "crd")]
 pub mod crd;

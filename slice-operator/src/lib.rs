@@ -1,23 +1,20 @@
 //! slicenet's controllers:
 //! - [`hub`]: SliceConfigs + MemberClusters → WorkerSlices, one namespace per member cluster.
 //! - [`worker`]: a member cluster's WorkerSlices → namespace labels, gateway, node configuration.
-//! - [`node_agent`]: slice router namespaces, VXLAN between nodes, node-state files.
-//! - [`cert_rotation`]: renews the webhooks' serving certificates from the CA `slicectl install`
-//!   made (run by the worker and the hub controller).
-//! - [`access`]: the API requests each of them makes (the RBAC is built from it).
-//! - [`leader`]: leader election on a Lease, so the hub and the worker can run two replicas.
-//! - [`events`]: Kubernetes Events from the controllers, aggregated.
-//! - [`health`]: the probes' endpoint (`--health-addr`).
-//! - [`cli`]: the command line of `slice-operator` (clap), shared with tests of other crates.
-//! - [`kubeconfig`]: an API client from a kubeconfig file (the controllers and `slicectl`).
+//! - [`cert_rotation`]: the webhooks' serving certificates, renewed from the install's CA.
+//! - [`cli`]: the command line of `slice-operator` (clap), shared with tests of other crates;
+//!   its `node-agent` subcommand runs [`slice_node`], so one image holds every long-running
+//!   component.
+//!
+//! The node agent lives in `slice-node`, the API access lists in `slice_api::access`, and leader
+//! election, Events, probes and kubeconfig clients in `slice-kube`; they are re-exported here
+//! under their former paths for the tests of this crate and of the tools.
 
-pub mod access;
+pub use slice_api::access;
+pub use slice_kube::{events, health, kubeconfig, leader};
+pub use slice_node as node_agent;
+
 pub mod cert_rotation;
 pub mod cli;
-pub mod events;
-pub mod health;
 pub mod hub;
-pub mod kubeconfig;
-pub mod leader;
-pub mod node_agent;
 pub mod worker;

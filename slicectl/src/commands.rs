@@ -46,7 +46,7 @@ pub fn lab_down(prefix: &str, all: bool) -> Result<()> {
 pub fn hub_status(kubeconfig: &Path) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
     let view = runtime.block_on(async {
-        let client = slice_operator::kubeconfig::client_from_kubeconfig(kubeconfig, None).await?;
+        let client = slice_kube::kubeconfig::client_from_kubeconfig(kubeconfig, None).await?;
         crate::hub_status::fetch(client).await
     })?;
     print_out(&crate::hub_status::render(&view))

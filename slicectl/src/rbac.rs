@@ -1,5 +1,5 @@
 //! RBAC rules built from the controllers' declared access lists
-//! ([`slice_operator::access`]), and nothing else.
+//! ([`slice_api::access`]), and nothing else.
 //!
 //! Entries of one [`Scope`] become the rules of one role: [`Scope::Cluster`] a ClusterRole,
 //! [`Scope::OwnNamespace`] a Role in the component's namespace. Entries on the same API group
@@ -103,7 +103,7 @@ pub fn declared(list: &[Access], scope: Scope) -> BTreeSet<Grant> {
 mod tests {
     use super::*;
     use slice_api::rbac::Scope::{Cluster, OwnNamespace};
-    use slice_operator::access::{HUB, NODE_AGENT, WEBHOOK_HUB, WORKER_CLUSTER, WORKER_HUB};
+    use slice_api::access::{HUB, NODE_AGENT, WEBHOOK_HUB, WORKER_CLUSTER, WORKER_HUB};
 
     #[test]
     fn rules_grant_exactly_each_list() {

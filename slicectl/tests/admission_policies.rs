@@ -16,7 +16,7 @@
 //! refuse when the policy is created is not caught here (see docs/decisions.md); the
 //! expressions keep to the standard macros and functions both implement.
 
-#[path = "../../slice-operator/tests/network_status_support/mod.rs"]
+#[path = "../../slice-node/tests/network_status_support/mod.rs"]
 mod network_status_support;
 #[path = "../../slice-operator/tests/worker_support/mod.rs"]
 mod worker_support;

@@ -1,6 +1,6 @@
 //! The hub's SliceConfigs and MemberClusters as its API server has them, for the validating
 //! webhook on the hub (`slice-webhooks --hub-api`). Its requests are declared in
-//! `slice_operator::access::WEBHOOK_HUB`, from which `slicectl install hub` builds its RBAC.
+//! `slice_api::access::WEBHOOK_HUB`, from which `slicectl install hub` builds its RBAC.
 //!
 //! Two reflectors (kube-runtime: a list, then a watch; a re-list with backoff when the watch
 //! breaks) keep both kinds in memory, and a review reads the in-memory stores. Why that and not

@@ -1,5 +1,5 @@
 //! The kube-backed hub view (`slice-webhooks --hub-api`) against kube-rs's mock API service:
-//! every request it makes is covered by `slice_operator::access::WEBHOOK_HUB` (from which
+//! every request it makes is covered by `slice_api::access::WEBHOOK_HUB` (from which
 //! `slicectl install hub` builds the webhook's RBAC), it is not ready before both kinds are
 //! listed, it survives a refused list, it follows a watch event, and the SliceConfig
 //! validation decides on what it holds. Also the contract of the membership ConfigMap: what
@@ -12,7 +12,7 @@ use http::{Request, Response};
 use kube::client::Body;
 use serde_json::{Value, json};
 use slice_api::rbac::{RequestAttributes, covers, request_attributes};
-use slice_operator::access::WEBHOOK_HUB;
+use slice_api::access::WEBHOOK_HUB;
 use webhooks::hub::{HubError, HubView};
 use webhooks::kube_hub::KubeHub;
 use webhooks::membership::{ConfigMapDir, MEMBERSHIP_CONFIGMAP, MEMBERSHIP_NAMESPACE, MembershipSource};

@@ -16,7 +16,7 @@
 //!   NetworkAttachmentDefinitions and the node agents' pods.
 //!
 //! Every object is a k8s-openapi type; every RBAC rule comes from the access lists in
-//! [`slice_operator::access`] through [`crate::rbac::policy_rules`].
+//! [`slice_api::access`] through [`crate::rbac::policy_rules`].
 //!
 //! # What the manifests pass to the binaries
 //! - `slice-operator hub --health-addr [::]:8081`.
@@ -42,7 +42,7 @@ pub mod workloads;
 use anyhow::{Context, Result, bail};
 use slice_api::crd::{GATEWAY_NAMESPACE, SYSTEM_NAMESPACE, cluster_namespace};
 use slice_api::names::NODE_NAMESPACE;
-use slice_operator::access::{HUB, NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
+use slice_api::access::{HUB, NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
 use webhook::Role;
 
 use crate::manifest::Manifest;

@@ -341,8 +341,8 @@ impl StatusPublisher {
 pub async fn run(mut publisher: StatusPublisher, interval: Duration, resync: Duration) {
     tracing::info!(dir = %publisher.dir().display(), "publishing network-status records");
     // Every node agent reports about the pods of its own node: no election among them.
-    let recorder = crate::events::Recorder::new(EVENT_CONTROLLER, publisher.node.clone());
-    let leadership = crate::leader::Leadership::unconditional();
+    let recorder = slice_kube::events::Recorder::new(EVENT_CONTROLLER, publisher.node.clone());
+    let leadership = slice_kube::leader::Leadership::unconditional();
     let mut next_full = tokio::time::Instant::now() + resync;
     loop {
         let full = tokio::time::Instant::now() >= next_full;
@@ -370,8 +370,8 @@ pub const EVENT_CONTROLLER: &str = "slicenet.io/node-agent";
 /// pods are not scanned again), a malformed annotation left alone, a write that failed (retried;
 /// the Events aggregate the repeats). Pods that are gone or are not the records' say nothing.
 #[must_use]
-pub fn notices(report: &ScanReport) -> Vec<crate::events::Notice> {
-    use crate::events::{Notice, reference_to};
+pub fn notices(report: &ScanReport) -> Vec<slice_kube::events::Notice> {
+    use slice_kube::events::{Notice, reference_to};
     let mut out = Vec::new();
     for (pod, outcome) in &report.pods {
         let Some((namespace, name)) = pod.split_once('/') else { continue };
@@ -427,14 +427,14 @@ mod tests {
         report.pods.insert("shop/gone".into(), Outcome::PodMissing);
         report.pods.insert("bank/odd".into(), Outcome::Malformed("not a JSON list".into()));
         report.pods.insert("bank/busy".into(), Outcome::Failed("patching pod bank/busy: 500".into()));
-        let got: Vec<(String, String, &str, crate::events::EventType)> = notices(&report)
+        let got: Vec<(String, String, &str, slice_kube::events::EventType)> = notices(&report)
             .iter()
             .map(|n| {
                 let r = &n.regarding;
                 (r.namespace.clone().unwrap(), r.name.clone().unwrap(), n.reason, n.type_)
             })
             .collect();
-        use crate::events::EventType::{Normal, Warning};
+        use slice_kube::events::EventType::{Normal, Warning};
         assert_eq!(
             got,
             [

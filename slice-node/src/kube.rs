@@ -25,7 +25,7 @@ use slice_api::crd::SYSTEM_NAMESPACE;
 use slice_api::node::NodeAgentConfig;
 
 use super::network_status::{self, StatusPublisher};
-use crate::health::Health;
+use slice_kube::health::Health;
 
 /// Name of node `node`'s configuration ConfigMap (written by the worker).
 #[must_use]

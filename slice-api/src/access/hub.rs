@@ -1,8 +1,8 @@
 //! The hub controller's requests on the hub cluster.
 
-use slice_api::names::{HUB_WEBHOOK_CA_SECRET, HUB_WEBHOOK_TLS_SECRET};
-use slice_api::rbac::Access;
-use slice_api::rbac::Scope::{Cluster, OwnNamespace};
+use crate::names::{HUB_WEBHOOK_CA_SECRET, HUB_WEBHOOK_TLS_SECRET};
+use crate::rbac::Access;
+use crate::rbac::Scope::{Cluster, OwnNamespace};
 
 const G: &str = "slicenet.io";
 

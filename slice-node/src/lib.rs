@@ -158,9 +158,9 @@ pub fn run_daemon(opts: &DaemonOptions) -> std::io::Result<()> {
 async fn daemon_loop(opts: &DaemonOptions) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
-    let health = crate::health::Health::new();
+    let health = slice_kube::health::Health::new();
     let _alive = health.alive_while();
-    let _server = opts.health_addr.map(|a| crate::health::spawn(a, &health)).transpose()?;
+    let _server = opts.health_addr.map(|a| slice_kube::health::spawn(a, &health)).transpose()?;
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 use network_status_support::{FakePods, pod_path};
 use serde_json::{Value, json};
 use slice_api::rbac::{covers, request_attributes};
-use slice_operator::access::NODE_AGENT;
-use slice_operator::node_agent::network_status::{Outcome, ScanReport, StatusPublisher};
+use slice_api::access::NODE_AGENT;
+use slice_node::network_status::{Outcome, ScanReport, StatusPublisher};
 
 const ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";
 const NODE: &str = "n1";

@@ -1,4 +1,4 @@
-//! The Kubernetes API requests each controller makes, as [`Access`](slice_api::rbac::Access)
+//! The Kubernetes API requests each controller makes, as [`Access`](crate::rbac::Access)
 //! lists. The controllers' mock-API tests check every request they make against these lists,
 //! and `slicectl install` builds the RBAC rules from them, so RBAC grants what the requests need
 //! and nothing else.

@@ -1,7 +1,7 @@
 //! The admission webhook's requests on the hub cluster.
 
-use slice_api::rbac::Access;
-use slice_api::rbac::Scope::Cluster;
+use crate::rbac::Access;
+use crate::rbac::Scope::Cluster;
 
 const G: &str = "slicenet.io";
 

@@ -1,13 +1,13 @@
 //! The worker controller's requests: on the hub (its own cluster's namespace only) and in its
 //! own member cluster.
 
-use slice_api::hub_credential::SECRET as HUB_CREDENTIAL_SECRET;
-use slice_api::names::{GATEWAY_NAMESPACE, WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET};
-use slice_api::rbac::Access;
-use slice_api::rbac::Scope::{Cluster, Namespace, OwnNamespace};
+use crate::hub_credential::SECRET as HUB_CREDENTIAL_SECRET;
+use crate::names::{GATEWAY_NAMESPACE, WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET};
+use crate::rbac::Access;
+use crate::rbac::Scope::{Cluster, Namespace, OwnNamespace};
 
 /// The gateways' namespace, where the worker runs each slice's gateway objects.
-const GW: slice_api::rbac::Scope = Namespace(GATEWAY_NAMESPACE);
+const GW: crate::rbac::Scope = Namespace(GATEWAY_NAMESPACE);
 
 const G: &str = "slicenet.io";
 

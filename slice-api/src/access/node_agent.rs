@@ -1,8 +1,8 @@
 //! The node agent's requests in its member cluster.
 
-use slice_api::names::SYSTEM_NAMESPACE;
-use slice_api::rbac::Access;
-use slice_api::rbac::Scope::{Cluster, Namespace};
+use crate::names::SYSTEM_NAMESPACE;
+use crate::rbac::Access;
+use crate::rbac::Scope::{Cluster, Namespace};
 
 /// The node agent (in `slicenet-node`): watches its node's configuration (a ConfigMap the worker
 /// writes in `slicenet-system`) and writes the slice interface's network-status onto its pods, in any
