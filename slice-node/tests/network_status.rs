@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use network_status_support::{FakePods, pod_path};
 use serde_json::{Value, json};
-use slice_api::rbac::{covers, request_attributes};
 use slice_api::access::NODE_AGENT;
+use slice_api::rbac::{covers, request_attributes};
 use slice_node::network_status::{Outcome, ScanReport, StatusPublisher};
 
 const ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";

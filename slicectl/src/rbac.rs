@@ -102,8 +102,8 @@ pub fn declared(list: &[Access], scope: Scope) -> BTreeSet<Grant> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slice_api::rbac::Scope::{Cluster, OwnNamespace};
     use slice_api::access::{HUB, NODE_AGENT, WEBHOOK_HUB, WORKER_CLUSTER, WORKER_HUB};
+    use slice_api::rbac::Scope::{Cluster, OwnNamespace};
 
     #[test]
     fn rules_grant_exactly_each_list() {

@@ -40,9 +40,9 @@ pub mod webhook;
 pub mod workloads;
 
 use anyhow::{Context, Result, bail};
+use slice_api::access::{HUB, NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
 use slice_api::crd::{GATEWAY_NAMESPACE, SYSTEM_NAMESPACE, cluster_namespace};
 use slice_api::names::NODE_NAMESPACE;
-use slice_api::access::{HUB, NODE_AGENT, WORKER_CLUSTER, WORKER_HUB};
 use webhook::Role;
 
 use crate::manifest::Manifest;

@@ -22,9 +22,9 @@ use k8s_openapi::api::core::v1::{
     VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use slice_api::access::WEBHOOK_HUB;
 use slice_api::crd::SYSTEM_NAMESPACE;
 use slice_api::names::{CA_CERT_KEY, CA_KEY_KEY, HUB_WEBHOOK_CA_SECRET, WEBHOOK_CA_SECRET};
-use slice_api::access::WEBHOOK_HUB;
 use webhooks::cli::{LISTEN_PORT, MEMBERSHIP_DIR, TLS_DIR};
 use webhooks::config::SERVICE_PORT;
 use webhooks::membership::MEMBERSHIP_CONFIGMAP;
