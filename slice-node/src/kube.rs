@@ -1,5 +1,5 @@
 //! The node agent on Kubernetes (`slice-operator node-agent --kube --node NAME`, a DaemonSet):
-//! the same reconcile as the file-driven daemon ([`super::reconcile`]), fed from the ConfigMap
+//! the same loop as the file-driven daemon ([`crate::daemon`]), fed from the ConfigMap
 //! `slicenet-node-<node>` in `slicenet-system` that the worker writes, through a watch (no
 //! polling). The ConfigMap's `config.json` is a [`NodeAgentConfig`].
 //!
@@ -7,8 +7,6 @@
 //!   and the last good one stays in force (as with the file);
 //! - when the ConfigMap is deleted, the agent applies the last configuration with no slices, so
 //!   the node is left clean;
-//! - a failed reconcile is retried every `interval`; an unchanged configuration is reconciled
-//!   again every `resync` to repair drift;
 //! - alongside, the network-status records slice-cni keeps in chained mode are published onto
 //!   their pods ([`super::network_status`]): the directory is scanned every `status_interval`,
 //!   and every pod is re-checked every `resync`.
@@ -24,7 +22,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use slice_api::crd::SYSTEM_NAMESPACE;
 use slice_api::node::NodeAgentConfig;
 
-use super::network_status::{self, StatusPublisher};
+pub use crate::daemon::{AgentState, ConfigUpdate};
+use crate::daemon::{Readiness, Timing};
+use crate::network_status::{self, StatusPublisher};
 use slice_kube::health::Health;
 
 /// Name of node `node`'s configuration ConfigMap (written by the worker).
@@ -73,17 +73,6 @@ pub fn config_from_config_map(cm: &ConfigMap, node: &str) -> Result<NodeAgentCon
     Ok(config)
 }
 
-/// A change of the configuration seen on the watch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigUpdate {
-    /// A (new or changed) valid configuration.
-    Config(Box<NodeAgentConfig>),
-    /// The ConfigMap holds something unusable; keep the last good configuration.
-    Rejected(String),
-    /// The ConfigMap is gone.
-    Deleted,
-}
-
 /// The configuration updates of `node`, from a watch on its ConfigMap (list then watch,
 /// restarted with backoff when the API server drops it).
 pub fn config_updates(client: Client, node: &str) -> impl Stream<Item = Result<ConfigUpdate, watcher::Error>> {
@@ -118,89 +107,21 @@ fn update_from(cm: &ConfigMap, node: &str) -> ConfigUpdate {
     }
 }
 
-/// What the agent holds between events: the configuration in force and whether it must be
-/// reconciled.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AgentState {
-    pub config: Option<NodeAgentConfig>,
-    pub needs_reconcile: bool,
-}
-
-impl AgentState {
-    /// Takes an update in; pure.
-    pub fn apply(&mut self, update: ConfigUpdate) {
-        match update {
-            ConfigUpdate::Config(c) => {
-                if self.config.as_ref() != Some(&*c) {
-                    self.config = Some(*c);
-                    self.needs_reconcile = true;
-                }
-            }
-            ConfigUpdate::Rejected(why) => {
-                tracing::error!(reason = %why, "configuration rejected; keeping the last good one");
-            }
-            ConfigUpdate::Deleted => {
-                // Leave the node clean: the last configuration without slices.
-                if let Some(c) = &mut self.config
-                    && !c.slices.is_empty()
-                {
-                    c.slices.clear();
-                    self.needs_reconcile = true;
-                }
-            }
-        }
-    }
-}
-
-/// Runs the agent from the API until SIGTERM or SIGINT. `health` turns ready once the watch
-/// has listed the configuration (found or not), and stops being alive when this returns.
+/// Runs the agent from the API until SIGTERM or SIGINT (the loop of [`crate::daemon`]). `health`
+/// turns ready once the watch has listed the configuration (found or not), and stops being
+/// alive when this returns.
 ///
 /// # Errors
-/// When the client or the signal handlers cannot be set up.
+/// When the signal handlers cannot be set up, or the watch ends.
 pub async fn run(client: Client, options: KubeAgentOptions, health: Health) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-
-    let _alive = health.alive_while();
-
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let publisher = StatusPublisher::new(client.clone(), options.status_dir.clone(), options.node.clone());
     let statuses = tokio::spawn(network_status::run(publisher, options.status_interval, options.resync));
     // Stops the publisher however this function returns.
     let _statuses = AbortOnDrop(statuses);
-    let mut updates = Box::pin(config_updates(client, &options.node));
-    let mut state = AgentState::default();
-    let mut next_resync = tokio::time::Instant::now() + options.resync;
+    let updates = config_updates(client, &options.node).map(|u| u.map_err(|e| format!("watch failed: {e}")));
     tracing::info!(node = %options.node, configmap = %config_map_name(&options.node), "node agent starting (kube)");
-    loop {
-        if let (true, Some(c)) = (state.needs_reconcile, state.config.clone()) {
-            state.needs_reconcile = super::reconcile_logged(c).await;
-            next_resync = tokio::time::Instant::now() + options.resync;
-        }
-        let retry = tokio::time::sleep(if state.needs_reconcile { options.interval } else { options.resync });
-        tokio::select! {
-            _ = sigterm.recv() => {
-                tracing::info!("SIGTERM: exiting, data plane left in place");
-                return Ok(());
-            }
-            _ = sigint.recv() => {
-                tracing::info!("SIGINT: exiting, data plane left in place");
-                return Ok(());
-            }
-            update = updates.next() => match update {
-                Some(Ok(u)) => {
-                    health.set_ready();
-                    state.apply(u);
-                }
-                Some(Err(e)) => tracing::warn!(error = %e, "watch failed; retrying"),
-                None => anyhow::bail!("the watch on the configuration ended"),
-            },
-            () = retry => {}
-            () = tokio::time::sleep_until(next_resync) => {
-                state.needs_reconcile = true;
-            }
-        }
-    }
+    let timing = Timing { retry: options.interval, resync: options.resync };
+    crate::daemon::run(updates, timing, &health, Readiness::OnFirstAnswer).await
 }
 
 /// Aborts a task when dropped.

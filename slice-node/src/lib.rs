@@ -3,10 +3,12 @@
 //! slice for the CNI plugin.
 //!
 //! A reconcile observes ([`router::observe`]), decides ([`plan::plan`], pure) and applies
-//! ([`router::apply`]). The daemon reconciles at start, whenever the configuration file's
-//! content changes, and every [`RESYNC`] to repair drift; failures are logged and retried, and
-//! on SIGTERM/SIGINT it exits leaving the data plane in place, for the next start to adopt.
+//! ([`router::apply`]). One loop ([`daemon`]) runs it, fed by the configuration file (polled) or
+//! the node's ConfigMap ([`kube`], watched): at start, whenever the configuration changes, and
+//! every [`RESYNC`] to repair drift; failures are logged and retried, and on SIGTERM/SIGINT it
+//! exits leaving the data plane in place, for the next start to adopt.
 
+pub mod daemon;
 pub mod kube;
 pub mod network_status;
 pub mod plan;
@@ -145,85 +147,22 @@ pub struct DaemonOptions {
     pub health_addr: Option<std::net::SocketAddr>,
 }
 
-/// Runs the agent until SIGTERM or SIGINT. A configuration that cannot be read keeps the last
-/// good one in force; a failed reconcile is retried at the next interval.
+/// Runs the agent on its configuration file until SIGTERM or SIGINT (the loop of
+/// [`daemon`]): a configuration that cannot be read keeps the last good one in force; a failed
+/// reconcile is retried at the next interval.
 ///
 /// # Errors
-/// Only when the runtime or the signal handlers cannot be set up.
-pub fn run_daemon(opts: &DaemonOptions) -> std::io::Result<()> {
+/// When the runtime, the probes' listener or the signal handlers cannot be set up.
+pub fn run_daemon(opts: &DaemonOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(daemon_loop(opts))
-}
-
-async fn daemon_loop(opts: &DaemonOptions) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-
-    let health = slice_kube::health::Health::new();
-    let _alive = health.alive_while();
-    let _server = opts.health_addr.map(|a| slice_kube::health::spawn(a, &health)).transpose()?;
-
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut last_bytes: Option<Vec<u8>> = None;
-    let mut config: Option<NodeAgentConfig> = None;
-    let mut needs_reconcile = true;
-    let mut last_reconcile = tokio::time::Instant::now();
-    let mut first_pass_done = false;
-    tracing::info!(config = %opts.config_path.display(), "node agent starting");
-
-    loop {
-        // Re-read the configuration when its bytes changed.
-        match tokio::fs::read(&opts.config_path).await {
-            Ok(bytes) if last_bytes.as_ref() != Some(&bytes) => {
-                match NodeAgentConfig::load(&opts.config_path) {
-                    Ok(c) => {
-                        if config.is_some() {
-                            tracing::info!("configuration changed");
-                        }
-                        config = Some(c);
-                        needs_reconcile = true;
-                        health.set_ready();
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %chain(&e), "configuration rejected; keeping the last good one")
-                    }
-                }
-                last_bytes = Some(bytes);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(
-                path = %opts.config_path.display(),
-                error = %e,
-                "cannot read the configuration"
-            ),
-        }
-        if last_reconcile.elapsed() >= opts.resync {
-            needs_reconcile = true;
-        }
-
-        if let (true, Some(c)) = (needs_reconcile, config.clone()) {
-            needs_reconcile = reconcile_logged(c).await;
-            last_reconcile = tokio::time::Instant::now();
-            // Said once per start, also when nothing had to change (a restart adopts the
-            // router): tests and operators wait for this line instead of guessing a time.
-            if !needs_reconcile && !first_pass_done {
-                first_pass_done = true;
-                tracing::info!("first reconcile pass complete");
-            }
-        }
-
-        tokio::select! {
-            _ = sigterm.recv() => {
-                tracing::info!("SIGTERM: exiting, data plane left in place");
-                return Ok(());
-            }
-            _ = sigint.recv() => {
-                tracing::info!("SIGINT: exiting, data plane left in place");
-                return Ok(());
-            }
-            _ = tokio::time::sleep(opts.interval) => {}
-        }
-    }
+    runtime.block_on(async {
+        let health = slice_kube::health::Health::new();
+        let _server = opts.health_addr.map(|a| slice_kube::health::spawn(a, &health)).transpose()?;
+        tracing::info!(config = %opts.config_path.display(), "node agent starting");
+        let updates = daemon::file_updates(opts.config_path.clone(), opts.interval);
+        let timing = daemon::Timing { retry: opts.interval, resync: opts.resync };
+        daemon::run(updates, timing, &health, daemon::Readiness::OnConfig).await
+    })
 }
 
 /// One reconcile of `config` on a blocking thread (netlink handles run their own runtimes; the

@@ -233,7 +233,7 @@ fn run_node_agent(args: NodeAgentArgs) -> ExitCode {
             match node_agent::run_daemon(&opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("slice-operator node-agent: {e}");
+                    eprintln!("slice-operator node-agent: {e:#}");
                     ExitCode::FAILURE
                 }
             }
