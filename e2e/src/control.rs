@@ -695,22 +695,17 @@ pub fn run_pod_retrying(node: &crate::Node, spec: &crate::PodSpec, timeout: Dura
     }
 }
 
-/// A one-line readiness summary per slice for status tables: slice, VNI, clusters, Ready.
-pub fn slice_rows(cp: &ControlPlane) -> Vec<Vec<String>> {
-    cp.slices()
-        .iter()
-        .map(|s| {
-            let st = s.status.clone().unwrap_or_default();
-            let ready = slice_api::crd::condition(&st.conditions, planner::READY);
-            vec![
-                s.name_any(),
-                s.spec.slice_subnet.clone(),
-                st.vni.map(|v| v.to_string()).unwrap_or_default(),
-                st.clusters.iter().map(|c| format!("{}={}", c.cluster, c.prefix)).collect::<Vec<_>>().join(" "),
-                ready.map(|c| format!("{} ({})", c.status, c.reason)).unwrap_or_default(),
-            ]
-        })
-        .collect()
+impl ControlPlane {
+    /// The hub's view of this control plane's objects, as `slicectl status --hub-kubeconfig`
+    /// reads it from a hub.
+    pub fn hub_view(&self) -> slice_api::hub_view::HubView {
+        slice_api::hub_view::HubView {
+            slices: self.slices().to_vec(),
+            clusters: self.clusters().to_vec(),
+            workers: self.workers().to_vec(),
+        }
+        .sorted()
+    }
 }
 
 impl ControlPlane {

@@ -534,35 +534,7 @@ pub fn status_table(rows: &[StatusRow]) -> String {
     table(&["slice", "VNI", "subnet", "node", "node prefix", "router", "MTU", "namespaces", "pods attached"], &cells)
 }
 
-/// A plain-text table: columns padded to their widest cell (counted in characters).
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let columns = headers.len();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate().take(columns) {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
-        let mut s = String::new();
-        for (i, cell) in cells.enumerate() {
-            if i > 0 {
-                s.push_str("  ");
-            }
-            s.push_str(cell);
-            if i + 1 < columns {
-                s.push_str(&" ".repeat(widths[i].saturating_sub(cell.chars().count())));
-            }
-        }
-        s.trim_end().to_owned() + "\n"
-    };
-    let mut out = line(&mut headers.iter().copied());
-    out.push_str(&line(&mut widths.iter().map(|w| "─".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str)));
-    for row in rows {
-        out.push_str(&line(&mut row.iter().map(String::as_str)));
-    }
-    out
-}
+pub use slice_api::hub_view::table;
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()

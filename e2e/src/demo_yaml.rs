@@ -20,30 +20,19 @@ pub const EXAMPLE: &str = include_str!("../../deploy/examples/lab-slice.yaml");
 
 const STEP: Duration = Duration::from_secs(20);
 
-/// Prints the control plane's view: one row per slice, one per WorkerSlice.
+/// Prints the control plane's view: the report `slicectl status --hub-kubeconfig` prints for a
+/// hub (slices, clusters, each cluster's share, tunnels, problems), and the gateways' keys.
 pub fn print_status(cp: &ControlPlane) {
-    println!(
-        "{}",
-        crate::demo::table(&["SLICE", "SUBNET", "VNI", "CLUSTER PREFIXES", "READY"], &control::slice_rows(cp))
-    );
+    println!("{}", slice_api::hub_view::render(&cp.hub_view()));
     let rows: Vec<Vec<String>> = cp
         .workers()
         .iter()
         .map(|w| {
-            let st = w.status.clone().unwrap_or_default();
-            let key = st.gateway_public_key.unwrap_or_default();
-            let peers: Vec<String> = st.peers.iter().map(|p| format!("{}:{}", p.cluster, p.state)).collect();
-            vec![
-                w.spec.cluster.clone(),
-                w.spec.cluster_prefix.clone(),
-                st.gateway_endpoint.unwrap_or_else(|| "(behind NAT)".into()),
-                key.chars().take(10).collect::<String>() + "…",
-                st.nodes.iter().map(|n| format!("{}={}", n.node, n.prefix)).collect::<Vec<_>>().join(" "),
-                peers.join(" "),
-            ]
+            let key = w.status.as_ref().and_then(|s| s.gateway_public_key.clone()).unwrap_or_default();
+            vec![w.spec.slice.clone(), w.spec.cluster.clone(), key.chars().take(10).collect::<String>() + "…"]
         })
         .collect();
-    println!("\n{}", table(&["CLUSTER", "PREFIX", "GATEWAY ENDPOINT", "GATEWAY KEY", "NODE PREFIXES", "PEERS"], &rows));
+    println!("{}", table(&["SLICE", "CLUSTER", "GATEWAY KEY"], &rows));
 }
 
 fn addr(pod: &Pod) -> Result<Ipv4Addr> {

@@ -4,7 +4,8 @@
 //!
 //! - [`names`]: label, annotation and default path names (DESIGN.md "Names").
 //! - [`prefix`]: carving a slice subnet into cluster prefixes and node prefixes.
-//! - `crd` (feature `crd`): the custom resources `SliceConfig`, `MemberCluster`, `WorkerSlice`.
+//! - `crd` (feature `crd`): the custom resources `SliceConfig`, `MemberCluster`, `WorkerSlice`;
+//!   `hub_view` (feature `crd`): the hub's view (the three kinds), its report and its problems.
 //! - [`rbac`]: what each component does on the Kubernetes API, as data (RBAC is built from it).
 //! - [`node`]: the node agent's configuration and the node-state file it writes for the CNI plugin.
 //! - [`gateway`]: the slice gateway's flags, HTTP paths, metric names and UAPI directory.
@@ -26,6 +27,8 @@ pub mod error_chain;
 pub mod fnv;
 pub mod gateway;
 pub mod hub_credential;
+#[cfg(feature = "crd")]
+pub mod hub_view;
 pub mod membership;
 pub mod multus;
 pub mod names;

@@ -44,15 +44,9 @@ use slice_api::planner::{self, PLANNED, READY, SlicePlan};
 use super::health::{HEALTHY, healthy_condition};
 use crate::events::{Notice, reason, reference, reference_to};
 
-/// Everything the hub reads before deciding.
-#[derive(Debug, Clone, Default)]
-pub struct World {
-    pub slices: Vec<SliceConfig>,
-    pub clusters: Vec<MemberCluster>,
-    /// WorkerSlices in every namespace; only those in `slicenet-cluster-*` namespaces are the
-    /// hub's, the others are ignored.
-    pub workers: Vec<WorkerSlice>,
-}
+/// Everything the hub reads before deciding: the one hub view, which `slicectl status` and the
+/// lab's demo report from too.
+pub type World = slice_api::hub_view::HubView;
 
 /// The two cluster-scoped kinds that carry the hub finalizer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

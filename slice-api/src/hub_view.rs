@@ -1,0 +1,287 @@
+//! The hub's view of the world, once for everyone who reads it: the hub's decision
+//! (`slice_operator::hub::decide`), `slicectl status --hub-kubeconfig`, and the lab's control
+//! plane and demo. [`render`] and [`problems`] are pure: slices, member clusters, each
+//! cluster's share of each slice, tunnels, and why anything is not healthy, with the reasons
+//! the controllers gave.
+
+use std::fmt::Write as _;
+
+use kube::ResourceExt;
+
+use crate::crd::{Condition, MemberCluster, SliceConfig, WorkerSlice, condition};
+
+/// What the hub holds: every SliceConfig and MemberCluster, and the WorkerSlices of every
+/// namespace (only those in `slicenet-cluster-*` namespaces are the hub's; the planner ignores
+/// the others).
+#[derive(Debug, Clone, Default)]
+pub struct HubView {
+    pub slices: Vec<SliceConfig>,
+    pub clusters: Vec<MemberCluster>,
+    pub workers: Vec<WorkerSlice>,
+}
+
+impl HubView {
+    /// The same view sorted as reports show it: slices and clusters by name, WorkerSlices by
+    /// slice then cluster.
+    #[must_use]
+    pub fn sorted(mut self) -> Self {
+        self.slices.sort_by_key(ResourceExt::name_any);
+        self.clusters.sort_by_key(ResourceExt::name_any);
+        self.workers.sort_by(|a, b| (&a.spec.slice, &a.spec.cluster).cmp(&(&b.spec.slice, &b.spec.cluster)));
+        self
+    }
+}
+
+fn status_of(conditions: &[Condition], type_: &str) -> String {
+    condition(conditions, type_).map_or_else(|| "Unknown".to_owned(), |c| c.status.clone())
+}
+
+/// A plain-text table: a header, a rule under it, and rows, columns two spaces apart and padded
+/// to their widest cell (counted in characters, so `…` and `─` count once). Every report of
+/// slicenet is printed with it: `slicectl status`, the demo, the benchmarks.
+#[must_use]
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let columns = headers.len();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate().take(columns) {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
+        let mut s = String::new();
+        for (i, cell) in cells.enumerate().take(columns) {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            s.push_str(cell);
+            if i + 1 < columns {
+                s.push_str(&" ".repeat(widths[i].saturating_sub(cell.chars().count())));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&mut headers.iter().copied());
+    let rule: Vec<String> = widths.iter().map(|w| "─".repeat(*w)).collect();
+    out.push_str(&line(&mut rule.iter().map(String::as_str)));
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+/// The status report: slices, clusters, tunnels, then the problems.
+#[must_use]
+pub fn render(view: &HubView) -> String {
+    let mut out = String::new();
+    let slices: Vec<Vec<String>> = view
+        .slices
+        .iter()
+        .map(|s| {
+            let st = s.status.clone().unwrap_or_default();
+            let ready = st.clusters.iter().filter(|c| c.ready).count();
+            vec![
+                s.name_any(),
+                s.spec.slice_subnet.clone(),
+                st.vni.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                format!("{ready}/{}", s.spec.clusters.len()),
+                status_of(&st.conditions, "Ready"),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["SLICE", "SUBNET", "VNI", "CLUSTERS READY", "READY"], &slices));
+    out.push('\n');
+    let clusters: Vec<Vec<String>> = view
+        .clusters
+        .iter()
+        .map(|c| {
+            let st = c.status.clone().unwrap_or_default();
+            vec![
+                c.name_any(),
+                status_of(&st.conditions, "Healthy"),
+                st.last_heartbeat.unwrap_or_else(|| "-".to_owned()),
+                if st.gateway_addresses.is_empty() { "-".to_owned() } else { st.gateway_addresses.join(",") },
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["CLUSTER", "HEALTHY", "LAST HEARTBEAT", "GATEWAY ADDRESSES"], &clusters));
+    out.push('\n');
+    let members: Vec<Vec<String>> = view
+        .workers
+        .iter()
+        .map(|w| {
+            let st = w.status.clone().unwrap_or_default();
+            let nodes: Vec<String> = st.nodes.iter().map(|n| format!("{}={}", n.node, n.prefix)).collect();
+            vec![
+                w.spec.slice.clone(),
+                w.spec.cluster.clone(),
+                w.spec.cluster_prefix.clone(),
+                st.gateway_endpoint.unwrap_or_else(|| "-".to_owned()),
+                if nodes.is_empty() { "-".to_owned() } else { nodes.join(" ") },
+                status_of(&st.conditions, "Ready"),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["SLICE", "CLUSTER", "PREFIX", "GATEWAY ENDPOINT", "NODE PREFIXES", "READY"], &members));
+    out.push('\n');
+    let mut tunnels = Vec::new();
+    for w in &view.workers {
+        for p in w.status.iter().flat_map(|s| &s.peers) {
+            tunnels.push(vec![
+                w.spec.slice.clone(),
+                w.spec.cluster.clone(),
+                p.cluster.clone(),
+                p.state.clone(),
+                p.last_handshake.clone().unwrap_or_else(|| "-".to_owned()),
+            ]);
+        }
+    }
+    out.push_str(&table(&["SLICE", "CLUSTER", "PEER", "TUNNEL", "LAST HANDSHAKE"], &tunnels));
+    let problems = problems(view);
+    if problems.is_empty() {
+        out.push_str("\nno problems\n");
+    } else {
+        out.push_str("\nproblems:\n");
+        for p in problems {
+            let _ = writeln!(out, "- {p}");
+        }
+    }
+    out
+}
+
+fn not_true(what: &str, conditions: &[Condition], type_: &str) -> Option<String> {
+    match condition(conditions, type_) {
+        Some(c) if c.status == "True" => None,
+        Some(c) if c.message.is_empty() => Some(format!("{what}: {type_}={} ({})", c.status, c.reason)),
+        Some(c) => Some(format!("{what}: {type_}={} ({}): {}", c.status, c.reason, c.message)),
+        None => Some(format!("{what}: no {type_} condition yet")),
+    }
+}
+
+/// Everything that is not healthy, each with the reason the controllers gave.
+#[must_use]
+pub fn problems(view: &HubView) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &view.slices {
+        let what = format!("slice {}", s.name_any());
+        let st = s.status.clone().unwrap_or_default();
+        // Planned=False (refused: more clusters than maxClusters, a bad subnet, …) says why
+        // better than the Ready=False that follows from it.
+        if condition(&st.conditions, "Planned").is_some() {
+            out.extend(not_true(&what, &st.conditions, "Planned"));
+        }
+        out.extend(not_true(&what, &st.conditions, "Ready"));
+        for c in st.clusters.iter().filter(|c| !c.ready) {
+            let why = if c.reason.is_empty() { "no reason given" } else { c.reason.as_str() };
+            out.push(format!("{what}: cluster {} not ready: {why}", c.cluster));
+        }
+        for name in &s.spec.clusters {
+            if !view.clusters.iter().any(|c| c.name_any() == *name) {
+                out.push(format!("{what}: cluster {name} is not registered (slicectl join --cluster {name})"));
+            }
+        }
+    }
+    for c in &view.clusters {
+        let st = c.status.clone().unwrap_or_default();
+        out.extend(not_true(&format!("cluster {}", c.name_any()), &st.conditions, "Healthy"));
+    }
+    for w in &view.workers {
+        let what = format!("slice {} in cluster {}", w.spec.slice, w.spec.cluster);
+        let Some(st) = &w.status else {
+            out.push(format!("{what}: no status from the cluster's worker yet"));
+            continue;
+        };
+        out.extend(not_true(&what, &st.conditions, "Ready"));
+        for p in st.peers.iter().filter(|p| p.state != "Up") {
+            let why = if p.reason.is_empty() { String::new() } else { format!(": {}", p.reason) };
+            out.push(format!("{what}: tunnel to {} is {}{why}", p.cluster, p.state));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub(crate) fn view() -> HubView {
+        let slice: SliceConfig = serde_json::from_value(json!({
+            "apiVersion": "slicenet.io/v1alpha1", "kind": "SliceConfig", "metadata": {"name": "blue"},
+            "spec": {"sliceSubnet": "10.80.0.0/16", "clusters": ["c1", "c2", "c3"]},
+            "status": {"vni": 4097,
+                "clusters": [{"cluster": "c1", "index": 0, "prefix": "10.80.0.0/20", "ready": true},
+                             {"cluster": "c2", "index": 1, "prefix": "10.80.16.0/20", "ready": false, "reason": "GatewayPending"}],
+                "conditions": [{"type": "Planned", "status": "True", "reason": "Planned"},
+                               {"type": "Ready", "status": "False", "reason": "ClustersNotReady", "message": "1 of 3 clusters ready"}]}
+        }))
+        .unwrap();
+        let cluster = |name: &str, healthy: &str| -> MemberCluster {
+            serde_json::from_value(json!({
+                "apiVersion": "slicenet.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": name},
+                "spec": {}, "status": {"gatewayAddresses": ["172.18.0.2"], "lastHeartbeat": "2026-11-23T20:00:00Z",
+                "conditions": [{"type": "Healthy", "status": healthy, "reason": "Heartbeat"}]}
+            }))
+            .unwrap()
+        };
+        let worker: WorkerSlice = serde_json::from_value(json!({
+            "apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
+            "metadata": {"name": "blue", "namespace": "slicenet-cluster-c1"},
+            "spec": {"slice": "blue", "cluster": "c1", "sliceSubnet": "10.80.0.0/16", "clusterPrefix": "10.80.0.0/20",
+                     "nodePrefixLength": 26, "vni": 4097},
+            "status": {"peers": [{"cluster": "c2", "state": "Down", "reason": "no handshake for 180 s"},
+                                 {"cluster": "c3", "state": "Up", "lastHandshake": "2026-11-23T20:00:01Z"}],
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "Up"}]}
+        }))
+        .unwrap();
+        let unreported: WorkerSlice = serde_json::from_value(json!({
+            "apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
+            "metadata": {"name": "blue", "namespace": "slicenet-cluster-c2"},
+            "spec": {"slice": "blue", "cluster": "c2", "sliceSubnet": "10.80.0.0/16", "clusterPrefix": "10.80.16.0/20",
+                     "nodePrefixLength": 26, "vni": 4097}
+        }))
+        .unwrap();
+        HubView {
+            slices: vec![slice],
+            clusters: vec![cluster("c1", "True"), cluster("c2", "False")],
+            workers: vec![worker, unreported],
+        }
+    }
+
+    #[test]
+    fn problems_say_why() {
+        assert_eq!(
+            problems(&view()),
+            [
+                "slice blue: Ready=False (ClustersNotReady): 1 of 3 clusters ready",
+                "slice blue: cluster c2 not ready: GatewayPending",
+                "slice blue: cluster c3 is not registered (slicectl join --cluster c3)",
+                "cluster c2: Healthy=False (Heartbeat)",
+                "slice blue in cluster c1: tunnel to c2 is Down: no handshake for 180 s",
+                "slice blue in cluster c2: no status from the cluster's worker yet",
+            ]
+        );
+        assert!(problems(&HubView::default()).is_empty());
+        let mut refused = view();
+        let st = refused.slices[0].status.as_mut().unwrap();
+        st.conditions[0] = Condition::new("Planned", false, "TooManyClusters", "3 clusters, maxClusters 2");
+        assert_eq!(problems(&refused)[0], "slice blue: Planned=False (TooManyClusters): 3 clusters, maxClusters 2");
+    }
+
+    #[test]
+    fn render_shows_tables_and_problems() {
+        let text = render(&view());
+        assert!(
+            text.contains(
+                "SLICE  SUBNET        VNI   CLUSTERS READY  READY\n─────  ────────────  ────  ──────────────  ─────\n\
+                 blue   10.80.0.0/16  4097  1/3"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("c2       False    2026-11-23T20:00:00Z  172.18.0.2"), "{text}");
+        assert!(text.contains("blue   c1       c2    Down    -"), "{text}");
+        assert!(text.contains("blue   c1       10.80.0.0/20  -                 -              True"), "{text}");
+        assert!(text.contains("problems:\n- slice blue: Ready=False"), "{text}");
+        assert!(render(&HubView::default()).ends_with("no problems\n"));
+    }
+}
