@@ -280,7 +280,7 @@ mod tests {
         );
         assert!(text.contains("c2       False    2026-11-23T20:00:00Z  172.18.0.2"), "{text}");
         assert!(text.contains("blue   c1       c2    Down    -"), "{text}");
-        assert!(text.contains("blue   c1       10.80.0.0/20  -                 -              True"), "{text}");
+        assert!(text.contains("blue   c1       10.80.0.0/20   -                 -              True"), "{text}");
         assert!(text.contains("problems:\n- slice blue: Ready=False"), "{text}");
         assert!(render(&HubView::default()).ends_with("no problems\n"));
     }
