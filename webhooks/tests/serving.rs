@@ -142,15 +142,33 @@ async fn a_stalled_request_times_out_and_the_server_goes_on() {
     still_serving(&s).await;
 }
 
-/// Sends `head` on a new TLS connection, then reads until the server answers or closes.
+/// Sends `head` and then `body_part` on a new TLS connection while reading, until the server
+/// answers or closes. The server may refuse and close before the body is all sent (that is the
+/// point of refusing from the headers): writing the body then fails with a broken pipe or a
+/// reset, which is not an error here; the answer is read as it comes, beside the writes.
 async fn raw_exchange(s: &TestServer, head: &[u8], body_part: &[u8]) -> String {
     let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(SERVER_NAME).unwrap();
     let mut tls = s.connector.connect(name, tcp).await.unwrap();
     tls.write_all(head).await.unwrap();
-    tls.write_all(body_part).await.unwrap();
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let body = body_part.to_vec();
+    let sender = tokio::spawn(async move {
+        let _ = writer.write_all(&body).await;
+        writer
+    });
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(60), tls.read_to_end(&mut answer)).await.expect("an answer");
+    let mut buf = vec![0u8; 16 * 1024];
+    let read = async {
+        // Until the server closes (or resets) the connection: an error after the answer ends it.
+        while let Ok(n) = reader.read(&mut buf).await
+            && n > 0
+        {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read).await.expect("an answer or a close");
+    drop(sender.await);
     String::from_utf8_lossy(&answer).into_owned()
 }
 
