@@ -32,24 +32,29 @@
 //! Dropping a [`Lab`] tears it down; [`cleanup`] does the same from what is left on disk and in
 //! `/run/netns` after a crash (it is also called by [`Lab::new`] for its prefix).
 
-mod agent;
+//! # Wings
+//! The library is organised by what it is for, and `slicectl lab` (the CLI), `make demo` and
+//! `make bench` use it:
+//! - [`topology`]: the lab itself — clusters, nodes with their containerd, pods through the CRI,
+//!   probes, node agents, the WAN with its edges, cleanup.
+//! - [`control`]: the control plane run in process over a lab (YAML → planner → worker plan →
+//!   agents and gateways), the gateways of a slice across clusters, convergence timing.
+//! - [`demo`]: `make demo` and `slicectl lab demo|up` — one cluster, across clusters, from YAML.
+//! - [`bench`]: `make bench` (`slicenet-bench`).
+//!
+//! The modules keep their short paths at the crate root (`e2e::wan`, `e2e::gateway`,
+//! `e2e::demo_yaml`, …).
+
 pub mod bench;
-mod cleanup;
-mod cmd;
-mod containerd;
 pub mod control;
-pub mod convergence;
-mod cri;
 pub mod demo;
-pub mod demo_across;
-pub mod demo_yaml;
-pub mod gateway;
-mod lab;
-mod netns;
-mod pause;
-mod pod;
-pub mod probe;
-pub mod wan;
+pub mod topology;
+
+pub use control::{convergence, gateway};
+pub use demo::{across as demo_across, yaml as demo_yaml};
+pub use topology::{probe, wan};
+// The topology's own modules, under their short paths inside this crate.
+use topology::{agent, cleanup, cmd, containerd, cri, lab, netns, pause, pod};
 
 use std::path::PathBuf;
 

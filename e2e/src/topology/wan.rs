@@ -274,7 +274,7 @@ impl Edge {
     }
 }
 
-const DELAY_SOURCE: &str = include_str!("../delay/delay.c");
+const DELAY_SOURCE: &str = include_str!("../../delay/delay.c");
 
 /// Builds (or reuses, cached by source hash beside the pause image) the delay program.
 fn delay_binary() -> Result<PathBuf> {

@@ -18,7 +18,7 @@ use crate::cmd;
 /// The image reference containerd's `sandbox_image` names.
 pub const PAUSE_IMAGE: &str = "slicenet.io/lab/pause:1";
 
-const PAUSE_SOURCE: &str = include_str!("../pause/pause.c");
+const PAUSE_SOURCE: &str = include_str!("../../pause/pause.c");
 
 const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -17,6 +17,9 @@
 //! *different* pod of the source's own slice (or the source itself); a cell is ✓ only when the
 //! target itself answered.
 
+pub mod across;
+pub mod yaml;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};

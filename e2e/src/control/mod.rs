@@ -18,6 +18,9 @@
 //! `lab.slicenet.io/behind-nat: "true"` (no inbound forwarding). A cluster a SliceConfig names
 //! without a MemberCluster document joins with the defaults.
 
+pub mod convergence;
+pub mod gateway;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;

@@ -295,7 +295,7 @@ fn quote(word: &str) -> String {
 }
 
 /// The per-step history of the gateway's speed work (written by hand from this section's runs).
-const TUNNEL_STEPS: &str = include_str!("bench/tunnel_steps.md");
+const TUNNEL_STEPS: &str = include_str!("tunnel_steps.md");
 
 fn preflight(options: &Options) -> Result<()> {
     let bin = crate::bin_dir();

@@ -16,7 +16,7 @@ use crate::demo::table;
 use crate::{Lab, Pod, PodSpec};
 
 /// The example the demo applies (also in the repository as `deploy/examples/lab-slice.yaml`).
-pub const EXAMPLE: &str = include_str!("../../deploy/examples/lab-slice.yaml");
+pub const EXAMPLE: &str = include_str!("../../../deploy/examples/lab-slice.yaml");
 
 const STEP: Duration = Duration::from_secs(20);
 
