@@ -63,6 +63,16 @@ impl<V> Family<V> {
     fn lookup(&self, addr: u128) -> Option<&V> {
         self.lens.iter().find_map(|&len| self.by_len[usize::from(len)].get(&self.mask(addr, len)))
     }
+
+    fn filter_map<W>(&self, f: &mut impl FnMut(&V) -> Option<W>) -> Family<W> {
+        let mut out = Family {
+            by_len: self.by_len.iter().map(|m| m.iter().filter_map(|(k, v)| Some((*k, f(v)?))).collect()).collect(),
+            lens: Vec::new(),
+            bits: self.bits,
+        };
+        out.refresh_lens();
+        out
+    }
 }
 
 fn bits(addr: IpAddr) -> u128 {
@@ -112,6 +122,13 @@ impl<V> AllowedIps<V> {
             }
             fam.refresh_lens();
         }
+    }
+
+    /// The same prefixes with every value replaced by `f(value)`, without those for which it
+    /// is `None` (the device turns the peer table's keys into its live peers this way).
+    #[must_use]
+    pub fn filter_map<W>(&self, mut f: impl FnMut(&V) -> Option<W>) -> AllowedIps<W> {
+        AllowedIps { v4: self.v4.filter_map(&mut f), v6: self.v6.filter_map(&mut f) }
     }
 
     /// Longest-prefix match.
@@ -174,5 +191,20 @@ mod tests {
         t.retain(|v| *v != 'c');
         assert_eq!(t.lookup(ip("fd00::2")), Some(&'z'));
         assert_eq!(t.lookup(ip("10.0.0.1")), None);
+    }
+
+    #[test]
+    fn filter_map_keeps_the_longest_match_among_what_it_keeps() {
+        let mut t = AllowedIps::new();
+        t.insert(net("10.0.0.0/8"), 1);
+        t.insert(net("10.1.0.0/16"), 2);
+        t.insert(net("10.1.2.0/24"), 4);
+        t.insert(net("fd00::/64"), 3);
+        let m = t.filter_map(|v| (*v != 4).then_some(v * 10));
+        assert_eq!(m.lookup(ip("10.9.9.9")), Some(&10));
+        assert_eq!(m.lookup(ip("10.1.9.9")), Some(&20));
+        assert_eq!(m.lookup(ip("10.1.2.9")), Some(&20), "the /24 is gone, the /16 covers it");
+        assert_eq!(m.lookup(ip("fd00::5")), Some(&30));
+        assert_eq!(m.lookup(ip("11.0.0.1")), None);
     }
 }

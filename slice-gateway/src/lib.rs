@@ -1,13 +1,15 @@
 //! slicenet's slice gateway: one userspace WireGuard interface per slice per cluster, built on
 //! boringtun's sans-IO `noise::Tunn` with our own TUN/UDP loops ([`device`]), configured in the
-//! `wg(8)` format (`slice_api::wireguard`, turned into a change by [`config`]) and through the WireGuard UAPI socket ([`uapi`],
-//! [`uapi_server`]), observed through Prometheus metrics ([`metrics`]).
+//! `wg(8)` format (`slice_api::wireguard`, turned into a change by [`config`]) and through the
+//! WireGuard UAPI socket ([`uapi`], [`uapi_server`]); every change goes through the sans-IO peer
+//! state ([`peers`]); observed through Prometheus metrics ([`metrics`]).
 
 pub mod allowed_ips;
 pub mod config;
 pub mod device;
 pub mod metrics;
 pub mod offload;
+pub mod peers;
 pub mod tun;
 pub mod uapi;
 pub mod uapi_server;

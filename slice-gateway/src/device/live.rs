@@ -1,0 +1,168 @@
+//! What the packet path reads: the live peers (a `Tunn` each, behind the peer's own lock; the
+//! endpoint, which follows roaming; the counters) and the immutable [`Snapshot`] of the peer
+//! table, the routes, the identity and the socket, which the device replaces as a whole on every
+//! change. Readers load it without a lock (`arc_swap`); only a peer's `Tunn` is locked, per peer.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use boringtun::noise::Tunn;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::x25519::{PublicKey, StaticSecret};
+use slice_api::wireguard::Key;
+
+use crate::allowed_ips::AllowedIps;
+use crate::peers::TunnSettings;
+
+/// Device-wide counters (all monotonic).
+#[derive(Debug, Default)]
+pub struct DeviceCounters {
+    /// Datagrams that are not WireGuard messages or fail mac1.
+    pub garbage: AtomicU64,
+    /// Well-formed messages for no known peer (unknown key or receiver index).
+    pub unknown_peer: AtomicU64,
+    /// Cookie replies sent because the device was under load.
+    pub cookie_replies: AtomicU64,
+    /// Datagrams dropped because the device has no private key.
+    pub no_private_key: AtomicU64,
+    /// Packets from TUN whose destination matches no peer's AllowedIPs.
+    pub no_route: AtomicU64,
+    /// TUN packets that are not IPv4/IPv6.
+    pub tun_invalid: AtomicU64,
+}
+
+/// Per-peer counters (wire bytes: what crosses the UDP socket).
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    pub rx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    /// Authenticated decryption or handshake failed (replay, bad tag, bad timestamp, …).
+    pub drop_auth: AtomicU64,
+    /// Decrypted packet whose source is not in this peer's AllowedIPs.
+    pub drop_source: AtomicU64,
+    /// Something to send but no endpoint known yet.
+    pub drop_no_endpoint: AtomicU64,
+    /// `sendto`/TUN `write` failed.
+    pub drop_io: AtomicU64,
+}
+
+pub(super) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(super) fn add(c: &AtomicU64, n: usize) {
+    c.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One live peer. Its configuration (settings, AllowedIPs) is in [`crate::peers::PeerState`].
+pub struct Peer {
+    pub public_key: Key,
+    /// See [`crate::peers::PeerConfig::index`].
+    pub(super) index: u32,
+    /// `None` without a private key, and once the peer is removed (its sessions die with it even
+    /// if a packet thread still holds the `Arc` for a moment).
+    pub(super) tunn: Mutex<Option<Tunn>>,
+    /// Follows the source of the last authenticated datagram (roaming).
+    pub(super) endpoint: Mutex<Option<SocketAddr>>,
+    pub(super) last_handshake: Mutex<Option<SystemTime>>,
+    pub counters: PeerCounters,
+}
+
+impl Peer {
+    pub(super) fn new(public_key: Key, index: u32, tunn: Option<Tunn>) -> Self {
+        Self {
+            public_key,
+            index,
+            tunn: Mutex::new(tunn),
+            endpoint: Mutex::new(None),
+            last_handshake: Mutex::new(None),
+            counters: PeerCounters::default(),
+        }
+    }
+
+    pub(super) fn endpoint(&self) -> Option<SocketAddr> {
+        *lock(&self.endpoint)
+    }
+
+    /// Refreshes the cached wall-clock handshake time from boringtun's age of the session.
+    /// boringtun reports only an age (and nothing once the sessions expire); `wg` wants a Unix
+    /// time that stays after expiry, so we keep our own.
+    pub(super) fn note_handshake(&self, tunn: &Tunn) {
+        if let Some(age) = tunn.time_since_last_handshake() {
+            let at = SystemTime::now().checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH);
+            let mut last = lock(&self.last_handshake);
+            // Only move on a new handshake; recomputing `now - age` jitters by microseconds.
+            if last.is_none_or(|prev| at.duration_since(prev).is_ok_and(|d| d > Duration::from_millis(50))) {
+                *last = Some(at);
+            }
+        }
+    }
+}
+
+/// The interface key pair with the rate limiter bound to it.
+pub(super) struct Identity {
+    pub(super) secret: StaticSecret,
+    pub(super) public: PublicKey,
+    pub(super) rate_limiter: Arc<RateLimiter>,
+}
+
+impl Identity {
+    pub(super) fn new(key: Key, handshake_rate_limit: u64) -> Self {
+        let secret = StaticSecret::from(key.0);
+        let public = PublicKey::from(&secret);
+        let rate_limiter = Arc::new(RateLimiter::new(&public, handshake_rate_limit));
+        Self { secret, public, rate_limiter }
+    }
+
+    /// A `Tunn` for a peer under this identity.
+    pub(super) fn tunn(&self, peer_key: Key, index: u32, settings: TunnSettings) -> Tunn {
+        Tunn::new(
+            self.secret.clone(),
+            PublicKey::from(peer_key.0),
+            settings.preshared_key.map(|k| k.0),
+            (settings.persistent_keepalive > 0).then_some(settings.persistent_keepalive),
+            index,
+            Some(Arc::clone(&self.rate_limiter)),
+        )
+    }
+}
+
+/// A peer's `Tunn` under `identity`, or none without a private key.
+pub(super) fn new_tunn(identity: Option<&Identity>, peer_key: Key, index: u32, settings: TunnSettings) -> Option<Tunn> {
+    identity.map(|id| id.tunn(peer_key, index, settings))
+}
+
+/// Everything the packet threads and the timers look up, immutable once published.
+pub(super) struct Snapshot {
+    /// The current socket (a receive loop on another one stops).
+    pub(super) socket: Arc<UdpSocket>,
+    pub(super) identity: Option<Arc<Identity>>,
+    pub(super) peers: HashMap<Key, Arc<Peer>>,
+    pub(super) by_index: HashMap<u32, Arc<Peer>>,
+    /// Cryptokey routing onto the live peers.
+    pub(super) routes: AllowedIps<Arc<Peer>>,
+}
+
+impl Snapshot {
+    /// The snapshot of `peers` (the live objects by key) routed as `routes` says.
+    pub(super) fn new(
+        socket: Arc<UdpSocket>,
+        identity: Option<Arc<Identity>>,
+        peers: &HashMap<Key, Arc<Peer>>,
+        routes: &AllowedIps<Key>,
+    ) -> Self {
+        let by_index = peers.values().map(|p| (p.index, Arc::clone(p))).collect();
+        // Every routed key is a live peer (the state removes a peer's routes with it).
+        let routes = routes.filter_map(|k| peers.get(k).map(Arc::clone));
+        Self { socket, identity, peers: peers.clone(), by_index, routes }
+    }
+}
