@@ -98,6 +98,10 @@ fn slice_from_yaml_follows_every_change_and_leaves_nothing() {
     assert_eq!(st.vni, Some(slice_api::planner::VNI_BASE));
     assert_eq!(condition(&st.conditions, "Planned").map(|c| c.status.as_str()), Some("True"));
     assert_eq!(condition(&st.conditions, "Ready").map(|c| c.status.as_str()), Some("True"), "{st:?}");
+    // The report `slicectl status --hub-kubeconfig` prints for a hub finds nothing wrong: the
+    // clusters are Healthy by the hub's heartbeat rule, every share Ready, every tunnel Up.
+    let problems = slice_api::hub_view::problems(&cp.hub_view());
+    assert!(problems.is_empty(), "{problems:?}\n{}", slice_api::hub_view::render(&cp.hub_view()));
     let c1 = lab.node("c1", "n2");
     let a = run_pod_retrying(c1, &PodSpec::new("shop", "a"), STEP).expect("pod a");
     let b = run_pod_retrying(lab.node("c2", "n1"), &PodSpec::new("shop", "b"), STEP).expect("pod b");

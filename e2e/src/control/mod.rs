@@ -306,6 +306,13 @@ impl ControlPlane {
     fn hub_step(&mut self, plans: &[SlicePlan]) -> bool {
         let mut changed = false;
         let now = now();
+        // Each member cluster's Healthy condition by the hub's own rule (the heartbeat's age).
+        let at = now.parse().unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
+        let stale_after = Duration::from_secs(slice_operator::hub::DEFAULT_HEARTBEAT_TIMEOUT_SECS);
+        for c in &mut self.clusters {
+            let (healthy, _) = slice_operator::hub::healthy_condition(c.status.as_ref(), at, stale_after);
+            set_condition(&mut c.status.get_or_insert_with(MemberClusterStatus::default).conditions, healthy, &now);
+        }
         for p in plans {
             let Some(s) = self.slices.iter_mut().find(|s| s.name_any() == p.name) else { continue };
             let mut status = s.status.clone().unwrap_or_else(SliceConfigStatus::default);

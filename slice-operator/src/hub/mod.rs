@@ -77,7 +77,8 @@ pub struct HubOptions {
 
 const DEFAULT_DEBOUNCE_MS: u64 = 150;
 const DEFAULT_RESYNC_SECS: u64 = 300;
-const DEFAULT_HEARTBEAT_TIMEOUT_SECS: u64 = 60;
+/// How old a member cluster's heartbeat may be for it to count as Healthy (`--heartbeat-timeout-secs`).
+pub const DEFAULT_HEARTBEAT_TIMEOUT_SECS: u64 = 60;
 const DEFAULT_BACKOFF_MIN_MS: u64 = 500;
 const DEFAULT_BACKOFF_MAX_MS: u64 = 60_000;
 
