@@ -31,9 +31,8 @@ use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 use kube::ResourceExt;
 use slice_api::crd::{
-    Condition, GATEWAY_NAMESPACE, MemberCluster, MemberClusterSpec, MemberClusterStatus, NodeAllocation,
-    PeerTunnelStatus, SliceConfig, SliceConfigStatus, WorkerSlice, WorkerSliceSpec, WorkerSliceStatus,
-    cluster_namespace, set_condition,
+    Condition, GATEWAY_NAMESPACE, MemberCluster, MemberClusterSpec, MemberClusterStatus, NodeAllocation, SliceConfig,
+    SliceConfigStatus, WorkerSlice, WorkerSliceSpec, WorkerSliceStatus, cluster_namespace, set_condition,
 };
 use slice_api::node::{NodeAgentConfig, SliceOnNode};
 use slice_api::planner::{self, SlicePlan};
@@ -518,38 +517,28 @@ impl ControlPlane {
             let address = c.status.as_ref()?.gateway_addresses.first()?.clone();
             Some(format!("{address}:{}", gw?.public_port?))
         });
-        // `wg show IFACE latest-handshakes`: "<public key>\t<unix seconds>" per peer (0: none).
-        let handshakes: BTreeMap<String, u64> = gw
+        // The gateway's handshakes through its UAPI (`wg show IFACE latest-handshakes`: "<public
+        // key>\t<unix seconds>" per peer, 0 for none) rather than its /metrics, which the test
+        // process cannot reach in the pod's namespace; the tunnel states and reasons then come
+        // from the worker's own rules (`worker::tunnels::peer_statuses`).
+        let handshakes: Result<slice_operator::worker::tunnels::Handshakes, &str> = gw
             .and_then(|g| g.pod.exec_ok(&["wg", "show", &g.interface, "latest-handshakes"]).ok())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (key, t) = l.split_once('\t')?;
-                Some((key.to_owned(), t.trim().parse().ok()?))
+            .map(|text| {
+                text.lines()
+                    .filter_map(|l| {
+                        let (key, t) = l.split_once('\t')?;
+                        let t: i64 = t.trim().parse().ok()?;
+                        Some((
+                            key.to_owned(),
+                            (t > 0).then(|| k8s_openapi::jiff::Timestamp::from_second(t).ok()).flatten(),
+                        ))
+                    })
+                    .collect()
             })
-            .collect();
-        let now_secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-        let peers = spec
-            .peers
-            .iter()
-            .map(|p| {
-                let (state, reason) = match p.public_key.as_ref().map(|k| handshakes.get(k).copied()) {
-                    None => ("Pending", "the peer has not published its gateway key yet"),
-                    Some(None) => ("Pending", "the peer is not configured in the gateway yet"),
-                    Some(Some(0)) => ("Down", "no handshake yet"),
-                    // WireGuard rekeys every 2 minutes while traffic flows, and keepalives keep
-                    // idle peers fresh: 3 minutes without a handshake means the path is broken.
-                    Some(Some(t)) if now_secs.saturating_sub(t) > 180 => ("Down", "no handshake for over 3 minutes"),
-                    Some(Some(_)) => ("Up", ""),
-                };
-                PeerTunnelStatus {
-                    cluster: p.cluster.clone(),
-                    state: state.to_owned(),
-                    reason: reason.to_owned(),
-                    last_handshake: None,
-                }
-            })
-            .collect();
+            .ok_or("its UAPI did not answer");
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let peers =
+            slice_operator::worker::tunnels::peer_statuses(&spec.peers, handshakes.as_ref().map_err(|e| *e), now);
         let running = gw.is_some_and(|g| g.process.is_some());
         let conditions = vec![if running {
             Condition::new(planner::READY, true, "GatewayRunning", "")
