@@ -1,16 +1,21 @@
-//! An in-memory [`NetlinkOps`]: namespaces of links, addresses and routes that behave like the
-//! kernel's where callers depend on it (`EEXIST` on a duplicate, `ENODEV` on a missing link, a
-//! veth's peer and its routes gone with it), every call recorded, and any call made to fail
-//! once with a chosen errno. For tests of what code does around netlink (the order of its
-//! requests, what it undoes after a failure) without root.
+//! An in-memory [`NetlinkOps`] and [`NamespaceOps`]: namespaces of links, addresses, routes,
+//! neighbours, FDB entries and sysctls that behave like the kernel's where callers depend on it
+//! (`EEXIST` on a duplicate, `ENODEV` on a missing link, a veth's peer and its routes gone with
+//! it, a VXLAN's VNI held by the namespace it was created in wherever the device moves, a moved
+//! link arriving without addresses, routes or neighbours, a deleted namespace taking its links),
+//! every call recorded, and any call made to fail once with a chosen errno. For tests of what
+//! code does around netlink (the order of its requests, what it undoes after a failure) without
+//! root.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
-use crate::netlink::{Link, Route, VethRequest};
-use crate::ops::NetlinkOps;
+use crate::netlink::{Fdb, Link, Neigh, Route, VethRequest, VxlanRequest, format_mac};
+use crate::ops::{NamespaceOps, NetlinkOps};
 use crate::{Error, Result};
 
 #[derive(Debug, Default)]
@@ -18,6 +23,19 @@ struct Namespace {
     links: BTreeMap<String, Link>,
     addrs: BTreeMap<String, Vec<IpNet>>,
     routes: Vec<Route>,
+    neighs: BTreeMap<String, Vec<Neigh>>,
+    fdb: BTreeMap<String, Vec<Fdb>>,
+    sysctls: BTreeMap<String, String>,
+}
+
+impl Namespace {
+    /// Forgets what hangs off a link (when it goes away or moves to another namespace).
+    fn flush(&mut self, link: &str) {
+        self.addrs.remove(link);
+        self.routes.retain(|r| r.dev.as_deref() != Some(link));
+        self.neighs.remove(link);
+        self.fdb.remove(link);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -25,10 +43,20 @@ struct World {
     namespaces: BTreeMap<String, Namespace>,
     /// Each veth end → its peer, both as (namespace, link).
     peers: BTreeMap<(String, String), (String, String)>,
+    /// Named namespaces: file → namespace.
+    named: BTreeMap<PathBuf, String>,
+    /// VXLAN link index → the namespace it was created in (where its UDP socket, and so its
+    /// VNI, stays).
+    vxlan_sockets: BTreeMap<u32, String>,
     calls: Vec<String>,
     /// (call prefix, errno): the next call whose record starts with the prefix fails.
     failures: Vec<(String, i32)>,
     next_index: u32,
+}
+
+/// The namespace a named namespace's file stands for: its file name.
+fn ns_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 impl World {
@@ -36,40 +64,79 @@ impl World {
         self.namespaces.entry(ns.to_owned()).or_default()
     }
 
-    fn new_link(&mut self, ns: &str, name: &str, mtu: Option<u32>, mac: Option<[u8; 6]>) -> Result<()> {
-        if self.ns(ns).links.contains_key(name) {
-            return Err(fail(&format!("creating {name}"), libc::EEXIST));
+    /// Records `"<ns>: <what>"`; fails it when a failure was planted for it.
+    fn record(&mut self, ns: &str, what: &str) -> Result<()> {
+        let record = format!("{ns}: {what}");
+        self.calls.push(record.clone());
+        if let Some(at) = self.failures.iter().position(|(prefix, _)| record.starts_with(prefix.as_str())) {
+            let (_, errno) = self.failures.remove(at);
+            return Err(fail(what, errno));
         }
-        self.next_index += 1;
-        let index = self.next_index;
-        let link = Link {
-            index,
-            name: name.to_owned(),
-            mtu: mtu.unwrap_or(1500),
-            mac: Some(mac.unwrap_or([0x0a, 0x58, 0, 0, (index >> 8) as u8, index as u8])),
-            up: false,
-            kind: Some("veth".to_owned()),
-            vxlan_id: None,
-            vxlan_local: None,
-            vxlan_port: None,
-            vxlan_learning: None,
-        };
-        self.ns(ns).links.insert(name.to_owned(), link);
         Ok(())
     }
 
-    /// Removes a link with its addresses and the routes through it.
+    /// Adds `link` under a fresh index; `EEXIST` when the name is taken. Returns the index.
+    fn insert_link(&mut self, ns: &str, mut link: Link) -> Result<u32> {
+        if self.ns(ns).links.contains_key(&link.name) {
+            return Err(fail(&format!("creating {}", link.name), libc::EEXIST));
+        }
+        self.next_index += 1;
+        link.index = self.next_index;
+        if link.mac.is_none() {
+            link.mac = Some([0x0a, 0x58, 0, 0, (link.index >> 8) as u8, link.index as u8]);
+        }
+        self.ns(ns).links.insert(link.name.clone(), link);
+        Ok(self.next_index)
+    }
+
+    fn new_link(&mut self, ns: &str, name: &str, mtu: Option<u32>, mac: Option<[u8; 6]>) -> Result<()> {
+        let link = Link { mtu: mtu.unwrap_or(1500), mac, kind: Some("veth".to_owned()), ..bare_link(name) };
+        self.insert_link(ns, link).map(drop)
+    }
+
+    /// Removes a link with its addresses, neighbours, FDB entries and the routes through it.
     fn remove_link(&mut self, ns: &str, name: &str) -> bool {
         let space = self.ns(ns);
-        let existed = space.links.remove(name).is_some();
-        space.addrs.remove(name);
-        space.routes.retain(|r| r.dev.as_deref() != Some(name));
+        let removed = space.links.remove(name);
+        space.flush(name);
+        if let Some(link) = &removed {
+            self.vxlan_sockets.remove(&link.index);
+        }
+        removed.is_some()
+    }
+
+    /// Removes a link and, for a veth, its peer.
+    fn remove_link_and_peer(&mut self, ns: &str, name: &str) -> bool {
+        let existed = self.remove_link(ns, name);
+        if let Some((peer_ns, peer)) = self.peers.remove(&(ns.to_owned(), name.to_owned())) {
+            self.peers.remove(&(peer_ns.clone(), peer.clone()));
+            self.remove_link(&peer_ns, &peer);
+        }
         existed
+    }
+}
+
+fn bare_link(name: &str) -> Link {
+    Link {
+        index: 0,
+        name: name.to_owned(),
+        mtu: 1500,
+        mac: None,
+        up: false,
+        kind: None,
+        vxlan_id: None,
+        vxlan_local: None,
+        vxlan_port: None,
+        vxlan_learning: None,
     }
 }
 
 fn fail(op: &str, errno: i32) -> Error {
     Error::Netlink { op: op.to_owned(), errno, message: "(fake)".to_owned() }
+}
+
+fn no_link(name: &str) -> Error {
+    Error::NotFound(format!("link {name} does not exist"))
 }
 
 /// Namespaces shared by the handles made from it.
@@ -95,6 +162,14 @@ impl FakeWorld {
         FakeNetlink { world: self.clone(), ns: ns.to_owned(), elsewhere: elsewhere.to_owned() }
     }
 
+    /// The named namespaces of this world ([`NamespaceOps`]); their calls are recorded as
+    /// `"netns: <call>"`, a sysctl's as `"<namespace>: <call>"`. The namespace of a file is
+    /// called by the file's name.
+    #[must_use]
+    pub fn host(&self) -> FakeNamespaces {
+        FakeNamespaces { world: self.clone() }
+    }
+
     /// Every call so far, in order, as `"<namespace>: <call>"`.
     #[must_use]
     pub fn calls(&self) -> Vec<String> {
@@ -107,10 +182,22 @@ impl FakeWorld {
         self.lock().failures.push((prefix.to_owned(), errno));
     }
 
+    /// The files of the named namespaces.
+    #[must_use]
+    pub fn named(&self) -> Vec<PathBuf> {
+        self.lock().named.keys().cloned().collect()
+    }
+
     /// The link names of namespace `ns`.
     #[must_use]
     pub fn links(&self, ns: &str) -> Vec<String> {
         self.lock().ns(ns).links.keys().cloned().collect()
+    }
+
+    /// The link `name` of namespace `ns`.
+    #[must_use]
+    pub fn link(&self, ns: &str, name: &str) -> Option<Link> {
+        self.lock().ns(ns).links.get(name).cloned()
     }
 
     /// The addresses of `link` in `ns`.
@@ -123,6 +210,24 @@ impl FakeWorld {
     #[must_use]
     pub fn routes(&self, ns: &str) -> Vec<Route> {
         self.lock().ns(ns).routes.clone()
+    }
+
+    /// The neighbour entries of `link` in `ns`.
+    #[must_use]
+    pub fn neighs(&self, ns: &str, link: &str) -> Vec<Neigh> {
+        self.lock().ns(ns).neighs.get(link).cloned().unwrap_or_default()
+    }
+
+    /// The FDB entries of `link` in `ns`.
+    #[must_use]
+    pub fn fdb(&self, ns: &str, link: &str) -> Vec<Fdb> {
+        self.lock().ns(ns).fdb.get(link).cloned().unwrap_or_default()
+    }
+
+    /// The sysctls written in `ns`.
+    #[must_use]
+    pub fn sysctls(&self, ns: &str) -> BTreeMap<String, String> {
+        self.lock().ns(ns).sysctls.clone()
     }
 }
 
@@ -138,25 +243,30 @@ impl FakeNetlink {
     /// Records the call; fails it when a failure was planted for it.
     fn call(&self, what: String) -> Result<MutexGuard<'_, World>> {
         let mut world = self.world.lock();
-        let record = format!("{}: {what}", self.ns);
-        world.calls.push(record.clone());
-        if let Some(at) = world.failures.iter().position(|(prefix, _)| record.starts_with(prefix.as_str())) {
-            let (_, errno) = world.failures.remove(at);
-            return Err(fail(&what, errno));
-        }
+        world.record(&self.ns, &what)?;
         Ok(world)
     }
 
     fn require_link(world: &mut World, ns: &str, name: &str) -> Result<()> {
-        if world.ns(ns).links.contains_key(name) {
-            Ok(())
-        } else {
-            Err(Error::NotFound(format!("link {name} does not exist")))
-        }
+        if world.ns(ns).links.contains_key(name) { Ok(()) } else { Err(no_link(name)) }
+    }
+}
+
+/// An open fake namespace, by name; see [`FakeWorld::host`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeNetns(String);
+
+impl FakeNetns {
+    /// The namespace's name (its file's name).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.0
     }
 }
 
 impl NetlinkOps for FakeNetlink {
+    type Ns = FakeNetns;
+
     fn link(&mut self, name: &str) -> Result<Option<Link>> {
         let mut w = self.call(format!("link {name}"))?;
         Ok(w.ns(&self.ns).links.get(name).cloned())
@@ -182,21 +292,53 @@ impl NetlinkOps for FakeNetlink {
         Ok(())
     }
 
+    fn create_vxlan(&mut self, req: &VxlanRequest) -> Result<()> {
+        let mut w =
+            self.call(format!("create_vxlan {} (VNI {}, local {}, port {})", req.name, req.vni, req.local, req.port))?;
+        let w = &mut *w;
+        // The namespace's VXLAN socket for this port holds each VNI once, whichever namespace
+        // the device holding it was moved to.
+        let held = w.namespaces.values().flat_map(|n| n.links.values()).any(|l| {
+            l.vxlan_id == Some(req.vni)
+                && l.vxlan_port == Some(req.port)
+                && w.vxlan_sockets.get(&l.index) == Some(&self.ns)
+        });
+        if held {
+            return Err(fail(&format!("creating vxlan {} (VNI {} is taken)", req.name, req.vni), libc::EEXIST));
+        }
+        let link = Link {
+            mtu: req.mtu,
+            mac: Some(req.mac),
+            kind: Some("vxlan".to_owned()),
+            vxlan_id: Some(req.vni),
+            vxlan_local: Some(req.local),
+            vxlan_port: Some(req.port),
+            vxlan_learning: Some(false),
+            ..bare_link(&req.name)
+        };
+        let index = w.insert_link(&self.ns, link)?;
+        w.vxlan_sockets.insert(index, self.ns.clone());
+        Ok(())
+    }
+
     fn delete_link(&mut self, name: &str) -> Result<bool> {
         let mut w = self.call(format!("delete_link {name}"))?;
-        let existed = w.remove_link(&self.ns, name);
-        if let Some((ns, peer)) = w.peers.remove(&(self.ns.clone(), name.to_owned())) {
-            w.peers.remove(&(ns.clone(), peer.clone()));
-            w.remove_link(&ns, &peer);
-        }
-        Ok(existed)
+        Ok(w.remove_link_and_peer(&self.ns, name))
     }
 
     fn set_up(&mut self, name: &str) -> Result<()> {
         let mut w = self.call(format!("set_up {name}"))?;
-        let link =
-            w.ns(&self.ns).links.get_mut(name).ok_or_else(|| fail(&format!("setting {name} up"), libc::ENODEV))?;
+        let space = w.ns(&self.ns);
+        let link = space.links.get_mut(name).ok_or_else(|| fail(&format!("setting {name} up"), libc::ENODEV))?;
         link.up = true;
+        // The kernel gives a loopback its address when it comes up.
+        if name == "lo" {
+            let addrs = space.addrs.entry(name.to_owned()).or_default();
+            let loopback: IpNet = "127.0.0.1/8".parse().expect("valid prefix");
+            if !addrs.contains(&loopback) {
+                addrs.push(loopback);
+            }
+        }
         Ok(())
     }
 
@@ -204,6 +346,28 @@ impl NetlinkOps for FakeNetlink {
         let mut w = self.call(format!("set_mtu {name} {mtu}"))?;
         let link = w.ns(&self.ns).links.get_mut(name).ok_or_else(|| fail(&format!("MTU of {name}"), libc::ENODEV))?;
         link.mtu = mtu;
+        Ok(())
+    }
+
+    fn set_netns(&mut self, name: &str, ns: &FakeNetns) -> Result<()> {
+        let there = ns.name().to_owned();
+        let mut w = self.call(format!("set_netns {name} {there}"))?;
+        if !w.ns(&self.ns).links.contains_key(name) {
+            return Err(fail(&format!("moving {name} into {there}"), libc::ENODEV));
+        }
+        if w.ns(&there).links.contains_key(name) {
+            return Err(fail(&format!("moving {name} into {there}"), libc::EEXIST));
+        }
+        let space = w.ns(&self.ns);
+        let mut link = space.links.remove(name).expect("checked above");
+        space.flush(name);
+        // A moved link arrives down, without addresses, routes or neighbours.
+        link.up = false;
+        w.ns(&there).links.insert(name.to_owned(), link);
+        if let Some(peer) = w.peers.remove(&(self.ns.clone(), name.to_owned())) {
+            w.peers.insert(peer.clone(), (there.clone(), name.to_owned()));
+            w.peers.insert((there, name.to_owned()), peer);
+        }
         Ok(())
     }
 
@@ -222,6 +386,14 @@ impl NetlinkOps for FakeNetlink {
         }
         addrs.push(addr);
         Ok(())
+    }
+
+    fn del_addr(&mut self, link: &str, addr: IpNet) -> Result<bool> {
+        let mut w = self.call(format!("del_addr {link} {addr}"))?;
+        let Some(addrs) = w.ns(&self.ns).addrs.get_mut(link) else { return Ok(false) };
+        let before = addrs.len();
+        addrs.retain(|a| *a != addr);
+        Ok(addrs.len() != before)
     }
 
     fn routes(&mut self, v6: bool) -> Result<Vec<Route>> {
@@ -263,6 +435,127 @@ impl NetlinkOps for FakeNetlink {
         let before = routes.len();
         routes.retain(|r| r.dst != route.dst);
         Ok(routes.len() != before)
+    }
+
+    fn neighs(&mut self, link: &str) -> Result<Vec<Neigh>> {
+        let mut w = self.call(format!("neighs {link}"))?;
+        Self::require_link(&mut w, &self.ns, link)?;
+        Ok(w.ns(&self.ns).neighs.get(link).cloned().unwrap_or_default())
+    }
+
+    fn replace_neigh(&mut self, link: &str, ip: IpAddr, mac: [u8; 6]) -> Result<()> {
+        let mut w = self.call(format!("replace_neigh {link} {ip} {}", format_mac(&mac)))?;
+        Self::require_link(&mut w, &self.ns, link)?;
+        let neighs = w.ns(&self.ns).neighs.entry(link.to_owned()).or_default();
+        neighs.retain(|n| n.ip != ip);
+        neighs.push(Neigh { ip, mac, permanent: true });
+        Ok(())
+    }
+
+    fn del_neigh(&mut self, link: &str, ip: IpAddr) -> Result<bool> {
+        let mut w = self.call(format!("del_neigh {link} {ip}"))?;
+        let Some(neighs) = w.ns(&self.ns).neighs.get_mut(link) else { return Ok(false) };
+        let before = neighs.len();
+        neighs.retain(|n| n.ip != ip);
+        Ok(neighs.len() != before)
+    }
+
+    fn fdb(&mut self, link: &str) -> Result<Vec<Fdb>> {
+        let mut w = self.call(format!("fdb {link}"))?;
+        Self::require_link(&mut w, &self.ns, link)?;
+        Ok(w.ns(&self.ns).fdb.get(link).cloned().unwrap_or_default())
+    }
+
+    fn replace_fdb(&mut self, link: &str, entry: &Fdb) -> Result<()> {
+        let mut w = self.call(format!("replace_fdb {link} {} dst {}", format_mac(&entry.mac), entry.dst))?;
+        Self::require_link(&mut w, &self.ns, link)?;
+        // A VXLAN's FDB holds one remote per MAC: a replace moves it.
+        let fdb = w.ns(&self.ns).fdb.entry(link.to_owned()).or_default();
+        fdb.retain(|e| e.mac != entry.mac);
+        fdb.push(entry.clone());
+        Ok(())
+    }
+
+    fn del_fdb(&mut self, link: &str, entry: &Fdb) -> Result<bool> {
+        let mut w = self.call(format!("del_fdb {link} {} dst {}", format_mac(&entry.mac), entry.dst))?;
+        let Some(fdb) = w.ns(&self.ns).fdb.get_mut(link) else { return Ok(false) };
+        let before = fdb.len();
+        fdb.retain(|e| e != entry);
+        Ok(fdb.len() != before)
+    }
+}
+
+/// The named namespaces of a [`FakeWorld`]; see [`FakeWorld::host`].
+#[derive(Debug, Clone)]
+pub struct FakeNamespaces {
+    world: FakeWorld,
+}
+
+impl NamespaceOps for FakeNamespaces {
+    type Ns = FakeNetns;
+    type Netlink = FakeNetlink;
+
+    fn list_named(&mut self, dir: &Path) -> Result<Vec<String>> {
+        let mut w = self.world.lock();
+        w.record("netns", &format!("list_named {}", dir.display()))?;
+        Ok(w.named.keys().filter(|p| p.parent() == Some(dir)).map(|p| ns_name(p)).collect())
+    }
+
+    fn open(&mut self, path: &Path) -> Result<FakeNetns> {
+        let mut w = self.world.lock();
+        w.record("netns", &format!("open {}", path.display()))?;
+        w.named
+            .get(path)
+            .map(|name| FakeNetns(name.clone()))
+            .ok_or_else(|| Error::NotFound(format!("network namespace {} does not exist", path.display())))
+    }
+
+    fn ensure_named(&mut self, path: &Path) -> Result<bool> {
+        let mut w = self.world.lock();
+        w.record("netns", &format!("ensure_named {}", path.display()))?;
+        if w.named.contains_key(path) {
+            return Ok(false);
+        }
+        let name = ns_name(path);
+        // A new namespace has its loopback, down.
+        if !w.ns(&name).links.contains_key("lo") {
+            let lo = Link { mtu: 65536, mac: Some([0; 6]), ..bare_link("lo") };
+            w.insert_link(&name, lo)?;
+        }
+        w.named.insert(path.to_path_buf(), name);
+        Ok(true)
+    }
+
+    fn delete_named(&mut self, path: &Path) -> Result<bool> {
+        let mut w = self.world.lock();
+        w.record("netns", &format!("delete_named {}", path.display()))?;
+        let Some(name) = w.named.remove(path) else { return Ok(false) };
+        // The namespace goes with its links (and the peers of its veth ends).
+        let links: Vec<String> = w.ns(&name).links.keys().cloned().collect();
+        for link in links {
+            w.remove_link_and_peer(&name, &link);
+        }
+        w.namespaces.remove(&name);
+        Ok(true)
+    }
+
+    fn netlink(&mut self, ns: &FakeNetns) -> Result<FakeNetlink> {
+        self.world.lock().record("netns", &format!("netlink {}", ns.name()))?;
+        Ok(FakeNetlink { world: self.world.clone(), ns: ns.name().to_owned(), elsewhere: ns.name().to_owned() })
+    }
+
+    fn sysctl(&mut self, ns: &FakeNetns, key: &str) -> Result<String> {
+        let mut w = self.world.lock();
+        w.record(ns.name(), &format!("sysctl {key}"))?;
+        // A key never written reads as a new namespace's value of the router's keys.
+        Ok(w.ns(ns.name()).sysctls.get(key).cloned().unwrap_or_else(|| "0".to_owned()))
+    }
+
+    fn set_sysctl(&mut self, ns: &FakeNetns, key: &str, value: &str) -> Result<()> {
+        let mut w = self.world.lock();
+        w.record(ns.name(), &format!("set_sysctl {key}={value}"))?;
+        w.ns(ns.name()).sysctls.insert(key.to_owned(), value.to_owned());
+        Ok(())
     }
 }
 
@@ -314,5 +607,74 @@ mod tests {
         assert_eq!(a.set_up("va").unwrap_err().errno(), Some(libc::EPERM));
         a.set_up("va").unwrap();
         assert!(world.calls().iter().any(|c| c == "a: create_veth va (peer vb in b)"), "{:?}", world.calls());
+    }
+
+    fn vxlan(name: &str, vni: u32) -> VxlanRequest {
+        VxlanRequest {
+            name: name.into(),
+            vni,
+            local: "198.18.250.1".parse().unwrap(),
+            port: 4789,
+            mtu: 1450,
+            mac: [0x0a, 0x58, 10, 80, 0, 1],
+        }
+    }
+
+    #[test]
+    fn named_namespaces_vxlans_neighbours_and_fdb_behave_like_the_kernel() {
+        let world = FakeWorld::new();
+        let mut host = world.host();
+        let mut node = world.handle("node", "node");
+        let path = Path::new("/fake/netns/r1");
+        assert!(host.list_named(Path::new("/fake/netns")).unwrap().is_empty());
+        assert!(matches!(host.open(path), Err(Error::NotFound(_))));
+        assert!(host.ensure_named(path).unwrap());
+        assert!(!host.ensure_named(path).unwrap());
+        assert_eq!(host.list_named(Path::new("/fake/netns")).unwrap(), ["r1"]);
+        let ns = host.open(path).unwrap();
+        let mut r1 = host.netlink(&ns).unwrap();
+        assert_eq!(r1.links().unwrap().iter().map(|l| (l.name.as_str(), l.up)).collect::<Vec<_>>(), [("lo", false)]);
+        r1.set_up("lo").unwrap();
+        assert_eq!(r1.addrs("lo").unwrap(), ["127.0.0.1/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(host.sysctl(&ns, "net/ipv4/ip_forward").unwrap(), "0");
+        host.set_sysctl(&ns, "net/ipv4/ip_forward", "1").unwrap();
+        assert_eq!(host.sysctl(&ns, "net/ipv4/ip_forward").unwrap(), "1");
+
+        // Created in the node namespace, moved in: it arrives down; its VNI stays taken on
+        // the node's socket, under any name.
+        node.create_vxlan(&vxlan("sv100", 100)).unwrap();
+        node.set_netns("sv100", &ns).unwrap();
+        assert_eq!((world.links("node"), world.links("r1")), (vec![], vec!["lo".to_owned(), "sv100".to_owned()]));
+        assert_eq!(node.create_vxlan(&vxlan("sv100", 100)).unwrap_err().errno(), Some(libc::EEXIST));
+        assert_eq!(node.create_vxlan(&vxlan("other", 100)).unwrap_err().errno(), Some(libc::EEXIST));
+        assert_eq!(node.set_netns("sv100", &ns).unwrap_err().errno(), Some(libc::ENODEV));
+        let link = world.link("r1", "sv100").unwrap();
+        assert_eq!((link.kind.as_deref(), link.vxlan_id, link.up, link.mtu), (Some("vxlan"), Some(100), false, 1450));
+
+        let mac = [0x0a, 0x58, 10, 80, 0, 65];
+        let ip: IpAddr = "10.80.0.65".parse().unwrap();
+        let entry = Fdb { mac, dst: "198.18.250.2".parse().unwrap() };
+        r1.replace_neigh("sv100", ip, mac).unwrap();
+        r1.replace_neigh("sv100", ip, mac).unwrap();
+        r1.replace_fdb("sv100", &entry).unwrap();
+        r1.replace_fdb("sv100", &entry).unwrap();
+        assert_eq!(r1.neighs("sv100").unwrap(), [Neigh { ip, mac, permanent: true }]);
+        assert_eq!(r1.fdb("sv100").unwrap(), std::slice::from_ref(&entry));
+        assert!(matches!(r1.neighs("nope"), Err(Error::NotFound(_))));
+        assert!(matches!(r1.replace_fdb("nope", &entry), Err(Error::NotFound(_))));
+        assert!(r1.del_neigh("sv100", ip).unwrap() && !r1.del_neigh("sv100", ip).unwrap());
+        assert!(r1.del_fdb("sv100", &entry).unwrap() && !r1.del_fdb("sv100", &entry).unwrap());
+        assert!(!r1.del_addr("lo", "10.80.0.1/32".parse().unwrap()).unwrap());
+
+        // Deleting the namespace takes its links: the VNI is free again.
+        world.fail_next("netns: delete_named", libc::EBUSY);
+        assert_eq!(host.delete_named(path).unwrap_err().errno(), Some(libc::EBUSY));
+        assert!(host.delete_named(path).unwrap());
+        assert!(!host.delete_named(path).unwrap());
+        assert!(world.named().is_empty());
+        node.create_vxlan(&vxlan("sv100", 100)).unwrap();
+        world.fail_next("node: set_netns sv100", libc::EPERM);
+        assert_eq!(node.set_netns("sv100", &ns).unwrap_err().errno(), Some(libc::EPERM));
+        assert!(world.calls().iter().any(|c| c == "node: set_netns sv100 r1"), "{:?}", world.calls());
     }
 }

@@ -1,7 +1,9 @@
 //! slicenet's one layer over the kernel's network objects: network namespaces ([`netns`]) and
 //! typed rtnetlink operations ([`netlink`], by kind: links, addresses, routes, neighbours) with
-//! errno turned into a message a person can act on; [`ops::NetlinkOps`], the trait over links,
-//! addresses and routes, with [`fake::FakeNetlink`], an in-memory one that records calls.
+//! errno turned into a message a person can act on; the traits over them ([`ops::NetlinkOps`]:
+//! links, addresses, routes, neighbours, FDB; [`ops::NamespaceOps`]: named namespaces, a netlink
+//! handle inside one, sysctls), with [`fake::FakeNetlink`] and [`fake::FakeNamespaces`], an
+//! in-memory world that records calls.
 //!
 //! Everything here is synchronous for callers (the CNI plugin is a short-lived process, the node
 //! agent applies plans from a blocking thread); rtnetlink runs on a private current-thread runtime.
@@ -15,4 +17,4 @@ pub mod ops;
 pub use error::{Error, Result};
 pub use netlink::{Fdb, Link, Neigh, Netlink, Route, VethRequest, VxlanRequest, format_mac};
 pub use netns::Netns;
-pub use ops::NetlinkOps;
+pub use ops::{Kernel, NamespaceOps, NetlinkOps};

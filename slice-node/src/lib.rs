@@ -17,7 +17,7 @@ pub mod router;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dataplane::Netlink;
+use dataplane::{Kernel, NamespaceOps, Netlink};
 use slice_api::error_chain::chain;
 use slice_api::node::{NodeAgentConfig, NodeFileError};
 
@@ -102,7 +102,20 @@ fn summary(failures: &[SliceFailure]) -> String {
 pub fn reconcile(config: &NodeAgentConfig) -> Result<Vec<Action>, NodeAgentError> {
     let mut node = Netlink::new()
         .map_err(|source| NodeAgentError::Apply { what: "opening netlink in the node namespace".into(), source })?;
-    let (observed, unobservable) = router::observe(config, &mut node)?;
+    reconcile_with(config, &mut Kernel, &mut node)
+}
+
+/// [`reconcile`] through any [`NamespaceOps`], with `node` a netlink handle in the node
+/// namespace (the in-memory `dataplane::fake` in the tests without root).
+///
+/// # Errors
+/// See [`reconcile`].
+pub fn reconcile_with<H: NamespaceOps>(
+    config: &NodeAgentConfig,
+    host: &mut H,
+    node: &mut H::Netlink,
+) -> Result<Vec<Action>, NodeAgentError> {
+    let (observed, unobservable) = router::observe(config, host, node)?;
     let actions = plan::plan(config, &observed);
     let unobservable: Vec<SliceFailure> = unobservable
         .into_iter()
@@ -112,7 +125,7 @@ pub fn reconcile(config: &NodeAgentConfig) -> Result<Vec<Action>, NodeAgentError
         tracing::debug!("node is up to date");
         return Ok(actions);
     }
-    let failures = router::apply(config, &mut node, &actions);
+    let failures = router::apply(config, host, node, &actions);
     if failures.is_empty() && unobservable.is_empty() {
         tracing::info!(actions = actions.len(), "reconciled");
         Ok(actions)

@@ -1,13 +1,15 @@
 //! The node agent's side effects: observe the slice routers (router namespaces, their VXLAN,
 //! routes, neighbours, FDB, sysctls) and the state dir, and apply [`Action`]s through
-//! `dataplane`. The node namespace is the calling thread's; router namespaces are entered only
-//! through `dataplane` (a netlink socket opened inside them, or a dedicated thread), so the
-//! caller never changes namespace.
+//! `dataplane`'s traits ([`NamespaceOps`], [`NetlinkOps`]): [`dataplane::Kernel`] and
+//! [`dataplane::Netlink`] in the daemon, the in-memory `dataplane::fake` in the tests without
+//! root. The node namespace is the calling thread's; router namespaces are entered only through
+//! `dataplane` (a netlink socket opened inside them, or a dedicated thread), so the caller never
+//! changes namespace.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use dataplane::{Link, Netlink, Netns, VxlanRequest};
+use dataplane::{Link, NamespaceOps, NetlinkOps, VxlanRequest};
 use slice_api::node::{NodeAgentConfig, NodeState};
 
 use super::NodeAgentError;
@@ -61,38 +63,34 @@ fn state_file_slices(state_dir: &Path) -> Result<Vec<String>, NodeAgentError> {
 /// Slice names that have a router namespace file (`<prefix><slice>`) in `netns_dir`.
 /// Only names with our prefix are considered: the same directory holds containerd's `cni-*`
 /// namespaces and others that are not ours.
-fn router_netns_slices(config: &NodeAgentConfig) -> Result<Vec<String>, NodeAgentError> {
-    let entries = match std::fs::read_dir(&config.netns_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(NodeAgentError::Io { op: format!("listing netns dir {}", config.netns_dir.display()), source });
-        }
-    };
-    let mut slices = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(slice) = name.strip_prefix(&config.router_netns_prefix)
-            && slice_api::names::validate_slice_name(slice).is_ok()
-        {
-            slices.push(slice.to_string());
-        }
-    }
-    Ok(slices)
+fn router_netns_slices(config: &NodeAgentConfig, host: &mut impl NamespaceOps) -> Result<Vec<String>, NodeAgentError> {
+    let names = host.list_named(&config.netns_dir).map_err(|e| match e {
+        dataplane::Error::Io { op, source } => NodeAgentError::Io { op, source },
+        other => observe_error("(node)", &format!("listing netns dir {}", config.netns_dir.display()), other),
+    })?;
+    Ok(names
+        .into_iter()
+        .filter_map(|name| name.strip_prefix(&config.router_netns_prefix).map(str::to_string))
+        .filter(|slice| slice_api::names::validate_slice_name(slice).is_ok())
+        .collect())
 }
 
 /// Looks into one router namespace: sysctls, `lo`, VXLAN devices and what sits on the desired
 /// VXLAN.
-fn observe_router(slice: &str, ns: &Netns, desired_vxlan: &str) -> Result<ObservedRouter, NodeAgentError> {
+fn observe_router<H: NamespaceOps>(
+    slice: &str,
+    host: &mut H,
+    ns: &H::Ns,
+    desired_vxlan: &str,
+) -> Result<ObservedRouter, NodeAgentError> {
     let err = |what: &str, e| observe_error(slice, what, e);
     let mut router = ObservedRouter::default();
     for (key, _) in ROUTER_SYSCTLS {
-        if let Ok(value) = ns.sysctl(key) {
+        if let Ok(value) = host.sysctl(ns, key) {
             router.sysctls.insert(key.to_string(), value);
         }
     }
-    let mut nl = Netlink::in_netns(ns).map_err(|e| err("opening netlink", e))?;
+    let mut nl = host.netlink(ns).map_err(|e| err("opening netlink", e))?;
     let links = nl.links().map_err(|e| err("listing links", e))?;
     router.lo_up = links.iter().any(|l| l.name == "lo" && l.up);
     router.lo_addrs = nl.addrs("lo").map_err(|e| err("listing lo addresses", e))?;
@@ -125,9 +123,10 @@ fn observe_router(slice: &str, ns: &Netns, desired_vxlan: &str) -> Result<Observ
 ///
 /// # Errors
 /// When a directory or the node namespace cannot be read.
-pub fn observe(
+pub fn observe<H: NamespaceOps>(
     config: &NodeAgentConfig,
-    node: &mut Netlink,
+    host: &mut H,
+    node: &mut H::Netlink,
 ) -> Result<(Observed, Vec<(String, NodeAgentError)>), NodeAgentError> {
     let mut observed = Observed::default();
     let mut unobservable = Vec::new();
@@ -142,7 +141,7 @@ pub fn observe(
         };
         observed.state_files.insert(slice, file);
     }
-    for slice in router_netns_slices(config)? {
+    for slice in router_netns_slices(config, host)? {
         observed.router_netns.insert(slice);
     }
 
@@ -151,7 +150,7 @@ pub fn observe(
             continue;
         }
         let path = config.router_netns(&slice.name);
-        let ns = match Netns::open(&path) {
+        let ns = match host.open(&path) {
             Ok(ns) => ns,
             // A file without a namespace on it (a crash mid-create): treat as absent, the
             // create step finishes it.
@@ -166,7 +165,7 @@ pub fn observe(
                 continue;
             }
         };
-        match observe_router(&slice.name, &ns, &vxlan_name(slice.vni)) {
+        match observe_router(&slice.name, host, &ns, &vxlan_name(slice.vni)) {
             Ok(router) => {
                 observed.routers.insert(slice.name.clone(), router);
             }
@@ -187,12 +186,13 @@ pub fn observe(
 /// Applies actions in order. A slice's remaining actions are skipped after its first failure
 /// (its state file is never written over a half-built router); other slices go on. Returns the
 /// failures, one per failed slice.
-pub fn apply(
+pub fn apply<H: NamespaceOps>(
     config: &NodeAgentConfig,
-    node: &mut Netlink,
+    host: &mut H,
+    node: &mut H::Netlink,
     actions: &[Action],
 ) -> Vec<(String, String, NodeAgentError)> {
-    let mut routers = RouterHandles::default();
+    let mut routers = RouterHandles::<H> { open: BTreeMap::new() };
     let mut failed: BTreeMap<String, ()> = BTreeMap::new();
     let mut failures = Vec::new();
     for action in actions {
@@ -201,7 +201,7 @@ pub fn apply(
             continue;
         }
         tracing::info!(slice = %slice, action = %action, "applying");
-        if let Err(e) = apply_one(config, node, &mut routers, action) {
+        if let Err(e) = apply_one(config, host, node, &mut routers, action) {
             tracing::warn!(slice = %slice, action = %action, error = %e, "action failed");
             failed.insert(slice.clone(), ());
             failures.push((slice, action.to_string(), e));
@@ -211,20 +211,24 @@ pub fn apply(
 }
 
 /// Open router namespaces and netlink handles in them, by slice, for one apply pass.
-#[derive(Default)]
-struct RouterHandles {
-    open: BTreeMap<String, (Netns, Netlink)>,
+struct RouterHandles<H: NamespaceOps> {
+    open: BTreeMap<String, (H::Ns, H::Netlink)>,
 }
 
-impl RouterHandles {
-    fn get(&mut self, config: &NodeAgentConfig, slice: &str) -> Result<&mut (Netns, Netlink), NodeAgentError> {
+impl<H: NamespaceOps> RouterHandles<H> {
+    fn get(
+        &mut self,
+        config: &NodeAgentConfig,
+        host: &mut H,
+        slice: &str,
+    ) -> Result<&mut (H::Ns, H::Netlink), NodeAgentError> {
         if !self.open.contains_key(slice) {
             let path = config.router_netns(slice);
-            let ns = Netns::open(&path).map_err(|source| NodeAgentError::Apply {
+            let ns = host.open(&path).map_err(|source| NodeAgentError::Apply {
                 what: format!("opening router namespace {}", path.display()),
                 source,
             })?;
-            let nl = Netlink::in_netns(&ns).map_err(|source| NodeAgentError::Apply {
+            let nl = host.netlink(&ns).map_err(|source| NodeAgentError::Apply {
                 what: format!("opening netlink in {}", path.display()),
                 source,
             })?;
@@ -234,10 +238,11 @@ impl RouterHandles {
     }
 }
 
-fn apply_one(
+fn apply_one<H: NamespaceOps>(
     config: &NodeAgentConfig,
-    node: &mut Netlink,
-    routers: &mut RouterHandles,
+    host: &mut H,
+    node: &mut H::Netlink,
+    routers: &mut RouterHandles<H>,
     action: &Action,
 ) -> Result<(), NodeAgentError> {
     let dp = |what: String| move |source| NodeAgentError::Apply { what, source };
@@ -256,43 +261,43 @@ fn apply_one(
             // Delete the VXLAN first, synchronously: a namespace is destroyed asynchronously
             // after its last reference goes, and until then its VXLAN keeps the VNI on the node's
             // socket ("A VXLAN device with the specified VNI already exists" on a quick re-add).
-            if let Ok(ns) = Netns::open(netns)
-                && let Ok(mut nl) = Netlink::in_netns(&ns)
+            if let Ok(ns) = host.open(netns)
+                && let Ok(mut nl) = host.netlink(&ns)
                 && let Ok(links) = nl.links()
             {
                 for link in links.iter().filter(|l| is_vxlan(l)) {
                     let _ = nl.delete_link(&link.name);
                 }
             }
-            Netns::delete_named(netns).map(drop).map_err(dp(what))
+            host.delete_named(netns).map(drop).map_err(dp(what))
         }
         Action::DeleteNodeVxlan { name, .. } => node.delete_link(name).map(drop).map_err(dp(what)),
         Action::CreateRouterNetns { slice, netns } => {
             routers.open.remove(slice);
-            Netns::ensure_named(netns).map(drop).map_err(dp(what))
+            host.ensure_named(netns).map(drop).map_err(dp(what))
         }
         Action::SetSysctl { slice, key, value } => {
-            let (ns, _) = routers.get(config, slice)?;
-            ns.set_sysctl(key, value).map_err(dp(what))
+            let (ns, _) = routers.get(config, host, slice)?;
+            host.set_sysctl(ns, key, value).map_err(dp(what))
         }
         Action::SetLoopbackUp { slice } => {
-            let (_, nl) = routers.get(config, slice)?;
+            let (_, nl) = routers.get(config, host, slice)?;
             nl.set_up("lo").map_err(dp(what))
         }
         Action::AddLoopbackAddress { slice, addr } => {
-            let (_, nl) = routers.get(config, slice)?;
+            let (_, nl) = routers.get(config, host, slice)?;
             nl.add_addr("lo", *addr).map_err(dp(what))
         }
         Action::DeleteLoopbackAddress { slice, addr } => {
-            let (_, nl) = routers.get(config, slice)?;
+            let (_, nl) = routers.get(config, host, slice)?;
             nl.del_addr("lo", *addr).map(drop).map_err(dp(what))
         }
         Action::DeleteVxlan { slice, name } => {
-            let (_, nl) = routers.get(config, slice)?;
+            let (_, nl) = routers.get(config, host, slice)?;
             nl.delete_link(name).map(drop).map_err(dp(what))
         }
         Action::CreateVxlan { slice, spec } => {
-            let (ns, nl) = routers.get(config, slice)?;
+            let (ns, nl) = routers.get(config, host, slice)?;
             // Created in the node namespace so that its UDP socket lives there (on the
             // underlay), then moved into the router namespace (LAB-FACTS: verified).
             create_vxlan_in_node(
@@ -315,35 +320,35 @@ fn apply_one(
             nl.set_up(&spec.name).map_err(dp(what))
         }
         Action::SetVxlanMtu { slice, name, mtu } => {
-            let (_, nl) = routers.get(config, slice)?;
+            let (_, nl) = routers.get(config, host, slice)?;
             nl.set_mtu(name, *mtu).map_err(dp(what))
         }
         Action::SetVxlanUp { slice, name } => {
-            let (_, nl) = routers.get(config, slice)?;
+            let (_, nl) = routers.get(config, host, slice)?;
             nl.set_up(name).map_err(dp(what))
         }
         Action::DeleteRoute { slice, route } => {
-            let (_, nl) = routers.get(config, slice)?;
+            let (_, nl) = routers.get(config, host, slice)?;
             nl.del_route(route).map(drop).map_err(dp(what))
         }
         Action::ReplaceRoute { slice, route } => {
-            let (_, nl) = routers.get(config, slice)?;
+            let (_, nl) = routers.get(config, host, slice)?;
             nl.replace_route(route).map_err(dp(what))
         }
         Action::DeleteNeigh { slice, dev, ip } => {
-            let (_, nl) = routers.get(config, slice)?;
+            let (_, nl) = routers.get(config, host, slice)?;
             nl.del_neigh(dev, *ip).map(drop).map_err(dp(what))
         }
         Action::ReplaceNeigh { slice, dev, neigh } => {
-            let (_, nl) = routers.get(config, slice)?;
+            let (_, nl) = routers.get(config, host, slice)?;
             nl.replace_neigh(dev, neigh.ip, neigh.mac).map_err(dp(what))
         }
         Action::DeleteFdb { slice, dev, entry } => {
-            let (_, nl) = routers.get(config, slice)?;
+            let (_, nl) = routers.get(config, host, slice)?;
             nl.del_fdb(dev, entry).map(drop).map_err(dp(what))
         }
         Action::ReplaceFdb { slice, dev, entry } => {
-            let (_, nl) = routers.get(config, slice)?;
+            let (_, nl) = routers.get(config, host, slice)?;
             nl.replace_fdb(dev, entry).map_err(dp(what))
         }
         Action::WriteStateFile { state, .. } => state.store(&config.state_dir).map_err(NodeAgentError::StateFile),
@@ -356,7 +361,7 @@ fn apply_one(
 /// Creates the VXLAN in the node namespace. EEXIST with no such device in the node namespace
 /// means the VNI is still held by a VXLAN in a router namespace being destroyed (namespaces die
 /// asynchronously): wait for it, up to two seconds.
-fn create_vxlan_in_node(node: &mut Netlink, req: &VxlanRequest) -> dataplane::Result<()> {
+fn create_vxlan_in_node(node: &mut impl NetlinkOps, req: &VxlanRequest) -> dataplane::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         match node.create_vxlan(req) {

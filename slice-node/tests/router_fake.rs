@@ -1,0 +1,300 @@
+//! The router's observe and apply without root: the node agent's reconcile run against
+//! `dataplane`'s in-memory namespaces, which record every call. Pins what a fresh node builds
+//! and in which order, that observe reads back what apply wrote (a second reconcile does
+//! nothing), how a slice is removed, and that a failed step stops only its slice and leaves
+//! nothing half-made where the agent undoes it. The same code runs against the kernel in
+//! `slice-operator`'s `node_agent` tests (as root).
+
+use std::path::Path;
+
+use dataplane::fake::{FakeNamespaces, FakeNetlink, FakeWorld};
+use dataplane::{Fdb, Neigh, NetlinkOps, Route};
+use slice_api::node::{NodeAgentConfig, NodeState};
+use slice_node::plan::{Observed, plan};
+use slice_node::{Action, NodeAgentError, reconcile_with, router};
+
+const NETNS_DIR: &str = "/fake/netns";
+
+/// Two slices on node n1, each with one peer (n2).
+fn config(state_dir: &Path) -> NodeAgentConfig {
+    serde_json::from_value(serde_json::json!({
+        "node": "n1",
+        "underlayAddress": "198.18.250.1",
+        "stateDir": state_dir,
+        "netnsDir": NETNS_DIR,
+        "routerNetnsPrefix": "t1-",
+        "slices": [
+            {
+                "name": "blue", "vni": 100, "sliceSubnet": "10.80.0.0/16",
+                "nodePrefix": "10.80.0.0/26", "namespaces": ["shop"],
+                "peers": [{"name": "n2", "underlayAddress": "198.18.250.2", "nodePrefix": "10.80.0.64/26"}]
+            },
+            {
+                "name": "red", "vni": 200, "sliceSubnet": "10.90.0.0/16",
+                "nodePrefix": "10.90.0.0/26", "namespaces": ["bank"],
+                "peers": [{"name": "n2", "underlayAddress": "198.18.250.2", "nodePrefix": "10.90.0.64/26"}]
+            }
+        ]
+    }))
+    .unwrap()
+}
+
+struct Node {
+    world: FakeWorld,
+    host: FakeNamespaces,
+    netlink: FakeNetlink,
+    state: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Self {
+        let world = FakeWorld::new();
+        let host = world.host();
+        let netlink = world.handle("node", "node");
+        Self { world, host, netlink, state: tempfile::tempdir().unwrap() }
+    }
+
+    fn config(&self) -> NodeAgentConfig {
+        config(self.state.path())
+    }
+
+    fn reconcile(&mut self, config: &NodeAgentConfig) -> Result<Vec<Action>, NodeAgentError> {
+        reconcile_with(config, &mut self.host, &mut self.netlink)
+    }
+
+    fn observe(&mut self, config: &NodeAgentConfig) -> Observed {
+        let (observed, unobservable) = router::observe(config, &mut self.host, &mut self.netlink).unwrap();
+        assert!(unobservable.is_empty(), "{unobservable:?}");
+        observed
+    }
+
+    /// The calls that change something, from call number `from` on.
+    fn writes_since(&self, from: usize) -> Vec<String> {
+        const READS: [&str; 10] =
+            ["link", "links", "addrs", "routes", "neighs", "fdb", "sysctl", "list_named", "open", "netlink"];
+        self.world.calls()[from..]
+            .iter()
+            .filter(|c| {
+                let verb = c.split_once(": ").map_or("", |(_, call)| call).split(' ').next().unwrap_or("");
+                !READS.contains(&verb)
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn state_file(&self, slice: &str) -> Option<NodeState> {
+        NodeState::load(self.state.path(), slice).unwrap()
+    }
+}
+
+/// What building slice blue's router writes, in order (the plan's order).
+fn blue_build() -> Vec<String> {
+    [
+        "netns: ensure_named /fake/netns/t1-blue",
+        "t1-blue: set_sysctl net/ipv4/ip_forward=1",
+        "t1-blue: set_sysctl net/ipv4/conf/all/rp_filter=1",
+        "t1-blue: set_sysctl net/ipv4/conf/default/rp_filter=1",
+        "t1-blue: set_sysctl net/ipv6/conf/all/forwarding=1",
+        "t1-blue: set_up lo",
+        "t1-blue: add_addr lo 10.80.0.1/32",
+        "node: create_vxlan sv100 (VNI 100, local 198.18.250.1, port 4789)",
+        "node: set_netns sv100 t1-blue",
+        "t1-blue: set_up sv100",
+        "t1-blue: replace_fdb sv100 0a:58:0a:50:00:41 dst 198.18.250.2",
+        "t1-blue: replace_neigh sv100 10.80.0.65 0a:58:0a:50:00:41",
+        "t1-blue: replace_route 10.80.0.64/26",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn red_writes(writes: &[String]) -> Vec<String> {
+    writes.iter().filter(|c| c.starts_with("t1-red:") || c.contains("t1-red") || c.contains("sv200")).cloned().collect()
+}
+
+#[test]
+fn a_fresh_node_builds_each_router_in_the_plans_order_and_a_second_reconcile_does_nothing() {
+    let mut node = Node::new();
+    let config = node.config();
+    // A fresh node shows nothing, so the actions applied are the plan from nothing.
+    assert_eq!(node.observe(&config), Observed::default());
+    let from = node.world.calls().len();
+    let actions = node.reconcile(&config).unwrap();
+    assert_eq!(actions, plan(&config, &Observed::default()));
+
+    let writes = node.writes_since(from);
+    let blue: Vec<String> = writes.iter().filter(|c| c.contains("blue") || c.contains("sv100")).cloned().collect();
+    assert_eq!(blue, blue_build());
+    assert_eq!(red_writes(&writes).len(), blue_build().len(), "{writes:#?}");
+    // Every write belongs to one of the two routers.
+    assert_eq!(writes.len(), 2 * blue_build().len(), "{writes:#?}");
+
+    // What the kernel would now hold.
+    let vxlan = node.world.link("t1-blue", "sv100").expect("the VXLAN is in the router namespace");
+    assert_eq!((vxlan.up, vxlan.mtu, vxlan.vxlan_id), (true, 1450, Some(100)));
+    assert!(node.world.link("node", "sv100").is_none());
+    assert!(node.world.link("t1-blue", "lo").unwrap().up);
+    assert!(node.world.addrs("t1-blue", "lo").contains(&"10.80.0.1/32".parse().unwrap()));
+    let peer_mac = [0x0a, 0x58, 10, 80, 0, 65];
+    assert_eq!(node.world.fdb("t1-blue", "sv100"), [Fdb { mac: peer_mac, dst: "198.18.250.2".parse().unwrap() }]);
+    assert_eq!(
+        node.world.neighs("t1-blue", "sv100"),
+        [Neigh { ip: "10.80.0.65".parse().unwrap(), mac: peer_mac, permanent: true }]
+    );
+    assert_eq!(
+        node.world.routes("t1-blue"),
+        [Route {
+            dst: "10.80.0.64/26".parse().unwrap(),
+            gateway: Some("10.80.0.65".parse().unwrap()),
+            dev: Some("sv100".into()),
+            src: None,
+            onlink: true,
+            scope_link: false,
+        }]
+    );
+    assert_eq!(node.world.sysctls("t1-blue").len(), 4);
+    let state = node.state_file("blue").expect("the state file is written");
+    assert_eq!(state.router_netns, Path::new("/fake/netns/t1-blue"));
+    assert!(node.state_file("red").is_some());
+
+    // Observe reads back what apply wrote: nothing to do, nothing written.
+    let from = node.world.calls().len();
+    assert_eq!(node.reconcile(&config).unwrap(), Vec::<Action>::new());
+    assert_eq!(node.writes_since(from), Vec::<String>::new());
+}
+
+#[test]
+fn a_removed_slice_loses_its_state_file_then_its_vxlan_and_namespace() {
+    let mut node = Node::new();
+    let mut config = node.config();
+    node.reconcile(&config).unwrap();
+    // A VXLAN of ours stranded in the node namespace (as a crash between create and move
+    // leaves it), for no slice of the configuration.
+    node.netlink.create_vxlan(&stray_vxlan()).unwrap();
+
+    config.slices.retain(|s| s.name != "red");
+    let from = node.world.calls().len();
+    node.reconcile(&config).unwrap();
+    // The VXLAN goes before the namespace: a namespace dies asynchronously and would hold the
+    // VNI on the node's socket meanwhile.
+    let expected = ["t1-red: delete_link sv200", "netns: delete_named /fake/netns/t1-red", "node: delete_link sv300"];
+    assert_eq!(node.writes_since(from), expected.map(str::to_owned));
+    assert!(node.state_file("red").is_none() && node.state_file("blue").is_some());
+    assert_eq!(node.world.named(), [Path::new("/fake/netns/t1-blue")]);
+    assert!(node.world.links("node").is_empty());
+    // Blue was not touched, and the node is converged.
+    assert!(node.writes_since(from).iter().all(|c| !c.contains("blue") && !c.contains("sv100")));
+    assert_eq!(node.reconcile(&config).unwrap(), Vec::<Action>::new());
+
+    // Red comes back: its VNI is free again.
+    let config = node.config();
+    node.reconcile(&config).unwrap();
+    assert!(node.world.link("t1-red", "sv200").is_some_and(|l| l.up));
+}
+
+fn stray_vxlan() -> dataplane::VxlanRequest {
+    dataplane::VxlanRequest {
+        name: "sv300".into(),
+        vni: 300,
+        local: "198.18.250.1".parse().unwrap(),
+        port: 4789,
+        mtu: 1450,
+        mac: [0x0a, 0x58, 10, 99, 0, 1],
+    }
+}
+
+/// The one failure of a reconcile that failed for one slice.
+fn only_failure(result: Result<Vec<Action>, NodeAgentError>) -> (String, String, NodeAgentError) {
+    match result {
+        Err(NodeAgentError::Reconcile { mut failures }) if failures.len() == 1 => {
+            let f = failures.remove(0);
+            (f.slice, f.action, f.error)
+        }
+        other => panic!("expected one slice's failure, got {other:?}"),
+    }
+}
+
+fn errno(error: &NodeAgentError) -> Option<i32> {
+    match error {
+        NodeAgentError::Apply { source, .. } | NodeAgentError::Observe { source, .. } => source.errno(),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_vxlan_that_cannot_be_moved_is_deleted_and_the_other_slice_is_still_built() {
+    let mut node = Node::new();
+    let config = node.config();
+    node.world.fail_next("node: set_netns sv100", libc::EPERM);
+    let from = node.world.calls().len();
+    let (slice, action, error) = only_failure(node.reconcile(&config));
+    assert_eq!(slice, "blue");
+    assert!(action.starts_with("create vxlan sv100"), "{action}");
+    assert_eq!(errno(&error), Some(libc::EPERM));
+
+    // Blue stopped at the failed step, its VXLAN taken back out of the node namespace (where
+    // it would hold the VNI); no state file over a half-built router.
+    let blue: Vec<String> =
+        node.writes_since(from).into_iter().filter(|c| c.contains("blue") || c.contains("sv100")).collect();
+    let mut expected = blue_build()[..9].to_vec();
+    expected.push("node: delete_link sv100".into());
+    assert_eq!(blue, expected);
+    assert!(node.world.links("node").is_empty());
+    assert!(node.state_file("blue").is_none());
+    // Red was built regardless.
+    assert!(node.state_file("red").is_some());
+    assert!(node.world.link("t1-red", "sv200").is_some_and(|l| l.up));
+
+    // The next round finishes blue (the VNI is free), and the one after has nothing to do.
+    let from = node.world.calls().len();
+    node.reconcile(&config).unwrap();
+    let blue: Vec<String> = node.writes_since(from);
+    assert_eq!(blue, blue_build()[7..].to_vec(), "only the VXLAN and what sits on it are left to do");
+    assert!(node.state_file("blue").is_some());
+    assert_eq!(node.reconcile(&config).unwrap(), Vec::<Action>::new());
+}
+
+#[test]
+fn a_failed_step_in_a_router_namespace_stops_only_that_slice() {
+    let mut node = Node::new();
+    let config = node.config();
+    node.world.fail_next("t1-red: replace_neigh", libc::EINVAL);
+    let from = node.world.calls().len();
+    let (slice, action, error) = only_failure(node.reconcile(&config));
+    assert_eq!((slice.as_str(), errno(&error)), ("red", Some(libc::EINVAL)));
+    assert!(action.starts_with("replace neighbour 10.90.0.65"), "{action}");
+    // Nothing of red after the failed step (its route), and no state file.
+    let red = red_writes(&node.writes_since(from));
+    assert_eq!(red.last().map(String::as_str), Some("t1-red: replace_neigh sv200 10.90.0.65 0a:58:0a:5a:00:41"));
+    assert!(node.world.routes("t1-red").is_empty());
+    assert!(node.state_file("red").is_none() && node.state_file("blue").is_some());
+
+    // The next round does red's remaining steps only.
+    let from = node.world.calls().len();
+    node.reconcile(&config).unwrap();
+    assert_eq!(
+        node.writes_since(from),
+        ["t1-red: replace_neigh sv200 10.90.0.65 0a:58:0a:5a:00:41", "t1-red: replace_route 10.90.0.64/26"]
+            .map(str::to_owned)
+    );
+    assert!(node.state_file("red").is_some());
+}
+
+#[test]
+fn a_router_that_cannot_be_observed_is_left_alone_and_reported() {
+    let mut node = Node::new();
+    let config = node.config();
+    node.reconcile(&config).unwrap();
+    // Drift in both routers; blue cannot be looked into this round.
+    node.world.handle("t1-blue", "t1-blue").set_mtu("sv100", 1400).unwrap();
+    node.world.handle("t1-red", "t1-red").set_mtu("sv200", 1400).unwrap();
+    node.world.fail_next("t1-blue: links", libc::EACCES);
+    let from = node.world.calls().len();
+    let (slice, action, error) = only_failure(node.reconcile(&config));
+    assert_eq!((slice.as_str(), action.as_str(), errno(&error)), ("blue", "observe the router", Some(libc::EACCES)));
+    assert_eq!(node.writes_since(from), ["t1-red: set_mtu sv200 1450"].map(str::to_owned));
+    // Blue is repaired once it can be observed again.
+    let from = node.world.calls().len();
+    node.reconcile(&config).unwrap();
+    assert_eq!(node.writes_since(from), ["t1-blue: set_mtu sv100 1450"].map(str::to_owned));
+}
