@@ -46,7 +46,7 @@ use slice_api::wireguard::Key;
 
 use super::keys::{self, KeyPair};
 use super::objects::{self, GatewayDefaults, NodeDefaults, ObservedNamespace, PlannedSlice};
-use super::plan::{self, ClusterNode};
+use super::plan::{self, ClusterNode, TypedGateway, TypedSpec};
 use super::tunnels::{self, TunnelState};
 use crate::events::{Notice, reason, reference, reference_to};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -418,22 +418,30 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
         let spec = &ws.spec;
         let name = ws.name_any();
         let previous = ws.status.as_ref().map(|s| s.nodes.clone()).unwrap_or_default();
-        let allocations = match plan::allocate_node_prefixes(spec, &node_names, &previous) {
+        // The spec's strings are read here, once for this pass.
+        let typed = TypedSpec::parse(spec);
+        let allocations = match typed
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|t| plan::allocate_node_prefixes(t, &node_names, &previous).map(|a| (t, a)))
+        {
             Ok(a) => Some(a),
             Err(e @ plan::WorkerPlanError::ClusterPrefixFull { .. }) => {
                 // Nodes that had a prefix keep it; the new ones wait.
                 d.problems.insert(name.clone(), Problem { reason: "NodePrefixesExhausted", message: e.to_string() });
                 let kept: Vec<String> =
                     node_names.iter().filter(|n| previous.iter().any(|p| &p.node == *n)).cloned().collect();
-                plan::allocate_node_prefixes(spec, &kept, &previous).ok()
+                typed.as_ref().ok().and_then(|t| Some((t, plan::allocate_node_prefixes(t, &kept, &previous).ok()?)))
             }
             Err(e) => {
                 d.problems.insert(name.clone(), Problem { reason: "InvalidSpec", message: e.to_string() });
                 None
             }
         };
-        let cluster_prefix = plan::parse_prefixes(spec).ok().map(|(_, c)| c);
-        let gateway_address = cluster_prefix.and_then(|c| gateway_pod_address(&observed.pods, &spec.slice, c));
+        let gateway_address =
+            typed.as_ref().ok().and_then(|t| gateway_pod_address(&observed.pods, &spec.slice, t.cluster_prefix));
+        // The gateway's configuration does not depend on the prefixes: an invalid spec keeps it.
+        let gateway = typed.as_ref().map_or_else(|_| TypedGateway::parse(spec), |t| t.gateway.clone());
         let members = ns_decision.members.get(&spec.slice).cloned().unwrap_or_default();
         if let Some(conflicts) = ns_decision.conflicts.get(&spec.slice) {
             d.problems.entry(name.clone()).or_insert(Problem {
@@ -485,7 +493,11 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
         match key {
             Some((private_key, public_key)) => {
                 d.public_keys.insert(name.clone(), public_key);
-                desired.push((Kind::Secret, objects::gateway_config_secret(spec, &private_key), false));
+                desired.push((
+                    Kind::Secret,
+                    objects::gateway_config_secret(&spec.slice, &gateway, &private_key),
+                    false,
+                ));
                 desired.push((Kind::Deployment, objects::gateway_deployment(spec, &settings.gateway), false));
                 if let Some(svc) = objects::gateway_service(spec) {
                     desired.push((Kind::Service, svc, false));
@@ -511,10 +523,10 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
                 }
             }
         }
-        if let Some(allocations) = allocations {
+        if let Some((typed, allocations)) = allocations {
             d.planned.insert(
                 name.clone(),
-                PlannedSlice { spec: spec.clone(), allocations, namespaces: members, gateway_address },
+                PlannedSlice { typed: typed.clone(), allocations, namespaces: members, gateway_address },
             );
         }
     }
