@@ -1026,7 +1026,11 @@ fn runtime_objects() -> (Vec<Value>, Vec<Value>) {
     let worker = [
         o::gateway_deployment(&spec, &o::GatewayDefaults::default()),
         o::gateway_service(&spec).unwrap(),
-        o::gateway_config_secret(&spec, &slice_api::wireguard::Key([7; 32])),
+        o::gateway_config_secret(
+            &spec.slice,
+            &slice_operator::worker::plan::TypedGateway::parse(&spec),
+            &slice_api::wireguard::Key([7; 32]),
+        ),
         o::membership_config_map(&[]),
         o::node_config_map(&node),
     ];

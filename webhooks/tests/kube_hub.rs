@@ -188,7 +188,7 @@ fn the_membership_configmap_the_worker_writes_is_what_the_webhook_reads() {
         .unwrap()
     };
     let planned = |slice: &str, namespaces: &[&str]| PlannedSlice {
-        spec: spec(slice, namespaces),
+        typed: slice_operator::worker::plan::TypedSpec::parse(&spec(slice, namespaces)).unwrap(),
         allocations: Vec::new(),
         namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
         gateway_address: None,

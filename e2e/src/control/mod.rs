@@ -125,6 +125,8 @@ struct GatewayRun {
 /// What one cluster's worker keeps for one slice.
 struct WorkerRun {
     keys: KeyPair,
+    /// The WorkerSlice spec as the worker's plan reads it, parsed once per worker step.
+    typed: worker_plan::TypedSpec,
     nodes: Vec<NodeAllocation>,
     gateway: Option<GatewayRun>,
 }
@@ -368,12 +370,17 @@ impl ControlPlane {
             let spec = self.workers[i].spec.clone();
             let cluster = lab.cluster(&spec.cluster);
             let key = (spec.slice.clone(), spec.cluster.clone());
-            if !self.runs.contains_key(&key) {
-                self.runs.insert(key.clone(), WorkerRun { keys: keypair(), nodes: Vec::new(), gateway: None });
-            }
+            let typed = worker_plan::TypedSpec::parse(&spec)
+                .with_context(|| format!("slice {} in {}", spec.slice, spec.cluster))?;
+            let run = self.runs.entry(key.clone()).or_insert_with(|| WorkerRun {
+                keys: keypair(),
+                typed: typed.clone(),
+                nodes: Vec::new(),
+                gateway: None,
+            });
+            run.typed = typed;
             let names: Vec<String> = cluster.nodes().iter().map(|n| n.name().to_owned()).collect();
-            let run = self.runs.get_mut(&key).expect("inserted above");
-            let nodes = worker_plan::allocate_node_prefixes(&spec, &names, &run.nodes)
+            let nodes = worker_plan::allocate_node_prefixes(&run.typed, &names, &run.nodes)
                 .with_context(|| format!("slice {} in {}", spec.slice, spec.cluster))?;
             if nodes != run.nodes {
                 run.nodes = nodes;
@@ -426,7 +433,7 @@ impl ControlPlane {
                 let Some(run) = self.runs.get(&key) else { continue };
                 let gateway = run.gateway.as_ref().map(|g| IpAddr::V4(g.slice_address));
                 let on_node: SliceOnNode =
-                    worker_plan::node_agent_slice(&w.spec, node.name(), &nodes, &run.nodes, gateway)
+                    worker_plan::node_agent_slice(&run.typed, node.name(), &nodes, &run.nodes, gateway)
                         .with_context(|| format!("slice {} on {cluster}/{}", w.spec.slice, node.name()))?;
                 config.slices.push(on_node);
             }
@@ -484,7 +491,7 @@ impl ControlPlane {
             started = true;
         }
         let gw = run.gateway.as_mut().expect("set above");
-        let conf = worker_plan::gateway_config(spec, &run.keys.private).render();
+        let conf = worker_plan::gateway_config(&run.typed.gateway, &run.keys.private).render();
         let old = std::fs::read_to_string(&gw.config).unwrap_or_default();
         if old != conf {
             std::fs::write(&gw.config, &conf).with_context(|| format!("cannot write {}", gw.config.display()))?;
@@ -497,8 +504,8 @@ impl ControlPlane {
         if gw.process.is_none() {
             start_gateway(lab, gw, self.timeout)?;
         }
-        let wanted: BTreeSet<IpNet> =
-            spec.peers.iter().filter(|p| p.public_key.is_some()).filter_map(|p| p.prefix.parse().ok()).collect();
+        // The prefixes the gateway lists as AllowedIPs, routed into its TUN device.
+        let wanted: BTreeSet<IpNet> = run.typed.gateway.peers.iter().map(|p| p.prefix.trunc()).collect();
         for prefix in gw.routes.difference(&wanted) {
             let _ = gw.pod.exec(&["ip", "route", "del", &prefix.to_string(), "dev", &gw.interface]);
         }

@@ -46,7 +46,7 @@ use slice_api::wireguard::Key;
 
 use super::keys::{self, KeyPair};
 use super::objects::{self, GatewayDefaults, NodeDefaults, ObservedNamespace, PlannedSlice};
-use super::plan::{self, ClusterNode};
+use super::plan::{self, ClusterNode, TypedGateway, TypedSpec};
 use super::tunnels::{self, TunnelState};
 use crate::events::{Notice, reason, reference, reference_to};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -418,22 +418,41 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
         let spec = &ws.spec;
         let name = ws.name_any();
         let previous = ws.status.as_ref().map(|s| s.nodes.clone()).unwrap_or_default();
-        let allocations = match plan::allocate_node_prefixes(spec, &node_names, &previous) {
-            Ok(a) => Some(a),
-            Err(e @ plan::WorkerPlanError::ClusterPrefixFull { .. }) => {
-                // Nodes that had a prefix keep it; the new ones wait.
-                d.problems.insert(name.clone(), Problem { reason: "NodePrefixesExhausted", message: e.to_string() });
-                let kept: Vec<String> =
-                    node_names.iter().filter(|n| previous.iter().any(|p| &p.node == *n)).cloned().collect();
-                plan::allocate_node_prefixes(spec, &kept, &previous).ok()
-            }
+        // The spec's strings are read here, once for this pass.
+        let typed = TypedSpec::parse(spec);
+        let invalid = |e: &plan::WorkerPlanError| Problem { reason: "InvalidSpec", message: e.to_string() };
+        let allocations = match &typed {
+            Ok(t) => match plan::allocate_node_prefixes(t, &node_names, &previous) {
+                Ok(a) => Some(a),
+                Err(e @ plan::WorkerPlanError::ClusterPrefixFull { .. }) => {
+                    // Nodes that had a prefix keep it; the new ones wait.
+                    let problem = Problem { reason: "NodePrefixesExhausted", message: e.to_string() };
+                    d.problems.insert(name.clone(), problem);
+                    let kept: Vec<String> =
+                        node_names.iter().filter(|n| previous.iter().any(|p| &p.node == *n)).cloned().collect();
+                    plan::allocate_node_prefixes(t, &kept, &previous).ok()
+                }
+                Err(e) => {
+                    d.problems.insert(name.clone(), invalid(&e));
+                    None
+                }
+            },
             Err(e) => {
-                d.problems.insert(name.clone(), Problem { reason: "InvalidSpec", message: e.to_string() });
+                d.problems.insert(name.clone(), invalid(e));
                 None
             }
         };
-        let cluster_prefix = plan::parse_prefixes(spec).ok().map(|(_, c)| c);
-        let gateway_address = cluster_prefix.and_then(|c| gateway_pod_address(&observed.pods, &spec.slice, c));
+        let gateway_address =
+            typed.as_ref().ok().and_then(|t| gateway_pod_address(&observed.pods, &spec.slice, t.cluster_prefix));
+        // The gateway's configuration does not depend on the prefixes: an invalid spec keeps it.
+        let parsed_gateway;
+        let gateway = match &typed {
+            Ok(t) => &t.gateway,
+            Err(_) => {
+                parsed_gateway = TypedGateway::parse(spec);
+                &parsed_gateway
+            }
+        };
         let members = ns_decision.members.get(&spec.slice).cloned().unwrap_or_default();
         if let Some(conflicts) = ns_decision.conflicts.get(&spec.slice) {
             d.problems.entry(name.clone()).or_insert(Problem {
@@ -485,7 +504,7 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
         match key {
             Some((private_key, public_key)) => {
                 d.public_keys.insert(name.clone(), public_key);
-                desired.push((Kind::Secret, objects::gateway_config_secret(spec, &private_key), false));
+                desired.push((Kind::Secret, objects::gateway_config_secret(&spec.slice, gateway, &private_key), false));
                 desired.push((Kind::Deployment, objects::gateway_deployment(spec, &settings.gateway), false));
                 if let Some(svc) = objects::gateway_service(spec) {
                     desired.push((Kind::Service, svc, false));
@@ -511,10 +530,10 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
                 }
             }
         }
-        if let Some(allocations) = allocations {
+        if let (Ok(typed), Some(allocations)) = (&typed, allocations) {
             d.planned.insert(
                 name.clone(),
-                PlannedSlice { spec: spec.clone(), allocations, namespaces: members, gateway_address },
+                PlannedSlice { typed: typed.clone(), allocations, namespaces: members, gateway_address },
             );
         }
     }
@@ -825,6 +844,41 @@ pub fn decide_release(observed: &Observed) -> Vec<Write> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_invalid_spec_is_a_problem_but_keeps_its_gateway_configured() {
+        let spec = serde_json::from_value(serde_json::json!({
+            "slice": "blue", "cluster": "c2", "sliceSubnet": "10.80.0.0/16",
+            "clusterPrefix": "10.81.0.0/20", "nodePrefixLength": 26, "vni": 100,
+            "peers": [{"cluster": "c1", "prefix": "10.80.0.0/20",
+                       "publicKey": "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="}],
+        }))
+        .unwrap();
+        let observed = Observed { worker_slices: vec![WorkerSlice::new("c2-blue", spec)], ..Observed::default() };
+        let settings = Settings { cluster: "c2".into(), ..Settings::default() };
+        let d = decide(&observed, &settings, &mut |_| KeyPair {
+            private_key: "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=".into(),
+            public_key: "pub".into(),
+        });
+        let problem = &d.problems["c2-blue"];
+        assert_eq!(problem.reason, "InvalidSpec");
+        assert_eq!(
+            problem.message,
+            "WorkerSlice blue: clusterPrefix (not inside sliceSubnet) \"10.81.0.0/20\" is not a CIDR"
+        );
+        assert!(d.planned.is_empty());
+        let config = d
+            .writes
+            .iter()
+            .find_map(|w| match w {
+                Write::Apply { kind: Kind::Secret, name, body, .. } if name == "slicenet-gw-blue" => Some(body),
+                _ => None,
+            })
+            .expect("the gateway configuration is still written");
+        use base64::Engine as _;
+        let text = base64::engine::general_purpose::STANDARD.decode(config["data"]["gateway.conf"].as_str().unwrap());
+        assert!(String::from_utf8(text.unwrap()).unwrap().contains("# cluster c1\n[Peer]\n"));
+    }
 
     #[test]
     fn applied_means_contained() {

@@ -34,7 +34,7 @@ use slice_api::wireguard::Key;
 use slice_api::{membership, multus};
 
 use super::keys::KeyPair;
-use super::plan::{self, ClusterNode, WorkerPlanError};
+use super::plan::{self, ClusterNode, TypedGateway, TypedSpec, WorkerPlanError};
 
 /// Label naming who manages an object.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -160,15 +160,16 @@ pub fn key_secret(slice: &str, keys: &KeyPair) -> Value {
     })
 }
 
-/// The gateway's configuration Secret: [`plan::gateway_config`] under [`GATEWAY_CONFIG_KEY`].
+/// The gateway's configuration Secret of `slice`: [`plan::gateway_config`] under
+/// [`GATEWAY_CONFIG_KEY`].
 #[must_use]
-pub fn gateway_config_secret(spec: &WorkerSliceSpec, private_key: &Key) -> Value {
+pub fn gateway_config_secret(slice: &str, gateway: &TypedGateway, private_key: &Key) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": { "name": gateway_name(&spec.slice), "namespace": GATEWAY_NAMESPACE, "labels": labels(Some(&spec.slice)) },
+        "metadata": { "name": gateway_name(slice), "namespace": GATEWAY_NAMESPACE, "labels": labels(Some(slice)) },
         "type": "Opaque",
-        "data": { GATEWAY_CONFIG_KEY: b64(&plan::gateway_config(spec, private_key).render()) },
+        "data": { GATEWAY_CONFIG_KEY: b64(&plan::gateway_config(gateway, private_key).render()) },
     })
 }
 
@@ -312,11 +313,11 @@ pub fn gateway_service(spec: &WorkerSliceSpec) -> Option<Value> {
     }))
 }
 
-/// One slice as the worker runs it in this cluster: the WorkerSlice, its node prefixes, its
-/// effective member namespaces and its gateway pod's slice address.
+/// One slice as the worker runs it in this cluster: the WorkerSlice (parsed), its node
+/// prefixes, its effective member namespaces and its gateway pod's slice address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedSlice {
-    pub spec: WorkerSliceSpec,
+    pub typed: TypedSpec,
     pub allocations: Vec<NodeAllocation>,
     /// Member namespaces after conflicts are taken out, sorted.
     pub namespaces: Vec<String>,
@@ -337,7 +338,7 @@ pub fn node_agent_configs(
     sorted_nodes.sort();
     sorted_nodes.dedup_by(|a, b| a.name == b.name);
     let mut sorted_slices: Vec<&PlannedSlice> = slices.iter().collect();
-    sorted_slices.sort_by(|a, b| a.spec.slice.cmp(&b.spec.slice));
+    sorted_slices.sort_by(|a, b| a.typed.slice.cmp(&b.typed.slice));
     let mut out = Vec::new();
     for node in sorted_nodes {
         let mut on_node = Vec::new();
@@ -346,7 +347,7 @@ pub fn node_agent_configs(
                 continue;
             }
             let mut s =
-                plan::node_agent_slice(&slice.spec, &node.name, nodes, &slice.allocations, slice.gateway_address)?;
+                plan::node_agent_slice(&slice.typed, &node.name, nodes, &slice.allocations, slice.gateway_address)?;
             s.namespaces.clone_from(&slice.namespaces);
             on_node.push(s);
         }
@@ -381,7 +382,7 @@ pub fn node_config_map(config: &NodeAgentConfig) -> Value {
 /// the gateway Deployment carries its slice annotation itself).
 #[must_use]
 pub fn membership_config_map(slices: &[PlannedSlice]) -> Value {
-    let data = membership::render(slices.iter().map(|s| (s.spec.slice.as_str(), s.namespaces.as_slice())));
+    let data = membership::render(slices.iter().map(|s| (s.typed.slice.as_str(), s.namespaces.as_slice())));
     json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -394,7 +395,7 @@ pub fn membership_config_map(slices: &[PlannedSlice]) -> Value {
 /// `slice_api::multus`), labelled as the worker's.
 #[must_use]
 pub fn nads(slice: &PlannedSlice) -> Vec<Value> {
-    multus::nads_for_slice(&slice.spec.slice, &slice.namespaces)
+    multus::nads_for_slice(&slice.typed.slice, &slice.namespaces)
         .into_iter()
         .filter_map(|mut nad| {
             nad.metadata.labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
@@ -656,9 +657,10 @@ mod tests {
             ClusterNode::new("n2", "198.18.1.12".parse().unwrap()),
             ClusterNode::new("n1", "198.18.1.11".parse().unwrap()),
         ];
-        let allocations = plan::allocate_node_prefixes(&s, &["n1".into(), "n2".into()], &[]).unwrap();
+        let typed = TypedSpec::parse(&s).unwrap();
+        let allocations = plan::allocate_node_prefixes(&typed, &["n1".into(), "n2".into()], &[]).unwrap();
         let planned = PlannedSlice {
-            spec: s,
+            typed,
             allocations,
             namespaces: vec!["shop".into()],
             gateway_address: Some("10.80.16.66".parse().unwrap()),
@@ -694,7 +696,7 @@ mod tests {
         assert!(crate::worker::decide::is_applied(&k, &back.unwrap()));
         assert_eq!(k["metadata"]["name"], "slicenet-gw-blue-key");
         assert_eq!(k["data"]["publicKey"], b64("pub"));
-        let c = gateway_config_secret(&spec("blue"), &keys.private_key.parse().unwrap());
+        let c = gateway_config_secret("blue", &TypedGateway::parse(&spec("blue")), &keys.private_key.parse().unwrap());
         use base64::Engine as _;
         let text =
             base64::engine::general_purpose::STANDARD.decode(c["data"]["gateway.conf"].as_str().unwrap()).unwrap();

@@ -2,6 +2,12 @@
 //! node agent runs) and the gateway's wg(8) configuration. Pure and deterministic, so the lab
 //! (`slicectl lab up -f`) and the Kubernetes worker share them.
 //!
+//! A WorkerSlice spec carries prefixes, keys and endpoints as strings; [`TypedSpec::parse`]
+//! reads and checks them once per pass, and every function here takes the typed values (the
+//! gateway's part, [`TypedGateway`], also on its own, since it does not depend on the prefixes).
+//! Only node allocations stay strings, as the WorkerSlice status holds them, and are read by
+//! [`TypedSpec::node_prefix`] alone.
+//!
 //! Rules these functions follow (and the tests below pin):
 //! - a node keeps its node prefix for as long as it exists: adding or removing other nodes never
 //!   renumbers it; a removed node's prefix is free again; new nodes take the lowest free indexes
@@ -71,25 +77,186 @@ fn parse_net(slice: &str, field: &'static str, value: &str) -> Result<IpNet, Wor
     Ok(net)
 }
 
-/// The slice subnet and the cluster prefix of a WorkerSlice, parsed and checked: the cluster
-/// prefix lies in the subnet, the node prefix length fits inside it.
-///
-/// # Errors
-/// [`WorkerPlanError::BadPrefix`] or [`WorkerPlanError::Prefix`].
-pub fn parse_prefixes(spec: &WorkerSliceSpec) -> Result<(IpNet, IpNet), WorkerPlanError> {
-    let subnet = parse_net(&spec.slice, "sliceSubnet", &spec.slice_subnet)?;
-    let cluster = parse_net(&spec.slice, "clusterPrefix", &spec.cluster_prefix)?;
-    if !subnet.contains(&cluster) {
-        return Err(WorkerPlanError::BadPrefix {
+/// A WorkerSlice spec parsed and checked once ([`TypedSpec::parse`]): what the plan's functions
+/// take, so that no one of them parses a prefix, key or endpoint string again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypedSpec {
+    pub slice: String,
+    pub cluster: String,
+    /// The slice subnet, aligned.
+    pub subnet: IpNet,
+    /// This cluster's prefix: aligned, inside `subnet`, with room for at least one node prefix.
+    pub cluster_prefix: IpNet,
+    pub node_prefix_len: u8,
+    pub vni: u32,
+    pub mtu: Option<u32>,
+    /// Member namespaces as the node agents get them: slicenet's own namespaces left out (the
+    /// SliceConfig validator refuses them too; the gateway pods join through their own
+    /// namespace, by the annotation the worker sets), sorted, without repeats.
+    pub namespaces: Vec<String>,
+    /// The peer clusters' prefixes a node routes via the gateway: every peer prefix that is an
+    /// aligned CIDR inside `subnet` and does not overlap `cluster_prefix`, sorted, without
+    /// repeats. A peer without a usable key still counts: its route waits only on the gateway's
+    /// address, and the gateway drops what it has no peer for.
+    pub remote_prefixes: Vec<IpNet>,
+    pub gateway: TypedGateway,
+}
+
+/// What the gateway's configuration is made of: its port and keepalive and the peers it can
+/// list. Parsed on its own ([`TypedGateway::parse`], which cannot fail) because the worker keeps
+/// writing the gateway's configuration for a WorkerSlice whose prefixes are invalid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypedGateway {
+    pub port: u16,
+    /// Seconds; 0 for none.
+    pub persistent_keepalive: u16,
+    /// The peers in cluster order, each with a usable key and prefix and a key no earlier peer
+    /// has.
+    pub peers: Vec<TypedPeer>,
+    /// The peers left out and why, in the same order as they were considered.
+    pub skipped: Vec<(String, PeerSkip)>,
+}
+
+/// A peer cluster as its gateway `[Peer]` needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypedPeer {
+    pub cluster: String,
+    /// The prefix as published (host bits, if any, kept; [`gateway_config`] lists it truncated).
+    pub prefix: IpNet,
+    pub public_key: Key,
+    /// `None` when none is published or it is not an `IP:port` (see [`peer_endpoint`]).
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// Why a peer is left out of the gateway's configuration (one bad peer must not stop the
+/// gateway from loading).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerSkip {
+    /// The peer's gateway has not published a key yet (the normal state while it starts).
+    #[error("no public key published yet")]
+    NoPublicKey,
+    #[error("public key {0:?} is not a 32-byte base64 key")]
+    BadPublicKey(String),
+    #[error("prefix {0:?} is not a CIDR")]
+    BadPrefix(String),
+    /// Its key is an earlier peer's (in cluster order): two `[Peer]`s cannot share a key.
+    #[error("public key {key} is cluster {first}'s as well")]
+    RepeatedKey { key: String, first: String },
+}
+
+impl TypedSpec {
+    /// Parses and checks `spec`: the slice subnet and the cluster prefix are aligned CIDRs, the
+    /// cluster prefix lies in the subnet, the node prefix length fits inside it; the peers as
+    /// [`TypedGateway::parse`] takes them.
+    ///
+    /// # Errors
+    /// [`WorkerPlanError::BadPrefix`] or [`WorkerPlanError::Prefix`], for the first field in
+    /// that order that is wrong.
+    pub fn parse(spec: &WorkerSliceSpec) -> Result<Self, WorkerPlanError> {
+        let subnet = parse_net(&spec.slice, "sliceSubnet", &spec.slice_subnet)?;
+        let cluster = parse_net(&spec.slice, "clusterPrefix", &spec.cluster_prefix)?;
+        if !subnet.contains(&cluster) {
+            return Err(WorkerPlanError::BadPrefix {
+                slice: spec.slice.clone(),
+                field: "clusterPrefix (not inside sliceSubnet)",
+                value: spec.cluster_prefix.clone(),
+            });
+        }
+        // Index 0 exists exactly when the node prefix length fits the cluster prefix.
+        prefix::node_prefix(cluster, spec.node_prefix_length, 0)
+            .map_err(|source| WorkerPlanError::Prefix { slice: spec.slice.clone(), source })?;
+
+        let remote: BTreeSet<IpNet> = spec
+            .peers
+            .iter()
+            .filter_map(|peer| parse_net(&spec.slice, "peers[].prefix", &peer.prefix).ok())
+            .filter(|p| {
+                let overlaps_local = p.contains(&cluster.network()) || cluster.contains(&p.network());
+                subnet.contains(p) && !overlaps_local
+            })
+            .collect();
+        let mut namespaces: Vec<String> = spec
+            .namespaces
+            .iter()
+            .filter(|n| !slice_api::names::RESERVED_NAMESPACES.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        namespaces.sort();
+        namespaces.dedup();
+        Ok(Self {
             slice: spec.slice.clone(),
-            field: "clusterPrefix (not inside sliceSubnet)",
-            value: spec.cluster_prefix.clone(),
-        });
+            cluster: spec.cluster.clone(),
+            subnet,
+            cluster_prefix: cluster,
+            node_prefix_len: spec.node_prefix_length,
+            vni: spec.vni,
+            mtu: spec.mtu,
+            namespaces,
+            remote_prefixes: remote.into_iter().collect(),
+            gateway: TypedGateway::parse(spec),
+        })
     }
-    // Index 0 exists exactly when the node prefix length fits the cluster prefix.
-    prefix::node_prefix(cluster, spec.node_prefix_length, 0)
-        .map_err(|source| WorkerPlanError::Prefix { slice: spec.slice.clone(), source })?;
-    Ok((subnet, cluster))
+
+    /// The node prefix `text` (an allocation as the WorkerSlice status holds it) when it is a
+    /// node prefix of this cluster prefix: a CIDR of the node prefix length, aligned, inside.
+    /// The one place an allocation's string is read.
+    #[must_use]
+    pub fn node_prefix(&self, text: &str) -> Option<IpNet> {
+        let net: IpNet = text.trim().parse().ok()?;
+        let valid = net.prefix_len() == self.node_prefix_len
+            && net.network() == net.addr()
+            && self.cluster_prefix.contains(&net);
+        valid.then_some(net)
+    }
+
+    /// The index of `node_prefix` (a valid one, see [`TypedSpec::node_prefix`]) in the cluster
+    /// prefix.
+    fn node_index(&self, node_prefix: IpNet) -> u128 {
+        let host_bits = u32::from(node_prefix.max_prefix_len() - self.node_prefix_len);
+        (to_u128(node_prefix.network()) - to_u128(self.cluster_prefix.network())) >> host_bits
+    }
+}
+
+impl TypedGateway {
+    /// The gateway settings and peers of `spec`. Peers are taken in cluster order; one is left
+    /// out (into `skipped`, with the reason) when it has no public key, a key that is not a
+    /// 32-byte base64 key, a prefix that is not a CIDR, or a key an earlier peer has.
+    #[must_use]
+    pub fn parse(spec: &WorkerSliceSpec) -> Self {
+        let mut sorted: Vec<_> = spec.peers.iter().collect();
+        sorted.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        let mut owners: BTreeMap<Key, &str> = BTreeMap::new();
+        let mut peers = Vec::new();
+        let mut skipped = Vec::new();
+        for peer in sorted {
+            let skip = |reason| (peer.cluster.clone(), reason);
+            let Some(text) = peer.public_key.as_deref() else {
+                skipped.push(skip(PeerSkip::NoPublicKey));
+                continue;
+            };
+            let Ok(public_key) = text.parse::<Key>() else {
+                skipped.push(skip(PeerSkip::BadPublicKey(text.to_owned())));
+                continue;
+            };
+            let Ok(prefix) = peer.prefix.trim().parse::<IpNet>() else {
+                skipped.push(skip(PeerSkip::BadPrefix(peer.prefix.clone())));
+                continue;
+            };
+            if let Some(first) = owners.get(&public_key) {
+                let reason = PeerSkip::RepeatedKey { key: public_key.to_base64(), first: (*first).to_owned() };
+                skipped.push(skip(reason));
+                continue;
+            }
+            owners.insert(public_key, &peer.cluster);
+            peers.push(TypedPeer {
+                cluster: peer.cluster.clone(),
+                prefix,
+                public_key,
+                endpoint: peer_endpoint(peer.endpoint.as_deref()),
+            });
+        }
+        Self { port: spec.gateway.port, persistent_keepalive: spec.gateway.persistent_keepalive, peers, skipped }
+    }
 }
 
 fn to_u128(ip: IpAddr) -> u128 {
@@ -99,16 +266,6 @@ fn to_u128(ip: IpAddr) -> u128 {
     }
 }
 
-/// The index of `node_prefix` in `cluster` when it is a valid node prefix there.
-fn node_index(cluster: IpNet, node_prefix_len: u8, node_prefix: &str) -> Option<u128> {
-    let net: IpNet = node_prefix.trim().parse().ok()?;
-    if net.prefix_len() != node_prefix_len || net.network() != net.addr() || !cluster.contains(&net) {
-        return None;
-    }
-    let host_bits = u32::from(net.max_prefix_len() - node_prefix_len);
-    Some((to_u128(net.network()) - to_u128(cluster.network())) >> host_bits)
-}
-
 /// Node prefixes for `nodes`, stable across calls: a node in `previous` keeps its prefix, a
 /// node no longer in `nodes` gives its prefix back, and each new node (in name order) takes the
 /// lowest free index. A `previous` entry that is not a valid node prefix of this cluster prefix
@@ -116,15 +273,15 @@ fn node_index(cluster: IpNet, node_prefix_len: u8, node_prefix: &str) -> Option<
 /// dropped and its node allocated afresh. The result is sorted by node name.
 ///
 /// # Errors
-/// When the WorkerSlice's prefixes are invalid, or [`WorkerPlanError::ClusterPrefixFull`] when
-/// the cluster prefix has fewer node prefixes than `nodes` has nodes (nothing is allocated then).
+/// [`WorkerPlanError::ClusterPrefixFull`] when the cluster prefix has fewer node prefixes than
+/// `nodes` has nodes (nothing is allocated then).
 pub fn allocate_node_prefixes(
-    spec: &WorkerSliceSpec,
+    spec: &TypedSpec,
     nodes: &[String],
     previous: &[NodeAllocation],
 ) -> Result<Vec<NodeAllocation>, WorkerPlanError> {
-    let (_, cluster) = parse_prefixes(spec)?;
-    let len = spec.node_prefix_length;
+    let cluster = spec.cluster_prefix;
+    let len = spec.node_prefix_len;
     let wanted: BTreeSet<&str> = nodes.iter().map(String::as_str).collect();
     let extra_bits = u32::from(len - cluster.prefix_len());
     let capacity: u128 = if extra_bits >= 128 { u128::MAX } else { 1u128 << extra_bits };
@@ -144,7 +301,7 @@ pub fn allocate_node_prefixes(
         if !wanted.contains(alloc.node.as_str()) || by_node.contains_key(alloc.node.as_str()) {
             continue;
         }
-        if let Some(index) = node_index(cluster, len, &alloc.prefix)
+        if let Some(index) = spec.node_prefix(&alloc.prefix).map(|p| spec.node_index(p))
             && taken.insert(index)
         {
             by_node.insert(alloc.node.as_str(), index);
@@ -186,20 +343,16 @@ pub fn allocate_node_prefixes(
 /// (see `objects::node_agent_configs`).
 ///
 /// # Errors
-/// When the prefixes are invalid or `node` has no allocation.
+/// [`WorkerPlanError::NodeNotAllocated`] when `node` has no valid allocation.
 pub fn node_agent_slice(
-    spec: &WorkerSliceSpec,
+    spec: &TypedSpec,
     node: &str,
     nodes: &[ClusterNode],
     allocations: &[NodeAllocation],
     gateway_address: Option<IpAddr>,
 ) -> Result<SliceOnNode, WorkerPlanError> {
-    let (subnet, cluster) = parse_prefixes(spec)?;
     let prefix_of = |name: &str| -> Option<IpNet> {
-        allocations.iter().find(|a| a.node == name).and_then(|a| {
-            node_index(cluster, spec.node_prefix_length, &a.prefix)?;
-            a.prefix.trim().parse().ok()
-        })
+        allocations.iter().find(|a| a.node == name).and_then(|a| spec.node_prefix(&a.prefix))
     };
     let node_prefix = prefix_of(node)
         .ok_or_else(|| WorkerPlanError::NodeNotAllocated { slice: spec.slice.clone(), node: node.to_owned() })?;
@@ -225,36 +378,15 @@ pub fn node_agent_slice(
             .chain(peers.iter().map(|p| p.node_prefix))
             .any(|p| p.contains(gw) && prefix::router_address(p) != *gw)
     });
-    let mut remote_routes = Vec::new();
-    if let Some(via) = gateway {
-        let mut seen = BTreeSet::new();
-        for peer in &spec.peers {
-            let Ok(prefix) = parse_net(&spec.slice, "peers[].prefix", &peer.prefix) else { continue };
-            let overlaps_local = prefix.contains(&cluster.network()) || cluster.contains(&prefix.network());
-            if subnet.contains(&prefix) && !overlaps_local && seen.insert(prefix) {
-                remote_routes.push(RemoteRoute { prefix, via });
-            }
-        }
-        remote_routes.sort();
-    }
-
-    // slicenet's own namespaces are never members (the SliceConfig validator refuses them too):
-    // the gateway pods join through their own namespace, by the annotation the worker sets.
-    let mut namespaces: Vec<String> = spec
-        .namespaces
-        .iter()
-        .filter(|n| !slice_api::names::RESERVED_NAMESPACES.contains(&n.as_str()))
-        .cloned()
-        .collect();
-    namespaces.sort();
-    namespaces.dedup();
+    let remote_routes = gateway
+        .map_or_else(Vec::new, |via| spec.remote_prefixes.iter().map(|&prefix| RemoteRoute { prefix, via }).collect());
     Ok(SliceOnNode {
         name: spec.slice.clone(),
         vni: spec.vni,
-        slice_subnet: subnet,
+        slice_subnet: spec.subnet,
         node_prefix,
         mtu: spec.mtu,
-        namespaces,
+        namespaces: spec.namespaces.clone(),
         gateway_namespace: Some(GATEWAY_NAMESPACE.to_owned()),
         peers,
         remote_routes,
@@ -282,31 +414,26 @@ fn peer_endpoint(endpoint: Option<&str>) -> Option<SocketAddr> {
 /// as well. The price is one 32-byte packet per peer every interval.
 ///
 /// Peers whose public key or prefix cannot be used (not a 32-byte base64 key, not a CIDR, a
-/// repeated key) are left out, so one bad peer does not stop the gateway from loading.
+/// repeated key) are not in `gateway.peers` ([`TypedGateway::parse`] keeps them in `skipped`),
+/// so one bad peer does not stop the gateway from loading.
 #[must_use]
-pub fn gateway_config(spec: &WorkerSliceSpec, private_key: &Key) -> WgConfig {
-    let mut peers: Vec<_> = spec.peers.iter().collect();
-    peers.sort_by(|a, b| a.cluster.cmp(&b.cluster));
-    let mut keys = BTreeSet::new();
-    let mut wg_peers = Vec::new();
-    for peer in peers {
-        let Some(Ok(public_key)) = peer.public_key.as_deref().map(str::parse::<Key>) else { continue };
-        let Ok(prefix) = peer.prefix.trim().parse::<IpNet>() else { continue };
-        if !keys.insert(public_key) {
-            continue;
-        }
-        wg_peers.push(WgPeer {
+pub fn gateway_config(gateway: &TypedGateway, private_key: &Key) -> WgConfig {
+    let keepalive = (gateway.persistent_keepalive != 0).then_some(gateway.persistent_keepalive);
+    let peers = gateway
+        .peers
+        .iter()
+        .map(|peer| WgPeer {
             comment: Some(format!("cluster {}", peer.cluster)),
-            public_key,
+            public_key: peer.public_key,
             preshared_key: None,
-            allowed_ips: vec![prefix.trunc()],
-            endpoint: peer_endpoint(peer.endpoint.as_deref()),
-            persistent_keepalive: (spec.gateway.persistent_keepalive != 0).then_some(spec.gateway.persistent_keepalive),
-        });
-    }
+            allowed_ips: vec![peer.prefix.trunc()],
+            endpoint: peer.endpoint,
+            persistent_keepalive: keepalive,
+        })
+        .collect();
     WgConfig {
-        interface: WgInterface { private_key: Some(*private_key), listen_port: Some(spec.gateway.port), fwmark: None },
-        peers: wg_peers,
+        interface: WgInterface { private_key: Some(*private_key), listen_port: Some(gateway.port), fwmark: None },
+        peers,
     }
 }
 
@@ -342,6 +469,10 @@ mod tests {
         .unwrap()
     }
 
+    fn typed(s: &WorkerSliceSpec) -> TypedSpec {
+        TypedSpec::parse(s).unwrap()
+    }
+
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -352,10 +483,10 @@ mod tests {
 
     #[test]
     fn new_nodes_take_the_lowest_free_index_in_name_order() {
-        let a = allocate_node_prefixes(&spec(), &names(&["n2", "n1"]), &[]).unwrap();
+        let a = allocate_node_prefixes(&typed(&spec()), &names(&["n2", "n1"]), &[]).unwrap();
         assert_eq!(a, [alloc("n1", "10.80.16.0/26"), alloc("n2", "10.80.16.64/26")]);
         // n1 goes, n3 comes: n2 keeps its prefix, n3 takes the freed index 0.
-        let b = allocate_node_prefixes(&spec(), &names(&["n2", "n3"]), &a).unwrap();
+        let b = allocate_node_prefixes(&typed(&spec()), &names(&["n2", "n3"]), &a).unwrap();
         assert_eq!(b, [alloc("n2", "10.80.16.64/26"), alloc("n3", "10.80.16.0/26")]);
     }
 
@@ -367,7 +498,7 @@ mod tests {
             alloc("n3", "10.80.99.0/26"),  // outside the cluster prefix
             alloc("n4", "banana"),
         ];
-        let a = allocate_node_prefixes(&spec(), &names(&["n1", "n2", "n3", "n4"]), &previous).unwrap();
+        let a = allocate_node_prefixes(&typed(&spec()), &names(&["n1", "n2", "n3", "n4"]), &previous).unwrap();
         assert_eq!(
             a,
             [
@@ -384,23 +515,23 @@ mod tests {
         let mut s = spec();
         s.node_prefix_length = 22; // 4 node prefixes in a /20
         let nodes = names(&["a", "b", "c", "d", "e"]);
-        let e = allocate_node_prefixes(&s, &nodes, &[]).unwrap_err();
+        let e = allocate_node_prefixes(&typed(&s), &nodes, &[]).unwrap_err();
         assert!(matches!(e, WorkerPlanError::ClusterPrefixFull { capacity: 4, nodes: 5, .. }), "{e}");
         assert!(e.to_string().contains("10.80.16.0/20 has room for 4 node prefixes of /22"), "{e}");
-        assert_eq!(allocate_node_prefixes(&s, &nodes[..4], &[]).unwrap().len(), 4);
+        assert_eq!(allocate_node_prefixes(&typed(&s), &nodes[..4], &[]).unwrap().len(), 4);
     }
 
     #[test]
     fn invalid_prefixes_are_named() {
         let mut s = spec();
         s.cluster_prefix = "10.80.16.1/20".into();
-        assert!(allocate_node_prefixes(&s, &[], &[]).unwrap_err().to_string().contains("did you mean 10.80.16.0/20"));
+        assert!(TypedSpec::parse(&s).unwrap_err().to_string().contains("did you mean 10.80.16.0/20"));
         let mut s = spec();
         s.cluster_prefix = "10.81.0.0/20".into();
-        assert!(allocate_node_prefixes(&s, &[], &[]).unwrap_err().to_string().contains("not inside sliceSubnet"));
+        assert!(TypedSpec::parse(&s).unwrap_err().to_string().contains("not inside sliceSubnet"));
         let mut s = spec();
         s.node_prefix_length = 20;
-        assert!(matches!(allocate_node_prefixes(&s, &[], &[]), Err(WorkerPlanError::Prefix { .. })));
+        assert!(matches!(TypedSpec::parse(&s), Err(WorkerPlanError::Prefix { .. })));
     }
 
     #[test]
@@ -409,7 +540,7 @@ mod tests {
         s.slice_subnet = "fd00:80::/48".into();
         s.cluster_prefix = "fd00:80:0:1000::/52".into();
         s.node_prefix_length = 120;
-        let a = allocate_node_prefixes(&s, &names(&["n1", "n2"]), &[]).unwrap();
+        let a = allocate_node_prefixes(&typed(&s), &names(&["n1", "n2"]), &[]).unwrap();
         assert_eq!(a[1], alloc("n2", "fd00:80:0:1000::100/120"));
     }
 
@@ -424,9 +555,9 @@ mod tests {
     #[test]
     fn node_slice_has_peers_and_remote_routes_via_the_gateway() {
         let s = spec();
-        let allocs = allocate_node_prefixes(&s, &names(&["n1", "n2", "n3"]), &[]).unwrap();
+        let allocs = allocate_node_prefixes(&typed(&s), &names(&["n1", "n2", "n3"]), &[]).unwrap();
         let gw: IpAddr = "10.80.16.70".parse().unwrap(); // a pod on n2
-        let on = node_agent_slice(&s, "n1", &nodes(), &allocs, Some(gw)).unwrap();
+        let on = node_agent_slice(&typed(&s), "n1", &nodes(), &allocs, Some(gw)).unwrap();
         assert_eq!(on.node_prefix.to_string(), "10.80.16.0/26");
         assert_eq!(on.namespaces, ["db", "shop"]);
         let peers: Vec<_> = on.peers.iter().map(|p| (p.name.as_str(), p.node_prefix.to_string())).collect();
@@ -450,16 +581,16 @@ mod tests {
     #[test]
     fn remote_routes_wait_for_a_usable_gateway_address() {
         let s = spec();
-        let allocs = allocate_node_prefixes(&s, &names(&["n1", "n2"]), &[]).unwrap();
-        let without = node_agent_slice(&s, "n1", &nodes(), &allocs, None).unwrap();
+        let allocs = allocate_node_prefixes(&typed(&s), &names(&["n1", "n2"]), &[]).unwrap();
+        let without = node_agent_slice(&typed(&s), "n1", &nodes(), &allocs, None).unwrap();
         assert!(without.remote_routes.is_empty());
         // On n3's old prefix (no allocation any more), on a router address, outside the cluster.
         for stale in ["10.80.16.130", "10.80.16.65", "10.80.40.2"] {
-            let on = node_agent_slice(&s, "n1", &nodes(), &allocs, Some(stale.parse().unwrap())).unwrap();
+            let on = node_agent_slice(&typed(&s), "n1", &nodes(), &allocs, Some(stale.parse().unwrap())).unwrap();
             assert!(on.remote_routes.is_empty(), "{stale}");
         }
         assert!(matches!(
-            node_agent_slice(&s, "n3", &nodes(), &allocs, None),
+            node_agent_slice(&typed(&s), "n3", &nodes(), &allocs, None),
             Err(WorkerPlanError::NodeNotAllocated { .. })
         ));
     }
@@ -476,7 +607,7 @@ mod tests {
             public_key: Some(OTHER.into()),
             endpoint: Some("gw.example:31820".into()),
         });
-        let text = gateway_config(&s, &PRIVATE.parse().unwrap()).render();
+        let text = gateway_config(&TypedGateway::parse(&s), &PRIVATE.parse().unwrap()).render();
         assert_eq!(
             text,
             format!(
@@ -488,7 +619,10 @@ mod tests {
         );
         // slice-gateway reads it: both peers, AllowedIPs, the endpoint, keepalive.
         let parsed = slice_gateway::config::parse(&text).unwrap();
-        assert_eq!(WgConfig::parse(&text).unwrap(), gateway_config(&s, &PRIVATE.parse().unwrap()));
+        assert_eq!(
+            WgConfig::parse(&text).unwrap(),
+            gateway_config(&TypedGateway::parse(&s), &PRIVATE.parse().unwrap())
+        );
         assert_eq!(parsed.listen_port, Some(51820));
         assert_eq!(parsed.private_key.map(|k| k.to_base64()).as_deref(), Some(PRIVATE));
         assert_eq!(parsed.peers.len(), 2);
@@ -498,7 +632,7 @@ mod tests {
         assert!(parsed.peers.iter().all(|p| p.persistent_keepalive == Some(25)));
         s.gateway.persistent_keepalive = 0;
         s.gateway.port = 4500;
-        let text = gateway_config(&s, &PRIVATE.parse().unwrap()).render();
+        let text = gateway_config(&TypedGateway::parse(&s), &PRIVATE.parse().unwrap()).render();
         assert!(!text.contains("PersistentKeepalive"));
         assert!(text.contains("ListenPort = 4500\n"));
     }
@@ -527,9 +661,120 @@ mod tests {
                 endpoint: None,
             },
         ];
-        let text = gateway_config(&s, &PRIVATE.parse().unwrap()).render();
+        let text = gateway_config(&TypedGateway::parse(&s), &PRIVATE.parse().unwrap()).render();
         assert_eq!(text.matches("[Peer]").count(), 1, "{text}");
         assert!(text.contains("# cluster c\n"));
+    }
+
+    #[test]
+    fn a_good_spec_parses_into_typed_values() {
+        let mut s = spec();
+        s.mtu = Some(1400);
+        s.namespaces.push("slicenet-system".into());
+        s.peers.push(WorkerPeer {
+            cluster: "c0".into(),
+            prefix: "10.80.16.0/24".into(), // overlaps this cluster: no route
+            public_key: Some(OTHER.into()),
+            endpoint: Some("[fd00::1]:4500".into()),
+        });
+        let t = typed(&s);
+        assert_eq!((t.slice.as_str(), t.cluster.as_str()), ("blue", "c2"));
+        assert_eq!(t.subnet, "10.80.0.0/16".parse::<IpNet>().unwrap());
+        assert_eq!(t.cluster_prefix, "10.80.16.0/20".parse::<IpNet>().unwrap());
+        assert_eq!((t.node_prefix_len, t.vni, t.mtu), (26, 100, Some(1400)));
+        assert_eq!(t.namespaces, ["db", "shop"]);
+        let routes: Vec<String> = t.remote_prefixes.iter().map(ToString::to_string).collect();
+        assert_eq!(routes, ["10.80.0.0/20", "10.80.32.0/20"]);
+        assert_eq!((t.gateway.port, t.gateway.persistent_keepalive), (51820, 25));
+        let peers: Vec<_> = t.gateway.peers.iter().map(|p| (p.cluster.as_str(), p.prefix.to_string())).collect();
+        assert_eq!(peers, [("c0", "10.80.16.0/24".to_owned()), ("c1", "10.80.0.0/20".to_owned())]);
+        assert_eq!(t.gateway.peers[0].endpoint, Some("[fd00::1]:4500".parse().unwrap()));
+        assert_eq!(t.gateway.peers[0].public_key, OTHER.parse::<Key>().unwrap());
+        assert_eq!(t.gateway.peers[1].endpoint, Some("198.18.100.1:31820".parse().unwrap()));
+        assert_eq!(t.gateway.skipped, [("c3".to_owned(), PeerSkip::NoPublicKey)]);
+        // Allocations are read against the typed cluster prefix and node prefix length.
+        assert_eq!(t.node_prefix(" 10.80.16.64/26 "), Some("10.80.16.64/26".parse().unwrap()));
+        for bad in ["10.80.16.65/26", "10.80.16.64/25", "10.80.99.0/26", "banana", ""] {
+            assert_eq!(t.node_prefix(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_bad_field_is_named_as_before() {
+        let bad = |edit: fn(&mut WorkerSliceSpec)| {
+            let mut s = spec();
+            edit(&mut s);
+            TypedSpec::parse(&s).unwrap_err()
+        };
+        let e = bad(|s| s.slice_subnet = "10.80.0.0/33".into());
+        assert_eq!(e.to_string(), "WorkerSlice blue: sliceSubnet \"10.80.0.0/33\" is not a CIDR");
+        let e = bad(|s| s.slice_subnet = "10.80.0.1/16".into());
+        assert!(matches!(&e, WorkerPlanError::Prefix { slice, .. } if slice == "blue"), "{e}");
+        assert!(e.to_string().contains("did you mean 10.80.0.0/16"), "{e}");
+        let e = bad(|s| s.cluster_prefix = "nope".into());
+        assert_eq!(e.to_string(), "WorkerSlice blue: clusterPrefix \"nope\" is not a CIDR");
+        let e = bad(|s| s.cluster_prefix = "10.80.16.1/20".into());
+        assert!(e.to_string().contains("did you mean 10.80.16.0/20"), "{e}");
+        let e = bad(|s| s.cluster_prefix = "10.81.0.0/20".into());
+        assert_eq!(
+            e.to_string(),
+            "WorkerSlice blue: clusterPrefix (not inside sliceSubnet) \"10.81.0.0/20\" is not a CIDR"
+        );
+        let e = bad(|s| s.node_prefix_length = 19);
+        assert!(matches!(e, WorkerPlanError::Prefix { .. }), "{e}");
+        let e = bad(|s| s.node_prefix_length = 33);
+        assert!(matches!(e, WorkerPlanError::Prefix { .. }), "{e}");
+        // The subnet is checked first: two bad fields name the subnet.
+        let e = bad(|s| {
+            s.slice_subnet = "x".into();
+            s.cluster_prefix = "y".into();
+        });
+        assert!(matches!(e, WorkerPlanError::BadPrefix { field: "sliceSubnet", .. }), "{e}");
+        // Peers never make a spec invalid.
+        let mut s = spec();
+        s.peers[0].prefix = "garbage".into();
+        s.peers[1].public_key = Some("garbage".into());
+        let t = typed(&s);
+        assert_eq!(t.remote_prefixes, ["10.80.0.0/20".parse::<IpNet>().unwrap()]);
+        assert!(t.gateway.peers.is_empty());
+    }
+
+    #[test]
+    fn unusable_peers_are_skipped_with_their_reason() {
+        let peer = |cluster: &str, prefix: &str, key: Option<&str>| WorkerPeer {
+            cluster: cluster.into(),
+            prefix: prefix.into(),
+            public_key: key.map(Into::into),
+            endpoint: Some("gw.example:31820".into()),
+        };
+        let mut s = spec();
+        s.peers = vec![
+            peer("e", "10.80.64.0/20", Some(OTHER)), // the same key as "c", later in cluster order
+            peer("a", "10.80.0.0/20", Some("short")),
+            peer("b", "nope", Some(OTHER)),
+            peer("c", " 10.80.32.1/20 ", Some(OTHER)),
+            peer("d", "10.80.48.0/20", None),
+        ];
+        let g = TypedGateway::parse(&s);
+        assert_eq!(g.peers.len(), 1);
+        assert_eq!(g.peers[0].cluster, "c");
+        assert_eq!(g.peers[0].prefix, "10.80.32.1/20".parse::<IpNet>().unwrap());
+        assert_eq!(g.peers[0].endpoint, None, "host names are not resolved");
+        assert_eq!(
+            g.skipped,
+            [
+                ("a".to_owned(), PeerSkip::BadPublicKey("short".into())),
+                ("b".to_owned(), PeerSkip::BadPrefix("nope".into())),
+                ("d".to_owned(), PeerSkip::NoPublicKey),
+                ("e".to_owned(), PeerSkip::RepeatedKey { key: OTHER.into(), first: "c".into() }),
+            ]
+        );
+        assert_eq!(g.skipped[3].1.to_string(), format!("public key {OTHER} is cluster c's as well"));
+        // The gateway lists the truncated prefix; the misaligned one gets no route.
+        let text = gateway_config(&g, &PRIVATE.parse().unwrap()).render();
+        assert!(text.contains("AllowedIPs = 10.80.32.0/20\n"), "{text}");
+        let routes: Vec<String> = typed(&s).remote_prefixes.iter().map(ToString::to_string).collect();
+        assert_eq!(routes, ["10.80.0.0/20", "10.80.48.0/20", "10.80.64.0/20"]);
     }
 
     #[test]
@@ -546,13 +791,57 @@ mod tests {
         proptest::collection::vec(proptest::collection::btree_set(0u8..40, 0..16), 1..12)
     }
 
+    /// A spec whose every string field is arbitrary (often close to valid).
+    fn any_spec() -> impl Strategy<Value = WorkerSliceSpec> {
+        let text = || {
+            prop_oneof![
+                ".*",
+                "(10|fd00:)[0-9a-f.:]{0,12}/[0-9]{1,3}",
+                Just("10.80.0.0/16".to_owned()),
+                Just("10.80.16.0/20".to_owned()),
+            ]
+        };
+        let key = || proptest::option::of(prop_oneof![".*", "[A-Za-z0-9+/]{43}=", Just(OTHER.to_owned())]);
+        let peer = (text(), text(), key(), proptest::option::of(".*"))
+            .prop_map(|(cluster, prefix, public_key, endpoint)| WorkerPeer { cluster, prefix, public_key, endpoint });
+        (text(), text(), any::<u8>(), proptest::collection::vec(peer, 0..6)).prop_map(
+            |(subnet, cluster, len, peers)| {
+                let mut s = spec();
+                s.slice_subnet = subnet;
+                s.cluster_prefix = cluster;
+                s.node_prefix_length = len;
+                s.peers = peers;
+                s
+            },
+        )
+    }
+
     proptest! {
+        /// Parsing never panics; a parsed spec's gateway accounts for every peer exactly once,
+        /// with distinct keys, and its routes lie in the subnet outside the cluster prefix.
+        #[test]
+        fn parse_never_panics(s in any_spec()) {
+            let g = TypedGateway::parse(&s);
+            prop_assert_eq!(g.peers.len() + g.skipped.len(), s.peers.len());
+            let keys: BTreeSet<Key> = g.peers.iter().map(|p| p.public_key).collect();
+            prop_assert_eq!(keys.len(), g.peers.len());
+            if let Ok(t) = TypedSpec::parse(&s) {
+                prop_assert_eq!(&t.gateway, &g);
+                prop_assert!(t.subnet.contains(&t.cluster_prefix));
+                for p in &t.remote_prefixes {
+                    prop_assert!(t.subnet.contains(p) && !p.contains(&t.cluster_prefix.network()));
+                }
+                let _ = allocate_node_prefixes(&t, &["n1".to_owned()], &[]);
+            }
+        }
+
+        /// Over any sequence of node sets    proptest! {
         /// Over any sequence of node sets: every node gets a distinct, valid node prefix; a node
         /// present in two consecutive steps keeps its prefix; the result does not depend on the
         /// order of `nodes`.
         #[test]
         fn node_prefixes_are_stable_and_disjoint(history in node_sets(), rotate in 0usize..16) {
-            let s = spec(); // /20 in /26: 64 node prefixes, more than 40 nodes
+            let s = typed(&spec()); // /20 in /26: 64 node prefixes, more than 40 nodes
             let mut previous: Vec<NodeAllocation> = Vec::new();
             for set in history {
                 let nodes: Vec<String> = set.iter().map(|n| format!("node-{n}")).collect();
@@ -570,7 +859,7 @@ mod tests {
                 let prefixes: BTreeSet<&str> = now.iter().map(|a| a.prefix.as_str()).collect();
                 prop_assert_eq!(prefixes.len(), now.len());
                 for a in &now {
-                    prop_assert!(node_index("10.80.16.0/20".parse().unwrap(), 26, &a.prefix).is_some());
+                    prop_assert!(s.node_prefix(&a.prefix).is_some());
                     if let Some(old) = previous.iter().find(|p| p.node == a.node) {
                         prop_assert_eq!(&old.prefix, &a.prefix);
                     }
