@@ -28,18 +28,21 @@ use slicectl::manifest::{parse_documents, round_trip};
 use slicectl::rbac::{Grant, declared, declared_named, grants, named_grants};
 use yaml_serde::Value;
 
-/// Runs slicectl and returns its stdout; panics with stderr on failure.
-fn slicectl(args: &[&str]) -> String {
+/// Runs slicectl; panics with its stderr on failure.
+fn run_slicectl(args: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_slicectl")).args(args).output().unwrap();
     assert!(out.status.success(), "slicectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    out
+}
+
+/// Runs slicectl and returns its stdout; panics with stderr on failure.
+fn slicectl(args: &[&str]) -> String {
+    String::from_utf8(run_slicectl(args).stdout).unwrap()
 }
 
 /// Runs slicectl and returns what it said on stderr; panics on failure.
 fn slicectl_stderr(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_slicectl")).args(args).output().unwrap();
-    assert!(out.status.success(), "slicectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stderr).unwrap()
+    String::from_utf8(run_slicectl(args).stderr).unwrap()
 }
 
 fn install_worker(extra: &[&str]) -> String {

@@ -73,15 +73,17 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("create", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("patch", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("delete", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
-    // The pod webhook's serving certificate (`cert_rotation`): the CA Secret `slicectl install
-    // worker` printed and the serving Secret are read; the serving Secret is replaced with the
-    // resourceVersion read. By name: no other Secret of `slicenet-system` is readable.
-    Access::new("get", "", "secrets", OwnNamespace).named(&[WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET]),
-    Access::new("update", "", "secrets", OwnNamespace).named(&[WEBHOOK_TLS_SECRET]),
-    // Its hub token (`worker::credential`): read from, and renewed into, the Secret
-    // `slicenet-hub-kubeconfig` in its own namespace, by name.
-    Access::new("get", "", "secrets", OwnNamespace).named(&[HUB_CREDENTIAL_SECRET]),
-    Access::new("update", "", "secrets", OwnNamespace).named(&[HUB_CREDENTIAL_SECRET]),
+    // Secrets of its own namespace, by name (no other Secret of `slicenet-system` is readable):
+    // the pod webhook's serving certificate (`cert_rotation`: the CA Secret `slicectl install
+    // worker` printed is read, the serving Secret read and replaced with the resourceVersion
+    // read) and its hub token (`worker::credential`: read from, and renewed into,
+    // `slicenet-hub-kubeconfig`).
+    Access::new("get", "", "secrets", OwnNamespace).named(&[
+        WEBHOOK_CA_SECRET,
+        WEBHOOK_TLS_SECRET,
+        HUB_CREDENTIAL_SECRET,
+    ]),
+    Access::new("update", "", "secrets", OwnNamespace).named(&[WEBHOOK_TLS_SECRET, HUB_CREDENTIAL_SECRET]),
     // Leader election: the `slicenet-worker` Lease in its own namespace.
     Access::new("get", "coordination.k8s.io", "leases", OwnNamespace),
     Access::new("create", "coordination.k8s.io", "leases", OwnNamespace),

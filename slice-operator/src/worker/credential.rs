@@ -7,12 +7,12 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Api;
-use kube::api::{PostParams, Resource};
+use kube::api::PostParams;
 use slice_api::crd::{SYSTEM_NAMESPACE, cluster_namespace};
 use slice_api::hub_credential::{self, CredentialError, RenewReason, Renewal, TokenTimes};
 
 use super::reconcile::{Worker, WorkerError};
-use crate::events::{Notice, reference};
+use crate::events::{Notice, reference_to};
 
 /// The worker's ServiceAccount, on the hub in its cluster's namespace.
 pub const WORKER_ACCOUNT: &str = "slicenet-worker";
@@ -57,7 +57,7 @@ impl Worker {
     /// (an expired token), or the Secret cannot be written (a conflict included).
     pub async fn check_hub_credential(&self, cluster: &str, now: i64) -> Result<Checked, CredentialCheckError> {
         let result = self.renew_if_due(cluster, now).await;
-        let secret = reference_to_secret();
+        let secret = reference_to("v1", "Secret", Some(SYSTEM_NAMESPACE), hub_credential::SECRET, None);
         let notice = match &result {
             Ok(Checked::Renewed { reason, expires }) => Some(Notice::normal(
                 secret,
@@ -125,11 +125,4 @@ impl Worker {
         })?;
         Ok(Checked::Renewed { reason, expires })
     }
-}
-
-fn reference_to_secret() -> k8s_openapi::api::core::v1::ObjectReference {
-    let mut secret = Secret::default();
-    secret.meta_mut().name = Some(hub_credential::SECRET.to_owned());
-    secret.meta_mut().namespace = Some(SYSTEM_NAMESPACE.to_owned());
-    reference(&secret)
 }
