@@ -17,6 +17,8 @@
 //! - [`access`]: the API requests each controller makes (`slicectl install` builds the RBAC from
 //!   them; the controllers' mock-API tests check their requests against them).
 //! - [`hub_credential`]: the worker's hub token, bound in time, and when to renew it.
+//! - `mcs` (feature `crd`): the Multi-Cluster Services API types (ServiceExport, ServiceImport)
+//!   and the MCS EndpointSlice labels.
 //! - [`wireguard`]: the WireGuard key type and the `wg(8)` configuration file (parse and render).
 
 pub mod access;
@@ -29,6 +31,8 @@ pub mod gateway;
 pub mod hub_credential;
 #[cfg(feature = "crd")]
 pub mod hub_view;
+#[cfg(feature = "crd")]
+pub mod mcs;
 pub mod membership;
 pub mod multus;
 pub mod names;
