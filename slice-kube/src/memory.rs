@@ -390,16 +390,35 @@ impl<S: Server> MemoryApi<S> {
     /// several clients are recorded in the order they were made. Needs a Tokio runtime.
     #[must_use]
     pub fn client(&self, side: S) -> Client {
+        self.client_with(side, None)
+    }
+
+    /// A client of the server `side` whose requests are checked against `access` (own
+    /// namespace `own_namespace`) instead of the server's list: one component among several
+    /// talking to one server (the hub and every worker on the hub).
+    #[must_use]
+    pub fn client_as(&self, side: S, access: &'static [Access], own_namespace: &str) -> Client {
+        self.client_with(side, Some((access, own_namespace.to_owned())))
+    }
+
+    fn client_with(&self, side: S, access: Option<(&'static [Access], String)>) -> Client {
         let me = self.clone();
+        let access = Arc::new(access);
         let service = tower::service_fn(move |req: Request<Body>| {
-            let me = me.clone();
-            let side = side.clone();
-            async move { Ok::<_, Infallible>(me.serve(side, req).await) }
+            let (me, side, access) = (me.clone(), side.clone(), access.clone());
+            async move { Ok::<_, Infallible>(me.serve(side, access.as_ref().as_ref(), req).await) }
         });
         Client::new(service, "default")
     }
 
-    async fn serve(&self, side: S, req: Request<Body>) -> Response<Body> {
+    /// A request made as the cluster's administrator (`kubectl`): not checked, not recorded.
+    /// Returns the status code and the body the API server answers.
+    pub fn request(&self, side: &S, method: &str, path: &str, content_type: &str, body: &Value) -> (u16, Value) {
+        let mut st = self.lock();
+        handle_object(&mut st, side, method, path, "", content_type, body)
+    }
+
+    async fn serve(&self, side: S, access: Option<&(&'static [Access], String)>, req: Request<Body>) -> Response<Body> {
         let method = req.method().as_str().to_owned();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or_default().to_owned();
@@ -408,7 +427,7 @@ impl<S: Server> MemoryApi<S> {
         let bytes = req.into_body().collect_bytes().await.map(|b| b.to_vec()).unwrap_or_default();
         let body: Value =
             if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
-        let (code, reply) = self.handle(&side, &method, &path, &query, &content_type, &body);
+        let (code, reply) = self.handle(&side, access, &method, &path, &query, &content_type, &body);
         let reply_bytes = match reply {
             Reply::Json(v) => serde_json::to_vec(&v).unwrap_or_default(),
             Reply::Lines(lines) => lines
@@ -439,9 +458,16 @@ impl<S: Server> MemoryApi<S> {
             .expect("a response builds")
     }
 
-    fn check_access(&self, side: &S, method: &str, path: &str, query: &str) {
+    fn check_access(
+        &self,
+        side: &S,
+        access: Option<&(&'static [Access], String)>,
+        method: &str,
+        path: &str,
+        query: &str,
+    ) {
         let path_and_query = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
-        let Some((declared, own)) = self.access.get(side) else {
+        let Some((declared, own)) = access.or_else(|| self.access.get(side)) else {
             self.lock().violations.push(format!("{side:?}: no such server for {method} {path_and_query}"));
             return;
         };
@@ -451,8 +477,18 @@ impl<S: Server> MemoryApi<S> {
         }
     }
 
-    fn handle(&self, side: &S, method: &str, path: &str, query: &str, ct: &str, body: &Value) -> (u16, Reply) {
-        self.check_access(side, method, path, query);
+    #[allow(clippy::too_many_arguments)] // The parts of one request.
+    fn handle(
+        &self,
+        side: &S,
+        access: Option<&(&'static [Access], String)>,
+        method: &str,
+        path: &str,
+        query: &str,
+        ct: &str,
+        body: &Value,
+    ) -> (u16, Reply) {
+        self.check_access(side, access, method, path, query);
         // A server-side apply that creates its object is authorized for `create` as well as
         // `patch` (the API server's patch handler checks both), so the list must declare both.
         let creates = method == "PATCH"
@@ -460,7 +496,7 @@ impl<S: Server> MemoryApi<S> {
             && !self.lock().objects.contains_key(&(side.clone(), path.to_owned()));
         if creates {
             let path_and_query = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
-            if let Some((declared, own)) = self.access.get(side) {
+            if let Some((declared, own)) = access.or_else(|| self.access.get(side)) {
                 let ok = request_attributes(method, &path_and_query)
                     .is_some_and(|a| covers(declared, &RequestAttributes { verb: "create", ..a }, Some(own)));
                 if !ok {

@@ -130,7 +130,7 @@ pub fn run(prefix: &str) -> Result<()> {
     check("a → c", &a, addr(&c)?, true);
     check("d → c", &d, addr(&c)?, true);
     println!();
-    cp.refresh_status();
+    cp.refresh_status(&lab)?;
     print_status(&cp);
 
     println!("\n▶ Deleting the SliceConfig:");
