@@ -44,6 +44,10 @@ pub(crate) struct GatewayRun {
     pub interface: String,
     pub slice: String,
     pub slice_address: Ipv4Addr,
+    /// The command line it runs (the Deployment's, with the lab's substitutions).
+    argv: Vec<String>,
+    /// How often it was restarted after it exited.
+    pub restarts: u32,
     config: PathBuf,
     /// The Pod object's path in the cluster's API.
     object: String,
@@ -240,7 +244,13 @@ impl Kubelet {
             if let Some(run) = self.gateways.get_mut(&name) {
                 changed |= write_config(&run.config, &text)?;
                 if !run.process.is_running() {
-                    bail!("{cluster}: gateway {name} exited; log:\n{}", run.process.log_text());
+                    // As a kubelet restarts a container that exited: the same pod, its
+                    // network namespace and addresses, a new process.
+                    let argv: Vec<&str> = run.argv.iter().map(String::as_str).collect();
+                    run.process = spawn_gateway(&run.pod, &argv, &run.interface, timeout)
+                        .with_context(|| format!("{cluster}: restarting gateway {name}"))?;
+                    run.restarts += 1;
+                    changed = true;
                 }
                 continue;
             }
@@ -312,17 +322,8 @@ impl Kubelet {
                 }
             }
         }
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut process = pod.spawn(&argv)?;
-        let deadline = Instant::now() + timeout;
-        while !(pod.exec(&["ip", "link", "show", &interface])?.status.success() && uapi_socket(&interface).exists()) {
-            if !process.is_running() || Instant::now() > deadline {
-                let log = process.log_text();
-                let _ = process.stop();
-                bail!("{cluster}: gateway {interface} did not come up; log:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let process = spawn_gateway(&pod, &args, &interface, timeout).with_context(|| format!("{cluster}: {name}"))?;
         let slice_address = pod.ipv4("slice0")?;
         let pod_ip = pod.ipv4("eth0")?;
         // The Pod object as the API server and the node agent would show it.
@@ -343,7 +344,17 @@ impl Kubelet {
             let addr = SocketAddr::new(IpAddr::V4(pod_ip), port);
             metrics.lock().expect("metrics addresses lock").insert((cluster.to_owned(), addr), pod.netns_path.clone());
         }
-        Ok(GatewayRun { pod, process, interface, slice: slice.to_owned(), slice_address, config, object: path })
+        Ok(GatewayRun {
+            pod,
+            process,
+            interface,
+            slice: slice.to_owned(),
+            slice_address,
+            argv,
+            restarts: 0,
+            config,
+            object: path,
+        })
     }
 
     fn stop(
@@ -420,6 +431,22 @@ impl Kubelet {
         }
         Ok(())
     }
+}
+
+/// Runs the gateway's command line in `pod` and waits until its TUN device and UAPI socket
+/// exist (it sets the device up itself).
+fn spawn_gateway(pod: &Pod, argv: &[&str], interface: &str, timeout: Duration) -> Result<PodProcess> {
+    let mut process = pod.spawn(argv)?;
+    let deadline = Instant::now() + timeout;
+    while !(pod.exec(&["ip", "link", "show", interface])?.status.success() && uapi_socket(interface).exists()) {
+        if !process.is_running() || Instant::now() > deadline {
+            let log = process.log_text();
+            let _ = process.stop();
+            bail!("gateway {interface} did not come up; log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(process)
 }
 
 /// The container port named `metrics`.

@@ -108,6 +108,43 @@ pub fn parse_manifest(text: &str) -> Result<Manifest> {
     Ok(manifest)
 }
 
+/// The gateways' NodePort in [`across_manifest`]: the same in every cluster (each has its own
+/// public address), so a capture on the WAN can name it.
+pub const PUBLIC_PORT: u16 = 31820;
+/// The keepalive of [`across_manifest`]'s gateways: short, so that a gateway behind NAT is
+/// found again soon after its peer restarts.
+pub const LAB_KEEPALIVE: u16 = 5;
+
+/// The YAML a user writes for one slice over `members` (name, nodes, behind NAT), every
+/// member cluster registered, the slice's gateways on NodePort [`PUBLIC_PORT`] with keepalive
+/// [`LAB_KEEPALIVE`].
+///
+/// # Errors
+/// When the result does not parse (a name that is not a DNS label, a bad subnet).
+pub fn across_manifest(
+    slice: &str,
+    subnet: &str,
+    namespaces: &[&str],
+    members: &[(&str, usize, bool)],
+) -> Result<Manifest> {
+    let mut text = String::new();
+    for (name, nodes, behind_nat) in members {
+        text.push_str(&format!(
+            "apiVersion: slicenet.io/v1alpha1\nkind: MemberCluster\nmetadata:\n  name: {name}\n  annotations: \
+             {{{NODES_ANNOTATION}: \"{nodes}\", {BEHIND_NAT_ANNOTATION}: \"{behind_nat}\"}}\nspec: {{}}\n---\n"
+        ));
+    }
+    let clusters: Vec<&str> = members.iter().map(|m| m.0).collect();
+    let namespaces: Vec<String> = namespaces.iter().map(|n| format!("{{namespace: {n}}}")).collect();
+    text.push_str(&format!(
+        "apiVersion: slicenet.io/v1alpha1\nkind: SliceConfig\nmetadata:\n  name: {slice}\nspec:\n  sliceSubnet: {subnet}\n  \
+         clusters: [{}]\n  namespaces: [{}]\n  gateway: {{nodePort: {PUBLIC_PORT}, persistentKeepalive: {LAB_KEEPALIVE}}}\n",
+        clusters.join(", "),
+        namespaces.join(", ")
+    ));
+    parse_manifest(&text)
+}
+
 /// Reads and parses a YAML file (see [`parse_manifest`]).
 ///
 /// # Errors
@@ -234,6 +271,41 @@ impl ControlPlane {
         let mut argv = vec!["wg"];
         argv.extend_from_slice(args);
         gw.pod.exec_ok(&argv)
+    }
+
+    /// The gateway pod of `slice` in `cluster`.
+    pub fn gateway_pod(&self, slice: &str, cluster: &str) -> Option<&Pod> {
+        self.gateway(slice, cluster).map(|g| &g.pod)
+    }
+
+    /// The PID of the gateway process of `slice` in `cluster`.
+    pub fn gateway_pid(&self, slice: &str, cluster: &str) -> Option<u32> {
+        self.gateway(slice, cluster).map(|g| g.process.id())
+    }
+
+    /// How often the lab restarted the gateway of `slice` in `cluster` after it exited.
+    pub fn gateway_restarts(&self, slice: &str, cluster: &str) -> Option<u32> {
+        self.gateway(slice, cluster).map(|g| g.restarts)
+    }
+
+    /// The gateway's log of `slice` in `cluster`.
+    pub fn gateway_log(&self, slice: &str, cluster: &str) -> String {
+        self.gateway(slice, cluster).map(|g| g.process.log_text()).unwrap_or_default()
+    }
+
+    /// Kills the gateway process of `slice` in `cluster` (SIGKILL by PID) and waits until it
+    /// is gone; the next round restarts it in the same pod, as a kubelet restarts a container.
+    ///
+    /// # Errors
+    /// When there is no such gateway or it cannot be killed.
+    pub fn kill_gateway(&mut self, slice: &str, cluster: &str) -> Result<()> {
+        let kubelet = self.kubelets.get_mut(cluster).with_context(|| format!("no cluster {cluster}"))?;
+        let gw = kubelet
+            .gateways
+            .values_mut()
+            .find(|g| g.slice == slice)
+            .with_context(|| format!("no gateway of {slice} in {cluster}"))?;
+        gw.process.kill()
     }
 
     /// PIDs of the running gateways.
@@ -366,6 +438,11 @@ impl ControlPlane {
     /// changes nothing and the view satisfies `done` as well as the readiness rule of
     /// [`ControlPlane::apply`].
     fn converge(&mut self, lab: &Lab, done: impl Fn(&HubView) -> bool) -> Result<()> {
+        self.rounds(lab, |cp| cp.settled() && done(&cp.view))
+    }
+
+    /// Runs rounds until one changes nothing, nothing failed, and `done` holds.
+    fn rounds(&mut self, lab: &Lab, done: impl Fn(&Self) -> bool) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
         self.errors.clear();
         loop {
@@ -374,7 +451,7 @@ impl ControlPlane {
             if !violations.is_empty() {
                 bail!("requests the access lists do not cover: {violations:?}");
             }
-            if quiet && self.errors.is_empty() && self.settled() && done(&self.view) {
+            if quiet && self.errors.is_empty() && done(self) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -450,8 +527,19 @@ impl ControlPlane {
         .sorted())
     }
 
-    /// Runs the passes again (as the controllers' resyncs do) until a round changes nothing:
-    /// tunnel states follow the handshakes that happened since.
+    /// Runs the passes (as the controllers' watches and resyncs do) until a round changes
+    /// nothing, without waiting for the tunnels: a restarted gateway runs again, the statuses
+    /// say what is up and what is not.
+    ///
+    /// # Errors
+    /// When a lab step fails or the control plane does not come to rest.
+    pub fn reconcile(&mut self, lab: &Lab) -> Result<()> {
+        self.rounds(lab, |_| true)
+    }
+
+    /// Runs the passes again (as the controllers' resyncs do) until a round changes nothing
+    /// and every WorkerSlice is `Ready`: tunnel states follow the handshakes that happened
+    /// since.
     ///
     /// # Errors
     /// When a lab step fails or the control plane does not settle.
