@@ -182,13 +182,7 @@ fn build(prefix: &str) -> (Lab, ControlPlane, Pods) {
     let t0 = Instant::now();
     let mut lab = Lab::new(prefix).expect("lab (needs root; build the bins first)");
     let mut cp = ControlPlane::new();
-    let manifest = control::across_manifest(
-        "blue",
-        "10.80.0.0/16",
-        &["shop"],
-        &[("c1", 2, false), ("c2", 1, false), ("c3", 1, true)],
-    )
-    .unwrap();
+    let manifest = control::blue_over(&["c1", "c2", "c3"]).unwrap();
     cp.apply(&mut lab, &manifest).unwrap_or_else(|e| panic!("{e:#}"));
     install_wire_counters(&lab, PUBLIC_PORT);
     let step = Duration::from_secs(20);
@@ -351,17 +345,7 @@ fn slice_across_three_clusters_with_gateways() {
     let b_addr = slice_addr(&pods.b);
     let prefix: ipnet::IpNet = c2.spec.cluster_prefix.parse().unwrap();
     let c2_key = c2.status.and_then(|s| s.gateway_public_key).unwrap();
-    let without_c2 = control::across_manifest(
-        "blue",
-        "10.80.0.0/16",
-        &["shop"],
-        &[("c1", 2, false), ("c2", 1, false), ("c3", 1, true)],
-    )
-    .map(|mut m| {
-        m.slices[0].spec.clusters.retain(|c| c != "c2");
-        m
-    })
-    .unwrap();
+    let without_c2 = control::blue_over(&["c1", "c3"]).unwrap();
     cp.apply(&mut lab, &without_c2).unwrap_or_else(|e| panic!("{e:#}"));
     for c in ["c1", "c3"] {
         e2e::gateway::wait_router_route(&lab, c, "blue", &prefix, false, Duration::from_secs(15)).unwrap();

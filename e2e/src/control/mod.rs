@@ -145,6 +145,20 @@ pub fn across_manifest(
     parse_manifest(&text)
 }
 
+/// The lab's three clusters for one slice: c1 with two nodes, c2 with one, c3 with one behind
+/// NAT (name, nodes, behind NAT), as the three-cluster test and the demo use them.
+pub const THREE_CLUSTERS: [(&str, usize, bool); 3] = [("c1", 2, false), ("c2", 1, false), ("c3", 1, true)];
+
+/// Slice `blue` (10.80.0.0/16, namespace `shop`) over `clusters` of [`THREE_CLUSTERS`].
+///
+/// # Errors
+/// See [`across_manifest`].
+pub fn blue_over(clusters: &[&str]) -> Result<Manifest> {
+    let mut m = across_manifest("blue", "10.80.0.0/16", &["shop"], &THREE_CLUSTERS)?;
+    m.slices[0].spec.clusters.retain(|c| clusters.contains(&c.as_str()));
+    Ok(m)
+}
+
 /// Reads and parses a YAML file (see [`parse_manifest`]).
 ///
 /// # Errors

@@ -45,12 +45,7 @@ pub fn run(prefix: &str) -> Result<()> {
     println!("  behind NAT: nothing on the WAN can reach into it); every cluster uses pod CIDR 10.244.0.0/16");
     let mut lab = Lab::new(prefix)?;
     let mut cp = ControlPlane::new();
-    let manifest = control::across_manifest(
-        "blue",
-        "10.80.0.0/16",
-        &["shop"],
-        &[("c1", 2, false), ("c2", 1, false), ("c3", 1, true)],
-    )?;
+    let manifest = control::blue_over(&["c1", "c2", "c3"])?;
     cp.apply(&mut lab, &manifest)?;
     println!("  up with agents and gateways, every tunnel up, in {:.1} s\n", started.elapsed().as_secs_f64());
 
