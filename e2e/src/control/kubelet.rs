@@ -15,6 +15,8 @@
 //!   publishes in a cluster), so the worker finds its slice address and its metrics.
 //! - **Gateway Services** (NodePort): the edge forwards the Service's `nodePort` on the
 //!   cluster's public address to the gateway pod (none behind NAT), as kube-proxy would.
+//! - **Users' objects** (`super::workloads`): Pods through CRI with their status and
+//!   network-status, and an EndpointSlice per Service with a selector.
 //! - **Metrics**: the worker scrapes each gateway's `/metrics` at `podIP:9586` with its own
 //!   scrape code, run inside the pod's network namespace (the pod network is not reachable
 //!   from the test process).
@@ -64,6 +66,8 @@ pub(crate) struct Kubelet {
     forwards: BTreeMap<u16, (Ipv4Addr, u16)>,
     /// Gateways started so far (their interface names are numbered).
     started: usize,
+    /// The users' pods and the Services' EndpointSlices.
+    pub workloads: super::workloads::Workloads,
 }
 
 /// Where each gateway's metrics are, for the workers' scrapes: (cluster, `podIP:port`) → the
@@ -171,6 +175,7 @@ impl Kubelet {
         let mut changed = self.agents(lab, api, cluster, timeout)?;
         changed |= self.gateways(lab, api, cluster, metrics, timeout)?;
         changed |= self.services(lab, api, cluster)?;
+        changed |= self.workloads.step(lab, api, cluster)?;
         Ok(changed)
     }
 
@@ -429,7 +434,7 @@ impl Kubelet {
         for port in std::mem::take(&mut self.forwards).into_keys() {
             lab.cluster(cluster).remove_forward_udp(port)?;
         }
-        Ok(())
+        self.workloads.teardown(lab, cluster)
     }
 }
 

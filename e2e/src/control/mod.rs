@@ -26,6 +26,7 @@
 pub mod convergence;
 pub mod gateway;
 pub mod kubelet;
+pub mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -305,6 +306,87 @@ impl ControlPlane {
     /// The gateway's log of `slice` in `cluster`.
     pub fn gateway_log(&self, slice: &str, cluster: &str) -> String {
         self.gateway(slice, cluster).map(|g| g.process.log_text()).unwrap_or_default()
+    }
+
+    /// Writes the users' `objects` ([`workloads::parse_objects`]) into `cluster`'s API as
+    /// `kubectl apply --context <cluster>` would (created, or their spec, labels and
+    /// annotations replaced; a Service that asks for a ClusterIP gets one), and runs rounds
+    /// until nothing changes: pods started, EndpointSlices written, the workers' passes done.
+    ///
+    /// # Errors
+    /// When there is no such cluster, a write is refused, or the lab does not come to rest.
+    pub fn apply_in(&mut self, lab: &Lab, cluster: &str, objects: &[Value]) -> Result<()> {
+        if !self.workers.contains_key(cluster) {
+            bail!("no member cluster {cluster} in the lab");
+        }
+        let side = cluster.to_owned();
+        for obj in objects {
+            let mut obj = obj.clone();
+            if obj["kind"] == "Service" && obj["spec"]["clusterIP"].as_str().is_none() {
+                obj["spec"]["clusterIP"] = json!(workloads::next_cluster_ip(&self.api, cluster).to_string());
+            }
+            let path = slice_kube::memory::object_path(&obj);
+            let (collection, _) = path.rsplit_once('/').expect("an object path has a name");
+            let (code, body) = match self.api.get(side.clone(), &path) {
+                None => self.api.request(&side, "POST", collection, "application/json", &obj),
+                Some(mut old) => {
+                    for key in ["labels", "annotations"] {
+                        old["metadata"][key] = obj["metadata"].get(key).cloned().unwrap_or(Value::Null);
+                    }
+                    if let Some(spec) = obj.get("spec") {
+                        old["spec"] = spec.clone();
+                    }
+                    self.api.request(&side, "PUT", &path, "application/json", &old)
+                }
+            };
+            if code >= 300 {
+                bail!("applying {path} in {cluster}: {code} {body}");
+            }
+        }
+        self.reconcile(lab)
+    }
+
+    /// Deletes `objects` from `cluster`'s API (those that exist) and runs rounds until
+    /// nothing changes: pods removed, EndpointSlices updated, the workers' passes done.
+    ///
+    /// # Errors
+    /// When there is no such cluster or the lab does not come to rest.
+    pub fn delete_in(&mut self, lab: &Lab, cluster: &str, objects: &[Value]) -> Result<()> {
+        if !self.workers.contains_key(cluster) {
+            bail!("no member cluster {cluster} in the lab");
+        }
+        for obj in objects {
+            let path = slice_kube::memory::object_path(obj);
+            self.api.request(&cluster.to_owned(), "DELETE", &path, "", &Value::Null);
+        }
+        self.reconcile(lab)
+    }
+
+    /// The lab pod of the Pod object `namespace/name` in `cluster`.
+    pub fn pod(&self, cluster: &str, namespace: &str, name: &str) -> Option<&Pod> {
+        self.kubelets.get(cluster)?.workloads.pods.get(&format!("{namespace}/{name}"))
+    }
+
+    /// Sets the `Ready` condition of pod `namespace/name` in `cluster`, as its readiness
+    /// probe would, and runs rounds until nothing changes.
+    ///
+    /// # Errors
+    /// When there is no such pod or the lab does not come to rest.
+    pub fn set_pod_ready(&mut self, lab: &Lab, cluster: &str, namespace: &str, name: &str, ready: bool) -> Result<()> {
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+        let status = if ready { "True" } else { "False" };
+        let patch = json!({"status": {"conditions": [{"type": "Ready", "status": status}]}});
+        let (code, body) = self.api.request(
+            &cluster.to_owned(),
+            "PATCH",
+            &format!("{path}/status"),
+            "application/merge-patch+json",
+            &patch,
+        );
+        if code >= 300 {
+            bail!("pod {namespace}/{name} in {cluster}: {code} {body}");
+        }
+        self.reconcile(lab)
     }
 
     /// Kills the gateway process of `slice` in `cluster` (SIGKILL by PID) and waits until it
