@@ -26,6 +26,7 @@
 pub mod convergence;
 pub mod gateway;
 pub mod kubelet;
+pub mod serve;
 pub mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -610,6 +611,16 @@ impl ControlPlane {
         }
         self.view = self.read_view()?;
         Ok(writes == 0)
+    }
+
+    /// One round (the hub's pass, the workers' heartbeats and passes, the kubelets' steps), as
+    /// the controllers' resyncs run them; a failed pass is kept for [`ControlPlane::diagnose`].
+    /// True when it changed nothing.
+    ///
+    /// # Errors
+    /// When a lab step fails.
+    pub fn tick(&mut self, lab: &Lab) -> Result<bool> {
+        self.round(lab)
     }
 
     fn read_view(&self) -> Result<HubView> {
