@@ -554,7 +554,11 @@ impl ControlPlane {
             if Instant::now() > deadline {
                 bail!("the control plane did not settle within {:?}:\n{}", self.timeout, self.diagnose(lab));
             }
-            std::thread::sleep(Duration::from_millis(200));
+            // A round that changed something is followed at once (as a watch event would be);
+            // a quiet one waits a little for what happens outside (handshakes, reloads).
+            if quiet {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 
