@@ -98,7 +98,8 @@ pub fn lab_status(prefix: &str) -> Result<()> {
 }
 
 /// `slicectl lab exec CLUSTER/NAMESPACE/POD -- CMD…`: the command in the pod's network
-/// namespace, its output and exit status passed through.
+/// namespace with the pod's `/etc/resolv.conf` (so `dig NAME` asks the cluster's resolver),
+/// its output and exit status passed through.
 #[must_use]
 pub fn lab_exec(prefix: &str, pod: &str, command: &[String]) -> std::process::ExitCode {
     let run = || -> Result<std::process::ExitStatus> {
@@ -111,11 +112,10 @@ pub fn lab_exec(prefix: &str, pod: &str, command: &[String]) -> std::process::Ex
             namespace: (*namespace).to_owned(),
             name: (*name).to_owned(),
         };
-        let netns = control::serve::request(prefix, &request)?;
-        std::process::Command::new("nsenter")
-            .arg(format!("--net={netns}"))
-            .arg("--")
-            .args(command)
+        let answer = control::serve::request(prefix, &request)?;
+        let pod_context: control::serve::PodContext =
+            serde_json::from_str(&answer).with_context(|| format!("the lab's answer {answer:?}"))?;
+        e2e::command_with_resolv_conf(&pod_context.netns, &pod_context.resolv_conf, command)
             .status()
             .with_context(|| format!("running {command:?} in {pod}"))
     };

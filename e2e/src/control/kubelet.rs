@@ -17,6 +17,8 @@
 //!   cluster's public address to the gateway pod (none behind NAT), as kube-proxy would.
 //! - **Users' objects** (`super::workloads`): Pods through CRI with their status and
 //!   network-status, and an EndpointSlice per Service with a selector.
+//! - **DNS** (`super::dns`): slice-dns serving the cluster's MCS objects, and the cluster's
+//!   resolver on every node.
 //! - **Metrics**: the worker scrapes each gateway's `/metrics` at `podIP:9586` with its own
 //!   scrape code, run inside the pod's network namespace (the pod network is not reachable
 //!   from the test process).
@@ -68,6 +70,8 @@ pub(crate) struct Kubelet {
     started: usize,
     /// The users' pods and the Services' EndpointSlices.
     pub workloads: super::workloads::Workloads,
+    /// slice-dns and the resolvers.
+    pub dns: super::dns::ClusterDns,
 }
 
 /// Where each gateway's metrics are, for the workers' scrapes: (cluster, `podIP:port`) → the
@@ -176,6 +180,7 @@ impl Kubelet {
         changed |= self.gateways(lab, api, cluster, metrics, timeout)?;
         changed |= self.services(lab, api, cluster)?;
         changed |= self.workloads.step(lab, api, cluster)?;
+        changed |= self.dns.step(lab, api, cluster, timeout)?;
         Ok(changed)
     }
 
@@ -434,6 +439,7 @@ impl Kubelet {
         for port in std::mem::take(&mut self.forwards).into_keys() {
             lab.cluster(cluster).remove_forward_udp(port)?;
         }
+        self.dns.teardown(lab, cluster)?;
         self.workloads.teardown(lab, cluster)
     }
 }

@@ -24,6 +24,7 @@
 //! without a MemberCluster document joins with the defaults.
 
 pub mod convergence;
+pub mod dns;
 pub mod gateway;
 pub mod kubelet;
 pub mod serve;
@@ -31,6 +32,8 @@ pub mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -366,6 +369,39 @@ impl ControlPlane {
     /// The lab pod of the Pod object `namespace/name` in `cluster`.
     pub fn pod(&self, cluster: &str, namespace: &str, name: &str) -> Option<&Pod> {
         self.kubelets.get(cluster)?.workloads.pods.get(&format!("{namespace}/{name}"))
+    }
+
+    /// Runs `argv` in pod `namespace/name` of `cluster` as a container of it would run: in its
+    /// network namespace, with the `/etc/resolv.conf` the kubelet writes for it (the cluster's
+    /// resolver, the namespace's search path); starts the cluster's DNS when it does not run yet.
+    /// The output whatever the exit status.
+    ///
+    /// # Errors
+    /// When there is no such pod, the DNS cannot start or the command cannot be run.
+    pub fn exec(&mut self, lab: &Lab, cluster: &str, namespace: &str, name: &str, argv: &[&str]) -> Result<Output> {
+        let (netns, resolv_conf) = self.pod_context(lab, cluster, namespace, name)?;
+        crate::cmd::output(&mut crate::command_with_resolv_conf(&netns, &resolv_conf, argv))
+    }
+
+    /// The network namespace of pod `namespace/name` in `cluster` and its `/etc/resolv.conf`
+    /// (see [`ControlPlane::exec`]); starts the cluster's DNS when it does not run yet.
+    ///
+    /// # Errors
+    /// When there is no such pod or the DNS cannot start.
+    pub fn pod_context(&mut self, lab: &Lab, cluster: &str, namespace: &str, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let netns = self
+            .pod(cluster, namespace, name)
+            .with_context(|| format!("no pod {namespace}/{name} in cluster {cluster}"))?;
+        let netns = netns.netns_path.clone();
+        let kubelet = self.kubelets.get_mut(cluster).with_context(|| format!("no cluster {cluster}"))?;
+        kubelet.dns.want();
+        kubelet.dns.step(lab, &self.api, cluster, self.timeout)?;
+        Ok((netns, dns::resolv_conf(lab, namespace)?))
+    }
+
+    /// Where `cluster`'s slice-dns listens, once it runs.
+    pub fn dns_server(&self, cluster: &str) -> Option<std::net::SocketAddr> {
+        self.kubelets.get(cluster)?.dns.server()
     }
 
     /// Sets the `Ready` condition of pod `namespace/name` in `cluster`, as its readiness
@@ -769,6 +805,12 @@ impl ControlPlane {
                         r.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
                     ));
                 }
+            }
+            if let Some(server) = kubelet.dns.server() {
+                let log = kubelet.dns.server_log();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                out.push_str(&format!("== slice-dns in {cluster} ({server}), its log (last 10 lines):\n{tail}\n"));
             }
         }
         out

@@ -46,7 +46,8 @@ pub enum Request {
         cluster: Option<String>,
         text: String,
     },
-    /// The network namespace of pod `namespace/name` in `cluster`.
+    /// The network namespace of pod `namespace/name` in `cluster` and its resolver
+    /// configuration ([`PodContext`], as JSON).
     PodNetns {
         cluster: String,
         namespace: String,
@@ -54,6 +55,14 @@ pub enum Request {
     },
     /// The hub's report.
     Status,
+}
+
+/// Where a command for a pod runs ([`super::ControlPlane::pod_context`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodContext {
+    pub netns: PathBuf,
+    pub resolv_conf: PathBuf,
 }
 
 /// Its answer: `ok`, and a message (the error, or what was asked for).
@@ -172,10 +181,8 @@ fn handle(cp: &mut ControlPlane, lab: &mut Lab, request: Request) -> Result<Stri
             Ok(format!("{} SliceConfig(s) deleted", gone.slices.len()))
         }
         Request::PodNetns { cluster, namespace, name } => {
-            let pod = cp
-                .pod(&cluster, &namespace, &name)
-                .with_context(|| format!("no pod {namespace}/{name} in cluster {cluster}"))?;
-            Ok(pod.netns_path.display().to_string())
+            let (netns, resolv_conf) = cp.pod_context(lab, &cluster, &namespace, &name)?;
+            Ok(serde_json::to_string(&PodContext { netns, resolv_conf })?)
         }
         Request::Status => Ok(slice_api::hub_view::render(&cp.hub_view())),
     }

@@ -1,0 +1,266 @@
+//! A lab cluster's DNS, in the shape a cluster has it:
+//!
+//! - **slice-dns**, as its Deployment runs it: one pod in `slicenet-system` on the cluster's
+//!   first node, serving what the cluster's API holds as MCS objects (the `ServiceImport`s and
+//!   the EndpointSlices labelled `multicluster.kubernetes.io/service-name` that the worker
+//!   writes). The lab hands them over as `slice-dns --objects FILE` reads them (the file
+//!   rewritten atomically when they change; slice-dns re-reads it): the same records its
+//!   `--kube` mode reads from an API server, without one.
+//! - **The cluster's resolver on every node**, at [`crate::NODE_LOCAL_DNS`] where NodeLocal
+//!   DNSCache listens (dnsmasq, standing in for CoreDNS): it forwards what the CoreDNS
+//!   Corefile's slicenet stanza forwards (`clusterset.local`, `slice.local`) to slice-dns, and
+//!   answers nothing else (no upstream in the lab).
+//! - **A pod's `/etc/resolv.conf`** as the kubelet writes it for `dnsPolicy: ClusterFirst`
+//!   (the resolver, the namespace's search path, `ndots:5`), bind-mounted for commands run in
+//!   the pod ([`crate::netns::command_with_resolv_conf`]).
+//!
+//! It starts with the first MCS object of the cluster (a ServiceExport or a ServiceImport),
+//! or when a pod's resolver configuration is first asked for, so that labs without
+//! multi-cluster services run no DNS.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use slice_api::crd::SYSTEM_NAMESPACE;
+use slice_api::mcs;
+use slice_kube::memory::MemoryApi;
+
+use crate::{Lab, Pod, PodProcess, PodSpec};
+
+/// The port slice-dns and the resolvers listen on.
+pub const DNS_PORT: u16 = 53;
+/// The cluster domain of the lab's clusters (kubelet's `--cluster-domain`).
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// What runs one cluster's DNS.
+#[derive(Default)]
+pub(crate) struct ClusterDns {
+    /// The slice-dns pod and its process.
+    server: Option<(Pod, PodProcess)>,
+    /// The resolver on each node, by node name.
+    resolvers: Vec<(String, PodProcess)>,
+    /// The objects file as last written.
+    objects: String,
+    /// Set once something asked for DNS in this cluster.
+    wanted: bool,
+}
+
+impl ClusterDns {
+    /// The slice-dns address, once it runs.
+    pub fn server(&self) -> Option<SocketAddr> {
+        let (pod, _) = self.server.as_ref()?;
+        Some(SocketAddr::new(pod.ipv4("eth0").ok()?.into(), DNS_PORT))
+    }
+
+    /// The slice-dns log so far (empty before it runs).
+    pub fn server_log(&self) -> String {
+        self.server.as_ref().map(|(_, p)| p.log_text()).unwrap_or_default()
+    }
+
+    /// Asks for DNS in this cluster from the next step on.
+    pub fn want(&mut self) {
+        self.wanted = true;
+    }
+
+    /// Writes the cluster's MCS objects for slice-dns and starts what is not running yet
+    /// (again, when it exited). True when something changed.
+    ///
+    /// # Errors
+    /// When the file cannot be written or a process cannot be started.
+    pub fn step(&mut self, lab: &Lab, api: &MemoryApi<String>, cluster: &str, timeout: Duration) -> Result<bool> {
+        let objects = mcs_objects(api, cluster);
+        self.wanted |= !objects.is_empty() || has_exports(api, cluster);
+        if !self.wanted {
+            return Ok(false);
+        }
+        let mut changed = false;
+        let text = render_objects(&objects)?;
+        let file = objects_file(lab, cluster);
+        if text != self.objects || !file.exists() {
+            write_atomically(&file, &text)?;
+            self.objects = text;
+            changed = true;
+        }
+        if let Some((_, process)) = &mut self.server
+            && !process.is_running()
+        {
+            bail!("{cluster}: slice-dns exited; log:\n{}", process.log_text());
+        }
+        if self.server.is_none() {
+            self.server = Some(start_server(lab, cluster, &file, timeout)?);
+            changed = true;
+        }
+        let server = self.server().context("slice-dns has an address")?;
+        for node in lab.cluster(cluster).nodes() {
+            match self.resolvers.iter_mut().find(|(n, _)| n == node.name()) {
+                Some((_, process)) => {
+                    if !process.is_running() {
+                        bail!("{cluster}/{}: the resolver exited; log:\n{}", node.name(), process.log_text());
+                    }
+                }
+                None => {
+                    let process = start_resolver(lab, node, server, timeout)?;
+                    self.resolvers.push((node.name().to_owned(), process));
+                    changed = true;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Stops the resolvers and slice-dns and removes its pod.
+    ///
+    /// # Errors
+    /// When a process cannot be stopped or the pod removed.
+    pub fn teardown(&mut self, lab: &Lab, cluster: &str) -> Result<()> {
+        for (_, mut process) in std::mem::take(&mut self.resolvers) {
+            process.stop()?;
+        }
+        if let Some((pod, mut process)) = self.server.take() {
+            process.stop()?;
+            lab.cluster(cluster).node(&pod.node).remove_pod(&pod)?;
+        }
+        Ok(())
+    }
+}
+
+/// The cluster's ServiceImports and MCS EndpointSlices, in a stable order.
+fn mcs_objects(api: &MemoryApi<String>, cluster: &str) -> Vec<Value> {
+    let side = cluster.to_owned();
+    let imports = api.list(&side, &format!("/apis/{}/v1alpha1/serviceimports", mcs::GROUP));
+    let slices = api
+        .list(&side, "/apis/discovery.k8s.io/v1/endpointslices")
+        .into_iter()
+        .filter(|s| s["metadata"]["labels"][mcs::SERVICE_NAME_LABEL].is_string());
+    let mut all: Vec<Value> = imports.into_iter().chain(slices).collect();
+    all.sort_by_key(|o| {
+        let m = &o["metadata"];
+        (o["kind"].to_string(), m["namespace"].to_string(), m["name"].to_string())
+    });
+    all
+}
+
+fn has_exports(api: &MemoryApi<String>, cluster: &str) -> bool {
+    !api.list(&cluster.to_owned(), &format!("/apis/{}/v1alpha1/serviceexports", mcs::GROUP)).is_empty()
+}
+
+/// The objects as a YAML stream (what `slice-dns --objects` reads).
+fn render_objects(objects: &[Value]) -> Result<String> {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(&yaml_serde::to_string(o).context("an MCS object as YAML")?);
+    }
+    Ok(out)
+}
+
+/// Where cluster `cluster`'s objects file is.
+pub(crate) fn objects_file(lab: &Lab, cluster: &str) -> PathBuf {
+    lab.root().join("dns").join(format!("{cluster}-objects.yaml"))
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let dir = path.parent().context("a file in a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))
+}
+
+/// The slice-dns pod on the cluster's first node, serving `file` on its pod address.
+fn start_server(lab: &Lab, cluster: &str, file: &Path, timeout: Duration) -> Result<(Pod, PodProcess)> {
+    let bin = lab.options().bin_dir.join("slice-dns");
+    if !bin.exists() {
+        bail!("{} does not exist: build it or set SLICENET_BIN_DIR", bin.display());
+    }
+    let node = &lab.cluster(cluster).nodes()[0];
+    let spec = PodSpec::new(SYSTEM_NAMESPACE, "slice-dns-lab").label("app.kubernetes.io/name", "slice-dns");
+    let pod = super::run_pod_retrying(node, &spec, timeout).with_context(|| format!("{cluster}: the slice-dns pod"))?;
+    let listen = SocketAddr::new(pod.ipv4("eth0")?.into(), DNS_PORT).to_string();
+    let argv = [bin.display().to_string(), "--objects".into(), file.display().to_string(), "--listen".into(), listen];
+    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let process = pod.spawn(&args)?;
+    let probe = ["dig", "+short", "+time=1", "+tries=1", "-p", "53", "TXT"];
+    let mut probe: Vec<String> = probe.iter().map(|s| (*s).to_owned()).collect();
+    probe.push(format!("@{}", pod.ipv4("eth0")?));
+    probe.push(format!("dns-version.{}", mcs::CLUSTERSET_ZONE));
+    wait_answering(&pod.netns_path, &probe, timeout)
+        .with_context(|| format!("{cluster}: slice-dns; log:\n{}", process.log_text()))?;
+    Ok((pod, process))
+}
+
+/// The resolver on `node`: dnsmasq at [`crate::NODE_LOCAL_DNS`], forwarding the slice zones to
+/// `server` and answering nothing else.
+fn start_resolver(lab: &Lab, node: &crate::Node, server: SocketAddr, timeout: Duration) -> Result<PodProcess> {
+    let mut argv: Vec<String> = [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--user=root",
+        "--pid-file",
+        "--log-facility=-",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    argv.push(format!("--listen-address={}", crate::NODE_LOCAL_DNS));
+    argv.push(format!("--port={DNS_PORT}"));
+    for zone in [mcs::CLUSTERSET_ZONE, mcs::SLICE_ZONE] {
+        argv.push(format!("--server=/{zone}/{}#{}", server.ip(), server.port()));
+    }
+    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let label = format!("{}/{}/resolver", node.cluster(), node.name());
+    let process = crate::pod::spawn_in(lab.root(), &node.netns_path(), &label, &args)?;
+    let probe: Vec<String> = ["dig", "+short", "+time=1", "+tries=1", "TXT"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([format!("@{}", crate::NODE_LOCAL_DNS), format!("dns-version.{}", mcs::CLUSTERSET_ZONE)])
+        .collect();
+    wait_answering(&node.netns_path(), &probe, timeout)
+        .with_context(|| format!("{label}: dnsmasq; log:\n{}", process.log_text()))?;
+    Ok(process)
+}
+
+/// Waits until `dig` run in `netns` prints the version record.
+fn wait_answering(netns: &Path, dig: &[String], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = crate::netns::exec(netns, dig)?;
+        if String::from_utf8_lossy(&out.stdout).contains(mcs::DNS_SPEC_VERSION) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no answer to `{}` within {timeout:?}", dig.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `/etc/resolv.conf` of a pod in `namespace` of a lab cluster (`dnsPolicy: ClusterFirst`),
+/// written under the lab directory; its path.
+///
+/// # Errors
+/// When it cannot be written.
+pub fn resolv_conf(lab: &Lab, namespace: &str) -> Result<PathBuf> {
+    let path = lab.root().join("dns").join(format!("resolv-{namespace}.conf"));
+    let text = format!(
+        "search {namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\nnameserver {}\noptions ndots:5\n",
+        crate::NODE_LOCAL_DNS
+    );
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        write_atomically(&path, &text)?;
+    }
+    Ok(path)
+}
+
+/// The resolver address pods use.
+#[must_use]
+pub fn resolver() -> Ipv4Addr {
+    crate::NODE_LOCAL_DNS
+}
