@@ -19,6 +19,10 @@
 //!   [`Action::AwaitGateway`] (the last action, which fails) makes the agent retry, without
 //!   holding up anything else of the slice. Remote routes are not in the state file: pods route
 //!   the whole slice subnet via their router already.
+//! - the router's nftables table (ClusterSetIP DNAT, [`crate::firewall`]) is compared whole with
+//!   what the configuration builds and replaced whole when it differs (deleted when no rule is
+//!   wanted), before the state file; a table `nft` cannot list is left alone unless rules are
+//!   wanted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
