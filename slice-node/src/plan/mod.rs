@@ -19,6 +19,10 @@
 //!   [`Action::AwaitGateway`] (the last action, which fails) makes the agent retry, without
 //!   holding up anything else of the slice. Remote routes are not in the state file: pods route
 //!   the whole slice subnet via their router already.
+//! - the router's nftables table (ClusterSetIP DNAT, [`crate::firewall`]) is compared whole with
+//!   what the configuration builds and replaced whole when it differs (deleted when no rule is
+//!   wanted), before the state file; a table `nft` cannot list is left alone unless rules are
+//!   wanted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -119,6 +123,10 @@ pub struct RouterSpec {
     /// Sorted by prefix.
     pub remote_routes: Vec<RemoteRouteSpec>,
     pub state: NodeState,
+    /// The router's nftables table ([`crate::firewall::table`]); `None` when it needs none.
+    pub firewall: Option<Vec<serde_json::Value>>,
+    /// ClusterSetIP services and service ports with backends that the table programs.
+    pub services: (usize, usize),
 }
 
 impl RouterSpec {
@@ -150,6 +158,8 @@ impl RouterSpec {
             peers,
             remote_routes,
             state: config.node_state(slice),
+            firewall: crate::firewall::table(slice),
+            services: crate::firewall::services::count(slice),
         }
     }
 }
@@ -250,6 +260,21 @@ pub struct ObservedRouter {
     /// Destinations of host routes (/32, /128) without a gateway on devices other than the
     /// desired VXLAN: the pods on this node (the CNI plugin's per-pod routes).
     pub local_hosts: BTreeSet<IpAddr>,
+    /// slicenet's nftables table ([`crate::firewall::TABLE`]).
+    pub firewall: ObservedFirewall,
+}
+
+/// slicenet's nftables table in a router namespace as observed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ObservedFirewall {
+    /// No such table.
+    #[default]
+    Absent,
+    /// Its objects as `nft -j list table` prints them, without handles.
+    Present(Vec<serde_json::Value>),
+    /// `nft` could not list it (not installed, failed): replaced when rules are wanted (the
+    /// replace then fails with nft's message), left alone otherwise.
+    Unreadable(String),
 }
 
 /// One state file as observed: parsed, or present but unreadable.
@@ -362,6 +387,17 @@ pub enum Action {
         dev: String,
         entry: Fdb,
     },
+    /// Replace slicenet's nftables table with `objects` in one transaction (ClusterSetIP DNAT).
+    ReplaceFirewall {
+        slice: String,
+        objects: Vec<serde_json::Value>,
+        /// Services and service ports with backends, for the log.
+        services: (usize, usize),
+    },
+    /// Delete slicenet's nftables table (the slice has no more rules).
+    DeleteFirewall {
+        slice: String,
+    },
     /// Write the node-state file (once the router's own part is complete).
     WriteStateFile {
         slice: String,
@@ -397,6 +433,8 @@ impl Action {
             | Action::ReplaceNeigh { slice, .. }
             | Action::DeleteFdb { slice, .. }
             | Action::ReplaceFdb { slice, .. }
+            | Action::ReplaceFirewall { slice, .. }
+            | Action::DeleteFirewall { slice }
             | Action::WriteStateFile { slice, .. }
             | Action::AwaitGateway { slice, .. } => slice,
         }
@@ -446,6 +484,12 @@ impl std::fmt::Display for Action {
             Action::ReplaceFdb { dev, entry, .. } => {
                 write!(f, "replace fdb {} dst {} on {dev}", format_mac(&entry.mac), entry.dst)
             }
+            Action::ReplaceFirewall { services: (services, ports), .. } => write!(
+                f,
+                "replace nftables {} ({services} ClusterSetIP service(s), {ports} port(s) with backends)",
+                crate::firewall::TABLE
+            ),
+            Action::DeleteFirewall { .. } => write!(f, "delete nftables {}", crate::firewall::TABLE),
             Action::WriteStateFile { .. } => write!(f, "write the node-state file"),
             Action::AwaitGateway { pending, .. } => {
                 let list: Vec<String> = pending.iter().map(|r| format!("{} via {}", r.prefix, r.via)).collect();
@@ -611,6 +655,16 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
         if !routes.contains(route) {
             actions.push(Action::ReplaceRoute { slice: slice(), route: route.clone() });
         }
+    }
+
+    // The firewall is part of the router: in place before the state file lets pods start.
+    match (&spec.firewall, &router.firewall) {
+        (Some(want), ObservedFirewall::Present(have)) if want == have => {}
+        (Some(want), _) => {
+            actions.push(Action::ReplaceFirewall { slice: slice(), objects: want.clone(), services: spec.services })
+        }
+        (None, ObservedFirewall::Present(_)) => actions.push(Action::DeleteFirewall { slice: slice() }),
+        (None, ObservedFirewall::Absent | ObservedFirewall::Unreadable(_)) => {}
     }
 
     if observed.state_files.get(&spec.slice) != Some(&ObservedStateFile::Valid(spec.state.clone())) {
