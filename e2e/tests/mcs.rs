@@ -193,7 +193,8 @@ fn services_exported_in_two_clusters_answer_by_name_in_the_third() {
     };
     for cluster in ["c1", "c2", "c3"] {
         assert_eq!(import(cluster)["spec"]["ips"][0].as_str(), Some(vip[0].as_str()), "{cluster}");
-        let clusters: BTreeSet<&str> = import(cluster)["status"]["clusters"]
+        let import = import(cluster);
+        let clusters: BTreeSet<&str> = import["status"]["clusters"]
             .as_array()
             .into_iter()
             .flatten()
@@ -209,13 +210,21 @@ fn services_exported_in_two_clusters_answer_by_name_in_the_third() {
     // db-1 turns unready: it leaves the answers.
     cp.set_pod_ready(&lab, "c2", "shop", "db-1", false).unwrap_or_else(|e| panic!("{e:#}"));
     let only_db0 = vec![db0.to_string()];
-    eventually(&mut cp, &lab, "db without db-1", |cp, lab| dig(cp, lab, &["db.shop.svc.clusterset.local"]), |a| {
-        *a == only_db0
-    });
+    eventually(
+        &mut cp,
+        &lab,
+        "db without db-1",
+        |cp, lab| dig(cp, lab, &["db.shop.svc.clusterset.local"]),
+        |a| *a == only_db0,
+    );
     cp.set_pod_ready(&lab, "c2", "shop", "db-1", true).unwrap_or_else(|e| panic!("{e:#}"));
-    eventually(&mut cp, &lab, "db with db-1 again", |cp, lab| dig(cp, lab, &["db.shop.svc.clusterset.local"]), |a| {
-        *a == both
-    });
+    eventually(
+        &mut cp,
+        &lab,
+        "db with db-1 again",
+        |cp, lab| dig(cp, lab, &["db.shop.svc.clusterset.local"]),
+        |a| *a == both,
+    );
 
     // Two clusters export `api` with different ports: the union, and Conflict on both.
     let api_service = |port: u16| {
@@ -257,17 +266,27 @@ fn services_exported_in_two_clusters_answer_by_name_in_the_third() {
 
     // c2 leaves the slice: its records go with it.
     cp.apply(&mut lab, &control::blue_over(&["c1", "c3"]).expect("manifest")).unwrap_or_else(|e| panic!("{e:#}"));
-    eventually(&mut cp, &lab, "db after c2 left", |cp, lab| dig(cp, lab, &["db.shop.svc.clusterset.local"]), |a| {
-        *a == only_db0
-    });
+    eventually(
+        &mut cp,
+        &lab,
+        "db after c2 left",
+        |cp, lab| dig(cp, lab, &["db.shop.svc.clusterset.local"]),
+        |a| *a == only_db0,
+    );
     assert_eq!(rcode(&mut cp, &lab, &["db-1.c2.db.shop.svc.clusterset.local"]), "NXDOMAIN");
 
     // Un-export: the names go (NXDOMAIN), and the ClusterSetIP is released.
-    let export_db = objects("apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {name: db, namespace: shop}\n");
+    let export_db = objects(
+        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {name: db, namespace: shop}\n",
+    );
     cp.delete_in(&lab, "c1", &export_db).unwrap_or_else(|e| panic!("{e:#}"));
-    eventually(&mut cp, &lab, "db un-exported", |cp, lab| rcode(cp, lab, &["db.shop.svc.clusterset.local"]), |r| {
-        r == "NXDOMAIN"
-    });
+    eventually(
+        &mut cp,
+        &lab,
+        "db un-exported",
+        |cp, lab| rcode(cp, lab, &["db.shop.svc.clusterset.local"]),
+        |r| r == "NXDOMAIN",
+    );
 
     cp.delete_all(&mut lab).unwrap_or_else(|e| panic!("{e:#}"));
     lab.teardown().expect("teardown");

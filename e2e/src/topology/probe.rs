@@ -90,7 +90,9 @@ impl Responder {
                         let _ = conn.write_all(tag.as_bytes());
                         served += 1;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -115,7 +117,11 @@ impl Drop for Responder {
 
 /// Makes `count` TCP connections from `client` to `to`, one after the other, and counts the
 /// tags [`Responder`]s answered with (a connection that fails counts under its error).
-pub fn connect_count(client: &Pod, to: std::net::SocketAddr, count: usize) -> std::collections::BTreeMap<String, usize> {
+pub fn connect_count(
+    client: &Pod,
+    to: std::net::SocketAddr,
+    count: usize,
+) -> std::collections::BTreeMap<String, usize> {
     in_netns(&client.netns_path, move || {
         let mut seen = std::collections::BTreeMap::new();
         for _ in 0..count {
