@@ -80,6 +80,39 @@ pub struct SliceOnNode {
     /// them (on this node or on a peer node).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote_routes: Vec<RemoteRoute>,
+    /// The slice's ClusterSetIP services (MCS): the router namespace sends each new connection
+    /// to a service's virtual address and port to one of that port's backends, chosen per
+    /// connection (DNAT, so replies return through the same conntrack entry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ClusterSetService>,
+}
+
+/// One ClusterSetIP service of a slice as the node agent programs it (written by the worker
+/// from the hub's merged imports).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSetService {
+    /// `<namespace>/<name>`, for logs and rule comments.
+    pub name: String,
+    /// The ClusterSetIP: inside the slice subnet, in the block the hub reserves for them.
+    pub ip: IpAddr,
+    /// One entry per service port.
+    #[serde(default)]
+    pub ports: Vec<ServicePortRule>,
+}
+
+/// One port of a [`ClusterSetService`] and where its connections go.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePortRule {
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+    /// The service port (on the ClusterSetIP).
+    pub port: u16,
+    /// The ready endpoints of every exporting cluster: slice address and target port. Empty:
+    /// connections are refused (TCP reset / ICMP unreachable), as kube-proxy does.
+    #[serde(default)]
+    pub backends: Vec<std::net::SocketAddr>,
 }
 
 /// A prefix of other clusters, reached through this cluster's gateway pod at `via` (its slice
@@ -174,6 +207,7 @@ impl NodeAgentConfig {
                 }
             }
             validate_remote_routes(slice).map_err(ctx)?;
+            validate_services(slice).map_err(ctx)?;
             for reserved in names::RESERVED_NAMESPACES {
                 if slice.namespaces.iter().any(|n| n == reserved) {
                     return Err(ctx(format!("namespace {reserved} is slicenet's own and never a slice member")));
@@ -253,6 +287,43 @@ fn validate_remote_routes(slice: &SliceOnNode) -> Result<(), String> {
         };
         if crate::prefix::router_address(owner) == route.via {
             return Err(format!("{what}: via is a slice-router address, not a gateway pod"));
+        }
+    }
+    Ok(())
+}
+
+/// ClusterSetIP services: each address inside the slice subnet and clear of this node's prefix
+/// and its peers' (it is virtual, never a pod's), each (address, protocol, port) listed once,
+/// protocols `TCP`, `UDP` or `SCTP`, ports not 0, backends inside the slice subnet with a port.
+fn validate_services(slice: &SliceOnNode) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for service in &slice.services {
+        let what = format!("service {} ({})", service.name, service.ip);
+        if !slice.slice_subnet.contains(&service.ip) {
+            return Err(format!("{what}: address is not inside slice subnet {}", slice.slice_subnet));
+        }
+        let mut node_prefixes = std::iter::once(slice.node_prefix).chain(slice.peers.iter().map(|p| p.node_prefix));
+        if let Some(prefix) = node_prefixes.find(|p| p.contains(&service.ip)) {
+            return Err(format!("{what}: address is inside node prefix {prefix}, where pods live"));
+        }
+        for rule in &service.ports {
+            if !matches!(rule.protocol.as_str(), "TCP" | "UDP" | "SCTP") {
+                return Err(format!("{what}: protocol {:?} is none of TCP, UDP, SCTP", rule.protocol));
+            }
+            if rule.port == 0 {
+                return Err(format!("{what}: port 0"));
+            }
+            if !seen.insert((service.ip, rule.protocol.as_str(), rule.port)) {
+                return Err(format!("{what}: {}/{} listed twice", rule.port, rule.protocol));
+            }
+            if let Some(backend) =
+                rule.backends.iter().find(|b| b.port() == 0 || !slice.slice_subnet.contains(&b.ip()))
+            {
+                return Err(format!(
+                    "{what}: backend {backend} of port {}/{} is not a port inside slice subnet {}",
+                    rule.port, rule.protocol, slice.slice_subnet
+                ));
+            }
         }
     }
     Ok(())
@@ -437,6 +508,37 @@ mod tests {
         let mut c = config();
         c.slices[0].vni = 0;
         assert!(c.validate().unwrap_err().contains("vni"));
+    }
+
+    #[test]
+    fn cluster_set_services_are_validated() {
+        let check = |services: serde_json::Value| {
+            let mut c = config();
+            c.slices[0].services = serde_json::from_value(services).unwrap();
+            c.validate()
+        };
+        let rule = |ip: &str, protocol: &str, port: u16, backend: &str| {
+            serde_json::json!([{"name": "shop/web", "ip": ip,
+                "ports": [{"protocol": protocol, "port": port, "backends": [backend]}]}])
+        };
+        check(rule("10.80.255.10", "TCP", 80, "10.81.0.5:8080")).unwrap_err();
+        check(rule("10.80.255.10", "TCP", 80, "10.80.0.5:8080")).unwrap();
+        let cases = [
+            (rule("10.90.0.1", "TCP", 80, "10.80.0.5:8080"), "not inside slice subnet"),
+            (rule("10.80.0.70", "TCP", 80, "10.80.0.5:8080"), "inside node prefix 10.80.0.64/26"),
+            (rule("10.80.255.10", "ICMP", 80, "10.80.0.5:8080"), "none of TCP"),
+            (rule("10.80.255.10", "TCP", 0, "10.80.0.5:8080"), "port 0"),
+            (rule("10.80.255.10", "UDP", 53, "10.80.0.5:0"), "backend 10.80.0.5:0"),
+        ];
+        for (services, want) in cases {
+            let e = check(services).unwrap_err();
+            assert!(e.contains(want), "{e} should say {want}");
+        }
+        let twice = serde_json::json!([
+            {"name": "shop/a", "ip": "10.80.255.10", "ports": [{"protocol": "TCP", "port": 80}]},
+            {"name": "shop/b", "ip": "10.80.255.10", "ports": [{"protocol": "TCP", "port": 80}]}
+        ]);
+        assert!(check(twice).unwrap_err().contains("listed twice"));
     }
 
     #[test]

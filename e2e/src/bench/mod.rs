@@ -386,12 +386,7 @@ fn convergence_table(joins: &[crate::convergence::Join]) -> String {
     crate::demo::table(
         &["from applying the change to", "p50 ms", "max ms", "goal"],
         &[
-            vec![
-                "the control plane done (plan, agents applied, gateway up)".into(),
-                fmt1(cp.p50),
-                fmt1(cp.max),
-                "—".into(),
-            ],
+            vec!["the control plane done (every WorkerSlice Ready)".into(), fmt1(cp.p50), fmt1(cp.max), "—".into()],
             vec![
                 "the first packet across the new path".into(),
                 fmt1(fp.p50),
@@ -410,10 +405,11 @@ fn convergence_doc(joins: &[crate::convergence::Join], command: &str) -> String 
     format!(
         "{CONVERGENCE_BEGIN}\n## 6. Convergence of the control plane in the lab\n\n\
          A registered cluster (c3, one node) joins a slice over c1 (two nodes) and c2: the SliceConfig's \
-         `clusters` gains it and the control plane (`e2e::control`: the hub's planner and the worker's \
-         logic, in process) runs. Timed from that change to the control plane being done (plan written, \
-         every node agent applied, c3's gateway pod up and peers configured) and to the first packet from a \
-         pod in c1 to the new slice member in c3 (its gateway pod; pings every 20 ms). Each round c3 leaves \
+         `clusters` gains it and the lab's control plane (`e2e::control`: the hub controller's and the \
+         workers' own passes against the in-memory API, the lab's kubelet running what they write) runs \
+         rounds. Timed from that change to the control plane being done (every WorkerSlice `Ready`: node \
+         agents applied, c3's gateway pod up, every tunnel up by the worker's rule) and to the first packet \
+         from a pod in c1 to the new slice member in c3 (its gateway pod; pings every 20 ms). Each round c3 leaves \
          again; {} rounds.\n\n{}\n\n{command}\n{CONVERGENCE_END}\n",
         joins.len(),
         convergence_table(joins)

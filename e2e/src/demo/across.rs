@@ -1,18 +1,17 @@
 //! `make demo`, part two: one slice across three clusters over a WAN, one cluster behind NAT,
 //! every cluster with the same pod CIDR. Pods of the slice in every cluster reach each other
 //! through one `slice-gateway` pod per cluster (WireGuard over the WAN); a pod outside the slice
-//! reaches none of them.
+//! reaches none of them. The slice is made as in a cluster: a SliceConfig applied to the hub,
+//! the hub's and the workers' passes (`crate::control`).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
+use crate::control::{self, ControlPlane, PUBLIC_PORT, run_pod_retrying};
 use crate::demo::table;
-use crate::gateway::{SliceAcrossOptions, build_slice_across_clusters};
-use crate::{ClusterOptions, Lab, LabSlice, Pod, PodSpec};
-
-const GATEWAY_NAMESPACE: &str = "slicenet-gw";
+use crate::{Lab, Pod, PodSpec};
 
 struct DemoPod {
     pod: Pod,
@@ -45,32 +44,27 @@ pub fn run(prefix: &str) -> Result<()> {
     println!("▶ Building lab {prefix:?}: a WAN namespace and clusters c1 (2 nodes), c2 (1 node) and c3 (1 node,");
     println!("  behind NAT: nothing on the WAN can reach into it); every cluster uses pod CIDR 10.244.0.0/16");
     let mut lab = Lab::new(prefix)?;
-    lab.add_wan()?;
-    lab.add_cluster("c1", 2)?;
-    lab.add_cluster("c2", 1)?;
-    lab.add_cluster_with("c3", 1, ClusterOptions::behind_nat())?;
-    let slice = LabSlice::new("blue", 100, "10.80.0.0/16", &["shop", GATEWAY_NAMESPACE]);
-    let across = build_slice_across_clusters(&lab, &SliceAcrossOptions::new(slice, GATEWAY_NAMESPACE))?;
-    println!("  up with agents and gateways in {:.1} s\n", started.elapsed().as_secs_f64());
+    let mut cp = ControlPlane::new();
+    let manifest = control::blue_over(&["c1", "c2", "c3"])?;
+    cp.apply(&mut lab, &manifest)?;
+    println!("  up with agents and gateways, every tunnel up, in {:.1} s\n", started.elapsed().as_secs_f64());
 
     println!("▶ Slice blue 10.80.0.0/16: a cluster prefix each, one slice-gateway pod each (userspace WireGuard):");
-    let rows: Vec<Vec<String>> = across
-        .gateways
-        .iter()
-        .map(|g| {
-            let cluster = lab.cluster(&g.cluster);
-            vec![
-                g.cluster.clone(),
-                g.prefix.to_string(),
-                g.slice_address.to_string(),
-                match cluster.public_address() {
-                    Some(a) if !cluster.behind_nat() => format!("{a}:31820/udp → gateway pod"),
-                    _ => "none: behind NAT, its gateway dials out".into(),
-                },
-                format!("{}…", &g.keys.public.to_base64()[..12]),
-            ]
-        })
-        .collect();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for w in cp.workers() {
+        let cluster = lab.cluster(&w.spec.cluster);
+        let status = w.status.clone().unwrap_or_default();
+        rows.push(vec![
+            w.spec.cluster.clone(),
+            w.spec.cluster_prefix.clone(),
+            cp.gateway_address("blue", &w.spec.cluster).context("a gateway")?.to_string(),
+            match cluster.public_address() {
+                Some(a) if !cluster.behind_nat() => format!("{a}:{PUBLIC_PORT}/udp → gateway pod"),
+                _ => "none: behind NAT, its gateway dials out".into(),
+            },
+            format!("{}…", status.gateway_public_key.unwrap_or_default().chars().take(12).collect::<String>()),
+        ]);
+    }
     print!(
         "{}",
         indent(&table(&["cluster", "cluster prefix", "gateway slice0", "public endpoint", "public key"], &rows))
@@ -85,7 +79,7 @@ pub fn run(prefix: &str) -> Result<()> {
     ];
     let mut pods = Vec::new();
     for (cluster, node, ns, name) in plan {
-        let pod = lab.node(cluster, node).run_pod(PodSpec::new(ns, name))?;
+        let pod = run_pod_retrying(lab.node(cluster, node), &PodSpec::new(ns, name), Duration::from_secs(20))?;
         let slice0 = pod.ipv4("slice0").ok();
         pods.push(DemoPod { pod, slice0 });
     }
@@ -131,13 +125,16 @@ pub fn run(prefix: &str) -> Result<()> {
         println!("  the pod outside the slice reaches none.");
     }
 
-    let c1 = across.gateway("c1");
-    println!("\n▶ `wg show {}` against c1's running slice-gateway (c3's endpoint is its NAT address,", c1.interface);
+    let interface = cp.gateway_interface("blue", "c1").context("c1 runs no gateway")?;
+    println!("\n▶ `wg show {interface}` against c1's running slice-gateway (c3's endpoint is its NAT address,");
     println!("  learned from c3's keepalives):");
-    print!("{}", indent(&c1.wg(&["show", &c1.interface])?));
+    print!("{}", indent(&cp.gateway_wg("blue", "c1", &["show", &interface])?));
 
     println!("\n▶ Tearing the lab down…");
-    drop(across);
+    cp.delete_all(&mut lab)?;
+    for p in &pods {
+        lab.node(&p.pod.cluster, &p.pod.node).remove_pod(&p.pod)?;
+    }
     lab.teardown()?;
     println!("  done (part 2 took {:.1} s)", started.elapsed().as_secs_f64());
     if mismatches > 0 {

@@ -188,6 +188,19 @@ impl PodProcess {
         matches!(self.try_wait(), Ok(None))
     }
 
+    /// SIGKILL (a crash), then reaps it; it stays known as exited ([`PodProcess::is_running`]
+    /// is false), so that whoever watches it can start it again.
+    ///
+    /// # Errors
+    /// When it was stopped already or cannot be reaped.
+    pub fn kill(&mut self) -> Result<()> {
+        let child = self.child.as_mut().with_context(|| format!("process in pod {} was stopped", self.pod))?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        child.wait().with_context(|| format!("reaping process {} in pod {}", child.id(), self.pod))?;
+        Ok(())
+    }
+
     /// SIGTERM, then SIGKILL after 5 s; reaps it and removes its record.
     ///
     /// # Errors

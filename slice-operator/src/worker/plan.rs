@@ -390,6 +390,7 @@ pub fn node_agent_slice(
         gateway_namespace: Some(GATEWAY_NAMESPACE.to_owned()),
         peers,
         remote_routes,
+        services: Vec::new(),
     })
 }
 
