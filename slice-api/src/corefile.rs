@@ -153,9 +153,7 @@ fn server_zones(text: &str) -> Vec<(String, usize)> {
 /// `slice.local`; [`CorefileError::Unterminated`] for a begin marker without an end.
 pub fn with_stanza(corefile: &str, stanza: &Stanza) -> Result<String, CorefileError> {
     let (mut out, _) = split(corefile)?;
-    if let Some((zone, line)) =
-        server_zones(&out).into_iter().find(|(z, _)| z == CLUSTERSET_ZONE || z == SLICE_ZONE)
-    {
+    if let Some((zone, line)) = server_zones(&out).into_iter().find(|(z, _)| z == CLUSTERSET_ZONE || z == SLICE_ZONE) {
         return Err(CorefileError::ZoneTaken { zone, line });
     }
     let marker = if out.is_empty() || out.ends_with('\n') {

@@ -316,8 +316,7 @@ fn validate_services(slice: &SliceOnNode) -> Result<(), String> {
             if !seen.insert((service.ip, rule.protocol.as_str(), rule.port)) {
                 return Err(format!("{what}: {}/{} listed twice", rule.port, rule.protocol));
             }
-            if let Some(backend) =
-                rule.backends.iter().find(|b| b.port() == 0 || !slice.slice_subnet.contains(&b.ip()))
+            if let Some(backend) = rule.backends.iter().find(|b| b.port() == 0 || !slice.slice_subnet.contains(&b.ip()))
             {
                 return Err(format!(
                     "{what}: backend {backend} of port {}/{} is not a port inside slice subnet {}",

@@ -2,7 +2,10 @@
 //! own member cluster.
 
 use crate::hub_credential::SECRET as HUB_CREDENTIAL_SECRET;
-use crate::names::{GATEWAY_NAMESPACE, WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET};
+use crate::names::{
+    COREDNS_CONFIG_MAP, GATEWAY_NAMESPACE, KUBE_SYSTEM_NAMESPACE, NODE_LOCAL_DNS_CONFIG_MAP, SLICE_DNS_SERVICE,
+    WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET,
+};
 use crate::rbac::Access;
 use crate::rbac::Scope::{Cluster, Namespace, OwnNamespace};
 
@@ -83,6 +86,7 @@ pub const WORKER_CLUSTER: &[Access] = &[
     // namespace, so cluster-wide) and listed by the worker's label to delete what is no longer
     // imported. EndpointSlices and ServiceExports are watched: an endpoint turning ready or
     // unready, or an export made or removed, starts a pass.
+    // (An apply that makes the object needs `create` as well as `patch`.)
     Access::new("list", MCS, "serviceexports", Cluster),
     Access::new("watch", MCS, "serviceexports", Cluster),
     Access::new("patch", MCS, "serviceexports", Cluster).sub("status"),
@@ -97,6 +101,14 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("create", "discovery.k8s.io", "endpointslices", Cluster),
     Access::new("patch", "discovery.k8s.io", "endpointslices", Cluster),
     Access::new("delete", "discovery.k8s.io", "endpointslices", Cluster),
+    // Slice DNS: the slice-dns Service's address, read by name, and the cluster's Corefiles
+    // (CoreDNS's, NodeLocal DNSCache's), read and patched by name to add and remove the
+    // marked stanza that forwards the slice zones to it (`slice_api::corefile`).
+    Access::new("get", "", "services", OwnNamespace).named(&[SLICE_DNS_SERVICE]),
+    Access::new("get", "", "configmaps", Namespace(KUBE_SYSTEM_NAMESPACE))
+        .named(&[COREDNS_CONFIG_MAP, NODE_LOCAL_DNS_CONFIG_MAP]),
+    Access::new("patch", "", "configmaps", Namespace(KUBE_SYSTEM_NAMESPACE))
+        .named(&[COREDNS_CONFIG_MAP, NODE_LOCAL_DNS_CONFIG_MAP]),
     // Secrets of its own namespace, by name (no other Secret of `slicenet-system` is readable):
     // the pod webhook's serving certificate (`cert_rotation`: the CA Secret `slicectl install
     // worker` printed is read, the serving Secret read and replaced with the resourceVersion

@@ -1,0 +1,3 @@
+//! The worker's export resolution and import objects on objects built in memory.
+
+use super::*;
