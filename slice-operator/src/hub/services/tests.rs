@@ -180,7 +180,7 @@ fn a_cluster_that_leaves_takes_its_endpoints_out() {
     assert_eq!(merge(&s, &p, &[a.clone(), b.clone()]).imports[0].clusters.len(), 2);
     // b leaves the slice: planned without it, its WorkerSlice still there (being torn down).
     let s2 = slice(&["a", "c"]);
-    let p2 = plan_of(&s2, &["a", "b", "c"], &[a.clone()]);
+    let p2 = plan_of(&s2, &["a", "b", "c"], std::slice::from_ref(&a));
     let m = merge(&s2, &p2, &[a.clone(), b.clone()]);
     assert_eq!(m.imports[0].clusters.iter().map(|c| c.cluster.as_str()).collect::<Vec<_>>(), ["a"]);
     // A WorkerSlice being deleted speaks no more either.
