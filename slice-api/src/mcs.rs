@@ -62,6 +62,34 @@ pub const EXPORT_READY: &str = "Ready";
 /// Condition of a ServiceExport: its Service differs from the oldest export of the same name.
 pub const CONFLICT: &str = "Conflict";
 
+/// The reasons of those conditions, as the MCS API (`sigs.k8s.io/mcs-api`) names them, so that
+/// tools written for any MCS implementation read ours.
+pub mod reason {
+    /// `Valid=True`.
+    pub const VALID: &str = "Valid";
+    /// `Valid=False`: no Service of the same namespace and name.
+    pub const NO_SERVICE: &str = "NoService";
+    /// `Valid=False`: the Service's type cannot be exported (`ExternalName`).
+    pub const INVALID_SERVICE_TYPE: &str = "InvalidServiceType";
+    /// `Valid=False` (slicenet's own): the namespace is a member of no slice in this cluster,
+    /// so there is nowhere to export to.
+    pub const NO_SLICE: &str = "NamespaceNotInSlice";
+    /// `Ready=True`: the export is in the slice's imports.
+    pub const EXPORTED: &str = "Exported";
+    /// `Ready=False`: reported, not yet in the slice's imports.
+    pub const PENDING: &str = "Pending";
+    /// `Ready=False`: it cannot be exported (see `Valid`).
+    pub const FAILED: &str = "Failed";
+    /// `Conflict=True`: the exports' ports differ.
+    pub const PORT_CONFLICT: &str = "PortConflict";
+    /// `Conflict=True`: one cluster exports it headless, another with a cluster IP.
+    pub const TYPE_CONFLICT: &str = "TypeConflict";
+    /// `Conflict=True`: the exports' session affinity differs.
+    pub const SESSION_AFFINITY_CONFLICT: &str = "SessionAffinityConflict";
+    /// `Conflict=False`.
+    pub const NO_CONFLICTS: &str = "NoConflicts";
+}
+
 /// How an imported service is reached.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, JsonSchema)]
 pub enum ServiceImportType {

@@ -179,7 +179,22 @@ fn reads_counting(member_namespaces: &[&str]) -> Vec<String> {
     v.extend(member_namespaces.iter().map(|ns| format!("GET /api/v1/namespaces/{ns}/pods")));
     // NADs are listed whether Multus is on or not (those left from when it was on must go).
     v.push(format!("GET {NADS}"));
+    v.extend(mcs_reads());
     v
+}
+
+/// The multi-cluster services' reads at the end of every pass (no namespace exports here):
+/// ServiceExports, the worker's ServiceImports and MCS EndpointSlices, the slice-dns Service
+/// and the cluster's Corefiles.
+fn mcs_reads() -> Vec<String> {
+    vec![
+        "GET /apis/multicluster.x-k8s.io/v1alpha1/serviceexports".into(),
+        "GET /apis/multicluster.x-k8s.io/v1alpha1/serviceimports".into(),
+        "GET /apis/discovery.k8s.io/v1/endpointslices".into(),
+        format!("GET {SYS}/services/slice-dns"),
+        "GET /api/v1/namespaces/kube-system/configmaps/coredns".into(),
+        "GET /api/v1/namespaces/kube-system/configmaps/node-local-dns".into(),
+    ]
 }
 
 /// The requests' lines, events left out (see [`event_lines`]).

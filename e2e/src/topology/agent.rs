@@ -139,6 +139,7 @@ pub(crate) fn agent_configs(
                     endpoint: None,
                 })
                 .collect(),
+            imports: Vec::new(),
         };
         let typed = TypedSpec::parse(&spec).with_context(|| format!("slice {}", slice.name))?;
         planned.push((typed, allocations, vias.first().copied()));
