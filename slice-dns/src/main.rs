@@ -1,0 +1,102 @@
+//! `slice-dns --objects FILE --listen ADDR:PORT [--ttl S]`: serves `clusterset.local` and
+//! `slice.local` from a YAML stream of ServiceImport and EndpointSlice objects, on UDP and TCP,
+//! and re-reads the file when it changes. See the crate documentation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use clap::Parser;
+use slice_dns::records::Settings;
+use slice_dns::reload::{self, Reloader};
+use slice_dns::server::{self, DnsServer};
+
+/// The slice DNS server: clusterset.local (MCS DNS specification 1.0.0) and slice.local.
+#[derive(Debug, Parser)]
+#[command(name = "slice-dns", version)]
+struct Args {
+    /// YAML stream (`---` between documents) of ServiceImport and EndpointSlice objects; read
+    /// again when it changes.
+    #[arg(long, value_name = "FILE")]
+    objects: PathBuf,
+    /// Address and port for UDP and TCP.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:53")]
+    listen: SocketAddr,
+    /// TTL of every record and of negative answers, in seconds.
+    #[arg(long, value_name = "S", default_value_t = Settings::default().ttl)]
+    ttl: u32,
+    /// How often the objects file is checked for changes, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..))]
+    reload_interval_ms: u64,
+    /// TCP connections served at once; more are closed at once.
+    #[arg(long, value_name = "N", default_value_t = server::Options::default().tcp_max_connections)]
+    tcp_max_connections: usize,
+    /// Seconds after which a silent TCP connection is closed.
+    #[arg(long, value_name = "S", default_value_t = server::Options::default().tcp_idle_timeout.as_secs())]
+    tcp_idle_timeout: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // hickory-server logs every request at info.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn,hickory_net=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("slice-dns: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let settings = Settings { ttl: args.ttl };
+    let mut reloader = Reloader::new(&args.objects, settings);
+    // The first read must succeed: a server that starts with nothing would answer NXDOMAIN for
+    // every service, which resolvers cache.
+    let first = match reloader.poll() {
+        Some(reload::Change::Snapshot(snapshot)) => snapshot,
+        Some(reload::Change::Failed(error)) => return Err(error.into()),
+        None => unreachable!("the first poll always reads"),
+    };
+    reload::log_snapshot(&first, &args.objects);
+    let shared = Arc::new(ArcSwap::from_pointee(first));
+    let options = server::Options {
+        listen: args.listen,
+        tcp_max_connections: args.tcp_max_connections,
+        tcp_idle_timeout: Duration::from_secs(args.tcp_idle_timeout),
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let dns = DnsServer::bind(&options, shared.clone()).await?;
+        tracing::info!(listen = %dns.local_addr(), "serving clusterset.local and slice.local on UDP and TCP");
+        tokio::spawn(reload::watch(reloader, shared, Duration::from_millis(args.reload_interval_ms)));
+        dns.run_until(shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// SIGTERM (Kubernetes, the tests) or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process still stops on the default action.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
