@@ -172,8 +172,10 @@ fn services_exported_in_two_clusters_answer_by_name_in_the_third() {
     let srv = dig(&mut cp, &lab, &["SRV", "_pg._tcp.db.shop.svc.clusterset.local"]);
     assert_eq!(srv.len(), 2, "{srv:?}");
     assert!(srv.iter().all(|r| r.contains(" 5432 ")), "{srv:?}");
-    // The spec forbids <clusterid>.<svc>.<ns>.svc.clusterset.local.
-    assert_eq!(rcode(&mut cp, &lab, &["c1.db.shop.svc.clusterset.local"]), "NXDOMAIN");
+    // The spec forbids records at <clusterid>.<svc>.<ns>.svc.clusterset.local: it is an empty
+    // non-terminal (names exist below it), so NOERROR without an answer (RFC 8020), no address.
+    assert_eq!(rcode(&mut cp, &lab, &["c1.db.shop.svc.clusterset.local"]), "NOERROR");
+    assert!(dig(&mut cp, &lab, &["c1.db.shop.svc.clusterset.local"]).is_empty());
     // A name that exists nowhere: NXDOMAIN, never silence.
     assert_eq!(rcode(&mut cp, &lab, &["nothere.shop.svc.clusterset.local"]), "NXDOMAIN");
 

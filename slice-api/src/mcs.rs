@@ -32,7 +32,8 @@ pub const SLICE_ZONE: &str = "slice.local";
 pub const DNS_SPEC_VERSION: &str = "1.0.0";
 
 /// Marks the Service of the same namespace and name for export to the slice its namespace
-/// belongs to.
+/// belongs to. It has no spec (users write only its name), hence `no_spec`: a ServiceExport
+/// without a `spec` key reads as it is.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[kube(
     group = "multicluster.x-k8s.io",
@@ -41,6 +42,7 @@ pub const DNS_SPEC_VERSION: &str = "1.0.0";
     plural = "serviceexports",
     shortname = "svcex",
     namespaced,
+    no_spec,
     status = "ServiceExportStatus",
     derive = "PartialEq",
     derive = "Default"
@@ -185,6 +187,16 @@ mod tests {
         let back = serde_json::to_value(&import).expect("serializes");
         assert_eq!(back["spec"]["type"], "Headless");
         assert!(back["spec"].get("ips").is_none());
+    }
+
+    #[test]
+    fn a_service_export_is_a_name_without_a_spec() {
+        let text = r#"{"apiVersion":"multicluster.x-k8s.io/v1alpha1","kind":"ServiceExport",
+            "metadata":{"name":"db","namespace":"shop"}}"#;
+        let export: ServiceExport = serde_json::from_str(text).expect("parses without a spec");
+        assert_eq!(export.metadata.name.as_deref(), Some("db"));
+        let back = serde_json::to_value(&export).expect("serializes");
+        assert!(back.get("spec").is_none(), "{back}");
     }
 
     #[test]

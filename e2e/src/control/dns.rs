@@ -7,9 +7,15 @@
 //!   rewritten atomically when they change; slice-dns re-reads it): the same records its
 //!   `--kube` mode reads from an API server, without one.
 //! - **The cluster's resolver on every node**, at [`crate::NODE_LOCAL_DNS`] where NodeLocal
-//!   DNSCache listens (dnsmasq, standing in for CoreDNS): it forwards what the CoreDNS
-//!   Corefile's slicenet stanza forwards (`clusterset.local`, `slice.local`) to slice-dns, and
-//!   answers nothing else (no upstream in the lab).
+//!   DNSCache listens (dnsmasq, standing in for CoreDNS), configured from the cluster's
+//!   `kube-system/coredns` ConfigMap as CoreDNS would be: the zones of the slicenet stanza the
+//!   worker writes there (`clusterset.local`, `slice.local`) go where its `forward` says — the
+//!   `slicenet-system/slice-dns` Service's cluster IP, which the lab resolves to the slice-dns pod
+//!   as kube-proxy would. Without the stanza the resolver forwards nothing (no upstream in the
+//!   lab) and every name fails: the chain holds only through the worker's edit. Names under
+//!   the cluster domain are NXDOMAIN (the lab serves no `cluster.local` records), so a pod's
+//!   search path walks on to the name as written. It restarts
+//!   when the stanza changes, as CoreDNS's `reload` would.
 //! - **A pod's `/etc/resolv.conf`** as the kubelet writes it for `dnsPolicy: ClusterFirst`
 //!   (the resolver, the namespace's search path, `ndots:5`), bind-mounted for commands run in
 //!   the pod ([`crate::netns::command_with_resolv_conf`]).
@@ -18,7 +24,7 @@
 //! or when a pod's resolver configuration is first asked for, so that labs without
 //! multi-cluster services run no DNS.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -42,6 +48,8 @@ pub(crate) struct ClusterDns {
     server: Option<(Pod, PodProcess)>,
     /// The resolver on each node, by node name.
     resolvers: Vec<(String, PodProcess)>,
+    /// Where the resolvers forward the slice zones (from the Corefile), as they were started.
+    forward: Vec<SocketAddr>,
     /// The objects file as last written.
     objects: String,
     /// Set once something asked for DNS in this cluster.
@@ -94,6 +102,13 @@ impl ClusterDns {
             changed = true;
         }
         let server = self.server().context("slice-dns has an address")?;
+        let forward = corefile_forwards(api, cluster, server);
+        if forward != self.forward {
+            for (_, mut process) in std::mem::take(&mut self.resolvers) {
+                process.stop()?;
+            }
+            self.forward = forward;
+        }
         for node in lab.cluster(cluster).nodes() {
             match self.resolvers.iter_mut().find(|(n, _)| n == node.name()) {
                 Some((_, process)) => {
@@ -102,7 +117,7 @@ impl ClusterDns {
                     }
                 }
                 None => {
-                    let process = start_resolver(lab, node, server, timeout)?;
+                    let process = start_resolver(lab, node, &self.forward, timeout)?;
                     self.resolvers.push((node.name().to_owned(), process));
                     changed = true;
                 }
@@ -192,9 +207,37 @@ fn start_server(lab: &Lab, cluster: &str, file: &Path, timeout: Duration) -> Res
     Ok((pod, process))
 }
 
+/// Where the cluster's CoreDNS would forward the slice zones: the `forward` of the slicenet
+/// stanza in `kube-system/coredns`, the slice-dns Service's cluster IP taken to `server` (the
+/// pod behind it). Empty without the stanza.
+fn corefile_forwards(api: &MemoryApi<String>, cluster: &str, server: SocketAddr) -> Vec<SocketAddr> {
+    let side = cluster.to_owned();
+    let path = format!("/api/v1/namespaces/kube-system/configmaps/{}", slice_api::names::COREDNS_CONFIG_MAP);
+    let Some(map) = api.get(side.clone(), &path) else { return Vec::new() };
+    let corefile = map["data"][slice_api::corefile::COREFILE_KEY].as_str().unwrap_or_default();
+    let service = format!("/api/v1/namespaces/{SYSTEM_NAMESPACE}/services/{}", slice_api::names::SLICE_DNS_SERVICE);
+    let service_ip = api.get(side, &service).and_then(|s| s["spec"]["clusterIP"].as_str()?.parse::<IpAddr>().ok());
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in corefile.lines() {
+        let line = line.trim();
+        if line.starts_with("# slicenet:begin") {
+            inside = true;
+        } else if line == slice_api::corefile::END_MARKER {
+            inside = false;
+        } else if inside && let Some(targets) = line.strip_prefix("forward . ") {
+            for target in targets.split_whitespace().filter_map(|t| t.parse::<IpAddr>().ok()) {
+                // kube-proxy's part: the Service's cluster IP leads to its pod.
+                out.push(if Some(target) == service_ip { server } else { SocketAddr::new(target, DNS_PORT) });
+            }
+        }
+    }
+    out
+}
+
 /// The resolver on `node`: dnsmasq at [`crate::NODE_LOCAL_DNS`], forwarding the slice zones to
-/// `server` and answering nothing else.
-fn start_resolver(lab: &Lab, node: &crate::Node, server: SocketAddr, timeout: Duration) -> Result<PodProcess> {
+/// `forward` (nothing when it is empty) and answering nothing else.
+fn start_resolver(lab: &Lab, node: &crate::Node, forward: &[SocketAddr], timeout: Duration) -> Result<PodProcess> {
     let mut argv: Vec<String> = [
         "dnsmasq",
         "--keep-in-foreground",
@@ -211,12 +254,28 @@ fn start_resolver(lab: &Lab, node: &crate::Node, server: SocketAddr, timeout: Du
     .collect();
     argv.push(format!("--listen-address={}", crate::NODE_LOCAL_DNS));
     argv.push(format!("--port={DNS_PORT}"));
+    // The cluster's own zone is CoreDNS's `kubernetes` block: names it does not know are
+    // NXDOMAIN there (so a search path walks on), never forwarded.
+    argv.push(format!("--local=/{CLUSTER_DOMAIN}/"));
     for zone in [mcs::CLUSTERSET_ZONE, mcs::SLICE_ZONE] {
-        argv.push(format!("--server=/{zone}/{}#{}", server.ip(), server.port()));
+        for to in forward {
+            argv.push(format!("--server=/{zone}/{}#{}", to.ip(), to.port()));
+        }
     }
     let args: Vec<&str> = argv.iter().map(String::as_str).collect();
     let label = format!("{}/{}/resolver", node.cluster(), node.name());
-    let process = crate::pod::spawn_in(lab.root(), &node.netns_path(), &label, &args)?;
+    let mut process = crate::pod::spawn_in(lab.root(), &node.netns_path(), &label, &args)?;
+    if forward.is_empty() {
+        // Nothing to ask it that it would answer: wait until it listens.
+        let deadline = Instant::now() + timeout;
+        while !listening(&node.netns_path())? {
+            if !process.is_running() || Instant::now() > deadline {
+                bail!("{label}: dnsmasq did not start; log:\n{}", process.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return Ok(process);
+    }
     let probe: Vec<String> = ["dig", "+short", "+time=1", "+tries=1", "TXT"]
         .iter()
         .map(|s| (*s).to_owned())
@@ -225,6 +284,12 @@ fn start_resolver(lab: &Lab, node: &crate::Node, server: SocketAddr, timeout: Du
     wait_answering(&node.netns_path(), &probe, timeout)
         .with_context(|| format!("{label}: dnsmasq; log:\n{}", process.log_text()))?;
     Ok(process)
+}
+
+/// Whether something listens on UDP port 53 at the node-local DNS address in `netns`.
+fn listening(netns: &Path) -> Result<bool> {
+    let out = crate::netns::exec(netns, &["ss", "-Hlun", &format!("src {}:{DNS_PORT}", crate::NODE_LOCAL_DNS)])?;
+    Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
 }
 
 /// Waits until `dig` run in `netns` prints the version record.
@@ -263,4 +328,48 @@ pub fn resolv_conf(lab: &Lab, namespace: &str) -> Result<PathBuf> {
 #[must_use]
 pub fn resolver() -> Ipv4Addr {
     crate::NODE_LOCAL_DNS
+}
+
+/// The Corefile a kubeadm cluster starts with (`kube-system/coredns`), which the lab's clusters
+/// start with too.
+pub const KUBEADM_COREFILE: &str = ".:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30
+    loop
+    reload
+    loadbalance
+}
+";
+
+/// The cluster IP of the `slicenet-system/slice-dns` Service in the lab's clusters.
+pub const SLICE_DNS_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
+
+/// The DNS objects a lab cluster starts with: `kube-system` and its CoreDNS ConfigMap (the
+/// kubeadm Corefile), and the slice-dns Service slicenet's install creates.
+pub(crate) fn cluster_objects() -> Vec<Value> {
+    vec![
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": slice_api::names::COREDNS_CONFIG_MAP, "namespace": "kube-system"},
+            "data": {slice_api::corefile::COREFILE_KEY: KUBEADM_COREFILE}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": slice_api::names::SLICE_DNS_SERVICE, "namespace": SYSTEM_NAMESPACE,
+                         "labels": {"app.kubernetes.io/name": "slice-dns"}},
+            "spec": {"clusterIP": SLICE_DNS_CLUSTER_IP.to_string(),
+                     "ports": [{"name": "dns", "port": DNS_PORT, "protocol": "UDP"},
+                               {"name": "dns-tcp", "port": DNS_PORT, "protocol": "TCP"}]}}),
+    ]
 }

@@ -139,6 +139,7 @@ pub(crate) fn cluster_objects(cluster: &Cluster, namespaces: &[String]) -> Vec<V
     for ns in [SYSTEM_NAMESPACE, GATEWAY_NAMESPACE].into_iter().chain(namespaces.iter().map(String::as_str)) {
         out.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
     }
+    out.extend(super::dns::cluster_objects());
     out
 }
 
