@@ -5,6 +5,8 @@ CARGO ?= cargo
 PACKAGES := containerd runc containernetworking-plugins iproute2 iputils-ping iperf3 nftables \
             protobuf-compiler gcc libc6-dev util-linux procps python3 jq \
             wireguard-tools wireguard-go tcpdump python3-venv
+# The lab's cluster DNS: a resolver on every node (dnsmasq) and the DNS client pods run (dig).
+PACKAGES += dnsmasq-base bind9-dnsutils
 # Only the benchmarks use these.
 BENCH_PACKAGES := openvpn
 
