@@ -22,51 +22,6 @@ fn objects(text: &str) -> Vec<Value> {
     workloads::parse_objects(text).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// A headless `db` (StatefulSet-style pod `db-<n>`) and a ClusterIP `web` (pod `web-<n>`),
-/// both exported, in namespace `shop`.
-fn exported(n: usize) -> Vec<Value> {
-    objects(&format!(
-        r#"
-apiVersion: v1
-kind: Namespace
-metadata: {{name: shop}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: db, namespace: shop}}
-spec:
-  clusterIP: None
-  selector: {{app: db}}
-  ports: [{{name: pg, port: 5432, targetPort: pg}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: db-{n}, namespace: shop, labels: {{app: db}}}}
-spec: {{hostname: db-{n}, subdomain: db, containers: [{{name: pg, ports: [{{name: pg, containerPort: 5432}}]}}]}}
----
-apiVersion: multicluster.x-k8s.io/v1alpha1
-kind: ServiceExport
-metadata: {{name: db, namespace: shop}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: shop}}
-spec:
-  selector: {{app: web}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: web-{n}, namespace: shop, labels: {{app: web}}}}
-spec: {{containers: [{{name: web, ports: [{{name: http, containerPort: 8080}}]}}]}}
----
-apiVersion: multicluster.x-k8s.io/v1alpha1
-kind: ServiceExport
-metadata: {{name: web, namespace: shop}}
-"#
-    ))
-}
-
 fn slice_address(cp: &ControlPlane, cluster: &str, pod: &str) -> IpAddr {
     let p = cp.pod(cluster, "shop", pod).unwrap_or_else(|| panic!("no pod {cluster}/shop/{pod}"));
     IpAddr::V4(p.ipv4("slice0").unwrap_or_else(|e| panic!("{}: {e:#}", p.lab_name())))
@@ -132,8 +87,8 @@ fn services_exported_in_two_clusters_answer_by_name_in_the_third() {
     let mut cp = ControlPlane::new();
     let manifest = control::blue_over(&["c1", "c2", "c3"]).expect("manifest");
     cp.apply(&mut lab, &manifest).unwrap_or_else(|e| panic!("{e:#}\n{}", cp.diagnose(&lab)));
-    cp.apply_in(&lab, "c1", &exported(0)).unwrap_or_else(|e| panic!("{e:#}"));
-    cp.apply_in(&lab, "c2", &exported(1)).unwrap_or_else(|e| panic!("{e:#}"));
+    cp.apply_in(&lab, "c1", &workloads::exported_services(0).expect("objects")).unwrap_or_else(|e| panic!("{e:#}"));
+    cp.apply_in(&lab, "c2", &workloads::exported_services(1).expect("objects")).unwrap_or_else(|e| panic!("{e:#}"));
     let client = objects(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
          apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: shop}\nspec: {containers: [{name: c}]}\n",

@@ -373,3 +373,67 @@ pub(crate) fn cluster_objects() -> Vec<Value> {
                                {"name": "dns-tcp", "port": DNS_PORT, "protocol": "TCP"}]}}),
     ]
 }
+
+/// What `dig +noall +comments +answer` printed: the response code and each answer's data.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DigAnswer {
+    /// `NOERROR`, `NXDOMAIN`, …; empty when no reply came.
+    pub status: String,
+    /// The data of each answer record (`10.80.0.3`, `0 50 5432 db-0.c1.db…`), sorted.
+    pub data: Vec<String>,
+}
+
+/// Parses the output of `dig +noall +comments +answer`.
+#[must_use]
+pub fn parse_dig(text: &str) -> DigAnswer {
+    let status = text.split("status: ").nth(1).and_then(|s| s.split(',').next()).unwrap_or_default().to_owned();
+    let mut data: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.len() > 4).then(|| fields[4..].join(" "))
+        })
+        .collect();
+    data.sort();
+    DigAnswer { status, data }
+}
+
+/// `dig +noall +comments +answer ARGS` in pod `namespace/name` of `cluster`, through the pod's
+/// own resolver configuration ([`super::ControlPlane::exec`]).
+///
+/// # Errors
+/// When the pod does not exist or dig cannot run.
+pub fn dig(
+    cp: &mut super::ControlPlane,
+    lab: &Lab,
+    (cluster, namespace, name): (&str, &str, &str),
+    args: &[&str],
+) -> Result<DigAnswer> {
+    let mut argv = vec!["dig", "+noall", "+comments", "+answer", "+time=2", "+tries=2"];
+    argv.extend_from_slice(args);
+    let out = cp.exec(lab, cluster, namespace, name, &argv)?;
+    Ok(parse_dig(&String::from_utf8_lossy(&out.stdout)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dig_output_gives_the_code_and_the_data() {
+        let text = ";; Got answer:\n;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 1\n\
+                    ;; flags: qr aa rd; QUERY: 1, ANSWER: 2\n\n\
+                    _pg._tcp.db.shop.svc.clusterset.local. 5 IN SRV 0 50 5432 db-1.c2.db.shop.svc.clusterset.local.\n\
+                    _pg._tcp.db.shop.svc.clusterset.local. 5 IN SRV 0 50 5432 db-0.c1.db.shop.svc.clusterset.local.\n";
+        let a = parse_dig(text);
+        assert_eq!(a.status, "NOERROR");
+        assert_eq!(
+            a.data,
+            ["0 50 5432 db-0.c1.db.shop.svc.clusterset.local.", "0 50 5432 db-1.c2.db.shop.svc.clusterset.local."]
+        );
+        let none = parse_dig(";; ->>HEADER<<- opcode: QUERY, status: NXDOMAIN, id: 2\n");
+        assert_eq!((none.status.as_str(), none.data.len()), ("NXDOMAIN", 0));
+        assert_eq!(parse_dig(";; connection timed out; no servers could be reached\n").status, "");
+    }
+}

@@ -31,6 +31,55 @@ const ENDPOINTSLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
 /// First ClusterIP the lab hands out (the API server's service range, `10.96.0.0/16`).
 const SERVICE_RANGE_BASE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
+/// The multi-cluster services the test and the demo export from cluster number `n`: in
+/// namespace `shop`, a headless `db` (StatefulSet-style pod `db-<n>`, port `pg` 5432) and a
+/// ClusterIP `web` (pod `web-<n>`, port `http` 80 → 8080), each with its ServiceExport.
+///
+/// # Errors
+/// None in practice (the text is fixed); see [`parse_objects`].
+pub fn exported_services(n: usize) -> Result<Vec<Value>> {
+    parse_objects(&format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: shop}}
+spec:
+  clusterIP: None
+  selector: {{app: db}}
+  ports: [{{name: pg, port: 5432, targetPort: pg}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: db-{n}, namespace: shop, labels: {{app: db}}}}
+spec: {{hostname: db-{n}, subdomain: db, containers: [{{name: pg, ports: [{{name: pg, containerPort: 5432}}]}}]}}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {{name: db, namespace: shop}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-{n}, namespace: shop, labels: {{app: web}}}}
+spec: {{containers: [{{name: web, ports: [{{name: http, containerPort: 8080}}]}}]}}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {{name: web, namespace: shop}}
+"#
+    ))
+}
+
 /// Parses multi-document YAML of the kinds in [`KINDS`]; a namespaced object without a
 /// namespace gets `default`.
 ///
