@@ -410,6 +410,16 @@ impl ControlPlane {
     /// # Errors
     /// When there is no such pod or the lab does not come to rest.
     pub fn set_pod_ready(&mut self, lab: &Lab, cluster: &str, namespace: &str, name: &str, ready: bool) -> Result<()> {
+        self.mark_pod_ready(cluster, namespace, name, ready)?;
+        self.reconcile(lab)
+    }
+
+    /// Sets the `Ready` condition of pod `namespace/name` in `cluster` (the kubelet's status
+    /// write) and nothing more: the next rounds ([`ControlPlane::tick`]) carry it on.
+    ///
+    /// # Errors
+    /// When there is no such pod.
+    pub fn mark_pod_ready(&self, cluster: &str, namespace: &str, name: &str, ready: bool) -> Result<()> {
         let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
         let status = if ready { "True" } else { "False" };
         let patch = json!({"status": {"conditions": [{"type": "Ready", "status": status}]}});
@@ -423,7 +433,7 @@ impl ControlPlane {
         if code >= 300 {
             bail!("pod {namespace}/{name} in {cluster}: {code} {body}");
         }
-        self.reconcile(lab)
+        Ok(())
     }
 
     /// Kills the gateway process of `slice` in `cluster` (SIGKILL by PID) and waits until it
