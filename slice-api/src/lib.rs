@@ -19,6 +19,8 @@
 //! - [`hub_credential`]: the worker's hub token, bound in time, and when to renew it.
 //! - `mcs` (feature `crd`): the Multi-Cluster Services API types (ServiceExport, ServiceImport)
 //!   and the MCS EndpointSlice labels.
+//! - [`policy`]: MultiNetworkPolicy (types, the `policy-for` annotation, label selectors) and
+//!   the pod directory the node agent matches them against.
 //! - [`wireguard`]: the WireGuard key type and the `wg(8)` configuration file (parse and render).
 
 pub mod access;
@@ -40,6 +42,7 @@ pub mod network_status;
 pub mod node;
 #[cfg(feature = "crd")]
 pub mod planner;
+pub mod policy;
 pub mod prefix;
 pub mod rbac;
 #[cfg(feature = "crd")]
