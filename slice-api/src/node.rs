@@ -631,6 +631,81 @@ mod tests {
     }
 
     #[test]
+    fn policies_and_the_pod_directory_are_validated() {
+        let check = |policies: serde_json::Value, pods: serde_json::Value| {
+            let mut c = config();
+            c.slices[0].policies = serde_json::from_value(policies).unwrap();
+            c.slices[0].pods = serde_json::from_value(pods).unwrap();
+            c.validate()
+        };
+        let deny = serde_json::json!([{"namespace": "shop", "name": "deny", "spec": {}}]);
+        let group = |addresses: serde_json::Value, ports: serde_json::Value| serde_json::json!([{"namespace": "shop", "labels": {"app": "web"}, "ports": ports, "addresses": addresses}]);
+        let http = serde_json::json!([{"name": "http", "port": 80, "protocol": "TCP"}]);
+        check(deny.clone(), group(serde_json::json!(["10.80.0.5", "10.80.16.5"]), http.clone())).unwrap();
+        // Older configurations (no policies, no pods) still parse, and empty lists are not written.
+        let c = config();
+        assert!(c.slices[0].policies.is_empty() && c.slices[0].pods.is_empty());
+        let written = serde_json::to_string(&c).unwrap();
+        assert!(!written.contains("policies") && !written.contains("\"pods\""), "{written}");
+        let cases = [
+            (
+                serde_json::json!([{"namespace": "Shop", "name": "deny", "spec": {}}]),
+                group(serde_json::json!(["10.80.0.5"]), http.clone()),
+                "policy Shop/deny: namespace \"Shop\" is not a DNS name",
+            ),
+            (
+                serde_json::json!([{"namespace": "shop", "name": "a", "spec": {}}, {"namespace": "shop", "name": "a", "spec": {}}]),
+                serde_json::json!([]),
+                "policy shop/a: listed twice",
+            ),
+            (
+                deny.clone(),
+                group(serde_json::json!(["10.81.0.5"]), http.clone()),
+                "address 10.81.0.5 is not inside slice subnet",
+            ),
+            (
+                deny.clone(),
+                group(serde_json::json!(["10.80.0.1"]), http.clone()),
+                "address 10.80.0.1 is a slice-router address",
+            ),
+            (
+                deny.clone(),
+                group(serde_json::json!(["10.80.0.5", "10.80.0.5"]), http.clone()),
+                "address 10.80.0.5 is listed twice",
+            ),
+            (deny.clone(), group(serde_json::json!([]), http.clone()), "pod group 0 (namespace \"shop\"): no address"),
+            (
+                deny.clone(),
+                group(
+                    serde_json::json!(["10.80.0.5"]),
+                    serde_json::json!([{"name": "x", "port": 80, "protocol": "ICMP"}]),
+                ),
+                "protocol \"ICMP\" is none of",
+            ),
+            (
+                deny.clone(),
+                group(
+                    serde_json::json!(["10.80.0.5"]),
+                    serde_json::json!([{"name": "x", "port": 0, "protocol": "TCP"}]),
+                ),
+                "port x is 0",
+            ),
+            (
+                deny,
+                group(
+                    serde_json::json!(["10.80.0.5"]),
+                    serde_json::json!([{"name": "x", "port": 80, "protocol": "TCP"}, {"name": "x", "port": 81, "protocol": "TCP"}]),
+                ),
+                "port x/TCP listed twice",
+            ),
+        ];
+        for (policies, pods, want) in cases {
+            let e = check(policies, pods).unwrap_err();
+            assert!(e.contains(want), "{e} should say {want}");
+        }
+    }
+
+    #[test]
     fn remote_routes_are_validated() {
         let route =
             |prefix: &str, via: &str| RemoteRoute { prefix: prefix.parse().unwrap(), via: via.parse().unwrap() };

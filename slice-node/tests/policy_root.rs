@@ -251,6 +251,9 @@ mod model {
 // ---------------------------------------------------------------------------------------------
 // The lab.
 
+/// One cell of the table: source pod, destination pod, protocol, port.
+type Cell = (usize, usize, Proto, u16);
+
 /// The identity byte a listener answers with.
 fn identity(pod: usize, proto: Proto, port: u16) -> u8 {
     (pod * 4 + usize::from(proto == Proto::Udp) * 2 + usize::from(port == 81)) as u8
@@ -466,7 +469,7 @@ impl Lab {
 
     /// Every cell (source ≠ destination, 80/81, TCP/UDP) probed at once: the answering
     /// identity, or `None` when nothing answered by the deadline.
-    fn probe_all(&self) -> BTreeMap<(usize, usize, Proto, u16), Result<Option<u8>, i32>> {
+    fn probe_all(&self) -> BTreeMap<Cell, probe::Outcome> {
         let n = self.pods.len();
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..n)
@@ -564,10 +567,13 @@ mod probe {
         }
     }
 
+    /// The answering identity, `None` without an answer by the deadline, or an errno.
+    pub type Outcome = Result<Option<u8>, i32>;
+
     enum State {
         Connecting,
         Reading,
-        Done(Result<Option<u8>, i32>),
+        Done(Outcome),
     }
 
     fn errno() -> i32 {
@@ -584,7 +590,7 @@ mod probe {
         10_000 + (NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 20_000) as u16
     }
 
-    pub fn run(from: Ipv4Addr, targets: &[(SocketAddr, Proto)], deadline: Duration) -> Vec<Result<Option<u8>, i32>> {
+    pub fn run(from: Ipv4Addr, targets: &[(SocketAddr, Proto)], deadline: Duration) -> Vec<Outcome> {
         let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         let mut fds = Vec::new();
         let mut states = Vec::new();
