@@ -19,6 +19,7 @@
 
 pub mod anti_spoof;
 pub mod policy;
+pub mod render;
 pub mod services;
 
 use dataplane::nft::TableId;
