@@ -45,9 +45,26 @@ impl std::fmt::Display for TableId {
 
 /// The batch that replaces `table` with `objects` (the table's own object first, as
 /// [`list_table`] returns them) in one transaction.
+///
+/// A listing prints maps before chains, but a verdict map's elements (`jump <chain>`) can only
+/// be added once their chains exist: such a map is added empty in its place and its elements
+/// at the end of the batch, so that a listing can be given back as it is.
 pub fn replace_batch(table: TableId, objects: &[Value]) -> Value {
     let mut commands = vec![json!({"add": table.object()}), json!({"delete": table.object()})];
-    commands.extend(objects.iter().map(|o| json!({ "add": o })));
+    let mut elements = Vec::new();
+    for o in objects {
+        let mut o = o.clone();
+        if let Some(map) = o.get_mut("map").and_then(Value::as_object_mut)
+            && map.get("map").and_then(Value::as_str) == Some("verdict")
+            && let Some(elem) = map.remove("elem")
+        {
+            elements.push(json!({"add": {"element": {
+                "family": map.get("family"), "table": map.get("table"), "name": map.get("name"), "elem": elem,
+            }}}));
+        }
+        commands.push(json!({ "add": o }));
+    }
+    commands.extend(elements);
     json!({ "nftables": commands })
 }
 
@@ -166,6 +183,26 @@ mod tests {
         assert_eq!(commands[2], json!({"add": T.object()}));
         assert_eq!(commands[3], json!({"add": chain}));
         assert_eq!(delete_batch(T)["nftables"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn verdict_map_elements_come_after_the_chains_they_jump_to() {
+        let jump = json!([["10.0.0.5", {"jump": {"target": "c"}}]]);
+        let map = json!({"map": {"family": "inet", "table": "slicenet", "name": "m", "type": "ipv4_addr",
+            "map": "verdict", "elem": jump}});
+        let set = json!({"set": {"family": "inet", "table": "slicenet", "name": "s", "type": "ipv4_addr",
+            "elem": ["10.0.0.1"]}});
+        let chain = json!({"chain": {"family": "inet", "table": "slicenet", "name": "c"}});
+        let batch = replace_batch(T, &[T.object(), map, set.clone(), chain.clone()]);
+        let commands = batch["nftables"].as_array().unwrap();
+        assert_eq!(commands.len(), 7);
+        assert!(commands[3]["add"]["map"].get("elem").is_none(), "the map is added empty");
+        assert_eq!(commands[4], json!({"add": set}), "other sets keep their elements");
+        assert_eq!(commands[5], json!({"add": chain}));
+        assert_eq!(
+            commands[6],
+            json!({"add": {"element": {"family": "inet", "table": "slicenet", "name": "m", "elem": jump}}})
+        );
     }
 
     #[test]

@@ -112,7 +112,7 @@ fn observe_router<H: NamespaceOps>(
         }
     }
     router.firewall = match host.nft_table(ns, crate::firewall::TABLE) {
-        Ok(Some(objects)) => ObservedFirewall::Present(objects),
+        Ok(Some(objects)) => ObservedFirewall::Present(crate::firewall::canonical(objects)),
         Ok(None) => ObservedFirewall::Absent,
         Err(e) => {
             let reason = slice_api::error_chain::chain(&e);
@@ -364,7 +364,7 @@ fn apply_one<H: NamespaceOps>(
         Action::ReplaceFirewall { slice, objects, services } => {
             let (ns, _) = routers.get(config, host, slice)?;
             host.nft_replace_table(ns, crate::firewall::TABLE, objects).map_err(dp(what))?;
-            tracing::info!(slice = %slice, services = services.0, ports = services.1, "ClusterSetIP services programmed");
+            tracing::info!(slice = %slice, services = services.0, ports = services.1, "router firewall programmed");
             Ok(())
         }
         Action::DeleteFirewall { slice } => {
@@ -372,6 +372,7 @@ fn apply_one<H: NamespaceOps>(
             host.nft_delete_table(ns, crate::firewall::TABLE).map_err(dp(what))
         }
         Action::WriteStateFile { state, .. } => state.store(&config.state_dir).map_err(NodeAgentError::StateFile),
+        Action::KeepFirewall { reason, .. } => Err(NodeAgentError::Policy(reason.clone())),
         Action::AwaitGateway { .. } => Err(NodeAgentError::Waiting(
             "the gateway pod is not on this node yet (no route to it in the router namespace); retrying".into(),
         )),

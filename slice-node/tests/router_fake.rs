@@ -329,7 +329,7 @@ fn services_are_one_table_written_once_repaired_when_changed_and_removed_when_go
     let table = slice_node::firewall::TABLE;
     let config = with_web(node.config(), &["10.80.0.5:8080", "10.80.0.70:8080"]);
     node.reconcile(&config).unwrap();
-    let want = slice_node::firewall::table(&config.slices[0]).unwrap();
+    let want = slice_node::firewall::table(&config.slices[0]).unwrap().unwrap();
     assert_eq!(node.world.nft_table("t1-blue", table), Some(want.clone()));
     assert_eq!(node.world.nft_table("t1-red", table), None, "red has no service, so no table");
     // Already right: nothing written.
@@ -361,7 +361,7 @@ fn services_are_one_table_written_once_repaired_when_changed_and_removed_when_go
     assert!(slice_api::error_chain::chain(&error).contains("nft: (fake)"), "{error:?}");
     assert_eq!(node.world.nft_table("t1-blue", table), Some(want.clone()));
     node.reconcile(&changed).unwrap();
-    assert_eq!(node.world.nft_table("t1-blue", table), slice_node::firewall::table(&changed.slices[0]));
+    assert_eq!(node.world.nft_table("t1-blue", table), slice_node::firewall::table(&changed.slices[0]).unwrap());
 
     // The last service goes: the table goes.
     let from = node.world.calls().len();

@@ -151,6 +151,13 @@ pub fn status(node: &str, state_dir: &Path, ipam_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `slicectl policy show`: what the node agent configuration at `config` compiles to.
+pub fn policy_show(config: &Path, slice: Option<&str>) -> Result<()> {
+    let config = slice_api::node::NodeAgentConfig::load(config)?;
+    let text = slice_node::firewall::render::show(&config, slice).map_err(anyhow::Error::msg)?;
+    print_out(&text)
+}
+
 /// Writes `text` to stdout (a closed pipe, as in `slicectl install hub | head`, is an error
 /// here rather than a panic).
 fn print_out(text: &str) -> Result<()> {

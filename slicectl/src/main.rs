@@ -71,6 +71,11 @@ enum Cmd {
         #[command(subcommand)]
         command: LabCmd,
     },
+    /// MultiNetworkPolicy on the slice path.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
     /// Prints the slices of one node from its files (node-state files and slice-cni's IPAM
     /// dir), or with --hub-kubeconfig the slices, clusters and tunnels as the hub sees them and
     /// why anything is unhealthy.
@@ -87,6 +92,21 @@ enum Cmd {
         /// Node name for the table.
         #[arg(long, default_value = "this node")]
         node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Prints the nftables table a node agent configuration compiles to, per slice (anti-spoof,
+    /// services, policies), as nft text; what is in force: `nft list table inet slicenet` in the
+    /// slice's router namespace.
+    Show {
+        /// The node agent's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this slice.
+        #[arg(long)]
+        slice: Option<String>,
     },
 }
 
@@ -257,6 +277,7 @@ fn main() -> ExitCode {
         }
         Cmd::Lab { command: LabCmd::Status { prefix } } => commands::lab_status(&prefix),
         Cmd::Lab { command: LabCmd::Down { prefix, all } } => commands::lab_down(&prefix, all),
+        Cmd::Policy { command: PolicyCmd::Show { config, slice } } => commands::policy_show(&config, slice.as_deref()),
         Cmd::Status { hub_kubeconfig: Some(kubeconfig), .. } => commands::hub_status(&kubeconfig),
         Cmd::Status { hub_kubeconfig: None, state_dir, ipam_dir, node } => {
             commands::status(&node, &state_dir, &ipam_dir)

@@ -3,18 +3,23 @@
 //! whenever what the kernel lists differs from what is built here (`dataplane::nft`).
 //!
 //! Layout: one table, one base chain per job, each job in its own module that returns its
-//! chains and rules. Today's job is [`services`] (ClusterSetIP DNAT); MultiNetworkPolicy adds its
-//! own module with its own chains (e.g. `policy-forward`, a filter chain on the forward hook) and
-//! one more line in [`table`]. Priorities keep the jobs ordered without jumps between them:
+//! chains, sets and rules; [`table`] puts them together in the order `nft -j list` prints them.
+//! Priorities keep the jobs ordered without jumps between them:
 //!
 //! | chain | type, hook, priority | job |
 //! | --- | --- | --- |
-//! | `services` | nat, prerouting, dstnat (-100) | DNAT a new connection to a ClusterSetIP port to one backend |
+//! | `anti-spoof` | filter, prerouting, raw (-300) | drop a packet whose source is not routed back out of its input interface ([`anti_spoof`]) |
+//! | `services` | nat, prerouting, dstnat (-100) | DNAT a new connection to a ClusterSetIP port to one backend ([`services`]) |
 //! | `services-unserved` | filter, prerouting, dstnat + 10 | refuse what still goes to a ClusterSetIP (no backend, no such port) |
+//! | `policy-forward` | filter, forward, filter (0) | MultiNetworkPolicy for this node's pods ([`policy`]) |
 //!
-//! A policy chain on `forward` sees packets after the DNAT (destination = the chosen backend),
-//! which is what a policy on the backend pods must see.
+//! The policy chain on `forward` sees packets after the DNAT (destination = the chosen backend),
+//! which is what a policy on the backend pods must see. The table exists when the slice has
+//! services or policies; the anti-spoof chain is in every table.
 
+pub mod anti_spoof;
+pub mod policy;
+pub mod render;
 pub mod services;
 
 use dataplane::nft::TableId;
@@ -31,15 +36,57 @@ pub const PRIORITY_DSTNAT: i32 = -100;
 const COMMENT_MAX: usize = 127;
 
 /// The objects of the router's table for `slice`, in the form `nft -j list table` prints them
-/// (table first); `None` when the slice needs no rule (the table is then removed).
-pub fn table(slice: &SliceOnNode) -> Option<Vec<Value>> {
-    let chains = services::chains(slice);
-    if chains.is_empty() {
-        return None;
+/// ([`canonical`]); `None` when the slice needs no rule (the table is then removed).
+///
+/// # Errors
+/// A policy that cannot be compiled: the caller keeps the table in force.
+pub fn table(slice: &SliceOnNode) -> Result<Option<Vec<Value>>, policy::CompileError> {
+    let services = services::chains(slice);
+    let (policies, _) = policy::compile(slice)?;
+    if services.is_empty() && policies.is_empty() {
+        return Ok(None);
     }
     let mut objects = vec![TABLE.object()];
-    objects.extend(chains);
-    Some(objects)
+    objects.extend(anti_spoof::chains());
+    objects.extend(services);
+    objects.extend(policies);
+    Ok(Some(canonical(objects)))
+}
+
+/// `objects` in the order and form `nft -j list table` prints them, so that a built table and a
+/// listing compare as plain JSON: tables, then sets and maps, then chains, each in the order
+/// given (nft lists them in creation order), then rules grouped by chain in chain order; the
+/// elements of every named set and map sorted (the kernel's hash sets list in no fixed order).
+pub fn canonical(objects: Vec<Value>) -> Vec<Value> {
+    let rank = |o: &Value| match () {
+        () if o.get("table").is_some() => 0,
+        () if o.get("set").is_some() || o.get("map").is_some() => 1,
+        () if o.get("chain").is_some() => 2,
+        () if o.get("rule").is_some() => 3,
+        () => 4,
+    };
+    let mut objects: Vec<Value> = objects
+        .into_iter()
+        .map(|mut o| {
+            for kind in ["set", "map"] {
+                if let Some(Value::Array(elem)) = o.get_mut(kind).and_then(|s| s.get_mut("elem")) {
+                    elem.sort_by_cached_key(Value::to_string);
+                }
+            }
+            o
+        })
+        .collect();
+    let chain_order: Vec<String> =
+        objects.iter().filter_map(|o| o.get("chain").and_then(|c| c["name"].as_str()).map(str::to_string)).collect();
+    let position = |o: &Value| {
+        o.get("rule")
+            .and_then(|r| r["chain"].as_str())
+            .and_then(|c| chain_order.iter().position(|n| n == c))
+            .unwrap_or(usize::MAX)
+    };
+    // Stable: the order within each kind (and of the rules within a chain) is kept.
+    objects.sort_by_cached_key(|o| (rank(o), if rank(o) == 3 { position(o) } else { 0 }));
+    objects
 }
 
 /// A base chain of [`TABLE`] with policy accept.

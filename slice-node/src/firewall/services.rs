@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn no_service_no_chain() {
         assert!(chains(&slice("10.80.0.0/16", json!([]))).is_empty());
-        assert_eq!(super::super::table(&slice("10.80.0.0/16", json!([]))), None);
+        assert_eq!(super::super::table(&slice("10.80.0.0/16", json!([]))), Ok(None));
     }
 
     #[test]

@@ -22,7 +22,11 @@
 //! - the router's nftables table (ClusterSetIP DNAT, [`crate::firewall`]) is compared whole with
 //!   what the configuration builds and replaced whole when it differs (deleted when no rule is
 //!   wanted), before the state file; a table `nft` cannot list is left alone unless rules are
-//!   wanted.
+//!   wanted;
+//! - a MultiNetworkPolicy that cannot be compiled leaves the table as it is (fail closed: the
+//!   rules in force stay, neither replaced nor deleted) and the slice's last action is
+//!   [`Action::KeepFirewall`], which fails with the policy's name and fault so that the agent
+//!   logs it and retries; everything else of the slice is still planned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -127,6 +131,9 @@ pub struct RouterSpec {
     pub firewall: Option<Vec<serde_json::Value>>,
     /// ClusterSetIP services and service ports with backends that the table programs.
     pub services: (usize, usize),
+    /// Why the table cannot be built (a policy that does not compile); the table in force is
+    /// then kept.
+    pub firewall_error: Option<String>,
 }
 
 impl RouterSpec {
@@ -150,6 +157,10 @@ impl RouterSpec {
         let mut remote_routes: Vec<RemoteRouteSpec> =
             slice.remote_routes.iter().filter_map(|r| remote_route_spec(&vxlan.name, slice, r)).collect();
         remote_routes.sort_by(|a, b| a.remote.cmp(&b.remote));
+        let (firewall, firewall_error) = match crate::firewall::table(slice) {
+            Ok(table) => (table, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         Self {
             slice: slice.name.clone(),
             netns: config.router_netns(&slice.name),
@@ -158,8 +169,9 @@ impl RouterSpec {
             peers,
             remote_routes,
             state: config.node_state(slice),
-            firewall: crate::firewall::table(slice),
+            firewall,
             services: crate::firewall::services::count(slice),
+            firewall_error,
         }
     }
 }
@@ -403,6 +415,12 @@ pub enum Action {
         slice: String,
         state: Box<NodeState>,
     },
+    /// The table cannot be built (a policy does not compile): the one in force is kept, and
+    /// applying this fails with `reason`, so that the agent reports it and retries.
+    KeepFirewall {
+        slice: String,
+        reason: String,
+    },
     /// Remote routes whose gateway pod is not on this node yet: nothing to do but report it, so
     /// that the agent retries (always the last action of its slice; applying it fails).
     AwaitGateway {
@@ -436,6 +454,7 @@ impl Action {
             | Action::ReplaceFirewall { slice, .. }
             | Action::DeleteFirewall { slice }
             | Action::WriteStateFile { slice, .. }
+            | Action::KeepFirewall { slice, .. }
             | Action::AwaitGateway { slice, .. } => slice,
         }
     }
@@ -491,6 +510,9 @@ impl std::fmt::Display for Action {
             ),
             Action::DeleteFirewall { .. } => write!(f, "delete nftables {}", crate::firewall::TABLE),
             Action::WriteStateFile { .. } => write!(f, "write the node-state file"),
+            Action::KeepFirewall { reason, .. } => {
+                write!(f, "keep nftables {} as it is: {reason}", crate::firewall::TABLE)
+            }
             Action::AwaitGateway { pending, .. } => {
                 let list: Vec<String> = pending.iter().map(|r| format!("{} via {}", r.prefix, r.via)).collect();
                 write!(f, "wait for the gateway pod of remote route(s) {}", list.join(", "))
@@ -659,6 +681,7 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
 
     // The firewall is part of the router: in place before the state file lets pods start.
     match (&spec.firewall, &router.firewall) {
+        _ if spec.firewall_error.is_some() => {}
         (Some(want), ObservedFirewall::Present(have)) if want == have => {}
         (Some(want), _) => {
             actions.push(Action::ReplaceFirewall { slice: slice(), objects: want.clone(), services: spec.services })
@@ -691,6 +714,9 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
         } else {
             pending.push(want.remote.clone());
         }
+    }
+    if let Some(reason) = &spec.firewall_error {
+        actions.push(Action::KeepFirewall { slice: slice(), reason: reason.clone() });
     }
     if !pending.is_empty() {
         actions.push(Action::AwaitGateway { slice: slice(), pending });

@@ -590,3 +590,45 @@ fn a_new_router_gets_its_table_before_its_state_file() {
     );
     assert!(!actions.iter().any(|a| a.slice() == "red" && matches!(a, Action::ReplaceFirewall { .. })));
 }
+
+fn with_policies(mut c: NodeAgentConfig, policies: serde_json::Value) -> NodeAgentConfig {
+    c.slices[0].policies = serde_json::from_value(policies).unwrap();
+    c.slices[0].pods = serde_json::from_value(serde_json::json!([
+        {"namespace": "shop", "labels": {"app": "web"}, "addresses": ["10.80.0.5", "10.80.0.70"]}
+    ]))
+    .unwrap();
+    c.validate().unwrap();
+    c
+}
+
+#[test]
+fn a_policy_that_does_not_compile_keeps_the_table_in_force_and_is_reported_last() {
+    let deny = serde_json::json!([{"namespace": "shop", "name": "deny", "spec": {}}]);
+    let good = with_policies(config(), deny);
+    let want = RouterSpec::new(&good, &good.slices[0]).firewall.expect("policies make a table");
+    let mut obs = converged(&good);
+    assert_eq!(plan(&good, &obs), vec![]);
+
+    let broken = with_policies(
+        config(),
+        serde_json::json!([{"namespace": "shop", "name": "bad", "spec": {"podSelector": {"matchExpressions": [
+            {"key": "app", "operator": "Equals", "values": ["web"]}]}}}]),
+    );
+    let spec = RouterSpec::new(&broken, &broken.slices[0]);
+    assert_eq!(spec.firewall, None);
+    let reason = spec.firewall_error.expect("the policy does not compile");
+    assert!(reason.contains("policy shop/bad") && reason.contains("\"Equals\""), "{reason}");
+    // The table in force (whatever it is, even none) is neither replaced nor deleted.
+    for in_force in [ObservedFirewall::Present(want), ObservedFirewall::Absent] {
+        *firewall_of(&mut obs, "blue") = in_force;
+        let actions = plan(&broken, &obs);
+        assert_eq!(actions, vec![Action::KeepFirewall { slice: "blue".into(), reason: reason.clone() }]);
+        assert!(actions[0].to_string().starts_with("keep nftables table inet slicenet as it is: policy shop/bad"));
+    }
+    // A new router still gets everything else, state file included; the report comes last.
+    let actions = plan(&broken, &Observed::default());
+    let blue: Vec<&Action> = actions.iter().filter(|a| a.slice() == "blue").collect();
+    assert!(blue.iter().any(|a| matches!(a, Action::WriteStateFile { .. })));
+    assert!(!blue.iter().any(|a| matches!(a, Action::ReplaceFirewall { .. })));
+    assert!(matches!(blue.last(), Some(Action::KeepFirewall { .. })));
+}

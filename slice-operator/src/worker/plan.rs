@@ -407,6 +407,8 @@ pub fn node_agent_slice(
         peers,
         remote_routes,
         services: Vec::new(),
+        policies: Vec::new(),
+        pods: Vec::new(),
     })
 }
 
