@@ -84,8 +84,9 @@ pub const WORKER_CLUSTER: &[Access] = &[
     // namespaces that export are read (their endpoints' pods are among the member pods listed
     // above); ServiceImports and MCS EndpointSlices are written into member namespaces (any
     // namespace, so cluster-wide) and listed by the worker's label to delete what is no longer
-    // imported. EndpointSlices and ServiceExports are watched: an endpoint turning ready or
-    // unready, or an export made or removed, starts a pass.
+    // imported. EndpointSlices, ServiceExports and Services are watched: an endpoint turning
+    // ready or unready, an export made or removed, or an exported Service's ports or type
+    // changed (and the slice-dns Service's address) starts a pass.
     // (An apply that makes the object needs `create` as well as `patch`.)
     Access::new("list", MCS, "serviceexports", Cluster),
     Access::new("watch", MCS, "serviceexports", Cluster),
@@ -96,6 +97,7 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("patch", MCS, "serviceimports", Cluster).sub("status"),
     Access::new("delete", MCS, "serviceimports", Cluster),
     Access::new("list", "", "services", Cluster),
+    Access::new("watch", "", "services", Cluster),
     Access::new("list", "discovery.k8s.io", "endpointslices", Cluster),
     Access::new("watch", "discovery.k8s.io", "endpointslices", Cluster),
     Access::new("create", "discovery.k8s.io", "endpointslices", Cluster),

@@ -157,6 +157,9 @@ async fn pass_loop(
     let namespaces = watcher(Api::<Namespace>::all(local.clone()), watcher::Config::default());
     // Multi-cluster services: an export made or removed, an endpoint turning ready or not.
     let exports = watcher(Api::<slice_api::mcs::ServiceExport>::all(local.clone()), watcher::Config::default());
+    // An exported Service's ports, type or session affinity changed; the slice-dns Service's
+    // address (the Corefile stanza forwards there).
+    let services = watcher(Api::<k8s_openapi::api::core::v1::Service>::all(local.clone()), watcher::Config::default());
     let endpoint_slices = watcher(
         Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::all(local.clone()),
         watcher::Config::default().labels(services::SERVICE_NAME_LABEL),
@@ -172,6 +175,7 @@ async fn pass_loop(
         gateway_pods.default_backoff().map(|e| e.map(|_| "Pod")).boxed(),
         exports.default_backoff().map(|e| e.map(|_| "ServiceExport")).boxed(),
         endpoint_slices.default_backoff().map(|e| e.map(|_| "EndpointSlice")).boxed(),
+        services.default_backoff().map(|e| e.map(|_| "Service")).boxed(),
     ]);
 
     let mut heartbeat = tokio::time::interval(options.heartbeat.max(Duration::from_secs(1)));
