@@ -37,6 +37,11 @@ struct Args {
     /// Seconds after which a silent TCP connection is closed.
     #[arg(long, value_name = "S", default_value_t = server::Options::default().tcp_idle_timeout.as_secs())]
     tcp_idle_timeout: u64,
+    /// Write the records as zone files (`DIR/clusterset.local.zone`, `DIR/slice.local.zone`)
+    /// and exit instead of serving: to read what would be answered, or to load the same records
+    /// into another server.
+    #[arg(long, value_name = "DIR")]
+    dump_zones: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +75,14 @@ fn run(args: &Args) -> Result<()> {
         None => unreachable!("the first poll always reads"),
     };
     reload::log_snapshot(&first, &args.objects);
+    if let Some(dir) = &args.dump_zones {
+        for zone in [slice_api::mcs::CLUSTERSET_ZONE, slice_api::mcs::SLICE_ZONE] {
+            let path = dir.join(format!("{zone}.zone"));
+            let text = first.zone_file(zone).context("a zone we serve")?;
+            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let shared = Arc::new(ArcSwap::from_pointee(first));
     let options = server::Options {
         listen: args.listen,
