@@ -4,9 +4,9 @@ CARGO ?= cargo
 # System packages the build, the lab and the tests use (checked with dpkg, installed when missing).
 PACKAGES := containerd runc containernetworking-plugins iproute2 iputils-ping iperf3 nftables \
             protobuf-compiler gcc libc6-dev util-linux procps python3 jq \
-            wireguard-tools wireguard-go tcpdump python3-venv
+            wireguard-tools wireguard-go tcpdump python3-venv bind9-dnsutils knot-dnsutils
 # Only the benchmarks use these.
-BENCH_PACKAGES := openvpn
+BENCH_PACKAGES := openvpn dnsperf knot
 
 .PHONY: deps build lint test test-root demo bench clean-lab test-under-load validators
 
