@@ -4,7 +4,11 @@ CARGO ?= cargo
 # System packages the build, the lab and the tests use (checked with dpkg, installed when missing).
 PACKAGES := containerd runc containernetworking-plugins iproute2 iputils-ping iperf3 nftables \
             protobuf-compiler gcc libc6-dev util-linux procps python3 jq \
-            wireguard-tools wireguard-go tcpdump python3-venv bind9-dnsutils knot-dnsutils
+            wireguard-tools wireguard-go tcpdump python3-venv
+# The lab's cluster DNS: a resolver on every node (dnsmasq) and the DNS client pods run (dig).
+PACKAGES += dnsmasq-base bind9-dnsutils
+# slice-dns's tests ask with kdig as well as dig.
+PACKAGES += knot-dnsutils
 # Only the benchmarks use these.
 BENCH_PACKAGES := openvpn dnsperf knot
 

@@ -20,6 +20,10 @@ pub enum Error {
     /// An object the operation needs does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// `nft` refused a command or a batch; `stderr` is what it said (for a batch, the whole
+    /// transaction was rolled back: the previous ruleset is in force).
+    #[error("{op}: nft: {stderr}")]
+    Nft { op: String, stderr: String },
     /// Anything else the netlink stack reported (decode errors, closed connection).
     #[error("{op}: {message}")]
     Other { op: String, message: String },

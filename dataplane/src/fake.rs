@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ipnet::IpNet;
 
 use crate::netlink::{Fdb, Link, Neigh, Route, VethRequest, VxlanRequest, format_mac};
+use crate::nft::TableId;
 use crate::ops::{NamespaceOps, NetlinkOps};
 use crate::{Error, Result};
 
@@ -26,6 +27,8 @@ struct Namespace {
     neighs: BTreeMap<String, Vec<Neigh>>,
     fdb: BTreeMap<String, Vec<Fdb>>,
     sysctls: BTreeMap<String, String>,
+    /// nftables tables, by (family, name): their objects as listed.
+    nft: BTreeMap<(String, String), Vec<serde_json::Value>>,
 }
 
 impl Namespace {
@@ -229,6 +232,26 @@ impl FakeWorld {
     pub fn sysctls(&self, ns: &str) -> BTreeMap<String, String> {
         self.lock().ns(ns).sysctls.clone()
     }
+
+    /// The objects of nftables table `table` in `ns`, if it exists.
+    #[must_use]
+    pub fn nft_table(&self, ns: &str, table: TableId) -> Option<Vec<serde_json::Value>> {
+        self.lock().ns(ns).nft.get(&nft_key(table)).cloned()
+    }
+
+    /// Puts `table` in `ns` as someone else would (`None` deletes it), without recording a call:
+    /// drift for the code under test to find.
+    pub fn set_nft_table(&self, ns: &str, table: TableId, objects: Option<Vec<serde_json::Value>>) {
+        let mut w = self.lock();
+        match objects {
+            Some(objects) => w.ns(ns).nft.insert(nft_key(table), objects),
+            None => w.ns(ns).nft.remove(&nft_key(table)),
+        };
+    }
+}
+
+fn nft_key(table: TableId) -> (String, String) {
+    (table.family.to_owned(), table.name.to_owned())
 }
 
 /// A handle on one fake namespace; see [`FakeWorld::handle`].
@@ -555,6 +578,33 @@ impl NamespaceOps for FakeNamespaces {
         let mut w = self.world.lock();
         w.record(ns.name(), &format!("set_sysctl {key}={value}"))?;
         w.ns(ns.name()).sysctls.insert(key.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    fn nft_table(&mut self, ns: &FakeNetns, table: TableId) -> Result<Option<Vec<serde_json::Value>>> {
+        let mut w = self.world.lock();
+        w.record(ns.name(), &format!("nft_table {} {}", table.family, table.name))?;
+        Ok(w.ns(ns.name()).nft.get(&nft_key(table)).cloned())
+    }
+
+    /// Like nft, refuses a table whose first object is not the table itself; a planted failure
+    /// leaves the previous table, as the kernel's transaction does.
+    fn nft_replace_table(&mut self, ns: &FakeNetns, table: TableId, objects: &[serde_json::Value]) -> Result<()> {
+        let mut w = self.world.lock();
+        let what = format!("nft_replace_table {} {} ({} objects)", table.family, table.name, objects.len());
+        w.record(ns.name(), &what).map_err(|_| Error::Nft { op: what.clone(), stderr: "(fake)".into() })?;
+        if objects.first() != Some(&table.object()) {
+            return Err(Error::Nft { op: what, stderr: "the table's own object must come first".into() });
+        }
+        w.ns(ns.name()).nft.insert(nft_key(table), objects.to_vec());
+        Ok(())
+    }
+
+    fn nft_delete_table(&mut self, ns: &FakeNetns, table: TableId) -> Result<()> {
+        let mut w = self.world.lock();
+        let what = format!("nft_delete_table {} {}", table.family, table.name);
+        w.record(ns.name(), &what).map_err(|_| Error::Nft { op: what, stderr: "(fake)".into() })?;
+        w.ns(ns.name()).nft.remove(&nft_key(table));
         Ok(())
     }
 }

@@ -3,7 +3,8 @@
 //! errno turned into a message a person can act on; the traits over them ([`ops::NetlinkOps`]:
 //! links, addresses, routes, neighbours, FDB; [`ops::NamespaceOps`]: named namespaces, a netlink
 //! handle inside one, sysctls), with [`fake::FakeNetlink`] and [`fake::FakeNamespaces`], an
-//! in-memory world that records calls.
+//! in-memory world that records calls; nftables tables through the `nft` binary's JSON
+//! ([`nft`]), listed back and replaced in one transaction.
 //!
 //! Everything here is synchronous for callers (the CNI plugin is a short-lived process, the node
 //! agent applies plans from a blocking thread); rtnetlink runs on a private current-thread runtime.
@@ -12,6 +13,7 @@ pub mod error;
 pub mod fake;
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod ops;
 
 pub use error::{Error, Result};

@@ -13,6 +13,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use crate::netlink::{Fdb, Link, Neigh, Netlink, Route, VethRequest, VxlanRequest};
+use crate::nft::TableId;
 use crate::{Error, Netns, Result};
 
 /// Links, addresses, routes, neighbours and FDB entries of one network namespace.
@@ -133,7 +134,7 @@ impl NetlinkOps for Netlink {
 }
 
 /// Named network namespaces (as `ip netns` keeps them: a file per namespace in a directory),
-/// netlink handles inside them and their sysctls.
+/// netlink handles inside them, their sysctls and their nftables tables.
 pub trait NamespaceOps {
     /// An open namespace.
     type Ns;
@@ -154,6 +155,14 @@ pub trait NamespaceOps {
     fn sysctl(&mut self, ns: &Self::Ns, key: &str) -> Result<String>;
     /// Writes a sysctl of `ns`.
     fn set_sysctl(&mut self, ns: &Self::Ns, key: &str, value: &str) -> Result<()>;
+    /// The objects of nftables table `table` in `ns` as [`crate::nft::list_table`] returns them;
+    /// `None` when there is no such table.
+    fn nft_table(&mut self, ns: &Self::Ns, table: TableId) -> Result<Option<Vec<serde_json::Value>>>;
+    /// Replaces `table` in `ns` with `objects` (the table's own object first) in one transaction;
+    /// on failure the previous table stays.
+    fn nft_replace_table(&mut self, ns: &Self::Ns, table: TableId, objects: &[serde_json::Value]) -> Result<()>;
+    /// Deletes `table` in `ns` (nothing to do when it is absent).
+    fn nft_delete_table(&mut self, ns: &Self::Ns, table: TableId) -> Result<()>;
 }
 
 /// The kernel's namespaces: [`Netns`] and [`Netlink::in_netns`].
@@ -189,5 +198,14 @@ impl NamespaceOps for Kernel {
     }
     fn set_sysctl(&mut self, ns: &Netns, key: &str, value: &str) -> Result<()> {
         ns.set_sysctl(key, value)
+    }
+    fn nft_table(&mut self, ns: &Netns, table: TableId) -> Result<Option<Vec<serde_json::Value>>> {
+        crate::nft::list_table(ns, table)
+    }
+    fn nft_replace_table(&mut self, ns: &Netns, table: TableId, objects: &[serde_json::Value]) -> Result<()> {
+        crate::nft::replace_table(ns, table, objects)
+    }
+    fn nft_delete_table(&mut self, ns: &Netns, table: TableId) -> Result<()> {
+        crate::nft::delete_table(ns, table)
     }
 }

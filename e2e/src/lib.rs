@@ -60,9 +60,10 @@ use std::path::PathBuf;
 
 pub use agent::LabSlice;
 pub use cleanup::cleanup;
-pub use lab::{Cluster, Lab, LabOptions, Node};
+pub use lab::{Cluster, Lab, LabOptions, NODE_LOCAL_DNS, Node};
+pub use netns::command_with_resolv_conf;
 pub use pause::PAUSE_IMAGE;
-pub use pod::{Pod, PodProcess, PodSpec, PodSummary};
+pub use pod::{Pod, PodProcess, PodSpec, PodSummary, spawn_in};
 pub use wan::{ClusterOptions, WAN_HOST};
 
 /// Where every lab keeps its files: `<LAB_BASE>/<prefix>/`.

@@ -228,3 +228,91 @@ fn bad_yaml_is_refused_with_the_document_named() {
     let e = parse_manifest("a: [").unwrap_err();
     assert!(format!("{e:#}").contains("document 1 is not valid YAML"), "{e:#}");
 }
+
+/// The users' objects in a lab cluster, as `kubectl apply --context` would write them: pods
+/// started through CRI on the slice (network-status published), a headless Service's
+/// EndpointSlice following the pods' readiness and hostnames, a Service given a ClusterIP, and
+/// everything removed with the objects.
+#[test]
+fn users_objects_run_as_a_cluster_runs_them() {
+    e2e::require_root().expect("root");
+    let mut lab = Lab::new("cpw").expect("lab (needs root; build the bins first)");
+    let mut cp = ControlPlane::new();
+    let manifest = control::across_manifest("blue", "10.80.0.0/16", &["shop"], &[("c1", 2, false), ("c2", 1, false)])
+        .expect("manifest");
+    cp.apply(&mut lab, &manifest).unwrap_or_else(|e| panic!("{e:#}"));
+    let objects = control::workloads::parse_objects(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: pg, port: 5432, targetPort: pg}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: shop, labels: {app: db}}
+spec: {hostname: db-0, subdomain: db, containers: [{name: pg, ports: [{name: pg, containerPort: 5432}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: shop, labels: {app: db}}
+spec: {hostname: db-1, subdomain: db, containers: [{name: pg, ports: [{name: pg, containerPort: 5432}]}]}
+"#,
+    )
+    .expect("objects parse");
+    cp.apply_in(&lab, "c1", &objects).unwrap_or_else(|e| panic!("{e:#}"));
+    // A handle on the same in-memory API (it is shared, like a client).
+    let api = cp.api().clone();
+    let c1 = "c1".to_owned();
+    let pods = api.list(&c1, "/api/v1/namespaces/shop/pods");
+    assert_eq!(pods.len(), 2);
+    let nodes: std::collections::BTreeSet<&str> = pods.iter().filter_map(|p| p["spec"]["nodeName"].as_str()).collect();
+    assert_eq!(nodes.len(), 2, "the two pods are spread over c1's two nodes: {nodes:?}");
+    for p in &pods {
+        let name = p["metadata"]["name"].as_str().unwrap();
+        let pod = cp.pod("c1", "shop", name).expect("a lab pod");
+        let status =
+            p["metadata"]["annotations"][slice_api::names::NETWORK_STATUS_ANNOTATION].as_str().expect("network-status");
+        assert!(status.contains(&addr(pod).to_string()), "{status}");
+        assert_eq!(p["status"]["podIP"].as_str(), Some(pod.ipv4("eth0").unwrap().to_string().as_str()));
+    }
+    let web = api.get(c1.clone(), "/api/v1/namespaces/shop/services/web").expect("web");
+    assert!(web["spec"]["clusterIP"].as_str().is_some_and(|ip| ip.starts_with("10.96.")), "{web}");
+    let slice_of =
+        |svc: &str| api.get(c1.clone(), &format!("/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices/{svc}-lab"));
+    let db = slice_of("db").expect("db's EndpointSlice");
+    let hostnames: Vec<&str> =
+        db["endpoints"].as_array().unwrap().iter().filter_map(|e| e["hostname"].as_str()).collect();
+    assert_eq!(hostnames, ["db-0", "db-1"]);
+    assert_eq!(db["ports"][0]["port"], 5432);
+    // db-1's readiness probe fails: its endpoint turns unready.
+    cp.set_pod_ready(&lab, "c1", "shop", "db-1", false).unwrap();
+    let db = slice_of("db").expect("db's EndpointSlice");
+    let ready: Vec<bool> =
+        db["endpoints"].as_array().unwrap().iter().map(|e| e["conditions"]["ready"] == true).collect();
+    assert_eq!(ready, [true, false]);
+    // Deleting the objects removes the pods (their sandboxes) and the EndpointSlices.
+    let sandboxes: Vec<e2e::Pod> = ["db-0", "db-1"].iter().map(|n| cp.pod("c1", "shop", n).unwrap().clone()).collect();
+    cp.delete_in(&lab, "c1", &objects).unwrap();
+    assert!(cp.pod("c1", "shop", "db-0").is_none());
+    assert!(slice_of("db").is_none());
+    for p in sandboxes {
+        assert!(!p.netns_exists(), "{} keeps its network namespace", p.lab_name());
+    }
+    cp.delete_all(&mut lab).expect("delete");
+    lab.teardown().expect("teardown");
+}

@@ -1,6 +1,7 @@
-//! One slice across three clusters on the real path: pods through containerd's CRI and
-//! `slice-cni`, node agents routing the other clusters' prefixes to a gateway pod per cluster
-//! running `slice-gateway` (WireGuard over the lab's WAN; c3 behind NAT). One lab, phases in
+//! One slice across three clusters on the real path, made by the lab's control plane (the hub's
+//! and the workers' own passes, `e2e::control`): pods through containerd's CRI and `slice-cni`,
+//! node agents routing the other clusters' prefixes to a gateway pod per cluster running
+//! `slice-gateway` as the worker's Deployment says (WireGuard over the lab's WAN; c3 behind NAT). One lab, phases in
 //! order: reachability (ICMP, TCP, 50 MB), the WAN holding only WireGuard UDP (nft counters and a
 //! tcpdump capture with no cleartext slice payload), a transfer through
 //! a lossy delayed WAN, a gateway killed and restarted, a cluster removed from the slice.
@@ -12,11 +13,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::gateway::{SliceAcross, SliceAcrossOptions, build_slice_across_clusters};
+use e2e::control::{self, ControlPlane, PUBLIC_PORT};
 use e2e::probe::tcp_exchange;
-use e2e::{ClusterOptions, Lab, LabSlice, Pod, PodSpec};
+use e2e::{Lab, Pod, PodSpec};
 
-const GW_NS: &str = "slicenet-gw";
 const WIRE_TABLE: &str = "xcwire";
 
 fn slice_addr(pod: &Pod) -> Ipv4Addr {
@@ -178,33 +178,31 @@ impl Pods {
     }
 }
 
-fn build(prefix: &str) -> (Lab, SliceAcross, Pods) {
+fn build(prefix: &str) -> (Lab, ControlPlane, Pods) {
     let t0 = Instant::now();
     let mut lab = Lab::new(prefix).expect("lab (needs root; build the bins first)");
-    lab.add_wan().unwrap();
-    lab.add_cluster("c1", 2).unwrap();
-    lab.add_cluster("c2", 1).unwrap();
-    lab.add_cluster_with("c3", 1, ClusterOptions::behind_nat()).unwrap();
-    let slice = LabSlice::new("blue", 100, "10.80.0.0/16", &["shop", GW_NS]);
-    let options = SliceAcrossOptions::new(slice, GW_NS);
-    install_wire_counters(&lab, options.public_port);
-    let across = build_slice_across_clusters(&lab, &options).unwrap_or_else(|e| panic!("{e:#}"));
-    let pods = Pods {
-        a1: lab.node("c1", "n1").run_pod(PodSpec::new("shop", "a1")).unwrap(),
-        a2: lab.node("c1", "n2").run_pod(PodSpec::new("shop", "a2")).unwrap(),
-        b: lab.node("c2", "n1").run_pod(PodSpec::new("shop", "b")).unwrap(),
-        c: lab.node("c3", "n1").run_pod(PodSpec::new("shop", "c")).unwrap(),
+    let mut cp = ControlPlane::new();
+    let manifest = control::blue_over(&["c1", "c2", "c3"]).unwrap();
+    cp.apply(&mut lab, &manifest).unwrap_or_else(|e| panic!("{e:#}"));
+    install_wire_counters(&lab, PUBLIC_PORT);
+    let step = Duration::from_secs(20);
+    let run = |cluster: &str, node: &str, name: &str| {
+        control::run_pod_retrying(lab.node(cluster, node), &PodSpec::new("shop", name), step).unwrap()
     };
+    let pods =
+        Pods { a1: run("c1", "n1", "a1"), a2: run("c1", "n2", "a2"), b: run("c2", "n1", "b"), c: run("c3", "n1", "c") };
+    // The planner's cluster prefixes (16 clusters at most: /20), in the clusters' order.
     for (pod, net) in [(&pods.a1, "10.80.0."), (&pods.a2, "10.80.0."), (&pods.b, "10.80.16."), (&pods.c, "10.80.32.")] {
         assert!(slice_addr(pod).to_string().starts_with(net), "{}: {}", pod.lab_name(), slice_addr(pod));
     }
     eprintln!("TIMING lab + slice across 3 clusters + pods: {:.1} s", t0.elapsed().as_secs_f64());
-    (lab, across, pods)
+    (lab, cp, pods)
 }
 
 #[test]
 fn slice_across_three_clusters_with_gateways() {
-    let (lab, mut across, pods) = build("xc1");
+    let (mut lab, mut cp, pods) = build("xc1");
+    let clusters = ["c1", "c2", "c3"];
 
     // (1) Every pod reaches every other pod and every other cluster's gateway pod over slice0.
     let t = Instant::now();
@@ -212,20 +210,16 @@ fn slice_across_three_clusters_with_gateways() {
         for to in pods.all().into_iter().filter(|p| p.sandbox_id != from.sandbox_id) {
             assert!(
                 ping_within(from, slice_addr(to), Duration::from_secs(30)),
-                "ping {} → {} ({}); gateway logs:\n{}",
+                "ping {} → {} ({}):\n{}",
                 from.lab_name(),
                 to.lab_name(),
                 slice_addr(to),
-                across.gateways.iter().map(|g| g.log_text()).collect::<Vec<_>>().join("\n")
+                cp.diagnose(&lab)
             );
         }
-        for gw in across.gateways.iter().filter(|g| g.cluster != from.cluster) {
-            assert!(
-                ping_within(from, gw.slice_address, Duration::from_secs(30)),
-                "{} → gateway {}",
-                from.lab_name(),
-                gw.cluster
-            );
+        for cluster in clusters.into_iter().filter(|c| *c != from.cluster) {
+            let gw = cp.gateway_address("blue", cluster).expect("a gateway");
+            assert!(ping_within(from, gw, Duration::from_secs(30)), "{} → gateway {cluster}", from.lab_name());
         }
     }
     eprintln!("TIMING pings, all pairs: {:.1} s", t.elapsed().as_secs_f64());
@@ -241,7 +235,8 @@ fn slice_across_three_clusters_with_gateways() {
             assert_eq!(seen, slice_addr(client).to_string(), "the server sees the client's own slice address");
         }
     }
-    let gw_ports = format!("udp port {} or udp port {}", across.options.public_port, across.options.listen_port);
+    let listen_port = slice_api::crd::GatewaySpec::default().port;
+    let gw_ports = format!("udp port {PUBLIC_PORT} or udp port {listen_port}");
     let file = capture.stop();
     let wireguard = read_capture(&file, &gw_ports);
     let others = read_capture(&file, &format!("ip and not ({gw_ports})"));
@@ -254,7 +249,8 @@ fn slice_across_three_clusters_with_gateways() {
     );
     eprintln!("FIGURE WAN capture: {} WireGuard UDP packets, 0 others, no cleartext slice payload", wireguard.len());
     // Nobody was told c3's endpoint (it is behind NAT): c1 learnt it by roaming.
-    let eps = across.gateway("c1").wg(&["show", &across.gateway("c1").interface, "endpoints"]).unwrap();
+    let c1_interface = cp.gateway_interface("blue", "c1").unwrap();
+    let eps = cp.gateway_wg("blue", "c1", &["show", &c1_interface, "endpoints"]).unwrap();
     let c3_public = lab.cluster("c3").public_address().unwrap().to_string();
     assert!(eps.contains(&format!("{c3_public}:")), "c1 learnt c3's NATed endpoint: {eps}");
     let (secs, mbps) = transfer(&pods.c, &pods.a1, 5201, "50M", Duration::from_secs(120));
@@ -290,14 +286,17 @@ fn slice_across_three_clusters_with_gateways() {
     eprintln!("TIMING impaired phase: {:.1} s", t.elapsed().as_secs_f64());
     assert_eq!(wire_counter(&lab, "other").0, 0, "non-WireGuard packets crossed the WAN");
 
-    // (3) Kill c2's gateway (SIGKILL by PID) and start it again with the same configuration.
-    let old_pid = across.gateway("c2").pid().unwrap();
-    across.kill_gateway("c2").unwrap();
+    // (3) Kill c2's gateway (SIGKILL by PID); the lab's kubelet starts it again in its pod (as
+    // a container restart), with the configuration the worker wrote.
+    let old_pid = cp.gateway_pid("blue", "c2").unwrap();
+    cp.kill_gateway("blue", "c2").unwrap();
     assert!(!Path::new(&format!("/proc/{old_pid}/cmdline")).exists() || !ping(&pods.a1, slice_addr(&pods.b)));
     assert!(!ping(&pods.a1, slice_addr(&pods.b)), "c1 → c2 without c2's gateway");
     let restarted = Instant::now();
-    across.start_gateway("c2").unwrap();
+    cp.reconcile(&lab).unwrap_or_else(|e| panic!("{e:#}"));
     let started = restarted.elapsed();
+    assert_eq!(cp.gateway_restarts("blue", "c2"), Some(1));
+    assert_ne!(cp.gateway_pid("blue", "c2"), Some(old_pid));
     let mut recovered = None;
     while restarted.elapsed() < Duration::from_secs(60) {
         if ping(&pods.a1, slice_addr(&pods.b)) {
@@ -306,10 +305,10 @@ fn slice_across_three_clusters_with_gateways() {
         }
     }
     let recovered = recovered.unwrap_or_else(|| {
-        panic!("c1 → c2 did not recover within 60 s; c2 gateway log:\n{}", across.gateway("c2").log_text())
+        panic!("c1 → c2 did not recover within 60 s; c2 gateway log:\n{}", cp.gateway_log("blue", "c2"))
     });
     eprintln!(
-        "FIGURE gateway c2 killed and restarted: up after {:.2} s, c1 → c2 ping answered {:.2} s after the restart",
+        "FIGURE gateway c2 killed and restarted: running again after {:.2} s, c1 → c2 ping answered {:.2} s after the restart",
         started.as_secs_f64(),
         recovered.as_secs_f64()
     );
@@ -341,19 +340,24 @@ fn slice_across_three_clusters_with_gateways() {
     };
     std::thread::sleep(Duration::from_millis(1000));
     let t = Instant::now();
-    across.remove_cluster(&lab, "c2").unwrap();
-    let prefix = across.gateway("c2").prefix;
+    let c2 = cp.worker("blue", "c2").unwrap().clone();
+    // c2's slice goes entirely (its routers, and with them b's slice0): remember b's address.
+    let b_addr = slice_addr(&pods.b);
+    let prefix: ipnet::IpNet = c2.spec.cluster_prefix.parse().unwrap();
+    let c2_key = c2.status.and_then(|s| s.gateway_public_key).unwrap();
+    let without_c2 = control::blue_over(&["c1", "c3"]).unwrap();
+    cp.apply(&mut lab, &without_c2).unwrap_or_else(|e| panic!("{e:#}"));
     for c in ["c1", "c3"] {
         e2e::gateway::wait_router_route(&lab, c, "blue", &prefix, false, Duration::from_secs(15)).unwrap();
     }
     eprintln!("TIMING c2 removed from gateways and agents: {:.2} s", t.elapsed().as_secs_f64());
     let summary = steady.join().unwrap();
     assert_eq!(received(&summary), 200, "c1 → c3 lost packets while c2 was removed: {summary}");
-    assert!(!ping(&pods.a1, slice_addr(&pods.b)), "c1 → c2 after c2 was removed");
-    assert!(!ping(&pods.c, slice_addr(&pods.b)), "c3 → c2 after c2 was removed");
+    assert!(!ping(&pods.a1, b_addr), "c1 → c2 after c2 was removed");
+    assert!(!ping(&pods.c, b_addr), "c3 → c2 after c2 was removed");
     assert!(ping(&pods.a2, slice_addr(&pods.c)), "c1/n2 → c3 after c2 was removed");
-    let peers = across.gateway("c1").wg(&["show", &across.gateway("c1").interface, "peers"]).unwrap();
-    assert!(!peers.contains(&across.gateway("c2").keys.public.to_base64()), "{peers}");
+    let peers = cp.gateway_wg("blue", "c1", &["show", &c1_interface, "peers"]).unwrap();
+    assert!(!peers.contains(&c2_key), "{peers}");
 
     // While c2's gateway was down, its edge still forwarded the port: the WireGuard datagrams
     // sent to it were answered with ICMP port unreachable between public addresses.
@@ -365,6 +369,9 @@ fn slice_across_three_clusters_with_gateways() {
     );
     assert_eq!(wire_counter(&lab, "other").0, 0, "non-WireGuard packets crossed the WAN");
 
-    drop(across);
+    cp.delete_all(&mut lab).expect("delete");
+    for pod in pods.all() {
+        lab.node(&pod.cluster, &pod.node).remove_pod(pod).expect("remove pod");
+    }
     lab.teardown().expect("teardown");
 }

@@ -17,6 +17,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::mcs::{ServiceImportType, ServicePort};
 use crate::prefix;
 
 /// Default `maxClusters`.
@@ -254,10 +255,28 @@ pub struct SliceConfigStatus {
     /// Cluster prefixes allocated so far (never renumbered).
     #[serde(default)]
     pub clusters: Vec<ClusterAllocation>,
+    /// The services exported on the slice, with their ClusterSetIP and the cluster whose
+    /// export defines them (kept while they are exported, so that neither changes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceAllocation>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// What the hub keeps for one exported service of a slice.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAllocation {
+    pub namespace: String,
+    pub name: String,
+    /// The ClusterSetIP (none for a Headless service, or while none is free).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// The cluster whose export gave the service its type, session affinity and first ports
+    /// (the oldest export when it was first seen): it keeps that role while it exports.
+    pub defined_by: String,
 }
 
 /// One cluster's share of a slice subnet, with its state as reported by its worker.
@@ -350,6 +369,101 @@ pub struct WorkerSliceSpec {
     /// The other clusters of the slice.
     #[serde(default)]
     pub peers: Vec<WorkerPeer>,
+    /// The services exported on the slice (by any member cluster, this one included) in this
+    /// cluster's member namespaces: what its worker writes as ServiceImports and MCS
+    /// EndpointSlices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub imports: Vec<ImportedService>,
+}
+
+/// A service exported on a slice, merged from every member cluster that exports it (the hub
+/// writes it into each member cluster's WorkerSlice spec).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportedService {
+    pub namespace: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub type_: ServiceImportType,
+    /// The ClusterSetIP (none for Headless, or while none is free).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    /// The service's ports: the union over the exports (the defining export's first).
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// `None` or `ClientIP`, from the defining export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<String>,
+    /// The exporting clusters, by name, each with its ready endpoints.
+    #[serde(default)]
+    pub clusters: Vec<ImportedCluster>,
+    /// Set when the exports differ (ports, type, session affinity): the MCS `Conflict`
+    /// condition every exporting cluster puts on its ServiceExport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<ExportConflict>,
+}
+
+/// One exporting cluster of an [`ImportedService`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportedCluster {
+    pub cluster: String,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointGroup>,
+}
+
+/// Why the exports of a service conflict.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportConflict {
+    /// MCS reasons, comma-separated: `PortConflict`, `TypeConflict`, `SessionAffinityConflict`.
+    pub reason: String,
+    /// Which fields differ, which cluster's values are used and why.
+    pub message: String,
+}
+
+/// A service one member cluster exports on a slice, as its worker reports it (WorkerSlice
+/// status). The hub takes it only after its checks (namespace, addresses, names).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportedService {
+    pub namespace: String,
+    pub name: String,
+    /// `ClusterSetIP` for a Service with a cluster IP, `Headless` for `clusterIP: None`.
+    #[serde(rename = "type")]
+    pub type_: ServiceImportType,
+    /// The Service's ports.
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// `None` or `ClientIP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<String>,
+    /// RFC 3339: when the ServiceExport was made (the oldest export defines the service).
+    pub exported_at: String,
+    /// The ready endpoints, by their slice addresses, grouped by the ports they serve.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointGroup>,
+}
+
+/// Endpoints that serve the same ports (an EndpointSlice's worth).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointGroup {
+    /// The ports as the endpoints serve them (target ports, named as the Service's ports).
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    #[serde(default)]
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// One ready endpoint: a pod's slice address and its DNS hostname.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceEndpoint {
+    pub address: String,
+    /// The endpoint's hostname, the pod's `spec.hostname` (StatefulSets), else its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// Another cluster of the slice, as one cluster's gateway must know it.
@@ -385,6 +499,10 @@ pub struct WorkerSliceStatus {
     /// Tunnel state towards each peer cluster.
     #[serde(default)]
     pub peers: Vec<PeerTunnelStatus>,
+    /// The services this cluster exports on the slice (its valid ServiceExports in member
+    /// namespaces), with their ready endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<ExportedService>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -447,6 +565,12 @@ impl AddressPlan {
     /// When `index` is not below `max_clusters`.
     pub fn cluster_prefix(&self, index: u32) -> Result<IpNet, prefix::PrefixError> {
         prefix::cluster_prefix(self.subnet, self.max_clusters, u64::from(index))
+    }
+
+    /// The block reserved for the slice's ClusterSetIPs ([`prefix::cluster_set_ip_block`]).
+    #[must_use]
+    pub fn cluster_set_ip_block(&self) -> IpNet {
+        prefix::cluster_set_ip_block(self.subnet, self.cluster_prefix_len, self.node_prefix_len)
     }
 }
 

@@ -171,6 +171,11 @@ pub fn problems(view: &HubView) -> Vec<String> {
             out.extend(not_true(&what, &st.conditions, "Planned"));
         }
         out.extend(not_true(&what, &st.conditions, "Ready"));
+        // Set only once the slice has exports: what member clusters reported and the hub
+        // dropped (a namespace or an address that is not theirs, no ClusterSetIP left).
+        if condition(&st.conditions, crate::planner::EXPORTS_ACCEPTED).is_some() {
+            out.extend(not_true(&what, &st.conditions, crate::planner::EXPORTS_ACCEPTED));
+        }
         for c in st.clusters.iter().filter(|c| !c.ready) {
             let why = if c.reason.is_empty() { "no reason given" } else { c.reason.as_str() };
             out.push(format!("{what}: cluster {} not ready: {why}", c.cluster));

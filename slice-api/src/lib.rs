@@ -19,10 +19,16 @@
 //! - [`hub_credential`]: the worker's hub token, bound in time, and when to renew it.
 //! - `mcs` (feature `crd`): the Multi-Cluster Services API types (ServiceExport, ServiceImport)
 //!   and the MCS EndpointSlice labels.
+//! - `corefile` (feature `crd`): the slice DNS stanza of a CoreDNS Corefile (add, rewrite,
+//!   remove).
+//! - [`policy`]: MultiNetworkPolicy (types, the `policy-for` annotation, label selectors) and
+//!   the pod directory the node agent matches them against.
 //! - [`wireguard`]: the WireGuard key type and the `wg(8)` configuration file (parse and render).
 
 pub mod access;
 pub mod backoff;
+#[cfg(feature = "crd")]
+pub mod corefile;
 #[cfg(feature = "crd")]
 pub mod crd;
 pub mod error_chain;
@@ -40,6 +46,7 @@ pub mod network_status;
 pub mod node;
 #[cfg(feature = "crd")]
 pub mod planner;
+pub mod policy;
 pub mod prefix;
 pub mod rbac;
 #[cfg(feature = "crd")]

@@ -32,7 +32,8 @@ pub const SLICE_ZONE: &str = "slice.local";
 pub const DNS_SPEC_VERSION: &str = "1.0.0";
 
 /// Marks the Service of the same namespace and name for export to the slice its namespace
-/// belongs to.
+/// belongs to. It has no spec (users write only its name), hence `no_spec`: a ServiceExport
+/// without a `spec` key reads as it is.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[kube(
     group = "multicluster.x-k8s.io",
@@ -41,6 +42,7 @@ pub const DNS_SPEC_VERSION: &str = "1.0.0";
     plural = "serviceexports",
     shortname = "svcex",
     namespaced,
+    no_spec,
     status = "ServiceExportStatus",
     derive = "PartialEq",
     derive = "Default"
@@ -61,6 +63,34 @@ pub const VALID: &str = "Valid";
 pub const EXPORT_READY: &str = "Ready";
 /// Condition of a ServiceExport: its Service differs from the oldest export of the same name.
 pub const CONFLICT: &str = "Conflict";
+
+/// The reasons of those conditions, as the MCS API (`sigs.k8s.io/mcs-api`) names them, so that
+/// tools written for any MCS implementation read ours.
+pub mod reason {
+    /// `Valid=True`.
+    pub const VALID: &str = "Valid";
+    /// `Valid=False`: no Service of the same namespace and name.
+    pub const NO_SERVICE: &str = "NoService";
+    /// `Valid=False`: the Service's type cannot be exported (`ExternalName`).
+    pub const INVALID_SERVICE_TYPE: &str = "InvalidServiceType";
+    /// `Valid=False` (slicenet's own): the namespace is a member of no slice in this cluster,
+    /// so there is nowhere to export to.
+    pub const NO_SLICE: &str = "NamespaceNotInSlice";
+    /// `Ready=True`: the export is in the slice's imports.
+    pub const EXPORTED: &str = "Exported";
+    /// `Ready=False`: reported, not yet in the slice's imports.
+    pub const PENDING: &str = "Pending";
+    /// `Ready=False`: it cannot be exported (see `Valid`).
+    pub const FAILED: &str = "Failed";
+    /// `Conflict=True`: the exports' ports differ.
+    pub const PORT_CONFLICT: &str = "PortConflict";
+    /// `Conflict=True`: one cluster exports it headless, another with a cluster IP.
+    pub const TYPE_CONFLICT: &str = "TypeConflict";
+    /// `Conflict=True`: the exports' session affinity differs.
+    pub const SESSION_AFFINITY_CONFLICT: &str = "SessionAffinityConflict";
+    /// `Conflict=False`.
+    pub const NO_CONFLICTS: &str = "NoConflicts";
+}
 
 /// How an imported service is reached.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, JsonSchema)]
@@ -157,6 +187,16 @@ mod tests {
         let back = serde_json::to_value(&import).expect("serializes");
         assert_eq!(back["spec"]["type"], "Headless");
         assert!(back["spec"].get("ips").is_none());
+    }
+
+    #[test]
+    fn a_service_export_is_a_name_without_a_spec() {
+        let text = r#"{"apiVersion":"multicluster.x-k8s.io/v1alpha1","kind":"ServiceExport",
+            "metadata":{"name":"db","namespace":"shop"}}"#;
+        let export: ServiceExport = serde_json::from_str(text).expect("parses without a spec");
+        assert_eq!(export.metadata.name.as_deref(), Some("db"));
+        let back = serde_json::to_value(&export).expect("serializes");
+        assert!(back.get("spec").is_none(), "{back}");
     }
 
     #[test]

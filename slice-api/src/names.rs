@@ -87,6 +87,16 @@ pub fn validate_slice_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The slice DNS Service (in [`SYSTEM_NAMESPACE`]): the worker forwards `clusterset.local` and
+/// `slice.local` from the cluster's CoreDNS to its cluster IP (`slice_api::corefile`).
+pub const SLICE_DNS_SERVICE: &str = "slice-dns";
+/// Where a cluster's CoreDNS and NodeLocal DNSCache keep their Corefiles.
+pub const KUBE_SYSTEM_NAMESPACE: &str = "kube-system";
+/// CoreDNS's ConfigMap (kubeadm, k3s, most distributions).
+pub const COREDNS_CONFIG_MAP: &str = "coredns";
+/// NodeLocal DNSCache's ConfigMap, when the cluster runs it.
+pub const NODE_LOCAL_DNS_CONFIG_MAP: &str = "node-local-dns";
+
 #[cfg(test)]
 mod tests {
     use super::*;

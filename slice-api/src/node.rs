@@ -80,6 +80,49 @@ pub struct SliceOnNode {
     /// them (on this node or on a peer node).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote_routes: Vec<RemoteRoute>,
+    /// The slice's ClusterSetIP services (MCS): the router namespace sends each new connection
+    /// to a service's virtual address and port to one of that port's backends, chosen per
+    /// connection (DNAT, so replies return through the same conntrack entry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ClusterSetService>,
+    /// The slice's MultiNetworkPolicies (those whose `policy-for` names the slice), compiled by
+    /// the agent into the router's firewall for the pods of this node (ingress to them, egress
+    /// from them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<crate::policy::SlicePolicy>,
+    /// Every pod of the slice in every cluster (slice address, namespace, labels, namespace
+    /// labels, named ports), grouped: what the policies' selectors match, wherever a pod runs.
+    /// The pods inside [`SliceOnNode::node_prefix`] are this node's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<crate::policy::PodGroup>,
+}
+
+/// One ClusterSetIP service of a slice as the node agent programs it (written by the worker
+/// from the hub's merged imports).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSetService {
+    /// `<namespace>/<name>`, for logs and rule comments.
+    pub name: String,
+    /// The ClusterSetIP: inside the slice subnet, in the block the hub reserves for them.
+    pub ip: IpAddr,
+    /// One entry per service port.
+    #[serde(default)]
+    pub ports: Vec<ServicePortRule>,
+}
+
+/// One port of a [`ClusterSetService`] and where its connections go.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePortRule {
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+    /// The service port (on the ClusterSetIP).
+    pub port: u16,
+    /// The ready endpoints of every exporting cluster: slice address and target port. Empty:
+    /// connections are refused (TCP reset / ICMP unreachable), as kube-proxy does.
+    #[serde(default)]
+    pub backends: Vec<std::net::SocketAddr>,
 }
 
 /// A prefix of other clusters, reached through this cluster's gateway pod at `via` (its slice
@@ -174,6 +217,9 @@ impl NodeAgentConfig {
                 }
             }
             validate_remote_routes(slice).map_err(ctx)?;
+            validate_services(slice).map_err(ctx)?;
+            validate_policies(slice).map_err(ctx)?;
+            validate_pods(slice).map_err(ctx)?;
             for reserved in names::RESERVED_NAMESPACES {
                 if slice.namespaces.iter().any(|n| n == reserved) {
                     return Err(ctx(format!("namespace {reserved} is slicenet's own and never a slice member")));
@@ -253,6 +299,120 @@ fn validate_remote_routes(slice: &SliceOnNode) -> Result<(), String> {
         };
         if crate::prefix::router_address(owner) == route.via {
             return Err(format!("{what}: via is a slice-router address, not a gateway pod"));
+        }
+    }
+    Ok(())
+}
+
+/// ClusterSetIP services: each address inside the slice subnet and clear of this node's prefix
+/// and its peers' (it is virtual, never a pod's), each (address, protocol, port) listed once,
+/// protocols `TCP`, `UDP` or `SCTP`, ports not 0, backends inside the slice subnet with a port.
+fn validate_services(slice: &SliceOnNode) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for service in &slice.services {
+        let what = format!("service {} ({})", service.name, service.ip);
+        if !slice.slice_subnet.contains(&service.ip) {
+            return Err(format!("{what}: address is not inside slice subnet {}", slice.slice_subnet));
+        }
+        let mut node_prefixes = std::iter::once(slice.node_prefix).chain(slice.peers.iter().map(|p| p.node_prefix));
+        if let Some(prefix) = node_prefixes.find(|p| p.contains(&service.ip)) {
+            return Err(format!("{what}: address is inside node prefix {prefix}, where pods live"));
+        }
+        for rule in &service.ports {
+            if !matches!(rule.protocol.as_str(), "TCP" | "UDP" | "SCTP") {
+                return Err(format!("{what}: protocol {:?} is none of TCP, UDP, SCTP", rule.protocol));
+            }
+            if rule.port == 0 {
+                return Err(format!("{what}: port 0"));
+            }
+            if !seen.insert((service.ip, rule.protocol.as_str(), rule.port)) {
+                return Err(format!("{what}: {}/{} listed twice", rule.port, rule.protocol));
+            }
+            if let Some(backend) = rule.backends.iter().find(|b| b.port() == 0 || !slice.slice_subnet.contains(&b.ip()))
+            {
+                return Err(format!(
+                    "{what}: backend {backend} of port {}/{} is not a port inside slice subnet {}",
+                    rule.port, rule.protocol, slice.slice_subnet
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Policies: each named (namespace and name, both DNS names) and listed once. Their specs are
+/// checked where they are compiled (the node agent), so that one bad policy is reported by name
+/// and keeps the previous rules instead of failing the node's whole configuration.
+fn validate_policies(slice: &SliceOnNode) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for policy in &slice.policies {
+        let what = format!("policy {}/{}", policy.namespace, policy.name);
+        for (field, value) in [("namespace", &policy.namespace), ("name", &policy.name)] {
+            if value.is_empty() || value.len() > 253 || !is_dns_subdomain(value) {
+                return Err(format!("{what}: {field} {value:?} is not a DNS name"));
+            }
+        }
+        if !seen.insert((&policy.namespace, &policy.name)) {
+            return Err(format!("{what}: listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// Lower-case alphanumerics, '-' and '.', starting and ending alphanumeric.
+fn is_dns_subdomain(s: &str) -> bool {
+    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    s.bytes().all(|c| ok(c) || c == b'-' || c == b'.')
+        && s.bytes().next().is_some_and(ok)
+        && s.bytes().last().is_some_and(ok)
+}
+
+/// The pod directory: each group in a named namespace with at least one address, each address
+/// inside the slice subnet, listed once in the whole directory and not a slice-router address
+/// (this node's or a peer's), named ports with a name, a port and a protocol of `TCP`, `UDP`,
+/// `SCTP`, each (name, protocol) once per group.
+fn validate_pods(slice: &SliceOnNode) -> Result<(), String> {
+    let routers: Vec<IpAddr> = std::iter::once(slice.node_prefix)
+        .chain(slice.peers.iter().map(|p| p.node_prefix))
+        .map(crate::prefix::router_address)
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, group) in slice.pods.iter().enumerate() {
+        let what = format!("pod group {i} (namespace {:?})", group.namespace);
+        if group.namespace.is_empty() || !is_dns_subdomain(&group.namespace) {
+            return Err(format!("{what}: namespace is not a DNS name"));
+        }
+        if group.addresses.is_empty() {
+            return Err(format!("{what}: no address"));
+        }
+        for address in &group.addresses {
+            if !slice.slice_subnet.contains(address) {
+                return Err(format!("{what}: address {address} is not inside slice subnet {}", slice.slice_subnet));
+            }
+            if routers.contains(address) {
+                return Err(format!("{what}: address {address} is a slice-router address"));
+            }
+            if !seen.insert(*address) {
+                return Err(format!("{what}: address {address} is listed twice in the pod directory"));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for port in &group.ports {
+            if port.name.is_empty() {
+                return Err(format!("{what}: a named port without a name"));
+            }
+            if !crate::policy::PROTOCOLS.contains(&port.protocol.as_str()) {
+                return Err(format!(
+                    "{what}: port {} protocol {:?} is none of TCP, UDP, SCTP",
+                    port.name, port.protocol
+                ));
+            }
+            if port.port == 0 {
+                return Err(format!("{what}: port {} is 0", port.name));
+            }
+            if !names.insert((&port.name, &port.protocol)) {
+                return Err(format!("{what}: port {}/{} listed twice", port.name, port.protocol));
+            }
         }
     }
     Ok(())
@@ -437,6 +597,112 @@ mod tests {
         let mut c = config();
         c.slices[0].vni = 0;
         assert!(c.validate().unwrap_err().contains("vni"));
+    }
+
+    #[test]
+    fn cluster_set_services_are_validated() {
+        let check = |services: serde_json::Value| {
+            let mut c = config();
+            c.slices[0].services = serde_json::from_value(services).unwrap();
+            c.validate()
+        };
+        let rule = |ip: &str, protocol: &str, port: u16, backend: &str| {
+            serde_json::json!([{"name": "shop/web", "ip": ip,
+                "ports": [{"protocol": protocol, "port": port, "backends": [backend]}]}])
+        };
+        check(rule("10.80.255.10", "TCP", 80, "10.81.0.5:8080")).unwrap_err();
+        check(rule("10.80.255.10", "TCP", 80, "10.80.0.5:8080")).unwrap();
+        let cases = [
+            (rule("10.90.0.1", "TCP", 80, "10.80.0.5:8080"), "not inside slice subnet"),
+            (rule("10.80.0.70", "TCP", 80, "10.80.0.5:8080"), "inside node prefix 10.80.0.64/26"),
+            (rule("10.80.255.10", "ICMP", 80, "10.80.0.5:8080"), "none of TCP"),
+            (rule("10.80.255.10", "TCP", 0, "10.80.0.5:8080"), "port 0"),
+            (rule("10.80.255.10", "UDP", 53, "10.80.0.5:0"), "backend 10.80.0.5:0"),
+        ];
+        for (services, want) in cases {
+            let e = check(services).unwrap_err();
+            assert!(e.contains(want), "{e} should say {want}");
+        }
+        let twice = serde_json::json!([
+            {"name": "shop/a", "ip": "10.80.255.10", "ports": [{"protocol": "TCP", "port": 80}]},
+            {"name": "shop/b", "ip": "10.80.255.10", "ports": [{"protocol": "TCP", "port": 80}]}
+        ]);
+        assert!(check(twice).unwrap_err().contains("listed twice"));
+    }
+
+    #[test]
+    fn policies_and_the_pod_directory_are_validated() {
+        let check = |policies: serde_json::Value, pods: serde_json::Value| {
+            let mut c = config();
+            c.slices[0].policies = serde_json::from_value(policies).unwrap();
+            c.slices[0].pods = serde_json::from_value(pods).unwrap();
+            c.validate()
+        };
+        let deny = serde_json::json!([{"namespace": "shop", "name": "deny", "spec": {}}]);
+        let group = |addresses: serde_json::Value, ports: serde_json::Value| serde_json::json!([{"namespace": "shop", "labels": {"app": "web"}, "ports": ports, "addresses": addresses}]);
+        let http = serde_json::json!([{"name": "http", "port": 80, "protocol": "TCP"}]);
+        check(deny.clone(), group(serde_json::json!(["10.80.0.5", "10.80.16.5"]), http.clone())).unwrap();
+        // Older configurations (no policies, no pods) still parse, and empty lists are not written.
+        let c = config();
+        assert!(c.slices[0].policies.is_empty() && c.slices[0].pods.is_empty());
+        let written = serde_json::to_string(&c).unwrap();
+        assert!(!written.contains("policies") && !written.contains("\"pods\""), "{written}");
+        let cases = [
+            (
+                serde_json::json!([{"namespace": "Shop", "name": "deny", "spec": {}}]),
+                group(serde_json::json!(["10.80.0.5"]), http.clone()),
+                "policy Shop/deny: namespace \"Shop\" is not a DNS name",
+            ),
+            (
+                serde_json::json!([{"namespace": "shop", "name": "a", "spec": {}}, {"namespace": "shop", "name": "a", "spec": {}}]),
+                serde_json::json!([]),
+                "policy shop/a: listed twice",
+            ),
+            (
+                deny.clone(),
+                group(serde_json::json!(["10.81.0.5"]), http.clone()),
+                "address 10.81.0.5 is not inside slice subnet",
+            ),
+            (
+                deny.clone(),
+                group(serde_json::json!(["10.80.0.1"]), http.clone()),
+                "address 10.80.0.1 is a slice-router address",
+            ),
+            (
+                deny.clone(),
+                group(serde_json::json!(["10.80.0.5", "10.80.0.5"]), http.clone()),
+                "address 10.80.0.5 is listed twice",
+            ),
+            (deny.clone(), group(serde_json::json!([]), http.clone()), "pod group 0 (namespace \"shop\"): no address"),
+            (
+                deny.clone(),
+                group(
+                    serde_json::json!(["10.80.0.5"]),
+                    serde_json::json!([{"name": "x", "port": 80, "protocol": "ICMP"}]),
+                ),
+                "protocol \"ICMP\" is none of",
+            ),
+            (
+                deny.clone(),
+                group(
+                    serde_json::json!(["10.80.0.5"]),
+                    serde_json::json!([{"name": "x", "port": 0, "protocol": "TCP"}]),
+                ),
+                "port x is 0",
+            ),
+            (
+                deny,
+                group(
+                    serde_json::json!(["10.80.0.5"]),
+                    serde_json::json!([{"name": "x", "port": 80, "protocol": "TCP"}, {"name": "x", "port": 81, "protocol": "TCP"}]),
+                ),
+                "port x/TCP listed twice",
+            ),
+        ];
+        for (policies, pods, want) in cases {
+            let e = check(policies, pods).unwrap_err();
+            assert!(e.contains(want), "{e} should say {want}");
+        }
     }
 
     #[test]

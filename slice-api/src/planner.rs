@@ -40,6 +40,9 @@ pub const VNI_MAX: u32 = (1 << 24) - 1;
 pub const PLANNED: &str = "Planned";
 /// Condition type: every member cluster runs the slice and every tunnel is up.
 pub const READY: &str = "Ready";
+/// Condition type (set by the hub once a slice has exports): every exported service that member
+/// clusters reported was taken; `False` names what was dropped and why.
+pub const EXPORTS_ACCEPTED: &str = "ExportsAccepted";
 
 /// What the hub must make true for one slice.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +95,7 @@ fn owned_workers(workers: &[WorkerSlice]) -> (Vec<&WorkerSlice>, Refusals) {
     for w in workers {
         let namespace = w.metadata.namespace.as_deref().unwrap_or("");
         let name = w.name_any();
-        if namespace == cluster_namespace(&w.spec.cluster) && name == w.spec.slice {
+        if speaks_for_itself(w) {
             owned.push(w);
         } else {
             let why = format!(
@@ -108,6 +111,14 @@ fn owned_workers(workers: &[WorkerSlice]) -> (Vec<&WorkerSlice>, Refusals) {
         }
     }
     (owned, refusals)
+}
+
+/// Whether a WorkerSlice speaks for the cluster and slice its spec names: it lies in that
+/// cluster's namespace under that slice's name. What any other WorkerSlice's status says is not
+/// used (not its gateway key or endpoint, not its exports).
+#[must_use]
+pub fn speaks_for_itself(w: &WorkerSlice) -> bool {
+    w.metadata.namespace.as_deref() == Some(cluster_namespace(&w.spec.cluster).as_str()) && w.name_any() == w.spec.slice
 }
 
 /// What each cluster published for each slice, once checked: (slice, cluster) → (key, endpoint),
@@ -339,6 +350,8 @@ fn plan_slice(
             namespaces: slice.spec.namespaces_in(c),
             gateway: slice.spec.gateway.clone(),
             peers,
+            // The hub adds the slice's imports (`slice_operator::hub::services`).
+            imports: Vec::new(),
         });
     }
     let allocations = members

@@ -85,6 +85,35 @@ pub fn cluster_prefix(subnet: IpNet, max_clusters: u32, index: u64) -> Result<Ip
     nth_subnet(subnet, len, index)
 }
 
+/// The block of a slice subnet reserved for ClusterSetIPs (the virtual addresses of imported
+/// services, the same in every member cluster): the topmost block of length
+/// `max(node_prefix_len - 2, cluster_prefix_len + 1)`, i.e. four node prefixes, or half a cluster
+/// prefix when a cluster prefix holds fewer than eight. It lies in the last cluster prefix,
+/// which the planner hands out only when the slice has `maxClusters` clusters (it takes the
+/// lowest free index), and it is always a whole number of node prefixes, which the worker of
+/// that cluster never allocates to nodes.
+///
+/// `cluster_prefix_len` and `node_prefix_len` are those of a valid address plan:
+/// `subnet.prefix_len() <= cluster_prefix_len < node_prefix_len <= max - 2`.
+#[must_use]
+pub fn cluster_set_ip_block(subnet: IpNet, cluster_prefix_len: u8, node_prefix_len: u8) -> IpNet {
+    let len = node_prefix_len.saturating_sub(2).max(cluster_prefix_len + 1).min(node_prefix_len);
+    last_subnet(subnet, len)
+}
+
+/// The last sub-prefix of length `len` (not shorter than the parent's) inside `parent`.
+fn last_subnet(parent: IpNet, len: u8) -> IpNet {
+    let max = parent.max_prefix_len();
+    let len = len.clamp(parent.prefix_len(), max);
+    let span = |l: u8| -> u128 {
+        let bits = u32::from(max - l);
+        if bits >= 128 { u128::MAX } else { (1u128 << bits) - 1 }
+    };
+    // The parent's last address minus the block's size, plus one: the block's first address.
+    let base = ip_to_u128(parent.network()) + span(parent.prefix_len()) - span(len);
+    IpNet::new(u128_to_ip(base, parent.network()), len).expect("length clamped to the family")
+}
+
 /// Node prefix number `index` of a cluster prefix.
 ///
 /// # Errors
@@ -193,6 +222,24 @@ mod tests {
         assert!(matches!(cluster_prefix_len(net("10.0.0.0/30"), 8), Err(PrefixError::TooSmall { .. })));
         assert!(matches!(cluster_prefix(net("10.0.0.0/16"), 4, 4), Err(PrefixError::OutOfRange { .. })));
         assert!(matches!(node_prefix(net("10.0.0.0/20"), 20, 0), Err(PrefixError::NodeLenDoesNotFit { .. })));
+    }
+
+    #[test]
+    fn the_cluster_set_ip_block_is_the_top_of_the_subnet() {
+        // /16 in 16 clusters of /20, nodes /26: four node prefixes at the very top.
+        assert_eq!(cluster_set_ip_block(net("10.80.0.0/16"), 20, 26), net("10.80.255.0/24"));
+        // One cluster: the same, inside that cluster's prefix.
+        assert_eq!(cluster_set_ip_block(net("10.80.0.0/16"), 16, 26), net("10.80.255.0/24"));
+        // A cluster prefix of two node prefixes: half of the last one, a whole node prefix.
+        assert_eq!(cluster_set_ip_block(net("10.80.0.0/24"), 25, 26), net("10.80.0.192/26"));
+        assert_eq!(cluster_set_ip_block(net("fd00:80::/48"), 52, 120), net("fd00:80:0:ffff:ffff:ffff:ffff:fc00/118"));
+        let block = cluster_set_ip_block(net("10.80.0.0/16"), 20, 26);
+        let last_cluster = cluster_prefix(net("10.80.0.0/16"), 16, 15).unwrap();
+        assert!(last_cluster.contains(&block));
+        for i in 0..15 {
+            let c = cluster_prefix(net("10.80.0.0/16"), 16, i).unwrap();
+            assert!(!c.contains(&block.network()), "only the last cluster prefix holds it");
+        }
     }
 
     proptest! {

@@ -40,7 +40,7 @@ pub struct Options {
     pub forward: Vec<String>,
 }
 
-/// How often the configuration file is checked for changes.
+/// How often the configuration file is checked for changes when inotify has said nothing.
 pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads and parses a configuration file; refuses a file that holds a private key and is
@@ -182,14 +182,20 @@ fn file_stamp(path: &Path) -> Option<(u64, u64, std::time::SystemTime)> {
     Some((m.ino(), m.len(), m.modified().ok()?))
 }
 
-/// Re-reads `path` every [`RELOAD_INTERVAL`] when it changed and applies it as `wg setconf`
-/// would (peers not in it are removed; unchanged peers keep their sessions). A file that does not
-/// load is logged and the running configuration stays.
+/// Re-reads `path` when it changed and applies it as `wg setconf` would (peers not in it are
+/// removed; unchanged peers keep their sessions). A file that does not load is logged and the
+/// running configuration stays.
+///
+/// The change is noticed at once through inotify on the file's directory (a mounted Secret
+/// changes by a rename of its `..data` link there; an editor or the lab renames a new file into
+/// place), and at the latest after [`RELOAD_INTERVAL`], which also covers a directory inotify
+/// cannot watch.
 fn watch_config(path: PathBuf, gw: std::sync::Arc<device::Gateway>) -> std::io::Result<()> {
     let mut last = file_stamp(&path);
+    let changes = ConfigChanges::watch(&path);
     std::thread::Builder::new().name("config-watch".into()).spawn(move || {
         loop {
-            std::thread::sleep(RELOAD_INTERVAL);
+            changes.wait(RELOAD_INTERVAL);
             let now = file_stamp(&path);
             if now.is_none() || now == last {
                 continue;
@@ -205,4 +211,66 @@ fn watch_config(path: PathBuf, gw: std::sync::Arc<device::Gateway>) -> std::io::
         }
     })?;
     Ok(())
+}
+
+/// Events in the configuration file's directory (none when inotify is not available there).
+struct ConfigChanges(Option<nix::sys::inotify::Inotify>);
+
+impl ConfigChanges {
+    fn watch(path: &Path) -> Self {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let flags = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE;
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .and_then(|i| i.add_watch(dir, flags).map(|_| i));
+        match inotify {
+            Ok(i) => Self(Some(i)),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "no inotify on the configuration's directory: polling only");
+                Self(None)
+            }
+        }
+    }
+
+    /// Returns after an event in the directory or after `timeout`, whichever comes first.
+    fn wait(&self, timeout: std::time::Duration) {
+        use std::os::fd::AsFd;
+        let Some(inotify) = &self.0 else {
+            std::thread::sleep(timeout);
+            return;
+        };
+        let mut fds = [nix::poll::PollFd::new(inotify.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        if let Ok(n) = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms))
+            && n > 0
+        {
+            // Drain the events; the file's stamp decides whether it changed.
+            while inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file renamed into the directory ends the wait through inotify, long before the
+    /// (deliberately huge) timeout would.
+    #[test]
+    fn a_renamed_configuration_wakes_the_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.conf");
+        std::fs::write(&path, "old").unwrap();
+        let changes = ConfigChanges::watch(&path);
+        assert!(changes.0.is_some(), "inotify works on a temporary directory");
+        let tmp = dir.path().join("next");
+        std::fs::write(&tmp, "new").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let t = std::time::Instant::now();
+        changes.wait(std::time::Duration::from_secs(600));
+        assert!(t.elapsed() < std::time::Duration::from_secs(300), "the wait ended by the event, not the timeout");
+    }
 }

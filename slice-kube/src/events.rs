@@ -119,6 +119,15 @@ pub mod reason {
     pub const WEBHOOK_CERTIFICATE_RENEWED: &str = "WebhookCertificateRenewed";
     /// The serving certificate is left alone (note: why — not the CA's, unreadable, CA expired).
     pub const WEBHOOK_CERTIFICATE_PROBLEM: &str = "WebhookCertificateProblem";
+    // Multi-cluster services.
+    /// Worker, on a ServiceExport: it became invalid (note: the `Valid` condition's reason).
+    pub const SERVICE_EXPORT_INVALID: &str = "ServiceExportInvalid";
+    /// Worker, on a ServiceExport: the exports of its service started to conflict.
+    pub const SERVICE_EXPORT_CONFLICT: &str = "ServiceExportConflict";
+    /// Worker, on `kube-system`'s CoreDNS ConfigMaps: the slice DNS stanza added or removed.
+    pub const SLICE_DNS_CONFIGURED: &str = "SliceDnsConfigured";
+    /// Hub, on a SliceConfig: exports that member clusters reported were dropped (note: why).
+    pub const EXPORTS_REFUSED: &str = "ExportsRefused";
     // Both.
     /// A write failed (note: which, and the API's answer); the pass is retried with backoff.
     pub const WRITE_FAILED: &str = "WriteFailed";

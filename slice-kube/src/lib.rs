@@ -4,8 +4,12 @@
 //! - [`events`]: Kubernetes Events from state changes, aggregated.
 //! - [`health`]: the probes' endpoint (`--health-addr`).
 //! - [`kubeconfig`]: an API client from a kubeconfig file (the controllers and `slicectl`).
+//! - `memory` (feature `memory`): an in-memory API server for kube-rs clients, which the lab
+//!   runs the hub and the workers against and the controllers' tests check their requests with.
 
 pub mod events;
 pub mod health;
 pub mod kubeconfig;
 pub mod leader;
+#[cfg(feature = "memory")]
+pub mod memory;

@@ -1,6 +1,7 @@
 //! The node agent: on each node, one router namespace per slice, joined to the same slice's
 //! routers on the other nodes by a VXLAN (flannel's static scheme), and a node-state file per
-//! slice for the CNI plugin.
+//! slice for the CNI plugin. In each router namespace one nftables table ([`firewall`]) holds
+//! the anti-spoof check, the slice's ClusterSetIP DNAT and its MultiNetworkPolicies.
 //!
 //! A reconcile observes ([`router::observe`]), decides ([`plan::plan`], pure) and applies
 //! ([`router::apply`]). One loop ([`daemon`]) runs it, fed by the configuration file (polled) or
@@ -9,6 +10,7 @@
 //! exits leaving the data plane in place, for the next start to adopt.
 
 pub mod daemon;
+pub mod firewall;
 pub mod kube;
 pub mod network_status;
 pub mod plan;
@@ -57,6 +59,10 @@ pub enum NodeAgentError {
         #[source]
         source: std::io::Error,
     },
+    /// A MultiNetworkPolicy of the slice cannot be compiled; the router's rules in force were
+    /// kept.
+    #[error("{0}; the rules in force are kept")]
+    Policy(String),
     /// Something the plan depends on is not there yet (e.g. a gateway pod); retried.
     #[error("{0}")]
     Waiting(String),

@@ -1,5 +1,5 @@
 //! The node agent's side effects: observe the slice routers (router namespaces, their VXLAN,
-//! routes, neighbours, FDB, sysctls) and the state dir, and apply [`Action`]s through
+//! routes, neighbours, FDB, sysctls, nftables table) and the state dir, and apply [`Action`]s through
 //! `dataplane`'s traits ([`NamespaceOps`], [`NetlinkOps`]): [`dataplane::Kernel`] and
 //! [`dataplane::Netlink`] in the daemon, the in-memory `dataplane::fake` in the tests without
 //! root. The node namespace is the calling thread's; router namespaces are entered only through
@@ -14,7 +14,8 @@ use slice_api::node::{NodeAgentConfig, NodeState};
 
 use super::NodeAgentError;
 use super::plan::{
-    Action, Observed, ObservedRouter, ObservedStateFile, ObservedVxlan, ROUTER_SYSCTLS, vni_of_vxlan_name, vxlan_name,
+    Action, Observed, ObservedFirewall, ObservedRouter, ObservedStateFile, ObservedVxlan, ROUTER_SYSCTLS,
+    vni_of_vxlan_name, vxlan_name,
 };
 
 fn observed_vxlan(link: &Link) -> ObservedVxlan {
@@ -110,6 +111,15 @@ fn observe_router<H: NamespaceOps>(
             }
         }
     }
+    router.firewall = match host.nft_table(ns, crate::firewall::TABLE) {
+        Ok(Some(objects)) => ObservedFirewall::Present(crate::firewall::canonical(objects)),
+        Ok(None) => ObservedFirewall::Absent,
+        Err(e) => {
+            let reason = slice_api::error_chain::chain(&e);
+            tracing::warn!(slice = %slice, error = %reason, "cannot list the router's nftables table");
+            ObservedFirewall::Unreadable(reason)
+        }
+    };
     if links.iter().any(|l| l.name == desired_vxlan && is_vxlan(l)) {
         router.neighs = nl.neighs(desired_vxlan).map_err(|e| err("listing neighbours", e))?;
         router.fdb = nl.fdb(desired_vxlan).map_err(|e| err("listing FDB entries", e))?;
@@ -351,7 +361,18 @@ fn apply_one<H: NamespaceOps>(
             let (_, nl) = routers.get(config, host, slice)?;
             nl.replace_fdb(dev, entry).map_err(dp(what))
         }
+        Action::ReplaceFirewall { slice, objects, services } => {
+            let (ns, _) = routers.get(config, host, slice)?;
+            host.nft_replace_table(ns, crate::firewall::TABLE, objects).map_err(dp(what))?;
+            tracing::info!(slice = %slice, services = services.0, ports = services.1, "router firewall programmed");
+            Ok(())
+        }
+        Action::DeleteFirewall { slice } => {
+            let (ns, _) = routers.get(config, host, slice)?;
+            host.nft_delete_table(ns, crate::firewall::TABLE).map_err(dp(what))
+        }
         Action::WriteStateFile { state, .. } => state.store(&config.state_dir).map_err(NodeAgentError::StateFile),
+        Action::KeepFirewall { reason, .. } => Err(NodeAgentError::Policy(reason.clone())),
         Action::AwaitGateway { .. } => Err(NodeAgentError::Waiting(
             "the gateway pod is not on this node yet (no route to it in the router namespace); retrying".into(),
         )),

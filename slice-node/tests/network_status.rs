@@ -52,16 +52,15 @@ struct Fixture {
     api: FakePods,
     dir: tempfile::TempDir,
     publisher: StatusPublisher,
-    _server: tokio::task::JoinHandle<()>,
 }
 
 impl Fixture {
     fn new() -> Self {
         let api = FakePods::new(NODE_AGENT, "slicenet-system");
         let dir = tempfile::tempdir().unwrap();
-        let (client, server) = api.client();
+        let client = api.client();
         let publisher = StatusPublisher::new(client, dir.path().to_owned(), NODE.to_owned());
-        Self { api, dir, publisher, _server: server }
+        Self { api, dir, publisher }
     }
 
     async fn scan(&mut self, full: bool) -> ScanReport {
@@ -93,7 +92,7 @@ async fn a_new_record_is_merged_into_the_annotation_once() {
     let report = f.scan(false).await;
     assert_eq!(Fixture::outcome(&report, "shop/web"), Outcome::Patched);
     let requests = f.api.take_requests();
-    let lines: Vec<String> = requests.iter().map(|r| r.line()).collect();
+    let lines: Vec<String> = requests.iter().map(network_status_support::line).collect();
     assert_eq!(lines, [format!("GET {WEB} 200"), format!("PATCH {WEB} 200")]);
     // A merge patch of the one annotation, conditional on the version read.
     let patch = &requests[1].body;
@@ -262,7 +261,7 @@ async fn unreadable_records_make_no_requests() {
 #[tokio::test]
 async fn no_status_directory_yet_is_no_records() {
     let api = FakePods::new(NODE_AGENT, "slicenet-system");
-    let (client, _server) = api.client();
+    let client = api.client();
     let dir = tempfile::tempdir().unwrap();
     let mut publisher = StatusPublisher::new(client, dir.path().join("network-status"), NODE.to_owned());
     assert_eq!(publisher.scan(true).await.unwrap(), ScanReport::default());

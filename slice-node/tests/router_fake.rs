@@ -70,8 +70,19 @@ impl Node {
 
     /// The calls that change something, from call number `from` on.
     fn writes_since(&self, from: usize) -> Vec<String> {
-        const READS: [&str; 10] =
-            ["link", "links", "addrs", "routes", "neighs", "fdb", "sysctl", "list_named", "open", "netlink"];
+        const READS: [&str; 11] = [
+            "link",
+            "links",
+            "addrs",
+            "routes",
+            "neighs",
+            "fdb",
+            "sysctl",
+            "list_named",
+            "open",
+            "netlink",
+            "nft_table",
+        ];
         self.world.calls()[from..]
             .iter()
             .filter(|c| {
@@ -297,4 +308,64 @@ fn a_router_that_cannot_be_observed_is_left_alone_and_reported() {
     let from = node.world.calls().len();
     node.reconcile(&config).unwrap();
     assert_eq!(node.writes_since(from), ["t1-blue: set_mtu sv100 1450"].map(str::to_owned));
+}
+
+/// Blue with a ClusterSetIP service: one port with two backends, one port without.
+fn with_web(mut config: NodeAgentConfig, backends: &[&str]) -> NodeAgentConfig {
+    config.slices[0].services = serde_json::from_value(serde_json::json!([
+        {"name": "shop/web", "ip": "10.80.255.10", "ports": [
+            {"protocol": "TCP", "port": 80, "backends": backends},
+            {"protocol": "UDP", "port": 53}
+        ]}
+    ]))
+    .unwrap();
+    config.validate().unwrap();
+    config
+}
+
+#[test]
+fn services_are_one_table_written_once_repaired_when_changed_and_removed_when_gone() {
+    let mut node = Node::new();
+    let table = slice_node::firewall::TABLE;
+    let config = with_web(node.config(), &["10.80.0.5:8080", "10.80.0.70:8080"]);
+    node.reconcile(&config).unwrap();
+    let want = slice_node::firewall::table(&config.slices[0]).unwrap().unwrap();
+    assert_eq!(node.world.nft_table("t1-blue", table), Some(want.clone()));
+    assert_eq!(node.world.nft_table("t1-red", table), None, "red has no service, so no table");
+    // Already right: nothing written.
+    let from = node.world.calls().len();
+    assert_eq!(node.reconcile(&config).unwrap(), Vec::<Action>::new());
+    assert_eq!(node.writes_since(from), Vec::<String>::new());
+
+    // Deleted or edited by someone: restored, and nothing else touched.
+    let mut edited = want.clone();
+    edited.truncate(2);
+    for drift in [None, Some(edited)] {
+        node.world.set_nft_table("t1-blue", table, drift);
+        let from = node.world.calls().len();
+        node.reconcile(&config).unwrap();
+        assert_eq!(
+            node.writes_since(from),
+            [format!("t1-blue: nft_replace_table inet slicenet ({} objects)", want.len())]
+        );
+        assert_eq!(node.world.nft_table("t1-blue", table), Some(want.clone()));
+    }
+
+    // nft refuses the new table: the slice reports it, the old table stays, the next round
+    // applies it.
+    let changed = with_web(node.config(), &["10.80.0.5:8080"]);
+    node.world.fail_next("t1-blue: nft_replace_table", libc::EINVAL);
+    let (slice, action, error) = only_failure(node.reconcile(&changed));
+    assert_eq!(slice, "blue");
+    assert!(action.starts_with("replace nftables table inet slicenet"), "{action}");
+    assert!(slice_api::error_chain::chain(&error).contains("nft: (fake)"), "{error:?}");
+    assert_eq!(node.world.nft_table("t1-blue", table), Some(want.clone()));
+    node.reconcile(&changed).unwrap();
+    assert_eq!(node.world.nft_table("t1-blue", table), slice_node::firewall::table(&changed.slices[0]).unwrap());
+
+    // The last service goes: the table goes.
+    let from = node.world.calls().len();
+    node.reconcile(&node.config()).unwrap();
+    assert_eq!(node.writes_since(from), ["t1-blue: nft_delete_table inet slicenet"].map(str::to_owned));
+    assert_eq!(node.world.nft_table("t1-blue", table), None);
 }

@@ -92,6 +92,7 @@ impl WorkerArgs {
         worker::WorkerOptions {
             settings: worker::decide::Settings {
                 cluster: self.cluster.clone(),
+                now: String::new(),
                 node_defaults: worker::objects::NodeDefaults {
                     underlay_mtu: self.underlay_mtu,
                     state_dir: self.state_dir,

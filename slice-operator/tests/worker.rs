@@ -1,4 +1,4 @@
-//! The worker controller against fake API servers (kube-rs's mock service): the exact requests
+//! The worker controller against the in-memory API (`slice_kube::memory`): the exact requests
 //! of each pass, in order, for create, the gateway pod appearing, a namespace added, a peer's key
 //! and endpoint changing, a node added and removed, Multus, deletion through the finalizer, a
 //! repeat pass (no writes), failures (the pass stops and the retry finishes the job), tunnel
@@ -130,24 +130,22 @@ fn settings() -> Settings {
 }
 
 /// A worker on `api`'s clients with the fixed key pair, reading gateway metrics from `api`.
-fn worker_on(api: &FakeApi) -> (Worker, tokio::task::JoinHandle<()>) {
-    let (hub, local, server) = api.clients();
-    let worker = Worker::with_key_source(
+fn worker_on(api: &FakeApi) -> Worker {
+    let (hub, local) = api.clients();
+    Worker::with_key_source(
         hub,
         local,
         settings(),
         Box::new(|_| KeyPair { private_key: PRIVATE.into(), public_key: PUBLIC.into() }),
     )
-    .with_metrics_source(api.metrics_source());
-    (worker, server)
+    .with_metrics_source(api.metrics_source())
 }
 
 /// Runs one pass against `api` with a new worker; returns its result and requests.
 async fn pass(api: &FakeApi) -> (Result<usize, WorkerError>, Vec<Recorded>) {
-    let (worker, server) = worker_on(api);
+    let worker = worker_on(api);
     let result = worker.reconcile_once("c2", NOW).await.map(|o| o.writes);
     drop(worker);
-    server.await.expect("the fake server ends");
     assert_eq!(api.violations(), Vec::<String>::new(), "requests not covered by the access lists");
     (result, api.take_requests())
 }
@@ -181,7 +179,22 @@ fn reads_counting(member_namespaces: &[&str]) -> Vec<String> {
     v.extend(member_namespaces.iter().map(|ns| format!("GET /api/v1/namespaces/{ns}/pods")));
     // NADs are listed whether Multus is on or not (those left from when it was on must go).
     v.push(format!("GET {NADS}"));
+    v.extend(mcs_reads());
     v
+}
+
+/// The multi-cluster services' reads at the end of every pass (no namespace exports here):
+/// ServiceExports, the worker's ServiceImports and MCS EndpointSlices, the slice-dns Service
+/// and the cluster's Corefiles.
+fn mcs_reads() -> Vec<String> {
+    vec![
+        "GET /apis/multicluster.x-k8s.io/v1alpha1/serviceexports".into(),
+        "GET /apis/multicluster.x-k8s.io/v1alpha1/serviceimports".into(),
+        "GET /apis/discovery.k8s.io/v1/endpointslices".into(),
+        format!("GET {SYS}/services/slice-dns"),
+        "GET /api/v1/namespaces/kube-system/configmaps/coredns".into(),
+        "GET /api/v1/namespaces/kube-system/configmaps/node-local-dns".into(),
+    ]
 }
 
 /// The requests' lines, events left out (see [`event_lines`]).
@@ -591,11 +604,10 @@ async fn a_namespace_of_another_slice_is_never_touched() {
 #[tokio::test]
 async fn heartbeat_patches_the_member_cluster_status() {
     let api = fixture();
-    let (hub, local, server) = api.clients();
+    let (hub, local) = api.clients();
     let worker = Worker::new(hub, local, settings());
     worker.heartbeat("c2", NOW).await.expect("heartbeat");
     drop(worker);
-    server.await.expect("server");
     assert_eq!(api.violations(), Vec::<String>::new());
     let requests = api.take_requests();
     assert_eq!(lines(&requests), ["hub PATCH /apis/slicenet.io/v1alpha1/memberclusters/c2/status"]);
@@ -622,11 +634,10 @@ async fn node_agent_watches_its_config_map() {
     api.put(Side::Cluster, other);
     api.state.lock().expect("state").watch_events =
         vec![json!({"type": "MODIFIED", "object": cm(200)}), json!({"type": "DELETED", "object": cm(200)})];
-    let (_hub, local, server) = api.clients();
+    let (_hub, local) = api.clients();
     let updates: Vec<ConfigUpdate> =
         config_updates(local, "n1").take(3).map(|u| u.expect("no watch error")).collect().await;
     drop(_hub);
-    server.await.expect("server");
     let vni = |u: &ConfigUpdate| match u {
         ConfigUpdate::Config(c) => Some(c.slices[0].vni),
         _ => None,
@@ -741,7 +752,7 @@ async fn connected_pods_count_the_pods_with_the_slice_entry() {
 async fn an_advancing_handshake_alone_is_written_at_most_once_a_minute() {
     let api = running().await;
     api.set_metrics(GATEWAY_METRICS, Ok(gateway_metrics(&[(PEER_KEY, now_plus(-10.0))])));
-    let (worker, server) = worker_on(&api);
+    let worker = worker_on(&api);
     let handshake = |api: &FakeApi| status(api)["peers"][0]["lastHandshake"].as_str().map(str::to_owned);
     let status_write = [format!("hub PATCH {WS}/blue/status")];
 
@@ -788,7 +799,6 @@ async fn an_advancing_handshake_alone_is_written_at_most_once_a_minute() {
     assert_eq!(result.expect("pass"), 0);
 
     drop(worker);
-    server.await.expect("the fake server ends");
 }
 
 fn decode_b64(s: &str) -> String {
@@ -803,11 +813,10 @@ async fn undeclared_requests_are_caught() {
     let api = FakeApi::new(WORKER_HUB, "slicenet-cluster-c2", WORKER_HUB, "slicenet-system");
     api.put(Side::Hub, worker_slice());
     api.put(Side::Cluster, node("n1", "198.18.2.11"));
-    let (hub, local, server) = api.clients();
+    let (hub, local) = api.clients();
     let worker = Worker::new(hub, local, settings());
     let _ = worker.reconcile_once("c2", NOW).await;
     drop(worker);
-    server.await.expect("server");
     let violations = api.violations();
     assert!(violations.iter().any(|v| v.contains("GET /api/v1/nodes")), "{violations:?}");
     assert!(violations.iter().all(|v| v.starts_with("Cluster")), "{violations:?}");
@@ -816,7 +825,7 @@ async fn undeclared_requests_are_caught() {
 #[tokio::test]
 async fn events_announce_what_changed_and_nothing_when_nothing_did() {
     let api = fixture();
-    let (worker, server) = worker_on(&api);
+    let worker = worker_on(&api);
     let (result, requests) = pass_at(&api, &worker, NOW).await;
     result.expect("create");
     assert_eq!(
@@ -881,7 +890,6 @@ async fn events_announce_what_changed_and_nothing_when_nothing_did() {
     assert_eq!(notes[0], "TunnelsDown: tunnels not up: c1 (Down), c3 (Down)");
     assert_eq!(notes[1], "tunnel to cluster c1 is Down: no handshake for over 180 s");
     drop(worker);
-    server.await.expect("the fake server ends");
 }
 
 #[tokio::test]
@@ -904,7 +912,7 @@ async fn a_deleted_slice_announces_its_namespace_leaving_and_its_teardown() {
 #[tokio::test]
 async fn a_repeated_failure_is_one_event_whose_series_counts_the_repeats() {
     let api = fixture();
-    let (worker, server) = worker_on(&api);
+    let worker = worker_on(&api);
     let at = |s: i64| {
         (NOW.parse::<k8s_openapi::jiff::Timestamp>().expect("NOW") + k8s_openapi::jiff::SignedDuration::from_secs(s))
             .to_string()
@@ -940,7 +948,6 @@ async fn a_repeated_failure_is_one_event_whose_series_counts_the_repeats() {
     );
     assert_eq!(patch[0].body["series"]["count"], 6);
     drop(worker);
-    server.await.expect("the fake server ends");
 }
 
 #[tokio::test]
@@ -976,13 +983,12 @@ async fn nads_the_worker_wrote_go_when_multus_is_turned_off() {
     let api = fixture();
     api.edit(Side::Hub, mc, |mc| mc["spec"]["multus"] = json!(true));
     pass(&api).await.0.expect("with Multus");
-    let (hub, local, server) = api.clients();
+    let (hub, local) = api.clients();
     let off = Worker::new(hub, local, Settings { multus: Some(false), ..settings() })
         .with_metrics_source(api.metrics_source());
     api.take_requests();
     off.reconcile_once("c2", NOW).await.expect("with --multus false");
     drop(off);
-    server.await.expect("server");
     assert!(lines(&api.take_requests()).contains(&format!("DELETE {nad}")));
     assert!(api.get(Side::Cluster, nad).is_none());
 }
@@ -1000,7 +1006,7 @@ async fn a_replica_that_stops_leading_mid_pass_makes_no_further_write() {
             lose.lose(r#"the lease is now held by "worker-1""#);
         }
     })));
-    let (worker, server) = worker_on(&api);
+    let worker = worker_on(&api);
     let worker = worker.with_leadership(leadership);
     let (result, requests) = pass_at(&api, &worker, NOW).await;
     let err = result.expect_err("the pass stops");
@@ -1012,7 +1018,6 @@ async fn a_replica_that_stops_leading_mid_pass_makes_no_further_write() {
     assert!(matches!(worker.heartbeat("c2", NOW).await, Err(WorkerError::NotLeading(_))));
     assert_eq!(api.take_requests().len(), 0);
     drop(worker);
-    server.await.expect("the fake server ends");
 }
 
 #[tokio::test]
@@ -1063,7 +1068,7 @@ async fn the_hub_token_is_renewed_before_it_expires() {
     let first = worker_support::jwt(&json!({"iat": issued, "exp": issued + LIFE}));
     api.put(Side::Cluster, hub_kubeconfig_secret(&first));
     api.state.lock().unwrap().now = issued + LIFE / 2;
-    let (worker, server) = worker_on(&api);
+    let worker = worker_on(&api);
 
     // Half way: kept, nothing written, nothing asked of the hub.
     let kept = worker.check_hub_credential("c2", issued + LIFE / 2).await.unwrap();
@@ -1130,6 +1135,5 @@ async fn the_hub_token_is_renewed_before_it_expires() {
         requests.iter().map(Recorded::line).collect::<Vec<_>>()
     );
     drop(worker);
-    server.await.unwrap();
     assert_eq!(api.violations(), Vec::<String>::new(), "requests outside the declared access");
 }

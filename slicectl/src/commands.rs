@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use e2e::control;
 
 use crate::install;
 
@@ -39,6 +40,94 @@ pub fn lab_down(prefix: &str, all: bool) -> Result<()> {
     if failed.is_empty() { Ok(()) } else { bail!("cleanup failed for lab(s) {}", failed.join(", ")) }
 }
 
+/// `slicectl lab up -f FILE`: the lab's control plane started in the background on the file's
+/// clusters and slices; prints the hub's report once it answers.
+///
+/// # Errors
+/// When it cannot start or does not answer.
+pub fn lab_up(prefix: &str, file: &Path) -> Result<()> {
+    e2e::require_root()?;
+    control::read_manifest(file)?;
+    let exe = std::env::current_exe().context("finding slicectl's own path")?;
+    let file = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
+    control::serve::start(&exe, prefix, &file)?;
+    println!("{}", control::serve::request(prefix, &control::serve::Request::Status)?);
+    println!(
+        "The lab {prefix} and its control plane run in the background (log: {}/{prefix}/{}).",
+        e2e::LAB_BASE,
+        control::serve::LOG
+    );
+    println!("  slicectl lab apply --prefix {prefix} --cluster c1 -f objects.yaml");
+    println!("  slicectl lab exec --prefix {prefix} c1/<namespace>/<pod> -- ip addr");
+    println!("  slicectl lab status --prefix {prefix}");
+    println!("  slicectl lab down --prefix {prefix}");
+    Ok(())
+}
+
+/// `slicectl lab serve`: the control plane in the foreground.
+///
+/// # Errors
+/// When the file is not valid or the lab cannot be built.
+pub fn lab_serve(prefix: &str, file: &Path) -> Result<()> {
+    e2e::require_root()?;
+    control::serve::serve(prefix, &control::read_manifest(file)?)
+}
+
+/// `slicectl lab apply|delete [--cluster NAME] -f FILE`.
+///
+/// # Errors
+/// When the file cannot be read or the control plane refuses it (its reason).
+pub fn lab_apply(prefix: &str, cluster: Option<String>, file: &Path, apply: bool) -> Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let request = if apply {
+        control::serve::Request::Apply { cluster, text }
+    } else {
+        control::serve::Request::Delete { cluster, text }
+    };
+    println!("{}", control::serve::request(prefix, &request)?);
+    Ok(())
+}
+
+/// `slicectl lab status`.
+///
+/// # Errors
+/// When the lab has no running control plane.
+pub fn lab_status(prefix: &str) -> Result<()> {
+    println!("{}", control::serve::request(prefix, &control::serve::Request::Status)?);
+    Ok(())
+}
+
+/// `slicectl lab exec CLUSTER/NAMESPACE/POD -- CMD…`: the command in the pod's network
+/// namespace with the pod's `/etc/resolv.conf` (so `dig NAME` asks the cluster's resolver),
+/// its output and exit status passed through.
+#[must_use]
+pub fn lab_exec(prefix: &str, pod: &str, command: &[String]) -> std::process::ExitCode {
+    let run = || -> Result<std::process::ExitStatus> {
+        let parts: Vec<&str> = pod.split('/').collect();
+        let [cluster, namespace, name] = parts.as_slice() else {
+            bail!("{pod:?} is not <cluster>/<namespace>/<pod>");
+        };
+        let request = control::serve::Request::PodNetns {
+            cluster: (*cluster).to_owned(),
+            namespace: (*namespace).to_owned(),
+            name: (*name).to_owned(),
+        };
+        let answer = control::serve::request(prefix, &request)?;
+        let pod_context: control::serve::PodContext =
+            serde_json::from_str(&answer).with_context(|| format!("the lab's answer {answer:?}"))?;
+        e2e::command_with_resolv_conf(&pod_context.netns, &pod_context.resolv_conf, command)
+            .status()
+            .with_context(|| format!("running {command:?} in {pod}"))
+    };
+    match run() {
+        Ok(status) => std::process::ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("slicectl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// `slicectl status --hub-kubeconfig`: slices, clusters, tunnels and problems from the hub.
 ///
 /// # Errors
@@ -60,6 +149,13 @@ pub fn status(node: &str, state_dir: &Path, ipam_dir: &Path) -> Result<()> {
     let rows = e2e::demo::node_status(node, state_dir, ipam_dir, &BTreeMap::new())?;
     print!("{}", e2e::demo::status_table(&rows));
     Ok(())
+}
+
+/// `slicectl policy show`: what the node agent configuration at `config` compiles to.
+pub fn policy_show(config: &Path, slice: Option<&str>) -> Result<()> {
+    let config = slice_api::node::NodeAgentConfig::load(config)?;
+    let text = slice_node::firewall::render::show(&config, slice).map_err(anyhow::Error::msg)?;
+    print_out(&text)
 }
 
 /// Writes `text` to stdout (a closed pipe, as in `slicectl install hub | head`, is an error

@@ -71,6 +71,11 @@ enum Cmd {
         #[command(subcommand)]
         command: LabCmd,
     },
+    /// MultiNetworkPolicy on the slice path.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
     /// Prints the slices of one node from its files (node-state files and slice-cni's IPAM
     /// dir), or with --hub-kubeconfig the slices, clusters and tunnels as the hub sees them and
     /// why anything is unhealthy.
@@ -87,6 +92,21 @@ enum Cmd {
         /// Node name for the table.
         #[arg(long, default_value = "this node")]
         node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Prints the nftables table a node agent configuration compiles to, per slice (anti-spoof,
+    /// services, policies), as nft text; what is in force: `nft list table inet slicenet` in the
+    /// slice's router namespace.
+    Show {
+        /// The node agent's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this slice.
+        #[arg(long)]
+        slice: Option<String>,
     },
 }
 
@@ -153,8 +173,9 @@ enum LabCmd {
     /// from what slicenet promises.
     Demo,
     /// Builds the demo lab and its pods and leaves them running (`slicectl lab down` removes it);
-    /// with `-f FILE`, builds the clusters of a SliceConfig/MemberCluster YAML file instead and runs
-    /// it through the hub's planner and the worker's logic.
+    /// with `-f FILE`, builds the clusters of a SliceConfig/MemberCluster YAML file instead and
+    /// leaves the lab's control plane running in the background (the hub's and the workers' own
+    /// passes), for `lab apply`, `lab delete`, `lab exec` and `lab status`.
     Up {
         /// Lab name prefix ([a-z][a-z0-9]{0,9}).
         #[arg(long, default_value = e2e::demo::PREFIX)]
@@ -162,6 +183,49 @@ enum LabCmd {
         /// SliceConfig (and MemberCluster) YAML, e.g. deploy/examples/lab-slice.yaml.
         #[arg(short = 'f', long = "file")]
         file: Option<std::path::PathBuf>,
+    },
+    /// The lab's control plane in the foreground (what `lab up -f` starts in the background).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        prefix: String,
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+    },
+    /// Applies YAML as `kubectl apply` does: to a member cluster (`--cluster`: Namespace, Pod,
+    /// Service, ServiceExport) or to the hub (SliceConfig, MemberCluster).
+    Apply {
+        #[arg(long, default_value = e2e::demo::PREFIX)]
+        prefix: String,
+        /// The member cluster (as `kubectl --context`); without it, the hub.
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+    },
+    /// Deletes the objects of a YAML file from a member cluster, or its SliceConfigs from the hub.
+    Delete {
+        #[arg(long, default_value = e2e::demo::PREFIX)]
+        prefix: String,
+        #[arg(long)]
+        cluster: Option<String>,
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+    },
+    /// Runs a command in a pod's network namespace: `slicectl lab exec c3/shop/client -- dig …`.
+    Exec {
+        #[arg(long, default_value = e2e::demo::PREFIX)]
+        prefix: String,
+        /// `<cluster>/<namespace>/<pod>`.
+        pod: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// The hub's report of a lab started with `lab up -f`: slices, clusters, tunnels, problems.
+    Status {
+        #[arg(long, default_value = e2e::demo::PREFIX)]
+        prefix: String,
     },
     /// Removes everything a lab made (also after a crash). Idempotent.
     Down {
@@ -200,8 +264,20 @@ fn main() -> ExitCode {
         Cmd::CniInstall { plugin, bin_dir, conf_dir } => commands::cni_install(&plugin, &bin_dir, &conf_dir),
         Cmd::Lab { command: LabCmd::Demo } => e2e::demo::run(),
         Cmd::Lab { command: LabCmd::Up { prefix, file: None } } => e2e::demo::up(&prefix),
-        Cmd::Lab { command: LabCmd::Up { prefix, file: Some(file) } } => e2e::demo_yaml::up(&prefix, &file),
+        Cmd::Lab { command: LabCmd::Up { prefix, file: Some(file) } } => commands::lab_up(&prefix, &file),
+        Cmd::Lab { command: LabCmd::Serve { prefix, file } } => commands::lab_serve(&prefix, &file),
+        Cmd::Lab { command: LabCmd::Apply { prefix, cluster, file } } => {
+            commands::lab_apply(&prefix, cluster, &file, true)
+        }
+        Cmd::Lab { command: LabCmd::Delete { prefix, cluster, file } } => {
+            commands::lab_apply(&prefix, cluster, &file, false)
+        }
+        Cmd::Lab { command: LabCmd::Exec { prefix, pod, command } } => {
+            return commands::lab_exec(&prefix, &pod, &command);
+        }
+        Cmd::Lab { command: LabCmd::Status { prefix } } => commands::lab_status(&prefix),
         Cmd::Lab { command: LabCmd::Down { prefix, all } } => commands::lab_down(&prefix, all),
+        Cmd::Policy { command: PolicyCmd::Show { config, slice } } => commands::policy_show(&config, slice.as_deref()),
         Cmd::Status { hub_kubeconfig: Some(kubeconfig), .. } => commands::hub_status(&kubeconfig),
         Cmd::Status { hub_kubeconfig: None, state_dir, ipam_dir, node } => {
             commands::status(&node, &state_dir, &ipam_dir)

@@ -377,7 +377,7 @@ async fn worker_pass(api: &FakeApi) -> Vec<(String, Side, Admission)> {
         .flat_map(|side| api.paths(side, "/").into_iter().map(move |p| (side, p)))
         .filter_map(|(side, p)| before(side, &p).map(|v| (side, p, v)))
         .collect();
-    let (hub, local, server) = api.clients();
+    let (hub, local) = api.clients();
     let worker = Worker::with_key_source(
         hub,
         local,
@@ -390,7 +390,6 @@ async fn worker_pass(api: &FakeApi) -> Vec<(String, Side, Admission)> {
     .with_metrics_source(api.metrics_source());
     worker.reconcile_once("c2", NOW).await.expect("the worker's pass");
     drop(worker);
-    server.await.unwrap();
     assert_eq!(api.violations(), Vec::<String>::new());
     api.take_requests()
         .into_iter()
@@ -604,7 +603,7 @@ async fn node_agent_patch() -> (Value, Value) {
                         "podUid": "u-web",
                         "networkStatus": [{"name": "shop/slice-blue", "interface": "slice0", "ips": ["10.80.16.9"]}]});
     std::fs::write(dir.path().join("c1.json"), serde_json::to_vec(&record).unwrap()).unwrap();
-    let (client, _server) = api.client();
+    let client = api.client();
     let mut publisher = StatusPublisher::new(client, dir.path().to_owned(), "n1".to_owned());
     let report = publisher.scan(false).await.unwrap();
     assert_eq!(report.pods.get("shop/web"), Some(&Outcome::Patched), "{report:?}");

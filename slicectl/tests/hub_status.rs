@@ -1,38 +1,26 @@
-//! `slicectl status --hub-kubeconfig`'s requests against kube-rs's mock service: exactly the
-//! three list requests, answers turned into the view, API errors reported with what was asked.
+//! `slicectl status --hub-kubeconfig`'s requests against the in-memory API
+//! (`slice_kube::memory`): exactly the three list requests, answers turned into the view, API
+//! errors reported with what was asked.
 
-use http::{Request, Response};
-use kube::Client;
-use kube::client::Body;
-use serde_json::{Value, json};
+use serde_json::json;
+use slice_api::rbac::{Access, Scope};
+use slice_kube::memory::MemoryApi;
 use slicectl::hub_status::{fetch, problems};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+/// What `slicectl status` may do on the hub: list the three kinds.
+static READER: &[Access] = &[
+    Access::new("list", "slicenet.io", "sliceconfigs", Scope::Cluster),
+    Access::new("list", "slicenet.io", "memberclusters", Scope::Cluster),
+    Access::new("list", "slicenet.io", "workerslices", Scope::Cluster),
+];
 
-fn list(kind: &str, items: Value) -> Value {
-    json!({"apiVersion": "slicenet.io/v1alpha1", "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items})
-}
-
-/// Answers the expected (path, status, body) exchanges in order, then checks that nothing more
-/// is asked.
-async fn serve(mut handle: Handle, script: Vec<(&'static str, u16, Value)>) {
-    for (path, status, body) in script {
-        let (req, send) = handle.next_request().await.expect("a request");
-        assert_eq!(req.method(), "GET");
-        assert_eq!(req.uri().path(), path);
-        let response = Response::builder().status(status).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap();
-        send.send_response(response);
-    }
-}
-
-fn mock() -> (Client, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (Client::new(service, "default"), handle)
+fn hub() -> MemoryApi<String> {
+    MemoryApi::new([("hub".to_owned(), READER, "default".to_owned())])
 }
 
 #[tokio::test]
 async fn fetch_lists_the_three_kinds_and_sorts_them() {
-    let (client, handle) = mock();
+    let api = hub();
     let mc = |name: &str| json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": name}, "spec": {}});
     let ws = |cluster: &str| {
         json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
@@ -40,22 +28,26 @@ async fn fetch_lists_the_three_kinds_and_sorts_them() {
         "spec": {"slice": "blue", "cluster": cluster, "sliceSubnet": "10.80.0.0/16", "clusterPrefix": "10.80.0.0/20",
                  "nodePrefixLength": 26, "vni": 7}})
     };
-    let script = vec![
-        (
-            "/apis/slicenet.io/v1alpha1/sliceconfigs",
-            200,
-            list(
-                "SliceConfig",
-                json!([{"apiVersion": "slicenet.io/v1alpha1", "kind": "SliceConfig",
-                "metadata": {"name": "blue"}, "spec": {"sliceSubnet": "10.80.0.0/16", "clusters": ["c1"]}}]),
-            ),
-        ),
-        ("/apis/slicenet.io/v1alpha1/memberclusters", 200, list("MemberCluster", json!([mc("c2"), mc("c1")]))),
-        ("/apis/slicenet.io/v1alpha1/workerslices", 200, list("WorkerSlice", json!([ws("c2"), ws("c1")]))),
-    ];
-    let server = tokio::spawn(serve(handle, script));
-    let view = fetch(client).await.unwrap();
-    server.await.unwrap();
+    let hub = "hub".to_owned();
+    api.put(
+        hub.clone(),
+        json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "SliceConfig",
+        "metadata": {"name": "blue"}, "spec": {"sliceSubnet": "10.80.0.0/16", "clusters": ["c1"]}}),
+    );
+    for obj in [mc("c2"), mc("c1"), ws("c2"), ws("c1")] {
+        api.put(hub.clone(), obj);
+    }
+    let view = fetch(api.client(hub)).await.unwrap();
+    let lines: Vec<String> = api.take_requests().iter().map(|r| r.line()).collect();
+    assert_eq!(
+        lines,
+        [
+            "hub GET /apis/slicenet.io/v1alpha1/sliceconfigs",
+            "hub GET /apis/slicenet.io/v1alpha1/memberclusters",
+            "hub GET /apis/slicenet.io/v1alpha1/workerslices",
+        ]
+    );
+    assert_eq!(api.violations(), Vec::<String>::new());
     assert_eq!(view.slices.len(), 1);
     let names: Vec<_> = view.clusters.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
     assert_eq!(names, ["c1", "c2"]);
@@ -69,14 +61,12 @@ async fn fetch_lists_the_three_kinds_and_sorts_them() {
 
 #[tokio::test]
 async fn api_errors_name_the_request() {
-    let (client, handle) = mock();
-    let forbidden = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403,
-        "message": "sliceconfigs.slicenet.io is forbidden: User \"bob\" cannot list resource \"sliceconfigs\""});
-    let server = tokio::spawn(serve(handle, vec![("/apis/slicenet.io/v1alpha1/sliceconfigs", 403, forbidden)]));
-    let e = fetch(client).await.unwrap_err();
-    server.await.unwrap();
+    let api = hub();
+    api.fail("hub".to_owned(), "GET", "/apis/slicenet.io/v1alpha1/sliceconfigs", 0, 403);
+    let e = fetch(api.client("hub".to_owned())).await.unwrap_err();
     let text = format!("{e:#}");
-    assert!(text.contains("listing SliceConfigs") && text.contains("forbidden"), "{text}");
+    assert!(text.contains("listing SliceConfigs") && text.contains("403"), "{text}");
+    assert_eq!(api.take_requests().len(), 1, "nothing more is asked after the refusal");
 }
 
 #[test]

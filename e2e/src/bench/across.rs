@@ -2,9 +2,9 @@
 //! OpenVPN, side by side in one run over the same WAN namespaces.
 //!
 //! A lab made for the purpose (prefix [`LAB`]) with a WAN and two clusters of one node each
-//! (`c1`, `c2`), slice `bench` across them built by [`crate::gateway::build_slice_across_clusters`]
-//! (a gateway pod per cluster running `slice-gateway`, a UDP port forward on each edge), one
-//! member pod per cluster. Every path starts in c1 and ends in c2, crossing c1's edge (NAT), the
+//! (`c1`, `c2`), slice `bench` across them made by the lab's control plane ([`crate::control`]:
+//! a gateway pod per cluster running `slice-gateway` as the worker's Deployment says, a UDP port
+//! forward on each edge for its NodePort), one member pod per cluster. Every path starts in c1 and ends in c2, crossing c1's edge (NAT), the
 //! WAN bridge and c2's edge (port forward):
 //!
 //! - the WAN without a tunnel (the limit): c1's gateway pod to c2's public address, TCP and
@@ -30,14 +30,14 @@ use serde_json::Value;
 use super::place::{Iperf, Place};
 use super::process::check_interrupted;
 use super::tunnel::{self, Ends, IPERF_PORT, Kind, TunnelFigures, TunnelSection};
-use crate::gateway::{SliceAcross, SliceAcrossOptions, build_slice_across_clusters};
-use crate::{Lab, LabSlice, Pod, PodSpec};
+use crate::control::{self, ControlPlane, GATEWAY_MTU, PUBLIC_PORT};
+use crate::{Lab, Pod, PodSpec};
+use slice_api::crd::GATEWAY_NAMESPACE;
 
 /// The section's lab prefix.
 pub(crate) const LAB: &str = "bxwan";
-const GW_NS: &str = "slicenet-gw";
 const MEMBER_NS: &str = "bench";
-const SLICE_VNI: u32 = 4243;
+const SLICE: &str = "bench";
 const SLICE_SUBNET: &str = "10.81.0.0/16";
 /// c2's public TCP port forwarded to the iperf3 server in its gateway pod.
 const WAN_IPERF_PORT: u16 = 35201;
@@ -58,27 +58,40 @@ fn mtu(pod: &Pod, ifname: &str) -> Result<u32> {
 pub(crate) fn run(seconds: u32, pings: u32) -> Result<TunnelSection> {
     let t = Instant::now();
     let mut lab = Lab::new(LAB)?;
-    lab.add_wan()?;
-    lab.add_cluster("c1", 1)?;
-    lab.add_cluster("c2", 1)?;
-    let slice = LabSlice::new("bench", SLICE_VNI, SLICE_SUBNET, &[MEMBER_NS, GW_NS]);
-    let options = SliceAcrossOptions::new(slice, GW_NS);
-    let figures = {
-        let across = build_slice_across_clusters(&lab, &options)?;
-        eprintln!("slicenet-bench:   lab {LAB} and slice across c1, c2 up in {:.1} s", t.elapsed().as_secs_f64());
-        measure(&lab, &across, seconds, pings)
-    };
+    let mut cp = ControlPlane::new();
+    let figures = control::across_manifest(SLICE, SLICE_SUBNET, &[MEMBER_NS], &[("c1", 1, false), ("c2", 1, false)])
+        .and_then(|manifest| cp.apply(&mut lab, &manifest))
+        .and_then(|()| {
+            eprintln!("slicenet-bench:   lab {LAB} and slice across c1, c2 up in {:.1} s", t.elapsed().as_secs_f64());
+            measure(&lab, &cp, seconds, pings)
+        });
+    let deleted = cp.delete_all(&mut lab);
     let torn = lab.teardown();
+    deleted?;
     let figures = figures?;
     torn?;
     Ok(figures)
 }
 
-fn measure(lab: &Lab, across: &SliceAcross, seconds: u32, pings: u32) -> Result<TunnelSection> {
-    let client = lab.node("c1", "n1").run_pod(PodSpec::new(MEMBER_NS, "client"))?;
-    let server = lab.node("c2", "n1").run_pod(PodSpec::new(MEMBER_NS, "server"))?;
-    let (gw1, gw2) = (across.gateway("c1"), across.gateway("c2"));
-    let gateway_pids: Vec<u32> = [gw1.pid(), gw2.pid()].into_iter().flatten().collect();
+/// One cluster's gateway, as the section uses it.
+struct Gateway<'a> {
+    pod: &'a Pod,
+    eth0: std::net::Ipv4Addr,
+    slice_address: std::net::Ipv4Addr,
+}
+
+fn gateway<'a>(cp: &'a ControlPlane, cluster: &str) -> Result<Gateway<'a>> {
+    let pod = cp.gateway_pod(SLICE, cluster).with_context(|| format!("{cluster} runs no gateway"))?;
+    let slice_address = cp.gateway_address(SLICE, cluster).with_context(|| format!("{cluster} runs no gateway"))?;
+    Ok(Gateway { pod, eth0: pod.ipv4("eth0")?, slice_address })
+}
+
+fn measure(lab: &Lab, cp: &ControlPlane, seconds: u32, pings: u32) -> Result<TunnelSection> {
+    let step = std::time::Duration::from_secs(20);
+    let client = control::run_pod_retrying(lab.node("c1", "n1"), &PodSpec::new(MEMBER_NS, "client"), step)?;
+    let server = control::run_pod_retrying(lab.node("c2", "n1"), &PodSpec::new(MEMBER_NS, "server"), step)?;
+    let (gw1, gw2) = (gateway(cp, "c1")?, gateway(cp, "c2")?);
+    let gateway_pids: Vec<u32> = ["c1", "c2"].iter().filter_map(|c| cp.gateway_pid(SLICE, c)).collect();
     let c2 = lab.cluster("c2");
     let public = c2.public_address().context("the lab has no WAN")?;
     c2.forward_tcp(WAN_IPERF_PORT, gw2.eth0, IPERF_PORT)?;
@@ -93,7 +106,7 @@ fn measure(lab: &Lab, across: &SliceAcross, seconds: u32, pings: u32) -> Result<
     if !out.status.success() {
         anyhow::bail!("nft {icmp}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    let (gw1_pod, gw2_pod) = (Place::Pod(&gw1.pod), Place::Pod(&gw2.pod));
+    let (gw1_pod, gw2_pod) = (Place::Pod(gw1.pod), Place::Pod(gw2.pod));
     let on_slice = |client, server, to, bind| Iperf { client, server, to, port: IPERF_PORT, listen: IPERF_PORT, bind };
 
     let mut s = TunnelSection { seconds, pings, versions: tunnel::versions(), ..TunnelSection::default() };
@@ -102,7 +115,7 @@ fn measure(lab: &Lab, across: &SliceAcross, seconds: u32, pings: u32) -> Result<
 
     if picked("veth") || picked("wan") {
         let mut f =
-            TunnelFigures::new("WAN without a tunnel (the limit), gateway pod to gateway pod", mtu(&gw1.pod, "eth0")?);
+            TunnelFigures::new("WAN without a tunnel (the limit), gateway pod to gateway pod", mtu(gw1.pod, "eth0")?);
         let wan = Iperf {
             client: gw1_pod,
             server: gw2_pod,
@@ -119,7 +132,7 @@ fn measure(lab: &Lab, across: &SliceAcross, seconds: u32, pings: u32) -> Result<
         check_interrupted()?;
         let mut f = TunnelFigures::new(
             format!("{}, pod to pod through the whole slice path", Kind::SliceGateway.name()),
-            format!("{} (gateway TUN {})", mtu(&client, "slice0")?, across.options.mtu),
+            format!("{} (gateway TUN {})", mtu(&client, "slice0")?, GATEWAY_MTU),
         );
         f.ours = true;
         let path = on_slice(Place::Pod(&client), Place::Pod(&server), server.ipv4("slice0")?, None);
@@ -130,7 +143,7 @@ fn measure(lab: &Lab, across: &SliceAcross, seconds: u32, pings: u32) -> Result<
         check_interrupted()?;
         let mut f = TunnelFigures::new(
             format!("{}, gateway pod to gateway pod (the tunnel alone)", Kind::SliceGateway.name()),
-            across.options.mtu,
+            GATEWAY_MTU,
         );
         let path = on_slice(gw1_pod, gw2_pod, gw2.slice_address, Some(gw1.slice_address));
         eprintln!("slicenet-bench:   slice-gateway, gateway pod to gateway pod …");
@@ -189,10 +202,11 @@ pub(crate) fn doc_section(s: &TunnelSection, command: &str) -> String {
         "The comparison the goals are about: every path from cluster c1 to cluster c2 over the same WAN \
          namespaces, side by side in one run. A lab made for this section (prefix `{LAB}`): a WAN bridge and \
          two clusters of one node each, `c1` and `c2`, each behind its own edge namespace (public address on \
-         the WAN, NAT outbound, port forwards inbound). Slice `bench` (VNI {SLICE_VNI}, {SLICE_SUBNET}) is \
-         built across both by `e2e::gateway::build_slice_across_clusters`: real node agents, a gateway pod \
-         per cluster (namespace `{GW_NS}`, through containerd's CRI and `slice-cni`) running `slice-gateway` \
-         (release build), c2's edge forwarding UDP 31820 to its gateway pod; one member pod per cluster \
+         the WAN, NAT outbound, port forwards inbound). Slice `{SLICE}` ({SLICE_SUBNET}) is \
+         made across both by the lab's control plane (`e2e::control`: a SliceConfig, the hub's and the \
+         workers' passes): real node agents, a gateway pod per cluster (namespace `{GATEWAY_NAMESPACE}`, \
+         through containerd's CRI and `slice-cni`) running `slice-gateway` (release build) as the worker's \
+         Deployment says, c2's edge forwarding UDP {PUBLIC_PORT} (the gateways' NodePort) to its gateway pod; one member pod per cluster \
          (namespace `{MEMBER_NS}`). The limit is the same WAN without a tunnel: from c1's gateway pod to c2's \
          public address, TCP {WAN_IPERF_PORT} and ICMP echo forwarded by c2's edge to c2's gateway pod. The \
          competitors run in the two gateway pods, so they cross the same edges and WAN: Debian's \

@@ -1,45 +1,58 @@
-//! The control plane in process, for the lab: the same planner the hub runs and the same
-//! worker logic a member cluster runs, driven from `SliceConfig` YAML, acting on lab clusters
-//! instead of the Kubernetes API. `slicectl lab up -f FILE` uses it, so a slice in the lab and in
-//! a real cluster go the same way from SliceConfig to data plane:
+//! The control plane in process, for the lab: the hub controller's and the workers' own
+//! passes (`slice_operator::hub::reconcile`, `slice_operator::worker::Worker::reconcile_once`)
+//! against an in-memory API (`slice_kube::memory`: a hub and one server per member cluster),
+//! and the lab's [`kubelet`] running what the workers write. `slicectl lab up -f FILE` uses it,
+//! so a slice in the lab and in a real cluster go the same way from SliceConfig to data plane:
 //!
 //! ```text
-//! YAML ─► SliceConfig, MemberCluster ─► slice_api::planner::plan ─► WorkerSlice per cluster
-//!      ─► slice_operator::worker::plan (node prefixes, node agent config, gateway config)
-//!      ─► lab: agent config files, gateway pods (CRI + slice-cni), slice-gateway, edge port forwards
-//!      ─► WorkerSlice status (gateway key and endpoint) ─► re-plan: peers learn each other
+//! YAML ─► hub API: SliceConfig, MemberCluster (as kubectl apply)
+//!      ─► hub pass: plan, WorkerSlices, finalizers, conditions (its real Actions, its RBAC)
+//!      ─► each worker's pass: key and config Secrets, gateway Deployment and Service, node
+//!         agent ConfigMaps, statuses from the gateway's /metrics (its real Writes, its RBAC)
+//!      ─► kubelet: agent config files, gateway pods (CRI + slice-cni) running the Deployment's
+//!         command, Pod objects with their network-status, edge forwards for the nodePorts
+//!      ─► the next passes: peers learn each other's keys and endpoints, tunnels come up
 //! ```
 //!
-//! What the API server and the controllers' watches do in a cluster is a loop here:
-//! [`ControlPlane::apply`] takes the new objects and runs hub and worker steps until nothing
-//! changes.
+//! What the API server's watches do in a cluster is a loop here: [`ControlPlane::apply`]
+//! writes the new objects and runs rounds until one changes nothing and every WorkerSlice is
+//! `Ready`. Every request is checked against the components' declared access lists, as the
+//! worker's and hub's tests do.
 //!
 //! Lab-only settings ride on MemberCluster annotations: `lab.slicenet.io/nodes` (default 2) and
 //! `lab.slicenet.io/behind-nat: "true"` (no inbound forwarding). A cluster a SliceConfig names
 //! without a MemberCluster document joins with the defaults.
 
 pub mod convergence;
+pub mod dns;
 pub mod gateway;
+pub mod kubelet;
+pub mod serve;
+pub mod workloads;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::PermissionsExt;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ipnet::IpNet;
 use kube::ResourceExt;
+use serde_json::{Value, json};
+use slice_api::access;
 use slice_api::crd::{
-    Condition, GATEWAY_NAMESPACE, MemberCluster, MemberClusterSpec, MemberClusterStatus, NodeAllocation, SliceConfig,
-    SliceConfigStatus, WorkerSlice, WorkerSliceSpec, WorkerSliceStatus, cluster_namespace, set_condition,
+    MemberCluster, MemberClusterSpec, SYSTEM_NAMESPACE, SliceConfig, WorkerSlice, cluster_namespace, condition,
 };
-use slice_api::node::{NodeAgentConfig, SliceOnNode};
-use slice_api::planner::{self, SlicePlan};
-use slice_operator::worker::plan as worker_plan;
+use slice_api::hub_view::HubView;
+use slice_api::planner;
+use slice_kube::memory::MemoryApi;
+use slice_operator::hub;
+use slice_operator::worker::Worker;
+use slice_operator::worker::decide::Settings;
+use slice_operator::worker::objects::GatewayDefaults;
 
-use crate::gateway::{KeyPair, keypair};
-use crate::{ClusterOptions, Lab, Pod, PodProcess};
+use crate::{ClusterOptions, Lab, Pod};
+use kubelet::Kubelet;
 
 /// Annotation: how many nodes the lab gives a member cluster.
 pub const NODES_ANNOTATION: &str = "lab.slicenet.io/nodes";
@@ -47,8 +60,6 @@ pub const NODES_ANNOTATION: &str = "lab.slicenet.io/nodes";
 pub const BEHIND_NAT_ANNOTATION: &str = "lab.slicenet.io/behind-nat";
 /// Nodes of a member cluster without [`NODES_ANNOTATION`].
 pub const DEFAULT_NODES: usize = 2;
-/// First public UDP port the lab's edges forward to gateways (NodePort-like).
-pub const FIRST_PUBLIC_PORT: u16 = 31820;
 /// MTU of the gateways' TUN devices.
 pub const GATEWAY_MTU: u32 = 1380;
 
@@ -102,6 +113,57 @@ pub fn parse_manifest(text: &str) -> Result<Manifest> {
     Ok(manifest)
 }
 
+/// The gateways' NodePort in [`across_manifest`]: the same in every cluster (each has its own
+/// public address), so a capture on the WAN can name it.
+pub const PUBLIC_PORT: u16 = 31820;
+/// The keepalive of [`across_manifest`]'s gateways: short, so that a gateway behind NAT is
+/// found again soon after its peer restarts.
+pub const LAB_KEEPALIVE: u16 = 5;
+
+/// The YAML a user writes for one slice over `members` (name, nodes, behind NAT), every
+/// member cluster registered, the slice's gateways on NodePort [`PUBLIC_PORT`] with keepalive
+/// [`LAB_KEEPALIVE`].
+///
+/// # Errors
+/// When the result does not parse (a name that is not a DNS label, a bad subnet).
+pub fn across_manifest(
+    slice: &str,
+    subnet: &str,
+    namespaces: &[&str],
+    members: &[(&str, usize, bool)],
+) -> Result<Manifest> {
+    let mut text = String::new();
+    for (name, nodes, behind_nat) in members {
+        text.push_str(&format!(
+            "apiVersion: slicenet.io/v1alpha1\nkind: MemberCluster\nmetadata:\n  name: {name}\n  annotations: \
+             {{{NODES_ANNOTATION}: \"{nodes}\", {BEHIND_NAT_ANNOTATION}: \"{behind_nat}\"}}\nspec: {{}}\n---\n"
+        ));
+    }
+    let clusters: Vec<&str> = members.iter().map(|m| m.0).collect();
+    let namespaces: Vec<String> = namespaces.iter().map(|n| format!("{{namespace: {n}}}")).collect();
+    text.push_str(&format!(
+        "apiVersion: slicenet.io/v1alpha1\nkind: SliceConfig\nmetadata:\n  name: {slice}\nspec:\n  sliceSubnet: {subnet}\n  \
+         clusters: [{}]\n  namespaces: [{}]\n  gateway: {{nodePort: {PUBLIC_PORT}, persistentKeepalive: {LAB_KEEPALIVE}}}\n",
+        clusters.join(", "),
+        namespaces.join(", ")
+    ));
+    parse_manifest(&text)
+}
+
+/// The lab's three clusters for one slice: c1 with two nodes, c2 with one, c3 with one behind
+/// NAT (name, nodes, behind NAT), as the three-cluster test and the demo use them.
+pub const THREE_CLUSTERS: [(&str, usize, bool); 3] = [("c1", 2, false), ("c2", 1, false), ("c3", 1, true)];
+
+/// Slice `blue` (10.80.0.0/16, namespace `shop`) over `clusters` of [`THREE_CLUSTERS`].
+///
+/// # Errors
+/// See [`across_manifest`].
+pub fn blue_over(clusters: &[&str]) -> Result<Manifest> {
+    let mut m = across_manifest("blue", "10.80.0.0/16", &["shop"], &THREE_CLUSTERS)?;
+    m.slices[0].spec.clusters.retain(|c| clusters.contains(&c.as_str()));
+    Ok(m)
+}
+
 /// Reads and parses a YAML file (see [`parse_manifest`]).
 ///
 /// # Errors
@@ -111,43 +173,33 @@ pub fn read_manifest(path: &std::path::Path) -> Result<Manifest> {
     parse_manifest(&text).with_context(|| path.display().to_string())
 }
 
-/// One slice's gateway in one cluster.
-struct GatewayRun {
-    pod: Pod,
-    process: Option<PodProcess>,
-    interface: String,
-    config: PathBuf,
-    slice_address: Ipv4Addr,
-    public_port: Option<u16>,
-    routes: BTreeSet<IpNet>,
-}
+/// The hub's API server in the in-memory API (the member clusters' servers are their names).
+const HUB: &str = "hub";
 
-/// What one cluster's worker keeps for one slice.
-struct WorkerRun {
-    keys: KeyPair,
-    /// The WorkerSlice spec as the worker's plan reads it, parsed once per worker step.
-    typed: worker_plan::TypedSpec,
-    nodes: Vec<NodeAllocation>,
-    gateway: Option<GatewayRun>,
-}
-
-/// The hub and every member cluster's worker, in process, over a [`Lab`].
+/// The hub controller, every member cluster's worker and what runs their objects, in process,
+/// over a [`Lab`].
 pub struct ControlPlane {
-    slices: Vec<SliceConfig>,
-    clusters: Vec<MemberCluster>,
-    workers: Vec<WorkerSlice>,
-    runs: BTreeMap<(String, String), WorkerRun>,
-    next_port: BTreeMap<String, u16>,
-    generation: i64,
+    api: MemoryApi<String>,
+    runtime: tokio::runtime::Runtime,
+    hub: hub::Context,
+    workers: BTreeMap<String, Worker>,
+    kubelets: BTreeMap<String, Kubelet>,
+    metrics: kubelet::MetricsAddresses,
+    /// The hub's objects after the last step.
+    view: HubView,
+    /// When each cluster's worker last wrote its heartbeat.
+    heartbeats: BTreeMap<String, Instant>,
+    /// The last error of each component in the current convergence (for the diagnosis).
+    errors: BTreeMap<String, String>,
     timeout: Duration,
 }
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlPlane")
-            .field("slices", &self.slices.len())
-            .field("workers", &self.workers.len())
-            .finish()
+            .field("slices", &self.view.slices.len())
+            .field("workers", &self.view.workers.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -157,53 +209,76 @@ impl Default for ControlPlane {
     }
 }
 
-fn now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    k8s_openapi::jiff::Timestamp::from_second(secs.try_into().unwrap_or(0)).map(|t| t.to_string()).unwrap_or_default()
+/// How often a worker writes its heartbeat while the lab converges.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
+/// A WorkerSlice `Ready=False` reason that goes away by itself as the lab converges.
+fn transient(reason: &str) -> bool {
+    reason == "GatewayPending" || reason == slice_operator::worker::decide::TUNNELS_DOWN
 }
 
 impl ControlPlane {
-    /// An empty control plane.
+    /// An empty control plane: a hub without objects.
+    ///
+    /// # Panics
+    /// When a Tokio runtime cannot be built.
     pub fn new() -> Self {
+        let api = MemoryApi::new([(HUB.to_owned(), access::HUB, SYSTEM_NAMESPACE.to_owned())]);
+        api.lock().record = false;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a Tokio runtime");
+        let heartbeat_timeout = Duration::from_secs(hub::DEFAULT_HEARTBEAT_TIMEOUT_SECS);
         Self {
-            slices: Vec::new(),
-            clusters: Vec::new(),
-            workers: Vec::new(),
-            runs: BTreeMap::new(),
-            next_port: BTreeMap::new(),
-            generation: 0,
-            timeout: Duration::from_secs(30),
+            api,
+            runtime,
+            hub: hub::Context::new(heartbeat_timeout, "lab"),
+            workers: BTreeMap::new(),
+            kubelets: BTreeMap::new(),
+            metrics: kubelet::MetricsAddresses::default(),
+            view: HubView::default(),
+            heartbeats: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            timeout: Duration::from_secs(60),
         }
     }
 
     /// The SliceConfigs with the status the hub wrote.
     pub fn slices(&self) -> &[SliceConfig] {
-        &self.slices
+        &self.view.slices
     }
 
     /// The WorkerSlices with the status the workers wrote.
     pub fn workers(&self) -> &[WorkerSlice] {
-        &self.workers
+        &self.view.workers
     }
 
     /// The MemberClusters.
     pub fn clusters(&self) -> &[MemberCluster] {
-        &self.clusters
+        &self.view.clusters
     }
 
     /// The WorkerSlice of `slice` in `cluster`.
     pub fn worker(&self, slice: &str, cluster: &str) -> Option<&WorkerSlice> {
-        self.workers.iter().find(|w| w.spec.slice == slice && w.spec.cluster == cluster)
+        self.view.workers.iter().find(|w| w.spec.slice == slice && w.spec.cluster == cluster)
+    }
+
+    /// The in-memory API the hub and the workers run against (server `"hub"`, and one per
+    /// member cluster by its name).
+    pub fn api(&self) -> &MemoryApi<String> {
+        &self.api
+    }
+
+    fn gateway(&self, slice: &str, cluster: &str) -> Option<&kubelet::GatewayRun> {
+        self.kubelets.get(cluster)?.gateways.values().find(|g| g.slice == slice)
     }
 
     /// The gateway pod's slice address of `slice` in `cluster`.
     pub fn gateway_address(&self, slice: &str, cluster: &str) -> Option<Ipv4Addr> {
-        self.runs.get(&(slice.to_owned(), cluster.to_owned()))?.gateway.as_ref().map(|g| g.slice_address)
+        self.gateway(slice, cluster).map(|g| g.slice_address)
     }
 
     /// The gateway's TUN interface (and UAPI socket) name of `slice` in `cluster`.
     pub fn gateway_interface(&self, slice: &str, cluster: &str) -> Option<String> {
-        self.runs.get(&(slice.to_owned(), cluster.to_owned()))?.gateway.as_ref().map(|g| g.interface.clone())
+        self.gateway(slice, cluster).map(|g| g.interface.clone())
     }
 
     /// `wg ARGS…` in the gateway pod of `slice` in `cluster`.
@@ -211,61 +286,249 @@ impl ControlPlane {
     /// # Errors
     /// When there is no such gateway or `wg` fails.
     pub fn gateway_wg(&self, slice: &str, cluster: &str, args: &[&str]) -> Result<String> {
-        let run = self.runs.get(&(slice.to_owned(), cluster.to_owned())).context("no such worker")?;
-        let gw = run.gateway.as_ref().context("no gateway")?;
+        let gw = self.gateway(slice, cluster).with_context(|| format!("no gateway of {slice} in {cluster}"))?;
         let mut argv = vec!["wg"];
         argv.extend_from_slice(args);
         gw.pod.exec_ok(&argv)
     }
 
-    /// PIDs of the running gateways.
-    pub fn gateway_pids(&self) -> Vec<u32> {
-        self.runs.values().filter_map(|r| r.gateway.as_ref()?.process.as_ref().map(PodProcess::id)).collect()
+    /// The gateway pod of `slice` in `cluster`.
+    pub fn gateway_pod(&self, slice: &str, cluster: &str) -> Option<&Pod> {
+        self.gateway(slice, cluster).map(|g| &g.pod)
     }
 
-    /// Makes `manifest` the desired state (SliceConfigs not in it are deleted; MemberClusters
-    /// are added or updated, never removed here) and converges: adds lab clusters for new member
-    /// clusters, then runs hub and worker steps until nothing changes.
+    /// The PID of the gateway process of `slice` in `cluster`.
+    pub fn gateway_pid(&self, slice: &str, cluster: &str) -> Option<u32> {
+        self.gateway(slice, cluster).map(|g| g.process.id())
+    }
+
+    /// How often the lab restarted the gateway of `slice` in `cluster` after it exited.
+    pub fn gateway_restarts(&self, slice: &str, cluster: &str) -> Option<u32> {
+        self.gateway(slice, cluster).map(|g| g.restarts)
+    }
+
+    /// The gateway's log of `slice` in `cluster`.
+    pub fn gateway_log(&self, slice: &str, cluster: &str) -> String {
+        self.gateway(slice, cluster).map(|g| g.process.log_text()).unwrap_or_default()
+    }
+
+    /// Writes the users' `objects` ([`workloads::parse_objects`]) into `cluster`'s API as
+    /// `kubectl apply --context <cluster>` would (created, or their spec, labels and
+    /// annotations replaced; a Service that asks for a ClusterIP gets one), and runs rounds
+    /// until nothing changes: pods started, EndpointSlices written, the workers' passes done.
     ///
     /// # Errors
-    /// When a step fails; the objects keep what was done so far.
-    pub fn apply(&mut self, lab: &mut Lab, manifest: &Manifest) -> Result<()> {
-        self.generation += 1;
-        let mut slices = Vec::new();
-        for new in &manifest.slices {
-            let mut s = new.clone();
-            let old = self.slices.iter().find(|o| o.name_any() == s.name_any());
-            s.status = old.and_then(|o| o.status.clone());
-            let changed = old.is_none_or(|o| o.spec != s.spec);
-            let generation = old.and_then(|o| o.metadata.generation).unwrap_or(0) + i64::from(changed);
-            s.metadata.generation = Some(generation);
-            s.metadata.creation_timestamp = old.and_then(|o| o.metadata.creation_timestamp.clone()).or_else(|| {
-                let t = k8s_openapi::jiff::Timestamp::from_second(self.generation).ok()?;
-                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t))
-            });
-            slices.push(s);
+    /// When there is no such cluster, a write is refused, or the lab does not come to rest.
+    pub fn apply_in(&mut self, lab: &Lab, cluster: &str, objects: &[Value]) -> Result<()> {
+        if !self.workers.contains_key(cluster) {
+            bail!("no member cluster {cluster} in the lab");
         }
-        self.slices = slices;
-        for c in &manifest.clusters {
-            match self.clusters.iter_mut().find(|o| o.name_any() == c.name_any()) {
-                Some(o) => o.spec = c.spec.clone(),
-                None => self.clusters.push(c.clone()),
+        let side = cluster.to_owned();
+        for obj in objects {
+            let mut obj = obj.clone();
+            if obj["kind"] == "Service" && obj["spec"]["clusterIP"].as_str().is_none() {
+                obj["spec"]["clusterIP"] = json!(workloads::next_cluster_ip(&self.api, cluster).to_string());
+            }
+            let path = slice_kube::memory::object_path(&obj);
+            let (collection, _) = path.rsplit_once('/').expect("an object path has a name");
+            let (code, body) = match self.api.get(side.clone(), &path) {
+                None => self.api.request(&side, "POST", collection, "application/json", &obj),
+                Some(mut old) => {
+                    for key in ["labels", "annotations"] {
+                        old["metadata"][key] = obj["metadata"].get(key).cloned().unwrap_or(Value::Null);
+                    }
+                    if let Some(spec) = obj.get("spec") {
+                        old["spec"] = spec.clone();
+                    }
+                    self.api.request(&side, "PUT", &path, "application/json", &old)
+                }
+            };
+            if code >= 300 {
+                bail!("applying {path} in {cluster}: {code} {body}");
             }
         }
-        let named: BTreeSet<String> = self.slices.iter().flat_map(|s| s.spec.clusters.iter().cloned()).collect();
-        for name in named {
-            if !self.clusters.iter().any(|c| c.name_any() == name) {
-                self.clusters.push(MemberCluster::new(&name, MemberClusterSpec::default()));
-            }
-        }
-        self.join_clusters(lab)?;
-        self.converge(lab)
+        self.reconcile(lab)
     }
 
-    /// Creates a lab cluster for every member cluster that has none yet and publishes its
-    /// gateway address (none behind NAT).
-    fn join_clusters(&mut self, lab: &mut Lab) -> Result<()> {
-        for member in &mut self.clusters {
+    /// Deletes `objects` from `cluster`'s API (those that exist) and runs rounds until
+    /// nothing changes: pods removed, EndpointSlices updated, the workers' passes done.
+    ///
+    /// # Errors
+    /// When there is no such cluster or the lab does not come to rest.
+    pub fn delete_in(&mut self, lab: &Lab, cluster: &str, objects: &[Value]) -> Result<()> {
+        if !self.workers.contains_key(cluster) {
+            bail!("no member cluster {cluster} in the lab");
+        }
+        for obj in objects {
+            let path = slice_kube::memory::object_path(obj);
+            self.api.request(&cluster.to_owned(), "DELETE", &path, "", &Value::Null);
+        }
+        self.reconcile(lab)
+    }
+
+    /// The lab pod of the Pod object `namespace/name` in `cluster`.
+    pub fn pod(&self, cluster: &str, namespace: &str, name: &str) -> Option<&Pod> {
+        self.kubelets.get(cluster)?.workloads.pods.get(&format!("{namespace}/{name}"))
+    }
+
+    /// Runs `argv` in pod `namespace/name` of `cluster` as a container of it would run: in its
+    /// network namespace, with the `/etc/resolv.conf` the kubelet writes for it (the cluster's
+    /// resolver, the namespace's search path); starts the cluster's DNS when it does not run yet.
+    /// The output whatever the exit status.
+    ///
+    /// # Errors
+    /// When there is no such pod, the DNS cannot start or the command cannot be run.
+    pub fn exec(&mut self, lab: &Lab, cluster: &str, namespace: &str, name: &str, argv: &[&str]) -> Result<Output> {
+        let (netns, resolv_conf) = self.pod_context(lab, cluster, namespace, name)?;
+        crate::cmd::output(&mut crate::command_with_resolv_conf(&netns, &resolv_conf, argv))
+    }
+
+    /// The network namespace of pod `namespace/name` in `cluster` and its `/etc/resolv.conf`
+    /// (see [`ControlPlane::exec`]); starts the cluster's DNS when it does not run yet.
+    ///
+    /// # Errors
+    /// When there is no such pod or the DNS cannot start.
+    pub fn pod_context(&mut self, lab: &Lab, cluster: &str, namespace: &str, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let netns = self
+            .pod(cluster, namespace, name)
+            .with_context(|| format!("no pod {namespace}/{name} in cluster {cluster}"))?;
+        let netns = netns.netns_path.clone();
+        let kubelet = self.kubelets.get_mut(cluster).with_context(|| format!("no cluster {cluster}"))?;
+        kubelet.dns.want();
+        kubelet.dns.step(lab, &self.api, cluster, self.timeout)?;
+        Ok((netns, dns::resolv_conf(lab, namespace)?))
+    }
+
+    /// Where `cluster`'s slice-dns listens, once it runs.
+    pub fn dns_server(&self, cluster: &str) -> Option<std::net::SocketAddr> {
+        self.kubelets.get(cluster)?.dns.server()
+    }
+
+    /// Sets the `Ready` condition of pod `namespace/name` in `cluster`, as its readiness
+    /// probe would, and runs rounds until nothing changes.
+    ///
+    /// # Errors
+    /// When there is no such pod or the lab does not come to rest.
+    pub fn set_pod_ready(&mut self, lab: &Lab, cluster: &str, namespace: &str, name: &str, ready: bool) -> Result<()> {
+        self.mark_pod_ready(cluster, namespace, name, ready)?;
+        self.reconcile(lab)
+    }
+
+    /// Sets the `Ready` condition of pod `namespace/name` in `cluster` (the kubelet's status
+    /// write) and nothing more: the next rounds ([`ControlPlane::tick`]) carry it on.
+    ///
+    /// # Errors
+    /// When there is no such pod.
+    pub fn mark_pod_ready(&self, cluster: &str, namespace: &str, name: &str, ready: bool) -> Result<()> {
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+        let status = if ready { "True" } else { "False" };
+        let patch = json!({"status": {"conditions": [{"type": "Ready", "status": status}]}});
+        let (code, body) = self.api.request(
+            &cluster.to_owned(),
+            "PATCH",
+            &format!("{path}/status"),
+            "application/merge-patch+json",
+            &patch,
+        );
+        if code >= 300 {
+            bail!("pod {namespace}/{name} in {cluster}: {code} {body}");
+        }
+        Ok(())
+    }
+
+    /// Kills the gateway process of `slice` in `cluster` (SIGKILL by PID) and waits until it
+    /// is gone; the next round restarts it in the same pod, as a kubelet restarts a container.
+    ///
+    /// # Errors
+    /// When there is no such gateway or it cannot be killed.
+    pub fn kill_gateway(&mut self, slice: &str, cluster: &str) -> Result<()> {
+        let kubelet = self.kubelets.get_mut(cluster).with_context(|| format!("no cluster {cluster}"))?;
+        let gw = kubelet
+            .gateways
+            .values_mut()
+            .find(|g| g.slice == slice)
+            .with_context(|| format!("no gateway of {slice} in {cluster}"))?;
+        gw.process.kill()
+    }
+
+    /// PIDs of the running gateways.
+    pub fn gateway_pids(&self) -> Vec<u32> {
+        self.kubelets.values().flat_map(|k| k.gateways.values().map(|g| g.process.id())).collect()
+    }
+
+    /// Makes `manifest` the desired state, as `kubectl apply` on the hub would (SliceConfigs not
+    /// in it are deleted; MemberClusters are added or updated, never removed here), and
+    /// converges: adds lab clusters for new member clusters, then runs the hub's and the
+    /// workers' passes and the lab's [`Kubelet`] until nothing changes and every WorkerSlice is
+    /// `Ready` (or not ready for a reason that waiting does not cure).
+    ///
+    /// # Errors
+    /// When a lab step fails, an access list does not cover a request, or the control plane
+    /// does not settle within the timeout (with what is wrong).
+    pub fn apply(&mut self, lab: &mut Lab, manifest: &Manifest) -> Result<()> {
+        let hub = HUB.to_owned();
+        let path = "/apis/slicenet.io/v1alpha1";
+        for old in self.api.list(&hub, &format!("{path}/sliceconfigs")) {
+            let name = old["metadata"]["name"].as_str().unwrap_or_default();
+            if !manifest.slices.iter().any(|s| s.name_any() == name) {
+                self.api.request(&hub, "DELETE", &format!("{path}/sliceconfigs/{name}"), "", &Value::Null);
+            }
+        }
+        for s in &manifest.slices {
+            self.put_spec(&format!("{path}/sliceconfigs"), serde_json::to_value(s)?)?;
+        }
+        let mut clusters: Vec<MemberCluster> = manifest.clusters.clone();
+        let named: BTreeSet<String> = manifest.slices.iter().flat_map(|s| s.spec.clusters.iter().cloned()).collect();
+        for name in named {
+            if !clusters.iter().any(|c| c.name_any() == name) {
+                clusters.push(MemberCluster::new(&name, MemberClusterSpec::default()));
+            }
+        }
+        for c in &clusters {
+            self.put_spec(&format!("{path}/memberclusters"), serde_json::to_value(c)?)?;
+        }
+        let namespaces: Vec<String> = manifest
+            .slices
+            .iter()
+            .flat_map(|s| s.spec.namespaces.iter().map(|n| n.namespace.clone()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.join_clusters(lab, &clusters, &namespaces)?;
+        self.converge(lab, |_| true)
+    }
+
+    /// Creates `obj` on the hub, or replaces its spec, labels and annotations (status,
+    /// finalizers and the rest stay), as `kubectl apply` does.
+    fn put_spec(&self, collection: &str, mut obj: Value) -> Result<()> {
+        let hub = HUB.to_owned();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.retain(|k, _| k == "name" || k == "labels" || k == "annotations");
+        }
+        if let Some(o) = obj.as_object_mut() {
+            o.remove("status");
+        }
+        let (code, body) = match self.api.get(hub.clone(), &format!("{collection}/{name}")) {
+            None => self.api.request(&hub, "POST", collection, "application/json", &obj),
+            Some(mut old) => {
+                old["spec"] = obj["spec"].clone();
+                for key in ["labels", "annotations"] {
+                    old["metadata"][key] = obj["metadata"].get(key).cloned().unwrap_or(Value::Null);
+                }
+                self.api.request(&hub, "PUT", &format!("{collection}/{name}"), "application/json", &old)
+            }
+        };
+        if code >= 300 {
+            bail!("applying {collection}/{name}: {code} {body}");
+        }
+        Ok(())
+    }
+
+    /// Creates a lab cluster (its nodes, agents and objects) and a worker for every member
+    /// cluster that has none yet, and publishes its gateway address (none behind NAT).
+    fn join_clusters(&mut self, lab: &mut Lab, clusters: &[MemberCluster], namespaces: &[String]) -> Result<()> {
+        for member in clusters {
             let name = member.name_any();
             let annotations = member.annotations();
             let nodes = match annotations.get(NODES_ANNOTATION) {
@@ -280,387 +543,187 @@ impl ControlPlane {
                 let options = if behind_nat { ClusterOptions::behind_nat() } else { ClusterOptions::default() };
                 lab.add_cluster_with(&name, nodes, options)?;
                 for node in lab.cluster(&name).nodes() {
-                    node.start_agent(&empty_agent_config(node))?;
+                    node.start_agent(&kubelet::empty_agent_config(node))?;
                 }
             }
             let cluster = lab.cluster(&name);
-            let status = member.status.get_or_insert_with(MemberClusterStatus::default);
-            status.gateway_addresses = cluster.public_address().iter().map(ToString::to_string).collect();
-            status.last_heartbeat = Some(now());
+            for obj in kubelet::cluster_objects(cluster, namespaces) {
+                if self.api.get(name.clone(), &slice_kube::memory::object_path(&obj)).is_none() {
+                    self.api.put(name.clone(), obj);
+                }
+            }
+            if !self.workers.contains_key(&name) {
+                let _runtime = self.runtime.enter();
+                let hub = self.api.client_as(HUB.to_owned(), access::WORKER_HUB, &cluster_namespace(&name));
+                let local = self.api.client_as(name.clone(), access::WORKER_CLUSTER, SYSTEM_NAMESPACE);
+                let settings = Settings {
+                    cluster: name.clone(),
+                    gateway: GatewayDefaults { mtu: GATEWAY_MTU, ..GatewayDefaults::default() },
+                    ..Settings::default()
+                };
+                let worker = Worker::new(hub, local, settings)
+                    .with_metrics_source(kubelet::metrics_source(self.metrics.clone(), &name));
+                self.workers.insert(name.clone(), worker);
+                self.kubelets.insert(name.clone(), Kubelet::default());
+            }
+            // What `slicectl join` publishes: the cluster's public gateway address, none behind
+            // NAT (its gateways dial out; the others cannot reach it).
+            let public = if cluster.behind_nat() { None } else { cluster.public_address() };
+            let addresses: Vec<String> = public.iter().map(ToString::to_string).collect();
+            let status = json!({"status": {"gatewayAddresses": addresses}});
+            let path = format!("/apis/slicenet.io/v1alpha1/memberclusters/{name}/status");
+            self.api.request(&HUB.to_owned(), "PATCH", &path, "application/merge-patch+json", &status);
         }
         Ok(())
     }
 
-    fn converge(&mut self, lab: &Lab) -> Result<()> {
-        for _ in 0..6 {
-            let plans = planner::plan(&self.slices, &self.clusters, &self.workers);
-            let hub_changed = self.hub_step(&plans);
-            let worker_changed = self.worker_step(lab)?;
-            if !hub_changed && !worker_changed {
+    /// Runs hub passes, worker passes (with heartbeats) and kubelet steps until a round
+    /// changes nothing and the view satisfies `done` as well as the readiness rule of
+    /// [`ControlPlane::apply`].
+    fn converge(&mut self, lab: &Lab, done: impl Fn(&HubView) -> bool) -> Result<()> {
+        self.rounds(lab, |cp| cp.settled() && done(&cp.view))
+    }
+
+    /// Runs rounds until one changes nothing, nothing failed, and `done` holds.
+    fn rounds(&mut self, lab: &Lab, done: impl Fn(&Self) -> bool) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        self.errors.clear();
+        loop {
+            let quiet = self.round(lab)?;
+            let violations = self.api.violations();
+            if !violations.is_empty() {
+                bail!("requests the access lists do not cover: {violations:?}");
+            }
+            if quiet && self.errors.is_empty() && done(self) {
                 return Ok(());
             }
+            if Instant::now() > deadline {
+                bail!("the control plane did not settle within {:?}:\n{}", self.timeout, self.diagnose(lab));
+            }
+            // A round that changed something is followed at once (as a watch event would be);
+            // a quiet one waits a little for what happens outside (handshakes, reloads).
+            if quiet {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-        bail!("the control plane did not settle after 6 rounds")
     }
 
-    /// The hub: records allocations and conditions, makes the WorkerSlices match the plan.
-    fn hub_step(&mut self, plans: &[SlicePlan]) -> bool {
-        let mut changed = false;
-        let now = now();
-        // Each member cluster's Healthy condition by the hub's own rule (the heartbeat's age).
-        let at = now.parse().unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
-        let stale_after = Duration::from_secs(slice_operator::hub::DEFAULT_HEARTBEAT_TIMEOUT_SECS);
-        for c in &mut self.clusters {
-            let (healthy, _) = slice_operator::hub::healthy_condition(c.status.as_ref(), at, stale_after);
-            set_condition(&mut c.status.get_or_insert_with(MemberClusterStatus::default).conditions, healthy, &now);
+    /// Every WorkerSlice that is not being deleted is `Ready`, or not for a lasting reason.
+    fn settled(&self) -> bool {
+        self.view.workers.iter().filter(|w| w.metadata.deletion_timestamp.is_none()).all(|w| {
+            let ready = w.status.as_ref().and_then(|s| condition(&s.conditions, planner::READY));
+            ready.is_some_and(|c| c.status == "True" || !transient(&c.reason))
+        })
+    }
+
+    /// One round: the hub's pass, each worker's heartbeat (when due) and pass, each kubelet's
+    /// step. True when none of them changed anything.
+    fn round(&mut self, lab: &Lab) -> Result<bool> {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let mut writes = 0;
+        let hub_client = {
+            let _runtime = self.runtime.enter();
+            self.api.client_as(HUB.to_owned(), access::HUB, SYSTEM_NAMESPACE)
+        };
+        match self.runtime.block_on(hub::reconcile(&hub_client, &self.hub, now)) {
+            Ok(outcome) => {
+                writes += outcome.writes;
+                self.errors.remove(HUB);
+            }
+            Err(e) => {
+                self.errors.insert(HUB.to_owned(), slice_api::error_chain::chain(&e));
+                writes += 1;
+            }
         }
-        for p in plans {
-            let Some(s) = self.slices.iter_mut().find(|s| s.name_any() == p.name) else { continue };
-            let mut status = s.status.clone().unwrap_or_else(SliceConfigStatus::default);
-            status.vni = p.vni;
-            status.clusters = p.allocations.clone();
-            for c in &p.conditions {
-                set_condition(&mut status.conditions, c.clone(), &now);
+        let stamp = slice_operator::worker::now_rfc3339();
+        for (cluster, worker) in &self.workers {
+            let due = self.heartbeats.get(cluster).is_none_or(|at| at.elapsed() >= HEARTBEAT_EVERY);
+            if due {
+                self.runtime.block_on(worker.heartbeat(cluster, &stamp)).map_err(|e| anyhow::anyhow!(e))?;
+                self.heartbeats.insert(cluster.clone(), Instant::now());
             }
-            status.observed_generation = s.metadata.generation;
-            if s.status.as_ref() != Some(&status) {
-                s.status = Some(status);
-            }
-            for spec in &p.workers {
-                match self.workers.iter_mut().find(|w| w.spec.slice == p.name && w.spec.cluster == spec.cluster) {
-                    Some(w) if w.spec == *spec => {}
-                    Some(w) => {
-                        w.spec = spec.clone();
-                        w.metadata.generation = Some(w.metadata.generation.unwrap_or(1) + 1);
-                        changed = true;
-                    }
-                    None => {
-                        let mut w = WorkerSlice::new(&p.name, spec.clone());
-                        w.metadata.namespace = Some(cluster_namespace(&spec.cluster));
-                        w.metadata.generation = Some(1);
-                        self.workers.push(w);
-                        changed = true;
-                    }
+            let key = format!("worker {cluster}");
+            match self.runtime.block_on(worker.reconcile_once(cluster, &stamp)) {
+                Ok(outcome) => {
+                    writes += outcome.writes;
+                    self.errors.remove(&key);
+                }
+                Err(e) => {
+                    self.errors.insert(key, slice_api::error_chain::chain(&e));
+                    writes += 1;
                 }
             }
-            let before = self.workers.len();
-            self.workers.retain(|w| w.spec.slice != p.name || p.workers.iter().any(|s| s.cluster == w.spec.cluster));
-            changed |= self.workers.len() != before;
         }
-        let before = self.workers.len();
-        let names: BTreeSet<String> = self.slices.iter().map(ResourceExt::name_any).collect();
-        self.workers.retain(|w| names.contains(&w.spec.slice));
-        changed | (self.workers.len() != before)
-    }
-
-    /// Every cluster's worker: tears down what is no longer planned, then runs each WorkerSlice
-    /// (node prefixes, agent configs, gateway) and reports its status. True when a status
-    /// changed (the hub must re-plan).
-    fn worker_step(&mut self, lab: &Lab) -> Result<bool> {
-        let wanted: BTreeSet<(String, String)> =
-            self.workers.iter().map(|w| (w.spec.slice.clone(), w.spec.cluster.clone())).collect();
-        let gone: Vec<(String, String)> = self.runs.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
-        for key in &gone {
-            let run = self.runs.remove(key).expect("listed above");
-            teardown(lab, &key.1, run)?;
-        }
-        let mut changed = false;
-        let mut touched: BTreeSet<String> = gone.iter().map(|k| k.1.clone()).collect();
-        for i in 0..self.workers.len() {
-            let spec = self.workers[i].spec.clone();
-            let cluster = lab.cluster(&spec.cluster);
-            let key = (spec.slice.clone(), spec.cluster.clone());
-            let typed = worker_plan::TypedSpec::parse(&spec)
-                .with_context(|| format!("slice {} in {}", spec.slice, spec.cluster))?;
-            let run = self.runs.entry(key.clone()).or_insert_with(|| WorkerRun {
-                keys: keypair(),
-                typed: typed.clone(),
-                nodes: Vec::new(),
-                gateway: None,
-            });
-            run.typed = typed;
-            let names: Vec<String> = cluster.nodes().iter().map(|n| n.name().to_owned()).collect();
-            let nodes = worker_plan::allocate_node_prefixes(&run.typed, &names, &run.nodes)
-                .with_context(|| format!("slice {} in {}", spec.slice, spec.cluster))?;
-            if nodes != run.nodes {
-                run.nodes = nodes;
-                touched.insert(spec.cluster.clone());
-            }
-            touched.insert(spec.cluster.clone());
-        }
-        // Agent configs first (the gateway pod needs its node's slice state), then gateways,
-        // then the agents again with the routes via the gateways.
-        for cluster in &touched {
-            self.write_agent_configs(lab, cluster)?;
-        }
-        for i in 0..self.workers.len() {
-            let spec = self.workers[i].spec.clone();
-            let key = (spec.slice.clone(), spec.cluster.clone());
-            let started = self.ensure_gateway(lab, &spec, &key)?;
-            let status = self.worker_status(&spec, &key);
-            let w = &mut self.workers[i];
-            if w.status.as_ref() != Some(&status) {
-                w.status = Some(status);
-                changed = true;
-            }
-            changed |= started;
-        }
-        let mut written = Vec::new();
-        for cluster in &touched {
-            written.extend(self.write_agent_configs(lab, cluster)?);
-        }
-        wait_agents(&written, self.timeout)?;
-        Ok(changed)
-    }
-
-    /// Writes every node's agent config of `cluster` (every slice that cluster runs) and
-    /// returns them.
-    fn write_agent_configs(&self, lab: &Lab, cluster: &str) -> Result<Vec<NodeAgentConfig>> {
-        let mut written = Vec::new();
-        let c = lab.cluster(cluster);
-        let nodes: Vec<worker_plan::ClusterNode> = c
-            .nodes()
-            .iter()
-            .map(|n| worker_plan::ClusterNode {
-                name: n.name().to_owned(),
-                underlay_address: IpAddr::V4(n.underlay_address()),
-            })
-            .collect();
-        for node in c.nodes() {
-            let mut config = empty_agent_config(node);
-            for w in self.workers.iter().filter(|w| w.spec.cluster == cluster) {
-                let key = (w.spec.slice.clone(), w.spec.cluster.clone());
-                let Some(run) = self.runs.get(&key) else { continue };
-                let gateway = run.gateway.as_ref().map(|g| IpAddr::V4(g.slice_address));
-                let on_node: SliceOnNode =
-                    worker_plan::node_agent_slice(&run.typed, node.name(), &nodes, &run.nodes, gateway)
-                        .with_context(|| format!("slice {} on {cluster}/{}", w.spec.slice, node.name()))?;
-                config.slices.push(on_node);
-            }
-            config.validate().map_err(|e| anyhow::anyhow!("{cluster}/{}: {e}", node.name()))?;
-            node.update_agent_config(&config)?;
-            written.push(config);
-        }
-        Ok(written)
-    }
-
-    /// Starts the gateway of `spec` if it does not run, and (re)configures its peers and the
-    /// routes into its TUN device. True when it was started.
-    fn ensure_gateway(&mut self, lab: &Lab, spec: &WorkerSliceSpec, key: &(String, String)) -> Result<bool> {
-        let cluster = lab.cluster(&spec.cluster);
-        let run = self.runs.get_mut(key).expect("worker run exists");
-        let mut started = false;
-        if run.gateway.is_none() {
-            let node = cluster.nodes().first().context("cluster without nodes")?;
-            node.wait_slice_ready(&spec.slice, self.timeout)?;
-            let pod = node
-                .run_pod(
-                    // As the worker's Deployment makes it: in the gateways' namespace, the
-                    // slice named by its annotation.
-                    crate::PodSpec::new(GATEWAY_NAMESPACE, format!("gw-{}", spec.slice))
-                        .label("app.kubernetes.io/name", "slice-gateway")
-                        .annotation(slice_api::names::SLICE_ANNOTATION, spec.slice.clone()),
-                )
-                .with_context(|| format!("gateway pod of {} in {}", spec.slice, spec.cluster))?;
-            let public_port = if cluster.behind_nat() {
-                None
-            } else {
-                let port = spec.gateway.node_port.unwrap_or_else(|| {
-                    let next = self.next_port.entry(spec.cluster.clone()).or_insert(FIRST_PUBLIC_PORT);
-                    *next += 1;
-                    *next - 1
-                });
-                cluster.forward_udp(port, pod.ipv4("eth0")?, spec.gateway.port)?;
-                Some(port)
-            };
-            let interface = format!("{}{}g{}", lab.prefix(), cluster.index(), spec.vni % 10_000);
-            if interface.len() > 15 {
-                bail!("gateway interface name {interface} is longer than 15 bytes: use a shorter lab prefix");
-            }
-            let dir = lab.root().join("gateways");
-            std::fs::create_dir_all(&dir)?;
-            run.gateway = Some(GatewayRun {
-                slice_address: pod.ipv4("slice0")?,
-                pod,
-                process: None,
-                config: dir.join(format!("{}-{}.conf", spec.slice, spec.cluster)),
-                interface,
-                public_port,
-                routes: BTreeSet::new(),
-            });
-            started = true;
-        }
-        let gw = run.gateway.as_mut().expect("set above");
-        let conf = worker_plan::gateway_config(&run.typed.gateway, &run.keys.private).render();
-        let old = std::fs::read_to_string(&gw.config).unwrap_or_default();
-        if old != conf {
-            std::fs::write(&gw.config, &conf).with_context(|| format!("cannot write {}", gw.config.display()))?;
-            std::fs::set_permissions(&gw.config, std::fs::Permissions::from_mode(0o600))?;
-            if gw.process.is_some() {
-                // syncconf changes only what differs: the other peers keep their sessions.
-                gw.pod.exec_ok(&["wg", "syncconf", &gw.interface, &gw.config.display().to_string()])?;
+        for (cluster, kubelet) in &mut self.kubelets {
+            if kubelet.step(lab, &self.api, cluster, &self.metrics, self.timeout)? {
+                writes += 1;
             }
         }
-        if gw.process.is_none() {
-            start_gateway(lab, gw, self.timeout)?;
-        }
-        // The prefixes the gateway lists as AllowedIPs, routed into its TUN device.
-        let wanted: BTreeSet<IpNet> = run.typed.gateway.peers.iter().map(|p| p.prefix.trunc()).collect();
-        for prefix in gw.routes.difference(&wanted) {
-            let _ = gw.pod.exec(&["ip", "route", "del", &prefix.to_string(), "dev", &gw.interface]);
-        }
-        for prefix in wanted.difference(&gw.routes) {
-            gw.pod.exec_ok(&["ip", "route", "replace", &prefix.to_string(), "dev", &gw.interface])?;
-        }
-        gw.routes = wanted;
-        Ok(started)
+        self.view = self.read_view()?;
+        Ok(writes == 0)
     }
 
-    /// The WorkerSlice status the worker reports: gateway key and endpoint, nodes, tunnels.
-    fn worker_status(&self, spec: &WorkerSliceSpec, key: &(String, String)) -> WorkerSliceStatus {
-        let run = &self.runs[key];
-        let gw = run.gateway.as_ref();
-        let endpoint = self.clusters.iter().find(|c| c.name_any() == spec.cluster).and_then(|c| {
-            let address = c.status.as_ref()?.gateway_addresses.first()?.clone();
-            Some(format!("{address}:{}", gw?.public_port?))
-        });
-        // The gateway's handshakes through its UAPI (`wg show IFACE latest-handshakes`: "<public
-        // key>\t<unix seconds>" per peer, 0 for none) rather than its /metrics, which the test
-        // process cannot reach in the pod's namespace; the tunnel states and reasons then come
-        // from the worker's own rules (`worker::tunnels::peer_statuses`).
-        let handshakes: Result<slice_operator::worker::tunnels::Handshakes, &str> = gw
-            .and_then(|g| g.pod.exec_ok(&["wg", "show", &g.interface, "latest-handshakes"]).ok())
-            .map(|text| {
-                text.lines()
-                    .filter_map(|l| {
-                        let (key, t) = l.split_once('\t')?;
-                        let t: i64 = t.trim().parse().ok()?;
-                        Some((
-                            key.to_owned(),
-                            (t > 0).then(|| k8s_openapi::jiff::Timestamp::from_second(t).ok()).flatten(),
-                        ))
-                    })
-                    .collect()
-            })
-            .ok_or("its UAPI did not answer");
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let peers =
-            slice_operator::worker::tunnels::peer_statuses(&spec.peers, handshakes.as_ref().map_err(|e| *e), now);
-        let running = gw.is_some_and(|g| g.process.is_some());
-        let conditions = vec![if running {
-            Condition::new(planner::READY, true, "GatewayRunning", "")
-        } else {
-            Condition::new(planner::READY, false, "GatewayPending", "the gateway is not running")
-        }];
-        WorkerSliceStatus {
-            gateway_public_key: Some(run.keys.public.to_base64()),
-            gateway_endpoint: endpoint.filter(|_| running),
-            nodes: run.nodes.clone(),
-            connected_pods: 0,
-            peers,
-            conditions,
-            observed_generation: None,
-        }
+    /// One round (the hub's pass, the workers' heartbeats and passes, the kubelets' steps), as
+    /// the controllers' resyncs run them; a failed pass is kept for [`ControlPlane::diagnose`].
+    /// True when it changed nothing.
+    ///
+    /// # Errors
+    /// When a lab step fails.
+    pub fn tick(&mut self, lab: &Lab) -> Result<bool> {
+        self.round(lab)
     }
 
-    /// Reads every gateway's tunnel state again into its WorkerSlice status (handshakes happen
-    /// after [`ControlPlane::apply`] returns, with the first traffic or keepalive).
-    pub fn refresh_status(&mut self) {
-        for i in 0..self.workers.len() {
-            let spec = self.workers[i].spec.clone();
-            let key = (spec.slice.clone(), spec.cluster.clone());
-            if self.runs.contains_key(&key) {
-                let status = self.worker_status(&spec, &key);
-                self.workers[i].status = Some(status);
-            }
+    fn read_view(&self) -> Result<HubView> {
+        let hub = HUB.to_owned();
+        let list = |plural: &str| self.api.list(&hub, &format!("/apis/slicenet.io/v1alpha1/{plural}"));
+        Ok(HubView {
+            slices: serde_json::from_value(Value::Array(list("sliceconfigs")))?,
+            clusters: serde_json::from_value(Value::Array(list("memberclusters")))?,
+            workers: serde_json::from_value(Value::Array(list("workerslices")))?,
         }
+        .sorted())
     }
 
-    /// Deletes every slice and waits until the lab holds nothing of them: gateways stopped,
-    /// their pods removed, port forwards gone, agents configured with no slice.
+    /// Runs the passes (as the controllers' watches and resyncs do) until a round changes
+    /// nothing, without waiting for the tunnels: a restarted gateway runs again, the statuses
+    /// say what is up and what is not.
+    ///
+    /// # Errors
+    /// When a lab step fails or the control plane does not come to rest.
+    pub fn reconcile(&mut self, lab: &Lab) -> Result<()> {
+        self.rounds(lab, |_| true)
+    }
+
+    /// Runs the passes again (as the controllers' resyncs do) until a round changes nothing
+    /// and every WorkerSlice is `Ready`: tunnel states follow the handshakes that happened
+    /// since.
+    ///
+    /// # Errors
+    /// When a lab step fails or the control plane does not settle.
+    pub fn refresh_status(&mut self, lab: &Lab) -> Result<()> {
+        self.converge(lab, |_| true)
+    }
+
+    /// Deletes every slice and waits until the lab holds nothing of them: SliceConfigs and
+    /// WorkerSlices gone (the finalizers released by the hub and the workers), gateways
+    /// stopped, their pods removed, port forwards gone, agents configured with no slice.
     ///
     /// # Errors
     /// When a teardown step fails.
     pub fn delete_all(&mut self, lab: &mut Lab) -> Result<()> {
-        let clusters = self.clusters.iter().map(|c| {
+        let clusters = self.view.clusters.iter().map(|c| {
             let mut c = c.clone();
             c.status = None;
             c
         });
         let manifest = Manifest { slices: Vec::new(), clusters: clusters.collect() };
-        self.apply(lab, &manifest)
-    }
-}
-
-/// Waits until every agent has applied its configuration: the node-state files in its state
-/// dir are exactly its slices, with their node prefixes and member namespaces (what the CNI
-/// plugin decides by). A watch on the API stands behind this in a cluster; here it is the file.
-fn wait_agents(configs: &[NodeAgentConfig], timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    for config in configs {
-        loop {
-            let states = slice_api::node::NodeState::load_all(&config.state_dir).unwrap_or_default();
-            let applied = states.len() == config.slices.len()
-                && config.slices.iter().all(|want| {
-                    let st = states.iter().find(|st| st.slice == want.name);
-                    st.is_some_and(|st| {
-                        let mut a = st.namespaces.clone();
-                        let mut b = want.namespaces.clone();
-                        a.sort();
-                        b.sort();
-                        st.node_prefix == want.node_prefix && a == b
-                    })
-                });
-            if applied {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("node {}: the agent did not apply its configuration within {timeout:?}", config.node);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        self.apply(lab, &manifest)?;
+        self.converge(lab, |v| v.slices.is_empty() && v.workers.is_empty())?;
+        for (cluster, kubelet) in &mut self.kubelets {
+            kubelet.teardown(lab, &self.api, cluster, &self.metrics)?;
         }
+        Ok(())
     }
-    Ok(())
-}
-
-fn empty_agent_config(node: &crate::Node) -> NodeAgentConfig {
-    NodeAgentConfig {
-        node: node.name().to_owned(),
-        underlay_address: IpAddr::V4(node.underlay_address()),
-        underlay_mtu: 1500,
-        state_dir: node.state_dir(),
-        netns_dir: crate::netns::NETNS_DIR.into(),
-        router_netns_prefix: node.router_netns_prefix(),
-        vxlan_port: slice_api::names::DEFAULT_VXLAN_PORT,
-        slices: Vec::new(),
-    }
-}
-
-fn start_gateway(lab: &Lab, gw: &mut GatewayRun, timeout: Duration) -> Result<()> {
-    let bin = lab.options().bin_dir.join("slice-gateway");
-    if !bin.exists() {
-        bail!("{} does not exist: build it or set SLICENET_BIN_DIR", bin.display());
-    }
-    gw.process = Some(crate::gateway::spawn_gateway(&gw.pod, &bin, &gw.interface, &gw.config, GATEWAY_MTU, timeout)?);
-    gw.routes.clear();
-    Ok(())
-}
-
-/// Stops a slice's gateway in `cluster`, removes its pod (CNI DEL frees its address) and its
-/// port forward.
-fn teardown(lab: &Lab, cluster: &str, run: WorkerRun) -> Result<()> {
-    let Some(mut gw) = run.gateway else { return Ok(()) };
-    if let Some(mut p) = gw.process.take() {
-        p.stop()?;
-    }
-    let c = lab.cluster(cluster);
-    let node = c.nodes().first().context("cluster without nodes")?;
-    node.remove_pod(&gw.pod)?;
-    if let Some(port) = gw.public_port {
-        c.remove_forward_udp(port)?;
-    }
-    let _ = std::fs::remove_file(&gw.config);
-    Ok(())
 }
 
 /// The first packet across a path: pings `to` from `from` every 20 ms until one answers;
@@ -704,43 +767,60 @@ pub fn run_pod_retrying(node: &crate::Node, spec: &crate::PodSpec, timeout: Dura
 impl ControlPlane {
     /// The hub's view of this control plane's objects, as `slicectl status --hub-kubeconfig`
     /// reads it from a hub.
-    pub fn hub_view(&self) -> slice_api::hub_view::HubView {
-        slice_api::hub_view::HubView {
-            slices: self.slices().to_vec(),
-            clusters: self.clusters().to_vec(),
-            workers: self.workers().to_vec(),
-        }
-        .sorted()
+    pub fn hub_view(&self) -> HubView {
+        self.view.clone()
     }
-}
 
-impl ControlPlane {
-    /// What a person debugging a slice looks at first: per gateway `wg show` and the routes in
-    /// its pod, per node the slice router's routes.
+    /// What a person debugging a slice looks at first: what did not settle, per gateway
+    /// `wg show`, the routes in its pod and its log, per node the slice router's routes.
     pub fn diagnose(&self, lab: &Lab) -> String {
         let mut out = String::new();
-        for ((slice, cluster), run) in &self.runs {
-            let Some(gw) = &run.gateway else { continue };
-            let wg =
-                gw.pod.exec(&["wg", "show", &gw.interface]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-            let routes = gw.pod.exec(&["ip", "route"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-            // The gateway's own log: warnings about peers, handshakes and drops.
-            let log = gw.process.as_ref().map(|p| p.log_text()).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            out.push_str(&format!(
-                "== gateway {slice} in {cluster} ({}):\n{}\n{}\n-- its log (last 20 lines):\n{}\n",
-                gw.slice_address,
-                wg.unwrap_or_default(),
-                routes.unwrap_or_default(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            ));
-            for node in lab.cluster(cluster).nodes() {
-                let router = format!("{}{slice}", node.router_netns_prefix());
-                let r = std::process::Command::new("ip").args(["-n", &router, "route"]).output();
+        for (k, v) in &self.errors {
+            out.push_str(&format!("== {k}: {v}\n"));
+        }
+        out.push_str(&slice_api::hub_view::render(&self.view));
+        for (cluster, kubelet) in &self.kubelets {
+            for gw in kubelet.gateways.values() {
+                let slice = &gw.slice;
+                let wg = gw
+                    .pod
+                    .exec(&["wg", "show", &gw.interface])
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                let routes = gw.pod.exec(&["ip", "route"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                // What the worker reads: the handshake of each peer key on /metrics.
+                let metrics = self.metrics.lock().expect("metrics addresses lock").clone();
+                for ((_, addr), netns) in metrics.iter().filter(|(_, n)| **n == gw.pod.netns_path) {
+                    let text = kubelet::scrape_in(netns, *addr).unwrap_or_else(|e| e);
+                    let lines: Vec<&str> = text
+                        .lines()
+                        .filter(|l| l.starts_with(slice_operator::worker::tunnels::LAST_HANDSHAKE_METRIC))
+                        .collect();
+                    out.push_str(&format!("-- /metrics at {addr}:\n{}\n", lines.join("\n")));
+                }
+                // The gateway's own log: warnings about peers, handshakes and drops.
+                let log = gw.process.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
                 out.push_str(&format!(
-                    "-- router {router}:\n{}\n",
-                    r.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+                    "== gateway {slice} in {cluster} ({}):\n{}\n{}\n-- its log (last 20 lines):\n{}\n",
+                    gw.slice_address,
+                    wg.unwrap_or_default(),
+                    routes.unwrap_or_default(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 ));
+                for node in lab.cluster(cluster).nodes() {
+                    let router = format!("{}{slice}", node.router_netns_prefix());
+                    let r = std::process::Command::new("ip").args(["-n", &router, "route"]).output();
+                    out.push_str(&format!(
+                        "-- router {router}:\n{}\n",
+                        r.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+                    ));
+                }
+            }
+            if let Some(server) = kubelet.dns.server() {
+                let log = kubelet.dns.server_log();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                out.push_str(&format!("== slice-dns in {cluster} ({server}), its log (last 10 lines):\n{tail}\n"));
             }
         }
         out

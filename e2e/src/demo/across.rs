@@ -1,18 +1,20 @@
 //! `make demo`, part two: one slice across three clusters over a WAN, one cluster behind NAT,
 //! every cluster with the same pod CIDR. Pods of the slice in every cluster reach each other
 //! through one `slice-gateway` pod per cluster (WireGuard over the WAN); a pod outside the slice
-//! reaches none of them.
+//! reaches none of them. The slice is made as in a cluster: a SliceConfig applied to the hub,
+//! the hub's and the workers' passes (`crate::control`). Then names: services exported from c1
+//! and c2 (a headless one and a ClusterSetIP one) asked for by name from a pod in c3, and 100
+//! connections to the ClusterSetIP.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
+use crate::control::{self, ControlPlane, PUBLIC_PORT, dns, run_pod_retrying, workloads};
 use crate::demo::table;
-use crate::gateway::{SliceAcrossOptions, build_slice_across_clusters};
-use crate::{ClusterOptions, Lab, LabSlice, Pod, PodSpec};
-
-const GATEWAY_NAMESPACE: &str = "slicenet-gw";
+use crate::probe::{Responder, connect_count};
+use crate::{Lab, Pod, PodSpec};
 
 struct DemoPod {
     pod: Pod,
@@ -45,32 +47,27 @@ pub fn run(prefix: &str) -> Result<()> {
     println!("▶ Building lab {prefix:?}: a WAN namespace and clusters c1 (2 nodes), c2 (1 node) and c3 (1 node,");
     println!("  behind NAT: nothing on the WAN can reach into it); every cluster uses pod CIDR 10.244.0.0/16");
     let mut lab = Lab::new(prefix)?;
-    lab.add_wan()?;
-    lab.add_cluster("c1", 2)?;
-    lab.add_cluster("c2", 1)?;
-    lab.add_cluster_with("c3", 1, ClusterOptions::behind_nat())?;
-    let slice = LabSlice::new("blue", 100, "10.80.0.0/16", &["shop", GATEWAY_NAMESPACE]);
-    let across = build_slice_across_clusters(&lab, &SliceAcrossOptions::new(slice, GATEWAY_NAMESPACE))?;
-    println!("  up with agents and gateways in {:.1} s\n", started.elapsed().as_secs_f64());
+    let mut cp = ControlPlane::new();
+    let manifest = control::blue_over(&["c1", "c2", "c3"])?;
+    cp.apply(&mut lab, &manifest)?;
+    println!("  up with agents and gateways, every tunnel up, in {:.1} s\n", started.elapsed().as_secs_f64());
 
     println!("▶ Slice blue 10.80.0.0/16: a cluster prefix each, one slice-gateway pod each (userspace WireGuard):");
-    let rows: Vec<Vec<String>> = across
-        .gateways
-        .iter()
-        .map(|g| {
-            let cluster = lab.cluster(&g.cluster);
-            vec![
-                g.cluster.clone(),
-                g.prefix.to_string(),
-                g.slice_address.to_string(),
-                match cluster.public_address() {
-                    Some(a) if !cluster.behind_nat() => format!("{a}:31820/udp → gateway pod"),
-                    _ => "none: behind NAT, its gateway dials out".into(),
-                },
-                format!("{}…", &g.keys.public.to_base64()[..12]),
-            ]
-        })
-        .collect();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for w in cp.workers() {
+        let cluster = lab.cluster(&w.spec.cluster);
+        let status = w.status.clone().unwrap_or_default();
+        rows.push(vec![
+            w.spec.cluster.clone(),
+            w.spec.cluster_prefix.clone(),
+            cp.gateway_address("blue", &w.spec.cluster).context("a gateway")?.to_string(),
+            match cluster.public_address() {
+                Some(a) if !cluster.behind_nat() => format!("{a}:{PUBLIC_PORT}/udp → gateway pod"),
+                _ => "none: behind NAT, its gateway dials out".into(),
+            },
+            format!("{}…", status.gateway_public_key.unwrap_or_default().chars().take(12).collect::<String>()),
+        ]);
+    }
     print!(
         "{}",
         indent(&table(&["cluster", "cluster prefix", "gateway slice0", "public endpoint", "public key"], &rows))
@@ -85,7 +82,7 @@ pub fn run(prefix: &str) -> Result<()> {
     ];
     let mut pods = Vec::new();
     for (cluster, node, ns, name) in plan {
-        let pod = lab.node(cluster, node).run_pod(PodSpec::new(ns, name))?;
+        let pod = run_pod_retrying(lab.node(cluster, node), &PodSpec::new(ns, name), Duration::from_secs(20))?;
         let slice0 = pod.ipv4("slice0").ok();
         pods.push(DemoPod { pod, slice0 });
     }
@@ -131,17 +128,105 @@ pub fn run(prefix: &str) -> Result<()> {
         println!("  the pod outside the slice reaches none.");
     }
 
-    let c1 = across.gateway("c1");
-    println!("\n▶ `wg show {}` against c1's running slice-gateway (c3's endpoint is its NAT address,", c1.interface);
+    let missing_names = names(&mut cp, &lab)?;
+
+    let interface = cp.gateway_interface("blue", "c1").context("c1 runs no gateway")?;
+    println!("\n▶ `wg show {interface}` against c1's running slice-gateway (c3's endpoint is its NAT address,");
     println!("  learned from c3's keepalives):");
-    print!("{}", indent(&c1.wg(&["show", &c1.interface])?));
+    print!("{}", indent(&cp.gateway_wg("blue", "c1", &["show", &interface])?));
 
     println!("\n▶ Tearing the lab down…");
-    drop(across);
+    cp.delete_all(&mut lab)?;
+    for p in &pods {
+        lab.node(&p.pod.cluster, &p.pod.node).remove_pod(&p.pod)?;
+    }
     lab.teardown()?;
     println!("  done (part 2 took {:.1} s)", started.elapsed().as_secs_f64());
     if mismatches > 0 {
         bail!("{mismatches} reachability cell(s) differ from what slicenet promises");
     }
+    if missing_names > 0 {
+        bail!("{missing_names} name(s) were not answered as slicenet promises");
+    }
     Ok(())
+}
+
+/// The names part: `db` (headless) and `web` (ClusterIP) exported from c1 and c2 as a user
+/// applies them (`slicectl lab apply --cluster`), asked for by name from a pod in c3 through its
+/// cluster's resolver, and 100 connections to `web`'s ClusterSetIP. The number of answers that
+/// differ from what is promised.
+fn names(cp: &mut ControlPlane, lab: &Lab) -> Result<usize> {
+    println!("\n▶ Multi-cluster services: `db` (headless; pods db-0 in c1, db-1 in c2) and `web` (ClusterIP; pods");
+    println!("  web-0 in c1, web-1 in c2), each exported with a ServiceExport; a client pod in c3 asks by name");
+    println!("  through its own resolv.conf (c3's resolver → the worker's Corefile stanza → c3's slice-dns):");
+    for (cluster, n) in [("c1", 0), ("c2", 1)] {
+        cp.apply_in(lab, cluster, &workloads::exported_services(n)?)?;
+    }
+    let client = workloads::parse_objects(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: shop}\nspec: {containers: [{name: c}]}\n",
+    )?;
+    cp.apply_in(lab, "c3", &client)?;
+    let pod = |cp: &ControlPlane, cluster: &str, name: &str| -> Result<Pod> {
+        cp.pod(cluster, "shop", name).cloned().with_context(|| format!("no pod {name} in {cluster}"))
+    };
+    let mut servers = Vec::new();
+    for (cluster, name, port, tag) in [
+        ("c1", "db-0", 5432, "db-0"),
+        ("c2", "db-1", 5432, "db-1"),
+        ("c1", "web-0", 8080, "c1"),
+        ("c2", "web-1", 8080, "c2"),
+    ] {
+        servers.push(Responder::start(&pod(cp, cluster, name)?, port, tag)?);
+    }
+    let client = ("c3", "shop", "client");
+    // The answers follow the imports within the records' TTL; wait for both clusters' db.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dns::dig(cp, lab, client, &["db.shop.svc.clusterset.local"])?.data.len() < 2 && Instant::now() < deadline {
+        cp.tick(lab)?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let db = |cluster: &str, name: &str| -> Result<String> { Ok(pod(cp, cluster, name)?.ipv4("slice0")?.to_string()) };
+    let (db0, db1) = (db("c1", "db-0")?, db("c2", "db-1")?);
+    let vip = dns::dig(cp, lab, client, &["web.shop.svc.clusterset.local"])?.data;
+    let queries: [(&str, &str, Vec<String>); 8] = [
+        ("A", "db.shop.svc.clusterset.local", vec![db0.clone(), db1.clone()]),
+        ("A", "db.shop.svc.slice.local", vec![db0.clone(), db1.clone()]),
+        ("A", "db-1.c2.db.shop.svc.clusterset.local", vec![db1.clone()]),
+        ("A", "c1.db.shop.svc.slice.local", vec![db0]),
+        ("SRV", "_pg._tcp.db.shop.svc.clusterset.local", Vec::new()),
+        ("A", "web.shop.svc.clusterset.local", vec![]),
+        ("TXT", "dns-version.clusterset.local", vec!["\"1.0.0\"".into()]),
+        ("A", "nothere.shop.svc.clusterset.local", vec![]),
+    ];
+    let mut rows = Vec::new();
+    let mut wrong = 0;
+    for (kind, name, want) in queries {
+        let got = dns::dig(cp, lab, client, &[kind, name])?;
+        let mut want = want;
+        want.sort();
+        // SRV: a target per db pod; web: one ClusterSetIP; nothere: NXDOMAIN.
+        let ok = match (kind, name) {
+            ("SRV", _) => got.data.len() == 2 && got.data.iter().all(|d| d.contains(" 5432 ")),
+            (_, "web.shop.svc.clusterset.local") => got.data.len() == 1,
+            (_, "nothere.shop.svc.clusterset.local") => got.status == "NXDOMAIN",
+            _ => got.data == want,
+        };
+        wrong += usize::from(!ok);
+        let answer = if got.data.is_empty() { format!("({})", got.status) } else { got.data.join("\n") };
+        for (i, line) in answer.lines().enumerate() {
+            let (k, n, mark) = if i == 0 { (kind, name, if ok { "✓" } else { "✗" }) } else { ("", "", "") };
+            rows.push(vec![k.to_owned(), n.to_owned(), line.to_owned(), mark.to_owned()]);
+        }
+    }
+    print!("{}", indent(&table(&["type", "name (asked from c3/shop/client)", "answer", ""], &rows)));
+    if let Some(vip) = vip.first() {
+        let to = std::net::SocketAddr::new(vip.parse().context("a ClusterSetIP")?, 80);
+        let seen = connect_count(&pod(cp, "c3", "client")?, to, 100);
+        println!("\n  100 connections from c3 to web's ClusterSetIP {to} (DNAT in c3's slice router, per connection):");
+        for (tag, n) in &seen {
+            println!("    {n:>3} answered by web in {tag}");
+        }
+        wrong += usize::from(!(seen.contains_key("c1") && seen.contains_key("c2")));
+    }
+    Ok(wrong)
 }

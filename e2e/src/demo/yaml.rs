@@ -39,31 +39,6 @@ fn addr(pod: &Pod) -> Result<Ipv4Addr> {
     pod.ipv4("slice0")
 }
 
-/// `slicectl lab up -f FILE`: builds a lab for the member clusters of `path`, applies it and
-/// leaves everything running (`slicectl lab down --prefix PREFIX` removes it).
-///
-/// # Errors
-/// When the file is not valid or the lab cannot be built.
-pub fn up(prefix: &str, path: &Path) -> Result<()> {
-    let manifest = control::read_manifest(path)?;
-    if manifest.slices.is_empty() {
-        bail!("{}: no SliceConfig in it", path.display());
-    }
-    let mut lab = Lab::new(prefix)?;
-    let mut cp = ControlPlane::new();
-    let t = Instant::now();
-    cp.apply(&mut lab, &manifest)?;
-    println!("Applied {} in {:.1} s (lab built, planned, gateways up):\n", path.display(), t.elapsed().as_secs_f64());
-    print_status(&cp);
-    println!("\nThe lab stays up. Pods join with their namespace, e.g. in Rust: lab.node(\"c1\", \"n1\").run_pod(…);");
-    println!("  ip netns list | grep ^{prefix}-");
-    println!("  target/debug/slicectl lab down --prefix {prefix}");
-    // Leave every process and namespace running: no teardown.
-    std::mem::forget(cp);
-    std::mem::forget(lab);
-    Ok(())
-}
-
 fn with_clusters(base: &Manifest, clusters: &[&str]) -> Manifest {
     let mut m = base.clone();
     for s in &mut m.slices {
@@ -130,7 +105,7 @@ pub fn run(prefix: &str) -> Result<()> {
     check("a → c", &a, addr(&c)?, true);
     check("d → c", &d, addr(&c)?, true);
     println!();
-    cp.refresh_status();
+    cp.refresh_status(&lab)?;
     print_status(&cp);
 
     println!("\n▶ Deleting the SliceConfig:");

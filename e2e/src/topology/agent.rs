@@ -1,4 +1,5 @@
-//! Node agents: their configuration built from a small slice list ([`LabSlice`]), and the
+//! Node agents: their configuration planned from a small slice list ([`LabSlice`]) with the
+//! worker's own plan, and the
 //! `slice-operator node-agent` process inside a node's namespace.
 
 use std::fs::File;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
-use slice_api::node::{NodeAgentConfig, PeerNode, RemoteRoute, SliceOnNode};
+use slice_api::node::{NodeAgentConfig, RemoteRoute};
 
 use crate::{cmd, netns};
 
@@ -89,44 +90,67 @@ pub(crate) struct AgentNode {
     pub(crate) router_netns_prefix: String,
 }
 
-/// The node agent configuration of every node of one cluster: cluster prefix `cluster_index` of
-/// each slice subnet split into [`LAB_MAX_CLUSTERS`], node prefix /26 number `index − 1`, the
-/// other nodes of the cluster as peers.
+/// The node agent configuration of every node of one cluster, planned as the worker plans it
+/// (`slice_operator::worker::plan::node_agent_slice`): cluster prefix `cluster_index` of each
+/// slice subnet split into [`LAB_MAX_CLUSTERS`], node prefix /26 number `index − 1`, the other
+/// nodes of the cluster as peers, the slice's remote routes as the prefixes of peer clusters
+/// via their (one) gateway.
 pub(crate) fn agent_configs(
     cluster_index: usize,
     nodes: &[AgentNode],
     slices: &[LabSlice],
 ) -> Result<Vec<NodeAgentConfig>> {
-    let node_prefix = |slice: &LabSlice, node: &AgentNode| -> Result<IpNet> {
-        let cluster = slice_api::prefix::cluster_prefix(slice.subnet, LAB_MAX_CLUSTERS, cluster_index as u64)
-            .with_context(|| format!("slice {}", slice.name))?;
-        slice_api::prefix::node_prefix(cluster, LAB_NODE_PREFIX_LEN, (node.index - 1) as u64)
-            .with_context(|| format!("slice {} node {}", slice.name, node.name))
-    };
+    use slice_api::crd::{NodeAllocation, WorkerPeer, WorkerSliceSpec};
+    use slice_operator::worker::plan::{ClusterNode, TypedSpec, node_agent_slice};
+
+    let cluster_nodes: Vec<ClusterNode> = nodes.iter().map(|n| ClusterNode::new(n.name.clone(), n.underlay)).collect();
+    let mut planned = Vec::new();
+    for slice in slices {
+        let cluster = slice.cluster_prefix(cluster_index)?;
+        let mut allocations = Vec::new();
+        for n in nodes {
+            let prefix = slice_api::prefix::node_prefix(cluster, LAB_NODE_PREFIX_LEN, (n.index - 1) as u64)
+                .with_context(|| format!("slice {} node {}", slice.name, n.name))?;
+            allocations.push(NodeAllocation { node: n.name.clone(), prefix: prefix.to_string() });
+        }
+        let mut vias: Vec<IpAddr> = slice.remote_routes.iter().map(|r| r.via).collect();
+        vias.dedup();
+        if vias.len() > 1 {
+            bail!("slice {}: remote routes via more than one gateway ({vias:?})", slice.name);
+        }
+        let spec = WorkerSliceSpec {
+            slice: slice.name.clone(),
+            cluster: format!("lab{cluster_index}"),
+            slice_subnet: slice.subnet.to_string(),
+            cluster_prefix: cluster.to_string(),
+            node_prefix_length: LAB_NODE_PREFIX_LEN,
+            vni: slice.vni,
+            mtu: None,
+            namespaces: slice.namespaces.clone(),
+            gateway: slice_api::crd::GatewaySpec::default(),
+            peers: slice
+                .remote_routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| WorkerPeer {
+                    cluster: format!("remote{i}"),
+                    prefix: r.prefix.to_string(),
+                    public_key: None,
+                    endpoint: None,
+                })
+                .collect(),
+            imports: Vec::new(),
+        };
+        let typed = TypedSpec::parse(&spec).with_context(|| format!("slice {}", slice.name))?;
+        planned.push((typed, allocations, vias.first().copied()));
+    }
     let mut configs = Vec::new();
     for node in nodes {
         let mut on_node = Vec::new();
-        for slice in slices {
-            let mut peers = Vec::new();
-            for peer in nodes.iter().filter(|p| p.name != node.name) {
-                peers.push(PeerNode {
-                    name: peer.name.clone(),
-                    underlay_address: peer.underlay,
-                    node_prefix: node_prefix(slice, peer)?,
-                });
-            }
-            on_node.push(SliceOnNode {
-                name: slice.name.clone(),
-                vni: slice.vni,
-                slice_subnet: slice.subnet,
-                node_prefix: node_prefix(slice, node)?,
-                mtu: None,
-                namespaces: slice.namespaces.clone(),
-                // As the worker plans it: gateway pods join through their own namespace.
-                gateway_namespace: Some(slice_api::names::GATEWAY_NAMESPACE.to_owned()),
-                peers,
-                remote_routes: slice.remote_routes.clone(),
-            });
+        for (typed, allocations, gateway) in &planned {
+            let s = node_agent_slice(typed, &node.name, &cluster_nodes, allocations, *gateway)
+                .with_context(|| format!("slice {} on {}", typed.slice, node.name))?;
+            on_node.push(s);
         }
         let config = NodeAgentConfig {
             node: node.name.clone(),

@@ -10,7 +10,8 @@
 //! | underlay namespace (bridge `br0`) | `P-C-ul` |
 //! | node namespace | `P-C-nK`, `eth0` = `198.18.c.(10+k)/24`, `lo` up |
 //! | node directory | `/run/slicenet-lab/P/C/nK/` (`state/`, `ipam/`, `containerd/`, agent files) |
-//! | pod CIDR of node `nK` (same in every cluster) | `10.244.k.0/24` |
+//! | pod CIDR of node `nK` (same in every cluster) | `10.244.k.0/24`, routed by the other nodes of its cluster via `198.18.c.(10+k)` |
+//! | the cluster's resolver on every node | [`NODE_LOCAL_DNS`] on the node's `lo` |
 //! | slice router namespaces of a node | `P-C-nK-<slice>` |
 //!
 //! With a WAN ([`Lab::add_wan`]) every cluster also gets an edge namespace `P-C-edge` on the
@@ -41,6 +42,11 @@ use crate::cri::{self, CriClient};
 use crate::pod::{Pod, PodSpec, PodSummary};
 use crate::wan::{self, ClusterOptions, Edge, EdgeNode, Proto};
 use crate::{cmd, netns, pause};
+
+/// The address of the cluster's resolver on every node (NodeLocal DNSCache's link-local
+/// address), on the node namespace's `lo` (NodeLocal DNSCache puts it on a dummy link; the lab
+/// machines have no dummy driver): pods reach it through their default route.
+pub const NODE_LOCAL_DNS: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 10);
 
 /// How a lab is built.
 #[derive(Debug, Clone)]
@@ -223,6 +229,19 @@ impl Lab {
             let addr = format!("{}/24", node.underlay);
             cmd::ip(&["-n", &node.netns_name, "addr", "add", &addr, "dev", "eth0"])?;
             cmd::ip(&["-n", &node.netns_name, "link", "set", "eth0", "up"])?;
+            // The node-local DNS address (NodeLocal DNSCache's), where the cluster's resolver
+            // on this node listens for its pods: on `lo`, as the machine has no dummy links.
+            let local_dns = format!("{NODE_LOCAL_DNS}/32");
+            cmd::ip(&["-n", &node.netns_name, "addr", "add", &local_dns, "dev", "lo"])?;
+        }
+        // The cluster's pod network: each node routes the other nodes' pod CIDRs to them over
+        // the underlay (as a host-gateway CNI does), so pods reach pods on other nodes.
+        for node in &cluster.nodes {
+            cmd::run(&mut netns::command(&node.netns_path(), &["sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
+            for other in cluster.nodes.iter().filter(|o| o.name != node.name) {
+                let (cidr, via) = (other.pod_cidr.to_string(), other.underlay.to_string());
+                cmd::ip(&["-n", &node.netns_name, "route", "replace", &cidr, "via", &via])?;
+            }
         }
 
         let results: Vec<Result<()>> = std::thread::scope(|s| {

@@ -33,6 +33,18 @@ pub(crate) fn command<S: AsRef<OsStr>>(netns: &Path, argv: &[S]) -> Command {
     c
 }
 
+/// A command that runs `argv` inside the network namespace at `netns` with `resolv_conf`
+/// bind-mounted on `/etc/resolv.conf` in a mount namespace of its own (as `ip netns exec` does
+/// with `/etc/netns/NAME/resolv.conf`, and as a pod sees the file its kubelet wrote).
+pub fn command_with_resolv_conf<S: AsRef<OsStr>>(netns: &Path, resolv_conf: &Path, argv: &[S]) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"]);
+    c.arg(r#"f=$1; n=$2; shift 2; mount --bind "$f" /etc/resolv.conf && exec nsenter --net="$n" -- "$@""#);
+    c.arg("sh").arg(resolv_conf).arg(netns);
+    c.args(argv);
+    c
+}
+
 /// Runs `argv` inside the namespace at `netns` and returns its output whatever the exit status.
 pub(crate) fn exec<S: AsRef<OsStr>>(netns: &Path, argv: &[S]) -> Result<Output> {
     cmd::output(&mut command(netns, argv)).with_context(|| format!("cannot run a command in {}", netns.display()))

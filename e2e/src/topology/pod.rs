@@ -124,26 +124,36 @@ impl Pod {
     /// # Errors
     /// When the log or record cannot be written or the process cannot be started.
     pub fn spawn(&self, argv: &[&str]) -> Result<PodProcess> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let dir = crate::cleanup::pod_process_dir(&self.lab_root);
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let log = dir.join(format!("{}-{}-{}-{}-{n}.log", self.cluster, self.namespace, self.name, std::process::id()));
-        let file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = netns::command(&self.netns_path, argv);
-        command.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
-        let child = command
-            .spawn()
-            .with_context(|| format!("pod {}: cannot start `{}`", self.lab_name(), crate::cmd::describe(&command)))?;
-        let record = crate::cleanup::record_pod_process(&self.lab_root, child.id() as i32)
-            .with_context(|| format!("pod {}: cannot record pid {}", self.lab_name(), child.id()))?;
-        Ok(PodProcess { child: Some(child), record, log, pod: self.lab_name() })
+        spawn_in(&self.lab_root, Path::new(&self.netns_path), &self.lab_name(), argv)
     }
 
     /// Whether the pod's network namespace file still exists.
     pub fn netns_exists(&self) -> bool {
         Path::new(&self.netns_path).exists()
     }
+}
+
+/// Starts `argv` in the network namespace at `netns` as [`Pod::spawn`] does (`label` names it
+/// in its log file and errors): for processes of the lab's own that run on a node's network
+/// rather than in a pod.
+///
+/// # Errors
+/// When the log or record cannot be written or the process cannot be started.
+pub fn spawn_in(lab_root: &Path, netns: &Path, label: &str, argv: &[&str]) -> Result<PodProcess> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = crate::cleanup::pod_process_dir(lab_root);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let file_label = label.replace('/', "-");
+    let log = dir.join(format!("{file_label}-{}-{n}.log", std::process::id()));
+    let file = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let mut command = netns::command(netns, argv);
+    command.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+    let child =
+        command.spawn().with_context(|| format!("{label}: cannot start `{}`", crate::cmd::describe(&command)))?;
+    let record = crate::cleanup::record_pod_process(lab_root, child.id() as i32)
+        .with_context(|| format!("{label}: cannot record pid {}", child.id()))?;
+    Ok(PodProcess { child: Some(child), record, log, pod: label.to_owned() })
 }
 
 /// A process started in a pod with [`Pod::spawn`]. Dropping it stops it (SIGTERM, then
@@ -186,6 +196,19 @@ impl PodProcess {
     /// Whether it still runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL (a crash), then reaps it; it stays known as exited ([`PodProcess::is_running`]
+    /// is false), so that whoever watches it can start it again.
+    ///
+    /// # Errors
+    /// When it was stopped already or cannot be reaped.
+    pub fn kill(&mut self) -> Result<()> {
+        let child = self.child.as_mut().with_context(|| format!("process in pod {} was stopped", self.pod))?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        child.wait().with_context(|| format!("reaping process {} in pod {}", child.id(), self.pod))?;
+        Ok(())
     }
 
     /// SIGTERM, then SIGKILL after 5 s; reaps it and removes its record.

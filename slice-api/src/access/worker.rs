@@ -2,7 +2,10 @@
 //! own member cluster.
 
 use crate::hub_credential::SECRET as HUB_CREDENTIAL_SECRET;
-use crate::names::{GATEWAY_NAMESPACE, WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET};
+use crate::names::{
+    COREDNS_CONFIG_MAP, GATEWAY_NAMESPACE, KUBE_SYSTEM_NAMESPACE, NODE_LOCAL_DNS_CONFIG_MAP, SLICE_DNS_SERVICE,
+    WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET,
+};
 use crate::rbac::Access;
 use crate::rbac::Scope::{Cluster, Namespace, OwnNamespace};
 
@@ -10,6 +13,8 @@ use crate::rbac::Scope::{Cluster, Namespace, OwnNamespace};
 const GW: crate::rbac::Scope = Namespace(GATEWAY_NAMESPACE);
 
 const G: &str = "slicenet.io";
+/// The Multi-Cluster Services API group.
+const MCS: &str = "multicluster.x-k8s.io";
 
 /// On the hub, with credentials limited to `slicenet-cluster-<cluster>` (and its own
 /// MemberCluster's status, for the heartbeat and gateway addresses).
@@ -32,8 +37,9 @@ pub const WORKER_HUB: &[Access] = &[
 ];
 
 /// In the member cluster: namespaces, nodes, the node configurations in `slicenet-system`, the
-/// gateway and key objects in `slicenet-gateway`, and NetworkAttachmentDefinitions in member
-/// namespaces.
+/// gateway and key objects in `slicenet-gateway`, NetworkAttachmentDefinitions in member
+/// namespaces, and the multi-cluster services' objects (ServiceExports read, ServiceImports and
+/// MCS EndpointSlices written).
 pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("list", "", "namespaces", Cluster),
     Access::new("watch", "", "namespaces", Cluster),
@@ -73,6 +79,36 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("create", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("patch", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     Access::new("delete", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
+    // Multi-cluster services (`worker::services`): every ServiceExport is read and gets its
+    // conditions (`Valid`, `Ready`, `Conflict`); the Services and EndpointSlices of the
+    // namespaces that export are read (their endpoints' pods are among the member pods listed
+    // above); ServiceImports and MCS EndpointSlices are written into member namespaces (any
+    // namespace, so cluster-wide) and listed by the worker's label to delete what is no longer
+    // imported. EndpointSlices and ServiceExports are watched: an endpoint turning ready or
+    // unready, or an export made or removed, starts a pass.
+    // (An apply that makes the object needs `create` as well as `patch`.)
+    Access::new("list", MCS, "serviceexports", Cluster),
+    Access::new("watch", MCS, "serviceexports", Cluster),
+    Access::new("patch", MCS, "serviceexports", Cluster).sub("status"),
+    Access::new("list", MCS, "serviceimports", Cluster),
+    Access::new("create", MCS, "serviceimports", Cluster),
+    Access::new("patch", MCS, "serviceimports", Cluster),
+    Access::new("patch", MCS, "serviceimports", Cluster).sub("status"),
+    Access::new("delete", MCS, "serviceimports", Cluster),
+    Access::new("list", "", "services", Cluster),
+    Access::new("list", "discovery.k8s.io", "endpointslices", Cluster),
+    Access::new("watch", "discovery.k8s.io", "endpointslices", Cluster),
+    Access::new("create", "discovery.k8s.io", "endpointslices", Cluster),
+    Access::new("patch", "discovery.k8s.io", "endpointslices", Cluster),
+    Access::new("delete", "discovery.k8s.io", "endpointslices", Cluster),
+    // Slice DNS: the slice-dns Service's address, read by name, and the cluster's Corefiles
+    // (CoreDNS's, NodeLocal DNSCache's), read and patched by name to add and remove the
+    // marked stanza that forwards the slice zones to it (`slice_api::corefile`).
+    Access::new("get", "", "services", OwnNamespace).named(&[SLICE_DNS_SERVICE]),
+    Access::new("get", "", "configmaps", Namespace(KUBE_SYSTEM_NAMESPACE))
+        .named(&[COREDNS_CONFIG_MAP, NODE_LOCAL_DNS_CONFIG_MAP]),
+    Access::new("patch", "", "configmaps", Namespace(KUBE_SYSTEM_NAMESPACE))
+        .named(&[COREDNS_CONFIG_MAP, NODE_LOCAL_DNS_CONFIG_MAP]),
     // Secrets of its own namespace, by name (no other Secret of `slicenet-system` is readable):
     // the pod webhook's serving certificate (`cert_rotation`: the CA Secret `slicectl install
     // worker` printed is read, the serving Secret read and replaced with the resourceVersion

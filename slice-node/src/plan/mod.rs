@@ -19,6 +19,14 @@
 //!   [`Action::AwaitGateway`] (the last action, which fails) makes the agent retry, without
 //!   holding up anything else of the slice. Remote routes are not in the state file: pods route
 //!   the whole slice subnet via their router already.
+//! - the router's nftables table (ClusterSetIP DNAT, [`crate::firewall`]) is compared whole with
+//!   what the configuration builds and replaced whole when it differs (deleted when no rule is
+//!   wanted), before the state file; a table `nft` cannot list is left alone unless rules are
+//!   wanted;
+//! - a MultiNetworkPolicy that cannot be compiled leaves the table as it is (fail closed: the
+//!   rules in force stay, neither replaced nor deleted) and the slice's last action is
+//!   [`Action::KeepFirewall`], which fails with the policy's name and fault so that the agent
+//!   logs it and retries; everything else of the slice is still planned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -119,6 +127,13 @@ pub struct RouterSpec {
     /// Sorted by prefix.
     pub remote_routes: Vec<RemoteRouteSpec>,
     pub state: NodeState,
+    /// The router's nftables table ([`crate::firewall::table`]); `None` when it needs none.
+    pub firewall: Option<Vec<serde_json::Value>>,
+    /// ClusterSetIP services and service ports with backends that the table programs.
+    pub services: (usize, usize),
+    /// Why the table cannot be built (a policy that does not compile); the table in force is
+    /// then kept.
+    pub firewall_error: Option<String>,
 }
 
 impl RouterSpec {
@@ -142,6 +157,10 @@ impl RouterSpec {
         let mut remote_routes: Vec<RemoteRouteSpec> =
             slice.remote_routes.iter().filter_map(|r| remote_route_spec(&vxlan.name, slice, r)).collect();
         remote_routes.sort_by(|a, b| a.remote.cmp(&b.remote));
+        let (firewall, firewall_error) = match crate::firewall::table(slice) {
+            Ok(table) => (table, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         Self {
             slice: slice.name.clone(),
             netns: config.router_netns(&slice.name),
@@ -150,6 +169,9 @@ impl RouterSpec {
             peers,
             remote_routes,
             state: config.node_state(slice),
+            firewall,
+            services: crate::firewall::services::count(slice),
+            firewall_error,
         }
     }
 }
@@ -250,6 +272,21 @@ pub struct ObservedRouter {
     /// Destinations of host routes (/32, /128) without a gateway on devices other than the
     /// desired VXLAN: the pods on this node (the CNI plugin's per-pod routes).
     pub local_hosts: BTreeSet<IpAddr>,
+    /// slicenet's nftables table ([`crate::firewall::TABLE`]).
+    pub firewall: ObservedFirewall,
+}
+
+/// slicenet's nftables table in a router namespace as observed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ObservedFirewall {
+    /// No such table.
+    #[default]
+    Absent,
+    /// Its objects as `nft -j list table` prints them, without handles.
+    Present(Vec<serde_json::Value>),
+    /// `nft` could not list it (not installed, failed): replaced when rules are wanted (the
+    /// replace then fails with nft's message), left alone otherwise.
+    Unreadable(String),
 }
 
 /// One state file as observed: parsed, or present but unreadable.
@@ -362,10 +399,27 @@ pub enum Action {
         dev: String,
         entry: Fdb,
     },
+    /// Replace slicenet's nftables table with `objects` in one transaction (ClusterSetIP DNAT).
+    ReplaceFirewall {
+        slice: String,
+        objects: Vec<serde_json::Value>,
+        /// Services and service ports with backends, for the log.
+        services: (usize, usize),
+    },
+    /// Delete slicenet's nftables table (the slice has no more rules).
+    DeleteFirewall {
+        slice: String,
+    },
     /// Write the node-state file (once the router's own part is complete).
     WriteStateFile {
         slice: String,
         state: Box<NodeState>,
+    },
+    /// The table cannot be built (a policy does not compile): the one in force is kept, and
+    /// applying this fails with `reason`, so that the agent reports it and retries.
+    KeepFirewall {
+        slice: String,
+        reason: String,
     },
     /// Remote routes whose gateway pod is not on this node yet: nothing to do but report it, so
     /// that the agent retries (always the last action of its slice; applying it fails).
@@ -397,7 +451,10 @@ impl Action {
             | Action::ReplaceNeigh { slice, .. }
             | Action::DeleteFdb { slice, .. }
             | Action::ReplaceFdb { slice, .. }
+            | Action::ReplaceFirewall { slice, .. }
+            | Action::DeleteFirewall { slice }
             | Action::WriteStateFile { slice, .. }
+            | Action::KeepFirewall { slice, .. }
             | Action::AwaitGateway { slice, .. } => slice,
         }
     }
@@ -446,7 +503,16 @@ impl std::fmt::Display for Action {
             Action::ReplaceFdb { dev, entry, .. } => {
                 write!(f, "replace fdb {} dst {} on {dev}", format_mac(&entry.mac), entry.dst)
             }
+            Action::ReplaceFirewall { services: (services, ports), .. } => write!(
+                f,
+                "replace nftables {} ({services} ClusterSetIP service(s), {ports} port(s) with backends)",
+                crate::firewall::TABLE
+            ),
+            Action::DeleteFirewall { .. } => write!(f, "delete nftables {}", crate::firewall::TABLE),
             Action::WriteStateFile { .. } => write!(f, "write the node-state file"),
+            Action::KeepFirewall { reason, .. } => {
+                write!(f, "keep nftables {} as it is: {reason}", crate::firewall::TABLE)
+            }
             Action::AwaitGateway { pending, .. } => {
                 let list: Vec<String> = pending.iter().map(|r| format!("{} via {}", r.prefix, r.via)).collect();
                 write!(f, "wait for the gateway pod of remote route(s) {}", list.join(", "))
@@ -613,6 +679,17 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
         }
     }
 
+    // The firewall is part of the router: in place before the state file lets pods start.
+    match (&spec.firewall, &router.firewall) {
+        _ if spec.firewall_error.is_some() => {}
+        (Some(want), ObservedFirewall::Present(have)) if want == have => {}
+        (Some(want), _) => {
+            actions.push(Action::ReplaceFirewall { slice: slice(), objects: want.clone(), services: spec.services })
+        }
+        (None, ObservedFirewall::Present(_)) => actions.push(Action::DeleteFirewall { slice: slice() }),
+        (None, ObservedFirewall::Absent | ObservedFirewall::Unreadable(_)) => {}
+    }
+
     if observed.state_files.get(&spec.slice) != Some(&ObservedStateFile::Valid(spec.state.clone())) {
         actions.push(Action::WriteStateFile { slice: slice(), state: Box::new(spec.state.clone()) });
     }
@@ -637,6 +714,9 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
         } else {
             pending.push(want.remote.clone());
         }
+    }
+    if let Some(reason) = &spec.firewall_error {
+        actions.push(Action::KeepFirewall { slice: slice(), reason: reason.clone() });
     }
     if !pending.is_empty() {
         actions.push(Action::AwaitGateway { slice: slice(), pending });

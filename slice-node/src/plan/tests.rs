@@ -79,6 +79,7 @@ fn converged(config: &NodeAgentConfig) -> Observed {
                 fdb: spec.peers.iter().map(|p| p.fdb.clone()).collect(),
                 gateway_routes,
                 local_hosts,
+                firewall: spec.firewall.clone().map_or(ObservedFirewall::Absent, ObservedFirewall::Present),
             },
         );
     }
@@ -513,4 +514,121 @@ fn gateway_moving_to_a_peer_swaps_the_route() {
             Action::DeleteRoute { slice: "blue".into(), route: Route { dev: Some("sngw".into()), ..local_route() } },
         ]
     );
+}
+
+fn with_services(mut c: NodeAgentConfig, backends: &[&str]) -> NodeAgentConfig {
+    c.slices[0].services = serde_json::from_value(serde_json::json!([
+        {"name": "shop/web", "ip": "10.80.255.10", "ports": [
+            {"protocol": "TCP", "port": 80, "backends": backends},
+            {"protocol": "TCP", "port": 81}
+        ]}
+    ]))
+    .unwrap();
+    c.validate().unwrap();
+    c
+}
+
+fn firewall_of<'a>(obs: &'a mut Observed, slice: &str) -> &'a mut ObservedFirewall {
+    &mut obs.routers.get_mut(slice).unwrap().firewall
+}
+
+#[test]
+fn services_are_one_table_replaced_only_when_it_differs() {
+    let c = with_services(config(), &["10.80.0.5:8080", "10.80.16.6:8080"]);
+    let mut obs = converged(&c);
+    assert_eq!(plan(&c, &obs), vec![], "the table as built: nothing to do");
+
+    // Deleted by someone, edited by someone, unreadable: replaced whole, in the slice alone,
+    // before the state file.
+    let want = RouterSpec::new(&c, &c.slices[0]).firewall.unwrap();
+    let mut edited = want.clone();
+    edited.pop();
+    for drift in [
+        ObservedFirewall::Absent,
+        ObservedFirewall::Present(edited),
+        ObservedFirewall::Unreadable("nft: not found".into()),
+    ] {
+        *firewall_of(&mut obs, "blue") = drift;
+        let actions = plan(&c, &obs);
+        assert_eq!(
+            actions,
+            vec![Action::ReplaceFirewall { slice: "blue".into(), objects: want.clone(), services: (1, 1) }]
+        );
+    }
+
+    // A changed backend set: the new table.
+    let changed = with_services(config(), &["10.80.0.5:8080"]);
+    *firewall_of(&mut obs, "blue") = ObservedFirewall::Present(want.clone());
+    let actions = plan(&changed, &obs);
+    assert!(matches!(&actions[..], [Action::ReplaceFirewall { objects, .. }] if *objects != want), "{actions:?}");
+    assert!(actions[0].to_string().contains("1 ClusterSetIP service(s), 1 port(s) with backends"), "{}", actions[0]);
+}
+
+#[test]
+fn a_router_without_services_has_no_table() {
+    let c = config();
+    assert_eq!(RouterSpec::new(&c, &c.slices[0]).firewall, None);
+    let mut obs = converged(&c);
+    // Left over after the last service went: deleted.
+    let before = with_services(config(), &[]);
+    let leftover = RouterSpec::new(&before, &before.slices[0]).firewall.unwrap();
+    *firewall_of(&mut obs, "blue") = ObservedFirewall::Present(leftover);
+    assert_eq!(plan(&c, &obs), vec![Action::DeleteFirewall { slice: "blue".into() }]);
+    // nft missing on a node that needs no rule: nothing to do (and no failure every round).
+    *firewall_of(&mut obs, "blue") = ObservedFirewall::Unreadable("nft: not found".into());
+    assert_eq!(plan(&c, &obs), vec![]);
+}
+
+#[test]
+fn a_new_router_gets_its_table_before_its_state_file() {
+    let c = with_services(config(), &["10.80.0.5:8080"]);
+    let actions = plan(&c, &Observed::default());
+    let position = |want: fn(&Action) -> bool| actions.iter().position(|a| a.slice() == "blue" && want(a)).unwrap();
+    assert!(
+        position(|a| matches!(a, Action::ReplaceFirewall { .. }))
+            < position(|a| matches!(a, Action::WriteStateFile { .. }))
+    );
+    assert!(!actions.iter().any(|a| a.slice() == "red" && matches!(a, Action::ReplaceFirewall { .. })));
+}
+
+fn with_policies(mut c: NodeAgentConfig, policies: serde_json::Value) -> NodeAgentConfig {
+    c.slices[0].policies = serde_json::from_value(policies).unwrap();
+    c.slices[0].pods = serde_json::from_value(serde_json::json!([
+        {"namespace": "shop", "labels": {"app": "web"}, "addresses": ["10.80.0.5", "10.80.0.70"]}
+    ]))
+    .unwrap();
+    c.validate().unwrap();
+    c
+}
+
+#[test]
+fn a_policy_that_does_not_compile_keeps_the_table_in_force_and_is_reported_last() {
+    let deny = serde_json::json!([{"namespace": "shop", "name": "deny", "spec": {}}]);
+    let good = with_policies(config(), deny);
+    let want = RouterSpec::new(&good, &good.slices[0]).firewall.expect("policies make a table");
+    let mut obs = converged(&good);
+    assert_eq!(plan(&good, &obs), vec![]);
+
+    let broken = with_policies(
+        config(),
+        serde_json::json!([{"namespace": "shop", "name": "bad", "spec": {"podSelector": {"matchExpressions": [
+            {"key": "app", "operator": "Equals", "values": ["web"]}]}}}]),
+    );
+    let spec = RouterSpec::new(&broken, &broken.slices[0]);
+    assert_eq!(spec.firewall, None);
+    let reason = spec.firewall_error.expect("the policy does not compile");
+    assert!(reason.contains("policy shop/bad") && reason.contains("\"Equals\""), "{reason}");
+    // The table in force (whatever it is, even none) is neither replaced nor deleted.
+    for in_force in [ObservedFirewall::Present(want), ObservedFirewall::Absent] {
+        *firewall_of(&mut obs, "blue") = in_force;
+        let actions = plan(&broken, &obs);
+        assert_eq!(actions, vec![Action::KeepFirewall { slice: "blue".into(), reason: reason.clone() }]);
+        assert!(actions[0].to_string().starts_with("keep nftables table inet slicenet as it is: policy shop/bad"));
+    }
+    // A new router still gets everything else, state file included; the report comes last.
+    let actions = plan(&broken, &Observed::default());
+    let blue: Vec<&Action> = actions.iter().filter(|a| a.slice() == "blue").collect();
+    assert!(blue.iter().any(|a| matches!(a, Action::WriteStateFile { .. })));
+    assert!(!blue.iter().any(|a| matches!(a, Action::ReplaceFirewall { .. })));
+    assert!(matches!(blue.last(), Some(Action::KeepFirewall { .. })));
 }

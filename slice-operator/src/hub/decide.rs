@@ -35,11 +35,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use slice_api::crd::ServiceAllocation;
 use slice_api::crd::{
     CLUSTER_NAMESPACE_PREFIX, Condition, HUB_FINALIZER, MemberCluster, SliceConfig, SliceConfigStatus, WorkerSlice,
     WorkerSliceSpec, cluster_namespace, condition, owner_labels, set_condition,
 };
-use slice_api::planner::{self, PLANNED, READY, SlicePlan};
+use slice_api::planner::{self, EXPORTS_ACCEPTED, PLANNED, READY, SlicePlan};
 
 use super::health::{HEALTHY, healthy_condition};
 use crate::events::{Notice, reason, reference, reference_to};
@@ -128,7 +129,22 @@ pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision 
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let now_text = now.to_string();
     let workers: Vec<WorkerSlice> = world.workers.iter().filter(|w| is_hub_managed(w)).cloned().collect();
-    let plans = planner::plan(&world.slices, &world.clusters, &workers);
+    let mut plans = planner::plan(&world.slices, &world.clusters, &workers);
+    // Multi-cluster services: the exports member clusters report, merged, go into every member's
+    // spec (`imports`) and the SliceConfig's status (`services`, `ExportsAccepted`).
+    let mut services: BTreeMap<String, Vec<ServiceAllocation>> = BTreeMap::new();
+    for p in &mut plans {
+        let Some(slice) = world.slices.iter().find(|s| s.name_any() == p.name) else { continue };
+        let merged = super::services::merge(slice, p, &workers);
+        for spec in &mut p.workers {
+            spec.imports = super::services::imports_for(&merged.imports, &spec.namespaces);
+        }
+        let had = slice.status.as_ref().is_some_and(|st| condition(&st.conditions, EXPORTS_ACCEPTED).is_some());
+        if had || !merged.imports.is_empty() || !merged.refusals.is_empty() {
+            p.conditions.push(exports_condition(&merged));
+        }
+        services.insert(p.name.clone(), merged.services);
+    }
     let mut actions = Vec::new();
 
     let mut slices: Vec<&SliceConfig> = world.slices.iter().collect();
@@ -216,8 +232,9 @@ pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision 
             actions.push(remove_finalizer(FinalizedKind::SliceConfig, *s));
             continue;
         }
+        let exported = services.get(&name).map_or(&[][..], Vec::as_slice);
         if let Some(p) = plans.iter().find(|p| p.name == name)
-            && let Some(patch) = slice_status_patch(s, p, &now_text)
+            && let Some(patch) = slice_status_patch(s, p, exported, &now_text)
         {
             actions.push(Action::PatchSliceStatus { name, patch });
             let old = s.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
@@ -265,6 +282,16 @@ pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision 
     Decision { actions, plans, requeue_after, notices }
 }
 
+/// `ExportsAccepted`: true when every reported export was taken, else the refusals.
+fn exports_condition(merged: &super::services::Merged) -> Condition {
+    if merged.refusals.is_empty() {
+        let note = format!("{} services exported by {} clusters", merged.imports.len(), merged.exporting_clusters);
+        Condition::new(EXPORTS_ACCEPTED, true, "Accepted", note)
+    } else {
+        Condition::new(EXPORTS_ACCEPTED, false, "ExportsRefused", merged.refusals.join("; "))
+    }
+}
+
 /// Whether a condition says something else than `old` (status, reason or message).
 fn changed(old: Option<&Condition>, new: &Condition) -> bool {
     old.is_none_or(|o| (&o.status, &o.reason, &o.message) != (&new.status, &new.reason, &new.message))
@@ -285,6 +312,12 @@ fn slice_notices(slice: &SliceConfig, old: &[Condition], new: &[Condition]) -> V
         } else {
             Notice::warning(reference(slice), reason::SLICE_REFUSED, "Plan", format!("{}: {}", p.reason, p.message))
         });
+    }
+    if let Some(e) = at(new, EXPORTS_ACCEPTED)
+        && e.status != "True"
+        && changed(at(old, EXPORTS_ACCEPTED).as_ref(), &e)
+    {
+        out.push(Notice::warning(reference(slice), reason::EXPORTS_REFUSED, "Merge", e.message.clone()));
     }
     if let Some(r) = at(new, READY) {
         let was_ready = at(old, READY).is_some_and(|o| o.status == "True");
@@ -424,9 +457,19 @@ fn worker_patch(w: &WorkerSlice, slice: &str, spec: &WorkerSliceSpec) -> Option<
 }
 
 /// The status patch for a SliceConfig, or `None` when the status already says it all.
-fn slice_status_patch(slice: &SliceConfig, plan: &SlicePlan, now: &str) -> Option<Value> {
+fn slice_status_patch(
+    slice: &SliceConfig,
+    plan: &SlicePlan,
+    services: &[ServiceAllocation],
+    now: &str,
+) -> Option<Value> {
     let old = slice.status.clone().unwrap_or_default();
-    let mut new = SliceConfigStatus { vni: plan.vni, clusters: plan.allocations.clone(), ..old.clone() };
+    let mut new = SliceConfigStatus {
+        vni: plan.vni,
+        clusters: plan.allocations.clone(),
+        services: services.to_vec(),
+        ..old.clone()
+    };
     for c in &plan.conditions {
         set_condition(&mut new.conditions, c.clone(), now);
     }

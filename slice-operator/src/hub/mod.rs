@@ -20,6 +20,7 @@ pub mod decide;
 pub mod execute;
 pub mod health;
 pub mod runner;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

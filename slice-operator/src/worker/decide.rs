@@ -32,6 +32,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::core::DynamicObject;
@@ -40,6 +41,7 @@ use slice_api::crd::{
     Condition, GATEWAY_NAMESPACE, GatewayExposure, MemberCluster, WORKER_FINALIZER, WorkerSlice, WorkerSliceStatus,
     set_condition,
 };
+use slice_api::mcs::ServiceExport;
 use slice_api::multus;
 use slice_api::names::{NETWORK_STATUS_ANNOTATION, SLICE_LABEL};
 use slice_api::wireguard::Key;
@@ -59,6 +61,10 @@ pub enum Kind {
     Deployment,
     Service,
     NetworkAttachmentDefinition,
+    /// `multicluster.x-k8s.io` ServiceImports in member namespaces.
+    ServiceImport,
+    /// MCS EndpointSlices (`discovery.k8s.io`) in member namespaces.
+    EndpointSlice,
 }
 
 /// One write the worker makes.
@@ -78,6 +84,13 @@ pub enum Write {
     PatchStatus { name: String, status: WorkerSliceStatus },
     /// Hub: set the WorkerSlice's finalizers (ours removed), guarded by its resourceVersion.
     RemoveFinalizer { name: String, finalizers: Vec<String>, resource_version: Option<String> },
+    /// Member cluster: the status of a ServiceImport the worker made (`status.clusters`).
+    PatchImportStatus { namespace: String, name: String, status: Value },
+    /// Member cluster: the conditions of a user's ServiceExport.
+    PatchExportStatus { namespace: String, name: String, conditions: Vec<Condition> },
+    /// Member cluster: one key of a ConfigMap the worker does not own (the CoreDNS Corefile),
+    /// guarded by its resourceVersion.
+    PatchConfigData { namespace: String, name: String, key: String, value: String, resource_version: Option<String> },
 }
 
 /// Everything the decision reads.
@@ -102,6 +115,19 @@ pub struct Observed {
     pub member_pods: Vec<Pod>,
     /// By slice: the text its gateway serves on `/metrics`, or why it could not be read.
     pub gateway_metrics: BTreeMap<String, Result<String, String>>,
+    /// Every ServiceExport of the cluster (none when the MCS CRDs are not installed).
+    pub service_exports: Vec<ServiceExport>,
+    /// The Services of the namespaces with a ServiceExport.
+    pub exported_services: Vec<Service>,
+    /// The EndpointSlices (`kubernetes.io/service-name`) of the namespaces with a ServiceExport.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// The worker's ServiceImports and MCS EndpointSlices (all namespaces).
+    pub service_imports: Vec<DynamicObject>,
+    pub mcs_endpoint_slices: Vec<DynamicObject>,
+    /// The slice-dns Service in `slicenet-system`, if any.
+    pub dns_service: Option<Service>,
+    /// `kube-system`'s `coredns` and `node-local-dns` ConfigMaps, those that exist.
+    pub dns_config_maps: Vec<ConfigMap>,
 }
 
 /// Settings of the decision that come from the command line.
@@ -113,6 +139,8 @@ pub struct Settings {
     pub gateway: GatewayDefaults,
     /// Whether to write NADs; `None` follows the MemberCluster's `spec.multus`.
     pub multus: Option<bool>,
+    /// RFC 3339 time of the pass (condition transitions); set by the pass.
+    pub now: String,
 }
 
 impl Settings {
@@ -142,6 +170,8 @@ pub struct Decision {
     pub notices: Vec<(usize, Notice)>,
     problems: BTreeMap<String, Problem>,
     notes: BTreeMap<String, String>,
+    /// What each active slice exports (its WorkerSlice's `status.exports`), by WorkerSlice name.
+    pub exports: BTreeMap<String, Vec<slice_api::crd::ExportedService>>,
 }
 
 fn is_deleting(ws: &WorkerSlice) -> bool {
@@ -339,6 +369,12 @@ fn index(observed: &Observed) -> ObservedObjects {
     for o in &observed.nads {
         put(Kind::NetworkAttachmentDefinition, o.namespace(), o.name_any(), serde_json::to_value(o));
     }
+    for o in &observed.service_imports {
+        put(Kind::ServiceImport, o.namespace(), o.name_any(), serde_json::to_value(o));
+    }
+    for o in &observed.mcs_endpoint_slices {
+        put(Kind::EndpointSlice, o.namespace(), o.name_any(), serde_json::to_value(o));
+    }
     out
 }
 
@@ -350,6 +386,7 @@ fn key_of(body: &Value, kind: Kind) -> (Kind, String, String) {
 /// Decides the writes of the first phase. `new_key` makes a key pair for a slice that has no
 /// key Secret yet (the only input that is not observed: tests pass fixed keys).
 pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(&str) -> KeyPair) -> Decision {
+    let now = settings.now.as_str();
     let mut d = Decision::default();
     let active = active_slices(&observed.worker_slices, &settings.cluster);
 
@@ -540,8 +577,16 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
 
     // 4. Node configurations, membership, NADs.
     let planned: Vec<PlannedSlice> = d.planned.values().cloned().collect();
+    // Multi-cluster services: exports resolved, imports written, ClusterSetIPs to the nodes.
+    let mcs = super::services::decide(observed, &active, &d.planned, &settings.cluster, now);
+    d.exports = mcs.exports;
     match objects::node_agent_configs(&planned, &nodes, &settings.node_defaults) {
-        Ok(configs) => {
+        Ok(mut configs) => {
+            for c in &mut configs {
+                for s in &mut c.slices {
+                    s.services = mcs.node_services.get(&s.name).cloned().unwrap_or_default();
+                }
+            }
             for c in &configs {
                 desired.push((Kind::ConfigMap, objects::node_config_map(c), false));
             }
@@ -565,6 +610,9 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
         }
     }
 
+    for (kind, body) in mcs.objects {
+        desired.push((kind, body, false));
+    }
     let mut wanted_keys = BTreeSet::new();
     for (kind, body, create_only) in desired {
         let key = key_of(&body, kind);
@@ -590,6 +638,13 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
     for (kind, namespace, name) in existing.keys() {
         if !wanted_keys.contains(&(*kind, namespace.clone(), name.clone())) {
             d.writes.push(Write::Delete { kind: *kind, namespace: namespace.clone(), name: name.clone() });
+        }
+    }
+    // 6. Statuses of ServiceImports (once they exist), conditions of ServiceExports, Corefiles.
+    for (write, notice) in mcs.status_writes {
+        d.writes.push(write);
+        if let Some(n) = notice {
+            d.notices.push((d.writes.len() - 1, n));
         }
     }
     d
@@ -665,6 +720,7 @@ pub fn decide_status(
             status.gateway_endpoint = gateway_endpoint(ws, observed.member_cluster.as_ref(), services);
         }
         if let Some(p) = decision.planned.get(&name) {
+            status.exports = decision.exports.get(&name).cloned().unwrap_or_default();
             status.nodes = p.allocations.clone();
             status.connected_pods = connected_pods(&observed.member_pods, &ws.spec.slice, &p.namespaces);
         }
@@ -784,6 +840,8 @@ pub fn write_subject(write: &Write, observed: &Observed) -> ObjectReference {
     let api_version = |kind: Kind| match kind {
         Kind::Deployment => "apps/v1",
         Kind::NetworkAttachmentDefinition => "k8s.cni.cncf.io/v1",
+        Kind::ServiceImport => "multicluster.x-k8s.io/v1alpha1",
+        Kind::EndpointSlice => "discovery.k8s.io/v1",
         _ => "v1",
     };
     let object = |kind: Kind, namespace: &str, name: &str, existing: Option<&Value>| {
@@ -809,6 +867,22 @@ pub fn write_subject(write: &Write, observed: &Observed) -> ObjectReference {
             let existing = index(observed).remove(&(*kind, namespace.clone(), name.clone()));
             object(*kind, namespace, name, existing.as_ref())
         }
+        Write::PatchImportStatus { namespace, name, .. } => {
+            reference_to("multicluster.x-k8s.io/v1alpha1", "ServiceImport", Some(namespace), name, None)
+        }
+        Write::PatchExportStatus { namespace, name, .. } => observed
+            .service_exports
+            .iter()
+            .find(|e| e.namespace().as_deref() == Some(namespace.as_str()) && &e.name_any() == name)
+            .map_or_else(
+                || reference_to("multicluster.x-k8s.io/v1alpha1", "ServiceExport", Some(namespace), name, None),
+                reference,
+            ),
+        Write::PatchConfigData { namespace, name, .. } => observed
+            .dns_config_maps
+            .iter()
+            .find(|c| &c.name_any() == name)
+            .map_or_else(|| reference_to("v1", "ConfigMap", Some(namespace), name, None), reference),
     }
 }
 

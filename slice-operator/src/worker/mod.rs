@@ -5,12 +5,15 @@
 //! - [`keys`]: the gateway key pair (made here; the private key never leaves the cluster);
 //! - [`objects`]: the Kubernetes objects wanted in the cluster (pure);
 //! - [`decide`]: observed → ordered writes, then statuses, then finalizer releases (pure);
+//! - [`services`]: multi-cluster services: exports resolved to slice addresses, ServiceExport
+//!   conditions, ServiceImports and MCS EndpointSlices, the node agents' ClusterSetIP rules and
+//!   the CoreDNS stanza (pure);
 //! - [`tunnels`]: the gateway's metrics → each peer's tunnel state, and the rule that keeps the
 //!   clock alone from rewriting statuses (pure);
 //! - [`scrape`]: reads a gateway's `/metrics` over HTTP;
 //! - [`reconcile`]: the thin shell: one pass reads everything, decides, writes;
 //! - [`run`]: watches the hub's WorkerSlices and the cluster's Nodes, Namespaces and gateway
-//!   pods and runs a pass after each change (and every resync), retrying failed passes with
+//!   pods, ServiceExports and Services' EndpointSlices and runs a pass after each change (and every resync), retrying failed passes with
 //!   backoff; a heartbeat on the MemberCluster's status. Tunnel states and `connectedPods` are
 //!   not watched: they are refreshed by every pass, so at least every resync. Only the replica
 //!   that holds the `slicenet-worker` Lease in the member cluster runs it
@@ -28,6 +31,7 @@ pub mod objects;
 pub mod plan;
 pub mod reconcile;
 pub mod scrape;
+pub mod services;
 pub mod tunnels;
 
 use std::path::PathBuf;
@@ -151,6 +155,12 @@ async fn pass_loop(
     let slices = watcher(Api::<WorkerSlice>::namespaced(hub, &cluster_namespace(&cluster)), watcher::Config::default());
     let nodes = watcher(Api::<Node>::all(local.clone()), watcher::Config::default());
     let namespaces = watcher(Api::<Namespace>::all(local.clone()), watcher::Config::default());
+    // Multi-cluster services: an export made or removed, an endpoint turning ready or not.
+    let exports = watcher(Api::<slice_api::mcs::ServiceExport>::all(local.clone()), watcher::Config::default());
+    let endpoint_slices = watcher(
+        Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::all(local.clone()),
+        watcher::Config::default().labels(services::SERVICE_NAME_LABEL),
+    );
     let gateway_pods = watcher(
         Api::<Pod>::namespaced(local, GATEWAY_NAMESPACE),
         watcher::Config::default().labels(&format!("{}={}", objects::NAME_LABEL, objects::GATEWAY_NAME)),
@@ -160,6 +170,8 @@ async fn pass_loop(
         nodes.default_backoff().map(|e| e.map(|_| "Node")).boxed(),
         namespaces.default_backoff().map(|e| e.map(|_| "Namespace")).boxed(),
         gateway_pods.default_backoff().map(|e| e.map(|_| "Pod")).boxed(),
+        exports.default_backoff().map(|e| e.map(|_| "ServiceExport")).boxed(),
+        endpoint_slices.default_backoff().map(|e| e.map(|_| "EndpointSlice")).boxed(),
     ]);
 
     let mut heartbeat = tokio::time::interval(options.heartbeat.max(Duration::from_secs(1)));

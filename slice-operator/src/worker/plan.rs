@@ -284,7 +284,23 @@ pub fn allocate_node_prefixes(
     let len = spec.node_prefix_len;
     let wanted: BTreeSet<&str> = nodes.iter().map(String::as_str).collect();
     let extra_bits = u32::from(len - cluster.prefix_len());
-    let capacity: u128 = if extra_bits >= 128 { u128::MAX } else { 1u128 << extra_bits };
+    let all: u128 = if extra_bits >= 128 { u128::MAX } else { 1u128 << extra_bits };
+    // The slice's ClusterSetIP block (a whole number of node prefixes at the top of the
+    // subnet) is never handed to a new node: its addresses are virtual services'.
+    let block = prefix::cluster_set_ip_block(spec.subnet, cluster.prefix_len(), len);
+    let in_block = |index: u128| -> bool {
+        u64::try_from(index)
+            .ok()
+            .and_then(|i| prefix::node_prefix(cluster, len, i).ok())
+            .is_some_and(|p| block.contains(&p))
+    };
+    let blocked: u128 = if cluster.contains(&block) {
+        let bits = u32::from(block.prefix_len().min(len)).abs_diff(u32::from(len));
+        if bits >= 128 { u128::MAX } else { 1u128 << bits }
+    } else {
+        0
+    };
+    let capacity = all.saturating_sub(blocked);
     if wanted.len() as u128 > capacity {
         return Err(WorkerPlanError::ClusterPrefixFull {
             slice: spec.slice.clone(),
@@ -312,7 +328,7 @@ pub fn allocate_node_prefixes(
         if by_node.contains_key(node) {
             continue;
         }
-        while taken.contains(&next) {
+        while taken.contains(&next) || in_block(next) {
             next += 1;
         }
         taken.insert(next);
@@ -390,6 +406,9 @@ pub fn node_agent_slice(
         gateway_namespace: Some(GATEWAY_NAMESPACE.to_owned()),
         peers,
         remote_routes,
+        services: Vec::new(),
+        policies: Vec::new(),
+        pods: Vec::new(),
     })
 }
 

@@ -27,14 +27,18 @@ use std::sync::Mutex;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 use serde_json::json;
 use slice_api::crd::{GATEWAY_NAMESPACE, MemberCluster, SYSTEM_NAMESPACE, WorkerSlice, cluster_namespace};
+use slice_api::mcs::{ServiceExport, ServiceImport};
 use slice_api::multus;
-use slice_api::names::SLICE_LABEL;
+use slice_api::names::{
+    COREDNS_CONFIG_MAP, KUBE_SYSTEM_NAMESPACE, NODE_LOCAL_DNS_CONFIG_MAP, SLICE_DNS_SERVICE, SLICE_LABEL,
+};
 
 use super::decide::{self, Kind, Observed, Settings, Write};
 use super::keys::{self, KeyPair};
@@ -132,6 +136,20 @@ fn resource(kind: Kind) -> ApiResource {
         Kind::Deployment => ApiResource::erase::<Deployment>(&()),
         Kind::Service => ApiResource::erase::<Service>(&()),
         Kind::NetworkAttachmentDefinition => nad_resource(),
+        Kind::ServiceImport => ApiResource::erase::<ServiceImport>(&()),
+        Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
+    }
+}
+
+/// A list that answers 404 when the cluster lacks the kind's CRD: none.
+fn none_if_missing<T>(result: Result<kube::core::ObjectList<T>, kube::Error>) -> Result<Vec<T>, kube::Error>
+where
+    T: Clone,
+{
+    match result {
+        Ok(list) => Ok(list.items),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
 }
 
@@ -242,6 +260,58 @@ impl Worker {
             },
         );
         let gateway_metrics = futures::future::join_all(scrapes).await.into_iter().collect();
+        // Multi-cluster services: every ServiceExport (the MCS CRDs may be missing: none), the
+        // Services and EndpointSlices of the namespaces that export, what the worker imported,
+        // the slice-dns Service and the cluster's Corefiles.
+        let service_exports =
+            none_if_missing(Api::<ServiceExport>::all(self.local.clone()).list(&ListParams::default()).await)
+                .map_err(read("ServiceExports"))?;
+        let mut exporting: Vec<String> = service_exports.iter().filter_map(kube::ResourceExt::namespace).collect();
+        exporting.sort();
+        exporting.dedup();
+        let member_namespaces = decide::namespaces_to_count(&worker_slices, cluster, &namespaces.items);
+        exporting.retain(|ns| member_namespaces.contains(ns));
+        let (mut exported_services, mut endpoint_slices) = (Vec::new(), Vec::new());
+        let owned_by_service = ListParams::default().labels(super::services::SERVICE_NAME_LABEL);
+        for ns in &exporting {
+            let svcs = Api::<Service>::namespaced(self.local.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .map_err(read(&format!("Services in {ns}")))?;
+            exported_services.extend(svcs.items);
+            let slices = Api::<EndpointSlice>::namespaced(self.local.clone(), ns)
+                .list(&owned_by_service)
+                .await
+                .map_err(read(&format!("EndpointSlices in {ns}")))?;
+            endpoint_slices.extend(slices.items);
+        }
+        let service_imports = none_if_missing(
+            Api::<DynamicObject>::all_with(self.local.clone(), &resource(Kind::ServiceImport)).list(&managed).await,
+        )
+        .map_err(read("ServiceImports"))?;
+        let mcs_managed = ListParams::default().labels(&format!(
+            "{},{}={}",
+            objects::managed_selector(),
+            slice_api::mcs::MANAGED_BY_LABEL,
+            slice_api::mcs::MANAGED_BY
+        ));
+        let mcs_endpoint_slices = Api::<DynamicObject>::all_with(self.local.clone(), &resource(Kind::EndpointSlice))
+            .list(&mcs_managed)
+            .await
+            .map_err(read("MCS EndpointSlices"))?
+            .items;
+        let dns_service = Api::<Service>::namespaced(self.local.clone(), sys)
+            .get_opt(SLICE_DNS_SERVICE)
+            .await
+            .map_err(read(&format!("Service {sys}/{SLICE_DNS_SERVICE}")))?;
+        let mut dns_config_maps = Vec::new();
+        for name in [COREDNS_CONFIG_MAP, NODE_LOCAL_DNS_CONFIG_MAP] {
+            let cm = Api::<ConfigMap>::namespaced(self.local.clone(), KUBE_SYSTEM_NAMESPACE)
+                .get_opt(name)
+                .await
+                .map_err(read(&format!("ConfigMap {KUBE_SYSTEM_NAMESPACE}/{name}")))?;
+            dns_config_maps.extend(cm);
+        }
         Ok(Observed {
             worker_slices,
             member_cluster,
@@ -255,6 +325,13 @@ impl Worker {
             nads,
             member_pods,
             gateway_metrics,
+            service_exports,
+            exported_services,
+            endpoint_slices,
+            service_imports,
+            mcs_endpoint_slices,
+            dns_service,
+            dns_config_maps,
         })
     }
 
@@ -296,6 +373,7 @@ impl Worker {
     ) -> Result<PassOutcome, WorkerError> {
         let mut settings_cluster = self.settings.clone();
         settings_cluster.cluster = cluster.to_owned();
+        now.clone_into(&mut settings_cluster.now);
         let decision = {
             let mut new_key = self.new_key.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             decide::decide(observed, &settings_cluster, &mut **new_key)
@@ -449,12 +527,35 @@ impl Worker {
                     }
                 }
             }
+            Write::PatchImportStatus { namespace, name, status } => {
+                dynamic(Kind::ServiceImport, namespace)
+                    .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+                    .await
+                    .map_err(failed(format!("writing the status of ServiceImport {namespace}/{name}")))?;
+            }
+            Write::PatchExportStatus { namespace, name, conditions } => {
+                Api::<ServiceExport>::namespaced(self.local.clone(), namespace)
+                    .patch_status(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "status": { "conditions": conditions } })),
+                    )
+                    .await
+                    .map_err(failed(format!("writing the conditions of ServiceExport {namespace}/{name}")))?;
+            }
+            Write::PatchConfigData { namespace, name, key, value, resource_version } => {
+                let patch = json!({ "metadata": { "resourceVersion": resource_version }, "data": { key: value } });
+                Api::<ConfigMap>::namespaced(self.local.clone(), namespace)
+                    .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .map_err(failed(format!("editing {key} of ConfigMap {namespace}/{name}")))?;
+            }
             Write::PatchStatus { name, status } => {
                 // A merge patch leaves out what serde skips: clear those fields explicitly.
                 let mut body = serde_json::to_value(status)
                     .map_err(|source| WorkerError::Encode { what: format!("status of {name}"), source })?;
                 if let Some(map) = body.as_object_mut() {
-                    for key in ["gatewayPublicKey", "gatewayEndpoint", "observedGeneration"] {
+                    for key in ["gatewayPublicKey", "gatewayEndpoint", "observedGeneration", "exports"] {
                         map.entry(key).or_insert(serde_json::Value::Null);
                     }
                 }

@@ -1,0 +1,502 @@
+//! What runs a member cluster's objects, for the lab: the parts of Kubernetes that turn the
+//! objects the worker writes into processes and kernel state, kept as small as the lab allows.
+//!
+//! - **Node agents' ConfigMaps** (`slicenet-node-<node>` in `slicenet-system`): the node
+//!   agent's configuration, written to the lab node agent's config file. The node-local paths
+//!   (state dir, netns dir, router namespace prefix) are the lab node's: in a cluster every node
+//!   has its own filesystem and the same paths, in the lab the nodes share one.
+//! - **Gateway Deployments** (`slicenet-gateway`): one pod on the cluster's first node (the
+//!   scheduler's choice), with the Deployment's labels and annotations (the slice annotation
+//!   makes slice-cni give it `slice0`), running the container's command and arguments with two
+//!   lab substitutions — the configuration path (the Secret's file, written atomically as a
+//!   mounted Secret changes) and the interface name (unique in the lab, since every gateway's
+//!   WireGuard UAPI socket lands in the one host `/var/run/wireguard`). Its `Pod` object is
+//!   published with `status.podIP` and the `network-status` annotation (what the node agent
+//!   publishes in a cluster), so the worker finds its slice address and its metrics.
+//! - **Gateway Services** (NodePort): the edge forwards the Service's `nodePort` on the
+//!   cluster's public address to the gateway pod (none behind NAT), as kube-proxy would.
+//! - **Users' objects** (`super::workloads`): Pods through CRI with their status and
+//!   network-status, and an EndpointSlice per Service with a selector.
+//! - **DNS** (`super::dns`): slice-dns serving the cluster's MCS objects, and the cluster's
+//!   resolver on every node.
+//! - **Metrics**: the worker scrapes each gateway's `/metrics` at `podIP:9586` with its own
+//!   scrape code, run inside the pod's network namespace (the pod network is not reachable
+//!   from the test process).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use slice_api::crd::{GATEWAY_NAMESPACE, SYSTEM_NAMESPACE};
+use slice_api::gateway::{arg, flag, uapi_socket};
+use slice_api::names::{NETWORK_STATUS_ANNOTATION, SLICE_ANNOTATION};
+use slice_api::node::NodeAgentConfig;
+use slice_kube::memory::MemoryApi;
+use slice_operator::worker::objects::{GATEWAY_CONFIG_KEY, NODE_CONFIG_KEY};
+use slice_operator::worker::{MetricsSource, scrape};
+
+use crate::{Cluster, Lab, Node, Pod, PodProcess, PodSpec};
+
+/// One gateway Deployment's pod and process.
+pub(crate) struct GatewayRun {
+    pub pod: Pod,
+    pub process: PodProcess,
+    pub interface: String,
+    pub slice: String,
+    pub slice_address: Ipv4Addr,
+    /// The command line it runs (the Deployment's, with the lab's substitutions).
+    argv: Vec<String>,
+    /// How often it was restarted after it exited.
+    pub restarts: u32,
+    config: PathBuf,
+    /// The Pod object's path in the cluster's API.
+    object: String,
+}
+
+/// What the lab runs for one member cluster.
+#[derive(Default)]
+pub(crate) struct Kubelet {
+    /// Gateways by Deployment name.
+    pub gateways: BTreeMap<String, GatewayRun>,
+    /// The configuration last written to each node's agent.
+    agents: BTreeMap<String, NodeAgentConfig>,
+    /// Edge forwards: public port → (pod address, pod port).
+    forwards: BTreeMap<u16, (Ipv4Addr, u16)>,
+    /// Gateways started so far (their interface names are numbered).
+    started: usize,
+    /// The users' pods and the Services' EndpointSlices.
+    pub workloads: super::workloads::Workloads,
+    /// slice-dns and the resolvers.
+    pub dns: super::dns::ClusterDns,
+}
+
+/// Where each gateway's metrics are, for the workers' scrapes: (cluster, `podIP:port`) → the
+/// pod's network namespace. By cluster: the lab's clusters have the same pod network (as
+/// clusters with overlapping pod CIDRs do), so the same address is a different pod in each.
+pub(crate) type MetricsAddresses = Arc<Mutex<BTreeMap<(String, SocketAddr), PathBuf>>>;
+
+/// The worker's metrics source in the lab: its own scrape ([`scrape::fetch_metrics`]) made
+/// from inside the gateway pod's network namespace, in a thread of its own; an address the
+/// lab does not know is refused, as a port nobody listens on.
+pub(crate) fn metrics_source(addresses: MetricsAddresses, cluster: &str) -> MetricsSource {
+    let cluster = cluster.to_owned();
+    Box::new(move |addr| {
+        let netns = addresses.lock().expect("metrics addresses lock").get(&(cluster.clone(), addr)).cloned();
+        let answer = match netns {
+            None => Err(format!("connecting to {addr}: Connection refused (no such pod in the lab)")),
+            Some(netns) => scrape_in(&netns, addr),
+        };
+        Box::pin(async move { answer })
+    })
+}
+
+/// The worker's scrape of `addr`, made from inside the network namespace at `netns`.
+///
+/// # Errors
+/// Why the metrics could not be read, as the worker words it.
+pub(crate) fn scrape_in(netns: &std::path::Path, addr: SocketAddr) -> Result<String, String> {
+    let netns = netns.to_owned();
+    std::thread::spawn(move || -> Result<String, String> {
+        let file = std::fs::File::open(&netns).map_err(|e| format!("{}: {e}", netns.display()))?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("runtime: {e}"))?;
+        runtime.block_on(scrape::fetch_metrics(addr, scrape::TIMEOUT)).map_err(|e| slice_api::error_chain::chain(&e))
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the scrape thread panicked".to_owned()))
+}
+
+/// The node agent configuration of a lab node with nothing on it.
+pub(crate) fn empty_agent_config(node: &Node) -> NodeAgentConfig {
+    NodeAgentConfig {
+        node: node.name().to_owned(),
+        underlay_address: IpAddr::V4(node.underlay_address()),
+        underlay_mtu: 1500,
+        state_dir: node.state_dir(),
+        netns_dir: crate::netns::NETNS_DIR.into(),
+        router_netns_prefix: node.router_netns_prefix(),
+        vxlan_port: slice_api::names::DEFAULT_VXLAN_PORT,
+        slices: Vec::new(),
+    }
+}
+
+/// The objects a lab cluster has before any slice: its Nodes (with their underlay address as
+/// `InternalIP`) and the namespaces slicenet and the slices use.
+pub(crate) fn cluster_objects(cluster: &Cluster, namespaces: &[String]) -> Vec<Value> {
+    let mut out: Vec<Value> = cluster
+        .nodes()
+        .iter()
+        .map(|n| {
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name()},
+                   "status": {"addresses": [{"type": "InternalIP", "address": n.underlay_address().to_string()}]}})
+        })
+        .collect();
+    for ns in [SYSTEM_NAMESPACE, GATEWAY_NAMESPACE].into_iter().chain(namespaces.iter().map(String::as_str)) {
+        out.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    }
+    out.extend(super::dns::cluster_objects());
+    out
+}
+
+fn decode_secret(secret: &Value, key: &str) -> Result<String> {
+    use base64::Engine as _;
+    let data = secret["data"][key].as_str().with_context(|| format!("the Secret has no key {key}"))?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(data).context("the Secret's data is not base64")?;
+    String::from_utf8(bytes).context("the Secret's data is not UTF-8")
+}
+
+/// Writes `text` to `path` with mode 0600 through a rename (a new inode, as a mounted Secret
+/// changes), when it differs.
+fn write_config(path: &std::path::Path, text: &str) -> Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(false);
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
+    Ok(true)
+}
+
+impl Kubelet {
+    /// Makes the lab cluster run what its API holds. True when something changed.
+    ///
+    /// # Errors
+    /// When a step fails; what was done so far stays recorded.
+    pub fn step(
+        &mut self,
+        lab: &Lab,
+        api: &MemoryApi<String>,
+        cluster: &str,
+        metrics: &MetricsAddresses,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let mut changed = self.agents(lab, api, cluster, timeout)?;
+        changed |= self.gateways(lab, api, cluster, metrics, timeout)?;
+        changed |= self.services(lab, api, cluster)?;
+        changed |= self.workloads.step(lab, api, cluster)?;
+        changed |= self.dns.step(lab, api, cluster, timeout)?;
+        Ok(changed)
+    }
+
+    /// Node agent ConfigMaps → the lab agents' config files; waits until each applied.
+    fn agents(&mut self, lab: &Lab, api: &MemoryApi<String>, cluster: &str, timeout: Duration) -> Result<bool> {
+        let side = cluster.to_owned();
+        let maps = api.list(&side, &format!("/api/v1/namespaces/{SYSTEM_NAMESPACE}/configmaps"));
+        let mut written = Vec::new();
+        for node in lab.cluster(cluster).nodes() {
+            let map = maps
+                .iter()
+                .find(|m| m["metadata"]["name"] == slice_operator::worker::objects::node_config_name(node.name()));
+            let mut config = empty_agent_config(node);
+            if let Some(map) = map {
+                let text = map["data"][NODE_CONFIG_KEY].as_str().unwrap_or_default();
+                let from: NodeAgentConfig = serde_json::from_str(text)
+                    .with_context(|| format!("{cluster}: the agent ConfigMap of {} does not parse", node.name()))?;
+                // The node-local paths are the lab node's (see the module's documentation).
+                config.slices = from.slices;
+                config.underlay_mtu = from.underlay_mtu;
+                config.vxlan_port = from.vxlan_port;
+            }
+            if self.agents.get(node.name()) == Some(&config) {
+                continue;
+            }
+            config.validate().map_err(|e| anyhow::anyhow!("{cluster}/{}: {e}", node.name()))?;
+            node.update_agent_config(&config)?;
+            self.agents.insert(node.name().to_owned(), config.clone());
+            written.push(config);
+        }
+        wait_agents(&written, timeout)?;
+        Ok(!written.is_empty())
+    }
+
+    /// Gateway Deployments → pods running `slice-gateway`, their Pod objects.
+    fn gateways(
+        &mut self,
+        lab: &Lab,
+        api: &MemoryApi<String>,
+        cluster: &str,
+        metrics: &MetricsAddresses,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let side = cluster.to_owned();
+        let deployments = api.list(&side, &format!("/apis/apps/v1/namespaces/{GATEWAY_NAMESPACE}/deployments"));
+        let secrets = api.list(&side, &format!("/api/v1/namespaces/{GATEWAY_NAMESPACE}/secrets"));
+        let mut changed = false;
+        let gone: Vec<String> = self
+            .gateways
+            .keys()
+            .filter(|name| !deployments.iter().any(|d| d["metadata"]["name"].as_str() == Some(name.as_str())))
+            .cloned()
+            .collect();
+        for name in gone {
+            let run = self.gateways.remove(&name).expect("listed above");
+            self.stop(lab, api, cluster, run, metrics)?;
+            changed = true;
+        }
+        for d in &deployments {
+            let name = d["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let template = &d["spec"]["template"];
+            let container = &template["spec"]["containers"][0];
+            let secret_name = template["spec"]["volumes"]
+                .as_array()
+                .and_then(|v| v.iter().find_map(|v| v["secret"]["secretName"].as_str()))
+                .with_context(|| format!("{cluster}: Deployment {name} mounts no Secret"))?;
+            let Some(secret) = secrets.iter().find(|s| s["metadata"]["name"] == secret_name) else {
+                continue; // a pod waits for its Secret
+            };
+            let text = decode_secret(secret, GATEWAY_CONFIG_KEY)?;
+            if let Some(run) = self.gateways.get_mut(&name) {
+                changed |= write_config(&run.config, &text)?;
+                if !run.process.is_running() {
+                    // As a kubelet restarts a container that exited: the same pod, its
+                    // network namespace and addresses, a new process.
+                    let argv: Vec<&str> = run.argv.iter().map(String::as_str).collect();
+                    run.process = spawn_gateway(&run.pod, &argv, &run.interface, timeout)
+                        .with_context(|| format!("{cluster}: restarting gateway {name}"))?;
+                    run.restarts += 1;
+                    changed = true;
+                }
+                continue;
+            }
+            let slice = template["metadata"]["annotations"][SLICE_ANNOTATION].as_str().unwrap_or_default().to_owned();
+            let node = lab.cluster(cluster).nodes().first().context("a cluster without nodes")?;
+            if slice_api::node::NodeState::load(&node.state_dir(), &slice)?.is_none() {
+                continue; // slice-cni would answer "try again later": the next step runs it
+            }
+            let run =
+                self.start(lab, api, cluster, node, &name, &slice, template, container, &text, metrics, timeout)?;
+            self.gateways.insert(name, run);
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    #[allow(clippy::too_many_arguments)] // The parts of one pod.
+    fn start(
+        &mut self,
+        lab: &Lab,
+        api: &MemoryApi<String>,
+        cluster: &str,
+        node: &Node,
+        name: &str,
+        slice: &str,
+        template: &Value,
+        container: &Value,
+        config_text: &str,
+        metrics: &MetricsAddresses,
+        timeout: Duration,
+    ) -> Result<GatewayRun> {
+        let mut spec = PodSpec::new(GATEWAY_NAMESPACE, format!("{name}-lab"));
+        for (k, v) in template["metadata"]["labels"].as_object().into_iter().flatten() {
+            spec = spec.label(k.clone(), v.as_str().unwrap_or_default());
+        }
+        for (k, v) in template["metadata"]["annotations"].as_object().into_iter().flatten() {
+            spec = spec.annotation(k.clone(), v.as_str().unwrap_or_default());
+        }
+        let pod = node.run_pod(spec).with_context(|| format!("{cluster}: the pod of Deployment {name}"))?;
+        let c = lab.cluster(cluster);
+        self.started += 1;
+        let interface = format!("{}{}g{}", lab.prefix(), c.index(), self.started);
+        if interface.len() > 15 {
+            bail!("gateway interface name {interface} is longer than 15 bytes: use a shorter lab prefix");
+        }
+        let dir = lab.root().join("gateways");
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join(format!("{cluster}-{name}.conf"));
+        write_config(&config, config_text)?;
+        // The container's command and arguments, with the lab's config path and interface name.
+        let bin = lab.options().bin_dir.join("slice-gateway");
+        if !bin.exists() {
+            bail!("{} does not exist: build it or set SLICENET_BIN_DIR", bin.display());
+        }
+        let mut argv = vec![bin.display().to_string()];
+        let args: Vec<String> =
+            container["args"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_owned)).collect();
+        let mut replace = None;
+        for a in args {
+            match replace.take() {
+                Some(value) => argv.push(value),
+                None => {
+                    if a == arg(flag::INTERFACE) {
+                        replace = Some(interface.clone());
+                    } else if a == arg(flag::CONFIG) {
+                        replace = Some(config.display().to_string());
+                    }
+                    argv.push(a);
+                }
+            }
+        }
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let process = spawn_gateway(&pod, &args, &interface, timeout).with_context(|| format!("{cluster}: {name}"))?;
+        let slice_address = pod.ipv4("slice0")?;
+        let pod_ip = pod.ipv4("eth0")?;
+        // The Pod object as the API server and the node agent would show it.
+        let status = json!([{"name": slice_api::multus::network_name(GATEWAY_NAMESPACE, slice),
+                             "interface": slice_api::names::DEFAULT_SLICE_INTERFACE, "ips": [slice_address.to_string()]}]);
+        let mut annotations = template["metadata"]["annotations"].clone();
+        annotations[NETWORK_STATUS_ANNOTATION] = json!(status.to_string());
+        let object = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod.name, "namespace": GATEWAY_NAMESPACE,
+                         "labels": template["metadata"]["labels"], "annotations": annotations},
+            "spec": {"nodeName": node.name()},
+            "status": {"phase": "Running", "podIP": pod_ip.to_string()},
+        });
+        let path = slice_kube::memory::object_path(&object);
+        api.put(cluster.to_owned(), object);
+        if let Some(port) = metrics_port(container) {
+            let addr = SocketAddr::new(IpAddr::V4(pod_ip), port);
+            metrics.lock().expect("metrics addresses lock").insert((cluster.to_owned(), addr), pod.netns_path.clone());
+        }
+        Ok(GatewayRun {
+            pod,
+            process,
+            interface,
+            slice: slice.to_owned(),
+            slice_address,
+            argv,
+            restarts: 0,
+            config,
+            object: path,
+        })
+    }
+
+    fn stop(
+        &mut self,
+        lab: &Lab,
+        api: &MemoryApi<String>,
+        cluster: &str,
+        mut run: GatewayRun,
+        metrics: &MetricsAddresses,
+    ) -> Result<()> {
+        run.process.stop()?;
+        metrics.lock().expect("metrics addresses lock").retain(|_, netns| *netns != run.pod.netns_path);
+        api.remove(cluster.to_owned(), &run.object);
+        lab.cluster(cluster).node(&run.pod.node).remove_pod(&run.pod)?;
+        let _ = std::fs::remove_file(&run.config);
+        Ok(())
+    }
+
+    /// Gateway NodePort Services → edge forwards to the gateway pods.
+    fn services(&mut self, lab: &Lab, api: &MemoryApi<String>, cluster: &str) -> Result<bool> {
+        let c = lab.cluster(cluster);
+        if c.behind_nat() {
+            return Ok(false);
+        }
+        let services = api.list(&cluster.to_owned(), &format!("/api/v1/namespaces/{GATEWAY_NAMESPACE}/services"));
+        let mut wanted = BTreeMap::new();
+        for svc in &services {
+            let name = svc["metadata"]["name"].as_str().unwrap_or_default();
+            let Some(run) = self.gateways.get(name) else { continue };
+            for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
+                let (Some(node_port), Some(target)) = (p["nodePort"].as_u64(), p["targetPort"].as_u64()) else {
+                    continue;
+                };
+                let (Ok(node_port), Ok(target)) = (u16::try_from(node_port), u16::try_from(target)) else { continue };
+                wanted.insert(node_port, (run.pod.ipv4("eth0")?, target));
+            }
+        }
+        let mut changed = false;
+        let stale: Vec<u16> =
+            self.forwards.iter().filter(|(port, to)| wanted.get(*port) != Some(*to)).map(|(port, _)| *port).collect();
+        for port in stale {
+            c.remove_forward_udp(port)?;
+            self.forwards.remove(&port);
+            changed = true;
+        }
+        for (port, (ip, target)) in wanted {
+            if self.forwards.contains_key(&port) {
+                continue;
+            }
+            c.forward_udp(port, ip, target)?;
+            self.forwards.insert(port, (ip, target));
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Stops every gateway and removes every forward (the cluster leaves the lab's control
+    /// plane).
+    ///
+    /// # Errors
+    /// When a pod or forward cannot be removed.
+    pub fn teardown(
+        &mut self,
+        lab: &Lab,
+        api: &MemoryApi<String>,
+        cluster: &str,
+        metrics: &MetricsAddresses,
+    ) -> Result<()> {
+        for (_, run) in std::mem::take(&mut self.gateways) {
+            self.stop(lab, api, cluster, run, metrics)?;
+        }
+        for port in std::mem::take(&mut self.forwards).into_keys() {
+            lab.cluster(cluster).remove_forward_udp(port)?;
+        }
+        self.dns.teardown(lab, cluster)?;
+        self.workloads.teardown(lab, cluster)
+    }
+}
+
+/// Runs the gateway's command line in `pod` and waits until its TUN device and UAPI socket
+/// exist (it sets the device up itself).
+fn spawn_gateway(pod: &Pod, argv: &[&str], interface: &str, timeout: Duration) -> Result<PodProcess> {
+    let mut process = pod.spawn(argv)?;
+    let deadline = Instant::now() + timeout;
+    while !(pod.exec(&["ip", "link", "show", interface])?.status.success() && uapi_socket(interface).exists()) {
+        if !process.is_running() || Instant::now() > deadline {
+            let log = process.log_text();
+            let _ = process.stop();
+            bail!("gateway {interface} did not come up; log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(process)
+}
+
+/// The container port named `metrics`.
+fn metrics_port(container: &Value) -> Option<u16> {
+    container["ports"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .and_then(|p| u16::try_from(p["containerPort"].as_u64()?).ok())
+}
+
+/// Waits until every agent has applied its configuration: the node-state files in its state
+/// dir are exactly its slices, with their node prefixes and member namespaces (what the CNI
+/// plugin decides by). A watch on the API stands behind this in a cluster; here it is the file.
+fn wait_agents(configs: &[NodeAgentConfig], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    for config in configs {
+        loop {
+            let states = slice_api::node::NodeState::load_all(&config.state_dir).unwrap_or_default();
+            let applied = states.len() == config.slices.len()
+                && config.slices.iter().all(|want| {
+                    let st = states.iter().find(|st| st.slice == want.name);
+                    st.is_some_and(|st| {
+                        let mut a = st.namespaces.clone();
+                        let mut b = want.namespaces.clone();
+                        a.sort();
+                        b.sort();
+                        st.node_prefix == want.node_prefix && a == b
+                    })
+                });
+            if applied {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("node {}: the agent did not apply its configuration within {timeout:?}", config.node);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}

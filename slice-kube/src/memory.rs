@@ -1,0 +1,839 @@
+//! An in-memory Kubernetes API, served to kube-rs clients (`kube::Client::new` over a tower
+//! service): one or more API servers (a hub and member clusters), each keeping JSON objects by
+//! path. The lab runs the hub's and the workers' real passes against it (`e2e::control`), and
+//! the controllers' tests check their requests with it.
+//!
+//! What it does as the API server does: list (label and field selectors, across namespaces),
+//! get, create (409 when it exists), update (409 on a stale `resourceVersion`), JSON merge
+//! patch (409 when the patch names a stale `resourceVersion`), server-side apply (taken as a
+//! merge of the applied object: the callers here are each the only manager of what they apply),
+//! status patches, delete (an object with finalizers gets a `deletionTimestamp` and goes when
+//! its last finalizer does), `metadata.generation` (1 on create, +1 when `spec` changes),
+//! `resourceVersion`s, a `nodePort` for each NodePort Service port, TokenRequest (an unsigned
+//! JWT from [`State::now`]). Watches answer [`State::watch_events`] once.
+//!
+//! What it checks: every request against the declared access list of the server it went to
+//! ([`slice_api::rbac::covers`]); an undeclared request is answered but recorded in
+//! [`State::violations`]. Failures can be injected ([`MemoryApi::fail`]).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use slice_api::rbac::{Access, RequestAttributes, covers, request_attributes};
+
+/// A name for each API server of a [`MemoryApi`]: a `String`, or a test's own enum.
+pub trait Server: Clone + Ord + fmt::Debug + Send + Sync + 'static {
+    /// What [`Recorded::line`] puts before the method (e.g. `"hub "`; empty for the server a
+    /// test talks to most).
+    fn line_prefix(&self) -> String;
+}
+
+impl Server for String {
+    fn line_prefix(&self) -> String {
+        format!("{self} ")
+    }
+}
+
+/// One request as a server saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded<S> {
+    pub side: S,
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    pub body: Value,
+    pub status: u16,
+}
+
+impl<S: Server> Recorded<S> {
+    /// `"<METHOD> <path>"` after the server's [`Server::line_prefix`].
+    #[must_use]
+    pub fn line(&self) -> String {
+        format!("{}{} {}", self.side.line_prefix(), self.method, self.path)
+    }
+
+    /// Whether the request writes.
+    #[must_use]
+    pub fn is_write(&self) -> bool {
+        self.method != "GET"
+    }
+
+    /// Whether it is an `events.k8s.io` request.
+    #[must_use]
+    pub fn is_event(&self) -> bool {
+        self.path.starts_with("/apis/events.k8s.io/")
+    }
+}
+
+/// Called with each request's [`Recorded::line`] once it was answered (tests use it to change
+/// the world at a precise point of a pass).
+pub struct AfterRequest(pub Box<dyn FnMut(&str) + Send>);
+
+impl fmt::Debug for AfterRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AfterRequest")
+    }
+}
+
+/// A failure to inject.
+#[derive(Debug, Clone)]
+pub struct Fault<S> {
+    pub side: S,
+    pub method: &'static str,
+    pub path_prefix: String,
+    /// Fails the n-th matching request (0 = the first).
+    pub nth: usize,
+    pub status: u16,
+}
+
+/// The state of every server.
+#[derive(Debug)]
+pub struct State<S> {
+    /// Objects by (server, path of the object).
+    pub objects: BTreeMap<(S, String), Value>,
+    pub requests: Vec<Recorded<S>>,
+    /// Whether requests are recorded (the lab turns it off: its passes never end).
+    pub record: bool,
+    pub faults: Vec<Fault<S>>,
+    pub violations: Vec<String>,
+    /// Events (`{"type": …, "object": …}`) every watch request gets, newline-delimited.
+    pub watch_events: Vec<Value>,
+    /// See [`AfterRequest`].
+    pub after_request: Option<AfterRequest>,
+    resource_version: u64,
+    node_port: u16,
+    /// The API server's clock for the tokens it issues (seconds since the epoch).
+    pub now: i64,
+    /// Tokens issued by TokenRequest.
+    pub tokens_issued: u64,
+}
+
+impl<S> Default for State<S> {
+    fn default() -> Self {
+        Self {
+            objects: BTreeMap::new(),
+            requests: Vec::new(),
+            record: true,
+            faults: Vec::new(),
+            violations: Vec::new(),
+            watch_events: Vec::new(),
+            after_request: None,
+            resource_version: 0,
+            node_port: 0,
+            now: 0,
+            tokens_issued: 0,
+        }
+    }
+}
+
+/// An unsigned JWT with `claims` (the shape of a ServiceAccount token).
+#[must_use]
+pub fn jwt(claims: &Value) -> String {
+    use base64::Engine as _;
+    let enc = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    format!("{}.{}.{}", enc(br#"{"alg":"RS256"}"#), enc(claims.to_string().as_bytes()), enc(b"unsigned"))
+}
+
+/// Shared handle to the servers' state.
+#[derive(Debug, Clone)]
+pub struct MemoryApi<S: Server> {
+    pub state: Arc<Mutex<State<S>>>,
+    /// Declared access per server, and the "own namespace" of each.
+    pub access: Arc<BTreeMap<S, (&'static [Access], String)>>,
+}
+
+/// Where a path points: a collection, or one object (maybe a subresource of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// `/api/v1` or `/apis/<group>/<version>`.
+    base: String,
+    namespace: Option<String>,
+    resource: String,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_target(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (base, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => (format!("/api/{v}"), rest),
+        ["apis", g, v, rest @ ..] => (format!("/apis/{g}/{v}"), rest),
+        _ => return None,
+    };
+    let owned = |s: &&str| (*s).to_owned();
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, r, rest @ ..] => (Some((*ns).to_owned()), [&[*r][..], rest].concat()),
+        other => (None, other.to_vec()),
+    };
+    match rest.as_slice() {
+        [resource] => Some(Target { base, namespace, resource: (*resource).to_owned(), name: None, subresource: None }),
+        [resource, name] => {
+            Some(Target { base, namespace, resource: owned(resource), name: Some(owned(name)), subresource: None })
+        }
+        [resource, name, sub] => Some(Target {
+            base,
+            namespace,
+            resource: owned(resource),
+            name: Some(owned(name)),
+            subresource: Some(owned(sub)),
+        }),
+        _ => None,
+    }
+}
+
+impl Target {
+    fn collection(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/namespaces/{ns}/{}", self.base, self.resource),
+            None => format!("{}/{}", self.base, self.resource),
+        }
+    }
+
+    fn object(&self) -> Option<String> {
+        Some(format!("{}/{}", self.collection(), self.name.as_ref()?))
+    }
+}
+
+/// The plural of a kind (lowercase + `s`, with the exceptions slicenet meets).
+#[must_use]
+pub fn plural(kind: &str) -> String {
+    match kind {
+        "NetworkAttachmentDefinition" => "network-attachment-definitions".into(),
+        "Endpoints" => "endpoints".into(),
+        "NetworkPolicy" => "networkpolicies".into(),
+        "MultiNetworkPolicy" => "multi-networkpolicies".into(),
+        k => format!("{}s", k.to_lowercase()),
+    }
+}
+
+/// Kinds without a namespace.
+const CLUSTER_SCOPED: [&str; 8] = [
+    "Namespace",
+    "Node",
+    "MemberCluster",
+    "SliceConfig",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "MutatingWebhookConfiguration",
+];
+
+/// The path of an object (from its apiVersion, kind and metadata).
+#[must_use]
+pub fn object_path(obj: &Value) -> String {
+    let api_version = obj["apiVersion"].as_str().unwrap_or("v1");
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let ns = obj["metadata"]["namespace"].as_str().filter(|_| !CLUSTER_SCOPED.contains(&kind));
+    let base = if api_version.contains('/') { format!("/apis/{api_version}") } else { format!("/api/{api_version}") };
+    match ns {
+        Some(ns) => format!("{base}/namespaces/{ns}/{}/{name}", plural(kind)),
+        None => format!("{base}/{}/{name}", plural(kind)),
+    }
+}
+
+fn selector_matches(obj: &Value, selector: &str, field: bool) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (k, v, equal) = match term.split_once("!=") {
+            Some((k, v)) => (k, v, false),
+            None => {
+                let (k, v) = term.split_once("==").or_else(|| term.split_once('=')).unwrap_or((term, ""));
+                (k, v, true)
+            }
+        };
+        let value = if field {
+            let mut at = obj;
+            for part in k.split('.') {
+                at = &at[part];
+            }
+            at.as_str()
+        } else if !term.contains('=') {
+            // `key` alone: the label exists.
+            return obj["metadata"]["labels"].get(k).is_some();
+        } else {
+            obj["metadata"]["labels"][k].as_str()
+        };
+        (value == Some(v)) == equal
+    })
+}
+
+fn decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(x) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(x);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| decode(v)))
+}
+
+/// A `Status` body.
+#[must_use]
+pub fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+enum Reply {
+    Json(Value),
+    Lines(Vec<Value>),
+}
+
+fn now_rfc3339() -> String {
+    format!("{:.0}", k8s_openapi::jiff::Timestamp::now())
+}
+
+impl<S: Server> MemoryApi<S> {
+    /// Servers named by `access`: each with its declared access list and its own namespace.
+    #[must_use]
+    pub fn new(access: impl IntoIterator<Item = (S, &'static [Access], String)>) -> Self {
+        let access = access.into_iter().map(|(s, a, ns)| (s, (a, ns))).collect();
+        Self { state: Arc::default(), access: Arc::new(access) }
+    }
+
+    /// The state, locked.
+    ///
+    /// # Panics
+    /// When a holder of the lock panicked.
+    pub fn lock(&self) -> MutexGuard<'_, State<S>> {
+        self.state.lock().expect("the in-memory API's state lock")
+    }
+
+    /// Puts an object (JSON with apiVersion, kind, metadata) on `side`, as its owner would
+    /// write it (a new `resourceVersion`; a `uid` and `creationTimestamp` when it has none).
+    pub fn put(&self, side: S, mut obj: Value) {
+        let mut st = self.lock();
+        st.resource_version += 1;
+        obj["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
+        if obj["metadata"].get("uid").is_none() {
+            obj["metadata"]["uid"] = json!(format!("uid-{}", st.resource_version));
+        }
+        let path = object_path(&obj);
+        st.objects.insert((side, path), obj);
+    }
+
+    /// The object at `path` on `side`.
+    #[must_use]
+    pub fn get(&self, side: S, path: &str) -> Option<Value> {
+        self.lock().objects.get(&(side, path.to_owned())).cloned()
+    }
+
+    /// Changes the object at `path` with `f` (bumping its resourceVersion).
+    ///
+    /// # Panics
+    /// When there is no such object.
+    pub fn edit(&self, side: S, path: &str, f: impl FnOnce(&mut Value)) {
+        let mut obj = self.get(side.clone(), path).unwrap_or_else(|| panic!("no object {path}"));
+        f(&mut obj);
+        self.put(side, obj);
+    }
+
+    /// Removes the object at `path` (at once, finalizers or not).
+    pub fn remove(&self, side: S, path: &str) {
+        self.lock().objects.remove(&(side, path.to_owned()));
+    }
+
+    /// Paths of the objects on `side` under `prefix`.
+    #[must_use]
+    pub fn paths(&self, side: &S, prefix: &str) -> Vec<String> {
+        let st = self.lock();
+        st.objects.keys().filter(|(s, p)| s == side && p.starts_with(prefix)).map(|(_, p)| p.clone()).collect()
+    }
+
+    /// The objects of a collection on `side` (`/api/v1/namespaces/x/pods`, or across
+    /// namespaces without the `namespaces/x` part).
+    #[must_use]
+    pub fn list(&self, side: &S, collection: &str) -> Vec<Value> {
+        let st = self.lock();
+        let Some(target) = parse_target(collection) else { return Vec::new() };
+        list_items(&st, side, &target)
+    }
+
+    /// Takes the recorded requests (and clears them).
+    pub fn take_requests(&self) -> Vec<Recorded<S>> {
+        std::mem::take(&mut self.lock().requests)
+    }
+
+    /// Access violations seen so far.
+    #[must_use]
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    /// Makes the n-th matching request fail with `status`.
+    pub fn fail(&self, side: S, method: &'static str, path_prefix: &str, nth: usize, status: u16) {
+        self.lock().faults.push(Fault { side, method, path_prefix: path_prefix.to_owned(), nth, status });
+    }
+
+    /// A client of the server `side`. Requests are answered inline (no task), so requests of
+    /// several clients are recorded in the order they were made. Needs a Tokio runtime.
+    #[must_use]
+    pub fn client(&self, side: S) -> Client {
+        self.client_with(side, None)
+    }
+
+    /// A client of the server `side` whose requests are checked against `access` (own
+    /// namespace `own_namespace`) instead of the server's list: one component among several
+    /// talking to one server (the hub and every worker on the hub).
+    #[must_use]
+    pub fn client_as(&self, side: S, access: &'static [Access], own_namespace: &str) -> Client {
+        self.client_with(side, Some((access, own_namespace.to_owned())))
+    }
+
+    fn client_with(&self, side: S, access: Option<(&'static [Access], String)>) -> Client {
+        let me = self.clone();
+        let access = Arc::new(access);
+        let service = tower::service_fn(move |req: Request<Body>| {
+            let (me, side, access) = (me.clone(), side.clone(), access.clone());
+            async move { Ok::<_, Infallible>(me.serve(side, access.as_ref().as_ref(), req).await) }
+        });
+        Client::new(service, "default")
+    }
+
+    /// A request made as the cluster's administrator (`kubectl`): not checked, not recorded.
+    /// Returns the status code and the body the API server answers.
+    pub fn request(&self, side: &S, method: &str, path: &str, content_type: &str, body: &Value) -> (u16, Value) {
+        let mut st = self.lock();
+        handle_object(&mut st, side, method, path, "", content_type, body)
+    }
+
+    async fn serve(&self, side: S, access: Option<&(&'static [Access], String)>, req: Request<Body>) -> Response<Body> {
+        let method = req.method().as_str().to_owned();
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let content_type =
+            req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let bytes = req.into_body().collect_bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        let body: Value =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let (code, reply) = self.handle(&side, access, &method, &path, &query, &content_type, &body);
+        let reply_bytes = match reply {
+            Reply::Json(v) => serde_json::to_vec(&v).unwrap_or_default(),
+            Reply::Lines(lines) => lines
+                .iter()
+                .flat_map(|l| {
+                    let mut b = serde_json::to_vec(l).unwrap_or_default();
+                    b.push(b'\n');
+                    b
+                })
+                .collect(),
+        };
+        let mut st = self.lock();
+        let recorded = Recorded { side, method, path, query, content_type, body, status: code };
+        let line = recorded.line();
+        if st.record {
+            st.requests.push(recorded);
+        }
+        let hook = st.after_request.take();
+        drop(st);
+        if let Some(mut hook) = hook {
+            (hook.0)(&line);
+            self.lock().after_request = Some(hook);
+        }
+        Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Body::from(reply_bytes))
+            .expect("a response builds")
+    }
+
+    fn check_access(
+        &self,
+        side: &S,
+        access: Option<&(&'static [Access], String)>,
+        method: &str,
+        path: &str,
+        query: &str,
+    ) {
+        let path_and_query = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
+        let Some((declared, own)) = access.or_else(|| self.access.get(side)) else {
+            self.lock().violations.push(format!("{side:?}: no such server for {method} {path_and_query}"));
+            return;
+        };
+        let ok = request_attributes(method, &path_and_query).is_some_and(|a| covers(declared, &a, Some(own)));
+        if !ok {
+            self.lock().violations.push(format!("{side:?}: {method} {path_and_query}"));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // The parts of one request.
+    fn handle(
+        &self,
+        side: &S,
+        access: Option<&(&'static [Access], String)>,
+        method: &str,
+        path: &str,
+        query: &str,
+        ct: &str,
+        body: &Value,
+    ) -> (u16, Reply) {
+        self.check_access(side, access, method, path, query);
+        // A server-side apply that creates its object is authorized for `create` as well as
+        // `patch` (the API server's patch handler checks both), so the list must declare both.
+        let creates = method == "PATCH"
+            && ct.starts_with("application/apply-patch")
+            && !self.lock().objects.contains_key(&(side.clone(), path.to_owned()));
+        if creates {
+            let path_and_query = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
+            if let Some((declared, own)) = access.or_else(|| self.access.get(side)) {
+                let ok = request_attributes(method, &path_and_query)
+                    .is_some_and(|a| covers(declared, &RequestAttributes { verb: "create", ..a }, Some(own)));
+                if !ok {
+                    self.lock().violations.push(format!("{side:?}: create by apply {path}"));
+                }
+            }
+        }
+        if method == "GET" && query.split('&').any(|kv| kv == "watch=true") {
+            return (200, Reply::Lines(self.lock().watch_events.clone()));
+        }
+        let mut st = self.lock();
+        let (code, v) = handle_object(&mut st, side, method, path, query, ct, body);
+        (code, Reply::Json(v))
+    }
+}
+
+fn list_items<S: Server>(st: &State<S>, side: &S, target: &Target) -> Vec<Value> {
+    let collection = target.collection();
+    // Across namespaces: `<base>/namespaces/<ns>/<resource>/<name>` belongs to
+    // `<base>/<resource>` as well.
+    let across = target.namespace.is_none();
+    st.objects
+        .iter()
+        .filter(|((s, p), _)| {
+            s == side
+                && parse_target(p).is_some_and(|t| {
+                    t.name.is_some()
+                        && (t.collection() == collection
+                            || (across && t.base == target.base && t.resource == target.resource))
+                })
+        })
+        .map(|(_, o)| o.clone())
+        .collect()
+}
+
+/// Whether an object goes once it has no finalizers left.
+fn releases(obj: &Value) -> bool {
+    obj["metadata"].get("deletionTimestamp").is_some()
+        && obj["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty)
+}
+
+fn bump<S>(st: &mut State<S>, obj: &mut Value) {
+    st.resource_version += 1;
+    obj["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
+}
+
+/// `metadata.generation` of `new` (replacing `old`): +1 when the spec changed.
+fn generation(old: &Value, new: &mut Value) {
+    if new.get("spec").is_none() {
+        return;
+    }
+    let was = old["metadata"]["generation"].as_i64().unwrap_or(0);
+    let changed = old.get("spec") != new.get("spec");
+    new["metadata"]["generation"] = json!(if changed || was == 0 { was + 1 } else { was });
+}
+
+#[allow(clippy::too_many_lines)] // One arm per verb, as the API server's handlers.
+fn handle_object<S: Server>(
+    st: &mut State<S>,
+    side: &S,
+    method: &str,
+    path: &str,
+    query: &str,
+    ct: &str,
+    body: &Value,
+) -> (u16, Value) {
+    // Injected faults.
+    let mut fault = None;
+    for f in &mut st.faults {
+        if &f.side == side && f.method == method && path.starts_with(&f.path_prefix) {
+            if f.nth == 0 {
+                fault = Some(f.status);
+                f.nth = usize::MAX;
+            } else if f.nth != usize::MAX {
+                f.nth -= 1;
+            }
+        }
+    }
+    if let Some(code) = fault {
+        let reason = match code {
+            404 => "NotFound",
+            409 => "Conflict",
+            _ => "InternalError",
+        };
+        return (code, status(code, reason, "injected failure"));
+    }
+    let Some(target) = parse_target(path) else {
+        return (404, status(404, "NotFound", &format!("{path} is not an API path")));
+    };
+    let key = (side.clone(), path.to_owned());
+    match method {
+        "GET" => {
+            if target.name.is_some() {
+                return match st.objects.get(&key) {
+                    Some(obj) => (200, obj.clone()),
+                    None => (404, status(404, "NotFound", &format!("{path} not found"))),
+                };
+            }
+            let label = query_param(query, "labelSelector").unwrap_or_default();
+            let field = query_param(query, "fieldSelector").unwrap_or_default();
+            let items: Vec<Value> = list_items(st, side, &target)
+                .into_iter()
+                .filter(|o| selector_matches(o, &label, false) && selector_matches(o, &field, true))
+                .collect();
+            let rv = st.resource_version.to_string();
+            (200, json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": items}))
+        }
+        "POST" if target.resource == "serviceaccounts" && target.subresource.as_deref() == Some("token") => {
+            // TokenRequest: a JWT issued now for the asked lifetime (unsigned: callers read only
+            // its times), counted so that tests can tell tokens apart.
+            let account = target.name.clone().unwrap_or_default();
+            st.tokens_issued += 1;
+            let iat = st.now;
+            let exp = iat + body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
+            let token = jwt(&json!({"iat": iat, "exp": exp, "sub": account, "jti": st.tokens_issued}));
+            let mut answer = body.clone();
+            let expires = k8s_openapi::jiff::Timestamp::from_second(exp).map(|t| t.to_string()).unwrap_or_default();
+            answer["status"] = json!({"token": token, "expirationTimestamp": expires});
+            (201, answer)
+        }
+        "POST" => {
+            let name = body["metadata"]["name"].as_str().unwrap_or_default();
+            let key = (side.clone(), format!("{path}/{name}"));
+            if st.objects.contains_key(&key) {
+                return (409, status(409, "AlreadyExists", &format!("{name} already exists")));
+            }
+            let mut obj = body.clone();
+            if obj["metadata"].get("creationTimestamp").is_none() {
+                obj["metadata"]["creationTimestamp"] = json!(now_rfc3339());
+            }
+            generation(&Value::Null, &mut obj);
+            bump(st, &mut obj);
+            if obj["metadata"].get("uid").is_none() {
+                obj["metadata"]["uid"] = json!(format!("uid-{}", st.resource_version));
+            }
+            st.objects.insert(key, obj.clone());
+            (201, obj)
+        }
+        "PUT" => {
+            let Some(old) = st.objects.get(&key).cloned() else {
+                return (404, status(404, "NotFound", &format!("{path} not found")));
+            };
+            if body["metadata"]["resourceVersion"].as_str() != old["metadata"]["resourceVersion"].as_str() {
+                return (409, status(409, "Conflict", "the object has been modified"));
+            }
+            let mut obj = body.clone();
+            generation(&old, &mut obj);
+            bump(st, &mut obj);
+            st.objects.insert(key, obj.clone());
+            (200, obj)
+        }
+        "PATCH" => {
+            let is_status = target.subresource.as_deref() == Some("status");
+            let Some(object_path) = target.object() else {
+                return (405, status(405, "MethodNotAllowed", "PATCH of a collection"));
+            };
+            let okey = (side.clone(), object_path.clone());
+            let apply = ct.starts_with("application/apply-patch");
+            let Some(old) = st.objects.get(&okey).cloned().or_else(|| apply.then(|| json!({}))) else {
+                return (404, status(404, "NotFound", &format!("{object_path} not found")));
+            };
+            if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
+                && old["metadata"]["resourceVersion"].as_str() != Some(rv)
+            {
+                return (409, status(409, "Conflict", "the object has been modified"));
+            }
+            let mut patch = body.clone();
+            if let Some(m) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            let mut obj = old.clone();
+            if is_status {
+                json_patch::merge(&mut obj["status"], &patch["status"]);
+            } else if apply {
+                // The caller is the only field manager here: what it applies replaces what it
+                // applied before (fields it drops go), server-set fields stay.
+                obj = patch;
+                for key in ["uid", "creationTimestamp", "generation", "finalizers", "deletionTimestamp"] {
+                    if let Some(v) = old["metadata"].get(key) {
+                        obj["metadata"][key] = v.clone();
+                    }
+                }
+                if obj["metadata"].get("creationTimestamp").is_none() {
+                    obj["metadata"]["creationTimestamp"] = json!(now_rfc3339());
+                }
+                if let Some(v) = old.get("status") {
+                    obj["status"] = v.clone();
+                }
+                assign_node_ports(st, &old, &mut obj);
+            } else {
+                json_patch::merge(&mut obj, &patch);
+            }
+            if !is_status {
+                generation(&old, &mut obj);
+            }
+            bump(st, &mut obj);
+            if obj["metadata"].get("uid").is_none() {
+                obj["metadata"]["uid"] = json!(format!("uid-{}", st.resource_version));
+            }
+            if releases(&obj) {
+                st.objects.remove(&okey);
+            } else {
+                st.objects.insert(okey, obj.clone());
+            }
+            (200, obj)
+        }
+        "DELETE" => {
+            let Some(mut obj) = st.objects.get(&key).cloned() else {
+                return (404, status(404, "NotFound", &format!("{path} not found")));
+            };
+            let finalized = obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+            if finalized {
+                if obj["metadata"].get("deletionTimestamp").is_none() {
+                    obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                    bump(st, &mut obj);
+                    st.objects.insert(key, obj.clone());
+                }
+                return (200, obj);
+            }
+            st.objects.remove(&key);
+            (200, obj)
+        }
+        _ => (405, status(405, "MethodNotAllowed", method)),
+    }
+}
+
+/// A NodePort Service's ports keep their `nodePort`, or get the next free one from 31001 on.
+fn assign_node_ports<S>(st: &mut State<S>, old: &Value, obj: &mut Value) {
+    let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    if obj["kind"] != "Service" || obj["spec"]["type"] != "NodePort" {
+        return;
+    }
+    let Some(ports) = obj["spec"]["ports"].as_array_mut() else { return };
+    for p in ports {
+        if p.get("nodePort").is_some() {
+            continue;
+        }
+        let kept = old_ports.iter().find(|o| o["name"] == p["name"]).and_then(|o| o.get("nodePort"));
+        let port = match kept {
+            Some(np) => np.clone(),
+            None => {
+                st.node_port += 1;
+                json!(31_000 + st.node_port)
+            }
+        };
+        p["nodePort"] = port;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_parse_into_collections_and_objects() {
+        let t = parse_target("/api/v1/namespaces/a/pods/p/status").expect("parses");
+        assert_eq!(t.collection(), "/api/v1/namespaces/a/pods");
+        assert_eq!(t.object().as_deref(), Some("/api/v1/namespaces/a/pods/p"));
+        assert_eq!(t.subresource.as_deref(), Some("status"));
+        let t = parse_target("/api/v1/namespaces").expect("parses");
+        assert_eq!((t.resource.as_str(), t.name.as_deref()), ("namespaces", None));
+        let t = parse_target("/api/v1/namespaces/a").expect("parses");
+        assert_eq!((t.resource.as_str(), t.name.as_deref()), ("namespaces", Some("a")));
+        let t = parse_target("/apis/slicenet.io/v1alpha1/memberclusters/c1/status").expect("parses");
+        assert_eq!(t.object().as_deref(), Some("/apis/slicenet.io/v1alpha1/memberclusters/c1"));
+        assert!(parse_target("/version").is_none());
+    }
+
+    #[test]
+    fn selectors_match_labels_and_fields() {
+        let pod = json!({"metadata": {"name": "p", "labels": {"app": "x"}}, "status": {"phase": "Running"}});
+        assert!(selector_matches(&pod, "app=x", false));
+        assert!(selector_matches(&pod, "app", false));
+        assert!(!selector_matches(&pod, "app!=x", false));
+        assert!(selector_matches(&pod, "status.phase=Running,metadata.name=p", true));
+        assert!(!selector_matches(&pod, "status.phase=Pending", true));
+    }
+
+    fn api() -> MemoryApi<String> {
+        static ALL: &[Access] = &[];
+        MemoryApi::new([("hub".to_owned(), ALL, "ns".to_owned())])
+    }
+
+    #[test]
+    fn a_finalized_object_is_marked_on_delete_and_goes_with_its_last_finalizer() {
+        let api = api();
+        let mut st = api.lock();
+        let hub = "hub".to_owned();
+        let path = "/apis/slicenet.io/v1alpha1/namespaces/n/workerslices";
+        let body = json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
+            "metadata": {"name": "w", "namespace": "n", "finalizers": ["x"]}, "spec": {"a": 1}});
+        assert_eq!(handle_object(&mut st, &hub, "POST", path, "", "", &body).0, 201);
+        let w = format!("{path}/w");
+        let (code, obj) = handle_object(&mut st, &hub, "DELETE", &w, "", "", &Value::Null);
+        assert_eq!(code, 200);
+        assert!(obj["metadata"]["deletionTimestamp"].is_string());
+        assert!(st.objects.contains_key(&(hub.clone(), w.clone())));
+        let release = json!({"metadata": {"finalizers": []}});
+        assert_eq!(handle_object(&mut st, &hub, "PATCH", &w, "", "application/merge-patch+json", &release).0, 200);
+        assert!(!st.objects.contains_key(&(hub, w)));
+    }
+
+    #[test]
+    fn the_generation_counts_spec_changes_only() {
+        let api = api();
+        let mut st = api.lock();
+        let hub = "hub".to_owned();
+        let path = "/apis/slicenet.io/v1alpha1/sliceconfigs";
+        let body = json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "SliceConfig",
+            "metadata": {"name": "s"}, "spec": {"a": 1}});
+        let (_, obj) = handle_object(&mut st, &hub, "POST", path, "", "", &body);
+        assert_eq!(obj["metadata"]["generation"], 1);
+        let s = format!("{path}/s");
+        let ct = "application/merge-patch+json";
+        let (_, obj) = handle_object(&mut st, &hub, "PATCH", &s, "", ct, &json!({"metadata": {"labels": {"l": "v"}}}));
+        assert_eq!(obj["metadata"]["generation"], 1);
+        let (_, obj) = handle_object(&mut st, &hub, "PATCH", &s, "", ct, &json!({"spec": {"a": 2}}));
+        assert_eq!(obj["metadata"]["generation"], 2);
+        let (_, obj) =
+            handle_object(&mut st, &hub, "PATCH", &format!("{s}/status"), "", ct, &json!({"status": {"x": 1}}));
+        assert_eq!(obj["metadata"]["generation"], 2);
+        assert_eq!(obj["status"]["x"], 1);
+    }
+
+    #[test]
+    fn lists_span_namespaces_unless_one_is_named() {
+        let api = api();
+        let hub = "hub".to_owned();
+        for (ns, name) in [("a", "p"), ("b", "q")] {
+            api.put(
+                hub.clone(),
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns}}),
+            );
+        }
+        api.put(hub.clone(), json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}));
+        assert_eq!(api.list(&hub, "/api/v1/pods").len(), 2);
+        assert_eq!(api.list(&hub, "/api/v1/namespaces/a/pods").len(), 1);
+        assert_eq!(api.list(&hub, "/api/v1/namespaces").len(), 1);
+    }
+}

@@ -1,0 +1,35 @@
+//! Anti-spoofing, the router's first check: a packet that arrives on any interface but `lo`
+//! with a source address that the router would not route back out of that same interface is
+//! dropped (nft's `fib saddr . iif oif missing`, strict reverse-path filtering). A pod's veth
+//! has exactly one route, the CNI plugin's `/32` (`/128`) to the pod's slice address, so a pod
+//! can send only from its own address; the VXLAN carries the peer nodes' prefixes (and the
+//! remote clusters' behind a peer's gateway), and the local gateway pod's veth the remote
+//! clusters' prefixes routed via it. Using the routing table instead of a list of addresses per
+//! veth keeps the check true the moment the CNI plugin adds a pod, with no rule to rewrite, and
+//! covers IPv6, which has no `rp_filter`. It runs at priority `raw`, before conntrack, so a
+//! forged packet never creates a connection entry and no policy can allow it.
+
+use serde_json::{Value, json};
+
+use super::{base_chain, rule};
+
+/// The chain.
+pub const CHAIN: &str = "anti-spoof";
+/// nft's `raw` priority: before conntrack (-200) and the DNAT (-100).
+pub const PRIORITY_RAW: i32 = -300;
+
+/// The chain and its one rule.
+pub fn chains() -> Vec<Value> {
+    vec![
+        base_chain(CHAIN, "filter", "prerouting", PRIORITY_RAW),
+        rule(
+            CHAIN,
+            vec![
+                json!({"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "lo"}}),
+                json!({"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, "right": false}}),
+                json!({"drop": null}),
+            ],
+            Some("source address not routed back through the interface it came in on"),
+        ),
+    ]
+}

@@ -1,0 +1,215 @@
+//! Multi-cluster services through the worker against the in-memory API (`slice_kube::memory`),
+//! with the hub's merge (`hub::services`) in between: a ServiceExport in cluster c2 is reported
+//! in its WorkerSlice's status with slice addresses; merged by the hub into the slice's imports,
+//! it becomes a ServiceImport and MCS EndpointSlices; an endpoint turning unready leaves them;
+//! un-export removes them; ExternalName is `Valid=False`; the Corefile gets the stanza and loses
+//! it when the slice goes. Every request is checked against the worker's access lists.
+
+mod worker_support;
+
+use serde_json::{Value, json};
+use slice_api::crd::{SliceConfig, WorkerSlice};
+use slice_operator::access::{WORKER_CLUSTER, WORKER_HUB};
+use slice_operator::worker::Worker;
+use slice_operator::worker::decide::Settings;
+use slice_operator::worker::keys::KeyPair;
+use worker_support::{FakeApi, Side};
+
+const NOW: &str = "2026-11-23T20:00:00Z";
+const WS: &str = "/apis/slicenet.io/v1alpha1/namespaces/slicenet-cluster-c2/workerslices";
+const MCS: &str = "/apis/multicluster.x-k8s.io/v1alpha1/namespaces/shop";
+const ES: &str = "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices";
+const COREDNS: &str = "/api/v1/namespaces/kube-system/configmaps/coredns";
+const COREFILE: &str = ".:53 {\n    errors\n    forward . /etc/resolv.conf\n}\n";
+
+fn slice_config() -> SliceConfig {
+    let mut s: SliceConfig = serde_json::from_value(json!({
+        "apiVersion": "slicenet.io/v1alpha1", "kind": "SliceConfig", "metadata": {"name": "blue"},
+        "spec": {"sliceSubnet": "10.80.0.0/16", "clusters": ["c1", "c2"], "namespaces": [{"namespace": "shop"}]},
+    }))
+    .unwrap();
+    s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(NOW.parse().unwrap()));
+    s
+}
+
+/// The hub's plan of `blue` for c1 and c2: c2's WorkerSlice as the hub would write it.
+fn planned_worker_slice() -> Value {
+    let clusters: Vec<slice_api::crd::MemberCluster> =
+        ["c1", "c2"].iter().map(|c| slice_api::crd::MemberCluster::new(c, Default::default())).collect();
+    let plan = slice_api::planner::plan(&[slice_config()], &clusters, &[]).remove(0);
+    let spec = plan.workers.iter().find(|w| w.cluster == "c2").unwrap().clone();
+    let mut ws = WorkerSlice::new("blue", spec);
+    ws.metadata.namespace = Some("slicenet-cluster-c2".into());
+    serde_json::to_value(ws).unwrap()
+}
+
+fn pod(name: &str, node: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "annotations": {"k8s.v1.cni.cncf.io/network-status":
+            json!([{"name": "cbr0", "interface": "eth0", "ips": ["10.244.1.9"]},
+                   {"name": "shop/slice-blue", "interface": "slice0", "ips": [ip]}]).to_string()}},
+        "spec": {"nodeName": node, "containers": []}, "status": {"phase": "Running"}})
+}
+
+fn endpoint_slice(ready: &[(&str, bool)]) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": ready.iter().map(|(p, r)| json!({"addresses": ["10.244.1.9"], "conditions": {"ready": r},
+            "targetRef": {"kind": "Pod", "name": p}})).collect::<Vec<_>>()})
+}
+
+fn fixture() -> FakeApi {
+    let api = FakeApi::new(WORKER_HUB, "slicenet-cluster-c2", WORKER_CLUSTER, "slicenet-system");
+    api.put(Side::Hub, planned_worker_slice());
+    api.put(
+        Side::Hub,
+        json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "MemberCluster",
+        "metadata": {"name": "c2"}, "spec": {}, "status": {}}),
+    );
+    for (n, ip) in [("n1", "198.18.2.11"), ("n2", "198.18.2.12")] {
+        api.put(
+            Side::Cluster,
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}),
+        );
+    }
+    for ns in ["shop", "slicenet-system"] {
+        api.put(Side::Cluster, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    }
+    api.put(
+        Side::Cluster,
+        json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "slice-dns", "namespace": "slicenet-system"}, "spec": {"clusterIP": "10.96.0.53"}}),
+    );
+    api.put(
+        Side::Cluster,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "coredns", "namespace": "kube-system"}, "data": {"Corefile": COREFILE}}),
+    );
+    api.put(Side::Cluster, json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"type": "ClusterIP", "clusterIP": "10.96.1.1", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}));
+    api.put(
+        Side::Cluster,
+        json!({"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+        "metadata": {"name": "web", "namespace": "shop", "creationTimestamp": NOW}, "spec": {}}),
+    );
+    api
+}
+
+async fn pass(api: &FakeApi) {
+    let (hub, local) = api.clients();
+    let settings = Settings { cluster: "c2".into(), ..Settings::default() };
+    let key = KeyPair {
+        private_key: "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=".into(),
+        public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into(),
+    };
+    let worker = Worker::with_key_source(hub, local, settings, Box::new(move |_| key.clone()))
+        .with_metrics_source(api.metrics_source());
+    worker.reconcile_once("c2", NOW).await.expect("pass");
+    assert_eq!(api.violations(), Vec::<String>::new(), "requests not covered by the access lists");
+    api.take_requests();
+}
+
+/// The hub's merge over c2's WorkerSlice as it is now, written into its spec (as the hub does).
+fn hub_merges(api: &FakeApi) -> Vec<slice_api::crd::ImportedService> {
+    let ws: WorkerSlice = serde_json::from_value(api.get(Side::Hub, &format!("{WS}/blue")).unwrap()).unwrap();
+    let clusters: Vec<slice_api::crd::MemberCluster> =
+        ["c1", "c2"].iter().map(|c| slice_api::crd::MemberCluster::new(c, Default::default())).collect();
+    let slice = slice_config();
+    let plan = slice_api::planner::plan(std::slice::from_ref(&slice), &clusters, std::slice::from_ref(&ws)).remove(0);
+    let merged = slice_operator::hub::services::merge(&slice, &plan, &[ws]);
+    assert!(merged.refusals.is_empty(), "{:?}", merged.refusals);
+    let imports = merged.imports.clone();
+    api.edit(Side::Hub, &format!("{WS}/blue"), |w| w["spec"]["imports"] = serde_json::to_value(&imports).unwrap());
+    imports
+}
+
+fn export_condition(api: &FakeApi, name: &str, type_: &str) -> (String, String) {
+    let e = api.get(Side::Cluster, &format!("{MCS}/serviceexports/{name}")).unwrap();
+    let c = e["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap().clone();
+    (c["status"].as_str().unwrap().to_owned(), c["reason"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn an_export_reaches_the_imports_and_follows_its_endpoints() {
+    let api = fixture();
+    // c2's node prefixes come from its first pass: n1 10.80.16.0/26, n2 10.80.16.64/26.
+    pass(&api).await;
+    api.put(Side::Cluster, pod("web-1", "n1", "10.80.16.5"));
+    api.put(Side::Cluster, pod("web-2", "n2", "10.80.16.70"));
+    api.put(Side::Cluster, endpoint_slice(&[("web-1", true), ("web-2", true)]));
+    pass(&api).await;
+    let status = api.get(Side::Hub, &format!("{WS}/blue")).unwrap()["status"].clone();
+    let eps = &status["exports"][0]["endpoints"][0]["endpoints"];
+    assert_eq!(
+        eps,
+        &json!([{"address": "10.80.16.5", "hostname": "web-1"}, {"address": "10.80.16.70", "hostname": "web-2"}])
+    );
+    assert_eq!(export_condition(&api, "web", "Valid"), ("True".into(), "Valid".into()));
+    assert_eq!(export_condition(&api, "web", "Ready"), ("False".into(), "Pending".into()));
+
+    // The hub merges; the next pass imports.
+    let imports = hub_merges(&api);
+    let ip = imports[0].ips[0].clone();
+    pass(&api).await;
+    let si = api.get(Side::Cluster, &format!("{MCS}/serviceimports/web")).expect("a ServiceImport");
+    assert_eq!(si["spec"]["ips"], json!([ip]));
+    assert_eq!(si["status"]["clusters"], json!([{"cluster": "c2"}]));
+    let slices = api.paths(Side::Cluster, ES);
+    assert_eq!(slices.len(), 2, "the cluster's own and the MCS one: {slices:?}");
+    let mcs = api.get(Side::Cluster, &format!("{ES}/web-c2-0v4")).expect("the MCS EndpointSlice");
+    assert_eq!(mcs["metadata"]["labels"]["multicluster.kubernetes.io/source-cluster"], "c2");
+    assert_eq!(mcs["endpoints"].as_array().unwrap().len(), 2);
+    assert_eq!(export_condition(&api, "web", "Ready"), ("True".into(), "Exported".into()));
+    // The node agents get the ClusterSetIP with both backends.
+    let cm = api.get(Side::Cluster, "/api/v1/namespaces/slicenet-system/configmaps/slicenet-node-n1").unwrap();
+    let config: Value = serde_json::from_str(cm["data"]["config.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        config["slices"][0]["services"][0]["ports"][0]["backends"],
+        json!(["10.80.16.5:8080", "10.80.16.70:8080"])
+    );
+    // The Corefile forwards the slice zones to slice-dns.
+    let corefile = api.get(Side::Cluster, COREDNS).unwrap()["data"]["Corefile"].as_str().unwrap().to_owned();
+    assert!(corefile.starts_with(COREFILE) && corefile.contains("forward . 10.96.0.53"), "{corefile}");
+
+    // web-2 turns unready: it leaves the report, then the imports.
+    api.put(Side::Cluster, endpoint_slice(&[("web-1", true), ("web-2", false)]));
+    pass(&api).await;
+    hub_merges(&api);
+    pass(&api).await;
+    let mcs = api.get(Side::Cluster, &format!("{ES}/web-c2-0v4")).unwrap();
+    assert_eq!(
+        mcs["endpoints"],
+        json!([{"addresses": ["10.80.16.5"], "conditions": {"ready": true}, "hostname": "web-1"}])
+    );
+
+    // Un-export: the report empties, the hub drops the import, the objects go.
+    api.remove(Side::Cluster, &format!("{MCS}/serviceexports/web"));
+    pass(&api).await;
+    let status = api.get(Side::Hub, &format!("{WS}/blue")).unwrap()["status"].clone();
+    assert!(status.get("exports").is_none_or(|e| e.as_array().is_some_and(Vec::is_empty)), "{status}");
+    assert!(hub_merges(&api).is_empty());
+    pass(&api).await;
+    assert!(api.get(Side::Cluster, &format!("{MCS}/serviceimports/web")).is_none());
+    assert_eq!(api.paths(Side::Cluster, ES).len(), 1, "only the cluster's own EndpointSlice is left");
+}
+
+#[tokio::test]
+async fn external_name_is_not_valid_and_the_corefile_goes_with_the_slice() {
+    let api = fixture();
+    api.put(Side::Cluster, json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"}, "spec": {"type": "ExternalName", "externalName": "example.org"}}));
+    pass(&api).await;
+    assert_eq!(export_condition(&api, "web", "Valid"), ("False".into(), "InvalidServiceType".into()));
+    assert_eq!(export_condition(&api, "web", "Ready"), ("False".into(), "Failed".into()));
+    let corefile = api.get(Side::Cluster, COREDNS).unwrap()["data"]["Corefile"].as_str().unwrap().to_owned();
+    assert!(slice_api::corefile::has_stanza(&corefile));
+    // The slice is deleted (its WorkerSlice goes, held by the worker's finalizer): the stanza
+    // is removed and the Corefile is exactly what it was.
+    api.edit(Side::Hub, &format!("{WS}/blue"), |w| w["metadata"]["deletionTimestamp"] = json!(NOW));
+    pass(&api).await;
+    let corefile = api.get(Side::Cluster, COREDNS).unwrap()["data"]["Corefile"].as_str().unwrap().to_owned();
+    assert_eq!(corefile, COREFILE);
+}
