@@ -93,7 +93,8 @@ fn run(args: &Args) -> Result<()> {
         let health = slice_kube::health::Health::new();
         let _probes = match args.health_addr {
             Some(addr) if args.dump_zones.is_none() => Some(
-                slice_kube::health::spawn(addr, &health).with_context(|| format!("cannot listen on {addr} for probes"))?,
+                slice_kube::health::spawn(addr, &health)
+                    .with_context(|| format!("cannot listen on {addr} for probes"))?,
             ),
             _ => None,
         };

@@ -275,7 +275,10 @@ impl Snapshot {
             self.names.values().filter(|n| n.zone == Some(index)).flat_map(|n| n.records.iter()).collect();
         records.sort_by(|a, b| {
             let soa_first = |r: &Record| r.record_type() != RecordType::SOA;
-            soa_first(a).cmp(&soa_first(b)).then(a.name.cmp(&b.name)).then(u16::from(a.record_type()).cmp(&u16::from(b.record_type())))
+            soa_first(a)
+                .cmp(&soa_first(b))
+                .then(a.name.cmp(&b.name))
+                .then(u16::from(a.record_type()).cmp(&u16::from(b.record_type())))
         });
         let mut text = format!("; {zone}: {} records, serial {}\n", records.len(), self.serial);
         for record in records {
@@ -285,7 +288,9 @@ impl Snapshot {
                     let strings: Vec<String> = txt
                         .txt_data
                         .iter()
-                        .map(|s| format!("\"{}\"", String::from_utf8_lossy(s).replace('\\', "\\\\").replace('"', "\\\"")))
+                        .map(|s| {
+                            format!("\"{}\"", String::from_utf8_lossy(s).replace('\\', "\\\\").replace('"', "\\\""))
+                        })
                         .collect();
                     text.push_str(&format!("{} {} IN TXT {}", record.name, record.ttl, strings.join(" ")));
                 }

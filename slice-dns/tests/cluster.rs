@@ -87,7 +87,10 @@ fn lists_imports_and_mcs_slices_in_every_namespace_with_only_the_declared_access
 
     let requests: Vec<String> = api.take_requests().iter().map(|r| format!("{} ?{}", r.line(), r.query)).collect();
     assert_eq!(requests.len(), 2, "{requests:?}");
-    assert!(requests[0].starts_with("member GET /apis/multicluster.x-k8s.io/v1alpha1/serviceimports ?"), "{requests:?}");
+    assert!(
+        requests[0].starts_with("member GET /apis/multicluster.x-k8s.io/v1alpha1/serviceimports ?"),
+        "{requests:?}"
+    );
     assert!(requests[1].starts_with("member GET /apis/discovery.k8s.io/v1/endpointslices ?"), "{requests:?}");
     assert!(
         requests[1].contains("labelSelector=multicluster.kubernetes.io%2Fservice-name"),

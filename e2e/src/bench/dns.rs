@@ -214,10 +214,8 @@ fn knot_config(dir: &Path) -> String {
 /// Runs dnsperf against `server`; with `rate`, at that rate and with every answer's latency.
 fn dnsperf(server: &str, questions: &Path, seconds: u32, rate: Option<u32>) -> Result<(Run, Option<Summary>)> {
     let seconds_arg = seconds.to_string();
-    let mut argv: Vec<String> = ["ip", "netns", "exec", NS, "dnsperf", "-s", server, "-d"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let mut argv: Vec<String> =
+        ["ip", "netns", "exec", NS, "dnsperf", "-s", server, "-d"].iter().map(|s| (*s).to_owned()).collect();
     argv.push(questions.display().to_string());
     argv.extend(["-l".into(), seconds_arg, "-n".into(), "1000".into(), "-t".into(), "2".into()]);
     match rate {
@@ -268,7 +266,13 @@ pub(crate) fn run(seconds: u32) -> Result<DnsSection> {
     let d = dir.path();
     std::fs::write(d.join("objects.yaml"), objects())?;
     let dump = process::run_ok(
-        &[bin.as_os_str(), "--objects".as_ref(), d.join("objects.yaml").as_os_str(), "--dump-zones".as_ref(), d.as_os_str()],
+        &[
+            bin.as_os_str(),
+            "--objects".as_ref(),
+            d.join("objects.yaml").as_os_str(),
+            "--dump-zones".as_ref(),
+            d.as_os_str(),
+        ],
         Duration::from_secs(30),
     );
     dump.context("slice-dns --dump-zones")?;
@@ -288,10 +292,8 @@ pub(crate) fn run(seconds: u32) -> Result<DnsSection> {
     let knot_log = d.join("knotd.log");
     let objects = d.join("objects.yaml");
     let listen = format!("{SLICE_DNS}:53");
-    let mut slice_dns = start(
-        &[&bin.to_string_lossy(), "--objects", &objects.to_string_lossy(), "--listen", &listen],
-        &slice_log,
-    )?;
+    let mut slice_dns =
+        start(&[&bin.to_string_lossy(), "--objects", &objects.to_string_lossy(), "--listen", &listen], &slice_log)?;
     let mut knot = start(&["knotd", "-c", &d.join("knot.conf").to_string_lossy()], &knot_log)?;
     wait_answering(SLICE_DNS, &mut slice_dns, &slice_log)?;
     wait_answering(KNOT, &mut knot, &knot_log)?;
@@ -301,11 +303,26 @@ pub(crate) fn run(seconds: u32) -> Result<DnsSection> {
         let (name, rtype) = q.split_once(' ').expect("name type");
         let answer = |server: &str| -> Result<String> {
             let out = process::run_ok(
-                &["ip", "netns", "exec", NS, "dig", &format!("@{server}"), "+noall", "+answer", "+authority", name, rtype],
+                &[
+                    "ip",
+                    "netns",
+                    "exec",
+                    NS,
+                    "dig",
+                    &format!("@{server}"),
+                    "+noall",
+                    "+answer",
+                    "+authority",
+                    name,
+                    rtype,
+                ],
                 Duration::from_secs(10),
             )?;
-            let mut lines: Vec<String> =
-                out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|l| !l.is_empty()).collect();
+            let mut lines: Vec<String> = out
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|l| !l.is_empty())
+                .collect();
             lines.sort();
             Ok(lines.join("\n"))
         };
@@ -316,7 +333,9 @@ pub(crate) fn run(seconds: u32) -> Result<DnsSection> {
     let mut rows = Vec::new();
     for (name, server) in [("Knot DNS (knotd)", KNOT), ("slice-dns", SLICE_DNS)] {
         process::check_interrupted()?;
-        eprintln!("slicenet-bench: 9. dnsperf against {name}: {seconds} s as fast as it answers, {seconds} s at {FIXED_QPS}/s");
+        eprintln!(
+            "slicenet-bench: 9. dnsperf against {name}: {seconds} s as fast as it answers, {seconds} s at {FIXED_QPS}/s"
+        );
         let (max, _) = dnsperf(server, &questions_file, seconds, None)?;
         let (fixed, latency) = dnsperf(server, &questions_file, seconds, Some(FIXED_QPS))?;
         rows.push(ServerFigures { name, max, fixed, fixed_latency: latency.unwrap_or(Summary::of(&[])) });
@@ -325,7 +344,10 @@ pub(crate) fn run(seconds: u32) -> Result<DnsSection> {
     drop(knot);
     let versions = vec![
         super::command_output(&["knotd", "--version"]),
-        super::command_output(&["dnsperf", "-h"]).lines().find(|l| l.starts_with("Version")).map_or("dnsperf ?".into(), |v| format!("dnsperf {v}")),
+        super::command_output(&["dnsperf", "-h"])
+            .lines()
+            .find(|l| l.starts_with("Version"))
+            .map_or("dnsperf ?".into(), |v| format!("dnsperf {v}")),
     ];
     Ok(DnsSection { seconds, records, questions: questions.len(), rows, versions })
 }

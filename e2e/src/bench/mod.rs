@@ -171,7 +171,9 @@ impl Options {
                             "convergence" => o.run_convergence = true,
                             "dns" => o.run_dns = true,
                             other => {
-                                bail!("--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns)")
+                                bail!(
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns)"
+                                )
                             }
                         }
                     }
