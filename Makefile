@@ -7,8 +7,10 @@ PACKAGES := containerd runc containernetworking-plugins iproute2 iputils-ping ip
             wireguard-tools wireguard-go tcpdump python3-venv
 # The lab's cluster DNS: a resolver on every node (dnsmasq) and the DNS client pods run (dig).
 PACKAGES += dnsmasq-base bind9-dnsutils
+# slice-dns's tests ask with kdig as well as dig.
+PACKAGES += knot-dnsutils
 # Only the benchmarks use these.
-BENCH_PACKAGES := openvpn
+BENCH_PACKAGES := openvpn dnsperf knot
 
 .PHONY: deps build lint test test-root demo bench clean-lab test-under-load validators
 

@@ -7,8 +7,10 @@
 //! - [`objects`] reads a YAML stream of those objects (the `--objects FILE` mode).
 //! - [`handler`] turns a DNS request into a reply from the current snapshot (EDNS, truncation,
 //!   error codes); [`server`] runs it on UDP (hickory-server) and TCP (our own bounded loop).
-//! - [`reload`] re-reads the objects file and swaps the snapshot.
+//! - [`reload`] re-reads the objects file and swaps the snapshot; [`cluster`] does the same
+//!   from the Kubernetes API (the `--kube` mode).
 
+pub mod cluster;
 pub mod handler;
 pub mod model;
 pub mod objects;

@@ -1,6 +1,7 @@
-//! `slice-dns --objects FILE --listen ADDR:PORT [--ttl S]`: serves `clusterset.local` and
-//! `slice.local` from a YAML stream of ServiceImport and EndpointSlice objects, on UDP and TCP,
-//! and re-reads the file when it changes. See the crate documentation.
+//! `slice-dns (--objects FILE | --kube) --listen ADDR:PORT [--ttl S]`: serves
+//! `clusterset.local` and `slice.local` on UDP and TCP from ServiceImport and MCS EndpointSlice
+//! objects — a YAML stream re-read when it changes, or the cluster's objects listed from the
+//! Kubernetes API every interval. See the crate documentation.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,19 +10,28 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
-use clap::Parser;
+use clap::{ArgGroup, Parser};
+use slice_dns::cluster::{self, ClusterSource};
 use slice_dns::records::Settings;
 use slice_dns::reload::{self, Reloader};
 use slice_dns::server::{self, DnsServer};
 
 /// The slice DNS server: clusterset.local (MCS DNS specification 1.0.0) and slice.local.
 #[derive(Debug, Parser)]
-#[command(name = "slice-dns", version)]
+#[command(name = "slice-dns", version, group(ArgGroup::new("source").required(true).args(["objects", "kube"])))]
 struct Args {
     /// YAML stream (`---` between documents) of ServiceImport and EndpointSlice objects; read
     /// again when it changes.
     #[arg(long, value_name = "FILE")]
-    objects: PathBuf,
+    objects: Option<PathBuf>,
+    /// Read the cluster's ServiceImports and MCS EndpointSlices from the Kubernetes API (the
+    /// in-cluster configuration, or KUBECONFIG), listed again every `--kube-interval-ms`.
+    #[arg(long)]
+    kube: bool,
+    /// How often the Kubernetes API is listed, in milliseconds (100 to 60000).
+    #[arg(long, value_name = "MS", default_value_t = cluster::DEFAULT_INTERVAL.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    kube_interval_ms: u64,
     /// Address and port for UDP and TCP.
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:53")]
     listen: SocketAddr,
@@ -37,6 +47,15 @@ struct Args {
     /// Seconds after which a silent TCP connection is closed.
     #[arg(long, value_name = "S", default_value_t = server::Options::default().tcp_idle_timeout.as_secs())]
     tcp_idle_timeout: u64,
+    /// Write the records as zone files (`DIR/clusterset.local.zone`, `DIR/slice.local.zone`)
+    /// and exit instead of serving: to read what would be answered, or to load the same records
+    /// into another server.
+    #[arg(long, value_name = "DIR")]
+    dump_zones: Option<PathBuf>,
+    /// Where to answer the kubelet's probes: `/healthz` while the process runs, `/readyz` once
+    /// the first records are served. None when not given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    health_addr: Option<SocketAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,29 +78,72 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Where the records come from once the server runs.
+enum Source {
+    File(Reloader),
+    Cluster(ClusterSource),
+}
+
 fn run(args: &Args) -> Result<()> {
     let settings = Settings { ttl: args.ttl };
-    let mut reloader = Reloader::new(&args.objects, settings);
-    // The first read must succeed: a server that starts with nothing would answer NXDOMAIN for
-    // every service, which resolvers cache.
-    let first = match reloader.poll() {
-        Some(reload::Change::Snapshot(snapshot)) => snapshot,
-        Some(reload::Change::Failed(error)) => return Err(error.into()),
-        None => unreachable!("the first poll always reads"),
-    };
-    reload::log_snapshot(&first, &args.objects);
-    let shared = Arc::new(ArcSwap::from_pointee(first));
-    let options = server::Options {
-        listen: args.listen,
-        tcp_max_connections: args.tcp_max_connections,
-        tcp_idle_timeout: Duration::from_secs(args.tcp_idle_timeout),
-    };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async {
+        let kube_interval = Duration::from_millis(args.kube_interval_ms);
+        let health = slice_kube::health::Health::new();
+        let _probes = match args.health_addr {
+            Some(addr) if args.dump_zones.is_none() => Some(
+                slice_kube::health::spawn(addr, &health)
+                    .with_context(|| format!("cannot listen on {addr} for probes"))?,
+            ),
+            _ => None,
+        };
+        // The first snapshot must exist before serving: a server that starts with nothing would
+        // answer NXDOMAIN for every service, which resolvers cache.
+        let (first, source) = match &args.objects {
+            Some(path) => {
+                let mut reloader = Reloader::new(path, settings);
+                let first = match reloader.poll() {
+                    Some(reload::Change::Snapshot(snapshot)) => snapshot,
+                    Some(reload::Change::Failed(error)) => return Err(error.into()),
+                    None => unreachable!("the first poll always reads"),
+                };
+                reload::log_snapshot(&first, &path.display());
+                (first, Source::File(reloader))
+            }
+            None => {
+                let client = kube::Client::try_default().await.context("cannot configure the Kubernetes client")?;
+                let mut source = ClusterSource::new(client, settings);
+                let first = source.first(kube_interval).await;
+                reload::log_snapshot(&first, &"the Kubernetes API");
+                (first, Source::Cluster(source))
+            }
+        };
+        if let Some(dir) = &args.dump_zones {
+            for zone in [slice_api::mcs::CLUSTERSET_ZONE, slice_api::mcs::SLICE_ZONE] {
+                let path = dir.join(format!("{zone}.zone"));
+                let text = first.zone_file(zone).context("a zone we serve")?;
+                std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            return Ok(());
+        }
+        let shared = Arc::new(ArcSwap::from_pointee(first));
+        let options = server::Options {
+            listen: args.listen,
+            tcp_max_connections: args.tcp_max_connections,
+            tcp_idle_timeout: Duration::from_secs(args.tcp_idle_timeout),
+        };
         let dns = DnsServer::bind(&options, shared.clone()).await?;
         tracing::info!(listen = %dns.local_addr(), "serving clusterset.local and slice.local on UDP and TCP");
-        tokio::spawn(reload::watch(reloader, shared, Duration::from_millis(args.reload_interval_ms)));
+        health.set_ready();
+        match source {
+            Source::File(reloader) => {
+                tokio::spawn(reload::watch(reloader, shared, Duration::from_millis(args.reload_interval_ms)));
+            }
+            Source::Cluster(source) => {
+                tokio::spawn(cluster::watch(source, shared, kube_interval));
+            }
+        }
         dns.run_until(shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())

@@ -255,12 +255,50 @@ impl Snapshot {
         &self.warnings
     }
 
-    /// Every record, sorted by name then type (for a zone file of the same records).
+    /// Every record, sorted by name then type.
     #[must_use]
     pub fn records(&self) -> Vec<&Record> {
         let mut all: Vec<&Record> = self.names.values().flat_map(|n| n.records.iter()).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name).then(u16::from(a.record_type()).cmp(&u16::from(b.record_type()))));
         all
+    }
+
+    /// The records of `zone` (`clusterset.local` or `slice.local`) as a zone file (RFC 1035
+    /// §5.1, absolute names), SOA first: the same records for another server (the benchmark's
+    /// anchor) or for a reader. `None` for a zone we do not serve. Reverse names belong to no
+    /// zone of ours and are not included.
+    #[must_use]
+    pub fn zone_file(&self, zone: &str) -> Option<String> {
+        let apex = LowerName::new(&zone_name(zone.trim_end_matches('.')));
+        let index = self.zones.iter().position(|z| z.apex == apex)?;
+        let mut records: Vec<&Record> =
+            self.names.values().filter(|n| n.zone == Some(index)).flat_map(|n| n.records.iter()).collect();
+        records.sort_by(|a, b| {
+            let soa_first = |r: &Record| r.record_type() != RecordType::SOA;
+            soa_first(a)
+                .cmp(&soa_first(b))
+                .then(a.name.cmp(&b.name))
+                .then(u16::from(a.record_type()).cmp(&u16::from(b.record_type())))
+        });
+        let mut text = format!("; {zone}: {} records, serial {}\n", records.len(), self.serial);
+        for record in records {
+            match &record.data {
+                // hickory prints TXT strings bare; a zone file needs them quoted.
+                RData::TXT(txt) => {
+                    let strings: Vec<String> = txt
+                        .txt_data
+                        .iter()
+                        .map(|s| {
+                            format!("\"{}\"", String::from_utf8_lossy(s).replace('\\', "\\\\").replace('"', "\\\""))
+                        })
+                        .collect();
+                    text.push_str(&format!("{} {} IN TXT {}", record.name, record.ttl, strings.join(" ")));
+                }
+                _ => text.push_str(&record.to_string()),
+            }
+            text.push('\n');
+        }
+        Some(text)
     }
 }
 
@@ -380,18 +418,12 @@ impl Builder {
         }
     }
 
-    /// FNV-1a over the records in name order: the same objects give the same serial.
+    /// FNV-1a over the records in name order, folded to 32 bits: the same objects give the
+    /// same serial.
     fn serial(&self) -> u32 {
-        let mut hash: u32 = 0x811c_9dc5;
-        for node in self.names.values() {
-            for record in &node.records {
-                for byte in record.to_string().bytes() {
-                    hash ^= u32::from(byte);
-                    hash = hash.wrapping_mul(0x0100_0193);
-                }
-            }
-        }
-        hash
+        let text = self.names.values().flat_map(|n| n.records.iter()).map(|r| r.to_string() + "\n");
+        let hash = slice_api::fnv::fnv1a_64(text.flat_map(String::into_bytes));
+        (hash >> 32) as u32 ^ hash as u32
     }
 }
 

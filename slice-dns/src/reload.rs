@@ -84,13 +84,14 @@ impl Reloader {
     }
 }
 
-/// Logs what a snapshot holds and what it left out.
-pub fn log_snapshot(snapshot: &Snapshot, path: &Path) {
+/// Logs what a snapshot holds and what it left out; `source` is where it came from (the
+/// file's path, the Kubernetes API).
+pub fn log_snapshot(snapshot: &Snapshot, source: &dyn std::fmt::Display) {
     for warning in snapshot.warnings() {
-        tracing::warn!(file = %path.display(), "{warning}");
+        tracing::warn!(%source, "{warning}");
     }
     tracing::info!(
-        file = %path.display(),
+        %source,
         services = snapshot.services(),
         names = snapshot.names(),
         serial = snapshot.serial(),
@@ -107,7 +108,7 @@ pub async fn watch(mut reloader: Reloader, shared: SharedSnapshot, interval: Dur
         match reloader.poll() {
             None => {}
             Some(Change::Snapshot(snapshot)) => {
-                log_snapshot(&snapshot, &reloader.path);
+                log_snapshot(&snapshot, &reloader.path.display());
                 shared.store(Arc::new(snapshot));
             }
             Some(Change::Failed(error)) => {

@@ -716,6 +716,46 @@ fn assert_webhook_tls(p: &Parsed, cc: &k8s_openapi::api::admissionregistration::
     );
 }
 
+/// slice-dns: `--kube` with flags its own parser takes, the Service the worker's Corefile stanza
+/// forwards to (port 53, UDP and TCP, to the container's DNS ports), and a policy opening them.
+fn assert_slice_dns(p: &Parsed) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let d = p.deployments.iter().find(|d| d.metadata.name.as_deref() == Some("slice-dns")).expect("slice-dns");
+    let c = &d.spec.template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(c.command.as_deref(), Some(&["/usr/local/bin/slice-dns".to_owned()][..]));
+    let args = c.args.clone().unwrap();
+    assert!(args.contains(&"--kube".to_owned()), "{args:?}");
+    let service = p.services.iter().find(|s| s.metadata.name.as_deref() == Some("slice-dns")).expect("Service");
+    let spec = service.spec.as_ref().unwrap();
+    let ports: Vec<(i32, String, String)> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|sp| {
+            let IntOrString::String(target) = sp.target_port.clone().unwrap() else { panic!("a named target port") };
+            (sp.port, sp.protocol.clone().unwrap(), target)
+        })
+        .collect();
+    assert_eq!(ports, [(53, "UDP".to_owned(), "dns".to_owned()), (53, "TCP".to_owned(), "dns-tcp".to_owned())]);
+    for (_, protocol, target) in &ports {
+        let port = c.ports.iter().flatten().find(|cp| cp.name.as_ref() == Some(target)).expect("the target port");
+        assert_eq!(port.protocol.as_ref(), Some(protocol));
+        let listen = args.iter().skip_while(|a| *a != "--listen").nth(1).unwrap();
+        assert!(listen.ends_with(&format!(":{}", port.container_port)), "{listen} vs {port:?}");
+        let open = p.network_policies.iter().filter_map(|n| n.spec.as_ref()).any(|n| {
+            n.pod_selector.iter().flat_map(|s| s.match_labels.iter().flatten()).any(|(_, v)| v == "slice-dns")
+                && n.ingress.iter().flatten().any(|r| {
+                    r.from.is_none()
+                        && r.ports.iter().flatten().any(|pp| {
+                            pp.port == Some(IntOrString::Int(port.container_port))
+                                && pp.protocol.as_ref() == Some(protocol)
+                        })
+                })
+        });
+        assert!(open, "no policy opens slice-dns's {protocol} port");
+    }
+}
+
 #[test]
 fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
     let yaml = install_worker(&["--hub-server", "https://hub-control-plane:6443"]);
@@ -724,9 +764,12 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
     assert_grants_exactly(&p, "slicenet-system", "slicenet-worker", WORKER_CLUSTER);
     assert_grants_exactly(&p, "slicenet-node", "slicenet-node-agent", NODE_AGENT);
     assert_grants_exactly(&p, "slicenet-system", "slicenet-webhook", &[]);
+    // slice-dns reads ServiceImports and EndpointSlices, nothing else.
+    assert_grants_exactly(&p, "slicenet-system", "slice-dns", slice_dns::cluster::ACCESS);
     assert_webhook_ca(&p, "slicenet-webhook-ca");
     assert_workloads_consistent(&p, &slicectl::install::default_image());
     assert_production_ready(&p);
+    assert_slice_dns(&p);
 
     // The hub kubeconfig Secret holds the kubeconfig with the server replaced.
     let secret = p.secrets.iter().find(|s| s.metadata.name.as_deref() == Some("slicenet-hub-kubeconfig")).unwrap();

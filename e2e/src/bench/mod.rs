@@ -12,6 +12,7 @@
 //! 5. Across two clusters over the lab's WAN, side by side over the same WAN namespaces: the WAN
 //!    without a tunnel, `slice-gateway` pod to pod through the whole slice path and between the
 //!    gateway pods, wireguard-go and OpenVPN between the gateway pods ([`across`]).
+//! 9. `slice-dns` against Knot DNS on the same records, with `dnsperf` ([`dns`]).
 //!
 //! Everything runs in two labs made for the purpose (prefixes [`SLICE_LAB`] and [`PLAIN_LAB`]);
 //! nothing is sent outside their namespaces. The labs are torn down on every path: on return,
@@ -20,6 +21,7 @@
 mod across;
 mod cni;
 mod cri;
+mod dns;
 mod doc;
 mod path;
 mod place;
@@ -65,6 +67,9 @@ pub struct Options {
     pub run_tunnel: bool,
     pub run_across: bool,
     pub run_convergence: bool,
+    pub run_dns: bool,
+    /// Length of one dnsperf run in section 9.
+    pub dns_seconds: u32,
     /// Cluster joins timed in section 6.
     pub joins: usize,
     /// Where to write the report (`None`: nowhere).
@@ -85,6 +90,8 @@ impl Default for Options {
             run_tunnel: true,
             run_across: true,
             run_convergence: true,
+            run_dns: true,
+            dns_seconds: 10,
             joins: 10,
             doc: Some(PathBuf::from("docs/benchmarks.md")),
         }
@@ -107,8 +114,9 @@ options:
   --iperf-runs N        iperf3 runs per path (default 3)
   --pings N             echo requests per path (default 20)
   --joins N             timed cluster joins in section 6 (default 10)
-  --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence
-                        (default all)
+  --dns-seconds S       length of one dnsperf run in section 9 (default 10)
+  --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence,
+                        dns (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
@@ -148,10 +156,11 @@ impl Options {
                 "--iperf-runs" => o.iperf_runs = num(&name, value()?)?,
                 "--pings" => o.pings = num(&name, value()?)?,
                 "--joins" => o.joins = num(&name, value()?)?,
+                "--dns-seconds" => o.dns_seconds = num(&name, value()?)?,
                 "--only" => {
                     let list = value()?;
-                    (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence) =
-                        (false, false, false, false, false, false);
+                    (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence, o.run_dns) =
+                        (false, false, false, false, false, false, false);
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
@@ -160,8 +169,11 @@ impl Options {
                             "tunnel" => o.run_tunnel = true,
                             "across" => o.run_across = true,
                             "convergence" => o.run_convergence = true,
+                            "dns" => o.run_dns = true,
                             other => {
-                                bail!("--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence)")
+                                bail!(
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns)"
+                                )
                             }
                         }
                     }
@@ -199,6 +211,9 @@ impl Options {
             if o.joins == d.joins {
                 o.joins = 3;
             }
+            if o.dns_seconds == d.dns_seconds {
+                o.dns_seconds = 3;
+            }
             if !doc_given {
                 o.doc = None;
             }
@@ -209,6 +224,7 @@ impl Options {
             || o.iperf_runs == 0
             || o.pings == 0
             || o.joins == 0
+            || o.dns_seconds == 0
         {
             bail!("sample counts and durations must be at least 1");
         }
@@ -225,6 +241,7 @@ struct Figures {
     tunnel: Option<tunnel::TunnelSection>,
     across: Option<tunnel::TunnelSection>,
     convergence: Option<(Vec<crate::convergence::Join>, Vec<crate::convergence::NameChange>)>,
+    dns: Option<dns::DnsSection>,
 }
 
 /// Runs the benchmark: builds the labs, runs the sections, prints a table per section on
@@ -259,6 +276,8 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: across::BEGIN, end: across::END }.update(&text, across_doc, &old);
         let convergence_doc = figures.convergence.as_ref().map(|j| convergence_doc(j, &command));
         text = doc::Marked { begin: CONVERGENCE_BEGIN, end: CONVERGENCE_END }.update(&text, convergence_doc, &old);
+        let dns_doc = figures.dns.as_ref().map(|d| dns::doc_section(d, &command));
+        text = doc::Marked { begin: dns::BEGIN, end: dns::END }.update(&text, dns_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -307,6 +326,9 @@ fn preflight(options: &Options) -> Result<()> {
     if options.run_tunnel || options.run_across {
         needed.push("slice-gateway");
     }
+    if options.run_dns {
+        needed.push("slice-dns");
+    }
     for name in needed {
         if !bin.join(name).exists() {
             bail!(
@@ -324,6 +346,9 @@ fn preflight(options: &Options) -> Result<()> {
     }
     if options.run_tunnel || options.run_across {
         tools.extend(["wg", "openssl"]);
+    }
+    if options.run_dns {
+        tools.extend(["dnsperf", "knotd", "dig"]);
     }
     for tool in tools {
         let found =
@@ -374,6 +399,13 @@ fn measure(options: &Options) -> Result<Figures> {
         let names = crate::convergence::measure_names(NAMES_LAB, options.joins)?;
         println!("{}", names_table(&names));
         figures.convergence = Some((joins, names));
+    }
+    if options.run_dns {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 9. slice-dns against Knot DNS (namespace {})", dns::NS);
+        let d = dns::run(options.dns_seconds)?;
+        println!("{}", dns::table(&d));
+        figures.dns = Some(d);
     }
     Ok(figures)
 }

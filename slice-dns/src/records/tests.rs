@@ -278,3 +278,20 @@ fn an_empty_snapshot_has_the_apexes_and_the_version() {
     assert_nxdomain(&s, "svc.clusterset.local.", "clusterset.local.");
     assert_eq!(s.records().len(), 5, "2 SOA, 2 NS, TXT");
 }
+
+#[test]
+fn a_zone_file_holds_the_zones_records_soa_first() {
+    let s = snapshot();
+    let text = s.zone_file("clusterset.local").unwrap();
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    assert!(
+        lines[0].starts_with("clusterset.local. 7 IN SOA ns.dns.clusterset.local. hostmaster.clusterset.local. "),
+        "{text}"
+    );
+    assert!(lines.contains(&"db-0.east.db.shop.svc.clusterset.local. 7 IN A 10.80.0.5"), "{text}");
+    assert!(lines.contains(&"dns-version.clusterset.local. 7 IN TXT \"1.0.0\""), "{text}");
+    assert!(lines.iter().all(|l| l.split(' ').next().unwrap().ends_with("clusterset.local.")), "{text}");
+    assert!(!text.contains("in-addr.arpa"));
+    assert!(s.zone_file("slice.local.").unwrap().contains("east.api.shop.svc.slice.local. 7 IN A 10.80.0.7"));
+    assert!(s.zone_file("example.com").is_none());
+}

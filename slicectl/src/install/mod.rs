@@ -4,7 +4,8 @@
 //!   webhook (with read access to SliceConfigs and MemberClusters).
 //! - [`worker`]: on each member cluster — the worker controller (with the hub kubeconfig in a
 //!   Secret), the node agent DaemonSet (which also installs slice-cni) and the pod mutating
-//!   webhook.
+//!   webhook, and slice-dns ([`dns`]: `clusterset.local` and `slice.local` from the cluster's
+//!   ServiceImports and MCS EndpointSlices, read-only).
 //! - Both: the namespace `slicenet-system` with its NetworkPolicies ([`network_policy`]), and a
 //!   PodDisruptionBudget per Deployment. A hub that is also a member cluster applies both: no
 //!   two objects of the two share a name unless they are the same object.
@@ -30,10 +31,12 @@
 //!   `slicenet-webhook-tls` mounted where [`webhooks::cli`] reads it), with `--hub-api` on the
 //!   hub, and `--membership-dir … --mode chained` (the ConfigMap `slicenet-membership` mounted
 //!   there) in member clusters; see [`webhook`].
+//! - `slice-dns --kube --listen 0.0.0.0:5353 --health-addr [::]:8081` (the Service maps port 53).
 //! - The controllers' and the webhook's containers get `RUST_LOG=info`. The webhook reads no other environment of ours (with
 //!   `--hub-api`, kube-rs reads the in-cluster `KUBERNETES_SERVICE_*` the kubelet sets).
 
 pub mod admission_policy;
+pub mod dns;
 pub mod network_policy;
 mod objects;
 pub mod webhook;
@@ -172,6 +175,7 @@ pub fn worker(opts: &Options, cluster: &str, hub_kubeconfig: &str, hub_server: O
     m.push_commented(workloads::NODE_AGENT_COMMENT, &workloads::node_agent_daemonset(&opts.image))?;
     m.extend(webhook::common(opts, Role::Member)?);
     m.push_commented(webhooks::config::MUTATING_NOTE, &webhook::mutating(opts))?;
+    m.extend(dns::manifest(&opts.image)?);
     m.extend(admission_policy::member()?);
     Ok(m)
 }
