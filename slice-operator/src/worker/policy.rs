@@ -174,6 +174,10 @@ fn named_ports(pod: &Pod) -> Vec<NamedPort> {
     out
 }
 
+/// What pods of one group share: namespace, labels, named ports (the namespace's labels follow
+/// from the namespace in one cluster).
+type GroupKey = (String, BTreeMap<String, String>, Vec<NamedPort>);
+
 /// This cluster's part of the pod directory of `members`' slice, and what was left out (one
 /// sentence each). `pods` are the running pods of member namespaces; `namespaces` the cluster's
 /// (for their labels).
@@ -210,7 +214,7 @@ pub fn pod_report(pods: &[Pod], namespaces: &[Namespace], members: &SliceMembers
     }
     let ns_labels: BTreeMap<String, BTreeMap<String, String>> =
         namespaces.iter().map(|n| (n.name_any(), n.labels().clone())).collect();
-    let mut groups: BTreeMap<(String, BTreeMap<String, String>, Vec<NamedPort>), Vec<IpAddr>> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Vec<IpAddr>> = BTreeMap::new();
     let mut count = 0;
     for (pod, ip) in candidates {
         let namespace = pod.namespace().unwrap_or_default();
