@@ -100,7 +100,7 @@ pub struct SliceConfigSpec {
     /// Quality of service on the slice (enforced by a later release).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<QosProfile>,
-    /// Isolation of member namespaces from non-slice traffic (enforced by a later release).
+    /// Isolation of member namespaces from non-slice traffic on the primary network.
     #[serde(default)]
     pub isolation: IsolationSpec,
 }
@@ -200,7 +200,10 @@ fn default_qos_class() -> String {
     "BestEffort".to_owned()
 }
 
-/// Isolation settings of a slice (schema only for now).
+/// Namespace isolation of a slice on the clusters' primary networks: the worker of each member
+/// cluster writes NetworkPolicies (`networking.k8s.io/v1`) into the member namespaces so that
+/// their pods accept traffic on the primary network only from the slice's own namespaces and
+/// `allowedNamespaces` (those that apply to that cluster).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IsolationSpec {
@@ -374,6 +377,25 @@ pub struct WorkerSliceSpec {
     /// EndpointSlices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub imports: Vec<ImportedService>,
+    /// The pod directory of the *other* member clusters (what their workers reported in
+    /// `status.pods`, after the hub's checks): with this cluster's own pods, what the node
+    /// agents match MultiNetworkPolicy selectors against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<crate::policy::PodGroup>,
+    /// Namespace isolation on the primary network, when the slice asks for it: the namespaces
+    /// of this cluster (besides the slice's own) whose pods may still reach the member
+    /// namespaces (the worker writes NetworkPolicies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<WorkerIsolation>,
+}
+
+/// Namespace isolation as one member cluster applies it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerIsolation {
+    /// Namespaces of this cluster allowed besides the slice's member namespaces, sorted.
+    #[serde(default)]
+    pub allowed_namespaces: Vec<String>,
 }
 
 /// A service exported on a slice, merged from every member cluster that exports it (the hub
@@ -503,6 +525,11 @@ pub struct WorkerSliceStatus {
     /// namespaces), with their ready endpoints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exports: Vec<ExportedService>,
+    /// This cluster's pods on the slice (running, in member namespaces, with a checked slice
+    /// address), grouped by namespace, namespace labels, labels and named ports: its part of the
+    /// slice's pod directory, which the hub checks and hands to the other members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<crate::policy::PodGroup>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

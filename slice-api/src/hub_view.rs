@@ -176,6 +176,10 @@ pub fn problems(view: &HubView) -> Vec<String> {
         if condition(&st.conditions, crate::planner::EXPORTS_ACCEPTED).is_some() {
             out.extend(not_true(&what, &st.conditions, crate::planner::EXPORTS_ACCEPTED));
         }
+        // Set once a cluster's pod report was refused (issue 12's pod directory).
+        if condition(&st.conditions, "PodsAccepted").is_some() {
+            out.extend(not_true(&what, &st.conditions, "PodsAccepted"));
+        }
         for c in st.clusters.iter().filter(|c| !c.ready) {
             let why = if c.reason.is_empty() { "no reason given" } else { c.reason.as_str() };
             out.push(format!("{what}: cluster {} not ready: {why}", c.cluster));
@@ -197,6 +201,10 @@ pub fn problems(view: &HubView) -> Vec<String> {
             continue;
         };
         out.extend(not_true(&what, &st.conditions, "Ready"));
+        // A MultiNetworkPolicy the node agents refuse (they keep their previous rules).
+        if condition(&st.conditions, "PoliciesAccepted").is_some() {
+            out.extend(not_true(&what, &st.conditions, "PoliciesAccepted"));
+        }
         for p in st.peers.iter().filter(|p| p.state != "Up") {
             let why = if p.reason.is_empty() { String::new() } else { format!(": {}", p.reason) };
             out.push(format!("{what}: tunnel to {} is {}{why}", p.cluster, p.state));
@@ -271,6 +279,18 @@ mod tests {
         let st = refused.slices[0].status.as_mut().unwrap();
         st.conditions[0] = Condition::new("Planned", false, "TooManyClusters", "3 clusters, maxClusters 2");
         assert_eq!(problems(&refused)[0], "slice blue: Planned=False (TooManyClusters): 3 clusters, maxClusters 2");
+        // A policy the node agents refuse shows under its cluster.
+        let mut rejected = view();
+        let st = rejected.workers[0].status.as_mut().unwrap();
+        st.conditions.push(Condition::new("PoliciesAccepted", false, "PolicyRejected", "refused: shop/bad: port 0"));
+        assert!(
+            problems(&rejected).contains(
+                &"slice blue in cluster c1: PoliciesAccepted=False (PolicyRejected): refused: shop/bad: port 0"
+                    .to_owned()
+            ),
+            "{:?}",
+            problems(&rejected)
+        );
     }
 
     #[test]

@@ -27,8 +27,8 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 
 use crate::crd::{
-    ClusterAllocation, Condition, MemberCluster, SliceConfig, WorkerPeer, WorkerSlice, WorkerSliceSpec,
-    cluster_namespace, condition,
+    ClusterAllocation, Condition, MemberCluster, SliceConfig, WorkerIsolation, WorkerPeer, WorkerSlice,
+    WorkerSliceSpec, cluster_namespace, condition,
 };
 
 /// The first VNI handed out.
@@ -352,6 +352,21 @@ fn plan_slice(
             peers,
             // The hub adds the slice's imports (`slice_operator::hub::services`).
             imports: Vec::new(),
+            // The hub adds the other clusters' pods (`slice_operator::hub::pods`).
+            pods: Vec::new(),
+            isolation: slice.spec.isolation.enabled.then(|| {
+                let mut allowed: Vec<String> = slice
+                    .spec
+                    .isolation
+                    .allowed_namespaces
+                    .iter()
+                    .filter(|n| n.applies_to(c))
+                    .map(|n| n.namespace.clone())
+                    .collect();
+                allowed.sort();
+                allowed.dedup();
+                WorkerIsolation { allowed_namespaces: allowed }
+            }),
         });
     }
     let allocations = members

@@ -216,7 +216,8 @@ pub struct SlicePolicy {
 /// Pods of the slice that share a namespace (in one cluster), labels and named ports: the pod
 /// directory lists them once with all their slice addresses (a Deployment's replicas are one
 /// group), which keeps it about one address per pod.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodGroup {
     /// The pods' namespace (the same name in every cluster is the same namespace).
@@ -236,6 +237,7 @@ pub struct PodGroup {
 
 /// A named container port.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamedPort {
     pub name: String,
@@ -246,6 +248,54 @@ pub struct NamedPort {
 
 /// The protocols a policy or a named port may name.
 pub const PROTOCOLS: [&str; 3] = ["TCP", "UDP", "SCTP"];
+
+/// The most pod addresses a slice's pod directory holds, all clusters together: what every node
+/// agent of the slice compiles selectors against (see docs/decisions.md for the sizes). Past it,
+/// the hub leaves whole clusters' reports out (in cluster name order), which fails closed: a
+/// selector then matches fewer peers.
+pub const MAX_DIRECTORY_PODS: usize = 10_000;
+/// The most pod addresses one cluster reports for one slice.
+pub const MAX_PODS_PER_CLUSTER: usize = 4096;
+/// The most bytes (JSON) one cluster's report may take: every member's WorkerSlice carries the
+/// other clusters' reports, and an object must stay well under etcd's 1.5 MiB.
+pub const MAX_REPORT_BYTES: usize = 256 * 1024;
+
+/// Checks one group of the pod directory as the node agent validates it (a group that fails
+/// here would make every node's configuration invalid): a namespace that is a DNS name, at least
+/// one address, label keys not empty, named ports with a name, a port and a protocol of
+/// [`PROTOCOLS`], each (name, protocol) once.
+///
+/// # Errors
+/// A sentence naming what is wrong.
+pub fn check_group(group: &PodGroup) -> Result<(), String> {
+    let dns = |s: &str| {
+        let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes().all(|c| ok(c) || c == b'-' || c == b'.')
+            && s.bytes().next().is_some_and(ok)
+            && s.bytes().last().is_some_and(ok)
+    };
+    if !dns(&group.namespace) {
+        return Err(format!("namespace {:?} is not a DNS name", group.namespace));
+    }
+    if group.addresses.is_empty() {
+        return Err("no address".to_owned());
+    }
+    if group.labels.keys().chain(group.namespace_labels.keys()).any(String::is_empty) {
+        return Err("a label with an empty key".to_owned());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for port in &group.ports {
+        if port.name.is_empty() || port.port == 0 || !PROTOCOLS.contains(&port.protocol.as_str()) {
+            return Err(format!("named port {:?} {}/{} is not valid", port.name, port.port, port.protocol));
+        }
+        if !names.insert((&port.name, &port.protocol)) {
+            return Err(format!("port {}/{} listed twice", port.name, port.protocol));
+        }
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

@@ -128,6 +128,13 @@ pub mod reason {
     pub const SLICE_DNS_CONFIGURED: &str = "SliceDnsConfigured";
     /// Hub, on a SliceConfig: exports that member clusters reported were dropped (note: why).
     pub const EXPORTS_REFUSED: &str = "ExportsRefused";
+    // Policy on the slice.
+    /// Worker, on a MultiNetworkPolicy: the node agents refuse it (note: why); they keep their
+    /// previous rules.
+    pub const POLICY_REJECTED: &str = "PolicyRejected";
+    /// Hub, on a SliceConfig: pods that member clusters reported for the pod directory were
+    /// dropped (note: why).
+    pub const PODS_REFUSED: &str = "PodsRefused";
     // Both.
     /// A write failed (note: which, and the API's answer); the pass is retried with backoff.
     pub const WRITE_FAILED: &str = "WriteFailed";

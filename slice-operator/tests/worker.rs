@@ -194,6 +194,9 @@ fn mcs_reads() -> Vec<String> {
         format!("GET {SYS}/services/slice-dns"),
         "GET /api/v1/namespaces/kube-system/configmaps/coredns".into(),
         "GET /api/v1/namespaces/kube-system/configmaps/node-local-dns".into(),
+        // Policy: every MultiNetworkPolicy, the worker's NetworkPolicies.
+        "GET /apis/k8s.cni.cncf.io/v1beta1/multi-networkpolicies".into(),
+        "GET /apis/networking.k8s.io/v1/networkpolicies".into(),
     ]
 }
 

@@ -21,8 +21,15 @@ use slice_kube::memory::{MemoryApi, object_path};
 use crate::{Lab, Pod, PodSpec};
 
 /// The kinds `apply`/`delete` take, by `apiVersion` and `kind`.
-pub const KINDS: [(&str, &str); 4] =
-    [("v1", "Namespace"), ("v1", "Pod"), ("v1", "Service"), ("multicluster.x-k8s.io/v1alpha1", "ServiceExport")];
+/// MultiNetworkPolicy is only stored (the lab has no CRD semantics beyond that): the workers read
+/// it and the node agents enforce it.
+pub const KINDS: [(&str, &str); 5] = [
+    ("v1", "Namespace"),
+    ("v1", "Pod"),
+    ("v1", "Service"),
+    ("multicluster.x-k8s.io/v1alpha1", "ServiceExport"),
+    ("k8s.cni.cncf.io/v1beta1", "MultiNetworkPolicy"),
+];
 
 /// The label of the Service an EndpointSlice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -357,6 +364,12 @@ mod tests {
         assert_eq!(objects[1]["metadata"]["namespace"], "default");
         let e = parse_objects("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n").unwrap_err();
         assert!(format!("{e:#}").contains("Deployment (apps/v1) is not a kind the lab runs"), "{e:#}");
+        let mnp = parse_objects(
+            "apiVersion: k8s.cni.cncf.io/v1beta1\nkind: MultiNetworkPolicy\nmetadata: {name: deny, namespace: x}\n\
+             spec: {podSelector: {}}\n",
+        )
+        .expect("a MultiNetworkPolicy is a kind the lab takes");
+        assert_eq!(mnp[0]["metadata"]["namespace"], "x");
         let e = parse_objects("apiVersion: v1\nkind: Pod\nmetadata: {}\n").unwrap_err();
         assert!(format!("{e:#}").contains("document 1: Pod without metadata.name"), "{e:#}");
     }

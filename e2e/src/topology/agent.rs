@@ -140,6 +140,8 @@ pub(crate) fn agent_configs(
                 })
                 .collect(),
             imports: Vec::new(),
+            pods: Vec::new(),
+            isolation: None,
         };
         let typed = TypedSpec::parse(&spec).with_context(|| format!("slice {}", slice.name))?;
         planned.push((typed, allocations, vias.first().copied()));

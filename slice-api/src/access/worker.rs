@@ -69,10 +69,12 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("delete", "apps", "deployments", GW),
     // Pods: the gateway pods (their slice address in network-status is the next hop of remote
     // routes; their pod IP serves the tunnels' metrics), and the running pods of each member
-    // namespace, whose network-status entries give `connectedPods`. Member namespaces are any
-    // namespaces, so listing is cluster-wide; watching stays in the gateways' namespace.
+    // namespace, whose network-status entries give `connectedPods` and the pod directory of
+    // MultiNetworkPolicy (`worker::policy`). Member namespaces are any namespaces, so listing
+    // is cluster-wide; so is watching, since a pod that starts or changes labels anywhere on
+    // the slice must reach every node's rules within seconds.
     Access::new("list", "", "pods", Cluster),
-    Access::new("watch", "", "pods", GW),
+    Access::new("watch", "", "pods", Cluster),
     Access::new("list", "k8s.cni.cncf.io", "network-attachment-definitions", Cluster),
     // Any NAD by RBAC; the admission policy `slicenet-worker-network-attachment-definitions`
     // keeps writes and deletes to those labelled `app.kubernetes.io/managed-by: slicenet-worker`.
@@ -103,6 +105,15 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("create", "discovery.k8s.io", "endpointslices", Cluster),
     Access::new("patch", "discovery.k8s.io", "endpointslices", Cluster),
     Access::new("delete", "discovery.k8s.io", "endpointslices", Cluster),
+    // Policy on the slice (`worker::policy`): MultiNetworkPolicies read (any member namespace)
+    // and watched; the NetworkPolicies of namespace isolation written into member namespaces
+    // and listed by the worker's label to delete only those it wrote.
+    Access::new("list", "k8s.cni.cncf.io", "multi-networkpolicies", Cluster),
+    Access::new("watch", "k8s.cni.cncf.io", "multi-networkpolicies", Cluster),
+    Access::new("list", "networking.k8s.io", "networkpolicies", Cluster),
+    Access::new("create", "networking.k8s.io", "networkpolicies", Cluster),
+    Access::new("patch", "networking.k8s.io", "networkpolicies", Cluster),
+    Access::new("delete", "networking.k8s.io", "networkpolicies", Cluster),
     // Slice DNS: the slice-dns Service's address, read by name, and the cluster's Corefiles
     // (CoreDNS's, NodeLocal DNSCache's), read and patched by name to add and remove the
     // marked stanza that forwards the slice zones to it (`slice_api::corefile`).

@@ -259,6 +259,16 @@ fn compile_policy(policy: &SlicePolicy) -> Result<Policy<'_>, CompileError> {
     })
 }
 
+/// Whether `policy` compiles (its selectors, policy types, peers and ports), without any pod:
+/// the check [`compile`] makes of each policy, for the worker to report a policy the node
+/// agents will refuse before they do.
+///
+/// # Errors
+/// Why the policy cannot be compiled.
+pub fn check(policy: &SlicePolicy) -> Result<(), CompileError> {
+    compile_policy(policy).map(|_| ())
+}
+
 /// Whether `address` is in `cidr` and in none of `except`.
 fn in_block(cidr: &IpNet, except: &[IpNet], address: IpAddr) -> bool {
     cidr.contains(&address) && !except.iter().any(|e| e.contains(&address))

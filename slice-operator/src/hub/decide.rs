@@ -43,6 +43,7 @@ use slice_api::crd::{
 use slice_api::planner::{self, EXPORTS_ACCEPTED, PLANNED, READY, SlicePlan};
 
 use super::health::{HEALTHY, healthy_condition};
+use super::pods::PODS_ACCEPTED;
 use crate::events::{Notice, reason, reference, reference_to};
 
 /// Everything the hub reads before deciding: the one hub view, which `slicectl status` and the
@@ -144,6 +145,15 @@ pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision 
             p.conditions.push(exports_condition(&merged));
         }
         services.insert(p.name.clone(), merged.services);
+        // The pod directory: each member gets the other members' checked reports (`spec.pods`).
+        let pods = super::pods::merge(p, &workers);
+        for spec in &mut p.workers {
+            spec.pods = pods.for_cluster(&spec.cluster);
+        }
+        let had = slice.status.as_ref().is_some_and(|st| condition(&st.conditions, PODS_ACCEPTED).is_some());
+        if had || !pods.refusals.is_empty() {
+            p.conditions.push(pods_condition(&pods));
+        }
     }
     let mut actions = Vec::new();
 
@@ -292,6 +302,15 @@ fn exports_condition(merged: &super::services::Merged) -> Condition {
     }
 }
 
+/// `PodsAccepted`: true when every reported pod was taken, else the refusals.
+fn pods_condition(merged: &super::pods::MergedPods) -> Condition {
+    if merged.refusals.is_empty() {
+        Condition::new(PODS_ACCEPTED, true, "Accepted", format!("{} pods in the pod directory", merged.pods()))
+    } else {
+        Condition::new(PODS_ACCEPTED, false, "PodsRefused", merged.refusals.join("; "))
+    }
+}
+
 /// Whether a condition says something else than `old` (status, reason or message).
 fn changed(old: Option<&Condition>, new: &Condition) -> bool {
     old.is_none_or(|o| (&o.status, &o.reason, &o.message) != (&new.status, &new.reason, &new.message))
@@ -318,6 +337,12 @@ fn slice_notices(slice: &SliceConfig, old: &[Condition], new: &[Condition]) -> V
         && changed(at(old, EXPORTS_ACCEPTED).as_ref(), &e)
     {
         out.push(Notice::warning(reference(slice), reason::EXPORTS_REFUSED, "Merge", e.message.clone()));
+    }
+    if let Some(e) = at(new, PODS_ACCEPTED)
+        && e.status != "True"
+        && changed(at(old, PODS_ACCEPTED).as_ref(), &e)
+    {
+        out.push(Notice::warning(reference(slice), reason::PODS_REFUSED, "Merge", e.message.clone()));
     }
     if let Some(r) = at(new, READY) {
         let was_ready = at(old, READY).is_some_and(|o| o.status == "True");

@@ -19,6 +19,7 @@
 pub mod decide;
 pub mod execute;
 pub mod health;
+pub mod pods;
 pub mod runner;
 pub mod services;
 

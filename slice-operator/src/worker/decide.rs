@@ -39,7 +39,7 @@ use kube::core::DynamicObject;
 use serde_json::Value;
 use slice_api::crd::{
     Condition, GATEWAY_NAMESPACE, GatewayExposure, MemberCluster, WORKER_FINALIZER, WorkerSlice, WorkerSliceStatus,
-    set_condition,
+    condition, set_condition,
 };
 use slice_api::mcs::ServiceExport;
 use slice_api::multus;
@@ -49,6 +49,7 @@ use slice_api::wireguard::Key;
 use super::keys::{self, KeyPair};
 use super::objects::{self, GatewayDefaults, NodeDefaults, ObservedNamespace, PlannedSlice};
 use super::plan::{self, ClusterNode, TypedGateway, TypedSpec};
+use super::policy::POLICIES_ACCEPTED;
 use super::tunnels::{self, TunnelState};
 use crate::events::{Notice, reason, reference, reference_to};
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -65,6 +66,8 @@ pub enum Kind {
     ServiceImport,
     /// MCS EndpointSlices (`discovery.k8s.io`) in member namespaces.
     EndpointSlice,
+    /// `networking.k8s.io` NetworkPolicies of namespace isolation, in member namespaces.
+    NetworkPolicy,
 }
 
 /// One write the worker makes.
@@ -128,6 +131,10 @@ pub struct Observed {
     pub dns_service: Option<Service>,
     /// `kube-system`'s `coredns` and `node-local-dns` ConfigMaps, those that exist.
     pub dns_config_maps: Vec<ConfigMap>,
+    /// Every MultiNetworkPolicy of the cluster (none when its CRD is not installed).
+    pub multi_network_policies: Vec<DynamicObject>,
+    /// The worker's NetworkPolicies (namespace isolation), all namespaces.
+    pub network_policies: Vec<DynamicObject>,
 }
 
 /// Settings of the decision that come from the command line.
@@ -172,6 +179,15 @@ pub struct Decision {
     notes: BTreeMap<String, String>,
     /// What each active slice exports (its WorkerSlice's `status.exports`), by WorkerSlice name.
     pub exports: BTreeMap<String, Vec<slice_api::crd::ExportedService>>,
+    /// This cluster's part of each active slice's pod directory (`status.pods`), by WorkerSlice
+    /// name.
+    pub pods: BTreeMap<String, Vec<slice_api::policy::PodGroup>>,
+    /// Each active slice's policies: how many, and those the node agents refuse, by WorkerSlice
+    /// name (its `PoliciesAccepted` condition).
+    pub policies: BTreeMap<String, (usize, Vec<super::policy::Rejected>)>,
+    /// Events of the pass that no write stands for (a refused policy), published every pass
+    /// (the recorder folds repeats into a series).
+    pub pass_notices: Vec<Notice>,
 }
 
 fn is_deleting(ws: &WorkerSlice) -> bool {
@@ -374,6 +390,9 @@ fn index(observed: &Observed) -> ObservedObjects {
     }
     for o in &observed.mcs_endpoint_slices {
         put(Kind::EndpointSlice, o.namespace(), o.name_any(), serde_json::to_value(o));
+    }
+    for o in &observed.network_policies {
+        put(Kind::NetworkPolicy, o.namespace(), o.name_any(), serde_json::to_value(o));
     }
     out
 }
@@ -580,11 +599,57 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
     // Multi-cluster services: exports resolved, imports written, ClusterSetIPs to the nodes.
     let mcs = super::services::decide(observed, &active, &d.planned, &settings.cluster, now);
     d.exports = mcs.exports;
+    // Policy: each slice's MultiNetworkPolicies, its pod directory, namespace isolation.
+    let mut node_policies: BTreeMap<String, Vec<slice_api::policy::SlicePolicy>> = BTreeMap::new();
+    let mut node_pods: BTreeMap<String, Vec<slice_api::policy::PodGroup>> = BTreeMap::new();
+    for ws in &active {
+        let Some(p) = d.planned.get(&ws.name_any()) else { continue };
+        let slice = &ws.spec.slice;
+        let previous = super::policy::previous_policies(&observed.config_maps, slice);
+        let (policies, rejected) =
+            super::policy::slice_policies(&observed.multi_network_policies, slice, &p.namespaces, &previous);
+        for r in &rejected {
+            let regarding = reference_to(
+                slice_api::policy::API_VERSION,
+                slice_api::policy::KIND,
+                Some(&r.namespace),
+                &r.name,
+                r.uid.as_deref(),
+            );
+            let note = format!(
+                "{}/{} is not applied on slice {slice}: {}; the node agents keep their previous rules",
+                r.namespace, r.name, r.reason
+            );
+            d.pass_notices.push(Notice::warning(regarding, reason::POLICY_REJECTED, "Compile", note));
+        }
+        d.policies.insert(ws.name_any(), (policies.len(), rejected));
+        node_policies.insert(slice.clone(), policies);
+        let members = super::services::SliceMembers { slice, namespaces: &p.namespaces, allocations: &p.allocations };
+        let (report, notes) = super::policy::pod_report(&observed.member_pods, &observed.namespaces, &members);
+        for note in notes {
+            tracing::warn!(slice = %slice, "pod directory: {note}");
+        }
+        node_pods.insert(
+            slice.clone(),
+            super::policy::node_directory(&report, &ws.spec.pods, p.typed.cluster_prefix, p.typed.subnet),
+        );
+        d.pods.insert(ws.name_any(), report);
+        if let Some(isolation) = &ws.spec.isolation {
+            let mut allowed: Vec<String> = p.namespaces.iter().chain(&isolation.allowed_namespaces).cloned().collect();
+            allowed.sort();
+            allowed.dedup();
+            for ns in &p.namespaces {
+                desired.push((Kind::NetworkPolicy, super::policy::isolation_policy(slice, ns, &allowed), false));
+            }
+        }
+    }
     match objects::node_agent_configs(&planned, &nodes, &settings.node_defaults) {
         Ok(mut configs) => {
             for c in &mut configs {
                 for s in &mut c.slices {
                     s.services = mcs.node_services.get(&s.name).cloned().unwrap_or_default();
+                    s.policies = node_policies.get(&s.name).cloned().unwrap_or_default();
+                    s.pods = node_pods.get(&s.name).cloned().unwrap_or_default();
                 }
             }
             for c in &configs {
@@ -721,6 +786,13 @@ pub fn decide_status(
         }
         if let Some(p) = decision.planned.get(&name) {
             status.exports = decision.exports.get(&name).cloned().unwrap_or_default();
+            status.pods = decision.pods.get(&name).cloned().unwrap_or_default();
+            if let Some((count, rejected)) = decision.policies.get(&name) {
+                let c = super::policy::policies_condition(*count, rejected);
+                if c.status != "True" || condition(&status.conditions, POLICIES_ACCEPTED).is_some() || *count > 0 {
+                    set_condition(&mut status.conditions, c, now);
+                }
+            }
             status.nodes = p.allocations.clone();
             status.connected_pods = connected_pods(&observed.member_pods, &ws.spec.slice, &p.namespaces);
         }
@@ -842,6 +914,7 @@ pub fn write_subject(write: &Write, observed: &Observed) -> ObjectReference {
         Kind::NetworkAttachmentDefinition => "k8s.cni.cncf.io/v1",
         Kind::ServiceImport => "multicluster.x-k8s.io/v1alpha1",
         Kind::EndpointSlice => "discovery.k8s.io/v1",
+        Kind::NetworkPolicy => "networking.k8s.io/v1",
         _ => "v1",
     };
     let object = |kind: Kind, namespace: &str, name: &str, existing: Option<&Value>| {

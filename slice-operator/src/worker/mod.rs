@@ -29,6 +29,7 @@ pub mod decide;
 pub mod keys;
 pub mod objects;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod scrape;
 pub mod services;
@@ -43,7 +44,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use slice_api::backoff::Backoff;
-use slice_api::crd::{GATEWAY_NAMESPACE, WorkerSlice, cluster_namespace};
+use slice_api::crd::{WorkerSlice, cluster_namespace};
 use slice_api::error_chain::chain;
 
 use crate::kubeconfig::client_from_kubeconfig;
@@ -164,15 +165,19 @@ async fn pass_loop(
         Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::all(local.clone()),
         watcher::Config::default().labels(services::SERVICE_NAME_LABEL),
     );
-    let gateway_pods = watcher(
-        Api::<Pod>::namespaced(local, GATEWAY_NAMESPACE),
-        watcher::Config::default().labels(&format!("{}={}", objects::NAME_LABEL, objects::GATEWAY_NAME)),
+    // Policy: a pod that starts, stops or changes labels (the pod directory), a policy made,
+    // changed or removed. Every pod of the cluster: member namespaces are any namespaces.
+    let pods = watcher(Api::<Pod>::all(local.clone()), watcher::Config::default());
+    let policies = watcher(
+        Api::<kube::core::DynamicObject>::all_with(local.clone(), &policy::mnp_resource()),
+        watcher::Config::default(),
     );
     let mut events = futures::stream::select_all([
         slices.default_backoff().map(|e| e.map(|_| "WorkerSlice")).boxed(),
         nodes.default_backoff().map(|e| e.map(|_| "Node")).boxed(),
         namespaces.default_backoff().map(|e| e.map(|_| "Namespace")).boxed(),
-        gateway_pods.default_backoff().map(|e| e.map(|_| "Pod")).boxed(),
+        pods.default_backoff().map(|e| e.map(|_| "Pod")).boxed(),
+        policies.default_backoff().map(|e| e.map(|_| "MultiNetworkPolicy")).boxed(),
         exports.default_backoff().map(|e| e.map(|_| "ServiceExport")).boxed(),
         endpoint_slices.default_backoff().map(|e| e.map(|_| "EndpointSlice")).boxed(),
         services.default_backoff().map(|e| e.map(|_| "Service")).boxed(),

@@ -28,6 +28,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -138,6 +139,7 @@ fn resource(kind: Kind) -> ApiResource {
         Kind::NetworkAttachmentDefinition => nad_resource(),
         Kind::ServiceImport => ApiResource::erase::<ServiceImport>(&()),
         Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
+        Kind::NetworkPolicy => ApiResource::erase::<NetworkPolicy>(&()),
     }
 }
 
@@ -312,7 +314,22 @@ impl Worker {
                 .map_err(read(&format!("ConfigMap {KUBE_SYSTEM_NAMESPACE}/{name}")))?;
             dns_config_maps.extend(cm);
         }
+        // Policy: every MultiNetworkPolicy (its CRD may be missing: none); the worker's
+        // NetworkPolicies of namespace isolation.
+        let multi_network_policies = none_if_missing(
+            Api::<DynamicObject>::all_with(self.local.clone(), &super::policy::mnp_resource())
+                .list(&ListParams::default())
+                .await,
+        )
+        .map_err(read("MultiNetworkPolicies"))?;
+        let network_policies = Api::<DynamicObject>::all_with(self.local.clone(), &resource(Kind::NetworkPolicy))
+            .list(&managed)
+            .await
+            .map_err(read("NetworkPolicies"))?
+            .items;
         Ok(Observed {
+            multi_network_policies,
+            network_policies,
             worker_slices,
             member_cluster,
             nodes: nodes.items,
@@ -424,6 +441,7 @@ impl Worker {
             }
         }
         *failing = None;
+        notices.extend(decision.pass_notices.iter().cloned());
         Ok(outcome)
     }
 
@@ -555,7 +573,7 @@ impl Worker {
                 let mut body = serde_json::to_value(status)
                     .map_err(|source| WorkerError::Encode { what: format!("status of {name}"), source })?;
                 if let Some(map) = body.as_object_mut() {
-                    for key in ["gatewayPublicKey", "gatewayEndpoint", "observedGeneration", "exports"] {
+                    for key in ["gatewayPublicKey", "gatewayEndpoint", "observedGeneration", "exports", "pods"] {
                         map.entry(key).or_insert(serde_json::Value::Null);
                     }
                 }

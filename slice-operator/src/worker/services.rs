@@ -173,7 +173,7 @@ pub fn resolve_exports(
 
 /// The slice address of `pod` on `members`' slice: its network-status entry for the slice, the
 /// first address inside the node prefix its node holds.
-fn slice_address(pod: &Pod, members: &SliceMembers<'_>) -> Result<IpAddr, String> {
+pub(crate) fn slice_address(pod: &Pod, members: &SliceMembers<'_>) -> Result<IpAddr, String> {
     let ns = pod.namespace().unwrap_or_default();
     let entry_name = multus::network_name(&ns, members.slice);
     let entries: Vec<Value> =
