@@ -119,4 +119,26 @@ impl FakeApi {
     pub fn clients(&self) -> (Client, Client) {
         (self.api.client(Side::Hub), self.api.client(Side::Cluster))
     }
+
+    /// One pass of cluster `cluster`'s worker at `now` (a fixed gateway key), which must
+    /// succeed and stay inside the access lists; its requests are taken.
+    ///
+    /// # Panics
+    /// When the pass fails or a request is not covered by the access lists.
+    pub async fn pass_ok(&self, cluster: &str, now: &str) {
+        use slice_operator::worker::Worker;
+        use slice_operator::worker::decide::Settings;
+        use slice_operator::worker::keys::KeyPair;
+        let (hub, local) = self.clients();
+        let settings = Settings { cluster: cluster.into(), ..Settings::default() };
+        let key = KeyPair {
+            private_key: "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=".into(),
+            public_key: "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=".into(),
+        };
+        let worker = Worker::with_key_source(hub, local, settings, Box::new(move |_| key.clone()))
+            .with_metrics_source(self.metrics_source());
+        worker.reconcile_once(cluster, now).await.expect("pass");
+        assert_eq!(self.violations(), Vec::<String>::new(), "requests not covered by the access lists");
+        self.take_requests();
+    }
 }
