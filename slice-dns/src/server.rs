@@ -77,23 +77,24 @@ impl DnsServer {
     /// A socket that cannot be bound (address in use, no permission).
     pub async fn bind(options: &Options, snapshot: SharedSnapshot) -> Result<Self, Error> {
         let handler = Handler::new(snapshot);
-        let udp_socket = UdpSocket::bind(options.listen).await.map_err(|source| Error::Bind {
-            protocol: "UDP",
-            address: options.listen,
-            source,
-        })?;
-        let local_addr = udp_socket.local_addr().map_err(|source| Error::Bind {
-            protocol: "UDP",
-            address: options.listen,
-            source,
-        })?;
+        let bind_error = |address| move |source| Error::Bind { protocol: "UDP", address, source };
+        let first = reuse_port_udp(options.listen).map_err(bind_error(options.listen))?;
+        let local_addr = first.local_addr().map_err(bind_error(options.listen))?;
+        // One UDP socket per CPU on the same port (SO_REUSEPORT): the kernel spreads clients
+        // over them by their addresses, and each socket's receive loop runs on its own task.
+        let mut udp_sockets = vec![first];
+        for _ in 1..udp_socket_count() {
+            udp_sockets.push(reuse_port_udp(local_addr).map_err(bind_error(local_addr))?);
+        }
         let tcp_listener = TcpListener::bind(local_addr).await.map_err(|source| Error::Bind {
             protocol: "TCP",
             address: local_addr,
             source,
         })?;
         let mut udp = Server::new(handler.clone());
-        udp.register_socket(udp_socket);
+        for socket in udp_sockets {
+            udp.register_socket(socket);
+        }
         let limits = Arc::new(Semaphore::new(options.tcp_max_connections));
         let tcp = tokio::spawn(serve_tcp(tcp_listener, handler, limits, options.tcp_idle_timeout));
         Ok(Self { udp, tcp, local_addr })
@@ -117,6 +118,22 @@ impl DnsServer {
         self.tcp.abort();
         Ok(result?)
     }
+}
+
+/// How many UDP sockets serve one address: one per CPU the process may run on, at most 8.
+fn udp_socket_count() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).clamp(1, 8)
+}
+
+/// A non-blocking UDP socket bound to `addr` with `SO_REUSEPORT` (and `IPV6_V6ONLY` off for
+/// an IPv6 wildcard, as `std` binds it).
+fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 async fn serve_tcp(listener: TcpListener, handler: Handler, limits: Arc<Semaphore>, idle: Duration) {
