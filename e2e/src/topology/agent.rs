@@ -140,6 +140,7 @@ pub(crate) fn agent_configs(
                 })
                 .collect(),
             imports: Vec::new(),
+            qos: None,
         };
         let typed = TypedSpec::parse(&spec).with_context(|| format!("slice {}", slice.name))?;
         planned.push((typed, allocations, vias.first().copied()));
