@@ -411,7 +411,7 @@ mod tests {
         assert_eq!(validate_slice_config(&ok, None, &[red.clone(), ok.clone()], &clusters), Ok(()));
 
         let v = only(
-            validate_slice_config(&qos("blue", 51820, 25_000, 30_000), None, &[red.clone()], &clusters),
+            validate_slice_config(&qos("blue", 51820, 25_000, 30_000), None, std::slice::from_ref(&red), &clusters),
             Rule::QosExceedsUplink,
         );
         assert!(
