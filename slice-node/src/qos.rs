@@ -38,8 +38,9 @@ pub const DEFAULT_PRIORITY: u8 = 7;
 /// The least rate HTB is given for a class (a slice with no guarantee, the default class when
 /// the guarantees take the whole uplink): it still moves.
 pub const MIN_RATE_KBPS: u64 = 8;
-/// The file under the state dir that says what the tree is (device, leaf qdisc, classes).
-pub const STATUS_FILE: &str = "qos.json";
+/// The file under the state dir that says what the tree is (device, leaf qdisc, classes): in
+/// its own directory, since every `*.json` directly in the state dir is a slice's state file.
+pub const STATUS_FILE: &str = "qos/tree.json";
 /// Slice classes take minors from here (below: root and default).
 const FIRST_SLICE_MINOR: u16 = 0x10;
 
@@ -307,10 +308,12 @@ pub fn status(tree: Option<&Tree>, outcome: &QosOutcome) -> Value {
 /// # Errors
 /// When it cannot be written.
 pub fn write_status(state_dir: &Path, status: &Value) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
-    let tmp = state_dir.join(format!(".tmp-{STATUS_FILE}"));
+    let path = state_dir.join(STATUS_FILE);
+    let dir = path.parent().expect("STATUS_FILE has a directory");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(".tmp-tree.json");
     std::fs::write(&tmp, serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?)?;
-    std::fs::rename(&tmp, state_dir.join(STATUS_FILE))
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
