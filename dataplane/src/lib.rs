@@ -4,7 +4,8 @@
 //! links, addresses, routes, neighbours, FDB; [`ops::NamespaceOps`]: named namespaces, a netlink
 //! handle inside one, sysctls), with [`fake::FakeNetlink`] and [`fake::FakeNamespaces`], an
 //! in-memory world that records calls; nftables tables through the `nft` binary's JSON
-//! ([`nft`]), listed back and replaced in one transaction.
+//! ([`nft`]), listed back and replaced in one transaction; an HTB tree on a device's egress
+//! through the `tc` binary ([`tc`], with its own fake).
 //!
 //! Everything here is synchronous for callers (the CNI plugin is a short-lived process, the node
 //! agent applies plans from a blocking thread); rtnetlink runs on a private current-thread runtime.
@@ -15,6 +16,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod ops;
+pub mod tc;
 
 pub use error::{Error, Result};
 pub use netlink::{Fdb, Link, Neigh, Netlink, Route, VethRequest, VxlanRequest, format_mac};

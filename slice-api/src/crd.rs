@@ -97,7 +97,8 @@ pub struct SliceConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1280, max = 9000))]
     pub mtu: Option<u32>,
-    /// Quality of service on the slice (enforced by a later release).
+    /// Quality of service of the slice: guaranteed and ceiling bandwidth on each cluster's gateway
+    /// uplink, priority, DSCP class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<QosProfile>,
     /// Isolation of member namespaces from non-slice traffic on the primary network.
@@ -178,26 +179,35 @@ impl Default for GatewaySpec {
     }
 }
 
-/// Quality of service of a slice (schema only for now).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// Quality of service of a slice in each member cluster: its share of the cluster's gateway
+/// uplink (`MemberCluster.spec.uplinkKbps`) and the DSCP class of its tunnel packets. Enforced
+/// by the node agents (an HTB class per slice on the uplink) and the gateways (`IP_TOS`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "!has(self.guaranteedKbps) || !has(self.ceilingKbps) || self.guaranteedKbps <= self.ceilingKbps"
+).message("guaranteedKbps must not exceed ceilingKbps"))]
 pub struct QosProfile {
-    /// Traffic class: `BestEffort`, `Standard` or `Priority`.
-    #[serde(default = "default_qos_class")]
-    pub class: String,
-    /// Guaranteed bandwidth per cluster, kbit/s.
+    /// Bandwidth the slice gets in each cluster whatever other slices send, kbit/s (HTB rate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bandwidth_guaranteed_kbps: Option<u64>,
-    /// Bandwidth ceiling per cluster, kbit/s.
+    #[schemars(range(min = 1, max = 100_000_000))]
+    pub guaranteed_kbps: Option<u64>,
+    /// Bandwidth the slice may take when others leave it idle, kbit/s (HTB ceil); the cluster's
+    /// uplink rate when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bandwidth_ceiling_kbps: Option<u64>,
-    /// DSCP value written on the tunnel packets.
+    #[schemars(range(min = 1, max = 100_000_000))]
+    pub ceiling_kbps: Option<u64>,
+    /// 0 (served first when slices borrow idle bandwidth) to 7.
+    #[serde(default = "default_qos_priority")]
+    #[schemars(range(min = 0, max = 7))]
+    pub priority: u8,
+    /// DSCP class written on the slice's tunnel (outer) packets, e.g. `AF41`, `EF`, `CS1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dscp: Option<u8>,
+    pub dscp_class: Option<crate::qos::DscpClass>,
 }
 
-fn default_qos_class() -> String {
-    "BestEffort".to_owned()
+fn default_qos_priority() -> u8 {
+    crate::qos::DEFAULT_PRIORITY
 }
 
 /// Namespace isolation of a slice on the clusters' primary networks: the worker of each member
@@ -323,6 +333,12 @@ pub struct MemberClusterSpec {
     /// Whether the cluster's network uses Multus (the worker then writes NetworkAttachmentDefinitions).
     #[serde(default)]
     pub multus: bool,
+    /// Rate of the uplink the cluster's gateways send through, kbit/s: the root of the QoS tree
+    /// on its gateway nodes, and the bound the slices' guarantees in this cluster must fit
+    /// under. Absent: slices' QoS profiles are not enforced in this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub uplink_kbps: Option<u64>,
 }
 
 /// What a member cluster publishes and how healthy it is.
@@ -387,6 +403,20 @@ pub struct WorkerSliceSpec {
     /// namespaces (the worker writes NetworkPolicies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<WorkerIsolation>,
+    /// The slice's QoS profile, and this cluster's uplink rate it is enforced under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<WorkerSliceQos>,
+}
+
+/// A slice's QoS in one member cluster (the hub writes it from the SliceConfig's profile and
+/// the MemberCluster's uplink rate).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSliceQos {
+    pub profile: QosProfile,
+    /// `MemberCluster.spec.uplinkKbps`; absent: only the DSCP class is enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink_kbps: Option<u64>,
 }
 
 /// Namespace isolation as one member cluster applies it.

@@ -23,6 +23,8 @@ pub mod flag {
     pub const HANDSHAKE_RATE_LIMIT: &str = "handshake-rate-limit";
     /// A link to forward IPv4 between, with the TUN device (repeatable).
     pub const FORWARD: &str = "forward";
+    /// The DSCP class (by name, e.g. `AF41`) written on the outer packets (`IP_TOS`).
+    pub const DSCP: &str = "dscp";
 }
 
 /// The environment variable that sets [`flag::HANDSHAKE_RATE_LIMIT`].

@@ -23,6 +23,7 @@
 //!   remove).
 //! - [`policy`]: MultiNetworkPolicy (types, the `policy-for` annotation, label selectors) and
 //!   the pod directory the node agent matches them against.
+//! - [`qos`]: DSCP class names and a slice's QoS as the node agent is given it.
 //! - [`wireguard`]: the WireGuard key type and the `wg(8)` configuration file (parse and render).
 
 pub mod access;
@@ -48,6 +49,7 @@ pub mod node;
 pub mod planner;
 pub mod policy;
 pub mod prefix;
+pub mod qos;
 pub mod rbac;
 #[cfg(feature = "crd")]
 pub mod validate;

@@ -95,6 +95,10 @@ pub struct SliceOnNode {
     /// The pods inside [`SliceOnNode::node_prefix`] are this node's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<crate::policy::PodGroup>,
+    /// The slice's share of the node's uplink (its HTB class); none: its traffic goes to the
+    /// tree's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<crate::qos::SliceQos>,
 }
 
 /// One ClusterSetIP service of a slice as the node agent programs it (written by the worker
@@ -220,6 +224,9 @@ impl NodeAgentConfig {
             validate_services(slice).map_err(ctx)?;
             validate_policies(slice).map_err(ctx)?;
             validate_pods(slice).map_err(ctx)?;
+            if let Some(qos) = &slice.qos {
+                qos.validate().map_err(ctx)?;
+            }
             for reserved in names::RESERVED_NAMESPACES {
                 if slice.namespaces.iter().any(|n| n == reserved) {
                     return Err(ctx(format!("namespace {reserved} is slicenet's own and never a slice member")));
@@ -230,6 +237,43 @@ impl NodeAgentConfig {
             {
                 return Err(ctx(format!("gateway namespace {gw} is also listed as a member namespace")));
             }
+        }
+        self.validate_uplink()
+    }
+
+    /// The node's uplink rate: the one the QoS slices carry (the cluster's; they must agree),
+    /// `None` when no slice has QoS.
+    #[must_use]
+    pub fn uplink_kbps(&self) -> Option<u64> {
+        self.slices.iter().filter_map(|s| s.qos.as_ref()).map(|q| q.uplink_kbps).max()
+    }
+
+    /// The QoS slices against each other: one uplink rate, their guarantees fit under it (or no
+    /// guarantee holds), and each sends from its own gateway port.
+    fn validate_uplink(&self) -> Result<(), String> {
+        let Some(uplink) = self.uplink_kbps() else { return Ok(()) };
+        let mut ports = std::collections::BTreeMap::new();
+        let mut guaranteed = 0u64;
+        for s in &self.slices {
+            let Some(q) = &s.qos else { continue };
+            if q.uplink_kbps != uplink {
+                return Err(format!(
+                    "slice {}: qos uplinkKbps {} differs from another slice's {uplink} (one uplink per node)",
+                    s.name, q.uplink_kbps
+                ));
+            }
+            guaranteed = guaranteed.saturating_add(q.guaranteed_kbps);
+            if let Some(other) = ports.insert(q.gateway_port, &s.name) {
+                return Err(format!(
+                    "slices {other} and {} both send from gateway port {}: their traffic cannot be told apart",
+                    s.name, q.gateway_port
+                ));
+            }
+        }
+        if guaranteed > uplink {
+            return Err(format!(
+                "the slices' guarantees add up to {guaranteed} kbit/s, above the uplink rate {uplink} kbit/s"
+            ));
         }
         Ok(())
     }
@@ -597,6 +641,40 @@ mod tests {
         let mut c = config();
         c.slices[0].vni = 0;
         assert!(c.validate().unwrap_err().contains("vni"));
+    }
+
+    #[test]
+    fn qos_is_validated_against_the_uplink() {
+        let qos = |g: u64, port: u16| crate::qos::SliceQos {
+            guaranteed_kbps: g,
+            ceiling_kbps: None,
+            priority: 1,
+            gateway_port: port,
+            uplink_kbps: 40_000,
+        };
+        let mut c = config();
+        c.slices[0].qos = Some(qos(10_000, 51820));
+        let mut red = c.slices[0].clone();
+        red.name = "red".into();
+        red.vni = 101;
+        red.qos = Some(qos(20_000, 51821));
+        c.slices.push(red);
+        c.validate().unwrap();
+        assert_eq!(c.uplink_kbps(), Some(40_000));
+        // Files without QoS read and write as before.
+        let json = serde_json::to_value(config()).unwrap();
+        assert!(json["slices"][0].get("qos").is_none());
+        assert_eq!(config().uplink_kbps(), None);
+
+        let mut over = c.clone();
+        over.slices[1].qos = Some(qos(30_001, 51821));
+        assert!(over.validate().unwrap_err().contains("add up to 40001"), "{:?}", over.validate());
+        let mut same_port = c.clone();
+        same_port.slices[1].qos = Some(qos(20_000, 51820));
+        assert!(same_port.validate().unwrap_err().contains("gateway port 51820"));
+        let mut two_uplinks = c;
+        two_uplinks.slices[1].qos.as_mut().unwrap().uplink_kbps = 50_000;
+        assert!(two_uplinks.validate().unwrap_err().contains("one uplink per node"));
     }
 
     #[test]

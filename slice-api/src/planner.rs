@@ -27,7 +27,7 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 
 use crate::crd::{
-    ClusterAllocation, Condition, MemberCluster, SliceConfig, WorkerIsolation, WorkerPeer, WorkerSlice,
+    ClusterAllocation, Condition, MemberCluster, SliceConfig, WorkerIsolation, WorkerPeer, WorkerSlice, WorkerSliceQos,
     WorkerSliceSpec, cluster_namespace, condition,
 };
 
@@ -71,17 +71,21 @@ pub fn plan(slices: &[SliceConfig], clusters: &[MemberCluster], workers: &[Worke
     let vnis = allocate_vnis(&ordered, &trusted);
     let registered: BTreeSet<String> =
         clusters.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).map(ResourceExt::name_any).collect();
+    let uplinks: Uplinks = clusters.iter().filter_map(|c| Some((c.name_any(), c.spec.uplink_kbps?))).collect();
     let mut plans: Vec<SlicePlan> = ordered
         .iter()
         .map(|s| {
             let name = s.name_any();
             let refused = refusals.get(&name).map_or(&[][..], Vec::as_slice);
-            plan_slice(s, vnis.get(&name).copied(), &registered, &trusted, &publications, refused)
+            plan_slice(s, vnis.get(&name).copied(), &registered, &uplinks, &trusted, &publications, refused)
         })
         .collect();
     plans.sort_by(|a, b| a.name.cmp(&b.name));
     plans
 }
+
+/// Each member cluster's uplink rate (kbit/s), where its MemberCluster names one.
+type Uplinks = BTreeMap<String, u64>;
 
 /// Refusal messages by slice name.
 type Refusals = BTreeMap<String, Vec<String>>;
@@ -250,6 +254,7 @@ fn plan_slice(
     slice: &SliceConfig,
     vni: Option<u32>,
     registered: &BTreeSet<String>,
+    uplinks: &Uplinks,
     workers: &[&WorkerSlice],
     publications: &Publications,
     refused: &[String],
@@ -367,6 +372,11 @@ fn plan_slice(
                 allowed.dedup();
                 WorkerIsolation { allowed_namespaces: allowed }
             }),
+            qos: slice
+                .spec
+                .qos
+                .as_ref()
+                .map(|profile| WorkerSliceQos { profile: profile.clone(), uplink_kbps: uplinks.get(c).copied() }),
         });
     }
     let allocations = members

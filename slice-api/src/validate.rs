@@ -38,6 +38,14 @@ pub enum Rule {
     NamespaceClaimedTwice,
     /// The slice subnet overlaps a member cluster's pod or service CIDR.
     OverlapsClusterCidr,
+    /// In a member cluster with an uplink rate, the guarantees of the slices there add up to
+    /// more than it, or this slice's ceiling exceeds it.
+    QosExceedsUplink,
+    /// Two QoS slices in one cluster have the same gateway port: their traffic on the uplink
+    /// cannot be told apart.
+    QosGatewayPortShared,
+    /// `guaranteedKbps` above `ceilingKbps` (the schema's CEL rule, checked here as well).
+    QosGuaranteeAboveCeiling,
 }
 
 /// One reason to refuse a `SliceConfig`.
@@ -97,6 +105,7 @@ pub fn validate_slice_config(
     if let Some(subnet) = plan {
         check_cluster_cidrs(subnet, &new.spec, clusters, &mut out);
     }
+    check_qos(name, &new.spec, others, clusters, &mut out);
     if out.is_empty() { Ok(()) } else { Err(out) }
 }
 
@@ -239,6 +248,77 @@ fn check_namespaces(name: &str, spec: &SliceConfigSpec, others: &[SliceConfig], 
     }
 }
 
+/// The QoS profile against the member clusters' uplink rates and the other QoS slices there:
+/// the sum of guarantees in a cluster fits under its uplink (or no guarantee holds), the ceiling
+/// does too, and no two QoS slices in a cluster share a gateway port (the node agent tells their
+/// traffic apart by it).
+fn check_qos(
+    name: &str,
+    spec: &SliceConfigSpec,
+    others: &[SliceConfig],
+    clusters: &[MemberCluster],
+    out: &mut Vec<Violation>,
+) {
+    let Some(qos) = &spec.qos else { return };
+    if let (Some(g), Some(c)) = (qos.guaranteed_kbps, qos.ceiling_kbps)
+        && g > c
+    {
+        out.push(Violation::new(
+            Rule::QosGuaranteeAboveCeiling,
+            "spec.qos.guaranteedKbps",
+            format!("guaranteedKbps {g} is above ceilingKbps {c}: the guarantee must fit under the ceiling"),
+        ));
+    }
+    fn sharing<'a>(
+        name: &'a str,
+        others: &'a [SliceConfig],
+        cluster: &'a str,
+    ) -> impl Iterator<Item = &'a SliceConfig> {
+        others.iter().filter(move |o| {
+            o.metadata.name.as_deref().unwrap_or_default() != name
+                && o.spec.qos.is_some()
+                && o.spec.clusters.iter().any(|c| c == cluster)
+        })
+    }
+    for cluster in spec.clusters.iter().collect::<BTreeSet<_>>() {
+        for other in sharing(name, others, cluster).filter(|o| o.spec.gateway.port == spec.gateway.port) {
+            out.push(Violation::new(
+                Rule::QosGatewayPortShared,
+                "spec.gateway.port",
+                format!(
+                    "slice {} also has a QoS profile and gateway port {} in cluster {cluster}: give this slice another gateway port (the node agent tells the slices' traffic apart by it)",
+                    other.metadata.name.as_deref().unwrap_or_default(),
+                    spec.gateway.port
+                ),
+            ));
+        }
+        let Some(uplink) =
+            clusters.iter().find(|c| c.metadata.name.as_deref() == Some(cluster)).and_then(|c| c.spec.uplink_kbps)
+        else {
+            continue;
+        };
+        if let Some(ceiling) = qos.ceiling_kbps.filter(|c| *c > uplink) {
+            out.push(Violation::new(
+                Rule::QosExceedsUplink,
+                "spec.qos.ceilingKbps",
+                format!("ceilingKbps {ceiling} is above cluster {cluster}'s uplink of {uplink} kbit/s"),
+            ));
+        }
+        let mine = qos.guaranteed_kbps.unwrap_or(0);
+        let theirs: u64 =
+            sharing(name, others, cluster).filter_map(|o| o.spec.qos.as_ref().and_then(|q| q.guaranteed_kbps)).sum();
+        if mine + theirs > uplink {
+            out.push(Violation::new(
+                Rule::QosExceedsUplink,
+                "spec.qos.guaranteedKbps",
+                format!(
+                    "cluster {cluster}'s uplink is {uplink} kbit/s and the other slices there are guaranteed {theirs}: {mine} more does not fit; lower the guarantee or raise the cluster's uplinkKbps"
+                ),
+            ));
+        }
+    }
+}
+
 fn overlaps(a: IpNet, b: IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
@@ -292,6 +372,7 @@ mod tests {
                 pod_cidrs: pods.iter().map(|s| s.to_string()).collect(),
                 service_cidrs: services.iter().map(|s| s.to_string()).collect(),
                 multus: false,
+                uplink_kbps: None,
             },
         )
     }
@@ -311,6 +392,44 @@ mod tests {
     fn with(mut s: SliceConfig, f: impl FnOnce(&mut SliceConfigSpec)) -> SliceConfig {
         f(&mut s.spec);
         s
+    }
+
+    #[test]
+    fn qos_fits_each_clusters_uplink() {
+        let qos = |name: &str, port: u16, g: u64, c: u64| {
+            slice(
+                name,
+                json!({"sliceSubnet": "10.80.0.0/16", "clusters": ["c1", "c2"], "gateway": {"port": port},
+                       "qos": {"guaranteedKbps": g, "ceilingKbps": c, "priority": 1, "dscpClass": "AF41"}}),
+            )
+        };
+        let mut c1 = cluster("c1", &[], &[]);
+        c1.spec.uplink_kbps = Some(40_000);
+        let clusters = [c1, cluster("c2", &[], &[])];
+        let red = qos("red", 51821, 20_000, 40_000);
+        let ok = qos("blue", 51820, 10_000, 30_000);
+        assert_eq!(validate_slice_config(&ok, None, &[red.clone(), ok.clone()], &clusters), Ok(()));
+
+        let v = only(
+            validate_slice_config(&qos("blue", 51820, 25_000, 30_000), None, std::slice::from_ref(&red), &clusters),
+            Rule::QosExceedsUplink,
+        );
+        assert!(
+            v.message
+                .contains("c1's uplink is 40000 kbit/s and the other slices there are guaranteed 20000: 25000 more"),
+            "{v}"
+        );
+        let v = only(
+            validate_slice_config(&qos("blue", 51820, 10_000, 50_000), None, &[], &clusters),
+            Rule::QosExceedsUplink,
+        );
+        assert_eq!(v.field, "spec.qos.ceilingKbps");
+        let v = validate_slice_config(&qos("blue", 51821, 10_000, 30_000), None, &[red], &clusters).unwrap_err();
+        assert_eq!(v.len(), 2, "shared in c1 and c2: {v:?}");
+        assert!(v.iter().all(|v| v.rule == Rule::QosGatewayPortShared && v.message.contains("slice red")), "{v:?}");
+        only(check(&qos("blue", 51820, 30_000, 10_000)), Rule::QosGuaranteeAboveCeiling);
+        // Slices without QoS share ports freely.
+        assert_eq!(validate_slice_config(&ok, None, &[blue()], &clusters), Ok(()));
     }
 
     #[test]

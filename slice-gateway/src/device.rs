@@ -78,6 +78,8 @@ pub struct Gateway {
     shutdown: AtomicBool,
     /// The TUN MTU: TCP SYNs crossing the tunnel get their MSS clamped to fit it.
     mtu: AtomicU32,
+    /// The TOS byte (DSCP class << 2) of the outer packets; 0: none set.
+    tos: std::sync::atomic::AtomicU8,
     /// Handshake messages per second before the gateway answers with cookies (counted twice
     /// per handshake, see `DEFAULT_HANDSHAKE_RATE_LIMIT`); applies to the next identity.
     handshake_rate_limit: AtomicU64,
@@ -100,7 +102,7 @@ impl Gateway {
     /// # Errors
     /// When the TUN device cannot be created or the socket cannot be bound.
     pub fn new(tun: Tun) -> io::Result<Arc<Self>> {
-        let socket = Arc::new(socket::bind_udp(0, 0)?);
+        let socket = Arc::new(socket::bind_udp(0, 0, 0)?);
         let listen_port = socket.local_addr()?.port();
         let vnet = tun.vnet_hdr();
         let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.subsec_nanos());
@@ -115,6 +117,7 @@ impl Gateway {
             on_change: Mutex::new(None),
             shutdown: AtomicBool::new(false),
             mtu: AtomicU32::new(1420),
+            tos: std::sync::atomic::AtomicU8::new(0),
             handshake_rate_limit: AtomicU64::new(DEFAULT_HANDSHAKE_RATE_LIMIT),
             gso: AtomicBool::new(std::env::var_os("SLICE_GATEWAY_NO_GSO").is_none()),
             tx: Mutex::new(TxState::new()),
@@ -132,6 +135,16 @@ impl Gateway {
     /// Sets the MTU that MSS clamping fits TCP to (the TUN device's MTU).
     pub fn set_mtu(&self, mtu: u32) {
         self.mtu.store(mtu, Ordering::Relaxed);
+    }
+
+    /// Writes `dscp` on every outer packet from now on: on the current socket and on every
+    /// socket a later listen port binds.
+    ///
+    /// # Errors
+    /// When the socket refuses `IP_TOS`/`IPV6_TCLASS`.
+    pub fn set_dscp(&self, dscp: slice_api::qos::DscpClass) -> io::Result<()> {
+        self.tos.store(dscp.tos(), Ordering::Relaxed);
+        socket::set_tos(&self.snapshot.load().socket, dscp.tos())
     }
 
     fn mtu(&self) -> u16 {
@@ -187,10 +200,13 @@ impl Gateway {
         let fx = state.apply(update);
         let new_socket = match fx.bind {
             Some(bind) => {
-                let socket = socket::bind_udp(bind.port, bind.fwmark).map_err(|e| SetError {
-                    errno: e.raw_os_error().unwrap_or(libc::EIO),
-                    message: format!("binding UDP port {}: {e}", bind.port),
-                })?;
+                let socket =
+                    socket::bind_udp(bind.port, bind.fwmark, self.tos.load(Ordering::Relaxed)).map_err(|e| {
+                        SetError {
+                            errno: e.raw_os_error().unwrap_or(libc::EIO),
+                            message: format!("binding UDP port {}: {e}", bind.port),
+                        }
+                    })?;
                 state.set_listen_port(socket.local_addr().map_or(bind.port, |a| a.port()));
                 Some(Arc::new(socket))
             }

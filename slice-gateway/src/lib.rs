@@ -38,6 +38,8 @@ pub struct Options {
     /// Links to forward IPv4 between, with the TUN device: per-link forwarding is turned on for
     /// each and for the TUN device (CAP_NET_ADMIN; no namespace-wide `ip_forward` needed).
     pub forward: Vec<String>,
+    /// The DSCP class of the outer packets (the slice's QoS profile).
+    pub dscp: Option<slice_api::qos::DscpClass>,
 }
 
 /// How often the configuration file is checked for changes when inotify has said nothing.
@@ -99,6 +101,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let gw = device::Gateway::new(tun).context("binding the UDP socket")?;
     gw.set_mtu(opts.mtu);
     gw.set_handshake_rate_limit(opts.handshake_rate_limit);
+    if let Some(dscp) = opts.dscp {
+        gw.set_dscp(dscp).with_context(|| format!("setting DSCP {dscp} on the UDP socket"))?;
+    }
     if opts.routes {
         gw.set_on_change(route_hook(&opts.interface));
     }

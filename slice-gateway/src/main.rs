@@ -53,6 +53,10 @@ struct Cli {
     /// unsafe sysctl `net.ipv4.ip_forward` nor a writable /proc/sys, only CAP_NET_ADMIN.
     #[arg(long = flag::FORWARD, value_name = "LINK")]
     forward: Vec<String>,
+    /// Write this DSCP class (AF41, EF, CS1, …) on the outer (encrypted) packets, so the network
+    /// between clusters can honour the slice's QoS class.
+    #[arg(long = flag::DSCP, value_name = "CLASS")]
+    dscp: Option<slice_api::qos::DscpClass>,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         routes: cli.routes,
         handshake_rate_limit: cli.handshake_rate_limit,
         forward: cli.forward,
+        dscp: cli.dscp,
     };
     match slice_gateway::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,

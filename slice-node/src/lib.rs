@@ -14,6 +14,7 @@ pub mod firewall;
 pub mod kube;
 pub mod network_status;
 pub mod plan;
+pub mod qos;
 pub mod router;
 
 use std::path::{Path, PathBuf};
@@ -108,7 +109,43 @@ fn summary(failures: &[SliceFailure]) -> String {
 pub fn reconcile(config: &NodeAgentConfig) -> Result<Vec<Action>, NodeAgentError> {
     let mut node = Netlink::new()
         .map_err(|source| NodeAgentError::Apply { what: "opening netlink in the node namespace".into(), source })?;
-    reconcile_with(config, &mut Kernel, &mut node)
+    let routers = reconcile_with(config, &mut Kernel, &mut node);
+    let qos = reconcile_qos(config);
+    match (routers, qos) {
+        (Ok(actions), Ok(())) => Ok(actions),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(_), Err(e)) => Err(NodeAgentError::Reconcile {
+            failures: vec![SliceFailure { slice: "(uplink)".into(), action: "QoS".into(), error: e }],
+        }),
+        (Err(NodeAgentError::Reconcile { mut failures }), Err(e)) => {
+            failures.push(SliceFailure { slice: "(uplink)".into(), action: "QoS".into(), error: e });
+            Err(NodeAgentError::Reconcile { failures })
+        }
+        (Err(e), Err(q)) => {
+            tracing::error!(error = %chain(&q), "QoS failed too");
+            Err(e)
+        }
+    }
+}
+
+/// The uplink's QoS tree and classifying table ([`qos`]) in the calling thread's namespace
+/// (the node's), and the status file that says which tree (and leaf qdisc) is in force.
+///
+/// # Errors
+/// See [`qos::reconcile`].
+pub fn reconcile_qos(config: &NodeAgentConfig) -> Result<(), NodeAgentError> {
+    let ns = |what: &str| {
+        dataplane::Netns::current()
+            .map_err(|source| NodeAgentError::Apply { what: format!("opening the node namespace for {what}"), source })
+    };
+    let mut tc = dataplane::tc::Tc::new(ns("tc")?);
+    let mut table = qos::NftQosTable(ns("nft")?);
+    let outcome = qos::reconcile(config, &mut tc, &mut table)?;
+    let status = qos::status(qos::desired(config).as_ref(), &outcome);
+    qos::write_status(&config.state_dir, &status).map_err(|source| NodeAgentError::Io {
+        op: format!("writing {}", config.state_dir.join(qos::STATUS_FILE).display()),
+        source,
+    })
 }
 
 /// [`reconcile`] through any [`NamespaceOps`], with `node` a netlink handle in the node

@@ -22,6 +22,8 @@ pub struct JoinOptions {
     pub pod_cidrs: Vec<String>,
     pub service_cidrs: Vec<String>,
     pub multus: bool,
+    /// The cluster's gateway uplink rate, kbit/s (QoS).
+    pub uplink_kbps: Option<u64>,
 }
 
 /// The MemberCluster for `opts`, CIDRs normalised (`10.244.0.0/16`).
@@ -45,6 +47,7 @@ pub fn member_cluster(opts: &JoinOptions) -> Result<MemberCluster> {
         pod_cidrs: cidrs("--pod-cidr", &opts.pod_cidrs)?,
         service_cidrs: cidrs("--service-cidr", &opts.service_cidrs)?,
         multus: opts.multus,
+        uplink_kbps: opts.uplink_kbps,
     };
     let mut mc = MemberCluster::new(&opts.cluster, spec);
     mc.metadata = ObjectMeta {
@@ -110,6 +113,7 @@ mod tests {
             pod_cidrs: vec!["10.244.0.0/16".to_owned()],
             service_cidrs: vec!["fd00:10:96::/112".to_owned()],
             multus: true,
+            uplink_kbps: None,
         }
     }
 

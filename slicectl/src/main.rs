@@ -40,6 +40,10 @@ enum Cmd {
         /// The cluster runs Multus (the worker then writes NetworkAttachmentDefinitions).
         #[arg(long)]
         multus: bool,
+        /// Rate of the uplink the cluster's gateways send through, kbit/s: slices' QoS profiles
+        /// are enforced under it (MemberCluster `uplinkKbps`).
+        #[arg(long)]
+        uplink_kbps: Option<u64>,
         /// Apply it to the hub with `kubectl apply --server-side` instead of printing it.
         #[arg(long, requires = "hub_kubeconfig")]
         apply: bool,
@@ -256,8 +260,8 @@ fn main() -> ExitCode {
             InstallCmd::WorkerHubAccess { cluster } => commands::install_worker_hub_access(&cluster),
             InstallCmd::Crds => commands::crds(None, false),
         },
-        Cmd::Join { cluster, hub_kubeconfig, pod_cidrs, service_cidrs, multus, apply } => {
-            let opts = JoinOptions { cluster, pod_cidrs, service_cidrs, multus };
+        Cmd::Join { cluster, hub_kubeconfig, pod_cidrs, service_cidrs, multus, uplink_kbps, apply } => {
+            let opts = JoinOptions { cluster, pod_cidrs, service_cidrs, multus, uplink_kbps };
             commands::join(&opts, hub_kubeconfig.as_deref(), apply)
         }
         Cmd::Crds { output_dir, check } => commands::crds(output_dir.as_deref(), check),

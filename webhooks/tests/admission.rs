@@ -226,6 +226,7 @@ fn hub() -> StaticHub {
             pod_cidrs: vec!["10.244.0.0/16".into()],
             service_cidrs: vec!["10.96.0.0/12".into()],
             multus: false,
+            uplink_kbps: None,
         },
     );
     StaticHub { slices: vec![red], clusters: vec![c1] }

@@ -142,6 +142,7 @@ pub(crate) fn agent_configs(
             imports: Vec::new(),
             pods: Vec::new(),
             isolation: None,
+            qos: None,
         };
         let typed = TypedSpec::parse(&spec).with_context(|| format!("slice {}", slice.name))?;
         planned.push((typed, allocations, vias.first().copied()));

@@ -70,7 +70,12 @@ pub fn clusters() -> Vec<MemberCluster> {
     let cluster = |name: &str, pods: &str, services: &str| {
         MemberCluster::new(
             name,
-            MemberClusterSpec { pod_cidrs: vec![pods.into()], service_cidrs: vec![services.into()], multus: false },
+            MemberClusterSpec {
+                pod_cidrs: vec![pods.into()],
+                service_cidrs: vec![services.into()],
+                multus: false,
+                uplink_kbps: None,
+            },
         )
     };
     vec![cluster("c1", "10.244.0.0/16", "10.96.0.0/12"), cluster("c2", "fd00:244::/56", "not-a-cidr")]

@@ -12,8 +12,9 @@ use super::live::{Peer, add, inc};
 /// boringtun never sets them and loses packets to `UdpRcvbufErrors`).
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
 
-/// Binds the WireGuard UDP socket: dual-stack `[::]:port`, or `0.0.0.0:port` where IPv6 is off.
-pub(super) fn bind_udp(port: u16, fwmark: u32) -> io::Result<UdpSocket> {
+/// Binds the WireGuard UDP socket: dual-stack `[::]:port`, or `0.0.0.0:port` where IPv6 is off;
+/// `tos` (the slice's DSCP class, 0 for none) on its packets.
+pub(super) fn bind_udp(port: u16, fwmark: u32, tos: u8) -> io::Result<UdpSocket> {
     let sock = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).or_else(|_| UdpSocket::bind(("0.0.0.0", port)))?;
     let fd = sock.as_raw_fd();
     for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
@@ -25,9 +26,26 @@ pub(super) fn bind_udp(port: u16, fwmark: u32) -> io::Result<UdpSocket> {
     if fwmark != 0 {
         setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_MARK, fwmark as libc::c_int)?;
     }
+    if tos != 0 {
+        set_tos(&sock, tos)?;
+    }
     // The receive loop wakes up now and then to notice a rebind or shutdown.
     sock.set_read_timeout(Some(Duration::from_millis(500)))?;
     Ok(sock)
+}
+
+/// Writes `tos` (DSCP << 2) on the socket's outgoing packets: `IP_TOS` for IPv4 (also what a
+/// dual-stack socket sends to IPv4-mapped peers) and `IPV6_TCLASS` for IPv6. The outer packets
+/// carry it, so the network between clusters can honour the slice's class (verified with
+/// `tcpdump -v` in slice-node's `qos_root` test).
+pub(super) fn set_tos(sock: &UdpSocket, tos: u8) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    let v4 = setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_TOS, libc::c_int::from(tos));
+    let v6 = setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, libc::c_int::from(tos));
+    match (sock.local_addr()?, v4, v6) {
+        (SocketAddr::V4(_), Err(e), _) | (SocketAddr::V6(_), _, Err(e)) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn setsockopt_int(fd: libc::c_int, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {

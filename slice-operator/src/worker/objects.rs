@@ -227,6 +227,26 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
     let config = format!("{GATEWAY_CONFIG_DIR}/{GATEWAY_CONFIG_KEY}");
     let [cpu_request, cpu_limit, memory_request, memory_limit] = GATEWAY_RESOURCES;
     let seccomp = json!({ "type": "RuntimeDefault" });
+    let mut args = vec![
+        arg(flag::INTERFACE),
+        plan::gateway_interface(slice),
+        arg(flag::CONFIG),
+        config,
+        arg(flag::MTU),
+        gateway.mtu.to_string(),
+        arg(flag::METRICS),
+        format!("[::]:{GATEWAY_METRICS_PORT}"),
+        // Peers' prefixes into the TUN device; the mounted config is re-read
+        // when the worker changes the Secret.
+        arg(flag::ROUTES),
+        // Forwarding between the slice interface and the TUN device.
+        arg(flag::FORWARD),
+        names::DEFAULT_SLICE_INTERFACE.to_owned(),
+    ];
+    // The slice's DSCP class on the outer packets (IP_TOS on the gateway's socket).
+    if let Some(dscp) = spec.qos.as_ref().and_then(|q| q.profile.dscp_class) {
+        args.extend([arg(flag::DSCP), dscp.name().to_owned()]);
+    }
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -243,14 +263,7 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
                         "name": "gateway",
                         "image": gateway.image,
                         "command": ["slice-gateway"],
-                        "args": [arg(flag::INTERFACE), plan::gateway_interface(slice), arg(flag::CONFIG), config,
-                                 arg(flag::MTU), gateway.mtu.to_string(),
-                                 arg(flag::METRICS), format!("[::]:{GATEWAY_METRICS_PORT}"),
-                                 // Peers' prefixes into the TUN device; the mounted config is
-                                 // re-read when the worker changes the Secret.
-                                 arg(flag::ROUTES),
-                                 // Forwarding between the slice interface and the TUN device.
-                                 arg(flag::FORWARD), names::DEFAULT_SLICE_INTERFACE.to_owned()],
+                        "args": args,
                         "ports": [port, { "name": "metrics", "containerPort": GATEWAY_METRICS_PORT, "protocol": "TCP" }],
                         "resources": {
                             "requests": { "cpu": cpu_request, "memory": memory_request },
@@ -648,6 +661,51 @@ mod tests {
                 [0]["hostPort"],
             51820
         );
+    }
+
+    /// A QoS profile reaches the gateway (its DSCP class as a flag) and the node agents (the
+    /// slice's class and the cluster's uplink), and passes the agent's validation.
+    #[test]
+    fn qos_reaches_the_gateway_and_the_node_agents() {
+        let mut s = spec("blue");
+        let args = |s: &WorkerSliceSpec| {
+            gateway_deployment(s, &GatewayDefaults::default())["spec"]["template"]["spec"]["containers"][0]["args"]
+                .clone()
+        };
+        assert!(!args(&s).as_array().unwrap().iter().any(|a| a == "--dscp"));
+        s.qos = Some(
+            serde_json::from_value(json!({
+                "profile": {"guaranteedKbps": 10000, "ceilingKbps": 30000, "priority": 2, "dscpClass": "AF41"},
+                "uplinkKbps": 40000
+            }))
+            .unwrap(),
+        );
+        let a = args(&s);
+        let a: Vec<&str> = a.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert!(a.windows(2).any(|w| w == ["--dscp", "AF41"]), "{a:?}");
+
+        let nodes = [ClusterNode::new("n1", "198.18.1.11".parse().unwrap())];
+        let typed = TypedSpec::parse(&s).unwrap();
+        let allocations = plan::allocate_node_prefixes(&typed, &["n1".into()], &[]).unwrap();
+        let planned = PlannedSlice { typed, allocations, namespaces: vec!["shop".into()], gateway_address: None };
+        let configs = node_agent_configs(std::slice::from_ref(&planned), &nodes, &NodeDefaults::default()).unwrap();
+        configs[0].validate().unwrap();
+        assert_eq!(configs[0].uplink_kbps(), Some(40_000));
+        assert_eq!(
+            configs[0].slices[0].qos,
+            Some(slice_api::qos::SliceQos {
+                guaranteed_kbps: 10_000,
+                ceiling_kbps: Some(30_000),
+                priority: 2,
+                gateway_port: 51820,
+                uplink_kbps: 40_000,
+            })
+        );
+        // Without an uplink rate in the cluster only the DSCP class applies.
+        s.qos.as_mut().unwrap().uplink_kbps = None;
+        let typed = TypedSpec::parse(&s).unwrap();
+        assert!(typed.qos.is_none());
+        assert_eq!(typed.dscp, Some(slice_api::qos::DscpClass::AF41));
     }
 
     #[test]

@@ -100,6 +100,11 @@ pub struct TypedSpec {
     /// address, and the gateway drops what it has no peer for.
     pub remote_prefixes: Vec<IpNet>,
     pub gateway: TypedGateway,
+    /// The slice's class on the uplink, when it has a QoS profile and the cluster an uplink
+    /// rate.
+    pub qos: Option<slice_api::qos::SliceQos>,
+    /// The DSCP class of the gateway's outer packets.
+    pub dscp: Option<slice_api::qos::DscpClass>,
 }
 
 /// What the gateway's configuration is made of: its port and keepalive and the peers it can
@@ -194,6 +199,16 @@ impl TypedSpec {
             namespaces,
             remote_prefixes: remote.into_iter().collect(),
             gateway: TypedGateway::parse(spec),
+            qos: spec.qos.as_ref().and_then(|q| Some((q, q.uplink_kbps?))).map(|(q, uplink_kbps)| {
+                slice_api::qos::SliceQos {
+                    uplink_kbps,
+                    guaranteed_kbps: q.profile.guaranteed_kbps.unwrap_or(0),
+                    ceiling_kbps: q.profile.ceiling_kbps,
+                    priority: q.profile.priority.min(slice_api::qos::MAX_PRIORITY),
+                    gateway_port: spec.gateway.port,
+                }
+            }),
+            dscp: spec.qos.as_ref().and_then(|q| q.profile.dscp_class),
         })
     }
 
@@ -409,6 +424,7 @@ pub fn node_agent_slice(
         services: Vec::new(),
         policies: Vec::new(),
         pods: Vec::new(),
+        qos: spec.qos.clone(),
     })
 }
 
