@@ -371,8 +371,9 @@ fn probe(cp: &ControlPlane, pods: &[TablePod], cells: &[Cell]) -> BTreeMap<Cell,
     })
 }
 
-/// Probes every cell and returns those that differ from the model, described.
-fn mismatches(cp: &ControlPlane, pods: &[TablePod], placed: &[Placed]) -> Vec<String> {
+/// Probes every cell and returns those that differ from the model, described, and how many
+/// cells the model allows of how many.
+fn mismatches(cp: &ControlPlane, pods: &[TablePod], placed: &[Placed]) -> (Vec<String>, usize, usize) {
     let governing = |cluster: &str| -> Vec<Value> {
         placed.iter().filter(|p| p.cluster == cluster).map(|p| p.policy.clone()).collect()
     };
@@ -426,7 +427,7 @@ fn mismatches(cp: &ControlPlane, pods: &[TablePod], placed: &[Placed]) -> Vec<St
             ));
         }
     }
-    out
+    (out, want.values().filter(|w| **w).count(), all.len())
 }
 
 /// Makes `placed` the policies of the slice: deletes those of `current` it does not hold, applies
@@ -503,7 +504,11 @@ fn the_truth_table_holds_across_two_clusters() {
     let mut current: Vec<Placed> = Vec::new();
     for (name, placed) in scenarios(&addr) {
         apply_policies(&mut env, &current, &placed, name);
-        let wrong = mismatches(&env.cp, &pods, &placed);
+        let (wrong, allowed, cells) = mismatches(&env.cp, &pods, &placed);
+        eprintln!(
+            "scenario {name:?}: {allowed} of {cells} cells allowed by the model, {} measured otherwise",
+            wrong.len()
+        );
         if !wrong.is_empty() {
             failures.push(format!("scenario {name:?}: {} cell(s) wrong:\n  {}", wrong.len(), wrong.join("\n  ")));
         }
@@ -520,7 +525,7 @@ fn the_truth_table_holds_across_two_clusters() {
                "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "client"}}}]}]}),
     );
     apply_policies(&mut env, &current, &client_only, "clients only");
-    let before = mismatches(&env.cp, &pods, &client_only);
+    let (before, _, _) = mismatches(&env.cp, &pods, &client_only);
     failures.extend(before.into_iter().map(|w| format!("clients only, before the label: {w}")));
     let y_a = pods.iter().position(|p| p.model.ns == "y" && p.name == "a").expect("y/a");
     assert_eq!(pods[y_a].cluster, "c2");
@@ -537,8 +542,51 @@ fn the_truth_table_holds_across_two_clusters() {
     pods[y_a].model.labels.insert("role".to_owned(), "client".to_owned());
     assert!(y_a_to_x_a(&pods), "the model admits y/a -> x/a after the label");
     wait_enforced(env.lab(), "after the label change");
-    let after = mismatches(&env.cp, &pods, &client_only);
+    let (after, _, _) = mismatches(&env.cp, &pods, &client_only);
     failures.extend(after.into_iter().map(|w| format!("clients only, after the label: {w}")));
+
+    // A pod cannot send from another pod's address, even where policy allows everything: x/a
+    // (c1) takes x/b's address (a pod of c2, whose address does arrive at c1's router from the
+    // gateway) and sends from it to y/b (c1) and y/a (c2), then from its own address; once the
+    // genuine datagrams are in, the forged ones would be too.
+    let allow_all = [
+        both("x", "all", json!({"ingress": [{}], "egress": [{}]})),
+        both("y", "all", json!({"ingress": [{}], "egress": [{}]})),
+    ]
+    .concat();
+    apply_policies(&mut env, &client_only, &allow_all, "allow all in x and y");
+    let x_b = pods.iter().position(|p| p.model.ns == "x" && p.name == "b").expect("x/b");
+    let y_b = pods.iter().position(|p| p.model.ns == "y" && p.name == "b").expect("y/b");
+    let forged = pods[x_b].model.address;
+    let genuine = pods[x_a].model.address;
+    let spoofer = env.cp.pod(pods[x_a].cluster, "x", "a").expect("x/a").clone();
+    spoofer.exec_ok(&["ip", "addr", "add", &format!("{forged}/32"), "dev", "slice0"]).expect("a second address");
+    // UDP responders: two per pod (80, 81), in pod order; what they got before is the probes'.
+    let earlier: Vec<usize> = [y_b, y_a].iter().map(|t| udp[t * 2].sources().len()).collect();
+    for target in [y_b, y_a] {
+        let to = SocketAddrV4::new(pods[target].model.address, 80);
+        for from in [forged, genuine] {
+            e2e::probe::in_netns(&spoofer.netns_path, move || {
+                let socket = std::net::UdpSocket::bind((from, 0)).expect("bind");
+                socket.send_to(b"spoof", to).expect("send");
+            })
+            .join()
+            .expect("the sending thread");
+        }
+    }
+    for (target, earlier) in [y_b, y_a].into_iter().zip(earlier) {
+        let responder = &udp[target * 2];
+        let sources = || responder.sources().split_off(earlier);
+        let end = Instant::now() + ALLOWED_DEADLINE;
+        while !sources().iter().any(|s| s.ip() == genuine) {
+            assert!(Instant::now() < end, "{}: the genuine datagram never came", pods[target].id());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let sources = sources();
+        if sources.iter().any(|s| s.ip() == forged) {
+            failures.push(format!("{}: a datagram from a forged source passed: {sources:?}", pods[target].id()));
+        }
+    }
 
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     drop(tcp);

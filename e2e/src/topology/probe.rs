@@ -139,11 +139,12 @@ pub fn connect_count(
     .unwrap_or_default()
 }
 
-/// A UDP server of the test's own in a pod: it answers every datagram with `tag`, until
-/// dropped.
+/// A UDP server of the test's own in a pod: it answers every datagram with `tag` and records
+/// where each came from, until dropped.
 #[derive(Debug)]
 pub struct UdpResponder {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sources: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
     thread: Option<JoinHandle<std::io::Result<usize>>>,
 }
 
@@ -157,7 +158,8 @@ impl UdpResponder {
         use std::sync::atomic::{AtomicBool, Ordering};
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
-        let (flag, tag) = (stop.clone(), tag.to_owned());
+        let sources = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, tag, seen) = (stop.clone(), tag.to_owned(), sources.clone());
         let thread = in_netns(&pod.netns_path, move || -> std::io::Result<usize> {
             let socket = match std::net::UdpSocket::bind(("0.0.0.0", port)) {
                 Ok(s) => s,
@@ -174,6 +176,7 @@ impl UdpResponder {
             while !flag.load(Ordering::SeqCst) {
                 match socket.recv_from(&mut buf) {
                     Ok((_, from)) => {
+                        seen.lock().expect("sources lock").push(from);
                         let _ = socket.send_to(tag.as_bytes(), from);
                         served += 1;
                     }
@@ -184,10 +187,20 @@ impl UdpResponder {
             Ok(served)
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(())) => Ok(Self { stop, thread: Some(thread) }),
+            Ok(Ok(())) => Ok(Self { stop, sources, thread: Some(thread) }),
             Ok(Err(e)) => Err(std::io::Error::other(format!("{}: bind UDP port {port}: {e}", pod.lab_name()))),
             Err(_) => Err(std::io::Error::other(format!("{}: the UDP listener did not start", pod.lab_name()))),
         }
+    }
+}
+
+impl UdpResponder {
+    /// The source of every datagram received so far, in order.
+    ///
+    /// # Panics
+    /// When the listener thread panicked holding the list.
+    pub fn sources(&self) -> Vec<std::net::SocketAddr> {
+        self.sources.lock().expect("sources lock").clone()
     }
 }
 
