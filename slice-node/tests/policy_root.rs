@@ -1,8 +1,9 @@
 //! Root tests of MultiNetworkPolicy on the real kernel, in the shape of the upstream
 //! NetworkPolicy e2e "truth table": namespaces x/y/z × pods a/b/c on one node (plus z/d, a pod of
 //! another cluster behind a gateway pod), ports 80/81 × TCP/UDP, every cell measured through a
-//! real connection and compared with a small MODEL of NetworkPolicy semantics written here, on
-//! the policies' JSON, sharing no code with the compiler.
+//! real connection and compared with a small MODEL of NetworkPolicy semantics on the policies'
+//! JSON (`tests/support/model.rs`, shared with the lab's two-cluster test and with no code of the
+//! compiler).
 //!
 //! The router namespace is built by the library reconcile (as the daemon runs it), pods are
 //! attached as the CNI plugin attaches them, listeners are this test's own threads, each
@@ -31,6 +32,8 @@ use slice_api::node::NodeAgentConfig;
 use slice_node::Action;
 use slice_node::firewall::TABLE;
 
+use model::Proto;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// How long a probe waits for an answer: far above any real answer here; a cell without an
@@ -39,12 +42,6 @@ const DEADLINE: Duration = Duration::from_secs(3);
 const ROUTER: &str = "10.80.0.1";
 const GATEWAY: &str = "10.80.0.40";
 const PORTS: [u16; 2] = [80, 81];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Proto {
-    Tcp,
-    Udp,
-}
 
 /// One pod of the table.
 #[derive(Debug, Clone)]
@@ -67,6 +64,15 @@ impl PodDef {
     }
     fn id(&self) -> String {
         format!("{}/{}", self.ns, self.name)
+    }
+    fn model(&self) -> model::Pod {
+        model::Pod {
+            ns: self.ns.to_string(),
+            ns_labels: self.ns_labels(),
+            labels: self.labels(),
+            address: self.address,
+            named: self.named.iter().map(|(n, p, proto)| ((*n).to_string(), *p, (*proto).to_string())).collect(),
+        }
     }
 }
 
@@ -115,138 +121,11 @@ fn directory(pods: &[PodDef]) -> Value {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The model: NetworkPolicy semantics on the policies' JSON, independent of the compiler.
+// The model: NetworkPolicy semantics on the policies' JSON, independent of the compiler (one
+// file shared with the lab's two-cluster test, e2e/tests/policy.rs).
 
-mod model {
-    use super::*;
-
-    fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
-        let labels_ok = selector["matchLabels"]
-            .as_object()
-            .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str()));
-        let exprs_ok = selector["matchExpressions"].as_array().is_none_or(|exprs| {
-            exprs.iter().all(|e| {
-                let value = labels.get(e["key"].as_str().unwrap());
-                let values: Vec<&str> =
-                    e["values"].as_array().map(|v| v.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-                match e["operator"].as_str().unwrap() {
-                    "In" => value.is_some_and(|v| values.contains(&v.as_str())),
-                    "NotIn" => !value.is_some_and(|v| values.contains(&v.as_str())),
-                    "Exists" => value.is_some(),
-                    "DoesNotExist" => value.is_none(),
-                    other => panic!("the model knows no operator {other}"),
-                }
-            })
-        });
-        labels_ok && exprs_ok
-    }
-
-    fn in_cidr(cidr: &str, ip: Ipv4Addr) -> bool {
-        let (net, len) = cidr.split_once('/').unwrap();
-        let net: Ipv4Addr = net.parse().unwrap();
-        let len: u32 = len.parse().unwrap();
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-        u32::from(ip) & mask == u32::from(net) & mask
-    }
-
-    fn types(spec: &Value) -> Vec<String> {
-        match spec["policyTypes"].as_array() {
-            Some(t) if !t.is_empty() => t.iter().map(|v| v.as_str().unwrap().to_string()).collect(),
-            _ => {
-                let mut t = vec!["Ingress".to_string()];
-                if spec["egress"].as_array().is_some_and(|e| !e.is_empty()) {
-                    t.push("Egress".to_string());
-                }
-                t
-            }
-        }
-    }
-
-    fn peer_matches(peer: &Value, policy_ns: &str, other: &PodDef) -> bool {
-        if let Some(block) = peer.get("ipBlock") {
-            return in_cidr(block["cidr"].as_str().unwrap(), other.address)
-                && !block["except"]
-                    .as_array()
-                    .is_some_and(|e| e.iter().any(|c| in_cidr(c.as_str().unwrap(), other.address)));
-        }
-        let ns_ok = match peer.get("namespaceSelector") {
-            None => other.ns == policy_ns,
-            Some(s) => selector_matches(s, &other.ns_labels()),
-        };
-        let pod_ok = peer.get("podSelector").is_none_or(|s| selector_matches(s, &other.labels()));
-        ns_ok && pod_ok
-    }
-
-    fn port_matches(ports: Option<&Value>, dst: &PodDef, proto: Proto, port: u16) -> bool {
-        let Some(ports) = ports.and_then(Value::as_array).filter(|p| !p.is_empty()) else { return true };
-        ports.iter().any(|p| {
-            let want = match p["protocol"].as_str().unwrap_or("TCP") {
-                "TCP" => Proto::Tcp,
-                "UDP" => Proto::Udp,
-                _ => return false,
-            };
-            if want != proto {
-                return false;
-            }
-            match &p["port"] {
-                Value::Null => true,
-                Value::Number(n) => {
-                    let start = n.as_u64().unwrap() as u16;
-                    let end = p["endPort"].as_u64().map_or(start, |e| e as u16);
-                    (start..=end).contains(&port)
-                }
-                Value::String(name) => {
-                    let proto_name = if proto == Proto::Tcp { "TCP" } else { "UDP" };
-                    dst.named.iter().any(|(n, num, pr)| n == name && *pr == proto_name && *num == port)
-                }
-                other => panic!("port {other}"),
-            }
-        })
-    }
-
-    /// Whether `policies` allow `pod`'s traffic in `direction` ("Ingress": from `other`;
-    /// "Egress": to `other`) on `proto`/`port` (`dst` resolves named ports).
-    fn allowed(
-        policies: &[Value],
-        pod: &PodDef,
-        other: &PodDef,
-        direction: &str,
-        dst: &PodDef,
-        proto: Proto,
-        port: u16,
-    ) -> bool {
-        let (rules_key, peers_key) = if direction == "Ingress" { ("ingress", "from") } else { ("egress", "to") };
-        let selecting: Vec<&Value> = policies
-            .iter()
-            .filter(|p| p["namespace"] == pod.ns)
-            .filter(|p| selector_matches(&p["spec"]["podSelector"], &pod.labels()))
-            .filter(|p| types(&p["spec"]).iter().any(|t| t == direction))
-            .collect();
-        if selecting.is_empty() {
-            return true;
-        }
-        selecting.iter().any(|p| {
-            let ns = p["namespace"].as_str().unwrap();
-            p["spec"][rules_key].as_array().into_iter().flatten().any(|rule| {
-                let peers_ok = match rule[peers_key].as_array() {
-                    None => true,
-                    Some(peers) if peers.is_empty() => true,
-                    Some(peers) => peers.iter().any(|peer| peer_matches(peer, ns, other)),
-                };
-                peers_ok && port_matches(rule.get("ports"), dst, proto, port)
-            })
-        })
-    }
-
-    /// The expected outcome of `src` → `dst` as measured on this node: egress is enforced at
-    /// the source's node and ingress at the destination's, so a pod of another cluster has its
-    /// half enforced there, not here.
-    pub fn expect(policies: &[Value], src: &PodDef, dst: &PodDef, proto: Proto, port: u16) -> bool {
-        let egress = !src.local || allowed(policies, src, dst, "Egress", dst, proto, port);
-        let ingress = !dst.local || allowed(policies, dst, src, "Ingress", dst, proto, port);
-        egress && ingress
-    }
-}
+#[path = "support/model.rs"]
+mod model;
 
 // ---------------------------------------------------------------------------------------------
 // The lab.
@@ -505,7 +384,16 @@ impl Lab {
         let mut out = Vec::new();
         for ((s, d, proto, port), got) in self.probe_all() {
             let (src, dst) = (&self.pods[s], &self.pods[d]);
-            let want = model::expect(policies, src, dst, proto, port);
+            // Egress is enforced at the source's node and ingress at the destination's: a pod of
+            // another cluster has its half enforced there, not here.
+            let want = model::expect(
+                src.local.then_some(policies),
+                dst.local.then_some(policies),
+                &src.model(),
+                &dst.model(),
+                proto,
+                port,
+            );
             let ok = match got {
                 Ok(Some(id)) => want && id == identity(d, proto, port),
                 Ok(None) => !want,

@@ -1003,6 +1003,16 @@ impl Node {
         agent::write_config(&self.agent_paths, config)
     }
 
+    /// The agent's configuration as its file holds it now (what the agent applies next).
+    ///
+    /// # Errors
+    /// When the file cannot be read or does not parse.
+    pub fn agent_config(&self) -> Result<NodeAgentConfig> {
+        let path = &self.agent_paths.config;
+        let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_slice(&text).with_context(|| format!("{} does not parse", path.display()))
+    }
+
     /// Whether the agent process runs.
     pub fn agent_running(&self) -> bool {
         self.agent_child.lock().expect("lock").as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))

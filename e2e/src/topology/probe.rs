@@ -138,3 +138,240 @@ pub fn connect_count(
     .join()
     .unwrap_or_default()
 }
+
+/// A UDP server of the test's own in a pod: it answers every datagram with `tag` and records
+/// where each came from, until dropped.
+#[derive(Debug)]
+pub struct UdpResponder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sources: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+    thread: Option<JoinHandle<std::io::Result<usize>>>,
+}
+
+impl UdpResponder {
+    /// Listens on `0.0.0.0:port` in `pod` (a reply leaves from the address the pod's route to
+    /// the client gives, so a client on the slice sees the pod's slice address).
+    ///
+    /// # Errors
+    /// When the port cannot be bound.
+    pub fn start(pod: &Pod, port: u16, tag: &str) -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sources = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, tag, seen) = (stop.clone(), tag.to_owned(), sources.clone());
+        let thread = in_netns(&pod.netns_path, move || -> std::io::Result<usize> {
+            let socket = match std::net::UdpSocket::bind(("0.0.0.0", port)) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return Err(e);
+                }
+            };
+            // The stop flag is looked at between reads.
+            socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let _ = tx.send(Ok(()));
+            let mut served = 0;
+            let mut buf = [0u8; 512];
+            while !flag.load(Ordering::SeqCst) {
+                match socket.recv_from(&mut buf) {
+                    Ok((_, from)) => {
+                        seen.lock().expect("sources lock").push(from);
+                        let _ = socket.send_to(tag.as_bytes(), from);
+                        served += 1;
+                    }
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(served)
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(())) => Ok(Self { stop, sources, thread: Some(thread) }),
+            Ok(Err(e)) => Err(std::io::Error::other(format!("{}: bind UDP port {port}: {e}", pod.lab_name()))),
+            Err(_) => Err(std::io::Error::other(format!("{}: the UDP listener did not start", pod.lab_name()))),
+        }
+    }
+}
+
+impl UdpResponder {
+    /// The source of every datagram received so far, in order.
+    ///
+    /// # Panics
+    /// When the listener thread panicked holding the list.
+    pub fn sources(&self) -> Vec<std::net::SocketAddr> {
+        self.sources.lock().expect("sources lock").clone()
+    }
+}
+
+impl Drop for UdpResponder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The transport of a [`probe_many`] target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// What a [`probe_many`] target answered: the responder's tag, `None` when nothing came by the
+/// deadline, or the errno of a failure (a refused connection, an unreachable host).
+pub type ProbeOutcome = Result<Option<String>, i32>;
+
+/// Source ports of [`probe_many`], never reused within a test process (60,000 of them): a reused
+/// (address, port) pair could find the conntrack entry of an earlier allowed probe and pass as
+/// an established flow.
+static NEXT_SOURCE_PORT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn source_port() -> u16 {
+    let n = NEXT_SOURCE_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 60_000;
+    2_000 + u16::try_from(n).expect("below 60,000")
+}
+
+fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET fits"),
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+enum ProbeState {
+    Connecting,
+    Reading(Vec<u8>),
+    Done(ProbeOutcome),
+}
+
+/// Probes every target from `client` at once (non-blocking sockets, each from its own source
+/// port, a UDP datagram sent again every half second so one lost datagram is no denial) and
+/// returns each one's outcome in order: a TCP target's answer is what it wrote before closing,
+/// a UDP target's its first datagram. So a set of probes costs one `deadline`, however many.
+///
+/// # Panics
+/// When a socket cannot be made or bound (no resources), or the namespace cannot be entered.
+pub fn probe_many(client: &Pod, targets: &[(SocketAddrV4, Transport)], deadline: Duration) -> Vec<ProbeOutcome> {
+    let targets = targets.to_vec();
+    in_netns(&client.netns_path, move || probe_here(&targets, deadline)).join().expect("the probe thread")
+}
+
+#[allow(clippy::too_many_lines)] // One poll loop over the sockets' states.
+fn probe_here(targets: &[(SocketAddrV4, Transport)], deadline: Duration) -> Vec<ProbeOutcome> {
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).expect("fits");
+    let mut fds = Vec::new();
+    let mut states = Vec::new();
+    for (addr, transport) in targets {
+        let kind = if *transport == Transport::Tcp { libc::SOCK_STREAM } else { libc::SOCK_DGRAM };
+        let local = sockaddr_in(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, source_port()));
+        let to = sockaddr_in(*addr);
+        // SAFETY: plain socket calls on a fresh fd with valid sockaddrs of `len` bytes.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: errno {}", errno());
+            assert_eq!(libc::bind(fd, (&raw const local).cast(), len), 0, "bind: errno {}", errno());
+            let r = libc::connect(fd, (&raw const to).cast(), len);
+            let state = match transport {
+                Transport::Tcp if r == 0 || errno() == libc::EINPROGRESS => ProbeState::Connecting,
+                Transport::Tcp => ProbeState::Done(Err(errno())),
+                Transport::Udp if r != 0 => ProbeState::Done(Err(errno())),
+                Transport::Udp => {
+                    libc::send(fd, b"probe".as_ptr().cast(), 5, 0);
+                    ProbeState::Reading(Vec::new())
+                }
+            };
+            fds.push(fd);
+            states.push(state);
+        }
+    }
+    let start = std::time::Instant::now();
+    let mut last_udp_send = std::time::Instant::now();
+    loop {
+        let pending: Vec<usize> = (0..fds.len()).filter(|i| !matches!(states[*i], ProbeState::Done(_))).collect();
+        let elapsed = start.elapsed();
+        if pending.is_empty() || elapsed >= deadline {
+            break;
+        }
+        if last_udp_send.elapsed() >= Duration::from_millis(500) {
+            for &i in pending.iter().filter(|i| targets[**i].1 == Transport::Udp) {
+                // SAFETY: a valid connected fd and buffer.
+                unsafe { libc::send(fds[i], b"probe".as_ptr().cast(), 5, 0) };
+            }
+            last_udp_send = std::time::Instant::now();
+        }
+        let mut polls: Vec<libc::pollfd> = pending
+            .iter()
+            .map(|&i| libc::pollfd {
+                fd: fds[i],
+                events: if matches!(states[i], ProbeState::Connecting) { libc::POLLOUT } else { libc::POLLIN },
+                revents: 0,
+            })
+            .collect();
+        let wait = i32::try_from((deadline - elapsed).min(Duration::from_millis(100)).as_millis()).expect("fits");
+        let count = libc::nfds_t::try_from(polls.len()).expect("fits");
+        // SAFETY: `polls` is a valid array of `count` entries.
+        unsafe { libc::poll(polls.as_mut_ptr(), count, wait) };
+        for (p, &i) in polls.iter().zip(&pending) {
+            if p.revents == 0 {
+                continue;
+            }
+            let fd = fds[i];
+            let udp = targets[i].1 == Transport::Udp;
+            let next = match &mut states[i] {
+                ProbeState::Connecting => {
+                    let mut err: libc::c_int = 0;
+                    let mut l = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).expect("fits");
+                    // SAFETY: valid fd and out-pointers.
+                    unsafe {
+                        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, (&raw mut err).cast(), &raw mut l)
+                    };
+                    Some(if err == 0 { ProbeState::Reading(Vec::new()) } else { ProbeState::Done(Err(err)) })
+                }
+                ProbeState::Reading(got) => {
+                    let mut b = [0u8; 512];
+                    // SAFETY: valid fd and buffer.
+                    let n = unsafe { libc::recv(fd, b.as_mut_ptr().cast(), b.len(), 0) };
+                    let text = |v: &[u8]| Ok(Some(String::from_utf8_lossy(v).into_owned()));
+                    match usize::try_from(n) {
+                        // A datagram is the whole answer.
+                        Ok(n) if n > 0 && udp => Some(ProbeState::Done(text(&b[..n]))),
+                        Ok(n) if n > 0 => {
+                            got.extend_from_slice(&b[..n]);
+                            None
+                        }
+                        // TCP: the responder wrote its tag and closed.
+                        Ok(_) => Some(ProbeState::Done(text(got))),
+                        Err(_) if errno() == libc::EAGAIN => None,
+                        Err(_) => Some(ProbeState::Done(Err(errno()))),
+                    }
+                }
+                ProbeState::Done(_) => None,
+            };
+            if let Some(next) = next {
+                states[i] = next;
+            }
+        }
+    }
+    let out = states
+        .into_iter()
+        .map(|s| match s {
+            ProbeState::Done(r) => r,
+            ProbeState::Reading(got) if !got.is_empty() => Ok(Some(String::from_utf8_lossy(&got).into_owned())),
+            _ => Ok(None),
+        })
+        .collect();
+    for fd in fds {
+        // SAFETY: our own fds, closed once.
+        unsafe { libc::close(fd) };
+    }
+    out
+}
