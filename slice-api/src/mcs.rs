@@ -461,7 +461,10 @@ mod tests {
         assert_eq!(import["properties"]["ips"]["maxItems"], 2);
         let status = &json[1]["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["properties"]["status"];
         let values = status["properties"]["endpointSliceObjects"]["enum"].clone();
-        assert!(values.as_array().is_some_and(|v| v.contains(&"Present".into()) && v.contains(&"Absent".into())), "{values}");
+        assert!(
+            values.as_array().is_some_and(|v| v.contains(&"Present".into()) && v.contains(&"Absent".into())),
+            "{values}"
+        );
         assert!(status["properties"]["conditions"].is_object());
     }
 
