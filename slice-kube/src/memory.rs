@@ -12,6 +12,14 @@
 //! `resourceVersion`s, a `nodePort` for each NodePort Service port, TokenRequest (an unsigned
 //! JWT from [`State::now`]). Watches answer [`State::watch_events`] once.
 //!
+//! Custom resources as the API server serves them: where a server holds the
+//! `CustomResourceDefinition` of a resource (`<plural>.<group>`), only its served versions answer
+//! (others 404), and every served version is a view of one collection, kept at the storage
+//! version's path, with `apiVersion` rewritten to the version asked for (`conversion: None`).
+//! The group's discovery document (`GET /apis/<group>`) lists the served versions, newest first;
+//! without a CRD of the group it is 404. Without a CRD, any version of a path is its own
+//! collection (the lab and most tests hold no CRDs).
+//!
 //! What it checks: every request against the declared access list of the server it went to
 //! ([`slice_api::rbac::covers`]); an undeclared request is answered but recorded in
 //! [`State::violations`]. Failures can be injected ([`MemoryApi::fail`]).
@@ -330,13 +338,28 @@ impl<S: Server> MemoryApi<S> {
             obj["metadata"]["uid"] = json!(format!("uid-{}", st.resource_version));
         }
         let path = object_path(&obj);
+        let path = match stored_at(&st, &side, &path) {
+            Ok(Stored { path, storage: Some(storage), .. }) => {
+                obj["apiVersion"] = json!(storage);
+                path
+            }
+            Ok(stored) => stored.path,
+            Err(()) => path,
+        };
         st.objects.insert((side, path), obj);
     }
 
-    /// The object at `path` on `side`.
+    /// The object at `path` on `side` (as a served version of a custom resource shows it;
+    /// `None` in a version not served).
     #[must_use]
     pub fn get(&self, side: S, path: &str) -> Option<Value> {
-        self.lock().objects.get(&(side, path.to_owned())).cloned()
+        let st = self.lock();
+        let stored = stored_at(&st, &side, path).ok()?;
+        let mut obj = st.objects.get(&(side, stored.path)).cloned()?;
+        if let Some(asked) = stored.asked {
+            obj["apiVersion"] = json!(asked);
+        }
+        Some(obj)
     }
 
     /// Changes the object at `path` with `f` (bumping its resourceVersion).
@@ -351,10 +374,13 @@ impl<S: Server> MemoryApi<S> {
 
     /// Removes the object at `path` (at once, finalizers or not).
     pub fn remove(&self, side: S, path: &str) {
-        self.lock().objects.remove(&(side, path.to_owned()));
+        let mut st = self.lock();
+        let path = stored_at(&st, &side, path).map_or_else(|()| path.to_owned(), |s| s.path);
+        st.objects.remove(&(side, path));
     }
 
-    /// Paths of the objects on `side` under `prefix`.
+    /// Paths of the objects on `side` under `prefix` (custom resources at their storage
+    /// version's path).
     #[must_use]
     pub fn paths(&self, side: &S, prefix: &str) -> Vec<String> {
         let st = self.lock();
@@ -366,8 +392,15 @@ impl<S: Server> MemoryApi<S> {
     #[must_use]
     pub fn list(&self, side: &S, collection: &str) -> Vec<Value> {
         let st = self.lock();
-        let Some(target) = parse_target(collection) else { return Vec::new() };
-        list_items(&st, side, &target)
+        let Ok(stored) = stored_at(&st, side, collection) else { return Vec::new() };
+        let Some(target) = parse_target(&stored.path) else { return Vec::new() };
+        let mut items = list_items(&st, side, &target);
+        if let Some(asked) = stored.asked {
+            for item in &mut items {
+                item["apiVersion"] = json!(asked);
+            }
+        }
+        items
     }
 
     /// Takes the recorded requests (and clears them).
@@ -471,7 +504,9 @@ impl<S: Server> MemoryApi<S> {
             self.lock().violations.push(format!("{side:?}: no such server for {method} {path_and_query}"));
             return;
         };
-        let ok = request_attributes(method, &path_and_query).is_some_and(|a| covers(declared, &a, Some(own)));
+        // Discovery is every authenticated user's (the `system:discovery` ClusterRole).
+        let ok = (method == "GET" && is_discovery(path))
+            || request_attributes(method, &path_and_query).is_some_and(|a| covers(declared, &a, Some(own)));
         if !ok {
             self.lock().violations.push(format!("{side:?}: {method} {path_and_query}"));
         }
@@ -491,9 +526,11 @@ impl<S: Server> MemoryApi<S> {
         self.check_access(side, access, method, path, query);
         // A server-side apply that creates its object is authorized for `create` as well as
         // `patch` (the API server's patch handler checks both), so the list must declare both.
-        let creates = method == "PATCH"
-            && ct.starts_with("application/apply-patch")
-            && !self.lock().objects.contains_key(&(side.clone(), path.to_owned()));
+        let creates = method == "PATCH" && ct.starts_with("application/apply-patch") && {
+            let st = self.lock();
+            let stored = stored_at(&st, side, path).map_or_else(|()| path.to_owned(), |s| s.path);
+            !st.objects.contains_key(&(side.clone(), stored))
+        };
         if creates {
             let path_and_query = if query.is_empty() { path.to_owned() } else { format!("{path}?{query}") };
             if let Some((declared, own)) = access.or_else(|| self.access.get(side)) {
@@ -506,6 +543,12 @@ impl<S: Server> MemoryApi<S> {
         }
         if method == "GET" && query.split('&').any(|kv| kv == "watch=true") {
             return (200, Reply::Lines(self.lock().watch_events.clone()));
+        }
+        if method == "GET"
+            && let ["apis", group] = path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
+        {
+            let (code, v) = api_group(&self.lock(), side, group);
+            return (code, Reply::Json(v));
         }
         let mut st = self.lock();
         let (code, v) = handle_object(&mut st, side, method, path, query, ct, body);
@@ -553,7 +596,89 @@ fn generation(old: &Value, new: &mut Value) {
     new["metadata"]["generation"] = json!(if changed || was == 0 { was + 1 } else { was });
 }
 
-#[allow(clippy::too_many_lines)] // One arm per verb, as the API server's handlers.
+/// Whether `path` is a discovery document (`/api`, `/apis`, a group, a group version).
+fn is_discovery(path: &str) -> bool {
+    matches!(
+        path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice(),
+        ["api"] | ["api", _] | ["apis"] | ["apis", _] | ["apis", _, _]
+    )
+}
+
+const CRD_COLLECTION: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+
+/// Where a request's object or collection is kept.
+struct Stored {
+    /// The path at the storage version (the path asked for when no CRD manages it).
+    path: String,
+    /// `<group>/<version>` asked for, when a CRD manages the resource.
+    asked: Option<String>,
+    /// `<group>/<storage version>`, when a CRD manages the resource.
+    storage: Option<String>,
+}
+
+/// Where `path` is kept on `side`: `Err` when a CRD of its resource does not serve its version.
+fn stored_at<S: Server>(st: &State<S>, side: &S, path: &str) -> Result<Stored, ()> {
+    let unmanaged = || Ok(Stored { path: path.to_owned(), asked: None, storage: None });
+    let Some(target) = parse_target(path) else { return unmanaged() };
+    let Some((group, version)) = target.base.strip_prefix("/apis/").and_then(|gv| gv.split_once('/')) else {
+        return unmanaged();
+    };
+    let crd = format!("{CRD_COLLECTION}/{}.{group}", target.resource);
+    let Some(crd) = st.objects.get(&(side.clone(), crd)) else { return unmanaged() };
+    let versions = crd["spec"]["versions"].as_array().cloned().unwrap_or_default();
+    if !versions.iter().any(|v| v["name"] == version && v["served"] == true) {
+        return Err(());
+    }
+    let storage = versions.iter().find(|v| v["storage"] == true).and_then(|v| v["name"].as_str()).unwrap_or(version);
+    let rest = &path[target.base.len()..];
+    Ok(Stored {
+        path: format!("/apis/{group}/{storage}{rest}"),
+        asked: Some(format!("{group}/{version}")),
+        storage: Some(format!("{group}/{storage}")),
+    })
+}
+
+/// Kubernetes' version priority: GA before beta before alpha, higher numbers first.
+fn version_priority(version: &str) -> (u8, u64, u64) {
+    let Some(rest) = version.strip_prefix('v') else { return (0, 0, 0) };
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    let major = rest[..digits].parse().unwrap_or(0);
+    let (stability, minor) = match &rest[digits..] {
+        "" => (3, 0),
+        tail => match (tail.strip_prefix("beta"), tail.strip_prefix("alpha")) {
+            (Some(n), _) => (2, n.parse().unwrap_or(0)),
+            (_, Some(n)) => (1, n.parse().unwrap_or(0)),
+            _ => (0, 0),
+        },
+    };
+    (stability, major, minor)
+}
+
+/// The `APIGroup` discovery document of `group` from the CRDs on `side` (404 without any).
+fn api_group<S: Server>(st: &State<S>, side: &S, group: &str) -> (u16, Value) {
+    let mut versions: Vec<String> = st
+        .objects
+        .iter()
+        .filter(|((s, p), crd)| s == side && p.starts_with(CRD_COLLECTION) && crd["spec"]["group"] == group)
+        .flat_map(|(_, crd)| crd["spec"]["versions"].as_array().cloned().unwrap_or_default())
+        .filter(|v| v["served"] == true)
+        .filter_map(|v| v["name"].as_str().map(str::to_owned))
+        .collect();
+    versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
+    versions.dedup();
+    if versions.is_empty() {
+        return (404, status(404, "NotFound", "the server could not find the requested resource"));
+    }
+    let entry = |v: &String| json!({"groupVersion": format!("{group}/{v}"), "version": v});
+    let listed: Vec<Value> = versions.iter().map(entry).collect();
+    (
+        200,
+        json!({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": listed,
+               "preferredVersion": entry(&versions[0])}),
+    )
+}
+
+/// A request on `path`, custom resources routed to their storage version ([`stored_at`]).
 fn handle_object<S: Server>(
     st: &mut State<S>,
     side: &S,
@@ -583,6 +708,36 @@ fn handle_object<S: Server>(
         };
         return (code, status(code, reason, "injected failure"));
     }
+    let Ok(stored) = stored_at(st, side, path) else {
+        return (404, status(404, "NotFound", "the server could not find the requested resource"));
+    };
+    let mut body = body.clone();
+    if let (Some(storage), Some(_)) = (&stored.storage, body.get("apiVersion")) {
+        body["apiVersion"] = json!(storage);
+    }
+    let (code, mut reply) = handle_stored(st, side, method, &stored.path, query, ct, &body);
+    if let Some(asked) = &stored.asked {
+        if let Some(items) = reply.get_mut("items").and_then(Value::as_array_mut) {
+            for item in items {
+                item["apiVersion"] = json!(asked);
+            }
+        } else if reply["kind"] != "Status" && reply.get("apiVersion").is_some() {
+            reply["apiVersion"] = json!(asked);
+        }
+    }
+    (code, reply)
+}
+
+#[allow(clippy::too_many_lines)] // One arm per verb, as the API server's handlers.
+fn handle_stored<S: Server>(
+    st: &mut State<S>,
+    side: &S,
+    method: &str,
+    path: &str,
+    query: &str,
+    ct: &str,
+    body: &Value,
+) -> (u16, Value) {
     let Some(target) = parse_target(path) else {
         return (404, status(404, "NotFound", &format!("{path} is not an API path")));
     };
@@ -819,6 +974,50 @@ mod tests {
             handle_object(&mut st, &hub, "PATCH", &format!("{s}/status"), "", ct, &json!({"status": {"x": 1}}));
         assert_eq!(obj["metadata"]["generation"], 2);
         assert_eq!(obj["status"]["x"], 1);
+    }
+
+    fn crd(versions: &[(&str, bool)]) -> Value {
+        let versions: Vec<Value> =
+            versions.iter().map(|(v, storage)| json!({"name": v, "served": true, "storage": storage})).collect();
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "things.example.org"},
+            "spec": {"group": "example.org", "names": {"plural": "things", "kind": "Thing"}, "versions": versions}})
+    }
+
+    #[test]
+    fn a_crd_serves_its_versions_as_views_of_one_collection() {
+        let api = api();
+        let hub = "hub".to_owned();
+        api.put(hub.clone(), crd(&[("v1alpha1", false), ("v1beta1", true)]));
+        let mut st = api.lock();
+        let alpha = "/apis/example.org/v1alpha1/namespaces/n/things";
+        let body = json!({"apiVersion": "example.org/v1alpha1", "kind": "Thing", "metadata": {"name": "t"}});
+        assert_eq!(handle_object(&mut st, &hub, "POST", alpha, "", "", &body).0, 201);
+        let beta = "/apis/example.org/v1beta1/namespaces/n/things/t";
+        assert!(st.objects.contains_key(&(hub.clone(), beta.to_owned())), "kept at the storage version");
+        let (code, obj) = handle_object(&mut st, &hub, "GET", beta, "", "", &Value::Null);
+        assert_eq!((code, obj["apiVersion"].as_str()), (200, Some("example.org/v1beta1")));
+        let (_, list) = handle_object(&mut st, &hub, "GET", alpha, "", "", &Value::Null);
+        assert_eq!(list["items"][0]["apiVersion"], "example.org/v1alpha1");
+        let (code, _) = handle_object(&mut st, &hub, "GET", "/apis/example.org/v1/things", "", "", &Value::Null);
+        assert_eq!(code, 404, "a version the CRD does not serve");
+        let (code, group) = api_group(&st, &hub, "example.org");
+        assert_eq!(code, 200);
+        assert_eq!(group["preferredVersion"]["version"], "v1beta1");
+        assert_eq!(group["versions"].as_array().map(Vec::len), Some(2));
+        assert_eq!(api_group(&st, &hub, "other.org").0, 404);
+        drop(st);
+        assert_eq!(api.get(hub.clone(), &format!("{alpha}/t")).unwrap()["apiVersion"], "example.org/v1alpha1");
+        assert!(api.get(hub, "/apis/example.org/v1/namespaces/n/things/t").is_none());
+    }
+
+    #[test]
+    fn versions_sort_as_kubernetes_sorts_them() {
+        let mut v = vec!["v1alpha1", "v2beta1", "v1", "v1beta2", "v1beta1", "v2"];
+        v.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
+        assert_eq!(v, ["v2", "v1", "v2beta1", "v1beta2", "v1beta1", "v1alpha1"]);
+        assert!(is_discovery("/apis/example.org") && is_discovery("/apis/example.org/v1") && is_discovery("/api"));
+        assert!(!is_discovery("/apis/example.org/v1/things"));
     }
 
     #[test]

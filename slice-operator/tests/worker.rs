@@ -184,10 +184,12 @@ fn reads_counting(member_namespaces: &[&str]) -> Vec<String> {
 }
 
 /// The multi-cluster services' reads at the end of every pass (no namespace exports here):
-/// ServiceExports, the worker's ServiceImports and MCS EndpointSlices, the slice-dns Service
+/// the served MCS version, ServiceExports, the worker's ServiceImports and MCS EndpointSlices, the slice-dns Service
 /// and the cluster's Corefiles.
 fn mcs_reads() -> Vec<String> {
     vec![
+        // The MCS API group's discovery document: 404 here (no MCS CRDs), so v1alpha1.
+        "GET /apis/multicluster.x-k8s.io".into(),
         "GET /apis/multicluster.x-k8s.io/v1alpha1/serviceexports".into(),
         "GET /apis/multicluster.x-k8s.io/v1alpha1/serviceimports".into(),
         "GET /apis/discovery.k8s.io/v1/endpointslices".into(),

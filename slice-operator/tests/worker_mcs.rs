@@ -4,6 +4,12 @@
 //! it becomes a ServiceImport and MCS EndpointSlices; an endpoint turning unready leaves them;
 //! un-export removes them; ExternalName is `Valid=False`; the Corefile gets the stanza and loses
 //! it when the slice goes. Every request is checked against the worker's access lists.
+//!
+//! The MCS versions: with the MCS CRDs serving `v1alpha1` only (upstream's older ones),
+//! `v1beta1` only (newer ones) or both (slicenet's, `slice_api::mcs::crds`), a user's
+//! ServiceExport written in a served version is exported, and the ServiceImport appears in the
+//! version the worker finds served (the in-memory API serves a CRD's versions as an API server
+//! does: views of one collection, the others 404).
 
 mod worker_support;
 
@@ -95,8 +101,9 @@ fn fixture() -> FakeApi {
     api
 }
 
-async fn pass(api: &FakeApi) {
-    api.pass_ok("c2", NOW).await;
+/// One pass of c2's worker; the requests it made (checked against the access lists).
+async fn pass(api: &FakeApi) -> Vec<String> {
+    api.pass_ok("c2", NOW).await
 }
 
 /// The hub's merge over c2's WorkerSlice as it is now, written into its spec (as the hub does).
@@ -199,4 +206,77 @@ async fn external_name_is_not_valid_and_the_corefile_goes_with_the_slice() {
     pass(&api).await;
     let corefile = api.get(Side::Cluster, COREDNS).unwrap()["data"]["Corefile"].as_str().unwrap().to_owned();
     assert_eq!(corefile, COREFILE);
+}
+
+/// The MCS CRDs serving `versions` (the storage version the newest of them), as a cluster may
+/// hold them.
+fn install_mcs_crds(api: &FakeApi, versions: &[&str]) {
+    for mut crd in slice_api::mcs::crds() {
+        crd.spec.versions.retain(|v| versions.contains(&v.name.as_str()));
+        let last = crd.spec.versions.len() - 1;
+        for (i, v) in crd.spec.versions.iter_mut().enumerate() {
+            v.storage = i == last;
+        }
+        api.put(Side::Cluster, serde_json::to_value(crd).unwrap());
+    }
+}
+
+/// With the MCS CRDs serving `served`, a ServiceExport written in `written_in` is exported and
+/// its ServiceImport appears in `expected`, and nothing is asked of a version not served.
+async fn exported_and_imported(served: &[&str], written_in: &str, expected: &str) {
+    let api = fixture();
+    // The fixture's export (no CRDs yet) goes; the cluster gets its CRDs, the user writes the
+    // export in `written_in` (in v1beta1 with the optional spec, which is accepted and ignored).
+    api.remove(Side::Cluster, &format!("{MCS}/serviceexports/web"));
+    install_mcs_crds(&api, served);
+    let mut export = json!({"apiVersion": format!("multicluster.x-k8s.io/{written_in}"), "kind": "ServiceExport",
+        "metadata": {"name": "web", "namespace": "shop", "creationTimestamp": NOW}});
+    if written_in == "v1beta1" {
+        export["spec"] = json!({"exportedLabels": {"tier": "web"}, "exportedAnnotations": {"note": "x"}});
+    }
+    api.put(Side::Cluster, export);
+    pass(&api).await;
+    api.put(Side::Cluster, pod("web-1", "n1", "10.80.16.5"));
+    api.put(Side::Cluster, endpoint_slice(&[("web-1", true)]));
+    let mut requests = pass(&api).await;
+    assert!(!hub_merges(&api).is_empty(), "c2's export reached the hub");
+    requests.extend(pass(&api).await);
+
+    let base = |v: &str| format!("/apis/multicluster.x-k8s.io/{v}/namespaces/shop");
+    let si = api.get(Side::Cluster, &format!("{}/serviceimports/web", base(expected))).expect("a ServiceImport");
+    assert_eq!(si["apiVersion"], format!("multicluster.x-k8s.io/{expected}"));
+    assert_eq!(si["status"]["clusters"], json!([{"cluster": "c2"}]));
+    let marked = si["status"].get("endpointSliceObjects").cloned();
+    assert_eq!(marked, (expected == "v1beta1").then(|| json!("Present")), "{si}");
+    assert!(api.get(Side::Cluster, &format!("{ES}/web-c2-0v4")).is_some(), "the MCS EndpointSlice");
+    let export = api.get(Side::Cluster, &format!("{}/serviceexports/web", base(written_in))).unwrap();
+    let ready = export["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+    assert_eq!((&ready["status"], &ready["reason"]), (&json!("True"), &json!("Exported")), "{export}");
+    for v in ["v1alpha1", "v1beta1"] {
+        let import = api.get(Side::Cluster, &format!("{}/serviceimports/web", base(v)));
+        // Served versions are views of the same object; the others are 404.
+        assert_eq!(import.is_some(), served.contains(&v), "{v}");
+        if !served.contains(&v) {
+            let asked: Vec<&String> = requests.iter().filter(|r| r.contains(&format!("x-k8s.io/{v}/"))).collect();
+            assert!(asked.is_empty(), "requests in {v}, which is not served: {asked:?}");
+        }
+    }
+    assert!(requests.iter().any(|r| r == "GET /apis/multicluster.x-k8s.io"), "discovery: {requests:?}");
+}
+
+#[tokio::test]
+async fn crds_serving_v1alpha1_only_get_v1alpha1_imports() {
+    exported_and_imported(&["v1alpha1"], "v1alpha1", "v1alpha1").await;
+}
+
+#[tokio::test]
+async fn crds_serving_v1beta1_only_get_v1beta1_imports() {
+    exported_and_imported(&["v1beta1"], "v1beta1", "v1beta1").await;
+}
+
+#[tokio::test]
+async fn crds_serving_both_get_v1beta1_imports_and_read_v1alpha1_exports() {
+    // An older client writes v1alpha1; the worker reads and writes v1beta1; both views agree.
+    exported_and_imported(&["v1alpha1", "v1beta1"], "v1alpha1", "v1beta1").await;
+    exported_and_imported(&["v1alpha1", "v1beta1"], "v1beta1", "v1beta1").await;
 }

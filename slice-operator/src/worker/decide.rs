@@ -41,7 +41,7 @@ use slice_api::crd::{
     Condition, GATEWAY_NAMESPACE, GatewayExposure, MemberCluster, WORKER_FINALIZER, WorkerSlice, WorkerSliceStatus,
     condition, set_condition,
 };
-use slice_api::mcs::ServiceExport;
+use slice_api::mcs::{McsVersion, ServiceExport};
 use slice_api::multus;
 use slice_api::names::{NETWORK_STATUS_ANNOTATION, SLICE_LABEL};
 use slice_api::wireguard::Key;
@@ -118,7 +118,10 @@ pub struct Observed {
     pub member_pods: Vec<Pod>,
     /// By slice: the text its gateway serves on `/metrics`, or why it could not be read.
     pub gateway_metrics: BTreeMap<String, Result<String, String>>,
-    /// Every ServiceExport of the cluster (none when the MCS CRDs are not installed).
+    /// The version of the MCS API the cluster serves, in which the worker reads and writes.
+    pub mcs_version: McsVersion,
+    /// Every ServiceExport of the cluster (none when the MCS CRDs are not installed), in
+    /// whichever version it was read.
     pub service_exports: Vec<ServiceExport>,
     /// The Services of the namespaces with a ServiceExport.
     pub exported_services: Vec<Service>,
@@ -909,10 +912,11 @@ pub fn release_notice(ws: &WorkerSlice) -> Notice {
 pub fn write_subject(write: &Write, observed: &Observed) -> ObjectReference {
     let by_name = |name: &str| observed.worker_slices.iter().find(|ws| ws.name_any() == name).map(reference);
     let by_slice = |slice: &str| observed.worker_slices.iter().find(|ws| ws.spec.slice == slice).map(reference);
+    let mcs = observed.mcs_version.api_version();
     let api_version = |kind: Kind| match kind {
         Kind::Deployment => "apps/v1",
         Kind::NetworkAttachmentDefinition => "k8s.cni.cncf.io/v1",
-        Kind::ServiceImport => "multicluster.x-k8s.io/v1alpha1",
+        Kind::ServiceImport => mcs.as_str(),
         Kind::EndpointSlice => "discovery.k8s.io/v1",
         Kind::NetworkPolicy => "networking.k8s.io/v1",
         _ => "v1",
@@ -941,16 +945,16 @@ pub fn write_subject(write: &Write, observed: &Observed) -> ObjectReference {
             object(*kind, namespace, name, existing.as_ref())
         }
         Write::PatchImportStatus { namespace, name, .. } => {
-            reference_to("multicluster.x-k8s.io/v1alpha1", "ServiceImport", Some(namespace), name, None)
+            reference_to(&mcs, "ServiceImport", Some(namespace), name, None)
         }
-        Write::PatchExportStatus { namespace, name, .. } => observed
-            .service_exports
-            .iter()
-            .find(|e| e.namespace().as_deref() == Some(namespace.as_str()) && &e.name_any() == name)
-            .map_or_else(
-                || reference_to("multicluster.x-k8s.io/v1alpha1", "ServiceExport", Some(namespace), name, None),
-                reference,
-            ),
+        Write::PatchExportStatus { namespace, name, .. } => {
+            let export = observed
+                .service_exports
+                .iter()
+                .find(|e| e.namespace().as_deref() == Some(namespace.as_str()) && &e.name_any() == name);
+            let uid = export.and_then(|e| e.metadata.uid.as_deref());
+            reference_to(&mcs, "ServiceExport", Some(namespace), name, uid)
+        }
         Write::PatchConfigData { namespace, name, .. } => observed
             .dns_config_maps
             .iter()

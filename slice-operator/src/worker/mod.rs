@@ -156,8 +156,21 @@ async fn pass_loop(
     let slices = watcher(Api::<WorkerSlice>::namespaced(hub, &cluster_namespace(&cluster)), watcher::Config::default());
     let nodes = watcher(Api::<Node>::all(local.clone()), watcher::Config::default());
     let namespaces = watcher(Api::<Namespace>::all(local.clone()), watcher::Config::default());
-    // Multi-cluster services: an export made or removed, an endpoint turning ready or not.
-    let exports = watcher(Api::<slice_api::mcs::ServiceExport>::all(local.clone()), watcher::Config::default());
+    // Multi-cluster services: an export made or removed, an endpoint turning ready or not. The
+    // exports are watched in the version served when leading starts; every pass asks again
+    // (`reconcile::served_mcs_version`), so after the CRDs change versions the passes follow
+    // at once and the watch from the next leadership (until then, each resync).
+    let mcs_version = match reconcile::served_mcs_version(&local).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "discovering the MCS API version; watching v1alpha1");
+            slice_api::mcs::McsVersion::default()
+        }
+    };
+    let exports = watcher(
+        Api::<kube::core::DynamicObject>::all_with(local.clone(), &mcs_version.service_exports()),
+        watcher::Config::default(),
+    );
     // An exported Service's ports, type or session affinity changed; the slice-dns Service's
     // address (the Corefile stanza forwards there).
     let services = watcher(Api::<k8s_openapi::api::core::v1::Service>::all(local.clone()), watcher::Config::default());

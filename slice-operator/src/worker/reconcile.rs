@@ -7,7 +7,9 @@
 //! hub: list WorkerSlices in `slicenet-cluster-<cluster>`, get the MemberCluster; cluster: list
 //! Nodes, Namespaces, then the worker's Secrets, ConfigMaps, Deployments, Services and the
 //! gateway Pods in `slicenet-system` (by label), the running Pods of each member namespace
-//! (for `connectedPods`), and NADs in all namespaces when Multus is used; then the writes.
+//! (for `connectedPods`), and NADs in all namespaces when Multus is used; the MCS API group's
+//! discovery document and the multi-cluster services' objects in the version it serves
+//! ([`served_mcs_version`]); then the writes.
 //!
 //! Besides the API, a pass reads each slice's gateway metrics over HTTP (at the gateway pod's IP,
 //! all gateways at once, each within [`scrape::TIMEOUT`]) for the tunnels' state.
@@ -35,7 +37,7 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 use serde_json::json;
 use slice_api::crd::{GATEWAY_NAMESPACE, MemberCluster, SYSTEM_NAMESPACE, WorkerSlice, cluster_namespace};
-use slice_api::mcs::{ServiceExport, ServiceImport};
+use slice_api::mcs::{GROUP as MCS_GROUP, McsVersion, ServiceExport};
 use slice_api::multus;
 use slice_api::names::{
     COREDNS_CONFIG_MAP, KUBE_SYSTEM_NAMESPACE, NODE_LOCAL_DNS_CONFIG_MAP, SLICE_DNS_SERVICE, SLICE_LABEL,
@@ -130,16 +132,43 @@ fn nad_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&gvk, "network-attachment-definitions")
 }
 
-fn resource(kind: Kind) -> ApiResource {
+fn resource(kind: Kind, mcs: McsVersion) -> ApiResource {
     match kind {
         Kind::Secret => ApiResource::erase::<Secret>(&()),
         Kind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
         Kind::Deployment => ApiResource::erase::<Deployment>(&()),
         Kind::Service => ApiResource::erase::<Service>(&()),
         Kind::NetworkAttachmentDefinition => nad_resource(),
-        Kind::ServiceImport => ApiResource::erase::<ServiceImport>(&()),
+        Kind::ServiceImport => mcs.service_imports(),
         Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
         Kind::NetworkPolicy => ApiResource::erase::<NetworkPolicy>(&()),
+    }
+}
+
+/// The version of the MCS API to read and write in the cluster of `client`: the newest that
+/// the group's discovery document (`GET /apis/multicluster.x-k8s.io`) lists and slicenet knows.
+/// CRDs installed by someone else may serve `v1alpha1` only (older mcs-api) or `v1beta1` only.
+/// A 404 (no MCS CRDs, or an API without discovery such as the lab's in-memory one), or a
+/// group serving only versions slicenet does not know: `v1alpha1`, as before `v1beta1`
+/// existed (reads then find nothing where the CRDs are missing).
+///
+/// # Errors
+/// When the discovery request fails otherwise.
+pub async fn served_mcs_version(client: &Client) -> Result<McsVersion, kube::Error> {
+    let request = http::Request::get(format!("/apis/{MCS_GROUP}"))
+        .body(Vec::new())
+        .map_err(|e| kube::Error::BuildRequest(kube::core::request::Error::BuildRequest(e)))?;
+    match client.request::<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroup>(request).await {
+        Ok(group) => {
+            let served = group.versions.iter().map(|v| v.version.as_str());
+            Ok(McsVersion::served(served.clone()).unwrap_or_else(|| {
+                let listed: Vec<&str> = served.collect();
+                tracing::warn!(?listed, "the cluster serves no version of {MCS_GROUP} slicenet knows");
+                McsVersion::default()
+            }))
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(McsVersion::default()),
+        Err(e) => Err(e),
     }
 }
 
@@ -265,9 +294,20 @@ impl Worker {
         // Multi-cluster services: every ServiceExport (the MCS CRDs may be missing: none), the
         // Services and EndpointSlices of the namespaces that export, what the worker imported,
         // the slice-dns Service and the cluster's Corefiles.
-        let service_exports =
-            none_if_missing(Api::<ServiceExport>::all(self.local.clone()).list(&ListParams::default()).await)
-                .map_err(read("ServiceExports"))?;
+        let mcs_version =
+            served_mcs_version(&self.local).await.map_err(read(&format!("the served versions of {MCS_GROUP}")))?;
+        let service_exports = none_if_missing(
+            Api::<DynamicObject>::all_with(self.local.clone(), &mcs_version.service_exports())
+                .list(&ListParams::default())
+                .await,
+        )
+        .map_err(read("ServiceExports"))?;
+        // Read in any version: the fields the worker reads (metadata, status.conditions) are
+        // the same in all.
+        let service_exports: Vec<ServiceExport> = service_exports
+            .into_iter()
+            .filter_map(|o| serde_json::to_value(o).and_then(serde_json::from_value).ok())
+            .collect();
         let mut exporting: Vec<String> = service_exports.iter().filter_map(kube::ResourceExt::namespace).collect();
         exporting.sort();
         exporting.dedup();
@@ -288,7 +328,9 @@ impl Worker {
             endpoint_slices.extend(slices.items);
         }
         let service_imports = none_if_missing(
-            Api::<DynamicObject>::all_with(self.local.clone(), &resource(Kind::ServiceImport)).list(&managed).await,
+            Api::<DynamicObject>::all_with(self.local.clone(), &resource(Kind::ServiceImport, mcs_version))
+                .list(&managed)
+                .await,
         )
         .map_err(read("ServiceImports"))?;
         let mcs_managed = ListParams::default().labels(&format!(
@@ -297,11 +339,12 @@ impl Worker {
             slice_api::mcs::MANAGED_BY_LABEL,
             slice_api::mcs::MANAGED_BY
         ));
-        let mcs_endpoint_slices = Api::<DynamicObject>::all_with(self.local.clone(), &resource(Kind::EndpointSlice))
-            .list(&mcs_managed)
-            .await
-            .map_err(read("MCS EndpointSlices"))?
-            .items;
+        let mcs_endpoint_slices =
+            Api::<DynamicObject>::all_with(self.local.clone(), &resource(Kind::EndpointSlice, mcs_version))
+                .list(&mcs_managed)
+                .await
+                .map_err(read("MCS EndpointSlices"))?
+                .items;
         let dns_service = Api::<Service>::namespaced(self.local.clone(), sys)
             .get_opt(SLICE_DNS_SERVICE)
             .await
@@ -322,11 +365,12 @@ impl Worker {
                 .await,
         )
         .map_err(read("MultiNetworkPolicies"))?;
-        let network_policies = Api::<DynamicObject>::all_with(self.local.clone(), &resource(Kind::NetworkPolicy))
-            .list(&managed)
-            .await
-            .map_err(read("NetworkPolicies"))?
-            .items;
+        let network_policies =
+            Api::<DynamicObject>::all_with(self.local.clone(), &resource(Kind::NetworkPolicy, mcs_version))
+                .list(&managed)
+                .await
+                .map_err(read("NetworkPolicies"))?
+                .items;
         Ok(Observed {
             multi_network_policies,
             network_policies,
@@ -342,6 +386,7 @@ impl Worker {
             nads,
             member_pods,
             gateway_metrics,
+            mcs_version,
             service_exports,
             exported_services,
             endpoint_slices,
@@ -399,7 +444,7 @@ impl Worker {
         let mut services = observed.services.clone();
         for (i, write) in decision.writes.iter().enumerate() {
             *failing = Some(write.clone());
-            if let Some(applied) = self.write(cluster, write).await? {
+            if let Some(applied) = self.write(cluster, write, observed.mcs_version).await? {
                 // Keep the Service the API returned: it carries the assigned nodePort.
                 if let Ok(svc) = serde_json::from_value::<Service>(applied) {
                     services.retain(|s| s.metadata.name != svc.metadata.name);
@@ -416,7 +461,7 @@ impl Worker {
         };
         for write in decide::decide_status(observed, &decision, &services, now, &written) {
             *failing = Some(write.clone());
-            self.write(cluster, &write).await?;
+            self.write(cluster, &write, observed.mcs_version).await?;
             outcome.writes += 1;
             if let Write::PatchStatus { name, status } = &write {
                 if let Ok(at) = now.parse::<Timestamp>() {
@@ -432,7 +477,7 @@ impl Worker {
         }
         for write in decide::decide_release(observed) {
             *failing = Some(write.clone());
-            self.write(cluster, &write).await?;
+            self.write(cluster, &write, observed.mcs_version).await?;
             outcome.writes += 1;
             if let Write::RemoveFinalizer { name, .. } = &write
                 && let Some(ws) = observed.worker_slices.iter().find(|ws| ws.metadata.name.as_ref() == Some(name))
@@ -486,12 +531,18 @@ impl Worker {
         Ok(())
     }
 
-    /// Makes one write; returns the applied Service's body for [`Kind::Service`] applies.
-    async fn write(&self, cluster: &str, write: &Write) -> Result<Option<serde_json::Value>, WorkerError> {
+    /// Makes one write (multi-cluster services' objects in `mcs`); returns the applied Service's
+    /// body for [`Kind::Service`] applies.
+    async fn write(
+        &self,
+        cluster: &str,
+        write: &Write,
+        mcs: McsVersion,
+    ) -> Result<Option<serde_json::Value>, WorkerError> {
         self.leadership.check()?;
         let hub_slices = || Api::<WorkerSlice>::namespaced(self.hub.clone(), &cluster_namespace(cluster));
         let dynamic =
-            |kind: Kind, ns: &str| Api::<DynamicObject>::namespaced_with(self.local.clone(), ns, &resource(kind));
+            |kind: Kind, ns: &str| Api::<DynamicObject>::namespaced_with(self.local.clone(), ns, &resource(kind, mcs));
         let failed = |what: String| move |source| WorkerError::Write { what, source };
         match write {
             Write::AddFinalizer { name, finalizers, resource_version }
@@ -552,7 +603,7 @@ impl Worker {
                     .map_err(failed(format!("writing the status of ServiceImport {namespace}/{name}")))?;
             }
             Write::PatchExportStatus { namespace, name, conditions } => {
-                Api::<ServiceExport>::namespaced(self.local.clone(), namespace)
+                Api::<DynamicObject>::namespaced_with(self.local.clone(), namespace, &mcs.service_exports())
                     .patch_status(
                         name,
                         &PatchParams::default(),

@@ -40,7 +40,7 @@ use serde_json::{Value, json};
 use slice_api::crd::{
     Condition, EndpointGroup, ExportedService, ImportedService, NodeAllocation, SliceEndpoint, set_condition,
 };
-use slice_api::mcs::{self, ServiceExport, ServiceImportType, ServicePort, reason};
+use slice_api::mcs::{self, McsVersion, ServiceExport, ServiceImportType, ServicePort, reason};
 use slice_api::multus;
 use slice_api::names::{NETWORK_STATUS_ANNOTATION, SLICE_LABEL};
 use slice_api::node::{ClusterSetService, ServicePortRule};
@@ -51,7 +51,7 @@ use slice_api::names::{KUBE_SYSTEM_NAMESPACE, NODE_LOCAL_DNS_CONFIG_MAP};
 
 use super::decide::{Kind, Observed, Write};
 use super::objects::{MANAGED_BY, MANAGED_BY_LABEL, PlannedSlice};
-use crate::events::{Notice, reason as event_reason, reference};
+use crate::events::{Notice, reason as event_reason, reference, reference_to};
 
 /// The label the EndpointSlice controller puts on a Service's EndpointSlices.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -357,10 +357,11 @@ pub fn endpoint_slice_name(service: &str, cluster: &str, index: usize, family: &
     format!("{}-{hash:016x}", &service[..service.len().min(40)])
 }
 
-/// The ServiceImport (with its `status.clusters`) and the MCS EndpointSlices of `import` in a
-/// cluster running `slice`.
+/// The ServiceImport in `version` (with its `status.clusters`, and in `v1beta1`
+/// `status.endpointSliceObjects`) and the MCS EndpointSlices of `import` in a cluster running
+/// `slice`.
 #[must_use]
-pub fn import_objects(slice: &str, import: &ImportedService) -> (Value, Value, Vec<Value>) {
+pub fn import_objects(slice: &str, import: &ImportedService, version: McsVersion) -> (Value, Value, Vec<Value>) {
     let ns = &import.namespace;
     let name = &import.name;
     let mut spec = json!({ "type": import.type_, "ports": import.ports });
@@ -371,12 +372,12 @@ pub fn import_objects(slice: &str, import: &ImportedService) -> (Value, Value, V
         spec["sessionAffinity"] = json!(a);
     }
     let service_import = json!({
-        "apiVersion": format!("{}/v1alpha1", mcs::GROUP),
+        "apiVersion": version.api_version(),
         "kind": "ServiceImport",
         "metadata": { "name": name, "namespace": ns, "labels": import_labels(slice) },
         "spec": spec,
     });
-    let status =
+    let mut status =
         json!({ "clusters": import.clusters.iter().map(|c| json!({"cluster": c.cluster})).collect::<Vec<_>>() });
     let mut slices = Vec::new();
     for c in &import.clusters {
@@ -429,6 +430,11 @@ pub fn import_objects(slice: &str, import: &ImportedService) -> (Value, Value, V
                 }));
             }
         }
+    }
+    // Only `v1beta1` has the field: CRDs that serve `v1alpha1` alone (upstream's older ones)
+    // would prune it, and the status would never read back as written.
+    if version == McsVersion::V1beta1 {
+        status["endpointSliceObjects"] = json!(if slices.is_empty() { "Absent" } else { "Present" });
     }
     (service_import, status, slices)
 }
@@ -523,7 +529,7 @@ pub fn decide(
             ws.spec.imports.iter().filter(|i| p.namespaces.contains(&i.namespace)).cloned().collect();
         out.node_services.insert(ws.spec.slice.clone(), cluster_set_services(&imports));
         for i in &imports {
-            let (service_import, status, slices) = import_objects(&ws.spec.slice, i);
+            let (service_import, status, slices) = import_objects(&ws.spec.slice, i, observed.mcs_version);
             out.objects.push((Kind::ServiceImport, service_import));
             out.objects.extend(slices.into_iter().map(|s| (Kind::EndpointSlice, s)));
             let current = observed
@@ -571,7 +577,14 @@ pub fn decide(
             .or_else(|| flipped(mcs::CONFLICT, "True").map(|c| (event_reason::SERVICE_EXPORT_CONFLICT, c)))
             .map(|(why, c)| {
                 let note = format!("{}/{}: {}: {}", v.namespace, v.name, c.reason, c.message);
-                Notice::warning(reference(export), why, "Export", note)
+                let regarding = reference_to(
+                    &observed.mcs_version.api_version(),
+                    "ServiceExport",
+                    Some(&v.namespace),
+                    &v.name,
+                    export.metadata.uid.as_deref(),
+                );
+                Notice::warning(regarding, why, "Export", note)
             });
         out.status_writes.push((
             Write::PatchExportStatus { namespace: v.namespace.clone(), name: v.name.clone(), conditions },

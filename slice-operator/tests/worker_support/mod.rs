@@ -121,11 +121,11 @@ impl FakeApi {
     }
 
     /// One pass of cluster `cluster`'s worker at `now` (a fixed gateway key), which must
-    /// succeed and stay inside the access lists; its requests are taken.
+    /// succeed and stay inside the access lists; the requests it made, as lines.
     ///
     /// # Panics
     /// When the pass fails or a request is not covered by the access lists.
-    pub async fn pass_ok(&self, cluster: &str, now: &str) {
+    pub async fn pass_ok(&self, cluster: &str, now: &str) -> Vec<String> {
         use slice_operator::worker::Worker;
         use slice_operator::worker::decide::Settings;
         use slice_operator::worker::keys::KeyPair;
@@ -139,6 +139,6 @@ impl FakeApi {
             .with_metrics_source(self.metrics_source());
         worker.reconcile_once(cluster, now).await.expect("pass");
         assert_eq!(self.violations(), Vec::<String>::new(), "requests not covered by the access lists");
-        self.take_requests();
+        self.take_requests().iter().map(Recorded::line).collect()
     }
 }

@@ -177,7 +177,7 @@ fn conditions_follow_the_hubs_imports() {
 
 #[test]
 fn imports_become_a_service_import_and_one_endpoint_slice_per_cluster() {
-    let (si, status, slices) = import_objects("blue", &imported(None));
+    let (si, status, slices) = import_objects("blue", &imported(None), McsVersion::V1alpha1);
     assert_eq!(si["spec"]["ips"], json!(["10.80.255.1"]));
     assert_eq!(si["spec"]["type"], "ClusterSetIP");
     assert_eq!(status, json!({"clusters": [{"cluster": "c1"}, {"cluster": "c2"}]}));
