@@ -10,7 +10,6 @@ mod worker_support;
 
 use serde_json::{Value, json};
 use slice_api::crd::{SliceConfig, WorkerSlice};
-use slice_operator::access::{WORKER_CLUSTER, WORKER_HUB};
 use worker_support::{FakeApi, Side};
 
 const NOW: &str = "2026-11-23T20:00:00Z";
@@ -53,20 +52,7 @@ fn mnp(name: &str, spec: Value) -> Value {
 }
 
 fn fixture(isolation: bool) -> FakeApi {
-    let api = FakeApi::new(WORKER_HUB, "slicenet-cluster-c2", WORKER_CLUSTER, "slicenet-system");
-    api.put(Side::Hub, worker_slice(isolation));
-    api.put(
-        Side::Hub,
-        json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "MemberCluster",
-        "metadata": {"name": "c2"}, "spec": {}, "status": {}}),
-    );
-    for (n, ip) in [("n1", "198.18.2.11"), ("n2", "198.18.2.12")] {
-        api.put(
-            Side::Cluster,
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n},
-            "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}),
-        );
-    }
+    let api = FakeApi::member_c2(worker_slice(isolation));
     for ns in ["shop", "slicenet-system", "monitoring"] {
         api.put(
             Side::Cluster,

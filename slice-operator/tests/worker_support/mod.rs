@@ -114,6 +114,29 @@ impl FakeApi {
         })
     }
 
+    /// Member cluster c2's worker view (its hub namespace `slicenet-cluster-c2`): `worker_slice`
+    /// and c2's MemberCluster on the hub, nodes n1 and n2 in the cluster.
+    #[must_use]
+    pub fn member_c2(worker_slice: serde_json::Value) -> Self {
+        use serde_json::json;
+        use slice_operator::access::{WORKER_CLUSTER, WORKER_HUB};
+        let api = Self::new(WORKER_HUB, "slicenet-cluster-c2", WORKER_CLUSTER, "slicenet-system");
+        api.put(Side::Hub, worker_slice);
+        api.put(
+            Side::Hub,
+            json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "MemberCluster",
+            "metadata": {"name": "c2"}, "spec": {}, "status": {}}),
+        );
+        for (n, ip) in [("n1", "198.18.2.11"), ("n2", "198.18.2.12")] {
+            api.put(
+                Side::Cluster,
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}),
+            );
+        }
+        api
+    }
+
     /// Two clients: the hub's and the member cluster's.
     #[must_use]
     pub fn clients(&self) -> (Client, Client) {
