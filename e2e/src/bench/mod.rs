@@ -13,6 +13,9 @@
 //!    without a tunnel, `slice-gateway` pod to pod through the whole slice path and between the
 //!    gateway pods, wireguard-go and OpenVPN between the gateway pods ([`across`]).
 //! 9. `slice-dns` against Knot DNS on the same records, with `dnsperf` ([`dns`]).
+//! 10. MultiNetworkPolicy at 1,000 and 10,000 pods × 100 policies: compile + apply on a node,
+//!     a label change to enforcement on another cluster's node, throughput with and without
+//!     policies ([`policy`]).
 //!
 //! Everything runs in two labs made for the purpose (prefixes [`SLICE_LAB`] and [`PLAIN_LAB`]);
 //! nothing is sent outside their namespaces. The labs are torn down on every path: on return,
@@ -25,6 +28,7 @@ mod dns;
 mod doc;
 mod path;
 mod place;
+mod policy;
 mod process;
 mod stats;
 mod tunnel;
@@ -68,6 +72,7 @@ pub struct Options {
     pub run_across: bool,
     pub run_convergence: bool,
     pub run_dns: bool,
+    pub run_policy: bool,
     /// Length of one dnsperf run in section 9.
     pub dns_seconds: u32,
     /// Cluster joins timed in section 6.
@@ -91,6 +96,7 @@ impl Default for Options {
             run_across: true,
             run_convergence: true,
             run_dns: true,
+            run_policy: true,
             dns_seconds: 10,
             joins: 10,
             doc: Some(PathBuf::from("docs/benchmarks.md")),
@@ -113,10 +119,11 @@ options:
   --iperf-seconds S     length of one iperf3 run (default 5)
   --iperf-runs N        iperf3 runs per path (default 3)
   --pings N             echo requests per path (default 20)
-  --joins N             timed cluster joins in section 6 (default 10)
+  --joins N             timed cluster joins in section 6, label changes per size in section 10
+                        (default 10)
   --dns-seconds S       length of one dnsperf run in section 9 (default 10)
   --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence,
-                        dns (default all)
+                        dns,policy (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
@@ -161,6 +168,7 @@ impl Options {
                     let list = value()?;
                     (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence, o.run_dns) =
                         (false, false, false, false, false, false, false);
+                    o.run_policy = false;
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
@@ -170,9 +178,10 @@ impl Options {
                             "across" => o.run_across = true,
                             "convergence" => o.run_convergence = true,
                             "dns" => o.run_dns = true,
+                            "policy" => o.run_policy = true,
                             other => {
                                 bail!(
-                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns)"
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy)"
                                 )
                             }
                         }
@@ -242,6 +251,7 @@ struct Figures {
     across: Option<tunnel::TunnelSection>,
     convergence: Option<(Vec<crate::convergence::Join>, Vec<crate::convergence::NameChange>)>,
     dns: Option<dns::DnsSection>,
+    policy: Option<policy::PolicySection>,
 }
 
 /// Runs the benchmark: builds the labs, runs the sections, prints a table per section on
@@ -278,6 +288,8 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: CONVERGENCE_BEGIN, end: CONVERGENCE_END }.update(&text, convergence_doc, &old);
         let dns_doc = figures.dns.as_ref().map(|d| dns::doc_section(d, &command));
         text = doc::Marked { begin: dns::BEGIN, end: dns::END }.update(&text, dns_doc, &old);
+        let policy_doc = figures.policy.as_ref().map(|p| policy::doc_section(p, &command));
+        text = doc::Marked { begin: policy::BEGIN, end: policy::END }.update(&text, policy_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -320,10 +332,10 @@ fn preflight(options: &Options) -> Result<()> {
     let bin = crate::bin_dir();
     let labs = options.run_cni || options.run_cri || options.run_path;
     let mut needed = Vec::new();
-    if labs || options.run_across {
+    if labs || options.run_across || options.run_policy {
         needed.extend(["slice-cni", "slice-operator"]);
     }
-    if options.run_tunnel || options.run_across {
+    if options.run_tunnel || options.run_across || options.run_policy {
         needed.push("slice-gateway");
     }
     if options.run_dns {
@@ -338,10 +350,13 @@ fn preflight(options: &Options) -> Result<()> {
         }
     }
     let mut tools = vec!["ip"];
-    if labs || options.run_across {
+    if labs || options.run_across || options.run_policy {
         tools.extend(["containerd", "nsenter"]);
     }
-    if options.run_path || options.run_tunnel || options.run_across {
+    if options.run_policy {
+        tools.push("nft");
+    }
+    if options.run_path || options.run_tunnel || options.run_across || options.run_policy {
         tools.extend(["iperf3", "ping", "ss", "timeout"]);
     }
     if options.run_tunnel || options.run_across {
@@ -406,6 +421,18 @@ fn measure(options: &Options) -> Result<Figures> {
         let d = dns::run(options.dns_seconds)?;
         println!("{}", dns::table(&d));
         figures.dns = Some(d);
+    }
+    if options.run_policy {
+        process::check_interrupted()?;
+        eprintln!(
+            "slicenet-bench: 10. MultiNetworkPolicy at {:?} pods × 100 policies (namespace {}, lab {})",
+            policy::SIZES,
+            policy::NS,
+            policy::LAB
+        );
+        let p = policy::run(options.joins, options.iperf_runs, options.iperf_seconds)?;
+        println!("{}", policy::table(&p));
+        figures.policy = Some(p);
     }
     Ok(figures)
 }

@@ -56,6 +56,10 @@ use kubelet::Kubelet;
 
 /// Annotation: how many nodes the lab gives a member cluster.
 pub const NODES_ANNOTATION: &str = "lab.slicenet.io/nodes";
+/// On a Pod object written straight to a cluster's API: a pod that runs nowhere, which the
+/// lab's kubelet leaves alone (the scale benchmarks fill pod directories with them; the
+/// workers, the hub and the node agents see them as running pods).
+pub const SIMULATED_ANNOTATION: &str = "lab.slicenet.io/simulated";
 /// Annotation: the lab puts the member cluster behind NAT.
 pub const BEHIND_NAT_ANNOTATION: &str = "lab.slicenet.io/behind-nat";
 /// Nodes of a member cluster without [`NODES_ANNOTATION`].
