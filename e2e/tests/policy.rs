@@ -25,6 +25,11 @@
 //! allowed cell that got no answer is probed again until a longer deadline before it counts as
 //! denied. Only outcomes are asserted.
 //!
+//! After the table: a pod's label change in one cluster changes what the other enforces, a
+//! forged source is dropped under allow-all, and a policy change under load (an allowed
+//! connection across the gateways carrying round trips back to back) leaves the established
+//! connection going while a new one gets nothing through once the change is in force.
+//!
 //! Needs root and the binaries (`slice-cni`, `slice-operator`, `slice-gateway`); fails (does
 //! not skip) without them. The lab is torn down on every path (a guard deletes the slice and
 //! the lab's `Drop` removes the rest when a check panics).
@@ -588,8 +593,173 @@ fn the_truth_table_holds_across_two_clusters() {
         }
     }
 
+    // Update under load: an allowed connection x/a (c1) → y/a (c2), across the gateways, carries
+    // round trips without pause while y's policies turn to deny all ingress; once every router
+    // enforces the change (the apply returned), a new connection gets nothing through (the
+    // server accepts none) and the established one goes on.
+    spoofer
+        .exec_ok(&["ip", "addr", "del", &format!("{forged}/32"), "dev", "slice0"])
+        .expect("the second address removed");
+    let y_a_pod = env.cp.pod("c2", "y", "a").expect("y/a").clone();
+    let echo = EchoServer::start(&y_a_pod, ECHO_PORT);
+    let load = Load::start(&spoofer, SocketAddrV4::new(pods[y_a].model.address, ECHO_PORT));
+    load.wait_for(10, "before the change");
+    let deny_y = [both("x", "all", json!({"ingress": [{}], "egress": [{}]})), both("y", "deny", json!({}))].concat();
+    apply_policies(&mut env, &allow_all, &deny_y, "y denies all ingress, under load");
+    let at_change = load.count();
+    let to = std::net::SocketAddr::from((pods[y_a].model.address, ECHO_PORT));
+    let attempt = e2e::probe::in_netns(&spoofer.netns_path, move || {
+        std::net::TcpStream::connect_timeout(&to, DEADLINE).map(drop).map_err(|e| e.kind())
+    })
+    .join()
+    .expect("the connecting thread");
+    if attempt != Err(std::io::ErrorKind::TimedOut) {
+        failures.push(format!("a new connection x/a -> y/a after y denied all ingress: {attempt:?}"));
+    }
+    load.wait_for(at_change + 200, "after the change");
+    let (round_trips, error) = load.stop();
+    if let Some(e) = error {
+        failures.push(format!("the established connection broke under the policy change: {e}"));
+    }
+    let accepted = echo.stop();
+    if accepted != 1 {
+        failures.push(format!("the echo server accepted {accepted} connections (1 expected: the established one)"));
+    }
+    eprintln!("under load: {round_trips} round trips, {at_change} before the change was enforced");
+
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     drop(tcp);
     drop(udp);
     env.finish();
+}
+
+/// The port of the update-under-load connection.
+const ECHO_PORT: u16 = 7000;
+
+/// A TCP echo server of the test's own in a pod, counting the connections it accepted.
+struct EchoServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    fn start(pod: &e2e::Pod, port: u16) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s, a) = (stop.clone(), accepted.clone());
+        let thread = e2e::probe::in_netns(&pod.netns_path, move || {
+            let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the echo server");
+            listener.set_nonblocking(true).expect("non-blocking");
+            tx.send(()).expect("the test waits");
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        a.fetch_add(1, Ordering::SeqCst);
+                        conn.set_nonblocking(false).expect("blocking");
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = conn.read(&mut buf) {
+                                if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30)).expect("the echo server listens");
+        Self { stop, accepted, thread: Some(thread) }
+    }
+
+    /// Stops listening; the connections it accepted.
+    fn stop(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One TCP connection from a pod carrying 1 KiB round trips back to back until stopped.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<Option<String>>>,
+}
+
+impl Load {
+    fn start(pod: &e2e::Pod, to: SocketAddrV4) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, c) = (stop.clone(), count.clone());
+        let thread = e2e::probe::in_netns(&pod.netns_path, move || {
+            let mut conn = match std::net::TcpStream::connect_timeout(&to.into(), Duration::from_secs(30)) {
+                Ok(conn) => conn,
+                Err(e) => return Some(format!("connect: {e}")),
+            };
+            // Generous: a busy machine is not a broken connection.
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+            let out = [7u8; 1024];
+            let mut back = [0u8; 1024];
+            while !s.load(Ordering::SeqCst) {
+                if let Err(e) = conn.write_all(&out).and_then(|()| conn.read_exact(&mut back)) {
+                    return Some(format!("round trip {}: {e}", c.load(Ordering::SeqCst) + 1));
+                }
+                if back != out {
+                    return Some("the echo differs from what was sent".to_owned());
+                }
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+            None
+        });
+        Self { stop, count, thread: Some(thread) }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` round trips are done (or the connection failed: `stop` tells).
+    fn wait_for(&self, n: usize, what: &str) {
+        let end = Instant::now() + Duration::from_secs(60);
+        while self.count() < n && !self.thread.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+            assert!(Instant::now() < end, "{what}: {} of {n} round trips within 60 s", self.count());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it: the round trips done, and the error that ended it early.
+    fn stop(mut self) -> (usize, Option<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let error =
+            self.thread.take().and_then(|t| t.join().unwrap_or_else(|_| Some("the load thread panicked".into())));
+        (self.count(), error)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
