@@ -13,9 +13,7 @@
 //! connection-tracking entry is never confirmed, so no policy can allow it. **IPv6** has no
 //! `rp_filter`: this chain does the same check with nft's `fib saddr . iif oif missing`, at
 //! priority `raw`, before conntrack, for IPv6 packets only. Doing it here for IPv4 as well
-//! would be the same route lookup twice per packet: in a forwarding namespace on this machine
-//! the nft lookup alone cost 15–20 % of a TCP stream's throughput, conntrack about 4 %
-//! (docs/decisions.md).
+//! would be the same route lookup twice per packet (what each costs: docs/decisions.md).
 
 use serde_json::{Value, json};
 
