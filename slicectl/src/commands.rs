@@ -197,22 +197,51 @@ pub fn install_hub(image: Option<&str>, tls_dir: Option<&Path>) -> Result<()> {
     print_out(&install::hub(&install_options(image, tls_dir)?)?.to_yaml()?)
 }
 
+/// Where `install worker` gets the worker's hub credentials.
+#[derive(Debug, Clone)]
+pub enum HubAccess {
+    /// A join file of `slicectl join --hub-kubeconfig`.
+    JoinFile(std::path::PathBuf),
+    /// A hand-made kubeconfig and the cluster's name.
+    Kubeconfig { cluster: String, kubeconfig: std::path::PathBuf, server: Option<String> },
+    /// Neither (clap refuses this before).
+    Missing,
+}
+
+/// The cluster name, hub kubeconfig text and server override of `source`.
+fn hub_access(source: &HubAccess) -> Result<(String, String, Option<String>)> {
+    match source {
+        HubAccess::JoinFile(path) => {
+            let join = crate::join_file::JoinFile::read(path)?;
+            Ok((join.cluster.clone(), join.kubeconfig(), None))
+        }
+        HubAccess::Kubeconfig { cluster, kubeconfig, server } => {
+            let raw = std::fs::read_to_string(kubeconfig)
+                .with_context(|| format!("reading --hub-kubeconfig {}", kubeconfig.display()))?;
+            Ok((cluster.clone(), raw, server.clone()))
+        }
+        HubAccess::Missing => bail!("give --join FILE (from `slicectl join`), or --cluster and --hub-kubeconfig"),
+    }
+}
+
 /// `slicectl install worker`.
 ///
 /// # Errors
-/// When the hub kubeconfig cannot be read or used from a pod, or the cluster name is invalid.
-pub fn install_worker(
-    image: Option<&str>,
-    tls_dir: Option<&Path>,
-    cluster: &str,
-    hub_kubeconfig: &Path,
-    hub_server: Option<&str>,
-    multus: bool,
-) -> Result<()> {
-    let raw = std::fs::read_to_string(hub_kubeconfig)
-        .with_context(|| format!("reading --hub-kubeconfig {}", hub_kubeconfig.display()))?;
+/// When the join file or hub kubeconfig cannot be read or used from a pod, or the cluster name
+/// is invalid.
+pub fn install_worker(image: Option<&str>, tls_dir: Option<&Path>, source: &HubAccess, multus: bool) -> Result<()> {
+    let (cluster, raw, server) = hub_access(source)?;
     let opts = install::Options { multus, ..install_options(image, tls_dir)? };
-    print_out(&install::worker(&opts, cluster, &raw, hub_server)?.to_yaml()?)
+    print_out(&install::worker(&opts, &cluster, &raw, server.as_deref())?.to_yaml()?)
+}
+
+/// `slicectl install worker-credentials --join FILE`.
+///
+/// # Errors
+/// When the join file cannot be read.
+pub fn install_worker_credentials(join: &Path) -> Result<()> {
+    let (_, raw, _) = hub_access(&HubAccess::JoinFile(join.to_path_buf()))?;
+    print_out(&install::worker_credentials(&raw, None)?.to_yaml()?)
 }
 
 /// `slicectl install worker-hub-access`.
@@ -229,17 +258,59 @@ pub fn install_worker_hub_access(cluster: &str) -> Result<()> {
     Ok(())
 }
 
-/// `slicectl join`: prints the MemberCluster, or with `apply` applies it to the hub with kubectl.
+/// `slicectl join` without a hub kubeconfig: prints the MemberCluster.
 ///
 /// # Errors
-/// When the options are invalid or kubectl fails.
-pub fn join(opts: &crate::join::JoinOptions, hub_kubeconfig: Option<&Path>, apply: bool) -> Result<()> {
-    let yaml = crate::join::manifest(opts)?.to_yaml()?;
-    match (apply, hub_kubeconfig) {
-        (true, Some(kubeconfig)) => crate::join::kubectl_apply(kubeconfig, &yaml),
-        (true, None) => bail!("--apply needs --hub-kubeconfig"),
-        (false, _) => print_out(&yaml),
+/// When the options are invalid.
+pub fn join(opts: &crate::join::JoinOptions) -> Result<()> {
+    print_out(&crate::join::manifest(opts)?.to_yaml()?)
+}
+
+/// `slicectl join --hub-kubeconfig`: registers the cluster on the hub (or with `rotate`, revokes
+/// its worker's tokens) and writes the join file.
+///
+/// # Errors
+/// When the options or the kubeconfig are invalid, a request fails or the file cannot be written.
+pub fn join_hub(
+    opts: &crate::join::JoinOptions,
+    kubeconfig: &Path,
+    hub_server: Option<&str>,
+    output: Option<std::path::PathBuf>,
+    rotate: bool,
+) -> Result<()> {
+    crate::install::check_cluster_name(&opts.cluster)?;
+    let hub = crate::register::hub_endpoint(kubeconfig, hub_server)?;
+    let output = output.unwrap_or_else(|| std::path::PathBuf::from(format!("{}.join", opts.cluster)));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    let file = runtime.block_on(async {
+        let client = slice_kube::kubeconfig::client_from_kubeconfig(kubeconfig, None).await?;
+        if rotate {
+            crate::register::rotate(&client, &opts.cluster, &hub).await
+        } else {
+            crate::register::register(&client, opts, &hub).await
+        }
+    })?;
+    file.write(&output)?;
+    let verb = if rotate { "rotated the hub token of" } else { "registered" };
+    println!(
+        "{verb} cluster {} on the hub; join file: {} (mode 0600, holds a hub token)",
+        opts.cluster,
+        output.display()
+    );
+    if rotate {
+        println!(
+            "In cluster {}: slicectl install worker-credentials --join {} | kubectl apply --server-side -f -",
+            opts.cluster,
+            output.display()
+        );
+    } else {
+        println!(
+            "In cluster {}: slicectl install worker --join {} | kubectl apply --server-side -f -",
+            opts.cluster,
+            output.display()
+        );
     }
+    Ok(())
 }
 
 /// `slicectl cni-install`.

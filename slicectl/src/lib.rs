@@ -4,7 +4,8 @@
 //! - [`install`]: the manifests of `slicectl install hub|worker|worker-hub-access|crds`, built
 //!   from k8s-openapi types, RBAC from the controllers' access lists ([`rbac`]).
 //! - [`crds`]: the CRD YAML of `deploy/crds/` and its staleness check.
-//! - [`join`]: the MemberCluster of `slicectl join`.
+//! - [`join`]: the MemberCluster of `slicectl join`; [`register`]: the one-step join against
+//!   the hub (objects, token) and [`join_file`], the file `install worker --join` reads.
 //! - [`cni_install`]: what the node agent's init container does on each node.
 //! - [`manifest`]: typed objects → canonical multi-document YAML, and the round-trip check.
 //! - [`kubeconfig`], [`tls`]: the worker's hub kubeconfig, the webhook's certificate.
@@ -17,7 +18,9 @@ pub mod crds;
 pub mod hub_status;
 pub mod install;
 pub mod join;
+pub mod join_file;
 pub mod kubeconfig;
 pub mod manifest;
 pub mod rbac;
+pub mod register;
 pub mod tls;

@@ -23,14 +23,30 @@ enum Cmd {
         #[command(subcommand)]
         command: InstallCmd,
     },
-    /// Prints the MemberCluster that registers a cluster with the hub (apply it on the hub).
+    /// Registers a member cluster with the hub. With --hub-kubeconfig (the hub admin's): applies
+    /// its MemberCluster and hub access, asks for the worker's first hub token and writes the join
+    /// file (mode 0600) that `slicectl install worker --join` reads. Without: prints the
+    /// MemberCluster only.
     Join {
         /// The member cluster's name (a DNS label of at most 46 characters).
         #[arg(long)]
         cluster: String,
-        /// The hub's kubeconfig (for --apply).
+        /// The hub admin's kubeconfig (its current context): register on the hub and write the
+        /// join file.
         #[arg(long)]
         hub_kubeconfig: Option<PathBuf>,
+        /// The hub API server's URL as the member cluster's pods reach it [default: the
+        /// kubeconfig's server].
+        #[arg(long, requires = "hub_kubeconfig")]
+        hub_server: Option<String>,
+        /// Where to write the join file [default: <cluster>.join].
+        #[arg(long, short = 'o', requires = "hub_kubeconfig")]
+        output: Option<PathBuf>,
+        /// Revoke the worker's hub tokens and write a join file with a new one; the registration
+        /// and the slices stay. Apply `slicectl install worker-credentials --join FILE` in the
+        /// member cluster afterwards.
+        #[arg(long, requires = "hub_kubeconfig", conflicts_with_all = ["pod_cidrs", "service_cidrs", "multus", "uplink_kbps"])]
+        rotate: bool,
         /// The cluster's pod CIDRs (repeat for several).
         #[arg(long = "pod-cidr")]
         pod_cidrs: Vec<String>,
@@ -44,9 +60,6 @@ enum Cmd {
         /// are enforced under it (MemberCluster `uplinkKbps`).
         #[arg(long)]
         uplink_kbps: Option<u64>,
-        /// Apply it to the hub with `kubectl apply --server-side` instead of printing it.
-        #[arg(long, requires = "hub_kubeconfig")]
-        apply: bool,
     },
     /// The CRDs generated from slice-api's types: to stdout, or one file per CRD.
     Crds {
@@ -141,13 +154,16 @@ enum InstallCmd {
     Worker {
         #[command(flatten)]
         image: ImageArgs,
-        /// This cluster's name, as registered with `slicectl join`.
-        #[arg(long)]
-        cluster: String,
+        /// The join file written by `slicectl join --hub-kubeconfig` (cluster, hub, CA, token).
+        #[arg(long, conflicts_with_all = ["cluster", "hub_kubeconfig", "hub_server"], required_unless_present = "cluster")]
+        join: Option<PathBuf>,
+        /// This cluster's name, as registered with `slicectl join` (without --join).
+        #[arg(long, requires = "hub_kubeconfig")]
+        cluster: Option<String>,
         /// A kubeconfig for the hub with the worker's credentials (certificates and token
-        /// embedded), stored in the Secret slicenet-hub-kubeconfig.
-        #[arg(long)]
-        hub_kubeconfig: PathBuf,
+        /// embedded), stored in the Secret slicenet-hub-kubeconfig (without --join).
+        #[arg(long, requires = "cluster")]
+        hub_kubeconfig: Option<PathBuf>,
         /// The hub API server's URL as seen from this cluster's pods, replacing the server of
         /// the kubeconfig's current context.
         #[arg(long)]
@@ -156,6 +172,13 @@ enum InstallCmd {
         /// `k8s.v1.cni.cncf.io/networks` annotation (webhook `--mode multus`).
         #[arg(long)]
         multus: bool,
+    },
+    /// Only the worker's Secret with its hub credentials, from a join file (after `slicectl join
+    /// --rotate`): nothing else in the cluster changes.
+    WorkerCredentials {
+        /// The join file.
+        #[arg(long)]
+        join: PathBuf,
     },
     /// To apply on the hub, per member cluster: the worker's ServiceAccount and roles there (its
     /// namespace slicenet-cluster-<cluster> and its own MemberCluster). Prints on stderr how to
@@ -249,20 +272,36 @@ fn main() -> ExitCode {
             InstallCmd::Hub { image } => {
                 commands::install_hub(image.image.as_deref(), image.webhook_tls_dir.as_deref())
             }
-            InstallCmd::Worker { image, cluster, hub_kubeconfig, hub_server, multus } => commands::install_worker(
-                image.image.as_deref(),
-                image.webhook_tls_dir.as_deref(),
-                &cluster,
-                &hub_kubeconfig,
-                hub_server.as_deref(),
-                multus,
-            ),
+            InstallCmd::Worker { image, join, cluster, hub_kubeconfig, hub_server, multus } => {
+                let source = match (join, cluster, hub_kubeconfig) {
+                    (Some(file), _, _) => commands::HubAccess::JoinFile(file),
+                    (None, Some(cluster), Some(kubeconfig)) => {
+                        commands::HubAccess::Kubeconfig { cluster, kubeconfig, server: hub_server }
+                    }
+                    _ => commands::HubAccess::Missing,
+                };
+                commands::install_worker(image.image.as_deref(), image.webhook_tls_dir.as_deref(), &source, multus)
+            }
+            InstallCmd::WorkerCredentials { join } => commands::install_worker_credentials(&join),
             InstallCmd::WorkerHubAccess { cluster } => commands::install_worker_hub_access(&cluster),
             InstallCmd::Crds => commands::crds(None, false),
         },
-        Cmd::Join { cluster, hub_kubeconfig, pod_cidrs, service_cidrs, multus, uplink_kbps, apply } => {
+        Cmd::Join {
+            cluster,
+            hub_kubeconfig,
+            hub_server,
+            output,
+            rotate,
+            pod_cidrs,
+            service_cidrs,
+            multus,
+            uplink_kbps,
+        } => {
             let opts = JoinOptions { cluster, pod_cidrs, service_cidrs, multus, uplink_kbps };
-            commands::join(&opts, hub_kubeconfig.as_deref(), apply)
+            match hub_kubeconfig {
+                Some(kubeconfig) => commands::join_hub(&opts, &kubeconfig, hub_server.as_deref(), output, rotate),
+                None => commands::join(&opts),
+            }
         }
         Cmd::Crds { output_dir, check } => commands::crds(output_dir.as_deref(), check),
         Cmd::CniInstall { plugin, bin_dir, conf_dir } => commands::cni_install(&plugin, &bin_dir, &conf_dir),

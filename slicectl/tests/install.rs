@@ -931,8 +931,11 @@ fn bad_input_fails_with_a_message() {
     let out = run(&["join", "--cluster", "Bad_Name"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cluster name"));
-    let out = run(&["join", "--cluster", "east", "--apply"]);
-    assert!(!out.status.success(), "--apply needs --hub-kubeconfig");
+    let out = run(&["join", "--cluster", "east", "--rotate"]);
+    assert!(!out.status.success(), "--rotate needs --hub-kubeconfig");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--hub-kubeconfig"));
+    let out = run(&["install", "worker", "--hub-kubeconfig", "/k"]);
+    assert!(!out.status.success(), "--hub-kubeconfig needs --cluster");
 }
 
 #[test]
