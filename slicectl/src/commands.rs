@@ -317,8 +317,13 @@ pub fn join_hub(
 ///
 /// # Errors
 /// See [`crate::cni_install::install`].
-pub fn cni_install(plugin: &Path, bin_dir: &Path, conf_dir: &Path) -> Result<()> {
-    let primary = crate::cni_install::install(plugin, bin_dir, conf_dir)?;
+pub fn cni_install(
+    plugin: &Path,
+    bin_dir: &Path,
+    conf_dir: &Path,
+    paths: &crate::cni_install::PluginPaths,
+) -> Result<()> {
+    let primary = crate::cni_install::install_with(plugin, bin_dir, conf_dir, paths)?;
     println!(
         "installed {} into {}; chained after {} in {}",
         crate::cni_install::PLUGIN_TYPE,
@@ -327,4 +332,22 @@ pub fn cni_install(plugin: &Path, bin_dir: &Path, conf_dir: &Path) -> Result<()>
         conf_dir.join(crate::cni_install::CONFLIST_NAME).display()
     );
     Ok(())
+}
+
+/// `slicectl node-uninstall`: each removal on its own line (`would …` with `dry_run`).
+///
+/// # Errors
+/// See [`crate::node_uninstall::uninstall`].
+pub fn node_uninstall(layout: &crate::node_uninstall::NodeLayout, dry_run: bool) -> Result<()> {
+    let removals = crate::node_uninstall::uninstall(layout, dry_run)?;
+    let mut text = String::new();
+    for r in &removals {
+        text.push_str(if dry_run { "would " } else { "done: " });
+        text.push_str(&r.to_string());
+        text.push('\n');
+    }
+    if removals.is_empty() {
+        text.push_str("nothing of slicenet's on this node\n");
+    }
+    print_out(&text)
 }

@@ -6,7 +6,8 @@
 //! - [`crds`]: the CRD YAML of `deploy/crds/` and its staleness check.
 //! - [`join`]: the MemberCluster of `slicectl join`; [`register`]: the one-step join against
 //!   the hub (objects, token) and [`join_file`], the file `install worker --join` reads.
-//! - [`cni_install`]: what the node agent's init container does on each node.
+//! - [`cni_install`]: what the node agent's init container does on each node;
+//!   [`node_uninstall`]: what the cleanup DaemonSet undoes there.
 //! - [`manifest`]: typed objects → canonical multi-document YAML, and the round-trip check.
 //! - [`kubeconfig`], [`tls`]: the worker's hub kubeconfig, the webhook's certificate.
 //! - [`hub_status`]: `slicectl status --hub-kubeconfig`: slices, clusters, tunnels, problems.
@@ -21,6 +22,7 @@ pub mod join;
 pub mod join_file;
 pub mod kubeconfig;
 pub mod manifest;
+pub mod node_uninstall;
 pub mod rbac;
 pub mod register;
 pub mod tls;

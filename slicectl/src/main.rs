@@ -82,6 +82,34 @@ enum Cmd {
         /// The host's CNI configuration dir.
         #[arg(long, default_value = "/etc/cni/net.d")]
         conf_dir: PathBuf,
+        /// slice-cni's `stateDir` (the node agent's state dir), when not its default.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// slice-cni's `ipamDir`, when not its default.
+        #[arg(long)]
+        ipam_dir: Option<PathBuf>,
+    },
+    /// Removes everything slicenet made on this node (run in the node's network namespace,
+    /// after its node agent stopped): slice-cni's conflist and binary, router namespaces, VXLAN
+    /// devices, nftables tables, the QoS tree, state and IPAM dirs. Idempotent.
+    NodeUninstall {
+        /// Only list what would go.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        #[arg(long, default_value = slice_api::names::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = slice_api::names::DEFAULT_IPAM_DIR)]
+        ipam_dir: PathBuf,
+        #[arg(long, default_value = slice_api::names::DEFAULT_STATUS_DIR)]
+        status_dir: PathBuf,
+        #[arg(long, default_value = slice_api::names::DEFAULT_NETNS_DIR)]
+        netns_dir: PathBuf,
+        #[arg(long, default_value = slice_api::names::DEFAULT_ROUTER_NETNS_PREFIX)]
+        router_netns_prefix: String,
     },
     /// The lab: clusters of network namespaces on this machine (needs root).
     Lab {
@@ -304,7 +332,31 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Crds { output_dir, check } => commands::crds(output_dir.as_deref(), check),
-        Cmd::CniInstall { plugin, bin_dir, conf_dir } => commands::cni_install(&plugin, &bin_dir, &conf_dir),
+        Cmd::CniInstall { plugin, bin_dir, conf_dir, state_dir, ipam_dir } => {
+            let paths = slicectl::cni_install::PluginPaths { state_dir, ipam_dir };
+            commands::cni_install(&plugin, &bin_dir, &conf_dir, &paths)
+        }
+        Cmd::NodeUninstall {
+            dry_run,
+            bin_dir,
+            conf_dir,
+            state_dir,
+            ipam_dir,
+            status_dir,
+            netns_dir,
+            router_netns_prefix,
+        } => {
+            let layout = slicectl::node_uninstall::NodeLayout {
+                cni_bin_dir: bin_dir,
+                cni_conf_dir: conf_dir,
+                state_dir,
+                ipam_dir,
+                status_dir,
+                netns_dir,
+                router_netns_prefix,
+            };
+            commands::node_uninstall(&layout, dry_run)
+        }
         Cmd::Lab { command: LabCmd::Demo } => e2e::demo::run(),
         Cmd::Lab { command: LabCmd::Up { prefix, file: None } } => e2e::demo::up(&prefix),
         Cmd::Lab { command: LabCmd::Up { prefix, file: Some(file) } } => commands::lab_up(&prefix, &file),
