@@ -351,3 +351,26 @@ pub fn node_uninstall(layout: &crate::node_uninstall::NodeLayout, dry_run: bool)
     }
     print_out(&text)
 }
+
+/// `slicectl uninstall worker|hub`.
+///
+/// # Errors
+/// When the kubeconfig cannot be used, or naming every step that failed.
+pub fn uninstall(hub: bool, kubeconfig: &Path, dry_run: bool, image: Option<&str>, timeout_secs: u64) -> Result<()> {
+    let image = image.map_or_else(install::default_image, str::to_owned);
+    let steps = if hub { crate::uninstall::hub_plan(&image)? } else { crate::uninstall::worker_plan(&image)? };
+    let timing = crate::uninstall::Timing {
+        node_cleanup: std::time::Duration::from_secs(timeout_secs),
+        ..crate::uninstall::Timing::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    let lines = runtime.block_on(async {
+        let client = slice_kube::kubeconfig::client_from_kubeconfig(kubeconfig, None).await?;
+        crate::uninstall::run(&client, &steps, dry_run, timing).await
+    })?;
+    let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    if lines.is_empty() {
+        text.push_str("nothing of slicenet's in this cluster\n");
+    }
+    print_out(&text)
+}

@@ -11,6 +11,8 @@
 //! - [`manifest`]: typed objects → canonical multi-document YAML, and the round-trip check.
 //! - [`kubeconfig`], [`tls`]: the worker's hub kubeconfig, the webhook's certificate.
 //! - [`hub_status`]: `slicectl status --hub-kubeconfig`: slices, clusters, tunnels, problems.
+//! - [`uninstall`]: `slicectl uninstall worker|hub`: the install and what the controllers made,
+//!   in order, with the node cleanup DaemonSet ([`node_uninstall`] on every node).
 //! - [`commands`]: one function per subcommand.
 
 pub mod cni_install;
@@ -26,3 +28,4 @@ pub mod node_uninstall;
 pub mod rbac;
 pub mod register;
 pub mod tls;
+pub mod uninstall;

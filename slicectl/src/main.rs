@@ -61,6 +61,13 @@ enum Cmd {
         #[arg(long)]
         uplink_kbps: Option<u64>,
     },
+    /// Removes slicenet from a cluster: webhooks first, controllers, what they made, every
+    /// node's data plane and CNI entry (a cleanup DaemonSet), then the install itself.
+    /// Idempotent; `--dry-run` lists what would go.
+    Uninstall {
+        #[command(subcommand)]
+        command: UninstallCmd,
+    },
     /// The CRDs generated from slice-api's types: to stdout, or one file per CRD.
     Crds {
         /// Write `<group>_<plural>.yaml` files here (deploy/crds in the repository).
@@ -221,6 +228,40 @@ enum InstallCmd {
     Crds,
 }
 
+/// Options of `slicectl uninstall`.
+#[derive(Debug, Args)]
+struct UninstallArgs {
+    /// The cluster's kubeconfig (its current context), as an administrator.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Only list what would go.
+    #[arg(long)]
+    dry_run: bool,
+    /// The image of the node cleanup DaemonSet [default: ghcr.io/slicenet/slicenet:<slicectl's
+    /// version>].
+    #[arg(long)]
+    image: Option<String>,
+    /// How long to wait for the node cleanup on every node, seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum UninstallCmd {
+    /// A member cluster: pod webhook, worker, node agents, what the worker made, every node's
+    /// slice-cni entry and data plane, the install. Uninstall the workers before the hub.
+    Worker {
+        #[command(flatten)]
+        args: UninstallArgs,
+    },
+    /// The hub: SliceConfig webhook, hub controller, every WorkerSlice, SliceConfig and
+    /// MemberCluster (finalizers released), the member clusters' access, the CRDs.
+    Hub {
+        #[command(flatten)]
+        args: UninstallArgs,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum LabCmd {
     /// Builds the demo (two slices with the same subnet on a 2-node cluster), shows pods,
@@ -330,6 +371,13 @@ fn main() -> ExitCode {
                 Some(kubeconfig) => commands::join_hub(&opts, &kubeconfig, hub_server.as_deref(), output, rotate),
                 None => commands::join(&opts),
             }
+        }
+        Cmd::Uninstall { command } => {
+            let (hub, args) = match command {
+                UninstallCmd::Worker { args } => (false, args),
+                UninstallCmd::Hub { args } => (true, args),
+            };
+            commands::uninstall(hub, &args.kubeconfig, args.dry_run, args.image.as_deref(), args.timeout)
         }
         Cmd::Crds { output_dir, check } => commands::crds(output_dir.as_deref(), check),
         Cmd::CniInstall { plugin, bin_dir, conf_dir, state_dir, ipam_dir } => {

@@ -142,7 +142,7 @@ pub async fn apply(client: &Client, manifest: &Manifest) -> Result<()> {
             .with_context(|| format!("{kind} {}", doc.name()))?;
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-        let resource = ApiResource::from_gvk_with_plural(&gvk, &plural(kind));
+        let resource = ApiResource::from_gvk_with_plural(&gvk, &crate::uninstall::plural(kind));
         let api: Api<DynamicObject> = match object.namespace() {
             Some(ns) => Api::namespaced_with(client.clone(), &ns, &resource),
             None => Api::all_with(client.clone(), &resource),
@@ -152,11 +152,6 @@ pub async fn apply(client: &Client, manifest: &Manifest) -> Result<()> {
             .with_context(|| format!("applying {kind} {} on the hub", doc.name()))?;
     }
     Ok(())
-}
-
-/// The resource name of the kinds slicectl applies (all regular plurals).
-fn plural(kind: &str) -> String {
-    format!("{}s", kind.to_ascii_lowercase())
 }
 
 /// A new token for the worker's ServiceAccount on the hub.
