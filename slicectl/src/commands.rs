@@ -374,3 +374,19 @@ pub fn uninstall(hub: bool, kubeconfig: &Path, dry_run: bool, image: Option<&str
     }
     print_out(&text)
 }
+
+/// `slicectl version [--kubeconfig]`.
+///
+/// # Errors
+/// When the kubeconfig cannot be used or the pods cannot be listed.
+pub fn version(kubeconfig: Option<&Path>) -> Result<()> {
+    let Some(kubeconfig) = kubeconfig else {
+        return print_out(&format!("slicectl {}\n", crate::version::SLICECTL));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    let pods = runtime.block_on(async {
+        let client = slice_kube::kubeconfig::client_from_kubeconfig(kubeconfig, None).await?;
+        crate::version::fetch(&client).await
+    })?;
+    print_out(&crate::version::render(&crate::version::running(&pods), crate::version::SLICECTL))
+}

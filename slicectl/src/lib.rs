@@ -13,6 +13,7 @@
 //! - [`hub_status`]: `slicectl status --hub-kubeconfig`: slices, clusters, tunnels, problems.
 //! - [`uninstall`]: `slicectl uninstall worker|hub`: the install and what the controllers made,
 //!   in order, with the node cleanup DaemonSet ([`node_uninstall`] on every node).
+//! - [`version`]: `slicectl version`: every component's version as its pods run it, and skew.
 //! - [`commands`]: one function per subcommand.
 
 pub mod cni_install;
@@ -29,3 +30,4 @@ pub mod rbac;
 pub mod register;
 pub mod tls;
 pub mod uninstall;
+pub mod version;

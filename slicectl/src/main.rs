@@ -68,6 +68,14 @@ enum Cmd {
         #[command(subcommand)]
         command: UninstallCmd,
     },
+    /// slicectl's version and, with --kubeconfig, every slicenet component's version as its
+    /// pods run it (node agents with their node's slice-cni, controllers, webhooks, slice-dns,
+    /// gateways), and where that breaks the version skew policy.
+    Version {
+        /// A cluster's kubeconfig (hub or member cluster).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// The CRDs generated from slice-api's types: to stdout, or one file per CRD.
     Crds {
         /// Write `<group>_<plural>.yaml` files here (deploy/crds in the repository).
@@ -379,6 +387,7 @@ fn main() -> ExitCode {
             };
             commands::uninstall(hub, &args.kubeconfig, args.dry_run, args.image.as_deref(), args.timeout)
         }
+        Cmd::Version { kubeconfig } => commands::version(kubeconfig.as_deref()),
         Cmd::Crds { output_dir, check } => commands::crds(output_dir.as_deref(), check),
         Cmd::CniInstall { plugin, bin_dir, conf_dir, state_dir, ipam_dir } => {
             let paths = slicectl::cni_install::PluginPaths { state_dir, ipam_dir };
