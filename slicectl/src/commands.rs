@@ -180,6 +180,14 @@ pub fn crds(output_dir: Option<&Path>, check: bool) -> Result<()> {
     }
 }
 
+/// `slicectl install mcs-crds`.
+///
+/// # Errors
+/// When a CRD cannot be serialised or stdout is closed.
+pub fn mcs_crds() -> Result<()> {
+    print_out(&crate::crds::mcs_manifest()?.to_yaml()?)
+}
+
 /// The install options: `image`, and the webhook certificate from `tls_dir` or a new one.
 fn install_options(image: Option<&str>, tls_dir: Option<&Path>) -> Result<install::Options> {
     let image = image.map_or_else(install::default_image, str::to_owned);

@@ -234,6 +234,9 @@ enum InstallCmd {
     },
     /// The CRDs only (also part of `install hub`).
     Crds,
+    /// The MCS API's CRDs (ServiceExport, ServiceImport) for member clusters that lack them:
+    /// multi-cluster services and slice DNS need them.
+    McsCrds,
 }
 
 /// Options of `slicectl uninstall`.
@@ -362,6 +365,7 @@ fn main() -> ExitCode {
             InstallCmd::WorkerCredentials { join } => commands::install_worker_credentials(&join),
             InstallCmd::WorkerHubAccess { cluster } => commands::install_worker_hub_access(&cluster),
             InstallCmd::Crds => commands::crds(None, false),
+            InstallCmd::McsCrds => commands::mcs_crds(),
         },
         Cmd::Join {
             cluster,
