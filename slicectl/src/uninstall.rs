@@ -244,9 +244,17 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-/// Deletes one object; `Ok(false)` when it was not there.
+/// Deletes one object; `Ok(false)` when it was not there or is being deleted already (a
+/// namespace that is terminating: a second run has nothing to add).
 async fn delete(client: &Client, kind: &Kind, namespace: Option<&str>, name: &str) -> Result<bool> {
-    match api(client, kind, namespace).delete(name, &DeleteParams::background()).await {
+    let objects = api(client, kind, namespace);
+    match objects.get_opt(name).await {
+        Ok(None) => return Ok(false),
+        Ok(Some(obj)) if obj.metadata.deletion_timestamp.is_some() && obj.finalizers().is_empty() => return Ok(false),
+        // Deleting tells more than a refused read (or a kind the API does not serve).
+        Ok(Some(_)) | Err(_) => {}
+    }
+    match objects.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(true),
         Err(e) if is_not_found(&e) => Ok(false),
         Err(e) => Err(e).with_context(|| format!("deleting {}", describe(kind, namespace, name))),
@@ -323,7 +331,8 @@ async fn run_step(client: &Client, step: &Step, dry_run: bool, timing: Timing, l
                     lines.push(format!("{verb} {what} (finalizers released)"));
                     continue;
                 }
-                if !obj.finalizers().is_empty() {
+                let released = !obj.finalizers().is_empty();
+                if released {
                     let patch = json!({"metadata": {"finalizers": null}});
                     match api(client, kind, ns.as_deref())
                         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -334,7 +343,7 @@ async fn run_step(client: &Client, step: &Step, dry_run: bool, timing: Timing, l
                         Err(e) => return Err(e).with_context(|| format!("releasing the finalizers of {what}")),
                     }
                 }
-                if delete(client, kind, ns.as_deref(), &name).await? {
+                if delete(client, kind, ns.as_deref(), &name).await? || released {
                     lines.push(format!("{verb} {what} (finalizers released)"));
                 }
             }
@@ -381,8 +390,10 @@ async fn node_cleanup(
     // The namespace goes only after every node was cleaned (the steps after this one): when it
     // is gone, so is everything the cleanup would remove, and the DaemonSet could not be made.
     let namespaces = api(client, &Kind::new("v1", "Namespace"), None);
-    if namespaces.get_opt(ns).await.with_context(|| format!("reading Namespace {ns}"))?.is_none() {
-        return Ok(());
+    match namespaces.get_opt(ns).await.with_context(|| format!("reading Namespace {ns}"))? {
+        None => return Ok(()),
+        Some(n) if n.metadata.deletion_timestamp.is_some() => return Ok(()),
+        Some(_) => {}
     }
     if dry_run {
         lines.push(format!(

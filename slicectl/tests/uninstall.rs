@@ -164,6 +164,18 @@ async fn uninstall_worker_removes_the_install_and_what_the_worker_made() {
     assert_eq!(put["kind"], "DaemonSet");
     uninstall::run(&client, &steps, false, timing()).await.unwrap();
     assert_eq!(left(&api, "member"), users_objects());
+
+    // Right after a run on a real API server, slicenet's namespaces are still terminating: a run
+    // then neither deletes them again nor starts the node cleanup in them.
+    for ns in ["slicenet-system", "slicenet-node", "slicenet-gateway"] {
+        api.put(
+            "member".into(),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "deletionTimestamp": "2026-12-04T00:00:00Z"},
+                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Terminating"}}),
+        );
+    }
+    assert_eq!(uninstall::run(&client, &steps, false, timing()).await.unwrap(), Vec::<String>::new());
+    assert!(api.get("member".into(), CLEANUP_DS).is_none());
 }
 
 #[tokio::test]
