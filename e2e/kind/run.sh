@@ -272,6 +272,9 @@ for m in "${MEMBERS[@]}"; do
     [ "$("$SLICECTL" uninstall worker --kubeconfig "$WORK/$m-admin.kubeconfig" --image "$IMAGE")" \
         = "nothing of slicenet's in this cluster" ] || fail "a second uninstall of $m found something"
     retry no_slicenet_pods "$m"
+    if kc "$PREFIX-$m" -n kube-system get configmap coredns -o jsonpath='{.data.Corefile}' | grep -q 'slice.local'; then
+        fail "$m: the slice DNS stanza is still in CoreDNS's Corefile"
+    fi
     while read -r node; do
         conflists "$node" >"$WORK/$node.conflists.after"
         diff -u "$WORK/$node.conflists.before" "$WORK/$node.conflists.after" \

@@ -8,7 +8,8 @@
 //!    node agents exit leaving the data plane as it is; nothing recreates what goes next.
 //! 3. What the worker made ([`MANAGED_BY`](slice_operator::worker::objects::MANAGED_BY)
 //!    labels): NetworkAttachmentDefinitions, ServiceImports, MCS EndpointSlices,
-//!    NetworkPolicies; the `slicenet.io/slice` label it put on member namespaces.
+//!    NetworkPolicies; the `slicenet.io/slice` label it put on member namespaces; the slice DNS
+//!    stanza it added to the Corefiles of `kube-system/coredns` and `node-local-dns`.
 //! 4. The node cleanup DaemonSet `slicenet-node-cleanup`: `slicectl node-uninstall` on every
 //!    node (slice-cni's conflist and binary, router namespaces, VXLANs, nftables, QoS, files),
 //!    waited for until every node reports it done, then deleted.
@@ -82,6 +83,8 @@ pub enum Step {
     ReleaseAndDelete { kind: Kind },
     /// The `slicenet.io/slice` label the worker put on namespaces (and its note).
     UnlabelNamespaces,
+    /// The slice DNS stanza the worker added to CoreDNS's and NodeLocal DNSCache's Corefiles.
+    RemoveDnsStanza,
     /// The node cleanup DaemonSet: applied, waited for on every node, deleted.
     NodeCleanup { daemonset: serde_json::Value },
 }
@@ -137,6 +140,7 @@ pub fn worker_plan(image: &str) -> Result<Vec<Step>> {
     let mut middle: Vec<Step> =
         made.into_iter().map(|kind| Step::DeleteSelected { kind, selector: WORKER_MADE.into() }).collect();
     middle.push(Step::UnlabelNamespaces);
+    middle.push(Step::RemoveDnsStanza);
     middle.push(Step::NodeCleanup { daemonset: serde_json::to_value(node_cleanup_daemonset(image))? });
     Ok(plan(&manifest, middle))
 }
@@ -373,7 +377,33 @@ async fn run_step(client: &Client, step: &Step, dry_run: bool, timing: Timing, l
                 lines.push(format!("{verb} the label {} of Namespace {name}", slice_api::names::SLICE_LABEL));
             }
         }
+        Step::RemoveDnsStanza => remove_dns_stanza(client, dry_run, lines).await?,
         Step::NodeCleanup { daemonset } => node_cleanup(client, daemonset, dry_run, timing, lines).await?,
+    }
+    Ok(())
+}
+
+async fn remove_dns_stanza(client: &Client, dry_run: bool, lines: &mut Vec<String>) -> Result<()> {
+    use slice_api::corefile::{COREFILE_KEY, without_stanza};
+    use slice_api::names::{COREDNS_CONFIG_MAP, KUBE_SYSTEM_NAMESPACE, NODE_LOCAL_DNS_CONFIG_MAP};
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), KUBE_SYSTEM_NAMESPACE);
+    for name in [COREDNS_CONFIG_MAP, NODE_LOCAL_DNS_CONFIG_MAP] {
+        let what = format!("ConfigMap {KUBE_SYSTEM_NAMESPACE}/{name}");
+        let Some(cm) = maps.get_opt(name).await.with_context(|| format!("reading {what}"))? else { continue };
+        let Some(current) = cm.data.as_ref().and_then(|d| d.get(COREFILE_KEY)) else { continue };
+        let next = without_stanza(current).with_context(|| format!("the Corefile of {what}"))?;
+        if &next == current {
+            continue;
+        }
+        if !dry_run {
+            let patch =
+                json!({"metadata": {"resourceVersion": cm.metadata.resource_version}, "data": {COREFILE_KEY: next}});
+            maps.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .with_context(|| format!("removing the slice DNS stanza from {what}"))?;
+        }
+        let verb = if dry_run { "would remove" } else { "removed" };
+        lines.push(format!("{verb} the slice DNS stanza from {what}"));
     }
     Ok(())
 }

@@ -78,10 +78,22 @@ fn member_cluster_objects(api: &MemoryApi<String>) {
             "metadata": {"name": "db", "namespace": "shop", "labels": worker_made}, "spec": {"type": "ClusterSetIP", "ports": []}}),
         json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "slicenet-node-n1", "namespace": "slicenet-system", "labels": worker_made}, "data": {}}),
+        // The cluster's CoreDNS with the worker's slice DNS stanza.
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coredns", "namespace": "kube-system"},
+            "data": {"Corefile": with_dns_stanza()}}),
     ];
     for o in objects {
         api.put(side.clone(), o);
     }
+}
+
+const COREFILE: &str =
+    ".:53 {\n    errors\n    kubernetes cluster.local in-addr.arpa ip6.arpa\n    forward . /etc/resolv.conf\n}\n";
+
+fn with_dns_stanza() -> String {
+    let stanza = slice_api::corefile::Stanza::coredns(vec!["10.96.0.53".parse().unwrap()]);
+    slice_api::corefile::with_stanza(COREFILE, &stanza).unwrap()
 }
 
 async fn install_worker(api: &MemoryApi<String>) {
@@ -96,6 +108,8 @@ fn users_objects() -> BTreeSet<String> {
     [
         "/api/v1/namespaces/shop",
         "/api/v1/namespaces/mine",
+        "/api/v1/namespaces/kube-system",
+        "/api/v1/namespaces/kube-system/configmaps/coredns",
         "/apis/k8s.cni.cncf.io/v1/namespaces/shop/network-attachment-definitions/users-own",
     ]
     .map(str::to_owned)
@@ -143,6 +157,9 @@ async fn uninstall_worker_removes_the_install_and_what_the_worker_made() {
     assert_eq!(left(&api, "member"), users_objects());
     let shop = api.get("member".into(), "/api/v1/namespaces/shop").unwrap();
     assert_eq!(shop["metadata"]["labels"], json!({"team": "shop"}), "only the worker's label went");
+    let coredns = api.get("member".into(), "/api/v1/namespaces/kube-system/configmaps/coredns").unwrap();
+    assert_ne!(with_dns_stanza(), COREFILE);
+    assert_eq!(coredns["data"]["Corefile"], COREFILE, "the Corefile as before the worker edited it");
     let mine = api.get("member".into(), "/api/v1/namespaces/mine").unwrap();
     assert_eq!(mine["metadata"]["labels"]["slicenet.io/slice"], "red");
 
