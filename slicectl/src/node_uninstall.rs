@@ -15,7 +15,8 @@
 //!    configuration).
 //! 4. QoS on the uplink: the nftables table `inet slicenet_qos` first (nothing classifies into a
 //!    class that is going), then slicenet's HTB tree (root `5c:`) on every device that has one.
-//! 5. The state dir, slice-cni's IPAM dir and the network-status dir.
+//! 5. The state dir, slice-cni's IPAM dir and the network-status dir (emptied, and kept, where
+//!    one is a mount point: the cleanup pod's volumes).
 //!
 //! Every step is observed first ([`plan`]) and skipped when its object is already gone, so a
 //! second run, or a run after a crashed one, finishes what is left and then finds nothing. A
@@ -157,11 +158,59 @@ pub fn plan(layout: &NodeLayout) -> Result<Vec<Removal>> {
     }
 
     for dir in [&layout.state_dir, &layout.ipam_dir, &layout.status_dir] {
-        if dir.symlink_metadata().is_ok() {
+        // A mount point (the cleanup pod's volumes) cannot go; it is emptied. Empty, it is done.
+        let left = if is_mount_point(dir) { !is_empty_dir(dir) } else { dir.symlink_metadata().is_ok() };
+        if left {
             out.push(Removal::Dir(dir.clone()));
         }
     }
     Ok(out)
+}
+
+/// True when `path` is a mount point in this process's mount namespace (`/proc/self/mountinfo`'s
+/// fifth field, with its octal escapes).
+#[must_use]
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(path) = path.canonicalize() else { return false };
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|p| Path::new(&unescape_mountinfo(p)) == path)
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    let mut out = String::new();
+    let mut rest = field;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(byte) => {
+                out.push(char::from(byte));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn is_empty_dir(path: &Path) -> bool {
+    std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_none())
+}
+
+/// Removes what is in `dir`, and `dir` itself unless it is a mount point.
+fn remove_dir(dir: &Path) -> std::io::Result<()> {
+    if !is_mount_point(dir) {
+        return std::fs::remove_dir_all(dir);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.symlink_metadata()?.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
+    }
+    Ok(())
 }
 
 /// The names of the links of the calling thread's namespace.
@@ -208,9 +257,7 @@ pub fn remove(layout: &NodeLayout, removal: &Removal) -> Result<()> {
             }
             Ok(())
         }
-        Removal::Dir(path) => {
-            gone_ok(std::fs::remove_dir_all(path)).with_context(|| format!("removing {}", path.display()))
-        }
+        Removal::Dir(path) => gone_ok(remove_dir(path)).with_context(|| format!("removing {}", path.display())),
     }
 }
 
@@ -248,6 +295,17 @@ mod tests {
         assert!(!is_our_conflist(&theirs));
         assert!(!is_our_conflist(&broken));
         assert!(!is_our_conflist(&dir.path().join("none")));
+    }
+
+    #[test]
+    fn mount_points_are_read_from_mountinfo() {
+        assert!(is_mount_point(Path::new("/")));
+        assert!(is_mount_point(Path::new("/proc")));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_mount_point(dir.path()));
+        assert!(!is_mount_point(&dir.path().join("none")));
+        assert_eq!(unescape_mountinfo("/a\\040b\\011c"), "/a b\tc");
+        assert_eq!(unescape_mountinfo("/odd\\x"), "/odd\\x");
     }
 
     #[test]

@@ -333,3 +333,61 @@ fn node_uninstall_leaves_the_node_as_before_the_install() {
     }
     lab.teardown().unwrap();
 }
+
+/// Unmounts and deletes what `the_cleanup_pods_mounted_dirs_are_emptied_and_kept` made.
+struct MountGuard {
+    mount: PathBuf,
+    netns: &'static str,
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = Command::new("ip").args(["netns", "delete", self.netns]).status();
+    }
+}
+
+/// In the cleanup pod the state and IPAM dirs are volumes (mount points): they cannot be
+/// removed, so they are emptied, and a run then counts them as done.
+#[test]
+fn the_cleanup_pods_mounted_dirs_are_emptied_and_kept() {
+    e2e::require_root().expect("root");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // Not `huni-…`: the lab test beside this one removes those when it starts.
+    let netns = "hunimnt";
+    let _ = Command::new("ip").args(["netns", "delete", netns]).status();
+    assert!(Command::new("ip").args(["netns", "add", netns]).status().unwrap().success());
+    let status = Command::new("mount").args(["-t", "tmpfs", "slicenet-test"]).arg(&state).status().unwrap();
+    let _guard = MountGuard { mount: state.clone(), netns };
+    assert!(status.success(), "mount tmpfs");
+    std::fs::create_dir_all(state.join("qos")).unwrap();
+    std::fs::write(state.join("qos/tree.json"), "{}").unwrap();
+    std::fs::write(state.join("blue.json"), "not a state file").unwrap();
+    let layout = NodeLayout {
+        cni_bin_dir: dir.path().join("bin"),
+        cni_conf_dir: dir.path().join("conf"),
+        state_dir: state.clone(),
+        ipam_dir: dir.path().join("ipam"),
+        status_dir: dir.path().join("status"),
+        netns_dir: dir.path().join("netns"),
+        router_netns_prefix: "hunimnt-".into(),
+    };
+    std::fs::create_dir_all(layout.ipam_dir.join("blue")).unwrap();
+    // In a namespace of its own: the plan also reads links, nftables and qdiscs.
+    let ns = dataplane::Netns::open(Path::new("/run/netns").join(netns).as_path()).unwrap();
+    let (first, second) = ns
+        .run(|| {
+            let done = node_uninstall::uninstall(&layout, false).unwrap();
+            (done, node_uninstall::plan(&layout).unwrap())
+        })
+        .unwrap();
+    let texts: Vec<String> = first.iter().map(ToString::to_string).collect();
+    assert!(texts.contains(&format!("remove dir {}", state.display())), "{texts:?}");
+    assert!(texts.contains(&format!("remove dir {}", layout.ipam_dir.display())), "{texts:?}");
+    assert!(node_uninstall::is_mount_point(&state));
+    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "the mounted state dir is emptied");
+    assert!(!layout.ipam_dir.exists(), "a dir that is not a mount point goes");
+    assert_eq!(second, Vec::new(), "nothing left: an empty mount point is done");
+}
