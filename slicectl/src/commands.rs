@@ -288,6 +288,13 @@ pub fn join_hub(
 ) -> Result<()> {
     crate::install::check_cluster_name(&opts.cluster)?;
     let hub = crate::register::hub_endpoint(kubeconfig, hub_server)?;
+    if crate::register::is_loopback_server(&hub.server) {
+        eprintln!(
+            "slicectl: warning: the hub's address {} is this machine's; the worker's pods in {} cannot reach it \
+             there: pass --hub-server with an address they reach (kind: `kind get kubeconfig --internal`)",
+            hub.server, opts.cluster
+        );
+    }
     let output = output.unwrap_or_else(|| std::path::PathBuf::from(format!("{}.join", opts.cluster)));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
     let file = runtime.block_on(async {

@@ -118,6 +118,19 @@ pub fn hub_endpoint(kubeconfig: &std::path::Path, server: Option<&str>) -> Resul
     Ok(HubEndpoint { server, certificate_authority_data: ca })
 }
 
+/// True when `server` names this machine (`localhost`, `127.0.0.0/8`, `::1`): an address the
+/// admin's kubectl reaches (kind publishes its API server so) but a member cluster's pods do not.
+#[must_use]
+pub fn is_loopback_server(server: &str) -> bool {
+    let rest = server.strip_prefix("https://").unwrap_or(server);
+    let host = if let Some(v6) = rest.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        rest.split([':', '/']).next().unwrap_or_default()
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// What `slicectl join` applies on the hub for `opts`: the MemberCluster, then the worker's
 /// access.
 ///

@@ -220,6 +220,15 @@ fn hub_endpoint_comes_from_the_admin_kubeconfig() {
     let hub = slicectl::register::hub_endpoint(&path, None).unwrap();
     assert_eq!(hub.server, "https://127.0.0.1:40001");
     assert_eq!(hub.certificate_authority_data, ca_data());
+    assert!(slicectl::register::is_loopback_server(&hub.server), "kind's address is warned about");
+    for (server, loopback) in [
+        ("https://[::1]:6443", true),
+        ("https://localhost", true),
+        ("https://10.0.0.1:6443", false),
+        ("https://hub-control-plane:6443", false),
+    ] {
+        assert_eq!(slicectl::register::is_loopback_server(server), loopback, "{server}");
+    }
     let inside = slicectl::register::hub_endpoint(&path, Some("https://hub-control-plane:6443")).unwrap();
     assert_eq!(inside.server, "https://hub-control-plane:6443");
 
