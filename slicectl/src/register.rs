@@ -77,8 +77,11 @@ pub struct HubEndpoint {
 /// would make the worker trust any server).
 pub fn hub_endpoint(kubeconfig: &std::path::Path, server: Option<&str>) -> Result<HubEndpoint> {
     use base64::Engine as _;
-    let config = kube::config::Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let text =
+        std::fs::read_to_string(kubeconfig).with_context(|| format!("reading kubeconfig {}", kubeconfig.display()))?;
+    let config = kube::config::Kubeconfig::from_yaml(&text)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("kubeconfig {} is not a kubeconfig", kubeconfig.display()))?;
     let context_name = config
         .current_context
         .clone()
