@@ -84,6 +84,9 @@ pings() {
     kc "$PREFIX-$1" -n "$NAMESPACE" exec probe -- ping -c 1 -W 2 -I slice0 "$2"
 }
 ping_fails() { ! pings "$@"; }
+no_membercluster() {
+    ! kc "$HUB" get membercluster "$1" >/dev/null 2>&1
+}
 no_slicenet_pods() {
     [ -z "$(kc "$PREFIX-$1" get pods -A -l app.kubernetes.io/part-of=slicenet -o name 2>/dev/null)" ]
 }
@@ -268,7 +271,14 @@ retry no_workerslices
 log "uninstalling the members, then the hub"
 for m in "${MEMBERS[@]}"; do
     "$SLICECTL" uninstall worker --kubeconfig "$WORK/$m-admin.kubeconfig" --dry-run --image "$IMAGE"
-    "$SLICECTL" uninstall worker --kubeconfig "$WORK/$m-admin.kubeconfig" --image "$IMAGE"
+    if [ "$m" = c3 ]; then
+        # c3 leaves the hub too; c1 and c2 go with the hub below.
+        "$SLICECTL" uninstall worker --kubeconfig "$WORK/$m-admin.kubeconfig" --image "$IMAGE" \
+            --hub-kubeconfig "$HUB_KUBECONFIG" --cluster "$m"
+        retry no_membercluster "$m"
+    else
+        "$SLICECTL" uninstall worker --kubeconfig "$WORK/$m-admin.kubeconfig" --image "$IMAGE"
+    fi
     [ "$("$SLICECTL" uninstall worker --kubeconfig "$WORK/$m-admin.kubeconfig" --image "$IMAGE")" \
         = "nothing of slicenet's in this cluster" ] || fail "a second uninstall of $m found something"
     retry no_slicenet_pods "$m"

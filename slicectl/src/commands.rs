@@ -367,25 +367,51 @@ pub fn node_uninstall(layout: &crate::node_uninstall::NodeLayout, dry_run: bool)
     print_out(&text)
 }
 
-/// `slicectl uninstall worker|hub`.
+/// `slicectl uninstall worker|hub`; with `leave` (the hub's kubeconfig and the cluster's name),
+/// the member cluster then leaves the hub.
 ///
 /// # Errors
-/// When the kubeconfig cannot be used, or naming every step that failed.
-pub fn uninstall(hub: bool, kubeconfig: &Path, dry_run: bool, image: Option<&str>, timeout_secs: u64) -> Result<()> {
+/// When a kubeconfig cannot be used, or naming every step that failed.
+pub fn uninstall(
+    hub: bool,
+    kubeconfig: &Path,
+    dry_run: bool,
+    image: Option<&str>,
+    timeout_secs: u64,
+    leave: Option<(std::path::PathBuf, String)>,
+) -> Result<()> {
     let image = image.map_or_else(install::default_image, str::to_owned);
     let steps = if hub { crate::uninstall::hub_plan(&image)? } else { crate::uninstall::worker_plan(&image)? };
+    let leave_steps = leave.as_ref().map(|(_, cluster)| crate::uninstall::leave_plan(cluster)).transpose()?;
     let timing = crate::uninstall::Timing {
         node_cleanup: std::time::Duration::from_secs(timeout_secs),
         ..crate::uninstall::Timing::default()
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
-    let lines = runtime.block_on(async {
+    let (lines, hub_lines) = runtime.block_on(async {
         let client = slice_kube::kubeconfig::client_from_kubeconfig(kubeconfig, None).await?;
-        crate::uninstall::run(&client, &steps, dry_run, timing).await
+        let lines = crate::uninstall::run(&client, &steps, dry_run, timing).await?;
+        let hub_lines = match (&leave, &leave_steps) {
+            (Some((hub_kubeconfig, _)), Some(steps)) => {
+                let hub = slice_kube::kubeconfig::client_from_kubeconfig(hub_kubeconfig, None).await?;
+                Some(crate::uninstall::run(&hub, steps, dry_run, timing).await?)
+            }
+            _ => None,
+        };
+        anyhow::Ok((lines, hub_lines))
     })?;
     let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     if lines.is_empty() {
         text.push_str("nothing of slicenet's in this cluster\n");
+    }
+    if let (Some(hub_lines), Some((_, cluster))) = (hub_lines, &leave) {
+        text.push_str(&format!("on the hub, cluster {cluster} leaving:\n"));
+        for l in &hub_lines {
+            text.push_str(&format!("  {l}\n"));
+        }
+        if hub_lines.is_empty() {
+            text.push_str("  nothing left of it\n");
+        }
     }
     print_out(&text)
 }

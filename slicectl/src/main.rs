@@ -260,10 +260,17 @@ struct UninstallArgs {
 #[derive(Debug, Subcommand)]
 enum UninstallCmd {
     /// A member cluster: pod webhook, worker, node agents, what the worker made, every node's
-    /// slice-cni entry and data plane, the install. Uninstall the workers before the hub.
+    /// slice-cni entry and data plane, the install. Uninstall the workers before the hub. With
+    /// --hub-kubeconfig, the cluster then leaves the hub (MemberCluster, WorkerSlices, access).
     Worker {
         #[command(flatten)]
         args: UninstallArgs,
+        /// The hub admin's kubeconfig: remove the cluster from the hub too.
+        #[arg(long, requires = "cluster")]
+        hub_kubeconfig: Option<PathBuf>,
+        /// The cluster's name on the hub (with --hub-kubeconfig).
+        #[arg(long, requires = "hub_kubeconfig")]
+        cluster: Option<String>,
     },
     /// The hub: SliceConfig webhook, hub controller, every WorkerSlice, SliceConfig and
     /// MemberCluster (finalizers released), the member clusters' access, the CRDs.
@@ -385,11 +392,11 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Uninstall { command } => {
-            let (hub, args) = match command {
-                UninstallCmd::Worker { args } => (false, args),
-                UninstallCmd::Hub { args } => (true, args),
+            let (hub, args, leave) = match command {
+                UninstallCmd::Worker { args, hub_kubeconfig, cluster } => (false, args, hub_kubeconfig.zip(cluster)),
+                UninstallCmd::Hub { args } => (true, args, None),
             };
-            commands::uninstall(hub, &args.kubeconfig, args.dry_run, args.image.as_deref(), args.timeout)
+            commands::uninstall(hub, &args.kubeconfig, args.dry_run, args.image.as_deref(), args.timeout, leave)
         }
         Cmd::Version { kubeconfig } => commands::version(kubeconfig.as_deref()),
         Cmd::Crds { output_dir, check } => commands::crds(output_dir.as_deref(), check),

@@ -16,6 +16,9 @@
 //! 5. Everything else of the install, in reverse order (namespaces with their gateways, node
 //!    ConfigMaps and Secrets; RBAC; CRDs are the hub's).
 //!
+//! One member leaving the hub ([`leave_plan`], `uninstall worker --hub-kubeconfig`): its
+//! MemberCluster, its WorkerSlices (the gone worker's finalizer released) and its access.
+//!
 //! Hub ([`hub_plan`]): the SliceConfig webhook and admission policies; the hub controller and
 //! webhook; every WorkerSlice, SliceConfig and MemberCluster with its finalizers released (their
 //! controllers are gone and cannot); each member cluster's namespace and roles on the hub; the
@@ -79,8 +82,9 @@ pub enum Step {
     Delete { kind: Kind, namespace: Option<String>, name: String },
     /// Every object of `kind` matching `selector`, in every namespace.
     DeleteSelected { kind: Kind, selector: String },
-    /// Every object of `kind`: finalizers released, then deleted.
-    ReleaseAndDelete { kind: Kind },
+    /// Every object of `kind` (in `namespace`, or every namespace): finalizers released, then
+    /// deleted.
+    ReleaseAndDelete { kind: Kind, namespace: Option<String> },
     /// The `slicenet.io/slice` label the worker put on namespaces (and its note).
     UnlabelNamespaces,
     /// The slice DNS stanza the worker added to CoreDNS's and NodeLocal DNSCache's Corefiles.
@@ -154,7 +158,7 @@ pub fn hub_plan(image: &str) -> Result<Vec<Step>> {
     let v = "slicenet.io/v1alpha1";
     let mut middle: Vec<Step> = ["WorkerSlice", "SliceConfig", "MemberCluster"]
         .into_iter()
-        .map(|k| Step::ReleaseAndDelete { kind: Kind::new(v, k) })
+        .map(|k| Step::ReleaseAndDelete { kind: Kind::new(v, k), namespace: None })
         .collect();
     // What `slicectl join` made per member cluster: its namespace, ClusterRole and binding.
     for (api_version, kind) in [
@@ -168,6 +172,28 @@ pub fn hub_plan(image: &str) -> Result<Vec<Step>> {
         middle.push(Step::DeleteSelected { kind: Kind::new(api_version, kind), selector });
     }
     Ok(plan(&manifest, middle))
+}
+
+/// On the hub, one member cluster leaving (after `uninstall worker` removed slicenet from it):
+/// its MemberCluster deleted (the hub controller stops planning it, deletes its WorkerSlices and
+/// namespace, then releases its finalizer), the worker's finalizer released on its WorkerSlices
+/// (that worker is gone and cannot), and its access removed (what `join` made).
+///
+/// # Errors
+/// When `cluster` is not a valid name.
+pub fn leave_plan(cluster: &str) -> Result<Vec<Step>> {
+    crate::install::check_cluster_name(cluster)?;
+    let v = "slicenet.io/v1alpha1";
+    let mut steps = vec![
+        Step::Delete { kind: Kind::new(v, "MemberCluster"), namespace: None, name: cluster.to_owned() },
+        Step::ReleaseAndDelete {
+            kind: Kind::new(v, "WorkerSlice"),
+            namespace: Some(slice_api::crd::cluster_namespace(cluster)),
+        },
+    ];
+    let access = crate::install::worker_hub_access(cluster)?;
+    steps.extend(access.documents().iter().rev().map(Step::delete_doc));
+    Ok(steps)
 }
 
 /// The DaemonSet that runs `slicectl node-uninstall` on every node: the node agent's pod
@@ -254,7 +280,9 @@ async fn delete(client: &Client, kind: &Kind, namespace: Option<&str>, name: &st
     let objects = api(client, kind, namespace);
     match objects.get_opt(name).await {
         Ok(None) => return Ok(false),
-        Ok(Some(obj)) if obj.metadata.deletion_timestamp.is_some() && obj.finalizers().is_empty() => return Ok(false),
+        // Being deleted: a terminating namespace, or an object whose controller still has to
+        // release its finalizer (the hub's, on a leaving MemberCluster).
+        Ok(Some(obj)) if obj.metadata.deletion_timestamp.is_some() => return Ok(false),
         // Deleting tells more than a refused read (or a kind the API does not serve).
         Ok(Some(_)) | Err(_) => {}
     }
@@ -267,8 +295,22 @@ async fn delete(client: &Client, kind: &Kind, namespace: Option<&str>, name: &st
 
 /// The objects of `kind` in every namespace (none when the API does not serve the kind).
 async fn list(client: &Client, kind: &Kind, selector: Option<&str>) -> Result<Vec<DynamicObject>> {
+    list_with(client, kind, None, selector).await
+}
+
+/// The objects of `kind` in `namespace` (or every namespace).
+async fn list_in(client: &Client, kind: &Kind, namespace: Option<&str>) -> Result<Vec<DynamicObject>> {
+    list_with(client, kind, namespace, None).await
+}
+
+async fn list_with(
+    client: &Client,
+    kind: &Kind,
+    namespace: Option<&str>,
+    selector: Option<&str>,
+) -> Result<Vec<DynamicObject>> {
     let params = selector.map_or_else(ListParams::default, |s| ListParams::default().labels(s));
-    match api(client, kind, None).list(&params).await {
+    match api(client, kind, namespace).list(&params).await {
         Ok(list) => Ok(list.items),
         Err(e) if is_not_found(&e) => Ok(Vec::new()),
         Err(e) => Err(e).with_context(|| format!("listing {}", kind.plural)),
@@ -327,8 +369,8 @@ async fn run_step(client: &Client, step: &Step, dry_run: bool, timing: Timing, l
                 }
             }
         }
-        Step::ReleaseAndDelete { kind } => {
-            for obj in list(client, kind, None).await? {
+        Step::ReleaseAndDelete { kind, namespace } => {
+            for obj in list_in(client, kind, namespace.as_deref()).await? {
                 let (ns, name) = (obj.namespace(), obj.name_any());
                 let what = describe(kind, ns.as_deref(), &name);
                 if dry_run {

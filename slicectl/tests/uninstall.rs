@@ -298,3 +298,54 @@ fn the_node_cleanup_daemonset_runs_node_uninstall_with_the_agents_host_dirs() {
     }
     assert_ne!(ds.spec.selector, agent.spec.selector, "never selects the agent's pods");
 }
+
+/// One member leaving a hub that keeps running: east's MemberCluster is deleted (its finalizer
+/// left to the hub controller, which is not running here), east's WorkerSlices go with the gone
+/// worker's finalizer released, east's access goes; west is untouched.
+#[tokio::test]
+async fn a_member_leaves_the_hub_and_the_others_stay() {
+    let api = server("hub");
+    let client = api.client("hub".into());
+    let mut west_before = Vec::new();
+    for cluster in ["east", "west"] {
+        let opts = slicectl::join::JoinOptions { cluster: cluster.into(), ..Default::default() };
+        let objects = slicectl::register::hub_objects(&opts).unwrap();
+        slicectl::register::apply(&client, &objects).await.unwrap();
+        let path = format!("/apis/slicenet.io/v1alpha1/memberclusters/{cluster}");
+        api.edit("hub".into(), &path, |o| *o = with_finalizer(o.clone(), "slicenet.io/hub"));
+        api.put(
+            "hub".into(),
+            with_finalizer(
+                json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
+                    "metadata": {"name": "blue", "namespace": format!("slicenet-cluster-{cluster}")},
+                    "spec": {"slice": "blue", "cluster": cluster, "sliceSubnet": "10.80.0.0/16",
+                             "clusterPrefix": "10.80.0.0/20", "nodePrefixLength": 26, "vni": 7}}),
+                "slicenet.io/worker",
+            ),
+        );
+        if cluster == "west" {
+            west_before = api.paths(&"hub".to_owned(), "/").into_iter().filter(|p| p.contains("west")).collect();
+        }
+    }
+    let steps = uninstall::leave_plan("east").unwrap();
+    let dry = uninstall::run(&client, &steps, true, timing()).await.unwrap();
+    assert!(dry.iter().any(|l| l == "would delete MemberCluster east"), "{dry:#?}");
+    let done = uninstall::run(&client, &steps, false, timing()).await.unwrap();
+    assert_eq!(done[0], "deleted MemberCluster east", "the hub stops planning east first: {done:#?}");
+    assert_eq!(done[1], "deleted WorkerSlice slicenet-cluster-east/blue (finalizers released)");
+    let east: Vec<String> = api.paths(&"hub".to_owned(), "/").into_iter().filter(|p| p.contains("east")).collect();
+    assert_eq!(east, ["/apis/slicenet.io/v1alpha1/memberclusters/east"], "only the MemberCluster, for the hub");
+    let mc = api.get("hub".into(), "/apis/slicenet.io/v1alpha1/memberclusters/east").unwrap();
+    assert!(mc["metadata"]["deletionTimestamp"].is_string(), "being deleted: {mc}");
+    let west: Vec<String> = api.paths(&"hub".to_owned(), "/").into_iter().filter(|p| p.contains("west")).collect();
+    assert_eq!(west, west_before);
+    // Again before the hub released it: nothing to add.
+    assert_eq!(uninstall::run(&client, &steps, false, timing()).await.unwrap(), Vec::<String>::new());
+    // The hub controller releases its finalizer: east is gone; a second run finds nothing.
+    api.edit("hub".into(), "/apis/slicenet.io/v1alpha1/memberclusters/east", |o| {
+        o["metadata"]["finalizers"] = json!([]);
+    });
+    api.remove("hub".into(), "/apis/slicenet.io/v1alpha1/memberclusters/east");
+    assert_eq!(uninstall::run(&client, &steps, false, timing()).await.unwrap(), Vec::<String>::new());
+    assert!(uninstall::leave_plan("East").is_err());
+}
