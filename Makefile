@@ -9,6 +9,8 @@ PACKAGES := containerd runc containernetworking-plugins iproute2 iputils-ping ip
 PACKAGES += dnsmasq-base bind9-dnsutils
 # slice-dns's tests ask with kdig as well as dig.
 PACKAGES += knot-dnsutils
+# slicectl/tests/kind_script.rs checks the kind suite (which needs Docker) without running it.
+PACKAGES += shellcheck
 # Only the benchmarks use these.
 BENCH_PACKAGES := openvpn dnsperf knot
 
