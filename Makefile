@@ -53,10 +53,20 @@ test: lint build validators
 demo: build
 	target/debug/slicectl lab demo
 
+# Current userspace WireGuard implementations from crates.io, the bench's competitors beside
+# Debian's wireguard-go and OpenVPN: installed once under target/ (pinned versions).
+BENCH_TOOLS := target/bench-tools
+GOTATUN_VERSION := 0.10.2
+BORINGTUN_CLI_VERSION := 0.7.1
+$(BENCH_TOOLS)/bin/gotatun:
+	$(CARGO) install --locked --root $(BENCH_TOOLS) gotatun-cli --version $(GOTATUN_VERSION)
+$(BENCH_TOOLS)/bin/boringtun-cli:
+	$(CARGO) install --locked --root $(BENCH_TOOLS) boringtun-cli --version $(BORINGTUN_CLI_VERSION)
+
 bench: EXTRA_PACKAGES = $(BENCH_PACKAGES)
-bench: deps
+bench: deps $(BENCH_TOOLS)/bin/gotatun $(BENCH_TOOLS)/bin/boringtun-cli
 	$(CARGO) build --release --workspace --bins
-	SLICENET_BIN_DIR=$(CURDIR)/target/release target/release/slicenet-bench
+	PATH=$(CURDIR)/$(BENCH_TOOLS)/bin:$$PATH SLICENET_BIN_DIR=$(CURDIR)/target/release target/release/slicenet-bench
 	target/release/webhook-bench --requests 10000 --rate 1000 --connections 8
 
 # The whole suite RUNS times in a row under `stress-ng --cpu LOAD` (docs/testing.md): tests must
