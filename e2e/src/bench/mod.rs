@@ -16,6 +16,8 @@
 //! 10. MultiNetworkPolicy at 1,000 and 10,000 pods × 100 policies: compile + apply on a node,
 //!     a label change to enforcement on another cluster's node, throughput with and without
 //!     policies ([`policy`]).
+//! 11. QoS per slice over a 40 Mbit/s uplink, on and off: rates against the profiles and a
+//!     high-priority slice's ping under a saturating low-priority one ([`qos`]).
 //!
 //! Everything runs in two labs made for the purpose (prefixes [`SLICE_LAB`] and [`PLAIN_LAB`]);
 //! nothing is sent outside their namespaces. The labs are torn down on every path: on return,
@@ -30,6 +32,7 @@ mod path;
 mod place;
 mod policy;
 mod process;
+mod qos;
 mod stats;
 mod tunnel;
 
@@ -73,6 +76,7 @@ pub struct Options {
     pub run_convergence: bool,
     pub run_dns: bool,
     pub run_policy: bool,
+    pub run_qos: bool,
     /// Length of one dnsperf run in section 9.
     pub dns_seconds: u32,
     /// Cluster joins timed in section 6.
@@ -97,6 +101,7 @@ impl Default for Options {
             run_convergence: true,
             run_dns: true,
             run_policy: true,
+            run_qos: true,
             dns_seconds: 10,
             joins: 10,
             doc: Some(PathBuf::from("docs/benchmarks.md")),
@@ -123,7 +128,7 @@ options:
                         (default 10)
   --dns-seconds S       length of one dnsperf run in section 9 (default 10)
   --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence,
-                        dns,policy (default all)
+                        dns,policy,qos (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
@@ -168,7 +173,7 @@ impl Options {
                     let list = value()?;
                     (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence, o.run_dns) =
                         (false, false, false, false, false, false, false);
-                    o.run_policy = false;
+                    (o.run_policy, o.run_qos) = (false, false);
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
@@ -179,9 +184,10 @@ impl Options {
                             "convergence" => o.run_convergence = true,
                             "dns" => o.run_dns = true,
                             "policy" => o.run_policy = true,
+                            "qos" => o.run_qos = true,
                             other => {
                                 bail!(
-                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy)"
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos)"
                                 )
                             }
                         }
@@ -252,6 +258,7 @@ struct Figures {
     convergence: Option<(Vec<crate::convergence::Join>, Vec<crate::convergence::NameChange>)>,
     dns: Option<dns::DnsSection>,
     policy: Option<policy::PolicySection>,
+    qos: Option<qos::QosSection>,
 }
 
 /// Runs the benchmark: builds the labs, runs the sections, prints a table per section on
@@ -290,6 +297,8 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: dns::BEGIN, end: dns::END }.update(&text, dns_doc, &old);
         let policy_doc = figures.policy.as_ref().map(|p| policy::doc_section(p, &command));
         text = doc::Marked { begin: policy::BEGIN, end: policy::END }.update(&text, policy_doc, &old);
+        let qos_doc = figures.qos.as_ref().map(|q| qos::doc_section(q, &command));
+        text = doc::Marked { begin: qos::BEGIN, end: qos::END }.update(&text, qos_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -332,10 +341,11 @@ fn preflight(options: &Options) -> Result<()> {
     let bin = crate::bin_dir();
     let labs = options.run_cni || options.run_cri || options.run_path;
     let mut needed = Vec::new();
-    if labs || options.run_across || options.run_policy {
+    let control = options.run_policy || options.run_qos;
+    if labs || options.run_across || control {
         needed.extend(["slice-cni", "slice-operator"]);
     }
-    if options.run_tunnel || options.run_across || options.run_policy {
+    if options.run_tunnel || options.run_across || control {
         needed.push("slice-gateway");
     }
     if options.run_dns {
@@ -350,13 +360,16 @@ fn preflight(options: &Options) -> Result<()> {
         }
     }
     let mut tools = vec!["ip"];
-    if labs || options.run_across || options.run_policy {
+    if labs || options.run_across || control {
         tools.extend(["containerd", "nsenter"]);
+    }
+    if options.run_qos {
+        tools.push("tc");
     }
     if options.run_policy {
         tools.push("nft");
     }
-    if options.run_path || options.run_tunnel || options.run_across || options.run_policy {
+    if options.run_path || options.run_tunnel || options.run_across || control {
         tools.extend(["iperf3", "ping", "ss", "timeout"]);
     }
     if options.run_tunnel || options.run_across {
@@ -433,6 +446,13 @@ fn measure(options: &Options) -> Result<Figures> {
         let p = policy::run(options.joins, options.iperf_runs, options.iperf_seconds)?;
         println!("{}", policy::table(&p));
         figures.policy = Some(p);
+    }
+    if options.run_qos {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 11. QoS per slice, on and off (lab {})", qos::LAB);
+        let q = qos::run(options.iperf_seconds, options.pings)?;
+        println!("{}", qos::table(&q));
+        figures.qos = Some(q);
     }
     Ok(figures)
 }
