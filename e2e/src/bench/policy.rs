@@ -670,16 +670,7 @@ mod tests {
         for pods in SIZES {
             let slice = node_slice(pods).unwrap();
             assert_eq!(slice.pods.iter().map(|g| g.addresses.len()).sum::<usize>(), pods);
-            let config = slice_api::node::NodeAgentConfig {
-                node: "n1".into(),
-                underlay_address: "198.18.0.1".parse().unwrap(),
-                underlay_mtu: 1500,
-                state_dir: "/tmp".into(),
-                netns_dir: "/run/netns".into(),
-                router_netns_prefix: "t-".into(),
-                vxlan_port: 4789,
-                slices: vec![slice],
-            };
+            let config = slice_api::node::NodeAgentConfig::example(vec![slice]);
             config.validate().unwrap();
         }
     }

@@ -256,16 +256,7 @@ mod tests {
         assert!(text.ends_with("\t}\n}\n"), "{text}");
         assert_eq!(render(&[]), "");
 
-        let config = slice_api::node::NodeAgentConfig {
-            node: "n1".into(),
-            underlay_address: "198.18.0.1".parse().unwrap(),
-            underlay_mtu: 1500,
-            state_dir: "/tmp".into(),
-            netns_dir: "/run/netns".into(),
-            router_netns_prefix: "t-".into(),
-            vxlan_port: 4789,
-            slices: vec![slice.clone()],
-        };
+        let config = slice_api::node::NodeAgentConfig::example(vec![slice.clone()]);
         let shown = show(&config, Some("blue")).unwrap();
         assert!(shown.starts_with("# slice blue on node n1: 1 policies, 1 pod(s) of this node isolated for ingress, 0 for egress\ntable inet slicenet {"), "{shown}");
         assert_eq!(show(&config, Some("red")), Err("node n1 has no slice red".into()));
