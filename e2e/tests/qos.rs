@@ -255,7 +255,11 @@ fn spawn_capture(lab: &Lab, node_port: u16, tos: u8) -> std::process::Child {
 fn slices_share_an_uplink_by_their_profiles_across_the_wan() {
     e2e::require_root().expect("root");
     let lab = Lab::new(PREFIX).expect("lab (needs root; build the bins first)");
-    let mut env = Env { cp: ControlPlane::new(), lab: Some(lab) };
+    let mut cp = ControlPlane::new();
+    // Four gateways start in this lab: on a loaded machine the first convergence was seen to
+    // take longer than the default 60 s (load average 23 on 2 cores).
+    cp.set_timeout(Duration::from_secs(180));
+    let mut env = Env { cp, lab: Some(lab) };
     env.apply(&manifest(&[(&BLUE, BLUE.ceiling), (&RED, RED.ceiling)]));
     for c in ["c1", "c2"] {
         let Env { cp, lab } = &mut env;
@@ -318,6 +322,7 @@ fn slices_share_an_uplink_by_their_profiles_across_the_wan() {
 
     // A profile change in place: blue's ceiling to 15 Mbit/s while a TCP connection of blue
     // carries round trips.
+    let gateway = env.cp.gateway_pid(BLUE.name, "c1").expect("blue's gateway in c1");
     let echo = EchoServer::start(&servers[0], ECHO_PORT);
     let load = Load::start(&clients[0], SocketAddrV4::new(targets[0], ECHO_PORT));
     load.wait_for(10, "blue's connection before the change");
@@ -328,6 +333,9 @@ fn slices_share_an_uplink_by_their_profiles_across_the_wan() {
     let (_, error) = load.stop();
     assert_eq!(error, None, "blue's connection broke across the profile change");
     assert_eq!(echo.stop(), 1, "one connection, kept");
+    // Made in place: the same gateway process carried it (a rate change rolls no pod).
+    assert_eq!(env.cp.gateway_pid(BLUE.name, "c1"), Some(gateway), "blue's gateway was replaced");
+    assert_eq!(env.cp.gateway_restarts(BLUE.name, "c1"), Some(0), "blue's gateway restarted");
 
     // Deleting red removes its class and its classification; blue stays.
     env.apply(&manifest(&[(&BLUE, 15_000)]));
@@ -338,5 +346,23 @@ fn slices_share_an_uplink_by_their_profiles_across_the_wan() {
         table.contains(&BLUE.port.to_string()) && !table.contains(&RED.port.to_string()),
         "classification of blue only:\n{table}"
     );
+
+    // No QoS slice left: the agent takes the tree off the uplink and the table away, and says so.
+    let (device, _) = env.tree();
+    env.apply(&manifest(&[]));
+    let node = env.lab().node("c1", "n1");
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let qdisc = env.on_node(&["tc", "qdisc", "show", "dev", &device]);
+        let tables = env.on_node(&["nft", "list", "tables"]);
+        if !qdisc.contains("htb") && !tables.contains("slicenet_qos") {
+            break;
+        }
+        assert!(Instant::now() < end, "the tree or the table stays without QoS slices:\n{qdisc}\n{tables}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = std::fs::read_to_string(node.state_dir().join(slice_node::qos::STATUS_FILE)).expect("QoS status");
+    let status: Value = serde_json::from_str(&status).expect("QoS status JSON");
+    assert_eq!(status["enabled"], false, "{status}");
     drop(env);
 }

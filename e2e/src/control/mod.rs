@@ -245,6 +245,12 @@ impl ControlPlane {
         }
     }
 
+    /// How long [`ControlPlane::apply`] and the other convergences wait for the lab to come to
+    /// rest (60 s unless set): a test that starts many gateways on a loaded machine gives more.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// The SliceConfigs with the status the hub wrote.
     pub fn slices(&self) -> &[SliceConfig] {
         &self.view.slices
