@@ -10,10 +10,12 @@
 //! Shown: both slices saturating get at least their guarantee and at most their ceiling;
 //! blue alone borrows up to its ceiling; traffic of no slice (the node's own, to the other
 //! cluster's public address) still flows beside them and counts in the default class; the
-//! outer packets on the WAN carry each slice's DSCP (tcpdump in the WAN namespace, filtered by
-//! the slice's NodePort and its DSCP); a profile change is made in place while a TCP connection
-//! of the slice carries round trips, which goes on; deleting a slice removes its class and its
-//! classification.
+//! outer packets leaving c1 carry each slice's DSCP (tcpdump in the WAN namespace, filtered by
+//! c1's public address, the slice's ports and its DSCP); a rate change is made in place while a
+//! TCP connection of the slice carries round trips, which goes on, through the same gateway
+//! process; a DSCP change replaces the gateway process (its command line changed: a cluster
+//! rolls the pod) and the new class shows on the WAN; deleting a slice removes its class and
+//! its classification; with no QoS slice left the tree and the table are gone.
 //!
 //! The rates are far below what this machine moves through a gateway (Gbit/s), so they depend
 //! on the shaper, not on the machine's speed. Tolerance: at least 80 % of a guarantee (the HTB
@@ -69,6 +71,8 @@ const BLUE: Slice = Slice {
     dscp: "AF41",
     tos: 0x88,
 };
+/// Blue with another DSCP class (the profile change that changes the gateway's command line).
+const BLUE_EF: Slice = Slice { dscp: "EF", tos: 0xb8, ..BLUE };
 const RED: Slice = Slice {
     name: "red",
     subnet: "10.81.0.0/16",
@@ -237,11 +241,15 @@ fn mbit(kbps: u64) -> f64 {
     kbps as f64 / 1000.0
 }
 
-/// tcpdump in the WAN namespace: waits for 3 outer packets to `node_port` carrying `tos`
-/// (the DSCP bits) and returns whether they came within 60 s.
-fn spawn_capture(lab: &Lab, node_port: u16, tos: u8) -> std::process::Child {
+/// tcpdump in the WAN namespace: waits for 3 outer packets of slice `s` leaving c1 (from c1's
+/// public address, to or from one of the slice's gateway ports: its NodePort, or its listen
+/// port, which the edges' NAT keeps and WireGuard's roaming then uses) carrying `tos` (the DSCP
+/// bits) and returns whether they came within 60 s.
+fn spawn_capture(lab: &Lab, s: &Slice, tos: u8) -> std::process::Child {
     let wan = lab.wan_netns().expect("the lab's WAN");
-    let filter = format!("udp dst port {node_port} and (ip[1] & 0xfc) == {tos:#x}");
+    let from = lab.cluster("c1").public_address().expect("c1's public address");
+    let filter =
+        format!("udp and src host {from} and (port {} or port {}) and (ip[1] & 0xfc) == {tos:#x}", s.port, s.node_port);
     Command::new("ip")
         .args(["netns", "exec", wan, "timeout", "60", "tcpdump", "-i", "any", "-nn", "-c", "3", &filter])
         .stdout(Stdio::piped())
@@ -287,8 +295,7 @@ fn slices_share_an_uplink_by_their_profiles_across_the_wan() {
     // beside them.
     let (_, before) = env.tree();
     let default_before = default_class_sent(&before);
-    let captures =
-        [spawn_capture(env.lab(), BLUE.node_port, BLUE.tos), spawn_capture(env.lab(), RED.node_port, RED.tos)];
+    let captures = [spawn_capture(env.lab(), &BLUE, BLUE.tos), spawn_capture(env.lab(), &RED, RED.tos)];
     let other = env.lab().cluster("c2").public_address().expect("c2's public address");
     let (rates, pinged) = std::thread::scope(|s| {
         let runs: Vec<_> = clients.iter().zip(&targets).map(|(c, t)| s.spawn(move || iperf_udp(c, *t))).collect();
@@ -337,8 +344,25 @@ fn slices_share_an_uplink_by_their_profiles_across_the_wan() {
     assert_eq!(env.cp.gateway_pid(BLUE.name, "c1"), Some(gateway), "blue's gateway was replaced");
     assert_eq!(env.cp.gateway_restarts(BLUE.name, "c1"), Some(0), "blue's gateway restarted");
 
+    // Blue's DSCP class changed on the SliceConfig: the gateway's command line changes
+    // (`--dscp EF`), its process is replaced (a cluster rolls the pod), and blue's outer packets
+    // leave c1 with the new class (none did before: it was AF41).
+    let capture = spawn_capture(env.lab(), &BLUE, BLUE_EF.tos);
+    env.apply(&manifest(&[(&BLUE_EF, 15_000), (&RED, RED.ceiling)]));
+    assert_eq!(env.cp.gateway_rolls(BLUE.name, "c1"), Some(1), "blue's gateway kept its old command line");
+    assert_eq!(env.cp.gateway_rolls(RED.name, "c1"), Some(0), "red's gateway was replaced");
+    let pinger =
+        clients[0].spawn(&["ping", "-n", "-q", "-c", "60", "-W", "10", &targets[0].to_string()]).expect("ping");
+    let out = capture.wait_with_output().expect("tcpdump");
+    drop(pinger);
+    assert!(
+        out.status.success(),
+        "no outer packet of blue with DSCP EF on the WAN after the change: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Deleting red removes its class and its classification; blue stays.
-    env.apply(&manifest(&[(&BLUE, 15_000)]));
+    env.apply(&manifest(&[(&BLUE_EF, 15_000)]));
     let classes = env.wait_tree("red's class removed", |c| class_line(c, 20, 40).is_none());
     assert!(class_line(&classes, 10, 15).is_some(), "blue's class stays:\n{classes}");
     let table = env.on_node(&["nft", "list", "table", "inet", "slicenet_qos"]);

@@ -317,6 +317,12 @@ impl ControlPlane {
         self.gateway(slice, cluster).map(|g| g.restarts)
     }
 
+    /// How often the lab replaced the gateway process of `slice` in `cluster` because its
+    /// Deployment's command line changed (a cluster would roll the pod).
+    pub fn gateway_rolls(&self, slice: &str, cluster: &str) -> Option<u32> {
+        self.gateway(slice, cluster).map(|g| g.rolled)
+    }
+
     /// The gateway's log of `slice` in `cluster`.
     pub fn gateway_log(&self, slice: &str, cluster: &str) -> String {
         self.gateway(slice, cluster).map(|g| g.process.log_text()).unwrap_or_default()
