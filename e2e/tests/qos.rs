@@ -36,7 +36,7 @@ use e2e::control::{
 use e2e::probe::{EchoServer, Load};
 use serde_json::Value;
 
-const PREFIX: &str = "qlab";
+const PREFIX: &str = "hqos";
 const UPLINK_KBPS: u64 = 40_000;
 const IPERF_PORT: u16 = 5201;
 const ECHO_PORT: u16 = 7000;
