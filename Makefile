@@ -45,14 +45,6 @@ $(VALIDATORS_VENV)/.installed: deploy/validate/requirements.txt deploy/validate/
 	$(VALIDATORS_VENV)/bin/pip install --quiet -r deploy/validate/requirements.txt -c deploy/validate/constraints.txt
 	touch $@
 
-# Every test: pure ones and the root ones on real namespaces, containerd's CRI and our binaries.
-test: lint build validators
-	@[ "$$(id -u)" = 0 ] || { echo "make test needs root: the lab creates network namespaces and runs containerd"; exit 1; }
-	$(CARGO) test --workspace --no-fail-fast
-
-demo: build
-	target/debug/slicectl lab demo
-
 # Current userspace WireGuard implementations from crates.io, the bench's competitors beside
 # Debian's wireguard-go and OpenVPN: installed once under target/ (pinned versions).
 BENCH_TOOLS := target/bench-tools
@@ -62,6 +54,15 @@ $(BENCH_TOOLS)/bin/gotatun:
 	$(CARGO) install --locked --root $(BENCH_TOOLS) gotatun-cli --version $(GOTATUN_VERSION)
 $(BENCH_TOOLS)/bin/boringtun-cli:
 	$(CARGO) install --locked --root $(BENCH_TOOLS) boringtun-cli --version $(BORINGTUN_CLI_VERSION)
+
+# Every test: pure ones and the root ones on real namespaces, containerd's CRI and our binaries.
+# The gateway's interop test runs against gotatun (installed once under target/, pinned above).
+test: lint build validators $(BENCH_TOOLS)/bin/gotatun
+	@[ "$$(id -u)" = 0 ] || { echo "make test needs root: the lab creates network namespaces and runs containerd"; exit 1; }
+	$(CARGO) test --workspace --no-fail-fast
+
+demo: build
+	target/debug/slicectl lab demo
 
 bench: EXTRA_PACKAGES = $(BENCH_PACKAGES)
 bench: deps $(BENCH_TOOLS)/bin/gotatun $(BENCH_TOOLS)/bin/boringtun-cli
