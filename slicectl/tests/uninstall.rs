@@ -215,6 +215,25 @@ fn with_finalizer(mut obj: Value, finalizer: &str) -> Value {
     obj
 }
 
+/// Registers `cluster` on the in-memory hub as `slicectl join` does, with the hub's finalizer on
+/// its MemberCluster and a WorkerSlice `blue` carrying the worker's finalizer.
+async fn join_with_a_slice(api: &MemoryApi<String>, client: &kube::Client, cluster: &str) {
+    let opts = slicectl::join::JoinOptions { cluster: cluster.into(), ..Default::default() };
+    slicectl::register::apply(client, &slicectl::register::hub_objects(&opts).unwrap()).await.unwrap();
+    let path = format!("/apis/slicenet.io/v1alpha1/memberclusters/{cluster}");
+    api.edit("hub".into(), &path, |o| *o = with_finalizer(o.clone(), "slicenet.io/hub"));
+    api.put(
+        "hub".into(),
+        with_finalizer(
+            json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
+                "metadata": {"name": "blue", "namespace": format!("slicenet-cluster-{cluster}")},
+                "spec": {"slice": "blue", "cluster": cluster, "sliceSubnet": "10.80.0.0/16",
+                         "clusterPrefix": "10.80.0.0/20", "nodePrefixLength": 26, "vni": 7}}),
+            "slicenet.io/worker",
+        ),
+    );
+}
+
 #[tokio::test]
 async fn uninstall_hub_releases_finalizers_and_removes_every_cluster_access() {
     let api = server("hub");
@@ -222,20 +241,7 @@ async fn uninstall_hub_releases_finalizers_and_removes_every_cluster_access() {
     let hub_manifest = slicectl::install::hub(&slicectl::install::Options::generate(IMAGE).unwrap()).unwrap();
     slicectl::register::apply(&client, &hub_manifest).await.unwrap();
     for cluster in ["east", "west"] {
-        let opts = slicectl::join::JoinOptions { cluster: cluster.into(), ..Default::default() };
-        slicectl::register::apply(&client, &slicectl::register::hub_objects(&opts).unwrap()).await.unwrap();
-        let path = format!("/apis/slicenet.io/v1alpha1/memberclusters/{cluster}");
-        api.edit("hub".into(), &path, |o| *o = with_finalizer(o.clone(), "slicenet.io/hub"));
-        api.put(
-            "hub".into(),
-            with_finalizer(
-                json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
-                    "metadata": {"name": "blue", "namespace": format!("slicenet-cluster-{cluster}")},
-                    "spec": {"slice": "blue", "cluster": cluster, "sliceSubnet": "10.80.0.0/16",
-                             "clusterPrefix": "10.80.0.0/20", "nodePrefixLength": 26, "vni": 7}}),
-                "slicenet.io/worker",
-            ),
-        );
+        join_with_a_slice(&api, &client, cluster).await;
     }
     api.put(
         "hub".into(),
@@ -308,21 +314,7 @@ async fn a_member_leaves_the_hub_and_the_others_stay() {
     let client = api.client("hub".into());
     let mut west_before = Vec::new();
     for cluster in ["east", "west"] {
-        let opts = slicectl::join::JoinOptions { cluster: cluster.into(), ..Default::default() };
-        let objects = slicectl::register::hub_objects(&opts).unwrap();
-        slicectl::register::apply(&client, &objects).await.unwrap();
-        let path = format!("/apis/slicenet.io/v1alpha1/memberclusters/{cluster}");
-        api.edit("hub".into(), &path, |o| *o = with_finalizer(o.clone(), "slicenet.io/hub"));
-        api.put(
-            "hub".into(),
-            with_finalizer(
-                json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
-                    "metadata": {"name": "blue", "namespace": format!("slicenet-cluster-{cluster}")},
-                    "spec": {"slice": "blue", "cluster": cluster, "sliceSubnet": "10.80.0.0/16",
-                             "clusterPrefix": "10.80.0.0/20", "nodePrefixLength": 26, "vni": 7}}),
-                "slicenet.io/worker",
-            ),
-        );
+        join_with_a_slice(&api, &client, cluster).await;
         if cluster == "west" {
             west_before = api.paths(&"hub".to_owned(), "/").into_iter().filter(|p| p.contains("west")).collect();
         }
