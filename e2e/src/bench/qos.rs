@@ -239,6 +239,14 @@ pub(crate) fn table(s: &QosSection) -> String {
         if s.on.rates[1] >= 0.9 * mbit(SLICES[1].4) { "met" } else { "not met" },
         if on < 0.1 { "nothing beyond this machine's noise".to_owned() } else { format!("{:.0}× less", off / on) }
     );
+    // The anchor of the same run: gold's median RTT while bulk saturates, without QoS against with.
+    let _ = writeln!(
+        t,
+        "gold's median RTT while bulk saturates, QoS off / on: **{:.0}×** ({:.2} / {:.2} ms).",
+        super::stats::ratio(s.off.loaded[0], s.on.loaded[0]),
+        s.off.loaded[0],
+        s.on.loaded[0]
+    );
     t
 }
 
