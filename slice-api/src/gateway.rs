@@ -25,7 +25,14 @@ pub mod flag {
     pub const FORWARD: &str = "forward";
     /// The DSCP class (by name, e.g. `AF41`) written on the outer packets (`IP_TOS`).
     pub const DSCP: &str = "dscp";
+    /// Peer groups: a prefix given to several peers (a remote cluster's replicas) routes each
+    /// flow to one live member; the value is the probe interval in ms (issue 13).
+    pub const MULTIPATH_PROBE_MS: &str = "multipath-probe-ms";
 }
+
+/// The probe interval the worker gives its gateways (`--multipath-probe-ms`): a member silent
+/// for three of them is dead, so failover stays under a second.
+pub const DEFAULT_MULTIPATH_PROBE_MS: u64 = 200;
 
 /// The environment variable that sets [`flag::HANDSHAKE_RATE_LIMIT`].
 pub const HANDSHAKE_RATE_LIMIT_ENV: &str = "SLICE_GATEWAY_HANDSHAKE_RATE_LIMIT";
@@ -81,6 +88,9 @@ pub mod metric {
     pub const PEER_TX_BYTES: &str = "slice_gateway_peer_tx_bytes_total";
     /// Counter, per peer: datagrams sent.
     pub const PEER_TX_PACKETS: &str = "slice_gateway_peer_tx_packets_total";
+    /// Gauge, per peer, with `--multipath-probe-ms` only: 1 while the peer spoke within three
+    /// probe intervals, else 0.
+    pub const PEER_LIVE: &str = "slice_gateway_peer_live";
     /// Gauge, per peer: Unix time of the last handshake (0: never). The worker's tunnel state
     /// comes from this family alone.
     pub const PEER_LAST_HANDSHAKE_SECONDS: &str = "slice_gateway_peer_last_handshake_seconds";

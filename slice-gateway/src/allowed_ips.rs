@@ -60,6 +60,11 @@ impl<V> Family<V> {
         old
     }
 
+    fn get_mut(&mut self, addr: u128, len: u8) -> Option<&mut V> {
+        let key = self.mask(addr, len);
+        self.by_len[usize::from(len)].get_mut(&key)
+    }
+
     fn lookup(&self, addr: u128) -> Option<&V> {
         self.lens.iter().find_map(|&len| self.by_len[usize::from(len)].get(&self.mask(addr, len)))
     }
@@ -122,6 +127,22 @@ impl<V> AllowedIps<V> {
             }
             fam.refresh_lens();
         }
+    }
+
+    /// Like [`Self::retain`], with the value mutable (a peer group loses one member).
+    pub fn retain_mut(&mut self, mut pred: impl FnMut(&mut V) -> bool) {
+        for fam in [&mut self.v4, &mut self.v6] {
+            for map in &mut fam.by_len {
+                map.retain(|_, v| pred(v));
+            }
+            fam.refresh_lens();
+        }
+    }
+
+    /// The value of exactly `net`, mutable.
+    pub fn get_mut(&mut self, net: IpNet) -> Option<&mut V> {
+        let (addr, len) = (bits(net.addr()), net.prefix_len());
+        self.family_mut(&net).get_mut(addr, len)
     }
 
     /// The same prefixes with every value replaced by `f(value)`, without those for which it

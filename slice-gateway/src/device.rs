@@ -91,6 +91,8 @@ pub struct Gateway {
     rx: Mutex<RxState>,
     /// Called after every applied change with every peer's AllowedIPs (the routes into TUN).
     on_change: Mutex<Option<AllowedIpsHook>>,
+    /// Peer groups' probe interval in ms; 0: multipath off ([`Gateway::set_multipath`]).
+    probe_interval_ms: AtomicU64,
 }
 
 /// What [`Gateway::set_on_change`] takes.
@@ -122,7 +124,24 @@ impl Gateway {
             gso: AtomicBool::new(std::env::var_os("SLICE_GATEWAY_NO_GSO").is_none()),
             tx: Mutex::new(TxState::new()),
             rx: Mutex::new(RxState::new(vnet)),
+            probe_interval_ms: AtomicU64::new(0),
         }))
+    }
+
+    /// Turns peer groups on (`--multipath`, see [`crate::multipath`]): a prefix given to
+    /// several peers routes each flow to one live member; every peer gets a keepalive every
+    /// `probe` (so each end sees the other live) and, once dead, a fresh handshake initiation
+    /// every second. Call before the first configuration.
+    pub fn set_multipath(&self, probe: Duration) {
+        let ms = u64::try_from(probe.as_millis()).unwrap_or(u64::MAX).max(1);
+        lock(&self.control).state.set_multipath(true);
+        self.probe_interval_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The probe interval in ms, 0 when multipath is off.
+    #[must_use]
+    pub fn probe_interval_ms(&self) -> u64 {
+        self.probe_interval_ms.load(Ordering::Relaxed)
     }
 
     /// Sets how many handshake messages per second pass before the gateway answers with cookies

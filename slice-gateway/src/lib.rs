@@ -8,6 +8,7 @@ pub mod allowed_ips;
 pub mod config;
 pub mod device;
 pub mod metrics;
+pub mod multipath;
 pub mod offload;
 pub mod peers;
 pub mod tun;
@@ -40,6 +41,8 @@ pub struct Options {
     pub forward: Vec<String>,
     /// The DSCP class of the outer packets (the slice's QoS profile).
     pub dscp: Option<slice_api::qos::DscpClass>,
+    /// Peer groups with this probe interval (ms); `None`: wg(8)'s one holder per prefix.
+    pub multipath_probe_ms: Option<u64>,
 }
 
 /// How often the configuration file is checked for changes when inotify has said nothing.
@@ -103,6 +106,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     gw.set_handshake_rate_limit(opts.handshake_rate_limit);
     if let Some(dscp) = opts.dscp {
         gw.set_dscp(dscp).with_context(|| format!("setting DSCP {dscp} on the UDP socket"))?;
+    }
+    if let Some(ms) = opts.multipath_probe_ms {
+        gw.set_multipath(std::time::Duration::from_millis(ms));
     }
     if opts.routes {
         gw.set_on_change(route_hook(&opts.interface));

@@ -57,6 +57,12 @@ struct Cli {
     /// between clusters can honour the slice's QoS class.
     #[arg(long = flag::DSCP, value_name = "CLASS")]
     dscp: Option<slice_api::qos::DscpClass>,
+    /// Peer groups (gateway replicas): several peers may hold the same AllowedIPs; each flow
+    /// goes to one live member (rendezvous hash), a member silent for three probe intervals is
+    /// dead, every peer is sent a keepalive each interval (in milliseconds, 50–10000).
+    #[arg(long = flag::MULTIPATH_PROBE_MS, value_name = "MS",
+        value_parser = clap::value_parser!(u64).range(50..=10_000))]
+    multipath_probe_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -75,6 +81,7 @@ fn main() -> ExitCode {
         handshake_rate_limit: cli.handshake_rate_limit,
         forward: cli.forward,
         dscp: cli.dscp,
+        multipath_probe_ms: cli.multipath_probe_ms,
     };
     match slice_gateway::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,

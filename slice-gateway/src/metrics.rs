@@ -29,6 +29,8 @@ pub struct PeerSample {
     pub last_handshake: f64,
     /// (reason, count) for a fixed set of reasons.
     pub drops: Vec<(&'static str, u64)>,
+    /// With multipath: whether the peer spoke within three probe intervals.
+    pub live: Option<bool>,
 }
 
 /// Device-wide figures for one scrape.
@@ -82,6 +84,16 @@ pub fn render(s: &Sample) -> String {
             let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {}", p.public_key, field(p));
         }
     }
+    if s.peers.iter().any(|p| p.live.is_some()) {
+        let name = metric::PEER_LIVE;
+        let _ = writeln!(out, "# HELP {name} 1 while the peer spoke within three multipath probe intervals.");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for p in &s.peers {
+            if let Some(live) = p.live {
+                let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {}", p.public_key, u8::from(live));
+            }
+        }
+    }
     let name = metric::PEER_DROPS;
     let _ = writeln!(out, "# HELP {name} Packets of the peer dropped, by reason.\n# TYPE {name} counter");
     for p in &s.peers {
@@ -98,6 +110,7 @@ pub fn sample(gw: &Gateway) -> Sample {
     let c = &gw.counters;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut peers = Vec::new();
+    let probe_ms = gw.probe_interval_ms();
     gw.for_each_peer(|p, last| {
         let pc = &p.counters;
         peers.push(PeerSample {
@@ -115,6 +128,7 @@ pub fn sample(gw: &Gateway) -> Sample {
                 ("no_endpoint", load(&pc.drop_no_endpoint)),
                 ("io", load(&pc.drop_io)),
             ],
+            live: (probe_ms > 0).then(|| p.is_live(probe_ms)),
         });
     });
     peers.sort_by(|a, b| a.public_key.cmp(&b.public_key));

@@ -49,9 +49,12 @@ pub struct PeerState {
     peers: BTreeMap<Key, PeerConfig>,
     /// Indices in use (by `peers`).
     indices: HashSet<u32>,
-    /// Prefix → the peer that holds it.
-    routes: AllowedIps<Key>,
+    /// Prefix → the peers that hold it: one, as in wg(8); several only with `multipath` (a
+    /// peer group, in the order they took it).
+    routes: AllowedIps<Vec<Key>>,
     next_index: u32,
+    /// A prefix given to a second peer joins it to a group instead of moving (`--multipath`).
+    multipath: bool,
 }
 
 /// A new UDP socket the change needs; if it cannot be bound the whole change is refused.
@@ -120,7 +123,19 @@ impl PeerState {
             indices: HashSet::new(),
             routes: AllowedIps::new(),
             next_index: seed & 0x00ff_ffff,
+            multipath: false,
         }
+    }
+
+    /// Peer groups on or off (see [`crate::multipath`]); set before the first change: it does
+    /// not regroup prefixes already given.
+    pub fn set_multipath(&mut self, on: bool) {
+        self.multipath = on;
+    }
+
+    #[must_use]
+    pub fn multipath(&self) -> bool {
+        self.multipath
     }
 
     #[must_use]
@@ -161,9 +176,9 @@ impl PeerState {
         v
     }
 
-    /// Prefix → peer (longest-prefix match).
+    /// Prefix → the peer (or, with multipath, the peers) holding it (longest-prefix match).
     #[must_use]
-    pub fn routes(&self) -> &AllowedIps<Key> {
+    pub fn routes(&self) -> &AllowedIps<Vec<Key>> {
         &self.routes
     }
 
@@ -186,11 +201,36 @@ impl PeerState {
     fn remove_peer(&mut self, key: &Key, fx: &mut Effects) {
         if let Some(peer) = self.peers.remove(key) {
             self.indices.remove(&peer.index);
-            self.routes.retain(|k| k != key);
+            self.drop_routes_of(key);
             // What was pending for the peer object that ends is moot.
             fx.endpoints.retain(|(k, _)| k != key);
             fx.kick.retain(|k| k != key);
         }
+    }
+
+    /// Takes `key` out of every prefix's holders; a prefix nobody holds any more goes.
+    fn drop_routes_of(&mut self, key: &Key) {
+        self.routes.retain_mut(|holders| {
+            holders.retain(|k| k != key);
+            !holders.is_empty()
+        });
+    }
+
+    /// Gives `net` to `key`: in wg(8)'s way it moves from its previous holder (returned); with
+    /// multipath `key` joins its holders.
+    fn give(&mut self, net: IpNet, key: Key) -> Option<Key> {
+        if self.multipath {
+            match self.routes.get_mut(net) {
+                Some(holders) if !holders.contains(&key) => holders.push(key),
+                Some(_) => {}
+                None => {
+                    self.routes.insert(net, vec![key]);
+                }
+            }
+            return None;
+        }
+        let prev = self.routes.insert(net, vec![key])?;
+        prev.into_iter().find(|k| *k != key)
     }
 
     /// Applies a `set` (or a configuration file) as wg(8) does, changing only what differs so
@@ -263,13 +303,11 @@ impl PeerState {
             }
             peer.settings = settings;
             if pu.replace_allowed_ips {
-                self.routes.retain(|k| *k != key);
                 peer.allowed_ips.clear();
+                self.drop_routes_of(&key);
             }
             for net in &pu.allowed_ips {
-                if let Some(prev) = self.routes.insert(*net, key)
-                    && prev != key
-                {
+                if let Some(prev) = self.give(*net, key) {
                     fx.warnings.push(Warning::AllowedIpMoved { net: *net, from: prev, to: key });
                     if let Some(p) = self.peers.get_mut(&prev) {
                         p.allowed_ips.retain(|n| n != net);
@@ -306,6 +344,10 @@ impl PeerState {
         let by_peer: Vec<(Key, Vec<IpNet>)> =
             self.peers().into_iter().map(|(k, c)| (k, c.allowed_ips.clone())).collect();
         for (a, b) in overlapping_allowed_ips(&by_peer) {
+            if self.multipath && a == b {
+                // A peer group, not a mistake.
+                continue;
+            }
             fx.warnings.push(Warning::AllowedIpsOverlap { a, b });
         }
         fx.routes = self.all_allowed_ips();
@@ -362,6 +404,31 @@ mod tests {
     }
 
     #[test]
+    fn with_multipath_one_prefix_on_several_peers_is_a_group_without_warnings() {
+        let mut s = PeerState::new(4000, 7);
+        s.set_multipath(true);
+        let fx =
+            s.apply(&file(9, vec![peer(1, &["10.1.0.0/16"]), peer(2, &["10.1.0.0/16"]), peer(3, &["10.2.0.0/16"])]));
+        assert!(fx.warnings.is_empty(), "{:?}", fx.warnings);
+        assert_eq!(s.routes().lookup("10.1.2.3".parse().unwrap()), Some(&vec![key(1), key(2)]));
+        assert_eq!(s.peer(&key(1)).unwrap().allowed_ips, [net("10.1.0.0/16")]);
+        assert_eq!(s.peer(&key(2)).unwrap().allowed_ips, [net("10.1.0.0/16")]);
+        assert_eq!(fx.routes, [net("10.1.0.0/16"), net("10.2.0.0/16")]);
+        // A member leaves: the group shrinks, the route stays.
+        let fx = s.apply(&file(9, vec![peer(2, &["10.1.0.0/16"]), peer(3, &["10.2.0.0/16"])]));
+        assert_eq!(fx.removed, [key(1)]);
+        assert_eq!(s.routes().lookup("10.1.2.3".parse().unwrap()), Some(&vec![key(2)]));
+        assert!(fx.routes_removed.is_empty());
+        // The last member leaves: the route goes.
+        let fx = s.apply(&file(9, vec![peer(3, &["10.2.0.0/16"])]));
+        assert_eq!(s.routes().lookup("10.1.2.3".parse().unwrap()), None);
+        assert_eq!(fx.routes_removed, [net("10.1.0.0/16")]);
+        // Overlapping but different prefixes are still reported.
+        let fx = s.apply(&file(9, vec![peer(3, &["10.2.0.0/16"]), peer(4, &["10.2.1.0/24"])]));
+        assert_eq!(fx.warnings, [Warning::AllowedIpsOverlap { a: net("10.2.0.0/16"), b: net("10.2.1.0/24") }]);
+    }
+
+    #[test]
     fn a_first_file_adds_its_peers_with_their_routes_endpoints_and_keepalive_kicks() {
         let mut s = PeerState::new(4000, 7);
         let mut a = peer(1, &["10.1.0.0/16"]);
@@ -382,7 +449,7 @@ mod tests {
         assert_ne!(i1, i2);
         assert!(i1 <= 0x00ff_ffff && i2 <= 0x00ff_ffff);
         assert_eq!(s.peer(&key(1)).unwrap().settings.persistent_keepalive, 25);
-        assert_eq!(s.routes().lookup("10.2.3.4".parse().unwrap()), Some(&key(2)));
+        assert_eq!(s.routes().lookup("10.2.3.4".parse().unwrap()), Some(&vec![key(2)]));
         assert_eq!(s.peers().iter().map(|(k, _)| *k).collect::<Vec<_>>(), [key(1), key(2)], "creation order");
     }
 
@@ -444,9 +511,9 @@ mod tests {
         );
         assert_eq!(s.peer(&key(1)).unwrap().allowed_ips, [net("10.1.0.0/16")]);
         assert_eq!(s.peer(&key(2)).unwrap().allowed_ips, [net("10.9.0.0/16"), net("10.1.4.0/24")]);
-        assert_eq!(s.routes().lookup("10.9.1.1".parse().unwrap()), Some(&key(2)));
-        assert_eq!(s.routes().lookup("10.1.4.1".parse().unwrap()), Some(&key(2)), "longest prefix");
-        assert_eq!(s.routes().lookup("10.1.5.1".parse().unwrap()), Some(&key(1)));
+        assert_eq!(s.routes().lookup("10.9.1.1".parse().unwrap()), Some(&vec![key(2)]));
+        assert_eq!(s.routes().lookup("10.1.4.1".parse().unwrap()), Some(&vec![key(2)]), "longest prefix");
+        assert_eq!(s.routes().lookup("10.1.5.1".parse().unwrap()), Some(&vec![key(1)]));
         assert_eq!(fx.routes_added, [net("10.1.4.0/24")]);
         assert!(fx.routes_removed.is_empty(), "10.9.0.0/16 is still routed, by the other peer");
     }

@@ -75,6 +75,13 @@ pub struct Peer {
     pub(super) endpoint: Mutex<Option<SocketAddr>>,
     pub(super) last_handshake: Mutex<Option<SystemTime>>,
     pub counters: PeerCounters,
+    /// [`now_ms`] of the last authenticated datagram from the peer (0: none yet): its liveness
+    /// in a peer group ([`crate::multipath`]).
+    pub(super) last_rx_ms: AtomicU64,
+    /// [`now_ms`] of the last forced handshake initiation to it while it was dead.
+    pub(super) last_revive_ms: AtomicU64,
+    /// This peer's identity in rendezvous hashing (FNV-1a of its public key).
+    pub(super) hrw_id: u64,
 }
 
 impl Peer {
@@ -86,7 +93,21 @@ impl Peer {
             endpoint: Mutex::new(None),
             last_handshake: Mutex::new(None),
             counters: PeerCounters::default(),
+            last_rx_ms: AtomicU64::new(0),
+            last_revive_ms: AtomicU64::new(0),
+            hrw_id: slice_api::fnv::fnv1a_64(public_key.0),
         }
+    }
+
+    /// An authenticated datagram arrived from the peer.
+    pub(super) fn note_rx(&self) {
+        self.last_rx_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the peer spoke within the dead-after time of `probe_ms` probes.
+    #[must_use]
+    pub fn is_live(&self, probe_ms: u64) -> bool {
+        crate::multipath::is_live(self.last_rx_ms.load(Ordering::Relaxed), now_ms(), probe_ms)
     }
 
     pub(super) fn endpoint(&self) -> Option<SocketAddr> {
@@ -106,6 +127,14 @@ impl Peer {
             }
         }
     }
+}
+
+/// Milliseconds on a monotonic clock started with the process, never 0 (0 means "never").
+#[must_use]
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
 }
 
 /// The interface key pair with the rate limiter bound to it.
@@ -148,8 +177,8 @@ pub(super) struct Snapshot {
     pub(super) identity: Option<Arc<Identity>>,
     pub(super) peers: HashMap<Key, Arc<Peer>>,
     pub(super) by_index: HashMap<u32, Arc<Peer>>,
-    /// Cryptokey routing onto the live peers.
-    pub(super) routes: AllowedIps<Arc<Peer>>,
+    /// Cryptokey routing onto the live peers: a prefix's holder, or with multipath its group.
+    pub(super) routes: AllowedIps<Vec<Arc<Peer>>>,
 }
 
 impl Snapshot {
@@ -158,11 +187,14 @@ impl Snapshot {
         socket: Arc<UdpSocket>,
         identity: Option<Arc<Identity>>,
         peers: &HashMap<Key, Arc<Peer>>,
-        routes: &AllowedIps<Key>,
+        routes: &AllowedIps<Vec<Key>>,
     ) -> Self {
         let by_index = peers.values().map(|p| (p.index, Arc::clone(p))).collect();
         // Every routed key is a live peer (the state removes a peer's routes with it).
-        let routes = routes.filter_map(|k| peers.get(k).map(Arc::clone));
+        let routes = routes.filter_map(|keys| {
+            let group: Vec<Arc<Peer>> = keys.iter().filter_map(|k| peers.get(k).map(Arc::clone)).collect();
+            (!group.is_empty()).then_some(group)
+        });
         Self { socket, identity, peers: peers.clone(), by_index, routes }
     }
 }

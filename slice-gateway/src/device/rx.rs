@@ -198,6 +198,7 @@ impl Gateway {
             peer.note_handshake(t);
         }
         drop(tunn);
+        peer.note_rx();
         // Authenticated: count it and let the endpoint follow the peer (roaming).
         add(&peer.counters.rx_bytes, datagram.len());
         inc(&peer.counters.rx_packets);
@@ -209,7 +210,7 @@ impl Gateway {
 
     /// Writes a decrypted packet to TUN if its source belongs to `peer` (cryptokey routing).
     fn deliver(&self, snap: &Snapshot, peer: &Arc<Peer>, inner: &mut [u8], src: IpAddr, rx: &mut RxSink) {
-        if !snap.routes.lookup(src).is_some_and(|owner| Arc::ptr_eq(owner, peer)) {
+        if !snap.routes.lookup(src).is_some_and(|group| group.iter().any(|owner| Arc::ptr_eq(owner, peer))) {
             inc(&peer.counters.drop_source);
             return;
         }

@@ -7,15 +7,19 @@ use std::time::{Duration, Instant};
 use boringtun::noise::TunnResult;
 use boringtun::noise::errors::WireGuardError;
 
-use super::live::lock;
+use std::sync::atomic::Ordering;
+
+use super::live::{Snapshot, lock, now_ms};
 use super::socket::send_to_endpoint;
 use super::{Gateway, MAX_PACKET, TIMER_TICK};
+use crate::multipath::DEAD_HANDSHAKE_EVERY_MS;
 
 impl Gateway {
     /// Drives every peer's timers until the device stops.
     pub(super) fn timer_loop(&self) {
         let mut out = vec![0u8; MAX_PACKET];
         let mut last_reset = Instant::now();
+        let mut last_probe = Instant::now();
         while !self.stopping() {
             std::thread::sleep(TIMER_TICK);
             let snap = self.snapshot.load_full();
@@ -35,6 +39,38 @@ impl Gateway {
                     _ => {}
                 }
                 peer.note_handshake(t);
+            }
+            let probe_ms = self.probe_interval_ms();
+            if probe_ms > 0 && last_probe.elapsed() >= Duration::from_millis(probe_ms) {
+                last_probe = Instant::now();
+                self.probe_peers(&snap, probe_ms, &mut out);
+            }
+        }
+    }
+
+    /// Multipath probing: a keepalive to every peer (the other end's liveness of us), and to a
+    /// dead one a fresh handshake initiation every [`DEAD_HANDSHAKE_EVERY_MS`], so a restarted
+    /// replica (same key, no session) is back once it answers, without waiting for WireGuard's
+    /// own retry timers. Also keeps NAT mappings open.
+    fn probe_peers(&self, snap: &Snapshot, probe_ms: u64, out: &mut [u8]) {
+        let now = now_ms();
+        for peer in snap.peers.values() {
+            if peer.endpoint().is_none() {
+                // Behind NAT on the other side: it will come to us.
+                continue;
+            }
+            let mut tunn = lock(&peer.tunn);
+            let Some(t) = tunn.as_mut() else { continue };
+            let revive = !peer.is_live(probe_ms)
+                && now.saturating_sub(peer.last_revive_ms.load(Ordering::Relaxed)) >= DEAD_HANDSHAKE_EVERY_MS;
+            let result = if revive {
+                peer.last_revive_ms.store(now, Ordering::Relaxed);
+                t.format_handshake_initiation(out, true)
+            } else {
+                t.encapsulate(&[], out)
+            };
+            if let TunnResult::WriteToNetwork(datagram) = result {
+                send_to_endpoint(&snap.socket, peer, datagram);
             }
         }
     }

@@ -164,10 +164,11 @@ impl Gateway {
         };
         // Lock-free: the peers as last published (one read per TUN read, as the lock was).
         let snap = self.snapshot.load();
-        let Some(peer) = snap.routes.lookup(dst) else {
+        let Some(group) = snap.routes.lookup(dst) else {
             inc(&self.counters.no_route);
             return;
         };
+        let peer = self.member_for(group, packet);
         let Some(endpoint) = peer.endpoint() else {
             // Still encapsulate: boringtun queues the packet and starts a handshake.
             tx.endpoint = None;
@@ -177,6 +178,18 @@ impl Gateway {
         tx.start(&snap.socket, endpoint);
         self.encapsulate_read(&snap, h, packet, scratch, peer, tx);
         self.flush_tx(&snap.socket, peer, tx);
+    }
+
+    /// The peer of `group` that carries `packet`: the only one, or with several the live
+    /// member its flow hashes to ([`crate::multipath::choose`]).
+    fn member_for<'a>(&self, group: &'a [Arc<Peer>], packet: &[u8]) -> &'a Arc<Peer> {
+        if group.len() == 1 {
+            return &group[0];
+        }
+        let probe_ms = self.probe_interval_ms();
+        let members: Vec<(u64, bool)> = group.iter().map(|p| (p.hrw_id, p.is_live(probe_ms))).collect();
+        let flow = crate::multipath::flow_hash(packet).unwrap_or(0);
+        &group[crate::multipath::choose(flow, &members).unwrap_or(0)]
     }
 
     fn encapsulate_read(
