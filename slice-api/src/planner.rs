@@ -53,10 +53,18 @@ pub struct SlicePlan {
     pub vni: Option<u32>,
     /// The allocations to record in the SliceConfig's status, by cluster name.
     pub allocations: Vec<ClusterAllocation>,
-    /// The WorkerSlice spec of every cluster that must run the slice, by cluster name.
+    /// The WorkerSlice spec of every cluster that must run the slice, sorted by cluster name.
     pub workers: Vec<WorkerSliceSpec>,
     /// `Planned` and `Ready`.
     pub conditions: Vec<Condition>,
+}
+
+impl SlicePlan {
+    /// The planned WorkerSlice spec of `cluster` (the specs are sorted by cluster).
+    #[must_use]
+    pub fn worker(&self, cluster: &str) -> Option<&WorkerSliceSpec> {
+        self.workers.binary_search_by(|s| s.cluster.as_str().cmp(cluster)).ok().map(|i| &self.workers[i])
+    }
 }
 
 /// Plans every slice. The order of the inputs does not matter. This is the whole plan from

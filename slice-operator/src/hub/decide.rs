@@ -26,7 +26,6 @@
 //! and what is written, an object created or deleted), so a converged hub announces nothing.
 //! [`failure_notice`] turns a failed action into its `Warning`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -37,12 +36,11 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use slice_api::crd::ServiceAllocation;
 use slice_api::crd::{
-    CLUSTER_NAMESPACE_PREFIX, Condition, HUB_FINALIZER, MemberCluster, SliceConfig, SliceConfigStatus, WorkerSlice,
-    WorkerSliceSpec, cluster_namespace, condition, owner_labels, set_condition,
+    Condition, HUB_FINALIZER, MemberCluster, SliceConfig, SliceConfigStatus, WorkerSlice, WorkerSliceSpec, condition,
+    owner_labels, set_condition,
 };
-use slice_api::planner::{self, EXPORTS_ACCEPTED, PLANNED, READY, SlicePlan};
+use slice_api::planner::{EXPORTS_ACCEPTED, PLANNED, READY, SlicePlan};
 
-use super::health::{HEALTHY, healthy_condition};
 use super::pods::PODS_ACCEPTED;
 use crate::events::{Notice, reason, reference, reference_to};
 
@@ -123,173 +121,11 @@ pub struct Decision {
 }
 
 /// Decides the hub's requests for `world` at `now`; a cluster whose heartbeat is older than
-/// `stale_after` is not `Healthy`.
+/// `stale_after` is not `Healthy`. The whole decision: every slice planned, every object
+/// compared ([`HubIndex`] made from `world`, everything in scope).
 #[must_use]
 pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision {
-    // Kubernetes writes times with whole seconds.
-    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
-    let now_text = now.to_string();
-    let workers: Vec<WorkerSlice> = world.workers.iter().filter(|w| is_hub_managed(w)).cloned().collect();
-    let mut plans = planner::plan(&world.slices, &world.clusters, &workers);
-    // Multi-cluster services: the exports member clusters report, merged, go into every member's
-    // spec (`imports`) and the SliceConfig's status (`services`, `ExportsAccepted`).
-    let mut services: BTreeMap<String, Vec<ServiceAllocation>> = BTreeMap::new();
-    for p in &mut plans {
-        let Some(slice) = world.slices.iter().find(|s| s.name_any() == p.name) else { continue };
-        let merged = super::services::merge(slice, p, &workers);
-        for spec in &mut p.workers {
-            spec.imports = super::services::imports_for(&merged.imports, &spec.namespaces);
-        }
-        let had = slice.status.as_ref().is_some_and(|st| condition(&st.conditions, EXPORTS_ACCEPTED).is_some());
-        if had || !merged.imports.is_empty() || !merged.refusals.is_empty() {
-            p.conditions.push(exports_condition(&merged));
-        }
-        services.insert(p.name.clone(), merged.services);
-        // The pod directory: each member gets the other members' checked reports (`spec.pods`).
-        let pods = super::pods::merge(p, &workers);
-        for spec in &mut p.workers {
-            spec.pods = pods.for_cluster(&spec.cluster);
-        }
-        let had = slice.status.as_ref().is_some_and(|st| condition(&st.conditions, PODS_ACCEPTED).is_some());
-        if had || !pods.refusals.is_empty() {
-            p.conditions.push(pods_condition(&pods));
-        }
-    }
-    let mut actions = Vec::new();
-
-    let mut slices: Vec<&SliceConfig> = world.slices.iter().collect();
-    slices.sort_by_key(|s| s.name_any());
-    let mut clusters: Vec<&MemberCluster> = world.clusters.iter().collect();
-    clusters.sort_by_key(|c| c.name_any());
-    let mut notices = Vec::new();
-    // Announces `notice` once the action pushed last succeeded.
-    let mut announce = |actions: &Vec<Action>, notice: Notice| notices.push((actions.len() - 1, notice));
-
-    // 1. Finalizers on.
-    for s in &slices {
-        if let Some(a) = add_finalizer(FinalizedKind::SliceConfig, *s) {
-            actions.push(a);
-        }
-    }
-    for c in &clusters {
-        if let Some(a) = add_finalizer(FinalizedKind::MemberCluster, *c) {
-            actions.push(a);
-            let note = format!(
-                "member cluster {} joined; its WorkerSlices go into namespace {}",
-                c.name_any(),
-                cluster_namespace(&c.name_any())
-            );
-            announce(&actions, Notice::normal(reference(*c), reason::CLUSTER_JOINED, "Register", note));
-        }
-    }
-
-    // 2. Namespaces of registered clusters.
-    for c in clusters.iter().filter(|c| c.metadata.deletion_timestamp.is_none()) {
-        let cluster = c.name_any();
-        actions.push(Action::EnsureNamespace { namespace: cluster_namespace(&cluster), cluster });
-    }
-
-    // 3. WorkerSlices.
-    let slice_ref = |name: &str| world.slices.iter().find(|s| s.name_any() == name).map(reference);
-    let existing: BTreeMap<(String, String), &WorkerSlice> =
-        workers.iter().map(|w| ((w.namespace().unwrap_or_default(), w.name_any()), w)).collect();
-    let mut planned = BTreeSet::new();
-    for p in &plans {
-        for spec in &p.workers {
-            let key = (cluster_namespace(&spec.cluster), p.name.clone());
-            planned.insert(key.clone());
-            match existing.get(&key) {
-                None => {
-                    let w = new_worker(&key.0, &p.name, spec);
-                    let note = format!("created WorkerSlice {}/{} for cluster {}", key.0, p.name, spec.cluster);
-                    let related = reference(&w);
-                    actions.push(Action::CreateWorkerSlice(Box::new(w)));
-                    if let Some(slice) = slice_ref(&p.name) {
-                        let n = Notice::normal(slice, reason::WORKER_SLICE_CREATED, "Plan", note);
-                        announce(&actions, n.with_related(related));
-                    }
-                }
-                Some(w) if w.metadata.deletion_timestamp.is_some() => {}
-                Some(w) => {
-                    if let Some(patch) = worker_patch(w, &p.name, spec) {
-                        let note = changed_fields(&patch);
-                        actions.push(Action::PatchWorkerSlice { namespace: key.0, name: key.1, patch });
-                        announce(&actions, Notice::normal(reference(*w), reason::WORKER_SLICE_UPDATED, "Plan", note));
-                    }
-                }
-            }
-        }
-    }
-    for ((namespace, name), w) in &existing {
-        if !planned.contains(&(namespace.clone(), name.clone())) && w.metadata.deletion_timestamp.is_none() {
-            actions.push(Action::DeleteWorkerSlice { namespace: namespace.clone(), name: name.clone() });
-            let note = format!("deleted WorkerSlice {namespace}/{name} (cluster {})", w.spec.cluster);
-            let regarding = slice_ref(&w.spec.slice).unwrap_or_else(|| reference(*w));
-            announce(
-                &actions,
-                Notice::normal(regarding, reason::WORKER_SLICE_DELETED, "Plan", note).with_related(reference(*w)),
-            );
-        }
-    }
-
-    // 4. SliceConfigs: status, or finalizer off.
-    for s in &slices {
-        let name = s.name_any();
-        let releasing = s.metadata.deletion_timestamp.is_some()
-            && has_hub_finalizer(*s)
-            && !workers.iter().any(|w| w.name_any() == name || w.spec.slice == name);
-        if releasing {
-            actions.push(remove_finalizer(FinalizedKind::SliceConfig, *s));
-            continue;
-        }
-        let exported = services.get(&name).map_or(&[][..], Vec::as_slice);
-        if let Some(p) = plans.iter().find(|p| p.name == name)
-            && let Some(patch) = slice_status_patch(s, p, exported, &now_text)
-        {
-            actions.push(Action::PatchSliceStatus { name, patch });
-            let old = s.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
-            for n in slice_notices(s, old, &p.conditions) {
-                announce(&actions, n);
-            }
-        }
-    }
-
-    // 5. MemberClusters: health, or teardown.
-    let mut requeue_after: Option<Duration> = None;
-    for c in &clusters {
-        let name = c.name_any();
-        if c.metadata.deletion_timestamp.is_some() {
-            let namespace = cluster_namespace(&name);
-            let left = workers.iter().any(|w| w.namespace().as_deref() == Some(&namespace) || w.spec.cluster == name);
-            if has_hub_finalizer(*c) && !left {
-                actions.push(Action::DeleteNamespace { cluster: name.clone(), namespace: namespace.clone() });
-                actions.push(remove_finalizer(FinalizedKind::MemberCluster, *c));
-                let note = format!("member cluster {name} left: namespace {namespace} deleted");
-                announce(&actions, Notice::normal(reference(*c), reason::CLUSTER_LEFT, "Unregister", note));
-            }
-            continue;
-        }
-        let (mut healthy, fresh_for) = healthy_condition(c.status.as_ref(), now, stale_after);
-        healthy.observed_generation = c.metadata.generation;
-        if let Some(left) = fresh_for {
-            // One second late rather than early: at the exact second the heartbeat is still fresh.
-            let left = left + Duration::from_secs(1);
-            requeue_after = Some(requeue_after.map_or(left, |r| r.min(left)));
-        }
-        let old = c.status.clone().unwrap_or_default();
-        let mut new = old.clone();
-        let before = condition(&old.conditions, HEALTHY).cloned();
-        set_condition(&mut new.conditions, healthy.clone(), &now_text);
-        if new != old {
-            let patch = status_patch(c.status.as_ref(), &new);
-            actions.push(Action::PatchClusterStatus { name, patch });
-            if let Some(n) = health_notice(c, before.as_ref(), &healthy) {
-                announce(&actions, n);
-            }
-        }
-    }
-
-    Decision { actions, plans, requeue_after, notices }
+    HubIndex::new(world, stale_after).decide(now)
 }
 
 /// `ExportsAccepted`: true when every reported export was taken, else the refusals.
@@ -430,11 +266,6 @@ pub fn failure_notice(action: &Action, world: &World, error: &super::Error) -> N
     Notice::warning(action_subject(action, world), reason, "Reconcile", slice_api::error_chain::chain(error))
 }
 
-/// Whether a WorkerSlice is in a namespace the hub writes WorkerSlices into.
-fn is_hub_managed(w: &WorkerSlice) -> bool {
-    w.metadata.namespace.as_deref().is_some_and(|ns| ns.starts_with(CLUSTER_NAMESPACE_PREFIX))
-}
-
 fn has_hub_finalizer<K: ResourceExt>(obj: &K) -> bool {
     obj.finalizers().iter().any(|f| f == HUB_FINALIZER)
 }
@@ -475,7 +306,11 @@ fn worker_patch(w: &WorkerSlice, slice: &str, spec: &WorkerSliceSpec) -> Option<
     if !labels.is_empty() {
         patch.insert("metadata".to_owned(), json!({ "labels": labels }));
     }
-    if let Some(spec) = merge_diff(&to_json(&w.spec), &to_json(spec)) {
+    // The typed comparison first: most specs are unchanged, and turning a spec of many peers
+    // into JSON twice costs more than comparing it.
+    if w.spec != *spec
+        && let Some(spec) = merge_diff(&to_json(&w.spec), &to_json(spec))
+    {
         patch.insert("spec".to_owned(), spec);
     }
     (!patch.is_empty()).then_some(Value::Object(patch))
@@ -541,6 +376,9 @@ pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
     }
     Some(Value::Object(patch))
 }
+
+mod index;
+pub use index::{Coverage, HubIndex};
 
 #[cfg(test)]
 mod tests;

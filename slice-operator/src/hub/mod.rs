@@ -35,7 +35,9 @@ use slice_api::crd::{MemberCluster, SliceConfig, WorkerSlice};
 use crate::events::Recorder;
 use crate::leader::{LeaderElectionArgs, Leadership, NotLeading};
 
-pub use decide::{Action, Decision, FinalizedKind, World, action_subject, decide, failure_notice, merge_diff};
+pub use decide::{
+    Action, Coverage, Decision, FinalizedKind, HubIndex, World, action_subject, decide, failure_notice, merge_diff,
+};
 pub use health::{HEALTHY, healthy_condition};
 pub use runner::{Schedule, run_with_client};
 use slice_api::error_chain::chain;
