@@ -259,11 +259,17 @@ pub fn action_subject(action: &Action, world: &World) -> ObjectReference {
 /// The `Warning` for an action that failed with `error` (its message: `error`, with its causes).
 #[must_use]
 pub fn failure_notice(action: &Action, world: &World, error: &super::Error) -> Notice {
+    failure_notice_about(action_subject(action, world), error)
+}
+
+/// The `Warning` about `subject` (the object an action writes) for the action's `error`.
+#[must_use]
+pub fn failure_notice_about(subject: ObjectReference, error: &super::Error) -> Notice {
     let reason = match error {
         super::Error::NamespaceTerminating(_) => reason::NAMESPACE_TERMINATING,
         _ => reason::WRITE_FAILED,
     };
-    Notice::warning(action_subject(action, world), reason, "Reconcile", slice_api::error_chain::chain(error))
+    Notice::warning(subject, reason, "Reconcile", slice_api::error_chain::chain(error))
 }
 
 fn has_hub_finalizer<K: ResourceExt>(obj: &K) -> bool {
