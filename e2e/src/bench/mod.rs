@@ -13,6 +13,9 @@
 //!    without a tunnel, `slice-gateway` pod to pod through the whole slice path and between the
 //!    gateway pods, wireguard-go and OpenVPN between the gateway pods ([`across`]).
 //! 9. `slice-dns` against Knot DNS on the same records, with `dnsperf` ([`dns`]).
+//! 10. The control plane at scale: simulated clusters on the in-memory API against the real hub
+//!     and the workers' writes, 16–512 clusters × 1–64 slices, and the gateway's peer lookup
+//!     ([`scale`]; no lab, no root needed by the section itself).
 //!
 //! Everything runs in two labs made for the purpose (prefixes [`SLICE_LAB`] and [`PLAIN_LAB`]);
 //! nothing is sent outside their namespaces. The labs are torn down on every path: on return,
@@ -26,6 +29,7 @@ mod doc;
 mod path;
 mod place;
 mod process;
+mod scale;
 mod stats;
 mod tunnel;
 
@@ -37,6 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::{Lab, LabOptions, LabSlice};
+pub use scale::CountingAllocator;
 use stats::{Summary, added_percent, ratio};
 
 /// Prefix of the lab with `slice-cni` in the chain and node agents running the bench slice.
@@ -68,6 +73,7 @@ pub struct Options {
     pub run_across: bool,
     pub run_convergence: bool,
     pub run_dns: bool,
+    pub run_scale: bool,
     /// Length of one dnsperf run in section 9.
     pub dns_seconds: u32,
     /// Cluster joins timed in section 6.
@@ -91,6 +97,7 @@ impl Default for Options {
             run_across: true,
             run_convergence: true,
             run_dns: true,
+            run_scale: true,
             dns_seconds: 10,
             joins: 10,
             doc: Some(PathBuf::from("docs/benchmarks.md")),
@@ -116,7 +123,7 @@ options:
   --joins N             timed cluster joins in section 6 (default 10)
   --dns-seconds S       length of one dnsperf run in section 9 (default 10)
   --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence,
-                        dns (default all)
+                        dns,scale (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
@@ -161,6 +168,7 @@ impl Options {
                     let list = value()?;
                     (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence, o.run_dns) =
                         (false, false, false, false, false, false, false);
+                    o.run_scale = false;
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
@@ -170,9 +178,10 @@ impl Options {
                             "across" => o.run_across = true,
                             "convergence" => o.run_convergence = true,
                             "dns" => o.run_dns = true,
+                            "scale" => o.run_scale = true,
                             other => {
                                 bail!(
-                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns)"
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, scale)"
                                 )
                             }
                         }
@@ -242,6 +251,7 @@ struct Figures {
     across: Option<tunnel::TunnelSection>,
     convergence: Option<(Vec<crate::convergence::Join>, Vec<crate::convergence::NameChange>)>,
     dns: Option<dns::DnsSection>,
+    scale: Option<scale::ScaleSection>,
 }
 
 /// Runs the benchmark: builds the labs, runs the sections, prints a table per section on
@@ -278,6 +288,8 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: CONVERGENCE_BEGIN, end: CONVERGENCE_END }.update(&text, convergence_doc, &old);
         let dns_doc = figures.dns.as_ref().map(|d| dns::doc_section(d, &command));
         text = doc::Marked { begin: dns::BEGIN, end: dns::END }.update(&text, dns_doc, &old);
+        let scale_doc = figures.scale.as_ref().map(|s| scale::doc_section(s, &command));
+        text = doc::Marked { begin: scale::BEGIN, end: scale::END }.update(&text, scale_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -297,10 +309,15 @@ fn load_average() -> String {
 /// This run's command line as it can be typed again: the `SLICENET_*` variables it read, the
 /// program and its arguments.
 fn command_line() -> String {
-    let mut words: Vec<String> = ["SLICENET_BIN_DIR", "SLICENET_BENCH_TUNNELS", "SLICENET_BENCH_GATEWAY_VARIANTS"]
-        .into_iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={}", quote(&v))))
-        .collect();
+    let mut words: Vec<String> = [
+        "SLICENET_BIN_DIR",
+        "SLICENET_BENCH_TUNNELS",
+        "SLICENET_BENCH_GATEWAY_VARIANTS",
+        "SLICENET_BENCH_SCALE_MAX_CLUSTERS",
+    ]
+    .into_iter()
+    .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={}", quote(&v))))
+    .collect();
     words.extend(std::env::args().map(|a| quote(&a)));
     words.join(" ")
 }
@@ -406,6 +423,13 @@ fn measure(options: &Options) -> Result<Figures> {
         let d = dns::run(options.dns_seconds)?;
         println!("{}", dns::table(&d));
         figures.dns = Some(d);
+    }
+    if options.run_scale {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 10. the control plane at scale (in memory, no lab)");
+        let s = scale::run()?;
+        println!("{}", scale::table(&s));
+        figures.scale = Some(s);
     }
     Ok(figures)
 }

@@ -198,35 +198,64 @@ impl PlanIndex {
         }
         let key = key_of(&worker);
         let old = self.workers.remove(&key);
-        let mut keys = BTreeSet::new();
+        let keys = self.key_facts(old.iter().chain([&worker]));
+        let before = self.snapshot(&keys);
         if let Some(old) = &old {
-            self.unindex_worker(old, &mut keys);
+            self.unindex_worker(old);
         }
-        self.index_worker(&worker, &mut keys);
+        self.index_worker(&worker);
         self.workers.insert(key, worker);
-        self.keys_changed(&keys);
+        self.keys_changed(&keys, &before);
     }
 
     /// A WorkerSlice is gone.
     pub fn remove_worker(&mut self, namespace: &str, name: &str) {
         if let Some(old) = self.workers.remove(&(namespace.to_owned(), name.to_owned())) {
-            let mut keys = BTreeSet::new();
-            self.unindex_worker(&old, &mut keys);
-            self.keys_changed(&keys);
+            let keys = self.key_facts([&old].into_iter());
+            let before = self.snapshot(&keys);
+            self.unindex_worker(&old);
+            self.keys_changed(&keys, &before);
         }
     }
 
-    /// Marks dirty every slice that publishes one of `keys`.
-    fn keys_changed(&mut self, keys: &BTreeSet<String>) {
-        for k in keys {
-            let slices: Vec<String> = self.publishers.get(k).into_iter().flatten().map(|(s, _)| s.clone()).collect();
-            self.dirty.extend(slices);
+    /// The gateway keys whose facts WorkerSlices can change: the ones they publish and the ones
+    /// their specs list as peers'.
+    fn key_facts<'a>(&self, workers: impl Iterator<Item = &'a WorkerSlice>) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        for w in workers.filter(|w| speaks_for_itself(w)) {
+            keys.extend(published_key(w).map(str::to_owned));
+            keys.extend(w.spec.peers.iter().filter_map(|p| p.public_key.clone()));
+        }
+        keys
+    }
+
+    /// For each key: the clusters that publish it and those it was distributed for, which is
+    /// all a publication check reads.
+    fn snapshot(&self, keys: &BTreeSet<String>) -> Vec<(BTreeSet<String>, BTreeSet<String>)> {
+        keys.iter()
+            .map(|k| {
+                let publishers = self.publishers.get(k).into_iter().flatten().map(|(_, c)| c.clone()).collect();
+                let incumbents = self.incumbents.get(k).into_iter().flatten().map(|(c, _)| c.clone()).collect();
+                (publishers, incumbents)
+            })
+            .collect()
+    }
+
+    /// Marks dirty every slice that publishes one of `keys` whose facts differ from `before`
+    /// (the changed WorkerSlice's own slices are dirty already).
+    fn keys_changed(&mut self, keys: &BTreeSet<String>, before: &[(BTreeSet<String>, BTreeSet<String>)]) {
+        let after = self.snapshot(keys);
+        for ((k, was), now) in keys.iter().zip(before).zip(&after) {
+            if was != now {
+                let slices: Vec<String> =
+                    self.publishers.get(k).into_iter().flatten().map(|(s, _)| s.clone()).collect();
+                self.dirty.extend(slices);
+            }
         }
     }
 
-    /// Takes `w` out of the indexes; adds to `keys` the gateway keys whose publishers or
-    /// incumbents changed (their publishers' slices are marked dirty, before and after).
-    fn unindex_worker(&mut self, w: &WorkerSlice, keys: &mut BTreeSet<String>) {
+    /// Takes `w` out of the indexes.
+    fn unindex_worker(&mut self, w: &WorkerSlice) {
         self.touch_worker(w);
         let key = key_of(w);
         let name = w.name_any();
@@ -239,7 +268,6 @@ impl PlanIndex {
             let at = (w.spec.slice.clone(), w.spec.cluster.clone());
             if let Some(k) = published_key(w) {
                 remove_from(&mut self.publishers, k, &at);
-                keys.insert(k.to_owned());
             }
             if let Some(ip) = published_ip(w) {
                 remove_from(&mut self.endpoints, &ip, &at);
@@ -251,7 +279,6 @@ impl PlanIndex {
                     *n -= 1;
                     if *n == 0 {
                         counts.remove(&p.cluster);
-                        keys.insert(k.to_owned());
                     }
                 }
                 if counts.is_empty() {
@@ -266,7 +293,7 @@ impl PlanIndex {
         }
     }
 
-    fn index_worker(&mut self, w: &WorkerSlice, keys: &mut BTreeSet<String>) {
+    fn index_worker(&mut self, w: &WorkerSlice) {
         self.touch_worker(w);
         let key = key_of(w);
         self.by_name.entry(w.name_any()).or_default().insert(key.0.clone());
@@ -278,18 +305,13 @@ impl PlanIndex {
             let at = (w.spec.slice.clone(), w.spec.cluster.clone());
             if let Some(k) = published_key(w) {
                 self.publishers.entry(k.to_owned()).or_default().insert(at.clone());
-                keys.insert(k.to_owned());
             }
             if let Some(ip) = published_ip(w) {
                 self.endpoints.entry(ip).or_default().insert(at);
             }
             for p in &w.spec.peers {
                 let Some(k) = p.public_key.as_deref() else { continue };
-                let n = self.incumbents.entry(k.to_owned()).or_default().entry(p.cluster.clone()).or_default();
-                *n += 1;
-                if *n == 1 {
-                    keys.insert(k.to_owned());
-                }
+                *self.incumbents.entry(k.to_owned()).or_default().entry(p.cluster.clone()).or_default() += 1;
             }
             self.vnis_dirty = true;
         } else {
