@@ -309,15 +309,11 @@ fn load_average() -> String {
 /// This run's command line as it can be typed again: the `SLICENET_*` variables it read, the
 /// program and its arguments.
 fn command_line() -> String {
-    let mut words: Vec<String> = [
-        "SLICENET_BIN_DIR",
-        "SLICENET_BENCH_TUNNELS",
-        "SLICENET_BENCH_GATEWAY_VARIANTS",
-        "SLICENET_BENCH_SCALE_MAX_CLUSTERS",
-    ]
-    .into_iter()
-    .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={}", quote(&v))))
-    .collect();
+    let mut words: Vec<String> =
+        ["SLICENET_BIN_DIR", "SLICENET_BENCH_TUNNELS", "SLICENET_BENCH_GATEWAY_VARIANTS", "SLICENET_BENCH_SCALE_SIZES"]
+            .into_iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={}", quote(&v))))
+            .collect();
     words.extend(std::env::args().map(|a| quote(&a)));
     words.join(" ")
 }

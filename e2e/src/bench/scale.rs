@@ -186,7 +186,7 @@ fn fleet(clusters: usize, slices: usize) -> Result<(Fleet, SizeRow)> {
         .map(|i| {
             let spec: SliceConfigSpec = serde_json::from_value(json!({
                 "sliceSubnet": format!("10.{}.0.0/16", 64 + i),
-                "maxClusters": 512,
+                "maxClusters": 1024,
                 "nodePrefixLength": 28,
                 "clusters": names,
                 "namespaces": [{"namespace": "web"}],

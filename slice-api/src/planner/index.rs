@@ -192,41 +192,144 @@ impl PlanIndex {
 
     /// A WorkerSlice was created or changed (one outside the hub's cluster namespaces is
     /// ignored, as the planner ignores it).
-    pub fn upsert_worker(&mut self, worker: WorkerSlice) {
+    ///
+    /// Returns whether the change touched its slices. It does not when only the spec changed,
+    /// to what the slice's plan says (the hub's own write, come back through its watch): a
+    /// plan depends on a WorkerSlice's spec only where it differs from the plan (a refused
+    /// slice keeps running its WorkerSlices as they are; a lost VNI or prefix is recovered
+    /// from them), and what the peer keys of the spec change for other slices is followed
+    /// apart.
+    pub fn upsert_worker(&mut self, worker: WorkerSlice) -> bool {
         if !is_hub_managed(&worker) {
-            return;
+            return false;
         }
         let key = key_of(&worker);
         let old = self.workers.remove(&key);
-        let keys = self.key_facts(old.iter().chain([&worker]));
-        let before = self.snapshot(&keys);
-        if let Some(old) = &old {
-            self.unindex_worker(old);
-        }
-        self.index_worker(&worker);
+        let touched = !old.as_ref().is_some_and(|old| self.is_planned_echo(old, &worker));
+        self.reindex(old.as_ref(), Some(&worker), touched);
         self.workers.insert(key, worker);
-        self.keys_changed(&keys, &before);
+        touched
+    }
+
+    /// Whether `new` differs from `old` only in a spec that is now what the plan says.
+    fn is_planned_echo(&self, old: &WorkerSlice, new: &WorkerSlice) -> bool {
+        speaks_for_itself(old)
+            && speaks_for_itself(new)
+            && old.status == new.status
+            && old.metadata.deletion_timestamp == new.metadata.deletion_timestamp
+            && old.spec.slice == new.spec.slice
+            && old.spec.cluster == new.spec.cluster
+            && self.plans.get(&new.spec.slice).and_then(|p| p.worker(&new.spec.cluster)).is_some_and(|planned| {
+                // The hub adds imports and pods to a plan's specs (from the members' statuses,
+                // which did not change); a refused slice's plan keeps them as they were.
+                let planned_whole = self.plans[&new.spec.slice]
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == super::PLANNED && c.status == "True");
+                let lists_kept = old.spec.imports == new.spec.imports && old.spec.pods == new.spec.pods;
+                (planned_whole || lists_kept)
+                    && planned.peers == new.spec.peers
+                    && (&planned.slice_subnet, &planned.cluster_prefix, planned.node_prefix_length, planned.vni)
+                        == (&new.spec.slice_subnet, &new.spec.cluster_prefix, new.spec.node_prefix_length, new.spec.vni)
+                    && (planned.mtu, &planned.namespaces, &planned.gateway, &planned.isolation, &planned.qos)
+                        == (new.spec.mtu, &new.spec.namespaces, &new.spec.gateway, &new.spec.isolation, &new.spec.qos)
+            })
     }
 
     /// A WorkerSlice is gone.
     pub fn remove_worker(&mut self, namespace: &str, name: &str) {
         if let Some(old) = self.workers.remove(&(namespace.to_owned(), name.to_owned())) {
-            let keys = self.key_facts([&old].into_iter());
-            let before = self.snapshot(&keys);
-            self.unindex_worker(&old);
-            self.keys_changed(&keys, &before);
+            self.reindex(Some(&old), None, true);
         }
     }
 
-    /// The gateway keys whose facts WorkerSlices can change: the ones they publish and the ones
-    /// their specs list as peers'.
-    fn key_facts<'a>(&self, workers: impl Iterator<Item = &'a WorkerSlice>) -> BTreeSet<String> {
-        let mut keys = BTreeSet::new();
-        for w in workers.filter(|w| speaks_for_itself(w)) {
-            keys.extend(published_key(w).map(str::to_owned));
-            keys.extend(w.spec.peers.iter().filter_map(|p| p.public_key.clone()));
+    /// Moves the indexes from what `old` said to what `new` says (either may be absent), with
+    /// work in proportion to what differs: a WorkerSlice whose peers did not change (a status
+    /// report, the hub's own patch echoed back) costs one pass over its peers, comparing.
+    fn reindex(&mut self, old: Option<&WorkerSlice>, new: Option<&WorkerSlice>, touched: bool) {
+        if touched {
+            for w in old.iter().chain(new.iter()) {
+                self.touch_worker(w);
+            }
         }
-        keys
+        if let Some(w) = old {
+            let key = key_of(w);
+            remove_from(&mut self.by_name, &w.name_any(), &key.0);
+            remove_from(&mut self.by_spec_slice, &w.spec.slice, &key);
+            for c in worker_clusters(w) {
+                remove_from(&mut self.by_cluster, &c, &key);
+            }
+            if !speaks_for_itself(w) {
+                for slice in impostor_mentions(w) {
+                    remove_from(&mut self.impostors, &slice, &key);
+                }
+            }
+        }
+        if let Some(w) = new {
+            let key = key_of(w);
+            self.by_name.entry(w.name_any()).or_default().insert(key.0.clone());
+            self.by_spec_slice.entry(w.spec.slice.clone()).or_default().insert(key.clone());
+            for c in worker_clusters(w) {
+                self.by_cluster.entry(c).or_default().insert(key.clone());
+            }
+            if !speaks_for_itself(w) {
+                for slice in impostor_mentions(w) {
+                    self.impostors.entry(slice).or_default().insert(key.clone());
+                }
+            }
+        }
+
+        // What the WorkerSlices that speak for themselves said: published key and endpoint,
+        // the VNI (a lost one is recovered from them), and the keys their peers carry.
+        let (o, n) = (old.filter(|w| speaks_for_itself(w)), new.filter(|w| speaks_for_itself(w)));
+        if o.is_some() != n.is_some() || o.map(|w| w.spec.vni) != n.map(|w| w.spec.vni) {
+            self.vnis_dirty = true;
+        }
+        let at = |w: &WorkerSlice| (w.spec.slice.clone(), w.spec.cluster.clone());
+        let (old_pairs, new_pairs) = (peer_keys(o), peer_keys(n));
+        let (removed, added) = sorted_difference(&old_pairs, &new_pairs);
+        let old_key = o.and_then(|w| Some((published_key(w)?, at(w))));
+        let new_key = n.and_then(|w| Some((published_key(w)?, at(w))));
+        let mut keys: BTreeSet<String> = removed.iter().chain(&added).map(|(_, k)| (*k).to_owned()).collect();
+        if old_key != new_key {
+            keys.extend(old_key.iter().chain(new_key.iter()).map(|(k, _)| (*k).to_owned()));
+        }
+        let before = self.snapshot(&keys);
+        if old_key != new_key {
+            if let Some((k, at)) = &old_key {
+                remove_from(&mut self.publishers, *k, at);
+            }
+            if let Some((k, at)) = new_key {
+                self.publishers.entry(k.to_owned()).or_default().insert(at);
+            }
+        }
+        let old_ip = o.and_then(|w| Some((published_ip(w)?, at(w))));
+        let new_ip = n.and_then(|w| Some((published_ip(w)?, at(w))));
+        if old_ip != new_ip {
+            if let Some((ip, at)) = &old_ip {
+                remove_from(&mut self.endpoints, ip, at);
+            }
+            if let Some((ip, at)) = new_ip {
+                self.endpoints.entry(ip).or_default().insert(at);
+            }
+        }
+        for (cluster, k) in removed {
+            if let Some(counts) = self.incumbents.get_mut(k) {
+                if let Some(count) = counts.get_mut(cluster) {
+                    *count -= 1;
+                    if *count == 0 {
+                        counts.remove(cluster);
+                    }
+                }
+                if counts.is_empty() {
+                    self.incumbents.remove(k);
+                }
+            }
+        }
+        for (cluster, k) in added {
+            *self.incumbents.entry(k.to_owned()).or_default().entry(cluster.to_owned()).or_default() += 1;
+        }
+        self.keys_changed(&keys, &before);
     }
 
     /// For each key: the clusters that publish it and those it was distributed for, which is
@@ -250,73 +353,6 @@ impl PlanIndex {
                 let slices: Vec<String> =
                     self.publishers.get(k).into_iter().flatten().map(|(s, _)| s.clone()).collect();
                 self.dirty.extend(slices);
-            }
-        }
-    }
-
-    /// Takes `w` out of the indexes.
-    fn unindex_worker(&mut self, w: &WorkerSlice) {
-        self.touch_worker(w);
-        let key = key_of(w);
-        let name = w.name_any();
-        remove_from(&mut self.by_name, &name, &key.0);
-        remove_from(&mut self.by_spec_slice, &w.spec.slice, &key);
-        for c in worker_clusters(w) {
-            remove_from(&mut self.by_cluster, &c, &key);
-        }
-        if speaks_for_itself(w) {
-            let at = (w.spec.slice.clone(), w.spec.cluster.clone());
-            if let Some(k) = published_key(w) {
-                remove_from(&mut self.publishers, k, &at);
-            }
-            if let Some(ip) = published_ip(w) {
-                remove_from(&mut self.endpoints, &ip, &at);
-            }
-            for p in &w.spec.peers {
-                let Some(k) = p.public_key.as_deref() else { continue };
-                let Some(counts) = self.incumbents.get_mut(k) else { continue };
-                if let Some(n) = counts.get_mut(&p.cluster) {
-                    *n -= 1;
-                    if *n == 0 {
-                        counts.remove(&p.cluster);
-                    }
-                }
-                if counts.is_empty() {
-                    self.incumbents.remove(k);
-                }
-            }
-            self.vnis_dirty = true;
-        } else {
-            for slice in impostor_mentions(w) {
-                remove_from(&mut self.impostors, &slice, &key);
-            }
-        }
-    }
-
-    fn index_worker(&mut self, w: &WorkerSlice) {
-        self.touch_worker(w);
-        let key = key_of(w);
-        self.by_name.entry(w.name_any()).or_default().insert(key.0.clone());
-        self.by_spec_slice.entry(w.spec.slice.clone()).or_default().insert(key.clone());
-        for c in worker_clusters(w) {
-            self.by_cluster.entry(c).or_default().insert(key.clone());
-        }
-        if speaks_for_itself(w) {
-            let at = (w.spec.slice.clone(), w.spec.cluster.clone());
-            if let Some(k) = published_key(w) {
-                self.publishers.entry(k.to_owned()).or_default().insert(at.clone());
-            }
-            if let Some(ip) = published_ip(w) {
-                self.endpoints.entry(ip).or_default().insert(at);
-            }
-            for p in &w.spec.peers {
-                let Some(k) = p.public_key.as_deref() else { continue };
-                *self.incumbents.entry(k.to_owned()).or_default().entry(p.cluster.clone()).or_default() += 1;
-            }
-            self.vnis_dirty = true;
-        } else {
-            for slice in impostor_mentions(w) {
-                self.impostors.entry(slice).or_default().insert(key.clone());
             }
         }
     }
@@ -504,6 +540,44 @@ impl PlanIndex {
     pub fn planned(&self) -> u64 {
         self.planned
     }
+}
+
+/// (cluster, key) of each peer a WorkerSlice's spec lists with a key, sorted.
+fn peer_keys(w: Option<&WorkerSlice>) -> Vec<(&str, &str)> {
+    let mut v: Vec<(&str, &str)> = w
+        .map(|w| w.spec.peers.iter().filter_map(|p| Some((p.cluster.as_str(), p.public_key.as_deref()?))).collect())
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// The pairs in `old` and not in `new`, and the other way round (both sorted; as multisets).
+type Pairs<'a> = Vec<(&'a str, &'a str)>;
+fn sorted_difference<'a>(old: &[(&'a str, &'a str)], new: &[(&'a str, &'a str)]) -> (Pairs<'a>, Pairs<'a>) {
+    let (mut removed, mut added) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                removed.push(*a);
+                i += 1;
+            }
+            (Some(a), None) => {
+                removed.push(*a);
+                i += 1;
+            }
+            (_, Some(b)) => {
+                added.push(*b);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (removed, added)
 }
 
 /// The clusters a WorkerSlice bears on: the one of its namespace and the one its spec names.

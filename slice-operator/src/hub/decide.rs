@@ -315,9 +315,48 @@ fn worker_patch(w: &WorkerSlice, slice: &str, spec: &WorkerSliceSpec) -> Option<
     // The typed comparison first: most specs are unchanged, and turning a spec of many peers
     // into JSON twice costs more than comparing it.
     if w.spec != *spec
-        && let Some(spec) = merge_diff(&to_json(&w.spec), &to_json(spec))
+        && let Some(spec) = spec_patch(&w.spec, spec)
     {
         patch.insert("spec".to_owned(), spec);
+    }
+    (!patch.is_empty()).then_some(Value::Object(patch))
+}
+
+/// `merge_diff` of two WorkerSlice specs, without turning their long lists into JSON unless
+/// they differ: the lists (peers, imports, pods) are compared typed and, as a merge patch
+/// does with lists, sent whole when they differ (`null` when one that is left out when empty
+/// became empty); the rest goes through `merge_diff`.
+fn spec_patch(old: &WorkerSliceSpec, new: &WorkerSliceSpec) -> Option<Value> {
+    let light = |s: &WorkerSliceSpec| WorkerSliceSpec {
+        slice: s.slice.clone(),
+        cluster: s.cluster.clone(),
+        slice_subnet: s.slice_subnet.clone(),
+        cluster_prefix: s.cluster_prefix.clone(),
+        node_prefix_length: s.node_prefix_length,
+        vni: s.vni,
+        mtu: s.mtu,
+        namespaces: s.namespaces.clone(),
+        gateway: s.gateway.clone(),
+        peers: Vec::new(),
+        imports: Vec::new(),
+        pods: Vec::new(),
+        isolation: s.isolation.clone(),
+        qos: s.qos.clone(),
+    };
+    let mut patch = match merge_diff(&to_json(&light(old)), &to_json(&light(new))) {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    if old.peers != new.peers {
+        patch.insert("peers".to_owned(), to_json(&new.peers));
+    }
+    // Left out when empty: an emptied list is removed (`null`).
+    let list = |empty: bool, value: Value| if empty { Value::Null } else { value };
+    if old.imports != new.imports {
+        patch.insert("imports".to_owned(), list(new.imports.is_empty(), to_json(&new.imports)));
+    }
+    if old.pods != new.pods {
+        patch.insert("pods".to_owned(), list(new.pods.is_empty(), to_json(&new.pods)));
     }
     (!patch.is_empty()).then_some(Value::Object(patch))
 }

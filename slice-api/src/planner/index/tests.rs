@@ -80,6 +80,13 @@ enum Change {
         ns: usize,
         name: usize,
     },
+    /// The hub writes the planned spec into an existing WorkerSlice (its watch then reports
+    /// it), with the pods it adds from the members' reports or without.
+    Echo {
+        ns: usize,
+        name: usize,
+        imports: bool,
+    },
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -117,6 +124,7 @@ fn change() -> impl Strategy<Value = Change> {
                 Change::Worker { ns, name, slice, cluster, key, endpoint, peers, ready, vni }
             }),
         (0..6usize, 0..4usize).prop_map(|(ns, name)| Change::DeleteWorker { ns, name }),
+        (0..6usize, 0..4usize, any::<bool>()).prop_map(|(ns, name, imports)| Change::Echo { ns, name, imports }),
     ]
 }
 
@@ -219,6 +227,20 @@ fn apply(world: &mut World, index: &mut PlanIndex, change: &Change) {
             });
             world.workers.insert(key_of(&w), w.clone());
             index.upsert_worker(w);
+        }
+        Change::Echo { ns, name, imports } => {
+            let key = (cluster_namespace(CLUSTERS[*ns]), SLICES[*name].to_owned());
+            let Some(w) = world.workers.get_mut(&key) else { return };
+            let Some(planned) = index.plan(SLICES[*name]).and_then(|p| p.worker(&w.spec.cluster)) else { return };
+            w.spec = planned.clone();
+            if *imports {
+                // What the hub adds from the members' reports.
+                w.spec.pods = vec![
+                    serde_json::from_value(serde_json::json!({"namespace": "web", "addresses": ["10.80.0.9"]}))
+                        .unwrap(),
+                ];
+            }
+            index.upsert_worker(w.clone());
         }
         Change::DeleteWorker { ns, name } => {
             let ns = cluster_namespace(CLUSTERS[*ns]);

@@ -130,30 +130,28 @@ impl HubIndex {
         if !slice_api::planner::index::is_hub_managed(&worker) {
             return;
         }
-        self.worker_touches(&worker);
-        if let Some(old) = self.plans.worker(&worker.namespace().unwrap_or_default(), &worker.name_any()) {
-            let old = old.clone();
-            self.worker_touches(&old);
+        let old = self.plans.worker(&worker.namespace().unwrap_or_default(), &worker.name_any()).map(touched_by);
+        let new = touched_by(&worker);
+        // The hub's own write come back, as planned: nothing to decide again.
+        if self.plans.upsert_worker(worker) {
+            self.touch(old);
+            self.touch(Some(new));
         }
-        self.plans.upsert_worker(worker);
     }
 
     /// A WorkerSlice is gone.
     pub fn forget_worker(&mut self, namespace: &str, name: &str) {
-        if let Some(old) = self.plans.worker(namespace, name).cloned() {
-            self.worker_touches(&old);
+        let old = self.plans.worker(namespace, name).map(touched_by);
+        if old.is_some() {
+            self.touch(old);
             self.plans.remove_worker(namespace, name);
         }
     }
 
-    /// A WorkerSlice bears on the slices of its name and spec (their objects) and the clusters
-    /// of its namespace and spec (whose teardown waits for it).
-    fn worker_touches(&mut self, w: &WorkerSlice) {
-        self.slices.insert(w.name_any());
-        self.slices.insert(w.spec.slice.clone());
-        self.clusters.insert(w.spec.cluster.clone());
-        if let Some(c) = w.metadata.namespace.as_deref().and_then(|ns| ns.strip_prefix(CLUSTER_NAMESPACE_PREFIX)) {
-            self.clusters.insert(c.to_owned());
+    fn touch(&mut self, touched: Option<(Vec<String>, Vec<String>)>) {
+        if let Some((slices, clusters)) = touched {
+            self.slices.extend(slices);
+            self.clusters.extend(clusters);
         }
     }
 
@@ -430,6 +428,16 @@ impl HubIndex {
     pub fn decide(&mut self, now: Timestamp) -> Decision {
         self.decide_with_coverage(now).0
     }
+}
+
+/// A WorkerSlice bears on the slices of its name and spec (their objects) and the clusters of
+/// its namespace and spec (whose teardown waits for it).
+fn touched_by(w: &WorkerSlice) -> (Vec<String>, Vec<String>) {
+    let mut clusters = vec![w.spec.cluster.clone()];
+    if let Some(c) = w.metadata.namespace.as_deref().and_then(|ns| ns.strip_prefix(CLUSTER_NAMESPACE_PREFIX)) {
+        clusters.push(c.to_owned());
+    }
+    (vec![w.name_any(), w.spec.slice.clone()], clusters)
 }
 
 /// When `cluster`'s heartbeat goes stale (`None`: it is being deleted, or has no valid

@@ -789,3 +789,35 @@ fn a_heartbeat_that_keeps_a_cluster_healthy_plans_nothing_and_writes_nothing() {
     assert_eq!(names(&d.actions), ["patching the status of MemberCluster c2"]);
     assert_eq!(index.plans().planned(), planned);
 }
+
+/// The WorkerSlice spec patch, built without turning unchanged lists into JSON, is the merge
+/// diff of the whole specs.
+#[test]
+fn the_spec_patch_is_the_merge_diff_of_the_whole_specs() {
+    let mut w = world(&["c1", "c2", "c3"]);
+    w.slices.push(slice("blue", &["c1", "c2", "c3"]));
+    let d = decide(&w, at(NOW), MINUTE);
+    let base = d.plans[0].workers[0].clone();
+    let pod = |ns: &str| -> slice_api::policy::PodGroup {
+        serde_json::from_value(json!({"namespace": ns, "addresses": ["10.80.0.5"]})).expect("a pod group")
+    };
+    type Edit = Box<dyn Fn(&mut WorkerSliceSpec)>;
+    let variants: Vec<Edit> = vec![
+        Box::new(|s| s.peers.pop().map(drop).unwrap_or_default()),
+        Box::new(|s| s.peers[0].public_key = Some("k".into())),
+        Box::new(|s| s.vni += 1),
+        Box::new(|s| s.mtu = Some(1400)),
+        Box::new(|s| s.namespaces.push("shop".into())),
+        Box::new(move |s| s.pods = vec![pod("web")]),
+        Box::new(|s| s.isolation = Some(slice_api::crd::WorkerIsolation { allowed_namespaces: vec!["x".into()] })),
+        Box::new(|_| {}),
+    ];
+    for (i, a) in variants.iter().enumerate() {
+        for (j, b) in variants.iter().enumerate() {
+            let (mut old, mut new) = (base.clone(), base.clone());
+            a(&mut old);
+            b(&mut new);
+            assert_eq!(spec_patch(&old, &new), merge_diff(&to_json(&old), &to_json(&new)), "variants {i} → {j}");
+        }
+    }
+}
