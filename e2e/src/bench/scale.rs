@@ -506,10 +506,21 @@ fn measure_size(clusters: usize, slices: usize) -> Result<SizeRow> {
 pub(crate) fn run() -> Result<ScaleSection> {
     let started = Instant::now();
     let mut out = ScaleSection::default();
-    // SLICENET_BENCH_SCALE_MAX_CLUSTERS=N stops at N clusters (a quick look).
-    let max: usize =
-        std::env::var("SLICENET_BENCH_SCALE_MAX_CLUSTERS").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
-    for (clusters, slices) in SIZES.into_iter().filter(|(c, _)| *c <= max) {
+    // SLICENET_BENCH_SCALE_SIZES=16x1,256x64 runs only those sizes (a quick look, a profile).
+    let sizes: Vec<(usize, usize)> = match std::env::var("SLICENET_BENCH_SCALE_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| -> Result<(usize, usize)> {
+                let (c, n) = s
+                    .trim()
+                    .split_once('x')
+                    .ok_or_else(|| anyhow!("SLICENET_BENCH_SCALE_SIZES: {s:?} is not <clusters>x<slices>"))?;
+                Ok((c.parse()?, n.parse()?))
+            })
+            .collect::<Result<_>>()?,
+        Err(_) => SIZES.to_vec(),
+    };
+    for (clusters, slices) in sizes {
         super::process::check_interrupted()?;
         eprintln!("slicenet-bench: 10. scale, {clusters} clusters × {slices} slices");
         let row = measure_size(clusters, slices)?;

@@ -107,11 +107,29 @@ impl PlanIndex {
         index
     }
 
-    /// A SliceConfig was created or changed.
-    pub fn upsert_slice(&mut self, slice: SliceConfig) {
+    /// A SliceConfig was created or changed. Returns whether its plan may change: not when
+    /// only what the plan does not read changed (the conditions and services of its status,
+    /// which the hub writes itself, come back through its watch).
+    pub fn upsert_slice(&mut self, slice: SliceConfig) -> bool {
         let name = slice.name_any();
         let old = self.slices.insert(name.clone(), slice);
+        let new = &self.slices[&name];
+        fn read(s: &SliceConfig) -> impl PartialEq + '_ {
+            let status = s.status.as_ref();
+            (
+                &s.spec,
+                s.metadata.generation,
+                &s.metadata.deletion_timestamp,
+                &s.metadata.creation_timestamp,
+                status.and_then(|st| st.vni),
+                status.map(|st| &st.clusters),
+            )
+        }
+        if old.as_ref().is_some_and(|old| read(old) == read(new)) {
+            return false;
+        }
         self.slice_changed(&name, old);
+        true
     }
 
     /// A SliceConfig is gone.

@@ -34,12 +34,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use slice_api::crd::ServiceAllocation;
 use slice_api::crd::{
     Condition, HUB_FINALIZER, MemberCluster, SliceConfig, SliceConfigStatus, WorkerSlice, WorkerSliceSpec, condition,
     owner_labels, set_condition,
 };
+use slice_api::crd::{ImportedService, ServiceAllocation};
 use slice_api::planner::{EXPORTS_ACCEPTED, PLANNED, READY, SlicePlan};
+use slice_api::policy::PodGroup;
 
 use super::pods::PODS_ACCEPTED;
 use crate::events::{Notice, reason, reference, reference_to};
@@ -111,13 +112,28 @@ impl fmt::Display for Action {
 pub struct Decision {
     /// The requests to make, in order.
     pub actions: Vec<Action>,
-    /// The planner's result, for logs.
-    pub plans: Vec<SlicePlan>,
+    /// The slices decided, for logs: name, VNI, member clusters planned.
+    pub plans: Vec<PlanSummary>,
     /// When to look again even if nothing changes: the first moment a healthy cluster's
     /// heartbeat goes stale.
     pub requeue_after: Option<Duration>,
     /// The Events worth publishing, each once the action at its index succeeded.
     pub notices: Vec<(usize, Notice)>,
+}
+
+/// A slice's plan, in short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSummary {
+    pub name: String,
+    pub vni: Option<u32>,
+    pub clusters: usize,
+}
+
+/// What the hub merges into a slice's WorkerSlice specs besides the plan, in the plan's order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct SpecLists {
+    pub imports: Vec<ImportedService>,
+    pub pods: Vec<PodGroup>,
 }
 
 /// Decides the hub's requests for `world` at `now`; a cluster whose heartbeat is older than
@@ -294,15 +310,18 @@ fn remove_finalizer<K: ResourceExt>(kind: FinalizedKind, obj: &K) -> Action {
     }
 }
 
-fn new_worker(namespace: &str, slice: &str, spec: &WorkerSliceSpec) -> WorkerSlice {
-    let mut w = WorkerSlice::new(slice, spec.clone());
+fn new_worker(namespace: &str, slice: &str, spec: &WorkerSliceSpec, lists: &SpecLists) -> WorkerSlice {
+    let mut spec = spec.clone();
+    spec.imports.clone_from(&lists.imports);
+    spec.pods.clone_from(&lists.pods);
+    let mut w = WorkerSlice::new(slice, spec);
     w.metadata.namespace = Some(namespace.to_owned());
-    w.metadata.labels = Some(owner_labels(slice, &spec.cluster));
+    w.metadata.labels = Some(owner_labels(slice, &w.spec.cluster));
     w
 }
 
 /// The merge patch that brings `w`'s hub labels and spec to the plan, or `None` when they match.
-fn worker_patch(w: &WorkerSlice, slice: &str, spec: &WorkerSliceSpec) -> Option<Value> {
+fn worker_patch(w: &WorkerSlice, slice: &str, spec: &WorkerSliceSpec, lists: &SpecLists) -> Option<Value> {
     let labels: Map<String, Value> = owner_labels(slice, &spec.cluster)
         .into_iter()
         .filter(|(k, v)| w.labels().get(k) != Some(v))
@@ -314,19 +333,17 @@ fn worker_patch(w: &WorkerSlice, slice: &str, spec: &WorkerSliceSpec) -> Option<
     }
     // The typed comparison first: most specs are unchanged, and turning a spec of many peers
     // into JSON twice costs more than comparing it.
-    if w.spec != *spec
-        && let Some(spec) = spec_patch(&w.spec, spec)
-    {
+    if let Some(spec) = spec_patch(&w.spec, spec, lists) {
         patch.insert("spec".to_owned(), spec);
     }
     (!patch.is_empty()).then_some(Value::Object(patch))
 }
 
-/// `merge_diff` of two WorkerSlice specs, without turning their long lists into JSON unless
-/// they differ: the lists (peers, imports, pods) are compared typed and, as a merge patch
-/// does with lists, sent whole when they differ (`null` when one that is left out when empty
-/// became empty); the rest goes through `merge_diff`.
-fn spec_patch(old: &WorkerSliceSpec, new: &WorkerSliceSpec) -> Option<Value> {
+/// `merge_diff` from `old` to `new` with `lists` as its imports and pods, without turning long
+/// lists into JSON unless they differ: the lists (peers, imports, pods) are compared typed and,
+/// as a merge patch does with lists, sent whole when they differ (`null` when one that is left
+/// out when empty became empty); the rest goes through `merge_diff` only when it differs.
+fn spec_patch(old: &WorkerSliceSpec, new: &WorkerSliceSpec, lists: &SpecLists) -> Option<Value> {
     let light = |s: &WorkerSliceSpec| WorkerSliceSpec {
         slice: s.slice.clone(),
         cluster: s.cluster.clone(),
@@ -343,8 +360,9 @@ fn spec_patch(old: &WorkerSliceSpec, new: &WorkerSliceSpec) -> Option<Value> {
         isolation: s.isolation.clone(),
         qos: s.qos.clone(),
     };
-    let mut patch = match merge_diff(&to_json(&light(old)), &to_json(&light(new))) {
-        Some(Value::Object(map)) => map,
+    let (old_light, new_light) = (light(old), light(new));
+    let mut patch = match (old_light != new_light).then(|| merge_diff(&to_json(&old_light), &to_json(&new_light))) {
+        Some(Some(Value::Object(map))) => map,
         _ => Map::new(),
     };
     if old.peers != new.peers {
@@ -352,11 +370,11 @@ fn spec_patch(old: &WorkerSliceSpec, new: &WorkerSliceSpec) -> Option<Value> {
     }
     // Left out when empty: an emptied list is removed (`null`).
     let list = |empty: bool, value: Value| if empty { Value::Null } else { value };
-    if old.imports != new.imports {
-        patch.insert("imports".to_owned(), list(new.imports.is_empty(), to_json(&new.imports)));
+    if old.imports != lists.imports {
+        patch.insert("imports".to_owned(), list(lists.imports.is_empty(), to_json(&lists.imports)));
     }
-    if old.pods != new.pods {
-        patch.insert("pods".to_owned(), list(new.pods.is_empty(), to_json(&new.pods)));
+    if old.pods != lists.pods {
+        patch.insert("pods".to_owned(), list(lists.pods.is_empty(), to_json(&lists.pods)));
     }
     (!patch.is_empty()).then_some(Value::Object(patch))
 }
@@ -365,6 +383,7 @@ fn spec_patch(old: &WorkerSliceSpec, new: &WorkerSliceSpec) -> Option<Value> {
 fn slice_status_patch(
     slice: &SliceConfig,
     plan: &SlicePlan,
+    conditions: &[Condition],
     services: &[ServiceAllocation],
     now: &str,
 ) -> Option<Value> {
@@ -375,7 +394,7 @@ fn slice_status_patch(
         services: services.to_vec(),
         ..old.clone()
     };
-    for c in &plan.conditions {
+    for c in conditions {
         set_condition(&mut new.conditions, c.clone(), now);
     }
     new.observed_generation = slice.metadata.generation;

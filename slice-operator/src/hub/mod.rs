@@ -255,7 +255,7 @@ async fn reconcile_index(
     let (decision, coverage) = index.decide_with_coverage(now);
     tracing::debug!(planned = coverage.planned, slices = coverage.slices, clusters = coverage.clusters, "decided");
     for plan in &decision.plans {
-        tracing::debug!(slice = %plan.name, vni = ?plan.vni, clusters = plan.workers.len(), "planned");
+        tracing::debug!(slice = %plan.name, vni = ?plan.vni, clusters = plan.clusters, "planned");
     }
     let executed = execute::execute(client, &decision.actions, &ctx.leadership).await?;
     let mut notices: Vec<_> =

@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use slice_api::crd::{
-    CLUSTER_NAMESPACE_PREFIX, MemberCluster, ServiceAllocation, SliceConfig, WorkerSlice, cluster_namespace, condition,
-    set_condition,
+    CLUSTER_NAMESPACE_PREFIX, Condition, MemberCluster, ServiceAllocation, SliceConfig, WorkerSlice, cluster_namespace,
+    condition, set_condition,
 };
 use slice_api::planner::index::PlanIndex;
 use slice_api::planner::{EXPORTS_ACCEPTED, SlicePlan};
@@ -24,9 +24,9 @@ use slice_api::planner::{EXPORTS_ACCEPTED, SlicePlan};
 use super::super::health::{HEALTHY, healthy_condition};
 use super::super::pods::PODS_ACCEPTED;
 use super::{
-    Action, Decision, FinalizedKind, World, add_finalizer, changed_fields, exports_condition, has_hub_finalizer,
-    health_notice, new_worker, pods_condition, remove_finalizer, slice_notices, slice_status_patch, status_patch,
-    worker_patch,
+    Action, Decision, FinalizedKind, PlanSummary, SpecLists, World, add_finalizer, changed_fields, exports_condition,
+    has_hub_finalizer, health_notice, new_worker, pods_condition, remove_finalizer, slice_notices, slice_status_patch,
+    status_patch, worker_patch,
 };
 use crate::events::{Notice, reason, reference, reference_to};
 
@@ -244,32 +244,39 @@ impl HubIndex {
         let coverage = Coverage { planned: replanned.len(), slices: scope_slices.len(), clusters: health.len() };
         let index = &self.plans;
 
-        // The plans in scope, with what the hub merges into them.
-        let mut plans: Vec<SlicePlan> = scope_slices.iter().filter_map(|s| index.plan(s).cloned()).collect();
-        // Multi-cluster services: the exports member clusters report, merged, go into every member's
-        // spec (`imports`) and the SliceConfig's status (`services`, `ExportsAccepted`).
+        // The plans in scope, and what the hub merges into them: multi-cluster services (the
+        // exports member clusters report go into every member's spec, `imports`, and the
+        // SliceConfig's status, `services`, `ExportsAccepted`) and the pod directory (each
+        // member gets the other members' checked reports, `spec.pods`).
+        let plans: Vec<&SlicePlan> = scope_slices.iter().filter_map(|s| index.plan(s)).collect();
         let mut services: BTreeMap<String, Vec<ServiceAllocation>> = BTreeMap::new();
-        for p in &mut plans {
+        let mut lists: BTreeMap<String, Vec<SpecLists>> = BTreeMap::new();
+        let mut conditions: BTreeMap<String, Vec<Condition>> = BTreeMap::new();
+        for p in &plans {
             let Some(slice) = index.slice(&p.name) else { continue };
             let trusted = index.trusted(&p.name);
             let merged = super::super::services::merge(slice, p, &trusted);
-            for spec in &mut p.workers {
-                spec.imports = super::super::services::imports_for(&merged.imports, &spec.namespaces);
-            }
+            let pods = super::super::pods::merge(p, &trusted);
+            let per_spec = p
+                .workers
+                .iter()
+                .map(|spec| SpecLists {
+                    imports: super::super::services::imports_for(&merged.imports, &spec.namespaces),
+                    pods: pods.for_cluster(&spec.cluster),
+                })
+                .collect();
+            lists.insert(p.name.clone(), per_spec);
+            let mut conds = p.conditions.clone();
             let had = slice.status.as_ref().is_some_and(|st| condition(&st.conditions, EXPORTS_ACCEPTED).is_some());
             if had || !merged.imports.is_empty() || !merged.refusals.is_empty() {
-                p.conditions.push(exports_condition(&merged));
+                conds.push(exports_condition(&merged));
             }
             services.insert(p.name.clone(), merged.services);
-            // The pod directory: each member gets the other members' checked reports (`spec.pods`).
-            let pods = super::super::pods::merge(p, &trusted);
-            for spec in &mut p.workers {
-                spec.pods = pods.for_cluster(&spec.cluster);
-            }
             let had = slice.status.as_ref().is_some_and(|st| condition(&st.conditions, PODS_ACCEPTED).is_some());
             if had || !pods.refusals.is_empty() {
-                p.conditions.push(pods_condition(&pods));
+                conds.push(pods_condition(&pods));
             }
+            conditions.insert(p.name.clone(), conds);
         }
         let mut actions = Vec::new();
         let slices: Vec<&SliceConfig> = scope_slices.iter().filter_map(|s| index.slice(s)).collect();
@@ -314,11 +321,11 @@ impl HubIndex {
         // 3. WorkerSlices of the slice names in scope.
         let slice_ref = |name: &str| index.slice(name).map(reference);
         for p in &plans {
-            for spec in &p.workers {
+            for (spec, lists) in p.workers.iter().zip(&lists[&p.name]) {
                 let key = (cluster_namespace(&spec.cluster), p.name.clone());
                 match index.worker(&key.0, &key.1) {
                     None => {
-                        let w = new_worker(&key.0, &p.name, spec);
+                        let w = new_worker(&key.0, &p.name, spec, lists);
                         let note = format!("created WorkerSlice {}/{} for cluster {}", key.0, p.name, spec.cluster);
                         let related = reference(&w);
                         actions.push(Action::CreateWorkerSlice(Box::new(w)));
@@ -329,7 +336,7 @@ impl HubIndex {
                     }
                     Some(w) if w.metadata.deletion_timestamp.is_some() => {}
                     Some(w) => {
-                        if let Some(patch) = worker_patch(w, &p.name, spec) {
+                        if let Some(patch) = worker_patch(w, &p.name, spec, lists) {
                             let note = changed_fields(&patch);
                             actions.push(Action::PatchWorkerSlice { namespace: key.0, name: key.1, patch });
                             announce(
@@ -373,12 +380,13 @@ impl HubIndex {
                 continue;
             }
             let exported = services.get(&name).map_or(&[][..], Vec::as_slice);
+            let conds = conditions.get(&name).map_or(&[][..], Vec::as_slice);
             if let Some(p) = plans.iter().find(|p| p.name == name)
-                && let Some(patch) = slice_status_patch(s, p, exported, &now_text)
+                && let Some(patch) = slice_status_patch(s, p, conds, exported, &now_text)
             {
                 actions.push(Action::PatchSliceStatus { name, patch });
                 let old = s.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
-                for n in slice_notices(s, old, &p.conditions) {
+                for n in slice_notices(s, old, conds) {
                     announce(&actions, n);
                 }
             }
@@ -421,6 +429,8 @@ impl HubIndex {
             left.map(|l| l + Duration::from_secs(1))
         });
 
+        let plans =
+            plans.iter().map(|p| PlanSummary { name: p.name.clone(), vni: p.vni, clusters: p.workers.len() }).collect();
         (Decision { actions, plans, requeue_after, notices }, coverage)
     }
 

@@ -797,7 +797,14 @@ fn the_spec_patch_is_the_merge_diff_of_the_whole_specs() {
     let mut w = world(&["c1", "c2", "c3"]);
     w.slices.push(slice("blue", &["c1", "c2", "c3"]));
     let d = decide(&w, at(NOW), MINUTE);
-    let base = d.plans[0].workers[0].clone();
+    let base = d
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::CreateWorkerSlice(w) => Some(w.spec.clone()),
+            _ => None,
+        })
+        .expect("a WorkerSlice created");
     let pod = |ns: &str| -> slice_api::policy::PodGroup {
         serde_json::from_value(json!({"namespace": ns, "addresses": ["10.80.0.5"]})).expect("a pod group")
     };
@@ -817,7 +824,12 @@ fn the_spec_patch_is_the_merge_diff_of_the_whole_specs() {
             let (mut old, mut new) = (base.clone(), base.clone());
             a(&mut old);
             b(&mut new);
-            assert_eq!(spec_patch(&old, &new), merge_diff(&to_json(&old), &to_json(&new)), "variants {i} → {j}");
+            let lists = SpecLists { imports: new.imports.clone(), pods: new.pods.clone() };
+            assert_eq!(
+                spec_patch(&old, &new, &lists),
+                merge_diff(&to_json(&old), &to_json(&new)),
+                "variants {i} → {j}"
+            );
         }
     }
 }
