@@ -114,18 +114,11 @@ impl PlanIndex {
         let name = slice.name_any();
         let old = self.slices.insert(name.clone(), slice);
         let new = &self.slices[&name];
-        fn read(s: &SliceConfig) -> impl PartialEq + '_ {
-            let status = s.status.as_ref();
-            (
-                &s.spec,
-                s.metadata.generation,
-                &s.metadata.deletion_timestamp,
-                &s.metadata.creation_timestamp,
-                status.and_then(|st| st.vni),
-                status.map(|st| &st.clusters),
-            )
-        }
-        if old.as_ref().is_some_and(|old| read(old) == read(new)) {
+        let refused = self
+            .plans
+            .get(&name)
+            .is_none_or(|p| !p.conditions.iter().any(|c| c.type_ == super::PLANNED && c.status == "True"));
+        if old.as_ref().is_some_and(|old| plan_reads_the_same(old, new, refused)) {
             return false;
         }
         self.slice_changed(&name, old);
@@ -596,6 +589,23 @@ fn sorted_difference<'a>(old: &[(&'a str, &'a str)], new: &[(&'a str, &'a str)])
         }
     }
     (removed, added)
+}
+
+/// Whether a plan reads the same from `old` as from `new`: spec, generation, deletion,
+/// creation (the VNI order), the VNI recorded and each cluster's recorded index (for a refused
+/// slice, its recorded allocations whole).
+fn plan_reads_the_same(old: &SliceConfig, new: &SliceConfig, refused: bool) -> bool {
+    let (o, n) = (old.status.as_ref(), new.status.as_ref());
+    fn allocations(s: Option<&crate::crd::SliceConfigStatus>) -> Vec<(&str, u32)> {
+        s.map(|st| st.clusters.iter().map(|a| (a.cluster.as_str(), a.index)).collect()).unwrap_or_default()
+    }
+    old.spec == new.spec
+        && old.metadata.generation == new.metadata.generation
+        && old.metadata.deletion_timestamp == new.metadata.deletion_timestamp
+        && old.metadata.creation_timestamp == new.metadata.creation_timestamp
+        && o.and_then(|st| st.vni) == n.and_then(|st| st.vni)
+        && allocations(o) == allocations(n)
+        && (!refused || o.map(|st| &st.clusters) == n.map(|st| &st.clusters))
 }
 
 /// The clusters a WorkerSlice bears on: the one of its namespace and the one its spec names.

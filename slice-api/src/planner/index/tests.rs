@@ -80,6 +80,14 @@ enum Change {
         ns: usize,
         name: usize,
     },
+    /// Only a slice's status changes: its recorded VNI, its first member's recorded index and
+    /// readiness (what the hub writes, or loses).
+    SliceStatus {
+        s: usize,
+        vni: Option<u32>,
+        index: Option<u32>,
+        ready: bool,
+    },
     /// The hub writes the planned spec into an existing WorkerSlice (its watch then reports
     /// it), with the pods it adds from the members' reports or without.
     Echo {
@@ -110,6 +118,8 @@ fn change() -> impl Strategy<Value = Change> {
                 created
             }),
         (0..4usize).prop_map(Change::DeleteSlice),
+        (0..4usize, prop::option::of(4096..4100u32), prop::option::of(0..4u32), any::<bool>())
+            .prop_map(|(s, vni, index, ready)| Change::SliceStatus { s, vni, index, ready }),
         (0..6usize, 0..4u8, prop::option::of(1000..1002u64), prop::bool::weighted(0.2))
             .prop_map(|(c, cidrs, uplink, deleting)| Change::Cluster { c, cidrs, uplink, deleting }),
         (0..6usize, 0..100i64).prop_map(|(c, at)| Change::Heartbeat { c, at }),
@@ -160,6 +170,22 @@ fn apply(world: &mut World, index: &mut PlanIndex, change: &Change) {
             }
             world.slices.insert(SLICES[*s].to_owned(), sl.clone());
             index.upsert_slice(sl);
+        }
+        Change::SliceStatus { s, vni, index: recorded, ready } => {
+            let Some(sl) = world.slices.get_mut(SLICES[*s]) else { return };
+            let mut st = SliceConfigStatus { vni: *vni, ..SliceConfigStatus::default() };
+            for (i, c) in sl.spec.clusters.iter().enumerate() {
+                st.clusters.push(ClusterAllocation {
+                    cluster: c.clone(),
+                    index: if i == 0 { recorded.unwrap_or(0) } else { i as u32 + 1 },
+                    prefix: String::new(),
+                    ready: *ready,
+                    reason: String::new(),
+                });
+            }
+            st.conditions.push(crate::crd::Condition::new("Ready", *ready, "R", ""));
+            sl.status = Some(st);
+            index.upsert_slice(sl.clone());
         }
         Change::DeleteSlice(s) => {
             world.slices.remove(SLICES[*s]);
