@@ -9,6 +9,8 @@ PACKAGES := containerd runc containernetworking-plugins iproute2 iputils-ping ip
 PACKAGES += dnsmasq-base bind9-dnsutils
 # slice-dns's tests ask with kdig as well as dig.
 PACKAGES += knot-dnsutils
+# slicectl/tests/kind_script.rs checks the kind suite (which needs Docker) without running it.
+PACKAGES += shellcheck
 # Only the benchmarks use these.
 BENCH_PACKAGES := openvpn dnsperf knot
 
@@ -43,8 +45,19 @@ $(VALIDATORS_VENV)/.installed: deploy/validate/requirements.txt deploy/validate/
 	$(VALIDATORS_VENV)/bin/pip install --quiet -r deploy/validate/requirements.txt -c deploy/validate/constraints.txt
 	touch $@
 
+# Current userspace WireGuard implementations from crates.io, the bench's competitors beside
+# Debian's wireguard-go and OpenVPN: installed once under target/ (pinned versions).
+BENCH_TOOLS := target/bench-tools
+GOTATUN_VERSION := 0.10.2
+BORINGTUN_CLI_VERSION := 0.7.1
+$(BENCH_TOOLS)/bin/gotatun:
+	$(CARGO) install --locked --root $(BENCH_TOOLS) gotatun-cli --version $(GOTATUN_VERSION)
+$(BENCH_TOOLS)/bin/boringtun-cli:
+	$(CARGO) install --locked --root $(BENCH_TOOLS) boringtun-cli --version $(BORINGTUN_CLI_VERSION)
+
 # Every test: pure ones and the root ones on real namespaces, containerd's CRI and our binaries.
-test: lint build validators
+# The gateway's interop test runs against gotatun (installed once under target/, pinned above).
+test: lint build validators $(BENCH_TOOLS)/bin/gotatun
 	@[ "$$(id -u)" = 0 ] || { echo "make test needs root: the lab creates network namespaces and runs containerd"; exit 1; }
 	$(CARGO) test --workspace --no-fail-fast
 
@@ -52,9 +65,9 @@ demo: build
 	target/debug/slicectl lab demo
 
 bench: EXTRA_PACKAGES = $(BENCH_PACKAGES)
-bench: deps
+bench: deps $(BENCH_TOOLS)/bin/gotatun $(BENCH_TOOLS)/bin/boringtun-cli
 	$(CARGO) build --release --workspace --bins
-	SLICENET_BIN_DIR=$(CURDIR)/target/release target/release/slicenet-bench
+	PATH=$(CURDIR)/$(BENCH_TOOLS)/bin:$$PATH SLICENET_BIN_DIR=$(CURDIR)/target/release target/release/slicenet-bench
 	target/release/webhook-bench --requests 10000 --rate 1000 --connections 8
 
 # The whole suite RUNS times in a row under `stress-ng --cpu LOAD` (docs/testing.md): tests must

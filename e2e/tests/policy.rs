@@ -25,6 +25,11 @@
 //! allowed cell that got no answer is probed again until a longer deadline before it counts as
 //! denied. Only outcomes are asserted.
 //!
+//! After the table: a pod's label change in one cluster changes what the other enforces, a
+//! forged source is dropped under allow-all, and a policy change under load (an allowed
+//! connection across the gateways carrying round trips back to back) leaves the established
+//! connection going while a new one gets nothing through once the change is in force.
+//!
 //! Needs root and the binaries (`slice-cni`, `slice-operator`, `slice-gateway`); fails (does
 //! not skip) without them. The lab is torn down on every path (a guard deletes the slice and
 //! the lab's `Drop` removes the rest when a check panics).
@@ -38,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use e2e::Lab;
 use e2e::control::{self, ControlPlane, workloads};
-use e2e::probe::{ProbeOutcome, Responder, Transport, UdpResponder, probe_many};
+use e2e::probe::{EchoServer, Load, ProbeOutcome, Responder, Transport, UdpResponder, probe_many};
 use model::Proto;
 use serde_json::{Value, json};
 
@@ -588,8 +593,45 @@ fn the_truth_table_holds_across_two_clusters() {
         }
     }
 
+    // Update under load: an allowed connection x/a (c1) → y/a (c2), across the gateways, carries
+    // round trips without pause while y's policies turn to deny all ingress; once every router
+    // enforces the change (the apply returned), a new connection gets nothing through (the
+    // server accepts none) and the established one goes on.
+    spoofer
+        .exec_ok(&["ip", "addr", "del", &format!("{forged}/32"), "dev", "slice0"])
+        .expect("the second address removed");
+    let y_a_pod = env.cp.pod("c2", "y", "a").expect("y/a").clone();
+    let echo = EchoServer::start(&y_a_pod, ECHO_PORT);
+    let load = Load::start(&spoofer, SocketAddrV4::new(pods[y_a].model.address, ECHO_PORT));
+    load.wait_for(10, "before the change");
+    let deny_y = [both("x", "all", json!({"ingress": [{}], "egress": [{}]})), both("y", "deny", json!({}))].concat();
+    apply_policies(&mut env, &allow_all, &deny_y, "y denies all ingress, under load");
+    let at_change = load.count();
+    let to = std::net::SocketAddr::from((pods[y_a].model.address, ECHO_PORT));
+    let attempt = e2e::probe::in_netns(&spoofer.netns_path, move || {
+        std::net::TcpStream::connect_timeout(&to, DEADLINE).map(drop).map_err(|e| e.kind())
+    })
+    .join()
+    .expect("the connecting thread");
+    if attempt != Err(std::io::ErrorKind::TimedOut) {
+        failures.push(format!("a new connection x/a -> y/a after y denied all ingress: {attempt:?}"));
+    }
+    load.wait_for(at_change + 200, "after the change");
+    let (round_trips, error) = load.stop();
+    if let Some(e) = error {
+        failures.push(format!("the established connection broke under the policy change: {e}"));
+    }
+    let accepted = echo.stop();
+    if accepted != 1 {
+        failures.push(format!("the echo server accepted {accepted} connections (1 expected: the established one)"));
+    }
+    eprintln!("under load: {round_trips} round trips, {at_change} before the change was enforced");
+
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     drop(tcp);
     drop(udp);
     env.finish();
 }
+
+/// The port of the update-under-load connection.
+const ECHO_PORT: u16 = 7000;

@@ -164,6 +164,23 @@ fn default_vxlan_port() -> u16 {
 }
 
 impl NodeAgentConfig {
+    /// Node `n1` (underlay 198.18.0.1, MTU 1500, the default paths under `/tmp` and
+    /// `/run/netns`) with `slices`: what a test or a benchmark wraps a slice in to validate it
+    /// or to show it as a node would.
+    #[must_use]
+    pub fn example(slices: Vec<SliceOnNode>) -> Self {
+        Self {
+            node: "n1".into(),
+            underlay_address: std::net::IpAddr::from([198, 18, 0, 1]),
+            underlay_mtu: 1500,
+            state_dir: "/tmp".into(),
+            netns_dir: "/run/netns".into(),
+            router_netns_prefix: "t-".into(),
+            vxlan_port: 4789,
+            slices,
+        }
+    }
+
     /// Reads and validates a configuration file.
     ///
     /// # Errors

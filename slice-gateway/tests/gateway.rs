@@ -1,4 +1,4 @@
-//! Root tests: slice-gateway between network namespaces, against itself and wireguard-go.
+//! Root tests: slice-gateway between network namespaces, against itself, wireguard-go and gotatun.
 
 mod common;
 
@@ -346,6 +346,42 @@ fn interoperates_with_wireguard_go_and_compares_throughput() -> anyhow::Result<(
          wireguard-go->slice-gateway {mixed:.0} Mbit/s, wireguard-go<->wireguard-go {theirs:.0} Mbit/s"
     );
     assert!(ours > 0.0 && mixed > 0.0 && theirs > 0.0);
+    Ok(())
+}
+
+/// Where `make test` installs gotatun (Mullvad's maintained boringtun fork, `gotatun-cli` from
+/// crates.io; the Makefile's `$(BENCH_TOOLS)`), else `SLICENET_GOTATUN`.
+fn gotatun() -> std::path::PathBuf {
+    std::env::var_os("SLICENET_GOTATUN").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-tools/bin/gotatun"),
+        std::path::PathBuf::from,
+    )
+}
+
+#[test]
+fn interoperates_with_gotatun() -> anyhow::Result<()> {
+    let gotatun = gotatun();
+    assert!(gotatun.exists(), "{} is missing: `make test` installs it (cargo install gotatun-cli)", gotatun.display());
+    let gotatun = gotatun.to_str().expect("a UTF-8 path");
+    let mut lab = Lab::new(3)?;
+    let keys: Vec<_> = (0..3).map(|_| keypair()).collect::<anyhow::Result<_>>()?;
+    // 0: slice-gateway, 1: gotatun, 2: gotatun.
+    lab.start_gateway(0, &wg_config(&keys[0], &[(&keys[1], 1), (&keys[2], 2)]), &[])?;
+    let args = ["-f", "--disable-drop-privileges"];
+    lab.start_userspace_wg(1, gotatun, &args, &wg_config(&keys[1], &[(&keys[0], 0), (&keys[2], 2)]))?;
+    lab.start_userspace_wg(2, gotatun, &args, &wg_config(&keys[2], &[(&keys[0], 0), (&keys[1], 1)]))?;
+    assert!(lab.pings(0, 1, WAIT), "slice-gateway → gotatun");
+    assert!(lab.pings(2, 0, WAIT), "gotatun → slice-gateway");
+    assert!(lab.pings(1, 2, WAIT), "gotatun → gotatun");
+    let show = lab.exec(1, &format!("wg show {} latest-handshakes", lab.ifname(1)))?;
+    assert!(show.contains(&keys[0].public), "{show}");
+    // A fixed amount each way (never a rate): the data path, not just the handshake.
+    let to_gotatun = lab.iperf(0, 1, "-n 20M")?;
+    let from_gotatun = lab.iperf(2, 0, "-n 20M")?;
+    eprintln!(
+        "FIGURE iperf3 -n 20M: slice-gateway->gotatun {to_gotatun:.0} Mbit/s, gotatun->slice-gateway {from_gotatun:.0} Mbit/s"
+    );
+    assert!(to_gotatun > 0.0 && from_gotatun > 0.0);
     Ok(())
 }
 

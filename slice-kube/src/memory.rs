@@ -391,10 +391,16 @@ impl<S: Server> MemoryApi<S> {
     /// namespaces without the `namespaces/x` part).
     #[must_use]
     pub fn list(&self, side: &S, collection: &str) -> Vec<Value> {
+        self.list_where(side, collection, |_| true)
+    }
+
+    /// The objects of a collection on `side` for which `keep` holds (only those are copied).
+    #[must_use]
+    pub fn list_where(&self, side: &S, collection: &str, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
         let st = self.lock();
         let Ok(stored) = stored_at(&st, side, collection) else { return Vec::new() };
         let Some(target) = parse_target(&stored.path) else { return Vec::new() };
-        let mut items = list_items(&st, side, &target);
+        let mut items = list_items(&st, side, &target, keep);
         if let Some(asked) = stored.asked {
             for item in &mut items {
                 item["apiVersion"] = json!(asked);
@@ -556,23 +562,31 @@ impl<S: Server> MemoryApi<S> {
     }
 }
 
-fn list_items<S: Server>(st: &State<S>, side: &S, target: &Target) -> Vec<Value> {
+fn list_items<S: Server>(st: &State<S>, side: &S, target: &Target, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+    // The objects under a path prefix, by a range of the ordered map (not a scan of every
+    // object: the scale benchmarks hold tens of thousands).
+    let under = |prefix: String| {
+        st.objects
+            .range((side.clone(), prefix.clone())..)
+            .take_while(move |((s, p), _)| s == side && p.starts_with(&prefix))
+            .map(|((_, p), o)| (p, o))
+    };
     let collection = target.collection();
+    let direct = collection.len() + 1;
+    let mut found: Vec<(&String, &Value)> =
+        under(format!("{collection}/")).filter(|(p, _)| !p[direct..].contains('/')).collect();
     // Across namespaces: `<base>/namespaces/<ns>/<resource>/<name>` belongs to
     // `<base>/<resource>` as well.
-    let across = target.namespace.is_none();
-    st.objects
-        .iter()
-        .filter(|((s, p), _)| {
-            s == side
-                && parse_target(p).is_some_and(|t| {
-                    t.name.is_some()
-                        && (t.collection() == collection
-                            || (across && t.base == target.base && t.resource == target.resource))
-                })
-        })
-        .map(|(_, o)| o.clone())
-        .collect()
+    if target.namespace.is_none() {
+        let namespaced = target.base.len() + "/namespaces/".len();
+        found.extend(under(format!("{}/namespaces/", target.base)).filter(|(p, _)| {
+            let mut parts = p[namespaced..].split('/');
+            matches!((parts.next(), parts.next(), parts.next(), parts.next()),
+                (Some(_), Some(resource), Some(_), None) if resource == target.resource)
+        }));
+        found.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    found.into_iter().filter(|(_, o)| keep(o)).map(|(_, o)| o.clone()).collect()
 }
 
 /// Whether an object goes once it has no finalizers left.
@@ -752,7 +766,7 @@ fn handle_stored<S: Server>(
             }
             let label = query_param(query, "labelSelector").unwrap_or_default();
             let field = query_param(query, "fieldSelector").unwrap_or_default();
-            let items: Vec<Value> = list_items(st, side, &target)
+            let items: Vec<Value> = list_items(st, side, &target, |_| true)
                 .into_iter()
                 .filter(|o| selector_matches(o, &label, false) && selector_matches(o, &field, true))
                 .collect();

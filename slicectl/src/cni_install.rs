@@ -22,9 +22,31 @@ const MIN_CNI_VERSION: &str = "0.4.0";
 /// 1.5 and CRI-O pass them in `runtimeConfig` only when the capability is declared).
 #[must_use]
 pub fn plugin_entry() -> Value {
+    plugin_entry_with(&PluginPaths::default())
+}
+
+/// Where slice-cni finds the node agent's state and keeps its IPAM files, when not at its
+/// defaults (`/run/slicenet`, `/var/lib/slicenet/ipam`): a lab node sharing the machine with
+/// others has its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginPaths {
+    pub state_dir: Option<PathBuf>,
+    pub ipam_dir: Option<PathBuf>,
+}
+
+/// slice-cni's entry with `paths` (`stateDir`, `ipamDir` only where given).
+#[must_use]
+pub fn plugin_entry_with(paths: &PluginPaths) -> Value {
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(slice_api::names::POD_ANNOTATIONS_CAPABILITY.to_owned(), Value::Bool(true));
-    json!({ "type": PLUGIN_TYPE, "capabilities": capabilities })
+    let mut entry = json!({ "type": PLUGIN_TYPE, "capabilities": capabilities });
+    if let Some(dir) = &paths.state_dir {
+        entry["stateDir"] = json!(dir);
+    }
+    if let Some(dir) = &paths.ipam_dir {
+        entry["ipamDir"] = json!(dir);
+    }
+    entry
 }
 
 /// The primary network configuration (a `.conflist`, or a single-plugin `.conf`) with
@@ -34,6 +56,14 @@ pub fn plugin_entry() -> Value {
 /// # Errors
 /// When `primary` has no plugins or no name.
 pub fn chain(primary: &Value) -> Result<Value> {
+    chain_with(primary, plugin_entry())
+}
+
+/// [`chain`] with a given slice-cni entry.
+///
+/// # Errors
+/// See [`chain`].
+pub fn chain_with(primary: &Value, entry: Value) -> Result<Value> {
     let mut list = if primary.get("plugins").is_some() {
         primary.clone()
     } else if primary.get("type").is_some() {
@@ -60,7 +90,7 @@ pub fn chain(primary: &Value) -> Result<Value> {
         bail!("the primary network configuration has no plugin before slice-cni");
     }
     plugins.retain(|p| p.get("type").and_then(Value::as_str) != Some(PLUGIN_TYPE));
-    plugins.push(plugin_entry());
+    plugins.push(entry);
     Ok(list)
 }
 
@@ -96,6 +126,14 @@ pub fn find_primary(conf_dir: &Path) -> Result<PathBuf> {
 /// # Errors
 /// When a file cannot be read, parsed or written.
 pub fn install(plugin: &Path, bin_dir: &Path, conf_dir: &Path) -> Result<PathBuf> {
+    install_with(plugin, bin_dir, conf_dir, &PluginPaths::default())
+}
+
+/// [`install`] with slice-cni's `paths`.
+///
+/// # Errors
+/// See [`install`].
+pub fn install_with(plugin: &Path, bin_dir: &Path, conf_dir: &Path, paths: &PluginPaths) -> Result<PathBuf> {
     // Copied, not read into memory: the release plugin is tens of MB and the init container's
     // memory limit is sized for a copy (docs/benchmarks.md, section 8).
     let target = bin_dir.join(PLUGIN_TYPE);
@@ -108,7 +146,8 @@ pub fn install(plugin: &Path, bin_dir: &Path, conf_dir: &Path) -> Result<PathBuf
     let primary = find_primary(conf_dir)?;
     let text = std::fs::read(&primary).with_context(|| format!("reading {}", primary.display()))?;
     let value: Value = serde_json::from_slice(&text).with_context(|| format!("parsing {}", primary.display()))?;
-    let chained = chain(&value).with_context(|| format!("chaining after {}", primary.display()))?;
+    let chained = chain_with(&value, plugin_entry_with(paths))
+        .with_context(|| format!("chaining after {}", primary.display()))?;
     let mut out = serde_json::to_vec_pretty(&chained).context("serialising the conflist")?;
     out.push(b'\n');
     place_atomically(&conf_dir.join(CONFLIST_NAME), 0o644, |tmp| {

@@ -180,6 +180,14 @@ pub fn crds(output_dir: Option<&Path>, check: bool) -> Result<()> {
     }
 }
 
+/// `slicectl install mcs-crds`.
+///
+/// # Errors
+/// When a CRD cannot be serialised or stdout is closed.
+pub fn mcs_crds() -> Result<()> {
+    print_out(&crate::crds::mcs_manifest()?.to_yaml()?)
+}
+
 /// The install options: `image`, and the webhook certificate from `tls_dir` or a new one.
 fn install_options(image: Option<&str>, tls_dir: Option<&Path>) -> Result<install::Options> {
     let image = image.map_or_else(install::default_image, str::to_owned);
@@ -197,22 +205,51 @@ pub fn install_hub(image: Option<&str>, tls_dir: Option<&Path>) -> Result<()> {
     print_out(&install::hub(&install_options(image, tls_dir)?)?.to_yaml()?)
 }
 
+/// Where `install worker` gets the worker's hub credentials.
+#[derive(Debug, Clone)]
+pub enum HubAccess {
+    /// A join file of `slicectl join --hub-kubeconfig`.
+    JoinFile(std::path::PathBuf),
+    /// A hand-made kubeconfig and the cluster's name.
+    Kubeconfig { cluster: String, kubeconfig: std::path::PathBuf, server: Option<String> },
+    /// Neither (clap refuses this before).
+    Missing,
+}
+
+/// The cluster name, hub kubeconfig text and server override of `source`.
+fn hub_access(source: &HubAccess) -> Result<(String, String, Option<String>)> {
+    match source {
+        HubAccess::JoinFile(path) => {
+            let join = crate::join_file::JoinFile::read(path)?;
+            Ok((join.cluster.clone(), join.kubeconfig(), None))
+        }
+        HubAccess::Kubeconfig { cluster, kubeconfig, server } => {
+            let raw = std::fs::read_to_string(kubeconfig)
+                .with_context(|| format!("reading --hub-kubeconfig {}", kubeconfig.display()))?;
+            Ok((cluster.clone(), raw, server.clone()))
+        }
+        HubAccess::Missing => bail!("give --join FILE (from `slicectl join`), or --cluster and --hub-kubeconfig"),
+    }
+}
+
 /// `slicectl install worker`.
 ///
 /// # Errors
-/// When the hub kubeconfig cannot be read or used from a pod, or the cluster name is invalid.
-pub fn install_worker(
-    image: Option<&str>,
-    tls_dir: Option<&Path>,
-    cluster: &str,
-    hub_kubeconfig: &Path,
-    hub_server: Option<&str>,
-    multus: bool,
-) -> Result<()> {
-    let raw = std::fs::read_to_string(hub_kubeconfig)
-        .with_context(|| format!("reading --hub-kubeconfig {}", hub_kubeconfig.display()))?;
+/// When the join file or hub kubeconfig cannot be read or used from a pod, or the cluster name
+/// is invalid.
+pub fn install_worker(image: Option<&str>, tls_dir: Option<&Path>, source: &HubAccess, multus: bool) -> Result<()> {
+    let (cluster, raw, server) = hub_access(source)?;
     let opts = install::Options { multus, ..install_options(image, tls_dir)? };
-    print_out(&install::worker(&opts, cluster, &raw, hub_server)?.to_yaml()?)
+    print_out(&install::worker(&opts, &cluster, &raw, server.as_deref())?.to_yaml()?)
+}
+
+/// `slicectl install worker-credentials --join FILE`.
+///
+/// # Errors
+/// When the join file cannot be read.
+pub fn install_worker_credentials(join: &Path) -> Result<()> {
+    let (_, raw, _) = hub_access(&HubAccess::JoinFile(join.to_path_buf()))?;
+    print_out(&install::worker_credentials(&raw, None)?.to_yaml()?)
 }
 
 /// `slicectl install worker-hub-access`.
@@ -229,25 +266,79 @@ pub fn install_worker_hub_access(cluster: &str) -> Result<()> {
     Ok(())
 }
 
-/// `slicectl join`: prints the MemberCluster, or with `apply` applies it to the hub with kubectl.
+/// `slicectl join` without a hub kubeconfig: prints the MemberCluster.
 ///
 /// # Errors
-/// When the options are invalid or kubectl fails.
-pub fn join(opts: &crate::join::JoinOptions, hub_kubeconfig: Option<&Path>, apply: bool) -> Result<()> {
-    let yaml = crate::join::manifest(opts)?.to_yaml()?;
-    match (apply, hub_kubeconfig) {
-        (true, Some(kubeconfig)) => crate::join::kubectl_apply(kubeconfig, &yaml),
-        (true, None) => bail!("--apply needs --hub-kubeconfig"),
-        (false, _) => print_out(&yaml),
+/// When the options are invalid.
+pub fn join(opts: &crate::join::JoinOptions) -> Result<()> {
+    print_out(&crate::join::manifest(opts)?.to_yaml()?)
+}
+
+/// `slicectl join --hub-kubeconfig`: registers the cluster on the hub (or with `rotate`, revokes
+/// its worker's tokens) and writes the join file.
+///
+/// # Errors
+/// When the options or the kubeconfig are invalid, a request fails or the file cannot be written.
+pub fn join_hub(
+    opts: &crate::join::JoinOptions,
+    kubeconfig: &Path,
+    hub_server: Option<&str>,
+    output: Option<std::path::PathBuf>,
+    rotate: bool,
+) -> Result<()> {
+    crate::install::check_cluster_name(&opts.cluster)?;
+    let hub = crate::register::hub_endpoint(kubeconfig, hub_server)?;
+    if crate::register::is_loopback_server(&hub.server) {
+        eprintln!(
+            "slicectl: warning: the hub's address {} is this machine's; the worker's pods in {} cannot reach it \
+             there: pass --hub-server with an address they reach (kind: `kind get kubeconfig --internal`)",
+            hub.server, opts.cluster
+        );
     }
+    let output = output.unwrap_or_else(|| std::path::PathBuf::from(format!("{}.join", opts.cluster)));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    let file = runtime.block_on(async {
+        let client = slice_kube::kubeconfig::client_from_kubeconfig(kubeconfig, None).await?;
+        if rotate {
+            crate::register::rotate(&client, &opts.cluster, &hub).await
+        } else {
+            crate::register::register(&client, opts, &hub).await
+        }
+    })?;
+    file.write(&output)?;
+    let verb = if rotate { "rotated the hub token of" } else { "registered" };
+    println!(
+        "{verb} cluster {} on the hub; join file: {} (mode 0600, holds a hub token)",
+        opts.cluster,
+        output.display()
+    );
+    if rotate {
+        println!(
+            "In cluster {}: slicectl install worker-credentials --join {} | kubectl apply --server-side -f -",
+            opts.cluster,
+            output.display()
+        );
+    } else {
+        println!(
+            "In cluster {}: slicectl install worker --join {} | kubectl apply --server-side -f -",
+            opts.cluster,
+            output.display()
+        );
+    }
+    Ok(())
 }
 
 /// `slicectl cni-install`.
 ///
 /// # Errors
 /// See [`crate::cni_install::install`].
-pub fn cni_install(plugin: &Path, bin_dir: &Path, conf_dir: &Path) -> Result<()> {
-    let primary = crate::cni_install::install(plugin, bin_dir, conf_dir)?;
+pub fn cni_install(
+    plugin: &Path,
+    bin_dir: &Path,
+    conf_dir: &Path,
+    paths: &crate::cni_install::PluginPaths,
+) -> Result<()> {
+    let primary = crate::cni_install::install_with(plugin, bin_dir, conf_dir, paths)?;
     println!(
         "installed {} into {}; chained after {} in {}",
         crate::cni_install::PLUGIN_TYPE,
@@ -256,4 +347,87 @@ pub fn cni_install(plugin: &Path, bin_dir: &Path, conf_dir: &Path) -> Result<()>
         conf_dir.join(crate::cni_install::CONFLIST_NAME).display()
     );
     Ok(())
+}
+
+/// `slicectl node-uninstall`: each removal on its own line (`would …` with `dry_run`).
+///
+/// # Errors
+/// See [`crate::node_uninstall::uninstall`].
+pub fn node_uninstall(layout: &crate::node_uninstall::NodeLayout, dry_run: bool) -> Result<()> {
+    let removals = crate::node_uninstall::uninstall(layout, dry_run)?;
+    let mut text = String::new();
+    for r in &removals {
+        text.push_str(if dry_run { "would " } else { "done: " });
+        text.push_str(&r.to_string());
+        text.push('\n');
+    }
+    if removals.is_empty() {
+        text.push_str("nothing of slicenet's on this node\n");
+    }
+    print_out(&text)
+}
+
+/// `slicectl uninstall worker|hub`; with `leave` (the hub's kubeconfig and the cluster's name),
+/// the member cluster then leaves the hub.
+///
+/// # Errors
+/// When a kubeconfig cannot be used, or naming every step that failed.
+pub fn uninstall(
+    hub: bool,
+    kubeconfig: &Path,
+    dry_run: bool,
+    image: Option<&str>,
+    timeout_secs: u64,
+    leave: Option<(std::path::PathBuf, String)>,
+) -> Result<()> {
+    let image = image.map_or_else(install::default_image, str::to_owned);
+    let steps = if hub { crate::uninstall::hub_plan(&image)? } else { crate::uninstall::worker_plan(&image)? };
+    let leave_steps = leave.as_ref().map(|(_, cluster)| crate::uninstall::leave_plan(cluster)).transpose()?;
+    let timing = crate::uninstall::Timing {
+        node_cleanup: std::time::Duration::from_secs(timeout_secs),
+        ..crate::uninstall::Timing::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    let (lines, hub_lines) = runtime.block_on(async {
+        let client = slice_kube::kubeconfig::client_from_kubeconfig(kubeconfig, None).await?;
+        let lines = crate::uninstall::run(&client, &steps, dry_run, timing).await?;
+        let hub_lines = match (&leave, &leave_steps) {
+            (Some((hub_kubeconfig, _)), Some(steps)) => {
+                let hub = slice_kube::kubeconfig::client_from_kubeconfig(hub_kubeconfig, None).await?;
+                Some(crate::uninstall::run(&hub, steps, dry_run, timing).await?)
+            }
+            _ => None,
+        };
+        anyhow::Ok((lines, hub_lines))
+    })?;
+    let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    if lines.is_empty() {
+        text.push_str("nothing of slicenet's in this cluster\n");
+    }
+    if let (Some(hub_lines), Some((_, cluster))) = (hub_lines, &leave) {
+        text.push_str(&format!("on the hub, cluster {cluster} leaving:\n"));
+        for l in &hub_lines {
+            text.push_str(&format!("  {l}\n"));
+        }
+        if hub_lines.is_empty() {
+            text.push_str("  nothing left of it\n");
+        }
+    }
+    print_out(&text)
+}
+
+/// `slicectl version [--kubeconfig]`.
+///
+/// # Errors
+/// When the kubeconfig cannot be used or the pods cannot be listed.
+pub fn version(kubeconfig: Option<&Path>) -> Result<()> {
+    let Some(kubeconfig) = kubeconfig else {
+        return print_out(&format!("slicectl {}\n", crate::version::SLICECTL));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    let pods = runtime.block_on(async {
+        let client = slice_kube::kubeconfig::client_from_kubeconfig(kubeconfig, None).await?;
+        crate::version::fetch(&client).await
+    })?;
+    print_out(&crate::version::render(&crate::version::running(&pods), crate::version::SLICECTL))
 }

@@ -32,6 +32,22 @@ pub fn manifest() -> Result<Manifest> {
     Ok(m)
 }
 
+/// The MCS API's CRDs (`multicluster.x-k8s.io` ServiceExport, ServiceImport; `v1beta1` stored,
+/// `v1alpha1` served too), for member clusters that do not have them from another project.
+///
+/// # Errors
+/// When a CRD cannot be serialised.
+pub fn mcs_manifest() -> Result<Manifest> {
+    let mut m = Manifest::new();
+    for crd in slice_api::mcs::crds() {
+        m.push_commented(
+            &["The MCS API (multicluster.x-k8s.io): skip it where the cluster has it already (e.g. from mcs-api or Submariner)."],
+            &crd,
+        )?;
+    }
+    Ok(m)
+}
+
 /// (file name, contents) of every CRD file.
 ///
 /// # Errors

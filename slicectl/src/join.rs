@@ -1,12 +1,9 @@
 //! `slicectl join`: the MemberCluster that registers a cluster with the hub.
 //!
 //! The hub controller, on seeing it, creates the cluster's namespace `slicenet-cluster-<name>`
-//! and plans the cluster into the slices that name it. The worker's credentials there come
-//! from `slicectl install worker-hub-access`.
-
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
+//! and plans the cluster into the slices that name it. With the hub admin's kubeconfig,
+//! `slicectl join` applies it together with the worker's access on the hub and writes the join
+//! file ([`crate::register`]).
 
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
@@ -71,38 +68,6 @@ pub fn manifest(opts: &JoinOptions) -> Result<Manifest> {
     Ok(m)
 }
 
-/// The `kubectl` command line that applies a manifest on stdin to the cluster of `kubeconfig`.
-#[must_use]
-pub fn kubectl_apply_args(kubeconfig: &Path) -> Vec<String> {
-    vec![
-        "--kubeconfig".to_owned(),
-        kubeconfig.display().to_string(),
-        "apply".to_owned(),
-        "--server-side".to_owned(),
-        "--field-manager=slicectl".to_owned(),
-        "-f".to_owned(),
-        "-".to_owned(),
-    ]
-}
-
-/// Applies `yaml` with `kubectl` (which must be on `PATH`) to the cluster of `kubeconfig`.
-///
-/// # Errors
-/// When kubectl cannot be run or fails; its own message is on stderr.
-pub fn kubectl_apply(kubeconfig: &Path, yaml: &str) -> Result<()> {
-    let mut child = Command::new("kubectl")
-        .args(kubectl_apply_args(kubeconfig))
-        .stdin(Stdio::piped())
-        .spawn()
-        .context("running kubectl (is it installed and on PATH?)")?;
-    child.stdin.take().context("kubectl's stdin")?.write_all(yaml.as_bytes()).context("writing to kubectl")?;
-    let status = child.wait().context("waiting for kubectl")?;
-    if !status.success() {
-        bail!("kubectl apply failed ({status})");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,12 +108,5 @@ mod tests {
             assert!(member_cluster(&JoinOptions { cluster: bad.to_owned(), ..opts() }).is_err(), "{bad:?}");
         }
         assert!(member_cluster(&JoinOptions { cluster: "x".repeat(46), ..opts() }).is_ok());
-    }
-
-    #[test]
-    fn apply_goes_through_kubectl_server_side() {
-        let args = kubectl_apply_args(Path::new("/k/hub.yaml"));
-        assert_eq!(args[..3], ["--kubeconfig", "/k/hub.yaml", "apply"]);
-        assert!(args.contains(&"--server-side".to_owned()) && args.ends_with(&["-f".to_owned(), "-".to_owned()]));
     }
 }

@@ -23,14 +23,30 @@ enum Cmd {
         #[command(subcommand)]
         command: InstallCmd,
     },
-    /// Prints the MemberCluster that registers a cluster with the hub (apply it on the hub).
+    /// Registers a member cluster with the hub. With --hub-kubeconfig (the hub admin's): applies
+    /// its MemberCluster and hub access, asks for the worker's first hub token and writes the join
+    /// file (mode 0600) that `slicectl install worker --join` reads. Without: prints the
+    /// MemberCluster only.
     Join {
         /// The member cluster's name (a DNS label of at most 46 characters).
         #[arg(long)]
         cluster: String,
-        /// The hub's kubeconfig (for --apply).
+        /// The hub admin's kubeconfig (its current context): register on the hub and write the
+        /// join file.
         #[arg(long)]
         hub_kubeconfig: Option<PathBuf>,
+        /// The hub API server's URL as the member cluster's pods reach it [default: the
+        /// kubeconfig's server].
+        #[arg(long, requires = "hub_kubeconfig")]
+        hub_server: Option<String>,
+        /// Where to write the join file [default: <cluster>.join].
+        #[arg(long, short = 'o', requires = "hub_kubeconfig")]
+        output: Option<PathBuf>,
+        /// Revoke the worker's hub tokens and write a join file with a new one; the registration
+        /// and the slices stay. Apply `slicectl install worker-credentials --join FILE` in the
+        /// member cluster afterwards.
+        #[arg(long, requires = "hub_kubeconfig", conflicts_with_all = ["pod_cidrs", "service_cidrs", "multus", "uplink_kbps"])]
+        rotate: bool,
         /// The cluster's pod CIDRs (repeat for several).
         #[arg(long = "pod-cidr")]
         pod_cidrs: Vec<String>,
@@ -44,9 +60,21 @@ enum Cmd {
         /// are enforced under it (MemberCluster `uplinkKbps`).
         #[arg(long)]
         uplink_kbps: Option<u64>,
-        /// Apply it to the hub with `kubectl apply --server-side` instead of printing it.
-        #[arg(long, requires = "hub_kubeconfig")]
-        apply: bool,
+    },
+    /// Removes slicenet from a cluster: webhooks first, controllers, what they made, every
+    /// node's data plane and CNI entry (a cleanup DaemonSet), then the install itself.
+    /// Idempotent; `--dry-run` lists what would go.
+    Uninstall {
+        #[command(subcommand)]
+        command: UninstallCmd,
+    },
+    /// slicectl's version and, with --kubeconfig, every slicenet component's version as its
+    /// pods run it (node agents with their node's slice-cni, controllers, webhooks, slice-dns,
+    /// gateways), and where that breaks the version skew policy.
+    Version {
+        /// A cluster's kubeconfig (hub or member cluster).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// The CRDs generated from slice-api's types: to stdout, or one file per CRD.
     Crds {
@@ -69,6 +97,34 @@ enum Cmd {
         /// The host's CNI configuration dir.
         #[arg(long, default_value = "/etc/cni/net.d")]
         conf_dir: PathBuf,
+        /// slice-cni's `stateDir` (the node agent's state dir), when not its default.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// slice-cni's `ipamDir`, when not its default.
+        #[arg(long)]
+        ipam_dir: Option<PathBuf>,
+    },
+    /// Removes everything slicenet made on this node (run in the node's network namespace,
+    /// after its node agent stopped): slice-cni's conflist and binary, router namespaces, VXLAN
+    /// devices, nftables tables, the QoS tree, state and IPAM dirs. Idempotent.
+    NodeUninstall {
+        /// Only list what would go.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        #[arg(long, default_value = slice_api::names::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = slice_api::names::DEFAULT_IPAM_DIR)]
+        ipam_dir: PathBuf,
+        #[arg(long, default_value = slice_api::names::DEFAULT_STATUS_DIR)]
+        status_dir: PathBuf,
+        #[arg(long, default_value = slice_api::names::DEFAULT_NETNS_DIR)]
+        netns_dir: PathBuf,
+        #[arg(long, default_value = slice_api::names::DEFAULT_ROUTER_NETNS_PREFIX)]
+        router_netns_prefix: String,
     },
     /// The lab: clusters of network namespaces on this machine (needs root).
     Lab {
@@ -141,13 +197,16 @@ enum InstallCmd {
     Worker {
         #[command(flatten)]
         image: ImageArgs,
-        /// This cluster's name, as registered with `slicectl join`.
-        #[arg(long)]
-        cluster: String,
+        /// The join file written by `slicectl join --hub-kubeconfig` (cluster, hub, CA, token).
+        #[arg(long, conflicts_with_all = ["cluster", "hub_kubeconfig", "hub_server"], required_unless_present = "cluster")]
+        join: Option<PathBuf>,
+        /// This cluster's name, as registered with `slicectl join` (without --join).
+        #[arg(long, requires = "hub_kubeconfig")]
+        cluster: Option<String>,
         /// A kubeconfig for the hub with the worker's credentials (certificates and token
-        /// embedded), stored in the Secret slicenet-hub-kubeconfig.
-        #[arg(long)]
-        hub_kubeconfig: PathBuf,
+        /// embedded), stored in the Secret slicenet-hub-kubeconfig (without --join).
+        #[arg(long, requires = "cluster")]
+        hub_kubeconfig: Option<PathBuf>,
         /// The hub API server's URL as seen from this cluster's pods, replacing the server of
         /// the kubeconfig's current context.
         #[arg(long)]
@@ -156,6 +215,13 @@ enum InstallCmd {
         /// `k8s.v1.cni.cncf.io/networks` annotation (webhook `--mode multus`).
         #[arg(long)]
         multus: bool,
+    },
+    /// Only the worker's Secret with its hub credentials, from a join file (after `slicectl join
+    /// --rotate`): nothing else in the cluster changes.
+    WorkerCredentials {
+        /// The join file.
+        #[arg(long)]
+        join: PathBuf,
     },
     /// To apply on the hub, per member cluster: the worker's ServiceAccount and roles there (its
     /// namespace slicenet-cluster-<cluster> and its own MemberCluster). Prints on stderr how to
@@ -168,6 +234,50 @@ enum InstallCmd {
     },
     /// The CRDs only (also part of `install hub`).
     Crds,
+    /// The MCS API's CRDs (ServiceExport, ServiceImport) for member clusters that lack them:
+    /// multi-cluster services and slice DNS need them.
+    McsCrds,
+}
+
+/// Options of `slicectl uninstall`.
+#[derive(Debug, Args)]
+struct UninstallArgs {
+    /// The cluster's kubeconfig (its current context), as an administrator.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Only list what would go.
+    #[arg(long)]
+    dry_run: bool,
+    /// The image of the node cleanup DaemonSet [default: ghcr.io/slicenet/slicenet:<slicectl's
+    /// version>].
+    #[arg(long)]
+    image: Option<String>,
+    /// How long to wait for the node cleanup on every node, seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum UninstallCmd {
+    /// A member cluster: pod webhook, worker, node agents, what the worker made, every node's
+    /// slice-cni entry and data plane, the install. Uninstall the workers before the hub. With
+    /// --hub-kubeconfig, the cluster then leaves the hub (MemberCluster, WorkerSlices, access).
+    Worker {
+        #[command(flatten)]
+        args: UninstallArgs,
+        /// The hub admin's kubeconfig: remove the cluster from the hub too.
+        #[arg(long, requires = "cluster")]
+        hub_kubeconfig: Option<PathBuf>,
+        /// The cluster's name on the hub (with --hub-kubeconfig).
+        #[arg(long, requires = "hub_kubeconfig")]
+        cluster: Option<String>,
+    },
+    /// The hub: SliceConfig webhook, hub controller, every WorkerSlice, SliceConfig and
+    /// MemberCluster (finalizers released), the member clusters' access, the CRDs.
+    Hub {
+        #[command(flatten)]
+        args: UninstallArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,23 +359,72 @@ fn main() -> ExitCode {
             InstallCmd::Hub { image } => {
                 commands::install_hub(image.image.as_deref(), image.webhook_tls_dir.as_deref())
             }
-            InstallCmd::Worker { image, cluster, hub_kubeconfig, hub_server, multus } => commands::install_worker(
-                image.image.as_deref(),
-                image.webhook_tls_dir.as_deref(),
-                &cluster,
-                &hub_kubeconfig,
-                hub_server.as_deref(),
-                multus,
-            ),
+            InstallCmd::Worker { image, join, cluster, hub_kubeconfig, hub_server, multus } => {
+                let source = match (join, cluster, hub_kubeconfig) {
+                    (Some(file), _, _) => commands::HubAccess::JoinFile(file),
+                    (None, Some(cluster), Some(kubeconfig)) => {
+                        commands::HubAccess::Kubeconfig { cluster, kubeconfig, server: hub_server }
+                    }
+                    _ => commands::HubAccess::Missing,
+                };
+                commands::install_worker(image.image.as_deref(), image.webhook_tls_dir.as_deref(), &source, multus)
+            }
+            InstallCmd::WorkerCredentials { join } => commands::install_worker_credentials(&join),
             InstallCmd::WorkerHubAccess { cluster } => commands::install_worker_hub_access(&cluster),
             InstallCmd::Crds => commands::crds(None, false),
+            InstallCmd::McsCrds => commands::mcs_crds(),
         },
-        Cmd::Join { cluster, hub_kubeconfig, pod_cidrs, service_cidrs, multus, uplink_kbps, apply } => {
+        Cmd::Join {
+            cluster,
+            hub_kubeconfig,
+            hub_server,
+            output,
+            rotate,
+            pod_cidrs,
+            service_cidrs,
+            multus,
+            uplink_kbps,
+        } => {
             let opts = JoinOptions { cluster, pod_cidrs, service_cidrs, multus, uplink_kbps };
-            commands::join(&opts, hub_kubeconfig.as_deref(), apply)
+            match hub_kubeconfig {
+                Some(kubeconfig) => commands::join_hub(&opts, &kubeconfig, hub_server.as_deref(), output, rotate),
+                None => commands::join(&opts),
+            }
         }
+        Cmd::Uninstall { command } => {
+            let (hub, args, leave) = match command {
+                UninstallCmd::Worker { args, hub_kubeconfig, cluster } => (false, args, hub_kubeconfig.zip(cluster)),
+                UninstallCmd::Hub { args } => (true, args, None),
+            };
+            commands::uninstall(hub, &args.kubeconfig, args.dry_run, args.image.as_deref(), args.timeout, leave)
+        }
+        Cmd::Version { kubeconfig } => commands::version(kubeconfig.as_deref()),
         Cmd::Crds { output_dir, check } => commands::crds(output_dir.as_deref(), check),
-        Cmd::CniInstall { plugin, bin_dir, conf_dir } => commands::cni_install(&plugin, &bin_dir, &conf_dir),
+        Cmd::CniInstall { plugin, bin_dir, conf_dir, state_dir, ipam_dir } => {
+            let paths = slicectl::cni_install::PluginPaths { state_dir, ipam_dir };
+            commands::cni_install(&plugin, &bin_dir, &conf_dir, &paths)
+        }
+        Cmd::NodeUninstall {
+            dry_run,
+            bin_dir,
+            conf_dir,
+            state_dir,
+            ipam_dir,
+            status_dir,
+            netns_dir,
+            router_netns_prefix,
+        } => {
+            let layout = slicectl::node_uninstall::NodeLayout {
+                cni_bin_dir: bin_dir,
+                cni_conf_dir: conf_dir,
+                state_dir,
+                ipam_dir,
+                status_dir,
+                netns_dir,
+                router_netns_prefix,
+            };
+            commands::node_uninstall(&layout, dry_run)
+        }
         Cmd::Lab { command: LabCmd::Demo } => e2e::demo::run(),
         Cmd::Lab { command: LabCmd::Up { prefix, file: None } } => e2e::demo::up(&prefix),
         Cmd::Lab { command: LabCmd::Up { prefix, file: Some(file) } } => commands::lab_up(&prefix, &file),

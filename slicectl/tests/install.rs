@@ -917,6 +917,10 @@ fn worker_hub_access_grants_exactly_the_worker_hub_list_for_its_own_cluster() {
 fn install_crds_and_join_parse() {
     let p = parse(&slicectl(&["install", "crds"]));
     assert_eq!(p.crds, slice_api::crd::crds());
+    let mcs = slicectl::manifest::parse_documents(&slicectl(&["install", "mcs-crds"])).unwrap();
+    let mcs: Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        mcs.into_iter().map(|d| yaml_serde::from_value(d).unwrap()).collect();
+    assert_eq!(mcs, slice_api::mcs::crds());
     let p = parse(&slicectl(&["join", "--cluster", "east", "--pod-cidr", "10.244.0.0/16", "--multus"]));
     assert_eq!(p.member_clusters[0].spec.pod_cidrs, ["10.244.0.0/16"]);
     assert!(p.member_clusters[0].spec.multus);
@@ -931,8 +935,11 @@ fn bad_input_fails_with_a_message() {
     let out = run(&["join", "--cluster", "Bad_Name"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cluster name"));
-    let out = run(&["join", "--cluster", "east", "--apply"]);
-    assert!(!out.status.success(), "--apply needs --hub-kubeconfig");
+    let out = run(&["join", "--cluster", "east", "--rotate"]);
+    assert!(!out.status.success(), "--rotate needs --hub-kubeconfig");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--hub-kubeconfig"));
+    let out = run(&["install", "worker", "--hub-kubeconfig", "/k"]);
+    assert!(!out.status.success(), "--hub-kubeconfig needs --cluster");
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //!
 //! The manifests: `install hub`, `install worker` (chained and `--multus`), `install
 //! worker-hub-access`, and the gateway Deployment and Service the worker creates (built by the
-//! worker's own code), one file each in a temporary directory. They include the
+//! worker's own code), the node cleanup DaemonSet of `slicectl uninstall worker` and `install
+//! mcs-crds`, one file each in a temporary directory. They include the
 //! ValidatingAdmissionPolicies and their bindings.
 //!
 //! The tools come from `make validators` (a venv under `target/validators-venv`, pinned in
@@ -86,6 +87,10 @@ fn print_manifests(dir: &Path) -> Vec<PathBuf> {
     let gateway = [gateway_deployment(&spec, &defaults), gateway_service(&spec).unwrap()];
     let gateway: Vec<String> = gateway.iter().map(|o| format!("---\n{}", yaml_serde::to_string(o).unwrap())).collect();
     files.push(("gateway.yaml", gateway.concat()));
+    // What `slicectl uninstall worker` applies for a while: the node cleanup DaemonSet.
+    let cleanup = slicectl::uninstall::node_cleanup_daemonset(&slicectl::install::default_image());
+    files.push(("node-cleanup.yaml", format!("---\n{}", yaml_serde::to_string(&cleanup).unwrap())));
+    files.push(("mcs-crds.yaml", slicectl(&["install", "mcs-crds"])));
     // The admission policies and their bindings are among what is checked (two in `install
     // hub`, three in `install worker`).
     let text: String = files.iter().map(|(_, t)| t.as_str()).collect();

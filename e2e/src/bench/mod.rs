@@ -13,7 +13,12 @@
 //!    without a tunnel, `slice-gateway` pod to pod through the whole slice path and between the
 //!    gateway pods, wireguard-go and OpenVPN between the gateway pods ([`across`]).
 //! 9. `slice-dns` against Knot DNS on the same records, with `dnsperf` ([`dns`]).
-//! 10. The control plane at scale: simulated clusters on the in-memory API against the real hub
+//! 10. MultiNetworkPolicy at 1,000 and 10,000 pods × 100 policies: compile + apply on a node,
+//!     a label change to enforcement on another cluster's node, throughput with and without
+//!     policies ([`policy`]).
+//! 11. QoS per slice over a 40 Mbit/s uplink, on and off: rates against the profiles and a
+//!     high-priority slice's ping under a saturating low-priority one ([`qos`]).
+//! 12. The control plane at scale: simulated clusters on the in-memory API against the real hub
 //!     and the workers' writes, 16–512 clusters × 1–64 slices, and the gateway's peer lookup
 //!     ([`scale`]; no lab, no root needed by the section itself).
 //!
@@ -28,7 +33,9 @@ mod dns;
 mod doc;
 mod path;
 mod place;
+mod policy;
 mod process;
+mod qos;
 mod scale;
 mod stats;
 mod tunnel;
@@ -73,6 +80,8 @@ pub struct Options {
     pub run_across: bool,
     pub run_convergence: bool,
     pub run_dns: bool,
+    pub run_policy: bool,
+    pub run_qos: bool,
     pub run_scale: bool,
     /// Length of one dnsperf run in section 9.
     pub dns_seconds: u32,
@@ -97,6 +106,8 @@ impl Default for Options {
             run_across: true,
             run_convergence: true,
             run_dns: true,
+            run_policy: true,
+            run_qos: true,
             run_scale: true,
             dns_seconds: 10,
             joins: 10,
@@ -120,10 +131,11 @@ options:
   --iperf-seconds S     length of one iperf3 run (default 5)
   --iperf-runs N        iperf3 runs per path (default 3)
   --pings N             echo requests per path (default 20)
-  --joins N             timed cluster joins in section 6 (default 10)
+  --joins N             timed cluster joins in section 6, label changes per size in section 10
+                        (default 10)
   --dns-seconds S       length of one dnsperf run in section 9 (default 10)
   --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence,
-                        dns,scale (default all)
+                        dns,policy,qos,scale (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
@@ -168,6 +180,7 @@ impl Options {
                     let list = value()?;
                     (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence, o.run_dns) =
                         (false, false, false, false, false, false, false);
+                    (o.run_policy, o.run_qos) = (false, false);
                     o.run_scale = false;
                     for part in list.split(',').map(str::trim) {
                         match part {
@@ -178,10 +191,12 @@ impl Options {
                             "across" => o.run_across = true,
                             "convergence" => o.run_convergence = true,
                             "dns" => o.run_dns = true,
+                            "policy" => o.run_policy = true,
+                            "qos" => o.run_qos = true,
                             "scale" => o.run_scale = true,
                             other => {
                                 bail!(
-                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, scale)"
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, scale)"
                                 )
                             }
                         }
@@ -251,6 +266,8 @@ struct Figures {
     across: Option<tunnel::TunnelSection>,
     convergence: Option<(Vec<crate::convergence::Join>, Vec<crate::convergence::NameChange>)>,
     dns: Option<dns::DnsSection>,
+    policy: Option<policy::PolicySection>,
+    qos: Option<qos::QosSection>,
     scale: Option<scale::ScaleSection>,
 }
 
@@ -288,6 +305,10 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: CONVERGENCE_BEGIN, end: CONVERGENCE_END }.update(&text, convergence_doc, &old);
         let dns_doc = figures.dns.as_ref().map(|d| dns::doc_section(d, &command));
         text = doc::Marked { begin: dns::BEGIN, end: dns::END }.update(&text, dns_doc, &old);
+        let policy_doc = figures.policy.as_ref().map(|p| policy::doc_section(p, &command));
+        text = doc::Marked { begin: policy::BEGIN, end: policy::END }.update(&text, policy_doc, &old);
+        let qos_doc = figures.qos.as_ref().map(|q| qos::doc_section(q, &command));
+        text = doc::Marked { begin: qos::BEGIN, end: qos::END }.update(&text, qos_doc, &old);
         let scale_doc = figures.scale.as_ref().map(|s| scale::doc_section(s, &command));
         text = doc::Marked { begin: scale::BEGIN, end: scale::END }.update(&text, scale_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -333,10 +354,11 @@ fn preflight(options: &Options) -> Result<()> {
     let bin = crate::bin_dir();
     let labs = options.run_cni || options.run_cri || options.run_path;
     let mut needed = Vec::new();
-    if labs || options.run_across {
+    let control = options.run_policy || options.run_qos;
+    if labs || options.run_across || control {
         needed.extend(["slice-cni", "slice-operator"]);
     }
-    if options.run_tunnel || options.run_across {
+    if options.run_tunnel || options.run_across || control {
         needed.push("slice-gateway");
     }
     if options.run_dns {
@@ -351,10 +373,16 @@ fn preflight(options: &Options) -> Result<()> {
         }
     }
     let mut tools = vec!["ip"];
-    if labs || options.run_across {
+    if labs || options.run_across || control {
         tools.extend(["containerd", "nsenter"]);
     }
-    if options.run_path || options.run_tunnel || options.run_across {
+    if options.run_qos {
+        tools.push("tc");
+    }
+    if options.run_policy {
+        tools.push("nft");
+    }
+    if options.run_path || options.run_tunnel || options.run_across || control {
         tools.extend(["iperf3", "ping", "ss", "timeout"]);
     }
     if options.run_tunnel || options.run_across {
@@ -420,9 +448,28 @@ fn measure(options: &Options) -> Result<Figures> {
         println!("{}", dns::table(&d));
         figures.dns = Some(d);
     }
+    if options.run_policy {
+        process::check_interrupted()?;
+        eprintln!(
+            "slicenet-bench: 10. MultiNetworkPolicy at {:?} pods × 100 policies (namespace {}, lab {})",
+            policy::SIZES,
+            policy::NS,
+            policy::LAB
+        );
+        let p = policy::run(options.joins, options.iperf_runs, options.iperf_seconds)?;
+        println!("{}", policy::table(&p));
+        figures.policy = Some(p);
+    }
+    if options.run_qos {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 11. QoS per slice, on and off (lab {})", qos::LAB);
+        let q = qos::run(options.iperf_seconds, options.pings)?;
+        println!("{}", qos::table(&q));
+        figures.qos = Some(q);
+    }
     if options.run_scale {
         process::check_interrupted()?;
-        eprintln!("slicenet-bench: 10. the control plane at scale (in memory, no lab)");
+        eprintln!("slicenet-bench: 12. the control plane at scale (in memory, no lab)");
         let s = scale::run()?;
         println!("{}", scale::table(&s));
         figures.scale = Some(s);

@@ -126,7 +126,7 @@ pub(crate) fn parse_ping(out: &str) -> Option<[f64; 4]> {
 }
 
 /// One iperf3 run from `client` to `server` at `to`: (Gbit/s received, retransmits, congestion).
-fn iperf(client: &Pod, server: &Pod, to: Ipv4Addr, seconds: u32) -> Result<(f64, u64, String)> {
+pub(crate) fn iperf(client: &Pod, server: &Pod, to: Ipv4Addr, seconds: u32) -> Result<(f64, u64, String)> {
     let mut command = crate::netns::command(&server.netns_path, &["iperf3", "-s", "-1", "-p", IPERF_PORT]);
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut srv = Server(command.spawn().context("cannot start the iperf3 server")?);

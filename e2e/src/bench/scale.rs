@@ -1,4 +1,4 @@
-//! Section 10 of `slicenet-bench`: the control plane at scale, without a lab. Simulated member
+//! Section 12 of `slicenet-bench`: the control plane at scale, without a lab. Simulated member
 //! clusters on the in-memory API (`slice_kube::memory`) against the real hub code: its index
 //! and scoped decision ([`hub::HubIndex`]), its requests ([`hub::execute::execute`]) and its
 //! whole pass ([`hub::Hub::resync`]); on the members' side the worker's heartbeat
@@ -522,7 +522,7 @@ pub(crate) fn run() -> Result<ScaleSection> {
     };
     for (clusters, slices) in sizes {
         super::process::check_interrupted()?;
-        eprintln!("slicenet-bench: 10. scale, {clusters} clusters × {slices} slices");
+        eprintln!("slicenet-bench: 12. scale, {clusters} clusters × {slices} slices");
         let row = measure_size(clusters, slices)?;
         eprintln!(
             "  heartbeat {:?} ({} plans, {} writes), join {:?}, whole decide {:?}",
@@ -712,7 +712,7 @@ fn goals(s: &ScaleSection) -> Vec<Vec<String>> {
 
 /// The section of `docs/benchmarks.md`.
 pub(crate) fn doc_section(s: &ScaleSection, command: &str) -> String {
-    let mut out = format!("{BEGIN}\n## 10. The control plane at scale (issue 21)\n\n");
+    let mut out = format!("{BEGIN}\n## 12. The control plane at scale (issue 21)\n\n");
     out += "Simulated member clusters on the in-memory API against the real hub (its index, scoped \
             decision and requests) and the workers' own heartbeat and status writes; every cluster in \
             every slice. A cell of the first table: the hub's CPU for the event (learning the changed \

@@ -12,7 +12,10 @@
 //!   mounted Secret changes) and the interface name (unique in the lab, since every gateway's
 //!   WireGuard UAPI socket lands in the one host `/var/run/wireguard`). Its `Pod` object is
 //!   published with `status.podIP` and the `network-status` annotation (what the node agent
-//!   publishes in a cluster), so the worker finds its slice address and its metrics.
+//!   publishes in a cluster), so the worker finds its slice address and its metrics. When the
+//!   Deployment's command line changes (a QoS profile's DSCP class is a flag), a cluster rolls
+//!   the pod; the lab replaces the process in the same pod (same network namespace and
+//!   addresses), which is as much of a roll as the tunnels see.
 //! - **Gateway Services** (NodePort): the edge forwards the Service's `nodePort` on the
 //!   cluster's public address to the gateway pod (none behind NAT), as kube-proxy would.
 //! - **Users' objects** (`super::workloads`): Pods through CRI with their status and
@@ -52,6 +55,8 @@ pub(crate) struct GatewayRun {
     argv: Vec<String>,
     /// How often it was restarted after it exited.
     pub restarts: u32,
+    /// How often its process was replaced because the Deployment's command line changed.
+    pub rolled: u32,
     config: PathBuf,
     /// The Pod object's path in the cluster's API.
     object: String,
@@ -254,7 +259,19 @@ impl Kubelet {
             let text = decode_secret(secret, GATEWAY_CONFIG_KEY)?;
             if let Some(run) = self.gateways.get_mut(&name) {
                 changed |= write_config(&run.config, &text)?;
-                if !run.process.is_running() {
+                let argv = gateway_argv(lab, container, &run.interface, &run.config)?;
+                if argv != run.argv {
+                    // The Deployment's template changed (e.g. `--dscp` after a QoS profile
+                    // change): a cluster rolls the pod; the lab keeps the pod (its network
+                    // namespace and addresses) and replaces the process.
+                    run.process.stop().with_context(|| format!("{cluster}: stopping gateway {name}"))?;
+                    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+                    run.process = spawn_gateway(&run.pod, &args, &run.interface, timeout)
+                        .with_context(|| format!("{cluster}: rolling gateway {name}"))?;
+                    run.argv = argv;
+                    run.rolled += 1;
+                    changed = true;
+                } else if !run.process.is_running() {
                     // As a kubelet restarts a container that exited: the same pod, its
                     // network namespace and addresses, a new process.
                     let argv: Vec<&str> = run.argv.iter().map(String::as_str).collect();
@@ -311,28 +328,7 @@ impl Kubelet {
         std::fs::create_dir_all(&dir)?;
         let config = dir.join(format!("{cluster}-{name}.conf"));
         write_config(&config, config_text)?;
-        // The container's command and arguments, with the lab's config path and interface name.
-        let bin = lab.options().bin_dir.join("slice-gateway");
-        if !bin.exists() {
-            bail!("{} does not exist: build it or set SLICENET_BIN_DIR", bin.display());
-        }
-        let mut argv = vec![bin.display().to_string()];
-        let args: Vec<String> =
-            container["args"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_owned)).collect();
-        let mut replace = None;
-        for a in args {
-            match replace.take() {
-                Some(value) => argv.push(value),
-                None => {
-                    if a == arg(flag::INTERFACE) {
-                        replace = Some(interface.clone());
-                    } else if a == arg(flag::CONFIG) {
-                        replace = Some(config.display().to_string());
-                    }
-                    argv.push(a);
-                }
-            }
-        }
+        let argv = gateway_argv(lab, container, &interface, &config)?;
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
         let process = spawn_gateway(&pod, &args, &interface, timeout).with_context(|| format!("{cluster}: {name}"))?;
         let slice_address = pod.ipv4("slice0")?;
@@ -363,6 +359,7 @@ impl Kubelet {
             slice_address,
             argv,
             restarts: 0,
+            rolled: 0,
             config,
             object: path,
         })
@@ -443,6 +440,33 @@ impl Kubelet {
         self.dns.teardown(lab, cluster)?;
         self.workloads.teardown(lab, cluster)
     }
+}
+
+/// The container's command and arguments as the lab runs them: the lab's `slice-gateway`, its
+/// config path and interface name in place of the Deployment's.
+fn gateway_argv(lab: &Lab, container: &Value, interface: &str, config: &std::path::Path) -> Result<Vec<String>> {
+    let bin = lab.options().bin_dir.join("slice-gateway");
+    if !bin.exists() {
+        bail!("{} does not exist: build it or set SLICENET_BIN_DIR", bin.display());
+    }
+    let mut argv = vec![bin.display().to_string()];
+    let args: Vec<String> =
+        container["args"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_owned)).collect();
+    let mut replace = None;
+    for a in args {
+        match replace.take() {
+            Some(value) => argv.push(value),
+            None => {
+                if a == arg(flag::INTERFACE) {
+                    replace = Some(interface.to_owned());
+                } else if a == arg(flag::CONFIG) {
+                    replace = Some(config.display().to_string());
+                }
+                argv.push(a);
+            }
+        }
+    }
+    Ok(argv)
 }
 
 /// Runs the gateway's command line in `pod` and waits until its TUN device and UAPI socket

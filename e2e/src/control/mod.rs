@@ -56,6 +56,10 @@ use kubelet::Kubelet;
 
 /// Annotation: how many nodes the lab gives a member cluster.
 pub const NODES_ANNOTATION: &str = "lab.slicenet.io/nodes";
+/// On a Pod object written straight to a cluster's API: a pod that runs nowhere, which the
+/// lab's kubelet leaves alone (the scale benchmarks fill pod directories with them; the
+/// workers, the hub and the node agents see them as running pods).
+pub const SIMULATED_ANNOTATION: &str = "lab.slicenet.io/simulated";
 /// Annotation: the lab puts the member cluster behind NAT.
 pub const BEHIND_NAT_ANNOTATION: &str = "lab.slicenet.io/behind-nat";
 /// Nodes of a member cluster without [`NODES_ANNOTATION`].
@@ -241,6 +245,12 @@ impl ControlPlane {
         }
     }
 
+    /// How long [`ControlPlane::apply`] and the other convergences wait for the lab to come to
+    /// rest (60 s unless set): a test that starts many gateways on a loaded machine gives more.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// The SliceConfigs with the status the hub wrote.
     pub fn slices(&self) -> &[SliceConfig] {
         &self.view.slices
@@ -305,6 +315,12 @@ impl ControlPlane {
     /// How often the lab restarted the gateway of `slice` in `cluster` after it exited.
     pub fn gateway_restarts(&self, slice: &str, cluster: &str) -> Option<u32> {
         self.gateway(slice, cluster).map(|g| g.restarts)
+    }
+
+    /// How often the lab replaced the gateway process of `slice` in `cluster` because its
+    /// Deployment's command line changed (a cluster would roll the pod).
+    pub fn gateway_rolls(&self, slice: &str, cluster: &str) -> Option<u32> {
+        self.gateway(slice, cluster).map(|g| g.rolled)
     }
 
     /// The gateway's log of `slice` in `cluster`.

@@ -153,6 +153,11 @@ fn is_gateway(pod: &Value) -> bool {
     pod["metadata"]["namespace"] == GATEWAY_NAMESPACE
 }
 
+/// Whether a Pod object stands for a pod that runs nowhere ([`super::SIMULATED_ANNOTATION`]).
+fn is_simulated(pod: &Value) -> bool {
+    pod["metadata"]["annotations"][super::SIMULATED_ANNOTATION] == "true"
+}
+
 fn ready(pod: &Value) -> bool {
     pod["status"]["conditions"]
         .as_array()
@@ -180,7 +185,7 @@ impl Workloads {
     /// round instead).
     pub fn step(&mut self, lab: &Lab, api: &MemoryApi<String>, cluster: &str) -> Result<bool> {
         let side = cluster.to_owned();
-        let objects: Vec<Value> = api.list(&side, "/api/v1/pods").into_iter().filter(|p| !is_gateway(p)).collect();
+        let objects: Vec<Value> = api.list_where(&side, "/api/v1/pods", |p| !is_gateway(p) && !is_simulated(p));
         let mut changed = false;
         let gone: Vec<String> = self.pods.keys().filter(|k| !objects.iter().any(|o| key(o) == **k)).cloned().collect();
         for k in gone {
@@ -268,7 +273,9 @@ fn slice_attachment(node: &crate::Node, namespace: &str, pod: &Pod) -> Result<Op
 fn endpoint_slices(api: &MemoryApi<String>, cluster: &str) -> Result<bool> {
     let side = cluster.to_owned();
     let services = api.list(&side, "/api/v1/services");
-    let pods = api.list(&side, "/api/v1/pods");
+    // Simulated pods have no endpoints here (and are many: not copied).
+    let pods =
+        if services.is_empty() { Vec::new() } else { api.list_where(&side, "/api/v1/pods", |p| !is_simulated(p)) };
     let existing = api.list(&side, "/apis/discovery.k8s.io/v1/endpointslices");
     let mut changed = false;
     let mut wanted = Vec::new();

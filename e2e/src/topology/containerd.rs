@@ -161,7 +161,7 @@ pub(crate) fn conflist(
 pub(crate) fn prepare(
     paths: &ContainerdPaths,
     conflist: &serde_json::Value,
-    slice_cni_binary: &Path,
+    slice_cni_binary: Option<&Path>,
     sandbox_image: &str,
 ) -> Result<()> {
     for dir in [paths.dir.clone(), paths.cni_bin(), paths.cni_conf(), paths.host_local_dir()] {
@@ -169,8 +169,12 @@ pub(crate) fn prepare(
     }
     let mut links: Vec<(PathBuf, PathBuf)> =
         REFERENCE_PLUGINS.iter().map(|p| (Path::new(REFERENCE_PLUGIN_DIR).join(p), paths.cni_bin().join(p))).collect();
-    // Linked even when not built yet: it is resolved only when the chain runs it.
-    links.push((slice_cni_binary.to_path_buf(), paths.cni_bin().join("slice-cni")));
+    // Linked even when not built yet: it is resolved only when the chain runs it. Not linked
+    // when the chain has no slice-cni: the node is then as before an install (the uninstall
+    // test installs it with `slicectl cni-install` and checks that it goes).
+    if let Some(binary) = slice_cni_binary {
+        links.push((binary.to_path_buf(), paths.cni_bin().join("slice-cni")));
+    }
     for (target, link) in links {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&target, &link)

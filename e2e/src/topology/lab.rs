@@ -743,7 +743,13 @@ impl Node {
         }
         let chain = options.slice_cni.then_some((state.as_path(), ipam.as_path()));
         let conflist = containerd::conflist(&self.containerd, &self.pod_cidr.to_string(), chain);
-        containerd::prepare(&self.containerd, &conflist, &slice_cni_binary, crate::PAUSE_IMAGE).with_context(ctx)?;
+        containerd::prepare(
+            &self.containerd,
+            &conflist,
+            options.slice_cni.then_some(slice_cni_binary.as_path()),
+            crate::PAUSE_IMAGE,
+        )
+        .with_context(ctx)?;
         let child = containerd::start(&self.containerd, &self.netns_path()).with_context(ctx)?;
         *self.containerd_child.lock().expect("lock") = Some(child);
         self.wait_containerd_ready(options.start_timeout).with_context(ctx)?;

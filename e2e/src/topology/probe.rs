@@ -6,7 +6,7 @@ use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::Pod;
 
@@ -374,4 +374,140 @@ fn probe_here(targets: &[(SocketAddrV4, Transport)], deadline: Duration) -> Vec<
         unsafe { libc::close(fd) };
     }
     out
+}
+
+/// A TCP echo server of the test's own in a pod, counting the connections it accepted, until
+/// stopped or dropped.
+pub struct EchoServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    #[must_use]
+    pub fn start(pod: &Pod, port: u16) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s, a) = (stop.clone(), accepted.clone());
+        let thread = in_netns(&pod.netns_path, move || {
+            let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the echo server");
+            listener.set_nonblocking(true).expect("non-blocking");
+            tx.send(()).expect("the test waits");
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        a.fetch_add(1, Ordering::SeqCst);
+                        conn.set_nonblocking(false).expect("blocking");
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = conn.read(&mut buf) {
+                                if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30)).expect("the echo server listens");
+        Self { stop, accepted, thread: Some(thread) }
+    }
+
+    /// Stops listening; the connections it accepted.
+    pub fn stop(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One TCP connection from a pod carrying 1 KiB round trips back to back until stopped: traffic
+/// that must survive a change (30 s read timeout: a busy machine is not a broken connection).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<Option<String>>>,
+}
+
+impl Load {
+    #[must_use]
+    pub fn start(pod: &Pod, to: SocketAddrV4) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, c) = (stop.clone(), count.clone());
+        let thread = in_netns(&pod.netns_path, move || {
+            let mut conn = match std::net::TcpStream::connect_timeout(&to.into(), Duration::from_secs(30)) {
+                Ok(conn) => conn,
+                Err(e) => return Some(format!("connect: {e}")),
+            };
+            // Generous: a busy machine is not a broken connection.
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+            let out = [7u8; 1024];
+            let mut back = [0u8; 1024];
+            while !s.load(Ordering::SeqCst) {
+                if let Err(e) = conn.write_all(&out).and_then(|()| conn.read_exact(&mut back)) {
+                    return Some(format!("round trip {}: {e}", c.load(Ordering::SeqCst) + 1));
+                }
+                if back != out {
+                    return Some("the echo differs from what was sent".to_owned());
+                }
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+            None
+        });
+        Self { stop, count, thread: Some(thread) }
+    }
+
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` round trips are done (or the connection failed: `stop` tells).
+    ///
+    /// # Panics
+    /// When `n` round trips are not done within 60 s.
+    pub fn wait_for(&self, n: usize, what: &str) {
+        let end = Instant::now() + Duration::from_secs(60);
+        while self.count() < n && !self.thread.as_ref().is_some_and(std::thread::JoinHandle::is_finished) {
+            assert!(Instant::now() < end, "{what}: {} of {n} round trips within 60 s", self.count());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it: the round trips done, and the error that ended it early.
+    pub fn stop(mut self) -> (usize, Option<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let error =
+            self.thread.take().and_then(|t| t.join().unwrap_or_else(|_| Some("the load thread panicked".into())));
+        (self.count(), error)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

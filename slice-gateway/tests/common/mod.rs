@@ -303,10 +303,18 @@ impl Lab {
 
     /// Starts Debian's wireguard-go in node `i` and configures it with `wg setconf`.
     pub fn start_wireguard_go(&mut self, i: usize, config: &str) -> Result<usize> {
+        self.start_userspace_wg(i, "wireguard-go", &["-f"], config)
+    }
+
+    /// Starts another userspace WireGuard on node `i`, `program args… IFNAME` (in the
+    /// foreground, its UAPI socket where wg(8) looks), configured like
+    /// [`Lab::start_wireguard_go`].
+    pub fn start_userspace_wg(&mut self, i: usize, program: &str, args: &[&str], config: &str) -> Result<usize> {
         let ifname = self.ifname(i);
         let socket = socket_path(&ifname);
-        let idx =
-            self.spawn(i, "wireguard-go", &["-f", &ifname], &[("WG_PROCESS_FOREGROUND", "1")], socket, ifname.clone())?;
+        let mut argv = args.to_vec();
+        argv.push(&ifname);
+        let idx = self.spawn(i, program, &argv, &[("WG_PROCESS_FOREGROUND", "1")], socket, ifname.clone())?;
         let path = self.write_private(&format!("{ifname}.conf"), config)?;
         self.exec(i, &format!(
             "wg setconf {ifname} {} && ip link set {ifname} mtu 1420 && ip addr add {}/24 dev {ifname} && ip link set {ifname} up",

@@ -1,13 +1,19 @@
 //! Anti-spoofing, the router's first check: a packet that arrives on any interface but `lo`
 //! with a source address that the router would not route back out of that same interface is
-//! dropped (nft's `fib saddr . iif oif missing`, strict reverse-path filtering). A pod's veth
-//! has exactly one route, the CNI plugin's `/32` (`/128`) to the pod's slice address, so a pod
-//! can send only from its own address; the VXLAN carries the peer nodes' prefixes (and the
-//! remote clusters' behind a peer's gateway), and the local gateway pod's veth the remote
-//! clusters' prefixes routed via it. Using the routing table instead of a list of addresses per
-//! veth keeps the check true the moment the CNI plugin adds a pod, with no rule to rewrite, and
-//! covers IPv6, which has no `rp_filter`. It runs at priority `raw`, before conntrack, so a
-//! forged packet never creates a connection entry and no policy can allow it.
+//! dropped (strict reverse-path filtering). A pod's veth has exactly one route, the CNI
+//! plugin's `/32` (`/128`) to the pod's slice address, so a pod can send only from its own
+//! address; the VXLAN carries the peer nodes' prefixes (and the remote clusters' behind a
+//! peer's gateway), and the local gateway pod's veth the remote clusters' prefixes routed via
+//! it. Using the routing table instead of a list of addresses per veth keeps the check true
+//! the moment the CNI plugin adds a pod, with no rule to rewrite.
+//!
+//! **IPv4:** the kernel does it. The agent sets `rp_filter` to 1 (strict) for every interface
+//! of the router (`plan::ROUTER_SYSCTLS`), which the kernel checks at the routing decision,
+//! before the forward hook where policy runs: a forged packet is never forwarded and its
+//! connection-tracking entry is never confirmed, so no policy can allow it. **IPv6** has no
+//! `rp_filter`: this chain does the same check with nft's `fib saddr . iif oif missing`, at
+//! priority `raw`, before conntrack, for IPv6 packets only. Doing it here for IPv4 as well
+//! would be the same route lookup twice per packet (what each costs: docs/decisions.md).
 
 use serde_json::{Value, json};
 
@@ -25,11 +31,12 @@ pub fn chains() -> Vec<Value> {
         rule(
             CHAIN,
             vec![
+                json!({"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv6"}}),
                 json!({"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "lo"}}),
                 json!({"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, "right": false}}),
                 json!({"drop": null}),
             ],
-            Some("source address not routed back through the interface it came in on"),
+            Some("IPv6 source address not routed back through the interface it came in on (IPv4: rp_filter)"),
         ),
     ]
 }

@@ -8,7 +8,7 @@
 //!
 //! | chain | type, hook, priority | job |
 //! | --- | --- | --- |
-//! | `anti-spoof` | filter, prerouting, raw (-300) | drop a packet whose source is not routed back out of its input interface ([`anti_spoof`]) |
+//! | `anti-spoof` | filter, prerouting, raw (-300) | drop an IPv6 packet whose source is not routed back out of its input interface; IPv4 has the kernel's strict `rp_filter` ([`anti_spoof`]) |
 //! | `services` | nat, prerouting, dstnat (-100) | DNAT a new connection to a ClusterSetIP port to one backend ([`services`]) |
 //! | `services-unserved` | filter, prerouting, dstnat + 10 | refuse what still goes to a ClusterSetIP (no backend, no such port) |
 //! | `policy-forward` | filter, forward, filter (0) | MultiNetworkPolicy for this node's pods ([`policy`]) |

@@ -245,7 +245,7 @@ mod tests {
             "table inet slicenet {",
             "\tset except-0 {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { 10.80.0.9 }\n\t}",
             "\tmap policy-ingress-pods {\n\t\ttype ipv4_addr : verdict\n\t\telements = { 10.80.0.2 : jump ingress-0 }",
-            "\t\ttype filter hook prerouting priority -300; policy accept;\n\t\tiifname != lo fib saddr . iif oif missing drop comment",
+            "\t\ttype filter hook prerouting priority -300; policy accept;\n\t\tmeta nfproto ipv6 iifname != lo fib saddr . iif oif missing drop comment",
             "\t\tip saddr 10.80.0.0/24 ip saddr != @except-0 tcp dport 80-90 accept comment \"x/web ingress[0]\"",
             "\t\tct state established,related accept\n\t\tct state invalid drop\n\t\tip saddr vmap @policy-egress-pods",
             "dnat ip to numgen random mod 2 map { 0 : 10.80.0.2 . 80, 1 : 10.80.0.3 . 80 }",
@@ -256,16 +256,7 @@ mod tests {
         assert!(text.ends_with("\t}\n}\n"), "{text}");
         assert_eq!(render(&[]), "");
 
-        let config = slice_api::node::NodeAgentConfig {
-            node: "n1".into(),
-            underlay_address: "198.18.0.1".parse().unwrap(),
-            underlay_mtu: 1500,
-            state_dir: "/tmp".into(),
-            netns_dir: "/run/netns".into(),
-            router_netns_prefix: "t-".into(),
-            vxlan_port: 4789,
-            slices: vec![slice.clone()],
-        };
+        let config = slice_api::node::NodeAgentConfig::example(vec![slice.clone()]);
         let shown = show(&config, Some("blue")).unwrap();
         assert!(shown.starts_with("# slice blue on node n1: 1 policies, 1 pod(s) of this node isolated for ingress, 0 for egress\ntable inet slicenet {"), "{shown}");
         assert_eq!(show(&config, Some("red")), Err("node n1 has no slice red".into()));

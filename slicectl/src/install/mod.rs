@@ -180,6 +180,21 @@ pub fn worker(opts: &Options, cluster: &str, hub_kubeconfig: &str, hub_server: O
     Ok(m)
 }
 
+/// `slicectl install worker-credentials`: only the worker's Secret with its hub kubeconfig and
+/// token (after `slicectl join --rotate`): applying it changes nothing else in the cluster.
+///
+/// # Errors
+/// When `hub_kubeconfig` cannot be used from a pod ([`crate::kubeconfig::for_worker`]).
+pub fn worker_credentials(hub_kubeconfig: &str, hub_server: Option<&str>) -> Result<Manifest> {
+    let credentials = crate::kubeconfig::for_worker(hub_kubeconfig, hub_server).context("--hub-kubeconfig")?;
+    let mut m = Manifest::new();
+    m.push_commented(
+        &["The worker's credentials on the hub (`slicectl join`); the worker reads the new token without a restart."],
+        &hub_kubeconfig_secret(credentials),
+    )?;
+    Ok(m)
+}
+
 /// `slicectl install worker-hub-access`: on the hub, the namespace of `cluster`, the worker's
 /// ServiceAccount there with its token Secret, a Role there, and a ClusterRole limited to its
 /// own MemberCluster by name. What the worker may change on its WorkerSlices (status and its

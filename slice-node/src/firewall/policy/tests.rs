@@ -23,16 +23,7 @@ fn slice(policies: Value) -> SliceOnNode {
         ]
     }))
     .unwrap();
-    let config = slice_api::node::NodeAgentConfig {
-        node: "n1".into(),
-        underlay_address: "198.18.0.1".parse().unwrap(),
-        underlay_mtu: 1500,
-        state_dir: "/tmp".into(),
-        netns_dir: "/run/netns".into(),
-        router_netns_prefix: "t-".into(),
-        vxlan_port: 4789,
-        slices: vec![s.clone()],
-    };
+    let config = slice_api::node::NodeAgentConfig::example(vec![s.clone()]);
     config.validate().expect("fixture is valid");
     s
 }
