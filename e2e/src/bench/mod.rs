@@ -18,6 +18,9 @@
 //!     policies ([`policy`]).
 //! 11. QoS per slice over a 40 Mbit/s uplink, on and off: rates against the profiles and a
 //!     high-priority slice's ping under a saturating low-priority one ([`qos`]).
+//! 12. The control plane at scale: simulated clusters on the in-memory API against the real hub
+//!     and the workers' writes, 16–512 clusters × 1–64 slices, and the gateway's peer lookup
+//!     ([`scale`]; no lab, no root needed by the section itself).
 //!
 //! Everything runs in two labs made for the purpose (prefixes [`SLICE_LAB`] and [`PLAIN_LAB`]);
 //! nothing is sent outside their namespaces. The labs are torn down on every path: on return,
@@ -33,6 +36,7 @@ mod place;
 mod policy;
 mod process;
 mod qos;
+mod scale;
 mod stats;
 mod tunnel;
 
@@ -44,6 +48,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::{Lab, LabOptions, LabSlice};
+pub use scale::CountingAllocator;
 use stats::{Summary, added_percent, ratio};
 
 /// Prefix of the lab with `slice-cni` in the chain and node agents running the bench slice.
@@ -77,6 +82,7 @@ pub struct Options {
     pub run_dns: bool,
     pub run_policy: bool,
     pub run_qos: bool,
+    pub run_scale: bool,
     /// Length of one dnsperf run in section 9.
     pub dns_seconds: u32,
     /// Cluster joins timed in section 6.
@@ -102,6 +108,7 @@ impl Default for Options {
             run_dns: true,
             run_policy: true,
             run_qos: true,
+            run_scale: true,
             dns_seconds: 10,
             joins: 10,
             doc: Some(PathBuf::from("docs/benchmarks.md")),
@@ -128,7 +135,7 @@ options:
                         (default 10)
   --dns-seconds S       length of one dnsperf run in section 9 (default 10)
   --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence,
-                        dns,policy,qos (default all)
+                        dns,policy,qos,scale (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
@@ -174,6 +181,7 @@ impl Options {
                     (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence, o.run_dns) =
                         (false, false, false, false, false, false, false);
                     (o.run_policy, o.run_qos) = (false, false);
+                    o.run_scale = false;
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
@@ -185,9 +193,10 @@ impl Options {
                             "dns" => o.run_dns = true,
                             "policy" => o.run_policy = true,
                             "qos" => o.run_qos = true,
+                            "scale" => o.run_scale = true,
                             other => {
                                 bail!(
-                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos)"
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, scale)"
                                 )
                             }
                         }
@@ -259,6 +268,7 @@ struct Figures {
     dns: Option<dns::DnsSection>,
     policy: Option<policy::PolicySection>,
     qos: Option<qos::QosSection>,
+    scale: Option<scale::ScaleSection>,
 }
 
 /// Runs the benchmark: builds the labs, runs the sections, prints a table per section on
@@ -299,6 +309,8 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: policy::BEGIN, end: policy::END }.update(&text, policy_doc, &old);
         let qos_doc = figures.qos.as_ref().map(|q| qos::doc_section(q, &command));
         text = doc::Marked { begin: qos::BEGIN, end: qos::END }.update(&text, qos_doc, &old);
+        let scale_doc = figures.scale.as_ref().map(|s| scale::doc_section(s, &command));
+        text = doc::Marked { begin: scale::BEGIN, end: scale::END }.update(&text, scale_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -318,10 +330,11 @@ fn load_average() -> String {
 /// This run's command line as it can be typed again: the `SLICENET_*` variables it read, the
 /// program and its arguments.
 fn command_line() -> String {
-    let mut words: Vec<String> = ["SLICENET_BIN_DIR", "SLICENET_BENCH_TUNNELS", "SLICENET_BENCH_GATEWAY_VARIANTS"]
-        .into_iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={}", quote(&v))))
-        .collect();
+    let mut words: Vec<String> =
+        ["SLICENET_BIN_DIR", "SLICENET_BENCH_TUNNELS", "SLICENET_BENCH_GATEWAY_VARIANTS", "SLICENET_BENCH_SCALE_SIZES"]
+            .into_iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={}", quote(&v))))
+            .collect();
     words.extend(std::env::args().map(|a| quote(&a)));
     words.join(" ")
 }
@@ -453,6 +466,13 @@ fn measure(options: &Options) -> Result<Figures> {
         let q = qos::run(options.iperf_seconds, options.pings)?;
         println!("{}", qos::table(&q));
         figures.qos = Some(q);
+    }
+    if options.run_scale {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 12. the control plane at scale (in memory, no lab)");
+        let s = scale::run()?;
+        println!("{}", scale::table(&s));
+        figures.scale = Some(s);
     }
     Ok(figures)
 }
