@@ -30,6 +30,15 @@ pub const DEFAULT_NODE_PREFIX_LEN_V6: u8 = 120;
 pub const MAX_NODE_HOST_BITS: u8 = 16;
 /// Default UDP port of slice gateways.
 pub const DEFAULT_GATEWAY_PORT: u16 = 51820;
+
+/// Gateway replicas per slice per cluster when the SliceConfig names none. One until the node
+/// agents spread a cluster's outgoing traffic over its replicas (issue 13: the gateways' peer
+/// groups and the hub's distribution of every replica are done, the routers' multipath routes
+/// are not); then two.
+pub const DEFAULT_GATEWAY_REPLICAS: u32 = 1;
+/// The most gateway replicas a slice may ask for per cluster (each peer cluster holds one
+/// WireGuard peer per replica: a full mesh of replicas between every two clusters).
+pub const MAX_GATEWAY_REPLICAS: u32 = 4;
 /// Finalizer the hub puts on SliceConfigs and MemberClusters.
 pub const HUB_FINALIZER: &str = "slicenet.io/hub";
 /// Finalizer the worker puts on its WorkerSlices.
@@ -159,6 +168,19 @@ pub struct GatewaySpec {
     /// PersistentKeepalive in seconds towards peers (for gateways behind NAT); 0 disables.
     #[serde(default = "default_keepalive")]
     pub persistent_keepalive: u16,
+    /// Gateway replicas in each member cluster (1–4), on different nodes, all carrying traffic;
+    /// each its own WireGuard key and endpoint, and a peer of every replica of the other clusters.
+    #[serde(default = "default_replicas", skip_serializing_if = "is_default_replicas")]
+    #[schemars(range(min = 1, max = 4))]
+    pub replicas: u32,
+}
+
+fn default_replicas() -> u32 {
+    DEFAULT_GATEWAY_REPLICAS
+}
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if takes a reference
+fn is_default_replicas(n: &u32) -> bool {
+    *n == DEFAULT_GATEWAY_REPLICAS
 }
 
 fn default_gateway_port() -> u16 {
@@ -175,6 +197,7 @@ impl Default for GatewaySpec {
             port: DEFAULT_GATEWAY_PORT,
             node_port: None,
             persistent_keepalive: default_keepalive(),
+            replicas: DEFAULT_GATEWAY_REPLICAS,
         }
     }
 }
@@ -530,6 +553,42 @@ pub struct WorkerPeer {
     /// The peer gateway's `host:port`, once it has published one (none for a peer behind NAT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The peer's other gateway replicas (ordinals 1…), each a WireGuard peer of its own that
+    /// holds the same prefix: the gateway groups them and spreads flows over the live ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<PeerReplica>,
+}
+
+/// A peer cluster's gateway replica beyond the first, as the hub hands it out.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerReplica {
+    pub ordinal: u32,
+    pub public_key: String,
+    /// `host:port`; none behind NAT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// One gateway replica as its cluster reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayReplicaStatus {
+    pub ordinal: u32,
+    /// The replica's public key (base64), once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// The replica's public `host:port`; none behind NAT or before its Service has a port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The node its pod runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `Up`, `Down` or `Pending`.
+    pub state: String,
+    /// Why it is not `Up`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// What a member cluster runs for a slice.
@@ -542,6 +601,10 @@ pub struct WorkerSliceStatus {
     /// The gateway's public `host:port`; none when the cluster is behind NAT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_endpoint: Option<String>,
+    /// Every gateway replica: key, endpoint, node, state and why it is not up. Ordinal 0's key
+    /// and endpoint are also `gatewayPublicKey` and `gatewayEndpoint`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_replicas: Vec<GatewayReplicaStatus>,
     /// Node prefixes handed out in this cluster (never renumbered).
     #[serde(default)]
     pub nodes: Vec<NodeAllocation>,

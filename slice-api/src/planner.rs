@@ -429,6 +429,9 @@ fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
         .map(|c| (c.as_str(), addresses.cluster_prefix(index[c]).expect("index below maxClusters").to_string()))
         .collect();
     let prefix_of = |c: &str| prefixes[c].clone();
+    let (replicas, replica_refusals) = check_replicas(&members, facts, addresses.subnet, slice.spec.gateway.replicas);
+    let refused_all: Vec<String> = refused.iter().cloned().chain(replica_refusals).collect();
+    let refused = refused_all.as_slice();
     // Every member's entry in the others' peer lists, built once.
     let entries: Vec<WorkerPeer> = members
         .iter()
@@ -439,6 +442,7 @@ fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
                 prefix: prefix_of(p),
                 public_key: published.and_then(|(key, _)| key.clone()),
                 endpoint: published.and_then(|(_, endpoint)| endpoint.clone()),
+                replicas: replicas.get(p.as_str()).cloned().unwrap_or_default(),
             }
         })
         .collect();
@@ -504,6 +508,85 @@ fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
     planned.observed_generation = generation;
     let ready = ready_condition(&specs, &by_cluster, refused, generation);
     SlicePlan { name, vni: Some(vni), allocations, workers: specs, conditions: vec![planned, ready] }
+}
+
+/// The gateway replicas beyond the first (ordinals 1 … `wanted` − 1) that each member published
+/// in its WorkerSlice status, checked, by cluster, and the refusals. A replica is handed out
+/// only when its cluster's first replica was (its key checked against every slice by the
+/// publication check); its key must be a WireGuard key that no other publication of this
+/// slice holds (first or further replica of any member), and its endpoint must pass the
+/// first replica's address rules against this slice's subnet. Ordinals beyond what the slice
+/// asks for are left out silently: the worker is scaling down.
+fn check_replicas(
+    members: &[String],
+    facts: &SliceFacts<'_>,
+    subnet: IpNet,
+    wanted: u32,
+) -> (BTreeMap<String, Vec<crate::crd::PeerReplica>>, Vec<String>) {
+    let by_cluster: BTreeMap<&str, &WorkerSlice> =
+        facts.existing.iter().map(|w| (w.spec.cluster.as_str(), *w)).collect();
+    // Every key the slice's publications hold, with who holds it, to find duplicates.
+    let mut holders: BTreeMap<&str, Vec<(String, u32)>> = BTreeMap::new();
+    for c in members {
+        if let Some(k) = facts.published.get(c).and_then(|(k, _)| k.as_deref()) {
+            holders.entry(k).or_default().push((c.clone(), 0));
+        }
+        for r in
+            by_cluster.get(c.as_str()).and_then(|w| w.status.as_ref()).into_iter().flat_map(|s| &s.gateway_replicas)
+        {
+            if let Some(k) = r.public_key.as_deref().filter(|_| r.ordinal > 0) {
+                holders.entry(k).or_default().push((c.clone(), r.ordinal));
+            }
+        }
+    }
+    let forbidden = [(subnet, "the slice's subnet".to_owned())];
+    let mut out: BTreeMap<String, Vec<crate::crd::PeerReplica>> = BTreeMap::new();
+    let mut refused = Vec::new();
+    for c in members {
+        let first_published = facts.published.get(c).is_some_and(|(k, _)| k.is_some());
+        let Some(status) = by_cluster.get(c.as_str()).and_then(|w| w.status.as_ref()) else { continue };
+        for r in status.gateway_replicas.iter().filter(|r| r.ordinal > 0 && r.ordinal < wanted) {
+            let Some(key) = r.public_key.as_deref() else { continue };
+            let ordinal = r.ordinal;
+            if !first_published {
+                continue;
+            }
+            if crate::wireguard::Key::from_base64(key).is_err() {
+                refused.push(format!("cluster {c} published gateway replica {ordinal} key {key:?}, which is not a WireGuard key: not distributed"));
+                continue;
+            }
+            let others: Vec<String> = holders[key]
+                .iter()
+                .filter(|(hc, ho)| !(hc == c && *ho == ordinal))
+                .map(|(hc, ho)| format!("{hc} replica {ho}"))
+                .collect();
+            if !others.is_empty() {
+                refused.push(format!(
+                    "cluster {c} published gateway replica {ordinal} key {key}, which {} also publish(es): not distributed",
+                    others.join(", ")
+                ));
+                continue;
+            }
+            let mut endpoint = r.endpoint.clone();
+            if let Some(e) = endpoint.as_deref()
+                && let Some(why) = endpoint_refusal(e, &forbidden)
+            {
+                refused.push(format!(
+                    "cluster {c} published gateway replica {ordinal} endpoint {e}, {why}: not distributed"
+                ));
+                endpoint = None;
+            }
+            out.entry(c.clone()).or_default().push(crate::crd::PeerReplica {
+                ordinal,
+                public_key: key.to_owned(),
+                endpoint,
+            });
+        }
+        if let Some(v) = out.get_mut(c) {
+            v.sort();
+        }
+    }
+    (out, refused)
 }
 
 /// Cluster → prefix index as recorded in the SliceConfig's status, completed from existing

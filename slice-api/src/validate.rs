@@ -46,6 +46,8 @@ pub enum Rule {
     QosGatewayPortShared,
     /// `guaranteedKbps` above `ceilingKbps` (the schema's CEL rule, checked here as well).
     QosGuaranteeAboveCeiling,
+    /// `gateway.replicas` outside 1–4 (the schema's range, checked here as well).
+    GatewayReplicas,
 }
 
 /// One reason to refuse a `SliceConfig`.
@@ -106,6 +108,17 @@ pub fn validate_slice_config(
         check_cluster_cidrs(subnet, &new.spec, clusters, &mut out);
     }
     check_qos(name, &new.spec, others, clusters, &mut out);
+    let replicas = new.spec.gateway.replicas;
+    if !(1..=crate::crd::MAX_GATEWAY_REPLICAS).contains(&replicas) {
+        out.push(Violation::new(
+            Rule::GatewayReplicas,
+            "spec.gateway.replicas",
+            format!(
+                "{replicas} gateway replicas: a slice runs 1 to {} per cluster (each replica is a WireGuard peer of every replica of the other clusters)",
+                crate::crd::MAX_GATEWAY_REPLICAS
+            ),
+        ));
+    }
     if out.is_empty() { Ok(()) } else { Err(out) }
 }
 
@@ -430,6 +443,21 @@ mod tests {
         only(check(&qos("blue", 51820, 30_000, 10_000)), Rule::QosGuaranteeAboveCeiling);
         // Slices without QoS share ports freely.
         assert_eq!(validate_slice_config(&ok, None, &[blue()], &clusters), Ok(()));
+    }
+
+    #[test]
+    fn gateway_replicas_are_one_to_four() {
+        assert!(check(&with(blue(), |s| s.gateway.replicas = 2)).is_ok());
+        assert!(check(&with(blue(), |s| s.gateway.replicas = 4)).is_ok());
+        for bad in [0, 5] {
+            let v = only(check(&with(blue(), |s| s.gateway.replicas = bad)), Rule::GatewayReplicas);
+            assert_eq!(v.field, "spec.gateway.replicas");
+            assert!(v.message.starts_with(&format!("{bad} gateway replicas: a slice runs 1 to 4")), "{}", v.message);
+        }
+        // From YAML: the field is optional and defaults to the crate's default.
+        let parsed = slice("blue", json!({"sliceSubnet": "10.80.0.0/16", "gateway": {"replicas": 3}}));
+        assert_eq!(parsed.spec.gateway.replicas, 3);
+        assert_eq!(blue().spec.gateway.replicas, crate::crd::DEFAULT_GATEWAY_REPLICAS);
     }
 
     #[test]

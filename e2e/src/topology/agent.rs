@@ -137,6 +137,7 @@ pub(crate) fn agent_configs(
                     prefix: r.prefix.to_string(),
                     public_key: None,
                     endpoint: None,
+                    replicas: Vec::new(),
                 })
                 .collect(),
             imports: Vec::new(),

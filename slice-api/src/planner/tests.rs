@@ -430,3 +430,77 @@ proptest! {
         }
     }
 }
+
+/// A WireGuard key (base64 of 32 bytes) made of byte `b`.
+fn wg_key(b: u8) -> String {
+    crate::wireguard::Key([b; 32]).to_base64()
+}
+
+/// Issue 13: every published replica of a peer cluster beyond the first reaches the others'
+/// specs; a duplicate or malformed key, an endpoint inside the slice subnet, an ordinal beyond
+/// what the slice asks for, and replicas of a cluster whose first replica is not handed out
+/// are left out, with a refusal where something was wrong.
+#[test]
+fn gateway_replicas_reach_the_peers_checked() {
+    use crate::crd::{GatewayReplicaStatus, PeerReplica};
+    let mut h = hub(&["c1", "c2"]);
+    let mut s = slice("blue", "10.80.0.0/16", 16, &["c1", "c2"], 1);
+    s.spec.gateway.replicas = 3;
+    h.slices.push(s);
+    h.apply();
+    h.report("blue", "c1", &wg_key(1), Some("198.18.0.1:31000"), true);
+    h.report("blue", "c2", &wg_key(2), Some("198.18.0.2:31000"), true);
+    let replica = |ordinal: u32, key: &str, endpoint: Option<&str>| GatewayReplicaStatus {
+        ordinal,
+        public_key: Some(key.to_owned()),
+        endpoint: endpoint.map(str::to_owned),
+        node: None,
+        state: "Up".into(),
+        reason: String::new(),
+    };
+    let set = |h: &mut Hub, cluster: &str, replicas: Vec<GatewayReplicaStatus>| {
+        let w = h.workers.iter_mut().find(|w| w.spec.cluster == cluster).unwrap();
+        w.status.as_mut().unwrap().gateway_replicas = replicas;
+    };
+    set(
+        &mut h,
+        "c1",
+        vec![
+            replica(0, &wg_key(1), Some("198.18.0.1:31000")),
+            replica(1, &wg_key(11), Some("198.18.0.1:31001")),
+            replica(2, &wg_key(12), Some("10.80.0.9:31002")),
+            replica(3, &wg_key(13), Some("198.18.0.1:31003")),
+        ],
+    );
+    set(&mut h, "c2", vec![replica(1, &wg_key(11), None), replica(2, "not a key", None)]);
+    let plans = h.apply();
+    let to_c2 = peer_of(&plans, "c2", "c1");
+    assert_eq!(
+        to_c2.replicas,
+        [PeerReplica { ordinal: 2, public_key: wg_key(12), endpoint: None }],
+        "replica 1's key is also c2's replica 1's; replica 2's endpoint is in the slice subnet; ordinal 3 is beyond 3 replicas"
+    );
+    assert!(peer_of(&plans, "c1", "c2").replicas.is_empty());
+    let ready = condition(&plans[0].conditions, READY).unwrap();
+    for needle in [
+        "cluster c1 published gateway replica 1 key",
+        "which c2 replica 1 also publish(es)",
+        "cluster c1 published gateway replica 2 endpoint 10.80.0.9:31002, inside the slice's subnet",
+        "cluster c2 published gateway replica 2 key \"not a key\", which is not a WireGuard key",
+    ] {
+        assert!(ready.message.contains(needle), "{needle} in {}", ready.message);
+    }
+    // c2 fixes its replica: c1's replica 1 and c2's replica 1 both reach the other side.
+    set(&mut h, "c2", vec![replica(1, &wg_key(21), None)]);
+    let plans = h.apply();
+    assert_eq!(peer_of(&plans, "c2", "c1").replicas.iter().map(|r| r.ordinal).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        peer_of(&plans, "c1", "c2").replicas,
+        [PeerReplica { ordinal: 1, public_key: wg_key(21), endpoint: None }],
+        "behind NAT: no endpoint"
+    );
+    // c2's first replica withdrawn: none of its replicas is handed out.
+    h.workers.iter_mut().find(|w| w.spec.cluster == "c2").unwrap().status.as_mut().unwrap().gateway_public_key = None;
+    let plans = h.apply();
+    assert!(peer_of(&plans, "c1", "c2").replicas.is_empty());
+}

@@ -641,6 +641,7 @@ mod tests {
             prefix: "10.80.48.0/20".into(),
             public_key: Some(OTHER.into()),
             endpoint: Some("gw.example:31820".into()),
+            replicas: Vec::new(),
         });
         let text = gateway_config(&TypedGateway::parse(&s), &PRIVATE.parse().unwrap()).render();
         assert_eq!(
@@ -681,19 +682,28 @@ mod tests {
                 prefix: "10.80.0.0/20".into(),
                 public_key: Some("short".into()),
                 endpoint: None,
+                replicas: Vec::new(),
             },
-            WorkerPeer { cluster: "b".into(), prefix: "nope".into(), public_key: Some(OTHER.into()), endpoint: None },
+            WorkerPeer {
+                cluster: "b".into(),
+                prefix: "nope".into(),
+                public_key: Some(OTHER.into()),
+                endpoint: None,
+                replicas: Vec::new(),
+            },
             WorkerPeer {
                 cluster: "c".into(),
                 prefix: "10.80.32.0/20".into(),
                 public_key: Some(OTHER.into()),
                 endpoint: None,
+                replicas: Vec::new(),
             },
             WorkerPeer {
                 cluster: "d".into(),
                 prefix: "10.80.48.0/20".into(),
                 public_key: Some(OTHER.into()),
                 endpoint: None,
+                replicas: Vec::new(),
             },
         ];
         let text = gateway_config(&TypedGateway::parse(&s), &PRIVATE.parse().unwrap()).render();
@@ -711,6 +721,7 @@ mod tests {
             prefix: "10.80.16.0/24".into(), // overlaps this cluster: no route
             public_key: Some(OTHER.into()),
             endpoint: Some("[fd00::1]:4500".into()),
+            replicas: Vec::new(),
         });
         let t = typed(&s);
         assert_eq!((t.slice.as_str(), t.cluster.as_str()), ("blue", "c2"));
@@ -781,6 +792,7 @@ mod tests {
             prefix: prefix.into(),
             public_key: key.map(Into::into),
             endpoint: Some("gw.example:31820".into()),
+            replicas: Vec::new(),
         };
         let mut s = spec();
         s.peers = vec![
@@ -837,8 +849,10 @@ mod tests {
             ]
         };
         let key = || proptest::option::of(prop_oneof![".*", "[A-Za-z0-9+/]{43}=", Just(OTHER.to_owned())]);
-        let peer = (text(), text(), key(), proptest::option::of(".*"))
-            .prop_map(|(cluster, prefix, public_key, endpoint)| WorkerPeer { cluster, prefix, public_key, endpoint });
+        let peer =
+            (text(), text(), key(), proptest::option::of(".*")).prop_map(|(cluster, prefix, public_key, endpoint)| {
+                WorkerPeer { cluster, prefix, public_key, endpoint, replicas: Vec::new() }
+            });
         (text(), text(), any::<u8>(), proptest::collection::vec(peer, 0..6)).prop_map(
             |(subnet, cluster, len, peers)| {
                 let mut s = spec();

@@ -265,6 +265,7 @@ mod tests {
             prefix: "10.80.0.0/20".into(),
             public_key: key.map(Into::into),
             endpoint: None,
+            replicas: Vec::new(),
         }
     }
 

@@ -231,6 +231,7 @@ fn apply(world: &mut World, index: &mut PlanIndex, change: &Change) {
                         prefix: String::new(),
                         public_key: Some(KEYS[i % 3].to_owned()),
                         endpoint: None,
+                        replicas: Vec::new(),
                     })
                     .collect(),
                 slice_subnet: "10.80.0.0/16".to_owned(),
