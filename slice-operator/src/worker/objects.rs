@@ -243,6 +243,11 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
         arg(flag::FORWARD),
         names::DEFAULT_SLICE_INTERFACE.to_owned(),
     ];
+    // Several replicas per cluster (issue 13): the peers' replicas share their cluster's
+    // prefix, and the gateway groups them, spreading flows over the live ones.
+    if spec.gateway.replicas > 1 {
+        args.extend([arg(flag::MULTIPATH_PROBE_MS), slice_api::gateway::DEFAULT_MULTIPATH_PROBE_MS.to_string()]);
+    }
     // The slice's DSCP class on the outer packets (IP_TOS on the gateway's socket).
     if let Some(dscp) = spec.qos.as_ref().and_then(|q| q.profile.dscp_class) {
         args.extend([arg(flag::DSCP), dscp.name().to_owned()]);
@@ -613,6 +618,13 @@ mod tests {
             ])
         );
         assert_eq!(c["ports"][1], json!({"name": "metrics", "containerPort": 9586, "protocol": "TCP"}));
+        // With several replicas per cluster the gateway groups the peers' replicas.
+        let mut two = s.clone();
+        two.gateway.replicas = 2;
+        let dep2 = gateway_deployment(&two, &GatewayDefaults::default());
+        let args2 = &dep2["spec"]["template"]["spec"]["containers"][0]["args"];
+        assert_eq!(args2[11], "--multipath-probe-ms");
+        assert_eq!(args2[12], "200");
         // slice-gateway's `--metrics` takes a socket address.
         assert!(c["args"][7].as_str().unwrap().parse::<std::net::SocketAddr>().is_ok());
         assert_eq!(pod["spec"]["volumes"][0]["secret"]["defaultMode"], 0o600);

@@ -131,6 +131,9 @@ pub struct TypedPeer {
     pub public_key: Key,
     /// `None` when none is published or it is not an `IP:port` (see [`peer_endpoint`]).
     pub endpoint: Option<SocketAddr>,
+    /// Which of the cluster's gateway replicas (0: the first; others from `peers[].replicas`):
+    /// every replica is a `[Peer]` of its own holding the same prefix (a peer group).
+    pub ordinal: u32,
 }
 
 /// Why a peer is left out of the gateway's configuration (one bad peer must not stop the
@@ -268,7 +271,28 @@ impl TypedGateway {
                 prefix,
                 public_key,
                 endpoint: peer_endpoint(peer.endpoint.as_deref()),
+                ordinal: 0,
             });
+            for replica in &peer.replicas {
+                let name = format!("{} replica {}", peer.cluster, replica.ordinal);
+                let Ok(public_key) = replica.public_key.parse::<Key>() else {
+                    skipped.push((name, PeerSkip::BadPublicKey(replica.public_key.clone())));
+                    continue;
+                };
+                if let Some(first) = owners.get(&public_key) {
+                    let reason = PeerSkip::RepeatedKey { key: public_key.to_base64(), first: (*first).to_owned() };
+                    skipped.push((name, reason));
+                    continue;
+                }
+                owners.insert(public_key, &peer.cluster);
+                peers.push(TypedPeer {
+                    cluster: peer.cluster.clone(),
+                    prefix,
+                    public_key,
+                    endpoint: peer_endpoint(replica.endpoint.as_deref()),
+                    ordinal: replica.ordinal,
+                });
+            }
         }
         Self { port: spec.gateway.port, persistent_keepalive: spec.gateway.persistent_keepalive, peers, skipped }
     }
@@ -451,6 +475,9 @@ fn peer_endpoint(endpoint: Option<&str>) -> Option<SocketAddr> {
 /// Peers whose public key or prefix cannot be used (not a 32-byte base64 key, not a CIDR, a
 /// repeated key) are not in `gateway.peers` ([`TypedGateway::parse`] keeps them in `skipped`),
 /// so one bad peer does not stop the gateway from loading.
+///
+/// A peer cluster's further gateway replicas (issue 13) are `[Peer]`s of their own with the
+/// same `AllowedIPs`: the gateway, run with `--multipath-probe-ms`, groups them.
 #[must_use]
 pub fn gateway_config(gateway: &TypedGateway, private_key: &Key) -> WgConfig {
     let keepalive = (gateway.persistent_keepalive != 0).then_some(gateway.persistent_keepalive);
@@ -458,7 +485,11 @@ pub fn gateway_config(gateway: &TypedGateway, private_key: &Key) -> WgConfig {
         .peers
         .iter()
         .map(|peer| WgPeer {
-            comment: Some(format!("cluster {}", peer.cluster)),
+            comment: Some(if peer.ordinal == 0 {
+                format!("cluster {}", peer.cluster)
+            } else {
+                format!("cluster {} replica {}", peer.cluster, peer.ordinal)
+            }),
             public_key: peer.public_key,
             preshared_key: None,
             allowed_ips: vec![peer.prefix.trunc()],
@@ -632,6 +663,46 @@ mod tests {
 
     const PRIVATE: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
     const OTHER: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+    /// Issue 13: a peer cluster's further replicas are `[Peer]`s of their own with its prefix;
+    /// a replica whose key is bad or repeated is skipped, named, and the rest still load.
+    #[test]
+    fn gateway_config_lists_every_replica_of_a_peer_with_its_prefix() {
+        use slice_api::crd::PeerReplica;
+        let third = Key([7; 32]).to_base64();
+        let mut s = spec();
+        s.peers.retain(|p| p.cluster == "c1");
+        s.peers[0].replicas = vec![
+            PeerReplica { ordinal: 1, public_key: OTHER.into(), endpoint: Some("198.18.100.2:31821".into()) },
+            PeerReplica { ordinal: 2, public_key: "bad".into(), endpoint: None },
+            PeerReplica { ordinal: 3, public_key: OTHER.into(), endpoint: None },
+            PeerReplica { ordinal: 4, public_key: third.clone(), endpoint: None },
+        ];
+        let g = TypedGateway::parse(&s);
+        let listed: Vec<(String, u32)> = g.peers.iter().map(|p| (p.cluster.clone(), p.ordinal)).collect();
+        assert_eq!(listed, [("c1".to_owned(), 0), ("c1".to_owned(), 1), ("c1".to_owned(), 4)]);
+        assert_eq!(
+            g.skipped,
+            [
+                ("c1 replica 2".to_owned(), PeerSkip::BadPublicKey("bad".into())),
+                ("c1 replica 3".to_owned(), PeerSkip::RepeatedKey { key: OTHER.into(), first: "c1".into() }),
+            ]
+        );
+        // Our own key must not be c1's (the gateway drops a peer with its own public key).
+        let text = gateway_config(&g, &Key([9; 32])).render();
+        assert!(text.contains("# cluster c1 replica 1\n[Peer]\nPublicKey = "), "{text}");
+        let parsed = slice_gateway::config::parse(&text).unwrap();
+        assert_eq!(parsed.peers.len(), 3);
+        let prefix: IpNet = "10.80.0.0/20".parse().unwrap();
+        assert!(parsed.peers.iter().all(|p| p.allowed_ips == [prefix]), "one prefix, three holders");
+        assert_eq!(parsed.peers[1].endpoint, Some("198.18.100.2:31821".parse().unwrap()));
+        // The gateway groups them (multipath) instead of moving the prefix to the last one.
+        let mut state = slice_gateway::peers::PeerState::new(51820, 1);
+        state.set_multipath(true);
+        let fx = state.apply(&parsed);
+        assert!(fx.warnings.is_empty(), "{:?}", fx.warnings);
+        assert_eq!(state.routes().lookup("10.80.1.1".parse().unwrap()).map(Vec::len), Some(3));
+    }
 
     #[test]
     fn gateway_config_lists_peers_with_keys() {
