@@ -31,6 +31,7 @@ mod cni;
 mod cri;
 mod dns;
 mod doc;
+mod failover;
 mod path;
 mod place;
 mod policy;
@@ -83,6 +84,7 @@ pub struct Options {
     pub run_policy: bool,
     pub run_qos: bool,
     pub run_scale: bool,
+    pub run_failover: bool,
     /// Length of one dnsperf run in section 9.
     pub dns_seconds: u32,
     /// Cluster joins timed in section 6.
@@ -109,6 +111,7 @@ impl Default for Options {
             run_policy: true,
             run_qos: true,
             run_scale: true,
+            run_failover: true,
             dns_seconds: 10,
             joins: 10,
             doc: Some(PathBuf::from("docs/benchmarks.md")),
@@ -135,7 +138,7 @@ options:
                         (default 10)
   --dns-seconds S       length of one dnsperf run in section 9 (default 10)
   --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence,
-                        dns,policy,qos,scale (default all)
+                        dns,policy,qos,scale,failover (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
@@ -181,7 +184,7 @@ impl Options {
                     (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence, o.run_dns) =
                         (false, false, false, false, false, false, false);
                     (o.run_policy, o.run_qos) = (false, false);
-                    o.run_scale = false;
+                    (o.run_scale, o.run_failover) = (false, false);
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
@@ -194,9 +197,10 @@ impl Options {
                             "policy" => o.run_policy = true,
                             "qos" => o.run_qos = true,
                             "scale" => o.run_scale = true,
+                            "failover" => o.run_failover = true,
                             other => {
                                 bail!(
-                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, scale)"
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, scale, failover)"
                                 )
                             }
                         }
@@ -269,6 +273,7 @@ struct Figures {
     policy: Option<policy::PolicySection>,
     qos: Option<qos::QosSection>,
     scale: Option<scale::ScaleSection>,
+    failover: Option<failover::FailoverSection>,
 }
 
 /// Runs the benchmark: builds the labs, runs the sections, prints a table per section on
@@ -311,6 +316,8 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: qos::BEGIN, end: qos::END }.update(&text, qos_doc, &old);
         let scale_doc = figures.scale.as_ref().map(|s| scale::doc_section(s, &command));
         text = doc::Marked { begin: scale::BEGIN, end: scale::END }.update(&text, scale_doc, &old);
+        let failover_doc = figures.failover.as_ref().map(|f| failover::doc_section(f, &command));
+        text = doc::Marked { begin: failover::BEGIN, end: failover::END }.update(&text, failover_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -358,7 +365,7 @@ fn preflight(options: &Options) -> Result<()> {
     if labs || options.run_across || control {
         needed.extend(["slice-cni", "slice-operator"]);
     }
-    if options.run_tunnel || options.run_across || control {
+    if options.run_tunnel || options.run_across || control || options.run_failover {
         needed.push("slice-gateway");
     }
     if options.run_dns {
@@ -378,6 +385,9 @@ fn preflight(options: &Options) -> Result<()> {
     }
     if options.run_qos {
         tools.push("tc");
+    }
+    if options.run_failover {
+        tools.extend(["iperf3", "ping", "ss", "timeout", "nsenter", "wg", "python3"]);
     }
     if options.run_policy {
         tools.push("nft");
@@ -473,6 +483,13 @@ fn measure(options: &Options) -> Result<Figures> {
         let s = scale::run()?;
         println!("{}", scale::table(&s));
         figures.scale = Some(s);
+    }
+    if options.run_failover {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 13. gateway replicas: failover gap and 1 vs 2 replicas (lab {})", failover::LAB);
+        let f = failover::run(options.iperf_seconds)?;
+        println!("{}", failover::table(&f));
+        figures.failover = Some(f);
     }
     Ok(figures)
 }

@@ -1,0 +1,391 @@
+//! Section 13: gateway replicas (issue 13), at the gateways' level — namespaces and our
+//! `slice-gateway` processes, not the full lab (the worker does not run replicas yet, and the
+//! node agents do not route over them: README).
+//!
+//! Topology (lab [`LAB`]): a WAN bridge; `a` runs gateway A (the client's side, one replica);
+//! `b1` and `b2` run the two replicas of the other cluster, peers of A that share that
+//! cluster's prefix (a peer group, `--multipath-probe-ms`); `p` is a "pod" behind both, on a
+//! veth to each replica, whose replies leave by a multipath route over both (L4 hash), as a
+//! node's slice router would send them.
+//!
+//! - **Failover gap**: a ping at 100/s from A to an address both replicas answer on; the
+//!   replica that carries it is SIGKILLed, the longest run of lost pings is the gap; the
+//!   replica is restarted with its key and, once A sees it live, the next round starts. p50 and
+//!   max over [`KILLS`] kills.
+//! - **Throughput, 1 vs 2 replicas**: iperf3 from A's address to the pod `p`, 8 TCP streams,
+//!   with A knowing one replica (and `p` routing by it alone), then both.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::process::check_interrupted;
+
+pub(crate) const LAB: &str = "snbenchf";
+pub(crate) const BEGIN: &str = "<!-- slicenet-bench failover: begin -->";
+pub(crate) const END: &str = "<!-- slicenet-bench failover: end -->";
+/// Kills measured for the failover gap.
+pub(crate) const KILLS: usize = 10;
+const PORT: u16 = 51820;
+const PROBE_MS: &str = "200";
+const ANYCAST: &str = "10.78.0.1";
+const POD: &str = "10.78.0.9";
+const CLIENT: &str = "10.77.0.1";
+const WAIT: Duration = Duration::from_secs(60);
+const METRICS: &str = "127.0.0.1:9586";
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FailoverSection {
+    /// Pings lost in a row at each kill (×10 ms).
+    pub(crate) gaps: Vec<u64>,
+    /// Gbit/s with one and with two replicas.
+    pub(crate) gbits: [f64; 2],
+    pub(crate) seconds: u32,
+}
+
+fn sh(cmd: &str) -> Result<String> {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!("`{cmd}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The namespaces and processes of one run; everything goes on drop, processes by PID.
+struct Bed {
+    tag: String,
+    dir: tempfile::TempDir,
+    procs: Vec<(String, Child)>,
+    keys: Vec<(String, String)>,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for (_, mut c) in self.procs.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in ["a", "b1", "b2", "p", "wan"] {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(n)]).status();
+        }
+        for i in 0..3 {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname(i)));
+        }
+    }
+}
+
+impl Bed {
+    fn ns(&self, n: &str) -> String {
+        format!("{LAB}-{}-{n}", self.tag)
+    }
+    fn ifname(&self, i: usize) -> String {
+        format!("sf{}g{i}", self.tag)
+    }
+    fn exec(&self, n: &str, cmd: &str) -> Result<String> {
+        sh(&format!("ip netns exec {} sh -c '{}'", self.ns(n), cmd.replace('\'', r"'\''")))
+    }
+
+    fn new() -> Result<Self> {
+        let tag = format!("{:x}", std::process::id() & 0xffff);
+        let mut bed = Bed { tag, dir: tempfile::tempdir()?, procs: Vec::new(), keys: Vec::new() };
+        for _ in 0..3 {
+            let private = sh("wg genkey")?.trim().to_owned();
+            let public = sh(&format!("echo {private} | wg pubkey"))?.trim().to_owned();
+            bed.keys.push((private, public));
+        }
+        let w = bed.ns("wan");
+        sh(&format!("ip netns add {w} && ip -n {w} link add br0 type bridge && ip -n {w} link set br0 up"))?;
+        for (i, n) in ["a", "b1", "b2"].iter().enumerate() {
+            let ns = bed.ns(n);
+            sh(&format!(
+                "ip netns add {ns} && ip -n {ns} link set lo up && \
+                 ip -n {ns} link add wan0 type veth peer name w{i} netns {w} && ip -n {w} link set w{i} master br0 up && \
+                 ip -n {ns} addr add 198.18.0.{}/24 dev wan0 && ip -n {ns} link set wan0 up",
+                i + 1
+            ))?;
+        }
+        // The pod behind both replicas, its replies over both (L4 hash).
+        let p = bed.ns("p");
+        sh(&format!("ip netns add {p} && ip -n {p} link set lo up && ip -n {p} addr add {POD}/32 dev lo"))?;
+        for (i, n) in [(1, "b1"), (2, "b2")] {
+            let b = bed.ns(n);
+            sh(&format!(
+                "ip -n {p} link add r{i} type veth peer name pod netns {b} && \
+                 ip -n {p} addr add 10.78.{i}.2/30 dev r{i} && ip -n {p} link set r{i} up && \
+                 ip -n {b} addr add 10.78.{i}.1/30 dev pod && ip -n {b} link set pod up && \
+                 ip -n {b} route add {POD}/32 via 10.78.{i}.2 && \
+                 ip netns exec {b} sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0"
+            ))?;
+        }
+        sh(&format!(
+            "ip netns exec {p} sysctl -qw net.ipv4.fib_multipath_hash_policy=1 net.ipv4.conf.all.rp_filter=0 && \
+             ip netns exec {p} sysctl -qw net.ipv4.conf.r1.rp_filter=0 net.ipv4.conf.r2.rp_filter=0"
+        ))?;
+        Ok(bed)
+    }
+
+    /// Routes `p`'s replies over `replicas` (1: b1 only; 2: both).
+    fn pod_route(&self, replicas: usize) -> Result<()> {
+        let hops = if replicas == 1 {
+            "via 10.78.1.1 dev r1".to_owned()
+        } else {
+            "nexthop via 10.78.1.1 dev r1 nexthop via 10.78.2.1 dev r2".to_owned()
+        };
+        self.exec("p", &format!("ip route replace 10.77.0.0/24 {hops}"))?;
+        Ok(())
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(path)
+    }
+
+    /// Starts gateway `i` (0: A, 1 and 2: the replicas); A knows `replicas` of them.
+    fn start(&mut self, i: usize, replicas: usize) -> Result<()> {
+        let ifname = self.ifname(i);
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{ifname}.sock"));
+        let mut conf = format!("[Interface]\nPrivateKey = {}\nListenPort = {PORT}\n", self.keys[i].0);
+        let mut args: Vec<String> =
+            vec!["--multipath-probe-ms".into(), PROBE_MS.into(), "--routes".into(), "--mtu".into(), "1420".into()];
+        if i == 0 {
+            for r in 1..=replicas {
+                let _ = write!(
+                    conf,
+                    "\n[Peer]\nPublicKey = {}\nAllowedIPs = 10.78.0.0/24\nEndpoint = 198.18.0.{}:{PORT}\n",
+                    self.keys[r].1,
+                    r + 1
+                );
+            }
+            args.extend(["--address".into(), format!("{CLIENT}/24"), "--metrics".into(), METRICS.into()]);
+        } else {
+            let _ = write!(
+                conf,
+                "\n[Peer]\nPublicKey = {}\nAllowedIPs = {CLIENT}/32\nEndpoint = 198.18.0.1:{PORT}\n",
+                self.keys[0].1
+            );
+            args.extend(["--address".into(), format!("{ANYCAST}/32")]);
+        }
+        let path = self.write(&format!("{ifname}.conf"), &conf)?;
+        let log = std::fs::File::create(self.dir.path().join(format!("{ifname}.log")))?;
+        let ns = self.ns(["a", "b1", "b2"][i]);
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(crate::bin_dir().join("slice-gateway"))
+            .args(["--interface", &ifname, "--config"])
+            .arg(&path)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting slice-gateway")?;
+        self.procs.push((ifname.clone(), child));
+        if !wait_until(|| std::path::Path::new(&format!("/var/run/wireguard/{ifname}.sock")).exists()) {
+            bail!("gateway {ifname} did not start");
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self, i: usize) {
+        let ifname = self.ifname(i);
+        if let Some(pos) = self.procs.iter().position(|(n, _)| *n == ifname) {
+            let (_, mut c) = self.procs.remove(pos);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+
+    fn live_on_a(&self, replica: usize) -> bool {
+        let key = &self.keys[replica].1;
+        let text = self
+            .exec("a", &format!("python3 -c \"import urllib.request,sys;sys.stdout.write(urllib.request.urlopen('http://{METRICS}/metrics').read().decode())\""))
+            .unwrap_or_default();
+        text.lines().any(|l| l.starts_with("slice_gateway_peer_live{") && l.contains(key.as_str()) && l.ends_with(" 1"))
+    }
+
+    fn tun_rx(&self, replica: usize) -> u64 {
+        self.exec(
+            ["a", "b1", "b2"][replica],
+            &format!("cat /sys/class/net/{}/statistics/rx_packets", self.ifname(replica)),
+        )
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+    }
+}
+
+fn answered(log: &str) -> Vec<u64> {
+    let mut seqs: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("icmp_seq=")))
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// Runs the section.
+///
+/// # Errors
+/// When the bed cannot be built or a step never happens within its deadline.
+pub(crate) fn run(seconds: u32) -> Result<FailoverSection> {
+    let mut bed = Bed::new()?;
+    let mut out = FailoverSection { seconds, ..FailoverSection::default() };
+
+    // Throughput: one replica, then two.
+    for (slot, replicas) in [(0usize, 1usize), (1, 2)] {
+        check_interrupted()?;
+        bed.stop_all();
+        bed.pod_route(replicas)?;
+        bed.start(0, replicas)?;
+        for r in 1..=replicas {
+            bed.start(r, replicas)?;
+        }
+        if !wait_until(|| (1..=replicas).all(|r| bed.live_on_a(r))) {
+            bail!("replicas never live on A");
+        }
+        let p = bed.ns("p");
+        let server = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{p}"))
+            .args(["iperf3", "-s", "-1", "-B", POD])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        bed.procs.push(("iperf3".into(), server));
+        if !wait_until(|| bed.exec("p", &format!("ss -ltn | grep -q '{POD}:5201'")).is_ok()) {
+            bail!("iperf3 server did not start");
+        }
+        let json = bed.exec("a", &format!("timeout 600 iperf3 -c {POD} -B {CLIENT} -P 8 -t {seconds} -J"))?;
+        let v: serde_json::Value = serde_json::from_str(&json).context("iperf3 -J")?;
+        let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("no sum_received")?;
+        out.gbits[slot] = bps / 1e9;
+        eprintln!("slicenet-bench:   {replicas} replica(s): {:.2} Gbit/s (8 streams)", out.gbits[slot]);
+        if let Some(pos) = bed.procs.iter().position(|(n, _)| n == "iperf3") {
+            let (_, mut c) = bed.procs.remove(pos);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    // Failover: the replica carrying a 100/s ping is killed, KILLS times.
+    let log = bed.dir.path().join("ping.log");
+    let a = bed.ns("a");
+    let ping = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{a}"))
+        .args(["ping", "-i", "0.01", "-W", "10", "-c", "100000", ANYCAST])
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(Stdio::null())
+        .spawn()?;
+    bed.procs.push(("ping".into(), ping));
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    if !wait_until(|| answered(&read()).len() >= 100) {
+        bail!("the ping never got through");
+    }
+    for round in 0..KILLS {
+        check_interrupted()?;
+        let before = [bed.tun_rx(1), bed.tun_rx(2)];
+        let seen = answered(&read()).len();
+        if !wait_until(|| answered(&read()).len() >= seen + 50) {
+            bail!("round {round}: the ping stalled");
+        }
+        let grew = [bed.tun_rx(1) - before[0], bed.tun_rx(2) - before[1]];
+        let victim = if grew[1] > grew[0] { 2 } else { 1 };
+        let at = answered(&read()).last().copied().unwrap_or(0);
+        bed.kill(victim);
+        if !wait_until(|| answered(&read()).last().is_some_and(|s| *s > at + 100)) {
+            bail!("round {round}: the ping did not go on after the kill");
+        }
+        let seqs = answered(&read());
+        let gap = seqs.windows(2).filter(|w| w[1] > at).map(|w| w[1] - w[0] - 1).max().unwrap_or(0);
+        eprintln!("slicenet-bench:   kill {}: replica {victim}, {gap} pings lost in a row", round + 1);
+        out.gaps.push(gap);
+        bed.start(victim, 2)?;
+        if !wait_until(|| bed.live_on_a(victim)) {
+            bail!("round {round}: the restarted replica never became live");
+        }
+    }
+    Ok(out)
+}
+
+fn ms(pings: u64) -> u64 {
+    pings * 10
+}
+
+/// The median and the maximum gap in ms.
+pub(crate) fn gap_stats(gaps: &[u64]) -> (u64, u64) {
+    let mut v = gaps.to_vec();
+    v.sort_unstable();
+    let p50 = v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(0);
+    (ms(p50), ms(v.last().copied().unwrap_or(0)))
+}
+
+/// The section's table.
+pub(crate) fn table(s: &FailoverSection) -> String {
+    let (p50, max) = gap_stats(&s.gaps);
+    let gaps: Vec<String> = s.gaps.iter().map(|g| ms(*g).to_string()).collect();
+    format!(
+        "| figure | value |\n| --- | --- |\n\
+         | failover gap, p50 / max over {} kills (ms, ping at 100/s) | {p50} / {max} |\n\
+         | each kill's gap (ms) | {} |\n\
+         | throughput, 1 replica (Gbit/s, iperf3 -P 8, {} s) | {:.2} |\n\
+         | throughput, 2 replicas (Gbit/s) | {:.2} |\n",
+        s.gaps.len(),
+        gaps.join(", "),
+        s.seconds,
+        s.gbits[0],
+        s.gbits[1]
+    )
+}
+
+/// The section of `docs/benchmarks.md`.
+pub(crate) fn doc_section(s: &FailoverSection, command: &str) -> String {
+    format!(
+        "{BEGIN}\n## 13. Gateway replicas: failover gap and 1 vs 2 replicas (issue 13)\n\n\
+         Lab `{LAB}`, the gateways alone (namespaces and `slice-gateway` processes, not the full lab: the \
+         worker does not run replicas and the node agents do not route over them yet). Gateway A has the two \
+         replicas of the other side as one peer group (`--multipath-probe-ms {PROBE_MS}`); a \"pod\" behind \
+         both replies over a multipath route (L4 hash). Failover: the replica carrying a 100/s ping is \
+         SIGKILLed, the longest run of lost pings ×10 ms is the gap; it is restarted with its key before the \
+         next kill. Throughput: iperf3 from A to the pod, 8 TCP streams, A knowing one replica then both — \
+         on this 2-core machine the one gateway on A's side carries every stream, so a second replica adds \
+         capacity only where A's side is not the limit.\n\n{}\n{command}\n{END}\n",
+        super::body(&table(s))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_reported_as_median_and_max_in_ms() {
+        assert_eq!(gap_stats(&[30, 10, 20]), (200, 300));
+        assert_eq!(gap_stats(&[10, 40]), (100, 400));
+        assert_eq!(gap_stats(&[]), (0, 0));
+        let t = table(&FailoverSection { gaps: vec![3, 5], gbits: [1.5, 2.25], seconds: 5 });
+        assert!(t.contains("| 30 / 50 |") && t.contains("| 30, 50 |") && t.contains("| 2.25 |"), "{t}");
+    }
+}
