@@ -369,9 +369,12 @@ pub(crate) fn doc_section(s: &FailoverSection, command: &str) -> String {
          replicas of the other side as one peer group (`--multipath-probe-ms {PROBE_MS}`); a \"pod\" behind \
          both replies over a multipath route (L4 hash). Failover: the replica carrying a 100/s ping is \
          SIGKILLed, the longest run of lost pings ×10 ms is the gap; it is restarted with its key before the \
-         next kill. Throughput: iperf3 from A to the pod, 8 TCP streams, A knowing one replica then both — \
-         on this 2-core machine the one gateway on A's side carries every stream, so a second replica adds \
-         capacity only where A's side is not the limit.\n\n{}\n{command}\n{END}\n",
+         next kill. Throughput: iperf3 from A to the pod, 8 TCP streams, A knowing one replica then both: one gateway on A's \
+         side carries every stream in both runs, so the difference is what a second replica on the far side \
+         adds (this 2-core machine runs every process, so the figure is a lower bound of what separate nodes \
+         give); `slice-gateway` is the release build when SLICENET_BIN_DIR points at one. The gap is the \
+         detection time (a member silent for three {PROBE_MS} ms probe intervals is dead) plus the ping's own \
+         interval; it does not include what the node agents' routes would add (not done).\n\n{}\n{command}\n{END}\n",
         super::body(&table(s))
     )
 }

@@ -238,6 +238,74 @@ fn running_gateway_pods<'a>(pods: &'a [Pod], slice: &str) -> Vec<&'a Pod> {
     candidates
 }
 
+/// Every gateway replica of a slice as the status reports it (issue 13), for a slice that asks
+/// for several: ordinal 0 is the gateway this worker runs — its key, endpoint, node, and `Up`
+/// (running and ready), `Down` (with the container's waiting or last termination reason) or
+/// `Pending` (no pod, or not scheduled: the scheduler's message); the further ordinals are
+/// `Pending`, said plainly: this worker does not run them yet.
+#[must_use]
+pub fn replica_statuses(
+    pods: &[Pod],
+    slice: &str,
+    replicas: u32,
+    public_key: Option<&str>,
+    endpoint: Option<&str>,
+) -> Vec<slice_api::crd::GatewayReplicaStatus> {
+    use slice_api::crd::GatewayReplicaStatus;
+    let mut gateway_pods: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.labels().get(SLICE_LABEL).map(String::as_str) == Some(slice))
+        .filter(|p| p.labels().get(objects::NAME_LABEL).map(String::as_str) == Some(objects::GATEWAY_NAME))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    gateway_pods.sort_by_key(|p| (!is_running(p), p.name_any()));
+    let (state, reason, node) = match gateway_pods.first() {
+        None => ("Pending", "no gateway pod yet".to_owned(), None),
+        Some(pod) => {
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+            let status = pod.status.as_ref();
+            let cond =
+                |t: &str| status.and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == t));
+            let container = status.and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first());
+            let waiting = container.and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone());
+            let last = container.and_then(|c| c.last_state.as_ref()?.terminated.as_ref()?.reason.clone());
+            if node.is_none() {
+                let why = cond("PodScheduled")
+                    .and_then(|c| c.message.clone())
+                    .unwrap_or_else(|| "not scheduled yet".to_owned());
+                ("Pending", format!("not scheduled: {why}"), None)
+            } else if is_running(pod) && cond("Ready").is_none_or(|c| c.status == "True") {
+                ("Up", String::new(), node)
+            } else {
+                let why = match (waiting, last) {
+                    (Some(w), Some(l)) => format!("{w} (last exit: {l})"),
+                    (Some(w), None) => w,
+                    (None, Some(l)) => format!("not ready (last exit: {l})"),
+                    (None, None) => "not running and ready".to_owned(),
+                };
+                ("Down", why, node)
+            }
+        }
+    };
+    let mut out = vec![GatewayReplicaStatus {
+        ordinal: 0,
+        public_key: public_key.map(str::to_owned),
+        endpoint: endpoint.map(str::to_owned),
+        node,
+        state: state.to_owned(),
+        reason,
+    }];
+    out.extend((1..replicas).map(|ordinal| GatewayReplicaStatus {
+        ordinal,
+        public_key: None,
+        endpoint: None,
+        node: None,
+        state: "Pending".to_owned(),
+        reason: "not run: this worker runs one gateway replica per slice (issue 13 is not done)".to_owned(),
+    }));
+    out
+}
+
 /// The entries of a pod's `k8s.v1.cni.cncf.io/network-status` annotation (none when it is
 /// missing or not a JSON list).
 fn network_status(pod: &Pod) -> Vec<Value> {
@@ -787,6 +855,18 @@ pub fn decide_status(
             status.gateway_public_key = Some(key.clone());
             status.gateway_endpoint = gateway_endpoint(ws, observed.member_cluster.as_ref(), services);
         }
+        // Per replica only when the slice asks for several (a one-replica status stays as it was).
+        status.gateway_replicas = if ws.spec.gateway.replicas > 1 {
+            replica_statuses(
+                &observed.pods,
+                &ws.spec.slice,
+                ws.spec.gateway.replicas,
+                status.gateway_public_key.as_deref(),
+                status.gateway_endpoint.as_deref(),
+            )
+        } else {
+            Vec::new()
+        };
         if let Some(p) = decision.planned.get(&name) {
             status.exports = decision.exports.get(&name).cloned().unwrap_or_default();
             status.pods = decision.pods.get(&name).cloned().unwrap_or_default();
@@ -995,6 +1075,56 @@ pub fn decide_release(observed: &Observed) -> Vec<Write> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Issue 13: the replicas' status says which is up and why one is not.
+    #[test]
+    fn replica_statuses_say_why_a_replica_is_not_up() {
+        let gw = |status: serde_json::Value, node: Option<&str>| -> Pod {
+            let mut spec = json!({"containers": [{"name": "gateway"}]});
+            if let Some(n) = node {
+                spec["nodeName"] = json!(n);
+            }
+            serde_json::from_value(json!({
+                "metadata": {"name": "slicenet-gw-blue-x", "namespace": "slicenet-gateway",
+                             "labels": {"app.kubernetes.io/name": "slice-gateway", "slicenet.io/slice": "blue"}},
+                "spec": spec,
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let one = |pods: &[Pod]| replica_statuses(pods, "blue", 2, Some("K"), Some("198.18.0.1:31820"));
+        let none = one(&[]);
+        assert_eq!(none.len(), 2);
+        assert_eq!((none[0].state.as_str(), none[0].reason.as_str()), ("Pending", "no gateway pod yet"));
+        assert_eq!(none[0].public_key.as_deref(), Some("K"));
+        assert_eq!(none[1].ordinal, 1);
+        assert!(none[1].reason.contains("not run"), "{}", none[1].reason);
+        let up =
+            one(&[gw(json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}), Some("n1"))]);
+        assert_eq!((up[0].state.as_str(), up[0].node.as_deref()), ("Up", Some("n1")));
+        let crashing = one(&[gw(
+            json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+                   "containerStatuses": [{"name": "gateway", "image": "i", "imageID": "", "ready": false,
+                       "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                       "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}),
+            Some("n1"),
+        )]);
+        assert_eq!(
+            (crashing[0].state.as_str(), crashing[0].reason.as_str()),
+            ("Down", "CrashLoopBackOff (last exit: OOMKilled)")
+        );
+        let unscheduled = one(&[gw(
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                   "message": "0/1 nodes are available: 1 node(s) didn't match pod anti-affinity rules."}]}),
+            None,
+        )]);
+        assert_eq!(unscheduled[0].state, "Pending");
+        assert!(
+            unscheduled[0].reason.starts_with("not scheduled: 0/1 nodes are available"),
+            "{}",
+            unscheduled[0].reason
+        );
+    }
 
     #[test]
     fn an_invalid_spec_is_a_problem_but_keeps_its_gateway_configured() {
