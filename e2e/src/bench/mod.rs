@@ -21,6 +21,7 @@
 //! 12. The control plane at scale: simulated clusters on the in-memory API against the real hub
 //!     and the workers' writes, 16–512 clusters × 1–64 slices, and the gateway's peer lookup
 //!     ([`scale`]; no lab, no root needed by the section itself).
+//! 13. One gateway serving 1, 8 and 64 peers, against `gotatun` the same way ([`peers`]).
 //!
 //! Everything runs in two labs made for the purpose (prefixes [`SLICE_LAB`] and [`PLAIN_LAB`]);
 //! nothing is sent outside their namespaces. The labs are torn down on every path: on return,
@@ -32,6 +33,7 @@ mod cri;
 mod dns;
 mod doc;
 mod path;
+mod peers;
 mod place;
 mod policy;
 mod process;
@@ -83,6 +85,7 @@ pub struct Options {
     pub run_policy: bool,
     pub run_qos: bool,
     pub run_scale: bool,
+    pub run_peers: bool,
     /// Length of one dnsperf run in section 9.
     pub dns_seconds: u32,
     /// Cluster joins timed in section 6.
@@ -109,6 +112,7 @@ impl Default for Options {
             run_policy: true,
             run_qos: true,
             run_scale: true,
+            run_peers: true,
             dns_seconds: 10,
             joins: 10,
             doc: Some(PathBuf::from("docs/benchmarks.md")),
@@ -135,7 +139,8 @@ options:
                         (default 10)
   --dns-seconds S       length of one dnsperf run in section 9 (default 10)
   --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence,
-                        dns,policy,qos,scale (default all)
+                        dns,policy,qos,scale,peers
+                        (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
@@ -181,7 +186,7 @@ impl Options {
                     (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence, o.run_dns) =
                         (false, false, false, false, false, false, false);
                     (o.run_policy, o.run_qos) = (false, false);
-                    o.run_scale = false;
+                    (o.run_scale, o.run_peers) = (false, false);
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
@@ -194,9 +199,10 @@ impl Options {
                             "policy" => o.run_policy = true,
                             "qos" => o.run_qos = true,
                             "scale" => o.run_scale = true,
+                            "peers" => o.run_peers = true,
                             other => {
                                 bail!(
-                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, scale)"
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, scale, peers)"
                                 )
                             }
                         }
@@ -269,6 +275,7 @@ struct Figures {
     policy: Option<policy::PolicySection>,
     qos: Option<qos::QosSection>,
     scale: Option<scale::ScaleSection>,
+    peers: Option<peers::PeersSection>,
 }
 
 /// Runs the benchmark: builds the labs, runs the sections, prints a table per section on
@@ -311,6 +318,8 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: qos::BEGIN, end: qos::END }.update(&text, qos_doc, &old);
         let scale_doc = figures.scale.as_ref().map(|s| scale::doc_section(s, &command));
         text = doc::Marked { begin: scale::BEGIN, end: scale::END }.update(&text, scale_doc, &old);
+        let peers_doc = figures.peers.as_ref().map(|p| peers::doc_section(p, &command));
+        text = doc::Marked { begin: peers::BEGIN, end: peers::END }.update(&text, peers_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -358,7 +367,7 @@ fn preflight(options: &Options) -> Result<()> {
     if labs || options.run_across || control {
         needed.extend(["slice-cni", "slice-operator"]);
     }
-    if options.run_tunnel || options.run_across || control {
+    if options.run_tunnel || options.run_across || options.run_peers || control {
         needed.push("slice-gateway");
     }
     if options.run_dns {
@@ -382,10 +391,10 @@ fn preflight(options: &Options) -> Result<()> {
     if options.run_policy {
         tools.push("nft");
     }
-    if options.run_path || options.run_tunnel || options.run_across || control {
+    if options.run_path || options.run_tunnel || options.run_across || options.run_peers || control {
         tools.extend(["iperf3", "ping", "ss", "timeout"]);
     }
-    if options.run_tunnel || options.run_across {
+    if options.run_tunnel || options.run_across || options.run_peers {
         tools.extend(["wg", "openssl"]);
     }
     if options.run_dns {
@@ -473,6 +482,13 @@ fn measure(options: &Options) -> Result<Figures> {
         let s = scale::run()?;
         println!("{}", scale::table(&s));
         figures.scale = Some(s);
+    }
+    if options.run_peers {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 13. one gateway, 1, 8 and 64 peers (namespaces {}-*)", peers::PREFIX);
+        let p = peers::run(options.iperf_seconds, options.pings)?;
+        println!("{}", peers::table(&p));
+        figures.peers = Some(p);
     }
     Ok(figures)
 }
