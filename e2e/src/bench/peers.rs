@@ -14,6 +14,7 @@
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -223,6 +224,8 @@ fn launch(
     let ifname = format!("bxp{}{tag}", kind.code());
     let file = star.dir.path().join(format!("{ifname}.conf"));
     std::fs::write(&file, conf.render()).with_context(|| format!("cannot write {}", file.display()))?;
+    // It holds a private key: the gateway refuses a file others can read.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
     let file = file.to_str().context("path is not UTF-8")?.to_owned();
     let address = format!("{address}/16");
     let mtu = kind.mtu().to_string();
