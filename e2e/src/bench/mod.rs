@@ -21,6 +21,7 @@
 //! 12. The control plane at scale: simulated clusters on the in-memory API against the real hub
 //!     and the workers' writes, 16–512 clusters × 1–64 slices, and the gateway's peer lookup
 //!     ([`scale`]; no lab, no root needed by the section itself).
+//! 13. One gateway serving 1, 8 and 64 peers, against `gotatun` the same way ([`peers`]).
 //!
 //! Everything runs in two labs made for the purpose (prefixes [`SLICE_LAB`] and [`PLAIN_LAB`]);
 //! nothing is sent outside their namespaces. The labs are torn down on every path: on return,
@@ -33,6 +34,7 @@ mod dns;
 mod doc;
 mod failover;
 mod path;
+mod peers;
 mod place;
 mod policy;
 mod process;
@@ -84,6 +86,7 @@ pub struct Options {
     pub run_policy: bool,
     pub run_qos: bool,
     pub run_scale: bool,
+    pub run_peers: bool,
     pub run_failover: bool,
     /// Length of one dnsperf run in section 9.
     pub dns_seconds: u32,
@@ -111,6 +114,7 @@ impl Default for Options {
             run_policy: true,
             run_qos: true,
             run_scale: true,
+            run_peers: true,
             run_failover: true,
             dns_seconds: 10,
             joins: 10,
@@ -138,7 +142,8 @@ options:
                         (default 10)
   --dns-seconds S       length of one dnsperf run in section 9 (default 10)
   --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence,
-                        dns,policy,qos,scale,failover (default all)
+                        dns,policy,qos,scale,peers,failover
+                        (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
@@ -184,7 +189,7 @@ impl Options {
                     (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence, o.run_dns) =
                         (false, false, false, false, false, false, false);
                     (o.run_policy, o.run_qos) = (false, false);
-                    (o.run_scale, o.run_failover) = (false, false);
+                    (o.run_scale, o.run_peers, o.run_failover) = (false, false, false);
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
@@ -197,10 +202,11 @@ impl Options {
                             "policy" => o.run_policy = true,
                             "qos" => o.run_qos = true,
                             "scale" => o.run_scale = true,
+                            "peers" => o.run_peers = true,
                             "failover" => o.run_failover = true,
                             other => {
                                 bail!(
-                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, scale, failover)"
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, scale, peers, failover)"
                                 )
                             }
                         }
@@ -273,6 +279,7 @@ struct Figures {
     policy: Option<policy::PolicySection>,
     qos: Option<qos::QosSection>,
     scale: Option<scale::ScaleSection>,
+    peers: Option<peers::PeersSection>,
     failover: Option<failover::FailoverSection>,
 }
 
@@ -316,6 +323,8 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: qos::BEGIN, end: qos::END }.update(&text, qos_doc, &old);
         let scale_doc = figures.scale.as_ref().map(|s| scale::doc_section(s, &command));
         text = doc::Marked { begin: scale::BEGIN, end: scale::END }.update(&text, scale_doc, &old);
+        let peers_doc = figures.peers.as_ref().map(|p| peers::doc_section(p, &command));
+        text = doc::Marked { begin: peers::BEGIN, end: peers::END }.update(&text, peers_doc, &old);
         let failover_doc = figures.failover.as_ref().map(|f| failover::doc_section(f, &command));
         text = doc::Marked { begin: failover::BEGIN, end: failover::END }.update(&text, failover_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -365,7 +374,7 @@ fn preflight(options: &Options) -> Result<()> {
     if labs || options.run_across || control {
         needed.extend(["slice-cni", "slice-operator"]);
     }
-    if options.run_tunnel || options.run_across || control || options.run_failover {
+    if options.run_tunnel || options.run_across || options.run_peers || control || options.run_failover {
         needed.push("slice-gateway");
     }
     if options.run_dns {
@@ -392,10 +401,10 @@ fn preflight(options: &Options) -> Result<()> {
     if options.run_policy {
         tools.push("nft");
     }
-    if options.run_path || options.run_tunnel || options.run_across || control {
+    if options.run_path || options.run_tunnel || options.run_across || options.run_peers || control {
         tools.extend(["iperf3", "ping", "ss", "timeout"]);
     }
-    if options.run_tunnel || options.run_across {
+    if options.run_tunnel || options.run_across || options.run_peers {
         tools.extend(["wg", "openssl"]);
     }
     if options.run_dns {
@@ -484,9 +493,16 @@ fn measure(options: &Options) -> Result<Figures> {
         println!("{}", scale::table(&s));
         figures.scale = Some(s);
     }
+    if options.run_peers {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 13. one gateway, 1, 8 and 64 peers (namespaces {}-*)", peers::PREFIX);
+        let p = peers::run(options.iperf_seconds, options.pings)?;
+        println!("{}", peers::table(&p));
+        figures.peers = Some(p);
+    }
     if options.run_failover {
         process::check_interrupted()?;
-        eprintln!("slicenet-bench: 13. gateway replicas: failover gap and 1 vs 2 replicas (lab {})", failover::LAB);
+        eprintln!("slicenet-bench: 14. gateway replicas: failover gap and 1 vs 2 replicas (lab {})", failover::LAB);
         let f = failover::run(options.iperf_seconds)?;
         println!("{}", failover::table(&f));
         figures.failover = Some(f);
