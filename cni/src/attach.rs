@@ -270,6 +270,7 @@ mod tests {
             mtu: 1400,
             namespaces: vec!["shop".into()],
             gateway_namespace: None,
+            secondary: None,
         }
     }
 

@@ -79,6 +79,7 @@ mod tests {
             mtu: 1450,
             namespaces: vec![],
             gateway_namespace: None,
+            secondary: None,
         }
     }
 

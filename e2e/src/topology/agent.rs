@@ -124,6 +124,7 @@ pub(crate) fn agent_configs(
             slice_subnet: slice.subnet.to_string(),
             cluster_prefix: cluster.to_string(),
             node_prefix_length: LAB_NODE_PREFIX_LEN,
+            secondary_family: None,
             vni: slice.vni,
             mtu: None,
             namespaces: slice.namespaces.clone(),

@@ -73,6 +73,7 @@ fn states() -> States {
         mtu: 1400,
         namespaces: vec!["shop".into(), "both".into()],
         gateway_namespace: Some("slicenet-gateway".into()),
+        secondary: None,
     };
     let mut red = blue.clone();
     red.slice = "red".into();

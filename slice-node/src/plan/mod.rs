@@ -292,7 +292,7 @@ pub enum ObservedFirewall {
 /// One state file as observed: parsed, or present but unreadable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObservedStateFile {
-    Valid(NodeState),
+    Valid(Box<NodeState>),
     Unreadable,
 }
 
@@ -690,7 +690,7 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
         (None, ObservedFirewall::Absent | ObservedFirewall::Unreadable(_)) => {}
     }
 
-    if observed.state_files.get(&spec.slice) != Some(&ObservedStateFile::Valid(spec.state.clone())) {
+    if observed.state_files.get(&spec.slice) != Some(&ObservedStateFile::Valid(Box::new(spec.state.clone()))) {
         actions.push(Action::WriteStateFile { slice: slice(), state: Box::new(spec.state.clone()) });
     }
 

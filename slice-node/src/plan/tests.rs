@@ -35,7 +35,7 @@ fn converged(config: &NodeAgentConfig) -> Observed {
     let mut obs = Observed::default();
     for slice in &config.slices {
         let spec = RouterSpec::new(config, slice);
-        obs.state_files.insert(slice.name.clone(), ObservedStateFile::Valid(spec.state.clone()));
+        obs.state_files.insert(slice.name.clone(), ObservedStateFile::Valid(Box::new(spec.state.clone())));
         obs.router_netns.insert(slice.name.clone());
         let mut sysctls = BTreeMap::new();
         for (k, v) in ROUTER_SYSCTLS {
@@ -179,6 +179,7 @@ fn added_peer_gets_its_entries_only() {
         name: "n4".into(),
         underlay_address: "198.18.250.4".parse().unwrap(),
         node_prefix: "10.80.0.192/26".parse().unwrap(),
+        secondary_node_prefix: None,
     });
     let actions = plan(&c2, &obs);
     assert_eq!(slices_touched(&actions), BTreeSet::from(["red".to_string()]));
