@@ -140,16 +140,26 @@ impl Drop for Lab {
 impl Lab {
     /// `n` node namespaces joined by a bridge in a WAN namespace.
     pub fn new(n: usize) -> Result<Self> {
+        Self::named("sgw", n)
+    }
+
+    /// The same with namespace names starting `<prefix>-` (a test file's own lab prefix).
+    pub fn named(prefix: &str, n: usize) -> Result<Self> {
         require_root();
         let tag = format!("{:x}{}", std::process::id() & 0xfff, SEQ.fetch_add(1, Ordering::Relaxed));
-        let mut lab =
-            Lab { wan: format!("sgw-{tag}-wan"), nodes: Vec::new(), procs: Vec::new(), dir: tempfile::tempdir()?, tag };
+        let mut lab = Lab {
+            wan: format!("{prefix}-{tag}-wan"),
+            nodes: Vec::new(),
+            procs: Vec::new(),
+            dir: tempfile::tempdir()?,
+            tag,
+        };
         sh(&format!(
             "ip netns add {w} && ip -n {w} link add br0 type bridge && ip -n {w} link set br0 up && ip -n {w} link set lo up",
             w = lab.wan
         ))?;
         for i in 0..n {
-            let ns = format!("sgw-{}-n{i}", lab.tag);
+            let ns = format!("{prefix}-{}-n{i}", lab.tag);
             sh(&format!("ip netns add {ns}"))?;
             lab.nodes.push(ns.clone());
             sh(&format!(
