@@ -269,7 +269,7 @@ pub fn problems(view: &HubView) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 

@@ -32,6 +32,8 @@ pub mod backoff;
 pub mod corefile;
 #[cfg(feature = "crd")]
 pub mod crd;
+#[cfg(feature = "crd")]
+pub mod diagnose;
 pub mod error_chain;
 pub mod fnv;
 pub mod gateway;

@@ -128,6 +128,40 @@ pub fn lab_exec(prefix: &str, pod: &str, command: &[String]) -> std::process::Ex
     }
 }
 
+/// `slicectl diagnose --hub-kubeconfig FILE | --lab PREFIX [-o json]`: the report on stdout;
+/// exit status 0 without failures, 1 with one, 2 when the checks could not run.
+#[must_use]
+pub fn diagnose(hub_kubeconfig: Option<&Path>, lab: Option<&str>, json: bool) -> std::process::ExitCode {
+    let run = || -> Result<slice_api::diagnose::Report> {
+        if let Some(prefix) = lab {
+            let text = control::serve::request(prefix, &control::serve::Request::Diagnose)?;
+            return serde_json::from_str(&text).context("the lab's diagnose report");
+        }
+        let kubeconfig = hub_kubeconfig.context("--hub-kubeconfig or --lab")?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+        let view = runtime.block_on(async {
+            let client = slice_kube::kubeconfig::client_from_kubeconfig(kubeconfig, None).await?;
+            crate::hub_status::fetch(client).await
+        })?;
+        Ok(slice_api::diagnose::hub_findings(&view))
+    };
+    match run() {
+        Ok(report) => {
+            let text =
+                if json { serde_json::to_string_pretty(&report).unwrap_or_default() + "\n" } else { report.render() };
+            if let Err(e) = print_out(&text) {
+                eprintln!("slicectl: {e:#}");
+                return std::process::ExitCode::from(2);
+            }
+            if report.failed() { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
+        }
+        Err(e) => {
+            eprintln!("slicectl: diagnose: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 /// `slicectl status --hub-kubeconfig`: slices, clusters, tunnels and problems from the hub.
 ///
 /// # Errors
