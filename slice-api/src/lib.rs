@@ -29,6 +29,8 @@
 pub mod access;
 pub mod backoff;
 #[cfg(feature = "crd")]
+pub mod console;
+#[cfg(feature = "crd")]
 pub mod corefile;
 #[cfg(feature = "crd")]
 pub mod crd;

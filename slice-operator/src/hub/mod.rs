@@ -75,6 +75,15 @@ pub struct HubOptions {
     /// Where to serve /healthz and /readyz.
     #[arg(long, default_value = crate::health::DEFAULT_ADDR)]
     pub health_addr: SocketAddr,
+    /// Serve the read-only web console here (e.g. `127.0.0.1:8090`; off when absent). It has no
+    /// authentication of its own: keep it on loopback or a pod-internal address and reach it
+    /// through the API server (`kubectl port-forward`, or the Service proxy).
+    #[arg(long)]
+    pub console: Option<SocketAddr>,
+    /// The console's document, published after every reconcile's reads (set by [`run`] when
+    /// `--console` is given; tests set it to read what would be served).
+    #[arg(skip)]
+    pub console_sink: Option<slice_kube::console::Console>,
 }
 
 const DEFAULT_DEBOUNCE_MS: u64 = 150;
@@ -96,6 +105,8 @@ impl Default for HubOptions {
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
             leader_election: LeaderElectionArgs::default(),
             health_addr: crate::health::DEFAULT_ADDR.parse().expect("the default address parses"),
+            console: None,
+            console_sink: None,
         }
     }
 }
@@ -136,8 +147,16 @@ impl HubOptions {
 /// # Errors
 /// When no client can be built, the health address cannot be bound, or leadership is lost; API
 /// errors while running are retried, never returned.
-pub async fn run(options: HubOptions) -> anyhow::Result<()> {
+pub async fn run(mut options: HubOptions) -> anyhow::Result<()> {
     let client = runner::client(&options).await?;
+    if let Some(addr) = options.console {
+        let console = slice_kube::console::Console::new();
+        let (bound, _task) = slice_kube::console::spawn(addr, console.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("listening on {addr} for the console: {e}"))?;
+        tracing::info!(%bound, "console serving");
+        options.console_sink = Some(console);
+    }
     tracing::info!(?options, "hub starting");
     let health = crate::health::Health::new();
     let _server = crate::health::spawn(options.health_addr, &health)
@@ -154,6 +173,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Checked before every write.
     pub leadership: Leadership,
+    /// Gets the console's document from every pass's reads (`--console`).
+    pub console: Option<slice_kube::console::Console>,
 }
 
 impl Context {
@@ -164,6 +185,7 @@ impl Context {
             heartbeat_timeout,
             recorder: Recorder::new(EVENT_CONTROLLER, instance),
             leadership: Leadership::unconditional(),
+            console: None,
         }
     }
 }
@@ -232,6 +254,9 @@ pub async fn reconcile(client: &Client, ctx: &Context, now: Timestamp) -> Result
         .await
         .map_err(|source| Error::List { kind: "WorkerSlices", source })?;
     let world = World { slices: slices.items, clusters: clusters.items, workers: workers.items };
+    if let Some(console) = &ctx.console {
+        console.publish(&slice_api::console::Model::from_view(&world.clone().sorted()));
+    }
     let decision = decide(&world, now, ctx.heartbeat_timeout);
     for plan in &decision.plans {
         tracing::debug!(slice = %plan.name, vni = ?plan.vni, clusters = plan.workers.len(), "planned");
