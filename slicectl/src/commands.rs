@@ -88,6 +88,39 @@ pub fn lab_apply(prefix: &str, cluster: Option<String>, file: &Path, apply: bool
     Ok(())
 }
 
+/// `slicectl lab console`: the hub's web console over lab `prefix`'s state, served on `addr`
+/// until interrupted; the document is asked of the lab's control plane every second.
+///
+/// # Errors
+/// When the lab has no running control plane or `addr` cannot be bound.
+pub fn lab_console(prefix: &str, addr: std::net::SocketAddr) -> Result<()> {
+    let owned = prefix.to_owned();
+    let fetch = move || -> Result<slice_api::console::Model> {
+        let text = control::serve::request(&owned, &control::serve::Request::Console)?;
+        serde_json::from_str(&text).context("the lab's console document")
+    };
+    let console = slice_kube::console::Console::new();
+    console.publish(&fetch()?);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting tokio")?;
+    runtime.block_on(async {
+        let (bound, _task) =
+            slice_kube::console::spawn(addr, console.clone()).await.with_context(|| format!("listening on {addr}"))?;
+        println!("slicenet console of lab {prefix}: http://{bound}/ (Ctrl-C stops it)");
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            match tokio::task::spawn_blocking(fetch.clone()).await {
+                Ok(Ok(model)) => console.publish(&model),
+                Ok(Err(e)) => eprintln!("slicectl: lab console: {e:#}"),
+                Err(e) => eprintln!("slicectl: lab console: {e}"),
+            }
+        }
+    })
+}
+
 /// `slicectl lab status`.
 ///
 /// # Errors

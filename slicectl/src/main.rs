@@ -354,6 +354,14 @@ enum LabCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// The hub's web console over a lab started with `lab up -f` (read-only; live).
+    Console {
+        #[arg(long, default_value = e2e::demo::PREFIX)]
+        prefix: String,
+        /// Where to serve it.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        addr: std::net::SocketAddr,
+    },
     /// The hub's report of a lab started with `lab up -f`: slices, clusters, tunnels, problems.
     Status {
         #[arg(long, default_value = e2e::demo::PREFIX)]
@@ -457,6 +465,7 @@ fn main() -> ExitCode {
             return commands::lab_exec(&prefix, &pod, &command);
         }
         Cmd::Lab { command: LabCmd::Status { prefix } } => commands::lab_status(&prefix),
+        Cmd::Lab { command: LabCmd::Console { prefix, addr } } => commands::lab_console(&prefix, addr),
         Cmd::Lab { command: LabCmd::Down { prefix, all } } => commands::lab_down(&prefix, all),
         Cmd::Policy { command: PolicyCmd::Show { config, slice } } => commands::policy_show(&config, slice.as_deref()),
         Cmd::Diagnose { hub_kubeconfig, lab, output } => {
