@@ -18,6 +18,8 @@
 //!     policies ([`policy`]).
 //! 11. QoS per slice over a 40 Mbit/s uplink, on and off: rates against the profiles and a
 //!     high-priority slice's ping under a saturating low-priority one ([`qos`]).
+//! 12. The web console in headless Chromium for 3 and 50 simulated clusters: page weight, time
+//!     to first render, the serving process's CPU and memory with a page open ([`console`]).
 //!
 //! Everything runs in two labs made for the purpose (prefixes [`SLICE_LAB`] and [`PLAIN_LAB`]);
 //! nothing is sent outside their namespaces. The labs are torn down on every path: on return,
@@ -25,6 +27,7 @@
 
 mod across;
 mod cni;
+mod console;
 mod cri;
 mod dns;
 mod doc;
@@ -77,6 +80,7 @@ pub struct Options {
     pub run_dns: bool,
     pub run_policy: bool,
     pub run_qos: bool,
+    pub run_console: bool,
     /// Length of one dnsperf run in section 9.
     pub dns_seconds: u32,
     /// Cluster joins timed in section 6.
@@ -102,6 +106,7 @@ impl Default for Options {
             run_dns: true,
             run_policy: true,
             run_qos: true,
+            run_console: true,
             dns_seconds: 10,
             joins: 10,
             doc: Some(PathBuf::from("docs/benchmarks.md")),
@@ -128,7 +133,7 @@ options:
                         (default 10)
   --dns-seconds S       length of one dnsperf run in section 9 (default 10)
   --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence,
-                        dns,policy,qos (default all)
+                        dns,policy,qos,console (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
@@ -173,7 +178,7 @@ impl Options {
                     let list = value()?;
                     (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence, o.run_dns) =
                         (false, false, false, false, false, false, false);
-                    (o.run_policy, o.run_qos) = (false, false);
+                    (o.run_policy, o.run_qos, o.run_console) = (false, false, false);
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
@@ -185,9 +190,10 @@ impl Options {
                             "dns" => o.run_dns = true,
                             "policy" => o.run_policy = true,
                             "qos" => o.run_qos = true,
+                            "console" => o.run_console = true,
                             other => {
                                 bail!(
-                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos)"
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, console)"
                                 )
                             }
                         }
@@ -259,6 +265,7 @@ struct Figures {
     dns: Option<dns::DnsSection>,
     policy: Option<policy::PolicySection>,
     qos: Option<qos::QosSection>,
+    console: Option<console::ConsoleSection>,
 }
 
 /// Runs the benchmark: builds the labs, runs the sections, prints a table per section on
@@ -299,6 +306,8 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: policy::BEGIN, end: policy::END }.update(&text, policy_doc, &old);
         let qos_doc = figures.qos.as_ref().map(|q| qos::doc_section(q, &command));
         text = doc::Marked { begin: qos::BEGIN, end: qos::END }.update(&text, qos_doc, &old);
+        let console_doc = figures.console.as_ref().map(|c| console::doc_section(c, &command));
+        text = doc::Marked { begin: console::BEGIN, end: console::END }.update(&text, console_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
@@ -350,6 +359,13 @@ fn preflight(options: &Options) -> Result<()> {
     }
     if options.run_dns {
         needed.push("slice-dns");
+    }
+    if options.run_console {
+        for browser in [crate::browser::CHROMIUM, crate::browser::CHROMEDRIVER] {
+            if !std::path::Path::new(browser).exists() {
+                bail!("{browser} is missing (make deps installs chromium and chromium-driver)");
+            }
+        }
     }
     for name in needed {
         if !bin.join(name).exists() {
@@ -453,6 +469,13 @@ fn measure(options: &Options) -> Result<Figures> {
         let q = qos::run(options.iperf_seconds, options.pings)?;
         println!("{}", qos::table(&q));
         figures.qos = Some(q);
+    }
+    if options.run_console {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 12. web console in headless Chromium, {:?} simulated clusters", console::SIZES);
+        let c = console::run()?;
+        println!("{}", console::table(&c));
+        figures.console = Some(c);
     }
     Ok(figures)
 }

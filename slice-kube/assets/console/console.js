@@ -107,6 +107,8 @@ function render() {
   const html = kind === "slice" ? slicePage(model, name) : kind === "cluster" ? clusterPage(model, name) : overview(model);
   document.getElementById("main").innerHTML = html;
   document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
+  // Time to first render since navigation start, for the benchmark.
+  if (window.__firstRender === undefined) window.__firstRender = performance.now();
 }
 
 function show(text, how) {
