@@ -1,4 +1,4 @@
-//! Section 12: the web console's weight and speed in headless Chromium for 3 and 50 simulated
+//! Section 14: the web console's weight and speed in headless Chromium for 3 and 50 simulated
 //! clusters (one slice over all of them, every tunnel up and measured: a full mesh, the largest
 //! document), and what serving it costs the serving process with a page open on 50 clusters.
 //!
@@ -194,7 +194,7 @@ pub(crate) fn table(s: &ConsoleSection) -> String {
 
 pub(crate) fn doc_section(s: &ConsoleSection, command: &str) -> String {
     format!(
-        "{BEGIN}\n## 12. Web console: page weight and time to first render\n\n\
+        "{BEGIN}\n## 14. Web console: page weight and time to first render\n\n\
          Simulated clusters (a hub view built in memory: one slice over all of them, every tunnel up with figures — a \
          full mesh, the largest document for that many clusters), turned into the console's document as the hub does \
          on each pass and served by the console's server on loopback to Debian's headless Chromium in a 390×844 window. \

@@ -18,7 +18,7 @@
 //!     policies ([`policy`]).
 //! 11. QoS per slice over a 40 Mbit/s uplink, on and off: rates against the profiles and a
 //!     high-priority slice's ping under a saturating low-priority one ([`qos`]).
-//! 12. The web console in headless Chromium for 3 and 50 simulated clusters: page weight, time
+//! 14. The web console in headless Chromium for 3 and 50 simulated clusters: page weight, time
 //!     to first render, the serving process's CPU and memory with a page open ([`console`]).
 //!
 //! Everything runs in two labs made for the purpose (prefixes [`SLICE_LAB`] and [`PLAIN_LAB`]);
@@ -472,7 +472,7 @@ fn measure(options: &Options) -> Result<Figures> {
     }
     if options.run_console {
         process::check_interrupted()?;
-        eprintln!("slicenet-bench: 12. web console in headless Chromium, {:?} simulated clusters", console::SIZES);
+        eprintln!("slicenet-bench: 14. web console in headless Chromium, {:?} simulated clusters", console::SIZES);
         let c = console::run()?;
         println!("{}", console::table(&c));
         figures.console = Some(c);
