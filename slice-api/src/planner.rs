@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::crd::{
@@ -52,23 +53,39 @@ pub struct SlicePlan {
     pub vni: Option<u32>,
     /// The allocations to record in the SliceConfig's status, by cluster name.
     pub allocations: Vec<ClusterAllocation>,
-    /// The WorkerSlice spec of every cluster that must run the slice, by cluster name.
+    /// The WorkerSlice spec of every cluster that must run the slice, sorted by cluster name.
     pub workers: Vec<WorkerSliceSpec>,
     /// `Planned` and `Ready`.
     pub conditions: Vec<Condition>,
 }
 
-/// Plans every slice. The order of the inputs does not matter.
+impl SlicePlan {
+    /// The planned WorkerSlice spec of `cluster` (the specs are sorted by cluster).
+    #[must_use]
+    pub fn worker(&self, cluster: &str) -> Option<&WorkerSliceSpec> {
+        self.workers.binary_search_by(|s| s.cluster.as_str().cmp(cluster)).ok().map(|i| &self.workers[i])
+    }
+}
+
+/// Plans every slice. The order of the inputs does not matter. This is the whole plan from
+/// scratch, the reference that [`index::PlanIndex`] (which the hub runs, replanning only the
+/// slices a change touches) is tested against.
 #[must_use]
 pub fn plan(slices: &[SliceConfig], clusters: &[MemberCluster], workers: &[WorkerSlice]) -> Vec<SlicePlan> {
     let mut ordered: Vec<&SliceConfig> = slices.iter().collect();
-    ordered.sort_by(|a, b| {
-        (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
-            .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
-    });
-    let (trusted, mut refusals) = owned_workers(workers);
-    let publications = check_publications(slices, clusters, &trusted, &mut refusals);
-    let vnis = allocate_vnis(&ordered, &trusted);
+    ordered.sort_by_key(|s| creation_order(s));
+    // WorkerSlices in (namespace, name) order, slices and clusters by name, as the API server
+    // lists them: what depends on an order (the first WorkerSlice a lost VNI is recovered from,
+    // the order of refusals) then does not depend on the caller's.
+    let mut workers: Vec<&WorkerSlice> = workers.iter().collect();
+    workers.sort_by_key(|w| worker_key(w));
+    let mut by_name: Vec<&SliceConfig> = slices.iter().collect();
+    by_name.sort_by_key(|s| s.name_any());
+    let mut clusters_by_name: Vec<&MemberCluster> = clusters.iter().collect();
+    clusters_by_name.sort_by_key(|c| c.name_any());
+    let (trusted, mut refusals) = owned_workers(&workers);
+    let publications = check_publications(&by_name, &clusters_by_name, &trusted, &mut refusals);
+    let vnis = allocate_vnis(&ordered, |slice| trusted.iter().find(|w| w.spec.slice == slice).map(|w| w.spec.vni));
     let registered: BTreeSet<String> =
         clusters.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).map(ResourceExt::name_any).collect();
     let uplinks: Uplinks = clusters.iter().filter_map(|c| Some((c.name_any(), c.spec.uplink_kbps?))).collect();
@@ -76,12 +93,54 @@ pub fn plan(slices: &[SliceConfig], clusters: &[MemberCluster], workers: &[Worke
         .iter()
         .map(|s| {
             let name = s.name_any();
-            let refused = refusals.get(&name).map_or(&[][..], Vec::as_slice);
-            plan_slice(s, vnis.get(&name).copied(), &registered, &uplinks, &trusted, &publications, refused)
+            let facts = SliceFacts {
+                vni: vnis.get(&name).copied(),
+                existing: trusted.iter().copied().filter(|w| w.spec.slice == name).collect(),
+                registered: Box::new(|c| registered.contains(c)),
+                uplink: Box::new(|c| uplinks.get(c).copied()),
+                published: publications
+                    .range((name.clone(), String::new())..)
+                    .take_while(|((s, _), _)| *s == name)
+                    .map(|((_, c), p)| (c.clone(), p.clone()))
+                    .collect(),
+                refused: refusals.get(&name).cloned().unwrap_or_default(),
+            };
+            plan_slice(s, &facts)
         })
         .collect();
     plans.sort_by(|a, b| a.name.cmp(&b.name));
     plans
+}
+
+/// What one slice's plan depends on besides its SliceConfig: the few facts that come from the
+/// rest of the fleet. [`plan`] derives them by scanning everything; [`index::PlanIndex`] looks
+/// them up.
+pub(crate) struct SliceFacts<'a> {
+    /// The slice's VNI (allocated across all slices).
+    pub vni: Option<u32>,
+    /// The slice's WorkerSlices that speak for their cluster.
+    pub existing: Vec<&'a WorkerSlice>,
+    /// Whether a cluster is registered (its MemberCluster exists and is not being deleted).
+    pub registered: Lookup<'a, bool>,
+    /// A cluster's uplink rate, kbit/s.
+    pub uplink: Lookup<'a, Option<u64>>,
+    /// What each member cluster published for the slice, once checked, by cluster.
+    pub published: BTreeMap<String, (Option<String>, Option<String>)>,
+    /// The refusals reported on the slice.
+    pub refused: Vec<String>,
+}
+
+/// A fact about a cluster, by its name.
+pub(crate) type Lookup<'a, T> = Box<dyn Fn(&str) -> T + 'a>;
+
+/// The order new VNIs are handed out in: creation time, then name.
+fn creation_order(s: &SliceConfig) -> (Option<Timestamp>, String) {
+    (s.metadata.creation_timestamp.as_ref().map(|t| t.0), s.name_any())
+}
+
+/// (namespace, name): the order the API server lists WorkerSlices in.
+fn worker_key(w: &WorkerSlice) -> (String, String) {
+    (w.metadata.namespace.clone().unwrap_or_default(), w.name_any())
 }
 
 /// Each member cluster's uplink rate (kbit/s), where its MemberCluster names one.
@@ -93,28 +152,40 @@ type Refusals = BTreeMap<String, Vec<String>>;
 /// The WorkerSlices that speak for their cluster: in the namespace of the cluster their spec
 /// names, under the name of the slice their spec names. Anything else was written (or moved)
 /// by someone it does not belong to: ignored, and reported on the slice it is named after.
-fn owned_workers(workers: &[WorkerSlice]) -> (Vec<&WorkerSlice>, Refusals) {
+fn owned_workers<'a>(workers: &[&'a WorkerSlice]) -> (Vec<&'a WorkerSlice>, Refusals) {
     let mut refusals = Refusals::new();
     let mut owned = Vec::new();
-    for w in workers {
-        let namespace = w.metadata.namespace.as_deref().unwrap_or("");
-        let name = w.name_any();
+    for w in workers.iter().copied() {
         if speaks_for_itself(w) {
             owned.push(w);
         } else {
-            let why = format!(
-                "WorkerSlice {namespace}/{name} names cluster {} and slice {}, but a WorkerSlice speaks only for the cluster of its namespace and the slice of its name: ignored",
-                w.spec.cluster, w.spec.slice
-            );
+            let why = impostor_refusal(w);
             // Reported on the slice of its name and on the slice its spec names.
-            let mut on: Vec<&String> = vec![&name, &w.spec.slice];
-            on.dedup();
-            for slice in on {
-                refusals.entry(slice.clone()).or_default().push(why.clone());
+            for slice in impostor_mentions(w) {
+                refusals.entry(slice).or_default().push(why.clone());
             }
         }
     }
     (owned, refusals)
+}
+
+/// Why a WorkerSlice that does not speak for itself is ignored.
+fn impostor_refusal(w: &WorkerSlice) -> String {
+    format!(
+        "WorkerSlice {}/{} names cluster {} and slice {}, but a WorkerSlice speaks only for the cluster of its namespace and the slice of its name: ignored",
+        w.metadata.namespace.as_deref().unwrap_or(""),
+        w.name_any(),
+        w.spec.cluster,
+        w.spec.slice
+    )
+}
+
+/// The slices a WorkerSlice that does not speak for itself is reported on: the slice of its
+/// name and the one its spec names.
+fn impostor_mentions(w: &WorkerSlice) -> Vec<String> {
+    let mut on = vec![w.name_any(), w.spec.slice.clone()];
+    on.dedup();
+    on
 }
 
 /// Whether a WorkerSlice speaks for the cluster and slice its spec names: it lies in that
@@ -129,27 +200,37 @@ pub fn speaks_for_itself(w: &WorkerSlice) -> bool {
 /// each `None` when not published or refused.
 type Publications = BTreeMap<(String, String), (Option<String>, Option<String>)>;
 
+/// Addresses no gateway endpoint may take: every slice subnet, every member's pod and service
+/// CIDRs (unparsable entries are the validator's business, not a reason to panic), each with
+/// what it is. The first that holds an endpoint names the refusal.
+fn slice_forbidden(s: &SliceConfig) -> Vec<(IpNet, String)> {
+    s.spec
+        .slice_subnet
+        .trim()
+        .parse::<IpNet>()
+        .map(|net| (net, format!("the subnet of slice {}", s.name_any())))
+        .into_iter()
+        .collect()
+}
+
+fn cluster_forbidden(c: &MemberCluster) -> Vec<(IpNet, String)> {
+    let mut out = Vec::new();
+    for (cidrs, what) in [(&c.spec.pod_cidrs, "pod"), (&c.spec.service_cidrs, "service")] {
+        for net in cidrs.iter().filter_map(|t| t.trim().parse::<IpNet>().ok()) {
+            out.push((net, format!("the {what} CIDR {net} of cluster {}", c.name_any())));
+        }
+    }
+    out
+}
+
 fn check_publications(
-    slices: &[SliceConfig],
-    clusters: &[MemberCluster],
+    slices: &[&SliceConfig],
+    clusters: &[&MemberCluster],
     owned: &[&WorkerSlice],
     refusals: &mut Refusals,
 ) -> Publications {
-    // Addresses no gateway endpoint may take: every slice subnet, every member's pod and
-    // service CIDRs (unparsable entries are the validator's business, not a reason to panic).
-    let mut forbidden: Vec<(IpNet, String)> = Vec::new();
-    for s in slices {
-        if let Ok(net) = s.spec.slice_subnet.trim().parse::<IpNet>() {
-            forbidden.push((net, format!("the subnet of slice {}", s.name_any())));
-        }
-    }
-    for c in clusters {
-        for (cidrs, what) in [(&c.spec.pod_cidrs, "pod"), (&c.spec.service_cidrs, "service")] {
-            for net in cidrs.iter().filter_map(|t| t.trim().parse::<IpNet>().ok()) {
-                forbidden.push((net, format!("the {what} CIDR {net} of cluster {}", c.name_any())));
-            }
-        }
-    }
+    let mut forbidden: Vec<(IpNet, String)> = slices.iter().flat_map(|s| slice_forbidden(s)).collect();
+    forbidden.extend(clusters.iter().flat_map(|c| cluster_forbidden(c)));
     // Who each key was already distributed for: the peers of the specs the hub wrote.
     let mut incumbent: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for w in owned {
@@ -169,17 +250,41 @@ fn check_publications(
     let mut out = Publications::new();
     for w in owned {
         let (slice, cluster) = (&w.spec.slice, &w.spec.cluster);
-        let status = w.status.as_ref();
-        let mut key = status.and_then(|s| s.gateway_public_key.clone());
-        if let Some(k) = key.as_deref()
-            && let Some(others) = publishers.get(k).filter(|p| p.len() > 1)
-        {
-            let holders: Vec<&str> =
-                others.iter().copied().filter(|c| incumbent.get(k).is_some_and(|i| i.contains(c))).collect();
+        let (published, refused) = check_publication(
+            w,
+            |k| publishers.get(k).cloned().unwrap_or_default(),
+            |k, c| incumbent.get(k).is_some_and(|i| i.contains(c)),
+            &forbidden,
+        );
+        refusals.entry(slice.clone()).or_default().extend(refused);
+        out.insert((slice.clone(), cluster.clone()), published);
+    }
+    refusals.retain(|_, r| !r.is_empty());
+    out
+}
+
+/// The key and endpoint a WorkerSlice that speaks for itself published, each `None` when not
+/// published or refused, and the refusals. `publishers(key)` are the clusters that publish the
+/// key (in any slice), `incumbent(key, cluster)` whether the key was distributed for the
+/// cluster already.
+fn check_publication<'a>(
+    w: &WorkerSlice,
+    publishers: impl Fn(&str) -> BTreeSet<&'a str>,
+    incumbent: impl Fn(&str, &str) -> bool,
+    forbidden: &[(IpNet, String)],
+) -> ((Option<String>, Option<String>), Vec<String>) {
+    let cluster = &w.spec.cluster;
+    let mut refused = Vec::new();
+    let status = w.status.as_ref();
+    let mut key = status.and_then(|s| s.gateway_public_key.clone());
+    if let Some(k) = key.as_deref() {
+        let others = publishers(k);
+        if others.len() > 1 {
+            let holders: Vec<&str> = others.iter().copied().filter(|c| incumbent(k, c)).collect();
             let keeps = holders.len() == 1 && holders[0] == cluster.as_str();
             if !keeps {
                 let all: Vec<&str> = others.iter().copied().collect();
-                refusals.entry(slice.clone()).or_default().push(format!(
+                refused.push(format!(
                     "cluster {cluster} published gateway key {k}, which clusters {} all publish: {}",
                     all.join(", "),
                     match holders.as_slice() {
@@ -190,19 +295,15 @@ fn check_publications(
                 key = None;
             }
         }
-        let mut endpoint = status.and_then(|s| s.gateway_endpoint.clone());
-        if let Some(e) = endpoint.as_deref()
-            && let Some(why) = endpoint_refusal(e, &forbidden)
-        {
-            refusals
-                .entry(slice.clone())
-                .or_default()
-                .push(format!("cluster {cluster} published gateway endpoint {e}, {why}: not distributed"));
-            endpoint = None;
-        }
-        out.insert((slice.clone(), cluster.clone()), (key, endpoint));
     }
-    out
+    let mut endpoint = status.and_then(|s| s.gateway_endpoint.clone());
+    if let Some(e) = endpoint.as_deref()
+        && let Some(why) = endpoint_refusal(e, forbidden)
+    {
+        refused.push(format!("cluster {cluster} published gateway endpoint {e}, {why}: not distributed"));
+        endpoint = None;
+    }
+    ((key, endpoint), refused)
 }
 
 /// Why an endpoint may not be handed to peers (`None`: it may). Host names are left to DNS.
@@ -219,15 +320,13 @@ fn endpoint_refusal(endpoint: &str, forbidden: &[(IpNet, String)]) -> Option<Str
 
 /// Recorded VNIs are kept in (creation, name) order; a VNI recorded twice stays with the older
 /// slice and the other gets a new one.
-fn allocate_vnis(ordered: &[&SliceConfig], workers: &[&WorkerSlice]) -> BTreeMap<String, u32> {
+/// `from_worker(slice)`: the VNI of the slice's first WorkerSlice (that speaks for itself, in
+/// (namespace, name) order), where the status lost it.
+fn allocate_vnis(ordered: &[&SliceConfig], from_worker: impl Fn(&str) -> Option<u32>) -> BTreeMap<String, u32> {
     let mut taken = BTreeSet::new();
     let mut out = BTreeMap::new();
     for s in ordered {
-        let recorded = s
-            .status
-            .as_ref()
-            .and_then(|st| st.vni)
-            .or_else(|| workers.iter().find(|w| w.spec.slice == s.name_any()).map(|w| w.spec.vni));
+        let recorded = s.status.as_ref().and_then(|st| st.vni).or_else(|| from_worker(&s.name_any()));
         if let Some(vni) = recorded.filter(|v| (VNI_BASE..=VNI_MAX).contains(v) && !taken.contains(v)) {
             taken.insert(vni);
             out.insert(s.name_any(), vni);
@@ -250,19 +349,14 @@ fn allocate_vnis(ordered: &[&SliceConfig], workers: &[&WorkerSlice]) -> BTreeMap
     out
 }
 
-fn plan_slice(
-    slice: &SliceConfig,
-    vni: Option<u32>,
-    registered: &BTreeSet<String>,
-    uplinks: &Uplinks,
-    workers: &[&WorkerSlice],
-    publications: &Publications,
-    refused: &[String],
-) -> SlicePlan {
+fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
     let name = slice.name_any();
     let generation = slice.metadata.generation;
-    let existing: Vec<&WorkerSlice> = workers.iter().copied().filter(|w| w.spec.slice == name).collect();
-    let recorded = recorded_indexes(slice, &existing);
+    let vni = facts.vni;
+    let refused = facts.refused.as_slice();
+    let existing: &[&WorkerSlice] = &facts.existing;
+    let by_cluster: BTreeMap<&str, &WorkerSlice> = existing.iter().map(|w| (w.spec.cluster.as_str(), *w)).collect();
+    let recorded = recorded_indexes(slice, existing);
     let keep = |reason: &str, message: String| {
         // Refused: keep running what runs, record nothing new.
         let mut workers: Vec<WorkerSliceSpec> = existing.iter().map(|w| w.spec.clone()).collect();
@@ -274,7 +368,7 @@ fn plan_slice(
             name: name.clone(),
             vni,
             allocations,
-            conditions: vec![planned, ready_condition(&workers, &existing, refused, generation)],
+            conditions: vec![planned, ready_condition(&workers, &by_cluster, refused, generation)],
             workers,
         }
     };
@@ -297,7 +391,7 @@ fn plan_slice(
     let mut wanted: Vec<String> = slice.spec.clusters.clone();
     wanted.sort();
     wanted.dedup();
-    let (members, unregistered): (Vec<String>, Vec<String>) = wanted.into_iter().partition(|c| registered.contains(c));
+    let (members, unregistered): (Vec<String>, Vec<String>) = wanted.into_iter().partition(|c| (facts.registered)(c));
     if members.len() > addresses.max_clusters as usize {
         return keep(
             "TooManyClusters",
@@ -330,20 +424,27 @@ fn plan_slice(
         used.insert(next);
     }
 
-    let prefix_of = |c: &str| addresses.cluster_prefix(index[c]).expect("index below maxClusters").to_string();
-    let published = |c: &str| publications.get(&(name.clone(), c.to_owned()));
-    let mut specs = Vec::new();
-    for c in &members {
-        let peers = members
-            .iter()
-            .filter(|p| *p != c)
-            .map(|p| WorkerPeer {
+    let prefixes: BTreeMap<&str, String> = members
+        .iter()
+        .map(|c| (c.as_str(), addresses.cluster_prefix(index[c]).expect("index below maxClusters").to_string()))
+        .collect();
+    let prefix_of = |c: &str| prefixes[c].clone();
+    // Every member's entry in the others' peer lists, built once.
+    let entries: Vec<WorkerPeer> = members
+        .iter()
+        .map(|p| {
+            let published = facts.published.get(p);
+            WorkerPeer {
                 cluster: p.clone(),
                 prefix: prefix_of(p),
-                public_key: published(p).and_then(|(key, _)| key.clone()),
-                endpoint: published(p).and_then(|(_, endpoint)| endpoint.clone()),
-            })
-            .collect();
+                public_key: published.and_then(|(key, _)| key.clone()),
+                endpoint: published.and_then(|(_, endpoint)| endpoint.clone()),
+            }
+        })
+        .collect();
+    let mut specs = Vec::new();
+    for c in &members {
+        let peers = entries.iter().filter(|p| p.cluster != *c).cloned().collect();
         specs.push(WorkerSliceSpec {
             slice: name.clone(),
             cluster: c.clone(),
@@ -376,13 +477,13 @@ fn plan_slice(
                 .spec
                 .qos
                 .as_ref()
-                .map(|profile| WorkerSliceQos { profile: profile.clone(), uplink_kbps: uplinks.get(c).copied() }),
+                .map(|profile| WorkerSliceQos { profile: profile.clone(), uplink_kbps: (facts.uplink)(c) }),
         });
     }
     let allocations = members
         .iter()
         .map(|c| {
-            let (ready, reason) = worker_readiness(existing.iter().find(|w| w.spec.cluster == *c).copied());
+            let (ready, reason) = worker_readiness(by_cluster.get(c.as_str()).copied());
             ClusterAllocation { cluster: c.clone(), index: index[c], prefix: prefix_of(c), ready, reason }
         })
         .collect();
@@ -401,7 +502,7 @@ fn plan_slice(
         )
     };
     planned.observed_generation = generation;
-    let ready = ready_condition(&specs, &existing, refused, generation);
+    let ready = ready_condition(&specs, &by_cluster, refused, generation);
     SlicePlan { name, vni: Some(vni), allocations, workers: specs, conditions: vec![planned, ready] }
 }
 
@@ -445,13 +546,13 @@ fn worker_readiness(worker: Option<&WorkerSlice>) -> (bool, String) {
 
 fn ready_condition(
     specs: &[WorkerSliceSpec],
-    existing: &[&WorkerSlice],
+    existing: &BTreeMap<&str, &WorkerSlice>,
     refused: &[String],
     generation: Option<i64>,
 ) -> Condition {
     let mut waiting = Vec::new();
     for spec in specs {
-        let worker = existing.iter().find(|w| w.spec.cluster == spec.cluster).copied();
+        let worker = existing.get(spec.cluster.as_str()).copied();
         let (ready, reason) = worker_readiness(worker);
         if !ready {
             waiting.push(format!("{}: {reason}", spec.cluster));
@@ -469,6 +570,8 @@ fn ready_condition(
     c.observed_generation = generation;
     c
 }
+
+pub mod index;
 
 #[cfg(test)]
 mod tests;

@@ -18,6 +18,10 @@
 //!     policies ([`policy`]).
 //! 11. QoS per slice over a 40 Mbit/s uplink, on and off: rates against the profiles and a
 //!     high-priority slice's ping under a saturating low-priority one ([`qos`]).
+//! 12. The control plane at scale: simulated clusters on the in-memory API against the real hub
+//!     and the workers' writes, 16–512 clusters × 1–64 slices, and the gateway's peer lookup
+//!     ([`scale`]; no lab, no root needed by the section itself).
+//! 13. One gateway serving 1, 8 and 64 peers, against `gotatun` the same way ([`peers`]).
 //! 14. The web console in headless Chromium for 3 and 50 simulated clusters: page weight, time
 //!     to first render, the serving process's CPU and memory with a page open ([`console`]).
 //!
@@ -32,10 +36,12 @@ mod cri;
 mod dns;
 mod doc;
 mod path;
+mod peers;
 mod place;
 mod policy;
 mod process;
 mod qos;
+mod scale;
 mod stats;
 mod tunnel;
 
@@ -47,6 +53,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::{Lab, LabOptions, LabSlice};
+pub use scale::CountingAllocator;
 use stats::{Summary, added_percent, ratio};
 
 /// Prefix of the lab with `slice-cni` in the chain and node agents running the bench slice.
@@ -80,6 +87,8 @@ pub struct Options {
     pub run_dns: bool,
     pub run_policy: bool,
     pub run_qos: bool,
+    pub run_scale: bool,
+    pub run_peers: bool,
     pub run_console: bool,
     /// Length of one dnsperf run in section 9.
     pub dns_seconds: u32,
@@ -106,6 +115,8 @@ impl Default for Options {
             run_dns: true,
             run_policy: true,
             run_qos: true,
+            run_scale: true,
+            run_peers: true,
             run_console: true,
             dns_seconds: 10,
             joins: 10,
@@ -133,7 +144,8 @@ options:
                         (default 10)
   --dns-seconds S       length of one dnsperf run in section 9 (default 10)
   --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence,
-                        dns,policy,qos,console (default all)
+                        dns,policy,qos,scale,peers,console
+                        (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
   -h, --help            this text
@@ -178,7 +190,9 @@ impl Options {
                     let list = value()?;
                     (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence, o.run_dns) =
                         (false, false, false, false, false, false, false);
-                    (o.run_policy, o.run_qos, o.run_console) = (false, false, false);
+                    (o.run_policy, o.run_qos) = (false, false);
+                    (o.run_scale, o.run_peers) = (false, false);
+                    o.run_console = false;
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
@@ -190,10 +204,12 @@ impl Options {
                             "dns" => o.run_dns = true,
                             "policy" => o.run_policy = true,
                             "qos" => o.run_qos = true,
+                            "scale" => o.run_scale = true,
+                            "peers" => o.run_peers = true,
                             "console" => o.run_console = true,
                             other => {
                                 bail!(
-                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, console)"
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, scale, peers, console)"
                                 )
                             }
                         }
@@ -265,6 +281,8 @@ struct Figures {
     dns: Option<dns::DnsSection>,
     policy: Option<policy::PolicySection>,
     qos: Option<qos::QosSection>,
+    scale: Option<scale::ScaleSection>,
+    peers: Option<peers::PeersSection>,
     console: Option<console::ConsoleSection>,
 }
 
@@ -306,6 +324,10 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: policy::BEGIN, end: policy::END }.update(&text, policy_doc, &old);
         let qos_doc = figures.qos.as_ref().map(|q| qos::doc_section(q, &command));
         text = doc::Marked { begin: qos::BEGIN, end: qos::END }.update(&text, qos_doc, &old);
+        let scale_doc = figures.scale.as_ref().map(|s| scale::doc_section(s, &command));
+        text = doc::Marked { begin: scale::BEGIN, end: scale::END }.update(&text, scale_doc, &old);
+        let peers_doc = figures.peers.as_ref().map(|p| peers::doc_section(p, &command));
+        text = doc::Marked { begin: peers::BEGIN, end: peers::END }.update(&text, peers_doc, &old);
         let console_doc = figures.console.as_ref().map(|c| console::doc_section(c, &command));
         text = doc::Marked { begin: console::BEGIN, end: console::END }.update(&text, console_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -327,10 +349,11 @@ fn load_average() -> String {
 /// This run's command line as it can be typed again: the `SLICENET_*` variables it read, the
 /// program and its arguments.
 fn command_line() -> String {
-    let mut words: Vec<String> = ["SLICENET_BIN_DIR", "SLICENET_BENCH_TUNNELS", "SLICENET_BENCH_GATEWAY_VARIANTS"]
-        .into_iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={}", quote(&v))))
-        .collect();
+    let mut words: Vec<String> =
+        ["SLICENET_BIN_DIR", "SLICENET_BENCH_TUNNELS", "SLICENET_BENCH_GATEWAY_VARIANTS", "SLICENET_BENCH_SCALE_SIZES"]
+            .into_iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={}", quote(&v))))
+            .collect();
     words.extend(std::env::args().map(|a| quote(&a)));
     words.join(" ")
 }
@@ -354,7 +377,7 @@ fn preflight(options: &Options) -> Result<()> {
     if labs || options.run_across || control {
         needed.extend(["slice-cni", "slice-operator"]);
     }
-    if options.run_tunnel || options.run_across || control {
+    if options.run_tunnel || options.run_across || options.run_peers || control {
         needed.push("slice-gateway");
     }
     if options.run_dns {
@@ -385,10 +408,10 @@ fn preflight(options: &Options) -> Result<()> {
     if options.run_policy {
         tools.push("nft");
     }
-    if options.run_path || options.run_tunnel || options.run_across || control {
+    if options.run_path || options.run_tunnel || options.run_across || options.run_peers || control {
         tools.extend(["iperf3", "ping", "ss", "timeout"]);
     }
-    if options.run_tunnel || options.run_across {
+    if options.run_tunnel || options.run_across || options.run_peers {
         tools.extend(["wg", "openssl"]);
     }
     if options.run_dns {
@@ -469,6 +492,20 @@ fn measure(options: &Options) -> Result<Figures> {
         let q = qos::run(options.iperf_seconds, options.pings)?;
         println!("{}", qos::table(&q));
         figures.qos = Some(q);
+    }
+    if options.run_scale {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 12. the control plane at scale (in memory, no lab)");
+        let s = scale::run()?;
+        println!("{}", scale::table(&s));
+        figures.scale = Some(s);
+    }
+    if options.run_peers {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 13. one gateway, 1, 8 and 64 peers (namespaces {}-*)", peers::PREFIX);
+        let p = peers::run(options.iperf_seconds, options.pings)?;
+        println!("{}", peers::table(&p));
+        figures.peers = Some(p);
     }
     if options.run_console {
         process::check_interrupted()?;

@@ -285,7 +285,7 @@ impl Kind {
         }
     }
 
-    fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Kind::SliceGateway => "sg",
             Kind::WireguardGo => "wg",

@@ -2,6 +2,10 @@
 
 use std::process::ExitCode;
 
+/// Counts the bytes held, for the scale section's hub memory.
+#[global_allocator]
+static ALLOCATOR: e2e::bench::CountingAllocator = e2e::bench::CountingAllocator;
+
 fn main() -> ExitCode {
     let options = match e2e::bench::Options::parse(std::env::args().skip(1)) {
         Ok(Some(options)) => options,

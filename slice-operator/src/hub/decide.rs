@@ -26,7 +26,6 @@
 //! and what is written, an object created or deleted), so a converged hub announces nothing.
 //! [`failure_notice`] turns a failed action into its `Warning`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -35,14 +34,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use slice_api::crd::ServiceAllocation;
 use slice_api::crd::{
-    CLUSTER_NAMESPACE_PREFIX, Condition, HUB_FINALIZER, MemberCluster, SliceConfig, SliceConfigStatus, WorkerSlice,
-    WorkerSliceSpec, cluster_namespace, condition, owner_labels, set_condition,
+    Condition, HUB_FINALIZER, MemberCluster, SliceConfig, SliceConfigStatus, WorkerSlice, WorkerSliceSpec, condition,
+    owner_labels, set_condition,
 };
-use slice_api::planner::{self, EXPORTS_ACCEPTED, PLANNED, READY, SlicePlan};
+use slice_api::crd::{ImportedService, ServiceAllocation};
+use slice_api::planner::{EXPORTS_ACCEPTED, PLANNED, READY, SlicePlan};
+use slice_api::policy::PodGroup;
 
-use super::health::{HEALTHY, healthy_condition};
 use super::pods::PODS_ACCEPTED;
 use crate::events::{Notice, reason, reference, reference_to};
 
@@ -113,8 +112,8 @@ impl fmt::Display for Action {
 pub struct Decision {
     /// The requests to make, in order.
     pub actions: Vec<Action>,
-    /// The planner's result, for logs.
-    pub plans: Vec<SlicePlan>,
+    /// The slices decided, for logs: name, VNI, member clusters planned.
+    pub plans: Vec<PlanSummary>,
     /// When to look again even if nothing changes: the first moment a healthy cluster's
     /// heartbeat goes stale.
     pub requeue_after: Option<Duration>,
@@ -122,174 +121,27 @@ pub struct Decision {
     pub notices: Vec<(usize, Notice)>,
 }
 
+/// A slice's plan, in short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSummary {
+    pub name: String,
+    pub vni: Option<u32>,
+    pub clusters: usize,
+}
+
+/// What the hub merges into a slice's WorkerSlice specs besides the plan, in the plan's order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct SpecLists {
+    pub imports: Vec<ImportedService>,
+    pub pods: Vec<PodGroup>,
+}
+
 /// Decides the hub's requests for `world` at `now`; a cluster whose heartbeat is older than
-/// `stale_after` is not `Healthy`.
+/// `stale_after` is not `Healthy`. The whole decision: every slice planned, every object
+/// compared ([`HubIndex`] made from `world`, everything in scope).
 #[must_use]
 pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision {
-    // Kubernetes writes times with whole seconds.
-    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
-    let now_text = now.to_string();
-    let workers: Vec<WorkerSlice> = world.workers.iter().filter(|w| is_hub_managed(w)).cloned().collect();
-    let mut plans = planner::plan(&world.slices, &world.clusters, &workers);
-    // Multi-cluster services: the exports member clusters report, merged, go into every member's
-    // spec (`imports`) and the SliceConfig's status (`services`, `ExportsAccepted`).
-    let mut services: BTreeMap<String, Vec<ServiceAllocation>> = BTreeMap::new();
-    for p in &mut plans {
-        let Some(slice) = world.slices.iter().find(|s| s.name_any() == p.name) else { continue };
-        let merged = super::services::merge(slice, p, &workers);
-        for spec in &mut p.workers {
-            spec.imports = super::services::imports_for(&merged.imports, &spec.namespaces);
-        }
-        let had = slice.status.as_ref().is_some_and(|st| condition(&st.conditions, EXPORTS_ACCEPTED).is_some());
-        if had || !merged.imports.is_empty() || !merged.refusals.is_empty() {
-            p.conditions.push(exports_condition(&merged));
-        }
-        services.insert(p.name.clone(), merged.services);
-        // The pod directory: each member gets the other members' checked reports (`spec.pods`).
-        let pods = super::pods::merge(p, &workers);
-        for spec in &mut p.workers {
-            spec.pods = pods.for_cluster(&spec.cluster);
-        }
-        let had = slice.status.as_ref().is_some_and(|st| condition(&st.conditions, PODS_ACCEPTED).is_some());
-        if had || !pods.refusals.is_empty() {
-            p.conditions.push(pods_condition(&pods));
-        }
-    }
-    let mut actions = Vec::new();
-
-    let mut slices: Vec<&SliceConfig> = world.slices.iter().collect();
-    slices.sort_by_key(|s| s.name_any());
-    let mut clusters: Vec<&MemberCluster> = world.clusters.iter().collect();
-    clusters.sort_by_key(|c| c.name_any());
-    let mut notices = Vec::new();
-    // Announces `notice` once the action pushed last succeeded.
-    let mut announce = |actions: &Vec<Action>, notice: Notice| notices.push((actions.len() - 1, notice));
-
-    // 1. Finalizers on.
-    for s in &slices {
-        if let Some(a) = add_finalizer(FinalizedKind::SliceConfig, *s) {
-            actions.push(a);
-        }
-    }
-    for c in &clusters {
-        if let Some(a) = add_finalizer(FinalizedKind::MemberCluster, *c) {
-            actions.push(a);
-            let note = format!(
-                "member cluster {} joined; its WorkerSlices go into namespace {}",
-                c.name_any(),
-                cluster_namespace(&c.name_any())
-            );
-            announce(&actions, Notice::normal(reference(*c), reason::CLUSTER_JOINED, "Register", note));
-        }
-    }
-
-    // 2. Namespaces of registered clusters.
-    for c in clusters.iter().filter(|c| c.metadata.deletion_timestamp.is_none()) {
-        let cluster = c.name_any();
-        actions.push(Action::EnsureNamespace { namespace: cluster_namespace(&cluster), cluster });
-    }
-
-    // 3. WorkerSlices.
-    let slice_ref = |name: &str| world.slices.iter().find(|s| s.name_any() == name).map(reference);
-    let existing: BTreeMap<(String, String), &WorkerSlice> =
-        workers.iter().map(|w| ((w.namespace().unwrap_or_default(), w.name_any()), w)).collect();
-    let mut planned = BTreeSet::new();
-    for p in &plans {
-        for spec in &p.workers {
-            let key = (cluster_namespace(&spec.cluster), p.name.clone());
-            planned.insert(key.clone());
-            match existing.get(&key) {
-                None => {
-                    let w = new_worker(&key.0, &p.name, spec);
-                    let note = format!("created WorkerSlice {}/{} for cluster {}", key.0, p.name, spec.cluster);
-                    let related = reference(&w);
-                    actions.push(Action::CreateWorkerSlice(Box::new(w)));
-                    if let Some(slice) = slice_ref(&p.name) {
-                        let n = Notice::normal(slice, reason::WORKER_SLICE_CREATED, "Plan", note);
-                        announce(&actions, n.with_related(related));
-                    }
-                }
-                Some(w) if w.metadata.deletion_timestamp.is_some() => {}
-                Some(w) => {
-                    if let Some(patch) = worker_patch(w, &p.name, spec) {
-                        let note = changed_fields(&patch);
-                        actions.push(Action::PatchWorkerSlice { namespace: key.0, name: key.1, patch });
-                        announce(&actions, Notice::normal(reference(*w), reason::WORKER_SLICE_UPDATED, "Plan", note));
-                    }
-                }
-            }
-        }
-    }
-    for ((namespace, name), w) in &existing {
-        if !planned.contains(&(namespace.clone(), name.clone())) && w.metadata.deletion_timestamp.is_none() {
-            actions.push(Action::DeleteWorkerSlice { namespace: namespace.clone(), name: name.clone() });
-            let note = format!("deleted WorkerSlice {namespace}/{name} (cluster {})", w.spec.cluster);
-            let regarding = slice_ref(&w.spec.slice).unwrap_or_else(|| reference(*w));
-            announce(
-                &actions,
-                Notice::normal(regarding, reason::WORKER_SLICE_DELETED, "Plan", note).with_related(reference(*w)),
-            );
-        }
-    }
-
-    // 4. SliceConfigs: status, or finalizer off.
-    for s in &slices {
-        let name = s.name_any();
-        let releasing = s.metadata.deletion_timestamp.is_some()
-            && has_hub_finalizer(*s)
-            && !workers.iter().any(|w| w.name_any() == name || w.spec.slice == name);
-        if releasing {
-            actions.push(remove_finalizer(FinalizedKind::SliceConfig, *s));
-            continue;
-        }
-        let exported = services.get(&name).map_or(&[][..], Vec::as_slice);
-        if let Some(p) = plans.iter().find(|p| p.name == name)
-            && let Some(patch) = slice_status_patch(s, p, exported, &now_text)
-        {
-            actions.push(Action::PatchSliceStatus { name, patch });
-            let old = s.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
-            for n in slice_notices(s, old, &p.conditions) {
-                announce(&actions, n);
-            }
-        }
-    }
-
-    // 5. MemberClusters: health, or teardown.
-    let mut requeue_after: Option<Duration> = None;
-    for c in &clusters {
-        let name = c.name_any();
-        if c.metadata.deletion_timestamp.is_some() {
-            let namespace = cluster_namespace(&name);
-            let left = workers.iter().any(|w| w.namespace().as_deref() == Some(&namespace) || w.spec.cluster == name);
-            if has_hub_finalizer(*c) && !left {
-                actions.push(Action::DeleteNamespace { cluster: name.clone(), namespace: namespace.clone() });
-                actions.push(remove_finalizer(FinalizedKind::MemberCluster, *c));
-                let note = format!("member cluster {name} left: namespace {namespace} deleted");
-                announce(&actions, Notice::normal(reference(*c), reason::CLUSTER_LEFT, "Unregister", note));
-            }
-            continue;
-        }
-        let (mut healthy, fresh_for) = healthy_condition(c.status.as_ref(), now, stale_after);
-        healthy.observed_generation = c.metadata.generation;
-        if let Some(left) = fresh_for {
-            // One second late rather than early: at the exact second the heartbeat is still fresh.
-            let left = left + Duration::from_secs(1);
-            requeue_after = Some(requeue_after.map_or(left, |r| r.min(left)));
-        }
-        let old = c.status.clone().unwrap_or_default();
-        let mut new = old.clone();
-        let before = condition(&old.conditions, HEALTHY).cloned();
-        set_condition(&mut new.conditions, healthy.clone(), &now_text);
-        if new != old {
-            let patch = status_patch(c.status.as_ref(), &new);
-            actions.push(Action::PatchClusterStatus { name, patch });
-            if let Some(n) = health_notice(c, before.as_ref(), &healthy) {
-                announce(&actions, n);
-            }
-        }
-    }
-
-    Decision { actions, plans, requeue_after, notices }
+    HubIndex::new(world, stale_after).decide(now)
 }
 
 /// `ExportsAccepted`: true when every reported export was taken, else the refusals.
@@ -423,16 +275,17 @@ pub fn action_subject(action: &Action, world: &World) -> ObjectReference {
 /// The `Warning` for an action that failed with `error` (its message: `error`, with its causes).
 #[must_use]
 pub fn failure_notice(action: &Action, world: &World, error: &super::Error) -> Notice {
+    failure_notice_about(action_subject(action, world), error)
+}
+
+/// The `Warning` about `subject` (the object an action writes) for the action's `error`.
+#[must_use]
+pub fn failure_notice_about(subject: ObjectReference, error: &super::Error) -> Notice {
     let reason = match error {
         super::Error::NamespaceTerminating(_) => reason::NAMESPACE_TERMINATING,
         _ => reason::WRITE_FAILED,
     };
-    Notice::warning(action_subject(action, world), reason, "Reconcile", slice_api::error_chain::chain(error))
-}
-
-/// Whether a WorkerSlice is in a namespace the hub writes WorkerSlices into.
-fn is_hub_managed(w: &WorkerSlice) -> bool {
-    w.metadata.namespace.as_deref().is_some_and(|ns| ns.starts_with(CLUSTER_NAMESPACE_PREFIX))
+    Notice::warning(subject, reason, "Reconcile", slice_api::error_chain::chain(error))
 }
 
 fn has_hub_finalizer<K: ResourceExt>(obj: &K) -> bool {
@@ -457,15 +310,18 @@ fn remove_finalizer<K: ResourceExt>(kind: FinalizedKind, obj: &K) -> Action {
     }
 }
 
-fn new_worker(namespace: &str, slice: &str, spec: &WorkerSliceSpec) -> WorkerSlice {
-    let mut w = WorkerSlice::new(slice, spec.clone());
+fn new_worker(namespace: &str, slice: &str, spec: &WorkerSliceSpec, lists: &SpecLists) -> WorkerSlice {
+    let mut spec = spec.clone();
+    spec.imports.clone_from(&lists.imports);
+    spec.pods.clone_from(&lists.pods);
+    let mut w = WorkerSlice::new(slice, spec);
     w.metadata.namespace = Some(namespace.to_owned());
-    w.metadata.labels = Some(owner_labels(slice, &spec.cluster));
+    w.metadata.labels = Some(owner_labels(slice, &w.spec.cluster));
     w
 }
 
 /// The merge patch that brings `w`'s hub labels and spec to the plan, or `None` when they match.
-fn worker_patch(w: &WorkerSlice, slice: &str, spec: &WorkerSliceSpec) -> Option<Value> {
+fn worker_patch(w: &WorkerSlice, slice: &str, spec: &WorkerSliceSpec, lists: &SpecLists) -> Option<Value> {
     let labels: Map<String, Value> = owner_labels(slice, &spec.cluster)
         .into_iter()
         .filter(|(k, v)| w.labels().get(k) != Some(v))
@@ -475,8 +331,50 @@ fn worker_patch(w: &WorkerSlice, slice: &str, spec: &WorkerSliceSpec) -> Option<
     if !labels.is_empty() {
         patch.insert("metadata".to_owned(), json!({ "labels": labels }));
     }
-    if let Some(spec) = merge_diff(&to_json(&w.spec), &to_json(spec)) {
+    // The typed comparison first: most specs are unchanged, and turning a spec of many peers
+    // into JSON twice costs more than comparing it.
+    if let Some(spec) = spec_patch(&w.spec, spec, lists) {
         patch.insert("spec".to_owned(), spec);
+    }
+    (!patch.is_empty()).then_some(Value::Object(patch))
+}
+
+/// `merge_diff` from `old` to `new` with `lists` as its imports and pods, without turning long
+/// lists into JSON unless they differ: the lists (peers, imports, pods) are compared typed and,
+/// as a merge patch does with lists, sent whole when they differ (`null` when one that is left
+/// out when empty became empty); the rest goes through `merge_diff` only when it differs.
+fn spec_patch(old: &WorkerSliceSpec, new: &WorkerSliceSpec, lists: &SpecLists) -> Option<Value> {
+    let light = |s: &WorkerSliceSpec| WorkerSliceSpec {
+        slice: s.slice.clone(),
+        cluster: s.cluster.clone(),
+        slice_subnet: s.slice_subnet.clone(),
+        cluster_prefix: s.cluster_prefix.clone(),
+        node_prefix_length: s.node_prefix_length,
+        vni: s.vni,
+        mtu: s.mtu,
+        namespaces: s.namespaces.clone(),
+        gateway: s.gateway.clone(),
+        peers: Vec::new(),
+        imports: Vec::new(),
+        pods: Vec::new(),
+        isolation: s.isolation.clone(),
+        qos: s.qos.clone(),
+    };
+    let (old_light, new_light) = (light(old), light(new));
+    let mut patch = match (old_light != new_light).then(|| merge_diff(&to_json(&old_light), &to_json(&new_light))) {
+        Some(Some(Value::Object(map))) => map,
+        _ => Map::new(),
+    };
+    if old.peers != new.peers {
+        patch.insert("peers".to_owned(), to_json(&new.peers));
+    }
+    // Left out when empty: an emptied list is removed (`null`).
+    let list = |empty: bool, value: Value| if empty { Value::Null } else { value };
+    if old.imports != lists.imports {
+        patch.insert("imports".to_owned(), list(lists.imports.is_empty(), to_json(&lists.imports)));
+    }
+    if old.pods != lists.pods {
+        patch.insert("pods".to_owned(), list(lists.pods.is_empty(), to_json(&lists.pods)));
     }
     (!patch.is_empty()).then_some(Value::Object(patch))
 }
@@ -485,6 +383,7 @@ fn worker_patch(w: &WorkerSlice, slice: &str, spec: &WorkerSliceSpec) -> Option<
 fn slice_status_patch(
     slice: &SliceConfig,
     plan: &SlicePlan,
+    conditions: &[Condition],
     services: &[ServiceAllocation],
     now: &str,
 ) -> Option<Value> {
@@ -495,7 +394,7 @@ fn slice_status_patch(
         services: services.to_vec(),
         ..old.clone()
     };
-    for c in &plan.conditions {
+    for c in conditions {
         set_condition(&mut new.conditions, c.clone(), now);
     }
     new.observed_generation = slice.metadata.generation;
@@ -541,6 +440,9 @@ pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
     }
     Some(Value::Object(patch))
 }
+
+mod index;
+pub use index::{Coverage, HubIndex};
 
 #[cfg(test)]
 mod tests;

@@ -1,10 +1,13 @@
 //! The hub controller (`slice-operator hub`): SliceConfigs and MemberClusters → one WorkerSlice
 //! per slice per member cluster, in the hub namespace `slicenet-cluster-<cluster>`.
 //!
-//! The reconcile is global and level-triggered, because VNIs must be unique across slices: it
-//! lists the three kinds ([`reconcile`]), decides every request from what it read and the time
-//! ([`decide::decide`], pure, on top of `slice_api::planner`) and makes them
-//! ([`execute::execute`], thin). Peer keys and endpoints that workers publish in their
+//! The hub keeps what it has seen indexed ([`HubIndex`], pure, on top of
+//! `slice_api::planner::index`), learns each object its watches report ([`Hub::observe`]) and
+//! decides only for the slices and clusters the changes touched ([`Hub::reconcile_changes`]):
+//! a heartbeat decides one cluster's `Healthy` and plans nothing. VNIs must stay unique across
+//! slices, so a whole pass ([`reconcile`], [`Hub::resync`]: lists the three kinds, decides
+//! every request, [`decide::decide`]) runs at the start, periodically and after a failure; the
+//! requests are made by [`execute::execute`] (thin). Peer keys and endpoints that workers publish in their
 //! WorkerSlice's status flow into the other clusters' WorkerSlices through the planner; status
 //! and conditions flow back into each SliceConfig; finalizers hold SliceConfigs and
 //! MemberClusters until what the hub made for them is gone. [`run`] drives it from watches with
@@ -35,7 +38,9 @@ use slice_api::crd::{MemberCluster, SliceConfig, WorkerSlice};
 use crate::events::Recorder;
 use crate::leader::{LeaderElectionArgs, Leadership, NotLeading};
 
-pub use decide::{Action, Decision, FinalizedKind, World, action_subject, decide, failure_notice, merge_diff};
+pub use decide::{
+    Action, Coverage, Decision, FinalizedKind, HubIndex, World, action_subject, decide, failure_notice, merge_diff,
+};
 pub use health::{HEALTHY, healthy_condition};
 pub use runner::{Schedule, run_with_client};
 use slice_api::error_chain::chain;
@@ -240,6 +245,12 @@ pub struct Outcome {
 /// [`Error::Writes`] with every request that failed.
 #[tracing::instrument(skip_all)]
 pub async fn reconcile(client: &Client, ctx: &Context, now: Timestamp) -> Result<Outcome, Error> {
+    let mut index = HubIndex::new(&list_world(client).await?, ctx.heartbeat_timeout);
+    reconcile_index(client, ctx, &mut index, now).await
+}
+
+/// Lists what the hub decides from.
+async fn list_world(client: &Client) -> Result<World, Error> {
     let params = ListParams::default();
     let slices = Api::<SliceConfig>::all(client.clone())
         .list(&params)
@@ -253,21 +264,115 @@ pub async fn reconcile(client: &Client, ctx: &Context, now: Timestamp) -> Result
         .list(&params)
         .await
         .map_err(|source| Error::List { kind: "WorkerSlices", source })?;
-    let world = World { slices: slices.items, clusters: clusters.items, workers: workers.items };
+    Ok(World { slices: slices.items, clusters: clusters.items, workers: workers.items })
+}
+
+/// Decides what `index` has in scope at `now`, makes the requests and publishes the Events.
+async fn reconcile_index(
+    client: &Client,
+    ctx: &Context,
+    index: &mut HubIndex,
+    now: Timestamp,
+) -> Result<Outcome, Error> {
     if let Some(console) = &ctx.console {
-        console.publish(&slice_api::console::Model::from_view(&world.clone().sorted()));
+        // The console's document from what the index holds (the watches' objects as of now).
+        let plans = index.plans();
+        let view = World {
+            slices: plans.slices().cloned().collect(),
+            clusters: plans.clusters().cloned().collect(),
+            workers: plans.workers().cloned().collect(),
+        };
+        console.publish(&slice_api::console::Model::from_view(&view.sorted()));
     }
-    let decision = decide(&world, now, ctx.heartbeat_timeout);
+    let (decision, coverage) = index.decide_with_coverage(now);
+    tracing::debug!(planned = coverage.planned, slices = coverage.slices, clusters = coverage.clusters, "decided");
     for plan in &decision.plans {
-        tracing::debug!(slice = %plan.name, vni = ?plan.vni, clusters = plan.workers.len(), "planned");
+        tracing::debug!(slice = %plan.name, vni = ?plan.vni, clusters = plan.clusters, "planned");
     }
     let executed = execute::execute(client, &decision.actions, &ctx.leadership).await?;
     let mut notices: Vec<_> =
         decision.notices.iter().filter(|(i, _)| executed.done[*i]).map(|(_, n)| n.clone()).collect();
-    notices.extend(executed.failures.iter().map(|(i, e)| failure_notice(&decision.actions[*i], &world, e)));
+    notices.extend(executed.failures.iter().map(|(i, e)| {
+        let action = &decision.actions[*i];
+        decide::failure_notice_about(index.action_subject(action), e)
+    }));
     ctx.recorder.publish(client, &notices, now, &ctx.leadership).await;
     if !executed.failures.is_empty() {
         return Err(Error::Writes(executed.failures.into_iter().map(|(_, e)| e).collect()));
     }
     Ok(Outcome { writes: executed.writes, requeue_after: decision.requeue_after })
+}
+
+/// A change a watch reported, with the object as it is now.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Slice(Box<SliceConfig>),
+    SliceGone(String),
+    Cluster(Box<MemberCluster>),
+    ClusterGone(String),
+    Worker(Box<WorkerSlice>),
+    /// (namespace, name).
+    WorkerGone(String, String),
+}
+
+/// The hub that decides only what changed: an index fed by the watches' objects
+/// ([`Hub::observe`]), a pass over what they touched ([`Hub::reconcile_changes`]), and a whole
+/// pass from fresh lists ([`Hub::resync`]) at the start, periodically and after a failed pass
+/// (which repairs anything a watch missed or a request left undone).
+#[derive(Debug, Default)]
+pub struct Hub {
+    index: Option<HubIndex>,
+}
+
+impl Hub {
+    /// Learns a change (before the first whole pass there is nothing to learn it into: that
+    /// pass lists everything).
+    pub fn observe(&mut self, change: Change) {
+        let Some(index) = &mut self.index else { return };
+        match change {
+            Change::Slice(s) => index.observe_slice(*s),
+            Change::SliceGone(name) => index.forget_slice(&name),
+            Change::Cluster(c) => index.observe_cluster(*c),
+            Change::ClusterGone(name) => index.forget_cluster(&name),
+            Change::Worker(w) => index.observe_worker(*w),
+            Change::WorkerGone(namespace, name) => index.forget_worker(&namespace, &name),
+        }
+    }
+
+    /// Whether the hub has made its first whole pass.
+    #[must_use]
+    pub fn is_indexed(&self) -> bool {
+        self.index.is_some()
+    }
+
+    /// A whole pass: lists everything into a new index and decides it all.
+    ///
+    /// # Errors
+    /// As [`reconcile`]; after a failure the next pass is whole again.
+    pub async fn resync(&mut self, client: &Client, ctx: &Context, now: Timestamp) -> Result<Outcome, Error> {
+        self.index = None;
+        let mut index = HubIndex::new(&list_world(client).await?, ctx.heartbeat_timeout);
+        let outcome = reconcile_index(client, ctx, &mut index, now).await?;
+        self.index = Some(index);
+        Ok(outcome)
+    }
+
+    /// A pass over what changed since the last one (a whole pass when there was none, or the
+    /// last one failed).
+    ///
+    /// # Errors
+    /// As [`reconcile`]; after a failure the next pass is whole.
+    pub async fn reconcile_changes(
+        &mut self,
+        client: &Client,
+        ctx: &Context,
+        now: Timestamp,
+    ) -> Result<Outcome, Error> {
+        let Some(mut index) = self.index.take() else {
+            return self.resync(client, ctx, now).await;
+        };
+        let outcome = reconcile_index(client, ctx, &mut index, now).await?;
+        self.index = Some(index);
+        Ok(outcome)
+    }
 }

@@ -14,6 +14,7 @@
 //! selector then matches fewer peers, never more. Each drop is one sentence in
 //! [`MergedPods::refusals`] (the SliceConfig's `PodsAccepted` condition and a Warning Event).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -50,16 +51,17 @@ impl MergedPods {
 
 /// Merges the pod reports of the slice planned as `plan` from `workers` (any slice).
 #[must_use]
-pub fn merge(plan: &SlicePlan, workers: &[WorkerSlice]) -> MergedPods {
+pub fn merge(plan: &SlicePlan, workers: &[impl Borrow<WorkerSlice>]) -> MergedPods {
     let mut out = MergedPods::default();
     let mut reports: Vec<&WorkerSlice> = workers
         .iter()
+        .map(Borrow::borrow)
         .filter(|w| speaks_for_itself(w) && w.spec.slice == plan.name && w.metadata.deletion_timestamp.is_none())
         .collect();
     reports.sort_by(|a, b| a.spec.cluster.cmp(&b.spec.cluster));
     let mut total = 0;
     for w in reports {
-        let Some(spec) = plan.workers.iter().find(|s| s.cluster == w.spec.cluster) else { continue };
+        let Some(spec) = plan.worker(&w.spec.cluster) else { continue };
         let Ok(prefix) = spec.cluster_prefix.parse::<IpNet>() else { continue };
         let Some(status) = &w.status else { continue };
         let cluster = &spec.cluster;

@@ -1,6 +1,7 @@
-//! The hub's loop: watches on SliceConfigs, MemberClusters and WorkerSlices only say "something
-//! changed"; changes close together are coalesced into one global reconcile ([`Schedule`]);
-//! a periodic resync repairs anything a watch missed; a failed reconcile is retried with
+//! The hub's loop: watches on SliceConfigs, MemberClusters and WorkerSlices feed the hub's
+//! index with the objects they report; changes close together are coalesced into one pass over
+//! what they touched ([`Schedule`], [`Hub::reconcile_changes`]); a whole pass at the start and
+//! every resync period repairs anything a watch missed; a failed reconcile is retried with
 //! exponential backoff (`slice_api::backoff::Backoff`) and never ends the loop. Only the replica that holds the
 //! Lease runs the loop (see [`crate::leader::run_while_leading`]); losing it ends the loop.
 
@@ -13,7 +14,8 @@ use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, PartialObjectMeta};
+use kube::ResourceExt;
+use kube::api::Api;
 use kube::config::KubeConfigOptions;
 use kube::runtime::{WatchStreamExt, watcher};
 use slice_api::crd::{MemberCluster, SliceConfig, WorkerSlice};
@@ -21,7 +23,7 @@ use slice_api::crd::{MemberCluster, SliceConfig, WorkerSlice};
 use slice_api::backoff::Backoff;
 use slice_api::error_chain::chain;
 
-use super::{Context, HubOptions, reconcile};
+use super::{Change, Context, Hub, HubOptions};
 use crate::events::Recorder;
 use crate::health::Health;
 use crate::leader::Leadership;
@@ -100,19 +102,22 @@ pub async fn client(options: &HubOptions) -> anyhow::Result<Client> {
     Client::try_from(config).context("building the API client")
 }
 
-/// One stream of "something changed" from watches on the three kinds (metadata only: the
-/// reconcile reads the objects itself). Watch errors are logged; the watches recover by
-/// themselves with their default backoff.
-pub fn changes(client: &Client) -> impl Stream<Item = ()> + Send + use<> {
-    fn watch<K>(api: Api<PartialObjectMeta<K>>, kind: &'static str) -> BoxStream<'static, ()>
+/// One stream of the changes the watches on the three kinds report, with the objects (the
+/// hub's index learns them). Watch errors are logged; the watches recover by themselves with
+/// their default backoff. A re-list after a lost watch reports every object again; one deleted
+/// while the watch was lost is forgotten at the next whole pass.
+pub fn changes(client: &Client) -> impl Stream<Item = Change> + Send + use<> {
+    fn watch<K>(api: Api<K>, kind: &'static str, to: fn(K, bool) -> Change) -> BoxStream<'static, Change>
     where
-        PartialObjectMeta<K>: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
         watcher(api, watcher::Config::default())
             .default_backoff()
             .filter_map(move |event| async move {
                 match event {
-                    Ok(_) => Some(()),
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => Some(to(o, true)),
+                    Ok(watcher::Event::Delete(o)) => Some(to(o, false)),
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
                     Err(e) => {
                         tracing::warn!(kind, error = %chain(&e), "watch failed; it restarts by itself");
                         None
@@ -122,9 +127,19 @@ pub fn changes(client: &Client) -> impl Stream<Item = ()> + Send + use<> {
             .boxed()
     }
     stream::select_all([
-        watch(Api::<PartialObjectMeta<SliceConfig>>::all(client.clone()), "SliceConfig"),
-        watch(Api::<PartialObjectMeta<MemberCluster>>::all(client.clone()), "MemberCluster"),
-        watch(Api::<PartialObjectMeta<WorkerSlice>>::all(client.clone()), "WorkerSlice"),
+        watch(Api::<SliceConfig>::all(client.clone()), "SliceConfig", |s, here| {
+            if here { Change::Slice(Box::new(s)) } else { Change::SliceGone(s.name_any()) }
+        }),
+        watch(Api::<MemberCluster>::all(client.clone()), "MemberCluster", |c, here| {
+            if here { Change::Cluster(Box::new(c)) } else { Change::ClusterGone(c.name_any()) }
+        }),
+        watch(Api::<WorkerSlice>::all(client.clone()), "WorkerSlice", |w, here| {
+            if here {
+                Change::Worker(Box::new(w))
+            } else {
+                Change::WorkerGone(w.namespace().unwrap_or_default(), w.name_any())
+            }
+        }),
     ])
 }
 
@@ -177,17 +192,30 @@ async fn reconcile_loop(
     let mut changes = pin!(changes(client));
     let mut schedule = Schedule::new(Instant::now(), options);
     let mut certificate = tokio::time::interval(crate::cert_rotation::CHECK_INTERVAL);
+    let mut hub = Hub::default();
+    let mut last_whole = Instant::now();
     loop {
         tokio::select! {
             _ = certificate.tick() => {
                 rotator.check().await?;
             }
             change = changes.next() => match change {
-                Some(()) => schedule.on_change(Instant::now()),
+                Some(change) => {
+                    hub.observe(change);
+                    schedule.on_change(Instant::now());
+                }
                 None => anyhow::bail!("the watches on the hub ended"),
             },
             () = tokio::time::sleep_until(schedule.due().into()) => {
-                match reconcile(client, ctx, Timestamp::now()).await {
+                // A whole pass at the start, after a failure (the hub then has no index) and
+                // every resync period; a pass over what changed otherwise.
+                let result = if hub.is_indexed() && last_whole.elapsed() < options.resync() {
+                    hub.reconcile_changes(client, ctx, Timestamp::now()).await
+                } else {
+                    last_whole = Instant::now();
+                    hub.resync(client, ctx, Timestamp::now()).await
+                };
+                match result {
                     Ok(outcome) => {
                         health.set_ready();
                         tracing::debug!(writes = outcome.writes, "hub reconciled");

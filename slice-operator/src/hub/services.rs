@@ -34,6 +34,7 @@
 //!   block was reserved) are never used. The address is released when the service is no longer
 //!   exported or becomes `Headless`.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -77,16 +78,17 @@ struct Accepted {
 /// the member clusters with their prefixes and namespaces) from `workers` (the hub's
 /// WorkerSlices, any slice) with what `slice`'s status recorded.
 #[must_use]
-pub fn merge(slice: &SliceConfig, plan: &SlicePlan, workers: &[WorkerSlice]) -> Merged {
+pub fn merge(slice: &SliceConfig, plan: &SlicePlan, workers: &[impl Borrow<WorkerSlice>]) -> Merged {
     let mut refusals = Vec::new();
     let mut accepted: Vec<Accepted> = Vec::new();
     let mut exporting = BTreeSet::new();
     let mut reserved: Vec<IpNet> = Vec::new();
     let reports = workers
         .iter()
+        .map(Borrow::borrow)
         .filter(|w| speaks_for_itself(w) && w.spec.slice == plan.name && w.metadata.deletion_timestamp.is_none());
     for w in reports {
-        let Some(spec) = plan.workers.iter().find(|s| s.cluster == w.spec.cluster) else {
+        let Some(spec) = plan.worker(&w.spec.cluster) else {
             continue; // not (or no longer) a member: what it says is not used
         };
         let Ok(prefix) = spec.cluster_prefix.parse::<IpNet>() else { continue };
@@ -186,9 +188,9 @@ fn recorded_ips(recorded: &BTreeMap<(String, String), &ServiceAllocation>) -> BT
 
 /// The ClusterSetIPs the WorkerSlice specs of `slice` carry (the hub wrote them: workers cannot
 /// change specs), for a hub whose SliceConfig status was lost.
-fn recovered_ips(workers: &[WorkerSlice], slice: &str) -> BTreeMap<(String, String), IpAddr> {
+fn recovered_ips(workers: &[impl Borrow<WorkerSlice>], slice: &str) -> BTreeMap<(String, String), IpAddr> {
     let mut out = BTreeMap::new();
-    for w in workers.iter().filter(|w| speaks_for_itself(w) && w.spec.slice == slice) {
+    for w in workers.iter().map(Borrow::borrow).filter(|w| speaks_for_itself(w) && w.spec.slice == slice) {
         for i in &w.spec.imports {
             if let Some(ip) = i.ips.first().and_then(|t| t.parse::<IpAddr>().ok()) {
                 out.entry((i.namespace.clone(), i.name.clone())).or_insert(ip);

@@ -6,6 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use slice_api::crd::{MemberClusterSpec, MemberClusterStatus, SliceConfigSpec, WORKER_FINALIZER, WorkerSliceStatus};
 
 use super::*;
+use slice_api::crd::cluster_namespace;
+use slice_api::planner;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -568,4 +570,266 @@ fn failed_actions_are_warnings_about_the_object_they_are_for() {
     assert_eq!(n.regarding.uid.as_deref(), Some("uid-blue"), "a WorkerSlice not created: its SliceConfig");
     let ensure = d.actions.iter().find(|a| matches!(a, Action::EnsureNamespace { .. })).expect("a namespace");
     assert_eq!(action_subject(ensure, &w).kind.as_deref(), Some("MemberCluster"));
+}
+
+// The scoped decision ([`HubIndex`], fed each change as a watch reports it) against the whole
+// one ([`decide`]) on the same world: after any change, and through convergence, both make the
+// same writes (namespaces aside: the whole decision makes sure of every one), the same Events
+// and the same requeue; a heartbeat that keeps a cluster healthy plans nothing, writes nothing.
+
+mod scoped {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const CLUSTERS: [&str; 4] = ["c0", "c1", "c2", "c3"];
+    const SLICES: [&str; 3] = ["s0", "s1", "s2"];
+
+    #[derive(Debug, Clone)]
+    pub(super) enum Change {
+        /// A slice created, or its members set (bit mask).
+        Members(usize, u8),
+        /// A slice deleted (it carries the hub finalizer, so it waits).
+        DeleteSlice(usize),
+        /// A worker reports: gateway key (shared pool), endpoint, readiness.
+        Report {
+            s: usize,
+            c: usize,
+            key: usize,
+            endpoint: bool,
+            ready: bool,
+        },
+        /// A worker's heartbeat, `age` seconds before the decision.
+        Heartbeat(usize, i64),
+        /// A cluster registers, or starts leaving.
+        Register(usize),
+        Leave(usize),
+        /// Time goes on by this many seconds (heartbeats go stale).
+        Wait(i64),
+    }
+
+    pub(super) fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            (0..3usize, any::<u8>()).prop_map(|(s, m)| Change::Members(s, m)),
+            (0..3usize).prop_map(Change::DeleteSlice),
+            (0..3usize, 0..4usize, 0..3usize, any::<bool>(), any::<bool>())
+                .prop_map(|(s, c, key, endpoint, ready)| Change::Report { s, c, key, endpoint, ready }),
+            (0..4usize, 0..90i64).prop_map(|(c, age)| Change::Heartbeat(c, age)),
+            (0..4usize).prop_map(Change::Register),
+            (0..4usize).prop_map(Change::Leave),
+            (0..40i64).prop_map(Change::Wait),
+        ]
+    }
+
+    /// Feeds the index every object `actions` wrote, as the hub's watches would.
+    fn observe_writes(index: &mut HubIndex, server: &Server, actions: &[Action]) {
+        for a in actions {
+            match a {
+                Action::SetFinalizers { kind: FinalizedKind::SliceConfig, name, .. }
+                | Action::PatchSliceStatus { name, .. } => observe_slice(index, server, name),
+                Action::SetFinalizers { kind: FinalizedKind::MemberCluster, name, .. }
+                | Action::PatchClusterStatus { name, .. } => observe_cluster(index, server, name),
+                Action::CreateWorkerSlice(w) => {
+                    observe_worker(index, server, &w.namespace().unwrap_or_default(), &w.name_any());
+                }
+                Action::PatchWorkerSlice { namespace, name, .. } | Action::DeleteWorkerSlice { namespace, name } => {
+                    observe_worker(index, server, namespace, name);
+                }
+                Action::EnsureNamespace { .. } | Action::DeleteNamespace { .. } => {}
+            }
+        }
+    }
+
+    fn observe_slice(index: &mut HubIndex, server: &Server, name: &str) {
+        match server.world.slices.iter().find(|s| s.name_any() == name) {
+            Some(s) => index.observe_slice(s.clone()),
+            None => index.forget_slice(name),
+        }
+    }
+
+    fn observe_cluster(index: &mut HubIndex, server: &Server, name: &str) {
+        match server.world.clusters.iter().find(|c| c.name_any() == name) {
+            Some(c) => index.observe_cluster(c.clone()),
+            None => index.forget_cluster(name),
+        }
+    }
+
+    fn observe_worker(index: &mut HubIndex, server: &Server, namespace: &str, name: &str) {
+        let found =
+            server.world.workers.iter().find(|w| w.namespace().as_deref() == Some(namespace) && w.name_any() == name);
+        match found {
+            Some(w) => index.observe_worker(w.clone()),
+            None => index.forget_worker(namespace, name),
+        }
+    }
+
+    /// Applies `change` to the server's world at `now` and tells the index.
+    pub(super) fn apply(server: &mut Server, index: &mut HubIndex, change: &Change, now: &mut i64) {
+        match *change {
+            Change::Members(s, mask) => {
+                let members: Vec<&str> = (0..4).filter(|i| mask & (1 << i) != 0).map(|i| CLUSTERS[i]).collect();
+                match server.world.slices.iter_mut().find(|x| x.name_any() == SLICES[s]) {
+                    Some(x) if x.metadata.deletion_timestamp.is_none() => {
+                        x.spec.clusters = members.iter().map(|c| (*c).to_owned()).collect();
+                    }
+                    Some(_) => return,
+                    None => server.world.slices.push(slice(SLICES[s], &members)),
+                }
+                observe_slice(index, server, SLICES[s]);
+            }
+            Change::DeleteSlice(s) => {
+                let Some(x) = server.world.slices.iter_mut().find(|x| x.name_any() == SLICES[s]) else { return };
+                x.metadata.deletion_timestamp = Some(Time(at(*now)));
+                observe_slice(index, server, SLICES[s]);
+            }
+            Change::Report { s, c, key, endpoint, ready } => {
+                let Some(w) = server.world.workers.iter_mut().find(|w| {
+                    w.namespace().as_deref() == Some(cluster_namespace(CLUSTERS[c]).as_str())
+                        && w.name_any() == SLICES[s]
+                }) else {
+                    return;
+                };
+                w.status = Some(WorkerSliceStatus {
+                    gateway_public_key: Some(format!("key-{key}")),
+                    gateway_endpoint: endpoint.then(|| format!("198.18.0.{}:51820", c + 1)),
+                    conditions: vec![Condition::new("Ready", ready, if ready { "Up" } else { "TunnelsDown" }, "")],
+                    ..WorkerSliceStatus::default()
+                });
+                observe_worker(index, server, &cluster_namespace(CLUSTERS[c]), SLICES[s]);
+            }
+            Change::Heartbeat(c, age) => {
+                let Some(m) = server.world.clusters.iter_mut().find(|m| m.name_any() == CLUSTERS[c]) else { return };
+                m.status.get_or_insert_with(MemberClusterStatus::default).last_heartbeat =
+                    Some(at(*now - age).to_string());
+                observe_cluster(index, server, CLUSTERS[c]);
+            }
+            Change::Register(c) => {
+                if server.world.clusters.iter().any(|m| m.name_any() == CLUSTERS[c]) {
+                    return;
+                }
+                let mut m = member(CLUSTERS[c]);
+                m.status =
+                    Some(MemberClusterStatus { last_heartbeat: Some(at(*now).to_string()), ..Default::default() });
+                server.world.clusters.push(m);
+                observe_cluster(index, server, CLUSTERS[c]);
+            }
+            Change::Leave(c) => {
+                let Some(m) = server.world.clusters.iter_mut().find(|m| m.name_any() == CLUSTERS[c]) else { return };
+                m.metadata.deletion_timestamp = Some(Time(at(*now)));
+                observe_cluster(index, server, CLUSTERS[c]);
+            }
+            Change::Wait(seconds) => *now += seconds,
+        }
+    }
+
+    /// The writes, and each Event with the write it waits for.
+    fn outcome(d: &Decision) -> (Vec<Action>, Vec<(String, Notice)>, Option<Duration>) {
+        let notices = d.notices.iter().map(|(i, n)| (d.actions[*i].to_string(), n.clone())).collect();
+        (writes(&d.actions), notices, d.requeue_after)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn the_scoped_decision_makes_the_writes_of_the_whole_one(changes in proptest::collection::vec(change(), 1..30)) {
+            let mut server = Server { world: world(&["c0", "c1"]), workers_hold: true };
+            let mut now = NOW;
+            let mut index = HubIndex::new(&server.world, MINUTE);
+            for change in &changes {
+                apply(&mut server, &mut index, change, &mut now);
+                // Through convergence, step by step.
+                for _ in 0..6 {
+                    let whole = decide(&server.world, at(now), MINUTE);
+                    let scoped = index.decide(at(now));
+                    prop_assert_eq!(outcome(&scoped), outcome(&whole), "after {:?}", change);
+                    // A WorkerSlice goes only into a namespace made sure of before it.
+                    for (i, a) in scoped.actions.iter().enumerate() {
+                        if let Action::CreateWorkerSlice(w) = a {
+                            let ns = w.namespace().unwrap_or_default();
+                            let ensured = scoped.actions[..i]
+                                .iter()
+                                .any(|b| matches!(b, Action::EnsureNamespace { namespace, .. } if *namespace == ns));
+                            prop_assert!(ensured, "{} created before its namespace was made sure of", ns);
+                        }
+                    }
+                    if writes(&scoped.actions).is_empty() {
+                        break;
+                    }
+                    server.apply(&scoped.actions);
+                    observe_writes(&mut index, &server, &scoped.actions);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_heartbeat_that_keeps_a_cluster_healthy_plans_nothing_and_writes_nothing() {
+    let mut server = started(vec![slice("blue", &["c1", "c2"]), slice("green", &["c1"])], &["c1", "c2"], true);
+    let mut index = HubIndex::new(&server.world, MINUTE);
+    let (first, coverage) = index.decide_with_coverage(at(NOW));
+    assert!(writes(&first.actions).is_empty(), "converged: {:?}", names(&first.actions));
+    assert_eq!(coverage, Coverage { planned: 2, slices: 2, clusters: 2 });
+    let planned = index.plans().planned();
+
+    let c1 = server.world.clusters.iter_mut().find(|c| c.name_any() == "c1").expect("c1");
+    c1.status.as_mut().expect("status").last_heartbeat = Some(at(NOW + 5).to_string());
+    index.observe_cluster(c1.clone());
+    let (d, coverage) = index.decide_with_coverage(at(NOW + 5));
+    assert_eq!(coverage, Coverage { planned: 0, slices: 0, clusters: 1 }, "only c1's health is looked at");
+    assert_eq!(index.plans().planned(), planned, "no slice planned");
+    assert!(d.actions.is_empty(), "nothing written: {:?}", names(&d.actions));
+    assert!(d.plans.is_empty());
+
+    // 60 s on, c2's heartbeat (10 s old at the start) has gone stale and c1's has not: c2's
+    // Healthy flips, still no plan.
+    let (d, coverage) = index.decide_with_coverage(at(NOW + 60));
+    assert_eq!(coverage, Coverage { planned: 0, slices: 0, clusters: 1 });
+    assert_eq!(names(&d.actions), ["patching the status of MemberCluster c2"]);
+    assert_eq!(index.plans().planned(), planned);
+}
+
+/// The WorkerSlice spec patch, built without turning unchanged lists into JSON, is the merge
+/// diff of the whole specs.
+#[test]
+fn the_spec_patch_is_the_merge_diff_of_the_whole_specs() {
+    let mut w = world(&["c1", "c2", "c3"]);
+    w.slices.push(slice("blue", &["c1", "c2", "c3"]));
+    let d = decide(&w, at(NOW), MINUTE);
+    let base = d
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::CreateWorkerSlice(w) => Some(w.spec.clone()),
+            _ => None,
+        })
+        .expect("a WorkerSlice created");
+    let pod = |ns: &str| -> slice_api::policy::PodGroup {
+        serde_json::from_value(json!({"namespace": ns, "addresses": ["10.80.0.5"]})).expect("a pod group")
+    };
+    type Edit = Box<dyn Fn(&mut WorkerSliceSpec)>;
+    let variants: Vec<Edit> = vec![
+        Box::new(|s| s.peers.pop().map(drop).unwrap_or_default()),
+        Box::new(|s| s.peers[0].public_key = Some("k".into())),
+        Box::new(|s| s.vni += 1),
+        Box::new(|s| s.mtu = Some(1400)),
+        Box::new(|s| s.namespaces.push("shop".into())),
+        Box::new(move |s| s.pods = vec![pod("web")]),
+        Box::new(|s| s.isolation = Some(slice_api::crd::WorkerIsolation { allowed_namespaces: vec!["x".into()] })),
+        Box::new(|_| {}),
+    ];
+    for (i, a) in variants.iter().enumerate() {
+        for (j, b) in variants.iter().enumerate() {
+            let (mut old, mut new) = (base.clone(), base.clone());
+            a(&mut old);
+            b(&mut new);
+            let lists = SpecLists { imports: new.imports.clone(), pods: new.pods.clone() };
+            assert_eq!(
+                spec_patch(&old, &new, &lists),
+                merge_diff(&to_json(&old), &to_json(&new)),
+                "variants {i} → {j}"
+            );
+        }
+    }
 }

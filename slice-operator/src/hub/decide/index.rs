@@ -1,0 +1,461 @@
+//! The hub's decision kept current from changes (pure): [`HubIndex`] holds what the hub has
+//! seen, indexed ([`PlanIndex`] for the planner's part), learns each object a watch reports,
+//! and decides only for the slices and clusters those changes touched. A heartbeat (a
+//! MemberCluster status change) touches its cluster's `Healthy` condition and nothing else:
+//! no slice is planned and, while the cluster stays healthy, nothing is written.
+//!
+//! [`decide`](super::decide) is this with everything in scope, from an index made of the
+//! whole world; the tests check that after any change to a converged world the scoped decision
+//! makes the same requests as the whole one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use slice_api::crd::{
+    CLUSTER_NAMESPACE_PREFIX, Condition, MemberCluster, ServiceAllocation, SliceConfig, WorkerSlice, cluster_namespace,
+    condition, set_condition,
+};
+use slice_api::planner::index::PlanIndex;
+use slice_api::planner::{EXPORTS_ACCEPTED, SlicePlan};
+
+use super::super::health::{HEALTHY, healthy_condition};
+use super::super::pods::PODS_ACCEPTED;
+use super::{
+    Action, Decision, FinalizedKind, PlanSummary, SpecLists, World, add_finalizer, changed_fields, exports_condition,
+    has_hub_finalizer, health_notice, new_worker, pods_condition, remove_finalizer, slice_notices, slice_status_patch,
+    status_patch, worker_patch,
+};
+use crate::events::{Notice, reason, reference, reference_to};
+
+/// What the hub has seen, indexed, and what it has yet to decide about.
+#[derive(Debug, Clone)]
+pub struct HubIndex {
+    plans: PlanIndex,
+    stale_after: Duration,
+    /// Slice names whose objects must be decided again (their plan may be the same).
+    slices: BTreeSet<String>,
+    /// Clusters whose finalizer, namespace, teardown or `Healthy` must be decided again.
+    clusters: BTreeSet<String>,
+    /// Clusters whose status alone changed (a heartbeat): only `Healthy` is decided again.
+    health: BTreeSet<String>,
+    /// When each registered cluster's heartbeat goes stale, in time order.
+    deadlines: BTreeSet<(Timestamp, String)>,
+    deadline_of: BTreeMap<String, Timestamp>,
+    /// Decisions made since the index was created.
+    passes: u64,
+}
+
+/// How much a decision covered, for the benchmark and the tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Slices replanned by the planner.
+    pub planned: usize,
+    /// Slices whose objects were compared (planned or not).
+    pub slices: usize,
+    /// Clusters whose objects were compared.
+    pub clusters: usize,
+}
+
+impl HubIndex {
+    /// An index of `world` with everything in scope.
+    #[must_use]
+    pub fn new(world: &World, stale_after: Duration) -> Self {
+        let mut index = Self {
+            plans: PlanIndex::default(),
+            stale_after,
+            slices: BTreeSet::new(),
+            clusters: BTreeSet::new(),
+            health: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            deadline_of: BTreeMap::new(),
+            passes: 0,
+        };
+        for c in &world.clusters {
+            index.observe_cluster(c.clone());
+        }
+        for s in &world.slices {
+            index.observe_slice(s.clone());
+        }
+        for w in &world.workers {
+            index.observe_worker(w.clone());
+        }
+        index
+    }
+
+    /// A SliceConfig was created or changed.
+    pub fn observe_slice(&mut self, slice: SliceConfig) {
+        self.slices.insert(slice.name_any());
+        self.plans.upsert_slice(slice);
+    }
+
+    /// A SliceConfig is gone.
+    pub fn forget_slice(&mut self, name: &str) {
+        self.slices.insert(name.to_owned());
+        self.plans.remove_slice(name);
+    }
+
+    /// A MemberCluster was created or changed (a heartbeat among them: it replans nothing).
+    pub fn observe_cluster(&mut self, cluster: MemberCluster) {
+        let name = cluster.name_any();
+        let status_only = self.plans.cluster(&name).is_some_and(|old| {
+            (&old.spec, &old.metadata.finalizers, &old.metadata.deletion_timestamp, old.metadata.generation)
+                == (
+                    &cluster.spec,
+                    &cluster.metadata.finalizers,
+                    &cluster.metadata.deletion_timestamp,
+                    cluster.metadata.generation,
+                )
+        });
+        if status_only {
+            self.health.insert(name.clone());
+        } else {
+            self.clusters.insert(name.clone());
+        }
+        self.set_deadline(&name, deadline(&cluster, self.stale_after));
+        self.plans.upsert_cluster(cluster);
+    }
+
+    /// A MemberCluster is gone.
+    pub fn forget_cluster(&mut self, name: &str) {
+        self.clusters.insert(name.to_owned());
+        self.set_deadline(name, None);
+        self.plans.remove_cluster(name);
+    }
+
+    /// A WorkerSlice was created or changed (one outside the hub's namespaces is ignored).
+    pub fn observe_worker(&mut self, worker: WorkerSlice) {
+        if !slice_api::planner::index::is_hub_managed(&worker) {
+            return;
+        }
+        let old = self.plans.worker(&worker.namespace().unwrap_or_default(), &worker.name_any()).map(touched_by);
+        let new = touched_by(&worker);
+        // The hub's own write come back, as planned: nothing to decide again.
+        if self.plans.upsert_worker(worker) {
+            self.touch(old);
+            self.touch(Some(new));
+        }
+    }
+
+    /// A WorkerSlice is gone.
+    pub fn forget_worker(&mut self, namespace: &str, name: &str) {
+        let old = self.plans.worker(namespace, name).map(touched_by);
+        if old.is_some() {
+            self.touch(old);
+            self.plans.remove_worker(namespace, name);
+        }
+    }
+
+    fn touch(&mut self, touched: Option<(Vec<String>, Vec<String>)>) {
+        if let Some((slices, clusters)) = touched {
+            self.slices.extend(slices);
+            self.clusters.extend(clusters);
+        }
+    }
+
+    fn set_deadline(&mut self, cluster: &str, at: Option<Timestamp>) {
+        if let Some(old) = self.deadline_of.remove(cluster) {
+            self.deadlines.remove(&(old, cluster.to_owned()));
+        }
+        if let Some(at) = at {
+            self.deadline_of.insert(cluster.to_owned(), at);
+            self.deadlines.insert((at, cluster.to_owned()));
+        }
+    }
+
+    /// Whether anything waits to be decided at `now` (a change, or a heartbeat gone stale).
+    #[must_use]
+    pub fn is_due(&self, now: Timestamp) -> bool {
+        !self.slices.is_empty()
+            || !self.clusters.is_empty()
+            || !self.health.is_empty()
+            || self.plans.is_dirty()
+            || self.deadlines.first().is_some_and(|(at, _)| *at < now)
+    }
+
+    /// The planner's index.
+    #[must_use]
+    pub fn plans(&self) -> &PlanIndex {
+        &self.plans
+    }
+
+    /// How many decisions were made.
+    #[must_use]
+    pub fn passes(&self) -> u64 {
+        self.passes
+    }
+
+    /// The object an action writes, for its failure's Event (see [`super::action_subject`]).
+    #[must_use]
+    pub fn action_subject(&self, action: &Action) -> ObjectReference {
+        let slice = |name: &str| {
+            self.plans
+                .slice(name)
+                .map_or_else(|| reference_to("slicenet.io/v1alpha1", "SliceConfig", None, name, None), reference)
+        };
+        let cluster = |name: &str| {
+            self.plans
+                .cluster(name)
+                .map_or_else(|| reference_to("slicenet.io/v1alpha1", "MemberCluster", None, name, None), reference)
+        };
+        match action {
+            Action::SetFinalizers { kind: FinalizedKind::SliceConfig, name, .. }
+            | Action::PatchSliceStatus { name, .. } => slice(name),
+            Action::SetFinalizers { kind: FinalizedKind::MemberCluster, name, .. }
+            | Action::PatchClusterStatus { name, .. }
+            | Action::EnsureNamespace { cluster: name, .. }
+            | Action::DeleteNamespace { cluster: name, .. } => cluster(name),
+            Action::CreateWorkerSlice(w) => slice(&w.spec.slice),
+            Action::PatchWorkerSlice { namespace, name, .. } | Action::DeleteWorkerSlice { namespace, name } => {
+                self.plans.worker(namespace, name).map_or_else(
+                    || reference_to("slicenet.io/v1alpha1", "WorkerSlice", Some(namespace), name, None),
+                    reference,
+                )
+            }
+        }
+    }
+
+    /// Decides the requests for what changed since the last decision, at `now`, and how much
+    /// that covered. Takes the changes: the next call decides only what changes after this one
+    /// (a failed request is repaired by the hub's periodic whole pass, or by the change its
+    /// retry brings).
+    pub fn decide_with_coverage(&mut self, now: Timestamp) -> (Decision, Coverage) {
+        // Kubernetes writes times with whole seconds.
+        let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
+        let now_text = now.to_string();
+        self.passes += 1;
+        let replanned = self.plans.replan();
+        let mut scope_slices = std::mem::take(&mut self.slices);
+        scope_slices.extend(replanned.iter().cloned());
+        let scope_clusters = std::mem::take(&mut self.clusters);
+        let mut health = std::mem::take(&mut self.health);
+        // Heartbeats gone stale since: their clusters' `Healthy` flips.
+        while let Some((at, cluster)) = self.deadlines.first().cloned() {
+            if at >= now {
+                break;
+            }
+            self.deadlines.pop_first();
+            self.deadline_of.remove(&cluster);
+            health.insert(cluster);
+        }
+        health.extend(scope_clusters.iter().cloned());
+        let coverage = Coverage { planned: replanned.len(), slices: scope_slices.len(), clusters: health.len() };
+        let index = &self.plans;
+
+        // The plans in scope, and what the hub merges into them: multi-cluster services (the
+        // exports member clusters report go into every member's spec, `imports`, and the
+        // SliceConfig's status, `services`, `ExportsAccepted`) and the pod directory (each
+        // member gets the other members' checked reports, `spec.pods`).
+        let plans: Vec<&SlicePlan> = scope_slices.iter().filter_map(|s| index.plan(s)).collect();
+        let mut services: BTreeMap<String, Vec<ServiceAllocation>> = BTreeMap::new();
+        let mut lists: BTreeMap<String, Vec<SpecLists>> = BTreeMap::new();
+        let mut conditions: BTreeMap<String, Vec<Condition>> = BTreeMap::new();
+        for p in &plans {
+            let Some(slice) = index.slice(&p.name) else { continue };
+            let trusted = index.trusted(&p.name);
+            let merged = super::super::services::merge(slice, p, &trusted);
+            let pods = super::super::pods::merge(p, &trusted);
+            let per_spec = p
+                .workers
+                .iter()
+                .map(|spec| SpecLists {
+                    imports: super::super::services::imports_for(&merged.imports, &spec.namespaces),
+                    pods: pods.for_cluster(&spec.cluster),
+                })
+                .collect();
+            lists.insert(p.name.clone(), per_spec);
+            let mut conds = p.conditions.clone();
+            let had = slice.status.as_ref().is_some_and(|st| condition(&st.conditions, EXPORTS_ACCEPTED).is_some());
+            if had || !merged.imports.is_empty() || !merged.refusals.is_empty() {
+                conds.push(exports_condition(&merged));
+            }
+            services.insert(p.name.clone(), merged.services);
+            let had = slice.status.as_ref().is_some_and(|st| condition(&st.conditions, PODS_ACCEPTED).is_some());
+            if had || !pods.refusals.is_empty() {
+                conds.push(pods_condition(&pods));
+            }
+            conditions.insert(p.name.clone(), conds);
+        }
+        let mut actions = Vec::new();
+        let slices: Vec<&SliceConfig> = scope_slices.iter().filter_map(|s| index.slice(s)).collect();
+        let clusters: Vec<&MemberCluster> = scope_clusters.iter().filter_map(|c| index.cluster(c)).collect();
+        let mut notices = Vec::new();
+        // Announces `notice` once the action pushed last succeeded.
+        let mut announce = |actions: &Vec<Action>, notice: Notice| notices.push((actions.len() - 1, notice));
+
+        // 1. Finalizers on.
+        for s in &slices {
+            if let Some(a) = add_finalizer(FinalizedKind::SliceConfig, *s) {
+                actions.push(a);
+            }
+        }
+        for c in &clusters {
+            if let Some(a) = add_finalizer(FinalizedKind::MemberCluster, *c) {
+                actions.push(a);
+                let note = format!(
+                    "member cluster {} joined; its WorkerSlices go into namespace {}",
+                    c.name_any(),
+                    cluster_namespace(&c.name_any())
+                );
+                announce(&actions, Notice::normal(reference(*c), reason::CLUSTER_JOINED, "Register", note));
+            }
+        }
+
+        // 2. Namespaces of the registered clusters in scope, and of those a WorkerSlice is
+        //    created for now.
+        let mut namespaces: BTreeSet<String> =
+            clusters.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).map(|c| c.name_any()).collect();
+        for p in &plans {
+            for spec in &p.workers {
+                if index.worker(&cluster_namespace(&spec.cluster), &p.name).is_none() {
+                    namespaces.insert(spec.cluster.clone());
+                }
+            }
+        }
+        for cluster in namespaces {
+            actions.push(Action::EnsureNamespace { namespace: cluster_namespace(&cluster), cluster });
+        }
+
+        // 3. WorkerSlices of the slice names in scope.
+        let slice_ref = |name: &str| index.slice(name).map(reference);
+        for p in &plans {
+            for (spec, lists) in p.workers.iter().zip(&lists[&p.name]) {
+                let key = (cluster_namespace(&spec.cluster), p.name.clone());
+                match index.worker(&key.0, &key.1) {
+                    None => {
+                        let w = new_worker(&key.0, &p.name, spec, lists);
+                        let note = format!("created WorkerSlice {}/{} for cluster {}", key.0, p.name, spec.cluster);
+                        let related = reference(&w);
+                        actions.push(Action::CreateWorkerSlice(Box::new(w)));
+                        if let Some(slice) = slice_ref(&p.name) {
+                            let n = Notice::normal(slice, reason::WORKER_SLICE_CREATED, "Plan", note);
+                            announce(&actions, n.with_related(related));
+                        }
+                    }
+                    Some(w) if w.metadata.deletion_timestamp.is_some() => {}
+                    Some(w) => {
+                        if let Some(patch) = worker_patch(w, &p.name, spec, lists) {
+                            let note = changed_fields(&patch);
+                            actions.push(Action::PatchWorkerSlice { namespace: key.0, name: key.1, patch });
+                            announce(
+                                &actions,
+                                Notice::normal(reference(w), reason::WORKER_SLICE_UPDATED, "Plan", note),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Planned: the plan of its name has a spec for the cluster of its namespace.
+        let planned = |w: &WorkerSlice| {
+            let cluster = w.metadata.namespace.as_deref().and_then(|ns| ns.strip_prefix(CLUSTER_NAMESPACE_PREFIX));
+            cluster.is_some_and(|c| index.plan(&w.name_any()).is_some_and(|p| p.worker(c).is_some()))
+        };
+        let mut unplanned: Vec<&WorkerSlice> = scope_slices
+            .iter()
+            .flat_map(|s| index.workers_named(s))
+            .filter(|w| !planned(w) && w.metadata.deletion_timestamp.is_none())
+            .collect();
+        unplanned.sort_by_key(|w| (w.namespace(), w.name_any()));
+        for w in unplanned {
+            let (namespace, name) = (w.namespace().unwrap_or_default(), w.name_any());
+            actions.push(Action::DeleteWorkerSlice { namespace: namespace.clone(), name: name.clone() });
+            let note = format!("deleted WorkerSlice {namespace}/{name} (cluster {})", w.spec.cluster);
+            let regarding = slice_ref(&w.spec.slice).unwrap_or_else(|| reference(w));
+            announce(
+                &actions,
+                Notice::normal(regarding, reason::WORKER_SLICE_DELETED, "Plan", note).with_related(reference(w)),
+            );
+        }
+
+        // 4. SliceConfigs: status, or finalizer off.
+        for s in &slices {
+            let name = s.name_any();
+            let releasing =
+                s.metadata.deletion_timestamp.is_some() && has_hub_finalizer(*s) && !index.has_workers_of_slice(&name);
+            if releasing {
+                actions.push(remove_finalizer(FinalizedKind::SliceConfig, *s));
+                continue;
+            }
+            let exported = services.get(&name).map_or(&[][..], Vec::as_slice);
+            let conds = conditions.get(&name).map_or(&[][..], Vec::as_slice);
+            if let Some(p) = plans.iter().find(|p| p.name == name)
+                && let Some(patch) = slice_status_patch(s, p, conds, exported, &now_text)
+            {
+                actions.push(Action::PatchSliceStatus { name, patch });
+                let old = s.status.as_ref().map(|st| st.conditions.as_slice()).unwrap_or_default();
+                for n in slice_notices(s, old, conds) {
+                    announce(&actions, n);
+                }
+            }
+        }
+
+        // 5. MemberClusters: health, or teardown (of those in scope and those whose heartbeat
+        //    changed or went stale).
+        for c in health.iter().filter_map(|c| index.cluster(c)) {
+            let name = c.name_any();
+            if c.metadata.deletion_timestamp.is_some() {
+                let namespace = cluster_namespace(&name);
+                if has_hub_finalizer(c) && !index.has_workers_of_cluster(&name) {
+                    actions.push(Action::DeleteNamespace { cluster: name.clone(), namespace: namespace.clone() });
+                    actions.push(remove_finalizer(FinalizedKind::MemberCluster, c));
+                    let note = format!("member cluster {name} left: namespace {namespace} deleted");
+                    announce(&actions, Notice::normal(reference(c), reason::CLUSTER_LEFT, "Unregister", note));
+                }
+                continue;
+            }
+            let (mut healthy, _) = healthy_condition(c.status.as_ref(), now, self.stale_after);
+            healthy.observed_generation = c.metadata.generation;
+            let old = c.status.clone().unwrap_or_default();
+            let mut new = old.clone();
+            let before = condition(&old.conditions, HEALTHY).cloned();
+            set_condition(&mut new.conditions, healthy.clone(), &now_text);
+            if new != old {
+                let patch = status_patch(c.status.as_ref(), &new);
+                actions.push(Action::PatchClusterStatus { name, patch });
+                if let Some(n) = health_notice(c, before.as_ref(), &healthy) {
+                    announce(&actions, n);
+                }
+            }
+        }
+
+        // The next moment a healthy cluster's heartbeat goes stale: the earliest deadline
+        // (the time left grows with the deadline), one second late rather than early.
+        let requeue_after = self.deadlines.iter().find(|(at, _)| *at >= now).and_then(|(_, cluster)| {
+            let c = index.cluster(cluster)?;
+            let (_, left) = healthy_condition(c.status.as_ref(), now, self.stale_after);
+            left.map(|l| l + Duration::from_secs(1))
+        });
+
+        let plans =
+            plans.iter().map(|p| PlanSummary { name: p.name.clone(), vni: p.vni, clusters: p.workers.len() }).collect();
+        (Decision { actions, plans, requeue_after, notices }, coverage)
+    }
+
+    /// [`Self::decide_with_coverage`] without the coverage.
+    pub fn decide(&mut self, now: Timestamp) -> Decision {
+        self.decide_with_coverage(now).0
+    }
+}
+
+/// A WorkerSlice bears on the slices of its name and spec (their objects) and the clusters of
+/// its namespace and spec (whose teardown waits for it).
+fn touched_by(w: &WorkerSlice) -> (Vec<String>, Vec<String>) {
+    let mut clusters = vec![w.spec.cluster.clone()];
+    if let Some(c) = w.metadata.namespace.as_deref().and_then(|ns| ns.strip_prefix(CLUSTER_NAMESPACE_PREFIX)) {
+        clusters.push(c.to_owned());
+    }
+    (vec![w.name_any(), w.spec.slice.clone()], clusters)
+}
+
+/// When `cluster`'s heartbeat goes stale (`None`: it is being deleted, or has no valid
+/// heartbeat, so it never turns stale by time alone).
+fn deadline(cluster: &MemberCluster, stale_after: Duration) -> Option<Timestamp> {
+    if cluster.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let beat: Timestamp = cluster.status.as_ref()?.last_heartbeat.as_deref()?.parse().ok()?;
+    beat.checked_add(SignedDuration::try_from(stale_after).ok()?).ok()
+}
