@@ -6,6 +6,14 @@
 //! in the router namespace, the host end (named from the attachment key) and a `/32` route to
 //! the pod. Strict reverse-path filtering in the router namespace (set by the node agent) drops
 //! packets a pod sends from any other address.
+//!
+//! A dual-stack slice gives the pod one address per family on the same interface. IPv6 differs
+//! in one point: the router address sits on the router's `lo`, and the kernel answers neighbour
+//! solicitations only for addresses of the interface they arrive on (unlike ARP), so a pod could
+//! not resolve it. The host end carries [`ROUTER_LINK_LOCAL`] (`fe80::1`) instead and the pod
+//! routes the IPv6 slice subnet via it; the router address stays reachable through that route.
+//! The node agent's nft `fib` check (IPv6 has no `rp_filter`) passes the pod's neighbour
+//! discovery: its link-local source is routed back through the same veth (`fe80::/64`).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -30,6 +38,10 @@ pub struct Attached {
     pub mac: [u8; 6],
     pub mtu: u32,
 }
+
+/// The IPv6 next hop of every pod: a link-local address on each host end, the same on all of
+/// them (link scope), so a pod's route needs no per-node value.
+pub const ROUTER_LINK_LOCAL: IpAddr = IpAddr::V6(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1));
 
 fn sys(e: dataplane::Error) -> CniError {
     CniError::new(code::IO, e.to_string())
@@ -74,11 +86,11 @@ pub fn open_pod(netns: &str) -> Result<Netns> {
 /// # Errors
 /// Code 11 when the router namespace is missing, 3 when the pod namespace is, 5 for a netlink
 /// failure (the message names the object and the errno).
-pub fn attach(state: &NodeState, pod_netns: &str, ifname: &str, ip: IpAddr, key: &Key) -> Result<Attached> {
+pub fn attach(state: &NodeState, pod_netns: &str, ifname: &str, ips: &[IpAddr], key: &Key) -> Result<Attached> {
     let router_ns = open_router(state)?;
     let pod_ns = open_pod(pod_netns)?;
     let mut router = Netlink::in_netns(&router_ns).map_err(sys)?;
-    attach_with(state, &pod_ns, &mut router, || Netlink::in_netns(&pod_ns), ifname, ip, key)
+    attach_with(state, &pod_ns, &mut router, || Netlink::in_netns(&pod_ns), ifname, ips, key)
 }
 
 /// [`attach`] through `router` (a handle on the router namespace) and the handle `pod_handle`
@@ -93,7 +105,7 @@ pub fn attach_with<R: NetlinkOps, P: NetlinkOps>(
     router: &mut R,
     pod_handle: impl FnOnce() -> dataplane::Result<P>,
     ifname: &str,
-    ip: IpAddr,
+    ips: &[IpAddr],
     key: &Key,
 ) -> Result<Attached> {
     let host = host_veth_name(key);
@@ -109,7 +121,7 @@ pub fn attach_with<R: NetlinkOps, P: NetlinkOps>(
         })
         .map_err(sys)?;
     let configured =
-        pod_handle().map_err(sys).and_then(|mut pod| configure(state, &mut pod, router, &host, ifname, ip));
+        pod_handle().map_err(sys).and_then(|mut pod| configure(state, &mut pod, router, &host, ifname, ips));
     if configured.is_err() {
         // Deleting the host end removes the pod end and every route through either.
         let _ = router.delete_link(&host);
@@ -123,58 +135,98 @@ fn configure(
     router: &mut impl NetlinkOps,
     host: &str,
     ifname: &str,
-    ip: IpAddr,
+    ips: &[IpAddr],
 ) -> Result<Attached> {
-    pod.add_addr(ifname, host_prefix(ip)).map_err(sys)?;
+    for ip in ips {
+        pod.add_addr(ifname, host_prefix(*ip)).map_err(sys)?;
+    }
     pod.set_up(ifname).map_err(sys)?;
-    for route in pod_routes(state, ifname, ip) {
-        pod.replace_route(&route).map_err(sys)?;
+    for ip in ips {
+        for route in pod_routes(state, ifname, *ip)? {
+            pod.replace_route(&route).map_err(sys)?;
+        }
     }
     let link = pod
         .link(ifname)
         .map_err(sys)?
         .ok_or_else(|| CniError::new(code::IO, format!("{ifname} vanished from the pod namespace")))?;
+    if ips.iter().any(IpAddr::is_ipv6) {
+        router.add_addr(host, IpNet::new(ROUTER_LINK_LOCAL, 64).expect("valid")).map_err(sys)?;
+    }
     router.set_up(host).map_err(sys)?;
-    // Added, never replaced: a /32 that already exists leads to another pod, whose traffic
-    // must not move to this one.
-    router.add_route(&router_route(host, ip)).map_err(|e| {
-        if e.is_exists() {
-            CniError::new(
-                code::ADDRESS_IN_USE,
-                format!(
-                    "address {ip} of slice {} is already routed to another pod in router namespace {}; \
-                     refusing to take it over",
-                    state.slice,
-                    state.router_netns.display()
-                ),
-            )
-        } else {
-            sys(e)
-        }
-    })?;
+    for ip in ips {
+        // Added, never replaced: a /32 that already exists leads to another pod, whose traffic
+        // must not move to this one.
+        router.add_route(&router_route(host, *ip)).map_err(|e| {
+            if e.is_exists() {
+                CniError::new(
+                    code::ADDRESS_IN_USE,
+                    format!(
+                        "address {ip} of slice {} is already routed to another pod in router namespace {}; \
+                         refusing to take it over",
+                        state.slice,
+                        state.router_netns.display()
+                    ),
+                )
+            } else {
+                sys(e)
+            }
+        })?;
+    }
     Ok(Attached { mac: link.mac.unwrap_or_default(), mtu: link.mtu })
 }
 
-/// The routes the pod gets: the router address on the link, the slice subnet via it.
-pub fn pod_routes(state: &NodeState, ifname: &str, ip: IpAddr) -> [Route; 2] {
-    [
+/// The family of `state` that `ip` belongs to: (slice subnet, router address).
+///
+/// # Errors
+/// Code 5 when `ip` is in none of the slice's subnets (an allocation from another plan).
+pub fn family_of(state: &NodeState, ip: IpAddr) -> Result<(IpNet, IpAddr)> {
+    state.families().find(|(subnet, _, _)| subnet.contains(&ip)).map(|(subnet, _, router)| (subnet, router)).ok_or_else(
+        || {
+            CniError::new(
+                code::IO,
+                format!("address {ip} is in none of the subnets of slice {} on this node", state.slice),
+            )
+        },
+    )
+}
+
+/// The next hop a pod's route to the slice subnet of `ip`'s family goes through: the router
+/// address for IPv4, [`ROUTER_LINK_LOCAL`] for IPv6.
+#[must_use]
+pub fn next_hop(router: IpAddr) -> IpAddr {
+    if router.is_ipv4() { router } else { ROUTER_LINK_LOCAL }
+}
+
+/// The routes the pod gets for `ip`'s family. IPv4: the router address on the link, the slice
+/// subnet via it. IPv6: the slice subnet via [`ROUTER_LINK_LOCAL`] (see the module's notes).
+///
+/// # Errors
+/// As [`family_of`].
+pub fn pod_routes(state: &NodeState, ifname: &str, ip: IpAddr) -> Result<Vec<Route>> {
+    let (subnet, router) = family_of(state, ip)?;
+    let via = Route {
+        dst: subnet,
+        gateway: Some(next_hop(router)),
+        dev: Some(ifname.into()),
+        src: Some(ip),
+        onlink: false,
+        scope_link: false,
+    };
+    if ip.is_ipv6() {
+        return Ok(vec![via]);
+    }
+    Ok(vec![
         Route {
-            dst: host_prefix(state.router_address),
+            dst: host_prefix(router),
             gateway: None,
             dev: Some(ifname.into()),
             src: Some(ip),
             onlink: false,
             scope_link: true,
         },
-        Route {
-            dst: state.slice_subnet,
-            gateway: Some(state.router_address),
-            dev: Some(ifname.into()),
-            src: Some(ip),
-            onlink: false,
-            scope_link: false,
-        },
-    ]
+        via,
+    ])
 }
 
 /// The route the router namespace gets to the pod.
@@ -200,7 +252,7 @@ pub fn detach(state: &NodeState, key: &Key) -> Result<()> {
 ///
 /// # Errors
 /// Code 5 when the namespaces cannot be read at all.
-pub fn differences(state: &NodeState, pod_netns: &str, ifname: &str, ip: IpAddr, key: &Key) -> Result<Vec<String>> {
+pub fn differences(state: &NodeState, pod_netns: &str, ifname: &str, ips: &[IpAddr], key: &Key) -> Result<Vec<String>> {
     let mut diffs = Vec::new();
     let pod_ns = open_pod(pod_netns)?;
     let mut pod = Netlink::in_netns(&pod_ns).map_err(sys)?;
@@ -214,13 +266,15 @@ pub fn differences(state: &NodeState, pod_netns: &str, ifname: &str, ip: IpAddr,
                 diffs.push(format!("interface {ifname} has MTU {} instead of {}", link.mtu, state.mtu));
             }
             let addrs = pod.addrs(ifname).map_err(sys)?;
-            if !addrs.contains(&host_prefix(ip)) {
-                diffs.push(format!("interface {ifname} lacks address {}", host_prefix(ip)));
-            }
-            let routes = pod.routes(ip.is_ipv6()).map_err(sys)?;
-            for want in pod_routes(state, ifname, ip) {
-                if !routes.iter().any(|r| r.dst == want.dst && r.gateway == want.gateway && r.dev == want.dev) {
-                    diffs.push(format!("pod route to {} is missing", want.dst));
+            for ip in ips {
+                if !addrs.contains(&host_prefix(*ip)) {
+                    diffs.push(format!("interface {ifname} lacks address {}", host_prefix(*ip)));
+                }
+                let routes = pod.routes(ip.is_ipv6()).map_err(sys)?;
+                for want in pod_routes(state, ifname, *ip)? {
+                    if !routes.iter().any(|r| r.dst == want.dst && r.gateway == want.gateway && r.dev == want.dev) {
+                        diffs.push(format!("pod route to {} is missing", want.dst));
+                    }
                 }
             }
         }
@@ -232,10 +286,18 @@ pub fn differences(state: &NodeState, pod_netns: &str, ifname: &str, ip: IpAddr,
         None => diffs.push(format!("host end {host} is missing in the slice router")),
         Some(link) if !link.up => diffs.push(format!("host end {host} is down")),
         Some(_) => {
-            let routes = router.routes(ip.is_ipv6()).map_err(sys)?;
-            let want = router_route(&host, ip);
-            if !routes.iter().any(|r| r.dst == want.dst && r.dev == want.dev) {
-                diffs.push(format!("slice router route to {} via {host} is missing", want.dst));
+            for ip in ips {
+                let routes = router.routes(ip.is_ipv6()).map_err(sys)?;
+                let want = router_route(&host, *ip);
+                if !routes.iter().any(|r| r.dst == want.dst && r.dev == want.dev) {
+                    diffs.push(format!("slice router route to {} via {host} is missing", want.dst));
+                }
+            }
+            if ips.iter().any(IpAddr::is_ipv6) {
+                let ll = IpNet::new(ROUTER_LINK_LOCAL, 64).expect("valid");
+                if !router.addrs(&host).map_err(sys)?.contains(&ll) {
+                    diffs.push(format!("host end {host} lacks the IPv6 next hop {ll}"));
+                }
             }
         }
     }
@@ -270,6 +332,7 @@ mod tests {
             mtu: 1400,
             namespaces: vec!["shop".into()],
             gateway_namespace: None,
+            secondary: None,
         }
     }
 
@@ -279,7 +342,7 @@ mod tests {
         let pod_ns = Netns::current().expect("the current namespace opens without privileges");
         let mut router = world.handle("router", "pod");
         let pod = world.handle("pod", "router");
-        attach_with(&state(), &pod_ns, &mut router, || Ok::<FakeNetlink, dataplane::Error>(pod), "slice0", ip(), key)
+        attach_with(&state(), &pod_ns, &mut router, || Ok::<FakeNetlink, dataplane::Error>(pod), "slice0", &[ip()], key)
     }
 
     fn ip() -> IpAddr {
@@ -331,5 +394,77 @@ mod tests {
         world.fail_next("router: create_veth", nix::libc::EEXIST);
         assert_eq!(attach_fake(&world, &key()).unwrap_err().code, code::IO);
         assert!(!world.calls().iter().any(|c| c.contains("delete_link")), "{:?}", world.calls());
+    }
+
+    fn dual_state() -> NodeState {
+        NodeState {
+            secondary: Some(slice_api::node::NodeStateFamily {
+                slice_subnet: "fd00:80::/48".parse().unwrap(),
+                node_prefix: "fd00:80::/120".parse().unwrap(),
+                router_address: "fd00:80::1".parse().unwrap(),
+            }),
+            ..state()
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_attachment_has_an_address_and_routes_per_family() {
+        let world = FakeWorld::new();
+        let pod_ns = Netns::current().expect("the current namespace opens without privileges");
+        let mut router = world.handle("router", "pod");
+        let pod = world.handle("pod", "router");
+        let v6: IpAddr = "fd00:80::7".parse().unwrap();
+        let ips = [ip(), v6];
+        attach_with(
+            &dual_state(),
+            &pod_ns,
+            &mut router,
+            || Ok::<FakeNetlink, dataplane::Error>(pod),
+            "slice0",
+            &ips,
+            &key(),
+        )
+        .unwrap();
+        let host = host_veth_name(&key());
+        let addrs: Vec<String> = world.addrs("pod", "slice0").iter().map(ToString::to_string).collect();
+        assert_eq!(addrs, ["10.80.0.7/32", "fd00:80::7/128"]);
+        let pod_routes: Vec<(String, Option<IpAddr>)> =
+            world.routes("pod").iter().map(|r| (r.dst.to_string(), r.gateway)).collect();
+        assert_eq!(
+            pod_routes,
+            [
+                ("10.80.0.1/32".to_owned(), None),
+                ("10.80.0.0/16".to_owned(), Some("10.80.0.1".parse().unwrap())),
+                ("fd00:80::/48".to_owned(), Some(ROUTER_LINK_LOCAL)),
+            ]
+        );
+        assert_eq!(world.addrs("router", &host), ["fe80::1/64".parse::<IpNet>().unwrap()]);
+        assert_eq!(world.routes("router"), [router_route(&host, ip()), router_route(&host, v6)]);
+        // The second family's route failing undoes the whole veth, the first family's route with it.
+        let world = FakeWorld::new();
+        let mut router = world.handle("router", "pod");
+        let pod = world.handle("pod", "router");
+        world.fail_next("router: add_route fd00:80::7/128", nix::libc::EEXIST);
+        let e = attach_with(
+            &dual_state(),
+            &pod_ns,
+            &mut router,
+            || Ok::<FakeNetlink, dataplane::Error>(pod),
+            "slice0",
+            &ips,
+            &key(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, code::ADDRESS_IN_USE, "{e}");
+        assert!(e.msg.contains("address fd00:80::7 of slice blue"), "{e}");
+        assert!(
+            world.links("router").is_empty() && world.routes("router").is_empty() && world.routes("pod").is_empty()
+        );
+    }
+
+    #[test]
+    fn an_address_outside_every_subnet_is_refused() {
+        let e = pod_routes(&state(), "slice0", "fd00:80::7".parse().unwrap()).unwrap_err();
+        assert!(e.msg.contains("fd00:80::7 is in none of the subnets of slice blue"), "{e}");
     }
 }

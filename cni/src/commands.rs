@@ -94,26 +94,30 @@ fn add(conf: &NetConf, env: &Env, log: &Log) -> Result<Value> {
     };
     let netns = env.require_netns()?;
     let store = Store::new(conf.ipam_dir());
-    let (ip, allocated_now) = store.allocate(&state.slice, state.node_prefix, &key, &conf.name)?;
-    let attached = match attach::attach(&state, netns, &key.ifname, ip, &key) {
+    // One address per family of the slice, all or none.
+    let prefixes: Vec<_> = state.families().map(|(_, prefix, _)| prefix).collect();
+    let allocated = store.allocate_all(&state.slice, &prefixes, &key, &conf.name)?;
+    let ips: Vec<std::net::IpAddr> = allocated.iter().map(|(ip, _)| *ip).collect();
+    let attached = match attach::attach(&state, netns, &key.ifname, &ips, &key) {
         Ok(a) => a,
         Err(e) => {
-            if allocated_now {
-                let _ = store.release(&key);
-            }
+            let now: BTreeSet<std::net::IpAddr> = allocated.iter().filter(|(_, now)| *now).map(|(ip, _)| *ip).collect();
+            let _ = store.release_where(|a| a.key == key && now.contains(&a.ip));
             return Err(e);
         }
     };
+    let shown: Vec<String> = ips.iter().map(ToString::to_string).collect();
     log.info(&format!(
-        "ADD {} pod {}/{}: {} {ip} on slice {}",
+        "ADD {} pod {}/{}: {} {} on slice {}",
         key.container_id,
         env.pod_namespace().unwrap_or("-"),
         env.pod_name().unwrap_or("-"),
         key.ifname,
+        shown.join(" "),
         state.slice
     ));
     let base = if conf.standalone() { None } else { conf.prev_result.clone() };
-    let slice = SliceInterface { ifname: &key.ifname, sandbox: netns, ip, attached: &attached, state: &state };
+    let slice = SliceInterface { ifname: &key.ifname, sandbox: netns, ips: &ips, attached: &attached, state: &state };
     let result =
         result::with_slice(base.unwrap_or_else(|| result::empty(&conf.cni_version)), &conf.cni_version, &slice);
     if !conf.standalone() {
@@ -219,7 +223,15 @@ fn check(conf: &NetConf, env: &Env) -> Result<()> {
         .ok_or_else(|| {
         CniError::new(code::CHECK_FAILED, format!("slice {} has no node state on this node any more", alloc.slice))
     })?;
-    let diffs = attach::differences(&state, env.require_netns()?, &key.ifname, alloc.ip, &key)?;
+    let ips: Vec<std::net::IpAddr> = allocations.iter().filter(|a| a.slice == alloc.slice).map(|a| a.ip).collect();
+    let mut diffs = Vec::new();
+    // Each family of the slice has its address (a dual-stack pod with one is not what ADD made).
+    for (subnet, prefix, _) in state.families() {
+        if !ips.iter().any(|ip| prefix.contains(ip)) {
+            diffs.push(format!("no address of node prefix {prefix} (slice subnet {subnet}) is allocated"));
+        }
+    }
+    diffs.extend(attach::differences(&state, env.require_netns()?, &key.ifname, &ips, &key)?);
     if diffs.is_empty() {
         Ok(())
     } else {

@@ -19,6 +19,7 @@ use crate::spec::{CniError, Result, code};
 
 const LOCK_FILE: &str = ".lock";
 const LAST_FILE: &str = ".last-reserved";
+const LAST_FILE_V6: &str = ".last-reserved-v6";
 /// How long an operation waits for the store's lock. Holders keep it for a few file operations,
 /// so only a stuck holder comes near this; generous, so that a loaded node never trips it.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -125,29 +126,43 @@ impl Store {
     /// # Errors
     /// Code 100 when the prefix is exhausted, 5 on I/O failure.
     pub fn allocate(&self, slice: &str, node_prefix: IpNet, key: &Key, network: &str) -> Result<(IpAddr, bool)> {
+        let mut got = self.allocate_all(slice, &[node_prefix], key, network)?;
+        Ok(got.remove(0))
+    }
+
+    /// Allocates one address of each of `node_prefixes` (one per address family) for `key` on
+    /// `slice` under one lock, keeping an address the key already has in a prefix: all of them
+    /// or none. When one prefix has no free address, the addresses this call took in the others
+    /// are released before the error returns. The booleans are true for addresses allocated by
+    /// this call, in the order of `node_prefixes`.
+    ///
+    /// # Errors
+    /// Code 100 when a prefix is exhausted, 5 on I/O failure.
+    pub fn allocate_all(
+        &self,
+        slice: &str,
+        node_prefixes: &[IpNet],
+        key: &Key,
+        network: &str,
+    ) -> Result<Vec<(IpAddr, bool)>> {
         let _guard = self.lock()?;
         let dir = self.dir.join(slice);
         fs::create_dir_all(&dir).map_err(|e| io_error(format!("cannot create {}", dir.display()), e))?;
         let existing = self.read_slice(slice)?;
-        if let Some(mine) = existing.iter().find(|a| a.key == *key) {
-            return Ok((mine.ip, false));
+        let mut got: Vec<(IpAddr, bool)> = Vec::new();
+        for &node_prefix in node_prefixes {
+            match allocate_one(&dir, slice, node_prefix, key, network, &existing) {
+                Ok(one) => got.push(one),
+                Err(e) => {
+                    // All or nothing: what this call wrote goes (we hold the lock).
+                    for (ip, _) in got.iter().filter(|(_, now)| *now) {
+                        let _ = fs::remove_file(dir.join(ip.to_string()));
+                    }
+                    return Err(e);
+                }
+            }
         }
-        let taken: BTreeSet<IpAddr> = existing.iter().map(|a| a.ip).collect();
-        let last = fs::read_to_string(dir.join(LAST_FILE)).ok().and_then(|s| s.trim().parse().ok());
-        let ip = choose(node_prefix, &taken, last).ok_or_else(|| {
-            CniError::new(
-                code::PREFIX_EXHAUSTED,
-                format!(
-                    "no free address for slice {slice}: all {} pod addresses of node prefix {node_prefix} are allocated",
-                    taken.len()
-                ),
-            )
-        })?;
-        let body = format!("{}\n{}\n{network}\n", key.container_id, key.ifname);
-        write_by_rename(&dir, &ip.to_string(), body.as_bytes())?;
-        // Best effort: losing it only weakens round robin.
-        let _ = write_by_rename(&dir, LAST_FILE, ip.to_string().as_bytes());
-        Ok((ip, true))
+        Ok(got)
     }
 
     /// Every allocation of `key`, in any slice.
@@ -243,6 +258,42 @@ impl Store {
         }
         Ok(allocations)
     }
+}
+
+/// The round-robin marker of a family: IPv4 keeps the name it always had.
+fn last_file(node_prefix: IpNet) -> &'static str {
+    if node_prefix.addr().is_ipv4() { LAST_FILE } else { LAST_FILE_V6 }
+}
+
+/// One family's address for `key` (the lock held, `existing` read under it).
+fn allocate_one(
+    dir: &Path,
+    slice: &str,
+    node_prefix: IpNet,
+    key: &Key,
+    network: &str,
+    existing: &[Allocation],
+) -> Result<(IpAddr, bool)> {
+    if let Some(mine) = existing.iter().find(|a| a.key == *key && node_prefix.contains(&a.ip)) {
+        return Ok((mine.ip, false));
+    }
+    let taken: BTreeSet<IpAddr> = existing.iter().map(|a| a.ip).filter(|ip| node_prefix.contains(ip)).collect();
+    let last_path = dir.join(last_file(node_prefix));
+    let last = fs::read_to_string(&last_path).ok().and_then(|s| s.trim().parse().ok());
+    let ip = choose(node_prefix, &taken, last).ok_or_else(|| {
+        CniError::new(
+            code::PREFIX_EXHAUSTED,
+            format!(
+                "no free address for slice {slice}: all {} pod addresses of node prefix {node_prefix} are allocated",
+                taken.len()
+            ),
+        )
+    })?;
+    let body = format!("{}\n{}\n{network}\n", key.container_id, key.ifname);
+    write_by_rename(dir, &ip.to_string(), body.as_bytes())?;
+    // Best effort: losing it only weakens round robin.
+    let _ = write_by_rename(dir, last_file(node_prefix), ip.to_string().as_bytes());
+    Ok((ip, true))
 }
 
 fn write_by_rename(dir: &Path, name: &str, body: &[u8]) -> Result<()> {
@@ -359,5 +410,37 @@ mod tests {
         });
         let unique: BTreeSet<_> = ips.iter().collect();
         assert_eq!(unique.len(), ips.len());
+    }
+
+    #[test]
+    fn both_families_or_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().into());
+        let v4: IpNet = "10.80.0.0/29".parse().unwrap();
+        let v6: IpNet = "fd00:80::/126".parse().unwrap();
+        let got = store.allocate_all("blue", &[v4, v6], &key("a"), "lab").unwrap();
+        assert_eq!(got, [("10.80.0.2".parse().unwrap(), true), ("fd00:80::2".parse().unwrap(), true)]);
+        // Again: the same two, nothing new; each family's round robin on its own.
+        assert_eq!(
+            store.allocate_all("blue", &[v4, v6], &key("a"), "lab").unwrap()[1],
+            ("fd00:80::2".parse().unwrap(), false)
+        );
+        let b = store.allocate_all("blue", &[v4, v6], &key("b"), "lab").unwrap();
+        assert_eq!((b[0].0.to_string(), b[1].0.to_string()), ("10.80.0.3".to_owned(), "fd00:80::3".to_owned()));
+        // fd00:80::/126 has two pod addresses (::2, ::3): a and b hold them.
+        let before = store.list().unwrap().len();
+        // Exhausted in the second family: the first family's fresh address is not kept.
+        let v4_big: IpNet = "10.80.0.0/24".parse().unwrap();
+        let e = store.allocate_all("blue", &[v4_big, v6], &key("f"), "lab").unwrap_err();
+        assert_eq!(e.code, code::PREFIX_EXHAUSTED, "{e}");
+        assert!(e.msg.contains("node prefix fd00:80::/126"), "{e}");
+        assert_eq!(store.list().unwrap().len(), before, "nothing leaked");
+        assert!(store.find(&key("f")).unwrap().is_empty());
+        // A key that already had its first family keeps it when the second fails.
+        let g_v4 = store.allocate("blue", v4_big, &key("g"), "lab").unwrap().0;
+        assert!(store.allocate_all("blue", &[v4_big, v6], &key("g"), "lab").is_err());
+        assert_eq!(store.find(&key("g")).unwrap().iter().map(|a| a.ip).collect::<Vec<_>>(), [g_v4]);
+        // Release takes both families of a key.
+        assert_eq!(store.release(&key("a")).unwrap().len(), 2);
     }
 }

@@ -161,6 +161,7 @@ mod tests {
             mtu: 1450,
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
             gateway_namespace: Some(slice_api::names::GATEWAY_NAMESPACE.into()),
+            secondary: None,
         }
     }
 

@@ -13,7 +13,8 @@ use crate::attach::Attached;
 pub struct SliceInterface<'a> {
     pub ifname: &'a str,
     pub sandbox: &'a str,
-    pub ip: IpAddr,
+    /// One address per family of the slice, the primary family first.
+    pub ips: &'a [IpAddr],
     pub attached: &'a Attached,
     pub state: &'a NodeState,
 }
@@ -42,16 +43,22 @@ pub fn with_slice(base: Value, cni_version: &str, s: &SliceInterface<'_>) -> Val
     let interfaces = array(&mut result, "interfaces");
     interfaces.push(iface);
     let index = interfaces.len() - 1;
-    let prefix_len = if s.ip.is_ipv4() { 32 } else { 128 };
-    let mut ip = json!({ "address": format!("{}/{prefix_len}", s.ip), "interface": index });
-    if cni_version == "0.4.0" {
-        ip["version"] = json!(if s.ip.is_ipv4() { "4" } else { "6" });
+    for address in s.ips {
+        let prefix_len = if address.is_ipv4() { 32 } else { 128 };
+        let mut ip = json!({ "address": format!("{address}/{prefix_len}"), "interface": index });
+        if cni_version == "0.4.0" {
+            ip["version"] = json!(if address.is_ipv4() { "4" } else { "6" });
+        }
+        array(&mut result, "ips").push(ip);
     }
-    array(&mut result, "ips").push(ip);
-    array(&mut result, "routes").push(json!({
-        "dst": s.state.slice_subnet.to_string(),
-        "gw": s.state.router_address.to_string(),
-    }));
+    for address in s.ips {
+        if let Some((subnet, _, router)) = s.state.families().find(|(subnet, _, _)| subnet.contains(address)) {
+            array(&mut result, "routes").push(json!({
+                "dst": subnet.to_string(),
+                "gw": crate::attach::next_hop(router).to_string(),
+            }));
+        }
+    }
     result.entry("dns").or_insert_with(|| json!({}));
     Value::Object(result)
 }
@@ -79,6 +86,7 @@ mod tests {
             mtu: 1450,
             namespaces: vec![],
             gateway_namespace: None,
+            secondary: None,
         }
     }
 
@@ -96,7 +104,7 @@ mod tests {
         let s = SliceInterface {
             ifname: "slice0",
             sandbox: "/ns",
-            ip: "10.80.0.2".parse().unwrap(),
+            ips: &["10.80.0.2".parse().unwrap()],
             attached: &attached,
             state: &st,
         };
@@ -119,7 +127,7 @@ mod tests {
         let s = SliceInterface {
             ifname: "net1",
             sandbox: "/ns",
-            ip: "10.80.0.2".parse().unwrap(),
+            ips: &["10.80.0.2".parse().unwrap()],
             attached: &attached,
             state: &st,
         };
@@ -128,5 +136,30 @@ mod tests {
         let v11 = with_slice(empty("1.1.0"), "1.1.0", &s);
         assert_eq!(v11["interfaces"][0]["mtu"], 1400);
         assert_eq!(v11["ips"][0]["interface"], 0);
+    }
+
+    #[test]
+    fn a_dual_stack_slice_gives_both_addresses_and_a_route_per_family() {
+        let mut st = state();
+        st.secondary = Some(slice_api::node::NodeStateFamily {
+            slice_subnet: "fd00:80::/48".parse().unwrap(),
+            node_prefix: "fd00:80::/120".parse().unwrap(),
+            router_address: "fd00:80::1".parse().unwrap(),
+        });
+        let attached = Attached { mac: [0; 6], mtu: 1400 };
+        let ips = ["10.80.0.2".parse().unwrap(), "fd00:80::2".parse().unwrap()];
+        let s = SliceInterface { ifname: "slice0", sandbox: "/ns", ips: &ips, attached: &attached, state: &st };
+        let out = with_slice(empty("0.4.0"), "0.4.0", &s);
+        assert_eq!(
+            out["ips"],
+            json!([
+                {"address": "10.80.0.2/32", "interface": 0, "version": "4"},
+                {"address": "fd00:80::2/128", "interface": 0, "version": "6"},
+            ])
+        );
+        assert_eq!(
+            out["routes"],
+            json!([{"dst": "10.80.0.0/16", "gw": "10.80.0.1"}, {"dst": "fd00:80::/48", "gw": "fe80::1"}])
+        );
     }
 }

@@ -45,6 +45,7 @@ impl Fixture {
             mtu: 1400,
             namespaces: vec!["shop".into()],
             gateway_namespace: None,
+            secondary: None,
         };
         let mut nl = Netlink::in_netns(&ns).unwrap();
         nl.set_up("lo").unwrap();

@@ -68,12 +68,29 @@ pub fn cluster_namespace(cluster: &str) -> String {
 #[x_kube(validation = Rule::new(
     "!has(self.nodePrefixLength) || self.nodePrefixLength >= (self.sliceSubnet.contains(':') ? 112 : 16)"
 ).message("nodePrefixLength must be at least /16 for IPv4 and /112 for IPv6 (at most 65,536 addresses per node)"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.secondarySliceSubnet) || self.secondarySliceSubnet.contains(':') != self.sliceSubnet.contains(':')"
+).message("secondarySliceSubnet must be of the other family than sliceSubnet (one IPv4 and one IPv6 subnet)"))]
+#[x_kube(validation = Rule::new("!has(self.secondaryNodePrefixLength) || has(self.secondarySliceSubnet)")
+    .message("secondaryNodePrefixLength needs a secondarySliceSubnet"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.secondaryNodePrefixLength) || !has(self.secondarySliceSubnet) || self.secondaryNodePrefixLength >= (self.secondarySliceSubnet.contains(':') ? 112 : 16)"
+).message("secondaryNodePrefixLength must be at least /16 for IPv4 and /112 for IPv6 (at most 65,536 addresses per node)"))]
+#[x_kube(validation = Rule::new("has(self.secondarySliceSubnet) == has(oldSelf.secondarySliceSubnet)")
+    .message("secondarySliceSubnet cannot be added to or removed from an existing slice"))]
 pub struct SliceConfigSpec {
     /// The slice's own subnet (IPv4 or IPv6), split into `maxClusters` cluster prefixes.
     /// Immutable.
     #[x_kube(validation = Rule::new("isCIDR(self)").message("must be a CIDR such as 10.80.0.0/16"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("sliceSubnet is immutable"))]
     pub slice_subnet: String,
+    /// A second subnet, of the other family (a dual-stack slice: pods get one address of each).
+    /// Split like `sliceSubnet`: the same `maxClusters`, the same cluster and node indexes.
+    /// Immutable, and cannot be added or removed later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isCIDR(self)").message("must be a CIDR such as fd00:80::/48"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("secondarySliceSubnet is immutable"))]
+    pub secondary_slice_subnet: Option<String>,
     /// How many clusters the subnet is split for: a power of two. Immutable.
     #[serde(default = "default_max_clusters")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("maxClusters is immutable"))]
@@ -84,6 +101,10 @@ pub struct SliceConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 128))]
     pub node_prefix_length: Option<u8>,
+    /// `nodePrefixLength` of the secondary subnet (same defaults and bounds for its family).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 128))]
+    pub secondary_node_prefix_length: Option<u8>,
     /// Member clusters (names of `MemberCluster`s).
     #[serde(default)]
     pub clusters: Vec<String>,
@@ -377,6 +398,10 @@ pub struct WorkerSliceSpec {
     pub slice_subnet: String,
     pub cluster_prefix: String,
     pub node_prefix_length: u8,
+    /// The slice's second family (dual-stack slices): its subnet, this cluster's prefix of it
+    /// (the same index as `clusterPrefix`) and its node prefix length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_family: Option<WorkerSliceFamily>,
     pub vni: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -406,6 +431,16 @@ pub struct WorkerSliceSpec {
     /// The slice's QoS profile, and this cluster's uplink rate it is enforced under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<WorkerSliceQos>,
+}
+
+/// One address family of a slice in one member cluster, besides the primary one that
+/// [`WorkerSliceSpec`]'s own `sliceSubnet`, `clusterPrefix` and `nodePrefixLength` carry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSliceFamily {
+    pub slice_subnet: String,
+    pub cluster_prefix: String,
+    pub node_prefix_length: u8,
 }
 
 /// A slice's QoS in one member cluster (the hub writes it from the SliceConfig's profile and
@@ -618,23 +653,46 @@ pub struct TunnelHealth {
     pub rx_loss_permille: u32,
 }
 
-/// Why a SliceConfig's fields cannot be used.
+/// Why a SliceConfig's fields cannot be used. `field` is the camelCase spec field at fault
+/// (`sliceSubnet`, `secondaryNodePrefixLength`, …).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
-    #[error("sliceSubnet {0:?} is not a CIDR (write it like 10.80.0.0/16 or fd00:80::/48)")]
-    BadSubnet(String),
-    #[error("sliceSubnet: {0}")]
-    Prefix(#[from] prefix::PrefixError),
+    #[error("{field} {value:?} is not a CIDR (write it like 10.80.0.0/16 or fd00:80::/48)")]
+    BadSubnet { field: &'static str, value: String },
+    #[error("{field}: {error}")]
+    Prefix { field: &'static str, error: prefix::PrefixError },
     #[error(
-        "nodePrefixLength /{node} does not fit the cluster prefix /{cluster}: it must be longer than /{cluster} and at most /{max}"
+        "{field} /{node} does not fit the cluster prefix /{cluster}: it must be longer than /{cluster} and at most /{max}"
     )]
-    NodePrefix { node: u8, cluster: u8, max: u8 },
+    NodePrefix { field: &'static str, node: u8, cluster: u8, max: u8 },
     #[error(
-        "nodePrefixLength /{node} gives a node more addresses than it can use: it must be at least /{min} (at most {} addresses per node)",
+        "{field} /{node} gives a node more addresses than it can use: it must be at least /{min} (at most {} addresses per node)",
         1u32 << MAX_NODE_HOST_BITS
     )]
-    NodePrefixTooShort { node: u8, min: u8 },
+    NodePrefixTooShort { field: &'static str, node: u8, min: u8 },
+    #[error(
+        "secondarySliceSubnet {secondary} is of the same family as sliceSubnet {primary}: a slice has at most one subnet per family, so the second one must be IPv{}",
+        if primary.addr().is_ipv4() { 6 } else { 4 }
+    )]
+    SameFamily { primary: IpNet, secondary: IpNet },
+    #[error(
+        "secondaryNodePrefixLength /{0} is set but secondarySliceSubnet is not: remove it, or add a secondarySliceSubnet"
+    )]
+    SecondaryNodePrefixWithoutSubnet(u8),
 }
+
+/// The spec fields of one address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamilyFields {
+    pub subnet: &'static str,
+    pub node_prefix_length: &'static str,
+}
+
+/// `sliceSubnet` and `nodePrefixLength`.
+pub const PRIMARY_FIELDS: FamilyFields = FamilyFields { subnet: "sliceSubnet", node_prefix_length: "nodePrefixLength" };
+/// `secondarySliceSubnet` and `secondaryNodePrefixLength`.
+pub const SECONDARY_FIELDS: FamilyFields =
+    FamilyFields { subnet: "secondarySliceSubnet", node_prefix_length: "secondaryNodePrefixLength" };
 
 /// The parsed shape of a slice's address plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -643,6 +701,57 @@ pub struct AddressPlan {
     pub max_clusters: u32,
     pub cluster_prefix_len: u8,
     pub node_prefix_len: u8,
+}
+
+/// Every family's address plan of a slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressPlans {
+    /// The plan of `sliceSubnet`.
+    pub primary: AddressPlan,
+    /// The plan of `secondarySliceSubnet` (of the other family), when there is one.
+    pub secondary: Option<AddressPlan>,
+}
+
+impl AddressPlans {
+    /// The plans, primary first.
+    pub fn iter(&self) -> impl Iterator<Item = &AddressPlan> {
+        std::iter::once(&self.primary).chain(self.secondary.as_ref())
+    }
+}
+
+/// Parses and checks one family's subnet and node prefix length against `maxClusters`.
+fn family_plan(
+    fields: FamilyFields,
+    subnet: &str,
+    node_prefix_length: Option<u8>,
+    max_clusters: u32,
+) -> Result<AddressPlan, SpecError> {
+    let bad = |error| SpecError::Prefix { field: fields.subnet, error };
+    let subnet: IpNet =
+        subnet.trim().parse().map_err(|_| SpecError::BadSubnet { field: fields.subnet, value: subnet.to_owned() })?;
+    prefix::check_aligned(subnet).map_err(bad)?;
+    let cluster_prefix_len = prefix::cluster_prefix_len(subnet, max_clusters).map_err(bad)?;
+    let node_prefix_len = node_prefix_length.unwrap_or(match subnet {
+        IpNet::V4(_) => DEFAULT_NODE_PREFIX_LEN_V4,
+        IpNet::V6(_) => DEFAULT_NODE_PREFIX_LEN_V6,
+    });
+    // A node prefix holds at most 2^16 addresses: more than any node runs pods, and what the
+    // CNI plugin's IPAM is built for (an IPv6 /64 per node once crashed it).
+    let min = subnet.max_prefix_len() - MAX_NODE_HOST_BITS;
+    if node_prefix_len < min {
+        return Err(SpecError::NodePrefixTooShort { field: fields.node_prefix_length, node: node_prefix_len, min });
+    }
+    // A node prefix needs room for the router address and at least one pod.
+    let max = subnet.max_prefix_len() - 2;
+    if node_prefix_len <= cluster_prefix_len || node_prefix_len > max {
+        return Err(SpecError::NodePrefix {
+            field: fields.node_prefix_length,
+            node: node_prefix_len,
+            cluster: cluster_prefix_len,
+            max,
+        });
+    }
+    Ok(AddressPlan { subnet, max_clusters, cluster_prefix_len, node_prefix_len })
 }
 
 impl AddressPlan {
@@ -662,31 +771,33 @@ impl AddressPlan {
 }
 
 impl SliceConfigSpec {
-    /// Parses and checks the subnet, `maxClusters` and `nodePrefixLength`.
+    /// Parses and checks the (primary) subnet, `maxClusters` and `nodePrefixLength`.
     ///
     /// # Errors
     /// A [`SpecError`] that says what to change.
     pub fn address_plan(&self) -> Result<AddressPlan, SpecError> {
-        let subnet: IpNet =
-            self.slice_subnet.trim().parse().map_err(|_| SpecError::BadSubnet(self.slice_subnet.clone()))?;
-        prefix::check_aligned(subnet)?;
-        let cluster_prefix_len = prefix::cluster_prefix_len(subnet, self.max_clusters)?;
-        let node_prefix_len = self.node_prefix_length.unwrap_or(match subnet {
-            IpNet::V4(_) => DEFAULT_NODE_PREFIX_LEN_V4,
-            IpNet::V6(_) => DEFAULT_NODE_PREFIX_LEN_V6,
-        });
-        // A node prefix holds at most 2^16 addresses: more than any node runs pods, and what the
-        // CNI plugin's IPAM is built for (an IPv6 /64 per node once crashed it).
-        let min = subnet.max_prefix_len() - MAX_NODE_HOST_BITS;
-        if node_prefix_len < min {
-            return Err(SpecError::NodePrefixTooShort { node: node_prefix_len, min });
-        }
-        // A node prefix needs room for the router address and at least one pod.
-        let max = subnet.max_prefix_len() - 2;
-        if node_prefix_len <= cluster_prefix_len || node_prefix_len > max {
-            return Err(SpecError::NodePrefix { node: node_prefix_len, cluster: cluster_prefix_len, max });
-        }
-        Ok(AddressPlan { subnet, max_clusters: self.max_clusters, cluster_prefix_len, node_prefix_len })
+        family_plan(PRIMARY_FIELDS, &self.slice_subnet, self.node_prefix_length, self.max_clusters)
+    }
+
+    /// The address plan of every family: the primary one, and the secondary one of a
+    /// dual-stack slice (the other family, the same `maxClusters`).
+    ///
+    /// # Errors
+    /// The first [`SpecError`] of either family, or the secondary family's own errors.
+    pub fn address_plans(&self) -> Result<AddressPlans, SpecError> {
+        let primary = self.address_plan()?;
+        let secondary = match (&self.secondary_slice_subnet, self.secondary_node_prefix_length) {
+            (None, None) => None,
+            (None, Some(len)) => return Err(SpecError::SecondaryNodePrefixWithoutSubnet(len)),
+            (Some(subnet), len) => {
+                let plan = family_plan(SECONDARY_FIELDS, subnet, len, self.max_clusters)?;
+                if plan.subnet.addr().is_ipv4() == primary.subnet.addr().is_ipv4() {
+                    return Err(SpecError::SameFamily { primary: primary.subnet, secondary: plan.subnet });
+                }
+                Some(plan)
+            }
+        };
+        Ok(AddressPlans { primary, secondary })
     }
 
     /// Member namespaces of the slice in `cluster`, sorted and without repeats.
@@ -770,6 +881,55 @@ mod tests {
         assert_eq!(spec("fd00:80::/48", 16, None).address_plan().unwrap().node_prefix_len, 120);
     }
 
+    fn dual(primary: &str, secondary: Option<&str>, len: Option<u8>) -> SliceConfigSpec {
+        serde_json::from_value(serde_json::json!({
+            "sliceSubnet": primary, "maxClusters": 16,
+            "secondarySliceSubnet": secondary, "secondaryNodePrefixLength": len,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_dual_stack_slice_plans_both_families_with_the_same_indexes() {
+        let plans = dual("10.80.0.0/16", Some("fd00:80::/48"), None).address_plans().unwrap();
+        let v6 = plans.secondary.unwrap();
+        assert_eq!((v6.cluster_prefix_len, v6.node_prefix_len), (52, 120));
+        assert_eq!(v6.cluster_prefix(1).unwrap().to_string(), "fd00:80:0:1000::/52");
+        assert_eq!(plans.iter().count(), 2);
+        // IPv6 first, IPv4 second works as well.
+        let plans = dual("fd00:80::/48", Some("10.80.0.0/16"), Some(24)).address_plans().unwrap();
+        assert_eq!(plans.secondary.unwrap().node_prefix_len, 24);
+        // A single-family slice (an old object) has no secondary plan.
+        assert_eq!(spec("10.80.0.0/16", 16, None).address_plans().unwrap().secondary, None);
+        assert_eq!(
+            serde_json::to_value(spec("10.80.0.0/16", 16, None)).unwrap().get("secondarySliceSubnet"),
+            None,
+            "an absent secondary family is not written"
+        );
+    }
+
+    #[test]
+    fn a_bad_secondary_family_names_its_own_fields() {
+        let e = dual("10.80.0.0/16", Some("10.81.0.0/16"), None).address_plans().unwrap_err();
+        assert!(matches!(e, SpecError::SameFamily { .. }), "{e}");
+        assert!(e.to_string().contains("at most one subnet per family, so the second one must be IPv6"), "{e}");
+        let e = dual("fd00:80::/48", Some("fd00:81::/48"), None).address_plans().unwrap_err();
+        assert!(e.to_string().contains("must be IPv4"), "{e}");
+        let e = dual("10.80.0.0/16", Some("fd00:80::1/48"), None).address_plans().unwrap_err();
+        assert!(e.to_string().starts_with("secondarySliceSubnet: fd00:80::1/48 is not aligned"), "{e}");
+        let e = dual("10.80.0.0/16", Some("pear"), None).address_plans().unwrap_err();
+        assert!(e.to_string().starts_with("secondarySliceSubnet \"pear\" is not a CIDR"), "{e}");
+        let e = dual("10.80.0.0/16", Some("fd00:80::/48"), Some(64)).address_plans().unwrap_err();
+        assert!(e.to_string().starts_with("secondaryNodePrefixLength /64 gives a node more addresses"), "{e}");
+        let e = dual("10.80.0.0/16", Some("fd00:80::/48"), Some(127)).address_plans().unwrap_err();
+        assert!(e.to_string().starts_with("secondaryNodePrefixLength /127 does not fit"), "{e}");
+        let e = dual("10.80.0.0/16", None, Some(120)).address_plans().unwrap_err();
+        assert_eq!(e, SpecError::SecondaryNodePrefixWithoutSubnet(120));
+        // The primary family's errors still name the primary fields.
+        let e = dual("10.80.0.1/16", Some("fd00:80::/48"), None).address_plans().unwrap_err();
+        assert!(e.to_string().starts_with("sliceSubnet: 10.80.0.1/16 is not aligned"), "{e}");
+    }
+
     #[test]
     fn namespaces_per_cluster() {
         let s: SliceConfigSpec = serde_json::from_value(serde_json::json!({
@@ -798,6 +958,9 @@ mod tests {
         let json = serde_json::to_string(&crds).unwrap();
         assert!(json.contains("isCIDR(self)"));
         assert!(json.contains("sliceSubnet is immutable"));
+        assert!(json.contains("secondarySliceSubnet is immutable"));
+        assert!(json.contains("has(self.secondarySliceSubnet) == has(oldSelf.secondarySliceSubnet)"));
+        assert!(json.contains("secondarySliceSubnet must be of the other family"));
         assert_eq!(crds[2].spec.scope, "Namespaced");
         assert_eq!(crds[0].spec.scope, "Cluster");
     }

@@ -82,7 +82,11 @@ pub fn render(view: &HubView) -> String {
             let ready = st.clusters.iter().filter(|c| c.ready).count();
             vec![
                 s.name_any(),
-                s.spec.slice_subnet.clone(),
+                // Both families of a dual-stack slice, the primary first.
+                std::iter::once(s.spec.slice_subnet.as_str())
+                    .chain(s.spec.secondary_slice_subnet.as_deref())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 st.vni.map_or_else(|| "-".to_owned(), |v| v.to_string()),
                 format!("{ready}/{}", s.spec.clusters.len()),
                 status_of(&st.conditions, "Ready"),
@@ -386,5 +390,13 @@ pub(crate) mod tests {
         assert_eq!(bytes(1023), "1023 B");
         assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
         assert_eq!(bytes(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn a_dual_stack_slice_shows_both_subnets() {
+        let mut dual = view();
+        dual.slices[0].spec.secondary_slice_subnet = Some("fd00:80::/48".into());
+        let text = render(&dual);
+        assert!(text.contains("blue   10.80.0.0/16,fd00:80::/48  4097"), "{text}");
     }
 }

@@ -63,6 +63,10 @@ pub struct SliceOnNode {
     pub slice_subnet: IpNet,
     /// This node's prefix of the slice subnet.
     pub node_prefix: IpNet,
+    /// The slice's second address family (a dual-stack slice): its subnet and this node's
+    /// prefix of it. Pods get one address of each family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary: Option<FamilyOnNode>,
     /// Upper bound for the pod MTU; the underlay bound applies as well.
     #[serde(default)]
     pub mtu: Option<u32>,
@@ -99,6 +103,29 @@ pub struct SliceOnNode {
     /// tree's default class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<crate::qos::SliceQos>,
+}
+
+/// One more address family of a slice on a node: the family's subnet and the node's prefix of
+/// it (the node's router address in that family is the prefix's first usable address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FamilyOnNode {
+    pub slice_subnet: IpNet,
+    pub node_prefix: IpNet,
+}
+
+impl SliceOnNode {
+    /// (slice subnet, node prefix) of each family, the primary first.
+    pub fn families(&self) -> impl Iterator<Item = (IpNet, IpNet)> + '_ {
+        std::iter::once((self.slice_subnet, self.node_prefix))
+            .chain(self.secondary.iter().map(|f| (f.slice_subnet, f.node_prefix)))
+    }
+
+    /// Whether `ip` is inside one of the slice's subnets.
+    #[must_use]
+    pub fn subnets_contain(&self, ip: &IpAddr) -> bool {
+        self.families().any(|(subnet, _)| subnet.contains(ip))
+    }
 }
 
 /// One ClusterSetIP service of a slice as the node agent programs it (written by the worker
@@ -145,6 +172,9 @@ pub struct PeerNode {
     pub name: String,
     pub underlay_address: IpAddr,
     pub node_prefix: IpNet,
+    /// The peer's prefix of the slice's secondary subnet (dual-stack slices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_node_prefix: Option<IpNet>,
 }
 
 fn default_underlay_mtu() -> u32 {
@@ -237,6 +267,7 @@ impl NodeAgentConfig {
                     )));
                 }
             }
+            validate_secondary(slice).map_err(ctx)?;
             validate_remote_routes(slice).map_err(ctx)?;
             validate_services(slice).map_err(ctx)?;
             validate_policies(slice).map_err(ctx)?;
@@ -323,12 +354,69 @@ impl NodeAgentConfig {
             mtu: self.pod_mtu(slice),
             namespaces: slice.namespaces.clone(),
             gateway_namespace: slice.gateway_namespace.clone(),
+            secondary: slice.secondary.map(|f| NodeStateFamily {
+                slice_subnet: f.slice_subnet,
+                node_prefix: f.node_prefix,
+                router_address: crate::prefix::router_address(f.node_prefix),
+            }),
         }
     }
 }
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The secondary family: of the other family than the primary, aligned, the node prefix inside
+/// its subnet with room for pods; every peer has a prefix of it (or none of them, when the
+/// slice has no secondary family), inside it and clear of this node's.
+fn validate_secondary(slice: &SliceOnNode) -> Result<(), String> {
+    let Some(family) = &slice.secondary else {
+        return match slice.peers.iter().find(|p| p.secondary_node_prefix.is_some()) {
+            Some(peer) => {
+                Err(format!("peer {} has a secondary node prefix but the slice has no secondary family", peer.name))
+            }
+            None => Ok(()),
+        };
+    };
+    if family.slice_subnet.addr().is_ipv4() == slice.slice_subnet.addr().is_ipv4() {
+        return Err(format!(
+            "secondary subnet {} is of the same family as slice subnet {}: one subnet per family",
+            family.slice_subnet, slice.slice_subnet
+        ));
+    }
+    crate::prefix::check_aligned(family.slice_subnet).map_err(|e| e.to_string())?;
+    crate::prefix::check_aligned(family.node_prefix).map_err(|e| e.to_string())?;
+    if !family.slice_subnet.contains(&family.node_prefix) {
+        return Err(format!(
+            "secondary node prefix {} is not inside secondary subnet {}",
+            family.node_prefix, family.slice_subnet
+        ));
+    }
+    if crate::prefix::pod_addresses(family.node_prefix).next().is_none() {
+        return Err(format!("secondary node prefix {} has no room for pods", family.node_prefix));
+    }
+    for peer in &slice.peers {
+        let Some(prefix) = peer.secondary_node_prefix else {
+            return Err(format!(
+                "peer {} has no prefix of secondary subnet {}: the slice's pods there would be unreachable in that family",
+                peer.name, family.slice_subnet
+            ));
+        };
+        if !family.slice_subnet.contains(&prefix) {
+            return Err(format!(
+                "peer {} secondary prefix {prefix} is not inside secondary subnet {}",
+                peer.name, family.slice_subnet
+            ));
+        }
+        if overlaps(&prefix, &family.node_prefix) {
+            return Err(format!(
+                "peer {} secondary prefix {prefix} overlaps this node's {}",
+                peer.name, family.node_prefix
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Remote routes: each prefix aligned, inside the slice subnet, listed once, and clear of this
@@ -435,6 +523,8 @@ fn is_dns_subdomain(s: &str) -> bool {
 fn validate_pods(slice: &SliceOnNode) -> Result<(), String> {
     let routers: Vec<IpAddr> = std::iter::once(slice.node_prefix)
         .chain(slice.peers.iter().map(|p| p.node_prefix))
+        .chain(slice.secondary.iter().map(|f| f.node_prefix))
+        .chain(slice.peers.iter().filter_map(|p| p.secondary_node_prefix))
         .map(crate::prefix::router_address)
         .collect();
     let mut seen = std::collections::BTreeSet::new();
@@ -447,7 +537,7 @@ fn validate_pods(slice: &SliceOnNode) -> Result<(), String> {
             return Err(format!("{what}: no address"));
         }
         for address in &group.addresses {
-            if !slice.slice_subnet.contains(address) {
+            if !slice.subnets_contain(address) {
                 return Err(format!("{what}: address {address} is not inside slice subnet {}", slice.slice_subnet));
             }
             if routers.contains(address) {
@@ -494,9 +584,27 @@ pub struct NodeState {
     /// See [`SliceOnNode::gateway_namespace`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_namespace: Option<String>,
+    /// The slice's second address family on this node (dual-stack slices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary: Option<NodeStateFamily>,
+}
+
+/// One more address family of a slice in a node-state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStateFamily {
+    pub slice_subnet: IpNet,
+    pub node_prefix: IpNet,
+    pub router_address: IpAddr,
 }
 
 impl NodeState {
+    /// (slice subnet, node prefix, router address) of each family, the primary first.
+    pub fn families(&self) -> impl Iterator<Item = (IpNet, IpNet, IpAddr)> + '_ {
+        std::iter::once((self.slice_subnet, self.node_prefix, self.router_address))
+            .chain(self.secondary.iter().map(|f| (f.slice_subnet, f.node_prefix, f.router_address)))
+    }
+
     /// Whether a pod in `namespace` that names this slice (annotation or delegate config) may
     /// join it: a member namespace, or the slice's gateway namespace.
     #[must_use]
@@ -864,5 +972,61 @@ mod tests {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
+    }
+
+    fn dual() -> NodeAgentConfig {
+        let mut c = config();
+        c.slices[0].secondary = Some(FamilyOnNode {
+            slice_subnet: "fd00:80::/48".parse().unwrap(),
+            node_prefix: "fd00:80::/120".parse().unwrap(),
+        });
+        c.slices[0].peers[0].secondary_node_prefix = Some("fd00:80::100/120".parse().unwrap());
+        c
+    }
+
+    #[test]
+    fn a_dual_stack_slice_carries_both_families_to_the_node_state() {
+        let c = dual();
+        c.validate().unwrap();
+        let s = c.node_state(&c.slices[0]);
+        let families: Vec<String> =
+            s.families().map(|(subnet, prefix, router)| format!("{subnet} {prefix} {router}")).collect();
+        assert_eq!(families, ["10.80.0.0/16 10.80.0.0/26 10.80.0.1", "fd00:80::/48 fd00:80::/120 fd00:80::1"]);
+        // The JSON round trip keeps it; a single-family state has no `secondary` key (old plugins
+        // read new files and the other way round).
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["secondary"]["routerAddress"], "fd00:80::1");
+        assert_eq!(serde_json::from_value::<NodeState>(json).unwrap(), s);
+        let single = config();
+        let json = serde_json::to_value(single.node_state(&single.slices[0])).unwrap();
+        assert_eq!(json.get("secondary"), None);
+        // An IPv6-only slice is a primary family of IPv6.
+        let mut v6 = config();
+        v6.slices[0].slice_subnet = "fd00:80::/48".parse().unwrap();
+        v6.slices[0].node_prefix = "fd00:80::/120".parse().unwrap();
+        v6.slices[0].peers[0].node_prefix = "fd00:80::100/120".parse().unwrap();
+        v6.validate().unwrap();
+        assert_eq!(v6.node_state(&v6.slices[0]).router_address.to_string(), "fd00:80::1");
+    }
+
+    #[test]
+    fn a_bad_secondary_family_is_named() {
+        let bad = |f: &dyn Fn(&mut SliceOnNode)| {
+            let mut c = dual();
+            f(&mut c.slices[0]);
+            c.validate().unwrap_err()
+        };
+        let e = bad(&|s| s.secondary.as_mut().unwrap().slice_subnet = "10.81.0.0/16".parse().unwrap());
+        assert!(e.starts_with("slice blue: secondary subnet 10.81.0.0/16 is of the same family"), "{e}");
+        let e = bad(&|s| s.secondary.as_mut().unwrap().node_prefix = "fd00:81::/120".parse().unwrap());
+        assert!(e.contains("secondary node prefix fd00:81::/120 is not inside secondary subnet fd00:80::/48"), "{e}");
+        let e = bad(&|s| s.peers[0].secondary_node_prefix = None);
+        assert!(e.contains("peer n2 has no prefix of secondary subnet fd00:80::/48"), "{e}");
+        let e = bad(&|s| s.peers[0].secondary_node_prefix = Some("fd00:80::/121".parse().unwrap()));
+        assert!(e.contains("peer n2 secondary prefix fd00:80::/121 overlaps this node's fd00:80::/120"), "{e}");
+        let e = bad(&|s| s.secondary = None);
+        assert!(e.contains("peer n2 has a secondary node prefix but the slice has no secondary family"), "{e}");
+        let e = bad(&|s| s.secondary.as_mut().unwrap().node_prefix = "fd00:80::1/120".parse().unwrap());
+        assert!(e.contains("not aligned"), "{e}");
     }
 }

@@ -28,8 +28,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::crd::{
-    ClusterAllocation, Condition, MemberCluster, SliceConfig, WorkerIsolation, WorkerPeer, WorkerSlice, WorkerSliceQos,
-    WorkerSliceSpec, cluster_namespace, condition,
+    ClusterAllocation, Condition, MemberCluster, SliceConfig, WorkerIsolation, WorkerPeer, WorkerSlice,
+    WorkerSliceFamily, WorkerSliceQos, WorkerSliceSpec, cluster_namespace, condition,
 };
 
 /// The first VNI handed out.
@@ -204,12 +204,10 @@ type Publications = BTreeMap<(String, String), (Option<String>, Option<String>)>
 /// CIDRs (unparsable entries are the validator's business, not a reason to panic), each with
 /// what it is. The first that holds an endpoint names the refusal.
 fn slice_forbidden(s: &SliceConfig) -> Vec<(IpNet, String)> {
-    s.spec
-        .slice_subnet
-        .trim()
-        .parse::<IpNet>()
+    std::iter::once(&s.spec.slice_subnet)
+        .chain(s.spec.secondary_slice_subnet.as_ref())
+        .filter_map(|subnet| subnet.trim().parse::<IpNet>().ok())
         .map(|net| (net, format!("the subnet of slice {}", s.name_any())))
-        .into_iter()
         .collect()
 }
 
@@ -383,8 +381,8 @@ fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
     let Some(vni) = vni else {
         return keep("VniExhausted", format!("no free VNI left in {VNI_BASE}..={VNI_MAX}"));
     };
-    let addresses = match slice.spec.address_plan() {
-        Ok(a) => a,
+    let (addresses, secondary) = match slice.spec.address_plans() {
+        Ok(a) => (a.primary, a.secondary),
         Err(e) => return keep("InvalidSpec", e.to_string()),
     };
 
@@ -451,6 +449,12 @@ fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
             slice_subnet: addresses.subnet.to_string(),
             cluster_prefix: prefix_of(c),
             node_prefix_length: addresses.node_prefix_len,
+            // The second family takes the same index as the first: one stable index per cluster.
+            secondary_family: secondary.map(|plan| WorkerSliceFamily {
+                slice_subnet: plan.subnet.to_string(),
+                cluster_prefix: plan.cluster_prefix(index[c]).expect("index below maxClusters").to_string(),
+                node_prefix_length: plan.node_prefix_len,
+            }),
             vni,
             mtu: slice.spec.mtu,
             namespaces: slice.spec.namespaces_in(c),

@@ -11,7 +11,7 @@ use std::fmt;
 
 use ipnet::IpNet;
 
-use crate::crd::{MemberCluster, SliceConfig, SliceConfigSpec, SpecError};
+use crate::crd::{MemberCluster, PRIMARY_FIELDS, SliceConfig, SliceConfigSpec, SpecError};
 use crate::names;
 use crate::prefix::PrefixError;
 
@@ -30,8 +30,12 @@ pub enum Rule {
     MaxClustersDoesNotFit,
     /// `nodePrefixLength` does not fit the cluster prefix.
     NodePrefixDoesNotFit,
-    /// `sliceSubnet` changed on update.
+    /// `sliceSubnet` or `secondarySliceSubnet` changed on update (or the secondary one was added
+    /// or removed).
     SubnetImmutable,
+    /// `secondarySliceSubnet` is of the same family as `sliceSubnet`, or
+    /// `secondaryNodePrefixLength` is set without it.
+    SecondaryFamily,
     /// `maxClusters` changed on update.
     MaxClustersImmutable,
     /// A namespace is claimed by this slice and another one in the same cluster.
@@ -97,81 +101,84 @@ pub fn validate_slice_config(
             format!("{m} (it names the router namespace and state files on every node)"),
         ));
     }
-    let plan = check_address_plan(&new.spec, &mut out);
+    let subnets = check_address_plan(&new.spec, &mut out);
     if let Some(old) = old {
         check_immutable(&new.spec, &old.spec, &mut out);
     }
     check_namespaces(name, &new.spec, others, &mut out);
-    if let Some(subnet) = plan {
-        check_cluster_cidrs(subnet, &new.spec, clusters, &mut out);
+    for (field, subnet) in subnets {
+        check_cluster_cidrs(field, subnet, &new.spec, clusters, &mut out);
     }
     check_qos(name, &new.spec, others, clusters, &mut out);
     if out.is_empty() { Ok(()) } else { Err(out) }
 }
 
-/// The address plan through [`SliceConfigSpec::address_plan`], its errors turned into
-/// violations; returns the parsed subnet when the plan is sound.
-fn check_address_plan(spec: &SliceConfigSpec, out: &mut Vec<Violation>) -> Option<IpNet> {
-    match spec.address_plan() {
-        Ok(plan) => {
+/// The address plans through [`SliceConfigSpec::address_plans`], their errors turned into
+/// violations on the field at fault; returns each sound family's subnet with its field.
+fn check_address_plan(spec: &SliceConfigSpec, out: &mut Vec<Violation>) -> Vec<(&'static str, IpNet)> {
+    match spec.address_plans() {
+        Ok(plans) => {
             let listed = spec.clusters.iter().collect::<BTreeSet<_>>().len();
-            if listed > plan.max_clusters as usize {
+            if listed > plans.primary.max_clusters as usize {
                 out.push(Violation::new(
                     Rule::MaxClustersDoesNotFit,
                     "spec.clusters",
                     format!(
                         "the slice lists {listed} clusters but maxClusters is {}: remove clusters, or recreate the slice with a larger power-of-two maxClusters",
-                        plan.max_clusters
+                        plans.primary.max_clusters
                     ),
                 ));
             }
-            Some(plan.subnet)
+            let mut subnets = vec![("spec.sliceSubnet", plans.primary.subnet)];
+            subnets.extend(plans.secondary.map(|p| ("spec.secondarySliceSubnet", p.subnet)));
+            subnets
         }
-        Err(SpecError::BadSubnet(s)) => {
-            out.push(Violation::new(
-                Rule::UnparsableSubnet,
-                "spec.sliceSubnet",
-                format!("{s:?} is not a CIDR: write an aligned network such as 10.80.0.0/16 or fd00:80::/48"),
-            ));
-            None
+        Err(e) => {
+            out.push(spec_violation(e));
+            Vec::new()
         }
-        Err(SpecError::Prefix(e @ PrefixError::Misaligned(..))) => {
-            out.push(Violation::new(
-                Rule::MisalignedSubnet,
-                "spec.sliceSubnet",
-                format!("{e} (a slice subnet may not have host bits set)"),
-            ));
-            None
+    }
+}
+
+/// The violation a [`SpecError`] stands for, on the field it names.
+fn spec_violation(e: SpecError) -> Violation {
+    let on = |field: &str| format!("spec.{field}");
+    match e {
+        SpecError::BadSubnet { field, value } => Violation::new(
+            Rule::UnparsableSubnet,
+            on(field),
+            format!("{value:?} is not a CIDR: write an aligned network such as 10.80.0.0/16 or fd00:80::/48"),
+        ),
+        SpecError::Prefix { field, error: error @ PrefixError::Misaligned(..) } => Violation::new(
+            Rule::MisalignedSubnet,
+            on(field),
+            format!("{error} (a slice subnet may not have host bits set)"),
+        ),
+        SpecError::Prefix { error: error @ PrefixError::NotPowerOfTwo(_), .. } => {
+            Violation::new(Rule::MaxClustersNotPowerOfTwo, "spec.maxClusters", error.to_string())
         }
-        Err(SpecError::Prefix(e @ PrefixError::NotPowerOfTwo(_))) => {
-            out.push(Violation::new(Rule::MaxClustersNotPowerOfTwo, "spec.maxClusters", e.to_string()));
-            None
+        SpecError::Prefix { field, error: PrefixError::TooSmall { subnet, parts, max } } => Violation::new(
+            Rule::MaxClustersDoesNotFit,
+            "spec.maxClusters",
+            format!(
+                "{subnet}{} cannot be split into {parts} cluster prefixes (they would be longer than /{max}): use a larger subnet or a smaller maxClusters",
+                if field == PRIMARY_FIELDS.subnet { String::new() } else { format!(" ({field})") }
+            ),
+        ),
+        SpecError::Prefix { field, error } => Violation::new(Rule::UnparsableSubnet, on(field), error.to_string()),
+        e @ SpecError::NodePrefixTooShort { field, .. } => {
+            Violation::new(Rule::NodePrefixDoesNotFit, on(field), e.to_string())
         }
-        Err(SpecError::Prefix(PrefixError::TooSmall { subnet, parts, max })) => {
-            out.push(Violation::new(
-                Rule::MaxClustersDoesNotFit,
-                "spec.maxClusters",
-                format!(
-                    "{subnet} cannot be split into {parts} cluster prefixes (they would be longer than /{max}): use a larger subnet or a smaller maxClusters"
-                ),
-            ));
-            None
+        e @ SpecError::NodePrefix { field, .. } => Violation::new(
+            Rule::NodePrefixDoesNotFit,
+            on(field),
+            format!("{e}; change {field}, or split the subnet into fewer clusters"),
+        ),
+        e @ SpecError::SameFamily { .. } => {
+            Violation::new(Rule::SecondaryFamily, "spec.secondarySliceSubnet", e.to_string())
         }
-        Err(SpecError::Prefix(e)) => {
-            out.push(Violation::new(Rule::UnparsableSubnet, "spec.sliceSubnet", e.to_string()));
-            None
-        }
-        Err(e @ SpecError::NodePrefixTooShort { .. }) => {
-            out.push(Violation::new(Rule::NodePrefixDoesNotFit, "spec.nodePrefixLength", e.to_string()));
-            None
-        }
-        Err(e @ SpecError::NodePrefix { .. }) => {
-            out.push(Violation::new(
-                Rule::NodePrefixDoesNotFit,
-                "spec.nodePrefixLength",
-                format!("{e}; change nodePrefixLength, or split the subnet into fewer clusters"),
-            ));
-            None
+        e @ SpecError::SecondaryNodePrefixWithoutSubnet(_) => {
+            Violation::new(Rule::SecondaryFamily, "spec.secondaryNodePrefixLength", e.to_string())
         }
     }
 }
@@ -179,11 +186,11 @@ fn check_address_plan(spec: &SliceConfigSpec, out: &mut Vec<Violation>) -> Optio
 fn check_immutable(new: &SliceConfigSpec, old: &SliceConfigSpec, out: &mut Vec<Violation>) {
     // Compare parsed networks where both parse, so "10.80.0.0/16 " and "10.80.0.0/16" are equal.
     let parsed = |s: &str| s.trim().parse::<IpNet>().ok();
-    let same_subnet = match (parsed(&new.slice_subnet), parsed(&old.slice_subnet)) {
+    let same = |new: &str, old: &str| match (parsed(new), parsed(old)) {
         (Some(a), Some(b)) => a == b,
-        _ => new.slice_subnet.trim() == old.slice_subnet.trim(),
+        _ => new.trim() == old.trim(),
     };
-    if !same_subnet {
+    if !same(&new.slice_subnet, &old.slice_subnet) {
         out.push(Violation::new(
             Rule::SubnetImmutable,
             "spec.sliceSubnet",
@@ -192,6 +199,30 @@ fn check_immutable(new: &SliceConfigSpec, old: &SliceConfigSpec, out: &mut Vec<V
                 old.slice_subnet, new.slice_subnet
             ),
         ));
+    }
+    match (&new.secondary_slice_subnet, &old.secondary_slice_subnet) {
+        (Some(a), Some(b)) if !same(a, b) => out.push(Violation::new(
+            Rule::SubnetImmutable,
+            "spec.secondarySliceSubnet",
+            format!(
+                "is immutable (was {b}, now {a}): changing it would renumber every pod; put it back, or create a new slice with the new subnet"
+            ),
+        )),
+        (Some(a), None) => out.push(Violation::new(
+            Rule::SubnetImmutable,
+            "spec.secondarySliceSubnet",
+            format!(
+                "cannot be added to an existing slice (now {a}): running pods would keep a single family; remove it, or create a new dual-stack slice"
+            ),
+        )),
+        (None, Some(b)) => out.push(Violation::new(
+            Rule::SubnetImmutable,
+            "spec.secondarySliceSubnet",
+            format!(
+                "cannot be removed from an existing slice (was {b}): running pods hold addresses of it; put it back, or create a new slice"
+            ),
+        )),
+        _ => {}
     }
     if new.max_clusters != old.max_clusters {
         out.push(Violation::new(
@@ -323,7 +354,13 @@ fn overlaps(a: IpNet, b: IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-fn check_cluster_cidrs(subnet: IpNet, spec: &SliceConfigSpec, clusters: &[MemberCluster], out: &mut Vec<Violation>) {
+fn check_cluster_cidrs(
+    field: &str,
+    subnet: IpNet,
+    spec: &SliceConfigSpec,
+    clusters: &[MemberCluster],
+    out: &mut Vec<Violation>,
+) {
     for cluster in clusters {
         let cname = cluster.metadata.name.as_deref().unwrap_or_default();
         if !spec.clusters.iter().any(|c| c == cname) {
@@ -336,7 +373,7 @@ fn check_cluster_cidrs(subnet: IpNet, spec: &SliceConfigSpec, clusters: &[Member
                 if overlaps(subnet, cidr) {
                     out.push(Violation::new(
                         Rule::OverlapsClusterCidr,
-                        "spec.sliceSubnet",
+                        field,
                         format!(
                             "{subnet} overlaps the {kind} CIDR {cidr} of member cluster {cname}: pods would route that {kind} traffic into the slice; choose a slice subnet outside the clusters' pod and service CIDRs"
                         ),
@@ -563,6 +600,67 @@ mod tests {
         let clash = with(blue(), |s| s.slice_subnet = "10.244.8.0/21".into());
         let v = only(validate_slice_config(&clash, None, &[], &clusters), Rule::OverlapsClusterCidr);
         assert!(v.message.contains("the pod CIDR 10.244.0.0/16 of member cluster c1"), "{v}");
+    }
+
+    fn dual() -> SliceConfig {
+        with(blue(), |s| s.secondary_slice_subnet = Some("fd00:80::/48".into()))
+    }
+
+    #[test]
+    fn a_dual_stack_slice_is_valid_and_each_family_is_checked_on_its_own_field() {
+        assert_eq!(check(&dual()), Ok(()));
+        assert_eq!(check(&with(dual(), |s| s.secondary_node_prefix_length = Some(112))), Ok(()));
+        let v = only(
+            check(&with(dual(), |s| s.secondary_slice_subnet = Some("10.81.0.0/16".into()))),
+            Rule::SecondaryFamily,
+        );
+        assert_eq!(v.field, "spec.secondarySliceSubnet");
+        assert!(v.message.contains("same family as sliceSubnet 10.80.0.0/16"), "{v}");
+        let v = only(check(&with(blue(), |s| s.secondary_node_prefix_length = Some(120))), Rule::SecondaryFamily);
+        assert_eq!(v.field, "spec.secondaryNodePrefixLength");
+        let v = only(
+            check(&with(dual(), |s| s.secondary_slice_subnet = Some("fd00:80::9/48".into()))),
+            Rule::MisalignedSubnet,
+        );
+        assert_eq!(v.field, "spec.secondarySliceSubnet");
+        assert!(v.message.contains("did you mean fd00:80::/48"), "{v}");
+        let v = only(
+            check(&with(dual(), |s| s.secondary_slice_subnet = Some("fd00::/48 x".into()))),
+            Rule::UnparsableSubnet,
+        );
+        assert_eq!(v.field, "spec.secondarySliceSubnet");
+        let v = only(check(&with(dual(), |s| s.secondary_node_prefix_length = Some(96))), Rule::NodePrefixDoesNotFit);
+        assert_eq!(v.field, "spec.secondaryNodePrefixLength");
+        let v = only(
+            check(&with(dual(), |s| s.secondary_slice_subnet = Some("fd00:80::/126".into()))),
+            Rule::MaxClustersDoesNotFit,
+        );
+        assert!(v.message.starts_with("fd00:80::/126 (secondarySliceSubnet) cannot be split into 16"), "{v}");
+    }
+
+    #[test]
+    fn the_secondary_subnet_is_immutable_and_cannot_come_or_go() {
+        let v = only(validate_slice_config(&dual(), Some(&blue()), &[], &[]), Rule::SubnetImmutable);
+        assert_eq!(v.field, "spec.secondarySliceSubnet");
+        assert!(v.message.starts_with("cannot be added to an existing slice (now fd00:80::/48)"), "{v}");
+        let v = only(validate_slice_config(&blue(), Some(&dual()), &[], &[]), Rule::SubnetImmutable);
+        assert!(v.message.starts_with("cannot be removed from an existing slice (was fd00:80::/48)"), "{v}");
+        let moved = with(dual(), |s| s.secondary_slice_subnet = Some("fd00:81::/48".into()));
+        let v = only(validate_slice_config(&moved, Some(&dual()), &[], &[]), Rule::SubnetImmutable);
+        assert!(v.message.starts_with("is immutable (was fd00:80::/48, now fd00:81::/48)"), "{v}");
+        let spaced = with(dual(), |s| s.secondary_slice_subnet = Some(" fd00:80::/48".into()));
+        assert_eq!(validate_slice_config(&spaced, Some(&dual()), &[], &[]), Ok(()));
+    }
+
+    #[test]
+    fn the_secondary_subnet_may_not_overlap_a_clusters_cidrs() {
+        let clusters = [cluster("c1", &["10.244.0.0/16", "fd00:80:0:8::/64"], &[])];
+        let v = only(validate_slice_config(&dual(), None, &[], &clusters), Rule::OverlapsClusterCidr);
+        assert_eq!(v.field, "spec.secondarySliceSubnet");
+        assert!(
+            v.message.starts_with("fd00:80::/48 overlaps the pod CIDR fd00:80:0:8::/64 of member cluster c1"),
+            "{v}"
+        );
     }
 
     #[test]

@@ -142,7 +142,7 @@ pub fn observe<H: NamespaceOps>(
     let mut unobservable = Vec::new();
     for slice in state_file_slices(&config.state_dir)? {
         let file = match NodeState::load(&config.state_dir, &slice) {
-            Ok(Some(state)) => ObservedStateFile::Valid(state),
+            Ok(Some(state)) => ObservedStateFile::Valid(Box::new(state)),
             Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(slice = %slice, error = %e, "unreadable node-state file");

@@ -570,6 +570,7 @@ mod tests {
             mtu: 1450,
             namespaces: vec!["shop".into()],
             gateway_namespace: None,
+            secondary: None,
         };
         state.store(state_dir.path()).unwrap();
         std::fs::create_dir_all(ipam_dir.path().join("blue")).unwrap();

@@ -1,7 +1,8 @@
 //! `make demo`, part three, and `slicectl lab up -f FILE`: a slice declared in SliceConfig YAML
 //! and run through the hub's planner and the worker's logic ([`crate::control`]), then changed:
-//! a cluster joins (with the time from apply to the first packet), a cluster leaves, the slice
-//! is deleted and nothing of it is left.
+//! a MultiNetworkPolicy admits only some pods of other clusters and is removed, a cluster joins
+//! (with the time from apply to the first packet), a cluster leaves, the slice is deleted and
+//! nothing of it is left.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -9,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use kube::ResourceExt;
+use serde_json::{Value, json};
 use slice_api::crd::{MemberCluster, MemberClusterSpec};
 
-use crate::control::{self, ControlPlane, Manifest, parse_manifest, run_pod_retrying};
+use crate::control::{self, ControlPlane, Manifest, parse_manifest, run_pod_retrying, workloads};
 use crate::demo::table;
 use crate::{Lab, Pod, PodSpec};
 
@@ -73,17 +75,12 @@ pub fn run(prefix: &str) -> Result<()> {
     let c = run_pod_retrying(lab.node("c3", "n1"), &PodSpec::new("shop", "c"), STEP)?;
     let b_addr = addr(&b)?;
     let mut failures = 0;
-    let mut check = |what: &str, from: &Pod, to: Ipv4Addr, expect: bool| {
-        let ok =
-            control::first_packet(from, to, Instant::now(), if expect { STEP } else { Duration::from_secs(2) }).is_ok();
-        let mark = if ok == expect { "✓" } else { "✗" };
-        println!("  {mark} {what}: {}", if ok { "reaches" } else { "no answer" });
-        failures += usize::from(ok != expect);
-    };
     println!("\n▶ Pods shop/a (c1), shop/b (c2), shop/c (c3):");
-    check("a → b (c1 → c2)", &a, b_addr, true);
-    check("a → c (c1 → c3, behind NAT)", &a, addr(&c)?, true);
-    check("c → b (c3 → c2)", &c, b_addr, true);
+    failures += expect_reach("a → b (c1 → c2)", &a, b_addr, true);
+    failures += expect_reach("a → c (c1 → c3, behind NAT)", &a, addr(&c)?, true);
+    failures += expect_reach("c → b (c3 → c2)", &c, b_addr, true);
+
+    failures += policy_step(&mut cp, &lab, &a, b_addr)?;
 
     println!("\n▶ c4 joins the slice (SliceConfig spec.clusters += c4):");
     let t0 = Instant::now();
@@ -97,13 +94,13 @@ pub fn run(prefix: &str) -> Result<()> {
         first.as_secs_f64() * 1e3
     );
     let d = run_pod_retrying(lab.node("c4", "n1"), &PodSpec::new("shop", "d"), STEP)?;
-    check("a → d (c1 → c4)", &a, addr(&d)?, true);
+    failures += expect_reach("a → d (c1 → c4)", &a, addr(&d)?, true);
 
     println!("\n▶ c2 leaves the slice:");
     cp.apply(&mut lab, &with_clusters(&base, &["c1", "c3", "c4"]))?;
-    check("a → b (c2 left)", &a, b_addr, false);
-    check("a → c", &a, addr(&c)?, true);
-    check("d → c", &d, addr(&c)?, true);
+    failures += expect_reach("a → b (c2 left)", &a, b_addr, false);
+    failures += expect_reach("a → c", &a, addr(&c)?, true);
+    failures += expect_reach("d → c", &d, addr(&c)?, true);
     println!();
     cp.refresh_status(&lab)?;
     print_status(&cp);
@@ -129,4 +126,92 @@ pub fn run(prefix: &str) -> Result<()> {
         bail!("{failures} check(s) of part 3 differ from what slicenet promises");
     }
     Ok(())
+}
+
+/// Whether `from` reaches `to` as expected (a ping, waited for up to [`STEP`] when it should
+/// answer, 2 s when it should not); prints a line and returns 1 for a mismatch.
+fn expect_reach(what: &str, from: &Pod, to: Ipv4Addr, expect: bool) -> usize {
+    let timeout = if expect { STEP } else { Duration::from_secs(2) };
+    let ok = control::first_packet(from, to, Instant::now(), timeout).is_ok();
+    let mark = if ok == expect { "✓" } else { "✗" };
+    println!("  {mark} {what}: {}", if ok { "reaches" } else { "no answer" });
+    usize::from(ok != expect)
+}
+
+/// Waits until the policy table in every slice router of `cluster` is the one its node agent's
+/// current configuration yields (the agent applies its file asynchronously).
+fn wait_enforced(lab: &Lab, cluster: &str, slice: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for node in lab.cluster(cluster).nodes() {
+        let router = std::path::PathBuf::from(format!("/run/netns/{}{slice}", node.router_netns_prefix()));
+        loop {
+            let config = node.agent_config()?;
+            let on_node = config.slices.iter().find(|s| s.name == slice).context("the slice is not on the node")?;
+            let want = slice_node::firewall::table(on_node).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let got = dataplane::Netns::open(&router)
+                .ok()
+                .and_then(|ns| dataplane::nft::list_table(&ns, slice_node::firewall::TABLE).ok())
+                .flatten()
+                .map(slice_node::firewall::canonical);
+            if got == want {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the policy table of {} is not its agent's configuration's after 90 s", node.netns_name());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// The demo's MultiNetworkPolicy step: pods as Pod objects (the lab's kubelet runs them), a
+/// policy in c2 that lets only `role=front` pods of any cluster reach `app=db`, then its
+/// removal. The number of checks that differ from what slicenet promises.
+fn policy_step(cp: &mut ControlPlane, lab: &Lab, a: &Pod, b_addr: Ipv4Addr) -> Result<usize> {
+    println!("\n▶ MultiNetworkPolicy on the slice: pods shop/front (c1, role=front), shop/other (c3) and");
+    println!("  shop/db (c2, app=db) from Pod objects; then, in c2, a policy for the slice's network");
+    println!(
+        "  ({}: {}) letting only role=front pods, in any cluster, reach app=db:",
+        slice_api::policy::POLICY_FOR_ANNOTATION,
+        slice_api::multus::nad_name("blue")
+    );
+    let pod = |name: &str, labels: &str| -> Result<Vec<Value>> {
+        workloads::parse_objects(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{{labels}}}}}\n\
+             spec: {{containers: [{{name: main}}]}}\n"
+        ))
+    };
+    cp.apply_in(lab, "c1", &pod("front", "role: front")?)?;
+    cp.apply_in(lab, "c3", &pod("other", "role: other")?)?;
+    cp.apply_in(lab, "c2", &pod("db", "app: db")?)?;
+    let get = |cp: &ControlPlane, cluster: &str, name: &str| -> Result<Pod> {
+        cp.pod(cluster, "shop", name).cloned().with_context(|| format!("no pod shop/{name} in {cluster}"))
+    };
+    let (front, other, db) = (get(cp, "c1", "front")?, get(cp, "c3", "other")?, get(cp, "c2", "db")?);
+    let db_addr = addr(&db)?;
+    let mut failures = expect_reach("other (c3) → db (c2), no policy yet", &other, db_addr, true);
+    let policy = json!({
+        "apiVersion": "k8s.cni.cncf.io/v1beta1",
+        "kind": "MultiNetworkPolicy",
+        "metadata": {
+            "name": "db-from-front", "namespace": "shop",
+            "annotations": {slice_api::policy::POLICY_FOR_ANNOTATION: slice_api::multus::nad_name("blue")},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "front"}}}]}],
+        },
+    });
+    cp.apply_in(lab, "c2", std::slice::from_ref(&policy))?;
+    wait_enforced(lab, "c2", "blue")?;
+    failures += expect_reach("front (c1, role=front) → db (c2)", &front, db_addr, true);
+    failures += expect_reach("other (c3) → db (c2)", &other, db_addr, false);
+    failures += expect_reach("a → b (b is not selected)", a, b_addr, true);
+    println!("  the policy deleted:");
+    cp.delete_in(lab, "c2", &[policy])?;
+    wait_enforced(lab, "c2", "blue")?;
+    failures += expect_reach("other (c3) → db (c2)", &other, db_addr, true);
+    Ok(failures)
 }

@@ -18,6 +18,13 @@ use crate::{cmd, netns};
 pub const LAB_MAX_CLUSTERS: u32 = 16;
 /// Node prefix length the lab uses.
 pub const LAB_NODE_PREFIX_LEN: u8 = 26;
+/// Node prefix length the lab uses for IPv6 subnets.
+pub const LAB_NODE_PREFIX_LEN_V6: u8 = 120;
+
+/// The lab's node prefix length for `subnet`'s family.
+fn node_prefix_len(subnet: IpNet) -> u8 {
+    if subnet.addr().is_ipv4() { LAB_NODE_PREFIX_LEN } else { LAB_NODE_PREFIX_LEN_V6 }
+}
 
 /// A slice as a lab test describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +36,8 @@ pub struct LabSlice {
     pub namespaces: Vec<String>,
     /// Other clusters' prefixes via this cluster's gateway pod (the same on every node).
     pub remote_routes: Vec<RemoteRoute>,
+    /// The second family's subnet of a dual-stack slice (split like `subnet`).
+    pub secondary: Option<IpNet>,
 }
 
 impl LabSlice {
@@ -43,7 +52,18 @@ impl LabSlice {
             subnet: subnet.parse().expect("LabSlice subnet is a prefix"),
             namespaces: namespaces.iter().map(|s| (*s).to_owned()).collect(),
             remote_routes: Vec::new(),
+            secondary: None,
         }
+    }
+
+    /// The same slice, dual-stack with `subnet` as its second family.
+    ///
+    /// # Panics
+    /// When `subnet` is not a valid prefix (test input).
+    #[must_use]
+    pub fn with_secondary(mut self, subnet: &str) -> Self {
+        self.secondary = Some(subnet.parse().expect("LabSlice secondary subnet is a prefix"));
+        self
     }
 
     /// Cluster prefix number `cluster_index` of the slice subnet, as the lab carves it
@@ -109,7 +129,7 @@ pub(crate) fn agent_configs(
         let cluster = slice.cluster_prefix(cluster_index)?;
         let mut allocations = Vec::new();
         for n in nodes {
-            let prefix = slice_api::prefix::node_prefix(cluster, LAB_NODE_PREFIX_LEN, (n.index - 1) as u64)
+            let prefix = slice_api::prefix::node_prefix(cluster, node_prefix_len(slice.subnet), (n.index - 1) as u64)
                 .with_context(|| format!("slice {} node {}", slice.name, n.name))?;
             allocations.push(NodeAllocation { node: n.name.clone(), prefix: prefix.to_string() });
         }
@@ -123,7 +143,16 @@ pub(crate) fn agent_configs(
             cluster: format!("lab{cluster_index}"),
             slice_subnet: slice.subnet.to_string(),
             cluster_prefix: cluster.to_string(),
-            node_prefix_length: LAB_NODE_PREFIX_LEN,
+            node_prefix_length: node_prefix_len(slice.subnet),
+            secondary_family: match slice.secondary {
+                Some(subnet) => Some(slice_api::crd::WorkerSliceFamily {
+                    slice_subnet: subnet.to_string(),
+                    cluster_prefix: slice_api::prefix::cluster_prefix(subnet, LAB_MAX_CLUSTERS, cluster_index as u64)?
+                        .to_string(),
+                    node_prefix_length: node_prefix_len(subnet),
+                }),
+                None => None,
+            },
             vni: slice.vni,
             mtu: None,
             namespaces: slice.namespaces.clone(),

@@ -29,9 +29,25 @@ pub fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 
 /// # Errors
 /// When binding, connecting, reading or writing fails (30 s timeouts: generous, so a busy machine is not mistaken for a broken path).
 pub fn tcp_exchange(server: &Pod, port: u16, client: &Pod, to: SocketAddrV4) -> std::io::Result<(String, String)> {
+    tcp_exchange_to(server, port, client, to.into())
+}
+
+/// [`tcp_exchange`] to an address of either family (the server listens on that family's
+/// wildcard address).
+///
+/// # Errors
+/// As [`tcp_exchange`].
+pub fn tcp_exchange_to(
+    server: &Pod,
+    port: u16,
+    client: &Pod,
+    to: std::net::SocketAddr,
+) -> std::io::Result<(String, String)> {
     let (tx, rx) = std::sync::mpsc::channel();
+    let wildcard: std::net::IpAddr =
+        if to.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
     let listener = in_netns(&server.netns_path, move || -> std::io::Result<String> {
-        let listener = TcpListener::bind(("0.0.0.0", port))?;
+        let listener = TcpListener::bind((wildcard, port))?;
         tx.send(()).unwrap();
         let (mut conn, peer) = listener.accept()?;
         conn.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -42,7 +58,7 @@ pub fn tcp_exchange(server: &Pod, port: u16, client: &Pod, to: SocketAddrV4) -> 
     });
     rx.recv_timeout(Duration::from_secs(30)).expect("listener up");
     let reply = in_netns(&client.netns_path, move || -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(30))?;
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(30))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         s.write_all(b"hello")?;
         let mut out = String::new();

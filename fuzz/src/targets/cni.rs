@@ -73,6 +73,7 @@ fn states() -> States {
         mtu: 1400,
         namespaces: vec!["shop".into(), "both".into()],
         gateway_namespace: Some("slicenet-gateway".into()),
+        secondary: None,
     };
     let mut red = blue.clone();
     red.slice = "red".into();
@@ -188,8 +189,8 @@ pub fn run(data: &[u8]) {
     if let Some(state) = state {
         let ifname = conf.slice_interface.as_deref().unwrap_or("slice0");
         let attached = Attached { mac: [2, 0, 0, 0, 0, 1], mtu: state.mtu };
-        let ip = "10.80.1.2".parse().expect("literal");
-        let slice = SliceInterface { ifname, sandbox: "/run/netns/pod", ip, attached: &attached, state: &state };
+        let ips = ["10.80.1.2".parse().expect("literal")];
+        let slice = SliceInterface { ifname, sandbox: "/run/netns/pod", ips: &ips, attached: &attached, state: &state };
         let base = conf.prev_result.clone().unwrap_or_else(|| result::empty(&conf.cni_version));
         let out = result::with_slice(base, &conf.cni_version, &slice);
         let last = out["interfaces"].as_array().and_then(|l| l.last()).cloned().unwrap_or(Value::Null);

@@ -97,6 +97,7 @@ pub fn run(data: &[u8]) {
     let Ok(new) = serde_json::from_value::<SliceConfig>(new) else { return };
     let old = old.and_then(|o| serde_json::from_value::<SliceConfig>(o).ok());
     let _ = new.spec.address_plan();
+    let _ = new.spec.address_plans();
     let (others, clusters) = (others(), clusters());
     let verdict = validate_slice_config(&new, old.as_ref(), &others, &clusters);
     if let Err(violations) = &verdict {

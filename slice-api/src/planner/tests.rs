@@ -5,6 +5,8 @@ use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
 
 use super::*;
+
+mod dual_stack;
 use crate::crd::{MemberClusterSpec, SliceConfigSpec, SliceConfigStatus, WorkerSliceStatus, cluster_namespace};
 
 fn slice(name: &str, subnet: &str, max: u32, clusters: &[&str], created: i64) -> SliceConfig {

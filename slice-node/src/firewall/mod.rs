@@ -43,7 +43,10 @@ const COMMENT_MAX: usize = 127;
 pub fn table(slice: &SliceOnNode) -> Result<Option<Vec<Value>>, policy::CompileError> {
     let services = services::chains(slice);
     let (policies, _) = policy::compile(slice)?;
-    if services.is_empty() && policies.is_empty() {
+    // IPv6 has no rp_filter: a slice with an IPv6 family needs the table for its anti-spoof
+    // chain even without services or policies.
+    let has_ipv6 = slice.families().any(|(subnet, _)| subnet.addr().is_ipv6());
+    if services.is_empty() && policies.is_empty() && !has_ipv6 {
         return Ok(None);
     }
     let mut objects = vec![TABLE.object()];

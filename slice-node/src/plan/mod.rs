@@ -104,6 +104,29 @@ pub struct PeerSpec {
     pub neigh: Neigh,
     /// Peer VXLAN MAC → peer underlay address.
     pub fdb: Fdb,
+    /// The slice's second family (dual-stack): the peer's prefix of it via the peer's router
+    /// address of that family, whose neighbour entry is the same VXLAN MAC (one device carries
+    /// both families over the one underlay).
+    pub secondary: Option<PeerFamilySpec>,
+}
+
+/// A peer's route and neighbour entry in the slice's second family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerFamilySpec {
+    pub route: Route,
+    pub neigh: Neigh,
+}
+
+impl PeerSpec {
+    /// The peer's routes, both families.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        std::iter::once(&self.route).chain(self.secondary.as_ref().map(|f| &f.route))
+    }
+
+    /// The peer's neighbour entries, both families.
+    pub fn neighs(&self) -> impl Iterator<Item = &Neigh> {
+        std::iter::once(&self.neigh).chain(self.secondary.as_ref().map(|f| &f.neigh))
+    }
 }
 
 /// A remote route as it goes into the router namespace.
@@ -122,6 +145,8 @@ pub struct RouterSpec {
     pub slice: String,
     pub netns: PathBuf,
     pub router_address: IpNet,
+    /// The router address of the slice's second family (dual-stack), on `lo` beside the first.
+    pub secondary_router_address: Option<IpNet>,
     pub vxlan: VxlanSpec,
     pub peers: Vec<PeerSpec>,
     /// Sorted by prefix.
@@ -165,6 +190,7 @@ impl RouterSpec {
             slice: slice.name.clone(),
             netns: config.router_netns(&slice.name),
             router_address: host_prefix(router),
+            secondary_router_address: slice.secondary.map(|f| host_prefix(router_address(f.node_prefix))),
             vxlan,
             peers,
             remote_routes,
@@ -223,6 +249,20 @@ fn peer_spec(vxlan: &str, peer: &PeerNode) -> PeerSpec {
         },
         neigh: Neigh { ip: peer_router, mac, permanent: true },
         fdb: Fdb { mac, dst: peer.underlay_address },
+        secondary: peer.secondary_node_prefix.map(|prefix| {
+            let router = router_address(prefix);
+            PeerFamilySpec {
+                route: Route {
+                    dst: prefix,
+                    gateway: Some(router),
+                    dev: Some(vxlan.to_string()),
+                    src: None,
+                    onlink: true,
+                    scope_link: false,
+                },
+                neigh: Neigh { ip: router, mac, permanent: true },
+            }
+        }),
     }
 }
 
@@ -292,7 +332,7 @@ pub enum ObservedFirewall {
 /// One state file as observed: parsed, or present but unreadable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObservedStateFile {
-    Valid(NodeState),
+    Valid(Box<NodeState>),
     Unreadable,
 }
 
@@ -606,13 +646,17 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
     }
     // Only addresses inside the slice subnet are ours (an old router address after a prefix
     // change); anything else on lo belongs to someone else.
+    let want_lo: Vec<IpNet> = std::iter::once(spec.router_address).chain(spec.secondary_router_address).collect();
     for addr in &router.lo_addrs {
-        if *addr != spec.router_address && !is_loopback_net(addr) && spec.state.slice_subnet.contains(&addr.addr()) {
+        let in_slice = spec.state.families().any(|(subnet, _, _)| subnet.contains(&addr.addr()));
+        if !want_lo.contains(addr) && !is_loopback_net(addr) && in_slice {
             actions.push(Action::DeleteLoopbackAddress { slice: slice(), addr: *addr });
         }
     }
-    if !router.lo_addrs.contains(&spec.router_address) {
-        actions.push(Action::AddLoopbackAddress { slice: slice(), addr: spec.router_address });
+    for addr in &want_lo {
+        if !router.lo_addrs.contains(addr) {
+            actions.push(Action::AddLoopbackAddress { slice: slice(), addr: *addr });
+        }
     }
 
     // The VXLAN: keep a compatible one, recreate anything else.
@@ -645,14 +689,15 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
     // Peers: removals first, then additions and changes; untouched entries get nothing. Remote
     // routes via a peer's gateway sit on the VXLAN beside the peers' routes.
     let via_peer: Vec<&Route> = spec.remote_routes.iter().filter(|r| !r.local).map(|r| &r.route).collect();
-    let want_routes: Vec<&Route> = spec.peers.iter().map(|p| &p.route).chain(via_peer.iter().copied()).collect();
+    let want_routes: Vec<&Route> =
+        spec.peers.iter().flat_map(PeerSpec::routes).chain(via_peer.iter().copied()).collect();
     for r in routes {
         if r.dev.as_deref() == Some(dev.as_str()) && !want_routes.contains(&r) {
             actions.push(Action::DeleteRoute { slice: slice(), route: r.clone() });
         }
     }
     for n in neighs {
-        let wanted = spec.peers.iter().any(|p| p.neigh.ip == n.ip);
+        let wanted = spec.peers.iter().flat_map(PeerSpec::neighs).any(|w| w.ip == n.ip);
         if !wanted && n.permanent {
             actions.push(Action::DeleteNeigh { slice: slice(), dev: dev.clone(), ip: n.ip });
         }
@@ -666,11 +711,15 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
         if !fdb.contains(&peer.fdb) {
             actions.push(Action::ReplaceFdb { slice: slice(), dev: dev.clone(), entry: peer.fdb.clone() });
         }
-        if !neighs.contains(&peer.neigh) {
-            actions.push(Action::ReplaceNeigh { slice: slice(), dev: dev.clone(), neigh: peer.neigh.clone() });
+        for neigh in peer.neighs() {
+            if !neighs.contains(neigh) {
+                actions.push(Action::ReplaceNeigh { slice: slice(), dev: dev.clone(), neigh: neigh.clone() });
+            }
         }
-        if !routes.contains(&peer.route) {
-            actions.push(Action::ReplaceRoute { slice: slice(), route: peer.route.clone() });
+        for route in peer.routes() {
+            if !routes.contains(route) {
+                actions.push(Action::ReplaceRoute { slice: slice(), route: route.clone() });
+            }
         }
     }
     for route in via_peer {
@@ -690,7 +739,7 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
         (None, ObservedFirewall::Absent | ObservedFirewall::Unreadable(_)) => {}
     }
 
-    if observed.state_files.get(&spec.slice) != Some(&ObservedStateFile::Valid(spec.state.clone())) {
+    if observed.state_files.get(&spec.slice) != Some(&ObservedStateFile::Valid(Box::new(spec.state.clone()))) {
         actions.push(Action::WriteStateFile { slice: slice(), state: Box::new(spec.state.clone()) });
     }
 

@@ -35,13 +35,13 @@ fn converged(config: &NodeAgentConfig) -> Observed {
     let mut obs = Observed::default();
     for slice in &config.slices {
         let spec = RouterSpec::new(config, slice);
-        obs.state_files.insert(slice.name.clone(), ObservedStateFile::Valid(spec.state.clone()));
+        obs.state_files.insert(slice.name.clone(), ObservedStateFile::Valid(Box::new(spec.state.clone())));
         obs.router_netns.insert(slice.name.clone());
         let mut sysctls = BTreeMap::new();
         for (k, v) in ROUTER_SYSCTLS {
             sysctls.insert(k.to_string(), v.to_string());
         }
-        let mut routes: Vec<Route> = spec.peers.iter().map(|p| p.route.clone()).collect();
+        let mut routes: Vec<Route> = spec.peers.iter().flat_map(PeerSpec::routes).cloned().collect();
         // A CNI-owned per-pod route on a pod veth: never the agent's business.
         routes.push(Route {
             dst: "10.80.0.2/32".parse().unwrap(),
@@ -63,7 +63,10 @@ fn converged(config: &NodeAgentConfig) -> Observed {
             ObservedRouter {
                 sysctls,
                 lo_up: true,
-                lo_addrs: vec!["127.0.0.1/8".parse().unwrap(), spec.router_address],
+                lo_addrs: ["127.0.0.1/8".parse().unwrap(), spec.router_address]
+                    .into_iter()
+                    .chain(spec.secondary_router_address)
+                    .collect(),
                 vxlans: vec![ObservedVxlan {
                     name: spec.vxlan.name.clone(),
                     vni: Some(spec.vxlan.vni),
@@ -75,7 +78,7 @@ fn converged(config: &NodeAgentConfig) -> Observed {
                     up: true,
                 }],
                 routes,
-                neighs: spec.peers.iter().map(|p| p.neigh.clone()).collect(),
+                neighs: spec.peers.iter().flat_map(PeerSpec::neighs).cloned().collect(),
                 fdb: spec.peers.iter().map(|p| p.fdb.clone()).collect(),
                 gateway_routes,
                 local_hosts,
@@ -179,6 +182,7 @@ fn added_peer_gets_its_entries_only() {
         name: "n4".into(),
         underlay_address: "198.18.250.4".parse().unwrap(),
         node_prefix: "10.80.0.192/26".parse().unwrap(),
+        secondary_node_prefix: None,
     });
     let actions = plan(&c2, &obs);
     assert_eq!(slices_touched(&actions), BTreeSet::from(["red".to_string()]));
@@ -631,4 +635,88 @@ fn a_policy_that_does_not_compile_keeps_the_table_in_force_and_is_reported_last(
     assert!(blue.iter().any(|a| matches!(a, Action::WriteStateFile { .. })));
     assert!(!blue.iter().any(|a| matches!(a, Action::ReplaceFirewall { .. })));
     assert!(matches!(blue.last(), Some(Action::KeepFirewall { .. })));
+}
+
+/// `config()` with blue dual-stack: fd00:80::/48, this node's /120 at index 0, n2 and n3 at 1, 2.
+fn dual_config() -> NodeAgentConfig {
+    let mut c = config();
+    let blue = &mut c.slices[0];
+    blue.secondary = Some(slice_api::node::FamilyOnNode {
+        slice_subnet: "fd00:80::/48".parse().unwrap(),
+        node_prefix: "fd00:80::/120".parse().unwrap(),
+    });
+    blue.peers[0].secondary_node_prefix = Some("fd00:80::100/120".parse().unwrap());
+    blue.peers[1].secondary_node_prefix = Some("fd00:80::200/120".parse().unwrap());
+    c.validate().unwrap();
+    c
+}
+
+#[test]
+fn a_dual_stack_router_carries_both_families_on_one_vxlan() {
+    let c = dual_config();
+    let spec = RouterSpec::new(&c, &c.slices[0]);
+    assert_eq!(spec.secondary_router_address, Some("fd00:80::1/128".parse().unwrap()));
+    let n2 = &spec.peers[0];
+    let v6 = n2.secondary.as_ref().unwrap();
+    assert_eq!(
+        (v6.route.dst.to_string(), v6.route.gateway),
+        ("fd00:80::100/120".to_owned(), Some("fd00:80::101".parse().unwrap()))
+    );
+    assert!(v6.route.onlink && v6.route.dev.as_deref() == Some("sv100"));
+    // The peer's IPv6 router address resolves to the same VXLAN MAC as its IPv4 one: one FDB
+    // entry carries both families to the peer's underlay address.
+    assert_eq!(v6.neigh.mac, n2.neigh.mac);
+    assert!(v6.neigh.permanent);
+    // The state file tells the CNI plugin both families.
+    assert_eq!(spec.state.secondary.unwrap().router_address.to_string(), "fd00:80::1");
+    // An IPv6 family brings the anti-spoof table, with no policy or service.
+    assert!(spec.firewall.is_some());
+    assert!(RouterSpec::new(&config(), &config().slices[0]).firewall.is_none());
+
+    let fresh = plan(&c, &Observed::default());
+    let blue: Vec<&Action> = fresh.iter().filter(|a| a.slice() == "blue").collect();
+    let lo: Vec<String> = blue
+        .iter()
+        .filter_map(|a| match a {
+            Action::AddLoopbackAddress { addr, .. } => Some(addr.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lo, ["10.80.0.1/32", "fd00:80::1/128"]);
+    assert_eq!(blue.iter().filter(|a| matches!(a, Action::ReplaceRoute { .. })).count(), 4);
+    assert_eq!(blue.iter().filter(|a| matches!(a, Action::ReplaceNeigh { .. })).count(), 4);
+    assert_eq!(blue.iter().filter(|a| matches!(a, Action::ReplaceFdb { .. })).count(), 2);
+    assert_eq!(plan(&c, &converged(&c)), vec![]);
+}
+
+#[test]
+fn a_dual_stack_peer_that_leaves_takes_both_families_entries() {
+    let c = dual_config();
+    let obs = converged(&c);
+    let mut c2 = c.clone();
+    c2.slices[0].peers.remove(1);
+    let actions = plan(&c2, &obs);
+    let deleted_routes: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeleteRoute { route, .. } => Some(route.dst.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted_routes, ["10.80.0.128/26", "fd00:80::200/120"]);
+    let deleted_neighs: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeleteNeigh { ip, .. } => Some(ip.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted_neighs, ["10.80.0.129", "fd00:80::201"]);
+    // A stray address of the secondary subnet on lo goes; the router's own stay.
+    let mut obs = converged(&c);
+    obs.routers.get_mut("blue").unwrap().lo_addrs.push("fd00:80::5/128".parse().unwrap());
+    assert_eq!(
+        plan(&c, &obs),
+        [Action::DeleteLoopbackAddress { slice: "blue".into(), addr: "fd00:80::5/128".parse().unwrap() }]
+    );
 }

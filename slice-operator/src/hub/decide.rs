@@ -350,6 +350,7 @@ fn spec_patch(old: &WorkerSliceSpec, new: &WorkerSliceSpec, lists: &SpecLists) -
         slice_subnet: s.slice_subnet.clone(),
         cluster_prefix: s.cluster_prefix.clone(),
         node_prefix_length: s.node_prefix_length,
+        secondary_family: s.secondary_family.clone(),
         vni: s.vni,
         mtu: s.mtu,
         namespaces: s.namespaces.clone(),

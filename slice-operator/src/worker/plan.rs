@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use slice_api::crd::{GATEWAY_NAMESPACE, NodeAllocation, WorkerSliceSpec};
-use slice_api::node::{PeerNode, RemoteRoute, SliceOnNode};
+use slice_api::node::{FamilyOnNode, PeerNode, RemoteRoute, SliceOnNode};
 use slice_api::prefix::{self, PrefixError};
 use slice_api::wireguard::{Key, WgConfig, WgInterface, WgPeer};
 
@@ -67,6 +67,34 @@ pub enum WorkerPlanError {
     NodeNotAllocated { slice: String, node: String },
 }
 
+/// The secondary family of `spec`: its subnet of the other family than `primary`, its cluster
+/// prefix inside it, its node prefix length fitting the cluster prefix.
+fn parse_family(
+    spec: &WorkerSliceSpec,
+    primary: IpNet,
+    family: &slice_api::crd::WorkerSliceFamily,
+) -> Result<TypedFamily, WorkerPlanError> {
+    let subnet = parse_net(&spec.slice, "secondaryFamily.sliceSubnet", &family.slice_subnet)?;
+    if subnet.addr().is_ipv4() == primary.addr().is_ipv4() {
+        return Err(WorkerPlanError::BadPrefix {
+            slice: spec.slice.clone(),
+            field: "secondaryFamily.sliceSubnet (of the same family as sliceSubnet)",
+            value: family.slice_subnet.clone(),
+        });
+    }
+    let cluster = parse_net(&spec.slice, "secondaryFamily.clusterPrefix", &family.cluster_prefix)?;
+    if !subnet.contains(&cluster) {
+        return Err(WorkerPlanError::BadPrefix {
+            slice: spec.slice.clone(),
+            field: "secondaryFamily.clusterPrefix (not inside secondaryFamily.sliceSubnet)",
+            value: family.cluster_prefix.clone(),
+        });
+    }
+    prefix::node_prefix(cluster, family.node_prefix_length, 0)
+        .map_err(|source| WorkerPlanError::Prefix { slice: spec.slice.clone(), source })?;
+    Ok(TypedFamily { subnet, cluster_prefix: cluster, node_prefix_len: family.node_prefix_length })
+}
+
 fn parse_net(slice: &str, field: &'static str, value: &str) -> Result<IpNet, WorkerPlanError> {
     let net: IpNet = value.trim().parse().map_err(|_| WorkerPlanError::BadPrefix {
         slice: slice.to_owned(),
@@ -88,6 +116,8 @@ pub struct TypedSpec {
     /// This cluster's prefix: aligned, inside `subnet`, with room for at least one node prefix.
     pub cluster_prefix: IpNet,
     pub node_prefix_len: u8,
+    /// The slice's second address family (dual-stack slices), checked like the first.
+    pub secondary: Option<TypedFamily>,
     pub vni: u32,
     pub mtu: Option<u32>,
     /// Member namespaces as the node agents get them: slicenet's own namespaces left out (the
@@ -105,6 +135,16 @@ pub struct TypedSpec {
     pub qos: Option<slice_api::qos::SliceQos>,
     /// The DSCP class of the gateway's outer packets.
     pub dscp: Option<slice_api::qos::DscpClass>,
+}
+
+/// The second address family of a dual-stack slice in this cluster: its subnet (of the other
+/// family than [`TypedSpec::subnet`]), the cluster's prefix of it and the node prefix length. A
+/// node's prefix of it has the same index as its primary node prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypedFamily {
+    pub subnet: IpNet,
+    pub cluster_prefix: IpNet,
+    pub node_prefix_len: u8,
 }
 
 /// What the gateway's configuration is made of: its port and keepalive and the peers it can
@@ -171,6 +211,8 @@ impl TypedSpec {
         prefix::node_prefix(cluster, spec.node_prefix_length, 0)
             .map_err(|source| WorkerPlanError::Prefix { slice: spec.slice.clone(), source })?;
 
+        let secondary = spec.secondary_family.as_ref().map(|f| parse_family(spec, subnet, f)).transpose()?;
+
         let remote: BTreeSet<IpNet> = spec
             .peers
             .iter()
@@ -194,6 +236,7 @@ impl TypedSpec {
             subnet,
             cluster_prefix: cluster,
             node_prefix_len: spec.node_prefix_length,
+            secondary,
             vni: spec.vni,
             mtu: spec.mtu,
             namespaces,
@@ -222,6 +265,21 @@ impl TypedSpec {
             && net.network() == net.addr()
             && self.cluster_prefix.contains(&net);
         valid.then_some(net)
+    }
+
+    /// The secondary family's node prefix of the node whose primary node prefix is
+    /// `node_prefix` (a valid one): the same index in the secondary cluster prefix. `None` for a
+    /// single-family slice.
+    ///
+    /// # Errors
+    /// [`WorkerPlanError::Prefix`] when the secondary cluster prefix has fewer node prefixes
+    /// than that index.
+    pub fn secondary_node_prefix(&self, node_prefix: IpNet) -> Result<Option<IpNet>, WorkerPlanError> {
+        let Some(family) = &self.secondary else { return Ok(None) };
+        let index = u64::try_from(self.node_index(node_prefix)).unwrap_or(u64::MAX);
+        prefix::node_prefix(family.cluster_prefix, family.node_prefix_len, index)
+            .map(Some)
+            .map_err(|source| WorkerPlanError::Prefix { slice: self.slice.clone(), source })
     }
 
     /// The index of `node_prefix` (a valid one, see [`TypedSpec::node_prefix`]) in the cluster
@@ -391,14 +449,16 @@ pub fn node_agent_slice(
     let mut peers: Vec<PeerNode> = nodes
         .iter()
         .filter(|n| n.name != node)
-        .filter_map(|n| {
-            prefix_of(&n.name).map(|p| PeerNode {
+        .filter_map(|n| prefix_of(&n.name).map(|p| (n, p)))
+        .map(|(n, p)| {
+            Ok(PeerNode {
                 name: n.name.clone(),
                 underlay_address: n.underlay_address,
                 node_prefix: p,
+                secondary_node_prefix: spec.secondary_node_prefix(p)?,
             })
         })
-        .collect();
+        .collect::<Result<_, WorkerPlanError>>()?;
     peers.sort_by(|a, b| a.name.cmp(&b.name));
     peers.dedup_by(|a, b| a.name == b.name);
 
@@ -416,6 +476,10 @@ pub fn node_agent_slice(
         vni: spec.vni,
         slice_subnet: spec.subnet,
         node_prefix,
+        secondary: spec
+            .secondary_node_prefix(node_prefix)?
+            .zip(spec.secondary)
+            .map(|(node_prefix, f)| FamilyOnNode { slice_subnet: f.subnet, node_prefix }),
         mtu: spec.mtu,
         namespaces: spec.namespaces.clone(),
         gateway_namespace: Some(GATEWAY_NAMESPACE.to_owned()),
@@ -611,6 +675,64 @@ mod tests {
             slices: vec![on],
         };
         config.validate().unwrap();
+    }
+
+    fn dual_spec() -> WorkerSliceSpec {
+        let mut s = spec();
+        s.secondary_family = Some(slice_api::crd::WorkerSliceFamily {
+            slice_subnet: "fd00:80::/48".into(),
+            cluster_prefix: "fd00:80:0:1000::/52".into(),
+            node_prefix_length: 120,
+        });
+        s
+    }
+
+    #[test]
+    fn a_dual_stack_node_slice_has_each_node_prefix_in_both_families_at_one_index() {
+        let s = dual_spec();
+        let allocs = allocate_node_prefixes(&typed(&s), &names(&["n1", "n2", "n3"]), &[]).unwrap();
+        let on = node_agent_slice(&typed(&s), "n2", &nodes(), &allocs, None).unwrap();
+        let family = on.secondary.unwrap();
+        assert_eq!(
+            (on.node_prefix.to_string(), family.node_prefix.to_string()),
+            ("10.80.16.64/26".to_owned(), "fd00:80:0:1000::100/120".to_owned())
+        );
+        assert_eq!(family.slice_subnet.to_string(), "fd00:80::/48");
+        let peers: Vec<_> =
+            on.peers.iter().map(|p| (p.name.as_str(), p.secondary_node_prefix.map(|n| n.to_string()))).collect();
+        assert_eq!(
+            peers,
+            [("n1", Some("fd00:80:0:1000::/120".to_owned())), ("n3", Some("fd00:80:0:1000::200/120".to_owned()))]
+        );
+        let config = slice_api::NodeAgentConfig::example(vec![on]);
+        config.validate().unwrap();
+        // A single-family spec gives no secondary family anywhere.
+        let single = node_agent_slice(&typed(&spec()), "n2", &nodes(), &allocs, None).unwrap();
+        assert!(single.secondary.is_none() && single.peers.iter().all(|p| p.secondary_node_prefix.is_none()));
+    }
+
+    #[test]
+    fn a_bad_secondary_family_is_refused_by_field() {
+        let bad = |f: &dyn Fn(&mut slice_api::crd::WorkerSliceFamily)| {
+            let mut s = dual_spec();
+            f(s.secondary_family.as_mut().unwrap());
+            TypedSpec::parse(&s).unwrap_err().to_string()
+        };
+        let e = bad(&|f| f.slice_subnet = "10.81.0.0/16".into());
+        assert!(e.contains("secondaryFamily.sliceSubnet (of the same family as sliceSubnet)"), "{e}");
+        let e = bad(&|f| f.cluster_prefix = "fd00:81::/52".into());
+        assert!(e.contains("secondaryFamily.clusterPrefix (not inside"), "{e}");
+        let e = bad(&|f| f.cluster_prefix = "banana".into());
+        assert!(e.contains("secondaryFamily.clusterPrefix \"banana\" is not a CIDR"), "{e}");
+        let e = bad(&|f| f.node_prefix_length = 40);
+        assert!(e.starts_with("WorkerSlice blue: node prefix length /40 does not fit"), "{e}");
+        // A secondary cluster prefix with fewer node prefixes than the node's index.
+        let mut s = dual_spec();
+        s.secondary_family.as_mut().unwrap().cluster_prefix = "fd00:80::/125".into();
+        s.secondary_family.as_mut().unwrap().node_prefix_length = 126;
+        let allocs = allocate_node_prefixes(&typed(&s), &names(&["n1", "n2", "n3"]), &[]).unwrap();
+        let e = node_agent_slice(&typed(&s), "n3", &nodes(), &allocs, None).unwrap_err().to_string();
+        assert!(e.contains("index 2 is out of range"), "{e}");
     }
 
     #[test]

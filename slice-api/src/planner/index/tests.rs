@@ -235,6 +235,7 @@ fn apply(world: &mut World, index: &mut PlanIndex, change: &Change) {
                     .collect(),
                 slice_subnet: "10.80.0.0/16".to_owned(),
                 node_prefix_length: 26,
+                secondary_family: None,
                 mtu: None,
                 namespaces: Vec::new(),
                 gateway: crate::crd::GatewaySpec::default(),
