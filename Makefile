@@ -11,6 +11,8 @@ PACKAGES += dnsmasq-base bind9-dnsutils
 PACKAGES += knot-dnsutils
 # slicectl/tests/kind_script.rs checks the kind suite (which needs Docker) without running it.
 PACKAGES += shellcheck
+# The web console's test and figures: Debian's headless browser and its WebDriver.
+PACKAGES += chromium chromium-driver
 # Only the benchmarks use these.
 BENCH_PACKAGES := openvpn dnsperf knot
 

@@ -684,6 +684,36 @@ pub struct PeerTunnelStatus {
     /// RFC 3339 time of the last handshake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handshake: Option<String>,
+    /// The tunnel's figures as this cluster's gateway measures them (none until its metrics
+    /// list the peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<TunnelHealth>,
+}
+
+/// One tunnel's figures from this side's gateway: bounded (one per peer), no floats (the API
+/// conventions avoid them), counters since the gateway started.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelHealth {
+    /// Round-trip time of the last handshake this gateway initiated, in milliseconds (none until
+    /// it has initiated one; the peer's status then carries it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_millis: Option<u32>,
+    /// Bytes received from the peer (UDP payload).
+    #[serde(default)]
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer (UDP payload).
+    #[serde(default)]
+    pub tx_bytes: u64,
+    /// Authenticated datagrams received from the peer.
+    #[serde(default)]
+    pub rx_packets: u64,
+    /// Datagrams sent to the peer.
+    #[serde(default)]
+    pub tx_packets: u64,
+    /// Estimated loss of the peer's packets on the way here, in thousandths (0–1000).
+    #[serde(default)]
+    pub rx_loss_permille: u32,
 }
 
 /// Why a SliceConfig's fields cannot be used. `field` is the camelCase spec field at fault

@@ -94,6 +94,13 @@ pub mod metric {
     /// Gauge, per peer: Unix time of the last handshake (0: never). The worker's tunnel state
     /// comes from this family alone.
     pub const PEER_LAST_HANDSHAKE_SECONDS: &str = "slice_gateway_peer_last_handshake_seconds";
+    /// Gauge, per peer: round-trip time of the last handshake this gateway initiated, in seconds
+    /// (boringtun measures it to the millisecond, from sending the initiation to taking the
+    /// response). Absent until this gateway has initiated one.
+    pub const PEER_HANDSHAKE_RTT_SECONDS: &str = "slice_gateway_peer_handshake_rtt_seconds";
+    /// Gauge, per peer: the share (0–1) of data packets the peer sent that did not arrive, from
+    /// the gaps in the receive counters of the current sessions (boringtun's estimate).
+    pub const PEER_RX_LOSS_RATIO: &str = "slice_gateway_peer_rx_loss_ratio";
     /// Counter, per peer and [`LABEL_REASON`]: packets of the peer dropped.
     pub const PEER_DROPS: &str = "slice_gateway_peer_drops_total";
 }

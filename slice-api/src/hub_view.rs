@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use kube::ResourceExt;
 
-use crate::crd::{Condition, MemberCluster, SliceConfig, WorkerSlice, condition};
+use crate::crd::{Condition, MemberCluster, SliceConfig, TunnelHealth, WorkerSlice, condition};
 
 /// What the hub holds: every SliceConfig and MemberCluster, and the WorkerSlices of every
 /// namespace (only those in `slicenet-cluster-*` namespaces are the hub's; the planner ignores
@@ -131,16 +131,37 @@ pub fn render(view: &HubView) -> String {
     let mut tunnels = Vec::new();
     for w in &view.workers {
         for p in w.status.iter().flat_map(|s| &s.peers) {
+            let health = p.health.clone().unwrap_or_default();
+            let measured = p.health.is_some();
+            let figure = |f: &dyn Fn(&TunnelHealth) -> String| if measured { f(&health) } else { "-".to_owned() };
             tunnels.push(vec![
                 w.spec.slice.clone(),
                 w.spec.cluster.clone(),
                 p.cluster.clone(),
                 p.state.clone(),
+                tunnel_rtt(view, &w.spec.slice, &w.spec.cluster, &p.cluster)
+                    .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
+                figure(&|h| format!("{} / {}", bytes(h.rx_bytes), h.rx_packets)),
+                figure(&|h| format!("{} / {}", bytes(h.tx_bytes), h.tx_packets)),
+                figure(&|h| format!("{}.{} %", h.rx_loss_permille / 10, h.rx_loss_permille % 10)),
                 p.last_handshake.clone().unwrap_or_else(|| "-".to_owned()),
             ]);
         }
     }
-    out.push_str(&table(&["SLICE", "CLUSTER", "PEER", "TUNNEL", "LAST HANDSHAKE"], &tunnels));
+    out.push_str(&table(
+        &[
+            "SLICE",
+            "CLUSTER",
+            "PEER",
+            "TUNNEL",
+            "RTT",
+            "RX BYTES / PKTS",
+            "TX BYTES / PKTS",
+            "RX LOSS",
+            "LAST HANDSHAKE",
+        ],
+        &tunnels,
+    ));
     let problems = problems(view);
     if problems.is_empty() {
         out.push_str("\nno problems\n");
@@ -151,6 +172,40 @@ pub fn render(view: &HubView) -> String {
         }
     }
     out
+}
+
+/// The round-trip time of the tunnel between `cluster` and `peer` in `slice`, in milliseconds:
+/// as `cluster`'s gateway measured it, else as `peer`'s did (each gateway measures only the
+/// handshakes it initiates, so one side may have none).
+#[must_use]
+pub fn tunnel_rtt(view: &HubView, slice: &str, cluster: &str, peer: &str) -> Option<u32> {
+    let measured = |from: &str, to: &str| {
+        view.workers
+            .iter()
+            .filter(|w| w.spec.slice == slice && w.spec.cluster == from)
+            .flat_map(|w| w.status.iter().flat_map(|s| &s.peers))
+            .filter(|p| p.cluster == to)
+            .find_map(|p| p.health.as_ref().and_then(|h| h.rtt_millis))
+    };
+    measured(cluster, peer).or_else(|| measured(peer, cluster))
+}
+
+/// A byte count in binary units (`512 B`, `1.5 KiB`, `3.0 GiB`).
+#[must_use]
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    // Display only: the rounding of a float is fine here.
+    #[allow(clippy::cast_precision_loss)]
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 fn not_true(what: &str, conditions: &[Condition], type_: &str) -> Option<String> {
@@ -218,7 +273,7 @@ pub fn problems(view: &HubView) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -247,7 +302,9 @@ mod tests {
             "spec": {"slice": "blue", "cluster": "c1", "sliceSubnet": "10.80.0.0/16", "clusterPrefix": "10.80.0.0/20",
                      "nodePrefixLength": 26, "vni": 4097},
             "status": {"peers": [{"cluster": "c2", "state": "Down", "reason": "no handshake for 180 s"},
-                                 {"cluster": "c3", "state": "Up", "lastHandshake": "2026-11-23T20:00:01Z"}],
+                                 {"cluster": "c3", "state": "Up", "lastHandshake": "2026-11-23T20:00:01Z",
+                                  "health": {"rttMillis": 4, "rxBytes": 1536, "txBytes": 100, "rxPackets": 12,
+                                             "txPackets": 3, "rxLossPermille": 25}}],
                        "conditions": [{"type": "Ready", "status": "True", "reason": "Up"}]}
         }))
         .unwrap();
@@ -308,10 +365,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("c2       False    2026-11-23T20:00:00Z  172.18.0.2"), "{text}");
-        assert!(text.contains("blue   c1       c2    Down    -"), "{text}");
+        assert!(text.contains("blue   c1       c2    Down    -     -                -"), "{text}");
+        assert!(
+            text.contains(
+                "blue   c1       c3    Up      4 ms  1.5 KiB / 12     100 B / 3        2.5 %    2026-11-23T20:00:01Z"
+            ),
+            "{text}"
+        );
         assert!(text.contains("blue   c1       10.80.0.0/20   -                 -              True"), "{text}");
         assert!(text.contains("problems:\n- slice blue: Ready=False"), "{text}");
         assert!(render(&HubView::default()).ends_with("no problems\n"));
+    }
+
+    #[test]
+    fn a_tunnels_rtt_comes_from_either_side() {
+        let mut v = view();
+        assert_eq!(tunnel_rtt(&v, "blue", "c1", "c3"), Some(4));
+        assert_eq!(tunnel_rtt(&v, "blue", "c3", "c1"), Some(4), "c3 has no status: c1's figure");
+        assert_eq!(tunnel_rtt(&v, "blue", "c1", "c2"), None);
+        assert_eq!(tunnel_rtt(&v, "red", "c1", "c3"), None);
+        v.workers[0].status.as_mut().unwrap().peers[1].health.as_mut().unwrap().rtt_millis = None;
+        assert_eq!(tunnel_rtt(&v, "blue", "c1", "c3"), None);
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(bytes(u64::MAX), "16384.0 PiB");
     }
 
     #[test]

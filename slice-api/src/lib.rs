@@ -29,9 +29,13 @@
 pub mod access;
 pub mod backoff;
 #[cfg(feature = "crd")]
+pub mod console;
+#[cfg(feature = "crd")]
 pub mod corefile;
 #[cfg(feature = "crd")]
 pub mod crd;
+#[cfg(feature = "crd")]
+pub mod diagnose;
 pub mod error_chain;
 pub mod fnv;
 pub mod gateway;

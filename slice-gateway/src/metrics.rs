@@ -27,6 +27,10 @@ pub struct PeerSample {
     pub tx_packets: u64,
     /// Unix seconds, 0 if never.
     pub last_handshake: f64,
+    /// Round-trip time of the last handshake this gateway initiated, in milliseconds.
+    pub handshake_rtt_ms: Option<u32>,
+    /// Estimated share (0–1) of the peer's packets lost on the way here.
+    pub rx_loss: f64,
     /// (reason, count) for a fixed set of reasons.
     pub drops: Vec<(&'static str, u64)>,
     /// With multipath: whether the peer spoke within three probe intervals.
@@ -84,6 +88,22 @@ pub fn render(s: &Sample) -> String {
             let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {}", p.public_key, field(p));
         }
     }
+    let name = metric::PEER_HANDSHAKE_RTT_SECONDS;
+    let _ = writeln!(
+        out,
+        "# HELP {name} Round-trip time of the last handshake this gateway initiated.\n# TYPE {name} gauge"
+    );
+    for p in &s.peers {
+        if let Some(ms) = p.handshake_rtt_ms {
+            let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {:.3}", p.public_key, f64::from(ms) / 1000.0);
+        }
+    }
+    let name = metric::PEER_RX_LOSS_RATIO;
+    let _ =
+        writeln!(out, "# HELP {name} Estimated share of the peer's packets lost on the way here.\n# TYPE {name} gauge");
+    for p in &s.peers {
+        let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {:.4}", p.public_key, p.rx_loss.clamp(0.0, 1.0));
+    }
     if s.peers.iter().any(|p| p.live.is_some()) {
         let name = metric::PEER_LIVE;
         let _ = writeln!(out, "# HELP {name} 1 while the peer spoke within three multipath probe intervals.");
@@ -113,6 +133,7 @@ pub fn sample(gw: &Gateway) -> Sample {
     let probe_ms = gw.probe_interval_ms();
     gw.for_each_peer(|p, last| {
         let pc = &p.counters;
+        let (handshake_rtt_ms, rx_loss) = p.health();
         peers.push(PeerSample {
             public_key: p.public_key.to_base64(),
             rx_bytes: load(&pc.rx_bytes),
@@ -122,6 +143,8 @@ pub fn sample(gw: &Gateway) -> Sample {
             last_handshake: last
                 .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map_or(0.0, |d| d.as_secs_f64()),
+            handshake_rtt_ms,
+            rx_loss: f64::from(rx_loss),
             drops: vec![
                 ("auth", load(&pc.drop_auth)),
                 ("source_not_allowed", load(&pc.drop_source)),
@@ -438,6 +461,8 @@ mod tests {
                 public_key: "AAAA".into(),
                 rx_bytes: 10,
                 last_handshake: 1.5,
+                handshake_rtt_ms: Some(12),
+                rx_loss: 0.25,
                 drops: vec![("auth", 2)],
                 ..PeerSample::default()
             }],
@@ -453,6 +478,10 @@ mod tests {
             text.contains("slice_gateway_peer_drops_total{interface=\"sg0\",public_key=\"AAAA\",reason=\"auth\"} 2\n")
         );
         assert!(text.contains("slice_gateway_peers{interface=\"sg0\"} 1\n"));
+        assert!(
+            text.contains("slice_gateway_peer_handshake_rtt_seconds{interface=\"sg0\",public_key=\"AAAA\"} 0.012\n")
+        );
+        assert!(text.contains("slice_gateway_peer_rx_loss_ratio{interface=\"sg0\",public_key=\"AAAA\"} 0.2500\n"));
         // Every sample line has a TYPE line for its family.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let family = line.split('{').next().unwrap();

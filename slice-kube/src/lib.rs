@@ -7,6 +7,7 @@
 //! - `memory` (feature `memory`): an in-memory API server for kube-rs clients, which the lab
 //!   runs the hub and the workers against and the controllers' tests check their requests with.
 
+pub mod console;
 pub mod events;
 pub mod health;
 pub mod kubeconfig;

@@ -89,22 +89,36 @@ fn now_plus(offset: f64) -> f64 {
 }
 
 /// What slice-gateway's own renderer serves for peers with these last handshakes (Unix
-/// seconds, 0: none).
-fn gateway_metrics(peers: &[(&str, f64)]) -> String {
+/// seconds, 0: none), with the tunnel figures of [`HEALTH`] (`rx_bytes` set apart).
+fn gateway_metrics_with(peers: &[(&str, f64)], rx_bytes: u64) -> String {
     render(&Sample {
         interface: "sg-blue".into(),
         peers: peers
             .iter()
             .map(|(key, at)| PeerSample {
                 public_key: (*key).into(),
+                rx_bytes,
                 rx_packets: 12,
+                tx_bytes: 900,
+                tx_packets: 8,
+                handshake_rtt_ms: Some(2),
+                rx_loss: 0.004,
                 last_handshake: *at,
                 drops: vec![("auth", 0)],
-                ..PeerSample::default()
+                live: None,
             })
             .collect(),
         ..Sample::default()
     })
+}
+
+fn gateway_metrics(peers: &[(&str, f64)]) -> String {
+    gateway_metrics_with(peers, 1500)
+}
+
+/// `status.peers[].health` for the figures of [`gateway_metrics`].
+fn health() -> Value {
+    json!({"rttMillis": 2, "rxBytes": 1500, "txBytes": 900, "rxPackets": 12, "txPackets": 8, "rxLossPermille": 4})
 }
 
 /// A hub with WorkerSlice `blue` and MemberCluster `c2` (published address 198.18.100.2), a
@@ -677,8 +691,8 @@ async fn tunnel_states_come_from_the_gateway_metrics() {
     assert_eq!(
         status(&api)["peers"],
         json!([
-            {"cluster": "c1", "state": "Up", "lastHandshake": "2026-11-23T19:59:29Z"},
-            {"cluster": "c3", "state": "Down", "reason": "no handshake yet"},
+            {"cluster": "c1", "state": "Up", "lastHandshake": "2026-11-23T19:59:29Z", "health": health()},
+            {"cluster": "c3", "state": "Down", "reason": "no handshake yet", "health": health()},
         ])
     );
 
@@ -693,8 +707,9 @@ async fn tunnel_states_come_from_the_gateway_metrics() {
     assert_eq!(
         status(&api)["peers"],
         json!([
-            {"cluster": "c1", "state": "Down", "reason": "no handshake for 200 s", "lastHandshake": "2026-11-23T19:56:40Z"},
-            {"cluster": "c3", "state": "Up", "lastHandshake": "2026-11-23T19:59:55Z"},
+            {"cluster": "c1", "state": "Down", "reason": "no handshake for 200 s", "lastHandshake": "2026-11-23T19:56:40Z",
+             "health": health()},
+            {"cluster": "c3", "state": "Up", "lastHandshake": "2026-11-23T19:59:55Z", "health": health()},
         ])
     );
 }
@@ -767,8 +782,8 @@ async fn an_advancing_handshake_alone_is_written_at_most_once_a_minute() {
     assert_eq!(lines(&requests), with_reads(&status_write));
     assert_eq!(handshake(&api).as_deref(), Some("2026-11-23T19:59:50Z"));
 
-    // 20:00:30: a rekey, nothing else: held.
-    api.set_metrics(GATEWAY_METRICS, Ok(gateway_metrics(&[(PEER_KEY, now_plus(25.0))])));
+    // 20:00:30: a rekey and more traffic, nothing else: held.
+    api.set_metrics(GATEWAY_METRICS, Ok(gateway_metrics_with(&[(PEER_KEY, now_plus(25.0))], 9_000)));
     let (result, requests) = pass_at(&api, &worker, "2026-11-23T20:00:30Z").await;
     assert_eq!(result.expect("pass"), 0);
     assert_eq!(lines(&requests), reads());
@@ -779,6 +794,7 @@ async fn an_advancing_handshake_alone_is_written_at_most_once_a_minute() {
     assert_eq!(result.expect("pass"), 1);
     assert_eq!(lines(&requests), with_reads(&status_write));
     assert_eq!(handshake(&api).as_deref(), Some("2026-11-23T20:00:25Z"));
+    assert_eq!(status(&api)["peers"][0]["health"]["rxBytes"], 9_000, "the figures go with the times");
 
     // 20:01:10: another rekey and a pod joins: not only the clock, written at once.
     api.set_metrics(GATEWAY_METRICS, Ok(gateway_metrics(&[(PEER_KEY, now_plus(68.0))])));

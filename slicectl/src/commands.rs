@@ -88,6 +88,39 @@ pub fn lab_apply(prefix: &str, cluster: Option<String>, file: &Path, apply: bool
     Ok(())
 }
 
+/// `slicectl lab console`: the hub's web console over lab `prefix`'s state, served on `addr`
+/// until interrupted; the document is asked of the lab's control plane every second.
+///
+/// # Errors
+/// When the lab has no running control plane or `addr` cannot be bound.
+pub fn lab_console(prefix: &str, addr: std::net::SocketAddr) -> Result<()> {
+    let owned = prefix.to_owned();
+    let fetch = move || -> Result<slice_api::console::Model> {
+        let text = control::serve::request(&owned, &control::serve::Request::Console)?;
+        serde_json::from_str(&text).context("the lab's console document")
+    };
+    let console = slice_kube::console::Console::new();
+    console.publish(&fetch()?);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting tokio")?;
+    runtime.block_on(async {
+        let (bound, _task) =
+            slice_kube::console::spawn(addr, console.clone()).await.with_context(|| format!("listening on {addr}"))?;
+        println!("slicenet console of lab {prefix}: http://{bound}/ (Ctrl-C stops it)");
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            match tokio::task::spawn_blocking(fetch.clone()).await {
+                Ok(Ok(model)) => console.publish(&model),
+                Ok(Err(e)) => eprintln!("slicectl: lab console: {e:#}"),
+                Err(e) => eprintln!("slicectl: lab console: {e}"),
+            }
+        }
+    })
+}
+
 /// `slicectl lab status`.
 ///
 /// # Errors
@@ -124,6 +157,40 @@ pub fn lab_exec(prefix: &str, pod: &str, command: &[String]) -> std::process::Ex
         Err(e) => {
             eprintln!("slicectl: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `slicectl diagnose --hub-kubeconfig FILE | --lab PREFIX [-o json]`: the report on stdout;
+/// exit status 0 without failures, 1 with one, 2 when the checks could not run.
+#[must_use]
+pub fn diagnose(hub_kubeconfig: Option<&Path>, lab: Option<&str>, json: bool) -> std::process::ExitCode {
+    let run = || -> Result<slice_api::diagnose::Report> {
+        if let Some(prefix) = lab {
+            let text = control::serve::request(prefix, &control::serve::Request::Diagnose)?;
+            return serde_json::from_str(&text).context("the lab's diagnose report");
+        }
+        let kubeconfig = hub_kubeconfig.context("--hub-kubeconfig or --lab")?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+        let view = runtime.block_on(async {
+            let client = slice_kube::kubeconfig::client_from_kubeconfig(kubeconfig, None).await?;
+            crate::hub_status::fetch(client).await
+        })?;
+        Ok(slice_api::diagnose::hub_findings(&view))
+    };
+    match run() {
+        Ok(report) => {
+            let text =
+                if json { serde_json::to_string_pretty(&report).unwrap_or_default() + "\n" } else { report.render() };
+            if let Err(e) = print_out(&text) {
+                eprintln!("slicectl: {e:#}");
+                return std::process::ExitCode::from(2);
+            }
+            if report.failed() { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
+        }
+        Err(e) => {
+            eprintln!("slicectl: diagnose: {e:#}");
+            std::process::ExitCode::from(2)
         }
     }
 }

@@ -136,6 +136,24 @@ enum Cmd {
         #[command(subcommand)]
         command: PolicyCmd,
     },
+    /// Checks a cluster set end to end and says what is wrong, where, and the fix: against a
+    /// hub (its SliceConfigs, MemberClusters and WorkerSlices: registration, heartbeats, worker
+    /// status, every tunnel's state and loss, overlapping subnets) or a lab started with
+    /// `lab up -f` (also node agents, gateways and their peers' keys, UDP to every public
+    /// gateway endpoint, the path MTU between gateways). Exit status 0: no failure; 1: a
+    /// failure found; 2: the checks could not run.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["hub_kubeconfig", "lab"])))]
+    Diagnose {
+        /// The hub's kubeconfig (its current context).
+        #[arg(long, visible_alias = "kubeconfig")]
+        hub_kubeconfig: Option<PathBuf>,
+        /// The prefix of a lab started with `slicectl lab up -f`.
+        #[arg(long)]
+        lab: Option<String>,
+        /// `text` or `json`.
+        #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
     /// Prints the slices of one node from its files (node-state files and slice-cni's IPAM
     /// dir), or with --hub-kubeconfig the slices, clusters and tunnels as the hub sees them and
     /// why anything is unhealthy.
@@ -336,6 +354,14 @@ enum LabCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// The hub's web console over a lab started with `lab up -f` (read-only; live).
+    Console {
+        #[arg(long, default_value = e2e::demo::PREFIX)]
+        prefix: String,
+        /// Where to serve it.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        addr: std::net::SocketAddr,
+    },
     /// The hub's report of a lab started with `lab up -f`: slices, clusters, tunnels, problems.
     Status {
         #[arg(long, default_value = e2e::demo::PREFIX)]
@@ -439,8 +465,12 @@ fn main() -> ExitCode {
             return commands::lab_exec(&prefix, &pod, &command);
         }
         Cmd::Lab { command: LabCmd::Status { prefix } } => commands::lab_status(&prefix),
+        Cmd::Lab { command: LabCmd::Console { prefix, addr } } => commands::lab_console(&prefix, addr),
         Cmd::Lab { command: LabCmd::Down { prefix, all } } => commands::lab_down(&prefix, all),
         Cmd::Policy { command: PolicyCmd::Show { config, slice } } => commands::policy_show(&config, slice.as_deref()),
+        Cmd::Diagnose { hub_kubeconfig, lab, output } => {
+            return commands::diagnose(hub_kubeconfig.as_deref(), lab.as_deref(), output == "json");
+        }
         Cmd::Status { hub_kubeconfig: Some(kubeconfig), .. } => commands::hub_status(&kubeconfig),
         Cmd::Status { hub_kubeconfig: None, state_dir, ipam_dir, node } => {
             commands::status(&node, &state_dir, &ipam_dir)

@@ -94,3 +94,55 @@ fn the_cli_loads_the_kubeconfig_and_reports_an_unreachable_hub() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
 }
+
+/// `slicectl diagnose` against the hub: the same three lists, findings with place and fix.
+#[tokio::test]
+async fn diagnose_finds_what_the_hub_objects_show() {
+    let api = hub();
+    let hub = "hub".to_owned();
+    api.put(
+        hub.clone(),
+        json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "SliceConfig",
+        "metadata": {"name": "blue"}, "spec": {"sliceSubnet": "10.80.0.0/16", "clusters": ["c1", "c2"]}}),
+    );
+    api.put(
+        hub.clone(),
+        json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": "c1"}, "spec": {},
+               "status": {"conditions": [{"type": "Healthy", "status": "True", "reason": "Heartbeat"}]}}),
+    );
+    api.put(
+        hub.clone(),
+        json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
+        "metadata": {"name": "blue", "namespace": "slicenet-cluster-c1"},
+        "spec": {"slice": "blue", "cluster": "c1", "sliceSubnet": "10.80.0.0/16", "clusterPrefix": "10.80.0.0/20",
+                 "nodePrefixLength": 26, "vni": 7},
+        "status": {"peers": [{"cluster": "c2", "state": "Pending", "reason": "peer has not published a key"}]}}),
+    );
+    let view = fetch(api.client(hub)).await.unwrap();
+    let report = slice_api::diagnose::hub_findings(&view);
+    let found: Vec<(&str, &str)> = report.findings.iter().map(|f| (f.check.as_str(), f.place.as_str())).collect();
+    assert_eq!(found, [("cluster-registered", "slice blue"), ("tunnel", "slice blue: c1 → c2")]);
+    assert!(report.failed());
+    assert!(
+        report.findings[1].fix.contains("worker of c2 has not published its gateway key"),
+        "{:?}",
+        report.findings[1]
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["findings"][1]["severity"], "fail");
+    assert!(json["checks"].as_array().unwrap().iter().any(|c| c == "prefix-overlap"));
+}
+
+#[test]
+fn diagnose_needs_a_target_and_says_when_it_cannot_run() {
+    let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_slicectl")).args(args).output().unwrap();
+    let out = run(&["diagnose"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--hub-kubeconfig"));
+    let out = run(&["diagnose", "--lab", "nosuchlab", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no control plane for lab nosuchlab"));
+    let out = run(&["diagnose", "--lab", "x", "-o", "yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'yaml'"));
+}

@@ -363,7 +363,7 @@ pub(crate) fn table(s: &FailoverSection) -> String {
 /// The section of `docs/benchmarks.md`.
 pub(crate) fn doc_section(s: &FailoverSection, command: &str) -> String {
     format!(
-        "{BEGIN}\n## 14. Gateway replicas: failover gap and 1 vs 2 replicas (issue 13)\n\n\
+        "{BEGIN}\n## 15. Gateway replicas: failover gap and 1 vs 2 replicas (issue 13)\n\n\
          Lab `{LAB}`, the gateways alone (namespaces and `slice-gateway` processes, not the full lab: the \
          worker does not run replicas and the node agents do not route over them yet). Gateway A has the two \
          replicas of the other side as one peer group (`--multipath-probe-ms {PROBE_MS}`); a \"pod\" behind \

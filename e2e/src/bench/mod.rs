@@ -22,6 +22,9 @@
 //!     and the workers' writes, 16–512 clusters × 1–64 slices, and the gateway's peer lookup
 //!     ([`scale`]; no lab, no root needed by the section itself).
 //! 13. One gateway serving 1, 8 and 64 peers, against `gotatun` the same way ([`peers`]).
+//! 14. The web console in headless Chromium for 3 and 50 simulated clusters: page weight, time
+//!     to first render, the serving process's CPU and memory with a page open ([`console`]).
+//! 15. Gateway replicas between namespaces: failover gap over 10 kills, 1 vs 2 replicas ([`failover`]).
 //!
 //! Everything runs in two labs made for the purpose (prefixes [`SLICE_LAB`] and [`PLAIN_LAB`]);
 //! nothing is sent outside their namespaces. The labs are torn down on every path: on return,
@@ -29,6 +32,7 @@
 
 mod across;
 mod cni;
+mod console;
 mod cri;
 mod dns;
 mod doc;
@@ -87,6 +91,7 @@ pub struct Options {
     pub run_qos: bool,
     pub run_scale: bool,
     pub run_peers: bool,
+    pub run_console: bool,
     pub run_failover: bool,
     /// Length of one dnsperf run in section 9.
     pub dns_seconds: u32,
@@ -115,6 +120,7 @@ impl Default for Options {
             run_qos: true,
             run_scale: true,
             run_peers: true,
+            run_console: true,
             run_failover: true,
             dns_seconds: 10,
             joins: 10,
@@ -142,7 +148,7 @@ options:
                         (default 10)
   --dns-seconds S       length of one dnsperf run in section 9 (default 10)
   --only LIST           sections to run, comma-separated: cni,cri,path,tunnel,across,convergence,
-                        dns,policy,qos,scale,peers,failover
+                        dns,policy,qos,scale,peers,console,failover
                         (default all)
   --doc PATH            write the report there (default docs/benchmarks.md)
   --no-doc              write no report
@@ -189,7 +195,8 @@ impl Options {
                     (o.run_cni, o.run_cri, o.run_path, o.run_tunnel, o.run_across, o.run_convergence, o.run_dns) =
                         (false, false, false, false, false, false, false);
                     (o.run_policy, o.run_qos) = (false, false);
-                    (o.run_scale, o.run_peers, o.run_failover) = (false, false, false);
+                    (o.run_scale, o.run_peers) = (false, false);
+                    (o.run_console, o.run_failover) = (false, false);
                     for part in list.split(',').map(str::trim) {
                         match part {
                             "cni" => o.run_cni = true,
@@ -203,10 +210,11 @@ impl Options {
                             "qos" => o.run_qos = true,
                             "scale" => o.run_scale = true,
                             "peers" => o.run_peers = true,
+                            "console" => o.run_console = true,
                             "failover" => o.run_failover = true,
                             other => {
                                 bail!(
-                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, scale, peers, failover)"
+                                    "--only: unknown section {other:?} (cni, cri, path, tunnel, across, convergence, dns, policy, qos, scale, peers, console, failover)"
                                 )
                             }
                         }
@@ -280,6 +288,7 @@ struct Figures {
     qos: Option<qos::QosSection>,
     scale: Option<scale::ScaleSection>,
     peers: Option<peers::PeersSection>,
+    console: Option<console::ConsoleSection>,
     failover: Option<failover::FailoverSection>,
 }
 
@@ -325,6 +334,8 @@ pub fn run(options: &Options) -> Result<()> {
         text = doc::Marked { begin: scale::BEGIN, end: scale::END }.update(&text, scale_doc, &old);
         let peers_doc = figures.peers.as_ref().map(|p| peers::doc_section(p, &command));
         text = doc::Marked { begin: peers::BEGIN, end: peers::END }.update(&text, peers_doc, &old);
+        let console_doc = figures.console.as_ref().map(|c| console::doc_section(c, &command));
+        text = doc::Marked { begin: console::BEGIN, end: console::END }.update(&text, console_doc, &old);
         let failover_doc = figures.failover.as_ref().map(|f| failover::doc_section(f, &command));
         text = doc::Marked { begin: failover::BEGIN, end: failover::END }.update(&text, failover_doc, &old);
         if let Some(dir) = doc.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -379,6 +390,13 @@ fn preflight(options: &Options) -> Result<()> {
     }
     if options.run_dns {
         needed.push("slice-dns");
+    }
+    if options.run_console {
+        for browser in [crate::browser::CHROMIUM, crate::browser::CHROMEDRIVER] {
+            if !std::path::Path::new(browser).exists() {
+                bail!("{browser} is missing (make deps installs chromium and chromium-driver)");
+            }
+        }
     }
     for name in needed {
         if !bin.join(name).exists() {
@@ -500,9 +518,16 @@ fn measure(options: &Options) -> Result<Figures> {
         println!("{}", peers::table(&p));
         figures.peers = Some(p);
     }
+    if options.run_console {
+        process::check_interrupted()?;
+        eprintln!("slicenet-bench: 14. web console in headless Chromium, {:?} simulated clusters", console::SIZES);
+        let c = console::run()?;
+        println!("{}", console::table(&c));
+        figures.console = Some(c);
+    }
     if options.run_failover {
         process::check_interrupted()?;
-        eprintln!("slicenet-bench: 14. gateway replicas: failover gap and 1 vs 2 replicas (lab {})", failover::LAB);
+        eprintln!("slicenet-bench: 15. gateway replicas: failover gap and 1 vs 2 replicas (lab {})", failover::LAB);
         let f = failover::run(options.iperf_seconds)?;
         println!("{}", failover::table(&f));
         figures.failover = Some(f);

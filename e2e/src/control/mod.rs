@@ -23,6 +23,7 @@
 //! `lab.slicenet.io/behind-nat: "true"` (no inbound forwarding). A cluster a SliceConfig names
 //! without a MemberCluster document joins with the defaults.
 
+pub mod checks;
 pub mod convergence;
 pub mod dns;
 pub mod gateway;

@@ -55,6 +55,10 @@ pub enum Request {
     },
     /// The hub's report.
     Status,
+    /// `slicectl diagnose`'s report ([`slice_api::diagnose::Report`], as JSON).
+    Diagnose,
+    /// The web console's document ([`slice_api::console::Model`], as JSON).
+    Console,
 }
 
 /// Where a command for a pod runs ([`super::ControlPlane::pod_context`]).
@@ -185,6 +189,8 @@ fn handle(cp: &mut ControlPlane, lab: &mut Lab, request: Request) -> Result<Stri
             Ok(serde_json::to_string(&PodContext { netns, resolv_conf })?)
         }
         Request::Status => Ok(slice_api::hub_view::render(&cp.hub_view())),
+        Request::Diagnose => Ok(serde_json::to_string(&cp.diagnose_report(lab))?),
+        Request::Console => Ok(serde_json::to_string(&slice_api::console::Model::from_view(&cp.hub_view()))?),
     }
 }
 

@@ -992,6 +992,13 @@ impl Node {
         Ok(())
     }
 
+    /// The agent's process id while it runs (not once it exited).
+    pub fn agent_pid(&self) -> Option<u32> {
+        let mut slot = self.agent_child.lock().expect("lock");
+        let child = slot.as_mut()?;
+        matches!(child.try_wait(), Ok(None)).then(|| child.id())
+    }
+
     /// Stops the agent and starts it again with its current configuration file.
     ///
     /// # Errors

@@ -114,6 +114,17 @@ impl Peer {
         *lock(&self.endpoint)
     }
 
+    /// The round-trip time of the last handshake this side initiated (boringtun's, whole
+    /// milliseconds) and the estimated loss (0–1) of the packets the peer sent, from the gaps
+    /// in the current sessions' receive counters. `(None, 0.0)` without a `Tunn`.
+    #[must_use]
+    pub fn health(&self) -> (Option<u32>, f32) {
+        lock(&self.tunn).as_ref().map_or((None, 0.0), |t| {
+            let (_, _, _, loss, rtt) = t.stats();
+            (rtt, loss)
+        })
+    }
+
     /// Refreshes the cached wall-clock handshake time from boringtun's age of the session.
     /// boringtun reports only an age (and nothing once the sessions expire); `wg` wants a Unix
     /// time that stays after expiry, so we keep our own.

@@ -143,7 +143,7 @@ impl Lab {
         Self::named("sgw", n)
     }
 
-    /// [`Lab::new`] with namespaces named `<prefix>-<tag>-…` (each test file its own prefix).
+    /// The same with namespace names starting `<prefix>-` (a test file's own lab prefix).
     pub fn named(prefix: &str, n: usize) -> Result<Self> {
         require_root();
         let tag = format!("{:x}{}", std::process::id() & 0xfff, SEQ.fetch_add(1, Ordering::Relaxed));
@@ -152,14 +152,14 @@ impl Lab {
             nodes: Vec::new(),
             procs: Vec::new(),
             dir: tempfile::tempdir()?,
-            tag: tag.clone(),
+            tag,
         };
         sh(&format!(
             "ip netns add {w} && ip -n {w} link add br0 type bridge && ip -n {w} link set br0 up && ip -n {w} link set lo up",
             w = lab.wan
         ))?;
         for i in 0..n {
-            let ns = format!("{prefix}-{tag}-n{i}");
+            let ns = format!("{prefix}-{}-n{i}", lab.tag);
             sh(&format!("ip netns add {ns}"))?;
             lab.nodes.push(ns.clone());
             sh(&format!(

@@ -80,6 +80,15 @@ pub struct HubOptions {
     /// Where to serve /healthz and /readyz.
     #[arg(long, default_value = crate::health::DEFAULT_ADDR)]
     pub health_addr: SocketAddr,
+    /// Serve the read-only web console here (e.g. `127.0.0.1:8090`; off when absent). It has no
+    /// authentication of its own: keep it on loopback or a pod-internal address and reach it
+    /// through the API server (`kubectl port-forward`, or the Service proxy).
+    #[arg(long)]
+    pub console: Option<SocketAddr>,
+    /// The console's document, published after every reconcile's reads (set by [`run`] when
+    /// `--console` is given; tests set it to read what would be served).
+    #[arg(skip)]
+    pub console_sink: Option<slice_kube::console::Console>,
 }
 
 const DEFAULT_DEBOUNCE_MS: u64 = 150;
@@ -101,6 +110,8 @@ impl Default for HubOptions {
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
             leader_election: LeaderElectionArgs::default(),
             health_addr: crate::health::DEFAULT_ADDR.parse().expect("the default address parses"),
+            console: None,
+            console_sink: None,
         }
     }
 }
@@ -141,8 +152,16 @@ impl HubOptions {
 /// # Errors
 /// When no client can be built, the health address cannot be bound, or leadership is lost; API
 /// errors while running are retried, never returned.
-pub async fn run(options: HubOptions) -> anyhow::Result<()> {
+pub async fn run(mut options: HubOptions) -> anyhow::Result<()> {
     let client = runner::client(&options).await?;
+    if let Some(addr) = options.console {
+        let console = slice_kube::console::Console::new();
+        let (bound, _task) = slice_kube::console::spawn(addr, console.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("listening on {addr} for the console: {e}"))?;
+        tracing::info!(%bound, "console serving");
+        options.console_sink = Some(console);
+    }
     tracing::info!(?options, "hub starting");
     let health = crate::health::Health::new();
     let _server = crate::health::spawn(options.health_addr, &health)
@@ -159,6 +178,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Checked before every write.
     pub leadership: Leadership,
+    /// Gets the console's document from every pass's reads (`--console`).
+    pub console: Option<slice_kube::console::Console>,
 }
 
 impl Context {
@@ -169,6 +190,7 @@ impl Context {
             heartbeat_timeout,
             recorder: Recorder::new(EVENT_CONTROLLER, instance),
             leadership: Leadership::unconditional(),
+            console: None,
         }
     }
 }
@@ -252,6 +274,16 @@ async fn reconcile_index(
     index: &mut HubIndex,
     now: Timestamp,
 ) -> Result<Outcome, Error> {
+    if let Some(console) = &ctx.console {
+        // The console's document from what the index holds (the watches' objects as of now).
+        let plans = index.plans();
+        let view = World {
+            slices: plans.slices().cloned().collect(),
+            clusters: plans.clusters().cloned().collect(),
+            workers: plans.workers().cloned().collect(),
+        };
+        console.publish(&slice_api::console::Model::from_view(&view.sorted()));
+    }
     let (decision, coverage) = index.decide_with_coverage(now);
     tracing::debug!(planned = coverage.planned, slices = coverage.slices, clusters = coverage.clusters, "decided");
     for plan in &decision.plans {

@@ -172,6 +172,7 @@ pub async fn run_with_client(
                 heartbeat_timeout: options.heartbeat_timeout(),
                 recorder: Recorder::new(super::EVENT_CONTROLLER, instance),
                 leadership,
+                console: options.console_sink.clone(),
             };
             reconcile_loop(&client, options, &ctx, &rotator, &health).await
         }

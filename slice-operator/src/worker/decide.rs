@@ -886,7 +886,7 @@ pub fn decide_status(
                 let handshakes = scrape
                     .as_ref()
                     .map_err(Clone::clone)
-                    .and_then(|text| tunnels::parse_handshakes(text).map_err(|e| format!("reading its metrics: {e}")));
+                    .and_then(|text| tunnels::parse_peers(text).map_err(|e| format!("reading its metrics: {e}")));
                 status.peers =
                     tunnels::peer_statuses(&ws.spec.peers, handshakes.as_ref().map_err(String::as_str), now_ts);
             }

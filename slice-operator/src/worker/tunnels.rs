@@ -2,9 +2,12 @@
 //! `/metrics` (see `slice_gateway::metrics::render`) to the WorkerSlice's `status.peers`, and the
 //! rule that keeps time alone from rewriting that status.
 //!
-//! Only one family of the gateway's metrics is read:
+//! The state comes from one family of the gateway's metrics:
 //! `slice_gateway_peer_last_handshake_seconds{interface, public_key}`, the Unix time of the
-//! peer's last completed handshake (0 when there was none). A peer's state follows, in order:
+//! peer's last completed handshake (0 when there was none). The per-peer figures (`health`:
+//! bytes and packets each way, the last initiated handshake's round trip, the estimated loss)
+//! come from the other per-peer families of `slice_api::gateway::metric`; they never change the
+//! state. A peer's state follows, in order:
 //!
 //! | state | reason | when |
 //! | --- | --- | --- |
@@ -17,9 +20,9 @@
 //!
 //! `lastHandshake` (RFC 3339, to the second) is set whenever there was a handshake.
 //!
-//! **Churn.** A handshake time advances at every rekey (every 120 s while traffic flows) and the
-//! age in a `no handshake for N s` reason at every pass, so a status would be rewritten on the
-//! hub at every pass for nothing but the clock. [`only_times_changed`] recognises such a change;
+//! **Churn.** A handshake time advances at every rekey (every 120 s while traffic flows), the
+//! age in a `no handshake for N s` reason and the traffic counters at every pass, so a status
+//! would be rewritten on the hub at every pass for nothing but the clock and the traffic. [`only_times_changed`] recognises such a change;
 //! the worker writes it only when it has not written that WorkerSlice's status in the last
 //! [`TIME_ONLY_WRITE_INTERVAL_SECS`] (see `decide::decide_status`). Any other change (a state, a
 //! reason, a count, a condition) is written at once.
@@ -28,11 +31,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::jiff::Timestamp;
-use slice_api::crd::{PeerTunnelStatus, WorkerPeer, WorkerSliceStatus};
+use slice_api::crd::{PeerTunnelStatus, TunnelHealth, WorkerPeer, WorkerSliceStatus};
 
-use slice_api::gateway::metric::LABEL_PUBLIC_KEY;
 /// The metric family that carries each peer's last handshake.
 pub use slice_api::gateway::metric::PEER_LAST_HANDSHAKE_SECONDS as LAST_HANDSHAKE_METRIC;
+use slice_api::gateway::metric::{self, LABEL_PUBLIC_KEY};
 
 /// How old a handshake may be while the tunnel counts as up: WireGuard starts a new handshake
 /// 120 s after the last one while traffic flows (`REKEY_AFTER_TIME`) and gives up on a session
@@ -42,7 +45,7 @@ pub use slice_api::gateway::metric::PEER_LAST_HANDSHAKE_SECONDS as LAST_HANDSHAK
 pub const HANDSHAKE_STALE_AFTER_SECS: i64 = 180;
 
 /// The shortest time between two status writes of one WorkerSlice when the later one changes
-/// nothing but handshake times (see [`only_times_changed`]).
+/// nothing but handshake times and tunnel figures (see [`only_times_changed`]).
 pub const TIME_ONLY_WRITE_INTERVAL_SECS: i64 = 60;
 
 /// Reason of a peer without a public key.
@@ -85,20 +88,77 @@ pub enum MetricsError {
     NotGateway,
 }
 
-/// The last handshake of each peer the gateway knows, by public key (base64); `None` for a peer
-/// that never completed one.
-pub type Handshakes = BTreeMap<String, Option<Timestamp>>;
+/// What the gateway's metrics say of one peer: its last handshake (`None`: it never completed
+/// one) and the tunnel's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerReading {
+    pub last_handshake: Option<Timestamp>,
+    pub health: TunnelHealth,
+}
 
-/// Reads every peer's last handshake from the gateway's Prometheus text.
+/// Every peer the gateway knows (those its handshake family lists), by public key (base64).
+pub type PeerReadings = BTreeMap<String, PeerReading>;
+
+/// The per-peer families read besides the handshake family.
+#[derive(Debug, Clone, Copy)]
+enum Figure {
+    RxBytes,
+    TxBytes,
+    RxPackets,
+    TxPackets,
+    RttSeconds,
+    LossRatio,
+}
+
+const FIGURES: [(&str, Figure); 6] = [
+    (metric::PEER_RX_BYTES, Figure::RxBytes),
+    (metric::PEER_TX_BYTES, Figure::TxBytes),
+    (metric::PEER_RX_PACKETS, Figure::RxPackets),
+    (metric::PEER_TX_PACKETS, Figure::TxPackets),
+    (metric::PEER_HANDSHAKE_RTT_SECONDS, Figure::RttSeconds),
+    (metric::PEER_RX_LOSS_RATIO, Figure::LossRatio),
+];
+
+impl Figure {
+    /// Sets this figure of `h` from a sample value (finite, not negative).
+    fn set(self, h: &mut TunnelHealth, value: f64) {
+        // `as` saturates, and the values are checked finite and not negative.
+        let count = value.round() as u64;
+        match self {
+            Self::RxBytes => h.rx_bytes = count,
+            Self::TxBytes => h.tx_bytes = count,
+            Self::RxPackets => h.rx_packets = count,
+            Self::TxPackets => h.tx_packets = count,
+            Self::RttSeconds => h.rtt_millis = Some((value * 1000.0).round() as u32),
+            Self::LossRatio => h.rx_loss_permille = (value.min(1.0) * 1000.0).round() as u32,
+        }
+    }
+}
+
+/// The family a sample line belongs to, if it is one of `names`, and the rest of the line.
+fn family_of<'a, T: Copy>(line: &'a str, names: &[(&str, T)]) -> Option<(T, &'a str)> {
+    names.iter().find_map(|(name, what)| {
+        let rest = line.strip_prefix(name)?;
+        // Another family whose name starts the same is not this one.
+        (rest.starts_with('{') || rest.starts_with(char::is_whitespace)).then_some((*what, rest))
+    })
+}
+
+/// Reads every peer's last handshake and figures from the gateway's Prometheus text. A peer is
+/// listed when the handshake family lists it; the other families only add figures (a gateway
+/// older than a family leaves its figure at zero or none).
 ///
 /// # Errors
-/// [`MetricsError::BadLine`] for a handshake sample that does not parse (a bad label set, a
-/// value that is not a number or not a possible time, no `public_key` label);
-/// [`MetricsError::NotGateway`] when the family is missing (the gateway always announces it,
-/// with or without peers).
-pub fn parse_handshakes(text: &str) -> Result<Handshakes, MetricsError> {
+/// [`MetricsError::BadLine`] for a sample of a read family that does not parse (a bad label
+/// set, a value that is not a number or not a possible time or count, no `public_key` label);
+/// [`MetricsError::NotGateway`] when the handshake family is missing (the gateway always
+/// announces it, with or without peers).
+pub fn parse_peers(text: &str) -> Result<PeerReadings, MetricsError> {
     let mut seen_family = false;
-    let mut out = Handshakes::new();
+    let mut out = PeerReadings::new();
+    let mut figures: Vec<(String, Figure, f64)> = Vec::new();
+    let families: Vec<(&str, Option<Figure>)> =
+        std::iter::once((LAST_HANDSHAKE_METRIC, None)).chain(FIGURES.iter().map(|(n, f)| (*n, Some(*f)))).collect();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
         if let Some(comment) = line.strip_prefix('#') {
@@ -109,28 +169,40 @@ pub fn parse_handshakes(text: &str) -> Result<Handshakes, MetricsError> {
             }
             continue;
         }
-        let Some(rest) = line.strip_prefix(LAST_HANDSHAKE_METRIC) else { continue };
-        if !(rest.starts_with('{') || rest.starts_with(char::is_whitespace)) {
-            continue; // another family whose name starts the same
-        }
-        seen_family = true;
+        let Some((figure, rest)) = family_of(line, &families) else { continue };
         let bad = |problem| MetricsError::BadLine { line: index + 1, problem, text: line.to_owned() };
         let (labels, value) = parse_labels(rest).map_err(bad)?;
         let key = labels.get(LABEL_PUBLIC_KEY).ok_or_else(|| bad("no public_key label"))?;
         let value = value.split_whitespace().next().ok_or_else(|| bad("no value"))?;
-        let seconds: f64 = value.parse().map_err(|_| bad("the value is not a number"))?;
-        let at = if seconds.is_finite() && seconds > 0.0 {
+        let number: f64 = value.parse().map_err(|_| bad("the value is not a number"))?;
+        if let Some(figure) = figure {
+            if !number.is_finite() || number < 0.0 {
+                return Err(bad("the value is not a possible count"));
+            }
+            figures.push((key.clone(), figure, number));
+            continue;
+        }
+        seen_family = true;
+        let at = if number.is_finite() && number > 0.0 {
             // `as` saturates; from_second refuses what is out of range.
-            let whole = seconds.floor() as i64;
+            let whole = number.floor() as i64;
             Some(Timestamp::from_second(whole).map_err(|_| bad("the value is not a possible time"))?)
-        } else if seconds == 0.0 {
+        } else if number == 0.0 {
             None
         } else {
             return Err(bad("the value is not a possible time"));
         };
-        out.insert(key.clone(), at);
+        out.entry(key.clone()).or_default().last_handshake = at;
     }
-    if seen_family { Ok(out) } else { Err(MetricsError::NotGateway) }
+    if !seen_family {
+        return Err(MetricsError::NotGateway);
+    }
+    for (key, figure, value) in figures {
+        if let Some(reading) = out.get_mut(&key) {
+            figure.set(&mut reading.health, value);
+        }
+    }
+    Ok(out)
 }
 
 /// Splits `{name="value",…} rest` into the labels and the rest (after the closing brace), or
@@ -181,7 +253,7 @@ fn parse_labels(s: &str) -> Result<(BTreeMap<String, String>, &str), &'static st
 #[must_use]
 pub fn peer_statuses(
     peers: &[WorkerPeer],
-    metrics: Result<&Handshakes, &str>,
+    metrics: Result<&PeerReadings, &str>,
     now: Timestamp,
 ) -> Vec<PeerTunnelStatus> {
     peers
@@ -192,27 +264,32 @@ pub fn peer_statuses(
                 state: state.to_string(),
                 reason,
                 last_handshake: at.map(|t| format!("{t:.0}")),
+                health: None,
             };
             let Some(key) = peer.public_key.as_deref().map(str::trim).filter(|k| !k.is_empty()) else {
                 return status(TunnelState::Pending, NO_KEY.to_owned(), None);
             };
-            let handshakes = match metrics {
-                Ok(h) => h,
+            let readings = match metrics {
+                Ok(r) => r,
                 Err(e) => return status(TunnelState::Pending, format!("{GATEWAY_NOT_RUNNING}: {e}"), None),
             };
-            match handshakes.get(key) {
-                None => status(TunnelState::Pending, NOT_LOADED.to_owned(), None),
-                Some(None) => status(TunnelState::Down, NO_HANDSHAKE_YET.to_owned(), None),
-                Some(Some(at)) => {
+            let Some(reading) = readings.get(key) else {
+                return status(TunnelState::Pending, NOT_LOADED.to_owned(), None);
+            };
+            let mut out = match reading.last_handshake {
+                None => status(TunnelState::Down, NO_HANDSHAKE_YET.to_owned(), None),
+                Some(at) => {
                     // A handshake "in the future" (clocks of two nodes apart) counts as fresh.
                     let age = (now.as_second() - at.as_second()).max(0);
                     if age > HANDSHAKE_STALE_AFTER_SECS {
-                        status(TunnelState::Down, format!("{STALE_PREFIX}{age} s"), Some(*at))
+                        status(TunnelState::Down, format!("{STALE_PREFIX}{age} s"), Some(at))
                     } else {
-                        status(TunnelState::Up, String::new(), Some(*at))
+                        status(TunnelState::Up, String::new(), Some(at))
                     }
                 }
-            }
+            };
+            out.health = Some(reading.health.clone());
+            out
         })
         .collect()
 }
@@ -228,8 +305,8 @@ pub fn stable_reason(reason: &str) -> String {
     }
 }
 
-/// Whether `new` differs from `old` only in what the clock alone changes: the peers'
-/// `lastHandshake` and the age in `no handshake for N s`. Such a change is written at most once
+/// Whether `new` differs from `old` only in what the clock and the traffic alone change: the
+/// peers' `lastHandshake`, their `health` figures and the age in `no handshake for N s`. Such a change is written at most once
 /// per [`TIME_ONLY_WRITE_INTERVAL_SECS`]; everything else at once.
 #[must_use]
 pub fn only_times_changed(old: &WorkerSliceStatus, new: &WorkerSliceStatus) -> bool {
@@ -237,6 +314,7 @@ pub fn only_times_changed(old: &WorkerSliceStatus, new: &WorkerSliceStatus) -> b
         let mut s = s.clone();
         for p in &mut s.peers {
             p.last_handshake = None;
+            p.health = None;
             if p.reason.starts_with(STALE_PREFIX) {
                 p.reason = STALE_PREFIX.to_owned();
             }
@@ -278,6 +356,9 @@ mod tests {
                 .map(|(k, t)| PeerSample {
                     public_key: (*k).into(),
                     rx_bytes: 100,
+                    tx_packets: 7,
+                    handshake_rtt_ms: Some(3),
+                    rx_loss: 0.0125,
                     last_handshake: *t,
                     drops: vec![("auth", 1)],
                     ..PeerSample::default()
@@ -291,12 +372,40 @@ mod tests {
     fn the_gateways_own_metrics_parse() {
         let now = ts("2026-11-23T20:00:00Z");
         let fresh = now.as_second() as f64 - 30.25;
-        let h = parse_handshakes(&gateway_text(&[(A, fresh), (B, 0.0)])).unwrap();
+        let h = parse_peers(&gateway_text(&[(A, fresh), (B, 0.0)])).unwrap();
         assert_eq!(h.len(), 2);
-        assert_eq!(h[A], Some(ts("2026-11-23T19:59:29Z")), "fractions are cut to the second");
-        assert_eq!(h[B], None);
+        assert_eq!(h[A].last_handshake, Some(ts("2026-11-23T19:59:29Z")), "fractions are cut to the second");
+        assert_eq!(h[B].last_handshake, None);
         // A gateway without peers still announces the family.
-        assert_eq!(parse_handshakes(&gateway_text(&[])).unwrap(), Handshakes::new());
+        assert_eq!(parse_peers(&gateway_text(&[])).unwrap(), PeerReadings::new());
+    }
+
+    #[test]
+    fn the_gateways_figures_parse_into_health() {
+        let now = ts("2026-11-23T20:00:00Z");
+        let n = now.as_second() as f64;
+        let r = parse_peers(&gateway_text(&[(A, n - 5.0)])).unwrap();
+        let want = TunnelHealth {
+            rtt_millis: Some(3),
+            rx_bytes: 100,
+            tx_packets: 7,
+            rx_loss_permille: 13,
+            ..TunnelHealth::default()
+        };
+        assert_eq!(r[A].health, want);
+        let got = peer_statuses(&[peer("c1", Some(A))], Ok(&r), now);
+        assert_eq!(got[0].health.as_ref(), Some(&want));
+        let json = serde_json::to_value(&got[0]).unwrap();
+        assert_eq!(json["health"]["rttMillis"], 3, "{json}");
+        assert_eq!(json["health"]["rxLossPermille"], 13, "{json}");
+        // A gateway without the newer families: figures at zero, no round trip; figures of a
+        // key the handshake family does not list are ignored.
+        let old = "# TYPE slice_gateway_peer_last_handshake_seconds gauge\n\
+            slice_gateway_peer_last_handshake_seconds{public_key=\"a\"} 0\n\
+            slice_gateway_peer_rx_bytes_total{public_key=\"b\"} 5\n";
+        let r = parse_peers(old).unwrap();
+        assert_eq!(r.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(r["a"].health, TunnelHealth::default());
     }
 
     #[test]
@@ -304,9 +413,9 @@ mod tests {
         let text = "# TYPE slice_gateway_peer_last_handshake_seconds gauge\n\
             slice_gateway_peer_last_handshake_seconds{ public_key = \"a\\\"b\\\\c\" , interface=\"x,}\"} 1700000000 1700000001000\n\
             slice_gateway_peer_last_handshake_seconds_other{public_key=\"zzz\"} nope\n";
-        let h = parse_handshakes(text).unwrap();
+        let h = parse_peers(text).unwrap();
         assert_eq!(h.keys().collect::<Vec<_>>(), ["a\"b\\c"]);
-        assert_eq!(h["a\"b\\c"], Some(Timestamp::from_second(1_700_000_000).unwrap()));
+        assert_eq!(h["a\"b\\c"].last_handshake, Some(Timestamp::from_second(1_700_000_000).unwrap()));
     }
 
     #[test]
@@ -321,14 +430,17 @@ mod tests {
             ("slice_gateway_peer_last_handshake_seconds{public_key=\"a\"}", "no value"),
             ("slice_gateway_peer_last_handshake_seconds{public_key=\"a\"} -5", "not a possible time"),
             ("slice_gateway_peer_last_handshake_seconds{public_key=\"a\"} 1e300", "not a possible time"),
+            ("slice_gateway_peer_rx_bytes_total{public_key=\"a\"} -1", "not a possible count"),
+            ("slice_gateway_peer_rx_loss_ratio{public_key=\"a\"} NaN", "not a possible count"),
+            ("slice_gateway_peer_handshake_rtt_seconds{interface=\"x\"} 1", "no public_key"),
         ];
         for (line, problem) in cases {
-            let err = parse_handshakes(&format!("{family}{line}\n")).unwrap_err();
+            let err = parse_peers(&format!("{family}{line}\n")).unwrap_err();
             assert!(matches!(err, MetricsError::BadLine { line: 2, .. }), "{line}: {err}");
             assert!(err.to_string().contains(problem), "{line}: {err}");
         }
-        assert_eq!(parse_handshakes("up 1\n# TYPE up gauge\n"), Err(MetricsError::NotGateway));
-        assert_eq!(parse_handshakes(""), Err(MetricsError::NotGateway));
+        assert_eq!(parse_peers("up 1\n# TYPE up gauge\n"), Err(MetricsError::NotGateway));
+        assert_eq!(parse_peers(""), Err(MetricsError::NotGateway));
     }
 
     #[test]
@@ -336,7 +448,7 @@ mod tests {
         let now = ts("2026-11-23T20:00:00Z");
         let n = now.as_second() as f64;
         let text = gateway_text(&[(A, n - 30.0), (B, 0.0), (C, n - 181.0)]);
-        let h = parse_handshakes(&text).unwrap();
+        let h = parse_peers(&text).unwrap();
         let peers = [
             peer("c1", Some(A)),
             peer("c3", Some(B)),
@@ -360,7 +472,7 @@ mod tests {
             ]
         );
         // 180 s exactly is still up; a handshake ahead of our clock too.
-        let edge = parse_handshakes(&gateway_text(&[(A, n - 180.0), (B, n + 5.0)])).unwrap();
+        let edge = parse_peers(&gateway_text(&[(A, n - 180.0), (B, n + 5.0)])).unwrap();
         let states: Vec<String> = peer_statuses(&peers[..2], Ok(&edge), now).into_iter().map(|p| p.state).collect();
         assert_eq!(states, ["Up", "Up"]);
     }
@@ -382,7 +494,7 @@ mod tests {
         let n = now.as_second() as f64;
         let peers = [peer("c1", Some(A)), peer("c4", Some(C))];
         let at = |a: f64, c: f64, now: Timestamp| {
-            let h = parse_handshakes(&gateway_text(&[(A, a), (C, c)])).unwrap();
+            let h = parse_peers(&gateway_text(&[(A, a), (C, c)])).unwrap();
             WorkerSliceStatus { peers: peer_statuses(&peers, Ok(&h), now), ..WorkerSliceStatus::default() }
         };
         let old = at(n - 10.0, n - 200.0, now);
@@ -391,6 +503,13 @@ mod tests {
         let new = at(n + 20.0, n - 200.0, later);
         assert_ne!(old, new);
         assert!(only_times_changed(&old, &new));
+        // Only the figures moved (traffic flowed): a measurement, like the times.
+        let mut busier = old.clone();
+        if let Some(h) = busier.peers[0].health.as_mut() {
+            h.rx_bytes += 1_000;
+            h.rtt_millis = Some(9);
+        }
+        assert!(only_times_changed(&old, &busier));
         // Nothing changed at all is not a change.
         assert!(!only_times_changed(&old, &old));
         // c4 came up: a state change.

@@ -1,0 +1,212 @@
+//! Section 14: the web console's weight and speed in headless Chromium for 3 and 50 simulated
+//! clusters (one slice over all of them, every tunnel up and measured: a full mesh, the largest
+//! document), and what serving it costs the serving process with a page open on 50 clusters.
+//!
+//! The clusters are simulated: a hub view built in memory (MemberClusters, a SliceConfig, one
+//! WorkerSlice per cluster with a status), turned into the console's document as the hub does
+//! on every pass, served by the console's own server on loopback to Debian's Chromium.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use slice_api::console::Model;
+use slice_api::crd::{MemberCluster, SliceConfig, WorkerSlice};
+use slice_api::hub_view::HubView;
+use slice_kube::console::{CONSOLE_CSS, CONSOLE_JS, Console, INDEX_HTML};
+
+use super::stats::Summary;
+use crate::browser::Browser;
+
+pub(crate) const BEGIN: &str = "<!-- slicenet-bench console: begin -->";
+pub(crate) const END: &str = "<!-- slicenet-bench console: end -->";
+/// The cluster counts measured.
+pub(crate) const SIZES: [usize; 2] = [3, 50];
+/// Page loads per size.
+const LOADS: usize = 5;
+/// How long the page stays open on the largest size while the document changes every second.
+const OPEN_SECONDS: u64 = 20;
+
+/// One size's figures.
+#[derive(Debug, Clone)]
+pub(crate) struct Size {
+    pub clusters: usize,
+    pub tunnels: usize,
+    /// The JSON document, bytes.
+    pub document: usize,
+    /// Time to first render after navigation start, ms, over the loads.
+    pub first_render: Summary,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ConsoleSection {
+    /// HTML + script + style, bytes.
+    pub assets: usize,
+    pub sizes: Vec<Size>,
+    /// CPU seconds of the serving process per second with the page open on the largest size,
+    /// the document rebuilt and published every second.
+    pub cpu_per_second: f64,
+    /// Its resident memory at the end, KiB.
+    pub rss_kib: u64,
+}
+
+/// A hub view of `n` healthy clusters with one slice over all of them, every tunnel up.
+pub(crate) fn simulated(n: usize, tick: u64) -> Result<HubView> {
+    let names: Vec<String> = (1..=n).map(|i| format!("c{i}")).collect();
+    let heartbeat = format!("2026-12-04T20:{:02}:{:02}Z", (tick / 60) % 60, tick % 60);
+    let mut view = HubView::default();
+    view.slices.push(serde_json::from_value::<SliceConfig>(json!({
+        "apiVersion": "slicenet.io/v1alpha1", "kind": "SliceConfig", "metadata": {"name": "blue"},
+        "spec": {"sliceSubnet": "10.80.0.0/12", "maxClusters": 64, "clusters": names, "namespaces": [{"namespace": "shop"}]},
+        "status": {"vni": 4097, "conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}]}
+    }))?);
+    for (i, name) in names.iter().enumerate() {
+        view.clusters.push(serde_json::from_value::<MemberCluster>(json!({
+            "apiVersion": "slicenet.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": name}, "spec": {},
+            "status": {"gatewayAddresses": [format!("198.19.0.{}", 10 + i)], "lastHeartbeat": heartbeat,
+                       "conditions": [{"type": "Healthy", "status": "True", "reason": "Heartbeat"}]}
+        }))?);
+        let peers: Vec<_> = names
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, p)| json!({"cluster": p, "prefix": format!("10.{}.{}.0/20", 80 + j / 16, (j % 16) * 16)}))
+            .collect();
+        let statuses: Vec<_> = names
+            .iter()
+            .filter(|p| *p != name)
+            .map(|p| {
+                json!({"cluster": p, "state": "Up", "lastHandshake": heartbeat,
+                            "health": {"rttMillis": 1, "rxBytes": 1_000_000 + tick, "txBytes": 2_000_000 + tick,
+                                       "rxPackets": 1000, "txPackets": 2000, "rxLossPermille": 0}})
+            })
+            .collect();
+        view.workers.push(serde_json::from_value::<WorkerSlice>(json!({
+            "apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
+            "metadata": {"name": "blue", "namespace": format!("slicenet-cluster-{name}")},
+            "spec": {"slice": "blue", "cluster": name, "sliceSubnet": "10.80.0.0/12", "clusterPrefix": format!("10.{}.{}.0/20", 80 + i / 16, (i % 16) * 16),
+                     "nodePrefixLength": 26, "vni": 4097, "peers": peers},
+            "status": {"gatewayEndpoint": format!("198.19.0.{}:51820", 10 + i), "connectedPods": 3, "peers": statuses,
+                       "nodes": [{"node": "n1", "prefix": format!("10.{}.{}.0/26", 80 + i / 16, (i % 16) * 16)}],
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}]}
+        }))?);
+    }
+    Ok(view.sorted())
+}
+
+/// utime + stime of this process, seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // Fields 14 and 15 of stat(5); after the command's ')' they are the 12th and 13th.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+pub(crate) fn run() -> Result<ConsoleSection> {
+    let console = Console::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let (addr, _task) = runtime.block_on(slice_kube::console::spawn("127.0.0.1:0".parse()?, console.clone()))?;
+    let url = format!("http://{addr}/");
+    let browser = Browser::start(390, 844)?;
+    let mut sizes = Vec::new();
+    for n in SIZES {
+        super::process::check_interrupted()?;
+        let model = Model::from_view(&simulated(n, 0)?);
+        console.publish(&model);
+        let mut samples = Vec::new();
+        for _ in 0..LOADS {
+            browser.goto("about:blank")?;
+            browser.goto(&url)?;
+            let (ok, v) = browser.wait_for(
+                &format!("return document.querySelectorAll('#topology .cluster').length === {n} ? window.__firstRender : null;"),
+                Duration::from_secs(60),
+                |v| v.is_number(),
+            )?;
+            anyhow::ensure!(ok, "the page did not render {n} clusters: {v}");
+            samples.push(Duration::from_secs_f64(v.as_f64().context("a number")? / 1000.0));
+        }
+        sizes.push(Size {
+            clusters: n,
+            tunnels: model.tunnels.len(),
+            document: console.current().len(),
+            first_render: Summary::of(&samples),
+        });
+    }
+    // The page open on the largest size; the document rebuilt from a changed view and
+    // published every second, as the hub does on each pass.
+    let n = SIZES[SIZES.len() - 1];
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    for tick in 1..=OPEN_SECONDS {
+        super::process::check_interrupted()?;
+        console.publish(&Model::from_view(&simulated(n, tick)?));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let cpu_per_second = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
+    let rendered = browser.eval("return Number(document.body.dataset.rendered);")?;
+    anyhow::ensure!(rendered.as_f64().unwrap_or(0.0) >= 2.0, "the open page did not follow the changes: {rendered}");
+    Ok(ConsoleSection {
+        assets: INDEX_HTML.len() + CONSOLE_JS.len() + CONSOLE_CSS.len(),
+        sizes,
+        cpu_per_second,
+        rss_kib: rss_kib(),
+    })
+}
+
+pub(crate) fn table(s: &ConsoleSection) -> String {
+    let mut rows: Vec<Vec<String>> = s
+        .sizes
+        .iter()
+        .map(|z| {
+            vec![
+                z.clusters.to_string(),
+                z.tunnels.to_string(),
+                format!("{:.1}", (s.assets + z.document) as f64 / 1024.0),
+                format!("{:.1}", z.document as f64 / 1024.0),
+                format!("{:.0}", z.first_render.p50),
+                format!("{:.0}", z.first_render.max),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        format!("page open on {}, new document every second", SIZES[SIZES.len() - 1]),
+        String::new(),
+        String::new(),
+        String::new(),
+        format!("serving process: {:.1} % of a CPU", s.cpu_per_second * 100.0),
+        format!("RSS {:.1} MiB", s.rss_kib as f64 / 1024.0),
+    ]);
+    crate::demo::table(
+        &["clusters", "tunnels (directions)", "page weight KiB", "document KiB", "first render median ms", "max ms"],
+        &rows,
+    )
+}
+
+pub(crate) fn doc_section(s: &ConsoleSection, command: &str) -> String {
+    format!(
+        "{BEGIN}\n## 14. Web console: page weight and time to first render\n\n\
+         Simulated clusters (a hub view built in memory: one slice over all of them, every tunnel up with figures — a \
+         full mesh, the largest document for that many clusters), turned into the console's document as the hub does \
+         on each pass and served by the console's server on loopback to Debian's headless Chromium in a 390×844 window. \
+         Page weight: the page, its script and style ({:.1} KiB, no other resource) plus the JSON document. First \
+         render: `performance.now()` when the page has drawn the document the first time, after navigation start \
+         ({LOADS} loads each, from `about:blank`). Then the page stays open on {} clusters for {OPEN_SECONDS} s while \
+         the serving process rebuilds and publishes a changed document every second: its CPU share and resident \
+         memory (the browser's own cost is not counted; the hub's reconcile is not part of this process). This run: a \
+         {} build of `slicenet-bench` (the serving code's CPU share of a debug build overstates a release hub's).\n\n{}\n{command}\n{END}\n",
+        s.assets as f64 / 1024.0,
+        SIZES[SIZES.len() - 1],
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        table(s)
+    )
+}

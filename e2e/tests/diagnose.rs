@@ -1,0 +1,166 @@
+//! `slicectl diagnose` in the full lab (issue 16): three clusters (c3 behind NAT) with one slice;
+//! healthy, the report has no failure; then each fault, injected in turn and removed, is named by
+//! its check at the right place: a blocked UDP port on c2's edge, a small MTU on c2's WAN link,
+//! a stopped node agent on c1, c1's gateway holding a wrong key for c2. Namespaces `hdia-*`.
+//! Needs root and the binaries; fails (does not skip) without them.
+
+use e2e::Lab;
+use e2e::control::{ControlPlane, parse_manifest};
+use slice_api::diagnose::{Report, check};
+
+const PREFIX: &str = "hdia";
+/// The checks that look at the machines; each fault must trip exactly its own.
+const LAB_CHECKS: [&str; 5] =
+    [check::NODE_AGENT, check::GATEWAY_RUNNING, check::GATEWAY_PEER_KEY, check::UDP_REACHABLE, check::PATH_MTU];
+
+const MANIFEST: &str = r#"
+apiVersion: slicenet.io/v1alpha1
+kind: MemberCluster
+metadata: {name: c1, annotations: {lab.slicenet.io/nodes: "1"}}
+spec: {}
+---
+apiVersion: slicenet.io/v1alpha1
+kind: MemberCluster
+metadata: {name: c2, annotations: {lab.slicenet.io/nodes: "1"}}
+spec: {}
+---
+apiVersion: slicenet.io/v1alpha1
+kind: MemberCluster
+metadata: {name: c3, annotations: {lab.slicenet.io/nodes: "1", lab.slicenet.io/behind-nat: "true"}}
+spec: {}
+---
+apiVersion: slicenet.io/v1alpha1
+kind: SliceConfig
+metadata: {name: blue}
+spec:
+  sliceSubnet: 10.80.0.0/16
+  gateway: {persistentKeepalive: 5}
+  clusters: [c1, c2, c3]
+  namespaces: [{namespace: shop}]
+"#;
+
+/// The lab checks that found something, as (check, place).
+fn lab_faults(r: &Report) -> Vec<(String, String)> {
+    r.findings
+        .iter()
+        .filter(|f| LAB_CHECKS.contains(&f.check.as_str()))
+        .map(|f| (f.check.clone(), f.place.clone()))
+        .collect()
+}
+
+fn sh(cmd: &str) {
+    let out = std::process::Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Removes the test's own nft table from c2's edge however the test ends (the namespace goes
+/// with the lab; this keeps a failed step from leaking into the next).
+struct EdgeRule(String);
+
+impl Drop for EdgeRule {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.0, "nft", "delete", "table", "ip", "hdiafault"])
+            .output();
+    }
+}
+
+#[test]
+fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
+    e2e::require_root().expect("root");
+    let mut lab = Lab::new(PREFIX).expect("lab (needs root; build the bins first)");
+    let mut cp = ControlPlane::new();
+    cp.apply(&mut lab, &parse_manifest(MANIFEST).expect("manifest")).expect("apply");
+
+    // Healthy: no failure at all, every check ran.
+    let healthy = cp.diagnose_report(&lab);
+    assert!(!healthy.failed(), "{}\n{}", healthy.render(), cp.diagnose(&lab));
+    assert_eq!(healthy.checks.len(), 11, "{:?}", healthy.checks);
+    let c2_endpoint =
+        cp.worker("blue", "c2").and_then(|w| w.status.as_ref()?.gateway_endpoint.clone()).expect("c2 endpoint");
+    let port = c2_endpoint.rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
+
+    // 1. UDP to c2's gateway port dropped on c2's edge, before its port forward.
+    let edge = format!("{PREFIX}-c2-edge");
+    let rule = EdgeRule(edge.clone());
+    sh(&format!(
+        "ip netns exec {edge} nft add table ip hdiafault && \
+         ip netns exec {edge} nft add chain ip hdiafault pre '{{ type filter hook prerouting priority -350; policy accept; }}' && \
+         ip netns exec {edge} nft add rule ip hdiafault pre iifname wan udp dport {port} drop"
+    ));
+    let r = cp.diagnose_report(&lab);
+    assert!(r.failed());
+    assert_eq!(
+        lab_faults(&r),
+        [(check::UDP_REACHABLE.to_owned(), format!("slice blue in cluster c2: endpoint {c2_endpoint}"))],
+        "{}",
+        r.render()
+    );
+    drop(rule);
+    assert_eq!(lab_faults(&cp.diagnose_report(&lab)), [], "the port open again");
+
+    // 2. A small MTU on c2's link to the WAN: every path to or from c2 is too narrow, no other.
+    sh(&format!("ip -n {PREFIX}-wan link set to-c2 mtu 1300"));
+    let r = cp.diagnose_report(&lab);
+    sh(&format!("ip -n {PREFIX}-wan link set to-c2 mtu 1500"));
+    let faults = lab_faults(&r);
+    assert!(!faults.is_empty(), "{}", r.render());
+    for (c, place) in &faults {
+        assert_eq!(c, check::PATH_MTU, "{}", r.render());
+        assert!(place.contains("c2"), "{place}: {}", r.render());
+    }
+    let mtu = r.of(check::PATH_MTU).next().expect("a path MTU finding");
+    // The kernel lets a frame through a port up to 4 bytes (a VLAN tag) over its MTU.
+    let largest: u32 = mtu
+        .problem
+        .strip_prefix("the largest packet that passes is ")
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{}", mtu.problem));
+    assert!((1300..=1304).contains(&largest), "{}", mtu.problem);
+    assert!(mtu.problem.contains("the tunnel needs"), "{}", mtu.problem);
+    assert!(faults.contains(&(check::PATH_MTU.to_owned(), "slice blue: c1 → c2".to_owned())), "{faults:?}");
+    assert!(faults.contains(&(check::PATH_MTU.to_owned(), "slice blue: c2 → c1".to_owned())), "{faults:?}");
+    assert!(!faults.iter().any(|(_, p)| p == "slice blue: c3 → c1"), "c3 → c1 does not cross c2's link: {faults:?}");
+
+    // 3. c1's node agent stopped.
+    let node = lab.node("c1", "n1");
+    node.stop_agent().expect("stop the agent");
+    let r = cp.diagnose_report(&lab);
+    node.restart_agent().expect("restart the agent");
+    assert_eq!(lab_faults(&r), [(check::NODE_AGENT.to_owned(), "node c1/n1".to_owned())], "{}", r.render());
+    assert!(r.failed());
+
+    // 4. c1's gateway holds a made-up key instead of c2's (as a hand edit over UAPI would).
+    let iface = cp.gateway_interface("blue", "c1").expect("c1 gateway");
+    let c2_key = cp
+        .gateway_wg("blue", "c2", &["show", &cp.gateway_interface("blue", "c2").expect("c2"), "public-key"])
+        .expect("c2 key");
+    let bogus = cp.gateway_wg("blue", "c1", &["genkey"]).expect("genkey");
+    let bogus_pub = {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("echo {} | wg pubkey", bogus.trim())])
+            .output()
+            .expect("wg pubkey");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let c2_prefix = cp.worker("blue", "c2").expect("c2's share").spec.cluster_prefix.clone();
+    cp.gateway_wg(
+        "blue",
+        "c1",
+        &["set", &iface, "peer", c2_key.trim(), "remove", "peer", &bogus_pub, "allowed-ips", &c2_prefix],
+    )
+    .expect("wg set");
+    let r = cp.diagnose_report(&lab);
+    let faults = lab_faults(&r);
+    assert_eq!(
+        faults,
+        [(check::GATEWAY_PEER_KEY.to_owned(), "slice blue: gateway of c1 → c2".to_owned())],
+        "{}",
+        r.render()
+    );
+    let f = r.of(check::GATEWAY_PEER_KEY).next().expect("finding");
+    assert!(f.problem.contains(c2_key.trim()) && f.problem.contains(&bogus_pub), "{}", f.problem);
+
+    cp.delete_all(&mut lab).expect("delete");
+    lab.teardown().expect("teardown");
+}

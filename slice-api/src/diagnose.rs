@@ -1,0 +1,552 @@
+//! `slicectl diagnose`, pure: what is wrong with a cluster set, where, and how to fix it.
+//!
+//! Two sources of facts feed the checks. [`hub_findings`] reads only what the hub holds (the
+//! [`HubView`]: SliceConfigs, MemberClusters, WorkerSlices with their statuses), so it runs
+//! against any hub. [`lab_findings`] adds what can be observed on the machines themselves
+//! ([`Observed`]: node agents running, gateways running with the keys they hold, a datagram sent
+//! to each gateway's public endpoint arriving or not, the largest packet that passes along each
+//! path between gateways); the lab collects those (`e2e::control::checks`).
+//!
+//! Every [`Finding`] names its check, the place (slice, cluster, node, path), what is wrong and
+//! the fix. A [`Report`] fails when any finding is a [`Severity::Fail`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use ipnet::IpNet;
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+
+use crate::crd::condition;
+use crate::hub_view::{HubView, table};
+
+/// The checks, by the names findings carry.
+pub mod check {
+    /// Every cluster a slice names is registered (a MemberCluster).
+    pub const CLUSTER_REGISTERED: &str = "cluster-registered";
+    /// Every member cluster's worker sends heartbeats (MemberCluster `Healthy`).
+    pub const CLUSTER_HEARTBEAT: &str = "cluster-heartbeat";
+    /// Every WorkerSlice has a status from its cluster's worker.
+    pub const WORKER_STATUS: &str = "worker-status";
+    /// Every tunnel is up, with a recent handshake.
+    pub const TUNNEL: &str = "tunnel";
+    /// No tunnel loses more than [`super::LOSS_WARN_PERMILLE`] of the packets it receives.
+    pub const TUNNEL_LOSS: &str = "tunnel-loss";
+    /// No two slices' subnets overlap.
+    pub const PREFIX_OVERLAP: &str = "prefix-overlap";
+    /// Every node's agent runs.
+    pub const NODE_AGENT: &str = "node-agent";
+    /// Every gateway runs.
+    pub const GATEWAY_RUNNING: &str = "gateway-running";
+    /// Every gateway holds each peer's actual public key.
+    pub const GATEWAY_PEER_KEY: &str = "gateway-peer-key";
+    /// A UDP datagram sent to each gateway's public endpoint arrives at the gateway.
+    pub const UDP_REACHABLE: &str = "udp-reachable";
+    /// The largest packet that passes between two gateways fits the tunnel's packets.
+    pub const PATH_MTU: &str = "path-mtu";
+}
+
+/// A tunnel receiving more loss than this (thousandths) is worth a warning.
+pub const LOSS_WARN_PERMILLE: u32 = 20;
+
+/// Bytes WireGuard adds to a packet over IPv4: outer IPv4 (20) + UDP (8) + WireGuard data
+/// header (16) + Poly1305 tag (16).
+pub const WIREGUARD_OVERHEAD_V4: u32 = 60;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Degraded but working.
+    Warn,
+    /// Broken: the report fails.
+    Fail,
+}
+
+/// One thing wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// The check's name ([`check`]).
+    pub check: String,
+    pub severity: Severity,
+    /// Where: `slice blue`, `cluster c2`, `node c2/n1`, `slice blue: c1 → c2`, …
+    pub place: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl Finding {
+    fn fail(check: &str, place: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            check: check.into(),
+            severity: Severity::Fail,
+            place: place.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// The checks that ran and what they found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The names of the checks that ran (a check without findings passed).
+    pub checks: Vec<String>,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Whether any finding is a failure.
+    #[must_use]
+    pub fn failed(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Fail)
+    }
+
+    /// The findings of `check`.
+    pub fn of<'a>(&'a self, check: &'a str) -> impl Iterator<Item = &'a Finding> + 'a {
+        self.findings.iter().filter(move |f| f.check == check)
+    }
+
+    /// The report as text: the checks with their result, then every finding with its fix.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let rows: Vec<Vec<String>> = self
+            .checks
+            .iter()
+            .map(|c| {
+                let worst = self.of(c).map(|f| f.severity).max();
+                let n = self.of(c).count();
+                let result = match worst {
+                    None => "ok".to_owned(),
+                    Some(Severity::Warn) => format!("warn ({n})"),
+                    Some(Severity::Fail) => format!("FAIL ({n})"),
+                };
+                vec![c.clone(), result]
+            })
+            .collect();
+        let mut out = table(&["CHECK", "RESULT"], &rows);
+        if self.findings.is_empty() {
+            out.push_str("\nno problems found\n");
+        }
+        for f in &self.findings {
+            let level = match f.severity {
+                Severity::Warn => "warn",
+                Severity::Fail => "FAIL",
+            };
+            let _ = write!(out, "\n{level} {} — {}\n  problem: {}\n  fix: {}\n", f.check, f.place, f.problem, f.fix);
+        }
+        out
+    }
+}
+
+/// Findings from the hub's objects alone.
+#[must_use]
+pub fn hub_findings(view: &HubView) -> Report {
+    let mut findings = Vec::new();
+    let registered: BTreeSet<String> = view.clusters.iter().map(ResourceExt::name_any).collect();
+    for s in &view.slices {
+        for c in s.spec.clusters.iter().filter(|c| !registered.contains(*c)) {
+            findings.push(Finding::fail(
+                check::CLUSTER_REGISTERED,
+                format!("slice {}", s.name_any()),
+                format!("cluster {c} is named by the slice but not registered"),
+                format!("register it: slicectl join --cluster {c} --hub-kubeconfig HUB, then install the worker there"),
+            ));
+        }
+    }
+    for c in &view.clusters {
+        let st = c.status.clone().unwrap_or_default();
+        let healthy = condition(&st.conditions, "Healthy");
+        if healthy.is_none_or(|h| h.status != "True") {
+            let why = healthy.map_or_else(
+                || "no heartbeat from its worker yet".to_owned(),
+                |h| {
+                    format!(
+                        "Healthy={} ({}){}",
+                        h.status,
+                        h.reason,
+                        if h.message.is_empty() { String::new() } else { format!(": {}", h.message) }
+                    )
+                },
+            );
+            let last = st.last_heartbeat.unwrap_or_else(|| "never".to_owned());
+            findings.push(Finding::fail(
+                check::CLUSTER_HEARTBEAT,
+                format!("cluster {}", c.name_any()),
+                format!("{why}; last heartbeat: {last}"),
+                "check the worker in that cluster (kubectl -n slicenet-system get pods,events) and its hub \
+                 credential (slicectl join --rotate renews it)",
+            ));
+        }
+    }
+    for w in &view.workers {
+        let place = format!("slice {} in cluster {}", w.spec.slice, w.spec.cluster);
+        let Some(st) = &w.status else {
+            findings.push(Finding::fail(
+                check::WORKER_STATUS,
+                place,
+                "no status from the cluster's worker yet",
+                "check that the cluster's worker runs and can write WorkerSlice status on the hub",
+            ));
+            continue;
+        };
+        for p in &st.peers {
+            let here = format!("slice {}: {} → {}", w.spec.slice, w.spec.cluster, p.cluster);
+            if p.state != "Up" {
+                findings.push(Finding::fail(
+                    check::TUNNEL,
+                    here.clone(),
+                    format!(
+                        "tunnel is {}{}",
+                        p.state,
+                        if p.reason.is_empty() { String::new() } else { format!(": {}", p.reason) }
+                    ),
+                    tunnel_fix(&w.spec.cluster, &p.cluster, &p.reason),
+                ));
+            }
+            if let Some(h) = &p.health
+                && h.rx_loss_permille > LOSS_WARN_PERMILLE
+            {
+                findings.push(Finding {
+                    check: check::TUNNEL_LOSS.into(),
+                    severity: Severity::Warn,
+                    place: here,
+                    problem: format!(
+                        "{}.{} % of the packets from {} are lost on the way",
+                        h.rx_loss_permille / 10,
+                        h.rx_loss_permille % 10,
+                        p.cluster
+                    ),
+                    fix: "look for a lossy link or a saturated uplink between the clusters (QoS guarantees protect a slice's share)".into(),
+                });
+            }
+        }
+    }
+    let subnets: Vec<(String, IpNet)> =
+        view.slices.iter().filter_map(|s| Some((s.name_any(), s.spec.slice_subnet.parse().ok()?))).collect();
+    for (i, (a, na)) in subnets.iter().enumerate() {
+        for (b, nb) in &subnets[i + 1..] {
+            if na.contains(&nb.network()) || nb.contains(&na.network()) {
+                findings.push(Finding::fail(
+                    check::PREFIX_OVERLAP,
+                    format!("slices {a} and {b}"),
+                    format!("sliceSubnet {na} overlaps {nb}"),
+                    format!("give one of them a subnet of its own (a new SliceConfig: the subnet of {b} cannot change in place)"),
+                ));
+            }
+        }
+    }
+    let checks = [
+        check::CLUSTER_REGISTERED,
+        check::CLUSTER_HEARTBEAT,
+        check::WORKER_STATUS,
+        check::TUNNEL,
+        check::TUNNEL_LOSS,
+        check::PREFIX_OVERLAP,
+    ];
+    Report { checks: checks.iter().map(|c| (*c).to_owned()).collect(), findings }
+}
+
+/// The fix for a tunnel that is not up, by the worker's reason.
+fn tunnel_fix(cluster: &str, peer: &str, reason: &str) -> String {
+    if reason.starts_with("peer has not published a key") {
+        format!("the worker of {peer} has not published its gateway key: check that worker and its gateway Secret")
+    } else if reason.starts_with("gateway not running") {
+        format!(
+            "the gateway pod of {cluster} is not running or its metrics do not answer: kubectl -n slicenet-system get pods -l app.kubernetes.io/name=slice-gateway"
+        )
+    } else if reason.starts_with("gateway has not loaded") {
+        format!(
+            "the gateway of {cluster} runs without {peer}'s current key: check its configuration (wg show) against {peer}'s published key; restarting the gateway pod reloads it"
+        )
+    } else {
+        format!(
+            "handshakes between {cluster} and {peer} do not complete: check that UDP to each gateway's public endpoint \
+             passes the clusters' firewalls, NAT and load balancers, and that each gateway holds the other's key"
+        )
+    }
+}
+
+/// What can be seen on the machines (the lab collects it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub agents: Vec<AgentSeen>,
+    pub gateways: Vec<GatewaySeen>,
+    pub probes: Vec<UdpProbe>,
+    pub paths: Vec<PathMtu>,
+}
+
+/// One node's agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSeen {
+    pub cluster: String,
+    pub node: String,
+    pub running: bool,
+}
+
+/// One slice's gateway in one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewaySeen {
+    pub slice: String,
+    pub cluster: String,
+    pub running: bool,
+    /// Its interface public key (base64), when it answers.
+    pub public_key: Option<String>,
+    /// The public keys of the peers it is configured with.
+    pub peer_keys: Vec<String>,
+    /// Its TUN device's MTU.
+    pub mtu: Option<u32>,
+}
+
+/// A datagram sent to a gateway's public endpoint from outside the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpProbe {
+    pub slice: String,
+    pub cluster: String,
+    pub endpoint: String,
+    /// Whether the gateway counted it.
+    pub arrived: bool,
+}
+
+/// The largest packet that passes from one gateway towards another's public address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathMtu {
+    pub slice: String,
+    pub from: String,
+    pub to: String,
+    /// The largest IPv4 packet (bytes) that got through, none if not even the smallest tried.
+    pub largest: Option<u32>,
+    /// What the tunnel needs: the gateway's MTU plus [`WIREGUARD_OVERHEAD_V4`].
+    pub needed: u32,
+}
+
+/// [`hub_findings`] plus the checks on what was observed.
+#[must_use]
+pub fn lab_findings(view: &HubView, seen: &Observed) -> Report {
+    let mut report = hub_findings(view);
+    let f = &mut report.findings;
+    for a in seen.agents.iter().filter(|a| !a.running) {
+        f.push(Finding::fail(
+            check::NODE_AGENT,
+            format!("node {}/{}", a.cluster, a.node),
+            "the node agent is not running: slice routers, routes and policies on this node are not kept",
+            "start it again (on Kubernetes: kubectl -n slicenet-system delete pod of the node agent DaemonSet on that node; \
+             its logs say why it stopped)",
+        ));
+    }
+    for g in seen.gateways.iter().filter(|g| !g.running) {
+        f.push(Finding::fail(
+            check::GATEWAY_RUNNING,
+            format!("slice {} in cluster {}", g.slice, g.cluster),
+            "the gateway is not running",
+            "kubectl -n slicenet-system describe pod -l app.kubernetes.io/name=slice-gateway; its log says why",
+        ));
+    }
+    let keys: BTreeMap<(&str, &str), &str> = seen
+        .gateways
+        .iter()
+        .filter_map(|g| Some(((g.slice.as_str(), g.cluster.as_str()), g.public_key.as_deref()?)))
+        .collect();
+    for w in &view.workers {
+        let Some(own) =
+            seen.gateways.iter().find(|g| g.slice == w.spec.slice && g.cluster == w.spec.cluster && g.running)
+        else {
+            continue;
+        };
+        for peer in &w.spec.peers {
+            let Some(actual) = keys.get(&(w.spec.slice.as_str(), peer.cluster.as_str())) else { continue };
+            if !own.peer_keys.iter().any(|k| k == actual) {
+                let wrong: Vec<&str> =
+                    own.peer_keys.iter().map(String::as_str).filter(|k| !keys.values().any(|v| v == k)).collect();
+                f.push(Finding::fail(
+                    check::GATEWAY_PEER_KEY,
+                    format!("slice {}: gateway of {} → {}", w.spec.slice, w.spec.cluster, peer.cluster),
+                    format!(
+                        "the gateway of {} has no peer with {}'s key {actual}{}",
+                        w.spec.cluster,
+                        peer.cluster,
+                        if wrong.is_empty() { String::new() } else { format!(" (it holds unknown keys: {})", wrong.join(", ")) }
+                    ),
+                    format!(
+                        "the gateway's configuration is stale or was changed by hand: restart the gateway pod of {} (it \
+                         reloads the worker's configuration), and check that {} publishes the key its gateway uses",
+                        w.spec.cluster, peer.cluster
+                    ),
+                ));
+            }
+        }
+    }
+    for p in seen.probes.iter().filter(|p| !p.arrived) {
+        f.push(Finding::fail(
+            check::UDP_REACHABLE,
+            format!("slice {} in cluster {}: endpoint {}", p.slice, p.cluster, p.endpoint),
+            format!("a UDP datagram sent to {} did not reach the gateway", p.endpoint),
+            format!(
+                "open UDP to {} on the cluster's edge: firewall, security group, NAT port forward or load balancer \
+                 of cluster {}",
+                p.endpoint, p.cluster
+            ),
+        ));
+    }
+    for p in &seen.paths {
+        let short = p.largest.is_none_or(|l| l < p.needed);
+        if short {
+            let largest = p.largest.map_or_else(|| "no probe packet".to_owned(), |l| format!("{l} bytes"));
+            let tun = p.needed.saturating_sub(WIREGUARD_OVERHEAD_V4);
+            let fit = p.largest.map(|l| l.saturating_sub(WIREGUARD_OVERHEAD_V4));
+            f.push(Finding::fail(
+                check::PATH_MTU,
+                format!("slice {}: {} → {}", p.slice, p.from, p.to),
+                format!(
+                    "the largest packet that passes is {largest}, the tunnel needs {} (gateway MTU {tun} + {WIREGUARD_OVERHEAD_V4})",
+                    p.needed
+                ),
+                match fit {
+                    Some(m) if m >= 1280 => format!(
+                        "raise the MTU of the links between {} and {} to at least {}, or lower the gateways' MTU to {m}",
+                        p.from, p.to, p.needed
+                    ),
+                    _ => format!("find the link between {} and {} with the small MTU and raise it to at least {}", p.from, p.to, p.needed),
+                },
+            ));
+        }
+    }
+    report.checks.extend(
+        [check::NODE_AGENT, check::GATEWAY_RUNNING, check::GATEWAY_PEER_KEY, check::UDP_REACHABLE, check::PATH_MTU]
+            .iter()
+            .map(|c| (*c).to_owned()),
+    );
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub_view::tests::view;
+
+    fn names(r: &Report) -> Vec<(String, String)> {
+        r.findings.iter().map(|f| (f.check.clone(), f.place.clone())).collect()
+    }
+
+    #[test]
+    fn the_hub_view_yields_findings_with_places_and_fixes() {
+        let r = hub_findings(&view());
+        let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(
+            names(&r),
+            [
+                s("cluster-registered", "slice blue"),
+                s("cluster-heartbeat", "cluster c2"),
+                s("tunnel", "slice blue: c1 → c2"),
+                s("tunnel-loss", "slice blue: c1 → c3"),
+                s("worker-status", "slice blue in cluster c2"),
+            ]
+        );
+        assert!(r.failed());
+        let tunnel = r.of(check::TUNNEL).next().unwrap();
+        assert_eq!(tunnel.problem, "tunnel is Down: no handshake for 180 s");
+        assert!(tunnel.fix.contains("UDP to each gateway's public endpoint"), "{}", tunnel.fix);
+        let loss = r.of(check::TUNNEL_LOSS).next().unwrap();
+        assert_eq!(loss.severity, Severity::Warn);
+        assert!(loss.problem.starts_with("2.5 %"), "{}", loss.problem);
+        let text = r.render();
+        assert!(text.contains("tunnel              FAIL (1)"), "{text}");
+        assert!(text.contains("prefix-overlap      ok"), "{text}");
+        assert!(text.contains("\nFAIL cluster-heartbeat — cluster c2\n  problem: Healthy=False (Heartbeat); last heartbeat: 2026-11-23T20:00:00Z\n  fix: "), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["findings"][0]["severity"], "fail");
+        assert_eq!(hub_findings(&HubView::default()).findings, []);
+        assert!(!hub_findings(&HubView::default()).failed());
+    }
+
+    #[test]
+    fn overlapping_subnets_are_found() {
+        let mut v = view();
+        let mut red = v.slices[0].clone();
+        red.metadata.name = Some("red".into());
+        red.spec.slice_subnet = "10.80.128.0/17".into();
+        v.slices.push(red);
+        let r = hub_findings(&v);
+        let o: Vec<&Finding> = r.of(check::PREFIX_OVERLAP).collect();
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].place, "slices blue and red");
+        assert_eq!(o[0].problem, "sliceSubnet 10.80.0.0/16 overlaps 10.80.128.0/17");
+    }
+
+    fn healthy_lab() -> (HubView, Observed) {
+        let mut v = view();
+        v.workers.truncate(1);
+        v.workers[0].spec.peers = serde_json::from_value(serde_json::json!([
+            {"cluster": "c2", "prefix": "10.80.16.0/20"}, {"cluster": "c3", "prefix": "10.80.32.0/20"}
+        ]))
+        .unwrap();
+        let gw = |c: &str, key: &str, peers: &[&str]| GatewaySeen {
+            slice: "blue".into(),
+            cluster: c.into(),
+            running: true,
+            public_key: Some(key.into()),
+            peer_keys: peers.iter().map(|p| (*p).to_owned()).collect(),
+            mtu: Some(1420),
+        };
+        let seen = Observed {
+            agents: vec![AgentSeen { cluster: "c1".into(), node: "n1".into(), running: true }],
+            gateways: vec![gw("c1", "K1", &["K2", "K3"]), gw("c2", "K2", &["K1", "K3"]), gw("c3", "K3", &["K1", "K2"])],
+            probes: vec![UdpProbe {
+                slice: "blue".into(),
+                cluster: "c2".into(),
+                endpoint: "198.19.0.11:51820".into(),
+                arrived: true,
+            }],
+            paths: vec![PathMtu {
+                slice: "blue".into(),
+                from: "c1".into(),
+                to: "c2".into(),
+                largest: Some(1500),
+                needed: 1480,
+            }],
+        };
+        (v, seen)
+    }
+
+    #[test]
+    fn observed_faults_are_named() {
+        let (v, seen) = healthy_lab();
+        let base = lab_findings(&v, &seen);
+        let lab_checks =
+            [check::NODE_AGENT, check::GATEWAY_RUNNING, check::GATEWAY_PEER_KEY, check::UDP_REACHABLE, check::PATH_MTU];
+        for c in lab_checks {
+            assert_eq!(base.of(c).count(), 0, "{c}: {:?}", base.findings);
+            assert!(base.checks.iter().any(|x| x == c));
+        }
+
+        let mut s = seen.clone();
+        s.agents[0].running = false;
+        s.gateways[2].running = false;
+        s.gateways[0].peer_keys = vec!["BOGUS".into(), "K3".into()];
+        s.probes[0].arrived = false;
+        s.paths[0].largest = Some(1400);
+        let r = lab_findings(&v, &s);
+        let one = |c: &str| {
+            let v: Vec<&Finding> = r.of(c).collect();
+            assert_eq!(v.len(), 1, "{c}: {:?}", r.findings);
+            v[0].clone()
+        };
+        assert_eq!(one(check::NODE_AGENT).place, "node c1/n1");
+        assert_eq!(one(check::GATEWAY_RUNNING).place, "slice blue in cluster c3");
+        let key = one(check::GATEWAY_PEER_KEY);
+        assert_eq!(key.place, "slice blue: gateway of c1 → c2");
+        assert_eq!(key.problem, "the gateway of c1 has no peer with c2's key K2 (it holds unknown keys: BOGUS)");
+        assert!(one(check::UDP_REACHABLE).fix.contains("UDP to 198.19.0.11:51820"));
+        let mtu = one(check::PATH_MTU);
+        assert_eq!(
+            mtu.problem,
+            "the largest packet that passes is 1400 bytes, the tunnel needs 1480 (gateway MTU 1420 + 60)"
+        );
+        assert!(mtu.fix.contains("lower the gateways' MTU to 1340"), "{}", mtu.fix);
+        let mut none = seen;
+        none.paths[0].largest = None;
+        assert!(lab_findings(&v, &none).of(check::PATH_MTU).next().unwrap().problem.contains("no probe packet"));
+    }
+}
