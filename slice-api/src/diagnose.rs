@@ -261,6 +261,12 @@ fn tunnel_fix(cluster: &str, peer: &str, reason: &str) -> String {
         format!(
             "the gateway of {cluster} runs without {peer}'s current key: check its configuration (wg show) against {peer}'s published key; restarting the gateway pod reloads it"
         )
+    } else if reason.starts_with("peer silent") {
+        format!(
+            "{cluster}'s gateway hears nothing from {peer}'s, not even its probes: the link between the clusters is cut, \
+             UDP to {peer}'s gateway endpoint is blocked on the way, or {peer}'s gateway stopped (check its pod and the \
+             firewalls between the clusters)"
+        )
     } else {
         format!(
             "handshakes between {cluster} and {peer} do not complete: check that UDP to each gateway's public endpoint \
@@ -448,6 +454,9 @@ mod tests {
         let tunnel = r.of(check::TUNNEL).next().unwrap();
         assert_eq!(tunnel.problem, "tunnel is Down: no handshake for 180 s");
         assert!(tunnel.fix.contains("UDP to each gateway's public endpoint"), "{}", tunnel.fix);
+        // A peer the gateway's probes no longer hear: a cut link or a stopped gateway.
+        let silent = tunnel_fix("c1", "c2", "peer silent: no packet for three probe intervals");
+        assert!(silent.starts_with("c1's gateway hears nothing from c2's"), "{silent}");
         let loss = r.of(check::TUNNEL_LOSS).next().unwrap();
         assert_eq!(loss.severity, Severity::Warn);
         assert!(loss.problem.starts_with("2.5 %"), "{}", loss.problem);

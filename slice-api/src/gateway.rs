@@ -30,9 +30,15 @@ pub mod flag {
     pub const MULTIPATH_PROBE_MS: &str = "multipath-probe-ms";
 }
 
-/// The probe interval the worker gives its gateways (`--multipath-probe-ms`): a member silent
-/// for three of them is dead, so failover stays under a second.
+/// The probe interval the worker gives its gateways (`--multipath-probe-ms`) when a slice has
+/// several replicas per cluster: a member silent for three of them is dead, so failover stays
+/// under a second.
 pub const DEFAULT_MULTIPATH_PROBE_MS: u64 = 200;
+
+/// The probe interval of a slice with one gateway per cluster: no failover to drive, only the
+/// tunnel's state (a peer silent for three intervals is reported down, so a cut link shows
+/// within seconds rather than after WireGuard's 180 s); one keepalive per peer per second.
+pub const SINGLE_GATEWAY_PROBE_MS: u64 = 1000;
 
 /// The environment variable that sets [`flag::HANDSHAKE_RATE_LIMIT`].
 pub const HANDSHAKE_RATE_LIMIT_ENV: &str = "SLICE_GATEWAY_HANDSHAKE_RATE_LIMIT";

@@ -57,9 +57,10 @@ struct Cli {
     /// between clusters can honour the slice's QoS class.
     #[arg(long = flag::DSCP, value_name = "CLASS")]
     dscp: Option<slice_api::qos::DscpClass>,
-    /// Peer groups (gateway replicas): several peers may hold the same AllowedIPs; each flow
-    /// goes to one live member (rendezvous hash), a member silent for three probe intervals is
-    /// dead, every peer is sent a keepalive each interval (in milliseconds, 50–10000).
+    /// Probes and peer groups: every peer is sent a keepalive each interval (in milliseconds,
+    /// 50–10000) and one silent for three intervals is dead (`slice_gateway_peer_live` 0);
+    /// several peers may hold the same AllowedIPs (a remote cluster's gateway replicas), each
+    /// flow going to one live member (rendezvous hash).
     #[arg(long = flag::MULTIPATH_PROBE_MS, value_name = "MS",
         value_parser = clap::value_parser!(u64).range(50..=10_000))]
     multipath_probe_ms: Option<u64>,

@@ -106,7 +106,8 @@ pub fn render(s: &Sample) -> String {
     }
     if s.peers.iter().any(|p| p.live.is_some()) {
         let name = metric::PEER_LIVE;
-        let _ = writeln!(out, "# HELP {name} 1 while the peer spoke within three multipath probe intervals.");
+        let _ =
+            writeln!(out, "# HELP {name} 1 while the peer spoke within three probe intervals (--multipath-probe-ms).");
         let _ = writeln!(out, "# TYPE {name} gauge");
         for p in &s.peers {
             if let Some(live) = p.live {

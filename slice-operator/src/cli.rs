@@ -78,6 +78,10 @@ pub struct WorkerArgs {
     /// Heartbeat on the MemberCluster's status every this many seconds.
     #[arg(long, default_value_t = 30)]
     pub heartbeat_secs: u64,
+    /// Between passes, read the gateways' metrics every this many seconds and run a pass when a
+    /// tunnel's state changed (a cut link shows within seconds, not at the next resync).
+    #[arg(long, default_value_t = 5)]
+    pub tunnel_check_secs: u64,
     #[command(flatten)]
     pub leader_election: LeaderElectionArgs,
     /// Where to serve /healthz and /readyz.
@@ -112,6 +116,7 @@ impl WorkerArgs {
             kubeconfig: self.kubeconfig,
             resync: Duration::from_secs(self.resync_secs.max(1)),
             heartbeat: Duration::from_secs(self.heartbeat_secs.max(1)),
+            tunnel_check: Duration::from_secs(self.tunnel_check_secs.max(1)),
             leader_election: self.leader_election,
             health_addr: self.health_addr,
         }

@@ -714,6 +714,53 @@ async fn tunnel_states_come_from_the_gateway_metrics() {
     );
 }
 
+/// The gateway's metrics for peer c1 (`PEER_KEY`) with a handshake a few seconds before the
+/// real clock's now (the tunnel check reads it) and the probe's verdict `live`.
+fn probed_metrics(live: bool) -> String {
+    let now = k8s_openapi::jiff::Timestamp::now().as_second() as f64;
+    render(&Sample {
+        interface: "sg-blue".into(),
+        peers: vec![PeerSample {
+            public_key: PEER_KEY.into(),
+            last_handshake: now - 5.0,
+            live: Some(live),
+            ..PeerSample::default()
+        }],
+        ..Sample::default()
+    })
+}
+
+#[tokio::test]
+async fn the_tunnel_check_sees_a_silent_peer_between_passes_without_an_api_request() {
+    let api = running().await;
+    api.set_metrics(GATEWAY_METRICS, Ok(probed_metrics(true)));
+    let worker = worker_on(&api);
+    let now = format!("{:.0}", k8s_openapi::jiff::Timestamp::now());
+    let (result, _) = pass_at(&api, &worker, &now).await;
+    result.expect("pass");
+    assert_eq!(status(&api)["peers"][0]["state"], "Up");
+    api.take_scrapes();
+    // Nothing changed: no pass is asked for; the check only scraped the gateway.
+    assert!(!worker.tunnels_changed().await);
+    assert_eq!(api.take_scrapes(), [GATEWAY_METRICS.parse().expect("address")]);
+    assert_eq!(lines(&api.take_requests()), Vec::<String>::new(), "the check reads nothing from the API");
+
+    // The link is cut: the gateway's probes hear nothing from c1 any more.
+    api.set_metrics(GATEWAY_METRICS, Ok(probed_metrics(false)));
+    assert!(worker.tunnels_changed().await, "a peer gone silent is a change");
+    assert_eq!(lines(&api.take_requests()), Vec::<String>::new());
+    let (result, requests) = pass_at(&api, &worker, &now).await;
+    result.expect("pass");
+    assert!(lines(&requests).contains(&format!("hub PATCH {WS}/blue/status")), "{:?}", lines(&requests));
+    assert_eq!(status(&api)["peers"][0]["state"], "Down");
+    assert_eq!(status(&api)["peers"][0]["reason"], "peer silent: no packet for three probe intervals");
+    // The pass saw it: nothing more to do until it changes again.
+    assert!(!worker.tunnels_changed().await);
+    // A gateway that stops answering is a change too.
+    api.set_metrics(GATEWAY_METRICS, Err("refused".into()));
+    assert!(worker.tunnels_changed().await);
+}
+
 #[tokio::test]
 async fn unreadable_metrics_leave_the_peers_pending_with_the_reason() {
     // `running` scraped a gateway that refuses the connection (no canned answer).

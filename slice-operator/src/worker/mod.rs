@@ -14,8 +14,9 @@
 //! - [`reconcile`]: the thin shell: one pass reads everything, decides, writes;
 //! - [`run`]: watches the hub's WorkerSlices and the cluster's Nodes, Namespaces and gateway
 //!   pods, ServiceExports and Services' EndpointSlices and runs a pass after each change (and every resync), retrying failed passes with
-//!   backoff; a heartbeat on the MemberCluster's status. Tunnel states and `connectedPods` are
-//!   not watched: they are refreshed by every pass, so at least every resync. Only the replica
+//!   backoff; a heartbeat on the MemberCluster's status. Tunnel states are not watched but
+//!   checked: every `--tunnel-check-secs` the gateways of the last pass are scraped again and a
+//!   changed state runs a pass; `connectedPods` is refreshed by every pass. Only the replica
 //!   that holds the `slicenet-worker` Lease in the member cluster runs it
 //!   ([`crate::leader::run_while_leading`]).
 //!
@@ -69,6 +70,9 @@ pub struct WorkerOptions {
     pub resync: Duration,
     /// How often the MemberCluster's `status.lastHeartbeat` is written.
     pub heartbeat: Duration,
+    /// How often, between passes, the gateways' tunnel states are read again
+    /// ([`Worker::tunnels_changed`]).
+    pub tunnel_check: Duration,
     /// The election on the `slicenet-worker` Lease in the member cluster.
     pub leader_election: crate::leader::LeaderElectionArgs,
     /// Where to serve /healthz and /readyz.
@@ -197,6 +201,8 @@ async fn pass_loop(
     ]);
 
     let mut heartbeat = tokio::time::interval(options.heartbeat.max(Duration::from_secs(1)));
+    let mut tunnel_check = tokio::time::interval(options.tunnel_check.max(Duration::from_secs(1)));
+    tunnel_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The hub token is looked at when leading starts and then every few minutes; a renewal
     // is due days ahead of its expiry (`slice_api::hub_credential::decide`).
     let mut credential = tokio::time::interval(CREDENTIAL_CHECK);
@@ -225,6 +231,12 @@ async fn pass_loop(
             }
             _ = certificate.tick() => {
                 rotator.check().await?;
+            }
+            _ = tunnel_check.tick() => {
+                if worker.tunnels_changed().await {
+                    tracing::debug!("a tunnel's state changed");
+                    next_pass = tokio::time::Instant::now();
+                }
             }
             event = events.next() => match event {
                 Some(Ok(kind)) => {

@@ -243,11 +243,15 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
         arg(flag::FORWARD),
         names::DEFAULT_SLICE_INTERFACE.to_owned(),
     ];
-    // Several replicas per cluster (issue 13): the peers' replicas share their cluster's
-    // prefix, and the gateway groups them, spreading flows over the live ones.
-    if spec.gateway.replicas > 1 {
-        args.extend([arg(flag::MULTIPATH_PROBE_MS), slice_api::gateway::DEFAULT_MULTIPATH_PROBE_MS.to_string()]);
-    }
+    // The gateway probes its peers: several replicas per cluster (issue 13) share their
+    // cluster's prefix and the gateway spreads flows over the live ones, with failover within a
+    // second; with one, the probes only tell a silent peer (a cut link) within seconds.
+    let probe_ms = if spec.gateway.replicas > 1 {
+        slice_api::gateway::DEFAULT_MULTIPATH_PROBE_MS
+    } else {
+        slice_api::gateway::SINGLE_GATEWAY_PROBE_MS
+    };
+    args.extend([arg(flag::MULTIPATH_PROBE_MS), probe_ms.to_string()]);
     // The slice's DSCP class on the outer packets (IP_TOS on the gateway's socket).
     if let Some(dscp) = spec.qos.as_ref().and_then(|q| q.profile.dscp_class) {
         args.extend([arg(flag::DSCP), dscp.name().to_owned()]);
@@ -614,11 +618,14 @@ mod tests {
                 "[::]:9586",
                 "--routes",
                 "--forward",
-                "slice0"
+                "slice0",
+                "--multipath-probe-ms",
+                "1000"
             ])
         );
         assert_eq!(c["ports"][1], json!({"name": "metrics", "containerPort": 9586, "protocol": "TCP"}));
-        // With several replicas per cluster the gateway groups the peers' replicas.
+        // With several replicas per cluster the gateway groups the peers' replicas and probes
+        // faster (failover within a second).
         let mut two = s.clone();
         two.gateway.replicas = 2;
         let dep2 = gateway_deployment(&two, &GatewayDefaults::default());

@@ -45,7 +45,7 @@ use slice_api::names::{
 
 use super::decide::{self, Kind, Observed, Settings, Write};
 use super::keys::{self, KeyPair};
-use super::{objects, scrape};
+use super::{objects, scrape, tunnels};
 use crate::events::{Notice, Recorder, reason};
 use crate::leader::{Leadership, NotLeading};
 
@@ -107,6 +107,15 @@ pub fn http_metrics() -> MetricsSource {
     })
 }
 
+/// One slice's gateway as the last pass saw it: where its metrics are, its peers, and each
+/// peer's state ([`tunnels::states`]).
+#[derive(Debug, Clone)]
+struct WatchedGateway {
+    address: SocketAddr,
+    peers: Vec<slice_api::crd::WorkerPeer>,
+    states: Vec<(String, String, String)>,
+}
+
 /// The worker's clients and settings.
 pub struct Worker {
     hub: Client,
@@ -117,6 +126,9 @@ pub struct Worker {
     /// When this process last wrote each WorkerSlice's status (the churn rule of
     /// [`decide::decide_status`]).
     status_written: Mutex<BTreeMap<String, Timestamp>>,
+    /// The gateways the last pass scraped, with the tunnel states it saw: what
+    /// [`Worker::tunnels_changed`] scrapes again between passes.
+    tunnel_watch: Mutex<Vec<WatchedGateway>>,
     recorder: Recorder,
     leadership: Leadership,
 }
@@ -201,6 +213,7 @@ impl Worker {
             new_key: Mutex::new(new_key),
             metrics: http_metrics(),
             status_written: Mutex::new(BTreeMap::new()),
+            tunnel_watch: Mutex::new(Vec::new()),
             recorder: Recorder::new(EVENT_CONTROLLER, crate::leader::hostname()),
             leadership: Leadership::unconditional(),
         }
@@ -225,6 +238,44 @@ impl Worker {
     pub fn with_metrics_source(mut self, source: MetricsSource) -> Self {
         self.metrics = source;
         self
+    }
+
+    /// Keeps the gateways just scraped, with their tunnels' states, for
+    /// [`Worker::tunnels_changed`].
+    fn watch_tunnels(
+        &self,
+        worker_slices: &[WorkerSlice],
+        targets: &[(String, Option<SocketAddr>)],
+        scraped: &BTreeMap<String, Result<String, String>>,
+    ) {
+        let now = Timestamp::now();
+        let watched = targets
+            .iter()
+            .filter_map(|(slice, address)| {
+                let ws = worker_slices.iter().find(|ws| &ws.spec.slice == slice)?;
+                let text = scraped.get(slice)?;
+                Some(WatchedGateway {
+                    address: (*address)?,
+                    peers: ws.spec.peers.clone(),
+                    states: tunnels::states(&ws.spec.peers, text.as_deref().map_err(String::as_str), now),
+                })
+            })
+            .collect();
+        *self.tunnel_watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = watched;
+    }
+
+    /// Scrapes the gateways of the last pass again and says whether a tunnel's state or reason
+    /// changed since (the worker then runs a pass at once). Only HTTP to the gateway pods, no
+    /// API request: cheap enough every few seconds, so a cut link shows in the WorkerSlice
+    /// status within seconds, not at the next resync.
+    pub async fn tunnels_changed(&self) -> bool {
+        let watched = self.tunnel_watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let now = Timestamp::now();
+        let checks = watched.into_iter().map(|w| async move {
+            let text = (self.metrics)(w.address).await;
+            tunnels::states(&w.peers, text.as_deref().map_err(String::as_str), now) != w.states
+        });
+        futures::future::join_all(checks).await.into_iter().any(|changed| changed)
     }
 
     /// Reads everything a pass decides from.
@@ -281,16 +332,17 @@ impl Worker {
             }
             Err(e) => return Err(read("NetworkAttachmentDefinitions")(e)),
         };
-        let scrapes = decide::gateways_to_scrape(&worker_slices, cluster, &pods.items).into_iter().map(
-            |(slice, address)| async move {
-                let text = match address {
-                    Some(addr) => (self.metrics)(addr).await,
-                    None => Err("no running gateway pod with an IP".to_owned()),
-                };
-                (slice, text)
-            },
-        );
-        let gateway_metrics = futures::future::join_all(scrapes).await.into_iter().collect();
+        let targets = decide::gateways_to_scrape(&worker_slices, cluster, &pods.items);
+        let scrapes = targets.iter().cloned().map(|(slice, address)| async move {
+            let text = match address {
+                Some(addr) => (self.metrics)(addr).await,
+                None => Err("no running gateway pod with an IP".to_owned()),
+            };
+            (slice, text)
+        });
+        let gateway_metrics: BTreeMap<String, Result<String, String>> =
+            futures::future::join_all(scrapes).await.into_iter().collect();
+        self.watch_tunnels(&worker_slices, &targets, &gateway_metrics);
         // Multi-cluster services: every ServiceExport (the MCS CRDs may be missing: none), the
         // Services and EndpointSlices of the namespaces that export, what the worker imported,
         // the slice-dns Service and the cluster's Corefiles.

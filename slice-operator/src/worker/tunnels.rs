@@ -16,7 +16,12 @@
 //! | `Pending` | `gateway has not loaded the peer's key yet` | the metrics do not list the key (the pod still runs an older configuration) |
 //! | `Down` | `no handshake yet` | the handshake time is 0 |
 //! | `Down` | `no handshake for N s` | the last handshake is more than [`HANDSHAKE_STALE_AFTER_SECS`] old |
+//! | `Down` | [`SILENT`] | the gateway probes its peers (`--multipath-probe-ms`) and this one sent nothing for three probe intervals |
 //! | `Up` | (none) | otherwise |
+//!
+//! The probe rule is what makes a cut link show within seconds: the handshake rule alone waits
+//! for WireGuard to give up on the session (180 s). The probes are keepalives each way, so it
+//! needs the peer's gateway to probe too (every gateway the worker runs does).
 //!
 //! `lastHandshake` (RFC 3339, to the second) is set whenever there was a handshake.
 //!
@@ -56,6 +61,9 @@ pub const GATEWAY_NOT_RUNNING: &str = "gateway not running";
 pub const NOT_LOADED: &str = "gateway has not loaded the peer's key yet";
 /// Reason of a peer that never completed a handshake.
 pub const NO_HANDSHAKE_YET: &str = "no handshake yet";
+/// Reason of a peer that the gateway probes and that has sent nothing (not even a keepalive)
+/// for three probe intervals: the link is cut, UDP is blocked, or the peer's gateway is gone.
+pub const SILENT: &str = "peer silent: no packet for three probe intervals";
 /// Prefix of the reason of a peer whose last handshake is too old: `no handshake for N s`.
 const STALE_PREFIX: &str = "no handshake for ";
 
@@ -89,10 +97,12 @@ pub enum MetricsError {
 }
 
 /// What the gateway's metrics say of one peer: its last handshake (`None`: it never completed
-/// one) and the tunnel's figures.
+/// one), whether it spoke within three probe intervals (`None`: the gateway does not probe) and
+/// the tunnel's figures.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerReading {
     pub last_handshake: Option<Timestamp>,
+    pub live: Option<bool>,
     pub health: TunnelHealth,
 }
 
@@ -108,22 +118,25 @@ enum Figure {
     TxPackets,
     RttSeconds,
     LossRatio,
+    Live,
 }
 
-const FIGURES: [(&str, Figure); 6] = [
+const FIGURES: [(&str, Figure); 7] = [
     (metric::PEER_RX_BYTES, Figure::RxBytes),
     (metric::PEER_TX_BYTES, Figure::TxBytes),
     (metric::PEER_RX_PACKETS, Figure::RxPackets),
     (metric::PEER_TX_PACKETS, Figure::TxPackets),
     (metric::PEER_HANDSHAKE_RTT_SECONDS, Figure::RttSeconds),
     (metric::PEER_RX_LOSS_RATIO, Figure::LossRatio),
+    (metric::PEER_LIVE, Figure::Live),
 ];
 
 impl Figure {
-    /// Sets this figure of `h` from a sample value (finite, not negative).
-    fn set(self, h: &mut TunnelHealth, value: f64) {
+    /// Sets this figure of `r` from a sample value (finite, not negative).
+    fn set(self, r: &mut PeerReading, value: f64) {
         // `as` saturates, and the values are checked finite and not negative.
         let count = value.round() as u64;
+        let h = &mut r.health;
         match self {
             Self::RxBytes => h.rx_bytes = count,
             Self::TxBytes => h.tx_bytes = count,
@@ -131,6 +144,7 @@ impl Figure {
             Self::TxPackets => h.tx_packets = count,
             Self::RttSeconds => h.rtt_millis = Some((value * 1000.0).round() as u32),
             Self::LossRatio => h.rx_loss_permille = (value.min(1.0) * 1000.0).round() as u32,
+            Self::Live => r.live = Some(count > 0),
         }
     }
 }
@@ -199,7 +213,7 @@ pub fn parse_peers(text: &str) -> Result<PeerReadings, MetricsError> {
     }
     for (key, figure, value) in figures {
         if let Some(reading) = out.get_mut(&key) {
-            figure.set(&mut reading.health, value);
+            figure.set(reading, value);
         }
     }
     Ok(out)
@@ -283,6 +297,8 @@ pub fn peer_statuses(
                     let age = (now.as_second() - at.as_second()).max(0);
                     if age > HANDSHAKE_STALE_AFTER_SECS {
                         status(TunnelState::Down, format!("{STALE_PREFIX}{age} s"), Some(at))
+                    } else if reading.live == Some(false) {
+                        status(TunnelState::Down, SILENT.to_owned(), Some(at))
                     } else {
                         status(TunnelState::Up, String::new(), Some(at))
                     }
@@ -290,6 +306,27 @@ pub fn peer_statuses(
             };
             out.health = Some(reading.health.clone());
             out
+        })
+        .collect()
+}
+
+/// Each peer's cluster, state and [`stable_reason`] from one scrape of the gateway (`Err`: why
+/// it could not be read): what the worker's tunnel check compares between two scrapes, so that
+/// only a change of state or reason (not the clock, not the traffic) starts a pass.
+#[must_use]
+pub fn states(peers: &[WorkerPeer], scrape: Result<&str, &str>, now: Timestamp) -> Vec<(String, String, String)> {
+    let readings = scrape.and_then(|text| parse_peers(text).map_err(|_| "unreadable"));
+    peer_statuses(peers, readings.as_ref().map_err(|e| *e), now)
+        .into_iter()
+        .map(|p| {
+            // A read error's text (a port, an errno) may differ between scrapes: only that
+            // there was one counts.
+            let reason = if p.reason.starts_with(GATEWAY_NOT_RUNNING) {
+                GATEWAY_NOT_RUNNING.to_owned()
+            } else {
+                stable_reason(&p.reason)
+            };
+            (p.cluster, p.state, reason)
         })
         .collect()
 }
@@ -378,6 +415,64 @@ mod tests {
         assert_eq!(h[B].last_handshake, None);
         // A gateway without peers still announces the family.
         assert_eq!(parse_peers(&gateway_text(&[])).unwrap(), PeerReadings::new());
+    }
+
+    #[test]
+    fn a_probed_peer_silent_for_three_intervals_is_down_even_with_a_fresh_handshake() {
+        let now = ts("2026-11-23T20:00:00Z");
+        let fresh = now.as_second() as f64 - 5.0;
+        let probed = |live: [bool; 2], at: f64| {
+            render(&Sample {
+                interface: "sg-blue".into(),
+                peers: [(A, live[0]), (B, live[1])]
+                    .iter()
+                    .map(|(k, l)| PeerSample {
+                        public_key: (*k).into(),
+                        last_handshake: at,
+                        live: Some(*l),
+                        ..PeerSample::default()
+                    })
+                    .collect(),
+                ..Sample::default()
+            })
+        };
+        let peers = [peer("c1", Some(A)), peer("c2", Some(B))];
+        let r = parse_peers(&probed([true, false], fresh)).unwrap();
+        assert_eq!((r[A].live, r[B].live), (Some(true), Some(false)));
+        let got: Vec<(String, String)> =
+            peer_statuses(&peers, Ok(&r), now).into_iter().map(|p| (p.state, p.reason)).collect();
+        assert_eq!(got, [("Up".to_owned(), String::new()), ("Down".to_owned(), SILENT.to_owned())]);
+        // The reason does not change with the clock: an Event's note can carry it as it is.
+        assert_eq!(stable_reason(SILENT), SILENT);
+        // A gateway that does not probe says nothing of liveness: the handshake rule alone.
+        let unprobed = parse_peers(&gateway_text(&[(A, fresh)])).unwrap();
+        assert_eq!(unprobed[A].live, None);
+        assert_eq!(peer_statuses(&peers[..1], Ok(&unprobed), now)[0].state, "Up");
+        // A stale handshake keeps its own reason, silent or not.
+        let old = now.as_second() as f64 - 600.0;
+        let stale = peer_statuses(&peers[..1], Ok(&parse_peers(&probed([false, false], old)).unwrap()), now);
+        assert!(stale[0].reason.starts_with(STALE_PREFIX), "{stale:?}");
+    }
+
+    #[test]
+    fn states_change_with_a_state_or_reason_only() {
+        let now = ts("2026-11-23T20:00:00Z");
+        let n = now.as_second() as f64;
+        let peers = [peer("c1", Some(A))];
+        let up = states(&peers, Ok(&gateway_text(&[(A, n - 5.0)])), now);
+        assert_eq!(up, [("c1".to_owned(), "Up".to_owned(), String::new())]);
+        // Another handshake, other traffic, a later clock: the same.
+        let later = ts("2026-11-23T20:01:00Z");
+        assert_eq!(states(&peers, Ok(&gateway_text(&[(A, n + 50.0)])), later), up);
+        // The age of a stale handshake does not count; the state does.
+        let stale = states(&peers, Ok(&gateway_text(&[(A, n - 400.0)])), now);
+        assert_eq!(stale[0].1, "Down");
+        assert_eq!(stale, states(&peers, Ok(&gateway_text(&[(A, n - 500.0)])), now));
+        // Any read error is one state, whatever its text.
+        let refused = states(&peers, Err("connecting to 10.1.2.3:9586: refused"), now);
+        assert_eq!(refused, states(&peers, Err("10.1.2.4:9586 did not answer within 2s"), now));
+        assert_eq!(refused[0].1, "Pending");
+        assert_ne!(states(&peers, Ok("garbage"), now), up);
     }
 
     #[test]
