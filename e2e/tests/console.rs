@@ -140,6 +140,10 @@ fn the_console_shows_the_lab_and_follows_a_cut_link_without_a_reload() {
         })
         .expect("cluster page");
     assert!(ok, "cluster page with its gateway: {v}");
+    // The worker's heartbeat carries its version; the page shows it.
+    let versions = browser.eval("return document.querySelector('#cluster-versions').textContent;").expect("versions");
+    let want = format!("slicenet worker {}", env!("CARGO_PKG_VERSION"));
+    assert!(versions.as_str().is_some_and(|t| t.starts_with(&want)), "{versions}");
     browser.screenshot(&shots.join("cluster-c1.png")).expect("screenshot");
 
     // Back to the overview; a mark in the page tells a reload apart.

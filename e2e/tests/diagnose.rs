@@ -1,7 +1,10 @@
 //! `slicectl diagnose` in the full lab (issue 16): three clusters (c3 behind NAT) with one slice;
 //! healthy, the report has no failure; then each fault, injected in turn and removed, is named by
 //! its check at the right place: a blocked UDP port on c2's edge, a small MTU on c2's WAN link,
-//! a stopped node agent on c1, c1's gateway holding a wrong key for c2. Namespaces `hdia-*`.
+//! a stopped node agent on c1, c1's gateway holding a wrong key for c2, c1's slice-dns hung
+//! (SIGSTOP), a CNI configuration on c2's node that sorts before the chained one. The healthy
+//! report also shows one worker version and no clock skew (the heartbeats carry both).
+//! Namespaces `hdia-*`.
 //! Needs root and the binaries; fails (does not skip) without them.
 
 use e2e::Lab;
@@ -10,8 +13,15 @@ use slice_api::diagnose::{Report, check};
 
 const PREFIX: &str = "hdia";
 /// The checks that look at the machines; each fault must trip exactly its own.
-const LAB_CHECKS: [&str; 5] =
-    [check::NODE_AGENT, check::GATEWAY_RUNNING, check::GATEWAY_PEER_KEY, check::UDP_REACHABLE, check::PATH_MTU];
+const LAB_CHECKS: [&str; 7] = [
+    check::NODE_AGENT,
+    check::GATEWAY_RUNNING,
+    check::GATEWAY_PEER_KEY,
+    check::UDP_REACHABLE,
+    check::PATH_MTU,
+    check::CNI_CHAINED,
+    check::DNS,
+];
 
 const MANIFEST: &str = r#"
 apiVersion: slicenet.io/v1alpha1
@@ -71,11 +81,21 @@ fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
     let mut lab = Lab::new(PREFIX).expect("lab (needs root; build the bins first)");
     let mut cp = ControlPlane::new();
     cp.apply(&mut lab, &parse_manifest(MANIFEST).expect("manifest")).expect("apply");
+    // c1 runs its DNS (slice-dns, a resolver per node) as its first multi-cluster service would
+    // start it; the worker's stanza sends the zone to slice-dns.
+    cp.start_dns(&lab, "c1").expect("c1's DNS");
+    cp.reconcile(&lab).expect("the stanza");
 
     // Healthy: no failure at all, every check ran.
     let healthy = cp.diagnose_report(&lab);
     assert!(!healthy.failed(), "{}\n{}", healthy.render(), cp.diagnose(&lab));
-    assert_eq!(healthy.checks.len(), 11, "{:?}", healthy.checks);
+    assert_eq!(healthy.checks.len(), 15, "{:?}", healthy.checks);
+    assert_eq!(
+        healthy.of(check::VERSIONS).count() + healthy.of(check::CLOCK_SKEW).count(),
+        0,
+        "one version, one clock: {}",
+        healthy.render()
+    );
     let c2_endpoint =
         cp.worker("blue", "c2").and_then(|w| w.status.as_ref()?.gateway_endpoint.clone()).expect("c2 endpoint");
     let port = c2_endpoint.rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
@@ -161,6 +181,51 @@ fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
     let f = r.of(check::GATEWAY_PEER_KEY).next().expect("finding");
     assert!(f.problem.contains(c2_key.trim()) && f.problem.contains(&bogus_pub), "{}", f.problem);
 
+    // 5. c1's slice-dns hangs (stopped, not gone): slice-dns and the resolvers that forward to
+    // it are named, in c1 only.
+    let pid = cp.dns_server_pid("c1").expect("slice-dns runs");
+    let stopped = Stopped::new(pid);
+    let r = cp.diagnose_report(&lab);
+    drop(stopped);
+    let dns: Vec<(String, String)> =
+        lab_faults(&r).into_iter().filter(|(c, _)| c == check::DNS).collect();
+    let server = cp.dns_server("c1").expect("address");
+    assert!(dns.contains(&(check::DNS.to_owned(), format!("cluster c1: slice-dns at {server}"))), "{}", r.render());
+    assert!(dns.iter().all(|(_, place)| place.starts_with("cluster c1: ")), "{}", r.render());
+    let f = r.of(check::DNS).next().expect("finding");
+    assert!(f.problem.ends_with("got no answer within 4 s"), "{}", f.problem);
+
+    // 6. A configuration that sorts before the chained one on c2/n1: containerd would use it,
+    // and its pods would get no slice interface.
+    let node = lab.node("c2", "n1");
+    let other = node.cni_conf_dir().join("05-other.conflist");
+    let plain = r#"{"cniVersion": "1.0.0", "name": "other", "plugins": [{"type": "bridge", "bridge": "other0"}]}"#;
+    std::fs::write(&other, plain).expect("write the configuration");
+    let r = cp.diagnose_report(&lab);
+    std::fs::remove_file(&other).expect("remove it");
+    let cni: Vec<(String, String)> =
+        lab_faults(&r).into_iter().filter(|(c, _)| c == check::CNI_CHAINED).collect();
+    assert_eq!(cni, [(check::CNI_CHAINED.to_owned(), "node c2/n1".to_owned())], "{}", r.render());
+    assert!(r.of(check::CNI_CHAINED).next().expect("finding").problem.starts_with("05-other.conflist"));
+
     cp.delete_all(&mut lab).expect("delete");
     lab.teardown().expect("teardown");
+}
+
+/// A process of the test's own stopped with SIGSTOP until dropped (SIGCONT), however the test
+/// ends.
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
 }

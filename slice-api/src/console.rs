@@ -35,6 +35,10 @@ pub struct ClusterCard {
     pub gateway_addresses: Vec<String>,
     pub pod_cidrs: Vec<String>,
     pub uplink_kbps: Option<u64>,
+    /// The slicenet version its worker runs, and its clock against the hub API server's
+    /// (seconds, positive: ahead), as its heartbeat reports them.
+    pub worker_version: Option<String>,
+    pub clock_offset_seconds: Option<i64>,
     /// One per slice the cluster is in.
     pub gateways: Vec<GatewayCard>,
 }
@@ -55,6 +59,12 @@ pub struct GatewayCard {
     pub nodes: Vec<String>,
     /// Exported services (`namespace/name`).
     pub exports: Vec<String>,
+    /// The MultiNetworkPolicies of the slice in this cluster: the `PoliciesAccepted`
+    /// condition's message (how many compile, or which were refused and why); empty when the
+    /// worker has not reported one.
+    pub policies: String,
+    /// `PoliciesAccepted` is not `False`.
+    pub policies_ok: bool,
 }
 
 /// One slice.
@@ -125,6 +135,8 @@ impl Model {
                 connected_pods: st.connected_pods,
                 nodes: st.nodes.iter().map(|n| format!("{}={}", n.node, n.prefix)).collect(),
                 exports: st.exports.iter().map(|e| format!("{}/{}", e.namespace, e.name)).collect(),
+                policies: condition(&st.conditions, "PoliciesAccepted").map(|c| c.message.clone()).unwrap_or_default(),
+                policies_ok: condition(&st.conditions, "PoliciesAccepted").is_none_or(|c| c.status != "False"),
             });
             for peer in &w.spec.peers {
                 let reported = st.peers.iter().find(|p| p.cluster == peer.cluster);
@@ -157,6 +169,8 @@ impl Model {
                     gateway_addresses: st.gateway_addresses,
                     pod_cidrs: c.spec.pod_cidrs.clone(),
                     uplink_kbps: c.spec.uplink_kbps,
+                    worker_version: st.worker_version,
+                    clock_offset_seconds: st.clock_offset_seconds,
                     gateways: gateways.remove(&c.name_any()).unwrap_or_default(),
                 }
             })

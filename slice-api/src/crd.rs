@@ -395,6 +395,17 @@ pub struct MemberClusterStatus {
     /// RFC 3339 time of the worker's last heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<String>,
+    /// The slicenet version the cluster's worker runs (written with each heartbeat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_version: Option<String>,
+    /// The worker's clock minus the hub API server's, in whole seconds, as the worker measured
+    /// it on its previous heartbeat (against the time the API server stamped on that write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_seconds: Option<i64>,
+    /// The optional CRDs the worker found missing in its cluster (`plural.group`): the
+    /// features that need them are off there (multi-cluster services, MultiNetworkPolicies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_crds: Vec<String>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }

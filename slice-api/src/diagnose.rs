@@ -44,6 +44,50 @@ pub mod check {
     pub const UDP_REACHABLE: &str = "udp-reachable";
     /// The largest packet that passes between two gateways fits the tunnel's packets.
     pub const PATH_MTU: &str = "path-mtu";
+    /// The CNI configuration the runtime uses on each node chains slice-cni.
+    pub const CNI_CHAINED: &str = "cni-chained";
+    /// Each cluster's slice-dns answers, and the cluster's resolver forwards the slice zones to it.
+    pub const DNS: &str = "dns";
+    /// Every member cluster's worker runs the same slicenet version.
+    pub const VERSIONS: &str = "versions";
+    /// No member cluster's clock is far from its hub API server's.
+    pub const CLOCK_SKEW: &str = "clock-skew";
+    /// Every member cluster has the optional CRDs slicenet's features use.
+    pub const CRDS: &str = "crds";
+}
+
+/// A worker clock further than this (seconds) from the hub API server's is worth a warning:
+/// tokens and certificates are checked against it, and the heartbeat ages are read with it.
+/// The measure is to the second (the API server stamps `managedFields` to the second), so a
+/// smaller bound would report rounding.
+pub const CLOCK_SKEW_WARN_SECS: i64 = 5;
+
+/// Why the CNI configuration a node's container runtime uses does not chain slice-cni, if it
+/// does not: `files` are the node's CNI configuration directory's files (name, content),
+/// `plugin_installed` whether the slice-cni binary is in its CNI bin directory. The runtime
+/// uses the first `.conflist`/`.conf`/`.json` file by name (containerd and CRI-O both do), so
+/// a chain in any later file does nothing.
+#[must_use]
+pub fn cni_chain_problem(files: &[(String, String)], plugin_installed: bool) -> Option<String> {
+    let mut configs: Vec<&(String, String)> = files
+        .iter()
+        .filter(|(name, _)| [".conflist", ".conf", ".json"].iter().any(|ext| name.ends_with(ext)))
+        .collect();
+    configs.sort_by(|a, b| a.0.cmp(&b.0));
+    let Some((name, text)) = configs.first() else {
+        return Some("the node has no CNI configuration".to_owned());
+    };
+    let chained = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) => v["plugins"].as_array().is_some_and(|p| p.iter().any(|e| e["type"] == "slice-cni")),
+        Err(e) => return Some(format!("{name}, the configuration the runtime uses, is not valid JSON: {e}")),
+    };
+    if !chained {
+        return Some(format!("{name}, the configuration the runtime uses, does not chain slice-cni"));
+    }
+    if !plugin_installed {
+        return Some(format!("{name} chains slice-cni but the slice-cni binary is not in the CNI bin directory"));
+    }
+    None
 }
 
 /// A tunnel receiving more loss than this (thousandths) is worth a warning.
@@ -181,6 +225,49 @@ pub fn hub_findings(view: &HubView) -> Report {
             ));
         }
     }
+    findings.extend(version_findings(view));
+    for c in &view.clusters {
+        let Some(st) = c.status.as_ref().filter(|s| !s.missing_crds.is_empty()) else { continue };
+        let mcs = st.missing_crds.iter().any(|m| m.ends_with(crate::mcs::GROUP));
+        let mnp = st.missing_crds.iter().any(|m| m.ends_with(crate::policy::API_GROUP));
+        let off: Vec<&str> = [(mcs, "multi-cluster services"), (mnp, "MultiNetworkPolicies")]
+            .iter()
+            .filter_map(|(on, what)| on.then_some(*what))
+            .collect();
+        findings.push(Finding {
+            check: check::CRDS.into(),
+            severity: Severity::Warn,
+            place: format!("cluster {}", c.name_any()),
+            problem: format!(
+                "the cluster lacks {}{}",
+                st.missing_crds.join(", "),
+                if off.is_empty() { String::new() } else { format!(": {} are off there", off.join(" and ")) }
+            ),
+            fix: format!(
+                "install them in {}: slicectl install mcs-crds | kubectl apply -f - for the MCS API; the CRD of \
+                 k8s-network-plumbing-wg/multi-networkpolicy for MultiNetworkPolicies",
+                c.name_any()
+            ),
+        });
+    }
+    for c in &view.clusters {
+        let Some(offset) = c.status.as_ref().and_then(|s| s.clock_offset_seconds) else { continue };
+        if offset.abs() > CLOCK_SKEW_WARN_SECS {
+            findings.push(Finding {
+                check: check::CLOCK_SKEW.into(),
+                severity: Severity::Warn,
+                place: format!("cluster {}", c.name_any()),
+                problem: format!(
+                    "the worker's clock is {} s {} the hub API server's",
+                    offset.abs(),
+                    if offset > 0 { "ahead of" } else { "behind" }
+                ),
+                fix: "synchronise the clocks of that cluster's nodes and the hub's (NTP: chrony or systemd-timesyncd); \
+                      tokens, certificates and heartbeat ages are read against them"
+                    .into(),
+            });
+        }
+    }
     for w in &view.workers {
         let place = format!("slice {} in cluster {}", w.spec.slice, w.spec.cluster);
         let Some(st) = &w.status else {
@@ -241,12 +328,49 @@ pub fn hub_findings(view: &HubView) -> Report {
     let checks = [
         check::CLUSTER_REGISTERED,
         check::CLUSTER_HEARTBEAT,
+        check::VERSIONS,
+        check::CLOCK_SKEW,
+        check::CRDS,
         check::WORKER_STATUS,
         check::TUNNEL,
         check::TUNNEL_LOSS,
         check::PREFIX_OVERLAP,
     ];
     Report { checks: checks.iter().map(|c| (*c).to_owned()).collect(), findings }
+}
+
+/// The clusters whose worker runs another version than the most common one (ties: the
+/// highest by semantic version), as warnings: mixed versions during an upgrade work, but
+/// for no longer than the upgrade.
+fn version_findings(view: &HubView) -> Vec<Finding> {
+    let versions: Vec<(String, &str)> = view
+        .clusters
+        .iter()
+        .filter_map(|c| Some((c.name_any(), c.status.as_ref()?.worker_version.as_deref()?)))
+        .collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, v) in &versions {
+        *counts.entry(v).or_default() += 1;
+    }
+    let numeric = |v: &str| -> Vec<u64> { v.split(['.', '-', '+']).map(|p| p.parse().unwrap_or(0)).collect() };
+    let Some(common) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| numeric(a.0).cmp(&numeric(b.0)))).map(|(v, _)| *v)
+    else {
+        return Vec::new();
+    };
+    versions
+        .iter()
+        .filter(|(_, v)| *v != common)
+        .map(|(cluster, v)| Finding {
+            check: check::VERSIONS.into(),
+            severity: Severity::Warn,
+            place: format!("cluster {cluster}"),
+            problem: format!("its worker runs slicenet {v}, the other clusters {common}"),
+            fix: format!(
+                "finish the upgrade: install slicenet {common} (or the newer of the two everywhere) in cluster {cluster} \
+                 (slicectl install prints its manifests)"
+            ),
+        })
+        .collect()
 }
 
 /// The fix for a tunnel that is not up, by the worker's reason.
@@ -282,14 +406,44 @@ pub struct Observed {
     pub gateways: Vec<GatewaySeen>,
     pub probes: Vec<UdpProbe>,
     pub paths: Vec<PathMtu>,
+    /// Each cluster's DNS, where it runs (clusters without multi-cluster services run none).
+    #[serde(default)]
+    pub dns: Vec<DnsSeen>,
 }
 
-/// One node's agent.
+/// One node's agent, and the node's CNI chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentSeen {
     pub cluster: String,
     pub node: String,
     pub running: bool,
+    /// Why the node's CNI configuration does not chain slice-cni ([`cni_chain_problem`]);
+    /// `None` when it does or when the cluster uses Multus (no chain then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_problem: Option<String>,
+}
+
+/// One DNS server of a cluster, asked for the zone's `dns-version` record (TXT, which the MCS
+/// DNS specification has every implementation serve).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsSeen {
+    pub cluster: String,
+    /// `slice-dns` itself, or the resolver of a node (which must forward the zone to it).
+    pub server: DnsServer,
+    /// The address asked.
+    pub address: String,
+    /// What went wrong: no answer, the answer's response code, or an answer without the
+    /// record; `None` when it answered with it.
+    pub problem: Option<String>,
+}
+
+/// Which DNS server a [`DnsSeen`] asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DnsServer {
+    SliceDns,
+    /// The cluster's resolver as a pod on this node reaches it.
+    NodeResolver { node: String },
 }
 
 /// One slice's gateway in one cluster.
@@ -419,10 +573,52 @@ pub fn lab_findings(view: &HubView, seen: &Observed) -> Report {
             ));
         }
     }
+    for a in &seen.agents {
+        if let Some(problem) = &a.cni_problem {
+            f.push(Finding::fail(
+                check::CNI_CHAINED,
+                format!("node {}/{}", a.cluster, a.node),
+                format!("{problem}: pods started on this node get no slice interface"),
+                "the node agent's init container (slicectl cni-install) chains slice-cni after the primary CNI as \
+                 00-slicenet.conflist: delete the node agent pod on that node so that it runs again, and check that \
+                 no other configuration sorts before it",
+            ));
+        }
+    }
+    for d in &seen.dns {
+        let Some(problem) = &d.problem else { continue };
+        let (place, fix) = match &d.server {
+            DnsServer::SliceDns => (
+                format!("cluster {}: slice-dns at {}", d.cluster, d.address),
+                "kubectl -n slicenet-system get pods -l app.kubernetes.io/name=slice-dns; its log says why it does not answer"
+                    .to_owned(),
+            ),
+            DnsServer::NodeResolver { node } => (
+                format!("cluster {}: the resolver of node {node} at {}", d.cluster, d.address),
+                "the worker adds a slicenet stanza for clusterset.local and slice.local to kube-system/coredns: check \
+                 that it is there and that CoreDNS reloaded it (its reload plugin), and that slice-dns answers"
+                    .to_owned(),
+            ),
+        };
+        f.push(Finding::fail(
+            check::DNS,
+            place,
+            format!("a TXT query for dns-version.{} got {problem}", crate::mcs::CLUSTERSET_ZONE),
+            fix,
+        ));
+    }
     report.checks.extend(
-        [check::NODE_AGENT, check::GATEWAY_RUNNING, check::GATEWAY_PEER_KEY, check::UDP_REACHABLE, check::PATH_MTU]
-            .iter()
-            .map(|c| (*c).to_owned()),
+        [
+            check::NODE_AGENT,
+            check::GATEWAY_RUNNING,
+            check::GATEWAY_PEER_KEY,
+            check::UDP_REACHABLE,
+            check::PATH_MTU,
+            check::CNI_CHAINED,
+            check::DNS,
+        ]
+        .iter()
+        .map(|c| (*c).to_owned()),
     );
     report
 }
@@ -484,6 +680,68 @@ mod tests {
         assert_eq!(o[0].problem, "sliceSubnet 10.80.0.0/16 overlaps 10.80.128.0/17");
     }
 
+    #[test]
+    fn mixed_versions_and_a_skewed_clock_are_warnings() {
+        let mut v = view();
+        let set = |v: &mut HubView, i: usize, version: &str, offset: Option<i64>| {
+            let st = v.clusters[i].status.get_or_insert_with(Default::default);
+            st.worker_version = Some(version.into());
+            st.clock_offset_seconds = offset;
+        };
+        for i in 0..v.clusters.len() {
+            set(&mut v, i, "0.4.0", Some(0));
+        }
+        let base = hub_findings(&v);
+        assert_eq!((base.of(check::VERSIONS).count(), base.of(check::CLOCK_SKEW).count()), (0, 0));
+        assert!(base.checks.iter().any(|c| c == check::VERSIONS) && base.checks.iter().any(|c| c == check::CLOCK_SKEW));
+        let last = v.clusters.len() - 1;
+        set(&mut v, last, "0.3.9", Some(-40));
+        set(&mut v, 0, "0.4.0", Some(CLOCK_SKEW_WARN_SECS));
+        let r = hub_findings(&v);
+        let versions: Vec<&Finding> = r.of(check::VERSIONS).collect();
+        assert_eq!(versions.len(), 1, "{:?}", r.findings);
+        let name = v.clusters[last].name_any();
+        assert_eq!(versions[0].place, format!("cluster {name}"));
+        assert_eq!(versions[0].problem, "its worker runs slicenet 0.3.9, the other clusters 0.4.0");
+        assert_eq!(versions[0].severity, Severity::Warn);
+        let skew: Vec<&Finding> = r.of(check::CLOCK_SKEW).collect();
+        assert_eq!(skew.len(), 1, "at the bound is not skewed: {:?}", r.findings);
+        assert_eq!(skew[0].problem, "the worker's clock is 40 s behind the hub API server's");
+        // One cluster each at two versions: the newer is the reference.
+        let mut two = view();
+        two.clusters.truncate(2);
+        set(&mut two, 0, "0.10.0", None);
+        set(&mut two, 1, "0.9.1", None);
+        two.clusters[0].status.get_or_insert_with(Default::default).missing_crds =
+            vec!["serviceexports.multicluster.x-k8s.io".into(), "multi-networkpolicies.k8s.cni.cncf.io".into()];
+        let r = hub_findings(&two);
+        let crds: Vec<&Finding> = r.of(check::CRDS).collect();
+        assert_eq!(crds.len(), 1);
+        assert_eq!(
+            crds[0].problem,
+            "the cluster lacks serviceexports.multicluster.x-k8s.io, multi-networkpolicies.k8s.cni.cncf.io: \
+             multi-cluster services and MultiNetworkPolicies are off there"
+        );
+        assert_eq!(r.of(check::VERSIONS).map(|f| f.place.clone()).collect::<Vec<_>>(), [format!("cluster {}", two.clusters[1].name_any())]);
+    }
+
+    #[test]
+    fn the_cni_chain_is_read_from_the_first_configuration() {
+        let f = |files: &[(&str, &str)]| -> Vec<(String, String)> {
+            files.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect()
+        };
+        let chained = r#"{"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "bridge"}, {"type": "slice-cni"}]}"#;
+        let plain = r#"{"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "bridge"}]}"#;
+        assert_eq!(cni_chain_problem(&f(&[("00-slicenet.conflist", chained), ("10-bridge.conflist", plain)]), true), None);
+        assert_eq!(
+            cni_chain_problem(&f(&[("05-other.conflist", plain), ("10-slicenet.conflist", chained)]), true).as_deref(),
+            Some("05-other.conflist, the configuration the runtime uses, does not chain slice-cni")
+        );
+        assert!(cni_chain_problem(&f(&[("00-a.conflist", "{")]), true).unwrap().contains("is not valid JSON"));
+        assert_eq!(cni_chain_problem(&f(&[("README", "x")]), true).as_deref(), Some("the node has no CNI configuration"));
+        assert!(cni_chain_problem(&f(&[("00-slicenet.conflist", chained)]), false).unwrap().contains("binary is not"));
+    }
+
     fn healthy_lab() -> (HubView, Observed) {
         let mut v = view();
         v.workers.truncate(1);
@@ -500,7 +758,7 @@ mod tests {
             mtu: Some(1420),
         };
         let seen = Observed {
-            agents: vec![AgentSeen { cluster: "c1".into(), node: "n1".into(), running: true }],
+            agents: vec![AgentSeen { cluster: "c1".into(), node: "n1".into(), running: true, cni_problem: None }],
             gateways: vec![gw("c1", "K1", &["K2", "K3"]), gw("c2", "K2", &["K1", "K3"]), gw("c3", "K3", &["K1", "K2"])],
             probes: vec![UdpProbe {
                 slice: "blue".into(),
@@ -515,6 +773,20 @@ mod tests {
                 largest: Some(1500),
                 needed: 1480,
             }],
+            dns: vec![
+                DnsSeen {
+                    cluster: "c1".into(),
+                    server: DnsServer::SliceDns,
+                    address: "10.244.1.3:53".into(),
+                    problem: None,
+                },
+                DnsSeen {
+                    cluster: "c1".into(),
+                    server: DnsServer::NodeResolver { node: "n1".into() },
+                    address: "169.254.20.10:53".into(),
+                    problem: None,
+                },
+            ],
         };
         (v, seen)
     }
@@ -523,8 +795,15 @@ mod tests {
     fn observed_faults_are_named() {
         let (v, seen) = healthy_lab();
         let base = lab_findings(&v, &seen);
-        let lab_checks =
-            [check::NODE_AGENT, check::GATEWAY_RUNNING, check::GATEWAY_PEER_KEY, check::UDP_REACHABLE, check::PATH_MTU];
+        let lab_checks = [
+            check::NODE_AGENT,
+            check::GATEWAY_RUNNING,
+            check::GATEWAY_PEER_KEY,
+            check::UDP_REACHABLE,
+            check::PATH_MTU,
+            check::CNI_CHAINED,
+            check::DNS,
+        ];
         for c in lab_checks {
             assert_eq!(base.of(c).count(), 0, "{c}: {:?}", base.findings);
             assert!(base.checks.iter().any(|x| x == c));
@@ -536,6 +815,8 @@ mod tests {
         s.gateways[0].peer_keys = vec!["BOGUS".into(), "K3".into()];
         s.probes[0].arrived = false;
         s.paths[0].largest = Some(1400);
+        s.agents[0].cni_problem = Some("05-other.conflist, the configuration the runtime uses, does not chain slice-cni".into());
+        s.dns[1].problem = Some("REFUSED".into());
         let r = lab_findings(&v, &s);
         let one = |c: &str| {
             let v: Vec<&Finding> = r.of(c).collect();
@@ -554,6 +835,10 @@ mod tests {
             "the largest packet that passes is 1400 bytes, the tunnel needs 1480 (gateway MTU 1420 + 60)"
         );
         assert!(mtu.fix.contains("lower the gateways' MTU to 1340"), "{}", mtu.fix);
+        assert_eq!(one(check::CNI_CHAINED).place, "node c1/n1");
+        let dns = one(check::DNS);
+        assert_eq!(dns.place, "cluster c1: the resolver of node n1 at 169.254.20.10:53");
+        assert_eq!(dns.problem, "a TXT query for dns-version.clusterset.local got REFUSED");
         let mut none = seen;
         none.paths[0].largest = None;
         assert!(lab_findings(&v, &none).of(check::PATH_MTU).next().unwrap().problem.contains("no probe packet"));

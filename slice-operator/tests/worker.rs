@@ -632,7 +632,56 @@ async fn heartbeat_patches_the_member_cluster_status() {
     assert_eq!(lines(&requests), ["hub PATCH /apis/slicenet.io/v1alpha1/memberclusters/c2/status"]);
     let mc = api.get(Side::Hub, "/apis/slicenet.io/v1alpha1/memberclusters/c2").expect("MemberCluster");
     assert_eq!(mc["status"]["lastHeartbeat"], NOW);
+    assert_eq!(mc["status"]["workerVersion"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(mc["status"].get("clockOffsetSeconds"), None, "nothing measured yet");
     assert_eq!(mc["status"]["gatewayAddresses"], json!(["198.18.100.2"]), "the rest of the status stays");
+}
+
+#[tokio::test]
+async fn the_heartbeat_carries_the_clock_offset_measured_on_the_previous_one() {
+    let api = fixture();
+    // The API server stamps status writes in managedFields: here 30 s before the worker's NOW
+    // (the in-memory API keeps what it is given), so the worker's clock is 30 s ahead.
+    api.edit(Side::Hub, "/apis/slicenet.io/v1alpha1/memberclusters/c2", |mc| {
+        mc["metadata"]["managedFields"] = json!([
+            {"manager": "slice-operator", "operation": "Update", "subresource": "status", "time": "2026-11-23T19:59:30Z",
+             "apiVersion": "slicenet.io/v1alpha1", "fieldsType": "FieldsV1", "fieldsV1": {}},
+            {"manager": "kubectl", "operation": "Update", "time": "2026-11-23T21:00:00Z",
+             "apiVersion": "slicenet.io/v1alpha1", "fieldsType": "FieldsV1", "fieldsV1": {}}
+        ]);
+    });
+    let (hub, local) = api.clients();
+    let worker = Worker::new(hub, local, settings());
+    worker.heartbeat("c2", NOW).await.expect("heartbeat");
+    let path = "/apis/slicenet.io/v1alpha1/memberclusters/c2";
+    assert_eq!(api.get(Side::Hub, path).expect("MemberCluster")["status"].get("clockOffsetSeconds"), None);
+    worker.heartbeat("c2", NOW).await.expect("heartbeat");
+    assert_eq!(
+        api.get(Side::Hub, path).expect("MemberCluster")["status"]["clockOffsetSeconds"],
+        30,
+        "the spec's write (no subresource) is not the server's stamp of a status write"
+    );
+    assert_eq!(api.violations(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn the_heartbeat_names_the_crds_the_last_pass_found_missing() {
+    let api = running().await;
+    // The cluster has no MultiNetworkPolicy CRD: its list answers 404.
+    api.fail(Side::Cluster, "GET", "/apis/k8s.cni.cncf.io/v1beta1/multi-networkpolicies", 0, 404);
+    let worker = worker_on(&api);
+    let (result, _) = pass_at(&api, &worker, NOW).await;
+    result.expect("a missing optional CRD is no error");
+    worker.heartbeat("c2", NOW).await.expect("heartbeat");
+    let path = "/apis/slicenet.io/v1alpha1/memberclusters/c2";
+    let mc = api.get(Side::Hub, path).expect("MemberCluster");
+    assert_eq!(mc["status"]["missingCrds"], json!(["multi-networkpolicies.k8s.cni.cncf.io"]));
+    // Installed since: the next pass finds it and the heartbeat clears the list.
+    let (result, _) = pass_at(&api, &worker, NOW).await;
+    result.expect("pass");
+    worker.heartbeat("c2", NOW).await.expect("heartbeat");
+    assert_eq!(api.get(Side::Hub, path).expect("MemberCluster")["status"]["missingCrds"], json!([]));
+    assert_eq!(api.violations(), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -8,11 +8,15 @@
 //! | gateway running, its key, its peers' keys, its MTU | the gateway process; `wg show IFACE public-key` / `peers` over its UAPI socket; `ip link` in its pod |
 //! | UDP reaches a gateway | three datagrams that are not WireGuard messages sent from the WAN's "internet host" to the gateway's public endpoint; the gateway counts them in `slice_gateway_garbage_packets_total` |
 //! | path MTU | pings with "don't fragment" from each gateway's pod to each peer's public address: the largest IPv4 packet answered (1500 first, else a binary search from 576) |
+//! | CNI chained | the node's CNI configuration directory: the first configuration by name (the one containerd uses) chains slice-cni, and the binary is in the node's CNI bin directory (labs chaining slice-cni only) |
+//! | DNS answering | where a cluster runs its DNS: `dig dns-version.clusterset.local TXT` from the first node to slice-dns, and from every node to its resolver (which must forward the zone to slice-dns) |
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use slice_api::diagnose::{AgentSeen, GatewaySeen, Observed, PathMtu, Report, UdpProbe, WIREGUARD_OVERHEAD_V4};
+use slice_api::diagnose::{
+    AgentSeen, DnsSeen, DnsServer, GatewaySeen, Observed, PathMtu, Report, UdpProbe, WIREGUARD_OVERHEAD_V4,
+};
 use slice_api::gateway::metric::GARBAGE_PACKETS;
 
 use super::ControlPlane;
@@ -37,6 +41,38 @@ fn first_sample(text: &str, family: &str) -> Option<f64> {
     text.lines()
         .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Why the node's CNI configuration does not chain slice-cni, if it does not.
+fn cni_problem(node: &crate::Node) -> Option<String> {
+    let files: Vec<(String, String)> = std::fs::read_dir(node.cni_conf_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| Some((e.file_name().to_str()?.to_owned(), std::fs::read_to_string(e.path()).ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    slice_api::diagnose::cni_chain_problem(&files, node.cni_bin_dir().join("slice-cni").exists())
+}
+
+/// Asks `server` for the MCS DNS version record from inside `netns`: `None` when it answered
+/// with it, else what came instead.
+fn dns_problem(netns: &std::path::Path, server: std::net::IpAddr) -> Option<String> {
+    let name = format!("dns-version.{}", slice_api::mcs::CLUSTERSET_ZONE);
+    let at = format!("@{server}");
+    let argv = ["dig", "+noall", "+comments", "+answer", "+time=2", "+tries=2", at.as_str(), name.as_str(), "TXT"];
+    let out = match crate::netns::exec(netns, &argv) {
+        Ok(out) => out,
+        Err(e) => return Some(format!("no answer: dig did not run: {e:#}")),
+    };
+    let answer = super::dns::parse_dig(&String::from_utf8_lossy(&out.stdout));
+    match answer.status.as_str() {
+        "" => Some("no answer within 4 s".to_owned()),
+        "NOERROR" if answer.data.iter().any(|d| d.contains(slice_api::mcs::DNS_SPEC_VERSION)) => None,
+        "NOERROR" => Some("an answer without the version record".to_owned()),
+        code => Some(code.to_owned()),
+    }
 }
 
 /// Whether a ping of an IPv4 packet of `size` bytes with DF set gets an answer.
@@ -93,12 +129,35 @@ impl ControlPlane {
     /// endpoint, the path MTU between every gateway and each peer's public address.
     pub fn observe(&self, lab: &Lab) -> Observed {
         let mut seen = Observed::default();
+        let chained = lab.options().slice_cni;
         for cluster in lab.clusters() {
             for node in cluster.nodes() {
                 seen.agents.push(AgentSeen {
                     cluster: cluster.name().to_owned(),
                     node: node.name().to_owned(),
                     running: node.agent_pid().is_some_and(alive),
+                    cni_problem: if chained { cni_problem(node) } else { None },
+                });
+            }
+        }
+        for (cluster, kubelet) in &self.kubelets {
+            let Some(server) = kubelet.dns.server() else { continue };
+            let nodes = lab.cluster(cluster).nodes();
+            if let Some(first) = nodes.first() {
+                seen.dns.push(DnsSeen {
+                    cluster: cluster.clone(),
+                    server: DnsServer::SliceDns,
+                    address: server.to_string(),
+                    problem: dns_problem(&first.netns_path(), server.ip()),
+                });
+            }
+            for node in nodes {
+                let resolver = std::net::IpAddr::V4(crate::NODE_LOCAL_DNS);
+                seen.dns.push(DnsSeen {
+                    cluster: cluster.clone(),
+                    server: DnsServer::NodeResolver { node: node.name().to_owned() },
+                    address: std::net::SocketAddr::new(resolver, super::dns::DNS_PORT).to_string(),
+                    problem: dns_problem(&node.netns_path(), resolver),
                 });
             }
         }

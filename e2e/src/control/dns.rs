@@ -63,6 +63,11 @@ impl ClusterDns {
         Some(SocketAddr::new(pod.ipv4("eth0").ok()?.into(), DNS_PORT))
     }
 
+    /// The slice-dns process's PID, once it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(|(_, p)| p.id())
+    }
+
     /// The slice-dns log so far (empty before it runs).
     pub fn server_log(&self) -> String {
         self.server.as_ref().map(|(_, p)| p.log_text()).unwrap_or_default()

@@ -416,6 +416,23 @@ impl ControlPlane {
         Ok((netns, dns::resolv_conf(lab, namespace)?))
     }
 
+    /// Starts `cluster`'s DNS (slice-dns and the nodes' resolvers) when it does not run yet,
+    /// as its first multi-cluster service would.
+    ///
+    /// # Errors
+    /// When there is no such cluster or the DNS cannot start.
+    pub fn start_dns(&mut self, lab: &Lab, cluster: &str) -> Result<()> {
+        let kubelet = self.kubelets.get_mut(cluster).with_context(|| format!("no cluster {cluster}"))?;
+        kubelet.dns.want();
+        kubelet.dns.step(lab, &self.api, cluster, self.timeout)?;
+        Ok(())
+    }
+
+    /// The PID of `cluster`'s slice-dns process, once it runs.
+    pub fn dns_server_pid(&self, cluster: &str) -> Option<u32> {
+        self.kubelets.get(cluster)?.dns.server_pid()
+    }
+
     /// Where `cluster`'s slice-dns listens, once it runs.
     pub fn dns_server(&self, cluster: &str) -> Option<std::net::SocketAddr> {
         self.kubelets.get(cluster)?.dns.server()

@@ -81,10 +81,10 @@ function slicePage(m, name) {
   if (!s) return `<h1>Slice ${esc(name)}</h1><p>No such slice.</p>`;
   const members = m.clusters.flatMap((c) => c.gateways.filter((g) => g.slice === name).map((g) => ({ c: c.name, g })));
   const rows = members.map(({ c, g }) => `<tr data-cluster="${esc(c)}"><td><a href="#/cluster/${encodeURIComponent(c)}">${esc(c)}</a></td><td>${esc(g.clusterPrefix)}</td>` +
-    `<td class="state ${g.ready ? "Up" : "Down"}">${g.ready ? "Ready" : esc(g.reason)}</td><td>${g.connectedPods}</td><td>${esc(g.endpoint || "behind NAT")}</td><td>${esc(g.exports.join(", ") || "-")}</td></tr>`).join("");
+    `<td class="state ${g.ready ? "Up" : "Down"}">${g.ready ? "Ready" : esc(g.reason)}</td><td>${g.connectedPods}</td><td>${esc(g.endpoint || "behind NAT")}</td><td>${esc(g.exports.join(", ") || "-")}</td><td class="policies ${g.policiesOk ? "" : "bad"}">${esc(g.policies || "-")}</td></tr>`).join("");
   return `<h1 id="slice-title">Slice ${esc(s.name)}</h1><p>${esc(s.subnet)} · VNI ${esc(s.vni ?? "-")} · <span class="state ${s.ready ? "Up" : "Down"}">${s.ready ? "Ready" : esc(s.reason)}</span></p>` +
     `<p>Namespaces: ${esc(s.namespaces.join(", ") || "-")}<br>QoS: ${esc(s.qos || "none")}<br>Services: ${esc(s.services.join(", ") || "-")}</p>` +
-    topology(m, name) + `<h2>Members</h2><div class="scroll"><table id="members"><tr><th>cluster</th><th>prefix</th><th>ready</th><th>pods</th><th>gateway endpoint</th><th>exports</th></tr>${rows}</table></div>` +
+    topology(m, name) + `<h2>Members</h2><div class="scroll"><table id="members"><tr><th>cluster</th><th>prefix</th><th>ready</th><th>pods</th><th>gateway endpoint</th><th>exports</th><th>policies</th></tr>${rows}</table></div>` +
     `<h2>Tunnels</h2>${tunnelTable(m.tunnels.filter((t) => t.slice === name))}`;
 }
 
@@ -95,6 +95,7 @@ function clusterPage(m, name) {
     `<span class="state ${g.ready ? "Up" : "Down"}">${g.ready ? "Ready" : esc(g.reason)}</span><br>endpoint ${esc(g.endpoint || "behind NAT")}<br>prefix ${esc(g.clusterPrefix)}<br>` +
     `nodes: ${esc(g.nodes.join(" ") || "-")}<br>key ${esc(g.publicKey || "-")}</div>`).join("");
   return `<h1 id="cluster-title">Cluster ${esc(c.name)}</h1><p class="${c.healthy ? "ok" : "bad"}">${c.healthy ? "Healthy" : "Not healthy: " + esc(c.reason)} · last heartbeat ${esc(c.lastHeartbeat || "never")}</p>` +
+    `<p id="cluster-versions">slicenet worker ${esc(c.workerVersion || "unknown")} · clock ${c.clockOffsetSeconds == null ? "not measured" : esc(c.clockOffsetSeconds) + " s from the hub's"}</p>` +
     `<p>Gateway addresses: ${esc(c.gatewayAddresses.join(", ") || "-")}<br>Pod CIDRs: ${esc(c.podCidrs.join(", ") || "-")}<br>Uplink: ${esc(c.uplinkKbps ? c.uplinkKbps + " kbit/s" : "-")}</p>` +
     `<h2>Gateways</h2><div class="cards">${gws || "<p>No slices here.</p>"}</div><h2>Tunnels</h2>${tunnelTable(m.tunnels.filter((t) => t.from === name || t.to === name))}`;
 }

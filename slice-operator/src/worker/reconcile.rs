@@ -107,6 +107,24 @@ pub fn http_metrics() -> MetricsSource {
     })
 }
 
+/// The local clock at `sent` minus the API server's, in whole seconds, from an object the
+/// server returned for a status write sent at `sent`: the server stamps every write in
+/// `metadata.managedFields[].time` (to the second), and the latest status entry is this write
+/// (or one made after it). `None` without such a stamp (an API that keeps no managed fields).
+/// The round trip and the rounding make it exact to a second or two, no better.
+#[must_use]
+pub fn clock_offset(meta: &kube::api::ObjectMeta, sent: Timestamp) -> Option<i64> {
+    let stamped = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.subresource.as_deref() == Some("status"))
+        .filter_map(|m| m.time.as_ref())
+        .map(|t| t.0)
+        .max()?;
+    Some(sent.as_second() - stamped.as_second())
+}
+
 /// One slice's gateway as the last pass saw it: where its metrics are, its peers, and each
 /// peer's state ([`tunnels::states`]).
 #[derive(Debug, Clone)]
@@ -129,6 +147,10 @@ pub struct Worker {
     /// The gateways the last pass scraped, with the tunnel states it saw: what
     /// [`Worker::tunnels_changed`] scrapes again between passes.
     tunnel_watch: Mutex<Vec<WatchedGateway>>,
+    /// This worker's clock minus the hub API server's, from the last heartbeat ([`clock_offset`]).
+    clock_offset: Mutex<Option<i64>>,
+    /// The optional CRDs the last pass found missing in the cluster (`None` before a pass).
+    missing_crds: Mutex<Option<Vec<String>>>,
     recorder: Recorder,
     leadership: Leadership,
 }
@@ -184,6 +206,13 @@ pub async fn served_mcs_version(client: &Client) -> Result<McsVersion, kube::Err
     }
 }
 
+/// Adds `crd` to `missing` when `result` is the 404 of a cluster without that CRD.
+fn note_missing<T>(missing: &mut Vec<String>, crd: &str, result: &Result<kube::core::ObjectList<T>, kube::Error>) {
+    if matches!(result, Err(kube::Error::Api(status)) if status.code == 404) {
+        missing.push(crd.to_owned());
+    }
+}
+
 /// A list that answers 404 when the cluster lacks the kind's CRD: none.
 fn none_if_missing<T>(result: Result<kube::core::ObjectList<T>, kube::Error>) -> Result<Vec<T>, kube::Error>
 where
@@ -214,6 +243,8 @@ impl Worker {
             metrics: http_metrics(),
             status_written: Mutex::new(BTreeMap::new()),
             tunnel_watch: Mutex::new(Vec::new()),
+            clock_offset: Mutex::new(None),
+            missing_crds: Mutex::new(None),
             recorder: Recorder::new(EVENT_CONTROLLER, crate::leader::hostname()),
             leadership: Leadership::unconditional(),
         }
@@ -348,12 +379,13 @@ impl Worker {
         // the slice-dns Service and the cluster's Corefiles.
         let mcs_version =
             served_mcs_version(&self.local).await.map_err(read(&format!("the served versions of {MCS_GROUP}")))?;
-        let service_exports = none_if_missing(
-            Api::<DynamicObject>::all_with(self.local.clone(), &mcs_version.service_exports())
-                .list(&ListParams::default())
-                .await,
-        )
-        .map_err(read("ServiceExports"))?;
+        // The optional CRDs this cluster lacks (reported with the heartbeat).
+        let mut missing = Vec::new();
+        let service_exports = Api::<DynamicObject>::all_with(self.local.clone(), &mcs_version.service_exports())
+            .list(&ListParams::default())
+            .await;
+        note_missing(&mut missing, &format!("serviceexports.{MCS_GROUP}"), &service_exports);
+        let service_exports = none_if_missing(service_exports).map_err(read("ServiceExports"))?;
         // Read in any version: the fields the worker reads (metadata, status.conditions) are
         // the same in all.
         let service_exports: Vec<ServiceExport> = service_exports
@@ -379,12 +411,12 @@ impl Worker {
                 .map_err(read(&format!("EndpointSlices in {ns}")))?;
             endpoint_slices.extend(slices.items);
         }
-        let service_imports = none_if_missing(
+        let service_imports =
             Api::<DynamicObject>::all_with(self.local.clone(), &resource(Kind::ServiceImport, mcs_version))
                 .list(&managed)
-                .await,
-        )
-        .map_err(read("ServiceImports"))?;
+                .await;
+        note_missing(&mut missing, &format!("serviceimports.{MCS_GROUP}"), &service_imports);
+        let service_imports = none_if_missing(service_imports).map_err(read("ServiceImports"))?;
         let mcs_managed = ListParams::default().labels(&format!(
             "{},{}={}",
             objects::managed_selector(),
@@ -411,12 +443,13 @@ impl Worker {
         }
         // Policy: every MultiNetworkPolicy (its CRD may be missing: none); the worker's
         // NetworkPolicies of namespace isolation.
-        let multi_network_policies = none_if_missing(
-            Api::<DynamicObject>::all_with(self.local.clone(), &super::policy::mnp_resource())
-                .list(&ListParams::default())
-                .await,
-        )
-        .map_err(read("MultiNetworkPolicies"))?;
+        let multi_network_policies = Api::<DynamicObject>::all_with(self.local.clone(), &super::policy::mnp_resource())
+            .list(&ListParams::default())
+            .await;
+        let mnp = super::policy::mnp_resource();
+        note_missing(&mut missing, &format!("{}.{}", mnp.plural, mnp.group), &multi_network_policies);
+        let multi_network_policies = none_if_missing(multi_network_policies).map_err(read("MultiNetworkPolicies"))?;
+        *self.missing_crds.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(missing);
         let network_policies =
             Api::<DynamicObject>::all_with(self.local.clone(), &resource(Kind::NetworkPolicy, mcs_version))
                 .list(&managed)
@@ -566,20 +599,29 @@ impl Worker {
         self.recorder.publish(&self.local, &local, now, &self.leadership).await;
     }
 
-    /// Writes `lastHeartbeat` into the MemberCluster's status on the hub.
+    /// Writes `lastHeartbeat`, the worker's version, its clock offset (measured on the previous
+    /// heartbeat) and the optional CRDs the last pass found missing into the MemberCluster's status on the hub, then measures the offset
+    /// again from the time the API server stamped on this write.
     ///
     /// # Errors
     /// When the patch fails.
     pub async fn heartbeat(&self, cluster: &str, now: &str) -> Result<(), WorkerError> {
         self.leadership.check()?;
-        Api::<MemberCluster>::all(self.hub.clone())
-            .patch_status(
-                cluster,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": { "lastHeartbeat": now } })),
-            )
+        let offset = *self.clock_offset.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut status = json!({ "lastHeartbeat": now, "workerVersion": env!("CARGO_PKG_VERSION") });
+        if let Some(offset) = offset {
+            status["clockOffsetSeconds"] = json!(offset);
+        }
+        // A merge patch keeps a list it does not name: an empty one is written to clear it.
+        if let Some(missing) = self.missing_crds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
+            status["missingCrds"] = json!(missing);
+        }
+        let written = Api::<MemberCluster>::all(self.hub.clone())
+            .patch_status(cluster, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
             .await
             .map_err(|source| WorkerError::Write { what: format!("heartbeat on MemberCluster {cluster}"), source })?;
+        *self.clock_offset.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            now.parse().ok().and_then(|now| clock_offset(&written.metadata, now));
         Ok(())
     }
 
