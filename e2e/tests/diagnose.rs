@@ -89,11 +89,11 @@ fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
     // Healthy: no failure at all, every check ran.
     let healthy = cp.diagnose_report(&lab);
     assert!(!healthy.failed(), "{}\n{}", healthy.render(), cp.diagnose(&lab));
-    assert_eq!(healthy.checks.len(), 15, "{:?}", healthy.checks);
+    assert_eq!(healthy.checks.len(), 16, "{:?}", healthy.checks);
     assert_eq!(
-        healthy.of(check::VERSIONS).count() + healthy.of(check::CLOCK_SKEW).count(),
+        healthy.of(check::VERSIONS).count() + healthy.of(check::CLOCK_SKEW).count() + healthy.of(check::CRDS).count(),
         0,
-        "one version, one clock: {}",
+        "one version, one clock, no CRD missing: {}",
         healthy.render()
     );
     let c2_endpoint =
@@ -187,8 +187,7 @@ fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
     let stopped = Stopped::new(pid);
     let r = cp.diagnose_report(&lab);
     drop(stopped);
-    let dns: Vec<(String, String)> =
-        lab_faults(&r).into_iter().filter(|(c, _)| c == check::DNS).collect();
+    let dns: Vec<(String, String)> = lab_faults(&r).into_iter().filter(|(c, _)| c == check::DNS).collect();
     let server = cp.dns_server("c1").expect("address");
     assert!(dns.contains(&(check::DNS.to_owned(), format!("cluster c1: slice-dns at {server}"))), "{}", r.render());
     assert!(dns.iter().all(|(_, place)| place.starts_with("cluster c1: ")), "{}", r.render());
@@ -203,8 +202,7 @@ fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
     std::fs::write(&other, plain).expect("write the configuration");
     let r = cp.diagnose_report(&lab);
     std::fs::remove_file(&other).expect("remove it");
-    let cni: Vec<(String, String)> =
-        lab_faults(&r).into_iter().filter(|(c, _)| c == check::CNI_CHAINED).collect();
+    let cni: Vec<(String, String)> = lab_faults(&r).into_iter().filter(|(c, _)| c == check::CNI_CHAINED).collect();
     assert_eq!(cni, [(check::CNI_CHAINED.to_owned(), "node c2/n1".to_owned())], "{}", r.render());
     assert!(r.of(check::CNI_CHAINED).next().expect("finding").problem.starts_with("05-other.conflist"));
 

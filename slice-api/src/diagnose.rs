@@ -262,9 +262,10 @@ pub fn hub_findings(view: &HubView) -> Report {
                     offset.abs(),
                     if offset > 0 { "ahead of" } else { "behind" }
                 ),
-                fix: "synchronise the clocks of that cluster's nodes and the hub's (NTP: chrony or systemd-timesyncd); \
+                fix:
+                    "synchronise the clocks of that cluster's nodes and the hub's (NTP: chrony or systemd-timesyncd); \
                       tokens, certificates and heartbeat ages are read against them"
-                    .into(),
+                        .into(),
             });
         }
     }
@@ -353,7 +354,8 @@ fn version_findings(view: &HubView) -> Vec<Finding> {
         *counts.entry(v).or_default() += 1;
     }
     let numeric = |v: &str| -> Vec<u64> { v.split(['.', '-', '+']).map(|p| p.parse().unwrap_or(0)).collect() };
-    let Some(common) = counts.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| numeric(a.0).cmp(&numeric(b.0)))).map(|(v, _)| *v)
+    let Some(common) =
+        counts.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| numeric(a.0).cmp(&numeric(b.0)))).map(|(v, _)| *v)
     else {
         return Vec::new();
     };
@@ -443,7 +445,9 @@ pub struct DnsSeen {
 pub enum DnsServer {
     SliceDns,
     /// The cluster's resolver as a pod on this node reaches it.
-    NodeResolver { node: String },
+    NodeResolver {
+        node: String,
+    },
 }
 
 /// One slice's gateway in one cluster.
@@ -722,7 +726,10 @@ mod tests {
             "the cluster lacks serviceexports.multicluster.x-k8s.io, multi-networkpolicies.k8s.cni.cncf.io: \
              multi-cluster services and MultiNetworkPolicies are off there"
         );
-        assert_eq!(r.of(check::VERSIONS).map(|f| f.place.clone()).collect::<Vec<_>>(), [format!("cluster {}", two.clusters[1].name_any())]);
+        assert_eq!(
+            r.of(check::VERSIONS).map(|f| f.place.clone()).collect::<Vec<_>>(),
+            [format!("cluster {}", two.clusters[1].name_any())]
+        );
     }
 
     #[test]
@@ -730,15 +737,22 @@ mod tests {
         let f = |files: &[(&str, &str)]| -> Vec<(String, String)> {
             files.iter().map(|(n, t)| ((*n).to_owned(), (*t).to_owned())).collect()
         };
-        let chained = r#"{"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "bridge"}, {"type": "slice-cni"}]}"#;
+        let chained =
+            r#"{"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "bridge"}, {"type": "slice-cni"}]}"#;
         let plain = r#"{"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "bridge"}]}"#;
-        assert_eq!(cni_chain_problem(&f(&[("00-slicenet.conflist", chained), ("10-bridge.conflist", plain)]), true), None);
+        assert_eq!(
+            cni_chain_problem(&f(&[("00-slicenet.conflist", chained), ("10-bridge.conflist", plain)]), true),
+            None
+        );
         assert_eq!(
             cni_chain_problem(&f(&[("05-other.conflist", plain), ("10-slicenet.conflist", chained)]), true).as_deref(),
             Some("05-other.conflist, the configuration the runtime uses, does not chain slice-cni")
         );
         assert!(cni_chain_problem(&f(&[("00-a.conflist", "{")]), true).unwrap().contains("is not valid JSON"));
-        assert_eq!(cni_chain_problem(&f(&[("README", "x")]), true).as_deref(), Some("the node has no CNI configuration"));
+        assert_eq!(
+            cni_chain_problem(&f(&[("README", "x")]), true).as_deref(),
+            Some("the node has no CNI configuration")
+        );
         assert!(cni_chain_problem(&f(&[("00-slicenet.conflist", chained)]), false).unwrap().contains("binary is not"));
     }
 
@@ -815,7 +829,8 @@ mod tests {
         s.gateways[0].peer_keys = vec!["BOGUS".into(), "K3".into()];
         s.probes[0].arrived = false;
         s.paths[0].largest = Some(1400);
-        s.agents[0].cni_problem = Some("05-other.conflist, the configuration the runtime uses, does not chain slice-cni".into());
+        s.agents[0].cni_problem =
+            Some("05-other.conflist, the configuration the runtime uses, does not chain slice-cni".into());
         s.dns[1].problem = Some("REFUSED".into());
         let r = lab_findings(&v, &s);
         let one = |c: &str| {

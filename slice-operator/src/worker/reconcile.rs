@@ -207,7 +207,11 @@ pub async fn served_mcs_version(client: &Client) -> Result<McsVersion, kube::Err
 }
 
 /// Adds `crd` to `missing` when `result` is the 404 of a cluster without that CRD.
-fn note_missing<T>(missing: &mut Vec<String>, crd: &str, result: &Result<kube::core::ObjectList<T>, kube::Error>) {
+fn note_missing<T: Clone>(
+    missing: &mut Vec<String>,
+    crd: &str,
+    result: &Result<kube::core::ObjectList<T>, kube::Error>,
+) {
     if matches!(result, Err(kube::Error::Api(status)) if status.code == 404) {
         missing.push(crd.to_owned());
     }
