@@ -193,6 +193,15 @@ fn the_console_shows_the_lab_and_follows_a_cut_link_without_a_reload() {
             .any(|p| p.as_str().is_some_and(|t| t.contains("c2") && t.contains("peer silent")))),
         "{reasons}"
     );
+    // The statuses written since the cut carry the gateways' measured throughput (the probes'
+    // keepalives at least) for the tunnels still up.
+    let rates = browser
+        .eval("return [...document.querySelectorAll('#tunnels tr.tunnel-row[data-state=Up] td.rate')].map(e => e.textContent);")
+        .expect("rates");
+    assert!(
+        rates.as_array().is_some_and(|a| a.iter().any(|r| r.as_str().is_some_and(|t| t.contains("bit/s")))),
+        "a tunnel up shows its rate: {rates}"
+    );
     browser.screenshot(&shots.join("overview-c2-cut.png")).expect("screenshot");
 
     drop(browser);

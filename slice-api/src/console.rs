@@ -99,6 +99,9 @@ pub struct TunnelCard {
     pub rtt_millis: Option<u32>,
     pub rx_bytes: Option<u64>,
     pub tx_bytes: Option<u64>,
+    /// Throughput each way (bits per second) as the gateway last measured it.
+    pub rx_bits_per_second: Option<u64>,
+    pub tx_bits_per_second: Option<u64>,
     pub rx_loss_permille: Option<u32>,
     pub last_handshake: Option<String>,
 }
@@ -150,6 +153,8 @@ impl Model {
                     rtt_millis: tunnel_rtt(view, &w.spec.slice, &w.spec.cluster, &peer.cluster),
                     rx_bytes: health.map(|h| h.rx_bytes),
                     tx_bytes: health.map(|h| h.tx_bytes),
+                    rx_bits_per_second: health.and_then(|h| h.rx_bits_per_second),
+                    tx_bits_per_second: health.and_then(|h| h.tx_bits_per_second),
                     rx_loss_permille: health.map(|h| h.rx_loss_permille),
                     last_handshake: reported.and_then(|p| p.last_handshake.clone()),
                 });

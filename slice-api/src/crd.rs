@@ -725,6 +725,13 @@ pub struct TunnelHealth {
     /// Estimated loss of the peer's packets on the way here, in thousandths (0–1000).
     #[serde(default)]
     pub rx_loss_permille: u32,
+    /// Throughput from the peer, bits per second, between the gateway's two latest samples
+    /// (a second or more apart; written with the other figures, so up to a minute old).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_bits_per_second: Option<u64>,
+    /// Throughput to the peer, bits per second, as `rxBitsPerSecond`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_bits_per_second: Option<u64>,
 }
 
 /// Why a SliceConfig's fields cannot be used. `field` is the camelCase spec field at fault

@@ -40,6 +40,10 @@ pub const DEFAULT_MULTIPATH_PROBE_MS: u64 = 200;
 /// within seconds rather than after WireGuard's 180 s); one keepalive per peer per second.
 pub const SINGLE_GATEWAY_PROBE_MS: u64 = 1000;
 
+/// The shortest window of a throughput figure: a scrape sooner than this after the last sample
+/// reports the last rate again (two scrapes a moment apart would measure noise).
+pub const RATE_MIN_WINDOW_MS: u64 = 1000;
+
 /// The environment variable that sets [`flag::HANDSHAKE_RATE_LIMIT`].
 pub const HANDSHAKE_RATE_LIMIT_ENV: &str = "SLICE_GATEWAY_HANDSHAKE_RATE_LIMIT";
 
@@ -107,6 +111,11 @@ pub mod metric {
     /// Gauge, per peer: the share (0–1) of data packets the peer sent that did not arrive, from
     /// the gaps in the receive counters of the current sessions (boringtun's estimate).
     pub const PEER_RX_LOSS_RATIO: &str = "slice_gateway_peer_rx_loss_ratio";
+    /// Gauge, per peer: bits per second received from the peer (UDP payload) between the two
+    /// latest samples at least [`super::RATE_MIN_WINDOW_MS`] apart (samples are taken at scrapes).
+    pub const PEER_RX_BITS_PER_SECOND: &str = "slice_gateway_peer_rx_bits_per_second";
+    /// Gauge, per peer: bits per second sent to the peer, as [`PEER_RX_BITS_PER_SECOND`].
+    pub const PEER_TX_BITS_PER_SECOND: &str = "slice_gateway_peer_tx_bits_per_second";
     /// Counter, per peer and [`LABEL_REASON`]: packets of the peer dropped.
     pub const PEER_DROPS: &str = "slice_gateway_peer_drops_total";
 }

@@ -20,6 +20,7 @@
 //! `endpoint` or `last_handshake`.
 
 mod live;
+pub use live::now_ms;
 mod rx;
 mod socket;
 mod timers;

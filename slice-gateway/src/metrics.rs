@@ -35,6 +35,36 @@ pub struct PeerSample {
     pub drops: Vec<(&'static str, u64)>,
     /// With multipath: whether the peer spoke within three probe intervals.
     pub live: Option<bool>,
+    /// Bits per second each way (received, sent) over the last window ([`Rate`]); `None`
+    /// until two samples were taken.
+    pub bits_per_second: Option<(u64, u64)>,
+}
+
+/// One peer's throughput: the byte counters at the last sample and the rate measured between
+/// the two latest samples at least [`slice_api::gateway::RATE_MIN_WINDOW_MS`] apart. Pure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rate {
+    /// (ms of the sample on the caller's clock, rx bytes, tx bytes).
+    last: Option<(u64, u64, u64)>,
+    bits_per_second: Option<(u64, u64)>,
+}
+
+impl Rate {
+    /// Takes a sample of the counters at `now_ms`, returns the rate to report.
+    pub fn sample(&mut self, now_ms: u64, rx_bytes: u64, tx_bytes: u64) -> Option<(u64, u64)> {
+        match self.last {
+            Some((at, rx, tx)) if now_ms.saturating_sub(at) >= slice_api::gateway::RATE_MIN_WINDOW_MS => {
+                let ms = now_ms - at;
+                // Counters only grow; a peer rebuilt with fresh counters restarts from 0.
+                let bps = |now: u64, then: u64| now.saturating_sub(then).saturating_mul(8_000) / ms;
+                self.bits_per_second = Some((bps(rx_bytes, rx), bps(tx_bytes, tx)));
+                self.last = Some((now_ms, rx_bytes, tx_bytes));
+            }
+            Some(_) => {}
+            None => self.last = Some((now_ms, rx_bytes, tx_bytes)),
+        }
+        self.bits_per_second
+    }
 }
 
 /// Device-wide figures for one scrape.
@@ -115,6 +145,20 @@ pub fn render(s: &Sample) -> String {
             }
         }
     }
+    if s.peers.iter().any(|p| p.bits_per_second.is_some()) {
+        let families =
+            [(metric::PEER_RX_BITS_PER_SECOND, "received from", 0), (metric::PEER_TX_BITS_PER_SECOND, "sent to", 1)];
+        for (name, way, index) in families {
+            let _ = writeln!(out, "# HELP {name} Bits per second {way} the peer between the latest samples.");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for p in &s.peers {
+                if let Some(bps) = p.bits_per_second {
+                    let v = if index == 0 { bps.0 } else { bps.1 };
+                    let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {v}", p.public_key);
+                }
+            }
+        }
+    }
     let name = metric::PEER_DROPS;
     let _ = writeln!(out, "# HELP {name} Packets of the peer dropped, by reason.\n# TYPE {name} counter");
     for p in &s.peers {
@@ -132,9 +176,15 @@ pub fn sample(gw: &Gateway) -> Sample {
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut peers = Vec::new();
     let probe_ms = gw.probe_interval_ms();
+    let now_ms = crate::device::now_ms();
     gw.for_each_peer(|p, last| {
         let pc = &p.counters;
         let (handshake_rtt_ms, rx_loss) = p.health();
+        let bits_per_second = p.rate.lock().unwrap_or_else(std::sync::PoisonError::into_inner).sample(
+            now_ms,
+            load(&pc.rx_bytes),
+            load(&pc.tx_bytes),
+        );
         peers.push(PeerSample {
             public_key: p.public_key.to_base64(),
             rx_bytes: load(&pc.rx_bytes),
@@ -153,6 +203,7 @@ pub fn sample(gw: &Gateway) -> Sample {
                 ("io", load(&pc.drop_io)),
             ],
             live: (probe_ms > 0).then(|| p.is_live(probe_ms)),
+            bits_per_second,
         });
     });
     peers.sort_by(|a, b| a.public_key.cmp(&b.public_key));
@@ -452,6 +503,39 @@ fn handle(gw: &Gateway, mut conn: TcpStream, limits: &Limits) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_is_measured_between_samples_a_window_apart() {
+        let mut r = Rate::default();
+        assert_eq!(r.sample(10_000, 1_000, 500), None, "one sample is no rate");
+        assert_eq!(r.sample(10_500, 9_000, 900), None, "too soon: not a window");
+        // 2 s after the first sample: 1,000,000 bytes in, 250,000 out.
+        assert_eq!(r.sample(12_000, 1_001_000, 250_500), Some((4_000_000, 1_000_000)));
+        // A scrape right after reports the same figure.
+        assert_eq!(r.sample(12_100, 2_000_000, 250_500), Some((4_000_000, 1_000_000)));
+        // Idle for a second: zero.
+        assert_eq!(r.sample(13_000, 1_001_000, 250_500), Some((0, 0)));
+        // Counters that went back (a peer rebuilt) do not underflow.
+        assert_eq!(r.sample(14_000, 10, 10), Some((0, 0)));
+        let text = render(&Sample {
+            interface: "sg0".into(),
+            peers: vec![PeerSample {
+                public_key: "AAAA".into(),
+                bits_per_second: Some((8, 16)),
+                ..PeerSample::default()
+            }],
+            ..Sample::default()
+        });
+        assert!(
+            text.contains("slice_gateway_peer_rx_bits_per_second{interface=\"sg0\",public_key=\"AAAA\"} 8\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("slice_gateway_peer_tx_bits_per_second{interface=\"sg0\",public_key=\"AAAA\"} 16\n"),
+            "{text}"
+        );
+        assert!(!render(&Sample::default()).contains("bits_per_second"), "no family without a figure");
+    }
 
     #[test]
     fn renders_bounded_labels() {

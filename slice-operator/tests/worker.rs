@@ -106,6 +106,7 @@ fn gateway_metrics_with(peers: &[(&str, f64)], rx_bytes: u64) -> String {
                 last_handshake: *at,
                 drops: vec![("auth", 0)],
                 live: None,
+                bits_per_second: Some((16_000, 8_000)),
             })
             .collect(),
         ..Sample::default()
@@ -118,7 +119,8 @@ fn gateway_metrics(peers: &[(&str, f64)]) -> String {
 
 /// `status.peers[].health` for the figures of [`gateway_metrics`].
 fn health() -> Value {
-    json!({"rttMillis": 2, "rxBytes": 1500, "txBytes": 900, "rxPackets": 12, "txPackets": 8, "rxLossPermille": 4})
+    json!({"rttMillis": 2, "rxBytes": 1500, "txBytes": 900, "rxPackets": 12, "txPackets": 8, "rxLossPermille": 4,
+           "rxBitsPerSecond": 16000, "txBitsPerSecond": 8000})
 }
 
 /// A hub with WorkerSlice `blue` and MemberCluster `c2` (published address 198.18.100.2), a

@@ -82,6 +82,8 @@ pub struct Peer {
     pub(super) last_revive_ms: AtomicU64,
     /// This peer's identity in rendezvous hashing (FNV-1a of its public key).
     pub(super) hrw_id: u64,
+    /// The throughput figures' last sample ([`crate::metrics::Rate`]).
+    pub(crate) rate: Mutex<crate::metrics::Rate>,
 }
 
 impl Peer {
@@ -96,6 +98,7 @@ impl Peer {
             last_rx_ms: AtomicU64::new(0),
             last_revive_ms: AtomicU64::new(0),
             hrw_id: slice_api::fnv::fnv1a_64(public_key.0),
+            rate: Mutex::new(crate::metrics::Rate::default()),
         }
     }
 

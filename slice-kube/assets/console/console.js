@@ -12,6 +12,12 @@ const bytes = (n) => {
   return (i ? n.toFixed(1) : n) + " " + u[i];
 };
 const rtt = (ms) => (ms === null || ms === undefined ? "" : ms + " ms");
+const rate = (bps) => {
+  if (bps === null || bps === undefined) return "";
+  const u = ["bit/s", "kbit/s", "Mbit/s", "Gbit/s"]; let i = 0;
+  while (bps >= 1000 && i < u.length - 1) { bps /= 1000; i++; }
+  return (i ? bps.toFixed(1) : bps) + " " + u[i];
+};
 
 // One link per slice and pair of clusters: the worse of the two directions.
 function links(m) {
@@ -19,10 +25,12 @@ function links(m) {
   for (const t of m.tunnels) {
     const [a, b] = [t.from, t.to].sort();
     const key = t.slice + "|" + a + "|" + b;
-    const l = by.get(key) || { slice: t.slice, a, b, state: "Up", reasons: [], rtt: null };
+    const l = by.get(key) || { slice: t.slice, a, b, state: "Up", reasons: [], rtt: null, bps: null };
     if (rank[t.state] > rank[l.state]) l.state = t.state;
     if (t.state !== "Up" && t.reason) l.reasons.push(t.from + " → " + t.to + ": " + t.reason);
     if (t.rttMillis !== null && t.rttMillis !== undefined) l.rtt = t.rttMillis;
+    // Throughput of the link: the larger of the two directions' sent rates.
+    if (t.txBitsPerSecond !== null && t.txBitsPerSecond !== undefined) l.bps = Math.max(l.bps ?? 0, t.txBitsPerSecond);
     by.set(key, l);
   }
   return [...by.values()];
@@ -44,7 +52,7 @@ function topology(m, only) {
     svg += `<g class="link tunnel ${esc(l.state)}" data-slice="${esc(l.slice)}" data-a="${esc(l.a)}" data-b="${esc(l.b)}" data-state="${esc(l.state)}" data-reason="${esc(why)}">` +
       `<title>${esc(l.slice)}: ${esc(l.a)} ↔ ${esc(l.b)} ${esc(l.state)} ${esc(why)}</title>` +
       `<line x1="${x1}" y1="${y1}" x2="${x2}" y2="${y2}"/>` +
-      `<text x="${(x1 + x2) / 2}" y="${(y1 + y2) / 2 - 4}">${esc(l.state === "Up" ? rtt(l.rtt) : l.state)}</text></g>`;
+      `<text x="${(x1 + x2) / 2}" y="${(y1 + y2) / 2 - 4}">${esc(l.state === "Up" ? [rtt(l.rtt), rate(l.bps)].filter((x) => x).join(" · ") : l.state)}</text></g>`;
   }
   for (const n of names) {
     const c = m.clusters.find((c) => c.name === n);
@@ -60,8 +68,8 @@ function tunnelTable(ts) {
   if (!ts.length) return "<p>No tunnels.</p>";
   const rows = ts.map((t) => `<tr class="tunnel-row" data-slice="${esc(t.slice)}" data-from="${esc(t.from)}" data-to="${esc(t.to)}" data-state="${esc(t.state)}">` +
     `<td>${esc(t.slice)}</td><td>${esc(t.from)} → ${esc(t.to)}</td><td class="state ${esc(t.state)}">${esc(t.state)}</td>` +
-    `<td class="reason">${esc(t.reason)}</td><td>${esc(rtt(t.rttMillis))}</td><td>${bytes(t.rxBytes)} / ${bytes(t.txBytes)}</td><td>${esc(t.lastHandshake || "-")}</td></tr>`).join("");
-  return `<div class="scroll"><table id="tunnels"><tr><th>slice</th><th>tunnel</th><th>state</th><th>reason</th><th>RTT</th><th>rx / tx</th><th>last handshake</th></tr>${rows}</table></div>`;
+    `<td class="reason">${esc(t.reason)}</td><td>${esc(rtt(t.rttMillis))}</td><td>${bytes(t.rxBytes)} / ${bytes(t.txBytes)}</td><td class="rate">${esc(rate(t.rxBitsPerSecond) || "-")} / ${esc(rate(t.txBitsPerSecond) || "-")}</td><td>${esc(t.lastHandshake || "-")}</td></tr>`).join("");
+  return `<div class="scroll"><table id="tunnels"><tr><th>slice</th><th>tunnel</th><th>state</th><th>reason</th><th>RTT</th><th>rx / tx</th><th>rate rx / tx</th><th>last handshake</th></tr>${rows}</table></div>`;
 }
 
 function problems(m) {

@@ -119,9 +119,11 @@ enum Figure {
     RttSeconds,
     LossRatio,
     Live,
+    RxBitsPerSecond,
+    TxBitsPerSecond,
 }
 
-const FIGURES: [(&str, Figure); 7] = [
+const FIGURES: [(&str, Figure); 9] = [
     (metric::PEER_RX_BYTES, Figure::RxBytes),
     (metric::PEER_TX_BYTES, Figure::TxBytes),
     (metric::PEER_RX_PACKETS, Figure::RxPackets),
@@ -129,6 +131,8 @@ const FIGURES: [(&str, Figure); 7] = [
     (metric::PEER_HANDSHAKE_RTT_SECONDS, Figure::RttSeconds),
     (metric::PEER_RX_LOSS_RATIO, Figure::LossRatio),
     (metric::PEER_LIVE, Figure::Live),
+    (metric::PEER_RX_BITS_PER_SECOND, Figure::RxBitsPerSecond),
+    (metric::PEER_TX_BITS_PER_SECOND, Figure::TxBitsPerSecond),
 ];
 
 impl Figure {
@@ -145,6 +149,8 @@ impl Figure {
             Self::RttSeconds => h.rtt_millis = Some((value * 1000.0).round() as u32),
             Self::LossRatio => h.rx_loss_permille = (value.min(1.0) * 1000.0).round() as u32,
             Self::Live => r.live = Some(count > 0),
+            Self::RxBitsPerSecond => h.rx_bits_per_second = Some(count),
+            Self::TxBitsPerSecond => h.tx_bits_per_second = Some(count),
         }
     }
 }
