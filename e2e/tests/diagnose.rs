@@ -13,15 +13,7 @@ use slice_api::diagnose::{Report, check};
 
 const PREFIX: &str = "hdia";
 /// The checks that look at the machines; each fault must trip exactly its own.
-const LAB_CHECKS: [&str; 7] = [
-    check::NODE_AGENT,
-    check::GATEWAY_RUNNING,
-    check::GATEWAY_PEER_KEY,
-    check::UDP_REACHABLE,
-    check::PATH_MTU,
-    check::CNI_CHAINED,
-    check::DNS,
-];
+const LAB_CHECKS: [&str; 7] = check::MACHINE;
 
 const MANIFEST: &str = r#"
 apiVersion: slicenet.io/v1alpha1

@@ -54,6 +54,10 @@ pub mod check {
     pub const CLOCK_SKEW: &str = "clock-skew";
     /// Every member cluster has the optional CRDs slicenet's features use.
     pub const CRDS: &str = "crds";
+
+    /// The checks on what is observed on the machines ([`super::lab_findings`] adds them).
+    pub const MACHINE: [&str; 7] =
+        [NODE_AGENT, GATEWAY_RUNNING, GATEWAY_PEER_KEY, UDP_REACHABLE, PATH_MTU, CNI_CHAINED, DNS];
 }
 
 /// A worker clock further than this (seconds) from the hub API server's is worth a warning:
@@ -611,19 +615,7 @@ pub fn lab_findings(view: &HubView, seen: &Observed) -> Report {
             fix,
         ));
     }
-    report.checks.extend(
-        [
-            check::NODE_AGENT,
-            check::GATEWAY_RUNNING,
-            check::GATEWAY_PEER_KEY,
-            check::UDP_REACHABLE,
-            check::PATH_MTU,
-            check::CNI_CHAINED,
-            check::DNS,
-        ]
-        .iter()
-        .map(|c| (*c).to_owned()),
-    );
+    report.checks.extend(check::MACHINE.iter().map(|c| (*c).to_owned()));
     report
 }
 
@@ -809,16 +801,7 @@ mod tests {
     fn observed_faults_are_named() {
         let (v, seen) = healthy_lab();
         let base = lab_findings(&v, &seen);
-        let lab_checks = [
-            check::NODE_AGENT,
-            check::GATEWAY_RUNNING,
-            check::GATEWAY_PEER_KEY,
-            check::UDP_REACHABLE,
-            check::PATH_MTU,
-            check::CNI_CHAINED,
-            check::DNS,
-        ];
-        for c in lab_checks {
+        for c in check::MACHINE {
             assert_eq!(base.of(c).count(), 0, "{c}: {:?}", base.findings);
             assert!(base.checks.iter().any(|x| x == c));
         }
