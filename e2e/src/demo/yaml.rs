@@ -1,6 +1,7 @@
 //! `make demo`, part three, and `slicectl lab up -f FILE`: a slice declared in SliceConfig YAML
 //! and run through the hub's planner and the worker's logic ([`crate::control`]), then changed:
-//! a MultiNetworkPolicy admits only some pods of other clusters and is removed, a cluster joins
+//! a MultiNetworkPolicy admits only some pods of other clusters and is removed, a cluster's WAN
+//! link is cut and restored (the tunnels' state and `diagnose` follow), a cluster joins
 //! (with the time from apply to the first packet), a cluster leaves, the slice is deleted and
 //! nothing of it is left.
 
@@ -81,6 +82,7 @@ pub fn run(prefix: &str) -> Result<()> {
     failures += expect_reach("c → b (c3 → c2)", &c, b_addr, true);
 
     failures += policy_step(&mut cp, &lab, &a, b_addr)?;
+    failures += outage_step(&mut cp, &lab, &a, b_addr)?;
 
     println!("\n▶ c4 joins the slice (SliceConfig spec.clusters += c4):");
     let t0 = Instant::now();
@@ -126,6 +128,95 @@ pub fn run(prefix: &str) -> Result<()> {
         bail!("{failures} check(s) of part 3 differ from what slicenet promises");
     }
     Ok(())
+}
+
+/// Brings the WAN's link to a cluster back up however the step ends.
+struct CutLink {
+    wan: String,
+    link: String,
+}
+
+impl CutLink {
+    fn new(wan: &str, cluster: &str) -> Result<Self> {
+        let cut = Self { wan: wan.to_owned(), link: format!("to-{cluster}") };
+        crate::cmd::ip(&["-n", &cut.wan, "link", "set", &cut.link, "down"])?;
+        Ok(cut)
+    }
+}
+
+impl Drop for CutLink {
+    fn drop(&mut self) {
+        let _ = crate::cmd::ip(&["-n", &self.wan, "link", "set", &self.link, "up"]);
+    }
+}
+
+/// The tunnels of the hub's view as (from, to, state, reason).
+fn tunnel_states(cp: &ControlPlane) -> Vec<(String, String, String, String)> {
+    cp.hub_view()
+        .workers
+        .iter()
+        .flat_map(|w| {
+            w.status
+                .iter()
+                .flat_map(|s| &s.peers)
+                .map(|p| (w.spec.cluster.clone(), p.cluster.clone(), p.state.clone(), p.reason.clone()))
+        })
+        .collect()
+}
+
+/// Runs the lab's rounds (a second apart, as the controllers' checks) until `done` holds for
+/// the tunnels; the time it took.
+fn rounds_until(
+    cp: &mut ControlPlane,
+    lab: &Lab,
+    done: impl Fn(&[(String, String, String, String)]) -> bool,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        cp.tick(lab)?;
+        if done(&tunnel_states(cp)) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("the tunnels did not follow within 120 s: {:?}", tunnel_states(cp));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The demo's outage step: c2's WAN link cut, the tunnels' state and `slicectl diagnose`
+/// following, then the link back. The number of checks that differ from what slicenet promises.
+fn outage_step(cp: &mut ControlPlane, lab: &Lab, a: &Pod, b_addr: Ipv4Addr) -> Result<usize> {
+    println!("\n▶ Tunnel health: c2's WAN link cut (ip link set to-c2 down in the WAN), then restored;");
+    println!("  the gateways probe their peers every second and call a silent one Down after three:");
+    let wan = lab.wan_netns().context("the lab has no WAN")?.to_owned();
+    let mut failures = 0;
+    let cut = CutLink::new(&wan, "c2")?;
+    let touches_c2 = |t: &(String, String, String, String)| t.0 == "c2" || t.1 == "c2";
+    let took = rounds_until(cp, lab, |ts| ts.iter().any(|t| touches_c2(t) && t.2 == "Down"))?;
+    for (from, to, state, reason) in tunnel_states(cp).iter().filter(|t| touches_c2(t)) {
+        println!("  {from} → {to}: {state}{}", if reason.is_empty() { String::new() } else { format!(" ({reason})") });
+    }
+    println!("  ✓ seen in the WorkerSlice statuses {:.0} s after the cut", took.as_secs_f64());
+    failures += expect_reach("a → b (c1 → c2, cut)", a, b_addr, false);
+    let report = cp.diagnose_report(lab);
+    println!("  slicectl diagnose --lab (its failures; the console, slicectl lab console, shows the same):");
+    for f in report.findings.iter().filter(|f| f.severity == slice_api::diagnose::Severity::Fail).take(8) {
+        println!("    FAIL {} — {}", f.check, f.place);
+    }
+    let names_c2 =
+        report.findings.iter().any(|f| f.check == slice_api::diagnose::check::TUNNEL && f.place.contains("c2"));
+    let mark = if report.failed() && names_c2 { "✓" } else { "✗" };
+    println!("  {mark} diagnose fails and names the tunnels to c2");
+    failures += usize::from(!(report.failed() && names_c2));
+    drop(cut);
+    let took = rounds_until(cp, lab, |ts| ts.iter().all(|t| t.2 == "Up"))?;
+    println!("  link restored: every tunnel Up again {:.0} s later", took.as_secs_f64());
+    failures += expect_reach("a → b (c1 → c2, restored)", a, b_addr, true);
+    let healthy = !cp.diagnose_report(lab).failed();
+    println!("  {} diagnose passes again", if healthy { "✓" } else { "✗" });
+    failures += usize::from(!healthy);
+    Ok(failures)
 }
 
 /// Whether `from` reaches `to` as expected (a ping, waited for up to [`STEP`] when it should
