@@ -39,6 +39,8 @@ pub struct ClusterCard {
     /// (seconds, positive: ahead), as its heartbeat reports them.
     pub worker_version: Option<String>,
     pub clock_offset_seconds: Option<i64>,
+    /// The node agents from their Leases (none while no agent reports one).
+    pub agents: Option<crate::crd::AgentsStatus>,
     /// One per slice the cluster is in.
     pub gateways: Vec<GatewayCard>,
 }
@@ -175,6 +177,7 @@ impl Model {
                     pod_cidrs: c.spec.pod_cidrs.clone(),
                     uplink_kbps: c.spec.uplink_kbps,
                     worker_version: st.worker_version,
+                    agents: st.agents,
                     clock_offset_seconds: st.clock_offset_seconds,
                     gateways: gateways.remove(&c.name_any()).unwrap_or_default(),
                 }

@@ -406,8 +406,43 @@ pub struct MemberClusterStatus {
     /// features that need them are off there (multi-cluster services, MultiNetworkPolicies).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_crds: Vec<String>,
+    /// The node agents, from their Leases (none reported while no agent has a Lease: agents
+    /// older than this version, or a cluster without the DaemonSet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<AgentsStatus>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+/// A member cluster's node agents, as the worker sums their Leases up.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentsStatus {
+    /// The cluster's nodes.
+    pub nodes: u32,
+    /// Nodes whose agent renewed its Lease in time.
+    pub ready: u32,
+    /// The versions the ready agents run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<String>,
+    /// What is wrong, per node (at most [`AgentsStatus::MAX_PROBLEMS`], by node name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<AgentProblem>,
+}
+
+impl AgentsStatus {
+    /// The most problems listed (the counts stay exact).
+    pub const MAX_PROBLEMS: usize = 20;
+}
+
+/// One node's agent problem.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentProblem {
+    pub node: String,
+    /// `NoLease`, `LeaseExpired` or `CniNotChained`.
+    pub reason: String,
+    pub message: String,
 }
 
 /// What one member cluster must run for one slice (spec) and what it runs (status).

@@ -230,6 +230,7 @@ pub fn hub_findings(view: &HubView) -> Report {
         }
     }
     findings.extend(version_findings(view));
+    findings.extend(agent_findings(view));
     for c in &view.clusters {
         let Some(st) = c.status.as_ref().filter(|s| !s.missing_crds.is_empty()) else { continue };
         let mcs = st.missing_crds.iter().any(|m| m.ends_with(crate::mcs::GROUP));
@@ -336,6 +337,8 @@ pub fn hub_findings(view: &HubView) -> Report {
         check::VERSIONS,
         check::CLOCK_SKEW,
         check::CRDS,
+        check::NODE_AGENT,
+        check::CNI_CHAINED,
         check::WORKER_STATUS,
         check::TUNNEL,
         check::TUNNEL_LOSS,
@@ -377,6 +380,53 @@ fn version_findings(view: &HubView) -> Vec<Finding> {
             ),
         })
         .collect()
+}
+
+/// From each cluster's `status.agents` (the node agents' Leases): agents not running, nodes
+/// whose runtime does not chain slice-cni, agents on another version than their worker.
+fn agent_findings(view: &HubView) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for c in &view.clusters {
+        let Some(st) = c.status.as_ref() else { continue };
+        let Some(agents) = st.agents.as_ref() else { continue };
+        let cluster = c.name_any();
+        for p in &agents.problems {
+            let place = format!("node {cluster}/{}", p.node);
+            out.push(if p.reason == "CniNotChained" {
+                Finding::fail(
+                    check::CNI_CHAINED,
+                    place,
+                    format!("{}: pods started on this node get no slice interface", p.message),
+                    "the node agent's init container (slicectl cni-install) chains slice-cni after the primary CNI as \
+                     00-slicenet.conflist: delete the node agent pod on that node so that it runs again, and check that \
+                     no other configuration sorts before it",
+                )
+            } else {
+                Finding::fail(
+                    check::NODE_AGENT,
+                    place,
+                    format!("{} ({})", p.message, p.reason),
+                    "kubectl -n slicenet-node get pods -o wide (the slicenet-node-agent DaemonSet's pod on that node) and \
+                     its log; slice routers, routes and policies on this node are not kept while it is down",
+                )
+            });
+        }
+        if let Some(worker) = st.worker_version.as_deref() {
+            let others: Vec<&str> = agents.versions.iter().map(String::as_str).filter(|v| *v != worker).collect();
+            if !others.is_empty() {
+                out.push(Finding {
+                    check: check::VERSIONS.into(),
+                    severity: Severity::Warn,
+                    place: format!("cluster {cluster}: node agents"),
+                    problem: format!("node agents run slicenet {}, the worker {worker}", others.join(", ")),
+                    fix: "finish the rollout of the slicenet-node-agent DaemonSet (kubectl -n slicenet-node rollout status \
+                          daemonset/slicenet-node-agent)"
+                        .into(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The fix for a tunnel that is not up, by the worker's reason.
@@ -615,7 +665,8 @@ pub fn lab_findings(view: &HubView, seen: &Observed) -> Report {
             fix,
         ));
     }
-    report.checks.extend(check::MACHINE.iter().map(|c| (*c).to_owned()));
+    let known: BTreeSet<String> = report.checks.iter().cloned().collect();
+    report.checks.extend(check::MACHINE.iter().filter(|c| !known.contains(**c)).map(|c| (*c).to_owned()));
     report
 }
 
@@ -722,6 +773,44 @@ mod tests {
             r.of(check::VERSIONS).map(|f| f.place.clone()).collect::<Vec<_>>(),
             [format!("cluster {}", two.clusters[1].name_any())]
         );
+    }
+
+    #[test]
+    fn agents_reported_by_a_worker_are_checked_from_the_hub() {
+        let mut v = view();
+        let st = v.clusters[0].status.get_or_insert_with(Default::default);
+        st.worker_version = Some("0.4.0".into());
+        st.agents = Some(crate::crd::AgentsStatus {
+            nodes: 3,
+            ready: 1,
+            versions: vec!["0.3.9".into()],
+            problems: vec![
+                crate::crd::AgentProblem {
+                    node: "n2".into(),
+                    reason: "LeaseExpired".into(),
+                    message: "its node agent last renewed its Lease at …".into(),
+                },
+                crate::crd::AgentProblem {
+                    node: "n3".into(),
+                    reason: "CniNotChained".into(),
+                    message: "05-x.conflist, the configuration the runtime uses, does not chain slice-cni".into(),
+                },
+            ],
+        });
+        let name = v.clusters[0].name_any();
+        let r = hub_findings(&v);
+        assert_eq!(r.of(check::NODE_AGENT).map(|f| f.place.clone()).collect::<Vec<_>>(), [format!("node {name}/n2")]);
+        let cni: Vec<&Finding> = r.of(check::CNI_CHAINED).collect();
+        assert_eq!(cni.len(), 1);
+        assert!(cni[0].problem.starts_with("05-x.conflist"), "{}", cni[0].problem);
+        let versions: Vec<&Finding> = r.of(check::VERSIONS).collect();
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].problem, "node agents run slicenet 0.3.9, the worker 0.4.0");
+        // The lab adds its machine checks once each.
+        let (lv, seen) = healthy_lab();
+        let checks = lab_findings(&lv, &seen).checks;
+        let unique: BTreeSet<&String> = checks.iter().collect();
+        assert_eq!(unique.len(), checks.len(), "{checks:?}");
     }
 
     #[test]

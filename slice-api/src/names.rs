@@ -12,6 +12,24 @@ pub const GATEWAY_NAMESPACE: &str = "slicenet-gateway";
 /// Security level is `privileged` (host network, host paths, the agent's capabilities), so that
 /// `slicenet-system` can be `restricted`.
 pub const NODE_NAMESPACE: &str = "slicenet-node";
+/// Each node agent's Lease in [`NODE_NAMESPACE`]: `slicenet-agent-<node>`, renewed every
+/// [`AGENT_LEASE_RENEW_SECS`] with the agent's version and its node's CNI chain in annotations;
+/// the worker reads them for the MemberCluster's status (`status.agents`).
+pub const AGENT_LEASE_PREFIX: &str = "slicenet-agent-";
+/// How long a node agent's Lease holds without renewal (`leaseDurationSeconds`).
+pub const AGENT_LEASE_SECS: i32 = 40;
+/// How often a node agent renews its Lease.
+pub const AGENT_LEASE_RENEW_SECS: u64 = 10;
+/// Annotation on a node agent's Lease: the slicenet version it runs.
+pub const AGENT_VERSION_ANNOTATION: &str = "slicenet.io/version";
+/// Annotation on a node agent's Lease: `chained`, or why the CNI configuration the node's
+/// runtime uses does not chain slice-cni (absent when the agent does not check: Multus mode).
+pub const AGENT_CNI_ANNOTATION: &str = "slicenet.io/cni";
+/// The value of [`AGENT_CNI_ANNOTATION`] when the chain is in place.
+pub const AGENT_CNI_CHAINED: &str = "chained";
+/// The label on every node agent's Lease (value `slice-node`), which the worker lists by.
+pub const AGENT_LEASE_LABEL: &str = "app.kubernetes.io/name";
+
 /// slicenet's own namespaces: never slice members, never sent to the pod webhook.
 pub const RESERVED_NAMESPACES: [&str; 3] = [SYSTEM_NAMESPACE, GATEWAY_NAMESPACE, NODE_NAMESPACE];
 /// The member clusters' pod webhook's serving certificate: a `kubernetes.io/tls` Secret in

@@ -9,7 +9,8 @@
 //!   the node is left clean;
 //! - alongside, the network-status records slice-cni keeps in chained mode are published onto
 //!   their pods ([`super::network_status`]): the directory is scanned every `status_interval`,
-//!   and every pod is re-checked every `resync`.
+//!   and every pod is re-checked every `resync`;
+//! - and its Lease is renewed ([`crate::lease`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,6 +51,9 @@ pub struct KubeAgentOptions {
     pub status_dir: PathBuf,
     /// How often to scan `status_dir` for new or changed records.
     pub status_interval: Duration,
+    /// The node's CNI directories, to report its chain on the agent's Lease (`None`: not
+    /// checked, as in Multus mode).
+    pub cni: Option<crate::lease::CniDirs>,
 }
 
 /// The configuration a ConfigMap holds for `node`.
@@ -118,6 +122,9 @@ pub async fn run(client: Client, options: KubeAgentOptions, health: Health) -> a
     let statuses = tokio::spawn(network_status::run(publisher, options.status_interval, options.resync));
     // Stops the publisher however this function returns.
     let _statuses = AbortOnDrop(statuses);
+    // The agent's Lease: liveness, version and the node's CNI chain, for the worker.
+    let _lease =
+        AbortOnDrop(tokio::spawn(crate::lease::run(client.clone(), options.node.clone(), options.cni.clone())));
     let updates = config_updates(client, &options.node).map(|u| u.map_err(|e| format!("watch failed: {e}")));
     tracing::info!(node = %options.node, configmap = %config_map_name(&options.node), "node agent starting (kube)");
     let timing = Timing { retry: options.interval, resync: options.resync };

@@ -12,6 +12,7 @@
 pub mod daemon;
 pub mod firewall;
 pub mod kube;
+pub mod lease;
 pub mod network_status;
 pub mod plan;
 pub mod qos;

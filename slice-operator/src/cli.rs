@@ -151,6 +151,14 @@ pub struct NodeAgentArgs {
     /// Where to serve /healthz and /readyz (not served unless given).
     #[arg(long)]
     pub health_addr: Option<SocketAddr>,
+    /// The node's CNI configuration directory as mounted (with --kube): the agent reports on
+    /// its Lease whether the configuration the runtime uses chains slice-cni (not checked
+    /// unless given).
+    #[arg(long, requires_all = ["kube", "cni_bin_dir"])]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The node's CNI binary directory as mounted (with --cni-conf-dir).
+    #[arg(long, requires = "cni_conf_dir")]
+    pub cni_bin_dir: Option<PathBuf>,
 }
 
 /// Parses `args` (the program name first, as in `argv`) without exiting: what other crates'
@@ -202,13 +210,14 @@ pub fn run(cli: Cli) -> ExitCode {
 fn run_node_agent(args: NodeAgentArgs) -> ExitCode {
     let interval = Duration::from_millis(args.interval_ms.max(10));
     match args {
-        NodeAgentArgs { kube: true, node, status_dir, health_addr, .. } => {
+        NodeAgentArgs { kube: true, node, status_dir, health_addr, cni_conf_dir, cni_bin_dir, .. } => {
             let options = node_agent::kube::KubeAgentOptions {
                 node: node.unwrap_or_default(),
                 interval,
                 resync: node_agent::RESYNC,
                 status_dir,
                 status_interval: interval,
+                cni: cni_conf_dir.zip(cni_bin_dir).map(|(conf, bin)| node_agent::lease::CniDirs { conf, bin }),
             };
             let result = tokio_runtime().map_err(anyhow::Error::from).and_then(|rt| {
                 rt.block_on(async {

@@ -687,6 +687,44 @@ async fn the_heartbeat_names_the_crds_the_last_pass_found_missing() {
 }
 
 #[tokio::test]
+async fn the_heartbeat_sums_up_the_node_agents_leases() {
+    let api = running().await;
+    let worker = worker_on(&api);
+    // Before any pass the worker does not know the nodes: no Lease is read.
+    worker.heartbeat("c2", NOW).await.expect("heartbeat");
+    assert!(lines(&api.take_requests()).iter().all(|l| !l.contains("leases")));
+    let (result, _) = pass_at(&api, &worker, NOW).await;
+    result.expect("pass");
+    api.take_requests();
+    // No agent has a Lease (agents older than this version): nothing is reported.
+    worker.heartbeat("c2", NOW).await.expect("heartbeat");
+    let path = "/apis/slicenet.io/v1alpha1/memberclusters/c2";
+    assert_eq!(api.get(Side::Hub, path).expect("MemberCluster")["status"].get("agents"), None);
+    // n1's agent renewed 5 s ago and its node chains slice-cni; n2's stopped a minute ago.
+    let at = |s: &str| s.parse::<k8s_openapi::jiff::Timestamp>().expect("time");
+    api.put(
+        Side::Cluster,
+        slice_operator::node_agent::lease::lease("n1", "0.4.0", Some("chained"), at("2026-11-23T19:59:55Z")),
+    );
+    api.put(
+        Side::Cluster,
+        slice_operator::node_agent::lease::lease("n2", "0.4.0", Some("chained"), at("2026-11-23T19:59:00Z")),
+    );
+    worker.heartbeat("c2", NOW).await.expect("heartbeat");
+    let requests = lines(&api.take_requests());
+    assert!(
+        requests.iter().any(|l| l.starts_with("GET /apis/coordination.k8s.io/v1/namespaces/slicenet-node/leases")),
+        "{requests:?}"
+    );
+    let agents = &api.get(Side::Hub, path).expect("MemberCluster")["status"]["agents"];
+    assert_eq!((agents["nodes"].as_u64(), agents["ready"].as_u64()), (Some(2), Some(1)), "{agents}");
+    assert_eq!(agents["versions"], json!(["0.4.0"]));
+    assert_eq!(agents["problems"][0]["node"], "n2");
+    assert_eq!(agents["problems"][0]["reason"], "LeaseExpired");
+    assert_eq!(api.violations(), Vec::<String>::new(), "the worker may list the agents' Leases");
+}
+
+#[tokio::test]
 async fn node_agent_watches_its_config_map() {
     let api = FakeApi::new(NODE_AGENT, "slicenet-system", NODE_AGENT, "slicenet-system");
     let config = |vni: u32| {

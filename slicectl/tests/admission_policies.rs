@@ -649,6 +649,30 @@ async fn the_node_agent_patches_only_network_status_on_its_own_node() {
 }
 
 #[test]
+fn the_node_agent_writes_only_its_own_nodes_lease() {
+    let member = member_policies();
+    let policy = "slicenet-node-agent-leases";
+    let now = "2026-12-04T20:00:00Z".parse().unwrap();
+    // The object the agent applies (its own code), first created then renewed.
+    let lease = slice_operator::node_agent::lease::lease("n1", "0.4.0", Some("chained"), now);
+    let path = "/apis/coordination.k8s.io/v1/namespaces/slicenet-node/leases/slicenet-agent-n1";
+    let mut create = admission("PATCH", path, &lease, None, NODE_AGENT_USER);
+    create.extra = node_extra("n1");
+    assert_allowed_by(&admit(&member, &create), policy, "creating its Lease");
+    let mut renew = admission("PATCH", path, &lease, Some(&lease), NODE_AGENT_USER);
+    renew.extra = node_extra("n1");
+    assert_allowed_by(&admit(&member, &renew), policy, "renewing its Lease");
+    // The agent of n2 writing n1's Lease (to pass a dead agent off as alive).
+    let mut other = renew.clone();
+    other.extra = node_extra("n2");
+    assert_refused_by(&admit(&member, &other), policy, &["node n2", "slicenet-node/slicenet-agent-n1"], "n1's Lease");
+    let mut legacy = renew.clone();
+    legacy.extra = None;
+    assert_refused_by(&admit(&member, &legacy), policy, &["(none in its token)"], "a token without its node");
+    assert_eq!(admit(&member, &renew.with_user(ADMIN)), Verdict::NotConcerned);
+}
+
+#[test]
 fn the_hub_controller_creates_and_deletes_only_cluster_namespaces() {
     let hub = hub_policies();
     let policy = "slicenet-hub-namespaces";

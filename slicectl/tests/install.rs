@@ -835,7 +835,8 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
         &[
             ("slicenet-worker-namespaces", worker_user.clone()),
             ("slicenet-worker-network-attachment-definitions", worker_user),
-            ("slicenet-node-agent-pods", agent_user),
+            ("slicenet-node-agent-pods", agent_user.clone()),
+            ("slicenet-node-agent-leases", agent_user),
         ],
     );
     let host_paths: BTreeSet<&str> =

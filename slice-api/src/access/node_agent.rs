@@ -2,7 +2,7 @@
 
 use crate::names::SYSTEM_NAMESPACE;
 use crate::rbac::Access;
-use crate::rbac::Scope::{Cluster, Namespace};
+use crate::rbac::Scope::{Cluster, Namespace, OwnNamespace};
 
 /// The node agent (in `slicenet-node`): watches its node's configuration (a ConfigMap the worker
 /// writes in `slicenet-system`) and writes the slice interface's network-status onto its pods, in any
@@ -20,4 +20,9 @@ pub const NODE_AGENT: &[Access] = &[
     // Events about those pods (in the pods' namespaces): the slice interface recorded, or not.
     Access::new("create", "events.k8s.io", "events", Cluster),
     Access::new("patch", "events.k8s.io", "events", Cluster),
+    // Its Lease `slicenet-agent-<node>` (server-side apply: `create` when new): liveness,
+    // version and the node's CNI chain for the worker. Any Lease of the namespace by RBAC; the
+    // admission policy `slicenet-node-agent-leases` keeps each agent to its own node's.
+    Access::new("create", "coordination.k8s.io", "leases", OwnNamespace),
+    Access::new("patch", "coordination.k8s.io", "leases", OwnNamespace),
 ];

@@ -49,6 +49,8 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("patch", "", "namespaces", Cluster),
     Access::new("list", "", "nodes", Cluster),
     Access::new("watch", "", "nodes", Cluster),
+    // The node agents' Leases (liveness, version, CNI chain) for the MemberCluster's status.
+    Access::new("list", "coordination.k8s.io", "leases", Namespace(crate::names::NODE_NAMESPACE)),
     // The key Secret is created once; the gateway configuration Secret is applied.
     Access::new("list", "", "secrets", GW),
     Access::new("create", "", "secrets", GW),

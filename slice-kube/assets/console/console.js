@@ -102,8 +102,13 @@ function clusterPage(m, name) {
   const gws = c.gateways.map((g) => `<div class="card gateway-card" data-slice="${esc(g.slice)}"><b>gateway of <a href="#/slice/${encodeURIComponent(g.slice)}">${esc(g.slice)}</a></b> ` +
     `<span class="state ${g.ready ? "Up" : "Down"}">${g.ready ? "Ready" : esc(g.reason)}</span><br>endpoint ${esc(g.endpoint || "behind NAT")}<br>prefix ${esc(g.clusterPrefix)}<br>` +
     `nodes: ${esc(g.nodes.join(" ") || "-")}<br>key ${esc(g.publicKey || "-")}</div>`).join("");
+  const a = c.agents;
+  const agents = !a ? `<p id="cluster-agents">Node agents: not reported (no agent Lease)</p>` :
+    `<p id="cluster-agents" class="${a.ready === a.nodes && !(a.problems || []).length ? "ok" : "bad"}">Node agents: ${a.ready} of ${a.nodes} ready` +
+    `${(a.versions || []).length ? " · " + esc(a.versions.join(", ")) : ""}</p>` +
+    ((a.problems || []).length ? `<ul class="agent-problems">${a.problems.map((p) => `<li><b>${esc(p.node)}</b>: ${esc(p.message)} (${esc(p.reason)})</li>`).join("")}</ul>` : "");
   return `<h1 id="cluster-title">Cluster ${esc(c.name)}</h1><p class="${c.healthy ? "ok" : "bad"}">${c.healthy ? "Healthy" : "Not healthy: " + esc(c.reason)} · last heartbeat ${esc(c.lastHeartbeat || "never")}</p>` +
-    `<p id="cluster-versions">slicenet worker ${esc(c.workerVersion || "unknown")} · clock ${c.clockOffsetSeconds == null ? "not measured" : esc(c.clockOffsetSeconds) + " s from the hub's"}</p>` +
+    agents + `<p id="cluster-versions">slicenet worker ${esc(c.workerVersion || "unknown")} · clock ${c.clockOffsetSeconds == null ? "not measured" : esc(c.clockOffsetSeconds) + " s from the hub's"}</p>` +
     `<p>Gateway addresses: ${esc(c.gatewayAddresses.join(", ") || "-")}<br>Pod CIDRs: ${esc(c.podCidrs.join(", ") || "-")}<br>Uplink: ${esc(c.uplinkKbps ? c.uplinkKbps + " kbit/s" : "-")}</p>` +
     `<h2>Gateways</h2><div class="cards">${gws || "<p>No slices here.</p>"}</div><h2>Tunnels</h2>${tunnelTable(m.tunnels.filter((t) => t.from === name || t.to === name))}`;
 }

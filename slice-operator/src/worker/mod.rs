@@ -25,6 +25,7 @@
 //! claimed by two slices is decided between them, so a per-object controller would have to
 //! read all slices anyway.
 
+pub mod agents;
 pub mod credential;
 pub mod decide;
 pub mod keys;

@@ -28,6 +28,7 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -40,7 +41,7 @@ use slice_api::crd::{GATEWAY_NAMESPACE, MemberCluster, SYSTEM_NAMESPACE, WorkerS
 use slice_api::mcs::{GROUP as MCS_GROUP, McsVersion, ServiceExport};
 use slice_api::multus;
 use slice_api::names::{
-    COREDNS_CONFIG_MAP, KUBE_SYSTEM_NAMESPACE, NODE_LOCAL_DNS_CONFIG_MAP, SLICE_DNS_SERVICE, SLICE_LABEL,
+    self, COREDNS_CONFIG_MAP, KUBE_SYSTEM_NAMESPACE, NODE_LOCAL_DNS_CONFIG_MAP, SLICE_DNS_SERVICE, SLICE_LABEL,
 };
 
 use super::decide::{self, Kind, Observed, Settings, Write};
@@ -151,6 +152,9 @@ pub struct Worker {
     clock_offset: Mutex<Option<i64>>,
     /// The optional CRDs the last pass found missing in the cluster (`None` before a pass).
     missing_crds: Mutex<Option<Vec<String>>>,
+    /// The cluster's nodes as the last pass saw them (`None` before a pass): whose agents the
+    /// heartbeat reports.
+    node_names: Mutex<Option<Vec<String>>>,
     recorder: Recorder,
     leadership: Leadership,
 }
@@ -249,6 +253,7 @@ impl Worker {
             tunnel_watch: Mutex::new(Vec::new()),
             clock_offset: Mutex::new(None),
             missing_crds: Mutex::new(None),
+            node_names: Mutex::new(None),
             recorder: Recorder::new(EVENT_CONTROLLER, crate::leader::hostname()),
             leadership: Leadership::unconditional(),
         }
@@ -332,6 +337,8 @@ impl Worker {
             .await
             .map_err(read(&format!("MemberCluster {cluster} on the hub")))?;
         let nodes = Api::<Node>::all(self.local.clone()).list(&ListParams::default()).await.map_err(read("Nodes"))?;
+        *self.node_names.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(nodes.items.iter().map(kube::ResourceExt::name_any).collect());
         let namespaces =
             Api::<Namespace>::all(self.local.clone()).list(&ListParams::default()).await.map_err(read("Namespaces"))?;
         let (sys, gw) = (SYSTEM_NAMESPACE, GATEWAY_NAMESPACE);
@@ -615,6 +622,25 @@ impl Worker {
         let mut status = json!({ "lastHeartbeat": now, "workerVersion": env!("CARGO_PKG_VERSION") });
         if let Some(offset) = offset {
             status["clockOffsetSeconds"] = json!(offset);
+        }
+        // The node agents, from their Leases, once a pass has listed the nodes.
+        let nodes = self.node_names.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let (Some(nodes), Ok(at)) = (nodes, now.parse::<Timestamp>()) {
+            let by_label = ListParams::default().labels(&format!(
+                "{}={}",
+                names::AGENT_LEASE_LABEL,
+                slice_node::lease::LEASE_LABEL_VALUE
+            ));
+            match Api::<Lease>::namespaced(self.local.clone(), names::NODE_NAMESPACE).list(&by_label).await {
+                Ok(leases) => {
+                    if let Some(agents) = super::agents::agents_status(&nodes, &leases.items, at) {
+                        status["agents"] = json!(agents);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing the node agents' Leases; the heartbeat goes without them")
+                }
+            }
         }
         // A merge patch keeps a list it does not name: an empty one is written to clear it.
         if let Some(missing) = self.missing_crds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {

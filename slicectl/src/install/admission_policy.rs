@@ -16,7 +16,7 @@
 //!   label), never adds `slicenet-system` or `slicenet-gateway` to a slice, and writes or
 //!   deletes only the NetworkAttachmentDefinitions labelled as its own, keeping that label;
 //!   each node agent patches only pods on its own node, and only their
-//!   `k8s.v1.cni.cncf.io/network-status` annotation.
+//!   `k8s.v1.cni.cncf.io/network-status` annotation, and writes only its own node's Lease.
 //!
 //! What stays: reads are not admission requests (the node agent still reads every pod, the
 //! worker lists every pod for `connectedPods`).
@@ -32,8 +32,8 @@ use k8s_openapi::api::admissionregistration::v1::{
     Variable,
 };
 use slice_api::crd::{CLUSTER_NAMESPACE_PREFIX, SYSTEM_NAMESPACE, WORKER_FINALIZER};
+use slice_api::names::{AGENT_LEASE_PREFIX, NODE_NAMESPACE, RESERVED_NAMESPACES};
 use slice_api::names::{NETWORK_STATUS_ANNOTATION, SLICE_LABEL};
-use slice_api::names::{NODE_NAMESPACE, RESERVED_NAMESPACES};
 use slice_operator::worker::objects::{LABELLED_BY_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
 
 use super::objects::meta;
@@ -351,6 +351,34 @@ fn node_agent_pods() -> Policy {
     }
 }
 
+fn node_agent_leases() -> Policy {
+    let agent = service_account_user(NODE_NAMESPACE, NODE_AGENT_NAME);
+    let node = lit(NODE_NAME_EXTRA);
+    let prefix = lit(AGENT_LEASE_PREFIX);
+    Policy {
+        name: format!("{NODE_AGENT_NAME}-leases"),
+        note: "RBAC lets every node agent write every Lease of its namespace; this keeps each to its own node's.",
+        who: format!("request.userInfo.username == {}", lit(&agent)),
+        rules: vec![("coordination.k8s.io", "leases", &["CREATE", "UPDATE"])],
+        variables: vec![(
+            "nodeNames",
+            format!(
+                "(has(request.userInfo.extra) && {node} in request.userInfo.extra) ? request.userInfo.extra[{node}] : []"
+            ),
+        )],
+        checks: vec![Check {
+            expression: format!("variables.nodeNames.size() > 0 && request.name == {prefix} + variables.nodeNames[0]"),
+            message: format!(
+                "a node agent may write only its own node's Lease {AGENT_LEASE_PREFIX}<node> (its token's {NODE_NAME_EXTRA})"
+            ),
+            message_expression: format!(
+                "'the node agent of node ' + (variables.nodeNames.size() > 0 ? variables.nodeNames[0] : '(none in its \
+                 token)') + ' may write only the Lease {AGENT_LEASE_PREFIX}<its node>, not ' + {OBJECT_NAME}"
+            ),
+        }],
+    }
+}
+
 fn policy_object(p: &Policy) -> ValidatingAdmissionPolicy {
     let rules = p
         .rules
@@ -431,5 +459,5 @@ pub fn hub() -> Result<Manifest> {
 /// # Errors
 /// When an object cannot be serialised.
 pub fn member() -> Result<Manifest> {
-    manifest(&[worker_namespaces(), worker_nads(), node_agent_pods()])
+    manifest(&[worker_namespaces(), worker_nads(), node_agent_pods(), node_agent_leases()])
 }

@@ -385,6 +385,12 @@ pub fn node_agent_daemonset(image: &str) -> DaemonSet {
             "--kube".to_owned(),
             "--health-addr".to_owned(),
             format!("[::]:{NODE_AGENT_HEALTH_PORT}"),
+            // Read-only: the agent reports on its Lease whether the node's runtime chains
+            // slice-cni (the init container wrote the chain).
+            "--cni-conf-dir".to_owned(),
+            "/host/etc/cni/net.d".to_owned(),
+            "--cni-bin-dir".to_owned(),
+            "/host/opt/cni/bin".to_owned(),
         ]),
         env: Some(vec![
             env_from_field("NODE_NAME", "spec.nodeName"),
@@ -409,6 +415,8 @@ pub fn node_agent_daemonset(image: &str) -> DaemonSet {
             mount("netns", "/run/netns", Some("Bidirectional")),
             mount("state", DEFAULT_STATE_DIR, None),
             mount("var-lib", VAR_LIB_DIR, None),
+            VolumeMount { read_only: Some(true), ..mount("cni-bin", "/host/opt/cni/bin", None) },
+            VolumeMount { read_only: Some(true), ..mount("cni-conf", "/host/etc/cni/net.d", None) },
         ]),
         ..Container::default()
     };
