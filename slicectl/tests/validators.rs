@@ -92,10 +92,10 @@ fn print_manifests(dir: &Path) -> Vec<PathBuf> {
     files.push(("node-cleanup.yaml", format!("---\n{}", yaml_serde::to_string(&cleanup).unwrap())));
     files.push(("mcs-crds.yaml", slicectl(&["install", "mcs-crds"])));
     // The admission policies and their bindings are among what is checked (two in `install
-    // hub`, three in `install worker`).
+    // hub`, four in `install worker`).
     let text: String = files.iter().map(|(_, t)| t.as_str()).collect();
     for kind in ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] {
-        assert_eq!(text.matches(&format!("\nkind: {kind}\n")).count(), 2 + 3 + 3, "{kind}s printed");
+        assert_eq!(text.matches(&format!("\nkind: {kind}\n")).count(), 2 + 4 + 4, "{kind}s printed");
     }
     files
         .into_iter()
