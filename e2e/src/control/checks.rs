@@ -43,17 +43,12 @@ fn first_sample(text: &str, family: &str) -> Option<f64> {
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// Why the node's CNI configuration does not chain slice-cni, if it does not.
+/// Why the node's CNI configuration does not chain slice-cni, if it does not: what the node
+/// agent reports on its Lease in a cluster (`slice_node::lease::cni_state`).
 fn cni_problem(node: &crate::Node) -> Option<String> {
-    let files: Vec<(String, String)> = std::fs::read_dir(node.cni_conf_dir())
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| Some((e.file_name().to_str()?.to_owned(), std::fs::read_to_string(e.path()).ok()?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    slice_api::diagnose::cni_chain_problem(&files, node.cni_bin_dir().join("slice-cni").exists())
+    let dirs = slice_node::lease::CniDirs { conf: node.cni_conf_dir(), bin: node.cni_bin_dir() };
+    let state = slice_node::lease::cni_state(&dirs);
+    (state != slice_api::names::AGENT_CNI_CHAINED).then_some(state)
 }
 
 /// Asks `server` for the MCS DNS version record from inside `netns`: `None` when it answered
