@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use e2e::Lab;
 use e2e::browser::Browser;
-use e2e::control::{ControlPlane, parse_manifest};
+use e2e::control::{ControlPlane, across_manifest};
 use serde_json::Value;
 use slice_api::console::Model;
 use slice_kube::console::Console;
@@ -27,31 +27,8 @@ const TUNNEL_DOWN_DEADLINE: Duration = Duration::from_secs(120);
 /// A bound on a broken browser.
 const WAIT: Duration = Duration::from_secs(60);
 
-const MANIFEST: &str = r#"
-apiVersion: slicenet.io/v1alpha1
-kind: MemberCluster
-metadata: {name: c1, annotations: {lab.slicenet.io/nodes: "1"}}
-spec: {}
----
-apiVersion: slicenet.io/v1alpha1
-kind: MemberCluster
-metadata: {name: c2, annotations: {lab.slicenet.io/nodes: "1"}}
-spec: {}
----
-apiVersion: slicenet.io/v1alpha1
-kind: MemberCluster
-metadata: {name: c3, annotations: {lab.slicenet.io/nodes: "1", lab.slicenet.io/behind-nat: "true"}}
-spec: {}
----
-apiVersion: slicenet.io/v1alpha1
-kind: SliceConfig
-metadata: {name: blue}
-spec:
-  sliceSubnet: 10.80.0.0/16
-  gateway: {persistentKeepalive: 5}
-  clusters: [c1, c2, c3]
-  namespaces: [{namespace: shop}]
-"#;
+/// One node each, c3 behind NAT; slice `blue` (10.80.0.0/16, namespace `shop`) over all three.
+const MEMBERS: [(&str, usize, bool); 3] = [("c1", 1, false), ("c2", 1, false), ("c3", 1, true)];
 
 fn artifacts() -> std::path::PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
@@ -96,7 +73,8 @@ fn the_console_shows_the_lab_and_follows_a_cut_link_without_a_reload() {
     e2e::require_root().expect("root");
     let mut lab = Lab::new(PREFIX).expect("lab (needs root; build the bins first)");
     let mut cp = ControlPlane::new();
-    cp.apply(&mut lab, &parse_manifest(MANIFEST).expect("manifest")).expect("apply");
+    let manifest = across_manifest("blue", "10.80.0.0/16", &["shop"], &MEMBERS).expect("manifest");
+    cp.apply(&mut lab, &manifest).expect("apply");
     let console = Console::new();
     console.publish(&Model::from_view(&cp.hub_view()));
     let url = serve(console.clone());

@@ -8,38 +8,15 @@
 //! Needs root and the binaries; fails (does not skip) without them.
 
 use e2e::Lab;
-use e2e::control::{ControlPlane, parse_manifest};
+use e2e::control::{ControlPlane, across_manifest};
 use slice_api::diagnose::{Report, check};
 
 const PREFIX: &str = "hdia";
 /// The checks that look at the machines; each fault must trip exactly its own.
 const LAB_CHECKS: [&str; 7] = check::MACHINE;
 
-const MANIFEST: &str = r#"
-apiVersion: slicenet.io/v1alpha1
-kind: MemberCluster
-metadata: {name: c1, annotations: {lab.slicenet.io/nodes: "1"}}
-spec: {}
----
-apiVersion: slicenet.io/v1alpha1
-kind: MemberCluster
-metadata: {name: c2, annotations: {lab.slicenet.io/nodes: "1"}}
-spec: {}
----
-apiVersion: slicenet.io/v1alpha1
-kind: MemberCluster
-metadata: {name: c3, annotations: {lab.slicenet.io/nodes: "1", lab.slicenet.io/behind-nat: "true"}}
-spec: {}
----
-apiVersion: slicenet.io/v1alpha1
-kind: SliceConfig
-metadata: {name: blue}
-spec:
-  sliceSubnet: 10.80.0.0/16
-  gateway: {persistentKeepalive: 5}
-  clusters: [c1, c2, c3]
-  namespaces: [{namespace: shop}]
-"#;
+/// One node each, c3 behind NAT; slice `blue` (10.80.0.0/16, namespace `shop`) over all three.
+const MEMBERS: [(&str, usize, bool); 3] = [("c1", 1, false), ("c2", 1, false), ("c3", 1, true)];
 
 /// The lab checks that found something, as (check, place).
 fn lab_faults(r: &Report) -> Vec<(String, String)> {
@@ -72,7 +49,8 @@ fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
     e2e::require_root().expect("root");
     let mut lab = Lab::new(PREFIX).expect("lab (needs root; build the bins first)");
     let mut cp = ControlPlane::new();
-    cp.apply(&mut lab, &parse_manifest(MANIFEST).expect("manifest")).expect("apply");
+    let manifest = across_manifest("blue", "10.80.0.0/16", &["shop"], &MEMBERS).expect("manifest");
+    cp.apply(&mut lab, &manifest).expect("apply");
     // c1 runs its DNS (slice-dns, a resolver per node) as its first multi-cluster service would
     // start it; the worker's stanza sends the zone to slice-dns.
     cp.start_dns(&lab, "c1").expect("c1's DNS");

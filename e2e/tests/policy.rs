@@ -307,17 +307,8 @@ fn wait_enforced(lab: &Lab, what: &str) {
     let deadline = Instant::now() + ENFORCED_DEADLINE;
     for cluster in CLUSTERS {
         for node in lab.cluster(cluster).nodes() {
-            let router = std::path::PathBuf::from(format!("/run/netns/{}{SLICE}", node.router_netns_prefix()));
             loop {
-                let config = node.agent_config().unwrap_or_else(|e| panic!("{e:#}"));
-                let slice = config.slices.iter().find(|s| s.name == SLICE).expect("the slice on the node");
-                let want = slice_node::firewall::table(slice).unwrap_or_else(|e| panic!("{what}: {e}"));
-                let got = dataplane::Netns::open(&router)
-                    .ok()
-                    .and_then(|ns| dataplane::nft::list_table(&ns, slice_node::firewall::TABLE).ok())
-                    .flatten()
-                    // As the agent compares it: set elements sorted (hash sets list in no order).
-                    .map(slice_node::firewall::canonical);
+                let (want, got) = e2e::control::policy_tables(node, SLICE).unwrap_or_else(|e| panic!("{what}: {e:#}"));
                 if got == want {
                     break;
                 }

@@ -169,6 +169,28 @@ pub fn blue_over(clusters: &[&str]) -> Result<Manifest> {
     Ok(m)
 }
 
+/// An nftables table as JSON objects (`None`: no table).
+pub type NftTable = Option<Vec<Value>>;
+
+/// The nftables table node `node`'s agent compiles for `slice` from its current configuration
+/// (`want`) and the one its router holds (`got`, canonical as the agent compares them: set
+/// elements sorted); `None` for no table. Equal once the agent has applied its file.
+///
+/// # Errors
+/// When the agent's configuration cannot be read, has no such slice, or does not compile.
+pub fn policy_tables(node: &crate::Node, slice: &str) -> Result<(NftTable, NftTable)> {
+    let config = node.agent_config()?;
+    let on_node = config.slices.iter().find(|s| s.name == slice).context("the slice is not on the node")?;
+    let want = slice_node::firewall::table(on_node).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let router = std::path::PathBuf::from(format!("/run/netns/{}{slice}", node.router_netns_prefix()));
+    let got = dataplane::Netns::open(&router)
+        .ok()
+        .and_then(|ns| dataplane::nft::list_table(&ns, slice_node::firewall::TABLE).ok())
+        .flatten()
+        .map(slice_node::firewall::canonical);
+    Ok((want, got))
+}
+
 /// Reads and parses a YAML file (see [`parse_manifest`]).
 ///
 /// # Errors

@@ -234,16 +234,8 @@ fn expect_reach(what: &str, from: &Pod, to: Ipv4Addr, expect: bool) -> usize {
 fn wait_enforced(lab: &Lab, cluster: &str, slice: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(90);
     for node in lab.cluster(cluster).nodes() {
-        let router = std::path::PathBuf::from(format!("/run/netns/{}{slice}", node.router_netns_prefix()));
         loop {
-            let config = node.agent_config()?;
-            let on_node = config.slices.iter().find(|s| s.name == slice).context("the slice is not on the node")?;
-            let want = slice_node::firewall::table(on_node).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let got = dataplane::Netns::open(&router)
-                .ok()
-                .and_then(|ns| dataplane::nft::list_table(&ns, slice_node::firewall::TABLE).ok())
-                .flatten()
-                .map(slice_node::firewall::canonical);
+            let (want, got) = control::policy_tables(node, slice)?;
             if got == want {
                 break;
             }

@@ -82,17 +82,33 @@ fn parse_family(
             value: family.slice_subnet.clone(),
         });
     }
-    let cluster = parse_net(&spec.slice, "secondaryFamily.clusterPrefix", &family.cluster_prefix)?;
-    if !subnet.contains(&cluster) {
-        return Err(WorkerPlanError::BadPrefix {
-            slice: spec.slice.clone(),
-            field: "secondaryFamily.clusterPrefix (not inside secondaryFamily.sliceSubnet)",
-            value: family.cluster_prefix.clone(),
-        });
-    }
-    prefix::node_prefix(cluster, family.node_prefix_length, 0)
-        .map_err(|source| WorkerPlanError::Prefix { slice: spec.slice.clone(), source })?;
+    let cluster = parse_cluster_prefix(
+        &spec.slice,
+        subnet,
+        ("secondaryFamily.clusterPrefix", "secondaryFamily.clusterPrefix (not inside secondaryFamily.sliceSubnet)"),
+        &family.cluster_prefix,
+        family.node_prefix_length,
+    )?;
     Ok(TypedFamily { subnet, cluster_prefix: cluster, node_prefix_len: family.node_prefix_length })
+}
+
+/// A cluster prefix (`fields`: its field, and its field when not inside `subnet`): aligned,
+/// inside `subnet`, with room for node prefixes of `node_prefix_len` (index 0 exists exactly
+/// when the length fits).
+fn parse_cluster_prefix(
+    slice: &str,
+    subnet: IpNet,
+    fields: (&'static str, &'static str),
+    value: &str,
+    node_prefix_len: u8,
+) -> Result<IpNet, WorkerPlanError> {
+    let cluster = parse_net(slice, fields.0, value)?;
+    if !subnet.contains(&cluster) {
+        return Err(WorkerPlanError::BadPrefix { slice: slice.to_owned(), field: fields.1, value: value.to_owned() });
+    }
+    prefix::node_prefix(cluster, node_prefix_len, 0)
+        .map_err(|source| WorkerPlanError::Prefix { slice: slice.to_owned(), source })?;
+    Ok(cluster)
 }
 
 fn parse_net(slice: &str, field: &'static str, value: &str) -> Result<IpNet, WorkerPlanError> {
@@ -202,17 +218,13 @@ impl TypedSpec {
     /// that order that is wrong.
     pub fn parse(spec: &WorkerSliceSpec) -> Result<Self, WorkerPlanError> {
         let subnet = parse_net(&spec.slice, "sliceSubnet", &spec.slice_subnet)?;
-        let cluster = parse_net(&spec.slice, "clusterPrefix", &spec.cluster_prefix)?;
-        if !subnet.contains(&cluster) {
-            return Err(WorkerPlanError::BadPrefix {
-                slice: spec.slice.clone(),
-                field: "clusterPrefix (not inside sliceSubnet)",
-                value: spec.cluster_prefix.clone(),
-            });
-        }
-        // Index 0 exists exactly when the node prefix length fits the cluster prefix.
-        prefix::node_prefix(cluster, spec.node_prefix_length, 0)
-            .map_err(|source| WorkerPlanError::Prefix { slice: spec.slice.clone(), source })?;
+        let cluster = parse_cluster_prefix(
+            &spec.slice,
+            subnet,
+            ("clusterPrefix", "clusterPrefix (not inside sliceSubnet)"),
+            &spec.cluster_prefix,
+            spec.node_prefix_length,
+        )?;
 
         let secondary = spec.secondary_family.as_ref().map(|f| parse_family(spec, subnet, f)).transpose()?;
 
