@@ -118,6 +118,16 @@ pub mod metric {
     pub const PEER_TX_BITS_PER_SECOND: &str = "slice_gateway_peer_tx_bits_per_second";
     /// Counter, per peer and [`LABEL_REASON`]: packets of the peer dropped.
     pub const PEER_DROPS: &str = "slice_gateway_peer_drops_total";
+    /// The TUN device's MTU (device-wide gauge): the inner packets the tunnel must carry.
+    pub const MTU_BYTES: &str = "slice_gateway_mtu_bytes";
+    /// The largest inner packet the path to the peer carried in the last round of path MTU
+    /// probes that says (`slice_gateway::pathprobe`); absent until one does.
+    pub const PEER_PATH_MTU_BYTES: &str = "slice_gateway_peer_path_mtu_bytes";
+    /// Seconds the first handshake initiation sent to the peer since its last handshake has
+    /// waited for an answer; absent when none waits.
+    pub const PEER_HANDSHAKE_UNANSWERED_SECONDS: &str = "slice_gateway_peer_handshake_unanswered_seconds";
+    /// Unix time of the last handshake initiation received from the peer (0: never).
+    pub const PEER_LAST_INITIATION_RECEIVED_SECONDS: &str = "slice_gateway_peer_last_initiation_received_seconds";
 }
 
 #[cfg(test)]

@@ -167,6 +167,12 @@ impl Gateway {
         socket::set_tos(&self.snapshot.load().socket, dscp.tos())
     }
 
+    /// The TUN device's MTU as set with [`Gateway::set_mtu`], if it was.
+    #[must_use]
+    pub fn tun_mtu(&self) -> Option<u16> {
+        u16::try_from(self.mtu.load(Ordering::Relaxed)).ok().filter(|m| *m > 0 && *m < u16::MAX)
+    }
+
     fn mtu(&self) -> u16 {
         static NO_CLAMP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         // SLICE_GATEWAY_NO_MSS_CLAMP: leave SYNs alone (to show what the clamp prevents).

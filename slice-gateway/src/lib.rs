@@ -10,6 +10,7 @@ pub mod device;
 pub mod metrics;
 pub mod multipath;
 pub mod offload;
+pub mod pathprobe;
 pub mod peers;
 pub mod tun;
 pub mod uapi;

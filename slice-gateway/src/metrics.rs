@@ -38,6 +38,12 @@ pub struct PeerSample {
     /// Bits per second each way (received, sent) over the last window ([`Rate`]); `None`
     /// until two samples were taken.
     pub bits_per_second: Option<(u64, u64)>,
+    /// The largest inner packet the path carried in the last probe round that says.
+    pub path_mtu: Option<u16>,
+    /// Seconds an unanswered handshake initiation has waited, if one does.
+    pub unanswered_secs: Option<f64>,
+    /// Unix seconds of the last handshake initiation from the peer, 0 if never.
+    pub last_initiation_received: f64,
 }
 
 /// One peer's throughput: the byte counters at the last sample and the rate measured between
@@ -77,6 +83,8 @@ pub struct Sample {
     pub no_private_key: u64,
     pub no_route: u64,
     pub tun_invalid: u64,
+    /// The TUN device's MTU, if known.
+    pub mtu: Option<u16>,
     pub peers: Vec<PeerSample>,
 }
 
@@ -159,6 +167,36 @@ pub fn render(s: &Sample) -> String {
             }
         }
     }
+    if let Some(mtu) = s.mtu {
+        let name = metric::MTU_BYTES;
+        let _ =
+            writeln!(out, "# HELP {name} The TUN device's MTU.\n# TYPE {name} gauge\n{name}{{{IFACE}=\"{i}\"}} {mtu}");
+    }
+    let name = metric::PEER_PATH_MTU_BYTES;
+    let _ = writeln!(
+        out,
+        "# HELP {name} The largest inner packet the path to the peer carried in the last round of path probes."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for p in &s.peers {
+        if let Some(bytes) = p.path_mtu {
+            let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {bytes}", p.public_key);
+        }
+    }
+    let name = metric::PEER_HANDSHAKE_UNANSWERED_SECONDS;
+    let _ = writeln!(out, "# HELP {name} How long a handshake initiation to the peer has waited for an answer.");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for p in &s.peers {
+        if let Some(secs) = p.unanswered_secs {
+            let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {secs:.3}", p.public_key);
+        }
+    }
+    let name = metric::PEER_LAST_INITIATION_RECEIVED_SECONDS;
+    let _ = writeln!(out, "# HELP {name} Unix time of the last handshake initiation from the peer (0: never).");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for p in &s.peers {
+        let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {:.3}", p.public_key, p.last_initiation_received);
+    }
     let name = metric::PEER_DROPS;
     let _ = writeln!(out, "# HELP {name} Packets of the peer dropped, by reason.\n# TYPE {name} counter");
     for p in &s.peers {
@@ -204,6 +242,11 @@ pub fn sample(gw: &Gateway) -> Sample {
             ],
             live: (probe_ms > 0).then(|| p.is_live(probe_ms)),
             bits_per_second,
+            path_mtu: p.path_mtu(),
+            unanswered_secs: p.unanswered_for().map(|d| d.as_secs_f64()),
+            // Millisecond counts fit an f64 exactly for the next 280,000 years.
+            #[allow(clippy::cast_precision_loss)]
+            last_initiation_received: p.last_initiation_received_ms() as f64 / 1000.0,
         });
     });
     peers.sort_by(|a, b| a.public_key.cmp(&b.public_key));
@@ -215,6 +258,7 @@ pub fn sample(gw: &Gateway) -> Sample {
         no_private_key: load(&c.no_private_key),
         no_route: load(&c.no_route),
         tun_invalid: load(&c.tun_invalid),
+        mtu: gw.tun_mtu(),
         peers,
     }
 }

@@ -15,6 +15,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use slice_api::wireguard::Key;
 
 use crate::allowed_ips::AllowedIps;
+use crate::pathprobe::PathState;
 use crate::peers::TunnSettings;
 
 /// Device-wide counters (all monotonic).
@@ -84,6 +85,13 @@ pub struct Peer {
     pub(super) hrw_id: u64,
     /// The throughput figures' last sample ([`crate::metrics::Rate`]).
     pub(crate) rate: Mutex<crate::metrics::Rate>,
+    /// Path MTU probing towards the peer ([`crate::pathprobe`]).
+    pub(super) path: Mutex<PathState>,
+    /// Unix ms of the first handshake initiation sent to the peer since the last completed
+    /// handshake (0: none waits for an answer).
+    pub(super) unanswered_since_ms: AtomicU64,
+    /// Unix ms of the last handshake initiation received from the peer (0: never).
+    pub(super) last_initiation_rx_ms: AtomicU64,
 }
 
 impl Peer {
@@ -99,7 +107,43 @@ impl Peer {
             last_revive_ms: AtomicU64::new(0),
             hrw_id: slice_api::fnv::fnv1a_64(public_key.0),
             rate: Mutex::new(crate::metrics::Rate::default()),
+            path: Mutex::new(PathState::default()),
+            unanswered_since_ms: AtomicU64::new(0),
+            last_initiation_rx_ms: AtomicU64::new(0),
         }
+    }
+
+    /// A handshake initiation went to the peer: it waits for an answer from now, unless an
+    /// earlier one already does.
+    pub(super) fn note_initiation_sent(&self) {
+        let _ = self.unanswered_since_ms.compare_exchange(0, unix_ms(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// A handshake initiation came from the peer.
+    pub(super) fn note_initiation_received(&self) {
+        self.last_initiation_rx_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// How long the first unanswered handshake initiation to the peer has waited, if one does.
+    #[must_use]
+    pub fn unanswered_for(&self) -> Option<Duration> {
+        match self.unanswered_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(unix_ms().saturating_sub(since))),
+        }
+    }
+
+    /// When the peer last sent a handshake initiation (Unix ms, 0: never).
+    #[must_use]
+    pub fn last_initiation_received_ms(&self) -> u64 {
+        self.last_initiation_rx_ms.load(Ordering::Relaxed)
+    }
+
+    /// The largest inner packet the path to the peer carried in the last probe round that says
+    /// ([`PathState::largest`]).
+    #[must_use]
+    pub fn path_mtu(&self) -> Option<u16> {
+        lock(&self.path).largest()
     }
 
     /// An authenticated datagram arrived from the peer.
@@ -138,9 +182,19 @@ impl Peer {
             // Only move on a new handshake; recomputing `now - age` jitters by microseconds.
             if last.is_none_or(|prev| at.duration_since(prev).is_ok_and(|d| d > Duration::from_millis(50))) {
                 *last = Some(at);
+                // Whichever side initiated it, the peer answers now.
+                self.unanswered_since_ms.store(0, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// Milliseconds since the Unix epoch on the wall clock (what the metrics report times in).
+#[must_use]
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Milliseconds on a monotonic clock started with the process, never 0 (0 means "never").

@@ -10,13 +10,14 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, TunnResult};
+use boringtun::noise::{Packet, Tunn, TunnResult};
 use slice_api::wireguard::Key;
 
 use super::live::{Peer, Snapshot, add, inc, lock};
 use super::socket::send_to;
 use super::{Gateway, MAX_PACKET};
 use crate::offload::{self, Coalescer};
+use crate::pathprobe;
 use crate::udp::{self, RecvBatch};
 
 /// Buffers per `recvmmsg` (each up to 64 KiB: with UDP GRO one buffer holds many datagrams).
@@ -175,6 +176,9 @@ impl Gateway {
             return;
         };
         let is_handshake = matches!(packet, Packet::HandshakeInit(_) | Packet::HandshakeResponse(_));
+        if matches!(packet, Packet::HandshakeInit(_)) {
+            peer.note_initiation_received();
+        }
         let mut tunn = lock(&peer.tunn);
         let Some(t) = tunn.as_mut() else { return };
         match t.decapsulate(Some(from.ip()), datagram, out) {
@@ -191,6 +195,13 @@ impl Gateway {
                     send_to(socket, peer, queued, from);
                 }
             }
+            TunnResult::WriteToTunnelV4(inner, src) if src.is_unspecified() => {
+                if let Some(probe) = pathprobe::parse(inner) {
+                    self.answer_probe(socket, peer, t, probe, from);
+                } else {
+                    inc(&peer.counters.drop_source);
+                }
+            }
             TunnResult::WriteToTunnelV4(inner, src) => self.deliver(snap, peer, inner, IpAddr::V4(src), rx),
             TunnResult::WriteToTunnelV6(inner, src) => self.deliver(snap, peer, inner, IpAddr::V6(src), rx),
         }
@@ -205,6 +216,21 @@ impl Gateway {
         let mut ep = lock(&peer.endpoint);
         if *ep != Some(from) {
             *ep = Some(from);
+        }
+    }
+
+    /// A path probe from `peer` ([`pathprobe`]): a request is answered at once with a small
+    /// reply naming its size; a reply is noted in the peer's probing state. Neither goes to TUN.
+    fn answer_probe(&self, socket: &UdpSocket, peer: &Peer, t: &mut Tunn, probe: pathprobe::Probe, from: SocketAddr) {
+        if probe.reply {
+            lock(&peer.path).on_reply(probe.round, probe.size);
+            return;
+        }
+        let mut packet = [0u8; pathprobe::REPLY_SIZE];
+        let reply = pathprobe::encode(&mut packet, pathprobe::Probe { reply: true, ..probe });
+        let mut out = [0u8; pathprobe::REPLY_SIZE + 64];
+        if let TunnResult::WriteToNetwork(datagram) = t.encapsulate(reply, &mut out) {
+            send_to(socket, peer, datagram, from);
         }
     }
 

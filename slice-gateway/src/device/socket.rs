@@ -64,6 +64,9 @@ pub(super) fn send_to(socket: &UdpSocket, peer: &Peer, datagram: &[u8], to: Sock
     };
     match socket.send_to(datagram, to) {
         Ok(n) => {
+            if is_initiation(datagram) {
+                peer.note_initiation_sent();
+            }
             add(&peer.counters.tx_bytes, n);
             inc(&peer.counters.tx_packets);
         }
@@ -80,4 +83,9 @@ pub(super) fn send_to_endpoint(socket: &UdpSocket, peer: &Peer, datagram: &[u8])
         Some(ep) => send_to(socket, peer, datagram, ep),
         None => inc(&peer.counters.drop_no_endpoint),
     }
+}
+
+/// Whether a datagram is a WireGuard handshake initiation (message type 1, 148 bytes).
+pub(super) fn is_initiation(datagram: &[u8]) -> bool {
+    datagram.len() == 148 && datagram[..4] == [1, 0, 0, 0]
 }
