@@ -3,7 +3,9 @@
 //! its check at the right place: a blocked UDP port on c2's edge, a small MTU on c2's WAN link,
 //! a stopped node agent on c1, c1's gateway holding a wrong key for c2, c1's slice-dns hung
 //! (SIGSTOP), a CNI configuration on c2's node that sorts before the chained one. The healthy
-//! report also shows one worker version and no clock skew (the heartbeats carry both).
+//! report also shows one worker version and no clock skew (the heartbeats carry both). The
+//! blocked port, the small MTU and the wrong key are also named by the hub alone, from what the
+//! workers report of their gateways (`hub_findings`), at the same places.
 //! Namespaces `hdia-*`.
 //! Needs root and the binaries; fails (does not skip) without them.
 
@@ -14,6 +16,12 @@ use slice_api::diagnose::{Report, check};
 const PREFIX: &str = "hdia";
 /// The checks that look at the machines; each fault must trip exactly its own.
 const LAB_CHECKS: [&str; 7] = check::MACHINE;
+/// The path checks the hub makes from what the gateways measure (issue 16: diagnose against a
+/// hub with no observer on the machines).
+const HUB_PATH_CHECKS: [&str; 3] = [check::GATEWAY_PEER_KEY, check::UDP_REACHABLE, check::PATH_MTU];
+/// A bound on the hub seeing a fault: the tunnel declared down (three 1 s probes), the
+/// handshakes unanswered for 5 s, or path probe rounds every 5 s; then a worker round.
+const HUB_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// One node each, c3 behind NAT; slice `blue` (10.80.0.0/16, namespace `shop`) over all three.
 const MEMBERS: [(&str, usize, bool); 3] = [("c1", 1, false), ("c2", 1, false), ("c3", 1, true)];
@@ -25,6 +33,34 @@ fn lab_faults(r: &Report) -> Vec<(String, String)> {
         .filter(|f| LAB_CHECKS.contains(&f.check.as_str()))
         .map(|f| (f.check.clone(), f.place.clone()))
         .collect()
+}
+
+/// The path checks the hub names from the workers' statuses alone, as (check, place).
+fn hub_path_faults(cp: &ControlPlane) -> Vec<(String, String)> {
+    slice_api::diagnose::hub_findings(&cp.hub_view())
+        .findings
+        .iter()
+        .filter(|f| HUB_PATH_CHECKS.contains(&f.check.as_str()))
+        .map(|f| (f.check.clone(), f.place.clone()))
+        .collect()
+}
+
+/// Runs the control plane's rounds (the workers read their gateways at each) until the hub's
+/// path checks satisfy `done`, or `HUB_WAIT` passes; returns the last ones seen.
+fn hub_until(
+    cp: &mut ControlPlane,
+    lab: &Lab,
+    done: impl Fn(&[(String, String)]) -> bool,
+) -> (bool, Vec<(String, String)>) {
+    let deadline = std::time::Instant::now() + HUB_WAIT;
+    loop {
+        cp.tick(lab).expect("a round");
+        let faults = hub_path_faults(cp);
+        if done(&faults) || std::time::Instant::now() > deadline {
+            return (done(&faults), faults);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 fn sh(cmd: &str) {
@@ -86,13 +122,43 @@ fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
         "{}",
         r.render()
     );
+    // The hub, from the statuses alone, names the same edge once the workers report it.
+    let c2_udp = vec![(check::UDP_REACHABLE.to_owned(), format!("slice blue in cluster c2: endpoint {c2_endpoint}"))];
+    let (seen, faults) = hub_until(&mut cp, &lab, |f| f == c2_udp.as_slice());
+    assert!(
+        seen,
+        "the hub names c2's edge: {faults:?}\n{}",
+        slice_api::diagnose::hub_findings(&cp.hub_view()).render()
+    );
     drop(rule);
     assert_eq!(lab_faults(&cp.diagnose_report(&lab)), [], "the port open again");
+    let (clear, faults) = hub_until(&mut cp, &lab, <[_]>::is_empty);
+    assert!(clear, "the hub sees the port open again: {faults:?}");
 
     // 2. A small MTU on c2's link to the WAN: every path to or from c2 is too narrow, no other.
     sh(&format!("ip -n {PREFIX}-wan link set to-c2 mtu 1300"));
     let r = cp.diagnose_report(&lab);
+    // The gateways' path probes find it too, and the hub names the same paths.
+    let both = |f: &[(String, String)]| {
+        ["slice blue: c1 → c2", "slice blue: c2 → c1"]
+            .iter()
+            .all(|p| f.contains(&(check::PATH_MTU.to_owned(), (*p).to_owned())))
+    };
+    let (seen, hub_faults) = hub_until(&mut cp, &lab, both);
     sh(&format!("ip -n {PREFIX}-wan link set to-c2 mtu 1500"));
+    assert!(seen, "the hub names the narrow paths: {hub_faults:?}");
+    for (c, place) in &hub_faults {
+        assert!(c == check::PATH_MTU && place.contains("c2"), "only paths through c2's link: {hub_faults:?}");
+    }
+    let hub = slice_api::diagnose::hub_findings(&cp.hub_view());
+    let problem = &hub.of(check::PATH_MTU).next().expect("a finding").problem;
+    // 1300 on the wire, or 4 bytes over; the gateways' probe ladder steps by 8 bytes.
+    assert!(
+        ["is 1300 bytes", "is 1296 bytes"].iter().any(|p| problem.contains(p)) && problem.contains("the tunnel needs"),
+        "{problem}"
+    );
+    let (clear, faults) = hub_until(&mut cp, &lab, <[_]>::is_empty);
+    assert!(clear, "the hub sees the paths whole again: {faults:?}");
     let faults = lab_faults(&r);
     assert!(!faults.is_empty(), "{}", r.render());
     for (c, place) in &faults {
@@ -150,6 +216,18 @@ fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
     );
     let f = r.of(check::GATEWAY_PEER_KEY).next().expect("finding");
     assert!(f.problem.contains(c2_key.trim()) && f.problem.contains(&bogus_pub), "{}", f.problem);
+    // The hub: c1's worker reports a key in its gateway that no peer has, and c2's handshakes
+    // failing because of it are not taken for a blocked port.
+    let key_fault = vec![(check::GATEWAY_PEER_KEY.to_owned(), "slice blue: gateway of c1 → c2".to_owned())];
+    let (seen, faults) = hub_until(&mut cp, &lab, |f| f == key_fault.as_slice());
+    assert!(seen, "the hub names c1's gateway: {faults:?}");
+    let hub = slice_api::diagnose::hub_findings(&cp.hub_view());
+    let f = hub.of(check::GATEWAY_PEER_KEY).next().expect("finding");
+    assert!(f.problem.contains(c2_key.trim()) && f.problem.contains(&bogus_pub), "{}", f.problem);
+    // A restarted gateway runs the worker's configuration again.
+    cp.kill_gateway("blue", "c1").expect("restart c1's gateway");
+    let (clear, faults) = hub_until(&mut cp, &lab, <[_]>::is_empty);
+    assert!(clear, "the right key again: {faults:?}");
 
     // 5. c1's slice-dns hangs (stopped, not gone): slice-dns and the resolvers that forward to
     // it are named, in c1 only.

@@ -734,6 +734,21 @@ pub struct PeerTunnelStatus {
     /// list the peer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<TunnelHealth>,
+    /// The tunnel's MTU (the inner packets it must carry), as the gateway reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_mtu: Option<u32>,
+    /// The largest inner packet the path to the peer carries, from the gateway's path probes
+    /// inside the tunnel (none until a round of them says; `tunnelMtu` when the path is wide).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_mtu: Option<u32>,
+    /// The tunnel is not up and this gateway's handshake initiations to the peer have gone
+    /// unanswered for a while (they do not arrive, or the answers do not come back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handshake_unanswered: bool,
+    /// The tunnel is not up and the peer's handshake initiations arrive here: the way from the
+    /// peer works (so whatever is lost is lost on the way back to it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub peer_initiating: bool,
 }
 
 /// One tunnel's figures from this side's gateway: bounded (one per peer), no floats (the API

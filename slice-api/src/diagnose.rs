@@ -2,7 +2,10 @@
 //!
 //! Two sources of facts feed the checks. [`hub_findings`] reads only what the hub holds (the
 //! [`HubView`]: SliceConfigs, MemberClusters, WorkerSlices with their statuses), so it runs
-//! against any hub. [`lab_findings`] adds what can be observed on the machines themselves
+//! against any hub; what the gateways measure of each path reaches it in the WorkerSlice
+//! statuses (the keys a gateway holds, handshakes unanswered and received, the largest packet
+//! the path carries), so the hub names a wrong key, a blocked UDP port and a narrow path too,
+//! a worker pass after they happen. [`lab_findings`] adds what can be observed on the machines themselves
 //! ([`Observed`]: node agents running, gateways running with the keys they hold, a datagram sent
 //! to each gateway's public endpoint arriving or not, the largest packet that passes along each
 //! path between gateways); the lab collects those (`e2e::control::checks`).
@@ -317,6 +320,7 @@ pub fn hub_findings(view: &HubView) -> Report {
             }
         }
     }
+    findings.extend(path_findings(view));
     let subnets: Vec<(String, IpNet)> =
         view.slices.iter().filter_map(|s| Some((s.name_any(), s.spec.slice_subnet.parse().ok()?))).collect();
     for (i, (a, na)) in subnets.iter().enumerate() {
@@ -342,6 +346,9 @@ pub fn hub_findings(view: &HubView) -> Report {
         check::WORKER_STATUS,
         check::TUNNEL,
         check::TUNNEL_LOSS,
+        check::GATEWAY_PEER_KEY,
+        check::UDP_REACHABLE,
+        check::PATH_MTU,
         check::PREFIX_OVERLAP,
     ];
     Report { checks: checks.iter().map(|c| (*c).to_owned()).collect(), findings }
@@ -430,12 +437,151 @@ fn agent_findings(view: &HubView) -> Vec<Finding> {
 }
 
 /// The fix for a tunnel that is not up, by the worker's reason.
+/// Reason prefix of a peer whose key the gateway does not hold while it holds keys no peer of
+/// the spec has (the worker's `tunnels::WRONG_KEY`); the keys it holds instead follow `: `.
+pub const WRONG_KEY_REASON: &str = "gateway holds another key for this peer";
+/// Bytes WireGuard adds to a packet over IPv6: outer IPv6 (40) + UDP (8) + 32.
+pub const WIREGUARD_OVERHEAD_V6: u32 = 80;
+
+/// The finding of a gateway holding something else than `peer`'s key `actual`.
+fn peer_key_finding(slice: &str, cluster: &str, peer: &str, actual: &str, wrong: &[&str]) -> Finding {
+    Finding::fail(
+        check::GATEWAY_PEER_KEY,
+        format!("slice {slice}: gateway of {cluster} → {peer}"),
+        format!(
+            "the gateway of {cluster} has no peer with {peer}'s key {actual}{}",
+            if wrong.is_empty() { String::new() } else { format!(" (it holds unknown keys: {})", wrong.join(", ")) }
+        ),
+        format!(
+            "the gateway's configuration is stale or was changed by hand: restart the gateway pod of {cluster} (it \
+             reloads the worker's configuration), and check that {peer} publishes the key its gateway uses"
+        ),
+    )
+}
+
+/// The finding of a path from `from` to `to` that carries packets up to `largest` bytes
+/// (outer, none: not even the smallest probe) where the tunnel needs `needed`.
+fn path_mtu_finding(slice: &str, from: &str, to: &str, largest: Option<u32>, needed: u32, overhead: u32) -> Finding {
+    let shown = largest.map_or_else(|| "no probe packet".to_owned(), |l| format!("{l} bytes"));
+    let tun = needed.saturating_sub(overhead);
+    let fit = largest.map(|l| l.saturating_sub(overhead));
+    Finding::fail(
+        check::PATH_MTU,
+        format!("slice {slice}: {from} → {to}"),
+        format!(
+            "the largest packet that passes is {shown}, the tunnel needs {needed} (gateway MTU {tun} + {overhead})"
+        ),
+        match fit {
+            Some(m) if m >= 1280 => format!(
+                "raise the MTU of the links between {from} and {to} to at least {needed}, or lower the gateways' MTU to {m}"
+            ),
+            _ => format!("find the link between {from} and {to} with the small MTU and raise it to at least {needed}"),
+        },
+    )
+}
+
+/// What the hub can tell of each path from the workers' tunnel statuses (what the gateways
+/// measure: `slice_gateway::pathprobe`, handshakes unanswered and received): a gateway holding
+/// another key than its peer's; UDP not arriving at a gateway (its peer's handshake
+/// initiations go unanswered and do not arrive, or arrive and the answers do not come back);
+/// a path narrower than the tunnel's packets. One finding per place, however many peers see it.
+fn path_findings(view: &HubView) -> Vec<Finding> {
+    let status_of = |slice: &str, cluster: &str| {
+        view.workers.iter().find(|w| w.spec.slice == slice && w.spec.cluster == cluster).and_then(|w| w.status.as_ref())
+    };
+    let endpoint_of = |slice: &str, cluster: &str| status_of(slice, cluster).and_then(|s| s.gateway_endpoint.clone());
+    let mut findings = Vec::new();
+    // Place → (cluster whose edge, endpoint, what was seen).
+    let mut blocked: BTreeMap<String, (String, Option<String>, Vec<String>)> = BTreeMap::new();
+    for w in &view.workers {
+        let (slice, cluster) = (w.spec.slice.as_str(), w.spec.cluster.as_str());
+        let Some(st) = &w.status else { continue };
+        for p in &st.peers {
+            let spec_key = w.spec.peers.iter().find(|q| q.cluster == p.cluster).and_then(|q| q.public_key.as_deref());
+            if let (Some(stray), Some(actual)) = (p.reason.strip_prefix(WRONG_KEY_REASON), spec_key) {
+                let wrong: Vec<&str> =
+                    stray.trim_start_matches(':').split(',').map(str::trim).filter(|k| !k.is_empty()).collect();
+                findings.push(peer_key_finding(slice, cluster, &p.cluster, actual, &wrong));
+                continue;
+            }
+            if let (Some(largest), Some(mtu)) = (p.path_mtu, p.tunnel_mtu)
+                && largest < mtu
+            {
+                let ipv6 = endpoint_of(slice, &p.cluster).is_some_and(|e| e.starts_with('['));
+                let overhead = if ipv6 { WIREGUARD_OVERHEAD_V6 } else { WIREGUARD_OVERHEAD_V4 };
+                findings.push(path_mtu_finding(
+                    slice,
+                    cluster,
+                    &p.cluster,
+                    Some(largest + overhead),
+                    mtu + overhead,
+                    overhead,
+                ));
+            }
+            if p.state == "Up" || !p.handshake_unanswered {
+                continue;
+            }
+            // The other side's view of this pair; a key problem there explains it all.
+            let Some(theirs) = status_of(slice, &p.cluster).and_then(|s| s.peers.iter().find(|q| q.cluster == cluster))
+            else {
+                continue;
+            };
+            if theirs.reason.starts_with(WRONG_KEY_REASON) {
+                continue;
+            }
+            // The other side hears this one (its handshakes, or its probes keep that side's
+            // tunnel up): the way there works, the way back does not.
+            let (edge, seen) = if theirs.peer_initiating {
+                (cluster, format!("{cluster}'s handshakes arrive at {}, whose answers do not come back", p.cluster))
+            } else if theirs.state == "Up" {
+                (
+                    cluster,
+                    format!(
+                        "{} hears {cluster}, but its answers to {cluster}'s handshakes do not come back",
+                        p.cluster
+                    ),
+                )
+            } else {
+                (p.cluster.as_str(), format!("{cluster}'s handshakes to {} go unanswered and do not arrive", p.cluster))
+            };
+            let endpoint = endpoint_of(slice, edge);
+            if edge == p.cluster && endpoint.is_none() {
+                // A gateway behind NAT is reached only through the mapping its own packets open:
+                // handshakes to it that do not arrive say nothing of its edge (its own do).
+                continue;
+            }
+            let place = match &endpoint {
+                Some(e) => format!("slice {slice} in cluster {edge}: endpoint {e}"),
+                None => format!("slice {slice} in cluster {edge}: its gateway behind NAT"),
+            };
+            blocked.entry(place).or_insert_with(|| (edge.to_owned(), endpoint, Vec::new())).2.push(seen);
+        }
+    }
+    for (place, (edge, endpoint, seen)) in blocked {
+        let to = endpoint.as_deref().map_or_else(|| format!("the gateway of {edge}"), |e| e.to_owned());
+        findings.push(Finding::fail(
+            check::UDP_REACHABLE,
+            place,
+            format!("UDP datagrams to {to} do not reach the gateway: {}", seen.join("; ")),
+            format!(
+                "open UDP to {to} on the cluster's edge: firewall, security group, NAT port forward or load balancer \
+                 of cluster {edge}"
+            ),
+        ));
+    }
+    findings
+}
+
 fn tunnel_fix(cluster: &str, peer: &str, reason: &str) -> String {
     if reason.starts_with("peer has not published a key") {
         format!("the worker of {peer} has not published its gateway key: check that worker and its gateway Secret")
     } else if reason.starts_with("gateway not running") {
         format!(
             "the gateway pod of {cluster} is not running or its metrics do not answer: kubectl -n slicenet-system get pods -l app.kubernetes.io/name=slice-gateway"
+        )
+    } else if reason.starts_with(WRONG_KEY_REASON) {
+        format!(
+            "the gateway of {cluster} holds another key than {peer}'s: its configuration was changed by hand or is stale; restarting the gateway pod reloads the worker's"
         )
     } else if reason.starts_with("gateway has not loaded") {
         format!(
@@ -544,6 +690,10 @@ pub struct PathMtu {
 #[must_use]
 pub fn lab_findings(view: &HubView, seen: &Observed) -> Report {
     let mut report = hub_findings(view);
+    // What the lab observes on the machines now replaces what the workers reported a pass ago.
+    report
+        .findings
+        .retain(|f| ![check::GATEWAY_PEER_KEY, check::UDP_REACHABLE, check::PATH_MTU].contains(&f.check.as_str()));
     let f = &mut report.findings;
     for a in seen.agents.iter().filter(|a| !a.running) {
         f.push(Finding::fail(
@@ -578,21 +728,7 @@ pub fn lab_findings(view: &HubView, seen: &Observed) -> Report {
             if !own.peer_keys.iter().any(|k| k == actual) {
                 let wrong: Vec<&str> =
                     own.peer_keys.iter().map(String::as_str).filter(|k| !keys.values().any(|v| v == k)).collect();
-                f.push(Finding::fail(
-                    check::GATEWAY_PEER_KEY,
-                    format!("slice {}: gateway of {} → {}", w.spec.slice, w.spec.cluster, peer.cluster),
-                    format!(
-                        "the gateway of {} has no peer with {}'s key {actual}{}",
-                        w.spec.cluster,
-                        peer.cluster,
-                        if wrong.is_empty() { String::new() } else { format!(" (it holds unknown keys: {})", wrong.join(", ")) }
-                    ),
-                    format!(
-                        "the gateway's configuration is stale or was changed by hand: restart the gateway pod of {} (it \
-                         reloads the worker's configuration), and check that {} publishes the key its gateway uses",
-                        w.spec.cluster, peer.cluster
-                    ),
-                ));
+                f.push(peer_key_finding(&w.spec.slice, &w.spec.cluster, &peer.cluster, actual, &wrong));
             }
         }
     }
@@ -609,26 +745,8 @@ pub fn lab_findings(view: &HubView, seen: &Observed) -> Report {
         ));
     }
     for p in &seen.paths {
-        let short = p.largest.is_none_or(|l| l < p.needed);
-        if short {
-            let largest = p.largest.map_or_else(|| "no probe packet".to_owned(), |l| format!("{l} bytes"));
-            let tun = p.needed.saturating_sub(WIREGUARD_OVERHEAD_V4);
-            let fit = p.largest.map(|l| l.saturating_sub(WIREGUARD_OVERHEAD_V4));
-            f.push(Finding::fail(
-                check::PATH_MTU,
-                format!("slice {}: {} → {}", p.slice, p.from, p.to),
-                format!(
-                    "the largest packet that passes is {largest}, the tunnel needs {} (gateway MTU {tun} + {WIREGUARD_OVERHEAD_V4})",
-                    p.needed
-                ),
-                match fit {
-                    Some(m) if m >= 1280 => format!(
-                        "raise the MTU of the links between {} and {} to at least {}, or lower the gateways' MTU to {m}",
-                        p.from, p.to, p.needed
-                    ),
-                    _ => format!("find the link between {} and {} with the small MTU and raise it to at least {}", p.from, p.to, p.needed),
-                },
-            ));
+        if p.largest.is_none_or(|l| l < p.needed) {
+            f.push(path_mtu_finding(&p.slice, &p.from, &p.to, p.largest, p.needed, WIREGUARD_OVERHEAD_V4));
         }
     }
     for a in &seen.agents {
@@ -711,6 +829,116 @@ mod tests {
         assert_eq!(json["findings"][0]["severity"], "fail");
         assert_eq!(hub_findings(&HubView::default()).findings, []);
         assert!(!hub_findings(&HubView::default()).failed());
+    }
+
+    /// Three clusters' WorkerSlices of slice blue, each with `peers` (its tunnel statuses) and
+    /// a public endpoint except c3 (behind NAT).
+    fn three(peers: [serde_json::Value; 3]) -> HubView {
+        let keys = ["K1", "K2", "K3"];
+        let names = ["c1", "c2", "c3"];
+        let workers = (0..3)
+            .map(|i| {
+                let spec_peers: Vec<serde_json::Value> = (0..3)
+                    .filter(|j| *j != i)
+                    .map(|j| serde_json::json!({"cluster": names[j], "prefix": "10.80.0.0/20", "publicKey": keys[j]}))
+                    .collect();
+                let mut status = serde_json::json!({"peers": peers[i]});
+                if i < 2 {
+                    status["gatewayEndpoint"] = format!("198.19.0.{}:31820", 11 + i).into();
+                }
+                serde_json::from_value(serde_json::json!({
+                    "apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
+                    "metadata": {"name": "blue", "namespace": format!("slicenet-cluster-{}", names[i])},
+                    "spec": {"slice": "blue", "cluster": names[i], "sliceSubnet": "10.80.0.0/16",
+                             "clusterPrefix": "10.80.0.0/20", "nodePrefixLength": 26, "vni": 4097, "peers": spec_peers},
+                    "status": status
+                }))
+                .unwrap()
+            })
+            .collect();
+        HubView { workers, ..HubView::default() }
+    }
+
+    fn path_names(r: &Report) -> Vec<(String, String)> {
+        r.findings
+            .iter()
+            .filter(|f| [check::GATEWAY_PEER_KEY, check::UDP_REACHABLE, check::PATH_MTU].contains(&f.check.as_str()))
+            .map(|f| (f.check.clone(), f.place.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_hub_names_blocked_ports_wrong_keys_and_narrow_paths_from_the_statuses() {
+        use serde_json::json;
+        let up = |c: &str| json!({"cluster": c, "state": "Up", "tunnelMtu": 1380, "pathMtu": 1380});
+        let healthy = three([json!([up("c2"), up("c3")]), json!([up("c1"), up("c3")]), json!([up("c1"), up("c2")])]);
+        assert_eq!(path_names(&hub_findings(&healthy)), []);
+        let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+
+        // UDP into c2 dropped at its edge: c1's and c3's handshakes to c2 go unanswered and do
+        // not arrive; c2's arrive at c1, whose answers do not come back. One place: c2's endpoint.
+        let silent = |c: &str, unanswered: bool, initiating: bool| {
+            json!({"cluster": c, "state": "Down", "reason": "peer silent: no packet for three probe intervals",
+                   "handshakeUnanswered": unanswered, "peerInitiating": initiating})
+        };
+        let v = three([
+            json!([silent("c2", true, true), up("c3")]),
+            json!([silent("c1", true, false), silent("c3", true, false)]),
+            json!([up("c1"), silent("c2", true, false)]),
+        ]);
+        let r = hub_findings(&v);
+        assert_eq!(path_names(&r), [s("udp-reachable", "slice blue in cluster c2: endpoint 198.19.0.12:31820")]);
+        let f = r.of(check::UDP_REACHABLE).next().unwrap();
+        assert!(f.problem.contains("c1's handshakes to c2 go unanswered and do not arrive"), "{}", f.problem);
+        assert!(f.problem.contains("c2's handshakes arrive at c1, whose answers do not come back"), "{}", f.problem);
+        assert!(f.problem.contains("c3's handshakes to c2"), "{}", f.problem);
+        assert!(f.fix.contains("cluster c2"), "{}", f.fix);
+        // Only the way into c2 is blocked: c1 and c3 still hear c2's probes, their tunnels to
+        // it stay up, and c2's handshakes go unanswered: still c2's edge.
+        let v = three([
+            json!([up("c2"), up("c3")]),
+            json!([silent("c1", true, false), silent("c3", true, false)]),
+            json!([up("c1"), up("c2")]),
+        ]);
+        let r = hub_findings(&v);
+        assert_eq!(path_names(&r), [s("udp-reachable", "slice blue in cluster c2: endpoint 198.19.0.12:31820")]);
+        let f = r.of(check::UDP_REACHABLE).next().unwrap();
+        assert!(
+            f.problem.contains("c3 hears c2, but its answers to c2's handshakes do not come back"),
+            "{}",
+            f.problem
+        );
+
+        // c1's gateway holds a made-up key instead of c2's: the key is named, and the handshakes
+        // that fail because of it are not taken for a blocked port.
+        let wrong =
+            json!({"cluster": "c2", "state": "Down", "reason": "gateway holds another key for this peer: BOGUS"});
+        let v = three([
+            json!([wrong, up("c3")]),
+            json!([silent("c1", true, false), up("c3")]),
+            json!([up("c1"), up("c2")]),
+        ]);
+        let r = hub_findings(&v);
+        assert_eq!(path_names(&r), [s("gateway-peer-key", "slice blue: gateway of c1 → c2")]);
+        let f = r.of(check::GATEWAY_PEER_KEY).next().unwrap();
+        assert!(f.problem.contains("c2's key K2") && f.problem.contains("unknown keys: BOGUS"), "{}", f.problem);
+
+        // A narrow link at c2: the paths through it carry 1240-byte packets inside, 1300 outside.
+        let narrow = |c: &str| json!({"cluster": c, "state": "Up", "tunnelMtu": 1380, "pathMtu": 1240});
+        let v = three([json!([narrow("c2"), up("c3")]), json!([narrow("c1"), up("c3")]), json!([up("c1"), up("c2")])]);
+        let r = hub_findings(&v);
+        assert_eq!(path_names(&r), [s("path-mtu", "slice blue: c1 → c2"), s("path-mtu", "slice blue: c2 → c1")]);
+        let f = r.of(check::PATH_MTU).next().unwrap();
+        assert_eq!(
+            f.problem,
+            "the largest packet that passes is 1300 bytes, the tunnel needs 1440 (gateway MTU 1380 + 60)"
+        );
+        // Below 1280 inside, IPv6 could not cross: the link must be fixed, not the MTU lowered.
+        assert!(f.fix.contains("raise it to at least 1440"), "{}", f.fix);
+
+        // The lab's own observations replace these (they are current; the statuses a pass old).
+        let lab = lab_findings(&v, &Observed::default());
+        assert_eq!(path_names(&lab), []);
     }
 
     #[test]

@@ -107,6 +107,7 @@ fn gateway_metrics_with(peers: &[(&str, f64)], rx_bytes: u64) -> String {
                 drops: vec![("auth", 0)],
                 live: None,
                 bits_per_second: Some((16_000, 8_000)),
+                ..PeerSample::default()
             })
             .collect(),
         ..Sample::default()

@@ -7,12 +7,18 @@
 //! peer's last completed handshake (0 when there was none). The per-peer figures (`health`:
 //! bytes and packets each way, the last initiated handshake's round trip, the estimated loss)
 //! come from the other per-peer families of `slice_api::gateway::metric`; they never change the
-//! state. A peer's state follows, in order:
+//! state. Neither do the path facts: the tunnel's MTU and the largest packet the path carries
+//! (`tunnelMtu`, `pathMtu`, from the gateway's path probes), and, while the tunnel is not up,
+//! whether this side's handshake initiations have gone unanswered for
+//! [`UNANSWERED_AFTER_SECS`] (`handshakeUnanswered`) and whether the peer's arrived within
+//! [`INITIATION_RECENT_SECS`] (`peerInitiating`): what `slicectl diagnose` reads on the hub to
+//! tell a blocked port from a wrong key or a narrow path. A peer's state follows, in order:
 //!
 //! | state | reason | when |
 //! | --- | --- | --- |
 //! | `Pending` | `peer has not published a key` | the spec has no public key for the peer |
 //! | `Pending` | `gateway not running: <error>` | the gateway's metrics could not be read |
+//! | `Down` | [`WRONG_KEY`]`: <keys>` | the metrics do not list the key but list keys no peer of the spec has |
 //! | `Pending` | `gateway has not loaded the peer's key yet` | the metrics do not list the key (the pod still runs an older configuration) |
 //! | `Down` | `no handshake yet` | the handshake time is 0 |
 //! | `Down` | `no handshake for N s` | the last handshake is more than [`HANDSHAKE_STALE_AFTER_SECS`] old |
@@ -59,6 +65,10 @@ pub const NO_KEY: &str = "peer has not published a key";
 pub const GATEWAY_NOT_RUNNING: &str = "gateway not running";
 /// Reason of a peer whose key the gateway does not list.
 pub const NOT_LOADED: &str = "gateway has not loaded the peer's key yet";
+/// Prefix of the reason of a peer whose key the gateway does not hold while it holds keys the
+/// spec does not name: it runs another configuration than the worker's (a hand edit over UAPI,
+/// or a key rotation it has not loaded yet). The keys it holds instead follow.
+pub const WRONG_KEY: &str = slice_api::diagnose::WRONG_KEY_REASON;
 /// Reason of a peer that never completed a handshake.
 pub const NO_HANDSHAKE_YET: &str = "no handshake yet";
 /// Reason of a peer that the gateway probes and that has sent nothing (not even a keepalive)
@@ -66,6 +76,13 @@ pub const NO_HANDSHAKE_YET: &str = "no handshake yet";
 pub const SILENT: &str = "peer silent: no packet for three probe intervals";
 /// Prefix of the reason of a peer whose last handshake is too old: `no handshake for N s`.
 const STALE_PREFIX: &str = "no handshake for ";
+
+/// How long a handshake initiation may wait for its answer before `handshakeUnanswered`:
+/// WireGuard retries every 5 s, so this much means at least one retry went unanswered too.
+pub const UNANSWERED_AFTER_SECS: u64 = 5;
+/// How recent the peer's last handshake initiation must be for `peerInitiating` (a peer whose
+/// handshakes fail retries every 5 s).
+pub const INITIATION_RECENT_SECS: i64 = 15;
 
 /// The state of a tunnel, as `status.peers[].state` spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +121,14 @@ pub struct PeerReading {
     pub last_handshake: Option<Timestamp>,
     pub live: Option<bool>,
     pub health: TunnelHealth,
+    /// The gateway's TUN MTU (a device-wide family, copied to every peer).
+    pub tunnel_mtu: Option<u32>,
+    /// The largest inner packet the path carried in the gateway's last probe round that says.
+    pub path_mtu: Option<u32>,
+    /// How long (ms) a handshake initiation to the peer has waited for an answer, if one does.
+    pub unanswered_millis: Option<u64>,
+    /// The last handshake initiation received from the peer.
+    pub last_initiation_received: Option<Timestamp>,
 }
 
 /// Every peer the gateway knows (those its handshake family lists), by public key (base64).
@@ -121,9 +146,12 @@ enum Figure {
     Live,
     RxBitsPerSecond,
     TxBitsPerSecond,
+    PathMtu,
+    UnansweredSeconds,
+    LastInitiationReceived,
 }
 
-const FIGURES: [(&str, Figure); 9] = [
+const FIGURES: [(&str, Figure); 12] = [
     (metric::PEER_RX_BYTES, Figure::RxBytes),
     (metric::PEER_TX_BYTES, Figure::TxBytes),
     (metric::PEER_RX_PACKETS, Figure::RxPackets),
@@ -133,6 +161,9 @@ const FIGURES: [(&str, Figure); 9] = [
     (metric::PEER_LIVE, Figure::Live),
     (metric::PEER_RX_BITS_PER_SECOND, Figure::RxBitsPerSecond),
     (metric::PEER_TX_BITS_PER_SECOND, Figure::TxBitsPerSecond),
+    (metric::PEER_PATH_MTU_BYTES, Figure::PathMtu),
+    (metric::PEER_HANDSHAKE_UNANSWERED_SECONDS, Figure::UnansweredSeconds),
+    (metric::PEER_LAST_INITIATION_RECEIVED_SECONDS, Figure::LastInitiationReceived),
 ];
 
 impl Figure {
@@ -151,6 +182,11 @@ impl Figure {
             Self::Live => r.live = Some(count > 0),
             Self::RxBitsPerSecond => h.rx_bits_per_second = Some(count),
             Self::TxBitsPerSecond => h.tx_bits_per_second = Some(count),
+            Self::PathMtu => r.path_mtu = u32::try_from(count).ok(),
+            Self::UnansweredSeconds => r.unanswered_millis = Some((value * 1000.0).round() as u64),
+            Self::LastInitiationReceived => {
+                r.last_initiation_received = (count > 0).then(|| Timestamp::from_second(count as i64).ok()).flatten();
+            }
         }
     }
 }
@@ -177,6 +213,7 @@ pub fn parse_peers(text: &str) -> Result<PeerReadings, MetricsError> {
     let mut seen_family = false;
     let mut out = PeerReadings::new();
     let mut figures: Vec<(String, Figure, f64)> = Vec::new();
+    let mut tunnel_mtu = None;
     let families: Vec<(&str, Option<Figure>)> =
         std::iter::once((LAST_HANDSHAKE_METRIC, None)).chain(FIGURES.iter().map(|(n, f)| (*n, Some(*f)))).collect();
     for (index, line) in text.lines().enumerate() {
@@ -187,6 +224,11 @@ pub fn parse_peers(text: &str) -> Result<PeerReadings, MetricsError> {
             if words.next() == Some("TYPE") && words.next() == Some(LAST_HANDSHAKE_METRIC) {
                 seen_family = true;
             }
+            continue;
+        }
+        if let Some((_, rest)) = family_of(line, &[(metric::MTU_BYTES, ())]) {
+            // Device-wide: no public_key label.
+            tunnel_mtu = rest.split_whitespace().last().and_then(|v| v.parse::<u32>().ok());
             continue;
         }
         let Some((figure, rest)) = family_of(line, &families) else { continue };
@@ -221,6 +263,9 @@ pub fn parse_peers(text: &str) -> Result<PeerReadings, MetricsError> {
         if let Some(reading) = out.get_mut(&key) {
             figure.set(reading, value);
         }
+    }
+    for reading in out.values_mut() {
+        reading.tunnel_mtu = tunnel_mtu;
     }
     Ok(out)
 }
@@ -285,6 +330,10 @@ pub fn peer_statuses(
                 reason,
                 last_handshake: at.map(|t| format!("{t:.0}")),
                 health: None,
+                tunnel_mtu: None,
+                path_mtu: None,
+                handshake_unanswered: false,
+                peer_initiating: false,
             };
             let Some(key) = peer.public_key.as_deref().map(str::trim).filter(|k| !k.is_empty()) else {
                 return status(TunnelState::Pending, NO_KEY.to_owned(), None);
@@ -294,7 +343,13 @@ pub fn peer_statuses(
                 Err(e) => return status(TunnelState::Pending, format!("{GATEWAY_NOT_RUNNING}: {e}"), None),
             };
             let Some(reading) = readings.get(key) else {
-                return status(TunnelState::Pending, NOT_LOADED.to_owned(), None);
+                let spec_keys: Vec<&str> =
+                    peers.iter().filter_map(|p| p.public_key.as_deref().map(str::trim)).collect();
+                let stray: Vec<&str> = readings.keys().map(String::as_str).filter(|k| !spec_keys.contains(k)).collect();
+                if stray.is_empty() {
+                    return status(TunnelState::Pending, NOT_LOADED.to_owned(), None);
+                }
+                return status(TunnelState::Down, format!("{WRONG_KEY}: {}", stray.join(", ")), None);
             };
             let mut out = match reading.last_handshake {
                 None => status(TunnelState::Down, NO_HANDSHAKE_YET.to_owned(), None),
@@ -311,12 +366,21 @@ pub fn peer_statuses(
                 }
             };
             out.health = Some(reading.health.clone());
+            out.tunnel_mtu = reading.tunnel_mtu;
+            out.path_mtu = reading.path_mtu;
+            if out.state != TunnelState::Up.to_string() {
+                out.handshake_unanswered =
+                    reading.unanswered_millis.is_some_and(|ms| ms >= UNANSWERED_AFTER_SECS * 1000);
+                out.peer_initiating = reading
+                    .last_initiation_received
+                    .is_some_and(|t| (now.as_second() - t.as_second()).abs() <= INITIATION_RECENT_SECS);
+            }
             out
         })
         .collect()
 }
 
-/// Each peer's cluster, state and [`stable_reason`] from one scrape of the gateway (`Err`: why
+/// Each peer's cluster, state and [`stable_reason`] with the path facts from one scrape of the gateway (`Err`: why
 /// it could not be read): what the worker's tunnel check compares between two scrapes, so that
 /// only a change of state or reason (not the clock, not the traffic) starts a pass.
 #[must_use]
@@ -332,7 +396,18 @@ pub fn states(peers: &[WorkerPeer], scrape: Result<&str, &str>, now: Timestamp) 
             } else {
                 stable_reason(&p.reason)
             };
-            (p.cluster, p.state, reason)
+            // The path facts are written at once too: a change of them starts a pass.
+            let mut facts = reason;
+            if let Some(path) = p.path_mtu {
+                facts += &format!(" | path {path}");
+            }
+            if p.handshake_unanswered {
+                facts += " | unanswered";
+            }
+            if p.peer_initiating {
+                facts += " | peer initiating";
+            }
+            (p.cluster, p.state, facts)
         })
         .collect()
 }
@@ -458,6 +533,53 @@ mod tests {
         let old = now.as_second() as f64 - 600.0;
         let stale = peer_statuses(&peers[..1], Ok(&parse_peers(&probed([false, false], old)).unwrap()), now);
         assert!(stale[0].reason.starts_with(STALE_PREFIX), "{stale:?}");
+    }
+
+    #[test]
+    fn path_facts_and_a_wrong_key_reach_the_status() {
+        let now = ts("2026-12-05T04:00:00Z");
+        let n = now.as_second() as f64;
+        let text = render(&Sample {
+            interface: "sg-blue".into(),
+            mtu: Some(1380),
+            peers: vec![
+                PeerSample {
+                    public_key: A.into(),
+                    last_handshake: n - 5.0,
+                    path_mtu: Some(1240),
+                    ..PeerSample::default()
+                },
+                // Silent (probed, nothing for three intervals): its initiations wait for 12 s,
+                // and the peer's own arrived 3 s ago.
+                PeerSample {
+                    public_key: B.into(),
+                    last_handshake: n - 60.0,
+                    live: Some(false),
+                    unanswered_secs: Some(12.0),
+                    last_initiation_received: n - 3.0,
+                    ..PeerSample::default()
+                },
+            ],
+            ..Sample::default()
+        });
+        let r = parse_peers(&text).unwrap();
+        assert_eq!((r[A].tunnel_mtu, r[A].path_mtu, r[B].path_mtu), (Some(1380), Some(1240), None));
+        let peers = [peer("c1", Some(A)), peer("c2", Some(B)), peer("c3", Some(C))];
+        let got = peer_statuses(&peers, Ok(&r), now);
+        assert_eq!((got[0].state.as_str(), got[0].path_mtu, got[0].tunnel_mtu), ("Up", Some(1240), Some(1380)));
+        assert!(!got[0].handshake_unanswered && !got[0].peer_initiating, "an up tunnel says neither");
+        assert_eq!(got[1].state, "Down");
+        assert!(got[1].handshake_unanswered && got[1].peer_initiating, "{:?}", got[1]);
+        // c3's key is not held, and no other stray key either: not loaded yet.
+        assert_eq!((got[2].state.as_str(), got[2].reason.as_str()), ("Pending", NOT_LOADED));
+        // The gateway holds a key no peer has instead of c3's: a wrong key, naming it.
+        let peers = [peer("c1", Some(A)), peer("c3", Some(C))];
+        let got = peer_statuses(&peers, Ok(&r), now);
+        assert_eq!(got[1].state, "Down");
+        assert_eq!(got[1].reason, format!("{WRONG_KEY}: {B}"));
+        // A change of the path facts is a change of state for the tunnel check.
+        let narrower = text.replace("} 1240", "} 1232");
+        assert_ne!(states(&peers, Ok(&text), now), states(&peers, Ok(&narrower), now));
     }
 
     #[test]
