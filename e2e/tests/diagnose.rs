@@ -4,8 +4,8 @@
 //! a stopped node agent on c1, c1's gateway holding a wrong key for c2, c1's slice-dns hung
 //! (SIGSTOP), a CNI configuration on c2's node that sorts before the chained one. The healthy
 //! report also shows one worker version and no clock skew (the heartbeats carry both). The
-//! blocked port, the small MTU and the wrong key are also named by the hub alone, from what the
-//! workers report of their gateways (`hub_findings`), at the same places.
+//! blocked port, the small MTU, the wrong key and the hung slice-dns are also named by the hub
+//! alone (`hub_findings`), from what the workers report of their gateways and their slice-dns.
 //! Namespaces `hdia-*`.
 //! Needs root and the binaries; fails (does not skip) without them.
 
@@ -234,7 +234,37 @@ fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
     let pid = cp.dns_server_pid("c1").expect("slice-dns runs");
     let stopped = Stopped::new(pid);
     let r = cp.diagnose_report(&lab);
+    // The hub hears it from c1's worker, whose heartbeat asks the slice-dns Service.
+    let hub_dns = |cp: &ControlPlane| -> Vec<(String, String)> {
+        slice_api::diagnose::hub_findings(&cp.hub_view())
+            .findings
+            .iter()
+            .filter(|f| f.check == check::DNS)
+            .map(|f| (f.place.clone(), f.problem.clone()))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + HUB_WAIT;
+    while hub_dns(&cp).is_empty() && std::time::Instant::now() < deadline {
+        cp.tick(&lab).expect("a round");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let seen = hub_dns(&cp);
     drop(stopped);
+    assert_eq!(
+        seen,
+        [(
+            "cluster c1: slice-dns at 10.96.0.53:53".to_owned(),
+            "a TXT query for dns-version.clusterset.local got no answer within 4 s".to_owned()
+        )],
+        "{}",
+        slice_api::diagnose::hub_findings(&cp.hub_view()).render()
+    );
+    let deadline = std::time::Instant::now() + HUB_WAIT;
+    while !hub_dns(&cp).is_empty() && std::time::Instant::now() < deadline {
+        cp.tick(&lab).expect("a round");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(hub_dns(&cp), [], "it answers again");
     let dns: Vec<(String, String)> = lab_faults(&r).into_iter().filter(|(c, _)| c == check::DNS).collect();
     let server = cp.dns_server("c1").expect("address");
     assert!(dns.contains(&(check::DNS.to_owned(), format!("cluster c1: slice-dns at {server}"))), "{}", r.render());

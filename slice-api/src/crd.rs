@@ -410,8 +410,24 @@ pub struct MemberClusterStatus {
     /// older than this version, or a cluster without the DaemonSet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agents: Option<AgentsStatus>,
+    /// The cluster's slice-dns as the worker's heartbeat found it: asked for the MCS zone's
+    /// `dns-version` record at its Service address (none where the cluster runs no slice-dns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsStatus>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+/// Whether a member cluster's slice-dns answers, from the worker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsStatus {
+    /// The address asked (the slice-dns Service's cluster IP and port).
+    pub address: String,
+    /// What went wrong (no answer, a response code, an answer without the record); none when
+    /// it answered with the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// A member cluster's node agents, as the worker sums their Leases up.

@@ -97,6 +97,10 @@ pub fn cni_chain_problem(files: &[(String, String)], plugin_installed: bool) -> 
     None
 }
 
+/// What to do about a slice-dns that does not answer.
+const SLICE_DNS_FIX: &str =
+    "kubectl -n slicenet-system get pods -l app.kubernetes.io/name=slice-dns; its log says why it does not answer";
+
 /// A tunnel receiving more loss than this (thousandths) is worth a warning.
 pub const LOSS_WARN_PERMILLE: u32 = 20;
 
@@ -259,6 +263,16 @@ pub fn hub_findings(view: &HubView) -> Report {
         });
     }
     for c in &view.clusters {
+        let Some(dns) = c.status.as_ref().and_then(|s| s.dns.as_ref()) else { continue };
+        let Some(problem) = &dns.problem else { continue };
+        findings.push(Finding::fail(
+            check::DNS,
+            format!("cluster {}: slice-dns at {}", c.name_any(), dns.address),
+            format!("a TXT query for dns-version.{} got {problem}", crate::mcs::CLUSTERSET_ZONE),
+            SLICE_DNS_FIX,
+        ));
+    }
+    for c in &view.clusters {
         let Some(offset) = c.status.as_ref().and_then(|s| s.clock_offset_seconds) else { continue };
         if offset.abs() > CLOCK_SKEW_WARN_SECS {
             findings.push(Finding {
@@ -349,6 +363,7 @@ pub fn hub_findings(view: &HubView) -> Report {
         check::GATEWAY_PEER_KEY,
         check::UDP_REACHABLE,
         check::PATH_MTU,
+        check::DNS,
         check::PREFIX_OVERLAP,
     ];
     Report { checks: checks.iter().map(|c| (*c).to_owned()).collect(), findings }
@@ -691,9 +706,8 @@ pub struct PathMtu {
 pub fn lab_findings(view: &HubView, seen: &Observed) -> Report {
     let mut report = hub_findings(view);
     // What the lab observes on the machines now replaces what the workers reported a pass ago.
-    report
-        .findings
-        .retain(|f| ![check::GATEWAY_PEER_KEY, check::UDP_REACHABLE, check::PATH_MTU].contains(&f.check.as_str()));
+    let observed = [check::GATEWAY_PEER_KEY, check::UDP_REACHABLE, check::PATH_MTU, check::DNS];
+    report.findings.retain(|f| !observed.contains(&f.check.as_str()));
     let f = &mut report.findings;
     for a in seen.agents.iter().filter(|a| !a.running) {
         f.push(Finding::fail(
@@ -764,11 +778,9 @@ pub fn lab_findings(view: &HubView, seen: &Observed) -> Report {
     for d in &seen.dns {
         let Some(problem) = &d.problem else { continue };
         let (place, fix) = match &d.server {
-            DnsServer::SliceDns => (
-                format!("cluster {}: slice-dns at {}", d.cluster, d.address),
-                "kubectl -n slicenet-system get pods -l app.kubernetes.io/name=slice-dns; its log says why it does not answer"
-                    .to_owned(),
-            ),
+            DnsServer::SliceDns => {
+                (format!("cluster {}: slice-dns at {}", d.cluster, d.address), SLICE_DNS_FIX.to_owned())
+            }
             DnsServer::NodeResolver { node } => (
                 format!("cluster {}: the resolver of node {node} at {}", d.cluster, d.address),
                 "the worker adds a slicenet stanza for clusterset.local and slice.local to kube-system/coredns: check \
@@ -953,6 +965,24 @@ mod tests {
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].place, "slices blue and red");
         assert_eq!(o[0].problem, "sliceSubnet 10.80.0.0/16 overlaps 10.80.128.0/17");
+    }
+
+    #[test]
+    fn a_slice_dns_the_worker_gets_no_answer_from_is_named() {
+        let mut v = view();
+        let dns = |problem: Option<&str>| crate::crd::DnsStatus {
+            address: "10.96.0.53:53".into(),
+            problem: problem.map(Into::into),
+        };
+        v.clusters[0].status.get_or_insert_with(Default::default).dns = Some(dns(None));
+        assert_eq!(hub_findings(&v).of(check::DNS).count(), 0, "it answered");
+        v.clusters[0].status.get_or_insert_with(Default::default).dns = Some(dns(Some("no answer within 4 s")));
+        let r = hub_findings(&v);
+        let f: Vec<&Finding> = r.of(check::DNS).collect();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].place, "cluster c1: slice-dns at 10.96.0.53:53");
+        assert_eq!(f[0].problem, "a TXT query for dns-version.clusterset.local got no answer within 4 s");
+        assert_eq!(lab_findings(&v, &Observed::default()).of(check::DNS).count(), 0, "the lab asks itself");
     }
 
     #[test]

@@ -39,6 +39,7 @@ use slice_api::gateway::{arg, flag, uapi_socket};
 use slice_api::names::{NETWORK_STATUS_ANNOTATION, SLICE_ANNOTATION};
 use slice_api::node::NodeAgentConfig;
 use slice_kube::memory::MemoryApi;
+use slice_operator::worker::dnsprobe::{self, DnsSource};
 use slice_operator::worker::objects::{GATEWAY_CONFIG_KEY, NODE_CONFIG_KEY};
 use slice_operator::worker::{MetricsSource, scrape};
 
@@ -104,16 +105,44 @@ pub(crate) fn metrics_source(addresses: MetricsAddresses, cluster: &str) -> Metr
 /// # Errors
 /// Why the metrics could not be read, as the worker words it.
 pub(crate) fn scrape_in(netns: &std::path::Path, addr: SocketAddr) -> Result<String, String> {
+    run_in(netns, async move {
+        scrape::fetch_metrics(addr, scrape::TIMEOUT).await.map_err(|e| slice_api::error_chain::chain(&e))
+    })
+}
+
+/// Runs `work` to its end on a runtime of its own in a thread that entered `netns`.
+fn run_in<T: Send + 'static>(
+    netns: &std::path::Path,
+    work: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+) -> Result<T, String> {
     let netns = netns.to_owned();
-    std::thread::spawn(move || -> Result<String, String> {
+    std::thread::spawn(move || -> Result<T, String> {
         let file = std::fs::File::open(&netns).map_err(|e| format!("{}: {e}", netns.display()))?;
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("runtime: {e}"))?;
-        runtime.block_on(scrape::fetch_metrics(addr, scrape::TIMEOUT)).map_err(|e| slice_api::error_chain::chain(&e))
+        runtime.block_on(work)
     })
     .join()
-    .unwrap_or_else(|_| Err("the scrape thread panicked".to_owned()))
+    .unwrap_or_else(|_| Err("the thread panicked".to_owned()))
+}
+
+/// Where each cluster's slice-dns answers, for the workers' DNS checks: cluster → (the network
+/// namespace of the cluster's first node, the slice-dns pod's address). Only clusters that run
+/// slice-dns are here.
+pub(crate) type DnsTargets = Arc<Mutex<BTreeMap<String, (PathBuf, SocketAddr)>>>;
+
+/// The worker's DNS check in the lab: its own probe ([`dnsprobe::probe`]) of the slice-dns pod
+/// behind the Service address it asks (the lab has no kube-proxy: the pod stands in for the
+/// Service, as the resolvers' forwards do), from the cluster's first node; nothing in a cluster
+/// that runs no slice-dns.
+pub(crate) fn dns_source(targets: DnsTargets, cluster: &str) -> DnsSource {
+    let cluster = cluster.to_owned();
+    Box::new(move |_service| {
+        let target = targets.lock().expect("dns targets lock").get(&cluster).cloned();
+        let answer = target.map(|(netns, pod)| run_in(&netns, dnsprobe::probe(pod)));
+        Box::pin(async move { answer })
+    })
 }
 
 /// The node agent configuration of a lab node with nothing on it.

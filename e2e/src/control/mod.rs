@@ -212,6 +212,7 @@ pub struct ControlPlane {
     workers: BTreeMap<String, Worker>,
     kubelets: BTreeMap<String, Kubelet>,
     metrics: kubelet::MetricsAddresses,
+    dns_targets: kubelet::DnsTargets,
     /// The hub's objects after the last step.
     view: HubView,
     /// When each cluster's worker last wrote its heartbeat.
@@ -261,6 +262,7 @@ impl ControlPlane {
             workers: BTreeMap::new(),
             kubelets: BTreeMap::new(),
             metrics: kubelet::MetricsAddresses::default(),
+            dns_targets: kubelet::DnsTargets::default(),
             view: HubView::default(),
             heartbeats: BTreeMap::new(),
             errors: BTreeMap::new(),
@@ -618,7 +620,8 @@ impl ControlPlane {
                     ..Settings::default()
                 };
                 let worker = Worker::new(hub, local, settings)
-                    .with_metrics_source(kubelet::metrics_source(self.metrics.clone(), &name));
+                    .with_metrics_source(kubelet::metrics_source(self.metrics.clone(), &name))
+                    .with_dns_source(kubelet::dns_source(self.dns_targets.clone(), &name));
                 self.workers.insert(name.clone(), worker);
                 self.kubelets.insert(name.clone(), Kubelet::default());
             }
@@ -715,6 +718,16 @@ impl ControlPlane {
                 writes += 1;
             }
         }
+        let mut targets = self.dns_targets.lock().expect("dns targets lock");
+        targets.clear();
+        for (cluster, kubelet) in &self.kubelets {
+            let first =
+                lab.clusters().iter().find(|c| c.name() == cluster).and_then(|c| Some(c.nodes().first()?.netns_path()));
+            if let (Some(server), Some(netns)) = (kubelet.dns.server(), first) {
+                targets.insert(cluster.clone(), (netns, server));
+            }
+        }
+        drop(targets);
         self.view = self.read_view()?;
         Ok(writes == 0)
     }

@@ -28,6 +28,7 @@
 pub mod agents;
 pub mod credential;
 pub mod decide;
+pub mod dnsprobe;
 pub mod keys;
 pub mod objects;
 pub mod plan;

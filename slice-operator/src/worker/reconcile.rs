@@ -155,6 +155,10 @@ pub struct Worker {
     /// The cluster's nodes as the last pass saw them (`None` before a pass): whose agents the
     /// heartbeat reports.
     node_names: Mutex<Option<Vec<String>>>,
+    /// How the heartbeat asks slice-dns ([`super::dnsprobe`]).
+    dns: super::dnsprobe::DnsSource,
+    /// The slice-dns Service's address as the last pass read it (none: no such Service).
+    dns_target: Mutex<Option<SocketAddr>>,
     recorder: Recorder,
     leadership: Leadership,
 }
@@ -210,6 +214,20 @@ pub async fn served_mcs_version(client: &Client) -> Result<McsVersion, kube::Err
     }
 }
 
+/// The address of the slice-dns Service: its cluster IP and DNS port (53 unless it says).
+fn dns_address(service: &Service) -> Option<SocketAddr> {
+    let spec = service.spec.as_ref()?;
+    let ip: std::net::IpAddr = spec.cluster_ip.as_deref()?.parse().ok()?;
+    let port = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.protocol.as_deref().is_none_or(|proto| proto == "UDP"))
+        .and_then(|p| u16::try_from(p.port).ok())
+        .unwrap_or(53);
+    Some(SocketAddr::new(ip, port))
+}
+
 /// Adds `crd` to `missing` when `result` is the 404 of a cluster without that CRD.
 fn note_missing<T: Clone>(
     missing: &mut Vec<String>,
@@ -254,6 +272,8 @@ impl Worker {
             clock_offset: Mutex::new(None),
             missing_crds: Mutex::new(None),
             node_names: Mutex::new(None),
+            dns: super::dnsprobe::udp_dns(),
+            dns_target: Mutex::new(None),
             recorder: Recorder::new(EVENT_CONTROLLER, crate::leader::hostname()),
             leadership: Leadership::unconditional(),
         }
@@ -277,6 +297,13 @@ impl Worker {
     #[must_use]
     pub fn with_metrics_source(mut self, source: MetricsSource) -> Self {
         self.metrics = source;
+        self
+    }
+
+    /// The same worker asking slice-dns through `source` (the lab's enters a namespace).
+    #[must_use]
+    pub fn with_dns_source(mut self, source: super::dnsprobe::DnsSource) -> Self {
+        self.dns = source;
         self
     }
 
@@ -444,6 +471,8 @@ impl Worker {
             .get_opt(SLICE_DNS_SERVICE)
             .await
             .map_err(read(&format!("Service {sys}/{SLICE_DNS_SERVICE}")))?;
+        *self.dns_target.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            dns_service.as_ref().and_then(dns_address);
         let mut dns_config_maps = Vec::new();
         for name in [COREDNS_CONFIG_MAP, NODE_LOCAL_DNS_CONFIG_MAP] {
             let cm = Api::<ConfigMap>::namespaced(self.local.clone(), KUBE_SYSTEM_NAMESPACE)
@@ -611,7 +640,7 @@ impl Worker {
     }
 
     /// Writes `lastHeartbeat`, the worker's version, its clock offset (measured on the previous
-    /// heartbeat) and the optional CRDs the last pass found missing into the MemberCluster's status on the hub, then measures the offset
+    /// heartbeat), whether slice-dns answers, and the optional CRDs the last pass found missing into the MemberCluster's status on the hub, then measures the offset
     /// again from the time the API server stamped on this write.
     ///
     /// # Errors
@@ -641,6 +670,15 @@ impl Worker {
                     tracing::warn!(error = %e, "listing the node agents' Leases; the heartbeat goes without them")
                 }
             }
+        }
+        // slice-dns, where the cluster has its Service (null clears an earlier report).
+        let target = *self.dns_target.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        status["dns"] = serde_json::Value::Null;
+        if let Some(addr) = target
+            && let Some(result) = (self.dns)(addr).await
+        {
+            // `problem: null` clears an earlier one (a merge patch keeps a key it does not name).
+            status["dns"] = json!({ "address": addr.to_string(), "problem": result.err() });
         }
         // A merge patch keeps a list it does not name: an empty one is written to clear it.
         if let Some(missing) = self.missing_crds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
