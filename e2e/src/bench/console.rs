@@ -1,6 +1,7 @@
 //! Section 14: the web console's weight and speed in headless Chromium for 3 and 50 simulated
 //! clusters (one slice over all of them, every tunnel up and measured: a full mesh, the largest
-//! document), and what serving it costs the serving process with a page open on 50 clusters.
+//! document), what serving it costs the serving process with a page open on 50 clusters, and
+//! what the hub itself spends making it ([`hub_open`]).
 //!
 //! The clusters are simulated: a hub view built in memory (MemberClusters, a SliceConfig, one
 //! WorkerSlice per cluster with a status), turned into the console's document as the hub does
@@ -48,6 +49,21 @@ pub(crate) struct ConsoleSection {
     pub cpu_per_second: f64,
     /// Its resident memory at the end, KiB.
     pub rss_kib: u64,
+    /// The hub itself on the largest size ([`hub_open`]).
+    pub hub: HubFigures,
+}
+
+/// The hub's own figures with a page open on the largest size.
+#[derive(Debug, Clone)]
+pub(crate) struct HubFigures {
+    /// Whole passes made (one a second).
+    pub passes: u64,
+    /// CPU seconds of the hub's thread per second.
+    pub cpu_per_second: f64,
+    /// The slowest pass, ms.
+    pub slowest_pass_ms: f64,
+    /// What the process's resident memory grew by from before the hub started to the end, KiB.
+    pub rss_growth_kib: u64,
 }
 
 /// A hub view of `n` healthy clusters with one slice over all of them, every tunnel up.
@@ -155,12 +171,129 @@ pub(crate) fn run() -> Result<ConsoleSection> {
     let cpu_per_second = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
     let rendered = browser.eval("return Number(document.body.dataset.rendered);")?;
     anyhow::ensure!(rendered.as_f64().unwrap_or(0.0) >= 2.0, "the open page did not follow the changes: {rendered}");
+    let rss = rss_kib();
+    let hub = hub_open(&browser, n)?;
     Ok(ConsoleSection {
         assets: INDEX_HTML.len() + CONSOLE_JS.len() + CONSOLE_CSS.len(),
         sizes,
         cpu_per_second,
-        rss_kib: rss_kib(),
+        rss_kib: rss,
+        hub,
     })
+}
+
+/// CPU seconds of thread `tid` of this process (utime + stime).
+fn thread_cpu_seconds(tid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+/// The hub itself with the page open on `n` clusters: the simulated clusters' objects in the
+/// in-memory API, the hub's whole pass (`Hub::resync`: lists, plan, writes, the console's
+/// document) every second on a thread of its own that also serves the console, while the
+/// clusters' workers write a heartbeat and changed tunnel figures every second. A whole pass
+/// every second is more than the hub does (it runs a pass over what changed on each event and a
+/// whole pass every `--resync-secs`, 300 by default): an upper bound. The thread's CPU includes
+/// the in-memory API's side of the hub's requests (what an API server would spend).
+fn hub_open(browser: &Browser, n: usize) -> Result<HubFigures> {
+    use slice_api::access;
+    use slice_api::crd::SYSTEM_NAMESPACE;
+    use slice_kube::memory::MemoryApi;
+    use slice_operator::hub;
+
+    const HUB: &str = "hub";
+    let api = MemoryApi::new([(HUB.to_owned(), access::HUB, SYSTEM_NAMESPACE.to_owned())]);
+    api.lock().record = false;
+    let view = simulated(n, 0)?;
+    for c in &view.clusters {
+        api.put(HUB.to_owned(), serde_json::to_value(c)?);
+        let ns = slice_api::crd::cluster_namespace(&c.metadata.name.clone().unwrap_or_default());
+        api.put(HUB.to_owned(), json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    }
+    for s in &view.slices {
+        api.put(HUB.to_owned(), serde_json::to_value(s)?);
+    }
+    for w in &view.workers {
+        api.put(HUB.to_owned(), serde_json::to_value(w)?);
+    }
+    let rss_before = rss_kib();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let hub_thread = {
+        let (api, stop) = (api.clone(), stop.clone());
+        std::thread::Builder::new().name("hub".into()).spawn(move || -> Result<(u64, f64)> {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let console = Console::new();
+            let (addr, _task) =
+                runtime.block_on(slice_kube::console::spawn("127.0.0.1:0".parse()?, console.clone()))?;
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let _ = tx.send((addr, tid));
+            let client = {
+                let _in = runtime.enter();
+                api.client_as(HUB.to_owned(), access::HUB, SYSTEM_NAMESPACE)
+            };
+            let mut ctx = hub::Context::new(Duration::from_secs(60), "bench");
+            ctx.console = Some(console);
+            let mut state = hub::Hub::default();
+            let (mut passes, mut slowest) = (0u64, 0f64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                runtime.block_on(state.resync(&client, &ctx, k8s_openapi::jiff::Timestamp::now()))?;
+                slowest = slowest.max(started.elapsed().as_secs_f64() * 1000.0);
+                passes += 1;
+                // The pass's tasks (the console's connections) run while it waits.
+                let rest = Duration::from_secs(1).saturating_sub(started.elapsed());
+                runtime.block_on(async move { tokio::time::sleep(rest).await });
+            }
+            Ok((passes, slowest))
+        })?
+    };
+    let (addr, tid) = rx.recv_timeout(Duration::from_secs(60)).context("the hub thread started")?;
+    browser.goto(&format!("http://{addr}/"))?;
+    let (ok, v) = browser.wait_for(
+        &format!("return document.querySelectorAll('#topology .cluster').length === {n} ? true : null;"),
+        Duration::from_secs(60),
+        |v| v.is_boolean(),
+    )?;
+    anyhow::ensure!(ok, "the hub's console did not show {n} clusters: {v}");
+    let (cpu0, t0) = (thread_cpu_seconds(tid), Instant::now());
+    for tick in 1..=OPEN_SECONDS {
+        super::process::check_interrupted()?;
+        // Each cluster's worker: a heartbeat and its tunnels' new figures.
+        for (c, w) in simulated(n, tick)?.clusters.iter().zip(simulated(n, tick)?.workers.iter()) {
+            let name = c.metadata.name.clone().unwrap_or_default();
+            let beat = json!({"status": {"lastHeartbeat": k8s_openapi::jiff::Timestamp::now().to_string()}});
+            api.request(
+                &HUB.to_owned(),
+                "PATCH",
+                &format!("/apis/slicenet.io/v1alpha1/memberclusters/{name}/status"),
+                "application/merge-patch+json",
+                &beat,
+            );
+            let ns = w.metadata.namespace.clone().unwrap_or_default();
+            let peers = json!({"status": {"peers": w.status.as_ref().map(|s| &s.peers)}});
+            api.request(
+                &HUB.to_owned(),
+                "PATCH",
+                &format!("/apis/slicenet.io/v1alpha1/namespaces/{ns}/workerslices/blue/status"),
+                "application/merge-patch+json",
+                &peers,
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let cpu_per_second = (thread_cpu_seconds(tid) - cpu0) / t0.elapsed().as_secs_f64();
+    let rss_growth_kib = rss_kib().saturating_sub(rss_before);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (passes, slowest_pass_ms) = hub_thread.join().map_err(|_| anyhow::anyhow!("the hub thread panicked"))??;
+    let rendered = browser.eval("return Number(document.body.dataset.rendered);")?;
+    anyhow::ensure!(rendered.as_f64().unwrap_or(0.0) >= 2.0, "the hub's page did not follow the changes: {rendered}");
+    Ok(HubFigures { passes, cpu_per_second, slowest_pass_ms, rss_growth_kib })
 }
 
 pub(crate) fn table(s: &ConsoleSection) -> String {
@@ -186,6 +319,18 @@ pub(crate) fn table(s: &ConsoleSection) -> String {
         format!("serving process: {:.1} % of a CPU", s.cpu_per_second * 100.0),
         format!("RSS {:.1} MiB", s.rss_kib as f64 / 1024.0),
     ]);
+    rows.push(vec![
+        format!("the hub itself, page open on {}: {} whole passes", SIZES[SIZES.len() - 1], s.hub.passes),
+        String::new(),
+        String::new(),
+        String::new(),
+        format!(
+            "hub thread: {:.1} % of a CPU (slowest pass {:.0} ms)",
+            s.hub.cpu_per_second * 100.0,
+            s.hub.slowest_pass_ms
+        ),
+        format!("RSS +{:.1} MiB", s.hub.rss_growth_kib as f64 / 1024.0),
+    ]);
     crate::demo::table(
         &["clusters", "tunnels (directions)", "page weight KiB", "document KiB", "first render median ms", "max ms"],
         &rows,
@@ -202,9 +347,16 @@ pub(crate) fn doc_section(s: &ConsoleSection, command: &str) -> String {
          render: `performance.now()` when the page has drawn the document the first time, after navigation start \
          ({LOADS} loads each, from `about:blank`). Then the page stays open on {} clusters for {OPEN_SECONDS} s while \
          the serving process rebuilds and publishes a changed document every second: its CPU share and resident \
-         memory (the browser's own cost is not counted; the hub's reconcile is not part of this process). This run: a \
-         {} build of `slicenet-bench` (the serving code's CPU share of a debug build overstates a release hub's).\n\n{}\n{command}\n{END}\n",
+         memory (the browser's own cost is not counted). Last, the hub itself: the same {} clusters' objects in the \
+         in-memory API, the hub's whole pass (`Hub::resync`: lists, plan, writes, the console's document) every second \
+         on a thread of its own that also serves the console to the open page, while every cluster's worker writes a \
+         heartbeat and new tunnel figures every second; the hub thread's CPU share (it includes the in-memory API's \
+         side of the hub's requests, what an API server would spend) and what the process's resident memory grew by \
+         once the hub ran (its index, documents and runtime). A whole pass every second is an upper bound: the hub \
+         runs a pass over what changed on each event, a whole pass every `--resync-secs` (300). This run: a {} build \
+         of `slicenet-bench` (a debug build's CPU share overstates a release hub's).\n\n{}\n{command}\n{END}\n",
         s.assets as f64 / 1024.0,
+        SIZES[SIZES.len() - 1],
         SIZES[SIZES.len() - 1],
         if cfg!(debug_assertions) { "debug" } else { "release" },
         table(s)
