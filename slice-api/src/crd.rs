@@ -644,6 +644,9 @@ pub struct SliceEndpoint {
 pub struct WorkerPeer {
     pub cluster: String,
     pub prefix: String,
+    /// The peer's cluster prefix of the slice's secondary subnet (dual-stack slices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_prefix: Option<String>,
     /// The peer gateway's public key (base64), once it has published one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,

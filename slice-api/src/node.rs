@@ -114,7 +114,29 @@ pub struct FamilyOnNode {
     pub node_prefix: IpNet,
 }
 
+/// One family of a slice on a node: its subnet, this node's prefix and each peer's (name,
+/// prefix) of that family ([`SliceOnNode::family_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyPrefixes<'a> {
+    pub subnet: IpNet,
+    pub node_prefix: IpNet,
+    pub peers: Vec<(&'a str, IpNet)>,
+}
+
 impl SliceOnNode {
+    /// The family `prefix` is inside, with this node's and the peers' node prefixes of that
+    /// family; `None` when it is inside neither subnet.
+    #[must_use]
+    pub fn family_of(&self, prefix: IpNet) -> Option<FamilyPrefixes<'_>> {
+        if self.slice_subnet.contains(&prefix) {
+            let peers = self.peers.iter().map(|p| (p.name.as_str(), p.node_prefix)).collect();
+            return Some(FamilyPrefixes { subnet: self.slice_subnet, node_prefix: self.node_prefix, peers });
+        }
+        let family = self.secondary.as_ref().filter(|f| f.slice_subnet.contains(&prefix))?;
+        let peers = self.peers.iter().filter_map(|p| Some((p.name.as_str(), p.secondary_node_prefix?))).collect();
+        Some(FamilyPrefixes { subnet: family.slice_subnet, node_prefix: family.node_prefix, peers })
+    }
+
     /// (slice subnet, node prefix) of each family, the primary first.
     pub fn families(&self) -> impl Iterator<Item = (IpNet, IpNet)> + '_ {
         std::iter::once((self.slice_subnet, self.node_prefix))
@@ -419,32 +441,33 @@ fn validate_secondary(slice: &SliceOnNode) -> Result<(), String> {
     Ok(())
 }
 
-/// Remote routes: each prefix aligned, inside the slice subnet, listed once, and clear of this
-/// cluster's node prefixes (this node's and its peers'); each `via` a pod address inside this
-/// node's prefix or a peer's (not a router address).
+/// Remote routes: each prefix aligned, inside one of the slice's subnets, listed once, and clear
+/// of this cluster's node prefixes of that family (this node's and its peers'); each `via` a pod
+/// address of the same family inside this node's prefix or a peer's (not a router address).
 fn validate_remote_routes(slice: &SliceOnNode) -> Result<(), String> {
     let mut seen = std::collections::BTreeSet::new();
     for route in &slice.remote_routes {
         let what = format!("remote route {} via {}", route.prefix, route.via);
         crate::prefix::check_aligned(route.prefix).map_err(|e| format!("{what}: {e}"))?;
-        if !slice.slice_subnet.contains(&route.prefix) {
-            return Err(format!("{what}: prefix is not inside slice subnet {}", slice.slice_subnet));
-        }
+        let Some(FamilyPrefixes { subnet, node_prefix, peers: peer_prefixes }) = slice.family_of(route.prefix) else {
+            let subnets: Vec<String> = slice.families().map(|(s, _)| s.to_string()).collect();
+            return Err(format!("{what}: prefix is not inside slice subnet {}", subnets.join(" or ")));
+        };
         if !seen.insert(route.prefix) {
             return Err(format!("{what}: prefix listed twice"));
         }
-        if overlaps(&route.prefix, &slice.node_prefix) {
-            return Err(format!("{what}: prefix overlaps this node's {}", slice.node_prefix));
+        if overlaps(&route.prefix, &node_prefix) {
+            return Err(format!("{what}: prefix overlaps this node's {node_prefix}"));
         }
-        if let Some(peer) = slice.peers.iter().find(|p| overlaps(&route.prefix, &p.node_prefix)) {
-            return Err(format!("{what}: prefix overlaps peer {}'s {}", peer.name, peer.node_prefix));
+        if let Some((peer, p)) = peer_prefixes.iter().find(|(_, p)| overlaps(&route.prefix, p)) {
+            return Err(format!("{what}: prefix overlaps peer {peer}'s {p}"));
         }
-        if !slice.slice_subnet.contains(&route.via) {
-            return Err(format!("{what}: via is not inside slice subnet {}", slice.slice_subnet));
+        if !subnet.contains(&route.via) {
+            return Err(format!("{what}: via is not inside slice subnet {subnet}"));
         }
-        let mut on_node = std::iter::once(slice.node_prefix).chain(slice.peers.iter().map(|p| p.node_prefix));
+        let mut on_node = std::iter::once(node_prefix).chain(peer_prefixes.iter().map(|(_, p)| *p));
         let Some(owner) = on_node.find(|p| p.contains(&route.via)) else {
-            return Err(format!("{what}: via is inside neither this node's prefix {} nor a peer's", slice.node_prefix));
+            return Err(format!("{what}: via is inside neither this node's prefix {node_prefix} nor a peer's"));
         };
         if crate::prefix::router_address(owner) == route.via {
             return Err(format!("{what}: via is a slice-router address, not a gateway pod"));

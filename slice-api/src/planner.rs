@@ -438,6 +438,10 @@ fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
             WorkerPeer {
                 cluster: p.clone(),
                 prefix: prefix_of(p),
+                // The second family's prefix of the same index.
+                secondary_prefix: secondary
+                    .as_ref()
+                    .map(|plan| plan.cluster_prefix(index[p]).expect("index below maxClusters").to_string()),
                 public_key: published.and_then(|(key, _)| key.clone()),
                 endpoint: published.and_then(|(_, endpoint)| endpoint.clone()),
                 replicas: replicas.get(p.as_str()).cloned().unwrap_or_default(),

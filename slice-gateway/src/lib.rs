@@ -72,6 +72,33 @@ pub fn load_config(path: &Path) -> anyhow::Result<config::DeviceUpdate> {
     Ok(update)
 }
 
+/// Where the network namespace's IPv6 forwarding switch is.
+pub const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// Makes sure IPv6 forwarding is on in this network namespace (`switch`: its sysctl file): on
+/// already (a pod's `net.ipv6.conf.all.forwarding` sysctl), or turned on here where the file
+/// can be written (a gateway outside a container runtime's read-only `/proc/sys`).
+///
+/// # Errors
+/// When it is off and cannot be turned on, saying what the pod needs.
+pub fn ensure_ipv6_forwarding(switch: &Path) -> anyhow::Result<()> {
+    let on = |text: &str| text.trim() == "1";
+    let now = std::fs::read_to_string(switch).with_context(|| format!("reading {}", switch.display()))?;
+    if on(&now) {
+        return Ok(());
+    }
+    match std::fs::write(switch, "1") {
+        Ok(()) => Ok(()),
+        Err(e) => anyhow::bail!(
+            "IPv6 forwarding is off in this network namespace and {} cannot be written ({e}): the slice interface \
+             has an IPv6 address, so the pod needs the sysctl net.ipv6.conf.all.forwarding=1 (the worker sets it \
+             on the gateway pods of slices with an IPv6 subnet; the kubelets must allow it: \
+             --allowed-unsafe-sysctls=net.ipv6.conf.all.forwarding)",
+            switch.display()
+        ),
+    }
+}
+
 /// Runs the gateway until SIGTERM or SIGINT.
 ///
 /// # Errors
@@ -99,6 +126,16 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             for link in std::iter::once(&opts.interface).chain(&opts.forward) {
                 nl.enable_ipv4_forwarding(link)
                     .with_context(|| format!("turning IPv4 forwarding on for {link} (--forward)"))?;
+            }
+            // A slice with an IPv6 subnet gives the slice interface a global IPv6 address: its
+            // packets need IPv6 forwarding, which Linux has per network namespace only.
+            let mut v6 = false;
+            for link in &opts.forward {
+                let addrs = nl.addrs(link).with_context(|| format!("listing the addresses of {link} (--forward)"))?;
+                v6 |= addrs.iter().any(|a| matches!(a, ipnet::IpNet::V6(n) if !n.addr().is_unicast_link_local()));
+            }
+            if v6 {
+                ensure_ipv6_forwarding(Path::new(IPV6_FORWARDING))?;
             }
         }
     }
@@ -267,6 +304,23 @@ impl ConfigChanges {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ipv6_forwarding_is_kept_turned_on_or_named_as_what_the_pod_needs() {
+        let dir = std::env::temp_dir().join(format!("sg-fwd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let switch = dir.join("forwarding");
+        std::fs::write(&switch, "1\n").unwrap();
+        ensure_ipv6_forwarding(&switch).unwrap();
+        std::fs::write(&switch, "0\n").unwrap();
+        ensure_ipv6_forwarding(&switch).unwrap();
+        assert_eq!(std::fs::read_to_string(&switch).unwrap(), "1", "turned on where it can be written");
+        // A switch that is off and cannot be written: a read-only sysctl (mode 0444, not even
+        // root writes it), as /proc/sys is in a container.
+        let e = format!("{:#}", ensure_ipv6_forwarding(Path::new("/proc/sys/fs/file-nr")).unwrap_err());
+        assert!(e.contains("the pod needs the sysctl net.ipv6.conf.all.forwarding=1"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use super::*;
 
     /// A file renamed into the directory ends the wait through inotify, long before the

@@ -88,7 +88,13 @@ fn slicenet_pods_join_no_slice_and_gateways_join_their_own_with_two_slices() {
             let spec = worker_slice(s, *vni, subnet, ns);
             let typed = plan::TypedSpec::parse(&spec).expect("a valid spec");
             let allocations = plan::allocate_node_prefixes(&typed, &[config.node.clone()], &[]).expect("prefix");
-            PlannedSlice { typed, allocations, namespaces: vec![(*ns).to_owned()], gateway_address: None }
+            PlannedSlice {
+                typed,
+                allocations,
+                namespaces: vec![(*ns).to_owned()],
+                gateway_address: None,
+                gateway_secondary_address: None,
+            }
         })
         .collect();
     let by_worker = node_agent_configs(

@@ -164,6 +164,7 @@ pub(crate) fn agent_configs(
                 .map(|(i, r)| WorkerPeer {
                     cluster: format!("remote{i}"),
                     prefix: r.prefix.to_string(),
+                    secondary_prefix: None,
                     public_key: None,
                     endpoint: None,
                     replicas: Vec::new(),
@@ -181,7 +182,8 @@ pub(crate) fn agent_configs(
     for node in nodes {
         let mut on_node = Vec::new();
         for (typed, allocations, gateway) in &planned {
-            let s = node_agent_slice(typed, &node.name, &cluster_nodes, allocations, *gateway)
+            let gateway = slice_operator::worker::plan::GatewayAddresses::primary(*gateway);
+            let s = node_agent_slice(typed, &node.name, &cluster_nodes, allocations, gateway)
                 .with_context(|| format!("slice {} on {}", typed.slice, node.name))?;
             on_node.push(s);
         }

@@ -205,7 +205,10 @@ impl RouterSpec {
 /// The route for one remote prefix; `None` when `via` is on no node of the slice (validation
 /// rejects that).
 fn remote_route_spec(vxlan: &str, slice: &SliceOnNode, remote: &RemoteRoute) -> Option<RemoteRouteSpec> {
-    if slice.node_prefix.contains(&remote.via) {
+    // The node prefixes of the route's family (dual-stack slices route each family's remote
+    // prefixes through the gateway pod's address of that family).
+    let family = slice.family_of(remote.prefix)?;
+    if family.node_prefix.contains(&remote.via) {
         return Some(RemoteRouteSpec {
             remote: remote.clone(),
             local: true,
@@ -219,13 +222,13 @@ fn remote_route_spec(vxlan: &str, slice: &SliceOnNode, remote: &RemoteRoute) -> 
             },
         });
     }
-    let peer = slice.peers.iter().find(|p| p.node_prefix.contains(&remote.via))?;
+    let (_, peer_prefix) = family.peers.into_iter().find(|(_, p)| p.contains(&remote.via))?;
     Some(RemoteRouteSpec {
         remote: remote.clone(),
         local: false,
         route: Route {
             dst: remote.prefix,
-            gateway: Some(router_address(peer.node_prefix)),
+            gateway: Some(router_address(peer_prefix)),
             dev: Some(vxlan.to_string()),
             src: None,
             onlink: true,
@@ -749,7 +752,8 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
     let local: Vec<&RemoteRouteSpec> = spec.remote_routes.iter().filter(|r| r.local).collect();
     let matches = |want: &RemoteRouteSpec, r: &Route| r.dst == want.route.dst && r.gateway == want.route.gateway;
     for r in &router.gateway_routes {
-        if spec.state.slice_subnet.contains(&r.dst) && !local.iter().any(|want| matches(want, r)) {
+        let in_slice = spec.state.families().any(|(subnet, _, _)| subnet.contains(&r.dst));
+        if in_slice && !local.iter().any(|want| matches(want, r)) {
             actions.push(Action::DeleteRoute { slice: slice(), route: r.clone() });
         }
     }

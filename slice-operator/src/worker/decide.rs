@@ -571,6 +571,10 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
         };
         let gateway_address =
             typed.as_ref().ok().and_then(|t| gateway_pod_address(&observed.pods, &spec.slice, t.cluster_prefix));
+        let gateway_secondary_address = typed
+            .as_ref()
+            .ok()
+            .and_then(|t| gateway_pod_address(&observed.pods, &spec.slice, t.secondary.as_ref()?.cluster_prefix));
         // The gateway's configuration does not depend on the prefixes: an invalid spec keeps it.
         let parsed_gateway;
         let gateway = match &typed {
@@ -660,7 +664,13 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
         if let (Ok(typed), Some(allocations)) = (&typed, allocations) {
             d.planned.insert(
                 name.clone(),
-                PlannedSlice { typed: typed.clone(), allocations, namespaces: members, gateway_address },
+                PlannedSlice {
+                    typed: typed.clone(),
+                    allocations,
+                    namespaces: members,
+                    gateway_address,
+                    gateway_secondary_address,
+                },
             );
         }
     }

@@ -256,6 +256,15 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
     if let Some(dscp) = spec.qos.as_ref().and_then(|q| q.profile.dscp_class) {
         args.extend([arg(flag::DSCP), dscp.name().to_owned()]);
     }
+    // A slice with an IPv6 subnet: IPv6 forwarding in the pod (Linux has no per-link switch
+    // for it that netlink sets); an unsafe sysctl the kubelets must allow.
+    let mut pod_security = json!({ "seccompProfile": seccomp });
+    let ipv6 = std::iter::once(&spec.slice_subnet)
+        .chain(spec.secondary_family.as_ref().map(|f| &f.slice_subnet))
+        .any(|s| s.contains(':'));
+    if ipv6 {
+        pod_security["sysctls"] = json!([{ "name": "net.ipv6.conf.all.forwarding", "value": "1" }]);
+    }
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -295,7 +304,7 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
                             { "name": "uapi", "mountPath": GATEWAY_UAPI_DIR },
                         ],
                     }],
-                    "securityContext": { "seccompProfile": seccomp },
+                    "securityContext": pod_security,
                     "volumes": [
                         { "name": "config", "secret": { "secretName": gateway_name(slice), "defaultMode": 0o600 } },
                         { "name": "tun", "hostPath": { "path": "/dev/net/tun", "type": "CharDevice" } },
@@ -344,6 +353,8 @@ pub struct PlannedSlice {
     /// Member namespaces after conflicts are taken out, sorted.
     pub namespaces: Vec<String>,
     pub gateway_address: Option<IpAddr>,
+    /// The gateway pod's address of the secondary family (dual-stack slices).
+    pub gateway_secondary_address: Option<IpAddr>,
 }
 
 /// Every node's agent configuration: each node of `nodes` with every slice that has a node
@@ -368,8 +379,13 @@ pub fn node_agent_configs(
             if !slice.allocations.iter().any(|a| a.node == node.name) {
                 continue;
             }
-            let mut s =
-                plan::node_agent_slice(&slice.typed, &node.name, nodes, &slice.allocations, slice.gateway_address)?;
+            let mut s = plan::node_agent_slice(
+                &slice.typed,
+                &node.name,
+                nodes,
+                &slice.allocations,
+                plan::GatewayAddresses { primary: slice.gateway_address, secondary: slice.gateway_secondary_address },
+            )?;
             s.namespaces.clone_from(&slice.namespaces);
             on_node.push(s);
         }
@@ -706,7 +722,13 @@ mod tests {
         let nodes = [ClusterNode::new("n1", "198.18.1.11".parse().unwrap())];
         let typed = TypedSpec::parse(&s).unwrap();
         let allocations = plan::allocate_node_prefixes(&typed, &["n1".into()], &[]).unwrap();
-        let planned = PlannedSlice { typed, allocations, namespaces: vec!["shop".into()], gateway_address: None };
+        let planned = PlannedSlice {
+            typed,
+            allocations,
+            namespaces: vec!["shop".into()],
+            gateway_address: None,
+            gateway_secondary_address: None,
+        };
         let configs = node_agent_configs(std::slice::from_ref(&planned), &nodes, &NodeDefaults::default()).unwrap();
         configs[0].validate().unwrap();
         assert_eq!(configs[0].uplink_kbps(), Some(40_000));
@@ -741,6 +763,7 @@ mod tests {
             allocations,
             namespaces: vec!["shop".into()],
             gateway_address: Some("10.80.16.66".parse().unwrap()),
+            gateway_secondary_address: None,
         };
         let configs = node_agent_configs(std::slice::from_ref(&planned), &nodes, &NodeDefaults::default()).unwrap();
         assert_eq!(configs.iter().map(|c| c.node.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);

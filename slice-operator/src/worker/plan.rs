@@ -184,6 +184,8 @@ pub struct TypedPeer {
     pub cluster: String,
     /// The prefix as published (host bits, if any, kept; [`gateway_config`] lists it truncated).
     pub prefix: IpNet,
+    /// The peer's prefix of the secondary subnet (dual-stack slices), held by the same `[Peer]`.
+    pub secondary_prefix: Option<IpNet>,
     pub public_key: Key,
     /// `None` when none is published or it is not an `IP:port` (see [`peer_endpoint`]).
     pub endpoint: Option<SocketAddr>,
@@ -228,15 +230,25 @@ impl TypedSpec {
 
         let secondary = spec.secondary_family.as_ref().map(|f| parse_family(spec, subnet, f)).transpose()?;
 
-        let remote: BTreeSet<IpNet> = spec
+        let outside = |p: &IpNet, subnet: IpNet, local: IpNet| {
+            let overlaps_local = p.contains(&local.network()) || local.contains(&p.network());
+            subnet.contains(p) && !overlaps_local
+        };
+        let mut remote: BTreeSet<IpNet> = spec
             .peers
             .iter()
             .filter_map(|peer| parse_net(&spec.slice, "peers[].prefix", &peer.prefix).ok())
-            .filter(|p| {
-                let overlaps_local = p.contains(&cluster.network()) || cluster.contains(&p.network());
-                subnet.contains(p) && !overlaps_local
-            })
+            .filter(|p| outside(p, subnet, cluster))
             .collect();
+        // The peers' prefixes of the secondary subnet, where the slice has one.
+        if let Some(family) = &secondary {
+            remote.extend(
+                spec.peers
+                    .iter()
+                    .filter_map(|peer| peer.secondary_prefix.as_deref()?.trim().parse::<IpNet>().ok())
+                    .filter(|p| outside(p, family.subnet, family.cluster_prefix)),
+            );
+        }
         let mut namespaces: Vec<String> = spec
             .namespaces
             .iter()
@@ -336,9 +348,12 @@ impl TypedGateway {
                 continue;
             }
             owners.insert(public_key, &peer.cluster);
+            // A secondary prefix that does not parse is left out (the primary one still works).
+            let secondary_prefix = peer.secondary_prefix.as_deref().and_then(|p| p.trim().parse::<IpNet>().ok());
             peers.push(TypedPeer {
                 cluster: peer.cluster.clone(),
                 prefix,
+                secondary_prefix,
                 public_key,
                 endpoint: peer_endpoint(peer.endpoint.as_deref()),
                 ordinal: 0,
@@ -358,6 +373,7 @@ impl TypedGateway {
                 peers.push(TypedPeer {
                     cluster: peer.cluster.clone(),
                     prefix,
+                    secondary_prefix,
                     public_key,
                     endpoint: peer_endpoint(replica.endpoint.as_deref()),
                     ordinal: replica.ordinal,
@@ -467,6 +483,22 @@ pub fn allocate_node_prefixes(
 /// gateway. `namespaces` are the WorkerSlice's; the caller adds the gateway's own namespace
 /// (see `objects::node_agent_configs`).
 ///
+/// The slice addresses of the cluster's gateway pod, one per family of the slice (none until
+/// it runs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayAddresses {
+    pub primary: Option<IpAddr>,
+    pub secondary: Option<IpAddr>,
+}
+
+impl GatewayAddresses {
+    /// The primary family's address alone (single-family slices).
+    #[must_use]
+    pub fn primary(address: Option<IpAddr>) -> Self {
+        Self { primary: address, secondary: None }
+    }
+}
+
 /// # Errors
 /// [`WorkerPlanError::NodeNotAllocated`] when `node` has no valid allocation.
 pub fn node_agent_slice(
@@ -474,7 +506,7 @@ pub fn node_agent_slice(
     node: &str,
     nodes: &[ClusterNode],
     allocations: &[NodeAllocation],
-    gateway_address: Option<IpAddr>,
+    gateway: GatewayAddresses,
 ) -> Result<SliceOnNode, WorkerPlanError> {
     let prefix_of = |name: &str| -> Option<IpNet> {
         allocations.iter().find(|a| a.node == name).and_then(|a| spec.node_prefix(&a.prefix))
@@ -498,22 +530,36 @@ pub fn node_agent_slice(
     peers.sort_by(|a, b| a.name.cmp(&b.name));
     peers.dedup_by(|a, b| a.name == b.name);
 
-    // The gateway must sit in a node prefix of this node or of a peer, and not on a router
-    // address; anything else would be rejected by the node agent's validation.
-    let gateway = gateway_address.filter(|gw| {
-        std::iter::once(node_prefix)
-            .chain(peers.iter().map(|p| p.node_prefix))
-            .any(|p| p.contains(gw) && prefix::router_address(p) != *gw)
+    // The gateway must sit in a node prefix of this node or of a peer (of its family), and not
+    // on a router address; anything else would be rejected by the node agent's validation.
+    let secondary_node_prefix = spec.secondary_node_prefix(node_prefix)?;
+    let usable = |gw: IpAddr, prefixes: Vec<IpNet>| {
+        prefixes.into_iter().any(|p| p.contains(&gw) && prefix::router_address(p) != gw)
+    };
+    let primary_via = gateway
+        .primary
+        .filter(|gw| usable(*gw, std::iter::once(node_prefix).chain(peers.iter().map(|p| p.node_prefix)).collect()));
+    let secondary_via = gateway.secondary.filter(|gw| {
+        usable(
+            *gw,
+            secondary_node_prefix.into_iter().chain(peers.iter().filter_map(|p| p.secondary_node_prefix)).collect(),
+        )
     });
-    let remote_routes = gateway
-        .map_or_else(Vec::new, |via| spec.remote_prefixes.iter().map(|&prefix| RemoteRoute { prefix, via }).collect());
+    // Each remote prefix through the gateway's address of its family.
+    let remote_routes = spec
+        .remote_prefixes
+        .iter()
+        .filter_map(|&prefix| {
+            let via = if spec.subnet.contains(&prefix) { primary_via } else { secondary_via };
+            Some(RemoteRoute { prefix, via: via? })
+        })
+        .collect();
     Ok(SliceOnNode {
         name: spec.slice.clone(),
         vni: spec.vni,
         slice_subnet: spec.subnet,
         node_prefix,
-        secondary: spec
-            .secondary_node_prefix(node_prefix)?
+        secondary: secondary_node_prefix
             .zip(spec.secondary)
             .map(|(node_prefix, f)| FamilyOnNode { slice_subnet: f.subnet, node_prefix }),
         mtu: spec.mtu,
@@ -568,7 +614,7 @@ pub fn gateway_config(gateway: &TypedGateway, private_key: &Key) -> WgConfig {
             }),
             public_key: peer.public_key,
             preshared_key: None,
-            allowed_ips: vec![peer.prefix.trunc()],
+            allowed_ips: std::iter::once(peer.prefix.trunc()).chain(peer.secondary_prefix.map(|p| p.trunc())).collect(),
             endpoint: peer.endpoint,
             persistent_keepalive: keepalive,
         })
@@ -699,7 +745,7 @@ mod tests {
         let s = spec();
         let allocs = allocate_node_prefixes(&typed(&s), &names(&["n1", "n2", "n3"]), &[]).unwrap();
         let gw: IpAddr = "10.80.16.70".parse().unwrap(); // a pod on n2
-        let on = node_agent_slice(&typed(&s), "n1", &nodes(), &allocs, Some(gw)).unwrap();
+        let on = node_agent_slice(&typed(&s), "n1", &nodes(), &allocs, GatewayAddresses::primary(Some(gw))).unwrap();
         assert_eq!(on.node_prefix.to_string(), "10.80.16.0/26");
         assert_eq!(on.namespaces, ["db", "shop"]);
         let peers: Vec<_> = on.peers.iter().map(|p| (p.name.as_str(), p.node_prefix.to_string())).collect();
@@ -731,10 +777,51 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_slice_routes_and_tunnels_each_family_of_its_peers() {
+        let mut s = dual_spec();
+        for (p, v6) in s.peers.iter_mut().zip(["fd00:80::/52", "fd00:80:0:2000::/52"]) {
+            p.secondary_prefix = Some(v6.into());
+        }
+        let t = typed(&s);
+        let prefixes: Vec<String> = t.remote_prefixes.iter().map(ToString::to_string).collect();
+        assert_eq!(prefixes.len(), 2 * s.peers.len(), "{prefixes:?}");
+        assert!(prefixes.contains(&"fd00:80::/52".to_owned()), "{prefixes:?}");
+        // The gateway's [Peer] of each cluster holds both of its prefixes.
+        let text = gateway_config(&t.gateway, &PRIVATE.parse().unwrap()).render();
+        assert!(text.contains("fd00:80:0:2000::/52"), "{text}");
+        // The node routes each family through the gateway pod's address of that family.
+        let allocs = allocate_node_prefixes(&t, &names(&["n1", "n2", "n3"]), &[]).unwrap();
+        let gw4: IpAddr = "10.80.16.70".parse().unwrap();
+        let gw6: IpAddr = "fd00:80:0:1000::146".parse().unwrap();
+        let both = GatewayAddresses { primary: Some(gw4), secondary: Some(gw6) };
+        let on = node_agent_slice(&t, "n1", &nodes(), &allocs, both).unwrap();
+        for r in &on.remote_routes {
+            let want = if r.prefix.addr().is_ipv4() { gw4 } else { gw6 };
+            assert_eq!(r.via, want, "{on:?}");
+        }
+        assert_eq!(on.remote_routes.len(), 2 * s.peers.len());
+        let config = slice_api::NodeAgentConfig {
+            node: "n1".into(),
+            underlay_address: "198.18.1.11".parse().unwrap(),
+            underlay_mtu: 1500,
+            state_dir: "/run/slicenet".into(),
+            netns_dir: "/run/netns".into(),
+            router_netns_prefix: "slice-".into(),
+            vxlan_port: 4789,
+            slices: vec![on],
+        };
+        config.validate().unwrap();
+        // Without the gateway's IPv6 address yet, only the IPv4 routes.
+        let v4_only = node_agent_slice(&t, "n1", &nodes(), &allocs, GatewayAddresses::primary(Some(gw4))).unwrap();
+        assert!(v4_only.remote_routes.iter().all(|r| r.prefix.addr().is_ipv4()));
+        assert_eq!(v4_only.remote_routes.len(), s.peers.len());
+    }
+
+    #[test]
     fn a_dual_stack_node_slice_has_each_node_prefix_in_both_families_at_one_index() {
         let s = dual_spec();
         let allocs = allocate_node_prefixes(&typed(&s), &names(&["n1", "n2", "n3"]), &[]).unwrap();
-        let on = node_agent_slice(&typed(&s), "n2", &nodes(), &allocs, None).unwrap();
+        let on = node_agent_slice(&typed(&s), "n2", &nodes(), &allocs, GatewayAddresses::default()).unwrap();
         let family = on.secondary.unwrap();
         assert_eq!(
             (on.node_prefix.to_string(), family.node_prefix.to_string()),
@@ -750,7 +837,7 @@ mod tests {
         let config = slice_api::NodeAgentConfig::example(vec![on]);
         config.validate().unwrap();
         // A single-family spec gives no secondary family anywhere.
-        let single = node_agent_slice(&typed(&spec()), "n2", &nodes(), &allocs, None).unwrap();
+        let single = node_agent_slice(&typed(&spec()), "n2", &nodes(), &allocs, GatewayAddresses::default()).unwrap();
         assert!(single.secondary.is_none() && single.peers.iter().all(|p| p.secondary_node_prefix.is_none()));
     }
 
@@ -774,7 +861,8 @@ mod tests {
         s.secondary_family.as_mut().unwrap().cluster_prefix = "fd00:80::/125".into();
         s.secondary_family.as_mut().unwrap().node_prefix_length = 126;
         let allocs = allocate_node_prefixes(&typed(&s), &names(&["n1", "n2", "n3"]), &[]).unwrap();
-        let e = node_agent_slice(&typed(&s), "n3", &nodes(), &allocs, None).unwrap_err().to_string();
+        let e =
+            node_agent_slice(&typed(&s), "n3", &nodes(), &allocs, GatewayAddresses::default()).unwrap_err().to_string();
         assert!(e.contains("index 2 is out of range"), "{e}");
     }
 
@@ -782,15 +870,22 @@ mod tests {
     fn remote_routes_wait_for_a_usable_gateway_address() {
         let s = spec();
         let allocs = allocate_node_prefixes(&typed(&s), &names(&["n1", "n2"]), &[]).unwrap();
-        let without = node_agent_slice(&typed(&s), "n1", &nodes(), &allocs, None).unwrap();
+        let without = node_agent_slice(&typed(&s), "n1", &nodes(), &allocs, GatewayAddresses::default()).unwrap();
         assert!(without.remote_routes.is_empty());
         // On n3's old prefix (no allocation any more), on a router address, outside the cluster.
         for stale in ["10.80.16.130", "10.80.16.65", "10.80.40.2"] {
-            let on = node_agent_slice(&typed(&s), "n1", &nodes(), &allocs, Some(stale.parse().unwrap())).unwrap();
+            let on = node_agent_slice(
+                &typed(&s),
+                "n1",
+                &nodes(),
+                &allocs,
+                GatewayAddresses::primary(Some(stale.parse().unwrap())),
+            )
+            .unwrap();
             assert!(on.remote_routes.is_empty(), "{stale}");
         }
         assert!(matches!(
-            node_agent_slice(&typed(&s), "n3", &nodes(), &allocs, None),
+            node_agent_slice(&typed(&s), "n3", &nodes(), &allocs, GatewayAddresses::default()),
             Err(WorkerPlanError::NodeNotAllocated { .. })
         ));
     }
@@ -844,6 +939,7 @@ mod tests {
         s.peers.push(WorkerPeer {
             cluster: "c4".into(),
             prefix: "10.80.48.0/20".into(),
+            secondary_prefix: None,
             public_key: Some(OTHER.into()),
             endpoint: Some("gw.example:31820".into()),
             replicas: Vec::new(),
@@ -885,6 +981,7 @@ mod tests {
             WorkerPeer {
                 cluster: "a".into(),
                 prefix: "10.80.0.0/20".into(),
+                secondary_prefix: None,
                 public_key: Some("short".into()),
                 endpoint: None,
                 replicas: Vec::new(),
@@ -892,6 +989,7 @@ mod tests {
             WorkerPeer {
                 cluster: "b".into(),
                 prefix: "nope".into(),
+                secondary_prefix: None,
                 public_key: Some(OTHER.into()),
                 endpoint: None,
                 replicas: Vec::new(),
@@ -899,6 +997,7 @@ mod tests {
             WorkerPeer {
                 cluster: "c".into(),
                 prefix: "10.80.32.0/20".into(),
+                secondary_prefix: None,
                 public_key: Some(OTHER.into()),
                 endpoint: None,
                 replicas: Vec::new(),
@@ -906,6 +1005,7 @@ mod tests {
             WorkerPeer {
                 cluster: "d".into(),
                 prefix: "10.80.48.0/20".into(),
+                secondary_prefix: None,
                 public_key: Some(OTHER.into()),
                 endpoint: None,
                 replicas: Vec::new(),
@@ -924,6 +1024,7 @@ mod tests {
         s.peers.push(WorkerPeer {
             cluster: "c0".into(),
             prefix: "10.80.16.0/24".into(), // overlaps this cluster: no route
+            secondary_prefix: None,
             public_key: Some(OTHER.into()),
             endpoint: Some("[fd00::1]:4500".into()),
             replicas: Vec::new(),
@@ -995,6 +1096,7 @@ mod tests {
         let peer = |cluster: &str, prefix: &str, key: Option<&str>| WorkerPeer {
             cluster: cluster.into(),
             prefix: prefix.into(),
+            secondary_prefix: None,
             public_key: key.map(Into::into),
             endpoint: Some("gw.example:31820".into()),
             replicas: Vec::new(),
@@ -1056,7 +1158,7 @@ mod tests {
         let key = || proptest::option::of(prop_oneof![".*", "[A-Za-z0-9+/]{43}=", Just(OTHER.to_owned())]);
         let peer =
             (text(), text(), key(), proptest::option::of(".*")).prop_map(|(cluster, prefix, public_key, endpoint)| {
-                WorkerPeer { cluster, prefix, public_key, endpoint, replicas: Vec::new() }
+                WorkerPeer { cluster, prefix, secondary_prefix: None, public_key, endpoint, replicas: Vec::new() }
             });
         (text(), text(), any::<u8>(), proptest::collection::vec(peer, 0..6)).prop_map(
             |(subnet, cluster, len, peers)| {

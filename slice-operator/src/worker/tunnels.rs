@@ -459,6 +459,7 @@ mod tests {
         WorkerPeer {
             cluster: cluster.into(),
             prefix: "10.80.0.0/20".into(),
+            secondary_prefix: None,
             public_key: key.map(Into::into),
             endpoint: None,
             replicas: Vec::new(),

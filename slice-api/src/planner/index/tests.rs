@@ -229,6 +229,7 @@ fn apply(world: &mut World, index: &mut PlanIndex, change: &Change) {
                     .map(|i| WorkerPeer {
                         cluster: CLUSTERS[i].to_owned(),
                         prefix: String::new(),
+                        secondary_prefix: None,
                         public_key: Some(KEYS[i % 3].to_owned()),
                         endpoint: None,
                         replicas: Vec::new(),

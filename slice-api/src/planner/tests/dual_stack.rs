@@ -40,6 +40,13 @@ fn both_families_take_the_same_stable_index() {
     let c1 = &plans[0].workers[0];
     let family = c1.secondary_family.as_ref().unwrap();
     assert_eq!((family.slice_subnet.as_str(), family.node_prefix_length), ("fd00:80::/48", 120));
+    // Each peer entry carries both of the peer's prefixes: its gateway holds both.
+    let peers: Vec<(&str, &str, Option<&str>)> =
+        c1.peers.iter().map(|p| (p.cluster.as_str(), p.prefix.as_str(), p.secondary_prefix.as_deref())).collect();
+    assert_eq!(
+        peers,
+        [("c2", "10.80.16.0/20", Some("fd00:80:0:1000::/52")), ("c3", "10.80.32.0/20", Some("fd00:80:0:2000::/52"))]
+    );
     // c2 leaves, c4 joins: c4 takes the free index 1 in both families, the others keep theirs.
     h.clusters.push(member("c4"));
     h.slices[0].spec.clusters = vec!["c1".into(), "c3".into(), "c4".into()];

@@ -1,0 +1,153 @@
+//! Dual-stack and IPv6-only slices across three clusters (issue 17), on the real path the lab's
+//! control plane makes (the hub's and the workers' own passes, `e2e::control`): pods through
+//! containerd's CRI and `slice-cni`, node agents routing each family of the other clusters'
+//! prefixes to the gateway pod's address of that family, gateways carrying both families over
+//! the lab's IPv4 WAN (c3 behind NAT). Slice `blue` has 10.80.0.0/16 and fd00:80::/48 (namespace
+//! `shop`), slice `green` fd00:81::/48 only (namespace `web`). Every pod reaches every pod of its
+//! slice in the other clusters over each family it has (ping, and an IPv6 TCP transfer through
+//! the tunnel's IPv6 MSS clamp); a pod of one slice reaches no pod of the other. Namespaces
+//! `hx6-*`.
+//! Needs root and the binaries; fails (does not skip) without them.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use e2e::control::{self, BEHIND_NAT_ANNOTATION, ControlPlane, NODES_ANNOTATION, PUBLIC_PORT, parse_manifest};
+use e2e::{Lab, Pod, PodSpec};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The manifest: three clusters (c1 with two nodes, c3 behind NAT), slices blue and green.
+fn manifest() -> control::Manifest {
+    let mut text = String::new();
+    for (c, nodes, nat) in [("c1", 2, false), ("c2", 1, false), ("c3", 1, true)] {
+        text += &format!(
+            "apiVersion: slicenet.io/v1alpha1\nkind: MemberCluster\nmetadata:\n  name: {c}\n  annotations: \
+             {{{NODES_ANNOTATION}: \"{nodes}\", {BEHIND_NAT_ANNOTATION}: \"{nat}\"}}\nspec: {{}}\n---\n"
+        );
+    }
+    text += &format!(
+        "apiVersion: slicenet.io/v1alpha1\nkind: SliceConfig\nmetadata: {{name: blue}}\nspec:\n  \
+         sliceSubnet: 10.80.0.0/16\n  secondarySliceSubnet: fd00:80::/48\n  clusters: [c1, c2, c3]\n  \
+         namespaces: [{{namespace: shop}}]\n  gateway: {{nodePort: {PUBLIC_PORT}, persistentKeepalive: 5}}\n---\n\
+         apiVersion: slicenet.io/v1alpha1\nkind: SliceConfig\nmetadata: {{name: green}}\nspec:\n  \
+         sliceSubnet: fd00:81::/48\n  clusters: [c1, c2, c3]\n  namespaces: [{{namespace: web}}]\n  \
+         gateway: {{port: 51821, nodePort: {}, persistentKeepalive: 5}}\n",
+        PUBLIC_PORT + 1
+    );
+    parse_manifest(&text).expect("the test's YAML parses")
+}
+
+/// The pod's addresses on `slice0`, IPv4 first.
+fn slice_addrs(pod: &Pod) -> Vec<IpAddr> {
+    let mut addrs: Vec<IpAddr> = pod.addresses("slice0").unwrap_or_default().iter().map(|n| n.addr()).collect();
+    addrs.sort_by_key(IpAddr::is_ipv6);
+    addrs
+}
+
+fn ping(pod: &Pod, to: IpAddr) -> bool {
+    let family = if to.is_ipv6() { "-6" } else { "-4" };
+    pod.exec(&["ping", family, "-n", "-q", "-c", "1", "-W", "1", &to.to_string()]).is_ok_and(|o| o.status.success())
+}
+
+fn ping_within(pod: &Pod, to: IpAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ping(pod, to) {
+            return true;
+        }
+    }
+    false
+}
+
+/// 5 MB of TCP from `client` to `server`'s `to` with iperf3 (retried while the server starts).
+fn transfer(server: &Pod, client: &Pod, to: IpAddr, port: u16) -> Result<(), String> {
+    let port = port.to_string();
+    let mut srv = server.spawn(&["iperf3", "-s", "-1", "-p", &port]).map_err(|e| format!("{e:#}"))?;
+    let mut last = String::new();
+    for _ in 0..20 {
+        let out = client
+            .exec(&["timeout", "60", "iperf3", "-c", &to.to_string(), "-p", &port, "-n", "5M"])
+            .map_err(|e| format!("{e:#}"))?;
+        if out.status.success() {
+            let _ = srv.stop();
+            return Ok(());
+        }
+        last = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Err(format!("{last}\nserver: {}", srv.log_text()))
+}
+
+/// Deletes the slices and tears the lab down however the test ends.
+struct Env {
+    cp: ControlPlane,
+    lab: Option<Lab>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut lab) = self.lab.take() {
+            if let Err(e) = self.cp.delete_all(&mut lab) {
+                eprintln!("deleting the slices: {e:#}");
+            }
+            let _ = lab.teardown();
+        }
+    }
+}
+
+#[test]
+fn dual_stack_and_ipv6_only_slices_cross_three_clusters() {
+    e2e::require_root().expect("root");
+    let mut env = Env { cp: ControlPlane::new(), lab: Some(Lab::new("hx6").expect("lab (needs root)")) };
+    let Env { cp, lab } = &mut env;
+    let lab = lab.as_mut().expect("the lab");
+    cp.apply(lab, &manifest()).unwrap_or_else(|e| panic!("{e:#}\n{}", cp.diagnose(lab)));
+    let run = |cluster: &str, node: &str, ns: &str, name: &str| {
+        control::run_pod_retrying(lab.node(cluster, node), &PodSpec::new(ns, name), WAIT).unwrap()
+    };
+    let blue = [
+        run("c1", "n1", "shop", "a1"),
+        run("c1", "n2", "shop", "a2"),
+        run("c2", "n1", "shop", "b"),
+        run("c3", "n1", "shop", "c"),
+    ];
+    let green = [run("c1", "n2", "web", "g1"), run("c2", "n1", "web", "g2"), run("c3", "n1", "web", "g3")];
+    for p in &blue {
+        let a = slice_addrs(p);
+        assert!(a.len() == 2 && a[0].is_ipv4() && a[1].is_ipv6(), "{}: {a:?}", p.lab_name());
+    }
+    for p in &green {
+        let a = slice_addrs(p);
+        assert!(a.len() == 1 && a[0].is_ipv6(), "{}: {a:?}", p.lab_name());
+    }
+
+    // Every pod reaches every pod of its slice in another cluster over each family.
+    for pods in [&blue[..], &green[..]] {
+        for from in pods {
+            for to in pods.iter().filter(|p| p.cluster != from.cluster) {
+                for addr in slice_addrs(to) {
+                    assert!(
+                        ping_within(from, addr, WAIT),
+                        "ping {} → {} ({addr}):\n{}",
+                        from.lab_name(),
+                        to.lab_name(),
+                        cp.diagnose(lab)
+                    );
+                }
+            }
+        }
+    }
+    // TCP over IPv6 from c1 to the cluster behind NAT and back, in both slices.
+    let v6 = |p: &Pod| slice_addrs(p).into_iter().find(IpAddr::is_ipv6).expect("an IPv6 address");
+    transfer(&blue[3], &blue[0], v6(&blue[3]), 7101).unwrap_or_else(|e| panic!("blue c1 → c3 over IPv6: {e}"));
+    transfer(&blue[0], &blue[3], v6(&blue[0]), 7102).unwrap_or_else(|e| panic!("blue c3 → c1 over IPv6: {e}"));
+    transfer(&green[2], &green[0], v6(&green[2]), 7103).unwrap_or_else(|e| panic!("green c1 → c3: {e}"));
+
+    // A pod of one slice reaches no pod of the other, in its cluster or another.
+    for (from, to) in [(&blue[0], &green[1]), (&blue[2], &green[0]), (&green[0], &blue[2]), (&green[2], &blue[1])] {
+        for addr in slice_addrs(to) {
+            assert!(!ping(from, addr), "{} reached {} ({addr}) of another slice", from.lab_name(), to.lab_name());
+        }
+    }
+}
