@@ -138,6 +138,27 @@ fn dual_stack_and_ipv6_only_slices_cross_three_clusters() {
             }
         }
     }
+    // The IPv6 prefixes of the other clusters are routed in the routers (to the gateway pod's
+    // IPv6 address or over the VXLAN to its node), beside the IPv4 ones.
+    for (slice, want) in [("blue", "fd00:80:0:1000::/52"), ("green", "fd00:81:0:2000::/52")] {
+        for node in lab.cluster("c1").nodes() {
+            let ns = format!("{}{slice}", node.router_netns_prefix());
+            let out = std::process::Command::new("ip").args(["-6", "-n", &ns, "route", "show", want]).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains(want.trim_end_matches("/52")),
+                "{slice} on c1/{}: no route to {want}: {text}",
+                node.name()
+            );
+        }
+    }
+    eprintln!(
+        "blue a1 {:?}, c {:?}; green g1 {:?}, g3 {:?}",
+        slice_addrs(&blue[0]),
+        slice_addrs(&blue[3]),
+        slice_addrs(&green[0]),
+        slice_addrs(&green[2])
+    );
     // TCP over IPv6 from c1 to the cluster behind NAT and back, in both slices.
     let v6 = |p: &Pod| slice_addrs(p).into_iter().find(IpAddr::is_ipv6).expect("an IPv6 address");
     transfer(&blue[3], &blue[0], v6(&blue[3]), 7101).unwrap_or_else(|e| panic!("blue c1 → c3 over IPv6: {e}"));

@@ -51,7 +51,8 @@ pub(crate) struct GatewayRun {
     pub process: PodProcess,
     pub interface: String,
     pub slice: String,
-    pub slice_address: Ipv4Addr,
+    /// Its slice addresses, IPv4 first (one per family of the slice).
+    pub slice_addresses: Vec<IpAddr>,
     /// The command line it runs (the Deployment's, with the lab's substitutions).
     argv: Vec<String>,
     /// How often it was restarted after it exited.
@@ -360,11 +361,14 @@ impl Kubelet {
         let argv = gateway_argv(lab, container, &interface, &config)?;
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
         let process = spawn_gateway(&pod, &args, &interface, timeout).with_context(|| format!("{cluster}: {name}"))?;
-        let slice_address = pod.ipv4("slice0")?;
+        let mut slice_addresses: Vec<IpAddr> = pod.addresses("slice0")?.iter().map(ipnet::IpNet::addr).collect();
+        slice_addresses.sort_by_key(IpAddr::is_ipv6);
+        anyhow::ensure!(!slice_addresses.is_empty(), "{cluster}: {name}'s pod has no address on slice0");
         let pod_ip = pod.ipv4("eth0")?;
         // The Pod object as the API server and the node agent would show it.
+        let ips: Vec<String> = slice_addresses.iter().map(ToString::to_string).collect();
         let status = json!([{"name": slice_api::multus::network_name(GATEWAY_NAMESPACE, slice),
-                             "interface": slice_api::names::DEFAULT_SLICE_INTERFACE, "ips": [slice_address.to_string()]}]);
+                             "interface": slice_api::names::DEFAULT_SLICE_INTERFACE, "ips": ips}]);
         let mut annotations = template["metadata"]["annotations"].clone();
         annotations[NETWORK_STATUS_ANNOTATION] = json!(status.to_string());
         let object = json!({
@@ -385,7 +389,7 @@ impl Kubelet {
             process,
             interface,
             slice: slice.to_owned(),
-            slice_address,
+            slice_addresses,
             argv,
             restarts: 0,
             rolled: 0,

@@ -306,9 +306,12 @@ impl ControlPlane {
         self.kubelets.get(cluster)?.gateways.values().find(|g| g.slice == slice)
     }
 
-    /// The gateway pod's slice address of `slice` in `cluster`.
+    /// The gateway pod's IPv4 slice address of `slice` in `cluster`.
     pub fn gateway_address(&self, slice: &str, cluster: &str) -> Option<Ipv4Addr> {
-        self.gateway(slice, cluster).map(|g| g.slice_address)
+        self.gateway(slice, cluster)?.slice_addresses.iter().find_map(|a| match a {
+            std::net::IpAddr::V4(v4) => Some(*v4),
+            std::net::IpAddr::V6(_) => None,
+        })
     }
 
     /// The gateway's TUN interface (and UAPI socket) name of `slice` in `cluster`.
@@ -871,7 +874,7 @@ impl ControlPlane {
                 let tail: Vec<&str> = log.lines().rev().take(20).collect();
                 out.push_str(&format!(
                     "== gateway {slice} in {cluster} ({}):\n{}\n{}\n-- its log (last 20 lines):\n{}\n",
-                    gw.slice_address,
+                    gw.slice_addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
                     wg.unwrap_or_default(),
                     routes.unwrap_or_default(),
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")

@@ -615,6 +615,26 @@ mod tests {
     }
 
     #[test]
+    fn gateway_pods_of_ipv6_slices_get_the_ipv6_forwarding_sysctl() {
+        let sysctls = |s: &WorkerSliceSpec| {
+            gateway_deployment(s, &GatewayDefaults::default())["spec"]["template"]["spec"]["securityContext"]["sysctls"]
+                .clone()
+        };
+        assert!(sysctls(&spec("blue")).is_null(), "an IPv4 slice needs none");
+        let mut dual = spec("blue");
+        dual.secondary_family = Some(slice_api::crd::WorkerSliceFamily {
+            slice_subnet: "fd00:80::/48".into(),
+            cluster_prefix: "fd00:80::/52".into(),
+            node_prefix_length: 120,
+        });
+        let want = serde_json::json!([{"name": "net.ipv6.conf.all.forwarding", "value": "1"}]);
+        assert_eq!(sysctls(&dual), want);
+        let mut v6 = spec("blue");
+        v6.slice_subnet = "fd00:81::/48".into();
+        assert_eq!(sysctls(&v6), want);
+    }
+
+    #[test]
     fn gateway_objects() {
         let s = spec("blue");
         let dep = gateway_deployment(&s, &GatewayDefaults::default());
