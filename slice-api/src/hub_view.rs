@@ -119,7 +119,11 @@ pub fn render(view: &HubView) -> String {
             vec![
                 w.spec.slice.clone(),
                 w.spec.cluster.clone(),
-                w.spec.cluster_prefix.clone(),
+                // Both families of a dual-stack slice.
+                std::iter::once(w.spec.cluster_prefix.clone())
+                    .chain(w.spec.secondary_family.as_ref().map(|f| f.cluster_prefix.clone()))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 st.gateway_endpoint.unwrap_or_else(|| "-".to_owned()),
                 if nodes.is_empty() { "-".to_owned() } else { nodes.join(" ") },
                 status_of(&st.conditions, "Ready"),
@@ -375,6 +379,15 @@ pub(crate) mod tests {
         assert!(text.contains("blue   c1       10.80.0.0/20   -                 -              True"), "{text}");
         assert!(text.contains("problems:\n- slice blue: Ready=False"), "{text}");
         assert!(render(&HubView::default()).ends_with("no problems\n"));
+        // A dual-stack slice shows each cluster's prefix of both families.
+        let mut dual = view();
+        dual.workers[0].spec.secondary_family = Some(crate::crd::WorkerSliceFamily {
+            slice_subnet: "fd00:80::/48".into(),
+            cluster_prefix: "fd00:80::/52".into(),
+            node_prefix_length: 120,
+        });
+        let text = render(&dual);
+        assert!(text.contains("blue   c1       10.80.0.0/20,fd00:80::/52"), "{text}");
     }
 
     #[test]
