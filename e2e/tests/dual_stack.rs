@@ -246,3 +246,54 @@ fn an_ipv6_only_slice_works_across_nodes() {
     }
     lab.teardown().unwrap();
 }
+
+/// The isolation matrix for IPv6: two IPv6-only slices with the same subnet (`fd00:80::/48`) in
+/// one cluster number their pods alike, reach their own pods and never each other's, on one node
+/// and across nodes; a pod in no slice reaches neither (it has no route into them).
+#[test]
+fn ipv6_slices_with_the_same_subnet_are_isolated() {
+    let blue = LabSlice::new("blue", 100, "fd00:80::/48", &["shop"]);
+    let red = LabSlice::new("red", 200, "fd00:80::/48", &["bank"]);
+    let mut lab = Lab::new("hz6").expect("lab (needs root; build the bins first)");
+    lab.add_cluster("c1", 2).expect("cluster c1");
+    lab.cluster("c1").start_agents(&[blue.clone(), red.clone()]).expect("start agents");
+    for node in lab.cluster("c1").nodes() {
+        for s in [&blue, &red] {
+            node.wait_slice_ready(&s.name, READY).expect("slice ready");
+        }
+    }
+    let (n1, n2) = (lab.node("c1", "n1"), lab.node("c1", "n2"));
+    let web = n1.run_pod(PodSpec::new("shop", "web")).unwrap();
+    let api = n2.run_pod(PodSpec::new("shop", "api")).unwrap();
+    let ledger = n1.run_pod(PodSpec::new("bank", "ledger")).unwrap();
+    let vault = n2.run_pod(PodSpec::new("bank", "vault")).unwrap();
+    let v6 = |p: &Pod| {
+        let a = slice_addrs(p);
+        assert!(a.len() == 1 && a[0].is_ipv6(), "{}: {a:?}", p.lab_name());
+        a[0]
+    };
+    // Both slices number from the same node prefixes.
+    assert_eq!(v6(&web), v6(&ledger), "same address in both slices on n1");
+    assert_eq!(v6(&api), v6(&vault), "same address in both slices on n2");
+    assert!(pings(&web, v6(&api)), "blue works across nodes");
+    assert!(pings(&vault, v6(&ledger)), "red works across nodes");
+
+    // An address only red has (a second red pod on n1) is unreachable from blue, and the
+    // reverse; on the same node and across nodes.
+    let teller = n1.run_pod(PodSpec::new("bank", "teller")).unwrap();
+    assert!(pings(&vault, v6(&teller)), "red reaches its new pod");
+    assert!(!pings(&api, v6(&teller)), "blue must not reach red's {}", v6(&teller));
+    assert!(!pings(&web, v6(&teller)), "blue must not reach red's {} on the same node", v6(&teller));
+    let cart = n2.run_pod(PodSpec::new("shop", "cart")).unwrap();
+    assert!(pings(&web, v6(&cart)), "blue reaches its new pod");
+    assert!(!pings(&ledger, v6(&cart)), "red must not reach blue's {}", v6(&cart));
+    assert!(!pings(&vault, v6(&cart)), "red must not reach blue's {} on the same node", v6(&cart));
+
+    // A pod in no slice: no slice interface, and no way into either slice.
+    let outsider = n1.run_pod(PodSpec::new("default", "outsider")).unwrap();
+    assert!(outsider.addresses("slice0").is_err() || outsider.addresses("slice0").unwrap().is_empty());
+    for to in [v6(&api), v6(&teller), v6(&cart)] {
+        assert!(!pings(&outsider, to), "a pod in no slice reached {to}");
+    }
+    lab.teardown().unwrap();
+}
