@@ -21,7 +21,6 @@
 //! `iperf3` one stream and `-P 4`, CPU of the tunnel processes per Gbit ([`tunnel::measure`]).
 
 use std::fmt::Write as _;
-use std::net::SocketAddrV4;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -156,7 +155,7 @@ fn measure(lab: &Lab, cp: &ControlPlane, seconds: u32, pings: u32) -> Result<Tun
     let reach_b = |port: u16| {
         let public_port = port.checked_add(PUBLIC_OFFSET).context("port too high to forward")?;
         c2.forward_udp(public_port, gw2.eth0, port)?;
-        Ok(SocketAddrV4::new(public, public_port))
+        Ok(std::net::SocketAddr::from((public, public_port)))
     };
     let ends = Ends { a: gw1_pod, b: gw2_pod, dir: &dir, tag: "bxw", reach_b: &reach_b, reach_a: None };
     for kind in Kind::COMPETITORS {

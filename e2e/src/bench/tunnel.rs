@@ -14,7 +14,7 @@
 //! processes over each iperf3 run, divided by the Gbit it carried.
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,6 +32,11 @@ pub(crate) const NS_A: &str = "bxtun-a";
 pub(crate) const NS_B: &str = "bxtun-b";
 const UNDER_A: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 const UNDER_B: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 2);
+/// The veth's IPv6 addresses (documentation prefix), for the gateway over IPv6.
+const UNDER6_A: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+const UNDER6_B: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 2);
+/// Marks the plan's row of `slice-gateway` over IPv6 (not passed to the gateway).
+const OVER_IPV6: &str = "over-ipv6";
 /// The port iperf3 listens on.
 pub(crate) const IPERF_PORT: u16 = 5201;
 
@@ -168,9 +173,9 @@ pub(crate) struct Ends<'a> {
     /// directory).
     pub(crate) tag: &'a str,
     /// How A reaches B's UDP port (setting up a port forward where one is needed).
-    pub(crate) reach_b: &'a dyn Fn(u16) -> Result<SocketAddrV4>,
+    pub(crate) reach_b: &'a dyn Fn(u16) -> Result<SocketAddr>,
     /// How B reaches A's UDP port; `None`: it cannot (A behind NAT), B learns A's address.
-    pub(crate) reach_a: Option<&'a dyn Fn(u16) -> SocketAddrV4>,
+    pub(crate) reach_a: Option<&'a dyn Fn(u16) -> SocketAddr>,
 }
 
 impl Ends<'_> {
@@ -324,19 +329,18 @@ impl Kind {
         let to_b = (ends.reach_b)(port)?;
         let to_a = ends.reach_a.map(|f| f(port));
         let net = self.net();
-        let conf =
-            |me: &crate::gateway::KeyPair, peer: &crate::gateway::KeyPair, host: u8, ep: Option<SocketAddrV4>| {
-                WgConfig {
-                    interface: WgInterface { private_key: Some(me.private), listen_port: Some(port), fwmark: None },
-                    peers: vec![WgPeer {
-                        public_key: peer.public,
-                        allowed_ips: vec![IpNet::from(std::net::IpAddr::from(Ipv4Addr::new(10, net, 0, host)))],
-                        endpoint: ep.map(Into::into),
-                        ..WgPeer::default()
-                    }],
-                }
-                .render()
-            };
+        let conf = |me: &crate::gateway::KeyPair, peer: &crate::gateway::KeyPair, host: u8, ep: Option<SocketAddr>| {
+            WgConfig {
+                interface: WgInterface { private_key: Some(me.private), listen_port: Some(port), fwmark: None },
+                peers: vec![WgPeer {
+                    public_key: peer.public,
+                    allowed_ips: vec![IpNet::from(std::net::IpAddr::from(Ipv4Addr::new(10, net, 0, host)))],
+                    endpoint: ep,
+                    ..WgPeer::default()
+                }],
+            }
+            .render()
+        };
         let sides = [
             (ends.a, "a", ends.file(&format!("{}-a.conf", self.code()), &conf(&ka, &kb, 2, Some(to_b)))?, 1),
             (ends.b, "b", ends.file(&format!("{}-b.conf", self.code()), &conf(&kb, &ka, 1, to_a))?, 2),
@@ -464,6 +468,7 @@ impl Pair {
             "ip netns add {NS_A} && ip netns add {NS_B} && \
              ip -n {NS_A} link add ul0 type veth peer name ul0 netns {NS_B} && \
              ip -n {NS_A} addr add {UNDER_A}/24 dev ul0 && ip -n {NS_B} addr add {UNDER_B}/24 dev ul0 && \
+             ip -n {NS_A} -6 addr add {UNDER6_A}/64 dev ul0 nodad && ip -n {NS_B} -6 addr add {UNDER6_B}/64 dev ul0 nodad && \
              ip -n {NS_A} link set ul0 up && ip -n {NS_B} link set ul0 up && \
              ip -n {NS_A} link set lo up && ip -n {NS_B} link set lo up"
         ))?;
@@ -502,8 +507,8 @@ fn gateway_variants() -> Vec<Vec<(String, String)>> {
 pub(crate) fn run(seconds: u32, pings: u32) -> Result<TunnelSection> {
     let pair = Pair::new()?;
     let mut section = TunnelSection { seconds, pings, versions: versions(), ..TunnelSection::default() };
-    let reach_b = |port: u16| Ok(SocketAddrV4::new(UNDER_B, port));
-    let reach_a = |port: u16| SocketAddrV4::new(UNDER_A, port);
+    let reach_b = |port: u16| Ok(SocketAddr::from((UNDER_B, port)));
+    let reach_a = |port: u16| SocketAddr::from((UNDER_A, port));
     let ends = Ends {
         a: pair.place(NS_A),
         b: pair.place(NS_B),
@@ -512,6 +517,9 @@ pub(crate) fn run(seconds: u32, pings: u32) -> Result<TunnelSection> {
         reach_b: &reach_b,
         reach_a: Some(&reach_a),
     };
+    let reach_b6 = |port: u16| Ok(SocketAddr::from((UNDER6_B, port)));
+    let reach_a6 = |port: u16| SocketAddr::from((UNDER6_A, port));
+    let ends6 = Ends { reach_b: &reach_b6, reach_a: Some(&reach_a6), tag: "bx6", ..ends };
     let iperf =
         |to: Ipv4Addr| Iperf { client: ends.a, server: ends.b, to, port: IPERF_PORT, listen: IPERF_PORT, bind: None };
     // SLICENET_BENCH_TUNNELS=veth,slice-gateway,wireguard-go,openvpn picks rows (default all).
@@ -524,6 +532,12 @@ pub(crate) fn run(seconds: u32, pings: u32) -> Result<TunnelSection> {
     type Planned = (Option<Kind>, Vec<(String, String)>, String);
     let mut plan: Vec<Planned> = vec![(None, Vec::new(), String::new())];
     plan.extend(Kind::ALL.into_iter().map(|k| (Some(k), Vec::new(), k.name().to_owned())));
+    // The same gateway with WireGuard over IPv6 (endpoints on the veth's IPv6 addresses).
+    plan.push((
+        Some(Kind::SliceGateway),
+        vec![(OVER_IPV6.to_owned(), "1".to_owned())],
+        format!("{} over IPv6", Kind::SliceGateway.name()),
+    ));
     for v in gateway_variants() {
         let label: Vec<String> = v.iter().map(|(k, val)| format!("{k}={val}")).collect();
         plan.push((Some(Kind::SliceGateway), v, format!("{} (`{}`)", Kind::SliceGateway.name(), label.join(" "))));
@@ -545,7 +559,11 @@ pub(crate) fn run(seconds: u32, pings: u32) -> Result<TunnelSection> {
         let mut f = TunnelFigures::new(name, kind.mtu());
         f.competitor = kind != Kind::SliceGateway;
         f.ours = kind == Kind::SliceGateway && env.is_empty();
-        if let Some(cc) = measure_tunnel(&mut f, kind, &ends, &env, iperf, seconds, pings) {
+        // The IPv6 row is the gateway's own, not a switch of its: it changes the endpoints.
+        let over_ipv6 = env.iter().any(|(k, _)| k == OVER_IPV6);
+        let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k != OVER_IPV6).collect();
+        let ends = if over_ipv6 { &ends6 } else { &ends };
+        if let Some(cc) = measure_tunnel(&mut f, kind, ends, &env, iperf, seconds, pings) {
             section.congestion = cc;
         }
         section.rows.push(f);
