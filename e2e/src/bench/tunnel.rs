@@ -684,7 +684,9 @@ pub(crate) fn doc_section(s: &TunnelSection, steps: &str, command: &str) -> Stri
          (`--disable-drop-privileges`) and configured with `wg setconf`; OpenVPN in point-to-point TLS mode \
          (a throw-away CA made with `openssl`, `--dh none`, UDP, `--sndbuf/--rcvbuf 4 MiB`) with \
          AES-256-GCM and with KubeSlice's gateway settings (AES-256-CBC, `--auth SHA256`, `--tun-mtu 1300`). \
-         This is the tunnels alone, without the slice path or a WAN around them; section 5 has the \
+         The row `slice-gateway` over IPv6 is the same gateway with WireGuard between the veth's IPv6 \
+         addresses ({UNDER6_A} ↔ {UNDER6_B}: 80 bytes of outer headers instead of 60, the same 1420-byte \
+         inner MTU, IPv4 inside) (issue 17). This is the tunnels alone, without the slice path or a WAN around them; section 5 has the \
          same comparison across clusters. Software: {}. {command}\n\n",
         s.versions.join("; ")
     );
