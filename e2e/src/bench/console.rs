@@ -112,7 +112,12 @@ pub(crate) fn simulated(n: usize, tick: u64) -> Result<HubView> {
 
 /// utime + stime of this process, seconds.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds_in("/proc/self/stat")
+}
+
+/// utime + stime from a `stat` file of proc(5) (a process's or a thread's), seconds.
+fn cpu_seconds_in(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
     // Fields 14 and 15 of stat(5); after the command's ')' they are the 12th and 13th.
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
@@ -184,12 +189,7 @@ pub(crate) fn run() -> Result<ConsoleSection> {
 
 /// CPU seconds of thread `tid` of this process (utime + stime).
 fn thread_cpu_seconds(tid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz.max(1.0)
+    cpu_seconds_in(&format!("/proc/self/task/{tid}/stat"))
 }
 
 /// The hub itself with the page open on `n` clusters: the simulated clusters' objects in the

@@ -753,6 +753,11 @@ mod tests {
         let routes: Vec<_> = on.remote_routes.iter().map(|r| (r.prefix.to_string(), r.via)).collect();
         assert_eq!(routes, [("10.80.0.0/20".to_owned(), gw), ("10.80.32.0/20".to_owned(), gw)]);
         // What the worker hands out passes the node agent's own validation.
+        passes_node_validation(on);
+    }
+
+    /// What the worker hands out for node n1 passes the node agent's own validation.
+    fn passes_node_validation(on: SliceOnNode) {
         let config = slice_api::NodeAgentConfig {
             node: "n1".into(),
             underlay_address: "198.18.1.11".parse().unwrap(),
@@ -800,17 +805,7 @@ mod tests {
             assert_eq!(r.via, want, "{on:?}");
         }
         assert_eq!(on.remote_routes.len(), 2 * s.peers.len());
-        let config = slice_api::NodeAgentConfig {
-            node: "n1".into(),
-            underlay_address: "198.18.1.11".parse().unwrap(),
-            underlay_mtu: 1500,
-            state_dir: "/run/slicenet".into(),
-            netns_dir: "/run/netns".into(),
-            router_netns_prefix: "slice-".into(),
-            vxlan_port: 4789,
-            slices: vec![on],
-        };
-        config.validate().unwrap();
+        passes_node_validation(on);
         // Without the gateway's IPv6 address yet, only the IPv4 routes.
         let v4_only = node_agent_slice(&t, "n1", &nodes(), &allocs, GatewayAddresses::primary(Some(gw4))).unwrap();
         assert!(v4_only.remote_routes.iter().all(|r| r.prefix.addr().is_ipv4()));
