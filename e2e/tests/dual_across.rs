@@ -5,15 +5,17 @@
 //! the lab's IPv4 WAN (c3 behind NAT). Slice `blue` has 10.80.0.0/16 and fd00:80::/48 (namespace
 //! `shop`), slice `green` fd00:81::/48 only (namespace `web`). Every pod reaches every pod of its
 //! slice in the other clusters over each family it has (ping, and an IPv6 TCP transfer through
-//! the tunnel's IPv6 MSS clamp); a pod of one slice reaches no pod of the other. Namespaces
-//! `hx6-*`.
+//! the tunnel's IPv6 MSS clamp); a MultiNetworkPolicy on the dual-stack slice holds over IPv4
+//! and IPv6 alike; a pod of one slice reaches no pod of the other. Namespaces `hx6-*`.
 //! Needs root and the binaries; fails (does not skip) without them.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use e2e::control::workloads::parse_objects;
 use e2e::control::{self, BEHIND_NAT_ANNOTATION, ControlPlane, NODES_ANNOTATION, PUBLIC_PORT, parse_manifest};
 use e2e::{Lab, Pod, PodSpec};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -164,6 +166,49 @@ fn dual_stack_and_ipv6_only_slices_cross_three_clusters() {
     transfer(&blue[3], &blue[0], v6(&blue[3]), 7101).unwrap_or_else(|e| panic!("blue c1 → c3 over IPv6: {e}"));
     transfer(&blue[0], &blue[3], v6(&blue[0]), 7102).unwrap_or_else(|e| panic!("blue c3 → c1 over IPv6: {e}"));
     transfer(&green[2], &green[0], v6(&green[2]), 7103).unwrap_or_else(|e| panic!("green c1 → c3: {e}"));
+
+    // A MultiNetworkPolicy on the dual-stack slice holds in both families: in c2, `server`
+    // admits only pods labelled role=client; c1's `client` reaches it over IPv4 and IPv6, c1's
+    // `other` over neither. (Pods applied as a user applies them, so that the workers' pod
+    // directory lists both of their addresses.)
+    let pod_yaml = |name: &str, labels: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{{labels}}}}}\nspec: {{containers: [{{name: app}}]}}\n---\n"
+        )
+    };
+    let c1_pods = parse_objects(&(pod_yaml("client", "role: client") + &pod_yaml("other", "role: other"))).unwrap();
+    cp.apply_in(lab, "c1", &c1_pods).unwrap_or_else(|e| panic!("{e:#}"));
+    cp.apply_in(lab, "c2", &parse_objects(&pod_yaml("server", "app: server")).unwrap())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let policy = json!({
+        "apiVersion": "k8s.cni.cncf.io/v1beta1", "kind": "MultiNetworkPolicy",
+        "metadata": {"name": "server-ingress", "namespace": "shop",
+                     "annotations": {slice_api::policy::POLICY_FOR_ANNOTATION: slice_api::multus::nad_name("blue")}},
+        "spec": {"podSelector": {"matchLabels": {"app": "server"}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}]}
+    });
+    cp.apply_in(lab, "c2", &[policy]).unwrap_or_else(|e| panic!("{e:#}"));
+    let (client, other, server) = (
+        cp.pod("c1", "shop", "client").expect("client").clone(),
+        cp.pod("c1", "shop", "other").expect("other").clone(),
+        cp.pod("c2", "shop", "server").expect("server").clone(),
+    );
+    let client_v6 = v6(&client).to_string();
+    // Enforced: c2's router table is its configuration's, and that names the client's IPv6.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        cp.tick(lab).expect("a round");
+        let (want, got) = control::policy_tables(lab.node("c2", "n1"), "blue").expect("the tables");
+        if want == got && serde_json::to_string(&want).is_ok_and(|w| w.contains(&client_v6)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the policy is not in force with {client_v6}: want {want:?}\ngot {got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for addr in slice_addrs(&server) {
+        assert!(ping_within(&client, addr, WAIT), "the client must reach the server at {addr}:\n{}", cp.diagnose(lab));
+        assert!(!ping(&other, addr), "another pod reached the isolated server at {addr}");
+    }
 
     // A pod of one slice reaches no pod of the other, in its cluster or another.
     for (from, to) in [(&blue[0], &green[1]), (&blue[2], &green[0]), (&green[0], &blue[2]), (&green[2], &blue[1])] {

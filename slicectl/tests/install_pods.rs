@@ -94,6 +94,7 @@ fn slicenet_pods_join_no_slice_and_gateways_join_their_own_with_two_slices() {
                 namespaces: vec![(*ns).to_owned()],
                 gateway_address: None,
                 gateway_secondary_address: None,
+                secondary_allocations: Vec::new(),
             }
         })
         .collect();

@@ -193,6 +193,7 @@ fn the_membership_configmap_the_worker_writes_is_what_the_webhook_reads() {
         namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
         gateway_address: None,
         gateway_secondary_address: None,
+        secondary_allocations: Vec::new(),
     };
     let cm = membership_config_map(&[planned("blue", &["shop", "cart"]), planned("red", &["bank"])]);
     assert_eq!(cm["metadata"]["name"], MEMBERSHIP_CONFIGMAP);

@@ -21,6 +21,12 @@
 //! chain ingress-N  one rule per (rule, peer, protocol) that allows: accept; else drop
 //! ```
 //!
+//! A dual-stack slice is compiled once per family, its pods isolated in both: the secondary
+//! family's sets, maps and chains carry a tag in their names (`peers6-0`, `policy-ingress-pods6`,
+//! `ingress6-0`; `4` when the secondary family is IPv4) and its `ip6` (`ip`) vmap rules follow
+//! the primary family's in the base chain; the pod directory lists each pod's address of each
+//! family.
+//!
 //! Pods whose rules come out the same share one chain. Peers are named sets: `peers-N` (the
 //! slice addresses a selector peer matches), an `ipBlock` is its prefix plus its own interval
 //! set `except-N` (`saddr != @except-N` in that peer's rule only, never a global drop, so the
@@ -353,6 +359,9 @@ fn port_alternatives(ports: &[PortSpec], pod: Option<Pod<'_>>) -> Vec<Vec<Value>
 /// The table objects under construction: named sets (deduplicated by content) and per-pod
 /// chains (deduplicated by rules).
 struct Builder {
+    /// Appended to the kinds of names (`peers`, `ingress`, …): empty for the slice's primary
+    /// family, `6` or `4` for the secondary one, so both families' objects share the table.
+    tag: &'static str,
     /// `ip` or `ip6`.
     family: &'static str,
     /// `ipv4_addr` or `ipv6_addr`.
@@ -368,9 +377,10 @@ struct Builder {
 type PendingRule = (Vec<Value>, String);
 
 impl Builder {
-    fn new(subnet: IpNet) -> Self {
+    fn new(subnet: IpNet, tag: &'static str) -> Self {
         let (family, addr_type) = if subnet.addr().is_ipv4() { ("ip", "ipv4_addr") } else { ("ip6", "ipv6_addr") };
         Self {
+            tag,
             family,
             addr_type,
             sets: Vec::new(),
@@ -392,7 +402,7 @@ impl Builder {
             return name.clone();
         }
         let n = self.set_counts.entry(kind).or_insert(0);
-        let name = format!("{kind}-{n}");
+        let name = format!("{kind}{}-{n}", self.tag);
         *n += 1;
         let mut set = json!({"family": TABLE.family, "table": TABLE.name, "name": name, "type": set_type});
         if interval {
@@ -509,7 +519,8 @@ impl Builder {
         if let Some(name) = self.chain_names.get(&key) {
             return name.clone();
         }
-        let name = format!("{kind}-{}", self.chains.iter().filter(|(n, _)| n.starts_with(kind)).count());
+        let kind = format!("{kind}{}", self.tag);
+        let name = format!("{kind}-{}", self.chains.iter().filter(|(n, _)| n.starts_with(&format!("{kind}-"))).count());
         let mut objects: Vec<Value> =
             rules.into_iter().map(|(expr, comment)| rule(&name, expr, Some(&comment))).collect();
         objects.push(rule(&name, vec![json!({"drop": null})], None));
@@ -564,16 +575,70 @@ pub fn compile(slice: &SliceOnNode) -> Result<(Vec<Value>, PolicyCount), Compile
     sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let policies = sorted.into_iter().map(compile_policy).collect::<Result<Vec<_>, _>>()?;
 
+    // Each family of the slice on its own: a dual-stack slice's pods are isolated in both (the
+    // pod directory lists each pod's address of each family).
+    let families: Vec<Family> = slice
+        .families()
+        .enumerate()
+        .map(|(i, (subnet, node_prefix))| {
+            let tag = match (i, subnet.addr().is_ipv4()) {
+                (0, _) => "",
+                (_, true) => "4",
+                (_, false) => "6",
+            };
+            compile_family(&policies, slice, subnet, node_prefix, tag)
+        })
+        .collect();
+    let count = PolicyCount {
+        policies: policies.len(),
+        // Pods, counted once: by their primary family's address.
+        ingress_isolated: families.first().map_or(0, |f| f.ingress_isolated),
+        egress_isolated: families.first().map_or(0, |f| f.egress_isolated),
+    };
+    let mut objects: Vec<Value> = families.iter().flat_map(|f| f.sets.iter().chain(&f.maps).cloned()).collect();
+    objects.push(base_chain(CHAIN_FORWARD, "filter", "forward", PRIORITY_FILTER));
+    let ct = |states: Value| matches(json!({"ct": {"key": "state"}}), "in", states);
+    objects.push(rule(CHAIN_FORWARD, vec![ct(json!(["established", "related"])), json!({"accept": null})], None));
+    objects.push(rule(CHAIN_FORWARD, vec![ct(json!("invalid")), json!({"drop": null})], None));
+    for f in &families {
+        objects.extend(f.vmaps.iter().cloned());
+    }
+    for f in families {
+        objects.extend(f.chains);
+    }
+    Ok((objects, count))
+}
+
+/// One family's part of the policy objects: its named sets and verdict maps, its rules in the
+/// base chain, its per-pod chains, and how many pods of this node it isolates each way.
+struct Family {
+    sets: Vec<Value>,
+    maps: Vec<Value>,
+    vmaps: Vec<Value>,
+    chains: Vec<Value>,
+    ingress_isolated: usize,
+    egress_isolated: usize,
+}
+
+/// The objects of the family of `subnet` (this node's prefix of it: `node_prefix`), their
+/// names tagged with `tag`.
+fn compile_family(
+    policies: &[Policy<'_>],
+    slice: &SliceOnNode,
+    subnet: IpNet,
+    node_prefix: IpNet,
+    tag: &'static str,
+) -> Family {
     let mut pods: Vec<Pod<'_>> = slice
         .pods
         .iter()
         .flat_map(|group| group.addresses.iter().map(move |&address| Pod { address, group }))
-        .filter(|p| slice.slice_subnet.contains(&p.address))
+        .filter(|p| subnet.contains(&p.address))
         .collect();
     pods.sort_by_key(|p| p.address);
-    let local: Vec<Pod<'_>> = pods.iter().filter(|p| slice.node_prefix.contains(&p.address)).copied().collect();
+    let local: Vec<Pod<'_>> = pods.iter().filter(|p| node_prefix.contains(&p.address)).copied().collect();
 
-    let mut b = Builder::new(slice.slice_subnet);
+    let mut b = Builder::new(subnet, tag);
     let mut ingress_map = Vec::new();
     let mut egress_map = Vec::new();
     for pod in &local {
@@ -631,34 +696,26 @@ pub fn compile(slice: &SliceOnNode) -> Result<(Vec<Value>, PolicyCount), Compile
         }
     }
 
-    let count = PolicyCount {
-        policies: policies.len(),
-        ingress_isolated: ingress_map.len(),
-        egress_isolated: egress_map.len(),
-    };
-    let mut objects = b.sets;
-    for (name, elem) in [(MAP_EGRESS, egress_map), (MAP_INGRESS, ingress_map)] {
+    let (ingress_isolated, egress_isolated) = (ingress_map.len(), egress_map.len());
+    let mut maps = Vec::new();
+    let mut vmaps = Vec::new();
+    for (field, base, elem) in [("saddr", MAP_EGRESS, egress_map), ("daddr", MAP_INGRESS, ingress_map)] {
+        let name = format!("{base}{tag}");
         let mut map =
             json!({"family": TABLE.family, "table": TABLE.name, "name": name, "type": b.addr_type, "map": "verdict"});
         if !elem.is_empty() {
             map["elem"] = Value::Array(elem);
         }
-        objects.push(json!({ "map": map }));
+        maps.push(json!({ "map": map }));
+        let key = json!({"payload": {"protocol": b.family, "field": field}});
+        vmaps.push(rule(CHAIN_FORWARD, vec![json!({"vmap": {"key": key, "data": format!("@{name}")}})], None));
     }
-    objects.push(base_chain(CHAIN_FORWARD, "filter", "forward", PRIORITY_FILTER));
-    let ct = |states: Value| matches(json!({"ct": {"key": "state"}}), "in", states);
-    objects.push(rule(CHAIN_FORWARD, vec![ct(json!(["established", "related"])), json!({"accept": null})], None));
-    objects.push(rule(CHAIN_FORWARD, vec![ct(json!("invalid")), json!({"drop": null})], None));
-    let family = b.family;
-    for (field, map) in [("saddr", MAP_EGRESS), ("daddr", MAP_INGRESS)] {
-        let key = json!({"payload": {"protocol": family, "field": field}});
-        objects.push(rule(CHAIN_FORWARD, vec![json!({"vmap": {"key": key, "data": format!("@{map}")}})], None));
-    }
+    let mut chains = Vec::new();
     for (name, rules) in b.chains {
-        objects.push(json!({"chain": {"family": TABLE.family, "table": TABLE.name, "name": name}}));
-        objects.extend(rules);
+        chains.push(json!({"chain": {"family": TABLE.family, "table": TABLE.name, "name": name}}));
+        chains.extend(rules);
     }
-    Ok((objects, count))
+    Family { sets: b.sets, maps, vmaps, chains, ingress_isolated, egress_isolated }
 }
 
 #[cfg(test)]

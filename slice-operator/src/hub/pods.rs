@@ -63,6 +63,9 @@ pub fn merge(plan: &SlicePlan, workers: &[impl Borrow<WorkerSlice>]) -> MergedPo
     for w in reports {
         let Some(spec) = plan.worker(&w.spec.cluster) else { continue };
         let Ok(prefix) = spec.cluster_prefix.parse::<IpNet>() else { continue };
+        // A dual-stack slice: the cluster's prefix of the other family holds its pods too.
+        let secondary: Option<IpNet> =
+            spec.secondary_family.as_ref().and_then(|f| f.cluster_prefix.parse::<IpNet>().ok());
         let Some(status) = &w.status else { continue };
         let cluster = &spec.cluster;
         let mut seen: BTreeSet<IpAddr> = BTreeSet::new();
@@ -77,12 +80,19 @@ pub fn merge(plan: &SlicePlan, workers: &[impl Borrow<WorkerSlice>]) -> MergedPo
                 out.refusals.push(format!("{what}: not a member of slice {} in that cluster: dropped", plan.name));
                 continue;
             }
-            let (inside, outside): (Vec<IpAddr>, Vec<IpAddr>) =
-                g.addresses.iter().copied().partition(|a| prefix.contains(a));
+            let (inside, outside): (Vec<IpAddr>, Vec<IpAddr>) = g
+                .addresses
+                .iter()
+                .copied()
+                .partition(|a| prefix.contains(a) || secondary.is_some_and(|p| p.contains(a)));
             if !outside.is_empty() {
                 let list: Vec<String> = outside.iter().map(ToString::to_string).collect();
-                out.refusals
-                    .push(format!("{what}: addresses {} are not inside its prefix {prefix}: dropped", list.join(", ")));
+                let prefixes: Vec<String> = std::iter::once(prefix).chain(secondary).map(|p| p.to_string()).collect();
+                out.refusals.push(format!(
+                    "{what}: addresses {} are not inside its prefix {}: dropped",
+                    list.join(", "),
+                    prefixes.join(" or ")
+                ));
             }
             let addresses: Vec<IpAddr> = inside.into_iter().filter(|a| seen.insert(*a)).collect();
             if !addresses.is_empty() {

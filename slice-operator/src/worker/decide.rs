@@ -665,6 +665,7 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
             d.planned.insert(
                 name.clone(),
                 PlannedSlice {
+                    secondary_allocations: typed.secondary_allocations(&allocations),
                     typed: typed.clone(),
                     allocations,
                     namespaces: members,
@@ -705,15 +706,17 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
         }
         d.policies.insert(ws.name_any(), (policies.len(), rejected));
         node_policies.insert(slice.clone(), policies);
-        let members = super::services::SliceMembers { slice, namespaces: &p.namespaces, allocations: &p.allocations };
+        let members = super::services::SliceMembers {
+            slice,
+            namespaces: &p.namespaces,
+            allocations: &p.allocations,
+            secondary: &p.secondary_allocations,
+        };
         let (report, notes) = super::policy::pod_report(&observed.member_pods, &observed.namespaces, &members);
         for note in notes {
             tracing::warn!(slice = %slice, "pod directory: {note}");
         }
-        node_pods.insert(
-            slice.clone(),
-            super::policy::node_directory(&report, &ws.spec.pods, p.typed.cluster_prefix, p.typed.subnet),
-        );
+        node_pods.insert(slice.clone(), super::policy::node_directory(&report, &ws.spec.pods, &p.typed.families()));
         d.pods.insert(ws.name_any(), report);
         if let Some(isolation) = &ws.spec.isolation {
             let mut allowed: Vec<String> = p.namespaces.iter().chain(&isolation.allowed_namespaces).cloned().collect();

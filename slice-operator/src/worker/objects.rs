@@ -355,6 +355,8 @@ pub struct PlannedSlice {
     pub gateway_address: Option<IpAddr>,
     /// The gateway pod's address of the secondary family (dual-stack slices).
     pub gateway_secondary_address: Option<IpAddr>,
+    /// Each node's prefix of the secondary family ([`TypedSpec::secondary_allocations`]).
+    pub secondary_allocations: Vec<NodeAllocation>,
 }
 
 /// Every node's agent configuration: each node of `nodes` with every slice that has a node
@@ -748,6 +750,7 @@ mod tests {
             namespaces: vec!["shop".into()],
             gateway_address: None,
             gateway_secondary_address: None,
+            secondary_allocations: Vec::new(),
         };
         let configs = node_agent_configs(std::slice::from_ref(&planned), &nodes, &NodeDefaults::default()).unwrap();
         configs[0].validate().unwrap();
@@ -784,6 +787,7 @@ mod tests {
             namespaces: vec!["shop".into()],
             gateway_address: Some("10.80.16.66".parse().unwrap()),
             gateway_secondary_address: None,
+            secondary_allocations: Vec::new(),
         };
         let configs = node_agent_configs(std::slice::from_ref(&planned), &nodes, &NodeDefaults::default()).unwrap();
         assert_eq!(configs.iter().map(|c| c.node.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);

@@ -294,6 +294,28 @@ impl TypedSpec {
         valid.then_some(net)
     }
 
+    /// (slice subnet, cluster prefix) of each family, the primary first.
+    #[must_use]
+    pub fn families(&self) -> Vec<(IpNet, IpNet)> {
+        std::iter::once((self.subnet, self.cluster_prefix))
+            .chain(self.secondary.as_ref().map(|f| (f.subnet, f.cluster_prefix)))
+            .collect()
+    }
+
+    /// Each node's prefix of the secondary family, from the nodes' `allocations` (the same
+    /// index); empty for a single-family slice or allocations that do not parse.
+    #[must_use]
+    pub fn secondary_allocations(&self, allocations: &[NodeAllocation]) -> Vec<NodeAllocation> {
+        allocations
+            .iter()
+            .filter_map(|a| {
+                let primary = self.node_prefix(&a.prefix)?;
+                let secondary = self.secondary_node_prefix(primary).ok()??;
+                Some(NodeAllocation { node: a.node.clone(), prefix: secondary.to_string() })
+            })
+            .collect()
+    }
+
     /// The secondary family's node prefix of the node whose primary node prefix is
     /// `node_prefix` (a valid one): the same index in the secondary cluster prefix. `None` for a
     /// single-family slice.

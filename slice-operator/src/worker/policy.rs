@@ -42,7 +42,7 @@ use slice_api::policy::{
 };
 
 use super::objects::{MANAGED_BY, MANAGED_BY_LABEL, NODE_CONFIG_KEY, NODE_CONFIG_PREFIX};
-use super::services::{SliceMembers, slice_address};
+use super::services::{SliceMembers, slice_addresses};
 
 /// The WorkerSlice condition that says whether every policy of the slice compiles.
 pub const POLICIES_ACCEPTED: &str = "PoliciesAccepted";
@@ -187,10 +187,11 @@ pub fn pod_report(pods: &[Pod], namespaces: &[Namespace], members: &SliceMembers
     let routers: BTreeSet<IpAddr> = members
         .allocations
         .iter()
+        .chain(members.secondary)
         .filter_map(|a| a.prefix.parse::<IpNet>().ok())
         .map(slice_api::prefix::router_address)
         .collect();
-    let mut candidates: Vec<(&Pod, IpAddr)> = Vec::new();
+    let mut candidates: Vec<(&Pod, Vec<IpAddr>)> = Vec::new();
     let mut claims: BTreeMap<IpAddr, usize> = BTreeMap::new();
     let mut sorted: Vec<&Pod> = pods
         .iter()
@@ -200,8 +201,9 @@ pub fn pod_report(pods: &[Pod], namespaces: &[Namespace], members: &SliceMembers
         .collect();
     sorted.sort_by_key(|p| (p.namespace(), p.name_any()));
     for pod in sorted {
-        let Ok(ip) = slice_address(pod, members) else { continue };
-        if routers.contains(&ip) {
+        // Every address of the pod (both families of a dual-stack slice): policies hold per family.
+        let Ok(ips) = slice_addresses(pod, members) else { continue };
+        if let Some(ip) = ips.iter().find(|ip| routers.contains(ip)) {
             notes.push(format!(
                 "pod {}/{} claims the slice-router address {ip}: left out",
                 pod.namespace().unwrap_or_default(),
@@ -209,16 +211,18 @@ pub fn pod_report(pods: &[Pod], namespaces: &[Namespace], members: &SliceMembers
             ));
             continue;
         }
-        *claims.entry(ip).or_default() += 1;
-        candidates.push((pod, ip));
+        for ip in &ips {
+            *claims.entry(*ip).or_default() += 1;
+        }
+        candidates.push((pod, ips));
     }
     let ns_labels: BTreeMap<String, BTreeMap<String, String>> =
         namespaces.iter().map(|n| (n.name_any(), n.labels().clone())).collect();
     let mut groups: BTreeMap<GroupKey, Vec<IpAddr>> = BTreeMap::new();
     let mut count = 0;
-    for (pod, ip) in candidates {
+    for (pod, ips) in candidates {
         let namespace = pod.namespace().unwrap_or_default();
-        if claims.get(&ip).copied().unwrap_or_default() > 1 {
+        if let Some(ip) = ips.iter().find(|ip| claims.get(ip).copied().unwrap_or_default() > 1) {
             let note = format!("address {ip} is claimed by more than one pod: left out");
             if !notes.contains(&note) {
                 notes.push(note);
@@ -230,7 +234,7 @@ pub fn pod_report(pods: &[Pod], namespaces: &[Namespace], members: &SliceMembers
             break;
         }
         count += 1;
-        groups.entry((namespace, pod.labels().clone(), named_ports(pod))).or_default().push(ip);
+        groups.entry((namespace, pod.labels().clone(), named_ports(pod))).or_default().extend(ips);
     }
     let mut out: Vec<PodGroup> = groups
         .into_iter()
@@ -272,11 +276,12 @@ pub fn report_bytes(group: &PodGroup) -> usize {
 }
 
 /// The pod directory a node agent of this cluster gets: this cluster's `own` groups and the
-/// hub's groups of the other clusters, without any address inside `cluster_prefix` (this
-/// cluster speaks for those), outside `subnet`, or already listed (a node configuration with a
-/// repeated address would be refused whole).
+/// hub's groups of the other clusters, without any address of theirs inside a cluster prefix of
+/// this cluster (this cluster speaks for those), outside every slice subnet, or already listed
+/// (a node configuration with a repeated address would be refused whole). `families`: (slice
+/// subnet, this cluster's prefix) of each family of the slice.
 #[must_use]
-pub fn node_directory(own: &[PodGroup], others: &[PodGroup], cluster_prefix: IpNet, subnet: IpNet) -> Vec<PodGroup> {
+pub fn node_directory(own: &[PodGroup], others: &[PodGroup], families: &[(IpNet, IpNet)]) -> Vec<PodGroup> {
     let mut seen: BTreeSet<IpAddr> = BTreeSet::new();
     let mut out = Vec::new();
     for (group, local) in own.iter().map(|g| (g, true)).chain(others.iter().map(|g| (g, false))) {
@@ -287,7 +292,11 @@ pub fn node_directory(own: &[PodGroup], others: &[PodGroup], cluster_prefix: IpN
             .addresses
             .iter()
             .copied()
-            .filter(|a| subnet.contains(a) && (local == cluster_prefix.contains(a)))
+            .filter(|a| {
+                families
+                    .iter()
+                    .any(|(subnet, cluster_prefix)| subnet.contains(a) && (local == cluster_prefix.contains(a)))
+            })
             .filter(|a| seen.insert(*a))
             .collect();
         if !addresses.is_empty() {

@@ -64,6 +64,8 @@ pub struct SliceMembers<'a> {
     pub namespaces: &'a [String],
     /// Node prefixes of the slice in this cluster.
     pub allocations: &'a [NodeAllocation],
+    /// The nodes' prefixes of the slice's secondary subnet (dual-stack slices; else empty).
+    pub secondary: &'a [NodeAllocation],
 }
 
 /// What the worker decided about one ServiceExport.
@@ -171,9 +173,8 @@ pub fn resolve_exports(
     (verdicts, out)
 }
 
-/// The slice address of `pod` on `members`' slice: its network-status entry for the slice, the
-/// first address inside the node prefix its node holds.
-pub(crate) fn slice_address(pod: &Pod, members: &SliceMembers<'_>) -> Result<IpAddr, String> {
+/// The addresses `pod`'s network-status entry for `members`' slice lists, and its node.
+fn status_ips(pod: &Pod, members: &SliceMembers<'_>) -> Result<(Vec<IpAddr>, String), String> {
     let ns = pod.namespace().unwrap_or_default();
     let entry_name = multus::network_name(&ns, members.slice);
     let entries: Vec<Value> =
@@ -188,15 +189,33 @@ pub(crate) fn slice_address(pod: &Pod, members: &SliceMembers<'_>) -> Result<IpA
         return Err("has no slice interface".to_owned());
     }
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).ok_or("is on no node")?;
-    let prefix = members
-        .allocations
-        .iter()
-        .find(|a| a.node == node)
-        .and_then(|a| a.prefix.parse::<IpNet>().ok())
+    Ok((ips, node))
+}
+
+/// The prefix `allocations` give `node`.
+fn node_prefix_of(allocations: &[NodeAllocation], node: &str) -> Option<IpNet> {
+    allocations.iter().find(|a| a.node == node).and_then(|a| a.prefix.parse::<IpNet>().ok())
+}
+
+/// The slice address of `pod` on `members`' slice: its network-status entry for the slice, the
+/// first address inside the node prefix its node holds.
+pub(crate) fn slice_address(pod: &Pod, members: &SliceMembers<'_>) -> Result<IpAddr, String> {
+    let (ips, node) = status_ips(pod, members)?;
+    let prefix = node_prefix_of(members.allocations, &node)
         .ok_or_else(|| format!("is on node {node}, which holds no prefix of the slice"))?;
     ips.into_iter()
         .find(|ip| prefix.contains(ip))
         .ok_or_else(|| format!("claims a slice address outside its node {node}'s prefix {prefix}"))
+}
+
+/// Every slice address of `pod`: the primary family's ([`slice_address`]) and, on a dual-stack
+/// slice, the secondary family's inside its node's secondary prefix, when it lists one.
+pub(crate) fn slice_addresses(pod: &Pod, members: &SliceMembers<'_>) -> Result<Vec<IpAddr>, String> {
+    let primary = slice_address(pod, members)?;
+    let (ips, node) = status_ips(pod, members)?;
+    let secondary =
+        node_prefix_of(members.secondary, &node).and_then(|prefix| ips.into_iter().find(|ip| prefix.contains(ip)));
+    Ok(std::iter::once(primary).chain(secondary).collect())
 }
 
 /// The ready endpoints of Service `namespace/name`, grouped by port set, and what was left out.
@@ -505,7 +524,12 @@ pub fn decide(
         if let Some(p) = planned.get(&ws.name_any()) {
             members.push((
                 ws.name_any(),
-                SliceMembers { slice: &ws.spec.slice, namespaces: &p.namespaces, allocations: &p.allocations },
+                SliceMembers {
+                    slice: &ws.spec.slice,
+                    namespaces: &p.namespaces,
+                    allocations: &p.allocations,
+                    secondary: &p.secondary_allocations,
+                },
             ));
         }
     }

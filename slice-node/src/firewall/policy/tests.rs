@@ -261,3 +261,44 @@ fn the_same_policies_in_another_order_make_the_same_table_in_listing_order() {
         crate::firewall::anti_spoof::CHAIN
     );
 }
+
+/// A dual-stack slice: every pod has an address of each family, and a policy isolates it in
+/// both (a rule written against pod selectors holds for IPv6 as for IPv4; an IPv4 `ipBlock`
+/// allows nothing over IPv6).
+#[test]
+fn a_dual_stack_slice_is_isolated_in_both_families() {
+    let s: SliceOnNode = serde_json::from_value(json!({
+        "name": "blue", "vni": 100, "sliceSubnet": "10.80.0.0/16", "nodePrefix": "10.80.0.0/26",
+        "secondary": {"sliceSubnet": "fd00:80::/48", "nodePrefix": "fd00:80::/120"},
+        "policies": [policy("x", "web", json!({"podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}, {"ipBlock": {"cidr": "10.99.0.0/16"}}],
+                         "ports": [{"protocol": "TCP", "port": 80}]}]}))],
+        "pods": [
+            {"namespace": "x", "labels": {"pod": "a"}, "addresses": ["10.80.0.2", "fd00:80::2"]},
+            {"namespace": "x", "labels": {"pod": "b"}, "addresses": ["10.80.0.3", "fd00:80::3"]},
+            {"namespace": "x", "labels": {"pod": "b"}, "addresses": ["10.80.16.5", "fd00:80:0:1000::5"]}
+        ]
+    }))
+    .unwrap();
+    let config = slice_api::node::NodeAgentConfig::example(vec![s.clone()]);
+    config.validate().expect("fixture is valid");
+    let (o, count) = compile(&s).unwrap();
+    assert_eq!((count.ingress_isolated, count.egress_isolated), (1, 0), "pods counted once");
+    assert_eq!(dispatch(&o, MAP_INGRESS), vec![pair("10.80.0.2", "ingress-0")]);
+    assert_eq!(dispatch(&o, &format!("{MAP_INGRESS}6")), vec![pair("fd00:80::2", "ingress6-0")]);
+    assert_eq!(named(&o, "map", &format!("{MAP_INGRESS}6"))["map"]["type"], "ipv6_addr");
+    // The IPv6 peers: x/b's IPv6 addresses, here and in the other cluster.
+    let peers: Vec<Value> = elements(&o, "set", "peers6-0");
+    assert_eq!(peers, vec![json!("fd00:80::3"), json!("fd00:80:0:1000::5")]);
+    // Its rule matches ip6 saddr; the IPv4 block has no IPv6 counterpart.
+    let v6 = rules(&o, "ingress6-0");
+    assert_eq!(v6.len(), 2, "{v6:?}");
+    assert_eq!(v6[0][0]["match"]["left"]["payload"]["protocol"], "ip6");
+    // The base chain dispatches each family: egress and ingress for IPv4, then for IPv6.
+    let forward = rules(&o, CHAIN_FORWARD);
+    assert_eq!(forward.len(), 6);
+    assert_eq!(forward[4][0]["vmap"]["key"]["payload"]["protocol"], "ip6");
+    assert_eq!(forward[5][0]["vmap"]["data"], format!("@{MAP_INGRESS}6"));
+    // The whole table builds with both (what nft loads: the root test's job).
+    assert!(crate::firewall::table(&s).unwrap().is_some());
+}

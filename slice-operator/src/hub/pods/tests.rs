@@ -99,3 +99,27 @@ fn reports_past_the_bounds_are_dropped_whole() {
     assert_eq!(m.pods(), 1);
     assert!(m.refusals[0].contains("is not valid"), "{:?}", m.refusals);
 }
+
+#[test]
+fn a_dual_stack_cluster_speaks_for_both_of_its_prefixes_and_no_other() {
+    let spec: SliceConfigSpec = serde_json::from_value(json!({
+        "sliceSubnet": "10.80.0.0/16", "secondarySliceSubnet": "fd00:80::/48", "clusters": ["a", "b"],
+        "namespaces": [{"namespace": "web"}],
+    }))
+    .unwrap();
+    let clusters: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|c| slice_api::crd::MemberCluster::new(c, slice_api::crd::MemberClusterSpec::default()))
+        .collect();
+    let p = planner::plan(&[SliceConfig::new("blue", spec)], &clusters, &[]).remove(0);
+    // a: 10.80.0.0/20 and fd00:80::/52; b: 10.80.16.0/20 and fd00:80:0:1000::/52.
+    let workers = [worker(&p, "a", vec![group("web", "x", &["10.80.0.2", "fd00:80::2", "fd00:80:0:1000::9"])])];
+    let m = merge(&p, &workers);
+    assert_eq!(m.for_cluster("b"), vec![group("web", "x", &["10.80.0.2", "fd00:80::2"])]);
+    assert_eq!(m.refusals.len(), 1, "{:?}", m.refusals);
+    assert!(
+        m.refusals[0].contains("fd00:80:0:1000::9 are not inside its prefix 10.80.0.0/20 or fd00:80::/52"),
+        "{:?}",
+        m.refusals
+    );
+}

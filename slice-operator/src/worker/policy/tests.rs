@@ -55,10 +55,15 @@ fn policies_are_those_for_the_slice_in_member_namespaces_and_bad_ones_are_report
 }
 
 fn pod(name: &str, node: &str, ip: &str, labels: serde_json::Value) -> Pod {
+    pod_with(name, node, &[ip], labels)
+}
+
+/// A running pod of `shop` on `node` whose slice interface has `ips`.
+fn pod_with(name: &str, node: &str, ips: &[&str], labels: serde_json::Value) -> Pod {
     serde_json::from_value(json!({"metadata": {"name": name, "namespace": "shop", "labels": labels,
         "annotations": {"k8s.v1.cni.cncf.io/network-status": json!([
             {"name": "cbr0", "interface": "eth0", "ips": ["10.244.1.9"]},
-            {"name": "shop/slice-blue", "interface": "slice0", "ips": [ip]}]).to_string()}},
+            {"name": "shop/slice-blue", "interface": "slice0", "ips": ips}]).to_string()}},
         "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [
             {"name": "http", "containerPort": 8080}, {"containerPort": 9}, {"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]},
         "status": {"phase": "Running"}}))
@@ -72,7 +77,7 @@ fn the_report_groups_checked_addresses() {
         NodeAllocation { node: "n2".into(), prefix: "10.80.16.64/26".into() },
     ];
     let namespaces = vec!["shop".to_owned()];
-    let members = SliceMembers { slice: "blue", namespaces: &namespaces, allocations: &allocations };
+    let members = SliceMembers { slice: "blue", namespaces: &namespaces, allocations: &allocations, secondary: &[] };
     let web = json!({"app": "web"});
     let pods = [
         pod("web-1", "n1", "10.80.16.2", web.clone()),
@@ -97,6 +102,39 @@ fn the_report_groups_checked_addresses() {
 }
 
 #[test]
+fn a_dual_stack_report_lists_both_addresses_of_each_pod() {
+    let allocations = vec![NodeAllocation { node: "n1".into(), prefix: "10.80.16.0/26".into() }];
+    let secondary = vec![NodeAllocation { node: "n1".into(), prefix: "fd00:80:0:1000::/120".into() }];
+    let namespaces = vec!["shop".to_owned()];
+    let members =
+        SliceMembers { slice: "blue", namespaces: &namespaces, allocations: &allocations, secondary: &secondary };
+    let web = json!({"app": "web"});
+    let pods = [
+        pod_with("web-1", "n1", &["10.80.16.2", "fd00:80:0:1000::2"], web.clone()),
+        // An IPv6 address outside its node's prefix is not the pod's: its IPv4 one stays.
+        pod_with("web-2", "n1", &["10.80.16.3", "fd00:80:0:2000::3"], web.clone()),
+        // The router's IPv6 address: the pod is left out.
+        pod_with("odd", "n1", &["10.80.16.4", "fd00:80:0:1000::1"], web.clone()),
+    ];
+    let (groups, notes) = pod_report(&pods, &[], &members);
+    let addrs: Vec<String> = groups[0].addresses.iter().map(ToString::to_string).collect();
+    assert_eq!(addrs, ["10.80.16.2", "10.80.16.3", "fd00:80:0:1000::2"], "{notes:?}");
+    assert!(notes.iter().any(|n| n.contains("slice-router address fd00:80:0:1000::1")), "{notes:?}");
+    // The node directory keeps both families: this cluster's own, and the others' of neither
+    // of this cluster's prefixes.
+    let families: Vec<(IpNet, IpNet)> = vec![
+        ("10.80.0.0/16".parse().unwrap(), "10.80.16.0/20".parse().unwrap()),
+        ("fd00:80::/48".parse().unwrap(), "fd00:80:0:1000::/52".parse().unwrap()),
+    ];
+    let g = |addresses: &[&str]| -> PodGroup {
+        serde_json::from_value(json!({"namespace": "shop", "labels": {"app": "x"}, "addresses": addresses})).unwrap()
+    };
+    let dir = node_directory(&groups, &[g(&["10.80.0.2", "fd00:80::2", "fd00:80:0:1000::9"])], &families);
+    assert_eq!(dir[0], groups[0]);
+    assert_eq!(dir[1], g(&["10.80.0.2", "fd00:80::2"]));
+}
+
+#[test]
 fn the_node_directory_takes_own_pods_here_and_others_elsewhere_once() {
     let g = |app: &str, addresses: &[&str]| -> PodGroup {
         serde_json::from_value(json!({"namespace": "shop", "labels": {"app": app}, "addresses": addresses})).unwrap()
@@ -104,7 +142,7 @@ fn the_node_directory_takes_own_pods_here_and_others_elsewhere_once() {
     let own = [g("a", &["10.80.16.2"])];
     // The hub's groups: one claims an address of this cluster, one repeats another's.
     let others = [g("b", &["10.80.0.2", "10.80.16.9"]), g("c", &["10.80.0.2", "10.80.32.5"]), g("d", &["10.81.0.1"])];
-    let dir = node_directory(&own, &others, "10.80.16.0/20".parse().unwrap(), "10.80.0.0/16".parse().unwrap());
+    let dir = node_directory(&own, &others, &[("10.80.0.0/16".parse().unwrap(), "10.80.16.0/20".parse().unwrap())]);
     assert_eq!(dir, vec![g("a", &["10.80.16.2"]), g("b", &["10.80.0.2"]), g("c", &["10.80.32.5"])]);
 }
 

@@ -61,7 +61,7 @@ fn resolve(
 ) -> (Vec<ExportVerdict>, BTreeMap<String, Vec<ExportedService>>) {
     let ns = vec!["shop".to_owned()];
     let alloc = allocations();
-    let members = [SliceMembers { slice: "blue", namespaces: &ns, allocations: &alloc }];
+    let members = [SliceMembers { slice: "blue", namespaces: &ns, allocations: &alloc, secondary: &[] }];
     let sources = ExportSources { exports, services, endpoint_slices: slices, pods };
     resolve_exports(&members, sources, "2027-01-01T00:00:00Z")
 }
