@@ -10,7 +10,7 @@
 //! `False` ([`super::ControlPlane::set_pod_ready`]); the kubelet never overwrites it.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -238,9 +238,10 @@ impl Workloads {
         };
         let pod_ip = pod.ipv4("eth0")?;
         let mut annotations = obj["metadata"]["annotations"].clone();
-        if let Some((slice, address)) = slice_attachment(node, namespace, &pod)? {
+        if let Some((slice, addresses)) = slice_attachment(node, namespace, &pod)? {
+            let ips: Vec<String> = addresses.iter().map(ToString::to_string).collect();
             let status = json!([{"name": slice_api::multus::network_name(namespace, &slice),
-                                 "interface": slice_api::names::DEFAULT_SLICE_INTERFACE, "ips": [address.to_string()]}]);
+                                 "interface": slice_api::names::DEFAULT_SLICE_INTERFACE, "ips": ips}]);
             annotations[NETWORK_STATUS_ANNOTATION] = json!(status.to_string());
         }
         let patch = json!({
@@ -262,10 +263,18 @@ impl Workloads {
 
 /// The slice a pod's `slice0` belongs to (the slice whose node state lists its namespace) and
 /// its address; what the node agent publishes as network-status in a cluster.
-fn slice_attachment(node: &crate::Node, namespace: &str, pod: &Pod) -> Result<Option<(String, Ipv4Addr)>> {
-    let Ok(address) = pod.ipv4(slice_api::names::DEFAULT_SLICE_INTERFACE) else { return Ok(None) };
+fn slice_attachment(node: &crate::Node, namespace: &str, pod: &Pod) -> Result<Option<(String, Vec<IpAddr>)>> {
+    // Every address of the slice interface, IPv4 first (one per family of the slice).
+    let mut addresses: Vec<IpAddr> = pod
+        .addresses(slice_api::names::DEFAULT_SLICE_INTERFACE)
+        .map(|a| a.iter().map(ipnet::IpNet::addr).collect())
+        .unwrap_or_default();
+    if addresses.is_empty() {
+        return Ok(None);
+    }
+    addresses.sort_by_key(IpAddr::is_ipv6);
     let states = slice_api::node::NodeState::load_all(&node.state_dir())?;
-    Ok(states.into_iter().find(|s| s.namespaces.iter().any(|n| n == namespace)).map(|s| (s.slice, address)))
+    Ok(states.into_iter().find(|s| s.namespaces.iter().any(|n| n == namespace)).map(|s| (s.slice, addresses)))
 }
 
 /// The EndpointSlice controller: one EndpointSlice (`<service>-lab`) per Service with a
