@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use e2e::control::LabEnv as Env;
 use e2e::control::workloads::parse_objects;
 use e2e::control::{self, BEHIND_NAT_ANNOTATION, ControlPlane, NODES_ANNOTATION, PUBLIC_PORT, parse_manifest};
 use e2e::{Lab, Pod, PodSpec};
@@ -79,23 +80,6 @@ fn transfer(server: &Pod, client: &Pod, to: IpAddr, port: u16) -> Result<(), Str
         std::thread::sleep(Duration::from_millis(300));
     }
     Err(format!("{last}\nserver: {}", srv.log_text()))
-}
-
-/// Deletes the slices and tears the lab down however the test ends.
-struct Env {
-    cp: ControlPlane,
-    lab: Option<Lab>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(mut lab) = self.lab.take() {
-            if let Err(e) = self.cp.delete_all(&mut lab) {
-                eprintln!("deleting the slices: {e:#}");
-            }
-            let _ = lab.teardown();
-        }
-    }
 }
 
 #[test]

@@ -30,6 +30,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::Lab;
+use e2e::control::LabEnv as Env;
 use e2e::control::{
     BEHIND_NAT_ANNOTATION, ControlPlane, Manifest, NODES_ANNOTATION, parse_manifest, workloads::parse_objects,
 };
@@ -118,34 +119,18 @@ fn workloads(cluster: &str) -> Vec<Value> {
     parse_objects(&text).expect("the test's objects parse")
 }
 
-/// The lab and its control plane; the slices are deleted and the lab torn down on drop.
-struct Env {
-    cp: ControlPlane,
-    lab: Option<Lab>,
+/// What the QoS test asks of its lab and control plane.
+trait QosEnv {
+    fn apply_or_panic(&mut self, m: &Manifest);
+    fn pod(&self, cluster: &str, ns: &str, name: &str) -> e2e::Pod;
+    fn on_node(&self, argv: &[&str]) -> String;
+    fn tree(&self) -> (String, String);
+    fn wait_tree(&self, what: &str, cond: impl Fn(&str) -> bool) -> String;
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(mut lab) = self.lab.take() {
-            if let Err(e) = self.cp.delete_all(&mut lab) {
-                eprintln!("deleting the slices: {e:#}");
-            }
-            if let Err(e) = lab.teardown() {
-                eprintln!("tearing the lab down: {e:#}");
-            }
-        }
-    }
-}
-
-impl Env {
-    fn lab(&self) -> &Lab {
-        self.lab.as_ref().expect("the lab")
-    }
-
-    fn apply(&mut self, m: &Manifest) {
-        let Env { cp, lab } = self;
-        let lab = lab.as_mut().expect("the lab");
-        cp.apply(lab, m).unwrap_or_else(|e| panic!("{e:#}\n{}", cp.diagnose(lab)));
+impl QosEnv for Env {
+    fn apply_or_panic(&mut self, m: &Manifest) {
+        self.apply(m).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     fn pod(&self, cluster: &str, ns: &str, name: &str) -> e2e::Pod {
@@ -268,7 +253,7 @@ fn slices_share_an_uplink_by_their_profiles_across_the_wan() {
     // take longer than the default 60 s (load average 23 on 2 cores).
     cp.set_timeout(Duration::from_secs(180));
     let mut env = Env { cp, lab: Some(lab) };
-    env.apply(&manifest(&[(&BLUE, BLUE.ceiling), (&RED, RED.ceiling)]));
+    env.apply_or_panic(&manifest(&[(&BLUE, BLUE.ceiling), (&RED, RED.ceiling)]));
     for c in ["c1", "c2"] {
         let Env { cp, lab } = &mut env;
         cp.apply_in(lab.as_ref().expect("the lab"), c, &workloads(c)).unwrap_or_else(|e| panic!("{e:#}"));
@@ -333,7 +318,7 @@ fn slices_share_an_uplink_by_their_profiles_across_the_wan() {
     let echo = EchoServer::start(&servers[0], ECHO_PORT);
     let load = Load::start(&clients[0], SocketAddrV4::new(targets[0], ECHO_PORT));
     load.wait_for(10, "blue's connection before the change");
-    env.apply(&manifest(&[(&BLUE, 15_000), (&RED, RED.ceiling)]));
+    env.apply_or_panic(&manifest(&[(&BLUE, 15_000), (&RED, RED.ceiling)]));
     env.wait_tree("blue's ceiling changed in place", |c| class_line(c, 10, 15).is_some());
     let at = load.count();
     load.wait_for(at + 100, "blue's connection after the change");
@@ -348,7 +333,7 @@ fn slices_share_an_uplink_by_their_profiles_across_the_wan() {
     // (`--dscp EF`), its process is replaced (a cluster rolls the pod), and blue's outer packets
     // leave c1 with the new class (none did before: it was AF41).
     let capture = spawn_capture(env.lab(), &BLUE, BLUE_EF.tos);
-    env.apply(&manifest(&[(&BLUE_EF, 15_000), (&RED, RED.ceiling)]));
+    env.apply_or_panic(&manifest(&[(&BLUE_EF, 15_000), (&RED, RED.ceiling)]));
     assert_eq!(env.cp.gateway_rolls(BLUE.name, "c1"), Some(1), "blue's gateway kept its old command line");
     assert_eq!(env.cp.gateway_rolls(RED.name, "c1"), Some(0), "red's gateway was replaced");
     let pinger =
@@ -362,7 +347,7 @@ fn slices_share_an_uplink_by_their_profiles_across_the_wan() {
     );
 
     // Deleting red removes its class and its classification; blue stays.
-    env.apply(&manifest(&[(&BLUE_EF, 15_000)]));
+    env.apply_or_panic(&manifest(&[(&BLUE_EF, 15_000)]));
     let classes = env.wait_tree("red's class removed", |c| class_line(c, 20, 40).is_none());
     assert!(class_line(&classes, 10, 15).is_some(), "blue's class stays:\n{classes}");
     let table = env.on_node(&["nft", "list", "table", "inet", "slicenet_qos"]);
@@ -373,7 +358,7 @@ fn slices_share_an_uplink_by_their_profiles_across_the_wan() {
 
     // No QoS slice left: the agent takes the tree off the uplink and the table away, and says so.
     let (device, _) = env.tree();
-    env.apply(&manifest(&[]));
+    env.apply_or_panic(&manifest(&[]));
     let node = env.lab().node("c1", "n1");
     let end = Instant::now() + Duration::from_secs(60);
     loop {

@@ -155,6 +155,47 @@ pub fn across_manifest(
     parse_manifest(&text)
 }
 
+/// A lab with its control plane, for a test: when it drops (however the test ends), every slice
+/// is deleted and the lab torn down.
+pub struct LabEnv {
+    pub cp: ControlPlane,
+    pub lab: Option<Lab>,
+}
+
+impl LabEnv {
+    /// The lab (until the guard drops).
+    ///
+    /// # Panics
+    /// After the lab was taken out of the guard.
+    #[must_use]
+    pub fn lab(&self) -> &Lab {
+        self.lab.as_ref().expect("the lab is in the guard")
+    }
+
+    /// [`ControlPlane::apply`] on the guarded lab.
+    ///
+    /// # Errors
+    /// As it fails, with the control plane's diagnosis.
+    pub fn apply(&mut self, m: &Manifest) -> Result<()> {
+        let Self { cp, lab } = self;
+        let lab = lab.as_mut().context("the lab was taken out of the guard")?;
+        cp.apply(lab, m).map_err(|e| anyhow::anyhow!("{e:#}\n{}", cp.diagnose(lab)))
+    }
+}
+
+impl Drop for LabEnv {
+    fn drop(&mut self) {
+        if let Some(mut lab) = self.lab.take() {
+            if let Err(e) = self.cp.delete_all(&mut lab) {
+                eprintln!("deleting the slices: {e:#}");
+            }
+            if let Err(e) = lab.teardown() {
+                eprintln!("tearing the lab down: {e:#}");
+            }
+        }
+    }
+}
+
 /// The lab's three clusters for one slice: c1 with two nodes, c2 with one, c3 with one behind
 /// NAT (name, nodes, behind NAT), as the three-cluster test and the demo use them.
 pub const THREE_CLUSTERS: [(&str, usize, bool); 3] = [("c1", 2, false), ("c2", 1, false), ("c3", 1, true)];
