@@ -3,13 +3,15 @@
 //! implementation serve) and reports what came back in `MemberCluster.status.dns`, so that
 //! `slicectl diagnose` on the hub names a slice-dns that does not answer.
 //!
-//! One UDP query, built and read here (a question, a header and a scan of the answer for the
-//! version string): a DNS client library would add much for this one question.
+//! The query is built and the answer read with hickory-proto, the DNS library slice-dns is
+//! built on (one UDP question, the answer's TXT records looked at, nothing cached).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
 use slice_api::mcs::{CLUSTERSET_ZONE, DNS_SPEC_VERSION};
 
 /// How long one try may wait for the answer.
@@ -36,16 +38,11 @@ pub fn version_name() -> String {
 /// A query (recursion not desired) for the TXT record of `name` with `id`.
 #[must_use]
 pub fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = Vec::with_capacity(18 + name.len());
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(u8::try_from(label.len()).unwrap_or(63).min(63));
-        q.extend_from_slice(&label.as_bytes()[..label.len().min(63)]);
+    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+    if let Ok(name) = Name::from_ascii(name) {
+        message.add_query(Query::query(name, RecordType::TXT));
     }
-    // Root, QTYPE TXT (16), QCLASS IN (1).
-    q.extend_from_slice(&[0, 0, 16, 0, 1]);
-    q
+    message.to_vec().unwrap_or_default()
 }
 
 /// What is wrong with `response` to the query with `id`: `None` when it is an answer holding
@@ -53,19 +50,22 @@ pub fn query(id: u16, name: &str) -> Vec<u8> {
 #[must_use]
 pub fn answer_problem(id: u16, response: &[u8]) -> Option<String> {
     const RCODES: [&str; 6] = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"];
-    if response.len() < 12 || response[..2] != id.to_be_bytes() || response[2] & 0x80 == 0 {
-        return Some("a datagram that is not the answer".to_owned());
+    let not_the_answer = || Some("a datagram that is not the answer".to_owned());
+    let Ok(message) = Message::from_vec(response) else { return not_the_answer() };
+    if message.metadata.id != id || message.metadata.message_type != MessageType::Response {
+        return not_the_answer();
     }
-    let rcode = usize::from(response[3] & 0x0f);
+    let rcode = message.metadata.response_code.low();
     if rcode != 0 {
-        return Some(RCODES.get(rcode).map_or_else(|| format!("response code {rcode}"), |r| (*r).to_owned()));
+        let code = usize::from(rcode);
+        return Some(RCODES.get(code).map_or_else(|| format!("response code {code}"), |r| (*r).to_owned()));
     }
-    let answers = u16::from_be_bytes([response[6], response[7]]);
     let version = DNS_SPEC_VERSION.as_bytes();
-    if answers == 0 || !response.windows(version.len()).any(|w| w == version) {
-        return Some("an answer without the version record".to_owned());
-    }
-    None
+    let has_version = message.answers.iter().any(|record| match &record.data {
+        RData::TXT(txt) => txt.txt_data.iter().any(|s| &**s == version),
+        _ => false,
+    });
+    (!has_version).then(|| "an answer without the version record".to_owned())
 }
 
 /// Asks `addr` up to [`TRIES`] times, each within [`TIMEOUT`].
