@@ -555,17 +555,14 @@ pub fn node_agent_slice(
     // The gateway must sit in a node prefix of this node or of a peer (of its family), and not
     // on a router address; anything else would be rejected by the node agent's validation.
     let secondary_node_prefix = spec.secondary_node_prefix(node_prefix)?;
-    let usable = |gw: IpAddr, prefixes: Vec<IpNet>| {
-        prefixes.into_iter().any(|p| p.contains(&gw) && prefix::router_address(p) != gw)
-    };
+    fn usable(gw: IpAddr, mut prefixes: impl Iterator<Item = IpNet>) -> bool {
+        prefixes.any(|p| p.contains(&gw) && prefix::router_address(p) != gw)
+    }
     let primary_via = gateway
         .primary
-        .filter(|gw| usable(*gw, std::iter::once(node_prefix).chain(peers.iter().map(|p| p.node_prefix)).collect()));
+        .filter(|gw| usable(*gw, std::iter::once(node_prefix).chain(peers.iter().map(|p| p.node_prefix))));
     let secondary_via = gateway.secondary.filter(|gw| {
-        usable(
-            *gw,
-            secondary_node_prefix.into_iter().chain(peers.iter().filter_map(|p| p.secondary_node_prefix)).collect(),
-        )
+        usable(*gw, secondary_node_prefix.into_iter().chain(peers.iter().filter_map(|p| p.secondary_node_prefix)))
     });
     // Each remote prefix through the gateway's address of its family.
     let remote_routes = spec

@@ -201,9 +201,15 @@ fn node_prefix_of(allocations: &[NodeAllocation], node: &str) -> Option<IpNet> {
 /// first address inside the node prefix its node holds.
 pub(crate) fn slice_address(pod: &Pod, members: &SliceMembers<'_>) -> Result<IpAddr, String> {
     let (ips, node) = status_ips(pod, members)?;
-    let prefix = node_prefix_of(members.allocations, &node)
+    primary_address(&ips, &node, members)
+}
+
+/// The first of `ips` inside the node prefix `node` holds.
+fn primary_address(ips: &[IpAddr], node: &str, members: &SliceMembers<'_>) -> Result<IpAddr, String> {
+    let prefix = node_prefix_of(members.allocations, node)
         .ok_or_else(|| format!("is on node {node}, which holds no prefix of the slice"))?;
-    ips.into_iter()
+    ips.iter()
+        .copied()
         .find(|ip| prefix.contains(ip))
         .ok_or_else(|| format!("claims a slice address outside its node {node}'s prefix {prefix}"))
 }
@@ -211,10 +217,10 @@ pub(crate) fn slice_address(pod: &Pod, members: &SliceMembers<'_>) -> Result<IpA
 /// Every slice address of `pod`: the primary family's ([`slice_address`]) and, on a dual-stack
 /// slice, the secondary family's inside its node's secondary prefix, when it lists one.
 pub(crate) fn slice_addresses(pod: &Pod, members: &SliceMembers<'_>) -> Result<Vec<IpAddr>, String> {
-    let primary = slice_address(pod, members)?;
     let (ips, node) = status_ips(pod, members)?;
+    let primary = primary_address(&ips, &node, members)?;
     let secondary =
-        node_prefix_of(members.secondary, &node).and_then(|prefix| ips.into_iter().find(|ip| prefix.contains(ip)));
+        node_prefix_of(members.secondary, &node).and_then(|prefix| ips.iter().copied().find(|ip| prefix.contains(ip)));
     Ok(std::iter::once(primary).chain(secondary).collect())
 }
 
