@@ -126,22 +126,20 @@ pub fn render(s: &Sample) -> String {
             let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {}", p.public_key, field(p));
         }
     }
-    let name = metric::PEER_HANDSHAKE_RTT_SECONDS;
-    let _ = writeln!(
-        out,
-        "# HELP {name} Round-trip time of the last handshake this gateway initiated.\n# TYPE {name} gauge"
+    per_peer_gauges(
+        &mut out,
+        s,
+        &[
+            (
+                metric::PEER_HANDSHAKE_RTT_SECONDS,
+                "Round-trip time of the last handshake this gateway initiated.",
+                |p| p.handshake_rtt_ms.map(|ms| format!("{:.3}", f64::from(ms) / 1000.0)),
+            ),
+            (metric::PEER_RX_LOSS_RATIO, "Estimated share of the peer's packets lost on the way here.", |p| {
+                Some(format!("{:.4}", p.rx_loss.clamp(0.0, 1.0)))
+            }),
+        ],
     );
-    for p in &s.peers {
-        if let Some(ms) = p.handshake_rtt_ms {
-            let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {:.3}", p.public_key, f64::from(ms) / 1000.0);
-        }
-    }
-    let name = metric::PEER_RX_LOSS_RATIO;
-    let _ =
-        writeln!(out, "# HELP {name} Estimated share of the peer's packets lost on the way here.\n# TYPE {name} gauge");
-    for p in &s.peers {
-        let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {:.4}", p.public_key, p.rx_loss.clamp(0.0, 1.0));
-    }
     if s.peers.iter().any(|p| p.live.is_some()) {
         let name = metric::PEER_LIVE;
         let _ =
@@ -172,31 +170,27 @@ pub fn render(s: &Sample) -> String {
         let _ =
             writeln!(out, "# HELP {name} The TUN device's MTU.\n# TYPE {name} gauge\n{name}{{{IFACE}=\"{i}\"}} {mtu}");
     }
-    let name = metric::PEER_PATH_MTU_BYTES;
-    let _ = writeln!(
-        out,
-        "# HELP {name} The largest inner packet the path to the peer carried in the last round of path probes."
+    per_peer_gauges(
+        &mut out,
+        s,
+        &[
+            (
+                metric::PEER_PATH_MTU_BYTES,
+                "The largest inner packet the path to the peer carried in the last round of path probes.",
+                |p| p.path_mtu.map(|bytes| bytes.to_string()),
+            ),
+            (
+                metric::PEER_HANDSHAKE_UNANSWERED_SECONDS,
+                "How long a handshake initiation to the peer has waited for an answer.",
+                |p| p.unanswered_secs.map(|secs| format!("{secs:.3}")),
+            ),
+            (
+                metric::PEER_LAST_INITIATION_RECEIVED_SECONDS,
+                "Unix time of the last handshake initiation from the peer (0: never).",
+                |p| Some(format!("{:.3}", p.last_initiation_received)),
+            ),
+        ],
     );
-    let _ = writeln!(out, "# TYPE {name} gauge");
-    for p in &s.peers {
-        if let Some(bytes) = p.path_mtu {
-            let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {bytes}", p.public_key);
-        }
-    }
-    let name = metric::PEER_HANDSHAKE_UNANSWERED_SECONDS;
-    let _ = writeln!(out, "# HELP {name} How long a handshake initiation to the peer has waited for an answer.");
-    let _ = writeln!(out, "# TYPE {name} gauge");
-    for p in &s.peers {
-        if let Some(secs) = p.unanswered_secs {
-            let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {secs:.3}", p.public_key);
-        }
-    }
-    let name = metric::PEER_LAST_INITIATION_RECEIVED_SECONDS;
-    let _ = writeln!(out, "# HELP {name} Unix time of the last handshake initiation from the peer (0: never).");
-    let _ = writeln!(out, "# TYPE {name} gauge");
-    for p in &s.peers {
-        let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {:.3}", p.public_key, p.last_initiation_received);
-    }
     let name = metric::PEER_DROPS;
     let _ = writeln!(out, "# HELP {name} Packets of the peer dropped, by reason.\n# TYPE {name} counter");
     for p in &s.peers {
@@ -205,6 +199,23 @@ pub fn render(s: &Sample) -> String {
         }
     }
     out
+}
+
+/// A per-peer gauge family: its name, its help, and the sample of a peer (`None`: no sample).
+type Gauge = (&'static str, &'static str, fn(&PeerSample) -> Option<String>);
+
+/// Writes `families` (each announced, then one sample per peer that has one).
+fn per_peer_gauges(out: &mut String, s: &Sample, families: &[Gauge]) {
+    use metric::{LABEL_INTERFACE as IFACE, LABEL_PUBLIC_KEY as KEY};
+    let i = &s.interface;
+    for (name, help, sample) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for p in &s.peers {
+            if let Some(value) = sample(p) {
+                let _ = writeln!(out, "{name}{{{IFACE}=\"{i}\",{KEY}=\"{}\"}} {value}", p.public_key);
+            }
+        }
+    }
 }
 
 /// Takes a sample of the gateway's counters.
