@@ -110,6 +110,18 @@ pub(crate) fn simulated(n: usize, tick: u64) -> Result<HubView> {
     Ok(view.sorted())
 }
 
+/// Waits until the page in `browser` shows `n` clusters in its topology, then returns the value
+/// of the script expression `value` (not null); `page` names it in the error.
+fn shown(browser: &Browser, n: usize, value: &str, page: &str) -> Result<serde_json::Value> {
+    let (ok, v) = browser.wait_for(
+        &format!("return document.querySelectorAll('#topology .cluster').length === {n} ? {value} : null;"),
+        Duration::from_secs(60),
+        |v| !v.is_null(),
+    )?;
+    anyhow::ensure!(ok, "{page} did not show {n} clusters: {v}");
+    Ok(v)
+}
+
 /// utime + stime of this process, seconds.
 fn cpu_seconds() -> f64 {
     cpu_seconds_in("/proc/self/stat")
@@ -149,12 +161,7 @@ pub(crate) fn run() -> Result<ConsoleSection> {
         for _ in 0..LOADS {
             browser.goto("about:blank")?;
             browser.goto(&url)?;
-            let (ok, v) = browser.wait_for(
-                &format!("return document.querySelectorAll('#topology .cluster').length === {n} ? window.__firstRender : null;"),
-                Duration::from_secs(60),
-                |v| v.is_number(),
-            )?;
-            anyhow::ensure!(ok, "the page did not render {n} clusters: {v}");
+            let v = shown(&browser, n, "window.__firstRender", "the page")?;
             samples.push(Duration::from_secs_f64(v.as_f64().context("a number")? / 1000.0));
         }
         sizes.push(Size {
@@ -255,18 +262,13 @@ fn hub_open(browser: &Browser, n: usize) -> Result<HubFigures> {
     };
     let (addr, tid) = rx.recv_timeout(Duration::from_secs(60)).context("the hub thread started")?;
     browser.goto(&format!("http://{addr}/"))?;
-    let (ok, v) = browser.wait_for(
-        &format!("return document.querySelectorAll('#topology .cluster').length === {n} ? true : null;"),
-        Duration::from_secs(60),
-        |v| v.is_boolean(),
-    )?;
-    anyhow::ensure!(ok, "the hub's console did not show {n} clusters: {v}");
+    shown(browser, n, "true", "the hub's console")?;
     let (cpu0, t0) = (thread_cpu_seconds(tid), Instant::now());
     for tick in 1..=OPEN_SECONDS {
         super::process::check_interrupted()?;
         // Each cluster's worker: a heartbeat and its tunnels' new figures.
-        for (c, w) in simulated(n, tick)?.clusters.iter().zip(simulated(n, tick)?.workers.iter()) {
-            let name = c.metadata.name.clone().unwrap_or_default();
+        for w in &simulated(n, tick)?.workers {
+            let name = &w.spec.cluster;
             let beat = json!({"status": {"lastHeartbeat": k8s_openapi::jiff::Timestamp::now().to_string()}});
             api.request(
                 &HUB.to_owned(),
