@@ -52,12 +52,23 @@ fn hub_until(
     lab: &Lab,
     done: impl Fn(&[(String, String)]) -> bool,
 ) -> (bool, Vec<(String, String)>) {
+    tick_until(cp, lab, hub_path_faults, |f| done(f))
+}
+
+/// Runs the control plane's rounds until what `read` takes from it satisfies `done`, or
+/// `HUB_WAIT` passes; returns whether it did and the last reading.
+fn tick_until<T>(
+    cp: &mut ControlPlane,
+    lab: &Lab,
+    read: impl Fn(&ControlPlane) -> T,
+    done: impl Fn(&T) -> bool,
+) -> (bool, T) {
     let deadline = std::time::Instant::now() + HUB_WAIT;
     loop {
         cp.tick(lab).expect("a round");
-        let faults = hub_path_faults(cp);
-        if done(&faults) || std::time::Instant::now() > deadline {
-            return (done(&faults), faults);
+        let seen = read(cp);
+        if done(&seen) || std::time::Instant::now() > deadline {
+            return (done(&seen), seen);
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
@@ -243,12 +254,7 @@ fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
             .map(|f| (f.place.clone(), f.problem.clone()))
             .collect()
     };
-    let deadline = std::time::Instant::now() + HUB_WAIT;
-    while hub_dns(&cp).is_empty() && std::time::Instant::now() < deadline {
-        cp.tick(&lab).expect("a round");
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    let seen = hub_dns(&cp);
+    let (_, seen) = tick_until(&mut cp, &lab, hub_dns, |d| !d.is_empty());
     drop(stopped);
     assert_eq!(
         seen,
@@ -259,12 +265,8 @@ fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
         "{}",
         slice_api::diagnose::hub_findings(&cp.hub_view()).render()
     );
-    let deadline = std::time::Instant::now() + HUB_WAIT;
-    while !hub_dns(&cp).is_empty() && std::time::Instant::now() < deadline {
-        cp.tick(&lab).expect("a round");
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    assert_eq!(hub_dns(&cp), [], "it answers again");
+    let (_, seen) = tick_until(&mut cp, &lab, hub_dns, Vec::is_empty);
+    assert_eq!(seen, [], "it answers again");
     let dns: Vec<(String, String)> = lab_faults(&r).into_iter().filter(|(c, _)| c == check::DNS).collect();
     let server = cp.dns_server("c1").expect("address");
     assert!(dns.contains(&(check::DNS.to_owned(), format!("cluster c1: slice-dns at {server}"))), "{}", r.render());

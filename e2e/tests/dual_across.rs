@@ -43,9 +43,7 @@ fn manifest() -> control::Manifest {
 
 /// The pod's addresses on `slice0`, IPv4 first.
 fn slice_addrs(pod: &Pod) -> Vec<IpAddr> {
-    let mut addrs: Vec<IpAddr> = pod.addresses("slice0").unwrap_or_default().iter().map(|n| n.addr()).collect();
-    addrs.sort_by_key(IpAddr::is_ipv6);
-    addrs
+    pod.ips("slice0").unwrap_or_default()
 }
 
 fn ping(pod: &Pod, to: IpAddr) -> bool {

@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use e2e::{Lab, LabSlice, Node, Pod, PodSpec};
-use ipnet::IpNet;
 use serde_json::Value;
 use slice_api::NodeState;
 
@@ -27,9 +26,7 @@ fn two_node_lab(prefix: &str, slice: &LabSlice) -> Lab {
 
 /// The pod's addresses on `slice0`, IPv4 first.
 fn slice_addrs(pod: &Pod) -> Vec<IpAddr> {
-    let mut addrs: Vec<IpAddr> = pod.addresses("slice0").unwrap().iter().map(IpNet::addr).collect();
-    addrs.sort_by_key(IpAddr::is_ipv6);
-    addrs
+    pod.ips("slice0").unwrap()
 }
 
 /// `ip [-6] -n <router> -j ARGS…` in the router namespace of `slice` on `node`, parsed.

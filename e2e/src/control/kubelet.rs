@@ -361,8 +361,7 @@ impl Kubelet {
         let argv = gateway_argv(lab, container, &interface, &config)?;
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
         let process = spawn_gateway(&pod, &args, &interface, timeout).with_context(|| format!("{cluster}: {name}"))?;
-        let mut slice_addresses: Vec<IpAddr> = pod.addresses("slice0")?.iter().map(ipnet::IpNet::addr).collect();
-        slice_addresses.sort_by_key(IpAddr::is_ipv6);
+        let slice_addresses = pod.ips("slice0")?;
         anyhow::ensure!(!slice_addresses.is_empty(), "{cluster}: {name}'s pod has no address on slice0");
         let pod_ip = pod.ipv4("eth0")?;
         // The Pod object as the API server and the node agent would show it.

@@ -265,14 +265,10 @@ impl Workloads {
 /// its address; what the node agent publishes as network-status in a cluster.
 fn slice_attachment(node: &crate::Node, namespace: &str, pod: &Pod) -> Result<Option<(String, Vec<IpAddr>)>> {
     // Every address of the slice interface, IPv4 first (one per family of the slice).
-    let mut addresses: Vec<IpAddr> = pod
-        .addresses(slice_api::names::DEFAULT_SLICE_INTERFACE)
-        .map(|a| a.iter().map(ipnet::IpNet::addr).collect())
-        .unwrap_or_default();
+    let addresses = pod.ips(slice_api::names::DEFAULT_SLICE_INTERFACE).unwrap_or_default();
     if addresses.is_empty() {
         return Ok(None);
     }
-    addresses.sort_by_key(IpAddr::is_ipv6);
     let states = slice_api::node::NodeState::load_all(&node.state_dir())?;
     Ok(states.into_iter().find(|s| s.namespaces.iter().any(|n| n == namespace)).map(|s| (s.slice, addresses)))
 }

@@ -102,6 +102,17 @@ impl Pod {
         parse_ip_addr_json(&json).with_context(|| format!("pod {}: {ifname}", self.lab_name()))
     }
 
+    /// The addresses on interface `ifname` inside the pod without their prefix length, IPv4
+    /// first (a slice interface has one per family of its slice).
+    ///
+    /// # Errors
+    /// As [`Pod::addresses`].
+    pub fn ips(&self, ifname: &str) -> Result<Vec<std::net::IpAddr>> {
+        let mut ips: Vec<std::net::IpAddr> = self.addresses(ifname)?.iter().map(IpNet::addr).collect();
+        ips.sort_by_key(std::net::IpAddr::is_ipv6);
+        Ok(ips)
+    }
+
     /// The first IPv4 address on interface `ifname` inside the pod.
     ///
     /// # Errors

@@ -88,7 +88,10 @@ pub struct Peer {
     /// Path MTU probing towards the peer ([`crate::pathprobe`]).
     pub(super) path: Mutex<PathState>,
     /// Unix ms of the first handshake initiation sent to the peer since the last completed
-    /// handshake (0: none waits for an answer).
+    /// handshake (0: none waits for an answer). Counted where single datagrams go out
+    /// (`socket::send_to`: the timers' retries every 5 s, revivals, replies), not in the TUN
+    /// path's batches, so the packet loop pays nothing for it; an initiation that traffic
+    /// started is counted from its first retry.
     pub(super) unanswered_since_ms: AtomicU64,
     /// Unix ms of the last handshake initiation received from the peer (0: never).
     pub(super) last_initiation_rx_ms: AtomicU64,
