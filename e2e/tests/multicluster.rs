@@ -299,7 +299,7 @@ fn remote_routes_reach_a_gateway_on_the_same_and_another_node() {
     let mut lab = Lab::new(prefix).expect("lab (needs root; build the bins first)");
     lab.add_cluster("c1", 2).unwrap();
     let remote = "10.80.16.0/20";
-    let route = |via: IpAddr| RemoteRoute { prefix: remote.parse().unwrap(), via };
+    let route = |via: IpAddr| RemoteRoute::new(remote.parse().unwrap(), via);
     // The gateway pod does not exist yet: its address is the first n1 gives out.
     let expected_gw: IpAddr = "10.80.0.2".parse().unwrap();
     let slice = |via| LabSlice::new("blue", 100, "10.80.0.0/16", &["gw", "app"]).with_remote_routes(vec![route(via)]);

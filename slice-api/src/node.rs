@@ -179,12 +179,28 @@ pub struct ServicePortRule {
 }
 
 /// A prefix of other clusters, reached through this cluster's gateway pod at `via` (its slice
-/// address).
+/// address) and, with several gateway replicas (issue 13), through each of `also_via` as well:
+/// the node agent spreads flows over the live ones (one path per replica).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RemoteRoute {
     pub prefix: IpNet,
     pub via: IpAddr,
+    /// The further gateway replicas' slice addresses of the same family, in ordinal order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_via: Vec<IpAddr>,
+}
+
+impl RemoteRoute {
+    /// A route through one gateway pod.
+    pub fn new(prefix: IpNet, via: IpAddr) -> Self {
+        RemoteRoute { prefix, via, also_via: Vec::new() }
+    }
+
+    /// Every gateway address the prefix is reached through: `via`, then `also_via`.
+    pub fn gateways(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        std::iter::once(self.via).chain(self.also_via.iter().copied())
+    }
 }
 
 /// Another node of the same cluster on the same slice.
@@ -462,15 +478,22 @@ fn validate_remote_routes(slice: &SliceOnNode) -> Result<(), String> {
         if let Some((peer, p)) = peer_prefixes.iter().find(|(_, p)| overlaps(&route.prefix, p)) {
             return Err(format!("{what}: prefix overlaps peer {peer}'s {p}"));
         }
-        if !subnet.contains(&route.via) {
-            return Err(format!("{what}: via is not inside slice subnet {subnet}"));
-        }
-        let mut on_node = std::iter::once(node_prefix).chain(peer_prefixes.iter().map(|(_, p)| *p));
-        let Some(owner) = on_node.find(|p| p.contains(&route.via)) else {
-            return Err(format!("{what}: via is inside neither this node's prefix {node_prefix} nor a peer's"));
-        };
-        if crate::prefix::router_address(owner) == route.via {
-            return Err(format!("{what}: via is a slice-router address, not a gateway pod"));
+        let mut gateways = std::collections::BTreeSet::new();
+        for via in route.gateways() {
+            let what = format!("remote route {} via {via}", route.prefix);
+            if !gateways.insert(via) {
+                return Err(format!("{what}: gateway listed twice"));
+            }
+            if !subnet.contains(&via) {
+                return Err(format!("{what}: via is not inside slice subnet {subnet}"));
+            }
+            let mut on_node = std::iter::once(node_prefix).chain(peer_prefixes.iter().map(|(_, p)| *p));
+            let Some(owner) = on_node.find(|p| p.contains(&via)) else {
+                return Err(format!("{what}: via is inside neither this node's prefix {node_prefix} nor a peer's"));
+            };
+            if crate::prefix::router_address(owner) == via {
+                return Err(format!("{what}: via is a slice-router address, not a gateway pod"));
+            }
         }
     }
     Ok(())
@@ -933,8 +956,7 @@ mod tests {
 
     #[test]
     fn remote_routes_are_validated() {
-        let route =
-            |prefix: &str, via: &str| RemoteRoute { prefix: prefix.parse().unwrap(), via: via.parse().unwrap() };
+        let route = |prefix: &str, via: &str| RemoteRoute::new(prefix.parse().unwrap(), via.parse().unwrap());
         let with = |routes: Vec<RemoteRoute>| {
             let mut c = config();
             c.slices[0].remote_routes = routes;
@@ -956,6 +978,18 @@ mod tests {
         assert!(!serde_json::to_string(&c).unwrap().contains("remoteRoutes"));
         let json = serde_json::json!({"prefix": "10.80.16.0/20", "via": "10.80.0.5"});
         assert_eq!(serde_json::from_value::<RemoteRoute>(json).unwrap(), route("10.80.16.0/20", "10.80.0.5"));
+        // Several gateway replicas: each checked like `via`, none twice.
+        let replicas = |also: &[&str]| {
+            let mut r = route("10.80.16.0/20", "10.80.0.5");
+            r.also_via = also.iter().map(|a| a.parse().unwrap()).collect();
+            r
+        };
+        with(vec![replicas(&["10.80.0.70"])]).unwrap();
+        assert!(err(vec![replicas(&["10.80.0.5"])]).contains("via 10.80.0.5: gateway listed twice"));
+        assert!(err(vec![replicas(&["10.80.0.65"])]).contains("via 10.80.0.65: via is a slice-router address"));
+        assert!(err(vec![replicas(&["10.80.1.5"])]).contains("neither"));
+        let json = serde_json::json!({"prefix": "10.80.16.0/20", "via": "10.80.0.5", "alsoVia": ["10.80.0.70"]});
+        assert_eq!(serde_json::from_value::<RemoteRoute>(json).unwrap(), replicas(&["10.80.0.70"]));
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl LabSlice {
     pub fn via_gateway(mut self, this_cluster: usize, other_clusters: &[usize], gateway: IpAddr) -> Result<Self> {
         let mut routes = Vec::new();
         for &c in other_clusters.iter().filter(|c| **c != this_cluster) {
-            routes.push(RemoteRoute { prefix: self.cluster_prefix(c)?, via: gateway });
+            routes.push(RemoteRoute::new(self.cluster_prefix(c)?, gateway));
         }
         self.remote_routes = routes;
         Ok(self)

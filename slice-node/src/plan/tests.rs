@@ -392,7 +392,7 @@ fn stray_loopback_address_is_removed_and_router_address_added() {
 }
 
 fn remote(prefix: &str, via: &str) -> RemoteRoute {
-    RemoteRoute { prefix: prefix.parse().unwrap(), via: via.parse().unwrap() }
+    RemoteRoute::new(prefix.parse().unwrap(), via.parse().unwrap())
 }
 
 /// Blue with a gateway on this node (10.80.0.5) for 10.80.16.0/20 and one on n2 (10.80.0.70)

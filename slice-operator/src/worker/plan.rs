@@ -570,7 +570,7 @@ pub fn node_agent_slice(
         .iter()
         .filter_map(|&prefix| {
             let via = if spec.subnet.contains(&prefix) { primary_via } else { secondary_via };
-            Some(RemoteRoute { prefix, via: via? })
+            Some(RemoteRoute::new(prefix, via?))
         })
         .collect();
     Ok(SliceOnNode {
