@@ -7,6 +7,11 @@
 //! slice in the other clusters over each family it has (ping, and an IPv6 TCP transfer through
 //! the tunnel's IPv6 MSS clamp); a MultiNetworkPolicy on the dual-stack slice holds over IPv4
 //! and IPv6 alike; a pod of one slice reaches no pod of the other. Namespaces `hx6-*`.
+//!
+//! The same two slices in a dual-stack lab (`LabOptions::dual_stack`, namespaces `hw6-*`): the
+//! WAN, the edges and the pod network gain IPv6, the clusters publish their IPv6 address, so the
+//! tunnels run over an IPv6 WAN, c3 behind NAT66 (its edge masquerades, forwards nothing in); the
+//! node agents' VXLAN runs over the IPv6 underlay between c1's two nodes.
 //! Needs root and the binaries; fails (does not skip) without them.
 
 use std::net::IpAddr;
@@ -15,7 +20,7 @@ use std::time::{Duration, Instant};
 use e2e::control::LabEnv as Env;
 use e2e::control::workloads::parse_objects;
 use e2e::control::{self, BEHIND_NAT_ANNOTATION, ControlPlane, NODES_ANNOTATION, PUBLIC_PORT, parse_manifest};
-use e2e::{Lab, Pod, PodSpec};
+use e2e::{Lab, LabOptions, Pod, PodSpec};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -194,6 +199,89 @@ fn dual_stack_and_ipv6_only_slices_cross_three_clusters() {
 
     // A pod of one slice reaches no pod of the other, in its cluster or another.
     for (from, to) in [(&blue[0], &green[1]), (&blue[2], &green[0]), (&green[0], &blue[2]), (&green[2], &blue[1])] {
+        for addr in slice_addrs(to) {
+            assert!(!ping(from, addr), "{} reached {} ({addr}) of another slice", from.lab_name(), to.lab_name());
+        }
+    }
+}
+
+/// Issue 17: a dual-stack slice and an IPv6-only slice over an IPv6 WAN, one cluster behind
+/// NAT66, and VXLAN over an IPv6 underlay inside a cluster.
+#[test]
+fn slices_cross_an_ipv6_wan_and_an_ipv6_underlay() {
+    e2e::require_root().expect("root");
+    let lab = Lab::with_options("hw6", LabOptions::dual_stack()).expect("lab (needs root)");
+    let mut env = Env { cp: ControlPlane::new(), lab: Some(lab) };
+    let Env { cp, lab } = &mut env;
+    let lab = lab.as_mut().expect("the lab");
+    cp.apply(lab, &manifest()).unwrap_or_else(|e| panic!("{e:#}\n{}", cp.diagnose(lab)));
+    let run = |cluster: &str, node: &str, ns: &str, name: &str| {
+        control::run_pod_retrying(lab.node(cluster, node), &PodSpec::new(ns, name), WAIT).unwrap()
+    };
+    let blue = [
+        run("c1", "n1", "shop", "a1"),
+        run("c1", "n2", "shop", "a2"),
+        run("c2", "n1", "shop", "b"),
+        run("c3", "n1", "shop", "c"),
+    ];
+    let green = [run("c1", "n1", "web", "g0"), run("c1", "n2", "web", "g1"), run("c3", "n1", "web", "g3")];
+
+    // Every pod reaches every other pod of its slice, in its cluster across the IPv6 underlay
+    // and in the other clusters across the IPv6 WAN, over each family it has.
+    for pods in [&blue[..], &green[..]] {
+        for from in pods {
+            for to in pods.iter().filter(|p| p.lab_name() != from.lab_name()) {
+                for addr in slice_addrs(to) {
+                    assert!(
+                        ping_within(from, addr, WAIT),
+                        "ping {} → {} ({addr}):\n{}",
+                        from.lab_name(),
+                        to.lab_name(),
+                        cp.diagnose(lab)
+                    );
+                }
+            }
+        }
+    }
+
+    // The node agents' VXLAN runs over the IPv6 underlay.
+    for node in lab.cluster("c1").nodes() {
+        for slice in ["blue", "green"] {
+            let ns = format!("{}{slice}", node.router_netns_prefix());
+            let out =
+                std::process::Command::new("ip").args(["-d", "-n", &ns, "link", "show", "type", "vxlan"]).output();
+            let text = String::from_utf8_lossy(&out.expect("ip link").stdout).into_owned();
+            let local = format!("local {}", node.vxlan_address());
+            assert!(node.vxlan_address().is_ipv6() && text.contains(&local), "{ns}: want {local}: {text}");
+        }
+    }
+
+    // The tunnels run over the IPv6 WAN: the public clusters forward their IPv6 address to the
+    // gateway pods' IPv6 addresses, every endpoint a gateway holds is an IPv6 WAN address, and
+    // c3's gateways are seen at c3's edge (NAT66), which forwards nothing in.
+    let c1 = lab.cluster("c1");
+    let forwards = c1.forwards().expect("c1's forwards");
+    assert!(forwards.iter().any(|f| f.contains("dnat to [fd44:")), "c1 forwards no IPv6: {forwards:?}");
+    assert!(lab.cluster("c3").forwards().expect("c3's forwards").is_empty(), "c3 is behind NAT66");
+    let c3_public = lab.cluster("c3").public_address6().expect("c3's IPv6 address").to_string();
+    for slice in ["blue", "green"] {
+        let interface = cp.gateway_interface(slice, "c1").expect("c1's gateway");
+        let endpoints = cp.gateway_wg(slice, "c1", &["show", &interface, "endpoints"]).expect("wg show");
+        let held: Vec<&str> = endpoints.lines().filter_map(|l| l.split_whitespace().nth(1)).collect();
+        assert!(held.len() == 2 && held.iter().all(|e| e.starts_with("[2001:db8:2::")), "{slice} c1: {endpoints}");
+        assert!(
+            held.iter().any(|e| e.starts_with(&format!("[{c3_public}]:"))),
+            "{slice}: c3 not via NAT66: {endpoints}"
+        );
+    }
+
+    // TCP over IPv6 to the cluster behind NAT66 and back.
+    let v6 = |p: &Pod| slice_addrs(p).into_iter().find(IpAddr::is_ipv6).expect("an IPv6 address");
+    transfer(&blue[3], &blue[1], v6(&blue[3]), 7111).unwrap_or_else(|e| panic!("blue c1 → c3 over IPv6: {e}"));
+    transfer(&green[1], &green[2], v6(&green[1]), 7112).unwrap_or_else(|e| panic!("green c3 → c1: {e}"));
+
+    // Still two slices: no pod of one reaches a pod of the other.
+    for (from, to) in [(&blue[0], &green[1]), (&green[2], &blue[3]), (&green[0], &blue[2])] {
         for addr in slice_addrs(to) {
             assert!(!ping(from, addr), "{} reached {} ({addr}) of another slice", from.lab_name(), to.lab_name());
         }

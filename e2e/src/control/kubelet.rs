@@ -150,7 +150,7 @@ pub(crate) fn dns_source(targets: DnsTargets, cluster: &str) -> DnsSource {
 pub(crate) fn empty_agent_config(node: &Node) -> NodeAgentConfig {
     NodeAgentConfig {
         node: node.name().to_owned(),
-        underlay_address: IpAddr::V4(node.underlay_address()),
+        underlay_address: node.vxlan_address(),
         underlay_mtu: 1500,
         state_dir: node.state_dir(),
         netns_dir: crate::netns::NETNS_DIR.into(),
@@ -168,7 +168,7 @@ pub(crate) fn cluster_objects(cluster: &Cluster, namespaces: &[String]) -> Vec<V
         .iter()
         .map(|n| {
             json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name()},
-                   "status": {"addresses": [{"type": "InternalIP", "address": n.underlay_address().to_string()}]}})
+                   "status": {"addresses": [{"type": "InternalIP", "address": n.vxlan_address().to_string()}]}})
         })
         .collect();
     for ns in [SYSTEM_NAMESPACE, GATEWAY_NAMESPACE].into_iter().chain(namespaces.iter().map(String::as_str)) {
@@ -421,6 +421,8 @@ impl Kubelet {
         }
         let services = api.list(&cluster.to_owned(), &format!("/api/v1/namespaces/{GATEWAY_NAMESPACE}/services"));
         let mut wanted = BTreeMap::new();
+        // In a dual-stack lab the public IPv6 address forwards to the pod's IPv6 address too.
+        let mut wanted6 = BTreeMap::new();
         for svc in &services {
             let name = svc["metadata"]["name"].as_str().unwrap_or_default();
             let Some(run) = self.gateways.get(name) else { continue };
@@ -430,6 +432,13 @@ impl Kubelet {
                 };
                 let (Ok(node_port), Ok(target)) = (u16::try_from(node_port), u16::try_from(target)) else { continue };
                 wanted.insert(node_port, (run.pod.ipv4("eth0")?, target));
+                if c.public_address6().is_some() {
+                    let ip6 = run.pod.ips("eth0")?.into_iter().find_map(|a| match a {
+                        IpAddr::V6(a) => Some(a),
+                        IpAddr::V4(_) => None,
+                    });
+                    wanted6.insert(node_port, ip6.context("the gateway pod has no IPv6 address on eth0")?);
+                }
             }
         }
         let mut changed = false;
@@ -445,6 +454,9 @@ impl Kubelet {
                 continue;
             }
             c.forward_udp(port, ip, target)?;
+            if let Some(ip6) = wanted6.get(&port) {
+                c.forward_udp6(port, *ip6, target)?;
+            }
             self.forwards.insert(port, (ip, target));
             changed = true;
         }

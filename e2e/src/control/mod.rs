@@ -669,10 +669,9 @@ impl ControlPlane {
                 self.workers.insert(name.clone(), worker);
                 self.kubelets.insert(name.clone(), Kubelet::default());
             }
-            // What `slicectl join` publishes: the cluster's public gateway address, none behind
-            // NAT (its gateways dial out; the others cannot reach it).
-            let public = if cluster.behind_nat() { None } else { cluster.public_address() };
-            let addresses: Vec<String> = public.iter().map(ToString::to_string).collect();
+            // What `slicectl join` publishes: the cluster's public gateway address (IPv6 in a
+            // dual-stack lab), none behind NAT (its gateways dial out; the others cannot reach it).
+            let addresses: Vec<String> = cluster.published_address().iter().map(ToString::to_string).collect();
             let status = json!({"status": {"gatewayAddresses": addresses}});
             let path = format!("/apis/slicenet.io/v1alpha1/memberclusters/{name}/status");
             self.api.request(&HUB.to_owned(), "PATCH", &path, "application/merge-patch+json", &status);

@@ -130,9 +130,15 @@ disabled_plugins = [
 /// `slice-cni` chained after it with the pod-annotations capability.
 pub(crate) fn conflist(
     paths: &ContainerdPaths,
-    pod_cidr: &str,
+    pod_cidrs: &[String],
     slice_cni: Option<(&Path, &Path)>,
 ) -> serde_json::Value {
+    // One host-local range set per family, each with its default route.
+    let ranges: Vec<serde_json::Value> = pod_cidrs.iter().map(|c| json!([{ "subnet": c }])).collect();
+    let routes: Vec<serde_json::Value> = pod_cidrs
+        .iter()
+        .map(|c| if c.contains(':') { json!({ "dst": "::/0" }) } else { json!({ "dst": "0.0.0.0/0" }) })
+        .collect();
     let mut plugins = vec![json!({
         "type": "bridge",
         "bridge": "cni0",
@@ -140,8 +146,8 @@ pub(crate) fn conflist(
         "ipMasq": false,
         "ipam": {
             "type": "host-local",
-            "ranges": [[{ "subnet": pod_cidr }]],
-            "routes": [{ "dst": "0.0.0.0/0" }],
+            "ranges": ranges,
+            "routes": routes,
             // The default /var/lib/cni/networks would be shared by every lab node.
             "dataDir": paths.host_local_dir(),
         },
@@ -231,11 +237,14 @@ mod tests {
     #[test]
     fn conflist_chains_slice_cni_only_when_asked() {
         let paths = ContainerdPaths::new(Path::new("/lab/c1/n1"));
-        let plain = conflist(&paths, "10.244.1.0/24", None);
+        let plain = conflist(&paths, &["10.244.1.0/24".into()], None);
         assert_eq!(plain["cniVersion"], "1.0.0");
         assert_eq!(plain["plugins"].as_array().unwrap().len(), 1);
         assert_eq!(plain["plugins"][0]["ipam"]["dataDir"], "/lab/c1/n1/containerd/host-local");
-        let chained = conflist(&paths, "10.244.1.0/24", Some((Path::new("/s"), Path::new("/i"))));
+        let chained = conflist(&paths, &["10.244.1.0/24".into()], Some((Path::new("/s"), Path::new("/i"))));
+        let dual = conflist(&paths, &["10.244.1.0/24".into(), "fd44:0:0:1::/64".into()], None);
+        assert_eq!(dual["plugins"][0]["ipam"]["ranges"][1][0]["subnet"], "fd44:0:0:1::/64");
+        assert_eq!(dual["plugins"][0]["ipam"]["routes"][1]["dst"], "::/0");
         let slice = &chained["plugins"][1];
         assert_eq!(slice["type"], "slice-cni");
         assert_eq!(slice["stateDir"], "/s");

@@ -16,9 +16,17 @@
 //!
 //! With a WAN ([`Lab::add_wan`]) every cluster also gets an edge namespace `P-C-edge` on the
 //! shared WAN namespace `P-wan` (see [`crate::wan`] for its addresses and rules).
+//!
+//! A dual-stack lab ([`LabOptions::ipv6`]) adds IPv6 beside every IPv4 address above:
+//!
+//! | what | value |
+//! | --- | --- |
+//! | node `eth0` | also `2001:db8:1:c::(10+k)/64` (hex) |
+//! | pod CIDR of node `nK` | also `fd44:0:0:k::/64`, routed by the other nodes via their IPv6 underlay address |
+//! | VXLAN between a cluster's nodes (the node agents' underlay address, the Nodes' `InternalIP`) | the IPv6 underlay address |
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use k8s_cri::v1::{
     LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
     PodSandboxMetadata, PodSandboxState,
@@ -58,11 +66,15 @@ pub struct LabOptions {
     pub bin_dir: PathBuf,
     /// How long a node's containerd may take to become ready (default 60 s).
     pub start_timeout: Duration,
+    /// A dual-stack lab (default `false`): the underlay, the pod network, the edges and the WAN
+    /// gain IPv6 (underlay and WAN from `2001:db8::/32`, pods from `fd44::/16`), the node agents'
+    /// VXLAN runs over the IPv6 underlay, and the clusters publish their IPv6 public address.
+    pub ipv6: bool,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        Self { slice_cni: true, bin_dir: crate::bin_dir(), start_timeout: Duration::from_secs(60) }
+        Self { slice_cni: true, bin_dir: crate::bin_dir(), start_timeout: Duration::from_secs(60), ipv6: false }
     }
 }
 
@@ -70,6 +82,11 @@ impl LabOptions {
     /// The default options with `slice-cni` left out of the CNI chain.
     pub fn without_slice_cni() -> Self {
         Self { slice_cni: false, ..Self::default() }
+    }
+
+    /// The default options in a dual-stack lab ([`LabOptions::ipv6`]).
+    pub fn dual_stack() -> Self {
+        Self { ipv6: true, ..Self::default() }
     }
 }
 
@@ -228,6 +245,10 @@ impl Lab {
             cmd::ip(&["-n", &ul, "link", "set", &node.name, "master", "br0", "up"])?;
             let addr = format!("{}/24", node.underlay);
             cmd::ip(&["-n", &node.netns_name, "addr", "add", &addr, "dev", "eth0"])?;
+            if let Some(v6) = node.underlay6 {
+                let addr = format!("{v6}/64");
+                cmd::ip(&["-n", &node.netns_name, "addr", "add", &addr, "dev", "eth0", "nodad"])?;
+            }
             cmd::ip(&["-n", &node.netns_name, "link", "set", "eth0", "up"])?;
             // The node-local DNS address (NodeLocal DNSCache's), where the cluster's resolver
             // on this node listens for its pods: on `lo`, as the machine has no dummy links.
@@ -238,9 +259,17 @@ impl Lab {
         // the underlay (as a host-gateway CNI does), so pods reach pods on other nodes.
         for node in &cluster.nodes {
             cmd::run(&mut netns::command(&node.netns_path(), &["sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
+            if node.underlay6.is_some() {
+                let forwarding = "net.ipv6.conf.all.forwarding=1";
+                cmd::run(&mut netns::command(&node.netns_path(), &["sysctl", "-qw", forwarding]))?;
+            }
             for other in cluster.nodes.iter().filter(|o| o.name != node.name) {
                 let (cidr, via) = (other.pod_cidr.to_string(), other.underlay.to_string());
                 cmd::ip(&["-n", &node.netns_name, "route", "replace", &cidr, "via", &via])?;
+                if let (Some(cidr), Some(via)) = (other.pod_cidr6, other.underlay6) {
+                    let (cidr, via) = (cidr.to_string(), via.to_string());
+                    cmd::ip(&["-n", &node.netns_name, "-6", "route", "replace", &cidr, "via", &via])?;
+                }
             }
         }
 
@@ -272,7 +301,7 @@ impl Lab {
         if self.wan.is_some() {
             bail!("lab {}: the WAN exists already", self.prefix);
         }
-        self.wan = Some(wan::create_wan(&self.prefix)?);
+        self.wan = Some(wan::create_wan(&self.prefix, self.options.ipv6)?);
         for index in 0..self.clusters.len() {
             self.attach_edge(index)?;
         }
@@ -290,7 +319,12 @@ impl Lab {
         let nodes: Vec<EdgeNode<'_>> = cluster
             .nodes
             .iter()
-            .map(|n| EdgeNode { netns: &n.netns_name, underlay: n.underlay, pod_cidr: n.pod_cidr.to_string() })
+            .map(|n| EdgeNode {
+                netns: &n.netns_name,
+                underlay: n.underlay,
+                pod_cidr: n.pod_cidr.to_string(),
+                ipv6: n.underlay6.zip(n.pod_cidr6),
+            })
             .collect();
         let edge = wan::attach_edge(
             &self.prefix,
@@ -319,6 +353,14 @@ impl Lab {
             netns_name: format!("{}-{cluster}-{name}", self.prefix),
             underlay: Ipv4Addr::new(198, 18, cluster_index as u8, (10 + index) as u8),
             pod_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, index as u8, 0), 24).expect("valid /24"),
+            underlay6: self
+                .options
+                .ipv6
+                .then(|| Ipv6Addr::new(0x2001, 0xdb8, 1, cluster_index as u16, 0, 0, 0, (10 + index) as u16)),
+            pod_cidr6: self
+                .options
+                .ipv6
+                .then(|| Ipv6Net::new(Ipv6Addr::new(0xfd44, 0, 0, index as u16, 0, 0, 0, 0), 64).expect("valid /64")),
             agent_paths: AgentPaths::new(&dir),
             bin_dir: self.options.bin_dir.clone(),
             name,
@@ -481,6 +523,20 @@ impl Cluster {
         self.edge.as_ref().map(|e| e.public)
     }
 
+    /// The edge's public IPv6 address (a dual-stack lab with a WAN only).
+    pub fn public_address6(&self) -> Option<Ipv6Addr> {
+        self.edge.as_ref().and_then(|e| e.public6)
+    }
+
+    /// The address the cluster publishes for its gateways (`MemberCluster.status.gatewayAddresses`):
+    /// none behind NAT, the IPv6 public address in a dual-stack lab, else the IPv4 one.
+    pub fn published_address(&self) -> Option<IpAddr> {
+        if self.behind_nat() {
+            return None;
+        }
+        self.public_address6().map(IpAddr::V6).or_else(|| self.public_address().map(IpAddr::V4))
+    }
+
     fn edge(&self) -> Result<&Edge> {
         self.edge.as_ref().with_context(|| format!("cluster {} has no edge: call Lab::add_wan first", self.name))
     }
@@ -501,6 +557,18 @@ impl Cluster {
         self.forward(Proto::Udp, public_port, pod_ip, pod_port)
     }
 
+    /// Forwards UDP `public_port` on the public IPv6 address to `[pod_ip]:pod_port` (a
+    /// dual-stack lab).
+    ///
+    /// # Errors
+    /// When the cluster is behind NAT, has no IPv6 edge, or the rule cannot be added.
+    pub fn forward_udp6(&self, public_port: u16, pod_ip: Ipv6Addr, pod_port: u16) -> Result<()> {
+        if self.options.behind_nat {
+            bail!("cluster {} is behind NAT: no inbound forwarding", self.name);
+        }
+        self.edge()?.forward6(Proto::Udp, public_port, pod_ip, pod_port)
+    }
+
     /// Forwards TCP `public_port` on the public address to `pod_ip:pod_port`.
     ///
     /// # Errors
@@ -509,7 +577,7 @@ impl Cluster {
         self.forward(Proto::Tcp, public_port, pod_ip, pod_port)
     }
 
-    /// Removes the UDP forward of `public_port` (none is fine).
+    /// Removes the UDP forwards of `public_port`, of every family (none is fine).
     ///
     /// # Errors
     /// When there is no edge or the rules cannot be listed or deleted.
@@ -522,12 +590,7 @@ impl Cluster {
     /// # Errors
     /// When there is no edge or `nft` fails.
     pub fn forwards(&self) -> Result<Vec<String>> {
-        let out = self.edge_exec(&["nft", "list", "chain", "ip", wan::NFT_TABLE, "prerouting"])?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("dnat"))
-            .map(|l| l.trim().to_owned())
-            .collect())
+        self.edge()?.forwards()
     }
 
     fn forward(&self, proto: Proto, public_port: u16, pod_ip: Ipv4Addr, pod_port: u16) -> Result<()> {
@@ -614,6 +677,9 @@ pub struct Node {
     dir: PathBuf,
     underlay: Ipv4Addr,
     pod_cidr: Ipv4Net,
+    /// In a dual-stack lab: the IPv6 underlay address and pod CIDR.
+    underlay6: Option<Ipv6Addr>,
+    pod_cidr6: Option<Ipv6Net>,
     bin_dir: PathBuf,
     containerd: ContainerdPaths,
     agent_paths: AgentPaths,
@@ -689,9 +755,25 @@ impl Node {
         self.underlay
     }
 
+    /// The IPv6 underlay address on `eth0` (a dual-stack lab only).
+    pub fn underlay_address6(&self) -> Option<Ipv6Addr> {
+        self.underlay6
+    }
+
+    /// The address the node's VXLAN runs over (and its Node object's `InternalIP`): the IPv6
+    /// underlay address in a dual-stack lab, else the IPv4 one.
+    pub fn vxlan_address(&self) -> IpAddr {
+        self.underlay6.map_or(IpAddr::V4(self.underlay), IpAddr::V6)
+    }
+
     /// The pod CIDR `10.244.<k>.0/24`.
     pub fn pod_cidr(&self) -> Ipv4Net {
         self.pod_cidr
+    }
+
+    /// The IPv6 pod CIDR `fd44:0:0:<k>::/64` (a dual-stack lab only).
+    pub fn pod_cidr6(&self) -> Option<Ipv6Net> {
+        self.pod_cidr6
     }
 
     /// Router namespaces of this node are `/run/netns/<this><slice>`.
@@ -742,7 +824,9 @@ impl Node {
             );
         }
         let chain = options.slice_cni.then_some((state.as_path(), ipam.as_path()));
-        let conflist = containerd::conflist(&self.containerd, &self.pod_cidr.to_string(), chain);
+        let cidrs: Vec<String> =
+            std::iter::once(self.pod_cidr.to_string()).chain(self.pod_cidr6.map(|c| c.to_string())).collect();
+        let conflist = containerd::conflist(&self.containerd, &cidrs, chain);
         containerd::prepare(
             &self.containerd,
             &conflist,

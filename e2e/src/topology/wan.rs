@@ -12,6 +12,20 @@
 //! | node default route | via `198.18.c.1` |
 //! | edge route to node `nK`'s pod CIDR `10.244.K.0/24` | via `198.18.c.(10+K)` |
 //!
+//! In a dual-stack lab ([`crate::LabOptions::ipv6`]) each of these has an IPv6 twin:
+//!
+//! | what | value |
+//! | --- | --- |
+//! | WAN "internet host" | [`WAN_HOST6`] `2001:db8:2::1/64` |
+//! | edge on the underlay | `2001:db8:1:c::1/64` |
+//! | edge on the WAN: the public IPv6 address | `2001:db8:2::(10+c)/64` (hex) |
+//! | node default IPv6 route | via `2001:db8:1:c::1` |
+//! | edge route to node `nK`'s IPv6 pod CIDR | via the node's IPv6 underlay address |
+//!
+//! and the edge does the same for IPv6 in a table of family `ip6` of the same name: masquerade
+//! (NAT66: a cluster behind NAT has no inbound IPv6 either), forwards of public ports to pods'
+//! IPv6 addresses, nothing else inbound. WAN loss and delay apply to IPv4 only.
+//!
 //! The edge's rules are one nftables table, [`NFT_TABLE`], in the edge namespace (it goes with
 //! the namespace: cleanup needs nothing more). Impairment, always on the *receiving* edge's
 //! prerouting (LAB-FACTS: on the sender's egress NFQUEUE stalls TCP): loss is an nftables
@@ -20,7 +34,7 @@
 //! program in the edge namespace that holds each packet D ms, in order, then accepts it. Its PID
 //! is recorded like a pod process, so teardown and crash cleanup stop it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,17 +50,24 @@ pub const NFT_TABLE: &str = "slicenet_lab";
 /// The WAN's "internet host" address (on the WAN bridge), for probes from outside.
 pub const WAN_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 
+/// The WAN's IPv6 "internet host" address, in a dual-stack lab.
+pub const WAN_HOST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
+
 /// Name of the WAN namespace of lab `prefix`.
 pub(crate) fn wan_netns(prefix: &str) -> String {
     format!("{prefix}-wan")
 }
 
-/// Creates the WAN namespace: bridge `br0` up, [`WAN_HOST`]`/24` on it.
-pub(crate) fn create_wan(prefix: &str) -> Result<String> {
+/// Creates the WAN namespace: bridge `br0` up, [`WAN_HOST`]`/24` on it (and [`WAN_HOST6`]`/64`
+/// when `ipv6`).
+pub(crate) fn create_wan(prefix: &str, ipv6: bool) -> Result<String> {
     let wan = wan_netns(prefix);
     netns::add(&wan)?;
     cmd::ip(&["-n", &wan, "link", "add", "br0", "type", "bridge"])?;
     cmd::ip(&["-n", &wan, "addr", "add", &format!("{WAN_HOST}/24"), "dev", "br0"])?;
+    if ipv6 {
+        cmd::ip(&["-n", &wan, "addr", "add", &format!("{WAN_HOST6}/64"), "dev", "br0", "nodad"])?;
+    }
     cmd::ip(&["-n", &wan, "link", "set", "br0", "up"])?;
     Ok(wan)
 }
@@ -71,6 +92,8 @@ pub(crate) struct Edge {
     pub(crate) netns: String,
     pub(crate) public: Ipv4Addr,
     pub(crate) inside: Ipv4Addr,
+    /// The public IPv6 address, in a dual-stack lab.
+    pub(crate) public6: Option<Ipv6Addr>,
     /// Where rule files for `nft -f` and the delay log are written.
     pub(crate) dir: PathBuf,
     /// The lab's root (where the delay program's PID is recorded).
@@ -83,11 +106,36 @@ pub(crate) fn public_address(cluster_index: usize) -> Result<Ipv4Addr> {
     Ok(Ipv4Addr::new(198, 19, 0, last))
 }
 
-/// What a node contributes to its edge: namespace name, underlay address, pod CIDR.
+/// The public IPv6 address of cluster index `c`.
+pub(crate) fn public_address6(cluster_index: usize) -> Result<Ipv6Addr> {
+    let last = u16::try_from(10 + cluster_index).context("too many clusters for the WAN")?;
+    Ok(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, last))
+}
+
+/// What a node contributes to its edge: namespace name, underlay address, pod CIDR, and in a
+/// dual-stack lab its IPv6 underlay address and pod CIDR.
 pub(crate) struct EdgeNode<'a> {
     pub(crate) netns: &'a str,
     pub(crate) underlay: Ipv4Addr,
     pub(crate) pod_cidr: String,
+    pub(crate) ipv6: Option<(Ipv6Addr, ipnet::Ipv6Net)>,
+}
+
+/// The edge's rules for one family (`ip` or `ip6`): masquerade out of the WAN port, forwards
+/// added to `prerouting`, nothing else inbound.
+fn edge_table(family: &str) -> String {
+    format!(
+        "table {family} {NFT_TABLE} {{\n\
+         \tchain impair {{ type filter hook prerouting priority raw; policy accept; }}\n\
+         \tchain prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
+         \tchain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n\
+         \t\toifname \"wan\" masquerade\n\t}}\n\
+         \tchain forward {{ type filter hook forward priority filter; policy accept;\n\
+         \t\tiifname \"wan\" ct state established,related accept\n\
+         \t\tiifname \"wan\" ct status dnat accept\n\
+         \t\tiifname \"wan\" counter drop\n\t}}\n\
+         }}\n"
+    )
 }
 
 /// Builds cluster `name`'s edge between its underlay namespace `ul` and the WAN namespace `wan`,
@@ -105,6 +153,7 @@ pub(crate) fn attach_edge(
         netns: format!("{prefix}-{name}-edge"),
         public: public_address(cluster_index)?,
         inside: Ipv4Addr::new(198, 18, u8::try_from(cluster_index).context("cluster index")?, 1),
+        public6: if nodes.iter().any(|n| n.ipv6.is_some()) { Some(public_address6(cluster_index)?) } else { None },
         dir: lab_root.join(name).join("edge"),
         lab_root: lab_root.to_path_buf(),
     };
@@ -125,19 +174,22 @@ pub(crate) fn attach_edge(
         cmd::ip(&["-n", node.netns, "route", "replace", "default", "via", &edge.inside.to_string()])?;
         sysctl(&netns::path(node.netns), "net.ipv4.ip_forward=1")?;
     }
-    edge.nft(&format!(
-        "table ip {NFT_TABLE} {{\n\
-         \tchain impair {{ type filter hook prerouting priority raw; policy accept; }}\n\
-         \tchain prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
-         \tchain postrouting {{ type nat hook postrouting priority srcnat; policy accept;\n\
-         \t\toifname \"wan\" masquerade\n\t}}\n\
-         \tchain forward {{ type filter hook forward priority filter; policy accept;\n\
-         \t\tiifname \"wan\" ct state established,related accept\n\
-         \t\tiifname \"wan\" ct status dnat accept\n\
-         \t\tiifname \"wan\" counter drop\n\t}}\n\
-         }}\n"
-    ))
-    .with_context(|| format!("edge {e}: loading the nftables table"))?;
+    let mut rules = edge_table("ip");
+    if let Some(public6) = edge.public6 {
+        let inside6 =
+            Ipv6Addr::new(0x2001, 0xdb8, 1, u16::try_from(cluster_index).context("cluster index")?, 0, 0, 0, 1);
+        cmd::ip(&["-n", e, "addr", "add", &format!("{inside6}/64"), "dev", "ul", "nodad"])?;
+        cmd::ip(&["-n", e, "addr", "add", &format!("{public6}/64"), "dev", "wan", "nodad"])?;
+        sysctl(&netns::path(e), "net.ipv6.conf.all.forwarding=1")?;
+        for node in nodes {
+            let Some((underlay6, pod_cidr6)) = node.ipv6 else { continue };
+            let (cidr, via) = (pod_cidr6.to_string(), underlay6.to_string());
+            cmd::ip(&["-n", e, "-6", "route", "replace", &cidr, "via", &via])?;
+            cmd::ip(&["-n", node.netns, "-6", "route", "replace", "default", "via", &inside6.to_string()])?;
+        }
+        rules += &edge_table("ip6");
+    }
+    edge.nft(&rules).with_context(|| format!("edge {e}: loading the nftables tables"))?;
     Ok(edge)
 }
 
@@ -187,19 +239,50 @@ impl Edge {
         ))
     }
 
-    /// Removes the forwards of `proto` `public_port` (no such forward is fine).
+    /// Forwards `proto` `public_port` on the public IPv6 address to `[pod_ip]:pod_port`.
+    pub(crate) fn forward6(&self, proto: Proto, public_port: u16, pod_ip: Ipv6Addr, pod_port: u16) -> Result<()> {
+        if self.public6.is_none() {
+            bail!("edge {} has no IPv6 (not a dual-stack lab)", self.netns);
+        }
+        let p = proto.as_str();
+        self.nft(&format!(
+            "add rule ip6 {NFT_TABLE} prerouting iifname \"wan\" {p} dport {public_port} dnat to [{pod_ip}]:{pod_port}\n"
+        ))
+    }
+
+    /// The families whose tables the edge has.
+    fn families(&self) -> &'static [&'static str] {
+        if self.public6.is_some() { &["ip", "ip6"] } else { &["ip"] }
+    }
+
+    /// The port forwards of every family (the `dnat` rules of the prerouting chains).
+    pub(crate) fn forwards(&self) -> Result<Vec<String>> {
+        let ns = netns::path(&self.netns);
+        let mut out = Vec::new();
+        for family in self.families() {
+            let listed = netns::exec(&ns, &["nft", "list", "chain", family, NFT_TABLE, "prerouting"])?;
+            let text = String::from_utf8_lossy(&listed.stdout);
+            out.extend(text.lines().filter(|l| l.contains("dnat")).map(|l| l.trim().to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Removes the forwards of `proto` `public_port` in every family (no such forward is fine).
     pub(crate) fn remove_forward(&self, proto: Proto, public_port: u16) -> Result<()> {
         let ns = netns::path(&self.netns);
-        let out = netns::exec(&ns, &["nft", "-a", "list", "chain", "ip", NFT_TABLE, "prerouting"])?;
-        if !out.status.success() {
-            bail!("nft list chain in {}: {}", self.netns, String::from_utf8_lossy(&out.stderr).trim());
-        }
-        let needle = format!("{} dport {public_port} ", proto.as_str());
-        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&needle)) {
-            let Some(handle) = line.rsplit_once("# handle ").map(|(_, h)| h.trim().to_owned()) else { continue };
-            let out = netns::exec(&ns, &["nft", "delete", "rule", "ip", NFT_TABLE, "prerouting", "handle", &handle])?;
+        for family in self.families() {
+            let out = netns::exec(&ns, &["nft", "-a", "list", "chain", family, NFT_TABLE, "prerouting"])?;
             if !out.status.success() {
-                bail!("nft delete rule in {}: {}", self.netns, String::from_utf8_lossy(&out.stderr).trim());
+                bail!("nft list chain in {}: {}", self.netns, String::from_utf8_lossy(&out.stderr).trim());
+            }
+            let needle = format!("{} dport {public_port} ", proto.as_str());
+            for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&needle)) {
+                let Some(handle) = line.rsplit_once("# handle ").map(|(_, h)| h.trim().to_owned()) else { continue };
+                let argv = ["nft", "delete", "rule", family, NFT_TABLE, "prerouting", "handle", &handle];
+                let out = netns::exec(&ns, &argv)?;
+                if !out.status.success() {
+                    bail!("nft delete rule in {}: {}", self.netns, String::from_utf8_lossy(&out.stderr).trim());
+                }
             }
         }
         Ok(())
