@@ -8,18 +8,19 @@
 //! the tunnel's IPv6 MSS clamp); a MultiNetworkPolicy on the dual-stack slice holds over IPv4
 //! and IPv6 alike; a pod of one slice reaches no pod of the other. Namespaces `hx6-*`.
 //!
-//! The same two slices in a dual-stack lab (`LabOptions::dual_stack`, namespaces `hw6-*`): the
+//! The same two slices in a dual-stack lab (`LabOptions::dual_stack`, namespaces `hu6-*`): the
 //! WAN, the edges and the pod network gain IPv6, the clusters publish their IPv6 address, so the
 //! tunnels run over an IPv6 WAN, c3 behind NAT66 (its edge masquerades, forwards nothing in); the
 //! node agents' VXLAN runs over the IPv6 underlay between c1's two nodes.
 //! Needs root and the binaries; fails (does not skip) without them.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use e2e::control::LabEnv as Env;
 use e2e::control::workloads::parse_objects;
 use e2e::control::{self, BEHIND_NAT_ANNOTATION, ControlPlane, NODES_ANNOTATION, PUBLIC_PORT, parse_manifest};
+use e2e::probe::{Responder, connect_count};
 use e2e::{Lab, LabOptions, Pod, PodSpec};
 use serde_json::json;
 
@@ -210,7 +211,7 @@ fn dual_stack_and_ipv6_only_slices_cross_three_clusters() {
 #[test]
 fn slices_cross_an_ipv6_wan_and_an_ipv6_underlay() {
     e2e::require_root().expect("root");
-    let lab = Lab::with_options("hw6", LabOptions::dual_stack()).expect("lab (needs root)");
+    let lab = Lab::with_options("hu6", LabOptions::dual_stack()).expect("lab (needs root)");
     let mut env = Env { cp: ControlPlane::new(), lab: Some(lab) };
     let Env { cp, lab } = &mut env;
     let lab = lab.as_mut().expect("the lab");
@@ -279,6 +280,42 @@ fn slices_cross_an_ipv6_wan_and_an_ipv6_underlay() {
     let v6 = |p: &Pod| slice_addrs(p).into_iter().find(IpAddr::is_ipv6).expect("an IPv6 address");
     transfer(&blue[3], &blue[1], v6(&blue[3]), 7111).unwrap_or_else(|e| panic!("blue c1 → c3 over IPv6: {e}"));
     transfer(&green[1], &green[2], v6(&green[1]), 7112).unwrap_or_else(|e| panic!("green c3 → c1: {e}"));
+
+    // A multi-cluster service on the IPv6-only slice: exported from c1 and c2, its ClusterSetIP
+    // an IPv6 address of the slice (AAAA from slice-dns in c3), connections to it reach both.
+    for (cluster, n) in [("c1", 0), ("c2", 1)] {
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: web}}\n\
+             spec: {{selector: {{app: api}}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: api-{n}, namespace: web, labels: {{app: api}}}}\n\
+             spec: {{containers: [{{name: api, ports: [{{name: http, containerPort: 8080}}]}}]}}\n---\n\
+             apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {{name: api, namespace: web}}\n"
+        );
+        cp.apply_in(lab, cluster, &parse_objects(&text).unwrap()).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    let client =
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: web}\nspec: {containers: [{name: c}]}\n";
+    cp.apply_in(lab, "c3", &parse_objects(client).unwrap()).unwrap_or_else(|e| panic!("{e:#}"));
+    let _servers: Vec<Responder> = [("c1", "api-0"), ("c2", "api-1")]
+        .into_iter()
+        .map(|(c, p)| Responder::start(cp.pod(c, "web", p).expect("api pod"), 8080, c).expect("responder"))
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    let vip = loop {
+        let argv = ["dig", "+short", "+time=2", "+tries=2", "AAAA", "api.web.svc.clusterset.local"];
+        let out = cp.exec(lab, "c3", "web", "client", &argv).unwrap_or_else(|e| panic!("{e:#}"));
+        let answer: Vec<IpAddr> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.parse().ok()).collect();
+        if let [vip] = answer[..] {
+            break vip;
+        }
+        assert!(Instant::now() < deadline, "no AAAA for api: {answer:?}\n{}", cp.diagnose(lab));
+        cp.tick(lab).expect("a round");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!("fd00:81::/48".parse::<ipnet::IpNet>().unwrap().contains(&vip), "ClusterSetIP {vip}");
+    let seen = connect_count(cp.pod("c3", "web", "client").expect("client"), SocketAddr::new(vip, 80), 40);
+    assert_eq!(seen.values().sum::<usize>(), 40, "{seen:?}");
+    assert!(seen.get("c1").is_some_and(|n| *n > 0) && seen.get("c2").is_some_and(|n| *n > 0), "{seen:?}");
 
     // Still two slices: no pod of one reaches a pod of the other.
     for (from, to) in [(&blue[0], &green[1]), (&green[2], &blue[3]), (&green[0], &blue[2])] {

@@ -79,7 +79,7 @@ pub struct Responder {
 }
 
 impl Responder {
-    /// Listens on `0.0.0.0:port` in `pod`.
+    /// Listens on `[::]:port` in `pod` (both families), or `0.0.0.0:port` where IPv6 is off.
     ///
     /// # Errors
     /// When the port cannot be bound.
@@ -89,7 +89,9 @@ impl Responder {
         let (tx, rx) = std::sync::mpsc::channel();
         let (flag, tag) = (stop.clone(), tag.to_owned());
         let thread = in_netns(&pod.netns_path, move || -> std::io::Result<usize> {
-            let listener = match TcpListener::bind(("0.0.0.0", port)) {
+            let bound = TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port))
+                .or_else(|_| TcpListener::bind(("0.0.0.0", port)));
+            let listener = match bound {
                 Ok(l) => l,
                 Err(e) => {
                     let _ = tx.send(Err(e.to_string()));
