@@ -51,7 +51,7 @@ pub mod demo;
 pub mod topology;
 
 pub use control::{convergence, gateway};
-pub use demo::{across as demo_across, yaml as demo_yaml};
+pub use demo::{across as demo_across, dual as demo_dual, yaml as demo_yaml};
 pub use topology::{browser, probe, wan};
 // The topology's own modules, under their short paths inside this crate.
 use topology::{agent, cleanup, cmd, containerd, cri, lab, netns, pause, pod};

@@ -1,7 +1,9 @@
 //! The `make demo` scenario (`slicectl lab demo`), part one: two slices with the *same* subnet on a
 //! 1-cluster 2-node lab, pods in and out of them, a reachability matrix checked against what
 //! slicenet promises, and the nodes' status table. Also the status table itself, shared with
-//! `slicectl status`. Part two, one slice across three clusters, is [`crate::demo_across`].
+//! `slicectl status`. Part two, one slice across three clusters, is [`crate::demo_across`]; part
+//! three, a slice from YAML, [`crate::demo_yaml`]; part four, a dual-stack slice over an IPv6 WAN,
+//! [`crate::demo_dual`].
 //!
 //! | slice | VNI | subnet | member namespaces |
 //! | --- | --- | --- | --- |
@@ -18,6 +20,7 @@
 //! target itself answered.
 
 pub mod across;
+pub mod dual;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -118,7 +121,8 @@ pub fn run_with_prefix(prefix: &str) -> Result<()> {
         bail!("{mismatches} reachability cell(s) differ from what slicenet promises");
     }
     crate::demo_across::run(&format!("{prefix}x"))?;
-    crate::demo_yaml::run(&format!("{prefix}y"))
+    crate::demo_yaml::run(&format!("{prefix}y"))?;
+    crate::demo_dual::run(&format!("{prefix}6"))
 }
 
 /// `slicectl lab up`: builds the demo lab and its pods and leaves them running (the processes
