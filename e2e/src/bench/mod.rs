@@ -34,6 +34,7 @@ mod across;
 mod cni;
 mod console;
 mod cri;
+mod crypto;
 mod dns;
 mod doc;
 mod failover;

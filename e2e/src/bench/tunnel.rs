@@ -80,6 +80,8 @@ pub(crate) struct TunnelSection {
     pub(crate) seconds: u32,
     pub(crate) pings: u32,
     pub(crate) versions: Vec<String>,
+    /// What boringtun's crypto alone costs here (none when it could not be measured).
+    pub(crate) crypto: Option<super::crypto::CryptoFloor>,
 }
 
 fn sh(cmd: &str) -> Result<String> {
@@ -506,7 +508,8 @@ fn gateway_variants() -> Vec<Vec<(String, String)>> {
 /// Runs section 4.
 pub(crate) fn run(seconds: u32, pings: u32) -> Result<TunnelSection> {
     let pair = Pair::new()?;
-    let mut section = TunnelSection { seconds, pings, versions: versions(), ..TunnelSection::default() };
+    let crypto = super::crypto::measure().map_err(|e| eprintln!("slicenet-bench: the crypto floor: {e:#}")).ok();
+    let mut section = TunnelSection { seconds, pings, versions: versions(), crypto, ..TunnelSection::default() };
     let reach_b = |port: u16| Ok(SocketAddr::from((UNDER_B, port)));
     let reach_a = |port: u16| SocketAddr::from((UNDER_A, port));
     let ends = Ends {
@@ -662,6 +665,13 @@ pub(crate) fn table(s: &TunnelSection) -> String {
          softirq is not counted; plain veth has no process).\n",
         s.congestion
     );
+    if let Some(floor) = &s.crypto {
+        let veth = s.rows.first().filter(|r| r.skipped.is_none() && !r.competitor && !r.ours).map(|r| r.gbits[0]);
+        let ours = s.rows.iter().find(|r| r.ours && r.skipped.is_none()).and_then(|r| r.cpu_per_gbit[0]);
+        t += "\n";
+        t += &super::crypto::text(floor, veth, ours);
+        t += "\n";
+    }
     t
 }
 
