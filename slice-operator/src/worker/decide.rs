@@ -1273,7 +1273,7 @@ mod tests {
         let legacy = gw("slicenet-gw-blue-7d9f8c5b-x2x4z", json!({"phase": "Running"}), Some("n1"));
         let r0 = |ready| gw("slicenet-gw-blue-0", ready_status(ready), Some("n2"));
         let r1 = |ready| gw("slicenet-gw-blue-1", ready_status(ready), Some("n1"));
-        assert_eq!(names(&[legacy.clone()], 2), [(0, "slicenet-gw-blue-7d9f8c5b-x2x4z".to_owned())]);
+        assert_eq!(names(std::slice::from_ref(&legacy), 2), [(0, "slicenet-gw-blue-7d9f8c5b-x2x4z".to_owned())]);
         assert_eq!(
             names(&[legacy.clone(), r0(false), r1(true)], 2),
             [(0, "slicenet-gw-blue-7d9f8c5b-x2x4z".to_owned()), (1, "slicenet-gw-blue-1".to_owned())]
