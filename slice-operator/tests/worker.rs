@@ -30,6 +30,7 @@ const WS: &str = "/apis/slicenet.io/v1alpha1/namespaces/slicenet-cluster-c2/work
 const SYS: &str = "/api/v1/namespaces/slicenet-system";
 const GW: &str = "/api/v1/namespaces/slicenet-gateway";
 const DEPLOY: &str = "/apis/apps/v1/namespaces/slicenet-gateway/deployments";
+const STS: &str = "/apis/apps/v1/namespaces/slicenet-gateway/statefulsets";
 const NADS: &str = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions";
 /// Where the worker reads the gateway pod's metrics: its pod IP, the fixed port.
 const GATEWAY_METRICS: &str = "10.244.0.7:9586";
@@ -62,7 +63,7 @@ fn namespace(name: &str) -> Value {
 fn gateway_pod(ip: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "slicenet-gw-blue-abc", "namespace": "slicenet-gateway",
+        "metadata": {"name": "slicenet-gw-blue-0", "namespace": "slicenet-gateway",
             "labels": {"app.kubernetes.io/name": "slice-gateway", "slicenet.io/slice": "blue"},
             "annotations": {"k8s.v1.cni.cncf.io/network-status":
                 json!([{"name": "cbr0", "interface": "eth0", "ips": ["10.244.0.7"]},
@@ -189,6 +190,7 @@ fn reads_counting(member_namespaces: &[&str]) -> Vec<String> {
         format!("GET {GW}/secrets"),
         format!("GET {SYS}/configmaps"),
         format!("GET {DEPLOY}"),
+        format!("GET {STS}"),
         format!("GET {GW}/services"),
         format!("GET {GW}/pods"),
     ]
@@ -270,7 +272,7 @@ fn create_writes() -> Vec<String> {
         "PATCH /api/v1/namespaces/shop".into(),
         format!("POST {GW}/secrets"),
         format!("PATCH {GW}/secrets/slicenet-gw-blue"),
-        format!("PATCH {DEPLOY}/slicenet-gw-blue"),
+        format!("PATCH {STS}/slicenet-gw-blue"),
         format!("PATCH {GW}/services/slicenet-gw-blue"),
         format!("PATCH {SYS}/configmaps/slicenet-node-n1"),
         format!("PATCH {SYS}/configmaps/slicenet-node-n2"),
@@ -304,7 +306,7 @@ async fn create_makes_everything_in_order_and_publishes_the_public_key() {
     assert_eq!(label["metadata"]["labels"], json!({"slicenet.io/slice": "blue"}));
     let key = body_of(&requests, &format!("POST {GW}/secrets"));
     assert_eq!(key["metadata"]["name"], "slicenet-gw-blue-key");
-    let apply = requests.iter().find(|r| r.line() == format!("PATCH {DEPLOY}/slicenet-gw-blue")).expect("apply");
+    let apply = requests.iter().find(|r| r.line() == format!("PATCH {STS}/slicenet-gw-blue")).expect("apply");
     assert_eq!(apply.content_type, "application/apply-patch+yaml");
     assert!(
         apply.query.contains("fieldManager=slicenet-worker") && apply.query.contains("force=true"),
@@ -314,7 +316,7 @@ async fn create_makes_everything_in_order_and_publishes_the_public_key() {
 
     // The gateway configuration: our key, peer c1 (c3 has no key yet).
     let secret = api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue")).expect("config Secret");
-    let conf = decode_b64(secret["data"]["gateway.conf"].as_str().expect("gateway.conf"));
+    let conf = decode_b64(secret["data"]["slicenet-gw-blue-0.conf"].as_str().expect("ordinal 0's file"));
     assert!(conf.starts_with(&format!("[Interface]\nPrivateKey = {PRIVATE}\nListenPort = 51820\n")), "{conf}");
     assert_eq!(conf.matches("[Peer]").count(), 1, "{conf}");
     assert!(
@@ -358,7 +360,7 @@ async fn create_makes_everything_in_order_and_publishes_the_public_key() {
     );
     assert_eq!(s["connectedPods"], 0);
     // The gateway serves its metrics on the fixed port.
-    let deployment = api.get(Side::Cluster, &format!("{DEPLOY}/slicenet-gw-blue")).expect("Deployment");
+    let deployment = api.get(Side::Cluster, &format!("{STS}/slicenet-gw-blue")).expect("StatefulSet");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert!(container["args"].to_string().contains(r#""--metrics","[::]:9586""#), "{}", container["args"]);
     assert_eq!(container["ports"][1]["containerPort"], 9586);
@@ -456,7 +458,7 @@ async fn a_peer_change_rewrites_only_the_gateway_configuration() {
     let writes = [format!("PATCH {GW}/secrets/slicenet-gw-blue"), format!("hub PATCH {WS}/blue/status")];
     assert_eq!(lines(&requests), with_reads(&writes));
     let secret = api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue")).expect("config Secret");
-    let conf = decode_b64(secret["data"]["gateway.conf"].as_str().expect("gateway.conf"));
+    let conf = decode_b64(secret["data"]["slicenet-gw-blue-0.conf"].as_str().expect("ordinal 0's file"));
     assert!(
         conf.contains(&format!("PublicKey = {PEER_KEY_2}\nAllowedIPs = 10.80.0.0/20\nEndpoint = 198.18.100.9:32000\n")),
         "{conf}"
@@ -539,7 +541,7 @@ async fn deletion_removes_what_the_worker_made_then_the_finalizer() {
         format!("PATCH {SYS}/configmaps/slicenet-membership"),
         format!("DELETE {GW}/secrets/slicenet-gw-blue"),
         format!("DELETE {GW}/secrets/slicenet-gw-blue-key"),
-        format!("DELETE {DEPLOY}/slicenet-gw-blue"),
+        format!("DELETE {STS}/slicenet-gw-blue"),
         format!("DELETE {GW}/services/slicenet-gw-blue"),
         format!("hub PATCH {WS}/blue"),
     ];
@@ -562,10 +564,10 @@ async fn deletion_removes_what_the_worker_made_then_the_finalizer() {
 #[tokio::test]
 async fn a_failed_write_stops_the_pass_and_the_retry_finishes() {
     let api = fixture();
-    api.fail(Side::Cluster, "PATCH", DEPLOY, 0, 500);
+    api.fail(Side::Cluster, "PATCH", STS, 0, 500);
     let (result, requests) = pass(&api).await;
     let err = result.expect_err("the pass fails");
-    assert!(err.to_string().contains("applying Deployment slicenet-gateway/slicenet-gw-blue"), "{err}");
+    assert!(err.to_string().contains("applying StatefulSet slicenet-gateway/slicenet-gw-blue"), "{err}");
     assert_eq!(lines(&requests), with_reads(&create_writes()[..5]));
     // The retry (what `run` does after the backoff) makes only what is still missing, with the
     // key made in the first pass.
@@ -877,7 +879,7 @@ async fn unreadable_metrics_leave_the_peers_pending_with_the_reason() {
     );
 
     // A gateway pod that is gone leaves nothing to scrape.
-    api.remove(Side::Cluster, &format!("{GW}/pods/slicenet-gw-blue-abc"));
+    api.remove(Side::Cluster, &format!("{GW}/pods/slicenet-gw-blue-0"));
     api.take_scrapes();
     let (result, _) = pass(&api).await;
     result.expect("pass");
@@ -1077,10 +1079,10 @@ async fn a_repeated_failure_is_one_event_whose_series_counts_the_repeats() {
     };
     let mut event_requests = Vec::new();
     for s in [0, 10, 30, 70, 150, 300] {
-        api.fail(Side::Cluster, "PATCH", DEPLOY, 0, 500);
+        api.fail(Side::Cluster, "PATCH", STS, 0, 500);
         let (result, requests) = pass_at(&api, &worker, &at(s)).await;
-        let err = result.expect_err("the Deployment fails");
-        assert!(err.to_string().contains("applying Deployment"), "{err}");
+        let err = result.expect_err("the StatefulSet fails");
+        assert!(err.to_string().contains("applying StatefulSet"), "{err}");
         event_requests.push(
             requests
                 .into_iter()
@@ -1095,7 +1097,7 @@ async fn a_repeated_failure_is_one_event_whose_series_counts_the_repeats() {
     let first = &event_requests[0];
     assert_eq!(event_lines(first), ["hub POST slicenet-cluster-c2 WorkerSlice/blue Warning WriteFailed"]);
     let note = first[0].body["note"].as_str().unwrap_or_default();
-    assert!(note.starts_with("applying Deployment slicenet-gateway/slicenet-gw-blue: "), "{note}");
+    assert!(note.starts_with("applying StatefulSet slicenet-gateway/slicenet-gw-blue: "), "{note}");
     assert!(event_requests[1..5].iter().all(Vec::is_empty), "repeats within 5 minutes are counted: {event_requests:?}");
     let name = first[0].body["metadata"]["name"].as_str().expect("name");
     let patch = &event_requests[5];
@@ -1294,4 +1296,244 @@ async fn the_hub_token_is_renewed_before_it_expires() {
     );
     drop(worker);
     assert_eq!(api.violations(), Vec::<String>::new(), "requests outside the declared access");
+}
+
+/// Another fixed private key, for gateway replica 1 (ordinal 0 has [`PRIVATE`]).
+const PRIVATE_1: &str = "cD4HGyQ8ZN7nY0J9P5mXb3a2HkQ5yXz1V9c0eW3bF2o=";
+
+/// A worker whose new keys differ by key Secret: [`PRIVATE`] for ordinal 0's, [`PRIVATE_1`]
+/// for any other.
+fn replica_worker_on(api: &FakeApi) -> Worker {
+    let (hub, local) = api.clients();
+    Worker::with_key_source(
+        hub,
+        local,
+        settings(),
+        Box::new(|secret| {
+            let private = if secret == "slicenet-gw-blue-key" { PRIVATE } else { PRIVATE_1 };
+            let public = slice_operator::worker::keys::public_key_of(private).expect("a key");
+            KeyPair { private_key: private.into(), public_key: public }
+        }),
+    )
+    .with_metrics_source(api.metrics_source())
+}
+
+/// A StatefulSet pod of `blue`'s gateway: ordinal `ordinal` on `node` with slice address `ip`,
+/// ready or not.
+fn replica_pod(ordinal: u32, node: &str, ip: &str, ready: bool) -> Value {
+    let mut pod = gateway_pod(ip);
+    pod["metadata"]["name"] = json!(format!("slicenet-gw-blue-{ordinal}"));
+    pod["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"] = json!(format!("slicenet-gw-blue-{ordinal}"));
+    pod["metadata"]["labels"]["app.kubernetes.io/component"] = json!("gateway-replica");
+    pod["spec"] = json!({"nodeName": node, "containers": [{"name": "gateway"}]});
+    pod["status"]["podIP"] = json!(format!("10.244.0.{}", 7 + ordinal));
+    pod["status"]["conditions"] = json!([{"type": "Ready", "status": if ready { "True" } else { "False" }}]);
+    pod
+}
+
+fn routes(api: &FakeApi, node: &str) -> Value {
+    node_config(api, node)["slices"][0]["remoteRoutes"].clone()
+}
+
+fn replica_states(api: &FakeApi) -> Vec<(u64, String, String, String)> {
+    let s = status(api);
+    s["gatewayReplicas"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|r| {
+                    let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+                    (r["ordinal"].as_u64().unwrap_or(99), text("state"), text("node"), text("reason"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 13: with `gateway.replicas: 2` the worker makes a key Secret and a Service per
+/// replica and a StatefulSet of two, publishes each replica's key, endpoint and state, routes
+/// via every ready replica in ordinal order (`via`, `alsoVia`), and on scaling down removes the
+/// extra replica's key and Service.
+#[tokio::test]
+async fn two_replicas_get_a_key_a_service_and_a_route_each() {
+    let api = fixture();
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| ws["spec"]["gateway"] = json!({"replicas": 2}));
+    let worker = replica_worker_on(&api);
+    let (result, requests) = pass_at(&api, &worker, NOW).await;
+    result.expect("first pass");
+    let writes = [
+        format!("hub PATCH {WS}/blue"),
+        "PATCH /api/v1/namespaces/shop".into(),
+        format!("POST {GW}/secrets"),
+        format!("POST {GW}/secrets"),
+        format!("PATCH {GW}/secrets/slicenet-gw-blue"),
+        format!("PATCH {STS}/slicenet-gw-blue"),
+        format!("PATCH {GW}/services/slicenet-gw-blue"),
+        format!("PATCH {GW}/services/slicenet-gw-blue-1"),
+        format!("PATCH {SYS}/configmaps/slicenet-node-n1"),
+        format!("PATCH {SYS}/configmaps/slicenet-node-n2"),
+        format!("PATCH {SYS}/configmaps/slicenet-membership"),
+        format!("hub PATCH {WS}/blue/status"),
+    ];
+    assert_eq!(lines(&requests), with_reads(&writes));
+    assert!(api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue-key-1")).is_some());
+    let set = api.get(Side::Cluster, &format!("{STS}/slicenet-gw-blue")).expect("StatefulSet");
+    assert_eq!(set["spec"]["replicas"], 2);
+    // Each replica's file holds its own key.
+    let secret = api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue")).expect("config Secret");
+    let file = |ordinal: u32| decode_b64(secret["data"][format!("slicenet-gw-blue-{ordinal}.conf")].as_str().unwrap());
+    assert!(file(0).contains(&format!("PrivateKey = {PRIVATE}\n")), "{}", file(0));
+    assert!(file(1).contains(&format!("PrivateKey = {PRIVATE_1}\n")), "{}", file(1));
+    let svc = api.get(Side::Cluster, &format!("{GW}/services/slicenet-gw-blue-1")).expect("replica 1's Service");
+    assert_eq!(svc["spec"]["selector"]["statefulset.kubernetes.io/pod-name"], "slicenet-gw-blue-1");
+    // The status: each replica's key and endpoint (its own nodePort), Pending without a pod.
+    let s = status(&api);
+    let public_1 = slice_operator::worker::keys::public_key_of(PRIVATE_1).unwrap();
+    assert_eq!(s["gatewayReplicas"][0]["publicKey"], PUBLIC);
+    assert_eq!(s["gatewayReplicas"][1]["publicKey"], public_1.as_str());
+    assert_eq!(s["gatewayReplicas"][0]["endpoint"], s["gatewayEndpoint"]);
+    assert_eq!(s["gatewayReplicas"][1]["endpoint"], "198.18.100.2:31002");
+    assert_eq!(
+        replica_states(&api),
+        [
+            (0, "Pending".into(), String::new(), "no gateway pod yet".into()),
+            (1, "Pending".into(), String::new(), "no gateway pod yet".into())
+        ]
+    );
+
+    // Both replicas ready, on different nodes: every remote prefix via both, ordinal 0 first.
+    api.put(Side::Cluster, replica_pod(1, "n1", "10.80.16.5", true));
+    api.put(Side::Cluster, replica_pod(0, "n2", "10.80.16.66", true));
+    pass_at(&api, &worker, NOW).await.0.expect("pass");
+    let both = json!([
+        {"prefix": "10.80.0.0/20", "via": "10.80.16.66", "alsoVia": ["10.80.16.5"]},
+        {"prefix": "10.80.32.0/20", "via": "10.80.16.66", "alsoVia": ["10.80.16.5"]},
+    ]);
+    assert_eq!(routes(&api, "n1"), both);
+    assert_eq!(routes(&api, "n2"), both);
+    assert_eq!(
+        replica_states(&api),
+        [(0, "Up".into(), "n2".into(), String::new()), (1, "Up".into(), "n1".into(), String::new())]
+    );
+    let (r, requests) = pass_at(&api, &worker, NOW).await;
+    r.expect("pass");
+    assert_eq!(lines(&requests), reads(), "a repeat pass writes nothing");
+
+    // Ordinal 0 not ready: the routes go via ordinal 1 alone; its status says why.
+    api.put(Side::Cluster, replica_pod(0, "n2", "10.80.16.66", false));
+    pass_at(&api, &worker, NOW).await.0.expect("pass");
+    let via_1 =
+        json!([{"prefix": "10.80.0.0/20", "via": "10.80.16.5"}, {"prefix": "10.80.32.0/20", "via": "10.80.16.5"}]);
+    assert_eq!(routes(&api, "n1"), via_1);
+    assert_eq!(replica_states(&api)[0], (0, "Down".into(), "n2".into(), "not running and ready".into()));
+
+    // Scaled down to one: replica 1's key Secret and Service go, the StatefulSet shrinks, the
+    // per-replica status is cleared (a merge patch needs the explicit null).
+    api.put(Side::Cluster, replica_pod(0, "n2", "10.80.16.66", true));
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| ws["spec"]["gateway"] = json!({"replicas": 1}));
+    let (r, requests) = pass_at(&api, &worker, NOW).await;
+    r.expect("scale-down pass");
+    let lines = lines(&requests);
+    for gone in
+        [format!("DELETE {GW}/secrets/slicenet-gw-blue-key-1"), format!("DELETE {GW}/services/slicenet-gw-blue-1")]
+    {
+        assert!(lines.contains(&gone), "{gone} in {lines:#?}");
+    }
+    assert_eq!(api.get(Side::Cluster, &format!("{STS}/slicenet-gw-blue")).unwrap()["spec"]["replicas"], 1);
+    let secret = api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue")).expect("config Secret");
+    assert_eq!(secret["data"].as_object().unwrap().keys().collect::<Vec<_>>(), ["slicenet-gw-blue-0.conf"]);
+    assert!(status(&api).get("gatewayReplicas").is_none_or(Value::is_null), "{}", status(&api));
+    let via_0 =
+        json!([{"prefix": "10.80.0.0/20", "via": "10.80.16.66"}, {"prefix": "10.80.32.0/20", "via": "10.80.16.66"}]);
+    assert_eq!(routes(&api, "n1"), via_0);
+}
+
+/// Issue 13: a replica the anti-affinity leaves without a node stays `Pending` with the
+/// scheduler's message, and the slice runs on the other.
+#[tokio::test]
+async fn a_replica_without_a_node_is_pending_with_the_schedulers_message() {
+    let api = fixture();
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| ws["spec"]["gateway"] = json!({"replicas": 2}));
+    let worker = replica_worker_on(&api);
+    pass_at(&api, &worker, NOW).await.0.expect("first pass");
+    api.put(Side::Cluster, replica_pod(0, "n2", "10.80.16.66", true));
+    let mut unscheduled = replica_pod(1, "n1", "10.80.16.5", false);
+    unscheduled["spec"] = json!({"containers": [{"name": "gateway"}]});
+    unscheduled["metadata"]["annotations"] = json!({});
+    let message = "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules.";
+    unscheduled["status"] = json!({"phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]});
+    api.put(Side::Cluster, unscheduled);
+    pass_at(&api, &worker, NOW).await.0.expect("pass");
+    assert_eq!(
+        replica_states(&api),
+        [
+            (0, "Up".into(), "n2".into(), String::new()),
+            (1, "Pending".into(), String::new(), format!("not scheduled: {message}"))
+        ]
+    );
+    assert_eq!(routes(&api, "n1")[0], json!({"prefix": "10.80.0.0/20", "via": "10.80.16.66"}));
+}
+
+/// Issue 13, the upgrade: the gateway Deployment of earlier versions stays (and its pod carries
+/// the traffic, with the key kept in its Secret) beside the new StatefulSet until the
+/// StatefulSet's ordinal 0 is ready; then it is deleted, and so is its file in the Secret.
+#[tokio::test]
+async fn the_gateway_deployment_of_earlier_versions_goes_once_ordinal_0_is_ready() {
+    let api = fixture();
+    let managed = json!({"app.kubernetes.io/managed-by": "slicenet-worker", "slicenet.io/slice": "blue"});
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    api.put(
+        Side::Cluster,
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "slicenet-gw-blue-key", "namespace": "slicenet-gateway", "labels": managed},
+               "type": "Opaque", "data": {"privateKey": b64(PRIVATE), "publicKey": b64(PUBLIC)}}),
+    );
+    api.put(
+        Side::Cluster,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "slicenet-gw-blue", "namespace": "slicenet-gateway",
+                            "labels": {"app.kubernetes.io/managed-by": "slicenet-worker", "app.kubernetes.io/name": "slice-gateway", "slicenet.io/slice": "blue"}},
+               "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
+                        "selector": {"matchLabels": {"app.kubernetes.io/name": "slice-gateway", "slicenet.io/slice": "blue"}},
+                        "template": {"metadata": {"labels": {"app.kubernetes.io/name": "slice-gateway", "slicenet.io/slice": "blue"}},
+                                     "spec": {"containers": [{"name": "gateway", "image": "i"}]}}}}),
+    );
+    let mut old = gateway_pod("10.80.16.66");
+    old["metadata"]["name"] = json!("slicenet-gw-blue-5d8f9c7b4-q2w3e");
+    api.put(Side::Cluster, old);
+    let worker = worker_on(&api);
+    let (result, requests) = pass_at(&api, &worker, NOW).await;
+    result.expect("upgrade pass");
+    let lines_ = lines(&requests);
+    assert!(!lines_.iter().any(|l| l.starts_with(&format!("POST {GW}/secrets"))), "the key is kept: {lines_:#?}");
+    assert!(!lines_.iter().any(|l| l.starts_with("DELETE")), "nothing deleted yet: {lines_:#?}");
+    assert!(lines_.contains(&format!("PATCH {STS}/slicenet-gw-blue")));
+    let secret = api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue")).expect("config Secret");
+    let data = secret["data"].as_object().unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["gateway.conf", "slicenet-gw-blue-0.conf"]);
+    assert_eq!(data["gateway.conf"], data["slicenet-gw-blue-0.conf"]);
+    // The old pod carries the traffic meanwhile, and the status keeps the key.
+    assert_eq!(routes(&api, "n1")[0]["via"], "10.80.16.66");
+    assert_eq!(status(&api)["gatewayPublicKey"], PUBLIC);
+
+    // Ordinal 0 runs but is not ready: nothing changes.
+    api.put(Side::Cluster, replica_pod(0, "n1", "10.80.16.5", false));
+    let (r, requests) = pass_at(&api, &worker, NOW).await;
+    r.expect("pass");
+    assert!(!lines(&requests).iter().any(|l| l.starts_with("DELETE")));
+    assert_eq!(routes(&api, "n1")[0]["via"], "10.80.16.66");
+
+    // Ready: the Deployment goes, its file too, the routes move to ordinal 0.
+    api.put(Side::Cluster, replica_pod(0, "n1", "10.80.16.5", true));
+    let (r, requests) = pass_at(&api, &worker, NOW).await;
+    r.expect("pass");
+    assert!(lines(&requests).contains(&format!("DELETE {DEPLOY}/slicenet-gw-blue")), "{:#?}", lines(&requests));
+    let secret = api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue")).expect("config Secret");
+    assert_eq!(secret["data"].as_object().unwrap().keys().collect::<Vec<_>>(), ["slicenet-gw-blue-0.conf"]);
+    assert_eq!(routes(&api, "n1")[0]["via"], "10.80.16.5");
+    assert_eq!(status(&api)["gatewayPublicKey"], PUBLIC, "the same key throughout");
 }

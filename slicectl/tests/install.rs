@@ -15,7 +15,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
     ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Secret, Service, ServiceAccount, Volume};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -63,6 +63,7 @@ struct Parsed {
     secrets: Vec<Secret>,
     services: Vec<Service>,
     deployments: Vec<Deployment>,
+    stateful_sets: Vec<StatefulSet>,
     daemonsets: Vec<DaemonSet>,
     cluster_roles: Vec<ClusterRole>,
     cluster_role_bindings: Vec<ClusterRoleBinding>,
@@ -97,6 +98,7 @@ fn parse(yaml: &str) -> Parsed {
             ("v1", "Secret") => p.secrets.push(typed(doc, &what)),
             ("v1", "Service") => p.services.push(typed(doc, &what)),
             ("apps/v1", "Deployment") => p.deployments.push(typed(doc, &what)),
+            ("apps/v1", "StatefulSet") => p.stateful_sets.push(typed(doc, &what)),
             ("apps/v1", "DaemonSet") => p.daemonsets.push(typed(doc, &what)),
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => p.cluster_roles.push(typed(doc, &what)),
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => p.cluster_role_bindings.push(typed(doc, &what)),
@@ -446,7 +448,9 @@ type PodTemplate<'a> = (String, &'a PodSpec, Option<&'a BTreeMap<String, String>
 fn pod_templates(p: &Parsed) -> Vec<PodTemplate<'_>> {
     let d = p.deployments.iter().map(|d| (&d.metadata, &d.spec.template));
     let ds = p.daemonsets.iter().map(|d| (&d.metadata, &d.spec.template));
+    let sts = p.stateful_sets.iter().map(|d| (&d.metadata, &d.spec.template));
     d.chain(ds)
+        .chain(sts)
         .map(|(m, t)| {
             (
                 m.name.clone().unwrap(),
@@ -973,20 +977,20 @@ fn install_worker_multus_runs_the_pod_webhook_in_multus_mode() {
     assert_eq!(multus.mode, webhooks::mutate::Mode::Multus);
 }
 
-/// The gateway Deployment the worker creates (not printed by `install`, built by the worker's
+/// The gateway StatefulSet the worker creates (not printed by `install`, built by the worker's
 /// own code) passes the same checks, and the worker's install opens exactly its ports.
 #[test]
 fn the_gateway_the_worker_creates_is_production_ready_and_reachable() {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    use slice_operator::worker::objects::{GATEWAY_METRICS_PORT, GatewayDefaults, gateway_deployment};
+    use slice_operator::worker::objects::{GATEWAY_METRICS_PORT, GatewayDefaults, gateway_statefulset};
     let spec: slice_api::crd::WorkerSliceSpec = serde_json::from_value(serde_json::json!({
         "slice": "blue", "cluster": "east", "sliceSubnet": "10.80.0.0/16", "clusterPrefix": "10.80.16.0/20",
         "nodePrefixLength": 26, "vni": 100, "namespaces": ["shop"], "peers": [],
     }))
     .unwrap();
-    let gateway: Deployment = serde_json::from_value(gateway_deployment(&spec, &GatewayDefaults::default())).unwrap();
+    let gateway: StatefulSet = serde_json::from_value(gateway_statefulset(&spec, &GatewayDefaults::default())).unwrap();
     let labels = gateway.spec.template.metadata.as_ref().unwrap().labels.clone().unwrap();
-    let gateways = Parsed { deployments: vec![gateway], ..Parsed::default() };
+    let gateways = Parsed { stateful_sets: vec![gateway], ..Parsed::default() };
     assert_pods_production_ready(&gateways);
 
     let p = parse(&install_worker(&[]));
@@ -1007,7 +1011,7 @@ fn the_gateway_the_worker_creates_is_production_ready_and_reachable() {
         .expect("a rule for the metrics port");
     let from = metrics.from.as_ref().expect("not from anywhere");
     // The worker runs in slicenet-system, the gateways in slicenet-gateway: the peer names both.
-    let gateway_ns = gateways.deployments[0].metadata.namespace.clone().unwrap();
+    let gateway_ns = gateways.stateful_sets[0].metadata.namespace.clone().unwrap();
     assert_eq!(gateway_ns, "slicenet-gateway");
     assert_eq!(
         p.network_policies
@@ -1078,12 +1082,13 @@ fn runtime_objects() -> (Vec<Value>, Vec<Value>) {
         serde_json::from_value(serde_json::json!({"node": "n1", "underlayAddress": "198.18.0.11", "slices": []}))
             .unwrap();
     let worker = [
-        o::gateway_deployment(&spec, &o::GatewayDefaults::default()),
-        o::gateway_service(&spec).unwrap(),
+        o::gateway_statefulset(&spec, &o::GatewayDefaults::default()),
+        o::gateway_service(&spec, 0).unwrap(),
         o::gateway_config_secret(
             &spec.slice,
             &slice_operator::worker::plan::TypedGateway::parse(&spec),
-            &slice_api::wireguard::Key([7; 32]),
+            &[slice_api::wireguard::Key([7; 32])],
+            false,
         ),
         o::membership_config_map(&[]),
         o::node_config_map(&node),

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use slice_api::crd::WorkerSliceSpec;
 use slice_api::names::{GATEWAY_NAMESPACE, SYSTEM_NAMESPACE};
 use slice_operator::worker::objects::{
-    GatewayDefaults, NodeDefaults, PlannedSlice, gateway_deployment, node_agent_configs,
+    GatewayDefaults, NodeDefaults, PlannedSlice, gateway_statefulset, node_agent_configs,
 };
 use slice_operator::worker::plan;
 use slicectl::install::{self, Options};
@@ -31,7 +31,7 @@ struct TemplatePod {
 /// (host-network pods never reach a CNI plugin).
 fn pod_network_templates(docs: &[Value]) -> Vec<TemplatePod> {
     docs.iter()
-        .filter(|d| matches!(d["kind"].as_str(), Some("Deployment" | "DaemonSet")))
+        .filter(|d| matches!(d["kind"].as_str(), Some("Deployment" | "DaemonSet" | "StatefulSet")))
         .filter(|d| d["spec"]["template"]["spec"]["hostNetwork"] != json!(true))
         .map(|d| TemplatePod {
             namespace: d["metadata"]["namespace"].as_str().expect("namespaced").to_owned(),
@@ -70,7 +70,9 @@ fn slicenet_pods_join_no_slice_and_gateways_join_their_own_with_two_slices() {
     let slices = [("blue", 100, "10.80.0.0/16", "shop"), ("red", 200, "10.90.0.0/16", "bank")];
     let gateways: Vec<Value> = slices
         .iter()
-        .map(|(s, vni, subnet, ns)| gateway_deployment(&worker_slice(s, *vni, subnet, ns), &GatewayDefaults::default()))
+        .map(|(s, vni, subnet, ns)| {
+            gateway_statefulset(&worker_slice(s, *vni, subnet, ns), &GatewayDefaults::default())
+        })
         .collect();
     let gateway_pods = pod_network_templates(&gateways);
     assert_eq!(gateway_pods.len(), 2);
@@ -92,8 +94,7 @@ fn slicenet_pods_join_no_slice_and_gateways_join_their_own_with_two_slices() {
                 typed,
                 allocations,
                 namespaces: vec![(*ns).to_owned()],
-                gateway_address: None,
-                gateway_secondary_address: None,
+                gateways: plan::GatewayAddresses::default(),
                 secondary_allocations: Vec::new(),
             }
         })

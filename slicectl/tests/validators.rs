@@ -76,15 +76,15 @@ fn print_manifests(dir: &Path) -> Vec<PathBuf> {
         ("worker-multus.yaml", slicectl(&[&worker[..], &["--multus"]].concat())),
         ("worker-hub-access.yaml", slicectl(&["install", "worker-hub-access", "--cluster", "east"])),
     ];
-    // What the worker creates for a slice: its gateway Deployment and Service.
+    // What the worker creates for a slice: its gateway StatefulSet and a replica's Service.
     let spec: slice_api::crd::WorkerSliceSpec = serde_json::from_value(serde_json::json!({
         "slice": "blue", "cluster": "east", "sliceSubnet": "10.80.0.0/16", "clusterPrefix": "10.80.16.0/20",
         "nodePrefixLength": 26, "vni": 100, "namespaces": ["shop"], "peers": [],
     }))
     .unwrap();
-    use slice_operator::worker::objects::{GatewayDefaults, gateway_deployment, gateway_service};
+    use slice_operator::worker::objects::{GatewayDefaults, gateway_service, gateway_statefulset};
     let defaults = GatewayDefaults { image: slicectl::install::default_image(), ..GatewayDefaults::default() };
-    let gateway = [gateway_deployment(&spec, &defaults), gateway_service(&spec).unwrap()];
+    let gateway = [gateway_statefulset(&spec, &defaults), gateway_service(&spec, 0).unwrap()];
     let gateway: Vec<String> = gateway.iter().map(|o| format!("---\n{}", yaml_serde::to_string(o).unwrap())).collect();
     files.push(("gateway.yaml", gateway.concat()));
     // What `slicectl uninstall worker` applies for a while: the node cleanup DaemonSet.

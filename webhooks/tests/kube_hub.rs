@@ -191,8 +191,7 @@ fn the_membership_configmap_the_worker_writes_is_what_the_webhook_reads() {
         typed: slice_operator::worker::plan::TypedSpec::parse(&spec(slice, namespaces)).unwrap(),
         allocations: Vec::new(),
         namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
-        gateway_address: None,
-        gateway_secondary_address: None,
+        gateways: slice_operator::worker::plan::GatewayAddresses::default(),
         secondary_allocations: Vec::new(),
     };
     let cm = membership_config_map(&[planned("blue", &["shop", "cart"]), planned("red", &["bank"])]);

@@ -5,19 +5,27 @@
 //!   agent's configuration, written to the lab node agent's config file. The node-local paths
 //!   (state dir, netns dir, router namespace prefix) are the lab node's: in a cluster every node
 //!   has its own filesystem and the same paths, in the lab the nodes share one.
-//! - **Gateway Deployments** (`slicenet-gateway`): one pod on the cluster's first node (the
-//!   scheduler's choice), with the Deployment's labels and annotations (the slice annotation
-//!   makes slice-cni give it `slice0`), running the container's command and arguments with two
-//!   lab substitutions — the configuration path (the Secret's file, written atomically as a
-//!   mounted Secret changes) and the interface name (unique in the lab, since every gateway's
-//!   WireGuard UAPI socket lands in the one host `/var/run/wireguard`). Its `Pod` object is
-//!   published with `status.podIP` and the `network-status` annotation (what the node agent
-//!   publishes in a cluster), so the worker finds its slice address and its metrics. When the
-//!   Deployment's command line changes (a QoS profile's DSCP class is a flag), a cluster rolls
+//! - **Gateway StatefulSets** (`slicenet-gateway`, issue 13): a pod per ordinal,
+//!   `<set>-<ordinal>` (as the StatefulSet controller names them, with its
+//!   `statefulset.kubernetes.io/pod-name` label), placed as the scheduler would: on the
+//!   cluster's nodes in order, and with the template's required pod anti-affinity on
+//!   `kubernetes.io/hostname` never beside another pod of the set; a replica that finds no node
+//!   stays `Pending` with the scheduler's message in its `Pod` object. Each pod has the
+//!   template's labels and annotations (the slice annotation makes slice-cni give it `slice0`)
+//!   and runs the container's command and arguments, `$(VAR)` expanded from the container's
+//!   `fieldRef: metadata.name` variables as a kubelet does, with two lab substitutions — the
+//!   configuration path (the pod's file of the mounted Secret, written atomically as a mounted
+//!   Secret changes) and the interface name (unique in the lab, since every gateway's WireGuard
+//!   UAPI socket lands in the one host `/var/run/wireguard`). Its `Pod` object is published with
+//!   `spec.nodeName`, `status.podIP`, `Ready` and the `network-status` annotation (what the node
+//!   agent publishes in a cluster), so the worker finds its slice address and its metrics. When
+//!   the template's command line changes (a QoS profile's DSCP class is a flag), a cluster rolls
 //!   the pod; the lab replaces the process in the same pod (same network namespace and
-//!   addresses), which is as much of a roll as the tunnels see.
-//! - **Gateway Services** (NodePort): the edge forwards the Service's `nodePort` on the
-//!   cluster's public address to the gateway pod (none behind NAT), as kube-proxy would.
+//!   addresses), which is as much of a roll as the tunnels see. Fewer replicas: the pods of the
+//!   ordinals beyond stop.
+//! - **Gateway Services** (NodePort, one per replica): the edge forwards each Service's
+//!   `nodePort` on the cluster's public address to the pod its selector picks (none behind
+//!   NAT), as kube-proxy would.
 //! - **Users' objects** (`super::workloads`): Pods through CRI with their status and
 //!   network-status, and an EndpointSlice per Service with a selector.
 //! - **DNS** (`super::dns`): slice-dns serving the cluster's MCS objects, and the cluster's
@@ -40,12 +48,12 @@ use slice_api::names::{NETWORK_STATUS_ANNOTATION, SLICE_ANNOTATION};
 use slice_api::node::NodeAgentConfig;
 use slice_kube::memory::MemoryApi;
 use slice_operator::worker::dnsprobe::{self, DnsSource};
-use slice_operator::worker::objects::{GATEWAY_CONFIG_KEY, NODE_CONFIG_KEY};
+use slice_operator::worker::objects::{self, NODE_CONFIG_KEY};
 use slice_operator::worker::{MetricsSource, scrape};
 
 use crate::{Cluster, Lab, Node, Pod, PodProcess, PodSpec};
 
-/// One gateway Deployment's pod and process.
+/// One gateway replica's pod and process.
 pub(crate) struct GatewayRun {
     pub pod: Pod,
     pub process: PodProcess,
@@ -53,11 +61,16 @@ pub(crate) struct GatewayRun {
     pub slice: String,
     /// Its slice addresses, IPv4 first (one per family of the slice).
     pub slice_addresses: Vec<IpAddr>,
-    /// The command line it runs (the Deployment's, with the lab's substitutions).
+    /// The StatefulSet it belongs to and its ordinal there.
+    pub set: String,
+    pub ordinal: u32,
+    /// Its pod's labels (what Services select).
+    labels: serde_json::Map<String, Value>,
+    /// The command line it runs (the template's, with the lab's substitutions).
     argv: Vec<String>,
     /// How often it was restarted after it exited.
     pub restarts: u32,
-    /// How often its process was replaced because the Deployment's command line changed.
+    /// How often its process was replaced because the template's command line changed.
     pub rolled: u32,
     config: PathBuf,
     /// The Pod object's path in the cluster's API.
@@ -67,8 +80,10 @@ pub(crate) struct GatewayRun {
 /// What the lab runs for one member cluster.
 #[derive(Default)]
 pub(crate) struct Kubelet {
-    /// Gateways by Deployment name.
+    /// Gateway replicas by pod name (`<set>-<ordinal>`).
     pub gateways: BTreeMap<String, GatewayRun>,
+    /// The `Pod` objects of replicas that found no node, by pod name.
+    pending: BTreeMap<String, String>,
     /// The configuration last written to each node's agent.
     agents: BTreeMap<String, NodeAgentConfig>,
     /// Edge forwards: public port → (pod address, pod port).
@@ -251,7 +266,7 @@ impl Kubelet {
         Ok(!written.is_empty())
     }
 
-    /// Gateway Deployments → pods running `slice-gateway`, their Pod objects.
+    /// Gateway StatefulSets → a pod running `slice-gateway` per ordinal, their Pod objects.
     fn gateways(
         &mut self,
         lab: &Lab,
@@ -261,43 +276,58 @@ impl Kubelet {
         timeout: Duration,
     ) -> Result<bool> {
         let side = cluster.to_owned();
-        let deployments = api.list(&side, &format!("/apis/apps/v1/namespaces/{GATEWAY_NAMESPACE}/deployments"));
+        let sets = api.list(&side, &format!("/apis/apps/v1/namespaces/{GATEWAY_NAMESPACE}/statefulsets"));
         let secrets = api.list(&side, &format!("/api/v1/namespaces/{GATEWAY_NAMESPACE}/secrets"));
+        // Each wanted pod: (set, ordinal) by pod name.
+        let mut wanted: BTreeMap<String, (&Value, u32)> = BTreeMap::new();
+        for set in &sets {
+            let name = set["metadata"]["name"].as_str().unwrap_or_default();
+            let replicas = u32::try_from(set["spec"]["replicas"].as_u64().unwrap_or(1)).unwrap_or(1);
+            for ordinal in 0..replicas {
+                wanted.insert(format!("{name}-{ordinal}"), (set, ordinal));
+            }
+        }
         let mut changed = false;
-        let gone: Vec<String> = self
-            .gateways
-            .keys()
-            .filter(|name| !deployments.iter().any(|d| d["metadata"]["name"].as_str() == Some(name.as_str())))
-            .cloned()
-            .collect();
+        let gone: Vec<String> = self.gateways.keys().filter(|name| !wanted.contains_key(*name)).cloned().collect();
         for name in gone {
             let run = self.gateways.remove(&name).expect("listed above");
             self.stop(lab, api, cluster, run, metrics)?;
             changed = true;
         }
-        for d in &deployments {
-            let name = d["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-            let template = &d["spec"]["template"];
+        let unplaced: Vec<String> = self.pending.keys().filter(|name| !wanted.contains_key(*name)).cloned().collect();
+        for name in unplaced {
+            if let Some(object) = self.pending.remove(&name) {
+                api.remove(side.clone(), &object);
+                changed = true;
+            }
+        }
+        for (pod_name, (set, ordinal)) in wanted {
+            let set_name = set["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let template = &set["spec"]["template"];
             let container = &template["spec"]["containers"][0];
             let secret_name = template["spec"]["volumes"]
                 .as_array()
                 .and_then(|v| v.iter().find_map(|v| v["secret"]["secretName"].as_str()))
-                .with_context(|| format!("{cluster}: Deployment {name} mounts no Secret"))?;
+                .with_context(|| format!("{cluster}: StatefulSet {set_name} mounts no Secret"))?;
             let Some(secret) = secrets.iter().find(|s| s["metadata"]["name"] == secret_name) else {
                 continue; // a pod waits for its Secret
             };
-            let text = decode_secret(secret, GATEWAY_CONFIG_KEY)?;
-            if let Some(run) = self.gateways.get_mut(&name) {
+            let args = expanded_args(container, &pod_name);
+            let file = config_file_name(&args).with_context(|| format!("{cluster}: {pod_name} has no --config"))?;
+            let Ok(text) = decode_secret(secret, &file) else {
+                continue; // its file is not in the Secret yet: the mounted volume waits too
+            };
+            if let Some(run) = self.gateways.get_mut(&pod_name) {
                 changed |= write_config(&run.config, &text)?;
-                let argv = gateway_argv(lab, container, &run.interface, &run.config)?;
+                let argv = gateway_argv(lab, &args, &run.interface, &run.config)?;
                 if argv != run.argv {
-                    // The Deployment's template changed (e.g. `--dscp` after a QoS profile
-                    // change): a cluster rolls the pod; the lab keeps the pod (its network
-                    // namespace and addresses) and replaces the process.
-                    run.process.stop().with_context(|| format!("{cluster}: stopping gateway {name}"))?;
+                    // The template changed (e.g. `--dscp` after a QoS profile change): a cluster
+                    // rolls the pod; the lab keeps the pod (its network namespace and addresses)
+                    // and replaces the process.
+                    run.process.stop().with_context(|| format!("{cluster}: stopping gateway {pod_name}"))?;
                     let args: Vec<&str> = argv.iter().map(String::as_str).collect();
                     run.process = spawn_gateway(&run.pod, &args, &run.interface, timeout)
-                        .with_context(|| format!("{cluster}: rolling gateway {name}"))?;
+                        .with_context(|| format!("{cluster}: rolling gateway {pod_name}"))?;
                     run.argv = argv;
                     run.rolled += 1;
                     changed = true;
@@ -306,23 +336,64 @@ impl Kubelet {
                     // network namespace and addresses, a new process.
                     let argv: Vec<&str> = run.argv.iter().map(String::as_str).collect();
                     run.process = spawn_gateway(&run.pod, &argv, &run.interface, timeout)
-                        .with_context(|| format!("{cluster}: restarting gateway {name}"))?;
+                        .with_context(|| format!("{cluster}: restarting gateway {pod_name}"))?;
                     run.restarts += 1;
                     changed = true;
                 }
                 continue;
             }
             let slice = template["metadata"]["annotations"][SLICE_ANNOTATION].as_str().unwrap_or_default().to_owned();
-            let node = lab.cluster(cluster).nodes().first().context("a cluster without nodes")?;
+            // The scheduler: the first node (in order) that the anti-affinity allows.
+            let spread =
+                template["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                    .as_array()
+                    .is_some_and(|terms| terms.iter().any(|t| t["topologyKey"] == objects::HOSTNAME_TOPOLOGY));
+            let nodes = lab.cluster(cluster).nodes();
+            let taken = |node: &Node| self.gateways.values().any(|g| g.set == set_name && g.pod.node == node.name());
+            let Some(node) = nodes.iter().find(|n| !spread || !taken(n)) else {
+                changed |= self.unschedulable(api, cluster, &pod_name, template, nodes.len());
+                continue;
+            };
             if slice_api::node::NodeState::load(&node.state_dir(), &slice)?.is_none() {
                 continue; // slice-cni would answer "try again later": the next step runs it
             }
-            let run =
-                self.start(lab, api, cluster, node, &name, &slice, template, container, &text, metrics, timeout)?;
-            self.gateways.insert(name, run);
+            let replica = Replica { set: &set_name, ordinal, pod_name: &pod_name, slice: &slice };
+            let run = self.start(lab, api, cluster, node, &replica, template, &args, &text, metrics, timeout)?;
+            self.pending.remove(&pod_name);
+            self.gateways.insert(pod_name, run);
             changed = true;
         }
         Ok(changed)
+    }
+
+    /// Publishes the `Pod` object of a replica no node can take, as the scheduler leaves it:
+    /// `Pending`, `PodScheduled=False` with the scheduler's message. True when it was new.
+    fn unschedulable(
+        &mut self,
+        api: &MemoryApi<String>,
+        cluster: &str,
+        pod_name: &str,
+        template: &Value,
+        nodes: usize,
+    ) -> bool {
+        if self.pending.contains_key(pod_name) {
+            return false;
+        }
+        let mut labels = template["metadata"]["labels"].clone();
+        labels[objects::POD_NAME_LABEL] = json!(pod_name);
+        let message = format!("0/{nodes} nodes are available: {nodes} node(s) didn't match pod anti-affinity rules.");
+        let object = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod_name, "namespace": GATEWAY_NAMESPACE,
+                         "labels": labels, "annotations": template["metadata"]["annotations"]},
+            "spec": {},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                                                          "reason": "Unschedulable", "message": message}]},
+        });
+        let path = slice_kube::memory::object_path(&object);
+        api.put(cluster.to_owned(), object);
+        self.pending.insert(pod_name.to_owned(), path);
+        true
     }
 
     #[allow(clippy::too_many_arguments)] // The parts of one pod.
@@ -332,22 +403,25 @@ impl Kubelet {
         api: &MemoryApi<String>,
         cluster: &str,
         node: &Node,
-        name: &str,
-        slice: &str,
+        replica: &Replica<'_>,
         template: &Value,
-        container: &Value,
+        args: &[String],
         config_text: &str,
         metrics: &MetricsAddresses,
         timeout: Duration,
     ) -> Result<GatewayRun> {
-        let mut spec = PodSpec::new(GATEWAY_NAMESPACE, format!("{name}-lab"));
-        for (k, v) in template["metadata"]["labels"].as_object().into_iter().flatten() {
+        let name = replica.pod_name;
+        let slice = replica.slice;
+        let mut labels = template["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+        labels.insert(objects::POD_NAME_LABEL.to_owned(), json!(name));
+        let mut spec = PodSpec::new(GATEWAY_NAMESPACE, name);
+        for (k, v) in &labels {
             spec = spec.label(k.clone(), v.as_str().unwrap_or_default());
         }
         for (k, v) in template["metadata"]["annotations"].as_object().into_iter().flatten() {
             spec = spec.annotation(k.clone(), v.as_str().unwrap_or_default());
         }
-        let pod = node.run_pod(spec).with_context(|| format!("{cluster}: the pod of Deployment {name}"))?;
+        let pod = node.run_pod(spec).with_context(|| format!("{cluster}: the pod {name}"))?;
         let c = lab.cluster(cluster);
         self.started += 1;
         let interface = format!("{}{}g{}", lab.prefix(), c.index(), self.started);
@@ -358,9 +432,10 @@ impl Kubelet {
         std::fs::create_dir_all(&dir)?;
         let config = dir.join(format!("{cluster}-{name}.conf"));
         write_config(&config, config_text)?;
-        let argv = gateway_argv(lab, container, &interface, &config)?;
-        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let process = spawn_gateway(&pod, &args, &interface, timeout).with_context(|| format!("{cluster}: {name}"))?;
+        let argv = gateway_argv(lab, args, &interface, &config)?;
+        let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let process =
+            spawn_gateway(&pod, &argv_ref, &interface, timeout).with_context(|| format!("{cluster}: {name}"))?;
         let slice_addresses = pod.ips("slice0")?;
         anyhow::ensure!(!slice_addresses.is_empty(), "{cluster}: {name}'s pod has no address on slice0");
         let pod_ip = pod.ipv4("eth0")?;
@@ -373,13 +448,14 @@ impl Kubelet {
         let object = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod.name, "namespace": GATEWAY_NAMESPACE,
-                         "labels": template["metadata"]["labels"], "annotations": annotations},
+                         "labels": labels, "annotations": annotations},
             "spec": {"nodeName": node.name()},
-            "status": {"phase": "Running", "podIP": pod_ip.to_string()},
+            "status": {"phase": "Running", "podIP": pod_ip.to_string(),
+                       "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}]},
         });
         let path = slice_kube::memory::object_path(&object);
         api.put(cluster.to_owned(), object);
-        if let Some(port) = metrics_port(container) {
+        if let Some(port) = metrics_port(&template["spec"]["containers"][0]) {
             let addr = SocketAddr::new(IpAddr::V4(pod_ip), port);
             metrics.lock().expect("metrics addresses lock").insert((cluster.to_owned(), addr), pod.netns_path.clone());
         }
@@ -389,6 +465,9 @@ impl Kubelet {
             interface,
             slice: slice.to_owned(),
             slice_addresses,
+            set: replica.set.to_owned(),
+            ordinal: replica.ordinal,
+            labels,
             argv,
             restarts: 0,
             rolled: 0,
@@ -424,8 +503,11 @@ impl Kubelet {
         // In a dual-stack lab the public IPv6 address forwards to the pod's IPv6 address too.
         let mut wanted6 = BTreeMap::new();
         for svc in &services {
-            let name = svc["metadata"]["name"].as_str().unwrap_or_default();
-            let Some(run) = self.gateways.get(name) else { continue };
+            let Some(selector) = svc["spec"]["selector"].as_object().filter(|s| !s.is_empty()) else { continue };
+            let Some(run) = self.gateways.values().find(|g| selector.iter().all(|(k, v)| g.labels.get(k) == Some(v)))
+            else {
+                continue;
+            };
             for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
                 let (Some(node_port), Some(target)) = (p["nodePort"].as_u64(), p["targetPort"].as_u64()) else {
                     continue;
@@ -478,6 +560,9 @@ impl Kubelet {
         for (_, run) in std::mem::take(&mut self.gateways) {
             self.stop(lab, api, cluster, run, metrics)?;
         }
+        for (_, object) in std::mem::take(&mut self.pending) {
+            api.remove(cluster.to_owned(), &object);
+        }
         for port in std::mem::take(&mut self.forwards).into_keys() {
             lab.cluster(cluster).remove_forward_udp(port)?;
         }
@@ -486,27 +571,63 @@ impl Kubelet {
     }
 }
 
-/// The container's command and arguments as the lab runs them: the lab's `slice-gateway`, its
-/// config path and interface name in place of the Deployment's.
-fn gateway_argv(lab: &Lab, container: &Value, interface: &str, config: &std::path::Path) -> Result<Vec<String>> {
+/// One replica to start: its StatefulSet, ordinal, pod name and slice.
+struct Replica<'a> {
+    set: &'a str,
+    ordinal: u32,
+    pod_name: &'a str,
+    slice: &'a str,
+}
+
+/// The container's arguments with `$(VAR)` expanded as a kubelet does, from the container's
+/// variables: those from `fieldRef: metadata.name` are the pod's name, plain `value`s
+/// themselves; an unknown reference stays as it is.
+fn expanded_args(container: &Value, pod_name: &str) -> Vec<String> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for e in container["env"].as_array().into_iter().flatten() {
+        let Some(name) = e["name"].as_str() else { continue };
+        let value = match (e["value"].as_str(), e["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
+            (Some(v), _) => v.to_owned(),
+            (None, Some("metadata.name")) => pod_name.to_owned(),
+            _ => continue,
+        };
+        vars.push((format!("$({name})"), value));
+    }
+    container["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|a| vars.iter().fold(a.to_owned(), |a, (from, to)| a.replace(from.as_str(), to)))
+        .collect()
+}
+
+/// The file name of the `--config` argument: its key in the mounted configuration Secret.
+fn config_file_name(args: &[String]) -> Option<String> {
+    let at = args.iter().position(|a| *a == arg(flag::CONFIG))?;
+    let path = std::path::Path::new(args.get(at + 1)?);
+    Some(path.file_name()?.to_str()?.to_owned())
+}
+
+/// The container's command line as the lab runs it: the lab's `slice-gateway`, its config
+/// path and interface name in place of the template's.
+fn gateway_argv(lab: &Lab, args: &[String], interface: &str, config: &std::path::Path) -> Result<Vec<String>> {
     let bin = lab.options().bin_dir.join("slice-gateway");
     if !bin.exists() {
         bail!("{} does not exist: build it or set SLICENET_BIN_DIR", bin.display());
     }
     let mut argv = vec![bin.display().to_string()];
-    let args: Vec<String> =
-        container["args"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_owned)).collect();
     let mut replace = None;
     for a in args {
         match replace.take() {
             Some(value) => argv.push(value),
             None => {
-                if a == arg(flag::INTERFACE) {
+                if *a == arg(flag::INTERFACE) {
                     replace = Some(interface.to_owned());
-                } else if a == arg(flag::CONFIG) {
+                } else if *a == arg(flag::CONFIG) {
                     replace = Some(config.display().to_string());
                 }
-                argv.push(a);
+                argv.push(a.clone());
             }
         }
     }

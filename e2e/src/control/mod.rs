@@ -343,8 +343,41 @@ impl ControlPlane {
         &self.api
     }
 
+    /// The gateway of `slice` in `cluster`: its replica of the lowest ordinal.
     fn gateway(&self, slice: &str, cluster: &str) -> Option<&kubelet::GatewayRun> {
-        self.kubelets.get(cluster)?.gateways.values().find(|g| g.slice == slice)
+        self.kubelets.get(cluster)?.gateways.values().filter(|g| g.slice == slice).min_by_key(|g| g.ordinal)
+    }
+
+    /// The gateway replicas of `slice` that `cluster` runs (issue 13): (ordinal, node,
+    /// interface), by ordinal. A replica that found no node is not among them.
+    #[must_use]
+    pub fn gateway_replicas(&self, slice: &str, cluster: &str) -> Vec<(u32, String, String)> {
+        let mut out: Vec<(u32, String, String)> = self
+            .kubelets
+            .get(cluster)
+            .into_iter()
+            .flat_map(|k| k.gateways.values())
+            .filter(|g| g.slice == slice)
+            .map(|g| (g.ordinal, g.pod.node.clone(), g.interface.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// `wg ARGS…` in the pod of gateway replica `ordinal` of `slice` in `cluster`; `{if}` in
+    /// `args` stands for its interface.
+    ///
+    /// # Errors
+    /// When there is no such replica or `wg` fails.
+    pub fn replica_wg(&self, slice: &str, cluster: &str, ordinal: u32, args: &[&str]) -> Result<String> {
+        let gw = self
+            .kubelets
+            .get(cluster)
+            .and_then(|k| k.gateways.values().find(|g| g.slice == slice && g.ordinal == ordinal))
+            .with_context(|| format!("no gateway replica {ordinal} of {slice} in {cluster}"))?;
+        let mut argv = vec!["wg"];
+        argv.extend(args.iter().map(|a| if *a == "{if}" { gw.interface.as_str() } else { a }));
+        gw.pod.exec_ok(&argv)
     }
 
     /// The gateway pod's IPv4 slice address of `slice` in `cluster`.

@@ -65,9 +65,13 @@ pub const WORKER_CLUSTER: &[Access] = &[
     Access::new("create", "", "services", GW),
     Access::new("patch", "", "services", GW),
     Access::new("delete", "", "services", GW),
+    // The gateway replicas (issue 13): a StatefulSet per slice, applied. The gateway Deployments
+    // of earlier versions are only listed and deleted (replaced by the StatefulSets).
+    Access::new("list", "apps", "statefulsets", GW),
+    Access::new("create", "apps", "statefulsets", GW),
+    Access::new("patch", "apps", "statefulsets", GW),
+    Access::new("delete", "apps", "statefulsets", GW),
     Access::new("list", "apps", "deployments", GW),
-    Access::new("create", "apps", "deployments", GW),
-    Access::new("patch", "apps", "deployments", GW),
     Access::new("delete", "apps", "deployments", GW),
     // Pods: the gateway pods (their slice address in network-status is the next hop of remote
     // routes; their pod IP serves the tunnels' metrics), and the running pods of each member

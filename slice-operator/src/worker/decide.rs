@@ -5,11 +5,13 @@
 //! Order of the writes, so that a failure part way leaves nothing dangling:
 //! 1. the finalizer on each new WorkerSlice (before anything is made for it);
 //! 2. namespace labels (set, then removed);
-//! 3. per slice in name order: the key Secret (created once), the gateway configuration Secret,
-//!    the Deployment, the Service;
+//! 3. per slice in name order: the key Secret of each gateway replica (created once), the
+//!    gateway configuration Secret, the StatefulSet, each replica's Service;
 //! 4. node agent ConfigMaps (node order), the membership ConfigMap, the NADs;
 //! 5. deletions: whatever the worker made that is no longer wanted (a deleted slice's objects,
-//!    a removed node's ConfigMap, a NAD of a namespace that left);
+//!    a removed node's ConfigMap, a NAD of a namespace that left, the key Secrets and Services of
+//!    replicas scaled away, the gateway Deployment of earlier versions once the StatefulSet's
+//!    ordinal 0 is ready);
 //!
 //! then [`decide_status`] (statuses, with each peer's tunnel state from [`super::tunnels`] and
 //! the count of pods on the slice from [`connected_pods`]), then [`decide_release`] (finalizers
@@ -17,7 +19,16 @@
 //! API returned (fields the server adds are ignored), so a pass over an unchanged cluster writes
 //! nothing; a status that only the clock changed is written at most once a minute.
 //!
-//! A WorkerSlice is `Ready` only when its gateway pod has its slice address *and* the tunnel to
+//! **Gateway replicas (issue 13).** The node agents route each remote prefix via the replicas
+//! that are ready and have a slice address ([`live_gateway_pods`]): `via` the first, `alsoVia`
+//! the others, in ordinal order. Migration from the single gateway Deployment of earlier
+//! versions: the StatefulSet is made beside it, and while the StatefulSet's ordinal 0 is not
+//! ready the Deployment's running pod stands in for it (it holds ordinal 0's key); once ordinal
+//! 0 is ready the Deployment is no longer wanted and is deleted (one handshake's interruption,
+//! at upgrade only). With HostPort exposure the Deployment is deleted at once: its pod holds
+//! the host port a replica needs on its node.
+//!
+//! A WorkerSlice is `Ready` only when a gateway replica has its slice address *and* the tunnel to
 //! every peer in its spec is `Up` (from the gateway's metrics); otherwise `Ready=False` with the
 //! first problem: the slice's own (`InvalidSpec`, `KeySecretInvalid`, …), `GatewayPending`, or
 //! `TunnelsDown` naming the peers whose tunnel is not up.
@@ -30,7 +41,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
@@ -59,7 +70,11 @@ use k8s_openapi::api::core::v1::ObjectReference;
 pub enum Kind {
     Secret,
     ConfigMap,
+    /// The gateway Deployment of earlier versions: only ever kept (during the migration) or
+    /// deleted.
     Deployment,
+    /// The gateway StatefulSet of each slice.
+    StatefulSet,
     Service,
     NetworkAttachmentDefinition,
     /// `multicluster.x-k8s.io` ServiceImports in member namespaces.
@@ -105,10 +120,12 @@ pub struct Observed {
     pub member_cluster: Option<MemberCluster>,
     pub nodes: Vec<Node>,
     pub namespaces: Vec<Namespace>,
-    /// The worker's Secrets, ConfigMaps, Deployments and Services in `slicenet-system`.
+    /// The worker's Secrets, Deployments, StatefulSets and Services in `slicenet-gateway`, its
+    /// ConfigMaps in `slicenet-system`.
     pub secrets: Vec<Secret>,
     pub config_maps: Vec<ConfigMap>,
     pub deployments: Vec<Deployment>,
+    pub stateful_sets: Vec<StatefulSet>,
     pub services: Vec<Service>,
     /// Gateway pods in `slicenet-system`.
     pub pods: Vec<Pod>,
@@ -174,8 +191,11 @@ pub struct Decision {
     pub writes: Vec<Write>,
     /// Active slices as planned (with their allocations), by WorkerSlice name.
     pub planned: BTreeMap<String, PlannedSlice>,
-    /// Public keys of active slices, by WorkerSlice name.
+    /// Public keys of active slices (ordinal 0's), by WorkerSlice name.
     pub public_keys: BTreeMap<String, String>,
+    /// Public keys of every gateway replica of active slices, in ordinal order, by WorkerSlice
+    /// name.
+    pub replica_keys: BTreeMap<String, Vec<String>>,
     /// The Events worth publishing, each once the write at its index succeeded.
     pub notices: Vec<(usize, Notice)>,
     problems: BTreeMap<String, Problem>,
@@ -226,84 +246,115 @@ fn is_running(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none() && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
-/// A slice's running, not-deleting gateway pods, by name.
-fn running_gateway_pods<'a>(pods: &'a [Pod], slice: &str) -> Vec<&'a Pod> {
-    let mut candidates: Vec<&Pod> = pods
-        .iter()
-        .filter(|p| p.labels().get(SLICE_LABEL).map(String::as_str) == Some(slice))
-        .filter(|p| p.labels().get(objects::NAME_LABEL).map(String::as_str) == Some(objects::GATEWAY_NAME))
-        .filter(|p| is_running(p))
-        .collect();
-    candidates.sort_by_key(|p| p.name_any());
-    candidates
+fn pod_condition<'a>(p: &'a Pod, type_: &str) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
 }
 
-/// Every gateway replica of a slice as the status reports it (issue 13), for a slice that asks
-/// for several: ordinal 0 is the gateway this worker runs — its key, endpoint, node, and `Up`
-/// (running and ready), `Down` (with the container's waiting or last termination reason) or
-/// `Pending` (no pod, or not scheduled: the scheduler's message); the further ordinals are
-/// `Pending`, said plainly: this worker does not run them yet.
-#[must_use]
-pub fn replica_statuses(
-    pods: &[Pod],
-    slice: &str,
-    replicas: u32,
-    public_key: Option<&str>,
-    endpoint: Option<&str>,
-) -> Vec<slice_api::crd::GatewayReplicaStatus> {
-    use slice_api::crd::GatewayReplicaStatus;
-    let mut gateway_pods: Vec<&Pod> = pods
+/// Running and ready: its `Ready` condition is true (a running pod that reports no conditions —
+/// the lab's — counts as ready).
+fn is_ready(p: &Pod) -> bool {
+    is_running(p) && pod_condition(p, "Ready").is_none_or(|c| c.status == "True")
+}
+
+/// A slice's gateway pods (StatefulSet or earlier Deployment), not deleting, by name.
+fn gateway_pods<'a>(pods: &'a [Pod], slice: &str) -> Vec<&'a Pod> {
+    let mut out: Vec<&Pod> = pods
         .iter()
         .filter(|p| p.labels().get(SLICE_LABEL).map(String::as_str) == Some(slice))
         .filter(|p| p.labels().get(objects::NAME_LABEL).map(String::as_str) == Some(objects::GATEWAY_NAME))
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
-    gateway_pods.sort_by_key(|p| (!is_running(p), p.name_any()));
-    let (state, reason, node) = match gateway_pods.first() {
-        None => ("Pending", "no gateway pod yet".to_owned(), None),
-        Some(pod) => {
-            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-            let status = pod.status.as_ref();
-            let cond =
-                |t: &str| status.and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == t));
-            let container = status.and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first());
-            let waiting = container.and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone());
-            let last = container.and_then(|c| c.last_state.as_ref()?.terminated.as_ref()?.reason.clone());
-            if node.is_none() {
-                let why = cond("PodScheduled")
-                    .and_then(|c| c.message.clone())
-                    .unwrap_or_else(|| "not scheduled yet".to_owned());
-                ("Pending", format!("not scheduled: {why}"), None)
-            } else if is_running(pod) && cond("Ready").is_none_or(|c| c.status == "True") {
-                ("Up", String::new(), node)
-            } else {
-                let why = match (waiting, last) {
-                    (Some(w), Some(l)) => format!("{w} (last exit: {l})"),
-                    (Some(w), None) => w,
-                    (None, Some(l)) => format!("not ready (last exit: {l})"),
-                    (None, None) => "not running and ready".to_owned(),
-                };
-                ("Down", why, node)
-            }
-        }
-    };
-    let mut out = vec![GatewayReplicaStatus {
-        ordinal: 0,
-        public_key: public_key.map(str::to_owned),
-        endpoint: endpoint.map(str::to_owned),
-        node,
-        state: state.to_owned(),
-        reason,
-    }];
-    out.extend((1..replicas).map(|ordinal| GatewayReplicaStatus {
-        ordinal,
-        public_key: None,
-        endpoint: None,
-        node: None,
-        state: "Pending".to_owned(),
-        reason: "not run: this worker runs one gateway replica per slice (issue 13 is not done)".to_owned(),
-    }));
+    out.sort_by_key(|p| p.name_any());
     out
+}
+
+/// The gateway replicas of a slice that carry traffic, in ordinal order: each ordinal below
+/// `replicas` whose StatefulSet pod is ready; for ordinal 0, while its pod is not, a running pod
+/// of the gateway Deployment of earlier versions (the migration: it holds ordinal 0's key).
+#[must_use]
+pub fn live_gateway_pods<'a>(pods: &'a [Pod], slice: &str, replicas: u32) -> Vec<(u32, &'a Pod)> {
+    let candidates = gateway_pods(pods, slice);
+    let mut out = Vec::new();
+    for ordinal in 0..replicas.max(1) {
+        let name = objects::replica_pod_name(slice, ordinal);
+        let replica = candidates.iter().find(|p| p.name_any() == name && is_ready(p));
+        let legacy = || {
+            candidates
+                .iter()
+                .find(|p| objects::replica_ordinal(slice, &p.name_any()).is_none() && is_running(p))
+                .filter(|_| ordinal == 0)
+        };
+        if let Some(p) = replica.or_else(legacy) {
+            out.push((ordinal, *p));
+        }
+    }
+    out
+}
+
+/// Whether the StatefulSet's pod of `ordinal` is ready.
+fn replica_ready(pods: &[Pod], slice: &str, ordinal: u32) -> bool {
+    let name = objects::replica_pod_name(slice, ordinal);
+    gateway_pods(pods, slice).iter().any(|p| p.name_any() == name && is_ready(p))
+}
+
+/// Every gateway replica of a slice as the status reports it (issue 13): for each ordinal below
+/// `replicas`, its key (`public_keys`, by ordinal), endpoint (`endpoints`, by ordinal), the
+/// node its pod runs on, and `Up` (running and ready), `Down` (with the container's waiting or
+/// last termination reason) or `Pending` (no pod yet, or not scheduled: the scheduler's
+/// message, e.g. no node left that the anti-affinity allows).
+#[must_use]
+pub fn replica_statuses(
+    pods: &[Pod],
+    slice: &str,
+    replicas: u32,
+    public_keys: &[String],
+    endpoints: &[Option<String>],
+) -> Vec<slice_api::crd::GatewayReplicaStatus> {
+    use slice_api::crd::GatewayReplicaStatus;
+    let candidates = gateway_pods(pods, slice);
+    (0..replicas.max(1))
+        .map(|ordinal| {
+            let name = objects::replica_pod_name(slice, ordinal);
+            let index = usize::try_from(ordinal).unwrap_or(usize::MAX);
+            let (state, reason, node) = match candidates.iter().find(|p| p.name_any() == name) {
+                None => ("Pending", "no gateway pod yet".to_owned(), None),
+                Some(pod) => pod_state(pod),
+            };
+            GatewayReplicaStatus {
+                ordinal,
+                public_key: public_keys.get(index).cloned(),
+                endpoint: endpoints.get(index).cloned().flatten(),
+                node,
+                state: state.to_owned(),
+                reason,
+            }
+        })
+        .collect()
+}
+
+/// (state, reason, node) of a gateway replica's pod.
+fn pod_state(pod: &Pod) -> (&'static str, String, Option<String>) {
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let status = pod.status.as_ref();
+    let container = status.and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first());
+    let waiting = container.and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone());
+    let last = container.and_then(|c| c.last_state.as_ref()?.terminated.as_ref()?.reason.clone());
+    if node.is_none() {
+        let why = pod_condition(pod, "PodScheduled")
+            .and_then(|c| c.message.clone())
+            .unwrap_or_else(|| "not scheduled yet".to_owned());
+        ("Pending", format!("not scheduled: {why}"), None)
+    } else if is_ready(pod) {
+        ("Up", String::new(), node)
+    } else {
+        let why = match (waiting, last) {
+            (Some(w), Some(l)) => format!("{w} (last exit: {l})"),
+            (Some(w), None) => w,
+            (None, Some(l)) => format!("not ready (last exit: {l})"),
+            (None, None) => "not running and ready".to_owned(),
+        };
+        ("Down", why, node)
+    }
 }
 
 /// The entries of a pod's `k8s.v1.cni.cncf.io/network-status` annotation (none when it is
@@ -312,29 +363,44 @@ fn network_status(pod: &Pod) -> Vec<Value> {
     pod.annotations().get(NETWORK_STATUS_ANNOTATION).and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default()
 }
 
-/// The slice address of a slice's gateway pod: from the running, not-deleting gateway pod's
-/// `k8s.v1.cni.cncf.io/network-status` annotation, the first address inside `cluster_prefix`.
-#[must_use]
-pub fn gateway_pod_address(pods: &[Pod], slice: &str, cluster_prefix: ipnet::IpNet) -> Option<IpAddr> {
-    running_gateway_pods(pods, slice).into_iter().find_map(|p| {
-        network_status(p).iter().find_map(|e| {
-            e.get("ips")?
-                .as_array()?
-                .iter()
-                .filter_map(|ip| ip.as_str()?.parse::<IpAddr>().ok())
-                .find(|ip| cluster_prefix.contains(ip))
-        })
+/// A pod's slice address inside `cluster_prefix`, from its `k8s.v1.cni.cncf.io/network-status`
+/// annotation.
+fn slice_address(pod: &Pod, cluster_prefix: ipnet::IpNet) -> Option<IpAddr> {
+    network_status(pod).iter().find_map(|e| {
+        e.get("ips")?
+            .as_array()?
+            .iter()
+            .filter_map(|ip| ip.as_str()?.parse::<IpAddr>().ok())
+            .find(|ip| cluster_prefix.contains(ip))
     })
 }
 
-/// Where the worker reads a slice's gateway metrics: the running gateway pod's IP (its primary
-/// network, `status.podIP`) and [`objects::GATEWAY_METRICS_PORT`].
+/// The slice addresses inside `cluster_prefix` of a slice's live gateway replicas
+/// ([`live_gateway_pods`]), in ordinal order: a replica without one yet is left out.
 #[must_use]
-pub fn gateway_metrics_address(pods: &[Pod], slice: &str) -> Option<std::net::SocketAddr> {
-    running_gateway_pods(pods, slice).into_iter().find_map(|p| {
+pub fn gateway_replica_addresses(
+    pods: &[Pod],
+    slice: &str,
+    replicas: u32,
+    cluster_prefix: ipnet::IpNet,
+) -> Vec<IpAddr> {
+    live_gateway_pods(pods, slice, replicas).into_iter().filter_map(|(_, p)| slice_address(p, cluster_prefix)).collect()
+}
+
+/// Where the worker reads a slice's gateway metrics: the pod IP (its primary network,
+/// `status.podIP`) and [`objects::GATEWAY_METRICS_PORT`] of the first live replica
+/// ([`live_gateway_pods`]) with one, else of any running gateway pod of the slice. One replica
+/// speaks for the slice's tunnels.
+#[must_use]
+pub fn gateway_metrics_address(pods: &[Pod], slice: &str, replicas: u32) -> Option<std::net::SocketAddr> {
+    let pod_ip = |p: &Pod| {
         let ip = p.status.as_ref()?.pod_ip.as_deref()?.trim().parse::<IpAddr>().ok()?;
         Some(std::net::SocketAddr::new(ip, objects::GATEWAY_METRICS_PORT))
-    })
+    };
+    live_gateway_pods(pods, slice, replicas)
+        .into_iter()
+        .find_map(|(_, p)| pod_ip(p))
+        .or_else(|| gateway_pods(pods, slice).into_iter().filter(|p| is_running(p)).find_map(pod_ip))
 }
 
 /// The slices this cluster runs: its WorkerSlices that are not being deleted, by slice name.
@@ -371,7 +437,7 @@ pub fn gateways_to_scrape(
 ) -> Vec<(String, Option<std::net::SocketAddr>)> {
     active_slices(worker_slices, cluster)
         .into_iter()
-        .map(|ws| (ws.spec.slice.clone(), gateway_metrics_address(pods, &ws.spec.slice)))
+        .map(|ws| (ws.spec.slice.clone(), gateway_metrics_address(pods, &ws.spec.slice, ws.spec.gateway.replicas)))
         .collect()
 }
 
@@ -449,6 +515,9 @@ fn index(observed: &Observed) -> ObservedObjects {
     }
     for o in &observed.deployments {
         put(Kind::Deployment, o.namespace(), o.name_any(), serde_json::to_value(o));
+    }
+    for o in &observed.stateful_sets {
+        put(Kind::StatefulSet, o.namespace(), o.name_any(), serde_json::to_value(o));
     }
     for o in &observed.services {
         put(Kind::Service, o.namespace(), o.name_any(), serde_json::to_value(o));
@@ -569,12 +638,15 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
                 None
             }
         };
-        let gateway_address =
-            typed.as_ref().ok().and_then(|t| gateway_pod_address(&observed.pods, &spec.slice, t.cluster_prefix));
-        let gateway_secondary_address = typed
-            .as_ref()
-            .ok()
-            .and_then(|t| gateway_pod_address(&observed.pods, &spec.slice, t.secondary.as_ref()?.cluster_prefix));
+        let replicas = spec.gateway.replicas.max(1);
+        let addresses = |prefix: ipnet::IpNet| gateway_replica_addresses(&observed.pods, &spec.slice, replicas, prefix);
+        let gateways = typed.as_ref().map_or_else(
+            |_| plan::GatewayAddresses::default(),
+            |t| plan::GatewayAddresses {
+                primary: addresses(t.cluster_prefix),
+                secondary: t.secondary.as_ref().map(|f| addresses(f.cluster_prefix)).unwrap_or_default(),
+            },
+        );
         // The gateway's configuration does not depend on the prefixes: an invalid spec keeps it.
         let parsed_gateway;
         let gateway = match &typed {
@@ -604,44 +676,69 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
             d.notes.insert(name.clone(), format!("namespaces not in the cluster yet: {}", missing.join(", ")));
         }
 
-        // Key: the existing Secret's, or a new one created once.
-        let key_name = objects::key_secret_name(&spec.slice);
-        let key = match existing.get(&(Kind::Secret, GATEWAY_NAMESPACE.to_owned(), key_name.clone())) {
-            Some(secret) => {
-                // Wanted as it is: never rewritten, so the key never changes.
-                desired.push((Kind::Secret, secret.clone(), true));
-                observed
-                    .secrets
-                    .iter()
-                    .find(|s| s.name_any() == key_name && s.namespace().as_deref() == Some(GATEWAY_NAMESPACE))
-                    .and_then(key_pair_from_secret)
-            }
-            None => {
-                let pair = new_key(&spec.slice);
-                desired.push((Kind::Secret, objects::key_secret(&spec.slice, &pair), true));
-                let note = format!(
-                    "gateway key pair made (public key {}); the private key stays in Secret {GATEWAY_NAMESPACE}/{key_name}",
-                    pair.public_key
-                );
-                on_create.insert(
-                    (Kind::Secret, GATEWAY_NAMESPACE.to_owned(), key_name.clone()),
-                    Notice::normal(reference(*ws), reason::GATEWAY_KEY_CREATED, "CreateKey", note),
-                );
-                Some(pair)
-            }
-        };
-        // A key source that hands out something that is not a key counts as an invalid Secret.
-        let key = key.and_then(|pair| Some((pair.private_key.parse::<Key>().ok()?, pair.public_key)));
-        match key {
-            Some((private_key, public_key)) => {
-                d.public_keys.insert(name.clone(), public_key);
-                desired.push((Kind::Secret, objects::gateway_config_secret(&spec.slice, gateway, &private_key), false));
-                desired.push((Kind::Deployment, objects::gateway_deployment(spec, &settings.gateway), false));
-                if let Some(svc) = objects::gateway_service(spec) {
-                    desired.push((Kind::Service, svc, false));
+        // Keys, one per replica: the existing Secret's, or a new one created once. Secrets of
+        // ordinals beyond `replicas` are not wanted any more (scaled down): deleted below.
+        let mut keys: Vec<(Key, String)> = Vec::new();
+        let mut bad_key = None;
+        for ordinal in 0..replicas {
+            let key_name = objects::replica_key_secret_name(&spec.slice, ordinal);
+            let pair = match existing.get(&(Kind::Secret, GATEWAY_NAMESPACE.to_owned(), key_name.clone())) {
+                Some(secret) => {
+                    // Wanted as it is: never rewritten, so the key never changes.
+                    desired.push((Kind::Secret, secret.clone(), true));
+                    observed
+                        .secrets
+                        .iter()
+                        .find(|s| s.name_any() == key_name && s.namespace().as_deref() == Some(GATEWAY_NAMESPACE))
+                        .and_then(key_pair_from_secret)
+                }
+                None => {
+                    let pair = new_key(&key_name);
+                    desired.push((Kind::Secret, objects::key_secret(&spec.slice, ordinal, &pair), true));
+                    let note = format!(
+                        "gateway key pair made for replica {ordinal} (public key {}); the private key stays in Secret {GATEWAY_NAMESPACE}/{key_name}",
+                        pair.public_key
+                    );
+                    on_create.insert(
+                        (Kind::Secret, GATEWAY_NAMESPACE.to_owned(), key_name.clone()),
+                        Notice::normal(reference(*ws), reason::GATEWAY_KEY_CREATED, "CreateKey", note),
+                    );
+                    Some(pair)
+                }
+            };
+            // A key source that hands out something that is not a key counts as an invalid Secret.
+            match pair.and_then(|pair| Some((pair.private_key.parse::<Key>().ok()?, pair.public_key))) {
+                Some(key) => keys.push(key),
+                None => {
+                    bad_key.get_or_insert(key_name);
                 }
             }
+        }
+        let gateway_name = objects::gateway_name(&spec.slice);
+        match bad_key {
             None => {
+                d.public_keys.insert(name.clone(), keys[0].1.clone());
+                d.replica_keys.insert(name.clone(), keys.iter().map(|(_, public)| public.clone()).collect());
+                // The gateway Deployment of earlier versions stays until the StatefulSet's
+                // ordinal 0 is ready (see the module's documentation), and so does its file.
+                let legacy = existing
+                    .get(&(Kind::Deployment, GATEWAY_NAMESPACE.to_owned(), gateway_name.clone()))
+                    .filter(|_| spec.gateway.exposure != GatewayExposure::HostPort)
+                    .filter(|_| !replica_ready(&observed.pods, &spec.slice, 0));
+                let private_keys: Vec<Key> = keys.iter().map(|(private, _)| *private).collect();
+                let config = objects::gateway_config_secret(&spec.slice, gateway, &private_keys, legacy.is_some());
+                desired.push((Kind::Secret, config, false));
+                desired.push((Kind::StatefulSet, objects::gateway_statefulset(spec, &settings.gateway), false));
+                if let Some(deployment) = legacy {
+                    desired.push((Kind::Deployment, deployment.clone(), true));
+                }
+                for ordinal in 0..replicas {
+                    if let Some(svc) = objects::gateway_service(spec, ordinal) {
+                        desired.push((Kind::Service, svc, false));
+                    }
+                }
+            }
+            Some(key_name) => {
                 d.problems.insert(
                     name.clone(),
                     Problem {
@@ -652,11 +749,13 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
                         ),
                     },
                 );
-                // Keep whatever gateway objects exist: mark them wanted as they are.
-                for kind in [Kind::Secret, Kind::Deployment, Kind::Service] {
-                    let k = (kind, GATEWAY_NAMESPACE.to_owned(), objects::gateway_name(&spec.slice));
-                    if let Some(v) = existing.get(&k) {
-                        desired.push((kind, v.clone(), true));
+                // Keep whatever gateway objects of the slice exist: mark them wanted as they are.
+                for ((kind, namespace, _), v) in &existing {
+                    let ours = v["metadata"]["labels"][SLICE_LABEL].as_str() == Some(spec.slice.as_str());
+                    let gateway_kind =
+                        matches!(kind, Kind::Secret | Kind::Deployment | Kind::StatefulSet | Kind::Service);
+                    if ours && gateway_kind && namespace == GATEWAY_NAMESPACE {
+                        desired.push((*kind, v.clone(), true));
                     }
                 }
             }
@@ -669,8 +768,7 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
                     typed: typed.clone(),
                     allocations,
                     namespaces: members,
-                    gateway_address,
-                    gateway_secondary_address,
+                    gateways,
                 },
             );
         }
@@ -799,21 +897,30 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
     d
 }
 
-/// The gateway's public `host:port`: the LoadBalancer's ingress address, else the
-/// MemberCluster's first published gateway address, with the Service's nodePort (NodePort), its
-/// port (LoadBalancer) or the gateway port (HostPort). `None` when there is no address (the
-/// cluster is behind NAT) or no port yet.
+/// The public `host:port` of gateway replica `ordinal`: its Service's LoadBalancer ingress
+/// address, else the MemberCluster's first published gateway address, with its Service's
+/// nodePort (NodePort), its port (LoadBalancer) or the gateway port (HostPort, ordinal 0 only:
+/// the published address is not the further replicas' nodes'; they reach their peers
+/// themselves, which learn their endpoints from the handshakes). `None` when there is no
+/// address (the cluster is behind NAT) or no port yet.
 #[must_use]
-pub fn gateway_endpoint(ws: &WorkerSlice, member: Option<&MemberCluster>, services: &[Service]) -> Option<String> {
+pub fn gateway_endpoint(
+    ws: &WorkerSlice,
+    member: Option<&MemberCluster>,
+    services: &[Service],
+    ordinal: u32,
+) -> Option<String> {
     let spec = &ws.spec;
     let published = member
         .and_then(|m| m.status.as_ref())
         .and_then(|s| s.gateway_addresses.iter().map(|a| a.trim()).find(|a| !a.is_empty()))
         .map(str::to_owned);
     let svc = services.iter().find(|s| {
-        s.name_any() == objects::gateway_name(&spec.slice) && s.namespace().as_deref() == Some(GATEWAY_NAMESPACE)
+        s.name_any() == objects::replica_service_name(&spec.slice, ordinal)
+            && s.namespace().as_deref() == Some(GATEWAY_NAMESPACE)
     });
     let (host, port) = match spec.gateway.exposure {
+        GatewayExposure::HostPort if ordinal > 0 => return None,
         GatewayExposure::HostPort => (published?, spec.gateway.port),
         GatewayExposure::NodePort => {
             let port = svc?.spec.as_ref()?.ports.as_ref()?.iter().find(|p| p.protocol.as_deref() == Some("UDP"))?;
@@ -864,19 +971,22 @@ pub fn decide_status(
         }
         let old = ws.status.clone().unwrap_or_default();
         let mut status = old.clone();
+        let replicas = ws.spec.gateway.replicas.max(1);
+        let endpoint = |ordinal| gateway_endpoint(ws, observed.member_cluster.as_ref(), services, ordinal);
         if let Some(key) = public_key {
             status.gateway_public_key = Some(key.clone());
-            status.gateway_endpoint = gateway_endpoint(ws, observed.member_cluster.as_ref(), services);
+            status.gateway_endpoint = endpoint(0);
         }
-        // Per replica only when the slice asks for several (a one-replica status stays as it was).
-        status.gateway_replicas = if ws.spec.gateway.replicas > 1 {
-            replica_statuses(
-                &observed.pods,
-                &ws.spec.slice,
-                ws.spec.gateway.replicas,
-                status.gateway_public_key.as_deref(),
-                status.gateway_endpoint.as_deref(),
-            )
+        // Per replica only when the slice asks for several (a one-replica status stays as it
+        // was): each replica's key and endpoint (the hub hands them to the peers) and state.
+        status.gateway_replicas = if replicas > 1 {
+            let keys: Vec<String> = match decision.replica_keys.get(&name) {
+                Some(keys) => keys.clone(),
+                // A slice whose keys cannot be read keeps publishing the keys it published.
+                None => old.gateway_replicas.iter().filter_map(|r| r.public_key.clone()).collect(),
+            };
+            let endpoints: Vec<Option<String>> = (0..replicas).map(endpoint).collect();
+            replica_statuses(&observed.pods, &ws.spec.slice, replicas, &keys, &endpoints)
         } else {
             Vec::new()
         };
@@ -908,9 +1018,12 @@ pub fn decide_status(
         let condition = match decision.problems.get(&name) {
             Some(p) => ready(ws, false, p.reason, &p.message),
             None => match decision.planned.get(&name) {
-                Some(p) if p.gateway_address.is_none() => {
-                    ready(ws, false, "GatewayPending", "waiting for the gateway pod's slice address (network-status)")
-                }
+                Some(p) if p.gateways.primary.is_empty() => ready(
+                    ws,
+                    false,
+                    "GatewayPending",
+                    "waiting for a ready gateway pod's slice address (network-status)",
+                ),
                 _ => match tunnels_down(&ws.spec.peers, &status.peers) {
                     Some(message) => ready(ws, false, TUNNELS_DOWN, &message),
                     None => ready(ws, true, "Ready", decision.notes.get(&name).map_or("", String::as_str)),
@@ -1007,7 +1120,7 @@ pub fn write_subject(write: &Write, observed: &Observed) -> ObjectReference {
     let by_slice = |slice: &str| observed.worker_slices.iter().find(|ws| ws.spec.slice == slice).map(reference);
     let mcs = observed.mcs_version.api_version();
     let api_version = |kind: Kind| match kind {
-        Kind::Deployment => "apps/v1",
+        Kind::Deployment | Kind::StatefulSet => "apps/v1",
         Kind::NetworkAttachmentDefinition => "k8s.cni.cncf.io/v1",
         Kind::ServiceImport => mcs.as_str(),
         Kind::EndpointSlice => "discovery.k8s.io/v1",
@@ -1089,33 +1202,43 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Issue 13: the replicas' status says which is up and why one is not.
+    /// A gateway pod of slice `blue` named `name` with `status` and, when scheduled, `node`.
+    fn gw(name: &str, status: serde_json::Value, node: Option<&str>) -> Pod {
+        let mut spec = json!({"containers": [{"name": "gateway"}]});
+        if let Some(n) = node {
+            spec["nodeName"] = json!(n);
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "slicenet-gateway",
+                         "labels": {"app.kubernetes.io/name": "slice-gateway", "slicenet.io/slice": "blue"}},
+            "spec": spec,
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn ready_status(ready: bool) -> serde_json::Value {
+        json!({"phase": "Running", "podIP": "10.244.0.9",
+               "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]})
+    }
+
+    /// Issue 13: the replicas' status says which is up and why one is not, per ordinal.
     #[test]
     fn replica_statuses_say_why_a_replica_is_not_up() {
-        let gw = |status: serde_json::Value, node: Option<&str>| -> Pod {
-            let mut spec = json!({"containers": [{"name": "gateway"}]});
-            if let Some(n) = node {
-                spec["nodeName"] = json!(n);
-            }
-            serde_json::from_value(json!({
-                "metadata": {"name": "slicenet-gw-blue-x", "namespace": "slicenet-gateway",
-                             "labels": {"app.kubernetes.io/name": "slice-gateway", "slicenet.io/slice": "blue"}},
-                "spec": spec,
-                "status": status,
-            }))
-            .unwrap()
-        };
-        let one = |pods: &[Pod]| replica_statuses(pods, "blue", 2, Some("K"), Some("198.18.0.1:31820"));
-        let none = one(&[]);
+        let keys = ["K0".to_owned(), "K1".to_owned()];
+        let endpoints = [Some("198.18.0.1:31820".to_owned()), Some("198.18.0.1:31821".to_owned())];
+        let two = |pods: &[Pod]| replica_statuses(pods, "blue", 2, &keys, &endpoints);
+        let none = two(&[]);
         assert_eq!(none.len(), 2);
         assert_eq!((none[0].state.as_str(), none[0].reason.as_str()), ("Pending", "no gateway pod yet"));
-        assert_eq!(none[0].public_key.as_deref(), Some("K"));
-        assert_eq!(none[1].ordinal, 1);
-        assert!(none[1].reason.contains("not run"), "{}", none[1].reason);
-        let up =
-            one(&[gw(json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}), Some("n1"))]);
-        assert_eq!((up[0].state.as_str(), up[0].node.as_deref()), ("Up", Some("n1")));
-        let crashing = one(&[gw(
+        assert_eq!(none[0].public_key.as_deref(), Some("K0"));
+        assert_eq!((none[1].ordinal, none[1].public_key.as_deref()), (1, Some("K1")));
+        assert_eq!(none[1].endpoint.as_deref(), Some("198.18.0.1:31821"));
+        let up = two(&[gw("slicenet-gw-blue-1", ready_status(true), Some("n1"))]);
+        assert_eq!((up[1].state.as_str(), up[1].node.as_deref()), ("Up", Some("n1")));
+        assert_eq!(up[0].state, "Pending", "another ordinal's pod is not ordinal 0's");
+        let crashing = two(&[gw(
+            "slicenet-gw-blue-0",
             json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
                    "containerStatuses": [{"name": "gateway", "image": "i", "imageID": "", "ready": false,
                        "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
@@ -1126,17 +1249,44 @@ mod tests {
             (crashing[0].state.as_str(), crashing[0].reason.as_str()),
             ("Down", "CrashLoopBackOff (last exit: OOMKilled)")
         );
-        let unscheduled = one(&[gw(
+        let unscheduled = two(&[gw(
+            "slicenet-gw-blue-1",
             json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
                    "message": "0/1 nodes are available: 1 node(s) didn't match pod anti-affinity rules."}]}),
             None,
         )]);
-        assert_eq!(unscheduled[0].state, "Pending");
+        assert_eq!(unscheduled[1].state, "Pending");
         assert!(
-            unscheduled[0].reason.starts_with("not scheduled: 0/1 nodes are available"),
+            unscheduled[1].reason.starts_with("not scheduled: 0/1 nodes are available"),
             "{}",
-            unscheduled[0].reason
+            unscheduled[1].reason
         );
+    }
+
+    /// Issue 13: the replicas that carry traffic are the ready ones, in ordinal order; during
+    /// the migration the Deployment's pod stands in for ordinal 0 until that one is ready.
+    #[test]
+    fn live_replicas_are_the_ready_ones_and_the_old_deployment_stands_in_for_ordinal_0() {
+        let names = |pods: &[Pod], replicas| {
+            live_gateway_pods(pods, "blue", replicas).into_iter().map(|(o, p)| (o, p.name_any())).collect::<Vec<_>>()
+        };
+        let legacy = gw("slicenet-gw-blue-7d9f8c5b-x2x4z", json!({"phase": "Running"}), Some("n1"));
+        let r0 = |ready| gw("slicenet-gw-blue-0", ready_status(ready), Some("n2"));
+        let r1 = |ready| gw("slicenet-gw-blue-1", ready_status(ready), Some("n1"));
+        assert_eq!(names(std::slice::from_ref(&legacy), 2), [(0, "slicenet-gw-blue-7d9f8c5b-x2x4z".to_owned())]);
+        assert_eq!(
+            names(&[legacy.clone(), r0(false), r1(true)], 2),
+            [(0, "slicenet-gw-blue-7d9f8c5b-x2x4z".to_owned()), (1, "slicenet-gw-blue-1".to_owned())]
+        );
+        assert_eq!(
+            names(&[legacy.clone(), r0(true), r1(true)], 2),
+            [(0, "slicenet-gw-blue-0".to_owned()), (1, "slicenet-gw-blue-1".to_owned())]
+        );
+        assert!(replica_ready(&[r0(true)], "blue", 0));
+        assert!(!replica_ready(&[r0(false), legacy.clone()], "blue", 0));
+        // A replica scaled away (ordinal ≥ replicas) carries nothing.
+        assert_eq!(names(&[r0(true), r1(true)], 1), [(0, "slicenet-gw-blue-0".to_owned())]);
+        assert!(names(&[r0(false), r1(false)], 2).is_empty());
     }
 
     #[test]
@@ -1170,7 +1320,8 @@ mod tests {
             })
             .expect("the gateway configuration is still written");
         use base64::Engine as _;
-        let text = base64::engine::general_purpose::STANDARD.decode(config["data"]["gateway.conf"].as_str().unwrap());
+        let text = base64::engine::general_purpose::STANDARD
+            .decode(config["data"]["slicenet-gw-blue-0.conf"].as_str().unwrap());
         assert!(String::from_utf8(text.unwrap()).unwrap().contains("# cluster c1\n[Peer]\n"));
     }
 
@@ -1189,7 +1340,7 @@ mod tests {
     #[test]
     fn gateway_address_comes_from_network_status() {
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "gw-1", "namespace": "slicenet-system",
+            "metadata": {"name": "slicenet-gw-blue-0", "namespace": "slicenet-gateway",
                 "labels": {"slicenet.io/slice": "blue", "app.kubernetes.io/name": "slice-gateway"},
                 "annotations": {"k8s.v1.cni.cncf.io/network-status":
                     r#"[{"name":"cbr0","interface":"eth0","ips":["10.244.1.5"]},{"name":"slicenet-system/slice-blue","interface":"slice0","ips":["10.80.16.70"]}]"#}},
@@ -1197,20 +1348,29 @@ mod tests {
         }))
         .unwrap();
         let prefix = "10.80.16.0/20".parse().unwrap();
-        assert_eq!(
-            gateway_pod_address(std::slice::from_ref(&pod), "blue", prefix),
-            Some("10.80.16.70".parse().unwrap())
-        );
-        assert_eq!(gateway_pod_address(std::slice::from_ref(&pod), "red", prefix), None);
+        let ip = |a: &str| -> IpAddr { a.parse().unwrap() };
+        assert_eq!(gateway_replica_addresses(std::slice::from_ref(&pod), "blue", 1, prefix), [ip("10.80.16.70")]);
+        assert_eq!(gateway_replica_addresses(std::slice::from_ref(&pod), "red", 1, prefix), Vec::<IpAddr>::new());
         let mut pending = pod.clone();
         pending.status.as_mut().unwrap().phase = Some("Pending".into());
-        assert_eq!(gateway_pod_address(&[pending], "blue", prefix), None);
+        assert_eq!(gateway_replica_addresses(&[pending], "blue", 1, prefix), Vec::<IpAddr>::new());
+        // Two replicas, in ordinal order whatever the pods' order.
+        let mut second = pod.clone();
+        second.metadata.name = Some("slicenet-gw-blue-1".into());
+        second.metadata.annotations.as_mut().unwrap().insert(
+            NETWORK_STATUS_ANNOTATION.into(),
+            r#"[{"name":"slicenet-gateway/slice-blue","interface":"slice0","ips":["10.80.16.9"]}]"#.into(),
+        );
+        assert_eq!(
+            gateway_replica_addresses(&[second, pod.clone()], "blue", 2, prefix),
+            [ip("10.80.16.70"), ip("10.80.16.9")]
+        );
 
         // Its metrics are read at the pod IP, once it has one.
-        assert_eq!(gateway_metrics_address(std::slice::from_ref(&pod), "blue"), None);
+        assert_eq!(gateway_metrics_address(std::slice::from_ref(&pod), "blue", 1), None);
         let mut with_ip = pod;
         with_ip.status.as_mut().unwrap().pod_ip = Some("10.244.1.5".into());
-        assert_eq!(gateway_metrics_address(&[with_ip], "blue"), Some("10.244.1.5:9586".parse().unwrap()));
+        assert_eq!(gateway_metrics_address(&[with_ip], "blue", 1), Some("10.244.1.5:9586".parse().unwrap()));
     }
 
     fn app_pod(ns: &str, name: &str, phase: &str, networks: &[&str]) -> Pod {

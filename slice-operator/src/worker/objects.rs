@@ -3,10 +3,10 @@
 //!
 //! | object | where | name |
 //! | --- | --- | --- |
-//! | key Secret (`privateKey`, `publicKey`), created once | `slicenet-gateway` | `slicenet-gw-<slice>-key` |
-//! | gateway configuration Secret (wg(8) file, holds the private key, mode 0600) | `slicenet-gateway` | `slicenet-gw-<slice>` |
-//! | gateway Deployment (one replica, `Recreate`: one key, one process) | `slicenet-gateway` | `slicenet-gw-<slice>` |
-//! | gateway Service (NodePort or LoadBalancer, UDP; none for HostPort) | `slicenet-gateway` | `slicenet-gw-<slice>` |
+//! | key Secret per gateway replica (`privateKey`, `publicKey`), created once | `slicenet-gateway` | ordinal 0: `slicenet-gw-<slice>-key`; ordinal *i* ≥ 1: `slicenet-gw-<slice>-key-<i>` |
+//! | gateway configuration Secret (a wg(8) file per replica, `<pod name>.conf`, each holding its replica's private key, mode 0600) | `slicenet-gateway` | `slicenet-gw-<slice>` |
+//! | gateway StatefulSet (`spec.gateway.replicas` pods `slicenet-gw-<slice>-<i>`, one per node) | `slicenet-gateway` | `slicenet-gw-<slice>` |
+//! | gateway Service per replica (NodePort or LoadBalancer, UDP, selecting its pod by name; none for HostPort) | `slicenet-gateway` | ordinal 0: `slicenet-gw-<slice>`; ordinal *i* ≥ 1: `slicenet-gw-<slice>-<i>` |
 //! | node agent configuration (`config.json`: all slices on that node) | `slicenet-system` | `slicenet-node-<node>` |
 //! | membership (slice → comma-separated member namespaces), for the webhook | `slicenet-system` | `slicenet-membership` |
 //! | Multus NetworkAttachmentDefinition (when the cluster uses Multus) | each member namespace | `slice-<slice>` |
@@ -15,6 +15,25 @@
 //! one slice, `slicenet.io/slice: <slice>`, so that the worker finds what it made (and only
 //! that) when it cleans up.
 //!
+//! **Gateway replicas (issue 13).** A StatefulSet gives each replica an identity (its ordinal)
+//! that outlives its pod, so each has its own key Secret and its own Service (its endpoint).
+//! Ordinal 0 keeps the names a single gateway had before replicas (`slicenet-gw-<slice>-key`,
+//! Service `slicenet-gw-<slice>`): an upgrade keeps the cluster's key and nodePort, so its peers
+//! see no change. Every pod of the StatefulSet has the same template, so a pod picks its own
+//! configuration by name: the configuration Secret holds one file per replica named after its
+//! pod, mounted whole, and the container runs `--config …/$(POD_NAME).conf` (the pod's name from
+//! the downward API, expanded by the kubelet in the arguments). A projected volume or an init
+//! step would not do better: neither can choose a Secret per pod, and a `subPath` mount would
+//! not follow the Secret's updates (the gateway re-reads its file when it changes). So every
+//! replica's pod can read every replica's private key of its slice — the replicas are one trust
+//! domain; one key per replica is for WireGuard (two processes with one key steal each other's
+//! sessions), not for isolation.
+//!
+//! The Deployment of earlier versions (`slicenet-gw-<slice>`, one replica) is replaced once: the
+//! StatefulSet is made beside it and the Deployment deleted when ordinal 0 is ready (see
+//! `super::decide`); until then the configuration Secret also holds the Deployment's file
+//! (`gateway.conf`, ordinal 0's).
+//!
 //! The gateway pod joins its slice through a path of its own: it runs in `slicenet-gateway` with
 //! the pod annotation `slicenet.io/slice`, and the node agents' configuration names that
 //! namespace as the slice's gateway namespace, where a pod joins only the slice its annotation
@@ -22,7 +41,6 @@
 //! other slicenet pod is swept into a slice and several slices never claim one namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
@@ -53,8 +71,23 @@ pub const NODE_CONFIG_PREFIX: &str = "slicenet-node-";
 pub const NODE_CONFIG_KEY: &str = "config.json";
 /// The ConfigMap the webhook reads: slice → comma-separated member namespaces.
 pub use slice_api::membership::CONFIG_MAP_NAME as MEMBERSHIP_CONFIG_MAP;
-/// File name of the gateway configuration in its Secret (and in the pod).
+/// File name of the gateway configuration the Deployment of earlier versions reads; kept in the
+/// configuration Secret (ordinal 0's) while that Deployment runs. Each replica reads its own
+/// file ([`replica_config_key`]).
 pub const GATEWAY_CONFIG_KEY: &str = "gateway.conf";
+/// Label the StatefulSet controller puts on each of its pods: the pod's name (what each
+/// replica's Service selects).
+pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+/// Label on the gateway StatefulSet's pods only (not on the pods of the Deployment of earlier
+/// versions): the StatefulSet's selector and its pods' anti-affinity take in no other pod.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Its value on the gateway replicas.
+pub const GATEWAY_REPLICA: &str = "gateway-replica";
+/// The gateway container's variable holding its pod's name (downward API), which picks its
+/// configuration file.
+pub const POD_NAME_ENV: &str = "POD_NAME";
+/// The node label the replicas are spread over (one per node).
+pub const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
 /// Where the gateway's configuration Secret is mounted in its pod.
 pub const GATEWAY_CONFIG_DIR: &str = "/etc/slicenet/gateway";
 /// The port the gateway pod serves `/metrics` on (the port WireGuard exporters use), on all
@@ -65,16 +98,58 @@ pub const PRIVATE_KEY_KEY: &str = "privateKey";
 /// See [`PRIVATE_KEY_KEY`].
 pub const PUBLIC_KEY_KEY: &str = "publicKey";
 
-/// Name of the gateway's Deployment, Service and configuration Secret of `slice`.
+/// Name of the gateway's StatefulSet, configuration Secret and ordinal 0's Service of `slice`
+/// (and of the Deployment earlier versions made).
 #[must_use]
 pub fn gateway_name(slice: &str) -> String {
     format!("slicenet-gw-{slice}")
 }
 
-/// Name of the key Secret of `slice`.
+/// Name of the key Secret of `slice`'s gateway replica 0 (the name a single gateway's key had
+/// before replicas, kept so that an upgrade keeps the key).
 #[must_use]
 pub fn key_secret_name(slice: &str) -> String {
     format!("slicenet-gw-{slice}-key")
+}
+
+/// Name of the key Secret of `slice`'s gateway replica `ordinal`.
+#[must_use]
+pub fn replica_key_secret_name(slice: &str, ordinal: u32) -> String {
+    match ordinal {
+        0 => key_secret_name(slice),
+        i => format!("slicenet-gw-{slice}-key-{i}"),
+    }
+}
+
+/// Name of the Service of `slice`'s gateway replica `ordinal` (ordinal 0 keeps the name, and so
+/// the nodePort, of the single gateway's Service before replicas).
+#[must_use]
+pub fn replica_service_name(slice: &str, ordinal: u32) -> String {
+    match ordinal {
+        0 => gateway_name(slice),
+        i => format!("slicenet-gw-{slice}-{i}"),
+    }
+}
+
+/// Name of the pod of `slice`'s gateway replica `ordinal`, as the StatefulSet controller names it.
+#[must_use]
+pub fn replica_pod_name(slice: &str, ordinal: u32) -> String {
+    format!("{}-{ordinal}", gateway_name(slice))
+}
+
+/// The ordinal of a pod of `slice`'s gateway StatefulSet, from its name; `None` for any other
+/// name (the pod of the Deployment of earlier versions: `slicenet-gw-<slice>-<hash>-<id>`).
+#[must_use]
+pub fn replica_ordinal(slice: &str, pod_name: &str) -> Option<u32> {
+    let rest = pod_name.strip_prefix(&gateway_name(slice))?.strip_prefix('-')?;
+    let ordinal: u32 = rest.parse().ok()?;
+    (ordinal.to_string() == rest).then_some(ordinal)
+}
+
+/// The file (key of the configuration Secret) of replica `ordinal`: its pod's name.
+#[must_use]
+pub fn replica_config_key(slice: &str, ordinal: u32) -> String {
+    format!("{}.conf", replica_pod_name(slice, ordinal))
 }
 
 /// Name of node `node`'s configuration ConfigMap.
@@ -99,6 +174,11 @@ fn labels(slice: Option<&str>) -> Value {
 
 fn gateway_labels(slice: &str) -> Value {
     json!({ MANAGED_BY_LABEL: MANAGED_BY, NAME_LABEL: GATEWAY_NAME, SLICE_LABEL: slice })
+}
+
+/// The labels of the gateway StatefulSet's pods and its selector.
+fn replica_selector(slice: &str) -> Value {
+    json!({ NAME_LABEL: GATEWAY_NAME, SLICE_LABEL: slice, COMPONENT_LABEL: GATEWAY_REPLICA })
 }
 
 fn b64(s: &str) -> String {
@@ -148,28 +228,38 @@ impl Default for GatewayDefaults {
     }
 }
 
-/// The key Secret of `slice` (created once; never updated, so the key never changes).
+/// The key Secret of `slice`'s gateway replica `ordinal` (created once; never updated, so the
+/// key never changes).
 #[must_use]
-pub fn key_secret(slice: &str, keys: &KeyPair) -> Value {
+pub fn key_secret(slice: &str, ordinal: u32, keys: &KeyPair) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": { "name": key_secret_name(slice), "namespace": GATEWAY_NAMESPACE, "labels": labels(Some(slice)) },
+        "metadata": { "name": replica_key_secret_name(slice, ordinal), "namespace": GATEWAY_NAMESPACE, "labels": labels(Some(slice)) },
         "type": "Opaque",
         "data": { PRIVATE_KEY_KEY: b64(&keys.private_key), PUBLIC_KEY_KEY: b64(&keys.public_key) },
     })
 }
 
-/// The gateway's configuration Secret of `slice`: [`plan::gateway_config`] under
-/// [`GATEWAY_CONFIG_KEY`].
+/// The gateway's configuration Secret of `slice`: for each replica (`private_keys` in ordinal
+/// order) [`plan::gateway_config`] with its key, under [`replica_config_key`]; with `legacy`
+/// (the Deployment of earlier versions still runs) ordinal 0's under [`GATEWAY_CONFIG_KEY`] too.
 #[must_use]
-pub fn gateway_config_secret(slice: &str, gateway: &TypedGateway, private_key: &Key) -> Value {
+pub fn gateway_config_secret(slice: &str, gateway: &TypedGateway, private_keys: &[Key], legacy: bool) -> Value {
+    let mut data = serde_json::Map::new();
+    for (ordinal, key) in (0..).zip(private_keys) {
+        let text = b64(&plan::gateway_config(gateway, key).render());
+        if ordinal == 0 && legacy {
+            data.insert(GATEWAY_CONFIG_KEY.to_owned(), json!(text));
+        }
+        data.insert(replica_config_key(slice, ordinal), json!(text));
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": { "name": gateway_name(slice), "namespace": GATEWAY_NAMESPACE, "labels": labels(Some(slice)) },
         "type": "Opaque",
-        "data": { GATEWAY_CONFIG_KEY: b64(&plan::gateway_config(gateway, private_key).render()) },
+        "data": data,
     })
 }
 
@@ -193,12 +283,25 @@ fn gateway_probe(period_seconds: u32) -> Value {
     })
 }
 
-/// The gateway Deployment: one replica of `slice-gateway --interface sg-<slice> --config …`
-/// (`Recreate`, so two processes never hold the same key), a member of its slice through the
-/// pod annotation, its configuration Secret mounted with mode 0600 (the gateway refuses a
-/// private key readable by others), a host port when the exposure is HostPort, and its metrics
-/// on [`GATEWAY_METRICS_PORT`] (the worker reads the tunnels' state there; the probes read
+/// The gateway StatefulSet: `spec.gateway.replicas` pods of `slice-gateway --interface
+/// sg-<slice> --config …/$(POD_NAME).conf` (each replica its own file, so its own key: see the
+/// module's documentation), each a member of its slice through the pod annotation, the
+/// configuration Secret mounted with mode 0600 (the gateway refuses a private key readable by
+/// others), a host port when the exposure is HostPort, and its metrics on
+/// [`GATEWAY_METRICS_PORT`] (the worker reads the tunnels' state there; the probes read
 /// `/healthz` there).
+///
+/// Placement and updates (issue 13, `docs/decisions.md` "Replica identity"):
+/// - required pod anti-affinity on [`HOSTNAME_TOPOLOGY`] among the replicas: one per node, so
+///   a node's loss takes one replica; a replica that finds no node stays `Pending` (the status
+///   says so) and the slice works on the others;
+/// - `podManagementPolicy: Parallel`: replicas start and stop together, not in ordinal order
+///   (none waits for another to be ready);
+/// - `RollingUpdate`: one pod at a time, the next once the updated one is ready (its
+///   readiness probe), so with two replicas one path is always up. `maxUnavailable: 1` is that
+///   default; it is not written, because the field is behind the `MaxUnavailableStatefulSet`
+///   feature gate and an API server without it drops it, which would make the worker see a
+///   difference and apply again at every pass.
 ///
 /// Privileges, the least it runs with (proven by slice-gateway's test
 /// `net_admin_alone_is_enough_and_needed`; docs/security.md):
@@ -218,13 +321,14 @@ fn gateway_probe(period_seconds: u32) -> Value {
 /// IPv6-only pod networks get the tunnels' state too; on a kernel without IPv6 the gateway
 /// falls back to `0.0.0.0` (`slice_gateway::metrics::bind`).
 #[must_use]
-pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> Value {
+pub fn gateway_statefulset(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> Value {
     let slice = spec.slice.as_str();
     let mut port = json!({ "name": "wireguard", "containerPort": spec.gateway.port, "protocol": "UDP" });
     if spec.gateway.exposure == GatewayExposure::HostPort {
         port["hostPort"] = json!(spec.gateway.port);
     }
-    let config = format!("{GATEWAY_CONFIG_DIR}/{GATEWAY_CONFIG_KEY}");
+    // The kubelet expands `$(POD_NAME)` in the arguments from the container's environment.
+    let config = format!("{GATEWAY_CONFIG_DIR}/$({POD_NAME_ENV}).conf");
     let [cpu_request, cpu_limit, memory_request, memory_limit] = GATEWAY_RESOURCES;
     let seccomp = json!({ "type": "RuntimeDefault" });
     let mut args = vec![
@@ -265,23 +369,31 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
     if ipv6 {
         pod_security["sysctls"] = json!([{ "name": "net.ipv6.conf.all.forwarding", "value": "1" }]);
     }
+    let mut pod_labels = gateway_labels(slice);
+    pod_labels[COMPONENT_LABEL] = json!(GATEWAY_REPLICA);
     json!({
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": "StatefulSet",
         "metadata": { "name": gateway_name(slice), "namespace": GATEWAY_NAMESPACE, "labels": gateway_labels(slice) },
         "spec": {
-            "replicas": 1,
-            "strategy": { "type": "Recreate" },
-            "selector": { "matchLabels": { NAME_LABEL: GATEWAY_NAME, SLICE_LABEL: slice } },
+            "replicas": spec.gateway.replicas,
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": { "type": "RollingUpdate" },
+            "selector": { "matchLabels": replica_selector(slice) },
             "template": {
-                "metadata": { "labels": gateway_labels(slice), "annotations": { SLICE_ANNOTATION: slice } },
+                "metadata": { "labels": pod_labels, "annotations": { SLICE_ANNOTATION: slice } },
                 "spec": {
                     "automountServiceAccountToken": false,
+                    "affinity": { "podAntiAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": [{
+                        "labelSelector": { "matchLabels": replica_selector(slice) },
+                        "topologyKey": HOSTNAME_TOPOLOGY,
+                    }] } },
                     "containers": [{
                         "name": "gateway",
                         "image": gateway.image,
                         "command": ["slice-gateway"],
                         "args": args,
+                        "env": [{ "name": POD_NAME_ENV, "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }],
                         "ports": [port, { "name": "metrics", "containerPort": GATEWAY_METRICS_PORT, "protocol": "TCP" }],
                         "resources": {
                             "requests": { "cpu": cpu_request, "memory": memory_request },
@@ -316,9 +428,11 @@ pub fn gateway_deployment(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) -> 
     })
 }
 
-/// The gateway Service (UDP, NodePort or LoadBalancer); `None` for HostPort exposure.
+/// The Service of `slice`'s gateway replica `ordinal` (UDP, NodePort or LoadBalancer): its own
+/// endpoint, selecting its pod by name; `None` for HostPort exposure. A fixed
+/// `spec.gateway.nodePort` is ordinal 0's (a port is one Service's); the others' are assigned.
 #[must_use]
-pub fn gateway_service(spec: &WorkerSliceSpec) -> Option<Value> {
+pub fn gateway_service(spec: &WorkerSliceSpec, ordinal: u32) -> Option<Value> {
     let slice = spec.slice.as_str();
     let mut port =
         json!({ "name": "wireguard", "protocol": "UDP", "port": spec.gateway.port, "targetPort": spec.gateway.port });
@@ -326,7 +440,7 @@ pub fn gateway_service(spec: &WorkerSliceSpec) -> Option<Value> {
         GatewayExposure::HostPort => return None,
         GatewayExposure::LoadBalancer => "LoadBalancer",
         GatewayExposure::NodePort => {
-            if let Some(np) = spec.gateway.node_port {
+            if let Some(np) = spec.gateway.node_port.filter(|_| ordinal == 0) {
                 port["nodePort"] = json!(np);
             }
             "NodePort"
@@ -335,26 +449,26 @@ pub fn gateway_service(spec: &WorkerSliceSpec) -> Option<Value> {
     Some(json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": { "name": gateway_name(slice), "namespace": GATEWAY_NAMESPACE, "labels": gateway_labels(slice) },
+        "metadata": { "name": replica_service_name(slice, ordinal), "namespace": GATEWAY_NAMESPACE, "labels": gateway_labels(slice) },
         "spec": {
             "type": type_,
-            "selector": { NAME_LABEL: GATEWAY_NAME, SLICE_LABEL: slice },
+            "selector": { SLICE_LABEL: slice, POD_NAME_LABEL: replica_pod_name(slice, ordinal) },
             "ports": [port],
         },
     }))
 }
 
 /// One slice as the worker runs it in this cluster: the WorkerSlice (parsed), its node
-/// prefixes, its effective member namespaces and its gateway pod's slice address.
+/// prefixes, its effective member namespaces and its live gateway replicas' slice addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedSlice {
     pub typed: TypedSpec,
     pub allocations: Vec<NodeAllocation>,
     /// Member namespaces after conflicts are taken out, sorted.
     pub namespaces: Vec<String>,
-    pub gateway_address: Option<IpAddr>,
-    /// The gateway pod's address of the secondary family (dual-stack slices).
-    pub gateway_secondary_address: Option<IpAddr>,
+    /// The slice addresses of the gateway replicas that are ready, per family, in ordinal order
+    /// (see `super::decide::gateway_replica_addresses`).
+    pub gateways: plan::GatewayAddresses,
     /// Each node's prefix of the secondary family ([`TypedSpec::secondary_allocations`]).
     pub secondary_allocations: Vec<NodeAllocation>,
 }
@@ -381,13 +495,8 @@ pub fn node_agent_configs(
             if !slice.allocations.iter().any(|a| a.node == node.name) {
                 continue;
             }
-            let mut s = plan::node_agent_slice(
-                &slice.typed,
-                &node.name,
-                nodes,
-                &slice.allocations,
-                plan::GatewayAddresses { primary: slice.gateway_address, secondary: slice.gateway_secondary_address },
-            )?;
+            let mut s =
+                plan::node_agent_slice(&slice.typed, &node.name, nodes, &slice.allocations, slice.gateways.clone())?;
             s.namespaces.clone_from(&slice.namespaces);
             on_node.push(s);
         }
@@ -611,7 +720,7 @@ mod tests {
         assert_eq!(d.reserved["blue"], ["slicenet-system"]);
         assert_eq!(d.reserved["red"], ["slicenet-gateway"]);
         assert_eq!(d.changes, [LabelChange { namespace: "shop".into(), slice: Some("blue".into()) }]);
-        let dep = gateway_deployment(&spec("blue"), &GatewayDefaults::default());
+        let dep = gateway_statefulset(&spec("blue"), &GatewayDefaults::default());
         assert_eq!(dep["metadata"]["namespace"], "slicenet-gateway");
         assert_eq!(dep["spec"]["template"]["metadata"]["annotations"]["slicenet.io/slice"], "blue");
     }
@@ -619,7 +728,7 @@ mod tests {
     #[test]
     fn gateway_pods_of_ipv6_slices_get_the_ipv6_forwarding_sysctl() {
         let sysctls = |s: &WorkerSliceSpec| {
-            gateway_deployment(s, &GatewayDefaults::default())["spec"]["template"]["spec"]["securityContext"]["sysctls"]
+            gateway_statefulset(s, &GatewayDefaults::default())["spec"]["template"]["spec"]["securityContext"]["sysctls"]
                 .clone()
         };
         assert!(sysctls(&spec("blue")).is_null(), "an IPv4 slice needs none");
@@ -639,7 +748,7 @@ mod tests {
     #[test]
     fn gateway_objects() {
         let s = spec("blue");
-        let dep = gateway_deployment(&s, &GatewayDefaults::default());
+        let dep = gateway_statefulset(&s, &GatewayDefaults::default());
         let pod = &dep["spec"]["template"];
         assert_eq!(pod["metadata"]["annotations"]["slicenet.io/slice"], "blue");
         let c = &pod["spec"]["containers"][0];
@@ -649,7 +758,7 @@ mod tests {
                 "--interface",
                 "sg-blue",
                 "--config",
-                "/etc/slicenet/gateway/gateway.conf",
+                "/etc/slicenet/gateway/$(POD_NAME).conf",
                 "--mtu",
                 "1420",
                 "--metrics",
@@ -666,7 +775,7 @@ mod tests {
         // faster (failover within a second).
         let mut two = s.clone();
         two.gateway.replicas = 2;
-        let dep2 = gateway_deployment(&two, &GatewayDefaults::default());
+        let dep2 = gateway_statefulset(&two, &GatewayDefaults::default());
         let args2 = &dep2["spec"]["template"]["spec"]["containers"][0]["args"];
         assert_eq!(args2[11], "--multipath-probe-ms");
         assert_eq!(args2[12], "200");
@@ -697,24 +806,24 @@ mod tests {
             assert!(c["resources"][kind]["cpu"].is_string() && c["resources"][kind]["memory"].is_string(), "{kind}");
         }
         // Only fields that exist: a round trip through the typed objects keeps everything.
-        use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
-        let back = serde_json::to_value(serde_json::from_value::<Deployment>(dep.clone()).unwrap()).unwrap();
+        use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Service};
+        let back = serde_json::to_value(serde_json::from_value::<StatefulSet>(dep.clone()).unwrap()).unwrap();
         assert!(crate::worker::decide::is_applied(&dep, &back), "{back:#}");
-        let svc = gateway_service(&s).unwrap();
+        let svc = gateway_service(&s, 0).unwrap();
         let back = serde_json::to_value(serde_json::from_value::<Service>(svc.clone()).unwrap()).unwrap();
         assert!(crate::worker::decide::is_applied(&svc, &back), "{back:#}");
         assert!(c["ports"][0].get("hostPort").is_none());
-        let svc = gateway_service(&s).unwrap();
+        let svc = gateway_service(&s, 0).unwrap();
         assert_eq!(svc["spec"]["type"], "NodePort");
         assert_eq!(svc["spec"]["ports"][0]["protocol"], "UDP");
         let mut lb = spec("blue");
         lb.gateway.exposure = GatewayExposure::LoadBalancer;
-        assert_eq!(gateway_service(&lb).unwrap()["spec"]["type"], "LoadBalancer");
+        assert_eq!(gateway_service(&lb, 1).unwrap()["spec"]["type"], "LoadBalancer");
         let mut hp = spec("blue");
         hp.gateway.exposure = GatewayExposure::HostPort;
-        assert!(gateway_service(&hp).is_none());
+        assert!(gateway_service(&hp, 0).is_none());
         assert_eq!(
-            gateway_deployment(&hp, &GatewayDefaults::default())["spec"]["template"]["spec"]["containers"][0]["ports"]
+            gateway_statefulset(&hp, &GatewayDefaults::default())["spec"]["template"]["spec"]["containers"][0]["ports"]
                 [0]["hostPort"],
             51820
         );
@@ -726,7 +835,7 @@ mod tests {
     fn qos_reaches_the_gateway_and_the_node_agents() {
         let mut s = spec("blue");
         let args = |s: &WorkerSliceSpec| {
-            gateway_deployment(s, &GatewayDefaults::default())["spec"]["template"]["spec"]["containers"][0]["args"]
+            gateway_statefulset(s, &GatewayDefaults::default())["spec"]["template"]["spec"]["containers"][0]["args"]
                 .clone()
         };
         assert!(!args(&s).as_array().unwrap().iter().any(|a| a == "--dscp"));
@@ -748,8 +857,7 @@ mod tests {
             typed,
             allocations,
             namespaces: vec!["shop".into()],
-            gateway_address: None,
-            gateway_secondary_address: None,
+            gateways: plan::GatewayAddresses::default(),
             secondary_allocations: Vec::new(),
         };
         let configs = node_agent_configs(std::slice::from_ref(&planned), &nodes, &NodeDefaults::default()).unwrap();
@@ -785,8 +893,7 @@ mod tests {
             typed,
             allocations,
             namespaces: vec!["shop".into()],
-            gateway_address: Some("10.80.16.66".parse().unwrap()),
-            gateway_secondary_address: None,
+            gateways: plan::GatewayAddresses::primary(Some("10.80.16.66".parse().unwrap())),
             secondary_allocations: Vec::new(),
         };
         let configs = node_agent_configs(std::slice::from_ref(&planned), &nodes, &NodeDefaults::default()).unwrap();
@@ -814,16 +921,93 @@ mod tests {
     fn secrets_hold_base64() {
         let keys =
             KeyPair { private_key: "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=".into(), public_key: "pub".into() };
-        let k = key_secret("blue", &keys);
+        let k = key_secret("blue", 0, &keys);
         let back =
             serde_json::to_value(serde_json::from_value::<k8s_openapi::api::core::v1::Secret>(k.clone()).unwrap());
         assert!(crate::worker::decide::is_applied(&k, &back.unwrap()));
         assert_eq!(k["metadata"]["name"], "slicenet-gw-blue-key");
         assert_eq!(k["data"]["publicKey"], b64("pub"));
-        let c = gateway_config_secret("blue", &TypedGateway::parse(&spec("blue")), &keys.private_key.parse().unwrap());
+        assert_eq!(key_secret("blue", 2, &keys)["metadata"]["name"], "slicenet-gw-blue-key-2");
+        let other: Key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=".parse().unwrap();
+        let gateway = TypedGateway::parse(&spec("blue"));
+        let c = gateway_config_secret("blue", &gateway, &[keys.private_key.parse().unwrap(), other], false);
         use base64::Engine as _;
-        let text =
-            base64::engine::general_purpose::STANDARD.decode(c["data"]["gateway.conf"].as_str().unwrap()).unwrap();
-        assert!(String::from_utf8(text).unwrap().starts_with("[Interface]\nPrivateKey = yAnz"));
+        let file = |c: &Value, key: &str| {
+            let text = base64::engine::general_purpose::STANDARD.decode(c["data"][key].as_str().unwrap()).unwrap();
+            String::from_utf8(text).unwrap()
+        };
+        // One file per replica, named after its pod, each with its own key.
+        let keys_of = |c: &Value| c["data"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys_of(&c), ["slicenet-gw-blue-0.conf", "slicenet-gw-blue-1.conf"]);
+        assert!(file(&c, "slicenet-gw-blue-0.conf").starts_with("[Interface]\nPrivateKey = yAnz"));
+        assert!(file(&c, "slicenet-gw-blue-1.conf").starts_with("[Interface]\nPrivateKey = xTIB"));
+        // While the Deployment of earlier versions runs, its file too (ordinal 0's).
+        let legacy = gateway_config_secret("blue", &gateway, &[keys.private_key.parse().unwrap()], true);
+        assert_eq!(keys_of(&legacy), ["gateway.conf", "slicenet-gw-blue-0.conf"]);
+        assert_eq!(file(&legacy, "gateway.conf"), file(&c, "slicenet-gw-blue-0.conf"));
+        let back =
+            serde_json::to_value(serde_json::from_value::<k8s_openapi::api::core::v1::Secret>(c.clone()).unwrap());
+        assert!(crate::worker::decide::is_applied(&c, &back.unwrap()));
+    }
+
+    /// Issue 13: the replicas' identity — names by ordinal (ordinal 0 keeps the single gateway's
+    /// names), the StatefulSet's placement and rollout, a Service per replica selecting its pod.
+    #[test]
+    fn replicas_are_a_statefulset_with_a_service_and_key_per_ordinal() {
+        assert_eq!(replica_key_secret_name("blue", 0), "slicenet-gw-blue-key");
+        assert_eq!(replica_key_secret_name("blue", 1), "slicenet-gw-blue-key-1");
+        assert_eq!(replica_service_name("blue", 0), "slicenet-gw-blue");
+        assert_eq!(replica_service_name("blue", 3), "slicenet-gw-blue-3");
+        assert_eq!(replica_pod_name("blue", 0), "slicenet-gw-blue-0");
+        assert_eq!(replica_ordinal("blue", "slicenet-gw-blue-2"), Some(2));
+        for other in ["slicenet-gw-blue-7d9f8c5b-x2x4z", "slicenet-gw-blue-02", "slicenet-gw-blue", "slicenet-gw-red-1"]
+        {
+            assert_eq!(replica_ordinal("blue", other), None, "{other}");
+        }
+
+        let mut s = spec("blue");
+        s.gateway.replicas = 2;
+        s.gateway.node_port = Some(31820);
+        let set = gateway_statefulset(&s, &GatewayDefaults::default());
+        let typed: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(set.clone()).unwrap();
+        let back = serde_json::to_value(&typed).unwrap();
+        assert!(crate::worker::decide::is_applied(&set, &back), "{back:#}");
+        let spec_ = typed.spec;
+        assert_eq!(spec_.replicas, Some(2));
+        assert_eq!(spec_.pod_management_policy.as_deref(), Some("Parallel"));
+        assert_eq!(spec_.update_strategy.unwrap().type_.as_deref(), Some("RollingUpdate"));
+        let selector = spec_.selector.match_labels.unwrap();
+        let template = spec_.template;
+        let pod_labels = template.metadata.unwrap().labels.unwrap();
+        assert!(selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)), "the selector takes its own pods");
+        assert_eq!(selector.get(COMPONENT_LABEL).map(String::as_str), Some(GATEWAY_REPLICA));
+        let pod = template.spec.unwrap();
+        let anti = pod.affinity.unwrap().pod_anti_affinity.unwrap();
+        let required = anti.required_during_scheduling_ignored_during_execution.unwrap();
+        assert_eq!(required[0].topology_key, "kubernetes.io/hostname");
+        assert_eq!(required[0].label_selector.as_ref().unwrap().match_labels.as_ref(), Some(&selector));
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+            Some("/healthz")
+        );
+        // Each pod reads the file named after it.
+        let env = &container.env.as_ref().unwrap()[0];
+        assert_eq!(env.name, POD_NAME_ENV);
+        assert_eq!(env.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "metadata.name");
+        let args = container.args.as_ref().unwrap();
+        let at = args.iter().position(|a| a == "--config").unwrap();
+        assert_eq!(args[at + 1], "/etc/slicenet/gateway/$(POD_NAME).conf");
+        assert_eq!(pod.volumes.unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("slicenet-gw-blue"));
+
+        let svc1 = gateway_service(&s, 1).unwrap();
+        assert_eq!(svc1["metadata"]["name"], "slicenet-gw-blue-1");
+        assert_eq!(
+            svc1["spec"]["selector"],
+            json!({"slicenet.io/slice": "blue", "statefulset.kubernetes.io/pod-name": "slicenet-gw-blue-1"})
+        );
+        // A fixed nodePort is ordinal 0's; the others' are assigned.
+        assert_eq!(gateway_service(&s, 0).unwrap()["spec"]["ports"][0]["nodePort"], 31820);
+        assert!(svc1["spec"]["ports"][0].get("nodePort").is_none());
     }
 }

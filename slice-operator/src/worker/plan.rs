@@ -499,28 +499,29 @@ pub fn allocate_node_prefixes(
         .collect()
 }
 
-/// The slice as node `node` runs it: its node prefix, the other nodes of `nodes` that have a
-/// node prefix as VXLAN peers, and — once `gateway_address` (the gateway pod's slice address) is
-/// known and inside one of this cluster's node prefixes — every peer cluster's prefix via the
-/// gateway. `namespaces` are the WorkerSlice's; the caller adds the gateway's own namespace
-/// (see `objects::node_agent_configs`).
-///
-/// The slice addresses of the cluster's gateway pod, one per family of the slice (none until
-/// it runs).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The slice addresses of the cluster's live gateway replicas, per family of the slice, in
+/// ordinal order (none until one runs and is ready).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GatewayAddresses {
-    pub primary: Option<IpAddr>,
-    pub secondary: Option<IpAddr>,
+    pub primary: Vec<IpAddr>,
+    pub secondary: Vec<IpAddr>,
 }
 
 impl GatewayAddresses {
-    /// The primary family's address alone (single-family slices).
+    /// One gateway's address of the primary family alone (single-family slices, one replica).
     #[must_use]
     pub fn primary(address: Option<IpAddr>) -> Self {
-        Self { primary: address, secondary: None }
+        Self { primary: address.into_iter().collect(), secondary: Vec::new() }
     }
 }
 
+/// The slice as node `node` runs it: its node prefix, the other nodes of `nodes` that have a
+/// node prefix as VXLAN peers, and — once a gateway replica's address (its pod's slice address)
+/// is known and inside one of this cluster's node prefixes — every peer cluster's prefix via the
+/// gateway replicas of its family: `via` the first usable one, `also_via` the further ones, in
+/// the order of `gateway` (ordinal order). `namespaces` are the WorkerSlice's; the caller adds
+/// the gateway's own namespace (see `objects::node_agent_configs`).
+///
 /// # Errors
 /// [`WorkerPlanError::NodeNotAllocated`] when `node` has no valid allocation.
 pub fn node_agent_slice(
@@ -558,19 +559,33 @@ pub fn node_agent_slice(
     fn usable(gw: IpAddr, mut prefixes: impl Iterator<Item = IpNet>) -> bool {
         prefixes.any(|p| p.contains(&gw) && prefix::router_address(p) != gw)
     }
-    let primary_via = gateway
-        .primary
-        .filter(|gw| usable(*gw, std::iter::once(node_prefix).chain(peers.iter().map(|p| p.node_prefix))));
-    let secondary_via = gateway.secondary.filter(|gw| {
-        usable(*gw, secondary_node_prefix.into_iter().chain(peers.iter().filter_map(|p| p.secondary_node_prefix)))
-    });
-    // Each remote prefix through the gateway's address of its family.
+    let mut primary_via: Vec<IpAddr> = Vec::new();
+    for gw in gateway.primary {
+        if usable(gw, std::iter::once(node_prefix).chain(peers.iter().map(|p| p.node_prefix)))
+            && !primary_via.contains(&gw)
+        {
+            primary_via.push(gw);
+        }
+    }
+    let mut secondary_via: Vec<IpAddr> = Vec::new();
+    for gw in gateway.secondary {
+        if usable(gw, secondary_node_prefix.into_iter().chain(peers.iter().filter_map(|p| p.secondary_node_prefix)))
+            && !secondary_via.contains(&gw)
+        {
+            secondary_via.push(gw);
+        }
+    }
+    // Each remote prefix through the gateway replicas' addresses of its family: the first as
+    // `via`, the further ones (issue 13) as `also_via`, in ordinal order.
     let remote_routes = spec
         .remote_prefixes
         .iter()
         .filter_map(|&prefix| {
-            let via = if spec.subnet.contains(&prefix) { primary_via } else { secondary_via };
-            Some(RemoteRoute::new(prefix, via?))
+            let vias = if spec.subnet.contains(&prefix) { &primary_via } else { &secondary_via };
+            let (&via, also) = vias.split_first()?;
+            let mut route = RemoteRoute::new(prefix, via);
+            route.also_via = also.to_vec();
+            Some(route)
         })
         .collect();
     Ok(SliceOnNode {
@@ -817,7 +832,7 @@ mod tests {
         let allocs = allocate_node_prefixes(&t, &names(&["n1", "n2", "n3"]), &[]).unwrap();
         let gw4: IpAddr = "10.80.16.70".parse().unwrap();
         let gw6: IpAddr = "fd00:80:0:1000::146".parse().unwrap();
-        let both = GatewayAddresses { primary: Some(gw4), secondary: Some(gw6) };
+        let both = GatewayAddresses { primary: vec![gw4], secondary: vec![gw6] };
         let on = node_agent_slice(&t, "n1", &nodes(), &allocs, both).unwrap();
         for r in &on.remote_routes {
             let want = if r.prefix.addr().is_ipv4() { gw4 } else { gw6 };
@@ -902,6 +917,32 @@ mod tests {
             node_agent_slice(&typed(&s), "n3", &nodes(), &allocs, GatewayAddresses::default()),
             Err(WorkerPlanError::NodeNotAllocated { .. })
         ));
+    }
+
+    /// Issue 13: with several live replicas every remote prefix goes via the first and also via
+    /// the others of its family, in the order given (ordinal order); unusable or repeated
+    /// addresses are left out, and what remains passes the node agent's validation.
+    #[test]
+    fn remote_routes_go_via_every_live_replica_in_ordinal_order() {
+        let s = spec();
+        let allocs = allocate_node_prefixes(&typed(&s), &names(&["n1", "n2"]), &[]).unwrap();
+        let ip = |a: &str| -> IpAddr { a.parse().unwrap() };
+        // Replica 0 on n2, replica 1 on n1, a stale address (n3's old prefix), a repeat.
+        let gateways = GatewayAddresses {
+            primary: vec![ip("10.80.16.70"), ip("10.80.16.5"), ip("10.80.16.130"), ip("10.80.16.70")],
+            secondary: Vec::new(),
+        };
+        let on = node_agent_slice(&typed(&s), "n1", &nodes(), &allocs, gateways).unwrap();
+        assert_eq!(on.remote_routes.len(), 2);
+        for r in &on.remote_routes {
+            assert_eq!((r.via, r.also_via.as_slice()), (ip("10.80.16.70"), &[ip("10.80.16.5")][..]), "{r:?}");
+        }
+        passes_node_validation(on);
+        // One replica: no `alsoVia`, as before replicas.
+        let one =
+            node_agent_slice(&typed(&s), "n1", &nodes(), &allocs, GatewayAddresses::primary(Some(ip("10.80.16.5"))))
+                .unwrap();
+        assert!(one.remote_routes.iter().all(|r| r.also_via.is_empty()));
     }
 
     const PRIVATE: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";

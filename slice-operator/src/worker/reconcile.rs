@@ -5,8 +5,8 @@
 //!
 //! Requests of a pass, in order (each declared in `access::WORKER_HUB` / `WORKER_CLUSTER`):
 //! hub: list WorkerSlices in `slicenet-cluster-<cluster>`, get the MemberCluster; cluster: list
-//! Nodes, Namespaces, then the worker's Secrets, ConfigMaps, Deployments, Services and the
-//! gateway Pods in `slicenet-system` (by label), the running Pods of each member namespace
+//! Nodes, Namespaces, then the worker's Secrets, ConfigMaps, Deployments (the gateway's of
+//! earlier versions, until replaced), StatefulSets, Services and the gateway Pods (by label), the running Pods of each member namespace
 //! (for `connectedPods`), and NADs in all namespaces when Multus is used; the MCS API group's
 //! discovery document and the multi-cluster services' objects in the version it serves
 //! ([`served_mcs_version`]); then the writes.
@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -179,6 +179,7 @@ fn resource(kind: Kind, mcs: McsVersion) -> ApiResource {
         Kind::Secret => ApiResource::erase::<Secret>(&()),
         Kind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
         Kind::Deployment => ApiResource::erase::<Deployment>(&()),
+        Kind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
         Kind::Service => ApiResource::erase::<Service>(&()),
         Kind::NetworkAttachmentDefinition => nad_resource(),
         Kind::ServiceImport => mcs.service_imports(),
@@ -375,6 +376,10 @@ impl Worker {
             Api::<ConfigMap>::namespaced(self.local.clone(), sys).list(&managed).await.map_err(read("ConfigMaps"))?;
         let deployments =
             Api::<Deployment>::namespaced(self.local.clone(), gw).list(&managed).await.map_err(read("Deployments"))?;
+        let stateful_sets = Api::<StatefulSet>::namespaced(self.local.clone(), gw)
+            .list(&managed)
+            .await
+            .map_err(read("StatefulSets"))?;
         let services =
             Api::<Service>::namespaced(self.local.clone(), gw).list(&managed).await.map_err(read("Services"))?;
         let gateway_pods = ListParams::default().labels(&format!("{}={}", objects::NAME_LABEL, objects::GATEWAY_NAME));
@@ -506,6 +511,7 @@ impl Worker {
             secrets: secrets.items,
             config_maps: config_maps.items,
             deployments: deployments.items,
+            stateful_sets: stateful_sets.items,
             services: services.items,
             pods: pods.items,
             nads,
@@ -786,7 +792,14 @@ impl Worker {
                 let mut body = serde_json::to_value(status)
                     .map_err(|source| WorkerError::Encode { what: format!("status of {name}"), source })?;
                 if let Some(map) = body.as_object_mut() {
-                    for key in ["gatewayPublicKey", "gatewayEndpoint", "observedGeneration", "exports", "pods"] {
+                    for key in [
+                        "gatewayPublicKey",
+                        "gatewayEndpoint",
+                        "gatewayReplicas",
+                        "observedGeneration",
+                        "exports",
+                        "pods",
+                    ] {
                         map.entry(key).or_insert(serde_json::Value::Null);
                     }
                 }

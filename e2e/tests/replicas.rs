@@ -1,0 +1,151 @@
+//! Gateway replicas through the whole control plane (issue 13): a slice with
+//! `gateway.replicas: 2` over c1 and c2 (two nodes each) and c3 (one node). The workers make a
+//! StatefulSet, a key and a Service per replica; the lab's kubelet runs each replica on its own
+//! node with its own key and endpoint, and leaves c3's second replica `Pending` (the
+//! anti-affinity finds no node); every replica of c1 shakes hands with both of c2's and the
+//! other way round (each its own WireGuard peer, as the hub hands them out). Pods of c1 and c2
+//! reaching each other is a second test, ignored until the node agents route over every
+//! replica (see it). Needs root and the binaries (`slice-gateway`, `slice-cni`,
+//! `slice-operator`); fails (does not skip) without them.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use e2e::control::{self, ControlPlane, LabEnv};
+use e2e::{Lab, Pod, PodSpec};
+
+/// A lab prefix no other test uses.
+const PREFIX: &str = "grp";
+const STEP: Duration = Duration::from_secs(20);
+/// How long the replicas get to shake hands with each other (the probes run every 200 ms).
+const HANDSHAKES: Duration = Duration::from_secs(60);
+
+fn slice_addr(pod: &Pod) -> Ipv4Addr {
+    pod.ipv4("slice0").unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The keys the replica `ordinal` of `cluster` has shaken hands with (`wg show … latest-handshakes`
+/// with a time other than 0).
+fn handshaken(cp: &ControlPlane, cluster: &str, ordinal: u32) -> Vec<String> {
+    let text = cp.replica_wg("blue", cluster, ordinal, &["show", "{if}", "latest-handshakes"]).unwrap_or_default();
+    let mut keys: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let key = words.next()?;
+            (words.next()? != "0").then(|| key.to_owned())
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Each replica's (ordinal, state, node, key) in `cluster`'s WorkerSlice status.
+fn replicas_status(cp: &ControlPlane, cluster: &str) -> Vec<(u32, String, Option<String>, Option<String>)> {
+    let view = cp.hub_view();
+    let ws = view.workers.iter().find(|w| w.spec.cluster == cluster).expect("the WorkerSlice");
+    let status = ws.status.as_ref().expect("a status");
+    status.gateway_replicas.iter().map(|r| (r.ordinal, r.state.clone(), r.node.clone(), r.public_key.clone())).collect()
+}
+
+/// The lab with slice `blue` over c1, c2 (two nodes each) and c3 (one node), two gateway
+/// replicas per cluster; torn down when the guard drops, however the test ends.
+fn slice_with_two_replicas() -> LabEnv {
+    e2e::require_root().expect("root");
+    let lab = Lab::new(PREFIX).expect("lab (needs root; build the bins first)");
+    let mut env = LabEnv { cp: ControlPlane::new(), lab: Some(lab) };
+    let members = [("c1", 2, false), ("c2", 2, false), ("c3", 1, false)];
+    let mut manifest = control::across_manifest("blue", "10.80.0.0/16", &["shop"], &members).expect("manifest");
+    manifest.slices[0].spec.gateway.replicas = 2;
+    env.apply(&manifest).unwrap_or_else(|e| panic!("{e:#}"));
+    env
+}
+
+#[test]
+fn two_replicas_per_cluster_each_with_its_own_key_node_and_tunnels() {
+    let mut env = slice_with_two_replicas();
+    let LabEnv { cp, lab } = &mut env;
+    let lab = lab.as_ref().expect("the lab");
+
+    // Each cluster with two nodes runs both replicas, on different nodes; c3 has one node, so
+    // its replica 1 is Pending with the scheduler's message and the slice runs on replica 0.
+    for cluster in ["c1", "c2"] {
+        let running = cp.gateway_replicas("blue", cluster);
+        assert_eq!(running.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 1], "{cluster}: {running:?}");
+        assert_ne!(running[0].1, running[1].1, "{cluster}: the replicas share a node: {running:?}");
+        let status = replicas_status(cp, cluster);
+        assert_eq!(status.len(), 2, "{cluster}: {status:?}");
+        for (i, (ordinal, state, node, key)) in status.iter().enumerate() {
+            assert_eq!((*ordinal, state.as_str()), (u32::try_from(i).unwrap(), "Up"), "{cluster}: {status:?}");
+            assert_eq!(node.as_deref(), Some(running[i].1.as_str()), "{cluster}: {status:?}");
+            // The key the status publishes is the one the replica runs with.
+            let runs = cp.replica_wg("blue", cluster, *ordinal, &["show", "{if}", "public-key"]).expect("wg");
+            assert_eq!(key.as_deref(), Some(runs.trim()), "{cluster} replica {ordinal}");
+        }
+        assert_ne!(status[0].3, status[1].3, "{cluster}: one key per replica");
+    }
+    assert_eq!(cp.gateway_replicas("blue", "c3").iter().map(|r| r.0).collect::<Vec<_>>(), [0]);
+    let c3 = cp.hub_view().workers.iter().find(|w| w.spec.cluster == "c3").cloned().expect("c3's WorkerSlice");
+    let pending = &c3.status.expect("status").gateway_replicas[1];
+    assert_eq!(pending.state, "Pending");
+    assert!(pending.reason.contains("didn't match pod anti-affinity rules"), "{}", pending.reason);
+
+    // The hub hands every replica out: c1's spec lists c2's replica 1 with its own endpoint.
+    let view = cp.hub_view();
+    let c1 = view.workers.iter().find(|w| w.spec.cluster == "c1").expect("c1's WorkerSlice");
+    let to_c2 = c1.spec.peers.iter().find(|p| p.cluster == "c2").expect("c2 among c1's peers");
+    assert_eq!(to_c2.replicas.iter().map(|r| r.ordinal).collect::<Vec<_>>(), [1], "{to_c2:?}");
+    assert!(to_c2.replicas[0].endpoint.is_some() && to_c2.replicas[0].endpoint != to_c2.endpoint, "{to_c2:?}");
+
+    // Every replica of c1 shakes hands with both of c2's, and the other way round.
+    let keys = |cluster: &str| -> Vec<String> {
+        let mut k: Vec<String> = replicas_status(cp, cluster).into_iter().filter_map(|r| r.3).collect();
+        k.sort();
+        k
+    };
+    let (c1_keys, c2_keys) = (keys("c1"), keys("c2"));
+    let deadline = Instant::now() + HANDSHAKES;
+    let all_shaken = |cp: &ControlPlane| {
+        [0, 1].iter().all(|o| c2_keys.iter().all(|k| handshaken(cp, "c1", *o).contains(k)))
+            && [0, 1].iter().all(|o| c1_keys.iter().all(|k| handshaken(cp, "c2", *o).contains(k)))
+    };
+    while !all_shaken(cp) && Instant::now() < deadline {
+        cp.tick(lab).expect("a round");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (cluster, peers) in [("c1", &c2_keys), ("c2", &c1_keys)] {
+        for ordinal in [0, 1] {
+            let seen = handshaken(cp, cluster, ordinal);
+            assert!(
+                peers.iter().all(|k| seen.contains(k)),
+                "{cluster} replica {ordinal} has not shaken hands with every replica of the other cluster: \
+                 {seen:?} vs {peers:?}\n{}",
+                cp.diagnose(lab)
+            );
+        }
+    }
+}
+
+/// Pods of c1 and c2 reach each other across the clusters with two replicas each. Ignored until
+/// the node agents route over every replica: today an agent routes via `via` alone and ignores
+/// `alsoVia`, while a remote gateway spreads flows over all our replicas (its peer group), so a
+/// flow that the remote side sends to a replica other than a node's `via` may not be carried
+/// on (seen in this lab: `c1/shop/a never reached` c2's pod with every tunnel `Up` and every
+/// replica pair shaken hands; not yet traced to the step that drops it). Run it with
+/// `--ignored` once the agents' nexthop groups are in.
+#[test]
+#[ignore = "needs the node agents' routes over every gateway replica (alsoVia, nexthop groups)"]
+fn pods_reach_each_other_across_clusters_with_two_replicas() {
+    let env = slice_with_two_replicas();
+    let (cp, lab) = (&env.cp, env.lab());
+    let run = |cluster: &str, node: &str, name: &str| {
+        control::run_pod_retrying(lab.node(cluster, node), &PodSpec::new("shop", name), STEP).expect("a pod")
+    };
+    let a = run("c1", "n1", "a");
+    let b = run("c2", "n2", "b");
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        if let Err(e) = control::first_packet(from, slice_addr(to), Instant::now(), STEP) {
+            panic!("{} → {}: {e:#}\n{}", from.lab_name(), to.lab_name(), cp.diagnose(lab));
+        }
+    }
+}
