@@ -47,6 +47,27 @@ fn manifest() -> control::Manifest {
     parse_manifest(&text).expect("the test's YAML parses")
 }
 
+/// `lab` with its control plane and the manifest applied (both slices up), in the test's guard.
+fn up(lab: Lab) -> Env {
+    let mut env = Env { cp: ControlPlane::new(), lab: Some(lab) };
+    env.apply(&manifest()).unwrap_or_else(|e| panic!("{e:#}"));
+    env
+}
+
+fn run(lab: &Lab, cluster: &str, node: &str, ns: &str, name: &str) -> Pod {
+    control::run_pod_retrying(lab.node(cluster, node), &PodSpec::new(ns, name), WAIT).unwrap()
+}
+
+/// Pods of slice `blue`: two in c1 (one per node), one in c2, one in c3.
+fn blue_pods(lab: &Lab) -> [Pod; 4] {
+    [
+        run(lab, "c1", "n1", "shop", "a1"),
+        run(lab, "c1", "n2", "shop", "a2"),
+        run(lab, "c2", "n1", "shop", "b"),
+        run(lab, "c3", "n1", "shop", "c"),
+    ]
+}
+
 /// The pod's addresses on `slice0`, IPv4 first.
 fn slice_addrs(pod: &Pod) -> Vec<IpAddr> {
     pod.ips("slice0").unwrap_or_default()
@@ -88,21 +109,12 @@ fn transfer(server: &Pod, client: &Pod, to: IpAddr, port: u16) -> Result<(), Str
 
 #[test]
 fn dual_stack_and_ipv6_only_slices_cross_three_clusters() {
-    e2e::require_root().expect("root");
-    let mut env = Env { cp: ControlPlane::new(), lab: Some(Lab::new("hx6").expect("lab (needs root)")) };
+    let mut env = up(Lab::new("hx6").expect("lab (needs root)"));
     let Env { cp, lab } = &mut env;
     let lab = lab.as_mut().expect("the lab");
-    cp.apply(lab, &manifest()).unwrap_or_else(|e| panic!("{e:#}\n{}", cp.diagnose(lab)));
-    let run = |cluster: &str, node: &str, ns: &str, name: &str| {
-        control::run_pod_retrying(lab.node(cluster, node), &PodSpec::new(ns, name), WAIT).unwrap()
-    };
-    let blue = [
-        run("c1", "n1", "shop", "a1"),
-        run("c1", "n2", "shop", "a2"),
-        run("c2", "n1", "shop", "b"),
-        run("c3", "n1", "shop", "c"),
-    ];
-    let green = [run("c1", "n2", "web", "g1"), run("c2", "n1", "web", "g2"), run("c3", "n1", "web", "g3")];
+    let blue = blue_pods(lab);
+    let green =
+        [run(lab, "c1", "n2", "web", "g1"), run(lab, "c2", "n1", "web", "g2"), run(lab, "c3", "n1", "web", "g3")];
     for p in &blue {
         let a = slice_addrs(p);
         assert!(a.len() == 2 && a[0].is_ipv4() && a[1].is_ipv6(), "{}: {a:?}", p.lab_name());
@@ -210,22 +222,12 @@ fn dual_stack_and_ipv6_only_slices_cross_three_clusters() {
 /// NAT66, and VXLAN over an IPv6 underlay inside a cluster.
 #[test]
 fn slices_cross_an_ipv6_wan_and_an_ipv6_underlay() {
-    e2e::require_root().expect("root");
-    let lab = Lab::with_options("hu6", LabOptions::dual_stack()).expect("lab (needs root)");
-    let mut env = Env { cp: ControlPlane::new(), lab: Some(lab) };
+    let mut env = up(Lab::with_options("hu6", LabOptions::dual_stack()).expect("lab (needs root)"));
     let Env { cp, lab } = &mut env;
     let lab = lab.as_mut().expect("the lab");
-    cp.apply(lab, &manifest()).unwrap_or_else(|e| panic!("{e:#}\n{}", cp.diagnose(lab)));
-    let run = |cluster: &str, node: &str, ns: &str, name: &str| {
-        control::run_pod_retrying(lab.node(cluster, node), &PodSpec::new(ns, name), WAIT).unwrap()
-    };
-    let blue = [
-        run("c1", "n1", "shop", "a1"),
-        run("c1", "n2", "shop", "a2"),
-        run("c2", "n1", "shop", "b"),
-        run("c3", "n1", "shop", "c"),
-    ];
-    let green = [run("c1", "n1", "web", "g0"), run("c1", "n2", "web", "g1"), run("c3", "n1", "web", "g3")];
+    let blue = blue_pods(lab);
+    let green =
+        [run(lab, "c1", "n1", "web", "g0"), run(lab, "c1", "n2", "web", "g1"), run(lab, "c3", "n1", "web", "g3")];
 
     // Every pod reaches every other pod of its slice, in its cluster across the IPv6 underlay
     // and in the other clusters across the IPv6 WAN, over each family it has.
