@@ -806,6 +806,15 @@ fn install_worker_parses_and_grants_exactly_the_worker_and_agent_lists() {
     // shared both ways.
     let ds = &p.daemonsets[0];
     assert_eq!(ds.metadata.namespace.as_deref(), Some(slice_api::names::NODE_NAMESPACE));
+    // Rolled one node at a time, the old agent gone before the new one starts (issue 13).
+    let rolling = ds.spec.update_strategy.as_ref().expect("an update strategy");
+    assert_eq!(rolling.type_.as_deref(), Some("RollingUpdate"));
+    let r = rolling.rolling_update.as_ref().expect("rolling update");
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(
+        (r.max_unavailable.clone(), r.max_surge.clone()),
+        (Some(IntOrString::Int(1)), Some(IntOrString::Int(0)))
+    );
     let spec = ds.spec.template.spec.as_ref().unwrap();
     assert_eq!(spec.host_network, Some(true));
     let agent = &spec.containers[0];

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, Deployment, DeploymentSpec, RollingUpdateDaemonSet,
+};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource,
     ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
@@ -455,6 +457,17 @@ pub fn node_agent_daemonset(image: &str) -> DaemonSet {
                     ..PodSpec::default()
                 }),
             },
+            // One node at a time, the old agent gone before the new one starts (maxSurge 0: two
+            // agents must never reconcile one node's routers at once). A restart does not touch
+            // the data path — the agent adopts the routers it finds (e2e/tests/failover.rs) —
+            // so every slice keeps flowing through a rolling update (issue 13).
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDaemonSet {
+                    max_unavailable: Some(IntOrString::Int(1)),
+                    max_surge: Some(IntOrString::Int(0)),
+                }),
+            }),
             ..DaemonSetSpec::default()
         },
         status: None,
