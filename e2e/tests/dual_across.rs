@@ -68,6 +68,19 @@ fn blue_pods(lab: &Lab) -> [Pod; 4] {
     ]
 }
 
+/// `from` pings every slice address of `to` (each family) within [`WAIT`].
+fn assert_reaches(cp: &ControlPlane, lab: &Lab, from: &Pod, to: &Pod) {
+    for addr in slice_addrs(to) {
+        assert!(
+            ping_within(from, addr, WAIT),
+            "ping {} → {} ({addr}):\n{}",
+            from.lab_name(),
+            to.lab_name(),
+            cp.diagnose(lab)
+        );
+    }
+}
+
 /// The pod's addresses on `slice0`, IPv4 first.
 fn slice_addrs(pod: &Pod) -> Vec<IpAddr> {
     pod.ips("slice0").unwrap_or_default()
@@ -128,15 +141,7 @@ fn dual_stack_and_ipv6_only_slices_cross_three_clusters() {
     for pods in [&blue[..], &green[..]] {
         for from in pods {
             for to in pods.iter().filter(|p| p.cluster != from.cluster) {
-                for addr in slice_addrs(to) {
-                    assert!(
-                        ping_within(from, addr, WAIT),
-                        "ping {} → {} ({addr}):\n{}",
-                        from.lab_name(),
-                        to.lab_name(),
-                        cp.diagnose(lab)
-                    );
-                }
+                assert_reaches(cp, lab, from, to);
             }
         }
     }
@@ -234,15 +239,7 @@ fn slices_cross_an_ipv6_wan_and_an_ipv6_underlay() {
     for pods in [&blue[..], &green[..]] {
         for from in pods {
             for to in pods.iter().filter(|p| p.lab_name() != from.lab_name()) {
-                for addr in slice_addrs(to) {
-                    assert!(
-                        ping_within(from, addr, WAIT),
-                        "ping {} → {} ({addr}):\n{}",
-                        from.lab_name(),
-                        to.lab_name(),
-                        cp.diagnose(lab)
-                    );
-                }
+                assert_reaches(cp, lab, from, to);
             }
         }
     }
