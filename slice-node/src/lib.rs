@@ -252,8 +252,8 @@ pub fn run_daemon(opts: &DaemonOptions) -> anyhow::Result<()> {
 /// One reconcile of `config` on a blocking thread (netlink handles run their own runtimes; the
 /// thread is in the process's, the node's, network namespace), logged. True when it must be
 /// retried: it failed, panicked, or only waits for something (a gateway pod) to appear.
-pub(crate) async fn reconcile_logged(config: NodeAgentConfig) -> bool {
-    match tokio::task::spawn_blocking(move || reconcile(&config)).await {
+pub(crate) async fn reconcile_logged(config: NodeAgentConfig, dead: DeadGateways) -> bool {
+    match tokio::task::spawn_blocking(move || reconcile_live(&config, &dead)).await {
         Ok(Ok(_)) => false,
         Ok(Err(e)) if e.is_only_waiting() => {
             tracing::info!(reason = %chain(&e), "waiting; retrying");
