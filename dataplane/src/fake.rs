@@ -2,7 +2,11 @@
 //! neighbours, FDB entries and sysctls that behave like the kernel's where callers depend on it
 //! (`EEXIST` on a duplicate, `ENODEV` on a missing link, a veth's peer and its routes gone with
 //! it, a VXLAN's VNI held by the namespace it was created in wherever the device moves, a moved
-//! link arriving without addresses, routes or neighbours, a deleted namespace taking its links),
+//! link arriving without addresses, routes or neighbours, a deleted namespace taking its links,
+//! nexthops: a gateway's device and a group's members must exist, a nexthop deleted (or gone with
+//! its device) leaves its groups, an emptied group goes, and the routes through what went go too;
+//! a route through a nexthop and a plain route to the same destination in the main table replace
+//! each other),
 //! every call recorded, and any call made to fail once with a chosen errno. For tests of what
 //! code does around netlink (the order of its requests, what it undoes after a failure) without
 //! root.
@@ -14,7 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
-use crate::netlink::{Fdb, Link, Neigh, Route, VethRequest, VxlanRequest, format_mac};
+use crate::netlink::{
+    Fdb, Link, Neigh, Nexthop, NexthopKind, NexthopRoute, Route, Rule, VethRequest, VxlanRequest, format_mac,
+};
 use crate::nft::TableId;
 use crate::ops::{NamespaceOps, NetlinkOps};
 use crate::{Error, Result};
@@ -29,7 +35,13 @@ struct Namespace {
     sysctls: BTreeMap<String, String>,
     /// nftables tables, by (family, name): their objects as listed.
     nft: BTreeMap<(String, String), Vec<serde_json::Value>>,
+    nexthops: BTreeMap<u32, Nexthop>,
+    nexthop_routes: Vec<NexthopRoute>,
+    rules: Vec<Rule>,
 }
+
+/// The main routing table's number.
+const MAIN_TABLE: u32 = 254;
 
 impl Namespace {
     /// Forgets what hangs off a link (when it goes away or moves to another namespace).
@@ -38,6 +50,55 @@ impl Namespace {
         self.routes.retain(|r| r.dev.as_deref() != Some(link));
         self.neighs.remove(link);
         self.fdb.remove(link);
+        let on_link: Vec<u32> = self
+            .nexthops
+            .values()
+            .filter(|nh| matches!(&nh.kind, NexthopKind::Gateway { dev, .. } if dev == link))
+            .map(|nh| nh.id)
+            .collect();
+        for id in on_link {
+            self.remove_nexthop(id);
+        }
+    }
+
+    /// Removes a nexthop as the kernel does: out of every group (a group left empty goes too),
+    /// and the routes through whatever went.
+    fn remove_nexthop(&mut self, id: u32) -> bool {
+        if self.nexthops.remove(&id).is_none() {
+            return false;
+        }
+        self.nexthop_routes.retain(|r| r.nhid != id);
+        let mut emptied = Vec::new();
+        for nh in self.nexthops.values_mut() {
+            if let NexthopKind::Group { members } = &mut nh.kind {
+                members.retain(|m| *m != id);
+                if members.is_empty() {
+                    emptied.push(nh.id);
+                }
+            }
+        }
+        for group in emptied {
+            self.remove_nexthop(group);
+        }
+        true
+    }
+
+    /// Checks a nexthop as the kernel does before creating it.
+    fn check_nexthop(&self, nh: &Nexthop, op: &str) -> Result<()> {
+        match &nh.kind {
+            NexthopKind::Gateway { dev, .. } if !self.links.contains_key(dev) => Err(fail(op, libc::ENODEV)),
+            NexthopKind::Gateway { .. } => Ok(()),
+            NexthopKind::Group { members } => {
+                let usable = |m: &u32| {
+                    self.nexthops.get(m).is_some_and(|n| matches!(n.kind, NexthopKind::Gateway { .. })) && *m != nh.id
+                };
+                if members.is_empty() || !members.iter().all(usable) {
+                    return Err(fail(op, libc::EINVAL));
+                }
+                Ok(())
+            }
+            NexthopKind::Other => Err(fail(op, libc::EINVAL)),
+        }
     }
 }
 
@@ -225,6 +286,29 @@ impl FakeWorld {
     #[must_use]
     pub fn fdb(&self, ns: &str, link: &str) -> Vec<Fdb> {
         self.lock().ns(ns).fdb.get(link).cloned().unwrap_or_default()
+    }
+
+    /// The nexthop objects of `ns`.
+    #[must_use]
+    pub fn nexthops(&self, ns: &str) -> Vec<Nexthop> {
+        self.lock().ns(ns).nexthops.values().cloned().collect()
+    }
+
+    /// The routes through nexthop objects of `ns`, every table.
+    #[must_use]
+    pub fn nexthop_routes(&self, ns: &str) -> Vec<NexthopRoute> {
+        self.lock().ns(ns).nexthop_routes.clone()
+    }
+
+    /// The rules of `ns`.
+    #[must_use]
+    pub fn rules(&self, ns: &str) -> Vec<Rule> {
+        self.lock().ns(ns).rules.clone()
+    }
+
+    /// Puts a nexthop into `ns` as someone else would, without recording a call.
+    pub fn put_nexthop(&self, ns: &str, nh: Nexthop) {
+        self.lock().ns(ns).nexthops.insert(nh.id, nh);
     }
 
     /// The sysctls written in `ns`.
@@ -431,11 +515,12 @@ impl NetlinkOps for FakeNetlink {
         {
             return Err(fail(&format!("adding route {}", route.dst), libc::ENODEV));
         }
-        let routes = &mut w.ns(&self.ns).routes;
-        if routes.iter().any(|r| r.dst == route.dst) {
+        let space = w.ns(&self.ns);
+        let through_nexthop = space.nexthop_routes.iter().any(|r| r.dst == route.dst && r.table == MAIN_TABLE);
+        if through_nexthop || space.routes.iter().any(|r| r.dst == route.dst) {
             return Err(fail(&format!("adding route {}", route.dst), libc::EEXIST));
         }
-        routes.push(route.clone());
+        space.routes.push(route.clone());
         Ok(())
     }
 
@@ -446,9 +531,10 @@ impl NetlinkOps for FakeNetlink {
         {
             return Err(fail(&format!("replacing route {}", route.dst), libc::ENODEV));
         }
-        let routes = &mut w.ns(&self.ns).routes;
-        routes.retain(|r| r.dst != route.dst);
-        routes.push(route.clone());
+        let space = w.ns(&self.ns);
+        space.nexthop_routes.retain(|r| !(r.dst == route.dst && r.table == MAIN_TABLE));
+        space.routes.retain(|r| r.dst != route.dst);
+        space.routes.push(route.clone());
         Ok(())
     }
 
@@ -505,6 +591,91 @@ impl NetlinkOps for FakeNetlink {
         let before = fdb.len();
         fdb.retain(|e| e != entry);
         Ok(fdb.len() != before)
+    }
+
+    fn nexthops(&mut self) -> Result<Vec<Nexthop>> {
+        let mut w = self.call("nexthops".to_owned())?;
+        Ok(w.ns(&self.ns).nexthops.values().cloned().collect())
+    }
+
+    fn add_nexthop(&mut self, nh: &Nexthop) -> Result<()> {
+        let mut w = self.call(format!("add_nexthop {nh}"))?;
+        let space = w.ns(&self.ns);
+        let op = format!("creating {nh}");
+        if space.nexthops.contains_key(&nh.id) {
+            return Err(fail(&op, libc::EEXIST));
+        }
+        space.check_nexthop(nh, &op)?;
+        space.nexthops.insert(nh.id, nh.clone());
+        Ok(())
+    }
+
+    fn replace_nexthop(&mut self, nh: &Nexthop) -> Result<()> {
+        let mut w = self.call(format!("replace_nexthop {nh}"))?;
+        let space = w.ns(&self.ns);
+        let op = format!("replacing {nh}");
+        let is_group = |n: &Nexthop| matches!(n.kind, NexthopKind::Group { .. });
+        if space.nexthops.get(&nh.id).is_some_and(|old| is_group(old) != is_group(nh)) {
+            return Err(fail(&op, libc::EINVAL));
+        }
+        space.check_nexthop(nh, &op)?;
+        space.nexthops.insert(nh.id, nh.clone());
+        Ok(())
+    }
+
+    fn del_nexthop(&mut self, id: u32) -> Result<bool> {
+        let mut w = self.call(format!("del_nexthop {id}"))?;
+        Ok(w.ns(&self.ns).remove_nexthop(id))
+    }
+
+    fn nexthop_routes(&mut self, v6: bool) -> Result<Vec<NexthopRoute>> {
+        let mut w = self.call(format!("nexthop_routes v{}", if v6 { 6 } else { 4 }))?;
+        Ok(w.ns(&self.ns).nexthop_routes.iter().filter(|r| matches!(r.dst, IpNet::V6(_)) == v6).cloned().collect())
+    }
+
+    fn replace_nexthop_route(&mut self, route: &NexthopRoute) -> Result<()> {
+        let mut w = self.call(format!("replace_nexthop_route {route}"))?;
+        let space = w.ns(&self.ns);
+        if !space.nexthops.contains_key(&route.nhid) {
+            return Err(fail(&format!("replacing {route}"), libc::EINVAL));
+        }
+        if route.table == MAIN_TABLE {
+            space.routes.retain(|r| r.dst != route.dst);
+        }
+        space.nexthop_routes.retain(|r| !(r.dst == route.dst && r.table == route.table));
+        space.nexthop_routes.push(route.clone());
+        Ok(())
+    }
+
+    fn del_nexthop_route(&mut self, route: &NexthopRoute) -> Result<bool> {
+        let mut w = self.call(format!("del_nexthop_route {route}"))?;
+        let routes = &mut w.ns(&self.ns).nexthop_routes;
+        let before = routes.len();
+        routes.retain(|r| r != route);
+        Ok(routes.len() != before)
+    }
+
+    fn rules(&mut self, v6: bool) -> Result<Vec<Rule>> {
+        let mut w = self.call(format!("rules v{}", if v6 { 6 } else { 4 }))?;
+        Ok(w.ns(&self.ns).rules.iter().filter(|r| r.v6 == v6).cloned().collect())
+    }
+
+    fn add_rule(&mut self, rule: &Rule) -> Result<()> {
+        let mut w = self.call(format!("add_rule {rule}"))?;
+        let rules = &mut w.ns(&self.ns).rules;
+        if rules.contains(rule) {
+            return Err(fail(&format!("adding {rule}"), libc::EEXIST));
+        }
+        rules.push(rule.clone());
+        Ok(())
+    }
+
+    fn del_rule(&mut self, rule: &Rule) -> Result<bool> {
+        let mut w = self.call(format!("del_rule {rule}"))?;
+        let rules = &mut w.ns(&self.ns).rules;
+        let before = rules.len();
+        rules.retain(|r| r != rule);
+        Ok(rules.len() != before)
     }
 }
 
@@ -657,6 +828,59 @@ mod tests {
         assert_eq!(a.set_up("va").unwrap_err().errno(), Some(libc::EPERM));
         a.set_up("va").unwrap();
         assert!(world.calls().iter().any(|c| c == "a: create_veth va (peer vb in b)"), "{:?}", world.calls());
+    }
+
+    fn gateway(id: u32, via: &str, dev: &str) -> Nexthop {
+        Nexthop { id, kind: NexthopKind::Gateway { gateway: via.parse().unwrap(), dev: dev.into(), onlink: false } }
+    }
+
+    #[test]
+    fn nexthops_groups_and_their_routes_behave_like_the_kernel() {
+        let world = FakeWorld::new();
+        let mut a = world.handle("a", "b");
+        let here = Some(crate::Netns::current().unwrap());
+        for (name, peer) in [("v1", "p1"), ("v2", "p2")] {
+            let req = VethRequest {
+                name,
+                netns: None,
+                peer_name: peer,
+                peer_netns: here.as_ref(),
+                mtu: None,
+                mac: None,
+                peer_mac: None,
+            };
+            a.create_veth(&req).unwrap();
+        }
+        assert_eq!(a.add_nexthop(&gateway(1, "10.0.0.2", "nope")).unwrap_err().errno(), Some(libc::ENODEV));
+        a.add_nexthop(&gateway(1, "10.0.0.2", "v1")).unwrap();
+        a.add_nexthop(&gateway(2, "10.0.0.3", "v2")).unwrap();
+        assert_eq!(a.add_nexthop(&gateway(2, "10.0.0.3", "v2")).unwrap_err().errno(), Some(libc::EEXIST));
+        let group = |members: Vec<u32>| Nexthop { id: 10, kind: NexthopKind::Group { members } };
+        assert_eq!(a.add_nexthop(&group(vec![1, 9])).unwrap_err().errno(), Some(libc::EINVAL));
+        a.add_nexthop(&group(vec![1, 2])).unwrap();
+        assert_eq!(a.replace_nexthop(&gateway(10, "10.0.0.4", "v1")).unwrap_err().errno(), Some(libc::EINVAL));
+        let dst: IpNet = "10.99.0.0/16".parse().unwrap();
+        a.add_route(&route("10.99.0.0/16", "v1")).unwrap();
+        let main = NexthopRoute { dst, table: 254, nhid: 10 };
+        let side = NexthopRoute { dst, table: 92, nhid: 1 };
+        a.replace_nexthop_route(&main).unwrap();
+        a.replace_nexthop_route(&side).unwrap();
+        assert!(world.routes("a").is_empty(), "the route through the group replaced the plain one");
+        assert_eq!(a.add_route(&route("10.99.0.0/16", "v1")).unwrap_err().errno(), Some(libc::EEXIST));
+        assert!(!a.del_nexthop_route(&NexthopRoute { nhid: 2, ..main.clone() }).unwrap());
+        // A device going takes its nexthop out of the group; the group and its route stay.
+        assert!(a.delete_link("v1").unwrap());
+        assert_eq!(world.nexthops("a"), [gateway(2, "10.0.0.3", "v2"), group(vec![2])]);
+        assert_eq!(world.nexthop_routes("a"), std::slice::from_ref(&main));
+        // The last member going takes the group and its route.
+        assert!(a.del_nexthop(2).unwrap() && !a.del_nexthop(2).unwrap());
+        assert!(world.nexthops("a").is_empty() && world.nexthop_routes("a").is_empty());
+        let rule = Rule { v6: false, priority: 92, iif: "sv100".into(), table: 92 };
+        a.add_rule(&rule).unwrap();
+        assert_eq!(a.add_rule(&rule).unwrap_err().errno(), Some(libc::EEXIST));
+        assert_eq!(a.rules(false).unwrap(), std::slice::from_ref(&rule));
+        assert!(a.rules(true).unwrap().is_empty());
+        assert!(a.del_rule(&rule).unwrap() && !a.del_rule(&rule).unwrap());
     }
 
     fn vxlan(name: &str, vni: u32) -> VxlanRequest {

@@ -1,7 +1,8 @@
 //! slicenet's one layer over the kernel's network objects: network namespaces ([`netns`]) and
-//! typed rtnetlink operations ([`netlink`], by kind: links, addresses, routes, neighbours) with
-//! errno turned into a message a person can act on; the traits over them ([`ops::NetlinkOps`]:
-//! links, addresses, routes, neighbours, FDB; [`ops::NamespaceOps`]: named namespaces, a netlink
+//! typed rtnetlink operations ([`netlink`], by kind: links, addresses, routes, neighbours,
+//! nexthop objects and groups, rules) with errno turned into a message a person can act on; the
+//! traits over them ([`ops::NetlinkOps`]: links, addresses, routes, neighbours, FDB, nexthops,
+//! rules; [`ops::NamespaceOps`]: named namespaces, a netlink
 //! handle inside one, sysctls), with [`fake::FakeNetlink`] and [`fake::FakeNamespaces`], an
 //! in-memory world that records calls; nftables tables through the `nft` binary's JSON
 //! ([`nft`]), listed back and replaced in one transaction; an HTB tree on a device's egress
@@ -19,6 +20,8 @@ pub mod ops;
 pub mod tc;
 
 pub use error::{Error, Result};
-pub use netlink::{Fdb, Link, Neigh, Netlink, Route, VethRequest, VxlanRequest, format_mac};
+pub use netlink::{
+    Fdb, Link, Neigh, Netlink, Nexthop, NexthopKind, NexthopRoute, Route, Rule, VethRequest, VxlanRequest, format_mac,
+};
 pub use netns::Netns;
 pub use ops::{Kernel, NamespaceOps, NetlinkOps};

@@ -12,11 +12,12 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
-use crate::netlink::{Fdb, Link, Neigh, Netlink, Route, VethRequest, VxlanRequest};
+use crate::netlink::{Fdb, Link, Neigh, Netlink, Nexthop, NexthopRoute, Route, Rule, VethRequest, VxlanRequest};
 use crate::nft::TableId;
 use crate::{Error, Netns, Result};
 
-/// Links, addresses, routes, neighbours and FDB entries of one network namespace.
+/// Links, addresses, routes, neighbours, FDB entries, nexthop objects and rules of one network
+/// namespace.
 pub trait NetlinkOps {
     /// An open namespace that [`NetlinkOps::set_netns`] can move a link into.
     type Ns;
@@ -43,7 +44,7 @@ pub trait NetlinkOps {
     fn add_addr(&mut self, link: &str, addr: IpNet) -> Result<()>;
     /// Deletes an address; `Ok(false)` when it was not there.
     fn del_addr(&mut self, link: &str, addr: IpNet) -> Result<bool>;
-    /// Routes of the main table of one family.
+    /// Routes of the main table of one family, but those through a nexthop object.
     fn routes(&mut self, v6: bool) -> Result<Vec<Route>>;
     /// Adds a route that must not exist yet (`EEXIST` when one to the same destination does).
     fn add_route(&mut self, route: &Route) -> Result<()>;
@@ -63,6 +64,29 @@ pub trait NetlinkOps {
     fn replace_fdb(&mut self, link: &str, entry: &Fdb) -> Result<()>;
     /// Deletes an FDB entry; `Ok(false)` when it (or the link) was not there.
     fn del_fdb(&mut self, link: &str, entry: &Fdb) -> Result<bool>;
+    /// Every nexthop object (gateways and groups).
+    fn nexthops(&mut self) -> Result<Vec<Nexthop>>;
+    /// Creates a nexthop whose id is free (`EEXIST` when it is taken).
+    fn add_nexthop(&mut self, nh: &Nexthop) -> Result<()>;
+    /// Creates a nexthop or replaces the one with its id (a gateway cannot become a group or
+    /// back: `EINVAL`).
+    fn replace_nexthop(&mut self, nh: &Nexthop) -> Result<()>;
+    /// Deletes a nexthop (out of its groups; an emptied group and the routes through what goes
+    /// go with it); `Ok(false)` when it was not there.
+    fn del_nexthop(&mut self, id: u32) -> Result<bool>;
+    /// Routes through a nexthop object, of one family, in every table.
+    fn nexthop_routes(&mut self, v6: bool) -> Result<Vec<NexthopRoute>>;
+    /// Adds or replaces the route to `route.dst` in `route.table` with one through `route.nhid`.
+    fn replace_nexthop_route(&mut self, route: &NexthopRoute) -> Result<()>;
+    /// Deletes the route to `route.dst` in `route.table` if it goes through `route.nhid`;
+    /// `Ok(false)` when there was none.
+    fn del_nexthop_route(&mut self, route: &NexthopRoute) -> Result<bool>;
+    /// The `iif <dev> lookup <table>` rules of one family.
+    fn rules(&mut self, v6: bool) -> Result<Vec<Rule>>;
+    /// Adds a rule (`EEXIST` when it is there).
+    fn add_rule(&mut self, rule: &Rule) -> Result<()>;
+    /// Deletes a rule; `Ok(false)` when it was not there.
+    fn del_rule(&mut self, rule: &Rule) -> Result<bool>;
 }
 
 impl NetlinkOps for Netlink {
@@ -130,6 +154,36 @@ impl NetlinkOps for Netlink {
     }
     fn del_fdb(&mut self, link: &str, entry: &Fdb) -> Result<bool> {
         Netlink::del_fdb(self, link, entry)
+    }
+    fn nexthops(&mut self) -> Result<Vec<Nexthop>> {
+        Netlink::nexthops(self)
+    }
+    fn add_nexthop(&mut self, nh: &Nexthop) -> Result<()> {
+        Netlink::add_nexthop(self, nh)
+    }
+    fn replace_nexthop(&mut self, nh: &Nexthop) -> Result<()> {
+        Netlink::replace_nexthop(self, nh)
+    }
+    fn del_nexthop(&mut self, id: u32) -> Result<bool> {
+        Netlink::del_nexthop(self, id)
+    }
+    fn nexthop_routes(&mut self, v6: bool) -> Result<Vec<NexthopRoute>> {
+        Netlink::nexthop_routes(self, v6)
+    }
+    fn replace_nexthop_route(&mut self, route: &NexthopRoute) -> Result<()> {
+        Netlink::replace_nexthop_route(self, route)
+    }
+    fn del_nexthop_route(&mut self, route: &NexthopRoute) -> Result<bool> {
+        Netlink::del_nexthop_route(self, route)
+    }
+    fn rules(&mut self, v6: bool) -> Result<Vec<Rule>> {
+        Netlink::rules(self, v6)
+    }
+    fn add_rule(&mut self, rule: &Rule) -> Result<()> {
+        Netlink::add_rule(self, rule)
+    }
+    fn del_rule(&mut self, rule: &Rule) -> Result<bool> {
+        Netlink::del_rule(self, rule)
     }
 }
 

@@ -7,7 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use dataplane::{Error, Fdb, Netlink, Netns, Route, VethRequest, VxlanRequest};
+use dataplane::{
+    Error, Fdb, Netlink, Netns, Nexthop, NexthopKind, NexthopRoute, Route, Rule, VethRequest, VxlanRequest,
+};
 use ipnet::IpNet;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -423,4 +425,74 @@ fn ipv4_forwarding_is_turned_on_per_link_without_the_namespace_switch() {
     assert!(ping(), "not forwarded between the two links");
     let err = nm.enable_ipv4_forwarding("nonexistent0").unwrap_err();
     assert!(err.to_string().contains("nonexistent0"), "{err}");
+}
+
+#[test]
+fn nexthops_groups_routes_through_them_and_rules_round_trip() {
+    let a = TestNs::new("nh-a");
+    let b = TestNs::new("nh-b");
+    let (mut na, _nb) = veth_pair(&a, &b);
+    // An onlink nexthop is refused ("Nexthop has invalid gateway") while lo is down.
+    na.set_up("lo").unwrap();
+    let gw = |id: u32, via: &str, onlink: bool| Nexthop {
+        id,
+        kind: NexthopKind::Gateway { gateway: ip(via), dev: "va".into(), onlink },
+    };
+    na.add_nexthop(&gw(1_000_001, "10.77.0.2", true)).unwrap();
+    na.replace_nexthop(&gw(1_000_002, "10.77.0.3", true)).unwrap();
+    let err = na.add_nexthop(&gw(1_000_001, "10.77.0.2", true)).unwrap_err();
+    assert!(err.is_exists(), "{err}");
+    assert!(err.to_string().starts_with("EEXIST: creating nexthop id 1000001 via 10.77.0.2 dev va onlink"), "{err}");
+    let group = |members: Vec<u32>| Nexthop { id: 2_000_001, kind: NexthopKind::Group { members } };
+    na.add_nexthop(&group(vec![1_000_001, 1_000_002])).unwrap();
+    let mut listed = na.nexthops().unwrap();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [gw(1_000_001, "10.77.0.2", true), gw(1_000_002, "10.77.0.3", true), group(vec![1_000_001, 1_000_002])]
+    );
+    // A group cannot be made a gateway in place.
+    assert_eq!(na.replace_nexthop(&gw(2_000_001, "10.77.0.4", true)).unwrap_err().errno(), Some(libc::EINVAL));
+
+    // The plain route is replaced by one through the group; table 92 holds one through a member.
+    let dst = net("10.99.0.0/16");
+    na.replace_route(&Route {
+        dst,
+        gateway: Some(ip("10.77.0.9")),
+        dev: Some("va".into()),
+        src: None,
+        onlink: true,
+        scope_link: false,
+    })
+    .unwrap();
+    let main = NexthopRoute { dst, table: 254, nhid: 2_000_001 };
+    let side = NexthopRoute { dst, table: 92, nhid: 1_000_001 };
+    na.replace_nexthop_route(&main).unwrap();
+    na.replace_nexthop_route(&side).unwrap();
+    assert!(!na.routes(false).unwrap().iter().any(|r| r.dst == dst), "{:?}", na.routes(false).unwrap());
+    let mut routes = na.nexthop_routes(false).unwrap();
+    routes.sort();
+    assert_eq!(routes, [side.clone(), main.clone()]);
+    assert!(na.nexthop_routes(true).unwrap().is_empty());
+    // A delete names its nexthop: the route through another one stays.
+    assert!(!na.del_nexthop_route(&NexthopRoute { nhid: 1_000_002, ..main.clone() }).unwrap());
+
+    // The group shrinks in place; the route stays on it.
+    na.replace_nexthop(&group(vec![1_000_002])).unwrap();
+    assert!(na.nexthops().unwrap().contains(&group(vec![1_000_002])));
+    assert!(na.nexthop_routes(false).unwrap().contains(&main));
+
+    let rule = Rule { v6: false, priority: 92, iif: "va".into(), table: 92 };
+    na.add_rule(&rule).unwrap();
+    assert!(na.add_rule(&rule).unwrap_err().is_exists());
+    assert_eq!(na.rules(false).unwrap(), std::slice::from_ref(&rule));
+    assert!(na.rules(true).unwrap().is_empty());
+    assert!(na.del_rule(&rule).unwrap() && !na.del_rule(&rule).unwrap());
+
+    // Deleting the group's last member takes the group and its route; table 92's goes with 1.
+    assert!(na.del_nexthop(1_000_002).unwrap() && !na.del_nexthop(1_000_002).unwrap());
+    assert_eq!(na.nexthop_routes(false).unwrap(), std::slice::from_ref(&side));
+    assert!(na.del_nexthop_route(&side).unwrap());
+    assert!(na.del_nexthop(1_000_001).unwrap());
+    assert!(na.nexthops().unwrap().is_empty());
 }

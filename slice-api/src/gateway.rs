@@ -53,6 +53,10 @@ pub fn arg(flag: &str) -> String {
     format!("--{flag}")
 }
 
+/// The port the worker has its gateways serve `/metrics` and `/healthz` on (`--metrics
+/// [::]:<port>`); the node agent probes its local replicas' `/healthz` there.
+pub const METRICS_PORT: u16 = 9586;
+
 /// Path of the Prometheus metrics.
 pub const METRICS_PATH: &str = "/metrics";
 /// Path of the liveness answer (`ok`).

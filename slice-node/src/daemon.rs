@@ -8,7 +8,11 @@
 //! - a failed reconcile is retried every `retry`; an unchanged configuration is reconciled again
 //!   every `resync` to repair drift;
 //! - on SIGTERM/SIGINT the loop ends and the data plane stays in place, for the next start to
-//!   adopt.
+//!   adopt;
+//! - the local gateway replicas of multi-gateway routes are probed ([`crate::liveness`]); a
+//!   replica found dead or live again is a reconcile at once, and the first pass waits (at most
+//!   [`FIRST_PASS_WAIT`]) until every replica has a verdict, so that a restarted agent wants
+//!   what is installed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +20,12 @@ use std::time::Duration;
 use futures::{Stream, StreamExt as _};
 use slice_api::node::NodeAgentConfig;
 use slice_kube::health::Health;
+
+use crate::liveness::{self, Liveness, Replica};
+
+/// The longest the first pass waits for the local gateway replicas' verdicts (two probe
+/// intervals make one; a namespace or pod that is slow to answer must not hold the node up).
+pub const FIRST_PASS_WAIT: Duration = Duration::from_secs(2);
 
 /// A change of the configuration, from either source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,9 +144,14 @@ where
     let mut state = AgentState::default();
     let mut next_resync = tokio::time::Instant::now() + timing.resync;
     let mut first_pass_done = false;
+    let mut liveness = Liveness::new();
+    let first_pass_deadline = std::time::Instant::now() + FIRST_PASS_WAIT;
+    let (probe_tx, mut probe_rx) = tokio::sync::mpsc::unbounded_channel::<(Replica, bool)>();
     loop {
-        if let (true, Some(c)) = (state.needs_reconcile, state.config.clone()) {
-            state.needs_reconcile = crate::reconcile_logged(c).await;
+        // The first pass waits for the local replicas' verdicts (restart adoption).
+        let adopting = !first_pass_done && !liveness.settled() && std::time::Instant::now() < first_pass_deadline;
+        if let (true, false, Some(c)) = (state.needs_reconcile, adopting, state.config.clone()) {
+            state.needs_reconcile = crate::reconcile_logged(c, liveness.dead()).await;
             next_resync = tokio::time::Instant::now() + timing.resync;
             // Said once per start, also when nothing had to change (a restart adopts the
             // router): tests and operators wait for this line instead of guessing a time.
@@ -146,6 +161,13 @@ where
             }
         }
         let retry = tokio::time::sleep(if state.needs_reconcile { timing.retry } else { timing.resync });
+        let next_probe = liveness.next_due();
+        let probe_due = async move {
+            match next_probe {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: exiting, data plane left in place");
@@ -161,11 +183,32 @@ where
                         health.set_ready();
                     }
                     state.apply(u);
+                    if let Some(c) = &state.config {
+                        liveness.set_targets(&liveness::targets(c), std::time::Instant::now());
+                    }
                 }
                 Some(Err(e)) => tracing::error!(error = %e, "configuration source failed; the last good configuration stays"),
                 None => anyhow::bail!("the configuration source ended"),
             },
             () = retry => {}
+            () = probe_due => {
+                if let Some(c) = &state.config {
+                    for replica in liveness.due(std::time::Instant::now()) {
+                        let netns = c.router_netns(&replica.0);
+                        let tx = probe_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let answered = liveness::probe(&netns, replica.1, liveness::PROBE_TIMEOUT);
+                            let _ = tx.send((replica, answered));
+                        });
+                    }
+                }
+            }
+            Some((replica, answered)) = probe_rx.recv() => {
+                if liveness.record(&replica, answered) {
+                    tracing::warn!(slice = %replica.0, gateway = %replica.1, live = answered, "local gateway replica changed liveness");
+                    state.needs_reconcile = true;
+                }
+            }
             () = tokio::time::sleep_until(next_resync) => {
                 state.needs_reconcile = true;
             }

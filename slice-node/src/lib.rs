@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod firewall;
 pub mod kube;
 pub mod lease;
+pub mod liveness;
 pub mod network_status;
 pub mod plan;
 pub mod qos;
@@ -108,9 +109,21 @@ fn summary(failures: &[SliceFailure]) -> String {
 /// When observing fails, or [`NodeAgentError::Reconcile`] naming each slice that could not be
 /// completed (the other slices are reconciled regardless).
 pub fn reconcile(config: &NodeAgentConfig) -> Result<Vec<Action>, NodeAgentError> {
+    reconcile_live(config, &DeadGateways::new())
+}
+
+/// The local gateway replicas found dead, by slice ([`liveness`]).
+pub type DeadGateways = std::collections::BTreeMap<String, std::collections::BTreeSet<std::net::IpAddr>>;
+
+/// [`reconcile`] with the local gateway replicas the probes found dead ([`liveness`]): their
+/// nexthops leave the groups (unless every replica of a route is dead).
+///
+/// # Errors
+/// See [`reconcile`].
+pub fn reconcile_live(config: &NodeAgentConfig, dead: &DeadGateways) -> Result<Vec<Action>, NodeAgentError> {
     let mut node = Netlink::new()
         .map_err(|source| NodeAgentError::Apply { what: "opening netlink in the node namespace".into(), source })?;
-    let routers = reconcile_with(config, &mut Kernel, &mut node);
+    let routers = reconcile_with_liveness(config, &mut Kernel, &mut node, dead);
     let qos = reconcile_qos(config);
     match (routers, qos) {
         (Ok(actions), Ok(())) => Ok(actions),
@@ -159,7 +172,21 @@ pub fn reconcile_with<H: NamespaceOps>(
     host: &mut H,
     node: &mut H::Netlink,
 ) -> Result<Vec<Action>, NodeAgentError> {
-    let (observed, unobservable) = router::observe(config, host, node)?;
+    reconcile_with_liveness(config, host, node, &DeadGateways::new())
+}
+
+/// [`reconcile_with`] with the local gateway replicas found dead (see [`reconcile_live`]).
+///
+/// # Errors
+/// See [`reconcile`].
+pub fn reconcile_with_liveness<H: NamespaceOps>(
+    config: &NodeAgentConfig,
+    host: &mut H,
+    node: &mut H::Netlink,
+    dead: &DeadGateways,
+) -> Result<Vec<Action>, NodeAgentError> {
+    let (mut observed, unobservable) = router::observe(config, host, node)?;
+    observed.dead_gateways = dead.clone();
     let actions = plan::plan(config, &observed);
     let unobservable: Vec<SliceFailure> = unobservable
         .into_iter()
@@ -225,8 +252,8 @@ pub fn run_daemon(opts: &DaemonOptions) -> anyhow::Result<()> {
 /// One reconcile of `config` on a blocking thread (netlink handles run their own runtimes; the
 /// thread is in the process's, the node's, network namespace), logged. True when it must be
 /// retried: it failed, panicked, or only waits for something (a gateway pod) to appear.
-pub(crate) async fn reconcile_logged(config: NodeAgentConfig) -> bool {
-    match tokio::task::spawn_blocking(move || reconcile(&config)).await {
+pub(crate) async fn reconcile_logged(config: NodeAgentConfig, dead: DeadGateways) -> bool {
+    match tokio::task::spawn_blocking(move || reconcile_live(&config, &dead)).await {
         Ok(Ok(_)) => false,
         Ok(Err(e)) if e.is_only_waiting() => {
             tracing::info!(reason = %chain(&e), "waiting; retrying");

@@ -1,5 +1,5 @@
 //! The node agent's side effects: observe the slice routers (router namespaces, their VXLAN,
-//! routes, neighbours, FDB, sysctls, nftables table) and the state dir, and apply [`Action`]s through
+//! routes, neighbours, FDB, sysctls, nftables table, nexthops and rules) and the state dir, and apply [`Action`]s through
 //! `dataplane`'s traits ([`NamespaceOps`], [`NetlinkOps`]): [`dataplane::Kernel`] and
 //! [`dataplane::Netlink`] in the daemon, the in-memory `dataplane::fake` in the tests without
 //! root. The node namespace is the calling thread's; router namespaces are entered only through
@@ -13,6 +13,7 @@ use dataplane::{Link, NamespaceOps, NetlinkOps, VxlanRequest};
 use slice_api::node::{NodeAgentConfig, NodeState};
 
 use super::NodeAgentError;
+use super::plan::multipath::{self, MULTIPATH_SYSCTLS, ObservedMultipath};
 use super::plan::{
     Action, Observed, ObservedFirewall, ObservedRouter, ObservedStateFile, ObservedVxlan, ROUTER_SYSCTLS,
     vni_of_vxlan_name, vxlan_name,
@@ -77,18 +78,26 @@ fn router_netns_slices(config: &NodeAgentConfig, host: &mut impl NamespaceOps) -
 }
 
 /// Looks into one router namespace: sysctls, `lo`, VXLAN devices and what sits on the desired
-/// VXLAN.
+/// VXLAN; and its multipath routing when `multipath_wanted` or its hash policy says to
+/// ([`ObservedMultipath::worth_looking`]).
 fn observe_router<H: NamespaceOps>(
     slice: &str,
     host: &mut H,
     ns: &H::Ns,
     desired_vxlan: &str,
-) -> Result<ObservedRouter, NodeAgentError> {
+    multipath_wanted: bool,
+) -> Result<(ObservedRouter, ObservedMultipath), NodeAgentError> {
     let err = |what: &str, e| observe_error(slice, what, e);
     let mut router = ObservedRouter::default();
     for (key, _) in ROUTER_SYSCTLS {
         if let Ok(value) = host.sysctl(ns, key) {
             router.sysctls.insert(key.to_string(), value);
+        }
+    }
+    let mut multipath = ObservedMultipath::default();
+    for key in MULTIPATH_SYSCTLS {
+        if let Ok(value) = host.sysctl(ns, key) {
+            multipath.sysctls.insert(key.to_string(), value);
         }
     }
     let mut nl = host.netlink(ns).map_err(|e| err("opening netlink", e))?;
@@ -106,8 +115,9 @@ fn observe_router<H: NamespaceOps>(
                 }
             } else if r.gateway.is_some() {
                 router.gateway_routes.push(r);
-            } else if r.dst.prefix_len() == r.dst.max_prefix_len() && r.dev.is_some() {
+            } else if let (true, Some(dev)) = (r.dst.prefix_len() == r.dst.max_prefix_len(), &r.dev) {
                 router.local_hosts.insert(r.dst.addr());
+                multipath.local_host_devs.insert(r.dst.addr(), dev.clone());
             }
         }
     }
@@ -124,7 +134,15 @@ fn observe_router<H: NamespaceOps>(
         router.neighs = nl.neighs(desired_vxlan).map_err(|e| err("listing neighbours", e))?;
         router.fdb = nl.fdb(desired_vxlan).map_err(|e| err("listing FDB entries", e))?;
     }
-    Ok(router)
+    if ObservedMultipath::worth_looking(multipath_wanted, &multipath.sysctls) {
+        multipath.looked = true;
+        multipath.nexthops = nl.nexthops().map_err(|e| err("listing nexthops", e))?;
+        for v6 in [false, true] {
+            multipath.routes.extend(nl.nexthop_routes(v6).map_err(|e| err("listing routes through nexthops", e))?);
+            multipath.rules.extend(nl.rules(v6).map_err(|e| err("listing rules", e))?);
+        }
+    }
+    Ok((router, multipath))
 }
 
 /// Observes the node: state files, router namespaces (and inside the desired ones), and our
@@ -175,9 +193,11 @@ pub fn observe<H: NamespaceOps>(
                 continue;
             }
         };
-        match observe_router(&slice.name, host, &ns, &vxlan_name(slice.vni)) {
-            Ok(router) => {
+        let multipath_wanted = !multipath::specs(slice).is_empty();
+        match observe_router(&slice.name, host, &ns, &vxlan_name(slice.vni), multipath_wanted) {
+            Ok((router, multipath)) => {
                 observed.routers.insert(slice.name.clone(), router);
+                observed.multipath.insert(slice.name.clone(), multipath);
             }
             Err(e) => {
                 tracing::warn!(slice = %slice.name, error = %slice_api::error_chain::chain(&e), "cannot observe the router; leaving it alone this round");
@@ -370,6 +390,34 @@ fn apply_one<H: NamespaceOps>(
         Action::DeleteFirewall { slice } => {
             let (ns, _) = routers.get(config, host, slice)?;
             host.nft_delete_table(ns, crate::firewall::TABLE).map_err(dp(what))
+        }
+        Action::ReplaceNexthop { slice, nexthop } => {
+            let (_, nl) = routers.get(config, host, slice)?;
+            nl.replace_nexthop(nexthop).map_err(dp(what))
+        }
+        Action::DeleteNexthop { slice, id } => {
+            let (_, nl) = routers.get(config, host, slice)?;
+            nl.del_nexthop(*id).map(drop).map_err(dp(what))
+        }
+        Action::ReplaceNexthopRoute { slice, route } => {
+            let (_, nl) = routers.get(config, host, slice)?;
+            nl.replace_nexthop_route(route).map_err(dp(what))
+        }
+        Action::DeleteNexthopRoute { slice, route } => {
+            let (_, nl) = routers.get(config, host, slice)?;
+            nl.del_nexthop_route(route).map(drop).map_err(dp(what))
+        }
+        Action::AddRule { slice, rule } => {
+            let (_, nl) = routers.get(config, host, slice)?;
+            match nl.add_rule(rule) {
+                // Added meanwhile (by the kernel's view): what we wanted.
+                Err(e) if e.is_exists() => Ok(()),
+                other => other.map_err(dp(what)),
+            }
+        }
+        Action::DeleteRule { slice, rule } => {
+            let (_, nl) = routers.get(config, host, slice)?;
+            nl.del_rule(rule).map(drop).map_err(dp(what))
         }
         Action::WriteStateFile { state, .. } => state.store(&config.state_dir).map_err(NodeAgentError::StateFile),
         Action::KeepFirewall { reason, .. } => Err(NodeAgentError::Policy(reason.clone())),

@@ -369,3 +369,169 @@ fn services_are_one_table_written_once_repaired_when_changed_and_removed_when_go
     assert_eq!(node.writes_since(from), ["t1-blue: nft_delete_table inet slicenet"].map(str::to_owned));
     assert_eq!(node.world.nft_table("t1-blue", table), None);
 }
+
+/// The writes since call `from`, without the multipath reads (nexthops, their routes, rules).
+fn multipath_writes(node: &Node, from: usize) -> Vec<String> {
+    const READS: [&str; 3] = ["nexthops", "nexthop_routes", "rules"];
+    node.writes_since(from)
+        .into_iter()
+        .filter(|c| {
+            let verb = c.split_once(": ").map_or("", |(_, call)| call).split(' ').next().unwrap_or("");
+            !READS.contains(&verb)
+        })
+        .collect()
+}
+
+/// Blue's remote prefix 10.80.16.0/20 through two replicas on this node (10.80.0.5, .6) and one
+/// on n2 (10.80.0.70).
+fn with_replicas(mut config: NodeAgentConfig) -> NodeAgentConfig {
+    config.slices[0].remote_routes = serde_json::from_value(serde_json::json!([
+        {"prefix": "10.80.16.0/20", "via": "10.80.0.5", "alsoVia": ["10.80.0.6", "10.80.0.70"]}
+    ]))
+    .unwrap();
+    config.validate().unwrap();
+    config
+}
+
+/// A gateway pod on this node as the CNI plugin attaches it: a veth in the router with a /32
+/// route to the pod.
+fn attach_gateway_pod(node: &Node, veth: &str, ip: &str) {
+    let mut router = node.world.handle("t1-blue", "pods");
+    let here = dataplane::Netns::current().unwrap();
+    router
+        .create_veth(&dataplane::VethRequest {
+            name: veth,
+            netns: None,
+            peer_name: &format!("slice0-{veth}"),
+            peer_netns: Some(&here),
+            mtu: None,
+            mac: None,
+            peer_mac: None,
+        })
+        .unwrap();
+    router.set_up(veth).unwrap();
+    router
+        .add_route(&Route {
+            dst: format!("{ip}/32").parse().unwrap(),
+            gateway: None,
+            dev: Some(veth.into()),
+            src: None,
+            onlink: false,
+            scope_link: true,
+        })
+        .unwrap();
+}
+
+fn dead(gateways: &[&str]) -> slice_node::DeadGateways {
+    let set = gateways.iter().map(|g| g.parse().unwrap()).collect();
+    slice_node::DeadGateways::from([("blue".to_owned(), set)])
+}
+
+#[test]
+fn replicas_are_nexthop_groups_that_follow_liveness_and_a_second_agent_adopts_them() {
+    use dataplane::{Nexthop, NexthopKind, NexthopRoute};
+    use slice_node::plan::multipath::{GATEWAY_NEXTHOP_BASE as GW, GROUP_BASE, LOCAL_GROUP_BASE};
+    let mut node = Node::new();
+    let config = with_replicas(node.config());
+    // Before the gateway pods are there: the replica on n2 carries the prefix, and the agent
+    // waits for the local ones.
+    let (slice, action, error) = only_failure(node.reconcile(&config));
+    assert_eq!(slice, "blue");
+    assert!(error.is_only_waiting(), "{action}: {error:?}");
+    let group = |id, members: &[u32]| Nexthop { id, kind: NexthopKind::Group { members: members.to_vec() } };
+    let via_n2 = Nexthop {
+        id: GW + 2,
+        kind: NexthopKind::Gateway { gateway: "10.80.0.65".parse().unwrap(), dev: "sv100".into(), onlink: true },
+    };
+    assert_eq!(node.world.nexthops("t1-blue"), [via_n2.clone(), group(GROUP_BASE, &[GW + 2])]);
+    let sysctls = node.world.sysctls("t1-blue");
+    assert_eq!(sysctls.get("net/ipv4/fib_multipath_hash_policy").map(String::as_str), Some("1"));
+
+    // The pods arrive: every replica in the group, this node's in table 92 behind the rule.
+    attach_gateway_pod(&node, "vetha", "10.80.0.5");
+    attach_gateway_pod(&node, "vethb", "10.80.0.6");
+    node.reconcile(&config).unwrap();
+    let local = |id, gw: &str, dev: &str| Nexthop {
+        id,
+        kind: NexthopKind::Gateway { gateway: gw.parse().unwrap(), dev: dev.into(), onlink: false },
+    };
+    let mut nexthops = node.world.nexthops("t1-blue");
+    nexthops.sort();
+    assert_eq!(
+        nexthops,
+        [
+            local(GW, "10.80.0.5", "vetha"),
+            local(GW + 1, "10.80.0.6", "vethb"),
+            via_n2.clone(),
+            group(GROUP_BASE, &[GW, GW + 1, GW + 2]),
+            group(LOCAL_GROUP_BASE, &[GW, GW + 1]),
+        ]
+    );
+    let prefix = "10.80.16.0/20".parse().unwrap();
+    let mut routes = node.world.nexthop_routes("t1-blue");
+    routes.sort();
+    assert_eq!(
+        routes,
+        [
+            NexthopRoute { dst: prefix, table: 92, nhid: LOCAL_GROUP_BASE },
+            NexthopRoute { dst: prefix, table: 254, nhid: GROUP_BASE },
+        ]
+    );
+    let rule = dataplane::Rule { v6: false, priority: 1000, iif: "sv100".into(), table: 92 };
+    assert_eq!(node.world.rules("t1-blue"), [rule]);
+    assert!(node.world.routes("t1-blue").iter().all(|r| r.dst != prefix), "no plain route beside the group's");
+    let from = node.world.calls().len();
+    assert_eq!(node.reconcile(&config).unwrap(), Vec::<Action>::new());
+    assert_eq!(multipath_writes(&node, from), Vec::<String>::new());
+
+    // A replica found dead: only the two groups change.
+    let from = node.world.calls().len();
+    slice_node::reconcile_with_liveness(&config, &mut node.host, &mut node.netlink, &dead(&["10.80.0.5"])).unwrap();
+    assert_eq!(
+        multipath_writes(&node, from),
+        [
+            format!("t1-blue: replace_nexthop nexthop id {GROUP_BASE} group {}/{}", GW + 1, GW + 2),
+            format!("t1-blue: replace_nexthop nexthop id {LOCAL_GROUP_BASE} group {}", GW + 1),
+        ]
+    );
+
+    // A second agent instance (a restart) that probed first: its first reconcile changes nothing.
+    let mut second = Node {
+        world: node.world.clone(),
+        host: node.world.host(),
+        netlink: node.world.handle("node", "node"),
+        state: node.state,
+    };
+    let from = second.world.calls().len();
+    let actions =
+        slice_node::reconcile_with_liveness(&config, &mut second.host, &mut second.netlink, &dead(&["10.80.0.5"]))
+            .unwrap();
+    assert_eq!(actions, Vec::<Action>::new());
+    assert_eq!(multipath_writes(&second, from), Vec::<String>::new());
+
+    // Its answer puts it back.
+    let from = second.world.calls().len();
+    second.reconcile(&config).unwrap();
+    assert_eq!(multipath_writes(&second, from).len(), 2, "{:?}", multipath_writes(&second, from));
+
+    // One gateway again: today's plain route takes the prefix over, ours go, a foreign nexthop
+    // stays, and the hash policy is back to the kernel's default.
+    second.world.put_nexthop("t1-blue", local(7, "10.80.0.5", "vetha"));
+    let mut single = config.clone();
+    single.slices[0].remote_routes[0].also_via.clear();
+    second.reconcile(&single).unwrap();
+    assert_eq!(second.world.nexthops("t1-blue"), [local(7, "10.80.0.5", "vetha")]);
+    assert!(second.world.nexthop_routes("t1-blue").is_empty() && second.world.rules("t1-blue").is_empty());
+    assert!(
+        second
+            .world
+            .routes("t1-blue")
+            .iter()
+            .any(|r| r.dst == prefix && r.gateway == Some("10.80.0.5".parse().unwrap()))
+    );
+    let sysctls = second.world.sysctls("t1-blue");
+    assert_eq!(sysctls.get("net/ipv4/fib_multipath_hash_policy").map(String::as_str), Some("0"));
+    let from = second.world.calls().len();
+    assert_eq!(second.reconcile(&single).unwrap(), Vec::<Action>::new());
+    assert_eq!(second.writes_since(from), Vec::<String>::new(), "a router without multipath is not looked into");
+}

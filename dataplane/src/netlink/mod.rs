@@ -37,7 +37,13 @@ use crate::{Error, Netns, Result};
 mod addr;
 mod link;
 mod neigh;
+mod nexthop;
 mod route;
+mod rule;
+
+pub use nexthop::{Nexthop, NexthopKind};
+pub use route::NexthopRoute;
+pub use rule::Rule;
 
 /// A link as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +90,8 @@ pub struct VxlanRequest {
     pub mac: [u8; 6],
 }
 
-/// A route in the main table.
+/// A route in the main table (through a gateway or a device; a route through a nexthop object is
+/// a [`NexthopRoute`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Route {
     pub dst: IpNet,
@@ -116,6 +123,10 @@ pub struct Fdb {
 pub struct Netlink {
     runtime: tokio::runtime::Runtime,
     handle: rtnetlink::Handle,
+    /// A plain rtnetlink socket in the same namespace for the messages netlink-packet-route
+    /// does not know (nexthops, [`nexthop`]), with its last sequence number.
+    raw: rtnetlink::sys::Socket,
+    raw_seq: u32,
 }
 
 impl std::fmt::Debug for Netlink {
@@ -271,7 +282,12 @@ impl Netlink {
         }
         // The connection task runs whenever we block_on a request on this runtime.
         runtime.spawn(connection);
-        Ok(Self { runtime, handle })
+        let mut raw = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
+            .map_err(|e| Error::Io { op: "opening a netlink socket".into(), source: e })?;
+        raw.bind_auto().map_err(|e| Error::Io { op: "binding a netlink socket".into(), source: e })?;
+        let _ = raw.set_ext_ack(true);
+        let _ = raw.set_cap_ack(true);
+        Ok(Self { runtime, handle, raw, raw_seq: 0 })
     }
 
     /// A handle in `ns`, opened from a thread inside it.

@@ -23,6 +23,8 @@
 //!   what the configuration builds and replaced whole when it differs (deleted when no rule is
 //!   wanted), before the state file; a table `nft` cannot list is left alone unless rules are
 //!   wanted;
+//! - remote routes with several gateway replicas go through nexthop groups ([`multipath`]),
+//!   after the state file; a remote route with one gateway keeps its plain route as above;
 //! - a MultiNetworkPolicy that cannot be compiled leaves the table as it is (fail closed: the
 //!   rules in force stay, neither replaced nor deleted) and the slice's last action is
 //!   [`Action::KeepFirewall`], which fails with the policy's name and fault so that the agent
@@ -32,11 +34,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use dataplane::{Fdb, Neigh, Route};
+use dataplane::{Fdb, Neigh, Nexthop, NexthopRoute, Route, Rule};
 use ipnet::IpNet;
 use slice_api::names;
 use slice_api::node::{NodeAgentConfig, NodeState, PeerNode, RemoteRoute, SliceOnNode};
 use slice_api::prefix::router_address;
+
+pub mod multipath;
+
+pub use multipath::{MultipathSpec, ObservedMultipath};
 
 /// Sysctls of every router namespace, as `(key under /proc/sys, value)`.
 pub const ROUTER_SYSCTLS: [(&str, &str); 4] = [
@@ -149,8 +155,10 @@ pub struct RouterSpec {
     pub secondary_router_address: Option<IpNet>,
     pub vxlan: VxlanSpec,
     pub peers: Vec<PeerSpec>,
-    /// Sorted by prefix.
+    /// Remote routes with one gateway, sorted by prefix.
     pub remote_routes: Vec<RemoteRouteSpec>,
+    /// Remote routes with several gateway replicas, sorted by prefix ([`multipath`]).
+    pub multipath: Vec<MultipathSpec>,
     pub state: NodeState,
     /// The router's nftables table ([`crate::firewall::table`]); `None` when it needs none.
     pub firewall: Option<Vec<serde_json::Value>>,
@@ -179,8 +187,12 @@ impl RouterSpec {
         };
         let mut peers: Vec<PeerSpec> = slice.peers.iter().map(|p| peer_spec(&vxlan.name, p)).collect();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut remote_routes: Vec<RemoteRouteSpec> =
-            slice.remote_routes.iter().filter_map(|r| remote_route_spec(&vxlan.name, slice, r)).collect();
+        let mut remote_routes: Vec<RemoteRouteSpec> = slice
+            .remote_routes
+            .iter()
+            .filter(|r| r.also_via.is_empty())
+            .filter_map(|r| remote_route_spec(&vxlan.name, slice, r))
+            .collect();
         remote_routes.sort_by(|a, b| a.remote.cmp(&b.remote));
         let (firewall, firewall_error) = match crate::firewall::table(slice) {
             Ok(table) => (table, None),
@@ -194,6 +206,7 @@ impl RouterSpec {
             vxlan,
             peers,
             remote_routes,
+            multipath: multipath::specs(slice),
             state: config.node_state(slice),
             firewall,
             services: crate::firewall::services::count(slice),
@@ -354,6 +367,10 @@ pub struct Observed {
     /// Slices whose router could not be observed: no action is planned for them this round
     /// (guessing could tear down a working router), the others go on.
     pub unobservable: BTreeSet<String>,
+    /// Multipath routing in the router namespaces looked into, by slice ([`multipath`]).
+    pub multipath: BTreeMap<String, ObservedMultipath>,
+    /// The local gateway replicas the agent's probes find dead, by slice (none: all live).
+    pub dead_gateways: BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
 /// One step of a reconcile. `slice` names the slice it belongs to; the applier stops a slice's
@@ -464,6 +481,34 @@ pub enum Action {
         slice: String,
         reason: String,
     },
+    /// Create a nexthop (a gateway or a group) or replace the one with its id in place.
+    ReplaceNexthop {
+        slice: String,
+        nexthop: Nexthop,
+    },
+    /// Delete a nexthop of ours.
+    DeleteNexthop {
+        slice: String,
+        id: u32,
+    },
+    /// Route a remote prefix through a nexthop group (main table or table 92).
+    ReplaceNexthopRoute {
+        slice: String,
+        route: NexthopRoute,
+    },
+    DeleteNexthopRoute {
+        slice: String,
+        route: NexthopRoute,
+    },
+    /// `iif <vxlan> lookup 92`.
+    AddRule {
+        slice: String,
+        rule: Rule,
+    },
+    DeleteRule {
+        slice: String,
+        rule: Rule,
+    },
     /// Remote routes whose gateway pod is not on this node yet: nothing to do but report it, so
     /// that the agent retries (always the last action of its slice; applying it fails).
     AwaitGateway {
@@ -498,6 +543,12 @@ impl Action {
             | Action::DeleteFirewall { slice }
             | Action::WriteStateFile { slice, .. }
             | Action::KeepFirewall { slice, .. }
+            | Action::ReplaceNexthop { slice, .. }
+            | Action::DeleteNexthop { slice, .. }
+            | Action::ReplaceNexthopRoute { slice, .. }
+            | Action::DeleteNexthopRoute { slice, .. }
+            | Action::AddRule { slice, .. }
+            | Action::DeleteRule { slice, .. }
             | Action::AwaitGateway { slice, .. } => slice,
         }
     }
@@ -556,6 +607,12 @@ impl std::fmt::Display for Action {
             Action::KeepFirewall { reason, .. } => {
                 write!(f, "keep nftables {} as it is: {reason}", crate::firewall::TABLE)
             }
+            Action::ReplaceNexthop { nexthop, .. } => write!(f, "replace {nexthop}"),
+            Action::DeleteNexthop { id, .. } => write!(f, "delete nexthop id {id}"),
+            Action::ReplaceNexthopRoute { route, .. } => write!(f, "replace {route}"),
+            Action::DeleteNexthopRoute { route, .. } => write!(f, "delete {route}"),
+            Action::AddRule { rule, .. } => write!(f, "add {rule}"),
+            Action::DeleteRule { rule, .. } => write!(f, "delete {rule}"),
             Action::AwaitGateway { pending, .. } => {
                 let list: Vec<String> = pending.iter().map(|r| format!("{} via {}", r.prefix, r.via)).collect();
                 write!(f, "wait for the gateway pod of remote route(s) {}", list.join(", "))
@@ -644,6 +701,18 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
             actions.push(Action::SetSysctl { slice: slice(), key: key.to_string(), value: value.to_string() });
         }
     }
+    let empty_multipath = ObservedMultipath::default();
+    let observed_multipath = match observed.multipath.get(&spec.slice) {
+        Some(m) if observed.routers.contains_key(&spec.slice) && observed.router_netns.contains(&spec.slice) => m,
+        _ => &empty_multipath,
+    };
+    multipath::sysctls(&spec.slice, &spec.multipath, observed_multipath, actions);
+    let no_dead = BTreeSet::new();
+    let dead = observed.dead_gateways.get(&spec.slice).unwrap_or(&no_dead);
+    let multipath_wanted = multipath::wanted(&spec.multipath, &spec.vxlan.name, observed_multipath, dead);
+    // A plain route to a prefix that now goes through a group is taken over by the group's
+    // route, not deleted first.
+    let through_group = multipath_wanted.main_prefixes();
     if !router.lo_up {
         actions.push(Action::SetLoopbackUp { slice: slice() });
     }
@@ -695,7 +764,7 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
     let want_routes: Vec<&Route> =
         spec.peers.iter().flat_map(PeerSpec::routes).chain(via_peer.iter().copied()).collect();
     for r in routes {
-        if r.dev.as_deref() == Some(dev.as_str()) && !want_routes.contains(&r) {
+        if r.dev.as_deref() == Some(dev.as_str()) && !want_routes.contains(&r) && !through_group.contains(&r.dst) {
             actions.push(Action::DeleteRoute { slice: slice(), route: r.clone() });
         }
     }
@@ -753,7 +822,7 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
     let matches = |want: &RemoteRouteSpec, r: &Route| r.dst == want.route.dst && r.gateway == want.route.gateway;
     for r in &router.gateway_routes {
         let in_slice = spec.state.families().any(|(subnet, _, _)| subnet.contains(&r.dst));
-        if in_slice && !local.iter().any(|want| matches(want, r)) {
+        if in_slice && !local.iter().any(|want| matches(want, r)) && !through_group.contains(&r.dst) {
             actions.push(Action::DeleteRoute { slice: slice(), route: r.clone() });
         }
     }
@@ -768,6 +837,18 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
             pending.push(want.remote.clone());
         }
     }
+    // Remote routes through several replicas: after the state file too (local replicas are pods).
+    let subnets: Vec<IpNet> = spec.state.families().map(|(subnet, _, _)| subnet).collect();
+    let plain: BTreeSet<IpNet> = spec.remote_routes.iter().map(|r| r.remote.prefix).collect();
+    pending.extend(multipath::plan(
+        &spec.slice,
+        &spec.multipath,
+        multipath_wanted,
+        &subnets,
+        &plain,
+        observed_multipath,
+        actions,
+    ));
     if let Some(reason) = &spec.firewall_error {
         actions.push(Action::KeepFirewall { slice: slice(), reason: reason.clone() });
     }

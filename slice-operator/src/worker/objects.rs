@@ -92,7 +92,7 @@ pub const HOSTNAME_TOPOLOGY: &str = "kubernetes.io/hostname";
 pub const GATEWAY_CONFIG_DIR: &str = "/etc/slicenet/gateway";
 /// The port the gateway pod serves `/metrics` on (the port WireGuard exporters use), on all
 /// its IPv4 addresses: the worker reads it at the pod IP (see `super::scrape`).
-pub const GATEWAY_METRICS_PORT: u16 = 9586;
+pub const GATEWAY_METRICS_PORT: u16 = slice_api::gateway::METRICS_PORT;
 /// Keys in the key Secret.
 pub const PRIVATE_KEY_KEY: &str = "privateKey";
 /// See [`PRIVATE_KEY_KEY`].
