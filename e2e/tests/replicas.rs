@@ -4,7 +4,7 @@
 //! node with its own key and endpoint, and leaves c3's second replica `Pending` (the
 //! anti-affinity finds no node); every replica of c1 shakes hands with both of c2's and the
 //! other way round (each its own WireGuard peer, as the hub hands them out). Pods of c1 and c2
-//! reaching each other is a second test, ignored until the node agents route over every
+//! reaching each other is a second test (it needed the node agents' routes over every
 //! replica (see it). Needs root and the binaries (`slice-gateway`, `slice-cni`,
 //! `slice-operator`); fails (does not skip) without them.
 
@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use e2e::control::{self, ControlPlane, LabEnv};
 use e2e::{Lab, Pod, PodSpec};
 
-/// A lab prefix no other test uses.
+/// Lab prefixes no other test uses, one per test of this file (they run at once).
 const PREFIX: &str = "grp";
+const PREFIX_PODS: &str = "grq";
 const STEP: Duration = Duration::from_secs(20);
 /// How long the replicas get to shake hands with each other (the probes run every 200 ms).
 const HANDSHAKES: Duration = Duration::from_secs(60);
@@ -50,9 +51,9 @@ fn replicas_status(cp: &ControlPlane, cluster: &str) -> Vec<(u32, String, Option
 
 /// The lab with slice `blue` over c1, c2 (two nodes each) and c3 (one node), two gateway
 /// replicas per cluster; torn down when the guard drops, however the test ends.
-fn slice_with_two_replicas() -> LabEnv {
+fn slice_with_two_replicas(prefix: &str) -> LabEnv {
     e2e::require_root().expect("root");
-    let lab = Lab::new(PREFIX).expect("lab (needs root; build the bins first)");
+    let lab = Lab::new(prefix).expect("lab (needs root; build the bins first)");
     let mut env = LabEnv { cp: ControlPlane::new(), lab: Some(lab) };
     let members = [("c1", 2, false), ("c2", 2, false), ("c3", 1, false)];
     let mut manifest = control::across_manifest("blue", "10.80.0.0/16", &["shop"], &members).expect("manifest");
@@ -63,7 +64,7 @@ fn slice_with_two_replicas() -> LabEnv {
 
 #[test]
 fn two_replicas_per_cluster_each_with_its_own_key_node_and_tunnels() {
-    let mut env = slice_with_two_replicas();
+    let mut env = slice_with_two_replicas(PREFIX);
     let LabEnv { cp, lab } = &mut env;
     let lab = lab.as_ref().expect("the lab");
 
@@ -126,17 +127,14 @@ fn two_replicas_per_cluster_each_with_its_own_key_node_and_tunnels() {
     }
 }
 
-/// Pods of c1 and c2 reach each other across the clusters with two replicas each. Ignored until
-/// the node agents route over every replica: today an agent routes via `via` alone and ignores
-/// `alsoVia`, while a remote gateway spreads flows over all our replicas (its peer group), so a
-/// flow that the remote side sends to a replica other than a node's `via` may not be carried
-/// on (seen in this lab: `c1/shop/a never reached` c2's pod with every tunnel `Up` and every
-/// replica pair shaken hands; not yet traced to the step that drops it). Run it with
-/// `--ignored` once the agents' nexthop groups are in.
+/// Pods of c1 and c2 reach each other across the clusters with two replicas each: the remote
+/// gateways spread flows over all of a cluster's replicas (their peer group), and the node
+/// agents route each remote prefix over a nexthop group of every live replica, so a packet out
+/// of either replica passes the routers' strict reverse-path check (before the groups, the
+/// replica that was not `via` had its packets dropped there).
 #[test]
-#[ignore = "needs the node agents' routes over every gateway replica (alsoVia, nexthop groups)"]
 fn pods_reach_each_other_across_clusters_with_two_replicas() {
-    let env = slice_with_two_replicas();
+    let env = slice_with_two_replicas(PREFIX_PODS);
     let (cp, lab) = (&env.cp, env.lab());
     let run = |cluster: &str, node: &str, name: &str| {
         control::run_pod_retrying(lab.node(cluster, node), &PodSpec::new("shop", name), STEP).expect("a pod")
