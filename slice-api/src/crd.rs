@@ -49,7 +49,7 @@ pub const SLICE_OWNER_LABEL: &str = "slicenet.io/slice";
 pub const CLUSTER_LABEL: &str = "slicenet.io/cluster";
 /// Prefix of the hub namespace that holds one member cluster's WorkerSlices.
 pub const CLUSTER_NAMESPACE_PREFIX: &str = "slicenet-cluster-";
-pub use crate::names::{GATEWAY_NAMESPACE, SYSTEM_NAMESPACE};
+pub use crate::names::{GATEWAY_NAMESPACE, PEERS_NAMESPACE, SYSTEM_NAMESPACE};
 
 /// The hub namespace that holds the WorkerSlices of `cluster`.
 #[must_use]
@@ -536,10 +536,6 @@ pub struct PeerPages {
     pub revision: String,
 }
 
-/// The hub namespace of the [`SlicePeers`] pages. Each member cluster's worker may `get` the
-/// pages of the slices it is a member of, by name, through the Role
-/// [`peers_role_name`] the hub keeps there for it.
-pub const PEERS_NAMESPACE: &str = "slicenet-peers";
 /// At most this many peers on one page: a page stays under 128 × ~150 bytes whatever the
 /// slice's size.
 pub const PEERS_PER_PAGE: u32 = 128;
@@ -567,7 +563,7 @@ pub fn peer_page_name(slice: &str, page: u32) -> String {
 /// pages of its slices.
 #[must_use]
 pub fn peers_role_name(cluster: &str) -> String {
-    format!("slicenet-peers-{cluster}")
+    format!("{}{cluster}", crate::names::PEERS_ROLE_PREFIX)
 }
 
 /// The digest the WorkerSlices carry of a slice's peer entries (every member, in cluster
@@ -576,6 +572,18 @@ pub fn peers_role_name(cluster: &str) -> String {
 pub fn peers_revision(entries: &[WorkerPeer]) -> String {
     let json = serde_json::to_vec(entries).expect("peer entries serialize");
     format!("{:016x}", crate::fnv::fnv1a_64(json))
+}
+
+/// A member's peer list rebuilt from its slice's pages: every entry of every page but its own,
+/// in cluster order (the order of an inline `spec.peers`), and the [`peers_revision`] of all
+/// entries, its own included, to compare with the WorkerSlice's `peerPages.revision`.
+#[must_use]
+pub fn peers_from_pages<'a>(cluster: &str, pages: impl IntoIterator<Item = &'a Vec<WorkerPeer>>) -> (Vec<WorkerPeer>, String) {
+    let mut all: Vec<WorkerPeer> = pages.into_iter().flatten().cloned().collect();
+    all.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    let revision = peers_revision(&all);
+    all.retain(|p| p.cluster != cluster);
+    (all, revision)
 }
 
 /// One page of a slice's peer list (hub, namespace [`PEERS_NAMESPACE`], named

@@ -792,7 +792,10 @@ impl ControlPlane {
             slices: serde_json::from_value(Value::Array(list("sliceconfigs")))?,
             clusters: serde_json::from_value(Value::Array(list("memberclusters")))?,
             workers: serde_json::from_value(Value::Array(list("workerslices")))?,
+            pages: serde_json::from_value(Value::Array(list("slicepeers")))?,
+            peer_roles: Vec::new(),
         }
+        .with_peers_from_pages()
         .sorted())
     }
 

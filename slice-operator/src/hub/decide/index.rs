@@ -14,19 +14,21 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
+use k8s_openapi::api::rbac::v1::Role;
 use slice_api::crd::{
-    CLUSTER_NAMESPACE_PREFIX, Condition, MemberCluster, ServiceAllocation, SliceConfig, WorkerSlice, cluster_namespace,
-    condition, set_condition,
+    CLUSTER_NAMESPACE_PREFIX, Condition, MemberCluster, ServiceAllocation, SliceConfig, SlicePeers, WorkerSlice,
+    cluster_namespace, condition, peer_page_name, set_condition,
 };
+use slice_api::names::PEERS_ROLE_PREFIX;
 use slice_api::planner::index::PlanIndex;
-use slice_api::planner::{EXPORTS_ACCEPTED, SlicePlan};
+use slice_api::planner::{EXPORTS_ACCEPTED, PeerLists, SlicePlan};
 
 use super::super::health::{HEALTHY, healthy_condition};
 use super::super::pods::PODS_ACCEPTED;
 use super::{
     Action, Decision, FinalizedKind, PlanSummary, SpecLists, World, add_finalizer, changed_fields, exports_condition,
-    has_hub_finalizer, health_notice, new_worker, pods_condition, remove_finalizer, slice_notices, slice_status_patch,
-    status_patch, worker_patch,
+    has_hub_finalizer, health_notice, new_page, new_worker, peers_role, peers_rules, pods_condition, remove_finalizer,
+    slice_notices, slice_status_patch, status_patch, to_json, worker_patch,
 };
 use crate::events::{Notice, reason, reference, reference_to};
 
@@ -44,6 +46,10 @@ pub struct HubIndex {
     /// When each registered cluster's heartbeat goes stale, in time order.
     deadlines: BTreeSet<(Timestamp, String)>,
     deadline_of: BTreeMap<String, Timestamp>,
+    /// Each member cluster's peer Role (paged peers), by cluster.
+    roles: BTreeMap<String, Role>,
+    /// Clusters whose peer Role must be decided again (its Role changed or went).
+    role_scope: BTreeSet<String>,
     /// Decisions made since the index was created.
     passes: u64,
 }
@@ -63,8 +69,17 @@ impl HubIndex {
     /// An index of `world` with everything in scope.
     #[must_use]
     pub fn new(world: &World, stale_after: Duration) -> Self {
+        Self::new_with(world, PeerLists::Inline, stale_after)
+    }
+
+    /// An index of `world` with everything in scope, the peers where `lists` says (paged: the
+    /// world's pages and peer Roles are learnt and decided as well).
+    #[must_use]
+    pub fn new_with(world: &World, lists: PeerLists, stale_after: Duration) -> Self {
         let mut index = Self {
-            plans: PlanIndex::default(),
+            plans: PlanIndex::with_lists(lists),
+            roles: BTreeMap::new(),
+            role_scope: BTreeSet::new(),
             stale_after,
             slices: BTreeSet::new(),
             clusters: BTreeSet::new(),
@@ -82,7 +97,58 @@ impl HubIndex {
         for w in &world.workers {
             index.observe_worker(w.clone());
         }
+        if lists == PeerLists::Paged {
+            for p in &world.pages {
+                index.observe_peers(p.clone());
+            }
+            for r in &world.peer_roles {
+                index.observe_role(r.clone());
+            }
+        }
         index
+    }
+
+    /// A `SlicePeers` page was created or changed (the hub's own write, come back): its slice
+    /// is decided again only when the page is not what the plan says.
+    pub fn observe_peers(&mut self, page: SlicePeers) {
+        let (slice, number) = (page.spec.slice.clone(), page.spec.page as usize);
+        let name = page.name_any();
+        let as_planned = self
+            .plans
+            .plan(&slice)
+            .and_then(|p| p.pages.as_ref())
+            .and_then(|pages| pages.get(number))
+            .is_some_and(|peers| *peers == page.spec.peers && peer_page_name(&slice, page.spec.page) == name);
+        self.plans.upsert_peers(page);
+        if !as_planned {
+            self.slices.insert(slice);
+        }
+    }
+
+    /// A `SlicePeers` page is gone.
+    pub fn forget_peers(&mut self, name: &str) {
+        if let Some(slice) = self.plans.peers_page(name).map(|p| p.spec.slice.clone()) {
+            self.slices.insert(slice);
+            self.plans.remove_peers(name);
+        }
+    }
+
+    /// A Role in `slicenet-peers` was created or changed (the peer Role of the cluster of its
+    /// name): that cluster's Role is decided again when it changed.
+    pub fn observe_role(&mut self, role: Role) {
+        let Some(cluster) = role.name_any().strip_prefix(PEERS_ROLE_PREFIX).map(str::to_owned) else { return };
+        if self.roles.get(&cluster).is_none_or(|old| old.rules != role.rules) {
+            self.role_scope.insert(cluster.clone());
+        }
+        self.roles.insert(cluster, role);
+    }
+
+    /// A Role in `slicenet-peers` is gone.
+    pub fn forget_role(&mut self, name: &str) {
+        let Some(cluster) = name.strip_prefix(PEERS_ROLE_PREFIX) else { return };
+        if self.roles.remove(cluster).is_some() {
+            self.role_scope.insert(cluster.to_owned());
+        }
     }
 
     /// A SliceConfig was created or changed.
@@ -169,6 +235,7 @@ impl HubIndex {
     #[must_use]
     pub fn is_due(&self, now: Timestamp) -> bool {
         !self.slices.is_empty()
+            || !self.role_scope.is_empty()
             || !self.clusters.is_empty()
             || !self.health.is_empty()
             || self.plans.is_dirty()
@@ -208,6 +275,11 @@ impl HubIndex {
             | Action::EnsureNamespace { cluster: name, .. }
             | Action::DeleteNamespace { cluster: name, .. } => cluster(name),
             Action::CreateWorkerSlice(w) => slice(&w.spec.slice),
+            Action::CreatePeers(p) => slice(&p.spec.slice),
+            Action::PatchPeers { name, .. } | Action::DeletePeers { name } => {
+                slice(&self.plans.peers_page(name).map_or_else(String::new, |p| p.spec.slice.clone()))
+            }
+            Action::GrantPeers { cluster: name, .. } | Action::RevokePeers { cluster: name } => cluster(name),
             Action::PatchWorkerSlice { namespace, name, .. } | Action::DeleteWorkerSlice { namespace, name } => {
                 self.plans.worker(namespace, name).map_or_else(
                     || reference_to("slicenet.io/v1alpha1", "WorkerSlice", Some(namespace), name, None),
@@ -230,6 +302,7 @@ impl HubIndex {
         let mut scope_slices = std::mem::take(&mut self.slices);
         scope_slices.extend(replanned.iter().cloned());
         let scope_clusters = std::mem::take(&mut self.clusters);
+        let role_scope = std::mem::take(&mut self.role_scope);
         let mut health = std::mem::take(&mut self.health);
         // Heartbeats gone stale since: their clusters' `Healthy` flips.
         while let Some((at, cluster)) = self.deadlines.first().cloned() {
@@ -316,6 +389,67 @@ impl HubIndex {
         }
         for cluster in namespaces {
             actions.push(Action::EnsureNamespace { namespace: cluster_namespace(&cluster), cluster });
+        }
+
+        // 2b. Paged peers: the pages of the slices in scope, then the members' peer Roles, both
+        //     before the WorkerSlices whose revision sends their workers to read them.
+        if index.lists() == PeerLists::Paged {
+            for s in &scope_slices {
+                let wanted = index.plan(s).map(|p| p.pages.as_ref());
+                // A refused plan keeps the pages as they are.
+                if wanted.is_some_and(|w| w.is_none()) {
+                    continue;
+                }
+                let wanted: &[Vec<slice_api::crd::WorkerPeer>] = wanted.flatten().map_or(&[], Vec::as_slice);
+                for (i, peers) in wanted.iter().enumerate() {
+                    let number = u32::try_from(i).unwrap_or(u32::MAX);
+                    let name = peer_page_name(s, number);
+                    match index.peers_page(&name) {
+                        None if !peers.is_empty() => actions.push(Action::CreatePeers(Box::new(new_page(s, number, peers)))),
+                        Some(_) if peers.is_empty() => actions.push(Action::DeletePeers { name }),
+                        Some(old) if old.spec.peers != *peers || old.spec.slice != *s || old.spec.page != number => {
+                            let patch = serde_json::json!({"spec": {"slice": s, "page": number, "peers": to_json(peers)}});
+                            actions.push(Action::PatchPeers { name, patch });
+                        }
+                        _ => {}
+                    }
+                }
+                let stale: Vec<String> = index
+                    .peers_pages()
+                    .filter(|p| p.spec.slice == *s && (p.spec.page as usize) >= wanted.len())
+                    .map(ResourceExt::name_any)
+                    .collect();
+                actions.extend(stale.into_iter().map(|name| Action::DeletePeers { name }));
+            }
+            let mut role_clusters: BTreeSet<String> = role_scope;
+            role_clusters.extend(scope_clusters.iter().cloned());
+            for p in &plans {
+                role_clusters.extend(p.workers.iter().map(|w| w.cluster.clone()));
+            }
+            for s in &scope_slices {
+                role_clusters.extend(index.workers_named(s).filter_map(|w| {
+                    w.metadata.namespace.as_deref()?.strip_prefix(CLUSTER_NAMESPACE_PREFIX).map(str::to_owned)
+                }));
+            }
+            for cluster in role_clusters {
+                let names = readable_pages(index, &cluster);
+                match self.roles.get(&cluster) {
+                    None if !names.is_empty() => actions.push(Action::GrantPeers {
+                        role: Box::new(peers_role(&cluster, &names)),
+                        cluster,
+                        create: true,
+                    }),
+                    Some(_) if names.is_empty() => actions.push(Action::RevokePeers { cluster }),
+                    Some(old) if old.rules.as_deref() != Some(peers_rules(&names).as_slice()) => {
+                        actions.push(Action::GrantPeers {
+                            role: Box::new(peers_role(&cluster, &names)),
+                            cluster,
+                            create: false,
+                        });
+                    }
+                    _ => {}
+                }
+            }
         }
 
         // 3. WorkerSlices of the slice names in scope.
@@ -438,6 +572,19 @@ impl HubIndex {
     pub fn decide(&mut self, now: Timestamp) -> Decision {
         self.decide_with_coverage(now).0
     }
+}
+
+/// The pages `cluster`'s worker may read: every page of each slice whose plan has a
+/// WorkerSlice for it (`O(slices)`), sorted.
+fn readable_pages(index: &PlanIndex, cluster: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for p in index.plans() {
+        if let Some(pages) = p.worker(cluster).and_then(|w| w.peer_pages.as_ref()) {
+            names.extend((0..pages.pages).map(|i| peer_page_name(&p.name, i)));
+        }
+    }
+    names.sort();
+    names
 }
 
 /// A WorkerSlice bears on the slices of its name and spec (their objects) and the clusters of
