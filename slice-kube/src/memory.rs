@@ -217,6 +217,7 @@ pub fn plural(kind: &str) -> String {
         "NetworkAttachmentDefinition" => "network-attachment-definitions".into(),
         "Endpoints" => "endpoints".into(),
         "NetworkPolicy" => "networkpolicies".into(),
+        "SlicePeers" => "slicepeers".into(),
         "MultiNetworkPolicy" => "multi-networkpolicies".into(),
         k => format!("{}s", k.to_lowercase()),
     }
