@@ -41,7 +41,8 @@ use crate::events::Recorder;
 use crate::leader::{LeaderElectionArgs, Leadership, NotLeading};
 
 pub use decide::{
-    Action, Coverage, Decision, FinalizedKind, HubIndex, World, action_subject, decide, failure_notice, merge_diff,
+    Action, Coverage, Decision, FinalizedKind, HubIndex, World, action_subject, decide, decide_with, failure_notice,
+    merge_diff,
 };
 pub use health::{HEALTHY, healthy_condition};
 pub use runner::{Schedule, run_with_client};
