@@ -578,7 +578,10 @@ pub fn peers_revision(entries: &[WorkerPeer]) -> String {
 /// in cluster order (the order of an inline `spec.peers`), and the [`peers_revision`] of all
 /// entries, its own included, to compare with the WorkerSlice's `peerPages.revision`.
 #[must_use]
-pub fn peers_from_pages<'a>(cluster: &str, pages: impl IntoIterator<Item = &'a Vec<WorkerPeer>>) -> (Vec<WorkerPeer>, String) {
+pub fn peers_from_pages<'a>(
+    cluster: &str,
+    pages: impl IntoIterator<Item = &'a Vec<WorkerPeer>>,
+) -> (Vec<WorkerPeer>, String) {
     let mut all: Vec<WorkerPeer> = pages.into_iter().flatten().cloned().collect();
     all.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     let revision = peers_revision(&all);

@@ -501,7 +501,8 @@ fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
                 pages[peer_page_of(index[&e.cluster]) as usize].push(e.clone());
             }
             debug_assert!(pages.iter().all(|p| p.len() <= PEERS_PER_PAGE as usize));
-            let pointer = PeerPages { pages: u32::try_from(pages.len()).unwrap_or(u32::MAX), revision: peers_revision(&entries) };
+            let pointer =
+                PeerPages { pages: u32::try_from(pages.len()).unwrap_or(u32::MAX), revision: peers_revision(&entries) };
             (Some(pages), Some(pointer))
         }
     };

@@ -575,15 +575,17 @@ impl<S: Server> MemoryApi<S> {
 fn roles_grant<S: Server>(st: &State<S>, side: &S, namespace: &str, own: &str, a: &RequestAttributes) -> bool {
     const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces";
     let prefix = format!("{RBAC}/{namespace}/rolebindings/");
-    let resource = if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
+    let resource =
+        if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
     let has = |v: &Value, what: &str| v.as_array().is_some_and(|l| l.iter().any(|x| x == what || x == "*"));
     st.objects
         .range((side.clone(), prefix.clone())..)
         .take_while(|((s, p), _)| s == side && p.starts_with(&prefix))
         .filter(|(_, b)| {
-            b["subjects"].as_array().is_some_and(|subjects| {
-                subjects.iter().any(|x| x["kind"] == "ServiceAccount" && x["namespace"] == own)
-            }) && b["roleRef"]["kind"] == "Role"
+            b["subjects"]
+                .as_array()
+                .is_some_and(|subjects| subjects.iter().any(|x| x["kind"] == "ServiceAccount" && x["namespace"] == own))
+                && b["roleRef"]["kind"] == "Role"
         })
         .filter_map(|(_, b)| {
             let role = format!("{RBAC}/{namespace}/roles/{}", b["roleRef"]["name"].as_str()?);

@@ -916,7 +916,9 @@ async fn paged_access() -> BTreeSet<(&'static str, String, String, String)> {
     assert!(api.get(side.clone(), &format!("{PEER_BINDINGS}/slicenet-peers-c2")).is_some(), "bound");
     let page = api.get(side.clone(), &format!("{PAGES}/blue-0")).expect("blue's page");
     assert_eq!(page["spec"]["peers"].as_array().map(Vec::len), Some(2));
-    let ws = api.get(side.clone(), &format!("/apis/slicenet.io/v1alpha1/namespaces/{}/workerslices/blue", ns("c1"))).expect("c1's WorkerSlice");
+    let ws = api
+        .get(side.clone(), &format!("/apis/slicenet.io/v1alpha1/namespaces/{}/workerslices/blue", ns("c1")))
+        .expect("c1's WorkerSlice");
     assert_eq!(ws["spec"]["peers"], json!([]), "no peers in the WorkerSlice");
     assert_eq!(ws["spec"]["peerPages"]["pages"], 1);
 

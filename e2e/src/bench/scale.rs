@@ -21,11 +21,11 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 use slice_api::access;
-use k8s_openapi::api::rbac::v1::Role;
 use slice_api::crd::{
     Condition, MemberCluster, MemberClusterSpec, MemberClusterStatus, PEERS_NAMESPACE, SliceConfig, SliceConfigSpec,
     SlicePeers, SlicePeersSpec, WorkerSlice, WorkerSliceStatus, cluster_namespace, owner_labels, peer_page_name,
@@ -774,7 +774,10 @@ fn goals(s: &ScaleSection) -> Vec<Vec<String>> {
     ]);
     if let (Some(small), Some(big)) = (
         s.rows.iter().find(|r| (r.clusters, r.slices) == (16, 1)),
-        s.rows.iter().find(|r| r.clusters == 512 && r.slices == s.rows.iter().filter(|r| r.clusters == 512).map(|r| r.slices).max().unwrap_or(0)),
+        s.rows.iter().find(|r| {
+            r.clusters == 512
+                && r.slices == s.rows.iter().filter(|r| r.clusters == 512).map(|r| r.slices).max().unwrap_or(0)
+        }),
     ) {
         // Bounded: a WorkerSlice no larger at 512 clusters than at 16 (within the size of the
         // names in it), a page at most 128 peers.

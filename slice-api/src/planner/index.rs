@@ -25,8 +25,8 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 
 use super::{
-    PeerLists, SliceFacts, SlicePlan, allocate_vnis, check_publication, cluster_forbidden, creation_order, impostor_mentions,
-    impostor_refusal, plan_slice, slice_forbidden, speaks_for_itself,
+    PeerLists, SliceFacts, SlicePlan, allocate_vnis, check_publication, cluster_forbidden, creation_order,
+    impostor_mentions, impostor_refusal, plan_slice, slice_forbidden, speaks_for_itself,
 };
 use crate::crd::{CLUSTER_NAMESPACE_PREFIX, MemberCluster, SliceConfig, SlicePeers, WorkerSlice};
 

@@ -326,9 +326,9 @@ pub fn action_subject(action: &Action, world: &World) -> ObjectReference {
         | Action::DeleteNamespace { cluster: name, .. } => cluster(name),
         Action::CreateWorkerSlice(w) => slice(&w.spec.slice),
         Action::CreatePeers(p) => slice(&p.spec.slice),
-        Action::PatchPeers { name, .. } | Action::DeletePeers { name } => {
-            slice(&world.pages.iter().find(|p| p.name_any() == *name).map_or_else(String::new, |p| p.spec.slice.clone()))
-        }
+        Action::PatchPeers { name, .. } | Action::DeletePeers { name } => slice(
+            &world.pages.iter().find(|p| p.name_any() == *name).map_or_else(String::new, |p| p.spec.slice.clone()),
+        ),
         Action::GrantPeers { cluster: name, .. } | Action::RevokePeers { cluster: name } => cluster(name),
         Action::PatchWorkerSlice { namespace, name, .. } | Action::DeleteWorkerSlice { namespace, name } => world
             .workers

@@ -10,11 +10,14 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
-use slice_api::crd::{CLUSTER_LABEL, MemberCluster, PEERS_NAMESPACE, SliceConfig, SlicePeers, WorkerSlice, cluster_namespace, peers_role_name};
+use slice_api::crd::{
+    CLUSTER_LABEL, MemberCluster, PEERS_NAMESPACE, SliceConfig, SlicePeers, WorkerSlice, cluster_namespace,
+    peers_role_name,
+};
 
 use super::decide::{Action, FinalizedKind};
 use super::{Error, FIELD_MANAGER};

@@ -30,10 +30,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, ListParams};
-use k8s_openapi::api::rbac::v1::Role;
 use slice_api::crd::{MemberCluster, PEERS_NAMESPACE, SliceConfig, SlicePeers, WorkerSlice};
 use slice_api::planner::PeerLists;
 
@@ -263,7 +263,8 @@ pub struct Outcome {
 /// [`Error::Writes`] with every request that failed.
 #[tracing::instrument(skip_all)]
 pub async fn reconcile(client: &Client, ctx: &Context, now: Timestamp) -> Result<Outcome, Error> {
-    let mut index = HubIndex::new_with(&list_world(client, ctx.peer_lists).await?, ctx.peer_lists, ctx.heartbeat_timeout);
+    let mut index =
+        HubIndex::new_with(&list_world(client, ctx.peer_lists).await?, ctx.peer_lists, ctx.heartbeat_timeout);
     reconcile_index(client, ctx, &mut index, now).await
 }
 

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::config::KubeConfigOptions;
 use kube::runtime::{WatchStreamExt, watcher};
-use k8s_openapi::api::rbac::v1::Role;
 use slice_api::crd::{MemberCluster, PEERS_NAMESPACE, SliceConfig, SlicePeers, WorkerSlice};
 use slice_api::planner::PeerLists;
 

@@ -284,7 +284,8 @@ fn apply(world: &mut World, index: &mut PlanIndex, change: &Change) {
         }
         Change::Pages { s, stale, delete } => {
             let slice = SLICES[*s];
-            let names: Vec<String> = world.pages.keys().filter(|n| n.starts_with(&format!("{slice}-"))).cloned().collect();
+            let names: Vec<String> =
+                world.pages.keys().filter(|n| n.starts_with(&format!("{slice}-"))).cloned().collect();
             if *delete {
                 for n in names {
                     world.pages.remove(&n);
@@ -298,7 +299,10 @@ fn apply(world: &mut World, index: &mut PlanIndex, change: &Change) {
                 if *stale && i == 0 && !peers.is_empty() {
                     peers.remove(0);
                 }
-                let mut p = SlicePeers::new(&peer_page_name(slice, page), SlicePeersSpec { slice: slice.to_owned(), page, peers });
+                let mut p = SlicePeers::new(
+                    &peer_page_name(slice, page),
+                    SlicePeersSpec { slice: slice.to_owned(), page, peers },
+                );
                 p.metadata.namespace = Some(crate::crd::PEERS_NAMESPACE.to_owned());
                 world.pages.insert(p.name_any(), p.clone());
                 index.upsert_peers(p);
@@ -471,8 +475,7 @@ fn five_hundred_and_twelve_clusters_paged_fill_four_pages_and_a_join_changes_one
     index.replan();
     let after = index.plan("big").unwrap();
     assert_eq!(after, &plan_with(&[slice], &clusters, &workers, &[], PeerLists::Paged)[0]);
-    let changed: Vec<usize> =
-        (0..4).filter(|i| after.pages.as_ref().unwrap()[*i] != pages[*i]).collect();
+    let changed: Vec<usize> = (0..4).filter(|i| after.pages.as_ref().unwrap()[*i] != pages[*i]).collect();
     assert_eq!(changed, [2], "m300 had index 300: page 2, which m512 takes over");
     assert_ne!(after.workers[0].peer_pages.as_ref().unwrap().revision, revision.revision);
 }

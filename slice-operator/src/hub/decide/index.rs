@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
-use k8s_openapi::api::rbac::v1::Role;
 use slice_api::crd::{
     CLUSTER_NAMESPACE_PREFIX, Condition, MemberCluster, ServiceAllocation, SliceConfig, SlicePeers, WorkerSlice,
     cluster_namespace, condition, peer_page_name, set_condition,
@@ -405,10 +405,13 @@ impl HubIndex {
                     let number = u32::try_from(i).unwrap_or(u32::MAX);
                     let name = peer_page_name(s, number);
                     match index.peers_page(&name) {
-                        None if !peers.is_empty() => actions.push(Action::CreatePeers(Box::new(new_page(s, number, peers)))),
+                        None if !peers.is_empty() => {
+                            actions.push(Action::CreatePeers(Box::new(new_page(s, number, peers))))
+                        }
                         Some(_) if peers.is_empty() => actions.push(Action::DeletePeers { name }),
                         Some(old) if old.spec.peers != *peers || old.spec.slice != *s || old.spec.page != number => {
-                            let patch = serde_json::json!({"spec": {"slice": s, "page": number, "peers": to_json(peers)}});
+                            let patch =
+                                serde_json::json!({"spec": {"slice": s, "page": number, "peers": to_json(peers)}});
                             actions.push(Action::PatchPeers { name, patch });
                         }
                         _ => {}

@@ -136,7 +136,9 @@ impl Server {
                     match (found, create) {
                         (None, true) => self.world.peer_roles.push(*role.clone()),
                         (Some(r), false) => r.rules.clone_from(&role.rules),
-                        (found, _) => panic!("Role {} created twice or patched while missing: {found:?}", role.name_any()),
+                        (found, _) => {
+                            panic!("Role {} created twice or patched while missing: {found:?}", role.name_any())
+                        }
                     }
                 }
                 Action::RevokePeers { cluster } => {
@@ -767,22 +769,35 @@ mod scoped {
         let mut after = Server { world: server.world.clone(), workers_hold: server.workers_hold };
         after.apply(actions);
         let last_page_or_role = actions.iter().rposition(|a| {
-            matches!(a, Action::CreatePeers(_) | Action::PatchPeers { .. } | Action::DeletePeers { .. } | Action::GrantPeers { .. } | Action::RevokePeers { .. })
+            matches!(
+                a,
+                Action::CreatePeers(_)
+                    | Action::PatchPeers { .. }
+                    | Action::DeletePeers { .. }
+                    | Action::GrantPeers { .. }
+                    | Action::RevokePeers { .. }
+            )
         });
-        let first_worker = actions.iter().position(|a| matches!(a, Action::CreateWorkerSlice(_) | Action::PatchWorkerSlice { .. }));
+        let first_worker =
+            actions.iter().position(|a| matches!(a, Action::CreateWorkerSlice(_) | Action::PatchWorkerSlice { .. }));
         if let (Some(p), Some(w)) = (last_page_or_role, first_worker) {
             prop_assert!(p < w, "pages and Roles before WorkerSlices: {:?}", names(actions));
         }
         for role in &after.world.peer_roles {
-            let cluster = role.name_any().strip_prefix(slice_api::names::PEERS_ROLE_PREFIX).unwrap_or_default().to_owned();
+            let cluster =
+                role.name_any().strip_prefix(slice_api::names::PEERS_ROLE_PREFIX).unwrap_or_default().to_owned();
             for rule in role.rules.iter().flatten() {
-                prop_assert!(rule.resource_names.as_ref().is_some_and(|n| !n.is_empty()), "a rule without names grants every page");
+                prop_assert!(
+                    rule.resource_names.as_ref().is_some_and(|n| !n.is_empty()),
+                    "a rule without names grants every page"
+                );
                 for name in rule.resource_names.iter().flatten() {
                     let member = after.world.workers.iter().any(|w| {
                         w.spec.cluster == cluster && w.metadata.deletion_timestamp.is_none() && name.starts_with(&format!("{}-", w.spec.slice))
                     }) || actions.iter().any(|a| matches!(a, Action::CreateWorkerSlice(w) if w.spec.cluster == cluster && name.starts_with(&format!("{}-", w.spec.slice))));
                     let slice = name.rsplit_once('-').map_or("", |(s, _)| s);
-                    let planned = after.world.slices.iter().any(|s| s.name_any() == slice && s.spec.clusters.contains(&cluster));
+                    let planned =
+                        after.world.slices.iter().any(|s| s.name_any() == slice && s.spec.clusters.contains(&cluster));
                     prop_assert!(member || planned, "{} may read {} without being in the slice", cluster, name);
                 }
             }
@@ -925,11 +940,23 @@ fn paged_peers_a_join_writes_one_page_and_a_leaver_loses_its_role() {
         }
         steps
     };
-    let mut server = Server { world: World { slices: vec![slice("blue", &["c1", "c2", "c3"])], ..world(&["c1", "c2", "c3", "c4"]) }, workers_hold: true };
+    let mut server = Server {
+        world: World { slices: vec![slice("blue", &["c1", "c2", "c3"])], ..world(&["c1", "c2", "c3", "c4"]) },
+        workers_hold: true,
+    };
     paged(&mut server);
     assert_eq!(server.world.pages.len(), 1);
-    assert_eq!(server.world.pages[0].spec.peers.iter().map(|p| p.cluster.as_str()).collect::<Vec<_>>(), ["c1", "c2", "c3"]);
-    assert!(server.world.workers.iter().all(|w| w.spec.peers.is_empty() && w.spec.peer_pages.as_ref().is_some_and(|p| p.pages == 1)));
+    assert_eq!(
+        server.world.pages[0].spec.peers.iter().map(|p| p.cluster.as_str()).collect::<Vec<_>>(),
+        ["c1", "c2", "c3"]
+    );
+    assert!(
+        server
+            .world
+            .workers
+            .iter()
+            .all(|w| w.spec.peers.is_empty() && w.spec.peer_pages.as_ref().is_some_and(|p| p.pages == 1))
+    );
     let roles: Vec<String> = server.world.peer_roles.iter().map(ResourceExt::name_any).collect();
     assert_eq!(roles, ["slicenet-peers-c1", "slicenet-peers-c2", "slicenet-peers-c3"]);
     assert_eq!(server.world.peer_roles[0].rules.as_ref().unwrap()[0].resource_names, Some(vec!["blue-0".to_owned()]));
