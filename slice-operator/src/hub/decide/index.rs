@@ -50,6 +50,12 @@ pub struct HubIndex {
     roles: BTreeMap<String, Role>,
     /// Clusters whose peer Role must be decided again (its Role changed or went).
     role_scope: BTreeSet<String>,
+    /// Slice → each member's page count, as the plans last said (paged peers).
+    members: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Cluster → the pages it may read: every page of each slice it is planned in. Kept from
+    /// the replanned slices' members, so that an event costs in proportion to the memberships it
+    /// changed, not to every member's slices.
+    readable: BTreeMap<String, BTreeSet<String>>,
     /// Decisions made since the index was created.
     passes: u64,
 }
@@ -80,6 +86,8 @@ impl HubIndex {
             plans: PlanIndex::with_lists(lists),
             roles: BTreeMap::new(),
             role_scope: BTreeSet::new(),
+            members: BTreeMap::new(),
+            readable: BTreeMap::new(),
             stale_after,
             slices: BTreeSet::new(),
             clusters: BTreeSet::new(),
@@ -231,6 +239,49 @@ impl HubIndex {
         }
     }
 
+    /// Follows the members of each replanned slice (with their page counts) into the pages each
+    /// cluster may read; returns the clusters whose pages changed (`O(members)` per slice).
+    fn follow_memberships(&mut self, replanned: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut changed = BTreeSet::new();
+        if self.plans.lists() != PeerLists::Paged {
+            return changed;
+        }
+        for slice in replanned {
+            let new: BTreeMap<String, u32> = self
+                .plans
+                .plan(slice)
+                .map(|p| {
+                    p.workers.iter().filter_map(|w| Some((w.cluster.clone(), w.peer_pages.as_ref()?.pages))).collect()
+                })
+                .unwrap_or_default();
+            let old = self.members.remove(slice).unwrap_or_default();
+            for (cluster, pages) in &old {
+                if new.get(cluster) != Some(pages) {
+                    if let Some(names) = self.readable.get_mut(cluster) {
+                        for i in 0..*pages {
+                            names.remove(&peer_page_name(slice, i));
+                        }
+                        if names.is_empty() {
+                            self.readable.remove(cluster);
+                        }
+                    }
+                    changed.insert(cluster.clone());
+                }
+            }
+            for (cluster, pages) in &new {
+                if old.get(cluster) != Some(pages) {
+                    let names = self.readable.entry(cluster.clone()).or_default();
+                    names.extend((0..*pages).map(|i| peer_page_name(slice, i)));
+                    changed.insert(cluster.clone());
+                }
+            }
+            if !new.is_empty() {
+                self.members.insert(slice.clone(), new);
+            }
+        }
+        changed
+    }
+
     /// Whether anything waits to be decided at `now` (a change, or a heartbeat gone stale).
     #[must_use]
     pub fn is_due(&self, now: Timestamp) -> bool {
@@ -299,6 +350,7 @@ impl HubIndex {
         let now_text = now.to_string();
         self.passes += 1;
         let replanned = self.plans.replan();
+        let role_changed = self.follow_memberships(&replanned);
         let mut scope_slices = std::mem::take(&mut self.slices);
         scope_slices.extend(replanned.iter().cloned());
         let scope_clusters = std::mem::take(&mut self.clusters);
@@ -424,18 +476,13 @@ impl HubIndex {
                     .collect();
                 actions.extend(stale.into_iter().map(|name| Action::DeletePeers { name }));
             }
+            // The Roles of the clusters whose memberships the replanned slices changed, whose
+            // Role changed, or that are in scope themselves.
             let mut role_clusters: BTreeSet<String> = role_scope;
             role_clusters.extend(scope_clusters.iter().cloned());
-            for p in &plans {
-                role_clusters.extend(p.workers.iter().map(|w| w.cluster.clone()));
-            }
-            for s in &scope_slices {
-                role_clusters.extend(index.workers_named(s).filter_map(|w| {
-                    w.metadata.namespace.as_deref()?.strip_prefix(CLUSTER_NAMESPACE_PREFIX).map(str::to_owned)
-                }));
-            }
+            role_clusters.extend(role_changed);
             for cluster in role_clusters {
-                let names = readable_pages(index, &cluster);
+                let names: Vec<String> = self.readable.get(&cluster).into_iter().flatten().cloned().collect();
                 match self.roles.get(&cluster) {
                     None if !names.is_empty() => actions.push(Action::GrantPeers {
                         role: Box::new(peers_role(&cluster, &names)),
@@ -575,19 +622,6 @@ impl HubIndex {
     pub fn decide(&mut self, now: Timestamp) -> Decision {
         self.decide_with_coverage(now).0
     }
-}
-
-/// The pages `cluster`'s worker may read: every page of each slice whose plan has a
-/// WorkerSlice for it (`O(slices)`), sorted.
-fn readable_pages(index: &PlanIndex, cluster: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for p in index.plans() {
-        if let Some(pages) = p.worker(cluster).and_then(|w| w.peer_pages.as_ref()) {
-            names.extend((0..pages.pages).map(|i| peer_page_name(&p.name, i)));
-        }
-    }
-    names.sort();
-    names
 }
 
 /// A WorkerSlice bears on the slices of its name and spec (their objects) and the clusters of
