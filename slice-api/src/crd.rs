@@ -49,7 +49,7 @@ pub const SLICE_OWNER_LABEL: &str = "slicenet.io/slice";
 pub const CLUSTER_LABEL: &str = "slicenet.io/cluster";
 /// Prefix of the hub namespace that holds one member cluster's WorkerSlices.
 pub const CLUSTER_NAMESPACE_PREFIX: &str = "slicenet-cluster-";
-pub use crate::names::{GATEWAY_NAMESPACE, SYSTEM_NAMESPACE};
+pub use crate::names::{GATEWAY_NAMESPACE, PEERS_NAMESPACE, SYSTEM_NAMESPACE};
 
 /// The hub namespace that holds the WorkerSlices of `cluster`.
 #[must_use]
@@ -495,9 +495,16 @@ pub struct WorkerSliceSpec {
     pub namespaces: Vec<String>,
     #[serde(default)]
     pub gateway: GatewaySpec,
-    /// The other clusters of the slice.
+    /// The other clusters of the slice, when the hub writes them here. A hub that pages the
+    /// peer lists (`peerPages`) leaves this empty: the worker reads the slice's [`SlicePeers`]
+    /// pages instead and rebuilds this list in memory.
     #[serde(default)]
     pub peers: Vec<WorkerPeer>,
+    /// Where the peers are when the hub pages them: how many [`SlicePeers`] pages the slice
+    /// has and a digest of what they hold, which changes with every peer change so that the
+    /// worker, which watches its WorkerSlices, wakes up and reads the pages again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_pages: Option<PeerPages>,
     /// The services exported on the slice (by any member cluster, this one included) in this
     /// cluster's member namespaces: what its worker writes as ServiceImports and MCS
     /// EndpointSlices.
@@ -516,6 +523,94 @@ pub struct WorkerSliceSpec {
     /// The slice's QoS profile, and this cluster's uplink rate it is enforced under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<WorkerSliceQos>,
+}
+
+/// The pages of a slice's peer list, as a WorkerSlice points at them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerPages {
+    /// The number of pages: `SlicePeers` `<slice>-0` … `<slice>-<pages - 1>` in
+    /// [`PEERS_NAMESPACE`] (a page with no peer may be absent).
+    pub pages: u32,
+    /// [`peers_revision`] of every member's entry, all pages together.
+    pub revision: String,
+}
+
+/// At most this many peers on one page: a page stays under 128 × ~150 bytes whatever the
+/// slice's size.
+pub const PEERS_PER_PAGE: u32 = 128;
+
+/// The number of pages of a slice of `max_clusters`: a cluster's page is its prefix index
+/// divided by [`PEERS_PER_PAGE`], so the count is fixed by `maxClusters` (immutable).
+#[must_use]
+pub fn peer_page_count(max_clusters: u32) -> u32 {
+    max_clusters.div_ceil(PEERS_PER_PAGE).max(1)
+}
+
+/// The page a cluster of prefix index `index` is listed on.
+#[must_use]
+pub fn peer_page_of(index: u32) -> u32 {
+    index / PEERS_PER_PAGE
+}
+
+/// The name of page `page` of `slice`'s peer list.
+#[must_use]
+pub fn peer_page_name(slice: &str, page: u32) -> String {
+    format!("{slice}-{page}")
+}
+
+/// The hub Role (and RoleBinding) in [`PEERS_NAMESPACE`] that lets `cluster`'s worker read the
+/// pages of its slices.
+#[must_use]
+pub fn peers_role_name(cluster: &str) -> String {
+    format!("{}{cluster}", crate::names::PEERS_ROLE_PREFIX)
+}
+
+/// The digest the WorkerSlices carry of a slice's peer entries (every member, in cluster
+/// order): FNV-1a over their JSON, in hex. The worker compares it with the pages it read.
+#[must_use]
+pub fn peers_revision(entries: &[WorkerPeer]) -> String {
+    let json = serde_json::to_vec(entries).expect("peer entries serialize");
+    format!("{:016x}", crate::fnv::fnv1a_64(json))
+}
+
+/// A member's peer list rebuilt from its slice's pages: every entry of every page but its own,
+/// in cluster order (the order of an inline `spec.peers`), and the [`peers_revision`] of all
+/// entries, its own included, to compare with the WorkerSlice's `peerPages.revision`.
+#[must_use]
+pub fn peers_from_pages<'a>(
+    cluster: &str,
+    pages: impl IntoIterator<Item = &'a Vec<WorkerPeer>>,
+) -> (Vec<WorkerPeer>, String) {
+    let mut all: Vec<WorkerPeer> = pages.into_iter().flatten().cloned().collect();
+    all.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    let revision = peers_revision(&all);
+    all.retain(|p| p.cluster != cluster);
+    (all, revision)
+}
+
+/// One page of a slice's peer list (hub, namespace [`PEERS_NAMESPACE`], named
+/// [`peer_page_name`]): written by the hub only, read by the slice's member clusters, so that
+/// a cluster joining rewrites one page instead of every member's WorkerSlice.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[kube(
+    group = "slicenet.io",
+    version = "v1alpha1",
+    kind = "SlicePeers",
+    plural = "slicepeers",
+    namespaced,
+    printcolumn = r#"{"name":"Slice","type":"string","jsonPath":".spec.slice"}"#,
+    printcolumn = r#"{"name":"Page","type":"integer","jsonPath":".spec.page"}"#,
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SlicePeersSpec {
+    pub slice: String,
+    pub page: u32,
+    /// The members of the slice on this page, each as the other members' gateways must know
+    /// it, in cluster order.
+    #[serde(default)]
+    pub peers: Vec<WorkerPeer>,
 }
 
 /// One address family of a slice in one member cluster, besides the primary one that
@@ -987,7 +1082,7 @@ pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Con
 #[must_use]
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
-    vec![SliceConfig::crd(), MemberCluster::crd(), WorkerSlice::crd()]
+    vec![SliceConfig::crd(), MemberCluster::crd(), WorkerSlice::crd(), SlicePeers::crd()]
 }
 
 /// Labels for hub objects of a slice and cluster.

@@ -18,6 +18,10 @@ pub struct HubView {
     pub slices: Vec<SliceConfig>,
     pub clusters: Vec<MemberCluster>,
     pub workers: Vec<WorkerSlice>,
+    /// The slices' `SlicePeers` pages in `slicenet-peers` (a hub that pages the peers).
+    pub pages: Vec<crate::crd::SlicePeers>,
+    /// The Roles in `slicenet-peers` that let each member read its slices' pages.
+    pub peer_roles: Vec<k8s_openapi::api::rbac::v1::Role>,
 }
 
 impl HubView {
@@ -28,6 +32,20 @@ impl HubView {
         self.slices.sort_by_key(ResourceExt::name_any);
         self.clusters.sort_by_key(ResourceExt::name_any);
         self.workers.sort_by(|a, b| (&a.spec.slice, &a.spec.cluster).cmp(&(&b.spec.slice, &b.spec.cluster)));
+        self
+    }
+
+    /// The same view with every paged WorkerSlice's `spec.peers` filled in from the pages of
+    /// its slice, as its worker rebuilds them (for the reports, which read the peers there).
+    #[must_use]
+    pub fn with_peers_from_pages(mut self) -> Self {
+        for w in &mut self.workers {
+            if w.spec.peer_pages.is_some() && w.spec.peers.is_empty() {
+                let pages: Vec<&crate::crd::SlicePeers> =
+                    self.pages.iter().filter(|p| p.spec.slice == w.spec.slice).collect();
+                w.spec.peers = crate::crd::peers_from_pages(&w.spec.cluster, pages.iter().map(|p| &p.spec.peers)).0;
+            }
+        }
         self
     }
 }
@@ -323,6 +341,7 @@ pub(crate) mod tests {
             slices: vec![slice],
             clusters: vec![cluster("c1", "True"), cluster("c2", "False")],
             workers: vec![worker, unreported],
+            ..HubView::default()
         }
     }
 

@@ -8,6 +8,14 @@ pub const SYSTEM_NAMESPACE: &str = "slicenet-system";
 /// slice its annotation names (only the worker creates pods here), and the namespace is in no
 /// slice's member list, so it is never claimed by several slices and sweeps no other pod in.
 pub const GATEWAY_NAMESPACE: &str = "slicenet-gateway";
+/// The hub namespace of the `SlicePeers` pages (the slices' peer lists). Each member
+/// cluster's worker may `get` the pages of the slices it is a member of, by name, through the
+/// Role `slicenet-peers-<cluster>` the hub keeps there for it.
+pub const PEERS_NAMESPACE: &str = "slicenet-peers";
+/// Prefix of the hub Role and RoleBinding in [`PEERS_NAMESPACE`] of each member cluster.
+pub const PEERS_ROLE_PREFIX: &str = "slicenet-peers-";
+/// The worker's ServiceAccount, in the member cluster and in its namespace on the hub.
+pub const WORKER_SERVICE_ACCOUNT: &str = "slicenet-worker";
 /// Namespace of the node agent in every member cluster: the one slicenet namespace whose Pod
 /// Security level is `privileged` (host network, host paths, the agent's capabilities), so that
 /// `slicenet-system` can be `restricted`.

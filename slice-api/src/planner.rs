@@ -28,8 +28,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::crd::{
-    ClusterAllocation, Condition, MemberCluster, SliceConfig, WorkerIsolation, WorkerPeer, WorkerSlice,
-    WorkerSliceFamily, WorkerSliceQos, WorkerSliceSpec, cluster_namespace, condition,
+    ClusterAllocation, Condition, MemberCluster, PEERS_PER_PAGE, PeerPages, SliceConfig, SlicePeers, WorkerIsolation,
+    WorkerPeer, WorkerSlice, WorkerSliceFamily, WorkerSliceQos, WorkerSliceSpec, cluster_namespace, condition,
+    peer_page_count, peer_page_of, peers_revision,
 };
 
 /// The first VNI handed out.
@@ -57,6 +58,23 @@ pub struct SlicePlan {
     pub workers: Vec<WorkerSliceSpec>,
     /// `Planned` and `Ready`.
     pub conditions: Vec<Condition>,
+    /// When the peers are paged ([`PeerLists::Paged`]): the slice's `SlicePeers` pages, each
+    /// the members on it in cluster order (empty pages included; none for a slice being
+    /// deleted). `None`: the peers are in the WorkerSlices (inline), or the plan was refused
+    /// and the pages stay as they are.
+    pub pages: Option<Vec<Vec<WorkerPeer>>>,
+}
+
+/// Where the planner puts each WorkerSlice's peers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PeerLists {
+    /// In every WorkerSlice's `spec.peers` (every member's object grows with the slice, and a
+    /// join rewrites them all): what workers before the pages read.
+    #[default]
+    Inline,
+    /// Once per slice, in `SlicePeers` pages of at most [`PEERS_PER_PAGE`] peers; the
+    /// WorkerSlices carry `peerPages` (page count and revision) and no peers.
+    Paged,
 }
 
 impl SlicePlan {
@@ -72,6 +90,19 @@ impl SlicePlan {
 /// slices a change touches) is tested against.
 #[must_use]
 pub fn plan(slices: &[SliceConfig], clusters: &[MemberCluster], workers: &[WorkerSlice]) -> Vec<SlicePlan> {
+    plan_with(slices, clusters, workers, &[], PeerLists::Inline)
+}
+
+/// [`plan`] with the peers where `lists` says; `pages` are the `SlicePeers` pages the hub
+/// wrote, which say (as the peers of WorkerSlice specs do) whom each key was distributed for.
+#[must_use]
+pub fn plan_with(
+    slices: &[SliceConfig],
+    clusters: &[MemberCluster],
+    workers: &[WorkerSlice],
+    pages: &[SlicePeers],
+    lists: PeerLists,
+) -> Vec<SlicePlan> {
     let mut ordered: Vec<&SliceConfig> = slices.iter().collect();
     ordered.sort_by_key(|s| creation_order(s));
     // WorkerSlices in (namespace, name) order, slices and clusters by name, as the API server
@@ -84,7 +115,7 @@ pub fn plan(slices: &[SliceConfig], clusters: &[MemberCluster], workers: &[Worke
     let mut clusters_by_name: Vec<&MemberCluster> = clusters.iter().collect();
     clusters_by_name.sort_by_key(|c| c.name_any());
     let (trusted, mut refusals) = owned_workers(&workers);
-    let publications = check_publications(&by_name, &clusters_by_name, &trusted, &mut refusals);
+    let publications = check_publications(&by_name, &clusters_by_name, &trusted, pages, &mut refusals);
     let vnis = allocate_vnis(&ordered, |slice| trusted.iter().find(|w| w.spec.slice == slice).map(|w| w.spec.vni));
     let registered: BTreeSet<String> =
         clusters.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).map(ResourceExt::name_any).collect();
@@ -104,6 +135,7 @@ pub fn plan(slices: &[SliceConfig], clusters: &[MemberCluster], workers: &[Worke
                     .map(|((_, c), p)| (c.clone(), p.clone()))
                     .collect(),
                 refused: refusals.get(&name).cloned().unwrap_or_default(),
+                lists,
             };
             plan_slice(s, &facts)
         })
@@ -128,6 +160,8 @@ pub(crate) struct SliceFacts<'a> {
     pub published: BTreeMap<String, (Option<String>, Option<String>)>,
     /// The refusals reported on the slice.
     pub refused: Vec<String>,
+    /// Where the peers go.
+    pub lists: PeerLists,
 }
 
 /// A fact about a cluster, by its name.
@@ -225,14 +259,15 @@ fn check_publications(
     slices: &[&SliceConfig],
     clusters: &[&MemberCluster],
     owned: &[&WorkerSlice],
+    pages: &[SlicePeers],
     refusals: &mut Refusals,
 ) -> Publications {
     let mut forbidden: Vec<(IpNet, String)> = slices.iter().flat_map(|s| slice_forbidden(s)).collect();
     forbidden.extend(clusters.iter().flat_map(|c| cluster_forbidden(c)));
-    // Who each key was already distributed for: the peers of the specs the hub wrote.
+    // Who each key was already distributed for: the peers of the specs and pages the hub wrote.
     let mut incumbent: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for w in owned {
-        for p in &w.spec.peers {
+    for peers in owned.iter().map(|w| &w.spec.peers).chain(pages.iter().map(|p| &p.spec.peers)) {
+        for p in peers {
             if let Some(k) = p.public_key.as_deref() {
                 incumbent.entry(k).or_default().insert(p.cluster.as_str());
             }
@@ -368,6 +403,7 @@ fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
             allocations,
             conditions: vec![planned, ready_condition(&workers, &by_cluster, refused, generation)],
             workers,
+            pages: None,
         }
     };
 
@@ -376,7 +412,15 @@ fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
         planned.observed_generation = generation;
         let mut ready = Condition::new(READY, false, "Deleting", "the slice is being deleted");
         ready.observed_generation = generation;
-        return SlicePlan { name, vni, allocations: Vec::new(), workers: Vec::new(), conditions: vec![planned, ready] };
+        let pages = (facts.lists == PeerLists::Paged).then(Vec::new);
+        return SlicePlan {
+            name,
+            vni,
+            allocations: Vec::new(),
+            workers: Vec::new(),
+            conditions: vec![planned, ready],
+            pages,
+        };
     }
     let Some(vni) = vni else {
         return keep("VniExhausted", format!("no free VNI left in {VNI_BASE}..={VNI_MAX}"));
@@ -448,9 +492,26 @@ fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
             }
         })
         .collect();
+    // Paged: every entry once, on the page of its cluster's index; the specs point at them.
+    let (pages, peer_pages) = match facts.lists {
+        PeerLists::Inline => (None, None),
+        PeerLists::Paged => {
+            let mut pages = vec![Vec::new(); peer_page_count(addresses.max_clusters) as usize];
+            for e in &entries {
+                pages[peer_page_of(index[&e.cluster]) as usize].push(e.clone());
+            }
+            debug_assert!(pages.iter().all(|p| p.len() <= PEERS_PER_PAGE as usize));
+            let pointer =
+                PeerPages { pages: u32::try_from(pages.len()).unwrap_or(u32::MAX), revision: peers_revision(&entries) };
+            (Some(pages), Some(pointer))
+        }
+    };
     let mut specs = Vec::new();
     for c in &members {
-        let peers = entries.iter().filter(|p| p.cluster != *c).cloned().collect();
+        let peers = match facts.lists {
+            PeerLists::Inline => entries.iter().filter(|p| p.cluster != *c).cloned().collect(),
+            PeerLists::Paged => Vec::new(),
+        };
         specs.push(WorkerSliceSpec {
             slice: name.clone(),
             cluster: c.clone(),
@@ -468,6 +529,7 @@ fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
             namespaces: slice.spec.namespaces_in(c),
             gateway: slice.spec.gateway.clone(),
             peers,
+            peer_pages: peer_pages.clone(),
             // The hub adds the slice's imports (`slice_operator::hub::services`).
             imports: Vec::new(),
             // The hub adds the other clusters' pods (`slice_operator::hub::pods`).
@@ -515,7 +577,7 @@ fn plan_slice(slice: &SliceConfig, facts: &SliceFacts<'_>) -> SlicePlan {
     };
     planned.observed_generation = generation;
     let ready = ready_condition(&specs, &by_cluster, refused, generation);
-    SlicePlan { name, vni: Some(vni), allocations, workers: specs, conditions: vec![planned, ready] }
+    SlicePlan { name, vni: Some(vni), allocations, workers: specs, conditions: vec![planned, ready], pages }
 }
 
 /// The gateway replicas beyond the first (ordinals 1 … `wanted` − 1) that each member published

@@ -15,6 +15,12 @@ pub enum Scope {
     /// Namespaced resources in this other, fixed namespace only (a Role there, bound to the
     /// component's ServiceAccount): the worker's gateways in `slicenet-gateway`.
     Namespace(&'static str),
+    /// Namespaced resources in this fixed namespace, limited to what the Roles bound there to
+    /// the component's ServiceAccount grant at the time of the request: no static rule (the
+    /// installer prints none); another controller keeps those Roles as the component's rights
+    /// change. The worker's read of its slices' peer pages on the hub, whose Role the hub
+    /// keeps as memberships change.
+    Granted(&'static str),
 }
 
 /// One kind of request: `verb` on `group`/`resource`[/`subresource`].
@@ -145,7 +151,26 @@ pub fn covers(declared: &[Access], attrs: &RequestAttributes, own_namespace: Opt
                 Scope::Cluster => true,
                 Scope::OwnNamespace => attrs.namespace.is_some() && attrs.namespace.as_deref() == own_namespace,
                 Scope::Namespace(ns) => attrs.namespace.as_deref() == Some(ns),
+                Scope::Granted(_) => false,
             }
+    })
+}
+
+/// The namespace of a [`Scope::Granted`] entry of `declared` that would cover `attrs` if the
+/// Roles there grant it: whoever answers the request must then look at those Roles.
+#[must_use]
+pub fn granted_in(declared: &[Access], attrs: &RequestAttributes) -> Option<&'static str> {
+    declared.iter().find_map(|a| match a.scope {
+        Scope::Granted(ns)
+            if a.group == attrs.group
+                && a.resource == attrs.resource
+                && a.subresource == attrs.subresource
+                && a.verb == attrs.verb
+                && attrs.namespace.as_deref() == Some(ns) =>
+        {
+            Some(ns)
+        }
+        _ => None,
     })
 }
 

@@ -33,7 +33,7 @@ use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
-use slice_api::rbac::{Access, RequestAttributes, covers, request_attributes};
+use slice_api::rbac::{Access, RequestAttributes, covers, granted_in, request_attributes};
 
 /// A name for each API server of a [`MemoryApi`]: a `String`, or a test's own enum.
 pub trait Server: Clone + Ord + fmt::Debug + Send + Sync + 'static {
@@ -217,6 +217,7 @@ pub fn plural(kind: &str) -> String {
         "NetworkAttachmentDefinition" => "network-attachment-definitions".into(),
         "Endpoints" => "endpoints".into(),
         "NetworkPolicy" => "networkpolicies".into(),
+        "SlicePeers" => "slicepeers".into(),
         "MultiNetworkPolicy" => "multi-networkpolicies".into(),
         k => format!("{}s", k.to_lowercase()),
     }
@@ -512,7 +513,10 @@ impl<S: Server> MemoryApi<S> {
         };
         // Discovery is every authenticated user's (the `system:discovery` ClusterRole).
         let ok = (method == "GET" && is_discovery(path))
-            || request_attributes(method, &path_and_query).is_some_and(|a| covers(declared, &a, Some(own)));
+            || request_attributes(method, &path_and_query).is_some_and(|a| {
+                covers(declared, &a, Some(own))
+                    || granted_in(declared, &a).is_some_and(|ns| roles_grant(&self.lock(), side, ns, own, &a))
+            });
         if !ok {
             self.lock().violations.push(format!("{side:?}: {method} {path_and_query}"));
         }
@@ -560,6 +564,43 @@ impl<S: Server> MemoryApi<S> {
         let (code, v) = handle_object(&mut st, side, method, path, query, ct, body);
         (code, Reply::Json(v))
     }
+}
+
+/// Whether the Roles in `namespace` on `side` that a RoleBinding there binds to a
+/// ServiceAccount of `own` (the requester's namespace) grant the request `a`, as RBAC reads
+/// them: a rule with the group, the resource (`resource/subresource`) and the verb, and, when
+/// it lists `resourceNames`, the object's name among them (a request without a name is not
+/// granted by a rule with names). The [`slice_api::rbac::Scope::Granted`] accesses are checked
+/// this way: against the Roles another controller keeps, at the time of the request.
+fn roles_grant<S: Server>(st: &State<S>, side: &S, namespace: &str, own: &str, a: &RequestAttributes) -> bool {
+    const RBAC: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces";
+    let prefix = format!("{RBAC}/{namespace}/rolebindings/");
+    let resource =
+        if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
+    let has = |v: &Value, what: &str| v.as_array().is_some_and(|l| l.iter().any(|x| x == what || x == "*"));
+    st.objects
+        .range((side.clone(), prefix.clone())..)
+        .take_while(|((s, p), _)| s == side && p.starts_with(&prefix))
+        .filter(|(_, b)| {
+            b["subjects"]
+                .as_array()
+                .is_some_and(|subjects| subjects.iter().any(|x| x["kind"] == "ServiceAccount" && x["namespace"] == own))
+                && b["roleRef"]["kind"] == "Role"
+        })
+        .filter_map(|(_, b)| {
+            let role = format!("{RBAC}/{namespace}/roles/{}", b["roleRef"]["name"].as_str()?);
+            st.objects.get(&(side.clone(), role))
+        })
+        .flat_map(|role| role["rules"].as_array().cloned().unwrap_or_default())
+        .any(|rule| {
+            has(&rule["apiGroups"], &a.group)
+                && has(&rule["resources"], &resource)
+                && has(&rule["verbs"], a.verb)
+                && match rule["resourceNames"].as_array() {
+                    Some(names) if !names.is_empty() => a.name.as_deref().is_some_and(|n| names.iter().any(|x| x == n)),
+                    _ => true,
+                }
+        })
 }
 
 fn list_items<S: Server>(st: &State<S>, side: &S, target: &Target, keep: impl Fn(&Value) -> bool) -> Vec<Value> {

@@ -27,6 +27,9 @@ const SC: &str = "/apis/slicenet.io/v1alpha1/sliceconfigs";
 const MC: &str = "/apis/slicenet.io/v1alpha1/memberclusters";
 const WS: &str = "/apis/slicenet.io/v1alpha1/workerslices";
 const FM: &str = "fieldManager=slicenet-hub";
+const PAGES: &str = "/apis/slicenet.io/v1alpha1/namespaces/slicenet-peers/slicepeers";
+const PEER_ROLES: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/slicenet-peers/roles";
+const PEER_BINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/slicenet-peers/rolebindings";
 
 fn now() -> Timestamp {
     Timestamp::from_second(NOW).expect("valid time")
@@ -692,6 +695,10 @@ async fn the_declared_access_is_exactly_what_the_requests_need() {
     note(&seen);
     // The election and the events (their own scenarios below).
     used.extend(lease_and_event_access().await);
+    // Paged peers: pages, peer Roles and their bindings (the in-memory API scenario below).
+    used.extend(paged_access().await);
+    // `get` on the pages is held, never asked for: a Role may grant only what its writer holds.
+    used.insert(("get", "slicenet.io".to_owned(), "slicepeers".to_owned(), String::new()));
     // The webhook certificate's renewal: its own scenarios against this same list in
     // tests/cert_rotation.rs (a GET of each Secret, one PUT of the TLS Secret).
     for (verb, path) in [
@@ -701,8 +708,8 @@ async fn the_declared_access_is_exactly_what_the_requests_need() {
         let a = request_attributes(verb, path).expect("resource path");
         used.insert((a.verb, a.group, a.resource, a.subresource));
     }
-    // The runner's watches.
-    for kind in [SC, MC, WS] {
+    // The runner's watches (with paged peers, on the pages and Roles of `slicenet-peers` too).
+    for kind in [SC, MC, WS, PAGES, PEER_ROLES] {
         let a = request_attributes("GET", &format!("{kind}?watch=true")).expect("resource path");
         used.insert((a.verb, a.group, a.resource, a.subresource));
     }
@@ -867,6 +874,81 @@ async fn a_repeated_error_is_one_event_whose_series_counts_the_repeats() {
 
 /// The Lease and Event requests: a lease created, read and renewed; an event created and its
 /// series patched. Returned as the access they use.
+/// The hub with paged peers (`--peer-pages`) on the in-memory API, whole passes until it writes
+/// nothing after each change: two slices, a member that joins, one that leaves (its Role goes
+/// with its access), a slice deleted (its page goes). Returns the requests' (verb, group,
+/// resource, subresource); every request is checked against `access::HUB`.
+async fn paged_access() -> BTreeSet<(&'static str, String, String, String)> {
+    use slice_kube::memory::MemoryApi;
+    let side = "hub".to_owned();
+    let api = MemoryApi::new([(side.clone(), HUB, "slicenet-system".to_owned())]);
+    let put = |v: Value| api.put(side.clone(), v);
+    for c in ["c1", "c2", "c3"] {
+        put(json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": c},
+                   "spec": {}, "status": {"lastHeartbeat": time(NOW)}}));
+    }
+    for (s, members) in [("blue", json!(["c1", "c2"])), ("green", json!(["c1"]))] {
+        put(json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "SliceConfig",
+                   "metadata": {"name": s, "creationTimestamp": time(NOW - 100)},
+                   "spec": {"sliceSubnet": "10.80.0.0/16", "clusters": members, "namespaces": [{"namespace": "web"}]}}));
+    }
+    let client = api.client(side.clone());
+    let ctx = hub::Context {
+        peer_lists: slice_api::planner::PeerLists::Paged,
+        ..hub::Context::new(Duration::from_secs(60), "test")
+    };
+    let settle = || async {
+        for _ in 0..6 {
+            let now = Timestamp::from_second(NOW).expect("a valid time");
+            if hub::reconcile(&client, &ctx, now).await.expect("a pass").writes == 0 {
+                return;
+            }
+        }
+        panic!("no convergence");
+    };
+    let role_names = |api: &MemoryApi<String>, cluster: &str| -> Option<Value> {
+        let role = api.get(side.clone(), &format!("{PEER_ROLES}/slicenet-peers-{cluster}"))?;
+        Some(role["rules"][0]["resourceNames"].clone())
+    };
+    settle().await;
+    assert_eq!(role_names(&api, "c1"), Some(json!(["blue-0", "green-0"])));
+    assert_eq!(role_names(&api, "c2"), Some(json!(["blue-0"])));
+    assert!(api.get(side.clone(), &format!("{PEER_BINDINGS}/slicenet-peers-c2")).is_some(), "bound");
+    let page = api.get(side.clone(), &format!("{PAGES}/blue-0")).expect("blue's page");
+    assert_eq!(page["spec"]["peers"].as_array().map(Vec::len), Some(2));
+    let ws = api
+        .get(side.clone(), &format!("/apis/slicenet.io/v1alpha1/namespaces/{}/workerslices/blue", ns("c1")))
+        .expect("c1's WorkerSlice");
+    assert_eq!(ws["spec"]["peers"], json!([]), "no peers in the WorkerSlice");
+    assert_eq!(ws["spec"]["peerPages"]["pages"], 1);
+
+    // c3 joins blue, c2 leaves it: c2's Role and binding go, c3's come.
+    api.edit(side.clone(), &format!("{SC}/blue"), |s| s["spec"]["clusters"] = json!(["c1", "c3"]));
+    settle().await;
+    assert_eq!(role_names(&api, "c2"), None, "c2 left: it can read no page");
+    assert!(api.get(side.clone(), &format!("{PEER_BINDINGS}/slicenet-peers-c2")).is_none());
+    assert_eq!(role_names(&api, "c3"), Some(json!(["blue-0"])));
+    // green is deleted: its page goes, and c1 keeps only blue's.
+    let (code, body) = api.request(&side, "DELETE", &format!("{SC}/green"), "application/json", &json!({}));
+    assert!(code < 300, "{body}");
+    settle().await;
+    assert!(api.get(side.clone(), &format!("{PAGES}/green-0")).is_none(), "green's page is gone");
+    assert_eq!(role_names(&api, "c1"), Some(json!(["blue-0"])));
+    assert_eq!(api.violations(), Vec::<String>::new(), "every request within the hub's access list");
+
+    let mut used = BTreeSet::new();
+    for r in api.take_requests() {
+        let query = if r.query.is_empty() { String::new() } else { format!("?{}", r.query) };
+        if let Some(a) = slice_api::rbac::request_attributes(&r.method, &format!("{}{query}", r.path)) {
+            let paged = matches!(a.resource.as_str(), "slicepeers" | "roles" | "rolebindings");
+            if paged {
+                used.insert((a.verb, a.group, a.resource, a.subresource));
+            }
+        }
+    }
+    used
+}
+
 async fn lease_and_event_access() -> BTreeSet<(&'static str, String, String, String)> {
     use slice_operator::events::{Notice, Recorder, reason, reference_to};
     use slice_operator::leader::{Candidate, Election, Leadership, LeaseTiming};

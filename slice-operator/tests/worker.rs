@@ -1537,3 +1537,116 @@ async fn the_gateway_deployment_of_earlier_versions_goes_once_ordinal_0_is_ready
     assert_eq!(routes(&api, "n1")[0]["via"], "10.80.16.5");
     assert_eq!(status(&api)["gatewayPublicKey"], PUBLIC, "the same key throughout");
 }
+
+// Paged peers (`hub --peer-pages`): the WorkerSlice carries `peerPages` instead of `peers`; the
+// worker reads its slice's `SlicePeers` pages in `slicenet-peers`, through the Role the hub keeps
+// for its cluster there (the in-memory API checks the `get` against that Role), and rebuilds the
+// same peer list.
+
+const PAGE: &str = "/apis/slicenet.io/v1alpha1/namespaces/slicenet-peers/slicepeers/blue-0";
+const PEERS_ROLES: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/slicenet-peers";
+
+/// Every member's entry of the slice, c2's own included, in cluster order.
+fn page_entries(c1_key: &str) -> Value {
+    json!([
+        {"cluster": "c1", "prefix": "10.80.0.0/20", "publicKey": c1_key, "endpoint": "198.18.100.1:31820"},
+        {"cluster": "c2", "prefix": "10.80.16.0/20", "publicKey": PUBLIC},
+        {"cluster": "c3", "prefix": "10.80.32.0/20"},
+    ])
+}
+
+fn revision(entries: &Value) -> String {
+    let entries: Vec<slice_api::crd::WorkerPeer> = serde_json::from_value(entries.clone()).expect("entries");
+    slice_api::crd::peers_revision(&entries)
+}
+
+/// The WorkerSlice and page as a paging hub writes them, and the Role and RoleBinding it keeps
+/// for c2 (`get` on `pages` by name).
+fn paged_fixture(pages: &[&str]) -> FakeApi {
+    let api = fixture();
+    let entries = page_entries(PEER_KEY);
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| {
+        ws["spec"]["peers"] = json!([]);
+        ws["spec"]["peerPages"] = json!({"pages": 1, "revision": revision(&entries)});
+    });
+    api.put(
+        Side::Hub,
+        json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "SlicePeers",
+               "metadata": {"name": "blue-0", "namespace": "slicenet-peers"},
+               "spec": {"slice": "blue", "page": 0, "peers": entries}}),
+    );
+    api.put(
+        Side::Hub,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "slicenet-peers-c2", "namespace": "slicenet-peers"},
+               "rules": [{"apiGroups": ["slicenet.io"], "resources": ["slicepeers"], "verbs": ["get"], "resourceNames": pages}]}),
+    );
+    api.put(
+        Side::Hub,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "slicenet-peers-c2", "namespace": "slicenet-peers"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "slicenet-peers-c2"},
+               "subjects": [{"kind": "ServiceAccount", "name": "slicenet-worker", "namespace": "slicenet-cluster-c2"}]}),
+    );
+    api
+}
+
+fn gateway_conf(api: &FakeApi) -> String {
+    let secret = api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue")).expect("config Secret");
+    decode_b64(secret["data"]["gateway.conf"].as_str().expect("gateway.conf"))
+}
+
+#[tokio::test]
+async fn paged_peers_are_read_from_the_page_and_configure_the_gateway_as_inline_ones_do() {
+    let inline = fixture();
+    pass(&inline).await.0.expect("inline pass");
+    let paged = paged_fixture(&["blue-0"]);
+    let (result, requests) = pass(&paged).await;
+    assert_eq!(result.expect("paged pass"), create_writes().len());
+    let mut expected = vec![format!("hub GET {WS}"), format!("hub GET {PAGE}")];
+    expected.extend(with_reads(&create_writes()).into_iter().skip(1));
+    assert_eq!(lines(&requests), expected, "one read of the page, right after the WorkerSlices");
+    assert_eq!(gateway_conf(&paged), gateway_conf(&inline));
+    assert_eq!(node_config(&paged, "n1"), node_config(&inline, "n1"));
+    assert_eq!(status(&paged)["peers"], status(&inline)["peers"], "c2's own entry is no peer of its own");
+}
+
+#[tokio::test]
+async fn the_page_is_read_again_only_when_the_revision_moves() {
+    let api = paged_fixture(&["blue-0"]);
+    let worker = worker_on(&api);
+    pass_at(&api, &worker, NOW).await.0.expect("first pass");
+    let (result, requests) = pass_at(&api, &worker, NOW).await;
+    result.expect("repeat pass");
+    assert!(!lines(&requests).contains(&format!("hub GET {PAGE}")), "the revision did not move: no read");
+
+    // c1 publishes another key and endpoint: the hub rewrites the page, then the revision.
+    let entries = page_entries(PEER_KEY_2);
+    api.edit(Side::Hub, PAGE, |p| p["spec"]["peers"] = entries.clone());
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| {
+        ws["spec"]["peerPages"]["revision"] = json!(revision(&entries));
+        ws["metadata"]["generation"] = json!(2);
+    });
+    let (result, requests) = pass_at(&api, &worker, NOW).await;
+    result.expect("pass after the change");
+    assert!(lines(&requests).contains(&format!("hub GET {PAGE}")), "read again");
+    let conf = gateway_conf(&api);
+    assert!(conf.contains(&format!("PublicKey = {PEER_KEY_2}\nAllowedIPs = 10.80.0.0/20\n")), "{conf}");
+    assert!(!conf.contains(PEER_KEY), "{conf}");
+}
+
+#[tokio::test]
+async fn a_page_the_role_does_not_name_is_refused_by_the_access_check() {
+    // The hub's Role for c2 names another slice's page only (c2 left blue): the read is not
+    // covered, and the in-memory API reports it.
+    let api = paged_fixture(&["green-0"]);
+    let worker = worker_on(&api);
+    let _ = worker.reconcile_once("c2", NOW).await;
+    let violations = api.violations();
+    assert_eq!(violations, [format!("Hub: GET {PAGE}")], "only the page read, refused");
+    // Without the RoleBinding, the Role grants nothing either.
+    let api = paged_fixture(&["blue-0"]);
+    api.remove(Side::Hub, &format!("{PEERS_ROLES}/rolebindings/slicenet-peers-c2"));
+    let _ = worker_on(&api).reconcile_once("c2", NOW).await;
+    assert_eq!(api.violations(), [format!("Hub: GET {PAGE}")]);
+}

@@ -129,7 +129,12 @@ mod tests {
         let names: Vec<String> = files().unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(
             names,
-            ["slicenet.io_sliceconfigs.yaml", "slicenet.io_memberclusters.yaml", "slicenet.io_workerslices.yaml"]
+            [
+                "slicenet.io_sliceconfigs.yaml",
+                "slicenet.io_memberclusters.yaml",
+                "slicenet.io_workerslices.yaml",
+                "slicenet.io_slicepeers.yaml"
+            ]
         );
     }
 }

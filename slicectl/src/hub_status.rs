@@ -19,5 +19,5 @@ pub async fn fetch(client: Client) -> Result<HubView> {
     let slices = Api::<SliceConfig>::all(client.clone()).list(&lp).await.context("listing SliceConfigs")?.items;
     let clusters = Api::<MemberCluster>::all(client.clone()).list(&lp).await.context("listing MemberClusters")?.items;
     let workers = Api::<WorkerSlice>::all(client).list(&lp).await.context("listing WorkerSlices")?.items;
-    Ok(HubView { slices, clusters, workers }.sorted())
+    Ok(HubView { slices, clusters, workers, ..HubView::default() }.sorted())
 }

@@ -299,7 +299,12 @@ impl ControlPlane {
         Self {
             api,
             runtime,
-            hub: hub::Context::new(heartbeat_timeout, "lab"),
+            // The lab's hub pages the peers (`--peer-pages`): its workers read their slices'
+            // pages through the Roles the hub keeps, checked by the in-memory API.
+            hub: hub::Context {
+                peer_lists: slice_api::planner::PeerLists::Paged,
+                ..hub::Context::new(heartbeat_timeout, "lab")
+            },
             workers: BTreeMap::new(),
             kubelets: BTreeMap::new(),
             metrics: kubelet::MetricsAddresses::default(),
@@ -825,7 +830,10 @@ impl ControlPlane {
             slices: serde_json::from_value(Value::Array(list("sliceconfigs")))?,
             clusters: serde_json::from_value(Value::Array(list("memberclusters")))?,
             workers: serde_json::from_value(Value::Array(list("workerslices")))?,
+            pages: serde_json::from_value(Value::Array(list("slicepeers")))?,
+            peer_roles: Vec::new(),
         }
+        .with_peers_from_pages()
         .sorted())
     }
 

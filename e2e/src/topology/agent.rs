@@ -174,6 +174,7 @@ pub(crate) fn agent_configs(
             pods: Vec::new(),
             isolation: None,
             qos: None,
+            peer_pages: None,
         };
         let typed = TypedSpec::parse(&spec).with_context(|| format!("slice {}", slice.name))?;
         planned.push((typed, allocations, vias.first().copied()));

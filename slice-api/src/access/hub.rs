@@ -1,10 +1,13 @@
 //! The hub controller's requests on the hub cluster.
 
-use crate::names::{HUB_WEBHOOK_CA_SECRET, HUB_WEBHOOK_TLS_SECRET};
+use crate::names::{HUB_WEBHOOK_CA_SECRET, HUB_WEBHOOK_TLS_SECRET, PEERS_NAMESPACE};
 use crate::rbac::Access;
-use crate::rbac::Scope::{Cluster, OwnNamespace};
+use crate::rbac::Scope::{Cluster, Namespace, OwnNamespace};
 
 const G: &str = "slicenet.io";
+const RBAC: &str = "rbac.authorization.k8s.io";
+/// Where the hub keeps the slices' peer pages and each member's Role to read its slices' pages.
+const PEERS: crate::rbac::Scope = Namespace(PEERS_NAMESPACE);
 
 /// The hub controller: plans SliceConfigs into WorkerSlices in one namespace per member cluster.
 pub const HUB: &[Access] = &[
@@ -21,6 +24,23 @@ pub const HUB: &[Access] = &[
     Access::new("create", G, "workerslices", Cluster),
     Access::new("patch", G, "workerslices", Cluster),
     Access::new("delete", G, "workerslices", Cluster),
+    // The slices' peer pages (a hub that pages the peers, `--peer-pages`), and per member
+    // cluster a Role `slicenet-peers-<cluster>` granting `get` on the pages of its slices by
+    // name, with its RoleBinding to the cluster's worker. `get` on the pages is never requested:
+    // RBAC lets a Role (and its binding) grant only what its writer holds itself.
+    Access::new("get", G, "slicepeers", PEERS),
+    Access::new("list", G, "slicepeers", PEERS),
+    Access::new("watch", G, "slicepeers", PEERS),
+    Access::new("create", G, "slicepeers", PEERS),
+    Access::new("patch", G, "slicepeers", PEERS),
+    Access::new("delete", G, "slicepeers", PEERS),
+    Access::new("list", RBAC, "roles", PEERS),
+    Access::new("watch", RBAC, "roles", PEERS),
+    Access::new("create", RBAC, "roles", PEERS),
+    Access::new("patch", RBAC, "roles", PEERS),
+    Access::new("delete", RBAC, "roles", PEERS),
+    Access::new("create", RBAC, "rolebindings", PEERS),
+    Access::new("delete", RBAC, "rolebindings", PEERS),
     Access::new("get", "", "namespaces", Cluster),
     // Namespaces by verb only: the admission policy `slicenet-hub-namespaces` (`slicectl install
     // hub`) keeps creation and deletion to `slicenet-cluster-*`.

@@ -7,7 +7,7 @@ use crate::names::{
     WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET,
 };
 use crate::rbac::Access;
-use crate::rbac::Scope::{Cluster, Namespace, OwnNamespace};
+use crate::rbac::Scope::{Cluster, Granted, Namespace, OwnNamespace};
 
 /// The gateways' namespace, where the worker runs each slice's gateway objects.
 const GW: crate::rbac::Scope = Namespace(GATEWAY_NAMESPACE);
@@ -26,6 +26,11 @@ pub const WORKER_HUB: &[Access] = &[
     // (spec, labels, annotations, owners, other finalizers).
     Access::new("patch", G, "workerslices", OwnNamespace),
     Access::new("patch", G, "workerslices", OwnNamespace).sub("status"),
+    // The `SlicePeers` pages of its slices (a hub that pages the peers), by name: the Role
+    // `slicenet-peers-<cluster>` the hub keeps in `slicenet-peers` lists exactly the pages of
+    // the slices the cluster is planned in, so a cluster that leaves a slice can no longer read
+    // its pages (`slice_operator::hub`), and a member never writes them.
+    Access::new("get", G, "slicepeers", Granted(crate::names::PEERS_NAMESPACE)),
     Access::new("get", G, "memberclusters", Cluster),
     Access::new("patch", G, "memberclusters", Cluster).sub("status"),
     // A new token for its own ServiceAccount, the only one in its namespace on the hub

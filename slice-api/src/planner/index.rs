@@ -25,10 +25,10 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 
 use super::{
-    SliceFacts, SlicePlan, allocate_vnis, check_publication, cluster_forbidden, creation_order, impostor_mentions,
-    impostor_refusal, plan_slice, slice_forbidden, speaks_for_itself,
+    PeerLists, SliceFacts, SlicePlan, allocate_vnis, check_publication, cluster_forbidden, creation_order,
+    impostor_mentions, impostor_refusal, plan_slice, slice_forbidden, speaks_for_itself,
 };
-use crate::crd::{CLUSTER_NAMESPACE_PREFIX, MemberCluster, SliceConfig, WorkerSlice};
+use crate::crd::{CLUSTER_NAMESPACE_PREFIX, MemberCluster, SliceConfig, SlicePeers, WorkerSlice};
 
 /// (namespace, name) of a WorkerSlice.
 pub type WorkerKey = (String, String);
@@ -52,7 +52,12 @@ pub struct PlanIndex {
     naming: BTreeMap<String, BTreeSet<String>>,
     /// Gateway key → (slice, cluster) of each WorkerSlice that publishes it.
     publishers: BTreeMap<String, BTreeSet<(String, String)>>,
-    /// Gateway key → cluster → how many WorkerSlice specs list the key as that cluster's.
+    /// The `SlicePeers` pages the hub wrote, by name.
+    pages: BTreeMap<String, SlicePeers>,
+    /// Where the plans put the peers.
+    lists: PeerLists,
+    /// Gateway key → cluster → how many WorkerSlice specs and pages list the key as that
+    /// cluster's.
     incumbents: BTreeMap<String, BTreeMap<String, usize>>,
     /// Published endpoint address → (slice, cluster) of the WorkerSlices that publish it.
     endpoints: BTreeMap<IpAddr, BTreeSet<(String, String)>>,
@@ -94,7 +99,28 @@ impl PlanIndex {
     /// namespaces are left out), every slice to be planned.
     #[must_use]
     pub fn new(slices: &[SliceConfig], clusters: &[MemberCluster], workers: &[WorkerSlice]) -> Self {
-        let mut index = Self::default();
+        Self::new_with(slices, clusters, workers, &[], PeerLists::Inline)
+    }
+
+    /// An empty index whose plans put the peers where `lists` says.
+    #[must_use]
+    pub fn with_lists(lists: PeerLists) -> Self {
+        Self { lists, ..Self::default() }
+    }
+
+    /// [`Self::new`] with the hub's `SlicePeers` pages and the peers where `lists` says.
+    #[must_use]
+    pub fn new_with(
+        slices: &[SliceConfig],
+        clusters: &[MemberCluster],
+        workers: &[WorkerSlice],
+        pages: &[SlicePeers],
+        lists: PeerLists,
+    ) -> Self {
+        let mut index = Self::with_lists(lists);
+        for p in pages {
+            index.upsert_peers(p.clone());
+        }
         for c in clusters {
             index.upsert_cluster(c.clone());
         }
@@ -240,11 +266,89 @@ impl PlanIndex {
                 let lists_kept = old.spec.imports == new.spec.imports && old.spec.pods == new.spec.pods;
                 (planned_whole || lists_kept)
                     && planned.peers == new.spec.peers
+                    && planned.peer_pages == new.spec.peer_pages
                     && (&planned.slice_subnet, &planned.cluster_prefix, planned.node_prefix_length, planned.vni)
                         == (&new.spec.slice_subnet, &new.spec.cluster_prefix, new.spec.node_prefix_length, new.spec.vni)
                     && (planned.mtu, &planned.namespaces, &planned.gateway, &planned.isolation, &planned.qos)
                         == (new.spec.mtu, &new.spec.namespaces, &new.spec.gateway, &new.spec.isolation, &new.spec.qos)
             })
+    }
+
+    /// A `SlicePeers` page (the hub's own write) was created or changed. Returns whether what
+    /// it lists changed. What it lists says whom each key was distributed for, as a
+    /// WorkerSlice's `spec.peers` does.
+    pub fn upsert_peers(&mut self, page: SlicePeers) -> bool {
+        let name = page.name_any();
+        let old = self.pages.remove(&name);
+        let changed = old.as_ref().is_none_or(|o| o.spec.peers != page.spec.peers);
+        if changed {
+            self.repage(old.as_ref(), Some(&page));
+        }
+        self.pages.insert(name, page);
+        changed
+    }
+
+    /// A `SlicePeers` page is gone.
+    pub fn remove_peers(&mut self, name: &str) {
+        if let Some(old) = self.pages.remove(name) {
+            self.repage(Some(&old), None);
+        }
+    }
+
+    /// A page of the hub's, by name.
+    #[must_use]
+    pub fn peers_page(&self, name: &str) -> Option<&SlicePeers> {
+        self.pages.get(name)
+    }
+
+    /// Every page, by name.
+    pub fn peers_pages(&self) -> impl Iterator<Item = &SlicePeers> {
+        self.pages.values()
+    }
+
+    /// Where the plans put the peers.
+    #[must_use]
+    pub fn lists(&self) -> PeerLists {
+        self.lists
+    }
+
+    fn repage(&mut self, old: Option<&SlicePeers>, new: Option<&SlicePeers>) {
+        let pairs = |p: Option<&SlicePeers>| -> Vec<(String, String)> {
+            let mut v: Vec<(String, String)> = p
+                .into_iter()
+                .flat_map(|p| &p.spec.peers)
+                .filter_map(|e| Some((e.cluster.clone(), e.public_key.clone()?)))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let (old_pairs, new_pairs) = (pairs(old), pairs(new));
+        let o: Vec<(&str, &str)> = old_pairs.iter().map(|(c, k)| (c.as_str(), k.as_str())).collect();
+        let n: Vec<(&str, &str)> = new_pairs.iter().map(|(c, k)| (c.as_str(), k.as_str())).collect();
+        let (removed, added) = sorted_difference(&o, &n);
+        let keys: BTreeSet<String> = removed.iter().chain(&added).map(|(_, k)| (*k).to_owned()).collect();
+        let before = self.snapshot(&keys);
+        self.move_incumbents(&removed, &added);
+        self.keys_changed(&keys, &before);
+    }
+
+    fn move_incumbents(&mut self, removed: &[(&str, &str)], added: &[(&str, &str)]) {
+        for &(cluster, k) in removed {
+            if let Some(counts) = self.incumbents.get_mut(k) {
+                if let Some(count) = counts.get_mut(cluster) {
+                    *count -= 1;
+                    if *count == 0 {
+                        counts.remove(cluster);
+                    }
+                }
+                if counts.is_empty() {
+                    self.incumbents.remove(k);
+                }
+            }
+        }
+        for &(cluster, k) in added {
+            *self.incumbents.entry(k.to_owned()).or_default().entry(cluster.to_owned()).or_default() += 1;
+        }
     }
 
     /// A WorkerSlice is gone.
@@ -324,22 +428,7 @@ impl PlanIndex {
                 self.endpoints.entry(ip).or_default().insert(at);
             }
         }
-        for (cluster, k) in removed {
-            if let Some(counts) = self.incumbents.get_mut(k) {
-                if let Some(count) = counts.get_mut(cluster) {
-                    *count -= 1;
-                    if *count == 0 {
-                        counts.remove(cluster);
-                    }
-                }
-                if counts.is_empty() {
-                    self.incumbents.remove(k);
-                }
-            }
-        }
-        for (cluster, k) in added {
-            *self.incumbents.entry(k.to_owned()).or_default().entry(cluster.to_owned()).or_default() += 1;
-        }
+        self.move_incumbents(&removed, &added);
         self.keys_changed(&keys, &before);
     }
 
@@ -447,6 +536,7 @@ impl PlanIndex {
             uplink: Box::new(|c| self.clusters.get(c).and_then(|c| c.spec.uplink_kbps)),
             published,
             refused,
+            lists: self.lists,
         }
     }
 

@@ -30,16 +30,18 @@ use std::fmt;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use slice_api::crd::{
-    Condition, HUB_FINALIZER, MemberCluster, SliceConfig, SliceConfigStatus, WorkerSlice, WorkerSliceSpec, condition,
-    owner_labels, set_condition,
+    CLUSTER_LABEL, Condition, HUB_FINALIZER, MemberCluster, PEERS_NAMESPACE, SLICE_OWNER_LABEL, SliceConfig,
+    SliceConfigStatus, SlicePeers, SlicePeersSpec, WorkerPeer, WorkerSlice, WorkerSliceSpec, condition, owner_labels,
+    peer_page_name, peers_role_name, set_condition,
 };
 use slice_api::crd::{ImportedService, ServiceAllocation};
-use slice_api::planner::{EXPORTS_ACCEPTED, PLANNED, READY, SlicePlan};
+use slice_api::planner::{EXPORTS_ACCEPTED, PLANNED, PeerLists, READY, SlicePlan};
 use slice_api::policy::PodGroup;
 
 use super::pods::PODS_ACCEPTED;
@@ -86,6 +88,17 @@ pub enum Action {
     PatchClusterStatus { name: String, patch: Value },
     /// Deletes the namespace of a cluster that is being deleted.
     DeleteNamespace { cluster: String, namespace: String },
+    /// Creates a `SlicePeers` page.
+    CreatePeers(Box<SlicePeers>),
+    /// Merge-patches a `SlicePeers` page's peers (the list sent whole).
+    PatchPeers { name: String, patch: Value },
+    /// Deletes a `SlicePeers` page.
+    DeletePeers { name: String },
+    /// Lets `cluster`'s worker read the pages `role` names: creates the Role and its
+    /// RoleBinding (`create`), or merge-patches the Role's rules.
+    GrantPeers { cluster: String, role: Box<Role>, create: bool },
+    /// Takes the pages away from `cluster`'s worker: deletes its RoleBinding and Role.
+    RevokePeers { cluster: String },
 }
 
 impl fmt::Display for Action {
@@ -103,6 +116,18 @@ impl fmt::Display for Action {
             Self::PatchSliceStatus { name, .. } => write!(f, "patching the status of SliceConfig {name}"),
             Self::PatchClusterStatus { name, .. } => write!(f, "patching the status of MemberCluster {name}"),
             Self::DeleteNamespace { namespace, .. } => write!(f, "deleting namespace {namespace}"),
+            Self::CreatePeers(p) => write!(f, "creating SlicePeers {PEERS_NAMESPACE}/{}", p.name_any()),
+            Self::PatchPeers { name, .. } => write!(f, "patching SlicePeers {PEERS_NAMESPACE}/{name}"),
+            Self::DeletePeers { name } => write!(f, "deleting SlicePeers {PEERS_NAMESPACE}/{name}"),
+            Self::GrantPeers { cluster, create: true, .. } => {
+                write!(f, "creating Role and RoleBinding {PEERS_NAMESPACE}/{}", peers_role_name(cluster))
+            }
+            Self::GrantPeers { cluster, create: false, .. } => {
+                write!(f, "patching Role {PEERS_NAMESPACE}/{}", peers_role_name(cluster))
+            }
+            Self::RevokePeers { cluster } => {
+                write!(f, "deleting RoleBinding and Role {PEERS_NAMESPACE}/{}", peers_role_name(cluster))
+            }
         }
     }
 }
@@ -142,6 +167,45 @@ pub(super) struct SpecLists {
 #[must_use]
 pub fn decide(world: &World, now: Timestamp, stale_after: Duration) -> Decision {
     HubIndex::new(world, stale_after).decide(now)
+}
+
+/// [`decide`] with the peers where `lists` says (paged: the world's `SlicePeers` pages and
+/// peer Roles are decided as well).
+#[must_use]
+pub fn decide_with(world: &World, lists: PeerLists, now: Timestamp, stale_after: Duration) -> Decision {
+    HubIndex::new_with(world, lists, stale_after).decide(now)
+}
+
+/// A `SlicePeers` page as the hub writes it.
+fn new_page(slice: &str, page: u32, peers: &[WorkerPeer]) -> SlicePeers {
+    let mut p = SlicePeers::new(
+        &peer_page_name(slice, page),
+        SlicePeersSpec { slice: slice.to_owned(), page, peers: peers.to_vec() },
+    );
+    p.metadata.namespace = Some(PEERS_NAMESPACE.to_owned());
+    p.metadata.labels = Some([(SLICE_OWNER_LABEL.to_owned(), slice.to_owned())].into());
+    p
+}
+
+/// The rules of `cluster`'s peer Role: `get` on exactly the pages `names` (never empty: a rule
+/// without `resourceNames` would grant every page).
+fn peers_rules(names: &[String]) -> Vec<PolicyRule> {
+    vec![PolicyRule {
+        api_groups: Some(vec![slice_api::names::API_GROUP.to_owned()]),
+        resources: Some(vec!["slicepeers".to_owned()]),
+        verbs: vec!["get".to_owned()],
+        resource_names: Some(names.to_vec()),
+        non_resource_urls: None,
+    }]
+}
+
+/// The Role that lets `cluster`'s worker read the pages `names`.
+fn peers_role(cluster: &str, names: &[String]) -> Role {
+    let mut role = Role { rules: Some(peers_rules(names)), ..Role::default() };
+    role.metadata.name = Some(peers_role_name(cluster));
+    role.metadata.namespace = Some(PEERS_NAMESPACE.to_owned());
+    role.metadata.labels = Some([(CLUSTER_LABEL.to_owned(), cluster.to_owned())].into());
+    role
 }
 
 /// `ExportsAccepted`: true when every reported export was taken, else the refusals.
@@ -261,6 +325,11 @@ pub fn action_subject(action: &Action, world: &World) -> ObjectReference {
         | Action::EnsureNamespace { cluster: name, .. }
         | Action::DeleteNamespace { cluster: name, .. } => cluster(name),
         Action::CreateWorkerSlice(w) => slice(&w.spec.slice),
+        Action::CreatePeers(p) => slice(&p.spec.slice),
+        Action::PatchPeers { name, .. } | Action::DeletePeers { name } => slice(
+            &world.pages.iter().find(|p| p.name_any() == *name).map_or_else(String::new, |p| p.spec.slice.clone()),
+        ),
+        Action::GrantPeers { cluster: name, .. } | Action::RevokePeers { cluster: name } => cluster(name),
         Action::PatchWorkerSlice { namespace, name, .. } | Action::DeleteWorkerSlice { namespace, name } => world
             .workers
             .iter()
@@ -356,6 +425,7 @@ fn spec_patch(old: &WorkerSliceSpec, new: &WorkerSliceSpec, lists: &SpecLists) -
         namespaces: s.namespaces.clone(),
         gateway: s.gateway.clone(),
         peers: Vec::new(),
+        peer_pages: s.peer_pages.clone(),
         imports: Vec::new(),
         pods: Vec::new(),
         isolation: s.isolation.clone(),

@@ -10,10 +10,14 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use slice_api::crd::{CLUSTER_LABEL, MemberCluster, SliceConfig, WorkerSlice};
+use slice_api::crd::{
+    CLUSTER_LABEL, MemberCluster, PEERS_NAMESPACE, SliceConfig, SlicePeers, WorkerSlice, cluster_namespace,
+    peers_role_name,
+};
 
 use super::decide::{Action, FinalizedKind};
 use super::{Error, FIELD_MANAGER};
@@ -138,6 +142,56 @@ async fn execute_one(client: &Client, action: &Action) -> Result<bool, Error> {
                 .patch_status(name, &params, &Patch::Merge(patch))
                 .await
                 .map_err(failed)?;
+        }
+        Action::CreatePeers(page) => {
+            Api::<SlicePeers>::namespaced(client.clone(), PEERS_NAMESPACE).create(&post, page).await.map_err(failed)?;
+        }
+        Action::PatchPeers { name, patch } => {
+            Api::<SlicePeers>::namespaced(client.clone(), PEERS_NAMESPACE)
+                .patch(name, &params, &Patch::Merge(patch))
+                .await
+                .map_err(failed)?;
+        }
+        Action::DeletePeers { name } => {
+            let api = Api::<SlicePeers>::namespaced(client.clone(), PEERS_NAMESPACE);
+            delete_if_present(api.delete(name, &DeleteParams::default()).await.map(drop), &[]).map_err(failed)?;
+        }
+        Action::GrantPeers { cluster, role, create: true } => {
+            Api::<Role>::namespaced(client.clone(), PEERS_NAMESPACE).create(&post, role).await.map_err(failed)?;
+            let mut binding = RoleBinding {
+                role_ref: RoleRef {
+                    api_group: Some("rbac.authorization.k8s.io".to_owned()),
+                    kind: "Role".to_owned(),
+                    name: peers_role_name(cluster),
+                },
+                subjects: Some(vec![Subject {
+                    kind: "ServiceAccount".to_owned(),
+                    name: slice_api::names::WORKER_SERVICE_ACCOUNT.to_owned(),
+                    namespace: Some(cluster_namespace(cluster)),
+                    api_group: None,
+                }]),
+                ..RoleBinding::default()
+            };
+            binding.metadata = role.metadata.clone();
+            match Api::<RoleBinding>::namespaced(client.clone(), PEERS_NAMESPACE).create(&post, &binding).await {
+                // Left from an earlier grant: it binds the same Role to the same account.
+                Err(kube::Error::Api(status)) if status.is_already_exists() => {}
+                other => drop(other.map_err(failed)?),
+            }
+        }
+        Action::GrantPeers { role, create: false, .. } => {
+            Api::<Role>::namespaced(client.clone(), PEERS_NAMESPACE)
+                .patch(&role.name_any(), &params, &Patch::Merge(json!({ "rules": role.rules })))
+                .await
+                .map_err(failed)?;
+        }
+        Action::RevokePeers { cluster } => {
+            // The binding first: without it the Role grants nothing.
+            let name = peers_role_name(cluster);
+            let bindings = Api::<RoleBinding>::namespaced(client.clone(), PEERS_NAMESPACE);
+            delete_if_present(bindings.delete(&name, &DeleteParams::default()).await.map(drop), &[]).map_err(failed)?;
+            let roles = Api::<Role>::namespaced(client.clone(), PEERS_NAMESPACE);
+            delete_if_present(roles.delete(&name, &DeleteParams::default()).await.map(drop), &[]).map_err(failed)?;
         }
         Action::DeleteNamespace { namespace, .. } => {
             // 409 is the API server's answer for a namespace that is already terminating.

@@ -30,16 +30,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, ListParams};
-use slice_api::crd::{MemberCluster, SliceConfig, WorkerSlice};
+use slice_api::crd::{MemberCluster, PEERS_NAMESPACE, SliceConfig, SlicePeers, WorkerSlice};
+use slice_api::planner::PeerLists;
 
 use crate::events::Recorder;
 use crate::leader::{LeaderElectionArgs, Leadership, NotLeading};
 
 pub use decide::{
-    Action, Coverage, Decision, FinalizedKind, HubIndex, World, action_subject, decide, failure_notice, merge_diff,
+    Action, Coverage, Decision, FinalizedKind, HubIndex, World, action_subject, decide, decide_with, failure_notice,
+    merge_diff,
 };
 pub use health::{HEALTHY, healthy_condition};
 pub use runner::{Schedule, run_with_client};
@@ -85,6 +88,12 @@ pub struct HubOptions {
     /// through the API server (`kubectl port-forward`, or the Service proxy).
     #[arg(long)]
     pub console: Option<SocketAddr>,
+    /// Put each slice's peer list in `SlicePeers` pages in `slicenet-peers` (a join rewrites one
+    /// page and each member's small `peerPages` revision) instead of every WorkerSlice's
+    /// `spec.peers` (a join rewrites every member's whole list). Needs workers that read pages
+    /// (this version and later): upgrade the workers first.
+    #[arg(long)]
+    pub peer_pages: bool,
     /// The console's document, published after every reconcile's reads (set by [`run`] when
     /// `--console` is given; tests set it to read what would be served).
     #[arg(skip)]
@@ -112,6 +121,7 @@ impl Default for HubOptions {
             health_addr: crate::health::DEFAULT_ADDR.parse().expect("the default address parses"),
             console: None,
             console_sink: None,
+            peer_pages: false,
         }
     }
 }
@@ -141,6 +151,11 @@ impl HubOptions {
     #[must_use]
     pub fn backoff_max(&self) -> Duration {
         Duration::from_millis(self.backoff_max_ms)
+    }
+    /// Where the peer lists go (`--peer-pages`).
+    #[must_use]
+    pub fn peer_lists(&self) -> PeerLists {
+        if self.peer_pages { PeerLists::Paged } else { PeerLists::Inline }
     }
 }
 
@@ -180,6 +195,8 @@ pub struct Context {
     pub leadership: Leadership,
     /// Gets the console's document from every pass's reads (`--console`).
     pub console: Option<slice_kube::console::Console>,
+    /// Where the peer lists go (`--peer-pages`).
+    pub peer_lists: PeerLists,
 }
 
 impl Context {
@@ -191,6 +208,7 @@ impl Context {
             recorder: Recorder::new(EVENT_CONTROLLER, instance),
             leadership: Leadership::unconditional(),
             console: None,
+            peer_lists: PeerLists::Inline,
         }
     }
 }
@@ -245,12 +263,13 @@ pub struct Outcome {
 /// [`Error::Writes`] with every request that failed.
 #[tracing::instrument(skip_all)]
 pub async fn reconcile(client: &Client, ctx: &Context, now: Timestamp) -> Result<Outcome, Error> {
-    let mut index = HubIndex::new(&list_world(client).await?, ctx.heartbeat_timeout);
+    let mut index =
+        HubIndex::new_with(&list_world(client, ctx.peer_lists).await?, ctx.peer_lists, ctx.heartbeat_timeout);
     reconcile_index(client, ctx, &mut index, now).await
 }
 
 /// Lists what the hub decides from.
-async fn list_world(client: &Client) -> Result<World, Error> {
+async fn list_world(client: &Client, lists: PeerLists) -> Result<World, Error> {
     let params = ListParams::default();
     let slices = Api::<SliceConfig>::all(client.clone())
         .list(&params)
@@ -264,7 +283,20 @@ async fn list_world(client: &Client) -> Result<World, Error> {
         .list(&params)
         .await
         .map_err(|source| Error::List { kind: "WorkerSlices", source })?;
-    Ok(World { slices: slices.items, clusters: clusters.items, workers: workers.items })
+    let (mut pages, mut peer_roles) = (Vec::new(), Vec::new());
+    if lists == PeerLists::Paged {
+        pages = Api::<SlicePeers>::namespaced(client.clone(), PEERS_NAMESPACE)
+            .list(&params)
+            .await
+            .map_err(|source| Error::List { kind: "SlicePeers", source })?
+            .items;
+        peer_roles = Api::<Role>::namespaced(client.clone(), PEERS_NAMESPACE)
+            .list(&params)
+            .await
+            .map_err(|source| Error::List { kind: "Roles", source })?
+            .items;
+    }
+    Ok(World { slices: slices.items, clusters: clusters.items, workers: workers.items, pages, peer_roles })
 }
 
 /// Decides what `index` has in scope at `now`, makes the requests and publishes the Events.
@@ -281,7 +313,10 @@ async fn reconcile_index(
             slices: plans.slices().cloned().collect(),
             clusters: plans.clusters().cloned().collect(),
             workers: plans.workers().cloned().collect(),
+            pages: plans.peers_pages().cloned().collect(),
+            peer_roles: Vec::new(),
         };
+        let view = view.with_peers_from_pages();
         console.publish(&slice_api::console::Model::from_view(&view.sorted()));
     }
     let (decision, coverage) = index.decide_with_coverage(now);
@@ -313,6 +348,10 @@ pub enum Change {
     Worker(Box<WorkerSlice>),
     /// (namespace, name).
     WorkerGone(String, String),
+    Peers(Box<SlicePeers>),
+    PeersGone(String),
+    Role(Box<Role>),
+    RoleGone(String),
 }
 
 /// The hub that decides only what changed: an index fed by the watches' objects
@@ -336,6 +375,10 @@ impl Hub {
             Change::ClusterGone(name) => index.forget_cluster(&name),
             Change::Worker(w) => index.observe_worker(*w),
             Change::WorkerGone(namespace, name) => index.forget_worker(&namespace, &name),
+            Change::Peers(p) => index.observe_peers(*p),
+            Change::PeersGone(name) => index.forget_peers(&name),
+            Change::Role(r) => index.observe_role(*r),
+            Change::RoleGone(name) => index.forget_role(&name),
         }
     }
 
@@ -351,7 +394,8 @@ impl Hub {
     /// As [`reconcile`]; after a failure the next pass is whole again.
     pub async fn resync(&mut self, client: &Client, ctx: &Context, now: Timestamp) -> Result<Outcome, Error> {
         self.index = None;
-        let mut index = HubIndex::new(&list_world(client).await?, ctx.heartbeat_timeout);
+        let world = list_world(client, ctx.peer_lists).await?;
+        let mut index = HubIndex::new_with(&world, ctx.peer_lists, ctx.heartbeat_timeout);
         let outcome = reconcile_index(client, ctx, &mut index, now).await?;
         self.index = Some(index);
         Ok(outcome)

@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::config::KubeConfigOptions;
 use kube::runtime::{WatchStreamExt, watcher};
-use slice_api::crd::{MemberCluster, SliceConfig, WorkerSlice};
+use slice_api::crd::{MemberCluster, PEERS_NAMESPACE, SliceConfig, SlicePeers, WorkerSlice};
+use slice_api::planner::PeerLists;
 
 use slice_api::backoff::Backoff;
 use slice_api::error_chain::chain;
@@ -106,7 +108,8 @@ pub async fn client(options: &HubOptions) -> anyhow::Result<Client> {
 /// hub's index learns them). Watch errors are logged; the watches recover by themselves with
 /// their default backoff. A re-list after a lost watch reports every object again; one deleted
 /// while the watch was lost is forgotten at the next whole pass.
-pub fn changes(client: &Client) -> impl Stream<Item = Change> + Send + use<> {
+/// With paged peers, also the `SlicePeers` pages and the Roles in `slicenet-peers`.
+pub fn changes(client: &Client, lists: PeerLists) -> impl Stream<Item = Change> + Send + use<> {
     fn watch<K>(api: Api<K>, kind: &'static str, to: fn(K, bool) -> Change) -> BoxStream<'static, Change>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -126,7 +129,7 @@ pub fn changes(client: &Client) -> impl Stream<Item = Change> + Send + use<> {
             })
             .boxed()
     }
-    stream::select_all([
+    let mut watches = vec![
         watch(Api::<SliceConfig>::all(client.clone()), "SliceConfig", |s, here| {
             if here { Change::Slice(Box::new(s)) } else { Change::SliceGone(s.name_any()) }
         }),
@@ -140,7 +143,16 @@ pub fn changes(client: &Client) -> impl Stream<Item = Change> + Send + use<> {
                 Change::WorkerGone(w.namespace().unwrap_or_default(), w.name_any())
             }
         }),
-    ])
+    ];
+    if lists == PeerLists::Paged {
+        watches.push(watch(Api::<SlicePeers>::namespaced(client.clone(), PEERS_NAMESPACE), "SlicePeers", |p, here| {
+            if here { Change::Peers(Box::new(p)) } else { Change::PeersGone(p.name_any()) }
+        }));
+        watches.push(watch(Api::<Role>::namespaced(client.clone(), PEERS_NAMESPACE), "Role", |r, here| {
+            if here { Change::Role(Box::new(r)) } else { Change::RoleGone(r.name_any()) }
+        }));
+    }
+    stream::select_all(watches)
 }
 
 /// Runs the hub with `client` until `shutdown` completes: campaigns for the `slicenet-hub`
@@ -173,6 +185,7 @@ pub async fn run_with_client(
                 recorder: Recorder::new(super::EVENT_CONTROLLER, instance),
                 leadership,
                 console: options.console_sink.clone(),
+                peer_lists: options.peer_lists(),
             };
             reconcile_loop(&client, options, &ctx, &rotator, &health).await
         }
@@ -189,7 +202,7 @@ async fn reconcile_loop(
     rotator: &crate::cert_rotation::Rotator,
     health: &Health,
 ) -> anyhow::Result<()> {
-    let mut changes = pin!(changes(client));
+    let mut changes = pin!(changes(client, ctx.peer_lists));
     let mut schedule = Schedule::new(Instant::now(), options);
     let mut certificate = tokio::time::interval(crate::cert_rotation::CHECK_INTERVAL);
     let mut hub = Hub::default();

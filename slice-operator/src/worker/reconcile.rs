@@ -148,6 +148,9 @@ pub struct Worker {
     /// The gateways the last pass scraped, with the tunnel states it saw: what
     /// [`Worker::tunnels_changed`] scrapes again between passes.
     tunnel_watch: Mutex<Vec<WatchedGateway>>,
+    /// Each paged slice's peer list as last read from its pages, with the revision it matched
+    /// (a pass reads the pages again only when the WorkerSlice's revision moved).
+    peer_pages: Mutex<BTreeMap<String, (String, Vec<slice_api::crd::WorkerPeer>)>>,
     /// This worker's clock minus the hub API server's, from the last heartbeat ([`clock_offset`]).
     clock_offset: Mutex<Option<i64>>,
     /// The optional CRDs the last pass found missing in the cluster (`None` before a pass).
@@ -270,6 +273,7 @@ impl Worker {
             metrics: http_metrics(),
             status_written: Mutex::new(BTreeMap::new()),
             tunnel_watch: Mutex::new(Vec::new()),
+            peer_pages: Mutex::new(BTreeMap::new()),
             clock_offset: Mutex::new(None),
             missing_crds: Mutex::new(None),
             node_names: Mutex::new(None),
@@ -346,6 +350,57 @@ impl Worker {
         futures::future::join_all(checks).await.into_iter().any(|changed| changed)
     }
 
+    /// Fills in the peers of every WorkerSlice that points at pages (`spec.peerPages`) from its
+    /// slice's `SlicePeers` pages on the hub, as an inline `spec.peers` would list them, so that
+    /// everything after this reads the peers as before. The pages are read again only when the
+    /// revision moved since they were last read; a page that is not there holds no peer. Pages
+    /// whose entries do not match the revision (the hub is between two writes) are used, and
+    /// read again at the next pass. A WorkerSlice being deleted needs none: its slice is torn
+    /// down (and the hub has taken its read access away).
+    ///
+    /// # Errors
+    /// [`WorkerError::Read`] when a page cannot be read.
+    async fn read_peer_pages(&self, worker_slices: &mut [WorkerSlice]) -> Result<(), WorkerError> {
+        use slice_api::crd::{PEERS_NAMESPACE, SlicePeers, peer_page_name, peers_from_pages};
+        let api = Api::<SlicePeers>::namespaced(self.hub.clone(), PEERS_NAMESPACE);
+        let mut cache = std::mem::take(&mut *self.peer_pages.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut kept = BTreeMap::new();
+        for ws in worker_slices.iter_mut() {
+            let Some(pointer) = ws.spec.peer_pages.clone() else { continue };
+            if ws.metadata.deletion_timestamp.is_some() || !ws.spec.peers.is_empty() {
+                continue;
+            }
+            let slice = ws.spec.slice.clone();
+            let (peers, matched) = match cache.remove(&slice) {
+                Some((revision, peers)) if revision == pointer.revision => (peers, true),
+                _ => {
+                    let mut pages = Vec::new();
+                    for page in 0..pointer.pages {
+                        let name = peer_page_name(&slice, page);
+                        let got = api.get_opt(&name).await.map_err(|source| WorkerError::Read {
+                            what: format!("SlicePeers {PEERS_NAMESPACE}/{name} on the hub"),
+                            source,
+                        })?;
+                        pages.extend(got.filter(|p| p.spec.slice == slice).map(|p| p.spec.peers));
+                    }
+                    // Every entry, this cluster's too: the revision covers them all.
+                    let (all, revision) = peers_from_pages("", pages.iter());
+                    let matched = revision == pointer.revision;
+                    if !matched {
+                        tracing::debug!(%slice, %revision, wanted = %pointer.revision, "peer pages not at the WorkerSlice's revision yet");
+                    }
+                    (all, matched)
+                }
+            };
+            ws.spec.peers = peers.iter().filter(|p| p.cluster != ws.spec.cluster).cloned().collect();
+            if matched {
+                kept.insert(slice, (pointer.revision, peers));
+            }
+        }
+        *self.peer_pages.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = kept;
+        Ok(())
+    }
+
     /// Reads everything a pass decides from.
     ///
     /// # Errors
@@ -359,7 +414,8 @@ impl Worker {
         let hub_ns = cluster_namespace(cluster);
         let worker_slices =
             Api::<WorkerSlice>::namespaced(self.hub.clone(), &hub_ns).list(&ListParams::default()).await;
-        let worker_slices = worker_slices.map_err(read(&format!("WorkerSlices in {hub_ns} on the hub")))?.items;
+        let mut worker_slices = worker_slices.map_err(read(&format!("WorkerSlices in {hub_ns} on the hub")))?.items;
+        self.read_peer_pages(&mut worker_slices).await?;
         let member_cluster = Api::<MemberCluster>::all(self.hub.clone())
             .get_opt(cluster)
             .await

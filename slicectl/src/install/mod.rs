@@ -130,13 +130,15 @@ fn system_namespace() -> Result<Manifest> {
     Ok(m)
 }
 
-/// `slicectl install hub`: CRDs, namespace, hub controller, SliceConfig validating webhook.
+/// `slicectl install hub`: CRDs, namespaces (`slicenet-system`; `slicenet-peers` for the peer
+/// pages), hub controller, SliceConfig validating webhook.
 ///
 /// # Errors
 /// When an object cannot be serialised.
 pub fn hub(opts: &Options) -> Result<Manifest> {
     let mut m = crate::crds::manifest()?;
     m.extend(system_namespace()?);
+    m.push(&objects::peers_namespace())?;
     let hub = Component { name: HUB_NAME, namespace: SYSTEM_NAMESPACE, access: HUB };
     m.extend(component_rbac(&hub, HUB_NAME, None)?);
     m.push(&workloads::hub_deployment(&opts.image))?;

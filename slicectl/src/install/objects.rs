@@ -69,6 +69,14 @@ pub fn system_namespace() -> Namespace {
     namespace_at_level(slice_api::names::SYSTEM_NAMESPACE, "restricted")
 }
 
+/// `slicenet-peers` on the hub: the slices' `SlicePeers` pages and the Role per member cluster
+/// that lets its worker read its slices' pages (both written by the hub controller). No pod
+/// runs there.
+#[must_use]
+pub fn peers_namespace() -> Namespace {
+    namespace_at_level(slice_api::names::PEERS_NAMESPACE, "restricted")
+}
+
 /// `slicenet-node`: the node agent alone (host network, host paths, privileged: see
 /// `workloads::NODE_AGENT_COMMENT`), so that no other slicenet pod runs where `privileged` is
 /// allowed.

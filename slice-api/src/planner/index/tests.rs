@@ -10,7 +10,8 @@ use crate::crd::{
     ClusterAllocation, MemberClusterSpec, MemberClusterStatus, SliceConfigSpec, SliceConfigStatus, WorkerPeer,
     WorkerSliceSpec, WorkerSliceStatus, cluster_namespace,
 };
-use crate::planner::plan;
+use crate::crd::{SlicePeersSpec, peer_page_name};
+use crate::planner::{plan, plan_with};
 
 const SLICES: [&str; 4] = ["s0", "s1", "s2", "s3"];
 const CLUSTERS: [&str; 6] = ["c0", "c1", "c2", "c3", "c4", "c5"];
@@ -95,6 +96,13 @@ enum Change {
         name: usize,
         imports: bool,
     },
+    /// The hub writes the `SlicePeers` pages of a slice as planned (when its plan pages the
+    /// peers), or a stale page: the first page without its first peer; or the pages go.
+    Pages {
+        s: usize,
+        stale: bool,
+        delete: bool,
+    },
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -135,6 +143,7 @@ fn change() -> impl Strategy<Value = Change> {
             }),
         (0..6usize, 0..4usize).prop_map(|(ns, name)| Change::DeleteWorker { ns, name }),
         (0..6usize, 0..4usize, any::<bool>()).prop_map(|(ns, name, imports)| Change::Echo { ns, name, imports }),
+        (0..4usize, any::<bool>(), any::<bool>()).prop_map(|(s, stale, delete)| Change::Pages { s, stale, delete }),
     ]
 }
 
@@ -144,6 +153,7 @@ struct World {
     slices: BTreeMap<String, SliceConfig>,
     clusters: BTreeMap<String, MemberCluster>,
     workers: BTreeMap<WorkerKey, WorkerSlice>,
+    pages: BTreeMap<String, SlicePeers>,
 }
 
 fn members(mask: u8) -> Vec<String> {
@@ -245,6 +255,7 @@ fn apply(world: &mut World, index: &mut PlanIndex, change: &Change) {
                 pods: Vec::new(),
                 isolation: None,
                 qos: None,
+                peer_pages: None,
             };
             let mut w = WorkerSlice::new(SLICES[*name], spec);
             w.metadata.namespace = Some(cluster_namespace(CLUSTERS[*ns]));
@@ -271,6 +282,32 @@ fn apply(world: &mut World, index: &mut PlanIndex, change: &Change) {
             }
             index.upsert_worker(w.clone());
         }
+        Change::Pages { s, stale, delete } => {
+            let slice = SLICES[*s];
+            let names: Vec<String> =
+                world.pages.keys().filter(|n| n.starts_with(&format!("{slice}-"))).cloned().collect();
+            if *delete {
+                for n in names {
+                    world.pages.remove(&n);
+                    index.remove_peers(&n);
+                }
+                return;
+            }
+            let Some(pages) = index.plan(slice).and_then(|p| p.pages.clone()) else { return };
+            for (i, mut peers) in pages.into_iter().enumerate() {
+                let page = u32::try_from(i).unwrap();
+                if *stale && i == 0 && !peers.is_empty() {
+                    peers.remove(0);
+                }
+                let mut p = SlicePeers::new(
+                    &peer_page_name(slice, page),
+                    SlicePeersSpec { slice: slice.to_owned(), page, peers },
+                );
+                p.metadata.namespace = Some(crate::crd::PEERS_NAMESPACE.to_owned());
+                world.pages.insert(p.name_any(), p.clone());
+                index.upsert_peers(p);
+            }
+        }
         Change::DeleteWorker { ns, name } => {
             let ns = cluster_namespace(CLUSTERS[*ns]);
             world.workers.remove(&(ns.clone(), SLICES[*name].to_owned()));
@@ -279,42 +316,50 @@ fn apply(world: &mut World, index: &mut PlanIndex, change: &Change) {
     }
 }
 
-fn reference(world: &World) -> Vec<SlicePlan> {
+fn reference(world: &World, lists: PeerLists) -> Vec<SlicePlan> {
     let slices: Vec<SliceConfig> = world.slices.values().rev().cloned().collect();
     let clusters: Vec<MemberCluster> = world.clusters.values().rev().cloned().collect();
     let workers: Vec<WorkerSlice> = world.workers.values().rev().cloned().collect();
-    plan(&slices, &clusters, &workers)
+    let pages: Vec<SlicePeers> = world.pages.values().rev().cloned().collect();
+    plan_with(&slices, &clusters, &workers, &pages, lists)
+}
+
+fn lists_of(paged: bool) -> PeerLists {
+    if paged { PeerLists::Paged } else { PeerLists::Inline }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// After every change, the plans the index keeps (replanning only what the change touched)
-    /// are exactly the whole plan of the same objects.
+    /// are exactly the whole plan of the same objects; with the peers inline or paged (the
+    /// pages the hub wrote say whom a key was distributed for).
     #[test]
-    fn the_index_plans_exactly_what_the_whole_plan_does(changes in proptest::collection::vec(change(), 1..60)) {
+    fn the_index_plans_exactly_what_the_whole_plan_does(changes in proptest::collection::vec(change(), 1..60), paged in any::<bool>()) {
+        let lists = lists_of(paged);
         let mut world = World::default();
-        let mut index = PlanIndex::default();
+        let mut index = PlanIndex::with_lists(lists);
         for change in &changes {
             apply(&mut world, &mut index, change);
             index.replan();
             let kept: Vec<SlicePlan> = index.plans().cloned().collect();
-            prop_assert_eq!(kept, reference(&world), "after {:?}", change);
+            prop_assert_eq!(kept, reference(&world, lists), "after {:?}", change);
         }
         // A fresh index of the same objects agrees too.
         let slices: Vec<SliceConfig> = world.slices.values().cloned().collect();
         let clusters: Vec<MemberCluster> = world.clusters.values().cloned().collect();
         let workers: Vec<WorkerSlice> = world.workers.values().cloned().collect();
-        let mut fresh = PlanIndex::new(&slices, &clusters, &workers);
+        let pages: Vec<SlicePeers> = world.pages.values().cloned().collect();
+        let mut fresh = PlanIndex::new_with(&slices, &clusters, &workers, &pages, lists);
         fresh.replan();
         prop_assert_eq!(fresh.plans().cloned().collect::<Vec<_>>(), index.plans().cloned().collect::<Vec<_>>());
     }
 
     /// A heartbeat (a MemberCluster status change) replans no slice.
     #[test]
-    fn a_heartbeat_replans_nothing(changes in proptest::collection::vec(change(), 1..30), c in 0..6usize, at in 0..100i64) {
+    fn a_heartbeat_replans_nothing(changes in proptest::collection::vec(change(), 1..30), c in 0..6usize, at in 0..100i64, paged in any::<bool>()) {
         let mut world = World::default();
-        let mut index = PlanIndex::default();
+        let mut index = PlanIndex::with_lists(lists_of(paged));
         for change in &changes {
             apply(&mut world, &mut index, change);
         }
@@ -399,4 +444,38 @@ fn five_hundred_and_twelve_clusters_in_one_slice_are_planned_correctly() {
     for w in after.workers.iter().filter(|w| w.cluster != "m512") {
         assert_eq!(w.cluster_prefix, before[&w.cluster], "{} kept its prefix", w.cluster);
     }
+}
+
+/// 512 clusters in one slice, paged: four pages of 128 peers (a cluster on the page of its
+/// prefix index), WorkerSlices without peers carrying the page count and the revision; a
+/// newcomer taking a freed index changes one page and the revision, nothing else.
+#[test]
+fn five_hundred_and_twelve_clusters_paged_fill_four_pages_and_a_join_changes_one() {
+    let (slices, mut clusters) = fleet(512);
+    let first = plan_with(&slices, &clusters, &[], &[], PeerLists::Paged);
+    let workers = written(&first);
+    let mut index = PlanIndex::new_with(&slices, &clusters, &workers, &[], PeerLists::Paged);
+    index.replan();
+    let p = index.plan("big").unwrap().clone();
+    let pages = p.pages.clone().unwrap();
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [128, 128, 128, 128]);
+    let revision = p.workers[0].peer_pages.clone().unwrap();
+    assert_eq!(revision.pages, 4);
+    assert!(p.workers.iter().all(|w| w.peers.is_empty() && w.peer_pages.as_ref() == Some(&revision)));
+
+    let mut slice = slices[0].clone();
+    slice.status =
+        Some(SliceConfigStatus { vni: p.vni, clusters: p.allocations.clone(), ..SliceConfigStatus::default() });
+    slice.spec.clusters.retain(|c| c != "m300");
+    let newcomer = MemberCluster::new("m512", MemberClusterSpec::default());
+    clusters.push(newcomer.clone());
+    index.upsert_cluster(newcomer);
+    slice.spec.clusters.push("m512".to_owned());
+    index.upsert_slice(slice.clone());
+    index.replan();
+    let after = index.plan("big").unwrap();
+    assert_eq!(after, &plan_with(&[slice], &clusters, &workers, &[], PeerLists::Paged)[0]);
+    let changed: Vec<usize> = (0..4).filter(|i| after.pages.as_ref().unwrap()[*i] != pages[*i]).collect();
+    assert_eq!(changed, [2], "m300 had index 300: page 2, which m512 takes over");
+    assert_ne!(after.workers[0].peer_pages.as_ref().unwrap().revision, revision.revision);
 }

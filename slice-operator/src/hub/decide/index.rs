@@ -12,21 +12,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use slice_api::crd::{
-    CLUSTER_NAMESPACE_PREFIX, Condition, MemberCluster, ServiceAllocation, SliceConfig, WorkerSlice, cluster_namespace,
-    condition, set_condition,
+    CLUSTER_NAMESPACE_PREFIX, Condition, MemberCluster, ServiceAllocation, SliceConfig, SlicePeers, WorkerSlice,
+    cluster_namespace, condition, peer_page_name, set_condition,
 };
+use slice_api::names::PEERS_ROLE_PREFIX;
 use slice_api::planner::index::PlanIndex;
-use slice_api::planner::{EXPORTS_ACCEPTED, SlicePlan};
+use slice_api::planner::{EXPORTS_ACCEPTED, PeerLists, SlicePlan};
 
 use super::super::health::{HEALTHY, healthy_condition};
 use super::super::pods::PODS_ACCEPTED;
 use super::{
     Action, Decision, FinalizedKind, PlanSummary, SpecLists, World, add_finalizer, changed_fields, exports_condition,
-    has_hub_finalizer, health_notice, new_worker, pods_condition, remove_finalizer, slice_notices, slice_status_patch,
-    status_patch, worker_patch,
+    has_hub_finalizer, health_notice, new_page, new_worker, peers_role, peers_rules, pods_condition, remove_finalizer,
+    slice_notices, slice_status_patch, status_patch, to_json, worker_patch,
 };
 use crate::events::{Notice, reason, reference, reference_to};
 
@@ -44,6 +46,16 @@ pub struct HubIndex {
     /// When each registered cluster's heartbeat goes stale, in time order.
     deadlines: BTreeSet<(Timestamp, String)>,
     deadline_of: BTreeMap<String, Timestamp>,
+    /// Each member cluster's peer Role (paged peers), by cluster.
+    roles: BTreeMap<String, Role>,
+    /// Clusters whose peer Role must be decided again (its Role changed or went).
+    role_scope: BTreeSet<String>,
+    /// Slice → each member's page count, as the plans last said (paged peers).
+    members: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Cluster → the pages it may read: every page of each slice it is planned in. Kept from
+    /// the replanned slices' members, so that an event costs in proportion to the memberships it
+    /// changed, not to every member's slices.
+    readable: BTreeMap<String, BTreeSet<String>>,
     /// Decisions made since the index was created.
     passes: u64,
 }
@@ -63,8 +75,19 @@ impl HubIndex {
     /// An index of `world` with everything in scope.
     #[must_use]
     pub fn new(world: &World, stale_after: Duration) -> Self {
+        Self::new_with(world, PeerLists::Inline, stale_after)
+    }
+
+    /// An index of `world` with everything in scope, the peers where `lists` says (paged: the
+    /// world's pages and peer Roles are learnt and decided as well).
+    #[must_use]
+    pub fn new_with(world: &World, lists: PeerLists, stale_after: Duration) -> Self {
         let mut index = Self {
-            plans: PlanIndex::default(),
+            plans: PlanIndex::with_lists(lists),
+            roles: BTreeMap::new(),
+            role_scope: BTreeSet::new(),
+            members: BTreeMap::new(),
+            readable: BTreeMap::new(),
             stale_after,
             slices: BTreeSet::new(),
             clusters: BTreeSet::new(),
@@ -82,7 +105,58 @@ impl HubIndex {
         for w in &world.workers {
             index.observe_worker(w.clone());
         }
+        if lists == PeerLists::Paged {
+            for p in &world.pages {
+                index.observe_peers(p.clone());
+            }
+            for r in &world.peer_roles {
+                index.observe_role(r.clone());
+            }
+        }
         index
+    }
+
+    /// A `SlicePeers` page was created or changed (the hub's own write, come back): its slice
+    /// is decided again only when the page is not what the plan says.
+    pub fn observe_peers(&mut self, page: SlicePeers) {
+        let (slice, number) = (page.spec.slice.clone(), page.spec.page as usize);
+        let name = page.name_any();
+        let as_planned = self
+            .plans
+            .plan(&slice)
+            .and_then(|p| p.pages.as_ref())
+            .and_then(|pages| pages.get(number))
+            .is_some_and(|peers| *peers == page.spec.peers && peer_page_name(&slice, page.spec.page) == name);
+        self.plans.upsert_peers(page);
+        if !as_planned {
+            self.slices.insert(slice);
+        }
+    }
+
+    /// A `SlicePeers` page is gone.
+    pub fn forget_peers(&mut self, name: &str) {
+        if let Some(slice) = self.plans.peers_page(name).map(|p| p.spec.slice.clone()) {
+            self.slices.insert(slice);
+            self.plans.remove_peers(name);
+        }
+    }
+
+    /// A Role in `slicenet-peers` was created or changed (the peer Role of the cluster of its
+    /// name): that cluster's Role is decided again when it changed.
+    pub fn observe_role(&mut self, role: Role) {
+        let Some(cluster) = role.name_any().strip_prefix(PEERS_ROLE_PREFIX).map(str::to_owned) else { return };
+        if self.roles.get(&cluster).is_none_or(|old| old.rules != role.rules) {
+            self.role_scope.insert(cluster.clone());
+        }
+        self.roles.insert(cluster, role);
+    }
+
+    /// A Role in `slicenet-peers` is gone.
+    pub fn forget_role(&mut self, name: &str) {
+        let Some(cluster) = name.strip_prefix(PEERS_ROLE_PREFIX) else { return };
+        if self.roles.remove(cluster).is_some() {
+            self.role_scope.insert(cluster.to_owned());
+        }
     }
 
     /// A SliceConfig was created or changed.
@@ -165,10 +239,54 @@ impl HubIndex {
         }
     }
 
+    /// Follows the members of each replanned slice (with their page counts) into the pages each
+    /// cluster may read; returns the clusters whose pages changed (`O(members)` per slice).
+    fn follow_memberships(&mut self, replanned: &BTreeSet<String>) -> BTreeSet<String> {
+        let mut changed = BTreeSet::new();
+        if self.plans.lists() != PeerLists::Paged {
+            return changed;
+        }
+        for slice in replanned {
+            let new: BTreeMap<String, u32> = self
+                .plans
+                .plan(slice)
+                .map(|p| {
+                    p.workers.iter().filter_map(|w| Some((w.cluster.clone(), w.peer_pages.as_ref()?.pages))).collect()
+                })
+                .unwrap_or_default();
+            let old = self.members.remove(slice).unwrap_or_default();
+            for (cluster, pages) in &old {
+                if new.get(cluster) != Some(pages) {
+                    if let Some(names) = self.readable.get_mut(cluster) {
+                        for i in 0..*pages {
+                            names.remove(&peer_page_name(slice, i));
+                        }
+                        if names.is_empty() {
+                            self.readable.remove(cluster);
+                        }
+                    }
+                    changed.insert(cluster.clone());
+                }
+            }
+            for (cluster, pages) in &new {
+                if old.get(cluster) != Some(pages) {
+                    let names = self.readable.entry(cluster.clone()).or_default();
+                    names.extend((0..*pages).map(|i| peer_page_name(slice, i)));
+                    changed.insert(cluster.clone());
+                }
+            }
+            if !new.is_empty() {
+                self.members.insert(slice.clone(), new);
+            }
+        }
+        changed
+    }
+
     /// Whether anything waits to be decided at `now` (a change, or a heartbeat gone stale).
     #[must_use]
     pub fn is_due(&self, now: Timestamp) -> bool {
         !self.slices.is_empty()
+            || !self.role_scope.is_empty()
             || !self.clusters.is_empty()
             || !self.health.is_empty()
             || self.plans.is_dirty()
@@ -208,6 +326,11 @@ impl HubIndex {
             | Action::EnsureNamespace { cluster: name, .. }
             | Action::DeleteNamespace { cluster: name, .. } => cluster(name),
             Action::CreateWorkerSlice(w) => slice(&w.spec.slice),
+            Action::CreatePeers(p) => slice(&p.spec.slice),
+            Action::PatchPeers { name, .. } | Action::DeletePeers { name } => {
+                slice(&self.plans.peers_page(name).map_or_else(String::new, |p| p.spec.slice.clone()))
+            }
+            Action::GrantPeers { cluster: name, .. } | Action::RevokePeers { cluster: name } => cluster(name),
             Action::PatchWorkerSlice { namespace, name, .. } | Action::DeleteWorkerSlice { namespace, name } => {
                 self.plans.worker(namespace, name).map_or_else(
                     || reference_to("slicenet.io/v1alpha1", "WorkerSlice", Some(namespace), name, None),
@@ -227,9 +350,11 @@ impl HubIndex {
         let now_text = now.to_string();
         self.passes += 1;
         let replanned = self.plans.replan();
+        let role_changed = self.follow_memberships(&replanned);
         let mut scope_slices = std::mem::take(&mut self.slices);
         scope_slices.extend(replanned.iter().cloned());
         let scope_clusters = std::mem::take(&mut self.clusters);
+        let role_scope = std::mem::take(&mut self.role_scope);
         let mut health = std::mem::take(&mut self.health);
         // Heartbeats gone stale since: their clusters' `Healthy` flips.
         while let Some((at, cluster)) = self.deadlines.first().cloned() {
@@ -316,6 +441,65 @@ impl HubIndex {
         }
         for cluster in namespaces {
             actions.push(Action::EnsureNamespace { namespace: cluster_namespace(&cluster), cluster });
+        }
+
+        // 2b. Paged peers: the pages of the slices in scope, then the members' peer Roles, both
+        //     before the WorkerSlices whose revision sends their workers to read them.
+        if index.lists() == PeerLists::Paged {
+            for s in &scope_slices {
+                let wanted = index.plan(s).map(|p| p.pages.as_ref());
+                // A refused plan keeps the pages as they are.
+                if wanted.is_some_and(|w| w.is_none()) {
+                    continue;
+                }
+                let wanted: &[Vec<slice_api::crd::WorkerPeer>] = wanted.flatten().map_or(&[], Vec::as_slice);
+                for (i, peers) in wanted.iter().enumerate() {
+                    let number = u32::try_from(i).unwrap_or(u32::MAX);
+                    let name = peer_page_name(s, number);
+                    match index.peers_page(&name) {
+                        None if !peers.is_empty() => {
+                            actions.push(Action::CreatePeers(Box::new(new_page(s, number, peers))))
+                        }
+                        Some(_) if peers.is_empty() => actions.push(Action::DeletePeers { name }),
+                        Some(old) if old.spec.peers != *peers || old.spec.slice != *s || old.spec.page != number => {
+                            let patch =
+                                serde_json::json!({"spec": {"slice": s, "page": number, "peers": to_json(peers)}});
+                            actions.push(Action::PatchPeers { name, patch });
+                        }
+                        _ => {}
+                    }
+                }
+                let stale: Vec<String> = index
+                    .peers_pages()
+                    .filter(|p| p.spec.slice == *s && (p.spec.page as usize) >= wanted.len())
+                    .map(ResourceExt::name_any)
+                    .collect();
+                actions.extend(stale.into_iter().map(|name| Action::DeletePeers { name }));
+            }
+            // The Roles of the clusters whose memberships the replanned slices changed, whose
+            // Role changed, or that are in scope themselves.
+            let mut role_clusters: BTreeSet<String> = role_scope;
+            role_clusters.extend(scope_clusters.iter().cloned());
+            role_clusters.extend(role_changed);
+            for cluster in role_clusters {
+                let names: Vec<String> = self.readable.get(&cluster).into_iter().flatten().cloned().collect();
+                match self.roles.get(&cluster) {
+                    None if !names.is_empty() => actions.push(Action::GrantPeers {
+                        role: Box::new(peers_role(&cluster, &names)),
+                        cluster,
+                        create: true,
+                    }),
+                    Some(_) if names.is_empty() => actions.push(Action::RevokePeers { cluster }),
+                    Some(old) if old.rules.as_deref() != Some(peers_rules(&names).as_slice()) => {
+                        actions.push(Action::GrantPeers {
+                            role: Box::new(peers_role(&cluster, &names)),
+                            cluster,
+                            create: false,
+                        });
+                    }
+                    _ => {}
+                }
+            }
         }
 
         // 3. WorkerSlices of the slice names in scope.

@@ -122,6 +122,29 @@ impl Server {
                     let c = self.world.clusters.iter_mut().find(|c| c.name_any() == *name).expect("cluster exists");
                     *c = patched(c, patch);
                 }
+                Action::CreatePeers(page) => {
+                    assert!(self.world.pages.iter().all(|p| p.name_any() != page.name_any()), "created twice");
+                    self.world.pages.push(*page.clone());
+                }
+                Action::PatchPeers { name, patch } => {
+                    let p = self.world.pages.iter_mut().find(|p| p.name_any() == *name).expect("page exists");
+                    *p = patched(p, patch);
+                }
+                Action::DeletePeers { name } => self.world.pages.retain(|p| p.name_any() != *name),
+                Action::GrantPeers { role, create, .. } => {
+                    let found = self.world.peer_roles.iter_mut().find(|r| r.name_any() == role.name_any());
+                    match (found, create) {
+                        (None, true) => self.world.peer_roles.push(*role.clone()),
+                        (Some(r), false) => r.rules.clone_from(&role.rules),
+                        (found, _) => {
+                            panic!("Role {} created twice or patched while missing: {found:?}", role.name_any())
+                        }
+                    }
+                }
+                Action::RevokePeers { cluster } => {
+                    let name = slice_api::crd::peers_role_name(cluster);
+                    self.world.peer_roles.retain(|r| r.name_any() != name);
+                }
             }
         }
     }
@@ -636,7 +659,23 @@ mod scoped {
                     observe_worker(index, server, namespace, name);
                 }
                 Action::EnsureNamespace { .. } | Action::DeleteNamespace { .. } => {}
+                Action::CreatePeers(p) => observe_page(index, server, &p.name_any()),
+                Action::PatchPeers { name, .. } | Action::DeletePeers { name } => observe_page(index, server, name),
+                Action::GrantPeers { cluster, .. } | Action::RevokePeers { cluster } => {
+                    let name = slice_api::crd::peers_role_name(cluster);
+                    match server.world.peer_roles.iter().find(|r| r.name_any() == name) {
+                        Some(r) => index.observe_role(r.clone()),
+                        None => index.forget_role(&name),
+                    }
+                }
             }
+        }
+    }
+
+    fn observe_page(index: &mut HubIndex, server: &Server, name: &str) {
+        match server.world.pages.iter().find(|p| p.name_any() == name) {
+            Some(p) => index.observe_peers(p.clone()),
+            None => index.forget_peers(name),
         }
     }
 
@@ -722,6 +761,50 @@ mod scoped {
         }
     }
 
+    /// With paged peers: a WorkerSlice is created or patched only after the pages of its slice
+    /// and the grant of its cluster's Role in the same decision; no Role grants a page of a
+    /// slice whose plan has no WorkerSlice for its cluster (checked on what the server holds
+    /// once the actions are applied).
+    fn paged_invariants(actions: &[Action], server: &Server) -> Result<(), TestCaseError> {
+        let mut after = Server { world: server.world.clone(), workers_hold: server.workers_hold };
+        after.apply(actions);
+        let last_page_or_role = actions.iter().rposition(|a| {
+            matches!(
+                a,
+                Action::CreatePeers(_)
+                    | Action::PatchPeers { .. }
+                    | Action::DeletePeers { .. }
+                    | Action::GrantPeers { .. }
+                    | Action::RevokePeers { .. }
+            )
+        });
+        let first_worker =
+            actions.iter().position(|a| matches!(a, Action::CreateWorkerSlice(_) | Action::PatchWorkerSlice { .. }));
+        if let (Some(p), Some(w)) = (last_page_or_role, first_worker) {
+            prop_assert!(p < w, "pages and Roles before WorkerSlices: {:?}", names(actions));
+        }
+        for role in &after.world.peer_roles {
+            let cluster =
+                role.name_any().strip_prefix(slice_api::names::PEERS_ROLE_PREFIX).unwrap_or_default().to_owned();
+            for rule in role.rules.iter().flatten() {
+                prop_assert!(
+                    rule.resource_names.as_ref().is_some_and(|n| !n.is_empty()),
+                    "a rule without names grants every page"
+                );
+                for name in rule.resource_names.iter().flatten() {
+                    let member = after.world.workers.iter().any(|w| {
+                        w.spec.cluster == cluster && w.metadata.deletion_timestamp.is_none() && name.starts_with(&format!("{}-", w.spec.slice))
+                    }) || actions.iter().any(|a| matches!(a, Action::CreateWorkerSlice(w) if w.spec.cluster == cluster && name.starts_with(&format!("{}-", w.spec.slice))));
+                    let slice = name.rsplit_once('-').map_or("", |(s, _)| s);
+                    let planned =
+                        after.world.slices.iter().any(|s| s.name_any() == slice && s.spec.clusters.contains(&cluster));
+                    prop_assert!(member || planned, "{} may read {} without being in the slice", cluster, name);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The writes, and each Event with the write it waits for.
     fn outcome(d: &Decision) -> (Vec<Action>, Vec<(String, Notice)>, Option<Duration>) {
         let notices = d.notices.iter().map(|(i, n)| (d.actions[*i].to_string(), n.clone())).collect();
@@ -732,17 +815,21 @@ mod scoped {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
-        fn the_scoped_decision_makes_the_writes_of_the_whole_one(changes in proptest::collection::vec(change(), 1..30)) {
+        fn the_scoped_decision_makes_the_writes_of_the_whole_one(changes in proptest::collection::vec(change(), 1..30), paged in any::<bool>()) {
+            let lists = if paged { PeerLists::Paged } else { PeerLists::Inline };
             let mut server = Server { world: world(&["c0", "c1"]), workers_hold: true };
             let mut now = NOW;
-            let mut index = HubIndex::new(&server.world, MINUTE);
+            let mut index = HubIndex::new_with(&server.world, lists, MINUTE);
             for change in &changes {
                 apply(&mut server, &mut index, change, &mut now);
                 // Through convergence, step by step.
                 for _ in 0..6 {
-                    let whole = decide(&server.world, at(now), MINUTE);
+                    let whole = decide_with(&server.world, lists, at(now), MINUTE);
                     let scoped = index.decide(at(now));
                     prop_assert_eq!(outcome(&scoped), outcome(&whole), "after {:?}", change);
+                    if paged {
+                        paged_invariants(&scoped.actions, &server)?;
+                    }
                     // A WorkerSlice goes only into a namespace made sure of before it.
                     for (i, a) in scoped.actions.iter().enumerate() {
                         if let Action::CreateWorkerSlice(w) = a {
@@ -832,4 +919,78 @@ fn the_spec_patch_is_the_merge_diff_of_the_whole_specs() {
             );
         }
     }
+}
+
+/// Paged peers: a slice of three clusters converges to one page, a Role per member naming it
+/// and WorkerSlices without peers; a fourth cluster joining writes the page once, grants its
+/// own Role, creates its WorkerSlice and patches only the revision of the others; a cluster
+/// leaving loses its Role in the same decision that deletes its WorkerSlice.
+#[test]
+fn paged_peers_a_join_writes_one_page_and_a_leaver_loses_its_role() {
+    let paged = |server: &mut Server| -> Vec<Vec<Action>> {
+        let mut steps = Vec::new();
+        for _ in 0..5 {
+            let d = decide_with(&server.world, PeerLists::Paged, at(NOW), MINUTE);
+            server.apply(&d.actions);
+            let w = writes(&d.actions);
+            if w.is_empty() {
+                break;
+            }
+            steps.push(w);
+        }
+        steps
+    };
+    let mut server = Server {
+        world: World { slices: vec![slice("blue", &["c1", "c2", "c3"])], ..world(&["c1", "c2", "c3", "c4"]) },
+        workers_hold: true,
+    };
+    paged(&mut server);
+    assert_eq!(server.world.pages.len(), 1);
+    assert_eq!(
+        server.world.pages[0].spec.peers.iter().map(|p| p.cluster.as_str()).collect::<Vec<_>>(),
+        ["c1", "c2", "c3"]
+    );
+    assert!(
+        server
+            .world
+            .workers
+            .iter()
+            .all(|w| w.spec.peers.is_empty() && w.spec.peer_pages.as_ref().is_some_and(|p| p.pages == 1))
+    );
+    let roles: Vec<String> = server.world.peer_roles.iter().map(ResourceExt::name_any).collect();
+    assert_eq!(roles, ["slicenet-peers-c1", "slicenet-peers-c2", "slicenet-peers-c3"]);
+    assert_eq!(server.world.peer_roles[0].rules.as_ref().unwrap()[0].resource_names, Some(vec!["blue-0".to_owned()]));
+
+    server.world.slices[0].spec.clusters.push("c4".into());
+    let d = decide_with(&server.world, PeerLists::Paged, at(NOW), MINUTE);
+    let join = writes(&d.actions);
+    assert_eq!(
+        names(&join),
+        [
+            "patching SlicePeers slicenet-peers/blue-0",
+            "creating Role and RoleBinding slicenet-peers/slicenet-peers-c4",
+            "patching WorkerSlice slicenet-cluster-c1/blue",
+            "patching WorkerSlice slicenet-cluster-c2/blue",
+            "patching WorkerSlice slicenet-cluster-c3/blue",
+            "creating WorkerSlice slicenet-cluster-c4/blue",
+            "patching the status of SliceConfig blue",
+        ]
+    );
+    for a in &join {
+        if let Action::PatchWorkerSlice { patch, .. } = a {
+            let spec = patch["spec"].as_object().unwrap();
+            assert_eq!(spec.keys().collect::<Vec<_>>(), ["peerPages"], "only the revision: {patch}");
+            assert!(patch.to_string().len() < 100, "{patch}");
+        }
+    }
+    server.apply(&d.actions);
+    paged(&mut server);
+
+    server.world.slices[0].spec.clusters.retain(|c| c != "c2");
+    let d = decide_with(&server.world, PeerLists::Paged, at(NOW), MINUTE);
+    let leave = names(&writes(&d.actions));
+    assert!(leave.contains(&"deleting RoleBinding and Role slicenet-peers/slicenet-peers-c2".to_owned()), "{leave:?}");
+    let revoke = leave.iter().position(|a| a.contains("slicenet-peers-c2")).unwrap();
+    let delete = leave.iter().position(|a| a == "deleting WorkerSlice slicenet-cluster-c2/blue").unwrap();
+    assert!(revoke < delete, "access goes before the WorkerSlice: {leave:?}");
 }
