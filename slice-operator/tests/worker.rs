@@ -1593,7 +1593,7 @@ fn paged_fixture(pages: &[&str]) -> FakeApi {
 
 fn gateway_conf(api: &FakeApi) -> String {
     let secret = api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue")).expect("config Secret");
-    decode_b64(secret["data"]["gateway.conf"].as_str().expect("gateway.conf"))
+    decode_b64(secret["data"]["slicenet-gw-blue-0.conf"].as_str().expect("replica 0's file"))
 }
 
 #[tokio::test]
