@@ -148,7 +148,7 @@ where
     let first_pass_deadline = std::time::Instant::now() + FIRST_PASS_WAIT;
     let (probe_tx, mut probe_rx) = tokio::sync::mpsc::unbounded_channel::<(Replica, bool)>();
     loop {
-        // The first pass waits for the local replicas' verdicts (restart adoption).
+        // The first pass waits for the replicas' verdicts (restart adoption).
         let adopting = !first_pass_done && !liveness.settled() && std::time::Instant::now() < first_pass_deadline;
         if let (true, false, Some(c)) = (state.needs_reconcile, adopting, state.config.clone()) {
             state.needs_reconcile = crate::reconcile_logged(c, liveness.dead()).await;
@@ -205,7 +205,7 @@ where
             }
             Some((replica, answered)) = probe_rx.recv() => {
                 if liveness.record(&replica, answered) {
-                    tracing::warn!(slice = %replica.0, gateway = %replica.1, live = answered, "local gateway replica changed liveness");
+                    tracing::warn!(slice = %replica.0, gateway = %replica.1, live = answered, "gateway replica changed liveness");
                     state.needs_reconcile = true;
                 }
             }

@@ -1,6 +1,8 @@
-//! Liveness of this node's gateway replicas (issue 13): the agent asks each local replica's
-//! `/healthz` (the gateway's metrics port, [`slice_api::gateway::METRICS_PORT`]) from inside
-//! the slice's router namespace every [`PROBE_INTERVAL`], each probe given [`PROBE_TIMEOUT`];
+//! Liveness of the gateway replicas (issue 13): the agent asks each replica's `/healthz` (the
+//! gateway's metrics port, [`slice_api::gateway::METRICS_PORT`]) — the ones on this node and
+//! the ones on peer nodes, over the VXLAN, so that a lost peer node's replica is judged without
+//! its agent — from inside the slice's router namespace every [`PROBE_INTERVAL`], each probe
+//! given [`PROBE_TIMEOUT`];
 //! [`MISSES_TO_DEAD`] misses in a row make the replica dead (its nexthop leaves the groups,
 //! [`crate::plan::multipath`]), the next answer makes it live again.
 //!
@@ -21,14 +23,14 @@ use slice_api::node::NodeAgentConfig;
 
 use crate::DeadGateways;
 
-/// How often each local replica is asked.
+/// How often each replica is asked.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 /// How long one probe may take (connect, request, status line).
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Misses in a row that make a replica dead.
 pub const MISSES_TO_DEAD: u32 = 2;
 
-/// A local replica: (slice, its slice address).
+/// A replica: (slice, its slice address).
 pub type Replica = (String, IpAddr);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +55,13 @@ pub struct Liveness {
     replicas: BTreeMap<Replica, ReplicaState>,
 }
 
-/// The local replicas to probe under `config`: each slice's local gateways of its
-/// multi-gateway routes.
+/// The replicas to probe under `config`: every gateway of each slice's multi-gateway routes,
+/// on this node or a peer.
 pub fn targets(config: &NodeAgentConfig) -> BTreeSet<Replica> {
     config
         .slices
         .iter()
-        .flat_map(|s| crate::plan::multipath::local_gateways(s).into_iter().map(|gw| (s.name.clone(), gw)))
+        .flat_map(|s| crate::plan::multipath::all_gateways(s).into_iter().map(|gw| (s.name.clone(), gw)))
         .collect()
 }
 
@@ -246,7 +248,7 @@ mod tests {
     }
 
     #[test]
-    fn the_targets_are_the_local_replicas_of_multi_gateway_routes() {
+    fn the_targets_are_every_replica_of_multi_gateway_routes() {
         let config: NodeAgentConfig = serde_json::from_value(serde_json::json!({
             "node": "n1", "underlayAddress": "198.18.250.1",
             "slices": [{
@@ -260,7 +262,11 @@ mod tests {
         }))
         .unwrap();
         config.validate().unwrap();
-        assert_eq!(targets(&config), BTreeSet::from([replica("blue", "10.80.0.5"), replica("blue", "10.80.0.6")]));
+        // The one on peer n2 (.70) too; the single-gateway route's (.9) has nothing to choose.
+        assert_eq!(
+            targets(&config),
+            BTreeSet::from([replica("blue", "10.80.0.5"), replica("blue", "10.80.0.6"), replica("blue", "10.80.0.70")])
+        );
     }
 
     /// The probe's HTTP: a 200 is an answer, anything else (another status, a refusal, silence

@@ -1,6 +1,6 @@
-//! Section 14: gateway replicas (issue 13), at the gateways' level — namespaces and our
-//! `slice-gateway` processes, not the full lab (the worker does not run replicas yet, and the
-//! node agents do not route over them: README).
+//! Section 15: gateway replicas (issue 13), first at the gateways' level — namespaces and our
+//! `slice-gateway` processes —, then in the full lab ([`run_lab`]): the workers' replicas, the
+//! node agents' nexthop groups, pod to pod.
 //!
 //! Topology (lab [`LAB`]): a WAN bridge; `a` runs gateway A (the client's side, one replica);
 //! `b1` and `b2` run the two replicas of the other cluster, peers of A that share that
@@ -37,6 +37,11 @@ const CLIENT: &str = "10.77.0.1";
 const WAIT: Duration = Duration::from_secs(60);
 const METRICS: &str = "127.0.0.1:9586";
 
+/// The full lab of the second part: clusters c1 and c2, two nodes each.
+pub(crate) const LAB_FULL: &str = "snbenchg";
+/// Pings per kill in the full lab (6 s at 100/s).
+const LAB_PINGS: u32 = 600;
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct FailoverSection {
     /// Pings lost in a row at each kill (×10 ms).
@@ -44,6 +49,10 @@ pub(crate) struct FailoverSection {
     /// Gbit/s with one and with two replicas.
     pub(crate) gbits: [f64; 2],
     pub(crate) seconds: u32,
+    /// The same in the full lab: pod to pod through the workers' StatefulSets and the node
+    /// agents' nexthop groups.
+    pub(crate) lab_gaps: Vec<u64>,
+    pub(crate) lab_gbits: [f64; 2],
 }
 
 fn sh(cmd: &str) -> Result<String> {
@@ -330,6 +339,102 @@ pub(crate) fn run(seconds: u32) -> Result<FailoverSection> {
     Ok(out)
 }
 
+/// The second part, in the full lab: c1 and c2 with two nodes each, a client pod on c1/n1 and
+/// a server pod on c2/n1. Throughput pod to pod (iperf3 -P 8) with `gateway.replicas` 1, then
+/// 2; then [`KILLS`] times: a 100/s ping from the client to the server, the c2 replica that
+/// carries it (the one whose peers' bytes grow most over half a second) SIGKILLed, the
+/// longest run of lost pings; the lab's kubelet restarts it and the next round waits until
+/// c1's replicas count it live.
+///
+/// # Errors
+/// When the lab cannot be built or a step fails; the lab is torn down either way.
+pub(crate) fn run_lab(seconds: u32, out: &mut FailoverSection) -> Result<()> {
+    let mut lab = crate::Lab::new(LAB_FULL)?;
+    let mut cp = crate::control::ControlPlane::new();
+    let measured = measure_lab(&mut lab, &mut cp, seconds, out);
+    let deleted = cp.delete_all(&mut lab);
+    let torn = lab.teardown();
+    measured?;
+    deleted?;
+    torn
+}
+
+fn measure_lab(
+    lab: &mut crate::Lab,
+    cp: &mut crate::control::ControlPlane,
+    seconds: u32,
+    out: &mut FailoverSection,
+) -> Result<()> {
+    use crate::control;
+    let members = [("c1", 2, false), ("c2", 2, false)];
+    let mut manifest = control::across_manifest("blue", "10.80.0.0/16", &["shop"], &members)?;
+    manifest.slices[0].spec.gateway.replicas = 1;
+    cp.apply(lab, &manifest)?;
+    let step = Duration::from_secs(20);
+    let client = control::run_pod_retrying(lab.node("c1", "n1"), &crate::PodSpec::new("shop", "client"), step)?;
+    let server = control::run_pod_retrying(lab.node("c2", "n1"), &crate::PodSpec::new("shop", "server"), step)?;
+    let to = server.ipv4("slice0")?;
+    control::first_packet(&client, to, Instant::now(), WAIT)?;
+    for (slot, replicas) in [(0usize, 1u32), (1, 2)] {
+        check_interrupted()?;
+        if replicas == 2 {
+            manifest.slices[0].spec.gateway.replicas = 2;
+            cp.apply(lab, &manifest)?;
+            for cluster in ["c1", "c2"] {
+                for ordinal in [0, 1] {
+                    cp.wait_replica_back(lab, "blue", cluster, ordinal, WAIT)?;
+                }
+            }
+        }
+        out.lab_gbits[slot] = lab_iperf(&client, &server, seconds)?;
+        eprintln!("slicenet-bench:   full lab, {replicas} replica(s): {:.2} Gbit/s (8 streams)", out.lab_gbits[slot]);
+    }
+    let bytes = |cp: &control::ControlPlane, ordinal: u32| -> u64 {
+        let text = cp.replica_wg("blue", "c2", ordinal, &["show", "{if}", "transfer"]).unwrap_or_default();
+        text.lines().flat_map(|l| l.split_whitespace().skip(1).filter_map(|n| n.parse::<u64>().ok())).sum()
+    };
+    for round in 0..KILLS {
+        check_interrupted()?;
+        let count = LAB_PINGS.to_string();
+        let mut ping = client.spawn(&["ping", "-n", "-i", "0.01", "-W", "5", "-c", &count, &to.to_string()])?;
+        std::thread::sleep(Duration::from_millis(1000));
+        let before = [bytes(cp, 0), bytes(cp, 1)];
+        std::thread::sleep(Duration::from_millis(500));
+        let grew = [bytes(cp, 0) - before[0], bytes(cp, 1) - before[1]];
+        let victim = u32::from(grew[1] > grew[0]);
+        cp.kill_replica("blue", "c2", victim)?;
+        let deadline = Instant::now() + WAIT;
+        while ping.is_running() {
+            if Instant::now() > deadline {
+                bail!("round {round}: the ping still runs");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (answered, gap) = crate::probe::ping_outcome(&ping.log_text(), LAB_PINGS);
+        if answered == 0 {
+            bail!("round {round}: no ping answered");
+        }
+        eprintln!("slicenet-bench:   full lab, kill {}: c2 replica {victim}, {gap} pings lost in a row", round + 1);
+        out.lab_gaps.push(u64::from(gap));
+        cp.wait_replica_back(lab, "blue", "c2", victim, WAIT)?;
+    }
+    Ok(())
+}
+
+/// iperf3 -P 8 from `client` to `server`'s slice address: Gbit/s received.
+fn lab_iperf(client: &crate::Pod, server: &crate::Pod, seconds: u32) -> Result<f64> {
+    let _server = server.spawn(&["iperf3", "-s", "-1", "-p", "5201"])?;
+    if !wait_until(|| server.exec_ok(&["ss", "-Hltn", "sport = :5201"]).is_ok_and(|o| !o.trim().is_empty())) {
+        bail!("the iperf3 server never listened");
+    }
+    let to = server.ipv4("slice0")?.to_string();
+    let limit = (seconds + 30).to_string();
+    let secs = seconds.to_string();
+    let json = client.exec_ok(&["timeout", &limit, "iperf3", "-c", &to, "-P", "8", "-t", &secs, "-J"])?;
+    let v: serde_json::Value = serde_json::from_str(&json).context("iperf3 -J")?;
+    Ok(v["end"]["sum_received"]["bits_per_second"].as_f64().context("no sum_received")? / 1e9)
+}
+
 fn ms(pings: u64) -> u64 {
     pings * 10
 }
@@ -346,17 +451,27 @@ pub(crate) fn gap_stats(gaps: &[u64]) -> (u64, u64) {
 pub(crate) fn table(s: &FailoverSection) -> String {
     let (p50, max) = gap_stats(&s.gaps);
     let gaps: Vec<String> = s.gaps.iter().map(|g| ms(*g).to_string()).collect();
+    let (lab_p50, lab_max) = gap_stats(&s.lab_gaps);
+    let lab_gaps: Vec<String> = s.lab_gaps.iter().map(|g| ms(*g).to_string()).collect();
     format!(
         "| figure | value |\n| --- | --- |\n\
          | failover gap, p50 / max over {} kills (ms, ping at 100/s) | {p50} / {max} |\n\
          | each kill's gap (ms) | {} |\n\
          | throughput, 1 replica (Gbit/s, iperf3 -P 8, {} s) | {:.2} |\n\
-         | throughput, 2 replicas (Gbit/s) | {:.2} |\n",
+         | throughput, 2 replicas (Gbit/s) | {:.2} |\n\
+         | full lab: failover gap, p50 / max over {} kills (ms) | {lab_p50} / {lab_max} |\n\
+         | full lab: each kill's gap (ms) | {} |\n\
+         | full lab: throughput pod to pod, 1 replica (Gbit/s, iperf3 -P 8) | {:.2} |\n\
+         | full lab: throughput pod to pod, 2 replicas (Gbit/s) | {:.2} |\n",
         s.gaps.len(),
         gaps.join(", "),
         s.seconds,
         s.gbits[0],
-        s.gbits[1]
+        s.gbits[1],
+        s.lab_gaps.len(),
+        lab_gaps.join(", "),
+        s.lab_gbits[0],
+        s.lab_gbits[1]
     )
 }
 
@@ -364,8 +479,7 @@ pub(crate) fn table(s: &FailoverSection) -> String {
 pub(crate) fn doc_section(s: &FailoverSection, command: &str) -> String {
     format!(
         "{BEGIN}\n## 15. Gateway replicas: failover gap and 1 vs 2 replicas (issue 13)\n\n\
-         Lab `{LAB}`, the gateways alone (namespaces and `slice-gateway` processes, not the full lab: the \
-         worker does not run replicas and the node agents do not route over them yet). Gateway A has the two \
+         Two parts. First lab `{LAB}`, the gateways alone (namespaces and `slice-gateway` processes). Gateway A has the two \
          replicas of the other side as one peer group (`--multipath-probe-ms {PROBE_MS}`); a \"pod\" behind \
          both replies over a multipath route (L4 hash). Failover: the replica carrying a 100/s ping is \
          SIGKILLed, the longest run of lost pings ×10 ms is the gap; it is restarted with its key before the \
@@ -374,7 +488,12 @@ pub(crate) fn doc_section(s: &FailoverSection, command: &str) -> String {
          adds (this 2-core machine runs every process, so the figure is a lower bound of what separate nodes \
          give); `slice-gateway` is the release build when SLICENET_BIN_DIR points at one. The gap is the \
          detection time (a member silent for three {PROBE_MS} ms probe intervals is dead) plus the ping's own \
-         interval; it does not include what the node agents' routes would add (not done).\n\n{}\n{command}\n{END}\n",
+         interval. Then lab `{LAB_FULL}`, the full lab (\"full lab\" rows): clusters c1 and c2 with two nodes \
+         each, the workers running `gateway.replicas` as StatefulSets, the node agents routing over nexthop groups \
+         of the live replicas (their probes: 200 ms, two misses); pod to pod from c1/n1 to c2/n1. Throughput with \
+         `replicas: 1`, then 2. Failover: a {LAB_PINGS}-ping run at 100/s per kill, the c2 replica carrying it \
+         SIGKILLed 1.5 s in, the longest run of lost pings ×10 ms; the lab restarts it and waits until c1's \
+         replicas count it live before the next kill.\n\n{}\n{command}\n{END}\n",
         super::body(&table(s))
     )
 }
@@ -388,7 +507,14 @@ mod tests {
         assert_eq!(gap_stats(&[30, 10, 20]), (200, 300));
         assert_eq!(gap_stats(&[10, 40]), (100, 400));
         assert_eq!(gap_stats(&[]), (0, 0));
-        let t = table(&FailoverSection { gaps: vec![3, 5], gbits: [1.5, 2.25], seconds: 5 });
+        let t = table(&FailoverSection {
+            gaps: vec![3, 5],
+            gbits: [1.5, 2.25],
+            seconds: 5,
+            lab_gaps: vec![40, 20, 60],
+            lab_gbits: [0.75, 1.25],
+        });
         assert!(t.contains("| 30 / 50 |") && t.contains("| 30, 50 |") && t.contains("| 2.25 |"), "{t}");
+        assert!(t.contains("| 400 / 600 |") && t.contains("| 400, 200, 600 |") && t.contains("| 1.25 |"), "{t}");
     }
 }

@@ -415,7 +415,7 @@ fn preflight(options: &Options) -> Result<()> {
         tools.push("tc");
     }
     if options.run_failover {
-        tools.extend(["iperf3", "ping", "ss", "timeout", "nsenter", "wg", "python3"]);
+        tools.extend(["iperf3", "ping", "ss", "timeout", "nsenter", "wg", "python3", "containerd"]);
     }
     if options.run_policy {
         tools.push("nft");
@@ -529,7 +529,9 @@ fn measure(options: &Options) -> Result<Figures> {
     if options.run_failover {
         process::check_interrupted()?;
         eprintln!("slicenet-bench: 15. gateway replicas: failover gap and 1 vs 2 replicas (lab {})", failover::LAB);
-        let f = failover::run(options.iperf_seconds)?;
+        let mut f = failover::run(options.iperf_seconds)?;
+        eprintln!("slicenet-bench:   the same in the full lab (lab {})", failover::LAB_FULL);
+        failover::run_lab(options.iperf_seconds, &mut f)?;
         println!("{}", failover::table(&f));
         figures.failover = Some(f);
     }

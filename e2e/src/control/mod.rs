@@ -591,6 +591,91 @@ impl ControlPlane {
         gw.process.kill()
     }
 
+    /// Kills gateway replica `ordinal` of `slice` in `cluster` (SIGKILL by PID) and waits until
+    /// it is gone; the next round restarts it in the same pod (issue 13's failover events).
+    ///
+    /// # Errors
+    /// When there is no such replica or it cannot be killed.
+    pub fn kill_replica(&mut self, slice: &str, cluster: &str, ordinal: u32) -> Result<()> {
+        self.replica_mut(slice, cluster, ordinal)?.process.kill()
+    }
+
+    /// Stops gateway replica `ordinal` of `slice` in `cluster` as a rolling restart does
+    /// (SIGTERM, SIGKILL after 5 s); the next round starts it again in the same pod.
+    ///
+    /// # Errors
+    /// When there is no such replica or it cannot be reaped.
+    pub fn stop_replica(&mut self, slice: &str, cluster: &str, ordinal: u32) -> Result<()> {
+        self.replica_mut(slice, cluster, ordinal)?.process.stop()
+    }
+
+    fn replica_mut(&mut self, slice: &str, cluster: &str, ordinal: u32) -> Result<&mut kubelet::GatewayRun> {
+        self.kubelets
+            .get_mut(cluster)
+            .with_context(|| format!("no cluster {cluster}"))?
+            .gateways
+            .values_mut()
+            .find(|g| g.slice == slice && g.ordinal == ordinal)
+            .with_context(|| format!("no gateway replica {ordinal} of {slice} in {cluster}"))
+    }
+
+    /// The Prometheus text of gateway replica `ordinal` of `slice` in `cluster`, read from
+    /// inside its pod.
+    ///
+    /// # Errors
+    /// When there is no such replica or it does not answer.
+    pub fn replica_metrics(&self, slice: &str, cluster: &str, ordinal: u32) -> Result<String> {
+        let gw = self
+            .kubelets
+            .get(cluster)
+            .and_then(|k| k.gateways.values().find(|g| g.slice == slice && g.ordinal == ordinal))
+            .with_context(|| format!("no gateway replica {ordinal} of {slice} in {cluster}"))?;
+        let addr = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, slice_api::gateway::METRICS_PORT));
+        kubelet::scrape_in(&gw.pod.netns_path, addr).map_err(|e| anyhow::anyhow!("{cluster} replica {ordinal}: {e}"))
+    }
+
+    /// Waits until gateway replica `ordinal` of `slice` in `cluster` runs again and every
+    /// replica of the slice's other clusters counts it live (`slice_gateway_peer_live` 1: its
+    /// multipath probes are answered), running rounds meanwhile (the lab's kubelet restarts a
+    /// replica that exited).
+    ///
+    /// # Errors
+    /// When a round fails, or the replica is not back within `timeout` (with what is wrong).
+    pub fn wait_replica_back(
+        &mut self,
+        lab: &Lab,
+        slice: &str,
+        cluster: &str,
+        ordinal: u32,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut key = None;
+        loop {
+            self.tick(lab)?;
+            if key.is_none() {
+                key = self.replica_wg(slice, cluster, ordinal, &["show", "{if}", "public-key"]).ok();
+            }
+            let others: Vec<(String, u32)> = self
+                .kubelets
+                .iter()
+                .filter(|(c, _)| c.as_str() != cluster)
+                .flat_map(|(c, k)| k.gateways.values().filter(|g| g.slice == slice).map(|g| (c.clone(), g.ordinal)))
+                .collect();
+            let live = key.as_ref().is_some_and(|key| {
+                let line = format!("public_key=\"{}\"}} 1", key.trim());
+                others.iter().all(|(c, o)| self.replica_metrics(slice, c, *o).is_ok_and(|m| m.contains(&line)))
+            });
+            if live {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{cluster} replica {ordinal} of {slice} not back within {timeout:?}\n{}", self.diagnose(lab));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// PIDs of the running gateways.
     pub fn gateway_pids(&self) -> Vec<u32> {
         self.kubelets.values().flat_map(|k| k.gateways.values().map(|g| g.process.id())).collect()

@@ -1076,6 +1076,20 @@ impl Node {
         Ok(())
     }
 
+    /// SIGKILL to the agent (a crash, or its node lost), reaped; the data path stays as it was.
+    /// [`Node::restart_agent`] starts it again. No agent is fine.
+    ///
+    /// # Errors
+    /// When the agent cannot be reaped.
+    pub fn kill_agent(&self) -> Result<()> {
+        if let Some(mut child) = self.agent_child.lock().expect("lock").take() {
+            let _ = child.kill();
+            child.wait().with_context(|| format!("node {}: reaping the agent", self.netns_name))?;
+            let _ = std::fs::remove_file(&self.agent_paths.pid_file);
+        }
+        Ok(())
+    }
+
     /// The agent's process id while it runs (not once it exited).
     pub fn agent_pid(&self) -> Option<u32> {
         let mut slot = self.agent_child.lock().expect("lock");

@@ -529,3 +529,42 @@ impl Drop for Load {
         }
     }
 }
+
+/// From a `ping` log (without `-q`) of `count` pings: how many were answered and the longest
+/// run of pings without an answer (a leading or trailing run included). At `-i 0.01` the run
+/// times 10 ms is the longest gap.
+#[must_use]
+pub fn ping_outcome(log: &str, count: u32) -> (u32, u32) {
+    let mut seqs: Vec<u32> = log
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("icmp_seq=")?.parse().ok()))
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let mut longest = 0;
+    let mut last = 0; // icmp_seq starts at 1
+    for s in &seqs {
+        longest = longest.max(s.saturating_sub(last + 1));
+        last = *s;
+    }
+    longest = longest.max(count.saturating_sub(last));
+    (u32::try_from(seqs.len()).unwrap_or(u32::MAX), longest)
+}
+
+#[cfg(test)]
+mod ping_tests {
+    use super::ping_outcome;
+
+    #[test]
+    fn ping_outcomes_are_read() {
+        let reply = |seq: u32| format!("64 bytes from 10.80.16.3: icmp_seq={seq} ttl=62 time=0.5 ms\n");
+        let log: String = std::iter::once("PING 10.80.16.3 56(84) bytes of data.\n".to_owned())
+            .chain([1, 2, 7, 8, 2].map(reply))
+            .collect();
+        assert_eq!(ping_outcome(&log, 8), (4, 4), "3 to 6 lost; a duplicate counts once");
+        assert_eq!(ping_outcome(&log, 12), (4, 4), "9 to 12 lost too: as long");
+        assert_eq!(ping_outcome(&log, 14), (4, 6), "the trailing run is the longest");
+        assert_eq!(ping_outcome("", 5), (0, 5));
+    }
+}

@@ -7,10 +7,11 @@
 //! - a nexthop per gateway: `via <pod address> dev <its veth>` for a replica on this node (the
 //!   device is the one the CNI plugin's /32 route to the pod uses; a nexthop needs a device),
 //!   `via <peer router> dev <vxlan> onlink` for one on a peer node;
-//! - a group of the live ones (every local replica the probes did not find dead, every replica
-//!   on a peer: their own node's agent judges them, and the worker takes them out of the
-//!   configuration); when none is live, of all (nothing better exists), and the route
-//!   `<prefix> nhid <group>` in the main table;
+//! - a group of the live ones (every replica the agent's probes did not find dead: the local
+//!   ones asked on their veth, the ones on a peer node over the VXLAN, so a peer node that is
+//!   lost as a whole — its agent with it, its router left as it was — is left out within a
+//!   second too, long before the worker sees the pod gone); when none is live, of all (nothing
+//!   better exists), and the route `<prefix> nhid <group>` in the main table;
 //! - a second group of this node's live replicas only and the route `<prefix> nhid <it> table
 //!   92`, which the rule `iif <vxlan> lookup 92` gives the packets that came over the VXLAN: a
 //!   packet another node already hashed to this node's replica is not hashed again (two gateway
@@ -132,9 +133,10 @@ pub fn specs(slice: &SliceOnNode) -> Vec<MultipathSpec> {
         .collect()
 }
 
-/// The local gateway replicas of `slice`'s multi-gateway routes: the ones the agent probes.
-pub fn local_gateways(slice: &SliceOnNode) -> BTreeSet<IpAddr> {
-    specs(slice).iter().flat_map(|s| s.gateways.iter()).filter(|g| g.reach == Reach::Local).map(|g| g.address).collect()
+/// Every gateway replica of `slice`'s multi-gateway routes, on this node or a peer: the ones
+/// the agent probes.
+pub fn all_gateways(slice: &SliceOnNode) -> BTreeSet<IpAddr> {
+    specs(slice).iter().flat_map(|s| s.gateways.iter()).map(|g| g.address).collect()
 }
 
 /// What a router namespace shows of multipath routing. Looked into only when the slice has a
@@ -207,7 +209,7 @@ pub(super) fn wanted(
             out.pending.push(spec.remote.clone());
         }
         let live: Vec<u32> =
-            usable.iter().filter(|g| !(g.reach == Reach::Local && dead.contains(&g.address))).map(|g| g.id).collect();
+            usable.iter().filter(|g| !dead.contains(&g.address)).map(|g| g.id).collect();
         let mut members = if live.is_empty() { usable.iter().map(|g| g.id).collect() } else { live };
         members.sort_unstable();
         if members.is_empty() {

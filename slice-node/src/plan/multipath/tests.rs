@@ -130,7 +130,7 @@ fn ids_come_from_the_configuration_alone() {
         ]
     );
     assert_eq!(specs[1].gateways.iter().map(|g| g.id).collect::<Vec<_>>(), [B, A]);
-    assert_eq!(local_gateways(&c.slices[0]), BTreeSet::from([ip("10.80.0.5"), ip("10.80.0.6")]));
+    assert_eq!(all_gateways(&c.slices[0]), BTreeSet::from([ip("10.80.0.5"), ip("10.80.0.6"), ip("10.80.0.70")]));
     // The same configuration in another order gives the same ids.
     let mut shuffled = c.clone();
     shuffled.slices[0].remote_routes.reverse();
@@ -189,6 +189,21 @@ fn a_dead_local_replica_leaves_both_groups_and_comes_back() {
     let back = applied(without_a, &back_actions);
     assert_eq!(back.nexthops.iter().collect::<BTreeSet<_>>(), converged.nexthops.iter().collect::<BTreeSet<_>>());
     assert_eq!(plan_blue(&back, &[]).0, []);
+}
+
+/// A replica on a peer node found dead (its node lost, its agent with it): it leaves the main
+/// group at once; table 92 (this node's replicas) has nothing of it to lose.
+#[test]
+fn a_dead_peer_replica_leaves_the_main_group() {
+    let converged = applied(pods_there(), &plan_blue(&pods_there(), &[]).0);
+    let (actions, _) = plan_blue(&converged, &["10.80.0.70"]);
+    assert_eq!(actions, [Action::ReplaceNexthop { slice: "blue".into(), nexthop: group(GROUP_BASE, &[A, B]) }]);
+    let without_p = applied(converged, &actions);
+    assert_eq!(plan_blue(&without_p, &["10.80.0.70"]).0, []);
+    assert_eq!(plan_blue(&without_p, &[]).0, [Action::ReplaceNexthop {
+        slice: "blue".into(),
+        nexthop: group(GROUP_BASE, &[A, B, P])
+    }]);
 }
 
 #[test]
