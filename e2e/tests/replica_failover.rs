@@ -42,6 +42,9 @@ fn slice_addr(pod: &Pod) -> Ipv4Addr {
     pod.ipv4("slice0").unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// One pair's pings of an event: (pair, answered, longest run without an answer).
+type PingOutcome = (String, u32, u32);
+
 /// Pings at 100/s between pods, one `ping` per pair.
 struct Pings(Vec<(String, PodProcess)>);
 
@@ -61,7 +64,7 @@ impl Pings {
     }
 
     /// Waits for every ping to end: (pair, answered, longest gap in pings).
-    fn finish(self) -> Vec<(String, u32, u32)> {
+    fn finish(self) -> Vec<PingOutcome> {
         self.0
             .into_iter()
             .map(|(pair, mut ping)| {
@@ -94,8 +97,19 @@ impl Iperf {
         }
         let to = slice_addr(server).to_string();
         let argv = [
-            "iperf3", "-c", &to, "-p", &port, "-P", IPERF_STREAMS, "-b", IPERF_RATE, "-t", IPERF_SECONDS,
-            "--connect-timeout", "5000",
+            "iperf3",
+            "-c",
+            &to,
+            "-p",
+            &port,
+            "-P",
+            IPERF_STREAMS,
+            "-b",
+            IPERF_RATE,
+            "-t",
+            IPERF_SECONDS,
+            "--connect-timeout",
+            "5000",
         ];
         Self { server: srv, client: client.spawn(&argv).expect("iperf3 client") }
     }
@@ -189,7 +203,7 @@ fn a_slice_with_two_replicas_rides_through_replica_node_agent_and_gateway_failur
         assert!(a0 - b0 > 1_000_000, "{cluster} replica {ordinal} carried {} bytes of the iperf3 run", a0 - b0);
     }
 
-    let mut figures: Vec<(String, Vec<(String, u32, u32)>)> = Vec::new();
+    let mut figures: Vec<(String, Vec<PingOutcome>)> = Vec::new();
     let mut port = 5202;
 
     // A replica SIGKILLed, then the other once the first came back; in c2 and in the NAT'd c3.
@@ -214,7 +228,6 @@ fn a_slice_with_two_replicas_rides_through_replica_node_agent_and_gateway_failur
         let n = lab.node("c2", &node);
         let pings = Pings::start(&[(&a, &b), (&c, &a)]);
         let iperf = Iperf::start(&a, &b, port);
-        port += 1;
         std::thread::sleep(EVENT_AFTER);
         n.kill_agent().unwrap_or_else(|e| panic!("{e:#}"));
         cp.kill_replica("blue", "c2", 1).unwrap_or_else(|e| panic!("{e:#}"));

@@ -208,8 +208,7 @@ pub(super) fn wanted(
         if missing {
             out.pending.push(spec.remote.clone());
         }
-        let live: Vec<u32> =
-            usable.iter().filter(|g| !dead.contains(&g.address)).map(|g| g.id).collect();
+        let live: Vec<u32> = usable.iter().filter(|g| !dead.contains(&g.address)).map(|g| g.id).collect();
         let mut members = if live.is_empty() { usable.iter().map(|g| g.id).collect() } else { live };
         members.sort_unstable();
         if members.is_empty() {

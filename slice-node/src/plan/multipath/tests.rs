@@ -200,10 +200,10 @@ fn a_dead_peer_replica_leaves_the_main_group() {
     assert_eq!(actions, [Action::ReplaceNexthop { slice: "blue".into(), nexthop: group(GROUP_BASE, &[A, B]) }]);
     let without_p = applied(converged, &actions);
     assert_eq!(plan_blue(&without_p, &["10.80.0.70"]).0, []);
-    assert_eq!(plan_blue(&without_p, &[]).0, [Action::ReplaceNexthop {
-        slice: "blue".into(),
-        nexthop: group(GROUP_BASE, &[A, B, P])
-    }]);
+    assert_eq!(
+        plan_blue(&without_p, &[]).0,
+        [Action::ReplaceNexthop { slice: "blue".into(), nexthop: group(GROUP_BASE, &[A, B, P]) }]
+    );
 }
 
 #[test]
