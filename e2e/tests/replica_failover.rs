@@ -33,6 +33,9 @@ const EVENT_AFTER: Duration = Duration::from_secs(2);
 const BACK: Duration = Duration::from_secs(90);
 /// TCP connections held open c1 → c2 (spread over the replicas by their ports).
 const CONNECTIONS: usize = 8;
+/// Each connection's pause between round trips: they must survive, not load the machine (the
+/// iperf3 runs load it, bounded).
+const PAUSE: Duration = Duration::from_millis(20);
 /// iperf3 during an event: streams × rate, seconds.
 const IPERF_STREAMS: &str = "16";
 const IPERF_RATE: &str = "4M";
@@ -148,6 +151,13 @@ fn wait_back(cp: &mut ControlPlane, lab: &Lab, cluster: &str, ordinal: u32) {
     cp.wait_replica_back(lab, "blue", cluster, ordinal, BACK).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// The last 40 lines of a log file.
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 /// The node of `cluster` that runs replica `ordinal`.
 fn replica_node(cp: &ControlPlane, cluster: &str, ordinal: u32) -> String {
     let replicas = cp.gateway_replicas("blue", cluster);
@@ -188,8 +198,8 @@ fn a_slice_with_two_replicas_rides_through_replica_node_agent_and_gateway_failur
     let echo_b = EchoServer::start(&b, 7300);
     let echo_a = EchoServer::start(&a, 7301);
     let mut loads: Vec<Load> =
-        (0..CONNECTIONS).map(|_| Load::start(&a, SocketAddrV4::new(slice_addr(&b), 7300))).collect();
-    loads.extend((0..CONNECTIONS / 2).map(|_| Load::start(&c, SocketAddrV4::new(slice_addr(&a), 7301))));
+        (0..CONNECTIONS).map(|_| Load::every(&a, SocketAddrV4::new(slice_addr(&b), 7300), PAUSE)).collect();
+    loads.extend((0..CONNECTIONS / 2).map(|_| Load::every(&c, SocketAddrV4::new(slice_addr(&a), 7301), PAUSE)));
     for load in &loads {
         load.wait_for(10, "round trips before the events");
     }
@@ -248,8 +258,13 @@ fn a_slice_with_two_replicas_rides_through_replica_node_agent_and_gateway_failur
             n.restart_agent().unwrap_or_else(|e| panic!("restarting {cluster}/{node}'s agent: {e:#}"));
             assert!(n.agent_running() && n.agent_pid() != before, "{cluster}/{node}: a new agent runs");
             let outcome = pings.finish();
-            for (pair, answered, _) in &outcome {
-                assert_eq!(*answered, PINGS, "{pair} across the restart of {cluster}/{node}'s agent: pings lost");
+            for (pair, answered, gap) in &outcome {
+                assert_eq!(
+                    *answered,
+                    PINGS,
+                    "{pair} across the restart of {cluster}/{node}'s agent: pings lost (longest run {gap})\n{}",
+                    log_tail(&n.agent_log())
+                );
             }
             figures.push((format!("restart agent {cluster}/{node}"), outcome));
         }

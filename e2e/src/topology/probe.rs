@@ -467,6 +467,13 @@ pub struct Load {
 impl Load {
     #[must_use]
     pub fn start(pod: &Pod, to: SocketAddrV4) -> Self {
+        Self::every(pod, to, Duration::ZERO)
+    }
+
+    /// The same with a pause of `pause` after each round trip: a connection that must survive
+    /// without loading the machine (many of them beside a ping that must lose nothing).
+    #[must_use]
+    pub fn every(pod: &Pod, to: SocketAddrV4, pause: Duration) -> Self {
         use std::io::{Read, Write};
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -489,6 +496,9 @@ impl Load {
                     return Some("the echo differs from what was sent".to_owned());
                 }
                 c.fetch_add(1, Ordering::SeqCst);
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
             }
             None
         });
