@@ -108,7 +108,11 @@ impl Default for Hub {
             clusters: Vec::new(),
             workers: Vec::new(),
             namespaces: BTreeSet::new(),
-            ctx: Arc::new(hub::Context::new(TIMEOUT, "hub-0")),
+            // The scenarios write the peers inline (`--inline-peers`); `paged_access` pages them.
+            ctx: Arc::new(hub::Context {
+                peer_lists: slice_api::planner::PeerLists::Inline,
+                ..hub::Context::new(TIMEOUT, "hub-0")
+            }),
             events: Vec::new(),
         }
     }
@@ -874,7 +878,7 @@ async fn a_repeated_error_is_one_event_whose_series_counts_the_repeats() {
 
 /// The Lease and Event requests: a lease created, read and renewed; an event created and its
 /// series patched. Returned as the access they use.
-/// The hub with paged peers (`--peer-pages`) on the in-memory API, whole passes until it writes
+/// The hub with paged peers (its default) on the in-memory API, whole passes until it writes
 /// nothing after each change: two slices, a member that joins, one that leaves (its Role goes
 /// with its access), a slice deleted (its page goes). Returns the requests' (verb, group,
 /// resource, subresource); every request is checked against `access::HUB`.
@@ -893,10 +897,8 @@ async fn paged_access() -> BTreeSet<(&'static str, String, String, String)> {
                    "spec": {"sliceSubnet": "10.80.0.0/16", "clusters": members, "namespaces": [{"namespace": "web"}]}}));
     }
     let client = api.client(side.clone());
-    let ctx = hub::Context {
-        peer_lists: slice_api::planner::PeerLists::Paged,
-        ..hub::Context::new(Duration::from_secs(60), "test")
-    };
+    let ctx = hub::Context::new(Duration::from_secs(60), "test");
+    assert_eq!(ctx.peer_lists, slice_api::planner::PeerLists::Paged, "the default");
     let settle = || async {
         for _ in 0..6 {
             let now = Timestamp::from_second(NOW).expect("a valid time");
@@ -1053,6 +1055,8 @@ async fn a_hub_that_loses_its_lease_stops_writing_at_once() {
             ("GET", "sliceconfigs") => Some((200, list("SliceConfigList", &slices))),
             ("GET", "memberclusters") => Some((200, list("MemberClusterList", &clusters))),
             ("GET", "workerslices") => Some((200, list("WorkerSliceList", &[]))),
+            // The hub pages the peers: the pages and peer Roles of `slicenet-peers`, none yet.
+            ("GET", "slicepeers" | "roles" | "rolebindings") => Some((200, list("List", &[]))),
             // The webhook certificate's check when leading starts: no CA Secret, nothing to do.
             ("GET", _) if seen.attributes.resource == "secrets" => Some((404, hub_support::status(404, "NotFound"))),
             _ => {

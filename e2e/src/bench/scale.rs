@@ -46,7 +46,7 @@ pub(crate) const BEGIN: &str = "<!-- slicenet-bench scale: begin -->";
 pub(crate) const END: &str = "<!-- slicenet-bench scale: end -->";
 
 const HUB: &str = "hub";
-/// Clusters × slices measured. With the peers paged (the hub's `--peer-pages`, as here) 512 × 64
+/// Clusters × slices measured. With the peers paged (the hub's default, as here) 512 × 64
 /// fits in memory: the peer entries are in the pages once per slice (32 K entries), no longer
 /// in every WorkerSlice (16.8 M entries inline).
 const SIZES: [(usize, usize); 12] = [
@@ -64,7 +64,7 @@ const SIZES: [(usize, usize); 12] = [
     (512, 64),
 ];
 /// Sizes not run, and why.
-pub(crate) const SKIPPED: &str = "The hub pages the peers (`--peer-pages`): each slice's peer list is in \
+pub(crate) const SKIPPED: &str = "The hub pages the peers (its default): each slice's peer list is in \
      `SlicePeers` pages of at most 128 peers, each WorkerSlice carries only the page count and a revision \
      (issue 21 part (b), docs/decisions.md). The same section with the peers inline in every WorkerSlice \
      (2026-12-04, same machine): a join at 256 × 64 cost 616 ms + 500 ms of hub CPU and wrote 8.7 MB + \

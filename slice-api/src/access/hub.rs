@@ -24,7 +24,7 @@ pub const HUB: &[Access] = &[
     Access::new("create", G, "workerslices", Cluster),
     Access::new("patch", G, "workerslices", Cluster),
     Access::new("delete", G, "workerslices", Cluster),
-    // The slices' peer pages (a hub that pages the peers, `--peer-pages`), and per member
+    // The slices' peer pages (the hub pages the peers unless `--inline-peers`), and per member
     // cluster a Role `slicenet-peers-<cluster>` granting `get` on the pages of its slices by
     // name, with its RoleBinding to the cluster's worker. `get` on the pages is never requested:
     // RBAC lets a Role (and its binding) grant only what its writer holds itself.

@@ -88,12 +88,13 @@ pub struct HubOptions {
     /// through the API server (`kubectl port-forward`, or the Service proxy).
     #[arg(long)]
     pub console: Option<SocketAddr>,
-    /// Put each slice's peer list in `SlicePeers` pages in `slicenet-peers` (a join rewrites one
-    /// page and each member's small `peerPages` revision) instead of every WorkerSlice's
-    /// `spec.peers` (a join rewrites every member's whole list). Needs workers that read pages
-    /// (this version and later): upgrade the workers first.
+    /// Keep each slice's peer list in every member's WorkerSlice (`spec.peers`: a join rewrites
+    /// every member's whole list) instead of in `SlicePeers` pages in `slicenet-peers`, the
+    /// default (a join rewrites one page and each member's small `peerPages` revision). For
+    /// workers older than the pages, which read `spec.peers` only: upgrade them, then drop the
+    /// flag.
     #[arg(long)]
-    pub peer_pages: bool,
+    pub inline_peers: bool,
     /// The console's document, published after every reconcile's reads (set by [`run`] when
     /// `--console` is given; tests set it to read what would be served).
     #[arg(skip)]
@@ -121,7 +122,7 @@ impl Default for HubOptions {
             health_addr: crate::health::DEFAULT_ADDR.parse().expect("the default address parses"),
             console: None,
             console_sink: None,
-            peer_pages: false,
+            inline_peers: false,
         }
     }
 }
@@ -152,10 +153,10 @@ impl HubOptions {
     pub fn backoff_max(&self) -> Duration {
         Duration::from_millis(self.backoff_max_ms)
     }
-    /// Where the peer lists go (`--peer-pages`).
+    /// Where the peer lists go: pages unless `--inline-peers`.
     #[must_use]
     pub fn peer_lists(&self) -> PeerLists {
-        if self.peer_pages { PeerLists::Paged } else { PeerLists::Inline }
+        if self.inline_peers { PeerLists::Inline } else { PeerLists::Paged }
     }
 }
 
@@ -195,12 +196,13 @@ pub struct Context {
     pub leadership: Leadership,
     /// Gets the console's document from every pass's reads (`--console`).
     pub console: Option<slice_kube::console::Console>,
-    /// Where the peer lists go (`--peer-pages`).
+    /// Where the peer lists go (pages unless `--inline-peers`).
     pub peer_lists: PeerLists,
 }
 
 impl Context {
-    /// A context that always leads (no election) and reports Events as `instance`.
+    /// A context that always leads (no election), reports Events as `instance` and pages the
+    /// peers, as the hub does by default.
     #[must_use]
     pub fn new(heartbeat_timeout: Duration, instance: &str) -> Self {
         Self {
@@ -208,7 +210,7 @@ impl Context {
             recorder: Recorder::new(EVENT_CONTROLLER, instance),
             leadership: Leadership::unconditional(),
             console: None,
-            peer_lists: PeerLists::Inline,
+            peer_lists: PeerLists::Paged,
         }
     }
 }
