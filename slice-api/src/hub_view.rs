@@ -22,6 +22,8 @@ pub struct HubView {
     pub pages: Vec<crate::crd::SlicePeers>,
     /// The Roles in `slicenet-peers` that let each member read its slices' pages.
     pub peer_roles: Vec<k8s_openapi::api::rbac::v1::Role>,
+    /// The RoleBindings in `slicenet-peers` of those Roles to each member's worker.
+    pub peer_bindings: Vec<k8s_openapi::api::rbac::v1::RoleBinding>,
 }
 
 impl HubView {

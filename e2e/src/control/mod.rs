@@ -828,7 +828,7 @@ impl ControlPlane {
             clusters: serde_json::from_value(Value::Array(list("memberclusters")))?,
             workers: serde_json::from_value(Value::Array(list("workerslices")))?,
             pages: serde_json::from_value(Value::Array(list("slicepeers")))?,
-            peer_roles: Vec::new(),
+            ..HubView::default()
         }
         .with_peers_from_pages()
         .sorted())
