@@ -1591,9 +1591,10 @@ fn paged_fixture(pages: &[&str]) -> FakeApi {
     api
 }
 
+/// The configuration of the gateway's replica 0 (its file in the configuration Secret).
 fn gateway_conf(api: &FakeApi) -> String {
     let secret = api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue")).expect("config Secret");
-    decode_b64(secret["data"]["gateway.conf"].as_str().expect("gateway.conf"))
+    decode_b64(secret["data"]["slicenet-gw-blue-0.conf"].as_str().expect("replica 0's file"))
 }
 
 #[tokio::test]
