@@ -22,6 +22,8 @@ pub struct HubView {
     pub pages: Vec<crate::crd::SlicePeers>,
     /// The Roles in `slicenet-peers` that let each member read its slices' pages.
     pub peer_roles: Vec<k8s_openapi::api::rbac::v1::Role>,
+    /// The RoleBindings in `slicenet-peers` of those Roles to each member's worker.
+    pub peer_bindings: Vec<k8s_openapi::api::rbac::v1::RoleBinding>,
 }
 
 impl HubView {
@@ -152,7 +154,8 @@ pub fn render(view: &HubView) -> String {
     out.push('\n');
     let mut tunnels = Vec::new();
     for w in &view.workers {
-        for p in w.status.iter().flat_map(|s| &s.peers) {
+        let reported: Vec<&crate::crd::PeerTunnelStatus> = w.status.iter().flat_map(|s| &s.peers).collect();
+        for p in &reported {
             let health = p.health.clone().unwrap_or_default();
             let measured = p.health.is_some();
             let figure = |f: &dyn Fn(&TunnelHealth) -> String| if measured { f(&health) } else { "-".to_owned() };
@@ -168,6 +171,18 @@ pub fn render(view: &HubView) -> String {
                 figure(&|h| format!("{}.{} %", h.rx_loss_permille / 10, h.rx_loss_permille % 10)),
                 p.last_handshake.clone().unwrap_or_else(|| "-".to_owned()),
             ]);
+        }
+        // The peers the hub planned for this member that its worker has not reported (yet):
+        // from the WorkerSlice's peers, inline or rebuilt from its slice's pages.
+        for peer in w.spec.peers.iter().filter(|q| reported.iter().all(|p| p.cluster != q.cluster)) {
+            let mut row =
+                vec![w.spec.slice.clone(), w.spec.cluster.clone(), peer.cluster.clone(), "Unknown".to_owned()];
+            row.push(
+                tunnel_rtt(view, &w.spec.slice, &w.spec.cluster, &peer.cluster)
+                    .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
+            );
+            row.extend(std::iter::repeat_n("-".to_owned(), 4));
+            tunnels.push(row);
         }
     }
     out.push_str(&table(
@@ -407,6 +422,53 @@ pub(crate) mod tests {
         });
         let text = render(&dual);
         assert!(text.contains("blue   c1       10.80.0.0/20,fd00:80::/52"), "{text}");
+    }
+
+    /// The view of `view()` with the hub's peer entries of blue (c1, c2, c3), inline in each
+    /// WorkerSlice or (`paged`) in the page `blue-0` with each WorkerSlice pointing at it.
+    fn with_peers(paged: bool) -> HubView {
+        let entry = |c: &str, prefix: &str| crate::crd::WorkerPeer {
+            cluster: c.into(),
+            prefix: prefix.into(),
+            secondary_prefix: None,
+            public_key: Some(format!("{c}-key")),
+            endpoint: None,
+            replicas: Vec::new(),
+        };
+        let entries = vec![entry("c1", "10.80.0.0/20"), entry("c2", "10.80.16.0/20"), entry("c3", "10.80.32.0/20")];
+        let mut v = view();
+        for w in &mut v.workers {
+            if paged {
+                let revision = crate::crd::peers_revision(&entries);
+                w.spec.peer_pages = Some(crate::crd::PeerPages { pages: 1, revision });
+            } else {
+                w.spec.peers = entries.iter().filter(|e| e.cluster != w.spec.cluster).cloned().collect();
+            }
+        }
+        if paged {
+            let spec = crate::crd::SlicePeersSpec { slice: "blue".into(), page: 0, peers: entries };
+            v.pages.push(crate::crd::SlicePeers::new(&crate::crd::peer_page_name("blue", 0), spec));
+        }
+        v
+    }
+
+    #[test]
+    fn a_paged_view_reports_the_peers_an_inline_one_does() {
+        let inline = render(&with_peers(false));
+        // c1 reported both its tunnels; c2 reported nothing: its planned peers show, unknown.
+        assert!(inline.contains("blue   c2       c1    Unknown  -     -"), "{inline}");
+        assert!(inline.contains("blue   c2       c3    Unknown  -     -"), "{inline}");
+        assert!(!inline.contains("blue   c1       c2    Unknown"), "a reported tunnel shows once: {inline}");
+        let paged = with_peers(true);
+        assert!(!render(&paged).contains("blue   c2       c1"), "no peer without the pages");
+        let rebuilt = paged.with_peers_from_pages();
+        let peers = |v: &HubView| v.workers.iter().map(|w| w.spec.peers.clone()).collect::<Vec<_>>();
+        assert_eq!(peers(&rebuilt), peers(&with_peers(false)), "each member's peers, its own entry left out");
+        assert_eq!(render(&rebuilt), inline);
+        // Pages of another slice are not blue's.
+        let mut other = with_peers(true);
+        other.pages[0].spec.slice = "red".into();
+        assert!(other.with_peers_from_pages().workers.iter().all(|w| w.spec.peers.is_empty()));
     }
 
     #[test]

@@ -290,6 +290,19 @@ mod tests {
     }
 
     #[test]
+    fn the_hub_pages_the_peers_unless_told_to_keep_them_inline() {
+        use slice_api::planner::PeerLists;
+        let hub = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Hub(h) => h,
+            other => panic!("hub: {other:?}"),
+        };
+        assert_eq!(hub(&["hub"]).peer_lists(), PeerLists::Paged);
+        assert_eq!(crate::hub::HubOptions::default().peer_lists(), PeerLists::Paged);
+        assert_eq!(hub(&["hub", "--inline-peers"]).peer_lists(), PeerLists::Inline);
+        assert!(parse(&["hub", "--peer-pages"]).is_err(), "the default now: no such flag");
+    }
+
+    #[test]
     fn the_node_agent_serves_probes_only_when_asked() {
         let cli = parse(&["node-agent", "--kube", "--node", "n1"]).unwrap();
         let Command::NodeAgent(a) = cli.command else { panic!("node-agent") };

@@ -108,7 +108,11 @@ impl Default for Hub {
             clusters: Vec::new(),
             workers: Vec::new(),
             namespaces: BTreeSet::new(),
-            ctx: Arc::new(hub::Context::new(TIMEOUT, "hub-0")),
+            // The scenarios write the peers inline (`--inline-peers`); `paged_access` pages them.
+            ctx: Arc::new(hub::Context {
+                peer_lists: slice_api::planner::PeerLists::Inline,
+                ..hub::Context::new(TIMEOUT, "hub-0")
+            }),
             events: Vec::new(),
         }
     }
@@ -151,12 +155,20 @@ impl Hub {
         found.cloned().unwrap_or_else(|| panic!("no object at {path}"))
     }
 
-    /// The three lists every reconcile starts with.
+    /// The lists every reconcile starts with: the three kinds, then what `slicenet-peers`
+    /// holds (nothing in these scenarios: their hub keeps the peers inline and never paged).
     fn lists(&self) -> Vec<Exchange> {
+        let rbac = |kind: &str| {
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+                                       "metadata": {"resourceVersion": "100"}, "items": []})
+        };
         vec![
             Exchange::get(SC).ok(list("SliceConfigList", &self.slices)),
             Exchange::get(MC).ok(list("MemberClusterList", &self.clusters)),
             Exchange::get(WS).ok(list("WorkerSliceList", &self.workers)),
+            Exchange::get(PAGES).ok(list("SlicePeersList", &[])),
+            Exchange::get(PEER_ROLES).ok(rbac("RoleList")),
+            Exchange::get(PEER_BINDINGS).ok(rbac("RoleBindingList")),
         ]
     }
 
@@ -363,7 +375,7 @@ async fn create_makes_the_finalizer_namespaces_three_worker_slices_and_the_statu
     let outcome = result.expect("reconcile succeeds");
     assert_eq!(outcome.writes, 8, "finalizer, 3 namespaces, 3 WorkerSlices, status");
     assert_eq!(outcome.requeue_after, Some(Duration::from_secs(51)), "back when the first heartbeat goes stale");
-    assert_eq!(seen.len(), 3 + 1 + 6 + 3 + 1);
+    assert_eq!(seen.len(), 6 + 1 + 6 + 3 + 1, "6 lists, the finalizer, 3 namespaces, 3 creates, the status");
 }
 
 #[tokio::test]
@@ -493,7 +505,7 @@ async fn member_cluster_deletion_removes_its_worker_slices_then_its_namespace_an
     let mut hub = converged().await;
     hub.cluster_mut("c3")["metadata"]["deletionTimestamp"] = json!(time(NOW));
     let mut script = hub.reads();
-    assert_eq!(script.len(), 3 + 2, "no namespace check for a cluster being deleted");
+    assert_eq!(script.len(), 6 + 2, "no namespace check for a cluster being deleted");
     script.push(hub.patch(&ws("c1", "blue")).body(json!({"spec": {"peers": [peer("c2", "10.80.16.0/20")]}})));
     script.push(hub.patch(&ws("c2", "blue")).body(json!({"spec": {"peers": [peer("c1", "10.80.0.0/20")]}})));
     script.push(hub.delete_held(&ws("c3", "blue")));
@@ -647,7 +659,7 @@ async fn the_runner_watches_retries_with_backoff_and_stops_on_request() {
     let times = reconcile_lists.lock().expect("lock").clone();
     assert!(times.len() >= 2, "the runner retried after the 500: {times:?}");
     assert!(times[1] - times[0] >= Duration::from_millis(300), "the retry waited for the backoff: {times:?}");
-    for kind in ["sliceconfigs", "memberclusters", "workerslices"] {
+    for kind in ["sliceconfigs", "memberclusters", "workerslices", "slicepeers", "roles", "rolebindings"] {
         assert!(seen.iter().any(|s| s.path.ends_with(kind) && s.query.contains("watch=true")), "{kind} is watched");
     }
 }
@@ -708,8 +720,8 @@ async fn the_declared_access_is_exactly_what_the_requests_need() {
         let a = request_attributes(verb, path).expect("resource path");
         used.insert((a.verb, a.group, a.resource, a.subresource));
     }
-    // The runner's watches (with paged peers, on the pages and Roles of `slicenet-peers` too).
-    for kind in [SC, MC, WS, PAGES, PEER_ROLES] {
+    // The runner's watches (on the pages, Roles and RoleBindings of `slicenet-peers` too).
+    for kind in [SC, MC, WS, PAGES, PEER_ROLES, PEER_BINDINGS] {
         let a = request_attributes("GET", &format!("{kind}?watch=true")).expect("resource path");
         used.insert((a.verb, a.group, a.resource, a.subresource));
     }
@@ -874,7 +886,7 @@ async fn a_repeated_error_is_one_event_whose_series_counts_the_repeats() {
 
 /// The Lease and Event requests: a lease created, read and renewed; an event created and its
 /// series patched. Returned as the access they use.
-/// The hub with paged peers (`--peer-pages`) on the in-memory API, whole passes until it writes
+/// The hub with paged peers (its default) on the in-memory API, whole passes until it writes
 /// nothing after each change: two slices, a member that joins, one that leaves (its Role goes
 /// with its access), a slice deleted (its page goes). Returns the requests' (verb, group,
 /// resource, subresource); every request is checked against `access::HUB`.
@@ -893,10 +905,8 @@ async fn paged_access() -> BTreeSet<(&'static str, String, String, String)> {
                    "spec": {"sliceSubnet": "10.80.0.0/16", "clusters": members, "namespaces": [{"namespace": "web"}]}}));
     }
     let client = api.client(side.clone());
-    let ctx = hub::Context {
-        peer_lists: slice_api::planner::PeerLists::Paged,
-        ..hub::Context::new(Duration::from_secs(60), "test")
-    };
+    let ctx = hub::Context::new(Duration::from_secs(60), "test");
+    assert_eq!(ctx.peer_lists, slice_api::planner::PeerLists::Paged, "the default");
     let settle = || async {
         for _ in 0..6 {
             let now = Timestamp::from_second(NOW).expect("a valid time");
@@ -947,6 +957,89 @@ async fn paged_access() -> BTreeSet<(&'static str, String, String, String)> {
         }
     }
     used
+}
+
+/// The hub on the in-memory API, paged (its default): a member's RoleBinding that someone
+/// deletes is made again, by a whole pass and by a pass over what the watches reported; one
+/// that someone binds to another account is replaced. Then the same hub run inline
+/// (`--inline-peers`): its passes give the WorkerSlices their peers back, then delete every
+/// page, peer Role and binding, and leave the hub's own Role in `slicenet-peers` alone.
+#[tokio::test]
+async fn a_deleted_binding_comes_back_and_an_inline_hub_leaves_no_page_behind() {
+    use slice_kube::memory::MemoryApi;
+    use slice_operator::hub::Change;
+    let side = "hub".to_owned();
+    let api = MemoryApi::new([(side.clone(), HUB, "slicenet-system".to_owned())]);
+    let put = |v: Value| api.put(side.clone(), v);
+    for c in ["c1", "c2"] {
+        put(json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": c},
+                   "spec": {}, "status": {"lastHeartbeat": time(NOW)}}));
+    }
+    put(json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "SliceConfig",
+               "metadata": {"name": "blue", "creationTimestamp": time(NOW - 100)},
+               "spec": {"sliceSubnet": "10.80.0.0/16", "clusters": ["c1", "c2"], "namespaces": [{"namespace": "web"}]}}));
+    // What `slicectl install hub` puts there: the hub's own Role and binding.
+    for kind in ["Role", "RoleBinding"] {
+        let mut own = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+                             "metadata": {"name": "slicenet-hub", "namespace": "slicenet-peers"}});
+        if kind == "RoleBinding" {
+            own["roleRef"] = json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "slicenet-hub"});
+        }
+        put(own);
+    }
+    let client = api.client(side.clone());
+    let now = Timestamp::from_second(NOW).expect("a valid time");
+    let paged = hub::Context::new(Duration::from_secs(60), "test");
+    async fn settle(client: &kube::Client, ctx: &hub::Context, now: Timestamp) {
+        for _ in 0..6 {
+            if hub::reconcile(client, ctx, now).await.expect("a pass").writes == 0 {
+                return;
+            }
+        }
+        panic!("no convergence");
+    }
+    let binding = |cluster: &str| api.get(side.clone(), &format!("{PEER_BINDINGS}/slicenet-peers-{cluster}"));
+    settle(&client, &paged, now).await;
+    let planned = binding("c1").expect("c1 bound");
+    assert_eq!(
+        planned["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "slicenet-worker", "namespace": ns("c1")}])
+    );
+
+    // Deleted by someone: the next whole pass binds it again.
+    api.remove(side.clone(), &format!("{PEER_BINDINGS}/slicenet-peers-c1"));
+    settle(&client, &paged, now).await;
+    assert_eq!(binding("c1").expect("bound again")["subjects"], planned["subjects"]);
+
+    // Deleted again, while the hub passes over what its watches report: the deletion alone
+    // brings it back, and the pass makes that one request.
+    let mut scoped = hub::Hub::default();
+    scoped.reconcile_changes(&client, &paged, now).await.expect("the first pass is whole");
+    api.remove(side.clone(), &format!("{PEER_BINDINGS}/slicenet-peers-c1"));
+    scoped.observe(Change::BindingGone("slicenet-peers-c1".into()));
+    api.take_requests();
+    let outcome = scoped.reconcile_changes(&client, &paged, now).await.expect("a pass");
+    let lines: Vec<String> = api.take_requests().iter().filter(|r| !r.is_event()).map(|r| r.line()).collect();
+    assert_eq!(lines, [format!("hub POST {PEER_BINDINGS}")], "{outcome:?}");
+    assert_eq!(binding("c1").expect("bound again")["subjects"], planned["subjects"]);
+
+    // Bound to another account by someone: deleted and made again as planned.
+    api.edit(side.clone(), &format!("{PEER_BINDINGS}/slicenet-peers-c1"), |b| {
+        b["subjects"][0]["namespace"] = json!(ns("c2"));
+    });
+    settle(&client, &paged, now).await;
+    assert_eq!(binding("c1").expect("bound")["subjects"], planned["subjects"]);
+
+    // The hub run inline: peers back in the WorkerSlices, then nothing of the pages left.
+    let inline = hub::Context { peer_lists: slice_api::planner::PeerLists::Inline, ..paged };
+    settle(&client, &inline, now).await;
+    let ws = api.get(side.clone(), &ws("c1", "blue")).expect("c1's WorkerSlice");
+    assert_eq!(ws["spec"]["peers"].as_array().map(Vec::len), Some(1), "{ws}");
+    assert!(ws["spec"].get("peerPages").is_none(), "{ws}");
+    assert_eq!(api.paths(&side, PAGES), Vec::<String>::new(), "no page left");
+    assert_eq!(api.paths(&side, PEER_ROLES), [format!("{PEER_ROLES}/slicenet-hub")], "the hub's own Role only");
+    assert_eq!(api.paths(&side, PEER_BINDINGS), [format!("{PEER_BINDINGS}/slicenet-hub")]);
+    assert_eq!(api.violations(), Vec::<String>::new(), "every request within the hub's access list");
 }
 
 async fn lease_and_event_access() -> BTreeSet<(&'static str, String, String, String)> {
@@ -1053,6 +1146,8 @@ async fn a_hub_that_loses_its_lease_stops_writing_at_once() {
             ("GET", "sliceconfigs") => Some((200, list("SliceConfigList", &slices))),
             ("GET", "memberclusters") => Some((200, list("MemberClusterList", &clusters))),
             ("GET", "workerslices") => Some((200, list("WorkerSliceList", &[]))),
+            // The hub pages the peers: the pages and peer Roles of `slicenet-peers`, none yet.
+            ("GET", "slicepeers" | "roles" | "rolebindings") => Some((200, list("List", &[]))),
             // The webhook certificate's check when leading starts: no CA Secret, nothing to do.
             ("GET", _) if seen.attributes.resource == "secrets" => Some((404, hub_support::status(404, "NotFound"))),
             _ => {

@@ -63,7 +63,11 @@ fn writes(api: &MemoryApi<String>) -> Vec<String> {
 async fn passes_over_changes_reach_what_a_whole_pass_reaches_and_a_heartbeat_costs_no_request() {
     let api = api();
     let client = api.client(SIDE.to_owned());
-    let ctx = hub::Context::new(std::time::Duration::from_secs(60), "test");
+    // Inline peers (`--inline-peers`): the test reads them in the WorkerSlices.
+    let ctx = hub::Context {
+        peer_lists: slice_api::planner::PeerLists::Inline,
+        ..hub::Context::new(std::time::Duration::from_secs(60), "test")
+    };
     let mut hub = hub::Hub::default();
     assert!(!hub.is_indexed());
     hub.reconcile_changes(&client, &ctx, at(NOW)).await.expect("the first pass is whole");

@@ -1538,7 +1538,7 @@ async fn the_gateway_deployment_of_earlier_versions_goes_once_ordinal_0_is_ready
     assert_eq!(status(&api)["gatewayPublicKey"], PUBLIC, "the same key throughout");
 }
 
-// Paged peers (`hub --peer-pages`): the WorkerSlice carries `peerPages` instead of `peers`; the
+// Paged peers (the hub's default): the WorkerSlice carries `peerPages` instead of `peers`; the
 // worker reads its slice's `SlicePeers` pages in `slicenet-peers`, through the Role the hub keeps
 // for its cluster there (the in-memory API checks the `get` against that Role), and rebuilds the
 // same peer list.
@@ -1591,6 +1591,7 @@ fn paged_fixture(pages: &[&str]) -> FakeApi {
     api
 }
 
+/// The configuration of the gateway's replica 0 (its file in the configuration Secret).
 fn gateway_conf(api: &FakeApi) -> String {
     let secret = api.get(Side::Cluster, &format!("{GW}/secrets/slicenet-gw-blue")).expect("config Secret");
     decode_b64(secret["data"]["slicenet-gw-blue-0.conf"].as_str().expect("replica 0's file"))

@@ -1,17 +1,25 @@
 //! `slicectl status --hub-kubeconfig`'s requests against the in-memory API
-//! (`slice_kube::memory`): exactly the three list requests, answers turned into the view, API
-//! errors reported with what was asked.
+//! (`slice_kube::memory`): exactly the three list requests (and the pages' when WorkerSlices
+//! are paged), answers turned into the view, API errors reported with what was asked.
 
 use serde_json::json;
 use slice_api::rbac::{Access, Scope};
 use slice_kube::memory::MemoryApi;
-use slicectl::hub_status::{fetch, problems};
+use slicectl::hub_status::{fetch, problems, render};
 
 /// What `slicectl status` may do on the hub: list the three kinds.
 static READER: &[Access] = &[
     Access::new("list", "slicenet.io", "sliceconfigs", Scope::Cluster),
     Access::new("list", "slicenet.io", "memberclusters", Scope::Cluster),
     Access::new("list", "slicenet.io", "workerslices", Scope::Cluster),
+];
+
+/// On a hub that pages the peers (its default), also the pages in `slicenet-peers`.
+static PAGED_READER: &[Access] = &[
+    Access::new("list", "slicenet.io", "sliceconfigs", Scope::Cluster),
+    Access::new("list", "slicenet.io", "memberclusters", Scope::Cluster),
+    Access::new("list", "slicenet.io", "workerslices", Scope::Cluster),
+    Access::new("list", "slicenet.io", "slicepeers", Scope::Namespace("slicenet-peers")),
 ];
 
 fn hub() -> MemoryApi<String> {
@@ -45,7 +53,8 @@ async fn fetch_lists_the_three_kinds_and_sorts_them() {
             "hub GET /apis/slicenet.io/v1alpha1/sliceconfigs",
             "hub GET /apis/slicenet.io/v1alpha1/memberclusters",
             "hub GET /apis/slicenet.io/v1alpha1/workerslices",
-        ]
+        ],
+        "no WorkerSlice is paged: no page is read"
     );
     assert_eq!(api.violations(), Vec::<String>::new());
     assert_eq!(view.slices.len(), 1);
@@ -57,6 +66,65 @@ async fn fetch_lists_the_three_kinds_and_sorts_them() {
     let p = problems(&view);
     assert!(p.iter().any(|l| l == "slice blue: no Ready condition yet"), "{p:?}");
     assert!(p.iter().any(|l| l == "slice blue in cluster c2: no status from the cluster's worker yet"), "{p:?}");
+}
+
+/// A hub that pages the peers: the WorkerSlices carry `peerPages`, the peers are in the page
+/// `blue-0`. `fetch` reads the pages too, and each member's peers are rebuilt from them (its
+/// own entry left out, another slice's page ignored): the report shows c2's planned tunnel to
+/// c1, which c2's worker has not reported, as an inline WorkerSlice would show it, and the
+/// peers' keys are there for `diagnose`. A refused read of the pages names it.
+#[tokio::test]
+async fn fetch_reads_the_pages_of_paged_worker_slices_and_reports_their_peers() {
+    let api = MemoryApi::new([("hub".to_owned(), PAGED_READER, "default".to_owned())]);
+    let hub = "hub".to_owned();
+    let entry = |c: &str, prefix: &str| json!({"cluster": c, "prefix": prefix, "publicKey": format!("{c}-key")});
+    let entries = json!([entry("c1", "10.80.0.0/20"), entry("c2", "10.80.16.0/20")]);
+    let typed: Vec<slice_api::crd::WorkerPeer> = serde_json::from_value(entries.clone()).unwrap();
+    let revision = slice_api::crd::peers_revision(&typed);
+    api.put(
+        hub.clone(),
+        json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "SliceConfig",
+        "metadata": {"name": "blue"}, "spec": {"sliceSubnet": "10.80.0.0/16", "clusters": ["c1", "c2"]}}),
+    );
+    for (cluster, prefix) in [("c1", "10.80.0.0/20"), ("c2", "10.80.16.0/20")] {
+        api.put(
+            hub.clone(),
+            json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": cluster},
+                   "spec": {}}),
+        );
+        let mut ws = json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
+            "metadata": {"name": "blue", "namespace": format!("slicenet-cluster-{cluster}")},
+            "spec": {"slice": "blue", "cluster": cluster, "sliceSubnet": "10.80.0.0/16", "clusterPrefix": prefix,
+                     "nodePrefixLength": 26, "vni": 7, "peerPages": {"pages": 1, "revision": revision}}});
+        if cluster == "c1" {
+            ws["status"] = json!({"peers": [{"cluster": "c2", "state": "Up"}]});
+        }
+        api.put(hub.clone(), ws);
+    }
+    for (name, slice, peers) in [("blue-0", "blue", entries), ("red-0", "red", json!([entry("c9", "10.90.0.0/20")]))] {
+        api.put(
+            hub.clone(),
+            json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "SlicePeers",
+                   "metadata": {"name": name, "namespace": "slicenet-peers"},
+                   "spec": {"slice": slice, "page": 0, "peers": peers}}),
+        );
+    }
+    let view = fetch(api.client(hub.clone())).await.unwrap();
+    let lines: Vec<String> = api.take_requests().iter().map(|r| r.line()).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[3], "hub GET /apis/slicenet.io/v1alpha1/namespaces/slicenet-peers/slicepeers");
+    assert_eq!(api.violations(), Vec::<String>::new());
+    let peers: Vec<Vec<&str>> =
+        view.workers.iter().map(|w| w.spec.peers.iter().map(|p| p.cluster.as_str()).collect()).collect();
+    assert_eq!(peers, [["c2"], ["c1"]], "each member's peers, from blue's page only");
+    assert_eq!(view.workers[0].spec.peers[0].public_key.as_deref(), Some("c2-key"));
+    let text = render(&view);
+    assert!(text.contains("blue   c1       c2    Up"), "{text}");
+    assert!(text.contains("blue   c2       c1    Unknown"), "c2's planned tunnel, not reported yet: {text}");
+
+    api.fail(hub.clone(), "GET", "/apis/slicenet.io/v1alpha1/namespaces/slicenet-peers/slicepeers", 0, 403);
+    let text = format!("{:#}", fetch(api.client(hub)).await.unwrap_err());
+    assert!(text.contains("listing SlicePeers in slicenet-peers") && text.contains("403"), "{text}");
 }
 
 #[tokio::test]

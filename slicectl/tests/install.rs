@@ -572,6 +572,25 @@ fn install_hub_parses_and_grants_exactly_the_hub_list() {
     let c = &hub.spec.template.spec.as_ref().unwrap().containers[0];
     assert_eq!(c.args.as_deref().unwrap()[0], "hub");
     assert_controller(hub, "hub");
+    // The hub pages the peers (its default): the namespace of the pages is in the manifest, and
+    // the hub's Role there (granted exactly above) is what lets it write the pages and the
+    // members' Roles and RoleBindings.
+    let slice_operator::cli::Command::Hub(options) = parse_operator(c).command else { unreachable!("a hub") };
+    assert_eq!(options.peer_lists(), slice_api::planner::PeerLists::Paged);
+    let peers = slice_api::names::PEERS_NAMESPACE;
+    assert!(p.namespaces.iter().any(|n| n.metadata.name.as_deref() == Some(peers)), "no namespace {peers}");
+    for r in &p.roles {
+        let ns = r.metadata.namespace.clone().unwrap();
+        let made = p.namespaces.iter().any(|n| n.metadata.name.as_ref() == Some(&ns));
+        assert!(made, "Role {ns}/{:?} in a namespace the manifest does not make", r.metadata.name);
+    }
+    assert!(
+        p.roles
+            .iter()
+            .any(|r| r.metadata.namespace.as_deref() == Some(peers)
+                && r.metadata.name.as_deref() == Some("slicenet-hub")),
+        "the hub's Role in {peers}"
+    );
     assert!(p.mutating.is_empty(), "pods are mutated in member clusters only");
 
     let v = &p.validating[0].webhooks.as_ref().unwrap()[0];

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use k8s_openapi::api::rbac::v1::Role;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde_json::{Value, json};
@@ -46,7 +46,7 @@ pub(crate) const BEGIN: &str = "<!-- slicenet-bench scale: begin -->";
 pub(crate) const END: &str = "<!-- slicenet-bench scale: end -->";
 
 const HUB: &str = "hub";
-/// Clusters × slices measured. With the peers paged (the hub's `--peer-pages`, as here) 512 × 64
+/// Clusters × slices measured. With the peers paged (the hub's default, as here) 512 × 64
 /// fits in memory: the peer entries are in the pages once per slice (32 K entries), no longer
 /// in every WorkerSlice (16.8 M entries inline).
 const SIZES: [(usize, usize); 12] = [
@@ -64,7 +64,7 @@ const SIZES: [(usize, usize); 12] = [
     (512, 64),
 ];
 /// Sizes not run, and why.
-pub(crate) const SKIPPED: &str = "The hub pages the peers (`--peer-pages`): each slice's peer list is in \
+pub(crate) const SKIPPED: &str = "The hub pages the peers (its default): each slice's peer list is in \
      `SlicePeers` pages of at most 128 peers, each WorkerSlice carries only the page count and a revision \
      (issue 21 part (b), docs/decisions.md). The same section with the peers inline in every WorkerSlice \
      (2026-12-04, same machine): a join at 256 × 64 cost 616 ms + 500 ms of hub CPU and wrote 8.7 MB + \
@@ -265,7 +265,7 @@ fn fleet(clusters: usize, slices: usize) -> Result<(Fleet, SizeRow)> {
         st.clusters = p.allocations.clone();
     }
     drop(plans);
-    let world = hub::World { slices: configs, clusters: members, workers, pages, peer_roles: Vec::new() };
+    let world = hub::World { slices: configs, clusters: members, workers, pages, ..hub::World::default() };
     let started = Instant::now();
     let whole = hub::decide_with(&world, LISTS, at(T0), STALE_AFTER);
     let whole_decide = started.elapsed();
@@ -379,10 +379,15 @@ fn list(api: &MemoryApi<String>) -> hub::World {
             .into_iter()
             .filter_map(|o| serde_json::from_value(o).ok())
             .collect(),
+        peer_bindings: api
+            .list(&HUB.to_owned(), &format!("{ROLES}/rolebindings"))
+            .into_iter()
+            .filter_map(|o| serde_json::from_value(o).ok())
+            .collect(),
     }
 }
 
-/// The Roles of the peer pages.
+/// The Roles of the peer pages and their RoleBindings.
 const ROLES: &str = "/apis/rbac.authorization.k8s.io/v1/namespaces/slicenet-peers";
 
 impl Fleet {
@@ -407,30 +412,38 @@ impl Fleet {
     fn read(&self, changed: &[Changed]) -> Vec<hub::Change> {
         changed
             .iter()
-            .map(|c| match c {
-                Changed::Slice(name) => match self.get::<SliceConfig>(&Self::slice_path(name)) {
+            .flat_map(|c| match c {
+                Changed::Slice(name) => vec![match self.get::<SliceConfig>(&Self::slice_path(name)) {
                     Some(s) => hub::Change::Slice(Box::new(s)),
                     None => hub::Change::SliceGone(name.clone()),
-                },
-                Changed::Cluster(name) => match self.get::<MemberCluster>(&Self::cluster_path(name)) {
+                }],
+                Changed::Cluster(name) => vec![match self.get::<MemberCluster>(&Self::cluster_path(name)) {
                     Some(m) => hub::Change::Cluster(Box::new(m)),
                     None => hub::Change::ClusterGone(name.clone()),
-                },
-                Changed::Worker(ns, name) => match self.get::<WorkerSlice>(&Self::worker_path(ns, name)) {
+                }],
+                Changed::Worker(ns, name) => vec![match self.get::<WorkerSlice>(&Self::worker_path(ns, name)) {
                     Some(w) => hub::Change::Worker(Box::new(w)),
                     None => hub::Change::WorkerGone(ns.clone(), name.clone()),
-                },
+                }],
                 Changed::Page(name) => {
                     let path = format!("/apis/slicenet.io/v1alpha1/namespaces/{PEERS_NAMESPACE}/slicepeers/{name}");
-                    match self.get::<SlicePeers>(&path) {
+                    vec![match self.get::<SlicePeers>(&path) {
                         Some(p) => hub::Change::Peers(Box::new(p)),
                         None => hub::Change::PeersGone(name.clone()),
-                    }
+                    }]
                 }
-                Changed::Role(name) => match self.get::<Role>(&format!("{ROLES}/roles/{name}")) {
-                    Some(r) => hub::Change::Role(Box::new(r)),
-                    None => hub::Change::RoleGone(name.clone()),
-                },
+                // A peer Role and its binding (the hub writes them together).
+                Changed::Role(name) => {
+                    let role = match self.get::<Role>(&format!("{ROLES}/roles/{name}")) {
+                        Some(r) => hub::Change::Role(Box::new(r)),
+                        None => hub::Change::RoleGone(name.clone()),
+                    };
+                    let binding = match self.get::<RoleBinding>(&format!("{ROLES}/rolebindings/{name}")) {
+                        Some(b) => hub::Change::Binding(Box::new(b)),
+                        None => hub::Change::BindingGone(name.clone()),
+                    };
+                    vec![role, binding]
+                }
             })
             .collect()
     }
@@ -457,6 +470,8 @@ impl Fleet {
                     hub::Change::PeersGone(n) => self.index.forget_peers(&n),
                     hub::Change::Role(r) => self.index.observe_role(*r),
                     hub::Change::RoleGone(n) => self.index.forget_role(&n),
+                    hub::Change::Binding(b) => self.index.observe_binding(*b),
+                    hub::Change::BindingGone(n) => self.index.forget_binding(&n),
                 }
             }
             let decision = self.index.decide(at(self.now));
@@ -558,9 +573,9 @@ impl Changed {
             }
             Action::CreatePeers(p) => Self::Page(p.name_any()),
             Action::PatchPeers { name, .. } | Action::DeletePeers { name } => Self::Page(name.clone()),
-            Action::GrantPeers { cluster, .. } | Action::RevokePeers { cluster } => {
-                Self::Role(slice_api::crd::peers_role_name(cluster))
-            }
+            Action::GrantPeers { cluster, .. }
+            | Action::BindPeers { cluster, .. }
+            | Action::RevokePeers { cluster } => Self::Role(slice_api::crd::peers_role_name(cluster)),
             Action::EnsureNamespace { .. } | Action::DeleteNamespace { .. } => return None,
         })
     }

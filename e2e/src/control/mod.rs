@@ -299,12 +299,9 @@ impl ControlPlane {
         Self {
             api,
             runtime,
-            // The lab's hub pages the peers (`--peer-pages`): its workers read their slices'
-            // pages through the Roles the hub keeps, checked by the in-memory API.
-            hub: hub::Context {
-                peer_lists: slice_api::planner::PeerLists::Paged,
-                ..hub::Context::new(heartbeat_timeout, "lab")
-            },
+            // The lab's hub pages the peers, as the hub does by default: its workers read their
+            // slices' pages through the Roles the hub keeps, checked by the in-memory API.
+            hub: hub::Context::new(heartbeat_timeout, "lab"),
             workers: BTreeMap::new(),
             kubelets: BTreeMap::new(),
             metrics: kubelet::MetricsAddresses::default(),
@@ -916,7 +913,7 @@ impl ControlPlane {
             clusters: serde_json::from_value(Value::Array(list("memberclusters")))?,
             workers: serde_json::from_value(Value::Array(list("workerslices")))?,
             pages: serde_json::from_value(Value::Array(list("slicepeers")))?,
-            peer_roles: Vec::new(),
+            ..HubView::default()
         }
         .with_peers_from_pages()
         .sorted())

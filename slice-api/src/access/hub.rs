@@ -24,10 +24,13 @@ pub const HUB: &[Access] = &[
     Access::new("create", G, "workerslices", Cluster),
     Access::new("patch", G, "workerslices", Cluster),
     Access::new("delete", G, "workerslices", Cluster),
-    // The slices' peer pages (a hub that pages the peers, `--peer-pages`), and per member
+    // The slices' peer pages (the hub pages the peers unless `--inline-peers`), and per member
     // cluster a Role `slicenet-peers-<cluster>` granting `get` on the pages of its slices by
     // name, with its RoleBinding to the cluster's worker. `get` on the pages is never requested:
-    // RBAC lets a Role (and its binding) grant only what its writer holds itself.
+    // RBAC lets a Role (and its binding) grant only what its writer holds itself. Listed and
+    // watched in both modes: a binding deleted by someone is made again, and an inline hub
+    // deletes what paging left. A binding is never patched: one that binds something else is
+    // deleted and created again (its `roleRef` cannot change).
     Access::new("get", G, "slicepeers", PEERS),
     Access::new("list", G, "slicepeers", PEERS),
     Access::new("watch", G, "slicepeers", PEERS),
@@ -39,6 +42,8 @@ pub const HUB: &[Access] = &[
     Access::new("create", RBAC, "roles", PEERS),
     Access::new("patch", RBAC, "roles", PEERS),
     Access::new("delete", RBAC, "roles", PEERS),
+    Access::new("list", RBAC, "rolebindings", PEERS),
+    Access::new("watch", RBAC, "rolebindings", PEERS),
     Access::new("create", RBAC, "rolebindings", PEERS),
     Access::new("delete", RBAC, "rolebindings", PEERS),
     Access::new("get", "", "namespaces", Cluster),

@@ -30,15 +30,16 @@ use std::fmt;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use slice_api::crd::{
     CLUSTER_LABEL, Condition, HUB_FINALIZER, MemberCluster, PEERS_NAMESPACE, SLICE_OWNER_LABEL, SliceConfig,
-    SliceConfigStatus, SlicePeers, SlicePeersSpec, WorkerPeer, WorkerSlice, WorkerSliceSpec, condition, owner_labels,
-    peer_page_name, peers_role_name, set_condition,
+    SliceConfigStatus, SlicePeers, SlicePeersSpec, WorkerPeer, WorkerSlice, WorkerSliceSpec, cluster_namespace,
+    condition, owner_labels, peer_page_name, peers_role_name, set_condition,
 };
 use slice_api::crd::{ImportedService, ServiceAllocation};
 use slice_api::planner::{EXPORTS_ACCEPTED, PLANNED, PeerLists, READY, SlicePlan};
@@ -94,9 +95,12 @@ pub enum Action {
     PatchPeers { name: String, patch: Value },
     /// Deletes a `SlicePeers` page.
     DeletePeers { name: String },
-    /// Lets `cluster`'s worker read the pages `role` names: creates the Role and its
-    /// RoleBinding (`create`), or merge-patches the Role's rules.
+    /// Lets `cluster`'s worker read the pages `role` names: creates the Role (`create`), or
+    /// merge-patches its rules.
     GrantPeers { cluster: String, role: Box<Role>, create: bool },
+    /// Binds `cluster`'s Role to its worker: creates the RoleBinding; with `replace`, deletes
+    /// the one there first (it binds something else, and a `roleRef` cannot be changed).
+    BindPeers { cluster: String, binding: Box<RoleBinding>, replace: bool },
     /// Takes the pages away from `cluster`'s worker: deletes its RoleBinding and Role.
     RevokePeers { cluster: String },
 }
@@ -120,7 +124,13 @@ impl fmt::Display for Action {
             Self::PatchPeers { name, .. } => write!(f, "patching SlicePeers {PEERS_NAMESPACE}/{name}"),
             Self::DeletePeers { name } => write!(f, "deleting SlicePeers {PEERS_NAMESPACE}/{name}"),
             Self::GrantPeers { cluster, create: true, .. } => {
-                write!(f, "creating Role and RoleBinding {PEERS_NAMESPACE}/{}", peers_role_name(cluster))
+                write!(f, "creating Role {PEERS_NAMESPACE}/{}", peers_role_name(cluster))
+            }
+            Self::BindPeers { cluster, replace: false, .. } => {
+                write!(f, "creating RoleBinding {PEERS_NAMESPACE}/{}", peers_role_name(cluster))
+            }
+            Self::BindPeers { cluster, replace: true, .. } => {
+                write!(f, "replacing RoleBinding {PEERS_NAMESPACE}/{}", peers_role_name(cluster))
             }
             Self::GrantPeers { cluster, create: false, .. } => {
                 write!(f, "patching Role {PEERS_NAMESPACE}/{}", peers_role_name(cluster))
@@ -199,13 +209,54 @@ fn peers_rules(names: &[String]) -> Vec<PolicyRule> {
     }]
 }
 
+/// The name, namespace and labels of `cluster`'s peer Role and of its RoleBinding.
+fn peers_metadata(cluster: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(peers_role_name(cluster)),
+        namespace: Some(PEERS_NAMESPACE.to_owned()),
+        labels: Some([(CLUSTER_LABEL.to_owned(), cluster.to_owned())].into()),
+        ..ObjectMeta::default()
+    }
+}
+
 /// The Role that lets `cluster`'s worker read the pages `names`.
 fn peers_role(cluster: &str, names: &[String]) -> Role {
-    let mut role = Role { rules: Some(peers_rules(names)), ..Role::default() };
-    role.metadata.name = Some(peers_role_name(cluster));
-    role.metadata.namespace = Some(PEERS_NAMESPACE.to_owned());
-    role.metadata.labels = Some([(CLUSTER_LABEL.to_owned(), cluster.to_owned())].into());
-    role
+    Role { metadata: peers_metadata(cluster), rules: Some(peers_rules(names)) }
+}
+
+/// The RoleBinding of `cluster`'s peer Role to its worker's account on the hub
+/// (`slicenet-worker` in `slicenet-cluster-<cluster>`).
+fn peers_binding(cluster: &str) -> RoleBinding {
+    RoleBinding {
+        metadata: peers_metadata(cluster),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: peers_role_name(cluster),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: slice_api::names::WORKER_SERVICE_ACCOUNT.to_owned(),
+            namespace: Some(cluster_namespace(cluster)),
+            api_group: None,
+        }]),
+    }
+}
+
+/// Whether `binding` binds `cluster`'s peer Role to its worker's account and to nothing else
+/// (an API group left out and an empty one are the same).
+fn binds_as_planned(binding: &RoleBinding, cluster: &str) -> bool {
+    let group = |g: &Option<String>| g.clone().unwrap_or_default();
+    let want = peers_binding(cluster);
+    let subjects = |b: &RoleBinding| -> Vec<(String, String, Option<String>, String)> {
+        b.subjects
+            .iter()
+            .flatten()
+            .map(|s| (s.kind.clone(), s.name.clone(), s.namespace.clone(), group(&s.api_group)))
+            .collect()
+    };
+    let role_ref = |b: &RoleBinding| (group(&b.role_ref.api_group), b.role_ref.kind.clone(), b.role_ref.name.clone());
+    role_ref(binding) == role_ref(&want) && subjects(binding) == subjects(&want)
 }
 
 /// `ExportsAccepted`: true when every reported export was taken, else the refusals.
@@ -329,7 +380,9 @@ pub fn action_subject(action: &Action, world: &World) -> ObjectReference {
         Action::PatchPeers { name, .. } | Action::DeletePeers { name } => slice(
             &world.pages.iter().find(|p| p.name_any() == *name).map_or_else(String::new, |p| p.spec.slice.clone()),
         ),
-        Action::GrantPeers { cluster: name, .. } | Action::RevokePeers { cluster: name } => cluster(name),
+        Action::GrantPeers { cluster: name, .. }
+        | Action::BindPeers { cluster: name, .. }
+        | Action::RevokePeers { cluster: name } => cluster(name),
         Action::PatchWorkerSlice { namespace, name, .. } | Action::DeleteWorkerSlice { namespace, name } => world
             .workers
             .iter()

@@ -10,13 +10,12 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use slice_api::crd::{
-    CLUSTER_LABEL, MemberCluster, PEERS_NAMESPACE, SliceConfig, SlicePeers, WorkerSlice, cluster_namespace,
-    peers_role_name,
+    CLUSTER_LABEL, MemberCluster, PEERS_NAMESPACE, SliceConfig, SlicePeers, WorkerSlice, peers_role_name,
 };
 
 use super::decide::{Action, FinalizedKind};
@@ -156,34 +155,22 @@ async fn execute_one(client: &Client, action: &Action) -> Result<bool, Error> {
             let api = Api::<SlicePeers>::namespaced(client.clone(), PEERS_NAMESPACE);
             delete_if_present(api.delete(name, &DeleteParams::default()).await.map(drop), &[]).map_err(failed)?;
         }
-        Action::GrantPeers { cluster, role, create: true } => {
+        Action::GrantPeers { role, create: true, .. } => {
             Api::<Role>::namespaced(client.clone(), PEERS_NAMESPACE).create(&post, role).await.map_err(failed)?;
-            let mut binding = RoleBinding {
-                role_ref: RoleRef {
-                    api_group: Some("rbac.authorization.k8s.io".to_owned()),
-                    kind: "Role".to_owned(),
-                    name: peers_role_name(cluster),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".to_owned(),
-                    name: slice_api::names::WORKER_SERVICE_ACCOUNT.to_owned(),
-                    namespace: Some(cluster_namespace(cluster)),
-                    api_group: None,
-                }]),
-                ..RoleBinding::default()
-            };
-            binding.metadata = role.metadata.clone();
-            match Api::<RoleBinding>::namespaced(client.clone(), PEERS_NAMESPACE).create(&post, &binding).await {
-                // Left from an earlier grant: it binds the same Role to the same account.
-                Err(kube::Error::Api(status)) if status.is_already_exists() => {}
-                other => drop(other.map_err(failed)?),
-            }
         }
         Action::GrantPeers { role, create: false, .. } => {
             Api::<Role>::namespaced(client.clone(), PEERS_NAMESPACE)
                 .patch(&role.name_any(), &params, &Patch::Merge(json!({ "rules": role.rules })))
                 .await
                 .map_err(failed)?;
+        }
+        Action::BindPeers { binding, replace, .. } => {
+            let api = Api::<RoleBinding>::namespaced(client.clone(), PEERS_NAMESPACE);
+            if *replace {
+                let name = binding.name_any();
+                delete_if_present(api.delete(&name, &DeleteParams::default()).await.map(drop), &[]).map_err(failed)?;
+            }
+            api.create(&post, binding).await.map_err(failed)?;
         }
         Action::RevokePeers { cluster } => {
             // The binding first: without it the Role grants nothing.

@@ -5,10 +5,13 @@
 //! `slice_api::planner::index`), learns each object its watches report ([`Hub::observe`]) and
 //! decides only for the slices and clusters the changes touched ([`Hub::reconcile_changes`]):
 //! a heartbeat decides one cluster's `Healthy` and plans nothing. VNIs must stay unique across
-//! slices, so a whole pass ([`reconcile`], [`Hub::resync`]: lists the three kinds, decides
-//! every request, [`decide::decide`]) runs at the start, periodically and after a failure; the
-//! requests are made by [`execute::execute`] (thin). Peer keys and endpoints that workers publish in their
-//! WorkerSlice's status flow into the other clusters' WorkerSlices through the planner; status
+//! slices, so a whole pass ([`reconcile`], [`Hub::resync`]: lists the three kinds and what
+//! `slicenet-peers` holds, decides every request, [`decide::decide`]) runs at the start,
+//! periodically and after a failure; the requests are made by [`execute::execute`] (thin). Peer
+//! keys and endpoints that workers publish in their WorkerSlice's status reach the other
+//! members through the planner: in each slice's `SlicePeers` pages, which each member's worker
+//! may read through a Role and RoleBinding the hub keeps for it (the default), or in every
+//! WorkerSlice (`--inline-peers`, which deletes what paging left once nothing reads it); status
 //! and conditions flow back into each SliceConfig; finalizers hold SliceConfigs and
 //! MemberClusters until what the hub made for them is gone. [`run`] drives it from watches with
 //! debouncing, a periodic resync and backoff on errors ([`runner`]), while this replica holds
@@ -30,7 +33,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::rbac::v1::Role;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -88,12 +91,13 @@ pub struct HubOptions {
     /// through the API server (`kubectl port-forward`, or the Service proxy).
     #[arg(long)]
     pub console: Option<SocketAddr>,
-    /// Put each slice's peer list in `SlicePeers` pages in `slicenet-peers` (a join rewrites one
-    /// page and each member's small `peerPages` revision) instead of every WorkerSlice's
-    /// `spec.peers` (a join rewrites every member's whole list). Needs workers that read pages
-    /// (this version and later): upgrade the workers first.
+    /// Keep each slice's peer list in every member's WorkerSlice (`spec.peers`: a join rewrites
+    /// every member's whole list) instead of in `SlicePeers` pages in `slicenet-peers`, the
+    /// default (a join rewrites one page and each member's small `peerPages` revision). For
+    /// workers older than the pages, which read `spec.peers` only: upgrade them, then drop the
+    /// flag.
     #[arg(long)]
-    pub peer_pages: bool,
+    pub inline_peers: bool,
     /// The console's document, published after every reconcile's reads (set by [`run`] when
     /// `--console` is given; tests set it to read what would be served).
     #[arg(skip)]
@@ -121,7 +125,7 @@ impl Default for HubOptions {
             health_addr: crate::health::DEFAULT_ADDR.parse().expect("the default address parses"),
             console: None,
             console_sink: None,
-            peer_pages: false,
+            inline_peers: false,
         }
     }
 }
@@ -152,10 +156,10 @@ impl HubOptions {
     pub fn backoff_max(&self) -> Duration {
         Duration::from_millis(self.backoff_max_ms)
     }
-    /// Where the peer lists go (`--peer-pages`).
+    /// Where the peer lists go: pages unless `--inline-peers`.
     #[must_use]
     pub fn peer_lists(&self) -> PeerLists {
-        if self.peer_pages { PeerLists::Paged } else { PeerLists::Inline }
+        if self.inline_peers { PeerLists::Inline } else { PeerLists::Paged }
     }
 }
 
@@ -195,12 +199,13 @@ pub struct Context {
     pub leadership: Leadership,
     /// Gets the console's document from every pass's reads (`--console`).
     pub console: Option<slice_kube::console::Console>,
-    /// Where the peer lists go (`--peer-pages`).
+    /// Where the peer lists go (pages unless `--inline-peers`).
     pub peer_lists: PeerLists,
 }
 
 impl Context {
-    /// A context that always leads (no election) and reports Events as `instance`.
+    /// A context that always leads (no election), reports Events as `instance` and pages the
+    /// peers, as the hub does by default.
     #[must_use]
     pub fn new(heartbeat_timeout: Duration, instance: &str) -> Self {
         Self {
@@ -208,7 +213,7 @@ impl Context {
             recorder: Recorder::new(EVENT_CONTROLLER, instance),
             leadership: Leadership::unconditional(),
             console: None,
-            peer_lists: PeerLists::Inline,
+            peer_lists: PeerLists::Paged,
         }
     }
 }
@@ -263,13 +268,13 @@ pub struct Outcome {
 /// [`Error::Writes`] with every request that failed.
 #[tracing::instrument(skip_all)]
 pub async fn reconcile(client: &Client, ctx: &Context, now: Timestamp) -> Result<Outcome, Error> {
-    let mut index =
-        HubIndex::new_with(&list_world(client, ctx.peer_lists).await?, ctx.peer_lists, ctx.heartbeat_timeout);
+    let mut index = HubIndex::new_with(&list_world(client).await?, ctx.peer_lists, ctx.heartbeat_timeout);
     reconcile_index(client, ctx, &mut index, now).await
 }
 
-/// Lists what the hub decides from.
-async fn list_world(client: &Client, lists: PeerLists) -> Result<World, Error> {
+/// Lists what the hub decides from: the three kinds, and in `slicenet-peers` the pages, Roles
+/// and RoleBindings (paged, what it keeps there; inline, what paging left, to delete).
+async fn list_world(client: &Client) -> Result<World, Error> {
     let params = ListParams::default();
     let slices = Api::<SliceConfig>::all(client.clone())
         .list(&params)
@@ -283,20 +288,29 @@ async fn list_world(client: &Client, lists: PeerLists) -> Result<World, Error> {
         .list(&params)
         .await
         .map_err(|source| Error::List { kind: "WorkerSlices", source })?;
-    let (mut pages, mut peer_roles) = (Vec::new(), Vec::new());
-    if lists == PeerLists::Paged {
-        pages = Api::<SlicePeers>::namespaced(client.clone(), PEERS_NAMESPACE)
-            .list(&params)
-            .await
-            .map_err(|source| Error::List { kind: "SlicePeers", source })?
-            .items;
-        peer_roles = Api::<Role>::namespaced(client.clone(), PEERS_NAMESPACE)
-            .list(&params)
-            .await
-            .map_err(|source| Error::List { kind: "Roles", source })?
-            .items;
-    }
-    Ok(World { slices: slices.items, clusters: clusters.items, workers: workers.items, pages, peer_roles })
+    let pages = Api::<SlicePeers>::namespaced(client.clone(), PEERS_NAMESPACE)
+        .list(&params)
+        .await
+        .map_err(|source| Error::List { kind: "SlicePeers", source })?
+        .items;
+    let peer_roles = Api::<Role>::namespaced(client.clone(), PEERS_NAMESPACE)
+        .list(&params)
+        .await
+        .map_err(|source| Error::List { kind: "Roles", source })?
+        .items;
+    let peer_bindings = Api::<RoleBinding>::namespaced(client.clone(), PEERS_NAMESPACE)
+        .list(&params)
+        .await
+        .map_err(|source| Error::List { kind: "RoleBindings", source })?
+        .items;
+    Ok(World {
+        slices: slices.items,
+        clusters: clusters.items,
+        workers: workers.items,
+        pages,
+        peer_roles,
+        peer_bindings,
+    })
 }
 
 /// Decides what `index` has in scope at `now`, makes the requests and publishes the Events.
@@ -314,7 +328,7 @@ async fn reconcile_index(
             clusters: plans.clusters().cloned().collect(),
             workers: plans.workers().cloned().collect(),
             pages: plans.peers_pages().cloned().collect(),
-            peer_roles: Vec::new(),
+            ..World::default()
         };
         let view = view.with_peers_from_pages();
         console.publish(&slice_api::console::Model::from_view(&view.sorted()));
@@ -352,6 +366,8 @@ pub enum Change {
     PeersGone(String),
     Role(Box<Role>),
     RoleGone(String),
+    Binding(Box<RoleBinding>),
+    BindingGone(String),
 }
 
 /// The hub that decides only what changed: an index fed by the watches' objects
@@ -379,6 +395,8 @@ impl Hub {
             Change::PeersGone(name) => index.forget_peers(&name),
             Change::Role(r) => index.observe_role(*r),
             Change::RoleGone(name) => index.forget_role(&name),
+            Change::Binding(b) => index.observe_binding(*b),
+            Change::BindingGone(name) => index.forget_binding(&name),
         }
     }
 
@@ -394,7 +412,7 @@ impl Hub {
     /// As [`reconcile`]; after a failure the next pass is whole again.
     pub async fn resync(&mut self, client: &Client, ctx: &Context, now: Timestamp) -> Result<Outcome, Error> {
         self.index = None;
-        let world = list_world(client, ctx.peer_lists).await?;
+        let world = list_world(client).await?;
         let mut index = HubIndex::new_with(&world, ctx.peer_lists, ctx.heartbeat_timeout);
         let outcome = reconcile_index(client, ctx, &mut index, now).await?;
         self.index = Some(index);

@@ -1,4 +1,5 @@
-//! The hub's loop: watches on SliceConfigs, MemberClusters and WorkerSlices feed the hub's
+//! The hub's loop: watches on SliceConfigs, MemberClusters and WorkerSlices (and on the pages,
+//! Roles and RoleBindings of `slicenet-peers`) feed the hub's
 //! index with the objects they report; changes close together are coalesced into one pass over
 //! what they touched ([`Schedule`], [`Hub::reconcile_changes`]); a whole pass at the start and
 //! every resync period repairs anything a watch missed; a failed reconcile is retried with
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::rbac::v1::Role;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::ResourceExt;
@@ -20,7 +21,6 @@ use kube::api::Api;
 use kube::config::KubeConfigOptions;
 use kube::runtime::{WatchStreamExt, watcher};
 use slice_api::crd::{MemberCluster, PEERS_NAMESPACE, SliceConfig, SlicePeers, WorkerSlice};
-use slice_api::planner::PeerLists;
 
 use slice_api::backoff::Backoff;
 use slice_api::error_chain::chain;
@@ -108,8 +108,9 @@ pub async fn client(options: &HubOptions) -> anyhow::Result<Client> {
 /// hub's index learns them). Watch errors are logged; the watches recover by themselves with
 /// their default backoff. A re-list after a lost watch reports every object again; one deleted
 /// while the watch was lost is forgotten at the next whole pass.
-/// With paged peers, also the `SlicePeers` pages and the Roles in `slicenet-peers`.
-pub fn changes(client: &Client, lists: PeerLists) -> impl Stream<Item = Change> + Send + use<> {
+/// Also the `SlicePeers` pages, Roles and RoleBindings in `slicenet-peers`, whether the hub
+/// pages the peers (it keeps them) or not (it deletes what paging left).
+pub fn changes(client: &Client) -> impl Stream<Item = Change> + Send + use<> {
     fn watch<K>(api: Api<K>, kind: &'static str, to: fn(K, bool) -> Change) -> BoxStream<'static, Change>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -129,7 +130,7 @@ pub fn changes(client: &Client, lists: PeerLists) -> impl Stream<Item = Change> 
             })
             .boxed()
     }
-    let mut watches = vec![
+    let watches = vec![
         watch(Api::<SliceConfig>::all(client.clone()), "SliceConfig", |s, here| {
             if here { Change::Slice(Box::new(s)) } else { Change::SliceGone(s.name_any()) }
         }),
@@ -143,15 +144,16 @@ pub fn changes(client: &Client, lists: PeerLists) -> impl Stream<Item = Change> 
                 Change::WorkerGone(w.namespace().unwrap_or_default(), w.name_any())
             }
         }),
-    ];
-    if lists == PeerLists::Paged {
-        watches.push(watch(Api::<SlicePeers>::namespaced(client.clone(), PEERS_NAMESPACE), "SlicePeers", |p, here| {
+        watch(Api::<SlicePeers>::namespaced(client.clone(), PEERS_NAMESPACE), "SlicePeers", |p, here| {
             if here { Change::Peers(Box::new(p)) } else { Change::PeersGone(p.name_any()) }
-        }));
-        watches.push(watch(Api::<Role>::namespaced(client.clone(), PEERS_NAMESPACE), "Role", |r, here| {
+        }),
+        watch(Api::<Role>::namespaced(client.clone(), PEERS_NAMESPACE), "Role", |r, here| {
             if here { Change::Role(Box::new(r)) } else { Change::RoleGone(r.name_any()) }
-        }));
-    }
+        }),
+        watch(Api::<RoleBinding>::namespaced(client.clone(), PEERS_NAMESPACE), "RoleBinding", |b, here| {
+            if here { Change::Binding(Box::new(b)) } else { Change::BindingGone(b.name_any()) }
+        }),
+    ];
     stream::select_all(watches)
 }
 
@@ -202,7 +204,7 @@ async fn reconcile_loop(
     rotator: &crate::cert_rotation::Rotator,
     health: &Health,
 ) -> anyhow::Result<()> {
-    let mut changes = pin!(changes(client, ctx.peer_lists));
+    let mut changes = pin!(changes(client));
     let mut schedule = Schedule::new(Instant::now(), options);
     let mut certificate = tokio::time::interval(crate::cert_rotation::CHECK_INTERVAL);
     let mut hub = Hub::default();

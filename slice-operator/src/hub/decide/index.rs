@@ -7,12 +7,19 @@
 //! [`decide`](super::decide) is this with everything in scope, from an index made of the
 //! whole world; the tests check that after any change to a converged world the scoped decision
 //! makes the same requests as the whole one.
+//!
+//! What the hub keeps in `slicenet-peers` (pages, and per member cluster a Role and its
+//! RoleBinding) is learnt in both modes. Paged, it is kept as the plans say: a page, Role or
+//! binding that someone changed or deleted is written again. Inline (`--inline-peers`), it is
+//! what an earlier paging hub left: each slice's pages and each cluster's Role and binding are
+//! deleted once none of the WorkerSlices that would read them (those with `peerPages`, not being
+//! deleted) is left, so a worker never loses its peers before its WorkerSlice carries them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::rbac::v1::Role;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use slice_api::crd::{
@@ -26,9 +33,9 @@ use slice_api::planner::{EXPORTS_ACCEPTED, PeerLists, SlicePlan};
 use super::super::health::{HEALTHY, healthy_condition};
 use super::super::pods::PODS_ACCEPTED;
 use super::{
-    Action, Decision, FinalizedKind, PlanSummary, SpecLists, World, add_finalizer, changed_fields, exports_condition,
-    has_hub_finalizer, health_notice, new_page, new_worker, peers_role, peers_rules, pods_condition, remove_finalizer,
-    slice_notices, slice_status_patch, status_patch, to_json, worker_patch,
+    Action, Decision, FinalizedKind, PlanSummary, SpecLists, World, add_finalizer, binds_as_planned, changed_fields,
+    exports_condition, has_hub_finalizer, health_notice, new_page, new_worker, peers_binding, peers_role, peers_rules,
+    pods_condition, remove_finalizer, slice_notices, slice_status_patch, status_patch, to_json, worker_patch,
 };
 use crate::events::{Notice, reason, reference, reference_to};
 
@@ -48,8 +55,14 @@ pub struct HubIndex {
     deadline_of: BTreeMap<String, Timestamp>,
     /// Each member cluster's peer Role (paged peers), by cluster.
     roles: BTreeMap<String, Role>,
-    /// Clusters whose peer Role must be decided again (its Role changed or went).
+    /// Each member cluster's RoleBinding of its peer Role, by cluster.
+    bindings: BTreeMap<String, RoleBinding>,
+    /// Clusters whose peer Role and binding must be decided again (one changed or went).
     role_scope: BTreeSet<String>,
+    /// How many WorkerSlices read pages (`peerPages`, not being deleted), by slice and by the
+    /// cluster of their namespace: an inline hub deletes a slice's pages, and a cluster's Role,
+    /// only when none is left.
+    readers: PageReaders,
     /// Slice → each member's page count, as the plans last said (paged peers).
     members: BTreeMap<String, BTreeMap<String, u32>>,
     /// Cluster → the pages it may read: every page of each slice it is planned in. Kept from
@@ -85,7 +98,9 @@ impl HubIndex {
         let mut index = Self {
             plans: PlanIndex::with_lists(lists),
             roles: BTreeMap::new(),
+            bindings: BTreeMap::new(),
             role_scope: BTreeSet::new(),
+            readers: PageReaders::default(),
             members: BTreeMap::new(),
             readable: BTreeMap::new(),
             stale_after,
@@ -105,13 +120,14 @@ impl HubIndex {
         for w in &world.workers {
             index.observe_worker(w.clone());
         }
-        if lists == PeerLists::Paged {
-            for p in &world.pages {
-                index.observe_peers(p.clone());
-            }
-            for r in &world.peer_roles {
-                index.observe_role(r.clone());
-            }
+        for p in &world.pages {
+            index.observe_peers(p.clone());
+        }
+        for r in &world.peer_roles {
+            index.observe_role(r.clone());
+        }
+        for b in &world.peer_bindings {
+            index.observe_binding(b.clone());
         }
         index
     }
@@ -155,6 +171,26 @@ impl HubIndex {
     pub fn forget_role(&mut self, name: &str) {
         let Some(cluster) = name.strip_prefix(PEERS_ROLE_PREFIX) else { return };
         if self.roles.remove(cluster).is_some() {
+            self.role_scope.insert(cluster.to_owned());
+        }
+    }
+
+    /// A RoleBinding in `slicenet-peers` was created or changed (the binding of the peer Role
+    /// of the cluster of its name): that cluster's binding is decided again when what it binds
+    /// changed.
+    pub fn observe_binding(&mut self, binding: RoleBinding) {
+        let Some(cluster) = binding.name_any().strip_prefix(PEERS_ROLE_PREFIX).map(str::to_owned) else { return };
+        let bound = |b: &RoleBinding| (b.role_ref.clone(), b.subjects.clone());
+        if self.bindings.get(&cluster).is_none_or(|old| bound(old) != bound(&binding)) {
+            self.role_scope.insert(cluster.clone());
+        }
+        self.bindings.insert(cluster, binding);
+    }
+
+    /// A RoleBinding in `slicenet-peers` is gone.
+    pub fn forget_binding(&mut self, name: &str) {
+        let Some(cluster) = name.strip_prefix(PEERS_ROLE_PREFIX) else { return };
+        if self.bindings.remove(cluster).is_some() {
             self.role_scope.insert(cluster.to_owned());
         }
     }
@@ -204,7 +240,10 @@ impl HubIndex {
         if !slice_api::planner::index::is_hub_managed(&worker) {
             return;
         }
-        let old = self.plans.worker(&worker.namespace().unwrap_or_default(), &worker.name_any()).map(touched_by);
+        let old_worker = self.plans.worker(&worker.namespace().unwrap_or_default(), &worker.name_any());
+        let old = old_worker.map(touched_by);
+        let old_reader = old_worker.and_then(page_reader);
+        self.move_reader(old_reader, page_reader(&worker));
         let new = touched_by(&worker);
         // The hub's own write come back, as planned: nothing to decide again.
         if self.plans.upsert_worker(worker) {
@@ -215,10 +254,35 @@ impl HubIndex {
 
     /// A WorkerSlice is gone.
     pub fn forget_worker(&mut self, namespace: &str, name: &str) {
-        let old = self.plans.worker(namespace, name).map(touched_by);
+        let old_worker = self.plans.worker(namespace, name);
+        let old = old_worker.map(touched_by);
+        let old_reader = old_worker.and_then(page_reader);
+        self.move_reader(old_reader, None);
         if old.is_some() {
             self.touch(old);
             self.plans.remove_worker(namespace, name);
+        }
+    }
+
+    /// A WorkerSlice that read pages as `old` reads them as `new`. Inline, the last reader of a
+    /// slice's pages or of a cluster's Role gone puts them in scope, to be deleted.
+    fn move_reader(&mut self, old: Option<(String, String)>, new: Option<(String, String)>) {
+        if old == new {
+            return;
+        }
+        if let Some((slice, cluster)) = old {
+            let (slice_left, cluster_left) = self.readers.remove(&slice, &cluster);
+            if self.plans.lists() == PeerLists::Inline {
+                if slice_left == 0 {
+                    self.slices.insert(slice);
+                }
+                if cluster_left == 0 {
+                    self.role_scope.insert(cluster);
+                }
+            }
+        }
+        if let Some((slice, cluster)) = new {
+            self.readers.add(slice, cluster);
         }
     }
 
@@ -330,7 +394,9 @@ impl HubIndex {
             Action::PatchPeers { name, .. } | Action::DeletePeers { name } => {
                 slice(&self.plans.peers_page(name).map_or_else(String::new, |p| p.spec.slice.clone()))
             }
-            Action::GrantPeers { cluster: name, .. } | Action::RevokePeers { cluster: name } => cluster(name),
+            Action::GrantPeers { cluster: name, .. }
+            | Action::BindPeers { cluster: name, .. }
+            | Action::RevokePeers { cluster: name } => cluster(name),
             Action::PatchWorkerSlice { namespace, name, .. } | Action::DeleteWorkerSlice { namespace, name } => {
                 self.plans.worker(namespace, name).map_or_else(
                     || reference_to("slicenet.io/v1alpha1", "WorkerSlice", Some(namespace), name, None),
@@ -443,63 +509,84 @@ impl HubIndex {
             actions.push(Action::EnsureNamespace { namespace: cluster_namespace(&cluster), cluster });
         }
 
-        // 2b. Paged peers: the pages of the slices in scope, then the members' peer Roles, both
-        //     before the WorkerSlices whose revision sends their workers to read them.
-        if index.lists() == PeerLists::Paged {
-            for s in &scope_slices {
-                let wanted = index.plan(s).map(|p| p.pages.as_ref());
-                // A refused plan keeps the pages as they are.
-                if wanted.is_some_and(|w| w.is_none()) {
-                    continue;
+        // 2b. Peer pages. Paged: the pages of the slices in scope, then the members' peer Roles
+        //     and bindings, all before the WorkerSlices whose revision sends their workers to
+        //     read them. Inline: what paging left, once nothing reads it (the WorkerSlices get
+        //     their peers back in this pass; their echo puts the leftovers in scope).
+        let paged = index.lists() == PeerLists::Paged;
+        for s in &scope_slices {
+            let wanted: &[Vec<slice_api::crd::WorkerPeer>] = if paged {
+                match index.plan(s).map(|p| p.pages.as_ref()) {
+                    // A refused plan keeps the pages as they are.
+                    Some(None) => continue,
+                    Some(Some(pages)) => pages,
+                    None => &[],
                 }
-                let wanted: &[Vec<slice_api::crd::WorkerPeer>] = wanted.flatten().map_or(&[], Vec::as_slice);
-                for (i, peers) in wanted.iter().enumerate() {
-                    let number = u32::try_from(i).unwrap_or(u32::MAX);
-                    let name = peer_page_name(s, number);
-                    match index.peers_page(&name) {
-                        None if !peers.is_empty() => {
-                            actions.push(Action::CreatePeers(Box::new(new_page(s, number, peers))))
-                        }
-                        Some(_) if peers.is_empty() => actions.push(Action::DeletePeers { name }),
-                        Some(old) if old.spec.peers != *peers || old.spec.slice != *s || old.spec.page != number => {
-                            let patch =
-                                serde_json::json!({"spec": {"slice": s, "page": number, "peers": to_json(peers)}});
-                            actions.push(Action::PatchPeers { name, patch });
-                        }
-                        _ => {}
+            } else if self.readers.of_slice(s) > 0 {
+                continue;
+            } else {
+                &[]
+            };
+            for (i, peers) in wanted.iter().enumerate() {
+                let number = u32::try_from(i).unwrap_or(u32::MAX);
+                let name = peer_page_name(s, number);
+                match index.peers_page(&name) {
+                    None if !peers.is_empty() => {
+                        actions.push(Action::CreatePeers(Box::new(new_page(s, number, peers))))
                     }
-                }
-                let stale: Vec<String> = index
-                    .peers_pages()
-                    .filter(|p| p.spec.slice == *s && (p.spec.page as usize) >= wanted.len())
-                    .map(ResourceExt::name_any)
-                    .collect();
-                actions.extend(stale.into_iter().map(|name| Action::DeletePeers { name }));
-            }
-            // The Roles of the clusters whose memberships the replanned slices changed, whose
-            // Role changed, or that are in scope themselves.
-            let mut role_clusters: BTreeSet<String> = role_scope;
-            role_clusters.extend(scope_clusters.iter().cloned());
-            role_clusters.extend(role_changed);
-            for cluster in role_clusters {
-                let names: Vec<String> = self.readable.get(&cluster).into_iter().flatten().cloned().collect();
-                match self.roles.get(&cluster) {
-                    None if !names.is_empty() => actions.push(Action::GrantPeers {
-                        role: Box::new(peers_role(&cluster, &names)),
-                        cluster,
-                        create: true,
-                    }),
-                    Some(_) if names.is_empty() => actions.push(Action::RevokePeers { cluster }),
-                    Some(old) if old.rules.as_deref() != Some(peers_rules(&names).as_slice()) => {
-                        actions.push(Action::GrantPeers {
-                            role: Box::new(peers_role(&cluster, &names)),
-                            cluster,
-                            create: false,
-                        });
+                    Some(_) if peers.is_empty() => actions.push(Action::DeletePeers { name }),
+                    Some(old) if old.spec.peers != *peers || old.spec.slice != *s || old.spec.page != number => {
+                        let patch = serde_json::json!({"spec": {"slice": s, "page": number, "peers": to_json(peers)}});
+                        actions.push(Action::PatchPeers { name, patch });
                     }
                     _ => {}
                 }
             }
+            let stale: Vec<String> = index
+                .peers_pages()
+                .filter(|p| p.spec.slice == *s && (p.spec.page as usize) >= wanted.len())
+                .map(ResourceExt::name_any)
+                .collect();
+            actions.extend(stale.into_iter().map(|name| Action::DeletePeers { name }));
+        }
+        // The Roles and bindings of the clusters whose memberships the replanned slices
+        // changed, whose Role or binding changed, or that are in scope themselves.
+        let mut role_clusters: BTreeSet<String> = role_scope;
+        role_clusters.extend(scope_clusters.iter().cloned());
+        role_clusters.extend(role_changed);
+        for cluster in role_clusters {
+            let names: Vec<String> = self.readable.get(&cluster).into_iter().flatten().cloned().collect();
+            if names.is_empty() {
+                // Inline, a cluster whose worker still reads pages keeps its Role until its
+                // WorkerSlices carry the peers.
+                let held = self.roles.contains_key(&cluster) || self.bindings.contains_key(&cluster);
+                if held && (paged || self.readers.of_cluster(&cluster) == 0) {
+                    actions.push(Action::RevokePeers { cluster });
+                }
+                continue;
+            }
+            match self.roles.get(&cluster) {
+                None => actions.push(Action::GrantPeers {
+                    role: Box::new(peers_role(&cluster, &names)),
+                    cluster: cluster.clone(),
+                    create: true,
+                }),
+                Some(old) if old.rules.as_deref() != Some(peers_rules(&names).as_slice()) => {
+                    actions.push(Action::GrantPeers {
+                        role: Box::new(peers_role(&cluster, &names)),
+                        cluster: cluster.clone(),
+                        create: false,
+                    });
+                }
+                Some(_) => {}
+            }
+            // The binding after its Role: RBAC lets the hub bind only a Role that exists.
+            let replace = match self.bindings.get(&cluster) {
+                None => false,
+                Some(b) if !binds_as_planned(b, &cluster) => true,
+                Some(_) => continue,
+            };
+            actions.push(Action::BindPeers { binding: Box::new(peers_binding(&cluster)), cluster, replace });
         }
 
         // 3. WorkerSlices of the slice names in scope.
@@ -621,6 +708,53 @@ impl HubIndex {
     /// [`Self::decide_with_coverage`] without the coverage.
     pub fn decide(&mut self, now: Timestamp) -> Decision {
         self.decide_with_coverage(now).0
+    }
+}
+
+/// The slice whose pages a WorkerSlice's worker reads, and the cluster of its namespace whose
+/// Role lets it: `None` when it reads no page (peers inline, or being deleted: its worker tears
+/// the slice down and needs no peers).
+fn page_reader(w: &WorkerSlice) -> Option<(String, String)> {
+    if w.spec.peer_pages.is_none() || w.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let cluster = w.metadata.namespace.as_deref().and_then(|ns| ns.strip_prefix(CLUSTER_NAMESPACE_PREFIX))?;
+    Some((w.spec.slice.clone(), cluster.to_owned()))
+}
+
+/// How many WorkerSlices read pages, by slice and by cluster.
+#[derive(Debug, Clone, Default)]
+struct PageReaders {
+    by_slice: BTreeMap<String, usize>,
+    by_cluster: BTreeMap<String, usize>,
+}
+
+impl PageReaders {
+    fn add(&mut self, slice: String, cluster: String) {
+        *self.by_slice.entry(slice).or_default() += 1;
+        *self.by_cluster.entry(cluster).or_default() += 1;
+    }
+
+    /// Counts one reader less; returns how many are left of the slice and of the cluster.
+    fn remove(&mut self, slice: &str, cluster: &str) -> (usize, usize) {
+        fn down(map: &mut BTreeMap<String, usize>, key: &str) -> usize {
+            let Some(n) = map.get_mut(key) else { return 0 };
+            *n = n.saturating_sub(1);
+            let left = *n;
+            if left == 0 {
+                map.remove(key);
+            }
+            left
+        }
+        (down(&mut self.by_slice, slice), down(&mut self.by_cluster, cluster))
+    }
+
+    fn of_slice(&self, slice: &str) -> usize {
+        self.by_slice.get(slice).copied().unwrap_or(0)
+    }
+
+    fn of_cluster(&self, cluster: &str) -> usize {
+        self.by_cluster.get(cluster).copied().unwrap_or(0)
     }
 }
 

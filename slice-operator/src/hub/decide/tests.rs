@@ -141,9 +141,20 @@ impl Server {
                         }
                     }
                 }
+                Action::BindPeers { binding, replace, .. } => {
+                    let name = binding.name_any();
+                    let found = self.world.peer_bindings.iter().position(|b| b.name_any() == name);
+                    match (found, replace) {
+                        (None, false) => {}
+                        (Some(i), true) => drop(self.world.peer_bindings.remove(i)),
+                        (found, _) => panic!("RoleBinding {name} created twice or replaced while missing: {found:?}"),
+                    }
+                    self.world.peer_bindings.push(*binding.clone());
+                }
                 Action::RevokePeers { cluster } => {
                     let name = slice_api::crd::peers_role_name(cluster);
                     self.world.peer_roles.retain(|r| r.name_any() != name);
+                    self.world.peer_bindings.retain(|b| b.name_any() != name);
                 }
             }
         }
@@ -629,6 +640,12 @@ mod scoped {
         Leave(usize),
         /// Time goes on by this many seconds (heartbeats go stale).
         Wait(i64),
+        /// Someone deletes a cluster's peer RoleBinding, binds it to another account, or
+        /// deletes its peer Role; or deletes a slice's first page.
+        DeleteBinding(usize),
+        Rebind(usize),
+        DeleteRole(usize),
+        DeletePage(usize),
     }
 
     pub(super) fn change() -> impl Strategy<Value = Change> {
@@ -641,6 +658,10 @@ mod scoped {
             (0..4usize).prop_map(Change::Register),
             (0..4usize).prop_map(Change::Leave),
             (0..40i64).prop_map(Change::Wait),
+            (0..4usize).prop_map(Change::DeleteBinding),
+            (0..4usize).prop_map(Change::Rebind),
+            (0..4usize).prop_map(Change::DeleteRole),
+            (0..3usize).prop_map(Change::DeletePage),
         ]
     }
 
@@ -661,11 +682,17 @@ mod scoped {
                 Action::EnsureNamespace { .. } | Action::DeleteNamespace { .. } => {}
                 Action::CreatePeers(p) => observe_page(index, server, &p.name_any()),
                 Action::PatchPeers { name, .. } | Action::DeletePeers { name } => observe_page(index, server, name),
-                Action::GrantPeers { cluster, .. } | Action::RevokePeers { cluster } => {
+                Action::GrantPeers { cluster, .. }
+                | Action::BindPeers { cluster, .. }
+                | Action::RevokePeers { cluster } => {
                     let name = slice_api::crd::peers_role_name(cluster);
                     match server.world.peer_roles.iter().find(|r| r.name_any() == name) {
                         Some(r) => index.observe_role(r.clone()),
                         None => index.forget_role(&name),
+                    }
+                    match server.world.peer_bindings.iter().find(|b| b.name_any() == name) {
+                        Some(b) => index.observe_binding(b.clone()),
+                        None => index.forget_binding(&name),
                     }
                 }
             }
@@ -758,7 +785,46 @@ mod scoped {
                 observe_cluster(index, server, CLUSTERS[c]);
             }
             Change::Wait(seconds) => *now += seconds,
+            Change::DeleteBinding(c) | Change::Rebind(c) | Change::DeleteRole(c) => {
+                let name = slice_api::crd::peers_role_name(CLUSTERS[c]);
+                match *change {
+                    Change::DeleteBinding(_) => server.world.peer_bindings.retain(|b| b.name_any() != name),
+                    Change::Rebind(_) => {
+                        let Some(b) = server.world.peer_bindings.iter_mut().find(|b| b.name_any() == name) else {
+                            return;
+                        };
+                        b.subjects.iter_mut().flatten().for_each(|s| s.name = "intruder".into());
+                    }
+                    _ => server.world.peer_roles.retain(|r| r.name_any() != name),
+                }
+                match server.world.peer_roles.iter().find(|r| r.name_any() == name) {
+                    Some(r) => index.observe_role(r.clone()),
+                    None => index.forget_role(&name),
+                }
+                match server.world.peer_bindings.iter().find(|b| b.name_any() == name) {
+                    Some(b) => index.observe_binding(b.clone()),
+                    None => index.forget_binding(&name),
+                }
+            }
+            Change::DeletePage(s) => {
+                let name = peer_page_name(SLICES[s], 0);
+                server.world.pages.retain(|p| p.name_any() != name);
+                index.forget_peers(&name);
+            }
         }
+    }
+
+    /// What paging leaves in `slicenet-peers`, and the WorkerSlices (not being deleted) that
+    /// still point at pages.
+    fn paged_leftovers(server: &Server) -> (usize, usize, usize, usize) {
+        let readers = server
+            .world
+            .workers
+            .iter()
+            .filter(|w| w.spec.peer_pages.is_some() && w.metadata.deletion_timestamp.is_none())
+            .count();
+        let world = &server.world;
+        (world.pages.len(), world.peer_roles.len(), world.peer_bindings.len(), readers)
     }
 
     /// With paged peers: a WorkerSlice is created or patched only after the pages of its slice
@@ -775,6 +841,7 @@ mod scoped {
                     | Action::PatchPeers { .. }
                     | Action::DeletePeers { .. }
                     | Action::GrantPeers { .. }
+                    | Action::BindPeers { .. }
                     | Action::RevokePeers { .. }
             )
         });
@@ -814,40 +881,60 @@ mod scoped {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
+        /// With `inline_after`, a paged run is followed by an inline hub (`--inline-peers`) on
+        /// the world it left: the scoped and the whole decisions still agree, and once they
+        /// converge no page, peer Role or binding is left, and no WorkerSlice points at pages.
         #[test]
-        fn the_scoped_decision_makes_the_writes_of_the_whole_one(changes in proptest::collection::vec(change(), 1..30), paged in any::<bool>()) {
+        fn the_scoped_decision_makes_the_writes_of_the_whole_one(changes in proptest::collection::vec(change(), 1..30), paged in any::<bool>(), inline_after in any::<bool>()) {
             let lists = if paged { PeerLists::Paged } else { PeerLists::Inline };
             let mut server = Server { world: world(&["c0", "c1"]), workers_hold: true };
             let mut now = NOW;
             let mut index = HubIndex::new_with(&server.world, lists, MINUTE);
             for change in &changes {
                 apply(&mut server, &mut index, change, &mut now);
-                // Through convergence, step by step.
-                for _ in 0..6 {
-                    let whole = decide_with(&server.world, lists, at(now), MINUTE);
-                    let scoped = index.decide(at(now));
-                    prop_assert_eq!(outcome(&scoped), outcome(&whole), "after {:?}", change);
-                    if paged {
-                        paged_invariants(&scoped.actions, &server)?;
-                    }
-                    // A WorkerSlice goes only into a namespace made sure of before it.
-                    for (i, a) in scoped.actions.iter().enumerate() {
-                        if let Action::CreateWorkerSlice(w) = a {
-                            let ns = w.namespace().unwrap_or_default();
-                            let ensured = scoped.actions[..i]
-                                .iter()
-                                .any(|b| matches!(b, Action::EnsureNamespace { namespace, .. } if *namespace == ns));
-                            prop_assert!(ensured, "{} created before its namespace was made sure of", ns);
-                        }
-                    }
-                    if writes(&scoped.actions).is_empty() {
-                        break;
-                    }
-                    server.apply(&scoped.actions);
-                    observe_writes(&mut index, &server, &scoped.actions);
-                }
+                converge_both(&mut server, &mut index, lists, now, &format!("after {change:?}"))?;
+            }
+            if paged && inline_after {
+                let mut index = HubIndex::new_with(&server.world, PeerLists::Inline, MINUTE);
+                converge_both(&mut server, &mut index, PeerLists::Inline, now, "inline after paged")?;
+                prop_assert_eq!(paged_leftovers(&server), (0, 0, 0, 0), "pages, Roles, bindings, readers left");
             }
         }
+    }
+
+    /// Decides, step by step through convergence, with the scoped index and the whole decision,
+    /// which must agree; applies the scoped one and feeds its writes back.
+    fn converge_both(
+        server: &mut Server,
+        index: &mut HubIndex,
+        lists: PeerLists,
+        now: i64,
+        what: &str,
+    ) -> Result<(), TestCaseError> {
+        for _ in 0..6 {
+            let whole = decide_with(&server.world, lists, at(now), MINUTE);
+            let scoped = index.decide(at(now));
+            prop_assert_eq!(outcome(&scoped), outcome(&whole), "{}", what);
+            if lists == PeerLists::Paged {
+                paged_invariants(&scoped.actions, server)?;
+            }
+            // A WorkerSlice goes only into a namespace made sure of before it.
+            for (i, a) in scoped.actions.iter().enumerate() {
+                if let Action::CreateWorkerSlice(w) = a {
+                    let ns = w.namespace().unwrap_or_default();
+                    let ensured = scoped.actions[..i]
+                        .iter()
+                        .any(|b| matches!(b, Action::EnsureNamespace { namespace, .. } if *namespace == ns));
+                    prop_assert!(ensured, "{} created before its namespace was made sure of", ns);
+                }
+            }
+            if writes(&scoped.actions).is_empty() {
+                return Ok(());
+            }
+            server.apply(&scoped.actions);
+            observe_writes(index, server, &scoped.actions);
+        }
+        Ok(())
     }
 }
 
@@ -968,7 +1055,8 @@ fn paged_peers_a_join_writes_one_page_and_a_leaver_loses_its_role() {
         names(&join),
         [
             "patching SlicePeers slicenet-peers/blue-0",
-            "creating Role and RoleBinding slicenet-peers/slicenet-peers-c4",
+            "creating Role slicenet-peers/slicenet-peers-c4",
+            "creating RoleBinding slicenet-peers/slicenet-peers-c4",
             "patching WorkerSlice slicenet-cluster-c1/blue",
             "patching WorkerSlice slicenet-cluster-c2/blue",
             "patching WorkerSlice slicenet-cluster-c3/blue",
@@ -993,4 +1081,157 @@ fn paged_peers_a_join_writes_one_page_and_a_leaver_loses_its_role() {
     let revoke = leave.iter().position(|a| a.contains("slicenet-peers-c2")).unwrap();
     let delete = leave.iter().position(|a| a == "deleting WorkerSlice slicenet-cluster-c2/blue").unwrap();
     assert!(revoke < delete, "access goes before the WorkerSlice: {leave:?}");
+}
+
+/// Decides with the peers where `lists` says and applies, until only reads are left.
+fn converge_with(server: &mut Server, lists: PeerLists) {
+    for _ in 0..5 {
+        let d = decide_with(&server.world, lists, at(NOW), MINUTE);
+        server.apply(&d.actions);
+        if writes(&d.actions).is_empty() {
+            return;
+        }
+    }
+    panic!("no convergence after 5 steps");
+}
+
+/// Feeds the index the objects of `server` that `actions` wrote, as the watches would.
+fn observe(index: &mut HubIndex, server: &Server, actions: &[Action]) {
+    for a in actions {
+        match a {
+            Action::PatchWorkerSlice { namespace, name, .. } => {
+                let w = server
+                    .world
+                    .workers
+                    .iter()
+                    .find(|w| w.namespace().as_deref() == Some(namespace) && w.name_any() == *name);
+                index.observe_worker(w.expect("patched WorkerSlice").clone());
+            }
+            Action::DeletePeers { name } => index.forget_peers(name),
+            Action::GrantPeers { cluster, .. }
+            | Action::BindPeers { cluster, .. }
+            | Action::RevokePeers { cluster } => {
+                let name = slice_api::crd::peers_role_name(cluster);
+                match server.world.peer_roles.iter().find(|r| r.name_any() == name) {
+                    Some(r) => index.observe_role(r.clone()),
+                    None => index.forget_role(&name),
+                }
+                match server.world.peer_bindings.iter().find(|b| b.name_any() == name) {
+                    Some(b) => index.observe_binding(b.clone()),
+                    None => index.forget_binding(&name),
+                }
+            }
+            other => panic!("not expected here: {other}"),
+        }
+    }
+}
+
+/// An inline hub (`--inline-peers`) after a paged one: its first decision gives every
+/// WorkerSlice its peers back and deletes nothing a worker still reads; the next, once the
+/// WorkerSlices' echo is in, deletes the pages and each member's RoleBinding and Role; then
+/// nothing. The scoped index decides as the whole decision does at each step.
+#[test]
+fn an_inline_hub_after_a_paged_one_gives_the_peers_back_then_deletes_what_paging_left() {
+    let mut server = Server {
+        world: World { slices: vec![slice("blue", &["c1", "c2"]), slice("green", &["c2"])], ..world(&["c1", "c2"]) },
+        workers_hold: true,
+    };
+    converge_with(&mut server, PeerLists::Paged);
+    assert_eq!(
+        (server.world.pages.len(), server.world.peer_roles.len(), server.world.peer_bindings.len()),
+        (2, 2, 2),
+        "a page per slice, a Role and a binding per member"
+    );
+
+    let mut index = HubIndex::new_with(&server.world, PeerLists::Inline, MINUTE);
+    let d = index.decide(at(NOW));
+    assert_eq!(d.actions, decide_with(&server.world, PeerLists::Inline, at(NOW), MINUTE).actions);
+    let first = writes(&d.actions);
+    assert_eq!(
+        names(&first),
+        [
+            "patching WorkerSlice slicenet-cluster-c1/blue",
+            "patching WorkerSlice slicenet-cluster-c2/blue",
+            "patching WorkerSlice slicenet-cluster-c2/green",
+        ],
+        "the peers back first; nothing deleted while a worker reads pages"
+    );
+    for a in &first {
+        let Action::PatchWorkerSlice { name, patch, .. } = a else { unreachable!() };
+        assert_eq!(patch["spec"]["peerPages"], Value::Null, "{patch}");
+        // green has one member: no peer to write back.
+        assert_eq!(patch["spec"]["peers"].is_array(), name == "blue", "{patch}");
+    }
+    server.apply(&d.actions);
+    observe(&mut index, &server, &first);
+
+    let d = index.decide(at(NOW));
+    assert_eq!(writes(&d.actions), writes(&decide_with(&server.world, PeerLists::Inline, at(NOW), MINUTE).actions));
+    let second = writes(&d.actions);
+    assert_eq!(
+        names(&second),
+        [
+            "deleting SlicePeers slicenet-peers/blue-0",
+            "deleting SlicePeers slicenet-peers/green-0",
+            "deleting RoleBinding and Role slicenet-peers/slicenet-peers-c1",
+            "deleting RoleBinding and Role slicenet-peers/slicenet-peers-c2",
+        ]
+    );
+    server.apply(&d.actions);
+    observe(&mut index, &server, &second);
+    assert!(
+        server.world.pages.is_empty() && server.world.peer_roles.is_empty() && server.world.peer_bindings.is_empty()
+    );
+    assert_eq!(names(&writes(&index.decide(at(NOW)).actions)), Vec::<String>::new());
+    for w in &server.world.workers {
+        assert!(w.spec.peer_pages.is_none() && w.spec.peers.len() == usize::from(w.spec.slice == "blue"), "{w:?}");
+    }
+}
+
+/// Paged: a member's RoleBinding that someone deletes is created again, one bound to another
+/// account is replaced (its `roleRef` cannot change, so it is deleted and created), and a
+/// deleted Role comes back under the binding that stayed; through the scoped index fed as the
+/// watches report the changes, as the whole decision does.
+#[test]
+fn a_binding_deleted_or_rebound_by_someone_is_bound_again() {
+    let mut server = Server {
+        world: World { slices: vec![slice("blue", &["c1", "c2"])], ..world(&["c1", "c2"]) },
+        workers_hold: true,
+    };
+    converge_with(&mut server, PeerLists::Paged);
+    let name = "slicenet-peers-c1";
+    let mut index = HubIndex::new_with(&server.world, PeerLists::Paged, MINUTE);
+    assert_eq!(names(&writes(&index.decide(at(NOW)).actions)), Vec::<String>::new(), "converged");
+    let planned = server.world.peer_bindings.iter().find(|b| b.name_any() == name).cloned().expect("c1's binding");
+
+    let step = |server: &mut Server, index: &mut HubIndex, want: &[&str]| {
+        let d = index.decide(at(NOW));
+        assert_eq!(names(&writes(&d.actions)), want);
+        assert_eq!(writes(&d.actions), writes(&decide_with(&server.world, PeerLists::Paged, at(NOW), MINUTE).actions));
+        server.apply(&d.actions);
+        observe(index, server, &writes(&d.actions));
+        assert_eq!(names(&writes(&index.decide(at(NOW)).actions)), Vec::<String>::new(), "converged again");
+    };
+
+    server.world.peer_bindings.retain(|b| b.name_any() != name);
+    index.forget_binding(name);
+    step(&mut server, &mut index, &["creating RoleBinding slicenet-peers/slicenet-peers-c1"]);
+
+    let binding = server.world.peer_bindings.iter_mut().find(|b| b.name_any() == name).expect("bound again");
+    binding.subjects.as_mut().expect("subjects")[0].namespace = Some("slicenet-cluster-c2".into());
+    index.observe_binding(binding.clone());
+    step(&mut server, &mut index, &["replacing RoleBinding slicenet-peers/slicenet-peers-c1"]);
+    let binding = server.world.peer_bindings.iter().find(|b| b.name_any() == name).expect("replaced");
+    assert_eq!((&binding.role_ref, &binding.subjects), (&planned.role_ref, &planned.subjects));
+
+    // The same binding read back with an empty API group on its subject (as some servers
+    // default it) binds as planned: nothing to do.
+    let binding = server.world.peer_bindings.iter_mut().find(|b| b.name_any() == name).expect("bound");
+    binding.subjects.as_mut().expect("subjects")[0].api_group = Some(String::new());
+    index.observe_binding(binding.clone());
+    step(&mut server, &mut index, &[]);
+
+    server.world.peer_roles.retain(|r| r.name_any() != name);
+    index.forget_role(name);
+    step(&mut server, &mut index, &["creating Role slicenet-peers/slicenet-peers-c1"]);
 }
