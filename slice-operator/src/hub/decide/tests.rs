@@ -684,17 +684,7 @@ mod scoped {
                 Action::PatchPeers { name, .. } | Action::DeletePeers { name } => observe_page(index, server, name),
                 Action::GrantPeers { cluster, .. }
                 | Action::BindPeers { cluster, .. }
-                | Action::RevokePeers { cluster } => {
-                    let name = slice_api::crd::peers_role_name(cluster);
-                    match server.world.peer_roles.iter().find(|r| r.name_any() == name) {
-                        Some(r) => index.observe_role(r.clone()),
-                        None => index.forget_role(&name),
-                    }
-                    match server.world.peer_bindings.iter().find(|b| b.name_any() == name) {
-                        Some(b) => index.observe_binding(b.clone()),
-                        None => index.forget_binding(&name),
-                    }
-                }
+                | Action::RevokePeers { cluster } => observe_peer_access(index, server, cluster),
             }
         }
     }
@@ -1095,6 +1085,20 @@ fn converge_with(server: &mut Server, lists: PeerLists) {
     panic!("no convergence after 5 steps");
 }
 
+/// Feeds the index `cluster`'s peer Role and RoleBinding as `server` holds them (or their
+/// absence), as the watches would.
+fn observe_peer_access(index: &mut HubIndex, server: &Server, cluster: &str) {
+    let name = slice_api::crd::peers_role_name(cluster);
+    match server.world.peer_roles.iter().find(|r| r.name_any() == name) {
+        Some(r) => index.observe_role(r.clone()),
+        None => index.forget_role(&name),
+    }
+    match server.world.peer_bindings.iter().find(|b| b.name_any() == name) {
+        Some(b) => index.observe_binding(b.clone()),
+        None => index.forget_binding(&name),
+    }
+}
+
 /// Feeds the index the objects of `server` that `actions` wrote, as the watches would.
 fn observe(index: &mut HubIndex, server: &Server, actions: &[Action]) {
     for a in actions {
@@ -1110,17 +1114,7 @@ fn observe(index: &mut HubIndex, server: &Server, actions: &[Action]) {
             Action::DeletePeers { name } => index.forget_peers(name),
             Action::GrantPeers { cluster, .. }
             | Action::BindPeers { cluster, .. }
-            | Action::RevokePeers { cluster } => {
-                let name = slice_api::crd::peers_role_name(cluster);
-                match server.world.peer_roles.iter().find(|r| r.name_any() == name) {
-                    Some(r) => index.observe_role(r.clone()),
-                    None => index.forget_role(&name),
-                }
-                match server.world.peer_bindings.iter().find(|b| b.name_any() == name) {
-                    Some(b) => index.observe_binding(b.clone()),
-                    None => index.forget_binding(&name),
-                }
-            }
+            | Action::RevokePeers { cluster } => observe_peer_access(index, server, cluster),
             other => panic!("not expected here: {other}"),
         }
     }
