@@ -106,7 +106,7 @@ fn diagnose_passes_a_healthy_lab_and_names_each_fault() {
     // Healthy: no failure at all, every check ran.
     let healthy = cp.diagnose_report(&lab);
     assert!(!healthy.failed(), "{}\n{}", healthy.render(), cp.diagnose(&lab));
-    assert_eq!(healthy.checks.len(), 16, "{:?}", healthy.checks);
+    assert_eq!(healthy.checks.len(), 17, "{:?}", healthy.checks);
     assert_eq!(
         healthy.of(check::VERSIONS).count() + healthy.of(check::CLOCK_SKEW).count() + healthy.of(check::CRDS).count(),
         0,

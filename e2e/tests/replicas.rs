@@ -3,8 +3,9 @@
 //! StatefulSet, a key and a Service per replica; the lab's kubelet runs each replica on its own
 //! node with its own key and endpoint, and leaves c3's second replica `Pending` (the
 //! anti-affinity finds no node); every replica of c1 shakes hands with both of c2's and the
-//! other way round (each its own WireGuard peer, as the hub hands them out). Pods of c1 and c2
-//! reaching each other is a second test (it needed the node agents' routes over every
+//! other way round (each its own WireGuard peer, as the hub hands them out), and each Up
+//! replica's status, from its own metrics, has a live tunnel to both other clusters. Pods of c1
+//! and c2 reaching each other is a second test (it needed the node agents' routes over every
 //! replica (see it). Needs root and the binaries (`slice-gateway`, `slice-cni`,
 //! `slice-operator`); fails (does not skip) without them.
 
@@ -124,6 +125,113 @@ fn two_replicas_per_cluster_each_with_its_own_key_node_and_tunnels() {
                 cp.diagnose(lab)
             );
         }
+    }
+
+    // Each replica reads as its own metrics say: once the probes settle, every Up replica of
+    // the three clusters has a live tunnel to both other clusters (c3 through its one running
+    // replica), none unreachable, no reason; c3's Pending replica keeps the scheduler's reason
+    // and has no count (it runs no process).
+    let deadline = Instant::now() + HANDSHAKES;
+    let every_replica_reaches_all = |cp: &ControlPlane| {
+        cp.hub_view().workers.iter().filter(|w| w.spec.slice == "blue").all(|w| {
+            let replicas = w.status.as_ref().map(|s| s.gateway_replicas.as_slice()).unwrap_or_default();
+            replicas.len() == 2
+                && replicas
+                    .iter()
+                    .filter(|r| r.state == "Up")
+                    .all(|r| r.live_tunnels == Some(2) && r.unreachable.is_empty() && r.reason.is_empty())
+        })
+    };
+    while !every_replica_reaches_all(cp) && Instant::now() < deadline {
+        cp.tick(lab).expect("a round");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(every_replica_reaches_all(cp), "a replica misses a cluster:\n{}", cp.diagnose(lab));
+    let c3 = cp.hub_view().workers.iter().find(|w| w.spec.cluster == "c3").cloned().expect("c3's WorkerSlice");
+    let replicas = c3.status.expect("status").gateway_replicas;
+    assert_eq!((replicas[0].state.as_str(), replicas[0].live_tunnels), ("Up", Some(2)), "{replicas:?}");
+    assert_eq!((replicas[1].state.as_str(), replicas[1].live_tunnels), ("Pending", None), "{replicas:?}");
+    let report = slice_api::diagnose::hub_findings(&cp.hub_view());
+    assert_eq!(report.of(slice_api::diagnose::check::GATEWAY_REPLICA).count(), 0, "{}", report.render());
+
+    // c1's replica 1 loses its way to c3 (UDP to and from c3's public address dropped on its
+    // node, both ways): its own status says so, and diagnose names it at the replica with the
+    // fix for its own path (replica 0 still reaches c3); the slice's tunnels, from replica 0,
+    // stay up. The rule removed, it reaches c3 again.
+    let node = running_node(cp, "c1", 1);
+    let c3_address = cp
+        .hub_view()
+        .clusters
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("c3"))
+        .and_then(|c| c.status.as_ref()?.gateway_addresses.first().cloned())
+        .expect("c3's gateway address");
+    let rule = NodeRule(lab.node("c1", &node).netns_name().to_owned());
+    rule.drop_udp_with(&c3_address);
+    let c1_replica = |cp: &ControlPlane, ordinal: usize| {
+        let view = cp.hub_view();
+        let w = view.workers.iter().find(|w| w.spec.cluster == "c1").expect("c1's WorkerSlice");
+        w.status.as_ref().expect("status").gateway_replicas[ordinal].clone()
+    };
+    let deadline = Instant::now() + HANDSHAKES;
+    while c1_replica(cp, 1).unreachable.is_empty() && Instant::now() < deadline {
+        cp.tick(lab).expect("a round");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let cut = c1_replica(cp, 1);
+    assert_eq!(
+        (cut.state.as_str(), cut.live_tunnels, cut.unreachable.as_slice(), cut.reason.as_str()),
+        ("Up", Some(1), ["c3".to_owned()].as_slice(), "no live tunnel to c3"),
+        "{}",
+        cp.diagnose(lab)
+    );
+    assert_eq!(c1_replica(cp, 0).unreachable, Vec::<String>::new(), "replica 0 is not cut");
+    let report = slice_api::diagnose::hub_findings(&cp.hub_view());
+    let found: Vec<_> = report.of(slice_api::diagnose::check::GATEWAY_REPLICA).collect();
+    assert_eq!(found.len(), 1, "{}", report.render());
+    assert_eq!(found[0].place, format!("slice blue in cluster c1: gateway replica 1 on node {node}"));
+    assert!(found[0].fix.starts_with("another replica of c1 reaches c3"), "{}", found[0].fix);
+    let view = cp.hub_view();
+    let c1 = view.workers.iter().find(|w| w.spec.cluster == "c1").expect("c1's WorkerSlice");
+    assert!(c1.status.as_ref().expect("status").peers.iter().all(|p| p.state == "Up"), "{}", cp.diagnose(lab));
+    drop(rule);
+    let deadline = Instant::now() + HANDSHAKES;
+    while !c1_replica(cp, 1).unreachable.is_empty() && Instant::now() < deadline {
+        cp.tick(lab).expect("a round");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(c1_replica(cp, 1).live_tunnels, Some(2), "{}", cp.diagnose(lab));
+}
+
+/// The node gateway replica `ordinal` of `cluster` runs on.
+fn running_node(cp: &ControlPlane, cluster: &str, ordinal: u32) -> String {
+    let running = cp.gateway_replicas("blue", cluster);
+    running.into_iter().find(|r| r.0 == ordinal).map(|r| r.1).expect("the replica runs")
+}
+
+/// An nft table of this test's in a node's namespace, deleted however the test ends.
+struct NodeRule(String);
+
+impl NodeRule {
+    /// Drops UDP forwarded to or from `address` (what the node's pods send and receive).
+    fn drop_udp_with(&self, address: &str) {
+        let ns = &self.0;
+        let cmd = format!(
+            "ip netns exec {ns} nft add table ip greplfault && \
+             ip netns exec {ns} nft add chain ip greplfault forwarded '{{ type filter hook forward priority -10; policy accept; }}' && \
+             ip netns exec {ns} nft add rule ip greplfault forwarded ip daddr {address} meta l4proto udp drop && \
+             ip netns exec {ns} nft add rule ip greplfault forwarded ip saddr {address} meta l4proto udp drop"
+        );
+        let out = std::process::Command::new("sh").args(["-c", &cmd]).output().expect("sh");
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for NodeRule {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.0, "nft", "delete", "table", "ip", "greplfault"])
+            .output();
     }
 }
 

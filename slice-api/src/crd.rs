@@ -766,7 +766,7 @@ pub struct PeerReplica {
 }
 
 /// One gateway replica as its cluster reports it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayReplicaStatus {
     pub ordinal: u32,
@@ -781,9 +781,20 @@ pub struct GatewayReplicaStatus {
     pub node: Option<String>,
     /// `Up`, `Down` or `Pending`.
     pub state: String,
-    /// Why it is not `Up`.
+    /// Why it is not `Up`; for an `Up` replica, why it does not carry every peer cluster's
+    /// traffic (`no live tunnel to c3`) or that its metrics could not be read.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// How many of the slice's peer clusters this replica has a live tunnel to: at least one of
+    /// the cluster's replicas (each a WireGuard peer of its own) answers its probes, or, from a
+    /// gateway that does not probe, shook hands within 180 s. From the replica's own metrics;
+    /// none when they were not read (its pod does not run, or they did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_tunnels: Option<u32>,
+    /// The peer clusters this replica has no live tunnel to (from its own metrics, as
+    /// `liveTunnels`): flows the nodes send through it towards them are lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 /// What a member cluster runs for a slice.

@@ -33,6 +33,8 @@ pub mod check {
     pub const WORKER_STATUS: &str = "worker-status";
     /// Every tunnel is up, with a recent handshake.
     pub const TUNNEL: &str = "tunnel";
+    /// Every gateway replica that is up has a live tunnel to every peer cluster (issue 13).
+    pub const GATEWAY_REPLICA: &str = "gateway-replica";
     /// No tunnel loses more than [`super::LOSS_WARN_PERMILLE`] of the packets it receives.
     pub const TUNNEL_LOSS: &str = "tunnel-loss";
     /// No two slices' subnets overlap.
@@ -334,6 +336,7 @@ pub fn hub_findings(view: &HubView) -> Report {
             }
         }
     }
+    findings.extend(replica_findings(view));
     findings.extend(path_findings(view));
     let subnets: Vec<(String, IpNet)> =
         view.slices.iter().filter_map(|s| Some((s.name_any(), s.spec.slice_subnet.parse().ok()?))).collect();
@@ -360,6 +363,7 @@ pub fn hub_findings(view: &HubView) -> Report {
         check::WORKER_STATUS,
         check::TUNNEL,
         check::TUNNEL_LOSS,
+        check::GATEWAY_REPLICA,
         check::GATEWAY_PEER_KEY,
         check::UDP_REACHABLE,
         check::PATH_MTU,
@@ -367,6 +371,66 @@ pub fn hub_findings(view: &HubView) -> Report {
         check::PREFIX_OVERLAP,
     ];
     Report { checks: checks.iter().map(|c| (*c).to_owned()).collect(), findings }
+}
+
+/// The gateway replicas that are `Up` and have no live tunnel to some peer cluster (from each
+/// replica's own metrics, `status.gatewayReplicas[].unreachable`): the node agents still send
+/// such a replica its share of the flows to that cluster (they take a replica out only when it
+/// stops answering as a whole), and those flows are lost. The fix depends on whether another
+/// replica of the same cluster reaches it (this replica's path is at fault) or none does (the
+/// tunnel finding of the pair says more).
+fn replica_findings(view: &HubView) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for w in &view.workers {
+        let Some(st) = &w.status else { continue };
+        let (slice, cluster) = (w.spec.slice.as_str(), w.spec.cluster.as_str());
+        let up = |r: &&crate::crd::GatewayReplicaStatus| r.state == "Up";
+        for r in st.gateway_replicas.iter().filter(up).filter(|r| !r.unreachable.is_empty()) {
+            let node = r.node.as_deref().map_or_else(String::new, |n| format!(" on node {n}"));
+            let reaches = r.live_tunnels.map_or_else(String::new, |live| {
+                let all = usize::try_from(live).unwrap_or(usize::MAX).saturating_add(r.unreachable.len());
+                format!(" (it reaches {live} of {all} peer clusters)")
+            });
+            let pod = format!("slicenet-gw-{slice}-{}", r.ordinal);
+            // Each cluster this replica misses: reached by another Up replica of this cluster
+            // (whose tunnels are known), or by none.
+            let (alone, shared): (Vec<&str>, Vec<&str>) = r.unreachable.iter().map(String::as_str).partition(|c| {
+                st.gateway_replicas.iter().filter(up).any(|o| {
+                    o.ordinal != r.ordinal && o.live_tunnels.is_some() && !o.unreachable.iter().any(|u| u == c)
+                })
+            });
+            let mut fix = Vec::new();
+            if !alone.is_empty() {
+                let from = r.node.as_deref().map_or_else(|| "its node".to_owned(), |n| format!("node {n}"));
+                fix.push(format!(
+                    "another replica of {cluster} reaches {0}, so this replica's way there fails: check UDP from \
+                     {from} to the gateway endpoints of {0} (the node's firewall, egress rules, its uplink), then its \
+                     log (kubectl -n {ns} logs {pod}); deleting the pod restarts it with the same key",
+                    alone.join(", "),
+                    ns = crate::names::GATEWAY_NAMESPACE,
+                ));
+            }
+            if !shared.is_empty() {
+                fix.push(format!(
+                    "no replica of {cluster} reaches {0}: see the tunnel findings of {cluster} → {0} (the \
+                     gateways of {0}, or UDP between the clusters)",
+                    shared.join(", ")
+                ));
+            }
+            out.push(Finding::fail(
+                check::GATEWAY_REPLICA,
+                format!("slice {slice} in cluster {cluster}: gateway replica {}{node}", r.ordinal),
+                format!(
+                    "replica {} is Up but has no live tunnel to {}{reaches}: the flows the nodes send through it \
+                     there are lost",
+                    r.ordinal,
+                    r.unreachable.join(", ")
+                ),
+                fix.join("; "),
+            ));
+        }
+    }
+    out
 }
 
 /// The clusters whose worker runs another version than the most common one (ties: the
@@ -841,6 +905,48 @@ mod tests {
         assert_eq!(json["findings"][0]["severity"], "fail");
         assert_eq!(hub_findings(&HubView::default()).findings, []);
         assert!(!hub_findings(&HubView::default()).failed());
+    }
+
+    /// Issue 13: an Up replica without a live tunnel to a peer cluster is a failure at the
+    /// replica, whose fix says whether the replica's own way fails (another replica of its
+    /// cluster reaches that peer) or every replica's does; a replica reaching everything, a
+    /// Pending one and one whose tunnels are unknown are not.
+    #[test]
+    fn an_up_replica_without_a_live_tunnel_to_a_cluster_is_named() {
+        let v = crate::hub_view::tests::with_replicas();
+        let r = hub_findings(&v);
+        let found: Vec<&Finding> = r.of(check::GATEWAY_REPLICA).collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        let f = found[0];
+        assert_eq!(f.severity, Severity::Fail);
+        assert_eq!(f.place, "slice blue in cluster c1: gateway replica 1 on node n2");
+        assert_eq!(
+            f.problem,
+            "replica 1 is Up but has no live tunnel to c3 (it reaches 1 of 2 peer clusters): the flows the nodes \
+             send through it there are lost"
+        );
+        assert!(f.fix.starts_with("another replica of c1 reaches c3, so this replica's way there fails"), "{}", f.fix);
+        assert!(f.fix.contains("check UDP from node n2 to the gateway endpoints of c3"), "{}", f.fix);
+        assert!(f.fix.contains("kubectl -n slicenet-gateway logs slicenet-gw-blue-1"), "{}", f.fix);
+        assert!(!f.fix.contains("  "), "{}", f.fix);
+        assert!(r.checks.iter().any(|c| c == check::GATEWAY_REPLICA));
+        assert!(r.render().contains("gateway-replica     FAIL (1)"), "{}", r.render());
+        // Replica 0 misses c3 too: no replica of c1 reaches it.
+        let mut none = v.clone();
+        let replicas = &mut none.workers[0].status.as_mut().unwrap().gateway_replicas;
+        replicas[0].live_tunnels = Some(1);
+        replicas[0].unreachable = vec!["c3".into()];
+        let r = hub_findings(&none);
+        let fixes: Vec<&str> = r.of(check::GATEWAY_REPLICA).map(|f| f.fix.as_str()).collect();
+        assert_eq!(fixes.len(), 2);
+        assert!(
+            fixes.iter().all(|f| f.starts_with("no replica of c1 reaches c3: see the tunnel findings")),
+            "{fixes:?}"
+        );
+        // Down replicas say why in the status; their tunnels are not this check's.
+        let mut down = v;
+        down.workers[0].status.as_mut().unwrap().gateway_replicas[1].state = "Down".into();
+        assert_eq!(hub_findings(&down).of(check::GATEWAY_REPLICA).count(), 0);
     }
 
     /// Three clusters' WorkerSlices of slice blue, each with `peers` (its tunnel statuses) and

@@ -152,6 +152,37 @@ pub fn render(view: &HubView) -> String {
         .collect();
     out.push_str(&table(&["SLICE", "CLUSTER", "PREFIX", "GATEWAY ENDPOINT", "NODE PREFIXES", "READY"], &members));
     out.push('\n');
+    // Slices with several gateway replicas (issue 13): each replica's node, state, the peer
+    // clusters it has a live tunnel to, and why it is not up or misses one.
+    let replicas: Vec<Vec<String>> = view
+        .workers
+        .iter()
+        .flat_map(|w| w.status.iter().flat_map(|s| &s.gateway_replicas).map(move |r| (w, r)))
+        .map(|(w, r)| {
+            vec![
+                w.spec.slice.clone(),
+                w.spec.cluster.clone(),
+                r.ordinal.to_string(),
+                r.node.clone().unwrap_or_else(|| "-".to_owned()),
+                r.state.clone(),
+                r.live_tunnels.map_or_else(
+                    || "-".to_owned(),
+                    |live| {
+                        let all = usize::try_from(live).unwrap_or(usize::MAX).saturating_add(r.unreachable.len());
+                        format!("{live}/{all}")
+                    },
+                ),
+                if r.reason.is_empty() { "-".to_owned() } else { r.reason.clone() },
+            ]
+        })
+        .collect();
+    if !replicas.is_empty() {
+        out.push_str(&table(
+            &["SLICE", "CLUSTER", "GATEWAY REPLICA", "NODE", "STATE", "LIVE TUNNELS", "REASON"],
+            &replicas,
+        ));
+        out.push('\n');
+    }
     let mut tunnels = Vec::new();
     for w in &view.workers {
         let reported: Vec<&crate::crd::PeerTunnelStatus> = w.status.iter().flat_map(|s| &s.peers).collect();
@@ -305,6 +336,12 @@ pub fn problems(view: &HubView) -> Vec<String> {
             let why = if p.reason.is_empty() { String::new() } else { format!(": {}", p.reason) };
             out.push(format!("{what}: tunnel to {} is {}{why}", p.cluster, p.state));
         }
+        // A replica that is not up, or is up with a reason (a peer cluster it has no live
+        // tunnel to, metrics that cannot be read).
+        for r in st.gateway_replicas.iter().filter(|r| r.state != "Up" || !r.reason.is_empty()) {
+            let why = if r.reason.is_empty() { String::new() } else { format!(": {}", r.reason) };
+            out.push(format!("{what}: gateway replica {} is {}{why}", r.ordinal, r.state));
+        }
     }
     out
 }
@@ -422,6 +459,44 @@ pub(crate) mod tests {
         });
         let text = render(&dual);
         assert!(text.contains("blue   c1       10.80.0.0/20,fd00:80::/52"), "{text}");
+    }
+
+    /// `view()` with three gateway replicas in c1: 0 reaching both peer clusters, 1 up without
+    /// a live tunnel to c3, 2 not scheduled.
+    pub(crate) fn with_replicas() -> HubView {
+        let mut v = view();
+        let replicas = json!([
+            {"ordinal": 0, "node": "n1", "state": "Up", "liveTunnels": 2},
+            {"ordinal": 1, "node": "n2", "state": "Up", "liveTunnels": 1, "unreachable": ["c3"],
+             "reason": "no live tunnel to c3"},
+            {"ordinal": 2, "state": "Pending", "reason": "not scheduled: 0/2 nodes are available"},
+        ]);
+        v.workers[0].status.as_mut().unwrap().gateway_replicas = serde_json::from_value(replicas).unwrap();
+        v
+    }
+
+    /// Issue 13: the report shows each replica (node, state, the peer clusters it has a live
+    /// tunnel to, why not) and names a replica that is not up or misses a cluster; a view
+    /// without replicas has no such table.
+    #[test]
+    fn replicas_show_with_their_tunnels_and_their_problems() {
+        let text = render(&with_replicas());
+        let table = "SLICE  CLUSTER  GATEWAY REPLICA  NODE  STATE    LIVE TUNNELS  REASON\n\
+                     ─────  ───────  ───────────────  ────  ───────  ────────────  ──────────────────────────────────────\n\
+                     blue   c1       0                n1    Up       2/2           -\n\
+                     blue   c1       1                n2    Up       1/2           no live tunnel to c3\n\
+                     blue   c1       2                -     Pending  -             not scheduled: 0/2 nodes are available\n";
+        assert!(text.contains(table), "{text}");
+        assert!(!render(&view()).contains("GATEWAY REPLICA"), "no replicas, no table");
+        let p = problems(&with_replicas());
+        let replica_lines: Vec<&String> = p.iter().filter(|l| l.contains("gateway replica")).collect();
+        assert_eq!(
+            replica_lines,
+            [
+                "slice blue in cluster c1: gateway replica 1 is Up: no live tunnel to c3",
+                "slice blue in cluster c1: gateway replica 2 is Pending: not scheduled: 0/2 nodes are available",
+            ]
+        );
     }
 
     /// The view of `view()` with the hub's peer entries of blue (c1, c2, c3), inline in each

@@ -1331,6 +1331,16 @@ fn replica_pod(ordinal: u32, node: &str, ip: &str, ready: bool) -> Value {
     pod
 }
 
+/// Where the worker reads replica `ordinal`'s metrics ([`replica_pod`]'s pod IP).
+fn replica_metrics_address(ordinal: u32) -> std::net::SocketAddr {
+    format!("10.244.0.{}:9586", 7 + ordinal).parse().expect("an address")
+}
+
+/// The reason of an Up replica whose metrics nobody answers (the fake refuses).
+fn refused(ordinal: u32) -> String {
+    format!("metrics not read: connecting to {}: Connection refused (os error 111)", replica_metrics_address(ordinal))
+}
+
 fn routes(api: &FakeApi, node: &str) -> Value {
     node_config(api, node)["slices"][0]["remoteRoutes"].clone()
 }
@@ -1402,9 +1412,13 @@ async fn two_replicas_get_a_key_a_service_and_a_route_each() {
     );
 
     // Both replicas ready, on different nodes: every remote prefix via both, ordinal 0 first.
+    // Each replica's metrics are read (at its own pod IP); nothing answers here, and each
+    // Up replica says so.
     api.put(Side::Cluster, replica_pod(1, "n1", "10.80.16.5", true));
     api.put(Side::Cluster, replica_pod(0, "n2", "10.80.16.66", true));
+    api.take_scrapes();
     pass_at(&api, &worker, NOW).await.0.expect("pass");
+    assert_eq!(api.take_scrapes(), [replica_metrics_address(0), replica_metrics_address(1)], "each once");
     let both = json!([
         {"prefix": "10.80.0.0/20", "via": "10.80.16.66", "alsoVia": ["10.80.16.5"]},
         {"prefix": "10.80.32.0/20", "via": "10.80.16.66", "alsoVia": ["10.80.16.5"]},
@@ -1413,7 +1427,7 @@ async fn two_replicas_get_a_key_a_service_and_a_route_each() {
     assert_eq!(routes(&api, "n2"), both);
     assert_eq!(
         replica_states(&api),
-        [(0, "Up".into(), "n2".into(), String::new()), (1, "Up".into(), "n1".into(), String::new())]
+        [(0, "Up".into(), "n2".into(), refused(0)), (1, "Up".into(), "n1".into(), refused(1))]
     );
     let (r, requests) = pass_at(&api, &worker, NOW).await;
     r.expect("pass");
@@ -1468,11 +1482,103 @@ async fn a_replica_without_a_node_is_pending_with_the_schedulers_message() {
     assert_eq!(
         replica_states(&api),
         [
-            (0, "Up".into(), "n2".into(), String::new()),
+            (0, "Up".into(), "n2".into(), refused(0)),
             (1, "Pending".into(), String::new(), format!("not scheduled: {message}"))
         ]
     );
     assert_eq!(routes(&api, "n1")[0], json!({"prefix": "10.80.0.0/20", "via": "10.80.16.66"}));
+}
+
+/// A gateway's metrics at `NOW` for peers with a handshake 5 s ago and the probes' verdict
+/// (`slice_gateway_peer_live`) for each.
+fn replica_metrics(peers: &[(&str, bool)]) -> String {
+    render(&Sample {
+        interface: "sg-blue".into(),
+        peers: peers
+            .iter()
+            .map(|(key, live)| PeerSample {
+                public_key: (*key).into(),
+                last_handshake: now_plus(-5.0),
+                live: Some(*live),
+                ..PeerSample::default()
+            })
+            .collect(),
+        ..Sample::default()
+    })
+}
+
+/// Each replica's (ordinal, liveTunnels, unreachable, reason) in the status.
+fn replica_tunnels(api: &FakeApi) -> Vec<(u64, Value, Value, String)> {
+    status(api)["gatewayReplicas"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .map(|r| {
+                    let reason = r["reason"].as_str().unwrap_or_default().to_owned();
+                    (r["ordinal"].as_u64().unwrap_or(99), r["liveTunnels"].clone(), r["unreachable"].clone(), reason)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 13: with two replicas the worker reads each replica's own metrics (each address once)
+/// and reports per replica how many peer clusters it has a live tunnel to and which it has
+/// none to — a peer cluster is reached through any of its replicas, each a WireGuard peer of
+/// its own — with `no live tunnel to c3` as the reason of an Up replica that misses one;
+/// `status.peers` still comes from the lowest live ordinal alone. A replica that stops
+/// answering says so; the tunnel check between passes sees a replica's change too.
+#[tokio::test]
+async fn each_replica_reports_its_own_tunnels_from_its_own_metrics() {
+    let key_of = |private: &str| slice_operator::worker::keys::public_key_of(private).expect("a key");
+    let c1_replica_key = key_of("RxCb1SlfauYIJ3CfteDQK3svHfsZ2YWsh15FlMjEWuM=");
+    let c3_key = key_of("WAmgVYXkbT2bCtdcDwolI88/iVi/aV3/PHcUBTQSYmo=");
+    let api = fixture();
+    api.edit(Side::Hub, &format!("{WS}/blue"), |ws| {
+        ws["spec"]["gateway"] = json!({"replicas": 2});
+        ws["spec"]["peers"][0]["replicas"] = json!([{"ordinal": 1, "publicKey": c1_replica_key}]);
+        ws["spec"]["peers"][1]["publicKey"] = json!(c3_key);
+    });
+    api.put(Side::Cluster, replica_pod(0, "n2", "10.80.16.66", true));
+    api.put(Side::Cluster, replica_pod(1, "n1", "10.80.16.5", true));
+    // Replica 0 hears c1's first replica and c3. Replica 1 hears c1 only through c1's second
+    // replica (its first is silent for it), and nothing from c3.
+    let at = |ordinal: u32| replica_metrics_address(ordinal).to_string();
+    api.set_metrics(&at(0), Ok(replica_metrics(&[(PEER_KEY, true), (&c1_replica_key, false), (&c3_key, true)])));
+    api.set_metrics(&at(1), Ok(replica_metrics(&[(PEER_KEY, false), (&c1_replica_key, true), (&c3_key, false)])));
+    let worker = replica_worker_on(&api);
+    api.take_scrapes();
+    pass_at(&api, &worker, NOW).await.0.expect("pass");
+    assert_eq!(api.take_scrapes(), [replica_metrics_address(0), replica_metrics_address(1)], "each address once");
+    assert_eq!(
+        replica_tunnels(&api),
+        [(0, json!(2), Value::Null, String::new()), (1, json!(1), json!(["c3"]), "no live tunnel to c3".to_owned()),]
+    );
+    assert_eq!(replica_states(&api)[1].1, "Up", "the pod is ready: the replica is Up, with its reason");
+    // The slice's tunnels as before: from the lowest live ordinal (replica 0), by c1's first key.
+    let peers = status(&api)["peers"].clone();
+    assert_eq!((peers[0]["state"].as_str(), peers[1]["state"].as_str()), (Some("Up"), Some("Up")), "{peers}");
+    let (r, requests) = pass_at(&api, &worker, NOW).await;
+    r.expect("pass");
+    assert_eq!(lines(&requests), reads(), "a repeat pass writes nothing");
+
+    // Between passes, replica 1 starts hearing c3: the tunnel check asks for a pass, which
+    // clears the reason.
+    assert!(!worker.tunnels_changed().await, "nothing changed yet");
+    api.set_metrics(&at(1), Ok(replica_metrics(&[(PEER_KEY, false), (&c1_replica_key, true), (&c3_key, true)])));
+    assert!(worker.tunnels_changed().await, "a replica reaching another cluster is a change");
+    pass_at(&api, &worker, NOW).await.0.expect("pass");
+    assert_eq!(replica_tunnels(&api)[1], (1, json!(2), Value::Null, String::new()));
+
+    // Replica 1's metrics stop answering: it says so, with no count it cannot know.
+    api.set_metrics(&at(1), Err(format!("{} did not answer within 2s", at(1))));
+    assert!(worker.tunnels_changed().await);
+    pass_at(&api, &worker, NOW).await.0.expect("pass");
+    assert_eq!(
+        replica_tunnels(&api)[1],
+        (1, Value::Null, Value::Null, format!("metrics not read: {} did not answer within 2s", at(1)))
+    );
+    assert_eq!(replica_tunnels(&api)[0], (0, json!(2), Value::Null, String::new()), "replica 0 unaffected");
 }
 
 /// Issue 13, the upgrade: the gateway Deployment of earlier versions stays (and its pod carries

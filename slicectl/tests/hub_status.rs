@@ -201,6 +201,40 @@ async fn diagnose_finds_what_the_hub_objects_show() {
     assert!(json["checks"].as_array().unwrap().iter().any(|c| c == "prefix-overlap"));
 }
 
+/// Issue 13: a WorkerSlice whose worker reports two gateway replicas, one without a live
+/// tunnel to c3: `slicectl status` shows each replica's tunnels and names the one missing c3,
+/// and `slicectl diagnose` reports it at the replica, from the hub's objects alone.
+#[tokio::test]
+async fn status_and_diagnose_show_each_gateway_replicas_tunnels() {
+    let api = hub();
+    let hub = "hub".to_owned();
+    api.put(
+        hub.clone(),
+        json!({"apiVersion": "slicenet.io/v1alpha1", "kind": "WorkerSlice",
+        "metadata": {"name": "blue", "namespace": "slicenet-cluster-c1"},
+        "spec": {"slice": "blue", "cluster": "c1", "sliceSubnet": "10.80.0.0/16", "clusterPrefix": "10.80.0.0/20",
+                 "nodePrefixLength": 26, "vni": 7, "gateway": {"replicas": 2}},
+        "status": {"peers": [{"cluster": "c2", "state": "Up"}, {"cluster": "c3", "state": "Up"}],
+                   "gatewayReplicas": [
+                       {"ordinal": 0, "node": "n1", "state": "Up", "liveTunnels": 2},
+                       {"ordinal": 1, "node": "n2", "state": "Up", "liveTunnels": 1, "unreachable": ["c3"],
+                        "reason": "no live tunnel to c3"}],
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}]}}),
+    );
+    let view = fetch(api.client(hub)).await.unwrap();
+    let text = render(&view);
+    assert!(text.contains("blue   c1       0                n1    Up     2/2           -\n"), "{text}");
+    assert!(
+        text.contains("blue   c1       1                n2    Up     1/2           no live tunnel to c3\n"),
+        "{text}"
+    );
+    assert_eq!(problems(&view), ["slice blue in cluster c1: gateway replica 1 is Up: no live tunnel to c3"]);
+    let report = slice_api::diagnose::hub_findings(&view);
+    let found: Vec<(&str, &str)> = report.findings.iter().map(|f| (f.check.as_str(), f.place.as_str())).collect();
+    assert_eq!(found, [("gateway-replica", "slice blue in cluster c1: gateway replica 1 on node n2")]);
+    assert!(report.failed());
+}
+
 #[test]
 fn diagnose_needs_a_target_and_says_when_it_cannot_run() {
     let run = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_slicectl")).args(args).output().unwrap();

@@ -458,7 +458,7 @@ fn gateway_replicas_reach_the_peers_checked() {
         endpoint: endpoint.map(str::to_owned),
         node: None,
         state: "Up".into(),
-        reason: String::new(),
+        ..GatewayReplicaStatus::default()
     };
     let set = |h: &mut Hub, cluster: &str, replicas: Vec<GatewayReplicaStatus>| {
         let w = h.workers.iter_mut().find(|w| w.spec.cluster == cluster).unwrap();

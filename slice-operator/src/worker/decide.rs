@@ -26,7 +26,11 @@
 //! ready the Deployment's running pod stands in for it (it holds ordinal 0's key); once ordinal
 //! 0 is ready the Deployment is no longer wanted and is deleted (one handshake's interruption,
 //! at upgrade only). With HostPort exposure the Deployment is deleted at once: its pod holds
-//! the host port a replica needs on its node.
+//! the host port a replica needs on its node. The slice's tunnels (`status.peers`) come from the
+//! metrics of one replica, the lowest live ordinal ([`gateway_metrics_address`]); with several
+//! replicas every running one's metrics are read too ([`replicas_to_scrape`]) and each replica's
+//! status says how many peer clusters it has a live tunnel to and which it has none to
+//! ([`replica_tunnels`]).
 //!
 //! A WorkerSlice is `Ready` only when a gateway replica has its slice address *and* the tunnel to
 //! every peer in its spec is `Up` (from the gateway's metrics); otherwise `Ready=False` with the
@@ -133,8 +137,12 @@ pub struct Observed {
     pub nads: Vec<DynamicObject>,
     /// Running pods of the namespaces [`namespaces_to_count`] names (for `connectedPods`).
     pub member_pods: Vec<Pod>,
-    /// By slice: the text its gateway serves on `/metrics`, or why it could not be read.
+    /// By slice: the text its gateway serves on `/metrics`, or why it could not be read (the
+    /// replica that speaks for the slice's tunnels: [`gateway_metrics_address`]).
     pub gateway_metrics: BTreeMap<String, Result<String, String>>,
+    /// By slice, then ordinal: the metrics of each running replica of a slice with several
+    /// ([`replicas_to_scrape`]), or why they could not be read.
+    pub replica_metrics: BTreeMap<String, BTreeMap<u32, Result<String, String>>>,
     /// The version of the MCS API the cluster serves, in which the worker reads and writes.
     pub mcs_version: McsVersion,
     /// Every ServiceExport of the cluster (none when the MCS CRDs are not installed), in
@@ -327,6 +335,7 @@ pub fn replica_statuses(
                 node,
                 state: state.to_owned(),
                 reason,
+                ..GatewayReplicaStatus::default()
             }
         })
         .collect()
@@ -390,7 +399,8 @@ pub fn gateway_replica_addresses(
 /// Where the worker reads a slice's gateway metrics: the pod IP (its primary network,
 /// `status.podIP`) and [`objects::GATEWAY_METRICS_PORT`] of the first live replica
 /// ([`live_gateway_pods`]) with one, else of any running gateway pod of the slice. One replica
-/// speaks for the slice's tunnels.
+/// speaks for the slice's tunnels (`status.peers`); each replica's own tunnels are read at
+/// [`replicas_to_scrape`]'s addresses.
 #[must_use]
 pub fn gateway_metrics_address(pods: &[Pod], slice: &str, replicas: u32) -> Option<std::net::SocketAddr> {
     let pod_ip = |p: &Pod| {
@@ -401,6 +411,73 @@ pub fn gateway_metrics_address(pods: &[Pod], slice: &str, replicas: u32) -> Opti
         .into_iter()
         .find_map(|(_, p)| pod_ip(p))
         .or_else(|| gateway_pods(pods, slice).into_iter().filter(|p| is_running(p)).find_map(pod_ip))
+}
+
+/// Every running replica of a slice with several (`gateway.replicas` > 1), where its metrics
+/// are read: (slice, ordinal, pod IP and [`objects::GATEWAY_METRICS_PORT`]), by slice then
+/// ordinal. Each replica's own tunnels come from them ([`replica_tunnels`]); a one-replica
+/// slice has none here (its gateway's metrics are [`gateways_to_scrape`]'s).
+#[must_use]
+pub fn replicas_to_scrape(
+    worker_slices: &[WorkerSlice],
+    cluster: &str,
+    pods: &[Pod],
+) -> Vec<(String, u32, std::net::SocketAddr)> {
+    let mut out = Vec::new();
+    for ws in active_slices(worker_slices, cluster) {
+        let slice = &ws.spec.slice;
+        let replicas = ws.spec.gateway.replicas;
+        if replicas <= 1 {
+            continue;
+        }
+        for pod in gateway_pods(pods, slice).into_iter().filter(|p| is_running(p)) {
+            let Some(ordinal) = objects::replica_ordinal(slice, &pod.name_any()).filter(|o| *o < replicas) else {
+                continue;
+            };
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.trim().parse().ok());
+            if let Some(ip) = ip {
+                out.push((slice.clone(), ordinal, std::net::SocketAddr::new(ip, objects::GATEWAY_METRICS_PORT)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Each replica's own tunnels (issue 13), from its metrics (`metrics`, by ordinal; a replica
+/// without an entry was not scraped: its pod does not run, and its state says why): how many
+/// peer clusters it reaches (`liveTunnels`), those it does not (`unreachable`), and, for an
+/// `Up` replica, the reason `no live tunnel to c3, …` or `metrics not read: <error>`. A `Down`
+/// or `Pending` replica keeps its pod's reason.
+pub fn replica_tunnels(
+    replicas: &mut [slice_api::crd::GatewayReplicaStatus],
+    peers: &[slice_api::crd::WorkerPeer],
+    metrics: &BTreeMap<u32, Result<String, String>>,
+    now: Timestamp,
+) {
+    for r in replicas {
+        let Some(scrape) = metrics.get(&r.ordinal) else { continue };
+        let up = r.state == TunnelState::Up.to_string();
+        match scrape
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|text| tunnels::parse_peers(text).map_err(|e| format!("reading its metrics: {e}")))
+        {
+            Err(e) => {
+                if up {
+                    r.reason = format!("{}: {e}", tunnels::REPLICA_METRICS_UNREAD);
+                }
+            }
+            Ok(readings) => {
+                let reach = tunnels::replica_reach(peers, &readings, now);
+                r.live_tunnels = Some(u32::try_from(reach.live.len()).unwrap_or(u32::MAX));
+                if up && !reach.unreachable.is_empty() {
+                    r.reason = format!("{} {}", tunnels::NO_LIVE_TUNNEL, reach.unreachable.join(", "));
+                }
+                r.unreachable = reach.unreachable;
+            }
+        }
+    }
 }
 
 /// The slices this cluster runs: its WorkerSlices that are not being deleted, by slice name.
@@ -943,7 +1020,9 @@ pub fn gateway_endpoint(
 /// Services after the first phase (so a new NodePort is known); `now` is RFC 3339.
 ///
 /// `status.peers` comes from the slice's gateway metrics in [`Observed::gateway_metrics`]
-/// ([`tunnels::peer_statuses`]), `status.connectedPods` from [`connected_pods`].
+/// ([`tunnels::peer_statuses`]), each replica's tunnels in `status.gatewayReplicas` from
+/// [`Observed::replica_metrics`] ([`replica_tunnels`]), `status.connectedPods` from
+/// [`connected_pods`].
 ///
 /// **Churn rule.** A status whose only changes are handshake times
 /// ([`tunnels::only_times_changed`]) is not written when `last_written` (when this process last
@@ -986,7 +1065,11 @@ pub fn decide_status(
                 None => old.gateway_replicas.iter().filter_map(|r| r.public_key.clone()).collect(),
             };
             let endpoints: Vec<Option<String>> = (0..replicas).map(endpoint).collect();
-            replica_statuses(&observed.pods, &ws.spec.slice, replicas, &keys, &endpoints)
+            let mut statuses = replica_statuses(&observed.pods, &ws.spec.slice, replicas, &keys, &endpoints);
+            if let (Some(now_ts), Some(metrics)) = (now_ts, observed.replica_metrics.get(&ws.spec.slice)) {
+                replica_tunnels(&mut statuses, &ws.spec.peers, metrics, now_ts);
+            }
+            statuses
         } else {
             Vec::new()
         };
@@ -1287,6 +1370,143 @@ mod tests {
         // A replica scaled away (ordinal ≥ replicas) carries nothing.
         assert_eq!(names(&[r0(true), r1(true)], 1), [(0, "slicenet-gw-blue-0".to_owned())]);
         assert!(names(&[r0(false), r1(false)], 2).is_empty());
+    }
+
+    /// Issue 13: every running StatefulSet pod of a slice with several replicas is scraped
+    /// at its pod IP, by ordinal; a one-replica slice, a pending pod, a pod without an IP, an
+    /// ordinal scaled away and the Deployment of earlier versions are not.
+    #[test]
+    fn every_running_replica_of_a_multi_replica_slice_is_scraped() {
+        let ws = |replicas: u32| -> WorkerSlice {
+            serde_json::from_value(json!({
+                "metadata": {"name": "blue", "namespace": "slicenet-cluster-c2"},
+                "spec": {"slice": "blue", "cluster": "c2", "sliceSubnet": "10.80.0.0/16",
+                         "clusterPrefix": "10.80.16.0/20", "nodePrefixLength": 26, "vni": 100,
+                         "gateway": {"replicas": replicas}},
+            }))
+            .unwrap()
+        };
+        let with_ip = |name: &str, ip: &str| {
+            let mut status = ready_status(true);
+            status["podIP"] = json!(ip);
+            gw(name, status, Some("n1"))
+        };
+        let pods = [
+            with_ip("slicenet-gw-blue-1", "10.244.0.8"),
+            with_ip("slicenet-gw-blue-0", "10.244.0.7"),
+            with_ip("slicenet-gw-blue-2", "10.244.0.9"), // beyond replicas: 2
+            with_ip("slicenet-gw-blue-7d9f8c5b-x2x4z", "10.244.0.6"), // the old Deployment's
+            gw("slicenet-gw-blue-3", json!({"phase": "Pending"}), None),
+        ];
+        let addr = |a: &str| -> std::net::SocketAddr { a.parse().unwrap() };
+        assert_eq!(
+            replicas_to_scrape(&[ws(2)], "c2", &pods),
+            [("blue".to_owned(), 0, addr("10.244.0.7:9586")), ("blue".to_owned(), 1, addr("10.244.0.8:9586"))]
+        );
+        assert_eq!(replicas_to_scrape(&[ws(1)], "c2", &pods), [], "one replica: the slice's scrape is enough");
+        assert_eq!(replicas_to_scrape(&[ws(2)], "c3", &pods), [], "another cluster's WorkerSlice");
+        let mut without_ip = ready_status(true);
+        without_ip.as_object_mut().unwrap().remove("podIP");
+        let no_ip = [gw("slicenet-gw-blue-0", without_ip, Some("n1"))];
+        assert_eq!(replicas_to_scrape(&[ws(4)], "c2", &no_ip), []);
+        // A running replica that is not ready is read too: its own tunnels say more of it.
+        let mut not_ready = ready_status(false);
+        not_ready["podIP"] = json!("10.244.0.8");
+        let pods = [gw("slicenet-gw-blue-1", not_ready, Some("n1"))];
+        assert_eq!(replicas_to_scrape(&[ws(2)], "c2", &pods), [("blue".to_owned(), 1, addr("10.244.0.8:9586"))]);
+    }
+
+    /// Issue 13: each replica's tunnels from its own metrics. A peer cluster is reached when any
+    /// of its replicas' keys is live for this replica (probes answered; without probes, a
+    /// handshake within 180 s); an Up replica missing one says which, an Up replica whose
+    /// metrics cannot be read says so, and a Down one keeps its pod's reason.
+    #[test]
+    fn replica_tunnels_count_clusters_reached_through_any_of_their_replicas() {
+        use slice_api::crd::{GatewayReplicaStatus, PeerReplica, WorkerPeer};
+        use slice_gateway::metrics::{PeerSample, Sample, render};
+        const C1_0: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+        const C1_1: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+        const C3_0: &str = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=";
+        let now: Timestamp = "2026-12-06T10:00:00Z".parse().unwrap();
+        let ago = |secs: i64| (now.as_second() - secs) as f64;
+        let peer = |cluster: &str, key: Option<&str>, replica: Option<&str>| WorkerPeer {
+            cluster: cluster.into(),
+            prefix: "10.80.0.0/20".into(),
+            secondary_prefix: None,
+            public_key: key.map(Into::into),
+            endpoint: None,
+            replicas: replica
+                .map(|k| PeerReplica { ordinal: 1, public_key: k.into(), endpoint: None })
+                .into_iter()
+                .collect(),
+        };
+        let peers = [peer("c1", Some(C1_0), Some(C1_1)), peer("c3", Some(C3_0), None), peer("c4", None, None)];
+        // (key, last handshake, live: None when the gateway does not probe)
+        let text = |samples: &[(&str, f64, Option<bool>)]| {
+            render(&Sample {
+                interface: "sg-blue".into(),
+                peers: samples
+                    .iter()
+                    .map(|(k, at, live)| PeerSample {
+                        public_key: (*k).into(),
+                        last_handshake: *at,
+                        live: *live,
+                        ..PeerSample::default()
+                    })
+                    .collect(),
+                ..Sample::default()
+            })
+        };
+        let replica = |ordinal: u32, state: &str, reason: &str| GatewayReplicaStatus {
+            ordinal,
+            state: state.into(),
+            reason: reason.into(),
+            ..GatewayReplicaStatus::default()
+        };
+        let mut replicas = vec![
+            replica(0, "Up", ""),
+            replica(1, "Up", ""),
+            replica(2, "Down", "CrashLoopBackOff"),
+            replica(3, "Up", ""),
+            replica(4, "Pending", "no gateway pod yet"),
+        ];
+        let metrics: BTreeMap<u32, Result<String, String>> = [
+            // c1 through its first replica, c3 too: everything but c4, which has no key.
+            (0, Ok(text(&[(C1_0, ago(5), Some(true)), (C1_1, ago(5), Some(false)), (C3_0, ago(5), Some(true))]))),
+            // c1 through its second replica only; c3 silent however fresh its handshake.
+            (1, Ok(text(&[(C1_0, ago(5), Some(false)), (C1_1, ago(5), Some(true)), (C3_0, ago(1), Some(false))]))),
+            // Runs (not ready): counted, its pod's reason kept. No probes: handshake age rules.
+            (2, Ok(text(&[(C1_0, ago(180), None), (C3_0, ago(181), None)]))),
+            (3, Err("connecting to 10.244.0.10:9586: Connection refused".to_owned())),
+        ]
+        .into_iter()
+        .collect();
+        replica_tunnels(&mut replicas, &peers, &metrics, now);
+        let got: Vec<(u32, Option<u32>, Vec<String>, &str)> =
+            replicas.iter().map(|r| (r.ordinal, r.live_tunnels, r.unreachable.clone(), r.reason.as_str())).collect();
+        let v = |c: &[&str]| c.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            [
+                (0, Some(2), v(&["c4"]), "no live tunnel to c4"),
+                (1, Some(1), v(&["c3", "c4"]), "no live tunnel to c3, c4"),
+                (2, Some(1), v(&["c3", "c4"]), "CrashLoopBackOff"),
+                (3, None, v(&[]), "metrics not read: connecting to 10.244.0.10:9586: Connection refused"),
+                (4, None, v(&[]), "no gateway pod yet"),
+            ]
+        );
+        // Not a slice-gateway's text: read, but unusable.
+        let mut one = vec![replica(0, "Up", "")];
+        let garbage = [(0, Ok("# TYPE up gauge\nup 1\n".to_owned()))].into_iter().collect();
+        replica_tunnels(&mut one, &peers, &garbage, now);
+        assert!(one[0].reason.starts_with("metrics not read: reading its metrics: no "), "{}", one[0].reason);
+        // Every cluster reached: no reason, nothing unreachable, and nothing in the JSON but
+        // the count (a one-replica status never has these fields).
+        let mut all = vec![replica(0, "Up", "")];
+        let fine = [(0, Ok(text(&[(C1_1, ago(5), Some(true)), (C3_0, ago(5), Some(true))])))].into_iter().collect();
+        replica_tunnels(&mut all, &peers[..2], &fine, now);
+        let json = serde_json::to_value(&all[0]).unwrap();
+        assert_eq!(json, json!({"ordinal": 0, "state": "Up", "liveTunnels": 2}));
     }
 
     #[test]

@@ -8,15 +8,16 @@
 //! - [`services`]: multi-cluster services: exports resolved to slice addresses, ServiceExport
 //!   conditions, ServiceImports and MCS EndpointSlices, the node agents' ClusterSetIP rules and
 //!   the CoreDNS stanza (pure);
-//! - [`tunnels`]: the gateway's metrics → each peer's tunnel state, and the rule that keeps the
-//!   clock alone from rewriting statuses (pure);
+//! - [`tunnels`]: the gateway's metrics → each peer's tunnel state (and, per gateway replica,
+//!   the peer clusters it has a live tunnel to), and the rule that keeps the clock alone from
+//!   rewriting statuses (pure);
 //! - [`scrape`]: reads a gateway's `/metrics` over HTTP;
 //! - [`reconcile`]: the thin shell: one pass reads everything, decides, writes;
 //! - [`run`]: watches the hub's WorkerSlices and the cluster's Nodes, Namespaces and gateway
 //!   pods, ServiceExports and Services' EndpointSlices and runs a pass after each change (and every resync), retrying failed passes with
 //!   backoff; a heartbeat on the MemberCluster's status. Tunnel states are not watched but
 //!   checked: every `--tunnel-check-secs` the gateways of the last pass are scraped again and a
-//!   changed state runs a pass; `connectedPods` is refreshed by every pass. Only the replica
+//!   changed state (or a replica reaching another set of clusters) runs a pass; `connectedPods` is refreshed by every pass. Only the replica
 //!   that holds the `slicenet-worker` Lease in the member cluster runs it
 //!   ([`crate::leader::run_while_leading`]).
 //!

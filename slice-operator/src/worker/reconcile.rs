@@ -12,7 +12,9 @@
 //! ([`served_mcs_version`]); then the writes.
 //!
 //! Besides the API, a pass reads each slice's gateway metrics over HTTP (at the gateway pod's IP,
-//! all gateways at once, each within [`scrape::TIMEOUT`]) for the tunnels' state.
+//! all gateways at once, each within [`scrape::TIMEOUT`]) for the tunnels' state: the replica
+//! that speaks for the slice's tunnels, and, for a slice with several replicas, every running
+//! replica for its own tunnels (each address once).
 //!
 //! NADs are listed in every pass, Multus or not, so that those the worker wrote are deleted
 //! when Multus is turned off (a cluster without the NAD CRD answers 404: none).
@@ -22,7 +24,7 @@
 //! failed one) the pass publishes its Events: WorkerSlice ones on the hub, the others in the
 //! member cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
@@ -126,13 +128,24 @@ pub fn clock_offset(meta: &kube::api::ObjectMeta, sent: Timestamp) -> Option<i64
     Some(sent.as_second() - stamped.as_second())
 }
 
-/// One slice's gateway as the last pass saw it: where its metrics are, its peers, and each
-/// peer's state ([`tunnels::states`]).
+/// One gateway address as the last pass saw it: where its metrics are, the slice's peers, and
+/// what the status took from them — each peer's state ([`tunnels::states`]) when it speaks for
+/// the slice's tunnels, the clusters it does not reach ([`tunnels::reach_state`]) when it is one
+/// of several replicas (both when the replica that speaks is one of them).
 #[derive(Debug, Clone)]
 struct WatchedGateway {
     address: SocketAddr,
     peers: Vec<slice_api::crd::WorkerPeer>,
-    states: Vec<(String, String, String)>,
+    states: Option<Vec<(String, String, String)>>,
+    reach: Option<Option<Vec<String>>>,
+}
+
+impl WatchedGateway {
+    /// Whether `scrape` (the same address read again) says something else than the pass saw.
+    fn changed(&self, scrape: Result<&str, &str>, now: Timestamp) -> bool {
+        self.states.as_ref().is_some_and(|s| *s != tunnels::states(&self.peers, scrape, now))
+            || self.reach.as_ref().is_some_and(|r| *r != tunnels::reach_state(&self.peers, scrape, now))
+    }
 }
 
 /// The worker's clients and settings.
@@ -312,40 +325,48 @@ impl Worker {
         self
     }
 
-    /// Keeps the gateways just scraped, with their tunnels' states, for
-    /// [`Worker::tunnels_changed`].
+    /// Keeps the gateways just scraped, with their tunnels' states (and each replica's
+    /// unreached clusters), for [`Worker::tunnels_changed`].
     fn watch_tunnels(
         &self,
         worker_slices: &[WorkerSlice],
         targets: &[(String, Option<SocketAddr>)],
-        scraped: &BTreeMap<String, Result<String, String>>,
+        replica_targets: &[(String, u32, SocketAddr)],
+        scraped: &BTreeMap<SocketAddr, Result<String, String>>,
     ) {
         let now = Timestamp::now();
-        let watched = targets
-            .iter()
-            .filter_map(|(slice, address)| {
-                let ws = worker_slices.iter().find(|ws| &ws.spec.slice == slice)?;
-                let text = scraped.get(slice)?;
-                Some(WatchedGateway {
-                    address: (*address)?,
-                    peers: ws.spec.peers.clone(),
-                    states: tunnels::states(&ws.spec.peers, text.as_deref().map_err(String::as_str), now),
-                })
-            })
-            .collect();
-        *self.tunnel_watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = watched;
+        let mut watched: BTreeMap<SocketAddr, WatchedGateway> = BTreeMap::new();
+        let speakers = targets.iter().filter_map(|(slice, address)| Some((slice, (*address)?, true)));
+        let replicas = replica_targets.iter().map(|(slice, _, address)| (slice, *address, false));
+        for (slice, address, speaks) in speakers.chain(replicas) {
+            let Some(ws) = worker_slices.iter().find(|ws| &ws.spec.slice == slice) else { continue };
+            let Some(text) = scraped.get(&address) else { continue };
+            let text = text.as_deref().map_err(String::as_str);
+            let entry = watched.entry(address).or_insert_with(|| WatchedGateway {
+                address,
+                peers: ws.spec.peers.clone(),
+                states: None,
+                reach: None,
+            });
+            if speaks {
+                entry.states = Some(tunnels::states(&ws.spec.peers, text, now));
+            } else {
+                entry.reach = Some(tunnels::reach_state(&ws.spec.peers, text, now));
+            }
+        }
+        *self.tunnel_watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = watched.into_values().collect();
     }
 
     /// Scrapes the gateways of the last pass again and says whether a tunnel's state or reason
-    /// changed since (the worker then runs a pass at once). Only HTTP to the gateway pods, no
-    /// API request: cheap enough every few seconds, so a cut link shows in the WorkerSlice
-    /// status within seconds, not at the next resync.
+    /// (or the clusters a replica reaches) changed since (the worker then runs a pass at once).
+    /// Only HTTP to the gateway pods, no API request: cheap enough every few seconds, so a cut
+    /// link shows in the WorkerSlice status within seconds, not at the next resync.
     pub async fn tunnels_changed(&self) -> bool {
         let watched = self.tunnel_watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let now = Timestamp::now();
         let checks = watched.into_iter().map(|w| async move {
             let text = (self.metrics)(w.address).await;
-            tunnels::states(&w.peers, text.as_deref().map_err(String::as_str), now) != w.states
+            w.changed(text.as_deref().map_err(String::as_str), now)
         });
         futures::future::join_all(checks).await.into_iter().any(|changed| changed)
     }
@@ -463,16 +484,27 @@ impl Worker {
             Err(e) => return Err(read("NetworkAttachmentDefinitions")(e)),
         };
         let targets = decide::gateways_to_scrape(&worker_slices, cluster, &pods.items);
-        let scrapes = targets.iter().cloned().map(|(slice, address)| async move {
-            let text = match address {
-                Some(addr) => (self.metrics)(addr).await,
-                None => Err("no running gateway pod with an IP".to_owned()),
-            };
-            (slice, text)
-        });
-        let gateway_metrics: BTreeMap<String, Result<String, String>> =
+        let replica_targets = decide::replicas_to_scrape(&worker_slices, cluster, &pods.items);
+        // Every address once (the replica that speaks for the slice is one of the replicas).
+        let addresses: BTreeSet<SocketAddr> =
+            targets.iter().filter_map(|(_, a)| *a).chain(replica_targets.iter().map(|(_, _, a)| *a)).collect();
+        let scrapes = addresses.into_iter().map(|addr| async move { (addr, (self.metrics)(addr).await) });
+        let scraped: BTreeMap<SocketAddr, Result<String, String>> =
             futures::future::join_all(scrapes).await.into_iter().collect();
-        self.watch_tunnels(&worker_slices, &targets, &gateway_metrics);
+        let text_at = |addr: &SocketAddr| scraped.get(addr).cloned().unwrap_or_else(|| Err("not scraped".to_owned()));
+        let gateway_metrics: BTreeMap<String, Result<String, String>> = targets
+            .iter()
+            .map(|(slice, address)| {
+                let text =
+                    address.as_ref().map_or_else(|| Err("no running gateway pod with an IP".to_owned()), text_at);
+                (slice.clone(), text)
+            })
+            .collect();
+        let mut replica_metrics: BTreeMap<String, BTreeMap<u32, Result<String, String>>> = BTreeMap::new();
+        for (slice, ordinal, address) in &replica_targets {
+            replica_metrics.entry(slice.clone()).or_default().insert(*ordinal, text_at(address));
+        }
+        self.watch_tunnels(&worker_slices, &targets, &replica_targets, &scraped);
         // Multi-cluster services: every ServiceExport (the MCS CRDs may be missing: none), the
         // Services and EndpointSlices of the namespaces that export, what the worker imported,
         // the slice-dns Service and the cluster's Corefiles.
@@ -573,6 +605,7 @@ impl Worker {
             nads,
             member_pods,
             gateway_metrics,
+            replica_metrics,
             mcs_version,
             service_exports,
             exported_services,

@@ -31,6 +31,13 @@
 //!
 //! `lastHandshake` (RFC 3339, to the second) is set whenever there was a handshake.
 //!
+//! **Per replica (issue 13).** With several gateway replicas, each replica's own metrics say
+//! which peer clusters it reaches ([`replica_reach`]): a cluster whose replicas are several
+//! WireGuard peers sharing its prefix (a peer group) is reached when any of them is
+//! [`peer_live`] for this replica. The worker puts the count and the clusters not reached in
+//! `status.gatewayReplicas[]` (`liveTunnels`, `unreachable`, and the reason
+//! [`NO_LIVE_TUNNEL`]` c3` of an `Up` replica).
+//!
 //! **Churn.** A handshake time advances at every rekey (every 120 s while traffic flows), the
 //! age in a `no handshake for N s` reason and the traffic counters at every pass, so a status
 //! would be rewritten on the hub at every pass for nothing but the clock and the traffic. [`only_times_changed`] recognises such a change;
@@ -74,6 +81,12 @@ pub const NO_HANDSHAKE_YET: &str = "no handshake yet";
 /// Reason of a peer that the gateway probes and that has sent nothing (not even a keepalive)
 /// for three probe intervals: the link is cut, UDP is blocked, or the peer's gateway is gone.
 pub const SILENT: &str = "peer silent: no packet for three probe intervals";
+/// Prefix of an `Up` gateway replica's reason when some peer cluster has no live peer for it
+/// (the clusters follow, comma-separated): `no live tunnel to c3`.
+pub const NO_LIVE_TUNNEL: &str = "no live tunnel to";
+/// Prefix of an `Up` gateway replica's reason when its metrics cannot be read (the error
+/// follows).
+pub const REPLICA_METRICS_UNREAD: &str = "metrics not read";
 /// Prefix of the reason of a peer whose last handshake is too old: `no handshake for N s`.
 const STALE_PREFIX: &str = "no handshake for ";
 
@@ -412,6 +425,50 @@ pub fn states(peers: &[WorkerPeer], scrape: Result<&str, &str>, now: Timestamp) 
         .collect()
 }
 
+/// Whether one WireGuard peer is live for the gateway that reports `reading`: its probes are
+/// answered (`slice_gateway_peer_live` 1: a session, and a datagram within three probe
+/// intervals), or, from a gateway that does not probe, it shook hands within
+/// [`HANDSHAKE_STALE_AFTER_SECS`] of `now`.
+#[must_use]
+pub fn peer_live(reading: &PeerReading, now: Timestamp) -> bool {
+    match reading.live {
+        Some(live) => live,
+        None => reading.last_handshake.is_some_and(|at| now.as_second() - at.as_second() <= HANDSHAKE_STALE_AFTER_SECS),
+    }
+}
+
+/// Which peer clusters one gateway replica reaches (issue 13), from its own metrics: a peer
+/// cluster is reached when at least one of its WireGuard peers — its first key
+/// (`publicKey`) or a further replica's (`replicas[].publicKey`), all holding the cluster's
+/// prefix as one peer group — is [`peer_live`]. Both lists are in the spec's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub live: Vec<String>,
+    pub unreachable: Vec<String>,
+}
+
+/// The [`Reach`] of the gateway whose metrics gave `readings`, towards each peer of the spec
+/// (a peer without any published key is unreachable: the gateway has no peer of it).
+#[must_use]
+pub fn replica_reach(peers: &[WorkerPeer], readings: &PeerReadings, now: Timestamp) -> Reach {
+    let mut reach = Reach::default();
+    for peer in peers {
+        let keys = peer.public_key.as_deref().into_iter().chain(peer.replicas.iter().map(|r| r.public_key.as_str()));
+        let live =
+            keys.map(str::trim).filter(|k| !k.is_empty()).any(|k| readings.get(k).is_some_and(|r| peer_live(r, now)));
+        if live { &mut reach.live } else { &mut reach.unreachable }.push(peer.cluster.clone());
+    }
+    reach
+}
+
+/// What the tunnel check compares of a replica between two scrapes: the clusters it does not
+/// reach, or `None` when its metrics cannot be read (whatever the error's text).
+#[must_use]
+pub fn reach_state(peers: &[WorkerPeer], scrape: Result<&str, &str>, now: Timestamp) -> Option<Vec<String>> {
+    let readings = parse_peers(scrape.ok()?).ok()?;
+    Some(replica_reach(peers, &readings, now).unreachable)
+}
+
 /// `reason` without the age that `no handshake for N s` carries (for an Event's note, which must
 /// not change with the clock).
 #[must_use]
@@ -602,6 +659,28 @@ mod tests {
         assert_eq!(refused, states(&peers, Err("10.1.2.4:9586 did not answer within 2s"), now));
         assert_eq!(refused[0].1, "Pending");
         assert_ne!(states(&peers, Ok("garbage"), now), up);
+    }
+
+    /// Issue 13: what the tunnel check compares of a replica: the clusters it does not reach
+    /// (a cluster reached through any of its keys), or that its metrics cannot be read.
+    #[test]
+    fn a_replicas_reach_is_by_cluster_through_any_of_its_keys() {
+        let now = ts("2026-11-23T20:00:00Z");
+        let n = now.as_second() as f64;
+        let mut c1 = peer("c1", Some(A));
+        c1.replicas.push(slice_api::crd::PeerReplica { ordinal: 1, public_key: B.into(), endpoint: None });
+        let peers = [c1, peer("c3", Some(C))];
+        // No probes: the handshake's age decides; c1 through its second replica.
+        let text = gateway_text(&[(A, n - 400.0), (B, n - 10.0), (C, 0.0)]);
+        let r = parse_peers(&text).unwrap();
+        assert!(!peer_live(&r[A], now) && peer_live(&r[B], now) && !peer_live(&r[C], now));
+        assert_eq!(replica_reach(&peers, &r, now), Reach { live: vec!["c1".into()], unreachable: vec!["c3".into()] });
+        assert_eq!(reach_state(&peers, Ok(&text), now), Some(vec!["c3".to_owned()]));
+        assert_eq!(reach_state(&peers, Err("refused"), now), None);
+        assert_eq!(reach_state(&peers, Ok("garbage"), now), None, "unreadable is one state");
+        // The same handshakes, later: c1's second replica is stale too.
+        let later = ts("2026-11-23T20:05:00Z");
+        assert_eq!(reach_state(&peers, Ok(&text), later), Some(vec!["c1".to_owned(), "c3".to_owned()]));
     }
 
     #[test]
