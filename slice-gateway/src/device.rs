@@ -9,13 +9,14 @@
 //! - [`tx`]: TUN → UDP; [`rx`]: UDP → TUN; [`timers`]: `update_timers` and the rate limiter
 //!   reset; [`socket`]: binding the socket and sending to a peer.
 //!
-//! Two packet threads and a timer thread (no async runtime). Each packet thread also serves the
-//! other direction when it is awake and that direction's lock is free: after a receive batch
-//! the TUN fd is drained (the ACKs the local TCP just produced leave at once), after a TUN batch
-//! the socket is. Both fds are non-blocking and waited on with poll(2); the `tx` and `rx` locks
-//! keep each direction in order. With a multi-queue TUN device ([`queues`],
-//! `SLICE_GATEWAY_TUN_QUEUES`) there is one packet thread per queue instead, each with its own
-//! `tx` lock and all sharing `rx`.
+//! Two packet threads and a timer thread (no async runtime). By default the TUN device has two
+//! queues and each packet thread owns one ([`queues`]): it reads its queue under that queue's
+//! `tx` lock and shares the socket (and the `rx` lock) with the other. With one queue
+//! (`SLICE_GATEWAY_TUN_QUEUES=1`) one thread waits on TUN, the other on the socket, and each
+//! also serves the other direction when it is awake and that direction's lock is free. Either
+//! way, after a receive batch TUN is drained (the ACKs the local TCP just produced leave at
+//! once), after a TUN batch the socket is. The fds are non-blocking and waited on with poll(2);
+//! the `tx` and `rx` locks keep each direction in order.
 //!
 //! Lock order: `control` (changes only) before any peer lock; in the packet path a `tx` or `rx`
 //! (never two: the others are only `try_lock`ed after release), then a peer's `tunn`, then its

@@ -1,6 +1,5 @@
-//! The packet loop of a multi-queue TUN device (`SLICE_GATEWAY_TUN_QUEUES` > 1, see
-//! [`crate::tun`]): one thread per TUN queue, each waiting in poll(2) on its own queue and on
-//! the UDP socket.
+//! The packet loop of a multi-queue TUN device (the default, two queues; see [`crate::tun`]):
+//! one thread per TUN queue, each waiting in poll(2) on its own queue and on the UDP socket.
 //!
 //! - TUN → UDP: a thread reads only its own queue, under that queue's `tx` lock, so two threads
 //!   encrypt and send the flows of different queues side by side (the one-queue device has one
