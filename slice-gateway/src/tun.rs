@@ -50,9 +50,9 @@ pub struct Tun {
 
 /// The queues of the device when `SLICE_GATEWAY_TUN_QUEUES` does not say: two, a packet thread
 /// each. Against one queue shared by the two threads, in the same runs of section 4 of
-/// `docs/benchmarks.md` ("Multi-queue TUN"): about 12 % (one stream) and 8 % (four streams) more
-/// throughput on a quiet 2-vCPU machine, about 10 % less CPU per Gbit, half the context switches
-/// of the sending gateway.
+/// `docs/benchmarks.md` ("Multi-queue TUN"): 14 % (one stream) and 6 % (four streams) more
+/// throughput on a quiet 2-vCPU machine, 6–15 % less CPU per Gbit, half the context switches of
+/// the sending gateway.
 pub const DEFAULT_QUEUES: usize = 2;
 
 /// How many TUN queues `SLICE_GATEWAY_TUN_QUEUES` asks for ([`DEFAULT_QUEUES`] when unset or
