@@ -9,18 +9,22 @@
 //! - [`tx`]: TUN → UDP; [`rx`]: UDP → TUN; [`timers`]: `update_timers` and the rate limiter
 //!   reset; [`socket`]: binding the socket and sending to a peer.
 //!
-//! Two packet threads and a timer thread (no async runtime). Each packet thread also serves the
-//! other direction when it is awake and that direction's lock is free: after a receive batch
-//! the TUN fd is drained (the ACKs the local TCP just produced leave at once), after a TUN batch
-//! the socket is. Both fds are non-blocking and waited on with poll(2); the `tx` and `rx` locks
-//! keep each direction in order.
+//! Two packet threads and a timer thread (no async runtime). By default the TUN device has two
+//! queues and each packet thread owns one ([`queues`]): it reads its queue under that queue's
+//! `tx` lock and shares the socket (and the `rx` lock) with the other. With one queue
+//! (`SLICE_GATEWAY_TUN_QUEUES=1`) one thread waits on TUN, the other on the socket, and each
+//! also serves the other direction when it is awake and that direction's lock is free. Either
+//! way, after a receive batch TUN is drained (the ACKs the local TCP just produced leave at
+//! once), after a TUN batch the socket is. The fds are non-blocking and waited on with poll(2);
+//! the `tx` and `rx` locks keep each direction in order.
 //!
-//! Lock order: `control` (changes only) before any peer lock; in the packet path `tx` or `rx`
-//! (never both: the other is only `try_lock`ed after release), then a peer's `tunn`, then its
-//! `endpoint` or `last_handshake`.
+//! Lock order: `control` (changes only) before any peer lock; in the packet path a `tx` or `rx`
+//! (never two: the others are only `try_lock`ed after release), then a peer's `tunn`, then its
+//! `send` (kept after `tunn` is released, see [`Peer`]), `endpoint` or `last_handshake`.
 
 mod live;
 pub use live::now_ms;
+mod queues;
 mod rx;
 mod socket;
 mod timers;
@@ -86,8 +90,8 @@ pub struct Gateway {
     handshake_rate_limit: AtomicU64,
     /// `UDP_SEGMENT` works on the current socket (cleared after a failed GSO send).
     gso: AtomicBool,
-    /// Buffers of the TUN → UDP path; whoever holds it reads TUN.
-    tx: Mutex<TxState>,
+    /// Buffers of the TUN → UDP path, one per TUN queue; whoever holds one reads its queue.
+    tx: Vec<Mutex<TxState>>,
     /// Buffers of the UDP → TUN path; whoever holds it reads the socket.
     rx: Mutex<RxState>,
     /// Called after every applied change with every peer's AllowedIPs (the routes into TUN).
@@ -108,6 +112,7 @@ impl Gateway {
         let socket = Arc::new(socket::bind_udp(0, 0, 0)?);
         let listen_port = socket.local_addr()?.port();
         let vnet = tun.vnet_hdr();
+        let queues = tun.queues();
         let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.subsec_nanos());
         let state = PeerState::new(listen_port, seed);
         let snapshot = Snapshot::new(socket, None, &HashMap::new(), state.routes());
@@ -123,7 +128,7 @@ impl Gateway {
             tos: std::sync::atomic::AtomicU8::new(0),
             handshake_rate_limit: AtomicU64::new(DEFAULT_HANDSHAKE_RATE_LIMIT),
             gso: AtomicBool::new(std::env::var_os("SLICE_GATEWAY_NO_GSO").is_none()),
-            tx: Mutex::new(TxState::new()),
+            tx: (0..queues).map(|_| Mutex::new(TxState::new())).collect(),
             rx: Mutex::new(RxState::new(vnet)),
             probe_interval_ms: AtomicU64::new(0),
         }))
@@ -200,12 +205,26 @@ impl Gateway {
     /// # Errors
     /// When a thread cannot be spawned.
     pub fn start(self: &Arc<Self>) -> io::Result<()> {
-        let gw = Arc::clone(self);
-        std::thread::Builder::new().name("tun-rx".into()).spawn(move || gw.tun_loop())?;
-        self.spawn_udp_loop(self.socket())?;
+        if self.multi_queue() {
+            for queue in 0..self.tun.queues() {
+                let gw = Arc::clone(self);
+                std::thread::Builder::new().name(format!("queue-{queue}")).spawn(move || gw.queue_loop(queue))?;
+            }
+        } else {
+            let gw = Arc::clone(self);
+            std::thread::Builder::new().name("tun-rx".into()).spawn(move || gw.tun_loop())?;
+            self.spawn_udp_loop(self.socket())?;
+        }
         let gw = Arc::clone(self);
         std::thread::Builder::new().name("timers".into()).spawn(move || gw.timer_loop())?;
         Ok(())
+    }
+
+    /// Whether the TUN device has several queues: one packet thread per queue
+    /// ([`Self::queue_loop`]), each following the current socket, instead of `tun-rx` and
+    /// `udp-rx`.
+    fn multi_queue(&self) -> bool {
+        self.tun.queues() > 1
     }
 
     fn spawn_udp_loop(self: &Arc<Self>, socket: Arc<UdpSocket>) -> io::Result<()> {
@@ -286,8 +305,9 @@ impl Gateway {
         let kick: Vec<Arc<Peer>> = fx.kick.iter().filter_map(|k| control.peers.get(k).cloned()).collect();
         control.state = state;
         drop(guard);
-        if let Some(socket) = new_socket {
-            // The old receive loop sees the new socket in the snapshot and ends.
+        if let Some(socket) = new_socket.filter(|_| !self.multi_queue()) {
+            // The old receive loop sees the new socket in the snapshot and ends (the queue
+            // loops of a multi-queue device follow the snapshot themselves).
             self.spawn_udp_loop(socket)
                 .map_err(|e| SetError { errno: libc::EIO, message: format!("starting the receive loop: {e}") })?;
         }

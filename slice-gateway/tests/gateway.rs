@@ -106,6 +106,42 @@ fn tunnel_carries_ping_and_50mb_wg_show_works_and_wire_holds_only_wireguard() ->
     Ok(())
 }
 
+/// With two TUN queues (the default: a packet thread per queue) and with one
+/// (`SLICE_GATEWAY_TUN_QUEUES=1`: two threads sharing it), the tunnel carries four parallel
+/// streams both ways and the packet loops follow a new listen port.
+#[test]
+fn one_and_two_tun_queues_carry_parallel_streams_and_follow_a_new_listen_port() -> anyhow::Result<()> {
+    for queues in [None, Some("1")] {
+        let mut lab = Lab::new(2)?;
+        let (ka, kb) = (keypair()?, keypair()?);
+        let env: Vec<(&str, &str)> = queues.map(|q| ("SLICE_GATEWAY_TUN_QUEUES", q)).into_iter().collect();
+        lab.start_gateway_with_env(0, &wg_config(&ka, &[(&kb, 1)]), &[], &env)?;
+        lab.start_gateway_with_env(1, &wg_config(&kb, &[(&ka, 0)]), &[], &env)?;
+        for i in 0..2 {
+            let ifname = lab.ifname(i);
+            let listed = lab.exec(i, &format!("ls /sys/class/net/{ifname}/queues"))?;
+            assert!(listed.contains("tx-0"), "node {i}: queues {listed}");
+            assert_eq!(listed.contains("tx-1"), queues.is_none(), "node {i}, {queues:?}: queues {listed}");
+            assert!(!lab.log(&ifname).contains("refused"), "node {i}: {}", lab.log(&ifname));
+        }
+        assert!(lab.pings(0, 1, WAIT), "{queues:?}: ping 0 → 1 through the tunnel");
+        assert!(lab.pings(1, 0, WAIT), "{queues:?}: ping 1 → 0 through the tunnel");
+        let there = lab.iperf(0, 1, "-P 4 -n 40M")?;
+        let back = lab.iperf(1, 0, "-P 4 -n 40M")?;
+        eprintln!("FIGURE TUN queues {queues:?}, iperf3 -P 4 -n 40M: 0 → 1 {there:.0} Mbit/s, 1 → 0 {back:.0} Mbit/s");
+        assert!(there > 0.0 && back > 0.0);
+
+        // A new listen port on node 1: its packet loops move to the new socket.
+        let (if0, if1) = (lab.ifname(0), lab.ifname(1));
+        lab.exec(1, &format!("wg set {if1} listen-port 51999"))?;
+        lab.exec(0, &format!("wg set {if0} peer {} endpoint {}:51999", kb.public, Lab::underlay(1)))?;
+        assert!(lab.pings(0, 1, WAIT), "{queues:?}: ping 0 → 1 after the listen port changed");
+        assert!(lab.exec(0, &format!("wg show {if0} endpoints"))?.contains(":51999"));
+        assert!(lab.iperf(1, 0, "-P 4 -n 20M")? > 0.0);
+    }
+    Ok(())
+}
+
 #[test]
 fn removing_a_peer_stops_its_traffic_only_and_peers_can_be_added_back() -> anyhow::Result<()> {
     let mut lab = Lab::new(3)?;

@@ -74,6 +74,13 @@ pub struct Peer {
     pub(super) tunn: Mutex<Option<Tunn>>,
     /// Follows the source of the last authenticated datagram (roaming).
     pub(super) endpoint: Mutex<Option<SocketAddr>>,
+    /// Held while the TUN path sends what it encrypted for this peer, taken before `tunn` is
+    /// released: datagrams leave in the order of their counters even when two packet threads
+    /// (two TUN queues) encrypt for the peer one after the other. Without it a thread that is
+    /// preempted between encrypting and sending lets the other send over a thousand later
+    /// counters first, and the receiver's replay window (1024 in boringtun) drops the late ones
+    /// (seen as `auth` drops and TCP retransmits with two queues).
+    pub(super) send: Mutex<()>,
     pub(super) last_handshake: Mutex<Option<SystemTime>>,
     pub counters: PeerCounters,
     /// [`now_ms`] of the last authenticated datagram from the peer (0: none yet): its liveness
@@ -104,6 +111,7 @@ impl Peer {
             index,
             tunn: Mutex::new(tunn),
             endpoint: Mutex::new(None),
+            send: Mutex::new(()),
             last_handshake: Mutex::new(None),
             counters: PeerCounters::default(),
             last_rx_ms: AtomicU64::new(0),

@@ -58,6 +58,14 @@ struct RxSink {
     vnet: bool,
 }
 
+/// Turns `UDP_GRO` on for `socket` unless `SLICE_GATEWAY_NO_GRO` is set (done by the loop
+/// that starts receiving on it).
+pub(super) fn enable_gro(socket: &UdpSocket) {
+    if std::env::var_os("SLICE_GATEWAY_NO_GRO").is_none() && !udp::enable_gro(socket.as_raw_fd()) {
+        tracing::warn!("UDP_GRO refused; receiving datagrams one by one");
+    }
+}
+
 impl Gateway {
     /// UDP → TUN, on `socket` until it is replaced (listen port change) or the device stops.
     /// `recvmmsg` takes up to [`RECV_BATCH`] buffers per call, each possibly several datagrams
@@ -69,11 +77,11 @@ impl Gateway {
     /// in order); the TUN thread also receives after each TUN batch it sent, so the ACKs that
     /// come back are handed to the local TCP without a wake-up, and the data it then sends is
     /// read by the same thread.
+    ///
+    /// This loop serves a device of one TUN queue; with several, [`Self::queue_loop`] receives.
     pub(super) fn udp_loop(&self, socket: &Arc<UdpSocket>) {
         let fd = socket.as_raw_fd();
-        if std::env::var_os("SLICE_GATEWAY_NO_GRO").is_none() && !udp::enable_gro(fd) {
-            tracing::warn!("UDP_GRO refused; receiving datagrams one by one");
-        }
+        enable_gro(socket);
         let drain = std::env::var_os("SLICE_GATEWAY_NO_RX_DRAIN").is_none();
         while !self.stopping() {
             match udp::wait_readable(fd, 500) {
@@ -84,8 +92,8 @@ impl Gateway {
                     }
                     drop(rx);
                     if drain
-                        && let Ok(mut st) = self.tx.try_lock()
-                        && let Err(err) = self.drain_tun(&mut st, 64)
+                        && let Ok(mut st) = self.tx[0].try_lock()
+                        && let Err(err) = self.drain_tun(0, &mut st, 64)
                     {
                         tracing::debug!(%err, "reading the TUN device failed");
                     }

@@ -103,10 +103,12 @@ impl Gateway {
     /// ([`Self::drain_tun`]): the ACKs that the local TCP answered to the data just written
     /// leave at once, without waking this thread (a wake-up on the ACK path is round-trip time
     /// for the sender's congestion control). The lock keeps packets in TUN order.
+    ///
+    /// This loop serves a device of one queue; with several, [`Self::queue_loop`] runs per queue.
     pub(super) fn tun_loop(&self) {
         let drain = std::env::var_os("SLICE_GATEWAY_NO_RX_DRAIN").is_none();
         while !self.stopping() {
-            match self.tun.wait_readable(500) {
+            match self.tun.wait_readable(0, 500) {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -115,8 +117,8 @@ impl Gateway {
                     return;
                 }
             }
-            let mut st = lock(&self.tx);
-            if let Err(err) = self.drain_tun(&mut st, usize::MAX) {
+            let mut st = lock(&self.tx[0]);
+            if let Err(err) = self.drain_tun(0, &mut st, usize::MAX) {
                 tracing::error!(%err, "reading the TUN device failed; stopping its loop");
                 return;
             }
@@ -132,12 +134,12 @@ impl Gateway {
         }
     }
 
-    /// Reads and sends up to `max` TUN packets, until none is queued.
-    pub(super) fn drain_tun(&self, st: &mut TxState, max: usize) -> io::Result<()> {
+    /// Reads and sends up to `max` packets from TUN queue `queue`, until none is queued.
+    pub(super) fn drain_tun(&self, queue: usize, st: &mut TxState, max: usize) -> io::Result<()> {
         let vnet = self.tun.vnet_hdr();
         let TxState { buf, scratch, batch } = st;
         for _ in 0..max {
-            let n = match self.tun.try_recv(buf) {
+            let n = match self.tun.try_recv(queue, buf) {
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -177,7 +179,6 @@ impl Gateway {
         };
         tx.start(&snap.socket, endpoint);
         self.encapsulate_read(&snap, h, packet, scratch, peer, tx);
-        self.flush_tx(&snap.socket, peer, tx);
     }
 
     /// The peer of `group` that carries `packet`: the only one, or with several the live
@@ -208,6 +209,12 @@ impl Gateway {
             inc(&self.counters.no_private_key);
             return;
         };
+        // Taken (after `tunn`) before the first send and kept until the last: see `Peer::send`.
+        let mut sending = None;
+        let mut flush = |tx: &mut TxBatch| {
+            sending.get_or_insert_with(|| lock(&peer.send));
+            self.flush_tx(socket, peer, tx);
+        };
         let mut one = |seg: &mut [u8]| {
             offload::clamp_mss(seg, mtu);
             let start = tx.data.len();
@@ -228,12 +235,12 @@ impl Gateway {
                         // Does not fit the GSO rule (equal sizes, the last may be shorter):
                         // send what is batched, then this one starts a new batch.
                         let tail = tx.data.split_off(start);
-                        self.flush_tx(socket, peer, tx);
+                        flush(tx);
                         tx.data = tail;
                     }
                     tx.push(len);
                     if tx.full() {
-                        self.flush_tx(socket, peer, tx);
+                        flush(tx);
                     }
                 }
                 Some(_) => {
@@ -254,6 +261,15 @@ impl Gateway {
             inc(&self.counters.tun_invalid);
             tracing::debug!(?err, "TUN packet not segmentable");
         }
+        if tx.count == 0 {
+            return;
+        }
+        // The rest goes out after `tunn` is released (another thread may encrypt for the peer
+        // meanwhile), under `send`, which keeps the datagrams in counter order.
+        let sending = sending.unwrap_or_else(|| lock(&peer.send));
+        drop(tunn);
+        self.flush_tx(socket, peer, tx);
+        drop(sending);
     }
 
     /// Sends the batched datagrams: one `sendmsg` with `UDP_SEGMENT` when there are several,
