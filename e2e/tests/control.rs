@@ -52,7 +52,7 @@ metadata:
 spec:
   sliceSubnet: 10.80.0.0/16
   maxClusters: 4
-  gateway: {{persistentKeepalive: 5}}
+  gateway: {{persistentKeepalive: 5, replicas: 1}}
   clusters: [{}]
   namespaces: {namespaces}
 "#,

@@ -38,10 +38,10 @@ fn manifest() -> control::Manifest {
     text += &format!(
         "apiVersion: slicenet.io/v1alpha1\nkind: SliceConfig\nmetadata: {{name: blue}}\nspec:\n  \
          sliceSubnet: 10.80.0.0/16\n  secondarySliceSubnet: fd00:80::/48\n  clusters: [c1, c2, c3]\n  \
-         namespaces: [{{namespace: shop}}]\n  gateway: {{nodePort: {PUBLIC_PORT}, persistentKeepalive: 5}}\n---\n\
+         namespaces: [{{namespace: shop}}]\n  gateway: {{nodePort: {PUBLIC_PORT}, persistentKeepalive: 5, replicas: 1}}\n---\n\
          apiVersion: slicenet.io/v1alpha1\nkind: SliceConfig\nmetadata: {{name: green}}\nspec:\n  \
          sliceSubnet: fd00:81::/48\n  clusters: [c1, c2, c3]\n  namespaces: [{{namespace: web}}]\n  \
-         gateway: {{port: 51821, nodePort: {}, persistentKeepalive: 5}}\n",
+         gateway: {{port: 51821, nodePort: {}, persistentKeepalive: 5, replicas: 1}}\n",
         PUBLIC_PORT + 1
     );
     parse_manifest(&text).expect("the test's YAML parses")

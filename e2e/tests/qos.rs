@@ -99,7 +99,7 @@ fn manifest(slices: &[(&Slice, u64)]) -> Manifest {
         text += &format!(
             "apiVersion: slicenet.io/v1alpha1\nkind: SliceConfig\nmetadata: {{name: {}}}\nspec:\n  sliceSubnet: {}\n  \
              clusters: [c1, c2]\n  namespaces: [{{namespace: {}}}]\n  \
-             gateway: {{port: {}, nodePort: {}, persistentKeepalive: 5}}\n  \
+             gateway: {{port: {}, nodePort: {}, persistentKeepalive: 5, replicas: 1}}\n  \
              qos: {{guaranteedKbps: {}, ceilingKbps: {ceiling}, priority: {}, dscpClass: {}}}\n---\n",
             s.name, s.subnet, s.namespace, s.port, s.node_port, s.guaranteed, s.priority, s.dscp
         );

@@ -31,11 +31,11 @@ pub const MAX_NODE_HOST_BITS: u8 = 16;
 /// Default UDP port of slice gateways.
 pub const DEFAULT_GATEWAY_PORT: u16 = 51820;
 
-/// Gateway replicas per slice per cluster when the SliceConfig names none. One until the node
-/// agents spread a cluster's outgoing traffic over its replicas (issue 13: the gateways' peer
-/// groups and the hub's distribution of every replica are done, the routers' multipath routes
-/// are not); then two.
-pub const DEFAULT_GATEWAY_REPLICAS: u32 = 1;
+/// Gateway replicas per slice per cluster when the SliceConfig names none: two, so that the loss
+/// of one gateway pod or node leaves the slice flowing through the other (issue 13). A cluster
+/// with one node runs one and reports the other `Pending` with the scheduler's reason;
+/// `gateway.replicas: 1` asks for a single gateway.
+pub const DEFAULT_GATEWAY_REPLICAS: u32 = 2;
 /// The most gateway replicas a slice may ask for per cluster (each peer cluster holds one
 /// WireGuard peer per replica: a full mesh of replicas between every two clusters).
 pub const MAX_GATEWAY_REPLICAS: u32 = 4;
@@ -189,8 +189,9 @@ pub struct GatewaySpec {
     /// PersistentKeepalive in seconds towards peers (for gateways behind NAT); 0 disables.
     #[serde(default = "default_keepalive")]
     pub persistent_keepalive: u16,
-    /// Gateway replicas in each member cluster (1–4), on different nodes, all carrying traffic;
-    /// each its own WireGuard key and endpoint, and a peer of every replica of the other clusters.
+    /// Gateway replicas in each member cluster (1–4, default 2), on different nodes, all carrying
+    /// traffic; each its own WireGuard key and endpoint, and a peer of every replica of the other
+    /// clusters.
     #[serde(default = "default_replicas", skip_serializing_if = "is_default_replicas")]
     #[schemars(range(min = 1, max = 4))]
     pub replicas: u32,

@@ -42,7 +42,7 @@ fn the_lab_is_driven_from_the_command_line() {
         &hub,
         "apiVersion: slicenet.io/v1alpha1\nkind: MemberCluster\nmetadata: {name: c1, annotations: {lab.slicenet.io/nodes: \"1\"}}\nspec: {}\n---\n\
          apiVersion: slicenet.io/v1alpha1\nkind: MemberCluster\nmetadata: {name: c2, annotations: {lab.slicenet.io/nodes: \"1\"}}\nspec: {}\n---\n\
-         apiVersion: slicenet.io/v1alpha1\nkind: SliceConfig\nmetadata: {name: blue}\nspec: {sliceSubnet: 10.80.0.0/16, clusters: [c1, c2], namespaces: [{namespace: shop}]}\n",
+         apiVersion: slicenet.io/v1alpha1\nkind: SliceConfig\nmetadata: {name: blue}\nspec: {sliceSubnet: 10.80.0.0/16, clusters: [c1, c2], namespaces: [{namespace: shop}], gateway: {replicas: 1}}\n",
     )
     .unwrap();
     let objects = dir.path().join("objects.yaml");

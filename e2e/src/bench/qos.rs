@@ -68,7 +68,7 @@ fn manifest(qos: bool) -> Result<Manifest> {
         text += &format!(
             "apiVersion: slicenet.io/v1alpha1\nkind: SliceConfig\nmetadata: {{name: {name}}}\nspec:\n  sliceSubnet: {subnet}\n  \
              clusters: [c1, c2]\n  namespaces: [{{namespace: {ns}}}]\n  \
-             gateway: {{port: {port}, nodePort: {}, persistentKeepalive: 5}}\n  \
+             gateway: {{port: {port}, nodePort: {}, persistentKeepalive: 5, replicas: 1}}\n  \
              qos: {{guaranteedKbps: {g}, ceilingKbps: {c}, priority: {prio}}}\n---\n",
             31820 + i
         );

@@ -45,6 +45,7 @@ spec:
   maxClusters: 4
   clusters: [c1, c2]
   namespaces: [{namespace: shop}]
+  gateway: {replicas: 1}
 "#;
 
 /// Builds a lab of three clusters (c1 with two nodes) with a slice over c1 and c2, and times

@@ -127,7 +127,9 @@ pub const LAB_KEEPALIVE: u16 = 5;
 
 /// The YAML a user writes for one slice over `members` (name, nodes, behind NAT), every
 /// member cluster registered, the slice's gateways on NodePort [`PUBLIC_PORT`] with keepalive
-/// [`LAB_KEEPALIVE`].
+/// [`LAB_KEEPALIVE`], one gateway replica per cluster (`gateway.replicas: 1`: the tests of
+/// other capabilities count one gateway per cluster and its peers; the replica tests and
+/// `make demo`'s part three run the default, two).
 ///
 /// # Errors
 /// When the result does not parse (a name that is not a DNS label, a bad subnet).
@@ -148,7 +150,7 @@ pub fn across_manifest(
     let namespaces: Vec<String> = namespaces.iter().map(|n| format!("{{namespace: {n}}}")).collect();
     text.push_str(&format!(
         "apiVersion: slicenet.io/v1alpha1\nkind: SliceConfig\nmetadata:\n  name: {slice}\nspec:\n  sliceSubnet: {subnet}\n  \
-         clusters: [{}]\n  namespaces: [{}]\n  gateway: {{nodePort: {PUBLIC_PORT}, persistentKeepalive: {LAB_KEEPALIVE}}}\n",
+         clusters: [{}]\n  namespaces: [{}]\n  gateway: {{nodePort: {PUBLIC_PORT}, persistentKeepalive: {LAB_KEEPALIVE}, replicas: 1}}\n",
         clusters.join(", "),
         namespaces.join(", ")
     ));

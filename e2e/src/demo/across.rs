@@ -12,17 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::control::{self, ControlPlane, PUBLIC_PORT, dns, run_pod_retrying, workloads};
-use crate::demo::table;
+use crate::demo::{indent, table};
 use crate::probe::{Responder, connect_count};
 use crate::{Lab, Pod, PodSpec};
 
 struct DemoPod {
     pod: Pod,
     slice0: Option<Ipv4Addr>,
-}
-
-fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
 fn ping_within(from: &Pod, to: Ipv4Addr, timeout: Duration) -> bool {

@@ -11,12 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::control::{self, ControlPlane, LabEnv, THREE_CLUSTERS, run_pod_retrying};
-use crate::demo::table;
+use crate::demo::{indent, table};
 use crate::{Lab, LabOptions, Pod, PodSpec};
-
-fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  {l}\n")).collect()
-}
 
 fn ping_within(from: &Pod, to: IpAddr, timeout: Duration) -> bool {
     let family = if to.is_ipv6() { "-6" } else { "-4" };

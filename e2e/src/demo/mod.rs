@@ -543,7 +543,8 @@ pub fn status_table(rows: &[StatusRow]) -> String {
 
 pub use slice_api::hub_view::table;
 
-fn indent(text: &str) -> String {
+/// `text` with every line indented by two spaces (the demo's tables under their headings).
+pub(crate) fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
