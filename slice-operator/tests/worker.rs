@@ -43,6 +43,9 @@ fn worker_slice() -> Value {
             "slice": "blue", "cluster": "c2", "sliceSubnet": "10.80.0.0/16",
             "clusterPrefix": "10.80.16.0/20", "nodePrefixLength": 26, "vni": 100,
             "namespaces": ["shop"],
+            // One gateway (the default is two): the passes' writes in order; two replicas have
+            // their own tests below.
+            "gateway": {"replicas": 1},
             "peers": [
                 {"cluster": "c1", "prefix": "10.80.0.0/20", "publicKey": PEER_KEY, "endpoint": "198.18.100.1:31820"},
                 {"cluster": "c3", "prefix": "10.80.32.0/20"},

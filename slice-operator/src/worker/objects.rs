@@ -747,7 +747,8 @@ mod tests {
 
     #[test]
     fn gateway_objects() {
-        let s = spec("blue");
+        let mut s = spec("blue");
+        s.gateway.replicas = 1;
         let dep = gateway_statefulset(&s, &GatewayDefaults::default());
         let pod = &dep["spec"]["template"];
         assert_eq!(pod["metadata"]["annotations"]["slicenet.io/slice"], "blue");
@@ -771,11 +772,9 @@ mod tests {
             ])
         );
         assert_eq!(c["ports"][1], json!({"name": "metrics", "containerPort": 9586, "protocol": "TCP"}));
-        // With several replicas per cluster the gateway groups the peers' replicas and probes
-        // faster (failover within a second).
-        let mut two = s.clone();
-        two.gateway.replicas = 2;
-        let dep2 = gateway_statefulset(&two, &GatewayDefaults::default());
+        // With several replicas per cluster (the default, two) the gateway groups the peers'
+        // replicas and probes faster (failover within a second).
+        let dep2 = gateway_statefulset(&spec("blue"), &GatewayDefaults::default());
         let args2 = &dep2["spec"]["template"]["spec"]["containers"][0]["args"];
         assert_eq!(args2[11], "--multipath-probe-ms");
         assert_eq!(args2[12], "200");
