@@ -82,10 +82,12 @@ pub fn dead_after_ms(probe_ms: u64) -> u64 {
 pub const DEAD_HANDSHAKE_EVERY_MS: u64 = 1000;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    /// A 40-byte IPv4 TCP header pair from `src`:`sport` to `dst`:`dport` (also the TUN queue
+    /// tests' packets).
+    pub(crate) fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
         let mut p = vec![0u8; 40];
         p[0] = 0x45;
         p[9] = 6;

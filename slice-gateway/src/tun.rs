@@ -226,17 +226,7 @@ impl Tun {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&src);
-        p[16..20].copy_from_slice(&dst);
-        p[20..22].copy_from_slice(&sport.to_be_bytes());
-        p[22..24].copy_from_slice(&dport.to_be_bytes());
-        p
-    }
+    use crate::multipath::tests::tcp4;
 
     #[test]
     fn one_queue_takes_everything() {

@@ -787,14 +787,7 @@ mod scoped {
                     }
                     _ => server.world.peer_roles.retain(|r| r.name_any() != name),
                 }
-                match server.world.peer_roles.iter().find(|r| r.name_any() == name) {
-                    Some(r) => index.observe_role(r.clone()),
-                    None => index.forget_role(&name),
-                }
-                match server.world.peer_bindings.iter().find(|b| b.name_any() == name) {
-                    Some(b) => index.observe_binding(b.clone()),
-                    None => index.forget_binding(&name),
-                }
+                observe_peer_access(index, server, CLUSTERS[c]);
             }
             Change::DeletePage(s) => {
                 let name = peer_page_name(SLICES[s], 0);
