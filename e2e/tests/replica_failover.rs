@@ -59,7 +59,7 @@ impl Pings {
                 .iter()
                 .map(|(from, to)| {
                     let to_addr = slice_addr(to).to_string();
-                    let argv = ["ping", "-n", "-i", "0.01", "-W", "5", "-c", &count, &to_addr];
+                    let argv = ["ping", "-n", "-D", "-i", "0.01", "-W", "5", "-c", &count, &to_addr];
                     (format!("{} → {}", from.lab_name(), to.lab_name()), from.spawn(&argv).expect("ping"))
                 })
                 .collect(),
@@ -68,6 +68,11 @@ impl Pings {
 
     /// Waits for every ping to end: (pair, answered, longest gap in pings).
     fn finish(self) -> Vec<PingOutcome> {
+        self.finish_with_logs().into_iter().map(|(outcome, _)| outcome).collect()
+    }
+
+    /// [`Pings::finish`], each outcome with ping's output (timestamped replies).
+    fn finish_with_logs(self) -> Vec<(PingOutcome, String)> {
         self.0
             .into_iter()
             .map(|(pair, mut ping)| {
@@ -76,8 +81,9 @@ impl Pings {
                     assert!(Instant::now() < deadline, "{pair}: ping still running");
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                let (answered, gap) = ping_outcome(&ping.log_text(), PINGS);
-                (pair, answered, gap)
+                let log = ping.log_text();
+                let (answered, gap) = ping_outcome(&log, PINGS);
+                ((pair, answered, gap), log)
             })
             .collect()
     }
@@ -149,6 +155,81 @@ fn replica_key(cp: &ControlPlane, cluster: &str, ordinal: u32) -> String {
 
 fn wait_back(cp: &mut ControlPlane, lab: &Lab, cluster: &str, ordinal: u32) {
     cp.wait_replica_back(lab, "blue", cluster, ordinal, BACK).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// A UNIX time as UTC `HH:MM:SS.mmm`, the agents' log clock.
+fn utc(unix: f64) -> String {
+    let ms = (unix * 1000.0) as u64 % 86_400_000;
+    format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
+}
+
+/// Where a ping run (`ping -D`) lost its pings: each run of missing sequence numbers with the
+/// time of the answers around it.
+fn lost_runs(log: &str) -> String {
+    let answers: std::collections::BTreeMap<u32, f64> = log
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| {
+            let time = l.strip_prefix('[')?.split(']').next()?.parse().ok()?;
+            let seq = l.split_whitespace().find_map(|w| w.strip_prefix("icmp_seq=")?.parse().ok())?;
+            Some((seq, time))
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut seq = 1;
+    while seq <= PINGS {
+        if answers.contains_key(&seq) {
+            seq += 1;
+            continue;
+        }
+        let first = seq;
+        while seq <= PINGS && !answers.contains_key(&seq) {
+            seq += 1;
+        }
+        let around = |s: Option<(&u32, &f64)>| s.map_or_else(|| "-".to_owned(), |(_, t)| utc(*t));
+        out.push(format!(
+            "icmp_seq {first}..{} lost between {} and {}",
+            seq - 1,
+            around(answers.range(..first).next_back()),
+            around(answers.range(seq..).next())
+        ));
+    }
+    out.join("\n")
+}
+
+/// Every agent's changes of a replica's liveness and its routing actions, the last of each.
+fn agents_story(lab: &Lab) -> String {
+    let mut out = Vec::new();
+    for cluster in CLUSTERS {
+        for node in ["n1", "n2"] {
+            let text = std::fs::read_to_string(lab.node(cluster, node).agent_log()).unwrap_or_default();
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| l.contains("liveness") || l.contains("nexthop") || l.contains("starting"))
+                .map(strip_ansi)
+                .collect();
+            out.push(format!("{cluster}/{node}:\n{}", lines[lines.len().saturating_sub(12)..].join("\n")));
+        }
+    }
+    out.join("\n")
+}
+
+/// A log line without its terminal colours.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The last 40 lines of a log file.
@@ -255,18 +336,23 @@ fn a_slice_with_two_replicas_rides_through_replica_node_agent_and_gateway_failur
             std::thread::sleep(EVENT_AFTER);
             let n = lab.node(cluster, node);
             let before = n.agent_pid();
+            let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
             n.restart_agent().unwrap_or_else(|e| panic!("restarting {cluster}/{node}'s agent: {e:#}"));
             assert!(n.agent_running() && n.agent_pid() != before, "{cluster}/{node}: a new agent runs");
-            let outcome = pings.finish();
-            for (pair, answered, gap) in &outcome {
+            let outcome = pings.finish_with_logs();
+            for ((pair, answered, gap), log) in &outcome {
                 assert_eq!(
                     *answered,
                     PINGS,
-                    "{pair} across the restart of {cluster}/{node}'s agent: pings lost (longest run {gap})\n{}",
+                    "{pair} across the restart of {cluster}/{node}'s agent at {}: pings lost (longest run {gap})\n\
+                     {}\n{}\n{}",
+                    utc(at),
+                    lost_runs(log),
+                    agents_story(lab),
                     log_tail(&n.agent_log())
                 );
             }
-            figures.push((format!("restart agent {cluster}/{node}"), outcome));
+            figures.push((format!("restart agent {cluster}/{node}"), outcome.into_iter().map(|(o, _)| o).collect()));
         }
     }
 
