@@ -6,7 +6,8 @@
 //! `dataplane` (a netlink socket opened inside them, or a dedicated thread), so the caller never
 //! changes namespace.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::Path;
 
 use dataplane::{Link, NamespaceOps, NetlinkOps, VxlanRequest};
@@ -78,14 +79,14 @@ fn router_netns_slices(config: &NodeAgentConfig, host: &mut impl NamespaceOps) -
 }
 
 /// Looks into one router namespace: sysctls, `lo`, VXLAN devices and what sits on the desired
-/// VXLAN; and its multipath routing when `multipath_wanted` or its hash policy says to
-/// ([`ObservedMultipath::worth_looking`]).
+/// VXLAN; and its multipath routing when the slice has replicas (`gateways`, of its
+/// multi-gateway routes) or its hash policy says to ([`ObservedMultipath::worth_looking`]).
 fn observe_router<H: NamespaceOps>(
     slice: &str,
     host: &mut H,
     ns: &H::Ns,
     desired_vxlan: &str,
-    multipath_wanted: bool,
+    gateways: &BTreeSet<IpAddr>,
 ) -> Result<(ObservedRouter, ObservedMultipath), NodeAgentError> {
     let err = |what: &str, e| observe_error(slice, what, e);
     let mut router = ObservedRouter::default();
@@ -134,7 +135,17 @@ fn observe_router<H: NamespaceOps>(
         router.neighs = nl.neighs(desired_vxlan).map_err(|e| err("listing neighbours", e))?;
         router.fdb = nl.fdb(desired_vxlan).map_err(|e| err("listing FDB entries", e))?;
     }
-    if ObservedMultipath::worth_looking(multipath_wanted, &multipath.sysctls) {
+    if !gateways.is_empty() {
+        let local = gateways.iter().filter_map(|g| multipath.local_host_devs.get(g));
+        let vxlan = links.iter().any(|l| l.name == desired_vxlan && is_vxlan(l)).then_some(desired_vxlan);
+        let devs: BTreeSet<String> = vxlan.into_iter().map(str::to_owned).chain(local.cloned()).collect();
+        for dev in devs {
+            if let Ok(value) = host.sysctl(ns, &multipath::rp_filter_key(&dev)) {
+                multipath.rp_filter.insert(dev, value);
+            }
+        }
+    }
+    if ObservedMultipath::worth_looking(!gateways.is_empty(), &multipath.sysctls) {
         multipath.looked = true;
         multipath.nexthops = nl.nexthops().map_err(|e| err("listing nexthops", e))?;
         for v6 in [false, true] {
@@ -193,8 +204,8 @@ pub fn observe<H: NamespaceOps>(
                 continue;
             }
         };
-        let multipath_wanted = !multipath::specs(slice).is_empty();
-        match observe_router(&slice.name, host, &ns, &vxlan_name(slice.vni), multipath_wanted) {
+        let gateways = multipath::all_gateways(slice);
+        match observe_router(&slice.name, host, &ns, &vxlan_name(slice.vni), &gateways) {
             Ok((router, multipath)) => {
                 observed.routers.insert(slice.name.clone(), router);
                 observed.multipath.insert(slice.name.clone(), multipath);

@@ -758,6 +758,8 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
         }
     };
 
+    multipath::loose_rp_filter(&spec.slice, &spec.multipath, &dev, observed_multipath, actions);
+
     // Peers: removals first, then additions and changes; untouched entries get nothing. Remote
     // routes via a peer's gateway sit on the VXLAN beside the peers' routes.
     let via_peer: Vec<&Route> = spec.remote_routes.iter().filter(|r| !r.local).map(|r| &r.route).collect();
