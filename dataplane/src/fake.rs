@@ -741,8 +741,14 @@ impl NamespaceOps for FakeNamespaces {
     fn sysctl(&mut self, ns: &FakeNetns, key: &str) -> Result<String> {
         let mut w = self.world.lock();
         w.record(ns.name(), &format!("sysctl {key}"))?;
-        // A key never written reads as a new namespace's value of the router's keys.
-        Ok(w.ns(ns.name()).sysctls.get(key).cloned().unwrap_or_else(|| "0".to_owned()))
+        // A key never written reads as a new namespace's value of the router's keys; a
+        // device's IPv4 key as the namespace's `default` (what a new device starts with).
+        let sysctls = &w.ns(ns.name()).sysctls;
+        let inherited = || {
+            let (dev, name) = key.strip_prefix("net/ipv4/conf/")?.split_once('/')?;
+            (dev != "all" && dev != "default").then(|| sysctls.get(&format!("net/ipv4/conf/default/{name}")))?.cloned()
+        };
+        Ok(sysctls.get(key).cloned().or_else(inherited).unwrap_or_else(|| "0".to_owned()))
     }
 
     fn set_sysctl(&mut self, ns: &FakeNetns, key: &str, value: &str) -> Result<()> {

@@ -7,7 +7,6 @@
 //! changes namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::path::Path;
 
 use dataplane::{Link, NamespaceOps, NetlinkOps, VxlanRequest};
@@ -16,7 +15,7 @@ use slice_api::node::{NodeAgentConfig, NodeState};
 use super::NodeAgentError;
 use super::plan::multipath::{self, MULTIPATH_SYSCTLS, ObservedMultipath};
 use super::plan::{
-    Action, Observed, ObservedFirewall, ObservedRouter, ObservedStateFile, ObservedVxlan, ROUTER_SYSCTLS,
+    Action, Observed, ObservedFirewall, ObservedRouter, ObservedStateFile, ObservedVxlan, ROUTER_SYSCTLS, rp_filter,
     vni_of_vxlan_name, vxlan_name,
 };
 
@@ -79,14 +78,14 @@ fn router_netns_slices(config: &NodeAgentConfig, host: &mut impl NamespaceOps) -
 }
 
 /// Looks into one router namespace: sysctls, `lo`, VXLAN devices and what sits on the desired
-/// VXLAN; and its multipath routing when the slice has replicas (`gateways`, of its
-/// multi-gateway routes) or its hash policy says to ([`ObservedMultipath::worth_looking`]).
+/// VXLAN, the reverse-path filter of the VXLAN and the pods' veths; and its multipath routing
+/// when `multipath_wanted` or its hash policy says to ([`ObservedMultipath::worth_looking`]).
 fn observe_router<H: NamespaceOps>(
     slice: &str,
     host: &mut H,
     ns: &H::Ns,
     desired_vxlan: &str,
-    gateways: &BTreeSet<IpAddr>,
+    multipath_wanted: bool,
 ) -> Result<(ObservedRouter, ObservedMultipath), NodeAgentError> {
     let err = |what: &str, e| observe_error(slice, what, e);
     let mut router = ObservedRouter::default();
@@ -135,17 +134,15 @@ fn observe_router<H: NamespaceOps>(
         router.neighs = nl.neighs(desired_vxlan).map_err(|e| err("listing neighbours", e))?;
         router.fdb = nl.fdb(desired_vxlan).map_err(|e| err("listing FDB entries", e))?;
     }
-    if !gateways.is_empty() {
-        let local = gateways.iter().filter_map(|g| multipath.local_host_devs.get(g));
-        let vxlan = links.iter().any(|l| l.name == desired_vxlan && is_vxlan(l)).then_some(desired_vxlan);
-        let devs: BTreeSet<String> = vxlan.into_iter().map(str::to_owned).chain(local.cloned()).collect();
-        for dev in devs {
-            if let Ok(value) = host.sysctl(ns, &multipath::rp_filter_key(&dev)) {
-                multipath.rp_filter.insert(dev, value);
-            }
+    let vxlan = links.iter().any(|l| l.name == desired_vxlan && is_vxlan(l)).then_some(desired_vxlan);
+    let devs: BTreeSet<&str> =
+        vxlan.into_iter().chain(multipath.local_host_devs.values().map(String::as_str)).collect();
+    for dev in devs {
+        if let Ok(value) = host.sysctl(ns, &rp_filter::key(dev)) {
+            router.rp_filter.insert(dev.to_owned(), value);
         }
     }
-    if ObservedMultipath::worth_looking(!gateways.is_empty(), &multipath.sysctls) {
+    if ObservedMultipath::worth_looking(multipath_wanted, &multipath.sysctls) {
         multipath.looked = true;
         multipath.nexthops = nl.nexthops().map_err(|e| err("listing nexthops", e))?;
         for v6 in [false, true] {
@@ -204,8 +201,8 @@ pub fn observe<H: NamespaceOps>(
                 continue;
             }
         };
-        let gateways = multipath::all_gateways(slice);
-        match observe_router(&slice.name, host, &ns, &vxlan_name(slice.vni), &gateways) {
+        let multipath_wanted = !multipath::specs(slice).is_empty();
+        match observe_router(&slice.name, host, &ns, &vxlan_name(slice.vni), multipath_wanted) {
             Ok((router, multipath)) => {
                 observed.routers.insert(slice.name.clone(), router);
                 observed.multipath.insert(slice.name.clone(), multipath);

@@ -37,6 +37,8 @@ const REPLICA_B: &str = "10.113.0.6";
 /// An address of the remote prefix (10.113.64.0/20), on both replicas' `lo`.
 const REMOTE: &str = "10.113.64.1";
 const FLOW_PORT: u16 = 7000;
+/// Where the client receives what comes back from the remote prefix.
+const BACK_PORT: u16 = 7001;
 /// The nexthop ids of the two replicas (sorted addresses: .5 first).
 const NH_A: u32 = GATEWAY_NEXTHOP_BASE;
 const NH_B: u32 = GATEWAY_NEXTHOP_BASE + 1;
@@ -292,6 +294,25 @@ fn send_flows(client: &Netns, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Sends a datagram (flow id 0) from `socket` to `to` every 100 ms until `done` holds.
+fn resend_until(socket: &UdpSocket, to: String, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out sending to {to}");
+        let _ = socket.send_to(&0u16.to_be_bytes(), &to);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The kernel's count of packets `ns` dropped by its reverse-path filter
+/// (`TcpExt: IPReversePathFilter`; `/proc/thread-self/net` is the namespace's).
+fn rp_filter_drops(ns: &Netns) -> u64 {
+    let text = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/netstat")).unwrap().unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let (names, values) = (lines[0].split_whitespace(), lines[1].split_whitespace());
+    names.zip(values).find(|(n, _)| *n == "IPReversePathFilter").and_then(|(_, v)| v.parse().ok()).expect("the counter")
+}
+
 #[test]
 fn flows_spread_over_two_replicas_a_dead_one_leaves_the_group_and_rejoins() {
     let mut lab = Lab::new();
@@ -340,10 +361,44 @@ fn flows_spread_over_two_replicas_a_dead_one_leaves_the_group_and_rejoins() {
     send_flows(&client, || *at_b.lock().unwrap() == all);
     assert!(at_a.lock().unwrap().is_empty(), "flows still via A: {:?}", at_a.lock().unwrap());
 
-    // An agent that knows A is dead (a restart that probed first) finds nothing to change.
+    // What the remote side still sends through A (its peers have not seen it go) comes in on
+    // A's veth while A is out of the groups: the router forwards it (no reverse-path filter on
+    // a replica's veth), where the strict check would drop it (the route back no longer uses
+    // that veth). The client's veth stays strict: a datagram it sends from the remote prefix's
+    // address is dropped by the reverse-path filter.
+    let router = lab.router();
+    let sysctl = |key: &str| router.run(|| std::fs::read_to_string(format!("/proc/sys/{key}"))).unwrap().unwrap();
+    for (dev, value) in [("mpa", "0"), ("mpb", "0"), ("mpc", "1"), ("sv113", "0"), ("all", "0"), ("default", "1")] {
+        assert_eq!(sysctl(&format!("net/ipv4/conf/{dev}/rp_filter")).trim(), value, "{dev}");
+    }
+    let back = Arc::new(Mutex::new(BTreeSet::new()));
+    lab.servers.push(flow_receiver(&client, format!("{CLIENT}:{BACK_PORT}").parse().unwrap(), back.clone()));
+    let from_remote = a.run(|| UdpSocket::bind(format!("{REMOTE}:0"))).unwrap().unwrap();
+    resend_until(&from_remote, format!("{CLIENT}:{BACK_PORT}"), || back.lock().unwrap().contains(&0));
+    // Another address of the remote prefix (the flows still go to REMOTE).
+    let forged = "10.113.64.7";
+    Netlink::in_netns(&client).unwrap().add_addr("lo", format!("{forged}/32").parse().unwrap()).unwrap();
+    let spoofing = client.run(|| UdpSocket::bind(format!("{forged}:0"))).unwrap().unwrap();
+    let dropped = rp_filter_drops(&router);
+    resend_until(&spoofing, format!("{REPLICA_B}:{FLOW_PORT}"), || rp_filter_drops(&router) > dropped);
+
+    // An agent that knows A is dead (a restart that probed first) finds nothing to change; a
+    // replica's veth and a pod's veth someone else changed get their filter back.
     let dead = slice_node::DeadGateways::from([("blue".to_owned(), BTreeSet::from([REPLICA_A.parse().unwrap()]))]);
     let second = node.run(|| slice_node::reconcile_live(&config, &dead)).unwrap();
     assert_eq!(second.unwrap(), Vec::<slice_node::Action>::new());
+    for (dev, value) in [("mpa", "1"), ("mpc", "2")] {
+        router.run(|| std::fs::write(format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter"), value)).unwrap().unwrap();
+    }
+    let third = node.run(|| slice_node::reconcile_live(&config, &dead)).unwrap().unwrap();
+    assert_eq!(
+        third.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["set sysctl net/ipv4/conf/mpa/rp_filter=0", "set sysctl net/ipv4/conf/mpc/rp_filter=1"]
+    );
+    assert_eq!(
+        (sysctl("net/ipv4/conf/mpa/rp_filter").trim(), sysctl("net/ipv4/conf/mpc/rp_filter").trim()),
+        ("0", "1")
+    );
 
     // A answers again: it rejoins, and flows spread again.
     lab.servers.push(health_server(&a, metrics(REPLICA_A)));

@@ -743,10 +743,10 @@ fn a_forged_source_is_dropped_even_when_policy_allows_everything() {
         policy("y", "all", json!({"ingress": [{}]})),
     ]);
     let router = lab.router();
-    // IPv4's check is the kernel's strict reverse-path filter, which the agent turned on (the
-    // table's fib check is for IPv6 only: see firewall::anti_spoof).
-    assert_eq!(router.sysctl("net/ipv4/conf/all/rp_filter").unwrap().trim(), "1");
+    // IPv4's check is the kernel's strict reverse-path filter on each pod's veth, which the
+    // agent keeps on (the table's fib check is for IPv6 only: see firewall::anti_spoof).
     let (x_a, y_a) = (0, 3);
+    assert_eq!(router.sysctl(&format!("net/ipv4/conf/hpv{x_a}/rp_filter")).unwrap().trim(), "1");
     let forged: Ipv4Addr = lab.pods[1].address; // x/b's address, from x/a's interface
     Netlink::in_netns(&lab.pod_ns[x_a]).unwrap().add_addr("slice0", format!("{forged}/32").parse().unwrap()).unwrap();
     let target = SocketAddr::from((lab.pods[y_a].address, 83));

@@ -103,7 +103,7 @@ fn blue_build() -> Vec<String> {
     [
         "netns: ensure_named /fake/netns/t1-blue",
         "t1-blue: set_sysctl net/ipv4/ip_forward=1",
-        "t1-blue: set_sysctl net/ipv4/conf/all/rp_filter=1",
+        "t1-blue: set_sysctl net/ipv4/conf/all/rp_filter=0",
         "t1-blue: set_sysctl net/ipv4/conf/default/rp_filter=1",
         "t1-blue: set_sysctl net/ipv6/conf/all/forwarding=1",
         "t1-blue: set_up lo",

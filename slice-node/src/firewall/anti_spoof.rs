@@ -7,8 +7,9 @@
 //! it. Using the routing table instead of a list of addresses per veth keeps the check true
 //! the moment the CNI plugin adds a pod, with no rule to rewrite.
 //!
-//! **IPv4:** the kernel does it. The agent sets `rp_filter` to 1 (strict) for every interface
-//! of the router (`plan::ROUTER_SYSCTLS`), which the kernel checks at the routing decision,
+//! **IPv4:** the kernel does it. The agent sets `rp_filter` to 1 (strict) on every pod's veth
+//! (`plan::rp_filter`; off only on the veths of gateway replicas and the VXLAN of a slice with
+//! several replicas, whose sources are pinned elsewhere), which the kernel checks at the routing decision,
 //! before the forward hook where policy runs: a forged packet is never forwarded and its
 //! connection-tracking entry is never confirmed, so no policy can allow it. **IPv6** has no
 //! `rp_filter`: this chain does the same check with nft's `fib saddr . iif oif missing`, at

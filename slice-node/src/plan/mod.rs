@@ -41,13 +41,17 @@ use slice_api::node::{NodeAgentConfig, NodeState, PeerNode, RemoteRoute, SliceOn
 use slice_api::prefix::router_address;
 
 pub mod multipath;
+pub mod rp_filter;
 
 pub use multipath::{MultipathSpec, ObservedMultipath};
 
-/// Sysctls of every router namespace, as `(key under /proc/sys, value)`.
+/// Sysctls of every router namespace, as `(key under /proc/sys, value)`. The reverse-path
+/// filter is per device ([`rp_filter`]): `all` 0 lets each device's own value count (the
+/// kernel takes the higher of the two), `default` 1 makes every new device strict from its
+/// creation.
 pub const ROUTER_SYSCTLS: [(&str, &str); 4] = [
     ("net/ipv4/ip_forward", "1"),
-    ("net/ipv4/conf/all/rp_filter", "1"),
+    ("net/ipv4/conf/all/rp_filter", "0"),
     ("net/ipv4/conf/default/rp_filter", "1"),
     ("net/ipv6/conf/all/forwarding", "1"),
 ];
@@ -316,6 +320,8 @@ pub struct ObservedRouter {
     pub lo_addrs: Vec<IpNet>,
     /// Every VXLAN device in the namespace.
     pub vxlans: Vec<ObservedVxlan>,
+    /// `rp_filter` of the desired VXLAN and of each local pod's veth, by device.
+    pub rp_filter: BTreeMap<String, String>,
     /// Routes of the main table whose device is the desired VXLAN (both families).
     pub routes: Vec<Route>,
     /// Neighbour entries on the desired VXLAN.
@@ -758,7 +764,8 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
         }
     };
 
-    multipath::loose_rp_filter(&spec.slice, &spec.multipath, &dev, observed_multipath, actions);
+    let want_rp_filter = rp_filter::wanted(&dev, &spec.multipath, &observed_multipath.local_host_devs);
+    rp_filter::plan(&spec.slice, &want_rp_filter, &router.rp_filter, actions);
 
     // Peers: removals first, then additions and changes; untouched entries get nothing. Remote
     // routes via a peer's gateway sit on the VXLAN beside the peers' routes.

@@ -59,15 +59,6 @@ pub const VXLAN_RULE_PRIORITY: u32 = 1000;
 /// The multipath hash sysctls: 1 = layer 4 (addresses, protocol, ports).
 pub const MULTIPATH_SYSCTLS: [&str; 2] = ["net/ipv4/fib_multipath_hash_policy", "net/ipv6/fib_multipath_hash_policy"];
 
-/// The `rp_filter` value of the interfaces replicas' traffic arrives on: loose (the source
-/// must be routable, through any interface), over the router's strict default.
-pub const LOOSE_RP_FILTER: &str = "2";
-
-/// The sysctl of a device's IPv4 reverse-path filter.
-pub fn rp_filter_key(dev: &str) -> String {
-    format!("net/ipv4/conf/{dev}/rp_filter")
-}
-
 /// True for a nexthop id this agent manages.
 pub fn is_ours(id: u32) -> bool {
     (GATEWAY_NEXTHOP_BASE..OUR_IDS_END).contains(&id)
@@ -166,8 +157,6 @@ pub struct ObservedMultipath {
     pub rules: Vec<Rule>,
     /// The device of each pod's /32 (or /128) route: the device a local replica's nexthop uses.
     pub local_host_devs: BTreeMap<IpAddr, String>,
-    /// `rp_filter` of the VXLAN and of each local replica's veth, by device.
-    pub rp_filter: BTreeMap<String, String>,
 }
 
 impl ObservedMultipath {
@@ -351,42 +340,6 @@ pub(super) fn sysctls(slice: &str, specs: &[MultipathSpec], observed: &ObservedM
     for key in MULTIPATH_SYSCTLS {
         if observed.sysctls.get(key).map(String::as_str) != Some("1") {
             actions.push(Action::SetSysctl { slice: slice.to_owned(), key: key.to_owned(), value: "1".to_owned() });
-        }
-    }
-}
-
-/// Loose reverse-path filtering where the replicas' traffic comes in: the VXLAN and the veth of
-/// each replica on this node, for a slice with multi-gateway routes (set after the VXLAN is
-/// made). A remote cluster's gateways pick a replica by their own hashing and probes, so a
-/// packet may come through a replica this router's group leaves out at that moment (its probes
-/// missed, it is draining, it just came back): with the router's strict `rp_filter` the kernel
-/// would drop it, since the route back no longer uses that interface. The kernel takes the
-/// higher of `all` and the device's value, so these interfaces are loose and the pods' veths
-/// stay strict (their anti-spoofing); the replicas' sources are pinned by WireGuard's
-/// cryptokey routing, the VXLAN's by the peer nodes' own strict pod veths.
-pub(super) fn loose_rp_filter(
-    slice: &str,
-    specs: &[MultipathSpec],
-    vxlan: &str,
-    observed: &ObservedMultipath,
-    actions: &mut Vec<Action>,
-) {
-    if specs.is_empty() {
-        return;
-    }
-    let local = specs
-        .iter()
-        .flat_map(|s| &s.gateways)
-        .filter(|g| g.reach == Reach::Local)
-        .filter_map(|g| observed.local_host_devs.get(&g.address));
-    let devs: BTreeSet<&str> = std::iter::once(vxlan).chain(local.map(String::as_str)).collect();
-    for dev in devs {
-        if observed.rp_filter.get(dev).map(String::as_str) != Some(LOOSE_RP_FILTER) {
-            actions.push(Action::SetSysctl {
-                slice: slice.to_owned(),
-                key: rp_filter_key(dev),
-                value: LOOSE_RP_FILTER.to_owned(),
-            });
         }
     }
 }

@@ -67,6 +67,7 @@ fn converged(config: &NodeAgentConfig) -> Observed {
                     .into_iter()
                     .chain(spec.secondary_router_address)
                     .collect(),
+                rp_filter: BTreeMap::new(),
                 vxlans: vec![ObservedVxlan {
                     name: spec.vxlan.name.clone(),
                     vni: Some(spec.vxlan.vni),

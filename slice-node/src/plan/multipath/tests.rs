@@ -323,39 +323,3 @@ fn a_router_that_never_had_multipath_is_not_looked_into() {
     assert!(ObservedMultipath::worth_looking(false, &one));
     assert!(ObservedMultipath::worth_looking(true, &zero));
 }
-
-#[test]
-fn the_vxlan_and_the_local_replicas_veths_filter_loosely_and_nothing_else() {
-    let c = config();
-    let specs = specs(&c.slices[0]);
-    let loose = |observed: &ObservedMultipath, specs: &[MultipathSpec]| {
-        let mut actions = Vec::new();
-        loose_rp_filter("blue", specs, "sv100", observed, &mut actions);
-        actions
-            .into_iter()
-            .map(|a| match a {
-                Action::SetSysctl { key, value, .. } => format!("{key}={value}"),
-                other => panic!("not a sysctl: {other:?}"),
-            })
-            .collect::<Vec<_>>()
-    };
-    // Both local replicas' veths (found by their pods' routes) and the VXLAN; not the peer's.
-    let mut observed = pods_there();
-    observed.local_host_devs.insert(ip("10.80.0.9"), "vethpod".into());
-    let want =
-        ["net/ipv4/conf/sv100/rp_filter=2", "net/ipv4/conf/vetha/rp_filter=2", "net/ipv4/conf/vethb/rp_filter=2"];
-    assert_eq!(loose(&observed, &specs), want, "an ordinary pod's veth stays strict");
-    // Already loose: nothing; one reset to strict by someone: that one.
-    for dev in ["sv100", "vetha", "vethb"] {
-        observed.rp_filter.insert(dev.into(), LOOSE_RP_FILTER.into());
-    }
-    assert!(loose(&observed, &specs).is_empty());
-    observed.rp_filter.insert("vethb".into(), "1".into());
-    assert_eq!(loose(&observed, &specs), ["net/ipv4/conf/vethb/rp_filter=2"]);
-    // A replica whose pod is not on the node yet has no veth to set.
-    observed.local_host_devs.remove(&ip("10.80.0.6"));
-    observed.rp_filter.clear();
-    assert_eq!(loose(&observed, &specs), ["net/ipv4/conf/sv100/rp_filter=2", "net/ipv4/conf/vetha/rp_filter=2"]);
-    // One gateway per remote cluster: no multipath, strict everywhere.
-    assert!(loose(&observed, &[]).is_empty());
-}
