@@ -202,6 +202,8 @@ impl Lab {
             "slices": [{
                 "name": "blue", "vni": 113, "sliceSubnet": "10.113.0.0/16",
                 "nodePrefix": "10.113.0.0/26", "namespaces": ["shop"],
+                // Dual-stack: the router's table, with its IPv6 anti-spoof check.
+                "secondary": {"sliceSubnet": "fd00:113::/48", "nodePrefix": "fd00:113::/120"},
                 "remoteRoutes": [{"prefix": "10.113.64.0/20", "via": REPLICA_A, "alsoVia": [REPLICA_B]}]
             }]
         }))
@@ -371,6 +373,27 @@ fn flows_spread_over_two_replicas_a_dead_one_leaves_the_group_and_rejoins() {
     for (dev, value) in [("mpa", "0"), ("mpb", "0"), ("mpc", "1"), ("sv113", "0"), ("all", "0"), ("default", "1")] {
         assert_eq!(sysctl(&format!("net/ipv4/conf/{dev}/rp_filter")).trim(), value, "{dev}");
     }
+    // IPv6's anti-spoof check (nft) skips the same devices, before the check.
+    let listing = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{}r-blue", lab.prefix),
+            "nft",
+            "list",
+            "chain",
+            "inet",
+            "slicenet",
+            "anti-spoof",
+        ])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let at = |needle: &str| listing.find(needle).unwrap_or_else(|| panic!("no {needle} in\n{listing}"));
+    for dev in ["mpa", "mpb", "sv113"] {
+        assert!(at(&format!("iifname \"{dev}\" accept")) < at("fib saddr . iif oif missing"), "{listing}");
+    }
+    assert!(!listing.contains("\"mpc\""), "the client's veth is checked: {listing}");
     let back = Arc::new(Mutex::new(BTreeSet::new()));
     lab.servers.push(flow_receiver(&client, format!("{CLIENT}:{BACK_PORT}").parse().unwrap(), back.clone()));
     let from_remote = a.run(|| UdpSocket::bind(format!("{REMOTE}:0"))).unwrap().unwrap();

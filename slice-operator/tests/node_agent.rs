@@ -355,7 +355,11 @@ fn routers_on_two_nodes_reach_each_other_and_a_second_run_changes_nothing() {
     // Router namespace as specified.
     let ns = Netns::open(&lab.n1().router_path("blue")).unwrap();
     assert_eq!(ns.sysctl("net/ipv4/ip_forward").unwrap(), "1");
-    assert_eq!(ns.sysctl("net/ipv4/conf/all/rp_filter").unwrap(), "1");
+    // The reverse-path filter per device: every new device strict, the VXLAN of a slice with
+    // one gateway too (slice_node::plan::rp_filter).
+    assert_eq!(ns.sysctl("net/ipv4/conf/all/rp_filter").unwrap(), "0");
+    assert_eq!(ns.sysctl("net/ipv4/conf/default/rp_filter").unwrap(), "1");
+    assert_eq!(ns.sysctl("net/ipv4/conf/sv100/rp_filter").unwrap(), "1");
     let mut nl = lab.n1().router_nl("blue");
     let vx = nl.link("sv100").unwrap().unwrap();
     assert_eq!(vx.mtu, 1450);
@@ -649,7 +653,8 @@ fn the_agent_needs_only_net_admin_and_sys_admin() {
     assert_eq!(state.router_netns, lab.n1().router_path("blue"));
     let ns = Netns::open(&lab.n1().router_path("blue")).unwrap();
     assert_eq!(ns.sysctl("net/ipv4/ip_forward").unwrap(), "1");
-    assert_eq!(ns.sysctl("net/ipv4/conf/all/rp_filter").unwrap(), "1");
+    assert_eq!(ns.sysctl("net/ipv4/conf/default/rp_filter").unwrap(), "1");
+    assert_eq!(ns.sysctl("net/ipv4/conf/sv100/rp_filter").unwrap(), "1");
     // And what the full run made, a run with the two capabilities finds in place.
     assert!(lab.n1().run_once_with_only(&only).status.success());
     assert_eq!(lab.n1().reconcile(), vec![]);

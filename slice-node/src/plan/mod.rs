@@ -809,8 +809,15 @@ fn plan_router(spec: &RouterSpec, observed: &Observed, actions: &mut Vec<Action>
         }
     }
 
-    // The firewall is part of the router: in place before the state file lets pods start.
-    match (&spec.firewall, &router.firewall) {
+    // The firewall is part of the router: in place before the state file lets pods start. Its
+    // IPv6 anti-spoof check skips the devices IPv4's filter is off on.
+    let unfiltered: Vec<&str> =
+        want_rp_filter.iter().filter(|(_, v)| **v == rp_filter::OFF).map(|(d, _)| d.as_str()).collect();
+    let firewall = spec.firewall.clone().map(|mut table| {
+        crate::firewall::anti_spoof::exempt(&mut table, &unfiltered);
+        table
+    });
+    match (&firewall, &router.firewall) {
         _ if spec.firewall_error.is_some() => {}
         (Some(want), ObservedFirewall::Present(have)) if want == have => {}
         (Some(want), _) => {
