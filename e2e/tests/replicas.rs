@@ -213,7 +213,12 @@ fn two_replicas_per_cluster_each_with_its_own_key_node_and_tunnels() {
             cp.tick(lab).expect("a round");
             std::thread::sleep(Duration::from_millis(500));
         }
-        assert_eq!(vias_to_c3(lab), [want, want], "replicas that c1's nodes route c3's prefix via\n{}", cp.diagnose(lab));
+        assert_eq!(
+            vias_to_c3(lab),
+            [want, want],
+            "replicas that c1's nodes route c3's prefix via\n{}",
+            cp.diagnose(lab)
+        );
     };
     wait_vias(cp, 1);
     drop(rule);

@@ -954,7 +954,8 @@ mod tests {
             "{fixes:?}"
         );
         assert!(
-            r.of(check::GATEWAY_REPLICA).all(|f| f.problem.ends_with("the flows the nodes send through it to c3 are lost")),
+            r.of(check::GATEWAY_REPLICA)
+                .all(|f| f.problem.ends_with("the flows the nodes send through it to c3 are lost")),
             "{}",
             r.render()
         );

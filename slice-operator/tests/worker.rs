@@ -1565,7 +1565,9 @@ async fn each_replica_reports_its_own_tunnels_from_its_own_metrics() {
             .as_array()
             .expect("remoteRoutes")
             .iter()
-            .map(|r| (r["prefix"].as_str().unwrap().to_owned(), r["via"].as_str().unwrap().to_owned(), r["alsoVia"].clone()))
+            .map(|r| {
+                (r["prefix"].as_str().unwrap().to_owned(), r["via"].as_str().unwrap().to_owned(), r["alsoVia"].clone())
+            })
             .collect()
     };
     let both = [

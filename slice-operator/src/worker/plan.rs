@@ -844,7 +844,7 @@ mod tests {
         let allocs = allocate_node_prefixes(&t, &names(&["n1", "n2", "n3"]), &[]).unwrap();
         let gw4: IpAddr = "10.80.16.70".parse().unwrap();
         let gw6: IpAddr = "fd00:80:0:1000::146".parse().unwrap();
-        let both = GatewayAddresses { primary: vec![gw4], secondary: vec![gw6] };
+        let both = GatewayAddresses { primary: vec![gw4], secondary: vec![gw6], ..GatewayAddresses::default() };
         let on = node_agent_slice(&t, "n1", &nodes(), &allocs, both).unwrap();
         for r in &on.remote_routes {
             let want = if r.prefix.addr().is_ipv4() { gw4 } else { gw6 };
@@ -975,10 +975,7 @@ mod tests {
         };
         // Replica 0 does not reach the first prefix's cluster: that prefix via replica 1 alone;
         // the second via both, as before.
-        assert_eq!(
-            routes(BTreeMap::from([(r0, vec![first])])),
-            [(first, r1, vec![]), (second, r0, vec![r1])]
-        );
+        assert_eq!(routes(BTreeMap::from([(r0, vec![first])])), [(first, r1, vec![]), (second, r0, vec![r1])]);
         // Neither reaches the first: both stay for it.
         assert_eq!(
             routes(BTreeMap::from([(r0, vec![first]), (r1, vec![first])])),
