@@ -194,6 +194,33 @@ fn two_replicas_per_cluster_each_with_its_own_key_node_and_tunnels() {
     let view = cp.hub_view();
     let c1 = view.workers.iter().find(|w| w.spec.cluster == "c1").expect("c1's WorkerSlice");
     assert!(c1.status.as_ref().expect("status").peers.iter().all(|p| p.state == "Up"), "{}", cp.diagnose(lab));
+    // The node agents of c1 route c3's prefix via replica 0 alone, c2's via both.
+    let c3_prefix: ipnet::IpNet = c1.spec.peers.iter().find(|p| p.cluster == "c3").expect("c3").prefix.parse().unwrap();
+    let vias_to_c3 = |lab: &Lab| -> Vec<usize> {
+        lab.cluster("c1")
+            .nodes()
+            .iter()
+            .map(|n| {
+                let config = n.agent_config().expect("the agent's configuration");
+                let on = config.slices.iter().find(|s| s.name == "blue").expect("blue on the node");
+                on.remote_routes.iter().find(|r| r.prefix == c3_prefix).map_or(0, |r| 1 + r.also_via.len())
+            })
+            .collect()
+    };
+    let wait_vias = |cp: &mut ControlPlane, want: usize| {
+        let deadline = Instant::now() + HANDSHAKES;
+        while vias_to_c3(lab).iter().any(|&v| v != want) && Instant::now() < deadline {
+            cp.tick(lab).expect("a round");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert_eq!(
+            vias_to_c3(lab),
+            [want, want],
+            "replicas that c1's nodes route c3's prefix via\n{}",
+            cp.diagnose(lab)
+        );
+    };
+    wait_vias(cp, 1);
     drop(rule);
     let deadline = Instant::now() + HANDSHAKES;
     while !c1_replica(cp, 1).unreachable.is_empty() && Instant::now() < deadline {
@@ -201,6 +228,7 @@ fn two_replicas_per_cluster_each_with_its_own_key_node_and_tunnels() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(c1_replica(cp, 1).live_tunnels, Some(2), "{}", cp.diagnose(lab));
+    wait_vias(cp, 2);
 }
 
 /// The node gateway replica `ordinal` of `cluster` runs on.

@@ -793,7 +793,7 @@ pub struct GatewayReplicaStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_tunnels: Option<u32>,
     /// The peer clusters this replica has no live tunnel to (from its own metrics, as
-    /// `liveTunnels`): flows the nodes send through it towards them are lost.
+    /// `liveTunnels`): the nodes route them via the other replicas while one reaches them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreachable: Vec<String>,
 }

@@ -417,14 +417,24 @@ fn replica_findings(view: &HubView) -> Vec<Finding> {
                     shared.join(", ")
                 ));
             }
+            let mut outcome = Vec::new();
+            if !alone.is_empty() {
+                outcome.push(format!(
+                    "the nodes route {} via the other replicas meanwhile (one path fewer)",
+                    alone.join(", ")
+                ));
+            }
+            if !shared.is_empty() {
+                outcome.push(format!("the flows the nodes send through it to {} are lost", shared.join(", ")));
+            }
             out.push(Finding::fail(
                 check::GATEWAY_REPLICA,
                 format!("slice {slice} in cluster {cluster}: gateway replica {}{node}", r.ordinal),
                 format!(
-                    "replica {} is Up but has no live tunnel to {}{reaches}: the flows the nodes send through it \
-                     there are lost",
+                    "replica {} is Up but has no live tunnel to {}{reaches}: {}",
                     r.ordinal,
-                    r.unreachable.join(", ")
+                    r.unreachable.join(", "),
+                    outcome.join("; ")
                 ),
                 fix.join("; "),
             ));
@@ -922,8 +932,8 @@ mod tests {
         assert_eq!(f.place, "slice blue in cluster c1: gateway replica 1 on node n2");
         assert_eq!(
             f.problem,
-            "replica 1 is Up but has no live tunnel to c3 (it reaches 1 of 2 peer clusters): the flows the nodes \
-             send through it there are lost"
+            "replica 1 is Up but has no live tunnel to c3 (it reaches 1 of 2 peer clusters): the nodes route c3 \
+             via the other replicas meanwhile (one path fewer)"
         );
         assert!(f.fix.starts_with("another replica of c1 reaches c3, so this replica's way there fails"), "{}", f.fix);
         assert!(f.fix.contains("check UDP from node n2 to the gateway endpoints of c3"), "{}", f.fix);
@@ -942,6 +952,12 @@ mod tests {
         assert!(
             fixes.iter().all(|f| f.starts_with("no replica of c1 reaches c3: see the tunnel findings")),
             "{fixes:?}"
+        );
+        assert!(
+            r.of(check::GATEWAY_REPLICA)
+                .all(|f| f.problem.ends_with("the flows the nodes send through it to c3 are lost")),
+            "{}",
+            r.render()
         );
         // Down replicas say why in the status; their tunnels are not this check's.
         let mut down = v;

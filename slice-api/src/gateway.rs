@@ -28,7 +28,17 @@ pub mod flag {
     /// Peer groups: a prefix given to several peers (a remote cluster's replicas) routes each
     /// flow to one live member; the value is the probe interval in ms (issue 13).
     pub const MULTIPATH_PROBE_MS: &str = "multipath-probe-ms";
+    /// How long a gateway drains on SIGTERM before it exits, in ms (issue 13).
+    pub const DRAIN_MS: &str = "drain-ms";
 }
+
+/// How long the worker has the replicas of a slice with several drain on SIGTERM
+/// (`--drain-ms`): the first half `/healthz` answers 503 (the node agents, asking every 200 ms,
+/// take it out after two misses), the second half it sends nothing to its peers (their
+/// gateways, probing every [`DEFAULT_MULTIPATH_PROBE_MS`], call it dead after three silent
+/// intervals), then it exits — so a rolling restart moves the flows before the replica goes.
+/// A slice with one gateway per cluster has no other path to move to: no drain.
+pub const DEFAULT_DRAIN_MS: u64 = 2000;
 
 /// The probe interval the worker gives its gateways (`--multipath-probe-ms`) when a slice has
 /// several replicas per cluster: a member silent for three of them is dead, so failover stays

@@ -81,6 +81,8 @@ pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     pub counters: DeviceCounters,
     shutdown: AtomicBool,
+    /// Draining before an exit ([`Self::start_draining`]): `/healthz` answers 503.
+    draining: AtomicBool,
     /// The TUN MTU: TCP SYNs crossing the tunnel get their MSS clamped to fit it.
     mtu: AtomicU32,
     /// The TOS byte (DSCP class << 2) of the outer packets; 0: none set.
@@ -124,6 +126,7 @@ impl Gateway {
             counters: DeviceCounters::default(),
             on_change: Mutex::new(None),
             shutdown: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             mtu: AtomicU32::new(1420),
             tos: std::sync::atomic::AtomicU8::new(0),
             handshake_rate_limit: AtomicU64::new(DEFAULT_HANDSHAKE_RATE_LIMIT),
@@ -194,6 +197,29 @@ impl Gateway {
     /// Asks the loops to stop (they notice within their poll interval).
     pub fn stop(&self) {
         self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// The first phase of draining (a replica asked to stop while others carry the slice):
+    /// `/healthz` answers 503, so the node agents take this replica out of their routes (and
+    /// Kubernetes marks the pod not ready); packets still flow both ways.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the gateway drains ([`Self::start_draining`]).
+    #[must_use]
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The last phase of draining: nothing more is sent to any current peer (no data, no
+    /// keepalive, no handshake answer), so the peers' gateways find this one silent within
+    /// three probe intervals and move its flows to the other replicas; what they still send
+    /// here meanwhile is delivered.
+    pub fn mute_peers(&self) {
+        for peer in self.snapshot.load().peers.values() {
+            peer.muted.store(true, Ordering::Relaxed);
+        }
     }
 
     fn stopping(&self) -> bool {

@@ -44,6 +44,8 @@ pub struct Options {
     pub dscp: Option<slice_api::qos::DscpClass>,
     /// Peer groups with this probe interval (ms); `None`: wg(8)'s one holder per prefix.
     pub multipath_probe_ms: Option<u64>,
+    /// How long to drain on SIGTERM/SIGINT before exiting (ms; 0: exit at once).
+    pub drain_ms: u64,
 }
 
 /// How often the configuration file is checked for changes when inotify has said nothing.
@@ -175,6 +177,17 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     );
 
     let signal = signals.wait().context("waiting for signals")?;
+    let drain = opts.drain_ms;
+    if drain > 0 {
+        // The node agents first (`/healthz` 503), then the peers' gateways (silence); packets
+        // keep flowing both ways until each side has moved them. A second signal waits too:
+        // SIGKILL is the way to cut a drain short.
+        tracing::info!(?signal, drain_ms = drain, "draining: /healthz answers 503, then the peers hear nothing");
+        gw.start_draining();
+        std::thread::sleep(std::time::Duration::from_millis(drain / 2));
+        gw.mute_peers();
+        std::thread::sleep(std::time::Duration::from_millis(drain - drain / 2));
+    }
     tracing::info!(?signal, "shutting down");
     gw.stop();
     drop(uapi);

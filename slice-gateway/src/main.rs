@@ -64,6 +64,14 @@ struct Cli {
     #[arg(long = flag::MULTIPATH_PROBE_MS, value_name = "MS",
         value_parser = clap::value_parser!(u64).range(50..=10_000))]
     multipath_probe_ms: Option<u64>,
+    /// On SIGTERM or SIGINT, drain this long (ms) before exiting: the first half `/healthz`
+    /// answers 503 (node agents and readiness take this replica out), the second half nothing
+    /// is sent to the peers (their gateways find it silent and move its flows), packets keep
+    /// flowing both ways throughout. The worker gives 2000 to the replicas of a slice with
+    /// several; 0 exits at once.
+    #[arg(long = flag::DRAIN_MS, value_name = "MS", default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    drain_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -83,6 +91,7 @@ fn main() -> ExitCode {
         forward: cli.forward,
         dscp: cli.dscp,
         multipath_probe_ms: cli.multipath_probe_ms,
+        drain_ms: cli.drain_ms,
     };
     match slice_gateway::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -526,6 +526,7 @@ fn handle(gw: &Gateway, mut conn: TcpStream, limits: &Limits) -> std::io::Result
         Head::Request { head_only, path } => {
             let (status, ctype, body) = match path {
                 METRICS_PATH => ("200 OK", "text/plain; version=0.0.4", render(&sample(gw))),
+                HEALTH_PATH if gw.draining() => ("503 Service Unavailable", "text/plain", "draining\n".to_string()),
                 HEALTH_PATH => ("200 OK", "text/plain", "ok\n".to_string()),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };

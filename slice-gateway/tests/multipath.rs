@@ -3,7 +3,9 @@
 //! answer on the same address 10.78.0.1 (as the cluster's pods answer through either). Flows
 //! spread over both; killing the replica that carries a ping (SIGKILL) moves the ping to the
 //! other; the replica restarted with its key is live again; killing the other replica then
-//! leaves the ping on the first. Gaps are printed as FIGURE lines, never asserted.
+//! leaves the ping on the first. Gaps are printed as FIGURE lines, never asserted. A replica
+//! stopped with SIGTERM under `--drain-ms` drains: `/healthz` 503 first, then silence towards
+//! A (which calls it dead while it still runs), then a clean exit.
 
 mod common;
 
@@ -262,5 +264,44 @@ fn established_tcp_survives_the_loss_of_one_replicas_node() -> anyhow::Result<()
     assert!(lab.procs[client].child.wait()?.success(), "every established connection survived: {out}");
     assert!(out.contains("iperf Done."), "{out}");
     assert!(!live_on_a(&lab, &b1), "A sees B1 dead");
+    Ok(())
+}
+
+/// The status of B's `GET /healthz` on `METRICS` in node `i`'s namespace (`None`: no answer).
+fn health(lab: &Lab, i: usize) -> Option<u16> {
+    let script = format!(
+        "import urllib.request, urllib.error\ntry:\n    print(urllib.request.urlopen('http://{METRICS}/healthz', \
+         timeout=5).status)\nexcept urllib.error.HTTPError as e:\n    print(e.code)\n"
+    );
+    lab.exec(i, &format!("python3 -c \"{script}\"")).ok()?.trim().parse().ok()
+}
+
+/// Rolling restarts (issue 13): a replica stopped with SIGTERM under `--drain-ms` first
+/// answers `/healthz` with 503 (for the node agents and the readiness probe) while A still
+/// counts it live, then sends nothing more, so A calls it dead while it still runs (and still
+/// delivers what A sends), then exits on its own, successfully. Long phases (15 s each) so
+/// that a loaded machine sees each one; the states are asserted, never their timing.
+#[test]
+fn a_stopped_replica_drains_before_it_exits() -> anyhow::Result<()> {
+    let mut lab = Lab::named("hfd", 3)?;
+    let (a, b1, b2) = (keypair()?, keypair()?, keypair()?);
+    lab.start_gateway(0, &config_a(&a, &b1, &b2), &["--multipath-probe-ms", PROBE_MS, "--metrics", METRICS])?;
+    let address = format!("{ANYCAST}/32");
+    let extra = ["--multipath-probe-ms", PROBE_MS, "--address", &address, "--metrics", METRICS, "--drain-ms", "30000"];
+    let b1_proc = lab.start_gateway(1, &config_b(&b1, &a), &extra)?;
+    start_replica(&mut lab, 2, &b2, &a)?;
+    assert!(wait_until(WAIT, || live_on_a(&lab, &b1) && live_on_a(&lab, &b2)), "both replicas live on A");
+    assert_eq!(health(&lab, 1), Some(200));
+
+    // SAFETY: kill(2) on our own child's PID, not reaped yet.
+    unsafe { libc::kill(lab.pid(b1_proc), libc::SIGTERM) };
+    assert!(wait_until(WAIT, || health(&lab, 1) == Some(503)), "draining: /healthz answers 503");
+    assert!(lab.procs[b1_proc].alive(), "the first phase keeps the replica running");
+    assert!(wait_until(WAIT, || !live_on_a(&lab, &b1)), "A finds the muted replica silent");
+    assert!(lab.procs[b1_proc].alive(), "A calls it dead before it exits");
+    assert!(live_on_a(&lab, &b2), "the other replica stays live");
+    assert!(wait_until(WAIT, || !lab.procs[b1_proc].alive()), "the replica exits at the end of its drain");
+    let status = lab.procs[b1_proc].child.try_wait()?.expect("exited");
+    assert!(status.success(), "a drained exit is a clean one: {status}");
     Ok(())
 }

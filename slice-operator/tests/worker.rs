@@ -1529,7 +1529,8 @@ fn replica_tunnels(api: &FakeApi) -> Vec<(u64, Value, Value, String)> {
 /// and reports per replica how many peer clusters it has a live tunnel to and which it has
 /// none to — a peer cluster is reached through any of its replicas, each a WireGuard peer of
 /// its own — with `no live tunnel to c3` as the reason of an Up replica that misses one;
-/// `status.peers` still comes from the lowest live ordinal alone. A replica that stops
+/// `status.peers` still comes from the lowest live ordinal alone. The node agents route c3's
+/// prefix via the replica that reaches c3 alone while the other does not. A replica that stops
 /// answering says so; the tunnel check between passes sees a replica's change too.
 #[tokio::test]
 async fn each_replica_reports_its_own_tunnels_from_its_own_metrics() {
@@ -1558,6 +1559,22 @@ async fn each_replica_reports_its_own_tunnels_from_its_own_metrics() {
         [(0, json!(2), Value::Null, String::new()), (1, json!(1), json!(["c3"]), "no live tunnel to c3".to_owned()),]
     );
     assert_eq!(replica_states(&api)[1].1, "Up", "the pod is ready: the replica is Up, with its reason");
+    // c1's prefix via both replicas, c3's via replica 0 alone (replica 1 has no live peer there).
+    let routes = |api: &FakeApi| -> Vec<(String, String, Value)> {
+        node_config(api, "n1")["slices"][0]["remoteRoutes"]
+            .as_array()
+            .expect("remoteRoutes")
+            .iter()
+            .map(|r| {
+                (r["prefix"].as_str().unwrap().to_owned(), r["via"].as_str().unwrap().to_owned(), r["alsoVia"].clone())
+            })
+            .collect()
+    };
+    let both = [
+        ("10.80.0.0/20".to_owned(), "10.80.16.66".to_owned(), json!(["10.80.16.5"])),
+        ("10.80.32.0/20".to_owned(), "10.80.16.66".to_owned(), json!(["10.80.16.5"])),
+    ];
+    assert_eq!(routes(&api), [both[0].clone(), ("10.80.32.0/20".to_owned(), "10.80.16.66".to_owned(), Value::Null)]);
     // The slice's tunnels as before: from the lowest live ordinal (replica 0), by c1's first key.
     let peers = status(&api)["peers"].clone();
     assert_eq!((peers[0]["state"].as_str(), peers[1]["state"].as_str()), (Some("Up"), Some("Up")), "{peers}");
@@ -1572,6 +1589,7 @@ async fn each_replica_reports_its_own_tunnels_from_its_own_metrics() {
     assert!(worker.tunnels_changed().await, "a replica reaching another cluster is a change");
     pass_at(&api, &worker, NOW).await.0.expect("pass");
     assert_eq!(replica_tunnels(&api)[1], (1, json!(2), Value::Null, String::new()));
+    assert_eq!(routes(&api), both, "c3's prefix via both again");
 
     // Replica 1's metrics stop answering: it says so, with no count it cannot know.
     api.set_metrics(&at(1), Err(format!("{} did not answer within 2s", at(1))));
@@ -1582,6 +1600,7 @@ async fn each_replica_reports_its_own_tunnels_from_its_own_metrics() {
         (1, Value::Null, Value::Null, format!("metrics not read: {} did not answer within 2s", at(1)))
     );
     assert_eq!(replica_tunnels(&api)[0], (0, json!(2), Value::Null, String::new()), "replica 0 unaffected");
+    assert_eq!(routes(&api), both, "unread metrics take no replica out (the node agents' probes judge it)");
 }
 
 /// Issue 13, the upgrade: the gateway Deployment of earlier versions stays (and its pod carries

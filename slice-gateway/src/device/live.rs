@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -102,6 +102,10 @@ pub struct Peer {
     pub(super) unanswered_since_ms: AtomicU64,
     /// Unix ms of the last handshake initiation received from the peer (0: never).
     pub(super) last_initiation_rx_ms: AtomicU64,
+    /// Set in the last phase of draining ([`super::Gateway::mute_peers`]): nothing more is sent
+    /// to the peer, so its gateway finds this one silent and moves its flows to the other
+    /// replicas, while what it still sends here is delivered.
+    pub(super) muted: AtomicBool,
 }
 
 impl Peer {
@@ -121,6 +125,7 @@ impl Peer {
             path: Mutex::new(PathState::default()),
             unanswered_since_ms: AtomicU64::new(0),
             last_initiation_rx_ms: AtomicU64::new(0),
+            muted: AtomicBool::new(false),
         }
     }
 

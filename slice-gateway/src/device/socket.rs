@@ -58,6 +58,9 @@ fn setsockopt_int(fd: libc::c_int, level: libc::c_int, name: libc::c_int, value:
 
 /// Sends one datagram to `to` on `socket` and counts it for `peer`.
 pub(super) fn send_to(socket: &UdpSocket, peer: &Peer, datagram: &[u8], to: SocketAddr) {
+    if peer.muted.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let to = match (to, socket.local_addr()) {
         (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
         _ => to,

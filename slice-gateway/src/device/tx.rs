@@ -275,7 +275,7 @@ impl Gateway {
     /// Sends the batched datagrams: one `sendmsg` with `UDP_SEGMENT` when there are several,
     /// falling back to one datagram per call if the kernel refuses GSO.
     fn flush_tx(&self, socket: &UdpSocket, peer: &Peer, tx: &mut TxBatch) {
-        let Some(to) = tx.to.as_ref() else {
+        let Some(to) = tx.to.as_ref().filter(|_| !peer.muted.load(Ordering::Relaxed)) else {
             tx.clear();
             return;
         };

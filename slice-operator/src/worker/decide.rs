@@ -480,6 +480,42 @@ pub fn replica_tunnels(
     }
 }
 
+/// By slice address (of either family) of each live replica ([`live_gateway_pods`]) whose
+/// metrics were read: the remote prefixes of the peer clusters its gateway has no live peer of
+/// ([`tunnels::replica_reach`]), for the node agents to route those prefixes via the other
+/// replicas (issue 13: a replica whose node lost its way to one cluster). A replica whose
+/// metrics were not read is not listed (its liveness is the node agents' probes' business).
+fn replica_unreachable_prefixes(
+    pods: &[Pod],
+    spec: &TypedSpec,
+    peers: &[slice_api::crd::WorkerPeer],
+    replicas: u32,
+    metrics: Option<&BTreeMap<u32, Result<String, String>>>,
+    now: Option<Timestamp>,
+) -> BTreeMap<IpAddr, Vec<ipnet::IpNet>> {
+    let mut out = BTreeMap::new();
+    let (Some(metrics), Some(now)) = (metrics, now) else { return out };
+    for (ordinal, pod) in live_gateway_pods(pods, &spec.slice, replicas) {
+        let Some(Ok(text)) = metrics.get(&ordinal) else { continue };
+        let Ok(readings) = tunnels::parse_peers(text) else { continue };
+        let unreachable = tunnels::replica_reach(peers, &readings, now).unreachable;
+        let prefixes: Vec<ipnet::IpNet> = peers
+            .iter()
+            .filter(|p| unreachable.contains(&p.cluster))
+            .flat_map(|p| std::iter::once(p.prefix.as_str()).chain(p.secondary_prefix.as_deref()))
+            .filter_map(|p| p.trim().parse().ok())
+            .collect();
+        if prefixes.is_empty() {
+            continue;
+        }
+        let families = std::iter::once(spec.cluster_prefix).chain(spec.secondary.as_ref().map(|f| f.cluster_prefix));
+        for address in families.filter_map(|prefix| slice_address(pod, prefix)) {
+            out.insert(address, prefixes.clone());
+        }
+    }
+    out
+}
+
 /// The slices this cluster runs: its WorkerSlices that are not being deleted, by slice name.
 fn active_slices<'a>(worker_slices: &'a [WorkerSlice], cluster: &str) -> Vec<&'a WorkerSlice> {
     let mut active: Vec<&WorkerSlice> =
@@ -722,6 +758,14 @@ pub fn decide(observed: &Observed, settings: &Settings, new_key: &mut dyn FnMut(
             |t| plan::GatewayAddresses {
                 primary: addresses(t.cluster_prefix),
                 secondary: t.secondary.as_ref().map(|f| addresses(f.cluster_prefix)).unwrap_or_default(),
+                unreachable: replica_unreachable_prefixes(
+                    &observed.pods,
+                    t,
+                    &spec.peers,
+                    replicas,
+                    observed.replica_metrics.get(&spec.slice),
+                    now.parse().ok(),
+                ),
             },
         );
         // The gateway's configuration does not depend on the prefixes: an invalid spec keeps it.

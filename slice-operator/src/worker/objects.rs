@@ -356,6 +356,11 @@ pub fn gateway_statefulset(spec: &WorkerSliceSpec, gateway: &GatewayDefaults) ->
         slice_api::gateway::SINGLE_GATEWAY_PROBE_MS
     };
     args.extend([arg(flag::MULTIPATH_PROBE_MS), probe_ms.to_string()]);
+    // With several replicas a stopping one drains first (issue 13, rolling restarts): its
+    // flows move to the others before it exits (well inside the pod's 30 s grace period).
+    if spec.gateway.replicas > 1 {
+        args.extend([arg(flag::DRAIN_MS), slice_api::gateway::DEFAULT_DRAIN_MS.to_string()]);
+    }
     // The slice's DSCP class on the outer packets (IP_TOS on the gateway's socket).
     if let Some(dscp) = spec.qos.as_ref().and_then(|q| q.profile.dscp_class) {
         args.extend([arg(flag::DSCP), dscp.name().to_owned()]);
@@ -778,6 +783,7 @@ mod tests {
         let args2 = &dep2["spec"]["template"]["spec"]["containers"][0]["args"];
         assert_eq!(args2[11], "--multipath-probe-ms");
         assert_eq!(args2[12], "200");
+        assert_eq!((&args2[13], &args2[14]), (&json!("--drain-ms"), &json!("2000")), "a stopping replica drains");
         // slice-gateway's `--metrics` takes a socket address.
         assert!(c["args"][7].as_str().unwrap().parse::<std::net::SocketAddr>().is_ok());
         assert_eq!(pod["spec"]["volumes"][0]["secret"]["defaultMode"], 0o600);

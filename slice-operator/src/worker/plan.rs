@@ -505,13 +505,17 @@ pub fn allocate_node_prefixes(
 pub struct GatewayAddresses {
     pub primary: Vec<IpAddr>,
     pub secondary: Vec<IpAddr>,
+    /// By replica address: the remote prefixes its gateway has no live peer for (its metrics
+    /// say so: [`super::tunnels::replica_reach`]). Such a replica carries none of those
+    /// prefixes' flows while another replica reaches them (issue 13).
+    pub unreachable: BTreeMap<IpAddr, Vec<IpNet>>,
 }
 
 impl GatewayAddresses {
     /// One gateway's address of the primary family alone (single-family slices, one replica).
     #[must_use]
     pub fn primary(address: Option<IpAddr>) -> Self {
-        Self { primary: address.into_iter().collect(), secondary: Vec::new() }
+        Self { primary: address.into_iter().collect(), ..Self::default() }
     }
 }
 
@@ -519,7 +523,8 @@ impl GatewayAddresses {
 /// node prefix as VXLAN peers, and — once a gateway replica's address (its pod's slice address)
 /// is known and inside one of this cluster's node prefixes — every peer cluster's prefix via the
 /// gateway replicas of its family: `via` the first usable one, `also_via` the further ones, in
-/// the order of `gateway` (ordinal order). `namespaces` are the WorkerSlice's; the caller adds
+/// the order of `gateway` (ordinal order), leaving out for a prefix the replicas that
+/// [`GatewayAddresses::unreachable`] says do not reach it, unless none does. `namespaces` are the WorkerSlice's; the caller adds
 /// the gateway's own namespace (see `objects::node_agent_configs`).
 ///
 /// # Errors
@@ -576,12 +581,19 @@ pub fn node_agent_slice(
         }
     }
     // Each remote prefix through the gateway replicas' addresses of its family: the first as
-    // `via`, the further ones (issue 13) as `also_via`, in ordinal order.
+    // `via`, the further ones (issue 13) as `also_via`, in ordinal order; a replica with no live
+    // peer for the prefix is left out while another has one.
     let remote_routes = spec
         .remote_prefixes
         .iter()
         .filter_map(|&prefix| {
             let vias = if spec.subnet.contains(&prefix) { &primary_via } else { &secondary_via };
+            let reaching: Vec<IpAddr> = vias
+                .iter()
+                .copied()
+                .filter(|gw| !gateway.unreachable.get(gw).is_some_and(|p| p.contains(&prefix)))
+                .collect();
+            let vias = if reaching.is_empty() { vias.clone() } else { reaching };
             let (&via, also) = vias.split_first()?;
             let mut route = RemoteRoute::new(prefix, via);
             route.also_via = also.to_vec();
@@ -832,7 +844,7 @@ mod tests {
         let allocs = allocate_node_prefixes(&t, &names(&["n1", "n2", "n3"]), &[]).unwrap();
         let gw4: IpAddr = "10.80.16.70".parse().unwrap();
         let gw6: IpAddr = "fd00:80:0:1000::146".parse().unwrap();
-        let both = GatewayAddresses { primary: vec![gw4], secondary: vec![gw6] };
+        let both = GatewayAddresses { primary: vec![gw4], secondary: vec![gw6], ..GatewayAddresses::default() };
         let on = node_agent_slice(&t, "n1", &nodes(), &allocs, both).unwrap();
         for r in &on.remote_routes {
             let want = if r.prefix.addr().is_ipv4() { gw4 } else { gw6 };
@@ -930,7 +942,7 @@ mod tests {
         // Replica 0 on n2, replica 1 on n1, a stale address (n3's old prefix), a repeat.
         let gateways = GatewayAddresses {
             primary: vec![ip("10.80.16.70"), ip("10.80.16.5"), ip("10.80.16.130"), ip("10.80.16.70")],
-            secondary: Vec::new(),
+            ..GatewayAddresses::default()
         };
         let on = node_agent_slice(&typed(&s), "n1", &nodes(), &allocs, gateways).unwrap();
         assert_eq!(on.remote_routes.len(), 2);
@@ -943,6 +955,32 @@ mod tests {
             node_agent_slice(&typed(&s), "n1", &nodes(), &allocs, GatewayAddresses::primary(Some(ip("10.80.16.5"))))
                 .unwrap();
         assert!(one.remote_routes.iter().all(|r| r.also_via.is_empty()));
+    }
+
+    /// Issue 13: a replica whose gateway has no live peer for a remote prefix carries none of
+    /// that prefix's flows while another replica has one; when no replica reaches a prefix,
+    /// every replica stays (nothing better to route it to).
+    #[test]
+    fn a_replica_without_a_live_peer_for_a_prefix_leaves_that_prefix_only() {
+        let s = spec();
+        let t = typed(&s);
+        let allocs = allocate_node_prefixes(&t, &names(&["n1", "n2"]), &[]).unwrap();
+        let ip = |a: &str| -> IpAddr { a.parse().unwrap() };
+        let (r0, r1) = (ip("10.80.16.70"), ip("10.80.16.5"));
+        let (first, second) = (t.remote_prefixes[0], t.remote_prefixes[1]);
+        let routes = |unreachable: BTreeMap<IpAddr, Vec<IpNet>>| -> Vec<(IpNet, IpAddr, Vec<IpAddr>)> {
+            let gateways = GatewayAddresses { primary: vec![r0, r1], secondary: Vec::new(), unreachable };
+            let on = node_agent_slice(&t, "n1", &nodes(), &allocs, gateways).unwrap();
+            on.remote_routes.into_iter().map(|r| (r.prefix, r.via, r.also_via)).collect()
+        };
+        // Replica 0 does not reach the first prefix's cluster: that prefix via replica 1 alone;
+        // the second via both, as before.
+        assert_eq!(routes(BTreeMap::from([(r0, vec![first])])), [(first, r1, vec![]), (second, r0, vec![r1])]);
+        // Neither reaches the first: both stay for it.
+        assert_eq!(
+            routes(BTreeMap::from([(r0, vec![first]), (r1, vec![first])])),
+            [(first, r0, vec![r1]), (second, r0, vec![r1])]
+        );
     }
 
     const PRIVATE: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
