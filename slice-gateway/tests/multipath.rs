@@ -299,7 +299,8 @@ fn a_stopped_replica_drains_before_it_exits() -> anyhow::Result<()> {
     assert!(lab.procs[b1_proc].alive(), "the first phase keeps the replica running");
     assert!(wait_until(WAIT, || !live_on_a(&lab, &b1)), "A finds the muted replica silent");
     assert!(lab.procs[b1_proc].alive(), "A calls it dead before it exits");
-    assert!(live_on_a(&lab, &b2), "the other replica stays live");
+    // A probe answered late on a busy machine can make a member look dead for a moment: wait.
+    assert!(wait_until(WAIT, || live_on_a(&lab, &b2)), "the other replica is live");
     assert!(wait_until(WAIT, || !lab.procs[b1_proc].alive()), "the replica exits at the end of its drain");
     let status = lab.procs[b1_proc].child.try_wait()?.expect("exited");
     assert!(status.success(), "a drained exit is a clean one: {status}");
