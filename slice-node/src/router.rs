@@ -130,13 +130,16 @@ fn observe_router<H: NamespaceOps>(
             ObservedFirewall::Unreadable(reason)
         }
     };
-    if links.iter().any(|l| l.name == desired_vxlan && is_vxlan(l)) {
+    let vxlan_there = links.iter().any(|l| l.name == desired_vxlan && is_vxlan(l));
+    if vxlan_there {
         router.neighs = nl.neighs(desired_vxlan).map_err(|e| err("listing neighbours", e))?;
         router.fdb = nl.fdb(desired_vxlan).map_err(|e| err("listing FDB entries", e))?;
     }
-    let vxlan = links.iter().any(|l| l.name == desired_vxlan && is_vxlan(l)).then_some(desired_vxlan);
-    let devs: BTreeSet<&str> =
-        vxlan.into_iter().chain(multipath.local_host_devs.values().map(String::as_str)).collect();
+    let devs: BTreeSet<&str> = vxlan_there
+        .then_some(desired_vxlan)
+        .into_iter()
+        .chain(multipath.local_host_devs.values().map(String::as_str))
+        .collect();
     for dev in devs {
         if let Ok(value) = host.sysctl(ns, &rp_filter::key(dev)) {
             router.rp_filter.insert(dev.to_owned(), value);
