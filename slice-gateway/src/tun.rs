@@ -78,6 +78,14 @@ pub fn queue_for(packet: &[u8], n: usize) -> usize {
     })
 }
 
+/// Refuses a name the kernel would not take for an interface.
+fn check_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {name:?} (1-15 bytes)")));
+    }
+    Ok(())
+}
+
 impl Tun {
     /// Creates (or attaches to) the TUN interface `name` with the queues
     /// `SLICE_GATEWAY_TUN_QUEUES` asks for ([`queues_from_env`], default [`DEFAULT_QUEUES`]).
@@ -95,12 +103,7 @@ impl Tun {
     /// When the name is longer than 15 bytes, `/dev/net/tun` cannot be opened, or `TUNSETIFF`
     /// fails (EBUSY: another process holds an interface with this name).
     pub fn create_with_queues(name: &str, queues: usize) -> io::Result<Self> {
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("bad interface name {name:?} (1-15 bytes)"),
-            ));
-        }
+        check_name(name)?;
         let queues = queues.clamp(1, MAX_QUEUES);
         if queues > 1 {
             match Self::open_all(name, queues) {
@@ -109,6 +112,17 @@ impl Tun {
             }
         }
         Self::open_all(name, 1)
+    }
+
+    /// Creates (or attaches to) the TUN interface `name` with one queue and no offloads: one
+    /// plain IP packet per read and write (the bench's relay without encryption, the floor of
+    /// any userspace TUN tunnel, uses it).
+    ///
+    /// # Errors
+    /// As [`Tun::create_with_queues`].
+    pub fn create_plain(name: &str) -> io::Result<Self> {
+        check_name(name)?;
+        Self::open(name, false, 1)
     }
 
     /// Every queue with offloads, or every queue without where the kernel refuses them.

@@ -65,6 +65,10 @@ pub(crate) struct TunnelFigures {
     pub(crate) competitor: bool,
     /// Whether it is the row the goals are about.
     pub(crate) ours: bool,
+    /// Only the round trip was measured (no iperf3: a floor that holds the CPUs).
+    pub(crate) rtt_only: bool,
+    /// For such a row: the median round trip over the plain veth, pinged while it ran.
+    pub(crate) veth_median_during: Option<f64>,
 }
 
 impl TunnelFigures {
@@ -126,6 +130,10 @@ pub(crate) fn measure(
         .with_context(|| format!("through {}", f.name))?;
     (f.rtt, f.rtt_median) = ping(&iperf.client, iperf.to, iperf.bind, pings)?;
     let mut cc = String::new();
+    if f.rtt_only {
+        eprintln!("slicenet-bench:   {}: RTT avg {:.3} median {:.3} ms", f.name, f.rtt[1], f.rtt_median);
+        return Ok(cc);
+    }
     for (i, streams) in [1u32, 4].into_iter().enumerate() {
         check_interrupted()?;
         let r = iperf.run(seconds, streams, pids)?;
@@ -155,7 +163,18 @@ pub(crate) fn measure_tunnel<'a>(
         return None;
     }
     eprintln!("slicenet-bench:   {} …", f.name);
-    match kind.start(ends, env).and_then(|t| measure(f, &iperf(t.to), &t.pids(), seconds, pings)) {
+    let run = |f: &mut TunnelFigures| {
+        let t = kind.start(ends, env)?;
+        let cc = measure(f, &iperf(t.to), &t.pids(), seconds, pings)?;
+        if f.rtt_only {
+            // What the veth's own round trip is while the row's processes hold the vCPUs.
+            if let std::net::IpAddr::V4(under) = (ends.reach_b)(kind.port())?.ip() {
+                f.veth_median_during = Some(ping(&ends.a, under, None, pings)?.1);
+            }
+        }
+        Ok::<_, anyhow::Error>(cc)
+    };
+    match run(f) {
         Ok(cc) => Some(cc),
         Err(e) => {
             eprintln!("slicenet-bench:   {}: {e:#}", f.name);
@@ -223,11 +242,24 @@ pub(crate) enum Kind {
     BoringtunCli,
     OpenVpnGcm,
     OpenVpnCbc,
+    /// Not a tunnel but its floor: `bench-null-relay`, TUN ↔ UDP without encryption, one packet
+    /// per system call, sleeping in poll(2) between packets.
+    NullRelay,
+    /// The same relay polling without sleeping (ping only: it holds a vCPU per end).
+    NullRelaySpin,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 6] =
-        [Kind::SliceGateway, Kind::WireguardGo, Kind::Gotatun, Kind::BoringtunCli, Kind::OpenVpnGcm, Kind::OpenVpnCbc];
+    pub(crate) const ALL: [Kind; 8] = [
+        Kind::SliceGateway,
+        Kind::WireguardGo,
+        Kind::Gotatun,
+        Kind::BoringtunCli,
+        Kind::OpenVpnGcm,
+        Kind::OpenVpnCbc,
+        Kind::NullRelay,
+        Kind::NullRelaySpin,
+    ];
     pub(crate) const COMPETITORS: [Kind; 5] =
         [Kind::WireguardGo, Kind::Gotatun, Kind::BoringtunCli, Kind::OpenVpnGcm, Kind::OpenVpnCbc];
 
@@ -239,6 +271,11 @@ impl Kind {
             Kind::BoringtunCli => "`boringtun-cli` ↔ `boringtun-cli` (crates.io)",
             Kind::OpenVpnGcm => "OpenVPN UDP AES-256-GCM",
             Kind::OpenVpnCbc => "OpenVPN UDP AES-256-CBC + SHA256 (KubeSlice)",
+            Kind::NullRelay => {
+                "*floor:* TUN ↔ UDP relay without encryption, one packet per system call, sleeping in poll(2) \
+                 (`bench-null-relay`)"
+            }
+            Kind::NullRelaySpin => "*floor:* the same relay polling without sleeping (a vCPU per end; ping only)",
         }
     }
 
@@ -250,13 +287,14 @@ impl Kind {
             Kind::Gotatun => "gotatun",
             Kind::BoringtunCli => "boringtun-cli",
             Kind::OpenVpnGcm | Kind::OpenVpnCbc => "openvpn",
+            Kind::NullRelay | Kind::NullRelaySpin => "null-relay",
         }
     }
 
     /// The program that must be installed.
     pub(crate) fn tool(self) -> Option<&'static str> {
         match self {
-            Kind::SliceGateway => None,
+            Kind::SliceGateway | Kind::NullRelay | Kind::NullRelaySpin => None,
             Kind::WireguardGo => Some("wireguard-go"),
             Kind::Gotatun => Some("gotatun"),
             Kind::BoringtunCli => Some("boringtun-cli"),
@@ -277,6 +315,8 @@ impl Kind {
             Kind::BoringtunCli => 51823,
             Kind::OpenVpnGcm => 1194,
             Kind::OpenVpnCbc => 1195,
+            Kind::NullRelay => 51824,
+            Kind::NullRelaySpin => 51825,
         }
     }
 
@@ -289,6 +329,8 @@ impl Kind {
             Kind::BoringtunCli => 207,
             Kind::OpenVpnGcm => 204,
             Kind::OpenVpnCbc => 205,
+            Kind::NullRelay => 208,
+            Kind::NullRelaySpin => 209,
         }
     }
 
@@ -300,6 +342,8 @@ impl Kind {
             Kind::BoringtunCli => "bt",
             Kind::OpenVpnGcm => "og",
             Kind::OpenVpnCbc => "oc",
+            Kind::NullRelay => "nr",
+            Kind::NullRelaySpin => "ns",
         }
     }
 
@@ -313,6 +357,7 @@ impl Kind {
                 self.start_wireguard(ends, env, &mut running)?;
             }
             Kind::OpenVpnGcm | Kind::OpenVpnCbc => self.start_openvpn(ends, &mut running)?,
+            Kind::NullRelay | Kind::NullRelaySpin => self.start_null_relay(ends, &mut running)?,
         }
         if !wait_until(Duration::from_secs(30), || {
             ends.a.exec(&["ping", "-c", "1", "-W", "1", &addr(2).to_string()]).is_ok_and(|o| o.status.success())
@@ -386,6 +431,41 @@ impl Kind {
                     ),
                 ])?;
             }
+        }
+        Ok(())
+    }
+
+    /// `bench-null-relay` at both ends, each sending to the other's veth address.
+    fn start_null_relay(self, ends: &Ends<'_>, running: &mut Running) -> Result<()> {
+        let port = self.port();
+        let reach_a = ends.reach_a.context("the relay needs both ends reachable")?;
+        let bin = crate::bin_dir().join("bench-null-relay");
+        let bin = bin.to_str().context("path is not UTF-8")?.to_owned();
+        let net = self.net();
+        let sides = [(ends.a, "a", (ends.reach_b)(port)?, 1), (ends.b, "b", reach_a(port), 2)];
+        for (place, side, peer, host) in sides {
+            let ifname = format!("{}{}{side}", ends.tag, self.code());
+            let (listen, peer) = (format!("0.0.0.0:{port}"), peer.to_string());
+            let mut argv = vec![bin.as_str(), "--tun", &ifname, "--listen", &listen, "--peer", &peer];
+            if self == Kind::NullRelaySpin {
+                argv.push("--spin");
+            }
+            running.daemons.push(place.spawn(&argv, &ifname)?);
+            let d = running.daemons.last_mut().expect("just pushed");
+            if !wait_until(Duration::from_secs(10), || {
+                place.exec(&["ip", "link", "show", &ifname]).is_ok_and(|o| o.status.success())
+            }) || !d.running()
+            {
+                bail!("bench-null-relay {ifname} did not start in {}: {}", place.label(), d.log_tail(4));
+            }
+            place.exec_ok(&[
+                "sh",
+                "-c",
+                &format!(
+                    "ip link set {ifname} mtu {} && ip addr add 10.{net}.0.{host}/24 dev {ifname} && ip link set {ifname} up",
+                    self.mtu()
+                ),
+            ])?;
         }
         Ok(())
     }
@@ -560,7 +640,9 @@ pub(crate) fn run(seconds: u32, pings: u32) -> Result<TunnelSection> {
             continue;
         }
         let mut f = TunnelFigures::new(name, kind.mtu());
-        f.competitor = kind != Kind::SliceGateway;
+        let floor = matches!(kind, Kind::NullRelay | Kind::NullRelaySpin);
+        f.competitor = kind != Kind::SliceGateway && !floor;
+        f.rtt_only = kind == Kind::NullRelaySpin;
         f.ours = kind == Kind::SliceGateway && env.is_empty();
         // The IPv6 row is the gateway's own, not a switch of its: it changes the endpoints.
         let over_ipv6 = env.iter().any(|(k, _)| k == OVER_IPV6);
@@ -596,6 +678,16 @@ pub(crate) fn comparison(rows: &[TunnelFigures], limit: &str) -> String {
             || "—".to_owned(),
             |b| format!("{:.3} / {:.3}", r.rtt[1] - b.rtt[1], r.rtt_median - b.rtt_median),
         );
+        if r.rtt_only {
+            // Over the veth pinged while this row's processes ran, where it was.
+            let added = r.veth_median_during.map_or(added, |d| format!("— / {:.3}", r.rtt_median - d));
+            let _ = writeln!(
+                t,
+                "| {} | {} | — | — | — | {:.3} / {:.3} | {added} | — / — |",
+                r.name, r.mtu, r.rtt[1], r.rtt_median
+            );
+            continue;
+        }
         let _ = writeln!(
             t,
             "| {} | {} | {:.2} | {:.2} | {} / {} | {:.3} / {:.3} | {added} | {} / {} |",
@@ -650,6 +742,41 @@ pub(crate) fn comparison(rows: &[TunnelFigures], limit: &str) -> String {
     t
 }
 
+/// What the relay without encryption (the floor rows) says of the gateway's added RTT; empty
+/// when they were not measured.
+fn floor_text(rows: &[TunnelFigures]) -> String {
+    let measured = |kind: Kind| rows.iter().find(|r| r.name == kind.name() && r.skipped.is_none());
+    let (Some(base), Some(ours), Some(relay)) = (
+        rows.first().filter(|r| r.skipped.is_none() && !r.competitor && !r.ours),
+        rows.iter().find(|r| r.ours),
+        measured(Kind::NullRelay),
+    ) else {
+        return String::new();
+    };
+    let added = |r: &TunnelFigures| r.rtt_median - base.rtt_median;
+    let mut t = format!(
+        "\nThe floor of the round trip: the relay without encryption, which does nothing a tunnel could \
+         leave out (a TUN read and a `sendto` one way, a `recvfrom` and a TUN write the other, one thread \
+         per end sleeping in poll(2)), adds {:.3} ms (median) to the plain veth's round trip in this run; \
+         `slice-gateway` adds {:.3} ms ({:.2}× the relay's).",
+        added(relay),
+        added(ours),
+        added(ours) / added(relay).max(1e-9),
+    );
+    if let Some(spin) = measured(Kind::NullRelaySpin) {
+        let during = spin.veth_median_during.unwrap_or(base.rtt_median);
+        let _ = write!(
+            t,
+            " Polling without sleeping (both vCPUs busy), the same relay's median round trip is {:.3} ms against \
+             {during:.3} ms over the plain veth pinged while it spun: {:.3} ms added once no thread sleeps, the \
+             system calls and the hops through TUN alone.",
+            spin.rtt_median,
+            spin.rtt_median - during
+        );
+    }
+    t + "\n"
+}
+
 /// The markdown table of section 4 with its heading.
 pub(crate) fn table(s: &TunnelSection) -> String {
     let mut t = format!(
@@ -657,6 +784,7 @@ pub(crate) fn table(s: &TunnelSection) -> String {
         s.seconds, s.pings
     );
     t += &comparison(&s.rows, "plain veth");
+    t += &floor_text(&s.rows);
     let _ = write!(
         t,
         "\nCongestion control: {}. Both ends, both tunnel processes and iperf3 share this machine's CPUs, \
