@@ -264,10 +264,7 @@ fn launch(
         let configured = place.exec_ok(&[
             "sh",
             "-c",
-            &format!(
-                "wg setconf {ifname} {file} && ip link set {ifname} mtu {mtu} && \
-                 ip addr add {address} dev {ifname} && ip link set {ifname} up"
-            ),
+            &format!("wg setconf {ifname} {file} && {}", super::tunnel::link_up(&ifname, &mtu, &address)),
         ]);
         if let Err(e) = configured {
             drop(daemon);

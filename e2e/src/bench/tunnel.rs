@@ -279,6 +279,11 @@ impl Kind {
         }
     }
 
+    /// Whether it is a floor row (the relay without encryption), not a tunnel.
+    pub(crate) fn is_floor(self) -> bool {
+        matches!(self, Kind::NullRelay | Kind::NullRelaySpin)
+    }
+
     /// Its name in `SLICENET_BENCH_TUNNELS`.
     pub(crate) fn key(self) -> &'static str {
         match self {
@@ -425,10 +430,7 @@ impl Kind {
                 place.exec_ok(&[
                     "sh",
                     "-c",
-                    &format!(
-                        "wg setconf {ifname} {conf} && ip link set {ifname} mtu {mtu} && \
-                         ip addr add {address} dev {ifname} && ip link set {ifname} up"
-                    ),
+                    &format!("wg setconf {ifname} {conf} && {}", link_up(&ifname, &mtu, &address)),
                 ])?;
             }
         }
@@ -461,10 +463,7 @@ impl Kind {
             place.exec_ok(&[
                 "sh",
                 "-c",
-                &format!(
-                    "ip link set {ifname} mtu {} && ip addr add 10.{net}.0.{host}/24 dev {ifname} && ip link set {ifname} up",
-                    self.mtu()
-                ),
+                &link_up(&ifname, &self.mtu().to_string(), &format!("10.{net}.0.{host}/24")),
             ])?;
         }
         Ok(())
@@ -532,6 +531,11 @@ impl Kind {
         }
         Ok(())
     }
+}
+
+/// The shell commands that give a tunnel's device its MTU and address and set it up.
+pub(crate) fn link_up(ifname: &str, mtu: &str, address: &str) -> String {
+    format!("ip link set {ifname} mtu {mtu} && ip addr add {address} dev {ifname} && ip link set {ifname} up")
 }
 
 /// The two namespaces of section 4 and their veth; deleted on drop (with everything in them).
@@ -640,8 +644,7 @@ pub(crate) fn run(seconds: u32, pings: u32) -> Result<TunnelSection> {
             continue;
         }
         let mut f = TunnelFigures::new(name, kind.mtu());
-        let floor = matches!(kind, Kind::NullRelay | Kind::NullRelaySpin);
-        f.competitor = kind != Kind::SliceGateway && !floor;
+        f.competitor = kind != Kind::SliceGateway && !kind.is_floor();
         f.rtt_only = kind == Kind::NullRelaySpin;
         f.ours = kind == Kind::SliceGateway && env.is_empty();
         // The IPv6 row is the gateway's own, not a switch of its: it changes the endpoints.
